@@ -1,0 +1,41 @@
+# Quick start: `make demo` (a training run streaming into a local TensorBoard)
+# and `make test` (the whole suite, browser included). Both set everything up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: venv demo test lint bench clean chromium
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[tf,test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  echo "Installing Debian's chromium for the browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	$(PY) demos/run_demo.py
+
+test: $(STAMP) chromium
+	$(VENV)/bin/ruff check beholder_plugin tests demos benchmarks
+	$(PY) -m pytest -ra
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check beholder_plugin tests demos benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/update_bench.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info test-artifacts

@@ -1,0 +1,41 @@
+"""Beholder for TensorBoard: a network's tensors as a live video while it trains.
+
+The public API lives here and nowhere else. TensorFlow and Keras are imported
+only when ``BeholderCallback`` (or a TF helper) is first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from beholder_plugin.beholder import Beholder
+from beholder_plugin.config import DEFAULT_CONFIG, ConfigError
+from beholder_plugin.storage import read_config, read_frame, read_section_info, write_config
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "BeholderCallback": "beholder_plugin.keras",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load the framework-dependent names only when they are asked for."""
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'beholder_plugin' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), name)
+
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "Beholder",
+    "BeholderCallback",
+    "ConfigError",
+    "read_config",
+    "read_frame",
+    "read_section_info",
+    "write_config",
+]

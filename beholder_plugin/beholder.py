@@ -1,0 +1,299 @@
+"""The trainer side: Beholder.update() renders what the dashboard asks for and writes it to the run."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import secrets
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin import arrays as adapters
+from beholder_plugin import storage
+from beholder_plugin.colormaps import palette_for
+from beholder_plugin.config import DEFAULT_CONFIG, ConfigError, parse_config_document
+from beholder_plugin.placeholder import placeholder_frame
+from beholder_plugin.recording import Recorder
+from beholder_plugin.render import Renderer, RenderError, scale_frame
+
+logger = logging.getLogger("beholder")
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+# A change of any of these starts the variance window afresh, as in the original.
+_HISTORY_KEYS = ("values", "mode", "show_all")
+
+
+class Beholder:
+    """Writes frames of a run's arrays, variables or images for the TensorBoard Beholder tab.
+
+    Args:
+      logdir: the run directory; files go to ``<logdir>/plugins/beholder/``.
+      variables: what "trainable variables" means for this run: a Keras model
+        or ``tf.Module`` (anything with ``trainable_variables``), a torch module
+        (``named_parameters()``), or a list or dict of arrays. Can also be
+        given per call to ``update()``.
+      strict: re-raise errors from ``update()`` instead of logging the first
+        one and carrying on.
+
+    Use it as a context manager, or call ``close()``, to finish a recording;
+    recordings are also finished at interpreter exit.
+    """
+
+    def __init__(self, logdir: str | os.PathLike, variables: Any = None, strict: bool = False):
+        self.logdir = os.fspath(logdir)
+        self.directory = storage.plugin_dir(self.logdir)
+        self.variables = variables
+        self.strict = strict
+        self.failures = 0
+        self.frames_written = 0
+        self._renderer = Renderer()
+        self._recorder = Recorder(self.directory)
+        self._config = dict(DEFAULT_CONFIG)
+        self._config_path = storage.config_path(self.logdir)
+        self._config_stat: tuple | None = None
+        self._last_frame_time = float("-inf")
+        self._writer_id = secrets.token_hex(6)
+        self._step = 0
+        self._warned: set[str] = set()
+        _LIVE.add(self)
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The settings in force (the last good config.json)."""
+        return dict(self._config)
+
+    def update(
+        self,
+        arrays: Any = None,
+        frame: Any = None,
+        variables: Any = None,
+        session: Any = None,
+    ) -> bool:
+        """Render and write a frame if one is due; returns True when a frame was written.
+
+        Args:
+          arrays: a list/tuple (sections named by index) or dict (named by key)
+            of arrays: NumPy, tf.Tensor/Variable, torch tensor, JAX array or
+            nested lists, any numeric or bool dtype.
+          frame: a 2-D array (min-max scaled, shown in gray), an H x W x 3
+            uint8 RGB image, or a zero-argument callable returning either,
+            called only while "frames" is selected.
+          variables: overrides the constructor's ``variables`` for this call.
+          session: a TF1 ``tf.compat.v1.Session``; trainable variables are then
+            that graph's ``tf.compat.v1.trainable_variables()``.
+
+        Never raises into the training loop unless ``strict=True``: the first
+        failure is logged with its traceback, later ones are counted in
+        ``failures``.
+        """
+        self._step += 1
+        try:
+            return self._update(arrays, frame, variables, session)
+        except Exception:
+            if self.strict:
+                raise
+            self.failures += 1
+            if self.failures == 1:
+                logger.exception(
+                    "Beholder.update() failed; training goes on and later failures are only "
+                    "counted (see Beholder.failures). Pass strict=True to raise instead."
+                )
+            return False
+
+    def close(self) -> None:
+        """Finish any recording in progress."""
+        self._recorder.close()
+        _LIVE.discard(self)
+
+    def __enter__(self) -> Beholder:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ config
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
+
+    def _poll_config(self) -> dict[str, Any]:
+        """The config in force, re-read only when config.json's stat changes."""
+        try:
+            st = os.stat(self._config_path)
+        except FileNotFoundError:
+            self._create_config()
+            return self._config
+        except OSError as exc:
+            self._warn_once("stat", "Beholder: cannot stat %s (%s)", self._config_path, exc)
+            return self._config
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if key != self._config_stat:
+            self._config_stat = key
+            self._reload_config()
+        return self._config
+
+    def _create_config(self) -> None:
+        """Write the defaults when there is no config.json (first run, or the directory was deleted)."""
+        try:
+            storage.write_config(self.logdir, DEFAULT_CONFIG)
+        except OSError as exc:
+            self._warn_once(
+                "create-config",
+                "Beholder: cannot write %s (%s); using the settings in memory",
+                self._config_path,
+                exc,
+            )
+            return
+        self._config_stat = None
+        self._apply_config(dict(DEFAULT_CONFIG))
+
+    def _reload_config(self) -> None:
+        try:
+            with open(self._config_path, "rb") as f:
+                doc = json.loads(f.read().decode("utf-8"))
+            config, problems = parse_config_document(doc)
+        except (OSError, ValueError, ConfigError) as exc:
+            logger.warning(
+                "Beholder: %s is unreadable or invalid (%s); keeping the last good settings",
+                self._config_path,
+                exc,
+            )
+            return
+        for problem in problems:
+            logger.warning("Beholder: %s: %s", self._config_path, problem)
+        self._apply_config(config)
+
+    def _apply_config(self, config: dict[str, Any]) -> None:
+        old = self._config
+        if any(old[k] != config[k] for k in _HISTORY_KEYS):
+            self._renderer.clear_history()
+        if old["is_recording"] and not config["is_recording"]:
+            self._recorder.close()
+        self._config = config
+
+    # ------------------------------------------------------------ frames
+
+    def _update(self, arrays: Any, frame: Any, variables: Any, session: Any) -> bool:
+        config = self._poll_config()
+        fps = config["FPS"]
+        if fps == 0:
+            return False
+        now = time.monotonic()
+        if now - self._last_frame_time < 1.0 / fps:
+            return False
+        self._last_frame_time = now
+
+        values = config["values"]
+        sections: list[dict] = []
+        palette = None
+        if values == "frames":
+            if frame is None:
+                pixels, palette, values = placeholder_frame("frames"), palette_for("grayscale"), "placeholder"
+            else:
+                pixels, palette = self._user_frame(frame)
+        elif values == "arrays" and arrays is None:
+            pixels, palette, values = placeholder_frame("arrays"), palette_for("grayscale"), "placeholder"
+        else:
+            rendered = self._render_values(values, arrays, variables, session, config)
+            if rendered is None:
+                pixels, palette = placeholder_frame(values), palette_for("grayscale")
+                values = "placeholder"
+            else:
+                pixels, palette, sections = rendered.pixels, rendered.palette, rendered.sections
+
+        self._write(storage.Frame(pixels, palette), sections, values)
+        if config["is_recording"]:
+            self._recorder.append(pixels if palette is None else palette[pixels])
+        return True
+
+    def _render_values(self, values: str, arrays: Any, variables: Any, session: Any, config: dict):
+        """Render arrays or trainable variables; None when there is nothing to render."""
+        if values == "arrays":
+            return self._render_named(adapters.named_arrays(arrays), config)
+        if session is not None:
+            from beholder_plugin import tf_support
+
+            names, shapes = tf_support.session_variable_shapes(session)
+            plans = self._renderer.plans(shapes, config["show_all"], names)
+            compacts = tf_support.session_fetch(session, plans)
+            return self._renderer.render(names, plans, compacts, config)
+        source = variables if variables is not None else self.variables
+        if source is None:
+            return None
+        return self._render_named(adapters.named_variables(source), config)
+
+    def _render_named(self, named: list[tuple[str, Any]], config: dict):
+        if not named:
+            raise RenderError("there are no arrays to show (an empty list or dict was passed)")
+        names = [name for name, _ in named]
+        prepared = [adapters.prepare(obj, name) for name, obj in named]
+        shapes = [adapters.shape_of(obj) for obj in prepared]
+        plans = self._renderer.plans(shapes, config["show_all"], names)
+        compacts = [
+            adapters.fetch_compact(obj, plan, name)
+            for name, obj, plan in zip(names, prepared, plans)
+        ]
+        return self._renderer.render(names, plans, compacts, config)
+
+    def _user_frame(self, frame: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pixels and palette for update(frame=...): gray for 2-D, as is for H x W x 3 uint8."""
+        if callable(frame):
+            frame = frame()
+        image = adapters.to_numpy(frame, "frame")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim == 2:
+            if image.size == 0:
+                raise RenderError(f"frame: the image is empty (shape {image.shape})")
+            return scale_frame(image), palette_for("grayscale")
+        if image.ndim == 3 and image.shape[2] == 3:
+            if image.dtype != np.uint8:
+                raise RenderError(
+                    f"frame: an H x W x 3 image must be uint8 RGB, not {image.dtype}; "
+                    "pass a 2-D array to have it scaled"
+                )
+            if image.size == 0:
+                raise RenderError(f"frame: the image is empty (shape {image.shape})")
+            return image, None
+        raise RenderError(
+            f"frame: expected a 2-D array or an H x W x 3 uint8 image, got shape {image.shape}"
+        )
+
+    def _write(self, frame: storage.Frame, sections: list[dict], values: str) -> None:
+        """Write section info, then the frame, recreating the directory if it was deleted."""
+        self.frames_written += 1
+        frame.header = {
+            "frame_id": self.frames_written,
+            "writer": self._writer_id,
+            "time": time.time(),
+            "step": self._step,
+            "values": values,
+        }
+        try:
+            self._write_files(frame, sections)
+        except FileNotFoundError:
+            os.makedirs(self.directory, exist_ok=True)
+            self._write_files(frame, sections)
+
+    def _write_files(self, frame: storage.Frame, sections: list[dict]) -> None:
+        storage.write_section_info(self.logdir, sections, self.frames_written)
+        storage.write_frame(self.logdir, frame)
+
+
+@atexit.register
+def _close_all() -> None:
+    """Finish every recording still open when the interpreter exits."""
+    for beholder in list(_LIVE):
+        try:
+            beholder.close()
+        except Exception:  # pragma: no cover - best effort at exit
+            logger.exception("Beholder: could not finish a recording at exit")

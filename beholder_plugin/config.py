@@ -1,0 +1,107 @@
+"""The dashboard settings: their defaults and the one validator every writer goes through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+CONFIG_VERSION = 1
+
+VALUES = ("trainable_variables", "arrays", "frames")
+MODES = ("current", "variance")
+SCALINGS = ("layer", "network")
+COLORMAPS = ("magma", "inferno", "plasma", "viridis", "grayscale")
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "values": "trainable_variables",
+    "mode": "variance",
+    "scaling": "layer",
+    "window_size": 15,
+    "FPS": 10,
+    "is_recording": False,
+    "show_all": False,
+    "colormap": "magma",
+}
+
+# key -> ("choice", allowed) | ("int", lo, hi) | ("bool",)
+_RULES: dict[str, tuple] = {
+    "values": ("choice", VALUES),
+    "mode": ("choice", MODES),
+    "scaling": ("choice", SCALINGS),
+    "colormap": ("choice", COLORMAPS),
+    "window_size": ("int", 2, 20),
+    "FPS": ("int", 0, 30),
+    "is_recording": ("bool",),
+    "show_all": ("bool",),
+}
+
+
+class ConfigError(ValueError):
+    """A config document or a change to it that breaks the rules; the message names the key."""
+
+
+def _check_value(key: str, value: Any) -> None:
+    """Raise ConfigError unless value is allowed for key."""
+    rule = _RULES[key]
+    if rule[0] == "choice":
+        if not isinstance(value, str) or value not in rule[1]:
+            allowed = ", ".join(repr(v) for v in rule[1])
+            raise ConfigError(f"{key!r} must be one of {allowed}, not {value!r}")
+    elif rule[0] == "int":
+        lo, hi = rule[1], rule[2]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(f"{key!r} must be a whole number from {lo} to {hi}, not {value!r}")
+    elif not isinstance(value, bool):
+        raise ConfigError(f"{key!r} must be true or false, not {value!r}")
+
+
+def validate_changes(changes: Any) -> dict[str, Any]:
+    """Check a partial update (as the dashboard sends it) and return the accepted keys.
+
+    Unknown keys, wrong types and out-of-range values are refused; nothing is
+    accepted unless everything is.
+    """
+    if not isinstance(changes, dict):
+        raise ConfigError("the config must be a JSON object")
+    accepted: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key == "version":
+            if value != CONFIG_VERSION:
+                raise ConfigError(f"'version' must be {CONFIG_VERSION}, not {value!r}")
+            continue
+        if key not in _RULES:
+            known = ", ".join(sorted(_RULES))
+            raise ConfigError(f"unknown key {key!r} (known keys: {known})")
+        _check_value(key, value)
+        accepted[key] = value
+    return accepted
+
+
+def parse_config_document(doc: Any) -> tuple[dict[str, Any], list[str]]:
+    """Read a config.json document leniently: the full config plus a list of problems ignored.
+
+    Used by readers of the file (trainer, server). Missing keys take their
+    defaults and unknown keys (say, from a newer version) are ignored, but a
+    known key with a bad value makes the whole document invalid, because a
+    half-applied config would surprise the user more than the last good one.
+    """
+    if not isinstance(doc, dict):
+        raise ConfigError("config.json must hold a JSON object")
+    problems = []
+    version = doc.get("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        problems.append(f"config version {version!r} is not {CONFIG_VERSION}; reading known keys")
+    config = dict(DEFAULT_CONFIG)
+    for key, value in doc.items():
+        if key == "version":
+            continue
+        if key not in _RULES:
+            problems.append(f"unknown key {key!r} ignored")
+            continue
+        _check_value(key, value)
+        config[key] = value
+    return config, problems
+
+
+def config_document(config: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object written to config.json for a full, valid config."""
+    return {"version": CONFIG_VERSION, **{key: config[key] for key in DEFAULT_CONFIG}}

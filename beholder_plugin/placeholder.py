@@ -1,0 +1,42 @@
+"""Placeholder frames that tell the user, in words, what to pass to update()."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+MESSAGES = {
+    "arrays": (
+        "Values: b.update(arrays=...) is selected, but no arrays were passed.\n"
+        "Pass a list or dict of arrays on each step, for example:\n"
+        "    beholder.update(arrays={'conv1/grad': g1, 'dense/grad': g2})"
+    ),
+    "frames": (
+        "Values: b.update(frame=...) is selected, but no frame was passed.\n"
+        "Pass a 2-D array, an H x W x 3 uint8 image, or a function returning one:\n"
+        "    beholder.update(frame=lambda: first_image_of_batch)"
+    ),
+    "trainable_variables": (
+        "Values: trainable variables is selected, but Beholder does not know them.\n"
+        "Tell it what they are: Beholder(logdir, variables=model), or on each step\n"
+        "    beholder.update(variables=model)   or, in TF1,   beholder.update(session=sess)"
+    ),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def placeholder_frame(values: str, width: int = 768, height: int = 128) -> np.ndarray:
+    """A grayscale image (white text on black) explaining what to pass for this values choice."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    try:
+        font = ImageFont.load_default(size=15)
+    except TypeError:  # Pillow without FreeType sizes
+        font = ImageFont.load_default()
+    draw.multiline_text((14, 20), MESSAGES[values], fill=255, font=font, spacing=8)
+    pixels = np.asarray(image, dtype=np.uint8)
+    pixels.setflags(write=False)
+    return pixels

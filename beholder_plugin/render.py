@@ -1,0 +1,450 @@
+"""The renderer: arrays -> one palette-indexed frame, as the original Beholder laid it out.
+
+Pure NumPy, no I/O, no framework import. The work is split so that a caller
+can read only the values that will be shown:
+
+1. ``plan_sections(shapes, show_all)`` decides, from shapes alone, the frame
+   width and, for each array, a ``SectionPlan``: which elements of the array
+   end up on screen after the layout rules and the nearest-neighbour resize.
+2. The caller fetches just those elements (``SectionPlan.take`` for NumPy;
+   ``beholder_plugin.arrays`` for tensors) as a small "compact" 2-D array:
+   one row per distinct source row the resize samples, one column per
+   distinct source column.
+3. ``Renderer.render(...)`` applies the mode (variance over a window),
+   computes the statistics, scales to 0..255 and expands the compact sections
+   to full size, section by section, into a uint8 frame of palette indices.
+
+Because a nearest-neighbour resize only copies pixels, taking the variance,
+minimum, maximum and scaling of the compact section and expanding afterwards
+gives exactly the pixels the original computed on the full-size section.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from beholder_plugin.colormaps import palette_for
+
+SECTION_HEIGHT = 128
+FRAME_WIDTH = 768
+SEPARATOR_HEIGHT = 5
+MIN_BLOCK = 3
+# When show_all is off, about this many values of one array are shown at most.
+TRUNCATION_BUDGET = SECTION_HEIGHT * (FRAME_WIDTH // MIN_BLOCK)  # 32768
+
+
+class RenderError(ValueError):
+    """An array that cannot be laid out; the message names the section."""
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def frame_width(shapes: Sequence[tuple[int, ...]], show_all: bool) -> int:
+    """The frame width for these array shapes: 768, or wider with show_all."""
+    width = FRAME_WIDTH
+    if show_all:
+        for shape in shapes:
+            if len(shape) == 1:
+                width = max(width, shape[0])
+            elif len(shape) == 2:
+                width = max(width, shape[1])
+            elif len(shape) == 4:
+                width = max(width, shape[1] * shape[3])
+    return width
+
+
+def section_height(shape: tuple[int, ...], show_all: bool) -> int:
+    """The pixel height of one array's section."""
+    if not show_all or len(shape) == 1:
+        return SECTION_HEIGHT
+    if len(shape) == 2:
+        return max(SECTION_HEIGHT, shape[0])
+    if len(shape) == 4:
+        return max(SECTION_HEIGHT, shape[0] * shape[2])
+    return max(SECTION_HEIGHT, math.prod(shape) // FRAME_WIDTH)
+
+
+def looks_like_activation(shape: tuple[int, ...]) -> bool:
+    """True for a rank-4 shape (n, h, w, c) with h == w and n != h, laid out as feature maps."""
+    return len(shape) == 4 and shape[1] == shape[2] and shape[0] != shape[1]
+
+
+def conv_rows_kept(block_h: int, block_w: int, rows: int, show_all: bool) -> int:
+    """How many block rows of a rank-4 layout are kept (the original's counting quirk included)."""
+    if show_all:
+        return rows
+    per_row = block_h * block_w * rows  # the original counts kh*kw*in per row, not kh*kw*out
+    return min(rows, (TRUNCATION_BUDGET - 1) // per_row + 2)
+
+
+def irregular_grid(count: int, height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of the near-square grid an array of another rank is reshaped to."""
+    side = max(1, math.floor(math.sqrt(height * width / count)))
+    rows = max(1, height // side)
+    return rows, count // rows
+
+
+def resize_indices(src: int, dst: int) -> np.ndarray:
+    """Nearest-neighbour source index for each of dst outputs: floor(i * src / dst)."""
+    return (np.arange(dst, dtype=np.int64) * src) // dst
+
+
+# ---------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True, eq=False)
+class SectionPlan:
+    """What one array contributes to the frame, decided from its shape alone.
+
+    ``index`` is a tuple of broadcastable integer arrays into the original
+    array giving the compact section: ``array[index]`` has shape
+    ``compact_shape``. ``axes`` lists, per axis of the array, the sorted
+    distinct indices that are read (``None``: the whole axis), and ``local``
+    indexes the sub-array ``array[np.ix_(*axes)]`` the same way; framework
+    adapters gather that sub-array on the device first and copy only it.
+    ``row_map`` and ``col_map`` expand the compact section to
+    ``height`` x ``width`` pixels.
+    """
+
+    shape: tuple[int, ...]
+    height: int
+    width: int
+    source_shape: tuple[int, int]  # the 2-D section before resizing
+    index: tuple[np.ndarray, ...]
+    axes: tuple[np.ndarray | None, ...]
+    local: tuple[np.ndarray, ...]
+    row_map: np.ndarray
+    col_map: np.ndarray
+    row_weight: np.ndarray  # how many frame rows each compact row fills
+    col_weight: np.ndarray
+
+    @property
+    def compact_shape(self) -> tuple[int, int]:
+        """Shape of the compact section: distinct sampled rows x distinct sampled columns."""
+        return (len(self.row_weight), len(self.col_weight))
+
+    def take(self, array: np.ndarray) -> np.ndarray:
+        """The compact section of a NumPy array (reads only the elements shown, never copies it whole)."""
+        if not self.shape:
+            return np.full((1, 1), array[()])
+        return array[self.index]
+
+
+def _unique_sorted(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct values of a non-decreasing index vector, the inverse map, and counts."""
+    keep = np.ones(len(indices), dtype=bool)
+    keep[1:] = indices[1:] != indices[:-1]
+    unique = indices[keep]
+    inverse = np.cumsum(keep) - 1
+    counts = np.bincount(inverse, minlength=len(unique))
+    return unique, inverse, counts
+
+
+def _layout(shape: tuple[int, ...], height: int, width: int, show_all: bool, label: str):
+    """Source section size and a function mapping (section rows, section cols) to array indices."""
+    rank = len(shape)
+    if rank == 1:
+        if shape[0] == 0:
+            raise RenderError(f"section {label}: the array is empty (shape {shape})")
+        return (1, shape[0]), lambda r, c: (c + 0 * r,)
+    if rank == 2:
+        if 0 in shape:
+            raise RenderError(f"section {label}: the array is empty (shape {shape})")
+        return shape, lambda r, c: (r + 0 * c, c + 0 * r)
+    if rank == 4:
+        if 0 in shape:
+            raise RenderError(f"section {label}: the array is empty (shape {shape})")
+        # logical axes (block_h, block_w, block rows, block columns) -> physical axes
+        perm = (1, 2, 0, 3) if looks_like_activation(shape) else (0, 1, 2, 3)
+        bh, bw, n_rows, n_cols = (shape[p] for p in perm)
+        kept = conv_rows_kept(bh, bw, n_rows, show_all)
+
+        def conv_index(r, c):
+            logical = (r % bh + 0 * c, c % bw + 0 * r, r // bh + 0 * c, c // bw + 0 * r)
+            physical = [None] * 4
+            for axis, p in enumerate(perm):
+                physical[p] = logical[axis]
+            return tuple(physical)
+
+        return (kept * bh, n_cols * bw), conv_index
+    count = math.prod(shape)
+    if not show_all:
+        count = min(count, TRUNCATION_BUDGET)
+    if count == 0:
+        raise RenderError(f"section {label}: the array is empty (shape {shape})")
+    rows, cols = irregular_grid(count, height, width)
+    if cols == 0:
+        raise RenderError(f"section {label}: too few values ({count}) to fill a section")
+    if rank == 0:
+        return (1, 1), lambda r, c: ()
+    return (rows, cols), lambda r, c: np.unravel_index(r * cols + c, shape)
+
+
+def make_plan(shape: tuple[int, ...], width: int, show_all: bool, label: str = "?") -> SectionPlan:
+    """The plan for one array of this shape in a frame of this width."""
+    shape = tuple(int(s) for s in shape)
+    height = section_height(shape, show_all)
+    (src_h, src_w), to_index = _layout(shape, height, width, show_all, label)
+    rows, row_map, row_weight = _unique_sorted(resize_indices(src_h, height))
+    cols, col_map, col_weight = _unique_sorted(resize_indices(src_w, width))
+    index = tuple(np.asarray(i, dtype=np.intp) for i in to_index(rows[:, None], cols[None, :]))
+    axes: list[np.ndarray | None] = []
+    local: list[np.ndarray] = []
+    for axis, idx in enumerate(index):
+        distinct = np.unique(idx)
+        if len(distinct) == shape[axis]:
+            axes.append(None)
+            local.append(idx)
+        else:
+            axes.append(distinct)
+            local.append(np.searchsorted(distinct, idx).astype(np.intp))
+    return SectionPlan(
+        shape=shape,
+        height=height,
+        width=width,
+        source_shape=(src_h, src_w),
+        index=index,
+        axes=tuple(axes),
+        local=tuple(local),
+        row_map=row_map,
+        col_map=col_map,
+        row_weight=row_weight,
+        col_weight=col_weight,
+    )
+
+
+class PlanCache:
+    """Plans by (shape, width, show_all); a training run has few distinct shapes."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._plans: dict[tuple, SectionPlan] = {}
+        self._limit = limit
+
+    def plans(
+        self, shapes: Sequence[tuple[int, ...]], show_all: bool, labels: Sequence[str]
+    ) -> list[SectionPlan]:
+        """One plan per shape, for a frame holding all of them."""
+        width = frame_width(shapes, show_all)
+        out = []
+        for shape, label in zip(shapes, labels):
+            key = (tuple(shape), width, show_all)
+            plan = self._plans.get(key)
+            if plan is None:
+                if len(self._plans) >= self._limit:
+                    self._plans.clear()
+                plan = self._plans[key] = make_plan(shape, width, show_all, label)
+            out.append(plan)
+        return out
+
+
+# ---------------------------------------------------------------- variance window
+
+
+class _Window:
+    """The last few compact sections of one array, with running sums for their variance.
+
+    Sums are kept of the deviation from a reference sample and rebuilt from
+    the stored samples every ``size`` pushes, so rounding does not build up.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.samples: deque[np.ndarray] = deque(maxlen=size)
+        self.pushes = 0
+        self.ref: np.ndarray | None = None
+        self.s1: np.ndarray | None = None
+        self.s2: np.ndarray | None = None
+
+    def resize(self, size: int) -> None:
+        """Change the window length, keeping the newest samples."""
+        if size != self.samples.maxlen:
+            self.samples = deque(self.samples, maxlen=size)
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.pushes = 0
+        if not self.samples:
+            self.ref = self.s1 = self.s2 = None
+            return
+        self.ref = self.samples[-1]
+        self.s1 = np.zeros_like(self.ref)
+        self.s2 = np.zeros_like(self.ref)
+        for sample in self.samples:
+            d = sample - self.ref
+            self.s1 += d
+            self.s2 += d * d
+
+    def push(self, sample: np.ndarray) -> None:
+        """Add the newest compact section, dropping the oldest when full."""
+        if self.ref is None:
+            self.samples.append(sample)
+            self._rebuild()
+            return
+        if len(self.samples) == self.samples.maxlen:
+            old = self.samples[0] - self.ref
+            self.s1 -= old
+            old *= old
+            self.s2 -= old
+        self.samples.append(sample)
+        d = sample - self.ref
+        self.s1 += d
+        d *= d
+        self.s2 += d
+        self.pushes += 1
+        if self.pushes >= self.samples.maxlen:
+            self._rebuild()
+
+    def variance(self) -> np.ndarray:
+        """Per-pixel population variance over the samples in the window."""
+        n = len(self.samples)
+        mean = self.s1 / n
+        var = self.s2 / n
+        var -= mean * mean
+        np.maximum(var, 0.0, out=var)
+        return var
+
+
+# ---------------------------------------------------------------- rendering
+
+
+@dataclass
+class Rendered:
+    """A rendered frame: palette indices, the palette, and one info dict per section."""
+
+    pixels: np.ndarray  # (H, W) uint8
+    palette: np.ndarray  # (256, 3) uint8
+    sections: list[dict[str, Any]]
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map lo..hi to 0..255 and truncate to uint8, as the original; a flat range gives 0."""
+    span = hi - lo
+    if not span > 0 or not math.isfinite(span):
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = values - lo
+    scaled *= 255.0 / span
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+class Renderer:
+    """Turns compact sections into frames, keeping the variance history between calls."""
+
+    def __init__(self) -> None:
+        self.plan_cache = PlanCache()
+        self._windows: list[_Window] = []
+        self._history_key: tuple | None = None
+
+    def plans(
+        self, shapes: Sequence[tuple[int, ...]], show_all: bool, labels: Sequence[str] | None = None
+    ) -> list[SectionPlan]:
+        """Plans for arrays of these shapes (see SectionPlan)."""
+        labels = labels if labels is not None else [str(i) for i in range(len(shapes))]
+        return self.plan_cache.plans(shapes, show_all, labels)
+
+    def clear_history(self) -> None:
+        """Forget the variance window (the original did so when values, mode or show_all changed)."""
+        self._windows = []
+        self._history_key = None
+
+    def render(
+        self,
+        names: Sequence[str],
+        plans: Sequence[SectionPlan],
+        compacts: Sequence[np.ndarray],
+        config: dict[str, Any],
+    ) -> Rendered:
+        """Apply mode, statistics, scaling and colormap to compact sections and build the frame."""
+        if not plans:
+            raise RenderError("there are no arrays to show")
+        values = [np.asarray(c, dtype=np.float64) for c in compacts]
+        for name, plan, value in zip(names, plans, values):
+            if value.shape != plan.compact_shape:
+                raise RenderError(
+                    f"section {name}: compact values have shape {value.shape}, "
+                    f"expected {plan.compact_shape}"
+                )
+        if config["mode"] == "variance":
+            values = self._variance(plans, values, config)
+        else:
+            self.clear_history()
+
+        infos = []
+        lows, highs = [], []
+        for name, plan, value in zip(names, plans, values):
+            finite = value if np.isfinite(value).all() else np.where(np.isfinite(value), value, np.nan)
+            lo = float(np.nanmin(finite)) if not np.isnan(finite).all() else float("nan")
+            hi = float(np.nanmax(finite)) if not np.isnan(finite).all() else float("nan")
+            weights = plan.row_weight[:, None] * plan.col_weight[None, :]
+            mean = float((value * weights).sum() / (plan.height * plan.width))
+            lows.append(lo)
+            highs.append(hi)
+            infos.append(
+                {
+                    "name": str(name),
+                    "shape": list(plan.shape),
+                    "min": _finite_or_none(lo),
+                    "mean": _finite_or_none(mean),
+                    "max": _finite_or_none(hi),
+                    "range": _finite_or_none(hi - lo),
+                    "height": plan.height,
+                }
+            )
+
+        if config["scaling"] == "network":
+            finite_lows = [v for v in lows if math.isfinite(v)]
+            finite_highs = [v for v in highs if math.isfinite(v)]
+            g_lo = min(finite_lows) if finite_lows else 0.0
+            g_hi = max(finite_highs) if finite_highs else 0.0
+            bounds = [(g_lo, g_hi)] * len(values)
+        else:
+            bounds = list(zip(lows, highs))
+
+        width = plans[0].width
+        total = sum(p.height for p in plans) + SEPARATOR_HEIGHT * (len(plans) - 1)
+        frame = np.zeros((total, width), dtype=np.uint8)
+        y = 0
+        for plan, value, (lo, hi) in zip(plans, values, bounds):
+            if not np.isfinite(value).all():
+                value = np.nan_to_num(value, nan=lo, posinf=hi, neginf=lo)
+            small = _scale(value, lo, hi)
+            wide = np.take(small, plan.col_map, axis=1)
+            np.take(wide, plan.row_map, axis=0, out=frame[y : y + plan.height])
+            y += plan.height + SEPARATOR_HEIGHT
+        return Rendered(pixels=frame, palette=palette_for(config["colormap"]), sections=infos)
+
+    def _variance(
+        self, plans: Sequence[SectionPlan], values: list[np.ndarray], config: dict[str, Any]
+    ) -> list[np.ndarray]:
+        key = tuple(id(p) for p in plans)
+        if key != self._history_key:
+            self._windows = [_Window(config["window_size"]) for _ in plans]
+            self._history_key = key
+        out = []
+        for window, value in zip(self._windows, values):
+            window.resize(config["window_size"])
+            window.push(value)
+            out.append(window.variance())
+        return out
+
+
+def scale_frame(frame: np.ndarray) -> np.ndarray:
+    """A 2-D user frame min-max scaled to uint8 (constant: all 0), as the original showed it."""
+    values = np.asarray(frame, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, dtype=np.uint8)
+    lo = float(values[finite].min())
+    hi = float(values[finite].max())
+    if not finite.all():
+        values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
+    return _scale(values, lo, hi)
