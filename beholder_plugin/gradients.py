@@ -1,0 +1,127 @@
+"""Gradients for the "arrays" view: TF2 and TF1 successors of the original ``gradient_helper``.
+
+Each helper trains one step (or builds the op that does) and hands back the
+gradients named after their variables, ready for ``Beholder.update(arrays=...)``.
+TensorFlow is imported only when a helper is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def _variable_name(variable: Any, index: int) -> str:
+    """A variable's path (Keras 3), else its name (tf.Variable), else its index."""
+    for attr in ("path", "name"):
+        value = getattr(variable, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return str(index)
+
+
+def named_gradients(variables: Iterable[Any], gradients: Iterable[Any]) -> dict[str, Any]:
+    """Pair gradients with their variables' names (Keras path or tf name) for update(arrays=...).
+
+    Gradients that are ``None`` (a variable the loss does not depend on) are
+    left out; a name that repeats gets a ``#2``, ``#3``... suffix so no
+    gradient is lost.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> w = tf.Variable([1.0, 2.0], name="w")
+    >>> b = tf.Variable(0.0, name="b")
+    >>> with tf.GradientTape() as tape:
+    ...     loss = tf.reduce_sum(w * w)
+    >>> grads = tape.gradient(loss, [w, b])
+    >>> {k: v.numpy().tolist() for k, v in named_gradients([w, b], grads).items()}
+    {'w:0': [2.0, 4.0]}
+    """
+    out: dict[str, Any] = {}
+    for index, (variable, gradient) in enumerate(zip(variables, gradients)):
+        if gradient is None:
+            continue
+        name = base = _variable_name(variable, index)
+        n = 1
+        while name in out:
+            n += 1
+            name = f"{base}#{n}"
+        out[name] = gradient
+    return out
+
+
+def gradient_step(tape: Any, loss: Any, variables: Any, optimizer: Any) -> dict[str, Any]:
+    """TF2: take the tape's gradients of loss, apply them with optimizer, and return them by name.
+
+    Args:
+      tape: the ``tf.GradientTape`` that recorded the forward pass (closed).
+      loss: the scalar loss computed under the tape.
+      variables: a Keras model or ``tf.Module`` (its ``trainable_variables``
+        are used) or a list of variables.
+      optimizer: a Keras 3 optimizer (or anything with ``apply_gradients``).
+
+    Returns:
+      ``{variable path: gradient}`` for ``Beholder.update(arrays=...)``
+      (see ``named_gradients``). Works inside ``tf.function`` too: return the
+      dict from the function and call ``update()`` outside it.
+
+    Example:
+
+    >>> import keras, numpy as np, tensorflow as tf
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="out")])
+    >>> optimizer = keras.optimizers.SGD(0.1)
+    >>> x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    >>> with tf.GradientTape() as tape:
+    ...     loss = tf.reduce_mean((model(x) - y) ** 2)
+    >>> grads = gradient_step(tape, loss, model, optimizer)
+    >>> sorted(grads)
+    ['sequential/out/bias', 'sequential/out/kernel']
+    >>> int(optimizer.iterations)
+    1
+    """
+    if hasattr(variables, "trainable_variables"):
+        variables = variables.trainable_variables
+    variables = list(variables)
+    gradients = tape.gradient(loss, variables)
+    pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+    optimizer.apply_gradients(pairs)
+    return named_gradients(variables, gradients)
+
+
+def gradient_helper(
+    optimizer: Any, loss: Any, var_list: list | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """TF1 (``tf.compat.v1`` graph mode): the train op and the gradient tensors, by variable name.
+
+    Like the original Beholder's ``gradient_helper``: computes the gradients
+    with ``optimizer.compute_gradients`` and builds the op applying them, so
+    one ``session.run`` trains and fetches the gradients.
+
+    Args:
+      optimizer: a ``tf.compat.v1.train.Optimizer`` (e.g. ``AdamOptimizer``).
+      loss: the scalar loss tensor.
+      var_list: the variables to train; default: the graph's trainable ones.
+
+    Returns:
+      ``(train_op, {var.name: gradient tensor})``. ``session.run`` accepts the
+      dict as a fetch and returns ``{var.name: ndarray}`` for ``update(arrays=...)``.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> with tf.Graph().as_default():
+    ...     w = tf.compat.v1.get_variable("w", initializer=[1.0, 2.0])
+    ...     loss = tf.reduce_sum(w * w)
+    ...     train_op, grads = gradient_helper(
+    ...         tf.compat.v1.train.GradientDescentOptimizer(0.1), loss)
+    ...     with tf.compat.v1.Session() as sess:
+    ...         sess.run(tf.compat.v1.global_variables_initializer())
+    ...         _, values = sess.run([train_op, grads])
+    ...         w_after = sess.run(w)
+    >>> values["w:0"].tolist(), [round(float(v), 3) for v in w_after]
+    ([2.0, 4.0], [0.8, 1.6])
+    """
+    grads_and_vars = optimizer.compute_gradients(loss, var_list=var_list)
+    train_op = optimizer.apply_gradients(grads_and_vars)
+    return train_op, named_gradients([v for _, v in grads_and_vars], [g for g, _ in grads_and_vars])
