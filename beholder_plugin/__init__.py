@@ -16,6 +16,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BeholderCallback": "beholder_plugin.keras",
+    "gradient_helper": "beholder_plugin.gradients",
+    "gradient_step": "beholder_plugin.gradients",
+    "named_gradients": "beholder_plugin.gradients",
 }
 
 
@@ -34,6 +37,9 @@ __all__ = [
     "Beholder",
     "BeholderCallback",
     "ConfigError",
+    "gradient_helper",
+    "gradient_step",
+    "named_gradients",
     "read_config",
     "read_frame",
     "read_section_info",
