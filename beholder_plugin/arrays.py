@@ -7,7 +7,8 @@ object of that framework is passed, and by then the framework is loaded.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -194,7 +194,7 @@ class Beholder:
 
         values = config["values"]
         sections: list[dict] = []
-        palette = None
+        palette = row_index = None
         if values == "frames":
             if frame is None:
                 pixels, palette, values = placeholder_frame("frames"), palette_for("grayscale"), "placeholder"
@@ -208,11 +208,16 @@ class Beholder:
                 pixels, palette = placeholder_frame(values), palette_for("grayscale")
                 values = "placeholder"
             else:
-                pixels, palette, sections = rendered.pixels, rendered.palette, rendered.sections
+                pixels, row_index = rendered.rows, rendered.row_index
+                palette, sections = rendered.palette, rendered.sections
 
-        self._write(storage.Frame(pixels, palette), sections, values)
+        if row_index is None:
+            frame = storage.Frame(pixels, palette)
+        else:
+            frame = storage.Frame(palette=palette, rows=pixels, row_index=row_index)
+        self._write(frame, sections, values)
         if config["is_recording"]:
-            self._recorder.append(pixels if palette is None else palette[pixels])
+            self._recorder.append(frame.rgb())
         return True
 
     def _render_values(self, values: str, arrays: Any, variables: Any, session: Any, config: dict):
@@ -239,8 +244,7 @@ class Beholder:
         shapes = [adapters.shape_of(obj) for obj in prepared]
         plans = self._renderer.plans(shapes, config["show_all"], names)
         compacts = [
-            adapters.fetch_compact(obj, plan, name)
-            for name, obj, plan in zip(names, prepared, plans)
+            adapters.fetch_compact(obj, plan, name) for name, obj, plan in zip(names, prepared, plans)
         ]
         return self._renderer.render(names, plans, compacts, config)
 
@@ -264,9 +268,7 @@ class Beholder:
             if image.size == 0:
                 raise RenderError(f"frame: the image is empty (shape {image.shape})")
             return image, None
-        raise RenderError(
-            f"frame: expected a 2-D array or an H x W x 3 uint8 image, got shape {image.shape}"
-        )
+        raise RenderError(f"frame: expected a 2-D array or an H x W x 3 uint8 image, got shape {image.shape}")
 
     def _write(self, frame: storage.Frame, sections: list[dict], values: str) -> None:
         """Write section info, then the frame, recreating the directory if it was deleted."""

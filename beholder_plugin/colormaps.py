@@ -103,8 +103,7 @@ _HEX = {
 
 def _build() -> dict[str, np.ndarray]:
     tables = {
-        name: np.frombuffer(bytes.fromhex(data), np.uint8).reshape(256, 3)
-        for name, data in _HEX.items()
+        name: np.frombuffer(bytes.fromhex(data), np.uint8).reshape(256, 3) for name, data in _HEX.items()
     }
     tables["grayscale"] = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
     for table in tables.values():

@@ -25,7 +25,7 @@ MESSAGES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def placeholder_frame(values: str, width: int = 768, height: int = 128) -> np.ndarray:
     """A grayscale image (white text on black) explaining what to pass for this values choice."""
     from PIL import Image, ImageDraw, ImageFont

@@ -171,9 +171,7 @@ class Recorder:
                 return _Mp4Sink(path, width, height)
             except Exception as exc:
                 self._ffmpeg_failed = True
-                logger.warning(
-                    "Beholder: ffmpeg could not start (%s); recording numbered PNGs instead", exc
-                )
+                logger.warning("Beholder: ffmpeg could not start (%s); recording numbered PNGs instead", exc)
                 try:
                     os.unlink(path)
                 except OSError:

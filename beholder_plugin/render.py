@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -123,6 +124,8 @@ class SectionPlan:
     col_map: np.ndarray
     row_weight: np.ndarray  # how many frame rows each compact row fills
     col_weight: np.ndarray
+    kind: str = "index"  # which fast path take() uses: vector, matrix, blocks, flat, scalar
+    parts: tuple = ()  # that path's 1-D index arrays
 
     @property
     def compact_shape(self) -> tuple[int, int]:
@@ -130,8 +133,27 @@ class SectionPlan:
         return (len(self.row_weight), len(self.col_weight))
 
     def take(self, array: np.ndarray) -> np.ndarray:
-        """The compact section of a NumPy array (reads only the elements shown, never copies it whole)."""
-        if not self.shape:
+        """The compact section of a NumPy array (reads only the elements shown, never copies it whole).
+
+        Uses 1-D takes along axes where the layout allows, which is several
+        times faster than one pointwise fancy index.
+        """
+        kind, parts = self.kind, self.parts
+        if kind == "vector":
+            return array.take(parts[0])[None, :]
+        if kind == "matrix":
+            return array.take(parts[0], axis=0).take(parts[1], axis=1)
+        if kind == "blocks":
+            perm, block_rows, block_cols, row_pos, col_pos = parts
+            sub = array.take(block_rows, axis=perm[2]).take(block_cols, axis=perm[3])
+            sub = sub.transpose(perm[2], perm[0], perm[3], perm[1])
+            sub = sub.reshape(sub.shape[0] * sub.shape[1], sub.shape[2] * sub.shape[3])
+            return sub.take(row_pos, axis=0).take(col_pos, axis=1)
+        if kind == "flat" and array.flags.c_contiguous:
+            rows, cols, row_src, col_src = parts
+            grid = array.reshape(-1)[: rows * cols].reshape(rows, cols)
+            return grid.take(row_src, axis=0).take(col_src, axis=1)
+        if kind == "scalar":
             return np.full((1, 1), array[()])
         return array[self.index]
 
@@ -186,6 +208,28 @@ def _layout(shape: tuple[int, ...], height: int, width: int, show_all: bool, lab
     return (rows, cols), lambda r, c: np.unravel_index(r * cols + c, shape)
 
 
+def _fast_path(
+    shape: tuple[int, ...], show_all: bool, source: tuple[int, int], rows: np.ndarray, cols: np.ndarray
+) -> tuple[str, tuple]:
+    """The take() fast path for a layout: its kind and 1-D index arrays."""
+    rank = len(shape)
+    if rank == 0:
+        return "scalar", ()
+    if rank == 1:
+        return "vector", (cols,)
+    if rank == 2:
+        return "matrix", (rows, cols)
+    if rank == 4:
+        perm = (1, 2, 0, 3) if looks_like_activation(shape) else (0, 1, 2, 3)
+        bh, bw = shape[perm[0]], shape[perm[1]]
+        block_rows = np.unique(rows // bh)
+        block_cols = np.unique(cols // bw)
+        row_pos = np.searchsorted(block_rows, rows // bh) * bh + rows % bh
+        col_pos = np.searchsorted(block_cols, cols // bw) * bw + cols % bw
+        return "blocks", (perm, block_rows, block_cols, row_pos, col_pos)
+    return "flat", (source[0], source[1], rows, cols)
+
+
 def make_plan(shape: tuple[int, ...], width: int, show_all: bool, label: str = "?") -> SectionPlan:
     """The plan for one array of this shape in a frame of this width."""
     shape = tuple(int(s) for s in shape)
@@ -204,7 +248,10 @@ def make_plan(shape: tuple[int, ...], width: int, show_all: bool, label: str = "
         else:
             axes.append(distinct)
             local.append(np.searchsorted(distinct, idx).astype(np.intp))
+    kind, parts = _fast_path(shape, show_all, (src_h, src_w), rows, cols)
     return SectionPlan(
+        kind=kind,
+        parts=parts,
         shape=shape,
         height=height,
         width=width,
@@ -251,6 +298,8 @@ class _Window:
 
     Sums are kept of the deviation from a reference sample and rebuilt from
     the stored samples every ``size`` pushes, so rounding does not build up.
+    Scratch buffers are reused: variance() returns a buffer that the next
+    call overwrites.
     """
 
     def __init__(self, size: int) -> None:
@@ -259,6 +308,8 @@ class _Window:
         self.ref: np.ndarray | None = None
         self.s1: np.ndarray | None = None
         self.s2: np.ndarray | None = None
+        self._scratch: np.ndarray | None = None
+        self._out: np.ndarray | None = None
 
     def resize(self, size: int) -> None:
         """Change the window length, keeping the newest samples."""
@@ -274,10 +325,21 @@ class _Window:
         self.ref = self.samples[-1]
         self.s1 = np.zeros_like(self.ref)
         self.s2 = np.zeros_like(self.ref)
+        self._scratch = np.empty_like(self.ref)
+        self._out = np.empty_like(self.ref)
         for sample in self.samples:
-            d = sample - self.ref
+            self._accumulate(sample, 1.0)
+
+    def _accumulate(self, sample: np.ndarray, sign: float) -> None:
+        d = np.subtract(sample, self.ref, out=self._scratch)
+        if sign > 0:
             self.s1 += d
-            self.s2 += d * d
+            np.multiply(d, d, out=d)
+            self.s2 += d
+        else:
+            self.s1 -= d
+            np.multiply(d, d, out=d)
+            self.s2 -= d
 
     def push(self, sample: np.ndarray) -> None:
         """Add the newest compact section, dropping the oldest when full."""
@@ -286,25 +348,20 @@ class _Window:
             self._rebuild()
             return
         if len(self.samples) == self.samples.maxlen:
-            old = self.samples[0] - self.ref
-            self.s1 -= old
-            old *= old
-            self.s2 -= old
+            self._accumulate(self.samples[0], -1.0)
         self.samples.append(sample)
-        d = sample - self.ref
-        self.s1 += d
-        d *= d
-        self.s2 += d
+        self._accumulate(sample, 1.0)
         self.pushes += 1
         if self.pushes >= self.samples.maxlen:
             self._rebuild()
 
     def variance(self) -> np.ndarray:
         """Per-pixel population variance over the samples in the window."""
-        n = len(self.samples)
-        mean = self.s1 / n
-        var = self.s2 / n
-        var -= mean * mean
+        inv_n = 1.0 / len(self.samples)
+        mean_sq = np.multiply(self.s1, inv_n, out=self._scratch)
+        np.multiply(mean_sq, mean_sq, out=mean_sq)
+        var = np.multiply(self.s2, inv_n, out=self._out)
+        np.subtract(var, mean_sq, out=var)
         np.maximum(var, 0.0, out=var)
         return var
 
@@ -314,26 +371,46 @@ class _Window:
 
 @dataclass
 class Rendered:
-    """A rendered frame: palette indices, the palette, and one info dict per section."""
+    """A rendered frame, row-encoded: ``rows[row_index]`` are its palette indices."""
 
-    pixels: np.ndarray  # (H, W) uint8
+    rows: np.ndarray  # (R, W) uint8 distinct rows; rows[0] is the black separator row
+    row_index: np.ndarray  # (H,) uint32
     palette: np.ndarray  # (256, 3) uint8
     sections: list[dict[str, Any]]
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The full (H, W) frame of palette indices."""
+        return np.take(self.rows, self.row_index, axis=0)
 
 
 def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map lo..hi to 0..255 and truncate to uint8, as the original; a flat range gives 0."""
+def _scale(values: np.ndarray, lo: float, hi: float, in_place: bool = False) -> np.ndarray:
+    """Map lo..hi to 0..255 and truncate to uint8, as the original; a flat range gives 0.
+
+    Values must lie within lo..hi (so no clipping is needed); with in_place
+    the float array is used as scratch.
+    """
     span = hi - lo
     if not span > 0 or not math.isfinite(span):
         return np.zeros(values.shape, dtype=np.uint8)
-    scaled = values - lo
+    scaled = np.subtract(values, lo, out=values if in_place else None)
     scaled *= 255.0 / span
-    np.clip(scaled, 0.0, 255.0, out=scaled)
     return scaled.astype(np.uint8)
+
+
+def _extrema(value: np.ndarray) -> tuple[float, float, bool]:
+    """Min and max over the finite values (NaN when there are none), and whether all were finite."""
+    lo, hi = float(value.min()), float(value.max())
+    if math.isfinite(lo) and math.isfinite(hi):
+        return lo, hi, True
+    finite = value[np.isfinite(value)]
+    if finite.size == 0:
+        return float("nan"), float("nan"), False
+    return float(finite.min()), float(finite.max()), False
 
 
 class Renderer:
@@ -370,8 +447,7 @@ class Renderer:
         for name, plan, value in zip(names, plans, values):
             if value.shape != plan.compact_shape:
                 raise RenderError(
-                    f"section {name}: compact values have shape {value.shape}, "
-                    f"expected {plan.compact_shape}"
+                    f"section {name}: compact values have shape {value.shape}, expected {plan.compact_shape}"
                 )
         if config["mode"] == "variance":
             values = self._variance(plans, values, config)
@@ -379,13 +455,12 @@ class Renderer:
             self.clear_history()
 
         infos = []
-        lows, highs = [], []
+        lows, highs, clean = [], [], []
         for name, plan, value in zip(names, plans, values):
-            finite = value if np.isfinite(value).all() else np.where(np.isfinite(value), value, np.nan)
-            lo = float(np.nanmin(finite)) if not np.isnan(finite).all() else float("nan")
-            hi = float(np.nanmax(finite)) if not np.isnan(finite).all() else float("nan")
-            weights = plan.row_weight[:, None] * plan.col_weight[None, :]
-            mean = float((value * weights).sum() / (plan.height * plan.width))
+            lo, hi, all_finite = _extrema(value)
+            clean.append(all_finite)
+            # the mean of the full-size section: each compact pixel weighted by its copies
+            mean = float(plan.row_weight @ value @ plan.col_weight) / (plan.height * plan.width)
             lows.append(lo)
             highs.append(hi)
             infos.append(
@@ -411,16 +486,23 @@ class Renderer:
 
         width = plans[0].width
         total = sum(p.height for p in plans) + SEPARATOR_HEIGHT * (len(plans) - 1)
-        frame = np.zeros((total, width), dtype=np.uint8)
-        y = 0
-        for plan, value, (lo, hi) in zip(plans, values, bounds):
-            if not np.isfinite(value).all():
+        rows = np.empty((1 + sum(p.compact_shape[0] for p in plans), width), dtype=np.uint8)
+        rows[0] = 0  # the separator row
+        row_index = np.zeros(total, dtype=np.uint32)
+        stored, y = 1, 0
+        scratch = config["mode"] == "variance"  # variance values are buffers we may overwrite
+        for plan, value, (lo, hi), all_finite in zip(plans, values, bounds, clean):
+            if not all_finite:  # NaN shows as the low end, +/-inf as the ends
                 value = np.nan_to_num(value, nan=lo, posinf=hi, neginf=lo)
-            small = _scale(value, lo, hi)
-            wide = np.take(small, plan.col_map, axis=1)
-            np.take(wide, plan.row_map, axis=0, out=frame[y : y + plan.height])
+            small = _scale(value, lo, hi, in_place=scratch or not all_finite)
+            count = small.shape[0]
+            np.take(small, plan.col_map, axis=1, out=rows[stored : stored + count])
+            row_index[y : y + plan.height] = plan.row_map + stored
+            stored += count
             y += plan.height + SEPARATOR_HEIGHT
-        return Rendered(pixels=frame, palette=palette_for(config["colormap"]), sections=infos)
+        return Rendered(
+            rows=rows, row_index=row_index, palette=palette_for(config["colormap"]), sections=infos
+        )
 
     def _variance(
         self, plans: Sequence[SectionPlan], values: list[np.ndarray], config: dict[str, Any]

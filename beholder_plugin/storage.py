@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
-from dataclasses import dataclass, field
+import threading
 from typing import Any
 
 import numpy as np
@@ -44,13 +43,14 @@ def plugin_dir(run_dir: str | os.PathLike) -> str:
 
 def atomic_write(path: str, data: bytes | list) -> None:
     """Write bytes (or a list of buffers) to path so that readers see the old or the new file, never a mix."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    directory, name = os.path.split(path)
+    # One temporary name per writing thread: cheaper than mkstemp, and no two writers share it.
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
         with os.fdopen(fd, "wb") as f:
             for chunk in data if isinstance(data, list) else [data]:
                 f.write(chunk)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -60,63 +60,102 @@ def atomic_write(path: str, data: bytes | list) -> None:
         raise
 
 
-def atomic_write_json(path: str, doc: Any) -> None:
+def atomic_write_json(path: str, doc: Any, indent: int | None = None) -> None:
     """Write a JSON document atomically (no NaN or Infinity: strict JSON only)."""
-    atomic_write(path, json.dumps(doc, indent=1, allow_nan=False).encode("utf-8") + b"\n")
+    separators = None if indent else (",", ":")
+    text = json.dumps(doc, indent=indent, separators=separators, allow_nan=False)
+    atomic_write(path, text.encode("utf-8") + b"\n")
 
 
 # ---------------------------------------------------------------- frames
 
 
-@dataclass
 class Frame:
-    """One frame as stored: palette indices with a 256 x 3 palette, or RGB pixels."""
+    """One frame as stored: palette indices with a 256 x 3 palette, or RGB pixels.
 
-    pixels: np.ndarray  # (H, W) uint8 palette indices, or (H, W, 3) uint8 RGB
-    palette: np.ndarray | None  # (256, 3) uint8 when pixels are indices
-    header: dict[str, Any] = field(default_factory=dict)
+    A frame may be held row-encoded: ``rows`` are its distinct rows and
+    ``row_index[y]`` says which of them is row y. Sections are
+    nearest-neighbour blow-ups, so this is several times smaller than the
+    full frame. ``pixels`` always gives the full frame.
+    """
+
+    def __init__(
+        self,
+        pixels: np.ndarray | None = None,
+        palette: np.ndarray | None = None,
+        header: dict[str, Any] | None = None,
+        *,
+        rows: np.ndarray | None = None,
+        row_index: np.ndarray | None = None,
+    ) -> None:
+        if (pixels is None) == (rows is None):
+            raise ValueError("give either pixels or rows (with row_index)")
+        if rows is not None and row_index is None:
+            raise ValueError("rows need a row_index")
+        self.rows = pixels if pixels is not None else rows
+        self.row_index = None if pixels is not None else np.asarray(row_index)
+        self.palette = palette
+        self.header: dict[str, Any] = dict(header or {})
+        self._pixels = pixels
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(H, W) uint8 palette indices, or (H, W, 3) uint8 RGB: the full frame."""
+        if self._pixels is None:
+            self._pixels = np.take(self.rows, self.row_index, axis=0)
+        return self._pixels
 
     @property
     def height(self) -> int:
         """Frame height in pixels."""
-        return int(self.pixels.shape[0])
+        return int(len(self.row_index) if self.row_index is not None else self.rows.shape[0])
 
     @property
     def width(self) -> int:
         """Frame width in pixels."""
-        return int(self.pixels.shape[1])
+        return int(self.rows.shape[1])
 
     def rgb(self) -> np.ndarray:
         """The frame as an H x W x 3 uint8 RGB array."""
         if self.palette is None:
             return self.pixels
-        return self.palette[self.pixels]
+        if self.row_index is None:
+            return self.palette[self.rows]
+        return np.take(self.palette[self.rows], self.row_index, axis=0)
 
 
 def encode_frame(frame: Frame) -> list:
     """The buffers that make up a frame file (header first), without copying the pixels."""
-    pixels = np.ascontiguousarray(frame.pixels, dtype=np.uint8)
-    if pixels.ndim == 2:
+    rows = np.ascontiguousarray(frame.rows, dtype=np.uint8)
+    buffers = []
+    if rows.ndim == 2:
         if frame.palette is None:
             raise ValueError("a 2-D frame needs a palette")
         palette = np.ascontiguousarray(frame.palette, dtype=np.uint8)
         if palette.shape != (256, 3):
             raise ValueError(f"palette must be 256 x 3, not {palette.shape}")
-        buffers = [palette.data, pixels.data]
+        buffers.append(palette.data)
         channels = 1
-    elif pixels.ndim == 3 and pixels.shape[2] == 3:
-        buffers = [pixels.data]
+    elif rows.ndim == 3 and rows.shape[2] == 3:
         channels = 3
     else:
-        raise ValueError(f"frame pixels must be H x W or H x W x 3, not {pixels.shape}")
+        raise ValueError(f"frame pixels must be H x W or H x W x 3, not {rows.shape}")
     header = dict(frame.header)
     header.update(
         format="beholder-frame",
         version=FRAME_VERSION,
-        height=int(pixels.shape[0]),
-        width=int(pixels.shape[1]),
+        height=frame.height,
+        width=int(rows.shape[1]),
         channels=channels,
+        encoding="raw",
     )
+    if frame.row_index is not None:
+        index = np.ascontiguousarray(frame.row_index, dtype="<u4")
+        if index.size and int(index.max()) >= rows.shape[0]:
+            raise ValueError("row_index points past the stored rows")
+        header.update(encoding="rows", rows=int(rows.shape[0]))
+        buffers.append(index.data)
+    buffers.append(rows.data)
     head = json.dumps(header, allow_nan=False).encode("utf-8")
     return [FRAME_MAGIC + _LENGTH.pack(len(head)) + head, *buffers]
 
@@ -153,12 +192,29 @@ def decode_frame(data: bytes) -> Frame:
             raise FrameFormatError("frame file is too short for its palette")
         palette = np.frombuffer(data, np.uint8, 768, offset).reshape(256, 3)
         offset = palette_end
-    expected = height * width * channels
+    encoding = header.get("encoding", "raw")
+    row_index = None
+    stored_rows = height
+    if encoding == "rows":
+        stored_rows = header.get("rows")
+        if not isinstance(stored_rows, int) or not 1 <= stored_rows <= height:
+            raise FrameFormatError("row-encoded frame has an impossible 'rows' count")
+        if offset + 4 * height > len(data):
+            raise FrameFormatError("frame file is too short for its row index")
+        row_index = np.frombuffer(data, "<u4", height, offset)
+        offset += 4 * height
+        if int(row_index.max()) >= stored_rows:
+            raise FrameFormatError("frame row index points past the stored rows")
+    elif encoding != "raw":
+        raise FrameFormatError(f"unknown frame encoding {encoding!r}")
+    expected = stored_rows * width * channels
     if len(data) - offset != expected:
         raise FrameFormatError(f"frame has {len(data) - offset} pixel bytes, expected {expected}")
-    shape = (height, width) if channels == 1 else (height, width, 3)
+    shape = (stored_rows, width) if channels == 1 else (stored_rows, width, 3)
     pixels = np.frombuffer(data, np.uint8, expected, offset).reshape(shape)
-    return Frame(pixels=pixels, palette=palette, header=header)
+    if row_index is None:
+        return Frame(pixels, palette, header)
+    return Frame(palette=palette, header=header, rows=pixels, row_index=row_index)
 
 
 def read_frame_file(run_dir: str | os.PathLike) -> Frame | None:
@@ -230,7 +286,7 @@ def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
 def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
     """Atomically write a full, already validated config."""
     os.makedirs(plugin_dir(run_dir), exist_ok=True)
-    atomic_write_json(config_path(run_dir), config_document(config))
+    atomic_write_json(config_path(run_dir), config_document(config), indent=1)
 
 
 __all__ = [
