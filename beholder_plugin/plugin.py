@@ -1,0 +1,258 @@
+"""The TensorBoard side: a dynamic plugin serving the Beholder tab, its frames and its settings.
+
+Routes are documented in docs/http-api.md. The trainer and this plugin share
+nothing but the files of docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from typing import Any, Callable
+
+from tensorboard.backend import http_util
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from beholder_plugin.config import DEFAULT_CONFIG, ConfigError, validate_changes
+from beholder_plugin.server_frames import FrameHub
+from beholder_plugin.server_runs import RunError, RunIndex, is_writable
+from beholder_plugin.storage import (
+    FRAME_FILE,
+    config_path,
+    read_config,
+    read_section_info_document,
+    write_config,
+)
+
+logger = logging.getLogger("beholder")
+
+PLUGIN_NAME = "beholder"
+FRONTEND_PACKAGE = "beholder_plugin.frontend"
+MAX_CONFIG_BODY = 4096  # bytes: a full config is about 200
+DEFAULT_LIVE_TIMEOUT = 10.0
+MAX_LIVE_TIMEOUT = 30.0
+_STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(js|css|svg|html)$")
+_STATIC_TYPES = {
+    "js": "text/javascript",
+    "css": "text/css",
+    "svg": "image/svg+xml",
+    "html": "text/html",
+}
+
+Handler = Callable[[wrappers.Request], wrappers.Response]
+
+
+def _error(request: wrappers.Request, message: str, code: int) -> wrappers.Response:
+    """A JSON error response {"error": message}."""
+    return http_util.Respond(request, {"error": message}, "application/json", code=code)
+
+
+def _json(request: wrappers.Request, content: Any, code: int = 200) -> wrappers.Response:
+    """A JSON response that is never cached."""
+    return http_util.Respond(request, content, "application/json", code=code)
+
+
+class BeholderPlugin(base_plugin.TBPlugin):
+    """The "Beholder" tab: live frames of the logdir's runs and the controls that set them."""
+
+    plugin_name = PLUGIN_NAME
+
+    def __init__(self, context: base_plugin.TBContext):
+        self._index = RunIndex(getattr(context, "logdir", None))
+        self._hub = FrameHub()
+        self._config_lock = threading.Lock()
+
+    # ------------------------------------------------------------ TBPlugin API
+
+    def get_plugin_apps(self) -> dict[str, Handler]:
+        """The plugin's routes, relative to /data/plugin/beholder."""
+        return {
+            "/static/*": self._serve_static,
+            "/runs": self._serve_runs,
+            "/frame": self._serve_frame,
+            "/live": self._serve_live,
+            "/section-info": self._serve_section_info,
+            "/config": self._serve_config,
+            "/ping": self._serve_ping,
+        }
+
+    def is_active(self) -> bool:
+        """Whether any run has Beholder files (a directory scan cached for a few seconds)."""
+        return bool(self._index.runs())
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        """Load the dashboard as an ES module in TensorBoard's plugin iframe."""
+        return base_plugin.FrontendMetadata(
+            es_module_path="/static/index.js",
+            tab_name="Beholder",
+            disable_reload=True,
+        )
+
+    # ------------------------------------------------------------ helpers
+
+    def _run(self, request: wrappers.Request):
+        """The run named by ?run=, or raise RunError."""
+        return self._index.resolve(request.args.get("run"))
+
+    def _with_run(handler: Callable) -> Callable:  # noqa: N805 - decorator used in the class body
+        """Decorate a route so that RunError becomes a JSON error with its status."""
+
+        def wrapped(self, request: wrappers.Request) -> wrappers.Response:
+            try:
+                run = self._run(request)
+            except RunError as exc:
+                return _error(request, str(exc), exc.status)
+            return handler(self, request, run)
+
+        wrapped.__doc__ = handler.__doc__
+        wrapped.__name__ = handler.__name__
+        return wrapped
+
+    # ------------------------------------------------------------ routes
+
+    @wrappers.Request.application
+    def _serve_static(self, request: wrappers.Request) -> wrappers.Response:
+        """A file of the dashboard, from the installed beholder_plugin.frontend package."""
+        name = request.path.rsplit("/", 1)[-1]
+        if not _STATIC_NAME.match(name):
+            return _error(request, f"no such dashboard file: {name!r}", 404)
+        resource = importlib.resources.files(FRONTEND_PACKAGE) / name
+        try:
+            content = resource.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return _error(request, f"no such dashboard file: {name!r}", 404)
+        content_type = _STATIC_TYPES[name.rsplit(".", 1)[1]]
+        return http_util.Respond(request, content, content_type)
+
+    @wrappers.Request.application
+    def _serve_ping(self, request: wrappers.Request) -> wrappers.Response:
+        """A liveness check the dashboard uses to tell "TensorBoard is down" from "no frames"."""
+        return _json(request, {"ok": True, "time": time.time()})
+
+    @wrappers.Request.application
+    def _serve_runs(self, request: wrappers.Request) -> wrappers.Response:
+        """The runs, each with the age in seconds of its latest frame (null if it has none)."""
+        now = time.time()
+        out = []
+        for run in self._index.runs(fresh=request.args.get("fresh") == "1"):
+            mtime = run.frame_mtime()
+            out.append({"run": run.name, "age": None if mtime is None else max(0.0, now - mtime)})
+        return _json(request, out)
+
+    def _frame_response(self, request: wrappers.Request, frame) -> wrappers.Response:
+        """A PNG response for an encoded frame, or 304 when the client already has it."""
+        headers = frame.headers()
+        if request.if_none_match and request.if_none_match.contains(frame.etag.strip('"')):
+            return http_util.Respond(request, b"", "image/png", code=304, headers=headers)
+        return http_util.Respond(request, frame.png, "image/png", headers=headers)
+
+    def _frame_path(self, run) -> str:
+        """The path of the run's frame file."""
+        return os.path.join(run.beholder_dir, FRAME_FILE)
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_frame(self, request: wrappers.Request, run) -> wrappers.Response:
+        """The run's latest frame as PNG, with an ETag (304 on a matching If-None-Match)."""
+        try:
+            frame = self._hub.latest(self._frame_path(run))
+        except ValueError as exc:
+            return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
+        if frame is None:
+            return _error(request, f"run {run.name!r} has no frame yet", 404)
+        return self._frame_response(request, frame)
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_live(self, request: wrappers.Request, run) -> wrappers.Response:
+        """Long polling: the first frame whose ETag is not ?after=, or 204 after ?timeout= s."""
+        raw_timeout = request.args.get("timeout", str(DEFAULT_LIVE_TIMEOUT))
+        try:
+            timeout = float(raw_timeout)
+        except ValueError:
+            timeout = float("nan")
+        if not math.isfinite(timeout) or not 0 <= timeout <= MAX_LIVE_TIMEOUT:
+            message = f"'timeout' must be a number of seconds from 0 to {MAX_LIVE_TIMEOUT:g}"
+            return _error(request, message, 400)
+        try:
+            frame = self._hub.wait_newer(self._frame_path(run), request.args.get("after"), timeout)
+        except ValueError as exc:
+            return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
+        if frame is None:
+            return http_util.Respond(request, b"", "image/png", code=204)
+        return http_util.Respond(request, frame.png, "image/png", headers=frame.headers())
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_section_info(self, request: wrappers.Request, run) -> wrappers.Response:
+        """The run's section-info.json (empty sections and a null frame_id when there is none)."""
+        try:
+            doc = read_section_info_document(run.path)
+        except ValueError as exc:
+            return _error(request, f"section-info.json is not valid: {exc}", 500)
+        if doc is None:
+            doc = {"version": 1, "frame_id": None, "sections": []}
+        return _json(request, doc)
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_config(self, request: wrappers.Request, run) -> wrappers.Response:
+        """GET: the run's settings; POST: change some (JSON body, validated, all or nothing)."""
+        if request.method == "GET":
+            return self._config_reply(request, run)
+        if request.method != "POST":
+            return http_util.Respond(
+                request,
+                {"error": "use GET or POST"},
+                "application/json",
+                code=405,
+                headers=[("Allow", "GET, POST")],
+            )
+        if request.mimetype != "application/json":
+            message = "the body must be JSON sent as Content-Type: application/json"
+            return _error(request, message, 415)
+        if request.content_length is not None and request.content_length > MAX_CONFIG_BODY:
+            return _error(request, f"the body is larger than {MAX_CONFIG_BODY} bytes", 413)
+        body = request.stream.read(MAX_CONFIG_BODY + 1)
+        if len(body) > MAX_CONFIG_BODY:
+            return _error(request, f"the body is larger than {MAX_CONFIG_BODY} bytes", 413)
+        try:
+            changes = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            return _error(request, f"the body is not valid JSON: {exc}", 400)
+        try:
+            accepted = validate_changes(changes)
+        except ConfigError as exc:
+            return _error(request, str(exc), 400)
+        with self._config_lock:
+            try:
+                config = read_config(run.path)
+            except ConfigError as exc:
+                # The file on disk is broken: the user's change is applied over the defaults.
+                logger.warning("Beholder: replacing invalid %s: %s", config_path(run.path), exc)
+                config = dict(DEFAULT_CONFIG)
+            config.update(accepted)
+            try:
+                write_config(run.path, config)
+            except OSError as exc:
+                return _error(request, f"cannot write the config of run {run.name!r}: {exc}", 403)
+        return self._config_reply(request, run)
+
+    def _config_reply(self, request: wrappers.Request, run) -> wrappers.Response:
+        """{"config": settings, "writable": bool, "problem": message or null} for a run."""
+        problem = None
+        try:
+            config = read_config(run.path)
+        except ConfigError as exc:
+            config, problem = dict(DEFAULT_CONFIG), str(exc)
+        return _json(
+            request,
+            {"config": config, "writable": is_writable(run.beholder_dir), "problem": problem},
+        )

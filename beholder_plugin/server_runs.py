@@ -1,0 +1,115 @@
+"""Finding Beholder runs under a TensorBoard logdir and resolving run names safely."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+from beholder_plugin.storage import FRAME_FILE, plugin_dir
+
+# Directories that never hold runs: TensorBoard's own plugin data and hidden folders.
+_SKIP_DIRS = ("plugins",)
+
+
+class RunError(ValueError):
+    """A run name that is missing, malformed, or resolves outside the logdir."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run: its TensorBoard-style name and its directory."""
+
+    name: str
+    path: str
+
+    @property
+    def beholder_dir(self) -> str:
+        """The run's plugins/beholder directory."""
+        return plugin_dir(self.path)
+
+    def frame_mtime(self) -> float | None:
+        """Modification time of the run's latest frame, or None when it has none."""
+        try:
+            return os.stat(os.path.join(self.beholder_dir, FRAME_FILE)).st_mtime
+        except OSError:
+            return None
+
+
+def _is_inside(path: str, root: str) -> bool:
+    """Whether real path `path` is `root` or below it (both already realpaths)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def scan_runs(logdir: str) -> list[Run]:
+    """Every directory under logdir (itself included) holding plugins/beholder/, by name."""
+    runs = []
+    if not os.path.isdir(logdir):
+        return runs
+    for dirpath, dirnames, _filenames in os.walk(logdir):
+        if os.path.isdir(plugin_dir(dirpath)):
+            rel = os.path.relpath(dirpath, logdir)
+            runs.append(Run(name=rel, path=dirpath))
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+    runs.sort(key=lambda run: run.name)
+    return runs
+
+
+class RunIndex:
+    """The runs of one logdir, rescanned at most every `max_age` seconds."""
+
+    def __init__(self, logdir: str | None, max_age: float = 5.0):
+        self.logdir = os.path.abspath(os.path.expanduser(logdir)) if logdir else None
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._runs: list[Run] = []
+        self._scanned_at = float("-inf")
+
+    def runs(self, fresh: bool = False) -> list[Run]:
+        """The runs found by the latest scan, rescanning if it is older than max_age (or fresh)."""
+        if self.logdir is None:
+            return []
+        with self._lock:
+            now = time.monotonic()
+            if fresh or now - self._scanned_at > self.max_age:
+                self._runs = scan_runs(self.logdir)
+                self._scanned_at = now
+            return list(self._runs)
+
+    def resolve(self, name: str | None) -> Run:
+        """The run called `name`; RunError if it is missing, not a run, or outside the logdir."""
+        if self.logdir is None:
+            raise RunError("TensorBoard was started without a local --logdir", 404)
+        if not name:
+            raise RunError("missing query parameter 'run'")
+        if "\x00" in name or os.path.isabs(name) or (os.altsep and name.startswith(os.altsep)):
+            raise RunError(f"run {name!r} is not a path relative to the logdir")
+        root = os.path.realpath(self.logdir)
+        path = os.path.normpath(os.path.join(self.logdir, name))
+        # Check both the run directory and its plugins/beholder: either may be a symlink.
+        for candidate in (path, plugin_dir(path)):
+            if not _is_inside(os.path.realpath(candidate), root):
+                raise RunError(f"run {name!r} is outside the logdir", 403)
+        if not os.path.isdir(plugin_dir(path)):
+            raise RunError(f"no Beholder run called {name!r} in the logdir", 404)
+        return Run(name=os.path.relpath(path, self.logdir), path=path)
+
+
+def is_writable(directory: str) -> bool:
+    """Whether this process can create files in directory (tried for real: root ignores modes)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    return True

@@ -1,0 +1,272 @@
+"""Helpers for the server and browser tests: plugin instances, trainer processes, TensorBoard, Chromium.
+
+Run as a script it is the test trainer: ``python tests/server_support.py RUN_DIR [RUN_DIR ...]``
+updates one Beholder per run directory with NumPy arrays (and a 2-D frame)
+until it is killed or a file named ``stop`` appears next to the first run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+# Shapes the trainer shows: a big-range kernel, a tiny-range one (to see "all sections"
+# scaling darken it), a bias, and a 1500-long vector that widens the frame under show_all.
+TRAINER_FRAME_SHAPE = (60, 90)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+             message: str = "condition") -> Any:
+    """Poll predicate until it returns something truthy; raise AssertionError after timeout s."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception as exc:  # noqa: BLE001 - the condition may fail until it holds
+            last_exc = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message} (last error: {last_exc})")
+
+
+def plugin_client(logdir: str | os.PathLike) -> tuple[Any, Any]:
+    """A real BeholderPlugin for logdir, mounted in TensorBoard's WSGI app, and a werkzeug client."""
+    from tensorboard.backend import application
+    from tensorboard.plugins import base_plugin
+    from werkzeug.test import Client
+
+    from beholder_plugin.plugin import BeholderPlugin
+
+    plugin = BeholderPlugin(base_plugin.TBContext(logdir=str(logdir)))
+    app = application.TensorBoardWSGI([plugin])
+    return plugin, Client(app)
+
+
+def make_frames(run_dir: str | os.PathLike, count: int = 1, **config: Any) -> None:
+    """Write `count` frames of small NumPy arrays into a run with a real Beholder."""
+    import numpy as np
+
+    from beholder_plugin import Beholder
+
+    write_config_file(run_dir, **{"values": "arrays", "mode": "current", "FPS": 30, **config})
+    beholder = Beholder(run_dir, strict=True)
+    rng = np.random.default_rng(len(str(run_dir)))
+    for i in range(count):
+        if i:
+            time.sleep(1 / 30 + 0.005)  # the FPS throttle
+        assert beholder.update(arrays={"w": rng.normal(size=(8, 6)), "b": rng.normal(size=6)})
+    beholder.close()
+
+
+def write_config_file(run_dir: str | os.PathLike, **changes: Any) -> None:
+    """Write a full config (defaults plus changes) to a run, as the dashboard would."""
+    from beholder_plugin.config import DEFAULT_CONFIG
+    from beholder_plugin.storage import write_config
+
+    write_config(run_dir, {**DEFAULT_CONFIG, **changes})
+
+
+def read_config_file(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The raw config.json of a run."""
+    from beholder_plugin.storage import config_path
+
+    with open(config_path(run_dir), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET a URL; (status, body), with HTTP errors returned rather than raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class TensorBoard:
+    """A real `tensorboard` process serving a logdir on 127.0.0.1."""
+
+    def __init__(self, logdir: str | os.PathLike, log_path: str | os.PathLike,
+                 extra_args: tuple[str, ...] = (), port: int | None = None):
+        self.logdir = str(logdir)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = str(log_path)
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> TensorBoard:
+        """Start TensorBoard and wait until the Beholder plugin answers /ping."""
+        tb = shutil.which("tensorboard", path=os.path.dirname(PYTHON)) or "tensorboard"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [tb, "--logdir", self.logdir, "--host", "127.0.0.1", "--port", str(self.port),
+             *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tensorboard exited; see {self.log_path}")
+            return http_get(self.url + "/data/plugin/beholder/ping", timeout=2)[0] == 200
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return self
+            except (OSError, urllib.error.URLError):
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tensorboard exited; log: {Path(self.log_path).read_text()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"tensorboard did not answer within {timeout} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class Trainer:
+    """A trainer subprocess (this file run as a script) writing frames into run directories."""
+
+    def __init__(self, *run_dirs: str | os.PathLike, delay: float = 0.02, log_path: str | None = None):
+        self.run_dirs = [str(d) for d in run_dirs]
+        self.delay = delay
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Trainer:
+        """Start it; returns once it is running (frames follow within a second or so)."""
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [PYTHON, str(Path(__file__).resolve()), "--delay", str(self.delay), *self.run_dirs],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+        if self.log_path:
+            out.close()
+        return self
+
+    def stop(self) -> None:
+        """Ask it to stop (stop file), so recordings are finished; kill it if it does not."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        Path(self.run_dirs[0], "stop").touch()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.run_dirs[0], "stop").unlink()
+
+
+@contextlib.contextmanager
+def chromium_page(viewport: tuple[int, int] = (1400, 1000)) -> Iterator[Any]:
+    """A Playwright page in Debian's headless Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            yield page
+        finally:
+            browser.close()
+
+
+def beholder_frame(page: Any, timeout: float = 60.0) -> Any:
+    """The Beholder dashboard's iframe inside TensorBoard's page, once its module has rendered."""
+    def find() -> Any:
+        for frame in page.frames:
+            if "plugin_entry.html" in frame.url and "name=beholder" in frame.url:
+                if frame.query_selector("#beholder-root"):
+                    return frame
+        return None
+
+    return wait_for(find, timeout=timeout, interval=0.2, message="the Beholder iframe")
+
+
+# ---------------------------------------------------------------- the trainer script
+
+
+def _trainer_main(argv: list[str]) -> int:
+    """Update a Beholder per run directory with drifting NumPy arrays until stopped."""
+    import argparse
+
+    import numpy as np
+
+    from beholder_plugin import Beholder
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--delay", type=float, default=0.02)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    beholders = [Beholder(run, strict=True) for run in args.runs]
+    kernel = rng.normal(size=(40, 30)).astype(np.float32)
+    step = 0
+    stop = Path(args.runs[0], "stop")
+    while not stop.exists():
+        step += 1
+        kernel += rng.normal(scale=0.1, size=kernel.shape).astype(np.float32)
+        arrays = {
+            "dense/kernel": kernel,
+            "tiny/kernel": (kernel[:10] - kernel.min()) * 1e-4,
+            "dense/bias": kernel[0],
+            "wide/vector": np.sin(np.arange(1500) / 50.0 + step * 0.1),
+        }
+        image = np.add.outer(np.arange(TRAINER_FRAME_SHAPE[0]), np.arange(TRAINER_FRAME_SHAPE[1]))
+        for i, beholder in enumerate(beholders):
+            # Later runs show fewer sections, so their frames are a different height.
+            shown = dict(list(arrays.items())[: len(arrays) - i]) if i else arrays
+            beholder.update(arrays=shown, frame=(image + step) % 97)
+        time.sleep(args.delay)
+    for beholder in beholders:
+        beholder.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_trainer_main(sys.argv[1:]))

@@ -1,0 +1,498 @@
+"""Every HTTP route of the plugin, through werkzeug's test client on a real plugin instance."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from server_support import make_frames, plugin_client, read_config_file, wait_for, write_config_file
+
+from beholder_plugin.config import DEFAULT_CONFIG
+from beholder_plugin.storage import (
+    Frame,
+    config_path,
+    plugin_dir,
+    read_frame,
+    read_section_info_document,
+    write_frame,
+)
+
+BASE = "/data/plugin/beholder"
+
+
+@pytest.fixture()
+def logdir(tmp_path):
+    """A logdir holding a run at its root (".") and one nested run ("train/a"), each with frames."""
+    make_frames(tmp_path)
+    make_frames(tmp_path / "train" / "a")
+    (tmp_path / "not-a-run" / "plugins" / "scalars").mkdir(parents=True)
+    return tmp_path
+
+
+@pytest.fixture()
+def client(logdir):
+    """A werkzeug client on a plugin serving `logdir`."""
+    return plugin_client(logdir)[1]
+
+
+def post_config(client, run, body, content_type="application/json"):
+    """POST a config change; body is JSON-encoded unless it is already bytes."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post(f"{BASE}/config?run={run}", data=data, content_type=content_type)
+
+
+# ---------------------------------------------------------------- plugin metadata
+
+
+def test_frontend_metadata_loads_an_es_module_in_a_tab_named_beholder(tmp_path):
+    plugin, _ = plugin_client(tmp_path)
+    meta = plugin.frontend_metadata()
+    assert plugin.plugin_name == "beholder"
+    assert meta.tab_name == "Beholder"
+    assert meta.es_module_path == "/static/index.js"
+    assert meta.element_name is None
+
+
+def test_is_active_only_once_a_run_exists(tmp_path):
+    plugin, _ = plugin_client(tmp_path)
+    assert plugin.is_active() is False
+    plugin._index.max_age = 0  # the scan is cached for a few seconds; skip the wait
+    make_frames(tmp_path / "run1")
+    assert plugin.is_active() is True
+
+
+def test_is_active_scan_is_cached(tmp_path):
+    plugin, _ = plugin_client(tmp_path)
+    assert plugin.is_active() is False
+    make_frames(tmp_path / "run1")
+    assert plugin.is_active() is False  # still the cached scan
+    plugin._index._scanned_at = float("-inf")
+    assert plugin.is_active() is True
+
+
+def test_plugins_listing_shows_the_iframe_module(client):
+    resp = client.get("/data/plugins_listing")
+    entry = json.loads(resp.get_data())["beholder"]
+    assert entry["enabled"] is True
+    assert entry["tab_name"] == "Beholder"
+    assert entry["loading_mechanism"] == {
+        "type": "IFRAME",
+        "module_path": "/data/plugin/beholder/static/index.js",
+    }
+
+
+def test_ping(client):
+    resp = client.get(f"{BASE}/ping")
+    assert resp.status_code == 200
+    assert json.loads(resp.get_data())["ok"] is True
+
+
+# ---------------------------------------------------------------- static files
+
+
+def test_static_files_come_from_the_frontend_package(client):
+    resp = client.get(f"{BASE}/static/index.js")
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/javascript"
+    assert b"export function render" in resp.get_data() or b"export async function render" in (
+        resp.get_data()
+    )
+    css = client.get(f"{BASE}/static/style.css")
+    assert css.status_code == 200 and css.mimetype == "text/css"
+
+
+@pytest.mark.parametrize(
+    "name", ["missing.js", "..%2Fplugin.py", "__init__.py", "%2E%2E%2F%2E%2E%2Fsetup.cfg", ""]
+)
+def test_static_refuses_anything_else(client, name):
+    resp = client.get(f"{BASE}/static/{name}")
+    assert resp.status_code == 404
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_runs_lists_every_directory_with_beholder_files(client, logdir):
+    runs = json.loads(client.get(f"{BASE}/runs").get_data())
+    assert [r["run"] for r in runs] == [".", os.path.join("train", "a")]
+    assert all(isinstance(r["age"], float) and r["age"] >= 0 for r in runs)
+
+
+def test_runs_age_is_null_without_a_frame(tmp_path):
+    os.makedirs(plugin_dir(tmp_path / "empty"))
+    _, client = plugin_client(tmp_path)
+    assert json.loads(client.get(f"{BASE}/runs").get_data()) == [{"run": "empty", "age": None}]
+
+
+def test_runs_skip_hidden_directories(tmp_path):
+    os.makedirs(plugin_dir(tmp_path / ".hidden"))
+    os.makedirs(plugin_dir(tmp_path / "shown"))
+    _, client = plugin_client(tmp_path)
+    assert [r["run"] for r in json.loads(client.get(f"{BASE}/runs").get_data())] == ["shown"]
+
+
+# ---------------------------------------------------------------- run names
+
+
+@pytest.mark.parametrize(
+    "run, status",
+    [
+        ("", 400),
+        ("/etc", 400),
+        ("../outside", 403),
+        ("train/../../outside", 403),
+        ("nope", 404),
+        ("not-a-run", 404),
+        ("a\x00b", 400),
+    ],
+)
+def test_bad_run_names_are_refused_on_every_route(client, logdir, run, status):
+    (logdir.parent / "outside" / "plugins" / "beholder").mkdir(parents=True, exist_ok=True)
+    for route in ("frame", "live", "section-info", "config"):
+        resp = client.get(f"{BASE}/{route}", query_string={"run": run, "timeout": "0"})
+        assert resp.status_code == status, (route, run)
+        assert "error" in json.loads(resp.get_data())
+    resp = post_config(client, run, {"FPS": 1})
+    assert resp.status_code == status
+
+
+def test_missing_run_parameter(client):
+    resp = client.get(f"{BASE}/frame")
+    assert resp.status_code == 400
+    assert "run" in json.loads(resp.get_data())["error"]
+
+
+def test_symlinked_run_outside_the_logdir_is_refused(tmp_path):
+    logdir, outside = tmp_path / "logs", tmp_path / "outside"
+    make_frames(outside)
+    make_frames(logdir / "real")
+    os.symlink(outside, logdir / "link")
+    _, client = plugin_client(logdir)
+    for route in ("frame", "section-info", "config"):
+        assert client.get(f"{BASE}/{route}?run=link").status_code == 403
+    before = read_config_file(outside)
+    assert post_config(client, "link", {"FPS": 3}).status_code == 403
+    assert read_config_file(outside) == before
+
+
+def test_symlinked_plugin_dir_outside_the_logdir_is_refused(tmp_path):
+    logdir, outside = tmp_path / "logs", tmp_path / "outside"
+    make_frames(outside)
+    (logdir / "run" / "plugins").mkdir(parents=True)
+    os.symlink(outside / "plugins" / "beholder", logdir / "run" / "plugins" / "beholder")
+    _, client = plugin_client(logdir)
+    assert client.get(f"{BASE}/frame?run=run").status_code == 403
+
+
+def test_symlink_inside_the_logdir_is_allowed(tmp_path):
+    make_frames(tmp_path / "real")
+    os.symlink(tmp_path / "real", tmp_path / "alias")
+    _, client = plugin_client(tmp_path)
+    assert client.get(f"{BASE}/frame?run=alias").status_code == 200
+
+
+# ---------------------------------------------------------------- frames
+
+
+def png_rgb(data: bytes) -> np.ndarray:
+    """Decode PNG bytes to an RGB array."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_frame_is_the_latest_frame_as_png(client, logdir):
+    resp = client.get(f"{BASE}/frame?run=.")
+    assert resp.status_code == 200
+    assert resp.mimetype == "image/png"
+    image = Image.open(io.BytesIO(resp.get_data()))
+    assert image.mode == "P"  # palette frames stay palette PNGs
+    np.testing.assert_array_equal(png_rgb(resp.get_data()), read_frame(logdir))
+    assert resp.headers["X-Beholder-Values"] == "arrays"
+    assert resp.headers["X-Beholder-Frame-Id"] == "1"
+    assert float(resp.headers["X-Beholder-Frame-Time"]) <= time.time()
+
+
+def test_rgb_frames_are_served_as_rgb(tmp_path):
+    os.makedirs(plugin_dir(tmp_path))
+    pixels = np.random.default_rng(1).integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
+    write_frame(tmp_path, Frame(pixels, None, {"frame_id": 3, "writer": "abc123"}))
+    _, client = plugin_client(tmp_path)
+    resp = client.get(f"{BASE}/frame?run=.")
+    assert resp.headers["ETag"] == '"abc123-3"'
+    np.testing.assert_array_equal(png_rgb(resp.get_data()), pixels)
+
+
+def test_frame_etag_and_304(client, logdir):
+    first = client.get(f"{BASE}/frame?run=.")
+    etag = first.headers["ETag"]
+    again = client.get(f"{BASE}/frame?run=.", headers={"If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.get_data() == b""
+    assert again.headers["ETag"] == etag
+    other = client.get(f"{BASE}/frame?run=.", headers={"If-None-Match": '"someone-else-1"'})
+    assert other.status_code == 200
+    make_frames(logdir)  # a new writer: a new frame
+    newer = client.get(f"{BASE}/frame?run=.", headers={"If-None-Match": etag})
+    assert newer.status_code == 200
+    assert newer.headers["ETag"] != etag
+
+
+def test_frame_is_encoded_once_for_many_requests(logdir):
+    plugin, client = plugin_client(logdir)
+    bodies = {client.get(f"{BASE}/frame?run=.").get_data() for _ in range(5)}
+    assert len(bodies) == 1
+    assert plugin._hub.encodings == 1
+    make_frames(logdir)
+    client.get(f"{BASE}/frame?run=.")
+    assert plugin._hub.encodings == 2
+
+
+def test_frame_404_before_the_first_frame(tmp_path):
+    os.makedirs(plugin_dir(tmp_path / "fresh"))
+    _, client = plugin_client(tmp_path)
+    resp = client.get(f"{BASE}/frame?run=fresh")
+    assert resp.status_code == 404
+    assert "no frame yet" in json.loads(resp.get_data())["error"]
+
+
+def test_corrupt_frame_file_is_a_clear_error(tmp_path):
+    os.makedirs(plugin_dir(tmp_path))
+    with open(os.path.join(plugin_dir(tmp_path), "frame.bin"), "wb") as f:
+        f.write(b"definitely not a frame")
+    _, client = plugin_client(tmp_path)
+    resp = client.get(f"{BASE}/frame?run=.")
+    assert resp.status_code == 500
+    assert "not a valid Beholder frame" in json.loads(resp.get_data())["error"]
+
+
+# ---------------------------------------------------------------- live (long polling)
+
+
+def test_live_returns_at_once_when_the_client_has_an_older_frame(client):
+    resp = client.get(f"{BASE}/live?run=.&after=%22old-1%22&timeout=5")
+    assert resp.status_code == 200
+    assert resp.mimetype == "image/png"
+    assert resp.headers["ETag"].startswith('"')
+
+
+def test_live_times_out_with_204_when_nothing_changes(client):
+    etag = client.get(f"{BASE}/frame?run=.").headers["ETag"]
+    resp = client.get(f"{BASE}/live", query_string={"run": ".", "after": etag, "timeout": "0.3"})
+    assert resp.status_code == 204
+
+
+@pytest.mark.parametrize("timeout", ["-1", "31", "soon", "nan", "inf"])
+def test_live_refuses_a_bad_timeout(client, timeout):
+    resp = client.get(f"{BASE}/live", query_string={"run": ".", "timeout": timeout})
+    assert resp.status_code == 400
+    assert "timeout" in json.loads(resp.get_data())["error"]
+
+
+def test_live_wakes_every_waiter_with_one_encoding(logdir):
+    plugin, client = plugin_client(logdir)
+    plugin._hub.idle_exit = 0.3
+    etag = client.get(f"{BASE}/frame?run=.").headers["ETag"]
+    encodings = plugin._hub.encodings
+    results: list = []
+
+    def viewer() -> None:
+        query = {"run": ".", "after": etag, "timeout": "20"}
+        resp = client.get(f"{BASE}/live", query_string=query)
+        results.append((resp.status_code, resp.headers.get("ETag"), resp.get_data()))
+
+    threads = [threading.Thread(target=viewer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: plugin._hub.watcher_count() == 1, message="the watcher thread")
+    time.sleep(0.2)
+    make_frames(logdir)
+    for t in threads:
+        t.join(20)
+    assert len(results) == 4
+    assert {status for status, _, _ in results} == {200}
+    assert len({tag for _, tag, _ in results}) == 1
+    assert results[0][1] != etag
+    assert len({body for _, _, body in results}) == 1
+    assert plugin._hub.encodings == encodings + 1
+    # Nobody waits any more: the watcher thread goes away.
+    wait_for(lambda: plugin._hub.watcher_count() == 0, timeout=10, message="the watcher to exit")
+
+
+def test_live_waits_for_the_first_frame_of_a_new_run(tmp_path):
+    os.makedirs(plugin_dir(tmp_path / "r"))
+    plugin, client = plugin_client(tmp_path)
+    timer = threading.Timer(0.3, make_frames, args=(tmp_path / "r",))
+    timer.start()
+    resp = client.get(f"{BASE}/live?run=r&timeout=20")
+    timer.join()
+    assert resp.status_code == 200
+    assert resp.headers["X-Beholder-Frame-Id"] == "1"
+
+
+# ---------------------------------------------------------------- section info
+
+
+def test_section_info_is_the_json_document(client, logdir):
+    resp = client.get(f"{BASE}/section-info?run=.")
+    assert resp.status_code == 200
+    doc = json.loads(resp.get_data())
+    assert doc == read_section_info_document(logdir)
+    assert [s["name"] for s in doc["sections"]] == ["w", "b"]
+
+
+def test_section_info_before_any_frame(tmp_path):
+    os.makedirs(plugin_dir(tmp_path / "fresh"))
+    _, client = plugin_client(tmp_path)
+    doc = json.loads(client.get(f"{BASE}/section-info?run=fresh").get_data())
+    assert doc["sections"] == [] and doc["frame_id"] is None
+
+
+def test_invalid_section_info_is_a_clear_error(client, logdir):
+    with open(os.path.join(plugin_dir(logdir), "section-info.json"), "w") as f:
+        f.write('{"version": 1}')
+    resp = client.get(f"{BASE}/section-info?run=.")
+    assert resp.status_code == 500
+    assert "section-info.json" in json.loads(resp.get_data())["error"]
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_get_returns_the_file(client, logdir):
+    write_config_file(logdir, colormap="viridis", FPS=7)
+    doc = json.loads(client.get(f"{BASE}/config?run=.").get_data())
+    assert doc["config"] == {**DEFAULT_CONFIG, "colormap": "viridis", "FPS": 7}
+    assert doc["writable"] is True
+    assert doc["problem"] is None
+
+
+def test_config_get_defaults_without_a_file(tmp_path):
+    os.makedirs(plugin_dir(tmp_path / "r"))
+    _, client = plugin_client(tmp_path)
+    doc = json.loads(client.get(f"{BASE}/config?run=r").get_data())
+    assert doc["config"] == DEFAULT_CONFIG
+    assert not os.path.exists(config_path(tmp_path / "r"))  # a GET writes nothing
+
+
+def test_config_post_partial_update(client, logdir):
+    write_config_file(logdir, colormap="viridis")
+    resp = post_config(client, "train/a", {"FPS": 0, "is_recording": True})
+    assert resp.status_code == 200
+    on_disk = read_config_file(logdir / "train" / "a")
+    assert on_disk["FPS"] == 0 and on_disk["is_recording"] is True
+    assert on_disk["colormap"] == "magma"  # the other run is untouched
+    assert json.loads(resp.get_data())["config"]["FPS"] == 0
+    assert read_config_file(logdir)["colormap"] == "viridis"
+
+
+def test_config_post_keeps_other_keys(client, logdir):
+    write_config_file(logdir, colormap="plasma", window_size=4)
+    post_config(client, ".", {"mode": "current"})
+    on_disk = read_config_file(logdir)
+    assert (on_disk["colormap"], on_disk["window_size"], on_disk["mode"]) == ("plasma", 4, "current")
+
+
+@pytest.mark.parametrize(
+    "body, named",
+    [
+        ({"FPS": 31}, "FPS"),
+        ({"FPS": -1}, "FPS"),
+        ({"FPS": True}, "FPS"),
+        ({"FPS": 2.5}, "FPS"),
+        ({"window_size": 1}, "window_size"),
+        ({"window_size": "15"}, "window_size"),
+        ({"colormap": "jet"}, "colormap"),
+        ({"values": "gradients"}, "values"),
+        ({"mode": None}, "mode"),
+        ({"scaling": "global"}, "scaling"),
+        ({"show_all": 1}, "show_all"),
+        ({"is_recording": "yes"}, "is_recording"),
+        ({"version": 2}, "version"),
+        ({"FPS": 5, "brightness": 3}, "brightness"),
+        ([1, 2], "object"),
+        ("FPS", "object"),
+    ],
+)
+def test_config_post_refuses_bad_values_and_writes_nothing(client, logdir, body, named):
+    before = open(config_path(logdir), "rb").read()
+    resp = post_config(client, ".", body)
+    assert resp.status_code == 400
+    assert named in json.loads(resp.get_data())["error"]
+    assert open(config_path(logdir), "rb").read() == before
+
+
+def test_config_post_refuses_malformed_json(client, logdir):
+    before = open(config_path(logdir), "rb").read()
+    for body in (b"{", b"\xff\xfe", b"", b'{"FPS": NaN}'):
+        resp = post_config(client, ".", body)
+        assert resp.status_code == 400, body
+        assert "error" in json.loads(resp.get_data())
+    assert open(config_path(logdir), "rb").read() == before
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data"]
+)
+def test_config_post_refuses_non_json_content_types(client, logdir, content_type):
+    before = open(config_path(logdir), "rb").read()
+    resp = post_config(client, ".", b'{"is_recording": true}', content_type=content_type)
+    assert resp.status_code == 415
+    assert open(config_path(logdir), "rb").read() == before
+
+
+def test_config_post_form_cannot_start_a_recording(client, logdir):
+    resp = client.post(f"{BASE}/config?run=.", data={"is_recording": "true"})
+    assert resp.status_code == 415
+    assert read_config_file(logdir)["is_recording"] is False
+
+
+def test_config_post_caps_the_body(client, logdir):
+    before = open(config_path(logdir), "rb").read()
+    body = json.dumps({"FPS": 3, "pad": "x" * 10000}).encode()
+    assert post_config(client, ".", body).status_code == 413
+    assert open(config_path(logdir), "rb").read() == before
+
+
+def test_config_other_methods(client):
+    resp = client.put(f"{BASE}/config?run=.", data=b"{}", content_type="application/json")
+    assert resp.status_code == 405
+    assert "POST" in resp.headers["Allow"]
+
+
+def test_config_with_an_invalid_file_on_disk(client, logdir):
+    with open(config_path(logdir), "w") as f:
+        f.write('{"FPS": 99}')
+    doc = json.loads(client.get(f"{BASE}/config?run=.").get_data())
+    assert doc["config"] == DEFAULT_CONFIG
+    assert "FPS" in doc["problem"]
+    # A valid change from the dashboard replaces the broken file.
+    assert post_config(client, ".", {"colormap": "inferno"}).status_code == 200
+    assert read_config_file(logdir) == {"version": 1, **DEFAULT_CONFIG, "colormap": "inferno"}
+
+
+def _immutable(path, on: bool) -> bool:
+    """chattr +i / -i (root ignores permission bits, not the immutable flag)."""
+    flag = "+i" if on else "-i"
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_config_on_a_read_only_run(client, logdir):
+    directory = plugin_dir(logdir)
+    if not _immutable(directory, True):
+        pytest.skip("chattr +i is not available here")
+    try:
+        before = open(config_path(logdir), "rb").read()
+        doc = json.loads(client.get(f"{BASE}/config?run=.").get_data())
+        assert doc["writable"] is False
+        resp = post_config(client, ".", {"FPS": 3})
+        assert resp.status_code == 403
+        assert "cannot write" in json.loads(resp.get_data())["error"]
+        assert open(config_path(logdir), "rb").read() == before
+    finally:
+        _immutable(directory, False)
