@@ -1,0 +1,115 @@
+"""`make demo`: train the Keras demo and serve it with TensorBoard, until Ctrl-C.
+
+Starts two processes, ``demos/keras_demo.py`` (writing to
+``<logdir>/keras-demo``) and ``tensorboard --logdir <logdir>``, prints the URL
+to open, and stops both when you press Ctrl-C or when either of them exits.
+
+    python demos/run_demo.py [--logdir demo-logs] [--port 6006] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def tensorboard_command(logdir: str, host: str, port: int) -> list[str]:
+    """The `tensorboard` launcher installed beside this Python (the venv's), or `python -m`."""
+    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    base = [exe] if os.access(exe, os.X_OK) else [sys.executable, "-m", "tensorboard.main"]
+    return [*base, "--logdir", logdir, "--host", host, "--port", str(port)]
+
+
+def answers(url: str) -> bool:
+    """True when an HTTP server answers at url."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def stop(proc: subprocess.Popen, name: str, grace: float = 10.0) -> None:
+    """Ask a child to stop with SIGINT (as Ctrl-C would), then SIGTERM, then kill it."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if proc.poll() is not None:
+            return
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+    if proc.poll() is None:
+        print(f"run_demo: {name} did not stop; killing it", flush=True)
+        proc.kill()
+        proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo and TensorBoard side by side; return the exit code of the one that ended first."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--logdir", default="demo-logs", help="TensorBoard logdir (gitignored)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=6006)
+    parser.add_argument("--steps", type=int, default=None, help="stop the demo after N steps")
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    run_dir = os.path.join(args.logdir, "keras-demo")
+    demo_cmd = [sys.executable, os.path.join(HERE, "keras_demo.py"), "--logdir", run_dir]
+    if args.steps is not None:
+        demo_cmd += ["--steps", str(args.steps)]
+    url = f"http://{args.host}:{args.port}/"
+
+    # Own process groups: Ctrl-C reaches only this script, which then stops each child once.
+    children: dict[str, subprocess.Popen] = {}
+    code = 0
+    try:
+        children["tensorboard"] = subprocess.Popen(
+            tensorboard_command(args.logdir, args.host, args.port), env=env,
+            start_new_session=True,
+        )
+        children["demo"] = subprocess.Popen(demo_cmd, env=env, start_new_session=True)
+        print(
+            f"run_demo: demo pid {children['demo'].pid}, "
+            f"tensorboard pid {children['tensorboard'].pid}",
+            flush=True,
+        )
+        announced = False
+        while True:
+            ended = [(name, p.returncode) for name, p in children.items() if p.poll() is not None]
+            if ended:
+                name, code = ended[0]
+                print(f"run_demo: {name} exited with code {code}; stopping", flush=True)
+                break
+            if not announced and answers(url):
+                announced = True
+                print(f"\n  Beholder is live: open {url}#beholder  (Ctrl-C to stop)\n", flush=True)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nrun_demo: stopping", flush=True)
+        code = 0
+    finally:
+        # Ignore further Ctrl-C while the children shut down, so none is left behind.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for name, proc in children.items():
+                stop(proc, name)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
