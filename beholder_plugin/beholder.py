@@ -142,9 +142,14 @@ class Beholder:
         return self._config
 
     def _create_config(self) -> None:
-        """Write the defaults when there is no config.json (first run, or the directory was deleted)."""
+        """Write config.json when it is missing: the defaults on a first run, else the settings in force.
+
+        Settings in force are kept when the file (or the whole plugin
+        directory) is deleted while training runs, so that cleaning up a
+        logdir does not silently reset what the user chose.
+        """
         try:
-            storage.write_config(self.logdir, DEFAULT_CONFIG)
+            storage.write_config(self.logdir, self._config)
         except OSError as exc:
             self._warn_once(
                 "create-config",
@@ -154,7 +159,6 @@ class Beholder:
             )
             return
         self._config_stat = None
-        self._apply_config(dict(DEFAULT_CONFIG))
 
     def _reload_config(self) -> None:
         try:
@@ -271,7 +275,7 @@ class Beholder:
         raise RenderError(f"frame: expected a 2-D array or an H x W x 3 uint8 image, got shape {image.shape}")
 
     def _write(self, frame: storage.Frame, sections: list[dict], values: str) -> None:
-        """Write section info, then the frame, recreating the directory if it was deleted."""
+        """Write section info, then the frame (storage recreates a deleted directory)."""
         self.frames_written += 1
         frame.header = {
             "frame_id": self.frames_written,
@@ -280,13 +284,6 @@ class Beholder:
             "step": self._step,
             "values": values,
         }
-        try:
-            self._write_files(frame, sections)
-        except FileNotFoundError:
-            os.makedirs(self.directory, exist_ok=True)
-            self._write_files(frame, sections)
-
-    def _write_files(self, frame: storage.Frame, sections: list[dict]) -> None:
         storage.write_section_info(self.logdir, sections, self.frames_written)
         storage.write_frame(self.logdir, frame)
 

@@ -47,8 +47,12 @@ def atomic_write(path: str, data: bytes | list) -> None:
     # One temporary name per writing thread: cheaper than mkstemp, and no two writers share it.
     tmp = os.path.join(directory, f".{name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-        with os.fdopen(fd, "wb") as f:
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:  # first write, or the directory was deleted: make it
+            os.makedirs(directory, exist_ok=True)
+            f = open(tmp, "wb")
+        with f:
             for chunk in data if isinstance(data, list) else [data]:
                 f.write(chunk)
         os.replace(tmp, path)

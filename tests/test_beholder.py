@@ -1,0 +1,258 @@
+"""Beholder.update(): naming, config on disk, throttling, frames, placeholders and failures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from support import due, set_config
+
+from beholder_plugin import DEFAULT_CONFIG, Beholder, read_config, read_frame, read_section_info
+from beholder_plugin.render import RenderError
+from beholder_plugin.storage import config_path, plugin_dir, read_frame_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_missing_config_is_created_with_the_defaults(run_dir):
+    beholder = Beholder(run_dir)
+    beholder.update(arrays=[np.zeros(3)])
+    with open(config_path(run_dir)) as f:
+        doc = json.load(f)
+    assert doc == {"version": 1, **DEFAULT_CONFIG}
+
+
+def test_list_arrays_are_named_by_index_and_dict_arrays_by_key(run_dir):
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    beholder = Beholder(run_dir, strict=True)
+    assert beholder.update(arrays=[np.arange(4.0), np.ones((2, 3))])
+    assert [s["name"] for s in read_section_info(run_dir)] == ["0", "1"]
+    due(beholder)
+    assert beholder.update(arrays={"conv1/grad": np.arange(4.0), "dense/grad": np.ones((2, 3))})
+    infos = read_section_info(run_dir)
+    assert [s["name"] for s in infos] == ["conv1/grad", "dense/grad"]
+    assert [s["shape"] for s in infos] == [[4], [2, 3]]
+    frame = read_frame(run_dir)
+    assert frame.shape == (128 + 5 + 128, 768, 3) and frame.dtype == np.uint8
+
+
+def test_variables_are_named_from_a_dict_and_a_list(run_dir):
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+    beholder = Beholder(run_dir, variables={"w": np.ones((3, 3)), "b": np.arange(3.0)}, strict=True)
+    assert beholder.update()
+    assert [s["name"] for s in read_section_info(run_dir)] == ["w", "b"]
+    due(beholder)
+    assert beholder.update(variables=[np.ones(2)])  # per-call override
+    assert [s["name"] for s in read_section_info(run_dir)] == ["0"]
+
+
+def test_array_likes_of_many_dtypes_render(run_dir):
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    beholder = Beholder(run_dir, strict=True)
+    arrays = {
+        "nested list": [[1, 2], [3, 4]],
+        "bool": np.array([True, False, True]),
+        "int8": np.arange(-3, 3, dtype=np.int8),
+        "uint64": np.arange(5, dtype=np.uint64),
+        "float16": np.linspace(0, 1, 7, dtype=np.float16),
+        "scalar": np.float32(2.5),
+        "strided view": np.arange(100.0).reshape(10, 10)[::2, ::3],
+    }
+    assert beholder.update(arrays=arrays)
+    infos = {s["name"]: s for s in read_section_info(run_dir)}
+    assert infos["nested list"]["max"] == 4.0 and infos["bool"]["max"] == 1.0
+    assert infos["int8"]["min"] == -3.0 and infos["uint64"]["max"] == 4.0
+    assert infos["float16"]["max"] == 1.0 and infos["scalar"]["mean"] == 2.5
+    assert infos["strided view"]["max"] == 89.0 and infos["strided view"]["shape"] == [5, 4]
+
+
+def test_a_huge_broadcast_view_is_never_copied_whole(run_dir):
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    huge = np.broadcast_to(np.arange(1000.0), (1000, 1000, 1000))  # 10^9 values, 8 KB of memory
+    beholder = Beholder(run_dir, strict=True)
+    assert beholder.update(arrays={"huge": huge})
+    info = read_section_info(run_dir)[0]
+    assert info["shape"] == [1000, 1000, 1000] and info["max"] == 999.0
+
+
+def test_config_changes_on_disk_are_picked_up_on_the_next_update(run_dir):
+    set_config(run_dir, values="arrays", mode="current", FPS=30, colormap="grayscale")
+    beholder = Beholder(run_dir, strict=True)
+    beholder.update(arrays=[np.array([0.0, 1.0])])
+    assert tuple(read_frame(run_dir)[0, -1]) == (255, 255, 255)
+    set_config(run_dir, values="arrays", mode="current", FPS=30, colormap="viridis")
+    due(beholder)
+    beholder.update(arrays=[np.array([0.0, 1.0])])
+    assert tuple(read_frame(run_dir)[0, -1]) == (253, 231, 36)
+    assert beholder.config["colormap"] == "viridis"
+
+
+def test_a_corrupt_config_keeps_the_last_good_one_and_is_logged_once(run_dir, caplog):
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    beholder = Beholder(run_dir)
+    assert beholder.update(arrays=[np.ones(3)])
+    with open(config_path(run_dir), "w") as f:
+        f.write('{"values": "arrays", "FPS": ')  # truncated
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        written = 0
+        for _ in range(5):
+            due(beholder)
+            written += beholder.update(arrays=[np.ones(3)])
+    assert written == 5  # still rendering with the last good config
+    assert beholder.config["values"] == "arrays"
+    complaints = [r for r in caplog.records if "config.json" in r.getMessage()]
+    assert len(complaints) == 1
+    set_config(run_dir, values="arrays", mode="current", FPS=0)
+    due(beholder)
+    assert not beholder.update(arrays=[np.ones(3)])  # the repaired file is read again
+    assert beholder.failures == 0
+
+
+def test_a_config_with_a_bad_value_is_refused_whole(run_dir):
+    set_config(run_dir, values="arrays", mode="current", FPS=30, colormap="viridis")
+    beholder = Beholder(run_dir)
+    beholder.update(arrays=[np.ones(3)])
+    with open(config_path(run_dir), "w") as f:
+        json.dump({**DEFAULT_CONFIG, "colormap": "grayscale", "FPS": 99}, f)
+    due(beholder)
+    beholder.update(arrays=[np.ones(3)])
+    assert beholder.config["colormap"] == "viridis" and beholder.config["FPS"] == 30
+
+
+def test_unknown_keys_from_a_newer_version_are_ignored(run_dir):
+    with open(os.path.join(run_dir, "x"), "w"):
+        pass
+    os.makedirs(plugin_dir(run_dir))
+    with open(config_path(run_dir), "w") as f:
+        json.dump({"version": 2, "values": "arrays", "mode": "current", "FPS": 30, "zoom": 3}, f)
+    beholder = Beholder(run_dir, strict=True)
+    assert beholder.update(arrays=[np.ones(3)])
+    assert beholder.config["values"] == "arrays" and read_config(run_dir)["mode"] == "current"
+
+
+def test_fps_zero_computes_nothing_and_fps_throttles(run_dir):
+    set_config(run_dir, values="arrays", FPS=0)
+    beholder = Beholder(run_dir, strict=True)
+    assert not beholder.update(arrays=[np.ones(3)])
+    assert read_frame_file(run_dir) is None
+    set_config(run_dir, values="arrays", FPS=1)
+    assert beholder.update(arrays=[np.ones(3)])
+    assert not beholder.update(arrays=[np.ones(3)])  # within a second of the last frame
+    assert beholder.frames_written == 1
+
+
+def test_the_frame_callable_is_called_only_while_frames_are_shown(run_dir):
+    calls = []
+
+    def frame():
+        calls.append(1)
+        return np.arange(12.0).reshape(3, 4)
+
+    set_config(run_dir, values="arrays", FPS=30)
+    beholder = Beholder(run_dir, strict=True)
+    beholder.update(arrays=[np.ones(3)], frame=frame)
+    assert calls == []
+    set_config(run_dir, values="frames", FPS=30)
+    due(beholder)
+    beholder.update(arrays=[np.ones(3)], frame=frame)
+    assert calls == [1]
+    stored = read_frame_file(run_dir)
+    assert stored.header["values"] == "frames" and read_section_info(run_dir) == []
+    gray = read_frame(run_dir)[:, :, 0]
+    np.testing.assert_array_equal(gray, (np.arange(12.0).reshape(3, 4) * 255 / 11).astype(np.uint8))
+
+
+def test_an_rgb_frame_is_shown_as_is(run_dir):
+    set_config(run_dir, values="frames", FPS=30)
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    beholder = Beholder(run_dir, strict=True)
+    beholder.update(frame=image)
+    np.testing.assert_array_equal(read_frame(run_dir), image)
+
+
+@pytest.mark.parametrize("values", ["arrays", "frames", "trainable_variables"])
+def test_a_missing_input_shows_a_placeholder_saying_what_to_pass(run_dir, values):
+    set_config(run_dir, values=values, FPS=30)
+    beholder = Beholder(run_dir, strict=True)
+    assert beholder.update()
+    stored = read_frame_file(run_dir)
+    assert stored.header["values"] == "placeholder"
+    gray = stored.rgb()[:, :, 0]
+    assert gray.shape == (128, 768)
+    assert 0.005 < (gray > 128).mean() < 0.3  # white text on black, not a blank image
+    assert read_section_info(run_dir) == []
+
+
+def test_failures_are_logged_once_and_counted_unless_strict(run_dir, caplog):
+    set_config(run_dir, values="arrays", FPS=30)
+    beholder = Beholder(run_dir)
+    with caplog.at_level(logging.ERROR, logger="beholder"):
+        for _ in range(3):
+            due(beholder)
+            assert beholder.update(arrays={"empty": np.zeros((0, 4))}) is False
+    assert beholder.failures == 3
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert "section empty" in str(errors[0].exc_info[1])
+    strict = Beholder(run_dir, strict=True)
+    with pytest.raises(RenderError, match="section empty"):
+        strict.update(arrays={"empty": np.zeros((0, 4))})
+
+
+def test_the_plugin_directory_is_recreated_when_deleted(run_dir):
+    import shutil
+
+    set_config(run_dir, values="arrays", FPS=30)
+    beholder = Beholder(run_dir, strict=True)
+    beholder.update(arrays=[np.ones(3)])
+    shutil.rmtree(plugin_dir(run_dir))
+    due(beholder)
+    assert beholder.update(arrays=[np.ones(3)])
+    assert read_frame(run_dir) is not None and os.path.exists(config_path(run_dir))
+
+
+def test_variance_history_restarts_when_values_mode_or_show_all_change(run_dir):
+    set_config(run_dir, values="arrays", mode="variance", FPS=30)
+    beholder = Beholder(run_dir, strict=True)
+    for value in (0.0, 10.0):
+        beholder.update(arrays=[np.array([value, 0.0])])
+        due(beholder)
+    assert read_section_info(run_dir)[0]["max"] == 25.0  # var of (0, 10)
+    set_config(run_dir, values="arrays", mode="variance", FPS=30, show_all=True)
+    beholder.update(arrays=[np.array([20.0, 0.0])])
+    assert read_section_info(run_dir)[0]["max"] == 0.0  # one sample after the reset
+
+
+def test_numpy_only_run_never_imports_a_framework(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras", "torch", "jax"):
+                    raise ImportError("blocked for this test: " + name)
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        from beholder_plugin import Beholder, read_frame, write_config, DEFAULT_CONFIG
+        run = sys.argv[1]
+        write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30})
+        b = Beholder(run, strict=True)
+        assert b.update(arrays={"w": np.ones((4, 4)), "b": np.arange(4.0)})
+        print(read_frame(run).shape, sorted(m for m in sys.modules if m.split(".")[0] in
+              ("tensorflow", "keras", "torch", "jax")))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(261, 768, 3) []"

@@ -1,0 +1,140 @@
+"""Recording: mp4 through imageio-ffmpeg, a new file per frame size, SIGKILL survival, PNG fallback."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from support import due, set_config
+
+from beholder_plugin import Beholder
+from beholder_plugin import recording as recording_module
+from beholder_plugin.storage import plugin_dir
+
+
+def decode(path: str) -> tuple[tuple[int, int], list[np.ndarray]]:
+    """(width, height) and the RGB frames of a video file."""
+    reader = imageio_ffmpeg.read_frames(path)
+    meta = reader.__next__()
+    size = tuple(meta["size"])
+    frames = [np.frombuffer(f, np.uint8).reshape(size[1], size[0], 3) for f in reader]
+    return size, frames
+
+
+def test_recording_writes_an_mp4_with_every_frame(run_dir):
+    set_config(run_dir, values="arrays", mode="current", FPS=30, is_recording=True, colormap="grayscale")
+    with Beholder(run_dir, strict=True) as beholder:
+        for step in range(12):
+            assert beholder.update(arrays=[np.array([0.0, 1.0]) * (step + 1)])
+            due(beholder)
+    videos = glob.glob(os.path.join(plugin_dir(run_dir), "video-*.mp4"))
+    assert len(videos) == 1
+    size, frames = decode(videos[0])
+    assert size == (768, 128) and len(frames) == 12
+    # the left half is black and the right half white, give or take compression
+    assert frames[5][:, :300].mean() < 20 and frames[5][:, 468:].mean() > 235
+
+
+def test_a_new_file_starts_when_the_frame_size_changes_and_odd_sizes_are_padded(run_dir):
+    set_config(run_dir, values="frames", FPS=30, is_recording=True)
+    beholder = Beholder(run_dir, strict=True)
+    for shape in [(31, 45)] * 3 + [(20, 20)] * 2:
+        beholder.update(frame=np.random.default_rng(0).normal(size=shape))
+        due(beholder)
+        time.sleep(0.002)  # distinct millisecond timestamps in the file names
+    beholder.close()
+    videos = sorted(glob.glob(os.path.join(plugin_dir(run_dir), "video-*.mp4")))
+    assert len(videos) == 2
+    sizes_counts = sorted((decode(v)[0], len(decode(v)[1])) for v in videos)
+    assert sizes_counts == [((20, 20), 2), ((46, 32), 3)]
+
+
+def test_switching_recording_off_finishes_the_file(run_dir):
+    set_config(run_dir, values="arrays", FPS=30, is_recording=True)
+    beholder = Beholder(run_dir, strict=True)
+    for _ in range(4):
+        beholder.update(arrays=[np.arange(4.0)])
+        due(beholder)
+    set_config(run_dir, values="arrays", FPS=30, is_recording=False)
+    beholder.update(arrays=[np.arange(4.0)])  # notices the change and closes the file
+    (video,) = glob.glob(os.path.join(plugin_dir(run_dir), "video-*.mp4"))
+    assert len(decode(video)[1]) == 4
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
+    run = sys.argv[1]
+    write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "mode": "current", "FPS": 30,
+                       "is_recording": True})
+    b = Beholder(run, strict=True)
+    n = 0
+    while True:
+        n += b.update(arrays=[np.sin(np.arange(64.0) + n)])
+        time.sleep(0.01)
+        if n == 75:  # five seconds of video at 15 fps
+            print("recorded", flush=True)
+    """
+)
+
+
+def test_a_sigkilled_recorder_leaves_a_file_that_still_plays(run_dir):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED, run_dir],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the kill takes ffmpeg down too
+    )
+    try:
+        assert proc.stdout.readline().strip() == "recorded"
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    (video,) = glob.glob(os.path.join(plugin_dir(run_dir), "video-*.mp4"))
+    size, frames = decode(video)
+    assert size == (768, 128)
+    assert len(frames) >= 30  # complete fragments up to about the kill are playable
+
+
+def test_without_ffmpeg_frames_become_numbered_pngs_and_that_is_said_once(run_dir, monkeypatch, caplog):
+    def no_ffmpeg():
+        raise RuntimeError("no ffmpeg here")
+
+    monkeypatch.setattr(recording_module, "_ffmpeg_exe", no_ffmpeg)
+    set_config(run_dir, values="frames", FPS=30, is_recording=True)
+    beholder = Beholder(run_dir, strict=True)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        for shape in [(10, 12)] * 3 + [(8, 8)]:
+            beholder.update(frame=np.arange(np.prod(shape), dtype=float).reshape(shape))
+            due(beholder)
+    beholder.close()
+    folders = sorted(glob.glob(os.path.join(plugin_dir(run_dir), "video-frames-*")))
+    assert [len(os.listdir(f)) for f in folders] == [3, 1]
+    from PIL import Image
+
+    first = np.asarray(Image.open(os.path.join(folders[0], "000000.png")))
+    assert first.shape == (10, 12, 3) and first[-1, -1, 0] == 255
+    warnings = [r for r in caplog.records if "ffmpeg" in r.getMessage()]
+    assert len(warnings) == 1
+    assert glob.glob(os.path.join(plugin_dir(run_dir), "*.mp4")) == []
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (4, 6)])
+def test_pad_even(shape):
+    rgb = np.full((*shape, 3), 200, np.uint8)
+    padded = recording_module.pad_even(rgb)
+    assert padded.shape[0] % 2 == 0 and padded.shape[1] % 2 == 0
+    assert (padded[: shape[0], : shape[1]] == 200).all() and padded.sum() == rgb.sum()
