@@ -32,6 +32,10 @@ from beholder_plugin.render import RenderError, SectionPlan
 class SymbolicTensorError(RenderError):
     """A symbolic tensor, or a call inside tf.function: Beholder needs concrete values."""
 
+    # AutoGraph re-raises an error from traced code under its own type only when the type's
+    # __init__ is Exception's (otherwise it becomes a StagingError); keep it catchable.
+    __init__ = Exception.__init__
+
 
 _IN_FUNCTION_HINT = (
     "Beholder.update() runs Python at trace time only, so it cannot see values inside "

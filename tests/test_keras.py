@@ -1,0 +1,165 @@
+"""BeholderCallback in a real model.fit(), and Keras 3 objects going through the TF adapter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tf_support_helpers import PYTHON_ENV, configure, tiny_convnet, tiny_data
+
+import beholder_plugin
+from beholder_plugin import Beholder, read_frame, read_section_info
+from beholder_plugin.storage import plugin_dir, read_frame_file
+
+pytestmark = pytest.mark.tf
+keras = pytest.importorskip("keras")
+
+
+def _fit(model, callbacks, epochs=2):
+    x, y = tiny_data()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, batch_size=8, epochs=epochs, shuffle=True, verbose=0, callbacks=callbacks)
+    return [v.numpy() for v in model.weights]
+
+
+def test_import_does_not_load_tensorflow_and_callback_is_lazy():
+    code = (
+        "import sys, beholder_plugin\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+        "cb = beholder_plugin.BeholderCallback\n"
+        "import keras\n"
+        "assert issubclass(cb, keras.callbacks.Callback)\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, **PYTHON_ENV)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_fit_writes_frames_named_by_variable_paths(run_dir):
+    configure(run_dir)
+    model = tiny_convnet()
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    _fit(model, [callback])
+    assert callback.beholder.frames_written >= 1
+    assert callback.beholder.failures == 0
+    frame = read_frame_file(run_dir)
+    assert frame is not None and frame.header["values"] == "trainable_variables"
+    names = [s["name"] for s in read_section_info(run_dir)]
+    assert names == [v.path for v in model.trainable_variables]
+    assert names == ["tiny/conv/kernel", "tiny/conv/bias", "tiny/out/kernel", "tiny/out/bias"]
+
+
+def test_frame_matches_the_trained_weights(run_dir):
+    """The last frame written during fit is what Beholder renders from the final weights."""
+    configure(run_dir, FPS=30)
+    model = tiny_convnet()
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    # one batch per epoch: the frame of the first (always due) batch shows the weights after it
+    x, y = tiny_data(8)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    model.fit(x, np.eye(3)[y], batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    fit_pixels = read_frame(run_dir)
+    expected_run = os.path.join(run_dir, "expected")
+    configure(expected_run, FPS=30)
+    with Beholder(expected_run, strict=True) as reference:
+        assert reference.update(variables={v.path: v.numpy() for v in model.trainable_variables})
+    np.testing.assert_array_equal(fit_pixels, read_frame(expected_run))
+
+
+def test_callback_does_not_change_training(run_dir):
+    """Same seed, with and without the callback (rendering every batch): identical weights."""
+    without = _fit(tiny_convnet(seed=3, dropout=True), [])
+    configure(run_dir, FPS=30)
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    with_cb = _fit(tiny_convnet(seed=3, dropout=True), [callback])
+    assert callback.beholder.frames_written >= 1
+    assert len(without) == len(with_cb)
+    for a, b in zip(without, with_cb):
+        np.testing.assert_array_equal(a, b)
+    # and the seed does matter, so the comparison above can fail
+    other = _fit(tiny_convnet(seed=4, dropout=True), [])
+    assert any(not np.array_equal(a, b) for a, b in zip(without, other))
+
+
+def test_frame_callable_is_used_only_for_frames(run_dir):
+    calls = []
+    image = np.arange(20 * 30, dtype=np.float32).reshape(20, 30)
+
+    def frame():
+        calls.append(1)
+        return image
+
+    configure(run_dir, values="trainable_variables")
+    callback = beholder_plugin.BeholderCallback(run_dir, frame=frame, strict=True)
+    _fit(tiny_convnet(), [callback], epochs=1)
+    assert calls == []
+    configure(run_dir, values="frames")
+    _fit(tiny_convnet(), [callback], epochs=1)
+    assert len(calls) >= 1
+    shown = read_frame(run_dir)
+    assert shown.shape[:2] == image.shape
+    assert read_frame_file(run_dir).header["values"] == "frames"
+
+
+def test_frame_must_be_callable(run_dir):
+    with pytest.raises(TypeError, match="callable"):
+        beholder_plugin.BeholderCallback(run_dir, frame=np.zeros((4, 4)))
+
+
+def test_recording_is_finished_when_training_ends(run_dir):
+    configure(run_dir, is_recording=True)
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    closed = []
+    original_close = callback.beholder.close
+
+    def close():
+        closed.append(True)
+        original_close()
+
+    callback.beholder.close = close
+    _fit(tiny_convnet(), [callback], epochs=1)
+    assert closed == [True]
+    recorded = [n for n in os.listdir(plugin_dir(run_dir)) if n.startswith("video-")]
+    assert recorded, os.listdir(plugin_dir(run_dir))
+
+
+def test_keras_variables_and_half_precision(run_dir):
+    """Keras variables of float16/bfloat16 and tf tensors render like their float32 values."""
+    import tensorflow as tf
+
+    configure(run_dir, values="arrays")
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(3, 3, 8, 16)).astype(np.float32)
+    vector = rng.normal(size=40).astype(np.float32)
+    # values exactly representable in bfloat16, so every variant must give the same pixels
+    base = tf.cast(tf.cast(base, tf.bfloat16), tf.float32).numpy()
+    vector = tf.cast(tf.cast(vector, tf.bfloat16), tf.float32).numpy()
+    variants = {
+        "numpy": {"w": base, "b": vector},
+        "keras_f32": {"w": keras.Variable(base), "b": keras.Variable(vector)},
+        "keras_f16": {
+            "w": keras.Variable(base, dtype="float16"),
+            "b": keras.Variable(vector, dtype="float16"),
+        },
+        "tf_bf16": {
+            "w": tf.constant(base, tf.bfloat16),
+            "b": tf.Variable(vector, dtype=tf.bfloat16),
+        },
+    }
+    pixels = {}
+    for name, arrays in variants.items():
+        run = os.path.join(run_dir, name)
+        configure(run, values="arrays")
+        with Beholder(run, strict=True) as beholder:
+            assert beholder.update(arrays=arrays)
+        pixels[name] = read_frame(run)
+    for name in variants:
+        np.testing.assert_array_equal(pixels[name], pixels["numpy"], err_msg=name)
