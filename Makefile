@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e ".[tf,test]"
+	# PyTorch only for the optional torch tests, and only from the CPU wheel that
+	# machines of this kind keep in /opt/wheels (never the multi-GB CUDA build).
+	if ls /opt/wheels/torch-2.13.0* >/dev/null 2>&1; then $(PIP) install --quiet torch==2.13.0; fi
 	touch $(STAMP)
 
 venv: $(STAMP)

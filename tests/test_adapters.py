@@ -1,0 +1,101 @@
+"""Framework adapters: torch tensors and modules, ml_dtypes bfloat16, complex values, naming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import set_config
+
+from beholder_plugin import Beholder, read_section_info
+from beholder_plugin.arrays import fetch_compact, framework_of, named_arrays, named_variables, prepare
+from beholder_plugin.render import make_plan
+
+SHAPES = [(9,), (40, 30), (3, 3, 4, 5), (6, 8, 8, 3), (5, 7, 11), ()]
+
+
+def numpy_compact(array: np.ndarray, shape) -> np.ndarray:
+    """The compact section of a NumPy array, the reference for other frameworks."""
+    return make_plan(shape, 768, False).take(array).astype(np.float64)
+
+
+def test_named_arrays_and_variables():
+    assert [n for n, _ in named_arrays([np.ones(2), np.ones(3)])] == ["0", "1"]
+    assert [n for n, _ in named_arrays({"a": 1, 3: np.ones(2)})] == ["a", "3"]
+    assert [n for n, _ in named_arrays([1.0, 2.0, 3.0])] == ["0"]  # one flat list is one array
+    assert [n for n, _ in named_arrays(np.ones((2, 2)))] == ["0"]
+    with pytest.raises(TypeError, match="variables must be"):
+        named_variables(42)
+
+
+def test_complex_values_are_shown_as_magnitude():
+    z = np.array([3 + 4j, 0 + 1j])
+    plan = make_plan(z.shape, 768, False)
+    np.testing.assert_array_equal(fetch_compact(z, plan, "z"), [[5.0, 1.0]])
+
+
+def test_object_arrays_are_refused_with_the_section_name():
+    from beholder_plugin.render import RenderError
+
+    with pytest.raises(RenderError, match="section words"):
+        prepare(["a", "b"], "words")
+    with pytest.raises(RenderError, match="section ragged"):
+        prepare([[1, 2], [3]], "ragged")
+
+
+def test_ml_dtypes_bfloat16_arrays():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = np.array([0.5, 1.0, -2.0], dtype=ml_dtypes.bfloat16)
+    plan = make_plan(x.shape, 768, False)
+    np.testing.assert_array_equal(fetch_compact(x, plan, "bf16"), [[0.5, 1.0, -2.0]])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_torch_tensors_match_numpy(shape):
+    torch = pytest.importorskip("torch")
+    values = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    tensor = torch.tensor(values, requires_grad=True)
+    assert framework_of(tensor) == "torch"
+    plan = make_plan(shape, 768, False)
+    np.testing.assert_array_equal(
+        fetch_compact(prepare(tensor, "t"), plan, "t"), numpy_compact(values, shape)
+    )
+
+
+def test_torch_half_precision_and_bool():
+    torch = pytest.importorskip("torch")
+    for dtype in (torch.bfloat16, torch.float16):
+        t = torch.tensor([0.5, 1.0, -2.0], dtype=dtype)
+        plan = make_plan((3,), 768, False)
+        np.testing.assert_array_equal(fetch_compact(t, plan, "h"), [[0.5, 1.0, -2.0]])
+    plan = make_plan((2,), 768, False)
+    np.testing.assert_array_equal(fetch_compact(torch.tensor([True, False]), plan, "b"), [[1.0, 0.0]])
+
+
+def test_a_torch_module_gives_trainable_variables_by_parameter_name(run_dir):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    model[2].bias.requires_grad_(False)  # frozen: not trainable
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+    beholder = Beholder(run_dir, variables=model, strict=True)
+    assert beholder.update()
+    infos = read_section_info(run_dir)
+    assert [s["name"] for s in infos] == ["0.weight", "0.bias", "2.weight"]
+    assert infos[0]["shape"] == [3, 4]
+    assert infos[0]["max"] == pytest.approx(float(model[0].weight.detach().max()), rel=1e-6)
+
+
+def test_a_large_torch_tensor_is_sliced_before_copying(monkeypatch):
+    torch = pytest.importorskip("torch")
+    big = torch.zeros((4096, 4096))  # a dense kernel: only 128 rows x 768 columns are shown
+    copied = []
+    original = torch.Tensor.numpy
+
+    def spy(self, *args, **kwargs):
+        copied.append(self.numel())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "numpy", spy)
+    plan = make_plan(big.shape, 768, False)
+    compact = fetch_compact(big, plan, "big")
+    assert compact.shape == (128, 768)
+    assert copied == [128 * 768]
