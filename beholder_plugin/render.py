@@ -103,14 +103,14 @@ def resize_indices(src: int, dst: int) -> np.ndarray:
 class SectionPlan:
     """What one array contributes to the frame, decided from its shape alone.
 
-    ``index`` is a tuple of broadcastable integer arrays into the original
-    array giving the compact section: ``array[index]`` has shape
-    ``compact_shape``. ``axes`` lists, per axis of the array, the sorted
-    distinct indices that are read (``None``: the whole axis), and ``local``
-    indexes the sub-array ``array[np.ix_(*axes)]`` the same way; framework
-    adapters gather that sub-array on the device first and copy only it.
-    ``row_map`` and ``col_map`` expand the compact section to
-    ``height`` x ``width`` pixels.
+    ``index`` is a tuple of integer arrays into the original array, of
+    shapes (rows, 1) or (1, cols) where the layout allows (they broadcast),
+    giving the compact section: ``array[index]`` has shape ``compact_shape``.
+    ``axes`` lists, per axis of the array, the sorted distinct indices that
+    are read (``None``: the whole axis), and ``local`` indexes the sub-array
+    ``array[np.ix_(*axes)]`` the same way; framework adapters gather that
+    sub-array on the device first and copy only it. ``row_map`` and
+    ``col_map`` expand the compact section to ``height`` x ``width`` pixels.
     """
 
     shape: tuple[int, ...]
@@ -174,11 +174,11 @@ def _layout(shape: tuple[int, ...], height: int, width: int, show_all: bool, lab
     if rank == 1:
         if shape[0] == 0:
             raise RenderError(f"section {label}: the array is empty (shape {shape})")
-        return (1, shape[0]), lambda r, c: (c + 0 * r,)
+        return (1, shape[0]), lambda r, c: (c,)
     if rank == 2:
         if 0 in shape:
             raise RenderError(f"section {label}: the array is empty (shape {shape})")
-        return shape, lambda r, c: (r + 0 * c, c + 0 * r)
+        return shape, lambda r, c: (r, c)
     if rank == 4:
         if 0 in shape:
             raise RenderError(f"section {label}: the array is empty (shape {shape})")
@@ -188,7 +188,7 @@ def _layout(shape: tuple[int, ...], height: int, width: int, show_all: bool, lab
         kept = conv_rows_kept(bh, bw, n_rows, show_all)
 
         def conv_index(r, c):
-            logical = (r % bh + 0 * c, c % bw + 0 * r, r // bh + 0 * c, c // bw + 0 * r)
+            logical = (r % bh, c % bw, r // bh, c // bw)
             physical = [None] * 4
             for axis, p in enumerate(perm):
                 physical[p] = logical[axis]
@@ -269,7 +269,7 @@ def make_plan(shape: tuple[int, ...], width: int, show_all: bool, label: str = "
 class PlanCache:
     """Plans by (shape, width, show_all); a training run has few distinct shapes."""
 
-    def __init__(self, limit: int = 4096) -> None:
+    def __init__(self, limit: int = 1024) -> None:
         self._plans: dict[tuple, SectionPlan] = {}
         self._limit = limit
 
@@ -507,7 +507,7 @@ class Renderer:
     def _variance(
         self, plans: Sequence[SectionPlan], values: list[np.ndarray], config: dict[str, Any]
     ) -> list[np.ndarray]:
-        key = tuple(id(p) for p in plans)
+        key = tuple((p.shape, p.width, p.height) for p in plans)
         if key != self._history_key:
             self._windows = [_Window(config["window_size"]) for _ in plans]
             self._history_key = key

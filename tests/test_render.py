@@ -252,3 +252,15 @@ def test_user_frame_scaling():
     frame = np.array([[1.0, 2.0], [3.0, 5.0]])
     np.testing.assert_array_equal(scale_frame(frame), [[0, 63], [127, 255]])
     assert (scale_frame(np.full((3, 3), 7.0)) == 0).all()
+
+
+@pytest.mark.parametrize("show_all", [False, True])
+def test_fast_take_paths_agree_with_plain_indexing_for_any_memory_layout(show_all):
+    rng = np.random.default_rng(3)
+    for shape in SHAPES + [(), (40000, 1, 1)]:
+        x = rng.normal(size=shape)
+        plan = make_plan(shape, frame_width([shape], show_all), show_all)
+        expected = x[plan.index] if shape else np.full((1, 1), x[()])
+        expected = np.broadcast_to(expected, plan.compact_shape)
+        for variant in (x, np.asfortranarray(x), np.flip(x)[(slice(None, None, -1),) * x.ndim]):
+            np.testing.assert_array_equal(plan.take(variant), expected)
