@@ -256,3 +256,21 @@ def test_numpy_only_run_never_imports_a_framework(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(261, 768, 3) []"
+
+
+def test_an_unchanged_config_costs_one_stat_and_no_read_per_update(run_dir, monkeypatch):
+    import builtins
+
+    import beholder_plugin.beholder as beholder_module
+
+    set_config(run_dir, values="arrays", FPS=1)
+    beholder = Beholder(run_dir, strict=True)
+    assert beholder.update(arrays=[np.ones(3)])  # reads the config, renders
+    stats, opens = [], []
+    real_stat, real_open = os.stat, builtins.open
+    monkeypatch.setattr(beholder_module.os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: opens.append(a) or real_open(*a, **k))
+    for _ in range(50):
+        assert not beholder.update(arrays=[np.ones(3)])  # no frame due within the second
+    monkeypatch.undo()
+    assert len(stats) == 50 and opens == []

@@ -138,3 +138,27 @@ def test_pad_even(shape):
     padded = recording_module.pad_even(rgb)
     assert padded.shape[0] % 2 == 0 and padded.shape[1] % 2 == 0
     assert (padded[: shape[0], : shape[1]] == 200).all() and padded.sum() == rgb.sum()
+
+
+EXITS = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
+    run = sys.argv[1]
+    write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, "is_recording": True})
+    b = Beholder(run, strict=True)
+    n = 0
+    while n < 9:
+        n += b.update(arrays=[np.arange(8.0) * n])
+        time.sleep(0.01)
+    # no close(): the interpreter's exit must finish the file
+    """
+)
+
+
+def test_a_recording_is_finished_at_interpreter_exit(run_dir):
+    subprocess.run([sys.executable, "-c", EXITS, run_dir], check=True, timeout=120)
+    (video,) = glob.glob(os.path.join(plugin_dir(run_dir), "video-*.mp4"))
+    size, frames = decode(video)
+    assert size == (768, 128) and len(frames) == 9
