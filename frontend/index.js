@@ -1,0 +1,15 @@
+// Entry point of the Beholder tab. TensorBoard loads this module in the plugin
+// iframe and calls render(); everything else lives in the modules it imports.
+import { Dashboard } from "./dashboard.js";
+
+/** Build the dashboard in the iframe's document and start it. */
+export async function render() {
+  const style = document.createElement("link");
+  style.rel = "stylesheet";
+  style.href = new URL("./style.css", import.meta.url).href;
+  document.head.appendChild(style);
+  const dashboard = new Dashboard(document.body);
+  // Exposed for tests and the benchmark (frame counters, current run).
+  window.beholder = dashboard.stats;
+  await dashboard.start();
+}

@@ -34,8 +34,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-# Shapes the trainer shows: a big-range kernel, a tiny-range one (to see "all sections"
-# scaling darken it), a bias, and a 1500-long vector that widens the frame under show_all.
+# The trainer's 2-D frame (update(frame=...)); its arrays are a kernel, a tiny-range copy
+# (that "all sections" scaling turns black), a bias and a 1500-long vector (show_all widens).
 TRAINER_FRAME_SHAPE = (60, 90)
 
 
@@ -219,10 +219,10 @@ def chromium_page(viewport: tuple[int, int] = (1400, 1000)) -> Iterator[Any]:
 def beholder_frame(page: Any, timeout: float = 60.0) -> Any:
     """The Beholder dashboard's iframe inside TensorBoard's page, once its module has rendered."""
     def find() -> Any:
-        for frame in page.frames:
-            if "plugin_entry.html" in frame.url and "name=beholder" in frame.url:
-                if frame.query_selector("#beholder-root"):
-                    return frame
+        element = page.query_selector('iframe[src*="plugin_entry.html?name=beholder"]')
+        frame = element.content_frame() if element else None
+        if frame is not None and frame.query_selector("#beholder-root"):
+            return frame
         return None
 
     return wait_for(find, timeout=timeout, interval=0.2, message="the Beholder iframe")
@@ -253,7 +253,8 @@ def _trainer_main(argv: list[str]) -> int:
         kernel += rng.normal(scale=0.1, size=kernel.shape).astype(np.float32)
         arrays = {
             "dense/kernel": kernel,
-            "tiny/kernel": (kernel[:10] - kernel.min()) * 1e-4,
+            # A range of ~1e-3 sitting at the global minimum: black under "all sections".
+            "tiny/kernel": kernel.min() + (kernel[:10] - kernel.min()) * 1e-4,
             "dense/bias": kernel[0],
             "wide/vector": np.sin(np.arange(1500) / 50.0 + step * 0.1),
         }

@@ -1,0 +1,120 @@
+// Talking to the plugin's HTTP routes (see docs/http-api.md).
+
+// index.js is served at /data/plugin/beholder/static/; the routes are one level up.
+const BASE = new URL("../", import.meta.url);
+
+/** An HTTP failure carrying the plugin's error message. */
+export class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** The absolute URL of a plugin route with query parameters. */
+export function routeUrl(route, params = {}) {
+  const url = new URL(route, BASE);
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null) url.searchParams.set(key, String(value));
+  }
+  return url.href;
+}
+
+async function failure(response) {
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    if (body && body.error) message = body.error;
+  } catch (_) {
+    // not JSON: keep the status line
+  }
+  return new HttpError(response.status, message);
+}
+
+/** GET a JSON route. */
+export async function getJSON(route, params = {}, signal = undefined) {
+  const response = await fetch(routeUrl(route, params), { cache: "no-store", signal });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
+/** POST a partial config to a run; resolves to {config, writable, problem}. */
+export async function postConfig(run, changes) {
+  const response = await fetch(routeUrl("config", { run }), {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(changes),
+  });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Long-polls /live for one run and hands every new frame to onFrame(blob, meta).
+ * onStatus({connected, error}) reports the connection; failures are retried
+ * with a growing delay, so a restarted TensorBoard is picked up by itself.
+ */
+export class LiveFeed {
+  constructor(onFrame, onStatus) {
+    this.onFrame = onFrame;
+    this.onStatus = onStatus;
+    this.generation = 0;
+    this.controller = null;
+  }
+
+  /** Follow a run (stopping any previous one). */
+  start(run) {
+    this.stop();
+    const generation = ++this.generation;
+    this.controller = new AbortController();
+    this.loop(run, generation, this.controller.signal);
+  }
+
+  /** Stop following; an in-flight request is aborted. */
+  stop() {
+    this.generation++;
+    if (this.controller) this.controller.abort();
+    this.controller = null;
+  }
+
+  async loop(run, generation, signal) {
+    let etag = "";
+    let backoff = 250;
+    while (generation === this.generation) {
+      try {
+        const url = routeUrl("live", { run, after: etag, timeout: 10 });
+        const response = await fetch(url, { cache: "no-store", signal });
+        if (generation !== this.generation) return;
+        if (response.status === 204) {
+          this.onStatus({ connected: true, error: null });
+          continue;
+        }
+        if (!response.ok) throw await failure(response);
+        const blob = await response.blob();
+        if (generation !== this.generation) return;
+        etag = response.headers.get("ETag") || "";
+        const header = (name) => response.headers.get(name);
+        const [width, height] = (header("X-Beholder-Size") || "0x0").split("x").map(Number);
+        await this.onFrame(blob, {
+          etag,
+          frameId: Number(header("X-Beholder-Frame-Id")),
+          time: Number(header("X-Beholder-Frame-Time")),
+          writer: header("X-Beholder-Writer"),
+          values: header("X-Beholder-Values"),
+          step: Number(header("X-Beholder-Step")),
+          width,
+          height,
+        });
+        this.onStatus({ connected: true, error: null });
+        backoff = 250;
+      } catch (error) {
+        if (signal.aborted || generation !== this.generation) return;
+        this.onStatus({ connected: false, error });
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 4000);
+      }
+    }
+  }
+}

@@ -1,0 +1,23 @@
+// Number and time formatting for the info panel and the status line.
+
+/** A statistic as the original showed it, like 1.234e-02 ("n/a" when missing). */
+export function sci(value) {
+  if (value === null || value === undefined || !Number.isFinite(Number(value))) return "n/a";
+  return Number(value)
+    .toExponential(3)
+    .replace(/e([+-])(\d)$/, "e$10$2");
+}
+
+/** An array shape like [3, 3, 64, 128]. */
+export function shape(dims) {
+  return Array.isArray(dims) ? `[${dims.join(", ")}]` : "[]";
+}
+
+/** A duration in seconds, short: 0.3 s, 12 s, 4 min, 2 h. */
+export function age(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "no frame";
+  if (seconds < 10) return `${Math.max(0, seconds).toFixed(1)} s`;
+  if (seconds < 120) return `${Math.round(seconds)} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${Math.round(seconds / 3600)} h`;
+}
