@@ -1,0 +1,69 @@
+"""A first visit: an empty logdir shows how to start, then a read-only run appears.
+
+Runs TensorBoard with --load_fast=false (the other test module uses the default flags).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from server_support import (
+    CHROMIUM,
+    TensorBoard,
+    beholder_frame,
+    chromium_page,
+    make_frames,
+    wait_for,
+)
+
+from beholder_plugin.storage import plugin_dir
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium"),
+]
+
+
+def chattr(path, flag: str) -> bool:
+    """Set or clear the immutable flag (root ignores permission bits, not this)."""
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_welcome_page_then_a_read_only_run(tmp_path):
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    tb = TensorBoard(logdir, tmp_path / "tensorboard.log", extra_args=("--load_fast=false",))
+    tb.start()
+    try:
+        with chromium_page() as page:
+            page.goto(tb.url + "/#beholder")
+            frame = beholder_frame(page)
+            wait_for(lambda: frame.is_visible("#welcome"), message="the welcome page")
+            code = frame.inner_text("#welcome-code")
+            assert "from beholder_plugin import Beholder" in code
+            assert "Beholder(" in code and "beholder.update(" in code
+            assert len(code.strip().splitlines()) == 3
+            assert not frame.is_visible("#stage")
+
+            # A run shows up whose directory TensorBoard cannot write to.
+            make_frames(logdir / "run1", colormap="viridis")
+            immutable = chattr(plugin_dir(logdir / "run1"), "+i")
+            try:
+                wait_for(lambda: frame.is_visible("#stage"), timeout=30, message="the live view")
+                assert not frame.is_visible("#welcome")
+                assert frame.eval_on_selector("#colormap", "el => el.value") == "viridis"
+                if immutable:
+                    wait_for(lambda: frame.is_disabled("#colormap"), message="disabled controls")
+                    assert frame.is_disabled("#record")
+                    assert frame.is_disabled("input[name=mode][value=current]")
+                    assert frame.is_visible("#read-only-note")
+                else:
+                    assert frame.is_enabled("#colormap")
+            finally:
+                if immutable:
+                    chattr(plugin_dir(logdir / "run1"), "-i")
+    finally:
+        tb.stop()
