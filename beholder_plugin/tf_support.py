@@ -167,6 +167,11 @@ def session_variable_shapes(session: Any) -> tuple[list[str], list[tuple[int, ..
             raise RenderError(f"section {var.name}: the shape {shape} is not fully known")
         names.append(var.name)
         shapes.append(tuple(int(s) for s in shape))
+    if not names:
+        raise RenderError(
+            "the session's graph has no trainable variables (was the session made for "
+            "another graph?)"
+        )
     return names, shapes
 
 

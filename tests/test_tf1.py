@@ -143,3 +143,13 @@ def test_gradient_helper_trains_and_gradients_render(run_dir):
     np.testing.assert_array_equal(values["w:0"], [[1, 1], [2, 2], [3, 3]])
     np.testing.assert_allclose(w_after, 1.0 - 0.5 * values["w:0"])
     assert [s["name"] for s in read_section_info(run_dir)] == ["w:0", "b:0"]
+
+
+def test_graph_without_trainable_variables_is_a_clear_error(run_dir):
+    configure(run_dir)
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.get_variable("counter", (), trainable=False)
+    with v1.Session(graph=graph) as sess, Beholder(run_dir, strict=True) as beholder:
+        with pytest.raises(ValueError, match="no trainable variables"):
+            beholder.update(session=sess)
