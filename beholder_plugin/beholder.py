@@ -24,6 +24,10 @@ from beholder_plugin.render import Renderer, RenderError, scale_frame
 logger = logging.getLogger("beholder")
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
+# After a failed write (read-only or full disk) frames are not rendered for this long.
+WRITE_RETRY_SECONDS = 5.0
+# A user frame larger than this on a side is shown downsampled by a whole stride.
+MAX_FRAME_SIDE = 4096
 # A change of any of these starts the variance window afresh, as in the original.
 _HISTORY_KEYS = ("values", "mode", "show_all")
 
@@ -50,7 +54,9 @@ class Beholder:
         self.variables = variables
         self.strict = strict
         self.failures = 0
+        self.write_errors = 0
         self.frames_written = 0
+        self._write_retry_at = float("-inf")
         self._renderer = Renderer()
         self._recorder = Recorder(self.directory)
         self._config = dict(DEFAULT_CONFIG)
@@ -146,17 +152,15 @@ class Beholder:
 
         Settings in force are kept when the file (or the whole plugin
         directory) is deleted while training runs, so that cleaning up a
-        logdir does not silently reset what the user chose.
+        logdir does not silently reset what the user chose. On a read-only
+        logdir this is tried again only after the write back-off.
         """
+        if time.monotonic() < self._write_retry_at:
+            return
         try:
             storage.write_config(self.logdir, self._config)
         except OSError as exc:
-            self._warn_once(
-                "create-config",
-                "Beholder: cannot write %s (%s); using the settings in memory",
-                self._config_path,
-                exc,
-            )
+            self._write_failed(exc)
             return
         self._config_stat = None
 
@@ -192,7 +196,7 @@ class Beholder:
         if fps == 0:
             return False
         now = time.monotonic()
-        if now - self._last_frame_time < 1.0 / fps:
+        if now - self._last_frame_time < 1.0 / fps or now < self._write_retry_at:
             return False
         self._last_frame_time = now
 
@@ -219,7 +223,12 @@ class Beholder:
             frame = storage.Frame(pixels, palette)
         else:
             frame = storage.Frame(palette=palette, rows=pixels, row_index=row_index)
-        self._write(frame, sections, values)
+        try:
+            self._write(frame, sections, values)
+        except OSError as exc:
+            self._write_failed(exc)
+            return False
+        self._write_retry_at = float("-inf")
         if config["is_recording"]:
             self._recorder.append(frame.rgb())
         return True
@@ -259,6 +268,16 @@ class Beholder:
         image = adapters.to_numpy(frame, "frame")
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
+        if image.ndim in (2, 3) and max(image.shape[:2]) > MAX_FRAME_SIDE:
+            stride = -(-max(image.shape[:2]) // MAX_FRAME_SIDE)
+            self._warn_once(
+                "huge-frame",
+                "Beholder: a %s frame is larger than %d px on a side; showing every %dth pixel",
+                "x".join(map(str, image.shape)),
+                MAX_FRAME_SIDE,
+                stride,
+            )
+            image = image[::stride, ::stride]
         if image.ndim == 2:
             if image.size == 0:
                 raise RenderError(f"frame: the image is empty (shape {image.shape})")
@@ -273,6 +292,19 @@ class Beholder:
                 raise RenderError(f"frame: the image is empty (shape {image.shape})")
             return image, None
         raise RenderError(f"frame: expected a 2-D array or an H x W x 3 uint8 image, got shape {image.shape}")
+
+    def _write_failed(self, exc: OSError) -> None:
+        """Note a failed write (read-only logdir, full disk): warn once, pause rendering, retry later."""
+        self.write_errors += 1
+        self._write_retry_at = time.monotonic() + WRITE_RETRY_SECONDS
+        self._warn_once(
+            "write",
+            "Beholder: cannot write frames to %s (%s); training goes on, the previous frame stays "
+            "readable, and Beholder tries again every %g s",
+            self.directory,
+            exc,
+            WRITE_RETRY_SECONDS,
+        )
 
     def _write(self, frame: storage.Frame, sections: list[dict], values: str) -> None:
         """Write section info, then the frame (storage recreates a deleted directory)."""

@@ -136,9 +136,15 @@ class SectionPlan:
         """The compact section of a NumPy array (reads only the elements shown, never copies it whole).
 
         Uses 1-D takes along axes where the layout allows, which is several
-        times faster than one pointwise fancy index.
+        times faster than one pointwise fancy index. Only on C-contiguous
+        arrays: ndarray.take copies any other array whole first, which for a
+        transposed or broadcast view can be gigabytes.
         """
         kind, parts = self.kind, self.parts
+        if kind == "scalar":
+            return np.full((1, 1), array[()])
+        if not array.flags.c_contiguous:
+            return array[self.index]
         if kind == "vector":
             return array.take(parts[0])[None, :]
         if kind == "matrix":
@@ -149,12 +155,10 @@ class SectionPlan:
             sub = sub.transpose(perm[2], perm[0], perm[3], perm[1])
             sub = sub.reshape(sub.shape[0] * sub.shape[1], sub.shape[2] * sub.shape[3])
             return sub.take(row_pos, axis=0).take(col_pos, axis=1)
-        if kind == "flat" and array.flags.c_contiguous:
+        if kind == "flat":
             rows, cols, row_src, col_src = parts
             grid = array.reshape(-1)[: rows * cols].reshape(rows, cols)
             return grid.take(row_src, axis=0).take(col_src, axis=1)
-        if kind == "scalar":
-            return np.full((1, 1), array[()])
         return array[self.index]
 
 
@@ -331,6 +335,10 @@ class _Window:
             self._accumulate(sample, 1.0)
 
     def _accumulate(self, sample: np.ndarray, sign: float) -> None:
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite input: NaN variance, shown low
+            self._accumulate_finite(sample, sign)
+
+    def _accumulate_finite(self, sample: np.ndarray, sign: float) -> None:
         d = np.subtract(sample, self.ref, out=self._scratch)
         if sign > 0:
             self.s1 += d
@@ -460,7 +468,8 @@ class Renderer:
             lo, hi, all_finite = _extrema(value)
             clean.append(all_finite)
             # the mean of the full-size section: each compact pixel weighted by its copies
-            mean = float(plan.row_weight @ value @ plan.col_weight) / (plan.height * plan.width)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: reported as null
+                mean = float(plan.row_weight @ value @ plan.col_weight) / (plan.height * plan.width)
             lows.append(lo)
             highs.append(hi)
             infos.append(

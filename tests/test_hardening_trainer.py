@@ -1,0 +1,280 @@
+"""Hostile input and faults on the trainer side: odd arrays and frames, read-only and full disks, a soak."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+from support import due, set_config
+
+from beholder_plugin import Beholder, read_frame, read_section_info
+from beholder_plugin.render import RenderError
+from beholder_plugin.storage import FRAME_FILE, plugin_dir, read_frame_file
+
+# name -> (array, expected section max, or None when refused)
+ODD_ARRAYS = {
+    "nan": (np.array([np.nan, 1.0, 2.0]), 2.0),
+    "inf": (np.array([-np.inf, 0.0, np.inf, 3.0]), 3.0),
+    "all nan": (np.full(4, np.nan), None),
+    "all equal": (np.full((3, 3), 7.0), 7.0),
+    "scalar": (np.array(5.0), 5.0),
+    "rank 5": (np.arange(720.0).reshape(2, 3, 4, 5, 6), 714.0),  # 11 x 65 grid: 715 shown
+    "rank 7": (np.ones((2,) * 7), 1.0),
+    "bool": (np.array([[True, False]]), 1.0),
+    "int8": (np.array([-128, 127], np.int8), 127.0),
+    "int16": (np.array([-5, 5], np.int16), 5.0),
+    "int32": (np.array([1, 2], np.int32), 2.0),
+    "int64": (np.array([2**40, 0], np.int64), float(2**40)),
+    "uint64": (np.array([0, 2**63], np.uint64), float(2**63)),
+    "float16": (np.array([0.5, 65504.0], np.float16), 65504.0),
+    "complex": (np.array([3 + 4j, 1j]), 5.0),
+    "non-contiguous": (np.arange(64.0).reshape(8, 8).T[::2], 62.0),
+    "zero-stride": (np.broadcast_to(np.arange(3.0), (50, 3)), 2.0),
+    "nested list": ([[1, 2, 3], [4, 5, 6]], 6.0),
+}
+REFUSED = {
+    "empty": np.zeros((0,)),
+    "empty matrix": np.zeros((3, 0)),
+    "strings": np.array(["a", "b"]),
+    "not an array": object(),
+    "ragged": [[1, 2], [3]],
+    "none": None,
+}
+
+
+def test_odd_arrays_each_render_sensibly(run_dir):
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    beholder = Beholder(run_dir, strict=True)
+    for name, (array, expected_max) in ODD_ARRAYS.items():
+        due(beholder)
+        assert beholder.update(arrays={name: array}), name
+        (info,) = read_section_info(run_dir)
+        assert info["max"] == expected_max, name
+        pixels = read_frame(run_dir)
+        assert pixels.shape[1] == 768 and pixels.dtype == np.uint8
+
+
+def test_odd_arrays_render_alongside_each_other(run_dir):
+    set_config(run_dir, values="arrays", mode="variance", FPS=30, scaling="network")
+    beholder = Beholder(run_dir, strict=True)
+    arrays = {name: array for name, (array, _) in ODD_ARRAYS.items()}
+    for _ in range(3):
+        assert beholder.update(arrays=arrays)
+        due(beholder)
+    infos = read_section_info(run_dir)
+    assert [i["name"] for i in infos] == list(ODD_ARRAYS)
+    assert all(i["min"] is None or i["min"] >= 0 for i in infos)  # variances
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_bad_arrays_are_refused_naming_the_section_and_training_goes_on(run_dir, name, caplog):
+    set_config(run_dir, values="arrays", FPS=30)
+    strict = Beholder(run_dir, strict=True)
+    with pytest.raises(RenderError, match=f"section {name}"):
+        strict.update(arrays={name: REFUSED[name], "fine": np.ones(3)})
+    lenient = Beholder(run_dir)
+    with caplog.at_level(logging.ERROR, logger="beholder"):
+        assert lenient.update(arrays={name: REFUSED[name]}) is False
+    assert lenient.failures == 1 and f"section {name}" in caplog.text
+    due(lenient)
+    assert lenient.update(arrays={"fine": np.ones(3)})  # the next good call works
+
+
+BOUNDED = textwrap.dedent(
+    """
+    import resource, sys
+    import numpy as np
+    from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG, read_section_info
+    run = sys.argv[1]
+    write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "mode": "current", "FPS": 30})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    huge = np.broadcast_to(np.arange(1000.0), (1000, 1000, 1000))  # 10**9 values
+    kernel = np.broadcast_to(np.float32(1.0), (3, 3, 30000, 40000))  # 10.8 * 10**9 values
+    b = Beholder(run, strict=True)
+    assert b.update(arrays={"huge": huge, "kernel": kernel})
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) // 1024, read_section_info(run)[0]["max"])
+    """
+)
+
+
+def test_a_billion_value_broadcast_view_is_never_copied_whole(run_dir):
+    out = subprocess.run(
+        [sys.executable, "-c", BOUNDED, run_dir], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    grown_mb, shown_max = out.stdout.split()
+    assert float(shown_max) == 999.0
+    assert int(grown_mb) < 200  # a copy would be 8000 MB
+
+
+def test_bad_frames_are_refused_with_a_clear_message(run_dir):
+    set_config(run_dir, values="frames", FPS=30)
+    beholder = Beholder(run_dir, strict=True)
+    cases = [
+        (np.zeros(5), "got shape \\(5,\\)"),
+        (np.zeros((2, 3, 4, 5)), "got shape"),
+        (np.zeros((4, 4, 3), np.float32), "must be uint8"),
+        (np.array([["a"]]), "not a numeric array"),
+        (np.zeros((0, 5)), "empty"),
+    ]
+    for frame, message in cases:
+        with pytest.raises(RenderError, match=message):
+            beholder.update(frame=frame)
+        due(beholder)
+
+    def broken():
+        raise ValueError("the generator fell over")
+
+    with pytest.raises(ValueError, match="fell over"):
+        beholder.update(frame=broken)
+    lenient = Beholder(run_dir)
+    due(lenient)
+    assert lenient.update(frame=broken) is False and lenient.failures == 1
+
+
+def test_a_huge_frame_is_shown_downsampled(run_dir, caplog):
+    set_config(run_dir, values="frames", FPS=30)
+    frame = np.broadcast_to(np.arange(20000.0), (12000, 20000))  # 240 M pixels, a view
+    beholder = Beholder(run_dir, strict=True)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        assert beholder.update(frame=frame)
+    stored = read_frame_file(run_dir)
+    assert (stored.height, stored.width) == (2400, 4000)  # every 5th pixel
+    assert stored.pixels[0, 0] == 0 and stored.pixels[0, -1] == 255
+    assert "every 5th pixel" in caplog.text
+
+
+def _mount_tmpfs(path: str, size: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A small tmpfs of our own (needs mount rights: root on this machine kind)."""
+    path = str(tmp_path / "tmpfs")
+    _mount_tmpfs(path, "2m")
+    yield path
+    subprocess.run(["umount", "-l", path], check=False)
+
+
+def test_a_read_only_logdir_warns_once_and_training_goes_on(tmpfs, caplog):
+    run = os.path.join(tmpfs, "run")
+    set_config(run, values="arrays", FPS=30)
+    Beholder(run, strict=True).update(arrays=[np.arange(3.0)])
+    subprocess.run(["mount", "-o", "remount,ro", tmpfs], check=True)
+    beholder = Beholder(run)  # not strict
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        for _ in range(3):
+            due(beholder)
+            assert beholder.update(arrays=[np.arange(5.0)]) is False
+    assert beholder.failures == 0 and beholder.write_errors == 1  # backed off after the first
+    assert caplog.text.count("cannot write frames") == 1 and "Read-only" in caplog.text
+    assert read_section_info(run)[0]["shape"] == [3]  # the old frame is still there
+    subprocess.run(["mount", "-o", "remount,rw", tmpfs], check=True)
+
+
+def test_a_full_disk_keeps_the_previous_frame_readable(tmpfs, caplog, monkeypatch):
+    import beholder_plugin.beholder as beholder_module
+
+    monkeypatch.setattr(beholder_module, "WRITE_RETRY_SECONDS", 0.0)
+    run = os.path.join(tmpfs, "run")
+    set_config(run, values="frames", FPS=30)
+    beholder = Beholder(run)
+    assert beholder.update(frame=np.zeros((10, 10)))
+    with open(os.path.join(tmpfs, "filler"), "wb") as f:  # fill the disk
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    due(beholder)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        assert beholder.update(frame=np.ones((900, 900))) is False
+    assert "No space left" in caplog.text
+    assert read_frame_file(run).height == 10
+    assert sorted(os.listdir(plugin_dir(run))) == ["config.json", FRAME_FILE, "section-info.json"]
+    os.unlink(os.path.join(tmpfs, "filler"))
+    due(beholder)
+    assert beholder.update(frame=np.ones((900, 900)))  # space again: frames resume
+    assert read_frame_file(run).height == 900
+
+
+def test_enospc_mid_write_leaves_no_partial_file(run_dir):
+    # /dev/full fails every write with ENOSPC; put it where the temp file goes
+    set_config(run_dir, values="arrays", FPS=30)
+    beholder = Beholder(run_dir)
+    assert beholder.update(arrays=[np.arange(4.0)])
+    temp = os.path.join(plugin_dir(run_dir), f".{FRAME_FILE}.{os.getpid()}-{threading.get_ident()}.tmp")
+    os.symlink("/dev/full", temp)
+    due(beholder)
+    assert beholder.update(arrays=[np.arange(8.0)]) is False and beholder.write_errors == 1
+    assert read_frame_file(run_dir).header["frame_id"] == 1
+    assert not os.path.lexists(temp)
+
+
+SOAK = textwrap.dedent(
+    """
+    import gc, os, resource, sys, threading, time
+    import numpy as np
+    import beholder_plugin.beholder as bm
+    from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
+
+    class Clock:  # every update() is a frame: the throttle sees a second pass per call
+        now = 0.0
+        @classmethod
+        def monotonic(cls):
+            cls.now += 1.0
+            return cls.now
+        time = staticmethod(time.time)
+
+    bm.time = Clock
+    run, calls = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    base = [rng.normal(size=s).astype(np.float32) for s in
+            [(3, 3, 4, 8), (8,), (32, 10), (10,), (2, 5, 5, 3), (4, 4, 4)]]
+    settings = [dict(mode="current"), dict(mode="variance", window_size=3), dict(scaling="network"),
+                dict(show_all=True), dict(colormap="viridis"), dict(values="frames")]
+    b = Beholder(run, strict=True)
+    fds = lambda: len(os.listdir("/proc/self/fd"))
+    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    marks = {}
+    for i in range(1, calls + 1):
+        if i % 5000 == 1:
+            cfg = {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, **settings[(i // 5000) % len(settings)]}
+            write_config(run, cfg)
+        k = i % 7  # shapes change from call to call
+        arrays = {f"a{j}": a[..., : max(1, a.shape[-1] - k)] for j, a in enumerate(base)}
+        assert b.update(arrays=arrays, frame=lambda: rng.normal(size=(20 + k, 30)))
+        if i in (1000, calls):
+            gc.collect()
+            marks[i] = (rss(), fds(), threading.active_count())
+    b.close()
+    print(marks[1000][0], marks[calls][0], marks[1000][1], marks[calls][1], marks[1000][2], marks[calls][2],
+          b.frames_written)
+    """
+)
+
+
+@pytest.mark.slow
+def test_soak_100k_updates_with_changing_shapes_and_settings(run_dir):
+    out = subprocess.run(
+        [sys.executable, "-c", SOAK, run_dir, "100000"], capture_output=True, text=True, timeout=1200
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rss_1k, rss_100k, fd_1k, fd_100k, threads_1k, threads_100k, frames = map(int, out.stdout.split())
+    assert frames == 100000
+    assert rss_100k <= rss_1k * 1.10, (rss_1k, rss_100k)
+    assert fd_100k == fd_1k and threads_100k == threads_1k
