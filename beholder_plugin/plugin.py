@@ -21,8 +21,8 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from beholder_plugin.config import DEFAULT_CONFIG, ConfigError, validate_changes
-from beholder_plugin.server_frames import FrameHub
-from beholder_plugin.server_runs import RunError, RunIndex, is_writable
+from beholder_plugin.server_frames import EncodedFrame, FrameHub
+from beholder_plugin.server_runs import Run, RunError, RunIndex, is_writable
 from beholder_plugin.storage import (
     FRAME_FILE,
     config_path,
@@ -57,6 +57,21 @@ def _error(request: wrappers.Request, message: str, code: int) -> wrappers.Respo
 def _json(request: wrappers.Request, content: Any, code: int = 200) -> wrappers.Response:
     """A JSON response that is never cached."""
     return http_util.Respond(request, content, "application/json", code=code)
+
+
+def _with_run(handler: Callable) -> Callable:
+    """Decorate a route method so that it gets the resolved ?run= and RunError becomes JSON."""
+
+    def wrapped(self: BeholderPlugin, request: wrappers.Request) -> wrappers.Response:
+        try:
+            run = self._index.resolve(request.args.get("run"))
+        except RunError as exc:
+            return _error(request, str(exc), exc.status)
+        return handler(self, request, run)
+
+    wrapped.__doc__ = handler.__doc__
+    wrapped.__name__ = handler.__name__
+    return wrapped
 
 
 class BeholderPlugin(base_plugin.TBPlugin):
@@ -97,24 +112,6 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     # ------------------------------------------------------------ helpers
 
-    def _run(self, request: wrappers.Request):
-        """The run named by ?run=, or raise RunError."""
-        return self._index.resolve(request.args.get("run"))
-
-    def _with_run(handler: Callable) -> Callable:  # noqa: N805 - decorator used in the class body
-        """Decorate a route so that RunError becomes a JSON error with its status."""
-
-        def wrapped(self, request: wrappers.Request) -> wrappers.Response:
-            try:
-                run = self._run(request)
-            except RunError as exc:
-                return _error(request, str(exc), exc.status)
-            return handler(self, request, run)
-
-        wrapped.__doc__ = handler.__doc__
-        wrapped.__name__ = handler.__name__
-        return wrapped
-
     # ------------------------------------------------------------ routes
 
     @wrappers.Request.application
@@ -146,20 +143,20 @@ class BeholderPlugin(base_plugin.TBPlugin):
             out.append({"run": run.name, "age": None if mtime is None else max(0.0, now - mtime)})
         return _json(request, out)
 
-    def _frame_response(self, request: wrappers.Request, frame) -> wrappers.Response:
+    def _frame_response(self, request: wrappers.Request, frame: EncodedFrame) -> wrappers.Response:
         """A PNG response for an encoded frame, or 304 when the client already has it."""
         headers = frame.headers()
         if request.if_none_match and request.if_none_match.contains(frame.etag.strip('"')):
             return http_util.Respond(request, b"", "image/png", code=304, headers=headers)
         return http_util.Respond(request, frame.png, "image/png", headers=headers)
 
-    def _frame_path(self, run) -> str:
+    def _frame_path(self, run: Run) -> str:
         """The path of the run's frame file."""
         return os.path.join(run.beholder_dir, FRAME_FILE)
 
     @wrappers.Request.application
     @_with_run
-    def _serve_frame(self, request: wrappers.Request, run) -> wrappers.Response:
+    def _serve_frame(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The run's latest frame as PNG, with an ETag (304 on a matching If-None-Match)."""
         try:
             frame = self._hub.latest(self._frame_path(run))
@@ -171,7 +168,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     @_with_run
-    def _serve_live(self, request: wrappers.Request, run) -> wrappers.Response:
+    def _serve_live(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """Long polling: the first frame whose ETag is not ?after=, or 204 after ?timeout= s."""
         raw_timeout = request.args.get("timeout", str(DEFAULT_LIVE_TIMEOUT))
         try:
@@ -191,7 +188,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     @_with_run
-    def _serve_section_info(self, request: wrappers.Request, run) -> wrappers.Response:
+    def _serve_section_info(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The run's section-info.json (empty sections and a null frame_id when there is none)."""
         try:
             doc = read_section_info_document(run.path)
@@ -203,7 +200,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     @_with_run
-    def _serve_config(self, request: wrappers.Request, run) -> wrappers.Response:
+    def _serve_config(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """GET: the run's settings; POST: change some (JSON body, validated, all or nothing)."""
         if request.method == "GET":
             return self._config_reply(request, run)
@@ -245,7 +242,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
                 return _error(request, f"cannot write the config of run {run.name!r}: {exc}", 403)
         return self._config_reply(request, run)
 
-    def _config_reply(self, request: wrappers.Request, run) -> wrappers.Response:
+    def _config_reply(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """{"config": settings, "writable": bool, "problem": message or null} for a run."""
         problem = None
         try:

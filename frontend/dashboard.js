@@ -45,7 +45,7 @@ function welcomePage() {
 export class Dashboard {
   constructor(root) {
     this.run = null;
-    this.userPicked = false;
+    this.runs = [];
     this.config = null;
     this.zoom = "1";
     this.lastBlob = null;
@@ -71,7 +71,7 @@ export class Dashboard {
 
     this.toolbar = buildToolbar({
       onChange: (changes) => this.changeConfig(changes),
-      onRun: (run) => this.selectRun(run, true),
+      onRun: (run) => this.selectRun(run),
       onZoom: (zoom) => this.setZoom(zoom),
       onDownload: () => this.download(),
     });
@@ -135,14 +135,13 @@ export class Dashboard {
       wanted = ranked[0].run;
     }
     this.toolbar.setRuns(runs, wanted);
-    if (wanted !== this.run) this.selectRun(wanted, false);
+    if (wanted !== this.run) this.selectRun(wanted);
     else if (cameBack) this.loadConfig();
     this.renderStatus();
   }
 
   /** Show another run: its config in the toolbar and its frames on the stage. */
-  selectRun(run, byUser) {
-    if (byUser) this.userPicked = true;
+  selectRun(run) {
     this.run = run;
     this.stats.run = run;
     this.lastBlob = null;
