@@ -10,7 +10,6 @@ import importlib.resources
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -24,7 +23,9 @@ from beholder_plugin.config import DEFAULT_CONFIG, ConfigError, validate_changes
 from beholder_plugin.server_frames import EncodedFrame, FrameHub
 from beholder_plugin.server_runs import Run, RunError, RunIndex, is_writable
 from beholder_plugin.storage import (
+    CONFIG_FILE,
     FRAME_FILE,
+    SECTION_INFO_FILE,
     config_path,
     read_config,
     read_section_info_document,
@@ -151,8 +152,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
         return http_util.Respond(request, frame.png, "image/png", headers=headers)
 
     def _frame_path(self, run: Run) -> str:
-        """The path of the run's frame file."""
-        return os.path.join(run.beholder_dir, FRAME_FILE)
+        """The path of the run's frame file (RunError if it is a symlink out of the logdir)."""
+        return self._index.file_path(run, FRAME_FILE)
 
     @wrappers.Request.application
     @_with_run
@@ -160,6 +161,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
         """The run's latest frame as PNG, with an ETag (304 on a matching If-None-Match)."""
         try:
             frame = self._hub.latest(self._frame_path(run))
+        except RunError as exc:
+            return _error(request, str(exc), exc.status)
         except ValueError as exc:
             return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
         if frame is None:
@@ -180,6 +183,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
             return _error(request, message, 400)
         try:
             frame = self._hub.wait_newer(self._frame_path(run), request.args.get("after"), timeout)
+        except RunError as exc:
+            return _error(request, str(exc), exc.status)
         except ValueError as exc:
             return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
         if frame is None:
@@ -191,8 +196,11 @@ class BeholderPlugin(base_plugin.TBPlugin):
     def _serve_section_info(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The run's section-info.json (empty sections and a null frame_id when there is none)."""
         try:
+            self._index.file_path(run, SECTION_INFO_FILE)
             doc = read_section_info_document(run.path)
-        except ValueError as exc:
+        except RunError as exc:
+            return _error(request, str(exc), exc.status)
+        except (ValueError, RecursionError) as exc:
             return _error(request, f"section-info.json is not valid: {exc}", 500)
         if doc is None:
             doc = {"version": 1, "frame_id": None, "sections": []}
@@ -202,6 +210,10 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @_with_run
     def _serve_config(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """GET: the run's settings; POST: change some (JSON body, validated, all or nothing)."""
+        try:
+            self._index.file_path(run, CONFIG_FILE)
+        except RunError as exc:
+            return _error(request, str(exc), exc.status)
         if request.method == "GET":
             return self._config_reply(request, run)
         if request.method != "POST":
@@ -222,7 +234,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
             return _error(request, f"the body is larger than {MAX_CONFIG_BODY} bytes", 413)
         try:
             changes = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            # RecursionError: "[[[[..." nested deeper than the decoder allows, well within 4 KB.
             return _error(request, f"the body is not valid JSON: {exc}", 400)
         try:
             accepted = validate_changes(changes)
@@ -231,7 +244,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
         with self._config_lock:
             try:
                 config = read_config(run.path)
-            except ConfigError as exc:
+            except (ConfigError, RecursionError) as exc:
                 # The file on disk is broken: the user's change is applied over the defaults.
                 logger.warning("Beholder: replacing invalid %s: %s", config_path(run.path), exc)
                 config = dict(DEFAULT_CONFIG)
@@ -249,6 +262,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
             config = read_config(run.path)
         except ConfigError as exc:
             config, problem = dict(DEFAULT_CONFIG), str(exc)
+        except RecursionError:  # storage.read_config lets the JSON decoder's depth limit through
+            config, problem = dict(DEFAULT_CONFIG), "config.json is not valid JSON: nested too deeply"
         return _json(
             request,
             {"config": config, "writable": is_writable(run.beholder_dir), "problem": problem},

@@ -48,12 +48,15 @@ def _is_inside(path: str, root: str) -> bool:
 
 
 def scan_runs(logdir: str) -> list[Run]:
-    """Every directory under logdir (itself included) holding plugins/beholder/, by name."""
+    """Every directory under logdir (itself included) holding plugins/beholder/ inside it, by name."""
     runs = []
     if not os.path.isdir(logdir):
         return runs
+    root = os.path.realpath(logdir)
     for dirpath, dirnames, _filenames in os.walk(logdir):
-        if os.path.isdir(plugin_dir(dirpath)):
+        beholder_dir = plugin_dir(dirpath)
+        # A plugins/beholder that is a symlink out of the logdir is not listed: resolve() refuses it.
+        if os.path.isdir(beholder_dir) and _is_inside(os.path.realpath(beholder_dir), root):
             rel = os.path.relpath(dirpath, logdir)
             runs.append(Run(name=rel, path=dirpath))
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
@@ -99,6 +102,16 @@ class RunIndex:
         if not os.path.isdir(plugin_dir(path)):
             raise RunError(f"no Beholder run called {name!r} in the logdir", 404)
         return Run(name=os.path.relpath(path, self.logdir), path=path)
+
+    def file_path(self, run: Run, name: str) -> str:
+        """The path of a file in the run's plugins/beholder; RunError (403) if a symlink leads it out.
+
+        The trainer writes regular files (os.replace), so only a planted symlink costs a realpath.
+        """
+        path = os.path.join(run.beholder_dir, name)
+        if os.path.islink(path) and not _is_inside(os.path.realpath(path), os.path.realpath(self.logdir)):
+            raise RunError(f"{name} of run {run.name!r} leads outside the logdir", 403)
+        return path
 
 
 def is_writable(directory: str) -> bool:
