@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 import time
 import weakref
 from typing import Any
@@ -191,6 +192,7 @@ class Beholder:
     # ------------------------------------------------------------ frames
 
     def _update(self, arrays: Any, frame: Any, variables: Any, session: Any) -> bool:
+        _refuse_inside_tf_function()
         config = self._poll_config()
         fps = config["FPS"]
         if fps == 0:
@@ -318,6 +320,24 @@ class Beholder:
         }
         storage.write_section_info(self.logdir, sections, self.frames_written)
         storage.write_frame(self.logdir, frame)
+
+
+def _refuse_inside_tf_function() -> None:
+    """Raise when update() is being traced inside tf.function, where it would see no values.
+
+    Checked on every call, not only when a frame is due, so that the mistake
+    shows on the first trace rather than never. Costs nothing without TensorFlow.
+    """
+    if "tensorflow" not in sys.modules:
+        return
+    from beholder_plugin import tf_support
+
+    if tf_support.in_tf_function():
+        raise tf_support.SymbolicTensorError(
+            "Beholder.update() was called inside tf.function, where Python runs only while "
+            "tracing and sees no values: call update() outside it (return the tensors you want "
+            "to see from the tf.function), or use BeholderCallback with model.fit()"
+        )
 
 
 @atexit.register

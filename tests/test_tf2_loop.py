@@ -180,6 +180,22 @@ def test_update_inside_tf_function_not_strict_logs_and_training_goes_on(run_dir,
     assert "SymbolicTensorError" in caplog.text
 
 
+def test_update_inside_tf_function_is_refused_even_when_no_frame_is_due(run_dir):
+    """The mistake shows on the first trace, not only when the throttle lets a frame through."""
+    configure(run_dir, values="arrays", FPS=1)
+    beholder = Beholder(run_dir, strict=True)
+    assert beholder.update(arrays={"x": np.ones(3)})  # a frame now; the next is not due for a second
+
+    @tf.function
+    def step(x):
+        beholder.update(arrays={"x": x})
+        return x
+
+    with pytest.raises(tf_support.SymbolicTensorError, match="outside it"):
+        step(tf.ones(3))
+    assert beholder.frames_written == 1
+
+
 def test_symbolic_keras_tensor_and_graph_tensor_are_refused(run_dir):
     configure(run_dir, values="arrays")
     beholder = Beholder(run_dir, strict=True)
