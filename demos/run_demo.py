@@ -56,8 +56,17 @@ def stop(proc: subprocess.Popen, name: str, grace: float = 10.0) -> None:
         proc.wait()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """Treat SIGTERM like Ctrl-C, so that `kill` also stops both children."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo and TensorBoard side by side; return the exit code of the one that ended first."""
+    # A shell starts background jobs with SIGINT ignored, and children would inherit that;
+    # handle it (and SIGTERM) ourselves so Ctrl-C and kill always stop everything.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logdir", default="demo-logs", help="TensorBoard logdir (gitignored)")
     parser.add_argument("--host", default="127.0.0.1")
