@@ -162,7 +162,7 @@ def named_variables(variables: Any) -> list[tuple[str, Any]]:
     """(name, variable) pairs for what 'trainable variables' means for this run."""
     if hasattr(variables, "trainable_variables"):
         found = list(variables.trainable_variables)
-        return [(_variable_name(v, i), v) for i, v in enumerate(found)]
+        return [(variable_name(v, i), v) for i, v in enumerate(found)]
     if hasattr(variables, "named_parameters"):
         return [(name, p) for name, p in variables.named_parameters() if p.requires_grad]
     if isinstance(variables, (Mapping, list, tuple)):
@@ -173,7 +173,7 @@ def named_variables(variables: Any) -> list[tuple[str, Any]]:
     )
 
 
-def _variable_name(variable: Any, index: int) -> str:
+def variable_name(variable: Any, index: int) -> str:
     """A variable's path (Keras 3), else its name (tf.Variable), else its index."""
     for attr in ("path", "name"):
         value = getattr(variable, attr, None)

@@ -10,14 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-
-def _variable_name(variable: Any, index: int) -> str:
-    """A variable's path (Keras 3), else its name (tf.Variable), else its index."""
-    for attr in ("path", "name"):
-        value = getattr(variable, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return str(index)
+from beholder_plugin.arrays import variable_name
 
 
 def named_gradients(variables: Iterable[Any], gradients: Iterable[Any]) -> dict[str, Any]:
@@ -42,7 +35,7 @@ def named_gradients(variables: Iterable[Any], gradients: Iterable[Any]) -> dict[
     for index, (variable, gradient) in enumerate(zip(variables, gradients)):
         if gradient is None:
             continue
-        name = base = _variable_name(variable, index)
+        name = base = variable_name(variable, index)
         n = 1
         while name in out:
             n += 1
@@ -89,9 +82,7 @@ def gradient_step(tape: Any, loss: Any, variables: Any, optimizer: Any) -> dict[
     return named_gradients(variables, gradients)
 
 
-def gradient_helper(
-    optimizer: Any, loss: Any, var_list: list | None = None
-) -> tuple[Any, dict[str, Any]]:
+def gradient_helper(optimizer: Any, loss: Any, var_list: list | None = None) -> tuple[Any, dict[str, Any]]:
     """TF1 (``tf.compat.v1`` graph mode): the train op and the gradient tensors, by variable name.
 
     Like the original Beholder's ``gradient_helper``: computes the gradients
