@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import secrets
@@ -17,7 +16,7 @@ import numpy as np
 from beholder_plugin import arrays as adapters
 from beholder_plugin import storage
 from beholder_plugin.colormaps import palette_for
-from beholder_plugin.config import DEFAULT_CONFIG, ConfigError, parse_config_document
+from beholder_plugin.config import DEFAULT_CONFIG, ConfigError
 from beholder_plugin.placeholder import placeholder_frame
 from beholder_plugin.recording import Recorder
 from beholder_plugin.render import Renderer, RenderError, scale_frame
@@ -67,6 +66,7 @@ class Beholder:
         self._writer_id = secrets.token_hex(6)
         self._step = 0
         self._warned: set[str] = set()
+        storage.remove_stale_temp_files(self.logdir)
         _LIVE.add(self)
 
     # ------------------------------------------------------------ public
@@ -167,10 +167,8 @@ class Beholder:
 
     def _reload_config(self) -> None:
         try:
-            with open(self._config_path, "rb") as f:
-                doc = json.loads(f.read().decode("utf-8"))
-            config, problems = parse_config_document(doc)
-        except (OSError, ValueError, ConfigError) as exc:
+            config, problems = storage.load_config(self.logdir)
+        except ConfigError as exc:
             logger.warning(
                 "Beholder: %s is unreadable or invalid (%s); keeping the last good settings",
                 self._config_path,

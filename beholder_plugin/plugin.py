@@ -200,7 +200,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
             doc = read_section_info_document(run.path)
         except RunError as exc:
             return _error(request, str(exc), exc.status)
-        except (ValueError, RecursionError) as exc:
+        except ValueError as exc:  # storage reports any unreadable file as ValueError
             return _error(request, f"section-info.json is not valid: {exc}", 500)
         if doc is None:
             doc = {"version": 1, "frame_id": None, "sections": []}
@@ -244,7 +244,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
         with self._config_lock:
             try:
                 config = read_config(run.path)
-            except (ConfigError, RecursionError) as exc:
+            except ConfigError as exc:
                 # The file on disk is broken: the user's change is applied over the defaults.
                 logger.warning("Beholder: replacing invalid %s: %s", config_path(run.path), exc)
                 config = dict(DEFAULT_CONFIG)
@@ -262,8 +262,6 @@ class BeholderPlugin(base_plugin.TBPlugin):
             config = read_config(run.path)
         except ConfigError as exc:
             config, problem = dict(DEFAULT_CONFIG), str(exc)
-        except RecursionError:  # storage.read_config lets the JSON decoder's depth limit through
-            config, problem = dict(DEFAULT_CONFIG), "config.json is not valid JSON: nested too deeply"
         return _json(
             request,
             {"config": config, "writable": is_writable(run.beholder_dir), "problem": problem},

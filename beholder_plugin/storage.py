@@ -9,6 +9,7 @@ import json
 import os
 import struct
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -246,12 +247,34 @@ def write_section_info(run_dir: str | os.PathLike, sections: list[dict], frame_i
     atomic_write_json(os.path.join(plugin_dir(run_dir), SECTION_INFO_FILE), doc)
 
 
-def read_section_info_document(run_dir: str | os.PathLike) -> dict | None:
-    """The whole section-info.json document, or None when there is none yet."""
+_MISSING = object()
+
+
+def _load_json(path: str, error: type[ValueError] = ValueError) -> Any:
+    """A JSON file's document, or _MISSING when there is no file; ``error`` for anything unreadable.
+
+    Unreadable covers a directory or unreadable file in its place, bad UTF-8,
+    bad JSON, and JSON nested deeper than the decoder's recursion limit.
+    """
+    name = os.path.basename(path)
     try:
-        with open(os.path.join(plugin_dir(run_dir), SECTION_INFO_FILE), "rb") as f:
-            doc = json.loads(f.read().decode("utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
+        return _MISSING
+    except OSError as exc:
+        raise error(f"{name} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise error(f"{name} is not valid JSON: {detail}") from None
+
+
+def read_section_info_document(run_dir: str | os.PathLike) -> dict | None:
+    """The whole section-info.json document, or None when there is none yet; ValueError if unreadable."""
+    doc = _load_json(os.path.join(plugin_dir(run_dir), SECTION_INFO_FILE))
+    if doc is _MISSING:
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("sections"), list):
         raise ValueError("section-info.json does not hold a 'sections' list")
@@ -272,19 +295,47 @@ def config_path(run_dir: str | os.PathLike) -> str:
     return os.path.join(plugin_dir(run_dir), CONFIG_FILE)
 
 
+def load_config(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """The run's settings and the problems ignored reading them (see parse_config_document).
+
+    Defaults when there is no file; ConfigError for a file that cannot be
+    read or is invalid.
+    """
+    doc = _load_json(config_path(run_dir), ConfigError)
+    if doc is _MISSING:
+        return dict(DEFAULT_CONFIG), []
+    return parse_config_document(doc)
+
+
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The run's settings; defaults when there is no file. Raises ConfigError if the file is bad."""
+    return load_config(run_dir)[0]
+
+
+def remove_stale_temp_files(run_dir: str | os.PathLike, older_than: float = 60.0) -> int:
+    """Delete temporary files left by writers killed mid-write; returns how many were removed.
+
+    A temporary file lives only for the milliseconds of one write, so one
+    older than ``older_than`` seconds belongs to a writer that died.
+    """
+    directory = plugin_dir(run_dir)
+    removed = 0
     try:
-        with open(config_path(run_dir), "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return dict(DEFAULT_CONFIG)
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"config.json is not valid JSON: {exc}") from None
-    config, _problems = parse_config_document(doc)
-    return config
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    cutoff = time.time() - older_than
+    for name in names:
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if os.lstat(path).st_mtime < cutoff:
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:

@@ -274,3 +274,25 @@ def test_an_unchanged_config_costs_one_stat_and_no_read_per_update(run_dir, monk
         assert not beholder.update(arrays=[np.ones(3)])  # no frame due within the second
     monkeypatch.undo()
     assert len(stats) == 50 and opens == []
+
+
+def test_a_config_nested_too_deeply_is_survived_like_any_bad_file(run_dir, caplog):
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    beholder = Beholder(run_dir, strict=True)
+    assert beholder.update(arrays=[np.ones(3)])
+    with open(config_path(run_dir), "w") as f:
+        f.write("[" * 5000 + "]" * 5000)
+    due(beholder)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        assert beholder.update(arrays=[np.ones(3)])  # strict, yet nothing raised
+    assert "nested too deeply" in caplog.text and beholder.config["values"] == "arrays"
+
+
+def test_a_new_beholder_clears_temp_files_left_by_a_killed_one(run_dir):
+    os.makedirs(plugin_dir(run_dir))
+    leftover = os.path.join(plugin_dir(run_dir), ".frame.bin.12345-678.tmp")
+    with open(leftover, "wb") as f:
+        f.write(b"half a frame")
+    os.utime(leftover, (0, 0))
+    Beholder(run_dir)
+    assert not os.path.exists(leftover)

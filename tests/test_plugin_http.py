@@ -496,3 +496,22 @@ def test_config_on_a_read_only_run(client, logdir):
         assert open(config_path(logdir), "rb").read() == before
     finally:
         _immutable(directory, False)
+
+
+def test_directories_in_place_of_the_json_files_get_clear_answers(tmp_path):
+    make_frames(tmp_path)
+    for name in ("config.json", "section-info.json"):
+        path = os.path.join(plugin_dir(tmp_path), name)
+        if os.path.exists(path):
+            os.remove(path)
+        os.mkdir(path)
+    _, client = plugin_client(tmp_path)
+    resp = client.get(f"{BASE}/config?run=.")
+    assert resp.status_code == 200
+    body = json.loads(resp.get_data())
+    assert body["config"] == DEFAULT_CONFIG and "config.json cannot be read" in body["problem"]
+    resp = client.get(f"{BASE}/section-info?run=.")
+    assert resp.status_code == 500
+    assert "section-info.json cannot be read" in json.loads(resp.get_data())["error"]
+    resp = post_config(client, ".", {"FPS": 5})
+    assert resp.status_code == 403 and os.path.isdir(os.path.join(plugin_dir(tmp_path), "config.json"))

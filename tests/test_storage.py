@@ -22,6 +22,8 @@ from beholder_plugin.storage import (
     encode_frame,
     plugin_dir,
     read_frame_file,
+    read_section_info_document,
+    remove_stale_temp_files,
     write_frame,
 )
 
@@ -180,3 +182,34 @@ def test_a_failed_write_leaves_the_previous_frame_readable(run_dir):
         atomic_write(path, [good[0], object()])
     assert (read_frame_file(run_dir).pixels == 7).all()
     assert os.listdir(plugin_dir(run_dir)) == [FRAME_FILE]
+
+
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda p: os.mkdir(p), "cannot be read"),
+        (lambda p: open(p, "w").write("[" * 5000 + "]" * 5000), "nested too deeply"),
+        (lambda p: open(p, "wb").write(b"\xff\xfe"), "not valid JSON"),
+    ],
+)
+def test_unreadable_json_files_raise_a_clear_value_error(run_dir, make_bad, message):
+    os.makedirs(plugin_dir(run_dir))
+    for name in ("config.json", "section-info.json"):
+        make_bad(os.path.join(plugin_dir(run_dir), name))
+    with pytest.raises(ConfigError, match=f"config.json .*{message}"):
+        read_config(run_dir)
+    with pytest.raises(ValueError, match=f"section-info.json .*{message}"):
+        read_section_info_document(run_dir)
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(run_dir):
+    os.makedirs(plugin_dir(run_dir))
+    stale = os.path.join(plugin_dir(run_dir), ".frame.bin.999-1.tmp")
+    fresh = os.path.join(plugin_dir(run_dir), ".frame.bin.998-1.tmp")
+    keep = os.path.join(plugin_dir(run_dir), "notes.tmp")
+    for path in (stale, fresh, keep):
+        open(path, "wb").close()
+    os.utime(stale, (0, 0))
+    os.utime(keep, (0, 0))
+    assert remove_stale_temp_files(run_dir) == 1
+    assert not os.path.exists(stale) and os.path.exists(fresh) and os.path.exists(keep)
