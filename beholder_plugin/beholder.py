@@ -202,17 +202,13 @@ class Beholder:
 
         values = config["values"]
         sections: list[dict] = []
-        palette = row_index = None
-        if values == "frames":
-            if frame is None:
-                pixels, palette, values = placeholder_frame("frames"), palette_for("grayscale"), "placeholder"
-            else:
-                pixels, palette = self._user_frame(frame)
-        elif values == "arrays" and arrays is None:
-            pixels, palette, values = placeholder_frame("arrays"), palette_for("grayscale"), "placeholder"
+        row_index = None
+        if values == "frames" and frame is not None:
+            pixels, palette = self._user_frame(frame)
         else:
-            rendered = self._render_values(values, arrays, variables, session, config)
-            if rendered is None:
+            missing = values == "frames" or (values == "arrays" and arrays is None)
+            rendered = None if missing else self._render_values(values, arrays, variables, session, config)
+            if rendered is None:  # the selected input was not passed: say what to pass
                 pixels, palette = placeholder_frame(values), palette_for("grayscale")
                 values = "placeholder"
             else:

@@ -3,7 +3,7 @@
 Pure NumPy, no I/O, no framework import. The work is split so that a caller
 can read only the values that will be shown:
 
-1. ``plan_sections(shapes, show_all)`` decides, from shapes alone, the frame
+1. ``Renderer.plans(shapes, show_all)`` decides, from shapes alone, the frame
    width and, for each array, a ``SectionPlan``: which elements of the array
    end up on screen after the layout rules and the nearest-neighbour resize.
 2. The caller fetches just those elements (``SectionPlan.take`` for NumPy;
@@ -213,7 +213,7 @@ def _layout(shape: tuple[int, ...], height: int, width: int, show_all: bool, lab
 
 
 def _fast_path(
-    shape: tuple[int, ...], show_all: bool, source: tuple[int, int], rows: np.ndarray, cols: np.ndarray
+    shape: tuple[int, ...], source: tuple[int, int], rows: np.ndarray, cols: np.ndarray
 ) -> tuple[str, tuple]:
     """The take() fast path for a layout: its kind and 1-D index arrays."""
     rank = len(shape)
@@ -252,7 +252,7 @@ def make_plan(shape: tuple[int, ...], width: int, show_all: bool, label: str = "
         else:
             axes.append(distinct)
             local.append(np.searchsorted(distinct, idx).astype(np.intp))
-    kind, parts = _fast_path(shape, show_all, (src_h, src_w), rows, cols)
+    kind, parts = _fast_path(shape, (src_h, src_w), rows, cols)
     return SectionPlan(
         kind=kind,
         parts=parts,
