@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from beholder_plugin.beholder import Beholder
-from beholder_plugin.config import DEFAULT_CONFIG, ConfigError
-from beholder_plugin.storage import read_config, read_frame, read_section_info, write_config
+from beholder_plugin.protocol.runfiles import read_config, read_frame, read_section_info, write_config
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError
+from beholder_plugin.trainer.beholder import Beholder
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "BeholderCallback": "beholder_plugin.keras",
-    "gradient_helper": "beholder_plugin.gradients",
-    "gradient_step": "beholder_plugin.gradients",
-    "named_gradients": "beholder_plugin.gradients",
+    "BeholderCallback": "beholder_plugin.trainer.integrations.keras",
+    "gradient_helper": "beholder_plugin.trainer.integrations.gradients",
+    "gradient_step": "beholder_plugin.trainer.integrations.gradients",
+    "named_gradients": "beholder_plugin.trainer.integrations.gradients",
 }
 
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from beholder_plugin import Beholder, write_config
-from beholder_plugin.config import DEFAULT_CONFIG
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

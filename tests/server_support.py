@@ -62,7 +62,7 @@ def plugin_client(logdir: str | os.PathLike) -> tuple[Any, Any]:
     from tensorboard.plugins import base_plugin
     from werkzeug.test import Client
 
-    from beholder_plugin.plugin import BeholderPlugin
+    from beholder_plugin.server.plugin import BeholderPlugin
 
     plugin = BeholderPlugin(base_plugin.TBContext(logdir=str(logdir)))
     app = application.TensorBoardWSGI([plugin])
@@ -87,15 +87,15 @@ def make_frames(run_dir: str | os.PathLike, count: int = 1, **config: Any) -> No
 
 def write_config_file(run_dir: str | os.PathLike, **changes: Any) -> None:
     """Write a full config (defaults plus changes) to a run, as the dashboard would."""
-    from beholder_plugin.config import DEFAULT_CONFIG
-    from beholder_plugin.storage import write_config
+    from beholder_plugin.protocol.runfiles import write_config
+    from beholder_plugin.protocol.settings import DEFAULT_CONFIG
 
     write_config(run_dir, {**DEFAULT_CONFIG, **changes})
 
 
 def read_config_file(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The raw config.json of a run."""
-    from beholder_plugin.storage import config_path
+    from beholder_plugin.protocol.runfiles import config_path
 
     with open(config_path(run_dir), encoding="utf-8") as f:
         return json.load(f)

@@ -7,8 +7,14 @@ import pytest
 from support import set_config
 
 from beholder_plugin import Beholder, read_section_info
-from beholder_plugin.arrays import fetch_compact, framework_of, named_arrays, named_variables, prepare
-from beholder_plugin.render import make_plan
+from beholder_plugin.protocol.layout import make_plan
+from beholder_plugin.trainer.sources import (
+    fetch_compact,
+    framework_of,
+    named_arrays,
+    named_variables,
+    prepare,
+)
 
 SHAPES = [(9,), (40, 30), (3, 3, 4, 5), (6, 8, 8, 3), (5, 7, 11), ()]
 
@@ -34,7 +40,7 @@ def test_complex_values_are_shown_as_magnitude():
 
 
 def test_object_arrays_are_refused_with_the_section_name():
-    from beholder_plugin.render import RenderError
+    from beholder_plugin.protocol.layout import RenderError
 
     with pytest.raises(RenderError, match="section words"):
         prepare(["a", "b"], "words")

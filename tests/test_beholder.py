@@ -14,8 +14,8 @@ import pytest
 from support import due, set_config
 
 from beholder_plugin import DEFAULT_CONFIG, Beholder, read_config, read_frame, read_section_info
-from beholder_plugin.render import RenderError
-from beholder_plugin.storage import config_path, plugin_dir, read_frame_file
+from beholder_plugin.protocol.layout import RenderError
+from beholder_plugin.protocol.runfiles import config_path, plugin_dir, read_frame_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -261,7 +261,7 @@ def test_numpy_only_run_never_imports_a_framework(tmp_path):
 def test_an_unchanged_config_costs_one_stat_and_no_read_per_update(run_dir, monkeypatch):
     import builtins
 
-    import beholder_plugin.beholder as beholder_module
+    import beholder_plugin.trainer.beholder as beholder_module
 
     set_config(run_dir, values="arrays", FPS=1)
     beholder = Beholder(run_dir, strict=True)

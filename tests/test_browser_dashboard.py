@@ -29,7 +29,7 @@ from server_support import (
     write_config_file,
 )
 
-from beholder_plugin.storage import plugin_dir, read_frame_file
+from beholder_plugin.protocol.runfiles import plugin_dir, read_frame_file
 
 pytestmark = [
     pytest.mark.browser,

@@ -18,7 +18,7 @@ from server_support import (
     wait_for,
 )
 
-from beholder_plugin.storage import plugin_dir
+from beholder_plugin.protocol.runfiles import plugin_dir
 
 pytestmark = [
     pytest.mark.browser,

@@ -16,7 +16,7 @@ import pytest
 from tf_support_helpers import PYTHON_ENV, REPO, configure, free_port
 
 from beholder_plugin import read_frame, read_section_info
-from beholder_plugin.storage import read_frame_file
+from beholder_plugin.protocol.runfiles import read_frame_file
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 pytest.importorskip("tensorflow")

@@ -23,7 +23,7 @@ from server_support import (
     write_config_file,
 )
 
-from beholder_plugin.storage import read_frame, read_frame_file
+from beholder_plugin.protocol.runfiles import read_frame, read_frame_file
 
 pytestmark = [
     pytest.mark.browser,

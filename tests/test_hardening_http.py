@@ -21,9 +21,10 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from server_support import make_frames, plugin_client
 
-from beholder_plugin.config import COLORMAPS, DEFAULT_CONFIG, MODES, SCALINGS, VALUES
-from beholder_plugin.storage import FRAME_FILE, config_path, plugin_dir
+from beholder_plugin.protocol.runfiles import FRAME_FILE, config_path, plugin_dir
+from beholder_plugin.protocol.settings import COLORMAPS, DEFAULT_CONFIG, MODES, SCALINGS, VALUES
 
+STATIC_DIR = Path(__file__).parent.parent / "beholder_plugin" / "server" / "static"
 BASE = "/data/plugin/beholder"
 FUZZ = settings(
     max_examples=400,
@@ -259,7 +260,7 @@ def test_fuzzed_static_names_and_runs_listing(world, name, fresh):
     resp = client.get(f"{BASE}/static/" + urllib.parse.quote(name, safe=""))
     assert resp.status_code in (200, 404)
     if resp.status_code == 200:
-        assert name in {p.name for p in (Path(__file__).parent.parent / "frontend").iterdir()}
+        assert name in {p.name for p in (STATIC_DIR).iterdir()}
     runs = client.get(f"{BASE}/runs", query_string={"fresh": fresh})
     assert runs.status_code == 200
     names = {r["run"] for r in json.loads(runs.get_data())}

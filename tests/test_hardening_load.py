@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from server_support import TensorBoard, Trainer, http_get, wait_for, write_config_file
 
-from beholder_plugin.storage import read_frame_file
+from beholder_plugin.protocol.runfiles import read_frame_file
 
 pytestmark = pytest.mark.slow
 

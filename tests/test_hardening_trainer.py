@@ -15,8 +15,8 @@ import pytest
 from support import due, set_config
 
 from beholder_plugin import Beholder, read_frame, read_section_info
-from beholder_plugin.render import RenderError
-from beholder_plugin.storage import FRAME_FILE, plugin_dir, read_frame_file
+from beholder_plugin.protocol.layout import RenderError
+from beholder_plugin.protocol.runfiles import FRAME_FILE, plugin_dir, read_frame_file
 
 # name -> (array, expected section max, or None when refused)
 ODD_ARRAYS = {
@@ -187,7 +187,7 @@ def test_a_read_only_logdir_warns_once_and_training_goes_on(tmpfs, caplog):
 
 
 def test_a_full_disk_keeps_the_previous_frame_readable(tmpfs, caplog, monkeypatch):
-    import beholder_plugin.beholder as beholder_module
+    import beholder_plugin.trainer.beholder as beholder_module
 
     monkeypatch.setattr(beholder_module, "WRITE_RETRY_SECONDS", 0.0)
     run = os.path.join(tmpfs, "run")
@@ -229,7 +229,7 @@ SOAK = textwrap.dedent(
     """
     import gc, os, resource, sys, threading, time
     import numpy as np
-    import beholder_plugin.beholder as bm
+    import beholder_plugin.trainer.beholder as bm
     from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
 
     class Clock:  # every update() is a frame: the throttle sees a second pass per call

@@ -12,7 +12,7 @@ from tf_support_helpers import PYTHON_ENV, configure, tiny_convnet, tiny_data
 
 import beholder_plugin
 from beholder_plugin import Beholder, read_frame, read_section_info
-from beholder_plugin.storage import plugin_dir, read_frame_file
+from beholder_plugin.protocol.runfiles import plugin_dir, read_frame_file
 
 pytestmark = pytest.mark.tf
 keras = pytest.importorskip("keras")

@@ -14,8 +14,7 @@ import pytest
 from PIL import Image
 from server_support import make_frames, plugin_client, read_config_file, wait_for, write_config_file
 
-from beholder_plugin.config import DEFAULT_CONFIG
-from beholder_plugin.storage import (
+from beholder_plugin.protocol.runfiles import (
     Frame,
     config_path,
     plugin_dir,
@@ -23,6 +22,7 @@ from beholder_plugin.storage import (
     read_section_info_document,
     write_frame,
 )
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG
 
 BASE = "/data/plugin/beholder"
 

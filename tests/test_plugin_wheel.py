@@ -12,7 +12,8 @@ import zipfile
 import pytest
 from server_support import ROOT
 
-FRONTEND_FILES = sorted(p.name for p in (ROOT / "frontend").iterdir() if p.suffix in (".js", ".css"))
+STATIC = ROOT / "beholder_plugin" / "server" / "static"
+FRONTEND_FILES = sorted(p.name for p in STATIC.iterdir() if p.suffix in (".js", ".css"))
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +41,13 @@ def test_wheel_holds_the_frontend_and_the_entry_point(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         for name in FRONTEND_FILES:
-            assert f"beholder_plugin/frontend/{name}" in names
-            assert z.read(f"beholder_plugin/frontend/{name}") == (ROOT / "frontend" / name).read_bytes()
-        assert "beholder_plugin/plugin.py" in names
+            assert f"beholder_plugin/server/static/{name}" in names
+            assert z.read(f"beholder_plugin/server/static/{name}") == (STATIC / name).read_bytes()
+        assert "beholder_plugin/server/plugin.py" in names
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         parser = configparser.ConfigParser()
         parser.read_string(z.read(entry_points).decode())
-    assert parser["tensorboard_plugins"]["beholder"] == "beholder_plugin.plugin:BeholderPlugin"
+    assert parser["tensorboard_plugins"]["beholder"] == "beholder_plugin.server.plugin:BeholderPlugin"
 
 
 def test_installed_wheel_serves_its_own_frontend(wheel, tmp_path):
@@ -81,4 +82,4 @@ def test_installed_wheel_serves_its_own_frontend(wheel, tmp_path):
     served = dict(line.split() for line in result.stdout.splitlines())
     assert sorted(served) == FRONTEND_FILES
     for name, size in served.items():
-        assert int(size) == len((target / "beholder_plugin" / "frontend" / name).read_bytes())
+        assert int(size) == len((target / "beholder_plugin" / "server" / "static" / name).read_bytes())

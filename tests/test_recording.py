@@ -17,8 +17,8 @@ import pytest
 from support import due, set_config
 
 from beholder_plugin import Beholder
-from beholder_plugin import recording as recording_module
-from beholder_plugin.storage import plugin_dir
+from beholder_plugin.protocol.runfiles import plugin_dir
+from beholder_plugin.trainer import recording as recording_module
 
 
 def decode(path: str) -> tuple[tuple[int, int], list[np.ndarray]]:

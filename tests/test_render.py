@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 from reference_render import reference_frame
 
-from beholder_plugin.colormaps import PALETTES
-from beholder_plugin.config import DEFAULT_CONFIG
-from beholder_plugin.render import (
-    Renderer,
-    RenderError,
-    frame_width,
-    make_plan,
-    scale_frame,
-    section_height,
-)
+from beholder_plugin.protocol.layout import RenderError, frame_width, make_plan, section_height
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG
+from beholder_plugin.trainer.colormaps import PALETTES
+from beholder_plugin.trainer.views.render import Renderer, scale_frame
 
 
 def render(arrays, **config):

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from beholder_plugin import ConfigError, read_config
-from beholder_plugin.config import DEFAULT_CONFIG, parse_config_document, validate_changes
-from beholder_plugin.storage import (
+from beholder_plugin.protocol.runfiles import (
     FRAME_FILE,
     Frame,
     FrameFormatError,
@@ -26,6 +25,7 @@ from beholder_plugin.storage import (
     remove_stale_temp_files,
     write_frame,
 )
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG, parse_config_document, validate_changes
 
 PALETTE = np.stack([np.arange(256, dtype=np.uint8)[::-1]] * 3, axis=1)
 
@@ -133,7 +133,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from beholder_plugin.storage import Frame, write_frame
+    from beholder_plugin.protocol.runfiles import Frame, write_frame
     run, seconds = sys.argv[1], float(sys.argv[2])
     palette = np.zeros((256, 3), np.uint8)
     palette[:, 0] = np.arange(256)

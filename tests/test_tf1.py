@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from tf_support_helpers import configure, frame_due
 
-from beholder_plugin import Beholder, gradient_helper, read_frame, read_section_info, tf_support
+from beholder_plugin import Beholder, gradient_helper, read_frame, read_section_info
+from beholder_plugin.trainer.sources import tf_tensors as tf_support
 
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")

@@ -16,10 +16,10 @@ from beholder_plugin import (
     named_gradients,
     read_frame,
     read_section_info,
-    tf_support,
 )
-from beholder_plugin import gradients as gradients_module
-from beholder_plugin.render import make_plan
+from beholder_plugin.protocol.layout import make_plan
+from beholder_plugin.trainer.integrations import gradients as gradients_module
+from beholder_plugin.trainer.sources import tf_tensors as tf_support
 
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")

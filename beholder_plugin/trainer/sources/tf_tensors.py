@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.render import RenderError, SectionPlan
+from beholder_plugin.protocol.layout import RenderError, SectionPlan
 
 
 class SymbolicTensorError(RenderError):

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from beholder_plugin.storage import FRAME_FILE, plugin_dir
+from beholder_plugin.protocol.runfiles import FRAME_FILE, plugin_dir
 
 # Directories that never hold runs: TensorBoard's own plugin data and hidden folders.
 _SKIP_DIRS = ("plugins",)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import keras
 
-from beholder_plugin.beholder import Beholder
+from beholder_plugin.trainer.beholder import Beholder
 
 
 class BeholderCallback(keras.callbacks.Callback):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.config import (
+from beholder_plugin.protocol.settings import (
     DEFAULT_CONFIG,
     ConfigError,
     config_document,

@@ -19,10 +19,7 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from beholder_plugin.config import DEFAULT_CONFIG, ConfigError, validate_changes
-from beholder_plugin.server_frames import EncodedFrame, FrameHub
-from beholder_plugin.server_runs import Run, RunError, RunIndex, is_writable
-from beholder_plugin.storage import (
+from beholder_plugin.protocol.runfiles import (
     CONFIG_FILE,
     FRAME_FILE,
     SECTION_INFO_FILE,
@@ -31,11 +28,14 @@ from beholder_plugin.storage import (
     read_section_info_document,
     write_config,
 )
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError, validate_changes
+from beholder_plugin.server.frames import EncodedFrame, FrameHub
+from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
 
 logger = logging.getLogger("beholder")
 
 PLUGIN_NAME = "beholder"
-FRONTEND_PACKAGE = "beholder_plugin.frontend"
+FRONTEND_PACKAGE = "beholder_plugin.server.static"
 MAX_CONFIG_BODY = 4096  # bytes: a full config is about 200
 DEFAULT_LIVE_TIMEOUT = 10.0
 MAX_LIVE_TIMEOUT = 30.0
@@ -117,8 +117,9 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def _serve_static(self, request: wrappers.Request) -> wrappers.Response:
-        """A file of the dashboard, from the installed beholder_plugin.frontend package."""
-        name = request.path.rsplit("/", 1)[-1]
+        """A file of the dashboard, from the installed beholder_plugin.server.static package."""
+        # Everything after /static/, so that "static//index.js" or "static/a/index.js" is no file name.
+        name = request.path.split("/static/", 1)[-1]
         if not _STATIC_NAME.match(name):
             return _error(request, f"no such dashboard file: {name!r}", 404)
         resource = importlib.resources.files(FRONTEND_PACKAGE) / name

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from beholder_plugin.config import COLORMAPS
+from beholder_plugin.protocol.settings import COLORMAPS
 
 _HEX = {
     "magma": (

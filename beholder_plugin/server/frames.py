@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from beholder_plugin.storage import Frame, decode_frame
+from beholder_plugin.protocol.runfiles import Frame, decode_frame
 
 # zlib level 1: about three times faster than the default for a ~1000 x 768 frame,
 # and palette frames compress well anyway.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from beholder_plugin.arrays import variable_name
+from beholder_plugin.trainer.sources import variable_name
 
 
 def named_gradients(variables: Iterable[Any], gradients: Iterable[Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.render import RenderError, SectionPlan
+from beholder_plugin.protocol.layout import RenderError, SectionPlan
 
 
 def framework_of(obj: Any) -> str:
@@ -50,7 +50,7 @@ def prepare(obj: Any, label: str) -> Any:
     if kind in ("torch", "jax"):
         return obj
     if kind == "tensorflow":
-        from beholder_plugin import tf_support
+        from beholder_plugin.trainer.sources import tf_tensors as tf_support
 
         return tf_support.prepare(obj, label)
     return _as_numpy(obj, label)
@@ -119,7 +119,7 @@ def fetch_compact(obj: Any, plan: SectionPlan, label: str) -> np.ndarray:
     elif kind == "jax":
         values = _fetch_jax(obj, plan)
     elif kind == "tensorflow":
-        from beholder_plugin import tf_support
+        from beholder_plugin.trainer.sources import tf_tensors as tf_support
 
         values = _finish(tf_support.fetch_sub(obj, plan.axes), plan)
     else:
@@ -138,7 +138,7 @@ def to_numpy(obj: Any, label: str = "frame") -> np.ndarray:
             t = t.float()
         return t.cpu().numpy()
     if kind == "tensorflow":
-        from beholder_plugin import tf_support
+        from beholder_plugin.trainer.sources import tf_tensors as tf_support
 
         return tf_support.to_numpy(obj, label)
     return _as_numpy(obj, label)

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin import arrays as adapters
-from beholder_plugin import storage
-from beholder_plugin.colormaps import palette_for
-from beholder_plugin.config import DEFAULT_CONFIG, ConfigError
-from beholder_plugin.placeholder import placeholder_frame
-from beholder_plugin.recording import Recorder
-from beholder_plugin.render import Renderer, RenderError, scale_frame
+from beholder_plugin.protocol import runfiles as storage
+from beholder_plugin.protocol.layout import RenderError
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError
+from beholder_plugin.trainer import sources as adapters
+from beholder_plugin.trainer.colormaps import palette_for
+from beholder_plugin.trainer.recording import Recorder
+from beholder_plugin.trainer.views.placeholder import placeholder_frame
+from beholder_plugin.trainer.views.render import Renderer, scale_frame
 
 logger = logging.getLogger("beholder")
 
@@ -234,7 +235,7 @@ class Beholder:
         if values == "arrays":
             return self._render_named(adapters.named_arrays(arrays), config)
         if session is not None:
-            from beholder_plugin import tf_support
+            from beholder_plugin.trainer.sources import tf_tensors as tf_support
 
             names, shapes = tf_support.session_variable_shapes(session)
             plans = self._renderer.plans(shapes, config["show_all"], names)
@@ -324,7 +325,7 @@ def _refuse_inside_tf_function() -> None:
     """
     if "tensorflow" not in sys.modules:
         return
-    from beholder_plugin import tf_support
+    from beholder_plugin.trainer.sources import tf_tensors as tf_support
 
     if tf_support.in_tf_function():
         raise tf_support.SymbolicTensorError(

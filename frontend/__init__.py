@@ -1,1 +1,0 @@
-"""The Beholder dashboard: ES modules and CSS served by beholder_plugin.plugin (no build step)."""
