@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 
@@ -11,3 +14,27 @@ def run_dir(tmp_path):
     path = tmp_path / "run"
     path.mkdir()
     return str(path)
+
+
+# Test modules in the subfolders import the shared helpers (support, server_support, reference_render).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def flushed_updates(monkeypatch):
+    """Make Beholder.update() wait until the frame it handed to the worker is written.
+
+    For tests about what a frame shows, which read the files right after
+    update(). The frame still goes through the background worker; the tests
+    of the worker itself (trainer/test_pipeline.py) do not use this.
+    """
+    from beholder_plugin.trainer.beholder import Beholder
+
+    real = Beholder.update
+
+    def update(self, *args, **kwargs):
+        handed = real(self, *args, **kwargs)
+        self.flush()
+        return handed
+
+    monkeypatch.setattr(Beholder, "update", update)

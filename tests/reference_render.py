@@ -1,8 +1,9 @@
 """A slow, literal reading of the spec's rendering rules, to check the fast renderer against.
 
-Written from ../shared/design/beholder-spec.md alone: full-size sections,
-the legacy nearest-neighbour rule, np.var over stacked full-size sections,
-scaling in float64 and truncation to uint8. No shortcuts.
+Written from the rules in docs/rendering.md alone: full-size float32 sections,
+TensorFlow's float32 nearest-neighbour rule evaluated pixel by pixel, np.var
+over stacked full-size sections, scaling in float32 and truncation to uint8.
+No shortcuts.
 """
 
 from __future__ import annotations
@@ -63,22 +64,28 @@ def section_2d(a: np.ndarray, show_all: bool, height: int, width: int) -> np.nda
     return flat[: n_rows * n_cols].reshape(n_rows, n_cols)
 
 
+def _source(dst: int, src_size: int, dst_size: int) -> int:
+    """TensorFlow's nearest-neighbour source index, one output pixel at a time, in float32."""
+    scale = np.float32(src_size) / np.float32(dst_size)
+    return min(int(np.floor(np.float32(dst) * scale)), src_size - 1)
+
+
 def resize(section: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest neighbour with src = floor(dst * src_size / dst_size) for every output pixel."""
+    """Nearest-neighbour resize of a 2-D section, pixel by pixel (float32 values)."""
     sh, sw = section.shape
-    src_y = np.array([(y * sh) // height for y in range(height)])
-    src_x = np.array([(x * sw) // width for x in range(width)])
-    return section[src_y[:, None], src_x[None, :]].astype(np.float64)
+    src_y = np.array([_source(y, sh, height) for y in range(height)])
+    src_x = np.array([_source(x, sw, width) for x in range(width)])
+    return section[src_y[:, None], src_x[None, :]].astype(np.float32)
 
 
 def full_sections(arrays, show_all):
-    """Full-size float64 sections for a list of arrays."""
+    """Full-size float32 sections for a list of arrays."""
     width = _width(arrays, show_all)
     out = []
     for a in arrays:
         height = _height(a, show_all)
         out.append(
-            resize(section_2d(np.asarray(a, dtype=np.float64), show_all, height, width), height, width)
+            resize(section_2d(np.asarray(a, dtype=np.float32), show_all, height, width), height, width)
         )
     return out
 
@@ -87,18 +94,22 @@ def reference_frame(history, mode: str, scaling: str, show_all: bool = False):
     """Palette indices and stats for the newest entry of history (a list of lists of arrays)."""
     if mode == "variance":
         per_step = [full_sections(arrays, show_all) for arrays in history]
-        sections = [np.var(np.stack([step[k] for step in per_step]), axis=0) for k in range(len(per_step[0]))]
+        count = len(per_step[0])
+        stacks = [np.stack([step[k] for step in per_step]).astype(np.float64) for k in range(count)]
+        sections = [np.var(stack, axis=0).astype(np.float32) for stack in stacks]
     else:
         sections = full_sections(history[-1], show_all)
-    stats = [(s.min(), s.mean(), s.max()) for s in sections]
+    stats = [(float(s.min()), float(s.astype(np.float64).mean()), float(s.max())) for s in sections]
     scaled = []
     g_lo = min(s.min() for s in sections)
     g_hi = max(s.max() for s in sections)
     for s in sections:
         lo, hi = (s.min(), s.max()) if scaling == "layer" else (g_lo, g_hi)
-        scaled.append(
-            np.zeros(s.shape, np.uint8) if hi == lo else ((s - lo) * (255 / (hi - lo))).astype(np.uint8)
-        )
+        if hi == lo:
+            scaled.append(np.zeros(s.shape, np.uint8))
+        else:
+            k = np.float32(255.0 / (float(hi) - float(lo)))
+            scaled.append(((s - np.float32(lo)) * k).astype(np.uint8))
     parts = [scaled[0]]
     for s in scaled[1:]:
         parts.append(np.zeros((5, s.shape[1]), np.uint8))

@@ -21,9 +21,11 @@ gives exactly the pixels the original computed on the full-size section.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -88,8 +90,16 @@ def irregular_grid(count: int, height: int, width: int) -> tuple[int, int]:
 
 
 def resize_indices(src: int, dst: int) -> np.ndarray:
-    """Nearest-neighbour source index for each of dst outputs: floor(i * src / dst)."""
-    return (np.arange(dst, dtype=np.int64) * src) // dst
+    """Nearest-neighbour source index for each of dst outputs, in the original's float32 arithmetic.
+
+    TensorFlow's resize computes ``scale = float32(src) / float32(dst)`` and
+    ``min(floor(float32(i) * scale), src - 1)`` in float32. Where ``i * src / dst``
+    is a whole number the float32 product can fall just below it and pick the
+    previous source index (112 -> 768 takes column 62 at x = 432, not 63).
+    """
+    scale = np.float32(src) / np.float32(dst)
+    product = np.arange(dst, dtype=np.float32) * scale
+    return np.minimum(np.floor(product).astype(np.int64), src - 1)
 
 
 # ---------------------------------------------------------------- plans
@@ -109,6 +119,7 @@ class SectionPlan:
     ``col_map`` expand the compact section to ``height`` x ``width`` pixels.
     """
 
+    layout: str  # one of LAYOUTS
     shape: tuple[int, ...]
     height: int
     width: int
@@ -168,59 +179,80 @@ def _unique_sorted(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return unique, inverse, counts
 
 
-def _layout(shape: tuple[int, ...], height: int, width: int, show_all: bool, label: str):
-    """Source section size and a function mapping (section rows, section cols) to array indices."""
+# Rank-4 layouts drawn as a grid of blocks: which physical axis holds
+# (the block's rows, the block's columns, the grid's rows, the grid's columns).
+BLOCK_PERMS: dict[str, tuple[int, int, int, int]] = {
+    "kernel_hwio": (0, 1, 2, 3),  # blocks are kernels w[:, :, in, out]; grid rows = in, columns = out
+    "activation_nhwc": (1, 2, 0, 3),  # blocks are feature maps a[n, :, :, c]; grid rows = n, columns = c
+}
+LAYOUTS = ("scalar", "vector", "matrix", *BLOCK_PERMS, "grid")
+
+
+def layout_for(shape: tuple[int, ...]) -> str:
+    """The original's layout for an array of this shape (TensorFlow's axis order)."""
     rank = len(shape)
+    if rank == 0:
+        return "scalar"
     if rank == 1:
-        if shape[0] == 0:
-            raise RenderError(f"section {label}: the array is empty (shape {shape})")
-        return (1, shape[0]), lambda r, c: (c,)
+        return "vector"
     if rank == 2:
-        if 0 in shape:
-            raise RenderError(f"section {label}: the array is empty (shape {shape})")
-        return shape, lambda r, c: (r, c)
+        return "matrix"
     if rank == 4:
-        if 0 in shape:
-            raise RenderError(f"section {label}: the array is empty (shape {shape})")
-        # logical axes (block_h, block_w, block rows, block columns) -> physical axes
-        perm = (1, 2, 0, 3) if looks_like_activation(shape) else (0, 1, 2, 3)
-        bh, bw, n_rows, n_cols = (shape[p] for p in perm)
-        kept = conv_rows_kept(bh, bw, n_rows, show_all)
+        return "activation_nhwc" if looks_like_activation(shape) else "kernel_hwio"
+    return "grid"
 
-        def conv_index(r, c):
-            logical = (r % bh, c % bw, r // bh, c // bw)
-            physical = [None] * 4
-            for axis, p in enumerate(perm):
-                physical[p] = logical[axis]
-            return tuple(physical)
 
-        return (kept * bh, n_cols * bw), conv_index
+def source_shape(layout: str, shape: tuple[int, ...], height: int, width: int, show_all: bool,
+                 label: str = "?") -> tuple[int, int]:
+    """Rows and columns of the 2-D section an array is laid out as, before the resize."""
     count = math.prod(shape)
-    if not show_all:
-        count = min(count, TRUNCATION_BUDGET)
     if count == 0:
         raise RenderError(f"section {label}: the array is empty (shape {shape})")
+    if layout == "scalar":
+        return (1, 1)
+    if layout == "vector":
+        return (1, shape[0])
+    if layout == "matrix":
+        return (shape[0], shape[1])
+    perm = BLOCK_PERMS.get(layout)
+    if perm is not None:
+        bh, bw, n_rows, n_cols = (shape[p] for p in perm)
+        return (conv_rows_kept(bh, bw, n_rows, show_all) * bh, n_cols * bw)
+    if not show_all:
+        count = min(count, TRUNCATION_BUDGET)
     rows, cols = irregular_grid(count, height, width)
     if cols == 0:
         raise RenderError(f"section {label}: too few values ({count}) to fill a section")
-    if rank == 0:
-        return (1, 1), lambda r, c: ()
-    return (rows, cols), lambda r, c: np.unravel_index(r * cols + c, shape)
+    return (rows, cols)
+
+
+def source_index(layout: str, shape: tuple[int, ...], source_cols: int, r: Any, c: Any) -> tuple:
+    """The array index shown at row r, column c of the 2-D section (r and c may be arrays)."""
+    if layout == "scalar":
+        return ()
+    if layout == "vector":
+        return (c,)
+    if layout == "matrix":
+        return (r, c)
+    perm = BLOCK_PERMS.get(layout)
+    if perm is not None:
+        bh, bw = shape[perm[0]], shape[perm[1]]
+        logical = (r % bh, c % bw, r // bh, c // bw)
+        physical: list[Any] = [None] * 4
+        for axis, p in enumerate(perm):
+            physical[p] = logical[axis]
+        return tuple(physical)
+    return tuple(np.unravel_index(r * source_cols + c, shape))
 
 
 def _fast_path(
-    shape: tuple[int, ...], source: tuple[int, int], rows: np.ndarray, cols: np.ndarray
+    layout: str, shape: tuple[int, ...], source: tuple[int, int], rows: np.ndarray, cols: np.ndarray
 ) -> tuple[str, tuple]:
     """The take() fast path for a layout: its kind and 1-D index arrays."""
-    rank = len(shape)
-    if rank == 0:
-        return "scalar", ()
-    if rank == 1:
-        return "vector", (cols,)
-    if rank == 2:
-        return "matrix", (rows, cols)
-    if rank == 4:
-        perm = (1, 2, 0, 3) if looks_like_activation(shape) else (0, 1, 2, 3)
+    if layout in ("scalar", "vector", "matrix"):
+        return layout, {"scalar": (), "vector": (cols,), "matrix": (rows, cols)}[layout]
+    perm = BLOCK_PERMS.get(layout)
+    if perm is not None:
         bh, bw = shape[perm[0]], shape[perm[1]]
         block_rows = np.unique(rows // bh)
         block_cols = np.unique(cols // bw)
@@ -230,14 +262,19 @@ def _fast_path(
     return "flat", (source[0], source[1], rows, cols)
 
 
-def make_plan(shape: tuple[int, ...], width: int, show_all: bool, label: str = "?") -> SectionPlan:
-    """The plan for one array of this shape in a frame of this width."""
+def make_plan(
+    shape: tuple[int, ...], width: int, show_all: bool, label: str = "?", layout: str | None = None
+) -> SectionPlan:
+    """The plan for one array of this shape in a frame of this width (layout: the original's rule)."""
     shape = tuple(int(s) for s in shape)
+    layout = layout or layout_for(shape)
     height = section_height(shape, show_all)
-    (src_h, src_w), to_index = _layout(shape, height, width, show_all, label)
+    src_h, src_w = source_shape(layout, shape, height, width, show_all, label)
     rows, row_map, row_weight = _unique_sorted(resize_indices(src_h, height))
     cols, col_map, col_weight = _unique_sorted(resize_indices(src_w, width))
-    index = tuple(np.asarray(i, dtype=np.intp) for i in to_index(rows[:, None], cols[None, :]))
+    index = tuple(
+        np.asarray(i, dtype=np.intp) for i in source_index(layout, shape, src_w, rows[:, None], cols[None, :])
+    )
     axes: list[np.ndarray | None] = []
     local: list[np.ndarray] = []
     for axis, idx in enumerate(index):
@@ -248,8 +285,9 @@ def make_plan(shape: tuple[int, ...], width: int, show_all: bool, label: str = "
         else:
             axes.append(distinct)
             local.append(np.searchsorted(distinct, idx).astype(np.intp))
-    kind, parts = _fast_path(shape, (src_h, src_w), rows, cols)
+    kind, parts = _fast_path(layout, shape, (src_h, src_w), rows, cols)
     return SectionPlan(
+        layout=layout,
         kind=kind,
         parts=parts,
         shape=shape,
@@ -274,17 +312,59 @@ class PlanCache:
         self._limit = limit
 
     def plans(
-        self, shapes: Sequence[tuple[int, ...]], show_all: bool, labels: Sequence[str]
+        self,
+        shapes: Sequence[tuple[int, ...]],
+        show_all: bool,
+        labels: Sequence[str],
+        layouts: Sequence[str | None] | None = None,
     ) -> list[SectionPlan]:
         """One plan per shape, for a frame holding all of them."""
         width = frame_width(shapes, show_all)
+        layouts = layouts or [None] * len(shapes)
         out = []
-        for shape, label in zip(shapes, labels):
-            key = (tuple(shape), width, show_all)
+        for shape, label, layout in zip(shapes, labels, layouts):
+            key = (tuple(shape), width, show_all, layout)
             plan = self._plans.get(key)
             if plan is None:
                 if len(self._plans) >= self._limit:
                     self._plans.clear()
-                plan = self._plans[key] = make_plan(shape, width, show_all, label)
+                plan = self._plans[key] = make_plan(shape, width, show_all, label, layout)
             out.append(plan)
         return out
+
+
+# ---------------------------------------------------------------- pixel -> array index
+
+
+def locate(sections: Sequence[dict[str, Any]], width: int, x: int, y: int) -> dict[str, Any] | None:
+    """What pixel (x, y) of a frame shows: the section, the array index, and the value's offset.
+
+    ``sections`` are a frame's section records (docs/protocol.md). Returns
+    None for a separator row or a pixel outside every section. The offset
+    counts float32 elements from the start of the frame's values block.
+    Pure arithmetic on the records: nothing is rendered or read.
+    """
+    if not 0 <= x < width:
+        return None
+    tops = [int(rec["top"]) for rec in sections]
+    i = bisect.bisect_right(tops, y) - 1
+    if i < 0:
+        return None
+    rec = sections[i]
+    local_y = y - int(rec["top"])
+    if not 0 <= local_y < int(rec["height"]):
+        return None
+    src_h, src_w = (int(v) for v in rec["source"])
+    rows = resize_indices(src_h, int(rec["height"]))
+    cols = resize_indices(src_w, width)
+    compact_row = int(np.count_nonzero(rows[1 : local_y + 1] != rows[:local_y]))
+    compact_col = int(np.count_nonzero(cols[1 : x + 1] != cols[:x]))
+    compact_cols = int(rec["compact"][1])
+    shape = tuple(int(v) for v in rec["shape"])
+    index = source_index(rec["layout"], shape, src_w, int(rows[local_y]), int(cols[x]))
+    return {
+        "section": i,
+        "name": rec["name"],
+        "index": [int(v) for v in index],
+        "offset": int(rec["values"]) + compact_row * compact_cols + compact_col,
+    }

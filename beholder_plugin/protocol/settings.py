@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-CONFIG_VERSION = 1
+from beholder_plugin.protocol.names import CONFIG_VERSION
 
 VALUES = ("trainable_variables", "arrays", "frames")
 MODES = ("current", "variance")
@@ -20,6 +20,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "is_recording": False,
     "show_all": False,
     "colormap": "magma",
+    # The history ring: the last history_seconds of frames, at most history_mb MB; 0 turns it off.
+    "history_mb": 256,
+    "history_seconds": 600,
 }
 
 # key -> ("choice", allowed) | ("int", lo, hi) | ("bool",)
@@ -32,6 +35,8 @@ _RULES: dict[str, tuple] = {
     "FPS": ("int", 0, 30),
     "is_recording": ("bool",),
     "show_all": ("bool",),
+    "history_mb": ("int", 0, 1 << 20),
+    "history_seconds": ("int", 0, 7 * 24 * 3600),
 }
 
 

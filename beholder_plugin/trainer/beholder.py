@@ -1,4 +1,12 @@
-"""The trainer side: Beholder.update() renders what the dashboard asks for and writes it to the run."""
+"""The trainer side: Beholder.update() gathers what the dashboard asks for and hands it to a worker.
+
+On the training thread, update() checks whether a frame is due (one
+``stat()`` of config.json and a clock read), and if so copies the values the
+frame will show (sliced on their device) into a reused flat buffer. A
+background worker does the rest: variance, scaling, expansion, encoding,
+writing, history and recording. If the worker is still busy when the next
+frame is due, that frame is skipped and counted in ``skipped``.
+"""
 
 from __future__ import annotations
 
@@ -9,65 +17,110 @@ import secrets
 import sys
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol import runfiles as storage
-from beholder_plugin.protocol.layout import RenderError
+from beholder_plugin.protocol import names
+from beholder_plugin.protocol.files import files_for
+from beholder_plugin.protocol.frame_format import encode_frame
+from beholder_plugin.protocol.history import HistoryEntry, HistoryRing, history_name
+from beholder_plugin.protocol.layout import PlanCache, RenderError
+from beholder_plugin.protocol.runfiles import load_config, write_config
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError
-from beholder_plugin.trainer import sources as adapters
+from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.colormaps import palette_for
 from beholder_plugin.trainer.recording import Recorder
+from beholder_plugin.trainer.views import user_frame
 from beholder_plugin.trainer.views.placeholder import placeholder_frame
-from beholder_plugin.trainer.views.render import Renderer, scale_frame
+from beholder_plugin.trainer.views.render import FramePlan, Renderer
+from beholder_plugin.trainer.worker import Worker
 
 logger = logging.getLogger("beholder")
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 # After a failed write (read-only or full disk) frames are not rendered for this long.
 WRITE_RETRY_SECONDS = 5.0
-# A user frame larger than this on a side is shown downsampled by a whole stride.
-MAX_FRAME_SIDE = 4096
+# At interpreter exit, wait at most this long for a busy worker before giving up on its frame.
+EXIT_TIMEOUT_SECONDS = 5.0
 # A change of any of these starts the variance window afresh, as in the original.
 _HISTORY_KEYS = ("values", "mode", "show_all")
+MB = 1 << 20
+
+
+@dataclass
+class _Job:
+    """One frame for the worker: what to draw, the settings, and when it was asked for."""
+
+    kind: str  # "sections", "image" or "placeholder"
+    config: dict[str, Any]
+    values: str  # which input the frame shows
+    step: int
+    time: float
+    plan: FramePlan | None = None
+    buffer: np.ndarray | None = None
+    image: np.ndarray | None = None
 
 
 class Beholder:
     """Writes frames of a run's arrays, variables or images for the TensorBoard Beholder tab.
 
     Args:
-      logdir: the run directory; files go to ``<logdir>/plugins/beholder/``.
+      logdir: the run directory; files go to ``<logdir>/plugins/beholder/``,
+        which is created (with a config.json of default settings, unless one
+        exists) right away, so the run shows in TensorBoard before its first frame.
       variables: what "trainable variables" means for this run: a Keras model
         or ``tf.Module`` (anything with ``trainable_variables``), a torch module
         (``named_parameters()``), or a list or dict of arrays. Can also be
         given per call to ``update()``.
-      strict: re-raise errors from ``update()`` instead of logging the first
-        one and carrying on.
+      strict: re-raise errors from ``update()`` (and, at the next call, from
+        the background worker) instead of logging the first one and carrying on.
+      background: render and write on a background thread (the default).
+        False does everything inside ``update()``; the frames are the same.
 
-    Use it as a context manager, or call ``close()``, to finish a recording;
-    recordings are also finished at interpreter exit.
+    Use it as a context manager, or call ``close()``, to finish the last
+    frame and any recording; both also happen at interpreter exit.
     """
 
-    def __init__(self, logdir: str | os.PathLike, variables: Any = None, strict: bool = False):
+    def __init__(
+        self,
+        logdir: str | os.PathLike,
+        variables: Any = None,
+        strict: bool = False,
+        background: bool = True,
+    ):
         self.logdir = os.fspath(logdir)
-        self.directory = storage.plugin_dir(self.logdir)
+        self._files = files_for(self.logdir)
+        self.directory = names.plugin_dir(self.logdir)
         self.variables = variables
         self.strict = strict
         self.failures = 0
         self.write_errors = 0
         self.frames_written = 0
+        self.skipped = 0
+        self.last_error: str | None = None
         self._write_retry_at = float("-inf")
+        self._plans = PlanCache()
+        self._frame_plans: dict[tuple, FramePlan] = {}
+        self._buffers: dict[int, np.ndarray] = {}
         self._renderer = Renderer()
         self._recorder = Recorder(self.directory)
         self._config = dict(DEFAULT_CONFIG)
-        self._config_path = storage.config_path(self.logdir)
+        self._config_path = names.config_path(self.logdir)
+        self._frame_path = names.frame_path(self.logdir)
+        self._history_dir = names.history_dir(self.logdir)
         self._config_stat: tuple | None = None
         self._last_frame_time = float("-inf")
         self._writer_id = secrets.token_hex(6)
         self._step = 0
         self._warned: set[str] = set()
-        storage.remove_stale_temp_files(self.logdir)
+        self._history = HistoryRing(0, 0)
+        self._history.adopt(self._history_dir, self._files)
+        self._worker = Worker(self._run_job) if background else None
+        self._files.remove_stale_temp_files(self.directory)
+        self._files.remove_stale_temp_files(self._history_dir)
+        self._poll_config()  # creates the directory and config.json, or reads the one there
         _LIVE.add(self)
 
     # ------------------------------------------------------------ public
@@ -84,7 +137,7 @@ class Beholder:
         variables: Any = None,
         session: Any = None,
     ) -> bool:
-        """Render and write a frame if one is due; returns True when a frame was written.
+        """Hand a frame to the worker if one is due; returns True when it did.
 
         Args:
           arrays: a list/tuple (sections named by index) or dict (named by key)
@@ -97,28 +150,35 @@ class Beholder:
           session: a TF1 ``tf.compat.v1.Session``; trainable variables are then
             that graph's ``tf.compat.v1.trainable_variables()``.
 
-        Never raises into the training loop unless ``strict=True``: the first
-        failure is logged with its traceback, later ones are counted in
-        ``failures``.
+        The values shown are copied before update() returns, so the caller may
+        change its arrays right after. Never raises into the training loop
+        unless ``strict=True``: the first failure is logged with its
+        traceback, later ones are counted in ``failures``.
         """
         self._step += 1
         try:
             return self._update(arrays, frame, variables, session)
-        except Exception:
+        except Exception as exc:
             if self.strict:
                 raise
-            self.failures += 1
-            if self.failures == 1:
-                logger.exception(
-                    "Beholder.update() failed; training goes on and later failures are only "
-                    "counted (see Beholder.failures). Pass strict=True to raise instead."
-                )
+            self._failed(exc)
             return False
 
-    def close(self) -> None:
-        """Finish any recording in progress."""
-        self._recorder.close()
-        _LIVE.discard(self)
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the frame handed to the worker is written; False if timeout s passed first."""
+        done = True if self._worker is None else self._worker.drain(timeout)
+        self._report_worker_error()
+        return done
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write the frame in progress, stop the worker and finish any recording."""
+        try:
+            if self._worker is not None:
+                self._worker.stop(timeout)
+            self._report_worker_error()
+        finally:
+            self._recorder.close()
+            _LIVE.discard(self)
 
     def __enter__(self) -> Beholder:
         return self
@@ -126,12 +186,36 @@ class Beholder:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    # ------------------------------------------------------------ config
+    # ------------------------------------------------------------ errors
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message, *args)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Count a failure; log the first one with its traceback."""
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.failures == 1:
+            logger.error(
+                "Beholder.update() failed; training goes on and later failures are only "
+                "counted (see Beholder.failures). Pass strict=True to raise instead.",
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+
+    def _report_worker_error(self) -> None:
+        """Raise (strict) or log and count an error the worker met since the last call."""
+        if self._worker is None or self._worker.error is None:
+            return
+        error = self._worker.take_error()
+        if error is None:
+            return
+        if self.strict:
+            raise error
+        self._failed(error)
+
+    # ------------------------------------------------------------ config
 
     def _poll_config(self) -> dict[str, Any]:
         """The config in force, re-read only when config.json's stat changes."""
@@ -160,7 +244,7 @@ class Beholder:
         if time.monotonic() < self._write_retry_at:
             return
         try:
-            storage.write_config(self.logdir, self._config)
+            write_config(self.logdir, self._config)
         except OSError as exc:
             self._write_failed(exc)
             return
@@ -168,7 +252,7 @@ class Beholder:
 
     def _reload_config(self) -> None:
         try:
-            config, problems = storage.load_config(self.logdir)
+            config, problems = load_config(self.logdir)
         except ConfigError as exc:
             logger.warning(
                 "Beholder: %s is unreadable or invalid (%s); keeping the last good settings",
@@ -182,16 +266,25 @@ class Beholder:
 
     def _apply_config(self, config: dict[str, Any]) -> None:
         old = self._config
+        self._config = config
         if any(old[k] != config[k] for k in _HISTORY_KEYS):
+            self._drain()
             self._renderer.clear_history()
         if old["is_recording"] and not config["is_recording"]:
+            self._drain()
             self._recorder.close()
-        self._config = config
 
-    # ------------------------------------------------------------ frames
+    def _drain(self) -> None:
+        """Let the worker finish before changing state it uses (rare: only on some config changes)."""
+        if self._worker is not None:
+            self._worker.drain()
+
+    # ------------------------------------------------------------ the training thread's part
 
     def _update(self, arrays: Any, frame: Any, variables: Any, session: Any) -> bool:
         _refuse_inside_tf_function()
+        if self._worker is not None and self._worker.error is not None:
+            self._report_worker_error()
         config = self._poll_config()
         fps = config["FPS"]
         if fps == 0:
@@ -200,95 +293,149 @@ class Beholder:
         if now - self._last_frame_time < 1.0 / fps or now < self._write_retry_at:
             return False
         self._last_frame_time = now
-
-        values = config["values"]
-        sections: list[dict] = []
-        row_index = None
-        if values == "frames" and frame is not None:
-            pixels, palette = self._user_frame(frame)
-        else:
-            missing = values == "frames" or (values == "arrays" and arrays is None)
-            rendered = None if missing else self._render_values(values, arrays, variables, session, config)
-            if rendered is None:  # the selected input was not passed: say what to pass
-                pixels, palette = placeholder_frame(values), palette_for("grayscale")
-                values = "placeholder"
-            else:
-                pixels, row_index = rendered.rows, rendered.row_index
-                palette, sections = rendered.palette, rendered.sections
-
-        if row_index is None:
-            frame = storage.Frame(pixels, palette)
-        else:
-            frame = storage.Frame(palette=palette, rows=pixels, row_index=row_index)
-        try:
-            self._write(frame, sections, values)
-        except OSError as exc:
-            self._write_failed(exc)
+        if self._worker is not None and self._worker.busy:
+            self.skipped += 1
             return False
-        self._write_retry_at = float("-inf")
-        if config["is_recording"]:
-            self._recorder.append(frame.rgb())
+        job = self._gather(config, arrays, frame, variables, session)
+        if self._worker is None:
+            self._run_job(job)
+        else:
+            self._worker.submit(job)
         return True
 
-    def _render_values(self, values: str, arrays: Any, variables: Any, session: Any, config: dict):
-        """Render arrays or trainable variables; None when there is nothing to render."""
+    def _gather(self, config: dict, arrays: Any, frame: Any, variables: Any, session: Any) -> _Job:
+        """Copy what the frame shows (only that) off the caller's arrays, for the worker."""
+        values = config["values"]
+        job = _Job(kind="placeholder", config=config, values=values, step=self._step, time=time.time())
+        if values == "frames":
+            if frame is not None:
+                job.kind, job.image = "image", user_frame.capture(frame, self._warn_once)
+            return job
         if values == "arrays":
-            return self._render_named(adapters.named_arrays(arrays), config)
+            if arrays is not None:
+                self._gather_named(job, sources.named_arrays(arrays))
+            return job
         if session is not None:
-            from beholder_plugin.trainer.sources import tf_tensors as tf_support
-
-            names, shapes = tf_support.session_variable_shapes(session)
-            plans = self._renderer.plans(shapes, config["show_all"], names)
-            compacts = tf_support.session_fetch(session, plans)
-            return self._renderer.render(names, plans, compacts, config)
+            self._gather_session(job, session)
+            return job
         source = variables if variables is not None else self.variables
-        if source is None:
-            return None
-        return self._render_named(adapters.named_variables(source), config)
+        if source is not None:
+            self._gather_named(job, sources.named_variables(source))
+        return job
 
-    def _render_named(self, named: list[tuple[str, Any]], config: dict):
+    def _frame_plan(self, labels: list[str], shapes: list[tuple[int, ...]], show_all: bool) -> FramePlan:
+        """The cached FramePlan for these sections (a training run has few distinct ones)."""
+        key = (tuple(labels), tuple(shapes), show_all)
+        plan = self._frame_plans.get(key)
+        if plan is None:
+            if len(self._frame_plans) >= 16:
+                self._frame_plans.clear()
+                self._buffers.clear()
+            plan = self._frame_plans[key] = FramePlan(labels, self._plans.plans(shapes, show_all, labels))
+        return plan
+
+    def _buffer(self, plan: FramePlan) -> np.ndarray:
+        """The reused flat buffer for a plan (the worker is idle whenever it is filled)."""
+        buffer = self._buffers.get(id(plan))
+        if buffer is None or buffer.shape[0] != plan.value_count:
+            buffer = self._buffers[id(plan)] = np.empty(plan.value_count, np.float32)
+        return buffer
+
+    def _gather_named(self, job: _Job, named: list[tuple[str, Any]]) -> None:
         if not named:
             raise RenderError("there are no arrays to show (an empty list or dict was passed)")
-        names = [name for name, _ in named]
-        prepared = [adapters.prepare(obj, name) for name, obj in named]
-        shapes = [adapters.shape_of(obj) for obj in prepared]
-        plans = self._renderer.plans(shapes, config["show_all"], names)
-        compacts = [
-            adapters.fetch_compact(obj, plan, name) for name, obj, plan in zip(names, prepared, plans)
-        ]
-        return self._renderer.render(names, plans, compacts, config)
+        labels = [name for name, _ in named]
+        adapters = [sources.adapter_for(obj) for _, obj in named]
+        prepared = [a.prepare(obj, name) for a, (name, obj) in zip(adapters, named)]
+        shapes = [sources.shape_of(obj) for obj in prepared]
+        plan = self._frame_plan(labels, shapes, job.config["show_all"])
+        buffer = self._buffer(plan)
+        for i, (adapter, obj, label) in enumerate(zip(adapters, prepared, labels)):
+            sources.gather_into(adapter, obj, plan.plans[i], plan.section_view(buffer, i), label)
+        job.kind, job.plan, job.buffer = "sections", plan, buffer
 
-    def _user_frame(self, frame: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        """Pixels and palette for update(frame=...): gray for 2-D, as is for H x W x 3 uint8."""
-        if callable(frame):
-            frame = frame()
-        image = adapters.to_numpy(frame, "frame")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        if image.ndim in (2, 3) and max(image.shape[:2]) > MAX_FRAME_SIDE:
-            stride = -(-max(image.shape[:2]) // MAX_FRAME_SIDE)
-            self._warn_once(
-                "huge-frame",
-                "Beholder: a %s frame is larger than %d px on a side; showing every %dth pixel",
-                "x".join(map(str, image.shape)),
-                MAX_FRAME_SIDE,
-                stride,
+    def _gather_session(self, job: _Job, session: Any) -> None:
+        from beholder_plugin.trainer.sources import tf_tensors
+
+        labels, shapes = tf_tensors.session_variable_shapes(session)
+        plan = self._frame_plan(labels, shapes, job.config["show_all"])
+        compacts = tf_tensors.session_fetch(session, plan.plans)
+        buffer = self._buffer(plan)
+        for i, compact in enumerate(compacts):
+            np.copyto(plan.section_view(buffer, i), compact, casting="unsafe")
+        job.kind, job.plan, job.buffer = "sections", plan, buffer
+
+    # ------------------------------------------------------------ the worker's part
+
+    def _run_job(self, job: _Job) -> None:
+        """Render, encode, write and record one frame (on the worker thread)."""
+        config = job.config
+        header: dict[str, Any] = {"values": job.values, "sections": []}
+        values = None
+        row_index = None
+        if job.kind == "sections":
+            rendered = self._renderer.render(job.plan, job.buffer, config)
+            pixels, row_index, palette = rendered.rows, rendered.row_index, rendered.palette
+            values = rendered.values
+            header.update(
+                sections=rendered.sections,
+                mode=config["mode"],
+                scaling=config["scaling"],
+                show_all=config["show_all"],
+                window_size=config["window_size"],
             )
-            image = image[::stride, ::stride]
-        if image.ndim == 2:
-            if image.size == 0:
-                raise RenderError(f"frame: the image is empty (shape {image.shape})")
-            return scale_frame(image), palette_for("grayscale")
-        if image.ndim == 3 and image.shape[2] == 3:
-            if image.dtype != np.uint8:
-                raise RenderError(
-                    f"frame: an H x W x 3 image must be uint8 RGB, not {image.dtype}; "
-                    "pass a 2-D array to have it scaled"
-                )
-            if image.size == 0:
-                raise RenderError(f"frame: the image is empty (shape {image.shape})")
-            return image, None
-        raise RenderError(f"frame: expected a 2-D array or an H x W x 3 uint8 image, got shape {image.shape}")
+        elif job.kind == "image":
+            pixels, palette = user_frame.pixels(job.image)
+        else:  # the selected input was not passed: say what to pass
+            pixels, palette = placeholder_frame(job.values), palette_for("grayscale")
+            header["values"] = "placeholder"
+        frame_id = self.frames_written + 1
+        header.update(
+            frame_id=frame_id,
+            writer=self._writer_id,
+            time=job.time,
+            step=job.step,
+            colormap=config["colormap"] if palette is not None else None,
+            failures=self.failures,
+            skipped=self.skipped,
+            last_error=self.last_error,
+        )
+        buffers = encode_frame(header, rows=pixels, row_index=row_index, palette=palette, values=values)
+        try:
+            self._write(buffers, job, frame_id, config)
+        except OSError as exc:
+            self._write_failed(exc)
+            return
+        self.frames_written = frame_id
+        self._write_retry_at = float("-inf")
+        if config["is_recording"]:
+            if palette is None:
+                rgb = pixels
+            else:
+                coloured = palette[pixels]
+                rgb = coloured if row_index is None else np.take(coloured, row_index, axis=0)
+            self._recorder.append(rgb)
+
+    def _write(self, buffers: list, job: _Job, frame_id: int, config: dict[str, Any]) -> None:
+        """Write the frame: into the history ring and linked as frame.bin, or straight to frame.bin."""
+        ring = self._history
+        ring.max_bytes = config["history_mb"] * MB
+        ring.max_seconds = config["history_seconds"]
+        if not ring.enabled:
+            self._files.write_atomic(self._frame_path, buffers)
+            for name in ring.expired(job.time):
+                self._files.remove(os.path.join(self._history_dir, name))
+            return
+        name = history_name(job.time, self._writer_id, frame_id, job.step)
+        path = os.path.join(self._history_dir, name)
+        size = self._files.write_atomic(path, buffers)
+        try:
+            self._files.link_atomic(path, self._frame_path)
+        except OSError:  # no hard links here (or a race with a deleted directory): write it again
+            self._files.write_atomic(self._frame_path, buffers)
+        ring.add(HistoryEntry(name, job.time, self._writer_id, frame_id, job.step, size))
+        for old in ring.expired(job.time):
+            self._files.remove(os.path.join(self._history_dir, old))
 
     def _write_failed(self, exc: OSError) -> None:
         """Note a failed write (read-only logdir, full disk): warn once, pause rendering, retry later."""
@@ -303,19 +450,6 @@ class Beholder:
             WRITE_RETRY_SECONDS,
         )
 
-    def _write(self, frame: storage.Frame, sections: list[dict], values: str) -> None:
-        """Write section info, then the frame (storage recreates a deleted directory)."""
-        self.frames_written += 1
-        frame.header = {
-            "frame_id": self.frames_written,
-            "writer": self._writer_id,
-            "time": time.time(),
-            "step": self._step,
-            "values": values,
-        }
-        storage.write_section_info(self.logdir, sections, self.frames_written)
-        storage.write_frame(self.logdir, frame)
-
 
 def _refuse_inside_tf_function() -> None:
     """Raise when update() is being traced inside tf.function, where it would see no values.
@@ -325,10 +459,10 @@ def _refuse_inside_tf_function() -> None:
     """
     if "tensorflow" not in sys.modules:
         return
-    from beholder_plugin.trainer.sources import tf_tensors as tf_support
+    from beholder_plugin.trainer.sources import tf_tensors
 
-    if tf_support.in_tf_function():
-        raise tf_support.SymbolicTensorError(
+    if tf_tensors.in_tf_function():
+        raise tf_tensors.SymbolicTensorError(
             "Beholder.update() was called inside tf.function, where Python runs only while "
             "tracing and sees no values: call update() outside it (return the tensors you want "
             "to see from the tf.function), or use BeholderCallback with model.fit()"
@@ -337,9 +471,9 @@ def _refuse_inside_tf_function() -> None:
 
 @atexit.register
 def _close_all() -> None:
-    """Finish every recording still open when the interpreter exits."""
+    """Finish every frame and recording still open when the interpreter exits (bounded wait)."""
     for beholder in list(_LIVE):
         try:
-            beholder.close()
+            beholder.close(timeout=EXIT_TIMEOUT_SECONDS)
         except Exception:  # pragma: no cover - best effort at exit
-            logger.exception("Beholder: could not finish a recording at exit")
+            logger.exception("Beholder: could not finish at exit")

@@ -1,59 +1,72 @@
-"""Framework adapters: names and shapes of array-likes, and copying only the shown values to NumPy.
+"""Source adapters: one per framework, behind one interface, found through a registry.
 
-Frameworks are recognised by the module of an object's type, so nothing here
-imports TensorFlow, PyTorch or JAX; the adapter for one is used only when an
-object of that framework is passed, and by then the framework is loaded.
+An adapter is a module with three functions:
+
+- ``prepare(obj, label)``: the object to plan and gather from (tensors stay
+  on their device; refuses what cannot be shown, naming the section);
+- ``compact(prepared, plan, label)``: the plan's compact section as a NumPy
+  array, reading only the values a frame shows (sliced on the device first);
+- ``whole(obj, label)``: the whole array as NumPy (for user frames).
+
+Adapters are chosen by the root module of an object's type, so nothing here
+imports TensorFlow, PyTorch or JAX: an adapter is imported only when an
+object of its framework arrives, and by then the framework is loaded.
+
+Example::
+
+    from beholder_plugin.trainer import sources
+    adapter = sources.adapter_for(tensor)
+    prepared = adapter.prepare(tensor, "conv1/kernel")
+    sources.gather_into(adapter, prepared, plan, out, "conv1/kernel")
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from beholder_plugin.protocol.layout import RenderError, SectionPlan
 
+# framework -> adapter module; the root package names of an object's type that select it
+REGISTRY: dict[str, str] = {
+    "numpy": "beholder_plugin.trainer.sources.numpy_arrays",
+    "torch": "beholder_plugin.trainer.sources.torch_tensors",
+    "tensorflow": "beholder_plugin.trainer.sources.tf_tensors",
+    "jax": "beholder_plugin.trainer.sources.jax_arrays",
+}
+ROOTS: dict[str, str] = {
+    "torch": "torch",
+    "tensorflow": "tensorflow",
+    "keras": "tensorflow",
+    "tf_keras": "tensorflow",
+    "jax": "jax",
+    "jaxlib": "jax",
+}
+_LOADED: dict[str, ModuleType] = {}
+
 
 def framework_of(obj: Any) -> str:
-    """'numpy', 'torch', 'tensorflow', 'jax' or 'other', from the object's type alone."""
+    """The registry key for an object, from its type alone ('numpy' for anything unknown)."""
     if isinstance(obj, np.ndarray):
         return "numpy"
-    root = type(obj).__module__.split(".", 1)[0]
-    if root == "torch":
-        return "torch"
-    if root in ("tensorflow", "keras", "tf_keras"):
-        return "tensorflow"
-    if root in ("jax", "jaxlib"):
-        return "jax"
-    return "other"
+    return ROOTS.get(type(obj).__module__.split(".", 1)[0], "numpy")
 
 
-def _as_numpy(obj: Any, label: str) -> np.ndarray:
-    """np.asarray for plain inputs (lists, scalars, __array__ objects), with a clear error."""
-    try:
-        array = np.asarray(obj)
-    except Exception as exc:  # ragged lists and the like
-        raise RenderError(f"section {label}: cannot be read as an array ({exc})") from None
-    if array.dtype == object or array.dtype.kind in "USV":
-        raise RenderError(
-            f"section {label}: {type(obj).__name__} is not a numeric array (dtype {array.dtype})"
-        )
-    return array
+def adapter(framework: str) -> ModuleType:
+    """The adapter module registered for a framework (imported on first use)."""
+    module = _LOADED.get(framework)
+    if module is None:
+        module = _LOADED[framework] = importlib.import_module(REGISTRY[framework])
+    return module
 
 
-def prepare(obj: Any, label: str) -> Any:
-    """The object to plan and fetch from: tensors stay on their device, other inputs become NumPy."""
-    kind = framework_of(obj)
-    if kind == "numpy":
-        return obj if type(obj) is np.ndarray else np.asarray(obj)
-    if kind in ("torch", "jax"):
-        return obj
-    if kind == "tensorflow":
-        from beholder_plugin.trainer.sources import tf_tensors as tf_support
-
-        return tf_support.prepare(obj, label)
-    return _as_numpy(obj, label)
+def adapter_for(obj: Any) -> ModuleType:
+    """The adapter module for an object."""
+    return adapter(framework_of(obj))
 
 
 def shape_of(obj: Any) -> tuple[int, ...]:
@@ -61,87 +74,40 @@ def shape_of(obj: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in obj.shape)
 
 
-def to_float(values: Any, label: str) -> np.ndarray:
-    """Compact values as float64: bool and ints converted, complex shown as magnitude."""
-    values = np.asarray(values)
+def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.ndarray, label: str) -> None:
+    """Copy the plan's compact section of a prepared array into out (float32, compact shape)."""
+    values = source.compact(prepared, plan, label)
     kind = values.dtype.kind
     if kind == "c":
-        return np.abs(values).astype(np.float64)
-    if kind in "biuf":
-        return values.astype(np.float64)
-    if kind == "V" or values.dtype.name == "bfloat16":  # ml_dtypes types
-        try:
-            return values.astype(np.float32).astype(np.float64)
+        values = np.abs(values)
+    elif kind not in "biuf":
+        try:  # ml_dtypes' bfloat16 and friends
+            values = values.astype(np.float32)
         except (TypeError, ValueError):
-            pass
-    raise RenderError(f"section {label}: values of dtype {values.dtype} cannot be shown")
+            raise RenderError(f"section {label}: values of dtype {values.dtype} cannot be shown") from None
+    if values.shape != out.shape:
+        values = np.broadcast_to(values, out.shape)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.copyto(out, values, casting="unsafe")
 
 
-def _finish(sub: np.ndarray, plan: SectionPlan) -> np.ndarray:
-    """Index the fetched sub-array down to the compact section."""
-    compact = np.asarray(sub[plan.local]) if plan.shape else np.asarray(sub).reshape(1, 1)
-    if compact.shape != plan.compact_shape:
-        compact = np.broadcast_to(compact, plan.compact_shape)
-    return compact
-
-
-def _fetch_torch(obj: Any, plan: SectionPlan) -> np.ndarray:
-    import torch
-
-    t = obj.detach()
-    for axis, idx in enumerate(plan.axes):
-        if idx is not None:
-            t = t.index_select(axis, torch.as_tensor(idx, device=t.device))
-    if t.dtype in (torch.bfloat16, torch.float16):
-        t = t.float()
-    if t.is_complex():
-        t = t.abs()
-    return _finish(t.cpu().numpy(), plan)
-
-
-def _fetch_jax(obj: Any, plan: SectionPlan) -> np.ndarray:
-    import jax.numpy as jnp
-
-    x = obj
-    for axis, idx in enumerate(plan.axes):
-        if idx is not None:
-            x = jnp.take(x, jnp.asarray(idx), axis=axis)
-    return _finish(np.asarray(x), plan)
+def prepare(obj: Any, label: str) -> Any:
+    """The object to plan and gather from, prepared by its framework's adapter."""
+    return adapter_for(obj).prepare(obj, label)
 
 
 def fetch_compact(obj: Any, plan: SectionPlan, label: str) -> np.ndarray:
-    """The plan's compact section of a prepared array, as float64, reading only what is shown."""
-    kind = framework_of(obj)
-    if kind == "numpy":
-        values = plan.take(obj)
-    elif kind == "torch":
-        values = _fetch_torch(obj, plan)
-    elif kind == "jax":
-        values = _fetch_jax(obj, plan)
-    elif kind == "tensorflow":
-        from beholder_plugin.trainer.sources import tf_tensors as tf_support
-
-        values = _finish(tf_support.fetch_sub(obj, plan.axes), plan)
-    else:
-        values = plan.take(_as_numpy(obj, label))
-    return to_float(values, label)
+    """The plan's compact section of a prepared object as a new float32 array."""
+    out = np.empty(plan.compact_shape, np.float32)
+    gather_into(adapter_for(obj), obj, plan, out, label)
+    return out
 
 
-def to_numpy(obj: Any, label: str = "frame") -> np.ndarray:
-    """A whole array-like as NumPy (used for user frames, which are shown whole)."""
-    kind = framework_of(obj)
-    if kind == "torch":
-        import torch
-
-        t = obj.detach()
-        if t.dtype in (torch.bfloat16, torch.float16):
-            t = t.float()
-        return t.cpu().numpy()
-    if kind == "tensorflow":
-        from beholder_plugin.trainer.sources import tf_tensors as tf_support
-
-        return tf_support.to_numpy(obj, label)
-    return _as_numpy(obj, label)
+def finish(sub: np.ndarray, plan: SectionPlan) -> np.ndarray:
+    """Index a gathered sub-array (``array[np.ix_(*plan.axes)]``) down to the compact section."""
+    if not plan.shape:
+        return np.asarray(sub).reshape(1, 1)
+    return np.asarray(sub[plan.local])
 
 
 def named_arrays(arrays: Any) -> list[tuple[str, Any]]:
@@ -180,3 +146,8 @@ def variable_name(variable: Any, index: int) -> str:
         if isinstance(value, str) and value:
             return value
     return str(index)
+
+
+def to_numpy(obj: Any, label: str = "frame") -> np.ndarray:
+    """A whole array-like as NumPy (used for user frames, which are shown whole)."""
+    return adapter_for(obj).whole(obj, label)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.layout import RenderError, SectionPlan
+from beholder_plugin.trainer.sources import finish
 
 
 class SymbolicTensorError(RenderError):
@@ -127,7 +128,12 @@ def fetch_sub(obj: Any, axes: tuple) -> np.ndarray:
     return _to_host(x)
 
 
-def to_numpy(obj: Any, label: str) -> np.ndarray:
+def compact(obj: Any, plan: SectionPlan, label: str) -> np.ndarray:
+    """The plan's compact section of a prepared tensor, gathered on the device first."""
+    return finish(fetch_sub(obj, plan.axes), plan)
+
+
+def whole(obj: Any, label: str) -> np.ndarray:
     """A whole tensor as NumPy (bfloat16 and float16 as float32)."""
     obj = prepare(obj, label)
     tf = _tf()

@@ -1,108 +1,177 @@
-"""The renderer: compact sections -> one palette-indexed frame (mode, statistics, scaling, expansion)."""
+"""The batched renderer: one flat float32 buffer of compact sections -> one palette-indexed frame.
+
+All sections of a frame sit side by side in one flat buffer (``FramePlan``
+says where). Each step is a few whole-buffer NumPy passes, whatever the
+number of sections:
+
+- variance: running sums over the flat buffer (``FlatWindow``);
+- statistics and bounds: segment reductions (``np.minimum.reduceat`` ...);
+- scaling: one subtract and one multiply with per-element bounds;
+- expansion: one gather from the scaled buffer into the frame's distinct rows.
+
+Per-section Python work is bookkeeping only (the section records). Because a
+nearest-neighbour resize only copies values, working on the compact sections
+and expanding afterwards gives the pixels of the full-size sections.
+"""
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import SEPARATOR_HEIGHT, PlanCache, RenderError, SectionPlan
+from beholder_plugin.protocol.layout import SEPARATOR_HEIGHT, RenderError, SectionPlan
 from beholder_plugin.trainer.colormaps import palette_for
 
-# ---------------------------------------------------------------- variance window
+# A frame whose distinct rows hold more pixels than this is expanded section by section,
+# so the gather index (4 bytes a pixel) never gets large.
+MAX_GATHER_PIXELS = 16 << 20
 
 
-class _Window:
-    """The last few compact sections of one array, with running sums for their variance.
+class FramePlan:
+    """What a frame of these sections looks like, from shapes alone: offsets, rows and gather index."""
 
-    Sums are kept of the deviation from a reference sample and rebuilt from
-    the stored samples every ``size`` pushes, so rounding does not build up.
-    Scratch buffers are reused: variance() returns a buffer that the next
-    call overwrites.
+    def __init__(self, names: Sequence[str], plans: Sequence[SectionPlan]) -> None:
+        if not plans:
+            raise RenderError("there are no arrays to show")
+        self.names = [str(n) for n in names]
+        self.plans = list(plans)
+        self.width = plans[0].width
+        sizes = [p.compact_shape[0] * p.compact_shape[1] for p in plans]
+        self.sizes = np.asarray(sizes, dtype=np.intp)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.intp)
+        self.starts = self.offsets[:-1]
+        self.value_count = int(self.offsets[-1])
+        self.tops: list[int] = []
+        self.height = sum(p.height for p in plans) + SEPARATOR_HEIGHT * (len(plans) - 1)
+        separator = 1 if len(plans) > 1 else 0  # a stored black row, only where there are separators
+        self.row_count = separator + sum(p.compact_shape[0] for p in plans)
+        self.row_index = np.zeros(self.height, dtype=np.uint32)
+        self.row_base: list[int] = []
+        weights = np.empty(self.value_count, dtype=np.float32)
+        y, base = 0, separator
+        for plan, start in zip(plans, self.starts):
+            rows, cols = plan.compact_shape
+            self.tops.append(y)
+            self.row_base.append(base)
+            self.row_index[y : y + plan.height] = plan.row_map + base
+            # how many pixels of the full-size section each compact value fills (exact in float32)
+            weights[start : start + rows * cols] = np.outer(plan.row_weight, plan.col_weight).ravel()
+            base += rows
+            y += plan.height + SEPARATOR_HEIGHT
+        self.mean_weights = weights
+        self.pixel_counts = np.asarray([p.height * p.width for p in plans], dtype=np.float64)
+        self.gather: np.ndarray | None = None
+        if self.row_count * self.width <= MAX_GATHER_PIXELS:
+            self.gather = self._gather_index(separator)
+
+    def _gather_index(self, separator: int) -> np.ndarray:
+        """For each stored pixel, its element in the scaled buffer (the last element is the black 0)."""
+        index = np.empty((self.row_count, self.width), dtype=np.intp)
+        if separator:
+            index[0] = self.value_count
+        for plan, start, base in zip(self.plans, self.starts, self.row_base):
+            rows, cols = plan.compact_shape
+            index[base : base + rows] = start + np.arange(rows)[:, None] * cols + plan.col_map[None, :]
+        return index
+
+    def section_view(self, buffer: np.ndarray, i: int) -> np.ndarray:
+        """Section i's compact (rows, columns) view of a flat buffer."""
+        start = self.offsets[i]
+        return buffer[start : self.offsets[i + 1]].reshape(self.plans[i].compact_shape)
+
+
+class FlatWindow:
+    """The last few flat buffers, with running float32 sums for their per-value variance.
+
+    Sums are of the deviation from a reference sample and are rebuilt from the
+    stored samples every ``size`` pushes, so rounding does not build up.
     """
 
-    def __init__(self, size: int) -> None:
-        self.samples: deque[np.ndarray] = deque(maxlen=size)
+    def __init__(self, size: int, count: int) -> None:
+        self.size = size
+        self.count = count
+        self.samples: list[np.ndarray] = []  # oldest first
         self.pushes = 0
-        self.ref: np.ndarray | None = None
-        self.s1: np.ndarray | None = None
-        self.s2: np.ndarray | None = None
-        self._scratch: np.ndarray | None = None
-        self._out: np.ndarray | None = None
+        self.ref = np.zeros(count, np.float32)
+        self.s1 = np.zeros(count, np.float32)
+        self.s2 = np.zeros(count, np.float32)
+        self._d = np.empty(count, np.float32)
+        self._out = np.empty(count, np.float32)
+        self._spare: list[np.ndarray] = []
 
     def resize(self, size: int) -> None:
         """Change the window length, keeping the newest samples."""
-        if size != self.samples.maxlen:
-            self.samples = deque(self.samples, maxlen=size)
+        if size != self.size:
+            self.size = size
+            while len(self.samples) > size:
+                self._spare.append(self.samples.pop(0))
             self._rebuild()
 
     def _rebuild(self) -> None:
         self.pushes = 0
         if not self.samples:
-            self.ref = self.s1 = self.s2 = None
             return
-        self.ref = self.samples[-1]
-        self.s1 = np.zeros_like(self.ref)
-        self.s2 = np.zeros_like(self.ref)
-        self._scratch = np.empty_like(self.ref)
-        self._out = np.empty_like(self.ref)
+        np.copyto(self.ref, self.samples[-1])
+        self.s1.fill(0)
+        self.s2.fill(0)
         for sample in self.samples:
-            self._accumulate(sample, 1.0)
+            self._accumulate(sample, 1)
 
-    def _accumulate(self, sample: np.ndarray, sign: float) -> None:
+    def _accumulate(self, sample: np.ndarray, sign: int) -> None:
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite input: NaN variance, shown low
-            self._accumulate_finite(sample, sign)
+            d = np.subtract(sample, self.ref, out=self._d)
+            if sign > 0:
+                self.s1 += d
+                np.multiply(d, d, out=d)
+                self.s2 += d
+            else:
+                self.s1 -= d
+                np.multiply(d, d, out=d)
+                self.s2 -= d
 
-    def _accumulate_finite(self, sample: np.ndarray, sign: float) -> None:
-        d = np.subtract(sample, self.ref, out=self._scratch)
-        if sign > 0:
-            self.s1 += d
-            np.multiply(d, d, out=d)
-            self.s2 += d
-        else:
-            self.s1 -= d
-            np.multiply(d, d, out=d)
-            self.s2 -= d
-
-    def push(self, sample: np.ndarray) -> None:
-        """Add the newest compact section, dropping the oldest when full."""
-        if self.ref is None:
+    def push(self, values: np.ndarray) -> np.ndarray:
+        """Add a copy of the newest flat buffer and return the variance over the window (reused buffer)."""
+        sample = self._spare.pop() if self._spare else np.empty(self.count, np.float32)
+        np.copyto(sample, values)
+        if not self.samples:
             self.samples.append(sample)
             self._rebuild()
-            return
-        if len(self.samples) == self.samples.maxlen:
-            self._accumulate(self.samples[0], -1.0)
-        self.samples.append(sample)
-        self._accumulate(sample, 1.0)
-        self.pushes += 1
-        if self.pushes >= self.samples.maxlen:
-            self._rebuild()
+        else:
+            if len(self.samples) >= self.size:
+                oldest = self.samples.pop(0)
+                self._accumulate(oldest, -1)
+                self._spare.append(oldest)
+            self.samples.append(sample)
+            self._accumulate(sample, 1)
+            self.pushes += 1
+            if self.pushes >= self.size:
+                self._rebuild()
+        return self.variance()
 
     def variance(self) -> np.ndarray:
-        """Per-pixel population variance over the samples in the window."""
-        inv_n = 1.0 / len(self.samples)
-        mean_sq = np.multiply(self.s1, inv_n, out=self._scratch)
-        np.multiply(mean_sq, mean_sq, out=mean_sq)
-        var = np.multiply(self.s2, inv_n, out=self._out)
-        np.subtract(var, mean_sq, out=var)
-        np.maximum(var, 0.0, out=var)
+        """Per-value population variance over the samples in the window."""
+        inv_n = np.float32(1.0 / len(self.samples))
+        with np.errstate(invalid="ignore", over="ignore"):
+            mean = np.multiply(self.s1, inv_n, out=self._d)
+            np.multiply(mean, mean, out=mean)
+            var = np.multiply(self.s2, inv_n, out=self._out)
+            np.subtract(var, mean, out=var)
+            np.maximum(var, 0, out=var)
         return var
-
-
-# ---------------------------------------------------------------- rendering
 
 
 @dataclass
 class Rendered:
     """A rendered frame, row-encoded: ``rows[row_index]`` are its palette indices."""
 
-    rows: np.ndarray  # (R, W) uint8 distinct rows; rows[0] is the black separator row
+    rows: np.ndarray  # (R, W) uint8 distinct rows
     row_index: np.ndarray  # (H,) uint32
     palette: np.ndarray  # (256, 3) uint8
+    values: np.ndarray  # (V,) float32: the values that were scaled (current values or variance)
     sections: list[dict[str, Any]]
 
     @property
@@ -111,140 +180,135 @@ class Rendered:
         return np.take(self.rows, self.row_index, axis=0)
 
 
-def _finite_or_none(value: float) -> float | None:
+def _json_float(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _scale(values: np.ndarray, lo: float, hi: float, in_place: bool = False) -> np.ndarray:
-    """Map lo..hi to 0..255 and truncate to uint8, as the original; a flat range gives 0.
-
-    Values must lie within lo..hi (so no clipping is needed); with in_place
-    the float array is used as scratch.
-    """
-    span = hi - lo
-    if not span > 0 or not math.isfinite(span):
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = np.subtract(values, lo, out=values if in_place else None)
-    scaled *= 255.0 / span
-    return scaled.astype(np.uint8)
-
-
-def _extrema(value: np.ndarray) -> tuple[float, float, bool]:
-    """Min and max over the finite values (NaN when there are none), and whether all were finite."""
-    lo, hi = float(value.min()), float(value.max())
-    if math.isfinite(lo) and math.isfinite(hi):
-        return lo, hi, True
-    finite = value[np.isfinite(value)]
-    if finite.size == 0:
-        return float("nan"), float("nan"), False
-    return float(finite.min()), float(finite.max()), False
+def scale_factor(lo: float, hi: float) -> float:
+    """255 / (hi - lo), or 0 for a flat or non-finite range (such a section is all 0)."""
+    span = float(hi) - float(lo)
+    return 255.0 / span if span > 0 and math.isfinite(span) else 0.0
 
 
 class Renderer:
-    """Turns compact sections into frames, keeping the variance history between calls."""
+    """Turns flat buffers of compact sections into frames, keeping the variance window between calls."""
 
     def __init__(self) -> None:
-        self.plan_cache = PlanCache()
-        self._windows: list[_Window] = []
-        self._history_key: tuple | None = None
-
-    def plans(
-        self, shapes: Sequence[tuple[int, ...]], show_all: bool, labels: Sequence[str] | None = None
-    ) -> list[SectionPlan]:
-        """Plans for arrays of these shapes (see SectionPlan)."""
-        labels = labels if labels is not None else [str(i) for i in range(len(shapes))]
-        return self.plan_cache.plans(shapes, show_all, labels)
+        self._window: FlatWindow | None = None
+        self._window_key: tuple | None = None
+        self._scratch = np.zeros(0, np.float32)
+        self._scaled = np.zeros(1, np.uint8)
 
     def clear_history(self) -> None:
         """Forget the variance window (the original did so when values, mode or show_all changed)."""
-        self._windows = []
-        self._history_key = None
+        self._window = None
+        self._window_key = None
 
-    def render(
-        self,
-        names: Sequence[str],
-        plans: Sequence[SectionPlan],
-        compacts: Sequence[np.ndarray],
-        config: dict[str, Any],
-    ) -> Rendered:
-        """Apply mode, statistics, scaling and colormap to compact sections and build the frame."""
-        if not plans:
-            raise RenderError("there are no arrays to show")
-        values = [np.asarray(c, dtype=np.float64) for c in compacts]
-        for name, plan, value in zip(names, plans, values):
-            if value.shape != plan.compact_shape:
-                raise RenderError(
-                    f"section {name}: compact values have shape {value.shape}, expected {plan.compact_shape}"
-                )
+    def render(self, plan: FramePlan, values: np.ndarray, config: dict[str, Any]) -> Rendered:
+        """Apply mode, statistics, scaling and colormap to a flat buffer of compact sections."""
+        if values.shape != (plan.value_count,) or values.dtype != np.float32:
+            got = f"{values.dtype} {values.shape}"
+            raise RenderError(f"expected {plan.value_count} float32 values, got {got}")
         if config["mode"] == "variance":
-            values = self._variance(plans, values, config)
+            key = tuple((p.shape, p.width, p.height, p.layout) for p in plan.plans)
+            if key != self._window_key or self._window is None:
+                self._window = FlatWindow(config["window_size"], plan.value_count)
+                self._window_key = key
+            self._window.resize(config["window_size"])
+            shown = self._window.push(values)
         else:
             self.clear_history()
-
-        infos = []
-        lows, highs, clean = [], [], []
-        for name, plan, value in zip(names, plans, values):
-            lo, hi, all_finite = _extrema(value)
-            clean.append(all_finite)
-            # the mean of the full-size section: each compact pixel weighted by its copies
-            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: reported as null
-                mean = float(plan.row_weight @ value @ plan.col_weight) / (plan.height * plan.width)
-            lows.append(lo)
-            highs.append(hi)
-            infos.append(
+            shown = values
+        lows, highs, unclean = _segment_bounds(plan, shown)
+        with np.errstate(invalid="ignore", over="ignore"):
+            means = np.add.reduceat(shown * plan.mean_weights, plan.starts, dtype=np.float64)
+            means /= plan.pixel_counts
+        if config["scaling"] == "network":
+            finite = np.isfinite(lows)
+            g_lo = float(lows[finite].min()) if finite.any() else 0.0
+            g_hi = float(highs[finite].max()) if finite.any() else 0.0
+            lo_b = np.full(len(lows), g_lo)
+            hi_b = np.full(len(lows), g_hi)
+        else:
+            lo_b, hi_b = lows, highs
+        rows = self._expand(plan, self._scale(plan, shown, lo_b, hi_b, unclean))
+        records = []
+        for i, (name, p) in enumerate(zip(plan.names, plan.plans)):
+            lo, hi = float(lows[i]), float(highs[i])
+            records.append(
                 {
-                    "name": str(name),
-                    "shape": list(plan.shape),
-                    "min": _finite_or_none(lo),
-                    "mean": _finite_or_none(mean),
-                    "max": _finite_or_none(hi),
-                    "range": _finite_or_none(hi - lo),
-                    "height": plan.height,
+                    "name": name,
+                    "shape": list(p.shape),
+                    "layout": p.layout,
+                    "top": plan.tops[i],
+                    "height": p.height,
+                    "source": list(p.source_shape),
+                    "compact": list(p.compact_shape),
+                    "values": int(plan.starts[i]),
+                    "bounds": [_json_float(lo_b[i]), _json_float(hi_b[i])],
+                    "min": _json_float(lo),
+                    "mean": _json_float(means[i]),
+                    "max": _json_float(hi),
+                    "range": _json_float(hi - lo),
                 }
             )
-
-        if config["scaling"] == "network":
-            finite_lows = [v for v in lows if math.isfinite(v)]
-            finite_highs = [v for v in highs if math.isfinite(v)]
-            g_lo = min(finite_lows) if finite_lows else 0.0
-            g_hi = max(finite_highs) if finite_highs else 0.0
-            bounds = [(g_lo, g_hi)] * len(values)
-        else:
-            bounds = list(zip(lows, highs))
-
-        width = plans[0].width
-        total = sum(p.height for p in plans) + SEPARATOR_HEIGHT * (len(plans) - 1)
-        rows = np.empty((1 + sum(p.compact_shape[0] for p in plans), width), dtype=np.uint8)
-        rows[0] = 0  # the separator row
-        row_index = np.zeros(total, dtype=np.uint32)
-        stored, y = 1, 0
-        scratch = config["mode"] == "variance"  # variance values are buffers we may overwrite
-        for plan, value, (lo, hi), all_finite in zip(plans, values, bounds, clean):
-            if not all_finite:  # NaN shows as the low end, +/-inf as the ends
-                value = np.nan_to_num(value, nan=lo, posinf=hi, neginf=lo)
-            small = _scale(value, lo, hi, in_place=scratch or not all_finite)
-            count = small.shape[0]
-            np.take(small, plan.col_map, axis=1, out=rows[stored : stored + count])
-            row_index[y : y + plan.height] = plan.row_map + stored
-            stored += count
-            y += plan.height + SEPARATOR_HEIGHT
         return Rendered(
-            rows=rows, row_index=row_index, palette=palette_for(config["colormap"]), sections=infos
+            rows=rows,
+            row_index=plan.row_index,
+            palette=palette_for(config["colormap"]),
+            values=shown,
+            sections=records,
         )
 
-    def _variance(
-        self, plans: Sequence[SectionPlan], values: list[np.ndarray], config: dict[str, Any]
-    ) -> list[np.ndarray]:
-        key = tuple((p.shape, p.width, p.height) for p in plans)
-        if key != self._history_key:
-            self._windows = [_Window(config["window_size"]) for _ in plans]
-            self._history_key = key
-        out = []
-        for window, value in zip(self._windows, values):
-            window.resize(config["window_size"])
-            window.push(value)
-            out.append(window.variance())
-        return out
+    def _scale(
+        self, plan: FramePlan, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, unclean: np.ndarray
+    ) -> np.ndarray:
+        """Every value mapped to 0..255 (uint8, truncated) in float32; NaN and -inf low, +inf high.
+
+        Returns a buffer one longer than values whose last element is 0 (the separator).
+        """
+        n = plan.value_count
+        if self._scratch.shape[0] != n:
+            self._scratch = np.empty(n, np.float32)
+            self._scaled = np.zeros(n + 1, np.uint8)
+        lo32 = np.where(np.isfinite(lo), lo, 0).astype(np.float32)
+        k32 = np.asarray([scale_factor(a, b) for a, b in zip(lo, hi)], dtype=np.float32)
+        tmp = self._scratch
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.subtract(values, np.repeat(lo32, plan.sizes), out=tmp)
+            tmp *= np.repeat(k32, plan.sizes)
+        for i in np.flatnonzero(unclean):
+            seg = tmp[plan.offsets[i] : plan.offsets[i + 1]]
+            np.nan_to_num(seg, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+            if k32[i] == 0:
+                seg.fill(0)
+        np.copyto(self._scaled[:n], tmp, casting="unsafe")
+        return self._scaled
+
+    def _expand(self, plan: FramePlan, scaled: np.ndarray) -> np.ndarray:
+        """The frame's distinct rows: each compact row widened to the frame width by its column map."""
+        rows = np.empty((plan.row_count, plan.width), dtype=np.uint8)
+        if plan.gather is not None:
+            np.take(scaled, plan.gather, out=rows)
+            return rows
+        if plan.row_count > sum(p.compact_shape[0] for p in plan.plans):
+            rows[0] = 0
+        for i, (p, base) in enumerate(zip(plan.plans, plan.row_base)):
+            small = plan.section_view(scaled[:-1], i)
+            np.take(small, p.col_map, axis=1, out=rows[base : base + p.compact_shape[0]])
+        return rows
+
+
+def _segment_bounds(plan: FramePlan, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-section min and max over the finite values (NaN when none), and which sections had others."""
+    lows = np.minimum.reduceat(values, plan.starts).astype(np.float64)
+    highs = np.maximum.reduceat(values, plan.starts).astype(np.float64)
+    unclean = ~(np.isfinite(lows) & np.isfinite(highs))
+    for i in np.flatnonzero(unclean):  # rare: NaN or inf in the section
+        seg = values[plan.offsets[i] : plan.offsets[i + 1]]
+        finite = seg[np.isfinite(seg)]
+        lows[i], highs[i] = (finite.min(), finite.max()) if finite.size else (math.nan, math.nan)
+    return lows, highs, unclean
 
 
 def scale_frame(frame: np.ndarray) -> np.ndarray:
@@ -257,4 +321,7 @@ def scale_frame(frame: np.ndarray) -> np.ndarray:
     hi = float(values[finite].max())
     if not finite.all():
         values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
-    return _scale(values, lo, hi)
+    k = scale_factor(lo, hi)
+    if k == 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return ((values - lo) * k).astype(np.uint8)

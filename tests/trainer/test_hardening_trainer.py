@@ -18,6 +18,8 @@ from beholder_plugin import Beholder, read_frame, read_section_info
 from beholder_plugin.protocol.layout import RenderError
 from beholder_plugin.protocol.runfiles import FRAME_FILE, plugin_dir, read_frame_file
 
+pytestmark = pytest.mark.usefixtures("flushed_updates")
+
 # name -> (array, expected section max, or None when refused)
 ODD_ARRAYS = {
     "nan": (np.array([np.nan, 1.0, 2.0]), 2.0),
@@ -99,6 +101,7 @@ BOUNDED = textwrap.dedent(
     kernel = np.broadcast_to(np.float32(1.0), (3, 3, 30000, 40000))  # 10.8 * 10**9 values
     b = Beholder(run, strict=True)
     assert b.update(arrays={"huge": huge, "kernel": kernel})
+    b.flush()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print((after - before) // 1024, read_section_info(run)[0]["max"])
     """
@@ -177,10 +180,13 @@ def test_a_read_only_logdir_warns_once_and_training_goes_on(tmpfs, caplog):
     subprocess.run(["mount", "-o", "remount,ro", tmpfs], check=True)
     beholder = Beholder(run)  # not strict
     with caplog.at_level(logging.WARNING, logger="beholder"):
+        handed = []
         for _ in range(3):
             due(beholder)
-            assert beholder.update(arrays=[np.arange(5.0)]) is False
-    assert beholder.failures == 0 and beholder.write_errors == 1  # backed off after the first
+            handed.append(beholder.update(arrays=[np.arange(5.0)]))
+    # the first frame is handed to the worker, whose write fails; then Beholder backs off
+    assert handed == [True, False, False] and beholder.frames_written == 0
+    assert beholder.failures == 0 and beholder.write_errors == 1
     assert caplog.text.count("cannot write frames") == 1 and "Read-only" in caplog.text
     assert read_section_info(run)[0]["shape"] == [3]  # the old frame is still there
     subprocess.run(["mount", "-o", "remount,rw", tmpfs], check=True)
@@ -202,10 +208,12 @@ def test_a_full_disk_keeps_the_previous_frame_readable(tmpfs, caplog, monkeypatc
             assert exc.errno == errno.ENOSPC
     due(beholder)
     with caplog.at_level(logging.WARNING, logger="beholder"):
-        assert beholder.update(frame=np.ones((900, 900))) is False
+        beholder.update(frame=np.ones((900, 900)))
+    assert beholder.write_errors == 1 and beholder.frames_written == 1
     assert "No space left" in caplog.text
     assert read_frame_file(run).height == 10
-    assert sorted(os.listdir(plugin_dir(run))) == ["config.json", FRAME_FILE, "section-info.json"]
+    assert sorted(os.listdir(plugin_dir(run))) == ["config.json", FRAME_FILE, "history"]
+    assert len(os.listdir(os.path.join(plugin_dir(run), "history"))) == 1  # no partial file either
     os.unlink(os.path.join(tmpfs, "filler"))
     due(beholder)
     assert beholder.update(frame=np.ones((900, 900)))  # space again: frames resume
@@ -214,13 +222,14 @@ def test_a_full_disk_keeps_the_previous_frame_readable(tmpfs, caplog, monkeypatc
 
 def test_enospc_mid_write_leaves_no_partial_file(run_dir):
     # /dev/full fails every write with ENOSPC; put it where the temp file goes
-    set_config(run_dir, values="arrays", FPS=30)
-    beholder = Beholder(run_dir)
+    set_config(run_dir, values="arrays", FPS=30, history_mb=0)  # frame.bin written directly
+    beholder = Beholder(run_dir, background=False)  # the temporary name carries the writing thread
     assert beholder.update(arrays=[np.arange(4.0)])
     temp = os.path.join(plugin_dir(run_dir), f".{FRAME_FILE}.{os.getpid()}-{threading.get_ident()}.tmp")
     os.symlink("/dev/full", temp)
     due(beholder)
-    assert beholder.update(arrays=[np.arange(8.0)]) is False and beholder.write_errors == 1
+    beholder.update(arrays=[np.arange(8.0)])
+    assert beholder.write_errors == 1 and beholder.frames_written == 1
     assert read_frame_file(run_dir).header["frame_id"] == 1
     assert not os.path.lexists(temp)
 
@@ -251,19 +260,20 @@ SOAK = textwrap.dedent(
     fds = lambda: len(os.listdir("/proc/self/fd"))
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     marks = {}
+    handed = 0
     for i in range(1, calls + 1):
         if i % 5000 == 1:
             cfg = {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, **settings[(i // 5000) % len(settings)]}
             write_config(run, cfg)
         k = i % 7  # shapes change from call to call
         arrays = {f"a{j}": a[..., : max(1, a.shape[-1] - k)] for j, a in enumerate(base)}
-        assert b.update(arrays=arrays, frame=lambda: rng.normal(size=(20 + k, 30)))
+        handed += b.update(arrays=arrays, frame=lambda: rng.normal(size=(20 + k, 30)))
         if i in (1000, calls):
             gc.collect()
             marks[i] = (rss(), fds(), threading.active_count())
     b.close()
     print(marks[1000][0], marks[calls][0], marks[1000][1], marks[calls][1], marks[1000][2], marks[calls][2],
-          b.frames_written)
+          b.frames_written, handed, b.skipped, b.failures)
     """
 )
 
@@ -274,7 +284,11 @@ def test_soak_100k_updates_with_changing_shapes_and_settings(run_dir):
         [sys.executable, "-c", SOAK, run_dir, "100000"], capture_output=True, text=True, timeout=1200
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    rss_1k, rss_100k, fd_1k, fd_100k, threads_1k, threads_100k, frames = map(int, out.stdout.split())
-    assert frames == 100000
+    rss_1k, rss_100k, fd_1k, fd_100k, threads_1k, threads_100k, frames, handed, skipped, failures = map(
+        int, out.stdout.split()
+    )
+    # every call was due: each one either handed a frame to the worker or was skipped while it was busy
+    assert handed + skipped == 100000 and frames == handed and failures == 0
+    assert handed > 1000
     assert rss_100k <= rss_1k * 1.10, (rss_1k, rss_100k)
     assert fd_100k == fd_1k and threads_100k == threads_1k

@@ -21,7 +21,7 @@ from beholder_plugin.protocol.layout import make_plan
 from beholder_plugin.trainer.integrations import gradients as gradients_module
 from beholder_plugin.trainer.sources import tf_tensors as tf_support
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, pytest.mark.usefixtures("flushed_updates")]
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 

@@ -17,6 +17,8 @@ from beholder_plugin import DEFAULT_CONFIG, Beholder, read_config, read_frame, r
 from beholder_plugin.protocol.layout import RenderError
 from beholder_plugin.protocol.runfiles import config_path, plugin_dir, read_frame_file
 
+pytestmark = pytest.mark.usefixtures("flushed_updates")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -244,6 +246,7 @@ def test_numpy_only_run_never_imports_a_framework(tmp_path):
         write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30})
         b = Beholder(run, strict=True)
         assert b.update(arrays={"w": np.ones((4, 4)), "b": np.arange(4.0)})
+        b.flush()
         print(read_frame(run).shape, sorted(m for m in sys.modules if m.split(".")[0] in
               ("tensorflow", "keras", "torch", "jax")))
         """

@@ -11,7 +11,7 @@ from tf_support_helpers import configure, frame_due
 from beholder_plugin import Beholder, gradient_helper, read_frame, read_section_info
 from beholder_plugin.trainer.sources import tf_tensors as tf_support
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, pytest.mark.usefixtures("flushed_updates")]
 tf = pytest.importorskip("tensorflow")
 v1 = tf.compat.v1
 

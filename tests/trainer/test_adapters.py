@@ -16,6 +16,8 @@ from beholder_plugin.trainer.sources import (
     prepare,
 )
 
+pytestmark = pytest.mark.usefixtures("flushed_updates")
+
 SHAPES = [(9,), (40, 30), (3, 3, 4, 5), (6, 8, 8, 3), (5, 7, 11), ()]
 
 

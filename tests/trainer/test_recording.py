@@ -20,6 +20,8 @@ from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import plugin_dir
 from beholder_plugin.trainer import recording as recording_module
 
+pytestmark = pytest.mark.usefixtures("flushed_updates")
+
 
 def decode(path: str) -> tuple[tuple[int, int], list[np.ndarray]]:
     """(width, height) and the RGB frames of a video file."""

@@ -1,0 +1,351 @@
+"""The frame file, version 2: pixels, the section table and the float32 values behind the pixels.
+
+One file holds one whole frame, so its section table can never belong to
+another frame. The byte layout is in docs/protocol.md:
+
+    magic "BHFRAME\\0" | u32 header length N | N bytes of JSON header | zeros to a multiple of 8
+    | values: V float32 | row index: H uint32 (encoding "rows") | palette: 768 bytes (channels 1)
+    | stored rows: R x W (x 3) uint8
+
+Everything after the header has a size the header implies, so a reader can
+find one value by reading the header and four bytes (``value_at``).
+
+Example::
+
+    data = b"".join(encode_frame(header, rows=rows, row_index=index, palette=pal, values=vals))
+    frame = decode_frame(data)
+    frame.pixels          # (H, W) palette indices
+    frame.section_values(0)   # the float32 values behind section 0's pixels
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.protocol.files import LocalFiles, files_for
+from beholder_plugin.protocol.layout import LAYOUTS, locate
+from beholder_plugin.protocol.names import FRAME_MAGIC, FRAME_VERSION
+
+_LENGTH = struct.Struct("<I")
+PREFIX_BYTES = len(FRAME_MAGIC) + _LENGTH.size  # 12
+MAX_HEADER_BYTES = 16 << 20
+# No frame file is ever larger than this, whatever its header says.
+MAX_FRAME_BYTES = 1 << 30
+PALETTE_BYTES = 256 * 3
+
+
+class FrameFormatError(ValueError):
+    """A frame file that is not a valid Beholder frame (wrong magic, version or size)."""
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+@dataclass
+class Frame:
+    """One decoded frame: palette-indexed or RGB pixels (maybe row-encoded) and its values.
+
+    ``rows[row_index[y]]`` is row y of the frame when ``row_index`` is set,
+    else ``rows`` is the whole frame. ``values`` is the flat float32 values
+    block; each section record says where its values start (``values``) and
+    their compact shape (``compact``).
+    """
+
+    header: dict[str, Any]
+    rows: np.ndarray
+    row_index: np.ndarray | None = None
+    palette: np.ndarray | None = None
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    @property
+    def sections(self) -> list[dict[str, Any]]:
+        """The section records, top to bottom ([] for a user frame or a placeholder)."""
+        return self.header.get("sections", [])
+
+    @property
+    def height(self) -> int:
+        """Frame height in pixels."""
+        return int(len(self.row_index) if self.row_index is not None else self.rows.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Frame width in pixels."""
+        return int(self.rows.shape[1])
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(H, W) uint8 palette indices, or (H, W, 3) uint8 RGB: the full frame."""
+        if self.row_index is None:
+            return self.rows
+        return np.take(self.rows, self.row_index, axis=0)
+
+    def rgb(self) -> np.ndarray:
+        """The frame as an H x W x 3 uint8 RGB array."""
+        if self.palette is None:
+            return self.pixels
+        coloured = self.palette[self.rows]
+        return coloured if self.row_index is None else np.take(coloured, self.row_index, axis=0)
+
+    def section_values(self, i: int) -> np.ndarray:
+        """The float32 values behind section i, as its compact (rows, columns) array."""
+        rec = self.sections[i]
+        rows, cols = rec["compact"]
+        start = rec["values"]
+        return self.values[start : start + rows * cols].reshape(rows, cols)
+
+
+def encode_frame(
+    header: dict[str, Any],
+    *,
+    rows: np.ndarray,
+    row_index: np.ndarray | None = None,
+    palette: np.ndarray | None = None,
+    values: np.ndarray | None = None,
+) -> list:
+    """The buffers making up a frame file (header first), without copying pixels or values."""
+    rows = np.ascontiguousarray(rows, dtype=np.uint8)
+    if rows.ndim == 2:
+        channels = 1
+        if palette is None:
+            raise ValueError("palette-indexed pixels need a palette")
+        palette = np.ascontiguousarray(palette, dtype=np.uint8)
+        if palette.shape != (256, 3):
+            raise ValueError(f"palette must be 256 x 3, not {palette.shape}")
+    elif rows.ndim == 3 and rows.shape[2] == 3:
+        channels, palette = 3, None
+    else:
+        raise ValueError(f"frame pixels must be H x W or H x W x 3, not {rows.shape}")
+    if rows.shape[0] < 1 or rows.shape[1] < 1:
+        raise ValueError(f"a frame needs at least one pixel, not {rows.shape}")
+    values = np.zeros(0, np.float32) if values is None else np.ascontiguousarray(values, dtype="<f4")
+    head = dict(header)
+    head.update(
+        format="beholder-frame",
+        version=FRAME_VERSION,
+        width=int(rows.shape[1]),
+        channels=channels,
+        value_count=int(values.size),
+    )
+    if row_index is None:
+        head.update(encoding="raw", height=int(rows.shape[0]), rows=int(rows.shape[0]))
+    else:
+        row_index = np.ascontiguousarray(row_index, dtype="<u4")
+        if row_index.size == 0 or int(row_index.max()) >= rows.shape[0]:
+            raise ValueError("row_index must be non-empty and point at stored rows")
+        head.update(encoding="rows", height=int(row_index.size), rows=int(rows.shape[0]))
+    text = json.dumps(head, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    pad = _align8(PREFIX_BYTES + len(text)) - PREFIX_BYTES - len(text)
+    buffers: list = [FRAME_MAGIC + _LENGTH.pack(len(text)) + text + b"\x00" * pad]
+    if values.size:
+        buffers.append(values.data)
+    if row_index is not None:
+        buffers.append(row_index.data)
+    if palette is not None:
+        buffers.append(palette.data)
+    buffers.append(rows.data)
+    return buffers
+
+
+def _int(header: dict, key: str, lo: int, hi: int) -> int:
+    value = header.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise FrameFormatError(f"frame header key {key!r} is missing or out of range ({value!r})")
+    return value
+
+
+def parse_header(prefix: bytes) -> tuple[dict[str, Any], int]:
+    """The header of a frame file from its first bytes, and where its data starts.
+
+    ``prefix`` must hold at least the magic, the length and the header
+    (``header_span(prefix[:12])`` bytes). Checks everything the header
+    implies about the file, except its length.
+    """
+    if len(prefix) < PREFIX_BYTES or prefix[:8] != FRAME_MAGIC:
+        raise FrameFormatError("not a Beholder frame file (bad magic)")
+    (head_len,) = _LENGTH.unpack_from(prefix, 8)
+    if head_len > MAX_HEADER_BYTES or PREFIX_BYTES + head_len > len(prefix):
+        raise FrameFormatError("frame header length is out of range")
+    try:
+        header = json.loads(prefix[PREFIX_BYTES : PREFIX_BYTES + head_len].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FrameFormatError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise FrameFormatError("frame header is not a JSON object")
+    version = header.get("version")
+    if version != FRAME_VERSION:
+        if isinstance(version, int) and version < FRAME_VERSION:
+            raise FrameFormatError(
+                f"this frame file is version {version}, written by an older Beholder; this reader "
+                f"reads version {FRAME_VERSION}. Upgrade the package on the training side "
+                "(pip install -U tensorboard-plugin-beholder) and restart training"
+            )
+        raise FrameFormatError(f"unsupported frame version {version!r} (this reader reads {FRAME_VERSION})")
+    _check_header(header)
+    return header, _align8(PREFIX_BYTES + head_len)
+
+
+def header_span(first12: bytes) -> int:
+    """How many bytes from the start of a frame file hold its magic, length and header."""
+    if len(first12) < PREFIX_BYTES or first12[:8] != FRAME_MAGIC:
+        raise FrameFormatError("not a Beholder frame file (bad magic)")
+    (head_len,) = _LENGTH.unpack_from(first12, 8)
+    if head_len > MAX_HEADER_BYTES:
+        raise FrameFormatError("frame header length is out of range")
+    return PREFIX_BYTES + head_len
+
+
+def _check_header(header: dict[str, Any]) -> None:
+    """Refuse a header whose sizes or section records are impossible."""
+    height = _int(header, "height", 1, MAX_FRAME_BYTES)
+    width = _int(header, "width", 1, MAX_FRAME_BYTES)
+    channels = _int(header, "channels", 1, 3)
+    if channels == 2:
+        raise FrameFormatError("frame header has 2 channels (1 or 3 expected)")
+    stored = _int(header, "rows", 1, MAX_FRAME_BYTES)
+    count = _int(header, "value_count", 0, MAX_FRAME_BYTES)
+    encoding = header.get("encoding")
+    if encoding not in ("raw", "rows"):
+        raise FrameFormatError(f"unknown frame encoding {encoding!r}")
+    if encoding == "raw" and stored != height:
+        raise FrameFormatError("a raw frame must store exactly its height in rows")
+    if data_size(header) > MAX_FRAME_BYTES:
+        raise FrameFormatError(f"frame header implies more than {MAX_FRAME_BYTES} bytes")
+    sections = header.get("sections", [])
+    if not isinstance(sections, list):
+        raise FrameFormatError("frame header 'sections' is not a list")
+    bottom = 0
+    for i, rec in enumerate(sections):
+        _check_section(rec, i, width, height, count, bottom)
+        bottom = rec["top"] + rec["height"]
+
+
+def _check_section(rec: Any, i: int, width: int, height: int, count: int, bottom: int) -> None:
+    """Refuse a section record a reader could not use safely (value lookups index with it)."""
+    where = f"section record {i}"
+    if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
+        raise FrameFormatError(f"{where} is not an object with a name")
+    try:
+        top, sec_height, start = _int(rec, "top", bottom, height - 1), _int(rec, "height", 1, height), \
+            _int(rec, "values", 0, count)
+        shape = rec["shape"]
+        src = rec["source"]
+        compact = rec["compact"]
+        ok = (
+            isinstance(shape, list)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)
+            and _pair(src) and _pair(compact)
+            and rec.get("layout") in LAYOUTS
+        )
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise FrameFormatError(f"{where} lacks shape, layout, source or compact size")
+    if top + sec_height > height or start + compact[0] * compact[1] > count:
+        raise FrameFormatError(f"{where} points outside the frame or its values")
+    if compact[0] > min(src[0], sec_height) or compact[1] > min(src[1], width):
+        raise FrameFormatError(f"{where} has more compact values than its source section")
+    if src[0] * src[1] > max(1, math.prod(shape)):
+        raise FrameFormatError(f"{where} has a source section larger than its array")
+
+
+def _pair(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    )
+
+
+def data_size(header: dict[str, Any]) -> int:
+    """The bytes after the header that a frame with this header holds."""
+    channels = header["channels"]
+    size = 4 * header["value_count"] + header["rows"] * header["width"] * channels
+    if header["encoding"] == "rows":
+        size += 4 * header["height"]
+    if channels == 1:
+        size += PALETTE_BYTES
+    return size
+
+
+def decode_frame(data: bytes | memoryview) -> Frame:
+    """Parse the bytes of a frame file; raises FrameFormatError on anything unexpected."""
+    header, offset = parse_header(bytes(data[: PREFIX_BYTES + MAX_HEADER_BYTES]))
+    if len(data) != offset + data_size(header):
+        raise FrameFormatError(
+            f"frame file is {len(data)} bytes, its header implies {offset + data_size(header)} "
+            "(a torn or foreign file)"
+        )
+    height, width, stored = header["height"], header["width"], header["rows"]
+    count = header["value_count"]
+    values = np.frombuffer(data, "<f4", count, offset)
+    offset += 4 * count
+    row_index = None
+    if header["encoding"] == "rows":
+        row_index = np.frombuffer(data, "<u4", height, offset)
+        offset += 4 * height
+        if int(row_index.max()) >= stored:
+            raise FrameFormatError("frame row index points past the stored rows")
+    palette = None
+    if header["channels"] == 1:
+        palette = np.frombuffer(data, np.uint8, PALETTE_BYTES, offset).reshape(256, 3)
+        offset += PALETTE_BYTES
+        shape: tuple[int, ...] = (stored, width)
+    else:
+        shape = (stored, width, 3)
+    rows = np.frombuffer(data, np.uint8, math.prod(shape), offset).reshape(shape)
+    return Frame(header=header, rows=rows, row_index=row_index, palette=palette, values=values)
+
+
+def read_frame_file(path: str, files: LocalFiles | None = None) -> Frame | None:
+    """The frame stored at path, or None when there is none."""
+    files = files or files_for(path)
+    data = files.read(path, MAX_FRAME_BYTES)
+    return None if data is None else decode_frame(data)
+
+
+def read_header(path: str, files: LocalFiles | None = None) -> tuple[dict[str, Any], int] | None:
+    """A frame file's header and data offset, reading only the header's bytes; None if no file."""
+    files = files or files_for(path)
+    first = files.read_range(path, 0, PREFIX_BYTES, MAX_FRAME_BYTES)
+    if first is None:
+        return None
+    span = header_span(first)
+    prefix = files.read_range(path, 0, span, MAX_FRAME_BYTES)
+    if prefix is None or len(prefix) < span:
+        raise FrameFormatError("frame file is shorter than its header")
+    return parse_header(prefix)
+
+
+def value_at(
+    path: str, x: int, y: int, header: tuple[dict[str, Any], int] | None = None,
+    files: LocalFiles | None = None,
+) -> dict[str, Any] | None:
+    """What pixel (x, y) of the frame at path shows: section name, array index and float32 value.
+
+    Reads the header (or takes it, parsed, from a cache) and the value's four
+    bytes; renders nothing. None on a separator, outside the frame, for a
+    frame without sections, or when there is no file.
+    """
+    files = files or files_for(path)
+    header = header or read_header(path, files)
+    if header is None:
+        return None
+    head, offset = header
+    if not 0 <= y < head["height"]:
+        return None
+    where = locate(head.get("sections", []), head["width"], x, y)
+    if where is None:
+        return None
+    raw = files.read_range(path, offset + 4 * where["offset"], 4, MAX_FRAME_BYTES)
+    if raw is None or len(raw) != 4:
+        raise FrameFormatError("frame file is shorter than its header implies")
+    value = float(np.frombuffer(raw, "<f4")[0])
+    where["value"] = value if math.isfinite(value) else repr(value)
+    return where

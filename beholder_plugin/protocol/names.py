@@ -1,0 +1,40 @@
+"""Names both sides agree on: the plugin's name, its files inside a run, and their format versions.
+
+Example::
+
+    from beholder_plugin.protocol import names
+    names.frame_path("logs/run1")   # 'logs/run1/plugins/beholder/frame.bin'
+"""
+
+from __future__ import annotations
+
+import os
+
+PLUGIN_NAME = "beholder"
+CONFIG_FILE = "config.json"
+FRAME_FILE = "frame.bin"
+HISTORY_DIR = "history"
+
+FRAME_MAGIC = b"BHFRAME\x00"
+FRAME_VERSION = 2
+CONFIG_VERSION = 1
+
+
+def plugin_dir(run_dir: str | os.PathLike) -> str:
+    """The directory inside a run where Beholder keeps its files."""
+    return os.path.join(os.fspath(run_dir), "plugins", PLUGIN_NAME)
+
+
+def config_path(run_dir: str | os.PathLike) -> str:
+    """Where the run's dashboard settings live."""
+    return os.path.join(plugin_dir(run_dir), CONFIG_FILE)
+
+
+def frame_path(run_dir: str | os.PathLike) -> str:
+    """Where the run's latest frame lives."""
+    return os.path.join(plugin_dir(run_dir), FRAME_FILE)
+
+
+def history_dir(run_dir: str | os.PathLike) -> str:
+    """The directory holding the run's recent frames (the history ring)."""
+    return os.path.join(plugin_dir(run_dir), HISTORY_DIR)

@@ -1,0 +1,35 @@
+"""NumPy adapter, also used for anything else array-like (lists, scalars, objects with __array__)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.protocol.layout import RenderError, SectionPlan
+
+
+def prepare(obj: Any, label: str) -> np.ndarray:
+    """A NumPy array for obj, with a clear error for ragged or non-numeric input."""
+    if type(obj) is np.ndarray:
+        array = obj
+    else:
+        try:
+            array = np.asarray(obj)
+        except Exception as exc:  # ragged lists and the like
+            raise RenderError(f"section {label}: cannot be read as an array ({exc})") from None
+    if array.dtype == object or array.dtype.kind in "USMm":
+        raise RenderError(
+            f"section {label}: {type(obj).__name__} is not a numeric array (dtype {array.dtype})"
+        )
+    return array
+
+
+def compact(array: np.ndarray, plan: SectionPlan, label: str) -> np.ndarray:
+    """The plan's compact section, reading only the shown elements."""
+    return plan.take(array)
+
+
+def whole(obj: Any, label: str) -> np.ndarray:
+    """The whole array."""
+    return prepare(obj, label)

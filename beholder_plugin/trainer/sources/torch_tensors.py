@@ -1,0 +1,40 @@
+"""PyTorch adapter: tensors sliced on their device with index_select, then copied to the host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.protocol.layout import SectionPlan
+from beholder_plugin.trainer.sources import finish
+
+
+def prepare(obj: Any, label: str) -> Any:
+    """The tensor, detached from autograd (nothing is copied)."""
+    return obj.detach()
+
+
+def _host(t: Any) -> np.ndarray:
+    import torch
+
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
+    if t.is_complex():
+        t = t.abs()
+    return t.cpu().numpy()
+
+
+def compact(t: Any, plan: SectionPlan, label: str) -> np.ndarray:
+    """The plan's compact section: the shown rows and columns selected on the device first."""
+    import torch
+
+    for axis, idx in enumerate(plan.axes):
+        if idx is not None:
+            t = t.index_select(axis, torch.as_tensor(idx, device=t.device))
+    return finish(_host(t), plan)
+
+
+def whole(obj: Any, label: str) -> np.ndarray:
+    """The whole tensor on the host."""
+    return _host(obj.detach())

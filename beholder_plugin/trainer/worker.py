@@ -1,0 +1,117 @@
+"""The background worker: one thread per Beholder that renders, encodes and writes frames.
+
+The training thread hands over one job at a time. While a job runs the
+worker is ``busy`` and the trainer skips frames rather than queueing them, so
+frames never pile up. An exception in a job is kept for the trainer to
+report; the thread carries on with the next job.
+
+Example::
+
+    worker = Worker(run_job)
+    if not worker.busy:
+        worker.submit(job)
+    worker.drain(timeout=5.0)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any, Callable
+
+_WORKERS: weakref.WeakSet = weakref.WeakSet()
+
+
+class Worker:
+    """Runs submitted jobs one at a time on a daemon thread started on first use."""
+
+    def __init__(self, run: Callable[[Any], None], name: str = "beholder-worker") -> None:
+        self._run = run
+        self._name = name
+        self._reset()
+        _WORKERS.add(self)
+
+    def _reset(self) -> None:
+        """Fresh state: no thread, no job (also what a forked child starts from)."""
+        self._cond = threading.Condition()
+        self._job: Any = None
+        self._busy = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        """True from submit() until the job has finished."""
+        return self._busy
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, job: Any) -> None:
+        """Hand over a job; the caller checks ``busy`` first (a busy worker refuses with RuntimeError)."""
+        with self._cond:
+            if self._busy:
+                raise RuntimeError("the Beholder worker is still busy with the previous frame")
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+            self._job = job
+            self._busy = True
+            self._cond.notify_all()
+
+    def take_error(self) -> BaseException | None:
+        """The exception raised by the last failed job, once; None when there was none."""
+        with self._cond:
+            error, self.error = self.error, None
+            return error
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no job is running; False if timeout s passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._busy, timeout=timeout)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Finish the running job and end the thread; False if it had not ended after timeout s."""
+        if not self.drain(timeout):
+            return False
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._job is not None or self._stopping)
+                if self._job is None:
+                    self._thread = None
+                    return
+                job, self._job = self._job, None
+            try:
+                self._run(job)
+            except BaseException as exc:  # kept for the trainer: log or raise under strict
+                with self._cond:
+                    self.error = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a DataLoader worker, say) has no worker thread: start from a clean state."""
+    for worker in list(_WORKERS):
+        worker._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

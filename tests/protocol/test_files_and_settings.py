@@ -1,0 +1,128 @@
+"""Bounded file access, the settings validator and config.json reading, and the layout arithmetic."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from beholder_plugin import ConfigError, read_config
+from beholder_plugin.protocol.files import LOCAL, FileRefused, files_for
+from beholder_plugin.protocol.layout import make_plan, resize_indices
+from beholder_plugin.protocol.names import config_path, plugin_dir
+from beholder_plugin.protocol.runfiles import MAX_CONFIG_BYTES
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG, parse_config_document, validate_changes
+
+
+def test_validate_changes_accepts_partial_updates_and_names_the_bad_key():
+    assert validate_changes({"FPS": 0, "colormap": "plasma"}) == {"FPS": 0, "colormap": "plasma"}
+    assert validate_changes({"history_mb": 0}) == {"history_mb": 0}
+    bad = [
+        ({"FPS": 31}, "'FPS'"),
+        ({"FPS": True}, "'FPS'"),
+        ({"FPS": "10"}, "'FPS'"),
+        ({"window_size": 1}, "'window_size'"),
+        ({"is_recording": 1}, "'is_recording'"),
+        ({"colormap": "jet"}, "'colormap'"),
+        ({"values": None}, "'values'"),
+        ({"history_mb": -1}, "'history_mb'"),
+        ({"history_seconds": 1.5}, "'history_seconds'"),
+        ({"zoom": 2}, "'zoom'"),
+        ({"version": 9}, "'version'"),
+    ]
+    for changes, key in bad:
+        with pytest.raises(ConfigError, match=key):
+            validate_changes(changes)
+    with pytest.raises(ConfigError, match="object"):
+        validate_changes(["FPS", 3])
+
+
+def test_config_documents_fill_defaults_and_ignore_unknown_keys():
+    config, problems = parse_config_document({"mode": "current", "future": 1, "version": 2})
+    assert config == {**DEFAULT_CONFIG, "mode": "current"}
+    assert len(problems) == 2
+    with pytest.raises(ConfigError, match="'mode'"):
+        parse_config_document({"mode": "loud"})
+
+
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda p: os.mkdir(p), "not a regular file"),
+        (lambda p: os.mkfifo(p), "not a regular file"),
+        (lambda p: open(p, "w").write("[" * 5000 + "]" * 5000), "nested too deeply"),
+        (lambda p: open(p, "wb").write(b"\xff\xfe"), "not valid JSON"),
+        (lambda p: open(p, "w").write("{nope"), "not valid JSON"),
+        (lambda p: os.truncate(open(p, "wb").name, 4 << 30), "more than the"),
+    ],
+)
+def test_unreadable_config_files_raise_a_clear_error_at_once(run_dir, make_bad, message):
+    """A FIFO or a 4 GB sparse file in place of config.json is refused without blocking or reading it."""
+    os.makedirs(plugin_dir(run_dir))
+    make_bad(config_path(run_dir))
+    outcome = {}
+    reader = threading.Thread(target=lambda: outcome.update(r=_catch(read_config, run_dir)), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "read_config blocked"
+    assert isinstance(outcome["r"], ConfigError) and message in str(outcome["r"])
+    assert "config.json" in str(outcome["r"])
+
+
+def _catch(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - returned for the assertion
+        return exc
+
+
+def test_reads_are_capped(tmp_path):
+    path = str(tmp_path / "f")
+    LOCAL.write_atomic(path, [b"x" * 100])
+    assert LOCAL.read(path, 100) == b"x" * 100
+    with pytest.raises(FileRefused, match="100 bytes"):
+        LOCAL.read(path, 99)
+    assert LOCAL.read(str(tmp_path / "missing"), 10) is None
+    assert MAX_CONFIG_BYTES < 1 << 20
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+    path = str(tmp_path / "frame.bin")
+    LOCAL.write_atomic(path, [b"old"])
+    with pytest.raises(TypeError):  # fails after the first chunk, like a full disk would
+        LOCAL.write_atomic(path, [b"new", object()])
+    assert LOCAL.read(path, 10) == b"old"
+    assert os.listdir(tmp_path) == ["frame.bin"]
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(run_dir):
+    os.makedirs(plugin_dir(run_dir))
+    stale = os.path.join(plugin_dir(run_dir), ".frame.bin.999-1.tmp")
+    fresh = os.path.join(plugin_dir(run_dir), ".frame.bin.998-1.tmp")
+    keep = os.path.join(plugin_dir(run_dir), "notes.tmp")
+    for path in (stale, fresh, keep):
+        open(path, "wb").close()
+    os.utime(stale, (0, 0))
+    os.utime(keep, (0, 0))
+    assert LOCAL.remove_stale_temp_files(plugin_dir(run_dir)) == 1
+    assert not os.path.exists(stale) and os.path.exists(fresh) and os.path.exists(keep)
+
+
+def test_urls_are_refused_rather_than_written_to_a_local_directory():
+    with pytest.raises(ValueError, match="gs:// URL"):
+        files_for("gs://bucket/run1")
+    assert files_for("file:///tmp/x") is LOCAL and files_for("logs/run1") is LOCAL
+
+
+def test_the_resize_follows_tensorflows_float32_rule():
+    """112 source columns resized to 768 take column 62 at x = 432 (the integer rule says 63)."""
+    cols = resize_indices(112, 768)
+    assert cols[432] == 62 and cols[431] == 62 and cols[433] == 63
+    assert (np.arange(768) * 112) // 768 @ np.ones(768) != cols @ np.ones(768)
+    for src, dst in ((1, 128), (5, 768), (768, 768), (3000, 128), (7, 3)):
+        got = resize_indices(src, dst)
+        assert got.min() >= 0 and got.max() <= src - 1 and (np.diff(got) >= 0).all()
+    plan = make_plan((112,), 768, False)
+    assert plan.index[0][0, plan.col_map[432]] == 62
