@@ -5,7 +5,13 @@ another frame. The byte layout is in docs/protocol.md:
 
     magic "BHFRAME\\0" | u32 header length N | N bytes of JSON header | zeros to a multiple of 8
     | values: V float32 | row index: H uint32 (encoding "rows") | palette: 768 bytes (channels 1)
-    | stored rows: R x W (x 3) uint8
+    | pixels: R x W (x 3) uint8 stored rows ("raw", "rows"), or V uint8 compact pixels ("sections")
+
+Rendered sections use the "sections" encoding: each section's pixels are
+stored at the size of its compact values (one per distinct sampled row and
+column), and readers widen them with the layout arithmetic
+(``layout.expand_sections``), so the writer neither expands nor writes the
+repeated pixels.
 
 Everything after the header has a size the header implies, so a reader can
 find one value by reading the header and four bytes (``value_at``).
@@ -29,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.files import LocalFiles, files_for
-from beholder_plugin.protocol.layout import LAYOUTS, locate
+from beholder_plugin.protocol.layout import LAYOUTS, compact_map, expand_sections, locate
 from beholder_plugin.protocol.names import FRAME_MAGIC, FRAME_VERSION
 
 _LENGTH = struct.Struct("<I")
@@ -108,8 +114,15 @@ def encode_frame(
     row_index: np.ndarray | None = None,
     palette: np.ndarray | None = None,
     values: np.ndarray | None = None,
+    height: int | None = None,
 ) -> list:
-    """The buffers making up a frame file (header first), without copying pixels or values."""
+    """The buffers making up a frame file (header first), without copying pixels or values.
+
+    With ``height`` set, ``rows`` is the flat compact pixels of the header's
+    sections (the "sections" encoding) and ``width`` comes from the header.
+    """
+    if height is not None:
+        return _encode_sections(header, rows, palette, values, height)
     rows = np.ascontiguousarray(rows, dtype=np.uint8)
     if rows.ndim == 2:
         channels = 1
@@ -140,9 +153,7 @@ def encode_frame(
         if row_index.size == 0 or int(row_index.max()) >= rows.shape[0]:
             raise ValueError("row_index must be non-empty and point at stored rows")
         head.update(encoding="rows", height=int(row_index.size), rows=int(rows.shape[0]))
-    text = json.dumps(head, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    pad = _align8(PREFIX_BYTES + len(text)) - PREFIX_BYTES - len(text)
-    buffers: list = [FRAME_MAGIC + _LENGTH.pack(len(text)) + text + b"\x00" * pad]
+    buffers: list = [_prefix(head)]
     if values.size:
         buffers.append(values.data)
     if row_index is not None:
@@ -151,6 +162,27 @@ def encode_frame(
         buffers.append(palette.data)
     buffers.append(rows.data)
     return buffers
+
+
+def _encode_sections(header: dict[str, Any], compact: np.ndarray, palette: np.ndarray | None,
+                     values: np.ndarray | None, height: int) -> list:
+    """The buffers of a frame stored as compact section pixels beside their values."""
+    compact = np.ascontiguousarray(compact, dtype=np.uint8).reshape(-1)
+    values = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
+    palette = np.ascontiguousarray(palette, dtype=np.uint8)
+    if compact.size != values.size or palette.shape != (256, 3) or not header.get("sections"):
+        raise ValueError("a sections frame needs sections, one pixel per value and a 256 x 3 palette")
+    head = dict(header)
+    head.update(format="beholder-frame", version=FRAME_VERSION, channels=1, encoding="sections",
+                height=int(height), rows=0, value_count=int(values.size))
+    return [_prefix(head), values.data, palette.data, compact.data]
+
+
+def _prefix(head: dict[str, Any]) -> bytes:
+    """Magic, length and JSON header, padded to a multiple of 8 bytes."""
+    text = json.dumps(head, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    pad = _align8(PREFIX_BYTES + len(text)) - PREFIX_BYTES - len(text)
+    return FRAME_MAGIC + _LENGTH.pack(len(text)) + text + b"\x00" * pad
 
 
 def _int(header: dict, key: str, lo: int, hi: int) -> int:
@@ -208,13 +240,15 @@ def _check_header(header: dict[str, Any]) -> None:
     channels = _int(header, "channels", 1, 3)
     if channels == 2:
         raise FrameFormatError("frame header has 2 channels (1 or 3 expected)")
-    stored = _int(header, "rows", 1, MAX_FRAME_BYTES)
-    count = _int(header, "value_count", 0, MAX_FRAME_BYTES)
     encoding = header.get("encoding")
-    if encoding not in ("raw", "rows"):
+    if encoding not in ("raw", "rows", "sections"):
         raise FrameFormatError(f"unknown frame encoding {encoding!r}")
+    stored = _int(header, "rows", 0 if encoding == "sections" else 1, MAX_FRAME_BYTES)
+    count = _int(header, "value_count", 0, MAX_FRAME_BYTES)
     if encoding == "raw" and stored != height:
         raise FrameFormatError("a raw frame must store exactly its height in rows")
+    if encoding == "sections" and (channels != 1 or not header.get("sections")):
+        raise FrameFormatError("a sections frame must be palette-indexed and have sections")
     if data_size(header) > MAX_FRAME_BYTES:
         raise FrameFormatError(f"frame header implies more than {MAX_FRAME_BYTES} bytes")
     sections = header.get("sections", [])
@@ -251,8 +285,15 @@ def _check_section(rec: Any, i: int, width: int, height: int, count: int, bottom
         raise FrameFormatError(f"{where} points outside the frame or its values")
     if compact[0] > min(src[0], sec_height) or compact[1] > min(src[1], width):
         raise FrameFormatError(f"{where} has more compact values than its source section")
+    if (compact[0], compact[1]) != (_distinct(src[0], sec_height), _distinct(src[1], width)):
+        raise FrameFormatError(f"{where} has a compact size its layout does not give")
     if src[0] * src[1] > max(1, math.prod(shape)):
         raise FrameFormatError(f"{where} has a source section larger than its array")
+
+
+def _distinct(src: int, dst: int) -> int:
+    """How many distinct source indices a resize from src to dst samples."""
+    return int(compact_map(src, dst)[-1]) + 1
 
 
 def _pair(value: Any) -> bool:
@@ -266,6 +307,8 @@ def _pair(value: Any) -> bool:
 def data_size(header: dict[str, Any]) -> int:
     """The bytes after the header that a frame with this header holds."""
     channels = header["channels"]
+    if header["encoding"] == "sections":
+        return 5 * header["value_count"] + PALETTE_BYTES
     size = 4 * header["value_count"] + header["rows"] * header["width"] * channels
     if header["encoding"] == "rows":
         size += 4 * header["height"]
@@ -287,6 +330,11 @@ def decode_frame(data: bytes | memoryview) -> Frame:
     values = np.frombuffer(data, "<f4", count, offset)
     offset += 4 * count
     row_index = None
+    if header["encoding"] == "sections":
+        palette = np.frombuffer(data, np.uint8, PALETTE_BYTES, offset).reshape(256, 3)
+        compact = np.frombuffer(data, np.uint8, count, offset + PALETTE_BYTES)
+        rows, row_index = expand_sections(header["sections"], width, height, compact)
+        return Frame(header=header, rows=rows, row_index=row_index, palette=palette, values=values)
     if header["encoding"] == "rows":
         row_index = np.frombuffer(data, "<u4", height, offset)
         offset += 4 * height

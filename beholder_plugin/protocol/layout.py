@@ -22,6 +22,7 @@ gives exactly the pixels the original computed on the full-size section.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -333,6 +334,40 @@ class PlanCache:
         return out
 
 
+# ---------------------------------------------------------------- compact sections -> pixels
+
+
+@functools.lru_cache(maxsize=4096)
+def compact_map(src: int, dst: int) -> np.ndarray:
+    """For each of dst pixels, which distinct sampled source index (compact row or column) it shows."""
+    _, inverse, _ = _unique_sorted(resize_indices(src, dst))
+    inverse.setflags(write=False)
+    return inverse
+
+
+def expand_sections(
+    sections: Sequence[dict[str, Any]], width: int, height: int, compact: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A frame stored as compact section pixels, as distinct rows and a row index (rows[index] is the frame).
+
+    ``compact`` holds each section's compact pixels at the section's
+    ``values`` offset. Rows outside every section (separators) are black.
+    """
+    covered = sum(int(rec["height"]) for rec in sections)
+    black = 1 if covered < height else 0
+    rows = np.zeros((black + sum(int(rec["compact"][0]) for rec in sections), width), dtype=np.uint8)
+    row_index = np.zeros(height, dtype=np.uint32)
+    base = black
+    for rec in sections:
+        (src_h, src_w), (n_rows, n_cols) = rec["source"], rec["compact"]
+        start, top, sec_height = int(rec["values"]), int(rec["top"]), int(rec["height"])
+        small = compact[start : start + n_rows * n_cols].reshape(n_rows, n_cols)
+        np.take(small, compact_map(src_w, width), axis=1, out=rows[base : base + n_rows])
+        row_index[top : top + sec_height] = compact_map(src_h, sec_height) + base
+        base += n_rows
+    return rows, row_index
+
+
 # ---------------------------------------------------------------- pixel -> array index
 
 
@@ -355,13 +390,14 @@ def locate(sections: Sequence[dict[str, Any]], width: int, x: int, y: int) -> di
     if not 0 <= local_y < int(rec["height"]):
         return None
     src_h, src_w = (int(v) for v in rec["source"])
-    rows = resize_indices(src_h, int(rec["height"]))
-    cols = resize_indices(src_w, width)
-    compact_row = int(np.count_nonzero(rows[1 : local_y + 1] != rows[:local_y]))
-    compact_col = int(np.count_nonzero(cols[1 : x + 1] != cols[:x]))
+    sec_height = int(rec["height"])
+    compact_row = int(compact_map(src_h, sec_height)[local_y])
+    compact_col = int(compact_map(src_w, width)[x])
     compact_cols = int(rec["compact"][1])
     shape = tuple(int(v) for v in rec["shape"])
-    index = source_index(rec["layout"], shape, src_w, int(rows[local_y]), int(cols[x]))
+    source_row = int(resize_indices(src_h, sec_height)[local_y])
+    source_col = int(resize_indices(src_w, width)[x])
+    index = source_index(rec["layout"], shape, src_w, source_row, source_col)
     return {
         "section": i,
         "name": rec["name"],

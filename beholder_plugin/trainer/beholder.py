@@ -371,13 +371,13 @@ class Beholder:
         """Render, encode, write and record one frame (on the worker thread)."""
         config = job.config
         header: dict[str, Any] = {"values": job.values, "sections": []}
-        values = None
-        row_index = None
+        values = rendered = height = row_index = None
         if job.kind == "sections":
             rendered = self._renderer.render(job.plan, job.buffer, config)
-            pixels, row_index, palette = rendered.rows, rendered.row_index, rendered.palette
-            values = rendered.values
+            pixels, palette, values = rendered.compact, rendered.palette, rendered.values
+            height = rendered.height
             header.update(
+                width=rendered.width,
                 sections=rendered.sections,
                 mode=config["mode"],
                 scaling=config["scaling"],
@@ -400,7 +400,7 @@ class Beholder:
             skipped=self.skipped,
             last_error=self.last_error,
         )
-        buffers = encode_frame(header, rows=pixels, row_index=row_index, palette=palette, values=values)
+        buffers = encode_frame(header, rows=pixels, palette=palette, values=values, height=height)
         try:
             self._write(buffers, job, frame_id, config)
         except OSError as exc:
@@ -409,6 +409,8 @@ class Beholder:
         self.frames_written = frame_id
         self._write_retry_at = float("-inf")
         if config["is_recording"]:
+            if rendered is not None:
+                pixels, row_index = rendered.rows()
             if palette is None:
                 rgb = pixels
             else:

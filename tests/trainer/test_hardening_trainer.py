@@ -269,6 +269,7 @@ SOAK = textwrap.dedent(
         arrays = {f"a{j}": a[..., : max(1, a.shape[-1] - k)] for j, a in enumerate(base)}
         handed += b.update(arrays=arrays, frame=lambda: rng.normal(size=(20 + k, 30)))
         if i in (1000, calls):
+            b.flush()  # the worker may be mid-write, holding a file open
             gc.collect()
             marks[i] = (rss(), fds(), threading.active_count())
     b.close()

@@ -7,7 +7,8 @@ number of sections:
 - variance: running sums over the flat buffer (``FlatWindow``);
 - statistics and bounds: segment reductions (``np.minimum.reduceat`` ...);
 - scaling: one subtract and one multiply with per-element bounds;
-- expansion: one gather from the scaled buffer into the frame's distinct rows.
+- no expansion: the frame stores each section's compact pixels beside its
+  values, and readers widen them with the layout arithmetic.
 
 Per-section Python work is bookkeeping only (the section records). Because a
 nearest-neighbour resize only copies values, working on the compact sections
@@ -23,16 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import SEPARATOR_HEIGHT, RenderError, SectionPlan
+from beholder_plugin.protocol.layout import SEPARATOR_HEIGHT, RenderError, SectionPlan, expand_sections
 from beholder_plugin.trainer.colormaps import palette_for
-
-# A frame whose distinct rows hold more pixels than this is expanded section by section,
-# so the gather index (4 bytes a pixel) never gets large.
-MAX_GATHER_PIXELS = 16 << 20
 
 
 class FramePlan:
-    """What a frame of these sections looks like, from shapes alone: offsets, rows and gather index."""
+    """What a frame of these sections looks like, from shapes alone: offsets, tops and weights."""
 
     def __init__(self, names: Sequence[str], plans: Sequence[SectionPlan]) -> None:
         if not plans:
@@ -47,36 +44,16 @@ class FramePlan:
         self.value_count = int(self.offsets[-1])
         self.tops: list[int] = []
         self.height = sum(p.height for p in plans) + SEPARATOR_HEIGHT * (len(plans) - 1)
-        separator = 1 if len(plans) > 1 else 0  # a stored black row, only where there are separators
-        self.row_count = separator + sum(p.compact_shape[0] for p in plans)
-        self.row_index = np.zeros(self.height, dtype=np.uint32)
-        self.row_base: list[int] = []
         weights = np.empty(self.value_count, dtype=np.float32)
-        y, base = 0, separator
+        y = 0
         for plan, start in zip(plans, self.starts):
             rows, cols = plan.compact_shape
             self.tops.append(y)
-            self.row_base.append(base)
-            self.row_index[y : y + plan.height] = plan.row_map + base
             # how many pixels of the full-size section each compact value fills (exact in float32)
             weights[start : start + rows * cols] = np.outer(plan.row_weight, plan.col_weight).ravel()
-            base += rows
             y += plan.height + SEPARATOR_HEIGHT
         self.mean_weights = weights
         self.pixel_counts = np.asarray([p.height * p.width for p in plans], dtype=np.float64)
-        self.gather: np.ndarray | None = None
-        if self.row_count * self.width <= MAX_GATHER_PIXELS:
-            self.gather = self._gather_index(separator)
-
-    def _gather_index(self, separator: int) -> np.ndarray:
-        """For each stored pixel, its element in the scaled buffer (the last element is the black 0)."""
-        index = np.empty((self.row_count, self.width), dtype=np.intp)
-        if separator:
-            index[0] = self.value_count
-        for plan, start, base in zip(self.plans, self.starts, self.row_base):
-            rows, cols = plan.compact_shape
-            index[base : base + rows] = start + np.arange(rows)[:, None] * cols + plan.col_map[None, :]
-        return index
 
     def section_view(self, buffer: np.ndarray, i: int) -> np.ndarray:
         """Section i's compact (rows, columns) view of a flat buffer."""
@@ -166,18 +143,24 @@ class FlatWindow:
 
 @dataclass
 class Rendered:
-    """A rendered frame, row-encoded: ``rows[row_index]`` are its palette indices."""
+    """A rendered frame: compact pixels and the values behind them, one of each per compact value."""
 
-    rows: np.ndarray  # (R, W) uint8 distinct rows
-    row_index: np.ndarray  # (H,) uint32
-    palette: np.ndarray  # (256, 3) uint8
+    compact: np.ndarray  # (V,) uint8 palette indices, laid out as the values
     values: np.ndarray  # (V,) float32: the values that were scaled (current values or variance)
+    palette: np.ndarray  # (256, 3) uint8
     sections: list[dict[str, Any]]
+    width: int
+    height: int
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The frame's distinct rows and row index (rows[index] is the full frame)."""
+        return expand_sections(self.sections, self.width, self.height, self.compact)
 
     @property
     def pixels(self) -> np.ndarray:
         """The full (H, W) frame of palette indices."""
-        return np.take(self.rows, self.row_index, axis=0)
+        rows, index = self.rows()
+        return np.take(rows, index, axis=0)
 
 
 def _json_float(value: float) -> float | None:
@@ -231,7 +214,7 @@ class Renderer:
             hi_b = np.full(len(lows), g_hi)
         else:
             lo_b, hi_b = lows, highs
-        rows = self._expand(plan, self._scale(plan, shown, lo_b, hi_b, unclean))
+        compact = self._scale(plan, shown, lo_b, hi_b, unclean)
         records = []
         for i, (name, p) in enumerate(zip(plan.names, plan.plans)):
             lo, hi = float(lows[i]), float(highs[i])
@@ -253,11 +236,12 @@ class Renderer:
                 }
             )
         return Rendered(
-            rows=rows,
-            row_index=plan.row_index,
-            palette=palette_for(config["colormap"]),
+            compact=compact,
             values=shown,
+            palette=palette_for(config["colormap"]),
             sections=records,
+            width=plan.width,
+            height=plan.height,
         )
 
     def _scale(
@@ -265,12 +249,12 @@ class Renderer:
     ) -> np.ndarray:
         """Every value mapped to 0..255 (uint8, truncated) in float32; NaN and -inf low, +inf high.
 
-        Returns a buffer one longer than values whose last element is 0 (the separator).
+        Returns a reused buffer.
         """
         n = plan.value_count
         if self._scratch.shape[0] != n:
             self._scratch = np.empty(n, np.float32)
-            self._scaled = np.zeros(n + 1, np.uint8)
+            self._scaled = np.zeros(n, np.uint8)
         lo32 = np.where(np.isfinite(lo), lo, 0).astype(np.float32)
         k32 = np.asarray([scale_factor(a, b) for a, b in zip(lo, hi)], dtype=np.float32)
         tmp = self._scratch
@@ -282,21 +266,8 @@ class Renderer:
             np.nan_to_num(seg, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
             if k32[i] == 0:
                 seg.fill(0)
-        np.copyto(self._scaled[:n], tmp, casting="unsafe")
+        np.copyto(self._scaled, tmp, casting="unsafe")
         return self._scaled
-
-    def _expand(self, plan: FramePlan, scaled: np.ndarray) -> np.ndarray:
-        """The frame's distinct rows: each compact row widened to the frame width by its column map."""
-        rows = np.empty((plan.row_count, plan.width), dtype=np.uint8)
-        if plan.gather is not None:
-            np.take(scaled, plan.gather, out=rows)
-            return rows
-        if plan.row_count > sum(p.compact_shape[0] for p in plan.plans):
-            rows[0] = 0
-        for i, (p, base) in enumerate(zip(plan.plans, plan.row_base)):
-            small = plan.section_view(scaled[:-1], i)
-            np.take(small, p.col_map, axis=1, out=rows[base : base + p.compact_shape[0]])
-        return rows
 
 
 def _segment_bounds(plan: FramePlan, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
