@@ -21,7 +21,14 @@ import stat
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
+# A read during which the file changed is tried this many times.
+# Every frame file starts with this many bytes that no other frame shares (see frame_format).
+STAMP_BYTES = 128
+# A file rewritten in place starts with these bytes until it is whole again.
+_REWRITING = b"\x00" * 8
+_RETRIES = 3
 # Directory listings stop after this many entries.
 MAX_LIST_ENTRIES = 100_000
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -65,53 +72,90 @@ class LocalFiles:
 
     def read(self, path: str, limit: int) -> bytes | None:
         """The whole file (at most limit bytes, else FileRefused), or None when there is no file."""
-        try:
-            fd, st = _open_regular(path, limit)
-        except FileNotFoundError:
-            return None
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:  # grew after fstat
-            raise FileRefused(f"{os.path.basename(path)} is more than the {limit} bytes allowed")
-        return data
+        found = self.read_with_identity(path, limit)
+        return None if found is None else found[0]
 
     def read_with_identity(self, path: str, limit: int) -> tuple[bytes, tuple] | None:
-        """The file's bytes and the identity of exactly what was read, or None when there is no file."""
-        try:
-            fd, st = _open_regular(path, limit)
-        except FileNotFoundError:
-            return None
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            raise FileRefused(f"{os.path.basename(path)} is more than the {limit} bytes allowed")
-        return data, identity_of(st)
+        """The file's bytes and the identity of exactly what was read, or None when there is no file.
 
-    def read_range(self, path: str, offset: int, length: int, limit: int) -> bytes | None:
-        """length bytes at offset of a regular file no larger than limit; None when there is no file."""
-        try:
-            fd, _ = _open_regular(path, limit)
-        except FileNotFoundError:
-            return None
-        try:
-            return os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
+        The trainer recycles dropped history files by rewriting them in place
+        (see write_atomic), and every frame begins with its own writer id,
+        frame id and time. So a read is whole if the file's first bytes are
+        the same after it and are not the "being rewritten" mark; otherwise
+        it is done again.
+        """
+        for _ in range(_RETRIES):
+            try:
+                fd, st = _open_regular(path, limit)
+            except FileNotFoundError:
+                return None
+            with os.fdopen(fd, "rb") as f:
+                data = f.read(limit + 1)
+                check = os.pread(f.fileno(), STAMP_BYTES, 0)
+                after = os.fstat(f.fileno())
+            if len(data) > limit:  # grew after fstat
+                raise FileRefused(f"{os.path.basename(path)} is more than the {limit} bytes allowed")
+            if check == data[:STAMP_BYTES] and not data.startswith(_REWRITING) and len(data) == after.st_size:
+                return data, identity_of(after)
+        raise FileRefused(f"{os.path.basename(path)} kept changing while it was read")
 
-    def write_atomic(self, path: str, buffers: Sequence[bytes | memoryview]) -> int:
-        """Replace path by these bytes atomically, creating its directory if needed; returns the size."""
+    def read_range(self, path: str, offset: int, length: int, limit: int,
+                   identity: tuple | None = None) -> bytes | None:
+        """length bytes at offset of a regular file no larger than limit; None when there is no file.
+
+        With ``identity``, FileRefused unless the file is still that one (so a
+        cached header and the bytes read belong to the same frame). The
+        file's first bytes are compared before and after, as in read_with_identity.
+        """
+        for _ in range(_RETRIES):
+            try:
+                fd, st = _open_regular(path, limit)
+            except FileNotFoundError:
+                return None
+            try:
+                if identity is not None and identity_of(st) != identity:
+                    raise FileRefused(f"{os.path.basename(path)} was replaced")
+                before = os.pread(fd, STAMP_BYTES, 0)
+                data = os.pread(fd, length, offset)
+                if os.pread(fd, STAMP_BYTES, 0) == before and not before.startswith(_REWRITING):
+                    return data
+            finally:
+                os.close(fd)
+        raise FileRefused(f"{os.path.basename(path)} kept changing while it was read")
+
+    def write_atomic(self, path: str, buffers: Sequence[bytes | memoryview], reuse: str | None = None) -> int:
+        """Replace path by these bytes atomically, creating its directory if needed; returns the size.
+
+        ``reuse`` names a spare file (a temporary name in the same directory)
+        to rewrite in place instead of creating a new one: on this kind of
+        file system, filling fresh pages costs ten times more than
+        overwriting pages a file already has.
+        """
         directory, name = os.path.split(path)
         tmp = os.path.join(directory, temp_name(name))
         size = 0
         try:
-            try:
-                f = open(tmp, "wb")
-            except FileNotFoundError:  # first write, or the directory was deleted: make it
-                os.makedirs(directory, exist_ok=True)
-                f = open(tmp, "wb")
+            f = None
+            in_place = False
+            if reuse is not None:
+                try:
+                    os.replace(reuse, tmp)
+                    f = open(tmp, "r+b")
+                    in_place = True
+                except OSError:
+                    f = None
+            if f is None:
+                try:
+                    f = open(tmp, "wb")
+                except FileNotFoundError:  # first write, or the directory was deleted: make it
+                    os.makedirs(directory, exist_ok=True)
+                    f = open(tmp, "wb")
             with f:
-                for chunk in buffers:
-                    size += f.write(chunk)
+                if in_place:
+                    size = _rewrite_in_place(f, buffers)
+                else:
+                    for chunk in buffers:
+                        size += f.write(chunk)
             os.replace(tmp, path)
         except BaseException:
             _unlink_quietly(tmp)
@@ -173,6 +217,29 @@ class LocalFiles:
             except OSError:
                 pass
         return removed
+
+
+def _rewrite_in_place(f: Any, buffers: Sequence[bytes | memoryview]) -> int:
+    """Overwrite an open file so a concurrent reader can tell: mark the start, write the rest, then the start.
+
+    A reader that saw any byte of the new contents finds, after its read,
+    either the mark or new first bytes, and reads again (LocalFiles.read_with_identity).
+    """
+    data = [memoryview(b).cast("B") for b in buffers]
+    head = bytes(data[0][:STAMP_BYTES]) if data else b""
+    f.write(_REWRITING)
+    f.flush()
+    f.seek(len(head))
+    size = len(head)
+    if data:
+        size += f.write(data[0][len(head):])
+    for chunk in data[1:]:
+        size += f.write(chunk)
+    f.truncate(size)
+    f.flush()
+    f.seek(0)
+    f.write(head)
+    return size
 
 
 def temp_name(name: str) -> str:

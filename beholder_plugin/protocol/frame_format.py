@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.files import LocalFiles, files_for
+from beholder_plugin.protocol.files import FileRefused, LocalFiles, files_for
 from beholder_plugin.protocol.layout import LAYOUTS, compact_map, expand_sections, locate
 from beholder_plugin.protocol.names import FRAME_MAGIC, FRAME_VERSION
 
@@ -178,8 +178,13 @@ def _encode_sections(header: dict[str, Any], compact: np.ndarray, palette: np.nd
     return [_prefix(head), values.data, palette.data, compact.data]
 
 
+# Header keys written first, so that a frame's first bytes differ from every other frame's.
+_STAMP_KEYS = ("writer", "frame_id", "time", "step")
+
+
 def _prefix(head: dict[str, Any]) -> bytes:
-    """Magic, length and JSON header, padded to a multiple of 8 bytes."""
+    """Magic, length and JSON header (its identifying keys first), padded to a multiple of 8 bytes."""
+    head = {**{k: head[k] for k in _STAMP_KEYS if k in head}, **head}
     text = json.dumps(head, allow_nan=False, separators=(",", ":")).encode("utf-8")
     pad = _align8(PREFIX_BYTES + len(text)) - PREFIX_BYTES - len(text)
     return FRAME_MAGIC + _LENGTH.pack(len(text)) + text + b"\x00" * pad
@@ -361,28 +366,39 @@ def read_frame_file(path: str, files: LocalFiles | None = None) -> Frame | None:
 def read_header(path: str, files: LocalFiles | None = None) -> tuple[dict[str, Any], int] | None:
     """A frame file's header and data offset, reading only the header's bytes; None if no file."""
     files = files or files_for(path)
-    first = files.read_range(path, 0, PREFIX_BYTES, MAX_FRAME_BYTES)
-    if first is None:
-        return None
-    span = header_span(first)
-    prefix = files.read_range(path, 0, span, MAX_FRAME_BYTES)
-    if prefix is None or len(prefix) < span:
-        raise FrameFormatError("frame file is shorter than its header")
-    return parse_header(prefix)
+    for attempt in range(3):  # the file may be replaced between the two reads: read the new one
+        identity = files.identity(path)
+        try:
+            first = files.read_range(path, 0, PREFIX_BYTES, MAX_FRAME_BYTES, identity)
+            if first is None:
+                return None
+            span = header_span(first)
+            prefix = files.read_range(path, 0, span, MAX_FRAME_BYTES, identity)
+        except FileRefused:
+            if attempt == 2:
+                raise
+            continue
+        if prefix is None or len(prefix) < span:
+            raise FrameFormatError("frame file is shorter than its header")
+        return parse_header(prefix)
+    return None
 
 
 def value_at(
     path: str, x: int, y: int, header: tuple[dict[str, Any], int] | None = None,
-    files: LocalFiles | None = None,
+    files: LocalFiles | None = None, identity: tuple | None = None,
 ) -> dict[str, Any] | None:
     """What pixel (x, y) of the frame at path shows: section name, array index and float32 value.
 
-    Reads the header (or takes it, parsed, from a cache) and the value's four
-    bytes; renders nothing. None on a separator, outside the frame, for a
-    frame without sections, or when there is no file.
+    Reads the header (or takes it, parsed, from a cache, with the identity of
+    the file it came from: FileRefused if the file has been replaced since)
+    and the value's four bytes; renders nothing. None on a separator,
+    outside the frame, for a frame without sections, or when there is no file.
     """
     files = files or files_for(path)
-    header = header or read_header(path, files)
+    if header is None:
+        identity = files.identity(path)
+        header = read_header(path, files)
     if header is None:
         return None
     head, offset = header
@@ -391,7 +407,7 @@ def value_at(
     where = locate(head.get("sections", []), head["width"], x, y)
     if where is None:
         return None
-    raw = files.read_range(path, offset + 4 * where["offset"], 4, MAX_FRAME_BYTES)
+    raw = files.read_range(path, offset + 4 * where["offset"], 4, MAX_FRAME_BYTES, identity)
     if raw is None or len(raw) != 4:
         raise FrameFormatError("frame file is shorter than its header implies")
     value = float(np.frombuffer(raw, "<f4")[0])

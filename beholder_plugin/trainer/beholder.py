@@ -47,6 +47,8 @@ EXIT_TIMEOUT_SECONDS = 5.0
 # A change of any of these starts the variance window afresh, as in the original.
 _HISTORY_KEYS = ("values", "mode", "show_all")
 MB = 1 << 20
+# Dropped history files kept to be rewritten in place: cheaper than fresh pages.
+MAX_SPARES = 2
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Beholder:
         self._write_retry_at = float("-inf")
         self._plans = PlanCache()
         self._frame_plans: dict[tuple, FramePlan] = {}
-        self._buffers: dict[int, np.ndarray] = {}
+        self._buffers: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
         self._renderer = Renderer()
         self._recorder = Recorder(self.directory)
         self._config = dict(DEFAULT_CONFIG)
@@ -116,6 +118,7 @@ class Beholder:
         self._step = 0
         self._warned: set[str] = set()
         self._history = HistoryRing(0, 0)
+        self._spares: list[str] = []  # dropped history files, rewritten in place for new frames
         self._history.adopt(self._history_dir, self._files)
         self._worker = Worker(self._run_job) if background else None
         self._files.remove_stale_temp_files(self.directory)
@@ -334,12 +337,13 @@ class Beholder:
             plan = self._frame_plans[key] = FramePlan(labels, self._plans.plans(shapes, show_all, labels))
         return plan
 
-    def _buffer(self, plan: FramePlan) -> np.ndarray:
-        """The reused flat buffer for a plan (the worker is idle whenever it is filled)."""
-        buffer = self._buffers.get(id(plan))
-        if buffer is None or buffer.shape[0] != plan.value_count:
-            buffer = self._buffers[id(plan)] = np.empty(plan.value_count, np.float32)
-        return buffer
+    def _buffer(self, plan: FramePlan) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The reused flat buffer for a plan and its section views (the worker is idle when it is filled)."""
+        found = self._buffers.get(id(plan))
+        if found is None or found[0].shape[0] != plan.value_count:
+            buffer = np.empty(plan.value_count, np.float32)
+            found = self._buffers[id(plan)] = (buffer, plan.section_views(buffer))
+        return found
 
     def _gather_named(self, job: _Job, named: list[tuple[str, Any]]) -> None:
         if not named:
@@ -349,9 +353,11 @@ class Beholder:
         prepared = [a.prepare(obj, name) for a, (name, obj) in zip(adapters, named)]
         shapes = [sources.shape_of(obj) for obj in prepared]
         plan = self._frame_plan(labels, shapes, job.config["show_all"])
-        buffer = self._buffer(plan)
-        for i, (adapter, obj, label) in enumerate(zip(adapters, prepared, labels)):
-            sources.gather_into(adapter, obj, plan.plans[i], plan.section_view(buffer, i), label)
+        buffer, views = self._buffer(plan)
+        gather = sources.gather_into
+        with np.errstate(over="ignore", invalid="ignore"):
+            for adapter, obj, section, out, label in zip(adapters, prepared, plan.plans, views, labels):
+                gather(adapter, obj, section, out, label)
         job.kind, job.plan, job.buffer = "sections", plan, buffer
 
     def _gather_session(self, job: _Job, session: Any) -> None:
@@ -360,9 +366,10 @@ class Beholder:
         labels, shapes = tf_tensors.session_variable_shapes(session)
         plan = self._frame_plan(labels, shapes, job.config["show_all"])
         compacts = tf_tensors.session_fetch(session, plan.plans)
-        buffer = self._buffer(plan)
-        for i, compact in enumerate(compacts):
-            np.copyto(plan.section_view(buffer, i), compact, casting="unsafe")
+        buffer, views = self._buffer(plan)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for out, compact in zip(views, compacts):
+                np.copyto(out, compact, casting="unsafe")
         job.kind, job.plan, job.buffer = "sections", plan, buffer
 
     # ------------------------------------------------------------ the worker's part
@@ -425,19 +432,34 @@ class Beholder:
         ring.max_seconds = config["history_seconds"]
         if not ring.enabled:
             self._files.write_atomic(self._frame_path, buffers)
-            for name in ring.expired(job.time):
+            for name in ring.expired(job.time) + self._spares:
                 self._files.remove(os.path.join(self._history_dir, name))
+            self._spares = []
             return
         name = history_name(job.time, self._writer_id, frame_id, job.step)
         path = os.path.join(self._history_dir, name)
-        size = self._files.write_atomic(path, buffers)
+        spare = os.path.join(self._history_dir, self._spares.pop()) if self._spares else None
+        size = self._files.write_atomic(path, buffers, reuse=spare)
         try:
             self._files.link_atomic(path, self._frame_path)
         except OSError:  # no hard links here (or a race with a deleted directory): write it again
             self._files.write_atomic(self._frame_path, buffers)
         ring.add(HistoryEntry(name, job.time, self._writer_id, frame_id, job.step, size))
         for old in ring.expired(job.time):
-            self._files.remove(os.path.join(self._history_dir, old))
+            self._recycle(old)
+
+    def _recycle(self, name: str) -> None:
+        """Keep a dropped history file as a spare to rewrite in place (a couple at most), else delete it."""
+        old = os.path.join(self._history_dir, name)
+        if len(self._spares) < MAX_SPARES:
+            spare = f".spare-{self._writer_id}-{len(self._spares)}.tmp"
+            try:
+                os.replace(old, os.path.join(self._history_dir, spare))
+                self._spares.append(spare)
+                return
+            except OSError:
+                pass
+        self._files.remove(old)
 
     def _write_failed(self, exc: OSError) -> None:
         """Note a failed write (read-only logdir, full disk): warn once, pause rendering, retry later."""

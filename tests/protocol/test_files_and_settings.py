@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -126,3 +127,50 @@ def test_the_resize_follows_tensorflows_float32_rule():
         assert got.min() >= 0 and got.max() <= src - 1 and (np.diff(got) >= 0).all()
     plan = make_plan((112,), 768, False)
     assert plan.index[0][0, plan.col_map[432]] == 62
+
+
+def test_a_file_rewritten_in_place_while_read_is_never_returned_torn(tmp_path):
+    """The trainer rewrites dropped history files in place; a reader gets one whole version
+    or a refusal.
+
+    As in frame files, every version starts with bytes of its own (here a counter).
+    """
+    path = str(tmp_path / "recycled.bin")
+    size = 4 << 20
+    fills = [bytes([v]) * (size - 8) for v in range(256)]
+
+    def version(n):
+        return n.to_bytes(8, "little") + fills[n % 256]
+
+    LOCAL.write_atomic(path, [version(0)])
+    stop = threading.Event()
+
+    def rewrite():  # what the trainer does to a spare: rewrite it in place, then move it into place
+        n = 0
+        while not stop.is_set():
+            n += 1
+            LOCAL.write_atomic(path, [version(n)], reuse=path)
+            time.sleep(0.01)  # frames come at some rate; reads still overlap rewrites often
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    whole = missed = 0
+    deadline = time.monotonic() + 20
+    try:
+        while whole < 30 and time.monotonic() < deadline:
+            try:
+                data = LOCAL.read(path, size)
+            except FileRefused as exc:  # overlapped rewrites three times running
+                assert "kept changing" in str(exc)
+                missed += 1
+                continue
+            if data is None:  # moved away to be rewritten at that moment: as a dropped frame reads
+                missed += 1
+                continue
+            n = int.from_bytes(data[:8], "little")
+            assert data == version(n)  # one version throughout, never a mix
+            whole += 1
+    finally:
+        stop.set()
+        writer.join()
+    assert whole == 30 and missed > 0, (whole, missed)  # the race was met, and never returned torn

@@ -159,7 +159,7 @@ def test_value_at_reads_the_header_and_four_bytes(run_dir, monkeypatch):
                                                           values=values))
     reads = []
     real = LOCAL.read_range
-    monkeypatch.setattr(LOCAL, "read_range", lambda p, o, n, lim: reads.append(n) or real(p, o, n, lim))
+    monkeypatch.setattr(LOCAL, "read_range", lambda p, o, n, *rest: reads.append(n) or real(p, o, n, *rest))
     header = read_header(frame_path(run_dir))
     reads.clear()
     for y in range(3):

@@ -47,6 +47,7 @@ ROOTS: dict[str, str] = {
     "jaxlib": "jax",
 }
 _LOADED: dict[str, ModuleType] = {}
+_BY_TYPE: dict[type, ModuleType] = {}
 
 
 def framework_of(obj: Any) -> str:
@@ -65,18 +66,33 @@ def adapter(framework: str) -> ModuleType:
 
 
 def adapter_for(obj: Any) -> ModuleType:
-    """The adapter module for an object."""
-    return adapter(framework_of(obj))
+    """The adapter module for an object (looked up once per type)."""
+    kind = type(obj)
+    found = _BY_TYPE.get(kind)
+    if found is None:
+        found = adapter(framework_of(obj))
+        if len(_BY_TYPE) < 256:
+            _BY_TYPE[kind] = found
+    return found
 
 
 def shape_of(obj: Any) -> tuple[int, ...]:
     """The shape of a prepared array-like as a tuple of ints."""
+    if type(obj) is np.ndarray:
+        return obj.shape
     return tuple(int(s) for s in obj.shape)
 
 
 def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.ndarray, label: str) -> None:
-    """Copy the plan's compact section of a prepared array into out (float32, compact shape)."""
+    """Copy the plan's compact section of a prepared array into out (float32, compact shape).
+
+    Call inside ``np.errstate(over="ignore", invalid="ignore")``: float64
+    values beyond float32's range become inf, as they would be shown anyway.
+    """
     values = source.compact(prepared, plan, label)
+    if values.dtype == np.float32 and values.shape == out.shape:
+        out[...] = values
+        return
     kind = values.dtype.kind
     if kind == "c":
         values = np.abs(values)
@@ -87,8 +103,7 @@ def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.nd
             raise RenderError(f"section {label}: values of dtype {values.dtype} cannot be shown") from None
     if values.shape != out.shape:
         values = np.broadcast_to(values, out.shape)
-    with np.errstate(over="ignore", invalid="ignore"):
-        np.copyto(out, values, casting="unsafe")
+    np.copyto(out, values, casting="unsafe")
 
 
 def prepare(obj: Any, label: str) -> Any:
@@ -99,7 +114,8 @@ def prepare(obj: Any, label: str) -> Any:
 def fetch_compact(obj: Any, plan: SectionPlan, label: str) -> np.ndarray:
     """The plan's compact section of a prepared object as a new float32 array."""
     out = np.empty(plan.compact_shape, np.float32)
-    gather_into(adapter_for(obj), obj, plan, out, label)
+    with np.errstate(over="ignore", invalid="ignore"):
+        gather_into(adapter_for(obj), obj, plan, out, label)
     return out
 
 

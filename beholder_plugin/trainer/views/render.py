@@ -55,6 +55,10 @@ class FramePlan:
         self.mean_weights = weights
         self.pixel_counts = np.asarray([p.height * p.width for p in plans], dtype=np.float64)
 
+    def section_views(self, buffer: np.ndarray) -> list[np.ndarray]:
+        """Every section's compact (rows, columns) view of a flat buffer."""
+        return [self.section_view(buffer, i) for i in range(len(self.plans))]
+
     def section_view(self, buffer: np.ndarray, i: int) -> np.ndarray:
         """Section i's compact (rows, columns) view of a flat buffer."""
         start = self.offsets[i]
