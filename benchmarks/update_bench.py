@@ -106,7 +106,7 @@ def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=40, help="frames before timing (fills the history ring)")
+    parser.add_argument("--warmup", type=int, default=40, help="frames before timing (fills history)")
     args = parser.parse_args()
     models = load_models()
     print(
@@ -117,7 +117,8 @@ def main() -> None:
         for name, shapes in models.items():
             arrays_list = [make_arrays(shapes, seed) for seed in (0, 1)]  # alternate: variance moves
             for mode in ("current", "variance"):
-                got = measure(os.path.join(tmp, f"{name}-{mode}"), arrays_list, mode, args.repeats, args.warmup)
+                logdir = os.path.join(tmp, f"{name}-{mode}")
+                got = measure(logdir, arrays_list, mode, args.repeats, args.warmup)
                 floor, block, cpu = (statistics.median(got[k]) * 1e3 for k in ("floor", "blocking", "cpu"))
                 print(
                     f"{name:<15}{len(shapes):>7}{mode:>10}{floor:>10.3f}{block:>13.3f}"
