@@ -16,7 +16,7 @@ from support import due, set_config
 
 from beholder_plugin import Beholder, read_frame, read_section_info
 from beholder_plugin.protocol.layout import RenderError
-from beholder_plugin.protocol.runfiles import FRAME_FILE, plugin_dir, read_frame_file
+from beholder_plugin.protocol.runfiles import FRAME_FILE, config_path, plugin_dir, read_frame_file
 
 pytestmark = pytest.mark.usefixtures("flushed_updates")
 
@@ -293,3 +293,35 @@ def test_soak_100k_updates_with_changing_shapes_and_settings(run_dir):
     assert handed > 1000
     assert rss_100k <= rss_1k * 1.10, (rss_1k, rss_100k)
     assert fd_100k == fd_1k and threads_100k == threads_1k
+
+
+@pytest.mark.parametrize("kind", ["fifo", "sparse"])
+def test_a_fifo_or_a_huge_sparse_config_never_blocks_or_swamps_update(run_dir, kind, caplog):
+    """A FIFO named config.json once hung update() forever; a 4 GB sparse one took 32 s and 8 GB."""
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    beholder = Beholder(run_dir)
+    assert beholder.update(arrays=[np.arange(3.0)])
+    os.unlink(config_path(run_dir))
+    if kind == "fifo":
+        os.mkfifo(config_path(run_dir))
+    else:
+        with open(config_path(run_dir), "wb") as f:
+            f.truncate(4 << 30)
+    result = {}
+    caller = threading.Thread(target=lambda: result.update(ok=_updates(beholder)), daemon=True)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        caller.start()
+        caller.join(20)
+    assert not caller.is_alive(), "update() blocked on config.json"
+    assert result["ok"] == 3 and beholder.failures == 0  # the settings in force are kept
+    assert caplog.text.count("keeping the last good settings") == 1  # once per change of the file
+    reason = "not a regular file" if kind == "fifo" else "more than the"
+    assert reason in caplog.text
+
+
+def _updates(beholder) -> int:
+    handed = 0
+    for _ in range(3):
+        due(beholder)
+        handed += beholder.update(arrays=[np.arange(4.0)])
+    return handed
