@@ -68,8 +68,11 @@ class FramePlan:
 class FlatWindow:
     """The last few flat buffers, with running float32 sums for their per-value variance.
 
-    Sums are of the deviation from a reference sample and are rebuilt from the
-    stored samples every ``size`` pushes, so rounding does not build up.
+    ``s1`` and ``s2`` sum the deviations from a reference sample and their
+    squares. Replacing the oldest sample ``o`` by a new one ``n`` changes them
+    by ``n - o`` and ``(n - o) * (n + o - 2 ref)``: six whole-buffer passes.
+    The sums are rebuilt from the stored samples every ``size`` pushes, so
+    rounding does not build up.
     """
 
     def __init__(self, size: int, count: int) -> None:
@@ -78,9 +81,11 @@ class FlatWindow:
         self.samples: list[np.ndarray] = []  # oldest first
         self.pushes = 0
         self.ref = np.zeros(count, np.float32)
+        self.ref2 = np.zeros(count, np.float32)  # twice the reference sample
         self.s1 = np.zeros(count, np.float32)
         self.s2 = np.zeros(count, np.float32)
-        self._d = np.empty(count, np.float32)
+        self._a = np.empty(count, np.float32)
+        self._b = np.empty(count, np.float32)
         self._out = np.empty(count, np.float32)
         self._spare: list[np.ndarray] = []
 
@@ -96,48 +101,56 @@ class FlatWindow:
         self.pushes = 0
         if not self.samples:
             return
-        np.copyto(self.ref, self.samples[-1])
+        ref = self.ref
+        np.copyto(ref, self.samples[-1])
+        np.add(ref, ref, out=self.ref2)
         self.s1.fill(0)
         self.s2.fill(0)
-        for sample in self.samples:
-            self._accumulate(sample, 1)
-
-    def _accumulate(self, sample: np.ndarray, sign: int) -> None:
+        d = self._a
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite input: NaN variance, shown low
-            d = np.subtract(sample, self.ref, out=self._d)
-            if sign > 0:
+            for sample in self.samples:
+                np.subtract(sample, ref, out=d)
                 self.s1 += d
                 np.multiply(d, d, out=d)
                 self.s2 += d
-            else:
-                self.s1 -= d
-                np.multiply(d, d, out=d)
-                self.s2 -= d
 
     def push(self, values: np.ndarray) -> np.ndarray:
         """Add a copy of the newest flat buffer and return the variance over the window (reused buffer)."""
         sample = self._spare.pop() if self._spare else np.empty(self.count, np.float32)
         np.copyto(sample, values)
-        if not self.samples:
-            self.samples.append(sample)
+        self.samples.append(sample)
+        if len(self.samples) == 1:
             self._rebuild()
-        else:
-            if len(self.samples) >= self.size:
+            return self.variance()
+        with np.errstate(invalid="ignore", over="ignore"):
+            if len(self.samples) > self.size:
                 oldest = self.samples.pop(0)
-                self._accumulate(oldest, -1)
+                diff = np.subtract(sample, oldest, out=self._a)
+                self.s1 += diff
+                both = np.add(sample, oldest, out=self._b)
+                both -= self.ref2
+                diff *= both
+                self.s2 += diff
                 self._spare.append(oldest)
-            self.samples.append(sample)
-            self._accumulate(sample, 1)
-            self.pushes += 1
-            if self.pushes >= self.size:
-                self._rebuild()
+            else:
+                self._add(sample)
+        self.pushes += 1
+        if self.pushes >= self.size:
+            self._rebuild()
         return self.variance()
+
+    def _add(self, sample: np.ndarray) -> None:
+        """Add one sample's deviation from the reference to the sums (while the window fills)."""
+        d = np.subtract(sample, self.ref, out=self._b)
+        self.s1 += d
+        np.multiply(d, d, out=d)
+        self.s2 += d
 
     def variance(self) -> np.ndarray:
         """Per-value population variance over the samples in the window."""
         inv_n = np.float32(1.0 / len(self.samples))
         with np.errstate(invalid="ignore", over="ignore"):
-            mean = np.multiply(self.s1, inv_n, out=self._d)
+            mean = np.multiply(self.s1, inv_n, out=self._a)
             np.multiply(mean, mean, out=mean)
             var = np.multiply(self.s2, inv_n, out=self._out)
             np.subtract(var, mean, out=var)
