@@ -82,6 +82,7 @@ def make_frames(run_dir: str | os.PathLike, count: int = 1, **config: Any) -> No
         if i:
             time.sleep(1 / 30 + 0.005)  # the FPS throttle
         assert beholder.update(arrays={"w": rng.normal(size=(8, 6)), "b": rng.normal(size=6)})
+        beholder.flush()
     beholder.close()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import urllib.parse
 from pathlib import Path
 
@@ -41,6 +42,9 @@ ALLOWED = {
     "live": {200, 204} | RUN_ERRORS,
     "section-info": {200} | RUN_ERRORS,
     "config": {200} | RUN_ERRORS,
+    "value": {200} | RUN_ERRORS,  # 404 also for a separator or a pixel outside the frame
+    "history": {200} | RUN_ERRORS,
+    "history/frame": {200, 304} | RUN_ERRORS,
     "post": {200, 405, 413, 415} | RUN_ERRORS,
 }
 
@@ -140,9 +144,9 @@ def world(tmp_path_factory):
     # A symlink that stays inside the logdir: allowed.
     os.symlink(logs / "train" / "a", logs / "alias")
     # A run whose files themselves lead out of the logdir.
-    for name in (FRAME_FILE, "config.json", "section-info.json"):
+    for name in (FRAME_FILE, "config.json", "history"):
         target = os.path.join(plugin_dir(logs / "files-out"), name)
-        os.unlink(target)
+        shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.unlink(target)
         os.symlink(os.path.join(plugin_dir(outside), name), target)
     plugin, client = plugin_client(logs)
     plugin._hub.idle_exit = 0.5
@@ -154,7 +158,7 @@ def reads_inside(world, run: str) -> bool:
     root = os.path.realpath(world["logs"])
     run_dir = os.path.normpath(os.path.join(world["logs"], run))
     paths = [run_dir] + [os.path.join(plugin_dir(run_dir), n)
-                         for n in (FRAME_FILE, "config.json", "section-info.json")]
+                         for n in (FRAME_FILE, "config.json", "history")]
     return all(os.path.realpath(p) == root or os.path.realpath(p).startswith(root + os.sep)
                for p in paths)
 
@@ -185,6 +189,27 @@ def test_fuzzed_run_names_on_every_get_route(world, run, route, etag):
     resp = world["client"].get(f"{BASE}/{route}", query_string={"run": run},
                                headers={"If-None-Match": etag})
     check(world, resp, route, before, run=run)
+
+
+@FUZZ
+@given(
+    run=st.one_of(st.sampled_from([".", "train/a", "files-out"]), RUN_NAMES),
+    x=st.one_of(st.integers(-5, 1000).map(str), st.text(max_size=12)),
+    y=st.one_of(st.integers(-5, 300).map(str), st.text(max_size=12)),
+    name=st.one_of(st.none(), st.text(max_size=60), st.sampled_from(["f-0000000000000001-ab-1-1.bin"])),
+    route=st.sampled_from(["value", "history", "history/frame"]),
+)
+def test_fuzzed_inspection_routes(world, run, x, y, name, route):
+    """Value look-ups and the history routes: documented statuses only, nothing written."""
+    before = snapshot(world["root"])
+    query = {"run": run, "x": x, "y": y}
+    if name is not None:
+        query["frame" if route == "value" else "name"] = name
+    resp = world["client"].get(f"{BASE}/{route}", query_string=query)
+    check(world, resp, route, before, run=run if route != "value" or name is None else None)
+    if resp.status_code == 200 and route == "value":
+        found = json.loads(resp.get_data())
+        assert set(found) >= {"section", "name", "index", "value", "frame_id", "step"}
 
 
 @FUZZ
@@ -272,8 +297,10 @@ def test_fuzzed_static_names_and_runs_listing(world, name, fresh):
 def test_files_symlinked_out_of_the_logdir_are_neither_read_nor_written(world):
     client, outside = world["client"], world["root"] / "outside"
     before = snapshot(world["root"])
-    for route in ("frame", "live", "section-info", "config"):
-        resp = client.get(f"{BASE}/{route}", query_string={"run": "files-out", "timeout": "0"})
+    for route in ("frame", "live", "section-info", "config", "value", "history", "history/frame"):
+        query = {"run": "files-out", "timeout": "0", "x": "0", "y": "0",
+                 "name": "f-0000000000000001-ab-1-1.bin"}
+        resp = client.get(f"{BASE}/{route}", query_string=query)
         assert resp.status_code == 403, route
         assert "outside the logdir" in json.loads(resp.get_data())["error"]
     resp = client.post(f"{BASE}/config?run=files-out", data=b'{"colormap": "plasma"}',

@@ -14,13 +14,14 @@ import pytest
 from PIL import Image
 from server_support import make_frames, plugin_client, read_config_file, wait_for, write_config_file
 
+from beholder_plugin.protocol.files import LOCAL
+from beholder_plugin.protocol.frame_format import encode_frame
 from beholder_plugin.protocol.runfiles import (
-    Frame,
     config_path,
+    frame_path,
     plugin_dir,
     read_frame,
-    read_section_info_document,
-    write_frame,
+    read_frame_file,
 )
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG
 
@@ -221,7 +222,7 @@ def test_frame_is_the_latest_frame_as_png(client, logdir):
 def test_rgb_frames_are_served_as_rgb(tmp_path):
     os.makedirs(plugin_dir(tmp_path))
     pixels = np.random.default_rng(1).integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
-    write_frame(tmp_path, Frame(pixels, None, {"frame_id": 3, "writer": "abc123"}))
+    LOCAL.write_atomic(frame_path(tmp_path), encode_frame({"frame_id": 3, "writer": "abc123"}, rows=pixels))
     _, client = plugin_client(tmp_path)
     resp = client.get(f"{BASE}/frame?run=.")
     assert resp.headers["ETag"] == '"abc123-3"'
@@ -338,12 +339,31 @@ def test_live_waits_for_the_first_frame_of_a_new_run(tmp_path):
 # ---------------------------------------------------------------- section info
 
 
-def test_section_info_is_the_json_document(client, logdir):
+def test_section_info_is_the_latest_frames_own_table(client, logdir):
     resp = client.get(f"{BASE}/section-info?run=.")
     assert resp.status_code == 200
     doc = json.loads(resp.get_data())
-    assert doc == read_section_info_document(logdir)
+    frame = read_frame_file(logdir)
+    assert doc["sections"] == frame.sections and doc["frame_id"] == frame.header["frame_id"]
     assert [s["name"] for s in doc["sections"]] == ["w", "b"]
+    assert doc["writer"] == frame.header["writer"] == client.get(f"{BASE}/frame?run=.").headers[
+        "X-Beholder-Writer"]
+
+
+def test_section_info_changes_with_the_frame_it_belongs_to(tmp_path):
+    from beholder_plugin import Beholder
+
+    write_config_file(tmp_path, values="arrays", mode="current", FPS=30)
+    _, client = plugin_client(tmp_path)
+    with Beholder(tmp_path, strict=True) as beholder:
+        for step, names in enumerate((["a", "b"], ["c"], ["d", "e", "f"])):
+            beholder._last_frame_time = float("-inf")
+            assert beholder.update(arrays={n: np.arange(3.0 + step) for n in names})
+            beholder.flush()
+            doc = json.loads(client.get(f"{BASE}/section-info?run=.").get_data())
+            frame = client.get(f"{BASE}/frame?run=.")
+            assert [s["name"] for s in doc["sections"]] == names
+            assert str(doc["frame_id"]) == frame.headers["X-Beholder-Frame-Id"] == str(step + 1)
 
 
 def test_section_info_before_any_frame(tmp_path):
@@ -353,12 +373,16 @@ def test_section_info_before_any_frame(tmp_path):
     assert doc["sections"] == [] and doc["frame_id"] is None
 
 
-def test_invalid_section_info_is_a_clear_error(client, logdir):
-    with open(os.path.join(plugin_dir(logdir), "section-info.json"), "w") as f:
-        f.write('{"version": 1}')
-    resp = client.get(f"{BASE}/section-info?run=.")
-    assert resp.status_code == 500
-    assert "section-info.json" in json.loads(resp.get_data())["error"]
+def test_an_old_or_corrupt_frame_file_is_a_clear_error(client, logdir):
+    head = json.dumps({"version": 1, "height": 1, "width": 1, "channels": 3}).encode()
+    LOCAL.write_atomic(frame_path(logdir), [b"BHFRAME\0" + len(head).to_bytes(4, "little") + head + b"abc"])
+    for route in ("frame", "section-info"):
+        resp = client.get(f"{BASE}/{route}?run=.")
+        assert resp.status_code == 500
+        assert "version 1, written by an older Beholder" in json.loads(resp.get_data())["error"]
+    LOCAL.write_atomic(frame_path(logdir), [b"not a frame at all"])
+    resp = client.get(f"{BASE}/value?run=.&x=1&y=1")
+    assert resp.status_code == 500 and "bad magic" in json.loads(resp.get_data())["error"]
 
 
 # ---------------------------------------------------------------- config
@@ -498,9 +522,9 @@ def test_config_on_a_read_only_run(client, logdir):
         _immutable(directory, False)
 
 
-def test_directories_in_place_of_the_json_files_get_clear_answers(tmp_path):
+def test_directories_in_place_of_the_files_get_clear_answers(tmp_path):
     make_frames(tmp_path)
-    for name in ("config.json", "section-info.json"):
+    for name in ("config.json", "frame.bin"):
         path = os.path.join(plugin_dir(tmp_path), name)
         if os.path.exists(path):
             os.remove(path)
@@ -509,9 +533,9 @@ def test_directories_in_place_of_the_json_files_get_clear_answers(tmp_path):
     resp = client.get(f"{BASE}/config?run=.")
     assert resp.status_code == 200
     body = json.loads(resp.get_data())
-    assert body["config"] == DEFAULT_CONFIG and "config.json cannot be read" in body["problem"]
+    assert body["config"] == DEFAULT_CONFIG and "config.json is not a regular file" in body["problem"]
     resp = client.get(f"{BASE}/section-info?run=.")
     assert resp.status_code == 500
-    assert "section-info.json cannot be read" in json.loads(resp.get_data())["error"]
+    assert "frame.bin is not a regular file" in json.loads(resp.get_data())["error"]
     resp = post_config(client, ".", {"FPS": 5})
     assert resp.status_code == 403 and os.path.isdir(os.path.join(plugin_dir(tmp_path), "config.json"))

@@ -21,20 +21,26 @@ from typing import Any
 
 from PIL import Image
 
-from beholder_plugin.protocol.runfiles import Frame, decode_frame
+from beholder_plugin.protocol.files import LOCAL, FileRefused
+from beholder_plugin.protocol.frame_format import (
+    MAX_FRAME_BYTES,
+    Frame,
+    FrameFormatError,
+    decode_frame,
+    read_header,
+    value_at,
+)
 
 # zlib level 1: about three times faster than the default for a ~1000 x 768 frame,
 # and palette frames compress well anyway.
 PNG_COMPRESS_LEVEL = 1
+# Frame files with a cache slot at most (the latest frames of runs, and kept frames looked at).
+MAX_SLOTS = 256
 
 
 def file_identity(path: str) -> tuple | None:
     """(inode, size, mtime_ns) of a file, or None when it does not exist."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return LOCAL.identity(path)
 
 
 def encode_png(frame: Frame) -> bytes:
@@ -58,6 +64,7 @@ class EncodedFrame:
     etag: str
     png: bytes
     header: dict[str, Any]
+    data_offset: int = 0  # where the frame file's values block starts (for value look-ups)
     encoded_at: float = field(default_factory=time.time)
 
     def headers(self) -> list[tuple[str, str]]:
@@ -75,6 +82,24 @@ class EncodedFrame:
                 out.append((name, str(head[key])))
         out.append(("X-Beholder-Size", f"{head.get('width')}x{head.get('height')}"))
         return out
+
+
+def encode_frame_file(data: bytes, identity: tuple) -> EncodedFrame:
+    """Decode a frame file's bytes and encode it as PNG (FrameFormatError for a bad file)."""
+    frame = decode_frame(data)
+    return EncodedFrame(
+        identity=identity,
+        etag=_etag_for(frame.header, identity),
+        png=encode_png(frame),
+        header=frame.header,
+        data_offset=_data_offset(data),
+    )
+
+
+def _data_offset(data: bytes) -> int:
+    """Where the values block of a (valid) frame file starts."""
+    head_len = int.from_bytes(data[8:12], "little")
+    return (12 + head_len + 7) & ~7
 
 
 def _etag_for(header: dict[str, Any], identity: tuple) -> str:
@@ -109,6 +134,7 @@ class FrameHub:
         self.idle_exit = idle_exit
         self.encodings = 0  # how many times a frame was read and encoded (for tests and stats)
         self._slots: dict[str, _Slot] = {}
+        self._headers: dict[tuple, tuple[dict[str, Any], int]] = {}
         self._lock = threading.Lock()
 
     def _slot(self, path: str) -> _Slot:
@@ -116,6 +142,9 @@ class FrameHub:
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
+                if len(self._slots) >= MAX_SLOTS:  # kept frames come and go: forget idle ones
+                    for old in [k for k, v in self._slots.items() if v.watcher is None][: MAX_SLOTS // 2]:
+                        del self._slots[old]
                 slot = self._slots[key] = _Slot(key)
             return slot
 
@@ -133,25 +162,50 @@ class FrameHub:
             if cached is not None and cached.identity == identity:
                 return cached
             try:
-                with open(slot.path, "rb") as f:
-                    st = os.fstat(f.fileno())
-                    data = f.read()
-            except FileNotFoundError:
+                found = LOCAL.read_with_identity(slot.path, MAX_FRAME_BYTES)
+            except FileRefused as exc:
+                raise FrameFormatError(str(exc)) from None
+            if found is None:
                 return None
             # The identity of what was actually read: the file may have been replaced after stat().
-            identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+            data, identity = found
             if cached is not None and cached.identity == identity:
                 return cached
-            frame = decode_frame(data)
-            encoded = EncodedFrame(
-                identity=identity,
-                etag=_etag_for(frame.header, identity),
-                png=encode_png(frame),
-                header=frame.header,
-            )
+            encoded = encode_frame_file(data, identity)
             self.encodings += 1
             slot.encoded = encoded
             return encoded
+
+    def value_at(self, path: str, x: int, y: int) -> dict[str, Any] | None:
+        """Pixel (x, y) of the frame at path: section, index, value, frame id and step.
+
+        The header is parsed once per frame file and kept; each look-up then
+        reads four bytes (and checks the file is still the frame the header
+        came from). FileNotFoundError when there is no such frame.
+        """
+        for attempt in range(3):
+            identity = file_identity(path)
+            if identity is None:
+                raise FileNotFoundError("there is no such frame (any more)")
+            header = self._headers.get((path, identity))
+            if header is None:
+                header = read_header(path)
+                if header is None:
+                    continue
+                if len(self._headers) >= 64:
+                    self._headers.clear()
+                self._headers[(path, identity)] = header
+            try:
+                found = value_at(path, x, y, header=header, identity=identity)
+            except FileRefused:  # replaced since the header was read: once more with the new one
+                if attempt == 2:
+                    raise
+                continue
+            if found is not None:
+                found["frame_id"] = header[0].get("frame_id")
+                found["step"] = header[0].get("step")
+            return found
+        raise FileNotFoundError("there is no such frame (any more)")
 
     def wait_newer(self, path: str, etag: str | None, timeout: float) -> EncodedFrame | None:
         """The first frame whose ETag is not `etag`, waiting at most `timeout` s (None if none)."""

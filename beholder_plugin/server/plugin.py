@@ -19,13 +19,15 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
+from beholder_plugin.protocol.files import FileRefused
+from beholder_plugin.protocol.frame_format import FrameFormatError
+from beholder_plugin.protocol.history import history_frame_path, list_history
+from beholder_plugin.protocol.names import HISTORY_DIR
 from beholder_plugin.protocol.runfiles import (
     CONFIG_FILE,
     FRAME_FILE,
-    SECTION_INFO_FILE,
     config_path,
     read_config,
-    read_section_info_document,
     write_config,
 )
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError, validate_changes
@@ -58,6 +60,27 @@ def _error(request: wrappers.Request, message: str, code: int) -> wrappers.Respo
 def _json(request: wrappers.Request, content: Any, code: int = 200) -> wrappers.Response:
     """A JSON response that is never cached."""
     return http_util.Respond(request, content, "application/json", code=code)
+
+
+def _pixel_coordinate(raw: str | None, name: str) -> int:
+    """A pixel coordinate from the query (RunError 400 unless a whole number from 0 to 2**31)."""
+    if raw is None or not raw.isdigit() or len(raw) > 10 or int(raw) >= 1 << 31:
+        raise RunError(f"query parameter {name!r} must be a pixel coordinate (a whole number >= 0)", 400)
+    return int(raw)
+
+
+def section_table(frame: EncodedFrame | None) -> dict[str, Any]:
+    """The /section-info document for a frame (or for no frame yet)."""
+    if frame is None:
+        return {"version": 2, "frame_id": None, "writer": None, "sections": []}
+    head = frame.header
+    return {
+        "version": 2,
+        "frame_id": head.get("frame_id"),
+        "writer": head.get("writer"),
+        "step": head.get("step"),
+        "sections": head.get("sections", []),
+    }
 
 
 def _with_run(handler: Callable) -> Callable:
@@ -95,6 +118,9 @@ class BeholderPlugin(base_plugin.TBPlugin):
             "/frame": self._serve_frame,
             "/live": self._serve_live,
             "/section-info": self._serve_section_info,
+            "/value": self._serve_value,
+            "/history": self._serve_history,
+            "/history/frame": self._serve_history_frame,
             "/config": self._serve_config,
             "/ping": self._serve_ping,
         }
@@ -195,17 +221,71 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @wrappers.Request.application
     @_with_run
     def _serve_section_info(self, request: wrappers.Request, run: Run) -> wrappers.Response:
-        """The run's section-info.json (empty sections and a null frame_id when there is none)."""
+        """The section table of the run's latest frame, from that frame's own header."""
         try:
-            self._index.file_path(run, SECTION_INFO_FILE)
-            doc = read_section_info_document(run.path)
+            frame = self._hub.latest(self._frame_path(run))
         except RunError as exc:
             return _error(request, str(exc), exc.status)
-        except ValueError as exc:  # storage reports any unreadable file as ValueError
-            return _error(request, f"section-info.json is not valid: {exc}", 500)
-        if doc is None:
-            doc = {"version": 1, "frame_id": None, "sections": []}
-        return _json(request, doc)
+        except ValueError as exc:
+            return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
+        return _json(request, section_table(frame))
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_value(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """What pixel (?x=, ?y=) of the latest frame (or of ?frame=, a kept one) shows, and its value."""
+        try:
+            x, y = (_pixel_coordinate(request.args.get(k), k) for k in ("x", "y"))
+            path = self._kept_path(run, request.args.get("frame"))
+            found = self._hub.value_at(path, x, y)
+        except RunError as exc:
+            return _error(request, str(exc), exc.status)
+        except FileNotFoundError as exc:
+            return _error(request, str(exc), 404)
+        except (FrameFormatError, FileRefused) as exc:
+            return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
+        if found is None:
+            return _error(request, f"pixel ({x}, {y}) shows no array value in this frame", 404)
+        return _json(request, found)
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_history(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """The run's kept frames, oldest first: name, time, step, frame id and writer."""
+        try:
+            self._index.file_path(run, HISTORY_DIR)
+        except RunError as exc:
+            return _error(request, str(exc), exc.status)
+        entries = list_history(run.path)
+        return _json(
+            request,
+            [{"name": e.name, "time": e.time, "step": e.step, "frame_id": e.frame_id, "writer": e.writer}
+             for e in entries],
+        )
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_history_frame(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """One kept frame (?name=) as PNG, with an ETag; 404 once the ring has dropped it."""
+        try:
+            frame = self._hub.latest(self._kept_path(run, request.args.get("name") or ""))
+        except RunError as exc:
+            return _error(request, str(exc), exc.status)
+        except ValueError as exc:
+            return _error(request, f"the kept frame is not a valid Beholder frame: {exc}", 500)
+        if frame is None:
+            return _error(request, "that frame is no longer kept", 404)
+        return self._frame_response(request, frame)
+
+    def _kept_path(self, run: Run, name: str | None) -> str:
+        """The latest frame's path (name None) or a kept frame's (RunError 400 for a bad name)."""
+        if name is None:
+            return self._frame_path(run)
+        try:
+            history_frame_path(run.path, name)  # validates the name
+        except ValueError as exc:
+            raise RunError(str(exc), 400) from None
+        return self._index.file_path(run, f"{HISTORY_DIR}/{name}")
 
     @wrappers.Request.application
     @_with_run

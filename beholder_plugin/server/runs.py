@@ -104,12 +104,13 @@ class RunIndex:
         return Run(name=os.path.relpath(path, self.logdir), path=path)
 
     def file_path(self, run: Run, name: str) -> str:
-        """The path of a file in the run's plugins/beholder; RunError (403) if a symlink leads it out.
+        """The path of a file (or folder) in the run's plugins/beholder; RunError (403) if it leads out.
 
-        The trainer writes regular files (os.replace), so only a planted symlink costs a realpath.
+        ``name`` may have a folder part ("history/f-...bin"): any symlink on
+        the way is resolved, and the result must lie inside the logdir.
         """
         path = os.path.join(run.beholder_dir, name)
-        if os.path.islink(path) and not _is_inside(os.path.realpath(path), os.path.realpath(self.logdir)):
+        if not _is_inside(os.path.realpath(path), os.path.realpath(self.logdir)):
             raise RunError(f"{name} of run {run.name!r} leads outside the logdir", 403)
         return path
 

@@ -1,0 +1,124 @@
+"""Every frame the writer can produce is read back by every reader, over random arrays and settings.
+
+Arrays of ranks 0-6 with random sizes (rows or columns all distinct, single
+sections, huge truncated ones), random show_all, mode, scaling and window:
+each frame written by a real Beholder must decode with read_frame_file, be
+served by a real plugin over HTTP (PNG pixels and value look-ups), equal the
+naive reference renderer, and read back the same from the history ring.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from reference_render import reference_frame
+from server_support import plugin_client
+from support import set_config
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.history import list_history, read_history_frame
+from beholder_plugin.protocol.layout import locate
+from beholder_plugin.protocol.runfiles import read_frame_file
+
+BASE = "/data/plugin/beholder"
+
+
+@st.composite
+def shapes(draw):
+    """A shape of rank 0-6; sometimes huge (truncated unless show_all) or with all-distinct rows."""
+    rank = draw(st.integers(0, 6))
+    if rank == 2 and draw(st.booleans()):
+        return (draw(st.integers(129, 400)), draw(st.integers(1, 12)))  # every row distinct
+    if rank == 4 and draw(st.booleans()):
+        return (3, 3, draw(st.integers(20, 70)), draw(st.integers(1, 6)))  # truncated kernels
+    if rank == 1 and draw(st.booleans()):
+        return (draw(st.integers(769, 3000)),)  # every column distinct, widens with show_all
+    max_side = {0: 1, 1: 200, 2: 40, 3: 12, 4: 7, 5: 5, 6: 4}[rank]
+    return tuple(draw(st.integers(1, max_side)) for _ in range(rank))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    shape_list=st.lists(shapes(), min_size=1, max_size=12),
+    show_all=st.booleans(),
+    mode=st.sampled_from(["current", "variance"]),
+    scaling=st.sampled_from(["layer", "network"]),
+    window=st.integers(2, 4),
+    frames=st.integers(1, 4),
+    seed=st.integers(0, 2**31),
+)
+def test_every_written_frame_reads_back_everywhere(
+    tmp_path_factory, shape_list, show_all, mode, scaling, window, frames, seed
+):
+    run = str(tmp_path_factory.mktemp("run"))
+    set_config(run, values="arrays", mode=mode, scaling=scaling, show_all=show_all, window_size=window,
+               FPS=30, colormap="grayscale")
+    rng = np.random.default_rng(seed)
+    beholder = Beholder(run, strict=True)
+    history = []
+    for _ in range(frames):
+        arrays = [np.asarray(rng.normal(size=s) * rng.uniform(0.1, 10), np.float32) for s in shape_list]
+        history.append(arrays)
+        beholder._last_frame_time = float("-inf")  # every call is a frame
+        assert beholder.update(arrays=arrays)
+        beholder.flush()
+    beholder.close()
+
+    frame = read_frame_file(run)
+    expected, stats = reference_frame(history[-window:], mode, scaling, show_all)
+    if mode == "current":
+        np.testing.assert_array_equal(frame.pixels, expected)
+    else:  # float32 running sums vs np.var: a value on a quantisation boundary may land one level off
+        diff = np.abs(frame.pixels.astype(int) - expected.astype(int))
+        assert diff.max() <= 1
+        for rec, (lo, _, hi) in zip(frame.sections, stats):
+            scale = max(abs(hi), 1e-30)
+            assert abs(rec["min"] - lo) <= 1e-4 * scale and abs(rec["max"] - hi) <= 1e-4 * scale
+
+    # the pixels are the stored values scaled by the stored bounds
+    for i, rec in enumerate(frame.sections):
+        lo, hi = rec["bounds"]
+        values = frame.section_values(i)
+        if lo is not None and hi is not None and hi > lo:
+            k = np.float32(255.0 / (hi - lo))
+            small = ((values - np.float32(lo)) * k).astype(np.uint8)
+            top = rec["top"]
+            rows_shown = frame.pixels[top : top + rec["height"]]
+            assert set(np.unique(rows_shown)) <= set(np.unique(small))
+
+    # value look-ups: the array index and the exact float32 value of random pixels
+    current = history[-1]
+    for _ in range(20):
+        x, y = int(rng.integers(frame.width)), int(rng.integers(frame.height))
+        where = locate(frame.sections, frame.width, x, y)
+        if where is None:
+            continue
+        value = frame.values[where["offset"]]
+        if mode == "current":
+            assert value == current[where["section"]][tuple(where["index"])]
+
+    # the plugin serves the same pixels, and the same value at a pixel
+    _, client = plugin_client(run.rsplit("/", 1)[0])
+    name = run.rsplit("/", 1)[1]
+    resp = client.get(f"{BASE}/frame", query_string={"run": name})
+    assert resp.status_code == 200
+    png = np.asarray(Image.open(io.BytesIO(resp.get_data())).convert("RGB"))
+    np.testing.assert_array_equal(png, frame.rgb())
+    if frame.sections:
+        rec = frame.sections[-1]
+        y = rec["top"] + rec["height"] - 1
+        got = json.loads(client.get(f"{BASE}/value", query_string={"run": name, "x": 0, "y": y}).get_data())
+        where = locate(frame.sections, frame.width, 0, y)
+        assert got["index"] == where["index"] and got["value"] == float(frame.values[where["offset"]])
+
+    # the history ring holds every frame, and its newest is the latest frame
+    entries = list_history(run)
+    assert len(entries) == frames
+    newest = read_history_frame(run, entries[-1].name)
+    np.testing.assert_array_equal(newest.pixels, frame.pixels)
+    np.testing.assert_array_equal(newest.values, frame.values)
