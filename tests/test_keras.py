@@ -163,3 +163,76 @@ def test_keras_variables_and_half_precision(run_dir):
         pixels[name] = read_frame(run)
     for name in variants:
         np.testing.assert_array_equal(pixels[name], pixels["numpy"], err_msg=name)
+
+
+ASYNC_FIT = """
+import sys, threading
+import numpy as np
+import keras
+from beholder_plugin import BeholderCallback, write_config, DEFAULT_CONFIG
+from beholder_plugin.protocol.runfiles import read_frame_file
+
+run = sys.argv[1]
+write_config(run, {**DEFAULT_CONFIG, "FPS": 30, "mode": "current"})
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+                          keras.layers.Flatten(), keras.layers.Dense(3, name="dense")])
+model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+threads = set()
+
+class Spy(BeholderCallback):
+    def on_train_batch_end(self, batch, logs=None):
+        threads.add(threading.current_thread() is threading.main_thread())
+        super().on_train_batch_end(batch, logs)
+
+x = np.random.default_rng(0).normal(size=(512, 8, 8, 1)).astype("float32")
+y = np.arange(512) % 3
+callback = Spy(run, strict=True)
+model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
+frames = callback.beholder.frames_written
+frame = read_frame_file(run)
+names = [s["name"] for s in frame.sections]
+kernel = model.get_layer("dense").kernel
+shown = frame.section_values(names.index(kernel.path))
+print(keras.backend.backend(), sorted(threads), frames, callback.beholder.failures,
+      names == [v.path for v in model.trainable_variables], shown.shape)
+"""
+
+
+def test_on_a_thread_safe_backend_keras_runs_the_hook_off_the_training_thread(run_dir):
+    """Keras's torch backend dispatches async_safe batch hooks to a pool; frames still arrive whole."""
+    pytest.importorskip("torch")
+    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND="torch")
+    out = subprocess.run([sys.executable, "-c", ASYNC_FIT, run_dir], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    backend, on_main, frames, failures, named, shape = out.stdout.strip().split(" ", 5)
+    assert backend == "torch" and on_main == "[False]"  # every hook ran on a Keras worker thread
+    assert int(frames) >= 2 and failures == "0" and named == "True"
+    assert shape == "(128, 3)"  # the dense kernel (144, 3): its 128 sampled rows, all 3 columns
+
+
+def test_the_callback_declares_itself_async_safe_and_never_overlaps_its_hooks(run_dir):
+    import threading
+
+    configure(run_dir)
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    assert callback.async_safe is True
+    entered = threading.Event()
+    release = threading.Event()
+    calls = []
+
+    def slow_update(**kwargs):
+        calls.append(kwargs)
+        entered.set()
+        release.wait(10)
+
+    callback.beholder.update = slow_update
+    first = threading.Thread(target=callback.on_train_batch_end, args=(0,))
+    first.start()
+    assert entered.wait(10)
+    callback.on_train_batch_end(1)  # the first hook still runs: this one returns at once
+    release.set()
+    first.join(10)
+    callback.on_train_batch_end(2)
+    assert len(calls) == 2

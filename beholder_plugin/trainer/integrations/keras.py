@@ -7,6 +7,7 @@ only when ``BeholderCallback`` is first asked for.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable
 
 import keras
@@ -18,8 +19,17 @@ class BeholderCallback(keras.callbacks.Callback):
     """Callback that shows the model's trainable variables in TensorBoard's Beholder tab.
 
     After every training batch it hands the model to ``Beholder.update()``,
-    which renders a frame only when one is due by the dashboard's FPS setting
-    (other batches cost one ``stat()`` of the config file). Sections are the
+    which gathers a frame only when one is due by the dashboard's FPS setting
+    (other batches cost one ``stat()`` of the config file); Beholder's own
+    background thread renders and writes it.
+
+    The callback is ``async_safe``: on the Keras backends that allow it
+    (JAX and torch; TensorFlow's runs every callback on the training thread),
+    Keras calls its batch hook on a worker thread, so training never waits
+    for it. Two batches' hooks never run at once: a hook that finds the
+    previous one still running returns at once. Variables are read through
+    their backend tensors on that thread; each is read whole at one moment,
+    but different variables may be read on either side of an optimizer step. Sections are the
     model's trainable variables, named by their paths (``variable.path``, e.g.
     ``sequential/conv2d/kernel``), in ``model.trainable_variables`` order.
     The recording, if one was started from the dashboard, is finished when
@@ -44,7 +54,8 @@ class BeholderCallback(keras.callbacks.Callback):
 
     Attributes:
         beholder: the ``Beholder`` writing the frames (``frames_written``,
-            ``failures``).
+            ``failures``, ``skipped``).
+        async_safe: True: Keras may run the batch hook on a worker thread.
 
     Example:
 
@@ -69,11 +80,20 @@ class BeholderCallback(keras.callbacks.Callback):
             raise TypeError(f"frame must be a zero-argument callable, not {type(frame).__name__}")
         self.beholder = Beholder(logdir, strict=strict)
         self._frame = frame
+        self._in_hook = threading.Lock()
+
+    # Keras 3 dispatches the batch hooks of callbacks that declare this on a thread pool.
+    async_safe = True
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         """Offer the model's variables and frame to Beholder; cheap when no frame is due."""
-        self.beholder.update(variables=self.model, frame=self._frame)
+        if not self._in_hook.acquire(blocking=False):
+            return  # the previous batch's hook still runs on another worker thread
+        try:
+            self.beholder.update(variables=self.model, frame=self._frame)
+        finally:
+            self._in_hook.release()
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        """Finish the recording, if one is in progress."""
+        """Write the last frame and finish the recording (Keras has waited for every batch hook)."""
         self.beholder.close()

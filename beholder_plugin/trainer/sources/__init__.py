@@ -37,11 +37,12 @@ REGISTRY: dict[str, str] = {
     "torch": "beholder_plugin.trainer.sources.torch_tensors",
     "tensorflow": "beholder_plugin.trainer.sources.tf_tensors",
     "jax": "beholder_plugin.trainer.sources.jax_arrays",
+    "keras": "beholder_plugin.trainer.sources.keras_variables",
 }
 ROOTS: dict[str, str] = {
     "torch": "torch",
     "tensorflow": "tensorflow",
-    "keras": "tensorflow",
+    "keras": "keras",
     "tf_keras": "tensorflow",
     "jax": "jax",
     "jaxlib": "jax",
