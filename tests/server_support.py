@@ -21,7 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+from support import set_config
+
 ROOT = Path(__file__).resolve().parent.parent
+# Where TensorBoard mounts the plugin's routes.
+BASE = "/data/plugin/beholder"
 PYTHON = sys.executable
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -75,7 +79,7 @@ def make_frames(run_dir: str | os.PathLike, count: int = 1, **config: Any) -> No
 
     from beholder_plugin import Beholder
 
-    write_config_file(run_dir, **{"values": "arrays", "mode": "current", "FPS": 30, **config})
+    set_config(run_dir, **{"values": "arrays", "mode": "current", "FPS": 30, **config})
     beholder = Beholder(run_dir, strict=True)
     rng = np.random.default_rng(len(str(run_dir)))
     for i in range(count):
@@ -84,14 +88,6 @@ def make_frames(run_dir: str | os.PathLike, count: int = 1, **config: Any) -> No
         assert beholder.update(arrays={"w": rng.normal(size=(8, 6)), "b": rng.normal(size=6)})
         beholder.flush()
     beholder.close()
-
-
-def write_config_file(run_dir: str | os.PathLike, **changes: Any) -> None:
-    """Write a full config (defaults plus changes) to a run, as the dashboard would."""
-    from beholder_plugin.protocol.runfiles import write_config
-    from beholder_plugin.protocol.settings import DEFAULT_CONFIG
-
-    write_config(run_dir, {**DEFAULT_CONFIG, **changes})
 
 
 def read_config_file(run_dir: str | os.PathLike) -> dict[str, Any]:

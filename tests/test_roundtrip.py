@@ -17,15 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from reference_render import reference_frame
-from server_support import plugin_client
+from server_support import BASE, plugin_client
 from support import set_config
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.history import list_history, read_history_frame
 from beholder_plugin.protocol.layout import locate
 from beholder_plugin.protocol.runfiles import read_frame_file
-
-BASE = "/data/plugin/beholder"
 
 
 @st.composite

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
-import time
 
 import numpy as np
-
-from beholder_plugin import DEFAULT_CONFIG, write_config
+from support import set_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
@@ -16,21 +13,7 @@ PYTHON_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 def configure(run: str, **changes) -> dict:
     """Write a full config.json for run: defaults, FPS 30 and 'current' mode, then these changes."""
-    config = {**DEFAULT_CONFIG, "FPS": 30, "mode": "current", **changes}
-    write_config(run, config)
-    return config
-
-
-def frame_due(beholder) -> None:
-    """Sleep until a frame is due again at the beholder's FPS (no timing is asserted)."""
-    time.sleep(1.0 / max(1, beholder.config["FPS"]) + 0.01)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return set_config(run, **{"FPS": 30, "mode": "current", **changes})
 
 
 def tiny_convnet(seed: int = 0, dropout: bool = False):

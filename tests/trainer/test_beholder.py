@@ -19,7 +19,6 @@ from beholder_plugin.protocol.runfiles import config_path, plugin_dir, read_fram
 
 pytestmark = pytest.mark.usefixtures("flushed_updates")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_missing_config_is_created_with_the_defaults(run_dir):

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from tf_support_helpers import configure, frame_due
+from support import due
+from tf_support_helpers import configure
 
 from beholder_plugin import Beholder, gradient_helper, read_frame, read_section_info
 from beholder_plugin.trainer.sources import tf_tensors as tf_support
@@ -94,17 +95,17 @@ def test_gather_ops_are_built_once(run_dir, graph_session):
         assert beholder.update(session=graph_session)
         ops_after_first = len(graph.get_operations())
         for _ in range(3):
-            frame_due(beholder)
+            due(beholder)
             assert beholder.update(session=graph_session)
         assert len(graph.get_operations()) == ops_after_first
         assert beholder.frames_written == 4
         # a different layout (show_all) needs new gather ops, built once as well
         configure(run_dir, show_all=True)
-        frame_due(beholder)
+        due(beholder)
         assert beholder.update(session=graph_session)
         ops_show_all = len(graph.get_operations())
         assert ops_show_all > ops_after_first
-        frame_due(beholder)
+        due(beholder)
         assert beholder.update(session=graph_session)
         assert len(graph.get_operations()) == ops_show_all
 

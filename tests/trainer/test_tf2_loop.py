@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 import pytest
-from tf_support_helpers import configure, frame_due, tiny_convnet, tiny_data
+from support import due
+from tf_support_helpers import configure, tiny_convnet, tiny_data
 
 from beholder_plugin import (
     Beholder,
@@ -41,7 +42,7 @@ def test_custom_loop_from_the_issue(run_dir):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         if step == 1:
             configure(run_dir, values="trainable_variables")
-            frame_due(beholder)
+            due(beholder)
         assert beholder.update(arrays={v.path: g for v, g in zip(model.trainable_variables, grads)})
         names = [s["name"] for s in read_section_info(run_dir)]
         assert names == [v.path for v in model.trainable_variables]
@@ -203,7 +204,7 @@ def test_symbolic_keras_tensor_and_graph_tensor_are_refused(run_dir):
         beholder.update(arrays={"k": keras.Input((3, 3))})
     with tf.Graph().as_default():
         graph_tensor = tf.ones((3, 3))
-        frame_due(beholder)
+        due(beholder)
         with pytest.raises(tf_support.SymbolicTensorError, match="session"):
             beholder.update(arrays={"g": graph_tensor})
     assert beholder.frames_written == 0

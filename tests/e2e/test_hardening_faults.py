@@ -1,7 +1,7 @@
 """Faults seen from the dashboard: the trainer is killed and a new one, with other content, takes over.
 
 TensorBoard restarting under an open dashboard is proven by
-tests/test_browser_dashboard.py::test_reconnects_when_tensorboard_restarts.
+tests/e2e/test_browser_dashboard.py::test_reconnects_when_tensorboard_restarts.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from server_support import (
     Trainer,
     beholder_frame,
     chromium_page,
+    set_config,
     wait_for,
-    write_config_file,
 )
 
 from beholder_plugin.protocol.runfiles import read_frame, read_frame_file
@@ -70,7 +70,7 @@ def canvas_rgb(frame) -> np.ndarray:
 def test_a_killed_trainer_replaced_by_a_new_one_shows_the_new_frames(tmp_path):
     logdir = tmp_path / "logs"
     live = logdir / "live"
-    write_config_file(live, values="arrays", mode="current", FPS=30)
+    set_config(live, values="arrays", mode="current", FPS=30)
     first = Trainer(live, log_path=str(tmp_path / "trainer1.log")).start()
     second = None
     tb = TensorBoard(logdir, tmp_path / "tensorboard.log")

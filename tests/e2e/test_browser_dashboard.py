@@ -25,8 +25,8 @@ from server_support import (
     chromium_page,
     make_frames,
     read_config_file,
+    set_config,
     wait_for,
-    write_config_file,
 )
 
 from beholder_plugin.protocol.runfiles import plugin_dir, read_frame_file
@@ -61,7 +61,7 @@ def session(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("logs")
     make_frames(logdir / "old")  # written once, so "live" is the most recently updated run
     live = logdir / "live"
-    write_config_file(live, values="arrays", mode="current", FPS=30, colormap="magma")
+    set_config(live, values="arrays", mode="current", FPS=30, colormap="magma")
     trainer = Trainer(live, log_path=str(logdir.parent / "trainer.log")).start()
     tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
     try:

@@ -20,13 +20,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
-from server_support import make_frames, plugin_client
+from server_support import BASE, ROOT, make_frames, plugin_client
 
 from beholder_plugin.protocol.runfiles import FRAME_FILE, config_path, plugin_dir
 from beholder_plugin.protocol.settings import COLORMAPS, DEFAULT_CONFIG, MODES, SCALINGS, VALUES
 
-STATIC_DIR = Path(__file__).parent.parent / "beholder_plugin" / "server" / "static"
-BASE = "/data/plugin/beholder"
+STATIC_DIR = ROOT / "beholder_plugin" / "server" / "static"
 FUZZ = settings(
     max_examples=400,
     deadline=None,

@@ -13,7 +13,8 @@ import time
 import urllib.request
 
 import pytest
-from tf_support_helpers import PYTHON_ENV, REPO, configure, free_port
+from server_support import free_port
+from tf_support_helpers import PYTHON_ENV, REPO, configure
 
 from beholder_plugin import read_frame, read_section_info
 from beholder_plugin.protocol.runfiles import read_frame_file

@@ -10,15 +10,13 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
-from server_support import plugin_client, write_config_file
+from server_support import BASE, plugin_client, set_config
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.files import LOCAL
 from beholder_plugin.protocol.history import list_history, read_history_frame
 from beholder_plugin.protocol.layout import locate
 from beholder_plugin.protocol.runfiles import config_path, frame_path, plugin_dir, read_frame_file
-
-BASE = "/data/plugin/beholder"
 
 ARRAYS = {
     "scalar": np.float32(7.5),
@@ -42,7 +40,7 @@ def _value(client, run, x, y, frame=None):
 @pytest.mark.parametrize("mode", ["current", "variance"])
 def test_value_reads_back_the_exact_value_and_index_at_every_sampled_pixel(tmp_path, show_all, mode):
     run = tmp_path / "run"
-    write_config_file(run, values="arrays", mode=mode, show_all=show_all, FPS=30, window_size=2)
+    set_config(run, values="arrays", mode=mode, show_all=show_all, FPS=30, window_size=2)
     steps = [ARRAYS, {k: np.asarray(v) * 3 for k, v in ARRAYS.items()}]
     with Beholder(run, strict=True) as beholder:
         for arrays in steps:
@@ -75,7 +73,7 @@ def test_value_reads_back_the_exact_value_and_index_at_every_sampled_pixel(tmp_p
 
 def test_a_value_look_up_reads_a_few_bytes_not_the_frame(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    write_config_file(run, values="arrays", mode="current", FPS=30)
+    set_config(run, values="arrays", mode="current", FPS=30)
     with Beholder(run, strict=True) as beholder:
         beholder.update(arrays={"w": np.random.default_rng(1).normal(size=(500, 768))})
     _, client = plugin_client(tmp_path)
@@ -92,7 +90,7 @@ def test_a_value_look_up_reads_a_few_bytes_not_the_frame(tmp_path, monkeypatch):
 
 def test_history_lists_kept_frames_and_serves_their_exact_pixels(tmp_path):
     run = tmp_path / "run"
-    write_config_file(run, values="arrays", mode="current", FPS=30, colormap="viridis")
+    set_config(run, values="arrays", mode="current", FPS=30, colormap="viridis")
     with Beholder(run, strict=True) as beholder:
         for step in range(4):
             beholder._last_frame_time = float("-inf")
@@ -119,7 +117,7 @@ def test_history_lists_kept_frames_and_serves_their_exact_pixels(tmp_path):
 def test_a_fifo_in_place_of_a_file_gets_an_answer_at_once(tmp_path, name):
     run = tmp_path / "run"
     os.makedirs(plugin_dir(run))
-    write_config_file(run, FPS=3)
+    set_config(run, FPS=3)
     path = frame_path(run) if name == "frame.bin" else config_path(run)
     if os.path.exists(path):
         os.unlink(path)

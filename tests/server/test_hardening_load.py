@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from PIL import Image
-from server_support import TensorBoard, Trainer, http_get, wait_for, write_config_file
+from server_support import TensorBoard, Trainer, http_get, set_config, wait_for
 
 from beholder_plugin.protocol.runfiles import read_frame_file
 
@@ -94,7 +94,7 @@ class Viewer:
 def test_twenty_viewers_for_thirty_seconds_while_a_trainer_writes_at_30_fps(tmp_path):
     logdir = tmp_path / "logs"
     live = logdir / "live"
-    write_config_file(live, values="arrays", mode="current", FPS=30)
+    set_config(live, values="arrays", mode="current", FPS=30)
     trainer = Trainer(live, delay=0.005, log_path=str(tmp_path / "trainer.log")).start()
     tb = TensorBoard(logdir, tmp_path / "tensorboard.log")
     try:

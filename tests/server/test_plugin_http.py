@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from server_support import make_frames, plugin_client, read_config_file, wait_for, write_config_file
+from server_support import BASE, make_frames, plugin_client, read_config_file, set_config, wait_for
 
 from beholder_plugin.protocol.files import LOCAL
 from beholder_plugin.protocol.frame_format import encode_frame
@@ -24,8 +24,6 @@ from beholder_plugin.protocol.runfiles import (
     read_frame_file,
 )
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG
-
-BASE = "/data/plugin/beholder"
 
 
 @pytest.fixture()
@@ -353,7 +351,7 @@ def test_section_info_is_the_latest_frames_own_table(client, logdir):
 def test_section_info_changes_with_the_frame_it_belongs_to(tmp_path):
     from beholder_plugin import Beholder
 
-    write_config_file(tmp_path, values="arrays", mode="current", FPS=30)
+    set_config(tmp_path, values="arrays", mode="current", FPS=30)
     _, client = plugin_client(tmp_path)
     with Beholder(tmp_path, strict=True) as beholder:
         for step, names in enumerate((["a", "b"], ["c"], ["d", "e", "f"])):
@@ -389,7 +387,7 @@ def test_an_old_or_corrupt_frame_file_is_a_clear_error(client, logdir):
 
 
 def test_config_get_returns_the_file(client, logdir):
-    write_config_file(logdir, colormap="viridis", FPS=7)
+    set_config(logdir, colormap="viridis", FPS=7)
     doc = json.loads(client.get(f"{BASE}/config?run=.").get_data())
     assert doc["config"] == {**DEFAULT_CONFIG, "colormap": "viridis", "FPS": 7}
     assert doc["writable"] is True
@@ -405,7 +403,7 @@ def test_config_get_defaults_without_a_file(tmp_path):
 
 
 def test_config_post_partial_update(client, logdir):
-    write_config_file(logdir, colormap="viridis")
+    set_config(logdir, colormap="viridis")
     resp = post_config(client, "train/a", {"FPS": 0, "is_recording": True})
     assert resp.status_code == 200
     on_disk = read_config_file(logdir / "train" / "a")
@@ -416,7 +414,7 @@ def test_config_post_partial_update(client, logdir):
 
 
 def test_config_post_keeps_other_keys(client, logdir):
-    write_config_file(logdir, colormap="plasma", window_size=4)
+    set_config(logdir, colormap="plasma", window_size=4)
     post_config(client, ".", {"mode": "current"})
     on_disk = read_config_file(logdir)
     assert (on_disk["colormap"], on_disk["window_size"], on_disk["mode"]) == ("plasma", 4, "current")
