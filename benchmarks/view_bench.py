@@ -27,8 +27,8 @@ from server_support import (  # noqa: E402 - after the path tweak
     TensorBoard,
     beholder_frame,
     chromium_page,
+    set_config,
     wait_for,
-    write_config_file,
 )
 
 TRAINER = r'''
@@ -107,7 +107,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp) / "logs"
         run = logdir / "bench"
-        write_config_file(run, values="frames", FPS=30)
+        set_config(run, values="frames", FPS=30)
         script = Path(tmp) / "trainer.py"
         script.write_text(TRAINER)
         log = Path(tmp) / "frames.jsonl"
@@ -153,7 +153,7 @@ def main() -> int:
                         f"({len(delays)} frames)"
                     )
 
-                write_config_file(run, values="frames", FPS=0)
+                set_config(run, values="frames", FPS=0)
                 time.sleep(2.0)
                 cpu = measure_cpu(tb.proc.pid, args.seconds)
                 print(f"TensorBoard CPU with FPS 0, viewer open: {cpu:.2f} % of a core "
