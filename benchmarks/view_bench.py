@@ -53,8 +53,9 @@ with open(log, "w") as out:
         step += 1
         image = np.roll(base, 8 * step, axis=1)
         t0 = time.time()
+        next_id = beholder.frames_written + 1  # update() hands a frame over only when the worker is idle
         if beholder.update(frame=image):
-            out.write(json.dumps({"id": beholder.frames_written, "t0": t0}) + "\n")
+            out.write(json.dumps({"id": next_id, "t0": t0}) + "\n")
             out.flush()
         time.sleep(0.002)
 '''
