@@ -140,13 +140,14 @@ class SectionPlan:
         """Shape of the compact section: distinct sampled rows x distinct sampled columns."""
         return (len(self.row_weight), len(self.col_weight))
 
-    def take(self, array: np.ndarray) -> np.ndarray:
+    def take(self, array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The compact section of a NumPy array (reads only the elements shown, never copies it whole).
 
         Uses 1-D takes along axes where the layout allows, which is several
         times faster than one pointwise fancy index. Only on C-contiguous
         arrays: ndarray.take copies any other array whole first, which for a
-        transposed or broadcast view can be gigabytes.
+        transposed or broadcast view can be gigabytes. With ``out`` (of the
+        compact shape and the array's dtype) the last take writes into it.
         """
         kind, parts = self.kind, self.parts
         if kind == "scalar":
@@ -154,19 +155,19 @@ class SectionPlan:
         if not array.flags.c_contiguous:
             return array[self.index]
         if kind == "vector":
-            return array.take(parts[0])[None, :]
+            return array.take(parts[0], out=None if out is None else out[0])[None, :]
         if kind == "matrix":
-            return array.take(parts[0], axis=0).take(parts[1], axis=1)
+            return array.take(parts[0], axis=0).take(parts[1], axis=1, out=out)
         if kind == "blocks":
             perm, block_rows, block_cols, row_pos, col_pos = parts
             sub = array.take(block_rows, axis=perm[2]).take(block_cols, axis=perm[3])
             sub = sub.transpose(perm[2], perm[0], perm[3], perm[1])
             sub = sub.reshape(sub.shape[0] * sub.shape[1], sub.shape[2] * sub.shape[3])
-            return sub.take(row_pos, axis=0).take(col_pos, axis=1)
+            return sub.take(row_pos, axis=0).take(col_pos, axis=1, out=out)
         if kind == "flat":
             rows, cols, row_src, col_src = parts
             grid = array.reshape(-1)[: rows * cols].reshape(rows, cols)
-            return grid.take(row_src, axis=0).take(col_src, axis=1)
+            return grid.take(row_src, axis=0).take(col_src, axis=1, out=out)
         return array[self.index]
 
 

@@ -49,6 +49,7 @@ ROOTS: dict[str, str] = {
 }
 _LOADED: dict[str, ModuleType] = {}
 _BY_TYPE: dict[type, ModuleType] = {}
+_NUMPY: ModuleType | None = None  # the NumPy adapter, which can gather straight into the buffer
 
 
 def framework_of(obj: Any) -> str:
@@ -60,9 +61,12 @@ def framework_of(obj: Any) -> str:
 
 def adapter(framework: str) -> ModuleType:
     """The adapter module registered for a framework (imported on first use)."""
+    global _NUMPY
     module = _LOADED.get(framework)
     if module is None:
         module = _LOADED[framework] = importlib.import_module(REGISTRY[framework])
+        if framework == "numpy":
+            _NUMPY = module
     return module
 
 
@@ -90,7 +94,12 @@ def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.nd
     Call inside ``np.errstate(over="ignore", invalid="ignore")``: float64
     values beyond float32's range become inf, as they would be shown anyway.
     """
-    values = source.compact(prepared, plan, label)
+    if source is _NUMPY:
+        values = source.compact(prepared, plan, label, out)
+        if values is out or values.base is out:
+            return
+    else:
+        values = source.compact(prepared, plan, label)
     if values.dtype == np.float32 and values.shape == out.shape:
         out[...] = values
         return

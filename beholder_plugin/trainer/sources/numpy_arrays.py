@@ -25,8 +25,10 @@ def prepare(obj: Any, label: str) -> np.ndarray:
     return array
 
 
-def compact(array: np.ndarray, plan: SectionPlan, label: str) -> np.ndarray:
-    """The plan's compact section, reading only the shown elements."""
+def compact(array: np.ndarray, plan: SectionPlan, label: str, out: np.ndarray | None = None) -> np.ndarray:
+    """The plan's compact section, reading only the shown elements (float32 arrays: straight into out)."""
+    if out is not None and array.dtype == np.float32:
+        return plan.take(array, out=out)
     return plan.take(array)
 
 

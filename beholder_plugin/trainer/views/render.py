@@ -44,15 +44,24 @@ class FramePlan:
         self.value_count = int(self.offsets[-1])
         self.tops: list[int] = []
         self.height = sum(p.height for p in plans) + SEPARATOR_HEIGHT * (len(plans) - 1)
-        weights = np.empty(self.value_count, dtype=np.float32)
+        # For the means: how many pixel columns each compact value fills, and per compact row how
+        # many pixel rows; sums go row by row in float32 (at most a frame's width of values),
+        # then section by section in float64.
+        col_weights = np.empty(self.value_count, dtype=np.float32)
+        row_starts, row_weights, row_offsets = [], [], [0]
         y = 0
         for plan, start in zip(plans, self.starts):
             rows, cols = plan.compact_shape
             self.tops.append(y)
-            # how many pixels of the full-size section each compact value fills (exact in float32)
-            weights[start : start + rows * cols] = np.outer(plan.row_weight, plan.col_weight).ravel()
+            col_weights[start : start + rows * cols] = np.tile(plan.col_weight, rows)
+            row_starts.append(start + cols * np.arange(rows))
+            row_weights.append(plan.row_weight)
+            row_offsets.append(row_offsets[-1] + rows)
             y += plan.height + SEPARATOR_HEIGHT
-        self.mean_weights = weights
+        self.col_weights = col_weights
+        self.row_starts = np.concatenate(row_starts).astype(np.intp)
+        self.row_weights = np.concatenate(row_weights).astype(np.float64)
+        self.row_offsets = np.asarray(row_offsets[:-1], dtype=np.intp)
         self.pixel_counts = np.asarray([p.height * p.width for p in plans], dtype=np.float64)
 
     def section_views(self, buffer: np.ndarray) -> list[np.ndarray]:
@@ -221,8 +230,8 @@ class Renderer:
             shown = values
         lows, highs, unclean = _segment_bounds(plan, shown)
         with np.errstate(invalid="ignore", over="ignore"):
-            means = np.add.reduceat(shown * plan.mean_weights, plan.starts, dtype=np.float64)
-            means /= plan.pixel_counts
+            row_sums = np.add.reduceat(shown * plan.col_weights, plan.row_starts).astype(np.float64)
+            means = np.add.reduceat(row_sums * plan.row_weights, plan.row_offsets) / plan.pixel_counts
         if config["scaling"] == "network":
             finite = np.isfinite(lows)
             g_lo = float(lows[finite].min()) if finite.any() else 0.0
