@@ -84,14 +84,19 @@ def section_table(frame: EncodedFrame | None) -> dict[str, Any]:
 
 
 def _with_run(handler: Callable) -> Callable:
-    """Decorate a route method so that it gets the resolved ?run= and RunError becomes JSON."""
+    """Decorate a route method: it gets the resolved ?run=, and its errors become JSON answers.
+
+    RunError keeps its status; a frame file that cannot be used (corrupt,
+    an old version, not a regular file) is a 500 naming the problem.
+    """
 
     def wrapped(self: BeholderPlugin, request: wrappers.Request) -> wrappers.Response:
         try:
-            run = self._index.resolve(request.args.get("run"))
+            return handler(self, request, self._index.resolve(request.args.get("run")))
         except RunError as exc:
             return _error(request, str(exc), exc.status)
-        return handler(self, request, run)
+        except (FrameFormatError, FileRefused) as exc:
+            return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
 
     wrapped.__doc__ = handler.__doc__
     wrapped.__name__ = handler.__name__
@@ -186,12 +191,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @_with_run
     def _serve_frame(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The run's latest frame as PNG, with an ETag (304 on a matching If-None-Match)."""
-        try:
-            frame = self._hub.latest(self._frame_path(run))
-        except RunError as exc:
-            return _error(request, str(exc), exc.status)
-        except ValueError as exc:
-            return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
+        frame = self._hub.latest(self._frame_path(run))
         if frame is None:
             return _error(request, f"run {run.name!r} has no frame yet", 404)
         return self._frame_response(request, frame)
@@ -208,12 +208,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
         if not math.isfinite(timeout) or not 0 <= timeout <= MAX_LIVE_TIMEOUT:
             message = f"'timeout' must be a number of seconds from 0 to {MAX_LIVE_TIMEOUT:g}"
             return _error(request, message, 400)
-        try:
-            frame = self._hub.wait_newer(self._frame_path(run), request.args.get("after"), timeout)
-        except RunError as exc:
-            return _error(request, str(exc), exc.status)
-        except ValueError as exc:
-            return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
+        frame = self._hub.wait_newer(self._frame_path(run), request.args.get("after"), timeout)
         if frame is None:
             return http_util.Respond(request, b"", "image/png", code=204)
         return http_util.Respond(request, frame.png, "image/png", headers=frame.headers())
@@ -222,28 +217,17 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @_with_run
     def _serve_section_info(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The section table of the run's latest frame, from that frame's own header."""
-        try:
-            frame = self._hub.latest(self._frame_path(run))
-        except RunError as exc:
-            return _error(request, str(exc), exc.status)
-        except ValueError as exc:
-            return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
-        return _json(request, section_table(frame))
+        return _json(request, section_table(self._hub.latest(self._frame_path(run))))
 
     @wrappers.Request.application
     @_with_run
     def _serve_value(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """What pixel (?x=, ?y=) of the latest frame (or of ?frame=, a kept one) shows, and its value."""
+        x, y = (_pixel_coordinate(request.args.get(k), k) for k in ("x", "y"))
         try:
-            x, y = (_pixel_coordinate(request.args.get(k), k) for k in ("x", "y"))
-            path = self._kept_path(run, request.args.get("frame"))
-            found = self._hub.value_at(path, x, y)
-        except RunError as exc:
-            return _error(request, str(exc), exc.status)
+            found = self._hub.value_at(self._kept_path(run, request.args.get("frame")), x, y)
         except FileNotFoundError as exc:
             return _error(request, str(exc), 404)
-        except (FrameFormatError, FileRefused) as exc:
-            return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
         if found is None:
             return _error(request, f"pixel ({x}, {y}) shows no array value in this frame", 404)
         return _json(request, found)
@@ -252,10 +236,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @_with_run
     def _serve_history(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The run's kept frames, oldest first: name, time, step, frame id and writer."""
-        try:
-            self._index.file_path(run, HISTORY_DIR)
-        except RunError as exc:
-            return _error(request, str(exc), exc.status)
+        self._index.file_path(run, HISTORY_DIR)  # RunError if it leads out of the logdir
         entries = list_history(run.path)
         return _json(
             request,
@@ -267,12 +248,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @_with_run
     def _serve_history_frame(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """One kept frame (?name=) as PNG, with an ETag; 404 once the ring has dropped it."""
-        try:
-            frame = self._hub.latest(self._kept_path(run, request.args.get("name") or ""))
-        except RunError as exc:
-            return _error(request, str(exc), exc.status)
-        except ValueError as exc:
-            return _error(request, f"the kept frame is not a valid Beholder frame: {exc}", 500)
+        frame = self._hub.latest(self._kept_path(run, request.args.get("name") or ""))
         if frame is None:
             return _error(request, "that frame is no longer kept", 404)
         return self._frame_response(request, frame)
@@ -291,10 +267,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @_with_run
     def _serve_config(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """GET: the run's settings; POST: change some (JSON body, validated, all or nothing)."""
-        try:
-            self._index.file_path(run, CONFIG_FILE)
-        except RunError as exc:
-            return _error(request, str(exc), exc.status)
+        self._index.file_path(run, CONFIG_FILE)  # RunError if it leads out of the logdir
         if request.method == "GET":
             return self._config_reply(request, run)
         if request.method != "POST":
