@@ -5,13 +5,14 @@ another frame. The byte layout is in docs/protocol.md:
 
     magic "BHFRAME\\0" | u32 header length N | N bytes of JSON header | zeros to a multiple of 8
     | values: V float32 | row index: H uint32 (encoding "rows") | palette: 768 bytes (channels 1)
-    | pixels: R x W (x 3) uint8 stored rows ("raw", "rows"), or V uint8 compact pixels ("sections")
+    | pixels ("raw", "rows"): R x W (x 3) uint8 stored rows
 
-Rendered sections use the "sections" encoding: each section's pixels are
-stored at the size of its compact values (one per distinct sampled row and
-column), and readers widen them with the layout arithmetic
-(``layout.expand_sections``), so the writer neither expands nor writes the
-repeated pixels.
+Frames of arrays use the "sections" encoding, which stores no pixel block:
+a section's pixels are its values scaled by its bounds
+(``scaling.palette_indices``), one per distinct sampled row and column, and
+widened with the layout arithmetic (``layout.expand_sections``). So the
+writer neither scales, expands nor writes pixels that readers can derive
+exactly.
 
 Everything after the header has a size the header implies, so a reader can
 find one value by reading the header and four bytes (``value_at``).
@@ -37,6 +38,7 @@ import numpy as np
 from beholder_plugin.protocol.files import FileRefused, LocalFiles, files_for
 from beholder_plugin.protocol.layout import LAYOUTS, compact_map, expand_sections, locate
 from beholder_plugin.protocol.names import FRAME_MAGIC, FRAME_VERSION
+from beholder_plugin.protocol.scaling import palette_indices
 
 _LENGTH = struct.Struct("<I")
 PREFIX_BYTES = len(FRAME_MAGIC) + _LENGTH.size  # 12
@@ -118,11 +120,11 @@ def encode_frame(
 ) -> list:
     """The buffers making up a frame file (header first), without copying pixels or values.
 
-    With ``height`` set, ``rows`` is the flat compact pixels of the header's
-    sections (the "sections" encoding) and ``width`` comes from the header.
+    With ``height`` set, the frame is the header's sections (the "sections"
+    encoding: ``rows`` is ignored, ``width`` comes from the header).
     """
     if height is not None:
-        return _encode_sections(header, rows, palette, values, height)
+        return _encode_sections(header, palette, values, height)
     rows = np.ascontiguousarray(rows, dtype=np.uint8)
     if rows.ndim == 2:
         channels = 1
@@ -164,18 +166,17 @@ def encode_frame(
     return buffers
 
 
-def _encode_sections(header: dict[str, Any], compact: np.ndarray, palette: np.ndarray | None,
-                     values: np.ndarray | None, height: int) -> list:
-    """The buffers of a frame stored as compact section pixels beside their values."""
-    compact = np.ascontiguousarray(compact, dtype=np.uint8).reshape(-1)
+def _encode_sections(header: dict[str, Any], palette: np.ndarray | None, values: np.ndarray | None,
+                     height: int) -> list:
+    """The buffers of a frame of sections: its values and palette (its pixels follow from them)."""
     values = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
     palette = np.ascontiguousarray(palette, dtype=np.uint8)
-    if compact.size != values.size or palette.shape != (256, 3) or not header.get("sections"):
-        raise ValueError("a sections frame needs sections, one pixel per value and a 256 x 3 palette")
+    if palette.shape != (256, 3) or not header.get("sections"):
+        raise ValueError("a sections frame needs sections and a 256 x 3 palette")
     head = dict(header)
     head.update(format="beholder-frame", version=FRAME_VERSION, channels=1, encoding="sections",
                 height=int(height), rows=0, value_count=int(values.size))
-    return [_prefix(head), values.data, palette.data, compact.data]
+    return [_prefix(head), values.data, palette.data]
 
 
 # Header keys written first, so that a frame's first bytes differ from every other frame's.
@@ -281,11 +282,12 @@ def _check_section(rec: Any, i: int, width: int, height: int, count: int, bottom
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)
             and _pair(src) and _pair(compact)
             and rec.get("layout") in LAYOUTS
+            and _bounds(rec.get("bounds"))
         )
     except (KeyError, TypeError):
         ok = False
     if not ok:
-        raise FrameFormatError(f"{where} lacks shape, layout, source or compact size")
+        raise FrameFormatError(f"{where} lacks shape, layout, source, compact size or bounds")
     if top + sec_height > height or start + compact[0] * compact[1] > count:
         raise FrameFormatError(f"{where} points outside the frame or its values")
     if compact[0] > min(src[0], sec_height) or compact[1] > min(src[1], width):
@@ -294,6 +296,15 @@ def _check_section(rec: Any, i: int, width: int, height: int, count: int, bottom
         raise FrameFormatError(f"{where} has a compact size its layout does not give")
     if src[0] * src[1] > max(1, math.prod(shape)):
         raise FrameFormatError(f"{where} has a source section larger than its array")
+
+
+def _bounds(value: Any) -> bool:
+    """Whether a section's bounds are [lo, hi], each a number or null."""
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value)
+    )
 
 
 def _distinct(src: int, dst: int) -> int:
@@ -313,7 +324,7 @@ def data_size(header: dict[str, Any]) -> int:
     """The bytes after the header that a frame with this header holds."""
     channels = header["channels"]
     if header["encoding"] == "sections":
-        return 5 * header["value_count"] + PALETTE_BYTES
+        return 4 * header["value_count"] + PALETTE_BYTES
     size = 4 * header["value_count"] + header["rows"] * header["width"] * channels
     if header["encoding"] == "rows":
         size += 4 * header["height"]
@@ -337,7 +348,7 @@ def decode_frame(data: bytes | memoryview) -> Frame:
     row_index = None
     if header["encoding"] == "sections":
         palette = np.frombuffer(data, np.uint8, PALETTE_BYTES, offset).reshape(256, 3)
-        compact = np.frombuffer(data, np.uint8, count, offset + PALETTE_BYTES)
+        compact = palette_indices(values, header["sections"])
         rows, row_index = expand_sections(header["sections"], width, height, compact)
         return Frame(header=header, rows=rows, row_index=row_index, palette=palette, values=values)
     if header["encoding"] == "rows":

@@ -381,7 +381,7 @@ class Beholder:
         values = rendered = height = row_index = None
         if job.kind == "sections":
             rendered = self._renderer.render(job.plan, job.buffer, config)
-            pixels, palette, values = rendered.compact, rendered.palette, rendered.values
+            pixels, palette, values = None, rendered.palette, rendered.values
             height = rendered.height
             header.update(
                 width=rendered.width,

@@ -33,7 +33,7 @@ def _bytes(header=None, **parts) -> bytes:
 
 def _section(name, top, height, shape, source, compact, values, layout="matrix"):
     return {"name": name, "shape": list(shape), "layout": layout, "top": top, "height": height,
-            "source": list(source), "compact": list(compact), "values": values}
+            "source": list(source), "compact": list(compact), "values": values, "bounds": [0.0, 1.0]}
 
 
 def test_raw_palette_frame_round_trips():
@@ -216,3 +216,18 @@ def test_a_reader_never_sees_a_torn_frame_while_a_writer_writes_flat_out(run_dir
     written = int(writer.stdout.read())
     assert written > 100 and reads > 100 and len(seen) > 20
     assert os.listdir(plugin_dir(run_dir)) == [FRAME_FILE]  # no temporary files left behind
+
+
+def test_palette_indices_follow_the_documented_rule_whatever_the_order_of_the_values_block():
+    from beholder_plugin.protocol.scaling import palette_indices
+
+    a = np.array([0.0, 0.5, 1.0, np.nan, np.inf, -np.inf], np.float32)
+    b = np.array([3.0, 3.0], np.float32)  # a flat section: all 0
+    records = [dict(_section("a", 0, 2, (6,), (1, 6), (1, 6), 0), bounds=[0.0, 1.0]),
+               dict(_section("b", 7, 2, (2,), (1, 2), (1, 2), 6), bounds=[3.0, 3.0])]
+    expected = [0, int(np.float32(0.5) * np.float32(255.0)), 255, 0, 255, 0, 0, 0]
+    assert palette_indices(np.concatenate([a, b]), records).tolist() == expected
+    # the same sections stored the other way round in the values block
+    swapped = [dict(records[0], values=2), dict(records[1], values=0)]
+    got = palette_indices(np.concatenate([b, a]), swapped)
+    assert got.tolist() == expected[6:] + expected[:6]

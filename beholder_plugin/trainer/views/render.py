@@ -1,4 +1,4 @@
-"""The batched renderer: one flat float32 buffer of compact sections -> one palette-indexed frame.
+"""The batched renderer: one flat float32 buffer of compact sections -> values, bounds and statistics.
 
 All sections of a frame sit side by side in one flat buffer (``FramePlan``
 says where). Each step is a few whole-buffer NumPy passes, whatever the
@@ -7,8 +7,9 @@ number of sections:
 - variance: running sums over the flat buffer (``FlatWindow``);
 - statistics and bounds: segment reductions (``np.minimum.reduceat`` ...);
 - scaling: one subtract and one multiply with per-element bounds;
-- no expansion: the frame stores each section's compact pixels beside its
-  values, and readers widen them with the layout arithmetic.
+- no pixels at all: the frame stores the values and each section's bounds,
+  and readers turn them into palette indices (protocol.scaling) and widen
+  them (protocol.layout), so no work is spent on frames nobody looks at.
 
 Per-section Python work is bookkeeping only (the section records). Because a
 nearest-neighbour resize only copies values, working on the compact sections
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.layout import SEPARATOR_HEIGHT, RenderError, SectionPlan, expand_sections
+from beholder_plugin.protocol.scaling import palette_indices, scale_factor
 from beholder_plugin.trainer.colormaps import palette_for
 
 
@@ -169,14 +171,18 @@ class FlatWindow:
 
 @dataclass
 class Rendered:
-    """A rendered frame: compact pixels and the values behind them, one of each per compact value."""
+    """A rendered frame: the values to show and the section table; its pixels follow from them."""
 
-    compact: np.ndarray  # (V,) uint8 palette indices, laid out as the values
-    values: np.ndarray  # (V,) float32: the values that were scaled (current values or variance)
+    values: np.ndarray  # (V,) float32: the values to scale (current values or variance)
     palette: np.ndarray  # (256, 3) uint8
     sections: list[dict[str, Any]]
     width: int
     height: int
+
+    @property
+    def compact(self) -> np.ndarray:
+        """(V,) uint8 palette indices, one per value (the shared scaling rule)."""
+        return palette_indices(self.values, self.sections)
 
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
         """The frame's distinct rows and row index (rows[index] is the full frame)."""
@@ -193,20 +199,12 @@ def _json_float(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def scale_factor(lo: float, hi: float) -> float:
-    """255 / (hi - lo), or 0 for a flat or non-finite range (such a section is all 0)."""
-    span = float(hi) - float(lo)
-    return 255.0 / span if span > 0 and math.isfinite(span) else 0.0
-
-
 class Renderer:
     """Turns flat buffers of compact sections into frames, keeping the variance window between calls."""
 
     def __init__(self) -> None:
         self._window: FlatWindow | None = None
         self._window_key: tuple | None = None
-        self._scratch = np.zeros(0, np.float32)
-        self._scaled = np.zeros(1, np.uint8)
 
     def clear_history(self) -> None:
         """Forget the variance window (the original did so when values, mode or show_all changed)."""
@@ -214,7 +212,7 @@ class Renderer:
         self._window_key = None
 
     def render(self, plan: FramePlan, values: np.ndarray, config: dict[str, Any]) -> Rendered:
-        """Apply mode, statistics, scaling and colormap to a flat buffer of compact sections."""
+        """Apply the mode, and take the bounds and statistics of a flat buffer of compact sections."""
         if values.shape != (plan.value_count,) or values.dtype != np.float32:
             got = f"{values.dtype} {values.shape}"
             raise RenderError(f"expected {plan.value_count} float32 values, got {got}")
@@ -240,7 +238,6 @@ class Renderer:
             hi_b = np.full(len(lows), g_hi)
         else:
             lo_b, hi_b = lows, highs
-        compact = self._scale(plan, shown, lo_b, hi_b, unclean)
         records = []
         for i, (name, p) in enumerate(zip(plan.names, plan.plans)):
             lo, hi = float(lows[i]), float(highs[i])
@@ -259,41 +256,16 @@ class Renderer:
                     "mean": _json_float(means[i]),
                     "max": _json_float(hi),
                     "range": _json_float(hi - lo),
+                    "finite": not bool(unclean[i]),
                 }
             )
         return Rendered(
-            compact=compact,
             values=shown,
             palette=palette_for(config["colormap"]),
             sections=records,
             width=plan.width,
             height=plan.height,
         )
-
-    def _scale(
-        self, plan: FramePlan, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, unclean: np.ndarray
-    ) -> np.ndarray:
-        """Every value mapped to 0..255 (uint8, truncated) in float32; NaN and -inf low, +inf high.
-
-        Returns a reused buffer.
-        """
-        n = plan.value_count
-        if self._scratch.shape[0] != n:
-            self._scratch = np.empty(n, np.float32)
-            self._scaled = np.zeros(n, np.uint8)
-        lo32 = np.where(np.isfinite(lo), lo, 0).astype(np.float32)
-        k32 = np.asarray([scale_factor(a, b) for a, b in zip(lo, hi)], dtype=np.float32)
-        tmp = self._scratch
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.subtract(values, np.repeat(lo32, plan.sizes), out=tmp)
-            tmp *= np.repeat(k32, plan.sizes)
-        for i in np.flatnonzero(unclean):
-            seg = tmp[plan.offsets[i] : plan.offsets[i + 1]]
-            np.nan_to_num(seg, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-            if k32[i] == 0:
-                seg.fill(0)
-        np.copyto(self._scaled, tmp, casting="unsafe")
-        return self._scaled
 
 
 def _segment_bounds(plan: FramePlan, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
