@@ -140,3 +140,17 @@ def test_a_fifo_in_place_of_a_file_gets_an_answer_at_once(tmp_path, name):
     else:
         status, body = answers["config"]
         assert status == 200 and "not a regular file" in body["problem"]
+
+
+def test_a_run_is_listed_and_configurable_before_its_first_frame(tmp_path):
+    """Beholder's constructor writes the run's directory and settings, as the original did."""
+    beholder = Beholder(tmp_path / "early")
+    _, client = plugin_client(tmp_path)
+    runs = json.loads(client.get(f"{BASE}/runs").get_data())
+    assert runs == [{"run": "early", "age": None}]
+    resp = client.post(f"{BASE}/config?run=early", data=b'{"FPS": 3}', content_type="application/json")
+    assert resp.status_code == 200
+    assert json.loads(client.get(f"{BASE}/section-info?run=early").get_data())["frame_id"] is None
+    beholder._poll_config()
+    assert beholder.config["FPS"] == 3  # the trainer picks up what the dashboard set
+    beholder.close()
