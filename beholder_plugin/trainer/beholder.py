@@ -355,9 +355,8 @@ class Beholder:
         plan = self._frame_plan(labels, shapes, job.config["show_all"])
         buffer, views = self._buffer(plan)
         gather = sources.gather_into
-        with np.errstate(over="ignore", invalid="ignore"):
-            for adapter, obj, section, out, label in zip(adapters, prepared, plan.plans, views, labels):
-                gather(adapter, obj, section, out, label)
+        for adapter, obj, section, out, label in zip(adapters, prepared, plan.plans, views, labels):
+            gather(adapter, obj, section, out, label)
         job.kind, job.plan, job.buffer = "sections", plan, buffer
 
     def _gather_session(self, job: _Job, session: Any) -> None:

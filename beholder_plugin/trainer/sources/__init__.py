@@ -91,8 +91,7 @@ def shape_of(obj: Any) -> tuple[int, ...]:
 def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.ndarray, label: str) -> None:
     """Copy the plan's compact section of a prepared array into out (float32, compact shape).
 
-    Call inside ``np.errstate(over="ignore", invalid="ignore")``: float64
-    values beyond float32's range become inf, as they would be shown anyway.
+    Values beyond float32's range become inf, as they would be shown anyway.
     """
     if source is _NUMPY:
         values = source.compact(prepared, plan, label, out)
@@ -113,7 +112,8 @@ def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.nd
             raise RenderError(f"section {label}: values of dtype {values.dtype} cannot be shown") from None
     if values.shape != out.shape:
         values = np.broadcast_to(values, out.shape)
-    np.copyto(out, values, casting="unsafe")
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.copyto(out, values, casting="unsafe")
 
 
 def prepare(obj: Any, label: str) -> Any:
@@ -124,8 +124,7 @@ def prepare(obj: Any, label: str) -> Any:
 def fetch_compact(obj: Any, plan: SectionPlan, label: str) -> np.ndarray:
     """The plan's compact section of a prepared object as a new float32 array."""
     out = np.empty(plan.compact_shape, np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        gather_into(adapter_for(obj), obj, plan, out, label)
+    gather_into(adapter_for(obj), obj, plan, out, label)
     return out
 
 
