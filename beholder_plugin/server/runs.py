@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -10,8 +11,13 @@ from dataclasses import dataclass
 
 from beholder_plugin.protocol.runfiles import FRAME_FILE, plugin_dir
 
+logger = logging.getLogger("beholder")
+
 # Directories that never hold runs: TensorBoard's own plugin data and hidden folders.
 _SKIP_DIRS = ("plugins",)
+# Bounds of a logdir scan: levels below the logdir, and directory entries read in all.
+MAX_SCAN_DEPTH = 32
+MAX_SCAN_ENTRIES = 100_000
 
 
 class RunError(ValueError):
@@ -48,20 +54,56 @@ def _is_inside(path: str, root: str) -> bool:
 
 
 def scan_runs(logdir: str) -> list[Run]:
-    """Every directory under logdir (itself included) holding plugins/beholder/ inside it, by name."""
-    runs = []
+    """Every directory under logdir (itself included) holding plugins/beholder/ inside it, by name.
+
+    The walk is bounded: it never follows symlinked directories (so no loop),
+    goes at most MAX_SCAN_DEPTH levels down, and reads at most
+    MAX_SCAN_ENTRIES directory entries in all; what lies beyond is not listed
+    (logged once per scan). Names that are not valid UTF-8 are skipped.
+    """
+    runs: list[Run] = []
     if not os.path.isdir(logdir):
         return runs
     root = os.path.realpath(logdir)
-    for dirpath, dirnames, _filenames in os.walk(logdir):
+    pending = [(logdir, 0)]
+    seen = 0
+    while pending:
+        dirpath, depth = pending.pop()
         beholder_dir = plugin_dir(dirpath)
         # A plugins/beholder that is a symlink out of the logdir is not listed: resolve() refuses it.
         if os.path.isdir(beholder_dir) and _is_inside(os.path.realpath(beholder_dir), root):
-            rel = os.path.relpath(dirpath, logdir)
-            runs.append(Run(name=rel, path=dirpath))
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+            runs.append(Run(name=os.path.relpath(dirpath, logdir), path=dirpath))
+        if depth >= MAX_SCAN_DEPTH:
+            continue
+        try:
+            with os.scandir(dirpath) as entries:
+                for entry in entries:
+                    seen += 1
+                    if seen > MAX_SCAN_ENTRIES:
+                        logger.warning("Beholder: stopped scanning %s at %d entries", logdir, seen - 1)
+                        pending.clear()
+                        break
+                    name = entry.name
+                    if name in _SKIP_DIRS or name.startswith(".") or not _is_utf8(name):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):  # symlinked folders are not walked
+                            pending.append((entry.path, depth + 1))
+                    except OSError:
+                        continue
+        except OSError:
+            continue
     runs.sort(key=lambda run: run.name)
     return runs
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a file name holding bytes that are not UTF-8 (decoded by Python as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RunIndex:

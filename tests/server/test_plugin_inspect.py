@@ -154,3 +154,26 @@ def test_a_run_is_listed_and_configurable_before_its_first_frame(tmp_path):
     beholder._poll_config()
     assert beholder.config["FPS"] == 3  # the trainer picks up what the dashboard set
     beholder.close()
+
+
+def test_the_run_scan_is_bounded_against_deep_trees_loops_and_odd_names(tmp_path):
+    """A tree 1,000 levels deep, a symlink loop and a name that is not UTF-8: /runs still answers."""
+    from beholder_plugin.server import runs as runs_module
+
+    Beholder(tmp_path / "top").close()
+    deep = tmp_path / "deep"
+    path = str(deep)
+    os.mkdir(path)
+    for _ in range(1000):
+        path = os.path.join(path, "d")
+        os.mkdir(path)
+    Beholder(os.path.join(str(deep), *["d"] * 3)).close()  # within reach
+    Beholder(path).close()  # 1,001 levels down: beyond MAX_SCAN_DEPTH
+    os.symlink(tmp_path, tmp_path / "loop")  # a symlink loop
+    os.makedirs(os.fsencode(tmp_path) + b"/bad-\xff/plugins/beholder")
+    _, client = plugin_client(tmp_path)
+    resp = client.get(f"{BASE}/runs", query_string={"fresh": "1"})
+    assert resp.status_code == 200
+    names = sorted(r["run"] for r in json.loads(resp.get_data()))
+    assert names == ["deep/d/d/d", "top"]
+    assert runs_module.MAX_SCAN_DEPTH < 1000
