@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 from support import set_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,13 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+]
+
+# Marks of every test that drives Chromium: slow, and skipped (saying why) without Debian's chromium.
+BROWSER_MARKS = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium"),
 ]
 
 # The trainer's 2-D frame (update(frame=...)); its arrays are a kernel, a tiny-range copy

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from server_support import (
     ARTIFACTS,
-    CHROMIUM,
+    BROWSER_MARKS,
     TRAINER_FRAME_SHAPE,
     TensorBoard,
     Trainer,
@@ -31,11 +31,7 @@ from server_support import (
 
 from beholder_plugin.protocol.runfiles import plugin_dir, read_frame_file
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium"),
-]
+pytestmark = BROWSER_MARKS
 
 # The live run's frame: four sections of 128 px (dense/kernel, tiny/kernel, dense/bias,
 # wide/vector) with 5 px between them; the old run has two (w, b).

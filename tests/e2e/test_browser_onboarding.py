@@ -5,12 +5,10 @@ Runs TensorBoard with --load_fast=false (the other test module uses the default 
 
 from __future__ import annotations
 
-import os
 import subprocess
 
-import pytest
 from server_support import (
-    CHROMIUM,
+    BROWSER_MARKS,
     TensorBoard,
     beholder_frame,
     chromium_page,
@@ -20,11 +18,7 @@ from server_support import (
 
 from beholder_plugin.protocol.runfiles import plugin_dir
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium"),
-]
+pytestmark = BROWSER_MARKS
 
 
 def chattr(path, flag: str) -> bool:

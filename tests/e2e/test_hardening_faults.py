@@ -6,15 +6,13 @@ tests/e2e/test_browser_dashboard.py::test_reconnects_when_tensorboard_restarts.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
-import pytest
 from server_support import (
-    CHROMIUM,
+    BROWSER_MARKS,
     TensorBoard,
     Trainer,
     beholder_frame,
@@ -25,11 +23,7 @@ from server_support import (
 
 from beholder_plugin.protocol.runfiles import read_frame, read_frame_file
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium"),
-]
+pytestmark = BROWSER_MARKS
 
 # The replacement trainer: one constant section, so every frame it writes has the same pixels
 # (and a size the first trainer's four sections never have). It stops by itself after 120 s.
