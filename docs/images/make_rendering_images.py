@@ -33,15 +33,24 @@ MAX_BYTES = 150_000
 # ---------------------------------------------------------------- Beholder's frames
 
 
+def frame_of(run_dir: str) -> np.ndarray:
+    """The run's latest frame as RGB, which must exist by now."""
+    rgb = read_frame(run_dir)
+    if rgb is None:
+        raise RuntimeError(f"no frame was written in {run_dir}")
+    return rgb
+
+
 def render(arrays: dict[str, np.ndarray], colormap: str = "viridis", **settings) -> tuple[np.ndarray, list]:
     """One frame of these arrays as Beholder draws it (RGB) and its section records."""
     with tempfile.TemporaryDirectory() as run_dir:
         config = {**DEFAULT_CONFIG, "values": "arrays", "mode": "current", "FPS": 30, "colormap": colormap}
         write_config(run_dir, {**config, **settings})
         beholder = Beholder(run_dir, strict=True)
-        assert beholder.update(arrays=arrays), "a first update is always due"
+        if not beholder.update(arrays=arrays):
+            raise RuntimeError("Beholder did not take the first update")
         beholder.close()  # the frame is written on a background thread: let it finish
-        return read_frame(run_dir), read_section_info(run_dir)
+        return frame_of(run_dir), read_section_info(run_dir)
 
 
 def render_series(series: list[dict[str, np.ndarray]], colormap: str, **settings) -> tuple[np.ndarray, list]:
@@ -55,7 +64,7 @@ def render_series(series: list[dict[str, np.ndarray]], colormap: str, **settings
                 time.sleep(0.005)
             beholder.flush()
         beholder.close()
-        return read_frame(run_dir), read_section_info(run_dir)
+        return frame_of(run_dir), read_section_info(run_dir)
 
 
 def render_user_frame(frame: np.ndarray) -> np.ndarray:
@@ -63,9 +72,10 @@ def render_user_frame(frame: np.ndarray) -> np.ndarray:
     with tempfile.TemporaryDirectory() as run_dir:
         write_config(run_dir, {**DEFAULT_CONFIG, "values": "frames", "FPS": 30})
         beholder = Beholder(run_dir, strict=True)
-        assert beholder.update(frame=frame)
+        if not beholder.update(frame=frame):
+            raise RuntimeError("Beholder did not take the first update")
         beholder.close()
-        return read_frame(run_dir)
+        return frame_of(run_dir)
 
 
 def source_index(src: int, dst: int) -> np.ndarray:
@@ -97,6 +107,7 @@ class Sheet:
     """A white page on which Beholder's frames are pasted and labelled."""
 
     def __init__(self, width: int, height: int) -> None:
+        """A blank page of this size."""
         self.image = Image.new("RGB", (width, height), PAPER)
         self.draw = ImageDraw.Draw(self.image)
 
@@ -172,6 +183,14 @@ def table(
                 x0 + cw * (j + 0.5), y0 + ch * (i + 0.5), fmt.format(values[i, j]), size=13, anchor="mm"
             )
     sheet.draw.rectangle([x0, y0, x0 + cw * cols, y0 + ch * rows], outline=MUTED)
+
+
+def mark_separators(sheet: Sheet, x: int, y0: int, sections: list) -> None:
+    """Point at the 5 px separators from the right of a frame whose right edge is at x."""
+    for rec in sections[1:]:
+        y = y0 + rec["top"] - 5
+        sheet.draw.rectangle([x + 3, y, x + 30, y + 4], fill=ACCENT)
+        sheet.text(x + 36, y + 2, "5 px separator", size=12, fill=ACCENT, anchor="lm")
 
 
 def info_panel(sheet: Sheet, x: int, y: int, rec: dict, size: int = 13) -> None:
@@ -292,13 +311,13 @@ def kernel_picture() -> None:
     rgb, sections = render({"conv/kernel": kernel})
     height, width = rgb.shape[:2]
     src_h, src_w = sections[0]["source"]
-    left, top = 330, 100
+    left, top = 330, 112
     sheet = Sheet(left + width + 20, top + height + 52)
     sheet.text(20, 10, "w.shape = (3, 3, 4, 6)  (kh, kw, in, out)", size=14)
     sheet.text(
         20, 32, "each 3 x 3 kernel w[:, :, in, out] is\nfilled with one number, 10 * in + out:", size=13
     )
-    sheet.text(40, top - 22, "out (axis 3)", size=12, fill=MUTED)
+    sheet.text(40, top - 36, "out (axis 3)", size=12, fill=MUTED)
     table(sheet, 40, top, block.astype(np.float32), (34, 32))
     sheet.text(20, top + cin * 32 + 8, "in (axis 2)", size=12, fill=MUTED)
     sheet.paste(rgb, left, top)
@@ -353,7 +372,7 @@ def activation_picture() -> None:
     rgb, sections = render(arrays)
     width = rgb.shape[1]
     left, top = 250, 66
-    sheet = Sheet(left + width + 20, top + rgb.shape[0] + 50)
+    sheet = Sheet(left + width + 130, top + rgb.shape[0] + 50)
     sheet.text(left, 8, "rank 4, (n, h, w, c) with h == w and n != h: a grid of h x w feature maps,", size=14)
     sheet.text(
         left,
@@ -370,6 +389,7 @@ def activation_picture() -> None:
         label_y = y - 6 if i == 0 else y + rec["height"] + 16
         column_labels(sheet, left, label_y, c, width, [f"ch {j}" for j in range(c)], size=12)
     sheet.paste(rgb, left, top)
+    mark_separators(sheet, left + width, top, sections)
     sheet.text(
         left,
         top + rgb.shape[0] + 30,
@@ -386,7 +406,7 @@ def grid_picture() -> None:
     values = np.arange(340, dtype=np.float32).reshape(4, 5, 17)
     rgb, sections = render({"rank 3": values})
     rows, cols = sections[0]["source"]
-    left, top = 180, 40
+    left, top = 180, 46
     sheet = Sheet(left + rgb.shape[1] + 20, top + rgb.shape[0] + 50)
     side = math.floor(math.sqrt(128 * 768 / values.size))
     sheet.text(
@@ -397,6 +417,7 @@ def grid_picture() -> None:
         size=14,
     )
     sheet.paste(rgb, left, top)
+    ticks(sheet, left, top, cols, rgb.shape[1], every=6)
     row_labels(
         sheet,
         left - 8,
@@ -524,6 +545,7 @@ def resize_picture() -> None:
         size=14,
     )
     sheet.paste(zoomed, left, top)
+    sheet.draw.rectangle([left - 1, top - 1, left + zoomed.shape[1], top + zoomed.shape[0]], outline=MUTED)
     for x in range(x0, x1):
         px = left + (x - x0) * zoom
         if x % 4 == 0 or x == 432:
