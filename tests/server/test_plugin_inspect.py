@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import threading
 
 import numpy as np
@@ -164,16 +165,24 @@ def test_the_run_scan_is_bounded_against_deep_trees_loops_and_odd_names(tmp_path
     deep = tmp_path / "deep"
     path = str(deep)
     os.mkdir(path)
+    levels = []
     for _ in range(1000):
         path = os.path.join(path, "d")
         os.mkdir(path)
-    Beholder(os.path.join(str(deep), *["d"] * 3)).close()  # within reach
-    Beholder(path).close()  # 1,001 levels down: beyond MAX_SCAN_DEPTH
-    os.symlink(tmp_path, tmp_path / "loop")  # a symlink loop
-    os.makedirs(os.fsencode(tmp_path) + b"/bad-\xff/plugins/beholder")
-    _, client = plugin_client(tmp_path)
-    resp = client.get(f"{BASE}/runs", query_string={"fresh": "1"})
-    assert resp.status_code == 200
-    names = sorted(r["run"] for r in json.loads(resp.get_data()))
-    assert names == ["deep/d/d/d", "top"]
-    assert runs_module.MAX_SCAN_DEPTH < 1000
+        levels.append(path)
+    try:
+        Beholder(os.path.join(str(deep), *["d"] * 3)).close()  # within reach
+        Beholder(path).close()  # 1,001 levels down: beyond MAX_SCAN_DEPTH
+        os.symlink(tmp_path, tmp_path / "loop")  # a symlink loop
+        os.makedirs(os.fsencode(tmp_path) + b"/bad-\xff/plugins/beholder")
+        _, client = plugin_client(tmp_path)
+        resp = client.get(f"{BASE}/runs", query_string={"fresh": "1"})
+        assert resp.status_code == 200
+        names = sorted(r["run"] for r in json.loads(resp.get_data()))
+        assert names == ["deep/d/d/d", "top"]
+        assert runs_module.MAX_SCAN_DEPTH < 1000
+    finally:
+        # Remove the deep tree bottom-up: pytest's own clean-up recurses and would overflow on it.
+        for level in reversed(levels):
+            shutil.rmtree(os.path.join(level, "plugins"), ignore_errors=True)
+            os.rmdir(level)
