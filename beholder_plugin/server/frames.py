@@ -1,12 +1,20 @@
 """Serving frames: PNGs encoded once for all viewers, and waiting for new frames without spinning.
 
 One `FrameHub` belongs to the plugin. For each frame file it keeps the last
-encoded PNG keyed by the file's identity (inode, size, mtime), so a frame is
-read and encoded once however many viewers ask for it. Viewers that wait for
-the next frame sleep on a condition; a single watcher thread per watched file
-stats it (every `fast_poll` s while frames are arriving, every `slow_poll` s
-when idle) and wakes them. The watcher exits once nobody has waited for
-`idle_exit` s, and every wait is bounded by the caller's timeout.
+encoded PNG keyed by the file's identity (inode, size, mtime) of exactly the
+bytes that were read, so a frame is read and encoded once however many
+viewers ask for it. Encodings of files nobody has asked for lately are
+dropped once the cached PNGs pass `MAX_CACHED_PNG_BYTES`.
+
+Value look-ups use the frame's parsed header, cached per (file, identity):
+the first look-up on a frame reads its header (or takes it from the cached
+encoding), every later one reads four bytes.
+
+Viewers that wait for the next frame sleep on a condition; a single watcher
+thread per watched file stats it (every `fast_poll` s while frames are
+arriving, every `slow_poll` s when idle) and wakes them. The watcher exits
+once nobody has waited for `idle_exit` s, and every wait is bounded by the
+caller's timeout.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import io
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +33,13 @@ from PIL import Image
 from beholder_plugin.protocol.files import LOCAL, FileRefused
 from beholder_plugin.protocol.frame_format import (
     MAX_FRAME_BYTES,
+    PREFIX_BYTES,
     Frame,
     FrameFormatError,
+    data_size,
     decode_frame,
-    read_header,
+    header_span,
+    parse_header,
     value_at,
 )
 
@@ -36,6 +48,13 @@ from beholder_plugin.protocol.frame_format import (
 PNG_COMPRESS_LEVEL = 1
 # Frame files with a cache slot at most (the latest frames of runs, and kept frames looked at).
 MAX_SLOTS = 256
+# Encoded PNGs kept in all (a show_all frame of a large network is a few MB of PNG):
+# past this, the encodings asked for least recently are dropped (and re-encoded if asked again).
+MAX_CACHED_PNG_BYTES = 128 << 20
+# Parsed frame headers kept for value look-ups, one per (file, identity).
+MAX_HEADERS = 64
+# A file replaced while it is being read is read again this many times at most.
+_ATTEMPTS = 3
 
 
 def file_identity(path: str) -> tuple | None:
@@ -66,6 +85,10 @@ class EncodedFrame:
     header: dict[str, Any]
     data_offset: int = 0  # where the frame file's values block starts (for value look-ups)
     encoded_at: float = field(default_factory=time.time)
+
+    def matches(self, expect: tuple[str, int] | None) -> bool:
+        """Whether this frame is the one a kept frame's name promises (any frame for None)."""
+        return expect is None or _stamp(self.header) == expect
 
     def headers(self) -> list[tuple[str, str]]:
         """HTTP headers describing this frame (ETag plus the frame header's main fields)."""
@@ -102,6 +125,42 @@ def _data_offset(data: bytes) -> int:
     return (12 + head_len + 7) & ~7
 
 
+def _stamp(header: dict[str, Any]) -> tuple[Any, Any]:
+    """(writer, frame id) of a frame header."""
+    return (header.get("writer"), header.get("frame_id"))
+
+
+def read_header_of(path: str, identity: tuple) -> tuple[dict[str, Any], int] | None:
+    """The header and data offset of the frame file at path, which must still be `identity`.
+
+    Reads the magic and length, then the header, then two bytes at the end
+    the header implies (so a torn or foreign file is refused as decode_frame
+    would refuse it); never the values or pixels. None when the file is
+    gone; FileRefused when it is not a regular file, or is no longer
+    `identity` (replaced while it was read); FrameFormatError when it is not
+    a valid frame file.
+    """
+    first = LOCAL.read_range(path, 0, PREFIX_BYTES, MAX_FRAME_BYTES, identity)
+    if first is None:
+        return None
+    span = header_span(first)
+    prefix = LOCAL.read_range(path, 0, span, MAX_FRAME_BYTES, identity)
+    if prefix is None:
+        return None
+    if len(prefix) < span:
+        raise FrameFormatError("frame file is shorter than its header")
+    header, offset = parse_header(prefix)
+    end = offset + data_size(header)
+    tail = LOCAL.read_range(path, end - 1, 2, MAX_FRAME_BYTES, identity)
+    if tail is None:
+        return None
+    if len(tail) != 1:
+        raise FrameFormatError(
+            f"frame file is not the {end} bytes its header implies (a torn or foreign file)"
+        )
+    return header, offset
+
+
 def _etag_for(header: dict[str, Any], identity: tuple) -> str:
     """A strong ETag: writer id and frame id when present, else a digest of the file identity."""
     writer, frame_id = header.get("writer"), header.get("frame_id")
@@ -122,6 +181,7 @@ class _Slot:
         self.identity: tuple | None = None
         self.waiters = 0
         self.last_wait = 0.0
+        self.last_used = 0.0  # when a request last asked for this file's frame
         self.watcher: threading.Thread | None = None
 
 
@@ -133,9 +193,11 @@ class FrameHub:
         self.slow_poll = slow_poll
         self.idle_exit = idle_exit
         self.encodings = 0  # how many times a frame was read and encoded (for tests and stats)
+        self.header_reads = 0  # how many times a header was read for value look-ups (likewise)
         self._slots: dict[str, _Slot] = {}
-        self._headers: dict[tuple, tuple[dict[str, Any], int]] = {}
+        self._headers: OrderedDict[tuple, tuple[dict[str, Any], int]] = OrderedDict()
         self._lock = threading.Lock()
+        self._headers_lock = threading.Lock()
 
     def _slot(self, path: str) -> _Slot:
         key = os.path.realpath(path)
@@ -148,19 +210,24 @@ class FrameHub:
                 slot = self._slots[key] = _Slot(key)
             return slot
 
-    def latest(self, path: str) -> EncodedFrame | None:
+    def latest(self, path: str, expect: tuple[str, int] | None = None) -> EncodedFrame | None:
         """The file's current frame, encoded (from cache if unchanged); None if there is no file.
 
-        Raises FrameFormatError (a ValueError) when the file is not a valid frame.
+        With ``expect`` (writer, frame id), as a kept frame's name gives
+        them, a file holding another frame counts as no file: the trainer
+        recycles dropped history files in place, so a name read a moment ago
+        may have become another frame. Raises FrameFormatError (a
+        ValueError) when the file is not a valid frame or not a regular file.
         """
         slot = self._slot(path)
+        slot.last_used = time.monotonic()
         identity = file_identity(slot.path)
         with slot.encode_lock:
             cached = slot.encoded
             if identity is None:
                 return None
             if cached is not None and cached.identity == identity:
-                return cached
+                return cached if cached.matches(expect) else None
             try:
                 found = LOCAL.read_with_identity(slot.path, MAX_FRAME_BYTES)
             except FileRefused as exc:
@@ -169,43 +236,109 @@ class FrameHub:
                 return None
             # The identity of what was actually read: the file may have been replaced after stat().
             data, identity = found
-            if cached is not None and cached.identity == identity:
-                return cached
-            encoded = encode_frame_file(data, identity)
-            self.encodings += 1
-            slot.encoded = encoded
-            return encoded
+            if cached is None or cached.identity != identity:
+                cached = encode_frame_file(data, identity)
+                self.encodings += 1
+                slot.encoded = cached
+                self._trim_encodings(keep=slot)
+            return cached if cached.matches(expect) else None
 
-    def value_at(self, path: str, x: int, y: int) -> dict[str, Any] | None:
-        """Pixel (x, y) of the frame at path: section, index, value, frame id and step.
-
-        The header is parsed once per frame file and kept; each look-up then
-        reads four bytes (and checks the file is still the frame the header
-        came from). FileNotFoundError when there is no such frame.
-        """
-        for attempt in range(3):
-            identity = file_identity(path)
-            if identity is None:
-                raise FileNotFoundError("there is no such frame (any more)")
-            header = self._headers.get((path, identity))
-            if header is None:
-                header = read_header(path)
-                if header is None:
-                    continue
-                if len(self._headers) >= 64:
-                    self._headers.clear()
-                self._headers[(path, identity)] = header
-            try:
-                found = value_at(path, x, y, header=header, identity=identity)
-            except FileRefused:  # replaced since the header was read: once more with the new one
-                if attempt == 2:
-                    raise
+    def _trim_encodings(self, keep: _Slot) -> None:
+        """Drop the least recently used encodings while the cached PNGs exceed MAX_CACHED_PNG_BYTES."""
+        with self._lock:
+            slots = [s for s in self._slots.values() if s.encoded is not None]
+        total = sum(len(s.encoded.png) for s in slots if s.encoded is not None)
+        for slot in sorted(slots, key=lambda s: s.last_used):
+            if total <= MAX_CACHED_PNG_BYTES:
+                break
+            encoded = slot.encoded
+            if slot is keep or encoded is None:
                 continue
+            slot.encoded = None  # a request holding it keeps its reference; the next one re-reads
+            total -= len(encoded.png)
+
+    def header(self, path: str) -> tuple[tuple[dict[str, Any], int], tuple] | None:
+        """((header, data offset), identity) of the frame file at path; None if there is no file.
+
+        From the cache when the file is unchanged (the header of the cached
+        encoding counts), else read with read_header_of. Raises
+        FrameFormatError for a file that is not a valid frame or not a
+        regular file.
+        """
+        key = os.path.realpath(path)
+        for attempt in range(_ATTEMPTS):
+            identity = file_identity(key)
+            if identity is None:
+                return None
+            cached = self._cached_header(key, identity)
+            if cached is not None:
+                return cached, identity
+            try:
+                parsed = read_header_of(key, identity)
+            except FileRefused as exc:
+                if attempt + 1 < _ATTEMPTS and file_identity(key) != identity:
+                    continue  # replaced while we read it: read the new file
+                raise FrameFormatError(str(exc)) from None
+            if parsed is None:
+                return None
+            self.header_reads += 1
+            with self._headers_lock:
+                self._headers[(key, identity)] = parsed
+                while len(self._headers) > MAX_HEADERS:
+                    self._headers.popitem(last=False)
+            return parsed, identity
+        return None
+
+    def _cached_header(self, key: str, identity: tuple) -> tuple[dict[str, Any], int] | None:
+        """A header already parsed for this exact file: from the header cache or the encoded frame."""
+        with self._headers_lock:
+            found = self._headers.get((key, identity))
             if found is not None:
-                found["frame_id"] = header[0].get("frame_id")
-                found["step"] = header[0].get("step")
-            return found
-        raise FileNotFoundError("there is no such frame (any more)")
+                self._headers.move_to_end((key, identity))
+                return found
+        with self._lock:
+            slot = self._slots.get(key)
+        encoded = slot.encoded if slot is not None else None
+        if encoded is not None and encoded.identity == identity:
+            return encoded.header, encoded.data_offset
+        return None
+
+    def value_at(
+        self, path: str, x: int, y: int, expect: tuple[str, int] | None = None
+    ) -> dict[str, Any] | None:
+        """Pixel (x, y) of the frame at path: {"section", "name", "index", "value", "frame_id", "step"}.
+
+        None on a separator, outside the frame or for a frame without
+        sections. Reads the header once per frame file (see header()) and
+        then four bytes per look-up, checking that the file is still the
+        frame the header came from. FileNotFoundError when there is no such
+        frame (with ``expect``: none holding that writer's frame id).
+        """
+        key = os.path.realpath(path)
+        for attempt in range(_ATTEMPTS):
+            found = self.header(key)
+            if found is None:
+                break
+            (head, offset), identity = found
+            if expect is not None and _stamp(head) != expect:
+                break
+            try:
+                where = value_at(key, x, y, header=(head, offset), files=LOCAL, identity=identity)
+            except FileRefused as exc:
+                if attempt + 1 < _ATTEMPTS and file_identity(key) != identity:
+                    continue  # replaced since the header was read: once more with the new one
+                raise FrameFormatError(str(exc)) from None
+            if where is None:
+                return None
+            return {
+                "section": where["section"],
+                "name": where["name"],
+                "index": where["index"],
+                "value": where["value"],
+                "frame_id": head.get("frame_id"),
+                "step": head.get("step"),
+            }
+        raise FileNotFoundError(path)
 
     def wait_newer(self, path: str, etag: str | None, timeout: float) -> EncodedFrame | None:
         """The first frame whose ETag is not `etag`, waiting at most `timeout` s (None if none)."""

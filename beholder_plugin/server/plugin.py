@@ -10,6 +10,7 @@ import importlib.resources
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -21,7 +22,7 @@ from werkzeug import wrappers
 
 from beholder_plugin.protocol.files import FileRefused
 from beholder_plugin.protocol.frame_format import FrameFormatError
-from beholder_plugin.protocol.history import history_frame_path, list_history
+from beholder_plugin.protocol.history import history_frame_path, list_history, parse_history_name
 from beholder_plugin.protocol.names import HISTORY_DIR
 from beholder_plugin.protocol.runfiles import (
     CONFIG_FILE,
@@ -63,8 +64,11 @@ def _json(request: wrappers.Request, content: Any, code: int = 200) -> wrappers.
 
 
 def _pixel_coordinate(raw: str | None, name: str) -> int:
-    """A pixel coordinate from the query (RunError 400 unless a whole number from 0 to 2**31)."""
-    if raw is None or not raw.isdigit() or len(raw) > 10 or int(raw) >= 1 << 31:
+    """A pixel coordinate from the query (RunError 400 unless ASCII digits, a number below 2**31).
+
+    ASCII only: str.isdigit() also accepts "²" (which int() refuses) and "٣" (which it reads as 3).
+    """
+    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or int(raw) >= 1 << 31:
         raise RunError(f"query parameter {name!r} must be a pixel coordinate (a whole number >= 0)", 400)
     return int(raw)
 
@@ -72,7 +76,7 @@ def _pixel_coordinate(raw: str | None, name: str) -> int:
 def section_table(frame: EncodedFrame | None) -> dict[str, Any]:
     """The /section-info document for a frame (or for no frame yet)."""
     if frame is None:
-        return {"version": 2, "frame_id": None, "writer": None, "sections": []}
+        return {"version": 2, "frame_id": None, "writer": None, "step": None, "sections": []}
     head = frame.header
     return {
         "version": 2,
@@ -83,11 +87,19 @@ def section_table(frame: EncodedFrame | None) -> dict[str, Any]:
     }
 
 
+def _no_frame(run: Run, name: str | None) -> str:
+    """The 404 message for a run without a frame yet, or a kept frame the ring has dropped."""
+    if name is None:
+        return f"run {run.name!r} has no frame yet"
+    return f"frame {name} of run {run.name!r} is no longer kept (the history ring dropped it)"
+
+
 def _with_run(handler: Callable) -> Callable:
     """Decorate a route method: it gets the resolved ?run=, and its errors become JSON answers.
 
     RunError keeps its status; a frame file that cannot be used (corrupt,
-    an old version, not a regular file) is a 500 naming the problem.
+    an old version, not a regular file) and a file the system refuses to
+    read (permissions, a symlink loop) are a 500 naming the problem.
     """
 
     def wrapped(self: BeholderPlugin, request: wrappers.Request) -> wrappers.Response:
@@ -97,6 +109,9 @@ def _with_run(handler: Callable) -> Callable:
             return _error(request, str(exc), exc.status)
         except (FrameFormatError, FileRefused) as exc:
             return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
+        except OSError as exc:
+            name = os.path.basename(exc.filename) if isinstance(exc.filename, str) else "a file"
+            return _error(request, f"cannot read {name} of the run: {exc.strerror or exc}", 500)
 
     wrapped.__doc__ = handler.__doc__
     wrapped.__name__ = handler.__name__
@@ -141,8 +156,6 @@ class BeholderPlugin(base_plugin.TBPlugin):
             tab_name="Beholder",
             disable_reload=True,
         )
-
-    # ------------------------------------------------------------ helpers
 
     # ------------------------------------------------------------ routes
 
@@ -224,10 +237,12 @@ class BeholderPlugin(base_plugin.TBPlugin):
     def _serve_value(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """What pixel (?x=, ?y=) of the latest frame (or of ?frame=, a kept one) shows, and its value."""
         x, y = (_pixel_coordinate(request.args.get(k), k) for k in ("x", "y"))
+        name = request.args.get("frame")
+        path, expect = self._kept_frame(run, name)
         try:
-            found = self._hub.value_at(self._kept_path(run, request.args.get("frame")), x, y)
-        except FileNotFoundError as exc:
-            return _error(request, str(exc), 404)
+            found = self._hub.value_at(path, x, y, expect)
+        except FileNotFoundError:
+            return _error(request, _no_frame(run, name), 404)
         if found is None:
             return _error(request, f"pixel ({x}, {y}) shows no array value in this frame", 404)
         return _json(request, found)
@@ -248,20 +263,27 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @_with_run
     def _serve_history_frame(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """One kept frame (?name=) as PNG, with an ETag; 404 once the ring has dropped it."""
-        frame = self._hub.latest(self._kept_path(run, request.args.get("name") or ""))
+        name = request.args.get("name", "")
+        frame = self._hub.latest(*self._kept_frame(run, name))
         if frame is None:
-            return _error(request, "that frame is no longer kept", 404)
+            return _error(request, _no_frame(run, name), 404)
         return self._frame_response(request, frame)
 
-    def _kept_path(self, run: Run, name: str | None) -> str:
-        """The latest frame's path (name None) or a kept frame's (RunError 400 for a bad name)."""
+    def _kept_frame(self, run: Run, name: str | None) -> tuple[str, tuple[str, int] | None]:
+        """The path of the latest frame (name None) or of a kept one, and the (writer, frame id) it must hold.
+
+        RunError 400 for a name that is not a kept frame's file name, 403 if
+        the file leads out of the logdir.
+        """
         if name is None:
-            return self._frame_path(run)
+            return self._frame_path(run), None
         try:
             history_frame_path(run.path, name)  # validates the name
         except ValueError as exc:
             raise RunError(str(exc), 400) from None
-        return self._index.file_path(run, f"{HISTORY_DIR}/{name}")
+        entry = parse_history_name(name)
+        expect = None if entry is None else (entry.writer, entry.frame_id)
+        return self._index.file_path(run, f"{HISTORY_DIR}/{name}"), expect
 
     @wrappers.Request.application
     @_with_run

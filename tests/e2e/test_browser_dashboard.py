@@ -171,6 +171,8 @@ def test_info_panel_sits_beside_each_section(session):
     assert names == ["dense/kernel", "tiny/kernel", "dense/bias", "wide/vector"]
     tops = [e.evaluate("el => parseFloat(el.style.top)") for e in entries]
     assert tops == [0, 133, 266, 399]
+    # The panel adds up the records' pixel heights and 5 px separators: the frame header's tops.
+    assert tops == [rec["top"] for rec in read_frame_file(session["live"]).sections]
     text = entries[0].inner_text()
     assert "shape [40, 30]" in text
     assert re.search(r"range \d\.\d{3}e[+-]\d{2}", text)

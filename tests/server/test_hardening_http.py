@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from server_support import BASE, ROOT, make_frames, plugin_client
 
+from beholder_plugin.protocol.history import list_history
 from beholder_plugin.protocol.runfiles import FRAME_FILE, config_path, plugin_dir
 from beholder_plugin.protocol.settings import COLORMAPS, DEFAULT_CONFIG, MODES, SCALINGS, VALUES
 
@@ -91,6 +92,7 @@ VALID_CHANGES = st.fixed_dictionaries({}, optional={
     "scaling": st.sampled_from(SCALINGS), "colormap": st.sampled_from(COLORMAPS),
     "window_size": st.integers(2, 20), "FPS": st.integers(0, 30), "is_recording": st.booleans(),
     "show_all": st.booleans(), "version": st.just(1),
+    "history_mb": st.integers(0, 1 << 20), "history_seconds": st.integers(0, 7 * 24 * 3600),
 })
 CONFIG_BODIES = st.one_of(
     VALID_CHANGES.map(json.dumps),
@@ -152,6 +154,11 @@ def world(tmp_path_factory):
     return {"root": root, "logs": logs, "client": client, "plugin": plugin}
 
 
+def kept_names(world) -> list[str]:
+    """The kept frames of the logdir's runs "." and "train/a"."""
+    return [e.name for run in (world["logs"], world["logs"] / "train" / "a") for e in list_history(run)]
+
+
 def reads_inside(world, run: str) -> bool:
     """Whether run names a directory whose Beholder files all really lie inside the logdir."""
     root = os.path.realpath(world["logs"])
@@ -190,16 +197,43 @@ def test_fuzzed_run_names_on_every_get_route(world, run, route, etag):
     check(world, resp, route, before, run=run)
 
 
+COORDINATES = st.one_of(
+    st.integers(-5, 1000).map(str),
+    st.integers(0, 260).map(str),  # inside the fuzzed frames (768 x 261) whichever the axis
+    st.sampled_from(["", " 1", "1 ", "+1", "1.0", "1e2", "0x10", "٣", "²", "2147483647", "2147483648",
+                     "99999999999", "-0", "nan", "1,2", "%31"]),
+    st.text(max_size=12),
+)
+NAME_EDITS = [
+    lambda n: n, lambda n: "../" + n, lambda n: "history/" + n, lambda n: n + "/", lambda n: n + "\x00",
+    lambda n: n.upper(), lambda n: n.replace(".bin", ".png"), lambda n: "./" + n, lambda n: n[:-5] + "9.bin",
+    lambda n: "/" + n, lambda n: n.replace("-", "/"),
+]
+
+
 @FUZZ
 @given(
-    run=st.one_of(st.sampled_from([".", "train/a", "files-out"]), RUN_NAMES),
-    x=st.one_of(st.integers(-5, 1000).map(str), st.text(max_size=12)),
-    y=st.one_of(st.integers(-5, 300).map(str), st.text(max_size=12)),
-    name=st.one_of(st.none(), st.text(max_size=60), st.sampled_from(["f-0000000000000001-ab-1-1.bin"])),
+    # runs that exist (three times as likely as fuzzed names, so that look-ups get answered too)
+    run=st.sampled_from(["known"] * 3 + ["fuzzed"]).flatmap(
+        lambda kind: st.sampled_from([".", "train/a", "alias", "files-out", "link-out"])
+        if kind == "known" else RUN_NAMES),
+    x=COORDINATES,
+    y=COORDINATES,
+    name=st.one_of(
+        st.none(),
+        st.text(max_size=60),
+        st.sampled_from(["f-0000000000000001-ab-1-1.bin", "frame.bin", "config.json", "..", ".", ""]),
+        # a kept frame's name, as listed (half the time) or edited
+        st.tuples(st.integers(0, 1), st.one_of(st.just(NAME_EDITS[0]), st.sampled_from(NAME_EDITS))),
+        st.tuples(st.integers(0, 1), st.just(NAME_EDITS[0])),
+    ),
     route=st.sampled_from(["value", "history", "history/frame"]),
 )
 def test_fuzzed_inspection_routes(world, run, x, y, name, route):
     """Value look-ups and the history routes: documented statuses only, nothing written."""
+    if isinstance(name, tuple):
+        names = kept_names(world)
+        name = name[1](names[name[0] % len(names)])
     before = snapshot(world["root"])
     query = {"run": run, "x": x, "y": y}
     if name is not None:
@@ -208,7 +242,13 @@ def test_fuzzed_inspection_routes(world, run, x, y, name, route):
     check(world, resp, route, before, run=run if route != "value" or name is None else None)
     if resp.status_code == 200 and route == "value":
         found = json.loads(resp.get_data())
-        assert set(found) >= {"section", "name", "index", "value", "frame_id", "step"}
+        assert set(found) == {"section", "name", "index", "value", "frame_id", "step"}
+        assert x.isdigit() and y.isdigit() and x.isascii() and y.isascii()
+    if resp.status_code == 200 and route == "history":
+        keys = {"name", "time", "step", "frame_id", "writer"}
+        assert all(set(e) == keys for e in json.loads(resp.get_data()))
+    if resp.status_code in (200, 304) and route == "history/frame":
+        assert name in kept_names(world)
 
 
 @FUZZ
@@ -226,6 +266,7 @@ def test_fuzzed_live_parameters(world, run, after, timeout):
 
 @FUZZ
 @given(query=st.text(max_size=80), route=st.sampled_from(["frame", "live", "section-info", "config",
+                                                           "value", "history", "history/frame",
                                                            "runs", "ping"]))
 def test_fuzzed_raw_query_strings(world, query, route):
     """Arbitrary (and arbitrarily percent-encoded) query strings, parsed by werkzeug itself."""

@@ -16,6 +16,7 @@ from server_support import BASE, make_frames, plugin_client, read_config_file, s
 
 from beholder_plugin.protocol.files import LOCAL
 from beholder_plugin.protocol.frame_format import encode_frame
+from beholder_plugin.protocol.history import history_frame_path
 from beholder_plugin.protocol.runfiles import (
     config_path,
     frame_path,
@@ -342,10 +343,20 @@ def test_section_info_is_the_latest_frames_own_table(client, logdir):
     assert resp.status_code == 200
     doc = json.loads(resp.get_data())
     frame = read_frame_file(logdir)
+    assert doc["version"] == 2
     assert doc["sections"] == frame.sections and doc["frame_id"] == frame.header["frame_id"]
+    assert doc["step"] == frame.header["step"]
     assert [s["name"] for s in doc["sections"]] == ["w", "b"]
-    assert doc["writer"] == frame.header["writer"] == client.get(f"{BASE}/frame?run=.").headers[
-        "X-Beholder-Writer"]
+    shown = client.get(f"{BASE}/frame?run=.")
+    assert doc["writer"] == frame.header["writer"] == shown.headers["X-Beholder-Writer"]
+    # What the dashboard lays its info panel out with: each record's keys, and sections whose
+    # pixel heights and 5 px separators add up to the frame's height.
+    for rec in doc["sections"]:
+        assert {"name", "shape", "height", "min", "mean", "max", "range", "top"} <= set(rec)
+    tops = [rec["top"] for rec in doc["sections"]]
+    assert tops == [sum(r["height"] + 5 for r in doc["sections"][:i]) for i in range(len(tops))]
+    last = doc["sections"][-1]
+    assert shown.headers["X-Beholder-Size"] == f"{frame.width}x{last['top'] + last['height']}"
 
 
 def test_section_info_changes_with_the_frame_it_belongs_to(tmp_path):
@@ -367,20 +378,36 @@ def test_section_info_changes_with_the_frame_it_belongs_to(tmp_path):
 def test_section_info_before_any_frame(tmp_path):
     os.makedirs(plugin_dir(tmp_path / "fresh"))
     _, client = plugin_client(tmp_path)
-    doc = json.loads(client.get(f"{BASE}/section-info?run=fresh").get_data())
-    assert doc["sections"] == [] and doc["frame_id"] is None
+    resp = client.get(f"{BASE}/section-info?run=fresh")
+    assert resp.status_code == 200
+    assert json.loads(resp.get_data()) == {
+        "version": 2, "frame_id": None, "writer": None, "step": None, "sections": []}
+
+
+V1_FRAME = (lambda head: b"BHFRAME\0" + len(head).to_bytes(4, "little") + head + b"abc")(
+    json.dumps({"version": 1, "height": 1, "width": 1, "channels": 3}).encode())
 
 
 def test_an_old_or_corrupt_frame_file_is_a_clear_error(client, logdir):
-    head = json.dumps({"version": 1, "height": 1, "width": 1, "channels": 3}).encode()
-    LOCAL.write_atomic(frame_path(logdir), [b"BHFRAME\0" + len(head).to_bytes(4, "little") + head + b"abc"])
-    for route in ("frame", "section-info"):
-        resp = client.get(f"{BASE}/{route}?run=.")
-        assert resp.status_code == 500
-        assert "version 1, written by an older Beholder" in json.loads(resp.get_data())["error"]
+    LOCAL.write_atomic(frame_path(logdir), [V1_FRAME])
+    query = {"run": ".", "x": "1", "y": "1", "timeout": "1"}
+    for route in ("frame", "live", "section-info", "value"):
+        resp = client.get(f"{BASE}/{route}", query_string=query)
+        assert resp.status_code == 500, route
+        error = json.loads(resp.get_data())["error"]
+        assert "version 1, written by an older Beholder" in error, route
+        assert "reads version 2" in error and "Upgrade" in error, route
+    # A kept frame of version 1 (say, a ring left by an older trainer) says so too.
+    kept = "f-0000000000000001-ab-1-1.bin"
+    LOCAL.write_atomic(history_frame_path(logdir, kept), [V1_FRAME])
+    for route, param in (("history/frame", "name"), ("value", "frame")):
+        resp = client.get(f"{BASE}/{route}", query_string={**query, param: kept})
+        assert resp.status_code == 500, route
+        assert "version 1" in json.loads(resp.get_data())["error"], route
     LOCAL.write_atomic(frame_path(logdir), [b"not a frame at all"])
-    resp = client.get(f"{BASE}/value?run=.&x=1&y=1")
-    assert resp.status_code == 500 and "bad magic" in json.loads(resp.get_data())["error"]
+    for route in ("frame", "section-info", "value"):
+        resp = client.get(f"{BASE}/{route}", query_string=query)
+        assert resp.status_code == 500 and "bad magic" in json.loads(resp.get_data())["error"], route
 
 
 # ---------------------------------------------------------------- config
@@ -413,6 +440,14 @@ def test_config_post_partial_update(client, logdir):
     assert read_config_file(logdir)["colormap"] == "viridis"
 
 
+def test_config_post_sets_the_history_ring(client, logdir):
+    resp = post_config(client, ".", {"history_mb": 0, "history_seconds": 30})
+    assert resp.status_code == 200
+    assert json.loads(resp.get_data())["config"]["history_mb"] == 0
+    on_disk = read_config_file(logdir)
+    assert (on_disk["history_mb"], on_disk["history_seconds"]) == (0, 30)
+
+
 def test_config_post_keeps_other_keys(client, logdir):
     set_config(logdir, colormap="plasma", window_size=4)
     post_config(client, ".", {"mode": "current"})
@@ -436,6 +471,11 @@ def test_config_post_keeps_other_keys(client, logdir):
         ({"show_all": 1}, "show_all"),
         ({"is_recording": "yes"}, "is_recording"),
         ({"version": 2}, "version"),
+        ({"history_mb": -1}, "history_mb"),
+        ({"history_mb": 1 << 21}, "history_mb"),
+        ({"history_mb": True}, "history_mb"),
+        ({"history_seconds": 1.5}, "history_seconds"),
+        ({"history_seconds": "600"}, "history_seconds"),
         ({"FPS": 5, "brightness": 3}, "brightness"),
         ([1, 2], "object"),
         ("FPS", "object"),

@@ -253,7 +253,9 @@ export class Dashboard {
       const doc = await getJSON("section-info", { run });
       if (run !== this.run) return;
       this.sections = doc.sections || [];
-      this.infoKey = `${this.lastMeta?.writer}-${doc.frame_id}`;
+      // The table comes from the latest frame's own header: keyed by that frame's writer and id, so
+      // it is fetched again only when another frame is shown (scheduleInfo compares the keys).
+      this.infoKey = `${doc.writer ?? this.lastMeta?.writer}-${doc.frame_id}`;
       this.renderInfo();
     } catch (_) {
       // the next frame schedules another try
