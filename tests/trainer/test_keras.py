@@ -236,3 +236,40 @@ def test_the_callback_declares_itself_async_safe_and_never_overlaps_its_hooks(ru
     first.join(10)
     callback.on_train_batch_end(2)
     assert len(calls) == 2
+
+
+def test_a_worker_hook_that_comes_after_the_next_step_began_leaves_the_read_to_the_training_thread(run_dir):
+    """The gate: variables are read between steps only, on whichever thread gets there in time."""
+    import threading
+
+    configure(run_dir)
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    reads = []
+    callback.beholder.update = lambda **kw: reads.append(threading.get_ident())
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    callback.on_train_batch_begin(0)
+    callback.on_train_batch_begin(1)  # step 1 has begun before batch 0's hook runs
+
+    def late_hook():
+        callback.on_train_batch_end(0)
+
+    worker = threading.Thread(target=late_hook)
+    worker.start()
+    worker.join(10)
+    assert reads == []  # too late: the weights were already changing
+    callback.on_train_batch_begin(2)  # the training thread makes the update, between steps
+    assert reads == [threading.get_ident()]
+
+    worker = threading.Thread(target=callback.on_train_batch_end, args=(2,))  # in time: reads there
+    worker.start()
+    worker.join(10)
+    assert len(reads) == 2 and reads[1] != threading.get_ident()
+    callback.on_test_begin()  # validation: no reading until the next batch begins
+    worker = threading.Thread(target=callback.on_train_batch_end, args=(2,))
+    worker.start()
+    worker.join(10)
+    assert len(reads) == 2
+    callback.on_epoch_end(0)  # the late update is made at the epoch's end
+    assert len(reads) == 3 and reads[2] == threading.get_ident()
+    callback.beholder.close()

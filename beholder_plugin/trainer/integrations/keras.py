@@ -2,6 +2,34 @@
 
 This module imports Keras when it is imported; ``beholder_plugin`` loads it
 only when ``BeholderCallback`` is first asked for.
+
+How the callback shares the model with the training thread
+----------------------------------------------------------
+
+Keras 3's ``CallbackList`` (``keras/src/callbacks/callback_list.py``) runs
+the ``on_train_batch_end`` hooks of a fit on a ``ThreadPoolExecutor`` when
+the backend declares ``IS_THREAD_SAFE`` (JAX, torch; not TensorFlow) and
+every callback either leaves the batch-end hooks alone or exposes
+``async_safe = True``. The training thread then goes on to the next batch at
+once. So a hook of batch N may run while step N + 1 changes the weights:
+torch's optimizers add to the parameters in place (``torch._foreach_add_``,
+which a concurrent ``index_select`` can see half done), and JAX donates the
+state arrays of step N to step N + 1 (reading them then fails with "Buffer has
+been deleted or donated"), while ``Callback.model`` on JAX writes that state
+back into the model (``jax_state_sync``), which must not race the trainer.
+
+So the variables are read only between steps, through a small gate:
+
+- ``on_train_batch_begin`` and ``on_test_begin`` always run on the training
+  thread, before the weights change again. They close the gate (record the
+  batch that begins) and wait for a read in progress to finish.
+- A batch-end hook reads only if no later batch has begun yet, and marks
+  itself reading under the same lock, so the training thread waits for it.
+  Otherwise it is late: it reads nothing, and the training thread makes the
+  update itself at the next batch begin (or epoch end), between steps.
+
+A hook on the training thread (TensorFlow, or a Keras that runs every hook
+synchronously) is between steps by construction and reads at once.
 """
 
 from __future__ import annotations
@@ -12,33 +40,68 @@ from typing import Any, Callable
 
 import keras
 
+from beholder_plugin.protocol.layout import RenderError
 from beholder_plugin.trainer.beholder import Beholder
+
+
+class _ModelVariables:
+    """What the callback shows as trainable variables: the model's, looked up only when a frame is due.
+
+    ``Beholder.update`` evaluates ``trainable_variables`` only when it gathers
+    a frame, so the model is not touched on batches without one (on JAX,
+    ``Callback.model`` syncs the trainer's state into the model).
+    """
+
+    def __init__(self, callback: BeholderCallback) -> None:
+        self._callback = callback
+
+    @property
+    def trainable_variables(self) -> list:
+        model = self._callback.model
+        if model is None:
+            raise RenderError(
+                "BeholderCallback has no model: pass it to model.fit(callbacks=[...]) "
+                "or call set_model() first"
+            )
+        return model.trainable_variables
 
 
 class BeholderCallback(keras.callbacks.Callback):
     """Callback that shows the model's trainable variables in TensorBoard's Beholder tab.
 
-    After every training batch it hands the model to ``Beholder.update()``,
+    After every training batch it offers the model to ``Beholder.update()``,
     which gathers a frame only when one is due by the dashboard's FPS setting
     (other batches cost one ``stat()`` of the config file); Beholder's own
     background thread renders and writes it.
 
-    The callback is ``async_safe``: on the Keras backends that allow it
-    (JAX and torch; TensorFlow's runs every callback on the training thread),
-    Keras calls its batch hook on a worker thread, so training never waits
-    for it. Two batches' hooks never run at once: a hook that finds the
-    previous one still running returns at once. Variables are read through
-    their backend tensors on that thread; each is read whole at one moment,
-    but different variables may be read on either side of an optimizer step. Sections are the
-    model's trainable variables, named by their paths (``variable.path``, e.g.
-    ``sequential/conv2d/kernel``), in ``model.trainable_variables`` order.
-    The recording, if one was started from the dashboard, is finished when
-    training ends.
+    The callback is ``async_safe``. Where Keras runs such batch hooks on a
+    worker thread (the JAX and torch backends), ``on_train_batch_end`` runs on
+    a thread of Keras's pool and the training thread does not wait for it;
+    on TensorFlow, and on a Keras without asynchronous callbacks, it runs on
+    the training thread. Either way the variables are read only between two
+    training steps: a worker-thread hook reads before the next batch begins,
+    and ``on_train_batch_begin`` (always on the training thread) waits for
+    that read to finish; a hook that starts after the next batch has begun
+    reads nothing and leaves the update to the training thread at the next
+    batch begin or epoch end. So every frame shows the weights of one step,
+    whole, and reading never races an optimizer update. A frame costs the
+    training thread at most the wait for that read; rendering and writing
+    happen on Beholder's own thread.
+
+    Sections are the model's trainable variables, named by their paths
+    (``variable.path``, e.g. ``sequential/conv2d/kernel``), in
+    ``model.trainable_variables`` order. The model is looked up only when a
+    frame is due. ``on_train_end`` waits for a read in progress, then closes
+    the Beholder: the frame being written is finished, and so is the
+    recording, if one was started from the dashboard.
 
     The callback reads variables only; it draws no random numbers and never
     changes the model, so training with it gives the same weights as without.
-    Errors inside Beholder are logged once and training goes on, unless
-    ``strict=True``.
+    Errors inside Beholder are logged once (with their traceback; later ones
+    are counted in ``beholder.failures``) and training goes on, on whichever
+    thread they happen. With ``strict=True`` they are raised instead: on the
+    training thread into ``fit()`` directly, and from a Keras worker thread
+    by Keras, into ``fit()`` at a later batch or at the end of the epoch.
 
     Args:
         logdir: the run directory to write to, usually the same directory
@@ -48,14 +111,18 @@ class BeholderCallback(keras.callbacks.Callback):
         frame: optional zero-argument callable returning an image to show
             when the dashboard's Values selector is on "frames": a 2-D array
             (scaled to gray) or an H x W x 3 uint8 RGB image. It is called only
-            when such a frame is due.
+            when such a frame is due, between two training steps, on the
+            thread that makes the update (see above).
         strict: raise errors from Beholder into ``fit()`` instead of logging
             the first one and carrying on.
 
     Attributes:
         beholder: the ``Beholder`` writing the frames (``frames_written``,
             ``failures``, ``skipped``).
-        async_safe: True: Keras may run the batch hook on a worker thread.
+        async_safe: True: a Keras that supports asynchronous callbacks may
+            run ``on_train_batch_end`` on a worker thread. Keras versions
+            without the notion ignore it and call every hook on the training
+            thread, where the callback works the same.
 
     Example:
 
@@ -69,6 +136,10 @@ class BeholderCallback(keras.callbacks.Callback):
     ```
     """
 
+    # Keras 3 reads this with getattr(callback, "async_safe", False) (keras/src/callbacks/
+    # callback_list.py); a Keras without asynchronous callbacks never looks at it.
+    async_safe = True
+
     def __init__(
         self,
         logdir: str | os.PathLike,
@@ -80,20 +151,100 @@ class BeholderCallback(keras.callbacks.Callback):
             raise TypeError(f"frame must be a zero-argument callable, not {type(frame).__name__}")
         self.beholder = Beholder(logdir, strict=strict)
         self._frame = frame
-        self._in_hook = threading.Lock()
+        self._variables = _ModelVariables(self)
+        self._gate = threading.Condition()
+        self._training_thread: int | None = None  # the thread that runs fit(), from on_train_begin
+        self._begun = -1  # the last batch that began in this epoch (its begin step)
+        self._closed = False  # evaluation runs: the weights may be in use, no reading until the next batch
+        self._reading = False  # an update is in progress (on whichever thread)
+        self._late = False  # a worker-thread hook found the next step started: the training thread updates
 
-    # Keras 3 dispatches the batch hooks of callbacks that declare this on a thread pool.
-    async_safe = True
+    # ------------------------------------------------------------ the training thread
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        """Offer the model's variables and frame to Beholder; cheap when no frame is due."""
-        if not self._in_hook.acquire(blocking=False):
-            return  # the previous batch's hook still runs on another worker thread
-        try:
-            self.beholder.update(variables=self.model, frame=self._frame)
-        finally:
-            self._in_hook.release()
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Note the training thread and start with an open gate."""
+        with self._gate:
+            self._gate.wait_for(lambda: not self._reading)
+            self._training_thread = threading.get_ident()
+            self._begun, self._closed, self._late = -1, False, False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Batch numbers start again from 0 (Keras has waited for the last epoch's hooks)."""
+        with self._gate:
+            self._begun, self._closed = -1, False
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        """Close the gate before this step changes the weights: wait for a read in progress.
+
+        If the previous batch's hook came too late to read, make its update here,
+        between the steps.
+        """
+        with self._gate:
+            self._begun, self._closed = batch, False
+            if self._reading:
+                self._gate.wait_for(lambda: not self._reading)
+            late, self._late = self._late, False
+        if late:
+            self._update_between_steps()
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        """Validation inside fit() (JAX donates the weights to it): no reading until the next batch."""
+        with self._gate:
+            self._closed = True
+            self._gate.wait_for(lambda: not self._reading)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Make the update a late hook left, now that Keras has waited for every batch hook."""
+        self._catch_up()
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        """Write the last frame and finish the recording (Keras has waited for every batch hook)."""
-        self.beholder.close()
+        """Wait for an update in progress, make a late one, then finish the frame and the recording."""
+        try:
+            self._catch_up()
+        finally:
+            self.beholder.close()
+
+    def _catch_up(self) -> None:
+        with self._gate:
+            self._gate.wait_for(lambda: not self._reading)
+            late, self._late = self._late, False
+        if late:
+            self._update_between_steps()
+
+    # ------------------------------------------------------------ any thread
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """Offer the model's variables and frame to Beholder; cheap when no frame is due.
+
+        Runs on the training thread or, where Keras dispatches it
+        asynchronously, on a worker thread; there it reads only while the
+        training thread has not begun the next batch (which then waits).
+        """
+        training = self._training_thread
+        with self._gate:
+            if self._reading:
+                return  # another update is in progress: this batch's frame is skipped
+            if training is not None and threading.get_ident() != training and (
+                self._closed or self._begun > batch
+            ):
+                self._late = True  # the next step has begun: the training thread updates instead
+                return
+            self._reading = True
+        self._update_and_release()
+
+    def _update_between_steps(self) -> None:
+        """An update made on the training thread (unless a stray hook is still reading)."""
+        with self._gate:
+            if self._reading:
+                return
+            self._reading = True
+        self._update_and_release()
+
+    def _update_and_release(self) -> None:
+        """Beholder.update() with the gate marked reading; never leaves it marked."""
+        try:
+            self.beholder.update(variables=self._variables, frame=self._frame)
+        finally:
+            with self._gate:
+                self._reading = False
+                self._gate.notify_all()
