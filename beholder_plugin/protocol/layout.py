@@ -42,32 +42,52 @@ class RenderError(ValueError):
     """An array that cannot be laid out; the message names the section."""
 
 
+class NoValues(RenderError):
+    """A section with nothing to show this frame (None, a gradient that never came): not an error, even
+    with strict; the section is drawn empty with the reason."""
+
+
 # ---------------------------------------------------------------- geometry
 
 
-def frame_width(shapes: Sequence[tuple[int, ...]], show_all: bool) -> int:
-    """The frame width for these array shapes: 768, or wider with show_all."""
+def frame_width(
+    shapes: Sequence[tuple[int, ...]], show_all: bool, layouts: Sequence[str | None] | None = None
+) -> int:
+    """The frame width for these array shapes: 768, or wider with show_all (layouts: the original's rule)."""
     width = FRAME_WIDTH
     if show_all:
-        for shape in shapes:
-            if len(shape) == 1:
-                width = max(width, shape[0])
-            elif len(shape) == 2:
-                width = max(width, shape[1])
-            elif len(shape) == 4:
-                width = max(width, shape[1] * shape[3])
+        for shape, layout in zip(shapes, layouts or [None] * len(shapes)):
+            natural = _natural_size(layout or layout_for(shape), tuple(shape))[1]
+            if natural is not None:
+                width = max(width, natural)
     return width
 
 
-def section_height(shape: tuple[int, ...], show_all: bool) -> int:
-    """The pixel height of one array's section."""
-    if not show_all or len(shape) == 1:
+def section_height(shape: tuple[int, ...], show_all: bool, layout: str | None = None) -> int:
+    """The pixel height of one array's section (layout: the original's rule for the shape)."""
+    layout = layout or layout_for(shape)
+    if layout == MISSING:
+        return MISSING_HEIGHT
+    if not show_all or layout == "vector":
         return SECTION_HEIGHT
-    if len(shape) == 2:
-        return max(SECTION_HEIGHT, shape[0])
-    if len(shape) == 4:
-        return max(SECTION_HEIGHT, shape[0] * shape[2])
-    return max(SECTION_HEIGHT, math.prod(shape) // FRAME_WIDTH)
+    return max(SECTION_HEIGHT, _natural_size(layout, tuple(shape))[0])
+
+
+def _natural_size(layout: str, shape: tuple[int, ...]) -> tuple[int, int | None]:
+    """The unresized (height, width) show_all gives a layout; width None where it never widens the frame."""
+    if layout == "vector":
+        return (1, shape[0])
+    if layout == "matrix":
+        return (shape[0], shape[1])
+    if layout == "matrix_out_in":
+        return (shape[1], shape[0])
+    perm = BLOCK_PERMS.get(layout)
+    if perm is not None:
+        view = view_shape(layout, shape)
+        return (view[perm[0]] * view[perm[2]], view[perm[1]] * view[perm[3]])
+    if layout == MISSING:
+        return (MISSING_HEIGHT, None)
+    return (math.prod(shape) // FRAME_WIDTH, None)
 
 
 def looks_like_activation(shape: tuple[int, ...]) -> bool:
@@ -150,6 +170,8 @@ class SectionPlan:
         compact shape and the array's dtype) the last take writes into it.
         """
         kind, parts = self.kind, self.parts
+        if kind == MISSING:
+            return np.full((1, 1), np.nan, np.float32)
         if kind == "scalar":
             return np.full((1, 1), array[()])
         if not array.flags.c_contiguous:
@@ -158,8 +180,16 @@ class SectionPlan:
             return array.take(parts[0], out=None if out is None else out[0])[None, :]
         if kind == "matrix":
             return array.take(parts[0], axis=0).take(parts[1], axis=1, out=out)
+        if kind == "matrix_out_in":  # rows of the section are the array's columns
+            picked = array.take(parts[1], axis=0).take(parts[0], axis=1).T
+            if out is None:
+                return picked
+            out[...] = picked
+            return out
         if kind == "blocks":
-            perm, block_rows, block_cols, row_pos, col_pos = parts
+            perm, block_rows, block_cols, row_pos, col_pos, view = parts
+            if array.shape != view:
+                array = array.reshape(view)
             sub = array.take(block_rows, axis=perm[2]).take(block_cols, axis=perm[3])
             sub = sub.transpose(perm[2], perm[0], perm[3], perm[1])
             sub = sub.reshape(sub.shape[0] * sub.shape[1], sub.shape[2] * sub.shape[3])
@@ -181,13 +211,30 @@ def _unique_sorted(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return unique, inverse, counts
 
 
-# Rank-4 layouts drawn as a grid of blocks: which physical axis holds
+# Layouts drawn as a grid of blocks: which axis of the array's 4-D view holds
 # (the block's rows, the block's columns, the grid's rows, the grid's columns).
+# Kernels put input channels down and output channels across, whatever the
+# framework's axis order, so the same weights give the same picture.
 BLOCK_PERMS: dict[str, tuple[int, int, int, int]] = {
-    "kernel_hwio": (0, 1, 2, 3),  # blocks are kernels w[:, :, in, out]; grid rows = in, columns = out
-    "activation_nhwc": (1, 2, 0, 3),  # blocks are feature maps a[n, :, :, c]; grid rows = n, columns = c
+    "kernel_hwio": (0, 1, 2, 3),  # TensorFlow/Keras convolutions: w[:, :, in, out]
+    "kernel_hwoi": (0, 1, 3, 2),  # Keras transposed convolutions (h, w, out, in)
+    "kernel_oihw": (2, 3, 1, 0),  # PyTorch/ONNX convolutions (out, in, h, w)
+    "kernel_iohw": (2, 3, 0, 1),  # PyTorch transposed convolutions (in, out, h, w)
+    "activation_nhwc": (1, 2, 0, 3),  # feature maps a[n, :, :, c]; grid rows = n, columns = c
+    "activation_nchw": (2, 3, 0, 1),  # the same from (n, c, h, w)
 }
-LAYOUTS = ("scalar", "vector", "matrix", *BLOCK_PERMS, "grid")
+_CHANNELS_FIRST = ("kernel_oihw", "kernel_iohw", "activation_nchw")
+# A section whose array could not be read (None, empty, not an array): a short black band whose
+# record says why ("missing"); it has no values to look up.
+MISSING = "missing"
+MISSING_HEIGHT = 32
+LAYOUTS = ("scalar", "vector", "matrix", "matrix_out_in", *BLOCK_PERMS, "grid", MISSING)
+# Names update(layout=...) accepts besides the layouts themselves.
+LAYOUT_ALIASES = {
+    "hwio": "kernel_hwio", "hwoi": "kernel_hwoi", "oihw": "kernel_oihw", "iohw": "kernel_iohw",
+    "nhwc": "activation_nhwc", "nchw": "activation_nchw", "in_out": "matrix", "out_in": "matrix_out_in",
+}
+_SPATIAL = {3: ("l",), 4: ("h", "w"), 5: ("d", "h", "w")}
 
 
 def layout_for(shape: tuple[int, ...]) -> str:
@@ -204,11 +251,68 @@ def layout_for(shape: tuple[int, ...]) -> str:
     return "grid"
 
 
+def resolve_layout(layout: str | None, shape: tuple[int, ...], label: str = "?") -> str:
+    """A layout name (or alias, or None/"auto" for the original's rule) checked against the array's rank."""
+    if layout is None or layout == "auto":
+        return layout_for(shape)
+    name = LAYOUT_ALIASES.get(layout, layout) if isinstance(layout, str) else layout
+    if name not in LAYOUTS or name == MISSING:
+        known = ", ".join(sorted({*LAYOUTS, *LAYOUT_ALIASES} - {MISSING}))
+        raise RenderError(f"section {label}: unknown layout {layout!r} (known: auto, {known})")
+    if name in BLOCK_PERMS:
+        ranks: tuple[int, ...] = (3, 4, 5)
+    else:
+        ranks = {"scalar": (0,), "vector": (1,), "matrix": (2,), "matrix_out_in": (2,)}.get(name, ())
+    if (ranks and len(shape) not in ranks) or (name == "grid" and not shape):
+        raise RenderError(f"section {label}: layout {name} does not fit an array of shape {tuple(shape)}")
+    return name
+
+
+def view_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The 4-D shape a block layout works on: 1-D and 3-D convolutions and activations are reshaped.
+
+    Rank 3 gets a unit height (a kernel (k, in, out) is 1 x k blocks); rank 5
+    stacks depth slices inside each block (depth x height rows). Plain C-order
+    reshapes, so flat indices are unchanged. Other layouts: the shape itself.
+    """
+    rank = len(shape)
+    if layout not in BLOCK_PERMS or rank not in (3, 5):
+        return shape
+    if layout in _CHANNELS_FIRST:
+        return (*shape[:2], 1, shape[2]) if rank == 3 else (*shape[:2], shape[2] * shape[3], shape[4])
+    if layout.startswith("activation"):
+        return (shape[0], 1, *shape[1:]) if rank == 3 else (shape[0], shape[1] * shape[2], *shape[3:])
+    return (1, *shape) if rank == 3 else (shape[0] * shape[1], *shape[2:])
+
+
+def axis_names(layout: str, rank: int) -> list[str]:
+    """Names of an array's own axes under a layout, for read-outs: ["out", "in", "kh", "kw"], ["i", "j"]..."""
+    if layout == "vector" and rank == 1:
+        return ["i"]
+    if layout == "matrix" and rank == 2:
+        return ["i", "j"]
+    if layout == "matrix_out_in":
+        return ["out", "in"]
+    if layout in BLOCK_PERMS and rank in _SPATIAL:
+        spatial = list(_SPATIAL[rank])
+        if layout.startswith("kernel"):
+            spatial = ["k" if a == "l" else "k" + a for a in spatial]
+        return {
+            "kernel_hwio": [*spatial, "in", "out"],
+            "kernel_hwoi": [*spatial, "out", "in"],
+            "kernel_oihw": ["out", "in", *spatial],
+            "kernel_iohw": ["in", "out", *spatial],
+            "activation_nhwc": ["n", *spatial, "c"],
+            "activation_nchw": ["n", "c", *spatial],
+        }[layout]
+    return [f"d{k}" for k in range(rank)]
+
+
 def source_shape(layout: str, shape: tuple[int, ...], height: int, width: int, show_all: bool,
                  label: str = "?") -> tuple[int, int]:
     """Rows and columns of the 2-D section an array is laid out as, before the resize."""
     count = math.prod(shape)
-    if count == 0:
+    if count == 0 and layout != MISSING:
         raise RenderError(f"section {label}: the array is empty (shape {shape})")
     if layout == "scalar":
         return (1, 1)
@@ -216,9 +320,14 @@ def source_shape(layout: str, shape: tuple[int, ...], height: int, width: int, s
         return (1, shape[0])
     if layout == "matrix":
         return (shape[0], shape[1])
+    if layout == "matrix_out_in":
+        return (shape[1], shape[0])
+    if layout == MISSING:
+        return (1, 1)
     perm = BLOCK_PERMS.get(layout)
     if perm is not None:
-        bh, bw, n_rows, n_cols = (shape[p] for p in perm)
+        view = view_shape(layout, shape)
+        bh, bw, n_rows, n_cols = (view[p] for p in perm)
         return (conv_rows_kept(bh, bw, n_rows, show_all) * bh, n_cols * bw)
     if not show_all:
         count = min(count, TRUNCATION_BUDGET)
@@ -230,20 +339,25 @@ def source_shape(layout: str, shape: tuple[int, ...], height: int, width: int, s
 
 def source_index(layout: str, shape: tuple[int, ...], source_cols: int, r: Any, c: Any) -> tuple:
     """The array index shown at row r, column c of the 2-D section (r and c may be arrays)."""
-    if layout == "scalar":
+    if layout in ("scalar", MISSING):
         return ()
     if layout == "vector":
         return (c,)
     if layout == "matrix":
         return (r, c)
+    if layout == "matrix_out_in":
+        return (c, r)
     perm = BLOCK_PERMS.get(layout)
     if perm is not None:
-        bh, bw = shape[perm[0]], shape[perm[1]]
+        view = view_shape(layout, shape)
+        bh, bw = view[perm[0]], view[perm[1]]
         logical = (r % bh, c % bw, r // bh, c // bw)
         physical: list[Any] = [None] * 4
         for axis, p in enumerate(perm):
             physical[p] = logical[axis]
-        return tuple(physical)
+        if view == shape:
+            return tuple(physical)
+        return tuple(np.unravel_index(np.ravel_multi_index(tuple(physical), view), shape))
     return tuple(np.unravel_index(r * source_cols + c, shape))
 
 
@@ -251,16 +365,19 @@ def _fast_path(
     layout: str, shape: tuple[int, ...], source: tuple[int, int], rows: np.ndarray, cols: np.ndarray
 ) -> tuple[str, tuple]:
     """The take() fast path for a layout: its kind and 1-D index arrays."""
-    if layout in ("scalar", "vector", "matrix"):
-        return layout, {"scalar": (), "vector": (cols,), "matrix": (rows, cols)}[layout]
+    if layout in ("scalar", "vector", "matrix", "matrix_out_in"):
+        return layout, {"scalar": (), "vector": (cols,)}.get(layout, (rows, cols))
+    if layout == MISSING:
+        return MISSING, ()
     perm = BLOCK_PERMS.get(layout)
     if perm is not None:
-        bh, bw = shape[perm[0]], shape[perm[1]]
+        view = view_shape(layout, shape)
+        bh, bw = view[perm[0]], view[perm[1]]
         block_rows = np.unique(rows // bh)
         block_cols = np.unique(cols // bw)
         row_pos = np.searchsorted(block_rows, rows // bh) * bh + rows % bh
         col_pos = np.searchsorted(block_cols, cols // bw) * bw + cols % bw
-        return "blocks", (perm, block_rows, block_cols, row_pos, col_pos)
+        return "blocks", (perm, block_rows, block_cols, row_pos, col_pos, view)
     return "flat", (source[0], source[1], rows, cols)
 
 
@@ -269,8 +386,8 @@ def make_plan(
 ) -> SectionPlan:
     """The plan for one array of this shape in a frame of this width (layout: the original's rule)."""
     shape = tuple(int(s) for s in shape)
-    layout = layout or layout_for(shape)
-    height = section_height(shape, show_all)
+    layout = resolve_layout(layout, shape, label) if layout != MISSING else MISSING
+    height = section_height(shape, show_all, layout)
     src_h, src_w = source_shape(layout, shape, height, width, show_all, label)
     rows, row_map, row_weight = _unique_sorted(resize_indices(src_h, height))
     cols, col_map, col_weight = _unique_sorted(resize_indices(src_w, width))
@@ -307,11 +424,23 @@ def make_plan(
 
 
 class PlanCache:
-    """Plans by (shape, width, show_all); a training run has few distinct shapes."""
+    """Plans by (shape, width, show_all, layout); a training run has few distinct shapes."""
 
     def __init__(self, limit: int = 1024) -> None:
         self._plans: dict[tuple, SectionPlan] = {}
         self._limit = limit
+
+    def plan(
+        self, shape: tuple[int, ...], width: int, show_all: bool, label: str = "?", layout: str | None = None
+    ) -> SectionPlan:
+        """The plan for one array in a frame of this width (cached)."""
+        key = (tuple(shape), width, show_all, layout)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= self._limit:
+                self._plans.clear()
+            plan = self._plans[key] = make_plan(shape, width, show_all, label, layout)
+        return plan
 
     def plans(
         self,
@@ -321,18 +450,10 @@ class PlanCache:
         layouts: Sequence[str | None] | None = None,
     ) -> list[SectionPlan]:
         """One plan per shape, for a frame holding all of them."""
-        width = frame_width(shapes, show_all)
         layouts = layouts or [None] * len(shapes)
-        out = []
-        for shape, label, layout in zip(shapes, labels, layouts):
-            key = (tuple(shape), width, show_all, layout)
-            plan = self._plans.get(key)
-            if plan is None:
-                if len(self._plans) >= self._limit:
-                    self._plans.clear()
-                plan = self._plans[key] = make_plan(shape, width, show_all, label, layout)
-            out.append(plan)
-        return out
+        width = frame_width(shapes, show_all, layouts)
+        return [self.plan(shape, width, show_all, label, layout)
+                for shape, label, layout in zip(shapes, labels, layouts)]
 
 
 # ---------------------------------------------------------------- compact sections -> pixels
@@ -388,7 +509,7 @@ def locate(sections: Sequence[dict[str, Any]], width: int, x: int, y: int) -> di
         return None
     rec = sections[i]
     local_y = y - int(rec["top"])
-    if not 0 <= local_y < int(rec["height"]):
+    if not 0 <= local_y < int(rec["height"]) or rec["layout"] == MISSING or "missing" in rec:
         return None
     src_h, src_w = (int(v) for v in rec["source"])
     sec_height = int(rec["height"])

@@ -6,7 +6,7 @@ from typing import Any
 
 from beholder_plugin.protocol.names import CONFIG_VERSION
 
-VALUES = ("trainable_variables", "arrays", "frames")
+VALUES = ("trainable_variables", "gradients", "activations", "arrays", "frames")
 MODES = ("current", "variance")
 SCALINGS = ("layer", "network")
 COLORMAPS = ("magma", "inferno", "plasma", "viridis", "grayscale")

@@ -26,15 +26,25 @@ from beholder_plugin.protocol import names
 from beholder_plugin.protocol.files import files_for
 from beholder_plugin.protocol.frame_format import encode_frame
 from beholder_plugin.protocol.history import HistoryEntry, HistoryRing, history_name
-from beholder_plugin.protocol.layout import PlanCache, RenderError
+from beholder_plugin.protocol.layout import (
+    MISSING,
+    NoValues,
+    PlanCache,
+    RenderError,
+    frame_width,
+    layout_for,
+    resolve_layout,
+)
 from beholder_plugin.protocol.runfiles import load_config, write_config
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.colormaps import palette_for
+from beholder_plugin.trainer.ranks import process_rank, run_for_rank
 from beholder_plugin.trainer.recording import Recorder
 from beholder_plugin.trainer.views import user_frame
 from beholder_plugin.trainer.views.placeholder import placeholder_frame
 from beholder_plugin.trainer.views.render import FramePlan, Renderer
+from beholder_plugin.trainer.watch import Watch, WatchHandle
 from beholder_plugin.trainer.worker import Worker
 
 logger = logging.getLogger("beholder")
@@ -63,6 +73,7 @@ class _Job:
     plan: FramePlan | None = None
     buffer: np.ndarray | None = None
     image: np.ndarray | None = None
+    missing: dict[int, str] | None = None  # sections shown empty, and why
 
 
 class Beholder:
@@ -80,6 +91,12 @@ class Beholder:
         the background worker) instead of logging the first one and carrying on.
       background: render and write on a background thread (the default).
         False does everything inside ``update()``; the frames are the same.
+      ranks: in data-parallel training, which processes write: ``"zero"``
+        (the default) only rank 0 (other ranks create nothing and
+        ``update()`` returns at once), ``"all"`` every rank, each to its own
+        run ``<logdir>/rank-N``. The rank comes from torch.distributed (once
+        initialised), JAX, ``TF_CONFIG``, or the ``RANK``/``LOCAL_RANK``
+        variables; construct Beholder after ``init_process_group()``.
 
     Use it as a context manager, or call ``close()``, to finish the last
     frame and any recording; both also happen at interpreter exit.
@@ -91,8 +108,12 @@ class Beholder:
         variables: Any = None,
         strict: bool = False,
         background: bool = True,
+        ranks: str = "zero",
     ):
-        self.logdir = os.fspath(logdir)
+        self.rank = process_rank()
+        run = run_for_rank(os.fspath(logdir), ranks, self.rank)
+        self.active = run is not None  # False on ranks other than 0 (ranks="zero"): update() does nothing
+        self.logdir = run if run is not None else os.fspath(logdir)
         self._files = files_for(self.logdir)
         self.directory = names.plugin_dir(self.logdir)
         self.variables = variables
@@ -119,8 +140,11 @@ class Beholder:
         self._warned: set[str] = set()
         self._history = HistoryRing(0, 0)
         self._spares: list[str] = []  # dropped history files, rewritten in place for new frames
+        self._watch: Watch | None = None
+        self._worker = Worker(self._run_job) if background and self.active else None
+        if not self.active:
+            return
         self._history.adopt(self._history_dir, self._files)
-        self._worker = Worker(self._run_job) if background else None
         self._files.remove_stale_temp_files(self.directory)
         self._files.remove_stale_temp_files(self._history_dir)
         self._poll_config()  # creates the directory and config.json, or reads the one there
@@ -139,28 +163,42 @@ class Beholder:
         frame: Any = None,
         variables: Any = None,
         session: Any = None,
+        layout: str | dict[str, str] | None = None,
     ) -> bool:
         """Hand a frame to the worker if one is due; returns True when it did.
+
+        With no arguments after ``watch(model)``, shows whichever of the
+        model's weights, gradients or activations the dashboard's Values
+        setting picks.
 
         Args:
           arrays: a list/tuple (sections named by index) or dict (named by key)
             of arrays: NumPy, tf.Tensor/Variable, torch tensor, JAX array or
-            nested lists, any numeric or bool dtype.
+            nested lists, any numeric or bool dtype. An entry that is not an
+            array (None, empty, a model) is shown as an empty section that
+            says why; the others still render.
           frame: a 2-D array (min-max scaled, shown in gray), an H x W x 3
             uint8 RGB image, or a zero-argument callable returning either,
             called only while "frames" is selected.
           variables: overrides the constructor's ``variables`` for this call.
           session: a TF1 ``tf.compat.v1.Session``; trainable variables are then
             that graph's ``tf.compat.v1.trainable_variables()``.
+          layout: how to draw ``arrays``: one layout for all, or a dict by
+            section name (docs/rendering.md): ``"hwio"``/``"oihw"`` kernels,
+            ``"nhwc"``/``"nchw"`` activations, ``"in_out"``/``"out_in"``
+            matrices, ``"grid"``, ``"auto"``. Default: the original's rule
+            for TensorFlow's axis order; torch tensors get PyTorch's.
 
         The values shown are copied before update() returns, so the caller may
         change its arrays right after. Never raises into the training loop
         unless ``strict=True``: the first failure is logged with its
         traceback, later ones are counted in ``failures``.
         """
+        if not self.active:
+            return False
         self._step += 1
         try:
-            return self._update(arrays, frame, variables, session)
+            return self._update(arrays, frame, variables, session, layout)
         except Exception as exc:
             if self.strict:
                 raise
@@ -173,8 +211,46 @@ class Beholder:
         self._report_worker_error()
         return done
 
+    def watch(
+        self,
+        model: Any,
+        activations: bool | list[str] = True,
+        gradients: bool = True,
+        probe: Any = None,
+    ) -> WatchHandle:
+        """Show a model's weights, gradients or activations, whichever the dashboard picks, at each update().
+
+        ``model`` is a torch ``nn.Module`` or a Keras model. For torch,
+        forward hooks on the leaf modules (or on the module paths listed in
+        ``activations``) and gradient hooks on the trainable parameters copy
+        the shown values on the step after a frame falls due, so
+        ``update()`` shows gradients and activations of the step it follows.
+        For Keras, activations come from running the model on ``probe`` (a
+        fixed batch) when a frame is due. Returns a handle whose
+        ``remove()`` (or ``with``) removes the hooks; so does ``unwatch()``.
+        """
+        self.unwatch()
+        if not self.active:
+            return WatchHandle(lambda: None)
+        watch = Watch(model, activations=activations, gradients=gradients, probe=probe, strict=self.strict)
+        self._watch = watch
+
+        def remove() -> None:
+            watch.remove()
+            if self._watch is watch:
+                self._watch = None
+
+        return WatchHandle(remove)
+
+    def unwatch(self) -> None:
+        """Remove the hooks of watch() (nothing happens when no model is watched)."""
+        if self._watch is not None:
+            self._watch.remove()
+            self._watch = None
+
     def close(self, timeout: float | None = None) -> None:
         """Write the frame in progress, stop the worker and finish any recording."""
+        self.unwatch()
         try:
             if self._worker is not None:
                 self._worker.stop(timeout)
@@ -284,7 +360,7 @@ class Beholder:
 
     # ------------------------------------------------------------ the training thread's part
 
-    def _update(self, arrays: Any, frame: Any, variables: Any, session: Any) -> bool:
+    def _update(self, arrays: Any, frame: Any, variables: Any, session: Any, layout: Any) -> bool:
         _refuse_inside_tf_function()
         if self._worker is not None and self._worker.error is not None:
             self._report_worker_error()
@@ -295,18 +371,26 @@ class Beholder:
         now = time.monotonic()
         if now - self._last_frame_time < 1.0 / fps or now < self._write_retry_at:
             return False
+        watch = self._watch
+        if watch is not None and watch.needs_capture(config["values"]) and watch.armed != config["values"]:
+            watch.arm(config["values"], config["show_all"])  # the coming step's hooks copy what is shown
+            return False
         self._last_frame_time = now
         if self._worker is not None and self._worker.busy:
             self.skipped += 1
+            if watch is not None:
+                watch.armed = None
             return False
-        job = self._gather(config, arrays, frame, variables, session)
+        job = self._gather(config, arrays, frame, variables, session, layout)
         if self._worker is None:
             self._run_job(job)
         else:
             self._worker.submit(job)
         return True
 
-    def _gather(self, config: dict, arrays: Any, frame: Any, variables: Any, session: Any) -> _Job:
+    def _gather(
+        self, config: dict, arrays: Any, frame: Any, variables: Any, session: Any, layout: Any
+    ) -> _Job:
         """Copy what the frame shows (only that) off the caller's arrays, for the worker."""
         values = config["values"]
         job = _Job(kind="placeholder", config=config, values=values, step=self._step, time=time.time())
@@ -316,7 +400,11 @@ class Beholder:
             return job
         if values == "arrays":
             if arrays is not None:
-                self._gather_named(job, sources.named_arrays(arrays))
+                self._gather_named(job, sources.named_arrays(arrays, layout))
+            return job
+        if values in ("gradients", "activations"):
+            if self._watch is not None:
+                self._gather_named(job, self._watch.take(values))
             return job
         if session is not None:
             self._gather_session(job, session)
@@ -324,17 +412,39 @@ class Beholder:
         source = variables if variables is not None else self.variables
         if source is not None:
             self._gather_named(job, sources.named_variables(source))
+        elif self._watch is not None:
+            self._gather_named(job, self._watch.variables())
         return job
 
-    def _frame_plan(self, labels: list[str], shapes: list[tuple[int, ...]], show_all: bool) -> FramePlan:
-        """The cached FramePlan for these sections (a training run has few distinct ones)."""
-        key = (tuple(labels), tuple(shapes), show_all)
+    def _frame_plan(
+        self,
+        labels: list[str],
+        shapes: list[tuple[int, ...]],
+        show_all: bool,
+        layouts: list[str] | None = None,
+    ) -> FramePlan:
+        """The cached FramePlan for these sections (a training run has few distinct ones).
+
+        A section that cannot be laid out (too few values for its layout) gets
+        an empty placeholder; ``plan.problems`` says why.
+        """
+        layouts = layouts or [layout_for(shape) for shape in shapes]
+        key = (tuple(labels), tuple(shapes), tuple(layouts), show_all)
         plan = self._frame_plans.get(key)
         if plan is None:
             if len(self._frame_plans) >= 16:
                 self._frame_plans.clear()
                 self._buffers.clear()
-            plan = self._frame_plans[key] = FramePlan(labels, self._plans.plans(shapes, show_all, labels))
+            width = frame_width(shapes, show_all, layouts)
+            plans, problems = [], {}
+            for i, (label, shape, layout) in enumerate(zip(labels, shapes, layouts)):
+                try:
+                    plans.append(self._plans.plan(shape, width, show_all, label, layout))
+                except RenderError as exc:
+                    plans.append(self._plans.plan((), width, show_all, label, MISSING))
+                    problems[i] = _reason(label, exc)
+            plan = self._frame_plans[key] = FramePlan(labels, plans)
+            plan.problems = problems
         return plan
 
     def _buffer(self, plan: FramePlan) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -345,19 +455,62 @@ class Beholder:
             found = self._buffers[id(plan)] = (buffer, plan.section_views(buffer))
         return found
 
-    def _gather_named(self, job: _Job, named: list[tuple[str, Any]]) -> None:
+    def _gather_named(self, job: _Job, named: list[sources.Named]) -> None:
+        """Copy the shown values of (name, array, layout) sections into the flat buffer.
+
+        A section whose array cannot be read (None, empty, not an array, a
+        failed gather) becomes an empty section whose record says why; the
+        others still render. With ``strict`` anything but None raises.
+        """
         if not named:
             raise RenderError("there are no arrays to show (an empty list or dict was passed)")
-        labels = [name for name, _ in named]
-        adapters = [sources.adapter_for(obj) for _, obj in named]
-        prepared = [a.prepare(obj, name) for a, (name, obj) in zip(adapters, named)]
-        shapes = [sources.shape_of(obj) for obj in prepared]
-        plan = self._frame_plan(labels, shapes, job.config["show_all"])
+        labels, adapters, prepared, shapes, layouts = [], [], [], [], []
+        missing: dict[int, str] = {}
+        for i, (name, obj, layout) in enumerate(named):
+            try:
+                adapter, prep = sources.prepare_section(obj, name)
+                shape = sources.shape_of(prep)
+                if layout is None:
+                    default = getattr(adapter, "default_layout", None)
+                    layout = default(obj, shape) if default is not None else None
+                layout = resolve_layout(layout, shape, name)
+                if 0 in shape:
+                    raise RenderError(f"section {name}: the array is empty (shape {shape})")
+            except Exception as exc:
+                if self.strict and not isinstance(exc, NoValues):
+                    raise
+                adapter, prep, shape, layout = None, None, (), MISSING
+                missing[i] = self._section_problem(name, exc)
+            labels.append(name)
+            adapters.append(adapter)
+            prepared.append(prep)
+            shapes.append(shape)
+            layouts.append(layout)
+        plan = self._frame_plan(labels, shapes, job.config["show_all"], layouts)
+        for i, reason in plan.problems.items():
+            missing[i] = reason
         buffer, views = self._buffer(plan)
         gather = sources.gather_into
-        for adapter, obj, section, out, label in zip(adapters, prepared, plan.plans, views, labels):
-            gather(adapter, obj, section, out, label)
-        job.kind, job.plan, job.buffer = "sections", plan, buffer
+        sections = zip(adapters, prepared, plan.plans, views, labels)
+        for i, (adapter, obj, section, out, label) in enumerate(sections):
+            if i in missing:
+                out.fill(np.nan)
+                continue
+            try:
+                gather(adapter, obj, section, out, label)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                out.fill(np.nan)
+                missing[i] = self._section_problem(label, exc)
+        job.kind, job.plan, job.buffer, job.missing = "sections", plan, buffer, missing
+
+    def _section_problem(self, name: str, exc: Exception) -> str:
+        """Why a section is shown empty (logged once per section name unless it is just None)."""
+        reason = _reason(name, exc)
+        if not isinstance(exc, NoValues):
+            self._warn_once(f"section:{name}", "Beholder: section %s is shown empty: %s", name, reason)
+        return reason
 
     def _gather_session(self, job: _Job, session: Any) -> None:
         from beholder_plugin.trainer.sources import tf_tensors
@@ -379,7 +532,7 @@ class Beholder:
         header: dict[str, Any] = {"values": job.values, "sections": []}
         values = rendered = height = row_index = None
         if job.kind == "sections":
-            rendered = self._renderer.render(job.plan, job.buffer, config)
+            rendered = self._renderer.render(job.plan, job.buffer, config, job.missing)
             pixels, palette, values = None, rendered.palette, rendered.values
             height = rendered.height
             header.update(
@@ -472,6 +625,15 @@ class Beholder:
             exc,
             WRITE_RETRY_SECONDS,
         )
+
+
+def _reason(name: str, exc: Exception) -> str:
+    """An exception's message without the "section NAME: " prefix (the section record names it)."""
+    text = str(exc)
+    prefix = f"section {name}: "
+    if text.startswith(prefix):
+        return text[len(prefix):]
+    return text if isinstance(exc, RenderError) else f"{type(exc).__name__}: {text}"
 
 
 def _refuse_inside_tf_function() -> None:

@@ -465,7 +465,7 @@ def test_config_post_keeps_other_keys(client, logdir):
         ({"window_size": 1}, "window_size"),
         ({"window_size": "15"}, "window_size"),
         ({"colormap": "jet"}, "colormap"),
-        ({"values": "gradients"}, "values"),
+        ({"values": "grads"}, "values"),
         ({"mode": None}, "mode"),
         ({"scaling": "global"}, "scaling"),
         ({"show_all": 1}, "show_all"),

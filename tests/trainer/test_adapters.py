@@ -27,10 +27,14 @@ def numpy_compact(array: np.ndarray, shape) -> np.ndarray:
 
 
 def test_named_arrays_and_variables():
-    assert [n for n, _ in named_arrays([np.ones(2), np.ones(3)])] == ["0", "1"]
-    assert [n for n, _ in named_arrays({"a": 1, 3: np.ones(2)})] == ["a", "3"]
-    assert [n for n, _ in named_arrays([1.0, 2.0, 3.0])] == ["0"]  # one flat list is one array
-    assert [n for n, _ in named_arrays(np.ones((2, 2)))] == ["0"]
+    assert [n for n, _, _ in named_arrays([np.ones(2), np.ones(3)])] == ["0", "1"]
+    assert [n for n, _, _ in named_arrays({"a": 1, 3: np.ones(2)})] == ["a", "3"]
+    assert [n for n, _, _ in named_arrays([1.0, 2.0, 3.0])] == ["0"]  # one flat list is one array
+    assert [n for n, _, _ in named_arrays(np.ones((2, 2)))] == ["0"]
+    assert [lay for _, _, lay in named_arrays({"a": 1, "b": 2}, layout={"b": "oihw"})] == [None, "oihw"]
+    assert [lay for _, _, lay in named_arrays([np.ones(2), np.ones(3)], layout="nchw")] == ["nchw", "nchw"]
+    with pytest.raises(ValueError, match="not passed: c"):
+        named_arrays({"a": 1}, layout={"c": "oihw"})
     with pytest.raises(TypeError, match="variables must be"):
         named_variables(42)
 

@@ -15,8 +15,9 @@ import pytest
 from support import due, set_config
 
 from beholder_plugin import Beholder, read_frame, read_section_info
+from beholder_plugin.protocol.frame_format import value_at
 from beholder_plugin.protocol.layout import RenderError
-from beholder_plugin.protocol.runfiles import FRAME_FILE, config_path, plugin_dir, read_frame_file
+from beholder_plugin.protocol.runfiles import FRAME_FILE, config_path, frame_path, plugin_dir, read_frame_file
 
 pytestmark = pytest.mark.usefixtures("flushed_updates")
 
@@ -75,18 +76,35 @@ def test_odd_arrays_render_alongside_each_other(run_dir):
     assert all(i["min"] is None or i["min"] >= 0 for i in infos)  # variances
 
 
+# What the empty section of each refused input says.
+REASONS = {
+    "empty": "empty", "empty matrix": "empty", "strings": "not a numeric array",
+    "not an array": "not a numeric array", "ragged": "cannot be read as an array", "none": "None",
+}
+
+
 @pytest.mark.parametrize("name", list(REFUSED))
-def test_bad_arrays_are_refused_naming_the_section_and_training_goes_on(run_dir, name, caplog):
-    set_config(run_dir, values="arrays", FPS=30)
-    strict = Beholder(run_dir, strict=True)
-    with pytest.raises(RenderError, match=f"section {name}"):
-        strict.update(arrays={name: REFUSED[name], "fine": np.ones(3)})
+def test_a_bad_array_is_an_empty_section_saying_why_and_the_others_render(run_dir, name, caplog):
+    set_config(run_dir, values="arrays", FPS=30, mode="current")
+    if name != "none":  # None is not an error (a frozen layer's gradient): never raised
+        strict = Beholder(run_dir, strict=True)
+        with pytest.raises(RenderError, match=f"section {name}"):
+            strict.update(arrays={name: REFUSED[name], "fine": np.ones(3)})
+        strict.close()
     lenient = Beholder(run_dir)
-    with caplog.at_level(logging.ERROR, logger="beholder"):
-        assert lenient.update(arrays={name: REFUSED[name]}) is False
-    assert lenient.failures == 1 and f"section {name}" in caplog.text
-    due(lenient)
-    assert lenient.update(arrays={"fine": np.ones(3)})  # the next good call works
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        assert lenient.update(arrays={name: REFUSED[name], "fine": np.arange(3.0)})
+        lenient.flush()
+    assert lenient.failures == 0
+    frame = read_frame_file(run_dir)
+    bad, fine = frame.sections
+    assert bad["name"] == name and bad["layout"] == "missing" and REASONS[name] in bad["missing"]
+    assert bad["height"] == 32 and bad["bounds"] == [None, None]
+    assert "missing" not in fine and fine["max"] == 2.0 and fine["top"] == 32 + 5
+    assert (frame.pixels[: bad["height"]] == 0).all()  # a black band; the dashboard labels it
+    assert value_at(frame_path(run_dir), 5, 5) is None  # nothing to look up in it
+    assert value_at(frame_path(run_dir), 767, fine["top"])["value"] == 2.0
+    assert (name in caplog.text) == (name != "none")  # logged once, except plain None
 
 
 BOUNDED = textwrap.dedent(
@@ -124,7 +142,7 @@ def test_bad_frames_are_refused_with_a_clear_message(run_dir):
     cases = [
         (np.zeros(5), "got shape \\(5,\\)"),
         (np.zeros((2, 3, 4, 5)), "got shape"),
-        (np.zeros((4, 4, 3), np.float32), "must be uint8"),
+        (np.zeros((5, 4, 2), np.float32), "1, 3 or 4 channels"),  # float RGB in [0, 1] is fine now
         (np.array([["a"]]), "not a numeric array"),
         (np.zeros((0, 5)), "empty"),
     ]

@@ -56,6 +56,11 @@ class _ModelVariables:
         self._callback = callback
 
     @property
+    def keras_model(self) -> Any:
+        """The model, so that sections get the layouts of their layers."""
+        return self._callback.model
+
+    @property
     def trainable_variables(self) -> list:
         model = self._callback.model
         if model is None:

@@ -1,12 +1,15 @@
 """Source adapters: one per framework, behind one interface, found through a registry.
 
-An adapter is a module with three functions:
+An adapter is a module with three functions, and optionally a fourth:
 
 - ``prepare(obj, label)``: the object to plan and gather from (tensors stay
   on their device; refuses what cannot be shown, naming the section);
 - ``compact(prepared, plan, label)``: the plan's compact section as a NumPy
   array, reading only the values a frame shows (sliced on the device first);
-- ``whole(obj, label)``: the whole array as NumPy (for user frames).
+- ``whole(obj, label)``: the whole array as NumPy (for user frames);
+- ``default_layout(obj, shape)``: the layout an array of this framework gets
+  when nobody says (PyTorch: channels first); without it, the original's
+  rule for TensorFlow's axis order.
 
 Adapters are chosen by the root module of an object's type, so nothing here
 imports TensorFlow, PyTorch or JAX: an adapter is imported only when an
@@ -23,13 +26,14 @@ Example::
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import RenderError, SectionPlan
+from beholder_plugin.protocol.layout import NoValues, RenderError, SectionPlan
 
 # framework -> adapter module; the root package names of an object's type that select it
 REGISTRY: dict[str, str] = {
@@ -38,6 +42,7 @@ REGISTRY: dict[str, str] = {
     "tensorflow": "beholder_plugin.trainer.sources.tf_tensors",
     "jax": "beholder_plugin.trainer.sources.jax_arrays",
     "keras": "beholder_plugin.trainer.sources.keras_variables",
+    "captured": "beholder_plugin.trainer.sources.captured",
 }
 ROOTS: dict[str, str] = {
     "torch": "torch",
@@ -46,6 +51,7 @@ ROOTS: dict[str, str] = {
     "tf_keras": "tensorflow",
     "jax": "jax",
     "jaxlib": "jax",
+    "beholder_plugin": "captured",  # values watch() hooks captured (sources.captured.Captured)
 }
 _LOADED: dict[str, ModuleType] = {}
 _BY_TYPE: dict[type, ModuleType] = {}
@@ -135,13 +141,32 @@ def finish(sub: np.ndarray, plan: SectionPlan) -> np.ndarray:
     return np.asarray(sub[plan.local])
 
 
-def named_arrays(arrays: Any) -> list[tuple[str, Any]]:
-    """(name, array) pairs from update(arrays=...): a dict names by key, a list or tuple by index."""
+# (section name, the object to show, its layout or None for the framework's default)
+Named = tuple[str, Any, "str | None"]
+
+
+def named_arrays(arrays: Any, layout: Any = None) -> list[Named]:
+    """(name, array, layout) triples from update(arrays=..., layout=...).
+
+    A dict names sections by key, a list or tuple by index. ``layout`` is one
+    layout for every array, or a dict of layouts by section name (sections
+    not in it get their framework's default).
+    """
     if isinstance(arrays, Mapping):
-        return [(str(k), v) for k, v in arrays.items()]
-    if isinstance(arrays, (list, tuple)) and not _is_numeric_list(arrays):
-        return [(str(i), v) for i, v in enumerate(arrays)]
-    return [("0", arrays)]
+        pairs = [(str(k), v) for k, v in arrays.items()]
+    elif isinstance(arrays, (list, tuple)) and not _is_numeric_list(arrays):
+        pairs = [(str(i), v) for i, v in enumerate(arrays)]
+    else:
+        pairs = [("0", arrays)]
+    if isinstance(layout, Mapping):
+        chosen = {str(k): v for k, v in layout.items()}
+        unknown = sorted(set(chosen) - {name for name, _ in pairs})
+        if unknown:
+            raise RenderError(f"layout names sections that were not passed: {', '.join(unknown)}")
+        return [(name, obj, chosen.get(name)) for name, obj in pairs]
+    if layout is not None and not isinstance(layout, str):
+        raise TypeError(f"layout must be a layout name or a dict of them, not {type(layout).__name__}")
+    return [(name, obj, layout) for name, obj in pairs]
 
 
 def _is_numeric_list(value: Sequence) -> bool:
@@ -149,19 +174,47 @@ def _is_numeric_list(value: Sequence) -> bool:
     return len(value) > 0 and all(isinstance(v, (int, float, bool, np.number)) for v in value)
 
 
-def named_variables(variables: Any) -> list[tuple[str, Any]]:
-    """(name, variable) pairs for what 'trainable variables' means for this run."""
+def named_variables(variables: Any) -> list[Named]:
+    """(name, variable, layout) triples for what 'trainable variables' means for this run.
+
+    Layouts come from the layer or module that owns each variable: a Keras
+    model's convolution kernels are HWIO whatever the backend, a torch
+    module's are OIHW, a torch ``Linear`` weight is (out, in).
+    """
+    if is_torch_module(variables):
+        from beholder_plugin.trainer.sources import torch_modules
+
+        return torch_modules.trainable_parameters(variables)
     if hasattr(variables, "trainable_variables"):
         found = list(variables.trainable_variables)
-        return [(variable_name(v, i), v) for i, v in enumerate(found)]
+        layouts: dict[int, str] = {}
+        owner = variables if is_keras_layer(variables) else getattr(variables, "keras_model", None)
+        if is_keras_layer(owner):
+            from beholder_plugin.trainer.sources import keras_variables
+
+            layouts = keras_variables.layouts_by_variable(owner)
+        return [(variable_name(v, i), v, layouts.get(id(v))) for i, v in enumerate(found)]
     if hasattr(variables, "named_parameters"):
-        return [(name, p) for name, p in variables.named_parameters() if p.requires_grad]
+        return [(name, p, None) for name, p in variables.named_parameters() if p.requires_grad]
     if isinstance(variables, (Mapping, list, tuple)):
         return named_arrays(variables)
     raise TypeError(
         "variables must be a Keras model or tf.Module (with trainable_variables), a torch "
         f"module (with named_parameters()), or a list or dict of arrays; got {type(variables).__name__}"
     )
+
+
+def is_torch_module(obj: Any) -> bool:
+    """True for a torch.nn.Module (user subclasses included); never imports torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def is_keras_layer(obj: Any) -> bool:
+    """True for a Keras 3 layer or model (user subclasses included); never imports Keras."""
+    keras = sys.modules.get("keras")
+    layer = getattr(getattr(keras, "layers", None), "Layer", None)
+    return layer is not None and isinstance(obj, layer)
 
 
 def variable_name(variable: Any, index: int) -> str:
@@ -176,3 +229,18 @@ def variable_name(variable: Any, index: int) -> str:
 def to_numpy(obj: Any, label: str = "frame") -> np.ndarray:
     """A whole array-like as NumPy (used for user frames, which are shown whole)."""
     return adapter_for(obj).whole(obj, label)
+
+
+def prepare_section(obj: Any, label: str) -> tuple[ModuleType, Any]:
+    """The adapter and prepared object for one section; RenderError naming the section if it is no array."""
+    if obj is None:
+        raise NoValues(
+            f"section {label}: no array (None), e.g. the gradient of a frozen or unused parameter"
+        )
+    if is_torch_module(obj) or is_keras_layer(obj):
+        raise RenderError(
+            f"section {label}: got a model ({type(obj).__name__}), not an array; to see its weights "
+            "pass variables=model, or call beholder.watch(model)"
+        )
+    source = adapter_for(obj)
+    return source, source.prepare(obj, label)

@@ -35,6 +35,24 @@ def compact(t: Any, plan: SectionPlan, label: str) -> np.ndarray:
     return finish(_host(t), plan)
 
 
+def default_layout(obj: Any, shape: tuple[int, ...]) -> str | None:
+    """PyTorch's axis order: parameters OIHW, other 4-D tensors NCHW when they look like feature maps.
+
+    A rank-4 tensor (n, c, h, w) with h == w and n != h is taken as
+    activations (the original's test, moved to channels-first axes); any other
+    rank-4 tensor, and every rank-3 to rank-5 ``nn.Parameter``, as a
+    convolution kernel (out, in, *k). Other ranks: the original's rule.
+    """
+    import torch
+
+    rank = len(shape)
+    if isinstance(obj, torch.nn.Parameter) and rank in (3, 4, 5):
+        return "kernel_oihw"
+    if rank == 4:
+        return "activation_nchw" if shape[2] == shape[3] and shape[0] != shape[2] else "kernel_oihw"
+    return None
+
+
 def whole(obj: Any, label: str) -> np.ndarray:
     """The whole tensor on the host."""
     return _host(obj.detach())

@@ -17,10 +17,20 @@ MESSAGES = {
         "Pass a 2-D array, an H x W x 3 uint8 image, or a function returning one:\n"
         "    beholder.update(frame=lambda: first_image_of_batch)"
     ),
+    "gradients": (
+        "Values: gradients is selected, but Beholder is not watching a model.\n"
+        "Call beholder.watch(model) once (a torch module), or pass them yourself:\n"
+        "    beholder.update(arrays={n: p.grad for n, p in model.named_parameters()})"
+    ),
+    "activations": (
+        "Values: activations is selected, but Beholder is not watching a model.\n"
+        "Call beholder.watch(model) once (torch), or beholder.watch(model, probe=x) (Keras),\n"
+        "or pass layer outputs yourself: beholder.update(arrays={'conv1': out1})"
+    ),
     "trainable_variables": (
         "Values: trainable variables is selected, but Beholder does not know them.\n"
-        "Tell it what they are: Beholder(logdir, variables=model), or on each step\n"
-        "    beholder.update(variables=model)   or, in TF1,   beholder.update(session=sess)"
+        "Tell it what they are: beholder.watch(model), Beholder(logdir, variables=model),\n"
+        "or on each step beholder.update(variables=model) (TF1: beholder.update(session=sess))"
     ),
 }
 

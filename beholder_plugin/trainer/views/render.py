@@ -25,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import SEPARATOR_HEIGHT, RenderError, SectionPlan, expand_sections
+from beholder_plugin.protocol.layout import (
+    SEPARATOR_HEIGHT,
+    RenderError,
+    SectionPlan,
+    axis_names,
+    expand_sections,
+)
 from beholder_plugin.protocol.scaling import palette_indices, scale_factor
 from beholder_plugin.trainer.colormaps import palette_for
 
@@ -38,6 +44,7 @@ class FramePlan:
             raise RenderError("there are no arrays to show")
         self.names = [str(n) for n in names]
         self.plans = list(plans)
+        self.problems: dict[int, str] = {}  # sections that could not be laid out, and why
         self.width = plans[0].width
         sizes = [p.compact_shape[0] * p.compact_shape[1] for p in plans]
         self.sizes = np.asarray(sizes, dtype=np.intp)
@@ -211,8 +218,18 @@ class Renderer:
         self._window = None
         self._window_key = None
 
-    def render(self, plan: FramePlan, values: np.ndarray, config: dict[str, Any]) -> Rendered:
-        """Apply the mode, and take the bounds and statistics of a flat buffer of compact sections."""
+    def render(
+        self,
+        plan: FramePlan,
+        values: np.ndarray,
+        config: dict[str, Any],
+        missing: dict[int, str] | None = None,
+    ) -> Rendered:
+        """Apply the mode, and take the bounds and statistics of a flat buffer of compact sections.
+
+        ``missing`` maps the sections whose arrays could not be read to the
+        reason; their values are NaN and their records say why.
+        """
         if values.shape != (plan.value_count,) or values.dtype != np.float32:
             got = f"{values.dtype} {values.shape}"
             raise RenderError(f"expected {plan.value_count} float32 values, got {got}")
@@ -239,26 +256,29 @@ class Renderer:
         else:
             lo_b, hi_b = lows, highs
         records = []
+        missing = missing or {}
         for i, (name, p) in enumerate(zip(plan.names, plan.plans)):
             lo, hi = float(lows[i]), float(highs[i])
-            records.append(
-                {
-                    "name": name,
-                    "shape": list(p.shape),
-                    "layout": p.layout,
-                    "top": plan.tops[i],
-                    "height": p.height,
-                    "source": list(p.source_shape),
-                    "compact": list(p.compact_shape),
-                    "values": int(plan.starts[i]),
-                    "bounds": [_json_float(lo_b[i]), _json_float(hi_b[i])],
-                    "min": _json_float(lo),
-                    "mean": _json_float(means[i]),
-                    "max": _json_float(hi),
-                    "range": _json_float(hi - lo),
-                    "finite": not bool(unclean[i]),
-                }
-            )
+            record = {
+                "name": name,
+                "shape": list(p.shape),
+                "layout": p.layout,
+                "axes": axis_names(p.layout, len(p.shape)),
+                "top": plan.tops[i],
+                "height": p.height,
+                "source": list(p.source_shape),
+                "compact": list(p.compact_shape),
+                "values": int(plan.starts[i]),
+                "bounds": [_json_float(lo_b[i]), _json_float(hi_b[i])],
+                "min": _json_float(lo),
+                "mean": _json_float(means[i]),
+                "max": _json_float(hi),
+                "range": _json_float(hi - lo),
+                "finite": not bool(unclean[i]) or i in missing,
+            }
+            if i in missing:
+                record["missing"] = missing[i]
+            records.append(record)
         return Rendered(
             values=shown,
             palette=palette_for(config["colormap"]),

@@ -1,0 +1,55 @@
+"""Values captured by watch() hooks during a step, ready for the frame that is due.
+
+A hook copies only the values a frame shows (the compact section, sliced on
+the device) when the frame width is known in advance; with show_all it keeps
+a private copy of the whole tensor instead, sliced when the frame is gathered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.protocol.layout import NoValues, RenderError, SectionPlan
+
+
+@dataclass
+class Captured:
+    """One section captured by a hook: its shape and layout, and its compact values or a copy."""
+
+    shape: tuple[int, ...]
+    layout: str | None
+    compact: np.ndarray | None = None  # the compact section for `width` (no show_all)
+    width: int = 0
+    tensor: Any = None  # a private copy of the whole tensor (show_all)
+    error: str | None = None  # why nothing could be captured
+
+
+def prepare(obj: Captured, label: str) -> Captured:
+    """The capture itself; refused (naming the section) when its hook could not capture."""
+    if obj.error is not None:
+        raise NoValues(f"section {label}: {obj.error}")
+    return obj
+
+
+def compact(obj: Captured, plan: SectionPlan, label: str) -> np.ndarray:
+    """The captured compact section, or the plan's slice of the kept copy."""
+    if obj.compact is not None and plan.width == obj.width and plan.compact_shape == obj.compact.shape:
+        return obj.compact
+    if obj.tensor is not None:
+        from beholder_plugin.trainer import sources
+
+        return sources.adapter_for(obj.tensor).compact(obj.tensor, plan, label)
+    raise RenderError(f"section {label}: captured for another frame layout; the next frame will show it")
+
+
+def default_layout(obj: Captured, shape: tuple[int, ...]) -> str | None:
+    """The layout the hook chose (from the module or parameter it watched)."""
+    return obj.layout
+
+
+def whole(obj: Captured, label: str) -> np.ndarray:
+    """Captures are sections, never user frames."""
+    raise RenderError(f"{label}: a captured section cannot be shown as a frame")

@@ -1,0 +1,67 @@
+"""PyTorch modules: each parameter's layout from the module that owns it, and activation layouts.
+
+Imported only when a torch module reaches Beholder, so torch is loaded by then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Module class names (anywhere in the type's MRO) -> the layout of their `weight`.
+# Checked in this order: transposed convolutions are _ConvNd subclasses too.
+_WEIGHT_LAYOUTS = {
+    "_ConvTransposeNd": "kernel_iohw",  # ConvTranspose1d/2d/3d: (in, out, *k)
+    "_ConvNd": "kernel_oihw",  # Conv1d/2d/3d (and lazy ones): (out, in, *k)
+    "Linear": "matrix_out_in",  # (out, in): drawn with inputs down, outputs across, as Keras's Dense
+    "Bilinear": "grid",
+    "Embedding": "matrix",  # (tokens, dim): one row per token
+    "EmbeddingBag": "matrix",
+}
+# Parameters named like these, in recurrent and attention modules, are (out, in) matrices too.
+_OUT_IN_PREFIXES = ("weight_ih", "weight_hh", "in_proj_weight", "q_proj_weight", "k_proj_weight",
+                    "v_proj_weight")
+
+
+def _class_names(module: Any) -> set[str]:
+    return {cls.__name__ for cls in type(module).__mro__}
+
+
+def parameter_layout(module: Any, name: str, param: Any) -> str | None:
+    """The layout of one of a module's own parameters (None: the torch default for its shape)."""
+    classes = _class_names(module)
+    if name == "weight":
+        for cls, layout in _WEIGHT_LAYOUTS.items():
+            if cls in classes:
+                fits = param.dim() in (3, 4, 5) if layout.startswith("kernel") else param.dim() == 2
+                return layout if fits or layout == "grid" else None
+    if param.dim() == 2 and name.startswith(_OUT_IN_PREFIXES):
+        return "matrix_out_in"
+    return None
+
+
+def named_parameters(model: Any, trainable_only: bool = True) -> list[tuple[str, Any, str | None]]:
+    """(path, parameter, layout) for a module's parameters, in named_parameters() order, shared ones once."""
+    seen: set[int] = set()
+    out = []
+    for prefix, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen or (trainable_only and not param.requires_grad):
+                continue
+            seen.add(id(param))
+            path = f"{prefix}.{name}" if prefix else name
+            out.append((path, param, parameter_layout(module, name, param)))
+    return out
+
+
+def trainable_parameters(model: Any) -> list[tuple[str, Any, str | None]]:
+    """(path, parameter, layout) of the parameters that require gradients."""
+    return named_parameters(model, trainable_only=True)
+
+
+def activation_layout(module: Any, rank: int) -> str | None:
+    """The layout of a module's output: channels first for images and 1-D/3-D signals, else the default."""
+    if rank in (4, 5):
+        return "activation_nchw"
+    if rank == 3 and any(n.endswith("1d") for n in _class_names(module)):
+        return "activation_nchw"  # (n, c, length) from Conv1d, BatchNorm1d, MaxPool1d...
+    return None

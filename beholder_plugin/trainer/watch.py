@@ -1,0 +1,227 @@
+"""Beholder.watch(model): a model's weights, gradients and activations, without passing them each step.
+
+For a torch module, hooks capture what the dashboard's Values setting asks
+for, and only on the step after a frame became due ("armed"): forward hooks
+on leaf modules copy the shown slice of each output, post-accumulate-grad
+hooks the shown slice of each gradient. Every other step a hook costs one
+attribute check. Hooks never keep a tensor alive: they copy the compact
+section (or, with show_all, the whole tensor) and drop the reference.
+
+For a Keras model the weights are its trainable variables with the layouts
+of their layers; activations come from running the model on a fixed probe
+batch when a frame is due (``watch(model, probe=x)``); Keras's ``fit()``
+does not hand gradients to callbacks, so gradient sections say so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from beholder_plugin.protocol.layout import FRAME_WIDTH, PlanCache, resolve_layout
+from beholder_plugin.trainer import sources
+from beholder_plugin.trainer.sources.captured import Captured
+
+logger = logging.getLogger("beholder")
+
+CAPTURED_VALUES = ("gradients", "activations")
+NO_KERAS_GRADIENTS = (
+    "Keras's fit() does not hand gradients to callbacks; compute them with "
+    "beholder_plugin.gradient_step() and pass them as arrays= (docs/integration.md)"
+)
+NO_PROBE = "pass probe=<a batch of inputs> to watch() to see a Keras model's activations"
+
+
+class WatchHandle:
+    """Removes a watch's hooks: ``handle.remove()``, or use it as a context manager."""
+
+    def __init__(self, remove: Callable[[], None]) -> None:
+        self._remove = remove
+
+    def remove(self) -> None:
+        """Remove the hooks (again: nothing happens)."""
+        self._remove()
+
+    def __enter__(self) -> WatchHandle:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.remove()
+
+
+class Watch:
+    """What watch(model) installed: the model, its hooks, and what they captured on an armed step."""
+
+    def __init__(
+        self,
+        model: Any,
+        activations: bool | list[str] = True,
+        gradients: bool = True,
+        probe: Any = None,
+        strict: bool = False,
+    ) -> None:
+        self.model = model
+        self.strict = strict
+        self.probe = probe
+        self.armed: str | None = None  # which values the hooks capture now ("gradients", "activations")
+        self.show_all = False
+        self.captured: dict[str, Captured] = {}
+        self._handles: list[Any] = []
+        self._plans = PlanCache(limit=4096)
+        self._keras_probe_model: Any = None
+        if sources.is_torch_module(model):
+            self.framework = "torch"
+            self._hook_torch(activations, gradients)
+        elif sources.is_keras_layer(model):
+            self.framework = "keras"
+        else:
+            raise TypeError(
+                "watch() takes a torch.nn.Module or a Keras model, not "
+                f"{type(model).__name__}; for other arrays pass update(arrays=...)"
+            )
+
+    # ------------------------------------------------------------ the training thread
+
+    def variables(self) -> list[sources.Named]:
+        """The model's trainable variables, named by path, with their layouts."""
+        return sources.named_variables(self.model)
+
+    def needs_capture(self, values: str) -> bool:
+        """Whether these values come from hooks during the next step (torch gradients and activations)."""
+        return self.framework == "torch" and values in CAPTURED_VALUES
+
+    def arm(self, values: str, show_all: bool) -> None:
+        """Have the hooks capture these values during the coming step."""
+        self.captured = {}
+        self.show_all = show_all
+        self.armed = values
+
+    def ready(self, values: str) -> bool:
+        """Whether the hooks captured these values since they were armed."""
+        return self.armed == values and bool(self.captured)
+
+    def take(self, values: str) -> list[sources.Named]:
+        """The sections of a gradients or activations frame (then the hooks rest until armed again)."""
+        if self.framework == "keras":
+            return self._keras_sections(values)
+        captured, self.captured, self.armed = self.captured, {}, None
+        if values == "gradients":
+            named = []
+            for name, param, _layout in sources.named_variables(self.model):
+                got = captured.get(name)
+                if got is None:
+                    why = "no gradient this step (the parameter was not used in the loss, or is frozen)"
+                    got = Captured(tuple(param.shape), None, error=why)
+                named.append((name, got, None))
+            return named
+        return [(name, got, None) for name, got in captured.items()]
+
+    def remove(self) -> None:
+        """Remove every hook and drop what was captured."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.captured = {}
+        self.armed = None
+
+    # ------------------------------------------------------------ torch hooks
+
+    def _hook_torch(self, activations: bool | list[str], gradients: bool) -> None:
+        from beholder_plugin.trainer.sources import torch_modules
+
+        if gradients:
+            for name, param, layout in torch_modules.trainable_parameters(self.model):
+                if hasattr(param, "register_post_accumulate_grad_hook"):
+                    hook = self._grad_hook(name, layout)
+                    self._handles.append(param.register_post_accumulate_grad_hook(hook))
+        if activations:
+            chosen = set(activations) if isinstance(activations, (list, tuple, set)) else None
+            for path, module in self.model.named_modules():
+                leaf = not any(True for _ in module.children())
+                if (chosen is None and leaf and path) or (chosen is not None and path in chosen):
+                    self._handles.append(module.register_forward_hook(self._activation_hook(path, module)))
+
+    def _grad_hook(self, name: str, layout: str | None) -> Callable:
+        def hook(param: Any) -> None:
+            if self.armed != "gradients":
+                return
+            self._capture(name, param.grad, layout)
+
+        return hook
+
+    def _activation_hook(self, name: str, module: Any) -> Callable:
+        from beholder_plugin.trainer.sources import torch_modules
+
+        def hook(mod: Any, inputs: Any, output: Any) -> None:
+            if self.armed != "activations":
+                return
+            tensor = _first_tensor(output)
+            if tensor is None:
+                return
+            self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
+
+        return hook
+
+    def _capture(self, name: str, tensor: Any, layout: str | None) -> None:
+        """Copy the shown slice of a tensor (never raises into forward or backward unless strict)."""
+        try:
+            if tensor is None:
+                self.captured[name] = Captured((), None, error="no gradient (None)")
+                return
+            shape = tuple(int(s) for s in tensor.shape)
+            if layout is None:
+                layout = sources.adapter("torch").default_layout(tensor, shape)
+            layout = resolve_layout(layout, shape, name)
+            tensor = tensor.detach()
+            if self.show_all:  # the frame's width depends on every section: keep a copy to slice later
+                self.captured[name] = Captured(shape, layout, tensor=tensor.clone())
+                return
+            plan = self._plans.plans([shape], False, [name], [layout])[0]
+            compact = sources.fetch_compact(tensor, plan, name)
+            self.captured[name] = Captured(shape, layout, compact=compact, width=FRAME_WIDTH)
+        except Exception as exc:
+            if self.strict:
+                raise
+            self.captured[name] = Captured((), None, error=f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------ Keras
+
+    def _keras_sections(self, values: str) -> list[sources.Named]:
+        if values == "gradients":
+            return [(name, Captured((), None, error=NO_KERAS_GRADIENTS), None)
+                    for name, _v, _l in self.variables()]
+        if self.probe is None:
+            return [("activations", Captured((), None, error=NO_PROBE), None)]
+        model, names = self._probe_model()
+        outputs = model(self.probe, training=False)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        named = []
+        for name, out in zip(names, outputs):
+            rank = len(out.shape)
+            named.append((name, out, "activation_nhwc" if rank in (3, 4, 5) else None))
+        return named
+
+    def _probe_model(self) -> tuple[Any, list[str]]:
+        """A Keras model from the watched model's inputs to every layer's output (built once)."""
+        if self._keras_probe_model is None:
+            import keras
+
+            layers = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
+            outputs = [layer.output for layer in layers]
+            self._keras_probe_model = (keras.Model(self.model.inputs, outputs), [lay.name for lay in layers])
+        return self._keras_probe_model
+
+
+def _first_tensor(output: Any) -> Any:
+    """The tensor a module returned, or the first tensor of a tuple or list it returned (else None)."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    return None

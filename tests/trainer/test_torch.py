@@ -1,0 +1,246 @@
+"""PyTorch: module parameters get their layouts, and watch() shows weights, gradients and activations."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+from support import due, set_config
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.frame_format import value_at
+from beholder_plugin.protocol.layout import locate
+from beholder_plugin.protocol.runfiles import frame_path, read_frame_file
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def small_cnn(frozen: bool = False) -> nn.Module:
+    """conv (8, 1, 3, 3) -> relu -> pool -> linear (10, 8 * 13 * 13); optionally a frozen extra layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 13 * 13, 10)
+    )
+    if frozen:
+        model.append(nn.Linear(10, 10))
+        model[5].weight.requires_grad_(False)  # frozen: its gradient never arrives
+    return model
+
+
+def train_step(model, opt, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a random batch; returns the batch and the labels."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (4,), generator=gen)
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    return x, y
+
+
+def check_pixels(frame, arrays: dict, rng, samples: int = 40) -> int:
+    """Look up random pixels: each shows the value at the index it names in its own array; returns hits."""
+    hits = 0
+    for _ in range(samples):
+        x, y = int(rng.integers(frame.width)), int(rng.integers(frame.height))
+        where = locate(frame.sections, frame.width, x, y)
+        if where is None:
+            continue
+        expected = arrays[where["name"]][tuple(where["index"])]
+        assert frame.values[where["offset"]] == np.float32(expected), where
+        hits += 1
+    return hits
+
+
+def test_module_parameters_are_drawn_in_torch_axis_order(run_dir, flushed_updates):
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+    model = small_cnn()
+    with Beholder(run_dir, variables=model, strict=True) as beholder:
+        assert beholder.update()
+    frame = read_frame_file(run_dir)
+    layouts = {rec["name"]: (rec["layout"], rec["axes"]) for rec in frame.sections}
+    assert layouts["0.weight"] == ("kernel_oihw", ["out", "in", "kh", "kw"])
+    assert layouts["4.weight"] == ("matrix_out_in", ["out", "in"])
+    assert layouts["0.bias"][0] == "vector"
+    # eight 3 x 3 kernels side by side: one grid row (in = 1), eight columns (out = 8)
+    conv = next(rec for rec in frame.sections if rec["name"] == "0.weight")
+    assert conv["source"] == [3, 24]
+    params = {n: p.detach().numpy() for n, p in model.named_parameters()}
+    assert check_pixels(frame, params, np.random.default_rng(0)) > 10
+
+
+def test_the_same_weights_give_the_same_pixels_from_torch_and_keras(tmp_path):
+    """A torch Conv2d + Linear and a Keras Conv2D + Dense holding the same weights draw the same frame."""
+    keras = pytest.importorskip("keras")
+    model = small_cnn()
+    conv_w = model[0].weight.detach().numpy()  # (out, in, kh, kw)
+    dense_w = model[4].weight.detach().numpy()  # (out, in)
+    kmodel = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(8, 3, name="conv"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, name="dense"),
+    ])
+    kmodel.get_layer("conv").kernel.assign(conv_w.transpose(2, 3, 1, 0))  # -> (kh, kw, in, out)
+    kmodel.get_layer("conv").bias.assign(model[0].bias.detach().numpy())
+    kmodel.get_layer("dense").kernel.assign(dense_w.T)  # -> (in, out)
+    kmodel.get_layer("dense").bias.assign(model[4].bias.detach().numpy())
+    frames = {}
+    for name, variables in (("torch", model), ("keras", kmodel)):
+        run = str(tmp_path / name)
+        set_config(run, values="trainable_variables", mode="current", FPS=30)
+        with Beholder(run, variables=variables, strict=True, background=False) as beholder:
+            assert beholder.update()
+        frames[name] = read_frame_file(run)
+    np.testing.assert_array_equal(frames["torch"].pixels, frames["keras"].pixels)
+    np.testing.assert_array_equal(frames["torch"].values, frames["keras"].values)
+    assert [r["layout"] for r in frames["keras"].sections] == ["kernel_hwio", "vector", "matrix", "vector"]
+
+
+def test_watch_shows_the_gradients_of_the_step_it_follows(run_dir):
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    model = small_cnn(frozen=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    beholder = Beholder(run_dir, strict=True, background=False)
+    handle = beholder.watch(model)
+    train_step(model, opt, 0)
+    assert beholder.update() is False  # a frame is due: the hooks are armed for the next step
+    train_step(model, opt, 1)
+    grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+    assert beholder.update() is True
+    frame = read_frame_file(run_dir)
+    names = [rec["name"] for rec in frame.sections]
+    assert names == ["0.weight", "0.bias", "4.weight", "4.bias", "5.bias"]  # trainable ones, in order
+    assert check_pixels(frame, grads, np.random.default_rng(1)) > 10
+    assert frame.sections[0]["layout"] == "kernel_oihw"
+    handle.remove()
+    assert not any(p._post_accumulate_grad_hooks for p in model.parameters() if hasattr(
+        p, "_post_accumulate_grad_hooks") and p._post_accumulate_grad_hooks)
+    beholder.close()
+
+
+def test_a_parameter_without_a_gradient_is_an_empty_section_that_says_why(run_dir):
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = small_cnn()
+            self.unused = nn.Linear(3, 3)  # part of the model, never called: no gradient
+
+        def forward(self, x):
+            return self.body(x)
+
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)
+        train_step(model, opt)
+        beholder.update()
+        train_step(model, opt)
+        assert beholder.update()
+        assert beholder.failures == 0
+    frame = read_frame_file(run_dir)
+    by_name = {rec["name"]: rec for rec in frame.sections}
+    assert "not used" in by_name["unused.weight"]["missing"]
+    assert "missing" not in by_name["body.0.weight"]
+    assert value_at(frame_path(run_dir), 10, by_name["unused.weight"]["top"]) is None
+
+
+def test_watch_shows_each_leaf_modules_output_and_costs_a_flag_check_otherwise(run_dir):
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    beholder = Beholder(run_dir, strict=True, background=False)
+    beholder.watch(model)
+    train_step(model, opt, 0)
+    assert beholder._watch.captured == {}  # nothing copied while no frame is due
+    assert beholder.update() is False  # due: armed
+    x, _ = train_step(model, opt, 1)
+    assert set(beholder._watch.captured) == {"0", "1", "2", "3", "4"}
+    # the outputs of that forward pass, recomputed with the weights it used: undo SGD's step
+    with torch.no_grad():
+        params_before = [p + 0.1 * p.grad for p in model.parameters()]
+        for p, old in zip(model.parameters(), params_before):
+            p.copy_(old)
+        outputs, h = {}, x
+        for name, module in model.named_children():
+            h = module(h)
+            outputs[name] = h.numpy().copy()
+    assert beholder.update() is True
+    frame = read_frame_file(run_dir)
+    assert [rec["name"] for rec in frame.sections] == ["0", "1", "2", "3", "4"]
+    assert [rec["layout"] for rec in frame.sections][:3] == ["activation_nchw"] * 3
+    assert frame.sections[0]["shape"] == [4, 8, 26, 26]
+    # float rounding of the recomputation aside, each pixel shows its output's value
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        px, py = int(rng.integers(frame.width)), int(rng.integers(frame.height))
+        where = locate(frame.sections, frame.width, px, py)
+        if where is not None:
+            expected = outputs[where["name"]][tuple(where["index"])]
+            assert abs(frame.values[where["offset"]] - expected) <= 1e-5 * max(1.0, abs(expected))
+    assert beholder._watch.captured == {}  # handed over: no copies kept between frames
+    beholder.close()
+
+
+def test_hooks_keep_no_tensor_alive_and_unwatch_removes_them(run_dir):
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    model = small_cnn()
+    beholder = Beholder(run_dir, strict=True, background=False)
+    with beholder.watch(model):
+        assert all(len(m._forward_hooks) == 1 for n, m in model.named_modules() if n)
+        beholder.update()  # armed
+        out = model(torch.randn(2, 1, 28, 28))
+        ref = weakref.ref(out)
+        del out
+        gc.collect()
+        assert ref() is None  # the hooks copied what they needed and let go of the output
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())
+    beholder.close()
+
+
+def test_without_a_watch_gradients_say_what_to_do(run_dir, flushed_updates):
+    set_config(run_dir, values="gradients", FPS=30)
+    with Beholder(run_dir, strict=True) as beholder:
+        assert beholder.update()
+    frame = read_frame_file(run_dir)
+    assert frame.header["values"] == "placeholder" and frame.pixels.max() == 255  # the white text
+
+
+def test_plain_torch_tensors_get_pytorch_axis_order(run_dir, flushed_updates):
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    kernel = nn.Parameter(torch.randn(8, 1, 3, 3))
+    activation = torch.randn(32, 8, 28, 28)
+    with Beholder(run_dir, strict=True) as beholder:
+        assert beholder.update(arrays={"k": kernel, "a": activation, "grad": torch.randn(8, 4, 3, 3)})
+    layouts = [rec["layout"] for rec in read_frame_file(run_dir).sections]
+    # A plain tensor shaped like a kernel with square spatial axes takes the original's activation
+    # test (as its TF twin would): blocks of 3 x 3 either way; pass layout= or use watch() to be exact.
+    assert layouts == ["kernel_oihw", "activation_nchw", "activation_nchw"]
+
+
+def test_a_model_passed_as_arrays_says_what_to_pass(run_dir, flushed_updates):
+    set_config(run_dir, values="arrays", FPS=30)
+    with Beholder(run_dir) as beholder:
+        assert beholder.update(arrays=small_cnn())
+        due(beholder)
+    (rec,) = read_frame_file(run_dir).sections
+    assert "got a model (Sequential)" in rec["missing"] and "variables=model" in rec["missing"]
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 20, 30), (20, 30, 3), (20, 30, 4), (4, 20, 30)])
+def test_image_tensors_in_common_forms_are_shown(run_dir, flushed_updates, shape):
+    set_config(run_dir, values="frames", FPS=30)
+    image = torch.rand(*shape)  # floats in [0, 1]
+    with Beholder(run_dir, strict=True) as beholder:
+        assert beholder.update(frame=image)
+    frame = read_frame_file(run_dir)
+    channels_first = shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
+    hwc = image.permute(1, 2, 0).numpy() if channels_first else image.numpy()
+    assert frame.height, frame.width == hwc.shape[:2]
+    if hwc.shape[2] >= 3:
+        np.testing.assert_array_equal(frame.rgb(), np.rint(hwc[:, :, :3] * 255).astype(np.uint8))
