@@ -2,8 +2,9 @@
 
 For a torch module, hooks capture what the dashboard's Values setting asks
 for, and only on the step after a frame became due ("armed"): forward hooks
-on leaf modules copy the shown slice of each output, post-accumulate-grad
-hooks the shown slice of each gradient. Every other step a hook costs one
+on leaf modules copy the shown slice of each output; post-accumulate-grad
+hooks note which gradients arrived, and the shown slices are copied when the
+backward pass ends (so DDP's averaged gradients are shown, not local ones). Every other step a hook costs one
 attribute check. Hooks never keep a tensor alive: they copy the compact
 section (or, with show_all, the whole tensor) and drop the reference.
 
@@ -68,6 +69,8 @@ class Watch:
         self.show_all = False
         self.captured: dict[str, Captured] = {}
         self._handles: list[Any] = []
+        self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
+        self._queued = False
         self._plans = PlanCache(limit=4096)
         self._keras_probe_model: Any = None
         if sources.is_torch_module(model):
@@ -123,6 +126,7 @@ class Watch:
             handle.remove()
         self._handles = []
         self.captured = {}
+        self._arrived = {}
         self.armed = None
 
     # ------------------------------------------------------------ torch hooks
@@ -146,9 +150,27 @@ class Watch:
         def hook(param: Any) -> None:
             if self.armed != "gradients":
                 return
-            self._capture(name, param.grad, layout)
+            queue = _end_of_backward_queue()
+            if queue is None:  # no autograd callbacks: take the gradient as it is now
+                self._capture(name, param.grad, layout)
+                return
+            self._arrived[name] = (param, layout)
+            if not self._queued:
+                self._queued = True
+                queue(lambda: queue(self._after_backward))  # twice: after DDP's own end-of-backward work
 
         return hook
+
+    def _after_backward(self) -> None:
+        """Copy the gradients that arrived in this backward pass, now that they are final.
+
+        Data-parallel wrappers (DDP) average the gradients in callbacks at the
+        end of the backward pass, after the per-parameter hooks ran; reading
+        them here shows what the optimizer will use.
+        """
+        arrived, self._arrived, self._queued = self._arrived, {}, False
+        for name, (param, layout) in arrived.items():
+            self._capture(name, param.grad, layout)
 
     def _activation_hook(self, name: str, module: Any) -> Callable:
         from beholder_plugin.trainer.sources import torch_modules
@@ -212,6 +234,14 @@ class Watch:
             outputs = [layer.output for layer in layers]
             self._keras_probe_model = (keras.Model(self.model.inputs, outputs), [lay.name for lay in layers])
         return self._keras_probe_model
+
+
+def _end_of_backward_queue() -> Callable | None:
+    """Autograd's queue of callbacks run when the current backward pass ends (None if unavailable)."""
+    import torch
+
+    engine = getattr(torch.autograd.Variable, "_execution_engine", None)
+    return getattr(engine, "queue_callback", None)
 
 
 def _first_tensor(output: Any) -> Any:

@@ -1,0 +1,142 @@
+"""Data-parallel training: only rank 0 writes by default, ranks="all" writes a run per rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.runfiles import plugin_dir, read_frame_file
+from beholder_plugin.trainer.ranks import process_rank, run_for_rank
+
+
+@pytest.fixture
+def no_rank_env(monkeypatch):
+    """No rank variables from the environment the tests run in."""
+    for name in ("RANK", "LOCAL_RANK", "TF_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_the_rank_comes_from_the_environment(no_rank_env):
+    assert process_rank() is None
+    no_rank_env.setenv("LOCAL_RANK", "3")
+    assert process_rank() == 3
+    no_rank_env.setenv("RANK", "5")  # the global rank wins over the local one
+    assert process_rank() == 5
+    no_rank_env.delenv("RANK")
+    no_rank_env.delenv("LOCAL_RANK")
+    cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
+    no_rank_env.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
+    assert process_rank() == 0
+    no_rank_env.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert process_rank() == 2
+    no_rank_env.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["b:1"]}, "task": {"type": "worker"}}))
+    assert process_rank() == 0  # without a chief, worker 0 is the chief
+    assert run_for_rank("logs", "zero", None) == "logs" and run_for_rank("logs", "zero", 1) is None
+    assert run_for_rank("logs", "all", 2) == os.path.join("logs", "rank-2")
+    with pytest.raises(ValueError, match="ranks must be one of 'zero', 'all'"):
+        run_for_rank("logs", "first", 0)
+
+
+def test_another_rank_writes_nothing_and_update_returns_at_once(no_rank_env, tmp_path):
+    no_rank_env.setenv("RANK", "1")
+    run = str(tmp_path / "run")
+    beholder = Beholder(run, strict=True)
+    assert not beholder.active and beholder.update(arrays=[np.ones(3)]) is False
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(2, 2)
+    with beholder.watch(model):
+        assert not model._forward_hooks  # nothing hooked on a rank that does not write
+    beholder.close()
+    assert not os.path.exists(run)  # not even the run directory
+    everyone = Beholder(run, strict=True, ranks="all")
+    assert everyone.active and everyone.logdir == os.path.join(run, "rank-1")
+    assert os.path.exists(plugin_dir(everyone.logdir))
+    everyone.close()
+
+
+DDP = textwrap.dedent(
+    """
+    import sys, time
+    import torch, torch.distributed as dist
+    from torch import nn
+    from beholder_plugin import Beholder, DEFAULT_CONFIG, write_config
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    b = Beholder(sys.argv[1], ranks=sys.argv[2], strict=True, background=False)
+    if b.active:
+        write_config(b.logdir, {**DEFAULT_CONFIG, "values": "gradients", "mode": "current", "FPS": 30})
+    b.watch(model)
+    gen = torch.Generator().manual_seed(dist.get_rank())  # each rank its own batch
+    for step in range(6):
+        x, y = torch.randn(4, 1, 28, 28, generator=gen), torch.randint(0, 10, (4,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        b._last_frame_time = float("-inf")  # every step is due: arm, then write
+        b.update()
+    b.close()
+    print(f"<rank {dist.get_rank()} {b.active} {b.frames_written}>", flush=True)
+    b.close()
+    dist.destroy_process_group()
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(tmp_path, logdir: str, ranks: str) -> dict[int, tuple[bool, int]]:
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={_free_port()}", str(script), logdir, ranks],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = {}
+    for rank, active, frames in re.findall(r"<rank (\d) (True|False) (\d+)>", out.stdout):
+        found[int(rank)] = (active == "True", int(frames))
+    return found
+
+
+def test_ddp_with_two_processes_only_rank_zero_writes(tmp_path):
+    pytest.importorskip("torch")
+    logdir = str(tmp_path / "logs")
+    found = _torchrun(tmp_path, logdir, "zero")
+    assert found[0] == (True, 3) and found[1] == (False, 0)  # six steps: armed, written, armed, ...
+    assert sorted(os.listdir(logdir)) == ["plugins"]
+    frame = read_frame_file(logdir)
+    assert [rec["name"] for rec in frame.sections][:2] == ["module.0.weight", "module.0.bias"]
+    assert frame.sections[0]["layout"] == "kernel_oihw" and "missing" not in frame.sections[0]
+
+
+def test_ddp_with_ranks_all_writes_a_run_per_rank_with_the_same_gradients(tmp_path):
+    pytest.importorskip("torch")
+    logdir = str(tmp_path / "logs")
+    found = _torchrun(tmp_path, logdir, "all")
+    assert found == {0: (True, 3), 1: (True, 3)}
+    assert sorted(os.listdir(logdir)) == ["rank-0", "rank-1"]
+    frames = [read_frame_file(os.path.join(logdir, f"rank-{r}")) for r in (0, 1)]
+    # DDP averages the gradients across ranks: both replicas show the same values at the same step
+    assert frames[0].header["step"] == frames[1].header["step"]
+    np.testing.assert_array_equal(frames[0].values, frames[1].values)
+    assert np.abs(frames[0].values).max() > 0
