@@ -1,8 +1,10 @@
-"""`make demo`: train the Keras demo and serve it with TensorBoard, until Ctrl-C.
+"""`make demo`: train the Keras and PyTorch demos side by side and serve them with TensorBoard, until Ctrl-C.
 
-Starts two processes, ``demos/keras_demo.py`` (writing to
-``<logdir>/keras-demo``) and ``tensorboard --logdir <logdir>``, prints the URL
-to open, and stops both when you press Ctrl-C or when either of them exits.
+Starts ``demos/keras_demo.py`` (writing to ``<logdir>/keras-demo``),
+``demos/torch_demo.py`` (``<logdir>/torch-demo``, when PyTorch is installed)
+and ``tensorboard --logdir <logdir>``, prints the URL to open, and stops them
+all when you press Ctrl-C or when any of them exits. The two demos train the
+same small convnet, so the Run menu compares the frameworks' pictures.
 
     python demos/run_demo.py [--logdir demo-logs] [--port 6006] [--steps N]
 """
@@ -26,6 +28,13 @@ def tensorboard_command(logdir: str, host: str, port: int) -> list[str]:
     exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     base = [exe] if os.access(exe, os.X_OK) else [sys.executable, "-m", "tensorboard.main"]
     return [*base, "--logdir", logdir, "--host", host, "--port", str(port)]
+
+
+def torch_installed() -> bool:
+    """Whether PyTorch can be imported here (the PyTorch demo runs only then)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def answers(url: str) -> bool:
@@ -75,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    run_dir = os.path.join(args.logdir, "keras-demo")
-    demo_cmd = [sys.executable, os.path.join(HERE, "keras_demo.py"), "--logdir", run_dir]
-    if args.steps is not None:
-        demo_cmd += ["--steps", str(args.steps)]
+    demos = {"demo": "keras", "torch demo": "torch"} if torch_installed() else {"demo": "keras"}
+    commands = {}
+    for name, framework in demos.items():
+        run_dir = os.path.join(args.logdir, f"{framework}-demo")
+        commands[name] = [sys.executable, os.path.join(HERE, f"{framework}_demo.py"), "--logdir", run_dir]
+        if args.steps is not None:
+            commands[name] += ["--steps", str(args.steps)]
     url = f"http://{args.host}:{args.port}/"
 
     # Own process groups: Ctrl-C reaches only this script, which then stops each child once.
@@ -89,12 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             tensorboard_command(args.logdir, args.host, args.port), env=env,
             start_new_session=True,
         )
-        children["demo"] = subprocess.Popen(demo_cmd, env=env, start_new_session=True)
-        print(
-            f"run_demo: demo pid {children['demo'].pid}, "
-            f"tensorboard pid {children['tensorboard'].pid}",
-            flush=True,
-        )
+        for name, command in commands.items():
+            children[name] = subprocess.Popen(command, env=env, start_new_session=True)
+        pids = ", ".join(f"{name} pid {proc.pid}" for name, proc in children.items() if name != "tensorboard")
+        print(f"run_demo: {pids}, tensorboard pid {children['tensorboard'].pid}", flush=True)
         announced = False
         while True:
             ended = [(name, p.returncode) for name, p in children.items() if p.poll() is not None]

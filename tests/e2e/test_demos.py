@@ -60,6 +60,21 @@ def test_keras_demo_frame_is_the_input_image(run_dir):
     assert read_frame(run_dir).shape == (28 * 8, 28 * 8, 3)
 
 
+def test_torch_demo_shows_weights_gradients_and_activations_in_torch_order(tmp_path):
+    pytest.importorskip("torch")
+    for values, first, layout in (("trainable_variables", "conv1.weight", "kernel_oihw"),
+                                  ("gradients", "conv1.weight", "kernel_oihw"),
+                                  ("activations", "conv1", "activation_nchw")):
+        run = str(tmp_path / values)
+        configure(run, values=values, mode="current")
+        frames, failures = _done_line(_run_demo_script("torch_demo.py", run, steps=12))
+        assert frames >= 1 and failures == 0
+        rec = read_frame_file(run).sections[0]
+        assert (rec["name"], rec["layout"]) == (first, layout) and "missing" not in rec
+    names = [rec["name"] for rec in read_frame_file(run).sections]
+    assert names[:3] == ["conv1", "relu1", "pool1"] and names[-1] == "logits"
+
+
 def test_tf1_demo_shows_the_session_variables(run_dir):
     configure(run_dir)
     stdout = _run_demo_script("tf1_demo.py", run_dir, steps=12)
@@ -119,9 +134,11 @@ def test_run_demo_serves_tensorboard_and_stops_both_on_ctrl_c(tmp_path):
             log.seek(0)
             return log.read()
 
-        pids = _wait_for(lambda: re.search(r"demo pid (\d+), tensorboard pid (\d+)", output()),
-                         60, "the child pids", proc)
-        demo_pid, tb_pid = int(pids.group(1)), int(pids.group(2))
+        pids = _wait_for(
+            lambda: re.search(r"run_demo: demo pid (\d+), torch demo pid (\d+), tensorboard pid (\d+)",
+                              output()),
+            60, "the child pids", proc)
+        demo_pid, torch_pid, tb_pid = (int(pids.group(i)) for i in (1, 2, 3))
         base = f"http://127.0.0.1:{port}"
         _wait_for(lambda: f"open {base}/" in output(), 120, "the URL to be printed", proc)
         status, body = _get(f"{base}/data/plugins_listing")
@@ -129,12 +146,17 @@ def test_run_demo_serves_tensorboard_and_stops_both_on_ctrl_c(tmp_path):
         run = logdir / "keras-demo"
         _wait_for(lambda: read_frame_file(str(run)) is not None, 120, "a Beholder frame", proc)
         assert read_frame(str(run)).ndim == 3
-        assert _alive(demo_pid) and _alive(tb_pid)
+        # the PyTorch demo trains the same convnet beside it, drawn in its own axis order
+        torch_run = str(logdir / "torch-demo")
+        _wait_for(lambda: read_frame_file(torch_run) is not None, 120, "a PyTorch frame", proc)
+        layouts = [rec["layout"] for rec in read_frame_file(torch_run).sections]
+        assert layouts[:2] == ["kernel_oihw", "vector"]
+        assert _alive(demo_pid) and _alive(torch_pid) and _alive(tb_pid)
 
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         assert proc.wait(timeout=60) == 0, output()
-        assert not _alive(demo_pid) and not _alive(tb_pid)
-        assert "interrupted" in output()  # the demo itself was stopped cleanly, not killed
+        assert not _alive(demo_pid) and not _alive(torch_pid) and not _alive(tb_pid)
+        assert output().count("interrupted") == 2  # both demos were stopped cleanly, not killed  # the demo itself was stopped cleanly, not killed
         assert _get(f"{base}/")[0] == 0
     finally:
         if proc.poll() is None:
