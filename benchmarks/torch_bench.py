@@ -1,0 +1,118 @@
+"""What watch() costs a PyTorch training loop: the demo convnet with Beholder at FPS 10 (and 0) vs without.
+
+Conditions, each a run of --steps training steps (batch 32, SGD):
+
+- ``none``: no Beholder;
+- ``fps0``: ``watch(model)`` and ``update()`` every step, FPS 0 (the hooks stay
+  disarmed: the cost of the checks alone);
+- ``weights``, ``gradients``, ``activations``: the same at FPS 10 showing
+  each kind of values.
+
+Runs are interleaved in rounds (every condition once per round, in a
+shuffled order) after a warm-up, in one process, so a machine that slows
+down for a while slows every condition alike. Printed: the median run time
+per condition, its ratio to ``none``, and the median of the per-round
+ratios. Targets: at most +3 % at FPS 10, +1 % at FPS 0. No threshold is
+checked here.
+
+    .venv/bin/python benchmarks/torch_bench.py [--rounds 15] [--steps 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos"))
+
+import numpy as np  # noqa: E402
+from synthetic_shapes import make_batch  # noqa: E402
+from torch_demo import convnet  # noqa: E402
+
+CONDITIONS = {
+    "none": None,
+    "fps0": ("trainable_variables", 0),
+    "weights": ("trainable_variables", 10),
+    "gradients": ("gradients", 10),
+    "activations": ("activations", 10),
+}
+
+
+def main() -> int:
+    """Time the training loop under each condition, interleaved, and print medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=100, help="training steps per timed run")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    import torch
+
+    from beholder_plugin import DEFAULT_CONFIG, Beholder, write_config
+
+    torch.manual_seed(0)
+    model = convnet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(8):
+        x, y = make_batch(rng, args.batch_size)
+        batches.append((torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()))
+    root = tempfile.mkdtemp(prefix="torch-bench-")
+    beholders = {}
+    for name, setting in CONDITIONS.items():
+        if setting is None:
+            continue
+        run = os.path.join(root, name)
+        write_config(run, {**DEFAULT_CONFIG, "values": setting[0], "FPS": setting[1], "mode": "variance"})
+        beholders[name] = Beholder(run)
+
+    def run(name: str) -> float:
+        beholder = beholders.get(name)
+        handle = beholder.watch(model) if beholder is not None else None
+        start = time.perf_counter()
+        for step in range(args.steps):
+            x, y = batches[step % len(batches)]
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            if beholder is not None:
+                beholder.update()
+        elapsed = time.perf_counter() - start
+        if handle is not None:
+            beholder.flush()
+            handle.remove()
+        return elapsed
+
+    for name in CONDITIONS:  # warm-up: every code path once
+        run(name)
+    times: dict[str, list[float]] = {name: [] for name in CONDITIONS}
+    order = list(CONDITIONS)
+    for _ in range(args.rounds):
+        random.shuffle(order)
+        for name in order:
+            times[name].append(run(name))
+
+    base = statistics.median(times["none"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds of "
+          f"{args.steps} steps (batch {args.batch_size})")
+    print(f"{'condition':<12} {'median s':>9} {'vs none':>8} {'per-round ratio':>27} {'frames':>7}")
+    for name in CONDITIONS:
+        median = statistics.median(times[name])
+        ratios = [t / b for t, b in zip(times[name], times["none"])]
+        frames = beholders[name].frames_written if name in beholders else 0
+        print(f"{name:<12} {median:9.4f} {median / base - 1:+8.1%} {statistics.median(ratios) - 1:+27.1%} "
+              f"{frames:7d}")
+    for beholder in beholders.values():
+        beholder.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
