@@ -61,7 +61,9 @@ def identity_of(st: os.stat_result) -> tuple[int, int, int]:
 
 
 class LocalFiles:
-    """The local file system (the fast path). Remote stores implement the same methods."""
+    """The local file system (the fast path). Remote stores implement the same methods (remote_files)."""
+
+    remote = False
 
     def identity(self, path: str) -> tuple | None:
         """A key that changes whenever the file is replaced, or None when there is no file."""
@@ -198,6 +200,16 @@ class LocalFiles:
             return []
         return out
 
+    def list_sizes(self, path: str) -> dict[str, int]:
+        """Name to size of the regular files in a directory; {} if there is none."""
+        out = {}
+        for name in self.listdir(path):
+            try:
+                out[name] = os.stat(os.path.join(path, name)).st_size
+            except OSError:
+                continue
+        return out
+
     def remove_stale_temp_files(self, directory: str, older_than: float = 60.0) -> int:
         """Delete temporary files left by writers killed mid-write; returns how many were removed.
 
@@ -262,15 +274,17 @@ def _unlink_quietly(path: str) -> None:
 LOCAL = LocalFiles()
 
 
-def files_for(path: str | os.PathLike) -> LocalFiles:
-    """The file access for a path: the local file system; a URL is refused rather than written locally."""
+def files_for(path: str | os.PathLike) -> Any:
+    """The file access for a path: LOCAL for local paths (and file:// URLs), RemoteFiles for other URLs.
+
+    A URL whose scheme's fsspec implementation is not installed raises
+    remote_files.BackendMissing (an ImportError) naming the package to
+    install; nothing is ever written to a local directory named like the URL.
+    """
     text = os.fspath(path)
     scheme, sep, _ = text.partition("://")
-    if sep and scheme.isidentifier():
-        if scheme == "file":
-            return LOCAL
-        raise ValueError(
-            f"{text!r} is a {scheme}:// URL; this version of Beholder writes to local directories "
-            "only, and would otherwise create a local directory named '{scheme}:'"
-        )
+    if sep and scheme.isidentifier() and scheme.lower() != "file":
+        from beholder_plugin.protocol.remote_files import remote_files
+
+        return remote_files(text)
     return LOCAL

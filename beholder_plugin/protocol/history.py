@@ -94,15 +94,10 @@ class HistoryRing:
     def adopt(self, directory: str, files: LocalFiles) -> None:
         """Take over the frames already in the directory (from an earlier writer), oldest first."""
         found = []
-        for name in files.listdir(directory):
+        for name, size in files.list_sizes(directory).items():  # one listing, also on object stores
             entry = parse_history_name(name)
-            if entry is None:
-                continue
-            try:
-                size = os.stat(os.path.join(directory, name)).st_size
-            except OSError:
-                continue
-            found.append(HistoryEntry(name, entry.time, entry.writer, entry.frame_id, entry.step, size))
+            if entry is not None:
+                found.append(HistoryEntry(name, entry.time, entry.writer, entry.frame_id, entry.step, size))
         found.sort(key=lambda e: (e.time, e.writer, e.frame_id))
         self.entries = deque(found)
         self.bytes = sum(e.size for e in found)

@@ -21,8 +21,11 @@ CONFIG_VERSION = 1
 
 
 def plugin_dir(run_dir: str | os.PathLike) -> str:
-    """The directory inside a run where Beholder keeps its files."""
-    return os.path.join(os.fspath(run_dir), "plugins", PLUGIN_NAME)
+    """The directory inside a run where Beholder keeps its files (a file:// URL means its local path)."""
+    text = os.fspath(run_dir)
+    if text.startswith("file://"):
+        text = text[len("file://"):] or "/"
+    return os.path.join(text, "plugins", PLUGIN_NAME)
 
 
 def config_path(run_dir: str | os.PathLike) -> str:

@@ -1,14 +1,24 @@
-"""Finding Beholder runs under a TensorBoard logdir and resolving run names safely."""
+"""Finding Beholder runs under a TensorBoard logdir and resolving run names safely.
+
+A logdir that is a URL other than file:// (``s3://bucket/logs``, ``gs://...``,
+any fsspec URL) is listed and read through fsspec (docs/remote.md): the same
+run names, statuses and bounds, with object listings instead of directory
+scans and no symlinks to follow.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from beholder_plugin.protocol.files import files_for
+from beholder_plugin.protocol.remote_files import BackendMissing, is_remote, normalize_location
 from beholder_plugin.protocol.runfiles import FRAME_FILE, plugin_dir
 
 logger = logging.getLogger("beholder")
@@ -34,6 +44,7 @@ class Run:
 
     name: str
     path: str
+    files: Any = field(default=None, compare=False, repr=False)  # RemoteFiles for a remote run
 
     @property
     def beholder_dir(self) -> str:
@@ -42,6 +53,8 @@ class Run:
 
     def frame_mtime(self) -> float | None:
         """Modification time of the run's latest frame, or None when it has none."""
+        if self.files is not None:
+            return self.files.mtime(posixpath.join(self.beholder_dir, FRAME_FILE))
         try:
             return os.stat(os.path.join(self.beholder_dir, FRAME_FILE)).st_mtime
         except OSError:
@@ -106,24 +119,87 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
+def scan_remote_runs(logdir: str, files: Any) -> list[Run]:
+    """scan_runs for a remote logdir: one listing per folder, the same depth and entry bounds."""
+    runs: list[Run] = []
+    pending = [(logdir, 0)]
+    seen = 0
+    while pending:
+        dirpath, depth = pending.pop()
+        try:
+            entries = files.entries(dirpath)
+        except OSError as exc:
+            logger.warning("Beholder: cannot list %s: %s", dirpath, exc)
+            continue
+        names = [posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory"]
+        seen += len(entries)
+        if "plugins" in names and "beholder" in _remote_subdirs(files, posixpath.join(dirpath, "plugins")):
+            runs.append(Run(name=_relative(dirpath, logdir), path=dirpath, files=files))
+        if seen > MAX_SCAN_ENTRIES:
+            logger.warning("Beholder: stopped scanning %s at %d entries", logdir, seen)
+            break
+        if depth < MAX_SCAN_DEPTH:
+            pending.extend(
+                (posixpath.join(dirpath, name), depth + 1)
+                for name in names
+                if name not in _SKIP_DIRS and not name.startswith(".")
+            )
+    runs.sort(key=lambda run: run.name)
+    return runs
+
+
+def _remote_subdirs(files: Any, path: str) -> list[str]:
+    """The folder names directly under a remote path ([] when it cannot be listed)."""
+    try:
+        return files.subdirs(path)
+    except OSError:
+        return []
+
+
+def _relative(path: str, logdir: str) -> str:
+    """A remote run's name: its path below the logdir ("." for the logdir itself)."""
+    return "." if path == logdir else path[len(logdir.rstrip("/")) + 1:]
+
+
 class RunIndex:
     """The runs of one logdir, rescanned at most every `max_age` seconds."""
 
     def __init__(self, logdir: str | None, max_age: float = 5.0):
-        self.logdir = os.path.abspath(os.path.expanduser(logdir)) if logdir else None
+        self.files: Any = None  # RemoteFiles when the logdir is a remote URL
+        self.error: str | None = None  # why a remote logdir cannot be read (a backend not installed)
+        if logdir and is_remote(logdir):
+            self.logdir: str | None = normalize_location(logdir)
+            try:
+                self.files = files_for(self.logdir)
+            except (BackendMissing, ValueError) as exc:
+                self.error = str(exc)
+                logger.error("Beholder: cannot read the logdir: %s", exc)
+        elif logdir:
+            self.logdir = os.path.abspath(os.path.expanduser(normalize_location(logdir)))
+        else:
+            self.logdir = None
         self.max_age = max_age
         self._lock = threading.Lock()
         self._runs: list[Run] = []
         self._scanned_at = float("-inf")
+        self._found: dict[str, float] = {}  # remote run paths resolved lately, and when
+
+    @property
+    def storage(self) -> str:
+        """Where the logdir is: "local", or the scheme of a remote URL ("s3", "gs", ...)."""
+        return "local" if self.files is None and self.error is None else self.logdir.partition("://")[0]
 
     def runs(self, fresh: bool = False) -> list[Run]:
         """The runs found by the latest scan, rescanning if it is older than max_age (or fresh)."""
-        if self.logdir is None:
+        if self.logdir is None or self.error is not None:
             return []
         with self._lock:
             now = time.monotonic()
             if fresh or now - self._scanned_at > self.max_age:
-                self._runs = scan_runs(self.logdir)
+                if self.files is not None:
+                    self._runs = scan_remote_runs(self.logdir, self.files)
+                else:
+                    self._runs = scan_runs(self.logdir)
                 self._scanned_at = now
             return list(self._runs)
 
@@ -135,6 +211,10 @@ class RunIndex:
             raise RunError("missing query parameter 'run'")
         if "\x00" in name or os.path.isabs(name) or (os.altsep and name.startswith(os.altsep)):
             raise RunError(f"run {name!r} is not a path relative to the logdir")
+        if self.error is not None:
+            raise RunError(self.error, 500)
+        if self.files is not None:
+            return self._resolve_remote(name)
         root = os.path.realpath(self.logdir)
         path = os.path.normpath(os.path.join(self.logdir, name))
         # Check both the run directory and its plugins/beholder: either may be a symlink.
@@ -145,12 +225,46 @@ class RunIndex:
             raise RunError(f"no Beholder run called {name!r} in the logdir", 404)
         return Run(name=os.path.relpath(path, self.logdir), path=path)
 
+    def _resolve_remote(self, name: str) -> Run:
+        """resolve() for a remote logdir: no symlinks, so "outside" means the name climbs out with "..".
+
+        A run found by the latest scan costs no request; another name costs
+        one listing (is there anything under its plugins/beholder/?).
+        """
+        norm = posixpath.normpath(name)
+        if norm == ".." or norm.startswith("../"):
+            raise RunError(f"run {name!r} is outside the logdir", 403)
+        path = self.logdir if norm == "." else posixpath.join(self.logdir, norm)
+        now = time.monotonic()
+        with self._lock:
+            fresh = now - self._scanned_at <= self.max_age
+            known = (fresh and any(r.path == path for r in self._runs)) or (
+                now - self._found.get(path, float("-inf")) <= self.max_age
+            )
+        try:
+            found = known or self.files.isdir(plugin_dir(path))
+        except OSError as exc:
+            raise RunError(f"cannot read run {name!r}: {exc}", 500) from None
+        if not found:
+            raise RunError(f"no Beholder run called {name!r} in the logdir", 404)
+        if not known:
+            with self._lock:
+                if len(self._found) >= 1024:  # names come from requests: keep the memo bounded
+                    self._found.clear()
+                self._found[path] = now
+        return Run(name=norm, path=path, files=self.files)
+
     def file_path(self, run: Run, name: str) -> str:
         """The path of a file (or folder) in the run's plugins/beholder; RunError (403) if it leads out.
 
         ``name`` may have a folder part ("history/f-...bin"): any symlink on
         the way is resolved, and the result must lie inside the logdir.
         """
+        if run.files is not None:  # no symlinks in object stores; the names come from this package
+            inside = posixpath.normpath(name)
+            if inside == ".." or inside.startswith(("../", "/")):
+                raise RunError(f"{name} of run {run.name!r} leads outside the logdir", 403)
+            return posixpath.join(run.beholder_dir, inside)
         path = os.path.join(run.beholder_dir, name)
         if not _is_inside(os.path.realpath(path), os.path.realpath(self.logdir)):
             raise RunError(f"{name} of run {run.name!r} leads outside the logdir", 403)
@@ -159,6 +273,8 @@ class RunIndex:
 
 def is_writable(directory: str) -> bool:
     """Whether this process can create files in directory (tried for real: root ignores modes)."""
+    if is_remote(directory):
+        return files_for(directory).writable(directory)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=directory)
     except OSError:

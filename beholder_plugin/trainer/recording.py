@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -139,10 +139,15 @@ class _PngSink:
 
 
 class Recorder:
-    """Appends frames to the current recording, starting a new file when the frame size changes."""
+    """Appends frames to the current recording, starting a new file when the frame size changes.
 
-    def __init__(self, directory: str) -> None:
+    ``on_finished(path)``, if given, is called with each file (or PNG folder)
+    once it is complete: how a remote run uploads recordings made locally.
+    """
+
+    def __init__(self, directory: str, on_finished: Callable[[str], None] | None = None) -> None:
         self.directory = directory
+        self.on_finished = on_finished
         self._sink: Any = None
         self._shape: tuple | None = None
         self._ffmpeg_failed = False
@@ -165,6 +170,7 @@ class Recorder:
 
     def _open(self, width: int, height: int) -> Any:
         stamp = timestamp()
+        os.makedirs(self.directory, exist_ok=True)  # a remote run's local staging folder is made lazily
         if not self._ffmpeg_failed:
             path = os.path.join(self.directory, f"video-{stamp}.mp4")
             try:
@@ -183,3 +189,5 @@ class Recorder:
         sink, self._sink, self._shape = self._sink, None, None
         if sink is not None:
             sink.close()
+            if self.on_finished is not None:
+                self.on_finished(sink.path)

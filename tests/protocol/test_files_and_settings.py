@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -111,8 +112,12 @@ def test_stale_temp_files_of_killed_writers_are_removed(run_dir):
     assert not os.path.exists(stale) and os.path.exists(fresh) and os.path.exists(keep)
 
 
-def test_urls_are_refused_rather_than_written_to_a_local_directory():
-    with pytest.raises(ValueError, match="gs:// URL"):
+def test_urls_without_their_backend_are_refused_rather_than_written_to_a_local_directory(monkeypatch):
+    from beholder_plugin.protocol import remote_files
+
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if gcsfs were not installed
+    monkeypatch.setattr(remote_files, "_CACHE", {})
+    with pytest.raises(ImportError, match="gs:// URL, which needs the gcsfs package: pip install gcsfs"):
         files_for("gs://bucket/run1")
     assert files_for("file:///tmp/x") is LOCAL and files_for("logs/run1") is LOCAL
 
