@@ -15,6 +15,10 @@ thread per watched file stats it (every `fast_poll` s while frames are
 arriving, every `slow_poll` s when idle) and wakes them. The watcher exits
 once nobody has waited for `idle_exit` s, and every wait is bounded by the
 caller's timeout.
+
+On a remote logdir (docs/remote.md) "stat" means reading the object's
+metadata through fsspec, and the watcher polls every REMOTE_FAST_POLL /
+REMOTE_SLOW_POLL s instead.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ import io
 import os
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from beholder_plugin.protocol.files import LOCAL, FileRefused
+from beholder_plugin.protocol.files import FileRefused, files_for
 from beholder_plugin.protocol.frame_format import (
     MAX_FRAME_BYTES,
     PREFIX_BYTES,
@@ -53,13 +58,26 @@ MAX_SLOTS = 256
 MAX_CACHED_PNG_BYTES = 128 << 20
 # Parsed frame headers kept for value look-ups, one per (file, identity).
 MAX_HEADERS = 64
+# The trainer's last error is sent in a header cut to this many characters.
+MAX_ERROR_CHARS = 500
 # A file replaced while it is being read is read again this many times at most.
 _ATTEMPTS = 3
 
 
+# How often a watcher looks at a remote frame's metadata (one request each): while frames
+# arrive, and when idle. Remote trainers write at most a few frames a second (docs/remote.md).
+REMOTE_FAST_POLL = 0.1
+REMOTE_SLOW_POLL = 1.0
+
+
 def file_identity(path: str) -> tuple | None:
-    """(inode, size, mtime_ns) of a file, or None when it does not exist."""
-    return LOCAL.identity(path)
+    """(inode, size, mtime_ns) of a file (its object metadata when remote), or None when it does not exist."""
+    return files_for(path).identity(path)
+
+
+def file_key(path: str) -> str:
+    """The key a file is cached under: its real path, or the URL itself for a remote file (no symlinks)."""
+    return path if files_for(path).remote else os.path.realpath(path)
 
 
 def encode_png(frame: Frame) -> bytes:
@@ -104,7 +122,37 @@ class EncodedFrame:
             if key in head and isinstance(head[key], (str, int, float)):
                 out.append((name, str(head[key])))
         out.append(("X-Beholder-Size", f"{head.get('width')}x{head.get('height')}"))
+        out.extend(trainer_health_headers(head))
+        out.extend(storage_headers(head))
         return out
+
+
+def storage_headers(head: dict[str, Any]) -> list[tuple[str, str]]:
+    """X-Beholder-Storage ("local", "s3", "gs", ...) and X-Beholder-Max-Fps (remote runs' frame-rate cap)."""
+    out = []
+    storage = head.get("storage")
+    if isinstance(storage, str) and storage.isascii() and storage.isalnum():
+        out.append(("X-Beholder-Storage", storage))
+    cap = head.get("max_fps")
+    if isinstance(cap, (int, float)) and not isinstance(cap, bool) and 0 < cap < 1e6:
+        out.append(("X-Beholder-Max-Fps", f"{cap:g}"))
+    return out
+
+
+def trainer_health_headers(head: dict[str, Any]) -> list[tuple[str, str]]:
+    """X-Beholder-Colormap, -Mode, -Failures, -Skipped and -Last-Error (percent-encoded UTF-8) of a header."""
+    out = []
+    for key, name in (("colormap", "X-Beholder-Colormap"), ("mode", "X-Beholder-Mode")):
+        if isinstance(head.get(key), str) and head[key].isascii() and head[key].isprintable():
+            out.append((name, head[key]))
+    for key, name in (("failures", "X-Beholder-Failures"), ("skipped", "X-Beholder-Skipped")):
+        value = head.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out.append((name, str(value)))
+    error = head.get("last_error")
+    if isinstance(error, str) and error:
+        out.append(("X-Beholder-Last-Error", urllib.parse.quote(error[:MAX_ERROR_CHARS], safe="")))
+    return out
 
 
 def encode_frame_file(data: bytes, identity: tuple) -> EncodedFrame:
@@ -125,6 +173,14 @@ def _data_offset(data: bytes) -> int:
     return (12 + head_len + 7) & ~7
 
 
+def _axes(record: dict[str, Any], rank: int) -> list[str] | None:
+    """A section record's axis names when they are a list of `rank` strings, else None."""
+    axes = record.get("axes")
+    if isinstance(axes, list) and len(axes) == rank and all(isinstance(a, str) for a in axes):
+        return axes
+    return None
+
+
 def _stamp(header: dict[str, Any]) -> tuple[Any, Any]:
     """(writer, frame id) of a frame header."""
     return (header.get("writer"), header.get("frame_id"))
@@ -140,18 +196,19 @@ def read_header_of(path: str, identity: tuple) -> tuple[dict[str, Any], int] | N
     `identity` (replaced while it was read); FrameFormatError when it is not
     a valid frame file.
     """
-    first = LOCAL.read_range(path, 0, PREFIX_BYTES, MAX_FRAME_BYTES, identity)
+    files = files_for(path)
+    first = files.read_range(path, 0, PREFIX_BYTES, MAX_FRAME_BYTES, identity)
     if first is None:
         return None
     span = header_span(first)
-    prefix = LOCAL.read_range(path, 0, span, MAX_FRAME_BYTES, identity)
+    prefix = files.read_range(path, 0, span, MAX_FRAME_BYTES, identity)
     if prefix is None:
         return None
     if len(prefix) < span:
         raise FrameFormatError("frame file is shorter than its header")
     header, offset = parse_header(prefix)
     end = offset + data_size(header)
-    tail = LOCAL.read_range(path, end - 1, 2, MAX_FRAME_BYTES, identity)
+    tail = files.read_range(path, end - 1, 2, MAX_FRAME_BYTES, identity)
     if tail is None:
         return None
     if len(tail) != 1:
@@ -200,7 +257,7 @@ class FrameHub:
         self._headers_lock = threading.Lock()
 
     def _slot(self, path: str) -> _Slot:
-        key = os.path.realpath(path)
+        key = file_key(path)
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
@@ -229,7 +286,7 @@ class FrameHub:
             if cached is not None and cached.identity == identity:
                 return cached if cached.matches(expect) else None
             try:
-                found = LOCAL.read_with_identity(slot.path, MAX_FRAME_BYTES)
+                found = files_for(slot.path).read_with_identity(slot.path, MAX_FRAME_BYTES)
             except FileRefused as exc:
                 raise FrameFormatError(str(exc)) from None
             if found is None:
@@ -265,7 +322,7 @@ class FrameHub:
         FrameFormatError for a file that is not a valid frame or not a
         regular file.
         """
-        key = os.path.realpath(path)
+        key = file_key(path)
         for attempt in range(_ATTEMPTS):
             identity = file_identity(key)
             if identity is None:
@@ -306,7 +363,9 @@ class FrameHub:
     def value_at(
         self, path: str, x: int, y: int, expect: tuple[str, int] | None = None
     ) -> dict[str, Any] | None:
-        """Pixel (x, y) of the frame at path: {"section", "name", "index", "value", "frame_id", "step"}.
+        """Pixel (x, y) of the frame at path: {"section", "name", "index", "value", "frame_id", "step", ...}.
+
+        Also the section's "bounds" and the frame's "colormap", to place the value on a colour bar.
 
         None on a separator, outside the frame or for a frame without
         sections. Reads the header once per frame file (see header()) and
@@ -314,7 +373,7 @@ class FrameHub:
         frame the header came from. FileNotFoundError when there is no such
         frame (with ``expect``: none holding that writer's frame id).
         """
-        key = os.path.realpath(path)
+        key = file_key(path)
         for attempt in range(_ATTEMPTS):
             found = self.header(key)
             if found is None:
@@ -323,7 +382,7 @@ class FrameHub:
             if expect is not None and _stamp(head) != expect:
                 break
             try:
-                where = value_at(key, x, y, header=(head, offset), files=LOCAL, identity=identity)
+                where = value_at(key, x, y, header=(head, offset), files=files_for(key), identity=identity)
             except FileRefused as exc:
                 if attempt + 1 < _ATTEMPTS and file_identity(key) != identity:
                     continue  # replaced since the header was read: once more with the new one
@@ -337,6 +396,9 @@ class FrameHub:
                 "value": where["value"],
                 "frame_id": head.get("frame_id"),
                 "step": head.get("step"),
+                "bounds": head["sections"][where["section"]].get("bounds"),
+                "colormap": head.get("colormap"),
+                "axes": _axes(head["sections"][where["section"]], len(where["index"])),
             }
         raise FileNotFoundError(path)
 
@@ -353,13 +415,19 @@ class FrameHub:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            self._wait_change(slot, seen, remaining)
+            self._wait_change(slot, seen, remaining, None if frame is None else frame.identity)
 
-    def _wait_change(self, slot: _Slot, seen: int, timeout: float) -> None:
-        """Sleep until the watcher sees the file change after version `seen`, or timeout s."""
+    def _wait_change(self, slot: _Slot, seen: int, timeout: float, shown: tuple | None = None) -> None:
+        """Sleep until the watcher sees the file change after version `seen`, or timeout s.
+
+        ``shown`` is the identity of the frame the caller already has: a
+        watcher started now compares against it, so a file replaced between
+        the caller's read and the watcher's start still wakes the caller
+        (on a remote store that gap is a few requests long).
+        """
         with slot.cond:
             slot.waiters += 1
-            self._ensure_watcher(slot)
+            self._ensure_watcher(slot, shown)
             try:
                 slot.cond.wait_for(lambda: slot.version != seen, timeout=timeout)
             finally:
@@ -372,10 +440,10 @@ class FrameHub:
             slots = list(self._slots.values())
         return sum(1 for s in slots if s.watcher is not None and s.watcher.is_alive())
 
-    def _ensure_watcher(self, slot: _Slot) -> None:
+    def _ensure_watcher(self, slot: _Slot, shown: tuple | None = None) -> None:
         """Start the slot's watcher thread if it is not running (call with slot.cond held)."""
         if slot.watcher is None:
-            slot.identity = file_identity(slot.path)
+            slot.identity = shown
             slot.watcher = threading.Thread(
                 target=self._watch, args=(slot,), name="beholder-watch", daemon=True
             )
@@ -398,4 +466,10 @@ class FrameHub:
                     slot.version += 1
                     slot.cond.notify_all()
             # Poll fast only while frames keep coming; an idle run costs a few stats a second.
-            time.sleep(self.fast_poll if now - last_change < 2.0 else self.slow_poll)
+            time.sleep(self._poll_interval(slot, now - last_change < 2.0))
+
+    def _poll_interval(self, slot: _Slot, active: bool) -> float:
+        """Seconds between two looks at a watched file: stat() locally, a metadata request remotely."""
+        if files_for(slot.path).remote:
+            return max(self.fast_poll, REMOTE_FAST_POLL) if active else max(self.slow_poll, REMOTE_SLOW_POLL)
+        return self.fast_poll if active else self.slow_poll

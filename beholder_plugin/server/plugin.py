@@ -6,6 +6,7 @@ nothing but the files of docs/protocol.md.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import json
 import logging
@@ -14,11 +15,12 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable
 
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
-from werkzeug import wrappers
+from werkzeug import wrappers, wsgi
 
 from beholder_plugin.protocol.files import FileRefused
 from beholder_plugin.protocol.frame_format import FrameFormatError
@@ -32,14 +34,28 @@ from beholder_plugin.protocol.runfiles import (
     write_config,
 )
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError, validate_changes
+from beholder_plugin.server.diff import DiffCache, DiffError
 from beholder_plugin.server.frames import EncodedFrame, FrameHub
 from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
+from beholder_plugin.server.videos import (
+    DEFAULT_EXPORT_FPS,
+    EXPORTS_DIR,
+    VideoError,
+    check_video_name,
+    export_range,
+    list_videos,
+    open_video,
+)
+from beholder_plugin.trainer.colormaps import palette_for
 
 logger = logging.getLogger("beholder")
 
 PLUGIN_NAME = "beholder"
 FRONTEND_PACKAGE = "beholder_plugin.server.static"
 MAX_CONFIG_BODY = 4096  # bytes: a full config is about 200
+MAX_EXPORT_BODY = 4096  # bytes: two kept frame names and a frame rate
+# The diff description travels in a header up to this size (else only through ?format=json).
+MAX_DIFF_HEADER = 64 << 10
 DEFAULT_LIVE_TIMEOUT = 10.0
 MAX_LIVE_TIMEOUT = 30.0
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(js|css|svg|html)$")
@@ -87,6 +103,18 @@ def section_table(frame: EncodedFrame | None) -> dict[str, Any]:
     }
 
 
+def diff_headers(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """Headers of a diff PNG: size, both frame ids, and the description as percent-encoded JSON."""
+    out = [("X-Beholder-Size", f"{info['width']}x{info['height']}")]
+    for key, name in (("frame_id", "X-Beholder-Frame-Id"), ("other_frame_id", "X-Beholder-Other-Frame-Id")):
+        if isinstance(info.get(key), int):
+            out.append((name, str(info[key])))
+    described = urllib.parse.quote(json.dumps(info, separators=(",", ":")), safe="")
+    if len(described) <= MAX_DIFF_HEADER:
+        out.append(("X-Beholder-Diff", described))
+    return out
+
+
 def _no_frame(run: Run, name: str | None) -> str:
     """The 404 message for a run without a frame yet, or a kept frame the ring has dropped."""
     if name is None:
@@ -126,7 +154,9 @@ class BeholderPlugin(base_plugin.TBPlugin):
     def __init__(self, context: base_plugin.TBContext):
         self._index = RunIndex(getattr(context, "logdir", None))
         self._hub = FrameHub()
+        self._diffs = DiffCache(self._hub)
         self._config_lock = threading.Lock()
+        self._export_lock = threading.Lock()
 
     # ------------------------------------------------------------ TBPlugin API
 
@@ -143,6 +173,11 @@ class BeholderPlugin(base_plugin.TBPlugin):
             "/history/frame": self._serve_history_frame,
             "/config": self._serve_config,
             "/ping": self._serve_ping,
+            "/colormaps": self._serve_colormaps,
+            "/videos": self._serve_videos,
+            "/video": self._serve_video,
+            "/export": self._serve_export,
+            "/diff": self._serve_diff,
         }
 
     def is_active(self) -> bool:
@@ -186,7 +221,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
         out = []
         for run in self._index.runs(fresh=request.args.get("fresh") == "1"):
             mtime = run.frame_mtime()
-            out.append({"run": run.name, "age": None if mtime is None else max(0.0, now - mtime)})
+            age = None if mtime is None else max(0.0, now - mtime)
+            out.append({"run": run.name, "age": age, "storage": self._index.storage})
         return _json(request, out)
 
     def _frame_response(self, request: wrappers.Request, frame: EncodedFrame) -> wrappers.Response:
@@ -229,8 +265,12 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @wrappers.Request.application
     @_with_run
     def _serve_section_info(self, request: wrappers.Request, run: Run) -> wrappers.Response:
-        """The section table of the run's latest frame, from that frame's own header."""
-        return _json(request, section_table(self._hub.latest(self._frame_path(run))))
+        """The section table of the run's latest frame (or of ?frame=, a kept one), from its own header."""
+        name = request.args.get("frame")
+        frame = self._hub.latest(*self._kept_frame(run, name))
+        if frame is None and name is not None:
+            return _error(request, _no_frame(run, name), 404)
+        return _json(request, section_table(frame))
 
     @wrappers.Request.application
     @_with_run
@@ -268,6 +308,24 @@ class BeholderPlugin(base_plugin.TBPlugin):
         if frame is None:
             return _error(request, _no_frame(run, name), 404)
         return self._frame_response(request, frame)
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_diff(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """?run= minus ?other= (latest frames, sections matched by name) as PNG; ?format=json describes it."""
+        if not request.args.get("other"):
+            raise RunError("missing query parameter 'other' (the run to subtract)", 400)
+        other = self._index.resolve(request.args.get("other"))
+        try:
+            found = self._diffs.diff(self._frame_path(run), self._frame_path(other))
+        except DiffError as exc:
+            return _error(request, str(exc), exc.status)
+        if found is None:
+            return _error(request, f"run {run.name!r} or run {other.name!r} has no frame yet", 404)
+        info = {"run": run.name, "other": other.name, **found.info}
+        if request.args.get("format") == "json":
+            return _json(request, info)
+        return http_util.Respond(request, found.png, "image/png", headers=diff_headers(info))
 
     def _kept_frame(self, run: Run, name: str | None) -> tuple[str, tuple[str, int] | None]:
         """The path of the latest frame (name None) or of a kept one, and the (writer, frame id) it must hold.
@@ -342,3 +400,72 @@ class BeholderPlugin(base_plugin.TBPlugin):
             request,
             {"config": config, "writable": is_writable(run.beholder_dir), "problem": problem},
         )
+
+    # ------------------------------------------------------------ videos
+
+    @wrappers.Request.application
+    def _serve_colormaps(self, request: wrappers.Request) -> wrappers.Response:
+        """Every colormap's 256 colours as one hex string ("rrggbb" x 256), for colour bars."""
+        names = ("magma", "inferno", "plasma", "viridis", "grayscale")
+        return _json(request, {name: palette_for(name).astype("uint8").tobytes().hex() for name in names})
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_videos(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """The run's recordings and exports (mp4), newest first: name, kind, size and time."""
+        self._index.file_path(run, EXPORTS_DIR)  # RunError if it leads out of the logdir
+        return _json(request, list_videos(run.beholder_dir))
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_video(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """One recording or export (?name= as `videos` lists it) as an mp4 download."""
+        try:
+            name = check_video_name(request.args.get("name"))
+            handle, size = open_video(self._index.file_path(run, name), name)
+        except VideoError as exc:
+            return _error(request, str(exc), exc.status)
+        response = wrappers.Response(
+            wsgi.wrap_file(request.environ, handle), mimetype="video/mp4", direct_passthrough=True
+        )
+        response.content_length = size
+        response.headers["Content-Disposition"] = f'attachment; filename="{os.path.basename(name)}"'
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_export(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """POST {"from": NAME, "to": NAME[, "fps": N]}: encode those kept frames to exports/*.mp4."""
+        if request.method != "POST":
+            return http_util.Respond(
+                request, {"error": "use POST"}, "application/json", code=405, headers=[("Allow", "POST")]
+            )
+        body = self._json_body(request, MAX_EXPORT_BODY)
+        if not isinstance(body, dict):
+            return _error(request, 'the body must be a JSON object {"from": NAME, "to": NAME}', 400)
+        self._index.file_path(run, HISTORY_DIR)  # RunError if either folder leads out of the logdir
+        exports = self._index.file_path(run, EXPORTS_DIR)
+        if not self._export_lock.acquire(blocking=False):
+            return _error(request, "another export is being encoded; try again when it has finished", 409)
+        try:
+            fps = body.get("fps", DEFAULT_EXPORT_FPS)
+            result = export_range(run.path, exports, body.get("from"), body.get("to"), fps)
+        except VideoError as exc:
+            return _error(request, str(exc), exc.status)
+        finally:
+            self._export_lock.release()
+        return _json(request, dataclasses.asdict(result))
+
+    def _json_body(self, request: wrappers.Request, limit: int) -> Any:
+        """The request's JSON body; RunError 415 (not JSON), 413 (over limit bytes) or 400 (unparsable)."""
+        if request.mimetype != "application/json":
+            raise RunError("the body must be JSON sent as Content-Type: application/json", 415)
+        body = request.stream.read(limit + 1)
+        if len(body) > limit or (request.content_length or 0) > limit:
+            raise RunError(f"the body is larger than {limit} bytes", 413)
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise RunError(f"the body is not valid JSON: {exc}", 400) from None

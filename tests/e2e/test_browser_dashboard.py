@@ -129,14 +129,14 @@ def test_tab_appears_and_shows_the_most_recent_run(session):
 def test_toolbar_has_the_original_controls(session):
     text = session["frame"].inner_text(".toolbar")
     for label in (
-        "tf.trainable_variables()",
-        "b.update(arrays=[2D_ARRAYS])",
-        "b.update(frame=2D_ARRAY)",
+        "Trainable variables (model weights)",
+        "Arrays passed to update(arrays=...)",
+        "Image passed to update(frame=...)",
         "Show all data",
         "(can be resource intensive)",
         "current values",
-        "variance over train steps",
-        "Variance timesteps",
+        "variance over the last 15 frames rendered",
+        "Variance window (frames rendered)",
         "per section",
         "all sections",
         "Updates per second",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 
 from server_support import (
+    ARTIFACTS,
     BROWSER_MARKS,
     TensorBoard,
     beholder_frame,
@@ -41,6 +42,13 @@ def test_welcome_page_then_a_read_only_run(tmp_path):
             assert "Beholder(" in code and "beholder.update(" in code
             assert len(code.strip().splitlines()) == 3
             assert not frame.is_visible("#stage")
+            # No run yet: say so and how to start one, not that the run's directory is read-only.
+            wait_for(lambda: frame.inner_text("#status").startswith("No runs yet"), message="the status")
+            assert "Beholder(" in frame.inner_text("#status")
+            assert frame.is_visible("#no-runs-note") and not frame.is_visible("#read-only-note")
+            assert "cannot write" not in frame.inner_text("body")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "no-runs-yet.png"))
 
             # A run shows up whose directory TensorBoard cannot write to.
             make_frames(logdir / "run1", colormap="viridis")
@@ -54,6 +62,7 @@ def test_welcome_page_then_a_read_only_run(tmp_path):
                     assert frame.is_disabled("#record")
                     assert frame.is_disabled("input[name=mode][value=current]")
                     assert frame.is_visible("#read-only-note")
+                    assert not frame.is_visible("#no-runs-note")
                 else:
                     assert frame.is_enabled("#colormap")
             finally:

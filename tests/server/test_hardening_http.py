@@ -45,6 +45,7 @@ ALLOWED = {
     "value": {200} | RUN_ERRORS,  # 404 also for a separator or a pixel outside the frame
     "history": {200} | RUN_ERRORS,
     "history/frame": {200, 304} | RUN_ERRORS,
+    "diff": {200} | RUN_ERRORS,  # 409 only for a frame of an image; every fuzzed frame shows arrays
     "post": {200, 405, 413, 415} | RUN_ERRORS,
 }
 
@@ -197,6 +198,24 @@ def test_fuzzed_run_names_on_every_get_route(world, run, route, etag):
     check(world, resp, route, before, run=run)
 
 
+KNOWN_OR_FUZZED = st.sampled_from(["known"] * 3 + ["fuzzed"]).flatmap(
+    lambda kind: st.sampled_from([".", "train/a", "alias", "files-out", "link-out"])
+    if kind == "known" else RUN_NAMES)
+
+
+@FUZZ
+@given(run=KNOWN_OR_FUZZED, other=KNOWN_OR_FUZZED, fmt=st.sampled_from([None, "json", "png", ""]))
+def test_fuzzed_diff_runs(world, run, other, fmt):
+    """GET diff: both runs refused exactly as ?run= is, documented statuses only, nothing written."""
+    before = snapshot(world["root"])
+    query = {"run": run, "other": other, **({"format": fmt} if fmt is not None else {})}
+    resp = world["client"].get(f"{BASE}/diff", query_string=query)
+    check(world, resp, "diff", before, run=run)
+    if resp.status_code == 200:
+        assert reads_inside(world, other), f"diff answered 200 for other={other!r}, which leads outside"
+        assert resp.mimetype == ("application/json" if fmt == "json" else "image/png")
+
+
 COORDINATES = st.one_of(
     st.integers(-5, 1000).map(str),
     st.integers(0, 260).map(str),  # inside the fuzzed frames (768 x 261) whichever the axis
@@ -242,7 +261,8 @@ def test_fuzzed_inspection_routes(world, run, x, y, name, route):
     check(world, resp, route, before, run=run if route != "value" or name is None else None)
     if resp.status_code == 200 and route == "value":
         found = json.loads(resp.get_data())
-        assert set(found) == {"section", "name", "index", "value", "frame_id", "step"}
+        assert set(found) == {"section", "name", "index", "value", "frame_id", "step", "bounds", "colormap",
+                              "axes"}
         assert x.isdigit() and y.isdigit() and x.isascii() and y.isascii()
     if resp.status_code == 200 and route == "history":
         keys = {"name", "time", "step", "frame_id", "writer"}

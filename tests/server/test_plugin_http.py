@@ -128,7 +128,8 @@ def test_runs_lists_every_directory_with_beholder_files(client, logdir):
 def test_runs_age_is_null_without_a_frame(tmp_path):
     os.makedirs(plugin_dir(tmp_path / "empty"))
     _, client = plugin_client(tmp_path)
-    assert json.loads(client.get(f"{BASE}/runs").get_data()) == [{"run": "empty", "age": None}]
+    runs = json.loads(client.get(f"{BASE}/runs").get_data())
+    assert runs == [{"run": "empty", "age": None, "storage": "local"}]
 
 
 def test_runs_skip_hidden_directories(tmp_path):

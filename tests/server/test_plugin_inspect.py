@@ -123,7 +123,9 @@ def test_value_is_the_exact_element_the_reference_layout_puts_at_each_pixel(tmp_
             assert got["value"] == pytest.approx(np.var(np.float64([before, now])), rel=1e-6)
         assert np.float32(got["value"]) == got["value"]  # a float32, sent without loss
         assert (got["frame_id"], got["step"]) == (2, 2)
-        assert set(got) == {"section", "name", "index", "value", "frame_id", "step"}
+        assert set(got) == {"section", "name", "index", "value", "frame_id", "step", "bounds", "colormap",
+                            "axes"}
+        assert isinstance(got["axes"], list) and len(got["axes"]) == len(shape)  # one name per axis
         checked += 1
     assert checked > 250 and refused >= 3 * 5 * (len(ARRAYS) - 1)
 
@@ -418,7 +420,7 @@ def test_a_run_is_listed_and_configurable_before_its_first_frame(tmp_path):
     beholder = Beholder(tmp_path / "early")
     _, client = plugin_client(tmp_path)
     runs = json.loads(client.get(f"{BASE}/runs").get_data())
-    assert runs == [{"run": "early", "age": None}]
+    assert runs == [{"run": "early", "age": None, "storage": "local"}]
     resp = client.post(f"{BASE}/config?run=early", data=b'{"FPS": 3}', content_type="application/json")
     assert resp.status_code == 200
     assert json.loads(client.get(f"{BASE}/section-info?run=early").get_data())["frame_id"] is None

@@ -49,6 +49,47 @@ export async function postConfig(run, changes) {
   return response.json();
 }
 
+/** POST a JSON body to a route; resolves to the JSON answer (HttpError with the plugin's message). */
+export async function postJSON(route, params, body) {
+  const response = await fetch(routeUrl(route, params), {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
+/** What the X-Beholder-* headers of a frame answer say about it (docs/http-api.md). */
+export function frameMeta(response) {
+  const header = (name) => response.headers.get(name);
+  const [width, height] = (header("X-Beholder-Size") || "0x0").split("x").map(Number);
+  const lastError = header("X-Beholder-Last-Error");
+  return {
+    etag: header("ETag") || "",
+    frameId: Number(header("X-Beholder-Frame-Id")),
+    time: Number(header("X-Beholder-Frame-Time")),
+    writer: header("X-Beholder-Writer"),
+    values: header("X-Beholder-Values"),
+    step: Number(header("X-Beholder-Step")),
+    colormap: header("X-Beholder-Colormap"),
+    mode: header("X-Beholder-Mode"),
+    failures: Number(header("X-Beholder-Failures") || 0),
+    skipped: Number(header("X-Beholder-Skipped") || 0),
+    lastError: lastError ? decodeURIComponent(lastError) : null,
+    width,
+    height,
+  };
+}
+
+/** GET a kept frame (history/frame); resolves to {blob, meta}. */
+export async function getKeptFrame(run, name, signal = undefined) {
+  const response = await fetch(routeUrl("history/frame", { run, name }), { cache: "no-store", signal });
+  if (!response.ok) throw await failure(response);
+  const blob = await response.blob();
+  return { blob, meta: { ...frameMeta(response), kept: name } };
+}
+
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
@@ -94,19 +135,9 @@ export class LiveFeed {
         if (!response.ok) throw await failure(response);
         const blob = await response.blob();
         if (generation !== this.generation) return;
-        etag = response.headers.get("ETag") || "";
-        const header = (name) => response.headers.get(name);
-        const [width, height] = (header("X-Beholder-Size") || "0x0").split("x").map(Number);
-        await this.onFrame(blob, {
-          etag,
-          frameId: Number(header("X-Beholder-Frame-Id")),
-          time: Number(header("X-Beholder-Frame-Time")),
-          writer: header("X-Beholder-Writer"),
-          values: header("X-Beholder-Values"),
-          step: Number(header("X-Beholder-Step")),
-          width,
-          height,
-        });
+        const meta = { ...frameMeta(response), kept: null };
+        etag = meta.etag;
+        await this.onFrame(blob, meta);
         this.onStatus({ connected: true, error: null });
         backoff = 250;
       } catch (error) {

@@ -33,14 +33,31 @@ function slider(id, key, label, min, max, onChange) {
     "data-key": key,
     "aria-label": label,
   });
-  input.addEventListener("input", () => (value.textContent = input.value));
+  input.addEventListener("input", () => {
+    value.textContent = input.value;
+    const frames = document.getElementById("variance-frames");
+    if (key === "window_size" && frames) frames.textContent = input.value;
+  });
   input.addEventListener("change", () => onChange({ [key]: Number(input.value) }));
   return h("div", { class: "slider" }, h("label", { for: id }, `${label}: `, value), input);
 }
 
 /** Build the toolbar; returns {element, apply(config), setEnabled(bool), ...handles}. */
-export function buildToolbar({ onChange, onRun, onZoom, onDownload }) {
+export function buildToolbar({ onChange, onRun, onZoom, onDownload, onView, onCompare }) {
   const runSelect = h("select", { id: "run-select", "aria-label": "Run", onchange: () => onRun(runSelect.value) });
+  const compareSelect = h("select", {
+    id: "compare-select",
+    "aria-label": "Compare with",
+    onchange: () => onCompare(compareSelect.value || null),
+  });
+  const viewChoice = h(
+    "div",
+    { class: "view-choice", id: "view-choice", role: "radiogroup", "aria-label": "View" },
+    [["frame", "Frame"], ["distributions", "Distributions"]].map(([value, label]) =>
+      h("label", { class: "choice" },
+        h("input", { type: "radio", name: "view", value, checked: value === "frame", onchange: () => onView(value) }),
+        label)),
+  );
   const showAll = h("input", {
     type: "checkbox",
     id: "show-all",
@@ -76,6 +93,12 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload }) {
     { id: "download", type: "button", class: "plain", onclick: () => onDownload() },
     "Download frame (PNG)",
   );
+  const noRunsNote = h(
+    "p",
+    { class: "note", id: "no-runs-note", hidden: true },
+    "No runs yet: these settings belong to a run, so they can be changed once a training script " +
+      "has created one with Beholder(\"<logdir>/run1\").",
+  );
   const readOnlyNote = h(
     "p",
     { class: "note", id: "read-only-note", hidden: true },
@@ -88,13 +111,21 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload }) {
     "aside",
     { class: "toolbar" },
     h("div", { class: "group" }, h("label", { class: "legend", for: "run-select" }, "Run"), runSelect),
+    h("div", { class: "group" },
+      h("label", { class: "legend", for: "compare-select" }, "Compare with"), compareSelect),
+    h("fieldset", { class: "group", id: "view-group" }, h("legend", {}, "View"), viewChoice),
     radioGroup(
       "values",
       "Values",
       [
-        ["trainable_variables", h("code", {}, "tf.trainable_variables()")],
-        ["arrays", h("code", {}, "b.update(arrays=[2D_ARRAYS])")],
-        ["frames", h("code", {}, "b.update(frame=2D_ARRAY)")],
+        ["trainable_variables", "Trainable variables (model weights)",
+          "The original's tf.trainable_variables(): the variables (or model) given to Beholder() or update()"],
+        ["gradients", "Gradients", "The gradients of the trainable variables, as the training step computes them"],
+        ["activations", "Activations", "The layers' outputs (activations) of the latest batch"],
+        ["arrays", h("span", {}, "Arrays passed to ", h("code", {}, "update(arrays=...)")),
+          "The original's b.update(arrays=[2D_ARRAYS]): any arrays you pass"],
+        ["frames", h("span", {}, "Image passed to ", h("code", {}, "update(frame=...)")),
+          "The original's b.update(frame=2D_ARRAY): a 2-D array or an RGB image you pass"],
       ],
       onChange,
     ),
@@ -110,11 +141,12 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload }) {
       "Mode",
       [
         ["current", "current values"],
-        ["variance", "variance over train steps"],
+        ["variance", h("span", {}, "variance over the last ", h("span", { id: "variance-frames" }, "15"), " frames rendered"),
+          "The original's \"variance over train steps\": the window covers the frames Beholder rendered, not every train step"],
       ],
       onChange,
     ),
-    slider("window-size", "window_size", "Variance timesteps", 2, 20, onChange),
+    slider("window-size", "window_size", "Variance window (frames rendered)", 2, 20, onChange),
     radioGroup(
       "scaling",
       "Image scaling",
@@ -125,6 +157,15 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload }) {
       onChange,
     ),
     h("div", { class: "group" }, h("label", { class: "legend", for: "colormap" }, "Colormap"), colormap),
+    radioGroup(
+      "section_size",
+      "Section height",
+      [
+        ["fixed", "fixed 128 px (the original)", "Every section is 128 pixels tall, as in the original Beholder"],
+        ["proportional", "proportional", "Taller sections for larger arrays"],
+      ],
+      onChange,
+    ),
     slider("fps", "FPS", "Updates per second", 0, 30, onChange),
     h("div", { class: "group" }, record),
     h(
@@ -134,6 +175,7 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload }) {
       zoom,
       download,
     ),
+    noRunsNote,
     readOnlyNote,
     problemNote,
     errorNote,
@@ -141,24 +183,30 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload }) {
 
   const configInputs = () => element.querySelectorAll("[data-key]");
 
-  function apply(config) {
-    for (const input of element.querySelectorAll("input[type=radio]")) {
-      input.checked = config[input.name] === input.value;
+  /** Show a config in the controls, except the keys in skip (changed by the user since it was read). */
+  function apply(config, skip = new Set()) {
+    for (const input of element.querySelectorAll("input[type=radio][data-key]")) {
+      if (!skip.has(input.name)) input.checked = config[input.name] === input.value;
     }
-    showAll.checked = Boolean(config.show_all);
-    colormap.value = config.colormap;
+    if (!skip.has("show_all")) showAll.checked = Boolean(config.show_all);
+    if (!skip.has("colormap")) colormap.value = config.colormap;
     for (const [id, key] of [["window-size", "window_size"], ["fps", "FPS"]]) {
-      const input = element.querySelector(`#${id}`);
-      input.value = String(config[key]);
+      if (skip.has(key)) continue;
+      element.querySelector(`#${id}`).value = String(config[key]);
       element.querySelector(`#${id}-value`).textContent = String(config[key]);
     }
-    record.dataset.recording = String(Boolean(config.is_recording));
-    record.textContent = config.is_recording ? "stop recording" : "start recording";
+    element.querySelector("#variance-frames").textContent = element.querySelector("#window-size").value;
+    if (!skip.has("is_recording")) {
+      record.dataset.recording = String(Boolean(config.is_recording));
+      record.textContent = config.is_recording ? "stop recording" : "start recording";
+    }
   }
 
-  function setEnabled(enabled) {
+  /** Enable or disable the settings; reason "read-only" or "no-runs" says why they are off. */
+  function setEnabled(enabled, reason = "read-only") {
     for (const input of configInputs()) input.disabled = !enabled;
-    readOnlyNote.hidden = enabled;
+    readOnlyNote.hidden = enabled || reason !== "read-only";
+    noRunsNote.hidden = enabled || reason !== "no-runs";
   }
 
   function showError(message) {
@@ -178,7 +226,26 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload }) {
       runSelect.replaceChildren(...names.map((name) => h("option", { value: name }, name)));
     }
     if (selected !== null) runSelect.value = selected;
+    const wanted = compareSelect.value;
+    const others = names.filter((name) => name !== selected);
+    const shown = Array.from(compareSelect.options).map((o) => o.value);
+    if (["", ...others].join("\n") !== shown.join("\n")) {
+      compareSelect.replaceChildren(
+        h("option", { value: "" }, "(nothing)"),
+        ...others.map((name) => h("option", { value: name }, name)),
+      );
+      compareSelect.value = others.includes(wanted) ? wanted : "";
+      if (compareSelect.value !== wanted) onCompare(compareSelect.value || null);
+    }
   }
 
-  return { element, apply, setEnabled, showError, showProblem, setRuns, zoom };
+  /** Put a group right after the Values choices. */
+  function addAfterValues(group) {
+    element.querySelector("#values-group").after(group);
+  }
+
+  return {
+    element, apply, setEnabled, showError, showProblem, setRuns, zoom, compareSelect,
+    addGroup: (group) => element.append(group), addAfterValues,
+  };
 }

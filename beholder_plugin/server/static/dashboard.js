@@ -1,14 +1,22 @@
 // The Beholder dashboard: run selection, the live frame, the info panel, the
 // status line and the toolbar, wired to the plugin's routes.
-import { LiveFeed, getJSON, postConfig } from "./api.js";
+import { LiveFeed, getJSON, getKeptFrame, postConfig } from "./api.js";
 import { buildToolbar } from "./controls.js";
 import { h } from "./dom.js";
 import { age, sci, shape } from "./format.js";
+import { HistoryBar, VideoList, keptLabel } from "./history.js";
+import { Inspector } from "./inspector.js";
+import { CompareView } from "./compare.js";
+import { DistributionsView, StatsStore, percent } from "./distributions.js";
+import { SectionChooser, nonFiniteFlag } from "./sections.js";
 
 const SEPARATOR_PX = 5; // rows between sections (docs/protocol.md)
 const RUNS_EVERY_MS = 3000;
 const INFO_EVERY_MS = 250; // section statistics refresh at most this often
 const FPS_WINDOW_MS = 2000;
+const VIDEOS_EVERY_MS = 10000;
+// No frame for this long (plus three frame intervals at the configured FPS) reads as "trainer stopped?".
+const STALE_AFTER_S = 5;
 
 function welcomePage() {
   return h(
@@ -57,6 +65,15 @@ export class Dashboard {
     this.serverUp = null;
     this.live = { connected: false, error: null };
     this.arrivals = [];
+    this.paused = false;
+    this.keptLoads = 0; // counts kept-frame loads, so that a slow one never replaces a newer one
+    // Settings changes: sent one request at a time, in order; a reply never overwrites a control
+    // the user changed after that request was sent (touched[key] = the change's sequence number).
+    this.configQueue = [];
+    this.configPosting = false;
+    this.postingKeys = new Set();
+    this.changeSeq = 0;
+    this.touched = {};
     this.stats = {
       run: null,
       framesReceived: 0,
@@ -66,6 +83,9 @@ export class Dashboard {
       width: 0,
       height: 0,
       connected: false,
+      paused: false,
+      kept: null, // the kept frame on screen (its history name), null while live
+      configBusy: 0, // settings changes not yet answered
       drawn: [], // the last 500 frames: {frameId, writer, time: ms since epoch when drawn}
     };
 
@@ -74,25 +94,70 @@ export class Dashboard {
       onRun: (run) => this.selectRun(run),
       onZoom: (zoom) => this.setZoom(zoom),
       onDownload: () => this.download(),
+      onView: (view) => this.setView(view),
+      onCompare: (other) => {
+        this.compare.setOther(other);
+        this.renderView();
+      },
     });
+    this.view = "frame";
+    this.chooser = new SectionChooser({ onFilter: (filter) => this.changeConfig({ filter }) });
+    this.toolbar.addAfterValues(this.chooser.element);
+    this.store = new StatsStore();
+    this.distributions = new DistributionsView(this.store);
+    this.compare = new CompareView(() => this.run);
     this.status = h("div", { class: "status", id: "status", role: "status" }, "Connecting…");
-    this.canvas = h("canvas", { id: "frame", class: "frame zoom-1", width: 1, height: 1 });
+    this.health = h("div", { class: "health", id: "trainer-health", role: "status", hidden: true });
+    this.canvas = h("canvas", { id: "frame", class: "frame", width: 1, height: 1 });
+    this.flagLayer = h("div", { class: "flag-layer", id: "flag-layer" });
+    this.overlay = h("div", { class: "overlay", id: "overlay" }, this.flagLayer);
+    this.frameWrap = h("div", { class: "frame-wrap zoom-1", id: "frame-wrap" }, this.canvas, this.overlay);
     this.info = h("div", { class: "info", id: "info" });
-    this.stage = h("div", { class: "stage", id: "stage", hidden: true }, this.canvas, this.info);
+    this.stage = h("div", { class: "stage", id: "stage", hidden: true }, this.frameWrap, this.info);
     this.welcome = welcomePage();
+    this.history = new HistoryBar({
+      getRun: () => this.run,
+      onPause: () => this.pause(),
+      onLive: () => this.resume(),
+      showKept: (entry) => this.showKept(entry),
+      onExported: () => this.videos.refresh(),
+    });
+    this.videos = new VideoList(() => this.run);
+    this.toolbar.addGroup(this.videos.element);
+    const hoverBox = h("div", { class: "hover-box", id: "hover-box" });
+    const pinsBox = h("div", { class: "pins", id: "pins" });
+    this.inspector = new Inspector({
+      canvas: this.canvas,
+      overlay: this.overlay,
+      hoverBox,
+      pinsBox,
+      getSource: () => ({ run: this.run, frame: this.paused ? this.stats.kept : null }),
+    });
+    this.header = h(
+      "div",
+      { class: "main-header", id: "main-header" },
+      this.status,
+      this.health,
+      this.history.element,
+      h("div", { class: "inspect", id: "inspect" }, hoverBox, pinsBox),
+    );
     root.replaceChildren(
       h(
         "div",
         { id: "beholder-root", class: "beholder" },
         this.toolbar.element,
-        h("main", { class: "main" }, this.status, this.welcome, this.stage),
+        h("main", { class: "main" }, this.header, this.welcome, this.stage, this.distributions.element,
+          this.compare.element),
       ),
     );
     this.feed = new LiveFeed(
       (blob, meta) => this.showFrame(blob, meta),
       (state) => this.liveStatus(state),
     );
-    window.addEventListener("resize", () => this.renderInfo());
+    window.addEventListener("resize", () => {
+      this.renderInfo();
+      this.inspector.placeCross();
+    });
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden && this.run !== null) this.loadConfig();
     });
@@ -103,6 +168,7 @@ export class Dashboard {
     await this.refreshRuns();
     setInterval(() => this.refreshRuns(), RUNS_EVERY_MS);
     setInterval(() => this.renderStatus(), 500);
+    setInterval(() => this.videos.refresh(), VIDEOS_EVERY_MS);
   }
 
   async refreshRuns() {
@@ -118,12 +184,14 @@ export class Dashboard {
     this.serverUp = true;
     this.runs = runs;
     this.welcome.hidden = runs.length > 0;
+    this.history.toggle.disabled = runs.length === 0;
     if (runs.length === 0) {
       this.run = null;
       this.feed.stop();
       this.stage.hidden = true;
       this.toolbar.setRuns([], null);
-      this.toolbar.setEnabled(false);
+      this.toolbar.setEnabled(false, "no-runs");
+      this.videos.refresh();
       this.renderStatus();
       return;
     }
@@ -151,38 +219,90 @@ export class Dashboard {
     this.arrivals = [];
     this.stage.hidden = true;
     this.info.replaceChildren();
-    this.feed.start(run);
+    this.flagLayer.replaceChildren();
+    this.inspector.clear();
+    this.chooser.setRun(run);
+    this.toolbar.setRuns(this.runs, run);
+    this.compare.setOther(this.compare.other === run ? null : this.compare.other);
+    this.renderView();
+    if (this.paused) this.history.live(); // calls resume(), which starts the feed
+    else this.feed.start(run);
     this.loadConfig();
+    this.videos.refresh();
   }
 
   async loadConfig() {
     const run = this.run;
+    const sentAt = this.changeSeq;
     try {
       const reply = await getJSON("config", { run });
-      if (run === this.run) this.applyConfigReply(reply);
+      if (run === this.run) this.applyConfigReply(reply, sentAt);
     } catch (error) {
       if (run === this.run) this.toolbar.showError(`Could not read the settings: ${error.message}`);
     }
   }
 
-  applyConfigReply(reply) {
-    this.config = reply.config;
-    this.toolbar.apply(reply.config);
+  /**
+   * The keys whose controls an answer asked for at change number sentAt must not reset: changed
+   * by the user since, or still waiting in a request (other than the one answered, when own).
+   */
+  keysToKeep(sentAt, own) {
+    const skip = new Set(Object.keys(this.touched).filter((key) => this.touched[key] > sentAt));
+    for (const item of this.configQueue) for (const key of Object.keys(item.changes)) skip.add(key);
+    if (!own) for (const key of this.postingKeys) skip.add(key);
+    return skip;
+  }
+
+  /** Show a config answer that was asked for when changeSeq was sentAt (own: the answer to our POST). */
+  applyConfigReply(reply, sentAt, own = false) {
+    const skip = this.keysToKeep(sentAt, own);
+    const kept = Object.fromEntries([...skip].map((key) => [key, this.config?.[key]]));
+    this.config = { ...reply.config, ...kept };
+    this.toolbar.apply(reply.config, skip);
+    if (!skip.has("filter")) this.chooser.applyConfig(reply.config.filter);
     this.toolbar.setEnabled(Boolean(reply.writable));
     this.toolbar.showProblem(reply.problem);
   }
 
-  /** Send a change of settings; on refusal show why and put the controls back. */
-  async changeConfig(changes) {
+  /** Queue a change of settings; they are sent one request at a time, in the order made. */
+  changeConfig(changes) {
     if (this.run === null) return;
-    const run = this.run;
+    this.changeSeq++;
+    for (const key of Object.keys(changes)) this.touched[key] = this.changeSeq;
+    this.config = { ...(this.config || {}), ...changes };
+    const last = this.configQueue[this.configQueue.length - 1];
+    if (last && last.run === this.run) Object.assign(last.changes, changes);
+    else this.configQueue.push({ run: this.run, changes: { ...changes } });
+    this.sendConfig();
+    this.countBusy();
+  }
+
+  /** Requests queued or in flight (stats.configBusy: tests wait for 0). */
+  countBusy() {
+    this.stats.configBusy = this.configQueue.length + (this.configPosting ? 1 : 0);
+  }
+
+  /** Send the oldest queued change (unless a request is in flight); on refusal show why. */
+  async sendConfig() {
+    if (this.configPosting || this.configQueue.length === 0) return;
+    const { run, changes } = this.configQueue.shift();
+    const sentAt = this.changeSeq;
+    this.configPosting = true;
+    this.postingKeys = new Set(Object.keys(changes));
+    this.countBusy();
     try {
       const reply = await postConfig(run, changes);
       this.toolbar.showError(null);
-      if (run === this.run) this.applyConfigReply(reply);
+      if (run === this.run) this.applyConfigReply(reply, sentAt, true);
     } catch (error) {
       this.toolbar.showError(`Setting not changed: ${error.message}`);
-      if (this.config) this.toolbar.apply(this.config);
+      if ("filter" in changes && run === this.run) this.chooser.refused(error.message);
+      if (run === this.run) this.loadConfig(); // put back what is really on disk
+    } finally {
+      this.configPosting = false;
+      this.postingKeys = new Set();
+      this.sendConfig();
+      this.countBusy();
     }
   }
 
@@ -194,7 +314,36 @@ export class Dashboard {
     this.renderStatus();
   }
 
+  /** Stop streaming: the frame on screen stays, and the history bar takes over. */
+  pause() {
+    this.paused = this.stats.paused = true;
+    this.feed.stop();
+    this.renderStatus();
+  }
+
+  /** Back to the live frames. */
+  resume() {
+    this.paused = this.stats.paused = false;
+    this.stats.kept = null;
+    this.keptLoads++;
+    if (this.run !== null) this.feed.start(this.run);
+    this.renderStatus();
+  }
+
+  /** Load and show a kept frame (a history entry); a newer request wins over a slower older one. */
+  async showKept(entry) {
+    const load = ++this.keptLoads;
+    try {
+      const { blob, meta } = await getKeptFrame(this.run, entry.name);
+      if (load !== this.keptLoads || !this.paused) return;
+      await this.showFrame(blob, meta);
+    } catch (error) {
+      if (load === this.keptLoads) this.status.textContent = `Cannot show ${keptLabel(entry)}: ${error.message}`;
+    }
+  }
+
   async showFrame(blob, meta) {
+    if (this.paused && !meta.kept) return; // a live frame that was on its way when the user paused
     const bitmap = await createImageBitmap(blob);
     const canvas = this.canvas;
     const resized = canvas.width !== bitmap.width || canvas.height !== bitmap.height;
@@ -205,10 +354,10 @@ export class Dashboard {
     canvas.getContext("2d").drawImage(bitmap, 0, 0);
     const { width, height } = bitmap;
     bitmap.close();
-    this.stage.hidden = false;
     this.welcome.hidden = true;
     this.lastBlob = blob;
     this.lastMeta = meta;
+    this.renderView();
     const now = performance.now();
     this.arrivals.push(now);
     while (this.arrivals.length && this.arrivals[0] < now - FPS_WINDOW_MS) this.arrivals.shift();
@@ -217,9 +366,11 @@ export class Dashboard {
       frameId: meta.frameId,
       writer: meta.writer,
       values: meta.values,
+      kept: meta.kept,
       width,
       height,
     });
+    this.renderHealth(meta);
     requestAnimationFrame(() => {
       this.stats.drawn.push({
         frameId: meta.frameId,
@@ -229,12 +380,24 @@ export class Dashboard {
       if (this.stats.drawn.length > 500) this.stats.drawn.splice(0, 100);
     });
     if (resized) this.setZoom(this.zoom);
-    this.scheduleInfo(meta, resized);
+    this.scheduleInfo(meta, resized || Boolean(meta.kept));
+    this.inspector.refresh();
+  }
+
+  /** The trainer's failure count, last error and skipped frames, from the frame header, when any. */
+  renderHealth(meta) {
+    const parts = [];
+    if (meta.failures > 0) parts.push(`The trainer reports ${meta.failures} failed update() call${meta.failures === 1 ? "" : "s"}`);
+    if (meta.lastError) parts.push(`last error: ${meta.lastError}`);
+    if (meta.skipped > 0) parts.push(`${meta.skipped} frame${meta.skipped === 1 ? "" : "s"} skipped while its worker was busy`);
+    this.health.hidden = parts.length === 0;
+    this.health.textContent = parts.join("; ");
+    this.health.dataset.failures = String(meta.failures || 0);
   }
 
   /** Fetch the section statistics for new frames, at most every INFO_EVERY_MS. */
   scheduleInfo(meta, urgent) {
-    if (meta.values !== "arrays" && meta.values !== "trainable_variables") {
+    if (meta.values === "frames" || meta.values === "placeholder") {
       this.sections = [];
       this.infoKey = null;
       this.renderInfo();
@@ -243,16 +406,19 @@ export class Dashboard {
     const key = `${meta.writer}-${meta.frameId}`;
     if (key === this.infoKey || this.infoTimer !== null) return;
     const wait = urgent ? 0 : Math.max(0, this.infoFetchedAt + INFO_EVERY_MS - performance.now());
-    this.infoTimer = setTimeout(() => this.fetchInfo(), wait);
+    this.infoTimer = setTimeout(() => this.fetchInfo(meta.kept), wait);
   }
 
-  async fetchInfo() {
+  async fetchInfo(kept) {
     const run = this.run;
     this.infoFetchedAt = performance.now();
     try {
-      const doc = await getJSON("section-info", { run });
-      if (run !== this.run) return;
+      const doc = await getJSON("section-info", { run, frame: kept || undefined });
+      if (run !== this.run || (kept || null) !== (this.stats.kept || null)) return;
       this.sections = doc.sections || [];
+      this.chooser.noteSections(this.sections);
+      if (!kept) this.store.add(run, `${doc.writer}-${doc.frame_id}`, doc.step, this.sections);
+      if (this.view === "distributions") this.distributions.render(run, this.sections.map((rec) => rec.name));
       // The table comes from the latest frame's own header: keyed by that frame's writer and id, so
       // it is fetched again only when another frame is shown (scheduleInfo compares the keys).
       this.infoKey = `${doc.writer ?? this.lastMeta?.writer}-${doc.frame_id}`;
@@ -269,16 +435,33 @@ export class Dashboard {
     const scale = this.canvas.height > 1 ? this.canvas.getBoundingClientRect().height / this.canvas.height : 1;
     let top = 0;
     const entries = [];
+    const outlines = [];
     for (const section of this.sections) {
       const height = Number(section.height) || 0;
+      const flag = nonFiniteFlag(section.stats);
+      if (flag) {
+        outlines.push(h("div", {
+          class: "flag-outline",
+          dataset: { name: section.name },
+          style: `top:${top * scale}px;height:${height * scale}px`,
+        }));
+      }
       entries.push(
         h(
           "div",
           {
-            class: "section-info",
+            class: `section-info${flag ? " nonfinite" : ""}`,
             style: `top:${top * scale}px;height:${height * scale}px`,
+            dataset: { name: section.name },
           },
           h("div", { class: "name", title: section.name }, section.name),
+          flag ? h("div", { class: "flag", title: `over ${section.stats.over}` },
+            `⚠ NaN ${percent(section.stats.nan)} · Inf ${percent(section.stats.inf)} of the array`) : null,
+          h(
+            "div",
+            { class: "sample-note", title: "Statistics of the values drawn: the section after truncation and resizing, not the whole array" },
+            "over the shown sample",
+          ),
           h("div", {}, `shape ${shape(section.shape)}`),
           h("div", {}, `range ${sci(section.range)}`),
           h("div", {}, `mean ${sci(section.mean)}`),
@@ -289,6 +472,7 @@ export class Dashboard {
     }
     this.info.style.height = `${this.canvas.height * scale}px`;
     this.info.replaceChildren(...entries);
+    this.flagLayer.replaceChildren(...outlines);
   }
 
   renderStatus() {
@@ -301,7 +485,15 @@ export class Dashboard {
     } else if (this.serverUp === null) {
       text = "Connecting…";
     } else if (this.run === null) {
-      text = "Connected; no Beholder run in this log directory yet.";
+      text =
+        "No runs yet: start a training script that creates Beholder(\"<logdir>/run1\") (see below); " +
+        "its run appears here within seconds.";
+      state = "idle";
+    } else if (this.paused) {
+      const meta = this.lastMeta;
+      text = meta?.kept
+        ? `Paused on a kept frame: ${keptLabel({ step: meta.step, time: meta.time })} (frame ${meta.frameId}). Press Live to stream again.`
+        : "Paused. Press Live to stream again.";
       state = "idle";
     } else if (!this.live.connected && this.live.error) {
       text = `Not connected: ${this.live.error.message}; retrying…`;
@@ -309,23 +501,58 @@ export class Dashboard {
       text = "Connected; waiting for the first frame of this run…";
       state = "idle";
     } else {
-      const frameAge = Date.now() / 1000 - this.lastMeta.time;
-      const fps = recent.length / (FPS_WINDOW_MS / 1000);
-      text =
-        `Connected · frame ${age(frameAge)} old · ${fps.toFixed(1)} frames/s · ` +
-        `frame ${this.lastMeta.frameId} (${this.lastMeta.width}×${this.lastMeta.height})`;
-      state = "up";
+      ({ text, state } = this.streamingStatus(recent.length / (FPS_WINDOW_MS / 1000)));
     }
     this.status.textContent = text;
     this.status.dataset.state = state;
   }
 
+  /** The status while streaming: receiving, paused by FPS 0, or no frame for a while (trainer stopped?). */
+  streamingStatus(fps) {
+    const meta = this.lastMeta;
+    const frameAge = Date.now() / 1000 - meta.time;
+    const configured = Number(this.config?.FPS);
+    const frame = `frame ${meta.frameId} (${meta.width}×${meta.height})`;
+    if (configured === 0) {
+      return {
+        text: `Trainer paused (Updates per second is 0): no frames are computed · showing ${frame}, ${age(frameAge)} old`,
+        state: "paused",
+      };
+    }
+    const staleAfter = STALE_AFTER_S + (configured > 0 ? 3 / configured : 0);
+    if (frameAge > staleAfter && fps === 0) {
+      return {
+        text: `No frame for ${age(frameAge)}: trainer stopped? (Updates per second is ${configured}) · showing ${frame}`,
+        state: "stale",
+      };
+    }
+    return { text: `Connected · frame ${age(frameAge)} old · ${fps.toFixed(1)} frames/s · ${frame}`, state: "up" };
+  }
+
+  /** Show the frame ("frame") or the distributions ("distributions"). */
+  setView(view) {
+    this.view = view;
+    if (view === "distributions") this.distributions.render(this.run, this.sections.map((rec) => rec.name));
+    this.renderView();
+  }
+
+  /** Which of the frame, the distributions and the two-run comparison is on screen. */
+  renderView() {
+    const comparing = this.view === "frame" && this.compare.other !== null;
+    const wasHidden = this.stage.hidden;
+    this.stage.hidden = this.lastMeta === null || this.view !== "frame" || comparing;
+    if (wasHidden && !this.stage.hidden) this.renderInfo(); // laid out while hidden, the panel had no size
+    this.distributions.element.hidden = this.view !== "distributions";
+    this.compare.setActive(comparing);
+  }
+
   setZoom(zoom) {
     this.zoom = zoom;
-    this.canvas.className = `frame zoom-${zoom}`;
+    this.frameWrap.className = `frame-wrap zoom-${zoom}`;
     if (zoom === "2") this.canvas.style.width = `${this.canvas.width * 2}px`;
     else this.canvas.style.width = "";
     this.renderInfo();
+    this.inspector.placeCross();
   }
 
   /** Save the frame on screen as a PNG file. */

@@ -11,5 +11,11 @@ export async function render() {
   const dashboard = new Dashboard(document.body);
   // Exposed for tests and the benchmark (frame counters, current run).
   window.beholder = dashboard.stats;
+  // What the distributions and compare views draw, for tests: plain data, no DOM.
+  window.beholderDebug = {
+    distributions: () => Object.fromEntries(dashboard.distributions.data),
+    compare: () => dashboard.compare.debug,
+    seenNames: () => [...(dashboard.chooser.seen.get(dashboard.run) || [])],
+  };
   await dashboard.start();
 }

@@ -1,0 +1,258 @@
+// Live distributions and health: per section, the trainer's "stats" of each frame seen (docs/protocol.md)
+// as a histogram over time (frames on x, values on y, count as colour), sparklines of norm, mean and
+// std, and the NaN / Inf / zero fractions.
+import { h } from "./dom.js";
+import { sci } from "./format.js";
+import { nonFiniteFlag } from "./sections.js";
+
+export const KEEP_FRAMES = 300; // stats kept per section, newest last
+export const BINS = 32; // the trainer's bins per frame, and the rows of the drawn histogram
+const SPARK_W = 150;
+const SPARK_H = 28;
+const ROW_PX = 3; // screen pixels per histogram row
+const COL_PX = 2; // screen pixels per frame
+
+/** Stats of the frames seen, per run and section name, at most KEEP_FRAMES each. */
+export class StatsStore {
+  constructor() {
+    this.runs = new Map(); // run -> Map name -> [{key, step, stats}]
+  }
+
+  /** Record the stats of a frame's sections (once per frame: key is writer-frameId). */
+  add(run, key, step, sections) {
+    if (!this.runs.has(run)) this.runs.set(run, new Map());
+    const byName = this.runs.get(run);
+    for (const rec of sections) {
+      if (!validStats(rec.stats)) continue;
+      if (!byName.has(rec.name)) byName.set(rec.name, []);
+      const list = byName.get(rec.name);
+      if (list.length && list[list.length - 1].key === key) continue;
+      list.push({ key, step, stats: rec.stats });
+      if (list.length > KEEP_FRAMES) list.splice(0, list.length - KEEP_FRAMES);
+    }
+  }
+
+  /** The entries of one section of a run, oldest first ([] when none). */
+  series(run, name) {
+    return this.runs.get(run)?.get(name) || [];
+  }
+
+  /** The section names of a run with stats, in the order first seen. */
+  names(run) {
+    return [...(this.runs.get(run)?.keys() || [])];
+  }
+}
+
+/** Whether a stats record has a histogram of BINS counts. */
+function validStats(stats) {
+  return Boolean(stats && stats.hist && Array.isArray(stats.hist.counts) && stats.hist.counts.length === BINS);
+}
+
+/** The union of the finite ranges [lo, hi] of some entries' histograms (null when none has one). */
+export function commonRange(entries) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const { stats } of entries) {
+    const { lo: a, hi: b } = stats.hist;
+    if (Number.isFinite(a) && Number.isFinite(b)) {
+      lo = Math.min(lo, a);
+      hi = Math.max(hi, b);
+    }
+  }
+  return lo <= hi ? { lo, hi } : null;
+}
+
+/**
+ * One frame's counts over [lo, hi] re-binned onto BINS equal bins over [range.lo, range.hi]: each
+ * source bin's count is shared among the target bins it overlaps, in proportion to the overlap
+ * (values spread evenly within a bin); a frame whose values are all equal (lo == hi) goes to one bin.
+ */
+export function rebin(hist, range) {
+  const out = new Float64Array(BINS);
+  const { lo, hi, counts } = hist;
+  if (!range || !Number.isFinite(lo) || !Number.isFinite(hi)) return out;
+  const span = range.hi - range.lo;
+  const at = (v) => (span > 0 ? ((v - range.lo) / span) * BINS : 0); // position in target bins
+  if (!(hi > lo) || !(span > 0)) {
+    const total = counts.reduce((a, b) => a + b, 0);
+    out[Math.min(BINS - 1, Math.max(0, Math.floor(at(lo))))] += total;
+    return out;
+  }
+  const width = (hi - lo) / BINS;
+  for (let k = 0; k < BINS; k++) {
+    if (!counts[k]) continue;
+    const start = at(lo + k * width);
+    const end = k === BINS - 1 ? at(hi) : at(lo + (k + 1) * width);
+    const size = end - start;
+    if (!(size > 0)) {
+      out[Math.min(BINS - 1, Math.max(0, Math.floor(start)))] += counts[k];
+      continue;
+    }
+    for (let t = Math.max(0, Math.floor(start)); t < Math.min(BINS, Math.ceil(end)); t++) {
+      const overlap = Math.min(end, t + 1) - Math.max(start, t);
+      if (overlap > 0) out[t] += (counts[k] * overlap) / size;
+    }
+  }
+  return out;
+}
+
+/** What the histogram of a section draws: the common range and one re-binned column per frame. */
+export function histogramData(entries) {
+  const range = commonRange(entries);
+  return {
+    range,
+    frames: entries.map(({ key, step, stats }) => ({
+      key,
+      step,
+      lo: stats.hist.lo,
+      hi: stats.hist.hi,
+      counts: stats.hist.counts,
+      column: Array.from(rebin(stats.hist, range)),
+    })),
+  };
+}
+
+/** A colour for a share from 0 to 1: white through blue to near black. */
+function shade(share) {
+  if (!(share > 0)) return [255, 255, 255];
+  const t = Math.sqrt(Math.min(1, share));
+  const stops = [[222, 235, 247], [66, 146, 198], [8, 48, 107], [10, 10, 30]];
+  const x = t * (stops.length - 1);
+  const i = Math.min(stops.length - 2, Math.floor(x));
+  const f = x - i;
+  return stops[i].map((c, j) => Math.round(c + (stops[i + 1][j] - c) * f));
+}
+
+/** Draw a histogram over time: one column per frame (oldest left, room for KEEP_FRAMES), low values at the bottom. */
+export function drawHistogram(canvas, data) {
+  canvas.width = KEEP_FRAMES;
+  canvas.height = BINS;
+  canvas.style.width = `${KEEP_FRAMES * COL_PX}px`;
+  canvas.style.height = `${BINS * ROW_PX}px`;
+  canvas.dataset.frames = String(data.frames.length);
+  const ctx = canvas.getContext("2d");
+  const image = ctx.createImageData(KEEP_FRAMES, BINS);
+  for (let i = 0; i < image.data.length; i += 4) image.data.set([245, 245, 245, 255], i); // no frame yet
+  data.frames.forEach((frame, x) => {
+    const total = frame.column.reduce((a, b) => a + b, 0) || 1;
+    frame.column.forEach((count, bin) => {
+      const [r, g, b] = shade(count / total);
+      image.data.set([r, g, b, 255], ((BINS - 1 - bin) * KEEP_FRAMES + x) * 4);
+    });
+  });
+  ctx.putImageData(image, 0, 0);
+}
+
+/** Draw a sparkline of some numbers (nulls skipped), scaled to their own range. */
+export function drawSparkline(canvas, values) {
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const finite = values.filter((v) => Number.isFinite(v));
+  if (finite.length === 0) return;
+  const lo = Math.min(...finite);
+  const hi = Math.max(...finite);
+  const y = (v) => (hi > lo ? canvas.height - 2 - ((v - lo) / (hi - lo)) * (canvas.height - 4) : canvas.height / 2);
+  const x = (i) => (values.length > 1 ? (i / (values.length - 1)) * (canvas.width - 1) : canvas.width / 2);
+  ctx.strokeStyle = "#1565c0";
+  ctx.lineWidth = 1.25;
+  ctx.beginPath();
+  let pen = false;
+  values.forEach((v, i) => {
+    if (!Number.isFinite(v)) {
+      pen = false;
+      return;
+    }
+    if (pen) ctx.lineTo(x(i), y(v));
+    else ctx.moveTo(x(i), y(v));
+    pen = true;
+  });
+  ctx.stroke();
+}
+
+/** A fraction as a percentage for people: 0 %, 0.02 %, 12.5 %. */
+export function percent(fraction) {
+  if (!Number.isFinite(Number(fraction))) return "n/a";
+  const p = Number(fraction) * 100;
+  if (p === 0) return "0 %";
+  return `${p < 0.1 ? p.toPrecision(2) : p < 10 ? p.toFixed(2) : p.toFixed(1)} %`;
+}
+
+/** The "Distributions" view: one panel per section with stats, in the frame's order. */
+export class DistributionsView {
+  constructor(store) {
+    this.store = store;
+    this.panels = new Map(); // name -> {element, histogram, sparks, numbers}
+    this.list = h("div", { class: "dist-list", id: "dist-list" });
+    this.empty = h(
+      "p",
+      { class: "note", id: "dist-empty" },
+      "No statistics yet: frames of arrays carry them (trainable variables, gradients, activations or arrays).",
+    );
+    this.element = h("section", { class: "distributions", id: "distributions", hidden: true }, this.empty, this.list);
+    this.data = new Map(); // name -> what the histogram draws (for tests: window.beholderDistributions)
+  }
+
+  /** Draw the run's sections (those of the latest frame first, then others seen). */
+  render(run, order) {
+    const names = [...new Set([...order, ...this.store.names(run)])].filter((n) => this.store.series(run, n).length);
+    this.empty.hidden = names.length > 0;
+    const panels = names.map((name) => this.panel(name));
+    this.list.replaceChildren(...panels.map((p) => p.element));
+    this.data.clear();
+    names.forEach((name, i) => this.fill(panels[i], name, this.store.series(run, name)));
+  }
+
+  /** The panel of a section (made once, reused). */
+  panel(name) {
+    if (this.panels.has(name)) return this.panels.get(name);
+    const histogram = h("canvas", { class: "dist-hist", "aria-label": `Histogram over time of ${name}` });
+    const sparks = Object.fromEntries(
+      ["norm", "mean", "std"].map((key) => [key, {
+        canvas: h("canvas", { class: "spark", width: SPARK_W, height: SPARK_H }),
+        value: h("span", { class: "spark-value" }),
+      }]),
+    );
+    const numbers = h("div", { class: "dist-numbers" });
+    const over = h("div", { class: "dist-over note" });
+    const range = h("div", { class: "dist-range" });
+    const flag = h("span", { class: "flag" });
+    const element = h(
+      "div",
+      { class: "dist-panel", dataset: { name } },
+      h("div", { class: "dist-title" }, h("span", { class: "name" }, name), flag),
+      over,
+      h("div", { class: "dist-body" },
+        h("div", { class: "dist-hist-wrap" }, range, histogram,
+          h("div", { class: "note" }, "frames seen, oldest left · colour: share of values in the bin")),
+        h("div", { class: "dist-sparks" },
+          ...Object.entries(sparks).map(([key, s]) => h("div", { class: "spark-row" },
+            h("span", { class: "spark-label" }, key), s.canvas, s.value))),
+        numbers),
+    );
+    const panel = { element, histogram, sparks, numbers, over, range, flag };
+    this.panels.set(name, panel);
+    return panel;
+  }
+
+  /** Draw one section's panel from its entries. */
+  fill(panel, name, entries) {
+    const data = histogramData(entries);
+    this.data.set(name, data);
+    drawHistogram(panel.histogram, data);
+    const latest = entries[entries.length - 1].stats;
+    panel.over.textContent = `over ${latest.over}; the last ${entries.length} frames seen`;
+    panel.range.textContent = data.range ? `values ${sci(data.range.lo)} … ${sci(data.range.hi)}` : "no finite values";
+    for (const [key, spark] of Object.entries(panel.sparks)) {
+      drawSparkline(spark.canvas, entries.map((e) => (e.stats[key] === null ? NaN : Number(e.stats[key]))));
+      spark.value.textContent = sci(latest[key]);
+    }
+    panel.numbers.replaceChildren(
+      ...[["nan", "NaN"], ["inf", "Inf"], ["zero", "zero"]].map(([key, label]) =>
+        h("div", { class: `fraction ${key}`, dataset: { key, value: String(latest[key]) } }, `${label} ${percent(latest[key])}`)),
+      h("div", { class: "note" }, `${latest.count} values`),
+    );
+    const flag = nonFiniteFlag(latest);
+    panel.element.classList.toggle("nonfinite", Boolean(flag));
+    panel.flag.textContent = flag ? ` ⚠ ${flag}` : "";
+  }
+}

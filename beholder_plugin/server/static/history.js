@@ -1,0 +1,238 @@
+// Pause and scrub through the kept frames (the history ring), play them back, export a range to
+// mp4; and the list of the run's recordings and exports with download links.
+import { getJSON, postJSON, routeUrl } from "./api.js";
+import { h } from "./dom.js";
+
+const SPEEDS = [1, 2, 5, 10, 15, 30]; // playback frames per second
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A kept frame's label: its step and the wall time it was asked for. */
+export function keptLabel(entry) {
+  const when = new Date(entry.time * 1000);
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  const clock = `${pad(when.getHours())}:${pad(when.getMinutes())}:${pad(when.getSeconds())}.${pad(when.getMilliseconds(), 3)}`;
+  return `step ${entry.step} · ${clock}`;
+}
+
+/** A file size for people: 812 B, 34 kB, 5.1 MB. */
+export function fileSize(bytes) {
+  if (bytes < 1000) return `${bytes} B`;
+  if (bytes < 1e6) return `${Math.round(bytes / 1000)} kB`;
+  return `${(bytes / 1e6).toFixed(1)} MB`;
+}
+
+/** The Pause/Live control and, while paused, the slider, playback and export controls. */
+export class HistoryBar {
+  constructor({ getRun, onPause, onLive, showKept, onExported }) {
+    Object.assign(this, { getRun, onPause, onLive, showKept, onExported });
+    this.entries = [];
+    this.index = -1;
+    this.paused = false;
+    this.playing = false;
+    this.range = [0, 0];
+    this.toggle = h("button", { id: "live-toggle", type: "button", class: "live-toggle", onclick: () => this.flip() });
+    this.slider = h("input", { type: "range", id: "history-slider", min: 0, max: 0, step: 1, "aria-label": "Kept frame" });
+    this.slider.addEventListener("input", () => this.show(Number(this.slider.value)));
+    this.label = h("span", { id: "history-label", class: "history-label" });
+    this.play = h("button", { id: "history-play", type: "button", onclick: () => this.togglePlay() }, "Play");
+    this.speed = h(
+      "select",
+      { id: "history-speed", "aria-label": "Playback speed" },
+      SPEEDS.map((fps) => h("option", { value: fps, selected: fps === 10 }, `${fps} frames/s`)),
+    );
+    this.rangeLabel = h("span", { id: "export-range", class: "history-label" });
+    this.exportStatus = h("span", { id: "export-status", class: "note", role: "status" });
+    this.exportButton = h("button", { id: "export", type: "button", onclick: () => this.exportRange() }, "Export mp4");
+    this.controls = h(
+      "div",
+      { id: "history-controls", class: "history-controls", hidden: true },
+      h("button", { id: "history-prev", type: "button", title: "One frame back (←)", onclick: () => this.step(-1) }, "◀"),
+      this.slider,
+      h("button", { id: "history-next", type: "button", title: "One frame on (→)", onclick: () => this.step(1) }, "▶"),
+      this.label,
+      this.play,
+      this.speed,
+      h("span", { class: "history-export" },
+        h("button", { id: "export-from", type: "button", onclick: () => this.mark(0) }, "Start here"),
+        h("button", { id: "export-to", type: "button", onclick: () => this.mark(1) }, "End here"),
+        this.rangeLabel,
+        this.exportButton,
+        this.exportStatus),
+    );
+    this.element = h("div", { class: "history-bar", id: "history-bar" }, this.toggle, this.controls);
+    document.addEventListener("keydown", (event) => this.key(event));
+    this.render();
+  }
+
+  /** Pause (and load the kept frames) or go back to live. */
+  flip() {
+    if (this.paused) this.live();
+    else this.pause();
+  }
+
+  /** Pause: list the kept frames and show the newest. */
+  async pause() {
+    this.paused = true;
+    this.onPause();
+    this.render();
+    const run = this.getRun();
+    try {
+      this.entries = await getJSON("history", { run });
+    } catch (error) {
+      this.entries = [];
+      this.exportStatus.textContent = `Cannot list the kept frames: ${error.message}`;
+    }
+    if (!this.paused || run !== this.getRun()) return;
+    const last = this.entries.length - 1;
+    this.slider.max = String(Math.max(0, last));
+    this.range = [Math.max(0, last - 599), Math.max(0, last)];
+    this.render();
+    if (last >= 0) await this.show(last);
+  }
+
+  /** Back to streaming the latest frames. */
+  live() {
+    this.paused = false;
+    this.playing = false;
+    this.index = -1;
+    this.render();
+    this.onLive();
+  }
+
+  /** Show kept frame i (clamped). */
+  async show(i) {
+    if (!this.paused || this.entries.length === 0) return;
+    this.index = Math.min(this.entries.length - 1, Math.max(0, i));
+    this.slider.value = String(this.index);
+    this.render();
+    await this.showKept(this.entries[this.index]);
+  }
+
+  /** Show the frame delta steps away (stopping playback). */
+  step(delta) {
+    this.playing = false;
+    return this.show(this.index + delta);
+  }
+
+  /** Arrow keys step one kept frame while paused (unless another control owns them). */
+  key(event) {
+    if (!this.paused || (event.key !== "ArrowLeft" && event.key !== "ArrowRight")) return;
+    const target = event.target;
+    const typing = target instanceof HTMLElement && target.matches("input, select, textarea");
+    if (typing && target !== this.slider) return; // arrows belong to that control
+    event.preventDefault();
+    this.step(event.key === "ArrowLeft" ? -1 : 1);
+  }
+
+  /** Play the kept frames from the one shown (from the first at the end) at the chosen speed, or stop. */
+  async togglePlay() {
+    if (this.playing) {
+      this.playing = false;
+      this.render();
+      return;
+    }
+    this.playing = true;
+    if (this.index >= this.entries.length - 1) await this.show(0);
+    this.render();
+    while (this.playing && this.paused && this.index < this.entries.length - 1) {
+      await sleep(1000 / Number(this.speed.value));
+      if (!this.playing) break;
+      await this.show(this.index + 1);
+    }
+    this.playing = false;
+    this.render();
+  }
+
+  /** Set the start (0) or end (1) of the export range to the frame shown. */
+  mark(which) {
+    if (this.index < 0) return;
+    this.range[which] = this.index;
+    if (this.range[0] > this.range[1]) this.range[1 - which] = this.index;
+    this.render();
+  }
+
+  /** Ask the plugin to encode the marked range to mp4, then list it. */
+  async exportRange() {
+    const [from, to] = this.range.map((i) => this.entries[i]);
+    if (!from || !to) return;
+    this.exportButton.disabled = true;
+    this.exportStatus.textContent = "Encoding…";
+    try {
+      const fps = Number(this.speed.value);
+      const done = await postJSON("export", { run: this.getRun() }, { from: from.name, to: to.name, fps });
+      this.exportStatus.textContent = `Exported ${done.frames} frames to ${done.name}`;
+      this.onExported(done);
+    } catch (error) {
+      this.exportStatus.textContent = `Export failed: ${error.message}`;
+    } finally {
+      this.exportButton.disabled = false;
+    }
+  }
+
+  /** Bring the buttons and labels up to date with the state. */
+  render() {
+    this.toggle.textContent = this.paused ? "Live" : "Pause";
+    this.toggle.title = this.paused ? "Return to the live frames" : "Stop on the current frame and scrub through the kept ones";
+    this.toggle.dataset.paused = String(this.paused);
+    this.controls.hidden = !this.paused;
+    this.play.textContent = this.playing ? "Stop" : "Play";
+    const entry = this.entries[this.index];
+    if (this.paused && this.entries.length === 0) {
+      this.label.textContent = "No kept frames (the history ring is off or empty).";
+    } else if (entry) {
+      this.label.textContent = `${keptLabel(entry)} · frame ${this.index + 1} of ${this.entries.length}`;
+      this.slider.setAttribute("aria-valuetext", keptLabel(entry));
+      this.slider.title = keptLabel(entry);
+    } else {
+      this.label.textContent = "Loading the kept frames…";
+    }
+    const [a, b] = this.range.map((i) => this.entries[i]);
+    this.rangeLabel.textContent = a && b ? `steps ${a.step}–${b.step} (${this.range[1] - this.range[0] + 1} frames)` : "";
+    this.exportButton.disabled = !(a && b);
+  }
+}
+
+/** The run's recordings and exports, newest first, each a download link. */
+export class VideoList {
+  constructor(getRun) {
+    this.getRun = getRun;
+    this.list = h("ul", { id: "videos", class: "videos" });
+    this.element = h(
+      "div",
+      { class: "group videos-group" },
+      h("div", { class: "legend" }, "Recordings and exports"),
+      this.list,
+    );
+  }
+
+  /** List the run's videos again. */
+  async refresh() {
+    const run = this.getRun();
+    if (run === null) {
+      this.list.replaceChildren();
+      return;
+    }
+    let videos;
+    try {
+      videos = await getJSON("videos", { run });
+    } catch (error) {
+      this.list.replaceChildren(h("li", { class: "note" }, `Cannot list videos: ${error.message}`));
+      return;
+    }
+    if (run !== this.getRun()) return;
+    if (videos.length === 0) {
+      this.list.replaceChildren(h("li", { class: "note" }, "None yet: record, or pause and export a range."));
+      return;
+    }
+    this.list.replaceChildren(
+      ...videos.map((video) =>
+        h(
+          "li",
+          { dataset: { kind: video.kind } },
+          h("a", { href: routeUrl("video", { run, name: video.name }), download: video.name.split("/").pop() }, video.name),
+          h("span", { class: "note" }, ` ${video.kind} · ${fileSize(video.size)}`),
+        ),
+      ),
+    );
+  }
+}

@@ -1,0 +1,331 @@
+// Choosing sections: a filter box (a regular expression searched in section names) and a tree of
+// name scopes with a checkbox each. Both become ONE regular expression, the config's "filter",
+// which the trainer applies with Python's re.search: so every expression built here is written
+// in the syntax both Python's re and JavaScript's RegExp read the same way.
+import { h } from "./dom.js";
+
+export const MAX_FILTER_CHARS = 1000; // the validator's limit (docs/protocol.md)
+const SEND_AFTER_MS = 400; // typing pauses this long before the filter is sent
+const SCOPE_SPLIT = /[/.]/; // name scopes: "sequential/conv1/kernel", "features.0.weight"
+
+/** A section name as a literal in a regular expression: letters, digits and _ kept, others escaped. */
+export function escapeName(name) {
+  let out = "";
+  for (const ch of String(name)) {
+    const code = ch.codePointAt(0);
+    if (/[A-Za-z0-9_]/.test(ch) || code > 0x7f) out += ch; // no non-ASCII character is special
+    else if (code < 0x20 || code === 0x7f) out += `\\x${code.toString(16).padStart(2, "0")}`;
+    else out += `\\${ch}`; // escaped ASCII punctuation means itself in both dialects
+  }
+  return out;
+}
+
+/** null when text is a usable filter, else why not (bad syntax, too long). */
+export function filterProblem(text) {
+  if (text.length > MAX_FILTER_CHARS) return `at most ${MAX_FILTER_CHARS} characters`;
+  try {
+    new RegExp(text);
+  } catch (error) {
+    return `not a valid regular expression: ${error.message}`;
+  }
+  return null;
+}
+
+/** The one filter for the config: names under no hidden scope that the box's expression finds. */
+export function combineFilter(text, hiddenScopes) {
+  const scopes = [...hiddenScopes].sort();
+  if (scopes.length === 0) return text;
+  const hide = `^(?!(?:${scopes.map(escapeName).join("|")})(?:[/.]|$))`;
+  return text === "" ? hide : `${hide}(?=[\\s\\S]*?(?:${text}))`;
+}
+
+/** The scopes of a name, outermost first: [{prefix, label}], prefix ending before a "/" or "." (the name last). */
+export function scopesOf(name) {
+  const text = String(name);
+  const out = [];
+  let at = 0;
+  for (const part of text.split(SCOPE_SPLIT)) {
+    at += part.length;
+    out.push({ prefix: text.slice(0, at), label: part });
+    at += 1;
+  }
+  return out;
+}
+
+/** A tree of scopes: nodes {prefix, label, children: Map prefix -> node, names: the names under it}. */
+export function scopeTree(names) {
+  const root = { prefix: null, label: "", children: new Map(), names: [] };
+  for (const name of names) {
+    let node = root;
+    for (const { prefix, label } of scopesOf(name)) {
+      if (!node.children.has(prefix)) node.children.set(prefix, { prefix, label, children: new Map(), names: [] });
+      node = node.children.get(prefix);
+      node.names.push(name);
+    }
+  }
+  return root;
+}
+
+/** The filter box and the scope tree; onFilter(regex) is called with the combined expression to send. */
+export class SectionChooser {
+  constructor({ onFilter }) {
+    this.onFilter = onFilter;
+    this.seen = new Map(); // run -> Set of every section name seen in this page session
+    this.flags = new Map(); // section name -> "NaN" | "Inf" text while its latest stats are non-finite
+    this.hidden = new Set(); // scope prefixes unticked in the tree
+    this.collapsed = new Set(); // scope prefixes the user folded
+    this.run = null;
+    this.sent = null; // the last expression sent (or adopted from the config)
+    this.keepBox = false; // set by refused(): the next config answer leaves the box alone
+    this.timer = null;
+    this.treeKey = "";
+    this.input = h("input", {
+      type: "text",
+      id: "section-filter",
+      class: "section-filter",
+      placeholder: "filter: regex or text, e.g. conv|dense",
+      "aria-label": "Section filter (regular expression)",
+      spellcheck: "false",
+      autocomplete: "off",
+      "data-key": "filter",
+    });
+    this.input.addEventListener("input", () => this.typed());
+    this.input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") this.send();
+    });
+    this.problem = h("p", { class: "error", id: "section-filter-error", role: "alert", hidden: true });
+    this.effective = h("p", { class: "note filter-effective", id: "section-filter-effective", hidden: true });
+    this.tree = h("div", { class: "scope-tree", id: "scope-tree" });
+    this.element = h(
+      "div",
+      { class: "group sections-group", id: "sections-group" },
+      h("label", { class: "legend", for: "section-filter" }, "Sections"),
+      this.input,
+      this.problem,
+      this.effective,
+      h("details", { class: "scope-details", id: "scope-details", open: true },
+        h("summary", {}, "Name scopes"), this.tree),
+    );
+    this.readUrl();
+  }
+
+  /** The URL's state (#beholder&filter=...&hide=...), read once when the page opens. */
+  readUrl() {
+    const params = urlParams();
+    this.urlWanted = params.has("filter") || params.has("hide");
+    this.input.value = params.get("filter") || "";
+    for (const scope of params.getAll("hide")) this.hidden.add(scope);
+  }
+
+  /** The expression for the box and the tree as they are now (null while the box is invalid). */
+  current() {
+    const text = this.input.value;
+    if (filterProblem(text) !== null) return null;
+    const combined = combineFilter(text, this.hidden);
+    return combined.length > MAX_FILTER_CHARS ? null : combined;
+  }
+
+  /** The box changed: check it at once, send it after a pause. */
+  typed() {
+    clearTimeout(this.timer);
+    if (this.showProblem()) return;
+    this.timer = setTimeout(() => this.send(), SEND_AFTER_MS);
+  }
+
+  /** Show why the box (or the combined expression) cannot be sent; true when it cannot. */
+  showProblem() {
+    let problem = filterProblem(this.input.value);
+    if (problem === null && combineFilter(this.input.value, this.hidden).length > MAX_FILTER_CHARS) {
+      problem = `the filter and the hidden scopes together pass ${MAX_FILTER_CHARS} characters`;
+    }
+    this.problem.textContent = problem ? `Filter not applied: ${problem}` : "";
+    this.problem.hidden = problem === null;
+    this.input.classList.toggle("invalid", problem !== null);
+    return problem !== null;
+  }
+
+  /** Send the combined expression (unless invalid or unchanged) and keep the state in the URL. */
+  send() {
+    clearTimeout(this.timer);
+    if (this.showProblem()) return;
+    const combined = this.current();
+    writeUrl(this.input.value, this.hidden);
+    this.renderTree();
+    if (combined === this.sent || this.run === null) return;
+    this.sent = combined;
+    this.onFilter(combined);
+  }
+
+  /** Another run is shown: its names, and its config's filter, take over. */
+  setRun(run) {
+    this.run = run;
+    this.treeKey = "";
+    if (!this.seen.has(run)) this.seen.set(run, new Set());
+    this.renderTree();
+  }
+
+  /** The plugin refused the expression sent (Python's re reads it otherwise): say why, keep the box. */
+  refused(message) {
+    this.problem.textContent = `Filter not applied: ${message}`;
+    this.problem.hidden = false;
+    this.input.classList.add("invalid");
+    this.keepBox = true;
+  }
+
+  /** The run's config says filter: adopt it unless it is what this page sent (or the URL asks for more). */
+  applyConfig(filter) {
+    const value = typeof filter === "string" ? filter : "";
+    this.effective.hidden = value === "";
+    this.effective.textContent = value ? `In force: ${value}` : "";
+    if (this.keepBox) {
+      this.keepBox = false; // the answer after a refusal: the box keeps what the user typed
+      this.sent = value;
+      return;
+    }
+    if (this.urlWanted) {
+      this.urlWanted = false; // a shared link: apply its filter to this run once
+      this.send();
+      return;
+    }
+    if (value === this.current() || value === this.sent) {
+      this.sent = value;
+      return;
+    }
+    this.sent = value;
+    this.hidden.clear();
+    this.input.value = value;
+    this.showProblem();
+    writeUrl(value, this.hidden);
+    this.renderTree();
+  }
+
+  /** Remember the names of a frame's sections and which show NaN or Inf; redraw the tree if that changed. */
+  noteSections(sections) {
+    const names = this.seen.get(this.run) || new Set();
+    this.seen.set(this.run, names);
+    for (const rec of sections) {
+      names.add(rec.name);
+      const flag = nonFiniteFlag(rec.stats);
+      if (flag) this.flags.set(rec.name, flag);
+      else this.flags.delete(rec.name);
+    }
+    this.renderTree();
+  }
+
+  /** Tick or untick a scope: hidden scopes leave the filter, and the trainer stops gathering them. */
+  toggle(prefix, visible) {
+    if (visible) this.hidden.delete(prefix);
+    else this.hidden.add(prefix);
+    this.treeKey = "";
+    this.send();
+  }
+
+  /** Draw the tree of the run's names (only when names, flags, hidden scopes or the filter changed). */
+  renderTree() {
+    const names = [...(this.seen.get(this.run) || [])];
+    const combined = this.current();
+    const key = JSON.stringify([names, [...this.flags], [...this.hidden], combined, [...this.collapsed]]);
+    if (key === this.treeKey) return;
+    this.treeKey = key;
+    let matcher = null;
+    try {
+      matcher = combined === null ? null : new RegExp(combined);
+    } catch (_) {
+      matcher = null;
+    }
+    const root = scopeTree(names);
+    this.tree.replaceChildren(
+      ...(names.length ? [...root.children.values()].map((node) => this.renderNode(node, false, matcher))
+        : [h("p", { class: "note" }, "Section names appear here with the first frame of arrays.")]),
+    );
+  }
+
+  /** One scope (or section) with its checkbox, red when a section under it shows NaN or Inf. */
+  renderNode(node, parentHidden, matcher) {
+    const hidden = this.hidden.has(node.prefix);
+    const flagged = node.names.filter((name) => this.flags.has(name));
+    const leaf = node.children.size === 0;
+    const box = h("input", {
+      type: "checkbox",
+      checked: !hidden && !parentHidden,
+      disabled: parentHidden,
+      "data-scope": node.prefix,
+      "aria-label": `Show ${node.prefix}`,
+      onchange: (event) => this.toggle(node.prefix, event.target.checked),
+    });
+    const shown = matcher === null || node.names.some((name) => matcher.test(name));
+    const label = h(
+      "label",
+      { class: "scope-label", title: node.prefix },
+      box,
+      h("span", { class: "scope-name" }, node.label),
+      leaf ? null : h("span", { class: "scope-count" }, ` (${node.names.length})`),
+      flagged.length ? h("span", { class: "flag", title: flagged.join(", ") }, ` ${flagText(flagged, this.flags)}`) : null,
+    );
+    const attrs = {
+      class: `scope${leaf ? " leaf" : ""}${flagged.length ? " nonfinite" : ""}${shown ? "" : " filtered-out"}`,
+      dataset: { scope: node.prefix, flagged: String(flagged.length > 0) },
+    };
+    if (leaf) return h("div", attrs, label);
+    const details = h(
+      "details",
+      { ...attrs, open: !this.collapsed.has(node.prefix) },
+      h("summary", {}, label),
+      [...node.children.values()].map((child) => this.renderNode(child, parentHidden || hidden, matcher)),
+    );
+    details.addEventListener("toggle", () => {
+      if (details.open) this.collapsed.delete(node.prefix);
+      else this.collapsed.add(node.prefix);
+    });
+    return details;
+  }
+}
+
+/** "NaN" or "Inf" (or both) when a stats record counts non-finite values, else null. */
+export function nonFiniteFlag(stats) {
+  if (!stats || typeof stats !== "object") return null;
+  const parts = [];
+  if (Number(stats.nan) > 0) parts.push("NaN");
+  if (Number(stats.inf) > 0) parts.push("Inf");
+  return parts.length ? parts.join("+") : null;
+}
+
+/** The red note of a scope: what its flagged sections show. */
+function flagText(flagged, flags) {
+  const kinds = new Set(flagged.flatMap((name) => flags.get(name).split("+")));
+  return `⚠ ${[...kinds].join("+")}`;
+}
+
+/** The top page's location (TensorBoard's), or this frame's when it cannot be reached. */
+function topWindow() {
+  try {
+    void window.top.location.href; // throws when another origin
+    return window.top;
+  } catch (_) {
+    return window;
+  }
+}
+
+/** The URL's parameters after the tab name: "#beholder&filter=conv" -> filter=conv. */
+export function urlParams() {
+  const hash = topWindow().location.hash.replace(/^#/, "");
+  const at = hash.indexOf("&");
+  return new URLSearchParams(at < 0 ? "" : hash.slice(at + 1));
+}
+
+/** Keep the filter box and hidden scopes in the top page's URL, so that the view can be shared. */
+function writeUrl(text, hidden) {
+  const win = topWindow();
+  const hash = win.location.hash.replace(/^#/, "");
+  const at = hash.indexOf("&");
+  const tab = at < 0 ? hash : hash.slice(0, at);
+  const params = new URLSearchParams(at < 0 ? "" : hash.slice(at + 1));
+  params.delete("filter");
+  params.delete("hide");
+  if (text) params.set("filter", text);
+  for (const scope of [...hidden].sort()) params.append("hide", scope);
+  const rest = params.toString();
+  const url = new URL(win.location.href);
+  url.hash = `${tab || "beholder"}${rest ? `&${rest}` : ""}`;
+  if (url.href !== win.location.href) win.history.replaceState(win.history.state, "", url.href);
+}

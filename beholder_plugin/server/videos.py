@@ -1,0 +1,239 @@
+"""Videos of a run: listing its recordings and exports, and exporting a range of kept frames to mp4.
+
+Recordings are the trainer's `video-*.mp4` files in `<run>/plugins/beholder/`;
+exports are written here, from the history ring's frame files, into
+`<run>/plugins/beholder/exports/`. Both are named relative to the plugin
+directory (`video-....mp4`, `exports/export-....mp4`), and only names of
+that shape are ever opened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+
+from beholder_plugin.protocol.frame_format import read_header
+from beholder_plugin.protocol.history import (
+    HistoryEntry,
+    list_history,
+    parse_history_name,
+    read_history_frame,
+)
+from beholder_plugin.protocol.names import history_dir
+from beholder_plugin.trainer.recording import VIDEO_FPS, pad_even, timestamp
+
+EXPORTS_DIR = "exports"
+# At most this many kept frames go into one export (30 s of video at 15 fps... times a little more).
+MAX_EXPORT_FRAMES = 600
+# A frame of an export is at most this many pixels (a show_all ResNet-50 frame is ~22 million).
+MAX_EXPORT_PIXELS = 32 << 20
+MAX_LISTED_VIDEOS = 1000
+DEFAULT_EXPORT_FPS = VIDEO_FPS
+_VIDEO_NAME = re.compile(r"^(exports/)?[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\.mp4$")
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_FFMPEG_PARAMS = ["-preset", "veryfast", "-crf", "18", "-movflags", "+faststart"]
+
+
+class VideoError(ValueError):
+    """A request about videos that cannot be served; carries its HTTP status."""
+
+    def __init__(self, message: str, status: int = 400):
+        """A message for the client and the HTTP status to answer with."""
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote: its name (relative to plugins/beholder), frame count and size."""
+
+    name: str
+    frames: int
+    dropped: int
+    width: int
+    height: int
+    fps: int
+
+
+def check_video_name(name: Any) -> str:
+    """The name if it names a recording or an export (`x.mp4`, `exports/x.mp4`), else VideoError 400."""
+    if not isinstance(name, str) or not _VIDEO_NAME.match(name) or ".." in name:
+        raise VideoError(
+            f"{name!r} is not a video name: expected 'NAME.mp4' or 'exports/NAME.mp4' "
+            "(letters, digits, '_', '-', '.')"
+        )
+    return name
+
+
+def list_videos(beholder_dir: str) -> list[dict[str, Any]]:
+    """The run's mp4 files, newest first: recordings in plugins/beholder/, exports in exports/."""
+    found: list[dict[str, Any]] = []
+    for folder, kind, prefix in ((beholder_dir, "recording", ""),
+                                 (os.path.join(beholder_dir, EXPORTS_DIR), "export", EXPORTS_DIR + "/")):
+        found.extend(_videos_in(folder, kind, prefix))
+    found.sort(key=lambda v: (-v["time"], v["name"]))
+    return found[:MAX_LISTED_VIDEOS]
+
+
+def _videos_in(folder: str, kind: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """Regular *.mp4 files directly in folder (symlinks and hidden names skipped), as list entries."""
+    try:
+        with os.scandir(folder) as entries:
+            for count, entry in enumerate(entries):
+                if count >= MAX_LISTED_VIDEOS * 4:
+                    return
+                name = prefix + entry.name
+                if not _VIDEO_NAME.match(name) or ".." in name:
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                yield {"name": name, "kind": kind, "size": st.st_size, "time": st.st_mtime}
+    except (FileNotFoundError, NotADirectoryError):
+        return
+
+
+def open_video(path: str, name: str) -> tuple[IO[bytes], int]:
+    """An open regular file and its size; VideoError 404 when it is missing or not a regular file."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        raise VideoError(f"there is no video {name!r} in this run", 404) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise VideoError(f"video {name!r} is not a regular file", 404)
+    return os.fdopen(fd, "rb"), st.st_size
+
+
+def export_range(run_dir: str, exports_dir: str, first: Any, last: Any, fps: Any = VIDEO_FPS) -> ExportResult:
+    """Encode the kept frames from `first` to `last` (history names, inclusive) into exports_dir as mp4.
+
+    VideoError 400 for bad names, a reversed or too long range and a bad fps;
+    404 when a named frame is no longer kept. Frames of other sizes are
+    padded with black to the largest; frames the ring drops meanwhile are
+    left out (and counted in `dropped`).
+    """
+    fps = _check_fps(fps)
+    chosen = _frames_between(list_history(run_dir), first, last)
+    width, height = _export_size(run_dir, chosen)
+    try:
+        os.makedirs(exports_dir, exist_ok=True)
+    except OSError as exc:
+        raise VideoError(f"cannot create this run's exports folder: {exc.strerror or exc}", 403) from None
+    name = _unused_name(exports_dir, chosen[0].step, chosen[-1].step)
+    final = os.path.join(exports_dir, name)
+    partial = os.path.join(exports_dir, f".{name}.{os.getpid()}-{threading.get_ident()}.partial.mp4")
+    try:
+        written = _encode(run_dir, chosen, partial, width, height, fps)
+        if written == 0:
+            raise VideoError("every frame of the range was dropped by the history ring meanwhile", 404)
+        os.replace(partial, final)
+    except (OSError, RuntimeError) as exc:
+        raise VideoError(f"encoding {name} failed: {exc}", 500) from None
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return ExportResult(f"{EXPORTS_DIR}/{name}", written, len(chosen) - written, width, height, fps)
+
+
+def _check_fps(fps: Any) -> int:
+    """The export frame rate: a whole number from 1 to 60 (VideoError 400 otherwise)."""
+    if isinstance(fps, bool) or not isinstance(fps, int) or not 1 <= fps <= 60:
+        raise VideoError(f"'fps' must be a whole number from 1 to 60, not {fps!r}")
+    return fps
+
+
+def _frames_between(entries: list[HistoryEntry], first: Any, last: Any) -> list[HistoryEntry]:
+    """The kept frames from first to last inclusive, checked against the caps."""
+    index = {e.name: i for i, e in enumerate(entries)}
+    positions = []
+    for key, name in (("from", first), ("to", last)):
+        if not isinstance(name, str) or parse_history_name(name) is None:
+            raise VideoError(f"{key!r} must be a kept frame's name (as 'history' lists it), not {name!r}")
+        if name not in index:
+            raise VideoError(f"frame {name} is no longer kept (the history ring dropped it)", 404)
+        positions.append(index[name])
+    start, end = positions
+    if start > end:
+        raise VideoError("'from' must not be a later frame than 'to'")
+    if end - start + 1 > MAX_EXPORT_FRAMES:
+        raise VideoError(
+            f"the range holds {end - start + 1} frames; at most {MAX_EXPORT_FRAMES} can be exported at once"
+        )
+    return entries[start : end + 1]
+
+
+def _export_size(run_dir: str, chosen: list[HistoryEntry]) -> tuple[int, int]:
+    """The (even) width and height that fits every frame of the range, from their headers alone."""
+    width = height = 0
+    for entry in chosen:
+        try:
+            found = read_header(os.path.join(history_dir(run_dir), entry.name))
+        except (FileNotFoundError, ValueError):
+            continue
+        if found is not None:
+            width, height = max(width, found[0]["width"]), max(height, found[0]["height"])
+    if width * height == 0:
+        raise VideoError("every frame of the range was dropped by the history ring meanwhile", 404)
+    if width * height > MAX_EXPORT_PIXELS:
+        raise VideoError(f"frames of {width}x{height} pixels are too large to export "
+                         f"(at most {MAX_EXPORT_PIXELS} pixels)")
+    return width + width % 2, height + height % 2
+
+
+def _unused_name(exports_dir: str, first_step: int, last_step: int) -> str:
+    """A new export file name naming the steps and the time."""
+    base = f"export-step{first_step}-{last_step}-{timestamp()}"
+    name, n = f"{base}.mp4", 1
+    while os.path.exists(os.path.join(exports_dir, name)):
+        n += 1
+        name = f"{base}-{n}.mp4"
+    return name
+
+
+def _frames_rgb(run_dir: str, chosen: list[HistoryEntry], width: int, height: int) -> Iterator[np.ndarray]:
+    """Each kept frame still on disk as RGB, padded with black to width x height."""
+    for entry in chosen:
+        try:
+            frame = read_history_frame(run_dir, entry.name)
+        except (FileNotFoundError, ValueError):
+            continue  # dropped by the ring meanwhile, or recycled mid-read
+        if (frame.header.get("writer"), frame.header.get("frame_id")) != (entry.writer, entry.frame_id):
+            continue  # the trainer reused the file for a newer frame
+        rgb = pad_even(frame.rgb())
+        if rgb.shape != (height, width, 3):
+            canvas = np.zeros((height, width, 3), np.uint8)
+            h, w = min(height, rgb.shape[0]), min(width, rgb.shape[1])
+            canvas[:h, :w] = rgb[:h, :w]
+            rgb = canvas
+        yield rgb
+
+
+def _encode(run_dir: str, chosen: list[HistoryEntry], path: str, width: int, height: int, fps: int) -> int:
+    """Write the frames to an H.264 mp4 at path with imageio-ffmpeg; how many frames were written."""
+    import imageio_ffmpeg
+
+    writer = imageio_ffmpeg.write_frames(
+        path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+        quality=None, macro_block_size=2, ffmpeg_log_level="error", output_params=list(_FFMPEG_PARAMS),
+    )
+    writer.send(None)
+    written = 0
+    try:
+        for rgb in _frames_rgb(run_dir, chosen, width, height):
+            writer.send(np.ascontiguousarray(rgb).tobytes())
+            written += 1
+    finally:
+        writer.close()
+    return written
