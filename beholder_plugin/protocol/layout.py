@@ -33,6 +33,9 @@ import numpy as np
 SECTION_HEIGHT = 128
 FRAME_WIDTH = 768
 SEPARATOR_HEIGHT = 5
+# Bounds of the "proportional" section size.
+MIN_PROPORTIONAL_HEIGHT = 32
+MAX_PROPORTIONAL_HEIGHT = 512
 MIN_BLOCK = 3
 # When show_all is off, about this many values of one array are shown at most.
 TRUNCATION_BUDGET = SECTION_HEIGHT * (FRAME_WIDTH // MIN_BLOCK)  # 32768
@@ -63,14 +66,24 @@ def frame_width(
     return width
 
 
-def section_height(shape: tuple[int, ...], show_all: bool, layout: str | None = None) -> int:
-    """The pixel height of one array's section (layout: the original's rule for the shape)."""
+def section_height(
+    shape: tuple[int, ...], show_all: bool, layout: str | None = None, sizing: str = "fixed"
+) -> int:
+    """The pixel height of one array's section (layout: the original's rule for the shape).
+
+    ``sizing`` "fixed" is the original's 128 px; "proportional" grows with
+    the number of values, 16 px per doubling (``16 * ceil(log2(n + 1))``),
+    from 32 to 512 px. show_all's natural heights take precedence.
+    """
     layout = layout or layout_for(shape)
     if layout == MISSING:
         return MISSING_HEIGHT
-    if not show_all or layout == "vector":
-        return SECTION_HEIGHT
-    return max(SECTION_HEIGHT, _natural_size(layout, tuple(shape))[0])
+    if show_all and layout != "vector":
+        return max(SECTION_HEIGHT, _natural_size(layout, tuple(shape))[0])
+    if sizing == "proportional":
+        grown = 16 * math.ceil(math.log2(math.prod(shape) + 1))
+        return min(MAX_PROPORTIONAL_HEIGHT, max(MIN_PROPORTIONAL_HEIGHT, grown))
+    return SECTION_HEIGHT
 
 
 def _natural_size(layout: str, shape: tuple[int, ...]) -> tuple[int, int | None]:
@@ -382,12 +395,17 @@ def _fast_path(
 
 
 def make_plan(
-    shape: tuple[int, ...], width: int, show_all: bool, label: str = "?", layout: str | None = None
+    shape: tuple[int, ...],
+    width: int,
+    show_all: bool,
+    label: str = "?",
+    layout: str | None = None,
+    sizing: str = "fixed",
 ) -> SectionPlan:
     """The plan for one array of this shape in a frame of this width (layout: the original's rule)."""
     shape = tuple(int(s) for s in shape)
     layout = resolve_layout(layout, shape, label) if layout != MISSING else MISSING
-    height = section_height(shape, show_all, layout)
+    height = section_height(shape, show_all, layout, sizing)
     src_h, src_w = source_shape(layout, shape, height, width, show_all, label)
     rows, row_map, row_weight = _unique_sorted(resize_indices(src_h, height))
     cols, col_map, col_weight = _unique_sorted(resize_indices(src_w, width))
@@ -431,15 +449,21 @@ class PlanCache:
         self._limit = limit
 
     def plan(
-        self, shape: tuple[int, ...], width: int, show_all: bool, label: str = "?", layout: str | None = None
+        self,
+        shape: tuple[int, ...],
+        width: int,
+        show_all: bool,
+        label: str = "?",
+        layout: str | None = None,
+        sizing: str = "fixed",
     ) -> SectionPlan:
         """The plan for one array in a frame of this width (cached)."""
-        key = (tuple(shape), width, show_all, layout)
+        key = (tuple(shape), width, show_all, layout, sizing)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= self._limit:
                 self._plans.clear()
-            plan = self._plans[key] = make_plan(shape, width, show_all, label, layout)
+            plan = self._plans[key] = make_plan(shape, width, show_all, label, layout, sizing)
         return plan
 
     def plans(
@@ -448,11 +472,12 @@ class PlanCache:
         show_all: bool,
         labels: Sequence[str],
         layouts: Sequence[str | None] | None = None,
+        sizing: str = "fixed",
     ) -> list[SectionPlan]:
         """One plan per shape, for a frame holding all of them."""
         layouts = layouts or [None] * len(shapes)
         width = frame_width(shapes, show_all, layouts)
-        return [self.plan(shape, width, show_all, label, layout)
+        return [self.plan(shape, width, show_all, label, layout, sizing)
                 for shape, label, layout in zip(shapes, labels, layouts)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from beholder_plugin.protocol.names import CONFIG_VERSION
@@ -10,6 +11,9 @@ VALUES = ("trainable_variables", "gradients", "activations", "arrays", "frames")
 MODES = ("current", "variance")
 SCALINGS = ("layer", "network")
 COLORMAPS = ("magma", "inferno", "plasma", "viridis", "grayscale")
+SECTION_SIZES = ("fixed", "proportional")
+# A section filter is a Python regular expression of at most this many characters.
+MAX_FILTER_CHARS = 1000
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "values": "trainable_variables",
@@ -23,6 +27,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # The history ring: the last history_seconds of frames, at most history_mb MB; 0 turns it off.
     "history_mb": 256,
     "history_seconds": 600,
+    # Which sections are gathered and shown: a regular expression searched in section names ("" = all).
+    "filter": "",
+    # Section heights: "fixed" 128 px as the original, or "proportional" to the array's size.
+    "section_size": "fixed",
 }
 
 # key -> ("choice", allowed) | ("int", lo, hi) | ("bool",)
@@ -37,6 +45,8 @@ _RULES: dict[str, tuple] = {
     "show_all": ("bool",),
     "history_mb": ("int", 0, 1 << 20),
     "history_seconds": ("int", 0, 7 * 24 * 3600),
+    "filter": ("regex",),
+    "section_size": ("choice", SECTION_SIZES),
 }
 
 
@@ -55,6 +65,13 @@ def _check_value(key: str, value: Any) -> None:
         lo, hi = rule[1], rule[2]
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise ConfigError(f"{key!r} must be a whole number from {lo} to {hi}, not {value!r}")
+    elif rule[0] == "regex":
+        if not isinstance(value, str) or len(value) > MAX_FILTER_CHARS:
+            raise ConfigError(f"{key!r} must be a regular expression of at most {MAX_FILTER_CHARS} chars")
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ConfigError(f"{key!r} is not a valid regular expression: {exc}") from None
     elif not isinstance(value, bool):
         raise ConfigError(f"{key!r} must be true or false, not {value!r}")
 

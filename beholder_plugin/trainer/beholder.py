@@ -11,10 +11,16 @@ frame is due, that frame is skipped and counted in ``skipped``.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
+import posixpath
+import re
 import secrets
+import shutil
 import sys
+import tempfile
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -35,12 +41,14 @@ from beholder_plugin.protocol.layout import (
     layout_for,
     resolve_layout,
 )
+from beholder_plugin.protocol.remote_files import identity_of_info, normalize_location, url_scheme
 from beholder_plugin.protocol.runfiles import load_config, write_config
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.colormaps import palette_for
 from beholder_plugin.trainer.ranks import process_rank, run_for_rank
 from beholder_plugin.trainer.recording import Recorder
+from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views import user_frame
 from beholder_plugin.trainer.views.placeholder import placeholder_frame
 from beholder_plugin.trainer.views.render import FramePlan, Renderer
@@ -59,6 +67,15 @@ _HISTORY_KEYS = ("values", "mode", "show_all")
 MB = 1 << 20
 # Dropped history files kept to be rewritten in place: cheaper than fresh pages.
 MAX_SPARES = 2
+# Remote logdirs (any fsspec URL): frames per second at most, by default (a constructor argument),
+REMOTE_MAX_FPS = 2.0
+# how often config.json's metadata is polled (on a background thread, never in update()),
+REMOTE_CONFIG_POLL_SECONDS = 2.0
+# and the history ring's caps (the dashboard's history settings apply below them).
+REMOTE_HISTORY_MB = 32
+REMOTE_HISTORY_SECONDS = 60
+# At interpreter exit, wait at most this long for recordings still being uploaded.
+UPLOAD_EXIT_SECONDS = 300.0
 
 
 @dataclass
@@ -72,6 +89,7 @@ class _Job:
     time: float
     plan: FramePlan | None = None
     buffer: np.ndarray | None = None
+    samples: np.ndarray | None = None  # the statistics' samples (views.stats), when taken
     image: np.ndarray | None = None
     missing: dict[int, str] | None = None  # sections shown empty, and why
 
@@ -91,12 +109,20 @@ class Beholder:
         the background worker) instead of logging the first one and carrying on.
       background: render and write on a background thread (the default).
         False does everything inside ``update()``; the frames are the same.
+      max_remote_fps: frames per second at most when ``logdir`` is a remote
+        URL (``gs://``, ``s3://``, any fsspec URL; see docs/remote.md), below
+        the dashboard's setting. Local logdirs are not capped.
+      config_poll_seconds: on a remote logdir, how often a background thread
+        looks at config.json's metadata for changes made in the dashboard.
       ranks: in data-parallel training, which processes write: ``"zero"``
         (the default) only rank 0 (other ranks create nothing and
         ``update()`` returns at once), ``"all"`` every rank, each to its own
         run ``<logdir>/rank-N``. The rank comes from torch.distributed (once
         initialised), JAX, ``TF_CONFIG``, or the ``RANK``/``LOCAL_RANK``
         variables; construct Beholder after ``init_process_group()``.
+
+    A remote ``logdir`` whose fsspec implementation is not installed raises
+    ImportError here (even with ``strict=False``), naming the package.
 
     Use it as a context manager, or call ``close()``, to finish the last
     frame and any recording; both also happen at interpreter exit.
@@ -108,13 +134,19 @@ class Beholder:
         variables: Any = None,
         strict: bool = False,
         background: bool = True,
+        max_remote_fps: float = REMOTE_MAX_FPS,
+        config_poll_seconds: float = REMOTE_CONFIG_POLL_SECONDS,
         ranks: str = "zero",
     ):
         self.rank = process_rank()
         run = run_for_rank(os.fspath(logdir), ranks, self.rank)
         self.active = run is not None  # False on ranks other than 0 (ranks="zero"): update() does nothing
-        self.logdir = run if run is not None else os.fspath(logdir)
-        self._files = files_for(self.logdir)
+        self.logdir = normalize_location(run if run is not None else logdir)
+        self._files = files_for(self.logdir)  # ImportError naming the package for a missing backend
+        self.remote = bool(self._files.remote)
+        self.storage = url_scheme(self.logdir) if self.remote else "local"
+        self.max_fps = _positive(max_remote_fps, "max_remote_fps") if self.remote else None
+        self._config_poll_seconds = _positive(config_poll_seconds, "config_poll_seconds")
         self.directory = names.plugin_dir(self.logdir)
         self.variables = variables
         self.strict = strict
@@ -128,25 +160,34 @@ class Beholder:
         self._frame_plans: dict[tuple, FramePlan] = {}
         self._buffers: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
         self._renderer = Renderer()
-        self._recorder = Recorder(self.directory)
+        self._writer_id = secrets.token_hex(6)
+        self._recorder = self._make_recorder()
         self._config = dict(DEFAULT_CONFIG)
         self._config_path = names.config_path(self.logdir)
         self._frame_path = names.frame_path(self.logdir)
         self._history_dir = names.history_dir(self.logdir)
         self._config_stat: tuple | None = None
         self._last_frame_time = float("-inf")
-        self._writer_id = secrets.token_hex(6)
         self._step = 0
         self._warned: set[str] = set()
         self._history = HistoryRing(0, 0)
         self._spares: list[str] = []  # dropped history files, rewritten in place for new frames
+        self._effective = self._capped(self._config)  # the config update() uses (remote caps applied)
+        self._pending_config: dict[str, Any] | None = None  # read by the remote poller, applied by update()
+        self._pending_lock = threading.Lock()
+        self._poller_pid: int | None = None
+        self._poll_stop = threading.Event()
+        self._uploads: list[threading.Thread] = []
         self._watch: Watch | None = None
         self._worker = Worker(self._run_job) if background and self.active else None
         if not self.active:
             return
-        self._history.adopt(self._history_dir, self._files)
+        self._adopt_history()
         self._files.remove_stale_temp_files(self.directory)
         self._files.remove_stale_temp_files(self._history_dir)
+        if self.remote:
+            self._poll_remote_config()  # once now, so the settings are known before the first update()
+            _register_exit_hook()
         self._poll_config()  # creates the directory and config.json, or reads the one there
         _LIVE.add(self)
 
@@ -211,6 +252,29 @@ class Beholder:
         self._report_worker_error()
         return done
 
+    def snapshot(self) -> Any:
+        """The run's current frame as a PIL.Image (after flush()), or None when there is no frame yet."""
+        if not self.active:
+            return None
+        self.flush()
+        from PIL import Image
+
+        from beholder_plugin.protocol.runfiles import read_frame
+
+        rgb = read_frame(self.logdir)
+        return None if rgb is None else Image.fromarray(rgb, "RGB")
+
+    def _repr_png_(self) -> bytes | None:
+        """PNG bytes of snapshot(), so that a notebook cell ending with the Beholder shows its frame."""
+        image = self.snapshot()
+        if image is None:
+            return None
+        import io
+
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return out.getvalue()
+
     def watch(
         self,
         model: Any,
@@ -257,7 +321,19 @@ class Beholder:
             self._report_worker_error()
         finally:
             self._recorder.close()
+            self._finish_remote(timeout)
+            if self._worker is None or not self._worker.busy:
+                self._drop_spares()
             _LIVE.discard(self)
+
+    def _drop_spares(self) -> None:
+        """Delete the dropped history files kept for rewriting (no temporary file outlives a Beholder)."""
+        spares, self._spares = self._spares, []
+        for name in spares:
+            try:
+                self._files.remove(os.path.join(self._history_dir, name))
+            except OSError:
+                pass
 
     def __enter__(self) -> Beholder:
         return self
@@ -297,7 +373,14 @@ class Beholder:
     # ------------------------------------------------------------ config
 
     def _poll_config(self) -> dict[str, Any]:
-        """The config in force, re-read only when config.json's stat changes."""
+        """The config in force, re-read only when config.json's stat changes.
+
+        On a remote logdir nothing here touches the network: a background
+        thread polls the object's metadata (_poll_remote_config) and leaves a
+        changed config for this call to apply.
+        """
+        if self.remote:
+            return self._take_remote_config()
         try:
             st = os.stat(self._config_path)
         except FileNotFoundError:
@@ -341,6 +424,10 @@ class Beholder:
             return
         for problem in problems:
             logger.warning("Beholder: %s: %s", self._config_path, problem)
+        if self.remote:  # read on the poller thread: the training thread applies it
+            with self._pending_lock:
+                self._pending_config = config
+            return
         self._apply_config(config)
 
     def _apply_config(self, config: dict[str, Any]) -> None:
@@ -373,7 +460,8 @@ class Beholder:
             return False
         watch = self._watch
         if watch is not None and watch.needs_capture(config["values"]) and watch.armed != config["values"]:
-            watch.arm(config["values"], config["show_all"])  # the coming step's hooks copy what is shown
+            # the coming step's hooks copy what is shown
+            watch.arm(config["values"], config["show_all"], config["section_size"], _filter(config["filter"]))
             return False
         self._last_frame_time = now
         if self._worker is not None and self._worker.busy:
@@ -404,7 +492,7 @@ class Beholder:
             return job
         if values in ("gradients", "activations"):
             if self._watch is not None:
-                self._gather_named(job, self._watch.take(values))
+                self._gather_named(job, self._watch.take(values, _filter(config["filter"])))
             return job
         if session is not None:
             self._gather_session(job, session)
@@ -422,6 +510,7 @@ class Beholder:
         shapes: list[tuple[int, ...]],
         show_all: bool,
         layouts: list[str] | None = None,
+        sizing: str = "fixed",
     ) -> FramePlan:
         """The cached FramePlan for these sections (a training run has few distinct ones).
 
@@ -429,7 +518,7 @@ class Beholder:
         an empty placeholder; ``plan.problems`` says why.
         """
         layouts = layouts or [layout_for(shape) for shape in shapes]
-        key = (tuple(labels), tuple(shapes), tuple(layouts), show_all)
+        key = (tuple(labels), tuple(shapes), tuple(layouts), show_all, sizing)
         plan = self._frame_plans.get(key)
         if plan is None:
             if len(self._frame_plans) >= 16:
@@ -439,7 +528,7 @@ class Beholder:
             plans, problems = [], {}
             for i, (label, shape, layout) in enumerate(zip(labels, shapes, layouts)):
                 try:
-                    plans.append(self._plans.plan(shape, width, show_all, label, layout))
+                    plans.append(self._plans.plan(shape, width, show_all, label, layout, sizing))
                 except RenderError as exc:
                     plans.append(self._plans.plan((), width, show_all, label, MISSING))
                     problems[i] = _reason(label, exc)
@@ -447,12 +536,18 @@ class Beholder:
             plan.problems = problems
         return plan
 
-    def _buffer(self, plan: FramePlan) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The reused flat buffer for a plan and its section views (the worker is idle when it is filled)."""
+    def _buffer(self, plan: FramePlan) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
+        """The reused flat buffers for a plan (shown values, statistics samples) and their section views.
+
+        The worker is idle when they are filled.
+        """
         found = self._buffers.get(id(plan))
         if found is None or found[0].shape[0] != plan.value_count:
             buffer = np.empty(plan.value_count, np.float32)
-            found = self._buffers[id(plan)] = (buffer, plan.section_views(buffer))
+            samples = np.empty(plan.sample_count, np.float32)
+            found = self._buffers[id(plan)] = (
+                buffer, plan.section_views(buffer), samples, plan.sample_views(samples)
+            )
         return found
 
     def _gather_named(self, job: _Job, named: list[sources.Named]) -> None:
@@ -464,6 +559,13 @@ class Beholder:
         """
         if not named:
             raise RenderError("there are no arrays to show (an empty list or dict was passed)")
+        pattern = _filter(job.config["filter"])
+        if pattern is not None:
+            count = len(named)
+            named = [entry for entry in named if pattern.search(entry[0])]
+            if not named:
+                why = f"the section filter {pattern.pattern!r} matches none of the {count} sections"
+                named = [("(filter)", Captured((), None, error=why), None)]
         labels, adapters, prepared, shapes, layouts = [], [], [], [], []
         missing: dict[int, str] = {}
         for i, (name, obj, layout) in enumerate(named):
@@ -486,24 +588,27 @@ class Beholder:
             prepared.append(prep)
             shapes.append(shape)
             layouts.append(layout)
-        plan = self._frame_plan(labels, shapes, job.config["show_all"], layouts)
+        config = job.config
+        plan = self._frame_plan(labels, shapes, config["show_all"], layouts, config["section_size"])
         for i, reason in plan.problems.items():
             missing[i] = reason
-        buffer, views = self._buffer(plan)
-        gather = sources.gather_into
-        sections = zip(adapters, prepared, plan.plans, views, labels)
-        for i, (adapter, obj, section, out, label) in enumerate(sections):
+        buffer, views, samples, sample_views = self._buffer(plan)
+        gather, gather_sample = sources.gather_into, sources.gather_sample
+        sections = zip(adapters, prepared, plan.plans, views, labels, sample_views, plan.sample_steps)
+        for i, (adapter, obj, section, out, label, sample, step) in enumerate(sections):
             if i in missing:
                 out.fill(np.nan)
                 continue
             try:
                 gather(adapter, obj, section, out, label)
+                gather_sample(adapter, obj, step, sample)
             except Exception as exc:
                 if self.strict:
                     raise
                 out.fill(np.nan)
                 missing[i] = self._section_problem(label, exc)
         job.kind, job.plan, job.buffer, job.missing = "sections", plan, buffer, missing
+        job.samples = samples
 
     def _section_problem(self, name: str, exc: Exception) -> str:
         """Why a section is shown empty (logged once per section name unless it is just None)."""
@@ -516,9 +621,9 @@ class Beholder:
         from beholder_plugin.trainer.sources import tf_tensors
 
         labels, shapes = tf_tensors.session_variable_shapes(session)
-        plan = self._frame_plan(labels, shapes, job.config["show_all"])
+        plan = self._frame_plan(labels, shapes, job.config["show_all"], sizing=job.config["section_size"])
         compacts = tf_tensors.session_fetch(session, plan.plans)
-        buffer, views = self._buffer(plan)
+        buffer, views, _samples, _ = self._buffer(plan)  # no statistics in TF1 (one session.run fetches)
         with np.errstate(over="ignore", invalid="ignore"):
             for out, compact in zip(views, compacts):
                 np.copyto(out, compact, casting="unsafe")
@@ -532,7 +637,7 @@ class Beholder:
         header: dict[str, Any] = {"values": job.values, "sections": []}
         values = rendered = height = row_index = None
         if job.kind == "sections":
-            rendered = self._renderer.render(job.plan, job.buffer, config, job.missing)
+            rendered = self._renderer.render(job.plan, job.buffer, config, job.missing, job.samples)
             pixels, palette, values = None, rendered.palette, rendered.values
             height = rendered.height
             header.update(
@@ -558,6 +663,7 @@ class Beholder:
             failures=self.failures,
             skipped=self.skipped,
             last_error=self.last_error,
+            **self._storage_header(),
         )
         buffers = encode_frame(header, rows=pixels, palette=palette, values=values, height=height)
         try:
@@ -579,6 +685,9 @@ class Beholder:
 
     def _write(self, buffers: list, job: _Job, frame_id: int, config: dict[str, Any]) -> None:
         """Write the frame: into the history ring and linked as frame.bin, or straight to frame.bin."""
+        if self.remote:
+            self._write_remote(buffers, job, frame_id, config)
+            return
         ring = self._history
         ring.max_bytes = config["history_mb"] * MB
         ring.max_seconds = config["history_seconds"]
@@ -626,6 +735,148 @@ class Beholder:
             WRITE_RETRY_SECONDS,
         )
 
+    # ------------------------------------------------------------ remote logdirs (docs/remote.md)
+
+    def _capped(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The config update() uses: on a remote logdir, FPS and the history ring capped."""
+        if not self.remote:
+            return config
+        out = dict(config)
+        out["FPS"] = min(config["FPS"], self.max_fps)
+        out["history_mb"] = min(config["history_mb"], REMOTE_HISTORY_MB)
+        out["history_seconds"] = min(config["history_seconds"], REMOTE_HISTORY_SECONDS)
+        return out
+
+    def _take_remote_config(self) -> dict[str, Any]:
+        """Apply a config the poller thread read (no network here); start the poller if needed."""
+        if self._pending_config is not None:
+            with self._pending_lock:  # taken and cleared at once: a newer one is never lost
+                pending, self._pending_config = self._pending_config, None
+            self._apply_config(pending)
+            self._effective = self._capped(self._config)
+        if self._poller_pid != os.getpid():  # first call, or a forked child without the thread
+            self._start_poller()
+        return self._effective
+
+    def _start_poller(self) -> None:
+        """Start the thread that polls config.json's metadata every config_poll_seconds."""
+        self._poller_pid = os.getpid()
+        self._poll_stop = threading.Event()
+        thread = threading.Thread(
+            target=_poll_loop,
+            args=(weakref.ref(self), self._poll_stop, self._config_poll_seconds),
+            name="beholder-config",
+            daemon=True,
+        )
+        thread.start()
+
+    def _poll_remote_config(self) -> None:
+        """One look at config.json's metadata: read it when it changed, create it when it is missing."""
+        try:
+            info = self._files.info(self._config_path)
+        except OSError as exc:
+            self._warn_once(
+                "poll",
+                "Beholder: cannot reach %s (%s); keeping the settings in force and trying again every %g s",
+                self._config_path,
+                exc,
+                self._config_poll_seconds,
+            )
+            return
+        if info is None:
+            self._create_config()
+            return
+        key = identity_of_info(info)
+        if key != self._config_stat:
+            self._config_stat = key
+            self._reload_config()
+
+    def _adopt_history(self) -> None:
+        """Take over the kept frames of an earlier writer (an unreachable store: warn, or raise if strict)."""
+        try:
+            self._history.adopt(self._history_dir, self._files)
+        except OSError as exc:
+            if self.strict:
+                raise
+            self._warn_once("adopt", "Beholder: cannot list %s (%s)", self._history_dir, exc)
+
+    def _write_remote(self, buffers: list, job: _Job, frame_id: int, config: dict[str, Any]) -> None:
+        """Write a frame remotely: frame.bin as its own object, then a server-side copy into history.
+
+        frame.bin first, because it is what viewers wait for. A failed copy
+        into the history ring is only logged (the frame itself is written).
+        """
+        ring = self._history
+        ring.max_bytes = config["history_mb"] * MB
+        ring.max_seconds = config["history_seconds"]
+        size = self._files.write_atomic(self._frame_path, buffers)
+        if ring.enabled:
+            name = history_name(job.time, self._writer_id, frame_id, job.step)
+            try:
+                self._files.copy(self._frame_path, posixpath.join(self._history_dir, name))
+                ring.add(HistoryEntry(name, job.time, self._writer_id, frame_id, job.step, size))
+            except OSError as exc:
+                self._warn_once("history", "Beholder: cannot keep frames in %s (%s)", self._history_dir, exc)
+        for old in ring.expired(job.time):
+            self._files.remove(posixpath.join(self._history_dir, old))
+
+    def _storage_header(self) -> dict[str, Any]:
+        """Frame header fields for the dashboard: where frames go and the remote frame-rate cap."""
+        return {"storage": self.storage, "max_fps": self.max_fps}
+
+    def _make_recorder(self) -> Recorder:
+        """The recorder: into the run's folder, or (remote runs) a local staging folder, then uploaded."""
+        if not self.remote:
+            return Recorder(self.directory)
+        staging = os.path.join(tempfile.gettempdir(), f"beholder-recordings-{self._writer_id}")
+        return Recorder(staging, on_finished=self._upload_recording)
+
+    def _upload_recording(self, local_path: str) -> None:
+        """Upload a finished recording to the run on a background thread (never the training thread)."""
+        target = posixpath.join(self.directory, os.path.basename(local_path))
+        thread = threading.Thread(
+            target=self._upload, args=(local_path, target), name="beholder-upload", daemon=True
+        )
+        self._uploads = [t for t in self._uploads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _upload(self, local_path: str, target: str) -> None:
+        """Copy one recording to the store and delete the local copy; keep it (and say where) on failure."""
+        try:
+            self._files.upload(local_path, target)
+        except OSError as exc:
+            logger.warning(
+                "Beholder: could not upload the recording to %s (%s); it is kept at %s",
+                target, exc, local_path,
+            )
+            return
+        if os.path.isdir(local_path):
+            shutil.rmtree(local_path, ignore_errors=True)
+        else:
+            _remove_quietly(local_path)
+        logger.info("Beholder: recording uploaded to %s", target)
+
+    def _finish_remote(self, timeout: float | None) -> None:
+        """Stop the config poller and wait for recordings still uploading (bounded at interpreter exit)."""
+        if not self.remote:
+            return
+        self._poll_stop.set()
+        deadline = None if timeout is None else time.monotonic() + max(timeout, UPLOAD_EXIT_SECONDS)
+        for thread in self._uploads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.warning("Beholder: a recording is still uploading to %s", self.directory)
+        try:
+            os.rmdir(self._recorder.directory)  # the staging folder, when everything was uploaded
+        except OSError:
+            pass
+
+
+@functools.lru_cache(maxsize=64)
+def _filter(pattern: str) -> re.Pattern | None:
+    """The compiled section filter (None: show every section); settings.py checked it compiles."""
+    return re.compile(pattern) if pattern else None
+
 
 def _reason(name: str, exc: Exception) -> str:
     """An exception's message without the "section NAME: " prefix (the section record names it)."""
@@ -652,6 +903,45 @@ def _refuse_inside_tf_function() -> None:
             "tracing and sees no values: call update() outside it (return the tensors you want "
             "to see from the tf.function), or use BeholderCallback with model.fit()"
         )
+
+
+def _positive(value: float, name: str) -> float:
+    """value as a float; ValueError unless it is a finite number above 0."""
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise ValueError(f"{name} must be a number of seconds or frames per second above 0, not {value!r}")
+    return number
+
+
+def _remove_quietly(path: str) -> None:
+    """Delete a local file; one that is already gone is fine."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _poll_loop(ref: weakref.ref, stop: threading.Event, interval: float) -> None:
+    """The remote config poller: one metadata request per interval until stopped or the Beholder is gone."""
+    while not stop.wait(interval):
+        beholder = ref()
+        if beholder is None:
+            return
+        try:
+            beholder._poll_remote_config()
+        except Exception:  # pragma: no cover - never let the poller die silently
+            logger.exception("Beholder: polling %s failed", beholder._config_path)
+        del beholder
+
+
+_EXIT_HOOK: list[bool] = []
+
+
+def _register_exit_hook() -> None:
+    """Register _close_all again after fsspec's backends were imported, so it runs before their exit hooks."""
+    if not _EXIT_HOOK:
+        _EXIT_HOOK.append(True)
+        atexit.register(_close_all)
 
 
 @atexit.register

@@ -12,17 +12,26 @@ For a Keras model the weights are its trainable variables with the layouts
 of their layers; activations come from running the model on a fixed probe
 batch when a frame is due (``watch(model, probe=x)``); Keras's ``fit()``
 does not hand gradients to callbacks, so gradient sections say so.
+
+For a Flax NNX module the weights are ``nnx.state(model, nnx.Param)``, named
+by path (``layers/0/kernel``); NNX keeps no gradients or activations, so
+those sections say to pass them as ``update(arrays=...)``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from beholder_plugin.protocol.layout import FRAME_WIDTH, PlanCache, resolve_layout
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.sources.captured import Captured
+from beholder_plugin.trainer.views.stats import sample_runs, sample_size
 
 logger = logging.getLogger("beholder")
 
@@ -32,6 +41,10 @@ NO_KERAS_GRADIENTS = (
     "beholder_plugin.gradient_step() and pass them as arrays= (docs/integration.md)"
 )
 NO_PROBE = "pass probe=<a batch of inputs> to watch() to see a Keras model's activations"
+NO_NNX_VALUES = (
+    "a Flax NNX module keeps no {values}; pass them to update(arrays=...) (e.g. the State "
+    "that nnx.grad returns, named by path) and pick \"arrays\" in the dashboard"
+)
 
 
 class WatchHandle:
@@ -67,6 +80,8 @@ class Watch:
         self.probe = probe
         self.armed: str | None = None  # which values the hooks capture now ("gradients", "activations")
         self.show_all = False
+        self.sizing = "fixed"
+        self.pattern: re.Pattern | None = None
         self.captured: dict[str, Captured] = {}
         self._handles: list[Any] = []
         self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
@@ -78,9 +93,11 @@ class Watch:
             self._hook_torch(activations, gradients)
         elif sources.is_keras_layer(model):
             self.framework = "keras"
+        elif sources.is_nnx_module(model):
+            self.framework = "nnx"  # weights only: nnx.state(model, nnx.Param), named by path
         else:
             raise TypeError(
-                "watch() takes a torch.nn.Module or a Keras model, not "
+                "watch() takes a torch.nn.Module, a Keras model or a Flax NNX module, not "
                 f"{type(model).__name__}; for other arrays pass update(arrays=...)"
             )
 
@@ -94,24 +111,34 @@ class Watch:
         """Whether these values come from hooks during the next step (torch gradients and activations)."""
         return self.framework == "torch" and values in CAPTURED_VALUES
 
-    def arm(self, values: str, show_all: bool) -> None:
-        """Have the hooks capture these values during the coming step."""
+    def arm(
+        self, values: str, show_all: bool, sizing: str = "fixed", pattern: re.Pattern | None = None
+    ) -> None:
+        """Have the hooks capture these values during the coming step (only sections the filter keeps)."""
         self.captured = {}
         self.show_all = show_all
+        self.sizing = sizing
+        self.pattern = pattern
+        if self.framework == "torch" and self._torch_signature() != self._signature:
+            self._rehook()  # layers were added, replaced or re-parented since watch(): hook the new ones
         self.armed = values
 
     def ready(self, values: str) -> bool:
         """Whether the hooks captured these values since they were armed."""
         return self.armed == values and bool(self.captured)
 
-    def take(self, values: str) -> list[sources.Named]:
+    def take(self, values: str, pattern: re.Pattern | None = None) -> list[sources.Named]:
         """The sections of a gradients or activations frame (then the hooks rest until armed again)."""
         if self.framework == "keras":
             return self._keras_sections(values)
+        if self.framework == "nnx":
+            return _nnx_sections(values, self.variables())
         captured, self.captured, self.armed = self.captured, {}, None
         if values == "gradients":
             named = []
             for name, param, _layout in sources.named_variables(self.model):
+                if pattern is not None and not pattern.search(name):
+                    continue
                 got = captured.get(name)
                 if got is None:
                     why = "no gradient this step (the parameter was not used in the loss, or is frozen)"
@@ -131,9 +158,25 @@ class Watch:
 
     # ------------------------------------------------------------ torch hooks
 
+    def _torch_signature(self) -> tuple:
+        """What the hooks depend on: every module and parameter by path and identity (cheap to compare)."""
+        return (
+            tuple((path, id(module)) for path, module in self.model.named_modules()),
+            tuple((name, id(param)) for name, param in self.model.named_parameters()),
+        )
+
+    def _rehook(self) -> None:
+        """Remove the hooks and install them again for the model as it is now."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._hook_torch(*self._hook_choice)
+
     def _hook_torch(self, activations: bool | list[str], gradients: bool) -> None:
         from beholder_plugin.trainer.sources import torch_modules
 
+        self._hook_choice = (activations, gradients)
+        self._signature = self._torch_signature()
         if gradients:
             for name, param, layout in torch_modules.trainable_parameters(self.model):
                 if hasattr(param, "register_post_accumulate_grad_hook"):
@@ -187,6 +230,8 @@ class Watch:
 
     def _capture(self, name: str, tensor: Any, layout: str | None) -> None:
         """Copy the shown slice of a tensor (never raises into forward or backward unless strict)."""
+        if self.pattern is not None and not self.pattern.search(name):
+            return  # filtered out in the dashboard: nothing is copied
         try:
             if tensor is None:
                 self.captured[name] = Captured((), None, error="no gradient (None)")
@@ -199,9 +244,12 @@ class Watch:
             if self.show_all:  # the frame's width depends on every section: keep a copy to slice later
                 self.captured[name] = Captured(shape, layout, tensor=tensor.clone())
                 return
-            plan = self._plans.plans([shape], False, [name], [layout])[0]
+            plan = self._plans.plan(shape, FRAME_WIDTH, False, name, layout, self.sizing)
             compact = sources.fetch_compact(tensor, plan, name)
-            self.captured[name] = Captured(shape, layout, compact=compact, width=FRAME_WIDTH)
+            count = math.prod(shape)
+            sample = np.empty(sample_size(count), np.float32)
+            sources.gather_sample(sources.adapter_for(tensor), tensor, sample_runs(count), sample)
+            self.captured[name] = Captured(shape, layout, compact=compact, width=FRAME_WIDTH, sample=sample)
         except Exception as exc:
             if self.strict:
                 raise
@@ -234,6 +282,14 @@ class Watch:
             outputs = [layer.output for layer in layers]
             self._keras_probe_model = (keras.Model(self.model.inputs, outputs), [lay.name for lay in layers])
         return self._keras_probe_model
+
+
+def _nnx_sections(values: str, variables: list[sources.Named]) -> list[sources.Named]:
+    """Gradient or activation sections of a Flax NNX module: empty, saying how to show them."""
+    why = NO_NNX_VALUES.format(values=values)
+    if values == "gradients":
+        return [(name, Captured((), None, error=why), None) for name, _v, _l in variables]
+    return [(values, Captured((), None, error=why), None)]
 
 
 def _end_of_backward_queue() -> Callable | None:

@@ -41,13 +41,15 @@ def frame_of(run_dir: str) -> np.ndarray:
     return rgb
 
 
-def render(arrays: dict[str, np.ndarray], colormap: str = "viridis", **settings) -> tuple[np.ndarray, list]:
+def render(
+    arrays: dict[str, np.ndarray], colormap: str = "viridis", layout: object = None, **settings
+) -> tuple[np.ndarray, list]:
     """One frame of these arrays as Beholder draws it (RGB) and its section records."""
     with tempfile.TemporaryDirectory() as run_dir:
         config = {**DEFAULT_CONFIG, "values": "arrays", "mode": "current", "FPS": 30, "colormap": colormap}
         write_config(run_dir, {**config, **settings})
         beholder = Beholder(run_dir, strict=True)
-        if not beholder.update(arrays=arrays):
+        if not beholder.update(arrays=arrays, layout=layout):
             raise RuntimeError("Beholder did not take the first update")
         beholder.close()  # the frame is written on a background thread: let it finish
         return frame_of(run_dir), read_section_info(run_dir)
@@ -761,7 +763,44 @@ def user_frame_picture() -> None:
     sheet.save("rendering-user-frames.png")
 
 
+def edge_kernels() -> np.ndarray:
+    """Eight 3 x 3 kernels (kh, kw, in=1, out=8): a line at a different angle in each, easy to recognise."""
+    kernels = np.zeros((8, 3, 3), np.float32)
+    for k in range(8):
+        angle = np.pi * k / 8
+        for t in np.linspace(-1.2, 1.2, 25):
+            r, c = int(round(1 + t * np.sin(angle))), int(round(1 + t * np.cos(angle)))
+            if 0 <= r < 3 and 0 <= c < 3:
+                kernels[k, r, c] = 1.0
+        kernels[k] += 0.1 * k
+    return kernels.transpose(1, 2, 0)[:, :, None, :]  # (3, 3, 1, 8)
+
+
+def axis_order_picture() -> None:
+    """Eight kernels from Keras (HWIO) and from PyTorch (OIHW) give one picture; the wrong order does not."""
+    keras_w = edge_kernels()
+    torch_w = np.ascontiguousarray(keras_w.transpose(3, 2, 0, 1))  # (out, in, kh, kw) = (8, 1, 3, 3)
+    rows = [
+        ("Keras Conv2D kernel, shape (3, 3, 1, 8) = (kh, kw, in, out): layout kernel_hwio",
+         render({"k": keras_w}, colormap="grayscale")[0]),
+        ("PyTorch Conv2d weight, shape (8, 1, 3, 3) = (out, in, kh, kw): layout kernel_oihw, same picture",
+         render({"k": torch_w}, colormap="grayscale", layout="oihw")[0]),
+        ("the PyTorch weight read in TensorFlow's order (layout='hwio'), what the original would draw",
+         render({"k": torch_w}, colormap="grayscale", layout="hwio")[0]),
+    ]
+    left, gap = 20, 44
+    height = rows[0][1].shape[0]
+    sheet = Sheet(left + rows[0][1].shape[1] + 20, 10 + len(rows) * (height + gap))
+    y = 10
+    for label, rgb in rows:
+        sheet.text(left, y, label, size=13)
+        sheet.paste(rgb, left, y + 22)
+        y += height + gap
+    sheet.save("rendering-axis-order.png")
+
+
 if __name__ == "__main__":
+    axis_order_picture()
     frame_picture()
     vector_picture()
     matrix_picture()

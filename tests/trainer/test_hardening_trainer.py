@@ -273,7 +273,12 @@ SOAK = textwrap.dedent(
     base = [rng.normal(size=s).astype(np.float32) for s in
             [(3, 3, 4, 8), (8,), (32, 10), (10,), (2, 5, 5, 3), (4, 4, 4)]]
     settings = [dict(mode="current"), dict(mode="variance", window_size=3), dict(scaling="network"),
-                dict(show_all=True), dict(colormap="viridis"), dict(values="frames")]
+                dict(show_all=True), dict(colormap="viridis"), dict(values="frames"),
+                dict(filter="a[0-2]"), dict(filter="^nothing$"), dict(section_size="proportional"),
+                dict(history_mb=1), dict(history_mb=0, history_seconds=0)]
+    history = os.path.join(run, "plugins", "beholder", "history")
+    on_disk = lambda: sum(e.stat().st_size for e in os.scandir(history) if e.name.startswith("f-"))
+    over_budget = 0
     b = Beholder(run, strict=True)
     fds = lambda: len(os.listdir("/proc/self/fd"))
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -285,14 +290,21 @@ SOAK = textwrap.dedent(
             write_config(run, cfg)
         k = i % 7  # shapes change from call to call
         arrays = {f"a{j}": a[..., : max(1, a.shape[-1] - k)] for j, a in enumerate(base)}
-        handed += b.update(arrays=arrays, frame=lambda: rng.normal(size=(20 + k, 30)))
+        layout = {"a0": ("auto", "oihw", "hwio")[i % 3], "a4": ("auto", "nchw")[i % 2]}
+        handed += b.update(arrays=arrays, frame=lambda: rng.normal(size=(20 + k, 30)), layout=layout)
+        if i % 50 == 0:
+            b.flush()  # the next call finds the worker idle: at least calls / 50 frames, however fast it is
+        if i % 5000 == 4999 and cfg.get("history_mb") == 1:
+            b.flush()
+            over_budget += on_disk() > 1 << 20  # the ring never holds more than its budget
         if i in (1000, calls):
             b.flush()  # the worker may be mid-write, holding a file open
             gc.collect()
             marks[i] = (rss(), fds(), threading.active_count())
     b.close()
+    leftovers = [n for d, _, files in os.walk(run) for n in files if n.endswith(".tmp")]
     print(marks[1000][0], marks[calls][0], marks[1000][1], marks[calls][1], marks[1000][2], marks[calls][2],
-          b.frames_written, handed, b.skipped, b.failures)
+          b.frames_written, handed, b.skipped, b.failures, over_budget, len(leftovers))
     """
 )
 
@@ -303,14 +315,14 @@ def test_soak_100k_updates_with_changing_shapes_and_settings(run_dir):
         [sys.executable, "-c", SOAK, run_dir, "100000"], capture_output=True, text=True, timeout=1200
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    rss_1k, rss_100k, fd_1k, fd_100k, threads_1k, threads_100k, frames, handed, skipped, failures = map(
-        int, out.stdout.split()
-    )
+    (rss_1k, rss_100k, fd_1k, fd_100k, threads_1k, threads_100k, frames, handed, skipped, failures,
+     over_budget, leftovers) = map(int, out.stdout.split())
     # every call was due: each one either handed a frame to the worker or was skipped while it was busy
     assert handed + skipped == 100000 and frames == handed and failures == 0
-    assert handed > 1000
+    assert handed >= 100000 // 50
     assert rss_100k <= rss_1k * 1.10, (rss_1k, rss_100k)
     assert fd_100k == fd_1k and threads_100k == threads_1k
+    assert over_budget == 0 and leftovers == 0  # the history ring kept its budget; no temporary files
 
 
 @pytest.mark.parametrize("kind", ["fifo", "sparse"])

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -140,3 +141,53 @@ def test_ddp_with_ranks_all_writes_a_run_per_rank_with_the_same_gradients(tmp_pa
     assert frames[0].header["step"] == frames[1].header["step"]
     np.testing.assert_array_equal(frames[0].values, frames[1].values)
     assert np.abs(frames[0].values).max() > 0
+
+
+RANK_TRAINER = textwrap.dedent(
+    """
+    import os, sys, time
+    import numpy as np
+    from beholder_plugin import Beholder, DEFAULT_CONFIG, write_config
+    b = Beholder(sys.argv[1], ranks="all", strict=True)
+    write_config(b.logdir, {**DEFAULT_CONFIG, "values": "arrays", "mode": "current", "FPS": 30})
+    rng = np.random.default_rng(int(os.environ["RANK"]))
+    w = rng.normal(size=(64, 32)).astype(np.float32)
+    deadline = time.monotonic() + float(sys.argv[2])
+    print("ready", flush=True)
+    while time.monotonic() < deadline:
+        w += 0.01
+        b.update(arrays={"w": w})
+        time.sleep(0.01)
+    b.close()
+    print("frames", b.frames_written, b.failures, flush=True)
+    """
+)
+
+
+def test_killing_rank_zero_leaves_the_other_rank_writing(tmp_path, no_rank_env):
+    """Each rank's Beholder is on its own: SIGKILL of rank 0 mid-run does not touch rank 1's frames."""
+    logdir = str(tmp_path / "logs")
+    procs = {}
+    for rank, seconds in ((0, 60), (1, 6)):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}
+        procs[rank] = subprocess.Popen([sys.executable, "-c", RANK_TRAINER, logdir, str(seconds)], env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for proc in procs.values():
+            assert proc.stdout.readline().strip() == "ready"
+        frame0 = os.path.join(logdir, "rank-0")
+        deadline = time.monotonic() + 30
+        while read_frame_file(frame0) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        procs[0].kill()  # rank 0 dies mid-run, perhaps mid-write
+        procs[0].wait(30)
+        killed_at = read_frame_file(os.path.join(logdir, "rank-1")).header["frame_id"]
+        out, err = procs[1].communicate(timeout=60)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    assert procs[1].returncode == 0, err[-3000:]
+    _, frames, failures = out.split()
+    assert int(failures) == 0 and int(frames) > killed_at  # rank 1 went on writing after rank 0 died
+    assert read_frame_file(os.path.join(logdir, "rank-0")) is not None  # whatever rank 0 left is whole

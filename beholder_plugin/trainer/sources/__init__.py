@@ -1,12 +1,14 @@
 """Source adapters: one per framework, behind one interface, found through a registry.
 
-An adapter is a module with three functions, and optionally a fourth:
+An adapter is a module with these functions (the last is optional):
 
 - ``prepare(obj, label)``: the object to plan and gather from (tensors stay
   on their device; refuses what cannot be shown, naming the section);
 - ``compact(prepared, plan, label)``: the plan's compact section as a NumPy
   array, reading only the values a frame shows (sliced on the device first);
 - ``whole(obj, label)``: the whole array as NumPy (for user frames);
+- ``sample(prepared, runs)``: the statistics' sample (views.stats): runs
+  of consecutive values in flat order, taken on the device;
 - ``default_layout(obj, shape)``: the layout an array of this framework gets
   when nobody says (PyTorch: channels first); without it, the original's
   rule for TensorFlow's axis order.
@@ -122,6 +124,24 @@ def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.nd
         np.copyto(out, values, casting="unsafe")
 
 
+def run_positions(runs: tuple[int, int, int]) -> np.ndarray:
+    """The flat positions of a statistics sample's runs (views.stats.sample_runs), in order."""
+    count, stride, length = runs
+    return (np.arange(count)[:, None] * stride + np.arange(length)[None, :]).reshape(-1)
+
+
+def gather_sample(source: ModuleType, prepared: Any, runs: tuple[int, int, int], out: np.ndarray) -> None:
+    """Copy a prepared array's statistics sample (views.stats) into out (float32), as gather_into does."""
+    values = np.asarray(source.sample(prepared, runs))
+    kind = values.dtype.kind
+    if kind == "c":
+        values = np.abs(values)
+    elif kind not in "biuf":
+        values = values.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.copyto(out, values.reshape(-1)[: out.shape[0]], casting="unsafe")
+
+
 def prepare(obj: Any, label: str) -> Any:
     """The object to plan and gather from, prepared by its framework's adapter."""
     return adapter_for(obj).prepare(obj, label)
@@ -148,11 +168,15 @@ Named = tuple[str, Any, "str | None"]
 def named_arrays(arrays: Any, layout: Any = None) -> list[Named]:
     """(name, array, layout) triples from update(arrays=..., layout=...).
 
-    A dict names sections by key, a list or tuple by index. ``layout`` is one
+    A dict names sections by key, a list or tuple by index; a nested pytree
+    of JAX arrays (Flax parameters) by key path, ``params/Dense_0/kernel``. ``layout`` is one
     layout for every array, or a dict of layouts by section name (sections
     not in it get their framework's default).
     """
-    if isinstance(arrays, Mapping):
+    tree = _tree_pairs(arrays)
+    if tree is not None:  # a nested pytree of JAX arrays: named by key path
+        pairs = tree
+    elif isinstance(arrays, Mapping):
         pairs = [(str(k), v) for k, v in arrays.items()]
     elif isinstance(arrays, (list, tuple)) and not _is_numeric_list(arrays):
         pairs = [(str(i), v) for i, v in enumerate(arrays)]
@@ -167,6 +191,19 @@ def named_arrays(arrays: Any, layout: Any = None) -> list[Named]:
     if layout is not None and not isinstance(layout, str):
         raise TypeError(f"layout must be a layout name or a dict of them, not {type(layout).__name__}")
     return [(name, obj, layout) for name, obj in pairs]
+
+
+def _tree_pairs(arrays: Any) -> list[tuple[str, Any]] | None:
+    """(key path, array) pairs when arrays is a nested pytree of JAX arrays (JAX loaded), else None."""
+    if "jax" not in sys.modules or not isinstance(arrays, (Mapping, list, tuple)):
+        return None
+    values = arrays.values() if isinstance(arrays, Mapping) else arrays
+    nested = (isinstance(v, (Mapping, list, tuple)) or type(v).__module__.startswith("flax.") for v in values)
+    if not any(nested):
+        return None  # a flat dict or list: the usual rules name it
+    from beholder_plugin.trainer.sources import pytrees
+
+    return pytrees.flatten(arrays)
 
 
 def _is_numeric_list(value: Sequence) -> bool:
@@ -185,6 +222,10 @@ def named_variables(variables: Any) -> list[Named]:
         from beholder_plugin.trainer.sources import torch_modules
 
         return torch_modules.trainable_parameters(variables)
+    if is_nnx_module(variables):  # Flax NNX: its nnx.Param variables, named by path
+        from beholder_plugin.trainer.sources import pytrees
+
+        return pytrees.nnx_parameters(variables)
     if hasattr(variables, "trainable_variables"):
         found = list(variables.trainable_variables)
         layouts: dict[int, str] = {}
@@ -208,6 +249,13 @@ def is_torch_module(obj: Any) -> bool:
     """True for a torch.nn.Module (user subclasses included); never imports torch."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def is_nnx_module(obj: Any) -> bool:
+    """True for a Flax NNX module (user subclasses included); never imports Flax."""
+    nnx = sys.modules.get("flax.nnx")
+    module = getattr(nnx, "Module", None)
+    return module is not None and isinstance(obj, module)
 
 
 def is_keras_layer(obj: Any) -> bool:
@@ -237,7 +285,7 @@ def prepare_section(obj: Any, label: str) -> tuple[ModuleType, Any]:
         raise NoValues(
             f"section {label}: no array (None), e.g. the gradient of a frozen or unused parameter"
         )
-    if is_torch_module(obj) or is_keras_layer(obj):
+    if is_torch_module(obj) or is_keras_layer(obj) or is_nnx_module(obj):
         raise RenderError(
             f"section {label}: got a model ({type(obj).__name__}), not an array; to see its weights "
             "pass variables=model, or call beholder.watch(model)"

@@ -25,6 +25,7 @@ class Captured:
     width: int = 0
     tensor: Any = None  # a private copy of the whole tensor (show_all)
     error: str | None = None  # why nothing could be captured
+    sample: np.ndarray | None = None  # every k-th value, for the statistics (views.stats)
 
 
 def prepare(obj: Captured, label: str) -> Captured:
@@ -43,6 +44,17 @@ def compact(obj: Captured, plan: SectionPlan, label: str) -> np.ndarray:
 
         return sources.adapter_for(obj.tensor).compact(obj.tensor, plan, label)
     raise RenderError(f"section {label}: captured for another frame layout; the next frame will show it")
+
+
+def sample(obj: Captured, runs: tuple[int, int, int]) -> np.ndarray:
+    """The values the hook sampled for the statistics (the same runs: they depend on the size alone)."""
+    if obj.sample is not None:
+        return obj.sample
+    if obj.tensor is not None:
+        from beholder_plugin.trainer import sources
+
+        return sources.adapter_for(obj.tensor).sample(obj.tensor, runs)
+    return np.empty(0, np.float32)
 
 
 def default_layout(obj: Captured, shape: tuple[int, ...]) -> str | None:

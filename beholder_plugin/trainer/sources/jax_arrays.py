@@ -1,4 +1,4 @@
-"""JAX adapter: arrays sliced with jnp.take per axis, then copied to the host."""
+"""JAX adapter: arrays sliced with jnp.take per axis, then copied to the host (sharded ones too)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,21 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import SectionPlan
+from beholder_plugin.protocol.layout import RenderError, SectionPlan
 from beholder_plugin.trainer.sources import finish
 
 
 def prepare(obj: Any, label: str) -> Any:
-    """The array itself."""
+    """The array itself; refused (naming the section) when it is a tracer inside jax.jit or grad."""
+    import jax
+
+    tracer = getattr(getattr(jax, "core", None), "Tracer", None)
+    if tracer is not None and isinstance(obj, tracer):
+        raise RenderError(
+            f"section {label}: a JAX tracer has no values (update() was called inside jax.jit, grad or "
+            "vmap, where Python runs only while tracing): call update() outside, on the arrays the "
+            "function returns"
+        )
     return obj
 
 
@@ -23,6 +32,12 @@ def compact(x: Any, plan: SectionPlan, label: str) -> np.ndarray:
         if idx is not None:
             x = jnp.take(x, jnp.asarray(idx), axis=axis)
     return finish(np.asarray(x), plan)
+
+
+def sample(x: Any, runs: tuple[int, int, int]) -> np.ndarray:
+    """The sample's runs of consecutive values (views.stats), taken on the device first."""
+    count, stride, length = runs
+    return np.asarray(x.reshape(-1)[: count * stride].reshape(count, stride)[:, :length])
 
 
 def whole(obj: Any, label: str) -> np.ndarray:

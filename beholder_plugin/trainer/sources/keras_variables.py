@@ -43,6 +43,11 @@ def compact(prepared: Any, plan: SectionPlan, label: str) -> np.ndarray:
     return sources.adapter_for(prepared).compact(prepared, plan, label)
 
 
+def sample(prepared: Any, runs: tuple[int, int, int]) -> np.ndarray:
+    """The statistics' sample, taken by the backend tensor's adapter."""
+    return sources.adapter_for(prepared).sample(prepared, runs)
+
+
 def whole(obj: Any, label: str) -> np.ndarray:
     """The whole variable as NumPy."""
     value = _backend_value(obj, label)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.layout import RenderError, SectionPlan
+from beholder_plugin.trainer import sources
 
 
 def prepare(obj: Any, label: str) -> np.ndarray:
@@ -30,6 +31,14 @@ def compact(array: np.ndarray, plan: SectionPlan, label: str, out: np.ndarray | 
     if out is not None and array.dtype == np.float32:
         return plan.take(array, out=out)
     return plan.take(array)
+
+
+def sample(array: np.ndarray, runs: tuple[int, int, int]) -> np.ndarray:
+    """The sample's runs of consecutive values in flat (C) order (views.stats), reading only those."""
+    count, stride, length = runs
+    if array.flags.c_contiguous:
+        return array.reshape(-1)[: count * stride].reshape(count, stride)[:, :length]
+    return array[np.unravel_index(sources.run_positions(runs), array.shape)]
 
 
 def whole(obj: Any, label: str) -> np.ndarray:

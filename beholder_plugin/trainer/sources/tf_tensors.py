@@ -133,6 +133,13 @@ def compact(obj: Any, plan: SectionPlan, label: str) -> np.ndarray:
     return finish(fetch_sub(obj, plan.axes), plan)
 
 
+def sample(obj: Any, runs: tuple[int, int, int]) -> np.ndarray:
+    """The sample's runs of consecutive values (views.stats), sliced on the device, then copied."""
+    tf = _tf()
+    count, stride, length = runs
+    return _to_host(tf.reshape(tf.reshape(obj, [-1])[: count * stride], [count, stride])[:, :length])
+
+
 def whole(obj: Any, label: str) -> np.ndarray:
     """A whole tensor as NumPy (bfloat16 and float16 as float32)."""
     obj = prepare(obj, label)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.layout import SectionPlan
-from beholder_plugin.trainer.sources import finish
+from beholder_plugin.trainer.sources import finish, run_positions
 
 
 def prepare(obj: Any, label: str) -> Any:
@@ -33,6 +33,17 @@ def compact(t: Any, plan: SectionPlan, label: str) -> np.ndarray:
         if idx is not None:
             t = t.index_select(axis, torch.as_tensor(idx, device=t.device))
     return finish(_host(t), plan)
+
+
+def sample(t: Any, runs: tuple[int, int, int]) -> np.ndarray:
+    """The sample's runs of consecutive values (views.stats), taken on the device, then copied."""
+    import torch
+
+    count, stride, length = runs
+    if t.is_contiguous():
+        return _host(t.reshape(-1)[: count * stride].reshape(count, stride)[:, :length])
+    index = np.unravel_index(run_positions(runs), tuple(t.shape))
+    return _host(t[tuple(torch.as_tensor(i, device=t.device) for i in index)])
 
 
 def default_layout(obj: Any, shape: tuple[int, ...]) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.layout import (
+    MISSING,
     SEPARATOR_HEIGHT,
     RenderError,
     SectionPlan,
@@ -34,6 +35,7 @@ from beholder_plugin.protocol.layout import (
 )
 from beholder_plugin.protocol.scaling import palette_indices, scale_factor
 from beholder_plugin.trainer.colormaps import palette_for
+from beholder_plugin.trainer.views.stats import sample_runs, sample_size, section_stats
 
 
 class FramePlan:
@@ -72,10 +74,21 @@ class FramePlan:
         self.row_weights = np.concatenate(row_weights).astype(np.float64)
         self.row_offsets = np.asarray(row_offsets[:-1], dtype=np.intp)
         self.pixel_counts = np.asarray([p.height * p.width for p in plans], dtype=np.float64)
+        # The statistics' samples (views.stats): every k-th value of each array, side by side.
+        self.counts = [0 if p.layout == MISSING else math.prod(p.shape) for p in plans]
+        self.sample_steps = [sample_runs(count) for count in self.counts]
+        sizes = [sample_size(count) for count in self.counts]
+        self.sample_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
+        self.sample_count = int(self.sample_offsets[-1])
 
     def section_views(self, buffer: np.ndarray) -> list[np.ndarray]:
         """Every section's compact (rows, columns) view of a flat buffer."""
         return [self.section_view(buffer, i) for i in range(len(self.plans))]
+
+    def sample_views(self, buffer: np.ndarray) -> list[np.ndarray]:
+        """Every section's part of a flat buffer of statistics samples."""
+        o = self.sample_offsets
+        return [buffer[o[i] : o[i + 1]] for i in range(len(self.plans))]
 
     def section_view(self, buffer: np.ndarray, i: int) -> np.ndarray:
         """Section i's compact (rows, columns) view of a flat buffer."""
@@ -224,11 +237,13 @@ class Renderer:
         values: np.ndarray,
         config: dict[str, Any],
         missing: dict[int, str] | None = None,
+        samples: np.ndarray | None = None,
     ) -> Rendered:
         """Apply the mode, and take the bounds and statistics of a flat buffer of compact sections.
 
         ``missing`` maps the sections whose arrays could not be read to the
-        reason; their values are NaN and their records say why.
+        reason; their values are NaN and their records say why. ``samples``
+        (the plan's statistics samples) adds each record's "stats".
         """
         if values.shape != (plan.value_count,) or values.dtype != np.float32:
             got = f"{values.dtype} {values.shape}"
@@ -257,6 +272,7 @@ class Renderer:
             lo_b, hi_b = lows, highs
         records = []
         missing = missing or {}
+        stats = section_stats(samples, plan.sample_offsets, plan.counts) if samples is not None else None
         for i, (name, p) in enumerate(zip(plan.names, plan.plans)):
             lo, hi = float(lows[i]), float(highs[i])
             record = {
@@ -278,6 +294,8 @@ class Renderer:
             }
             if i in missing:
                 record["missing"] = missing[i]
+            elif stats is not None and stats[i] is not None:
+                record["stats"] = stats[i]
             records.append(record)
         return Rendered(
             values=shown,

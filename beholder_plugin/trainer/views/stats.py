@@ -1,0 +1,150 @@
+"""Per-section statistics over the whole array (or an evenly strided sample of it): health and distribution.
+
+The frame's pixels show a sample of each array (truncated and resized, as
+the original drew it), and the section record's min/mean/max describe that
+shown sample. These figures describe the array itself instead: every value
+of arrays of up to ``SAMPLE_CAP`` values, and for larger ones ``RUNS``
+evenly spaced runs of ``RUN_LENGTH`` consecutive values in flat (C) order
+(run i starts at ``i * (size // RUNS)``), so the cost per frame is bounded
+whatever the model, and the copy reads whole cache lines. The sample is taken on the array's
+device (``sources`` adapters) and the figures are computed on the worker,
+for all sections at once, from one flat buffer.
+
+Per section: count, norm (the L2 norm; from a sample, scaled up to the whole
+array), mean and standard deviation of the finite values, the fractions of
+NaN, infinite and exactly zero values, and a 32-bin histogram of the finite
+values over [lo, hi] (the bins and edge rules of ``np.histogram(values,
+bins=32, range=(lo, hi))``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+# Arrays with more values than this are described from RUNS runs of RUN_LENGTH consecutive values.
+SAMPLE_CAP = 2048
+RUNS = 32
+RUN_LENGTH = SAMPLE_CAP // RUNS
+BINS = 32
+
+
+def sample_runs(count: int) -> tuple[int, int, int]:
+    """(runs, stride, length): the values taken from an array of `count` values (flat order).
+
+    Run i covers ``[i * stride, i * stride + length)``; the whole array is one run.
+    """
+    if count <= SAMPLE_CAP:
+        return 1, count, count
+    return RUNS, count // RUNS, RUN_LENGTH
+
+
+def sample_size(count: int) -> int:
+    """How many values the statistics of an array of `count` values use."""
+    runs, _, length = sample_runs(count)
+    return runs * length
+
+
+def over_text(count: int) -> str:
+    """What the figures of an array of this size are computed over, in words."""
+    runs, stride, length = sample_runs(count)
+    if runs == 1:
+        return f"the whole array ({count} values)"
+    return (f"{runs} evenly spaced runs of {length} consecutive values (one every {stride}): "
+            f"{runs * length} of {count} values")
+
+
+def _json(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[int]) -> list[dict | None]:
+    """The statistics of each section's sample (samples[offsets[i]:offsets[i + 1]]); None for an empty one."""
+    sizes = np.diff(np.asarray(offsets, dtype=np.intp))
+    active = np.flatnonzero(sizes > 0)
+    out: list[dict[str, Any] | None] = [None] * len(sizes)
+    if not len(active):
+        return out
+    starts = np.asarray(offsets, dtype=np.intp)[active]
+    sizes = sizes[active]
+    values = samples[: offsets[-1]]
+    finite = np.isfinite(values)
+    if finite.all():  # the usual case: no masks needed
+        n_finite = sizes.astype(np.float64)
+        nans = infs = np.zeros(len(active), np.intp)
+        clean, lows_in, highs_in = values, values, values
+    else:
+        n_finite = np.add.reduceat(finite, starts).astype(np.float64)
+        nans = np.add.reduceat(np.isnan(values), starts)
+        infs = np.add.reduceat(np.isinf(values), starts)
+        clean = np.where(finite, values, np.float32(0))
+        lows_in = np.where(finite, values, np.float32(np.inf))
+        highs_in = np.where(finite, values, np.float32(-np.inf))
+    zeros = np.add.reduceat(values == 0, starts)
+    wide = clean.astype(np.float64)
+    s1 = np.add.reduceat(wide, starts)
+    s2 = np.add.reduceat(wide * wide, starts)
+    lows = np.minimum.reduceat(lows_in, starts).astype(np.float64)
+    highs = np.maximum.reduceat(highs_in, starts).astype(np.float64)
+    hists = _histograms(wide, None if finite.all() else finite, sizes, lows, highs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = s1 / n_finite
+        stds = np.sqrt(np.maximum(s2 / n_finite - means * means, 0.0))
+    for j, i in enumerate(active):
+        n, count, good = int(sizes[j]), int(counts[i]), n_finite[j]
+        out[i] = {
+            "over": over_text(count),
+            "count": count,
+            "sampled": n,
+            "norm": _json(math.sqrt(s2[j] * count / good)) if good else None,
+            "mean": _json(means[j]),
+            "std": _json(stds[j]),
+            "nan": int(nans[j]) / n,
+            "inf": int(infs[j]) / n,
+            "zero": int(zeros[j]) / n,
+            "hist": {"lo": _json(lows[j]), "hi": _json(highs[j]), "counts": hists[j].tolist()},
+        }
+    return out
+
+
+def _histograms(values: np.ndarray, finite: np.ndarray | None, sizes: np.ndarray, lows: np.ndarray,
+                highs: np.ndarray) -> np.ndarray:
+    """(sections, BINS) counts of the finite values between each section's lo and hi, as np.histogram bins.
+
+    Bins are ``floor((v - lo) * BINS / (hi - lo))``, first in float32; where
+    that lands within rounding of a bin edge, np.histogram's float64 edge
+    comparisons decide, so the counts are exactly
+    ``np.histogram(v, BINS, (lo, hi))``'s.
+    """
+    lo = np.where(np.isfinite(lows), lows, 0.0)
+    hi = np.where(np.isfinite(highs), highs, 0.0)
+    flat = lo == hi
+    lo = np.where(flat, lo - 0.5, lo)  # np.histogram widens an empty range to [x - 0.5, x + 0.5]
+    hi = np.where(flat, hi + 0.5, hi)
+    lo_v = np.repeat(lo.astype(np.float32), sizes)
+    v = values.astype(np.float32) if finite is None else np.where(finite, values, lo_v).astype(np.float32)
+    scaled = np.subtract(v, lo_v, out=lo_v)
+    scaled *= np.repeat((BINS / (hi - lo)).astype(np.float32), sizes)
+    index = scaled.astype(np.int32)
+    scaled -= index
+    near = np.flatnonzero((scaled < 1e-4) | (scaled > 1 - 1e-4))  # within rounding of an edge
+    if len(near):
+        section = np.searchsorted(np.cumsum(sizes), near, side="right")
+        index[near] = _numpy_bins(values[near].astype(np.float64), index[near], lo[section], hi[section])
+    np.clip(index, 0, BINS - 1, out=index)
+    index += np.repeat(np.arange(0, len(sizes) * BINS, BINS, dtype=np.int32), sizes)
+    if finite is not None:
+        index = index[finite]
+    return np.bincount(index, minlength=len(sizes) * BINS).reshape(len(sizes), BINS)
+
+
+def _numpy_bins(v: np.ndarray, index: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """np.histogram's bin of each value, from a first guess: its edge comparisons, edges as np.linspace's."""
+    index = np.clip(index, 0, BINS - 1)
+    width = (hi - lo) / BINS
+    index = np.where(v < lo + index * width, index - 1, index)
+    upper = np.where(index + 1 >= BINS, hi, lo + (index + 1) * width)
+    return np.where((v >= upper) & (index != BINS - 1), index + 1, index)

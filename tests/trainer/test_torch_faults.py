@@ -1,0 +1,130 @@
+"""watch() under faults: models that change after watch(), hooks that fail, unwatch() mid-step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import set_config
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.runfiles import read_frame_file
+from beholder_plugin.trainer import sources
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def step(model, x=None) -> None:
+    """A forward and backward pass (no optimizer: the values stay put)."""
+    x = torch.ones(2, 4) if x is None else x
+    model.zero_grad()
+    model(x).sum().backward()
+
+
+def frame_after_two_steps(beholder, model, x=None):
+    """Arm, step, write: the frame's section records."""
+    beholder._last_frame_time = float("-inf")
+    beholder.update()  # armed
+    step(model, x)
+    assert beholder.update()
+    return read_frame_file(beholder.logdir).sections
+
+
+def test_layers_added_and_replaced_after_watch_are_shown(run_dir):
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)
+        assert [r["name"] for r in frame_after_two_steps(beholder, model)] == ["0", "1"]
+        model.append(nn.Linear(3, 2))  # a new layer
+        model[0] = nn.Linear(4, 3)  # a replaced one
+        assert [r["name"] for r in frame_after_two_steps(beholder, model)] == ["0", "1", "2"]
+        set_config(run_dir, values="gradients", mode="current", FPS=30)
+        sections = frame_after_two_steps(beholder, model)
+        assert [r["name"] for r in sections] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+        assert all("missing" not in r for r in sections)  # the replaced layer's new parameters are hooked
+        # and the old layer's hooks are gone: exactly one forward hook per leaf module
+        assert [len(m._forward_hooks) for m in model] == [1, 1, 1]
+
+
+def test_a_model_cast_to_another_dtype_is_still_shown(run_dir):
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    model = nn.Sequential(nn.Linear(4, 3))
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)
+        model.double()
+        sections = frame_after_two_steps(beholder, model, torch.ones(2, 4, dtype=torch.float64))
+    assert [r["name"] for r in sections] == ["0.weight", "0.bias"]
+    frame = read_frame_file(run_dir)
+    np.testing.assert_array_equal(frame.section_values(1).reshape(-1), np.full(3, 2.0, np.float32))
+
+
+def test_a_failing_capture_is_an_empty_section_and_training_goes_on(run_dir, monkeypatch):
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
+    real = sources.fetch_compact
+
+    def broken(tensor, plan, name):
+        if name == "1":
+            raise RuntimeError("the device went away")
+        return real(tensor, plan, name)
+
+    monkeypatch.setattr(sources, "fetch_compact", broken)
+    with Beholder(run_dir, background=False) as beholder:
+        beholder.watch(model)
+        sections = frame_after_two_steps(beholder, model)  # no exception into the forward pass
+        assert beholder.failures == 0
+    assert "missing" not in sections[0]
+    assert sections[1]["missing"] == "RuntimeError: the device went away"
+    with Beholder(run_dir, strict=True, background=False) as strict:
+        strict.watch(model)
+        strict._last_frame_time = float("-inf")
+        strict.update()
+        with pytest.raises(RuntimeError, match="the device went away"):
+            step(model)  # strict: the hook's error reaches the training loop
+
+
+def test_a_forward_pass_that_raises_leaves_beholder_ready_for_the_next(run_dir):
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+
+    class Flaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.fail = True
+
+        def forward(self, x):
+            out = self.fc(x)
+            if self.fail:
+                raise ValueError("bad batch")
+            return out
+
+    model = Flaky()
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)
+        beholder.update()  # armed
+        with pytest.raises(ValueError, match="bad batch"):
+            step(model)
+        model.fail = False
+        step(model)  # the hooks are still armed and capture this step
+        assert beholder.update()
+        assert [r["name"] for r in read_frame_file(run_dir).sections] == ["fc"]
+        assert [r["name"] for r in frame_after_two_steps(beholder, model)] == ["fc"]  # and so on
+
+
+def test_unwatch_while_armed_or_inside_backward_is_safe(run_dir):
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)
+        beholder.update()  # armed
+        x = torch.ones(2, 4, requires_grad=True)
+        out = model(x)
+        out.register_hook(lambda grad: beholder.unwatch())  # during backward, before any parameter's
+        out.sum().backward()
+        assert beholder._watch is None
+        assert all(not p._post_accumulate_grad_hooks for p in model.parameters()
+                   if getattr(p, "_post_accumulate_grad_hooks", None) is not None)
+        beholder._last_frame_time = float("-inf")
+        assert beholder.update()  # no watch any more: the placeholder that says what to do
+    assert read_frame_file(run_dir).header["values"] == "placeholder"
