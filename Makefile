@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e ".[tf,test]"
 	# PyTorch only for the optional torch tests, and only from the CPU wheel that
-	# machines of this kind keep in /opt/wheels (never the multi-GB CUDA build).
-	if ls /opt/wheels/torch-2.13.0* >/dev/null 2>&1; then $(PIP) install --quiet torch==2.13.0; fi
+	# machines of this kind keep in /opt/wheels (never the multi-GB CUDA build);
+	# then the torch-based integrations' test packages (Lightning, accelerate),
+	# which would otherwise pull a CUDA torch of their own.
+	if ls /opt/wheels/torch-2.13.0* >/dev/null 2>&1; then \
+	  $(PIP) install --quiet torch==2.13.0 && $(PIP) install --quiet -e ".[torch-test]"; fi
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,0 +1,98 @@
+"""BeholderHFCallback: a Hugging Face model's weights, gradients and activations during Trainer.train().
+
+This module imports ``transformers`` when it is imported; ``beholder_plugin``
+loads it only when ``BeholderHFCallback`` is first asked for.
+
+``update()`` is called once per optimizer step, in ``on_pre_optimizer_step``
+(after the backward passes of the step, gradients accumulated and, on
+several processes, averaged). A gradients frame takes two steps, as with
+every ``watch()``: the update of one step arms the hooks, the next step's
+backward pass copies the shown slices, and that step's update writes the
+frame. The hooks copy the gradients when the backward pass ends, so the
+frame shows them before the Trainer clips them (``max_grad_norm``). A
+``transformers`` without ``on_pre_optimizer_step`` calls ``on_step_end``
+only; the callback then updates there.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from transformers import TrainerCallback
+
+from beholder_plugin.trainer.beholder import Beholder
+from beholder_plugin.trainer.integrations.watching import WatchSession
+
+
+class BeholderHFCallback(TrainerCallback):
+    """``transformers.Trainer`` callback that shows the model's tensors in TensorBoard's Beholder tab.
+
+    On ``on_train_begin`` it creates a ``Beholder`` on ``logdir`` and
+    ``watch()``es the model (on the main process only,
+    ``state.is_world_process_zero``, unless ``ranks="all"``); before every
+    optimizer step it calls ``update()``, which gathers a frame only when the
+    dashboard's FPS setting says one is due (other steps cost one
+    ``stat()``); ``on_train_end`` closes the Beholder, finishing the frame in
+    progress and any recording.
+
+    Sections are named by parameter path (``transformer.h.0.attn.c_attn.weight``)
+    for weights and gradients (tied weights once), and by module path for
+    activations.
+
+    Args:
+        logdir: the run directory, e.g. ``os.path.join(args.logging_dir, "beholder")``
+            or any directory under the one TensorBoard is started on.
+            Or a ``Beholder`` to use: it is not closed at the end (its
+            owner closes it), and its own ``ranks`` decide which process writes.
+        frame: optional zero-argument callable returning an image, called
+            only when the dashboard shows "frames" and a frame is due.
+        activations: True for every leaf module's output, a list of module
+            paths for those only, False for none.
+        gradients: hook the parameters' gradients.
+        strict: raise errors from Beholder into ``train()`` instead of
+            logging the first one and carrying on.
+        **beholder_kwargs: passed to ``Beholder`` (``background``,
+            ``ranks``, ``max_remote_fps``, ...).
+
+    Attributes:
+        beholder: the ``Beholder`` of the current or last training run (None
+            before the first, and on processes that do not write).
+    """
+
+    def __init__(
+        self,
+        logdir: str | os.PathLike | Beholder,
+        frame: Callable[[], Any] | None = None,
+        activations: bool | list[str] = True,
+        gradients: bool = True,
+        strict: bool = False,
+        **beholder_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self._session = WatchSession(logdir, frame, activations, gradients, strict, beholder_kwargs)
+        self._pre_step_seen = False  # this transformers calls on_pre_optimizer_step
+
+    @property
+    def beholder(self) -> Beholder | None:
+        """The Beholder of the current or last training run (None before the first, and on other ranks)."""
+        return self._session.beholder
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        """Create the Beholder and watch the model (main process only, unless ranks="all")."""
+        self._pre_step_seen = False
+        self._session.start(model, main_process=bool(state.is_world_process_zero))
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Offer a frame: the step's gradients are complete and the weights not yet changed."""
+        self._pre_step_seen = True
+        self._session.update()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Offer a frame here only on a transformers without on_pre_optimizer_step."""
+        if not self._pre_step_seen:
+            self._session.update()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Remove the hooks and finish the last frame and any recording."""
+        self._session.close()

@@ -1,0 +1,78 @@
+"""What the Lightning and Hugging Face callbacks share: a Beholder that watch()es a torch model for one fit.
+
+No framework is imported here. The Beholder is created when training starts
+(after the trainer has set up distributed training, so Beholder sees the
+right rank) and closed when it ends; a second fit with the same callback
+gets a fresh Beholder on the same run. A Beholder passed in instead of a
+logdir is used as it is: training's end removes the hooks and waits for the
+frame in progress, and closing it is left to its owner.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from beholder_plugin.trainer.beholder import Beholder
+
+
+class WatchSession:
+    """A Beholder for one training run: start() watches the model, update() once per step, close()."""
+
+    def __init__(
+        self,
+        logdir: str | os.PathLike | Beholder,
+        frame: Callable[[], Any] | None,
+        activations: bool | list[str],
+        gradients: bool,
+        strict: bool,
+        beholder_kwargs: dict[str, Any],
+    ) -> None:
+        if frame is not None and not callable(frame):
+            raise TypeError(f"frame must be a zero-argument callable, not {type(frame).__name__}")
+        self.given = logdir if isinstance(logdir, Beholder) else None
+        if self.given is not None and (beholder_kwargs or strict):
+            raise TypeError("strict= and Beholder's arguments go to Beholder(...) when a Beholder is passed")
+        self.logdir = logdir
+        self.frame = frame
+        self.activations = activations
+        self.gradients = gradients
+        self.strict = strict
+        self.beholder_kwargs = dict(beholder_kwargs)
+        self.beholder: Beholder | None = None
+        self.running = False
+
+    @property
+    def every_rank(self) -> bool:
+        """Whether every process writes (``ranks="all"``) rather than only the main one."""
+        return self.beholder_kwargs.get("ranks", "zero") == "all"
+
+    def start(self, model: Any, main_process: bool) -> None:
+        """Create the Beholder (on the main process, or on every one with ranks="all") and watch the model."""
+        self.close()
+        if self.given is not None:  # its own ranks setting decides whether this process writes
+            self.beholder = self.given
+        elif main_process or self.every_rank:
+            self.beholder = Beholder(self.logdir, strict=self.strict, **self.beholder_kwargs)
+        else:
+            return
+        self.running = True
+        if model is not None:
+            self.beholder.watch(model, activations=self.activations, gradients=self.gradients)
+
+    def update(self) -> bool:
+        """Beholder.update() for this step (never raises unless strict); True when a frame was handed over."""
+        if not self.running or self.beholder is None:
+            return False
+        return self.beholder.update(frame=self.frame)
+
+    def close(self) -> None:
+        """Remove the hooks, finish the frame in progress and any recording (again: nothing happens)."""
+        if not self.running or self.beholder is None:
+            return
+        self.running = False
+        if self.given is not None:
+            self.beholder.unwatch()
+            self.beholder.flush()
+        else:
+            self.beholder.close()

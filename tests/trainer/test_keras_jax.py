@@ -1,0 +1,75 @@
+"""BeholderCallback on Keras's JAX backend, in a subprocess (the backend is chosen at import)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from tf_support_helpers import PYTHON_ENV
+
+pytest.importorskip("keras")
+pytest.importorskip("jax", reason="needs jax (the test extra)")
+
+JAX_FIT = """
+import sys, threading
+import numpy as np
+import keras
+from beholder_plugin import BeholderCallback, write_config, DEFAULT_CONFIG
+from beholder_plugin.protocol.layout import locate
+from beholder_plugin.protocol.runfiles import read_frame_file
+
+run, one_step_run = sys.argv[1], sys.argv[2]
+for r in (run, one_step_run):
+    write_config(r, {**DEFAULT_CONFIG, "FPS": 30, "mode": "current"})
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+                          keras.layers.Flatten(), keras.layers.Dense(3, name="dense")])
+model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+threads = set()
+
+class Spy(BeholderCallback):
+    def on_train_batch_end(self, batch, logs=None):
+        threads.add(threading.current_thread() is threading.main_thread())
+        super().on_train_batch_end(batch, logs)
+
+x = np.random.default_rng(0).normal(size=(512, 8, 8, 1)).astype("float32")
+y = np.arange(512) % 3
+callback = Spy(run, strict=True)
+model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
+names = [s["name"] for s in read_frame_file(run).sections]
+print(keras.backend.backend(), sorted(threads), callback.beholder.frames_written, callback.beholder.failures,
+      names == [v.path for v in model.trainable_variables])
+
+# one more step, alone: its frame (the first update() is always due) shows the weights after it
+one = BeholderCallback(one_step_run, strict=True)
+model.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0, callbacks=[one])
+frame = read_frame_file(one_step_run)
+weights = {v.path: keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables}
+rng = np.random.default_rng(0)
+hits = wrong = 0
+for _ in range(300):
+    px, py = int(rng.integers(frame.width)), int(rng.integers(frame.height))
+    where = locate(frame.sections, frame.width, px, py)
+    if where is not None:
+        hits += 1
+        wrong += frame.values[where["offset"]] != weights[where["name"]][tuple(where["index"])]
+print(one.beholder.frames_written, one.beholder.failures, hits, wrong)
+"""
+
+
+def test_the_callback_works_on_the_jax_backend(tmp_path):
+    """Keras dispatches the async_safe hook to a pool on JAX too; frames arrive, whole and correct."""
+    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND="jax")
+    runs = [str(tmp_path / "run"), str(tmp_path / "one-step")]
+    out = subprocess.run([sys.executable, "-c", JAX_FIT, *runs], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first, second = out.stdout.strip().splitlines()[-2:]
+    backend, on_main, frames, failures, named = first.split(" ", 4)
+    assert backend == "jax" and on_main == "[False]"  # the hooks ran on a Keras worker thread
+    assert int(frames) >= 2 and failures == "0" and named == "True"
+    frames, failures, hits, wrong = second.split()
+    assert frames == "1" and failures == "0"
+    assert int(hits) > 50 and wrong == "0"  # every sampled pixel shows the trained weight it names

@@ -1,0 +1,143 @@
+"""BeholderLightningCallback in a real Lightning fit(): weights, activations, and each step's gradients."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from pixel_checks import check_sampled_pixels
+from support import due, set_config
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.runfiles import read_frame_file
+
+torch = pytest.importorskip("torch")
+L = pytest.importorskip("lightning.pytorch", reason="needs lightning (the torch-test extra)")
+nn = torch.nn
+
+from beholder_plugin import BeholderLightningCallback  # noqa: E402  (after the skips)
+
+
+class TinyModule(L.LightningModule):
+    """conv (4, 1, 3, 3) -> relu -> flatten -> linear (3, 4 * 6 * 6), SGD."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+    def training_step(self, batch, batch_idx):
+        """Cross-entropy of one batch."""
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        """Plain SGD."""
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class GradientSpy(L.Callback):
+    """Records each optimizer step's gradients, as the optimizer is about to use them."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, np.ndarray]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        """Copy every gradient."""
+        self.steps.append({n: p.grad.detach().numpy().copy() for n, p in pl_module.named_parameters()})
+
+
+class WeightSpy(L.Callback):
+    """Records the weights after each batch (called after BeholderLightningCallback)."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, np.ndarray]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        """Copy every weight."""
+        self.steps.append({n: p.detach().numpy().copy() for n, p in pl_module.named_parameters()})
+
+
+def _fit(model, callbacks, steps: int, accumulate: int = 1) -> None:
+    """Train for `steps` optimizer steps on a fixed random data set, batches of 4, on the CPU."""
+    gen = torch.Generator().manual_seed(1)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 8, 8, generator=gen), torch.arange(64) % 3)
+    trainer = L.Trainer(
+        max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=accumulate,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_gradients_frame_shows_the_gradients_the_optimizer_used(run_dir, accumulate):
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    spy = GradientSpy()
+    callback = BeholderLightningCallback(run_dir, strict=True, background=False)
+    _fit(TinyModule(), [callback, spy], steps=4, accumulate=accumulate)
+    assert len(spy.steps) == 4
+    beholder = callback.beholder
+    assert beholder.frames_written >= 1 and beholder.failures == 0
+    assert beholder._step == 4  # one update() per optimizer step, whatever the accumulation
+    frame = read_frame_file(run_dir)
+    assert frame.header["values"] == "gradients"
+    assert [s["name"] for s in frame.sections] == ["net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias"]
+    assert not any("missing" in s for s in frame.sections)
+    step = frame.header["step"]  # the update() that wrote it: after optimizer step number `step`
+    assert step >= 2  # the first due update() only arms the hooks
+    grads = spy.steps[step - 1]
+    assert not np.array_equal(grads["net.3.weight"], spy.steps[step - 2]["net.3.weight"])  # steps differ
+    assert check_sampled_pixels(frame, grads) > 50
+
+
+def test_weights_and_activations_are_named_by_path(run_dir):
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    callback = BeholderLightningCallback(run_dir, strict=True, background=False)
+    _fit(TinyModule(), [callback], steps=3)
+    frame = read_frame_file(run_dir)
+    assert [s["name"] for s in frame.sections] == ["net.0", "net.1", "net.2", "net.3"]
+    assert frame.sections[0]["layout"] == "activation_nchw" and frame.sections[0]["shape"] == [4, 4, 6, 6]
+    assert callback.beholder._watch is None  # fit ended: closed and unwatched
+
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+    spy = WeightSpy()
+    _fit(TinyModule(), [callback, spy], steps=3)  # a second fit with the same callback: a fresh Beholder
+    frame = read_frame_file(run_dir)
+    assert frame.header["values"] == "trainable_variables"
+    assert frame.sections[0]["layout"] == "kernel_oihw"
+    weights = spy.steps[frame.header["step"] - 1]  # after the step of the update() that wrote it
+    assert check_sampled_pixels(frame, weights) > 50
+
+
+def test_a_beholder_passed_in_is_used_and_left_open(run_dir):
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    beholder = Beholder(run_dir, strict=True, background=False)
+    callback = BeholderLightningCallback(beholder)
+    _fit(TinyModule(), [callback], steps=3)
+    assert callback.beholder is beholder and beholder.frames_written >= 1 and beholder._watch is None
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    due(beholder)
+    assert beholder.update(arrays={"x": np.ones(4)})  # not closed: it can still be used
+    assert [s["name"] for s in read_frame_file(run_dir).sections] == ["x"]
+    beholder.close()
+    with pytest.raises(TypeError, match="Beholder"):
+        BeholderLightningCallback(beholder, strict=True)
+
+
+def test_only_the_global_rank_zero_process_writes(tmp_path):
+    class Trainer:
+        is_global_zero = False
+
+    run = str(tmp_path / "run")
+    callback = BeholderLightningCallback(run)
+    callback.on_fit_start(Trainer(), TinyModule())
+    assert callback.beholder is None and not os.path.exists(run)
+    callback.on_train_batch_end(Trainer(), None, None, None, 0)  # nothing to update: no error
+    callback.on_fit_end(Trainer(), None)
+
+
+def test_frame_must_be_callable(run_dir):
+    with pytest.raises(TypeError, match="callable"):
+        BeholderLightningCallback(run_dir, frame=np.zeros((4, 4)))

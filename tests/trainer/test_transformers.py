@@ -1,0 +1,153 @@
+"""BeholderHFCallback in a real transformers.Trainer: a 2-layer GPT-2 built from a config (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from pixel_checks import check_sampled_pixels
+from support import set_config
+
+from beholder_plugin.protocol.layout import locate
+from beholder_plugin.protocol.runfiles import read_frame_file
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers", reason="needs transformers (the test extra)")
+pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (the torch-test extra)")
+
+from beholder_plugin import BeholderHFCallback  # noqa: E402  (after the skips)
+
+
+def tiny_gpt2():
+    """A 2-layer GPT-2 with random weights (seeded)."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=32)
+    return transformers.GPT2LMHeadModel(config)
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Random token sequences of length 16, their own labels."""
+
+    def __init__(self, count: int = 32) -> None:
+        gen = torch.Generator().manual_seed(1)
+        self.ids = torch.randint(0, 100, (count, 16), generator=gen)
+
+    def __len__(self) -> int:
+        """How many sequences."""
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        """One sequence as input and label."""
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+class GradientSpy(transformers.TrainerCallback):
+    """Records each optimizer step's gradients, as the optimizer is about to use them."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, np.ndarray]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        """Copy every gradient."""
+        self.steps.append({n: p.grad.detach().numpy().copy() for n, p in model.named_parameters()
+                           if p.grad is not None})
+
+
+def _train(tmp_path, model, callbacks, steps: int = 4, accumulate: int = 1, clip: float = 0.0) -> None:
+    """Train for `steps` optimizer steps on the CPU, no reporting, no checkpoints, clipping off by default."""
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulate, learning_rate=1e-2, max_grad_norm=clip, report_to=[],
+        save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        dataloader_num_workers=0,
+    )
+    transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks).train()
+
+
+
+def test_the_hook_this_callback_relies_on_exists():
+    assert hasattr(transformers.TrainerCallback, "on_pre_optimizer_step")
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_gradients_frame_shows_the_gradients_of_an_optimizer_step(run_dir, tmp_path, accumulate):
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    model = tiny_gpt2()
+    spy = GradientSpy()
+    callback = BeholderHFCallback(run_dir, strict=True, background=False)
+    _train(tmp_path, model, [callback, spy], steps=4, accumulate=accumulate)
+    assert len(spy.steps) == 4
+    beholder = callback.beholder
+    assert beholder.frames_written >= 1 and beholder.failures == 0
+    assert beholder._step == 4  # one update() per optimizer step
+    frame = read_frame_file(run_dir)
+    names = [s["name"] for s in frame.sections]
+    assert names[:3] == ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight"]
+    assert "lm_head.weight" not in names  # tied to transformer.wte.weight: shown once
+    assert names == [n for n, p in model.named_parameters()]
+    assert not any("missing" in s for s in frame.sections)
+    step = frame.header["step"]
+    assert step >= 2  # the first due update() only arms the hooks
+    grads = spy.steps[step - 1]
+    assert not np.array_equal(grads["transformer.h.1.mlp.c_fc.weight"],
+                              spy.steps[step - 2]["transformer.h.1.mlp.c_fc.weight"])
+    assert check_sampled_pixels(frame, grads) > 100
+
+
+def test_gradients_are_shown_as_the_backward_pass_left_them_before_clipping(run_dir, tmp_path):
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    spy = GradientSpy()  # sees them after the Trainer clipped them to max_grad_norm
+    callback = BeholderHFCallback(run_dir, strict=True, background=False)
+    _train(tmp_path, tiny_gpt2(), [callback, spy], steps=3, clip=1e-3)
+    frame = read_frame_file(run_dir)
+    clipped = spy.steps[frame.header["step"] - 1]
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(300):
+        x, y = int(rng.integers(frame.width)), int(rng.integers(frame.height))
+        where = locate(frame.sections, frame.width, x, y)
+        if where is not None:
+            small = clipped[where["name"]][tuple(where["index"])]
+            if abs(small) > 1e-12:
+                ratios.append(frame.values[where["offset"]] / small)
+    assert len(ratios) > 50
+    # one factor for every value: the unclipped gradient is the clipped one scaled back up
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-3)
+    assert ratios[0] > 10
+
+
+def test_weights_frame_and_close_at_the_end(run_dir, tmp_path):
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30, is_recording=True)
+    model = tiny_gpt2()
+    callback = BeholderHFCallback(run_dir, strict=True, background=False)
+    _train(tmp_path, model, [callback], steps=2)
+    frame = read_frame_file(run_dir)
+    assert frame.header["values"] == "trainable_variables"
+    assert callback.beholder._watch is None  # train() ended: hooks removed, Beholder closed
+    recorded = [n for n in os.listdir(os.path.join(run_dir, "plugins", "beholder")) if n.startswith("video-")]
+    assert recorded  # the recording was finished by on_train_end
+
+
+def test_activations_of_the_leaf_modules(run_dir, tmp_path):
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    callback = BeholderHFCallback(run_dir, strict=True, background=False)
+    _train(tmp_path, tiny_gpt2(), [callback], steps=3)
+    assert callback.beholder.frames_written >= 1 and callback.beholder.failures == 0
+    by_name = {s["name"]: s for s in read_frame_file(run_dir).sections}
+    assert by_name["transformer.h.0.mlp.c_fc"]["shape"] == [4, 16, 128]  # (batch, tokens, 4 * n_embd)
+    assert by_name["lm_head"]["shape"] == [4, 16, 100]
+    assert not any("missing" in s for s in by_name.values())
+
+
+def test_only_the_main_process_writes(tmp_path):
+    class State:
+        is_world_process_zero = False
+
+    run = str(tmp_path / "run")
+    callback = BeholderHFCallback(run)
+    callback.on_train_begin(None, State(), None, model=tiny_gpt2())
+    assert callback.beholder is None and not os.path.exists(run)
+    callback.on_pre_optimizer_step(None, State(), None)
+    callback.on_step_end(None, State(), None)
+    callback.on_train_end(None, State(), None)
