@@ -1,7 +1,9 @@
 """Beholder for TensorBoard: a network's tensors as a live video while it trains.
 
 The public API lives here and nowhere else. TensorFlow and Keras are imported
-only when ``BeholderCallback`` (or a TF helper) is first used.
+only when ``BeholderCallback`` (or a TF helper) is first used, Lightning only
+for ``BeholderLightningCallback``, transformers only for ``BeholderHFCallback``;
+JAX and Flax never (their arrays are read with the JAX the program loaded).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BeholderCallback": "beholder_plugin.trainer.integrations.keras",
+    "BeholderHFCallback": "beholder_plugin.trainer.integrations.transformers",
+    "BeholderLightningCallback": "beholder_plugin.trainer.integrations.lightning",
     "gradient_helper": "beholder_plugin.trainer.integrations.gradients",
     "gradient_step": "beholder_plugin.trainer.integrations.gradients",
     "named_gradients": "beholder_plugin.trainer.integrations.gradients",
@@ -36,6 +40,8 @@ __all__ = [
     "DEFAULT_CONFIG",
     "Beholder",
     "BeholderCallback",
+    "BeholderHFCallback",
+    "BeholderLightningCallback",
     "ConfigError",
     "gradient_helper",
     "gradient_step",

@@ -1,0 +1,70 @@
+"""Beholder.snapshot() and _repr_png_(): the current frame as an image, for notebooks without a server."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from support import due, set_config
+
+from beholder_plugin import Beholder, read_frame
+
+
+@pytest.fixture
+def beholder(run_dir):
+    """A Beholder on a run set to show its arrays at 30 frames a second."""
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    b = Beholder(run_dir, strict=True)
+    yield b
+    b.close()
+
+
+def test_before_any_frame_there_is_no_snapshot_and_no_png(beholder):
+    assert beholder.snapshot() is None
+    assert beholder._repr_png_() is None
+
+
+def test_snapshot_waits_for_the_worker_and_equals_the_frame_file(beholder, run_dir):
+    assert beholder.update(arrays={"w": np.arange(48.0).reshape(8, 6), "b": -np.arange(6.0)})
+    image = beholder.snapshot()  # no flush() before: snapshot() does it
+    assert isinstance(image, Image.Image)
+    assert image.mode == "RGB"
+    rgb = read_frame(run_dir)
+    assert image.size == (rgb.shape[1], rgb.shape[0])
+    assert np.array_equal(np.asarray(image), rgb)
+
+
+def test_repr_png_decodes_to_the_latest_frame(beholder, run_dir):
+    assert beholder.update(arrays={"w": np.arange(48.0).reshape(8, 6)})
+    first = np.asarray(beholder.snapshot())
+    due(beholder)
+    assert beholder.update(arrays={"w": np.arange(48.0).reshape(8, 6) ** 2, "v": np.ones(5)})
+    png = beholder._repr_png_()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    decoded = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert np.array_equal(decoded, read_frame(run_dir))
+    assert decoded.shape != first.shape  # a second section: the second frame, not the first
+
+
+def test_an_rgb_image_comes_back_pixel_for_pixel(run_dir):
+    set_config(run_dir, values="frames", mode="current", FPS=30)
+    image = np.zeros((40, 70, 3), np.uint8)
+    image[..., 0] = np.arange(70, dtype=np.uint8) * 3
+    image[..., 1] = np.arange(40, dtype=np.uint8)[:, None] * 5
+    image[10:20, 30:50, 2] = 200
+    with Beholder(run_dir, strict=True) as b:
+        assert b.update(frame=image)
+        shown = np.asarray(b.snapshot())
+    assert shown.shape == image.shape
+    assert np.array_equal(shown, image)
+
+
+def test_a_beholder_that_writes_nothing_has_no_snapshot(run_dir, monkeypatch):
+    monkeypatch.setenv("RANK", "1")  # not rank 0: with ranks="zero" this process writes nothing
+    b = Beholder(run_dir)
+    assert not b.active
+    assert b.update(arrays=[np.ones(3)]) is False
+    assert b.snapshot() is None
+    assert b._repr_png_() is None
