@@ -156,7 +156,7 @@ def test_run_demo_serves_tensorboard_and_stops_both_on_ctrl_c(tmp_path):
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         assert proc.wait(timeout=60) == 0, output()
         assert not _alive(demo_pid) and not _alive(torch_pid) and not _alive(tb_pid)
-        assert output().count("interrupted") == 2  # both demos were stopped cleanly, not killed  # the demo itself was stopped cleanly, not killed
+        assert output().count("interrupted") == 2  # both demos were stopped cleanly, not killed
         assert _get(f"{base}/")[0] == 0
     finally:
         if proc.poll() is None:

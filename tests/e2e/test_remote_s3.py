@@ -50,7 +50,8 @@ def s3(tmp_path):
     env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
     fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint,
                            skip_instance_cache=True, use_listings_cache=False)
-    fs.mkdir(BUCKET)
+    if not fs.exists(BUCKET):  # moto keeps buckets per process: another test may have made it
+        fs.mkdir(BUCKET)
     try:
         yield env, fs
     finally:
@@ -184,11 +185,13 @@ def test_the_s3_server_going_away_and_coming_back_mid_run(tmp_path):
     env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
     fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint,
                            skip_instance_cache=True, use_listings_cache=False)
-    fs.mkdir(BUCKET)
+    if not fs.exists(BUCKET):  # moto keeps buckets per process: another test may have made it
+        fs.mkdir(BUCKET)
     stop_file = tmp_path / "stop"
-    trainer = start([PYTHON, str(ROOT / "tests" / "remote_trainer.py"), RUN_URL, str(stop_file)],
+    run_url = f"s3://{BUCKET}/outage-{tmp_path.name}"  # a run of its own, whatever the bucket holds
+    trainer = start([PYTHON, str(ROOT / "tests" / "remote_trainer.py"), run_url, str(stop_file)],
                     env, tmp_path / "cwd", tmp_path / "trainer.log")
-    frame_key = f"{BUCKET}/run/plugins/beholder/frame.bin"
+    frame_key = f"{run_url[len('s3://'):]}/plugins/beholder/frame.bin"
 
     def frame_id() -> int | None:
         """The frame id of the frame object now in the bucket (it must decode whole), or None."""
@@ -216,7 +219,10 @@ def test_the_s3_server_going_away_and_coming_back_mid_run(tmp_path):
             trainer.wait(120)
         finally:
             stop(trainer)
-            server.stop()
+            try:
+                fs.rm(run_url[len("s3://"):], recursive=True)  # leave the shared bucket as it was
+            finally:
+                server.stop()
     log = (tmp_path / "trainer.log").read_text()
     assert trainer.returncode == 0, log[-3000:]
     stats = json.loads(log.strip().splitlines()[-1])
