@@ -313,6 +313,32 @@ def test_run_selector_switches_runs(session):
     assert frame.eval_on_selector("#colormap", "el => el.value") == "grayscale"
 
 
+def test_a_section_with_nothing_to_show_says_why_on_its_band(session):
+    import numpy as np
+
+    from beholder_plugin import Beholder
+
+    frame = session["frame"]
+    gaps = session["logdir"] / "gaps"
+    set_config(gaps, values="arrays", mode="current", FPS=30)
+    with Beholder(gaps, strict=True, background=False) as beholder:
+        assert beholder.update(arrays={"frozen/grad": None, "w": np.arange(12.0).reshape(3, 4)})
+    wait_for(lambda: "gaps" in frame.eval_on_selector_all("#run-select option", "os => os.map(o => o.value)"),
+             timeout=30, message="the new run in the selector")
+    frame.select_option("#run-select", "gaps")
+    label = wait_for(lambda: frame.query_selector(".missing-label"), message="the label on the empty band")
+    assert label.inner_text().startswith("frozen/grad: no array (None)")
+    box = label.bounding_box()
+    canvas = frame.query_selector("#frame").bounding_box()
+    band = 32 * canvas["height"] / (32 + 5 + 128)  # the band's share of the frame's height on screen
+    assert abs(box["y"] - canvas["y"]) < 1 and box["height"] == pytest.approx(band)
+    note = frame.query_selector(".section-info.missing .missing-note").inner_text()
+    assert note.startswith("no values: no array (None)")
+    frame.select_option("#run-select", "live")
+    wait_for(lambda: (s := stats(frame))["run"] == "live" and s["height"] == LIVE_HEIGHT,
+             message="the live run again")
+
+
 def test_screenshot_artifact(session):
     frame, page = session["frame"], session["page"]
     frame.select_option("#colormap", "magma")

@@ -438,6 +438,17 @@ export class Dashboard {
     const outlines = [];
     for (const section of this.sections) {
       const height = Number(section.height) || 0;
+      if (section.missing) {
+        // A section with nothing to show this frame: a black band, and why, on it and beside it.
+        const style = `top:${top * scale}px;height:${height * scale}px`;
+        outlines.push(h("div", { class: "missing-label", dataset: { name: section.name }, style },
+          `${section.name}: ${section.missing}`));
+        entries.push(h("div", { class: "section-info missing", style, dataset: { name: section.name } },
+          h("div", { class: "name", title: section.name }, section.name),
+          h("div", { class: "missing-note" }, `no values: ${section.missing}`)));
+        top += height + SEPARATOR_PX;
+        continue;
+      }
       const flag = nonFiniteFlag(section.stats);
       if (flag) {
         outlines.push(h("div", {
