@@ -16,7 +16,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from server_support import BASE, PYTHON, ROOT, free_port, http_get, wait_for
+from server_support import (
+    BASE,
+    PYTHON,
+    ROOT,
+    beholder_frame,
+    chromium_page,
+    free_port,
+    http_get,
+    wait_for,
+)
 
 pytest.importorskip("moto.server", reason="needs moto[server] (the test extra: pip install -e '.[test]')")
 pytest.importorskip("s3fs", reason="needs s3fs (the test extra: pip install -e '.[test]')")
@@ -127,6 +136,13 @@ def test_a_trainer_and_tensorboard_share_an_s3_bucket(s3, tmp_path):
 
         first = wait_for(lambda: frame_headers(base), timeout=60, message="a first frame")
         assert first["X-Beholder-Storage"] == "s3" and first["X-Beholder-Max-Fps"] == "2"
+        # The dashboard says where the run lives and what that costs in frame rate.
+        with chromium_page() as page:
+            page.goto(f"http://127.0.0.1:{port}/#beholder")
+            dashboard = beholder_frame(page)
+            status = wait_for(lambda: "remote logdir" in (t := dashboard.inner_text("#status")) and t,
+                              timeout=60, message="the status line of a remote run")
+            assert "remote logdir (s3://): up to 2 frames/s" in status
         status, _ = http_get(f"{base}/live?run=run&timeout=20&after={first['ETag']}", timeout=30)
         assert status == 200
 

@@ -77,6 +77,8 @@ export function frameMeta(response) {
     failures: Number(header("X-Beholder-Failures") || 0),
     skipped: Number(header("X-Beholder-Skipped") || 0),
     lastError: lastError ? decodeURIComponent(lastError) : null,
+    storage: header("X-Beholder-Storage") || "local",
+    maxFps: header("X-Beholder-Max-Fps") ? Number(header("X-Beholder-Max-Fps")) : null,
     width,
     height,
   };

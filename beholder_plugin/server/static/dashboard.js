@@ -537,7 +537,11 @@ export class Dashboard {
         state: "stale",
       };
     }
-    return { text: `Connected · frame ${age(frameAge)} old · ${fps.toFixed(1)} frames/s · ${frame}`, state: "up" };
+    // A remote logdir (s3://, gs://...): the trainer caps its frame rate; say so, with the kind of storage.
+    const remote = meta.storage && meta.storage !== "local"
+      ? ` · remote logdir (${meta.storage}://)${meta.maxFps ? `: up to ${meta.maxFps} frames/s` : ""}`
+      : "";
+    return { text: `Connected · frame ${age(frameAge)} old · ${fps.toFixed(1)} frames/s · ${frame}${remote}`, state: "up" };
   }
 
   /** Show the frame ("frame") or the distributions ("distributions"). */
