@@ -93,6 +93,7 @@ class Watch:
             self._hook_torch(activations, gradients)
         elif sources.is_keras_layer(model):
             self.framework = "keras"
+            self._keras_layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
         elif sources.is_nnx_module(model):
             self.framework = "nnx"  # weights only: nnx.state(model, nnx.Param), named by path
         else:
@@ -279,6 +280,8 @@ class Watch:
             import keras
 
             layers = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
+            if self._keras_layers is not None:  # the layers chosen by name, in the model's order
+                layers = [layer for layer in layers if layer.name in self._keras_layers]
             outputs = [layer.output for layer in layers]
             self._keras_probe_model = (keras.Model(self.model.inputs, outputs), [lay.name for lay in layers])
         return self._keras_probe_model

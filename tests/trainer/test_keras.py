@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from pixel_checks import check_sampled_pixels
 from tf_support_helpers import PYTHON_ENV, configure, tiny_convnet, tiny_data
 
 import beholder_plugin
@@ -273,3 +274,21 @@ def test_a_worker_hook_that_comes_after_the_next_step_began_leaves_the_read_to_t
     callback.on_epoch_end(0)  # the late update is made at the epoch's end
     assert len(reads) == 3 and reads[2] == threading.get_ident()
     callback.beholder.close()
+
+
+def test_the_callback_shows_chosen_layers_activations_for_a_probe_batch(run_dir):
+    configure(run_dir, values="activations")
+    model = tiny_convnet()
+    probe, _ = tiny_data(n=5, seed=7)
+    callback = beholder_plugin.BeholderCallback(run_dir, probe=probe, layers=["conv", "out"], strict=True)
+    x, y = tiny_data()
+    model.compile(optimizer=keras.optimizers.SGD(0.0),  # the weights stay put: every frame is comparable
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    assert callback.beholder.frames_written >= 1 and callback.beholder.failures == 0
+    frame = read_frame_file(run_dir)
+    assert [rec["name"] for rec in frame.sections] == ["conv", "out"]
+    assert frame.sections[0]["layout"] == "activation_nhwc" and frame.sections[0]["shape"] == [5, 10, 10, 4]
+    taps = keras.Model(model.inputs, [model.get_layer("conv").output, model.get_layer("out").output])
+    conv, out = (np.asarray(a) for a in taps(probe, training=False))
+    assert check_sampled_pixels(frame, {"conv": conv, "out": out}) > 100

@@ -120,6 +120,12 @@ class BeholderCallback(keras.callbacks.Callback):
             thread that makes the update (see above).
         strict: raise errors from Beholder into ``fit()`` instead of logging
             the first one and carrying on.
+        probe: a fixed batch of inputs: with "activations" selected in the
+            dashboard, each frame shows the layers' outputs for it (the model
+            run in inference mode, between two steps). Without it that
+            choice shows a section saying to pass one.
+        layers: the names of the layers whose activations are shown (default:
+            every layer).
 
     Attributes:
         beholder: the ``Beholder`` writing the frames (``frames_written``,
@@ -150,8 +156,11 @@ class BeholderCallback(keras.callbacks.Callback):
         logdir: str | os.PathLike,
         frame: Callable[[], Any] | None = None,
         strict: bool = False,
+        probe: Any = None,
+        layers: list[str] | None = None,
     ) -> None:
         super().__init__()
+        self._probe, self._layers = probe, layers
         if frame is not None and not callable(frame):
             raise TypeError(f"frame must be a zero-argument callable, not {type(frame).__name__}")
         self.beholder = Beholder(logdir, strict=strict)
@@ -167,7 +176,10 @@ class BeholderCallback(keras.callbacks.Callback):
     # ------------------------------------------------------------ the training thread
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        """Note the training thread and start with an open gate."""
+        """Note the training thread, start with an open gate, and watch the model for activations."""
+        watched = self.beholder._watch
+        if self.model is not None and (watched is None or watched.model is not self.model):
+            self.beholder.watch(self.model, probe=self._probe, activations=self._layers or True)
         with self._gate:
             self._gate.wait_for(lambda: not self._reading)
             self._training_thread = threading.get_ident()
