@@ -193,3 +193,48 @@ def test_killing_rank_zero_leaves_the_other_rank_writing(tmp_path, no_rank_env):
     _, frames, failures = out.split()
     assert int(failures) == 0 and int(frames) > killed_at  # rank 1 went on writing after rank 0 died
     assert read_frame_file(os.path.join(logdir, "rank-0")) is not None  # whatever rank 0 left is whole
+
+
+FSDP = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    import torch, torch.distributed as dist
+    from torch import nn
+    from torch.distributed.fsdp import fully_shard
+    from beholder_plugin import Beholder, DEFAULT_CONFIG, write_config
+    from beholder_plugin.protocol.runfiles import read_frame_file
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))
+    for layer in model:
+        fully_shard(layer)
+    b = Beholder(sys.argv[1], ranks="all", strict=True, background=False)
+    write_config(b.logdir, {**DEFAULT_CONFIG, "values": "trainable_variables", "mode": "current", "FPS": 30})
+    assert b.update(variables=model)
+    rec = read_frame_file(b.logdir).sections[0]
+    local = model[0].weight.to_local().detach().numpy()
+    shown = read_frame_file(b.logdir).section_values(0)
+    same = bool(np.array_equal(np.sort(shown.reshape(-1)), np.sort(local.reshape(-1))))
+    print(f"<fsdp {dist.get_rank()} {rec['name']} {rec['shape']} {rec['layout']} {same}>", flush=True)
+    dist.barrier()
+    os._exit(0)
+    """
+)
+
+
+def test_fsdp2_parameters_are_shown_as_each_ranks_own_shard(tmp_path):
+    pytest.importorskip("torch.distributed.fsdp")
+    script = tmp_path / "fsdp.py"
+    script.write_text(FSDP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={_free_port()}", str(script), str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    found = sorted(re.findall(r"<fsdp (\d) (\S+) (\[.*?\]) (\S+) (True|False)>", out.stdout))
+    # each rank holds 4 of the weight's 8 rows (Shard(0)) and shows exactly those, as a Linear weight
+    assert found == [(r, "0.weight", "[4, 16]", "matrix_out_in", "True") for r in ("0", "1")]

@@ -11,7 +11,15 @@ from beholder_plugin.trainer.sources import finish, run_positions
 
 
 def prepare(obj: Any, label: str) -> Any:
-    """The tensor, detached from autograd (nothing is copied)."""
+    """The tensor, detached from autograd (nothing is copied); a DTensor (FSDP2) as this rank's shard.
+
+    Gathering a sharded parameter whole, or even its shown slice, is a
+    collective every rank must join, and only one rank writes frames; so a
+    DTensor is shown as the part this process holds (``to_local()``).
+    """
+    to_local = getattr(obj, "to_local", None)
+    if to_local is not None and type(obj).__name__ == "DTensor":
+        obj = to_local()
     return obj.detach()
 
 
