@@ -327,16 +327,10 @@ def source_shape(layout: str, shape: tuple[int, ...], height: int, width: int, s
     count = math.prod(shape)
     if count == 0 and layout != MISSING:
         raise RenderError(f"section {label}: the array is empty (shape {shape})")
-    if layout == "scalar":
+    if layout in ("scalar", MISSING):
         return (1, 1)
-    if layout == "vector":
-        return (1, shape[0])
-    if layout == "matrix":
-        return (shape[0], shape[1])
-    if layout == "matrix_out_in":
-        return (shape[1], shape[0])
-    if layout == MISSING:
-        return (1, 1)
+    if layout in ("vector", "matrix", "matrix_out_in"):
+        return _natural_size(layout, shape)  # drawn whole, one value per cell
     perm = BLOCK_PERMS.get(layout)
     if perm is not None:
         view = view_shape(layout, shape)
