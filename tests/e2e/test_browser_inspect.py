@@ -200,10 +200,17 @@ def test_scrubbing_shows_kept_frames_pixel_for_pixel(session):
         page.keyboard.press("ArrowLeft")
     wait_for(lambda: frame.eval_on_selector("#history-slider", "el => el.value") == str(last - 4),
              message="the slider four frames back")
-    kept = wait_for(lambda: (k := stats(frame)["kept"]) != newest and k, message="an earlier kept frame")
+
+    def settled() -> str | None:
+        """The kept frame on screen once it is the one the slider's label names (keys may be in flight)."""
+        k = stats(frame)["kept"]
+        if not k or k == newest:
+            return None
+        return k if f"step {parse_history_name(k).step} " in frame.inner_text("#history-label") else None
+
+    kept = wait_for(settled, message="an earlier kept frame, labelled")
     entry = parse_history_name(kept)
     assert entry is not None and entry.step < parse_history_name(newest).step
-    wait_for(lambda: f"step {entry.step} " in frame.inner_text("#history-label"), message="the label")
     status, png = http_get(f"{tb.url}{BASE}/history/frame?run=grid&name={kept}")
     assert status == 200
     served = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))

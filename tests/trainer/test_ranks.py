@@ -177,10 +177,10 @@ def test_killing_rank_zero_leaves_the_other_rank_writing(tmp_path, no_rank_env):
     try:
         for proc in procs.values():
             assert proc.stdout.readline().strip() == "ready"
-        frame0 = os.path.join(logdir, "rank-0")
-        deadline = time.monotonic() + 30
-        while read_frame_file(frame0) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        runs = [os.path.join(logdir, f"rank-{r}") for r in (0, 1)]
+        deadline = time.monotonic() + 60
+        while any(read_frame_file(run) is None for run in runs) and time.monotonic() < deadline:
+            time.sleep(0.05)  # both ranks are writing
         procs[0].kill()  # rank 0 dies mid-run, perhaps mid-write
         procs[0].wait(30)
         killed_at = read_frame_file(os.path.join(logdir, "rank-1")).header["frame_id"]
