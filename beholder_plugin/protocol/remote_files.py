@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import posixpath
 import secrets
@@ -65,6 +66,19 @@ class BackendMissing(ImportError):
 
 class RemoteError(OSError):
     """A remote store's failure (unreachable endpoint, HTTP error), raised as an OSError."""
+
+
+# What stores say when credentials are missing, wrong or expired (S3 error codes, GCS and Azure words).
+_CREDENTIAL_WORDS = (
+    "expiredtoken", "token has expired", "invalidaccesskeyid", "signaturedoesnotmatch",
+    "invalidtoken", "credentials", "unauthenticated", "authenticationfailed", "invalid_grant",
+)
+
+
+def _refused_credentials(exc: BaseException) -> bool:
+    """Whether a backend error says the credentials were refused (not a plain permission problem)."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in _CREDENTIAL_WORDS)
 
 
 def url_scheme(path: str | os.PathLike) -> str | None:
@@ -183,12 +197,26 @@ class RemoteFiles:
             return fn(*args, **kwargs)
         except (FileNotFoundError, FileRefused, RemoteError):
             raise
-        except OSError as exc:
-            if exc.errno is None:  # ConnectionError and other errors without a code
-                raise RemoteError(f"{path}: {type(exc).__name__}: {exc}") from exc
-            raise RemoteError(exc.errno, f"{path}: {exc.strerror or exc}") from exc
-        except Exception as exc:  # botocore, aiohttp, google-auth errors are not OSErrors
-            raise RemoteError(f"{path}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            if _refused_credentials(exc):
+                raise RemoteError(
+                    errno.EACCES,
+                    f"{path}: the store refused the credentials ({type(exc).__name__}: {exc}); refresh "
+                    "or fix them (for S3 the AWS_* variables or ~/.aws, for GCS gcloud auth "
+                    "application-default login); frames resume once they work",
+                ) from exc
+            raise self._remote_error(path, exc) from exc
+
+    @staticmethod
+    def _remote_error(path: str, exc: Exception) -> RemoteError:
+        """The RemoteError for a backend failure, naming the object.
+
+        OSErrors keep their code; others (ConnectionError without a code,
+        botocore, aiohttp, google-auth errors) are named by type.
+        """
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return RemoteError(exc.errno, f"{path}: {exc.strerror or exc}")
+        return RemoteError(f"{path}: {type(exc).__name__}: {exc}")
 
     def info(self, path: str) -> dict[str, Any] | None:
         """The object's metadata, or None when there is none."""

@@ -204,3 +204,38 @@ def test_a_recording_is_made_locally_and_uploaded_when_it_ends(url):
     assert len(videos) == 1 and sizes[videos[0]] > 0
     assert not os.path.exists(staging)  # the local copy is gone once uploaded
     assert os.listdir(".") == []
+
+
+def test_expired_credentials_get_a_clear_message_and_frames_resume(url, monkeypatch, caplog):
+    """What S3 answers when a session token expires, raised by the store on every write for a while."""
+    set_config(url, values="frames", FPS=30)
+    monkeypatch.setattr(beholder_module, "WRITE_RETRY_SECONDS", 0.05)
+    beholder = Beholder(url, max_remote_fps=30, config_poll_seconds=0.05)
+    fs = files_for(url).fs
+    expired = threading.Event()
+    real_pipe = fs.pipe_file
+
+    class ClientError(Exception):  # botocore's, as s3fs lets it through: not an OSError
+        pass
+
+    def pipe_file(*args, **kwargs):
+        if expired.is_set():
+            raise ClientError("An error occurred (ExpiredToken) when calling the PutObject operation: "
+                              "The provided token has expired.")
+        return real_pipe(*args, **kwargs)
+
+    monkeypatch.setattr(fs, "pipe_file", pipe_file)
+    try:
+        with caplog.at_level(logging.WARNING, logger="beholder"):
+            frames_until(beholder, lambda: beholder.frames_written >= 1)
+            expired.set()
+            written = beholder.frames_written
+            frames_until(beholder, lambda: beholder.write_errors >= 2)
+            assert beholder.frames_written == written and beholder.failures == 0
+            expired.clear()  # the user refreshed the token
+            frames_until(beholder, lambda: beholder.frames_written > written)
+    finally:
+        beholder.close()
+    (warning,) = [r.getMessage() for r in caplog.records if "cannot write frames" in r.getMessage()]
+    assert "the store refused the credentials" in warning and "ExpiredToken" in warning
+    assert "refresh or fix them" in warning
