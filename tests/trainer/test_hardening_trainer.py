@@ -281,9 +281,26 @@ SOAK = textwrap.dedent(
     over_budget = 0
     b = Beholder(run, strict=True)
     fds = lambda: len(os.listdir("/proc/self/fd"))
+
+    def children():  # processes whose parent is this one (ffmpeg for recordings, if any were left)
+        me, found = str(os.getpid()), 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    found += f.read().rsplit(")", 1)[1].split()[1] == me
+            except OSError:
+                pass
+        return found
+
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     marks = {}
     handed = 0
+    for extra in settings:  # every code path once before counting (imports are not leaks)
+        write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, **extra})
+        for _ in range(3):
+            b.update(arrays={f"a{j}": a for j, a in enumerate(base)}, frame=lambda: rng.normal(size=(20, 30)))
+            b.flush()
+    warm_frames, warm_skipped = b.frames_written, b.skipped
     for i in range(1, calls + 1):
         if i % 5000 == 1:
             cfg = {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, **settings[(i // 5000) % len(settings)]}
@@ -300,11 +317,13 @@ SOAK = textwrap.dedent(
         if i in (1000, calls):
             b.flush()  # the worker may be mid-write, holding a file open
             gc.collect()
-            marks[i] = (rss(), fds(), threading.active_count())
+            marks[i] = (rss(), fds(), threading.active_count(), children())
     b.close()
     leftovers = [n for d, _, files in os.walk(run) for n in files if n.endswith(".tmp")]
     print(marks[1000][0], marks[calls][0], marks[1000][1], marks[calls][1], marks[1000][2], marks[calls][2],
-          b.frames_written, handed, b.skipped, b.failures, over_budget, len(leftovers))
+          b.frames_written - warm_frames, handed, b.skipped - warm_skipped, b.failures, over_budget,
+          len(leftovers),
+          marks[1000][3], marks[calls][3], children())
     """
 )
 
@@ -316,13 +335,14 @@ def test_soak_100k_updates_with_changing_shapes_and_settings(run_dir):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     (rss_1k, rss_100k, fd_1k, fd_100k, threads_1k, threads_100k, frames, handed, skipped, failures,
-     over_budget, leftovers) = map(int, out.stdout.split())
+     over_budget, leftovers, children_1k, children_100k, children_end) = map(int, out.stdout.split())
     # every call was due: each one either handed a frame to the worker or was skipped while it was busy
     assert handed + skipped == 100000 and frames == handed and failures == 0
     assert handed >= 100000 // 50
     assert rss_100k <= rss_1k * 1.10, (rss_1k, rss_100k)
     assert fd_100k == fd_1k and threads_100k == threads_1k
     assert over_budget == 0 and leftovers == 0  # the history ring kept its budget; no temporary files
+    assert children_1k == children_100k == children_end == 0  # no child process left behind
 
 
 @pytest.mark.parametrize("kind", ["fifo", "sparse"])
