@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import subprocess
 import time
 
@@ -358,3 +359,57 @@ def test_status_tells_fps_zero_from_a_stopped_trainer(session):
     assert status.startswith("No frame for") and "Trainer paused" not in status
     assert frame.get_attribute("#status", "data-state") == "stale"
     shoot(page, "status-trainer-stopped.png")
+
+
+# Every layout, each array filled with distinct values: (shape, layout passed to update()).
+LAYOUT_CASES = {
+    "hwio": ((3, 3, 2, 4), "hwio"),
+    "oihw": ((4, 2, 3, 3), "oihw"),
+    "nchw": ((2, 3, 6, 6), "nchw"),
+    "out_in": ((5, 7), "out_in"),
+    "vector": ((10,), None),
+    "grid": ((3, 4, 5), None),
+}
+
+
+@pytest.mark.parametrize("mode,show_all", [("current", False), ("current", True), ("variance", False),
+                                           ("variance", True)])
+def test_hover_reads_every_layout_exactly_in_both_modes(session, mode, show_all):
+    """The read-out equals the float32 the frame stores, which equals NumPy's value (or variance)."""
+    from beholder_plugin import Beholder
+    from beholder_plugin.protocol.frame_format import value_at
+    from beholder_plugin.protocol.runfiles import frame_path
+
+    frame = session["frame"]
+    name = f"layouts-{mode}-{int(show_all)}"
+    run = session["logdir"] / name
+    set_config(run, values="arrays", mode=mode, show_all=show_all, FPS=30, window_size=3)
+    history = []
+    with Beholder(run, strict=True, background=False) as beholder:
+        for i in range(3):  # three frames: the variance window is full
+            arrays = {key: (np.arange(np.prod(shape), dtype=np.float32).reshape(shape) * (1 + i * i))
+                      for key, (shape, _) in LAYOUT_CASES.items()}
+            history.append(arrays)
+            beholder._last_frame_time = float("-inf")
+            assert beholder.update(arrays=arrays, layout={k: v for k, (_, v) in LAYOUT_CASES.items() if v})
+    written = read_frame_file(run)
+    wait_for(lambda: name in frame.eval_on_selector_all("#run-select option", "os => os.map(o => o.value)"),
+             timeout=30, message="the run in the selector")
+    frame.select_option("#run-select", name)
+    wait_for(lambda: (s := stats(frame))["run"] == name and s["height"] == written.height,
+             message=f"{name}'s frame")
+    checked = 0
+    for rec in written.sections:
+        for x in (2, written.width // 2 + 1, written.width - 3):
+            y = rec["top"] + rec["height"] // 2
+            found = hover(frame, x, y)
+            stored = value_at(frame_path(run), x, y)
+            index = json.loads(found["index"])
+            assert found["name"] == rec["name"] and index == stored["index"], (found, stored)
+            assert np.float32(found["value"]) == np.float32(stored["value"])  # exactly what was scaled
+            assert np.float32(found["text"].split(" = ")[1].split()[0]) == np.float32(stored["value"])
+            samples = np.stack([h[rec["name"]][tuple(index)] for h in history])
+            want = samples[-1] if mode == "current" else np.var(samples)
+            assert np.float32(found["value"]) == pytest.approx(want, rel=1e-5, abs=1e-6), (found, want)
+            checked += 1
+    assert checked == 3 * len(LAYOUT_CASES)
