@@ -14,7 +14,7 @@ from beholder_plugin import Beholder, ConfigError
 from beholder_plugin.protocol.layout import section_height
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.protocol.settings import validate_changes
-from beholder_plugin.trainer.views.stats import SAMPLE_CAP, sample_runs
+from beholder_plugin.trainer.views.stats import RUNS, SAMPLE_CAP, sample_runs
 
 
 def _expected(array: np.ndarray) -> dict:
@@ -85,11 +85,11 @@ def test_large_arrays_are_described_from_evenly_spaced_runs(run_dir):
     with Beholder(run_dir, strict=True, background=False) as beholder:
         assert beholder.update(arrays={"big": big})
     stats = read_frame_file(run_dir).sections[0]["stats"]
-    stride = 100_000 // 32
-    assert stats["over"] == (f"32 evenly spaced runs of 64 consecutive values (one every {stride}): "
+    stride = 100_000 // RUNS
+    assert stats["over"] == (f"{RUNS} evenly spaced runs of 64 consecutive values (one every {stride}): "
                              f"{SAMPLE_CAP} of 100000 values")
-    assert stats["hist"]["lo"] == 0.0 and stats["hist"]["hi"] == 31 * stride + 63
-    assert stats["mean"] == np.mean([i * stride + j for i in range(32) for j in range(64)])
+    assert stats["hist"]["lo"] == 0.0 and stats["hist"]["hi"] == (RUNS - 1) * stride + 63
+    assert stats["mean"] == np.mean([i * stride + j for i in range(RUNS) for j in range(64)])
 
 
 def test_torch_tensors_are_sampled_on_the_device_alike(run_dir):

@@ -19,6 +19,7 @@ bins=32, range=(lo, hi))``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -26,8 +27,8 @@ from typing import Any
 import numpy as np
 
 # Arrays with more values than this are described from RUNS runs of RUN_LENGTH consecutive values.
-SAMPLE_CAP = 2048
-RUNS = 32
+SAMPLE_CAP = 1024
+RUNS = 16
 RUN_LENGTH = SAMPLE_CAP // RUNS
 BINS = 32
 
@@ -48,6 +49,7 @@ def sample_size(count: int) -> int:
     return runs * length
 
 
+@functools.lru_cache(maxsize=4096)
 def over_text(count: int) -> str:
     """What the figures of an array of this size are computed over, in words."""
     runs, stride, length = sample_runs(count)
@@ -55,10 +57,6 @@ def over_text(count: int) -> str:
         return f"the whole array ({count} values)"
     return (f"{runs} evenly spaced runs of {length} consecutive values (one every {stride}): "
             f"{runs * length} of {count} values")
-
-
-def _json(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[int]) -> list[dict | None]:
@@ -90,24 +88,35 @@ def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[
     lows = np.minimum.reduceat(lows_in, starts).astype(np.float64)
     highs = np.maximum.reduceat(highs_in, starts).astype(np.float64)
     hists = _histograms(wide, None if finite.all() else finite, sizes, lows, highs)
+    totals = np.asarray(counts, dtype=np.float64)[active]
     with np.errstate(invalid="ignore", divide="ignore"):
         means = s1 / n_finite
         stds = np.sqrt(np.maximum(s2 / n_finite - means * means, 0.0))
-    for j, i in enumerate(active):
-        n, count, good = int(sizes[j]), int(counts[i]), n_finite[j]
+        norms = np.sqrt(s2 * totals / n_finite)  # a sample's sum of squares, scaled to the whole array
+    # Plain Python numbers, converted once for all sections (JSON null where not finite).
+    columns = [_json_list(a) for a in (norms, means, stds, lows, highs)]
+    fractions = [(np.asarray(a) / sizes).tolist() for a in (nans, infs, zeros)]
+    sizes_list, hist_rows = sizes.tolist(), hists.tolist()
+    for j, i in enumerate(active.tolist()):
+        norm, mean, std, lo, hi = (column[j] for column in columns)
         out[i] = {
-            "over": over_text(count),
-            "count": count,
-            "sampled": n,
-            "norm": _json(math.sqrt(s2[j] * count / good)) if good else None,
-            "mean": _json(means[j]),
-            "std": _json(stds[j]),
-            "nan": int(nans[j]) / n,
-            "inf": int(infs[j]) / n,
-            "zero": int(zeros[j]) / n,
-            "hist": {"lo": _json(lows[j]), "hi": _json(highs[j]), "counts": hists[j].tolist()},
+            "over": over_text(int(counts[i])),
+            "count": int(counts[i]),
+            "sampled": sizes_list[j],
+            "norm": norm,
+            "mean": mean,
+            "std": std,
+            "nan": fractions[0][j],
+            "inf": fractions[1][j],
+            "zero": fractions[2][j],
+            "hist": {"lo": lo, "hi": hi, "counts": hist_rows[j]},
         }
     return out
+
+
+def _json_list(values: np.ndarray) -> list[float | None]:
+    """The values as Python floats, None where not finite (JSON has no NaN)."""
+    return [v if v == v and v not in (math.inf, -math.inf) else None for v in values.tolist()]
 
 
 def _histograms(values: np.ndarray, finite: np.ndarray | None, sizes: np.ndarray, lows: np.ndarray,
