@@ -179,6 +179,7 @@ class Beholder:
         self._poll_stop = threading.Event()
         self._uploads: list[threading.Thread] = []
         self._watch: Watch | None = None
+        self._filter_cache: dict[tuple, list[int]] = {}
         self._worker = Worker(self._run_job) if background and self.active else None
         if not self.active:
             return
@@ -562,7 +563,7 @@ class Beholder:
         pattern = _filter(job.config["filter"])
         if pattern is not None:
             count = len(named)
-            named = [entry for entry in named if pattern.search(entry[0])]
+            named = [named[i] for i in self._matching(pattern, named)]
             if not named:
                 why = f"the section filter {pattern.pattern!r} matches none of the {count} sections"
                 named = [("(filter)", Captured((), None, error=why), None)]
@@ -609,6 +610,16 @@ class Beholder:
                 missing[i] = self._section_problem(label, exc)
         job.kind, job.plan, job.buffer, job.missing = "sections", plan, buffer, missing
         job.samples = samples
+
+    def _matching(self, pattern: re.Pattern, named: list[sources.Named]) -> list[int]:
+        """Which sections a filter keeps, remembered per set of names (searched once, not every frame)."""
+        key = (pattern.pattern, tuple(entry[0] for entry in named))
+        found = self._filter_cache.get(key)
+        if found is None:
+            if len(self._filter_cache) >= 16:
+                self._filter_cache.clear()
+            found = self._filter_cache[key] = [i for i, entry in enumerate(named) if pattern.search(entry[0])]
+        return found
 
     def _section_problem(self, name: str, exc: Exception) -> str:
         """Why a section is shown empty (logged once per section name unless it is just None)."""
