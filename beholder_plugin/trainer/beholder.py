@@ -454,12 +454,14 @@ class Beholder:
             self._report_worker_error()
         config = self._poll_config()
         fps = config["FPS"]
+        watch = self._watch
+        if watch is not None and watch.hooked and (fps == 0 or not watch.needs_capture(config["values"])):
+            watch.unhook()  # no hook costs the training loop anything while it is not needed
         if fps == 0:
             return False
         now = time.monotonic()
         if now - self._last_frame_time < 1.0 / fps or now < self._write_retry_at:
             return False
-        watch = self._watch
         if watch is not None and watch.needs_capture(config["values"]) and watch.armed != config["values"]:
             # the coming step's hooks copy what is shown
             watch.arm(config["values"], config["show_all"], config["section_size"], _filter(config["filter"]))

@@ -90,7 +90,10 @@ class Watch:
         self._keras_probe_model: Any = None
         if sources.is_torch_module(model):
             self.framework = "torch"
-            self._hook_torch(activations, gradients)
+            # Hooks are installed only while gradients or activations are shown (at the first arm()):
+            # with weights shown, or at FPS 0, training runs with no hook at all.
+            self._hook_choice = (activations, gradients)
+            self._signature: tuple | None = None
         elif sources.is_keras_layer(model):
             self.framework = "keras"
             self._keras_layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
@@ -120,9 +123,18 @@ class Watch:
         self.show_all = show_all
         self.sizing = sizing
         self.pattern = pattern
-        if self.framework == "torch" and self._torch_signature() != self._signature:
-            self._rehook()  # layers were added, replaced or re-parented since watch(): hook the new ones
+        if self.framework == "torch" and (not self.hooked or self._torch_signature() != self._signature):
+            self._rehook()  # first use, or layers added, replaced or re-parented since: hook them as they are
         self.armed = values
+
+    @property
+    def hooked(self) -> bool:
+        """Whether hooks are installed now."""
+        return bool(self._handles)
+
+    def unhook(self) -> None:
+        """Remove the hooks while they are not needed (weights shown, or FPS 0); arm() installs them again."""
+        self.remove()
 
     def ready(self, values: str) -> bool:
         """Whether the hooks captured these values since they were armed."""
@@ -167,7 +179,7 @@ class Watch:
         )
 
     def _rehook(self) -> None:
-        """Remove the hooks and install them again for the model as it is now."""
+        """Install the hooks for the model as it is now (removing any installed before)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []

@@ -192,8 +192,9 @@ def test_hooks_keep_no_tensor_alive_and_unwatch_removes_them(run_dir):
     model = small_cnn()
     beholder = Beholder(run_dir, strict=True, background=False)
     with beholder.watch(model):
+        assert not any(m._forward_hooks for m in model.modules())  # none until they are needed
+        beholder.update()  # armed: hooks installed for the coming step
         assert all(len(m._forward_hooks) == 1 for n, m in model.named_modules() if n)
-        beholder.update()  # armed
         out = model(torch.randn(2, 1, 28, 28))
         ref = weakref.ref(out)
         del out
@@ -201,6 +202,30 @@ def test_hooks_keep_no_tensor_alive_and_unwatch_removes_them(run_dir):
         assert ref() is None  # the hooks copied what they needed and let go of the output
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
     beholder.close()
+
+
+def test_no_hook_runs_while_weights_are_shown_or_at_fps_zero(run_dir):
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hooked = lambda: sum(len(m._forward_hooks) for m in model.modules())  # noqa: E731
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)
+        set_config(run_dir, values="activations", mode="current", FPS=30)
+        beholder.update()
+        assert hooked() == 5  # armed: one hook per leaf module
+        set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+        train_step(model, opt)
+        beholder.update()
+        assert hooked() == 0  # weights need no hook: removed
+        set_config(run_dir, values="gradients", mode="current", FPS=0)
+        beholder.update()
+        assert hooked() == 0  # FPS 0: nothing is computed, and nothing hooked
+        set_config(run_dir, values="gradients", mode="current", FPS=30)
+        beholder._last_frame_time = float("-inf")  # a frame is due
+        beholder.update()  # armed again
+        train_step(model, opt)
+        assert beholder.update()
+        assert [r["name"] for r in read_frame_file(run_dir).sections][:2] == ["0.weight", "0.bias"]
 
 
 def test_without_a_watch_gradients_say_what_to_do(run_dir, flushed_updates):
