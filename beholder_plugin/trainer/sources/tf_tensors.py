@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.layout import RenderError, SectionPlan
-from beholder_plugin.trainer.sources import finish
+from beholder_plugin.trainer.sources import finish, run_positions
 
 
 class SymbolicTensorError(RenderError):
@@ -136,8 +136,10 @@ def compact(obj: Any, plan: SectionPlan, label: str) -> np.ndarray:
 def sample(obj: Any, runs: tuple[int, int, int]) -> np.ndarray:
     """The sample's runs of consecutive values (views.stats), sliced on the device, then copied."""
     tf = _tf()
-    count, stride, length = runs
-    return _to_host(tf.reshape(tf.reshape(obj, [-1])[: count * stride], [count, stride])[:, :length])
+    flat = tf.reshape(obj, [-1])
+    if runs[0] == 1:  # the whole (small) array
+        return _to_host(flat)
+    return _to_host(tf.gather(flat, run_positions(runs)))  # two eager ops whatever the number of runs
 
 
 def whole(obj: Any, label: str) -> np.ndarray:
