@@ -20,12 +20,13 @@ MESSAGES = {
     "gradients": (
         "Values: gradients is selected, but Beholder is not watching a model.\n"
         "Call beholder.watch(model) once (a torch module), or pass them yourself:\n"
-        "    beholder.update(arrays={n: p.grad for n, p in model.named_parameters()})"
+        "    beholder.update(arrays={n: p.grad for n, p in model.named_parameters()})\n"
+        "and pick \"Arrays\" (the Keras demo passes its gradients that way)."
     ),
     "activations": (
         "Values: activations is selected, but Beholder is not watching a model.\n"
         "Call beholder.watch(model) once (torch), or beholder.watch(model, probe=x) (Keras),\n"
-        "or pass layer outputs yourself: beholder.update(arrays={'conv1': out1})"
+        "or pass layer outputs yourself, update(arrays={'conv1': out1}), and pick \"Arrays\"."
     ),
     "trainable_variables": (
         "Values: trainable variables is selected, but Beholder does not know them.\n"
