@@ -1,10 +1,13 @@
-"""Serving frames: PNGs encoded once for all viewers, and waiting for new frames without spinning.
+"""Serving frames: PNGs or palette indices computed once for all viewers, and waiting without spinning.
 
 One `FrameHub` belongs to the plugin. For each frame file it keeps the last
 encoded PNG keyed by the file's identity (inode, size, mtime) of exactly the
 bytes that were read, so a frame is read and encoded once however many
-viewers ask for it. Encodings of files nobody has asked for lately are
-dropped once the cached PNGs pass `MAX_CACHED_PNG_BYTES`.
+viewers ask for it. For the frame-data route it likewise keeps, per file
+identity, the palette index of every value of a "sections" frame
+(`FrameData`), which browsers widen and colour themselves: no image is
+encoded for them. Encodings and indices of files nobody has asked for
+lately are dropped once together they pass `MAX_CACHED_PNG_BYTES`.
 
 Value look-ups use the frame's parsed header, cached per (file, identity):
 the first look-up on a frame reads its header (or takes it from the cached
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import threading
 import time
@@ -33,11 +37,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from beholder_plugin.protocol.files import FileRefused, files_for
 from beholder_plugin.protocol.frame_format import (
     MAX_FRAME_BYTES,
+    PALETTE_BYTES,
     PREFIX_BYTES,
     Frame,
     FrameFormatError,
@@ -47,6 +53,7 @@ from beholder_plugin.protocol.frame_format import (
     parse_header,
     value_at,
 )
+from beholder_plugin.protocol.scaling import palette_indices
 
 # zlib level 1: about three times faster than the default for a ~1000 x 768 frame,
 # and palette frames compress well anyway.
@@ -110,21 +117,25 @@ class EncodedFrame:
 
     def headers(self) -> list[tuple[str, str]]:
         """HTTP headers describing this frame (ETag plus the frame header's main fields)."""
-        head = self.header
-        out = [("ETag", self.etag)]
-        for key, name in (
-            ("frame_id", "X-Beholder-Frame-Id"),
-            ("time", "X-Beholder-Frame-Time"),
-            ("writer", "X-Beholder-Writer"),
-            ("values", "X-Beholder-Values"),
-            ("step", "X-Beholder-Step"),
-        ):
-            if key in head and isinstance(head[key], (str, int, float)):
-                out.append((name, str(head[key])))
-        out.append(("X-Beholder-Size", f"{head.get('width')}x{head.get('height')}"))
-        out.extend(trainer_health_headers(head))
-        out.extend(storage_headers(head))
-        return out
+        return frame_headers(self.etag, self.header)
+
+
+def frame_headers(etag: str, head: dict[str, Any]) -> list[tuple[str, str]]:
+    """HTTP headers describing a frame: its ETag plus the frame header's main fields."""
+    out = [("ETag", etag)]
+    for key, name in (
+        ("frame_id", "X-Beholder-Frame-Id"),
+        ("time", "X-Beholder-Frame-Time"),
+        ("writer", "X-Beholder-Writer"),
+        ("values", "X-Beholder-Values"),
+        ("step", "X-Beholder-Step"),
+    ):
+        if key in head and isinstance(head[key], (str, int, float)):
+            out.append((name, str(head[key])))
+    out.append(("X-Beholder-Size", f"{head.get('width')}x{head.get('height')}"))
+    out.extend(trainer_health_headers(head))
+    out.extend(storage_headers(head))
+    return out
 
 
 def storage_headers(head: dict[str, Any]) -> list[tuple[str, str]]:
@@ -165,6 +176,88 @@ def encode_frame_file(data: bytes, identity: tuple) -> EncodedFrame:
         header=frame.header,
         data_offset=_data_offset(data),
     )
+
+
+# The frame-data payload (docs/http-api.md): magic, JSON length, JSON, palette, then the indices.
+DATA_MAGIC = b"BHDATA1\0"
+
+
+@dataclass
+class FrameData:
+    """A "sections" frame as the browser draws it: each section's compact palette indices, computed once.
+
+    ``whole`` is the complete frame-data answer (built once, sent as is to
+    every viewer of the whole frame); answers for some rows are cut from it.
+    """
+
+    identity: tuple
+    etag: str
+    header: dict[str, Any]
+    whole: bytes
+    starts: list[int]  # where each section's indices start in `whole`
+    data_offset: int = 0
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The same HTTP headers as the frame's PNG answer."""
+        return frame_headers(self.etag, self.header)
+
+    def overlapping(self, first: int, last: int) -> list[int]:
+        """Indices of the sections that share a row with rows first..last (inclusive)."""
+        return [i for i, rec in enumerate(self.header["sections"])
+                if rec["top"] <= last and rec["top"] + rec["height"] > first]
+
+    def payload(self, rows: tuple[int, int] | None = None) -> bytes:
+        """The binary answer: all sections, or those overlapping rows (first, last) inclusive."""
+        if rows is None:
+            return self.whole
+        view = memoryview(self.whole)
+        chosen = self.overlapping(*rows)
+        parts = [view[self.starts[i] : self.starts[i] + _compact_size(self.header["sections"][i])]
+                 for i in chosen]
+        palette_at = self.starts[0] - PALETTE_BYTES  # a sections frame has at least one section
+        return _data_answer(self.header, chosen, rows, view[palette_at : palette_at + PALETTE_BYTES], parts)
+
+
+def _compact_size(rec: dict[str, Any]) -> int:
+    """How many compact values (and palette indices) a section record has."""
+    return int(rec["compact"][0]) * int(rec["compact"][1])
+
+
+def _data_answer(head: dict[str, Any], chosen: Any, rows: tuple[int, int] | None, palette: Any,
+                 parts: list[Any]) -> bytes:
+    """A frame-data answer: magic, description length, description, palette, then the sections' indices."""
+    records, offset = [], 0
+    for i, part in zip(chosen, parts):
+        rec = head["sections"][i]
+        records.append({"index": i, "top": rec["top"], "height": rec["height"], "source": rec["source"],
+                        "compact": rec["compact"], "offset": offset})
+        offset += len(part)
+    doc = {"width": head["width"], "height": head["height"], "colormap": head.get("colormap"),
+           "sections": records, "rows": None if rows is None else list(rows), "bytes": offset}
+    text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    return b"".join([DATA_MAGIC, len(text).to_bytes(4, "little"), text, palette, *parts])
+
+
+def frame_data_of(data: bytes, identity: tuple) -> FrameData | EncodedFrame:
+    """A frame file's bytes as FrameData (a "sections" frame) or, for any other frame, its PNG encoding."""
+    header, offset = parse_header(bytes(data[: header_span(bytes(data[:PREFIX_BYTES]))]))
+    if header["encoding"] != "sections":
+        return encode_frame_file(data, identity)
+    if len(data) != offset + data_size(header):
+        raise FrameFormatError(
+            f"frame file is {len(data)} bytes, its header implies {offset + data_size(header)} "
+            "(a torn or foreign file)"
+        )
+    count = header["value_count"]
+    sections = header["sections"]
+    indices = palette_indices(np.frombuffer(data, "<f4", count, offset), sections)
+    palette = bytes(data[offset + 4 * count : offset + 4 * count + PALETTE_BYTES])
+    parts = [indices[int(rec["values"]) : int(rec["values"]) + _compact_size(rec)].data for rec in sections]
+    whole = _data_answer(header, range(len(sections)), None, palette, parts)
+    first = len(whole) - sum(len(p) for p in parts)
+    starts = list(np.cumsum([first] + [len(p) for p in parts[:-1]]).tolist())
+    return FrameData(identity=identity, etag=_etag_for(header, identity), header=header, whole=whole,
+                     starts=starts, data_offset=offset)
 
 
 def _data_offset(data: bytes) -> int:
@@ -226,6 +319,12 @@ def _etag_for(header: dict[str, Any], identity: tuple) -> str:
     return '"' + hashlib.sha1(repr(identity).encode()).hexdigest()[:16] + '"'
 
 
+def _cached_bytes(slot: _Slot) -> int:
+    """Bytes a slot's cached PNG and palette indices hold."""
+    png = len(slot.encoded.png) if slot.encoded is not None else 0
+    return png + (len(slot.data.whole) if slot.data is not None else 0)
+
+
 class _Slot:
     """Per-file state: the cached encoding and the watcher's bookkeeping."""
 
@@ -233,6 +332,7 @@ class _Slot:
         self.path = path
         self.encode_lock = threading.Lock()
         self.encoded: EncodedFrame | None = None
+        self.data: FrameData | None = None  # the frame's palette indices, for the frame-data route
         self.cond = threading.Condition()
         self.version = 0  # bumped by the watcher whenever the file's identity changes
         self.identity: tuple | None = None
@@ -250,6 +350,7 @@ class FrameHub:
         self.slow_poll = slow_poll
         self.idle_exit = idle_exit
         self.encodings = 0  # how many times a frame was read and encoded (for tests and stats)
+        self.index_computations = 0  # how many times a frame's palette indices were computed (likewise)
         self.header_reads = 0  # how many times a header was read for value look-ups (likewise)
         self._slots: dict[str, _Slot] = {}
         self._headers: OrderedDict[tuple, tuple[dict[str, Any], int]] = OrderedDict()
@@ -300,19 +401,55 @@ class FrameHub:
                 self._trim_encodings(keep=slot)
             return cached if cached.matches(expect) else None
 
+    def frame_data(self, path: str, expect: tuple[str, int] | None = None) -> FrameData | EncodedFrame | None:
+        """The current frame as palette indices (FrameData), or as PNG when it is not a "sections" frame.
+
+        Like latest(): cached per file identity and shared by all viewers
+        (the indices are computed once per frame version, and no image is
+        encoded for a "sections" frame), None when there is no file or it
+        holds another frame than ``expect``.
+        """
+        slot = self._slot(path)
+        slot.last_used = time.monotonic()
+        identity = file_identity(slot.path)
+        with slot.encode_lock:
+            if identity is None:
+                return None
+            for cached in (slot.data, slot.encoded):
+                if cached is not None and cached.identity == identity and (
+                    isinstance(cached, FrameData) or cached.header.get("encoding") != "sections"
+                ):
+                    return cached if _stamp(cached.header) == expect or expect is None else None
+            try:
+                found = files_for(slot.path).read_with_identity(slot.path, MAX_FRAME_BYTES)
+            except FileRefused as exc:
+                raise FrameFormatError(str(exc)) from None
+            if found is None:
+                return None
+            data, identity = found
+            made = frame_data_of(data, identity)
+            if isinstance(made, FrameData):
+                self.index_computations += 1
+                slot.data = made
+            else:
+                self.encodings += 1
+                slot.encoded = made
+            self._trim_encodings(keep=slot)
+            return made if expect is None or _stamp(made.header) == expect else None
+
     def _trim_encodings(self, keep: _Slot) -> None:
-        """Drop the least recently used encodings while the cached PNGs exceed MAX_CACHED_PNG_BYTES."""
+        """Drop the least recently used encodings while cached PNGs and indices pass MAX_CACHED_PNG_BYTES."""
         with self._lock:
-            slots = [s for s in self._slots.values() if s.encoded is not None]
-        total = sum(len(s.encoded.png) for s in slots if s.encoded is not None)
+            slots = [s for s in self._slots.values() if s.encoded is not None or s.data is not None]
+        total = sum(_cached_bytes(s) for s in slots)
         for slot in sorted(slots, key=lambda s: s.last_used):
             if total <= MAX_CACHED_PNG_BYTES:
                 break
-            encoded = slot.encoded
-            if slot is keep or encoded is None:
+            if slot is keep:
                 continue
+            total -= _cached_bytes(slot)
             slot.encoded = None  # a request holding it keeps its reference; the next one re-reads
-            total -= len(encoded.png)
+            slot.data = None
 
     def header(self, path: str) -> tuple[tuple[dict[str, Any], int], tuple] | None:
         """((header, data offset), identity) of the frame file at path; None if there is no file.
@@ -355,9 +492,9 @@ class FrameHub:
                 return found
         with self._lock:
             slot = self._slots.get(key)
-        encoded = slot.encoded if slot is not None else None
-        if encoded is not None and encoded.identity == identity:
-            return encoded.header, encoded.data_offset
+        for cached in (slot.encoded, slot.data) if slot is not None else ():
+            if cached is not None and cached.identity == identity:
+                return cached.header, cached.data_offset
         return None
 
     def value_at(
@@ -402,14 +539,18 @@ class FrameHub:
             }
         raise FileNotFoundError(path)
 
-    def wait_newer(self, path: str, etag: str | None, timeout: float) -> EncodedFrame | None:
-        """The first frame whose ETag is not `etag`, waiting at most `timeout` s (None if none)."""
+    def wait_newer(self, path: str, etag: str | None, timeout: float, as_data: bool = False) -> Any:
+        """The first frame whose ETag is not `etag`, waiting at most `timeout` s (None if none).
+
+        An EncodedFrame, or with ``as_data`` what frame_data() gives.
+        """
         slot = self._slot(path)
         deadline = time.monotonic() + max(0.0, timeout)
+        load = self.frame_data if as_data else self.latest
         while True:
             with slot.cond:
                 seen = slot.version
-            frame = self.latest(path)
+            frame = load(path)
             if frame is not None and frame.etag != etag:
                 return frame
             remaining = deadline - time.monotonic()

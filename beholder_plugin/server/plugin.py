@@ -35,7 +35,7 @@ from beholder_plugin.protocol.runfiles import (
 )
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError, validate_changes
 from beholder_plugin.server.diff import DiffCache, DiffError
-from beholder_plugin.server.frames import EncodedFrame, FrameHub
+from beholder_plugin.server.frames import EncodedFrame, FrameData, FrameHub
 from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
@@ -87,6 +87,30 @@ def _pixel_coordinate(raw: str | None, name: str) -> int:
     if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or int(raw) >= 1 << 31:
         raise RunError(f"query parameter {name!r} must be a pixel coordinate (a whole number >= 0)", 400)
     return int(raw)
+
+
+def _live_timeout(raw: str) -> float:
+    """?timeout= of a long poll in seconds (RunError 400 unless a number from 0 to MAX_LIVE_TIMEOUT)."""
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = float("nan")
+    if not math.isfinite(timeout) or not 0 <= timeout <= MAX_LIVE_TIMEOUT:
+        raise RunError(f"'timeout' must be a number of seconds from 0 to {MAX_LIVE_TIMEOUT:g}", 400)
+    return timeout
+
+
+def _row_range(raw: str | None) -> tuple[int, int] | None:
+    """?rows=A-B (first and last row, inclusive) as a pair, None when absent (RunError 400 if malformed)."""
+    if raw is None:
+        return None
+    first, sep, last = raw.partition("-")
+    if not sep:
+        raise RunError("query parameter 'rows' must be FIRST-LAST (whole numbers, FIRST <= LAST)", 400)
+    a, b = _pixel_coordinate(first, "rows"), _pixel_coordinate(last, "rows")
+    if a > b:
+        raise RunError("query parameter 'rows' must be FIRST-LAST (whole numbers, FIRST <= LAST)", 400)
+    return a, b
 
 
 def section_table(frame: EncodedFrame | None) -> dict[str, Any]:
@@ -167,6 +191,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
             "/runs": self._serve_runs,
             "/frame": self._serve_frame,
             "/live": self._serve_live,
+            "/frame-data": self._serve_frame_data,
+            "/live-data": self._serve_live_data,
             "/section-info": self._serve_section_info,
             "/value": self._serve_value,
             "/history": self._serve_history,
@@ -249,18 +275,45 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @_with_run
     def _serve_live(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """Long polling: the first frame whose ETag is not ?after=, or 204 after ?timeout= s."""
-        raw_timeout = request.args.get("timeout", str(DEFAULT_LIVE_TIMEOUT))
-        try:
-            timeout = float(raw_timeout)
-        except ValueError:
-            timeout = float("nan")
-        if not math.isfinite(timeout) or not 0 <= timeout <= MAX_LIVE_TIMEOUT:
-            message = f"'timeout' must be a number of seconds from 0 to {MAX_LIVE_TIMEOUT:g}"
-            return _error(request, message, 400)
+        timeout = _live_timeout(request.args.get("timeout", str(DEFAULT_LIVE_TIMEOUT)))
         frame = self._hub.wait_newer(self._frame_path(run), request.args.get("after"), timeout)
         if frame is None:
             return http_util.Respond(request, b"", "image/png", code=204)
         return http_util.Respond(request, frame.png, "image/png", headers=frame.headers())
+
+    def _data_response(self, request: wrappers.Request, found: FrameData | EncodedFrame,
+                       rows: tuple[int, int] | None, conditional: bool = True) -> wrappers.Response:
+        """A frame-data answer: a "sections" frame as bytes, any other frame as PNG (304 on a match)."""
+        if isinstance(found, EncodedFrame):
+            if conditional:
+                return self._frame_response(request, found)
+            return http_util.Respond(request, found.png, "image/png", headers=found.headers())
+        headers = found.headers()
+        if conditional and request.if_none_match and request.if_none_match.contains(found.etag.strip('"')):
+            return http_util.Respond(request, b"", "application/octet-stream", code=304, headers=headers)
+        return http_util.Respond(request, found.payload(rows), "application/octet-stream", headers=headers)
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_frame_data(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """The latest frame (or ?frame=, a kept one) as palette indices per section; PNG for other frames."""
+        rows = _row_range(request.args.get("rows"))
+        name = request.args.get("frame")
+        found = self._hub.frame_data(*self._kept_frame(run, name))
+        if found is None:
+            return _error(request, _no_frame(run, name), 404)
+        return self._data_response(request, found, rows)
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_live_data(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """Long polling as /live, answering as frame-data (?rows= too)."""
+        rows = _row_range(request.args.get("rows"))
+        timeout = _live_timeout(request.args.get("timeout", str(DEFAULT_LIVE_TIMEOUT)))
+        found = self._hub.wait_newer(self._frame_path(run), request.args.get("after"), timeout, as_data=True)
+        if found is None:
+            return http_util.Respond(request, b"", "application/octet-stream", code=204)
+        return self._data_response(request, found, rows, conditional=False)
 
     @wrappers.Request.application
     @_with_run

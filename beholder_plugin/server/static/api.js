@@ -1,4 +1,5 @@
 // Talking to the plugin's HTTP routes (see docs/http-api.md).
+import { FrameDataError, parseFrameData } from "./framedata.js";
 
 // index.js is served at /data/plugin/beholder/static/; the routes are one level up.
 const BASE = new URL("../", import.meta.url);
@@ -84,18 +85,26 @@ export function frameMeta(response) {
   };
 }
 
-/** GET a kept frame (history/frame); resolves to {blob, meta}. */
+/** A frame answer's content: parsed frame data (application/octet-stream) or a PNG Blob. */
+export async function frameContent(response) {
+  const type = response.headers.get("Content-Type") || "";
+  if (type.startsWith("application/octet-stream")) return parseFrameData(await response.arrayBuffer());
+  return response.blob();
+}
+
+/** GET a kept frame (frame-data?frame=, PNG for user frames); resolves to {content, meta}. */
 export async function getKeptFrame(run, name, signal = undefined) {
-  const response = await fetch(routeUrl("history/frame", { run, name }), { cache: "no-store", signal });
+  const response = await fetch(routeUrl("frame-data", { run, frame: name }), { cache: "no-store", signal });
   if (!response.ok) throw await failure(response);
-  const blob = await response.blob();
-  return { blob, meta: { ...frameMeta(response), kept: name } };
+  const content = await frameContent(response);
+  return { content, meta: { ...frameMeta(response), kept: name } };
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Long-polls /live for one run and hands every new frame to onFrame(blob, meta).
+ * Long-polls live-data for one run and hands every new frame to onFrame(content, meta), content
+ * being parsed frame data or, for user frames and placeholders (or with usePng), a PNG Blob.
  * onStatus({connected, error}) reports the connection; failures are retried
  * with a growing delay, so a restarted TensorBoard is picked up by itself.
  */
@@ -105,6 +114,8 @@ export class LiveFeed {
     this.onStatus = onStatus;
     this.generation = 0;
     this.controller = null;
+    this.usePng = false; // true: the PNG route (/live), e.g. where the frame-data route is missing
+    this.rows = () => null; // the rows to ask for ("A-B", a viewport), or null for whole frames
   }
 
   /** Follow a run (stopping any previous one). */
@@ -127,7 +138,8 @@ export class LiveFeed {
     let backoff = 250;
     while (generation === this.generation) {
       try {
-        const url = routeUrl("live", { run, after: etag, timeout: 10 });
+        const rows = this.usePng ? null : this.rows();
+        const url = routeUrl(this.usePng ? "live" : "live-data", { run, after: etag, timeout: 10, rows });
         const response = await fetch(url, { cache: "no-store", signal });
         if (generation !== this.generation) return;
         if (response.status === 204) {
@@ -135,15 +147,16 @@ export class LiveFeed {
           continue;
         }
         if (!response.ok) throw await failure(response);
-        const blob = await response.blob();
+        const content = await frameContent(response);
         if (generation !== this.generation) return;
         const meta = { ...frameMeta(response), kept: null };
         etag = meta.etag;
-        await this.onFrame(blob, meta);
+        await this.onFrame(content, meta);
         this.onStatus({ connected: true, error: null });
         backoff = 250;
       } catch (error) {
         if (signal.aborted || generation !== this.generation) return;
+        if (error instanceof FrameDataError) this.usePng = true; // draw PNG frames from now on
         this.onStatus({ connected: false, error });
         await sleep(backoff);
         backoff = Math.min(backoff * 2, 4000);

@@ -1,6 +1,6 @@
 // The Beholder dashboard: run selection, the live frame, the info panel, the
 // status line and the toolbar, wired to the plugin's routes.
-import { LiveFeed, getJSON, getKeptFrame, postConfig } from "./api.js";
+import { LiveFeed, frameContent, getJSON, getKeptFrame, postConfig, routeUrl } from "./api.js";
 import { buildToolbar } from "./controls.js";
 import { h } from "./dom.js";
 import { age, sci, shape } from "./format.js";
@@ -18,6 +18,8 @@ const FPS_WINDOW_MS = 2000;
 const VIDEOS_EVERY_MS = 10000;
 // No frame for this long (plus three frame intervals at the configured FPS) reads as "trainer stopped?".
 const STALE_AFTER_S = 5;
+// Live frames taller than this are fetched around the rows on screen only (plus a screen each side).
+const VIEWPORT_MIN_ROWS = 4000;
 
 function welcomePage() {
   return h(
@@ -61,6 +63,10 @@ export class Dashboard {
     this.lastData = null; // the frame data on screen ("sections" frames, drawn here), else null
     this.palettes = null; // palette words by colormap name, from the colormaps route
     this.image = null; // the ImageData frames are painted into, reused while the size stays
+    this.covered = null; // [first, last] rows of the canvas painted from the frame on screen (all: null)
+    this.viewportLoads = 0; // counts viewport fetches, so that a slow one never paints over a newer one
+    this.viewportBusy = false; // a viewport fetch is in flight
+    this.viewportAgain = false; // the page scrolled meanwhile
     this.lastMeta = null;
     this.sections = [];
     this.infoKey = null;
@@ -92,6 +98,7 @@ export class Dashboard {
       transport: null, // how the frame on screen came: "data" (drawn here from frame-data) or "png"
       colormap: null, // the colormap it was drawn with (frame data only)
       paints: 0, // how many times frame data was painted (frames and colormap redraws)
+      rows: null, // the rows of the last frame data painted ("A-B"), null when whole
       configBusy: 0, // settings changes not yet answered
       drawn: [], // the last 500 frames: {frameId, writer, time: ms since epoch when drawn}
     };
@@ -161,10 +168,13 @@ export class Dashboard {
       (content, meta) => this.showFrame(content, meta),
       (state) => this.liveStatus(state),
     );
+    this.feed.rows = () => this.wantedRows();
     window.addEventListener("resize", () => {
       this.renderInfo();
       this.inspector.placeCross();
+      this.checkViewport();
     });
+    window.addEventListener("scroll", () => this.checkViewport(), { passive: true });
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden && this.run !== null) this.loadConfig();
     });
@@ -234,6 +244,8 @@ export class Dashboard {
     this.stats.run = run;
     this.lastBlob = null;
     this.lastData = null;
+    this.covered = null;
+    this.config = null; // another run's colormap must not colour this run's frames
     this.lastMeta = null;
     this.sections = [];
     this.infoKey = null;
@@ -277,7 +289,8 @@ export class Dashboard {
   /** Show a config answer that was asked for when changeSeq was sentAt (own: the answer to our POST). */
   applyConfigReply(reply, sentAt, own = false) {
     const skip = this.keysToKeep(sentAt, own);
-    const kept = Object.fromEntries([...skip].map((key) => [key, this.config?.[key]]));
+    const kept = Object.fromEntries([...skip].filter((key) => this.config && key in this.config)
+      .map((key) => [key, this.config[key]]));
     this.config = { ...reply.config, ...kept };
     if (this.lastData && this.config.colormap !== this.stats.colormap) this.paint();
     this.toolbar.apply(reply.config, skip);
@@ -440,10 +453,85 @@ export class Dashboard {
       this.image = ctx.createImageData(width, height);
     }
     const { name, words } = this.paletteFor(data);
-    paintFrameData(data, words, this.image);
-    ctx.putImageData(this.image, 0, 0);
+    const rows = data.doc.rows;
+    if (rows === null) {
+      paintFrameData(data, words, this.image);
+      ctx.putImageData(this.image, 0, 0);
+      this.covered = null;
+    } else {
+      // Only the sections near the rows on screen came: paint them, and the separators between.
+      const first = Math.min(rows[0], height - 1);
+      const last = Math.min(rows[1], height - 1);
+      new Uint32Array(this.image.data.buffer, 4 * first * width, (last - first + 1) * width).fill(words[0]);
+      paintFrameData(data, words, this.image, false);
+      const top = Math.min(first, ...data.doc.sections.map((rec) => rec.top));
+      const bottom = Math.max(last + 1, ...data.doc.sections.map((rec) => rec.top + rec.height));
+      ctx.putImageData(this.image, 0, 0, 0, top, width, bottom - top);
+      this.covered = [first, last];
+    }
+    this.stats.rows = rows === null ? null : rows.join("-");
     this.stats.colormap = name;
     this.stats.paints++;
+  }
+
+  /** Rows of a tall frame on screen, widened by margin screens each side: [first, last], or null (fetch all). */
+  screenRows(margin) {
+    const height = this.canvas.height;
+    if (height <= VIEWPORT_MIN_ROWS || this.stage.hidden || this.lastData === null) return null;
+    const rect = this.canvas.getBoundingClientRect();
+    if (!(rect.height > 0)) return null;
+    const perRow = rect.height / height; // CSS pixels per frame row
+    const screen = window.innerHeight;
+    const first = Math.max(0, Math.floor((-rect.top - margin * screen) / perRow));
+    const last = Math.min(height - 1, Math.ceil(((1 + margin) * screen - rect.top) / perRow));
+    return last >= first ? [first, last] : [0, 0];
+  }
+
+  /** The rows live frames are fetched for: "A-B" around the screen, or null (whole frames). */
+  wantedRows() {
+    const rows = this.screenRows(1);
+    return rows === null ? null : rows.join("-");
+  }
+
+  /** After a scroll or resize: fetch and paint the rows now on screen when they were not painted. */
+  async checkViewport() {
+    if (this.lastData === null || this.covered === null) return;
+    if (this.viewportBusy) {
+      this.viewportAgain = true; // look again once the fetch in flight has been painted
+      return;
+    }
+    const onScreen = this.screenRows(0);
+    if (onScreen !== null && onScreen[0] >= this.covered[0] && onScreen[1] <= this.covered[1]) return;
+    this.viewportBusy = true;
+    try {
+      await this.fetchRows(onScreen === null ? null : this.wantedRows());
+    } finally {
+      this.viewportBusy = false;
+    }
+    if (this.viewportAgain) {
+      this.viewportAgain = false;
+      this.checkViewport();
+    }
+  }
+
+  /** Fetch the frame on screen's data for these rows (null: all) and paint it, unless another came meanwhile. */
+  async fetchRows(rows) {
+    const load = ++this.viewportLoads;
+    const shown = this.lastData;
+    const kept = this.paused ? this.stats.kept : null;
+    try {
+      const response = await fetch(routeUrl("frame-data", { run: this.run, frame: kept || undefined, rows }),
+        { cache: "no-store" });
+      if (!response.ok) return;
+      const content = await frameContent(response);
+      if (load !== this.viewportLoads || this.lastData !== shown || content instanceof Blob) return;
+      const { width, height } = content.doc;
+      if (width !== this.canvas.width || height !== this.canvas.height) return;
+      this.lastData = content; // the newest frame's rows (while live, maybe a newer frame than shown)
+      this.paint();
+    } catch (_) {
+      // the next frame or scroll tries again
+    }
   }
 
   /** The trainer's failure count, last error and skipped frames, from the frame header, when any. */
@@ -633,9 +721,14 @@ export class Dashboard {
   }
 
   /** Save the frame on screen as a PNG file (the served PNG, or the canvas for frames drawn here). */
-  download() {
-    if (this.lastBlob) this.save(this.lastBlob);
-    else if (this.lastData) this.canvas.toBlob((blob) => blob && this.save(blob), "image/png");
+  async download() {
+    if (this.lastBlob) {
+      this.save(this.lastBlob);
+      return;
+    }
+    if (!this.lastData) return;
+    if (this.covered !== null) await this.fetchRows(null); // only rows near the screen were painted
+    this.canvas.toBlob((blob) => blob && this.save(blob), "image/png");
   }
 
   /** Offer a PNG Blob as a download named after the run and frame. */

@@ -1,0 +1,250 @@
+"""End to end: "sections" frames drawn in Chromium from the frame-data route equal the PNG, pixel for pixel.
+
+One TensorBoard, one trainer and one page, shared; the tests run in file order.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+from server_support import (
+    BASE,
+    BROWSER_MARKS,
+    TRAINER_FRAME_SHAPE,
+    TensorBoard,
+    Trainer,
+    beholder_frame,
+    chromium_page,
+    read_config_file,
+    set_config,
+    wait_for,
+)
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.layout import compact_map, resize_indices
+from beholder_plugin.protocol.runfiles import read_frame_file
+from beholder_plugin.trainer.colormaps import palette_for
+
+pytestmark = BROWSER_MARKS
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """A trainer writing a run of four sections, TensorBoard, and the dashboard in Chromium."""
+    logdir = tmp_path_factory.mktemp("logs")
+    live = logdir / "live"
+    set_config(live, values="arrays", mode="current", FPS=30, colormap="magma")
+    trainer = Trainer(live, log_path=str(logdir.parent / "trainer.log")).start()
+    tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
+    try:
+        tb.start()
+        wait_for(lambda: read_frame_file(live), timeout=60, message="the trainer's first frame")
+        with chromium_page() as page:
+            page.goto(tb.url + "/#beholder")
+            yield {"live": live, "tb": tb, "frame": beholder_frame(page)}
+    finally:
+        trainer.stop()
+        tb.stop()
+
+
+def stats(frame) -> dict:
+    """The dashboard's counters (window.beholder in the iframe)."""
+    return frame.evaluate("({...window.beholder, drawn: window.beholder.drawn.length})")
+
+
+def config_becomes(session, key: str, value) -> None:
+    """Wait until config.json on disk holds key = value and no settings change is pending."""
+    wait_for(lambda: read_config_file(session["live"])[key] == value
+             and not stats(session["frame"])["configBusy"], timeout=10, message=f"{key}={value}")
+
+
+def canvas_pixels(frame) -> tuple[np.ndarray, dict]:
+    """The canvas as (H, W, 3) RGB (through a lossless PNG data URL), and the stats at that moment."""
+    found = frame.evaluate(
+        "() => ({url: document.querySelector('#frame').toDataURL('image/png'), stats: {...window.beholder}})"
+    )
+    data = base64.b64decode(found["url"].split(",", 1)[1])
+    rgba = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+    assert (rgba[..., 3] == 255).all()
+    return rgba[..., :3], found["stats"]
+
+
+def served_png(session) -> tuple[Image.Image, dict]:
+    """The /frame PNG of the live run, and its headers."""
+    with urllib.request.urlopen(f"{session['tb'].url}{BASE}/frame?run=live", timeout=10) as resp:
+        return Image.open(io.BytesIO(resp.read())), dict(resp.headers)
+
+
+def freeze(session) -> dict:
+    """Stop the trainer (FPS 0) and wait until the dashboard shows the last frame it wrote."""
+    frame = session["frame"]
+    frame.eval_on_selector(
+        "#fps",
+        """el => { el.value = '0'; el.dispatchEvent(new Event('input', {bubbles: true}));
+                   el.dispatchEvent(new Event('change', {bubbles: true})); }""",
+    )
+    config_becomes(session, "FPS", 0)
+
+    time.sleep(1.0)  # a frame the trainer had already begun may still arrive
+
+    def settled() -> dict | None:
+        on_disk = read_frame_file(session["live"]).header["frame_id"]
+        s = stats(frame)
+        return s if s["frameId"] == on_disk and s["transport"] == "data" else None
+
+    return wait_for(settled, timeout=20, message="the trainer's last frame on screen")
+
+
+def unfreeze(session) -> None:
+    """FPS back to 30."""
+    session["frame"].eval_on_selector(
+        "#fps",
+        """el => { el.value = '30'; el.dispatchEvent(new Event('input', {bubbles: true}));
+                   el.dispatchEvent(new Event('change', {bubbles: true})); }""",
+    )
+    config_becomes(session, "FPS", 30)
+
+
+def test_resize_rule_in_the_browser_is_layout_resize_indices(session):
+    rng = np.random.default_rng(3)
+    pairs = [(112, 768), (30, 768), (1500, 1500), (5000, 768), (1, 128), (3, 7)]
+    pairs += [(int(a), int(b)) for a, b in zip(rng.integers(1, 6000, 200), rng.integers(1, 3000, 200))]
+    found = session["frame"].evaluate(
+        """async (pairs) => {
+          const m = await import(new URL('/data/plugin/beholder/static/framedata.js', location.href).href);
+          return pairs.map(([s, d]) => [Array.from(m.resizeIndices(s, d)), Array.from(m.compactMap(s, d))]);
+        }""",
+        pairs,
+    )
+    for (src, dst), (indices, compact) in zip(pairs, found):
+        assert indices == resize_indices(src, dst).tolist(), (src, dst)
+        assert compact == compact_map(src, dst).tolist(), (src, dst)
+
+
+def test_live_frames_come_as_frame_data(session):
+    frame = session["frame"]
+    start = wait_for(lambda: (s := stats(frame))["framesReceived"] > 0 and s, message="a frame")
+    s = wait_for(lambda: (s := stats(frame))["framesReceived"] >= start["framesReceived"] + 3 and s,
+                 message="three more frames")
+    assert s["transport"] == "data"
+    assert s["colormap"] == "magma"
+    assert (s["width"], s["height"]) == (768, 4 * 128 + 3 * 5)
+
+
+@pytest.mark.parametrize("show_all", [False, True])
+def test_canvas_equals_the_served_png_pixel_for_pixel(session, show_all):
+    frame = session["frame"]
+    if show_all:
+        frame.check("#show-all")
+        config_becomes(session, "show_all", True)
+        wait_for(lambda: stats(frame)["width"] == 1500, message="a 1500 px wide frame")
+    try:
+        shown = freeze(session)
+        pixels, at = canvas_pixels(frame)
+        png, headers = served_png(session)
+        assert headers["X-Beholder-Frame-Id"] == str(shown["frameId"]) == str(at["frameId"])
+        assert at["transport"] == "data" and at["colormap"] == "magma"
+        expected = np.asarray(png.convert("RGB"))
+        assert pixels.shape == expected.shape == ((4 * 128 + 3 * 5), 1500 if show_all else 768, 3)
+        np.testing.assert_array_equal(pixels, expected)
+        # Several colours in every section: a blank or one-colour canvas would not pass.
+        for top in (0, 133, 266, 399):
+            assert len(np.unique(pixels[top : top + 128].reshape(-1, 3), axis=0)) > 8
+    finally:
+        unfreeze(session)
+        if show_all:
+            frame.uncheck("#show-all")
+            config_becomes(session, "show_all", False)
+            wait_for(lambda: stats(frame)["width"] == 768, message="a 768 px frame")
+
+
+def test_colormap_change_redraws_without_a_new_frame(session):
+    frame = session["frame"]
+    shown = freeze(session)
+    try:
+        png, headers = served_png(session)
+        assert headers["X-Beholder-Frame-Id"] == str(shown["frameId"])
+        indices = np.asarray(png)  # mode P: the palette indices
+        assert png.mode == "P"
+        for name in ("grayscale", "viridis"):
+            frame.select_option("#colormap", name)
+            wait_for(lambda n=name: stats(frame)["colormap"] == n, timeout=10, message=f"{name} drawn")
+            pixels, at = canvas_pixels(frame)
+            assert (at["frameId"], at["framesReceived"]) == (shown["frameId"], shown["framesReceived"])
+            assert at["paints"] > shown["paints"]
+            np.testing.assert_array_equal(pixels, palette_for(name).astype(np.uint8)[indices])
+        config_becomes(session, "colormap", "viridis")
+        assert read_frame_file(session["live"]).header["frame_id"] == shown["frameId"]  # no new frame
+    finally:
+        frame.select_option("#colormap", "magma")
+        config_becomes(session, "colormap", "magma")
+        unfreeze(session)
+
+
+def test_user_frames_still_come_as_png(session):
+    frame = session["frame"]
+    frame.check("input[name=values][value=frames]")
+    config_becomes(session, "values", "frames")
+    height, width = TRAINER_FRAME_SHAPE
+    wait_for(lambda: (s := stats(frame))["values"] == "frames" and s["transport"] == "png"
+             and (s["width"], s["height"]) == (width, height), message="the trainer's 2-D frame as PNG")
+    frame.check("input[name=values][value=arrays]")
+    config_becomes(session, "values", "arrays")
+    wait_for(lambda: (s := stats(frame))["values"] == "arrays" and s["transport"] == "data",
+             message="arrays as frame data again")
+    assert stats(frame)["colormap"] == "magma"
+
+
+def write_tall_frame(run, seed: int) -> None:
+    """One frame of 40 sections of 128 rows (5,315 rows: tall enough to be fetched by viewport)."""
+    rng = np.random.default_rng(seed)
+    with Beholder(run, strict=True, background=False) as beholder:
+        assert beholder.update(arrays={f"layer{i:02d}": rng.normal(size=(20, 30)) for i in range(40)})
+
+
+def test_tall_frames_are_fetched_around_the_screen(session):
+    frame = session["frame"]
+    tall = session["live"].parent / "tall"
+    set_config(tall, values="arrays", mode="current", FPS=30, colormap="magma")
+    write_tall_frame(tall, 1)
+    wait_for(lambda: "tall" in frame.eval_on_selector_all("#run-select option", "os => os.map(o => o.value)"),
+             timeout=30, message="the tall run in the selector")
+    frame.select_option("#run-select", "tall")
+    height = 40 * 128 + 39 * 5
+    first = wait_for(lambda: (s := stats(frame))["run"] == "tall" and s["height"] == height and s,
+                     message="the tall frame")
+    assert first["rows"] is None  # the first frame of a run comes whole
+    try:
+        write_tall_frame(tall, 2)
+        shown = wait_for(lambda: (s := stats(frame))["writer"] != first["writer"] and s,
+                         message="the second frame (another writer)")
+        first_row, last_row = (int(v) for v in shown["rows"].split("-"))
+        assert first_row == 0 and 1000 < last_row < height - 1000  # the screen and one more below
+        png, _ = served_tall_png(session)
+        pixels, _ = canvas_pixels(frame)
+        np.testing.assert_array_equal(pixels[: last_row + 1], png[: last_row + 1])
+        # The bottom still shows frame 1 (not fetched): scrolling there fetches and paints frame 2's rows.
+        assert not np.array_equal(pixels[-200:], png[-200:])
+        frame.evaluate("window.scrollTo(0, document.scrollingElement.scrollHeight)")
+        wait_for(lambda: (s := stats(frame))["rows"] and int(s["rows"].split("-")[1]) == height - 1,
+                 message="the bottom rows fetched")
+        pixels, at = canvas_pixels(frame)
+        assert (at["writer"], at["frameId"]) == (shown["writer"], shown["frameId"])
+        np.testing.assert_array_equal(pixels[-200:], png[-200:])
+    finally:
+        frame.evaluate("window.scrollTo(0, 0)")
+        frame.select_option("#run-select", "live")
+        wait_for(lambda: (s := stats(frame))["run"] == "live" and s["height"] == 4 * 128 + 3 * 5,
+                 message="the live run again")
+
+
+def served_tall_png(session) -> tuple[np.ndarray, dict]:
+    """The tall run's /frame as (H, W, 3) RGB, and its headers."""
+    with urllib.request.urlopen(f"{session['tb'].url}{BASE}/frame?run=tall", timeout=10) as resp:
+        return np.asarray(Image.open(io.BytesIO(resp.read())).convert("RGB")), dict(resp.headers)
