@@ -222,6 +222,17 @@ def test_mode_and_window_size_change_config_and_frames(session):
     config_becomes(live, "window_size", 15)
 
 
+def test_controls_follow_settings_changed_on_disk(session):
+    """Another viewer or a script changes config.json: once frames show it, the controls follow."""
+    frame, live = session["frame"], session["live"]
+    on_disk = read_config_file(live)
+    set_config(live, **{**{k: v for k, v in on_disk.items() if k != "version"}, "mode": "variance"})
+    wait_for(lambda: frame.is_checked("input[name=mode][value=variance]"), timeout=30,
+             message="the Mode control to follow config.json")
+    frame.check("input[name=mode][value=current]")  # and back, through the dashboard
+    config_becomes(live, "mode", "current")
+
+
 def test_show_all_widens_the_frame(session):
     frame, live = session["frame"], session["live"]
     frame.check("#show-all")

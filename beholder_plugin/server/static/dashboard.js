@@ -406,6 +406,7 @@ export class Dashboard {
     }
     this.welcome.hidden = true;
     this.lastMeta = meta;
+    this.followSettings(meta);
     this.renderView();
     const now = performance.now();
     this.arrivals.push(now);
@@ -666,6 +667,23 @@ export class Dashboard {
     }
     this.status.textContent = text;
     this.status.dataset.state = state;
+  }
+
+  /**
+   * Settings changed elsewhere (another viewer, a script writing config.json): when a frame was drawn
+   * with other values or mode than the controls show, read the settings again (at most every 2 s).
+   */
+  followSettings(meta) {
+    const config = this.config;
+    if (!config || meta.kept || this.configQueue.length || this.configPosting) return;
+    const values = meta.values === "placeholder" ? null : meta.values;
+    const otherValues = Boolean(values) && values !== config.values;
+    const otherMode = Boolean(meta.mode) && values !== "frames" && meta.mode !== config.mode;
+    const now = performance.now();
+    if ((otherValues || otherMode) && !(now - (this.followedAt || -Infinity) < 2000)) {
+      this.followedAt = now;
+      this.loadConfig();
+    }
   }
 
   /** The status while streaming: receiving, paused by FPS 0, or no frame for a while (trainer stopped?). */
