@@ -46,13 +46,11 @@ TENSORBOARD_WITHOUT_TF = (
 )
 
 
-@pytest.fixture
-def s3(tmp_path):
-    """moto's S3 server on a free port with an empty bucket: (environment for child processes, s3fs)."""
+def start_s3(port: int) -> tuple:
+    """moto's S3 server on a port, with the bucket: (server, environment for child processes, s3fs)."""
     import s3fs
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -61,6 +59,13 @@ def s3(tmp_path):
                            skip_instance_cache=True, use_listings_cache=False)
     if not fs.exists(BUCKET):  # moto keeps buckets per process: another test may have made it
         fs.mkdir(BUCKET)
+    return server, env, fs
+
+
+@pytest.fixture
+def s3(tmp_path):
+    """moto's S3 server on a free port with the bucket: (environment for child processes, s3fs)."""
+    server, env, fs = start_s3(free_port())
     try:
         yield env, fs
     finally:
@@ -189,20 +194,12 @@ def test_the_s3_server_going_away_and_coming_back_mid_run(tmp_path):
     warning), no failure is counted, every frame object ever read from the
     bucket is whole, and frames resume once the server is back.
     """
-    import s3fs
     from moto.server import ThreadedMotoServer
 
     from beholder_plugin.protocol.frame_format import decode_frame
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
-    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint,
-                           skip_instance_cache=True, use_listings_cache=False)
-    if not fs.exists(BUCKET):  # moto keeps buckets per process: another test may have made it
-        fs.mkdir(BUCKET)
+    server, env, fs = start_s3(port)
     stop_file = tmp_path / "stop"
     run_url = f"s3://{BUCKET}/outage-{tmp_path.name}"  # a run of its own, whatever the bucket holds
     trainer = start([PYTHON, str(ROOT / "tests" / "remote_trainer.py"), run_url, str(stop_file)],
