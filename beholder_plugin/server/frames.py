@@ -512,18 +512,28 @@ class FrameHub:
         """
         key = file_key(path)
         for attempt in range(_ATTEMPTS):
-            found = self.header(key)
-            if found is None:
-                break
-            (head, offset), identity = found
-            if expect is not None and _stamp(head) != expect:
-                break
+            before = file_identity(key)
             try:
+                found = self.header(key)
+                if found is None:
+                    break
+                (head, offset), identity = found
+                if expect is not None and _stamp(head) != expect:
+                    break
                 where = value_at(key, x, y, header=(head, offset), files=files_for(key), identity=identity)
             except FileRefused as exc:
-                if attempt + 1 < _ATTEMPTS and file_identity(key) != identity:
-                    continue  # replaced since the header was read: once more with the new one
+                if attempt + 1 < _ATTEMPTS:
+                    continue  # replaced while it was read: once more with the new file
+                if expect is not None:
+                    break  # a kept frame that kept changing under the reads: recycled, so gone
                 raise FrameFormatError(str(exc)) from None
+            except FrameFormatError:
+                # A kept frame's file caught while the trainer writes it in place reads as torn, and
+                # its identity moves under the read: that name holds no whole frame (a 404, as once
+                # the ring drops it). A file that stays as it is and is not a frame is a 500.
+                if expect is not None and file_identity(key) != before:
+                    break
+                raise
             if where is None:
                 return None
             return {

@@ -304,6 +304,7 @@ def test_look_ups_stay_consistent_while_the_trainer_writes_and_recycles_kept_fra
                 counts["gone"] += 1
             else:
                 got = json.loads(resp.get_data())
+                assert "step" in got, (resp.status_code, got)
                 assert (got["step"], got["frame_id"]) == (entry["step"], entry["frame_id"]), (got, entry)
                 assert got["value"] == base[tuple(got["index"])] + entry["step"], (got, entry)
                 counts["kept value"] += 1
