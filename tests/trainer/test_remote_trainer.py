@@ -155,38 +155,47 @@ def test_a_missing_backend_fails_at_construction_even_when_not_strict(url, monke
     assert os.listdir(".") == []
 
 
+def store_fault(monkeypatch, fs, error: Exception, methods: tuple[str, ...]) -> threading.Event:
+    """Make the store's methods raise `error` while the returned event is set (as a store going away does)."""
+    failing = threading.Event()
+    for name in methods:
+        real = getattr(fs, name)
+
+        def method(*args, _real=real, **kwargs):
+            if failing.is_set():
+                raise error
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(fs, name, method)
+    return failing
+
+
+def fault_then_recovery(beholder, failing: threading.Event, caplog, errors: int) -> list[str]:
+    """Frames, then `errors` failed writes while the fault lasts (none written), then frames again.
+
+    Returns the "cannot write frames" warnings logged meanwhile; the Beholder is closed.
+    """
+    try:
+        with caplog.at_level(logging.WARNING, logger="beholder"):
+            frames_until(beholder, lambda: beholder.frames_written >= 1)
+            failing.set()
+            written = beholder.frames_written
+            frames_until(beholder, lambda: beholder.write_errors >= errors)
+            assert beholder.frames_written == written and beholder.failures == 0
+            failing.clear()  # the store is back (or the credentials were refreshed)
+            frames_until(beholder, lambda: beholder.frames_written > written)
+    finally:
+        beholder.close()
+    return [r.getMessage() for r in caplog.records if "cannot write frames" in r.getMessage()]
+
+
 def test_an_unreachable_store_skips_frames_warns_once_and_frames_resume(url, monkeypatch, caplog):
     set_config(url, values="frames", FPS=30)
     monkeypatch.setattr(beholder_module, "WRITE_RETRY_SECONDS", 0.05)
     beholder = Beholder(url, max_remote_fps=30, config_poll_seconds=0.05)
-    fs = files_for(url).fs
-    down = threading.Event()
-    real_pipe, real_info = fs.pipe_file, fs.info
-
-    def pipe_file(*args, **kwargs):
-        if down.is_set():
-            raise ConnectionError("Could not connect to the endpoint URL")
-        return real_pipe(*args, **kwargs)
-
-    def info(*args, **kwargs):
-        if down.is_set():
-            raise ConnectionError("Could not connect to the endpoint URL")
-        return real_info(*args, **kwargs)
-
-    monkeypatch.setattr(fs, "pipe_file", pipe_file)
-    monkeypatch.setattr(fs, "info", info)
-    try:
-        with caplog.at_level(logging.WARNING, logger="beholder"):
-            frames_until(beholder, lambda: beholder.frames_written >= 1)
-            down.set()
-            written = beholder.frames_written
-            frames_until(beholder, lambda: beholder.write_errors >= 3)
-            assert beholder.frames_written == written and beholder.failures == 0
-            down.clear()
-            frames_until(beholder, lambda: beholder.frames_written > written)
-    finally:
-        beholder.close()
-    warnings = [r.getMessage() for r in caplog.records if "cannot write frames" in r.getMessage()]
+    refused = ConnectionError("Could not connect to the endpoint URL")
+    down = store_fault(monkeypatch, files_for(url).fs, refused, ("pipe_file", "info"))
+    warnings = fault_then_recovery(beholder, down, caplog, errors=3)
     assert len(warnings) == 1 and "Could not connect" in warnings[0]
     assert read_frame_file(url).header["frame_id"] == beholder.frames_written
 
@@ -211,31 +220,13 @@ def test_expired_credentials_get_a_clear_message_and_frames_resume(url, monkeypa
     set_config(url, values="frames", FPS=30)
     monkeypatch.setattr(beholder_module, "WRITE_RETRY_SECONDS", 0.05)
     beholder = Beholder(url, max_remote_fps=30, config_poll_seconds=0.05)
-    fs = files_for(url).fs
-    expired = threading.Event()
-    real_pipe = fs.pipe_file
 
     class ClientError(Exception):  # botocore's, as s3fs lets it through: not an OSError
         pass
 
-    def pipe_file(*args, **kwargs):
-        if expired.is_set():
-            raise ClientError("An error occurred (ExpiredToken) when calling the PutObject operation: "
-                              "The provided token has expired.")
-        return real_pipe(*args, **kwargs)
-
-    monkeypatch.setattr(fs, "pipe_file", pipe_file)
-    try:
-        with caplog.at_level(logging.WARNING, logger="beholder"):
-            frames_until(beholder, lambda: beholder.frames_written >= 1)
-            expired.set()
-            written = beholder.frames_written
-            frames_until(beholder, lambda: beholder.write_errors >= 2)
-            assert beholder.frames_written == written and beholder.failures == 0
-            expired.clear()  # the user refreshed the token
-            frames_until(beholder, lambda: beholder.frames_written > written)
-    finally:
-        beholder.close()
-    (warning,) = [r.getMessage() for r in caplog.records if "cannot write frames" in r.getMessage()]
+    token = ClientError("An error occurred (ExpiredToken) when calling the PutObject operation: "
+                        "The provided token has expired.")
+    expired = store_fault(monkeypatch, files_for(url).fs, token, ("pipe_file",))
+    (warning,) = fault_then_recovery(beholder, expired, caplog, errors=2)
     assert "the store refused the credentials" in warning and "ExpiredToken" in warning
     assert "refresh or fix them" in warning
