@@ -92,7 +92,9 @@ class LocalFiles:
             except FileNotFoundError:
                 return None
             with os.fdopen(fd, "rb") as f:
-                data = f.read(limit + 1)
+                # One byte more than fstat saw shows growth; asking for limit + 1 would have Python
+                # allocate (and then shrink) a buffer of the whole limit on every read.
+                data = f.read(min(st.st_size, limit) + 1)
                 check = os.pread(f.fileno(), STAMP_BYTES, 0)
                 after = os.fstat(f.fileno())
             if len(data) > limit:  # grew after fstat
