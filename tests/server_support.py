@@ -21,8 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 from support import set_config
+
+from beholder_plugin.protocol.layout import compact_map
+from beholder_plugin.server.frames import DATA_MAGIC
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where TensorBoard mounts the plugin's routes.
@@ -231,6 +235,26 @@ def beholder_frame(page: Any, timeout: float = 60.0) -> Any:
         return None
 
     return wait_for(find, timeout=timeout, interval=0.2, message="the Beholder iframe")
+
+
+def parse_payload(body: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The JSON description, the (256, 3) palette and the flat indices block of a frame-data answer."""
+    assert body[:8] == DATA_MAGIC
+    length = int.from_bytes(body[8:12], "little")
+    doc = json.loads(body[12 : 12 + length])
+    rest = np.frombuffer(body, np.uint8, offset=12 + length)
+    return doc, rest[:768].reshape(256, 3), rest[768:]
+
+
+def expand(doc: dict, indices: np.ndarray) -> np.ndarray:
+    """The frame's (H, W) palette indices rebuilt from the payload as the browser does (0 elsewhere)."""
+    out = np.zeros((doc["height"], doc["width"]), np.uint8)
+    for rec in doc["sections"]:
+        (src_h, src_w), (rows, cols) = rec["source"], rec["compact"]
+        small = indices[rec["offset"] : rec["offset"] + rows * cols].reshape(rows, cols)
+        widened = small[:, compact_map(src_w, doc["width"])]
+        out[rec["top"] : rec["top"] + rec["height"]] = widened[compact_map(src_h, rec["height"])]
+    return out
 
 
 # ---------------------------------------------------------------- the trainer script

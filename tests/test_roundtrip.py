@@ -3,12 +3,15 @@
 Arrays of ranks 0-6 with random sizes (rows or columns all distinct, single
 sections, huge truncated ones), random show_all, mode, scaling and window:
 each frame written by a real Beholder must decode with read_frame_file, be
-served by a real plugin over HTTP (PNG pixels and value look-ups), equal the
+served by a real plugin over HTTP (PNG pixels, frame-data palette indices of
+the whole frame and of a random row range, the section table with and without
+gzip, and value look-ups), equal the
 naive reference renderer, and read back the same from the history ring.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 
@@ -17,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from reference_render import reference_frame
-from server_support import BASE, plugin_client
+from server_support import BASE, expand, parse_payload, plugin_client
 from support import set_config
 
 from beholder_plugin import Beholder
@@ -107,6 +110,26 @@ def test_every_written_frame_reads_back_everywhere(
     assert resp.status_code == 200
     png = np.asarray(Image.open(io.BytesIO(resp.get_data())).convert("RGB"))
     np.testing.assert_array_equal(png, frame.rgb())
+    whole, _, indices = parse_payload(client.get(f"{BASE}/frame-data", query_string={"run": name}).get_data())
+    np.testing.assert_array_equal(expand(whole, indices), frame.pixels)
+    first = int(rng.integers(frame.height))
+    last = first + int(rng.integers(frame.height - first))
+    part = client.get(f"{BASE}/frame-data", query_string={"run": name, "rows": f"{first}-{last}"})
+    doc, _, indices = parse_payload(part.get_data())
+    shown = [r for r in frame.sections if r["top"] <= last and r["top"] + r["height"] > first]
+    assert [r["index"] for r in doc["sections"]] == [frame.sections.index(r) for r in shown]
+    drawn = expand(doc, indices)
+    for rec in shown:
+        rows = slice(rec["top"], rec["top"] + rec["height"])
+        np.testing.assert_array_equal(drawn[rows], frame.pixels[rows])
+    table = {"version": 2, "frame_id": frame.header["frame_id"], "writer": frame.header["writer"],
+             "step": frame.header["step"], "sections": frame.sections}
+    for encoding in ("gzip", "identity"):
+        info = client.get(f"{BASE}/section-info", query_string={"run": name},
+                          headers={"Accept-Encoding": encoding})
+        body = gzip.decompress(info.get_data()) if encoding == "gzip" else info.get_data()
+        assert info.headers.get("Content-Encoding") == (encoding if encoding == "gzip" else None)
+        assert json.loads(body) == table
     if frame.sections:
         rec = frame.sections[-1]
         y = rec["top"] + rec["height"] - 1

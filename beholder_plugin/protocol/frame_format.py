@@ -184,8 +184,14 @@ _STAMP_KEYS = ("writer", "frame_id", "time", "step")
 
 
 def _prefix(head: dict[str, Any]) -> bytes:
-    """Magic, length and JSON header (its identifying keys first), padded to a multiple of 8 bytes."""
-    head = {**{k: head[k] for k in _STAMP_KEYS if k in head}, **head}
+    """Magic, length and JSON header, padded to a multiple of 8 bytes.
+
+    Its identifying keys come first; "sections" comes last, so that a reader
+    can quote the section table as stored instead of writing it again.
+    """
+    rest = {k: v for k, v in head.items() if k not in _STAMP_KEYS and k != "sections"}
+    head = {**{k: head[k] for k in _STAMP_KEYS if k in head}, **rest,
+            **({"sections": head["sections"]} if "sections" in head else {})}
     text = json.dumps(head, allow_nan=False, separators=(",", ":")).encode("utf-8")
     pad = _align8(PREFIX_BYTES + len(text)) - PREFIX_BYTES - len(text)
     return FRAME_MAGIC + _LENGTH.pack(len(text)) + text + b"\x00" * pad

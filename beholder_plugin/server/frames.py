@@ -110,6 +110,7 @@ class EncodedFrame:
     header: dict[str, Any]
     data_offset: int = 0  # where the frame file's values block starts (for value look-ups)
     encoded_at: float = field(default_factory=time.time)
+    table_json: bytes | None = None  # the /section-info answer, made on first request
 
     def matches(self, expect: tuple[str, int] | None) -> bool:
         """Whether this frame is the one a kept frame's name promises (any frame for None)."""
@@ -180,22 +181,38 @@ def encode_frame_file(data: bytes, identity: tuple) -> EncodedFrame:
 
 # The frame-data payload (docs/http-api.md): magic, JSON length, JSON, palette, then the indices.
 DATA_MAGIC = b"BHDATA1\0"
+MAX_ANSWERS = 8  # frame-data answers kept per frame: one per request shape (viewport) in use
 
 
-@dataclass
+class FrameGone(Exception):
+    """A frame's file was replaced or removed after its header was read: its values are gone with it."""
+
+
 class FrameData:
-    """A "sections" frame as the browser draws it: each section's compact palette indices, computed once.
+    """A "sections" frame as the browser draws it, from its header; palette indices are made on demand.
 
-    ``whole`` is the complete frame-data answer (built once, sent as is to
-    every viewer of the whole frame); answers for some rows are cut from it.
+    A section's indices are computed the first time an answer needs them
+    (reading only that section's values from the file) and kept, and each
+    answer (the whole frame, or the sections overlapping a row range) is
+    built once per request shape and shared by every viewer asking the
+    same. A viewport of a 30-screen frame so reads and scales a thirtieth
+    of its values. payload() raises FrameGone if the file changed since the
+    header was read.
     """
 
-    identity: tuple
-    etag: str
-    header: dict[str, Any]
-    whole: bytes
-    starts: list[int]  # where each section's indices start in `whole`
-    data_offset: int = 0
+    def __init__(self, path: str, identity: tuple, header: dict[str, Any], data_offset: int, palette: bytes,
+                 header_text: bytes = b""):
+        self.path = path
+        self.header_text = header_text  # the header's JSON as stored (section-info quotes its sections)
+        self.identity = identity
+        self.etag = _etag_for(header, identity)
+        self.header = header
+        self.data_offset = data_offset
+        self.palette = palette
+        self.table_json: bytes | None = None  # the /section-info answer (gzip), made on first request
+        self._parts: dict[int, bytes] = {}  # section index -> its palette indices
+        self._answers: OrderedDict[tuple[int, int] | None, bytes] = OrderedDict()
+        self._lock = threading.Lock()
 
     def headers(self) -> list[tuple[str, str]]:
         """The same HTTP headers as the frame's PNG answer."""
@@ -208,14 +225,55 @@ class FrameData:
 
     def payload(self, rows: tuple[int, int] | None = None) -> bytes:
         """The binary answer: all sections, or those overlapping rows (first, last) inclusive."""
-        if rows is None:
-            return self.whole
-        view = memoryview(self.whole)
-        chosen = self.overlapping(*rows)
-        parts = [view[self.starts[i] : self.starts[i] + _compact_size(self.header["sections"][i])]
-                 for i in chosen]
-        palette_at = self.starts[0] - PALETTE_BYTES  # a sections frame has at least one section
-        return _data_answer(self.header, chosen, rows, view[palette_at : palette_at + PALETTE_BYTES], parts)
+        with self._lock:
+            found = self._answers.get(rows)
+            if found is not None:
+                self._answers.move_to_end(rows)
+                return found
+            chosen = range(len(self.header["sections"])) if rows is None else self.overlapping(*rows)
+            self._compute([i for i in chosen if i not in self._parts])
+            answer = _data_answer(self.header, chosen, rows, self.palette, [self._parts[i] for i in chosen])
+            self._answers[rows] = answer
+            while len(self._answers) > MAX_ANSWERS:
+                self._answers.popitem(last=False)
+            return answer
+
+    def cached_bytes(self) -> int:
+        """Bytes this frame's indices and answers hold."""
+        return sum(map(len, self._parts.values())) + sum(map(len, self._answers.values()))
+
+    def _compute(self, wanted: list[int]) -> None:
+        """Palette indices of these sections, one file read per run of sections whose values are adjacent."""
+        sections = self.header["sections"]
+        runs: list[list[int]] = []
+        for i in wanted:
+            if runs and runs[-1][-1] == i - 1 and int(sections[i]["values"]) == _values_end(sections[i - 1]):
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        for run in runs:
+            start, end = int(sections[run[0]]["values"]), _values_end(sections[run[-1]])
+            raw = self._read(self.data_offset + 4 * start, 4 * (end - start))
+            values = np.frombuffer(raw, "<f4")
+            records = [dict(sections[i], values=int(sections[i]["values"]) - start) for i in run]
+            indices = palette_indices(values, records)
+            for i, rec in zip(run, records):
+                self._parts[i] = indices[rec["values"] : rec["values"] + _compact_size(rec)].tobytes()
+
+    def _read(self, offset: int, length: int) -> bytes:
+        """length bytes at offset of this frame's file, as long as it is still this frame (else FrameGone)."""
+        try:
+            raw = files_for(self.path).read_range(self.path, offset, length, MAX_FRAME_BYTES, self.identity)
+        except FileRefused as exc:
+            raise FrameGone(str(exc)) from None
+        if raw is None or len(raw) != length:
+            raise FrameGone(f"{os.path.basename(self.path)} is gone or shorter than its header implies")
+        return raw
+
+
+def _values_end(rec: dict[str, Any]) -> int:
+    """Where a section's compact values end in the values block."""
+    return int(rec["values"]) + _compact_size(rec)
 
 
 def _compact_size(rec: dict[str, Any]) -> int:
@@ -238,26 +296,31 @@ def _data_answer(head: dict[str, Any], chosen: Any, rows: tuple[int, int] | None
     return b"".join([DATA_MAGIC, len(text).to_bytes(4, "little"), text, palette, *parts])
 
 
-def frame_data_of(data: bytes, identity: tuple) -> FrameData | EncodedFrame:
-    """A frame file's bytes as FrameData (a "sections" frame) or, for any other frame, its PNG encoding."""
-    header, offset = parse_header(bytes(data[: header_span(bytes(data[:PREFIX_BYTES]))]))
+def frame_data_of(path: str, identity: tuple) -> FrameData | EncodedFrame | None:
+    """The frame file at path (which must still be `identity`) as FrameData, or PNG for any other frame.
+
+    For a "sections" frame only the header and the palette are read here;
+    None when the file is gone. FileRefused when it is no longer
+    `identity`, FrameFormatError when it is not a valid frame.
+    """
+    parsed = _read_header(path, identity)
+    if parsed is None:
+        return None
+    header, offset, text = parsed
     if header["encoding"] != "sections":
-        return encode_frame_file(data, identity)
-    if len(data) != offset + data_size(header):
-        raise FrameFormatError(
-            f"frame file is {len(data)} bytes, its header implies {offset + data_size(header)} "
-            "(a torn or foreign file)"
-        )
-    count = header["value_count"]
-    sections = header["sections"]
-    indices = palette_indices(np.frombuffer(data, "<f4", count, offset), sections)
-    palette = bytes(data[offset + 4 * count : offset + 4 * count + PALETTE_BYTES])
-    parts = [indices[int(rec["values"]) : int(rec["values"]) + _compact_size(rec)].data for rec in sections]
-    whole = _data_answer(header, range(len(sections)), None, palette, parts)
-    first = len(whole) - sum(len(p) for p in parts)
-    starts = list(np.cumsum([first] + [len(p) for p in parts[:-1]]).tolist())
-    return FrameData(identity=identity, etag=_etag_for(header, identity), header=header, whole=whole,
-                     starts=starts, data_offset=offset)
+        found = files_for(path).read_with_identity(path, MAX_FRAME_BYTES)
+        if found is None:
+            return None
+        if found[1] != identity:
+            raise FileRefused(f"{os.path.basename(path)} was replaced")
+        return encode_frame_file(*found)
+    at = offset + 4 * header["value_count"]
+    palette = files_for(path).read_range(path, at, PALETTE_BYTES, MAX_FRAME_BYTES, identity)
+    if palette is None:
+        return None
+    if len(palette) != PALETTE_BYTES:
+        raise FrameFormatError("frame file is shorter than its header implies")
+    return FrameData(path, identity, header, offset, palette, text)
 
 
 def _data_offset(data: bytes) -> int:
@@ -286,9 +349,14 @@ def read_header_of(path: str, identity: tuple) -> tuple[dict[str, Any], int] | N
     the header implies (so a torn or foreign file is refused as decode_frame
     would refuse it); never the values or pixels. None when the file is
     gone; FileRefused when it is not a regular file, or is no longer
-    `identity` (replaced while it was read); FrameFormatError when it is not
-    a valid frame file.
+    `identity`; FrameFormatError when it is not a valid frame file.
     """
+    found = _read_header(path, identity)
+    return None if found is None else found[:2]
+
+
+def _read_header(path: str, identity: tuple) -> tuple[dict[str, Any], int, bytes] | None:
+    """read_header_of(), plus the header's JSON text as stored."""
     files = files_for(path)
     first = files.read_range(path, 0, PREFIX_BYTES, MAX_FRAME_BYTES, identity)
     if first is None:
@@ -308,7 +376,7 @@ def read_header_of(path: str, identity: tuple) -> tuple[dict[str, Any], int] | N
         raise FrameFormatError(
             f"frame file is not the {end} bytes its header implies (a torn or foreign file)"
         )
-    return header, offset
+    return header, offset, bytes(prefix[PREFIX_BYTES:span])
 
 
 def _etag_for(header: dict[str, Any], identity: tuple) -> str:
@@ -322,7 +390,7 @@ def _etag_for(header: dict[str, Any], identity: tuple) -> str:
 def _cached_bytes(slot: _Slot) -> int:
     """Bytes a slot's cached PNG and palette indices hold."""
     png = len(slot.encoded.png) if slot.encoded is not None else 0
-    return png + (len(slot.data.whole) if slot.data is not None else 0)
+    return png + (slot.data.cached_bytes() if slot.data is not None else 0)
 
 
 class _Slot:
@@ -420,14 +488,21 @@ class FrameHub:
                     isinstance(cached, FrameData) or cached.header.get("encoding") != "sections"
                 ):
                     return cached if _stamp(cached.header) == expect or expect is None else None
-            try:
-                found = files_for(slot.path).read_with_identity(slot.path, MAX_FRAME_BYTES)
-            except FileRefused as exc:
-                raise FrameFormatError(str(exc)) from None
-            if found is None:
+            made = None
+            for attempt in range(_ATTEMPTS):
+                try:
+                    made = frame_data_of(slot.path, identity)
+                    break
+                except FileRefused as exc:
+                    now = file_identity(slot.path)
+                    if now is None:
+                        return None
+                    if attempt + 1 < _ATTEMPTS and now != identity:
+                        identity = now  # replaced while we read it: read the new file
+                        continue
+                    raise FrameFormatError(str(exc)) from None
+            if made is None:
                 return None
-            data, identity = found
-            made = frame_data_of(data, identity)
             if isinstance(made, FrameData):
                 self.index_computations += 1
                 slot.data = made

@@ -7,6 +7,7 @@ nothing but the files of docs/protocol.md.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import importlib.resources
 import json
 import logging
@@ -18,7 +19,7 @@ import time
 import urllib.parse
 from typing import Any, Callable
 
-from tensorboard.backend import http_util
+from tensorboard.backend import http_util, json_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers, wsgi
 
@@ -35,7 +36,7 @@ from beholder_plugin.protocol.runfiles import (
 )
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError, validate_changes
 from beholder_plugin.server.diff import DiffCache, DiffError
-from beholder_plugin.server.frames import EncodedFrame, FrameData, FrameHub
+from beholder_plugin.server.frames import EncodedFrame, FrameData, FrameGone, FrameHub
 from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
@@ -57,6 +58,7 @@ MAX_EXPORT_BODY = 4096  # bytes: two kept frame names and a frame rate
 # The diff description travels in a header up to this size (else only through ?format=json).
 MAX_DIFF_HEADER = 64 << 10
 DEFAULT_LIVE_TIMEOUT = 10.0
+_DATA_ATTEMPTS = 3  # loads of a frame-data answer whose file keeps being replaced under the reads
 MAX_LIVE_TIMEOUT = 30.0
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(js|css|svg|html)$")
 _STATIC_TYPES = {
@@ -77,6 +79,18 @@ def _error(request: wrappers.Request, message: str, code: int) -> wrappers.Respo
 def _json(request: wrappers.Request, content: Any, code: int = 200) -> wrappers.Response:
     """A JSON response that is never cached."""
     return http_util.Respond(request, content, "application/json", code=code)
+
+
+def _json_bytes(content: Any) -> bytes:
+    """content as JSON the way http_util.Respond writes it (NaN and infinities as strings), but fast.
+
+    Cleanse walks every value in Python; it is only needed for a non-finite
+    number, which json.dumps(allow_nan=False) finds in C.
+    """
+    try:
+        return json.dumps(content, allow_nan=False).encode("utf-8")
+    except ValueError:
+        return json.dumps(json_util.Cleanse(content)).encode("utf-8")
 
 
 def _pixel_coordinate(raw: str | None, name: str) -> int:
@@ -113,7 +127,7 @@ def _row_range(raw: str | None) -> tuple[int, int] | None:
     return a, b
 
 
-def section_table(frame: EncodedFrame | None) -> dict[str, Any]:
+def section_table(frame: EncodedFrame | FrameData | None) -> dict[str, Any]:
     """The /section-info document for a frame (or for no frame yet)."""
     if frame is None:
         return {"version": 2, "frame_id": None, "writer": None, "step": None, "sections": []}
@@ -125,6 +139,31 @@ def section_table(frame: EncodedFrame | None) -> dict[str, Any]:
         "step": head.get("step"),
         "sections": head.get("sections", []),
     }
+
+
+_SECTIONS_KEY = b'"sections":['
+
+
+def section_table_json(frame: EncodedFrame | FrameData) -> bytes:
+    """section_table(frame) as JSON bytes, quoting the header's stored sections when that is safe.
+
+    Writing 200 section records again costs milliseconds of float
+    formatting per frame. A header written by this package has "sections"
+    last and no NaN or infinity, so its sections array is the stored text
+    from the one '"sections":[' to the closing brace; any other header is
+    written out again.
+    """
+    text = getattr(frame, "header_text", b"").rstrip()
+    quotable = (
+        text.endswith(b"}") and next(reversed(frame.header), None) == "sections"
+        and text.count(_SECTIONS_KEY) == 1 and b"NaN" not in text and b"Infinity" not in text
+    )
+    if not quotable:
+        return _json_bytes(section_table(frame))
+    table = section_table(frame)
+    del table["sections"]
+    start = text.index(_SECTIONS_KEY) + len(_SECTIONS_KEY) - 1
+    return _json_bytes(table)[:-1] + b', "sections": ' + text[start:-1] + b"}"
 
 
 def diff_headers(info: dict[str, Any]) -> list[tuple[str, str]]:
@@ -281,17 +320,33 @@ class BeholderPlugin(base_plugin.TBPlugin):
             return http_util.Respond(request, b"", "image/png", code=204)
         return http_util.Respond(request, frame.png, "image/png", headers=frame.headers())
 
-    def _data_response(self, request: wrappers.Request, found: FrameData | EncodedFrame,
-                       rows: tuple[int, int] | None, conditional: bool = True) -> wrappers.Response:
-        """A frame-data answer: a "sections" frame as bytes, any other frame as PNG (304 on a match)."""
-        if isinstance(found, EncodedFrame):
-            if conditional:
-                return self._frame_response(request, found)
-            return http_util.Respond(request, found.png, "image/png", headers=found.headers())
-        headers = found.headers()
-        if conditional and request.if_none_match and request.if_none_match.contains(found.etag.strip('"')):
-            return http_util.Respond(request, b"", "application/octet-stream", code=304, headers=headers)
-        return http_util.Respond(request, found.payload(rows), "application/octet-stream", headers=headers)
+    def _data_response(self, request: wrappers.Request, load: Callable[[], FrameData | EncodedFrame | None],
+                       rows: tuple[int, int] | None, missing: Callable[[], wrappers.Response],
+                       conditional: bool = True) -> wrappers.Response:
+        """A frame-data answer for what load() gives: a "sections" frame as bytes, any other as PNG.
+
+        304 on a matching If-None-Match when ``conditional``; missing() when
+        load() finds nothing. A frame replaced between reading its header and
+        its values is loaded again (the frame that replaced it is answered).
+        """
+        for _ in range(_DATA_ATTEMPTS):
+            found = load()
+            if found is None:
+                return missing()
+            if isinstance(found, EncodedFrame):
+                if conditional:
+                    return self._frame_response(request, found)
+                return http_util.Respond(request, found.png, "image/png", headers=found.headers())
+            headers = found.headers()
+            matched = request.if_none_match and request.if_none_match.contains(found.etag.strip('"'))
+            if conditional and matched:
+                return http_util.Respond(request, b"", "application/octet-stream", code=304, headers=headers)
+            try:
+                body = found.payload(rows)
+            except FrameGone:
+                continue
+            return http_util.Respond(request, body, "application/octet-stream", headers=headers)
+        return _error(request, "the frame kept changing while it was read; try again", 503)
 
     @wrappers.Request.application
     @_with_run
@@ -299,10 +354,9 @@ class BeholderPlugin(base_plugin.TBPlugin):
         """The latest frame (or ?frame=, a kept one) as palette indices per section; PNG for other frames."""
         rows = _row_range(request.args.get("rows"))
         name = request.args.get("frame")
-        found = self._hub.frame_data(*self._kept_frame(run, name))
-        if found is None:
-            return _error(request, _no_frame(run, name), 404)
-        return self._data_response(request, found, rows)
+        path, expect = self._kept_frame(run, name)
+        return self._data_response(request, lambda: self._hub.frame_data(path, expect), rows,
+                                   lambda: _error(request, _no_frame(run, name), 404))
 
     @wrappers.Request.application
     @_with_run
@@ -310,20 +364,29 @@ class BeholderPlugin(base_plugin.TBPlugin):
         """Long polling as /live, answering as frame-data (?rows= too)."""
         rows = _row_range(request.args.get("rows"))
         timeout = _live_timeout(request.args.get("timeout", str(DEFAULT_LIVE_TIMEOUT)))
-        found = self._hub.wait_newer(self._frame_path(run), request.args.get("after"), timeout, as_data=True)
-        if found is None:
-            return http_util.Respond(request, b"", "application/octet-stream", code=204)
-        return self._data_response(request, found, rows, conditional=False)
+        path, after = self._frame_path(run), request.args.get("after")
+        deadline = time.monotonic() + timeout
+        return self._data_response(
+            request,
+            lambda: self._hub.wait_newer(path, after, deadline - time.monotonic(), as_data=True),
+            rows,
+            lambda: http_util.Respond(request, b"", "application/octet-stream", code=204),
+            conditional=False,
+        )
 
     @wrappers.Request.application
     @_with_run
     def _serve_section_info(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The section table of the run's latest frame (or of ?frame=, a kept one), from its own header."""
         name = request.args.get("frame")
-        frame = self._hub.latest(*self._kept_frame(run, name))
+        frame = self._hub.frame_data(*self._kept_frame(run, name))  # no PNG encoding for a table
         if frame is None and name is not None:
             return _error(request, _no_frame(run, name), 404)
-        return _json(request, section_table(frame))
+        if frame is None:
+            return _json(request, section_table(None))
+        if frame.table_json is None:  # once per frame, shared by every viewer (Respond unzips if need be)
+            frame.table_json = gzip.compress(section_table_json(frame), compresslevel=1, mtime=0)
+        return http_util.Respond(request, frame.table_json, "application/json", content_encoding="gzip")
 
     @wrappers.Request.application
     @_with_run

@@ -5,16 +5,19 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
-from server_support import BASE, plugin_client, set_config
+from server_support import BASE, expand, parse_payload, plugin_client, set_config
+from tensorboard.backend import json_util
 
 from beholder_plugin import Beholder
+from beholder_plugin.protocol.files import LocalFiles
 from beholder_plugin.protocol.history import list_history
-from beholder_plugin.protocol.layout import compact_map
-from beholder_plugin.server.frames import DATA_MAGIC
+from beholder_plugin.server.frames import FrameGone
+from beholder_plugin.server.plugin import section_table, section_table_json
 
 
 def write_frame(run: Path, show_all: bool = False, frame: np.ndarray | None = None) -> None:
@@ -31,26 +34,6 @@ def write_frame(run: Path, show_all: bool = False, frame: np.ndarray | None = No
     assert beholder.update(arrays=arrays, frame=frame)
     beholder.flush()
     beholder.close()
-
-
-def parse_payload(body: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
-    """The JSON description, the (256, 3) palette and the flat indices block of a frame-data answer."""
-    assert body[:8] == DATA_MAGIC
-    length = int.from_bytes(body[8:12], "little")
-    doc = json.loads(body[12 : 12 + length])
-    rest = np.frombuffer(body, np.uint8, offset=12 + length)
-    return doc, rest[:768].reshape(256, 3), rest[768:]
-
-
-def expand(doc: dict, indices: np.ndarray) -> np.ndarray:
-    """The frame's (H, W) palette indices rebuilt from the payload as the browser does (0 elsewhere)."""
-    out = np.zeros((doc["height"], doc["width"]), np.uint8)
-    for rec in doc["sections"]:
-        (src_h, src_w), (rows, cols) = rec["source"], rec["compact"]
-        small = indices[rec["offset"] : rec["offset"] + rows * cols].reshape(rows, cols)
-        widened = small[:, compact_map(src_w, doc["width"])]
-        out[rec["top"] : rec["top"] + rec["height"]] = widened[compact_map(src_h, rec["height"])]
-    return out
 
 
 def png_pixels(body: bytes) -> np.ndarray:
@@ -151,3 +134,100 @@ def test_kept_frames_and_live_data(tmp_path):
     assert client.get(f"{BASE}/live-data?run=.&timeout=99").status_code == 400
     part = client.get(f"{BASE}/live-data?run=.&timeout=0&rows=0-0")
     assert [rec["index"] for rec in parse_payload(part.get_data())[0]["sections"]] == [0]
+
+
+def many_sections_frame(run: Path, count: int = 40, step: int = 0) -> str:
+    """A frame of `count` 256-value vectors (one frame id per step); returns its frame file's path."""
+    set_config(run, values="arrays", mode="current", FPS=30, history_mb=0)
+    rng = np.random.default_rng(step)
+    with Beholder(run, strict=True) as beholder:
+        beholder.frames_written = step  # so frame ids follow the steps across Beholders
+        assert beholder.update(arrays={f"v{i:02d}": rng.normal(size=256) for i in range(count)})
+        beholder.flush()
+    return str(run / "plugins" / "beholder" / "frame.bin")
+
+
+def test_a_viewport_reads_and_scales_only_the_sections_in_view(tmp_path, monkeypatch):
+    path = many_sections_frame(tmp_path)
+    plugin, client = plugin_client(tmp_path)
+    read = []
+    original = LocalFiles.read_range
+
+    def counting(self, path, offset, length, *args, **kwargs):
+        read.append((offset, length))
+        return original(self, path, offset, length, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFiles, "read_range", counting)
+    part = client.get(f"{BASE}/frame-data?run=.&rows=0-0")
+    doc, _, indices = parse_payload(part.get_data())
+    assert [rec["index"] for rec in doc["sections"]] == [0]
+    start = plugin._hub.frame_data(path).data_offset
+    values_read = [(offset - start, length) for offset, length in read if start <= offset < start + 40 * 1024]
+    assert values_read == [(0, 256 * 4)]  # section 0's values, not the frame's
+    # the same request again is answered from the frame's cache: nothing more is read
+    before = len(read)
+    assert client.get(f"{BASE}/frame-data?run=.&rows=0-0").get_data() == part.get_data()
+    assert len(read) == before
+    # the whole frame, built from the same indices, agrees with the viewport's section
+    whole, _, all_indices = parse_payload(client.get(f"{BASE}/frame-data?run=.").get_data())
+    rows = slice(0, doc["sections"][0]["height"])
+    np.testing.assert_array_equal(expand(whole, all_indices)[rows], expand(doc, indices)[rows])
+    assert plugin._hub.index_computations == 1 and path.endswith("frame.bin")
+
+
+def test_a_frame_replaced_between_its_header_and_its_values_is_answered_by_the_new_one(tmp_path, monkeypatch):
+    path = many_sections_frame(tmp_path, step=0)
+    plugin, client = plugin_client(tmp_path)
+    stale = plugin._hub.frame_data(path)
+    assert stale.header["frame_id"] == 1
+    many_sections_frame(tmp_path, step=1)  # the trainer's next frame replaces the file
+    with pytest.raises(FrameGone):
+        stale.payload((0, 0))  # its values went with the old file
+    served = []
+    real = plugin._hub.frame_data
+
+    def first_stale(p, expect=None):
+        served.append(p)
+        return stale if len(served) == 1 else real(p, expect)
+
+    monkeypatch.setattr(plugin._hub, "frame_data", first_stale)
+    answer = client.get(f"{BASE}/frame-data?run=.&rows=0-0")
+    assert answer.status_code == 200 and len(served) == 2
+    assert answer.headers["X-Beholder-Frame-Id"] == "2"
+    live = client.get(f"{BASE}/live-data?run=.&timeout=0&after=%22x-1%22")
+    assert live.status_code == 200 and live.headers["X-Beholder-Frame-Id"] == "2"
+
+
+def test_a_file_that_keeps_changing_under_the_reads_is_a_503_not_a_wrong_frame(tmp_path, monkeypatch):
+    path = many_sections_frame(tmp_path)
+    plugin, client = plugin_client(tmp_path)
+    stale = plugin._hub.frame_data(path)
+    many_sections_frame(tmp_path, step=1)
+    monkeypatch.setattr(plugin._hub, "frame_data", lambda p, expect=None: stale)
+    answer = client.get(f"{BASE}/frame-data?run=.")
+    assert answer.status_code == 503
+    assert "kept changing" in answer.get_json()["error"]
+
+
+def test_section_info_quotes_the_stored_table_and_writes_out_any_other(tmp_path):
+    path = many_sections_frame(tmp_path, count=3)
+    plugin, _ = plugin_client(tmp_path)
+    frame = plugin._hub.frame_data(path)
+    expected = section_table(frame)
+    quoted = section_table_json(frame)
+    assert json.loads(quoted) == expected
+    stored = json.dumps(frame.header["sections"][1], separators=(",", ":"), allow_nan=False).encode()
+    assert stored in quoted  # the record as the trainer wrote it, not written again
+    # a header from another writer: "sections" not last, and a NaN statistic
+    header = {"sections": json.loads(json.dumps(frame.header["sections"])), **frame.header}
+    header = {"sections": header.pop("sections"), **header}
+    header["sections"][0]["mean"] = float("nan")
+    other = SimpleNamespace(header=header, header_text=json.dumps(header).encode())
+    assert b"NaN" in other.header_text
+    answer = json.loads(section_table_json(other))
+    assert answer["sections"][0]["mean"] == "NaN"  # as TensorBoard's http_util writes it
+    assert answer == json.loads(json.dumps(json_util.Cleanse(section_table(other))))
+    reordered = SimpleNamespace(header={**header}, header_text=json.dumps(header, allow_nan=True).encode())
+    reordered.header["sections"][0]["mean"] = 1.5
+    reordered.header_text = json.dumps(reordered.header).encode()
+    assert json.loads(section_table_json(reordered)) == section_table(reordered)
