@@ -79,6 +79,8 @@ beholder.close()
 LIVE_ENTRIES = """performance.getEntriesByType("resource")
     .filter((e) => /\\/live(-data)?\\?/.test(e.name)).map((e) => [e.name, e.encodedBodySize])"""
 
+TAKE_DRAWN = "window.beholder.drawn.splice(0)"  # the draws so far (frame id, time), emptying the list
+
 MODELS = {"mnist": "mnist_convnet", "mobilenetv2": "mobilenetv2", "resnet50": "resnet50"}
 
 
@@ -181,11 +183,14 @@ def window(frame, tb: TensorBoard, log: Path, seconds: float,
     for f in followers:
         f.frames.clear()
     wall0, cpu0, t0 = time.time(), tree_cpu_seconds(tb.proc.pid), time.monotonic()
-    time.sleep(seconds)
+    drawn = []  # the tab keeps only its last 500 draws: take them every second
+    while time.monotonic() < t0 + seconds:
+        time.sleep(min(1.0, max(0.0, t0 + seconds - time.monotonic())))
+        drawn += frame.evaluate(TAKE_DRAWN)
     cpu = 100.0 * (tree_cpu_seconds(tb.proc.pid) - cpu0) / (time.monotonic() - t0)
     wall1 = time.time()
     time.sleep(1.0)  # frames written near the end get their chance to arrive
-    drawn = frame.evaluate("window.beholder.drawn")
+    drawn += frame.evaluate(TAKE_DRAWN)
     written = written_frames(log)
     in_window = {i: t for i, t in written.items() if wall0 <= t < wall1}
     drawn_ids = {d["frameId"] for d in drawn if d["frameId"] in in_window}
