@@ -27,7 +27,7 @@ from server_support import (
 )
 
 from beholder_plugin import Beholder
-from beholder_plugin.protocol.layout import compact_map, resize_indices
+from beholder_plugin.protocol.layout import LAYOUTS, compact_map, resize_indices
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.trainer.colormaps import palette_for
 
@@ -201,11 +201,53 @@ def test_user_frames_still_come_as_png(session):
     assert stats(frame)["colormap"] == "magma"
 
 
+TALL_SECTIONS = 200
+TALL_HEIGHT = TALL_SECTIONS * 128 + (TALL_SECTIONS - 1) * 5
+
+
 def write_tall_frame(run, seed: int) -> None:
-    """One frame of 40 sections of 128 rows (5,315 rows: tall enough to be fetched by viewport)."""
+    """One frame of 200 sections of 128 rows (26,595 rows: fetched by viewport)."""
     rng = np.random.default_rng(seed)
     with Beholder(run, strict=True, background=False) as beholder:
-        assert beholder.update(arrays={f"layer{i:02d}": rng.normal(size=(20, 30)) for i in range(40)})
+        arrays = {f"layer{i:03d}": rng.normal(size=(20, 30)) for i in range(TALL_SECTIONS)}
+        assert beholder.update(arrays=arrays)
+
+
+def canvas_rows(frame, first: int, last: int) -> np.ndarray:
+    """Rows first..last (inclusive) of the canvas as (rows, W, 3) RGB, read with getImageData."""
+    found = frame.evaluate(
+        """([first, last]) => {
+          const canvas = document.querySelector('#frame');
+          const data = canvas.getContext('2d').getImageData(0, first, canvas.width, last - first + 1).data;
+          let text = '';
+          for (let i = 0; i < data.length; i += 0x8000) {
+            text += String.fromCharCode(...data.subarray(i, i + 0x8000));
+          }
+          return {rgba: btoa(text), width: canvas.width};
+        }""",
+        [first, last],
+    )
+    rgba = np.frombuffer(base64.b64decode(found["rgba"]), np.uint8)
+    rgba = rgba.reshape(last - first + 1, found["width"], 4)
+    assert (rgba[..., 3] == 255).all()
+    return rgba[..., :3]
+
+
+def show_run(frame, run: str, height: int) -> dict:
+    """Pick a run in the dashboard and wait for a frame of that height."""
+    wait_for(lambda: run in frame.eval_on_selector_all("#run-select option", "os => os.map(o => o.value)"),
+             timeout=30, message=f"run {run} in the selector")
+    frame.select_option("#run-select", run)
+    return wait_for(lambda: (s := stats(frame))["run"] == run and s["height"] == height and s,
+                    message=f"a frame of run {run}")
+
+
+def back_to_live(frame) -> None:
+    """Scroll to the top and show the shared live run again."""
+    frame.evaluate("window.scrollTo(0, 0)")
+    frame.select_option("#run-select", "live")
+    wait_for(lambda: (s := stats(frame))["run"] == "live" and s["height"] == 4 * 128 + 3 * 5,
+             message="the live run again")
 
 
 def test_tall_frames_are_fetched_around_the_screen(session):
@@ -213,35 +255,91 @@ def test_tall_frames_are_fetched_around_the_screen(session):
     tall = session["live"].parent / "tall"
     set_config(tall, values="arrays", mode="current", FPS=30, colormap="magma")
     write_tall_frame(tall, 1)
-    wait_for(lambda: "tall" in frame.eval_on_selector_all("#run-select option", "os => os.map(o => o.value)"),
-             timeout=30, message="the tall run in the selector")
-    frame.select_option("#run-select", "tall")
-    height = 40 * 128 + 39 * 5
-    first = wait_for(lambda: (s := stats(frame))["run"] == "tall" and s["height"] == height and s,
-                     message="the tall frame")
+    first = show_run(frame, "tall", TALL_HEIGHT)
     assert first["rows"] is None  # the first frame of a run comes whole
     try:
         write_tall_frame(tall, 2)
         shown = wait_for(lambda: (s := stats(frame))["writer"] != first["writer"] and s,
                          message="the second frame (another writer)")
         first_row, last_row = (int(v) for v in shown["rows"].split("-"))
-        assert first_row == 0 and 1000 < last_row < height - 1000  # the screen and one more below
+        assert first_row == 0 and 1000 < last_row < 3000  # the screen and one more below, not 26,595 rows
         png, _ = served_tall_png(session)
-        pixels, _ = canvas_pixels(frame)
-        np.testing.assert_array_equal(pixels[: last_row + 1], png[: last_row + 1])
+        np.testing.assert_array_equal(canvas_rows(frame, 0, last_row), png[: last_row + 1])
         # The bottom still shows frame 1 (not fetched): scrolling there fetches and paints frame 2's rows.
-        assert not np.array_equal(pixels[-200:], png[-200:])
+        bottom = TALL_HEIGHT - 200
+        assert not np.array_equal(canvas_rows(frame, bottom, TALL_HEIGHT - 1), png[bottom:])
         frame.evaluate("window.scrollTo(0, document.scrollingElement.scrollHeight)")
-        wait_for(lambda: (s := stats(frame))["rows"] and int(s["rows"].split("-")[1]) == height - 1,
+        wait_for(lambda: (s := stats(frame))["rows"] and int(s["rows"].split("-")[1]) == TALL_HEIGHT - 1,
                  message="the bottom rows fetched")
-        pixels, at = canvas_pixels(frame)
+        at = stats(frame)
         assert (at["writer"], at["frameId"]) == (shown["writer"], shown["frameId"])
-        np.testing.assert_array_equal(pixels[-200:], png[-200:])
+        np.testing.assert_array_equal(canvas_rows(frame, bottom, TALL_HEIGHT - 1), png[bottom:])
     finally:
-        frame.evaluate("window.scrollTo(0, 0)")
-        frame.select_option("#run-select", "live")
-        wait_for(lambda: (s := stats(frame))["run"] == "live" and s["height"] == 4 * 128 + 3 * 5,
-                 message="the live run again")
+        back_to_live(frame)
+
+
+# One section per layout: (shape, layout). "missing" is a None array (a labelled black band).
+LAYOUT_CASES = {
+    "scalar": ((), "scalar"),
+    "vector": ((50,), "vector"),
+    "matrix": ((40, 30), "matrix"),
+    "matrix_out_in": ((30, 40), "matrix_out_in"),
+    "kernel_hwio": ((3, 3, 4, 5), "kernel_hwio"),
+    "kernel_hwoi": ((3, 3, 5, 4), "kernel_hwoi"),
+    "kernel_oihw": ((5, 4, 3, 3), "kernel_oihw"),
+    "kernel_iohw": ((4, 5, 3, 3), "kernel_iohw"),
+    "activation_nhwc": ((2, 8, 8, 3), "activation_nhwc"),
+    "activation_nchw": ((2, 3, 8, 8), "activation_nchw"),
+    "conv1d": ((3, 4, 5), "kernel_hwio"),
+    "grid": ((2, 3, 4, 5, 6), "grid"),
+}
+
+
+def test_every_layout_is_drawn_as_its_frame_data_says(session):
+    frame = session["frame"]
+    run = session["live"].parent / "layouts"
+    set_config(run, values="arrays", mode="current", FPS=30, colormap="magma")
+    rng = np.random.default_rng(11)
+    arrays = {name: rng.normal(size=shape).astype(np.float32) for name, (shape, _) in LAYOUT_CASES.items()}
+    arrays["missing"] = None
+    with Beholder(run, strict=True, background=False) as beholder:
+        assert beholder.update(arrays=arrays, layout={n: lay for n, (_, lay) in LAYOUT_CASES.items()})
+    written = read_frame_file(run)
+    assert {rec["layout"] for rec in written.sections} == set(LAYOUTS)
+    try:
+        shown = show_run(frame, "layouts", written.height)
+        assert shown["frameId"] == written.header["frame_id"] and shown["transport"] == "data"
+        np.testing.assert_array_equal(canvas_rows(frame, 0, written.height - 1), written.rgb())
+    finally:
+        back_to_live(frame)
+
+
+def test_a_restarted_trainer_is_followed_and_drawn_exactly(session, tmp_path):
+    frame = session["frame"]
+    run = session["live"].parent / "restart"
+    set_config(run, values="arrays", mode="current", FPS=30, colormap="magma")
+    before = Trainer(run, log_path=str(tmp_path / "before.log")).start()
+    try:
+        first = show_run(frame, "restart", 4 * 128 + 3 * 5)
+        wait_for(lambda: stats(frame)["frameId"] >= first["frameId"] + 20,
+                 message="frames of the first trainer")
+    finally:
+        before.stop()
+    old_writer = read_frame_file(run).header["writer"]
+    after = Trainer(run, log_path=str(tmp_path / "after.log")).start()
+    try:
+        wait_for(lambda: (s := stats(frame))["writer"] != old_writer and s["frameId"] >= 3,
+                 message="frames of the restarted trainer (another writer, ids from 1 again)")
+    finally:
+        after.stop()
+    try:
+        written = read_frame_file(run)
+        assert written.header["writer"] != old_writer and written.header["frame_id"] < first["frameId"] + 20
+        wait_for(lambda: (s := stats(frame))["frameId"] == written.header["frame_id"]
+                 and s["writer"] == written.header["writer"], message="the restarted trainer's last frame")
+        np.testing.assert_array_equal(canvas_rows(frame, 0, written.height - 1), written.rgb())
+    finally:
+        back_to_live(frame)
 
 
 def served_tall_png(session) -> tuple[np.ndarray, dict]:
