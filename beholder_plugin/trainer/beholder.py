@@ -571,7 +571,16 @@ class Beholder:
                 named = [("(filter)", Captured((), None, error=why), None)]
         labels, adapters, prepared, shapes, layouts = [], [], [], [], []
         missing: dict[int, str] = {}
+        numpy_source = sources.adapter("numpy")
         for i, (name, obj, layout) in enumerate(named):
+            if type(obj) is np.ndarray and layout is None and obj.size and obj.dtype.kind in "biufc":
+                # a plain NumPy array: what prepare_section would find, in a few attribute reads
+                labels.append(name)
+                adapters.append(numpy_source)
+                prepared.append(obj)
+                shapes.append(obj.shape)
+                layouts.append(layout_for(obj.shape))
+                continue
             try:
                 adapter, prep = sources.prepare_section(obj, name)
                 shape = sources.shape_of(prep)
