@@ -96,18 +96,27 @@ def test_a_torch_module_gives_trainable_variables_by_parameter_name(run_dir):
     assert infos[0]["max"] == pytest.approx(float(model[0].weight.detach().max()), rel=1e-6)
 
 
-def test_a_large_torch_tensor_is_sliced_before_copying(monkeypatch):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_large_torch_tensor_is_never_copied_whole(monkeypatch, dtype):
+    """A CPU float32 tensor is read in place (a NumPy view, then the few shown elements); a tensor NumPy
+    cannot view (bfloat16, or one on an accelerator) is sliced on its device, and only the slice copied."""
     torch = pytest.importorskip("torch")
-    big = torch.zeros((4096, 4096))  # a dense kernel: only 128 rows x 768 columns are shown
-    copied = []
+    big = torch.arange(4096 * 4096, dtype=torch.float32).reshape(4096, 4096).to(getattr(torch, dtype))
+    plan = make_plan(big.shape, 768, False)  # a dense kernel: only 128 rows x 768 columns are shown
+    expected = big.float().numpy()[np.ix_(*plan.axes)]
+    handed = []  # (elements, whether NumPy's array shares the tensor's memory)
     original = torch.Tensor.numpy
 
     def spy(self, *args, **kwargs):
-        copied.append(self.numel())
-        return original(self, *args, **kwargs)
+        array = original(self, *args, **kwargs)
+        handed.append((self.numel(), self.data_ptr() == big.data_ptr() and array.base is not None))
+        return array
 
     monkeypatch.setattr(torch.Tensor, "numpy", spy)
-    plan = make_plan(big.shape, 768, False)
     compact = fetch_compact(big, plan, "big")
     assert compact.shape == (128, 768)
-    assert copied == [128 * 768]
+    np.testing.assert_array_equal(compact, expected)
+    if dtype == "float32":
+        assert handed == [(4096 * 4096, True)]  # a view of the tensor's memory: nothing copied whole
+    else:
+        assert handed == [(128 * 768, False)]  # the shown slice only, made on the device

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from beholder_plugin.protocol.layout import SectionPlan
-from beholder_plugin.trainer.sources import finish, run_positions
+from beholder_plugin.trainer.sources import finish, numpy_arrays, run_positions
 
 
 def prepare(obj: Any, label: str) -> Any:
@@ -33,10 +34,32 @@ def _host(t: Any) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def compact(t: Any, plan: SectionPlan, label: str) -> np.ndarray:
-    """The plan's compact section: the shown rows and columns selected on the device first."""
+def _cpu_view(t: Any) -> np.ndarray | None:
+    """A NumPy view of a CPU tensor's memory (no copy), or None where NumPy cannot see it as it is."""
+    if t.device.type != "cpu" or t.dtype not in _viewable_dtypes():
+        return None
+    try:
+        return t.numpy()
+    except (RuntimeError, TypeError):  # conjugate or negative views, tensors that need grad
+        return None
+
+
+@functools.cache
+def _viewable_dtypes() -> frozenset:
+    """The torch dtypes a NumPy view shows as they are (made on first use: torch loads late)."""
     import torch
 
+    return frozenset({torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64,
+                      torch.uint8, torch.bool})
+
+
+def compact(t: Any, plan: SectionPlan, label: str) -> np.ndarray:
+    """The plan's compact section: read in place on the CPU as from NumPy, else selected on the device."""
+    import torch
+
+    view = _cpu_view(t)
+    if view is not None:  # the same few 1-D takes as for a NumPy array: only the shown elements are read
+        return plan.take(view)
     for axis, idx in enumerate(plan.axes):
         if idx is not None:
             t = t.index_select(axis, torch.as_tensor(idx, device=t.device))
@@ -47,6 +70,9 @@ def sample(t: Any, runs: tuple[int, int, int]) -> np.ndarray:
     """The sample's runs of consecutive values (views.stats), taken on the device, then copied."""
     import torch
 
+    view = _cpu_view(t)
+    if view is not None:
+        return numpy_arrays.sample(view, runs)
     count, stride, length = runs
     if t.is_contiguous():
         return _host(t.reshape(-1)[: count * stride].reshape(count, stride)[:, :length])
