@@ -470,7 +470,7 @@ class Beholder:
         if self._worker is not None and self._worker.busy:
             self.skipped += 1
             if watch is not None:
-                watch.armed = None
+                watch.disarm()
             return False
         job = self._gather(config, arrays, frame, variables, session, layout)
         if self._worker is None:

@@ -1,12 +1,15 @@
 """Beholder.watch(model): a model's weights, gradients and activations, without passing them each step.
 
 For a torch module, hooks capture what the dashboard's Values setting asks
-for, and only on the step after a frame became due ("armed"): forward hooks
-on leaf modules copy the shown slice of each output; post-accumulate-grad
-hooks note which gradients arrived, and the shown slices are copied when the
-backward pass ends (so DDP's averaged gradients are shown, not local ones). Every other step a hook costs one
-attribute check. Hooks never keep a tensor alive: they copy the compact
-section (or, with show_all, the whole tensor) and drop the reference.
+for, and only on the step after a frame became due ("armed"): arm() installs
+forward hooks on leaf modules, which copy the shown slice of each output, or
+post-accumulate-grad hooks, which note which gradients arrived so that the
+shown slices are copied when the backward pass ends (DDP's averaged
+gradients, not local ones). Taking the frame removes them: every other step
+runs with no hook at all (a hooked module call takes PyTorch's slower path,
+several percent of a small model's step). Hooks never keep a tensor alive:
+they copy the compact section (or, with show_all, the whole tensor) and drop
+the reference.
 
 For a Keras model the weights are its trainable variables with the layouts
 of their layers; activations come from running the model on a fixed probe
@@ -90,10 +93,9 @@ class Watch:
         self._keras_probe_model: Any = None
         if sources.is_torch_module(model):
             self.framework = "torch"
-            # Hooks are installed only while gradients or activations are shown (at the first arm()):
-            # with weights shown, or at FPS 0, training runs with no hook at all.
+            # Hooks are installed by arm() for the step after a frame fell due and removed when the
+            # frame takes what they captured: every other step runs with no hook at all.
             self._hook_choice = (activations, gradients)
-            self._signature: tuple | None = None
         elif sources.is_keras_layer(model):
             self.framework = "keras"
             self._keras_layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
@@ -123,8 +125,8 @@ class Watch:
         self.show_all = show_all
         self.sizing = sizing
         self.pattern = pattern
-        if self.framework == "torch" and (not self.hooked or self._torch_signature() != self._signature):
-            self._rehook()  # first use, or layers added, replaced or re-parented since: hook them as they are
+        if self.framework == "torch":
+            self._rehook(values)  # the model as it is now (layers may have been added or replaced)
         self.armed = values
 
     @property
@@ -146,7 +148,8 @@ class Watch:
             return self._keras_sections(values)
         if self.framework == "nnx":
             return _nnx_sections(values, self.variables())
-        captured, self.captured, self.armed = self.captured, {}, None
+        captured = self.captured
+        self.disarm()  # the hooks did their step's work: training runs without them until the next frame
         if values == "gradients":
             named = []
             for name, param, _layout in sources.named_variables(self.model):
@@ -160,6 +163,10 @@ class Watch:
             return named
         return [(name, got, None) for name, got in captured.items()]
 
+    def disarm(self) -> None:
+        """Remove the hooks and drop what they captured (a frame was taken, or skipped)."""
+        self.remove()
+
     def remove(self) -> None:
         """Remove every hook and drop what was captured."""
         for handle in self._handles:
@@ -171,31 +178,20 @@ class Watch:
 
     # ------------------------------------------------------------ torch hooks
 
-    def _torch_signature(self) -> tuple:
-        """What the hooks depend on: every module and parameter by path and identity (cheap to compare)."""
-        return (
-            tuple((path, id(module)) for path, module in self.model.named_modules()),
-            tuple((name, id(param)) for name, param in self.model.named_parameters()),
-        )
+    def _rehook(self, values: str) -> None:
+        """Install the hooks these values need, for the model as it is now (removing any installed before)."""
+        from beholder_plugin.trainer.sources import torch_modules
 
-    def _rehook(self) -> None:
-        """Install the hooks for the model as it is now (removing any installed before)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._hook_torch(*self._hook_choice)
-
-    def _hook_torch(self, activations: bool | list[str], gradients: bool) -> None:
-        from beholder_plugin.trainer.sources import torch_modules
-
-        self._hook_choice = (activations, gradients)
-        self._signature = self._torch_signature()
-        if gradients:
+        activations, gradients = self._hook_choice
+        if values == "gradients" and gradients:
             for name, param, layout in torch_modules.trainable_parameters(self.model):
                 if hasattr(param, "register_post_accumulate_grad_hook"):
                     hook = self._grad_hook(name, layout)
                     self._handles.append(param.register_post_accumulate_grad_hook(hook))
-        if activations:
+        if values == "activations" and activations:
             chosen = set(activations) if isinstance(activations, (list, tuple, set)) else None
             for path, module in self.model.named_modules():
                 leaf = not any(True for _ in module.children())

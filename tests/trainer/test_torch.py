@@ -200,6 +200,11 @@ def test_hooks_keep_no_tensor_alive_and_unwatch_removes_them(run_dir):
         del out
         gc.collect()
         assert ref() is None  # the hooks copied what they needed and let go of the output
+        assert beholder.update()  # the frame takes what they captured...
+        assert not any(m._forward_hooks for m in model.modules())  # ...and the steps after run unhooked
+        beholder._last_frame_time = float("-inf")  # the next frame due: armed again
+        beholder.update()
+        assert all(len(m._forward_hooks) == 1 for n, m in model.named_modules() if n)
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
     beholder.close()
 

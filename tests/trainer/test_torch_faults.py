@@ -37,14 +37,16 @@ def test_layers_added_and_replaced_after_watch_are_shown(run_dir):
         beholder.watch(model)
         assert [r["name"] for r in frame_after_two_steps(beholder, model)] == ["0", "1"]
         model.append(nn.Linear(3, 2))  # a new layer
+        old = model[0]
         model[0] = nn.Linear(4, 3)  # a replaced one
         assert [r["name"] for r in frame_after_two_steps(beholder, model)] == ["0", "1", "2"]
         set_config(run_dir, values="gradients", mode="current", FPS=30)
         sections = frame_after_two_steps(beholder, model)
         assert [r["name"] for r in sections] == ["0.weight", "0.bias", "2.weight", "2.bias"]
         assert all("missing" not in r for r in sections)  # the replaced layer's new parameters are hooked
-        # and the old layer's hooks are gone: exactly one forward hook per leaf module
-        assert [len(m._forward_hooks) for m in model] == [1, 1, 1]
+        # the frame taken, no hook is left anywhere: not on the model, not on the layer it dropped
+        assert [len(m._forward_hooks) for m in (*model, old)] == [0, 0, 0, 0]
+        assert not any(p._post_accumulate_grad_hooks for p in model.parameters())
 
 
 def test_a_model_cast_to_another_dtype_is_still_shown(run_dir):
