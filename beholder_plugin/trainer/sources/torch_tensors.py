@@ -35,12 +35,17 @@ def _host(t: Any) -> np.ndarray:
 
 
 def _cpu_view(t: Any) -> np.ndarray | None:
-    """A NumPy view of a CPU tensor's memory (no copy), or None where NumPy cannot see it as it is."""
+    """A NumPy view of a CPU tensor's memory (no copy), or None where NumPy cannot see it as it is.
+
+    Through DLPack, not Tensor.numpy(): numpy() marks the tensor's storage as
+    never resizable again, and FSDP frees a gathered parameter by resizing
+    its storage to nothing after each forward.
+    """
     if t.device.type != "cpu" or t.dtype not in _viewable_dtypes():
         return None
     try:
-        return t.numpy()
-    except (RuntimeError, TypeError):  # conjugate or negative views, tensors that need grad
+        return np.from_dlpack(t.detach())
+    except (BufferError, RuntimeError, TypeError, ValueError):  # conjugate or negative views and the like
         return None
 
 
