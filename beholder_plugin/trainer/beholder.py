@@ -503,6 +503,8 @@ class Beholder:
         source = variables if variables is not None else self.variables
         if source is not None:
             self._gather_named(job, sources.named_variables(source))
+        elif self._watch is not None and self._watch.needs_capture(values):  # sharded: copied inside forward
+            self._gather_named(job, self._watch.take(values, _filter(config["filter"])))
         elif self._watch is not None:
             self._gather_named(job, self._watch.variables())
         return job

@@ -5,7 +5,10 @@ for, and only on the step after a frame became due ("armed"): arm() installs
 forward hooks on leaf modules, which copy the shown slice of each output, or
 post-accumulate-grad hooks, which note which gradients arrived so that the
 shown slices are copied when the backward pass ends (DDP's averaged
-gradients, not local ones). Taking the frame removes them: every other step
+gradients, not local ones), or, for a model sharded with FSDP2, forward
+pre-hooks that copy the shown slice of each module's weights while FSDP2 has
+gathered them whole for that forward (no collective of Beholder's own; only
+the rank that writes arms them). Taking the frame removes them: every other step
 runs with no hook at all (a hooked module call takes PyTorch's slower path,
 several percent of a small model's step). Hooks never keep a tensor alive:
 they copy the compact section (or, with show_all, the whole tensor) and drop
@@ -96,6 +99,7 @@ class Watch:
             # Hooks are installed by arm() for the step after a frame fell due and removed when the
             # frame takes what they captured: every other step runs with no hook at all.
             self._hook_choice = (activations, gradients)
+            self.sharded = any(_sharded(param) for param in model.parameters())
         elif sources.is_keras_layer(model):
             self.framework = "keras"
             self._keras_layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
@@ -111,11 +115,20 @@ class Watch:
 
     def variables(self) -> list[sources.Named]:
         """The model's trainable variables, named by path, with their layouts."""
-        return sources.named_variables(self.model)
+        named = sources.named_variables(self.model)
+        if self.framework == "torch" and any(_sharded(param) for _, param, _ in named):
+            self.sharded = True  # sharded after watch(): from the next frame on, weights come from hooks
+        return named
 
     def needs_capture(self, values: str) -> bool:
-        """Whether these values come from hooks during the next step (torch gradients and activations)."""
-        return self.framework == "torch" and values in CAPTURED_VALUES
+        """Whether these values come from hooks during the next step.
+
+        Torch gradients and activations; and the weights of a model whose
+        parameters are sharded (FSDP2), which are whole only inside forward.
+        """
+        if self.framework != "torch":
+            return False
+        return values in CAPTURED_VALUES or (values == "trainable_variables" and self.sharded)
 
     def arm(
         self, values: str, show_all: bool, sizing: str = "fixed", pattern: re.Pattern | None = None
@@ -143,13 +156,17 @@ class Watch:
         return self.armed == values and bool(self.captured)
 
     def take(self, values: str, pattern: re.Pattern | None = None) -> list[sources.Named]:
-        """The sections of a gradients or activations frame (then the hooks rest until armed again)."""
+        """The sections of a frame whose values the hooks captured (then they rest until armed again)."""
         if self.framework == "keras":
             return self._keras_sections(values)
         if self.framework == "nnx":
             return _nnx_sections(values, self.variables())
         captured = self.captured
         self.disarm()  # the hooks did their step's work: training runs without them until the next frame
+        if values == "trainable_variables":  # sharded weights, copied whole inside forward
+            return [(name, captured[name], None) if name in captured else (name, param, layout)
+                    for name, param, layout in self.variables()
+                    if pattern is None or pattern.search(name)]
         if values == "gradients":
             named = []
             for name, param, _layout in sources.named_variables(self.model):
@@ -191,12 +208,39 @@ class Watch:
                 if hasattr(param, "register_post_accumulate_grad_hook"):
                     hook = self._grad_hook(name, layout)
                     self._handles.append(param.register_post_accumulate_grad_hook(hook))
+        if values == "trainable_variables":
+            for path, module in self.model.named_modules():
+                if any(p.requires_grad for p in module.parameters(recurse=False)):
+                    self._handles.append(module.register_forward_pre_hook(self._weights_hook(path)))
         if values == "activations" and activations:
             chosen = set(activations) if isinstance(activations, (list, tuple, set)) else None
             for path, module in self.model.named_modules():
                 leaf = not any(True for _ in module.children())
                 if (chosen is None and leaf and path) or (chosen is not None and path in chosen):
                     self._handles.append(module.register_forward_hook(self._activation_hook(path, module)))
+
+    def _weights_hook(self, path: str) -> Callable:
+        """A forward pre-hook copying the shown slice of a module's own parameters.
+
+        FSDP2 gathers a sharded module's parameters whole just before its
+        forward (on every rank, for training's own sake) and shards them
+        again after it: a hook that runs then reads the whole parameter with
+        no collective of its own, on the one rank that writes.
+        """
+        from beholder_plugin.trainer.sources import torch_modules
+
+        def hook(module: Any, args: Any) -> None:
+            if self.armed != "trainable_variables":
+                return
+            for name, param in module.named_parameters(recurse=False):
+                full = f"{path}.{name}" if path else name
+                if not param.requires_grad or full in self.captured:
+                    continue
+                layout = torch_modules.parameter_layout(module, name, param)
+                # Still sharded here (not an FSDP2 module): this rank's part, never a collective.
+                self._capture(full, param.to_local() if _sharded(param) else param, layout)
+
+        return hook
 
     def _grad_hook(self, name: str, layout: str | None) -> Callable:
         def hook(param: Any) -> None:
@@ -293,6 +337,11 @@ class Watch:
             outputs = [layer.output for layer in layers]
             self._keras_probe_model = (keras.Model(self.model.inputs, outputs), [lay.name for lay in layers])
         return self._keras_probe_model
+
+
+def _sharded(param: Any) -> bool:
+    """Whether a torch parameter is a DTensor (sharded, as FSDP2 keeps it between forwards)."""
+    return type(param).__name__ == "DTensor"
 
 
 def _nnx_sections(values: str, variables: list[sources.Named]) -> list[sources.Named]:

@@ -238,3 +238,71 @@ def test_fsdp2_parameters_are_shown_as_each_ranks_own_shard(tmp_path):
     found = sorted(re.findall(r"<fsdp (\d) (\S+) (\[.*?\]) (\S+) (True|False)>", out.stdout))
     # each rank holds 4 of the weight's 8 rows (Shard(0)) and shows exactly those, as a Linear weight
     assert found == [(r, "0.weight", "[4, 16]", "matrix_out_in", "True") for r in ("0", "1")]
+
+
+FSDP_WATCH = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    import torch, torch.distributed as dist
+    from torch import nn
+    from torch.distributed.fsdp import fully_shard
+    from beholder_plugin import Beholder, DEFAULT_CONFIG, write_config
+    from beholder_plugin.protocol.runfiles import read_frame_file
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    fully_shard(model[0])
+    fully_shard(model[2])
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if dist.get_rank() == 0:
+        write_config(sys.argv[1], {**DEFAULT_CONFIG, "values": "trainable_variables", "mode": "current"})
+    b = Beholder(sys.argv[1], strict=True, background=False)  # ranks="zero": rank 0 alone writes
+    pre_hooks = lambda: sum(len(m._forward_pre_hooks) for m in model.modules())  # FSDP2 has its own
+    fsdp_hooks = pre_hooks()
+    if b.active:
+        b.watch(model)
+    frames = 0
+    for step in range(2):  # step 0's update() arms the hooks, step 1's forward feeds its frame
+        opt.zero_grad()
+        if step == 1:  # the weights step 1's forward sees, gathered whole here by the test itself
+            whole = [p.full_tensor().detach().numpy() for p in (model[0].weight, model[2].weight)]
+        model(torch.randn(4, 16)).sum().backward()
+        opt.step()
+        if b.active:
+            frames += bool(b.update())
+    if b.active:
+        b.flush()
+        frame = read_frame_file(sys.argv[1])
+        recs = frame.sections
+        same = [bool(np.array_equal(np.sort(frame.section_values(i).reshape(-1)), np.sort(w.reshape(-1))))
+                for i, w in zip((0, 2), whole)]
+        hooks = pre_hooks() - fsdp_hooks
+        print(f"<watch {frames} {[r['name'] for r in recs]} {recs[0]['shape']} {recs[0]['layout']} "
+              f"{same} {hooks}>", flush=True)
+    dist.barrier()
+    os._exit(0)
+    """
+)
+
+
+def test_fsdp2_weights_under_watch_are_shown_whole_without_a_collective_of_our_own(tmp_path):
+    pytest.importorskip("torch.distributed.fsdp")
+    script = tmp_path / "fsdp_watch.py"
+    script.write_text(FSDP_WATCH)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={_free_port()}", str(script), str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    found = re.findall(r"<watch (\d+) (\[.*?\]) (\[.*?\]) (\S+) (\[.*?\]) (\d+)>", out.stdout)
+    # Only rank 0 writes. Its frame (armed at step 0, taken at step 1) shows every parameter at its full
+    # shape, the first weight's 8 x 16 values as the Linear (out, in) it is: gathered by FSDP2's own
+    # forward, not one rank's 4 x 16 shard. The hooks are gone once the frame is taken.
+    assert found == [("1", "['0.weight', '0.bias', '2.weight', '2.bias']", "[8, 16]", "matrix_out_in",
+                      "[True, True]", "0")], out.stdout[-2000:]
+
