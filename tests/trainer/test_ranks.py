@@ -104,19 +104,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(tmp_path, logdir: str, ranks: str) -> dict[int, tuple[bool, int]]:
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP)
+def _two_ranks(tmp_path, source: str, *args: str) -> str:
+    """Run a script with torchrun in two gloo processes; its stdout (the run must succeed)."""
+    script = tmp_path / "two_ranks.py"
+    script.write_text(source)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RANK", None)
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         f"--master_port={_free_port()}", str(script), logdir, ranks],
+         f"--master_port={_free_port()}", str(script), *args],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def _torchrun(tmp_path, logdir: str, ranks: str) -> dict[int, tuple[bool, int]]:
+    stdout = _two_ranks(tmp_path, DDP, logdir, ranks)
     found = {}
-    for rank, active, frames in re.findall(r"<rank (\d) (True|False) (\d+)>", out.stdout):
+    for rank, active, frames in re.findall(r"<rank (\d) (True|False) (\d+)>", stdout):
         found[int(rank)] = (active == "True", int(frames))
     return found
 
@@ -225,17 +231,8 @@ FSDP = textwrap.dedent(
 
 def test_fsdp2_parameters_are_shown_as_each_ranks_own_shard(tmp_path):
     pytest.importorskip("torch.distributed.fsdp")
-    script = tmp_path / "fsdp.py"
-    script.write_text(FSDP)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RANK", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         f"--master_port={_free_port()}", str(script), str(tmp_path / "logs")],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    found = sorted(re.findall(r"<fsdp (\d) (\S+) (\[.*?\]) (\S+) (True|False)>", out.stdout))
+    stdout = _two_ranks(tmp_path, FSDP, str(tmp_path / "logs"))
+    found = sorted(re.findall(r"<fsdp (\d) (\S+) (\[.*?\]) (\S+) (True|False)>", stdout))
     # each rank holds 4 of the weight's 8 rows (Shard(0)) and shows exactly those, as a Linear weight
     assert found == [(r, "0.weight", "[4, 16]", "matrix_out_in", "True") for r in ("0", "1")]
 
@@ -289,20 +286,11 @@ FSDP_WATCH = textwrap.dedent(
 
 def test_fsdp2_weights_under_watch_are_shown_whole_without_a_collective_of_our_own(tmp_path):
     pytest.importorskip("torch.distributed.fsdp")
-    script = tmp_path / "fsdp_watch.py"
-    script.write_text(FSDP_WATCH)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RANK", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         f"--master_port={_free_port()}", str(script), str(tmp_path / "logs")],
-        capture_output=True, text=True, timeout=300, env=env,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    found = re.findall(r"<watch (\d+) (\[.*?\]) (\[.*?\]) (\S+) (\[.*?\]) (\d+)>", out.stdout)
+    stdout = _two_ranks(tmp_path, FSDP_WATCH, str(tmp_path / "logs"))
+    found = re.findall(r"<watch (\d+) (\[.*?\]) (\[.*?\]) (\S+) (\[.*?\]) (\d+)>", stdout)
     # Only rank 0 writes. Its frame (armed at step 0, taken at step 1) shows every parameter at its full
     # shape, the first weight's 8 x 16 values as the Linear (out, in) it is: gathered by FSDP2's own
     # forward, not one rank's 4 x 16 shard. The hooks are gone once the frame is taken.
     assert found == [("1", "['0.weight', '0.bias', '2.weight', '2.bias']", "[8, 16]", "matrix_out_in",
-                      "[True, True]", "0")], out.stdout[-2000:]
+                      "[True, True]", "0")], stdout[-2000:]
 
