@@ -54,6 +54,7 @@ from beholder_plugin.protocol.frame_format import (
     value_at,
 )
 from beholder_plugin.protocol.scaling import palette_indices
+from beholder_plugin.server.runs import recent_realpath
 
 # zlib level 1: about three times faster than the default for a ~1000 x 768 frame,
 # and palette frames compress well anyway.
@@ -84,7 +85,7 @@ def file_identity(path: str) -> tuple | None:
 
 def file_key(path: str) -> str:
     """The key a file is cached under: its real path, or the URL itself for a remote file (no symlinks)."""
-    return path if files_for(path).remote else os.path.realpath(path)
+    return path if files_for(path).remote else recent_realpath(path)
 
 
 def encode_png(frame: Frame) -> bytes:
@@ -213,10 +214,13 @@ class FrameData:
         self._parts: dict[int, bytes] = {}  # section index -> its palette indices
         self._answers: OrderedDict[tuple[int, int] | None, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        self._headers: list[tuple[str, str]] | None = None
 
     def headers(self) -> list[tuple[str, str]]:
-        """The same HTTP headers as the frame's PNG answer."""
-        return frame_headers(self.etag, self.header)
+        """The same HTTP headers as the frame's PNG answer (made once; each answer gets a copy)."""
+        if self._headers is None:
+            self._headers = frame_headers(self.etag, self.header)
+        return list(self._headers)
 
     def overlapping(self, first: int, last: int) -> list[int]:
         """Indices of the sections that share a row with rows first..last (inclusive)."""

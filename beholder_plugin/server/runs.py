@@ -215,7 +215,7 @@ class RunIndex:
             raise RunError(self.error, 500)
         if self.files is not None:
             return self._resolve_remote(name)
-        root = os.path.realpath(self.logdir)
+        root = recent_realpath(self.logdir)
         path = os.path.normpath(os.path.join(self.logdir, name))
         # Check both the run directory and its plugins/beholder: either may be a symlink.
         for candidate in (path, plugin_dir(path)):
@@ -266,9 +266,30 @@ class RunIndex:
                 raise RunError(f"{name} of run {run.name!r} leads outside the logdir", 403)
             return posixpath.join(run.beholder_dir, inside)
         path = os.path.join(run.beholder_dir, name)
-        if not _is_inside(os.path.realpath(path), os.path.realpath(self.logdir)):
+        if not _is_inside(os.path.realpath(path), recent_realpath(self.logdir)):
             raise RunError(f"{name} of run {run.name!r} leads outside the logdir", 403)
         return path
+
+
+_REALPATHS: dict[str, tuple[float, str]] = {}
+REALPATH_TTL = 1.0  # seconds a remembered real path is used
+
+
+def recent_realpath(path: str) -> str:
+    """os.path.realpath(path) as found in the last REALPATH_TTL s: one lstat per path component saved.
+
+    For the logdir itself and for cache keys, never for the check that a
+    run or file lies inside the logdir (that one looks every time).
+    """
+    now = time.monotonic()
+    found = _REALPATHS.get(path)
+    if found is not None and now - found[0] < REALPATH_TTL:
+        return found[1]
+    if len(_REALPATHS) > 4096:
+        _REALPATHS.clear()
+    real = os.path.realpath(path)
+    _REALPATHS[path] = (now, real)
+    return real
 
 
 def is_writable(directory: str) -> bool:

@@ -183,6 +183,20 @@ def test_symlinked_run_outside_the_logdir_is_refused(tmp_path):
     assert read_config_file(outside) == before
 
 
+def test_a_run_swapped_for_a_symlink_out_is_refused_at_once(tmp_path):
+    # Real paths are remembered for a second (the logdir's, cache keys), but never for the check
+    # that a run lies inside the logdir: a run just served and then replaced by a link out is refused.
+    logdir, outside = tmp_path / "logs", tmp_path / "outside"
+    make_frames(outside)
+    make_frames(logdir / "run")
+    _, client = plugin_client(logdir)
+    assert client.get(f"{BASE}/frame?run=run").status_code == 200
+    os.rename(logdir / "run", tmp_path / "moved")
+    os.symlink(outside, logdir / "run")
+    for route in ("frame", "live-data", "section-info", "config"):
+        assert client.get(f"{BASE}/{route}?run=run&timeout=0").status_code == 403, route
+
+
 def test_symlinked_plugin_dir_outside_the_logdir_is_refused(tmp_path):
     logdir, outside = tmp_path / "logs", tmp_path / "outside"
     make_frames(outside)
