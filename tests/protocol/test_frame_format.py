@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from beholder_plugin.protocol import frame_format
 from beholder_plugin.protocol.files import LOCAL
 from beholder_plugin.protocol.frame_format import (
     FrameFormatError,
@@ -231,3 +232,28 @@ def test_palette_indices_follow_the_documented_rule_whatever_the_order_of_the_va
     swapped = [dict(records[0], values=2), dict(records[1], values=0)]
     got = palette_indices(np.concatenate([b, a]), swapped)
     assert got.tolist() == expected[6:] + expected[:6]
+
+
+def test_headers_read_the_same_with_or_without_orjson(monkeypatch):
+    """orjson is a speed-up: whatever it refuses (NaN literals, deep nesting, bad UTF-8), the json module
+    decides, so every header text reads to the same objects, or fails the same way, either way."""
+    pytest.importorskip("orjson")
+    texts = [
+        json.dumps({"sections": [{"name": "é", "bounds": [-1.5, 2.0000000000000004], "n": 2**40}]}).encode(),
+        b'{"stats": {"mean": NaN, "max": Infinity}}',
+        b"[" * 3000 + b"]" * 3000,
+        b'{"name": "\xff"}',
+        b'{"a": 1, "a": 2}',
+    ]
+
+    def read(text):
+        try:
+            return ("ok", frame_format._load_json(text))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            return ("error", type(exc))
+
+    fast = [read(t) for t in texts]
+    monkeypatch.setattr(frame_format, "orjson", None)
+    slow = [read(t) for t in texts]
+    assert [kind for kind, _ in fast] == ["ok", "ok", "error", "error", "ok"]
+    assert repr(fast) == repr(slow)  # repr: NaN != NaN, but prints the same
