@@ -26,6 +26,7 @@ import pytest
 from support import set_config
 
 from beholder_plugin.protocol.layout import compact_map
+from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.server.frames import DATA_MAGIC
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,6 +224,39 @@ def chromium_page(viewport: tuple[int, int] = (1400, 1000)) -> Iterator[Any]:
             yield page
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def live_dashboard(logdir: Path) -> Iterator[dict[str, Any]]:
+    """A trainer writing the run <logdir>/live (magma, FPS 30), TensorBoard on logdir, and its Beholder tab.
+
+    Yields logdir, live (the run), tb, page and frame (the dashboard's iframe).
+    """
+    live = logdir / "live"
+    set_config(live, values="arrays", mode="current", FPS=30, colormap="magma")
+    trainer = Trainer(live, log_path=str(logdir.parent / "trainer.log")).start()
+    tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
+    try:
+        tb.start()
+        wait_for(lambda: read_frame_file(live), timeout=60, message="the trainer's first frame")
+        with chromium_page() as page:
+            page.goto(tb.url + "/#beholder")
+            yield {"logdir": logdir, "live": live, "tb": tb, "page": page, "frame": beholder_frame(page)}
+    finally:
+        trainer.stop()
+        tb.stop()
+
+
+def dashboard_stats(frame: Any) -> dict:
+    """The dashboard's counters (window.beholder in the iframe), with the number of draws it keeps."""
+    return frame.evaluate("({...window.beholder, drawn: window.beholder.drawn.length})")
+
+
+def frames_after(frame: Any, count: int = 3, timeout: float = 30) -> dict:
+    """Wait until the dashboard has drawn `count` more frames; its counters then."""
+    start = dashboard_stats(frame)["framesReceived"]
+    return wait_for(lambda: (s := dashboard_stats(frame))["framesReceived"] >= start + count and s,
+                    timeout=timeout, message=f"{count} new frames")
 
 
 def beholder_frame(page: Any, timeout: float = 60.0) -> Any:

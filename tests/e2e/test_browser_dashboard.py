@@ -19,14 +19,15 @@ from server_support import (
     ARTIFACTS,
     BROWSER_MARKS,
     TRAINER_FRAME_SHAPE,
-    TensorBoard,
-    Trainer,
-    beholder_frame,
-    chromium_page,
+    frames_after,
+    live_dashboard,
     make_frames,
     read_config_file,
     set_config,
     wait_for,
+)
+from server_support import (
+    dashboard_stats as stats,
 )
 
 from beholder_plugin.protocol.runfiles import plugin_dir, read_frame_file
@@ -56,35 +57,8 @@ def session(tmp_path_factory):
     """A logdir with an old run and a live one, a trainer on the live one, TensorBoard, a page."""
     logdir = tmp_path_factory.mktemp("logs")
     make_frames(logdir / "old")  # written once, so "live" is the most recently updated run
-    live = logdir / "live"
-    set_config(live, values="arrays", mode="current", FPS=30, colormap="magma")
-    trainer = Trainer(live, log_path=str(logdir.parent / "trainer.log")).start()
-    tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
-    try:
-        tb.start()
-        wait_for(lambda: read_frame_file(live), timeout=60, message="the trainer's first frame")
-        with chromium_page() as page:
-            page.goto(tb.url + "/#beholder")
-            frame = beholder_frame(page)
-            yield {"logdir": logdir, "live": live, "tb": tb, "page": page, "frame": frame}
-    finally:
-        trainer.stop()
-        tb.stop()
-
-
-def stats(frame) -> dict:
-    """The dashboard's counters (window.beholder in the iframe)."""
-    return frame.evaluate("({...window.beholder, drawn: window.beholder.drawn.length})")
-
-
-def frames_after(frame, count: int = 3, timeout: float = 30) -> dict:
-    """Wait until `count` more frames have been drawn; the stats then."""
-    start = stats(frame)["framesReceived"]
-    return wait_for(
-        lambda: (s := stats(frame))["framesReceived"] >= start + count and s,
-        timeout=timeout,
-        message=f"{count} new frames",
-    )
+    with live_dashboard(logdir) as found:
+        yield found
 
 
 def config_becomes(run_dir: Path, key: str, value) -> None:

@@ -29,10 +29,14 @@ from server_support import (
     Trainer,
     beholder_frame,
     chromium_page,
+    frames_after,
     http_get,
     read_config_file,
     set_config,
     wait_for,
+)
+from server_support import (
+    dashboard_stats as stats,
 )
 
 from beholder_plugin.protocol.history import parse_history_name
@@ -83,11 +87,6 @@ def session(tmp_path_factory):
         tb.stop()
 
 
-def stats(frame) -> dict:
-    """The dashboard's counters (window.beholder in the iframe)."""
-    return frame.evaluate("({...window.beholder, drawn: window.beholder.drawn.length})")
-
-
 def shoot(page, name: str) -> None:
     """Save a screenshot of the page under test-artifacts/."""
     ARTIFACTS.mkdir(exist_ok=True)
@@ -123,13 +122,6 @@ def hover(frame, x: int, y: int, step: int | None = None) -> dict:
         and "step" in r and (step is None or r["step"] == str(step)) and r,
         message=f"the read-out of pixel ({x}, {y})",
     )
-
-
-def frames_after(frame, count: int = 3) -> dict:
-    """Wait until `count` more frames have been drawn; the stats then."""
-    start = stats(frame)["framesReceived"]
-    return wait_for(lambda: (s := stats(frame))["framesReceived"] >= start + count and s,
-                    message=f"{count} new frames")
 
 
 def canvas_rgb(frame) -> np.ndarray:

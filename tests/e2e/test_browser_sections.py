@@ -34,6 +34,9 @@ from server_support import (
     set_config,
     wait_for,
 )
+from server_support import (
+    dashboard_stats as stats,
+)
 
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.server.diff import DIFF_PALETTE
@@ -79,11 +82,6 @@ def session(tmp_path_factory):
     finally:
         trainer.stop()
         tb.stop()
-
-
-def stats(frame) -> dict:
-    """The dashboard's counters (window.beholder in the iframe)."""
-    return frame.evaluate("({...window.beholder, drawn: window.beholder.drawn.length})")
 
 
 def debug(frame, name: str):

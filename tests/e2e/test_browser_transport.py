@@ -17,14 +17,13 @@ from server_support import (
     BASE,
     BROWSER_MARKS,
     TRAINER_FRAME_SHAPE,
-    TensorBoard,
     Trainer,
-    beholder_frame,
-    chromium_page,
+    live_dashboard,
     read_config_file,
     set_config,
     wait_for,
 )
+from server_support import dashboard_stats as stats
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.layout import LAYOUTS, compact_map, resize_indices
@@ -37,25 +36,8 @@ pytestmark = BROWSER_MARKS
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     """A trainer writing a run of four sections, TensorBoard, and the dashboard in Chromium."""
-    logdir = tmp_path_factory.mktemp("logs")
-    live = logdir / "live"
-    set_config(live, values="arrays", mode="current", FPS=30, colormap="magma")
-    trainer = Trainer(live, log_path=str(logdir.parent / "trainer.log")).start()
-    tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
-    try:
-        tb.start()
-        wait_for(lambda: read_frame_file(live), timeout=60, message="the trainer's first frame")
-        with chromium_page() as page:
-            page.goto(tb.url + "/#beholder")
-            yield {"live": live, "tb": tb, "frame": beholder_frame(page)}
-    finally:
-        trainer.stop()
-        tb.stop()
-
-
-def stats(frame) -> dict:
-    """The dashboard's counters (window.beholder in the iframe)."""
-    return frame.evaluate("({...window.beholder, drawn: window.beholder.drawn.length})")
+    with live_dashboard(tmp_path_factory.mktemp("logs")) as found:
+        yield found
 
 
 def config_becomes(session, key: str, value) -> None:

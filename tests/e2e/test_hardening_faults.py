@@ -20,6 +20,9 @@ from server_support import (
     set_config,
     wait_for,
 )
+from server_support import (
+    dashboard_stats as stats,
+)
 
 from beholder_plugin.protocol.runfiles import read_frame, read_frame_file
 
@@ -47,11 +50,6 @@ CANVAS_RGB = """() => {
   const c = document.querySelector('#frame');
   return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
 }"""
-
-
-def stats(frame) -> dict:
-    """The dashboard's counters (window.beholder in the iframe)."""
-    return frame.evaluate("({...window.beholder, drawn: window.beholder.drawn.length})")
 
 
 def canvas_rgb(frame) -> np.ndarray:
