@@ -16,19 +16,17 @@ separators, are black (index 0). The picture is laid out like A's frame
 
 from __future__ import annotations
 
-import io
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from beholder_plugin.protocol.files import FileRefused, files_for
 from beholder_plugin.protocol.frame_format import MAX_FRAME_BYTES, FrameFormatError
 from beholder_plugin.protocol.layout import MISSING, expand_sections
-from beholder_plugin.server.frames import PNG_COMPRESS_LEVEL, FrameHub, file_identity, file_key
+from beholder_plugin.server.frames import FrameHub, encode_palette_png, file_identity, file_key
 
 # The ends and the middle of the diverging palette (ColorBrewer's RdBu ends, white at 0).
 NEGATIVE_RGB = (33, 102, 172)
@@ -124,15 +122,6 @@ def diff_frames(
         "only_in_other": [name for name in by_name if name not in names_a],
     }
     return np.take(rows, row_index, axis=0), info
-
-
-def encode_palette_png(pixels: np.ndarray, palette: np.ndarray) -> bytes:
-    """H x W palette indices as a palette PNG."""
-    image = Image.fromarray(np.ascontiguousarray(pixels), "P")
-    image.putpalette(palette.tobytes())
-    out = io.BytesIO()
-    image.save(out, "PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return out.getvalue()
 
 
 @dataclass

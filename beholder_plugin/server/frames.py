@@ -91,11 +91,21 @@ def file_key(path: str) -> str:
 def encode_png(frame: Frame) -> bytes:
     """The frame as PNG bytes: palette frames as mode "P" with their palette, others as RGB."""
     if frame.palette is not None:
-        size = (frame.width, frame.height)
-        image = Image.frombuffer("P", size, frame.pixels.tobytes(), "raw", "P", 0, 1)
-        image.putpalette(frame.palette.tobytes())
-    else:
-        image = Image.fromarray(frame.pixels, "RGB")
+        return encode_palette_png(frame.pixels, frame.palette)
+    return _png_bytes(Image.fromarray(frame.pixels, "RGB"))
+
+
+def encode_palette_png(pixels: np.ndarray, palette: np.ndarray) -> bytes:
+    """H x W palette indices and a (256, 3) palette as a palette ("P") PNG."""
+    height, width = pixels.shape
+    data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+    image = Image.frombuffer("P", (width, height), data, "raw", "P", 0, 1)
+    image.putpalette(np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
+    return _png_bytes(image)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    """An image as PNG bytes, at the zlib level the server uses everywhere."""
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=PNG_COMPRESS_LEVEL)
     return out.getvalue()
