@@ -456,7 +456,7 @@ class Beholder:
         fps = config["FPS"]
         watch = self._watch
         if watch is not None and watch.hooked and (fps == 0 or not watch.needs_capture(config["values"])):
-            watch.unhook()  # no hook costs the training loop anything while it is not needed
+            watch.remove()  # no hook costs the training loop anything while it is not needed
         if fps == 0:
             return False
         now = time.monotonic()
@@ -470,7 +470,7 @@ class Beholder:
         if self._worker is not None and self._worker.busy:
             self.skipped += 1
             if watch is not None:
-                watch.disarm()
+                watch.remove()  # the frame is skipped: no hook waits for it
             return False
         job = self._gather(config, arrays, frame, variables, session, layout)
         if self._worker is None:

@@ -147,10 +147,6 @@ class Watch:
         """Whether hooks are installed now."""
         return bool(self._handles)
 
-    def unhook(self) -> None:
-        """Remove the hooks while they are not needed (weights shown, or FPS 0); arm() installs them again."""
-        self.remove()
-
     def ready(self, values: str) -> bool:
         """Whether the hooks captured these values since they were armed."""
         return self.armed == values and bool(self.captured)
@@ -162,7 +158,7 @@ class Watch:
         if self.framework == "nnx":
             return _nnx_sections(values, self.variables())
         captured = self.captured
-        self.disarm()  # the hooks did their step's work: training runs without them until the next frame
+        self.remove()  # the hooks did their step's work: training runs without them until the next frame
         if values == "trainable_variables":  # sharded weights, copied whole inside forward
             return [(name, captured[name], None) if name in captured else (name, param, layout)
                     for name, param, layout in self.variables()
@@ -180,12 +176,8 @@ class Watch:
             return named
         return [(name, got, None) for name, got in captured.items()]
 
-    def disarm(self) -> None:
-        """Remove the hooks and drop what they captured (a frame was taken, or skipped)."""
-        self.remove()
-
     def remove(self) -> None:
-        """Remove every hook and drop what was captured."""
+        """Remove every hook and drop what was captured (arm() installs what the next frame needs)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
