@@ -7,6 +7,7 @@ import weakref
 
 import numpy as np
 import pytest
+from pixel_checks import check_sampled_pixels
 from support import due, set_config
 
 from beholder_plugin import Beholder
@@ -41,20 +42,6 @@ def train_step(model, opt, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def check_pixels(frame, arrays: dict, rng, samples: int = 40) -> int:
-    """Look up random pixels: each shows the value at the index it names in its own array; returns hits."""
-    hits = 0
-    for _ in range(samples):
-        x, y = int(rng.integers(frame.width)), int(rng.integers(frame.height))
-        where = locate(frame.sections, frame.width, x, y)
-        if where is None:
-            continue
-        expected = arrays[where["name"]][tuple(where["index"])]
-        assert frame.values[where["offset"]] == np.float32(expected), where
-        hits += 1
-    return hits
-
-
 def test_module_parameters_are_drawn_in_torch_axis_order(run_dir, flushed_updates):
     set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
     model = small_cnn()
@@ -69,7 +56,7 @@ def test_module_parameters_are_drawn_in_torch_axis_order(run_dir, flushed_update
     conv = next(rec for rec in frame.sections if rec["name"] == "0.weight")
     assert conv["source"] == [3, 24]
     params = {n: p.detach().numpy() for n, p in model.named_parameters()}
-    assert check_pixels(frame, params, np.random.default_rng(0)) > 10
+    assert check_sampled_pixels(frame, params, samples=40, seed=0) > 10
 
 
 def test_the_same_weights_give_the_same_pixels_from_torch_and_keras(tmp_path):
@@ -115,7 +102,7 @@ def test_watch_shows_the_gradients_of_the_step_it_follows(run_dir):
     frame = read_frame_file(run_dir)
     names = [rec["name"] for rec in frame.sections]
     assert names == ["0.weight", "0.bias", "4.weight", "4.bias", "5.bias"]  # trainable ones, in order
-    assert check_pixels(frame, grads, np.random.default_rng(1)) > 10
+    assert check_sampled_pixels(frame, grads, samples=40, seed=1) > 10
     assert frame.sections[0]["layout"] == "kernel_oihw"
     handle.remove()
     assert not any(p._post_accumulate_grad_hooks for p in model.parameters() if hasattr(
