@@ -66,6 +66,15 @@ export function scopeTree(names) {
   return root;
 }
 
+/** Give the tree a node for a scope prefix (one no frame has shown, as the link's hidden scopes), naming no section. */
+function ensureScope(root, prefix) {
+  let node = root;
+  for (const scope of scopesOf(prefix)) {
+    if (!node.children.has(scope.prefix)) node.children.set(scope.prefix, { ...scope, children: new Map(), names: [] });
+    node = node.children.get(scope.prefix);
+  }
+}
+
 /** The filter box and the scope tree; onFilter(regex) is called with the combined expression to send. */
 export class SectionChooser {
   constructor({ onFilter }) {
@@ -234,6 +243,7 @@ export class SectionChooser {
       matcher = null;
     }
     const root = scopeTree(names);
+    for (const prefix of this.hidden) ensureScope(root, prefix); // unticked by a shared link, maybe never seen
     this.tree.replaceChildren(
       ...(names.length ? [...root.children.values()].map((node) => this.renderNode(node, false, matcher))
         : [h("p", { class: "note" }, "Section names appear here with the first frame of arrays.")]),
