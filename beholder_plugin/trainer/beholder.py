@@ -1,7 +1,8 @@
 """The trainer side: Beholder.update() gathers what the dashboard asks for and hands it to a worker.
 
-On the training thread, update() checks whether a frame is due (one
-``stat()`` of config.json and a clock read), and if so copies the values the
+On the training thread, update() checks whether a frame is due (a clock
+read; config.json's ``stat()`` only when one may be due, and at least every
+quarter second), and if so copies the values the
 frame will show (sliced on their device) into a reused flat buffer. A
 background worker does the rest: variance, scaling, expansion, encoding,
 writing, history and recording. If the worker is still busy when the next
@@ -62,6 +63,9 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 WRITE_RETRY_SECONDS = 5.0
 # At interpreter exit, wait at most this long for a busy worker before giving up on its frame.
 EXIT_TIMEOUT_SECONDS = 5.0
+# With no frame due, update() looks at config.json at most this often (a paused run
+# notices the dashboard's new frame rate within this time).
+CONFIG_CHECK_SECONDS = 0.25
 # A change of any of these starts the variance window afresh, as in the original.
 _HISTORY_KEYS = ("values", "mode", "show_all")
 MB = 1 << 20
@@ -167,6 +171,7 @@ class Beholder:
         self._frame_path = names.frame_path(self.logdir)
         self._history_dir = names.history_dir(self.logdir)
         self._config_stat: tuple | None = None
+        self._config_checked = float("-inf")  # when update() last looked at config.json
         self._last_frame_time = float("-inf")
         self._step = 0
         self._warned: set[str] = set()
@@ -452,14 +457,24 @@ class Beholder:
         _refuse_inside_tf_function()
         if self._worker is not None and self._worker.error is not None:
             self._report_worker_error()
-        config = self._poll_config()
+        now = time.monotonic()
+        config = self._config
+        if (
+            self.remote
+            or now - self._config_checked >= CONFIG_CHECK_SECONDS
+            or (config["FPS"] > 0 and now - self._last_frame_time >= 1.0 / config["FPS"])
+        ):
+            # config.json is looked at when a frame may be due, and at least every
+            # CONFIG_CHECK_SECONDS: a stat() in every call was half of what a call with no
+            # frame due cost a training loop (its path is cold after a training step).
+            self._config_checked = now
+            config = self._poll_config()
         fps = config["FPS"]
         watch = self._watch
         if watch is not None and watch.hooked and (fps == 0 or not watch.needs_capture(config["values"])):
             watch.remove()  # no hook costs the training loop anything while it is not needed
         if fps == 0:
             return False
-        now = time.monotonic()
         if now - self._last_frame_time < 1.0 / fps or now < self._write_retry_at:
             return False
         if watch is not None and watch.needs_capture(config["values"]) and watch.armed != config["values"]:

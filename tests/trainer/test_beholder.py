@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from support import due, set_config
 from beholder_plugin import DEFAULT_CONFIG, Beholder, read_config, read_frame, read_section_info
 from beholder_plugin.protocol.layout import RenderError
 from beholder_plugin.protocol.runfiles import config_path, plugin_dir, read_frame_file
+from beholder_plugin.trainer.beholder import CONFIG_CHECK_SECONDS
 
 pytestmark = pytest.mark.usefixtures("flushed_updates")
 
@@ -143,6 +145,10 @@ def test_fps_zero_computes_nothing_and_fps_throttles(run_dir):
     assert not beholder.update(arrays=[np.ones(3)])
     assert read_frame_file(run_dir) is None
     set_config(run_dir, values="arrays", FPS=1)
+    # A paused run looks at config.json at most every CONFIG_CHECK_SECONDS (no stat() per step).
+    beholder._config_checked = time.monotonic()
+    assert not beholder.update(arrays=[np.ones(3)])
+    time.sleep(CONFIG_CHECK_SECONDS)
     assert beholder.update(arrays=[np.ones(3)])
     assert not beholder.update(arrays=[np.ones(3)])  # within a second of the last frame
     assert beholder.frames_written == 1
@@ -260,7 +266,7 @@ def test_numpy_only_run_never_imports_a_framework(tmp_path):
     assert out.stdout.strip() == "(261, 768, 3) []"
 
 
-def test_an_unchanged_config_costs_one_stat_and_no_read_per_update(run_dir, monkeypatch):
+def test_a_call_with_no_frame_due_looks_at_config_json_at_most_every_quarter_second(run_dir, monkeypatch):
     import builtins
 
     import beholder_plugin.trainer.beholder as beholder_module
@@ -272,10 +278,15 @@ def test_an_unchanged_config_costs_one_stat_and_no_read_per_update(run_dir, monk
     real_stat, real_open = os.stat, builtins.open
     monkeypatch.setattr(beholder_module.os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
     monkeypatch.setattr(builtins, "open", lambda *a, **k: opens.append(a) or real_open(*a, **k))
+    beholder._config_checked = time.monotonic()
     for _ in range(50):
         assert not beholder.update(arrays=[np.ones(3)])  # no frame due within the second
+    calls_soon = len(stats)
+    time.sleep(CONFIG_CHECK_SECONDS)
+    for _ in range(50):
+        assert not beholder.update(arrays=[np.ones(3)])
     monkeypatch.undo()
-    assert len(stats) == 50 and opens == []
+    assert calls_soon == 0 and len(stats) == 1 and opens == []
 
 
 def test_a_config_nested_too_deeply_is_survived_like_any_bad_file(run_dir, caplog):
