@@ -173,6 +173,7 @@ class Beholder:
         self._config_stat: tuple | None = None
         self._config_checked = float("-inf")  # when update() last looked at config.json
         self._last_frame_time = float("-inf")
+        self._frame_interval = float("inf")  # 1 / FPS of the config in force (inf: paused)
         self._step = 0
         self._warned: set[str] = set()
         self._history = HistoryRing(0, 0)
@@ -244,6 +245,14 @@ class Beholder:
         if not self.active:
             return False
         self._step += 1
+        now = time.monotonic()
+        if (  # the common case, answered here: nothing due, no config to look at, no error to report
+            now - self._last_frame_time < self._frame_interval
+            and now - self._config_checked < CONFIG_CHECK_SECONDS
+            and (self._worker is None or self._worker.error is None)
+            and "tensorflow" not in sys.modules  # else _update checks for tf.function tracing
+        ):
+            return False
         try:
             return self._update(arrays, frame, variables, session, layout)
         except Exception as exc:
@@ -439,6 +448,7 @@ class Beholder:
     def _apply_config(self, config: dict[str, Any]) -> None:
         old = self._config
         self._config = config
+        self._frame_interval = 1.0 / config["FPS"] if config["FPS"] > 0 else float("inf")
         if any(old[k] != config[k] for k in _HISTORY_KEYS):
             self._drain()
             self._renderer.clear_history()
