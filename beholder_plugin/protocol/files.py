@@ -31,7 +31,10 @@ _REWRITING = b"\x00" * 8
 _RETRIES = 3
 # Directory listings stop after this many entries.
 MAX_LIST_ENTRIES = 100_000
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC | getattr(os, "O_BINARY", 0)
+_VECTORED = hasattr(os, "writev") and hasattr(os, "pwritev")
 
 
 class FileRefused(ValueError):
@@ -137,29 +140,26 @@ class LocalFiles:
         """
         directory, name = os.path.split(path)
         tmp = os.path.join(directory, temp_name(name))
-        size = 0
         try:
-            f = None
+            fd = None
             in_place = False
             if reuse is not None:
                 try:
                     os.replace(reuse, tmp)
-                    f = open(tmp, "r+b")
+                    fd = os.open(tmp, os.O_RDWR | _CLOEXEC | getattr(os, "O_BINARY", 0))
                     in_place = True
                 except OSError:
-                    f = None
-            if f is None:
+                    fd = None
+            if fd is None:
                 try:
-                    f = open(tmp, "wb")
+                    fd = os.open(tmp, _CREATE_FLAGS, 0o666)
                 except FileNotFoundError:  # first write, or the directory was deleted: make it
                     os.makedirs(directory, exist_ok=True)
-                    f = open(tmp, "wb")
-            with f:
-                if in_place:
-                    size = _rewrite_in_place(f, buffers)
-                else:
-                    for chunk in buffers:
-                        size += f.write(chunk)
+                    fd = os.open(tmp, _CREATE_FLAGS, 0o666)
+            try:
+                size = _rewrite_in_place(fd, buffers) if in_place else _write_all(fd, buffers)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             _unlink_quietly(tmp)
@@ -233,7 +233,39 @@ class LocalFiles:
         return removed
 
 
-def _rewrite_in_place(f: Any, buffers: Sequence[bytes | memoryview]) -> int:
+def _write_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int | None = None) -> int:
+    """Write the buffers in order (at offset, else at the file position); returns the bytes written.
+
+    One ``writev`` for a whole frame where the system has it (one system call
+    instead of one per buffer), repeated only if the kernel writes less.
+    """
+    views = [v for v in (memoryview(b).cast("B") for b in buffers) if v.nbytes]
+    total = sum(v.nbytes for v in views)
+    position = offset
+    while views:
+        batch = views if _VECTORED else views[:1]
+        if position is None:
+            n = os.writev(fd, batch) if _VECTORED else os.write(fd, batch[0])
+        else:
+            n = os.pwritev(fd, batch, position) if _VECTORED else _pwrite(fd, batch[0], position)
+            position += n
+        while views and n >= views[0].nbytes:  # drop what was written
+            n -= views[0].nbytes
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
+    return total
+
+
+def _pwrite(fd: int, data: bytes | memoryview, position: int) -> int:
+    """os.pwrite, or a seek and a write where there is none (Windows)."""
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, position)
+    os.lseek(fd, position, os.SEEK_SET)
+    return os.write(fd, data)
+
+
+def _rewrite_in_place(fd: int, buffers: Sequence[bytes | memoryview]) -> int:
     """Overwrite an open file so a concurrent reader can tell: mark the start, write the rest, then the start.
 
     A reader that saw any byte of the new contents finds, after its read,
@@ -241,18 +273,10 @@ def _rewrite_in_place(f: Any, buffers: Sequence[bytes | memoryview]) -> int:
     """
     data = [memoryview(b).cast("B") for b in buffers]
     head = bytes(data[0][:STAMP_BYTES]) if data else b""
-    f.write(_REWRITING)
-    f.flush()
-    f.seek(len(head))
-    size = len(head)
-    if data:
-        size += f.write(data[0][len(head):])
-    for chunk in data[1:]:
-        size += f.write(chunk)
-    f.truncate(size)
-    f.flush()
-    f.seek(0)
-    f.write(head)
+    _pwrite(fd, _REWRITING, 0)
+    size = len(head) + _write_all(fd, [data[0][len(head):], *data[1:]] if data else [], offset=len(head))
+    os.ftruncate(fd, size)
+    _pwrite(fd, head, 0)
     return size
 
 

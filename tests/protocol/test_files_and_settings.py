@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from beholder_plugin import ConfigError, read_config
 from beholder_plugin.protocol.files import LOCAL, FileRefused, files_for
@@ -183,3 +185,34 @@ def test_a_file_rewritten_in_place_while_read_is_never_returned_torn(tmp_path):
     # Reads ran while the file was being rewritten (several versions were read, and how many reads
     # met a rewrite depends on the machine's timing), and none returned a torn file.
     assert whole >= 30 and len(seen) >= 3, (whole, missed, len(seen))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    chunks=st.lists(st.binary(max_size=300), max_size=6),
+    caps=st.lists(st.integers(1, 400), min_size=1, max_size=20),
+    reuse=st.booleans(),
+)
+def test_writes_the_kernel_cuts_short_are_finished(tmp_path_factory, chunks, caps, reuse):
+    """writev and pwritev may write fewer bytes than asked: whatever they cut, the file holds every buffer."""
+    import beholder_plugin.protocol.files as files
+
+    real_writev, real_pwritev = os.writev, os.pwritev
+    cuts = iter(caps * 1000)
+
+    def cut(views):  # the first `next(cuts)` bytes of the vector, as one buffer
+        return [b"".join(bytes(v) for v in views)[: next(cuts)]]
+
+    path = str(tmp_path_factory.mktemp("w") / "f.bin")
+    spare = None
+    if reuse:  # an older, longer file rewritten in place
+        spare = path + ".spare"
+        with open(spare, "wb") as f:
+            f.write(b"x" * 2000)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files.os, "writev", lambda fd, views: real_writev(fd, cut(views)))
+        patch.setattr(files.os, "pwritev", lambda fd, views, at: real_pwritev(fd, cut(views), at))
+        size = LOCAL.write_atomic(path, [memoryview(c) for c in chunks], reuse=spare)
+    with open(path, "rb") as f:
+        assert f.read() == b"".join(chunks)
+    assert size == sum(len(c) for c in chunks)

@@ -257,3 +257,20 @@ def test_headers_read_the_same_with_or_without_orjson(monkeypatch):
     slow = [read(t) for t in texts]
     assert [kind for kind, _ in fast] == ["ok", "ok", "error", "error", "ok"]
     assert repr(fast) == repr(slow)  # repr: NaN != NaN, but prints the same
+
+
+def test_headers_write_the_same_objects_with_or_without_orjson(monkeypatch):
+    """Headers are written with orjson where it takes them; what it refuses (NumPy floats, huge ints, lone
+    surrogates) the json module writes. Either way they read back to the same objects."""
+    pytest.importorskip("orjson")
+    heads = [
+        {"writer": "w", "frame_id": 1, "sections": [{"name": "é/✓", "bounds": [-1.5, 2.0000000000000004]}]},
+        {"writer": "w", "frame_id": 2, "mean": np.float64(0.1), "step": 2**70},
+        {"writer": "w", "frame_id": 3, "name": "\ud800"},
+    ]
+    fast = [frame_format._dump_json(h) for h in heads]
+    monkeypatch.setattr(frame_format, "orjson", None)
+    slow = [frame_format._dump_json(h) for h in heads]
+    assert fast[0] != slow[0]  # orjson writes UTF-8, json escapes: both are JSON
+    for a, b in zip(fast, slow):
+        assert json.loads(a) == json.loads(b)
