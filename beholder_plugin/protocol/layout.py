@@ -203,10 +203,23 @@ class SectionPlan:
             perm, block_rows, block_cols, row_pos, col_pos, view = parts
             if array.shape != view:
                 array = array.reshape(view)
-            sub = array.take(block_rows, axis=perm[2]).take(block_cols, axis=perm[3])
-            sub = sub.transpose(perm[2], perm[0], perm[3], perm[1])
-            sub = sub.reshape(sub.shape[0] * sub.shape[1], sub.shape[2] * sub.shape[3])
-            return sub.take(row_pos, axis=0).take(col_pos, axis=1, out=out)
+            sub = _pick(_pick(array, block_rows, perm[2]), block_cols, perm[3])
+            sub = sub.transpose(perm[2], perm[0], perm[3], perm[1])  # (grid row, y, grid column, x)
+            grid_rows, block_h, grid_cols, block_w = sub.shape
+            if row_pos is None and col_pos is None:  # every row and column of the kept blocks: one copy
+                if out is None:
+                    out = np.empty((grid_rows * block_h, grid_cols * block_w), array.dtype)
+                out.reshape(sub.shape)[...] = sub
+                return out
+            sub = sub.reshape(grid_rows * block_h, grid_cols * block_w)
+            if row_pos is not None:
+                sub = sub.take(row_pos, axis=0)
+            if col_pos is None:
+                if out is None:
+                    return sub
+                out[...] = sub
+                return out
+            return sub.take(col_pos, axis=1, out=out)
         if kind == "flat":
             rows, cols, row_src, col_src = parts
             grid = array.reshape(-1)[: rows * cols].reshape(rows, cols)
@@ -384,8 +397,29 @@ def _fast_path(
         block_cols = np.unique(cols // bw)
         row_pos = np.searchsorted(block_rows, rows // bh) * bh + rows % bh
         col_pos = np.searchsorted(block_cols, cols // bw) * bw + cols % bw
-        return "blocks", (perm, block_rows, block_cols, row_pos, col_pos, view)
+        # Runs of consecutive indices are read as slices (views), and positions that keep every
+        # row or column of the kept blocks are skipped (None): most sections copy once.
+        row_pos = None if np.array_equal(row_pos, np.arange(len(block_rows) * bh)) else row_pos
+        col_pos = None if np.array_equal(col_pos, np.arange(len(block_cols) * bw)) else col_pos
+        return "blocks", (perm, _as_slice(block_rows), _as_slice(block_cols), row_pos, col_pos, view)
     return "flat", (source[0], source[1], rows, cols)
+
+
+def _as_slice(indices: np.ndarray) -> slice | np.ndarray:
+    """A slice for indices that step evenly (a view instead of a copy), else the indices."""
+    if len(indices) == 1:
+        return slice(int(indices[0]), int(indices[0]) + 1)
+    steps = np.diff(indices)
+    if len(indices) and steps[0] > 0 and (steps == steps[0]).all():
+        return slice(int(indices[0]), int(indices[-1]) + 1, int(steps[0]))
+    return indices
+
+
+def _pick(array: np.ndarray, indices: slice | np.ndarray, axis: int) -> np.ndarray:
+    """array's entries at indices along axis: a view for a slice, a copy for an index array."""
+    if isinstance(indices, slice):
+        return array[(slice(None),) * axis + (indices,)]
+    return array.take(indices, axis=axis)
 
 
 def make_plan(

@@ -13,13 +13,22 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from server_support import BASE, plugin_client
 from support import set_config
 
 from beholder_plugin import Beholder
-from beholder_plugin.protocol.layout import RenderError, axis_names, locate, resolve_layout
+from beholder_plugin.protocol.layout import (
+    LAYOUTS,
+    MISSING,
+    RenderError,
+    axis_names,
+    frame_width,
+    locate,
+    make_plan,
+    resolve_layout,
+)
 from beholder_plugin.protocol.runfiles import read_frame_file
 
 
@@ -118,3 +127,46 @@ def test_a_layout_per_section_by_name(run_dir):
         )
     layouts = [rec["layout"] for rec in read_frame_file(run_dir).sections]
     assert layouts == ["kernel_oihw", "activation_nchw", "matrix"]
+
+
+@st.composite
+def layouts_and_shapes(draw):
+    """A layout and a shape of a rank it accepts (sizes kept small enough for a quick test)."""
+    layout = draw(st.sampled_from([name for name in LAYOUTS if name != MISSING]))
+    ranks = {"scalar": [0], "vector": [1], "matrix": [2], "matrix_out_in": [2], "grid": [1, 2, 3, 4, 5]}
+    rank = draw(st.sampled_from(ranks.get(layout, [3, 4, 5])))
+    big = {0: 1, 1: 3000, 2: 300, 3: 40, 4: 12, 5: 6}[rank]
+    return layout, tuple(draw(st.integers(1, big)) for _ in range(rank))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    case=layouts_and_shapes(),
+    show_all=st.booleans(),
+    sizing=st.sampled_from(["fixed", "values"]),
+    memory=st.sampled_from(["c", "fortran", "reversed"]),
+)
+# Sections wider than the frame: some columns of the kept blocks are skipped (and, one column per
+# block, whole blocks at uneven steps), which small random shapes rarely reach.
+@example(case=("kernel_hwio", (3, 3, 4, 300)), show_all=False, sizing="fixed", memory="c")
+@example(case=("activation_nchw", (2, 64, 28, 28)), show_all=False, sizing="values", memory="fortran")
+@example(case=("kernel_oihw", (300, 4, 3, 3)), show_all=False, sizing="fixed", memory="reversed")
+@example(case=("kernel_hwio", (1, 1, 3, 2000)), show_all=False, sizing="fixed", memory="c")
+def test_every_fast_take_path_reads_what_the_plain_index_names(case, show_all, sizing, memory):
+    """SectionPlan.take's per-layout shortcuts (slices, skipped takes, one copy into out) read exactly
+    ``array[plan.index]``, for any shape a layout accepts and any memory order, with and without out."""
+    layout, shape = case
+    try:
+        plan = make_plan(shape, frame_width([shape], show_all, [layout]), show_all, "a", layout, sizing)
+    except RenderError:  # too few values for the layout: update() shows such a section empty
+        assume(False)
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    if memory == "fortran":
+        x = np.asfortranarray(x)
+    elif memory == "reversed":
+        x = np.flip(np.flip(x).copy())
+    expected = np.broadcast_to(x[plan.index] if shape else np.full((1, 1), x[()]), plan.compact_shape)
+    np.testing.assert_array_equal(plan.take(x), expected)
+    out = np.full(plan.compact_shape, np.nan, np.float32)
+    np.testing.assert_array_equal(np.broadcast_to(plan.take(x, out=out), plan.compact_shape), expected)
