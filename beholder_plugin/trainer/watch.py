@@ -93,6 +93,7 @@ class Watch:
         self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
         self._queued = False
         self._plans = PlanCache(limit=4096)
+        self._shapes: dict[tuple, tuple] = {}  # (name, shape, layout, sizing) -> layout, plan, sample runs
         self._keras_probe_model: Any = None
         if sources.is_torch_module(model):
             self.framework = "torch"
@@ -281,19 +282,29 @@ class Watch:
             if tensor is None:
                 self.captured[name] = Captured((), None, error="no gradient (None)")
                 return
-            shape = tuple(int(s) for s in tensor.shape)
+            shape = tuple(tensor.shape)
             if layout is None:
                 layout = sources.adapter("torch").default_layout(tensor, shape)
-            layout = resolve_layout(layout, shape, name)
             tensor = tensor.detach()
             if self.show_all:  # the frame's width depends on every section: keep a copy to slice later
+                layout = resolve_layout(layout, shape, name)
                 self.captured[name] = Captured(shape, layout, tensor=tensor.clone())
                 return
-            plan = self._plans.plan(shape, FRAME_WIDTH, False, name, layout, self.sizing)
-            compact = sources.fetch_compact(tensor, plan, name)
-            count = math.prod(shape)
-            sample = np.empty(sample_size(count), np.float32)
-            sources.gather_sample(sources.adapter_for(tensor), tensor, sample_runs(count), sample)
+            key = (name, shape, layout, self.sizing)
+            found = self._shapes.get(key)
+            if found is None:  # once per section and shape: the layout's checks and the plan
+                if len(self._shapes) >= 4096:
+                    self._shapes.clear()
+                layout = resolve_layout(layout, shape, name)
+                plan = self._plans.plan(shape, FRAME_WIDTH, False, name, layout, self.sizing)
+                count = math.prod(shape)
+                found = self._shapes[key] = (layout, plan, sample_runs(count), sample_size(count))
+            layout, plan, runs, sampled = found
+            source, values = sources.in_place(tensor)  # a CPU tensor is read where it lies, once
+            compact = np.empty(plan.compact_shape, np.float32)
+            sources.gather_into(source, values, plan, compact, name)
+            sample = np.empty(sampled, np.float32)
+            sources.gather_sample(source, values, runs, sample)
             self.captured[name] = Captured(shape, layout, compact=compact, width=FRAME_WIDTH, sample=sample)
         except Exception as exc:
             if self.strict:

@@ -64,14 +64,14 @@ def test_a_model_cast_to_another_dtype_is_still_shown(run_dir):
 def test_a_failing_capture_is_an_empty_section_and_training_goes_on(run_dir, monkeypatch):
     set_config(run_dir, values="activations", mode="current", FPS=30)
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
-    real = sources.fetch_compact
+    real = sources.gather_into
 
-    def broken(tensor, plan, name):
+    def broken(source, tensor, plan, out, name):
         if name == "1":
             raise RuntimeError("the device went away")
-        return real(tensor, plan, name)
+        return real(source, tensor, plan, out, name)
 
-    monkeypatch.setattr(sources, "fetch_compact", broken)
+    monkeypatch.setattr(sources, "gather_into", broken)
     with Beholder(run_dir, background=False) as beholder:
         beholder.watch(model)
         sections = frame_after_two_steps(beholder, model)  # no exception into the forward pass

@@ -101,7 +101,7 @@ def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.nd
 
     Values beyond float32's range become inf, as they would be shown anyway.
     """
-    if source is _NUMPY:
+    if getattr(source, "GATHERS_INTO", False):  # NumPy, and torch on the CPU: straight into out
         values = source.compact(prepared, plan, label, out)
         if values is out or values.base is out:
             return
@@ -140,6 +140,18 @@ def gather_sample(source: ModuleType, prepared: Any, runs: tuple[int, int, int],
         values = values.astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
         np.copyto(out, values.reshape(-1)[: out.shape[0]], casting="unsafe")
+
+
+def in_place(obj: Any) -> tuple[ModuleType, Any]:
+    """(adapter, object) to gather from: the NumPy adapter and a view of the object's memory where it can
+    be read where it lies (a CPU torch tensor), else the object's own adapter and the object."""
+    source = adapter_for(obj)
+    host_view = getattr(source, "host_view", None)
+    if host_view is not None:
+        view = host_view(obj)
+        if view is not None:
+            return adapter("numpy"), view
+    return source, obj
 
 
 def prepare(obj: Any, label: str) -> Any:

@@ -10,6 +10,9 @@ import numpy as np
 from beholder_plugin.protocol.layout import SectionPlan
 from beholder_plugin.trainer.sources import finish, numpy_arrays, run_positions
 
+# compact() can write a float32 section straight into the frame's buffer (sources.gather_into).
+GATHERS_INTO = True
+
 
 def prepare(obj: Any, label: str) -> Any:
     """The tensor, detached from autograd (nothing is copied); a DTensor (FSDP2) as this rank's shard.
@@ -34,7 +37,7 @@ def _host(t: Any) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def _cpu_view(t: Any) -> np.ndarray | None:
+def host_view(t: Any) -> np.ndarray | None:
     """A NumPy view of a CPU tensor's memory (no copy), or None where NumPy cannot see it as it is.
 
     Through DLPack, not Tensor.numpy(): numpy() marks the tensor's storage as
@@ -58,13 +61,14 @@ def _viewable_dtypes() -> frozenset:
                       torch.uint8, torch.bool})
 
 
-def compact(t: Any, plan: SectionPlan, label: str) -> np.ndarray:
-    """The plan's compact section: read in place on the CPU as from NumPy, else selected on the device."""
+def compact(t: Any, plan: SectionPlan, label: str, out: np.ndarray | None = None) -> np.ndarray:
+    """The plan's compact section: read in place on the CPU as from NumPy (float32: straight into
+    ``out``), else selected on the device."""
     import torch
 
-    view = _cpu_view(t)
+    view = host_view(t)
     if view is not None:  # the same few 1-D takes as for a NumPy array: only the shown elements are read
-        return plan.take(view)
+        return plan.take(view, out=out if out is not None and view.dtype == np.float32 else None)
     for axis, idx in enumerate(plan.axes):
         if idx is not None:
             t = t.index_select(axis, torch.as_tensor(idx, device=t.device))
@@ -75,7 +79,7 @@ def sample(t: Any, runs: tuple[int, int, int]) -> np.ndarray:
     """The sample's runs of consecutive values (views.stats), taken on the device, then copied."""
     import torch
 
-    view = _cpu_view(t)
+    view = host_view(t)
     if view is not None:
         return numpy_arrays.sample(view, runs)
     count, stride, length = runs
