@@ -617,6 +617,7 @@ class Beholder:
                 layout = resolve_layout(layout, shape, name)
                 if 0 in shape:
                     raise RenderError(f"section {name}: the array is empty (shape {shape})")
+                adapter, prep = sources.in_place(prep, adapter)  # a CPU tensor: read where it lies
             except Exception as exc:
                 if self.strict and not isinstance(exc, NoValues):
                     raise

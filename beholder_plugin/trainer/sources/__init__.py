@@ -142,10 +142,10 @@ def gather_sample(source: ModuleType, prepared: Any, runs: tuple[int, int, int],
         np.copyto(out, values.reshape(-1)[: out.shape[0]], casting="unsafe")
 
 
-def in_place(obj: Any) -> tuple[ModuleType, Any]:
+def in_place(obj: Any, source: ModuleType | None = None) -> tuple[ModuleType, Any]:
     """(adapter, object) to gather from: the NumPy adapter and a view of the object's memory where it can
-    be read where it lies (a CPU torch tensor), else the object's own adapter and the object."""
-    source = adapter_for(obj)
+    be read where it lies (a CPU torch tensor), else the object's own adapter (``source``) and the object."""
+    source = source or adapter_for(obj)
     host_view = getattr(source, "host_view", None)
     if host_view is not None:
         view = host_view(obj)
