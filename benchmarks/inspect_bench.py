@@ -35,7 +35,7 @@ def statistics_off():
     """Beholder without the whole-array statistics: no samples taken, no figures computed."""
     gather, stats = sources.gather_sample, render.section_stats
     sources.gather_sample = lambda *a, **k: None
-    render.section_stats = lambda samples, offsets, counts: [None] * (len(offsets) - 1)
+    render.section_stats = lambda samples, offsets, counts, layout=None: [None] * (len(offsets) - 1)
     try:
         yield
     finally:

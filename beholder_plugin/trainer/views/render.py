@@ -35,7 +35,7 @@ from beholder_plugin.protocol.layout import (
 )
 from beholder_plugin.protocol.scaling import palette_indices, scale_factor
 from beholder_plugin.trainer.colormaps import palette_for
-from beholder_plugin.trainer.views.stats import sample_runs, sample_size, section_stats
+from beholder_plugin.trainer.views.stats import StatsLayout, sample_runs, sample_size, section_stats
 
 
 class FramePlan:
@@ -80,6 +80,7 @@ class FramePlan:
         sizes = [sample_size(count) for count in self.counts]
         self.sample_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
         self.sample_count = int(self.sample_offsets[-1])
+        self.stats_layout = StatsLayout(self.sample_offsets, self.counts)
 
     def section_views(self, buffer: np.ndarray) -> list[np.ndarray]:
         """Every section's compact (rows, columns) view of a flat buffer."""
@@ -272,7 +273,9 @@ class Renderer:
             lo_b, hi_b = lows, highs
         records = []
         missing = missing or {}
-        stats = section_stats(samples, plan.sample_offsets, plan.counts) if samples is not None else None
+        stats = None
+        if samples is not None:
+            stats = section_stats(samples, plan.sample_offsets, plan.counts, plan.stats_layout)
         for i, (name, p) in enumerate(zip(plan.names, plan.plans)):
             lo, hi = float(lows[i]), float(highs[i])
             record = {

@@ -61,20 +61,45 @@ def over_text(count: int) -> str:
             f"{runs * length} of {count} values")
 
 
-def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[int]) -> list[dict | None]:
-    """The statistics of each section's sample (samples[offsets[i]:offsets[i + 1]]); None for an empty one."""
-    sizes = np.diff(np.asarray(offsets, dtype=np.intp))
-    active = np.flatnonzero(sizes > 0)
-    out: list[dict[str, Any] | None] = [None] * len(sizes)
-    if not len(active):
+class StatsLayout:
+    """What section_stats needs that depends on the sections' sizes alone (kept with a frame's plan)."""
+
+    def __init__(self, offsets: Sequence[int], counts: Sequence[int]) -> None:
+        offsets = np.asarray(offsets, dtype=np.intp)
+        sizes = np.diff(offsets)
+        self.sections = len(sizes)
+        self.active = np.flatnonzero(sizes > 0)
+        self.active_list = self.active.tolist()
+        self.starts = offsets[self.active]
+        self.sizes = sizes[self.active]
+        self.sizes_list = self.sizes.tolist()
+        self.end = int(offsets[-1])
+        self.totals = np.asarray(counts, dtype=np.float64)[self.active]
+        self.counts = [int(counts[i]) for i in self.active_list]
+        self.over = [over_text(c) for c in self.counts]
+        # per sampled value: its section (among the active ones), and the first bin of that section
+        self.section_of = np.repeat(np.arange(len(self.active), dtype=np.intp), self.sizes)
+        self.bin_base = (self.section_of * BINS).astype(np.int32)
+        self.ends = np.cumsum(self.sizes)
+
+
+def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[int],
+                  layout: StatsLayout | None = None) -> list[dict | None]:
+    """The statistics of each section's sample (samples[offsets[i]:offsets[i + 1]]); None for an empty one.
+
+    ``layout`` is ``StatsLayout(offsets, counts)``, made once per frame plan.
+    """
+    layout = layout or StatsLayout(offsets, counts)
+    out: list[dict[str, Any] | None] = [None] * layout.sections
+    if not len(layout.active):
         return out
-    starts = np.asarray(offsets, dtype=np.intp)[active]
-    sizes = sizes[active]
-    values = samples[: offsets[-1]]
+    starts, sizes = layout.starts, layout.sizes
+    values = samples[: layout.end]
     finite = np.isfinite(values)
     if finite.all():  # the usual case: no masks needed
+        finite = None
         n_finite = sizes.astype(np.float64)
-        nans = infs = np.zeros(len(active), np.intp)
+        nans = infs = np.zeros(len(sizes), np.intp)
         clean, lows_in, highs_in = values, values, values
     else:
         n_finite = np.add.reduceat(finite, starts).astype(np.float64)
@@ -89,26 +114,25 @@ def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[
     s2 = np.add.reduceat(wide * wide, starts)
     lows = np.minimum.reduceat(lows_in, starts).astype(np.float64)
     highs = np.maximum.reduceat(highs_in, starts).astype(np.float64)
-    hists = _histograms(wide, None if finite.all() else finite, sizes, lows, highs)
-    totals = np.asarray(counts, dtype=np.float64)[active]
+    hists = _histograms(wide, finite, layout, lows, highs)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = s1 / n_finite
         stds = np.sqrt(np.maximum(s2 / n_finite - means * means, 0.0))
-        norms = np.sqrt(s2 * totals / n_finite)  # a sample's sum of squares, scaled to the whole array
+        norms = np.sqrt(s2 * layout.totals / n_finite)  # a sample's sum of squares, scaled to the whole array
     # Plain Python numbers, converted once for all sections (JSON null where not finite).
     columns = [_json_list(a) for a in (norms, means, stds, lows, highs)]
-    fractions = [(np.asarray(a) / sizes).tolist() for a in (nans, infs, zeros)]
-    sizes_list = sizes.tolist()
+    fractions = (np.stack([nans, infs, zeros]) / sizes).tolist()
     # The counts (at most SAMPLE_CAP each) as base64 of little-endian uint16: one JSON string per
     # section instead of 32 numbers, which halved the cost of encoding a ResNet-50 frame's header.
-    packed = hists.astype("<u2")
-    hist_rows = [base64.b64encode(row.tobytes()).decode("ascii") for row in packed]
-    for j, i in enumerate(active.tolist()):
+    raw = hists.astype("<u2").tobytes()
+    row = 2 * BINS
+    hist_rows = [base64.b64encode(raw[k : k + row]).decode("ascii") for k in range(0, len(raw), row)]
+    for j, i in enumerate(layout.active_list):
         norm, mean, std, lo, hi = (column[j] for column in columns)
         out[i] = {
-            "over": over_text(int(counts[i])),
-            "count": int(counts[i]),
-            "sampled": sizes_list[j],
+            "over": layout.over[j],
+            "count": layout.counts[j],
+            "sampled": layout.sizes_list[j],
             "norm": norm,
             "mean": mean,
             "std": std,
@@ -130,7 +154,7 @@ def _json_list(values: np.ndarray) -> list[float | None]:
     return [v if v == v and v not in (math.inf, -math.inf) else None for v in values.tolist()]
 
 
-def _histograms(values: np.ndarray, finite: np.ndarray | None, sizes: np.ndarray, lows: np.ndarray,
+def _histograms(values: np.ndarray, finite: np.ndarray | None, layout: StatsLayout, lows: np.ndarray,
                 highs: np.ndarray) -> np.ndarray:
     """(sections, BINS) counts of the finite values between each section's lo and hi, as np.histogram bins.
 
@@ -144,21 +168,22 @@ def _histograms(values: np.ndarray, finite: np.ndarray | None, sizes: np.ndarray
     flat = lo == hi
     lo = np.where(flat, lo - 0.5, lo)  # np.histogram widens an empty range to [x - 0.5, x + 0.5]
     hi = np.where(flat, hi + 0.5, hi)
-    lo_v = np.repeat(lo.astype(np.float32), sizes)
+    section_of = layout.section_of
+    lo_v = lo.astype(np.float32)[section_of]
     v = values.astype(np.float32) if finite is None else np.where(finite, values, lo_v).astype(np.float32)
     scaled = np.subtract(v, lo_v, out=lo_v)
-    scaled *= np.repeat((BINS / (hi - lo)).astype(np.float32), sizes)
+    scaled *= (BINS / (hi - lo)).astype(np.float32)[section_of]
     index = scaled.astype(np.int32)
     scaled -= index
     near = np.flatnonzero((scaled < 1e-4) | (scaled > 1 - 1e-4))  # within rounding of an edge
     if len(near):
-        section = np.searchsorted(np.cumsum(sizes), near, side="right")
+        section = np.searchsorted(layout.ends, near, side="right")
         index[near] = _numpy_bins(values[near].astype(np.float64), index[near], lo[section], hi[section])
     np.clip(index, 0, BINS - 1, out=index)
-    index += np.repeat(np.arange(0, len(sizes) * BINS, BINS, dtype=np.int32), sizes)
+    index += layout.bin_base
     if finite is not None:
         index = index[finite]
-    return np.bincount(index, minlength=len(sizes) * BINS).reshape(len(sizes), BINS)
+    return np.bincount(index, minlength=len(layout.sizes) * BINS).reshape(len(layout.sizes), BINS)
 
 
 def _numpy_bins(v: np.ndarray, index: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
