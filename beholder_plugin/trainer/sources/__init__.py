@@ -133,6 +133,9 @@ def run_positions(runs: tuple[int, int, int]) -> np.ndarray:
 def gather_sample(source: ModuleType, prepared: Any, runs: tuple[int, int, int], out: np.ndarray) -> None:
     """Copy a prepared array's statistics sample (views.stats) into out (float32), as gather_into does."""
     values = np.asarray(source.sample(prepared, runs))
+    if values.dtype == np.float32:  # the usual case: a plain copy, nothing to convert or clip
+        out[...] = values.reshape(-1)[: out.shape[0]]
+        return
     kind = values.dtype.kind
     if kind == "c":
         values = np.abs(values)
