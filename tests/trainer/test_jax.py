@@ -151,6 +151,24 @@ def test_an_nnx_state_passed_as_arrays_is_named_without_the_variable_wrapper(run
     assert [s["name"] for s in frame.sections] == ["kernel"] and "missing" not in frame.sections[0]
 
 
+def test_an_array_on_the_cpu_is_read_where_it_lies_not_sliced_on_the_device(run_dir, monkeypatch):
+    """A single-device CPU array is viewed as NumPy (no copy, no jnp.take dispatch); the values are exact."""
+    from beholder_plugin.trainer.sources import jax_arrays
+
+    host = np.random.default_rng(0).normal(size=(3, 3, 8, 16)).astype(np.float32)
+    array = jnp.asarray(host)
+    view = jax_arrays.host_view(array)
+    assert view is not None and np.shares_memory(view, jax_arrays.host_view(array))
+    np.testing.assert_array_equal(view, host)
+
+    def no_device_slicing(*args, **kwargs):
+        raise AssertionError("jnp.take was called for a CPU array")
+
+    monkeypatch.setattr(jnp, "take", no_device_slicing)
+    frame = _show(run_dir, arrays={"kernel": array})
+    assert check_sampled_pixels(frame, {"kernel": host}) > 50
+
+
 SHARDED = """
 import sys
 import numpy as np
@@ -176,7 +194,9 @@ for _ in range(300):
     if where is not None:
         hits += 1
         wrong += frame.values[where["offset"]] != host[tuple(where["index"])]
-print(len(jax.devices()), len(array.addressable_shards), handed, frame.sections[0]["name"], hits, wrong)
+from beholder_plugin.trainer.sources import jax_arrays
+print(len(jax.devices()), len(array.addressable_shards), handed, frame.sections[0]["name"], hits, wrong,
+      jax_arrays.host_view(array) is None)
 """
 
 
@@ -185,6 +205,7 @@ def test_an_array_sharded_over_two_cpu_devices_is_shown_from_its_slices(tmp_path
     out = subprocess.run([sys.executable, "-c", SHARDED, str(tmp_path / "run")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    devices, shards, handed, name, hits, wrong = out.stdout.split()
+    devices, shards, handed, name, hits, wrong, not_viewed = out.stdout.split()
     assert devices == "2" and shards == "2" and handed == "True" and name == "params/w"
+    assert not_viewed == "True"  # sharded: gathered slice by slice, never viewed whole
     assert int(hits) > 50 and wrong == "0"

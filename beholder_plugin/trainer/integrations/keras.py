@@ -76,7 +76,7 @@ class BeholderCallback(keras.callbacks.Callback):
 
     After every training batch it offers the model to ``Beholder.update()``,
     which gathers a frame only when one is due by the dashboard's FPS setting
-    (other batches cost one ``stat()`` of the config file); Beholder's own
+    (other batches cost a clock read); Beholder's own
     background thread renders and writes it.
 
     The callback is ``async_safe``. Where Keras runs such batch hooks on a

@@ -24,6 +24,21 @@ def prepare(obj: Any, label: str) -> Any:
     return obj
 
 
+def host_view(x: Any) -> np.ndarray | None:
+    """A NumPy view of an array held whole by one CPU device (no copy), else None (GPU, TPU, sharded).
+
+    Slicing on the device costs a dispatch per axis (60 us for a small kernel
+    here); an array already in host memory is read where it lies, as NumPy.
+    """
+    try:
+        devices = x.sharding.device_set
+        if len(devices) != 1 or next(iter(devices)).platform != "cpu" or not x.is_fully_addressable:
+            return None
+        return np.asarray(x)
+    except Exception:  # a deleted (donated) buffer, an unusual array type: the device path says why
+        return None
+
+
 def compact(x: Any, plan: SectionPlan, label: str) -> np.ndarray:
     """The plan's compact section: the shown rows and columns taken on the device first."""
     import jax.numpy as jnp

@@ -38,6 +38,12 @@ def prepare(obj: Any, label: str) -> Any:
     return sources.adapter_for(value).prepare(value, label)
 
 
+def host_view(prepared: Any) -> np.ndarray | None:
+    """A NumPy view of the backend tensor where its adapter can give one (CPU torch and JAX), else None."""
+    view = getattr(sources.adapter_for(prepared), "host_view", None)
+    return None if view is None else view(prepared)
+
+
 def compact(prepared: Any, plan: SectionPlan, label: str) -> np.ndarray:
     """The plan's compact section, gathered by the backend tensor's adapter."""
     return sources.adapter_for(prepared).compact(prepared, plan, label)
