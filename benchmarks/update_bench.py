@@ -12,6 +12,11 @@ run interleaves, frame by frame:
 - the process CPU time per frame (all threads: the worker's rendering,
   encoding and writing included), from update() until the frame is written.
 
+The "system floor" line is the CPU time of what any frame needs from the
+system (a stat of config.json, the frame file written into the history ring
+and linked as frame.bin, the worker woken) with nothing rendered, after the
+same pauses: the part of "CPU per frame" no rendering change can remove.
+
 Timing starts after --warmup frames, by which the history ring (256 MB by
 default) has filled for the large models and dropped files are rewritten in
 place, which is the steady state of a long run. The last line is the cost
@@ -104,6 +109,38 @@ def time_no_frame_due(logdir: str, arrays: dict, calls: int = 20000) -> float:
     return elapsed / calls
 
 
+def time_system_floor(directory: str, frame_bytes: int, frames: int = 60) -> float:
+    """CPU seconds per frame of the system work every frame needs, with nothing rendered or encoded.
+
+    A stat() of config.json, the frame file written into the history ring
+    and linked as frame.bin (LocalFiles, as Beholder writes it), and a job
+    handed to a Worker and waited for; each after the same pause as the
+    timed frames, so the caches are as cold.
+    """
+    from beholder_plugin.protocol.files import LOCAL
+    from beholder_plugin.trainer.worker import Worker
+
+    history = os.path.join(directory, "history")
+    os.makedirs(history, exist_ok=True)
+    config = os.path.join(directory, "config.json")
+    LOCAL.write_atomic(config, [b"{}"])
+    data = [b"\1" * frame_bytes]
+    worker = Worker(lambda job: None)
+    cpu = []
+    for i in range(frames):
+        time.sleep(2 / 30 + 0.004)
+        start = time.process_time()
+        os.stat(config)
+        path = os.path.join(history, f"f-{i}.bin")
+        LOCAL.write_atomic(path, data)
+        LOCAL.link_atomic(path, os.path.join(directory, "frame.bin"))
+        worker.submit(i)
+        worker.drain()
+        cpu.append(time.process_time() - start)
+    worker.stop()
+    return statistics.median(cpu)
+
+
 def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -133,6 +170,10 @@ def main() -> None:
         values = sum(math.prod(s) for _, s in small)
         idle = time_no_frame_due(os.path.join(tmp, "idle"), make_arrays(small, 0))
         print(f"no frame due: {idle * 1e6:.2f} us per update() call (mnist_convnet, {values:,} values)")
+        frame_bytes = os.path.getsize(os.path.join(tmp, "idle", "plugins", "beholder", "frame.bin"))
+        floor = time_system_floor(os.path.join(tmp, "system"), frame_bytes)
+        print(f"system floor: {floor * 1e3:.3f} ms CPU per frame (a stat, a {frame_bytes:,}-byte frame "
+              "written into history and linked, a worker woken; nothing rendered)")
 
 
 if __name__ == "__main__":
