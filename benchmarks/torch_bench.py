@@ -18,6 +18,14 @@ and their interquartile range, and the frames written per second of
 training. Targets: at most +3 % at FPS 10, +1 % at FPS 0. No threshold is
 checked here.
 
+A second table accounts for the time step by step, within each condition:
+every timed step is classed by what Beholder did in it (took a frame, armed
+hooks, ran with hooks, ran while the worker rendered beside it, or nothing:
+"quiet"), and the extra time is the sum over those kinds of their count times
+their median's excess over the median quiet step. Medians over hundreds of
+steps of one condition, so it resolves costs the run-to-run noise hides; it
+misses only what a frame costs steps it does not overlap (cache pollution).
+
     .venv/bin/python benchmarks/torch_bench.py [--rounds 25] [--steps 100]
 """
 
@@ -84,21 +92,28 @@ def main() -> int:
             # As in a long run, the next frame falls due somewhere within the next 1/FPS, not at once
             # (other conditions ran meanwhile): each run then holds FPS x its length frames on average.
             beholder._last_frame_time = time.monotonic() - random.random() / CONDITIONS[name][1]
+        log = steps.setdefault(name, [])
         start = time.perf_counter()
         for step in range(args.steps):
             x, y = batches[step % len(batches)]
+            before = _state(beholder)
+            t0 = time.perf_counter()
             optimizer.zero_grad()
             loss_fn(model(x), y).backward()
             optimizer.step()
-            if beholder is not None:
-                beholder.update()
+            t1 = time.perf_counter()
+            handed = beholder.update() if beholder is not None else False
+            t2 = time.perf_counter()
+            log.append((_kind(before, handed, _state(beholder)), t1 - t0, t2 - t1))
         elapsed = time.perf_counter() - start
         if handle is not None:
             beholder.flush()
             handle.remove()
         return elapsed
 
+    steps: dict[str, list[tuple[str, float, float]]] = {}
     warmup = {name: run(name) for name in CONDITIONS}  # every code path once
+    steps.clear()
     times: dict[str, list[float]] = {name: [] for name in CONDITIONS}
     order = list(CONDITIONS)
     for _ in range(args.rounds):
@@ -119,9 +134,56 @@ def main() -> int:
         rate = frames / (sum(times[name]) + warmup[name])
         print(f"{name:<12} {median:9.4f} {median / base - 1:+8.1%} {statistics.median(ratios) - 1:+16.1%} "
               f"{f'[{low - 1:+.1%}, {high - 1:+.1%}]':>18} {rate:9.1f}")
+    print()
+    print("Per-step accounting (medians over every timed step of a condition, robust to a noisy machine):")
+    print("a quiet step has no Beholder work in it (no hook armed, no frame taken, the worker idle);")
+    print("extra = sum over step kinds of count x (median time - median quiet step), update() included.")
+    print(f"{'condition':<12} {'quiet ms':>9} {'frames':>7} {'arming':>7} {'hooked':>7} {'beside':>7} "
+          f"{'extra ms/frame':>15} {'overhead':>9}")
+    for name in beholders:
+        print(_accounting(name, steps[name]))
     for beholder in beholders.values():
         beholder.close()
     return 0
+
+
+def _state(beholder) -> tuple[bool, bool]:
+    """(worker busy, hooks armed) before or after a step (both False without a Beholder)."""
+    if beholder is None:
+        return False, False
+    watch = beholder._watch
+    return beholder._worker.busy, watch is not None and watch.armed is not None
+
+
+def _kind(before: tuple[bool, bool], handed: bool, after: tuple[bool, bool]) -> str:
+    """What Beholder did in a step: took a frame, armed hooks, ran hooked, ran beside the worker, or none."""
+    if handed:
+        return "frame"
+    if after[1] and not before[1]:
+        return "arming"
+    if before[1]:
+        return "hooked"
+    if before[0]:
+        return "beside"  # the worker was rendering a frame while this step ran
+    return "quiet"
+
+
+def _accounting(name: str, log: list[tuple[str, float, float]]) -> str:
+    """One line: the median quiet step, step kinds per frame, and the extra time they took."""
+    by_kind: dict[str, list[float]] = {}
+    for kind, train, update in log:
+        by_kind.setdefault(kind, []).append(train + update)
+    quiet = statistics.median(by_kind["quiet"])
+    frames = len(by_kind.get("frame", []))
+    extra = sum(len(times) * (statistics.median(times) - quiet) for times in by_kind.values())
+    per_frame = {k: len(by_kind.get(k, [])) / max(frames, 1) for k in ("arming", "hooked", "beside")}
+    counts = " ".join(f"{per_frame[k]:7.2f}" for k in ("arming", "hooked", "beside"))
+    parts = ", ".join(
+        f"{kind} {len(times) * (statistics.median(times) - quiet) / max(frames, 1) * 1e3:.2f}"
+        for kind, times in sorted(by_kind.items()) if kind != "quiet"
+    )
+    return (f"{name:<12} {quiet * 1e3:9.3f} {frames:7d} {counts} {extra / max(frames, 1) * 1e3:15.3f} "
+            f"{extra / (len(log) * quiet):+9.1%}   ({parts})")
 
 
 if __name__ == "__main__":
