@@ -35,7 +35,13 @@ from beholder_plugin.protocol.layout import (
 )
 from beholder_plugin.protocol.scaling import palette_indices, scale_factor
 from beholder_plugin.trainer.colormaps import palette_for
-from beholder_plugin.trainer.views.stats import StatsLayout, sample_runs, sample_size, section_stats
+from beholder_plugin.trainer.views.stats import (
+    StatsLayout,
+    json_floats,
+    sample_runs,
+    sample_size,
+    section_stats,
+)
 
 
 class FramePlan:
@@ -81,6 +87,21 @@ class FramePlan:
         self.sample_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
         self.sample_count = int(self.sample_offsets[-1])
         self.stats_layout = StatsLayout(self.sample_offsets, self.counts)
+        # The parts of each section's record that follow from the plan alone (read, never changed).
+        self.record_bases = [
+            {
+                "name": name,
+                "shape": list(p.shape),
+                "layout": p.layout,
+                "axes": axis_names(p.layout, len(p.shape)),
+                "top": top,
+                "height": p.height,
+                "source": list(p.source_shape),
+                "compact": list(p.compact_shape),
+                "values": int(start),
+            }
+            for name, p, top, start in zip(self.names, self.plans, self.tops, self.starts)
+        ]
 
     def section_views(self, buffer: np.ndarray) -> list[np.ndarray]:
         """Every section's compact (rows, columns) view of a flat buffer."""
@@ -216,10 +237,6 @@ class Rendered:
         return np.take(rows, index, axis=0)
 
 
-def _json_float(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
 class Renderer:
     """Turns flat buffers of compact sections into frames, keeping the variance window between calls."""
 
@@ -271,30 +288,26 @@ class Renderer:
             hi_b = np.full(len(lows), g_hi)
         else:
             lo_b, hi_b = lows, highs
-        records = []
         missing = missing or {}
         stats = None
         if samples is not None:
             stats = section_stats(samples, plan.sample_offsets, plan.counts, plan.stats_layout)
-        for i, (name, p) in enumerate(zip(plan.names, plan.plans)):
-            lo, hi = float(lows[i]), float(highs[i])
-            record = {
-                "name": name,
-                "shape": list(p.shape),
-                "layout": p.layout,
-                "axes": axis_names(p.layout, len(p.shape)),
-                "top": plan.tops[i],
-                "height": p.height,
-                "source": list(p.source_shape),
-                "compact": list(p.compact_shape),
-                "values": int(plan.starts[i]),
-                "bounds": [_json_float(lo_b[i]), _json_float(hi_b[i])],
-                "min": _json_float(lo),
-                "mean": _json_float(means[i]),
-                "max": _json_float(hi),
-                "range": _json_float(hi - lo),
-                "finite": not bool(unclean[i]) or i in missing,
-            }
+        # Plain Python numbers for all sections at once (JSON null where not finite).
+        low, high, mean = json_floats(lows), json_floats(highs), json_floats(means)
+        spread = json_floats(highs - lows)
+        low_bound, high_bound = (low, high) if lo_b is lows else (json_floats(lo_b), json_floats(hi_b))
+        unclean_list = unclean.tolist()
+        records = []
+        for i, base in enumerate(plan.record_bases):
+            record = dict(base)
+            record.update(
+                bounds=[low_bound[i], high_bound[i]],
+                min=low[i],
+                mean=mean[i],
+                max=high[i],
+                range=spread[i],
+                finite=not unclean_list[i] or i in missing,
+            )
             if i in missing:
                 record["missing"] = missing[i]
             elif stats is not None and stats[i] is not None:

@@ -120,7 +120,7 @@ def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[
         stds = np.sqrt(np.maximum(s2 / n_finite - means * means, 0.0))
         norms = np.sqrt(s2 * layout.totals / n_finite)  # a sample's sum of squares, scaled to the whole array
     # Plain Python numbers, converted once for all sections (JSON null where not finite).
-    columns = [_json_list(a) for a in (norms, means, stds, lows, highs)]
+    columns = [json_floats(a) for a in (norms, means, stds, lows, highs)]
     fractions = (np.stack([nans, infs, zeros]) / sizes).tolist()
     # The counts (at most SAMPLE_CAP each) as base64 of little-endian uint16: one JSON string per
     # section instead of 32 numbers, which halved the cost of encoding a ResNet-50 frame's header.
@@ -149,7 +149,7 @@ def hist_counts(stats: dict) -> list[int]:
     return np.frombuffer(base64.b64decode(stats["hist"]["counts"]), dtype="<u2").astype(int).tolist()
 
 
-def _json_list(values: np.ndarray) -> list[float | None]:
+def json_floats(values: np.ndarray) -> list[float | None]:
     """The values as Python floats, None where not finite (JSON has no NaN)."""
     return [v if v == v and v not in (math.inf, -math.inf) else None for v in values.tolist()]
 
