@@ -243,6 +243,13 @@ class Renderer:
     def __init__(self) -> None:
         self._window: FlatWindow | None = None
         self._window_key: tuple | None = None
+        self._spare: np.ndarray | None = None
+
+    def _scratch(self, count: int) -> np.ndarray:
+        """A reused float32 buffer of count values (a fresh one would cost page faults every frame)."""
+        if self._spare is None or self._spare.shape[0] != count:
+            self._spare = np.empty(count, np.float32)
+        return self._spare
 
     def clear_history(self) -> None:
         """Forget the variance window (the original did so when values, mode or show_all changed)."""
@@ -278,7 +285,8 @@ class Renderer:
             shown = values
         lows, highs, unclean = _segment_bounds(plan, shown)
         with np.errstate(invalid="ignore", over="ignore"):
-            row_sums = np.add.reduceat(shown * plan.col_weights, plan.row_starts).astype(np.float64)
+            weighted = np.multiply(shown, plan.col_weights, out=self._scratch(plan.value_count))
+            row_sums = np.add.reduceat(weighted, plan.row_starts).astype(np.float64)
             means = np.add.reduceat(row_sums * plan.row_weights, plan.row_offsets) / plan.pixel_counts
         if config["scaling"] == "network":
             finite = np.isfinite(lows)

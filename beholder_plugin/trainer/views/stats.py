@@ -151,6 +151,8 @@ def hist_counts(stats: dict) -> list[int]:
 
 def json_floats(values: np.ndarray) -> list[float | None]:
     """The values as Python floats, None where not finite (JSON has no NaN)."""
+    if np.isfinite(values).all():  # the usual case: no element to look at in Python
+        return values.tolist()
     return [v if v == v and v not in (math.inf, -math.inf) else None for v in values.tolist()]
 
 
