@@ -598,15 +598,24 @@ class Beholder:
                 named = [("(filter)", Captured((), None, error=why), None)]
         labels, adapters, prepared, shapes, layouts = [], [], [], [], []
         missing: dict[int, str] = {}
-        numpy_source = sources.adapter("numpy")
+        numpy_source, captured_source = sources.adapter("numpy"), sources.adapter("captured")
         for i, (name, obj, layout) in enumerate(named):
-            if type(obj) is np.ndarray and layout is None and obj.size and obj.dtype.kind in "biufc":
+            kind = type(obj)
+            if kind is np.ndarray and layout is None and obj.size and obj.dtype.kind in "biufc":
                 # a plain NumPy array: what prepare_section would find, in a few attribute reads
                 labels.append(name)
                 adapters.append(numpy_source)
                 prepared.append(obj)
                 shapes.append(obj.shape)
                 layouts.append(layout_for(obj.shape))
+                continue
+            if kind is Captured and layout is None and obj.error is None and 0 not in obj.shape:
+                # what a watch() hook copied, its layout already checked against its shape
+                labels.append(name)
+                adapters.append(captured_source)
+                prepared.append(obj)
+                shapes.append(obj.shape)
+                layouts.append(obj.layout)
                 continue
             try:
                 adapter, prep = sources.prepare_section(obj, name)
