@@ -173,7 +173,7 @@ class Beholder:
         self._config_stat: tuple | None = None
         self._config_checked = float("-inf")  # when update() last looked at config.json
         self._last_frame_time = float("-inf")
-        self._frame_interval = float("inf")  # 1 / FPS of the config in force (inf: paused)
+        self._frame_interval = _frame_interval(self._config)  # 1 / FPS of the config in force
         self._step = 0
         self._warned: set[str] = set()
         self._history = HistoryRing(0, 0)
@@ -448,7 +448,7 @@ class Beholder:
     def _apply_config(self, config: dict[str, Any]) -> None:
         old = self._config
         self._config = config
-        self._frame_interval = 1.0 / config["FPS"] if config["FPS"] > 0 else float("inf")
+        self._frame_interval = _frame_interval(config)
         if any(old[k] != config[k] for k in _HISTORY_KEYS):
             self._drain()
             self._renderer.clear_history()
@@ -938,6 +938,11 @@ class Beholder:
 def _filter(pattern: str) -> re.Pattern | None:
     """The compiled section filter (None: show every section); settings.py checked it compiles."""
     return re.compile(pattern) if pattern else None
+
+
+def _frame_interval(config: dict[str, Any]) -> float:
+    """Seconds between frames at the config's FPS (inf when paused)."""
+    return 1.0 / config["FPS"] if config["FPS"] > 0 else float("inf")
 
 
 def _reason(name: str, exc: Exception) -> str:

@@ -309,3 +309,18 @@ def test_a_new_beholder_clears_temp_files_left_by_a_killed_one(run_dir):
     os.utime(leftover, (0, 0))
     Beholder(run_dir)
     assert not os.path.exists(leftover)
+
+
+def test_a_config_json_unreadable_from_the_start_still_gives_frames_at_the_default_rate(run_dir, caplog):
+    """The idle shortcut in update() uses the rate of the settings in force, the defaults here."""
+    os.makedirs(plugin_dir(run_dir))
+    with open(config_path(run_dir), "w") as f:
+        f.write('{"values": "arrays", ')  # cut short
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        beholder = Beholder(run_dir, strict=True)
+    assert "keeping the last good settings" in caplog.text
+    assert beholder.update(arrays=[np.ones(3)])  # a placeholder: the default values are weights
+    due(beholder)  # 1 / FPS (10 by default): well within the quarter second between config looks
+    assert beholder.update(arrays=[np.ones(3)])
+    beholder.flush()
+    assert beholder.config["FPS"] == DEFAULT_CONFIG["FPS"] and beholder.frames_written == 2
