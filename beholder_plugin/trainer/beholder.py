@@ -603,35 +603,26 @@ class Beholder:
             kind = type(obj)
             if kind is np.ndarray and layout is None and obj.size and obj.dtype.kind in "biufc":
                 # a plain NumPy array: what prepare_section would find, in a few attribute reads
-                labels.append(name)
-                adapters.append(numpy_source)
-                prepared.append(obj)
-                shapes.append(obj.shape)
-                layouts.append(layout_for(obj.shape))
-                continue
-            if kind is Captured and layout is None and obj.error is None and 0 not in obj.shape:
+                adapter, prep, shape, layout = numpy_source, obj, obj.shape, layout_for(obj.shape)
+            elif kind is Captured and layout is None and obj.error is None and 0 not in obj.shape:
                 # what a watch() hook copied, its layout already checked against its shape
-                labels.append(name)
-                adapters.append(captured_source)
-                prepared.append(obj)
-                shapes.append(obj.shape)
-                layouts.append(obj.layout)
-                continue
-            try:
-                adapter, prep = sources.prepare_section(obj, name)
-                shape = sources.shape_of(prep)
-                if layout is None:
-                    default = getattr(adapter, "default_layout", None)
-                    layout = default(obj, shape) if default is not None else None
-                layout = resolve_layout(layout, shape, name)
-                if 0 in shape:
-                    raise RenderError(f"section {name}: the array is empty (shape {shape})")
-                adapter, prep = sources.in_place(prep, adapter)  # a CPU tensor: read where it lies
-            except Exception as exc:
-                if self.strict and not isinstance(exc, NoValues):
-                    raise
-                adapter, prep, shape, layout = None, None, (), MISSING
-                missing[i] = self._section_problem(name, exc)
+                adapter, prep, shape, layout = captured_source, obj, obj.shape, obj.layout
+            else:
+                try:
+                    adapter, prep = sources.prepare_section(obj, name)
+                    shape = sources.shape_of(prep)
+                    if layout is None:
+                        default = getattr(adapter, "default_layout", None)
+                        layout = default(obj, shape) if default is not None else None
+                    layout = resolve_layout(layout, shape, name)
+                    if 0 in shape:
+                        raise RenderError(f"section {name}: the array is empty (shape {shape})")
+                    adapter, prep = sources.in_place(prep, adapter)  # a CPU tensor: read where it lies
+                except Exception as exc:
+                    if self.strict and not isinstance(exc, NoValues):
+                        raise
+                    adapter, prep, shape, layout = None, None, (), MISSING
+                    missing[i] = self._section_problem(name, exc)
             labels.append(name)
             adapters.append(adapter)
             prepared.append(prep)
