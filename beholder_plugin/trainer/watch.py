@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import FRAME_WIDTH, PlanCache, resolve_layout
+from beholder_plugin.protocol.layout import FRAME_WIDTH, make_plan, resolve_layout
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.stats import sample_runs, sample_size
@@ -92,8 +92,8 @@ class Watch:
         self._handles: list[Any] = []
         self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
         self._queued = False
-        self._plans = PlanCache(limit=4096)
-        self._shapes: dict[tuple, tuple] = {}  # (name, shape, layout, sizing) -> layout, plan, sample runs
+        # (shape, layout, sizing) -> the checked layout, the plan, the statistics' runs and sample size
+        self._plans: dict[tuple, tuple] = {}
         self._keras_probe_model: Any = None
         if sources.is_torch_module(model):
             self.framework = "torch"
@@ -290,15 +290,15 @@ class Watch:
                 layout = resolve_layout(layout, shape, name)
                 self.captured[name] = Captured(shape, layout, tensor=tensor.clone())
                 return
-            key = (name, shape, layout, self.sizing)
-            found = self._shapes.get(key)
-            if found is None:  # once per section and shape: the layout's checks and the plan
-                if len(self._shapes) >= 4096:
-                    self._shapes.clear()
+            key = (shape, layout, self.sizing)
+            found = self._plans.get(key)
+            if found is None:  # once per shape and layout: the layout's checks and the plan
+                if len(self._plans) >= 4096:
+                    self._plans.clear()
                 layout = resolve_layout(layout, shape, name)
-                plan = self._plans.plan(shape, FRAME_WIDTH, False, name, layout, self.sizing)
+                plan = make_plan(shape, FRAME_WIDTH, False, name, layout, self.sizing)
                 count = math.prod(shape)
-                found = self._shapes[key] = (layout, plan, sample_runs(count), sample_size(count))
+                found = self._plans[key] = (layout, plan, sample_runs(count), sample_size(count))
             layout, plan, runs, sampled = found
             source, values = sources.in_place(tensor)  # a CPU tensor is read where it lies, once
             compact = np.empty(plan.compact_shape, np.float32)

@@ -101,7 +101,7 @@ def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.nd
 
     Values beyond float32's range become inf, as they would be shown anyway.
     """
-    if getattr(source, "GATHERS_INTO", False):  # NumPy, and torch on the CPU: straight into out
+    if source is _NUMPY:  # NumPy arrays, and tensors read in place (in_place): straight into out
         values = source.compact(prepared, plan, label, out)
         if values is out or values.base is out:
             return
@@ -165,7 +165,8 @@ def prepare(obj: Any, label: str) -> Any:
 def fetch_compact(obj: Any, plan: SectionPlan, label: str) -> np.ndarray:
     """The plan's compact section of a prepared object as a new float32 array."""
     out = np.empty(plan.compact_shape, np.float32)
-    gather_into(adapter_for(obj), obj, plan, out, label)
+    source, values = in_place(obj)
+    gather_into(source, values, plan, out, label)
     return out
 
 

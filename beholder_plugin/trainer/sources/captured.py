@@ -42,7 +42,8 @@ def compact(obj: Captured, plan: SectionPlan, label: str) -> np.ndarray:
     if obj.tensor is not None:
         from beholder_plugin.trainer import sources
 
-        return sources.adapter_for(obj.tensor).compact(obj.tensor, plan, label)
+        source, values = sources.in_place(obj.tensor)
+        return source.compact(values, plan, label)
     raise RenderError(f"section {label}: captured for another frame layout; the next frame will show it")
 
 
@@ -53,7 +54,8 @@ def sample(obj: Captured, runs: tuple[int, int, int]) -> np.ndarray:
     if obj.tensor is not None:
         from beholder_plugin.trainer import sources
 
-        return sources.adapter_for(obj.tensor).sample(obj.tensor, runs)
+        source, values = sources.in_place(obj.tensor)
+        return source.sample(values, runs)
     return np.empty(0, np.float32)
 
 

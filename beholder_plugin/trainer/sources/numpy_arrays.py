@@ -9,9 +9,6 @@ import numpy as np
 from beholder_plugin.protocol.layout import RenderError, SectionPlan
 from beholder_plugin.trainer import sources
 
-# compact() can write a float32 section straight into the frame's buffer (sources.gather_into).
-GATHERS_INTO = True
-
 
 def prepare(obj: Any, label: str) -> np.ndarray:
     """A NumPy array for obj, with a clear error for ragged or non-numeric input."""

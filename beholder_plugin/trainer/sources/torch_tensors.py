@@ -8,10 +8,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.layout import SectionPlan
-from beholder_plugin.trainer.sources import finish, numpy_arrays, run_positions
-
-# compact() can write a float32 section straight into the frame's buffer (sources.gather_into).
-GATHERS_INTO = True
+from beholder_plugin.trainer.sources import finish, run_positions
 
 
 def prepare(obj: Any, label: str) -> Any:
@@ -61,14 +58,11 @@ def _viewable_dtypes() -> frozenset:
                       torch.uint8, torch.bool})
 
 
-def compact(t: Any, plan: SectionPlan, label: str, out: np.ndarray | None = None) -> np.ndarray:
-    """The plan's compact section: read in place on the CPU as from NumPy (float32: straight into
-    ``out``), else selected on the device."""
+def compact(t: Any, plan: SectionPlan, label: str) -> np.ndarray:
+    """The plan's compact section, selected on the device first (a tensor NumPy can view is read through
+    host_view and the NumPy adapter instead: sources.in_place)."""
     import torch
 
-    view = host_view(t)
-    if view is not None:  # the same few 1-D takes as for a NumPy array: only the shown elements are read
-        return plan.take(view, out=out if out is not None and view.dtype == np.float32 else None)
     for axis, idx in enumerate(plan.axes):
         if idx is not None:
             t = t.index_select(axis, torch.as_tensor(idx, device=t.device))
@@ -79,9 +73,6 @@ def sample(t: Any, runs: tuple[int, int, int]) -> np.ndarray:
     """The sample's runs of consecutive values (views.stats), taken on the device, then copied."""
     import torch
 
-    view = host_view(t)
-    if view is not None:
-        return numpy_arrays.sample(view, runs)
     count, stride, length = runs
     if t.is_contiguous():
         return _host(t.reshape(-1)[: count * stride].reshape(count, stride)[:, :length])
