@@ -80,7 +80,6 @@ class StatsLayout:
         # per sampled value: its section (among the active ones), and the first bin of that section
         self.section_of = np.repeat(np.arange(len(self.active), dtype=np.intp), self.sizes)
         self.bin_base = (self.section_of * BINS).astype(np.int32)
-        self.ends = np.cumsum(self.sizes)
 
 
 def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[int],
@@ -179,7 +178,7 @@ def _histograms(values: np.ndarray, finite: np.ndarray | None, layout: StatsLayo
     scaled -= index
     near = np.flatnonzero((scaled < 1e-4) | (scaled > 1 - 1e-4))  # within rounding of an edge
     if len(near):
-        section = np.searchsorted(layout.ends, near, side="right")
+        section = section_of[near]
         index[near] = _numpy_bins(values[near].astype(np.float64), index[near], lo[section], hi[section])
     np.clip(index, 0, BINS - 1, out=index)
     index += layout.bin_base
