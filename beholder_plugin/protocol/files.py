@@ -33,7 +33,8 @@ _RETRIES = 3
 MAX_LIST_ENTRIES = 100_000
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC | getattr(os, "O_BINARY", 0)
+_WRITE_FLAGS = _CLOEXEC | getattr(os, "O_BINARY", 0)  # (O_BINARY: Windows)
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _WRITE_FLAGS
 _VECTORED = hasattr(os, "writev") and hasattr(os, "pwritev")
 
 
@@ -146,7 +147,7 @@ class LocalFiles:
             if reuse is not None:
                 try:
                     os.replace(reuse, tmp)
-                    fd = os.open(tmp, os.O_RDWR | _CLOEXEC | getattr(os, "O_BINARY", 0))
+                    fd = os.open(tmp, os.O_RDWR | _WRITE_FLAGS)
                     in_place = True
                 except OSError:
                     fd = None
