@@ -55,24 +55,20 @@ export function scopesOf(name) {
 /** A tree of scopes: nodes {prefix, label, children: Map prefix -> node, names: the names under it}. */
 export function scopeTree(names) {
   const root = { prefix: null, label: "", children: new Map(), names: [] };
-  for (const name of names) {
-    let node = root;
-    for (const { prefix, label } of scopesOf(name)) {
-      if (!node.children.has(prefix)) node.children.set(prefix, { prefix, label, children: new Map(), names: [] });
-      node = node.children.get(prefix);
-      node.names.push(name);
-    }
-  }
+  for (const name of names) for (const node of nodesOf(root, name)) node.names.push(name);
   return root;
 }
 
-/** Give the tree a node for a scope prefix (one no frame has shown, as the link's hidden scopes), naming no section. */
-function ensureScope(root, prefix) {
+/** The tree's nodes from the top down to a name or scope prefix, made where missing (with no names). */
+function nodesOf(root, text) {
+  const path = [];
   let node = root;
-  for (const scope of scopesOf(prefix)) {
-    if (!node.children.has(scope.prefix)) node.children.set(scope.prefix, { ...scope, children: new Map(), names: [] });
-    node = node.children.get(scope.prefix);
+  for (const { prefix, label } of scopesOf(text)) {
+    if (!node.children.has(prefix)) node.children.set(prefix, { prefix, label, children: new Map(), names: [] });
+    node = node.children.get(prefix);
+    path.push(node);
   }
+  return path;
 }
 
 /** The filter box and the scope tree; onFilter(regex) is called with the combined expression to send. */
@@ -243,7 +239,7 @@ export class SectionChooser {
       matcher = null;
     }
     const root = scopeTree(names);
-    for (const prefix of this.hidden) ensureScope(root, prefix); // unticked by a shared link, maybe never seen
+    for (const prefix of this.hidden) nodesOf(root, prefix); // unticked by a shared link, maybe never seen
     this.tree.replaceChildren(
       ...(names.length ? [...root.children.values()].map((node) => this.renderNode(node, false, matcher))
         : [h("p", { class: "note" }, "Section names appear here with the first frame of arrays.")]),
