@@ -179,15 +179,14 @@ def _accounting(name: str, log: list[tuple[str, float, float]]) -> str:
     for kind, train, update in log:
         by_kind.setdefault(kind, []).append(train + update)
     quiet = statistics.median(by_kind["quiet"])
-    frames = len(by_kind.get("frame", []))
-    extra = sum(len(times) * (statistics.median(times) - quiet) for times in by_kind.values())
-    per_frame = {k: len(by_kind.get(k, [])) / max(frames, 1) for k in ("arming", "hooked", "beside")}
-    counts = " ".join(f"{per_frame[k]:7.2f}" for k in ("arming", "hooked", "beside"))
-    parts = ", ".join(
-        f"{kind} {len(times) * (statistics.median(times) - quiet) / max(frames, 1) * 1e3:.2f}"
-        for kind, times in sorted(by_kind.items()) if kind != "quiet"
-    )
-    return (f"{name:<12} {quiet * 1e3:9.3f} {frames:7d} {counts} {extra / max(frames, 1) * 1e3:15.3f} "
+    frames = max(len(by_kind.get("frame", [])), 1)
+    extras = {kind: len(times) * (statistics.median(times) - quiet) for kind, times in by_kind.items()}
+    extra = sum(extras.values())
+    counts = " ".join(f"{len(by_kind.get(k, [])) / frames:7.2f}" for k in ("arming", "hooked", "beside"))
+    parts = ", ".join(f"{kind} {value / frames * 1e3:.2f}" for kind, value in sorted(extras.items())
+                      if kind != "quiet")
+    return (f"{name:<12} {quiet * 1e3:9.3f} {len(by_kind.get('frame', [])):7d} {counts} "
+            f"{extra / frames * 1e3:15.3f} "
             f"{extra / (len(log) * quiet):+9.1%}   ({parts})")
 
 

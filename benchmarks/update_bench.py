@@ -148,9 +148,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=40, help="frames before timing (fills history)")
     parser.add_argument("--models", nargs="+", help="only these (model_shapes.json names)")
     args = parser.parse_args()
-    models = load_models()
-    if args.models:
-        models = {name: models[name] for name in args.models}
+    every_model = load_models()
+    models = {name: every_model[name] for name in args.models} if args.models else every_model
     print(
         f"{'model':<15}{'arrays':>7}{'mode':>10}{'floor ms':>10}{'blocking ms':>13}"
         f"{'target ms':>11}{'CPU/frame ms':>14}"
@@ -166,7 +165,7 @@ def main() -> None:
                     f"{name:<15}{len(shapes):>7}{mode:>10}{floor:>10.3f}{block:>13.3f}"
                     f"{1.5 * floor + 0.1:>11.3f}{cpu:>14.2f}"
                 )
-        small = load_models()["mnist_convnet"]
+        small = every_model["mnist_convnet"]
         values = sum(math.prod(s) for _, s in small)
         idle = time_no_frame_due(os.path.join(tmp, "idle"), make_arrays(small, 0))
         print(f"no frame due: {idle * 1e6:.2f} us per update() call (mnist_convnet, {values:,} values)")

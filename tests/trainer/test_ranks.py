@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from server_support import free_port
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import plugin_dir, read_frame_file
@@ -98,12 +98,6 @@ DDP = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_ranks(tmp_path, source: str, *args: str) -> str:
     """Run a script with torchrun in two gloo processes; its stdout (the run must succeed)."""
     script = tmp_path / "two_ranks.py"
@@ -112,7 +106,7 @@ def _two_ranks(tmp_path, source: str, *args: str) -> str:
     env.pop("RANK", None)
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         f"--master_port={_free_port()}", str(script), *args],
+         f"--master_port={free_port()}", str(script), *args],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
