@@ -227,9 +227,7 @@ def show_run(frame, run: str, height: int) -> dict:
 def back_to_live(frame) -> None:
     """Scroll to the top and show the shared live run again."""
     frame.evaluate("window.scrollTo(0, 0)")
-    frame.select_option("#run-select", "live")
-    wait_for(lambda: (s := stats(frame))["run"] == "live" and s["height"] == 4 * 128 + 3 * 5,
-             message="the live run again")
+    show_run(frame, "live", 4 * 128 + 3 * 5)
 
 
 def test_tall_frames_are_fetched_around_the_screen(session):
