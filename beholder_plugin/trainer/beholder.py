@@ -96,6 +96,7 @@ class _Job:
     samples: np.ndarray | None = None  # the statistics' samples (views.stats), when taken
     image: np.ndarray | None = None
     missing: dict[int, str] | None = None  # sections shown empty, and why
+    pending: list | None = None  # device batches still being copied to the host (sources.torch_batch)
 
 
 class Beholder:
@@ -163,6 +164,7 @@ class Beholder:
         self._plans = PlanCache()
         self._frame_plans: dict[tuple, FramePlan] = {}
         self._buffers: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        self._device_gathers: dict[tuple, Any] = {}  # (plan, device) -> sources.torch_batch.DeviceGather
         self._renderer = Renderer()
         self._writer_id = secrets.token_hex(6)
         self._recorder = self._make_recorder()
@@ -554,6 +556,7 @@ class Beholder:
             if len(self._frame_plans) >= 16:
                 self._frame_plans.clear()
                 self._buffers.clear()
+                self._device_gathers.clear()
             width = frame_width(shapes, show_all, layouts)
             plans, problems = [], {}
             for i, (label, shape, layout) in enumerate(zip(labels, shapes, layouts)):
@@ -634,10 +637,15 @@ class Beholder:
             missing[i] = reason
         buffer, views, samples, sample_views = self._buffer(plan)
         gather, gather_sample = sources.gather_into, sources.gather_sample
+        batches: dict[Any, list[tuple[int, Any]]] = {}  # device -> sections gathered there in one batch
         sections = zip(adapters, prepared, plan.plans, views, labels, sample_views, plan.sample_steps)
         for i, (adapter, obj, section, out, label, sample, step) in enumerate(sections):
             if i in missing:
                 out.fill(np.nan)
+                continue
+            device = _batch_device(adapter, obj, section, plan.width)
+            if device is not None:  # on an accelerator: issued now, copied to the host once per device
+                batches.setdefault(device, []).append((i, obj))
                 continue
             try:
                 gather(adapter, obj, section, out, label)
@@ -652,6 +660,27 @@ class Beholder:
                 missing[i] = self._section_problem(label, exc)
         job.kind, job.plan, job.buffer, job.missing = "sections", plan, buffer, missing
         job.samples = samples
+        job.pending = []
+        for device, entries in batches.items():
+            try:
+                job.pending.append(self._device_gather(plan, device).launch(entries))
+            except Exception as exc:
+                if self.strict:
+                    raise
+                for i, _ in entries:
+                    views[i].fill(np.nan)
+                    sample_views[i].fill(np.nan)
+                    missing[i] = self._section_problem(labels[i], exc)
+
+    def _device_gather(self, plan: FramePlan, device: Any) -> Any:
+        """The reused device buffers (and CUDA graph) that gather a plan's sections on one device."""
+        key = (id(plan), device)
+        found = self._device_gathers.get(key)
+        if found is None or found.plan is not plan:
+            from beholder_plugin.trainer.sources.torch_batch import DeviceGather
+
+            found = self._device_gathers[key] = DeviceGather(device, plan)
+        return found
 
     def _matching(self, pattern: re.Pattern, named: list[sources.Named]) -> list[int]:
         """Which sections a filter keeps, remembered per set of names (searched once, not every frame)."""
@@ -690,6 +719,8 @@ class Beholder:
         header: dict[str, Any] = {"values": job.values, "sections": []}
         values = rendered = height = row_index = None
         if job.kind == "sections":
+            if job.pending:
+                _receive(job)
             rendered = self._renderer.render(job.plan, job.buffer, config, job.missing, job.samples)
             pixels, palette, values = None, rendered.palette, rendered.values
             height = rendered.height
@@ -929,6 +960,39 @@ class Beholder:
 def _filter(pattern: str) -> re.Pattern | None:
     """The compiled section filter (None: show every section); settings.py checked it compiles."""
     return re.compile(pattern) if pattern else None
+
+
+def _batch_device(adapter: Any, obj: Any, section: Any, width: int) -> Any:
+    """The device a section is gathered on as part of a batch, or None (gathered now, on the host side)."""
+    if type(obj) is np.ndarray:
+        return None
+    if type(obj) is Captured:
+        part = obj.part
+        if part is None or obj.width != width or obj.compact_shape != section.compact_shape:
+            return None
+        return part.device
+    if sources.framework_of(obj) != "torch":
+        return None
+    from beholder_plugin.trainer.sources import torch_batch
+
+    return torch_batch.batch_device(obj)
+
+
+def _receive(job: _Job) -> None:
+    """Wait for a job's device batches to reach the host and put their sections in the job's buffers."""
+    plan, pending = job.plan, job.pending
+    if len(pending) == 1 and len(pending[0].sections) == len(plan.plans):  # the usual case: adopt it
+        host = pending[0].wait()
+        job.buffer, job.samples = host[: plan.value_count], host[plan.value_count :]
+        return
+    for batch in pending:
+        host = batch.wait()
+        samples = host[plan.value_count :]
+        for i in batch.sections:
+            a, b = plan.offsets[i], plan.offsets[i + 1]
+            job.buffer[a:b] = host[a:b]
+            a, b = plan.sample_offsets[i], plan.sample_offsets[i + 1]
+            job.samples[a:b] = samples[a:b]
 
 
 def _frame_interval(config: dict[str, Any]) -> float:

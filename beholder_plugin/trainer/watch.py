@@ -36,6 +36,7 @@ import numpy as np
 
 from beholder_plugin.protocol.layout import FRAME_WIDTH, make_plan, resolve_layout
 from beholder_plugin.trainer import sources
+from beholder_plugin.trainer.sources import torch_batch
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.stats import sample_runs, sample_size
 
@@ -300,6 +301,11 @@ class Watch:
                 count = math.prod(shape)
                 found = self._plans[key] = (layout, plan, sample_runs(count), sample_size(count))
             layout, plan, runs, sampled = found
+            if torch_batch.batch_device(tensor) is not None:  # on an accelerator: one launch, no wait
+                part = torch_batch.section_part(tensor, plan, runs, sampled)
+                self.captured[name] = Captured(shape, layout, width=FRAME_WIDTH, part=part,
+                                               compact_shape=plan.compact_shape)
+                return
             source, values = sources.in_place(tensor)  # a CPU tensor is read where it lies, once
             compact = np.empty(plan.compact_shape, np.float32)
             sources.gather_into(source, values, plan, compact, name)

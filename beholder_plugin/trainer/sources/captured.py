@@ -26,6 +26,10 @@ class Captured:
     tensor: Any = None  # a private copy of the whole tensor (show_all)
     error: str | None = None  # why nothing could be captured
     sample: np.ndarray | None = None  # every k-th value, for the statistics (views.stats)
+    # On a device (sources.torch_batch): the shown values then the sample, side by side, still on the
+    # device and in the tensor's dtype; gathered into the frame's device buffer with the other sections.
+    part: Any = None
+    compact_shape: tuple[int, int] | None = None
 
 
 def prepare(obj: Captured, label: str) -> Captured:

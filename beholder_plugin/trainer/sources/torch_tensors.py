@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.layout import SectionPlan
-from beholder_plugin.trainer.sources import finish, run_positions
+from beholder_plugin.trainer.sources import finish, run_positions, torch_batch
 
 
 def prepare(obj: Any, label: str) -> Any:
@@ -41,7 +41,7 @@ def host_view(t: Any) -> np.ndarray | None:
     never resizable again, and FSDP frees a gathered parameter by resizing
     its storage to nothing after each forward.
     """
-    if t.device.type != "cpu" or t.dtype not in _viewable_dtypes():
+    if t.device.type != "cpu" or t.dtype not in _viewable_dtypes() or torch_batch.BATCH_CPU_TENSORS:
         return None
     try:
         return np.from_dlpack(t.detach())

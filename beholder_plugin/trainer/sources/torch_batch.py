@@ -1,0 +1,295 @@
+"""A frame's torch tensors gathered on their device as one batch, copied to the host once, asynchronously.
+
+On the training thread nothing waits for the device. Per section one
+``index_select`` reads the shown values and the statistics sample (their
+storage offsets are worked out once per shape, strides and plan, and kept on
+the device); one ``cat`` converts them all to float32 in a reused device
+buffer, and one more ``index_select`` puts them in the frame's order (shown
+values of every section, then every sample). A side stream, ordered after
+the current stream by an event, copies that buffer into reused pinned host
+memory and records a second event; the worker waits on it (``Pending``),
+then renders from the host buffer. On CUDA, when a frame gathers from the
+same storage as the frame before (parameters, updated in place), the
+gathers are captured once as a CUDA graph and replayed: a few launches per
+frame whatever the number of sections.
+
+The same code runs on CPU tensors (``BATCH_CPU_TENSORS``), which is how it
+is tested without a GPU; by default CPU tensors are read where they lie
+(``torch_tensors.host_view``), which is faster there.
+
+Example::
+
+    gather = DeviceGather(device, plan.value_count, plan.sample_count, plan)
+    pending = gather.launch([(0, tensor_a), (1, captured_b)])
+    host = pending.wait()   # on the worker: float32, shown values then samples
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.protocol.layout import SectionPlan
+from beholder_plugin.trainer.sources import run_positions
+from beholder_plugin.trainer.sources.captured import Captured
+
+# Gather CPU tensors through the batched path too (tests set this, as does BEHOLDER_BATCH_CPU_TENSORS=1
+# in the environment: CI has no GPU, and this is how the device path is checked there).
+BATCH_CPU_TENSORS = os.environ.get("BEHOLDER_BATCH_CPU_TENSORS") == "1"
+# How many (shape, strides, plan) -> device index entries are kept per device.
+INDEX_CACHE_SIZE = 4096
+
+
+def batch_device(t: Any) -> Any:
+    """The device a prepared tensor is gathered on in a batch, or None (read where it lies: the host path)."""
+    import torch
+
+    if not isinstance(t, torch.Tensor) or t.layout is not torch.strided:
+        return None
+    device = t.device
+    if (device.type == "cpu" and not BATCH_CPU_TENSORS) or device.type == "meta" or t.is_quantized:
+        return None
+    return device
+
+
+def storage_offsets(plan: SectionPlan, shape: Sequence[int], strides: Sequence[int],
+                    runs: tuple[int, int, int], sample_n: int) -> np.ndarray:
+    """Storage offsets (from the tensor's own offset) of a section's shown values, then of its sample.
+
+    The shown values come in the compact section's row-major order. When a
+    frame shows every value of the array once, its sample is the shown
+    values again (as the host path takes it); otherwise it is the runs of
+    views.stats in flat order.
+    """
+    strides_a = np.asarray(strides, dtype=np.int64)
+    if not shape:
+        shown = np.zeros(1, np.int64)
+    else:
+        shown = np.zeros(plan.compact_shape, np.int64)
+        for ix, stride in zip(plan.index, strides_a):
+            shown = shown + np.asarray(ix, dtype=np.int64) * stride
+        shown = shown.reshape(-1)
+    count = math.prod(shape)
+    if runs[0] == 1 and shown.size == count:
+        sample = shown[:sample_n]
+    elif not shape:
+        sample = np.zeros(sample_n, np.int64)
+    else:
+        flat = run_positions(runs)[:sample_n]
+        sample = np.zeros(flat.shape, np.int64)
+        for ix, stride in zip(np.unravel_index(flat, tuple(shape)), strides_a):
+            sample += ix.astype(np.int64) * stride
+    return np.concatenate([shown, sample])
+
+
+def span_of(shape: Sequence[int], strides: Sequence[int]) -> int:
+    """How many storage elements a tensor of this shape and strides reaches from its first one."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+
+
+class IndexCache:
+    """Device index tensors of sections, by (shape, strides, plan), uploaded once and kept on the device."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple, Any] = {}
+        self._keep: list[Any] = []  # pinned sources of uploads still in flight (freed on the next miss)
+
+    def get(self, device: Any, plan: SectionPlan, shape: tuple, strides: tuple,
+            runs: tuple[int, int, int], sample_n: int) -> Any:
+        """The index of a section's shown values and sample on this device (made on the first frame)."""
+        key = (device, shape, strides, id(plan), sample_n)
+        found = self._found.get(key)
+        if found is not None and found[0] is plan:
+            return found[1]
+        import torch
+
+        if len(self._found) >= INDEX_CACHE_SIZE:
+            self._found.clear()
+        host = torch.from_numpy(storage_offsets(plan, shape, strides, runs, sample_n))
+        if device.type == "cuda":
+            host = host.pin_memory()  # so the one upload per plan is asynchronous too
+            self._keep = self._keep[-64:] + [host]
+        index = host.to(device, non_blocking=True)
+        self._found[key] = (plan, index)
+        return index
+
+
+INDEXES = IndexCache()
+
+
+def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n: int) -> Any:
+    """One launch: a tensor's shown values and sample, side by side, in its own dtype, on its device."""
+    import torch
+
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    shape, strides = tuple(t.shape), t.stride()
+    index = INDEXES.get(t.device, plan, shape, strides, runs, sample_n)
+    base = t.as_strided((span_of(shape, strides),), (1,), t.storage_offset())
+    part = torch.index_select(base, 0, index)
+    if part.is_complex():
+        part = part.abs()
+    return part
+
+
+@dataclass
+class Pending:
+    """A batch's copy to the host, in flight: ``wait()`` (on the worker) returns the host buffer."""
+
+    host: np.ndarray  # float32: the frame's shown values (value_count), then its samples
+    sections: list[int]  # which sections of the frame this batch holds
+    event: Any = None  # recorded after the copy (CUDA); None when the copy was synchronous
+
+    def wait(self) -> np.ndarray:
+        """Block until the copy is done, then the host buffer."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host
+
+
+class DeviceGather:
+    """The reused buffers, streams and CUDA graph that gather one frame plan's sections on one device."""
+
+    def __init__(self, device: Any, plan: Any) -> None:
+        import torch
+
+        self.device = device
+        self.plan = plan
+        total = plan.value_count + plan.sample_count
+        self.total = total
+        self.cuda = device.type == "cuda"
+        self.packed = torch.empty(total, dtype=torch.float32, device=device)
+        self.ordered = torch.empty(total, dtype=torch.float32, device=device)
+        self.host_tensor = torch.empty(total, dtype=torch.float32, pin_memory=self.cuda)
+        self.host = self.host_tensor.numpy()
+        self._perm_key: tuple | None = None
+        self._perm: Any = None
+        self._graph: Any = None
+        self._graph_key: tuple | None = None
+        self._last_key: tuple | None = None
+        self._graph_failed = False
+        if self.cuda:
+            self.stream = torch.cuda.Stream(device)
+            self.gathered = torch.cuda.Event()
+            self.copied = torch.cuda.Event()
+
+    def launch(self, entries: list[tuple[int, Any]]) -> Pending:
+        """Issue the gather of these (section, tensor or captured part) entries and the copy; never waits."""
+        import torch
+
+        sections = [i for i, _ in entries]
+        sources = [obj for _, obj in entries]
+        key = (tuple(sections), tuple(_storage_key(obj) for obj in sources))
+        if self.cuda and self._graph is not None and key == self._graph_key:
+            self._graph.replay()
+        elif (self.cuda and not self._graph_failed and key == self._last_key
+              and all(_is_tensor_source(obj) for obj in sources)):
+            self._capture(sections, sources, key)
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                self._gather(sections, sources)
+        else:
+            self._gather(sections, sources)
+        self._last_key = key
+        if not self.cuda:
+            self.host_tensor.copy_(self.ordered)
+            return Pending(self.host, sections)
+        current = torch.cuda.current_stream(self.device)
+        self.gathered.record(current)
+        self.stream.wait_event(self.gathered)
+        with torch.cuda.stream(self.stream):
+            self.host_tensor.copy_(self.ordered, non_blocking=True)
+            self.copied.record(self.stream)
+        return Pending(self.host, sections, self.copied)
+
+    def _gather(self, sections: list[int], sources: list[Any]) -> None:
+        """The launches: a part per section, one cat (to float32), one permutation into the frame's order."""
+        import torch
+
+        plan = self.plan
+        parts = []
+        for i, obj in zip(sections, sources):
+            if _is_tensor_source(obj):
+                runs = plan.sample_steps[i]
+                n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
+                parts.append(section_part(obj, plan.plans[i], runs, n))
+            else:
+                parts.append(obj.part)
+        used = sum(int(plan.sizes[i]) + int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
+                   for i in sections)
+        torch.cat(parts, out=self.packed[:used])
+        torch.index_select(self.packed[:used], 0, self._permutation(sections), out=self.ordered)
+
+    def _permutation(self, sections: list[int]) -> Any:
+        """Where each value of the frame's order sits in the packed parts (made once per set of sections).
+
+        Positions of sections not in this batch read position 0: the host
+        side takes only its own sections' values from the buffer.
+        """
+        key = tuple(sections)
+        if key != self._perm_key:
+            import torch
+
+            plan = self.plan
+            perm = np.zeros(self.total, np.int64)
+            at = 0
+            for i in sections:
+                shown, start = int(plan.sizes[i]), int(plan.offsets[i])
+                s0, s1 = int(plan.sample_offsets[i]), int(plan.sample_offsets[i + 1])
+                perm[start : start + shown] = np.arange(at, at + shown)
+                at += shown
+                base = plan.value_count + s0
+                perm[base : base + s1 - s0] = np.arange(at, at + s1 - s0)
+                at += s1 - s0
+            host = torch.from_numpy(perm)
+            if self.cuda:
+                host = host.pin_memory()
+            self._perm_host = host
+            self._perm = host.to(self.device, non_blocking=True)
+            self._perm_key = key
+        return self._perm
+
+    def _capture(self, sections: list[int], sources: list[Any], key: tuple) -> None:
+        """Capture this frame's gathers as a CUDA graph (its storage did not move since the last frame)."""
+        import torch
+
+        self._permutation(sections)  # made (and uploaded) before the capture
+        for i, obj in zip(sections, sources):  # indices too
+            plan = self.plan
+            INDEXES.get(obj.device, plan.plans[i], tuple(obj.shape), obj.stride(),
+                        plan.sample_steps[i], int(plan.sample_offsets[i + 1] - plan.sample_offsets[i]))
+        graph = torch.cuda.CUDAGraph()
+        side = self.stream
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(side):
+                graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    self._gather(sections, sources)
+                finally:
+                    graph.capture_end()
+        except Exception:  # capture refused (an unusual tensor, another capture running): launch eagerly
+            self._graph_failed = True
+            self._graph = None
+            return
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._graph, self._graph_key = graph, key
+
+
+def _is_tensor_source(obj: Any) -> bool:
+    """True for a tensor to gather from; False for a hook's captured part (already gathered)."""
+    return not isinstance(obj, Captured)
+
+
+def _storage_key(obj: Any) -> tuple:
+    """What a CUDA graph of this section's gather depends on: where its storage is, its shape and strides."""
+    t = obj if _is_tensor_source(obj) else obj.part
+    return (t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)

@@ -1,0 +1,256 @@
+"""The batched device gather (sources.torch_batch): the same frames as the host path, one copy, no waits.
+
+CI has no GPU, so the batched path runs here on CPU tensors
+(``torch_batch.BATCH_CPU_TENSORS``); the tests marked ``gpu`` run the same
+checks on CUDA when it is present.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import set_config
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.runfiles import read_frame_file
+from beholder_plugin.trainer.sources import torch_batch
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+DTYPES = {
+    "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+    "float16": torch.float16, "int64": torch.int64, "uint8": torch.uint8, "bool": torch.bool,
+    "complex64": torch.complex64,
+}
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def make_tensor(shape: tuple[int, ...], dtype: str, form: str, seed: int, device: str = "cpu"):
+    """A tensor of this shape and dtype, stored plainly, channels-last, transposed or as a strided slice."""
+    gen = torch.Generator().manual_seed(seed)
+    big = (shape[0] * 2,) + shape[1:] if form == "sliced" and shape else shape
+    values = torch.randn(big, generator=gen, dtype=torch.float64) * 3
+    if dtype == "bool":
+        t = values > 0
+    elif dtype in ("int64", "uint8"):
+        t = (values.abs() * 40).to(DTYPES[dtype])
+    elif dtype == "complex64":
+        t = torch.complex(values, values.flip(0) if values.dim() else values).to(torch.complex64)
+    else:
+        t = values.to(DTYPES[dtype])
+    if form == "sliced" and shape:
+        t = t[::2]
+    elif form == "channels_last" and t.dim() == 4:
+        t = t.contiguous(memory_format=torch.channels_last)
+    elif form == "transposed" and t.dim() >= 2:
+        t = t.transpose(0, 1).contiguous().transpose(0, 1)  # same shape, other strides
+    return t.to(device)
+
+
+def frames_of(run: str, arrays_per_frame: list[dict], batched: bool, monkeypatch, **config) -> object:
+    """Write these frames (a dict of arrays each), batched or not; the last frame, read back."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    set_config(run, values="arrays", FPS=30, colormap="grayscale", **config)
+    beholder = Beholder(run, strict=True)
+    for arrays in arrays_per_frame:
+        beholder._last_frame_time = float("-inf")  # every call is a frame
+        assert beholder.update(arrays=arrays)
+        beholder.flush()
+    beholder.close()
+    return read_frame_file(run)
+
+
+def assert_same_frames(a, b) -> None:
+    """Pixels, values and section records equal bit for bit."""
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    assert len(a.sections) == len(b.sections)
+    for i, (ra, rb) in enumerate(zip(a.sections, b.sections)):
+        assert ra == rb, ra["name"]
+        np.testing.assert_array_equal(a.section_values(i), b.section_values(i))
+
+
+shapes = st.lists(st.integers(1, 9), min_size=0, max_size=4).map(tuple)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    specs=st.lists(st.tuples(shapes, st.sampled_from(sorted(DTYPES)),
+                             st.sampled_from(["plain", "channels_last", "transposed", "sliced"])),
+                   min_size=1, max_size=5),
+    big=st.booleans(),
+    show_all=st.booleans(),
+    mode=st.sampled_from(["current", "variance"]),
+    seed=st.integers(0, 2**16),
+)
+def test_batched_frames_equal_host_frames(tmp_path_factory, monkeypatch, specs, big, show_all, mode, seed):
+    if big:  # one array past the statistics' sample cap and wider than the frame
+        specs = specs + [((40, 3, 5, 5), "bfloat16", "channels_last")]
+    frames = [
+        {f"s{i}": make_tensor(shape, dtype, form, seed + 7 * k + i)
+         for i, (shape, dtype, form) in enumerate(specs)}
+        for k in range(3)
+    ]
+    config = dict(show_all=show_all, mode=mode, window_size=2)
+    host = frames_of(str(tmp_path_factory.mktemp("host")), frames, False, monkeypatch, **config)
+    batched = frames_of(str(tmp_path_factory.mktemp("batched")), frames, True, monkeypatch, **config)
+    assert_same_frames(host, batched)
+
+
+def convnet() -> nn.Module:
+    """conv -> batchnorm -> relu -> pool -> linear, with a bf16 and a channels-last parameter."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(8 * 16, 10),
+    )
+
+
+@pytest.mark.parametrize("values", ["trainable_variables", "gradients", "activations"])
+def test_watch_frames_equal_host_frames(tmp_path, monkeypatch, values):
+    """watch(model): the hooks' device parts give the same frame as the host path's copies."""
+    frames = {}
+    for batched in (False, True):
+        monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+        run = str(tmp_path / f"run-{batched}")
+        set_config(run, values=values, FPS=30, mode="current")
+        model = convnet().to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        beholder = Beholder(run, strict=True)
+        beholder.watch(model)
+        x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.arange(4)
+        written = 0
+        for _ in range(4):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            beholder._last_frame_time = float("-inf")
+            written += beholder.update()
+            beholder.flush()
+        beholder.close()
+        assert written >= 1
+        frames[batched] = read_frame_file(run)
+        assert beholder.failures == 0
+    assert_same_frames(frames[False], frames[True])
+    assert frames[True].sections[0]["name"] in ("0.weight", "0")
+
+
+class OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every aten op dispatched while it is active, with its arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((str(func.overloadpacket.__name__), args))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch):
+    """update() on a due frame: one index_select per section, one cat, one copy into the host buffer,
+    and nothing that reads a value back to Python (item(), tolist(), a synchronizing copy)."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30)
+    arrays = {f"w{i}": torch.randn(16, 8, 3, 3) for i in range(6)}
+    arrays["b"] = torch.randn(32, dtype=torch.bfloat16)
+    beholder = Beholder(run, strict=True)
+    logs = []
+    for _ in range(2):
+        beholder._last_frame_time = float("-inf")
+        with OpLog() as log:
+            assert beholder.update(arrays=arrays)
+        logs.append(log)
+        beholder.flush()
+    beholder.close()
+    gather = next(iter(beholder._device_gathers.values()))
+    for log in logs:
+        names = [name for name, _ in log.calls]
+        assert names.count("index_select") == len(arrays) + 1  # a part per section, one permutation
+        assert names.count("cat") == 1
+        copies = [args for name, args in log.calls if name == "copy_"]
+        assert len(copies) == 1 and copies[0][0] is gather.host_tensor
+        assert not {"_local_scalar_dense", "item", "_to_copy", "to", "nonzero"} & set(names)
+    assert beholder.failures == 0
+
+
+def test_a_failed_batch_shows_its_sections_empty_and_training_goes_on(tmp_path, monkeypatch):
+    """A batch whose launch fails (an odd tensor, a device error) leaves those sections empty, says why."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+
+    def refuse(self, entries):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(torch_batch.DeviceGather, "launch", refuse)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30)
+    with Beholder(run) as beholder:
+        assert beholder.update(arrays={"a": torch.randn(4, 4), "n": np.ones(3, np.float32)})
+        beholder.flush()
+    frame = read_frame_file(run)
+    by_name = {rec["name"]: rec for rec in frame.sections}
+    assert "device lost" in by_name["a"]["missing"]
+    assert "missing" not in by_name["n"]
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("values", ["trainable_variables", "gradients", "activations"])
+def test_cuda_frames_equal_cpu_frames(tmp_path, monkeypatch, values):
+    """The same model on CUDA and on the CPU gives the same frame (weights bit for bit; others closely)."""
+    frames = {}
+    for device in ("cpu", "cuda"):
+        run = str(tmp_path / device)
+        set_config(run, values=values, FPS=30, mode="current")
+        model = convnet().to(device)
+        with torch.no_grad():  # same weights on both devices
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        beholder = Beholder(run, strict=True)
+        beholder.watch(model)
+        x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1)).to(device)
+        for _ in range(3):
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x), torch.arange(4, device=device)).backward()
+            beholder._last_frame_time = float("-inf")
+            beholder.update()
+            beholder.flush()
+        beholder.close()
+        frames[device] = read_frame_file(run)
+    a, b = frames["cpu"], frames["cuda"]
+    assert [r["name"] for r in a.sections] == [r["name"] for r in b.sections]
+    for i in range(len(a.sections)):
+        if values == "trainable_variables":
+            np.testing.assert_array_equal(a.section_values(i), b.section_values(i))
+        else:
+            np.testing.assert_allclose(a.section_values(i), b.section_values(i), rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_update_never_synchronizes_and_copies_once(tmp_path):
+    """A frame-due update() on CUDA tensors: no synchronizing call, one device-to-host copy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30)
+    arrays = {f"w{i}": torch.randn(64, 32, 3, 3, device="cuda") for i in range(20)}
+    beholder = Beholder(run, strict=True)
+    for _ in range(3):  # the plan's first frames upload indices and capture the graph
+        beholder._last_frame_time = float("-inf")
+        beholder.update(arrays=arrays)
+        beholder.flush()
+    beholder._last_frame_time = float("-inf")
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        assert beholder.update(arrays=arrays)
+    beholder.flush()
+    beholder.close()
+    names = [e.name for e in prof.events()]
+    assert not [n for n in names if "Synchronize" in n], names
+    assert sum("Memcpy DtoH" in n or n == "cudaMemcpyAsync" for n in names) <= 2  # runtime call + its copy
+    assert not [n for n in names if "Memcpy HtoD" in n]
