@@ -164,7 +164,8 @@ class Beholder:
         self._plans = PlanCache()
         self._frame_plans: dict[tuple, FramePlan] = {}
         self._buffers: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
-        self._device_gathers: dict[tuple, Any] = {}  # (plan, device) -> sources.torch_batch.DeviceGather
+        # (plan, device) -> the reused buffers of a device batch (sources.torch_batch, sources.jax_batch)
+        self._device_gathers: dict[tuple, Any] = {}
         self._renderer = Renderer()
         self._writer_id = secrets.token_hex(6)
         self._recorder = self._make_recorder()
@@ -677,9 +678,11 @@ class Beholder:
         key = (id(plan), device)
         found = self._device_gathers.get(key)
         if found is None or found.plan is not plan:
-            from beholder_plugin.trainer.sources.torch_batch import DeviceGather
-
-            found = self._device_gathers[key] = DeviceGather(device, plan)
+            if type(device).__module__.startswith("torch"):
+                from beholder_plugin.trainer.sources.torch_batch import DeviceGather as Gather
+            else:  # a JAX device
+                from beholder_plugin.trainer.sources.jax_batch import JaxGather as Gather
+            found = self._device_gathers[key] = Gather(device, plan)
         return found
 
     def _matching(self, pattern: re.Pattern, named: list[sources.Named]) -> list[int]:
@@ -971,11 +974,16 @@ def _batch_device(adapter: Any, obj: Any, section: Any, width: int) -> Any:
         if part is None or obj.width != width or obj.compact_shape != section.compact_shape:
             return None
         return part.device
-    if sources.framework_of(obj) != "torch":
-        return None
-    from beholder_plugin.trainer.sources import torch_batch
+    framework = sources.framework_of(obj)
+    if framework == "torch":
+        from beholder_plugin.trainer.sources import torch_batch
 
-    return torch_batch.batch_device(obj)
+        return torch_batch.batch_device(obj)
+    if framework == "jax":
+        from beholder_plugin.trainer.sources import jax_batch
+
+        return jax_batch.batch_device(obj)
+    return None
 
 
 def _receive(job: _Job) -> None:

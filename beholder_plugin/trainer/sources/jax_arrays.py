@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.layout import RenderError, SectionPlan
-from beholder_plugin.trainer.sources import finish
+from beholder_plugin.trainer.sources import finish, jax_batch
 
 
 def prepare(obj: Any, label: str) -> Any:
@@ -30,6 +30,8 @@ def host_view(x: Any) -> np.ndarray | None:
     Slicing on the device costs a dispatch per axis (60 us for a small kernel
     here); an array already in host memory is read where it lies, as NumPy.
     """
+    if jax_batch.BATCH_CPU_ARRAYS:
+        return None
     try:
         devices = x.sharding.device_set
         if len(devices) != 1 or next(iter(devices)).platform != "cpu" or not x.is_fully_addressable:

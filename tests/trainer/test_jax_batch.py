@@ -1,0 +1,74 @@
+"""The jitted JAX batch (sources.jax_batch): the same frames as the per-section path, one dispatch a frame.
+
+Run on CPU arrays (``jax_batch.BATCH_CPU_ARRAYS``): CI has no accelerator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import set_config
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.runfiles import read_frame_file
+from beholder_plugin.trainer.sources import jax_batch
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+
+def arrays_for(seed: int) -> dict:
+    """Arrays of several shapes and dtypes, one past the statistics' sample cap and wider than a frame."""
+    rng = np.random.default_rng(seed)
+    return {
+        "kernel": jnp.asarray(rng.normal(size=(3, 3, 16, 40)), jnp.float32),
+        "half": jnp.asarray(rng.normal(size=(7, 5)), jnp.bfloat16),
+        "counts": jnp.asarray(rng.integers(0, 9, size=(11,)), jnp.int32),
+        "wave": jnp.asarray(rng.normal(size=(4, 6)) + 1j * rng.normal(size=(4, 6)), jnp.complex64),
+        "scalar": jnp.asarray(2.5, jnp.float32),
+        "plain": rng.normal(size=(5, 5)).astype(np.float32),  # NumPy beside them: the host path
+    }
+
+
+@pytest.mark.parametrize("mode", ["current", "variance"])
+def test_jax_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
+    frames = {}
+    for batched in (False, True):
+        monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", batched)
+        run = str(tmp_path / f"run-{batched}")
+        set_config(run, values="arrays", FPS=30, mode=mode, window_size=2)
+        beholder = Beholder(run, strict=True)
+        for k in range(3):
+            beholder._last_frame_time = float("-inf")
+            assert beholder.update(arrays=arrays_for(k))
+            beholder.flush()
+        beholder.close()
+        frames[batched] = read_frame_file(run)
+        gathers = list(beholder._device_gathers.values())
+        assert len(gathers) == (1 if batched else 0)
+    a, b = frames[False], frames[True]
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    for i, (ra, rb) in enumerate(zip(a.sections, b.sections)):
+        assert ra == rb
+        np.testing.assert_array_equal(a.section_values(i), b.section_values(i))
+
+
+def test_one_jitted_function_per_plan(tmp_path, monkeypatch):
+    """Frames of the same shapes reuse one compiled gather: nothing is traced again after the first."""
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30)
+    traced = []
+    real = jax_batch.JaxGather._compile
+
+    def counting(self, sections):
+        traced.append(tuple(sections))
+        return real(self, sections)
+
+    monkeypatch.setattr(jax_batch.JaxGather, "_compile", counting)
+    with Beholder(run, strict=True) as beholder:
+        for k in range(4):
+            beholder._last_frame_time = float("-inf")
+            assert beholder.update(arrays=arrays_for(k))
+            beholder.flush()
+    assert len(traced) == 1
