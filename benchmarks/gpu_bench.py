@@ -1,0 +1,507 @@
+"""What Beholder costs real training on a GPU, in one run: the accelerator issue's table and its floor.
+
+Parts (each prints its own table; a part that fails prints its traceback and
+the others still run):
+
+- ``resnet``: torchvision ResNet-50 (``weights=None``), batch 64, bf16
+  autocast, channels_last, SGD, ``loss.item()`` every step; ``watch(model)``
+  at FPS 10 in variance mode showing weights, gradients or activations, and
+  the same loop without Beholder, interleaved in rounds. Per condition: the
+  median step, its ratio to ``none``, frames written per second, and how
+  long ``update()`` blocked when it took a frame (median / max).
+- ``syncs``: a profile of one frame-due ``update()`` (weights) and of one
+  hooked step (gradients, activations) against a plain one: synchronizing
+  CUDA calls and device-to-host copies.
+- ``floor``: the same number of values gathered with one ``index_select``
+  per parameter into one device buffer and one non-blocking copy into
+  pinned memory with an event (issued eagerly, and as one CUDA graph): how
+  long issuing it blocks, and its GPU time.
+- ``transformer``: a 24-layer encoder (d_model 1024, 302 M parameters),
+  ``update(arrays=dict(model.named_parameters()))`` at FPS 10.
+- ``jax``: ResNet-50-shaped arrays (214) on the GPU, ``update(arrays=...)``.
+- ``compiled``: ``torch.compile``d ResNet rows (benchmarks/compile_bench.py).
+
+Without a GPU it says so and exits 0.
+
+    python benchmarks/gpu_bench.py [--rounds 3] [--seconds 3] [--parts resnet,syncs,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX beside torch on one GPU
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+PARTS = ("resnet", "syncs", "floor", "transformer", "jax", "compiled")
+
+
+def main() -> int:
+    """Run the chosen parts and print their tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per condition per round")
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--json", help="also write every figure to this file")
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        print("gpu_bench: PyTorch is not installed: nothing to measure")
+        return 0
+    if not torch.cuda.is_available():
+        print("gpu_bench: no CUDA GPU here: nothing to measure (run it on a machine with one)")
+        return 0
+    print(f"gpu_bench: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    results = {}
+    for part in args.parts.split(","):
+        started = time.perf_counter()
+        try:
+            results[part] = globals()[f"part_{part}"](args)
+        except Exception:
+            traceback.print_exc()
+            results[part] = {"error": traceback.format_exc(limit=3)}
+        print(f"[{part}: {time.perf_counter() - started:.0f} s]", flush=True)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=1, default=str)
+    return 0
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def set_config(run: str, **changes) -> None:
+    """Write the run's config.json: the defaults with these changes."""
+    from beholder_plugin import DEFAULT_CONFIG, write_config
+
+    write_config(run, {**DEFAULT_CONFIG, **changes})
+
+
+def ms(values: list[float]) -> str:
+    """'median / max' in milliseconds."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values) * 1e3:.3f} / {max(values) * 1e3:.2f}"
+
+
+def resnet50(torch, channels_last: bool = True):
+    """torchvision's ResNet-50 with random weights on the GPU (channels_last)."""
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None).cuda()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+class Loop:
+    """ResNet-50 training steps (bf16 autocast, SGD, loss.item() every step) with an optional Beholder."""
+
+    def __init__(self, torch, model, batch: int = 64) -> None:
+        self.torch = torch
+        self.model = model
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        self.x = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+        self.y = torch.randint(0, 1000, (batch,), device="cuda")
+
+    def step(self) -> float:
+        """One training step; returns the loss (a host read, as most loops do)."""
+        torch = self.torch
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def run(self, seconds: float, beholder=None) -> dict:
+        """Steps for this long; step times, update() times of calls that took a frame, frames written."""
+        steps, blocking = [], []
+        start = time.perf_counter()
+        written0 = beholder.frames_written if beholder is not None else 0
+        while time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            self.step()
+            if beholder is not None:
+                u0 = time.perf_counter()
+                took = beholder.update()
+                if took:
+                    blocking.append(time.perf_counter() - u0)
+            steps.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+        if beholder is not None:
+            beholder.flush()
+        written = (beholder.frames_written - written0) if beholder is not None else 0
+        return {"steps": steps, "blocking": blocking, "frames": written, "seconds": elapsed,
+                "skipped": beholder.skipped if beholder is not None else 0,
+                "failures": beholder.failures if beholder is not None else 0}
+
+
+# ------------------------------------------------------------------ parts
+
+
+def part_resnet(args) -> dict:
+    """ResNet-50: none, weights, gradients, activations, interleaved in rounds."""
+    import torch
+
+    from beholder_plugin import Beholder
+
+    model = resnet50(torch)
+    loop = Loop(torch, model)
+    for _ in range(15):
+        loop.step()
+    conditions = ["none", "trainable_variables", "gradients", "activations"]
+    got: dict[str, list[dict]] = {c: [] for c in conditions}
+    root = tempfile.mkdtemp(prefix="gpu-bench-")
+    for r in range(args.rounds):
+        order = conditions[r % len(conditions):] + conditions[: r % len(conditions)]
+        for cond in order:
+            if cond == "none":
+                got[cond].append(loop.run(args.seconds))
+                continue
+            run = os.path.join(root, f"{cond}-{r}")
+            set_config(run, values=cond, FPS=10, mode="variance")
+            with Beholder(run) as beholder:
+                beholder.watch(model)
+                loop.run(0.5, beholder)  # the plan's first frames: indices uploaded, graph captured
+                got[cond].append(loop.run(args.seconds, beholder))
+    base = statistics.median(s for g in got["none"] for s in g["steps"])
+    print("\nResNet-50, batch 64, bf16 autocast, channels_last, SGD; watch(model), FPS 10, variance")
+    print(f"{'values shown':<20}{'step ms':>9}{'vs none':>9}{'frames/s':>10}{'update() blocking ms':>24}"
+          f"{'skipped':>9}{'failures':>9}")
+    table = {}
+    for cond in conditions:
+        steps = [s for g in got[cond] for s in g["steps"]]
+        blocking = [b for g in got[cond] for b in g["blocking"]]
+        fps = sum(g["frames"] for g in got[cond]) / sum(g["seconds"] for g in got[cond])
+        med = statistics.median(steps)
+        label = {"trainable_variables": "weights"}.get(cond, cond)
+        table[label] = {"step_ms": med * 1e3, "ratio": med / base, "fps": fps,
+                        "blocking_median_ms": statistics.median(blocking) * 1e3 if blocking else None,
+                        "blocking_max_ms": max(blocking) * 1e3 if blocking else None,
+                        "per_round_ratio": [statistics.median(g["steps"]) / base for g in got[cond]]}
+        print(f"{label:<20}{med * 1e3:>9.2f}{(med / base - 1) * 100:>+8.1f}%"
+              f"{fps if cond != 'none' else 0:>10.1f}{ms(blocking):>24}"
+              f"{sum(g['skipped'] for g in got[cond]):>9}{sum(g['failures'] for g in got[cond]):>9}")
+    return table
+
+
+def count_syncs(prof) -> dict:
+    """Synchronizing CUDA calls and copies in a profile."""
+    names = [e.name for e in prof.events()]
+    return {
+        "synchronize": sum("Synchronize" in n for n in names),
+        "memcpy_calls": sum(n in ("cudaMemcpyAsync", "cudaMemcpy") for n in names),
+        "dtoh": sum("DtoH" in n or "Device -> Pageable" in n or "Device -> Pinned" in n for n in names),
+        "htod": sum("HtoD" in n for n in names),
+        "graph_launch": sum("GraphLaunch" in n for n in names),
+    }
+
+
+class HeldWorker:
+    """Holds the worker before it waits on a copy: a profile then shows the training thread's calls only."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from beholder_plugin.trainer.sources import torch_batch
+
+        self.module = torch_batch
+        self.real = torch_batch.Pending.wait
+        self.go = threading.Event()
+
+    def __enter__(self) -> HeldWorker:
+        held = self
+
+        def wait(pending):
+            held.go.wait()
+            return held.real(pending)
+
+        self.go.clear()
+        self.module.Pending.wait = wait
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.go.set()
+        self.module.Pending.wait = self.real
+
+
+def part_syncs(args) -> dict:
+    """Profiles: one frame-due update() (weights); a hooked step vs a plain one (gradients, activations)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from beholder_plugin import Beholder
+
+    model = resnet50(torch)
+    loop = Loop(torch, model)
+    out = {}
+    for values in ("trainable_variables", "gradients", "activations"):
+        run = tempfile.mkdtemp(prefix=f"gpu-syncs-{values}-")
+        set_config(run, values=values, FPS=10, mode="variance")
+        with Beholder(run) as beholder:
+            beholder.watch(model)
+            loop.run(1.0, beholder)
+            loop.torch.cuda.synchronize()
+            # wait for a frame to fall due, then profile what Beholder adds to one step
+            while True:
+                beholder.flush()
+                time.sleep(0.11)
+                with HeldWorker(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        loss = torch.nn.functional.cross_entropy(loop.model(loop.x), loop.y)
+                    loop.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    loop.opt.step()
+                    took = beholder.update()
+                if took:
+                    break
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as plain:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = torch.nn.functional.cross_entropy(loop.model(loop.x), loop.y)
+                loop.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                loop.opt.step()
+            loss.item()
+        label = {"trainable_variables": "weights"}.get(values, values)
+        out[label] = {"with_frame": count_syncs(prof), "plain_step": count_syncs(plain)}
+    print("\nSynchronizing calls and copies: a step whose update() took a frame (after a hooked step for"
+          " gradients/activations) vs a plain step (no loss.item() in either)")
+    print(f"{'values':<14}{'sync with':>10}{'sync plain':>11}{'memcpy calls':>14}{'DtoH':>6}{'HtoD':>6}"
+          f"{'graph launches':>16}")
+    for label, row in out.items():
+        w, p = row["with_frame"], row["plain_step"]
+        print(f"{label:<14}{w['synchronize']:>10}{p['synchronize']:>11}"
+              f"{w['memcpy_calls'] - p['memcpy_calls']:>14}{w['dtoh'] - p['dtoh']:>6}"
+              f"{w['htod'] - p['htod']:>6}{w['graph_launch']:>16}")
+    return out
+
+
+def part_floor(args) -> dict:
+    """One index_select per parameter into one buffer, one non-blocking copy to pinned memory, an event."""
+    import torch
+
+    from beholder_plugin.protocol.layout import resolve_layout
+    from beholder_plugin.trainer import sources
+    from beholder_plugin.trainer.beholder import Beholder
+    from beholder_plugin.trainer.sources.torch_batch import span_of, storage_offsets
+
+    model = resnet50(torch)
+    named = sources.named_variables(model)
+    # the values a frame of these parameters shows: its plan for the torch layouts, as update() makes it
+    layouts = []
+    for name, p, layout in named:
+        if layout is None:
+            layout = sources.adapter("torch").default_layout(p, tuple(p.shape))
+        layouts.append(resolve_layout(layout, tuple(p.shape), name))
+    beholder = Beholder(tempfile.mkdtemp(prefix="gpu-floor-"))
+    shapes = [tuple(p.shape) for _, p, _ in named]
+    plan = beholder._frame_plan([n for n, _, _ in named], shapes, False, layouts)
+    beholder.close()
+    params = [p.detach() for _, p, _ in named]
+    indices = []
+    for i, p in enumerate(params):
+        n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
+        offsets = storage_offsets(plan.plans[i], tuple(p.shape), p.stride(), plan.sample_steps[i], n)
+        indices.append(torch.from_numpy(offsets).cuda())
+    total = sum(int(i.numel()) for i in indices)
+    buffer = torch.empty(total, device="cuda")
+    host = torch.empty(total, pin_memory=True)
+    stream = torch.cuda.Stream()
+    done = torch.cuda.Event()
+
+    def gather() -> None:
+        at = 0
+        for p, index in zip(params, indices):
+            n = index.numel()
+            base = p.as_strided((span_of(p.shape, p.stride()),), (1,), p.storage_offset())
+            torch.index_select(base, 0, index, out=buffer[at : at + n])
+            at += n
+
+    def issue(use_graph) -> None:
+        if use_graph is not None:
+            use_graph.replay()
+        else:
+            gather()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            host.copy_(buffer, non_blocking=True)
+            done.record(stream)
+
+    graph = torch.cuda.CUDAGraph()
+    for _ in range(3):
+        gather()
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        gather()
+    out = {"values": total, "sections": len(params)}
+    for label, g in (("eager", None), ("graph", graph)):
+        blocking, gpu = [], []
+        for _ in range(50):
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            start.record()
+            issue(g)
+            blocking.append(time.perf_counter() - t0)
+            end.record(stream)
+            end.synchronize()
+            gpu.append(start.elapsed_time(end) / 1e3)
+        out[label] = {"blocking_ms": statistics.median(blocking) * 1e3,
+                      "gpu_ms": statistics.median(gpu) * 1e3}
+    print(f"\nFloor: {total} values of {len(params)} ResNet-50 parameters, one index_select each into one "
+          "buffer, one non-blocking copy to pinned memory")
+    for label in ("eager", "graph"):
+        row = out[label]
+        print(f"  {label:<6} blocking {row['blocking_ms']:.3f} ms, GPU time {row['gpu_ms']:.3f} ms")
+    return out
+
+
+def part_transformer(args) -> dict:
+    """A 302 M-parameter encoder's weights through update(arrays=...) at FPS 10."""
+    import torch
+
+    from beholder_plugin import Beholder
+
+    layer = torch.nn.TransformerEncoderLayer(1024, 16, 4096, batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, 24, enable_nested_tensor=False).cuda()
+    count = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    x = torch.randn(16, 256, 1024, device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x).float().pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    for _ in range(5):
+        step()
+    out = {}
+    for label in ("none", "weights", "none", "weights"):
+        run = tempfile.mkdtemp(prefix="gpu-tf-")
+        set_config(run, values="arrays", FPS=10, mode="variance")
+        beholder = Beholder(run) if label == "weights" else None
+        steps, blocking, calls = [], [], 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < max(args.seconds, 4.0):
+            t0 = time.perf_counter()
+            step()
+            if beholder is not None:
+                u0 = time.perf_counter()
+                calls += 1
+                if beholder.update(arrays=dict(model.named_parameters())):
+                    blocking.append(time.perf_counter() - u0)
+            steps.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+        row = out.setdefault(label, {"steps": [], "blocking": [], "frames": 0, "seconds": 0.0, "skipped": 0,
+                                     "calls": 0, "failures": 0})
+        row["steps"] += steps[2:]
+        row["blocking"] += blocking[1:]  # the plan's first frame (indices uploaded) apart
+        row["seconds"] += elapsed
+        row["calls"] += calls
+        if beholder is not None:
+            beholder.close()
+            row["frames"] += beholder.frames_written
+            row["skipped"] += beholder.skipped
+            row["failures"] += beholder.failures
+    base = statistics.median(out["none"]["steps"])
+    w = out["weights"]
+    med = statistics.median(w["steps"])
+    summary = {"parameters": count, "step_ms_none": base * 1e3, "step_ms_weights": med * 1e3,
+               "ratio": med / base, "fps": w["frames"] / w["seconds"],
+               "blocking_median_ms": statistics.median(w["blocking"]) * 1e3 if w["blocking"] else None,
+               "blocking_max_ms": max(w["blocking"]) * 1e3 if w["blocking"] else None,
+               "calls": w["calls"], "frames": w["frames"], "skipped": w["skipped"], "failures": w["failures"]}
+    print(f"\nTransformer encoder, 24 layers, d_model 1024 ({count / 1e6:.0f} M parameters), "
+          "update(arrays=dict(model.named_parameters())), FPS 10")
+    print(f"  step {base * 1e3:.1f} ms without, {med * 1e3:.1f} ms with ({(med / base - 1) * 100:+.1f} %); "
+          f"{summary['fps']:.1f} frames/s; update() blocking {ms(w['blocking'])} ms; "
+          f"{w['calls']} calls, {w['frames']} frames, {w['skipped']} skipped, {w['failures']} failures")
+    return summary
+
+
+def part_jax(args) -> dict:
+    """ResNet-50-shaped arrays (214) on the GPU through update(arrays=...)."""
+    import jax
+    import numpy as np
+
+    from beholder_plugin import Beholder
+
+    gpu = [d for d in jax.devices() if d.platform == "gpu"]
+    if not gpu:
+        print("\nJAX: no GPU device visible to JAX")
+        return {"error": "no JAX GPU"}
+    with open(os.path.join(HERE, "model_shapes.json")) as f:
+        shapes = json.load(f)["resnet50"]
+    rng = np.random.default_rng(0)
+    arrays = {name: jax.device_put(rng.normal(size=shape).astype(np.float32), gpu[0])
+              for name, shape in _shape_items(shapes)}
+
+    @jax.jit
+    def train_step(tree):
+        return jax.tree_util.tree_map(lambda a: a * 0.999 + 0.001, tree)
+
+    run = tempfile.mkdtemp(prefix="gpu-jax-")
+    set_config(run, values="arrays", FPS=10, mode="variance")
+    blocking, first = [], None
+    with Beholder(run) as beholder:
+        start = time.perf_counter()
+        while time.perf_counter() - start < max(args.seconds, 4.0):
+            arrays = train_step(arrays)
+            u0 = time.perf_counter()
+            if beholder.update(arrays=arrays):
+                took = time.perf_counter() - u0
+                if first is None:
+                    first = took
+                else:
+                    blocking.append(took)
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - start
+        beholder.flush()
+        frames, failures = beholder.frames_written, beholder.failures
+    out = {"arrays": len(arrays), "first_ms": (first or 0) * 1e3,
+           "blocking_median_ms": statistics.median(blocking) * 1e3 if blocking else None,
+           "blocking_max_ms": max(blocking) * 1e3 if blocking else None, "fps": frames / elapsed,
+           "failures": failures}
+    print(f"\nJAX, {len(arrays)} ResNet-50-shaped arrays on {gpu[0]}: first frame {out['first_ms']:.0f} ms "
+          f"(compiles the gather), then update() blocking {ms(blocking)} ms, {out['fps']:.1f} frames/s, "
+          f"{failures} failures")
+    return out
+
+
+def _shape_items(shapes):
+    """(name, shape) pairs from model_shapes.json's entry (a dict or a list of pairs)."""
+    if isinstance(shapes, dict):
+        return list(shapes.items())
+    return [(item[0], item[1]) if isinstance(item, (list, tuple)) else (item["name"], item["shape"])
+            for item in shapes]
+
+
+def part_compiled(args) -> dict:
+    """torch.compile'd ResNet rows, from benchmarks/compile_bench.py when it is there."""
+    try:
+        import compile_bench
+    except ImportError:
+        print("\ncompiled: benchmarks/compile_bench.py is not there")
+        return {}
+    rows = compile_bench.compiled_rows(device="cuda")
+    print("\ntorch.compile (inductor)")
+    for row in rows:
+        cells = (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        print("  " + ", ".join(cells))
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
