@@ -488,14 +488,20 @@ class Beholder:
             watch.remove()  # no hook costs the training loop anything while it is not needed
         if fps == 0:
             return False
-        if now - self._last_frame_time < 1.0 / fps or now < self._write_retry_at:
+        interval = 1.0 / fps
+        if now - self._last_frame_time < interval or now < self._write_retry_at:
             return False
-        if watch is not None and watch.needs_capture(config["values"]) and watch.armed != config["values"]:
+        busy = self._worker is not None and self._worker.busy
+        if (not busy and watch is not None and watch.needs_capture(config["values"])
+                and watch.armed != config["values"]):
             # the coming step's hooks copy what is shown
             watch.arm(config["values"], config["show_all"], config["section_size"], _filter(config["filter"]))
             return False
-        self._last_frame_time = now
-        if self._worker is not None and self._worker.busy:
+        # Frames fall due on a fixed grid (every interval from the first), so that the rate is the
+        # setting's whatever the step time; a trainer that fell behind by more than a frame starts afresh.
+        due = self._last_frame_time + interval
+        self._last_frame_time = due if now - due < interval else now
+        if busy:
             self.skipped += 1
             if watch is not None:
                 watch.remove()  # the frame is skipped: no hook waits for it

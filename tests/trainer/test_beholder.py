@@ -324,3 +324,34 @@ def test_a_config_json_unreadable_from_the_start_still_gives_frames_at_the_defau
     assert beholder.update(arrays=[np.ones(3)])
     beholder.flush()
     assert beholder.config["FPS"] == DEFAULT_CONFIG["FPS"] and beholder.frames_written == 2
+
+
+class FakeClock:
+    """A clock the test moves by hand (monotonic and wall time together)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("step", [0.024, 0.07, 0.13])
+def test_frames_keep_the_set_rate_whatever_the_step_time(run_dir, monkeypatch, step):
+    """Frames fall due on a fixed grid: at 10 per second with 70 ms steps, 10 a second (not one every
+    140 ms, as when each interval started at the step that took the last frame); a trainer slower than
+    the rate gets a frame every step."""
+    from beholder_plugin.trainer import beholder as module
+
+    clock = FakeClock()
+    monkeypatch.setattr(module, "time", clock)
+    set_config(run_dir, values="arrays", FPS=10)
+    taken = 0
+    with Beholder(run_dir, background=False, strict=True) as beholder:
+        for _ in range(int(20 / step)):  # 20 s of training
+            clock.now += step
+            taken += beholder.update(arrays=[np.ones(3, np.float32)])
+    assert taken == pytest.approx(min(200, 20 / step), abs=2)
