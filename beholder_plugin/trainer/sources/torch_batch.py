@@ -182,15 +182,17 @@ class DeviceGather:
 
     def launch(self, entries: list[tuple[int, Any]]) -> Pending:
         """Issue the gather of these (section, tensor or captured part) entries and the copy; never waits."""
+        return self.launch_sections([i for i, _ in entries], [obj for _, obj in entries])
+
+    def launch_sections(self, sections: list[int], sources: list[Any]) -> Pending:
+        """launch() with the sections and their tensors (or captured parts) as two lists."""
         import torch
 
-        sections = [i for i, _ in entries]
-        sources = [obj for _, obj in entries]
-        key = (tuple(sections), tuple(_storage_key(obj) for obj in sources))
-        if self.cuda and self._graph is not None and key == self._graph_key:
+        tensors_only = not any(type(obj) is Captured for obj in sources)
+        key = (tuple(sections), tuple(map(_storage_key, sources)))
+        if self._graph is not None and key == self._graph_key:
             self._graph.replay()
-        elif (self.cuda and not self._graph_failed and key == self._last_key
-              and all(_is_tensor_source(obj) for obj in sources)):
+        elif self.cuda and tensors_only and not self._graph_failed and key == self._last_key:
             self._capture(sections, sources, key)
             if self._graph is not None:
                 self._graph.replay()
@@ -290,6 +292,10 @@ def _is_tensor_source(obj: Any) -> bool:
 
 
 def _storage_key(obj: Any) -> tuple:
-    """What a CUDA graph of this section's gather depends on: where its storage is, its shape and strides."""
-    t = obj if _is_tensor_source(obj) else obj.part
-    return (t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+    """What a CUDA graph of a section's gather depends on: where its first value is, and its strides.
+
+    Shapes and dtypes are the frame plan's (a plan is for one set of shapes;
+    a tensor converted to another dtype lives elsewhere).
+    """
+    t = obj.part if type(obj) is Captured else obj
+    return (t.data_ptr(), t.stride())
