@@ -145,6 +145,22 @@ class Loop:
                 "failures": beholder.failures if beholder is not None else 0}
 
 
+def time_worker(beholder) -> list[float]:
+    """Seconds the worker spends per frame (waiting for the copy, rendering, writing), appended as it goes."""
+    spent: list[float] = []
+    real = beholder._run_job
+
+    def run_job(job) -> None:
+        t0 = time.perf_counter()
+        real(job)
+        spent.append(time.perf_counter() - t0)
+
+    beholder._run_job = run_job
+    if beholder._worker is not None:
+        beholder._worker._run = run_job
+    return spent
+
+
 # ------------------------------------------------------------------ parts
 
 
@@ -172,11 +188,16 @@ def part_resnet(args) -> dict:
             with Beholder(run) as beholder:
                 beholder.watch(model)
                 loop.run(0.5, beholder)  # the plan's first frames: indices uploaded, graph captured
-                got[cond].append(loop.run(args.seconds, beholder))
+                worker = time_worker(beholder)
+                row = loop.run(args.seconds, beholder)
+                row["worker"] = list(worker)
+                plan = beholder._frame_plans and list(beholder._frame_plans.values())[-1]
+                row["values"] = plan.value_count if plan else 0
+                got[cond].append(row)
     base = statistics.median(s for g in got["none"] for s in g["steps"])
     print("\nResNet-50, batch 64, bf16 autocast, channels_last, SGD; watch(model), FPS 10, variance")
     print(f"{'values shown':<20}{'step ms':>9}{'vs none':>9}{'frames/s':>10}{'update() blocking ms':>24}"
-          f"{'skipped':>9}{'failures':>9}")
+          f"{'skipped':>9}{'failures':>9}{'worker ms/frame':>17}{'values/frame':>14}")
     table = {}
     for cond in conditions:
         steps = [s for g in got[cond] for s in g["steps"]]
@@ -190,7 +211,10 @@ def part_resnet(args) -> dict:
                         "per_round_ratio": [statistics.median(g["steps"]) / base for g in got[cond]]}
         print(f"{label:<20}{med * 1e3:>9.2f}{(med / base - 1) * 100:>+8.1f}%"
               f"{fps if cond != 'none' else 0:>10.1f}{ms(blocking):>24}"
-              f"{sum(g['skipped'] for g in got[cond]):>9}{sum(g['failures'] for g in got[cond]):>9}")
+              f"{sum(g['skipped'] for g in got[cond]):>9}{sum(g['failures'] for g in got[cond]):>9}"
+              f"{ms([w for g in got[cond] for w in g.get('worker', [])]):>17}"
+              f"{max([g.get('values', 0) for g in got[cond]]):>14}")
+        table[label]["worker_ms"] = [w * 1e3 for g in got[cond] for w in g.get("worker", [])]
     return table
 
 
@@ -392,6 +416,7 @@ def part_transformer(args) -> dict:
         run = tempfile.mkdtemp(prefix="gpu-tf-")
         set_config(run, values="arrays", FPS=10, mode="variance")
         beholder = Beholder(run) if label == "weights" else None
+        worker = time_worker(beholder) if beholder is not None else []
         steps, blocking, calls = [], [], 0
         start = time.perf_counter()
         while time.perf_counter() - start < max(args.seconds, 4.0):
@@ -407,6 +432,7 @@ def part_transformer(args) -> dict:
         row = out.setdefault(label, {"steps": [], "blocking": [], "frames": 0, "seconds": 0.0, "skipped": 0,
                                      "calls": 0, "failures": 0})
         row["steps"] += steps[2:]
+        row.setdefault("worker", []).extend(worker)
         row["blocking"] += blocking[1:]  # the plan's first frame (indices uploaded) apart
         row["seconds"] += elapsed
         row["calls"] += calls
@@ -427,7 +453,9 @@ def part_transformer(args) -> dict:
           "update(arrays=dict(model.named_parameters())), FPS 10")
     print(f"  step {base * 1e3:.1f} ms without, {med * 1e3:.1f} ms with ({(med / base - 1) * 100:+.1f} %); "
           f"{summary['fps']:.1f} frames/s; update() blocking {ms(w['blocking'])} ms; "
-          f"{w['calls']} calls, {w['frames']} frames, {w['skipped']} skipped, {w['failures']} failures")
+          f"{w['calls']} calls, {w['frames']} frames, {w['skipped']} skipped, {w['failures']} failures; "
+          f"worker {ms(w['worker'])} ms per frame")
+    summary["worker_ms"] = [x * 1e3 for x in w["worker"]]
     return summary
 
 
@@ -457,7 +485,9 @@ def part_jax(args) -> dict:
     blocking, first = [], None
     with Beholder(run) as beholder:
         start = time.perf_counter()
-        while time.perf_counter() - start < max(args.seconds, 4.0):
+        while first is None or time.perf_counter() - start < max(args.seconds, 5.0):
+            if first is None:
+                start = time.perf_counter()  # counted from after the first frame (the compile)
             arrays = train_step(arrays)
             u0 = time.perf_counter()
             if beholder.update(arrays=arrays):
