@@ -110,30 +110,43 @@ class _BatchMemo:
     shapes: list[tuple[int, ...]]
     plan: FramePlan
     device: Any
-    sections: list[int]
+    sections: tuple[int, ...]
+    captured: bool = False  # sections are what watch() hooks gathered (new objects every frame)
 
     @staticmethod
     def of(named: list, config: dict, plan: FramePlan, batches: dict, missing: dict,
            shapes: list) -> _BatchMemo | None:
-        """A memo of this frame, or None unless every section is a plain tensor in one device batch."""
+        """A memo of this frame, or None unless every section is a plain tensor, or every one a hook's
+        device part, in one device batch."""
         if len(batches) != 1 or missing or plan.problems:
             return None
         (device, entries), = batches.items()
-        plain = _plain_tensor_types()
-        if len(entries) != len(named) or any(type(entry[1]) not in plain for entry in named):
+        if len(entries) != len(named):
             return None
-        return _BatchMemo([e[1] for e in named], [e[0] for e in named], [e[2] for e in named],
+        plain = _plain_tensor_types()
+        captured = all(type(entry[1]) is Captured for entry in named)
+        if not captured and any(type(entry[1]) not in plain for entry in named):
+            return None
+        layouts = [e[1].layout if captured else e[2] for e in named]
+        return _BatchMemo([e[1] for e in named], [e[0] for e in named], layouts,
                           (config["show_all"], config["section_size"]), list(shapes), plan, device,
-                          list(range(len(named))))
+                          tuple(range(len(named))), captured)
 
     def fits(self, named: list, config: dict) -> bool:
-        """Whether these sections are the memo's: the same objects, names and layouts, and settings."""
-        return (
-            len(named) == len(self.objects)
-            and (config["show_all"], config["section_size"]) == self.settings
-            and all(entry[1] is obj and entry[0] == name and entry[2] == layout
-                    for entry, obj, name, layout in zip(named, self.objects, self.names, self.layouts))
-        )
+        """Whether these sections are the memo's: the same objects (or hook parts of the same shapes,
+        layouts and frame width), names and layouts, and settings."""
+        if len(named) != len(self.objects) or (config["show_all"], config["section_size"]) != self.settings:
+            return False
+        if self.captured:
+            width = self.plan.width
+            return all(
+                type(c) is Captured and c.part is not None and c.width == width and c.shape == shape
+                and c.layout == layout and name == entry_name and entry_layout is None
+                for (entry_name, c, entry_layout), name, shape, layout
+                in zip(named, self.names, self.shapes, self.layouts)
+            )
+        return all(entry[1] is obj and entry[0] == name and entry[2] == layout
+                   for entry, obj, name, layout in zip(named, self.objects, self.names, self.layouts))
 
 
 def _plain_tensor_types() -> tuple:
@@ -734,15 +747,23 @@ class Beholder:
         been replaced) and its shape compared with the plan's; False (the
         full path) when one changed.
         """
-        tensors = [entry[1].detach() for entry in named]
-        if any(t.shape != shape for t, shape in zip(tensors, memo.shapes)):
-            self._memo = None
-            return False
         plan = memo.plan
         buffer, views, samples, sample_views = self._buffer(plan)
         job.kind, job.plan, job.buffer, job.missing, job.samples = "sections", plan, buffer, {}, samples
+        gather = self._device_gather(plan, memo.device)
+        if memo.captured:  # what the hooks gathered, already checked against the plan by fits()
+            tensors = [entry[1] for entry in named]
+        else:
+            pending = gather.replay(memo.sections, [entry[1] for entry in named])  # CUDA: the same storage
+            if pending is not None:
+                job.pending = [pending]
+                return True
+            tensors = [entry[1].detach() for entry in named]
+            if any(t.shape != shape for t, shape in zip(tensors, memo.shapes)):
+                self._memo = None
+                return False
         try:
-            job.pending = [self._device_gather(plan, memo.device).launch_sections(memo.sections, tensors)]
+            job.pending = [gather.launch_sections(list(memo.sections), tensors)]
         except Exception as exc:
             if self.strict:
                 raise

@@ -171,6 +171,7 @@ class DeviceGather:
         self.host = self.host_tensor.numpy()
         self._perm_key: tuple | None = None
         self._perm: Any = None
+        self._packed_view: Any = None
         self._graph: Any = None
         self._graph_key: tuple | None = None
         self._last_key: tuple | None = None
@@ -184,10 +185,23 @@ class DeviceGather:
         """Issue the gather of these (section, tensor or captured part) entries and the copy; never waits."""
         return self.launch_sections([i for i, _ in entries], [obj for _, obj in entries])
 
+    def replay(self, sections: tuple[int, ...], tensors: list[Any]) -> Pending | None:
+        """The frame again from the captured graph when these tensors are where it reads (else None).
+
+        Nothing runs on the tensors themselves (their storage is read by the
+        graph's kernels), so parameters need no detach here.
+        """
+        if self._graph is None or (sections, tuple(map(_storage_key, tensors))) != self._graph_key:
+            return None
+        self._graph.replay()
+        return self._copy(list(sections))
+
     def launch_sections(self, sections: list[int], sources: list[Any]) -> Pending:
         """launch() with the sections and their tensors (or captured parts) as two lists."""
-        import torch
-
+        if type(sources[0]) is Captured and all(type(obj) is Captured for obj in sources):
+            self._gather(sections, sources)  # a hook's parts: new every frame, never a graph
+            self._last_key = None
+            return self._copy(sections)
         tensors_only = not any(type(obj) is Captured for obj in sources)
         key = (tuple(sections), tuple(map(_storage_key, sources)))
         if self._graph is not None and key == self._graph_key:
@@ -201,6 +215,12 @@ class DeviceGather:
         else:
             self._gather(sections, sources)
         self._last_key = key
+        return self._copy(sections)
+
+    def _copy(self, sections: list[int]) -> Pending:
+        """Copy the ordered device buffer to pinned host memory after the current stream's work."""
+        import torch
+
         if not self.cuda:
             self.host_tensor.copy_(self.ordered)
             return Pending(self.host, sections)
@@ -219,19 +239,19 @@ class DeviceGather:
         plan = self.plan
         parts = []
         for i, obj in zip(sections, sources):
-            if _is_tensor_source(obj):
+            if type(obj) is Captured:
+                parts.append(obj.part)
+            else:
                 runs = plan.sample_steps[i]
                 n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
                 parts.append(section_part(obj, plan.plans[i], runs, n))
-            else:
-                parts.append(obj.part)
-        used = sum(int(plan.sizes[i]) + int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
-                   for i in sections)
-        torch.cat(parts, out=self.packed[:used])
-        torch.index_select(self.packed[:used], 0, self._permutation(sections), out=self.ordered)
+        perm, packed = self._permutation(sections)
+        torch.cat(parts, out=packed)
+        torch.index_select(packed, 0, perm, out=self.ordered)
 
-    def _permutation(self, sections: list[int]) -> Any:
-        """Where each value of the frame's order sits in the packed parts (made once per set of sections).
+    def _permutation(self, sections: list[int]) -> tuple[Any, Any]:
+        """Where each value of the frame's order sits in the packed parts, and the packed buffer's part
+        they fill (made once per set of sections).
 
         Positions of sections not in this batch read position 0: the host
         side takes only its own sections' values from the buffer.
@@ -251,13 +271,14 @@ class DeviceGather:
                 base = plan.value_count + s0
                 perm[base : base + s1 - s0] = np.arange(at, at + s1 - s0)
                 at += s1 - s0
+            self._packed_view = self.packed[:at]
             host = torch.from_numpy(perm)
             if self.cuda:
                 host = host.pin_memory()
             self._perm_host = host
             self._perm = host.to(self.device, non_blocking=True)
             self._perm_key = key
-        return self._perm
+        return self._perm, self._packed_view
 
     def _capture(self, sections: list[int], sources: list[Any], key: tuple) -> None:
         """Capture this frame's gathers as a CUDA graph (its storage did not move since the last frame)."""
@@ -286,16 +307,10 @@ class DeviceGather:
         self._graph, self._graph_key = graph, key
 
 
-def _is_tensor_source(obj: Any) -> bool:
-    """True for a tensor to gather from; False for a hook's captured part (already gathered)."""
-    return not isinstance(obj, Captured)
-
-
 def _storage_key(obj: Any) -> tuple:
-    """What a CUDA graph of a section's gather depends on: where its first value is, and its strides.
+    """What a CUDA graph of a section's gather depends on: where its first value is, its shape and strides.
 
-    Shapes and dtypes are the frame plan's (a plan is for one set of shapes;
-    a tensor converted to another dtype lives elsewhere).
+    (A tensor converted to another dtype lives elsewhere.)
     """
     t = obj.part if type(obj) is Captured else obj
-    return (t.data_ptr(), t.stride())
+    return (t.data_ptr(), t.shape, t.stride())
