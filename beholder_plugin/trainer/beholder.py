@@ -779,11 +779,19 @@ class Beholder:
         key = (id(plan), device)
         found = self._device_gathers.get(key)
         if found is None or found.plan is not plan:
-            if type(device).__module__.startswith("torch"):
-                from beholder_plugin.trainer.sources.torch_batch import DeviceGather as Gather
-            else:  # a JAX device
-                from beholder_plugin.trainer.sources.jax_batch import JaxGather as Gather
-            found = self._device_gathers[key] = Gather(device, plan)
+            if not isinstance(device, tuple):  # a torch.device
+                from beholder_plugin.trainer.sources.torch_batch import DeviceGather
+
+                found = DeviceGather(device, plan)
+            elif device[0] == "jax":
+                from beholder_plugin.trainer.sources.jax_batch import JaxGather
+
+                found = JaxGather(device[1], plan)
+            else:
+                from beholder_plugin.trainer.sources.tf_batch import TfGather
+
+                found = TfGather(device[1], plan)
+            self._device_gathers[key] = found
         return found
 
     def _matching(self, pattern: re.Pattern, named: list[sources.Named]) -> list[int]:
@@ -1080,10 +1088,11 @@ def _batch_device(adapter: Any, obj: Any, section: Any, width: int) -> Any:
         from beholder_plugin.trainer.sources import torch_batch
 
         return torch_batch.batch_device(obj)
-    if framework == "jax":
-        from beholder_plugin.trainer.sources import jax_batch
+    if framework in ("jax", "tensorflow"):
+        from beholder_plugin.trainer.sources import jax_batch, tf_batch
 
-        return jax_batch.batch_device(obj)
+        device = (jax_batch if framework == "jax" else tf_batch).batch_device(obj)
+        return None if device is None else (framework, device)
     return None
 
 

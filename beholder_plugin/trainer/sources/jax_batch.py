@@ -42,7 +42,7 @@ def batch_device(x: Any) -> Any:
     return device
 
 
-def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Element strides of a C-ordered array of this shape (JAX arrays are indexed in that order)."""
     strides, step = [], 1
     for size in reversed(shape):
@@ -97,7 +97,7 @@ class JaxGather:
 
             plan = self.plan
             n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
-            flat = storage_offsets(plan.plans[i], shape, _c_strides(shape), plan.sample_steps[i], n)
+            flat = storage_offsets(plan.plans[i], shape, c_strides(shape), plan.sample_steps[i], n)
             dtype = np.int32 if flat.size == 0 or flat.max() < 2**31 else np.int64
             found = self._indices[key] = jax.device_put(flat.astype(dtype), self.device)
         return found

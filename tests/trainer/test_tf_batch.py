@@ -1,0 +1,67 @@
+"""The tf.function batch (sources.tf_batch): the same frames as the per-section path, one call a frame.
+
+Run on CPU tensors (``tf_batch.BATCH_CPU_TENSORS``): CI has no GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import set_config
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.runfiles import read_frame_file
+from beholder_plugin.trainer.sources import tf_batch
+
+tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.tf
+
+
+def arrays_for(variables: dict, seed: int) -> dict:
+    """The variables after a fake step, and tensors of several dtypes beside them."""
+    rng = np.random.default_rng(seed)
+    for v in variables.values():
+        v.assign(tf.cast(rng.normal(size=v.shape), v.dtype))
+    return {
+        **variables,
+        "half": tf.constant(rng.normal(size=(7, 5)), tf.bfloat16),
+        "counts": tf.constant(rng.integers(0, 9, size=(11,)), tf.int32),
+        "wave": tf.complex(tf.constant(rng.normal(size=(4, 6)), tf.float32),
+                           tf.constant(rng.normal(size=(4, 6)), tf.float32)),
+        "plain": rng.normal(size=(5, 5)).astype(np.float32),  # NumPy beside them: the host path
+    }
+
+
+@pytest.mark.parametrize("mode", ["current", "variance"])
+def test_tf_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
+    frames, traced = {}, []
+    real = tf_batch.TfGather._trace
+
+    def counting(self, sections):
+        traced.append(sections)
+        return real(self, sections)
+
+    monkeypatch.setattr(tf_batch.TfGather, "_trace", counting)
+    for batched in (False, True):
+        monkeypatch.setattr(tf_batch, "BATCH_CPU_TENSORS", batched)
+        variables = {"kernel": tf.Variable(tf.zeros((3, 3, 16, 40))), "bias": tf.Variable(tf.zeros(40)),
+                     "h16": tf.Variable(tf.zeros((6, 6), tf.float16))}
+        run = str(tmp_path / f"run-{batched}")
+        set_config(run, values="arrays", FPS=30, mode=mode, window_size=2)
+        beholder = Beholder(run, strict=True)
+        for k in range(3):
+            beholder._last_frame_time = float("-inf")
+            assert beholder.update(arrays=arrays_for(variables, k))
+            beholder.flush()
+        beholder.close()
+        frames[batched] = read_frame_file(run)
+    assert len(traced) == 1  # one traced function for the plan, called for every frame
+    a, b = frames[False], frames[True]
+    for i, (ra, rb) in enumerate(zip(a.sections, b.sections)):
+        if ra["name"] == "wave":  # |complex|: TF's abs on the device, NumPy's on the host
+            np.testing.assert_allclose(a.section_values(i), b.section_values(i), rtol=1e-4, atol=1e-6)
+            continue
+        assert ra == rb
+        np.testing.assert_array_equal(a.section_values(i), b.section_values(i))
+        top, height = ra["top"], ra["height"]
+        np.testing.assert_array_equal(a.pixels[top : top + height], b.pixels[top : top + height])
