@@ -47,6 +47,7 @@ from beholder_plugin.protocol.runfiles import load_config, write_config
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.colormaps import palette_for
+from beholder_plugin.trainer.device_batches import BatchMemo, batch_key, make_gather, receive
 from beholder_plugin.trainer.ranks import process_rank, run_for_rank
 from beholder_plugin.trainer.recording import Recorder
 from beholder_plugin.trainer.sources.captured import Captured
@@ -97,62 +98,6 @@ class _Job:
     image: np.ndarray | None = None
     missing: dict[int, str] | None = None  # sections shown empty, and why
     pending: list | None = None  # device batches still being copied to the host (sources.torch_batch)
-
-
-@dataclass
-class _BatchMemo:
-    """What the last frame's sections resolved to, when they were plain tensors gathered in one batch."""
-
-    objects: list[Any]  # the arrays passed, by identity
-    names: list[str]
-    layouts: list[Any]  # the layouts asked for (None: the framework's default)
-    settings: tuple  # the settings the plan depends on
-    shapes: list[tuple[int, ...]]
-    plan: FramePlan
-    device: Any
-    sections: tuple[int, ...]
-    captured: bool = False  # sections are what watch() hooks gathered (new objects every frame)
-
-    @staticmethod
-    def of(named: list, config: dict, plan: FramePlan, batches: dict, missing: dict,
-           shapes: list) -> _BatchMemo | None:
-        """A memo of this frame, or None unless every section is a plain tensor, or every one a hook's
-        device part, in one device batch."""
-        if len(batches) != 1 or missing or plan.problems:
-            return None
-        (device, entries), = batches.items()
-        if len(entries) != len(named):
-            return None
-        plain = _plain_tensor_types()
-        captured = all(type(entry[1]) is Captured for entry in named)
-        if not captured and any(type(entry[1]) not in plain for entry in named):
-            return None
-        layouts = [e[1].layout if captured else e[2] for e in named]
-        return _BatchMemo([e[1] for e in named], [e[0] for e in named], layouts,
-                          (config["show_all"], config["section_size"]), list(shapes), plan, device,
-                          tuple(range(len(named))), captured)
-
-    def fits(self, named: list, config: dict) -> bool:
-        """Whether these sections are the memo's: the same objects (or hook parts of the same shapes,
-        layouts and frame width), names and layouts, and settings."""
-        if len(named) != len(self.objects) or (config["show_all"], config["section_size"]) != self.settings:
-            return False
-        if self.captured:
-            width = self.plan.width
-            return all(
-                type(c) is Captured and c.part is not None and c.width == width and c.shape == shape
-                and c.layout == layout and name == entry_name and entry_layout is None
-                for (entry_name, c, entry_layout), name, shape, layout
-                in zip(named, self.names, self.shapes, self.layouts)
-            )
-        return all(entry[1] is obj and entry[0] == name and entry[2] == layout
-                   for entry, obj, name, layout in zip(named, self.objects, self.names, self.layouts))
-
-
-def _plain_tensor_types() -> tuple:
-    """torch.Tensor and nn.Parameter (whose prepare() is a detach), when torch is loaded."""
-    torch = sys.modules.get("torch")
-    return () if torch is None else (torch.Tensor, torch.nn.Parameter)
 
 
 class Beholder:
@@ -222,7 +167,7 @@ class Beholder:
         self._buffers: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
         # (plan, device) -> the reused buffers of a device batch (sources.torch_batch, sources.jax_batch)
         self._device_gathers: dict[tuple, Any] = {}
-        self._memo: _BatchMemo | None = None  # the last frame's checks, when it was one device batch
+        self._memo: BatchMemo | None = None  # the last frame's checks, when it was one device batch
         self._renderer = Renderer()
         self._writer_id = secrets.token_hex(6)
         self._recorder = self._make_recorder()
@@ -710,7 +655,7 @@ class Beholder:
             if i in missing:
                 out.fill(np.nan)
                 continue
-            device = _batch_device(adapter, obj, section, plan.width)
+            device = batch_key(adapter, obj, section, plan.width)
             if device is not None:  # on an accelerator: issued now, copied to the host once per device
                 batches.setdefault(device, []).append((i, obj))
                 continue
@@ -727,7 +672,7 @@ class Beholder:
                 missing[i] = self._section_problem(label, exc)
         job.kind, job.plan, job.buffer, job.missing = "sections", plan, buffer, missing
         job.samples = samples
-        self._memo = _BatchMemo.of(named, job.config, plan, batches, missing, shapes)
+        self._memo = BatchMemo.of(named, job.config, plan, batches, missing, shapes)
         job.pending = []
         for device, entries in batches.items():
             try:
@@ -740,7 +685,7 @@ class Beholder:
                     sample_views[i].fill(np.nan)
                     missing[i] = self._section_problem(labels[i], exc)
 
-    def _gather_again(self, job: _Job, memo: _BatchMemo, named: list[sources.Named]) -> bool:
+    def _gather_again(self, job: _Job, memo: BatchMemo, named: list[sources.Named]) -> bool:
         """The frame of the same tensors as the last one, all on one device: checks and plan reused.
 
         Each tensor is still detached afresh (a parameter's ``.data`` may have
@@ -751,7 +696,7 @@ class Beholder:
         buffer, views, samples, sample_views = self._buffer(plan)
         job.kind, job.plan, job.buffer, job.missing, job.samples = "sections", plan, buffer, {}, samples
         gather = self._device_gather(plan, memo.device)
-        if memo.captured:  # what the hooks gathered, already checked against the plan by fits()
+        if memo.kind != "tensors":  # hook parts or arrays, already checked against the plan by fits()
             tensors = [entry[1] for entry in named]
         else:
             pending = gather.replay(memo.sections, [entry[1] for entry in named])  # CUDA: the same storage
@@ -779,18 +724,7 @@ class Beholder:
         key = (id(plan), device)
         found = self._device_gathers.get(key)
         if found is None or found.plan is not plan:
-            if not isinstance(device, tuple):  # a torch.device
-                from beholder_plugin.trainer.sources.torch_batch import DeviceGather
-
-                found = DeviceGather(device, plan)
-            elif device[0] == "jax":
-                from beholder_plugin.trainer.sources.jax_batch import JaxGather
-
-                found = JaxGather(device[1], plan)
-            else:
-                from beholder_plugin.trainer.sources.tf_batch import TfGather
-
-                found = TfGather(device[1], plan)
+            found = make_gather(plan, device)
             self._device_gathers[key] = found
         return found
 
@@ -832,7 +766,7 @@ class Beholder:
         values = rendered = height = row_index = None
         if job.kind == "sections":
             if job.pending:
-                _receive(job)
+                receive(job)
             rendered = self._renderer.render(job.plan, job.buffer, config, job.missing, job.samples)
             pixels, palette, values = None, rendered.palette, rendered.values
             height = rendered.height
@@ -1072,45 +1006,6 @@ class Beholder:
 def _filter(pattern: str) -> re.Pattern | None:
     """The compiled section filter (None: show every section); settings.py checked it compiles."""
     return re.compile(pattern) if pattern else None
-
-
-def _batch_device(adapter: Any, obj: Any, section: Any, width: int) -> Any:
-    """The device a section is gathered on as part of a batch, or None (gathered now, on the host side)."""
-    if type(obj) is np.ndarray:
-        return None
-    if type(obj) is Captured:
-        part = obj.part
-        if part is None or obj.width != width or obj.compact_shape != section.compact_shape:
-            return None
-        return part.device
-    framework = sources.framework_of(obj)
-    if framework == "torch":
-        from beholder_plugin.trainer.sources import torch_batch
-
-        return torch_batch.batch_device(obj)
-    if framework in ("jax", "tensorflow"):
-        from beholder_plugin.trainer.sources import jax_batch, tf_batch
-
-        device = (jax_batch if framework == "jax" else tf_batch).batch_device(obj)
-        return None if device is None else (framework, device)
-    return None
-
-
-def _receive(job: _Job) -> None:
-    """Wait for a job's device batches to reach the host and put their sections in the job's buffers."""
-    plan, pending = job.plan, job.pending
-    if len(pending) == 1 and len(pending[0].sections) == len(plan.plans):  # the usual case: adopt it
-        host = pending[0].wait()
-        job.buffer, job.samples = host[: plan.value_count], host[plan.value_count :]
-        return
-    for batch in pending:
-        host = batch.wait()
-        samples = host[plan.value_count :]
-        for i in batch.sections:
-            a, b = plan.offsets[i], plan.offsets[i + 1]
-            job.buffer[a:b] = host[a:b]
-            a, b = plan.sample_offsets[i], plan.sample_offsets[i + 1]
-            job.samples[a:b] = samples[a:b]
 
 
 def _frame_interval(config: dict[str, Any]) -> float:

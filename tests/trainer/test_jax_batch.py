@@ -46,6 +46,8 @@ def test_jax_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
         frames[batched] = read_frame_file(run)
         gathers = list(beholder._device_gathers.values())
         assert len(gathers) == (1 if batched else 0)
+        if batched:  # not one batch (a NumPy array beside them): every frame is checked in full
+            assert beholder._memo is None
     a, b = frames[False], frames[True]
     np.testing.assert_array_equal(a.pixels, b.pixels)
     for i, (ra, rb) in enumerate(zip(a.sections, b.sections)):
@@ -69,6 +71,14 @@ def test_one_jitted_function_per_plan(tmp_path, monkeypatch):
     with Beholder(run, strict=True) as beholder:
         for k in range(4):
             beholder._last_frame_time = float("-inf")
-            assert beholder.update(arrays=arrays_for(k))
+            arrays = {name: x for name, x in arrays_for(k).items() if name != "plain"}
+            assert beholder.update(arrays=arrays)
             beholder.flush()
-    assert len(traced) == 1
+            # one batch of new arrays of the same shapes: the next frame reuses this one's checks
+            assert beholder._memo is not None and beholder._memo.kind == "arrays"
+        changed = dict(arrays, kernel=jnp.zeros((5, 5)))
+        beholder._last_frame_time = float("-inf")
+        assert beholder.update(arrays=changed)  # another shape: checked in full, a new plan
+        beholder.flush()
+    assert len(traced) == 2
+    assert read_frame_file(run).sections[0]["shape"] == [5, 5]

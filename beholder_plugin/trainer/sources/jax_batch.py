@@ -75,8 +75,11 @@ class JaxGather:
 
     def launch(self, entries: list[tuple[int, Any]]) -> JaxPending:
         """Dispatch the gather of these (section, array) entries and start the copy; never waits."""
-        sections = [i for i, _ in entries]
-        arrays = tuple(x for _, x in entries)
+        return self.launch_sections([i for i, _ in entries], [x for _, x in entries])
+
+    def launch_sections(self, sections: list[int], arrays: list[Any]) -> JaxPending:
+        """launch() with the sections and their arrays as two lists."""
+        arrays = tuple(arrays)
         key = (tuple(sections), tuple((tuple(x.shape), str(x.dtype)) for x in arrays))
         function = self._functions.get(key)
         if function is None:

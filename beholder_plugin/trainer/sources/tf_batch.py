@@ -62,16 +62,19 @@ class TfGather:
 
     def launch(self, entries: list[tuple[int, Any]]) -> TfPending:
         """Dispatch the gather of these (section, tensor or variable) entries; never waits for the device."""
+        return self.launch_sections([i for i, _ in entries], [x for _, x in entries])
+
+    def launch_sections(self, sections: list[int], tensors: list[Any]) -> TfPending:
+        """launch() with the sections and their tensors as two lists."""
         import tensorflow as tf
 
-        sections = tuple(i for i, _ in entries)
-        tensors = [x for _, x in entries]
+        sections = tuple(sections)
         function = self._functions.get(sections)
         if function is None:
             if len(self._functions) >= 8:
                 self._functions.clear()
             function = self._functions[sections] = self._trace(sections)
-        indices = [self._index(i, tuple(int(s) for s in x.shape)) for i, x in entries]
+        indices = [self._index(i, tuple(int(s) for s in x.shape)) for i, x in zip(sections, tensors)]
         with tf.device(self.device):
             result = function(tensors, indices)
         return TfPending(result, list(sections))
