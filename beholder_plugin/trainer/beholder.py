@@ -98,6 +98,7 @@ class _Job:
     image: np.ndarray | None = None
     missing: dict[int, str] | None = None  # sections shown empty, and why
     pending: list | None = None  # device batches still being copied to the host (sources.torch_batch)
+    variance_done: bool = False  # the buffer holds the variance window's values, computed on the device
 
 
 class Beholder:
@@ -457,6 +458,8 @@ class Beholder:
         if any(old[k] != config[k] for k in _HISTORY_KEYS):
             self._drain()
             self._renderer.clear_history()
+            for gather in self._device_gathers.values():
+                gather.window = None  # a variance window kept on the device starts afresh too
         if old["is_recording"] and not config["is_recording"]:
             self._drain()
             self._recorder.close()
@@ -676,10 +679,14 @@ class Beholder:
         job.pending = []
         for device, entries in batches.items():
             try:
-                job.pending.append(self._device_gather(plan, device).launch(entries))
+                gather = self._device_gather(plan, device)
+                if len(entries) == len(plan.plans) and not missing:  # the whole frame: variance there too
+                    job.variance_done = _device_variance(gather, job.config)
+                job.pending.append(gather.launch(entries))
             except Exception as exc:
                 if self.strict:
                     raise
+                job.variance_done = False
                 for i, _ in entries:
                     views[i].fill(np.nan)
                     sample_views[i].fill(np.nan)
@@ -696,6 +703,7 @@ class Beholder:
         buffer, views, samples, sample_views = self._buffer(plan)
         job.kind, job.plan, job.buffer, job.missing, job.samples = "sections", plan, buffer, {}, samples
         gather = self._device_gather(plan, memo.device)
+        job.variance_done = _device_variance(gather, job.config)
         if memo.kind != "tensors":  # hook parts or arrays, already checked against the plan by fits()
             tensors = [entry[1] for entry in named]
         else:
@@ -703,6 +711,7 @@ class Beholder:
             if pending is not None:
                 job.pending = [pending]
                 return True
+            job.variance_done = _device_variance(gather, job.config)  # replay() did not use it
             tensors = [entry[1].detach() for entry in named]
             if any(t.shape != shape for t, shape in zip(tensors, memo.shapes)):
                 self._memo = None
@@ -712,7 +721,7 @@ class Beholder:
         except Exception as exc:
             if self.strict:
                 raise
-            self._memo, job.pending = None, []
+            self._memo, job.pending, job.variance_done = None, [], False
             for i in memo.sections:
                 views[i].fill(np.nan)
                 sample_views[i].fill(np.nan)
@@ -767,7 +776,8 @@ class Beholder:
         if job.kind == "sections":
             if job.pending:
                 receive(job)
-            rendered = self._renderer.render(job.plan, job.buffer, config, job.missing, job.samples)
+            done = {"variance_done": True} if job.variance_done else {}
+            rendered = self._renderer.render(job.plan, job.buffer, config, job.missing, job.samples, **done)
             pixels, palette, values = None, rendered.palette, rendered.values
             height = rendered.height
             header.update(
@@ -1006,6 +1016,12 @@ class Beholder:
 def _filter(pattern: str) -> re.Pattern | None:
     """The compiled section filter (None: show every section); settings.py checked it compiles."""
     return re.compile(pattern) if pattern else None
+
+
+def _device_variance(gather: Any, config: dict[str, Any]) -> bool:
+    """Whether a device batch holding a whole frame computes its variance window there too."""
+    use = getattr(gather, "use_variance", None)
+    return use is not None and use(config)
 
 
 def _frame_interval(config: dict[str, Any]) -> float:

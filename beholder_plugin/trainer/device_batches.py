@@ -118,8 +118,9 @@ class BatchMemo:
             kind = "captured"
         elif all(type(entry[1]) in _plain_tensor_types() for entry in named):
             kind = "tensors"
-        elif isinstance(device, tuple) and len({type(entry[1]) for entry in named}) == 1:
-            kind = "arrays"
+        elif (isinstance(device, tuple) and len({type(entry[1]) for entry in named}) == 1
+              and all(got is entry[1] for (_, got), entry in zip(entries, named))):
+            kind = "arrays"  # gathered as passed (a Keras variable, read through its value, is not)
         else:
             return None
         layouts = [e[1].layout if kind == "captured" else e[2] for e in named]

@@ -59,9 +59,11 @@ print(one.beholder.frames_written, one.beholder.failures, hits, wrong)
 """
 
 
-def test_the_callback_works_on_the_jax_backend(tmp_path):
-    """Keras dispatches the async_safe hook to a pool on JAX too; frames arrive, whole and correct."""
-    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND="jax")
+@pytest.mark.parametrize("batched", ["0", "1"])
+def test_the_callback_works_on_the_jax_backend(tmp_path, batched):
+    """Keras dispatches the async_safe hook to a pool on JAX too; frames arrive, whole and correct.
+    With ``batched`` the variables go through the jitted device batch (sources.jax_batch), as on a GPU."""
+    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND="jax", BEHOLDER_BATCH_CPU_TENSORS=batched)
     runs = [str(tmp_path / "run"), str(tmp_path / "one-step")]
     out = subprocess.run([sys.executable, "-c", JAX_FIT, *runs], env=env, capture_output=True,
                          text=True, timeout=300)

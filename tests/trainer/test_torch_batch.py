@@ -158,7 +158,8 @@ class OpLog(torch.utils._python_dispatch.TorchDispatchMode):
 
 def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch):
     """update() on a due frame: one index_select per section, one cat, one copy into the host buffer,
-    and nothing that reads a value back to Python (item(), tolist(), a synchronizing copy)."""
+    and nothing that reads a value back to Python (item(), tolist(), a synchronizing copy). In
+    variance mode (the default) the window's sums are updated on the device too."""
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30)
@@ -178,8 +179,8 @@ def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch
         names = [name for name, _ in log.calls]
         assert names.count("index_select") == len(arrays) + 1  # a part per section, one permutation
         assert names.count("cat") == 1
-        copies = [args for name, args in log.calls if name == "copy_"]
-        assert len(copies) == 1 and copies[0][0] is gather.host_tensor
+        to_host = [args for name, args in log.calls if name == "copy_" and args[0] is gather.host_tensor]
+        assert len(to_host) == 1  # the variance window's copies stay on the device
         assert not {"_local_scalar_dense", "item", "_to_copy", "to", "nonzero"} & set(names)
     assert beholder.failures == 0
 
@@ -293,3 +294,35 @@ def test_a_replaced_parameter_is_seen_by_the_next_frame(tmp_path, monkeypatch):
     frame = read_frame_file(run)
     assert frame.sections[0]["shape"] == [3, 9]
     assert frame.section_values(0).max() == 7.0
+
+
+def test_the_variance_window_kept_on_the_device_is_the_hosts(tmp_path, monkeypatch):
+    """Variance mode with every section in one batch: the window's sums live on the device, and each
+    frame's values equal the host window's bit for bit, through refills, rebuilds and a resize."""
+    runs = {}
+    for batched in (False, True):
+        monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+        run = runs[batched] = str(tmp_path / f"run-{batched}")
+        set_config(run, values="arrays", FPS=30, mode="variance", window_size=5)
+    beholders = {b: Beholder(runs[b], strict=True) for b in (False, True)}
+    weight = torch.zeros(40, 3, 5, 5)
+    gen = torch.Generator().manual_seed(3)
+    for step in range(14):
+        with torch.no_grad():
+            weight.add_(torch.randn(weight.shape, generator=gen) * (1 + step % 4))
+        if step == 8:
+            for b in (False, True):
+                set_config(runs[b], values="arrays", FPS=30, mode="variance", window_size=3)
+                beholders[b]._config_checked = float("-inf")
+        frames = {}
+        for batched, beholder in beholders.items():
+            monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+            beholder._last_frame_time = float("-inf")
+            assert beholder.update(arrays={"w": weight, "b": weight[0, 0]})
+            beholder.flush()
+            frames[batched] = read_frame_file(runs[batched])
+        assert_same_frames(frames[False], frames[True])
+    gather = next(iter(beholders[True]._device_gathers.values()))
+    assert gather.window is not None and gather.window.size == 3 and len(gather.window.samples) == 3
+    for beholder in beholders.values():
+        beholder.close()

@@ -169,6 +169,8 @@ class DeviceGather:
         self.ordered = torch.empty(total, dtype=torch.float32, device=device)
         self.host_tensor = torch.empty(total, dtype=torch.float32, pin_memory=self.cuda)
         self.host = self.host_tensor.numpy()
+        self.window: DeviceWindow | None = None  # the variance window, when it is kept on the device
+        self.variance = False  # whether the next launch applies it (use_variance, per frame)
         self._perm_key: tuple | None = None
         self._perm: Any = None
         self._packed_view: Any = None
@@ -184,6 +186,22 @@ class DeviceGather:
     def launch(self, entries: list[tuple[int, Any]]) -> Pending:
         """Issue the gather of these (section, tensor or captured part) entries and the copy; never waits."""
         return self.launch_sections([i for i, _ in entries], [obj for _, obj in entries])
+
+    def use_variance(self, config: dict) -> bool:
+        """Whether this batch (all of a frame's sections) computes the variance window on the device
+        (in variance mode, when it fits in device memory); sets ``variance`` for the next launch."""
+        self.variance = False
+        if config["mode"] != "variance":
+            self.window = None
+            return False
+        size = config["window_size"]
+        if self.window is None:
+            if not window_fits(self.device, size, self.plan.value_count):
+                return False
+            self.window = DeviceWindow(size, self.plan.value_count, self.device)
+        self.window.resize(size)
+        self.variance = True
+        return True
 
     def replay(self, sections: tuple[int, ...], tensors: list[Any]) -> Pending | None:
         """The frame again from the captured graph when these tensors are where it reads (else None).
@@ -218,8 +236,16 @@ class DeviceGather:
         return self._copy(sections)
 
     def _copy(self, sections: list[int]) -> Pending:
-        """Copy the ordered device buffer to pinned host memory after the current stream's work."""
+        """Copy the ordered device buffer to pinned host memory after the current stream's work.
+
+        With the variance window on the device, the shown values are first
+        replaced by their variance over the window.
+        """
         import torch
+
+        if self.variance:
+            values = self.ordered[: self.plan.value_count]
+            self.window.push(values, values)
 
         if not self.cuda:
             self.host_tensor.copy_(self.ordered)
@@ -314,3 +340,98 @@ def _storage_key(obj: Any) -> tuple:
     """
     t = obj.part if type(obj) is Captured else obj
     return (t.data_ptr(), t.shape, t.stride())
+
+
+class DeviceWindow:
+    """views.render.FlatWindow on the device: the variance window's samples and running sums stay there.
+
+    The same float32 operations in the same order as the host's, one kernel
+    each, so the variance is the host's bit for bit; only the variance
+    crosses to the host. It costs (window + 7) x values x 4 bytes of device
+    memory, so it is used only within DEVICE_WINDOW_SHARE of the device's.
+    """
+
+    def __init__(self, size: int, count: int, device: Any) -> None:
+        import torch
+
+        self.size = size
+        self.count = count
+        self.device = device
+        self.samples: list[Any] = []  # oldest first
+        self.pushes = 0
+        new = lambda: torch.zeros(count, dtype=torch.float32, device=device)  # noqa: E731
+        self.ref, self.ref2, self.s1, self.s2, self._a, self._b = new(), new(), new(), new(), new(), new()
+        self._spare: list[Any] = []
+
+    def resize(self, size: int) -> None:
+        """Change the window length, keeping the newest samples."""
+        if size != self.size:
+            self.size = size
+            while len(self.samples) > size:
+                self._spare.append(self.samples.pop(0))
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        import torch
+
+        self.pushes = 0
+        if not self.samples:
+            return
+        self.ref.copy_(self.samples[-1])
+        torch.add(self.ref, self.ref, out=self.ref2)
+        self.s1.zero_()
+        self.s2.zero_()
+        d = self._a
+        for sample in self.samples:
+            torch.sub(sample, self.ref, out=d)
+            self.s1 += d
+            torch.mul(d, d, out=d)
+            self.s2 += d
+
+    def push(self, values: Any, out: Any) -> None:
+        """Add a copy of the newest values and write the variance over the window into out."""
+        import torch
+
+        sample = self._spare.pop() if self._spare else torch.empty_like(values)
+        sample.copy_(values)
+        self.samples.append(sample)
+        if len(self.samples) == 1:
+            self._rebuild()
+        else:
+            if len(self.samples) > self.size:
+                oldest = self.samples.pop(0)
+                diff = torch.sub(sample, oldest, out=self._a)
+                self.s1 += diff
+                both = torch.add(sample, oldest, out=self._b)
+                both -= self.ref2
+                diff *= both
+                self.s2 += diff
+                self._spare.append(oldest)
+            else:
+                d = torch.sub(sample, self.ref, out=self._b)
+                self.s1 += d
+                torch.mul(d, d, out=d)
+                self.s2 += d
+            self.pushes += 1
+            if self.pushes >= self.size:
+                self._rebuild()
+        inv_n = float(np.float32(1.0 / len(self.samples)))
+        mean = torch.mul(self.s1, inv_n, out=self._a)
+        torch.mul(mean, mean, out=mean)
+        torch.mul(self.s2, inv_n, out=out)
+        torch.sub(out, mean, out=out)
+        torch.clamp_min_(out, 0.0)
+
+
+# Device memory the variance window may take, as a share of the device's (else it is kept on the host).
+DEVICE_WINDOW_SHARE = 0.01
+
+
+def window_fits(device: Any, size: int, count: int) -> bool:
+    """Whether a variance window of this length and values fits in DEVICE_WINDOW_SHARE of the device."""
+    if device.type != "cuda":
+        return True  # CPU tensors (the tests): host memory, as the host window's
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    return (size + 7) * count * 4 <= DEVICE_WINDOW_SHARE * total

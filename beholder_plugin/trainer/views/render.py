@@ -263,17 +263,23 @@ class Renderer:
         config: dict[str, Any],
         missing: dict[int, str] | None = None,
         samples: np.ndarray | None = None,
+        variance_done: bool = False,
     ) -> Rendered:
         """Apply the mode, and take the bounds and statistics of a flat buffer of compact sections.
 
         ``missing`` maps the sections whose arrays could not be read to the
         reason; their values are NaN and their records say why. ``samples``
         (the plan's statistics samples) adds each record's "stats".
+        ``variance_done``: the values are already the variance window's
+        (kept on the device, sources.torch_batch.DeviceWindow).
         """
         if values.shape != (plan.value_count,) or values.dtype != np.float32:
             got = f"{values.dtype} {values.shape}"
             raise RenderError(f"expected {plan.value_count} float32 values, got {got}")
-        if config["mode"] == "variance":
+        if variance_done:
+            self.clear_history()  # the window is the device's now; the host's would start afresh
+            shown = values
+        elif config["mode"] == "variance":
             key = tuple((p.shape, p.width, p.height, p.layout) for p in plan.plans)
             if key != self._window_key or self._window is None:
                 self._window = FlatWindow(config["window_size"], plan.value_count)
