@@ -16,7 +16,6 @@ import functools
 import logging
 import os
 import posixpath
-import re
 import secrets
 import shutil
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 
 from beholder_plugin.protocol import names
 from beholder_plugin.protocol.files import files_for
+from beholder_plugin.protocol.filters import SectionFilter, compile_filter
 from beholder_plugin.protocol.frame_format import encode_frame
 from beholder_plugin.protocol.history import HistoryEntry, HistoryRing, history_name
 from beholder_plugin.protocol.layout import (
@@ -653,7 +653,7 @@ class Beholder:
         job.kind, job.plan, job.buffer, job.missing = "sections", plan, buffer, missing
         job.samples = samples
 
-    def _matching(self, pattern: re.Pattern, named: list[sources.Named]) -> list[int]:
+    def _matching(self, pattern: SectionFilter, named: list[sources.Named]) -> list[int]:
         """Which sections a filter keeps, remembered per set of names (searched once, not every frame)."""
         key = (pattern.pattern, tuple(entry[0] for entry in named))
         found = self._filter_cache.get(key)
@@ -926,9 +926,9 @@ class Beholder:
 
 
 @functools.lru_cache(maxsize=64)
-def _filter(pattern: str) -> re.Pattern | None:
-    """The compiled section filter (None: show every section); settings.py checked it compiles."""
-    return re.compile(pattern) if pattern else None
+def _filter(pattern: str) -> SectionFilter | None:
+    """The parsed section filter (None: show every section); settings.py checked it parses."""
+    return compile_filter(pattern)
 
 
 def _frame_interval(config: dict[str, Any]) -> float:

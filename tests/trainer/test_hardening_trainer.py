@@ -274,7 +274,7 @@ SOAK = textwrap.dedent(
             [(3, 3, 4, 8), (8,), (32, 10), (10,), (2, 5, 5, 3), (4, 4, 4)]]
     settings = [dict(mode="current"), dict(mode="variance", window_size=3), dict(scaling="network"),
                 dict(show_all=True), dict(colormap="viridis"), dict(values="frames"),
-                dict(filter="a[0-2]"), dict(filter="^nothing$"), dict(section_size="proportional"),
+                dict(filter="/a[0-2]/"), dict(filter="/^nothing$/"), dict(section_size="proportional"),
                 dict(history_mb=1), dict(history_mb=0, history_seconds=0)]
     history = os.path.join(run, "plugins", "beholder", "history")
     on_disk = lambda: sum(e.stat().st_size for e in os.scandir(history) if e.name.startswith("f-"))
