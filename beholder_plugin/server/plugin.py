@@ -189,8 +189,10 @@ def _with_run(handler: Callable) -> Callable:
     """Decorate a route method: it gets the resolved ?run=, and its errors become JSON answers.
 
     RunError keeps its status; a frame file that cannot be used (corrupt,
-    an old version, not a regular file) and a file the system refuses to
-    read (permissions, a symlink loop) are a 500 naming the problem.
+    an old version, not a regular file, a header past the caps) and a file
+    the system refuses to read (permissions, a symlink loop) are a 500
+    naming the problem; running out of memory is a 503, and any other
+    failure a 500, all as JSON.
     """
 
     def wrapped(self: BeholderPlugin, request: wrappers.Request) -> wrappers.Response:
@@ -203,6 +205,13 @@ def _with_run(handler: Callable) -> Callable:
         except OSError as exc:
             name = os.path.basename(exc.filename) if isinstance(exc.filename, str) else "a file"
             return _error(request, f"cannot read {name} of the run: {exc.strerror or exc}", 500)
+        except MemoryError:
+            logger.warning("Beholder: out of memory answering %s", request.path)
+            return _error(request, "the server ran out of memory answering this request; try again", 503)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the answer is JSON, never an HTML page
+            logger.exception("Beholder: %s failed", request.path)
+            return _error(request, f"the server failed answering this request: {type(exc).__name__}: {exc}",
+                          500)
 
     wrapped.__doc__ = handler.__doc__
     wrapped.__name__ = handler.__name__
