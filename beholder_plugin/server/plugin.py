@@ -37,6 +37,7 @@ from beholder_plugin.protocol.runfiles import (
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError, validate_changes
 from beholder_plugin.server.diff import DiffCache, DiffError
 from beholder_plugin.server.frames import EncodedFrame, FrameData, FrameGone, FrameHub
+from beholder_plugin.server.origin import trusted_names, write_refusal
 from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
@@ -229,6 +230,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
         self._diffs = DiffCache(self._hub)
         self._config_lock = threading.Lock()
         self._export_lock = threading.Lock()
+        self._trusted_hosts = trusted_names(getattr(context, "flags", None))
 
     # ------------------------------------------------------------ TBPlugin API
 
@@ -483,6 +485,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
                 code=405,
                 headers=[("Allow", "GET, POST")],
             )
+        self._check_write(request)
         if request.mimetype != "application/json":
             message = "the body must be JSON sent as Content-Type: application/json"
             return _error(request, message, 415)
@@ -567,6 +570,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
             return http_util.Respond(
                 request, {"error": "use POST"}, "application/json", code=405, headers=[("Allow", "POST")]
             )
+        self._check_write(request)
         body = self._json_body(request, MAX_EXPORT_BODY)
         if not isinstance(body, dict):
             return _error(request, 'the body must be a JSON object {"from": NAME, "to": NAME}', 400)
@@ -582,6 +586,13 @@ class BeholderPlugin(base_plugin.TBPlugin):
         finally:
             self._export_lock.release()
         return _json(request, dataclasses.asdict(result))
+
+    def _check_write(self, request: wrappers.Request) -> None:
+        """RunError 403 unless the request comes from a page of this TensorBoard (server/origin.py)."""
+        why = write_refusal(request.headers.get("Host"), request.headers.get("Origin"), self._trusted_hosts)
+        if why is not None:
+            logger.warning("Beholder: refused a write to %s: %s", request.path, why)
+            raise RunError(why, 403)
 
     def _json_body(self, request: wrappers.Request, limit: int) -> Any:
         """The request's JSON body; RunError 415 (not JSON), 413 (over limit bytes) or 400 (unparsable)."""
