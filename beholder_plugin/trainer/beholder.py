@@ -189,6 +189,8 @@ class Beholder:
         self._worker = Worker(self._run_job) if background and self.active else None
         if not self.active:
             return
+        if not self.remote:
+            _check_directory(self.directory, self.logdir)  # a setup mistake: said now, not at every write
         self._adopt_history()
         self._files.remove_stale_temp_files(self.directory)
         self._files.remove_stale_temp_files(self._history_dir)
@@ -929,6 +931,22 @@ class Beholder:
 def _filter(pattern: str) -> SectionFilter | None:
     """The parsed section filter (None: show every section); settings.py checked it parses."""
     return compile_filter(pattern)
+
+
+def _check_directory(directory: str, logdir: str) -> None:
+    """Raise NotADirectoryError when something on the way to directory exists and is not a directory."""
+    path = os.path.abspath(directory)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+    if not os.path.isdir(path):
+        kind = "a file" if os.path.isfile(path) else "not a directory"
+        raise NotADirectoryError(
+            f"Beholder cannot write under the logdir {logdir!r}: {path!r} is {kind}. Pass a directory "
+            "(it is created if missing), the one TensorBoard is started with as --logdir"
+        )
 
 
 def _frame_interval(config: dict[str, Any]) -> float:
