@@ -23,7 +23,7 @@ from tensorboard.backend import http_util, json_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers, wsgi
 
-from beholder_plugin.protocol.files import FileRefused
+from beholder_plugin.protocol.files import LOCAL, FileRefused, confine, files_for
 from beholder_plugin.protocol.frame_format import FrameFormatError
 from beholder_plugin.protocol.history import history_frame_path, list_history, parse_history_name
 from beholder_plugin.protocol.names import HISTORY_DIR
@@ -231,6 +231,9 @@ class BeholderPlugin(base_plugin.TBPlugin):
         self._config_lock = threading.Lock()
         self._export_lock = threading.Lock()
         self._trusted_hosts = trusted_names(getattr(context, "flags", None))
+        logdir = getattr(context, "logdir", None)
+        if logdir and files_for(logdir) is LOCAL:
+            confine(logdir)  # every file opened under it is checked once open (protocol/files.py)
 
     # ------------------------------------------------------------ TBPlugin API
 
@@ -513,7 +516,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
             config.update(accepted)
             try:
                 write_config(run.path, config)
-            except OSError as exc:
+            except (OSError, FileRefused) as exc:
                 return _error(request, f"cannot write the config of run {run.name!r}: {exc}", 403)
         return self._config_reply(request, run)
 
