@@ -265,6 +265,30 @@ class LocalFiles:
             raise
         return size
 
+    def rewrite_in_place(self, path: str, buffers: Sequence[bytes | memoryview]) -> bool:
+        """Overwrite a file where its bytes lie, as readers can tell (_rewrite_in_place); False if not done.
+
+        For a full disk: nothing is done when the new bytes would need more
+        space than the file already has, or when the file has other names
+        (a kept history frame). A failure part way puts the old bytes back.
+        """
+        fd = open_checked(path, os.O_RDWR | _WRITE_FLAGS)
+        try:
+            st = os.fstat(fd)
+            size = sum(memoryview(b).nbytes for b in buffers)
+            room = max(st.st_size, getattr(st, "st_blocks", 0) * 512)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or size > room:
+                return False
+            old = os.pread(fd, st.st_size, 0)
+            try:
+                _rewrite_in_place(fd, buffers)
+            except OSError:
+                _rewrite_in_place(fd, [old])
+                raise
+            return True
+        finally:
+            os.close(fd)
+
     def link_atomic(self, source: str, path: str) -> None:
         """Replace path by a hard link to source atomically (OSError where links are not supported)."""
         directory, name = os.path.split(path)
