@@ -37,7 +37,7 @@ from beholder_plugin.protocol.runfiles import (
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError, validate_changes
 from beholder_plugin.server.diff import DiffCache, DiffError
 from beholder_plugin.server.frames import EncodedFrame, FrameData, FrameGone, FrameHub
-from beholder_plugin.server.origin import trusted_names, write_refusal
+from beholder_plugin.server.origin import listed_names, trusted_names, write_refusal
 from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
@@ -231,6 +231,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
         self._config_lock = threading.Lock()
         self._export_lock = threading.Lock()
         self._trusted_hosts = trusted_names(getattr(context, "flags", None))
+        self._listed_hosts = listed_names()
         logdir = getattr(context, "logdir", None)
         if logdir and files_for(logdir) is LOCAL:
             confine(logdir)  # every file opened under it is checked once open (protocol/files.py)
@@ -592,7 +593,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     def _check_write(self, request: wrappers.Request) -> None:
         """RunError 403 unless the request comes from a page of this TensorBoard (server/origin.py)."""
-        why = write_refusal(request.headers.get("Host"), request.headers.get("Origin"), self._trusted_hosts)
+        why = write_refusal(request.headers.get("Host"), request.headers.get("Origin"), self._trusted_hosts,
+                            self._listed_hosts)
         if why is not None:
             logger.warning("Beholder: refused a write to %s: %s", request.path, why)
             raise RunError(why, 403)

@@ -80,3 +80,8 @@ def test_the_host_tensorboard_serves_on_and_the_trusted_list_are_accepted(logdir
         resp = post(client, "config", {"FPS": 3}, Host=host, Origin=f"https://{host}")
         assert resp.status_code == 200, (host, resp.get_data())
     assert post(client, "config", {"FPS": 3}, Host="other.example").status_code == 403
+    # A proxy that presents its own Host (a notebook's): pages of a listed name may write through it.
+    resp = post(client, "config", {"FPS": 4}, Host="localhost:6006", Origin="https://beholder.example.com")
+    assert resp.status_code == 200, resp.get_data()
+    resp = post(client, "config", {"FPS": 4}, Host="localhost:6006", Origin="https://unlisted.example.com")
+    assert resp.status_code == 403
