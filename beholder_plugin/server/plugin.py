@@ -23,10 +23,11 @@ from tensorboard.backend import http_util, json_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers, wsgi
 
-from beholder_plugin.protocol.files import LOCAL, FileRefused, confine, files_for
+from beholder_plugin.protocol.files import FileRefused, confine
 from beholder_plugin.protocol.frame_format import FrameFormatError
 from beholder_plugin.protocol.history import history_frame_path, list_history, parse_history_name
 from beholder_plugin.protocol.names import HISTORY_DIR
+from beholder_plugin.protocol.remote_files import is_remote, normalize_location
 from beholder_plugin.protocol.runfiles import (
     CONFIG_FILE,
     FRAME_FILE,
@@ -233,8 +234,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
         self._trusted_hosts = trusted_names(getattr(context, "flags", None))
         self._listed_hosts = listed_names()
         logdir = getattr(context, "logdir", None)
-        if logdir and files_for(logdir) is LOCAL:
-            confine(logdir)  # every file opened under it is checked once open (protocol/files.py)
+        if logdir and not is_remote(logdir):
+            confine(normalize_location(logdir))  # every file opened under it is checked once open (files.py)
 
     # ------------------------------------------------------------ TBPlugin API
 
