@@ -144,6 +144,16 @@ def test_the_browser_reads_filters_as_the_trainer_does(session):
             .combineFilter('/kernel|weight/', new Set(['sequential/conv1', 'head']))"""
     )
     assert joined == "/kernel|weight/\nhead\nsequential/conv1"
+    # The tree never runs an expression in the browser (its RegExp backtracks: a shared link with
+    # (a+)+$ would hang the tab); it greys by the names of the latest frame, which RE2 chose.
+    by_frame = frame.evaluate(
+        """async () => {
+            const m = await import('/data/plugin/beholder/static/sections.js');
+            const kept = m.filterMatcher('/(a+)+$/', new Set(['x']));
+            return [kept('a'.repeat(60) + '!'), kept('x')];
+        }"""
+    )
+    assert by_frame == [False, True]
 
 
 def test_filter_box_reduces_the_sections_the_trainer_gathers(session):
@@ -190,6 +200,9 @@ def test_hiding_a_scope_writes_one_expression(session):
     type_filter(frame, "/kernel|weight/")
     wait_config(net, "filter", "/kernel|weight/\nsequential/conv1")
     assert later_frame_names(net) == {"sequential/dense/kernel", "head.weight"}
+    wait_for(lambda: frame.query_selector('.scope.filtered-out[data-scope="sequential/dense/bias"]')
+             and not frame.query_selector('.scope.filtered-out[data-scope="head.weight"]'),
+             message="the tree greyed by what the trainer's RE2 kept")
     hash_params = urllib.parse.parse_qs(page.url.split("#", 1)[1].split("&", 1)[1])
     assert hash_params == {"filter": ["/kernel|weight/"], "hide": ["sequential/conv1"]}
     shoot(page, "sections-tree.png")

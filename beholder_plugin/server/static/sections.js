@@ -39,11 +39,17 @@ export function splitFilter(filter) {
   return { text, hidden: scopes.filter((scope) => scope) };
 }
 
-/** A name -> kept? function for a filter, as the trainer reads it (null when the browser cannot tell). */
-export function filterMatcher(filter) {
+/**
+ * A name -> kept? function for a filter, as the trainer reads it (null when the browser cannot tell).
+ * With `shown` (the names of the latest frame, which the trainer chose with RE2), an expression is
+ * not run here: the browser's RegExp backtracks, and a shared link could otherwise hang the tab.
+ */
+export function filterMatcher(filter, shown = null) {
   const { text, hidden } = splitFilter(filter);
   let found = (name) => name.includes(text);
-  if (isExpression(text)) {
+  if (isExpression(text) && shown !== null) {
+    found = (name) => shown.has(name);
+  } else if (isExpression(text)) {
     let regex;
     try {
       regex = new RegExp(text.slice(1, -1));
@@ -95,6 +101,7 @@ export class SectionChooser {
     this.seen = new Map(); // run -> Set of every section name seen in this page session
     this.flags = new Map(); // section name -> "NaN" | "Inf" text while its latest stats are non-finite
     this.hidden = new Set(); // scope prefixes unticked in the tree
+    this.shown = new Set(); // the section names of the latest frame (what the trainer's filter kept)
     this.collapsed = new Set(); // scope prefixes the user folded
     this.run = null;
     this.sent = null; // the last expression sent (or adopted from the config)
@@ -228,6 +235,7 @@ export class SectionChooser {
   noteSections(sections) {
     const names = this.seen.get(this.run) || new Set();
     this.seen.set(this.run, names);
+    this.shown = new Set(sections.map((rec) => rec.name));
     for (const rec of sections) {
       names.add(rec.name);
       const flag = nonFiniteFlag(rec.stats);
@@ -249,10 +257,12 @@ export class SectionChooser {
   renderTree() {
     const names = [...(this.seen.get(this.run) || [])];
     const combined = this.current();
-    const key = JSON.stringify([names, [...this.flags], [...this.hidden], combined, [...this.collapsed]]);
+    const byFrame = combined !== null && isExpression(splitFilter(combined).text);
+    const key = JSON.stringify([names, [...this.flags], [...this.hidden], combined, [...this.collapsed],
+      byFrame ? [...this.shown] : null]);
     if (key === this.treeKey) return;
     this.treeKey = key;
-    const matcher = combined === null ? null : filterMatcher(combined);
+    const matcher = combined === null ? null : filterMatcher(combined, this.shown);
     const root = scopeTree(names);
     for (const prefix of this.hidden) nodesOf(root, prefix); // unticked by a shared link, maybe never seen
     this.tree.replaceChildren(
