@@ -12,9 +12,12 @@ import subprocess
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from server_support import PYTHON, ROOT, make_frames, plugin_client
 
 from beholder_plugin.protocol.frame_format import PALETTE_BYTES, FrameFormatError, _prefix, parse_header
+from beholder_plugin.protocol.layout import compact_map
 from beholder_plugin.protocol.names import FRAME_VERSION, frame_path
 
 HOSTILE_ROUTES = ["frame", "frame-data", "live-data", "section-info", "value", "diff"]
@@ -85,3 +88,49 @@ def test_a_failure_no_handler_expected_is_a_json_error(tmp_path, monkeypatch):
     resp = client.get("/data/plugin/beholder/section-info?run=run")
     assert resp.status_code == 500 and resp.mimetype == "application/json"
     assert "ZeroDivisionError" in json.loads(resp.get_data())["error"]
+
+
+@st.composite
+def claimed_headers(draw):
+    """Section frames claiming arbitrary sizes, tops, heights and sources; compact sizes often as written."""
+    width = draw(st.sampled_from([1, 768, 769, 2000, 4096, 4097, 1 << 24]))
+    count = draw(st.integers(1, 3))
+    recs, top, start = [], draw(st.sampled_from([0, 0, 5, 6])), 0
+    for i in range(count):
+        height = draw(st.sampled_from([1, 32, 128, 512, 513, 2048, 2049, 1 << 20]))
+        src = [draw(st.integers(1, 3000)), draw(st.integers(1, 3000))]
+        compact = [draw(st.integers(1, 8)), draw(st.integers(1, 8))]
+        if draw(st.integers(0, 5)) and height <= 4096 and width <= 4096:  # mostly what a writer would store
+            compact = [int(compact_map(src[0], height)[-1]) + 1, int(compact_map(src[1], width)[-1]) + 1]
+        recs.append({"name": f"s{i}", "shape": [src[0] * src[1]], "layout": "vector", "top": top,
+                     "height": height, "values": start, "source": src, "compact": compact, "bounds": [0, 1]})
+        start += compact[0] * compact[1]
+        bottom = top + height
+        top = bottom + draw(st.sampled_from([5, 5, 0, 6, 8]))
+    return {"format": "beholder-frame", "version": FRAME_VERSION, "channels": 1, "encoding": "sections",
+            "rows": 0, "value_count": start, "sections": recs, "width": width,
+            "height": draw(st.sampled_from([bottom, bottom, bottom + 5, bottom + 6, 1 << 24]))}
+
+
+ACCEPTED = []
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(claimed_headers())
+def test_an_accepted_header_claims_no_more_picture_than_its_values_fill(header):
+    """Whatever a header claims, what the reader accepts is bounded by its stored values and sections."""
+    data = _prefix(header) + bytes(4 * header["value_count"] + PALETTE_BYTES)
+    try:
+        head, _offset = parse_header(data)
+    except FrameFormatError:
+        return
+    ACCEPTED.append(head["width"] * head["height"])
+    count, sections = head["value_count"], head["sections"]
+    assert head["width"] <= max(768, max(rec["compact"][1] for rec in sections)) <= max(768, count)
+    assert head["height"] <= sum(max(512, 4 * rec["compact"][0]) + 5 for rec in sections) + 5
+    assert head["width"] * head["height"] <= 4096 * (517 * len(sections) + 4 * count + 5)
+
+
+def test_the_fuzzed_headers_included_accepted_ones():
+    """(Runs after the fuzz above: the bounds were checked on headers the reader took, not only refusals.)"""
+    assert len(ACCEPTED) >= 5, len(ACCEPTED)
