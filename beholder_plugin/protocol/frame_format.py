@@ -211,6 +211,13 @@ def _check_writable(head: dict[str, Any]) -> None:
                                f"{MAX_FRAME_BYTES} a reader takes (fewer sections, or show_all off, fit)")
 
 
+def with_header(data: bytes | memoryview, changes: dict[str, Any]) -> list:
+    """The buffers of a frame file's bytes with some header keys changed (values and pixels as they are)."""
+    frame = decode_frame(data)
+    offset = len(data) - data_size(frame.header)
+    return [_prefix({**frame.header, **changes}), memoryview(data)[offset:]]
+
+
 # Header keys written first, so that a frame's first bytes differ from every other frame's.
 _STAMP_KEYS = ("writer", "frame_id", "time", "step")
 

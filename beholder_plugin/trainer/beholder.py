@@ -32,7 +32,7 @@ import numpy as np
 from beholder_plugin.protocol import names
 from beholder_plugin.protocol.files import files_for
 from beholder_plugin.protocol.filters import SectionFilter, compile_filter
-from beholder_plugin.protocol.frame_format import _prefix, data_size, decode_frame, encode_frame
+from beholder_plugin.protocol.frame_format import encode_frame, with_header
 from beholder_plugin.protocol.history import HistoryEntry, HistoryRing, history_name
 from beholder_plugin.protocol.layout import (
     MISSING,
@@ -861,18 +861,15 @@ class Beholder:
 
     def _mark_frame_file(self) -> None:
         """Rewrite frame.bin in place with last_error in its header (skipped if that needs more space)."""
+        changes = {"frame_id": self.frames_written + 1, "last_error": self.last_error,
+                   "failures": self.failures, "skipped": self.skipped}
         try:
             data = self._files.read(self._frame_path, MAX_MARKED_FRAME_BYTES)
             if data is None:
                 return
-            frame = decode_frame(data)
+            buffers = with_header(data, changes)
         except (OSError, ValueError):
             return
-        header = dict(frame.header)
-        header.update(frame_id=self.frames_written + 1, last_error=self.last_error, failures=self.failures,
-                      skipped=self.skipped)
-        offset = len(data) - data_size(frame.header)
-        buffers = [_prefix(header), memoryview(data)[offset:]]
         try:
             marked = self._files.rewrite_in_place(self._frame_path, buffers)
         except OSError:
