@@ -45,7 +45,6 @@ class FileRefused(ValueError):
 # Directories whose files are checked once opened (confine()): (the name as given, its real path).
 _CONFINED: list[tuple[str, str]] = []
 _CONFINED_LOCK = threading.Lock()
-_F_GETPATH = 50  # fcntl's F_GETPATH on macOS
 
 
 def confine(root: str | os.PathLike) -> None:
@@ -84,7 +83,10 @@ def _opened_path(fd: int) -> str | None:
     try:
         import fcntl
 
-        raw = fcntl.fcntl(fd, _F_GETPATH, bytes(4096))
+        getpath = getattr(fcntl, "F_GETPATH", None)  # macOS only
+        if getpath is None:
+            return None
+        raw = fcntl.fcntl(fd, getpath, bytes(4096))
         return os.fsdecode(raw.split(b"\0", 1)[0])
     except (ImportError, OSError, ValueError):
         return None
