@@ -145,3 +145,25 @@ def test_a_config_write_through_a_swapped_folder_writes_nothing_outside(tree):
     resp = client.post(f"{BASE}/config?run=run", json={"FPS": 3})
     assert resp.status_code == 403
     assert open(config_path(outside), "rb").read() == before
+
+
+def test_where_the_system_cannot_name_an_open_file_the_inode_is_compared(tree, monkeypatch):
+    """No /proc (nor F_GETPATH): the name is resolved again and must be the open file, inside the logdir."""
+    from beholder_plugin.protocol import files
+
+    logdir, outside = tree
+    plugin_client(logdir)  # confines the logdir, as the plugin does
+    monkeypatch.setattr(files, "_opened_path", lambda fd: None)
+    inside = config_path(logdir / "run")
+    os.close(files.open_checked(inside))
+    link = os.path.join(plugin_dir(logdir / "run"), "link.json")
+    os.symlink(config_path(outside), link)
+    with pytest.raises(files.FileRefused, match="outside the logdir"):
+        files.open_checked(link)
+    fd = os.open(inside, os.O_RDONLY)  # opened, then the name swapped for another file
+    try:
+        os.replace(link, inside)
+        with pytest.raises(files.FileRefused, match="changed while it was opened|outside the logdir"):
+            files.check_opened(fd, inside)
+    finally:
+        os.close(fd)
