@@ -87,7 +87,7 @@ def main() -> None:
             compare("resnet50 current: history off / 256 MB (full)", lambda: run(resnet, history_mb=0),
                     lambda: run(resnet, history_mb=256, warmup=45), args.blocks)
         if "filter" in wanted:
-            pattern = "^(" + "|".join(k.replace("/", "[/]") for k in few) + ")$"
+            pattern = "/^(" + "|".join(k.replace("/", "[/]") for k in few) + ")$/"
             compare("5 sections / 300 sections filtered to 5",
                     lambda: run([few]), lambda: run([many], filter=pattern), args.blocks)
 

@@ -42,9 +42,104 @@ class FileRefused(ValueError):
     """A file that is not read: not a regular file, or larger than its cap. The message names it."""
 
 
+# Directories whose files are checked once opened (confine()): (the name as given, its real path).
+_CONFINED: list[tuple[str, str]] = []
+_CONFINED_LOCK = threading.Lock()
+
+
+def confine(root: str | os.PathLike) -> None:
+    """From now on, every file opened under root must turn out, once open, to lie inside root.
+
+    The server confines its logdir: a name is checked before it is opened
+    (runs.py), and what was opened is checked again here from the open file
+    itself, so a symlink swapped in between is found out (docs/reliability.md).
+    """
+    given = os.path.abspath(os.fspath(root))
+    pair = (given.rstrip(os.sep) + os.sep, os.path.realpath(given))
+    with _CONFINED_LOCK:
+        if pair not in _CONFINED:
+            _CONFINED.append(pair)
+
+
+def _confined_root(path: str) -> str | None:
+    """The real path of the confined directory path lies under, if any (the deepest one)."""
+    if not _CONFINED:
+        return None
+    full = os.path.abspath(path)
+    found = None
+    for given, real in _CONFINED:
+        if full.startswith(given) or full.startswith(real.rstrip(os.sep) + os.sep):
+            if found is None or len(real) > len(found):
+                found = real
+    return found
+
+
+def _opened_path(fd: int) -> str | None:
+    """The real path of what an open fd is (Linux /proc, macOS F_GETPATH), or None where neither works."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        pass
+    try:
+        import fcntl
+
+        getpath = getattr(fcntl, "F_GETPATH", None)  # macOS only
+        if getpath is None:
+            return None
+        raw = fcntl.fcntl(fd, getpath, bytes(4096))
+        return os.fsdecode(raw.split(b"\0", 1)[0])
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def check_opened(fd: int, path: str) -> None:
+    """FileRefused unless the file open as fd lies inside the confined directory path is under.
+
+    Where the system cannot name an open file, the name is resolved again and
+    must still be the same file as the one open (same device and inode).
+    """
+    root = _confined_root(path)
+    if root is None:
+        return
+    real = _opened_path(fd)
+    if real is None:
+        real = os.path.realpath(path)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(real))
+        except OSError:
+            same = False
+        if not same:
+            raise FileRefused(f"{os.path.basename(path)} changed while it was opened")
+    if not (real == root or real.startswith(root.rstrip(os.sep) + os.sep)):
+        raise FileRefused(f"{os.path.basename(path)} leads outside the logdir")
+
+
+def check_resolved(real: str, path: str) -> None:
+    """FileRefused when path lies under a confined directory but its resolved real path does not.
+
+    For callers that resolve a name once and then use the result (the
+    server's frame cache keys files by real path): a link swapped in during
+    that resolution must not carry the key out of the logdir.
+    """
+    root = _confined_root(path)
+    if root is not None and not (real == root or real.startswith(root.rstrip(os.sep) + os.sep)):
+        raise FileRefused(f"{os.path.basename(path)} leads outside the logdir")
+
+
+def open_checked(path: str, flags: int = _OPEN_FLAGS) -> int:
+    """os.open, then check_opened: an fd of a file inside the confined directory (FileRefused if not)."""
+    fd = os.open(path, flags)
+    try:
+        check_opened(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _open_regular(path: str, limit: int | None) -> tuple[int, os.stat_result]:
     """An fd of a regular file no larger than limit; FileRefused otherwise (FileNotFoundError passes)."""
-    fd = os.open(path, _OPEN_FLAGS)
+    fd = open_checked(path)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -158,6 +253,11 @@ class LocalFiles:
                     os.makedirs(directory, exist_ok=True)
                     fd = os.open(tmp, _CREATE_FLAGS, 0o666)
             try:
+                check_opened(fd, tmp)  # a folder swapped for a link out: nothing is written there
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
                 size = _rewrite_in_place(fd, buffers) if in_place else _write_all(fd, buffers)
             finally:
                 os.close(fd)
@@ -166,6 +266,30 @@ class LocalFiles:
             _unlink_quietly(tmp)
             raise
         return size
+
+    def rewrite_in_place(self, path: str, buffers: Sequence[bytes | memoryview]) -> bool:
+        """Overwrite a file where its bytes lie, as readers can tell (_rewrite_in_place); False if not done.
+
+        For a full disk: nothing is done when the new bytes would need more
+        space than the file already has, or when the file has other names
+        (a kept history frame). A failure part way puts the old bytes back.
+        """
+        fd = open_checked(path, os.O_RDWR | _WRITE_FLAGS)
+        try:
+            st = os.fstat(fd)
+            size = sum(memoryview(b).nbytes for b in buffers)
+            room = max(st.st_size, getattr(st, "st_blocks", 0) * 512)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or size > room:
+                return False
+            old = os.pread(fd, st.st_size, 0)
+            try:
+                _rewrite_in_place(fd, buffers)
+            except OSError:
+                _rewrite_in_place(fd, [old])
+                raise
+            return True
+        finally:
+            os.close(fd)
 
     def link_atomic(self, source: str, path: str) -> None:
         """Replace path by a hard link to source atomically (OSError where links are not supported)."""

@@ -41,15 +41,30 @@ except ImportError:  # a speed-up only: the json module reads the same headers
     orjson = None
 
 from beholder_plugin.protocol.files import FileRefused, LocalFiles, files_for
-from beholder_plugin.protocol.layout import LAYOUTS, compact_map, expand_sections, locate
+from beholder_plugin.protocol.layout import (
+    FRAME_WIDTH,
+    LAYOUTS,
+    MAX_FRAME_WIDTH,
+    MAX_PROPORTIONAL_HEIGHT,
+    MAX_SECTION_HEIGHT,
+    SEPARATOR_HEIGHT,
+    compact_map,
+    expand_sections,
+    locate,
+)
 from beholder_plugin.protocol.names import FRAME_MAGIC, FRAME_VERSION
 from beholder_plugin.protocol.scaling import palette_indices
 
 _LENGTH = struct.Struct("<I")
 PREFIX_BYTES = len(FRAME_MAGIC) + _LENGTH.size  # 12
 MAX_HEADER_BYTES = 16 << 20
-# No frame file is ever larger than this, whatever its header says.
+# No frame file is ever larger than this, whatever its header says; the writer refuses to write one.
 MAX_FRAME_BYTES = 1 << 30
+# No frame has more pixels than this (width x height): what a reader may have to expand and encode.
+MAX_FRAME_PIXELS = 1 << 28
+# A section is at most this many times as tall as the distinct rows it stores, or 512 px ("proportional"),
+# so a small file cannot claim a tall frame (show_all's grids of other ranks store half their rows or more).
+_SECTION_STRETCH = 4
 PALETTE_BYTES = 256 * 3
 
 
@@ -160,6 +175,7 @@ def encode_frame(
         if row_index.size == 0 or int(row_index.max()) >= rows.shape[0]:
             raise ValueError("row_index must be non-empty and point at stored rows")
         head.update(encoding="rows", height=int(row_index.size), rows=int(rows.shape[0]))
+    _check_writable(head)
     buffers: list = [_prefix(head)]
     if values.size:
         buffers.append(values.data)
@@ -174,14 +190,32 @@ def encode_frame(
 def _encode_sections(header: dict[str, Any], palette: np.ndarray | None, values: np.ndarray | None,
                      height: int) -> list:
     """The buffers of a frame of sections: its values and palette (its pixels follow from them)."""
-    values = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
     palette = np.ascontiguousarray(palette, dtype=np.uint8)
     if palette.shape != (256, 3) or not header.get("sections"):
         raise ValueError("a sections frame needs sections and a 256 x 3 palette")
     head = dict(header)
     head.update(format="beholder-frame", version=FRAME_VERSION, channels=1, encoding="sections",
-                height=int(height), rows=0, value_count=int(values.size))
+                height=int(height), rows=0, value_count=int(np.size(values)))
+    _check_writable(head)
+    values = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
     return [_prefix(head), values.data, palette.data]
+
+
+def _check_writable(head: dict[str, Any]) -> None:
+    """Refuse to write a frame past the caps every reader holds it to (it could never be shown)."""
+    if int(head["width"]) > MAX_FRAME_WIDTH or int(head["width"]) * int(head["height"]) > MAX_FRAME_PIXELS:
+        raise FrameFormatError(f"the frame would be {head['width']} x {head['height']} pixels, past the "
+                               f"{MAX_FRAME_WIDTH} columns or {MAX_FRAME_PIXELS} pixels a reader takes")
+    if data_size(head) > MAX_FRAME_BYTES:
+        raise FrameFormatError(f"the frame would hold {data_size(head)} bytes, more than the "
+                               f"{MAX_FRAME_BYTES} a reader takes (fewer sections, or show_all off, fit)")
+
+
+def with_header(data: bytes | memoryview, changes: dict[str, Any]) -> list:
+    """The buffers of a frame file's bytes with some header keys changed (values and pixels as they are)."""
+    frame = decode_frame(data)
+    offset = len(data) - data_size(frame.header)
+    return [_prefix({**frame.header, **changes}), memoryview(data)[offset:]]
 
 
 # Header keys written first, so that a frame's first bytes differ from every other frame's.
@@ -276,9 +310,16 @@ def header_span(first12: bytes) -> int:
 
 
 def _check_header(header: dict[str, Any]) -> None:
-    """Refuse a header whose sizes or section records are impossible."""
-    height = _int(header, "height", 1, MAX_FRAME_BYTES)
-    width = _int(header, "width", 1, MAX_FRAME_BYTES)
+    """Refuse a header whose sizes or section records are impossible, before anything is allocated.
+
+    Width and height are held to hard caps, and a frame of sections (which
+    stores no pixels) to what its stored values can fill: a small file that
+    claims a huge picture is refused here, not expanded.
+    """
+    height = _int(header, "height", 1, MAX_FRAME_PIXELS)
+    width = _int(header, "width", 1, MAX_FRAME_WIDTH)
+    if width * height > MAX_FRAME_PIXELS:
+        raise FrameFormatError(f"frame header claims {width} x {height} pixels, more than {MAX_FRAME_PIXELS}")
     channels = _int(header, "channels", 1, 3)
     if channels == 2:
         raise FrameFormatError("frame header has 2 channels (1 or 3 expected)")
@@ -296,10 +337,18 @@ def _check_header(header: dict[str, Any]) -> None:
     sections = header.get("sections", [])
     if not isinstance(sections, list):
         raise FrameFormatError("frame header 'sections' is not a list")
-    bottom = 0
+    bottom, widest = 0, 0
     for i, rec in enumerate(sections):
         _check_section(rec, i, width, height, count, bottom)
         bottom = rec["top"] + rec["height"]
+        widest = max(widest, rec["compact"][1])
+    if encoding == "sections":
+        if width > max(FRAME_WIDTH, widest):
+            raise FrameFormatError(f"frame header claims a width of {width} for sections at most {widest} "
+                                   "wide")
+        if height - bottom > SEPARATOR_HEIGHT:
+            raise FrameFormatError(f"frame header claims a height of {height} below sections ending at "
+                                   f"{bottom}")
 
 
 def _check_section(rec: Any, i: int, width: int, height: int, count: int, bottom: int) -> None:
@@ -308,8 +357,8 @@ def _check_section(rec: Any, i: int, width: int, height: int, count: int, bottom
     if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
         raise FrameFormatError(f"{where} is not an object with a name")
     try:
-        top, sec_height, start = _int(rec, "top", bottom, height - 1), _int(rec, "height", 1, height), \
-            _int(rec, "values", 0, count)
+        top, sec_height, start = _int(rec, "top", bottom, height - 1), \
+            _int(rec, "height", 1, min(height, MAX_SECTION_HEIGHT)), _int(rec, "values", 0, count)
         shape = rec["shape"]
         src = rec["source"]
         compact = rec["compact"]
@@ -326,6 +375,10 @@ def _check_section(rec: Any, i: int, width: int, height: int, count: int, bottom
         raise FrameFormatError(f"{where} lacks shape, layout, source, compact size or bounds")
     if top + sec_height > height or start + compact[0] * compact[1] > count:
         raise FrameFormatError(f"{where} points outside the frame or its values")
+    if top - bottom > SEPARATOR_HEIGHT:
+        raise FrameFormatError(f"{where} starts {top - bottom} rows below the one before")
+    if sec_height > max(MAX_PROPORTIONAL_HEIGHT, _SECTION_STRETCH * compact[0]):
+        raise FrameFormatError(f"{where} is {sec_height} rows tall for {compact[0]} stored rows")
     if compact[0] > min(src[0], sec_height) or compact[1] > min(src[1], width):
         raise FrameFormatError(f"{where} has more compact values than its source section")
     if (compact[0], compact[1]) != (_distinct(src[0], sec_height), _distinct(src[1], width)):

@@ -39,6 +39,12 @@ MAX_PROPORTIONAL_HEIGHT = 512
 MIN_BLOCK = 3
 # When show_all is off, about this many values of one array are shown at most.
 TRUNCATION_BUDGET = SECTION_HEIGHT * (FRAME_WIDTH // MIN_BLOCK)  # 32768
+# Hard caps that the writer keeps to and every reader checks (frame_format.py, docs/protocol.md).
+# "Show all data" shows a wider or taller array as a strided sample of this many columns or rows
+# (the nearest-neighbour resize picks them), so one section holds at most 8 M values (32 MB): with
+# the variance window, update() on a 200 M-value array stays near 0.3 s and 0.6 GB (docs/reliability.md).
+MAX_FRAME_WIDTH = 4096
+MAX_SECTION_HEIGHT = 2048
 
 
 class RenderError(ValueError):
@@ -63,7 +69,7 @@ def frame_width(
             natural = _natural_size(layout or layout_for(shape), tuple(shape))[1]
             if natural is not None:
                 width = max(width, natural)
-    return width
+    return min(width, MAX_FRAME_WIDTH)
 
 
 def section_height(
@@ -79,7 +85,7 @@ def section_height(
     if layout == MISSING:
         return MISSING_HEIGHT
     if show_all and layout != "vector":
-        return max(SECTION_HEIGHT, _natural_size(layout, tuple(shape))[0])
+        return min(MAX_SECTION_HEIGHT, max(SECTION_HEIGHT, _natural_size(layout, tuple(shape))[0]))
     if sizing == "proportional":
         grown = 16 * math.ceil(math.log2(math.prod(shape) + 1))
         return min(MAX_PROPORTIONAL_HEIGHT, max(MIN_PROPORTIONAL_HEIGHT, grown))

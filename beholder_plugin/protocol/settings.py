@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from beholder_plugin.protocol.filters import MAX_FILTER_CHARS, FilterError, compile_filter
 from beholder_plugin.protocol.names import CONFIG_VERSION
 
 VALUES = ("trainable_variables", "gradients", "activations", "arrays", "frames")
@@ -12,8 +12,6 @@ MODES = ("current", "variance")
 SCALINGS = ("layer", "network")
 COLORMAPS = ("magma", "inferno", "plasma", "viridis", "grayscale")
 SECTION_SIZES = ("fixed", "proportional")
-# A section filter is a Python regular expression of at most this many characters.
-MAX_FILTER_CHARS = 1000
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "values": "trainable_variables",
@@ -27,7 +25,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # The history ring: the last history_seconds of frames, at most history_mb MB; 0 turns it off.
     "history_mb": 256,
     "history_seconds": 600,
-    # Which sections are gathered and shown: a regular expression searched in section names ("" = all).
+    # Which sections are gathered and shown (protocol/filters.py): plain text found in section names, or
+    # /a regular expression/ (RE2), then one hidden name scope per line ("" = all).
     "filter": "",
     # Section heights: "fixed" 128 px as the original, or "proportional" to the array's size.
     "section_size": "fixed",
@@ -45,7 +44,7 @@ _RULES: dict[str, tuple] = {
     "show_all": ("bool",),
     "history_mb": ("int", 0, 1 << 20),
     "history_seconds": ("int", 0, 7 * 24 * 3600),
-    "filter": ("regex",),
+    "filter": ("filter",),
     "section_size": ("choice", SECTION_SIZES),
 }
 
@@ -65,13 +64,13 @@ def _check_value(key: str, value: Any) -> None:
         lo, hi = rule[1], rule[2]
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise ConfigError(f"{key!r} must be a whole number from {lo} to {hi}, not {value!r}")
-    elif rule[0] == "regex":
+    elif rule[0] == "filter":
         if not isinstance(value, str) or len(value) > MAX_FILTER_CHARS:
-            raise ConfigError(f"{key!r} must be a regular expression of at most {MAX_FILTER_CHARS} chars")
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ConfigError(f"{key!r} is not a valid regular expression: {exc}") from None
+            raise ConfigError(f"{key!r} must be text of at most {MAX_FILTER_CHARS} characters")
+        try:  # the trainer's own parser (RE2 for /.../): what is accepted here, the trainer can run
+            compile_filter(value)
+        except FilterError as exc:
+            raise ConfigError(f"{key!r}: {exc}") from None
     elif not isinstance(value, bool):
         raise ConfigError(f"{key!r} must be true or false, not {value!r}")
 

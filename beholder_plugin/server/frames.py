@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from beholder_plugin.protocol.files import FileRefused, files_for
+from beholder_plugin.protocol.files import FileRefused, check_resolved, files_for
 from beholder_plugin.protocol.frame_format import (
     MAX_FRAME_BYTES,
     PALETTE_BYTES,
@@ -84,8 +84,15 @@ def file_identity(path: str) -> tuple | None:
 
 
 def file_key(path: str) -> str:
-    """The key a file is cached under: its real path, or the URL itself for a remote file (no symlinks)."""
-    return path if files_for(path).remote else recent_realpath(path)
+    """The key a file is cached under: its real path, or the URL itself for a remote file (no symlinks).
+
+    FileRefused when the real path found is outside the logdir (a link swapped in after the name check).
+    """
+    if files_for(path).remote:
+        return path
+    real = recent_realpath(path)
+    check_resolved(real, path)
+    return real
 
 
 def encode_png(frame: Frame) -> bytes:

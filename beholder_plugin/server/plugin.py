@@ -23,10 +23,11 @@ from tensorboard.backend import http_util, json_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers, wsgi
 
-from beholder_plugin.protocol.files import FileRefused
+from beholder_plugin.protocol.files import FileRefused, confine
 from beholder_plugin.protocol.frame_format import FrameFormatError
 from beholder_plugin.protocol.history import history_frame_path, list_history, parse_history_name
 from beholder_plugin.protocol.names import HISTORY_DIR
+from beholder_plugin.protocol.remote_files import is_remote, normalize_location
 from beholder_plugin.protocol.runfiles import (
     CONFIG_FILE,
     FRAME_FILE,
@@ -37,6 +38,7 @@ from beholder_plugin.protocol.runfiles import (
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError, validate_changes
 from beholder_plugin.server.diff import DiffCache, DiffError
 from beholder_plugin.server.frames import EncodedFrame, FrameData, FrameGone, FrameHub
+from beholder_plugin.server.origin import listed_names, trusted_names, write_refusal
 from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
@@ -189,8 +191,10 @@ def _with_run(handler: Callable) -> Callable:
     """Decorate a route method: it gets the resolved ?run=, and its errors become JSON answers.
 
     RunError keeps its status; a frame file that cannot be used (corrupt,
-    an old version, not a regular file) and a file the system refuses to
-    read (permissions, a symlink loop) are a 500 naming the problem.
+    an old version, not a regular file, a header past the caps) and a file
+    the system refuses to read (permissions, a symlink loop) are a 500
+    naming the problem; running out of memory is a 503, and any other
+    failure a 500, all as JSON.
     """
 
     def wrapped(self: BeholderPlugin, request: wrappers.Request) -> wrappers.Response:
@@ -203,6 +207,13 @@ def _with_run(handler: Callable) -> Callable:
         except OSError as exc:
             name = os.path.basename(exc.filename) if isinstance(exc.filename, str) else "a file"
             return _error(request, f"cannot read {name} of the run: {exc.strerror or exc}", 500)
+        except MemoryError:
+            logger.warning("Beholder: out of memory answering %s", request.path)
+            return _error(request, "the server ran out of memory answering this request; try again", 503)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the answer is JSON, never an HTML page
+            logger.exception("Beholder: %s failed", request.path)
+            return _error(request, f"the server failed answering this request: {type(exc).__name__}: {exc}",
+                          500)
 
     wrapped.__doc__ = handler.__doc__
     wrapped.__name__ = handler.__name__
@@ -220,6 +231,11 @@ class BeholderPlugin(base_plugin.TBPlugin):
         self._diffs = DiffCache(self._hub)
         self._config_lock = threading.Lock()
         self._export_lock = threading.Lock()
+        self._trusted_hosts = trusted_names(getattr(context, "flags", None))
+        self._listed_hosts = listed_names()
+        logdir = getattr(context, "logdir", None)
+        if logdir and not is_remote(logdir):
+            confine(normalize_location(logdir))  # every file opened under it is checked once open (files.py)
 
     # ------------------------------------------------------------ TBPlugin API
 
@@ -474,6 +490,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
                 code=405,
                 headers=[("Allow", "GET, POST")],
             )
+        self._check_write(request)
         if request.mimetype != "application/json":
             message = "the body must be JSON sent as Content-Type: application/json"
             return _error(request, message, 415)
@@ -501,7 +518,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
             config.update(accepted)
             try:
                 write_config(run.path, config)
-            except OSError as exc:
+            except (OSError, FileRefused) as exc:
                 return _error(request, f"cannot write the config of run {run.name!r}: {exc}", 403)
         return self._config_reply(request, run)
 
@@ -558,6 +575,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
             return http_util.Respond(
                 request, {"error": "use POST"}, "application/json", code=405, headers=[("Allow", "POST")]
             )
+        self._check_write(request)
         body = self._json_body(request, MAX_EXPORT_BODY)
         if not isinstance(body, dict):
             return _error(request, 'the body must be a JSON object {"from": NAME, "to": NAME}', 400)
@@ -573,6 +591,14 @@ class BeholderPlugin(base_plugin.TBPlugin):
         finally:
             self._export_lock.release()
         return _json(request, dataclasses.asdict(result))
+
+    def _check_write(self, request: wrappers.Request) -> None:
+        """RunError 403 unless the request comes from a page of this TensorBoard (server/origin.py)."""
+        why = write_refusal(request.headers.get("Host"), request.headers.get("Origin"), self._trusted_hosts,
+                            self._listed_hosts)
+        if why is not None:
+            logger.warning("Beholder: refused a write to %s: %s", request.path, why)
+            raise RunError(why, 403)
 
     def _json_body(self, request: wrappers.Request, limit: int) -> Any:
         """The request's JSON body; RunError 415 (not JSON), 413 (over limit bytes) or 400 (unparsable)."""

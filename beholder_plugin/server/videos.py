@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from beholder_plugin.protocol.files import FileRefused, open_checked
 from beholder_plugin.protocol.frame_format import read_header
 from beholder_plugin.protocol.history import (
     HistoryEntry,
@@ -106,9 +107,11 @@ def _videos_in(folder: str, kind: str, prefix: str) -> Iterator[dict[str, Any]]:
 def open_video(path: str, name: str) -> tuple[IO[bytes], int]:
     """An open regular file and its size; VideoError 404 when it is missing or not a regular file."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = open_checked(path, _OPEN_FLAGS)  # what was opened must lie in the logdir (a link swapped in)
     except (FileNotFoundError, NotADirectoryError):
         raise VideoError(f"there is no video {name!r} in this run", 404) from None
+    except FileRefused as exc:
+        raise VideoError(f"video {name!r}: {exc}", 403) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -138,7 +141,10 @@ def export_range(run_dir: str, exports_dir: str, first: Any, last: Any, fps: Any
         written = _encode(run_dir, chosen, partial, width, height, fps)
         if written == 0:
             raise VideoError("every frame of the range was dropped by the history ring meanwhile", 404)
+        os.close(open_checked(partial, os.O_RDONLY))  # written inside the logdir: no folder swapped meanwhile
         os.replace(partial, final)
+    except FileRefused as exc:
+        raise VideoError(f"the export was not kept: {exc}", 403) from None
     except (OSError, RuntimeError) as exc:
         raise VideoError(f"encoding {name} failed: {exc}", 500) from None
     finally:

@@ -12,11 +12,11 @@ frame is due, that frame is skipped and counted in ``skipped``.
 from __future__ import annotations
 
 import atexit
+import errno
 import functools
 import logging
 import os
 import posixpath
-import re
 import secrets
 import shutil
 import sys
@@ -31,7 +31,8 @@ import numpy as np
 
 from beholder_plugin.protocol import names
 from beholder_plugin.protocol.files import files_for
-from beholder_plugin.protocol.frame_format import encode_frame
+from beholder_plugin.protocol.filters import SectionFilter, compile_filter
+from beholder_plugin.protocol.frame_format import encode_frame, with_header
 from beholder_plugin.protocol.history import HistoryEntry, HistoryRing, history_name
 from beholder_plugin.protocol.layout import (
     MISSING,
@@ -70,6 +71,12 @@ CONFIG_CHECK_SECONDS = 0.25
 # A change of any of these starts the variance window afresh, as in the original.
 _HISTORY_KEYS = ("values", "mode", "show_all")
 MB = 1 << 20
+# After the disk was found full, the history ring keeps to the bytes it held then for this long,
+# then tries its configured budget again (a full disk again shrinks it again).
+DISK_FULL_HOLD_SECONDS = 60.0
+# A frame.bin up to this size gets its header rewritten in place to say frames are not written.
+MAX_MARKED_FRAME_BYTES = 64 * MB
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 # Dropped history files kept to be rewritten in place: cheaper than fresh pages.
 MAX_SPARES = 2
 # Remote logdirs (any fsspec URL): frames per second at most, by default (a constructor argument),
@@ -163,6 +170,9 @@ class Beholder:
         self.skipped = 0
         self.last_error: str | None = None
         self._write_retry_at = float("-inf")
+        self._unwritten_since: float | None = None  # when frames stopped being written (a failing disk)
+        self._unwritten = 0  # frames not written since then
+        self._disk_budget: tuple[int, float] | None = None  # (ring bytes, until when) after a full disk
         self._plans = PlanCache()
         self._frame_plans: dict[tuple, FramePlan] = {}
         self._buffers: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
@@ -195,6 +205,8 @@ class Beholder:
         self._worker = Worker(self._run_job) if background and self.active else None
         if not self.active:
             return
+        if not self.remote:
+            _check_directory(self.directory, self.logdir)  # a setup mistake: said now, not at every write
         self._adopt_history()
         self._files.remove_stale_temp_files(self.directory)
         self._files.remove_stale_temp_files(self._history_dir)
@@ -737,7 +749,7 @@ class Beholder:
             self._device_gathers[key] = found
         return found
 
-    def _matching(self, pattern: re.Pattern, named: list[sources.Named]) -> list[int]:
+    def _matching(self, pattern: SectionFilter, named: list[sources.Named]) -> list[int]:
         """Which sections a filter keeps, remembered per set of names (searched once, not every frame)."""
         key = (pattern.pattern, tuple(entry[0] for entry in named))
         found = self._filter_cache.get(key)
@@ -824,12 +836,58 @@ class Beholder:
             self._recorder.append(rgb)
 
     def _write(self, buffers: list, job: _Job, frame_id: int, config: dict[str, Any]) -> None:
-        """Write the frame: into the history ring and linked as frame.bin, or straight to frame.bin."""
+        """Write the frame; on a full disk the history ring first gives up its oldest frames, down to none."""
         if self.remote:
             self._write_remote(buffers, job, frame_id, config)
             return
+        while True:
+            try:
+                self._write_local(buffers, job, frame_id, config)
+                break
+            except OSError as exc:
+                needed = sum(memoryview(b).nbytes for b in buffers)
+                if exc.errno not in _DISK_FULL or not self._make_room(needed):
+                    raise
+        if self._unwritten_since is not None:  # the disk had room again
+            self.last_error = (f"disk full from {_clock(self._unwritten_since)} to {_clock(time.time())}: "
+                               f"{self._unwritten} frame{'s' if self._unwritten != 1 else ''} not written")
+            self._unwritten_since, self._unwritten = None, 0
+
+    def _make_room(self, needed: int) -> bool:
+        """Delete the spare files and the oldest kept frames (at least needed bytes); False if none are left.
+
+        The ring then keeps to what it still holds for DISK_FULL_HOLD_SECONDS,
+        so the next frames expire old ones by budget instead of failing first.
+        """
+        freed = 0
+        for spare in self._spares:
+            freed += _size_quietly(os.path.join(self._history_dir, spare))
+            self._files.remove(os.path.join(self._history_dir, spare))
+        self._spares = []
+        ring = self._history
+        dropped = 0
+        while ring.entries and freed < needed:
+            entry = ring.entries.popleft()
+            ring.bytes -= entry.size
+            freed += entry.size
+            dropped += 1
+            self._files.remove(os.path.join(self._history_dir, entry.name))
+        # what is left, less room for the next frame in flight, so that it expires an old one instead
+        self._disk_budget = (max(0, ring.bytes - needed), time.monotonic() + DISK_FULL_HOLD_SECONDS)
+        if dropped:
+            self._warn_once("disk-full-ring", "Beholder: the disk under %s is full; the history ring gives "
+                            "up its oldest frames to keep frame.bin moving", self.directory)
+        return freed > 0
+
+    def _write_local(self, buffers: list, job: _Job, frame_id: int, config: dict[str, Any]) -> None:
+        """Write the frame: into the history ring and linked as frame.bin, or straight to frame.bin."""
         ring = self._history
         ring.max_bytes = config["history_mb"] * MB
+        if self._disk_budget is not None:
+            if time.monotonic() < self._disk_budget[1]:
+                ring.max_bytes = min(ring.max_bytes, self._disk_budget[0])
+            else:
+                self._disk_budget = None  # try the configured budget again
         ring.max_seconds = config["history_seconds"]
         if not ring.enabled:
             self._files.write_atomic(self._frame_path, buffers)
@@ -863,8 +921,21 @@ class Beholder:
         self._files.remove(old)
 
     def _write_failed(self, exc: OSError) -> None:
-        """Note a failed write (read-only logdir, full disk): warn once, pause rendering, retry later."""
+        """Note a failed write (read-only logdir, full disk): warn once, say so, pause rendering, retry later.
+
+        ``last_error`` says since when frames are not written; on a full disk
+        it is also written into frame.bin's header, in place, so the dashboard
+        shows it while the picture stays the last one written.
+        """
         self.write_errors += 1
+        if self._unwritten_since is None:
+            self._unwritten_since = time.time()
+        self._unwritten += 1
+        full = getattr(exc, "errno", None) in _DISK_FULL
+        reason = "disk full" if full else f"cannot write ({getattr(exc, 'strerror', None) or exc})"
+        self.last_error = f"{reason}: frames not written since {_clock(self._unwritten_since)}"
+        if full and not self.remote:
+            self._mark_frame_file()
         self._write_retry_at = time.monotonic() + WRITE_RETRY_SECONDS
         self._warn_once(
             "write",
@@ -874,6 +945,24 @@ class Beholder:
             exc,
             WRITE_RETRY_SECONDS,
         )
+
+    def _mark_frame_file(self) -> None:
+        """Rewrite frame.bin in place with last_error in its header (skipped if that needs more space)."""
+        changes = {"frame_id": self.frames_written + 1, "last_error": self.last_error,
+                   "failures": self.failures, "skipped": self.skipped}
+        try:
+            data = self._files.read(self._frame_path, MAX_MARKED_FRAME_BYTES)
+            if data is None:
+                return
+            buffers = with_header(data, changes)
+        except (OSError, ValueError):
+            return
+        try:
+            marked = self._files.rewrite_in_place(self._frame_path, buffers)
+        except OSError:
+            return
+        if marked:
+            self.frames_written += 1  # a new frame id, so that viewers fetch the new header
 
     # ------------------------------------------------------------ remote logdirs (docs/remote.md)
 
@@ -1013,9 +1102,38 @@ class Beholder:
 
 
 @functools.lru_cache(maxsize=64)
-def _filter(pattern: str) -> re.Pattern | None:
-    """The compiled section filter (None: show every section); settings.py checked it compiles."""
-    return re.compile(pattern) if pattern else None
+def _filter(pattern: str) -> SectionFilter | None:
+    """The parsed section filter (None: show every section); settings.py checked it parses."""
+    return compile_filter(pattern)
+
+
+def _check_directory(directory: str, logdir: str) -> None:
+    """Raise NotADirectoryError when something on the way to directory exists and is not a directory."""
+    path = os.path.abspath(directory)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+    if not os.path.isdir(path):
+        kind = "a file" if os.path.isfile(path) else "not a directory"
+        raise NotADirectoryError(
+            f"Beholder cannot write under the logdir {logdir!r}: {path!r} is {kind}. Pass a directory "
+            "(it is created if missing), the one TensorBoard is started with as --logdir"
+        )
+
+
+def _clock(when: float) -> str:
+    """A time of day as the dashboard's status line shows it (local time, to the second)."""
+    return time.strftime("%H:%M:%S", time.localtime(when))
+
+
+def _size_quietly(path: str) -> int:
+    """A file's size, 0 if it cannot be read."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _device_variance(gather: Any, config: dict[str, Any]) -> bool:

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from beholder_plugin.protocol.filters import SectionFilter
 from beholder_plugin.protocol.layout import FRAME_WIDTH, make_plan, resolve_layout
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.sources import torch_batch
@@ -92,7 +92,7 @@ class Watch:
         self.armed: str | None = None  # which values the hooks capture now ("gradients", "activations")
         self.show_all = False
         self.sizing = "fixed"
-        self.pattern: re.Pattern | None = None
+        self.pattern: SectionFilter | None = None
         self.captured: dict[str, Captured] = {}
         self._handles: list[Any] = []
         self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
@@ -149,7 +149,7 @@ class Watch:
         return values in CAPTURED_VALUES or (values == "trainable_variables" and self.sharded)
 
     def arm(
-        self, values: str, show_all: bool, sizing: str = "fixed", pattern: re.Pattern | None = None
+        self, values: str, show_all: bool, sizing: str = "fixed", pattern: SectionFilter | None = None
     ) -> None:
         """Have the hooks capture these values during the coming step (only sections the filter keeps)."""
         self.captured = {}
@@ -169,7 +169,7 @@ class Watch:
         """Whether the hooks captured these values since they were armed."""
         return self.armed == values and bool(self.captured)
 
-    def take(self, values: str, pattern: re.Pattern | None = None) -> list[sources.Named]:
+    def take(self, values: str, pattern: SectionFilter | None = None) -> list[sources.Named]:
         """The sections of a frame whose values the hooks captured (then they rest until armed again)."""
         if self.framework == "keras":
             return self._keras_sections(values)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 import subprocess
 import urllib.parse
 
@@ -38,6 +37,7 @@ from server_support import (
     dashboard_stats as stats,
 )
 
+from beholder_plugin.protocol.filters import compile_filter
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.server.diff import DIFF_PALETTE
 
@@ -122,24 +122,38 @@ def type_filter(frame, text: str) -> None:
     frame.press("#section-filter", "Enter")
 
 
-def test_escaping_agrees_with_python_re(session):
-    """The expressions the dashboard builds mean the same in JavaScript and in Python's re."""
+def test_the_browser_reads_filters_as_the_trainer_does(session):
+    """filterMatcher (the tree's greying) keeps the names protocol/filters.py keeps, for text and /RE2/."""
     frame = session["frame"]
-    names = ["sequential/conv1/kernel", "a b(c)*?+[x]{2}$^|\\é😀", "x\ty", "conv1.weight", "model/-x-/k"]
-    built = frame.evaluate(
-        """async (names) => {
+    names = ["sequential/conv1/kernel", "a b(c)*?+[x]{2}$^|\\é😀", "x\ty", "conv1.weight", "model/-x-/k",
+             "sequential/conv10/kernel", "odd([name"]
+    filters = [combine for text in ["", "kernel", "([", "/kernel|weight/", "/^(\\w+/?)+$/", "/[é😀]/"]
+               for combine in (text, text + "\nsequential/conv1\n" + names[1])]
+    kept = frame.evaluate(
+        """async ([names, filters]) => {
             const m = await import('/data/plugin/beholder/static/sections.js');
-            return {escaped: names.map(m.escapeName),
-                    combined: m.combineFilter('kernel|weight', new Set(['sequential/conv1', names[1]])),
-                    matches: names.map((n) => new RegExp(m.combineFilter('kernel|weight',
-                        new Set(['sequential/conv1', names[1]]))).test(n))};
+            return filters.map((f) => names.map(m.filterMatcher(f)));
         }""",
-        names,
+        [names, filters],
     )
-    for name, escaped in zip(names, built["escaped"]):
-        assert re.fullmatch(escaped, name), (name, escaped)
-    assert [bool(re.search(built["combined"], n)) for n in names] == built["matches"] == [
-        False, False, False, True, False]
+    for text, row in zip(filters, kept):
+        found = compile_filter(text)
+        assert row == [found is None or found.search(name) for name in names], text
+    joined = frame.evaluate(
+        """async () => (await import('/data/plugin/beholder/static/sections.js'))
+            .combineFilter('/kernel|weight/', new Set(['sequential/conv1', 'head']))"""
+    )
+    assert joined == "/kernel|weight/\nhead\nsequential/conv1"
+    # The tree never runs an expression in the browser (its RegExp backtracks: a shared link with
+    # (a+)+$ would hang the tab); it greys by the names of the latest frame, which RE2 chose.
+    by_frame = frame.evaluate(
+        """async () => {
+            const m = await import('/data/plugin/beholder/static/sections.js');
+            const kept = m.filterMatcher('/(a+)+$/', new Set(['x']));
+            return [kept('a'.repeat(60) + '!'), kept('x')];
+        }"""
+    )
+    assert by_frame == [False, True]
 
 
 def test_filter_box_reduces_the_sections_the_trainer_gathers(session):
@@ -154,18 +168,22 @@ def test_filter_box_reduces_the_sections_the_trainer_gathers(session):
     wait_for(lambda: frame.query_selector('.scope.filtered-out[data-scope="head.weight"]'),
              message="head.weight marked as filtered out")
     shoot(page, "sections-filter.png")
-    # A bad expression is shown inline and not sent.
-    frame.fill("#section-filter", "conv(")
+    # Plain text is found in names as it is, regular-expression characters included (issue 23).
+    type_filter(frame, "([")
+    wait_config(net, "filter", "([")
+    assert not frame.is_visible("#section-filter-error")
+    # A bad expression (between slashes) is shown inline and not sent.
+    frame.fill("#section-filter", "/conv(/")
     wait_for(lambda: frame.is_visible("#section-filter-error"), message="the inline error")
     assert "not a valid regular expression" in frame.inner_text("#section-filter-error")
     frame.press("#section-filter", "Enter")
-    assert read_config_file(net)["filter"] == "dense"
-    # JavaScript reads (?<x>...) as a named group, Python's re does not: refused, and kept in the box.
-    type_filter(frame, "(?<x>conv)")
-    refusal = "'filter' is not a valid regular expression"
+    assert read_config_file(net)["filter"] == "(["
+    # JavaScript reads a look-ahead, RE2 does not: refused by the plugin, and kept in the box.
+    type_filter(frame, "/(?=conv)/")
+    refusal = "is not a valid regular expression (RE2 syntax)"
     wait_for(lambda: refusal in frame.inner_text("#section-filter-error"), message="the refusal")
-    assert frame.input_value("#section-filter") == "(?<x>conv)"
-    assert read_config_file(net)["filter"] == "dense"
+    assert frame.input_value("#section-filter") == "/(?=conv)/"
+    assert read_config_file(net)["filter"] == "(["
     type_filter(frame, "")
     wait_config(net, "filter", "")
     assert later_frame_names(net) == ALL_NAMES
@@ -174,18 +192,19 @@ def test_filter_box_reduces_the_sections_the_trainer_gathers(session):
 def test_hiding_a_scope_writes_one_expression(session):
     frame, page, net = session["frame"], session["page"], session["runs"]["net"]
     frame.uncheck('input[data-scope="sequential/conv1"]')
-    want = r"^(?!(?:sequential\/conv1)(?:[/.]|$))"
-    wait_config(net, "filter", want)
+    wait_config(net, "filter", "\nsequential/conv1")
     assert later_frame_names(net) == ALL_NAMES - {"sequential/conv1/kernel", "sequential/conv1/bias"}
     # The hidden scope stays in the tree (greyed children), so it can be shown again.
     assert frame.is_disabled('input[data-scope="sequential/conv1/kernel"]')
-    # Together with the filter box: one expression, which Python's re reads as the browser does.
-    type_filter(frame, "kernel|weight")
-    combined = r"^(?!(?:sequential\/conv1)(?:[/.]|$))(?=[\s\S]*?(?:kernel|weight))"
-    wait_config(net, "filter", combined)
+    # Together with the filter box: one filter, the box's text first, then the hidden scopes.
+    type_filter(frame, "/kernel|weight/")
+    wait_config(net, "filter", "/kernel|weight/\nsequential/conv1")
     assert later_frame_names(net) == {"sequential/dense/kernel", "head.weight"}
+    wait_for(lambda: frame.query_selector('.scope.filtered-out[data-scope="sequential/dense/bias"]')
+             and not frame.query_selector('.scope.filtered-out[data-scope="head.weight"]'),
+             message="the tree greyed by what the trainer's RE2 kept")
     hash_params = urllib.parse.parse_qs(page.url.split("#", 1)[1].split("&", 1)[1])
-    assert hash_params == {"filter": ["kernel|weight"], "hide": ["sequential/conv1"]}
+    assert hash_params == {"filter": ["/kernel|weight/"], "hide": ["sequential/conv1"]}
     shoot(page, "sections-tree.png")
     type_filter(frame, "")
     frame.check('input[data-scope="sequential/conv1"]')
@@ -335,8 +354,7 @@ def test_a_shared_link_applies_its_filter(session):
         frame = beholder_frame(other)
         run = wait_for(lambda: stats(frame)["run"], message="a run on the new page")
         assert frame.input_value("#section-filter") == "head"
-        want = r"^(?!(?:sequential\/dense)(?:[/.]|$))(?=[\s\S]*?(?:head))"
-        wait_config(runs[run], "filter", want)
+        wait_config(runs[run], "filter", "head\nsequential/dense")
         if run == "net":  # the hidden scope is unticked, the others are not
             # Which other scopes the tree lists depends on whether this page saw a frame from before
             # the filter took effect (sequential/conv1), or only filtered ones (head.weight): "head"

@@ -492,6 +492,10 @@ def test_config_post_keeps_other_keys(client, logdir):
         ({"history_seconds": 1.5}, "history_seconds"),
         ({"history_seconds": "600"}, "history_seconds"),
         ({"FPS": 5, "brightness": 3}, "brightness"),
+        # Python's re reads these, RE2 (the trainer's engine) does not: refused here, not failing there.
+        ({"filter": "/(?=conv)/"}, "filter"),
+        ({"filter": "/(a)\\1/"}, "filter"),
+        ({"filter": "x" * 1001}, "filter"),
         ([1, 2], "object"),
         ("FPS", "object"),
     ],

@@ -227,15 +227,69 @@ def test_a_full_disk_keeps_the_previous_frame_readable(tmpfs, caplog, monkeypatc
     due(beholder)
     with caplog.at_level(logging.WARNING, logger="beholder"):
         beholder.update(frame=np.ones((900, 900)))
-    assert beholder.write_errors == 1 and beholder.frames_written == 1
+    # The ring gave up its one kept frame (issue 21: down to none) and the write still failed; frame.bin
+    # keeps its picture, its header rewritten in place (a new frame id) to say since when.
+    assert beholder.write_errors == 1 and beholder.frames_written == 2
     assert "No space left" in caplog.text
-    assert read_frame_file(run).height == 10
+    stalled = read_frame_file(run)
+    assert stalled.height == 10 and stalled.header["frame_id"] == 2
+    assert stalled.header["last_error"].startswith("disk full: frames not written since ")
+    assert beholder.last_error == stalled.header["last_error"]
     assert sorted(os.listdir(plugin_dir(run))) == ["config.json", FRAME_FILE, "history"]
-    assert len(os.listdir(os.path.join(plugin_dir(run), "history"))) == 1  # no partial file either
+    assert os.listdir(os.path.join(plugin_dir(run), "history")) == []  # no partial file either
     os.unlink(os.path.join(tmpfs, "filler"))
     due(beholder)
     assert beholder.update(frame=np.ones((900, 900)))  # space again: frames resume
     assert read_frame_file(run).height == 900
+    assert beholder.last_error.startswith("disk full from ") and "1 frame not written" in beholder.last_error
+
+
+def test_a_full_disk_shrinks_the_history_ring_says_so_and_recovers(tmpfs, monkeypatch):
+    """Issue 21 item 4: the ring (256 MB configured) on a 2 MB disk gives up old frames; frame.bin moves on.
+
+    Then the disk is filled by someone else: the ring goes down to none, and frame.bin keeps its
+    picture with "disk full: frames not written since ..." in its header; space back, frames resume.
+    """
+    import beholder_plugin.trainer.beholder as beholder_module
+
+    monkeypatch.setattr(beholder_module, "WRITE_RETRY_SECONDS", 0.0)
+    run = os.path.join(tmpfs, "run")
+    set_config(run, values="frames", FPS=30, history_mb=256)
+    beholder = Beholder(run, background=False)
+    picture = np.zeros((300, 300, 3), np.uint8)  # 270 KB a frame: the disk holds about 7
+    for step in range(40):
+        due(beholder)
+        picture[...] = step
+        assert beholder.update(frame=picture)
+        assert read_frame_file(run).header["step"] == beholder._step  # frame.bin never stops moving
+    kept = os.listdir(os.path.join(plugin_dir(run), "history"))
+    assert 1 <= len(kept) < 8 and beholder.write_errors == 0 and beholder.last_error is None
+    moved, larger = 0, np.full((420, 420, 3), 7, np.uint8)
+    with open(os.path.join(tmpfs, "filler"), "wb", buffering=0) as f:  # someone else fills the disk, again
+        for _ in range(20):
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+            due(beholder)
+            last = beholder._step
+            beholder.update(frame=larger)  # larger than the spare files the ring rewrites in place
+            if beholder.write_errors:
+                break
+            moved += 1  # written: the ring gave up old frames to make room
+    stalled = read_frame_file(run)
+    assert moved >= 1 and beholder.write_errors == 1 and stalled.header["step"] == last
+    assert stalled.header["last_error"].startswith("disk full: frames not written since ")
+    assert os.listdir(os.path.join(plugin_dir(run), "history")) == []  # down to none first
+    os.unlink(os.path.join(tmpfs, "filler"))
+    due(beholder)
+    assert beholder.update(frame=picture + 2)  # by itself: no restart, no setting
+    assert read_frame_file(run).header["step"] == beholder._step == last + 2
+    assert beholder.last_error.startswith("disk full from ") and "1 frame not written" in beholder.last_error
+    due(beholder)
+    assert beholder.update(frame=picture + 3)
+    assert read_frame_file(run).header["last_error"] == beholder.last_error  # the next header says so
 
 
 def test_enospc_mid_write_leaves_no_partial_file(run_dir):
@@ -247,8 +301,11 @@ def test_enospc_mid_write_leaves_no_partial_file(run_dir):
     os.symlink("/dev/full", temp)
     due(beholder)
     beholder.update(arrays=[np.arange(8.0)])
-    assert beholder.write_errors == 1 and beholder.frames_written == 1
-    assert read_frame_file(run_dir).header["frame_id"] == 1
+    # not written; frame.bin keeps its frame, its header marked in place (frame id 2) with the reason
+    assert beholder.write_errors == 1 and beholder.frames_written == 2
+    kept = read_frame_file(run_dir)
+    assert kept.header["frame_id"] == 2 and kept.sections[0]["shape"] == [4]
+    assert kept.header["last_error"].startswith("disk full: frames not written since")
     assert not os.path.lexists(temp)
 
 
@@ -274,7 +331,7 @@ SOAK = textwrap.dedent(
             [(3, 3, 4, 8), (8,), (32, 10), (10,), (2, 5, 5, 3), (4, 4, 4)]]
     settings = [dict(mode="current"), dict(mode="variance", window_size=3), dict(scaling="network"),
                 dict(show_all=True), dict(colormap="viridis"), dict(values="frames"),
-                dict(filter="a[0-2]"), dict(filter="^nothing$"), dict(section_size="proportional"),
+                dict(filter="/a[0-2]/"), dict(filter="/^nothing$/"), dict(section_size="proportional"),
                 dict(history_mb=1), dict(history_mb=0, history_seconds=0)]
     history = os.path.join(run, "plugins", "beholder", "history")
     on_disk = lambda: sum(e.stat().st_size for e in os.scandir(history) if e.name.startswith("f-"))

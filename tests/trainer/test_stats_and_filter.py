@@ -106,11 +106,11 @@ def test_torch_tensors_are_sampled_on_the_device_alike(run_dir):
 def test_the_filter_gathers_only_matching_sections(run_dir):
     arrays = {"conv1/kernel": np.ones((3, 3, 1, 4)), "conv1/bias": np.ones(4),
               "dense/kernel": np.ones((5, 2))}
-    set_config(run_dir, values="arrays", mode="current", FPS=30, filter="kernel$")
+    set_config(run_dir, values="arrays", mode="current", FPS=30, filter="/kernel$/")
     beholder = Beholder(run_dir, strict=True, background=False)
     assert beholder.update(arrays=arrays)
     assert [rec["name"] for rec in read_frame_file(run_dir).sections] == ["conv1/kernel", "dense/kernel"]
-    set_config(run_dir, values="arrays", mode="current", FPS=30, filter="^nothing")
+    set_config(run_dir, values="arrays", mode="current", FPS=30, filter="/^nothing/")
     beholder._last_frame_time = float("-inf")
     assert beholder.update(arrays=arrays)
     (rec,) = read_frame_file(run_dir).sections
@@ -118,12 +118,12 @@ def test_the_filter_gathers_only_matching_sections(run_dir):
     assert beholder.failures == 0
     beholder.close()
     with pytest.raises(ConfigError, match="not a valid regular expression"):
-        validate_changes({"filter": "conv("})  # what the plugin checks a settings change with
+        validate_changes({"filter": "/conv(/"})  # what the plugin checks a settings change with
 
 
 def test_a_filtered_watch_copies_only_the_matching_gradients(run_dir):
     torch = pytest.importorskip("torch")
-    set_config(run_dir, values="gradients", mode="current", FPS=30, filter=r"^0\.")
+    set_config(run_dir, values="gradients", mode="current", FPS=30, filter=r"/^0\./")
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     with Beholder(run_dir, strict=True, background=False) as beholder:
         beholder.watch(model)

@@ -1,42 +1,65 @@
-// Choosing sections: a filter box (a regular expression searched in section names) and a tree of
-// name scopes with a checkbox each. Both become ONE regular expression, the config's "filter",
-// which the trainer applies with Python's re.search: so every expression built here is written
-// in the syntax both Python's re and JavaScript's RegExp read the same way.
+// Choosing sections: a filter box and a tree of name scopes with a checkbox each. Both become ONE
+// string, the config's "filter" (protocol/filters.py, docs/protocol.md): its first line is the box,
+// plain text found anywhere in a name, or /a regular expression/ (RE2 on the trainer, which never
+// backtracks); each further line is a hidden scope. The browser checks /.../ with its own RegExp for
+// a quick inline error; the plugin checks it with RE2 and its refusal is shown the same way.
 import { h } from "./dom.js";
 
 export const MAX_FILTER_CHARS = 1000; // the validator's limit (docs/protocol.md)
 const SEND_AFTER_MS = 400; // typing pauses this long before the filter is sent
 const SCOPE_SPLIT = /[/.]/; // name scopes: "sequential/conv1/kernel", "features.0.weight"
 
-/** A section name as a literal in a regular expression: letters, digits and _ kept, others escaped. */
-export function escapeName(name) {
-  let out = "";
-  for (const ch of String(name)) {
-    const code = ch.codePointAt(0);
-    if (/[A-Za-z0-9_]/.test(ch) || code > 0x7f) out += ch; // no non-ASCII character is special
-    else if (code < 0x20 || code === 0x7f) out += `\\x${code.toString(16).padStart(2, "0")}`;
-    else out += `\\${ch}`; // escaped ASCII punctuation means itself in both dialects
-  }
-  return out;
+/** Whether the box's text is a regular expression (between slashes) rather than plain text. */
+export function isExpression(text) {
+  return text.length >= 2 && text.startsWith("/") && text.endsWith("/");
 }
 
-/** null when text is a usable filter, else why not (bad syntax, too long). */
+/** null when text is a usable filter, else why not (bad syntax, too long). Plain text always is. */
 export function filterProblem(text) {
   if (text.length > MAX_FILTER_CHARS) return `at most ${MAX_FILTER_CHARS} characters`;
+  if (text.includes("\n")) return "one line only";
+  if (!isExpression(text)) return null;
   try {
-    new RegExp(text);
+    new RegExp(text.slice(1, -1));
   } catch (error) {
     return `not a valid regular expression: ${error.message}`;
   }
   return null;
 }
 
-/** The one filter for the config: names under no hidden scope that the box's expression finds. */
+/** The one filter for the config: the box's text, then one hidden scope per line. */
 export function combineFilter(text, hiddenScopes) {
-  const scopes = [...hiddenScopes].sort();
-  if (scopes.length === 0) return text;
-  const hide = `^(?!(?:${scopes.map(escapeName).join("|")})(?:[/.]|$))`;
-  return text === "" ? hide : `${hide}(?=[\\s\\S]*?(?:${text}))`;
+  const scopes = [...hiddenScopes].filter((scope) => scope && !scope.includes("\n")).sort();
+  return [text, ...scopes].join("\n");
+}
+
+/** The box's text and the hidden scopes of a config's filter (combineFilter read back). */
+export function splitFilter(filter) {
+  const [text, ...scopes] = String(filter).split("\n");
+  return { text, hidden: scopes.filter((scope) => scope) };
+}
+
+/**
+ * A name -> kept? function for a filter, as the trainer reads it (null when the browser cannot tell).
+ * With `shown` (the names of the latest frame, which the trainer chose with RE2), an expression is
+ * not run here: the browser's RegExp backtracks, and a shared link could otherwise hang the tab.
+ */
+export function filterMatcher(filter, shown = null) {
+  const { text, hidden } = splitFilter(filter);
+  let found = (name) => name.includes(text);
+  if (isExpression(text) && shown !== null) {
+    found = (name) => shown.has(name);
+  } else if (isExpression(text)) {
+    let regex;
+    try {
+      regex = new RegExp(text.slice(1, -1));
+    } catch (_) {
+      return null;
+    }
+    found = (name) => regex.test(name);
+  }
+  const under = (name, scope) => name === scope || (name.startsWith(scope) && "/.".includes(name[scope.length]));
+  return (name) => !hidden.some((scope) => under(name, scope)) && found(name);
 }
 
 /** The scopes of a name, outermost first: [{prefix, label}], prefix ending before a "/" or "." (the name last). */
@@ -78,6 +101,7 @@ export class SectionChooser {
     this.seen = new Map(); // run -> Set of every section name seen in this page session
     this.flags = new Map(); // section name -> "NaN" | "Inf" text while its latest stats are non-finite
     this.hidden = new Set(); // scope prefixes unticked in the tree
+    this.shown = new Set(); // the section names of the latest frame (what the trainer's filter kept)
     this.collapsed = new Set(); // scope prefixes the user folded
     this.run = null;
     this.sent = null; // the last expression sent (or adopted from the config)
@@ -88,8 +112,10 @@ export class SectionChooser {
       type: "text",
       id: "section-filter",
       class: "section-filter",
-      placeholder: "filter: regex or text, e.g. conv|dense",
-      "aria-label": "Section filter (regular expression)",
+      placeholder: "filter: text, or /regex/ e.g. /conv|dense/",
+      title: "Plain text is found anywhere in a section name; text between slashes, /conv|dense/, is a "
+        + "regular expression (RE2 syntax, no look-arounds or back-references)",
+      "aria-label": "Section filter: plain text, or a regular expression between slashes",
       spellcheck: "false",
       autocomplete: "off",
       "data-key": "filter",
@@ -169,7 +195,7 @@ export class SectionChooser {
     this.renderTree();
   }
 
-  /** The plugin refused the expression sent (Python's re reads it otherwise): say why, keep the box. */
+  /** The plugin refused the filter sent (RE2 reads it otherwise than the browser): say why, keep the box. */
   refused(message) {
     this.problem.textContent = `Filter not applied: ${message}`;
     this.problem.hidden = false;
@@ -181,7 +207,7 @@ export class SectionChooser {
   applyConfig(filter) {
     const value = typeof filter === "string" ? filter : "";
     this.effective.hidden = value === "";
-    this.effective.textContent = value ? `In force: ${value}` : "";
+    this.effective.textContent = value ? `In force: ${describeFilter(value)}` : "";
     if (this.keepBox) {
       this.keepBox = false; // the answer after a refusal: the box keeps what the user typed
       this.sent = value;
@@ -197,10 +223,11 @@ export class SectionChooser {
       return;
     }
     this.sent = value;
-    this.hidden.clear();
-    this.input.value = value;
+    const { text, hidden } = splitFilter(value);
+    this.hidden = new Set(hidden);
+    this.input.value = text;
     this.showProblem();
-    writeUrl(value, this.hidden);
+    writeUrl(text, this.hidden);
     this.renderTree();
   }
 
@@ -208,6 +235,7 @@ export class SectionChooser {
   noteSections(sections) {
     const names = this.seen.get(this.run) || new Set();
     this.seen.set(this.run, names);
+    this.shown = new Set(sections.map((rec) => rec.name));
     for (const rec of sections) {
       names.add(rec.name);
       const flag = nonFiniteFlag(rec.stats);
@@ -229,15 +257,12 @@ export class SectionChooser {
   renderTree() {
     const names = [...(this.seen.get(this.run) || [])];
     const combined = this.current();
-    const key = JSON.stringify([names, [...this.flags], [...this.hidden], combined, [...this.collapsed]]);
+    const byFrame = combined !== null && isExpression(splitFilter(combined).text);
+    const key = JSON.stringify([names, [...this.flags], [...this.hidden], combined, [...this.collapsed],
+      byFrame ? [...this.shown] : null]);
     if (key === this.treeKey) return;
     this.treeKey = key;
-    let matcher = null;
-    try {
-      matcher = combined === null ? null : new RegExp(combined);
-    } catch (_) {
-      matcher = null;
-    }
+    const matcher = combined === null ? null : filterMatcher(combined, this.shown);
     const root = scopeTree(names);
     for (const prefix of this.hidden) nodesOf(root, prefix); // unticked by a shared link, maybe never seen
     this.tree.replaceChildren(
@@ -259,7 +284,7 @@ export class SectionChooser {
       "aria-label": `Show ${node.prefix}`,
       onchange: (event) => this.toggle(node.prefix, event.target.checked),
     });
-    const shown = matcher === null || node.names.some((name) => matcher.test(name));
+    const shown = matcher === null || node.names.some((name) => matcher(name));
     const label = h(
       "label",
       { class: "scope-label", title: node.prefix },
@@ -285,6 +310,13 @@ export class SectionChooser {
     });
     return details;
   }
+}
+
+/** A config's filter for people: the box's text, then the hidden scopes. */
+function describeFilter(filter) {
+  const { text, hidden } = splitFilter(filter);
+  const found = text === "" ? "every section" : isExpression(text) ? `names matching ${text}` : `names with "${text}"`;
+  return hidden.length ? `${found}, not under ${hidden.join(", ")}` : found;
 }
 
 /** "NaN" or "Inf" (or both) when a stats record counts non-finite values, else null. */
