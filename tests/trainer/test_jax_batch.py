@@ -82,3 +82,37 @@ def test_one_jitted_function_per_plan(tmp_path, monkeypatch):
         beholder.flush()
     assert len(traced) == 2
     assert read_frame_file(run).sections[0]["shape"] == [5, 5]
+
+
+def test_donated_arrays_keep_working(tmp_path, monkeypatch):
+    """A training step that donates its parameters: frames gathered before the step are whole, and
+    arrays already donated (deleted) show as empty sections that say why, without an exception."""
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+
+    @jax.jit
+    def make(seed):
+        return {"w": jax.random.normal(jax.random.PRNGKey(seed), (16, 24)), "b": jnp.zeros(24) + seed}
+
+    step = jax.jit(lambda p: jax.tree_util.tree_map(lambda a: a * 0.5, p), donate_argnums=0)
+    params = make(1)
+    with Beholder(run) as beholder:
+        for _ in range(3):
+            beholder._last_frame_time = float("-inf")
+            assert beholder.update(arrays=params)
+            expected = np.asarray(params["b"]).copy()
+            old, params = params, step(params)  # donates what the frame was gathered from
+            beholder.flush()
+            frame = read_frame_file(run)
+            at = [rec["name"] for rec in frame.sections].index("b")
+            np.testing.assert_array_equal(frame.section_values(at).reshape(-1)[:24], expected)
+        if not old["w"].is_deleted():
+            pytest.skip("this JAX does not donate on the CPU")
+        beholder._last_frame_time = float("-inf")
+        beholder.update(arrays=old)
+        beholder.flush()
+        assert beholder.failures == 0
+    records = read_frame_file(run).sections
+    assert all("deleted" in rec.get("missing", "").lower() or "donat" in rec.get("missing", "").lower()
+               for rec in records), records
