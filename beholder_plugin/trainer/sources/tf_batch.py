@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.trainer.sources.jax_batch import c_strides
-from beholder_plugin.trainer.sources.torch_batch import storage_offsets
+from beholder_plugin.trainer.sources.traced_batch import TracedGather
 
 # Gather CPU tensors through the batched path too (tests; BEHOLDER_BATCH_CPU_TENSORS=1 in the environment).
 BATCH_CPU_TENSORS = os.environ.get("BEHOLDER_BATCH_CPU_TENSORS") == "1"
@@ -51,56 +50,19 @@ class TfPending:
         return host if host.flags.writeable else host.copy()
 
 
-class TfGather:
-    """The traced gather and device index constants of one frame plan's sections on one device."""
+class TfGather(TracedGather):
+    """The traced gathers and device positions of one frame plan's sections on one TF device."""
 
-    def __init__(self, device: str, plan: Any) -> None:
-        self.device = device
-        self.plan = plan
-        self._functions: dict[tuple, Any] = {}
-        self._indices: dict[tuple, Any] = {}
-
-    def launch(self, entries: list[tuple[int, Any]]) -> TfPending:
-        """Dispatch the gather of these (section, tensor or variable) entries; never waits for the device."""
-        return self.launch_sections([i for i, _ in entries], [x for _, x in entries])
-
-    def launch_sections(self, sections: list[int], tensors: list[Any]) -> TfPending:
-        """launch() with the sections and their tensors as two lists."""
+    def _upload(self, flat: np.ndarray) -> Any:
+        """Positions as a constant on the device."""
         import tensorflow as tf
 
-        sections = tuple(sections)
-        function = self._functions.get(sections)
-        if function is None:
-            if len(self._functions) >= 8:
-                self._functions.clear()
-            function = self._functions[sections] = self._trace(sections)
-        indices = [self._index(i, tuple(int(s) for s in x.shape)) for i, x in zip(sections, tensors)]
         with tf.device(self.device):
-            result = function(tensors, indices)
-        return TfPending(result, list(sections))
+            return tf.identity(tf.constant(flat, dtype=tf.int64))
 
-    def _index(self, i: int, shape: tuple[int, ...]) -> Any:
-        """Section i's flat positions (shown values, then sample) on the device, made once."""
-        key = (i, shape)
-        found = self._indices.get(key)
-        if found is None:
-            import tensorflow as tf
-
-            plan = self.plan
-            n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
-            flat = storage_offsets(plan.plans[i], shape, c_strides(shape), plan.sample_steps[i], n)
-            with tf.device(self.device):
-                found = self._indices[key] = tf.identity(tf.constant(flat, dtype=tf.int64))
-        return found
-
-    def _trace(self, sections: tuple[int, ...]) -> Any:
-        """A tf.function: tensors and indices -> the frame's float32 values then samples (others zero)."""
+    def _trace(self, sections: list[int]) -> Any:
+        """A tf.function: tensors and positions -> the frame's float32 values then samples."""
         import tensorflow as tf
-
-        plan = self.plan
-        ours = {i: k for k, i in enumerate(sections)}
-        shown = [int(s) for s in plan.sizes]
-        sampled = [int(plan.sample_offsets[i + 1] - plan.sample_offsets[i]) for i in range(len(shown))]
 
         def gather(tensors: list, indices: list) -> Any:
             parts = []
@@ -109,10 +71,13 @@ class TfGather:
                 if part.dtype.is_complex:
                     part = tf.abs(part)
                 parts.append(tf.cast(part, tf.float32))
-            values = [parts[ours[i]][: shown[i]] if i in ours else tf.zeros([shown[i]], tf.float32)
-                      for i in range(len(shown))]
-            samples = [parts[ours[i]][shown[i]:] if i in ours else tf.zeros([sampled[i]], tf.float32)
-                       for i in range(len(shown))]
-            return tf.concat(values + samples, axis=0)
+            return tf.concat(self.arrange(sections, parts, lambda n: tf.zeros([n], tf.float32)), axis=0)
 
         return tf.function(gather, reduce_retracing=True)
+
+    def _call(self, function: Any, tensors: list[Any], indices: list[Any], sections: list[int]) -> TfPending:
+        """Dispatch the function on the device (the worker reads the result)."""
+        import tensorflow as tf
+
+        with tf.device(self.device):
+            return TfPending(function(tensors, indices), sections)
