@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ import numpy as np
 from beholder_plugin.protocol.layout import SectionPlan
 from beholder_plugin.trainer.sources import run_positions
 from beholder_plugin.trainer.sources.captured import Captured
+from beholder_plugin.trainer.views.render import FlatWindow
 
 # Gather CPU tensors through the batched path too (tests set this, as does BEHOLDER_BATCH_CPU_TENSORS=1
 # in the environment: CI has no GPU, and this is how the device path is checked there).
@@ -169,7 +171,7 @@ class DeviceGather:
         self.ordered = torch.empty(total, dtype=torch.float32, device=device)
         self.host_tensor = torch.empty(total, dtype=torch.float32, pin_memory=self.cuda)
         self.host = self.host_tensor.numpy()
-        self.window: DeviceWindow | None = None  # the variance window, when it is kept on the device
+        self.window: FlatWindow | None = None  # the variance window, when it is kept on the device
         self.variance = False  # whether the next launch applies it (use_variance, per frame)
         self._perm_key: tuple | None = None
         self._perm: Any = None
@@ -198,7 +200,7 @@ class DeviceGather:
         if self.window is None:
             if not window_fits(self.device, size, self.plan.value_count):
                 return False
-            self.window = DeviceWindow(size, self.plan.value_count, self.device)
+            self.window = FlatWindow(size, self.plan.value_count, TorchOps(self.device))
         self.window.resize(size)
         self.variance = True
         return True
@@ -342,85 +344,51 @@ def _storage_key(obj: Any) -> tuple:
     return (t.data_ptr(), t.shape, t.stride())
 
 
-class DeviceWindow:
-    """views.render.FlatWindow on the device: the variance window's samples and running sums stay there.
+class TorchOps:
+    """views.render.FlatWindow's buffers and operations on a torch device: the variance window kept there.
 
-    The same float32 operations in the same order as the host's, one kernel
-    each, so the variance is the host's bit for bit; only the variance
-    crosses to the host. It costs (window + 7) x values x 4 bytes of device
-    memory, so it is used only within DEVICE_WINDOW_SHARE of the device's.
+    The same float32 operations in the same order as the host's (HostOps),
+    one kernel each, so the variance is the host's bit for bit; only the
+    variance crosses to the host. It costs (window + 7) x values x 4 bytes of
+    device memory, so it is used only within DEVICE_WINDOW_SHARE of the device's.
     """
 
-    def __init__(self, size: int, count: int, device: Any) -> None:
+    def __init__(self, device: Any) -> None:
         import torch
 
-        self.size = size
-        self.count = count
         self.device = device
-        self.samples: list[Any] = []  # oldest first
-        self.pushes = 0
-        new = lambda: torch.zeros(count, dtype=torch.float32, device=device)  # noqa: E731
-        self.ref, self.ref2, self.s1, self.s2, self._a, self._b = new(), new(), new(), new(), new(), new()
-        self._spare: list[Any] = []
+        self.subtract, self.add, self.multiply = torch.subtract, torch.add, torch.multiply
 
-    def resize(self, size: int) -> None:
-        """Change the window length, keeping the newest samples."""
-        if size != self.size:
-            self.size = size
-            while len(self.samples) > size:
-                self._spare.append(self.samples.pop(0))
-            self._rebuild()
-
-    def _rebuild(self) -> None:
+    def zeros(self, count: int) -> Any:
+        """A new device buffer of count zeros."""
         import torch
 
-        self.pushes = 0
-        if not self.samples:
-            return
-        self.ref.copy_(self.samples[-1])
-        torch.add(self.ref, self.ref, out=self.ref2)
-        self.s1.zero_()
-        self.s2.zero_()
-        d = self._a
-        for sample in self.samples:
-            torch.sub(sample, self.ref, out=d)
-            self.s1 += d
-            torch.mul(d, d, out=d)
-            self.s2 += d
+        return torch.zeros(count, dtype=torch.float32, device=self.device)
 
-    def push(self, values: Any, out: Any) -> None:
-        """Add a copy of the newest values and write the variance over the window into out."""
-        import torch
+    @staticmethod
+    def copy(dst: Any, src: Any) -> None:
+        """dst[...] = src, on the device."""
+        dst.copy_(src)
 
-        sample = self._spare.pop() if self._spare else torch.empty_like(values)
-        sample.copy_(values)
-        self.samples.append(sample)
-        if len(self.samples) == 1:
-            self._rebuild()
-        else:
-            if len(self.samples) > self.size:
-                oldest = self.samples.pop(0)
-                diff = torch.sub(sample, oldest, out=self._a)
-                self.s1 += diff
-                both = torch.add(sample, oldest, out=self._b)
-                both -= self.ref2
-                diff *= both
-                self.s2 += diff
-                self._spare.append(oldest)
-            else:
-                d = torch.sub(sample, self.ref, out=self._b)
-                self.s1 += d
-                torch.mul(d, d, out=d)
-                self.s2 += d
-            self.pushes += 1
-            if self.pushes >= self.size:
-                self._rebuild()
-        inv_n = float(np.float32(1.0 / len(self.samples)))
-        mean = torch.mul(self.s1, inv_n, out=self._a)
-        torch.mul(mean, mean, out=mean)
-        torch.mul(self.s2, inv_n, out=out)
-        torch.sub(out, mean, out=out)
-        torch.clamp_min_(out, 0.0)
+    @staticmethod
+    def zero(x: Any) -> None:
+        """x[...] = 0."""
+        x.zero_()
+
+    @staticmethod
+    def clamp0(x: Any) -> None:
+        """x = max(x, 0) in place (NaN stays NaN)."""
+        x.clamp_min_(0.0)
+
+    @staticmethod
+    def scalar(value: float) -> float:
+        """The float32 value as a Python float (torch multiplies a float32 tensor in float32)."""
+        return float(np.float32(value))
+
+    @staticmethod
+    def quiet() -> Any:
+        """Nothing to silence: torch does not warn about non-finite values."""
+        return contextlib.nullcontext()
 
 
 # Device memory the variance window may take, as a share of the device's (else it is kept on the host).

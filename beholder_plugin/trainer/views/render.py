@@ -118,6 +118,42 @@ class FramePlan:
         return buffer[start : self.offsets[i + 1]].reshape(self.plans[i].compact_shape)
 
 
+class HostOps:
+    """FlatWindow's buffers and operations on the host: NumPy float32 (the device's: torch_batch.TorchOps)."""
+
+    subtract, add, multiply = np.subtract, np.add, np.multiply
+
+    @staticmethod
+    def zeros(count: int) -> np.ndarray:
+        """A new buffer of count zeros."""
+        return np.zeros(count, np.float32)
+
+    @staticmethod
+    def copy(dst: np.ndarray, src: np.ndarray) -> None:
+        """dst[...] = src."""
+        np.copyto(dst, src)
+
+    @staticmethod
+    def zero(x: np.ndarray) -> None:
+        """x[...] = 0."""
+        x.fill(0)
+
+    @staticmethod
+    def clamp0(x: np.ndarray) -> None:
+        """x = max(x, 0) in place (NaN stays NaN)."""
+        np.maximum(x, 0, out=x)
+
+    @staticmethod
+    def scalar(value: float) -> np.float32:
+        """A float32 scalar for the arithmetic."""
+        return np.float32(value)
+
+    @staticmethod
+    def quiet() -> Any:
+        """No warnings for non-finite input (its variance is NaN, shown low)."""
+        return np.errstate(invalid="ignore", over="ignore")
+
+
 class FlatWindow:
     """The last few flat buffers, with running float32 sums for their per-value variance.
 
@@ -125,22 +161,25 @@ class FlatWindow:
     squares. Replacing the oldest sample ``o`` by a new one ``n`` changes them
     by ``n - o`` and ``(n - o) * (n + o - 2 ref)``: six whole-buffer passes.
     The sums are rebuilt from the stored samples every ``size`` pushes, so
-    rounding does not build up.
+    rounding does not build up. ``ops`` holds the buffers where they are
+    (HostOps: NumPy; sources.torch_batch.TorchOps: on the training device),
+    with the same float32 operations in the same order either way.
     """
 
-    def __init__(self, size: int, count: int) -> None:
+    def __init__(self, size: int, count: int, ops: Any = HostOps) -> None:
         self.size = size
         self.count = count
-        self.samples: list[np.ndarray] = []  # oldest first
+        self.ops = ops
+        self.samples: list[Any] = []  # oldest first
         self.pushes = 0
-        self.ref = np.zeros(count, np.float32)
-        self.ref2 = np.zeros(count, np.float32)  # twice the reference sample
-        self.s1 = np.zeros(count, np.float32)
-        self.s2 = np.zeros(count, np.float32)
-        self._a = np.empty(count, np.float32)
-        self._b = np.empty(count, np.float32)
-        self._out = np.empty(count, np.float32)
-        self._spare: list[np.ndarray] = []
+        self.ref = ops.zeros(count)
+        self.ref2 = ops.zeros(count)  # twice the reference sample
+        self.s1 = ops.zeros(count)
+        self.s2 = ops.zeros(count)
+        self._a = ops.zeros(count)
+        self._b = ops.zeros(count)
+        self._out = ops.zeros(count)
+        self._spare: list[Any] = []
 
     def resize(self, size: int) -> None:
         """Change the window length, keeping the newest samples."""
@@ -154,33 +193,35 @@ class FlatWindow:
         self.pushes = 0
         if not self.samples:
             return
-        ref = self.ref
-        np.copyto(ref, self.samples[-1])
-        np.add(ref, ref, out=self.ref2)
-        self.s1.fill(0)
-        self.s2.fill(0)
+        ops, ref = self.ops, self.ref
+        ops.copy(ref, self.samples[-1])
+        ops.add(ref, ref, out=self.ref2)
+        ops.zero(self.s1)
+        ops.zero(self.s2)
         d = self._a
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite input: NaN variance, shown low
+        with ops.quiet():  # non-finite input: NaN variance, shown low
             for sample in self.samples:
-                np.subtract(sample, ref, out=d)
+                ops.subtract(sample, ref, out=d)
                 self.s1 += d
-                np.multiply(d, d, out=d)
+                ops.multiply(d, d, out=d)
                 self.s2 += d
 
-    def push(self, values: np.ndarray) -> np.ndarray:
-        """Add a copy of the newest flat buffer and return the variance over the window (reused buffer)."""
-        sample = self._spare.pop() if self._spare else np.empty(self.count, np.float32)
-        np.copyto(sample, values)
+    def push(self, values: Any, out: Any = None) -> Any:
+        """Add a copy of the newest flat buffer and return the variance over the window (in ``out``, or a
+        reused buffer)."""
+        ops = self.ops
+        sample = self._spare.pop() if self._spare else ops.zeros(self.count)
+        ops.copy(sample, values)
         self.samples.append(sample)
         if len(self.samples) == 1:
             self._rebuild()
-            return self.variance()
-        with np.errstate(invalid="ignore", over="ignore"):
+            return self.variance(out)
+        with ops.quiet():
             if len(self.samples) > self.size:
                 oldest = self.samples.pop(0)
-                diff = np.subtract(sample, oldest, out=self._a)
+                diff = ops.subtract(sample, oldest, out=self._a)
                 self.s1 += diff
-                both = np.add(sample, oldest, out=self._b)
+                both = ops.add(sample, oldest, out=self._b)
                 both -= self.ref2
                 diff *= both
                 self.s2 += diff
@@ -190,24 +231,26 @@ class FlatWindow:
         self.pushes += 1
         if self.pushes >= self.size:
             self._rebuild()
-        return self.variance()
+        return self.variance(out)
 
-    def _add(self, sample: np.ndarray) -> None:
+    def _add(self, sample: Any) -> None:
         """Add one sample's deviation from the reference to the sums (while the window fills)."""
-        d = np.subtract(sample, self.ref, out=self._b)
+        ops = self.ops
+        d = ops.subtract(sample, self.ref, out=self._b)
         self.s1 += d
-        np.multiply(d, d, out=d)
+        ops.multiply(d, d, out=d)
         self.s2 += d
 
-    def variance(self) -> np.ndarray:
+    def variance(self, out: Any = None) -> Any:
         """Per-value population variance over the samples in the window."""
-        inv_n = np.float32(1.0 / len(self.samples))
-        with np.errstate(invalid="ignore", over="ignore"):
-            mean = np.multiply(self.s1, inv_n, out=self._a)
-            np.multiply(mean, mean, out=mean)
-            var = np.multiply(self.s2, inv_n, out=self._out)
-            np.subtract(var, mean, out=var)
-            np.maximum(var, 0, out=var)
+        ops = self.ops
+        inv_n = ops.scalar(1.0 / len(self.samples))
+        with ops.quiet():
+            mean = ops.multiply(self.s1, inv_n, out=self._a)
+            ops.multiply(mean, mean, out=mean)
+            var = ops.multiply(self.s2, inv_n, out=self._out if out is None else out)
+            ops.subtract(var, mean, out=var)
+            ops.clamp0(var)
         return var
 
 
@@ -271,7 +314,7 @@ class Renderer:
         reason; their values are NaN and their records say why. ``samples``
         (the plan's statistics samples) adds each record's "stats".
         ``variance_done``: the values are already the variance window's
-        (kept on the device, sources.torch_batch.DeviceWindow).
+        (kept on the device, FlatWindow with sources.torch_batch.TorchOps).
         """
         if values.shape != (plan.value_count,) or values.dtype != np.float32:
             got = f"{values.dtype} {values.shape}"
