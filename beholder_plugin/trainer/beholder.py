@@ -734,7 +734,7 @@ class Beholder:
             else:
                 coloured = palette[pixels]
                 rgb = coloured if row_index is None else np.take(coloured, row_index, axis=0)
-            self._recorder.append(rgb)
+            self._recorder.append(rgb, job.time, config["FPS"])  # plays at the rate frames were taken
 
     def _write(self, buffers: list, job: _Job, frame_id: int, config: dict[str, Any]) -> None:
         """Write the frame: into the history ring and linked as frame.bin, or straight to frame.bin."""
