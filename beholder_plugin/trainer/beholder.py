@@ -44,7 +44,7 @@ from beholder_plugin.protocol.layout import (
 )
 from beholder_plugin.protocol.remote_files import identity_of_info, normalize_location, url_scheme
 from beholder_plugin.protocol.runfiles import load_config, write_config
-from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG, VALUES, ConfigError
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.colormaps import palette_for
 from beholder_plugin.trainer.ranks import process_rank, run_for_rank
@@ -78,6 +78,8 @@ REMOTE_CONFIG_POLL_SECONDS = 2.0
 # and the history ring's caps (the dashboard's history settings apply below them).
 REMOTE_HISTORY_MB = 32
 REMOTE_HISTORY_SECONDS = 60
+# A placeholder frame's values when update() failed (views/placeholder.py says so, with the error).
+FAILED = "failed"
 # At interpreter exit, wait at most this long for recordings still being uploaded.
 UPLOAD_EXIT_SECONDS = 300.0
 
@@ -96,6 +98,7 @@ class _Job:
     samples: np.ndarray | None = None  # the statistics' samples (views.stats), when taken
     image: np.ndarray | None = None
     missing: dict[int, str] | None = None  # sections shown empty, and why
+    offered: tuple[str, ...] = ()  # a placeholder's: the values update() was given instead (its header says)
 
 
 class Beholder:
@@ -124,6 +127,11 @@ class Beholder:
         run ``<logdir>/rank-N``. The rank comes from torch.distributed (once
         initialised), JAX, ``TF_CONFIG``, or the ``RANK``/``LOCAL_RANK``
         variables; construct Beholder after ``init_process_group()``.
+      values: the dashboard's Values choice a new run starts with
+        (``"arrays"``, ``"frames"``, ``"gradients"``, ``"activations"`` or
+        ``"trainable_variables"``, the default), written to its config.json
+        when there is none yet; a run that has one keeps its setting. E.g.
+        ``Beholder(logdir, values="arrays")`` when passing ``update(arrays=...)``.
 
     A remote ``logdir`` whose fsspec implementation is not installed raises
     ImportError here (even with ``strict=False``), naming the package.
@@ -141,6 +149,7 @@ class Beholder:
         max_remote_fps: float = REMOTE_MAX_FPS,
         config_poll_seconds: float = REMOTE_CONFIG_POLL_SECONDS,
         ranks: str = "zero",
+        values: str | None = None,
     ):
         self.rank = process_rank()
         run = run_for_rank(os.fspath(logdir), ranks, self.rank)
@@ -167,6 +176,10 @@ class Beholder:
         self._writer_id = secrets.token_hex(6)
         self._recorder = self._make_recorder()
         self._config = dict(DEFAULT_CONFIG)
+        if values is not None:  # the first setting of a new run (config.json, once read, wins)
+            if values not in VALUES:
+                raise ValueError(f"values must be one of {', '.join(VALUES)}, not {values!r}")
+            self._config["values"] = values
         self._config_path = names.config_path(self.logdir)
         self._frame_path = names.frame_path(self.logdir)
         self._history_dir = names.history_dir(self.logdir)
@@ -185,6 +198,7 @@ class Beholder:
         self._poll_stop = threading.Event()
         self._uploads: list[threading.Thread] = []
         self._watch: Watch | None = None
+        self._failure_shown_at = float("-inf")  # when a frame last said that update() failed
         self._filter_cache: dict[tuple, list[int]] = {}
         self._worker = Worker(self._run_job) if background and self.active else None
         if not self.active:
@@ -259,6 +273,7 @@ class Beholder:
             if self.strict:
                 raise
             self._failed(exc)
+            self._show_failure()
             return False
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -373,6 +388,27 @@ class Beholder:
                 "counted (see Beholder.failures). Pass strict=True to raise instead.",
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
+
+    def _show_failure(self) -> None:
+        """Write a frame saying that update() failed, so the dashboard shows it at once (at most 1/s).
+
+        A trainer whose every update() fails writes no frame of its own; this
+        one keeps the run's status fresh, and its header carries the failure
+        count and the last error. Never raises.
+        """
+        now = time.monotonic()
+        if now - self._failure_shown_at < 1.0 or (self._worker is not None and self._worker.busy):
+            return
+        self._failure_shown_at = now
+        job = _Job(kind="placeholder", config={**self._config, "is_recording": False}, values=FAILED,
+                   step=self._step, time=time.time())
+        try:
+            if self._worker is None:
+                self._run_job(job)
+            else:
+                self._worker.submit(job)
+        except Exception:  # the failure is already counted and logged
+            logger.debug("Beholder: could not write the failure frame", exc_info=True)
 
     def _report_worker_error(self) -> None:
         """Raise (strict) or log and count an error the worker met since the last call."""
@@ -498,6 +534,9 @@ class Beholder:
                 watch.remove()  # the frame is skipped: no hook waits for it
             return False
         job = self._gather(config, arrays, frame, variables, session, layout)
+        if job.kind == "placeholder":  # say what update() was given instead, so the dashboard offers it
+            job.offered = _offered(arrays, frame, variables if variables is not None else self.variables,
+                                   session, self._watch)
         if self._worker is None:
             self._run_job(job)
         else:
@@ -703,9 +742,11 @@ class Beholder:
             )
         elif job.kind == "image":
             pixels, palette = user_frame.pixels(job.image)
-        else:  # the selected input was not passed: say what to pass
-            pixels, palette = placeholder_frame(job.values), palette_for("grayscale")
+        else:  # the selected input was not passed (or update() failed): say what to do
+            detail = self.last_error if job.values == FAILED else None
+            pixels, palette = placeholder_frame(job.values, job.offered, detail), palette_for("grayscale")
             header["values"] = "placeholder"
+            header["offered"] = list(job.offered)
         frame_id = self.frames_written + 1
         header.update(
             frame_id=frame_id,
@@ -1010,3 +1051,15 @@ def _close_all() -> None:
             beholder.close(timeout=EXIT_TIMEOUT_SECONDS)
         except Exception:  # pragma: no cover - best effort at exit
             logger.exception("Beholder: could not finish at exit")
+
+
+def _offered(arrays: Any, frame: Any, variables: Any, session: Any, watch: Any) -> tuple[str, ...]:
+    """The Values choices that update() was given something for (a placeholder offers them)."""
+    offered = []
+    if variables is not None or session is not None or watch is not None:
+        offered.append("trainable_variables")
+    if arrays is not None:
+        offered.append("arrays")
+    if frame is not None:
+        offered.append("frames")
+    return tuple(offered)
