@@ -63,6 +63,15 @@ def session(tmp_path_factory):
         assert beholder.update(arrays={"w": np.ones((3, 4))})
     _frame_with_counts(runs["calm"], skipped=1, written=2999)  # 1 in 3,000: a plain count
     _frame_with_counts(runs["busy"], skipped=400, written=599)  # 40 %: a problem
+    for name, values in (("diff-a", 1.1193619966506958), ("diff-b", 0.0)):
+        runs[name] = logdir / name
+        set_config(runs[name], values="arrays", mode="current", FPS=30)
+        with Beholder(runs[name], strict=True) as beholder:  # A - B: max |d| = 23 x 1.11936...
+            assert beholder.update(arrays={"w": np.arange(24.0).reshape(4, 6) * values})
+    runs["image"] = logdir / "image"
+    set_config(runs["image"], values="frames", mode="current", FPS=30)
+    with Beholder(runs["image"], strict=True) as beholder:
+        assert beholder.update(frame=np.eye(16))
     set_config(runs["failing"], values="arrays", mode="current", FPS=30)
     trainer = subprocess.Popen([sys.executable, "-c", FAILING, str(runs["failing"])])
     tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
@@ -128,3 +137,34 @@ def test_a_placeholder_offers_the_values_that_were_passed(session):
     wait_for(lambda: read_config_file(offer)["values"] == "arrays", message="Values set to arrays")
     wait_for(lambda: frame.is_checked("input[name=values][value=arrays]"), message="the control follows")
     wait_for(lambda: not frame.is_visible("#values-offer"), message="the offer gone")
+
+
+def compare(frame, run: str, other: str) -> list[str]:
+    """Show run compared with other; the compare view's row names once drawn."""
+    show_run(frame, run)
+    frame.select_option("#compare-select", other)
+    return wait_for(lambda: frame.evaluate("window.beholderDebug.compare()")["rows"], message="compare rows")
+
+
+def test_compare_says_when_the_other_run_shows_other_values(session):
+    frame = session["frame"]
+    assert compare(frame, "diff-a", "image") == ["w"]
+    cell = wait_for(lambda: frame.query_selector('.cmp-row[data-name="w"] .cmp-absent'), message="the cell")
+    assert cell.inner_text() == "image shows Image, not Arrays"
+    assert "not in" not in cell.inner_text()
+    kinds = frame.inner_text("#compare-kinds")
+    assert kinds.startswith("diff-a shows Arrays and image shows Image: pick the same Values")
+    frame.select_option("#compare-select", "")
+
+
+def test_the_difference_scale_is_rounded(session):
+    frame = session["frame"]
+    assert compare(frame, "diff-a", "diff-b") == ["w"]
+    frame.check('input.cmp-diff[data-name="w"]')
+    note = wait_for(lambda: frame.query_selector('.cmp-row[data-diff="true"] .cmp-diff-cell .note'),
+                    message="the difference's scale")
+    # m = max |A - B| = 23 x 1.1193619966506958 = 25.745325922966...: shown with 4 significant digits
+    assert note.inner_text().endswith("m = 25.75")
+    ARTIFACTS.mkdir(exist_ok=True)
+    session["page"].screenshot(path=str(ARTIFACTS / "compare-rounded-scale.png"))
+    frame.select_option("#compare-select", "")

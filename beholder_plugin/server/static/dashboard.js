@@ -3,7 +3,7 @@
 import { LiveFeed, frameContent, getJSON, getKeptFrame, postConfig, routeUrl } from "./api.js";
 import { buildToolbar } from "./controls.js";
 import { h } from "./dom.js";
-import { age, sci, shape } from "./format.js";
+import { VALUES_NAMES, age, sci, shape } from "./format.js";
 import { HistoryBar, VideoList, keptLabel } from "./history.js";
 import { Inspector } from "./inspector.js";
 import { CompareView } from "./compare.js";
@@ -21,14 +21,7 @@ const STALE_AFTER_S = 5;
 // Skipped frames read as a problem (in red) above this share of the frames due in the last minute.
 const SKIP_ALARM = 0.05;
 const SKIP_WINDOW_S = 60;
-// The Values choices as the toolbar names them, and what update() is given for each.
-const VALUES_LABELS = {
-  trainable_variables: "Trainable variables",
-  gradients: "Gradients",
-  activations: "Activations",
-  arrays: "Arrays",
-  frames: "Image",
-};
+// What update() is given for each Values choice.
 const GIVEN = { trainable_variables: "variables", arrays: "arrays", frames: "a frame" };
 // Live frames taller than this are fetched around the rows on screen only (plus a screen each side).
 const VIEWPORT_MIN_ROWS = 4000;
@@ -603,7 +596,7 @@ export class Dashboard {
       this.offer.replaceChildren();
       return;
     }
-    const selected = VALUES_LABELS[this.config?.values] || this.config?.values || "another choice";
+    const selected = VALUES_NAMES[this.config?.values] || this.config?.values || "another choice";
     const given = offered.filter((name) => name !== this.config?.values).map((name) => GIVEN[name] || name);
     this.offer.replaceChildren(
       `The trainer's update() was given ${given.join(" and ")}, but Values is on "${selected}". `,
@@ -612,7 +605,7 @@ export class Dashboard {
         id: "show-offered",
         dataset: { values: choice },
         onclick: () => this.changeConfig({ values: choice }),
-      }, `Show ${VALUES_LABELS[choice].toLowerCase()}`),
+      }, `Show ${VALUES_NAMES[choice].toLowerCase()}`),
     );
   }
 
