@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import inspect_trainer
 import numpy as np
 import pytest
 from server_support import (
@@ -74,6 +75,11 @@ def session(tmp_path_factory):
         assert beholder.update(frame=np.eye(16))
     set_config(runs["failing"], values="arrays", mode="current", FPS=30)
     trainer = subprocess.Popen([sys.executable, "-c", FAILING, str(runs["failing"])])
+    for name in ("grid", "mnist", "tall"):  # tests/inspect_trainer.py: every value known from the step
+        runs[name] = logdir / name
+        set_config(runs[name], values="arrays", mode="current", FPS=5)
+    grid_trainer = subprocess.Popen([sys.executable, inspect_trainer.__file__,
+                                     *(str(runs[n]) for n in ("grid", "mnist", "tall"))])
     tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
     try:
         tb.start()
@@ -83,10 +89,12 @@ def session(tmp_path_factory):
             yield {"runs": runs, "page": page, "frame": beholder_frame(page)}
     finally:
         (runs["failing"] / "stop").touch()
-        try:
-            trainer.wait(15)
-        except subprocess.TimeoutExpired:
-            trainer.kill()
+        (runs["grid"] / "stop").touch()
+        for proc in (trainer, grid_trainer):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         tb.stop()
 
 
@@ -168,3 +176,48 @@ def test_the_difference_scale_is_rounded(session):
     ARTIFACTS.mkdir(exist_ok=True)
     session["page"].screenshot(path=str(ARTIFACTS / "compare-rounded-scale.png"))
     frame.select_option("#compare-select", "")
+
+
+def readout(frame, selector: str) -> dict:
+    """A read-out's data attributes."""
+    return frame.eval_on_selector(selector, "el => ({...el.dataset})")
+
+
+def test_the_hover_box_follows_new_frames_while_the_mouse_is_still(session):
+    frame = session["frame"]
+    show_run(frame, "grid")
+    frame.hover("#frame", position={"x": 5.5, "y": 5.5})
+    first = wait_for(lambda: (r := readout(frame, "#readout")).get("step") and r, message="a read-out")
+    # The mouse stays put; new frames come at 5 a second: the read-out follows them.
+    wait_for(lambda: int(readout(frame, "#readout")["step"]) > int(first["step"]) + 2,
+             message="the read-out of newer frames")
+    now = wait_for(lambda: (r := readout(frame, "#readout"))["step"] == str(stats(frame)["step"]) and r,
+                   message="the read-out of the frame on screen")
+    index = [int(i) for i in now["index"].strip("[]").split(",")]
+    assert np.float32(now["value"]) == inspect_trainer.values_at(int(now["step"]))[now["name"]][tuple(index)]
+
+
+def test_a_pin_holds_its_element_when_the_layout_changes(session):
+    frame, grid = session["frame"], session["runs"]["grid"]
+    show_run(frame, "grid")
+    frame.click("#frame", position={"x": 100.5, "y": 140.5})  # in the kernel (3, 3, 4, 5), rows 133-260
+    pin = wait_for(lambda: (r := readout(frame, '[data-pin="1"]')).get("step") and r, message="the pin")
+    assert pin["name"] == "kernel" and (pin["x"], pin["y"]) == ("100", "140")
+    frame.check("input[name=section_size][value=proportional]")
+    wait_for(lambda: read_config_file(grid)["section_size"] == "proportional", message="proportional")
+    # Proportional heights move the kernel's rows: the pin moves with its element.
+    moved = wait_for(lambda: (r := readout(frame, '[data-pin="1"]'))["y"] != "140" and r,
+                     message="the pin to move with its element")
+    assert moved["name"] == "kernel" and moved["index"] == pin["index"]
+    index = [int(i) for i in moved["index"].strip("[]").split(",")]
+    want = inspect_trainer.values_at(int(moved["step"]))["kernel"][tuple(index)]
+    assert np.float32(moved["value"]) == want
+    marker_top = frame.eval_on_selector(".pin-marker", "el => parseFloat(el.style.top)")
+    assert marker_top == int(moved["y"]) + 0.5  # the marker sits on the element's new pixel (1:1 zoom)
+    ARTIFACTS.mkdir(exist_ok=True)
+    session["page"].screenshot(path=str(ARTIFACTS / "pin-follows-layout.png"))
+    frame.check("input[name=section_size][value=fixed]")
+    back = wait_for(lambda: 133 <= int((r := readout(frame, '[data-pin="1"]'))["y"]) < 261 and r,
+                    message="the pin back in the kernel's fixed rows")
+    assert back["index"] == pin["index"]  # on a pixel of the same element (the first that shows it)
+    frame.click(".pin-marker")

@@ -424,6 +424,7 @@ export class Dashboard {
       framesReceived: this.stats.framesReceived + 1,
       frameId: meta.frameId,
       writer: meta.writer,
+      step: meta.step,
       values: meta.values,
       kept: meta.kept,
       width,
