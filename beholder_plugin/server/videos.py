@@ -119,7 +119,8 @@ def open_video(path: str, name: str) -> tuple[IO[bytes], int]:
 def export_range(run_dir: str, exports_dir: str, first: Any, last: Any, fps: Any = VIDEO_FPS) -> ExportResult:
     """Encode the kept frames from `first` to `last` (history names, inclusive) into exports_dir as mp4.
 
-    VideoError 400 for bad names, a reversed or too long range and a bad fps;
+    VideoError 400 for bad names, a reversed or too long range, a range spanning
+    two writers (a restarted trainer) and a bad fps;
     404 when a named frame is no longer kept. Frames of other sizes are
     padded with black to the largest; frames the ring drops meanwhile are
     left out (and counted in `dropped`).
@@ -171,7 +172,14 @@ def _frames_between(entries: list[HistoryEntry], first: Any, last: Any) -> list[
         raise VideoError(
             f"the range holds {end - start + 1} frames; at most {MAX_EXPORT_FRAMES} can be exported at once"
         )
-    return entries[start : end + 1]
+    chosen = entries[start : end + 1]
+    writers = list(dict.fromkeys(e.writer for e in chosen))
+    if len(writers) > 1:  # a restart into the same run: two processes' steps do not make one video
+        raise VideoError(
+            f"the range holds frames of {len(writers)} trainer processes (writers {', '.join(writers)}: "
+            "the run was restarted); export each process's frames separately"
+        )
+    return sorted(chosen, key=lambda e: e.frame_id)  # one writer's frames, in the order it made them
 
 
 def _export_size(run_dir: str, chosen: list[HistoryEntry]) -> tuple[int, int]:

@@ -73,6 +73,15 @@ def session(tmp_path_factory):
     set_config(runs["image"], values="frames", mode="current", FPS=30)
     with Beholder(runs["image"], strict=True) as beholder:
         assert beholder.update(frame=np.eye(16))
+    runs["restarted"] = logdir / "restarted"
+    set_config(runs["restarted"], values="arrays", mode="current", FPS=30)
+    for first_step, count in ((6496, 4), (0, 3)):  # a trainer at step 6500, then restarted from step 1
+        with Beholder(runs["restarted"], strict=True) as beholder:
+            beholder._step = first_step
+            for _ in range(count):
+                beholder._last_frame_time = float("-inf")  # every update is a frame
+                assert beholder.update(arrays={"w": np.arange(24.0).reshape(4, 6)})
+                beholder.flush()
     set_config(runs["failing"], values="arrays", mode="current", FPS=30)
     trainer = subprocess.Popen([sys.executable, "-c", FAILING, str(runs["failing"])])
     for name in ("grid", "mnist", "tall"):  # tests/inspect_trainer.py: every value known from the step
@@ -221,3 +230,37 @@ def test_a_pin_holds_its_element_when_the_layout_changes(session):
                     message="the pin back in the kernel's fixed rows")
     assert back["index"] == pin["index"]  # on a pixel of the same element (the first that shows it)
     frame.click(".pin-marker")
+
+
+def slide_to(frame, index: int) -> None:
+    """Move the history slider to kept frame `index`, as a drag does."""
+    frame.eval_on_selector("#history-slider", """(el, i) => { el.value = String(i);
+        el.dispatchEvent(new Event('input', {bubbles: true})); }""", index)
+    wait_for(lambda: f"frame {index + 1} of" in frame.inner_text("#history-label"),
+             message=f"kept frame {index}")
+
+
+def test_history_keeps_a_restarted_trainers_frames_apart(session):
+    frame = session["frame"]
+    show_run(frame, "restarted")
+    frame.click("#live-toggle")
+    wait_for(lambda: "of 7" in frame.inner_text("#history-label"), message="the kept frames")
+    # The slider marks where the second process began; the export range starts within the newest one.
+    assert frame.eval_on_selector_all("#history-writers option", "els => els.map(e => e.value)") == ["4"]
+    assert frame.get_attribute("#history-slider", "list") == "history-writers"
+    assert frame.is_visible("#history-writers-note")
+    assert "2 processes wrote these frames" in frame.inner_text("#history-writers-note")
+    assert frame.inner_text("#export-range") == "steps 1–3 (3 frames)"
+    assert "process 2 of 2" in frame.inner_text("#history-label")
+    slide_to(frame, 1)  # the first process's frames, steps in order
+    assert frame.inner_text("#history-label").startswith("step 6498 ")
+    frame.click("#export-from")  # the end (in the other process) comes along: never two writers
+    assert frame.inner_text("#export-range") == "steps 6498–6498 (1 frames)"
+    slide_to(frame, 3)
+    frame.click("#export-to")
+    assert frame.inner_text("#export-range") == "steps 6498–6500 (3 frames)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    session["page"].screenshot(path=str(ARTIFACTS / "history-two-writers.png"))
+    frame.click("#export")
+    wait_for(lambda: frame.inner_text("#export-status").startswith("Exported 3 frames"), message="the export")
+    frame.click("#live-toggle")
