@@ -228,13 +228,21 @@ def _frames_rgb(run_dir: str, chosen: list[HistoryEntry], width: int, height: in
         yield rgb
 
 
+def export_comment(chosen: list[HistoryEntry], fps: int) -> str:
+    """An export's metadata comment: the rate it plays at, and the rate its frames were taken at."""
+    span = chosen[-1].time - chosen[0].time if chosen else 0.0
+    taken = f"{(len(chosen) - 1) / span:.3g} frames/s" if len(chosen) > 1 and span > 0 else "an unknown rate"
+    return f"Beholder export: plays at {fps} frames/s; its frames were taken at {taken}"
+
+
 def _encode(run_dir: str, chosen: list[HistoryEntry], path: str, width: int, height: int, fps: int) -> int:
     """Write the frames to an H.264 mp4 at path with imageio-ffmpeg; how many frames were written."""
     import imageio_ffmpeg
 
+    params = [*_FFMPEG_PARAMS, "-metadata", f"comment={export_comment(chosen, fps)}"]
     writer = imageio_ffmpeg.write_frames(
         path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        quality=None, macro_block_size=2, ffmpeg_log_level="error", output_params=list(_FFMPEG_PARAMS),
+        quality=None, macro_block_size=2, ffmpeg_log_level="error", output_params=params,
     )
     writer.send(None)
     written = 0
