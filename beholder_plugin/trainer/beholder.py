@@ -127,11 +127,13 @@ class Beholder:
         run ``<logdir>/rank-N``. The rank comes from torch.distributed (once
         initialised), JAX, ``TF_CONFIG``, or the ``RANK``/``LOCAL_RANK``
         variables; construct Beholder after ``init_process_group()``.
-      values: the dashboard's Values choice a new run starts with
+      values: the dashboard's Values choice the run starts on
         (``"arrays"``, ``"frames"``, ``"gradients"``, ``"activations"`` or
-        ``"trainable_variables"``, the default), written to its config.json
-        when there is none yet; a run that has one keeps its setting. E.g.
-        ``Beholder(logdir, values="arrays")`` when passing ``update(arrays=...)``.
+        ``"trainable_variables"``), written to its config.json now, also
+        over a setting already there (the dashboard can change it later).
+        None (the default) keeps the run's setting, ``"trainable_variables"``
+        for a new run. E.g. ``Beholder(logdir, values="arrays")`` when
+        passing ``update(arrays=...)``.
 
     A remote ``logdir`` whose fsspec implementation is not installed raises
     ImportError here (even with ``strict=False``), naming the package.
@@ -176,7 +178,7 @@ class Beholder:
         self._writer_id = secrets.token_hex(6)
         self._recorder = self._make_recorder()
         self._config = dict(DEFAULT_CONFIG)
-        if values is not None:  # the first setting of a new run (config.json, once read, wins)
+        if values is not None:  # what config.json gets now (a new one, or the one there, below)
             if values not in VALUES:
                 raise ValueError(f"values must be one of {', '.join(VALUES)}, not {values!r}")
             self._config["values"] = values
@@ -210,6 +212,8 @@ class Beholder:
             self._poll_remote_config()  # once now, so the settings are known before the first update()
             _register_exit_hook()
         self._poll_config()  # creates the directory and config.json, or reads the one there
+        if values is not None and self._config["values"] != values:
+            self._choose_values(values)
         _LIVE.add(self)
 
     # ------------------------------------------------------------ public
@@ -445,6 +449,23 @@ class Beholder:
             self._config_stat = key
             self._reload_config()
         return self._config
+
+    def _choose_values(self, values: str) -> None:
+        """Write the constructor's values= into config.json over the one there (a warning if it cannot)."""
+        config = {**self._config, "values": values}
+        try:
+            write_config(self.logdir, config)
+        except OSError as exc:
+            self._warn_once("values", "Beholder: cannot write %s (%s); Values stays %r",
+                            self._config_path, exc, self._config["values"])
+            return
+        self._config_stat = None  # read back at the next look, as written
+        if self.remote:
+            with self._pending_lock:
+                self._pending_config = config
+            self._poll_config()
+        else:
+            self._apply_config(config)
 
     def _create_config(self) -> None:
         """Write config.json when it is missing: the defaults on a first run, else the settings in force.

@@ -79,6 +79,8 @@ def test_the_notebook_example_snapshot_shows_the_arrays_it_passed(tmp_path):
     assert beholder.snapshot() is not None
     assert read_frame_file(run).header["values"] == "arrays"
     beholder.close()
-    assert Beholder(run, values="frames").config["values"] == "arrays"  # a run's own setting wins
+    # A rerun of the cell with another choice: the run's config.json takes it (the dashboard may change it)
+    assert Beholder(run, values="frames").config["values"] == "frames"
+    assert Beholder(run).config["values"] == "frames"  # without values=, the run's setting stands
     with pytest.raises(ValueError, match="values must be one of"):
         Beholder(str(tmp_path / "other"), values="weights")

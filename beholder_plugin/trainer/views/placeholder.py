@@ -61,8 +61,8 @@ def message(values: str, offered: tuple[str, ...] = (), detail: str | None = Non
     first = others[0]
     given = " and ".join(GIVEN.get(name, name) for name in others)
     return (f"Values: {LABELS.get(values, values).lower()} is selected, but update() was given {given}.\n"
-            f"Pick \"{LABELS[first]}\" under Values to show them (the button above the frame does it),\n"
-            "or pass what is selected; docs/integration.md says how for each choice.")
+            f"Pick \"{LABELS[first]}\" under Values in the dashboard (the button above the frame does it),\n"
+            f"or start the run with Beholder(logdir, values=\"{first}\"), or pass what is selected.")
 
 
 @functools.lru_cache(maxsize=64)
