@@ -585,3 +585,32 @@ def locate(sections: Sequence[dict[str, Any]], width: int, x: int, y: int) -> di
         "index": [int(v) for v in index],
         "offset": int(rec["values"]) + compact_row * compact_cols + compact_col,
     }
+
+
+def pixel_of(sections: Sequence[dict[str, Any]], width: int, name: str,
+             index: Sequence[int]) -> tuple[int, int] | None:
+    """The first pixel (x, y) showing element ``index`` of section ``name`` (the inverse of locate).
+
+    None when the frame has no such section, or its layout does not show
+    that element (a resized section shows a sample of its rows and columns).
+    Pure arithmetic on the records, over the section's distinct rows and columns.
+    """
+    for rec in sections:
+        if rec.get("name") != name or rec.get("layout") == MISSING or "missing" in rec:
+            continue
+        src_h, src_w = (int(v) for v in rec["source"])
+        height, shape = int(rec["height"]), tuple(int(v) for v in rec["shape"])
+        rows, cols = resize_indices(src_h, height), resize_indices(src_w, width)
+        shown_rows, shown_cols = np.unique(rows), np.unique(cols)
+        found = source_index(rec["layout"], shape, src_w, shown_rows[:, None], shown_cols[None, :])
+        if len(found) != len(index):
+            return None
+        hit = np.ones((len(shown_rows), len(shown_cols)), bool)
+        for axis, want in zip(found, index):
+            hit &= np.broadcast_to(np.asarray(axis), hit.shape) == int(want)
+        where = np.argwhere(hit)
+        if not len(where):
+            return None
+        row, col = shown_rows[where[0][0]], shown_cols[where[0][1]]
+        return int(np.argmax(cols == col)), int(rec["top"]) + int(np.argmax(rows == row))
+    return None

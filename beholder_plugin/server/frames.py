@@ -154,7 +154,20 @@ def frame_headers(etag: str, head: dict[str, Any]) -> list[tuple[str, str]]:
     out.append(("X-Beholder-Size", f"{head.get('width')}x{head.get('height')}"))
     out.extend(trainer_health_headers(head))
     out.extend(storage_headers(head))
+    out.extend(offered_headers(head))
     return out
+
+
+_VALUES_CHOICES = frozenset(("trainable_variables", "gradients", "activations", "arrays", "frames"))
+
+
+def offered_headers(head: dict[str, Any]) -> list[tuple[str, str]]:
+    """X-Beholder-Offered: a placeholder's Values choices that update() was given something for."""
+    offered = head.get("offered")
+    if not isinstance(offered, list):
+        return []
+    kept = [name for name in offered[:8] if isinstance(name, str) and name in _VALUES_CHOICES]
+    return [("X-Beholder-Offered", ",".join(kept))] if kept else []
 
 
 def storage_headers(head: dict[str, Any]) -> list[tuple[str, str]]:

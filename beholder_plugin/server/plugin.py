@@ -26,6 +26,7 @@ from werkzeug import wrappers, wsgi
 from beholder_plugin.protocol.files import FileRefused, confine
 from beholder_plugin.protocol.frame_format import FrameFormatError
 from beholder_plugin.protocol.history import history_frame_path, list_history, parse_history_name
+from beholder_plugin.protocol.layout import pixel_of
 from beholder_plugin.protocol.names import HISTORY_DIR
 from beholder_plugin.protocol.remote_files import is_remote, normalize_location
 from beholder_plugin.protocol.runfiles import (
@@ -407,17 +408,50 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @wrappers.Request.application
     @_with_run
     def _serve_value(self, request: wrappers.Request, run: Run) -> wrappers.Response:
-        """What pixel (?x=, ?y=) of the latest frame (or of ?frame=, a kept one) shows, and its value."""
-        x, y = (_pixel_coordinate(request.args.get(k), k) for k in ("x", "y"))
+        """What pixel (?x=, ?y=) of the latest frame (or of ?frame=, a kept one) shows, and its value.
+
+        Or, with ?section=NAME&index=[i, j, ...] instead of x and y, the first
+        pixel showing that element of that section (a pin that follows its
+        element when the layout changes); the answer then says its x and y.
+        """
         name = request.args.get("frame")
         path, expect = self._kept_frame(run, name)
+        if request.args.get("section") is not None:
+            found_at = self._element_pixel(path, request.args["section"], request.args.get("index"))
+            if found_at is None:
+                return _error(request, f"section {request.args['section']!r} shows no element "
+                              f"{request.args.get('index')} in this frame", 404)
+            x, y = found_at
+        else:
+            x, y = (_pixel_coordinate(request.args.get(k), k) for k in ("x", "y"))
         try:
             found = self._hub.value_at(path, x, y, expect)
         except FileNotFoundError:
             return _error(request, _no_frame(run, name), 404)
         if found is None:
             return _error(request, f"pixel ({x}, {y}) shows no array value in this frame", 404)
+        if request.args.get("section") is not None:  # looked up by element: say where it is
+            found = {**found, "x": x, "y": y}
         return _json(request, found)
+
+    def _element_pixel(self, path: str, section: str, raw_index: str | None) -> tuple[int, int] | None:
+        """The pixel of the frame at path showing element raw_index (JSON) of section; RunError 400 if bad."""
+        try:
+            index = json.loads(raw_index or "")
+        except ValueError:
+            index = None
+        if not (isinstance(index, list) and len(index) <= 8
+                and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31 for i in index)):
+            raise RunError("query parameter 'index' must be a JSON list of whole numbers >= 0, e.g. [3, 1]",
+                           400)
+        try:
+            found = self._hub.header(path)
+        except (FrameFormatError, OSError):
+            return None
+        if found is None:
+            return None
+        (head, _offset), _identity = found
+        return pixel_of(head.get("sections") or [], int(head.get("width") or 0), section, index)
 
     @wrappers.Request.application
     @_with_run

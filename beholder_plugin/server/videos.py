@@ -122,7 +122,8 @@ def open_video(path: str, name: str) -> tuple[IO[bytes], int]:
 def export_range(run_dir: str, exports_dir: str, first: Any, last: Any, fps: Any = VIDEO_FPS) -> ExportResult:
     """Encode the kept frames from `first` to `last` (history names, inclusive) into exports_dir as mp4.
 
-    VideoError 400 for bad names, a reversed or too long range and a bad fps;
+    VideoError 400 for bad names, a reversed or too long range, a range spanning
+    two writers (a restarted trainer) and a bad fps;
     404 when a named frame is no longer kept. Frames of other sizes are
     padded with black to the largest; frames the ring drops meanwhile are
     left out (and counted in `dropped`).
@@ -177,7 +178,14 @@ def _frames_between(entries: list[HistoryEntry], first: Any, last: Any) -> list[
         raise VideoError(
             f"the range holds {end - start + 1} frames; at most {MAX_EXPORT_FRAMES} can be exported at once"
         )
-    return entries[start : end + 1]
+    chosen = entries[start : end + 1]
+    writers = list(dict.fromkeys(e.writer for e in chosen))
+    if len(writers) > 1:  # a restart into the same run: two processes' steps do not make one video
+        raise VideoError(
+            f"the range holds frames of {len(writers)} trainer processes (writers {', '.join(writers)}: "
+            "the run was restarted); export each process's frames separately"
+        )
+    return sorted(chosen, key=lambda e: e.frame_id)  # one writer's frames, in the order it made them
 
 
 def _export_size(run_dir: str, chosen: list[HistoryEntry]) -> tuple[int, int]:
@@ -226,13 +234,21 @@ def _frames_rgb(run_dir: str, chosen: list[HistoryEntry], width: int, height: in
         yield rgb
 
 
+def export_comment(chosen: list[HistoryEntry], fps: int) -> str:
+    """An export's metadata comment: the rate it plays at, and the rate its frames were taken at."""
+    span = chosen[-1].time - chosen[0].time if chosen else 0.0
+    taken = f"{(len(chosen) - 1) / span:.3g} frames/s" if len(chosen) > 1 and span > 0 else "an unknown rate"
+    return f"Beholder export: plays at {fps} frames/s; its frames were taken at {taken}"
+
+
 def _encode(run_dir: str, chosen: list[HistoryEntry], path: str, width: int, height: int, fps: int) -> int:
     """Write the frames to an H.264 mp4 at path with imageio-ffmpeg; how many frames were written."""
     import imageio_ffmpeg
 
+    params = [*_FFMPEG_PARAMS, "-metadata", f"comment={export_comment(chosen, fps)}"]
     writer = imageio_ffmpeg.write_frames(
         path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        quality=None, macro_block_size=2, ffmpeg_log_level="error", output_params=list(_FFMPEG_PARAMS),
+        quality=None, macro_block_size=2, ffmpeg_log_level="error", output_params=params,
     )
     writer.send(None)
     written = 0

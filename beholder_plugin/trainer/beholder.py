@@ -45,7 +45,7 @@ from beholder_plugin.protocol.layout import (
 )
 from beholder_plugin.protocol.remote_files import identity_of_info, normalize_location, url_scheme
 from beholder_plugin.protocol.runfiles import load_config, write_config
-from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG, VALUES, ConfigError
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.colormaps import palette_for
 from beholder_plugin.trainer.device_batches import BatchMemo, batch_key, make_gather, receive
@@ -86,6 +86,8 @@ REMOTE_CONFIG_POLL_SECONDS = 2.0
 # and the history ring's caps (the dashboard's history settings apply below them).
 REMOTE_HISTORY_MB = 32
 REMOTE_HISTORY_SECONDS = 60
+# A placeholder frame's values when update() failed (views/placeholder.py says so, with the error).
+FAILED = "failed"
 # At interpreter exit, wait at most this long for recordings still being uploaded.
 UPLOAD_EXIT_SECONDS = 300.0
 
@@ -106,6 +108,7 @@ class _Job:
     missing: dict[int, str] | None = None  # sections shown empty, and why
     pending: list | None = None  # device batches still being copied to the host (sources.torch_batch)
     variance_done: bool = False  # the buffer holds the variance window's values, computed on the device
+    offered: tuple[str, ...] = ()  # a placeholder's: the values update() was given instead (its header says)
 
 
 class Beholder:
@@ -134,6 +137,13 @@ class Beholder:
         run ``<logdir>/rank-N``. The rank comes from torch.distributed (once
         initialised), JAX, ``TF_CONFIG``, or the ``RANK``/``LOCAL_RANK``
         variables; construct Beholder after ``init_process_group()``.
+      values: the dashboard's Values choice the run starts on
+        (``"arrays"``, ``"frames"``, ``"gradients"``, ``"activations"`` or
+        ``"trainable_variables"``), written to its config.json now, also
+        over a setting already there (the dashboard can change it later).
+        None (the default) keeps the run's setting, ``"trainable_variables"``
+        for a new run. E.g. ``Beholder(logdir, values="arrays")`` when
+        passing ``update(arrays=...)``.
 
     A remote ``logdir`` whose fsspec implementation is not installed raises
     ImportError here (even with ``strict=False``), naming the package.
@@ -151,6 +161,7 @@ class Beholder:
         max_remote_fps: float = REMOTE_MAX_FPS,
         config_poll_seconds: float = REMOTE_CONFIG_POLL_SECONDS,
         ranks: str = "zero",
+        values: str | None = None,
     ):
         self.rank = process_rank()
         run = run_for_rank(os.fspath(logdir), ranks, self.rank)
@@ -183,6 +194,10 @@ class Beholder:
         self._writer_id = secrets.token_hex(6)
         self._recorder = self._make_recorder()
         self._config = dict(DEFAULT_CONFIG)
+        if values is not None:  # what config.json gets now (a new one, or the one there, below)
+            if values not in VALUES:
+                raise ValueError(f"values must be one of {', '.join(VALUES)}, not {values!r}")
+            self._config["values"] = values
         self._config_path = names.config_path(self.logdir)
         self._frame_path = names.frame_path(self.logdir)
         self._history_dir = names.history_dir(self.logdir)
@@ -201,6 +216,7 @@ class Beholder:
         self._poll_stop = threading.Event()
         self._uploads: list[threading.Thread] = []
         self._watch: Watch | None = None
+        self._failure_shown_at = float("-inf")  # when a frame last said that update() failed
         self._filter_cache: dict[tuple, list[int]] = {}
         self._worker = Worker(self._run_job) if background and self.active else None
         if not self.active:
@@ -214,6 +230,8 @@ class Beholder:
             self._poll_remote_config()  # once now, so the settings are known before the first update()
             _register_exit_hook()
         self._poll_config()  # creates the directory and config.json, or reads the one there
+        if values is not None and self._config["values"] != values:
+            self._choose_values(values)
         _LIVE.add(self)
 
     # ------------------------------------------------------------ public
@@ -277,6 +295,7 @@ class Beholder:
             if self.strict:
                 raise
             self._failed(exc)
+            self._show_failure()
             return False
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -392,6 +411,27 @@ class Beholder:
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
 
+    def _show_failure(self) -> None:
+        """Write a frame saying that update() failed, so the dashboard shows it at once (at most 1/s).
+
+        A trainer whose every update() fails writes no frame of its own; this
+        one keeps the run's status fresh, and its header carries the failure
+        count and the last error. Never raises.
+        """
+        now = time.monotonic()
+        if now - self._failure_shown_at < 1.0 or (self._worker is not None and self._worker.busy):
+            return
+        self._failure_shown_at = now
+        job = _Job(kind="placeholder", config={**self._config, "is_recording": False}, values=FAILED,
+                   step=self._step, time=time.time())
+        try:
+            if self._worker is None:
+                self._run_job(job)
+            else:
+                self._worker.submit(job)
+        except Exception:  # the failure is already counted and logged
+            logger.debug("Beholder: could not write the failure frame", exc_info=True)
+
     def _report_worker_error(self) -> None:
         """Raise (strict) or log and count an error the worker met since the last call."""
         if self._worker is None or self._worker.error is None:
@@ -427,6 +467,23 @@ class Beholder:
             self._config_stat = key
             self._reload_config()
         return self._config
+
+    def _choose_values(self, values: str) -> None:
+        """Write the constructor's values= into config.json over the one there (a warning if it cannot)."""
+        config = {**self._config, "values": values}
+        try:
+            write_config(self.logdir, config)
+        except OSError as exc:
+            self._warn_once("values", "Beholder: cannot write %s (%s); Values stays %r",
+                            self._config_path, exc, self._config["values"])
+            return
+        self._config_stat = None  # read back at the next look, as written
+        if self.remote:
+            with self._pending_lock:
+                self._pending_config = config
+            self._poll_config()
+        else:
+            self._apply_config(config)
 
     def _create_config(self) -> None:
         """Write config.json when it is missing: the defaults on a first run, else the settings in force.
@@ -524,6 +581,9 @@ class Beholder:
                 watch.remove()  # the frame is skipped: no hook waits for it
             return False
         job = self._gather(config, arrays, frame, variables, session, layout)
+        if job.kind == "placeholder":  # say what update() was given instead, so the dashboard offers it
+            job.offered = _offered(arrays, frame, variables if variables is not None else self.variables,
+                                   session, self._watch)
         if self._worker is None:
             self._run_job(job)
         else:
@@ -802,9 +862,11 @@ class Beholder:
             )
         elif job.kind == "image":
             pixels, palette = user_frame.pixels(job.image)
-        else:  # the selected input was not passed: say what to pass
-            pixels, palette = placeholder_frame(job.values), palette_for("grayscale")
+        else:  # the selected input was not passed (or update() failed): say what to do
+            detail = self.last_error if job.values == FAILED else None
+            pixels, palette = placeholder_frame(job.values, job.offered, detail), palette_for("grayscale")
             header["values"] = "placeholder"
+            header["offered"] = list(job.offered)
         frame_id = self.frames_written + 1
         header.update(
             frame_id=frame_id,
@@ -833,7 +895,7 @@ class Beholder:
             else:
                 coloured = palette[pixels]
                 rgb = coloured if row_index is None else np.take(coloured, row_index, axis=0)
-            self._recorder.append(rgb)
+            self._recorder.append(rgb, job.time, config["FPS"])  # plays at the rate frames were taken
 
     def _write(self, buffers: list, job: _Job, frame_id: int, config: dict[str, Any]) -> None:
         """Write the frame; on a full disk the history ring first gives up its oldest frames, down to none."""
@@ -1221,3 +1283,15 @@ def _close_all() -> None:
             beholder.close(timeout=EXIT_TIMEOUT_SECONDS)
         except Exception:  # pragma: no cover - best effort at exit
             logger.exception("Beholder: could not finish at exit")
+
+
+def _offered(arrays: Any, frame: Any, variables: Any, session: Any, watch: Any) -> tuple[str, ...]:
+    """The Values choices that update() was given something for (a placeholder offers them)."""
+    offered = []
+    if variables is not None or session is not None or watch is not None:
+        offered.append("trainable_variables")
+    if arrays is not None:
+        offered.append("arrays")
+    if frame is not None:
+        offered.append("frames")
+    return tuple(offered)

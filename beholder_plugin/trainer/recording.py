@@ -3,6 +3,14 @@
 A recording runs in a background thread with a bounded queue so that a slow
 encoder drops frames (and says so) instead of stalling the training loop.
 The MP4 is fragmented: a file cut short by a killed trainer still plays.
+
+A recording plays at the rate its frames were taken. The video's frame rate
+is the dashboard's FPS when the file was opened (at most ``MAX_VIDEO_FPS``);
+each frame stays on screen until the time the next one was made, held for
+whole video frames (a trainer that makes 5 frames/s under FPS 15 gives each
+one 3 video frames), and never longer than ``MAX_HOLD_SECONDS`` (a pause in
+training is not minutes of a still picture). The rate is in the file's
+metadata (``comment``).
 """
 
 from __future__ import annotations
@@ -18,14 +26,35 @@ import numpy as np
 
 logger = logging.getLogger("beholder")
 
-VIDEO_FPS = 15
+VIDEO_FPS = 15  # exports' default rate (server/videos.py)
+MAX_VIDEO_FPS = 60
+MAX_HOLD_SECONDS = 5.0
 _QUEUE_BYTES = 256 << 20
-_FFMPEG_OUTPUT = [
-    "-preset", "ultrafast",
-    "-crf", "18",
-    "-g", str(VIDEO_FPS),
-    "-movflags", "frag_keyframe+empty_moov+default_base_moof",
-]  # fmt: skip
+
+
+def _ffmpeg_output(fps: int) -> list[str]:
+    """ffmpeg's output options: fast x264, a key frame a second, fragments, the rate in the metadata."""
+    return [
+        "-preset", "ultrafast",
+        "-crf", "18",
+        "-g", str(fps),
+        "-metadata", f"comment={rate_comment(fps)}",
+        "-movflags", "frag_keyframe+empty_moov+default_base_moof",
+    ]  # fmt: skip
+
+
+def rate_comment(fps: float) -> str:
+    """The metadata comment saying at what rate a video's frames were taken and play."""
+    return (f"Beholder: {fps:g} frames/s; each training frame is held until the next was taken, "
+            "so the video plays at the rate they were taken")
+
+
+def video_rate(fps: Any) -> int:
+    """The frame rate of a recording for the dashboard's FPS setting: a whole number from 1 to 60."""
+    try:
+        return max(1, min(MAX_VIDEO_FPS, round(float(fps))))
+    except (TypeError, ValueError, OverflowError):
+        return VIDEO_FPS
 
 
 def timestamp() -> str:
@@ -54,7 +83,7 @@ def _ffmpeg_exe() -> str:
 class _Mp4Sink:
     """One MP4 file being written by an ffmpeg subprocess, fed from a worker thread."""
 
-    def __init__(self, path: str, width: int, height: int) -> None:
+    def __init__(self, path: str, width: int, height: int, fps: int = VIDEO_FPS) -> None:
         import imageio_ffmpeg
 
         self.path = path
@@ -62,14 +91,14 @@ class _Mp4Sink:
         self._gen = imageio_ffmpeg.write_frames(
             path,
             (width, height),
-            fps=VIDEO_FPS,
+            fps=fps,
             codec="libx264",
             pix_fmt_in="rgb24",
             pix_fmt_out="yuv420p",
             quality=None,
             macro_block_size=2,
             ffmpeg_log_level="error",
-            output_params=list(_FFMPEG_OUTPUT),
+            output_params=_ffmpeg_output(fps),
         )
         self._gen.send(None)  # starts ffmpeg; raises if it cannot
         frame_bytes = width * height * 3
@@ -87,16 +116,18 @@ class _Mp4Sink:
                 return
             if self.error is not None:
                 continue
+            data, repeat = item
             try:
-                self._gen.send(item)
+                for _ in range(repeat):
+                    self._gen.send(data)
                 self.written += 1
             except BaseException as exc:  # ffmpeg died: keep draining, report on close
                 self.error = exc
 
-    def write(self, rgb: np.ndarray) -> None:
-        """Queue one frame; dropped (and counted) if the encoder is behind."""
+    def write(self, rgb: np.ndarray, repeat: int = 1) -> None:
+        """Queue one frame, shown for `repeat` video frames; dropped (and counted) if the encoder lags."""
         try:
-            self._queue.put_nowait(np.ascontiguousarray(rgb).tobytes())
+            self._queue.put_nowait((np.ascontiguousarray(rgb).tobytes(), repeat))
         except queue.Full:
             self.dropped += 1
 
@@ -126,8 +157,8 @@ class _PngSink:
         self.path = directory
         self.written = 0
 
-    def write(self, rgb: np.ndarray) -> None:
-        """Save one frame as the next numbered PNG."""
+    def write(self, rgb: np.ndarray, repeat: int = 1) -> None:
+        """Save one frame as the next numbered PNG (once: PNGs carry no time)."""
         from PIL import Image
 
         name = os.path.join(self.path, f"{self.written:06d}.png")
@@ -152,21 +183,41 @@ class Recorder:
         self._shape: tuple | None = None
         self._ffmpeg_failed = False
         self.files: list[str] = []
+        self._fps = VIDEO_FPS  # the open file's frame rate
+        self._held: tuple[np.ndarray, float] | None = None  # the last frame and its time, not yet written
+        self._slot = 0  # video frames written to the open file
+        self._elapsed = 0.0  # seconds from its first frame to the held one (each pause capped)
 
     @property
     def active(self) -> bool:
         """True while a file is open."""
         return self._sink is not None
 
-    def append(self, rgb: np.ndarray) -> None:
-        """Record one H x W x 3 uint8 frame."""
+    def append(self, rgb: np.ndarray, taken: float | None = None, fps: Any = VIDEO_FPS) -> None:
+        """Record one H x W x 3 uint8 frame, taken at time `taken` (seconds; now if None).
+
+        The frame before it is written now, held for the video frames that
+        fill the time between the two (at least one); this one waits for the
+        next frame or for close(). `fps` (the dashboard's) sets the rate of a
+        new file.
+        """
         rgb = pad_even(rgb)
+        taken = time.time() if taken is None else float(taken)
         if rgb.shape != self._shape:
             self.close()
+            self._fps = video_rate(fps)
             self._sink = self._open(rgb.shape[1], rgb.shape[0])
             self._shape = rgb.shape
+            self._slot, self._elapsed = 0, 0.0
             self.files.append(self._sink.path)
-        self._sink.write(rgb)
+        elif self._held is not None:
+            held, since = self._held
+            # the time since the file's first frame (pauses capped), in whole video frames: no drift
+            self._elapsed += min(max(taken - since, 0.0), MAX_HOLD_SECONDS)
+            repeat = max(1, round(self._elapsed * self._fps) - self._slot)
+            self._sink.write(held, repeat)
+            self._slot += repeat
+        self._held = (rgb, taken)
 
     def _open(self, width: int, height: int) -> Any:
         stamp = timestamp()
@@ -174,7 +225,7 @@ class Recorder:
         if not self._ffmpeg_failed:
             path = os.path.join(self.directory, f"video-{stamp}.mp4")
             try:
-                return _Mp4Sink(path, width, height)
+                return _Mp4Sink(path, width, height, self._fps)
             except Exception as exc:
                 self._ffmpeg_failed = True
                 logger.warning("Beholder: ffmpeg could not start (%s); recording numbered PNGs instead", exc)
@@ -187,7 +238,10 @@ class Recorder:
     def close(self) -> None:
         """Finish the current file, if any."""
         sink, self._sink, self._shape = self._sink, None, None
+        held, self._held = self._held, None
         if sink is not None:
+            if held is not None:  # the last frame: one video frame (its time on screen is unknown)
+                sink.write(held[0])
             sink.close()
             if self.on_finished is not None:
                 self.on_finished(sink.path)

@@ -16,8 +16,9 @@ the reference.
 
 For a Keras model the weights are its trainable variables with the layouts
 of their layers; activations come from running the model on a fixed probe
-batch when a frame is due (``watch(model, probe=x)``); Keras's ``fit()``
-does not hand gradients to callbacks, so gradient sections say so.
+batch when a frame is due (``watch(model, probe=x)``). Gradients are the
+ones Keras's torch backend leaves in each variable's ``.grad`` after a step;
+TensorFlow's and JAX's ``fit()`` keep none, so their gradient sections say so.
 
 For a Flax NNX module the weights are ``nnx.state(model, nnx.Param)``, named
 by path (``layers/0/kernel``); NNX keeps no gradients or activations, so
@@ -48,7 +49,7 @@ VARIABLES_REFRESH_SECONDS = 2.0
 
 CAPTURED_VALUES = ("gradients", "activations")
 NO_KERAS_GRADIENTS = (
-    "Keras's fit() does not hand gradients to callbacks; compute them with "
+    "Keras's fit() keeps gradients inside the step on TensorFlow and JAX; compute them with "
     "beholder_plugin.gradient_step() and pass them as arrays= (docs/integration.md)"
 )
 NO_PROBE = "pass probe=<a batch of inputs> to watch() to see a Keras model's activations"
@@ -102,15 +103,15 @@ class Watch:
         self._keras_probe_model: Any = None
         self._variables: list[sources.Named] | None = None  # a torch module's, walked at self._variables_at
         self._variables_at = float("-inf")
-        if sources.is_torch_module(model):
+        if sources.is_keras_layer(model):  # first: on Keras's torch backend a model is a torch module too
+            self.framework = "keras"
+            self._keras_layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
+        elif sources.is_torch_module(model):
             self.framework = "torch"
             # Hooks are installed by arm() for the step after a frame fell due and removed when the
             # frame takes what they captured: every other step runs with no hook at all.
             self._hook_choice = (activations, gradients)
             self.sharded = any(_sharded(param) for param in model.parameters())
-        elif sources.is_keras_layer(model):
-            self.framework = "keras"
-            self._keras_layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
         elif sources.is_nnx_module(model):
             self.framework = "nnx"  # weights only: nnx.state(model, nnx.Param), named by path
         else:
@@ -128,6 +129,8 @@ class Watch:
         VARIABLES_REFRESH_SECONDS (ResNet-50's 161 parameters take 1-3 ms to
         walk): layers added, replaced or frozen show within that time.
         """
+        if self.framework == "keras":
+            return _keras_variables(self.model)
         now = time.monotonic()
         if self._variables is not None and now - self._variables_at < VARIABLES_REFRESH_SECONDS:
             return self._variables
@@ -336,13 +339,15 @@ class Watch:
     # ------------------------------------------------------------ Keras
 
     def _keras_sections(self, values: str) -> list[sources.Named]:
+        """A Keras model's gradient or activation sections, or sections saying why there are none."""
         if values == "gradients":
-            return [(name, Captured((), None, error=NO_KERAS_GRADIENTS), None)
-                    for name, _v, _l in self.variables()]
+            return _keras_gradients(self.variables())
         if self.probe is None:
             return [("activations", Captured((), None, error=NO_PROBE), None)]
         model, names = self._probe_model()
         outputs = model(self.probe, training=False)
+        if isinstance(outputs, dict):
+            outputs = [outputs[name] for name in names]
         if not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
         named = []
@@ -360,8 +365,49 @@ class Watch:
             if self._keras_layers is not None:  # the layers chosen by name, in the model's order
                 layers = [layer for layer in layers if layer.name in self._keras_layers]
             outputs = [layer.output for layer in layers]
-            self._keras_probe_model = (keras.Model(self.model.inputs, outputs), [lay.name for lay in layers])
+            # The inputs in the structure the model was built with (a functional model's one tensor,
+            # list or dict; a Sequential's one tensor), so that the probe, given as the model takes it,
+            # is called without Keras's structure warning.
+            inputs = getattr(self.model, "_inputs_struct", None)
+            if inputs is None:
+                inputs = self.model.inputs[0] if len(self.model.inputs) == 1 else self.model.inputs
+            self._keras_probe_model = (keras.Model(inputs, outputs), [lay.name for lay in layers])
         return self._keras_probe_model
+
+
+def _keras_variables(model: Any) -> list[sources.Named]:
+    """A Keras model's trainable variables named by path (``sequential/conv1/kernel``), in its order.
+
+    Also on Keras's torch backend, where the model is a torch module whose
+    parameters torch would name after Keras's internal tracker.
+    """
+    from beholder_plugin.trainer.sources import keras_variables
+
+    layouts = keras_variables.layouts_by_variable(model)
+    return [(sources.variable_name(v, i), v, layouts.get(id(v)))
+            for i, v in enumerate(model.trainable_variables)]
+
+
+def _keras_gradients(variables: list[sources.Named]) -> list[sources.Named]:
+    """The gradients of the last training step, where the backend keeps them (torch), by variable path.
+
+    Keras's torch backend runs ``loss.backward()`` and leaves each gradient
+    in ``variable.value.grad`` until the next step zeroes it, and the callback
+    reads between steps. TensorFlow and JAX compute gradients inside the
+    step and keep none: those sections say how to pass them.
+    """
+    named = []
+    for name, variable, layout in variables:
+        value = getattr(variable, "value", None)
+        grad = getattr(value, "grad", None) if type(value).__module__.startswith("torch") else None
+        if grad is not None:
+            named.append((name, grad, layout))
+        elif value is not None and type(value).__module__.startswith("torch"):
+            why = "no gradient this step (the variable was not used in the loss, or is frozen)"
+            named.append((name, Captured(tuple(variable.shape), None, error=why), None))
+        else:
+            named.append((name, Captured((), None, error=NO_KERAS_GRADIENTS), None))
+    return named
 
 
 def _sharded(param: Any) -> bool:

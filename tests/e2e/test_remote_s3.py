@@ -241,3 +241,42 @@ def test_the_s3_server_going_away_and_coming_back_mid_run(tmp_path):
     stats = json.loads(log.strip().splitlines()[-1])
     assert stats["failures"] == 0 and stats["write_errors"] >= 1
     assert log.count("cannot write frames") == 1  # warned once
+
+
+def test_beholder_tensorboard_serves_an_s3_logdir_with_tensorflow_installed(s3, tmp_path):
+    """`beholder-tensorboard` where TensorFlow is installed (which plain `tensorboard` refuses for s3://)."""
+    tf = pytest.importorskip("tensorflow", reason="the point is an environment with TensorFlow")
+    env, fs = s3
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])}
+    logdir = f"s3://{BUCKET}/logs"
+    plain = subprocess.run([PYTHON, "-m", "tensorboard.main", "--logdir", logdir, "--port", str(free_port())],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert plain.returncode != 0 and "Unsupported filename scheme 's3'" in plain.stderr
+    # TensorBoard's own event files, next to the Beholder run: read through the layer too.
+    events = tmp_path / "events"
+    with tf.summary.create_file_writer(str(events)).as_default():
+        tf.summary.scalar("loss", 0.5, step=1)
+    for path in events.iterdir():
+        fs.put(str(path), f"{BUCKET}/logs/run/{path.name}")
+    stop_file = tmp_path / "stop"
+    port = free_port()
+    tensorboard = start([PYTHON, "-m", "beholder_plugin.server.launcher", "--logdir", logdir,
+                         "--host", "127.0.0.1", "--port", str(port)], env, tmp_path / "tb-cwd",
+                        tmp_path / "tensorboard.log")
+    trainer = start([PYTHON, str(ROOT / "tests" / "remote_trainer.py"), f"{logdir}/run", str(stop_file)],
+                    env, tmp_path / "trainer-cwd", tmp_path / "trainer.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        listed = wait_for(lambda: json.loads(http_get(f"{base}{BASE}/runs?fresh=1", timeout=5)[1]),
+                          timeout=120, interval=0.5, message="the Beholder run to be listed")
+        assert [(r["run"], r["storage"]) for r in listed] == [("run", "s3")]
+        assert wait_for(lambda: frame_headers(f"{base}{BASE}"), timeout=60, message="a frame")
+        runs = wait_for(lambda: json.loads(http_get(f"{base}/data/runs", timeout=5)[1]), timeout=60,
+                        interval=1, message="TensorBoard's own runs, from the event file in the bucket")
+        assert runs == ["run"]
+    finally:
+        stop_file.touch()
+        stop(trainer)
+        stop(tensorboard)
+    log = (tmp_path / "tensorboard.log").read_text()
+    assert "Unsupported filename scheme" not in log

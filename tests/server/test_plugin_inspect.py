@@ -459,3 +459,32 @@ def test_the_run_scan_is_bounded_against_deep_trees_loops_and_odd_names(tmp_path
         for level in reversed(levels):
             shutil.rmtree(os.path.join(level, "plugins"), ignore_errors=True)
             os.rmdir(level)
+
+
+@pytest.mark.parametrize("sizing", ["fixed", "proportional"])
+def test_value_finds_the_pixel_of_an_element_wherever_the_layout_puts_it(tmp_path, sizing):
+    """?section=&index= (a pin's element): the answer is that element, at a pixel that shows it."""
+    run = tmp_path / "run"
+    write_frames(run, [ARRAYS], section_size=sizing)
+    _, client = plugin_client(tmp_path)
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(60):
+        found = _value(client, "run", int(rng.integers(768)), int(rng.integers(400)))
+        if found.status_code != 200:
+            continue
+        want = found.get_json()
+        answer = client.get(f"{BASE}/value", query_string={
+            "run": "run", "section": want["name"], "index": json.dumps(want["index"])})
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        got = answer.get_json()
+        assert (got["name"], got["index"], got["value"]) == (want["name"], want["index"], want["value"])
+        again = _value(client, "run", got["x"], got["y"]).get_json()  # the pixel it names shows it
+        assert (again["name"], again["index"]) == (want["name"], want["index"])
+        checked += 1
+    assert checked > 20
+    missing = client.get(f"{BASE}/value",
+                         query_string={"run": "run", "section": "matrix", "index": "[99, 0]"})
+    assert missing.status_code == 404 and "shows no element" in missing.get_json()["error"]
+    bad = client.get(f"{BASE}/value", query_string={"run": "run", "section": "matrix", "index": "[1, -1]"})
+    assert bad.status_code == 400

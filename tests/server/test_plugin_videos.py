@@ -280,3 +280,35 @@ def test_export_into_an_unusable_exports_folder_is_403(world):
     resp = post_export(client, {"from": kept[0].name, "to": kept[1].name})
     assert resp.status_code == 403
     assert "cannot create this run's exports folder" in resp.get_json()["error"]
+
+
+def test_an_export_never_spans_two_trainer_processes(world):
+    """A restart into the same run: the range from the old writer's frames into the new one's is refused."""
+    _, run, client = world
+    write_frames(str(run), 3)  # a second Beholder: another writer, steps 1-3 again
+    kept = list_history(run)
+    writers = list(dict.fromkeys(e.writer for e in kept))
+    assert len(kept) == 8 and len(writers) == 2
+    resp = post_export(client, {"from": kept[3].name, "to": kept[6].name})
+    assert resp.status_code == 400
+    assert "2 trainer processes" in resp.get_json()["error"] and "restarted" in resp.get_json()["error"]
+    assert exports_of(run) == []
+    resp = post_export(client, {"from": kept[5].name, "to": kept[7].name})  # the new writer's alone
+    assert resp.status_code == 200 and resp.get_json()["frames"] == 3
+
+
+def test_an_export_says_its_rate_and_the_rate_its_frames_were_taken_in_its_metadata(world):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    _, run, client = world
+    kept = list_history(run)
+    resp = post_export(client, {"from": kept[0].name, "to": kept[4].name, "fps": 12})
+    assert resp.status_code == 200
+    path = os.path.join(plugin_dir(run), resp.get_json()["name"])
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", path],
+                           capture_output=True, text=True)
+    taken = 4 / (kept[4].time - kept[0].time)
+    said = f"Beholder export: plays at 12 frames/s; its frames were taken at {taken:.3g} frames/s"
+    assert said in probe.stderr

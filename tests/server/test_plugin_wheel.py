@@ -48,6 +48,7 @@ def test_wheel_holds_the_frontend_and_the_entry_point(wheel):
         parser = configparser.ConfigParser()
         parser.read_string(z.read(entry_points).decode())
     assert parser["tensorboard_plugins"]["beholder"] == "beholder_plugin.server.plugin:BeholderPlugin"
+    assert parser["console_scripts"]["beholder-tensorboard"] == "beholder_plugin.server.launcher:main"
 
 
 def test_installed_wheel_serves_its_own_frontend(wheel, tmp_path):

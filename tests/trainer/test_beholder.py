@@ -355,3 +355,38 @@ def test_frames_keep_the_set_rate_whatever_the_step_time(run_dir, monkeypatch, s
             clock.now += step
             taken += beholder.update(arrays=[np.ones(3, np.float32)])
     assert taken == pytest.approx(min(200, 20 / step), abs=2)
+
+
+def test_a_placeholder_says_which_values_update_was_given_instead(run_dir):
+    """Arrays passed while Values is on its default: the frame names them, for the dashboard to offer."""
+    from beholder_plugin.trainer.views.placeholder import message
+
+    set_config(run_dir, values="trainable_variables", FPS=30)
+    with Beholder(run_dir, strict=True) as beholder:
+        assert beholder.update(arrays={"w": np.ones(3)}, frame=np.eye(4))
+    stored = read_frame_file(run_dir)
+    assert stored.header["values"] == "placeholder"
+    assert stored.header["offered"] == ["arrays", "frames"]
+    text = message("trainable_variables", ("arrays", "frames"))
+    assert 'Pick "Arrays" under Values' in text and "given arrays and a frame" in text
+    set_config(run_dir, values="gradients", FPS=30)
+    with Beholder(run_dir, strict=True) as beholder:
+        assert beholder.update()  # nothing passed at all: nothing to offer, the usual advice
+    assert read_frame_file(run_dir).header["offered"] == []
+
+
+def test_a_failing_update_writes_a_frame_saying_so_at_once(run_dir):
+    """Every update() fails: the run still gets a frame at once, with the failure count and the error."""
+    set_config(run_dir, values="arrays", FPS=30)
+    beholder = Beholder(run_dir)
+    assert beholder.update(arrays={}) is False  # "there are no arrays to show"
+    beholder.flush()
+    stored = read_frame_file(run_dir)
+    assert stored is not None and stored.header["values"] == "placeholder"
+    assert stored.header["failures"] == 1 and "no arrays to show" in stored.header["last_error"]
+    gray = stored.rgb()[:, :, 0]
+    assert 0.005 < (gray > 128).mean() < 0.3  # the message, in white
+    assert beholder.update(arrays={}) is False  # at most one such frame a second
+    beholder.flush()
+    assert read_frame_file(run_dir).header["frame_id"] == stored.header["frame_id"]
+    beholder.close()

@@ -292,3 +292,60 @@ def test_the_callback_shows_chosen_layers_activations_for_a_probe_batch(run_dir)
     taps = keras.Model(model.inputs, [model.get_layer("conv").output, model.get_layer("out").output])
     conv, out = (np.asarray(a) for a in taps(probe, training=False))
     assert check_sampled_pixels(frame, {"conv": conv, "out": out}) > 100
+
+
+TORCH_BACKEND_FIT = """
+import sys, warnings
+import numpy as np
+import keras
+from beholder_plugin import BeholderCallback, write_config, DEFAULT_CONFIG
+from beholder_plugin.protocol.runfiles import read_frame_file
+from pixel_checks import check_sampled_pixels
+
+acts, grads = sys.argv[1], sys.argv[2]
+write_config(acts, {**DEFAULT_CONFIG, "FPS": 30, "mode": "current", "values": "activations"})
+write_config(grads, {**DEFAULT_CONFIG, "FPS": 30, "mode": "current", "values": "gradients"})
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv1"),
+                          keras.layers.Flatten(name="flatten"), keras.layers.Dense(3, name="dense")],
+                         name="sequential")
+model.compile(optimizer=keras.optimizers.SGD(0.0),  # the weights stay put: the probe's outputs are known
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+x = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype("float32")
+y = np.arange(32) % 3
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    first = BeholderCallback(acts, probe=x[:4], strict=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[first])
+print("structure warnings", sum("structure" in str(w.message) for w in caught))
+frame = read_frame_file(acts)
+taps = keras.Model(model.inputs[0], [model.get_layer(n).output for n in ("conv1", "flatten", "dense")])
+expected = dict(zip(("conv1", "flatten", "dense"),
+                    (keras.ops.convert_to_numpy(a) for a in taps(x[:4], training=False))))
+print("activations", first.beholder.frames_written >= 1, first.beholder.failures,
+      [s["name"] for s in frame.sections], check_sampled_pixels(frame, expected) > 50)
+second = BeholderCallback(grads, strict=True)
+model.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0, callbacks=[second])  # one step, one frame
+frame = read_frame_file(grads)
+names = [s["name"] for s in frame.sections]
+got = {v.path: keras.ops.convert_to_numpy(v.value.grad) for v in model.trainable_variables}
+print("gradients", second.beholder.frames_written, names == [v.path for v in model.trainable_variables],
+      names[:2], check_sampled_pixels(frame, got) > 50)
+"""
+
+
+def test_on_the_torch_backend_a_probe_shows_activations_and_gradients_are_named_by_variable_path(tmp_path):
+    """Keras's torch model is a torch module too: it is still watched as Keras (probe, variable paths)."""
+    pytest.importorskip("torch")
+    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND="torch",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                           os.environ.get("PYTHONPATH", "")]))
+    runs = [str(tmp_path / "activations"), str(tmp_path / "gradients")]
+    out = subprocess.run([sys.executable, "-c", TORCH_BACKEND_FIT, *runs], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.split(" ")[0] in
+             ("structure", "activations", "gradients")]
+    assert lines[0] == "structure warnings 0"  # the probe is called in the structure the model takes
+    assert lines[1] == "activations True 0 ['conv1', 'flatten', 'dense'] True"
+    assert lines[2] == "gradients 1 True ['sequential/conv1/kernel', 'sequential/conv1/bias'] True"

@@ -10,6 +10,7 @@ from PIL import Image
 from support import due, set_config
 
 from beholder_plugin import Beholder, read_frame
+from beholder_plugin.protocol.runfiles import read_frame_file
 
 
 @pytest.fixture
@@ -68,3 +69,18 @@ def test_a_beholder_that_writes_nothing_has_no_snapshot(run_dir, monkeypatch):
     assert b.update(arrays=[np.ones(3)]) is False
     assert b.snapshot() is None
     assert b._repr_png_() is None
+
+
+def test_the_notebook_example_snapshot_shows_the_arrays_it_passed(tmp_path):
+    """docs/integration.md's notebook cell, Beholder(run, values="arrays"), on a new run: the arrays show."""
+    run = str(tmp_path / "run1")
+    beholder = Beholder(run, values="arrays")
+    assert beholder.update(arrays={"conv1/grad": np.arange(12.0).reshape(3, 4)})
+    assert beholder.snapshot() is not None
+    assert read_frame_file(run).header["values"] == "arrays"
+    beholder.close()
+    # A rerun of the cell with another choice: the run's config.json takes it (the dashboard may change it)
+    assert Beholder(run, values="frames").config["values"] == "frames"
+    assert Beholder(run).config["values"] == "frames"  # without values=, the run's setting stands
+    with pytest.raises(ValueError, match="values must be one of"):
+        Beholder(str(tmp_path / "other"), values="weights")

@@ -19,6 +19,7 @@ from beholder_plugin import (
     read_section_info,
 )
 from beholder_plugin.protocol.layout import make_plan
+from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.trainer.integrations import gradients as gradients_module
 from beholder_plugin.trainer.sources import tf_tensors as tf_support
 
@@ -176,7 +177,11 @@ def test_update_inside_tf_function_not_strict_logs_and_training_goes_on(run_dir,
         out = step(tf.ones((4, 4)))
     np.testing.assert_array_equal(out.numpy(), np.full((4, 4), 2.0))
     assert beholder.failures == 1
-    assert beholder.frames_written == 0
+    beholder.flush()
+    # The only frame says that update() failed (issue 23: shown at once, not "trainer stopped?").
+    assert beholder.frames_written == 1
+    stored = read_frame_file(run_dir)
+    assert stored.header["values"] == "placeholder" and stored.header["failures"] == 1
     assert "call update() outside it" in caplog.text
     assert "SymbolicTensorError" in caplog.text
 

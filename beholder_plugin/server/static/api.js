@@ -80,6 +80,7 @@ export function frameMeta(response) {
     lastError: lastError ? decodeURIComponent(lastError) : null,
     storage: header("X-Beholder-Storage") || "local",
     maxFps: header("X-Beholder-Max-Fps") ? Number(header("X-Beholder-Max-Fps")) : null,
+    offered: (header("X-Beholder-Offered") || "").split(",").filter(Boolean),
     width,
     height,
   };

@@ -3,7 +3,7 @@
 // and compact size, a "difference" toggle showing A − B (the diff route, docs/http-api.md).
 import { HttpError, frameMeta, getJSON, routeUrl } from "./api.js";
 import { h } from "./dom.js";
-import { shape } from "./format.js";
+import { VALUES_NAMES, rounded, shape } from "./format.js";
 
 const REFRESH_MS = 1000; // while the view is shown, both frames are fetched again this often
 
@@ -59,6 +59,7 @@ export class CompareView {
     this.timer = null;
     this.title = h("div", { class: "cmp-title", id: "compare-title" });
     this.status = h("p", { class: "note", id: "compare-status", role: "status" });
+    this.kinds = h("p", { class: "note", id: "compare-kinds", hidden: true });
     this.allDiff = h("input", { type: "checkbox", id: "compare-all-diff", onchange: () => this.toggleAll() });
     this.rows = h("div", { class: "cmp-rows", id: "compare-rows" });
     this.element = h(
@@ -67,9 +68,11 @@ export class CompareView {
       this.title,
       h("label", { class: "choice cmp-all" }, this.allDiff, "difference A − B for every section of equal shape"),
       this.status,
+      this.kinds,
       this.rows,
     );
-    this.debug = { rows: [], diff: null }; // what is drawn (for tests)
+    this.debug = { rows: [], diff: null, kinds: "" }; // what is drawn (for tests)
+    this.absent = { a: "", b: "" }; // what a cell says when its run lacks the section
   }
 
   /** Choose run B (null: no comparison). */
@@ -137,7 +140,18 @@ export class CompareView {
     const inB = new Map(b.sections.map((rec) => [rec.name, rec]));
     const names = [...new Set([...inA.keys(), ...inB.keys()])];
     const diffs = new Map((diff?.info.sections || []).map((rec) => [rec.name, rec]));
-    this.debug = { rows: names, diff: diff ? diff.info : null };
+    // Runs showing different kinds of values share no section names: say so, rather than "not in B".
+    this.absent = {
+      a: absentNote(run, a.meta.values, b.meta.values),
+      b: absentNote(other, b.meta.values, a.meta.values),
+    };
+    const kinds = a.meta.values !== b.meta.values
+      ? `${run} shows ${describe(a.meta.values)} and ${other} shows ${describe(b.meta.values)}: ` +
+        "pick the same Values in both runs to compare their sections"
+      : "";
+    this.kinds.textContent = kinds;
+    this.kinds.hidden = !kinds;
+    this.debug = { rows: names, diff: diff ? diff.info : null, kinds };
     this.rows.replaceChildren(
       ...names.map((name) => this.row(name, inA.get(name), inB.get(name), a.bitmap, b.bitmap, diff, diffs.get(name))),
     );
@@ -158,14 +172,14 @@ export class CompareView {
         this.refresh();
       },
     });
-    const cellA = recA ? crop(bitmapA, recA.top, recA.height) : h("div", { class: "cmp-absent" }, `not in ${this.getRun()}`);
+    const cellA = recA ? crop(bitmapA, recA.top, recA.height) : h("div", { class: "cmp-absent" }, this.absent.a);
     let cellB;
     if (matching && this.showDiff.has(name) && diffRec) {
       cellB = h("div", { class: "cmp-diff-cell" }, crop(diff.bitmap, diffRec.top, diffRec.height),
-        h("div", { class: "note" }, `A − B, blue −m … white 0 … red +m, m = ${diffRec.max_abs ?? "n/a"}`));
+        h("div", { class: "note" }, `A − B, blue −m … white 0 … red +m, m = ${rounded(diffRec.max_abs)}`));
       cellB.firstChild.classList.add("cmp-diff-image");
     } else {
-      cellB = recB ? crop(bitmapB, recB.top, recB.height) : h("div", { class: "cmp-absent" }, `not in ${this.other}`);
+      cellB = recB ? crop(bitmapB, recB.top, recB.height) : h("div", { class: "cmp-absent" }, this.absent.b);
     }
     const why = matching ? "difference A − B" : recA && recB ? "difference: shapes differ" : "difference: in one run only";
     return h(
@@ -178,4 +192,15 @@ export class CompareView {
       h("div", { class: "cmp-cells" }, h("div", { class: "cmp-cell" }, cellA), h("div", { class: "cmp-cell" }, cellB)),
     );
   }
+}
+
+/** What a frame's values are, for a sentence: "Image", "Activations", "a placeholder". */
+function describe(values) {
+  return VALUES_NAMES[values] || values || "nothing";
+}
+
+/** Why a run's cell is empty: it shows other values than the other run, or lacks this section. */
+function absentNote(run, values, otherValues) {
+  if (values && otherValues && values !== otherValues) return `${run} shows ${describe(values)}, not ${describe(otherValues)}`;
+  return `not in ${run}`;
 }

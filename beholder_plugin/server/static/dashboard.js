@@ -3,7 +3,7 @@
 import { LiveFeed, frameContent, getJSON, getKeptFrame, postConfig, routeUrl } from "./api.js";
 import { buildToolbar } from "./controls.js";
 import { h } from "./dom.js";
-import { age, sci, shape } from "./format.js";
+import { VALUES_NAMES, age, sci, shape } from "./format.js";
 import { HistoryBar, VideoList, keptLabel } from "./history.js";
 import { Inspector } from "./inspector.js";
 import { CompareView } from "./compare.js";
@@ -18,6 +18,11 @@ const FPS_WINDOW_MS = 2000;
 const VIDEOS_EVERY_MS = 10000;
 // No frame for this long (plus three frame intervals at the configured FPS) reads as "trainer stopped?".
 const STALE_AFTER_S = 5;
+// Skipped frames read as a problem (in red) above this share of the frames due in the last minute.
+const SKIP_ALARM = 0.05;
+const SKIP_WINDOW_S = 60;
+// What update() is given for each Values choice.
+const GIVEN = { trainable_variables: "variables", arrays: "arrays", frames: "a frame" };
 // Live frames taller than this are fetched around the rows on screen only (plus a screen each side).
 const VIEWPORT_MIN_ROWS = 4000;
 
@@ -122,6 +127,7 @@ export class Dashboard {
     this.compare = new CompareView(() => this.run);
     this.status = h("div", { class: "status", id: "status", role: "status" }, "Connecting…");
     this.health = h("div", { class: "health", id: "trainer-health", role: "status", hidden: true });
+    this.offer = h("div", { class: "offer", id: "values-offer", role: "status", hidden: true });
     this.canvas = h("canvas", { id: "frame", class: "frame", width: 1, height: 1 });
     this.flagLayer = h("div", { class: "flag-layer", id: "flag-layer" });
     this.overlay = h("div", { class: "overlay", id: "overlay" }, this.flagLayer);
@@ -152,6 +158,7 @@ export class Dashboard {
       { class: "main-header", id: "main-header" },
       this.status,
       this.health,
+      this.offer,
       this.history.element,
       h("div", { class: "inspect", id: "inspect" }, hoverBox, pinsBox),
     );
@@ -297,6 +304,7 @@ export class Dashboard {
     if (!skip.has("filter")) this.chooser.applyConfig(reply.config.filter);
     this.toolbar.setEnabled(Boolean(reply.writable));
     this.toolbar.showProblem(reply.problem);
+    if (this.lastMeta) this.renderOffer(this.lastMeta);
   }
 
   /** Queue a change of settings; they are sent one request at a time, in the order made. */
@@ -306,6 +314,7 @@ export class Dashboard {
     for (const key of Object.keys(changes)) this.touched[key] = this.changeSeq;
     this.config = { ...(this.config || {}), ...changes };
     if ("colormap" in changes && this.lastData) this.paint(); // at once, before the trainer's next frame
+    if ("values" in changes && this.lastMeta) this.renderOffer(this.lastMeta);
     const last = this.configQueue[this.configQueue.length - 1];
     if (last && last.run === this.run) Object.assign(last.changes, changes);
     else this.configQueue.push({ run: this.run, changes: { ...changes } });
@@ -415,12 +424,14 @@ export class Dashboard {
       framesReceived: this.stats.framesReceived + 1,
       frameId: meta.frameId,
       writer: meta.writer,
+      step: meta.step,
       values: meta.values,
       kept: meta.kept,
       width,
       height,
     });
     this.renderHealth(meta);
+    this.renderOffer(meta);
     requestAnimationFrame(() => {
       this.stats.drawn.push({
         frameId: meta.frameId,
@@ -535,15 +546,68 @@ export class Dashboard {
     }
   }
 
-  /** The trainer's failure count, last error and skipped frames, from the frame header, when any. */
+  /**
+   * The trainer's failure count, last error and skipped frames, from the frame header, when any.
+   * Failures are in red; skips only when they are a real share of the frames (over SKIP_ALARM of
+   * those due in the last SKIP_WINDOW_S), else a plain count.
+   */
   renderHealth(meta) {
     const parts = [];
-    if (meta.failures > 0) parts.push(`The trainer reports ${meta.failures} failed update() call${meta.failures === 1 ? "" : "s"}`);
-    if (meta.lastError) parts.push(`last error: ${meta.lastError}`);
-    if (meta.skipped > 0) parts.push(`${meta.skipped} frame${meta.skipped === 1 ? "" : "s"} skipped while its worker was busy`);
+    const failures = [];
+    if (meta.failures > 0) failures.push(`The trainer reports ${meta.failures} failed update() call${meta.failures === 1 ? "" : "s"}`);
+    if (meta.lastError) failures.push(`last error: ${meta.lastError}`);
+    if (failures.length) parts.push(h("span", { class: "alarm", id: "health-failures" }, failures.join("; ")));
+    const share = this.skipShare(meta);
+    if (meta.skipped > 0) {
+      const alarm = share > SKIP_ALARM;
+      const text = `${meta.skipped} frame${meta.skipped === 1 ? "" : "s"} skipped while its worker was busy` +
+        (alarm ? ` (${Math.round(share * 100)} % of the last minute's frames)` : "");
+      if (parts.length) parts.push("; ");
+      parts.push(h("span", { class: alarm ? "alarm" : "plain", id: "health-skips" }, text));
+    }
     this.health.hidden = parts.length === 0;
-    this.health.textContent = parts.join("; ");
+    this.health.replaceChildren(...parts);
     this.health.dataset.failures = String(meta.failures || 0);
+  }
+
+  /** The share of frames skipped in the last minute of this writer's frames (their headers' counts). */
+  skipShare(meta) {
+    if (meta.kept) return 0;
+    const now = performance.now();
+    const seen = (this.skipSamples || []).filter((s) => s.writer === meta.writer && s.at >= now - SKIP_WINDOW_S * 1000);
+    seen.push({ writer: meta.writer, at: now, skipped: meta.skipped || 0, frames: meta.frameId || 0 });
+    this.skipSamples = seen;
+    const first = seen[0];
+    const last = seen[seen.length - 1];
+    // With one sample only (a run just opened), the whole run's counts stand for the last minute.
+    const skipped = seen.length > 1 ? last.skipped - first.skipped : last.skipped;
+    const frames = seen.length > 1 ? last.frames - first.frames : last.frames;
+    return skipped > 0 ? skipped / (skipped + Math.max(0, frames)) : 0;
+  }
+
+  /**
+   * A placeholder for values the trainer did not pass, while it passed others (e.g. arrays while
+   * Values is on trainable variables): say so, with one button that shows what it passed.
+   */
+  renderOffer(meta) {
+    const offered = meta.values === "placeholder" && !meta.kept ? meta.offered || [] : [];
+    const choice = offered.find((name) => name !== this.config?.values);
+    this.offer.hidden = !choice;
+    if (!choice) {
+      this.offer.replaceChildren();
+      return;
+    }
+    const selected = VALUES_NAMES[this.config?.values] || this.config?.values || "another choice";
+    const given = offered.filter((name) => name !== this.config?.values).map((name) => GIVEN[name] || name);
+    this.offer.replaceChildren(
+      `The trainer's update() was given ${given.join(" and ")}, but Values is on "${selected}". `,
+      h("button", {
+        type: "button",
+        id: "show-offered",
+        dataset: { values: choice },
+        onclick: () => this.changeConfig({ values: choice }),
+      }, `Show ${VALUES_NAMES[choice].toLowerCase()}`),
+    );
   }
 
   /** Fetch the section statistics for new frames, at most every INFO_EVERY_MS. */
@@ -699,6 +763,13 @@ export class Dashboard {
       };
     }
     const staleAfter = STALE_AFTER_S + (configured > 0 ? 3 / configured : 0);
+    if (meta.values === "placeholder" && meta.failures > 0 && meta.lastError && frameAge <= staleAfter) {
+      // The trainer runs, but its update() fails: it writes a frame saying so (at most one a second).
+      return {
+        text: `Connected · the trainer runs, but its update() fails (${meta.failures} so far; see below) · frame ${age(frameAge)} old`,
+        state: "failing",
+      };
+    }
     if (frameAge > staleAfter && fps === 0) {
       return {
         text: `No frame for ${age(frameAge)}: trainer stopped? (Updates per second is ${configured}) · showing ${frame}`,

@@ -21,3 +21,23 @@ export function age(seconds) {
   if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
   return `${Math.round(seconds / 3600)} h`;
 }
+
+/** A number rounded to 4 significant digits, without trailing zeros: 1.119, 0.0003052, 1.235e+6. */
+export function rounded(value, digits = 4) {
+  const number = Number(value);
+  if (value === null || value === undefined || !Number.isFinite(number)) return "n/a";
+  if (number === 0) return "0";
+  const magnitude = Math.abs(number);
+  if (magnitude >= 1e6 || magnitude < 1e-4) return number.toExponential(digits - 1).replace(/\.?0+e/, "e");
+  return String(Number(number.toPrecision(digits)));
+}
+
+/** What a frame shows, as the Values control names it ("a placeholder" when nothing was passed). */
+export const VALUES_NAMES = {
+  trainable_variables: "Trainable variables",
+  gradients: "Gradients",
+  activations: "Activations",
+  arrays: "Arrays",
+  frames: "Image",
+  placeholder: "a placeholder",
+};

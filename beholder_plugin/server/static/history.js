@@ -14,6 +14,26 @@ export function keptLabel(entry) {
   return `step ${entry.step} · ${clock}`;
 }
 
+/**
+ * Kept frames grouped by the process that wrote them (a restarted trainer is a new writer), writers
+ * in the order they began, each one's frames in the order it made them (frame id). Returns
+ * {entries, starts}: starts holds the index where each writer's frames begin.
+ */
+export function byWriter(entries) {
+  const groups = new Map();
+  for (const entry of entries) {
+    if (!groups.has(entry.writer)) groups.set(entry.writer, []);
+    groups.get(entry.writer).push(entry);
+  }
+  const ordered = [];
+  const starts = [];
+  for (const group of groups.values()) {
+    starts.push(ordered.length);
+    ordered.push(...group.sort((a, b) => a.frame_id - b.frame_id));
+  }
+  return { entries: ordered, starts };
+}
+
 /** A file size for people: 812 B, 34 kB, 5.1 MB. */
 export function fileSize(bytes) {
   if (bytes < 1000) return `${bytes} B`;
@@ -26,12 +46,17 @@ export class HistoryBar {
   constructor({ getRun, onPause, onLive, showKept, onExported }) {
     Object.assign(this, { getRun, onPause, onLive, showKept, onExported });
     this.entries = [];
+    this.starts = [0]; // where each writer's (process's) kept frames begin in entries
     this.index = -1;
     this.paused = false;
     this.playing = false;
     this.range = [0, 0];
     this.toggle = h("button", { id: "live-toggle", type: "button", class: "live-toggle", onclick: () => this.flip() });
-    this.slider = h("input", { type: "range", id: "history-slider", min: 0, max: 0, step: 1, "aria-label": "Kept frame" });
+    this.slider = h("input", { type: "range", id: "history-slider", min: 0, max: 0, step: 1, "aria-label": "Kept frame",
+      list: "history-writers" });
+    // Tick marks on the slider where another process (a restarted trainer) began writing.
+    this.boundaries = h("datalist", { id: "history-writers" });
+    this.writersNote = h("span", { id: "history-writers-note", class: "note", hidden: true });
     this.slider.addEventListener("input", () => this.show(Number(this.slider.value)));
     this.label = h("span", { id: "history-label", class: "history-label" });
     this.play = h("button", { id: "history-play", type: "button", onclick: () => this.togglePlay() }, "Play");
@@ -48,8 +73,10 @@ export class HistoryBar {
       { id: "history-controls", class: "history-controls", hidden: true },
       h("button", { id: "history-prev", type: "button", title: "One frame back (←)", onclick: () => this.step(-1) }, "◀"),
       this.slider,
+      this.boundaries,
       h("button", { id: "history-next", type: "button", title: "One frame on (→)", onclick: () => this.step(1) }, "▶"),
       this.label,
+      this.writersNote,
       this.play,
       this.speed,
       h("span", { class: "history-export" },
@@ -76,16 +103,20 @@ export class HistoryBar {
     this.onPause();
     this.render();
     const run = this.getRun();
+    let listed = [];
     try {
-      this.entries = await getJSON("history", { run });
+      listed = await getJSON("history", { run });
     } catch (error) {
-      this.entries = [];
       this.exportStatus.textContent = `Cannot list the kept frames: ${error.message}`;
     }
     if (!this.paused || run !== this.getRun()) return;
+    ({ entries: this.entries, starts: this.starts } = byWriter(listed));
+    if (this.starts.length === 0) this.starts = [0];
+    this.boundaries.replaceChildren(...this.starts.slice(1).map((i) => h("option", { value: String(i) })));
     const last = this.entries.length - 1;
     this.slider.max = String(Math.max(0, last));
-    this.range = [Math.max(0, last - 599), Math.max(0, last)];
+    const [first] = this.segment(Math.max(0, last)); // the newest process's frames only
+    this.range = [Math.max(first, last - 599), Math.max(0, last)];
     this.render();
     if (last >= 0) await this.show(last);
   }
@@ -143,10 +174,21 @@ export class HistoryBar {
     this.render();
   }
 
-  /** Set the start (0) or end (1) of the export range to the frame shown. */
+  /** [first, last] indices of the kept frames of the process that wrote frame i. */
+  segment(i) {
+    let k = this.starts.length - 1;
+    while (k > 0 && this.starts[k] > i) k--;
+    const end = k + 1 < this.starts.length ? this.starts[k + 1] - 1 : this.entries.length - 1;
+    return [this.starts[k], end];
+  }
+
+  /** Set the start (0) or end (1) of the export range to the frame shown; the range stays in one process. */
   mark(which) {
     if (this.index < 0) return;
     this.range[which] = this.index;
+    const [first, last] = this.segment(this.index);
+    const other = this.range[1 - which];
+    if (other < first || other > last) this.range[1 - which] = this.index;
     if (this.range[0] > this.range[1]) this.range[1 - which] = this.index;
     this.render();
   }
@@ -180,12 +222,20 @@ export class HistoryBar {
     if (this.paused && this.entries.length === 0) {
       this.label.textContent = "No kept frames (the history ring is off or empty).";
     } else if (entry) {
-      this.label.textContent = `${keptLabel(entry)} · frame ${this.index + 1} of ${this.entries.length}`;
+      const process = this.starts.length > 1
+        ? ` · process ${this.starts.filter((s) => s <= this.index).length} of ${this.starts.length}`
+        : "";
+      this.label.textContent = `${keptLabel(entry)} · frame ${this.index + 1} of ${this.entries.length}${process}`;
       this.slider.setAttribute("aria-valuetext", keptLabel(entry));
       this.slider.title = keptLabel(entry);
     } else {
       this.label.textContent = "Loading the kept frames…";
     }
+    this.writersNote.hidden = !(this.paused && this.starts.length > 1);
+    this.writersNote.textContent = this.starts.length > 1
+      ? `${this.starts.length} processes wrote these frames (the trainer was restarted): the slider's marks ` +
+        "show where each began, and an export stays within one"
+      : "";
     const [a, b] = this.range.map((i) => this.entries[i]);
     this.rangeLabel.textContent = a && b ? `steps ${a.step}–${b.step} (${this.range[1] - this.range[0] + 1} frames)` : "";
     this.exportButton.disabled = !(a && b);

@@ -16,6 +16,7 @@ export async function render() {
     distributions: () => Object.fromEntries(dashboard.distributions.data),
     compare: () => dashboard.compare.debug,
     seenNames: () => [...(dashboard.chooser.seen.get(dashboard.run) || [])],
+    hoverAt: () => dashboard.inspector.hoverAt,
   };
   await dashboard.start();
 }

@@ -125,9 +125,12 @@ class Probe {
     this.wanted = null; // {source, x, y} still to ask for
   }
 
-  /** Ask for pixel (x, y) of source, now or as soon as the request in flight is answered. */
-  ask(source, x, y) {
-    this.wanted = { source, x, y };
+  /**
+   * Ask for pixel (x, y) of source, or for the pixel showing target ({name, index}: an element of a
+   * section, wherever the layout puts it), now or as soon as the request in flight is answered.
+   */
+  ask(source, x, y, target = null) {
+    this.wanted = { source, x, y, target };
     if (!this.busy) this.next();
   }
 
@@ -137,9 +140,10 @@ class Probe {
     this.wanted = null;
     if (job === null) return;
     this.busy = true;
-    const { source, x, y } = job;
+    const { source, x, y, target } = job;
+    const where = target ? { section: target.name, index: JSON.stringify(target.index) } : { x, y };
     try {
-      const answer = await getJSON("value", { run: source.run, x, y, frame: source.frame ?? undefined });
+      const answer = await getJSON("value", { run: source.run, ...where, frame: source.frame ?? undefined });
       this.onAnswer(answer, job, null);
     } catch (error) {
       this.onAnswer(null, job, error.status === 404 ? null : error.message);
@@ -163,7 +167,8 @@ export class Inspector {
     this.hover = new Readout("readout hover-readout", null);
     this.hover.element.id = "readout";
     this.hover.reset(HINT);
-    this.hoverAt = null;
+    this.hoverAt = null; // the pixel under the mouse (null when it is off the frame)
+    this.readAt = null; // the pixel the hover read-out shows: kept up to date with new frames, mouse or not
     this.hoverProbe = new Probe((answer, job, error) => this.hoverAnswer(answer, job, error));
     this.pins = [];
     this.pinsBox = pinsBox;
@@ -198,12 +203,12 @@ export class Inspector {
   move(event) {
     const { x, y } = this.pixelOf(event);
     if (this.hoverAt && this.hoverAt.x === x && this.hoverAt.y === y) return;
-    this.hoverAt = { x, y };
+    this.hoverAt = this.readAt = { x, y };
     this.placeCross();
     this.hoverProbe.ask(this.getSource(), x, y);
   }
 
-  /** The mouse left the frame: hide the crosshair (the last read-out stays). */
+  /** The mouse left the frame: hide the crosshair (the last read-out stays, and follows new frames). */
   leave() {
     this.hoverAt = null;
     this.crossX.hidden = this.crossY.hidden = true;
@@ -237,8 +242,10 @@ export class Inspector {
     }
     const number = [1, 2, 3, 4].find((n) => !this.pins.some((p) => p.number === n));
     const readout = new Readout("readout pin", this.palettes);
-    const pin = { x, y, number, readout, marker: null };
-    pin.probe = new Probe((answer, job, error) => readout.show(answer, job.x, job.y, error));
+    // A pin holds the element it was put on (section name and index, from its first answer): it
+    // follows that element when the layout moves it (section heights, filters, show all).
+    const pin = { x, y, number, readout, marker: null, target: null };
+    pin.probe = new Probe((answer, job, error) => this.pinAnswer(pin, answer, job, error));
     readout.element.dataset.pin = String(number);
     readout.element.title = "Click to remove this pin";
     readout.element.prepend(h("span", { class: "pin-number" }, String(number)));
@@ -252,6 +259,22 @@ export class Inspector {
     pin.probe.ask(this.getSource(), x, y);
   }
 
+  /** Show a pin's answer; the first one fixes its element, later ones move it to where that element is. */
+  pinAnswer(pin, answer, job, error) {
+    if (!this.pins.includes(pin)) return;
+    if (answer && pin.target === null) pin.target = { name: answer.name, index: answer.index };
+    if (answer && Number.isInteger(answer.x) && Number.isInteger(answer.y)) {
+      pin.x = answer.x;
+      pin.y = answer.y;
+      this.placeCross();
+    }
+    if (!answer && job.target && !error) {
+      error = `${job.target.name} ${indexText(job.target.index)}: not shown in this frame's layout`;
+    }
+    pin.readout.show(answer, pin.x, pin.y, error);
+    pin.marker.hidden = !answer && Boolean(job.target);
+  }
+
   /** Remove a pin: its marker and its read-out. */
   unpin(pin) {
     this.pins = this.pins.filter((p) => p !== pin);
@@ -262,8 +285,9 @@ export class Inspector {
   /** A new frame is on screen (live or kept): ask again for every pin and the hovered pixel. */
   refresh() {
     const source = this.getSource();
-    for (const pin of this.pins) pin.probe.ask(source, pin.x, pin.y);
-    if (this.hoverAt) this.hoverProbe.ask(source, this.hoverAt.x, this.hoverAt.y);
+    for (const pin of this.pins) pin.probe.ask(source, pin.x, pin.y, pin.target);
+    const at = this.hoverAt || this.readAt;
+    if (at) this.hoverProbe.ask(source, at.x, at.y);
     this.placeCross();
   }
 
@@ -271,6 +295,7 @@ export class Inspector {
   clear() {
     for (const pin of [...this.pins]) this.unpin(pin);
     this.leave();
+    this.readAt = null;
     this.hover.reset(HINT);
   }
 }

@@ -36,8 +36,38 @@ MESSAGES = {
 }
 
 
-@functools.cache
-def placeholder_frame(values: str, width: int = 768, height: int = 128) -> np.ndarray:
+# The Values choices as the dashboard labels them.
+LABELS = {
+    "trainable_variables": "Trainable variables",
+    "gradients": "Gradients",
+    "activations": "Activations",
+    "arrays": "Arrays",
+    "frames": "Image",
+}
+GIVEN = {"trainable_variables": "variables", "arrays": "arrays", "frames": "a frame"}
+MAX_DETAIL_CHARS = 90
+
+
+def message(values: str, offered: tuple[str, ...] = (), detail: str | None = None) -> str:
+    """What the placeholder says: what to pass, or which choice shows what update() was given."""
+    if values == "failed":
+        why = (detail or "see the trainer's log")[:MAX_DETAIL_CHARS]
+        return ("Beholder.update() failed, so this run has no new frame. The error:\n"
+                f"    {why}\n"
+                "Training goes on; the first failure's traceback is in the trainer's log.")
+    others = [name for name in offered if name != values and name in LABELS]
+    if not others:
+        return MESSAGES[values]
+    first = others[0]
+    given = " and ".join(GIVEN.get(name, name) for name in others)
+    return (f"Values: {LABELS.get(values, values).lower()} is selected, but update() was given {given}.\n"
+            f"Pick \"{LABELS[first]}\" under Values in the dashboard (the button above the frame does it),\n"
+            f"or start the run with Beholder(logdir, values=\"{first}\"), or pass what is selected.")
+
+
+@functools.lru_cache(maxsize=64)
+def placeholder_frame(values: str, offered: tuple[str, ...] = (), detail: str | None = None,
+                      width: int = 768, height: int = 128) -> np.ndarray:
     """A grayscale image (white text on black) explaining what to pass for this values choice."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -47,7 +77,7 @@ def placeholder_frame(values: str, width: int = 768, height: int = 128) -> np.nd
         font = ImageFont.load_default(size=15)
     except TypeError:  # Pillow without FreeType sizes
         font = ImageFont.load_default()
-    draw.multiline_text((14, 20), MESSAGES[values], fill=255, font=font, spacing=8)
+    draw.multiline_text((14, 20), message(values, offered, detail), fill=255, font=font, spacing=8)
     pixels = np.asarray(image, dtype=np.uint8)
     pixels.setflags(write=False)
     return pixels
