@@ -1,0 +1,104 @@
+"""What watch() needs to know about torch.compile: compiled models, their layers' names, compile events.
+
+A compiled module runs the graph dynamo traced, with the forward hooks the
+module had when it was traced: hooks added later never run, and by default
+dynamo does not notice hooks coming or going. So for a compiled model
+watch() keeps its activation hooks installed for good, and they check the
+watch's ``armed`` flag, which dynamo guards on: one graph for "not armed"
+(the hooks do nothing, the graph is the model's own) and one for "armed"
+(each hooked layer's output is also an output of the graph), compiled once
+each, never once per frame. Nothing here imports torch until it is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("beholder")
+
+WRAPPED = "_orig_mod"  # the attribute (and the path part) under which torch.compile keeps the module
+RECOMPILED = (
+    "the model was compiled and ran before these hooks were installed, so its graph does not call "
+    "them: Beholder had dynamo recompile it once, and the next frame shows its activations"
+)
+
+
+def is_compiled(model: Any) -> bool:
+    """Whether this torch module or one in it is compiled (torch.compile, module.compile(), Lightning's)."""
+    for module in model.modules():
+        if (
+            type(module).__name__ == "OptimizedModule"
+            or getattr(module, "_compiled_call_impl", None) is not None  # module.compile()
+            or getattr(module, "_compiler_ctx", None) is not None  # Lightning's from_compiled()
+        ):
+            return True
+    return False
+
+
+def unwrap(model: Any) -> Any:
+    """The module a ``torch.compile(module)`` wrapper holds (the module itself when it is not one)."""
+    while type(model).__name__ == "OptimizedModule" and hasattr(model, WRAPPED):
+        model = getattr(model, WRAPPED)
+    return model
+
+
+def layer_name(path: str) -> str:
+    """A module or parameter path without the parts torch.compile's wrappers add (``_orig_mod.``)."""
+    if WRAPPED not in path:
+        return path
+    return ".".join(part for part in path.split(".") if part != WRAPPED)
+
+
+def compiling() -> bool:
+    """Whether dynamo is tracing the code that calls this (a constant True inside the graph)."""
+    import torch
+
+    return bool(torch.compiler.is_compiling())
+
+
+def untraced(function: Callable) -> Callable:
+    """The function, which dynamo neither traces nor compiles (it runs eagerly even inside compiled code)."""
+    import torch
+
+    return torch.compiler.disable(function, recursive=True)
+
+
+def on_compile_start(callback: Callable[[], None]) -> Callable[[], None]:
+    """Have dynamo call ``callback`` before it compiles anything; returns what stops that.
+
+    The callback runs before dynamo traces the frame, so hooks it installs
+    are part of that graph. It is held by a weak reference to its owner's
+    bound method when it is one, so a forgotten watch is not kept alive.
+    """
+    try:
+        from torch._dynamo.callback import callback_handler
+    except ImportError:  # a torch without dynamo's callbacks: compiled models are found by is_compiled()
+        return lambda: None
+    owner = getattr(callback, "__self__", None)
+    ref = weakref.WeakMethod(callback) if owner is not None else (lambda: callback)
+
+    def started(_args: Any) -> None:
+        target = ref()
+        if target is not None:
+            target()
+
+    callback_handler.register_start_callback(started)
+
+    def stop() -> None:
+        try:
+            callback_handler.remove_start_callback(started)
+        except (AttributeError, ValueError):
+            pass
+
+    return stop
+
+
+def recompile() -> None:
+    """Drop dynamo's compiled code, so that the next call traces the model again, with its hooks."""
+    import torch
+
+    logger.info("Beholder: %s", RECOMPILED)
+    torch.compiler.reset()

@@ -1,0 +1,275 @@
+"""watch() on compiled torch models: dynamo's eager and aot_eager backends, a convnet and a small transformer.
+
+Each test trains a compiled model and an uncompiled copy (same weights, same
+batches) side by side, each watched by its own Beholder, and checks that the
+frames agree: the layers' names, and the values.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from support import set_config
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.runfiles import read_frame_file
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+dynamo = pytest.importorskip("torch._dynamo")
+from torch._dynamo.utils import counters  # noqa: E402  (after the skips)
+
+BACKENDS = ["eager", "aot_eager"]
+VALUES = ["trainable_variables", "gradients", "activations"]
+
+
+class Block(nn.Module):
+    """A residual block as ResNet has them: its BatchNorm's output is changed in place afterwards."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        """conv -> bn, += x (in place), relu (in place)."""
+        out = self.bn(self.conv(x))
+        out += x
+        return self.relu(out)
+
+
+def convnet() -> nn.Module:
+    """A small ResNet-like convnet: stem, one residual block, pooling, a linear head (10 classes)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), Block(8),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10),
+    )
+
+
+class Attention(nn.Module):
+    """Causal self-attention with one qkv projection."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        """softmax(q k^T) v over earlier tokens."""
+        batch, tokens, width = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, width))
+
+
+class Transformer(nn.Module):
+    """Two pre-norm transformer layers over token embeddings, a linear head (vocabulary 50)."""
+
+    def __init__(self, width: int = 16, heads: int = 2, vocab: int = 50) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(vocab, width)
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({
+                "norm1": nn.LayerNorm(width), "attn": Attention(width, heads), "norm2": nn.LayerNorm(width),
+                "mlp": nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)),
+            })
+            for _ in range(2)
+        )
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, ids):
+        """Logits for each token."""
+        x = self.embed(ids)
+        for layer in self.layers:
+            x = x + layer["attn"](layer["norm1"](x))
+            x = x + layer["mlp"](layer["norm2"](x))
+        return self.head(x)
+
+
+def batch(kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and labels for one step of this kind of model."""
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "convnet":
+        return torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 10, (4,), generator=gen)
+    ids = torch.randint(0, 50, (2, 8), generator=gen)
+    return ids, ids
+
+
+def step(model, opt, kind: str, seed: int) -> None:
+    """One SGD step on the seeded batch."""
+    x, y = batch(kind, seed)
+    opt.zero_grad()
+    logits = model(x)
+    nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
+    opt.step()
+
+
+def make(kind: str) -> nn.Module:
+    """A fresh model of this kind (the same weights each time)."""
+    return convnet() if kind == "convnet" else Transformer()
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test starts with no compiled code and zeroed counters."""
+    dynamo.reset()
+    counters.clear()
+    yield
+    dynamo.reset()
+
+
+def train_watched(run: str, model: nn.Module, trained: nn.Module, kind: str, values: str, frames: int = 3):
+    """Train `trained` (the model itself or its compiled wrapper) with `model` watched; the Beholder's counts.
+
+    Every update() finds a frame due, so the updates alternate: one arms the
+    hooks, the next takes the frame of the step in between.
+    """
+    set_config(run, values=values, mode="current", FPS=30)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    beholder = Beholder(run, strict=True, background=False)
+    beholder.watch(trained)
+    for seed in range(2 * frames):
+        step(trained, opt, kind, seed)
+        beholder._last_frame_time = float("-inf")  # a frame is due at every update
+        beholder.update()
+    written, failures = beholder.frames_written, beholder.failures
+    beholder.close()
+    return written, failures
+
+
+def assert_same_frames(first, second) -> None:
+    """Two frame files show the same sections, named alike, with the same values (float rounding aside)."""
+    assert [s["name"] for s in first.sections] == [s["name"] for s in second.sections]
+    assert [s["shape"] for s in first.sections] == [s["shape"] for s in second.sections]
+    assert not any("missing" in s for s in first.sections)
+    np.testing.assert_allclose(first.values, second.values, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("values", VALUES)
+@pytest.mark.parametrize("kind", ["convnet", "transformer"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_compiled_models_frame_equals_the_uncompiled_models(tmp_path, backend, kind, values):
+    plain = make(kind)
+    model = copy.deepcopy(plain)
+    plain_run, compiled_run = str(tmp_path / "plain"), str(tmp_path / "compiled")
+    frames = 6 if values == "trainable_variables" else 3  # weights are read at each update, nothing to arm
+    assert train_watched(plain_run, plain, plain, kind, values) == (frames, 0)
+    compiled_model = torch.compile(model, backend=backend)
+    assert train_watched(compiled_run, model, compiled_model, kind, values) == (frames, 0)
+    compiled_frame, plain_frame = read_frame_file(compiled_run), read_frame_file(plain_run)
+    assert_same_frames(compiled_frame, plain_frame)
+    names = [s["name"] for s in compiled_frame.sections]
+    assert not any("_orig_mod" in name for name in names)
+    if kind == "convnet" and values == "activations":
+        # the layers' own names; "3.bn" is shown as it left the BatchNorm, before "+= x" and the ReLU
+        assert names == ["0", "1", "2", "3.conv", "3.bn", "3.relu", "4", "5", "6"]
+    if kind == "transformer" and values == "activations":
+        assert names[:4] == ["embed", "layers.0.norm1", "layers.0.attn.qkv", "layers.0.attn.proj"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_hundred_frames_compile_the_model_a_fixed_number_of_times(run_dir, backend):
+    model = convnet()
+    compiled_model = torch.compile(model, backend=backend)
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    compiles = []
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(compiled_model)
+        for seed in range(200):  # 100 frames: one update arms, the next takes
+            step(compiled_model, opt, "convnet", seed)
+            beholder._last_frame_time = float("-inf")
+            beholder.update()
+            compiles.append(counters["frames"]["total"])
+        assert beholder.frames_written == 100 and beholder.failures == 0
+    assert compiles[-1] == compiles[20] <= 3  # one graph for "armed", one for "not armed", and no more
+
+
+def test_watch_before_compiling_and_module_compile(tmp_path):
+    """watch(model) and then torch.compile(model), or model.compile(): dynamo traces the hooks in."""
+    plain = convnet()
+    assert train_watched(str(tmp_path / "plain"), plain, plain, "convnet", "activations") == (3, 0)
+    expected = read_frame_file(str(tmp_path / "plain"))
+    for how in ("torch.compile", "module.compile"):
+        dynamo.reset()
+        run = str(tmp_path / how)
+        model = convnet()
+        set_config(run, values="activations", mode="current", FPS=30)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        with Beholder(run, strict=True, background=False) as beholder:
+            beholder.watch(model)
+            if how == "module.compile":
+                model.compile(backend="aot_eager")
+                trained = model
+            else:
+                trained = torch.compile(model, backend="aot_eager")
+            assert not beholder._watch.compiled  # nothing compiled yet: hooks only on armed steps
+            for seed in range(6):
+                step(trained, opt, "convnet", seed)
+                beholder._last_frame_time = float("-inf")
+                beholder.update()
+            assert beholder._watch.compiled and (beholder.frames_written, beholder.failures) == (3, 0)
+        assert_same_frames(read_frame_file(run), expected)
+
+
+def test_a_model_compiled_and_run_before_watch_is_recompiled_once(run_dir):
+    model = convnet()
+    compiled_model = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    step(compiled_model, opt, "convnet", 0)  # traced with no hook
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)  # the module inside, not the wrapper: nothing says it is compiled
+        sections = []
+        for seed in range(1, 7):
+            step(compiled_model, opt, "convnet", seed)
+            beholder._last_frame_time = float("-inf")
+            if beholder.update():
+                sections.append(read_frame_file(run_dir).sections)
+    assert len(sections) == 3
+    assert "recompile" in sections[0][0]["missing"]  # the graph predated the hooks: traced again...
+    assert [s["name"] for s in sections[1]] == ["0", "1", "2", "3.conv", "3.bn", "3.relu", "4", "5", "6"]
+    assert not any("missing" in s for s in sections[2])  # ...and from then on every frame has them
+
+
+def test_unwatch_removes_a_compiled_models_hooks_and_keeps_nothing(run_dir):
+    model = convnet()
+    compiled_model = torch.compile(model, backend="eager")
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    beholder = Beholder(run_dir, strict=True, background=False)
+    handle = beholder.watch(compiled_model)
+    hooks = lambda: sum(len(m._forward_hooks) for m in model.modules())  # noqa: E731
+    assert hooks() == 9  # installed at watch(): the model is compiled already
+    watch = beholder._watch
+    compiled_model(batch("convnet", 0)[0])
+    assert watch._kept == {} and watch.captured == {}  # not armed: the graph keeps nothing
+    beholder.update()  # armed
+    compiled_model(batch("convnet", 1)[0])
+    assert len(watch._kept) == 9
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+    beholder._config_checked = float("-inf")
+    beholder.update()  # weights need no hook: disarmed, and the copies dropped
+    assert watch.armed is None and watch._kept == {} and hooks() == 9
+    handle.remove()
+    assert hooks() == 0 and beholder._watch is None
+    compiled_model(batch("convnet", 2)[0])  # the graph traced with the hooks is not used again
+    assert watch._kept == {}
+    beholder.close()
+
+
+def test_a_compiled_submodule_is_named_without_the_wrapper(tmp_path):
+    plain = Transformer()
+    model = copy.deepcopy(plain)
+    model.layers[0]["mlp"] = torch.compile(model.layers[0]["mlp"], backend="aot_eager")
+    for values in ("activations", "gradients", "trainable_variables"):
+        frames = 6 if values == "trainable_variables" else 3
+        plain_run, run = str(tmp_path / f"plain-{values}"), str(tmp_path / values)
+        assert train_watched(plain_run, plain, plain, "transformer", values) == (frames, 0)
+        assert train_watched(run, model, model, "transformer", values) == (frames, 0)
+        assert_same_frames(read_frame_file(run), read_frame_file(plain_run))
