@@ -13,6 +13,7 @@ each, never once per frame. Nothing here imports torch until it is called.
 from __future__ import annotations
 
 import logging
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -66,17 +67,30 @@ def untraced(function: Callable) -> Callable:
     return torch.compiler.disable(function, recursive=True)
 
 
-def on_compile_start(callback: Callable[[], None]) -> Callable[[], None]:
-    """Have dynamo call ``callback`` before it compiles anything; returns what stops that.
+def dynamo_loaded() -> bool:
+    """Whether dynamo is imported (torch.compile imports it; importing it here would cost seconds)."""
+    return "torch._dynamo" in sys.modules
+
+
+def listen(callback: Callable[[], None]) -> Callable[[], None]:
+    """Have dynamo call ``callback`` before it compiles anything, and guard on hooks; returns a stop.
 
     The callback runs before dynamo traces the frame, so hooks it installs
     are part of that graph. It is held by a weak reference to its owner's
     bound method when it is one, so a forgotten watch is not kept alive.
+    Dynamo is also told to guard on modules' hooks (its
+    ``skip_nnmodule_hook_guards``, on by default, off from here on, for the
+    whole process): a graph traced without hooks is then not reused by a
+    module that has them (another copy of the model, or the model after
+    watch() hooked it), it is traced again.
     """
     try:
+        import torch._dynamo.config
         from torch._dynamo.callback import callback_handler
     except ImportError:  # a torch without dynamo's callbacks: compiled models are found by is_compiled()
         return lambda: None
+    if getattr(torch._dynamo.config, "skip_nnmodule_hook_guards", False):
+        torch._dynamo.config.skip_nnmodule_hook_guards = False
     owner = getattr(callback, "__self__", None)
     ref = weakref.WeakMethod(callback) if owner is not None else (lambda: callback)
 

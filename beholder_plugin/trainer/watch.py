@@ -109,7 +109,8 @@ class Watch:
             self._versions = 0  # the parameters' version counters when armed: did a step run since?
             self._ran = False  # whether a hook ran since armed (the uncompiled model's hooks)
             self._recompiled = False
-            self._stop_listening = compiled.on_compile_start(self._compile_started) if activations else None
+            self._stop_listening: Callable[[], None] | None = None
+            self._listen()
             if self.compiled and activations:
                 self._keep_hooks()
         elif sources.is_keras_layer(model):
@@ -157,6 +158,7 @@ class Watch:
             self._kept.clear()
             if values == "activations":
                 self._versions, self._ran = _versions(self.model), False
+                self._listen()  # (torch.compile may have been called since watch())
         self.armed = values
 
     @property
@@ -388,6 +390,11 @@ class Watch:
             compiled.recompile()
             return [("activations", Captured((), None, error=compiled.RECOMPILED), None)]
         return []
+
+    def _listen(self) -> None:
+        """Once dynamo is loaded, have it say when it compiles, and guard on hooks (see compiled.listen)."""
+        if self._stop_listening is None and self._hook_choice[0] and compiled.dynamo_loaded():
+            self._stop_listening = compiled.listen(self._compile_started)
 
     def _compile_started(self) -> None:
         """Dynamo is about to compile: from now on the activation hooks stay installed, so it sees them."""

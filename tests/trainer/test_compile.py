@@ -117,10 +117,11 @@ def make(kind: str) -> nn.Module:
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
-    """Each test starts with no compiled code and zeroed counters."""
+    """Each test starts as a fresh process would: no compiled code, zeroed counters, dynamo's defaults."""
     dynamo.reset()
     counters.clear()
-    yield
+    with dynamo.config.patch(skip_nnmodule_hook_guards=True):  # watch() turns it off; restored after
+        yield
     dynamo.reset()
 
 
@@ -273,3 +274,21 @@ def test_a_compiled_submodule_is_named_without_the_wrapper(tmp_path):
         assert train_watched(plain_run, plain, plain, "transformer", values) == (frames, 0)
         assert train_watched(run, model, model, "transformer", values) == (frames, 0)
         assert_same_frames(read_frame_file(run), read_frame_file(plain_run))
+
+
+def test_a_graph_traced_for_an_unwatched_copy_is_not_used_for_the_watched_one(run_dir):
+    """Two copies of a model share its code: once watch() ran, dynamo guards on hooks: each gets its graph."""
+    other, model = convnet(), convnet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    compiled_other = torch.compile(other, backend="eager")
+    compiled_model = torch.compile(model, backend="eager")
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(compiled_model)
+        compiled_other(batch("convnet", 0)[0])  # traced first, with no hook
+        for seed in range(4):
+            step(compiled_model, opt, "convnet", seed)
+            beholder._last_frame_time = float("-inf")
+            if beholder.update():  # every frame has the activations: no recompile was needed
+                assert len(read_frame_file(run_dir).sections) == 9
+        assert (beholder.frames_written, beholder.failures) == (2, 0)
