@@ -22,8 +22,9 @@ logger = logging.getLogger("beholder")
 
 WRAPPED = "_orig_mod"  # the attribute (and the path part) under which torch.compile keeps the module
 RECOMPILED = (
-    "the model was compiled and ran before these hooks were installed, so its graph does not call "
-    "them: Beholder had dynamo recompile it once, and the next frame shows its activations"
+    "a training step ran but no activation hook did: the model most likely runs a graph compiled "
+    "before the hooks were installed. They stay installed from now on and Beholder had dynamo "
+    "recompile once (torch.compiler.reset()); the next frame shows the activations"
 )
 
 
@@ -112,7 +113,8 @@ def listen(callback: Callable[[], None]) -> Callable[[], None]:
 
 def recompile() -> None:
     """Drop dynamo's compiled code, so that the next call traces the model again, with its hooks."""
-    import torch
-
     logger.info("Beholder: %s", RECOMPILED)
-    torch.compiler.reset()
+    if dynamo_loaded():  # else nothing was compiled: the hooks that stay installed are enough
+        import torch
+
+        torch.compiler.reset()
