@@ -63,6 +63,8 @@ def compiling() -> bool:
 
 def untraced(function: Callable) -> Callable:
     """The function, which dynamo neither traces nor compiles (it runs eagerly even inside compiled code)."""
+    if not dynamo_loaded():  # nothing compiles without dynamo (and importing it would cost seconds)
+        return function
     import torch
 
     return torch.compiler.disable(function, recursive=True)
