@@ -178,10 +178,15 @@ def test_a_compiled_models_frame_equals_the_uncompiled_models(tmp_path, backend,
         assert names[:4] == ["embed", "layers.0.norm1", "layers.0.attn.qkv", "layers.0.attn.proj"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_hundred_frames_compile_the_model_a_fixed_number_of_times(run_dir, backend):
+@pytest.mark.parametrize("backend, how", [("eager", "torch.compile"), ("aot_eager", "torch.compile"),
+                                          ("aot_eager", "module.compile")])
+def test_a_hundred_frames_compile_the_model_a_fixed_number_of_times(run_dir, backend, how):
     model = convnet()
-    compiled_model = torch.compile(model, backend=backend)
+    if how == "module.compile":
+        model.compile(backend=backend)  # dynamo then compiles the modules' forwards one by one
+        compiled_model = model
+    else:
+        compiled_model = torch.compile(model, backend=backend)
     set_config(run_dir, values="activations", mode="current", FPS=30)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     compiles = []
@@ -193,7 +198,9 @@ def test_a_hundred_frames_compile_the_model_a_fixed_number_of_times(run_dir, bac
             beholder.update()
             compiles.append(counters["frames"]["total"])
         assert beholder.frames_written == 100 and beholder.failures == 0
-    assert compiles[-1] == compiles[20] <= 3  # one graph for "armed", one for "not armed", and no more
+    # torch.compile: one graph for "armed", one for "not armed", and no more; module.compile(): the
+    # same for each module whose forward dynamo compiles on its own (9 leaves and the block here)
+    assert compiles[-1] == compiles[20] <= (3 if how == "torch.compile" else 15)  # (11 in torch 2.13)
 
 
 def test_watch_before_compiling_and_module_compile(tmp_path):
