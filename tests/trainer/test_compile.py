@@ -8,6 +8,7 @@ frames agree: the layers' names, and the values.
 from __future__ import annotations
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -263,7 +264,7 @@ def test_unwatch_removes_a_compiled_models_hooks_and_keeps_nothing(run_dir):
     assert watch._kept == {} and watch.captured == {}  # not armed: the graph keeps nothing
     beholder.update()  # armed
     compiled_model(batch("convnet", 1)[0])
-    assert len(watch._kept) == 9
+    assert len(watch._kept) == 9 and all(isinstance(t, torch.Tensor) for t in watch._kept.values())  # graph's
     set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
     beholder._config_checked = float("-inf")
     beholder.update()  # weights need no hook: disarmed, and the copies dropped
@@ -324,3 +325,17 @@ def test_inductor_on_a_gpu_default_mode_and_cuda_graphs(tmp_path, kind, mode):
         assert train_watched(run, model, compiled_model, kind, values, 50, "cuda") == (frames, 0)
         assert_same_frames(read_frame_file(run), read_frame_file(plain_run), tolerance=1e-3)
         assert counters["frames"]["total"] <= 4  # 50 frames: a fixed number of graphs, not one per frame
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="inductor needs a C compiler")
+@pytest.mark.parametrize("kind", ["convnet", "transformer"])
+def test_inductor_on_the_cpu(tmp_path, kind):
+    """torch.compile's default backend, which compiles C++ for the CPU (tens of seconds)."""
+    plain = make(kind)
+    model = copy.deepcopy(plain)
+    plain_run, run = str(tmp_path / "plain"), str(tmp_path / "compiled")
+    assert train_watched(plain_run, plain, plain, kind, "activations") == (3, 0)
+    assert train_watched(run, model, torch.compile(model), kind, "activations") == (3, 0)
+    assert_same_frames(read_frame_file(run), read_frame_file(plain_run), tolerance=1e-4)
+    assert counters["frames"]["total"] == 2
