@@ -352,7 +352,7 @@ class Beholder:
         self._watch = watch
 
         def remove() -> None:
-            watch.remove()
+            watch.close()
             if self._watch is watch:
                 self._watch = None
 
@@ -361,7 +361,7 @@ class Beholder:
     def unwatch(self) -> None:
         """Remove the hooks of watch() (nothing happens when no model is watched)."""
         if self._watch is not None:
-            self._watch.remove()
+            self._watch.close()
             self._watch = None
 
     def close(self, timeout: float | None = None) -> None:

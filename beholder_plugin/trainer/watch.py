@@ -37,7 +37,7 @@ import numpy as np
 
 from beholder_plugin.protocol.filters import SectionFilter
 from beholder_plugin.protocol.layout import FRAME_WIDTH, make_plan, resolve_layout
-from beholder_plugin.trainer import sources
+from beholder_plugin.trainer import compiled, sources
 from beholder_plugin.trainer.sources import torch_batch
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.stats import sample_runs, sample_size
@@ -87,7 +87,7 @@ class Watch:
         probe: Any = None,
         strict: bool = False,
     ) -> None:
-        self.model = model
+        self.model = compiled.unwrap(model) if sources.is_torch_module(model) else model
         self.strict = strict
         self.probe = probe
         self.armed: str | None = None  # which values the hooks capture now ("gradients", "activations")
@@ -112,6 +112,18 @@ class Watch:
             # frame takes what they captured: every other step runs with no hook at all.
             self._hook_choice = (activations, gradients)
             self.sharded = any(_sharded(param) for param in model.parameters())
+            # A compiled model's activation hooks stay installed (compiled.py says why), from watch()
+            # on when it is compiled already, or from the moment dynamo starts compiling anything.
+            self.compiled = compiled.is_compiled(model)
+            self._kept: dict[str, Any] = {}  # a compiled graph's layer outputs on the armed step
+            self._kept_handles: list[Any] = []
+            self._versions = 0  # the parameters' version counters when armed: did a step run since?
+            self._ran = False  # whether a hook ran since armed (the uncompiled model's hooks)
+            self._recompiled = False
+            self._stop_listening: Callable[[], None] | None = None
+            self._listen()
+            if self.compiled and activations:
+                self._keep_hooks()
         elif sources.is_nnx_module(model):
             self.framework = "nnx"  # weights only: nnx.state(model, nnx.Param), named by path
         else:
@@ -136,6 +148,8 @@ class Watch:
             return self._variables
         named = sources.named_variables(self.model)
         if self.framework == "torch":
+            if self.compiled:  # a compiled submodule's parameters: no "_orig_mod."
+                named = [(compiled.layer_name(name), var, layout) for name, var, layout in named]
             if any(_sharded(param) for _, param, _ in named):
                 self.sharded = True  # sharded after watch(): from the next frame on, weights come from hooks
             self._variables, self._variables_at = named, now
@@ -161,12 +175,16 @@ class Watch:
         self.pattern = pattern
         if self.framework == "torch":
             self._rehook(values)  # the model as it is now (layers may have been added or replaced)
+            self._kept.clear()
+            if values == "activations":
+                self._versions, self._ran = _versions(self.model), False
+                self._listen()  # (torch.compile may have been called since watch())
         self.armed = values
 
     @property
     def hooked(self) -> bool:
-        """Whether hooks are installed now."""
-        return bool(self._handles)
+        """Whether hooks are installed now (or, for a compiled model, whether its hooks are armed)."""
+        return bool(self._handles) or (self.framework == "torch" and self.compiled and self.armed is not None)
 
     def ready(self, values: str) -> bool:
         """Whether the hooks captured these values since they were armed."""
@@ -178,6 +196,8 @@ class Watch:
             return self._keras_sections(values)
         if self.framework == "nnx":
             return _nnx_sections(values, self.variables())
+        if values == "activations":
+            return self._take_activations()
         captured = self.captured
         self.remove()  # the hooks did their step's work: training runs without them until the next frame
         if values == "trainable_variables":  # sharded weights, copied whole inside forward
@@ -187,6 +207,7 @@ class Watch:
         if values == "gradients":
             named = []
             for name, param, _layout in sources.named_variables(self.model):
+                name = compiled.layer_name(name)
                 if pattern is not None and not pattern.search(name):
                     continue
                 got = captured.get(name)
@@ -198,13 +219,30 @@ class Watch:
         return [(name, got, None) for name, got in captured.items()]
 
     def remove(self) -> None:
-        """Remove every hook and drop what was captured (arm() installs what the next frame needs)."""
+        """Remove the step's hooks and drop what was captured (arm() installs what the next frame needs).
+
+        A compiled model's activation hooks stay, disarmed: close() removes them.
+        """
         for handle in self._handles:
             handle.remove()
         self._handles = []
         self.captured = {}
         self._arrived = {}
         self.armed = None
+        if self.framework == "torch":
+            self._kept.clear()
+
+    def close(self) -> None:
+        """Remove every hook, a compiled model's too, and stop listening for compilations."""
+        self.remove()
+        if self.framework != "torch":
+            return
+        for handle in self._kept_handles:
+            handle.remove()
+        self._kept_handles = []
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
 
     # ------------------------------------------------------------ torch hooks
 
@@ -219,13 +257,15 @@ class Watch:
         if values == "gradients" and gradients:
             for name, param, layout in torch_modules.trainable_parameters(self.model):
                 if hasattr(param, "register_post_accumulate_grad_hook"):
-                    hook = self._grad_hook(name, layout)
+                    hook = self._grad_hook(compiled.layer_name(name), layout)
                     self._handles.append(param.register_post_accumulate_grad_hook(hook))
         if values == "trainable_variables":
             for path, module in self.model.named_modules():
                 if any(p.requires_grad for p in module.parameters(recurse=False)):
                     self._handles.append(module.register_forward_pre_hook(self._weights_hook(path)))
-        if values == "activations" and activations:
+        if values == "activations" and activations and self.compiled:
+            self._keep_hooks()  # installed for good (once): a compiled graph calls those it was traced with
+        elif values == "activations" and activations:
             chosen = set(activations) if isinstance(activations, (list, tuple, set)) else None
             for path, module in self.model.named_modules():
                 leaf = not any(True for _ in module.children())
@@ -287,12 +327,105 @@ class Watch:
         def hook(mod: Any, inputs: Any, output: Any) -> None:
             if self.armed != "activations":
                 return
+            self._ran = True
             tensor = _first_tensor(output)
             if tensor is None:
                 return
             self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
 
         return hook
+
+    def _keep_hooks(self) -> None:
+        """Install a compiled model's activation hooks, once: they stay until close()."""
+        if self._kept_handles:
+            return
+        activations = self._hook_choice[0]
+        chosen = set(activations) if isinstance(activations, (list, tuple, set)) else None
+        for path, module in self.model.named_modules():
+            name = compiled.layer_name(path)
+            if type(module).__name__ == "OptimizedModule":
+                continue  # a compiled submodule's wrapper: its _orig_mod is hooked, under the same name
+            leaf = not any(True for _ in module.children())
+            if (chosen is None and leaf and name) or (chosen is not None and {name, path} & chosen):
+                self._kept_handles.append(module.register_forward_hook(self._keeping_hook(name, module)))
+
+    def _keeping_hook(self, name: str, module: Any) -> Callable:
+        """A compiled model's forward hook: on the armed step, keep a copy of the layer's output.
+
+        Inside a compiled graph the copy is one more output of the graph
+        (the graph for the armed state; the other state's graph has none),
+        taken when the layer ran, before any in-place operation after it
+        (an in-place ReLU, a residual ``+=``) changes it. The shown slice is
+        cut from it outside the graph, when the frame is taken. Run
+        eagerly (a module that dynamo left out of the graph), the hook cuts
+        it at once, as an uncompiled model's does, in code dynamo is told
+        not to trace.
+        """
+        from beholder_plugin.trainer.sources import torch_modules
+
+        @compiled.untraced
+        def capture(tensor: Any) -> None:
+            self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
+
+        def hook(mod: Any, inputs: Any, output: Any) -> None:
+            if self.armed != "activations":
+                return
+            tensor = _first_tensor(output)
+            if tensor is None:
+                return
+            if compiled.compiling():
+                self._kept[name] = tensor.detach().clone()
+            else:
+                self._kept[name] = None  # cut already; noted here to keep the layers in the order they ran
+                capture(tensor)
+
+        return hook
+
+    def _take_activations(self) -> list[sources.Named]:
+        """A torch model's activation sections, in the order its layers ran.
+
+        A compiled model's are cut now from the outputs its graph kept. When
+        a training step ran (the parameters changed) but no hook did, the
+        model runs a compiled graph traced before the hooks were installed:
+        from then on they stay installed, and dynamo recompiles it once.
+        """
+        from beholder_plugin.trainer.sources import torch_modules
+
+        kept = dict(self._kept)
+        if kept:
+            modules = {compiled.layer_name(path): module for path, module in self.model.named_modules()}
+            for name, tensor in kept.items():
+                if tensor is not None:  # (None: cut already, by a hook that ran eagerly)
+                    self._capture(name, tensor, torch_modules.activation_layout(modules[name], tensor.dim()))
+            captured = {name: self.captured[name] for name in kept if name in self.captured}
+        else:
+            captured = self.captured
+        bypassed = not (kept or self._ran) and _versions(self.model) != self._versions
+        self.remove()
+        if captured:
+            return [(name, got, None) for name, got in captured.items()]
+        if bypassed and self._hook_choice[0] and not self._recompiled:
+            self._recompiled = self.compiled = True
+            self._keep_hooks()
+            compiled.recompile()
+            return [("activations", Captured((), None, error=compiled.RECOMPILED), None)]
+        return []
+
+    def _listen(self) -> None:
+        """Once dynamo is loaded, have it say when it compiles, and guard on hooks (see compiled.listen)."""
+        if self._stop_listening is None and self._hook_choice[0] and compiled.dynamo_loaded():
+            self._stop_listening = compiled.listen(self._compile_started)
+
+    def _compile_started(self) -> None:
+        """Dynamo is about to compile: from now on the activation hooks stay installed, so it sees them."""
+        if not self.compiled:
+            self.compiled = True
+            logger.debug("Beholder: torch.compile in use, the activation hooks stay installed")
+        if self.armed == "activations":  # this step's own hooks give way to the ones that stay
+            for handle in self._handles:
+                handle.remove()
+            self._handles = []
+        self._keep_hooks()
 
     def _capture(self, name: str, tensor: Any, layout: str | None) -> None:
         """Copy the shown slice of a tensor (never raises into forward or backward unless strict)."""
@@ -421,6 +554,11 @@ def _nnx_sections(values: str, variables: list[sources.Named]) -> list[sources.N
     if values == "gradients":
         return [(name, Captured((), None, error=why), None) for name, _v, _l in variables]
     return [(values, Captured((), None, error=why), None)]
+
+
+def _versions(model: Any) -> int:
+    """The sum of a torch model's parameters' version counters (an optimizer step changes it)."""
+    return sum(param._version for param in model.parameters())
 
 
 def _end_of_backward_queue() -> Callable | None:

@@ -141,3 +141,40 @@ def test_only_the_global_rank_zero_process_writes(tmp_path):
 def test_frame_must_be_callable(run_dir):
     with pytest.raises(TypeError, match="callable"):
         BeholderLightningCallback(run_dir, frame=np.zeros((4, 4)))
+
+
+class EveryUpdateDue(L.Callback):
+    """Makes a frame due at each update() of the callback listed after it: one arms, the next writes."""
+
+    def __init__(self, callback) -> None:
+        self.callback = callback
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        """A frame is due now."""
+        self.callback.beholder._last_frame_time = float("-inf")
+
+
+@pytest.mark.parametrize("values", ["activations", "gradients", "trainable_variables"])
+def test_a_module_passed_through_torch_compile_shows_what_the_uncompiled_one_does(tmp_path, values):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    frames = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        run = str(tmp_path / ("compiled" if compiled else "plain"))
+        set_config(run, values=values, mode="current", FPS=30)
+        callback = BeholderLightningCallback(run, strict=True, background=False)
+        module = TinyModule()
+        _fit(torch.compile(module, backend="aot_eager") if compiled else module,
+             [EveryUpdateDue(callback), callback], steps=4)
+        frames[compiled] = read_frame_file(run)
+        assert frames[compiled].header["step"] == 4
+        assert (counters["frames"]["ok"] > 0) == compiled  # the compiled module really ran compiled code
+    names = [s["name"] for s in frames[True].sections]
+    assert names == [s["name"] for s in frames[False].sections]
+    assert names[0] == ("net.0" if values == "activations" else "net.0.weight")
+    assert not any("missing" in s for s in frames[True].sections)
+    np.testing.assert_allclose(frames[True].values, frames[False].values, rtol=1e-4, atol=1e-5,
+                               equal_nan=True)

@@ -54,13 +54,15 @@ class GradientSpy(transformers.TrainerCallback):
                            if p.grad is not None})
 
 
-def _train(tmp_path, model, callbacks, steps: int = 4, accumulate: int = 1, clip: float = 0.0) -> None:
+def _train(
+    tmp_path, model, callbacks, steps: int = 4, accumulate: int = 1, clip: float = 0.0, **arguments
+) -> None:
     """Train for `steps` optimizer steps on the CPU, no reporting, no checkpoints, clipping off by default."""
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=4,
         gradient_accumulation_steps=accumulate, learning_rate=1e-2, max_grad_norm=clip, report_to=[],
         save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, **arguments,
     )
     transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks).train()
 
@@ -151,3 +153,41 @@ def test_only_the_main_process_writes(tmp_path):
     callback.on_pre_optimizer_step(None, State(), None)
     callback.on_step_end(None, State(), None)
     callback.on_train_end(None, State(), None)
+
+
+class EveryUpdateDue(transformers.TrainerCallback):
+    """Makes a frame due at each update() of the callback listed after it: one arms, the next writes."""
+
+    def __init__(self, callback) -> None:
+        self.callback = callback
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """A frame is due now."""
+        self.callback.beholder._last_frame_time = float("-inf")
+
+
+@pytest.mark.parametrize("values", ["activations", "gradients"])
+def test_torch_compile_in_the_training_arguments_shows_what_the_uncompiled_model_does(tmp_path, values):
+    """TrainingArguments(torch_compile=True) with dynamo's aot_eager backend (inductor compiles C++: slow)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    frames = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        run = str(tmp_path / ("compiled" if compiled else "plain"))
+        set_config(run, values=values, mode="current", FPS=30)
+        callback = BeholderHFCallback(run, strict=True, background=False)
+        arguments = {"torch_compile": True, "torch_compile_backend": "aot_eager"} if compiled else {}
+        _train(tmp_path, tiny_gpt2(), [EveryUpdateDue(callback), callback], steps=4, **arguments)
+        frames[compiled] = read_frame_file(run)
+        assert frames[compiled].header["step"] == 4
+        assert (counters["frames"]["ok"] > 0) == compiled  # the model really ran compiled code
+    names = [s["name"] for s in frames[True].sections]
+    assert names == [s["name"] for s in frames[False].sections]
+    if values == "activations":
+        assert "transformer.h.0.mlp.c_fc" in names and "lm_head" in names
+    assert not any("missing" in s for s in frames[True].sections)
+    np.testing.assert_allclose(frames[True].values, frames[False].values, rtol=1e-4, atol=1e-5,
+                               equal_nan=True)
