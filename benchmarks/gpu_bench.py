@@ -19,7 +19,8 @@ the others still run):
 - ``transformer``: a 24-layer encoder (d_model 1024, 302 M parameters),
   ``update(arrays=dict(model.named_parameters()))`` at FPS 10.
 - ``jax``: ResNet-50-shaped arrays (214) on the GPU, ``update(arrays=...)``.
-- ``compiled``: ``torch.compile``d ResNet rows (benchmarks/compile_bench.py).
+- ``compiled``: ``torch.compile``d (inductor) ResNet-18 rows, none, weights,
+  gradients, activations (benchmarks/compile_bench.py's compiled_rows).
 
 Without a GPU it says so and exits 0.
 
@@ -52,6 +53,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per condition per round")
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--compiled-steps", type=int, default=30, help="steps per condition per round")
     args = parser.parse_args()
     try:
         import torch
@@ -525,7 +527,7 @@ def part_compiled(args) -> dict:
     except ImportError:
         print("\ncompiled: benchmarks/compile_bench.py is not there")
         return {}
-    rows = compile_bench.compiled_rows(device="cuda")
+    rows = compile_bench.compiled_rows(device="cuda", steps=args.compiled_steps, rounds=args.rounds)
     print("\ntorch.compile (inductor)")
     for row in rows:
         cells = (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
