@@ -97,7 +97,7 @@ def listen(callback: Callable[[], None]) -> Callable[[], None]:
     owner = getattr(callback, "__self__", None)
     ref = weakref.WeakMethod(callback) if owner is not None else (lambda: callback)
 
-    def started(_args: Any) -> None:
+    def started(*_args: Any) -> None:
         target = ref()
         if target is not None:
             target()
