@@ -267,7 +267,8 @@ def test_cuda_update_never_synchronizes_and_copies_once(tmp_path, monkeypatch):
     names = [e.name for e in prof.events()]
     syncs = [n for n in names if "Synchronize" in n]
     assert len(syncs) == sum("Synchronize" in e.name for e in empty.events()), syncs
-    assert sum("Memcpy DtoH" in n or n == "cudaMemcpyAsync" for n in names) <= 2  # runtime call + its copy
+    # one copy to the host; the variance window's copies (the default mode) stay on the device
+    assert sum("Memcpy DtoH" in n for n in names) == 1, [n for n in names if "Memcpy" in n]
     assert not [n for n in names if "Memcpy HtoD" in n]
 
 
