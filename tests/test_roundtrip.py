@@ -61,7 +61,9 @@ def shapes(draw):
 def test_every_written_frame_reads_back_everywhere(
     tmp_path_factory, shape_list, show_all, mode, scaling, window, frames, seed
 ):
-    run = str(tmp_path_factory.mktemp("run"))
+    # a logdir of its own holding the run: the plugin confines its logdir for the whole process
+    # (protocol/files.py), and pytest's base folder as a logdir would confine every later test's files
+    run = str(tmp_path_factory.mktemp("logs") / "run")
     set_config(run, values="arrays", mode=mode, scaling=scaling, show_all=show_all, window_size=window,
                FPS=30, colormap="grayscale")
     rng = np.random.default_rng(seed)

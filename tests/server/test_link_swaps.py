@@ -122,8 +122,10 @@ def test_a_link_swapped_in_after_the_check_is_never_followed_out(tree, route):
     statuses, leaks = race(client, flipper, url)
     assert flipper.flips > 10, flipper.flips
     assert leaks == 0, (leaks, statuses)
-    assert statuses.get(200, 0) > 0, statuses  # the inside file was still served between swaps
     assert set(statuses) <= {200, 403, 404, 500}, statuses
+    # The inside file itself is still served: checked after the race, because how many requests land
+    # between swaps depends on the scheduler (none at all, once, in a full run on two busy cores).
+    assert client.get(url).status_code == 200
 
 
 def test_a_config_write_through_a_swapped_folder_writes_nothing_outside(tree):
