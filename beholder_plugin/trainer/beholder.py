@@ -758,11 +758,7 @@ class Beholder:
             except Exception as exc:
                 if self.strict:
                     raise
-                job.variance_done = False
-                for i, _ in entries:
-                    views[i].fill(np.nan)
-                    sample_views[i].fill(np.nan)
-                    missing[i] = self._section_problem(labels[i], exc)
+                self._batch_failed(job, [i for i, _ in entries], views, sample_views, exc)
 
     def _gather_again(self, job: _Job, memo: BatchMemo, named: list[sources.Named]) -> bool:
         """The frame of the same tensors as the last one, all on one device: checks and plan reused.
@@ -783,7 +779,6 @@ class Beholder:
             if pending is not None:
                 job.pending = [pending]
                 return True
-            job.variance_done = _device_variance(gather, job.config)  # replay() did not use it
             tensors = [entry[1].detach() for entry in named]
             if any(t.shape != shape for t, shape in zip(tensors, memo.shapes)):
                 self._memo = None
@@ -793,12 +788,18 @@ class Beholder:
         except Exception as exc:
             if self.strict:
                 raise
-            self._memo, job.pending, job.variance_done = None, [], False
-            for i in memo.sections:
-                views[i].fill(np.nan)
-                sample_views[i].fill(np.nan)
-                job.missing[i] = self._section_problem(plan.names[i], exc)
+            self._memo, job.pending = None, []
+            self._batch_failed(job, memo.sections, views, sample_views, exc)
         return True
+
+    def _batch_failed(self, job: _Job, sections: Any, views: list, sample_views: list,
+                      exc: Exception) -> None:
+        """Show a device batch whose launch failed as empty sections that say why (the others render)."""
+        job.variance_done = False
+        for i in sections:
+            views[i].fill(np.nan)
+            sample_views[i].fill(np.nan)
+            job.missing[i] = self._section_problem(job.plan.names[i], exc)
 
     def _device_gather(self, plan: FramePlan, device: Any) -> Any:
         """The reused device buffers (and CUDA graph) that gather a plan's sections on one device."""

@@ -17,12 +17,11 @@ Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from beholder_plugin.trainer.sources.traced_batch import TracedGather
+from beholder_plugin.trainer.sources.traced_batch import TracedGather, TracedPending
 
 # Gather CPU arrays through the batched path too (tests; BEHOLDER_BATCH_CPU_TENSORS=1 in the environment).
 BATCH_CPU_ARRAYS = os.environ.get("BEHOLDER_BATCH_CPU_TENSORS") == "1"
@@ -40,19 +39,6 @@ def batch_device(x: Any) -> Any:
     if device.platform == "cpu" and not BATCH_CPU_ARRAYS:
         return None
     return device
-
-
-@dataclass
-class JaxPending:
-    """A batch's result on its way to the host: ``wait()`` (on the worker) returns it as NumPy."""
-
-    result: Any
-    sections: list[int]
-
-    def wait(self) -> np.ndarray:
-        """Block until the values are on the host, then a writable float32 NumPy array."""
-        host = np.asarray(self.result)
-        return host if host.flags.writeable else host.copy()
 
 
 class JaxGather(TracedGather):
@@ -81,8 +67,9 @@ class JaxGather(TracedGather):
 
         return jax.jit(gather)  # runs where its inputs are: on the arrays' device
 
-    def _call(self, function: Any, arrays: list[Any], indices: list[Any], sections: list[int]) -> JaxPending:
+    def _call(self, function: Any, arrays: list[Any], indices: list[Any],
+              sections: list[int]) -> TracedPending:
         """Dispatch the function and start the copy to the host."""
         result = function(tuple(arrays), tuple(indices))
         result.copy_to_host_async()
-        return JaxPending(result, sections)
+        return TracedPending(result, sections)

@@ -16,12 +16,11 @@ Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from beholder_plugin.trainer.sources.traced_batch import TracedGather
+from beholder_plugin.trainer.sources.traced_batch import TracedGather, TracedPending
 
 # Gather CPU tensors through the batched path too (tests; BEHOLDER_BATCH_CPU_TENSORS=1 in the environment).
 BATCH_CPU_TENSORS = os.environ.get("BEHOLDER_BATCH_CPU_TENSORS") == "1"
@@ -35,19 +34,6 @@ def batch_device(x: Any) -> str | None:
     if "GPU" not in device.upper() and not BATCH_CPU_TENSORS:
         return None
     return device
-
-
-@dataclass
-class TfPending:
-    """A batch's result, computed on the device: ``wait()`` (on the worker) copies it to the host."""
-
-    result: Any
-    sections: list[int]
-
-    def wait(self) -> np.ndarray:
-        """Block until the values are on the host, then a float32 NumPy array."""
-        host = self.result.numpy()
-        return host if host.flags.writeable else host.copy()
 
 
 class TfGather(TracedGather):
@@ -75,9 +61,10 @@ class TfGather(TracedGather):
 
         return tf.function(gather, reduce_retracing=True)
 
-    def _call(self, function: Any, tensors: list[Any], indices: list[Any], sections: list[int]) -> TfPending:
+    def _call(self, function: Any, tensors: list[Any], indices: list[Any],
+              sections: list[int]) -> TracedPending:
         """Dispatch the function on the device (the worker reads the result)."""
         import tensorflow as tf
 
         with tf.device(self.device):
-            return TfPending(function(tensors, indices), sections)
+            return TracedPending(function(tensors, indices), sections)

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -29,6 +30,19 @@ def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(step)
         step *= size
     return tuple(reversed(strides))
+
+
+@dataclass
+class TracedPending:
+    """A traced batch's result on the device: ``wait()`` (on the worker) brings it to the host."""
+
+    result: Any  # a jax.Array (its copy to the host already started) or a tf.Tensor
+    sections: list[int]
+
+    def wait(self) -> np.ndarray:
+        """Block until the values are on the host, then a writable float32 NumPy array."""
+        host = np.asarray(self.result)
+        return host if host.flags.writeable else host.copy()
 
 
 class TracedGather:
