@@ -150,16 +150,14 @@ class Loop:
 def time_worker(beholder) -> list[float]:
     """Seconds the worker spends per frame (waiting for the copy, rendering, writing), appended as it goes."""
     spent: list[float] = []
-    real = beholder._run_job
+    real = beholder.jobs.run
 
     def run_job(job) -> None:
         t0 = time.perf_counter()
         real(job)
         spent.append(time.perf_counter() - t0)
 
-    beholder._run_job = run_job
-    if beholder._worker is not None:
-        beholder._worker._run = run_job
+    beholder.jobs.run = run_job  # what the worker (or update(), without one) calls for each frame
     return spent
 
 
@@ -193,7 +191,7 @@ def part_resnet(args) -> dict:
                 worker = time_worker(beholder)
                 row = loop.run(args.seconds, beholder)
                 row["worker"] = list(worker)
-                plan = beholder._frame_plans and list(beholder._frame_plans.values())[-1]
+                plan = beholder.gatherer.frame_plans and beholder.gatherer.frame_plans[-1]
                 row["values"] = plan.value_count if plan else 0
                 got[cond].append(row)
     base = statistics.median(s for g in got["none"] for s in g["steps"])
@@ -330,7 +328,7 @@ def part_floor(args) -> dict:
         layouts.append(resolve_layout(layout, tuple(p.shape), name))
     beholder = Beholder(tempfile.mkdtemp(prefix="gpu-floor-"))
     shapes = [tuple(p.shape) for _, p, _ in named]
-    plan = beholder._frame_plan([n for n, _, _ in named], shapes, False, layouts)
+    plan = beholder.gatherer.frame_plan([n for n, _, _ in named], shapes, False, layouts)
     beholder.close()
     params = [p.detach() for _, p, _ in named]
     indices = []

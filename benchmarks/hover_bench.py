@@ -40,7 +40,7 @@ arrays = [make_arrays(load_models()["resnet50"], seed) for seed in (0, 1)]
 beholder = Beholder(run)
 i = 0
 while True:
-    beholder._last_frame_time = float("-inf")
+    beholder.frame_due_now()
     beholder.update(arrays=arrays[i % 2])
     beholder.flush()
     i += 1

@@ -109,16 +109,16 @@ def blocking_vs_floor(
     write_config(logdir, {**DEFAULT_CONFIG, "values": "arrays", "mode": "current", "FPS": 30})
     beholder = Beholder(logdir, strict=True)
     for arrays in arrays_list * 2:  # plans and buffers
-        beholder._last_frame_time = float("-inf")
+        beholder.frame_due_now()
         beholder.update(arrays=arrays)
         beholder.flush()
-    out = np.empty(next(iter(beholder._frame_plans.values())).value_count, np.float32)
+    out = np.empty(beholder.gatherer.frame_plans[0].value_count, np.float32)
     floor, blocking = [], []
     made = 0
     for i in range(frames):
         arrays = arrays_list[i % len(arrays_list)]
         floor.append(floor_gather(beholder, arrays, out))
-        beholder._last_frame_time = float("-inf")  # due now (the 2 frames/s cap is waited out below)
+        beholder.frame_due_now()  # due now (the 2 frames/s cap is waited out below)
         before = len(requests)
         start = time.perf_counter()
         handed = beholder.update(arrays=arrays)

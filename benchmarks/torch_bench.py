@@ -156,8 +156,8 @@ def _state(beholder) -> tuple[bool, bool]:
     """(worker busy, hooks armed) before or after a step (both False without a Beholder)."""
     if beholder is None:
         return False, False
-    watch = beholder._watch
-    return beholder._worker.busy, watch is not None and watch.armed is not None
+    watch = beholder.watched
+    return beholder.worker.busy, watch is not None and watch.armed is not None
 
 
 def _kind(before: tuple[bool, bool], handed: bool, after: tuple[bool, bool]) -> str:

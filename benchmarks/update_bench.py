@@ -58,7 +58,8 @@ def make_arrays(shapes: list[tuple[str, tuple[int, ...]]], seed: int) -> dict[st
 def floor_gather(beholder: Beholder, arrays: dict[str, np.ndarray], out: np.ndarray) -> float:
     """Seconds to copy the shown values of arrays into out with the frame's own plans (the floor)."""
     labels = list(arrays)
-    plan = beholder._frame_plan(labels, [a.shape for a in arrays.values()], beholder.config["show_all"])
+    shapes = [a.shape for a in arrays.values()]
+    plan = beholder.gatherer.frame_plan(labels, shapes, beholder.config["show_all"])
     start = time.perf_counter()
     for i, a in enumerate(arrays.values()):
         plan.section_view(out, i)[...] = plan.plans[i].take(a)
@@ -72,10 +73,10 @@ def measure(
     write_config(logdir, {**DEFAULT_CONFIG, "values": "arrays", "mode": mode, "FPS": 30, **config})
     beholder = Beholder(logdir, strict=True)
     for i in range(warmup):  # builds the plans, and fills the history ring to its steady state
-        beholder._last_frame_time = float("-inf")
+        beholder.frame_due_now()
         beholder.update(arrays=arrays_list[i % len(arrays_list)])
         beholder.flush()
-    value_count = next(iter(beholder._frame_plans.values())).value_count
+    value_count = beholder.gatherer.frame_plans[0].value_count
     out = np.empty(value_count, np.float32)
     floor, blocking, cpu = [], [], []
     for i in range(repeats):

@@ -72,7 +72,7 @@ def test_every_written_frame_reads_back_everywhere(
     for _ in range(frames):
         arrays = [np.asarray(rng.normal(size=s) * rng.uniform(0.1, 10), np.float32) for s in shape_list]
         history.append(arrays)
-        beholder._last_frame_time = float("-inf")  # every call is a frame
+        beholder.frame_due_now()  # every call is a frame
         assert beholder.update(arrays=arrays)
         beholder.flush()
     beholder.close()

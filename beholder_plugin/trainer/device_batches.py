@@ -106,7 +106,7 @@ class BatchMemo:
     sections: tuple[int, ...]
 
     @staticmethod
-    def of(named: list, config: dict, plan: FramePlan, batches: dict, missing: dict,
+    def of(named: list, settings: Any, plan: FramePlan, batches: dict, missing: dict,
            shapes: list) -> BatchMemo | None:
         """A memo of this frame, or None unless it was one device batch of one kind of section."""
         if len(batches) != 1 or missing or plan.problems:
@@ -125,12 +125,12 @@ class BatchMemo:
             return None
         layouts = [e[1].layout if kind == "captured" else e[2] for e in named]
         return BatchMemo(kind, [e[1] for e in named], [e[0] for e in named], layouts,
-                         (config["show_all"], config["section_size"]), [tuple(s) for s in shapes], plan,
+                         (settings.show_all, settings.section_size), [tuple(s) for s in shapes], plan,
                          device, tuple(range(len(named))))
 
-    def fits(self, named: list, config: dict) -> bool:
+    def fits(self, named: list, settings: Any) -> bool:
         """Whether these sections can reuse the memo (see the class)."""
-        if len(named) != len(self.objects) or (config["show_all"], config["section_size"]) != self.settings:
+        if len(named) != len(self.objects) or (settings.show_all, settings.section_size) != self.settings:
             return False
         if self.kind == "tensors":
             return all(entry[1] is obj and entry[0] == name and entry[2] == layout

@@ -77,9 +77,9 @@ def session(tmp_path_factory):
     set_config(runs["restarted"], values="arrays", mode="current", FPS=30)
     for first_step, count in ((6496, 4), (0, 3)):  # a trainer at step 6500, then restarted from step 1
         with Beholder(runs["restarted"], strict=True) as beholder:
-            beholder._step = first_step
+            beholder.step = first_step
             for _ in range(count):
-                beholder._last_frame_time = float("-inf")  # every update is a frame
+                beholder.frame_due_now()  # every update is a frame
                 assert beholder.update(arrays={"w": np.arange(24.0).reshape(4, 6)})
                 beholder.flush()
     set_config(runs["failing"], values="arrays", mode="current", FPS=30)

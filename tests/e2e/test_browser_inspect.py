@@ -382,7 +382,7 @@ def test_hover_reads_every_layout_exactly_in_both_modes(session, mode, show_all)
             arrays = {key: (np.arange(np.prod(shape), dtype=np.float32).reshape(shape) * (1 + i * i))
                       for key, (shape, _) in LAYOUT_CASES.items()}
             history.append(arrays)
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             assert beholder.update(arrays=arrays, layout={k: v for k, (_, v) in LAYOUT_CASES.items() if v})
     written = read_frame_file(run)
     wait_for(lambda: name in frame.eval_on_selector_all("#run-select option", "os => os.map(o => o.value)"),

@@ -33,7 +33,7 @@ def write_frames(run_dir, name: str, count: int = 2, **config) -> None:
     set_config(run_dir, values="arrays", mode="current", FPS=30, filter="", **config)
     with Beholder(run_dir, strict=True, background=False) as beholder:
         for _ in range(count):
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             assert beholder.update(arrays={name: np.arange(12.0).reshape(3, 4)})
 
 

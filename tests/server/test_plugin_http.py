@@ -381,7 +381,7 @@ def test_section_info_changes_with_the_frame_it_belongs_to(tmp_path):
     _, client = plugin_client(tmp_path)
     with Beholder(tmp_path, strict=True) as beholder:
         for step, names in enumerate((["a", "b"], ["c"], ["d", "e", "f"])):
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             assert beholder.update(arrays={n: np.arange(3.0 + step) for n in names})
             beholder.flush()
             doc = json.loads(client.get(f"{BASE}/section-info?run=.").get_data())

@@ -46,7 +46,7 @@ def write_frames(run, steps, **config):
     set_config(run, **{"values": "arrays", "mode": "current", "FPS": 30, **config})
     with Beholder(run, strict=True) as beholder:
         for arrays in steps:
-            beholder._last_frame_time = float("-inf")  # every update is a frame
+            beholder.frame_due_now()  # every update is a frame
             assert beholder.update(arrays=arrays)
             beholder.flush()
 
@@ -222,7 +222,7 @@ def test_history_lists_kept_frames_and_serves_their_exact_pixels(tmp_path):
     set_config(run, values="arrays", mode="current", FPS=30, colormap="viridis")
     with Beholder(run, strict=True) as beholder:
         for step in range(4):
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             assert beholder.update(arrays={"w": np.arange(12.0).reshape(3, 4) * (step + 1) + step ** 2})
             beholder.flush()
     _, client = plugin_client(tmp_path)
@@ -277,7 +277,7 @@ def test_look_ups_stay_consistent_while_the_trainer_writes_and_recycles_kept_fra
 
     def train():
         while not stop.is_set():
-            beholder.update(arrays={"w": base + np.float32(beholder._step + 1)})  # step k: i + k
+            beholder.update(arrays={"w": base + np.float32(beholder.step + 1)})  # step k: i + k
             time.sleep(0.001)
 
     trainer = threading.Thread(target=train, daemon=True)

@@ -21,7 +21,7 @@ def write_frames(run, count: int, **config) -> None:
     set_config(run, **{"values": "arrays", "mode": "current", "FPS": 30, **config})
     with Beholder(run, strict=True) as beholder:
         for step in range(1, count + 1):
-            beholder._last_frame_time = float("-inf")  # every update is a frame
+            beholder.frame_due_now()  # every update is a frame
             arr = np.arange(120, dtype=np.float32).reshape(12, 10) + step
             assert beholder.update(arrays={"a": arr})
             beholder.flush()

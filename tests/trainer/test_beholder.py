@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -141,14 +140,14 @@ def test_unknown_keys_from_a_newer_version_are_ignored(run_dir):
 
 def test_fps_zero_computes_nothing_and_fps_throttles(run_dir):
     set_config(run_dir, values="arrays", FPS=0)
-    beholder = Beholder(run_dir, strict=True)
+    clock = FakeClock()
+    beholder = Beholder(run_dir, strict=True, clock=clock.monotonic)
     assert not beholder.update(arrays=[np.ones(3)])
     assert read_frame_file(run_dir) is None
     set_config(run_dir, values="arrays", FPS=1)
     # A paused run looks at config.json at most every CONFIG_CHECK_SECONDS (no stat() per step).
-    beholder._config_checked = time.monotonic()
     assert not beholder.update(arrays=[np.ones(3)])
-    time.sleep(CONFIG_CHECK_SECONDS)
+    clock.now += CONFIG_CHECK_SECONDS
     assert beholder.update(arrays=[np.ones(3)])
     assert not beholder.update(arrays=[np.ones(3)])  # within a second of the last frame
     assert beholder.frames_written == 1
@@ -269,20 +268,18 @@ def test_numpy_only_run_never_imports_a_framework(tmp_path):
 def test_a_call_with_no_frame_due_looks_at_config_json_at_most_every_quarter_second(run_dir, monkeypatch):
     import builtins
 
-    import beholder_plugin.trainer.beholder as beholder_module
-
     set_config(run_dir, values="arrays", FPS=1)
-    beholder = Beholder(run_dir, strict=True)
+    clock = FakeClock()
+    beholder = Beholder(run_dir, strict=True, clock=clock.monotonic)
     assert beholder.update(arrays=[np.ones(3)])  # reads the config, renders
     stats, opens = [], []
     real_stat, real_open = os.stat, builtins.open
-    monkeypatch.setattr(beholder_module.os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
+    monkeypatch.setattr(os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
     monkeypatch.setattr(builtins, "open", lambda *a, **k: opens.append(a) or real_open(*a, **k))
-    beholder._config_checked = time.monotonic()
     for _ in range(50):
         assert not beholder.update(arrays=[np.ones(3)])  # no frame due within the second
     calls_soon = len(stats)
-    time.sleep(CONFIG_CHECK_SECONDS)
+    clock.now += CONFIG_CHECK_SECONDS
     for _ in range(50):
         assert not beholder.update(arrays=[np.ones(3)])
     monkeypatch.undo()
@@ -340,17 +337,14 @@ class FakeClock:
 
 
 @pytest.mark.parametrize("step", [0.024, 0.07, 0.13])
-def test_frames_keep_the_set_rate_whatever_the_step_time(run_dir, monkeypatch, step):
+def test_frames_keep_the_set_rate_whatever_the_step_time(run_dir, step):
     """Frames fall due on a fixed grid: at 10 per second with 70 ms steps, 10 a second (not one every
     140 ms, as when each interval started at the step that took the last frame); a trainer slower than
     the rate gets a frame every step."""
-    from beholder_plugin.trainer import beholder as module
-
     clock = FakeClock()
-    monkeypatch.setattr(module, "time", clock)
     set_config(run_dir, values="arrays", FPS=10)
     taken = 0
-    with Beholder(run_dir, background=False, strict=True) as beholder:
+    with Beholder(run_dir, background=False, strict=True, clock=clock.monotonic) as beholder:
         for _ in range(int(20 / step)):  # 20 s of training
             clock.now += step
             taken += beholder.update(arrays=[np.ones(3, np.float32)])

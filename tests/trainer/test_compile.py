@@ -141,7 +141,7 @@ def train_watched(
     beholder.watch(trained)
     for seed in range(2 * frames):
         step(trained, opt, kind, seed, device)
-        beholder._last_frame_time = float("-inf")  # a frame is due at every update
+        beholder.frame_due_now()  # a frame is due at every update
         beholder.update()
     written, failures = beholder.frames_written, beholder.failures
     beholder.close()
@@ -195,7 +195,7 @@ def test_a_hundred_frames_compile_the_model_a_fixed_number_of_times(run_dir, bac
         beholder.watch(compiled_model)
         for seed in range(200):  # 100 frames: one update arms, the next takes
             step(compiled_model, opt, "convnet", seed)
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             beholder.update()
             compiles.append(counters["frames"]["total"])
         assert beholder.frames_written == 100 and beholder.failures == 0
@@ -222,12 +222,12 @@ def test_watch_before_compiling_and_module_compile(tmp_path):
                 trained = model
             else:
                 trained = torch.compile(model, backend="aot_eager")
-            assert not beholder._watch.compiled  # nothing compiled yet: hooks only on armed steps
+            assert not beholder.watched.compiled  # nothing compiled yet: hooks only on armed steps
             for seed in range(6):
                 step(trained, opt, "convnet", seed)
-                beholder._last_frame_time = float("-inf")
+                beholder.frame_due_now()
                 beholder.update()
-            assert beholder._watch.compiled and (beholder.frames_written, beholder.failures) == (3, 0)
+            assert beholder.watched.compiled and (beholder.frames_written, beholder.failures) == (3, 0)
         assert_same_frames(read_frame_file(run), expected)
 
 
@@ -242,7 +242,7 @@ def test_a_model_compiled_and_run_before_watch_is_recompiled_once(run_dir):
         sections = []
         for seed in range(1, 7):
             step(compiled_model, opt, "convnet", seed)
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             if beholder.update():
                 sections.append(read_frame_file(run_dir).sections)
     assert len(sections) == 3
@@ -259,18 +259,18 @@ def test_unwatch_removes_a_compiled_models_hooks_and_keeps_nothing(run_dir):
     handle = beholder.watch(compiled_model)
     hooks = lambda: sum(len(m._forward_hooks) for m in model.modules())  # noqa: E731
     assert hooks() == 9  # installed at watch(): the model is compiled already
-    watch = beholder._watch
+    watch = beholder.watched
     compiled_model(batch("convnet", 0)[0])
     assert watch._kept == {} and watch.captured == {}  # not armed: the graph keeps nothing
     beholder.update()  # armed
     compiled_model(batch("convnet", 1)[0])
     assert len(watch._kept) == 9 and all(isinstance(t, torch.Tensor) for t in watch._kept.values())  # graph's
     set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
-    beholder._config_checked = float("-inf")
+    beholder.frame_due_now()
     beholder.update()  # weights need no hook: disarmed, and the copies dropped
     assert watch.armed is None and watch._kept == {} and hooks() == 9
     handle.remove()
-    assert hooks() == 0 and beholder._watch is None
+    assert hooks() == 0 and beholder.watched is None
     compiled_model(batch("convnet", 2)[0])  # the graph traced with the hooks is not used again
     assert watch._kept == {}
     beholder.close()
@@ -300,7 +300,7 @@ def test_a_graph_traced_for_an_unwatched_copy_is_not_used_for_the_watched_one(ru
         compiled_other(batch("convnet", 0)[0])  # traced first, with no hook
         for seed in range(4):
             step(compiled_model, opt, "convnet", seed)
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             if beholder.update():  # every frame has the activations: no recompile was needed
                 assert len(read_frame_file(run_dir).sections) == 9
         assert (beholder.frames_written, beholder.failures) == (2, 0)

@@ -211,9 +211,9 @@ def test_a_read_only_logdir_warns_once_and_training_goes_on(tmpfs, caplog):
 
 
 def test_a_full_disk_keeps_the_previous_frame_readable(tmpfs, caplog, monkeypatch):
-    import beholder_plugin.trainer.beholder as beholder_module
+    import beholder_plugin.trainer.run_store as run_store
 
-    monkeypatch.setattr(beholder_module, "WRITE_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(run_store, "WRITE_RETRY_SECONDS", 0.0)
     run = os.path.join(tmpfs, "run")
     set_config(run, values="frames", FPS=30)
     beholder = Beholder(run)
@@ -250,9 +250,9 @@ def test_a_full_disk_shrinks_the_history_ring_says_so_and_recovers(tmpfs, monkey
     Then the disk is filled by someone else: the ring goes down to none, and frame.bin keeps its
     picture with "disk full: frames not written since ..." in its header; space back, frames resume.
     """
-    import beholder_plugin.trainer.beholder as beholder_module
+    import beholder_plugin.trainer.run_store as run_store
 
-    monkeypatch.setattr(beholder_module, "WRITE_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(run_store, "WRITE_RETRY_SECONDS", 0.0)
     run = os.path.join(tmpfs, "run")
     set_config(run, values="frames", FPS=30, history_mb=256)
     beholder = Beholder(run, background=False)
@@ -261,7 +261,7 @@ def test_a_full_disk_shrinks_the_history_ring_says_so_and_recovers(tmpfs, monkey
         due(beholder)
         picture[...] = step
         assert beholder.update(frame=picture)
-        assert read_frame_file(run).header["step"] == beholder._step  # frame.bin never stops moving
+        assert read_frame_file(run).header["step"] == beholder.step  # frame.bin never stops moving
     kept = os.listdir(os.path.join(plugin_dir(run), "history"))
     assert 1 <= len(kept) < 8 and beholder.write_errors == 0 and beholder.last_error is None
     moved, larger = 0, np.full((420, 420, 3), 7, np.uint8)
@@ -273,7 +273,7 @@ def test_a_full_disk_shrinks_the_history_ring_says_so_and_recovers(tmpfs, monkey
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
             due(beholder)
-            last = beholder._step
+            last = beholder.step
             beholder.update(frame=larger)  # larger than the spare files the ring rewrites in place
             if beholder.write_errors:
                 break
@@ -285,7 +285,7 @@ def test_a_full_disk_shrinks_the_history_ring_says_so_and_recovers(tmpfs, monkey
     os.unlink(os.path.join(tmpfs, "filler"))
     due(beholder)
     assert beholder.update(frame=picture + 2)  # by itself: no restart, no setting
-    assert read_frame_file(run).header["step"] == beholder._step == last + 2
+    assert read_frame_file(run).header["step"] == beholder.step == last + 2
     assert beholder.last_error.startswith("disk full from ") and "1 frame not written" in beholder.last_error
     due(beholder)
     assert beholder.update(frame=picture + 3)
@@ -313,7 +313,6 @@ SOAK = textwrap.dedent(
     """
     import gc, os, resource, sys, threading, time
     import numpy as np
-    import beholder_plugin.trainer.beholder as bm
     from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
 
     class Clock:  # every update() is a frame: the throttle sees a second pass per call
@@ -322,9 +321,7 @@ SOAK = textwrap.dedent(
         def monotonic(cls):
             cls.now += 1.0
             return cls.now
-        time = staticmethod(time.time)
 
-    bm.time = Clock
     run, calls = sys.argv[1], int(sys.argv[2])
     rng = np.random.default_rng(0)
     base = [rng.normal(size=s).astype(np.float32) for s in
@@ -336,7 +333,7 @@ SOAK = textwrap.dedent(
     history = os.path.join(run, "plugins", "beholder", "history")
     on_disk = lambda: sum(e.stat().st_size for e in os.scandir(history) if e.name.startswith("f-"))
     over_budget = 0
-    b = Beholder(run, strict=True)
+    b = Beholder(run, strict=True, clock=Clock.monotonic)
     fds = lambda: len(os.listdir("/proc/self/fd"))
 
     def children():  # processes whose parent is this one (ffmpeg for recordings, if any were left)

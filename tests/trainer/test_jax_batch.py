@@ -39,15 +39,15 @@ def test_jax_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
         set_config(run, values="arrays", FPS=30, mode=mode, window_size=2)
         beholder = Beholder(run, strict=True)
         for k in range(3):
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             assert beholder.update(arrays=arrays_for(k))
             beholder.flush()
         beholder.close()
         frames[batched] = read_frame_file(run)
-        gathers = list(beholder._device_gathers.values())
+        gathers = beholder.gatherer.device_gathers
         assert len(gathers) == (1 if batched else 0)
         if batched:  # not one batch (a NumPy array beside them): every frame is checked in full
-            assert beholder._memo is None
+            assert beholder.gatherer.memo is None
     a, b = frames[False], frames[True]
     np.testing.assert_array_equal(a.pixels, b.pixels)
     for i, (ra, rb) in enumerate(zip(a.sections, b.sections)):
@@ -70,14 +70,14 @@ def test_one_jitted_function_per_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(jax_batch.JaxGather, "_trace", counting)
     with Beholder(run, strict=True) as beholder:
         for k in range(4):
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             arrays = {name: x for name, x in arrays_for(k).items() if name != "plain"}
             assert beholder.update(arrays=arrays)
             beholder.flush()
             # one batch of new arrays of the same shapes: the next frame reuses this one's checks
-            assert beholder._memo is not None and beholder._memo.kind == "arrays"
+            assert beholder.gatherer.memo is not None and beholder.gatherer.memo.kind == "arrays"
         changed = dict(arrays, kernel=jnp.zeros((5, 5)))
-        beholder._last_frame_time = float("-inf")
+        beholder.frame_due_now()
         assert beholder.update(arrays=changed)  # another shape: checked in full, a new plan
         beholder.flush()
     assert len(traced) == 2
@@ -99,7 +99,7 @@ def test_donated_arrays_keep_working(tmp_path, monkeypatch):
     params = make(1)
     with Beholder(run) as beholder:
         for _ in range(3):
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             assert beholder.update(arrays=params)
             expected = np.asarray(params["b"]).copy()
             old, params = params, step(params)  # donates what the frame was gathered from
@@ -109,7 +109,7 @@ def test_donated_arrays_keep_working(tmp_path, monkeypatch):
             np.testing.assert_array_equal(frame.section_values(at).reshape(-1)[:24], expected)
         if not old["w"].is_deleted():
             pytest.skip("this JAX does not donate on the CPU")
-        beholder._last_frame_time = float("-inf")
+        beholder.frame_due_now()
         beholder.update(arrays=old)
         beholder.flush()
         assert beholder.failures == 0

@@ -80,7 +80,7 @@ def test_the_gradients_frame_shows_the_gradients_the_optimizer_used(run_dir, acc
     assert len(spy.steps) == 4
     beholder = callback.beholder
     assert beholder.frames_written >= 1 and beholder.failures == 0
-    assert beholder._step == 4  # one update() per optimizer step, whatever the accumulation
+    assert beholder.step == 4  # one update() per optimizer step, whatever the accumulation
     frame = read_frame_file(run_dir)
     assert frame.header["values"] == "gradients"
     assert [s["name"] for s in frame.sections] == ["net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias"]
@@ -99,7 +99,7 @@ def test_weights_and_activations_are_named_by_path(run_dir):
     frame = read_frame_file(run_dir)
     assert [s["name"] for s in frame.sections] == ["net.0", "net.1", "net.2", "net.3"]
     assert frame.sections[0]["layout"] == "activation_nchw" and frame.sections[0]["shape"] == [4, 4, 6, 6]
-    assert callback.beholder._watch is None  # fit ended: closed and unwatched
+    assert callback.beholder.watched is None  # fit ended: closed and unwatched
 
     set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
     spy = WeightSpy()
@@ -116,7 +116,7 @@ def test_a_beholder_passed_in_is_used_and_left_open(run_dir):
     beholder = Beholder(run_dir, strict=True, background=False)
     callback = BeholderLightningCallback(beholder)
     _fit(TinyModule(), [callback], steps=3)
-    assert callback.beholder is beholder and beholder.frames_written >= 1 and beholder._watch is None
+    assert callback.beholder is beholder and beholder.frames_written >= 1 and beholder.watched is None
     set_config(run_dir, values="arrays", mode="current", FPS=30)
     due(beholder)
     assert beholder.update(arrays={"x": np.ones(4)})  # not closed: it can still be used
@@ -151,7 +151,7 @@ class EveryUpdateDue(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         """A frame is due now."""
-        self.callback.beholder._last_frame_time = float("-inf")
+        self.callback.beholder.frame_due_now()
 
 
 @pytest.mark.parametrize("values", ["activations", "gradients", "trainable_variables"])

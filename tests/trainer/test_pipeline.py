@@ -98,7 +98,7 @@ def test_a_worker_error_is_raised_by_the_next_update_under_strict(run_dir, monke
     monkeypatch.setattr(render_module.Renderer, "render", broken)
     strict = Beholder(run_dir, strict=True)
     assert strict.update(arrays=[np.arange(4.0)])  # handed over; the worker fails later
-    strict._worker.drain()
+    strict.worker.drain()
     with pytest.raises(RuntimeError, match="renderer broke"):
         strict.update(arrays=[np.arange(4.0)])
     lenient = Beholder(run_dir)
@@ -178,7 +178,7 @@ def test_a_forked_child_does_not_inherit_a_busy_worker(run_dir):
     if pid == 0:  # the child: a DataLoader worker, say
         code = 0
         try:
-            assert not beholder._worker.busy and not beholder._worker.alive
+            assert not beholder.worker.busy and not beholder.worker.alive
             due(beholder)
             beholder.update(arrays=[np.arange(5.0)])
             beholder.flush(timeout=10)

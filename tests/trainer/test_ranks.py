@@ -86,7 +86,7 @@ DDP = textwrap.dedent(
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-        b._last_frame_time = float("-inf")  # every step is due: arm, then write
+        b.frame_due_now()  # every step is due: arm, then write
         b.update()
     b.close()
     print(f"<rank {dist.get_rank()} {b.active} {b.frames_written}>", flush=True)

@@ -19,7 +19,7 @@ from beholder_plugin.protocol.files import files_for
 from beholder_plugin.protocol.history import list_history
 from beholder_plugin.protocol.names import plugin_dir
 from beholder_plugin.protocol.runfiles import read_config, read_frame_file, write_config
-from beholder_plugin.trainer import beholder as beholder_module
+from beholder_plugin.trainer import run_settings, run_store
 
 IMAGE = np.arange(48, dtype=np.float32).reshape(6, 8)
 
@@ -84,8 +84,8 @@ def test_the_frame_rate_and_history_are_capped_on_remote_runs(url):
         handed = [beholder.update(frame=IMAGE) for _ in range(10) if time.sleep(0.02) is None]
         assert not any(handed)  # due every 1/30 s locally; at most every 2 s here
         assert beholder.config["FPS"] == 30  # config.json is unchanged: the cap applies below it
-        assert beholder._history.max_seconds == beholder_module.REMOTE_HISTORY_SECONDS
-        assert beholder._history.max_bytes == beholder_module.REMOTE_HISTORY_MB << 20
+        assert beholder.store.history.max_seconds == run_settings.REMOTE_HISTORY_SECONDS
+        assert beholder.store.history.max_bytes == run_settings.REMOTE_HISTORY_MB << 20
     finally:
         beholder.close()
 
@@ -191,7 +191,7 @@ def fault_then_recovery(beholder, failing: threading.Event, caplog, errors: int)
 
 def test_an_unreachable_store_skips_frames_warns_once_and_frames_resume(url, monkeypatch, caplog):
     set_config(url, values="frames", FPS=30)
-    monkeypatch.setattr(beholder_module, "WRITE_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(run_store, "WRITE_RETRY_SECONDS", 0.05)
     beholder = Beholder(url, max_remote_fps=30, config_poll_seconds=0.05)
     refused = ConnectionError("Could not connect to the endpoint URL")
     down = store_fault(monkeypatch, files_for(url).fs, refused, ("pipe_file", "info"))
@@ -203,7 +203,7 @@ def test_an_unreachable_store_skips_frames_warns_once_and_frames_resume(url, mon
 def test_a_recording_is_made_locally_and_uploaded_when_it_ends(url):
     set_config(url, values="frames", FPS=30, is_recording=True)
     beholder = Beholder(url, strict=True, max_remote_fps=30, config_poll_seconds=0.05)
-    staging = beholder._recorder.directory
+    staging = beholder.store.recorder.directory
     frames_until(beholder, lambda: beholder.frames_written >= 5)
     files = files_for(url)
     assert not [n for n in files.listdir(plugin_dir(url)) if n.startswith("video")]  # not before it ends
@@ -218,7 +218,7 @@ def test_a_recording_is_made_locally_and_uploaded_when_it_ends(url):
 def test_expired_credentials_get_a_clear_message_and_frames_resume(url, monkeypatch, caplog):
     """What S3 answers when a session token expires, raised by the store on every write for a while."""
     set_config(url, values="frames", FPS=30)
-    monkeypatch.setattr(beholder_module, "WRITE_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(run_store, "WRITE_RETRY_SECONDS", 0.05)
     beholder = Beholder(url, max_remote_fps=30, config_poll_seconds=0.05)
 
     class ClientError(Exception):  # botocore's, as s3fs lets it through: not an OSError

@@ -14,7 +14,7 @@ from beholder_plugin import Beholder, ConfigError
 from beholder_plugin.protocol.filters import MAX_FILTER_CHARS, FilterError, compile_filter
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.protocol.settings import validate_changes
-from beholder_plugin.trainer import beholder as beholder_module
+from beholder_plugin.trainer import gather
 
 # Long enough that Python's re would backtrack for longer than the universe has existed.
 EVIL_NAME = "a" * 60 + "!"
@@ -91,20 +91,20 @@ def test_a_filter_works_out_each_name_once(run_dir):
     calls = []
     real = sections._keeps
     sections._keeps = lambda name: calls.append(name) or real(name)
-    beholder_module._filter.cache_clear()
-    original = beholder_module.compile_filter
-    beholder_module.compile_filter = lambda text: sections if text == pattern else original(text)
+    gather.section_filter.cache_clear()
+    original = gather.compile_filter
+    gather.compile_filter = lambda text: sections if text == pattern else original(text)
     try:
         set_config(run_dir, values="arrays", mode="current", FPS=30, filter=pattern)
         with Beholder(run_dir, strict=True, background=False) as beholder:
             for _ in range(5):
-                beholder._last_frame_time = float("-inf")
+                beholder.frame_due_now()
                 assert beholder.update(arrays={"a/kernel": np.ones(2), "a/bias": np.ones(2)})
             for _ in range(1000):
                 assert sections.search("a/kernel") and not sections.search("a/bias")
     finally:
-        beholder_module.compile_filter = original
-        beholder_module._filter.cache_clear()
+        gather.compile_filter = original
+        gather.section_filter.cache_clear()
     assert sorted(calls) == ["a/bias", "a/kernel"]
 
 
@@ -114,17 +114,17 @@ def test_watch_hooks_look_names_up_instead_of_matching(run_dir):
     pattern = "/^0$/"
     set_config(run_dir, values="activations", mode="current", FPS=30, filter=pattern)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-    sections = beholder_module._filter(pattern)
+    sections = gather.section_filter(pattern)
     calls = []
     real = sections._keeps
     sections._keeps = lambda name: calls.append(name) or real(name)
     with Beholder(run_dir, strict=True, background=False) as beholder:
         beholder.watch(model)
         for _ in range(6):
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             model(torch.ones(1, 4))
             beholder.update()
-    beholder_module._filter.cache_clear()
+    gather.section_filter.cache_clear()
     assert shown_names(run_dir) == ["0"]
     assert len(calls) == len(set(calls)) == 3  # each module once, over six steps
 

@@ -111,7 +111,7 @@ def test_the_filter_gathers_only_matching_sections(run_dir):
     assert beholder.update(arrays=arrays)
     assert [rec["name"] for rec in read_frame_file(run_dir).sections] == ["conv1/kernel", "dense/kernel"]
     set_config(run_dir, values="arrays", mode="current", FPS=30, filter="/^nothing/")
-    beholder._last_frame_time = float("-inf")
+    beholder.frame_due_now()
     assert beholder.update(arrays=arrays)
     (rec,) = read_frame_file(run_dir).sections
     assert rec["name"] == "(filter)" and "matches none of the 3 sections" in rec["missing"]
@@ -130,7 +130,7 @@ def test_a_filtered_watch_copies_only_the_matching_gradients(run_dir):
         model(torch.ones(1, 4)).sum().backward()
         beholder.update()  # armed
         model(torch.ones(1, 4)).sum().backward()
-        assert set(beholder._watch.captured) == {"0.weight", "0.bias"}  # the others were not copied
+        assert set(beholder.watched.captured) == {"0.weight", "0.bias"}  # the others were not copied
         assert beholder.update()
     assert [rec["name"] for rec in read_frame_file(run_dir).sections] == ["0.weight", "0.bias"]
 

@@ -50,7 +50,7 @@ def test_tf_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
         set_config(run, values="arrays", FPS=30, mode=mode, window_size=2)
         beholder = Beholder(run, strict=True)
         for k in range(3):
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             assert beholder.update(arrays=arrays_for(variables, k))
             beholder.flush()
         beholder.close()

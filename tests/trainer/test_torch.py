@@ -144,10 +144,10 @@ def test_watch_shows_each_leaf_modules_output_and_costs_a_flag_check_otherwise(r
     beholder = Beholder(run_dir, strict=True, background=False)
     beholder.watch(model)
     train_step(model, opt, 0)
-    assert beholder._watch.captured == {}  # nothing copied while no frame is due
+    assert beholder.watched.captured == {}  # nothing copied while no frame is due
     assert beholder.update() is False  # due: armed
     x, _ = train_step(model, opt, 1)
-    assert set(beholder._watch.captured) == {"0", "1", "2", "3", "4"}
+    assert set(beholder.watched.captured) == {"0", "1", "2", "3", "4"}
     # the outputs of that forward pass, recomputed with the weights it used: undo SGD's step
     with torch.no_grad():
         params_before = [p + 0.1 * p.grad for p in model.parameters()]
@@ -170,7 +170,7 @@ def test_watch_shows_each_leaf_modules_output_and_costs_a_flag_check_otherwise(r
         if where is not None:
             expected = outputs[where["name"]][tuple(where["index"])]
             assert abs(frame.values[where["offset"]] - expected) <= 1e-5 * max(1.0, abs(expected))
-    assert beholder._watch.captured == {}  # handed over: no copies kept between frames
+    assert beholder.watched.captured == {}  # handed over: no copies kept between frames
     beholder.close()
 
 
@@ -189,7 +189,7 @@ def test_hooks_keep_no_tensor_alive_and_unwatch_removes_them(run_dir):
         assert ref() is None  # the hooks copied what they needed and let go of the output
         assert beholder.update()  # the frame takes what they captured...
         assert not any(m._forward_hooks for m in model.modules())  # ...and the steps after run unhooked
-        beholder._last_frame_time = float("-inf")  # the next frame due: armed again
+        beholder.frame_due_now()  # the next frame due: armed again
         beholder.update()
         assert all(len(m._forward_hooks) == 1 for n, m in model.named_modules() if n)
     assert all(len(m._forward_hooks) == 0 for m in model.modules())
@@ -213,7 +213,7 @@ def test_no_hook_runs_while_weights_are_shown_or_at_fps_zero(run_dir):
         beholder.update()
         assert hooked() == 0  # FPS 0: nothing is computed, and nothing hooked
         set_config(run_dir, values="gradients", mode="current", FPS=30)
-        beholder._last_frame_time = float("-inf")  # a frame is due
+        beholder.frame_due_now()  # a frame is due
         beholder.update()  # armed again
         train_step(model, opt)
         assert beholder.update()

@@ -58,7 +58,7 @@ def frames_of(run: str, arrays_per_frame: list[dict], batched: bool, monkeypatch
     set_config(run, values="arrays", FPS=30, colormap="grayscale", **config)
     beholder = Beholder(run, strict=True)
     for arrays in arrays_per_frame:
-        beholder._last_frame_time = float("-inf")  # every call is a frame
+        beholder.frame_due_now()  # every call is a frame
         assert beholder.update(arrays=arrays)
         beholder.flush()
     beholder.close()
@@ -130,7 +130,7 @@ def test_watch_frames_equal_host_frames(tmp_path, monkeypatch, values):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             written += beholder.update()
             beholder.flush()
         beholder.close()
@@ -139,7 +139,7 @@ def test_watch_frames_equal_host_frames(tmp_path, monkeypatch, values):
         assert beholder.failures == 0
         if batched:  # the frames after the first reuse its checks and plan
             expected = "tensors" if values == "trainable_variables" else "captured"
-            assert beholder._memo is not None and beholder._memo.kind == expected
+            assert beholder.gatherer.memo is not None and beholder.gatherer.memo.kind == expected
     assert_same_frames(frames[False], frames[True])
     assert frames[True].sections[0]["name"] in ("0.weight", "0")
 
@@ -168,13 +168,13 @@ def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch
     beholder = Beholder(run, strict=True)
     logs = []
     for _ in range(2):
-        beholder._last_frame_time = float("-inf")
+        beholder.frame_due_now()
         with OpLog() as log:
             assert beholder.update(arrays=arrays)
         logs.append(log)
         beholder.flush()
     beholder.close()
-    gather = next(iter(beholder._device_gathers.values()))
+    gather = beholder.gatherer.device_gathers[0]
     for log in logs:
         names = [name for name, _ in log.calls]
         assert names.count("index_select") == len(arrays) + 1  # a part per section, one permutation
@@ -225,7 +225,7 @@ def test_cuda_frames_equal_cpu_frames(tmp_path, monkeypatch, values):
         for _ in range(3):
             model.zero_grad()
             nn.functional.cross_entropy(model(x), torch.arange(4, device=device)).backward()
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             beholder.update()
             beholder.flush()
         beholder.close()
@@ -250,10 +250,10 @@ def test_cuda_update_never_synchronizes_and_copies_once(tmp_path, monkeypatch):
     arrays = {f"w{i}": torch.randn(64, 32, 3, 3, device="cuda") for i in range(20)}
     beholder = Beholder(run, strict=True)
     for _ in range(3):  # the plan's first frames upload indices and capture the graph
-        beholder._last_frame_time = float("-inf")
+        beholder.frame_due_now()
         beholder.update(arrays=arrays)
         beholder.flush()
-    beholder._last_frame_time = float("-inf")
+    beholder.frame_due_now()
     go, real = threading.Event(), torch_batch.Pending.wait
     # the worker waits for the copy only after the profile: what it shows is the training thread's
     monkeypatch.setattr(torch_batch.Pending, "wait", lambda pending: go.wait(60) and real(pending))
@@ -284,12 +284,12 @@ def test_a_replaced_parameter_is_seen_by_the_next_frame(tmp_path, monkeypatch):
         for fill in (1.0, 2.0):
             with torch.no_grad():
                 weight.fill_(fill)
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             assert beholder.update(arrays=arrays)
             beholder.flush()
             assert read_frame_file(run).section_values(0).max() == fill
         weight.data = torch.full((3, 9), 7.0)
-        beholder._last_frame_time = float("-inf")
+        beholder.frame_due_now()
         assert beholder.update(arrays=arrays)
         beholder.flush()
     frame = read_frame_file(run)
@@ -314,16 +314,16 @@ def test_the_variance_window_kept_on_the_device_is_the_hosts(tmp_path, monkeypat
         if step == 8:
             for b in (False, True):
                 set_config(runs[b], values="arrays", FPS=30, mode="variance", window_size=3)
-                beholders[b]._config_checked = float("-inf")
+                beholders[b].frame_due_now()
         frames = {}
         for batched, beholder in beholders.items():
             monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
-            beholder._last_frame_time = float("-inf")
+            beholder.frame_due_now()
             assert beholder.update(arrays={"w": weight, "b": weight[0, 0]})
             beholder.flush()
             frames[batched] = read_frame_file(runs[batched])
         assert_same_frames(frames[False], frames[True])
-    gather = next(iter(beholders[True]._device_gathers.values()))
+    gather = beholders[True].gatherer.device_gathers[0]
     assert gather.window is not None and gather.window.size == 3 and len(gather.window.samples) == 3
     for beholder in beholders.values():
         beholder.close()

@@ -23,7 +23,7 @@ def step(model, x=None) -> None:
 
 def frame_after_two_steps(beholder, model, x=None):
     """Arm, step, write: the frame's section records."""
-    beholder._last_frame_time = float("-inf")
+    beholder.frame_due_now()
     beholder.update()  # armed
     step(model, x)
     assert beholder.update()
@@ -80,7 +80,7 @@ def test_a_failing_capture_is_an_empty_section_and_training_goes_on(run_dir, mon
     assert sections[1]["missing"] == "RuntimeError: the device went away"
     with Beholder(run_dir, strict=True, background=False) as strict:
         strict.watch(model)
-        strict._last_frame_time = float("-inf")
+        strict.frame_due_now()
         strict.update()
         with pytest.raises(RuntimeError, match="the device went away"):
             step(model)  # strict: the hook's error reaches the training loop
@@ -124,9 +124,9 @@ def test_unwatch_while_armed_or_inside_backward_is_safe(run_dir):
         out = model(x)
         out.register_hook(lambda grad: beholder.unwatch())  # during backward, before any parameter's
         out.sum().backward()
-        assert beholder._watch is None
+        assert beholder.watched is None
         assert all(not p._post_accumulate_grad_hooks for p in model.parameters()
                    if getattr(p, "_post_accumulate_grad_hooks", None) is not None)
-        beholder._last_frame_time = float("-inf")
+        beholder.frame_due_now()
         assert beholder.update()  # no watch any more: the placeholder that says what to do
     assert read_frame_file(run_dir).header["values"] == "placeholder"

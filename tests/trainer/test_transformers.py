@@ -82,7 +82,7 @@ def test_the_gradients_frame_shows_the_gradients_of_an_optimizer_step(run_dir, t
     assert len(spy.steps) == 4
     beholder = callback.beholder
     assert beholder.frames_written >= 1 and beholder.failures == 0
-    assert beholder._step == 4  # one update() per optimizer step
+    assert beholder.step == 4  # one update() per optimizer step
     frame = read_frame_file(run_dir)
     names = [s["name"] for s in frame.sections]
     assert names[:3] == ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight"]
@@ -126,7 +126,7 @@ def test_weights_frame_and_close_at_the_end(run_dir, tmp_path):
     _train(tmp_path, model, [callback], steps=2)
     frame = read_frame_file(run_dir)
     assert frame.header["values"] == "trainable_variables"
-    assert callback.beholder._watch is None  # train() ended: hooks removed, Beholder closed
+    assert callback.beholder.watched is None  # train() ended: hooks removed, Beholder closed
     recorded = [n for n in os.listdir(os.path.join(run_dir, "plugins", "beholder")) if n.startswith("video-")]
     assert recorded  # the recording was finished by on_train_end
 
@@ -163,7 +163,7 @@ class EveryUpdateDue(transformers.TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         """A frame is due now."""
-        self.callback.beholder._last_frame_time = float("-inf")
+        self.callback.beholder.frame_due_now()
 
 
 @pytest.mark.parametrize("values", ["activations", "gradients"])

@@ -177,7 +177,7 @@ class BeholderCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         """Note the training thread, start with an open gate, and watch the model for activations."""
-        watched = self.beholder._watch
+        watched = self.beholder.watched
         if self.model is not None and (watched is None or watched.model is not self.model):
             self.beholder.watch(self.model, probe=self._probe, activations=self._layers or True)
         with self._gate:

@@ -308,3 +308,21 @@ def prepare_section(obj: Any, label: str) -> tuple[ModuleType, Any]:
         )
     source = adapter_for(obj)
     return source, source.prepare(obj, label)
+
+
+def refuse_inside_tf_function() -> None:
+    """Raise when update() is being traced inside tf.function, where it would see no values.
+
+    Checked on every call, not only when a frame is due, so that the mistake
+    shows on the first trace rather than never. Costs nothing without TensorFlow.
+    """
+    if "tensorflow" not in sys.modules:
+        return
+    from beholder_plugin.trainer.sources import tf_tensors
+
+    if tf_tensors.in_tf_function():
+        raise tf_tensors.SymbolicTensorError(
+            "Beholder.update() was called inside tf.function, where Python runs only while "
+            "tracing and sees no values: call update() outside it (return the tensors you want "
+            "to see from the tf.function), or use BeholderCallback with model.fit()"
+        )

@@ -189,14 +189,14 @@ class DeviceGather:
         """Issue the gather of these (section, tensor or captured part) entries and the copy; never waits."""
         return self.launch_sections([i for i, _ in entries], [obj for _, obj in entries])
 
-    def use_variance(self, config: dict) -> bool:
+    def use_variance(self, settings: Any) -> bool:
         """Whether this batch (all of a frame's sections) computes the variance window on the device
         (in variance mode, when it fits in device memory); sets ``variance`` for the next launch."""
         self.variance = False
-        if config["mode"] != "variance":
+        if settings.mode != "variance":
             self.window = None
             return False
-        size = config["window_size"]
+        size = settings.window_size
         if self.window is None:
             if not window_fits(self.device, size, self.plan.value_count):
                 return False

@@ -1,0 +1,370 @@
+"""The gatherer: on the training thread, copy what a frame shows (only that) off the caller's arrays.
+
+``Gatherer.gather(settings, inputs)`` returns the worker's ``Job``. It keeps
+what makes that cheap frame after frame: the frame plans (one per set of
+section names, shapes and layouts), the reused flat buffers, the section
+filter's matches, and the device batches that copy a frame's sections off
+an accelerator in one go (device_batches.py, sources/*_batch.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.protocol.filters import SectionFilter, compile_filter
+from beholder_plugin.protocol.layout import (
+    MISSING,
+    NoValues,
+    PlanCache,
+    RenderError,
+    frame_width,
+    layout_for,
+    resolve_layout,
+)
+from beholder_plugin.trainer import sources
+from beholder_plugin.trainer.device_batches import BatchMemo, batch_key, make_gather
+from beholder_plugin.trainer.job import Job, JobKind
+from beholder_plugin.trainer.run_settings import RunSettings
+from beholder_plugin.trainer.sources.captured import Captured
+from beholder_plugin.trainer.views import user_frame
+from beholder_plugin.trainer.views.render import FramePlan
+
+# At most this many frame plans (and section-filter matches) are kept; more start the cache afresh.
+MAX_PLANS = 16
+
+
+@functools.lru_cache(maxsize=64)
+def section_filter(pattern: str) -> SectionFilter | None:
+    """The parsed section filter (None: show every section); settings.py checked it parses."""
+    return compile_filter(pattern)
+
+
+@dataclass
+class Inputs:
+    """What one update() call was given, and the watched model (if any)."""
+
+    step: int
+    arrays: Any = None
+    frame: Any = None
+    variables: Any = None  # update()'s, else the constructor's
+    session: Any = None
+    layout: Any = None
+    watch: Any = None
+
+    def offered(self) -> tuple[str, ...]:
+        """The Values choices that update() was given something for (a placeholder offers them)."""
+        offered = []
+        if self.variables is not None or self.session is not None or self.watch is not None:
+            offered.append("trainable_variables")
+        if self.arrays is not None:
+            offered.append("arrays")
+        if self.frame is not None:
+            offered.append("frames")
+        return tuple(offered)
+
+
+class Gatherer:
+    """Turns an update()'s inputs into a Job, reusing plans, buffers and device batches between frames.
+
+    Args:
+      strict: raise a section's error instead of showing it as an empty section.
+      warn_once: ``warn_once(key, message, *args)``, the run's one-time warnings.
+    """
+
+    def __init__(self, strict: bool, warn_once: Callable[..., None]) -> None:
+        self.strict = strict
+        self._warn_once = warn_once
+        self._plans = PlanCache()
+        self._frame_plans: dict[tuple, FramePlan] = {}
+        self._buffers: dict[int, tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]] = {}
+        # (plan, device) -> the reused buffers of a device batch (sources.torch_batch, sources.jax_batch)
+        self._device_gathers: dict[tuple, Any] = {}
+        self._memo: BatchMemo | None = None  # the last frame's checks, when it was one device batch
+        self._filter_cache: dict[tuple, list[int]] = {}
+
+    @property
+    def memo(self) -> BatchMemo | None:
+        """What the last frame's checks found, when it was one device batch (else None)."""
+        return self._memo
+
+    @property
+    def device_gathers(self) -> list[Any]:
+        """The device batches kept for reuse (one per plan and device)."""
+        return list(self._device_gathers.values())
+
+    @property
+    def frame_plans(self) -> list[FramePlan]:
+        """The frame plans kept, oldest first."""
+        return list(self._frame_plans.values())
+
+    def restart_windows(self) -> None:
+        """Start the variance windows kept on a device afresh (the shown values changed)."""
+        for gather in self._device_gathers.values():
+            gather.window = None
+
+    def gather(self, settings: RunSettings, inputs: Inputs) -> Job:
+        """Copy what the frame shows (only that) off the caller's arrays, for the worker."""
+        shown, watch = settings.shown, inputs.watch
+        job = Job(JobKind.PLACEHOLDER, settings, shown, inputs.step, time.time())
+        if shown == "frames":
+            if inputs.frame is not None:
+                job.kind, job.image = JobKind.IMAGE, user_frame.capture(inputs.frame, self._warn_once)
+        elif shown == "arrays":
+            if inputs.arrays is not None:
+                self._gather_named(job, sources.named_arrays(inputs.arrays, inputs.layout))
+        elif shown in ("gradients", "activations"):
+            if watch is not None:
+                self._gather_named(job, watch.take(shown, section_filter(settings.filter)))
+        elif inputs.session is not None:
+            self._gather_session(job, inputs.session)
+        elif inputs.variables is not None:
+            self._gather_named(job, sources.named_variables(inputs.variables))
+        elif watch is not None and watch.needs_capture(shown):  # sharded: copied inside forward
+            self._gather_named(job, watch.take(shown, section_filter(settings.filter)))
+        elif watch is not None:
+            self._gather_named(job, watch.variables())
+        if job.kind is JobKind.PLACEHOLDER:  # say what update() was given instead, so the dashboard offers it
+            job.offered = inputs.offered()
+        return job
+
+    def frame_plan(
+        self,
+        labels: list[str],
+        shapes: list[tuple[int, ...]],
+        show_all: bool,
+        layouts: list[str] | None = None,
+        sizing: str = "fixed",
+    ) -> FramePlan:
+        """The cached FramePlan for these sections (a training run has few distinct ones).
+
+        A section that cannot be laid out (too few values for its layout) gets
+        an empty placeholder; ``plan.problems`` says why.
+        """
+        layouts = layouts or [layout_for(shape) for shape in shapes]
+        key = (tuple(labels), tuple(shapes), tuple(layouts), show_all, sizing)
+        plan = self._frame_plans.get(key)
+        if plan is None:
+            if len(self._frame_plans) >= MAX_PLANS:
+                self._frame_plans.clear()
+                self._buffers.clear()
+                self._device_gathers.clear()
+            width = frame_width(shapes, show_all, layouts)
+            plans, problems = [], {}
+            for i, (label, shape, layout) in enumerate(zip(labels, shapes, layouts)):
+                try:
+                    plans.append(self._plans.plan(shape, width, show_all, label, layout, sizing))
+                except RenderError as exc:
+                    plans.append(self._plans.plan((), width, show_all, label, MISSING))
+                    problems[i] = section_reason(label, exc)
+            plan = self._frame_plans[key] = FramePlan(labels, plans)
+            plan.problems = problems
+        return plan
+
+    def _buffer(self, plan: FramePlan) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
+        """The reused flat buffers for a plan (shown values, statistics samples) and their section views.
+
+        The worker is idle when they are filled.
+        """
+        found = self._buffers.get(id(plan))
+        if found is None or found[0].shape[0] != plan.value_count:
+            buffer = np.empty(plan.value_count, np.float32)
+            samples = np.empty(plan.sample_count, np.float32)
+            found = self._buffers[id(plan)] = (
+                buffer, plan.section_views(buffer), samples, plan.sample_views(samples)
+            )
+        return found
+
+    def _gather_named(self, job: Job, named: list[sources.Named]) -> None:
+        """Copy the shown values of (name, array, layout) sections into the flat buffer.
+
+        A section whose array cannot be read (None, empty, not an array, a
+        failed gather) becomes an empty section whose record says why; the
+        others still render. With ``strict`` anything but None raises.
+        """
+        if not named:
+            raise RenderError("there are no arrays to show (an empty list or dict was passed)")
+        settings = job.settings
+        pattern = section_filter(settings.filter)
+        if pattern is not None:
+            count = len(named)
+            named = [named[i] for i in self._matching(pattern, named)]
+            if not named:
+                why = f"the section filter {pattern.pattern!r} matches none of the {count} sections"
+                named = [("(filter)", Captured((), None, error=why), None)]
+        memo = self._memo
+        if memo is not None and memo.fits(named, settings) and self._gather_again(job, memo, named):
+            return
+        labels, adapters, prepared, shapes, layouts = [], [], [], [], []
+        missing: dict[int, str] = {}
+        numpy_source, captured_source = sources.adapter("numpy"), sources.adapter("captured")
+        for i, (name, obj, layout) in enumerate(named):
+            kind = type(obj)
+            if kind is np.ndarray and layout is None and obj.size and obj.dtype.kind in "biufc":
+                # a plain NumPy array: what prepare_section would find, in a few attribute reads
+                adapter, prep, shape, layout = numpy_source, obj, obj.shape, layout_for(obj.shape)
+            elif kind is Captured and layout is None and obj.error is None and 0 not in obj.shape:
+                # what a watch() hook copied, its layout already checked against its shape
+                adapter, prep, shape, layout = captured_source, obj, obj.shape, obj.layout
+            else:
+                try:
+                    adapter, prep = sources.prepare_section(obj, name)
+                    shape = sources.shape_of(prep)
+                    if layout is None:
+                        default = getattr(adapter, "default_layout", None)
+                        layout = default(obj, shape) if default is not None else None
+                    layout = resolve_layout(layout, shape, name)
+                    if 0 in shape:
+                        raise RenderError(f"section {name}: the array is empty (shape {shape})")
+                    adapter, prep = sources.in_place(prep, adapter)  # a CPU tensor: read where it lies
+                except Exception as exc:
+                    if self.strict and not isinstance(exc, NoValues):
+                        raise
+                    adapter, prep, shape, layout = None, None, (), MISSING
+                    missing[i] = self._section_problem(name, exc)
+            labels.append(name)
+            adapters.append(adapter)
+            prepared.append(prep)
+            shapes.append(shape)
+            layouts.append(layout)
+        plan = self.frame_plan(labels, shapes, settings.show_all, layouts, settings.section_size)
+        for i, reason in plan.problems.items():
+            missing[i] = reason
+        buffer, views, samples, sample_views = self._buffer(plan)
+        gather, gather_sample = sources.gather_into, sources.gather_sample
+        batches: dict[Any, list[tuple[int, Any]]] = {}  # device -> sections gathered there in one batch
+        sections = zip(adapters, prepared, plan.plans, views, labels, sample_views, plan.sample_steps)
+        for i, (adapter, obj, section, out, label, sample, step) in enumerate(sections):
+            if i in missing:
+                out.fill(np.nan)
+                continue
+            device = batch_key(adapter, obj, section, plan.width)
+            if device is not None:  # on an accelerator: issued now, copied to the host once per device
+                batches.setdefault(device, []).append((i, obj))
+                continue
+            try:
+                gather(adapter, obj, section, out, label)
+                if step[0] == 1 and out.size == plan.counts[i]:
+                    sample[...] = out.reshape(-1)  # every value is shown once: the same figures, no new read
+                else:
+                    gather_sample(adapter, obj, step, sample)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                out.fill(np.nan)
+                missing[i] = self._section_problem(label, exc)
+        job.kind, job.plan, job.buffer, job.missing = JobKind.SECTIONS, plan, buffer, missing
+        job.samples = samples
+        self._memo = BatchMemo.of(named, settings, plan, batches, missing, shapes)
+        job.pending = []
+        for device, entries in batches.items():
+            try:
+                gather = self._device_gather(plan, device)
+                if len(entries) == len(plan.plans) and not missing:  # the whole frame: variance there too
+                    job.variance_done = _device_variance(gather, settings)
+                job.pending.append(gather.launch(entries))
+            except Exception as exc:
+                if self.strict:
+                    raise
+                self._batch_failed(job, [i for i, _ in entries], views, sample_views, exc)
+
+    def _gather_again(self, job: Job, memo: BatchMemo, named: list[sources.Named]) -> bool:
+        """The frame of the same tensors as the last one, all on one device: checks and plan reused.
+
+        Each tensor is still detached afresh (a parameter's ``.data`` may have
+        been replaced) and its shape compared with the plan's; False (the
+        full path) when one changed.
+        """
+        plan = memo.plan
+        buffer, views, samples, sample_views = self._buffer(plan)
+        job.kind, job.plan, job.buffer, job.missing, job.samples = JobKind.SECTIONS, plan, buffer, {}, samples
+        gather = self._device_gather(plan, memo.device)
+        job.variance_done = _device_variance(gather, job.settings)
+        if memo.kind != "tensors":  # hook parts or arrays, already checked against the plan by fits()
+            tensors = [entry[1] for entry in named]
+        else:
+            pending = gather.replay(memo.sections, [entry[1] for entry in named])  # CUDA: the same storage
+            if pending is not None:
+                job.pending = [pending]
+                return True
+            tensors = [entry[1].detach() for entry in named]
+            if any(t.shape != shape for t, shape in zip(tensors, memo.shapes)):
+                self._memo = None
+                return False
+        try:
+            job.pending = [gather.launch_sections(list(memo.sections), tensors)]
+        except Exception as exc:
+            if self.strict:
+                raise
+            self._memo, job.pending = None, []
+            self._batch_failed(job, memo.sections, views, sample_views, exc)
+        return True
+
+    def _batch_failed(self, job: Job, sections: Any, views: list, sample_views: list,
+                      exc: Exception) -> None:
+        """Show a device batch whose launch failed as empty sections that say why (the others render)."""
+        job.variance_done = False
+        for i in sections:
+            views[i].fill(np.nan)
+            sample_views[i].fill(np.nan)
+            job.missing[i] = self._section_problem(job.plan.names[i], exc)
+
+    def _device_gather(self, plan: FramePlan, device: Any) -> Any:
+        """The reused device buffers (and CUDA graph) that gather a plan's sections on one device."""
+        key = (id(plan), device)
+        found = self._device_gathers.get(key)
+        if found is None or found.plan is not plan:
+            found = make_gather(plan, device)
+            self._device_gathers[key] = found
+        return found
+
+    def _matching(self, pattern: SectionFilter, named: list[sources.Named]) -> list[int]:
+        """Which sections a filter keeps, remembered per set of names (searched once, not every frame)."""
+        key = (pattern.pattern, tuple(entry[0] for entry in named))
+        found = self._filter_cache.get(key)
+        if found is None:
+            if len(self._filter_cache) >= MAX_PLANS:
+                self._filter_cache.clear()
+            found = self._filter_cache[key] = [i for i, entry in enumerate(named) if pattern.search(entry[0])]
+        return found
+
+    def _section_problem(self, name: str, exc: Exception) -> str:
+        """Why a section is shown empty (logged once per section name unless it is just None)."""
+        reason = section_reason(name, exc)
+        if not isinstance(exc, NoValues):
+            self._warn_once(f"section:{name}", "Beholder: section %s is shown empty: %s", name, reason)
+        return reason
+
+    def _gather_session(self, job: Job, session: Any) -> None:
+        """Fetch a TF1 session's trainable variables (the shown values only) into the flat buffer."""
+        from beholder_plugin.trainer.sources import tf_tensors
+
+        settings = job.settings
+        labels, shapes = tf_tensors.session_variable_shapes(session)
+        plan = self.frame_plan(labels, shapes, settings.show_all, sizing=settings.section_size)
+        compacts = tf_tensors.session_fetch(session, plan.plans)
+        buffer, views, _samples, _ = self._buffer(plan)  # no statistics in TF1 (one session.run fetches)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for out, compact in zip(views, compacts):
+                np.copyto(out, compact, casting="unsafe")
+        job.kind, job.plan, job.buffer = JobKind.SECTIONS, plan, buffer
+
+
+def section_reason(name: str, exc: Exception) -> str:
+    """An exception's message without the "section NAME: " prefix (the section record names it)."""
+    text = str(exc)
+    prefix = f"section {name}: "
+    if text.startswith(prefix):
+        return text[len(prefix):]
+    return text if isinstance(exc, RenderError) else f"{type(exc).__name__}: {text}"
+
+
+def _device_variance(gather: Any, settings: RunSettings) -> bool:
+    """Whether a device batch holding a whole frame computes its variance window there too."""
+    use = getattr(gather, "use_variance", None)
+    return use is not None and use(settings)

@@ -1,0 +1,103 @@
+"""One frame's job: what the gatherer copied on the training thread, and the worker's part with it.
+
+The gatherer (gather.py) fills a ``Job``; ``FrameJobs.run`` (on the worker
+thread, or inside update() without one) renders it, has the run store
+encode and write it, and hands its pixels to the recording.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.trainer.colormaps import palette_for
+from beholder_plugin.trainer.device_batches import receive
+from beholder_plugin.trainer.run_settings import RunSettings
+from beholder_plugin.trainer.run_status import RunStatus
+from beholder_plugin.trainer.views import user_frame
+from beholder_plugin.trainer.views.placeholder import placeholder_frame
+from beholder_plugin.trainer.views.render import FramePlan, Renderer
+
+# A placeholder frame's ``shown`` when update() failed (views/placeholder.py says so, with the error).
+FAILED = "failed"
+
+
+class JobKind(enum.Enum):
+    """What a frame is drawn from."""
+
+    SECTIONS = "sections"  # arrays gathered into a flat buffer, rendered as sections
+    IMAGE = "image"  # the user's own picture (update(frame=...))
+    PLACEHOLDER = "placeholder"  # the shown input was not given (or update() failed): says what to do
+
+
+@dataclass
+class Job:
+    """One frame for the worker: what to draw, the settings, and when it was asked for."""
+
+    kind: JobKind
+    settings: RunSettings
+    shown: str  # which input the frame shows (the Values choice), or FAILED
+    step: int
+    time: float
+    plan: FramePlan | None = None
+    buffer: np.ndarray | None = None  # the shown float values, section after section
+    samples: np.ndarray | None = None  # the statistics' samples (views.stats), when taken
+    image: np.ndarray | None = None
+    missing: dict[int, str] | None = None  # sections shown empty, and why
+    pending: list | None = None  # device batches still being copied to the host (sources.torch_batch)
+    variance_done: bool = False  # the buffer holds the variance window's values, computed on the device
+    offered: tuple[str, ...] = ()  # a placeholder's: the inputs update() was given instead (its header says)
+
+
+class FrameJobs:
+    """The worker's part: render a job, have the store write it, and record it when recording."""
+
+    def __init__(self, renderer: Renderer, store: Any, status: RunStatus) -> None:
+        self.renderer = renderer
+        self.store = store
+        self.status = status
+
+    def run(self, job: Job) -> None:
+        """Render, encode, write and record one frame (on the worker thread)."""
+        settings = job.settings
+        header: dict[str, Any] = {"values": job.shown, "sections": []}
+        floats = rendered = height = row_index = None
+        if job.kind is JobKind.SECTIONS:
+            if job.pending:
+                receive(job)
+            done = {"variance_done": True} if job.variance_done else {}
+            rendered = self.renderer.render(job.plan, job.buffer, settings.config, job.missing, job.samples,
+                                            **done)
+            pixels, palette, floats = None, rendered.palette, rendered.values
+            height = rendered.height
+            header.update(
+                width=rendered.width,
+                sections=rendered.sections,
+                mode=settings.mode,
+                scaling=settings.scaling,
+                show_all=settings.show_all,
+                window_size=settings.window_size,
+            )
+        elif job.kind is JobKind.IMAGE:
+            pixels, palette = user_frame.pixels(job.image)
+        else:  # the selected input was not passed (or update() failed): say what to do
+            detail = self.status.last_error if job.shown == FAILED else None
+            pixels, palette = placeholder_frame(job.shown, job.offered, detail), palette_for("grayscale")
+            header["values"] = "placeholder"
+            header["offered"] = list(job.offered)
+        colormap = settings.colormap if palette is not None else None
+        written = self.store.write_frame(header, job.time, job.step, settings, colormap,
+                                         rows=pixels, palette=palette, values=floats, height=height)
+        if not written or not settings.is_recording:
+            return
+        if rendered is not None:
+            pixels, row_index = rendered.rows()
+        if palette is None:
+            rgb = pixels
+        else:
+            coloured = palette[pixels]
+            rgb = coloured if row_index is None else np.take(coloured, row_index, axis=0)
+        self.store.record(rgb, job.time, settings.fps)  # plays at the rate frames were taken
