@@ -73,10 +73,10 @@ class SectionFilter:
         if known is None:
             if len(self._known) >= MAX_REMEMBERED_NAMES:
                 self._known = {}
-            known = self._known[name] = self._keeps(name)
+            known = self._known[name] = self.keeps(name)
         return known
 
-    def _keeps(self, name: str) -> bool:
+    def keeps(self, name: str) -> bool:
         """Work out whether the name is kept: under no hidden scope, and found by the box's text."""
         for scope in self.hidden:
             if name.startswith(scope) and (len(name) == len(scope) or name[len(scope)] in _SCOPE_ENDS):

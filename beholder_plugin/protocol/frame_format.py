@@ -231,7 +231,7 @@ def _prefix(head: dict[str, Any]) -> bytes:
     rest = {k: v for k, v in head.items() if k not in _STAMP_KEYS and k != "sections"}
     head = {**{k: head[k] for k in _STAMP_KEYS if k in head}, **rest,
             **({"sections": head["sections"]} if "sections" in head else {})}
-    text = _dump_json(head)
+    text = dump_header_json(head)
     pad = _align8(PREFIX_BYTES + len(text)) - PREFIX_BYTES - len(text)
     return FRAME_MAGIC + _LENGTH.pack(len(text)) + text + b"\x00" * pad
 
@@ -256,7 +256,7 @@ def parse_header(prefix: bytes) -> tuple[dict[str, Any], int]:
     if head_len > MAX_HEADER_BYTES or PREFIX_BYTES + head_len > len(prefix):
         raise FrameFormatError("frame header length is out of range")
     try:
-        header = _load_json(bytes(prefix[PREFIX_BYTES : PREFIX_BYTES + head_len]))
+        header = load_header_json(bytes(prefix[PREFIX_BYTES : PREFIX_BYTES + head_len]))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FrameFormatError(f"frame header is not JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -274,7 +274,7 @@ def parse_header(prefix: bytes) -> tuple[dict[str, Any], int]:
     return header, _align8(PREFIX_BYTES + head_len)
 
 
-def _dump_json(head: dict[str, Any]) -> bytes:
+def dump_header_json(head: dict[str, Any]) -> bytes:
     """Compact JSON of a header, in UTF-8: with orjson where it takes the objects (a ResNet-50 header in
     a seventh of the time, on the worker, every frame), else with the json module, which refuses NaN.
 
@@ -288,7 +288,7 @@ def _dump_json(head: dict[str, Any]) -> bytes:
     return json.dumps(head, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
-def _load_json(raw: bytes) -> Any:
+def load_header_json(raw: bytes) -> Any:
     """JSON text as Python objects: with orjson where it takes the text (a ResNet-50 header in a quarter
     of the time; readers parse one per frame), else, and with its own errors, with the json module."""
     if orjson is not None:

@@ -14,15 +14,8 @@ several percent of a small model's step). Hooks never keep a tensor alive:
 they copy the compact section (or, with show_all, the whole tensor) and drop
 the reference.
 
-For a Keras model the weights are its trainable variables with the layouts
-of their layers; activations come from running the model on a fixed probe
-batch when a frame is due (``watch(model, probe=x)``). Gradients are the
-ones Keras's torch backend leaves in each variable's ``.grad`` after a step;
-TensorFlow's and JAX's ``fit()`` keep none, so their gradient sections say so.
-
-For a Flax NNX module the weights are ``nnx.state(model, nnx.Param)``, named
-by path (``layers/0/kernel``); NNX keeps no gradients or activations, so
-those sections say to pass them as ``update(arrays=...)``.
+A Keras model or a Flax NNX module needs no hooks: watch_keras.py says what
+is shown of them.
 """
 
 from __future__ import annotations
@@ -41,6 +34,7 @@ from beholder_plugin.trainer import compiled, sources
 from beholder_plugin.trainer.sources import torch_batch
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.stats import sample_runs, sample_size
+from beholder_plugin.trainer.watch_keras import KerasWatch, nnx_sections
 
 logger = logging.getLogger("beholder")
 
@@ -48,16 +42,6 @@ logger = logging.getLogger("beholder")
 VARIABLES_REFRESH_SECONDS = 2.0
 
 CAPTURED_VALUES = ("gradients", "activations")
-NO_KERAS_GRADIENTS = (
-    "Keras's fit() keeps gradients inside the step on TensorFlow and JAX; compute them with "
-    "beholder_plugin.gradient_step() and pass them as arrays= (docs/integration.md)"
-)
-NO_PROBE = "pass probe=<a batch of inputs> to watch() to see a Keras model's activations"
-NO_NNX_VALUES = (
-    "a Flax NNX module keeps no {values}; pass them to update(arrays=...) (e.g. the State "
-    "that nnx.grad returns, named by path) and pick \"arrays\" in the dashboard"
-)
-
 
 class WatchHandle:
     """Removes a watch's hooks: ``handle.remove()``, or use it as a context manager."""
@@ -100,12 +84,12 @@ class Watch:
         self._queued = False
         # (shape, layout, sizing) -> the checked layout, the plan, the statistics' runs and sample size
         self._plans: dict[tuple, tuple] = {}
-        self._keras_probe_model: Any = None
         self._variables: list[sources.Named] | None = None  # a torch module's, walked at self._variables_at
         self._variables_at = float("-inf")
         if sources.is_keras_layer(model):  # first: on Keras's torch backend a model is a torch module too
             self.framework = "keras"
-            self._keras_layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
+            layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
+            self._keras = KerasWatch(model, probe, layers)
         elif sources.is_torch_module(model):
             self.framework = "torch"
             # Hooks are installed by arm() for the step after a frame fell due and removed when the
@@ -142,7 +126,7 @@ class Watch:
         walk): layers added, replaced or frozen show within that time.
         """
         if self.framework == "keras":
-            return _keras_variables(self.model)
+            return self._keras.variables()
         now = time.monotonic()
         if self._variables is not None and now - self._variables_at < VARIABLES_REFRESH_SECONDS:
             return self._variables
@@ -182,6 +166,11 @@ class Watch:
         self.armed = values
 
     @property
+    def kept(self) -> dict[str, Any]:
+        """A compiled torch model's layer outputs kept by its graph on the armed step ({} when none)."""
+        return self._kept if self.framework == "torch" else {}
+
+    @property
     def hooked(self) -> bool:
         """Whether hooks are installed now (or, for a compiled model, whether its hooks are armed)."""
         return bool(self._handles) or (self.framework == "torch" and self.compiled and self.armed is not None)
@@ -193,9 +182,9 @@ class Watch:
     def take(self, values: str, pattern: SectionFilter | None = None) -> list[sources.Named]:
         """The sections of a frame whose values the hooks captured (then they rest until armed again)."""
         if self.framework == "keras":
-            return self._keras_sections(values)
+            return self._keras.sections(values)
         if self.framework == "nnx":
-            return _nnx_sections(values, self.variables())
+            return nnx_sections(values, self.variables())
         if values == "activations":
             return self._take_activations()
         captured = self.captured
@@ -469,91 +458,10 @@ class Watch:
                 raise
             self.captured[name] = Captured((), None, error=f"{type(exc).__name__}: {exc}")
 
-    # ------------------------------------------------------------ Keras
-
-    def _keras_sections(self, values: str) -> list[sources.Named]:
-        """A Keras model's gradient or activation sections, or sections saying why there are none."""
-        if values == "gradients":
-            return _keras_gradients(self.variables())
-        if self.probe is None:
-            return [("activations", Captured((), None, error=NO_PROBE), None)]
-        model, names = self._probe_model()
-        outputs = model(self.probe, training=False)
-        if isinstance(outputs, dict):
-            outputs = [outputs[name] for name in names]
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
-        named = []
-        for name, out in zip(names, outputs):
-            rank = len(out.shape)
-            named.append((name, out, "activation_nhwc" if rank in (3, 4, 5) else None))
-        return named
-
-    def _probe_model(self) -> tuple[Any, list[str]]:
-        """A Keras model from the watched model's inputs to every layer's output (built once)."""
-        if self._keras_probe_model is None:
-            import keras
-
-            layers = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
-            if self._keras_layers is not None:  # the layers chosen by name, in the model's order
-                layers = [layer for layer in layers if layer.name in self._keras_layers]
-            outputs = [layer.output for layer in layers]
-            # The inputs in the structure the model was built with (a functional model's one tensor,
-            # list or dict; a Sequential's one tensor), so that the probe, given as the model takes it,
-            # is called without Keras's structure warning.
-            inputs = getattr(self.model, "_inputs_struct", None)
-            if inputs is None:
-                inputs = self.model.inputs[0] if len(self.model.inputs) == 1 else self.model.inputs
-            self._keras_probe_model = (keras.Model(inputs, outputs), [lay.name for lay in layers])
-        return self._keras_probe_model
-
-
-def _keras_variables(model: Any) -> list[sources.Named]:
-    """A Keras model's trainable variables named by path (``sequential/conv1/kernel``), in its order.
-
-    Also on Keras's torch backend, where the model is a torch module whose
-    parameters torch would name after Keras's internal tracker.
-    """
-    from beholder_plugin.trainer.sources import keras_variables
-
-    layouts = keras_variables.layouts_by_variable(model)
-    return [(sources.variable_name(v, i), v, layouts.get(id(v)))
-            for i, v in enumerate(model.trainable_variables)]
-
-
-def _keras_gradients(variables: list[sources.Named]) -> list[sources.Named]:
-    """The gradients of the last training step, where the backend keeps them (torch), by variable path.
-
-    Keras's torch backend runs ``loss.backward()`` and leaves each gradient
-    in ``variable.value.grad`` until the next step zeroes it, and the callback
-    reads between steps. TensorFlow and JAX compute gradients inside the
-    step and keep none: those sections say how to pass them.
-    """
-    named = []
-    for name, variable, layout in variables:
-        value = getattr(variable, "value", None)
-        grad = getattr(value, "grad", None) if type(value).__module__.startswith("torch") else None
-        if grad is not None:
-            named.append((name, grad, layout))
-        elif value is not None and type(value).__module__.startswith("torch"):
-            why = "no gradient this step (the variable was not used in the loss, or is frozen)"
-            named.append((name, Captured(tuple(variable.shape), None, error=why), None))
-        else:
-            named.append((name, Captured((), None, error=NO_KERAS_GRADIENTS), None))
-    return named
-
 
 def _sharded(param: Any) -> bool:
     """Whether a torch parameter is a DTensor (sharded, as FSDP2 keeps it between forwards)."""
     return type(param).__name__ == "DTensor"
-
-
-def _nnx_sections(values: str, variables: list[sources.Named]) -> list[sources.Named]:
-    """Gradient or activation sections of a Flax NNX module: empty, saying how to show them."""
-    why = NO_NNX_VALUES.format(values=values)
-    if values == "gradients":
-        return [(name, Captured((), None, error=why), None) for name, _v, _l in variables]
-    return [(values, Captured((), None, error=why), None)]
 
 
 def _versions(model: Any) -> int:

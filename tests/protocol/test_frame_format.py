@@ -248,7 +248,7 @@ def test_headers_read_the_same_with_or_without_orjson(monkeypatch):
 
     def read(text):
         try:
-            return ("ok", frame_format._load_json(text))
+            return ("ok", frame_format.load_header_json(text))
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             return ("error", type(exc))
 
@@ -268,9 +268,9 @@ def test_headers_write_the_same_objects_with_or_without_orjson(monkeypatch):
         {"writer": "w", "frame_id": 2, "mean": np.float64(0.1), "step": 2**70},
         {"writer": "w", "frame_id": 3, "name": "\ud800"},
     ]
-    fast = [frame_format._dump_json(h) for h in heads]
+    fast = [frame_format.dump_header_json(h) for h in heads]
     monkeypatch.setattr(frame_format, "orjson", None)
-    slow = [frame_format._dump_json(h) for h in heads]
+    slow = [frame_format.dump_header_json(h) for h in heads]
     assert fast[0] != slow[0]  # orjson writes UTF-8, json escapes: both are JSON
     for a, b in zip(fast, slow):
         assert json.loads(a) == json.loads(b)

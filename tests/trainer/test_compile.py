@@ -261,18 +261,18 @@ def test_unwatch_removes_a_compiled_models_hooks_and_keeps_nothing(run_dir):
     assert hooks() == 9  # installed at watch(): the model is compiled already
     watch = beholder.watched
     compiled_model(batch("convnet", 0)[0])
-    assert watch._kept == {} and watch.captured == {}  # not armed: the graph keeps nothing
+    assert watch.kept == {} and watch.captured == {}  # not armed: the graph keeps nothing
     beholder.update()  # armed
     compiled_model(batch("convnet", 1)[0])
-    assert len(watch._kept) == 9 and all(isinstance(t, torch.Tensor) for t in watch._kept.values())  # graph's
+    assert len(watch.kept) == 9 and all(isinstance(t, torch.Tensor) for t in watch.kept.values())  # graph's
     set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
     beholder.frame_due_now()
     beholder.update()  # weights need no hook: disarmed, and the copies dropped
-    assert watch.armed is None and watch._kept == {} and hooks() == 9
+    assert watch.armed is None and watch.kept == {} and hooks() == 9
     handle.remove()
     assert hooks() == 0 and beholder.watched is None
     compiled_model(batch("convnet", 2)[0])  # the graph traced with the hooks is not used again
-    assert watch._kept == {}
+    assert watch.kept == {}
     beholder.close()
 
 

@@ -61,13 +61,13 @@ def test_one_jitted_function_per_plan(tmp_path, monkeypatch):
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30)
     traced = []
-    real = jax_batch.JaxGather._trace
+    real = jax_batch.JaxGather.trace
 
     def counting(self, sections):
         traced.append(tuple(sections))
         return real(self, sections)
 
-    monkeypatch.setattr(jax_batch.JaxGather, "_trace", counting)
+    monkeypatch.setattr(jax_batch.JaxGather, "trace", counting)
     with Beholder(run, strict=True) as beholder:
         for k in range(4):
             beholder.frame_due_now()

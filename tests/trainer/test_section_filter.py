@@ -89,8 +89,8 @@ def test_a_filter_works_out_each_name_once(run_dir):
     pattern = "/kernel/"
     sections = compile_filter(pattern)
     calls = []
-    real = sections._keeps
-    sections._keeps = lambda name: calls.append(name) or real(name)
+    real = sections.keeps
+    sections.keeps = lambda name: calls.append(name) or real(name)
     gather.section_filter.cache_clear()
     original = gather.compile_filter
     gather.compile_filter = lambda text: sections if text == pattern else original(text)
@@ -116,8 +116,8 @@ def test_watch_hooks_look_names_up_instead_of_matching(run_dir):
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     sections = gather.section_filter(pattern)
     calls = []
-    real = sections._keeps
-    sections._keeps = lambda name: calls.append(name) or real(name)
+    real = sections.keeps
+    sections.keeps = lambda name: calls.append(name) or real(name)
     with Beholder(run_dir, strict=True, background=False) as beholder:
         beholder.watch(model)
         for _ in range(6):

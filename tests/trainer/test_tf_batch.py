@@ -35,13 +35,13 @@ def arrays_for(variables: dict, seed: int) -> dict:
 @pytest.mark.parametrize("mode", ["current", "variance"])
 def test_tf_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
     frames, traced = {}, []
-    real = tf_batch.TfGather._trace
+    real = tf_batch.TfGather.trace
 
     def counting(self, sections):
         traced.append(sections)
         return real(self, sections)
 
-    monkeypatch.setattr(tf_batch.TfGather, "_trace", counting)
+    monkeypatch.setattr(tf_batch.TfGather, "trace", counting)
     for batched in (False, True):
         monkeypatch.setattr(tf_batch, "BATCH_CPU_TENSORS", batched)
         variables = {"kernel": tf.Variable(tf.zeros((3, 3, 16, 40))), "bias": tf.Variable(tf.zeros(40)),

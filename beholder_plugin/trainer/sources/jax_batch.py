@@ -51,7 +51,7 @@ class JaxGather(TracedGather):
         dtype = np.int32 if flat.size == 0 or flat.max() < 2**31 else np.int64
         return jax.device_put(flat.astype(dtype), self.device)
 
-    def _trace(self, sections: list[int]) -> Any:
+    def trace(self, sections: list[int]) -> Any:
         """A jitted function: arrays and positions -> the frame's float32 values then samples."""
         import jax
         import jax.numpy as jnp

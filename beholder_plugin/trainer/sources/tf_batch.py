@@ -46,7 +46,7 @@ class TfGather(TracedGather):
         with tf.device(self.device):
             return tf.identity(tf.constant(flat, dtype=tf.int64))
 
-    def _trace(self, sections: list[int]) -> Any:
+    def trace(self, sections: list[int]) -> Any:
         """A tf.function: tensors and positions -> the frame's float32 values then samples."""
         import tensorflow as tf
 

@@ -1,7 +1,7 @@
 """What the traced device batches (JAX's jit, TensorFlow's tf.function) share: one function per plan.
 
 A subclass says how to upload a section's flat positions (``_upload``), how
-to trace the gather (``_trace``, with ``arrange`` laying the parts out in
+to trace the gather (``trace``, with ``arrange`` laying the parts out in
 the frame's order) and how to call it (``_call``); this class keeps the
 traced functions and uploaded positions, made once per plan.
 
@@ -9,7 +9,7 @@ Example::
 
     class MyGather(TracedGather):
         def _upload(self, flat): ...
-        def _trace(self, sections): ...
+        def trace(self, sections): ...
         def _call(self, function, arrays, indices, sections): ...
 """
 
@@ -66,7 +66,7 @@ class TracedGather:
         if function is None:
             if len(self._functions) >= 8:
                 self._functions.clear()
-            function = self._functions[key] = self._trace(list(sections))
+            function = self._functions[key] = self.trace(list(sections))
         indices = [self._index(i, shape) for i, shape in zip(sections, shapes)]
         return self._call(function, list(arrays), indices, list(sections))
 
@@ -96,7 +96,7 @@ class TracedGather:
     def _upload(self, flat: np.ndarray) -> Any:
         raise NotImplementedError
 
-    def _trace(self, sections: list[int]) -> Any:
+    def trace(self, sections: list[int]) -> Any:
         raise NotImplementedError
 
     def _call(self, function: Any, arrays: list[Any], indices: list[Any], sections: list[int]) -> Any:

@@ -1,0 +1,120 @@
+"""What watch(model) shows of a Keras model or a Flax NNX module (watch.py does torch's hooks).
+
+A Keras model's weights are its trainable variables with the layouts of
+their layers; activations come from running the model on a fixed probe batch
+when a frame is due (``watch(model, probe=x)``). Gradients are the ones
+Keras's torch backend leaves in each variable's ``.grad`` after a step;
+TensorFlow's and JAX's ``fit()`` keep none, so their gradient sections say
+so. A Flax NNX module keeps no gradients or activations: those sections say
+to pass them as ``update(arrays=...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from beholder_plugin.trainer import sources
+from beholder_plugin.trainer.sources.captured import Captured
+
+NO_KERAS_GRADIENTS = (
+    "Keras's fit() keeps gradients inside the step on TensorFlow and JAX; compute them with "
+    "beholder_plugin.gradient_step() and pass them as arrays= (docs/integration.md)"
+)
+NO_PROBE = "pass probe=<a batch of inputs> to watch() to see a Keras model's activations"
+NO_NNX_VALUES = (
+    "a Flax NNX module keeps no {values}; pass them to update(arrays=...) (e.g. the State "
+    "that nnx.grad returns, named by path) and pick \"arrays\" in the dashboard"
+)
+
+
+class KerasWatch:
+    """A watched Keras model: its variables, its gradients (torch backend), and its probed activations."""
+
+    def __init__(self, model: Any, probe: Any, layers: list[str] | None) -> None:
+        self.model = model
+        self.probe = probe
+        self.layers = layers  # the layers whose activations are shown, by name (None: all)
+        self._probe_built: Any = None
+
+    def variables(self) -> list[sources.Named]:
+        """The model's trainable variables, named by path, with their layouts."""
+        return keras_variables(self.model)
+
+    def sections(self, values: str) -> list[sources.Named]:
+        """A Keras model's gradient or activation sections, or sections saying why there are none."""
+        if values == "gradients":
+            return keras_gradients(self.variables())
+        if self.probe is None:
+            return [("activations", Captured((), None, error=NO_PROBE), None)]
+        model, names = self._probe_model()
+        outputs = model(self.probe, training=False)
+        if isinstance(outputs, dict):
+            outputs = [outputs[name] for name in names]
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        named = []
+        for name, out in zip(names, outputs):
+            rank = len(out.shape)
+            named.append((name, out, "activation_nhwc" if rank in (3, 4, 5) else None))
+        return named
+
+    def _probe_model(self) -> tuple[Any, list[str]]:
+        """A Keras model from the watched model's inputs to every layer's output (built once)."""
+        if self._probe_built is None:
+            import keras
+
+            layers = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
+            if self.layers is not None:  # the layers chosen by name, in the model's order
+                layers = [layer for layer in layers if layer.name in self.layers]
+            outputs = [layer.output for layer in layers]
+            # The inputs in the structure the model was built with (a functional model's one tensor,
+            # list or dict; a Sequential's one tensor), so that the probe, given as the model takes it,
+            # is called without Keras's structure warning.
+            inputs = getattr(self.model, "_inputs_struct", None)
+            if inputs is None:
+                inputs = self.model.inputs[0] if len(self.model.inputs) == 1 else self.model.inputs
+            self._probe_built = (keras.Model(inputs, outputs), [lay.name for lay in layers])
+        return self._probe_built
+
+
+def keras_variables(model: Any) -> list[sources.Named]:
+    """A Keras model's trainable variables named by path (``sequential/conv1/kernel``), in its order.
+
+    Also on Keras's torch backend, where the model is a torch module whose
+    parameters torch would name after Keras's internal tracker.
+    """
+    from beholder_plugin.trainer.sources import keras_variables
+
+    layouts = keras_variables.layouts_by_variable(model)
+    return [(sources.variable_name(v, i), v, layouts.get(id(v)))
+            for i, v in enumerate(model.trainable_variables)]
+
+
+def keras_gradients(variables: list[sources.Named]) -> list[sources.Named]:
+    """The gradients of the last training step, where the backend keeps them (torch), by variable path.
+
+    Keras's torch backend runs ``loss.backward()`` and leaves each gradient
+    in ``variable.value.grad`` until the next step zeroes it, and the callback
+    reads between steps. TensorFlow and JAX compute gradients inside the
+    step and keep none: those sections say how to pass them.
+    """
+    named = []
+    for name, variable, layout in variables:
+        value = getattr(variable, "value", None)
+        grad = getattr(value, "grad", None) if type(value).__module__.startswith("torch") else None
+        if grad is not None:
+            named.append((name, grad, layout))
+        elif value is not None and type(value).__module__.startswith("torch"):
+            why = "no gradient this step (the variable was not used in the loss, or is frozen)"
+            named.append((name, Captured(tuple(variable.shape), None, error=why), None))
+        else:
+            named.append((name, Captured((), None, error=NO_KERAS_GRADIENTS), None))
+    return named
+
+
+def nnx_sections(values: str, variables: list[sources.Named]) -> list[sources.Named]:
+    """Gradient or activation sections of a Flax NNX module: empty, saying how to show them."""
+    why = NO_NNX_VALUES.format(values=values)
+    if values == "gradients":
+        return [(name, Captured((), None, error=why), None) for name, _v, _l in variables]
+    return [(values, Captured((), None, error=why), None)]
