@@ -35,10 +35,12 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(VENV)/bin/ruff check beholder_plugin tests demos benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -ra
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check beholder_plugin tests demos benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/update_bench.py
