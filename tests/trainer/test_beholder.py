@@ -384,3 +384,25 @@ def test_a_failing_update_writes_a_frame_saying_so_at_once(run_dir):
     beholder.flush()
     assert read_frame_file(run_dir).header["frame_id"] == stored.header["frame_id"]
     beholder.close()
+
+
+def test_frame_due_now_makes_the_next_update_take_a_frame(run_dir):
+    set_config(run_dir, values="arrays", FPS=1)
+    clock = FakeClock()
+    with Beholder(run_dir, strict=True, background=False, clock=clock.monotonic) as beholder:
+        assert beholder.update(arrays=[np.ones(3)])
+        assert not beholder.update(arrays=[np.ones(3)])  # the clock stands still: no frame due
+        beholder.frame_due_now()
+        assert beholder.update(arrays=[np.ones(3)]) and beholder.frames_written == 2
+        assert beholder.step == 3 and read_frame_file(run_dir).header["step"] == 3
+
+
+def test_watched_is_the_model_watch_shows(run_dir):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(3, 2)
+    with Beholder(run_dir, strict=True) as beholder:
+        assert beholder.watched is None
+        handle = beholder.watch(model)
+        assert beholder.watched is not None and beholder.watched.model is model
+        handle.remove()
+        assert beholder.watched is None
