@@ -26,7 +26,7 @@ def flushed_updates(monkeypatch):
 
     For tests about what a frame shows, which read the files right after
     update(). The frame still goes through the background worker; the tests
-    of the worker itself (trainer/test_pipeline.py) do not use this.
+    of the worker itself (trainer/test_worker.py) do not use this.
     """
     from beholder_plugin.trainer.beholder import Beholder
 

@@ -1,8 +1,7 @@
-"""Beholder.update(): naming, config on disk, throttling, frames, placeholders and failures."""
+"""trainer/beholder.py: the front: when frames fall due (its clock), frames, placeholders and failures."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -15,127 +14,11 @@ from support import due, set_config
 
 from beholder_plugin import DEFAULT_CONFIG, Beholder, read_config, read_frame, read_section_info
 from beholder_plugin.protocol.layout import RenderError
-from beholder_plugin.protocol.runfiles import config_path, plugin_dir, read_frame_file
+from beholder_plugin.protocol.runfiles import config_path, read_frame_file
 from beholder_plugin.trainer.beholder import CONFIG_CHECK_SECONDS
 
 pytestmark = pytest.mark.usefixtures("flushed_updates")
 
-
-
-def test_a_missing_config_is_created_with_the_defaults(run_dir):
-    beholder = Beholder(run_dir)
-    beholder.update(arrays=[np.zeros(3)])
-    with open(config_path(run_dir)) as f:
-        doc = json.load(f)
-    assert doc == {"version": 1, **DEFAULT_CONFIG}
-
-
-def test_list_arrays_are_named_by_index_and_dict_arrays_by_key(run_dir):
-    set_config(run_dir, values="arrays", mode="current", FPS=30)
-    beholder = Beholder(run_dir, strict=True)
-    assert beholder.update(arrays=[np.arange(4.0), np.ones((2, 3))])
-    assert [s["name"] for s in read_section_info(run_dir)] == ["0", "1"]
-    due(beholder)
-    assert beholder.update(arrays={"conv1/grad": np.arange(4.0), "dense/grad": np.ones((2, 3))})
-    infos = read_section_info(run_dir)
-    assert [s["name"] for s in infos] == ["conv1/grad", "dense/grad"]
-    assert [s["shape"] for s in infos] == [[4], [2, 3]]
-    frame = read_frame(run_dir)
-    assert frame.shape == (128 + 5 + 128, 768, 3) and frame.dtype == np.uint8
-
-
-def test_variables_are_named_from_a_dict_and_a_list(run_dir):
-    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
-    beholder = Beholder(run_dir, variables={"w": np.ones((3, 3)), "b": np.arange(3.0)}, strict=True)
-    assert beholder.update()
-    assert [s["name"] for s in read_section_info(run_dir)] == ["w", "b"]
-    due(beholder)
-    assert beholder.update(variables=[np.ones(2)])  # per-call override
-    assert [s["name"] for s in read_section_info(run_dir)] == ["0"]
-
-
-def test_array_likes_of_many_dtypes_render(run_dir):
-    set_config(run_dir, values="arrays", mode="current", FPS=30)
-    beholder = Beholder(run_dir, strict=True)
-    arrays = {
-        "nested list": [[1, 2], [3, 4]],
-        "bool": np.array([True, False, True]),
-        "int8": np.arange(-3, 3, dtype=np.int8),
-        "uint64": np.arange(5, dtype=np.uint64),
-        "float16": np.linspace(0, 1, 7, dtype=np.float16),
-        "scalar": np.float32(2.5),
-        "strided view": np.arange(100.0).reshape(10, 10)[::2, ::3],
-    }
-    assert beholder.update(arrays=arrays)
-    infos = {s["name"]: s for s in read_section_info(run_dir)}
-    assert infos["nested list"]["max"] == 4.0 and infos["bool"]["max"] == 1.0
-    assert infos["int8"]["min"] == -3.0 and infos["uint64"]["max"] == 4.0
-    assert infos["float16"]["max"] == 1.0 and infos["scalar"]["mean"] == 2.5
-    assert infos["strided view"]["max"] == 89.0 and infos["strided view"]["shape"] == [5, 4]
-
-
-def test_a_huge_broadcast_view_is_never_copied_whole(run_dir):
-    set_config(run_dir, values="arrays", mode="current", FPS=30)
-    huge = np.broadcast_to(np.arange(1000.0), (1000, 1000, 1000))  # 10^9 values, 8 KB of memory
-    beholder = Beholder(run_dir, strict=True)
-    assert beholder.update(arrays={"huge": huge})
-    info = read_section_info(run_dir)[0]
-    assert info["shape"] == [1000, 1000, 1000] and info["max"] == 999.0
-
-
-def test_config_changes_on_disk_are_picked_up_on_the_next_update(run_dir):
-    set_config(run_dir, values="arrays", mode="current", FPS=30, colormap="grayscale")
-    beholder = Beholder(run_dir, strict=True)
-    beholder.update(arrays=[np.array([0.0, 1.0])])
-    assert tuple(read_frame(run_dir)[0, -1]) == (255, 255, 255)
-    set_config(run_dir, values="arrays", mode="current", FPS=30, colormap="viridis")
-    due(beholder)
-    beholder.update(arrays=[np.array([0.0, 1.0])])
-    assert tuple(read_frame(run_dir)[0, -1]) == (253, 231, 36)
-    assert beholder.config["colormap"] == "viridis"
-
-
-def test_a_corrupt_config_keeps_the_last_good_one_and_is_logged_once(run_dir, caplog):
-    set_config(run_dir, values="arrays", mode="current", FPS=30)
-    beholder = Beholder(run_dir)
-    assert beholder.update(arrays=[np.ones(3)])
-    with open(config_path(run_dir), "w") as f:
-        f.write('{"values": "arrays", "FPS": ')  # truncated
-    with caplog.at_level(logging.WARNING, logger="beholder"):
-        written = 0
-        for _ in range(5):
-            due(beholder)
-            written += beholder.update(arrays=[np.ones(3)])
-    assert written == 5  # still rendering with the last good config
-    assert beholder.config["values"] == "arrays"
-    complaints = [r for r in caplog.records if "config.json" in r.getMessage()]
-    assert len(complaints) == 1
-    set_config(run_dir, values="arrays", mode="current", FPS=0)
-    due(beholder)
-    assert not beholder.update(arrays=[np.ones(3)])  # the repaired file is read again
-    assert beholder.failures == 0
-
-
-def test_a_config_with_a_bad_value_is_refused_whole(run_dir):
-    set_config(run_dir, values="arrays", mode="current", FPS=30, colormap="viridis")
-    beholder = Beholder(run_dir)
-    beholder.update(arrays=[np.ones(3)])
-    with open(config_path(run_dir), "w") as f:
-        json.dump({**DEFAULT_CONFIG, "colormap": "grayscale", "FPS": 99}, f)
-    due(beholder)
-    beholder.update(arrays=[np.ones(3)])
-    assert beholder.config["colormap"] == "viridis" and beholder.config["FPS"] == 30
-
-
-def test_unknown_keys_from_a_newer_version_are_ignored(run_dir):
-    with open(os.path.join(run_dir, "x"), "w"):
-        pass
-    os.makedirs(plugin_dir(run_dir))
-    with open(config_path(run_dir), "w") as f:
-        json.dump({"version": 2, "values": "arrays", "mode": "current", "FPS": 30, "zoom": 3}, f)
-    beholder = Beholder(run_dir, strict=True)
-    assert beholder.update(arrays=[np.ones(3)])
-    assert beholder.config["values"] == "arrays" and read_config(run_dir)["mode"] == "current"
 
 
 def test_fps_zero_computes_nothing_and_fps_throttles(run_dir):
@@ -151,27 +34,6 @@ def test_fps_zero_computes_nothing_and_fps_throttles(run_dir):
     assert beholder.update(arrays=[np.ones(3)])
     assert not beholder.update(arrays=[np.ones(3)])  # within a second of the last frame
     assert beholder.frames_written == 1
-
-
-def test_the_frame_callable_is_called_only_while_frames_are_shown(run_dir):
-    calls = []
-
-    def frame():
-        calls.append(1)
-        return np.arange(12.0).reshape(3, 4)
-
-    set_config(run_dir, values="arrays", FPS=30)
-    beholder = Beholder(run_dir, strict=True)
-    beholder.update(arrays=[np.ones(3)], frame=frame)
-    assert calls == []
-    set_config(run_dir, values="frames", FPS=30)
-    due(beholder)
-    beholder.update(arrays=[np.ones(3)], frame=frame)
-    assert calls == [1]
-    stored = read_frame_file(run_dir)
-    assert stored.header["values"] == "frames" and read_section_info(run_dir) == []
-    gray = read_frame(run_dir)[:, :, 0]
-    np.testing.assert_array_equal(gray, (np.arange(12.0).reshape(3, 4) * 255 / 11).astype(np.uint8))
 
 
 def test_an_rgb_frame_is_shown_as_is(run_dir):
@@ -209,18 +71,6 @@ def test_failures_are_logged_once_and_counted_unless_strict(run_dir, caplog):
     strict = Beholder(run_dir, strict=True)
     with pytest.raises(RenderError, match="no arrays to show"):
         strict.update(arrays={})
-
-
-def test_the_plugin_directory_is_recreated_when_deleted(run_dir):
-    import shutil
-
-    set_config(run_dir, values="arrays", FPS=30)
-    beholder = Beholder(run_dir, strict=True)
-    beholder.update(arrays=[np.ones(3)])
-    shutil.rmtree(plugin_dir(run_dir))
-    due(beholder)
-    assert beholder.update(arrays=[np.ones(3)])
-    assert read_frame(run_dir) is not None and os.path.exists(config_path(run_dir))
 
 
 def test_variance_history_restarts_when_values_mode_or_show_all_change(run_dir):
@@ -286,43 +136,6 @@ def test_a_call_with_no_frame_due_looks_at_config_json_at_most_every_quarter_sec
     assert calls_soon == 0 and len(stats) == 1 and opens == []
 
 
-def test_a_config_nested_too_deeply_is_survived_like_any_bad_file(run_dir, caplog):
-    set_config(run_dir, values="arrays", mode="current", FPS=30)
-    beholder = Beholder(run_dir, strict=True)
-    assert beholder.update(arrays=[np.ones(3)])
-    with open(config_path(run_dir), "w") as f:
-        f.write("[" * 5000 + "]" * 5000)
-    due(beholder)
-    with caplog.at_level(logging.WARNING, logger="beholder"):
-        assert beholder.update(arrays=[np.ones(3)])  # strict, yet nothing raised
-    assert "nested too deeply" in caplog.text and beholder.config["values"] == "arrays"
-
-
-def test_a_new_beholder_clears_temp_files_left_by_a_killed_one(run_dir):
-    os.makedirs(plugin_dir(run_dir))
-    leftover = os.path.join(plugin_dir(run_dir), ".frame.bin.12345-678.tmp")
-    with open(leftover, "wb") as f:
-        f.write(b"half a frame")
-    os.utime(leftover, (0, 0))
-    Beholder(run_dir)
-    assert not os.path.exists(leftover)
-
-
-def test_a_config_json_unreadable_from_the_start_still_gives_frames_at_the_default_rate(run_dir, caplog):
-    """The idle shortcut in update() uses the rate of the settings in force, the defaults here."""
-    os.makedirs(plugin_dir(run_dir))
-    with open(config_path(run_dir), "w") as f:
-        f.write('{"values": "arrays", ')  # cut short
-    with caplog.at_level(logging.WARNING, logger="beholder"):
-        beholder = Beholder(run_dir, strict=True)
-    assert "keeping the last good settings" in caplog.text
-    assert beholder.update(arrays=[np.ones(3)])  # a placeholder: the default values are weights
-    due(beholder)  # 1 / FPS (10 by default): well within the quarter second between config looks
-    assert beholder.update(arrays=[np.ones(3)])
-    beholder.flush()
-    assert beholder.config["FPS"] == DEFAULT_CONFIG["FPS"] and beholder.frames_written == 2
-
-
 class FakeClock:
     """A clock the test moves by hand (monotonic and wall time together)."""
 
@@ -349,24 +162,6 @@ def test_frames_keep_the_set_rate_whatever_the_step_time(run_dir, step):
             clock.now += step
             taken += beholder.update(arrays=[np.ones(3, np.float32)])
     assert taken == pytest.approx(min(200, 20 / step), abs=2)
-
-
-def test_a_placeholder_says_which_values_update_was_given_instead(run_dir):
-    """Arrays passed while Values is on its default: the frame names them, for the dashboard to offer."""
-    from beholder_plugin.trainer.views.placeholder import message
-
-    set_config(run_dir, values="trainable_variables", FPS=30)
-    with Beholder(run_dir, strict=True) as beholder:
-        assert beholder.update(arrays={"w": np.ones(3)}, frame=np.eye(4))
-    stored = read_frame_file(run_dir)
-    assert stored.header["values"] == "placeholder"
-    assert stored.header["offered"] == ["arrays", "frames"]
-    text = message("trainable_variables", ("arrays", "frames"))
-    assert 'Pick "Arrays" under Values' in text and "given arrays and a frame" in text
-    set_config(run_dir, values="gradients", FPS=30)
-    with Beholder(run_dir, strict=True) as beholder:
-        assert beholder.update()  # nothing passed at all: nothing to offer, the usual advice
-    assert read_frame_file(run_dir).header["offered"] == []
 
 
 def test_a_failing_update_writes_a_frame_saying_so_at_once(run_dir):
@@ -406,3 +201,13 @@ def test_watched_is_the_model_watch_shows(run_dir):
         assert beholder.watched is not None and beholder.watched.model is model
         handle.remove()
         assert beholder.watched is None
+
+
+def test_the_constructor_creates_the_run_and_keeps_an_existing_config(tmp_path):
+    fresh = str(tmp_path / "fresh")
+    Beholder(fresh).close()
+    assert read_config(fresh) == DEFAULT_CONFIG and os.path.isfile(config_path(fresh))
+    kept = str(tmp_path / "kept")
+    set_config(kept, FPS=3, colormap="viridis")
+    Beholder(kept).close()
+    assert read_config(kept)["FPS"] == 3 and read_config(kept)["colormap"] == "viridis"

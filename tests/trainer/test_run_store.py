@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import errno
+import os
 import time
 
 import numpy as np
+import pytest
+from support import due, set_config
 
+from beholder_plugin import Beholder
 from beholder_plugin.protocol.files import LOCAL, LocalFiles
-from beholder_plugin.protocol.history import list_history
+from beholder_plugin.protocol.history import list_history, read_history_frame
+from beholder_plugin.protocol.names import frame_path, plugin_dir
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.trainer.run_settings import RunSettings
 from beholder_plugin.trainer.run_status import RunStatus
@@ -51,3 +56,48 @@ def test_a_failed_write_is_counted_and_writes_back_off_on_the_store_s_clock(run_
     assert not store.writable()
     now[0] += WRITE_RETRY_SECONDS
     assert store.writable()
+
+
+@pytest.mark.usefixtures("flushed_updates")
+def test_a_new_beholder_clears_temp_files_left_by_a_killed_one(run_dir):
+    os.makedirs(plugin_dir(run_dir))
+    leftover = os.path.join(plugin_dir(run_dir), ".frame.bin.12345-678.tmp")
+    with open(leftover, "wb") as f:
+        f.write(b"half a frame")
+    os.utime(leftover, (0, 0))
+    Beholder(run_dir)
+    assert not os.path.exists(leftover)
+
+
+def test_history_keeps_every_frame_with_its_step_and_frame_bin_is_the_newest(run_dir):
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    beholder = Beholder(run_dir, strict=True)
+    for step in range(5):
+        due(beholder)
+        assert beholder.update(arrays={"v": np.full(3, float(step)) + np.arange(3)})
+        beholder.flush()
+    beholder.close()
+    entries = list_history(run_dir)
+    assert [e.step for e in entries] == [1, 2, 3, 4, 5] and [e.frame_id for e in entries] == [1, 2, 3, 4, 5]
+    for step, entry in enumerate(entries):
+        np.testing.assert_array_equal(read_history_frame(run_dir, entry.name).values, step + np.arange(3))
+    assert os.path.samefile(frame_path(run_dir), os.path.join(os.path.dirname(frame_path(run_dir)),
+                                                              "history", entries[-1].name))
+
+
+def test_history_stays_within_its_byte_budget_and_zero_turns_it_off(run_dir):
+    set_config(run_dir, values="arrays", mode="current", FPS=30, history_mb=1)
+    beholder = Beholder(run_dir, strict=True)
+    big = {"w": np.random.default_rng(0).normal(size=(128, 768))}  # ~ 0.5 MB of values a frame
+    for _ in range(6):
+        due(beholder)
+        beholder.update(arrays=big)
+        beholder.flush()
+    sizes = [os.path.getsize(os.path.join(os.path.dirname(frame_path(run_dir)), "history", e.name))
+             for e in list_history(run_dir)]
+    assert sum(sizes) <= 1 << 20 and len(sizes) == (1 << 20) // sizes[-1]  # as many as fit, no more
+    set_config(run_dir, values="arrays", mode="current", FPS=30, history_mb=0)
+    due(beholder)
+    beholder.update(arrays=big)
+    beholder.close()
+    assert list_history(run_dir) == [] and read_frame_file(run_dir).header["frame_id"] == 7

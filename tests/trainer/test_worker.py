@@ -12,11 +12,8 @@ import numpy as np
 import pytest
 from support import due, set_config
 
-from beholder_plugin import Beholder, read_config
-from beholder_plugin.protocol.history import list_history, read_history_frame
-from beholder_plugin.protocol.names import config_path, frame_path
+from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import read_frame_file
-from beholder_plugin.protocol.settings import DEFAULT_CONFIG
 from beholder_plugin.trainer.views import render as render_module
 
 
@@ -107,50 +104,6 @@ def test_a_worker_error_is_raised_by_the_next_update_under_strict(run_dir, monke
     assert lenient.failures == 1 and "renderer broke" in lenient.last_error
     lenient.close()
     strict.close()
-
-
-def test_the_constructor_creates_the_run_and_keeps_an_existing_config(tmp_path):
-    fresh = str(tmp_path / "fresh")
-    Beholder(fresh).close()
-    assert read_config(fresh) == DEFAULT_CONFIG and os.path.isfile(config_path(fresh))
-    kept = str(tmp_path / "kept")
-    set_config(kept, FPS=3, colormap="viridis")
-    Beholder(kept).close()
-    assert read_config(kept)["FPS"] == 3 and read_config(kept)["colormap"] == "viridis"
-
-
-def test_history_keeps_every_frame_with_its_step_and_frame_bin_is_the_newest(run_dir):
-    set_config(run_dir, values="arrays", mode="current", FPS=30)
-    beholder = Beholder(run_dir, strict=True)
-    for step in range(5):
-        due(beholder)
-        assert beholder.update(arrays={"v": np.full(3, float(step)) + np.arange(3)})
-        beholder.flush()
-    beholder.close()
-    entries = list_history(run_dir)
-    assert [e.step for e in entries] == [1, 2, 3, 4, 5] and [e.frame_id for e in entries] == [1, 2, 3, 4, 5]
-    for step, entry in enumerate(entries):
-        np.testing.assert_array_equal(read_history_frame(run_dir, entry.name).values, step + np.arange(3))
-    assert os.path.samefile(frame_path(run_dir), os.path.join(os.path.dirname(frame_path(run_dir)),
-                                                              "history", entries[-1].name))
-
-
-def test_history_stays_within_its_byte_budget_and_zero_turns_it_off(run_dir):
-    set_config(run_dir, values="arrays", mode="current", FPS=30, history_mb=1)
-    beholder = Beholder(run_dir, strict=True)
-    big = {"w": np.random.default_rng(0).normal(size=(128, 768))}  # ~ 0.5 MB of values a frame
-    for _ in range(6):
-        due(beholder)
-        beholder.update(arrays=big)
-        beholder.flush()
-    sizes = [os.path.getsize(os.path.join(os.path.dirname(frame_path(run_dir)), "history", e.name))
-             for e in list_history(run_dir)]
-    assert sum(sizes) <= 1 << 20 and len(sizes) == (1 << 20) // sizes[-1]  # as many as fit, no more
-    set_config(run_dir, values="arrays", mode="current", FPS=30, history_mb=0)
-    due(beholder)
-    beholder.update(arrays=big)
-    beholder.close()
-    assert list_history(run_dir) == [] and read_frame_file(run_dir).header["frame_id"] == 7
 
 
 def test_interpreter_exit_writes_the_frame_in_progress(run_dir):
