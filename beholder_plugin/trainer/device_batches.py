@@ -1,6 +1,6 @@
 """Sections gathered on their accelerator as one batch per device, and what the next frame can reuse.
 
-``Beholder._gather_named`` asks ``batch_key`` which sections go into a
+The gatherer (gather.py) asks ``batch_key`` which sections go into a
 device batch (torch tensors, JAX arrays and TensorFlow tensors off the CPU,
 and what watch() hooks gathered on a device), hands each batch to the
 gatherer ``make_gather`` made for the frame plan and device
