@@ -28,7 +28,7 @@ from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.gather import Gatherer, Inputs, section_filter
 from beholder_plugin.trainer.job import FAILED, FrameJobs, Job, JobKind
 from beholder_plugin.trainer.ranks import process_rank, run_for_rank
-from beholder_plugin.trainer.run_settings import RunSettings, reader_for
+from beholder_plugin.trainer.run_settings import RunSettings, positive, reader_for
 from beholder_plugin.trainer.run_status import RunStatus
 from beholder_plugin.trainer.run_store import store_for
 from beholder_plugin.trainer.views.render import Renderer
@@ -117,13 +117,13 @@ class Beholder:
         self.logdir = normalize_location(run if run is not None else logdir)
         files = files_for(self.logdir)  # ImportError naming the package for a missing backend
         self.remote = bool(files.remote)
-        poll_seconds = _positive(config_poll_seconds, "config_poll_seconds")
+        poll_seconds = positive(config_poll_seconds, "config_poll_seconds")
         self.variables = variables
         self.strict = strict
         self.step = 0  # update() calls so far: the step a frame is stamped with (settable, e.g. on resume)
         self._clock = clock
         self.status = RunStatus()  # the counts and one-time warnings (run_status.py)
-        max_fps = _positive(max_remote_fps, "max_remote_fps") if self.remote else None
+        max_fps = positive(max_remote_fps, "max_remote_fps") if self.remote else None
         self.store = store_for(self.logdir, files, self.status, strict, clock, max_fps)  # run_store.py
         self.directory = self.store.directory
         self.storage = self.store.storage  # "local", or the remote store's URL scheme
@@ -180,6 +180,11 @@ class Beholder:
         """
         self._last_frame_time = float("-inf")
         self._settings_checked = float("-inf")
+
+    def check_settings(self, now: float | None = None) -> RunSettings:
+        """Read the settings now (config.json, or what the remote poller read), as update() does often."""
+        self._settings_checked = self._clock() if now is None else now
+        return self._reader.poll()
 
     def update(
         self,
@@ -358,18 +363,14 @@ class Beholder:
     def _settings_changed(self, old: RunSettings, new: RunSettings) -> None:
         """What a change of settings restarts: the frame rate, the variance window, the recording."""
         self._frame_interval = new.interval
-        if new.restarts_window(old):
-            self._drain()
+        restart, stop = new.restarts_window(old), old.is_recording and not new.is_recording
+        if (restart or stop) and self.worker is not None:
+            self.worker.drain()  # let it finish before changing state it uses (rare: a few changes only)
+        if restart:
             self.jobs.renderer.clear_history()
             self.gatherer.restart_windows()  # a variance window kept on the device starts afresh too
-        if old.is_recording and not new.is_recording:
-            self._drain()
+        if stop:
             self.store.close_recording()
-
-    def _drain(self) -> None:
-        """Let the worker finish before changing state it uses (rare: only on some config changes)."""
-        if self.worker is not None:
-            self.worker.drain()
 
     # ------------------------------------------------------------ the training thread's part
 
@@ -388,8 +389,7 @@ class Beholder:
             # config.json is looked at when a frame may be due, and at least every
             # CONFIG_CHECK_SECONDS: a stat() in every call was half of what a call with no
             # frame due cost a training loop (its path is cold after a training step).
-            self._settings_checked = now
-            settings = self._reader.poll()
+            settings = self.check_settings(now)
         fps, shown, watch = settings.fps, settings.shown, self._watch
         if watch is not None and watch.hooked and (fps == 0 or not watch.needs_capture(shown)):
             watch.remove()  # no hook costs the training loop anything while it is not needed
@@ -422,14 +422,6 @@ class Beholder:
     def _run_job(self, job: Job) -> None:
         """The worker's part of one frame (job.py)."""
         self.jobs.run(job)
-
-
-def _positive(value: float, name: str) -> float:
-    """value as a float; ValueError unless it is a finite number above 0."""
-    number = float(value)
-    if not 0 < number < float("inf"):
-        raise ValueError(f"{name} must be a number of seconds or frames per second above 0, not {value!r}")
-    return number
 
 
 _EXIT_HOOK: list[bool] = []

@@ -302,6 +302,14 @@ def reader_for(logdir: str, files: Any, settings: RunSettings,
     return LocalSettings(*args)
 
 
+def positive(value: float, name: str) -> float:
+    """value as a float; ValueError unless it is a finite number above 0."""
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise ValueError(f"{name} must be a number of seconds or frames per second above 0, not {value!r}")
+    return number
+
+
 def _poll_loop(ref: weakref.ref, stop: threading.Event, interval: float) -> None:
     """The remote config poller: one metadata request per interval until stopped or the reader is gone."""
     while not stop.wait(interval):

@@ -425,7 +425,7 @@ def test_a_run_is_listed_and_configurable_before_its_first_frame(tmp_path):
     resp = client.post(f"{BASE}/config?run=early", data=b'{"FPS": 3}', content_type="application/json")
     assert resp.status_code == 200
     assert json.loads(client.get(f"{BASE}/section-info?run=early").get_data())["frame_id"] is None
-    beholder._poll_config()
+    beholder.check_settings()
     assert beholder.config["FPS"] == 3  # the trainer picks up what the dashboard set
     beholder.close()
 
