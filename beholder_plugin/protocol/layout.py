@@ -4,8 +4,8 @@ Pure NumPy, no I/O, no framework import. The work is split so that a caller
 can read only the values that will be shown:
 
 1. ``Renderer.plans(shapes, show_all)`` decides, from shapes alone, the frame
-   width and, for each array, a ``SectionPlan``: which elements of the array
-   end up on screen after the layout rules and the nearest-neighbour resize.
+   width and, for each array, a ``SectionPlan`` (plans.py): which elements of
+   the array end up on screen after the layout rules and the nearest-neighbour resize.
 2. The caller fetches just those elements (``SectionPlan.take`` for NumPy;
    ``beholder_plugin.trainer.sources`` for tensors) as a small "compact" 2-D array:
    one row per distinct source row the resize samples, one column per
@@ -25,7 +25,6 @@ import bisect
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -142,98 +141,7 @@ def resize_indices(src: int, dst: int) -> np.ndarray:
     return np.minimum(np.floor(product).astype(np.int64), src - 1)
 
 
-# ---------------------------------------------------------------- plans
-
-
-@dataclass(frozen=True, eq=False)
-class SectionPlan:
-    """What one array contributes to the frame, decided from its shape alone.
-
-    ``index`` is a tuple of integer arrays into the original array, of
-    shapes (rows, 1) or (1, cols) where the layout allows (they broadcast),
-    giving the compact section: ``array[index]`` has shape ``compact_shape``.
-    ``axes`` lists, per axis of the array, the sorted distinct indices that
-    are read (``None``: the whole axis), and ``local`` indexes the sub-array
-    ``array[np.ix_(*axes)]`` the same way; framework adapters gather that
-    sub-array on the device first and copy only it. ``row_map`` and
-    ``col_map`` expand the compact section to ``height`` x ``width`` pixels.
-    """
-
-    layout: str  # one of LAYOUTS
-    shape: tuple[int, ...]
-    height: int
-    width: int
-    source_shape: tuple[int, int]  # the 2-D section before resizing
-    index: tuple[np.ndarray, ...]
-    axes: tuple[np.ndarray | None, ...]
-    local: tuple[np.ndarray, ...]
-    row_map: np.ndarray
-    col_map: np.ndarray
-    row_weight: np.ndarray  # how many frame rows each compact row fills
-    col_weight: np.ndarray
-    kind: str = "index"  # which fast path take() uses: vector, matrix, blocks, flat, scalar
-    parts: tuple = ()  # that path's 1-D index arrays
-
-    @property
-    def compact_shape(self) -> tuple[int, int]:
-        """Shape of the compact section: distinct sampled rows x distinct sampled columns."""
-        return (len(self.row_weight), len(self.col_weight))
-
-    def take(self, array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The compact section of a NumPy array (reads only the elements shown, never copies it whole).
-
-        Uses 1-D takes along axes where the layout allows, which is several
-        times faster than one pointwise fancy index. Only on C-contiguous
-        arrays: ndarray.take copies any other array whole first, which for a
-        transposed or broadcast view can be gigabytes. With ``out`` (of the
-        compact shape and the array's dtype) the last take writes into it.
-        """
-        kind, parts = self.kind, self.parts
-        if kind == MISSING:
-            return np.full((1, 1), np.nan, np.float32)
-        if kind == "scalar":
-            return np.full((1, 1), array[()])
-        if not array.flags.c_contiguous:
-            return array[self.index]
-        if kind == "vector":
-            return array.take(parts[0], out=None if out is None else out[0])[None, :]
-        if kind == "matrix":
-            return array.take(parts[0], axis=0).take(parts[1], axis=1, out=out)
-        if kind == "matrix_out_in":  # rows of the section are the array's columns
-            picked = array.take(parts[1], axis=0).take(parts[0], axis=1).T
-            if out is None:
-                return picked
-            out[...] = picked
-            return out
-        if kind == "blocks":
-            perm, block_rows, block_cols, row_pos, col_pos, view = parts
-            if array.shape != view:
-                array = array.reshape(view)
-            sub = _pick(_pick(array, block_rows, perm[2]), block_cols, perm[3])
-            sub = sub.transpose(perm[2], perm[0], perm[3], perm[1])  # (grid row, y, grid column, x)
-            grid_rows, block_h, grid_cols, block_w = sub.shape
-            if row_pos is None and col_pos is None:  # every row and column of the kept blocks: one copy
-                if out is None:
-                    out = np.empty((grid_rows * block_h, grid_cols * block_w), array.dtype)
-                out.reshape(sub.shape)[...] = sub
-                return out
-            sub = sub.reshape(grid_rows * block_h, grid_cols * block_w)
-            if row_pos is not None:
-                sub = sub.take(row_pos, axis=0)
-            if col_pos is None:
-                if out is None:
-                    return sub
-                out[...] = sub
-                return out
-            return sub.take(col_pos, axis=1, out=out)
-        if kind == "flat":
-            rows, cols, row_src, col_src = parts
-            grid = array.reshape(-1)[: rows * cols].reshape(rows, cols)
-            return grid.take(row_src, axis=0).take(col_src, axis=1, out=out)
-        return array[self.index]
-
-
-def _unique_sorted(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unique_sorted(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct values of a non-decreasing index vector, the inverse map, and counts."""
     keep = np.ones(len(indices), dtype=bool)
     keep[1:] = indices[1:] != indices[:-1]
@@ -387,141 +295,13 @@ def source_index(layout: str, shape: tuple[int, ...], source_cols: int, r: Any, 
     return tuple(np.unravel_index(r * source_cols + c, shape))
 
 
-def _fast_path(
-    layout: str, shape: tuple[int, ...], source: tuple[int, int], rows: np.ndarray, cols: np.ndarray
-) -> tuple[str, tuple]:
-    """The take() fast path for a layout: its kind and 1-D index arrays."""
-    if layout in ("scalar", "vector", "matrix", "matrix_out_in"):
-        return layout, {"scalar": (), "vector": (cols,)}.get(layout, (rows, cols))
-    if layout == MISSING:
-        return MISSING, ()
-    perm = BLOCK_PERMS.get(layout)
-    if perm is not None:
-        view = view_shape(layout, shape)
-        bh, bw = view[perm[0]], view[perm[1]]
-        block_rows = np.unique(rows // bh)
-        block_cols = np.unique(cols // bw)
-        row_pos = np.searchsorted(block_rows, rows // bh) * bh + rows % bh
-        col_pos = np.searchsorted(block_cols, cols // bw) * bw + cols % bw
-        # Runs of consecutive indices are read as slices (views), and positions that keep every
-        # row or column of the kept blocks are skipped (None): most sections copy once.
-        row_pos = None if np.array_equal(row_pos, np.arange(len(block_rows) * bh)) else row_pos
-        col_pos = None if np.array_equal(col_pos, np.arange(len(block_cols) * bw)) else col_pos
-        return "blocks", (perm, _as_slice(block_rows), _as_slice(block_cols), row_pos, col_pos, view)
-    return "flat", (source[0], source[1], rows, cols)
-
-
-def _as_slice(indices: np.ndarray) -> slice | np.ndarray:
-    """A slice for indices that step evenly (a view instead of a copy), else the indices."""
-    if len(indices) == 1:
-        return slice(int(indices[0]), int(indices[0]) + 1)
-    steps = np.diff(indices)
-    if len(indices) and steps[0] > 0 and (steps == steps[0]).all():
-        return slice(int(indices[0]), int(indices[-1]) + 1, int(steps[0]))
-    return indices
-
-
-def _pick(array: np.ndarray, indices: slice | np.ndarray, axis: int) -> np.ndarray:
-    """array's entries at indices along axis: a view for a slice, a copy for an index array."""
-    if isinstance(indices, slice):
-        return array[(slice(None),) * axis + (indices,)]
-    return array.take(indices, axis=axis)
-
-
-def make_plan(
-    shape: tuple[int, ...],
-    width: int,
-    show_all: bool,
-    label: str = "?",
-    layout: str | None = None,
-    sizing: str = "fixed",
-) -> SectionPlan:
-    """The plan for one array of this shape in a frame of this width (layout: the original's rule)."""
-    shape = tuple(int(s) for s in shape)
-    layout = resolve_layout(layout, shape, label) if layout != MISSING else MISSING
-    height = section_height(shape, show_all, layout, sizing)
-    src_h, src_w = source_shape(layout, shape, height, width, show_all, label)
-    rows, row_map, row_weight = _unique_sorted(resize_indices(src_h, height))
-    cols, col_map, col_weight = _unique_sorted(resize_indices(src_w, width))
-    index = tuple(
-        np.asarray(i, dtype=np.intp) for i in source_index(layout, shape, src_w, rows[:, None], cols[None, :])
-    )
-    axes: list[np.ndarray | None] = []
-    local: list[np.ndarray] = []
-    for axis, idx in enumerate(index):
-        distinct = np.unique(idx)
-        if len(distinct) == shape[axis]:
-            axes.append(None)
-            local.append(idx)
-        else:
-            axes.append(distinct)
-            local.append(np.searchsorted(distinct, idx).astype(np.intp))
-    kind, parts = _fast_path(layout, shape, (src_h, src_w), rows, cols)
-    return SectionPlan(
-        layout=layout,
-        kind=kind,
-        parts=parts,
-        shape=shape,
-        height=height,
-        width=width,
-        source_shape=(src_h, src_w),
-        index=index,
-        axes=tuple(axes),
-        local=tuple(local),
-        row_map=row_map,
-        col_map=col_map,
-        row_weight=row_weight,
-        col_weight=col_weight,
-    )
-
-
-class PlanCache:
-    """Plans by (shape, width, show_all, layout); a training run has few distinct shapes."""
-
-    def __init__(self, limit: int = 1024) -> None:
-        self._plans: dict[tuple, SectionPlan] = {}
-        self._limit = limit
-
-    def plan(
-        self,
-        shape: tuple[int, ...],
-        width: int,
-        show_all: bool,
-        label: str = "?",
-        layout: str | None = None,
-        sizing: str = "fixed",
-    ) -> SectionPlan:
-        """The plan for one array in a frame of this width (cached)."""
-        key = (tuple(shape), width, show_all, layout, sizing)
-        plan = self._plans.get(key)
-        if plan is None:
-            if len(self._plans) >= self._limit:
-                self._plans.clear()
-            plan = self._plans[key] = make_plan(shape, width, show_all, label, layout, sizing)
-        return plan
-
-    def plans(
-        self,
-        shapes: Sequence[tuple[int, ...]],
-        show_all: bool,
-        labels: Sequence[str],
-        layouts: Sequence[str | None] | None = None,
-        sizing: str = "fixed",
-    ) -> list[SectionPlan]:
-        """One plan per shape, for a frame holding all of them."""
-        layouts = layouts or [None] * len(shapes)
-        width = frame_width(shapes, show_all, layouts)
-        return [self.plan(shape, width, show_all, label, layout, sizing)
-                for shape, label, layout in zip(shapes, labels, layouts)]
-
-
 # ---------------------------------------------------------------- compact sections -> pixels
 
 
 @functools.lru_cache(maxsize=4096)
 def compact_map(src: int, dst: int) -> np.ndarray:
     """For each of dst pixels, which distinct sampled source index (compact row or column) it shows."""
-    _, inverse, _ = _unique_sorted(resize_indices(src, dst))
+    _, inverse, _ = unique_sorted(resize_indices(src, dst))
     inverse.setflags(write=False)
     return inverse
 

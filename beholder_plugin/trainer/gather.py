@@ -21,12 +21,12 @@ from beholder_plugin.protocol.filters import SectionFilter, compile_filter
 from beholder_plugin.protocol.layout import (
     MISSING,
     NoValues,
-    PlanCache,
     RenderError,
     frame_width,
     layout_for,
     resolve_layout,
 )
+from beholder_plugin.protocol.plans import PlanCache
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.device_batches import BatchMemo, batch_key, make_gather
 from beholder_plugin.trainer.job import Job, JobKind

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.filters import SectionFilter
-from beholder_plugin.protocol.layout import FRAME_WIDTH, make_plan, resolve_layout
+from beholder_plugin.protocol.layout import FRAME_WIDTH, resolve_layout
+from beholder_plugin.protocol.plans import make_plan
 from beholder_plugin.trainer import compiled, sources
 from beholder_plugin.trainer.sources import torch_batch
 from beholder_plugin.trainer.sources.captured import Captured

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from beholder_plugin import ConfigError, read_config
 from beholder_plugin.protocol.files import LOCAL, FileRefused, files_for
-from beholder_plugin.protocol.layout import make_plan, resize_indices
+from beholder_plugin.protocol.layout import resize_indices
 from beholder_plugin.protocol.names import config_path, plugin_dir
+from beholder_plugin.protocol.plans import make_plan
 from beholder_plugin.protocol.runfiles import MAX_CONFIG_BYTES
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, parse_config_document, validate_changes
 

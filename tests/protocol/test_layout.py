@@ -26,9 +26,9 @@ from beholder_plugin.protocol.layout import (
     axis_names,
     frame_width,
     locate,
-    make_plan,
     resolve_layout,
 )
+from beholder_plugin.protocol.plans import make_plan
 from beholder_plugin.protocol.runfiles import read_frame_file
 
 

@@ -7,7 +7,7 @@ import pytest
 from support import set_config
 
 from beholder_plugin import Beholder, read_section_info
-from beholder_plugin.protocol.layout import make_plan
+from beholder_plugin.protocol.plans import make_plan
 from beholder_plugin.trainer.sources import (
     fetch_compact,
     framework_of,

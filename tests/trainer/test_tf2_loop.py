@@ -18,7 +18,7 @@ from beholder_plugin import (
     read_frame,
     read_section_info,
 )
-from beholder_plugin.protocol.layout import make_plan
+from beholder_plugin.protocol.plans import make_plan
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.trainer.integrations import gradients as gradients_module
 from beholder_plugin.trainer.sources import tf_tensors as tf_support

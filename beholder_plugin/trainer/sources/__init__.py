@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import NoValues, RenderError, SectionPlan
+from beholder_plugin.protocol.layout import NoValues, RenderError
+from beholder_plugin.protocol.plans import SectionPlan
 
 # framework -> adapter module; the root package names of an object's type that select it
 REGISTRY: dict[str, str] = {

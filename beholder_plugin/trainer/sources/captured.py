@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import NoValues, RenderError, SectionPlan
+from beholder_plugin.protocol.layout import NoValues, RenderError
+from beholder_plugin.protocol.plans import SectionPlan
 
 
 @dataclass

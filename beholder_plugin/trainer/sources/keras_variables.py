@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import RenderError, SectionPlan
+from beholder_plugin.protocol.layout import RenderError
+from beholder_plugin.protocol.plans import SectionPlan
 from beholder_plugin.trainer import sources
 
 

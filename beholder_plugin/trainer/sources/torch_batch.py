@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import SectionPlan
+from beholder_plugin.protocol.plans import SectionPlan
 from beholder_plugin.trainer.sources import run_positions
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.render import FlatWindow

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.layout import SectionPlan
+from beholder_plugin.protocol.plans import SectionPlan
 from beholder_plugin.trainer.sources import finish, run_positions, torch_batch
 
 

@@ -29,10 +29,10 @@ from beholder_plugin.protocol.layout import (
     MISSING,
     SEPARATOR_HEIGHT,
     RenderError,
-    SectionPlan,
     axis_names,
     expand_sections,
 )
+from beholder_plugin.protocol.plans import SectionPlan
 from beholder_plugin.protocol.scaling import palette_indices, scale_factor
 from beholder_plugin.trainer.colormaps import palette_for
 from beholder_plugin.trainer.views.stats import (
