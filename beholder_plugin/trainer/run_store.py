@@ -131,6 +131,7 @@ class RunStore:
         except OSError as exc:
             self.write_failed(exc)
             return False
+        # The frame is written: header["sections"] holds each section's statistics (the place to note them).
         self.status.frames_written = frame_id
         self.write_retry_at = float("-inf")
         return True
