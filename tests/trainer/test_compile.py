@@ -308,13 +308,6 @@ def test_a_graph_traced_for_an_unwatched_copy_is_not_used_for_the_watched_one(ru
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.xfail(
-    strict=True,
-    reason="seen on an H200 (torch 2.11, 2026-12-04), both modes: the convnet's activations frame shows "
-    "tiny values (1e-4..3e-3, gradient-sized) where the uncompiled model shows 0.2..1.5 for the layers from "
-    "the in-place ReLU on; the weights and gradients frames before it matched. Suspected: inductor reuses "
-    "the kept clone's buffer in the backward pass before update() reads it. Open in issue 24.",
-)
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])
 @pytest.mark.parametrize("kind", ["convnet", "transformer"])
 def test_inductor_on_a_gpu_default_mode_and_cuda_graphs(tmp_path, kind, mode):
