@@ -142,11 +142,11 @@ def prepare_keep() -> None:
 def keep(tensor: Any) -> Any:
     """A copy of a layer's output that a compiled graph returns as one more output, in memory of its own.
 
-    Not ``tensor.clone()``: inductor removes a clone it finds redundant
-    (its no-op pass), so the output can become a buffer the graph or the
-    backward pass writes over later (seen on a GPU: activations showing
-    the backward's values). An operator of our own is opaque to inductor:
-    it always copies, and its result aliases nothing.
+    Not ``tensor.clone()``: with a clone, inductor on a GPU showed
+    gradient-sized values for layers after an in-place ReLU (most likely
+    its no-op pass drops the clone, and the output then shares memory the
+    backward pass writes over). An operator of our own is opaque to
+    inductor: it always copies, and its result aliases nothing.
     """
     prepare_keep()
     return _KEEP[0](tensor.detach())
