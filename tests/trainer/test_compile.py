@@ -339,3 +339,14 @@ def test_inductor_on_the_cpu(tmp_path, kind):
     assert train_watched(run, model, torch.compile(model), kind, "activations") == (3, 0)
     assert_same_frames(read_frame_file(run), read_frame_file(plain_run), tolerance=1e-4)
     assert counters["frames"]["total"] == 2
+
+
+def test_variables_of_a_compiled_wrapper_are_named_as_the_models_own(run_dir):
+    model = convnet()
+    compiled_model = torch.compile(model, backend="eager")
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+    with Beholder(run_dir, variables=compiled_model, strict=True, background=False) as beholder:
+        assert beholder.update()
+    names = [s["name"] for s in read_frame_file(run_dir).sections]
+    assert names == [name for name, p in model.named_parameters()]
+    assert names[0] == "0.weight"
