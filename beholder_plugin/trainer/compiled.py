@@ -113,6 +113,45 @@ def listen(callback: Callable[[], None]) -> Callable[[], None]:
     return stop
 
 
+_KEEP: list[Callable] = []  # the registered copy operator, once per process
+
+
+def prepare_keep() -> None:
+    """Register the operator that keep() calls (outside any graph: before the hooks can be traced)."""
+    if _KEEP:
+        return
+    import torch
+
+    try:
+        @torch.library.custom_op("beholder::keep", mutates_args=(), schema="(Tensor tensor) -> Tensor")
+        def keep_op(tensor: torch.Tensor) -> torch.Tensor:
+            """A copy of the tensor in memory of its own."""
+            return tensor.clone()
+
+        @keep_op.register_fake
+        def _keep_shape(tensor: torch.Tensor) -> torch.Tensor:
+            """The copy's shape, dtype and strides, for tracing."""
+            return torch.empty_like(tensor)
+    except (AttributeError, RuntimeError, ValueError):  # no custom_op in this torch, or registered twice
+        existing = getattr(getattr(torch.ops, "beholder", None), "keep", None)
+        _KEEP.append(existing if existing is not None else torch.clone)
+        return
+    _KEEP.append(keep_op)
+
+
+def keep(tensor: Any) -> Any:
+    """A copy of a layer's output that a compiled graph returns as one more output, in memory of its own.
+
+    Not ``tensor.clone()``: with a clone, inductor on a GPU showed
+    gradient-sized values for layers after an in-place ReLU (most likely
+    its no-op pass drops the clone, and the output then shares memory the
+    backward pass writes over). An operator of our own is opaque to
+    inductor: it always copies, and its result aliases nothing.
+    """
+    prepare_keep()
+    return _KEEP[0](tensor.detach())
+
+
 def recompile() -> None:
     """Drop dynamo's compiled code, so that the next call traces the model again, with its hooks."""
     logger.info("Beholder: %s", RECOMPILED)

@@ -329,6 +329,7 @@ class Watch:
         """Install a compiled model's activation hooks, once: they stay until close()."""
         if self._kept_handles:
             return
+        compiled.prepare_keep()  # registered now, not while dynamo traces a hook
         activations = self._hook_choice[0]
         chosen = set(activations) if isinstance(activations, (list, tuple, set)) else None
         for path, module in self.model.named_modules():
@@ -343,7 +344,8 @@ class Watch:
         """A compiled model's forward hook: on the armed step, keep a copy of the layer's output.
 
         Inside a compiled graph the copy is one more output of the graph
-        (the graph for the armed state; the other state's graph has none),
+        (the graph for the armed state; the other state's graph has none; see
+        compiled.keep for why the copy is not a clone()),
         taken when the layer ran, before any in-place operation after it
         (an in-place ReLU, a residual ``+=``) changes it. The shown slice is
         cut from it outside the graph, when the frame is taken. Run
@@ -364,7 +366,7 @@ class Watch:
             if tensor is None:
                 return
             if compiled.compiling():
-                self._kept[name] = tensor.detach().clone()
+                self._kept[name] = compiled.keep(tensor)
             else:
                 self._kept[name] = None  # cut already; noted here to keep the layers in the order they ran
                 capture(tensor)

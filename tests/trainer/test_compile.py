@@ -308,13 +308,6 @@ def test_a_graph_traced_for_an_unwatched_copy_is_not_used_for_the_watched_one(ru
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.xfail(
-    strict=True,
-    reason="seen on an H200 (torch 2.11, 2026-12-04), both modes: the convnet's activations frame shows "
-    "tiny values (1e-4..3e-3, gradient-sized) where the uncompiled model shows 0.2..1.5 for the layers from "
-    "the in-place ReLU on; the weights and gradients frames before it matched. Suspected: inductor reuses "
-    "the kept clone's buffer in the backward pass before update() reads it. Open in issue 24.",
-)
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])
 @pytest.mark.parametrize("kind", ["convnet", "transformer"])
 def test_inductor_on_a_gpu_default_mode_and_cuda_graphs(tmp_path, kind, mode):
@@ -346,3 +339,14 @@ def test_inductor_on_the_cpu(tmp_path, kind):
     assert train_watched(run, model, torch.compile(model), kind, "activations") == (3, 0)
     assert_same_frames(read_frame_file(run), read_frame_file(plain_run), tolerance=1e-4)
     assert counters["frames"]["total"] == 2
+
+
+def test_variables_of_a_compiled_wrapper_are_named_as_the_models_own(run_dir):
+    model = convnet()
+    compiled_model = torch.compile(model, backend="eager")
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+    with Beholder(run_dir, variables=compiled_model, strict=True, background=False) as beholder:
+        assert beholder.update()
+    names = [s["name"] for s in read_frame_file(run_dir).sections]
+    assert names == [name for name, p in model.named_parameters()]
+    assert names[0] == "0.weight"

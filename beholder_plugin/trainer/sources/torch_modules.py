@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from beholder_plugin.trainer import compiled
+
 # Module class names (anywhere in the type's MRO) -> the layout of their `weight`.
 # Checked in this order: transposed convolutions are _ConvNd subclasses too.
 _WEIGHT_LAYOUTS = {
@@ -48,7 +50,7 @@ def named_parameters(model: Any, trainable_only: bool = True) -> list[tuple[str,
             if id(param) in seen or (trainable_only and not param.requires_grad):
                 continue
             seen.add(id(param))
-            path = f"{prefix}.{name}" if prefix else name
+            path = compiled.layer_name(f"{prefix}.{name}" if prefix else name)  # no "_orig_mod."
             out.append((path, param, parameter_layout(module, name, param)))
     return out
 
