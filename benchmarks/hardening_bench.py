@@ -59,7 +59,7 @@ def filters() -> None:
         found = compile_filter(pattern)
         start = time.perf_counter()
         for name in names:
-            found._keeps(name)
+            found.keeps(name)
         match = time.perf_counter() - start
         print(f"filter {label}: update() {times[0] * 1000:.1f} ms first, {times[1] * 1000:.1f} ms next; "
               f"matching alone {match * 1000:.2f} ms")
