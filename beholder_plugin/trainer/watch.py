@@ -75,7 +75,7 @@ class Watch:
         self.model = compiled.unwrap(model) if sources.is_torch_module(model) else model
         self.strict = strict
         self.probe = probe
-        self.armed: str | None = None  # which values the hooks capture now ("gradients", "activations")
+        self.armed: str | None = None  # the Values choice the hooks capture now ("gradients", ...)
         self.show_all = False
         self.sizing = "fixed"
         self.pattern: SectionFilter | None = None
@@ -140,31 +140,31 @@ class Watch:
             self._variables, self._variables_at = named, now
         return named
 
-    def needs_capture(self, values: str) -> bool:
-        """Whether these values come from hooks during the next step.
+    def needs_capture(self, shown: str) -> bool:
+        """Whether the shown values (a Values choice) come from hooks during the next step.
 
         Torch gradients and activations; and the weights of a model whose
         parameters are sharded (FSDP2), which are whole only inside forward.
         """
         if self.framework != "torch":
             return False
-        return values in CAPTURED_VALUES or (values == "trainable_variables" and self.sharded)
+        return shown in CAPTURED_VALUES or (shown == "trainable_variables" and self.sharded)
 
     def arm(
-        self, values: str, show_all: bool, sizing: str = "fixed", pattern: SectionFilter | None = None
+        self, shown: str, show_all: bool, sizing: str = "fixed", pattern: SectionFilter | None = None
     ) -> None:
-        """Have the hooks capture these values during the coming step (only sections the filter keeps)."""
+        """Have the hooks capture the shown values during the coming step (only sections the filter keeps)."""
         self.captured = {}
         self.show_all = show_all
         self.sizing = sizing
         self.pattern = pattern
         if self.framework == "torch":
-            self._rehook(values)  # the model as it is now (layers may have been added or replaced)
+            self._rehook(shown)  # the model as it is now (layers may have been added or replaced)
             self._kept.clear()
-            if values == "activations":
+            if shown == "activations":
                 self._versions, self._ran = _versions(self.model), False
                 self._listen()  # (torch.compile may have been called since watch())
-        self.armed = values
+        self.armed = shown
 
     @property
     def kept(self) -> dict[str, Any]:
@@ -176,25 +176,25 @@ class Watch:
         """Whether hooks are installed now (or, for a compiled model, whether its hooks are armed)."""
         return bool(self._handles) or (self.framework == "torch" and self.compiled and self.armed is not None)
 
-    def ready(self, values: str) -> bool:
-        """Whether the hooks captured these values since they were armed."""
-        return self.armed == values and bool(self.captured)
+    def ready(self, shown: str) -> bool:
+        """Whether the hooks captured the shown values since they were armed."""
+        return self.armed == shown and bool(self.captured)
 
-    def take(self, values: str, pattern: SectionFilter | None = None) -> list[sources.Named]:
+    def take(self, shown: str, pattern: SectionFilter | None = None) -> list[sources.Named]:
         """The sections of a frame whose values the hooks captured (then they rest until armed again)."""
         if self.framework == "keras":
-            return self._keras.sections(values)
+            return self._keras.sections(shown)
         if self.framework == "nnx":
-            return nnx_sections(values, self.variables())
-        if values == "activations":
+            return nnx_sections(shown, self.variables())
+        if shown == "activations":
             return self._take_activations()
         captured = self.captured
         self.remove()  # the hooks did their step's work: training runs without them until the next frame
-        if values == "trainable_variables":  # sharded weights, copied whole inside forward
+        if shown == "trainable_variables":  # sharded weights, copied whole inside forward
             return [(name, captured[name], None) if name in captured else (name, param, layout)
                     for name, param, layout in self.variables()
                     if pattern is None or pattern.search(name)]
-        if values == "gradients":
+        if shown == "gradients":
             named = []
             for name, param, _layout in sources.named_variables(self.model):
                 name = compiled.layer_name(name)
@@ -236,26 +236,26 @@ class Watch:
 
     # ------------------------------------------------------------ torch hooks
 
-    def _rehook(self, values: str) -> None:
-        """Install the hooks these values need, for the model as it is now (removing any installed before)."""
+    def _rehook(self, shown: str) -> None:
+        """Install the hooks the shown values need, for the model as it is now (removing older ones)."""
         from beholder_plugin.trainer.sources import torch_modules
 
         for handle in self._handles:
             handle.remove()
         self._handles = []
         activations, gradients = self._hook_choice
-        if values == "gradients" and gradients:
+        if shown == "gradients" and gradients:
             for name, param, layout in torch_modules.trainable_parameters(self.model):
                 if hasattr(param, "register_post_accumulate_grad_hook"):
                     hook = self._grad_hook(compiled.layer_name(name), layout)
                     self._handles.append(param.register_post_accumulate_grad_hook(hook))
-        if values == "trainable_variables":
+        if shown == "trainable_variables":
             for path, module in self.model.named_modules():
                 if any(p.requires_grad for p in module.parameters(recurse=False)):
                     self._handles.append(module.register_forward_pre_hook(self._weights_hook(path)))
-        if values == "activations" and activations and self.compiled:
+        if shown == "activations" and activations and self.compiled:
             self._keep_hooks()  # installed for good (once): a compiled graph calls those it was traced with
-        elif values == "activations" and activations:
+        elif shown == "activations" and activations:
             chosen = set(activations) if isinstance(activations, (list, tuple, set)) else None
             for path, module in self.model.named_modules():
                 leaf = not any(True for _ in module.children())
@@ -450,11 +450,11 @@ class Watch:
                 self.captured[name] = Captured(shape, layout, width=FRAME_WIDTH, part=part,
                                                compact_shape=plan.compact_shape)
                 return
-            source, values = sources.in_place(tensor)  # a CPU tensor is read where it lies, once
+            source, prepared = sources.in_place(tensor)  # a CPU tensor is read where it lies, once
             compact = np.empty(plan.compact_shape, np.float32)
-            sources.gather_into(source, values, plan, compact, name)
+            sources.gather_into(source, prepared, plan, compact, name)
             sample = np.empty(sampled, np.float32)
-            sources.gather_sample(source, values, runs, sample)
+            sources.gather_sample(source, prepared, runs, sample)
             self.captured[name] = Captured(shape, layout, compact=compact, width=FRAME_WIDTH, sample=sample)
         except Exception as exc:
             if self.strict:

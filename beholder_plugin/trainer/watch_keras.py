@@ -40,9 +40,9 @@ class KerasWatch:
         """The model's trainable variables, named by path, with their layouts."""
         return keras_variables(self.model)
 
-    def sections(self, values: str) -> list[sources.Named]:
+    def sections(self, shown: str) -> list[sources.Named]:
         """A Keras model's gradient or activation sections, or sections saying why there are none."""
-        if values == "gradients":
+        if shown == "gradients":
             return keras_gradients(self.variables())
         if self.probe is None:
             return [("activations", Captured((), None, error=NO_PROBE), None)]
@@ -112,9 +112,9 @@ def keras_gradients(variables: list[sources.Named]) -> list[sources.Named]:
     return named
 
 
-def nnx_sections(values: str, variables: list[sources.Named]) -> list[sources.Named]:
+def nnx_sections(shown: str, variables: list[sources.Named]) -> list[sources.Named]:
     """Gradient or activation sections of a Flax NNX module: empty, saying how to show them."""
-    why = NO_NNX_VALUES.format(values=values)
-    if values == "gradients":
+    why = NO_NNX_VALUES.format(values=shown)
+    if shown == "gradients":
         return [(name, Captured((), None, error=why), None) for name, _v, _l in variables]
-    return [(values, Captured((), None, error=why), None)]
+    return [(shown, Captured((), None, error=why), None)]
