@@ -63,9 +63,9 @@ def test_one_jitted_function_per_plan(tmp_path, monkeypatch):
     traced = []
     real = jax_batch.JaxGather.trace
 
-    def counting(self, sections):
+    def counting(self, sections, bounds):
         traced.append(tuple(sections))
-        return real(self, sections)
+        return real(self, sections, bounds)
 
     monkeypatch.setattr(jax_batch.JaxGather, "trace", counting)
     with Beholder(run, strict=True) as beholder:

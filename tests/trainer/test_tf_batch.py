@@ -37,9 +37,9 @@ def test_tf_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
     frames, traced = {}, []
     real = tf_batch.TfGather.trace
 
-    def counting(self, sections):
+    def counting(self, sections, bounds):
         traced.append(sections)
-        return real(self, sections)
+        return real(self, sections, bounds)
 
     monkeypatch.setattr(tf_batch.TfGather, "trace", counting)
     for batched in (False, True):

@@ -51,15 +51,15 @@ class JaxGather(TracedGather):
         dtype = np.int32 if flat.size == 0 or flat.max() < 2**31 else np.int64
         return jax.device_put(flat.astype(dtype), self.device)
 
-    def trace(self, sections: list[int]) -> Any:
+    def trace(self, sections: list[int], bounds: list[int]) -> Any:
         """A jitted function: arrays and positions -> the frame's float32 values then samples."""
         import jax
         import jax.numpy as jnp
 
-        def gather(arrays: tuple, indices: tuple) -> Any:
+        def gather(arrays: tuple, positions: Any) -> Any:
             parts = []
-            for x, index in zip(arrays, indices):
-                part = jnp.take(x.reshape(-1), index)
+            for k, x in enumerate(arrays):
+                part = jnp.take(x.reshape(-1), positions[bounds[k] : bounds[k + 1]])
                 if jnp.iscomplexobj(part):
                     part = jnp.abs(part)
                 parts.append(part.astype(jnp.float32))
@@ -67,9 +67,8 @@ class JaxGather(TracedGather):
 
         return jax.jit(gather)  # runs where its inputs are: on the arrays' device
 
-    def _call(self, function: Any, arrays: list[Any], indices: list[Any],
-              sections: list[int]) -> TracedPending:
+    def _call(self, function: Any, arrays: list[Any], positions: Any, sections: list[int]) -> TracedPending:
         """Dispatch the function and start the copy to the host."""
-        result = function(tuple(arrays), tuple(indices))
+        result = function(tuple(arrays), positions)
         result.copy_to_host_async()
         return TracedPending(result, sections)

@@ -46,14 +46,14 @@ class TfGather(TracedGather):
         with tf.device(self.device):
             return tf.identity(tf.constant(flat, dtype=tf.int64))
 
-    def trace(self, sections: list[int]) -> Any:
+    def trace(self, sections: list[int], bounds: list[int]) -> Any:
         """A tf.function: tensors and positions -> the frame's float32 values then samples."""
         import tensorflow as tf
 
-        def gather(tensors: list, indices: list) -> Any:
+        def gather(tensors: list, positions: Any) -> Any:
             parts = []
-            for x, index in zip(tensors, indices):
-                part = tf.gather(tf.reshape(x, [-1]), index)
+            for k, x in enumerate(tensors):
+                part = tf.gather(tf.reshape(x, [-1]), positions[bounds[k] : bounds[k + 1]])
                 if part.dtype.is_complex:
                     part = tf.abs(part)
                 parts.append(tf.cast(part, tf.float32))
@@ -61,10 +61,9 @@ class TfGather(TracedGather):
 
         return tf.function(gather, reduce_retracing=True)
 
-    def _call(self, function: Any, tensors: list[Any], indices: list[Any],
-              sections: list[int]) -> TracedPending:
+    def _call(self, function: Any, tensors: list[Any], positions: Any, sections: list[int]) -> TracedPending:
         """Dispatch the function on the device (the worker reads the result)."""
         import tensorflow as tf
 
         with tf.device(self.device):
-            return TracedPending(function(tensors, indices), sections)
+            return TracedPending(function(tensors, positions), sections)

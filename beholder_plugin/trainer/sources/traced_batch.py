@@ -3,14 +3,16 @@
 A subclass says how to upload a section's flat positions (``_upload``), how
 to trace the gather (``trace``, with ``arrange`` laying the parts out in
 the frame's order) and how to call it (``_call``); this class keeps the
-traced functions and uploaded positions, made once per plan.
+traced functions and uploaded positions, made once per plan: one array of
+every section's positions (section k's are ``positions[bounds[k]:bounds[k+1]]``),
+so a frame's call passes its arrays and one more argument.
 
 Example::
 
     class MyGather(TracedGather):
         def _upload(self, flat): ...
-        def trace(self, sections): ...
-        def _call(self, function, arrays, indices, sections): ...
+        def trace(self, sections, bounds): ...
+        def _call(self, function, arrays, positions, sections): ...
 """
 
 from __future__ import annotations
@@ -51,8 +53,7 @@ class TracedGather:
     def __init__(self, device: Any, plan: Any) -> None:
         self.device = device
         self.plan = plan
-        self._functions: dict[tuple, Any] = {}
-        self._indices: dict[tuple, Any] = {}
+        self._functions: dict[tuple, tuple[Any, Any]] = {}  # (traced function, positions on the device)
 
     def launch(self, entries: list[tuple[int, Any]]) -> Any:
         """Dispatch the gather of these (section, array) entries; never waits for the device."""
@@ -60,26 +61,23 @@ class TracedGather:
 
     def launch_sections(self, sections: list[int], arrays: list[Any]) -> Any:
         """launch() with the sections and their arrays as two lists."""
-        shapes = [tuple(int(s) for s in x.shape) for x in arrays]
-        key = (tuple(sections), tuple(zip(shapes, (str(x.dtype) for x in arrays))))
-        function = self._functions.get(key)
-        if function is None:
+        key = (tuple(sections), tuple((tuple(x.shape), x.dtype) for x in arrays))
+        found = self._functions.get(key)
+        if found is None:  # once per plan, sections, shapes and dtypes: trace, and upload the positions
             if len(self._functions) >= 8:
                 self._functions.clear()
-            function = self._functions[key] = self.trace(list(sections))
-        indices = [self._index(i, shape) for i, shape in zip(sections, shapes)]
-        return self._call(function, list(arrays), indices, list(sections))
+            flats = [self._positions(i, shape) for i, (shape, _dtype) in zip(sections, key[1])]
+            bounds = np.cumsum([0] + [flat.size for flat in flats]).tolist()
+            found = self._functions[key] = (self.trace(list(sections), bounds),
+                                            self._upload(np.concatenate(flats)))
+        function, positions = found
+        return self._call(function, list(arrays), positions, list(sections))
 
-    def _index(self, i: int, shape: tuple[int, ...]) -> Any:
-        """Section i's flat positions (shown values, then sample) on the device, uploaded once."""
-        key = (i, shape)
-        found = self._indices.get(key)
-        if found is None:
-            plan = self.plan
-            n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
-            flat = storage_offsets(plan.plans[i], shape, c_strides(shape), plan.sample_steps[i], n)
-            found = self._indices[key] = self._upload(flat)
-        return found
+    def _positions(self, i: int, shape: tuple[int, ...]) -> np.ndarray:
+        """Section i's flat positions in an array of this shape: its shown values, then its sample."""
+        plan = self.plan
+        n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
+        return storage_offsets(plan.plans[i], shape, c_strides(shape), plan.sample_steps[i], n)
 
     def arrange(self, sections: list[int], parts: list[Any], zeros: Callable[[int], Any]) -> list[Any]:
         """The pieces of the frame's order: every section's shown values, then every sample; the parts
@@ -96,8 +94,8 @@ class TracedGather:
     def _upload(self, flat: np.ndarray) -> Any:
         raise NotImplementedError
 
-    def trace(self, sections: list[int]) -> Any:
+    def trace(self, sections: list[int], bounds: list[int]) -> Any:
         raise NotImplementedError
 
-    def _call(self, function: Any, arrays: list[Any], indices: list[Any], sections: list[int]) -> Any:
+    def _call(self, function: Any, arrays: list[Any], positions: Any, sections: list[int]) -> Any:
         raise NotImplementedError
