@@ -85,6 +85,9 @@ class HistoryRing:
         self.max_seconds = max_seconds
         self.entries: deque[HistoryEntry] = deque()
         self.bytes = 0
+        # timeline: pinned frames (an anomaly's, trainer/timeline.py) outlive the budgets; past them, in kept
+        self.pins: set[str] = set()
+        self.kept: dict[str, HistoryEntry] = {}
 
     @property
     def enabled(self) -> bool:
@@ -115,9 +118,17 @@ class HistoryRing:
         ):
             entry = self.entries.popleft()
             self.bytes -= entry.size
+            if entry.name in self.pins:  # timeline: a pinned frame is set aside, not dropped
+                self.kept[entry.name] = entry
+                continue
             out.append(entry.name)
         if not self.enabled:
-            out.extend(e.name for e in self.entries)
+            out.extend(e.name for e in self.entries if e.name not in self.pins)  # timeline: pins stay
+            self.kept.update((e.name, e) for e in self.entries if e.name in self.pins)
             self.entries.clear()
             self.bytes = 0
         return out
+
+    def pin(self, name: str) -> None:
+        """timeline: keep this frame whatever the budgets (its file stays in the ring's directory)."""
+        self.pins.add(name)

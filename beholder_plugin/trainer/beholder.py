@@ -52,6 +52,7 @@ from beholder_plugin.trainer.device_batches import BatchMemo, batch_key, make_ga
 from beholder_plugin.trainer.ranks import process_rank, run_for_rank
 from beholder_plugin.trainer.recording import Recorder
 from beholder_plugin.trainer.sources.captured import Captured
+from beholder_plugin.trainer.timeline import NORM_JUMP, Timeline  # timeline:
 from beholder_plugin.trainer.views import user_frame
 from beholder_plugin.trainer.views.placeholder import placeholder_frame
 from beholder_plugin.trainer.views.render import FramePlan, Renderer
@@ -144,6 +145,13 @@ class Beholder:
         None (the default) keeps the run's setting, ``"trainable_variables"``
         for a new run. E.g. ``Beholder(logdir, values="arrays")`` when
         passing ``update(arrays=...)``.
+      on_anomaly: what to do at an anomaly of the run's timeline (the first
+        NaN or infinite value of a section, or a norm jump; docs/timeline.md)
+        besides logging it: None (the default) only logs, ``"raise"`` raises
+        ``AnomalyError`` from the next ``update()`` (at the first anomaly),
+        a function is called with each anomaly record from ``update()``.
+      norm_jump: a section's norm above this many times its recent median
+        is an anomaly (default 10).
 
     A remote ``logdir`` whose fsspec implementation is not installed raises
     ImportError here (even with ``strict=False``), naming the package.
@@ -162,6 +170,8 @@ class Beholder:
         config_poll_seconds: float = REMOTE_CONFIG_POLL_SECONDS,
         ranks: str = "zero",
         values: str | None = None,
+        on_anomaly: Any = None,  # timeline:
+        norm_jump: float = NORM_JUMP,  # timeline:
     ):
         self.rank = process_rank()
         run = run_for_rank(os.fspath(logdir), ranks, self.rank)
@@ -219,11 +229,13 @@ class Beholder:
         self._failure_shown_at = float("-inf")  # when a frame last said that update() failed
         self._filter_cache: dict[tuple, list[int]] = {}
         self._worker = Worker(self._run_job) if background and self.active else None
+        self._timeline = Timeline(self.logdir, self._files, on_anomaly, norm_jump)  # timeline:
         if not self.active:
             return
         if not self.remote:
             _check_directory(self.directory, self.logdir)  # a setup mistake: said now, not at every write
         self._adopt_history()
+        self._timeline.adopt(self._history)  # timeline: the pins of an earlier writer's anomaly
         self._files.remove_stale_temp_files(self.directory)
         self._files.remove_stale_temp_files(self._history_dir)
         if self.remote:
@@ -281,6 +293,8 @@ class Beholder:
         if not self.active:
             return False
         self._step += 1
+        if self._timeline.hot:  # timeline: the per-step device check; anomalies handed to on_anomaly
+            self._timeline.on_step(self._step)
         now = time.monotonic()
         if (  # the common case, answered here: nothing due, no config to look at, no error to report
             now - self._last_frame_time < self._frame_interval
@@ -373,6 +387,7 @@ class Beholder:
             self._report_worker_error()
         finally:
             self._recorder.close()
+            self._timeline.close()  # timeline:
             self._finish_remote(timeout)
             if self._worker is None or not self._worker.busy:
                 self._drop_spares()
@@ -683,6 +698,7 @@ class Beholder:
             if not named:
                 why = f"the section filter {pattern.pattern!r} matches none of the {count} sections"
                 named = [("(filter)", Captured((), None, error=why), None)]
+        self._timeline.gather(job, named)  # timeline: the exact pass (norms, non-finite values)
         memo = self._memo
         if memo is not None and memo.fits(named, job.config) and self._gather_again(job, memo, named):
             return
@@ -888,6 +904,8 @@ class Beholder:
             return
         self.frames_written = frame_id
         self._write_retry_at = float("-inf")
+        if rendered is not None:  # timeline: the frame's records; anomalies
+            self._timeline.written(job, rendered.sections, self._history, job.plan.names)
         if config["is_recording"]:
             if rendered is not None:
                 pixels, row_index = rendered.rows()

@@ -1,0 +1,146 @@
+"""The trainer's timeline (trainer/timeline.py): records per frame, anomalies at the step, pinned frames."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import pytest
+from support import set_config
+
+from beholder_plugin import AnomalyError, Beholder, read_anomalies, read_timeline
+from beholder_plugin.protocol import timeline as tl
+from beholder_plugin.protocol.history import list_history
+
+torch = pytest.importorskip("torch")
+from beholder_plugin.trainer.sources import torch_batch  # noqa: E402
+
+NAN_STEP = 17
+FRAME_STEPS = (1, 10, 20, 30)
+
+
+def train(run: str, device: str = "cpu", steps: int = 30, frame_steps=FRAME_STEPS, **kwargs) -> Beholder:
+    """A small torch model trained; layer 2's weight NaN from NAN_STEP on; frames at frame_steps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    set_config(run, FPS=1, values="trainable_variables")
+    beholder = Beholder(run, **kwargs)
+    beholder.watch(model, activations=False, gradients=False)
+    x = torch.randn(32, 8, device=device)
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+        if step == NAN_STEP:
+            with torch.no_grad():
+                model[2].weight[1, 3] = float("nan")
+        if step in frame_steps:
+            beholder._last_frame_time = float("-inf")  # a frame is due at this step
+        beholder.update()
+        if step in frame_steps:
+            beholder.flush()
+    return beholder
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_layer_turning_nan_is_caught_at_its_step_or_between_frames(run_dir, monkeypatch, batched, caplog):
+    """The per-step check (device path: CPU tensors batched as on a GPU) names the exact step; the host
+    path names the steps between the frame before and the frame that found it."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        beholder = train(run_dir)
+        beholder.close()
+    anomalies = read_anomalies(run_dir)
+    assert {a["kind"] for a in anomalies} == {"nan"}  # the NaN spreads to every layer at the next step
+    record = next(a for a in anomalies if a["section"] == "2.weight")
+    assert record["values"] == "trainable_variables"
+    assert sum(1 for a in anomalies if a.get("first")) == 1
+    if batched:
+        assert record["step"] == NAN_STEP and record["checked"] == "step"
+        assert record["first"]
+        assert all(a["step"] == NAN_STEP + 1 for a in anomalies if a is not record)
+    else:
+        assert record["steps"] == [11, 20] and record["checked"] == "frame"
+    lines = [r.getMessage() for r in caplog.records if "first anomaly" in r.getMessage()]
+    assert len(lines) == 1
+    if batched:
+        assert "2.weight" in lines[0] and f"at step {NAN_STEP}" in lines[0]
+    else:
+        assert "between steps 11 and 20" in lines[0]
+    columns = read_timeline(run_dir)
+    weight = columns["2.weight"]
+    assert weight["step"].tolist() == list(FRAME_STEPS)
+    assert np.isfinite(weight["norm"][:2]).all() and np.isnan(weight["norm"][2:]).all()
+    assert (weight["flags"] & tl.EXACT_NORM).all()
+    assert weight["nonfinite"][0] == 0 and weight["nonfinite"][2] >= 1
+    assert (weight["flags"][2] & tl.ANOMALY) and not (weight["flags"][1] & tl.ANOMALY)
+    assert np.isfinite(columns["0.weight"]["norm"][:2]).all()
+
+
+def test_exact_norm_is_the_whole_arrays(run_dir):
+    """The timeline's norm of a large array is its exact L2 norm, not the sample's estimate."""
+    set_config(run_dir, FPS=30, values="arrays")
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal(100_000).astype(np.float32)
+    big[:50_000] *= 10  # a sample of 8 runs does not see this in proportion
+    with Beholder(run_dir, background=False) as beholder:
+        assert beholder.update(arrays={"big": big})
+    columns = read_timeline(run_dir)["big"]
+    assert columns["norm"][0] == pytest.approx(float(np.linalg.norm(big.astype(np.float64))), rel=1e-5)
+    assert columns["flags"][0] & tl.EXACT_NORM
+    assert columns["count"][0] == big.size
+
+
+def test_pinned_frames_survive_the_rings_turnover(run_dir, monkeypatch):
+    """The frame before the anomaly and the anomaly's frame stay in history/ after the ring has moved on."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    beholder = train(run_dir)
+    record = read_anomalies(run_dir)[0]
+    pinned = record["frames"]
+    assert [int(n.rsplit("-", 1)[1].split(".")[0]) for n in pinned] == [10, 20]
+    set_config(run_dir, FPS=1, values="trainable_variables", history_seconds=1)
+    time.sleep(1.2)
+    for _ in range(3):  # later frames: the ring's age budget expires everything older
+        beholder._last_frame_time = float("-inf")
+        beholder.update()
+        beholder.flush()
+    beholder.close()
+    kept = [e.name for e in list_history(run_dir)]
+    assert set(pinned) <= set(kept)
+    assert not any(e.step == 1 for e in list_history(run_dir))  # the unpinned first frame is gone
+    for name in pinned:
+        assert os.path.exists(os.path.join(run_dir, "plugins", "beholder", "history", name))
+
+
+def test_on_anomaly_raise_and_callable(run_dir, monkeypatch):
+    """on_anomaly="raise" raises AnomalyError from an update() after the anomaly; a function gets it."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    with pytest.raises(AnomalyError, match="2.weight") as caught:
+        train(run_dir, on_anomaly="raise").close()
+    assert caught.value.record["step"] == NAN_STEP
+    got = []
+    other = os.path.join(run_dir, "other")
+    train(other, on_anomaly=got.append).close()
+    assert got[0]["section"] == "2.weight" and got[0]["step"] == NAN_STEP
+
+
+def test_norm_jump(run_dir):
+    """A norm 10x its recent median is a norm_jump anomaly, with the steps since the frame before."""
+    set_config(run_dir, FPS=30, values="arrays")
+    with Beholder(run_dir, background=False, norm_jump=10.0) as beholder:
+        for step in range(1, 9):
+            scale = 100.0 if step == 7 else 1.0
+            beholder._last_frame_time = float("-inf")
+            beholder.update(arrays={"w": np.full(64, scale, np.float32)})
+    anomalies = read_anomalies(run_dir)
+    assert [(a["kind"], a["section"], a["step"]) for a in anomalies] == [("norm_jump", "w", 7)]
+    assert anomalies[0]["found"]["median"] == pytest.approx(8.0)
+
+
+def test_bad_on_anomaly_is_refused(run_dir):
+    """on_anomaly must be None, "raise" or a function."""
+    with pytest.raises(ValueError, match="on_anomaly"):
+        Beholder(run_dir, on_anomaly="explode")
