@@ -92,7 +92,7 @@ class TimelineWriter:
         self.remote_chunk_seconds = remote_chunk_seconds
         self.seq: int | None = None
         self.ids: dict[str, int] = {}
-        self.fd: int | None = None
+        self.part_open = False  # the current part has records (local)
         self.parts_bytes = 0
         self.pending: list[bytes] = []  # remote: chunks not uploaded yet
         self.uploaded_at = clock()
@@ -140,18 +140,22 @@ class TimelineWriter:
             self.compact()
 
     def _append_local(self, data: bytes) -> None:
-        """One write() of whole chunks to the current part, opened for appending."""
-        if self.fd is None:
-            path = self._join(tl.part_name(self.seq))
-            try:
-                self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-            except FileNotFoundError:  # the directory was deleted: make it again
-                os.makedirs(self.directory, exist_ok=True)
-                self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
+        """One write() of whole chunks to the current part (opened for appending, closed again: no file
+        stays open between frames)."""
+        path = self._join(tl.part_name(self.seq))
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileNotFoundError:  # the directory was deleted: make it again
+            os.makedirs(self.directory, exist_ok=True)
+            fd = os.open(path, flags, 0o666)
+        self.part_open = True
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
 
     def upload(self) -> None:
         """Remote: write the pending chunks as the next part object."""
@@ -168,9 +172,8 @@ class TimelineWriter:
         if self.remote:
             self.upload()
             return
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.part_open:
+            self.part_open = False
             self.seq += 1
             self.ids = {}
 
@@ -211,13 +214,7 @@ class TimelineWriter:
 
     def close(self) -> None:
         """Upload or close what is open."""
-        if self.remote:
-            self.upload()
-        elif self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-            self.seq += 1
-            self.ids = {}
+        self.close_part()
 
 
 class _Exact:
