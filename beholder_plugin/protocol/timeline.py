@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.protocol.files import files_for
+from beholder_plugin.protocol.files import _open_regular, files_for
 from beholder_plugin.protocol.names import plugin_dir
 
 TIMELINE_DIR = "timeline"
@@ -203,15 +203,20 @@ def _read_once(directory: str, files: Any, tolerate_missing: bool = False) -> di
     return out
 
 
-def _read(files: Any, path: str) -> bytes | None:
-    """A whole file as it is now (a local one may be growing), None when it is gone."""
+def _read(files: Any, path: str, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """A whole file as it is now (a local one may be growing: up to its size when opened), None when gone.
+
+    Local files are opened as the server's other files are (inside the logdir,
+    regular, at most ``limit`` bytes: FileRefused otherwise).
+    """
     if getattr(files, "remote", False):
-        return files.read(path, MAX_FILE_BYTES)
+        return files.read(path, limit)
     try:
-        with open(path, "rb") as f:
-            return f.read(MAX_FILE_BYTES)
+        fd, st = _open_regular(path, limit)
     except FileNotFoundError:
         return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read(st.st_size)
 
 
 def columns_of(records: np.ndarray) -> dict[str, np.ndarray]:
@@ -233,18 +238,7 @@ def read_anomalies(run_dir: str | os.PathLike, files: Any = None) -> list[dict[s
     directory = timeline_dir(run_dir)
     files = files or files_for(directory)
     join = posixpath.join if getattr(files, "remote", False) else os.path.join
-    data = files.read(join(directory, ANOMALIES_FILE), MAX_ANOMALY_BYTES) if getattr(
-        files, "remote", False) else _read_limited(join(directory, ANOMALIES_FILE), MAX_ANOMALY_BYTES)
-    return parse_anomalies(data or b"")
-
-
-def _read_limited(path: str, limit: int) -> bytes | None:
-    """Up to limit bytes of a local file, None when there is none."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit)
-    except FileNotFoundError:
-        return None
+    return parse_anomalies(_read(files, join(directory, ANOMALIES_FILE), MAX_ANOMALY_BYTES) or b"")
 
 
 def parse_anomalies(data: bytes) -> list[dict[str, Any]]:

@@ -1,0 +1,98 @@
+"""The /timeline route's answer: a run's timeline cut to at most `points` per section, and its anomalies.
+
+Every section's records are put in the same `points` buckets of steps (the
+whole run's first to last step), so rows line up by step. Per bucket: the
+last record's step, time, norm, mean and std; the smallest min and largest
+max; the largest non-finite count; the flags of all its records (OR).
+Columns travel as base64 of little-endian float64 (step, time) or float32
+(the rest), which the dashboard reads as typed arrays.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.protocol import timeline as tl
+from beholder_plugin.protocol.history import list_history
+
+DEFAULT_POINTS = 512
+MAX_POINTS = 4096
+MAX_SECTIONS = 4096
+WIDE = ("step", "time")
+NARROW = ("norm", "mean", "std", "min", "max", "nonfinite")
+
+
+class TimelineRequestError(ValueError):
+    """A bad query parameter (the route answers 400)."""
+
+
+def parse_points(raw: str | None) -> int:
+    """The ?points= parameter: a whole number from 2 to MAX_POINTS (default DEFAULT_POINTS)."""
+    if raw is None or raw == "":
+        return DEFAULT_POINTS
+    if not raw.isdigit() or len(raw) > 6 or not 2 <= int(raw) <= MAX_POINTS:
+        raise TimelineRequestError(f"points must be a whole number from 2 to {MAX_POINTS}, not {raw[:20]!r}")
+    return int(raw)
+
+
+def bucketed(records: np.ndarray, first: int, last: int, points: int) -> dict[str, np.ndarray]:
+    """One section's records (sorted by step) reduced to at most `points` buckets of the run's steps."""
+    if len(records) == 0:
+        return {name: np.zeros(0) for name in WIDE + NARROW + ("flags",)}
+    span = max(1, last - first + 1)
+    index = ((records["step"] - first) * points // span).clip(0, points - 1)
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    ends = np.r_[starts[1:], len(records)] - 1
+    with np.errstate(invalid="ignore"):
+        lows = np.fmin.reduceat(records["min"], starts)
+        highs = np.fmax.reduceat(records["max"], starts)
+    out = {
+        "step": records["step"][ends].astype(np.float64),
+        "time": records["time"][ends],
+        "norm": records["norm"][ends],
+        "mean": records["mean"][ends],
+        "std": records["std"][ends],
+        "min": lows,
+        "max": highs,
+        "nonfinite": np.maximum.reduceat(records["nonfinite"], starts),
+        "flags": np.bitwise_or.reduceat(records["flags"], starts),
+    }
+    return out
+
+
+def _b64(values: np.ndarray, dtype: str) -> str:
+    """A column as base64 of little-endian values of dtype."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype).tobytes()).decode("ascii")
+
+
+def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None) -> dict[str, Any]:
+    """The JSON answer of /timeline for one run (see docs/http-api.md)."""
+    by_section = tl.read_records(run_path, files)
+    names = list(by_section)[:MAX_SECTIONS]
+    steps = [recs["step"] for recs in by_section.values() if len(recs)]
+    first = int(min(s[0] for s in steps)) if steps else 0
+    last = int(max(s[-1] for s in steps)) if steps else 0
+    sections = []
+    for name in names:
+        columns = bucketed(by_section[name], first, last, points)
+        entry: dict[str, Any] = {"name": name, "points": int(len(columns["step"])),
+                                 "records": int(len(by_section[name]))}
+        for column in WIDE:
+            entry[column] = _b64(columns[column], "<f8")
+        for column in NARROW:
+            entry[column] = _b64(columns[column], "<f4")
+        entry["flags"] = _b64(columns["flags"], "<u4")
+        sections.append(entry)
+    kept = [{"name": e.name, "step": e.step, "time": e.time} for e in list_history(run_path, files)]
+    return {
+        "run": run_name,
+        "first_step": first,
+        "last_step": last,
+        "points": points,
+        "sections": sections,
+        "anomalies": tl.read_anomalies(run_path, files)[:1000],
+        "kept": kept,
+    }
