@@ -138,15 +138,19 @@ def parse(data: bytes) -> tuple[dict[int, str], list[np.ndarray], dict[str, Any]
 
 
 def _named_records(names: dict[int, str], arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Records by section name (ids resolved with the file's names; unnamed ids dropped)."""
+    """Records by section name (ids resolved with the file's names; unnamed ids dropped), in file order."""
     if not arrays:
         return {}
-    records = np.concatenate(arrays)
+    records = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    sections = records["section"]
+    grouped = len(records) < 2 or bool((sections[1:] >= sections[:-1]).all())  # base.bht is written so
+    ordered = records if grouped else records[np.argsort(sections, kind="stable")]
+    ids, starts = np.unique(ordered["section"], return_index=True)
     out: dict[str, np.ndarray] = {}
-    for sid in np.unique(records["section"]).tolist():
+    for sid, part in zip(ids.tolist(), np.split(ordered, starts[1:])):
         name = names.get(sid)
         if name is not None:
-            out[name] = records[records["section"] == sid]
+            out[name] = part
     return out
 
 
@@ -191,9 +195,9 @@ def _read_once(directory: str, files: Any, tolerate_missing: bool = False) -> di
             parts.setdefault(name, []).append(recs)
     out = {}
     for name, arrays_ in parts.items():
-        records = np.concatenate(arrays_)
-        order = np.argsort(records["step"], kind="stable")
-        records = records[order]
+        records = np.concatenate(arrays_) if len(arrays_) > 1 else arrays_[0]
+        if len(records) > 1 and (np.diff(records["step"]) < 0).any():
+            records = records[np.argsort(records["step"], kind="stable")]
         if len(records) > 1:  # a record found twice (an earlier writer's part, say) is kept once
             keep = np.ones(len(records), bool)
             steps, times = records["step"], records["time"]

@@ -44,7 +44,7 @@ from beholder_plugin.protocol.history import HistoryRing
 logger = logging.getLogger("beholder")
 
 # On the host (NumPy, CPU tensors) the exact pass reads at most this many values per frame on average.
-HOST_EXACT_VALUES = 1 << 22
+HOST_EXACT_VALUES = 1 << 20
 # A norm above NORM_JUMP times the median of its section's last RECENT_NORMS frames is an anomaly.
 NORM_JUMP = 10.0
 RECENT_NORMS = 16
@@ -325,9 +325,12 @@ class Timeline:
         self._credit = HOST_EXACT_VALUES
         self._delivery: collections.deque = collections.deque()
         self._raise: AnomalyError | None = None
-        self._recent: dict[str, collections.deque] = {}
+        self._slots: dict[str, int] = {}  # section name -> row of _ring (its recent norms)
+        self._slot_cache: dict[tuple, np.ndarray] = {}
+        self._ring = np.full((0, RECENT_NORMS), np.nan)
+        self._seen = np.zeros(0, np.int64)
+        self._jumping = np.zeros(0, bool)
         self._reported: set[tuple[str, str]] = set()
-        self._jumping: set[str] = set()
         self._last_step: int | None = None
         self.anomalies = 0
         self.first_anomaly: dict[str, Any] | None = None
@@ -464,87 +467,111 @@ class Timeline:
         exact = getattr(job, "timeline", None)
         if exact is not None:
             exact.resolve()
-        rows, kept = [], []
-        for i, record in enumerate(sections):
-            stats = record.get("stats")
-            if stats is None or i >= len(names):
-                continue
-            rows.append(i)
-            kept.append(names[i])
+        rows = [i for i, record in enumerate(sections) if record.get("stats") is not None and i < len(names)]
         if not rows:
             self._last_step = job.step
             return
+        kept = [names[i] for i in rows]
+        stats = [sections[i]["stats"] for i in rows]
+        hists = [s.get("hist") or {} for s in stats]
         records = tl.make_records(len(rows))
         records["step"] = job.step
         records["time"] = job.time
         records["section"] = np.arange(len(rows))
+        records["min"] = _floats([h.get("lo") for h in hists])
+        records["max"] = _floats([h.get("hi") for h in hists])
+        for column in ("mean", "std", "zero"):
+            records[column] = _floats([s.get(column) for s in stats])
+        nan_frac = _floats([s.get("nan") for s in stats])
+        inf_frac = _floats([s.get("inf") for s in stats])
+        records["nan"], records["inf"] = nan_frac, inf_frac
+        count = _floats([s.get("count") for s in stats])
+        records["count"] = count
+        norm = _floats([s.get("norm") for s in stats])
+        nonfinite = (np.nan_to_num(nan_frac) + np.nan_to_num(inf_frac)) * count
+        is_nan, is_inf = nan_frac > 0, (inf_frac > 0) & ~(nan_frac > 0)
+        flags = np.zeros(len(rows), np.uint32)
+        step_first = np.full(len(rows), -1, np.int64)
+        if exact is not None:
+            idx = np.asarray(rows)
+            inside = idx < len(exact.norm)
+            idx = np.where(inside, idx, 0)
+            known = exact.exact[idx] & inside
+            norm = np.where(known, exact.norm[idx], norm)
+            counted = known & ~np.isnan(exact.nonfinite[idx])
+            nonfinite = np.where(counted, exact.nonfinite[idx], nonfinite)
+            is_nan = np.where(known, np.isnan(exact.norm[idx]), is_nan)
+            is_inf = np.where(known, np.isinf(exact.norm[idx]), is_inf)
+            checked = exact.step_checked[idx] & inside
+            flagged = checked & (exact.step_first[idx] >= 0)
+            step_first = np.where(flagged, exact.step_first[idx], -1)
+            is_nan |= flagged & np.isnan(exact.step_value[idx])
+            is_inf |= flagged & np.isinf(exact.step_value[idx])
+            flags |= np.where(known, tl.EXACT_NORM, 0).astype(np.uint32)
+            flags |= np.where(counted, tl.EXACT_NONFINITE, 0).astype(np.uint32)
+            flags |= np.where(checked, tl.STEP_CHECKED, 0).astype(np.uint32)
+        records["norm"] = norm
+        records["nonfinite"] = nonfinite
+        jumps, medians = self._norm_jumps(kept, norm)
         found = []
-        for j, i in enumerate(rows):
-            stats = sections[i]["stats"]
-            hist = stats.get("hist") or {}
-            rec = records[j]
-            for column, value in (("min", hist.get("lo")), ("max", hist.get("hi")),
-                                  ("mean", stats.get("mean")),
-                                  ("std", stats.get("std")), ("norm", stats.get("norm")),
-                                  ("zero", stats.get("zero")), ("nan", stats.get("nan")),
-                                  ("inf", stats.get("inf"))):
-                rec[column] = np.nan if value is None else value
-            count = float(stats.get("count") or 0)
-            rec["count"] = count
-            rec["nonfinite"] = (float(stats.get("nan") or 0) + float(stats.get("inf") or 0)) * count
-            flags = 0
-            sampled_nan, sampled_inf = bool(stats.get("nan")), bool(stats.get("inf"))
-            is_nan, is_inf = sampled_nan, sampled_inf and not sampled_nan
-            if exact is not None and i < len(exact.norm) and exact.exact[i]:
-                rec["norm"] = exact.norm[i]
-                flags |= tl.EXACT_NORM
-                if not np.isnan(exact.nonfinite[i]):
-                    rec["nonfinite"] = exact.nonfinite[i]
-                    flags |= tl.EXACT_NONFINITE
-                is_nan = bool(np.isnan(exact.norm[i]))
-                is_inf = bool(np.isinf(exact.norm[i]))
-            step_first = None
-            if exact is not None and i < len(exact.step_checked) and exact.step_checked[i]:
-                flags |= tl.STEP_CHECKED
-                if exact.step_first[i] >= 0:
-                    step_first = int(exact.step_first[i])
-                    value = exact.step_value[i]
-                    is_nan, is_inf = bool(np.isnan(value)) or is_nan, bool(np.isinf(value)) or is_inf
-            rec["flags"] = flags
-            name = names[i]
-            kind = "nan" if is_nan else "inf" if is_inf else None
+        for j in np.flatnonzero(is_nan | is_inf | jumps).tolist():
+            name = kept[j]
+            kind = "nan" if is_nan[j] else "inf" if is_inf[j] else None
             if kind is not None and (name, kind) not in self._reported:
-                found.append(self._anomaly(job, name, kind, step_first, float(rec["norm"]),
-                                           float(rec["nonfinite"]), bool(flags & tl.EXACT_NONFINITE)))
-            jump = self._norm_jump(name, float(rec["norm"]))
-            if jump is not None:
-                found.append(self._anomaly(job, name, "norm_jump", None, float(rec["norm"]), 0.0, True,
-                                           median=jump))
-            if kind is not None or jump is not None:
-                rec["flags"] |= tl.ANOMALY
+                first = int(step_first[j]) if step_first[j] >= 0 else None
+                found.append(self._anomaly(job, name, kind, first, float(norm[j]), float(nonfinite[j]),
+                                           bool(flags[j] & tl.EXACT_NONFINITE)))
+            if jumps[j]:
+                found.append(self._anomaly(job, name, "norm_jump", None, float(norm[j]), 0.0, True,
+                                           median=float(medians[j])))
+            flags[j] |= tl.ANOMALY
+        records["flags"] = flags
         self.writer.append(kept, records)
         found.sort(key=lambda r: r["step"] if "step" in r else r["steps"][0])  # the earliest is the first
         for record in found:
             self._report(record, ring)
         self._last_step = job.step
 
-    def _norm_jump(self, name: str, norm: float) -> float | None:
-        """The recent median a norm jumped past (norm_jump times it), else None; remembers the norm."""
-        recent = self._recent.get(name)
-        if recent is None:
-            recent = self._recent[name] = collections.deque(maxlen=RECENT_NORMS)
-        jumped = None
-        if np.isfinite(norm):
-            if len(recent) >= MIN_NORMS:
-                median = float(np.median(recent))
-                if median > 0 and norm > self.norm_jump * median:
-                    if name not in self._jumping:
-                        jumped = median
-                    self._jumping.add(name)
-                    return jumped  # a jumped norm does not become the new normal at once
-                self._jumping.discard(name)
-            recent.append(norm)
-        return jumped
+    def _norm_jumps(self, kept: list[str], norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which norms newly jumped past norm_jump times their section's recent median, and the medians.
+
+        Each section keeps its last RECENT_NORMS finite norms (a jumped norm
+        does not join them, so it does not become the new normal at once).
+        """
+        key = tuple(kept)
+        slots = self._slot_cache.get(key)
+        if slots is None:
+            for name in kept:
+                if name not in self._slots:
+                    self._slots[name] = len(self._slots)
+            if len(self._slots) > len(self._ring):
+                grow = max(len(self._slots), 2 * len(self._ring))
+                self._ring = np.vstack([self._ring, np.full((grow - len(self._ring), RECENT_NORMS), np.nan)])
+                self._seen = np.concatenate([self._seen, np.zeros(grow - len(self._seen), np.int64)])
+                self._jumping = np.concatenate([self._jumping, np.zeros(grow - len(self._jumping), bool)])
+            if len(self._slot_cache) >= 16:
+                self._slot_cache.clear()
+            slots = self._slot_cache[key] = np.array([self._slots[n] for n in kept], np.intp)
+        seen = self._seen[slots]
+        enough = seen >= MIN_NORMS
+        medians = np.full(len(slots), np.nan)
+        if enough.any():
+            window = self._ring[slots[enough]]
+            full = seen[enough] >= RECENT_NORMS
+            medians[np.flatnonzero(enough)[full]] = np.median(window[full], axis=1)
+            for k in np.flatnonzero(~full).tolist():  # not yet RECENT_NORMS norms: the median of those seen
+                medians[np.flatnonzero(enough)[k]] = np.median(window[k, : seen[enough][k]])
+        finite = np.isfinite(norm)
+        with np.errstate(invalid="ignore"):
+            over = finite & enough & (medians > 0) & (norm > self.norm_jump * medians)
+        jumps = over & ~self._jumping[slots]
+        self._jumping[slots] = np.where(finite, over, self._jumping[slots])
+        add = finite & ~over
+        if add.any():
+            targets = slots[add]
+            self._ring[targets, self._seen[targets] % RECENT_NORMS] = norm[add]
+            self._seen[targets] += 1
+        return jumps, medians
 
     def _anomaly(self, job: Any, name: str, kind: str, step_first: int | None, norm: float,
                  nonfinite: float, exact_count: bool, median: float | None = None) -> dict[str, Any]:
@@ -627,6 +654,11 @@ class Timeline:
             self.writer.close()
         except OSError as exc:
             logger.warning("Beholder: could not finish the timeline (%s)", exc)
+
+
+def _floats(values: list) -> np.ndarray:
+    """Numbers (None: NaN) as a float64 array."""
+    return np.array([np.nan if v is None else v for v in values], np.float64)
 
 
 def _batch_cpu() -> bool:

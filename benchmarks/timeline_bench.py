@@ -1,0 +1,249 @@
+"""What the timeline and its anomaly checks cost: per frame on the CPU, per step on a GPU, against them off.
+
+    python benchmarks/timeline_bench.py [--seconds 2] [--rounds 5] [--parts cpu,gpu,read]
+
+Parts:
+
+- ``cpu``: Beholder on ResNet-50's and MobileNetV2's trainable variables
+  (benchmarks/model_shapes.json, NumPy float32), a frame at every
+  ``update()`` (background=False, so all the work is on the calling thread
+  and measured there), timeline on and off interleaved round by round. Per
+  condition: the median process CPU time per frame and the ratio on/off
+  (target: at most 1.05).
+- ``gpu`` (skipped without CUDA): a torchvision-free ResNet-50 (bottleneck
+  blocks 3-4-6-3, batch 64, bf16 autocast, channels_last, SGD,
+  ``loss.item()`` every step) with ``watch(model)`` at 10 frames/s showing
+  weights; conditions ``none`` (no Beholder), ``off`` (Beholder, timeline
+  off) and ``on`` (timeline and the per-step check), interleaved. Per
+  condition the median step; then the per-step check alone: its issue time
+  on the host and its GPU time (CUDA events), as a share of the ``none``
+  step (target: at most 1 %).
+- ``read``: a 7-day timeline of 300 sections at 10 frames/s, as thinning
+  leaves it (MAX_PER_SECTION records each), written with a fake clock; then
+  the /timeline answer built from it (points=640) and its size: the load
+  half of the dashboard's "loads and draws in 1 s".
+
+Medians; nothing here is asserted (tests assert behaviour, this prints numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import numpy as np  # noqa: E402
+
+from beholder_plugin import DEFAULT_CONFIG, Beholder, write_config  # noqa: E402
+
+PARTS = ("cpu", "gpu", "read")
+
+
+def main() -> int:
+    """Run the chosen parts and print their figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per condition per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--parts", default=",".join(PARTS))
+    args = parser.parse_args()
+    for part in args.parts.split(","):
+        globals()[f"part_{part}"](args)
+    return 0
+
+
+def set_config(run: str, **changes) -> None:
+    """Write the run's config.json: the defaults with these changes."""
+    write_config(run, {**DEFAULT_CONFIG, **changes})
+
+
+def timeline_on(beholder: Beholder, on: bool) -> None:
+    """Turn a Beholder's timeline and checks on or off (the A/B switch of this benchmark)."""
+    beholder._timeline.enabled = on
+    if not on:
+        beholder._timeline.hot = False
+        beholder._timeline._checks = []
+        beholder._timeline._check_key = ()
+
+
+def part_cpu(args) -> None:
+    """CPU per frame, timeline on vs off, on NumPy models."""
+    with open(os.path.join(HERE, "model_shapes.json")) as f:
+        shapes = json.load(f)
+    rng = np.random.default_rng(0)
+    for model in ("mobilenetv2", "resnet50"):
+        arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes[model]}
+        values = sum(a.size for a in arrays.values())
+        run = tempfile.mkdtemp(prefix="timeline-bench-")
+        set_config(run, values="arrays", FPS=30)
+        beholder = Beholder(run, background=False)
+        per = {True: [], False: []}
+        for _ in range(args.rounds):
+            for on in (False, True):
+                timeline_on(beholder, on)
+                start, cpu0, frames = time.perf_counter(), time.process_time(), 0
+                while time.perf_counter() - start < args.seconds:
+                    beholder._last_frame_time = float("-inf")
+                    beholder.update(arrays=arrays)
+                    frames += 1
+                per[on].append((time.process_time() - cpu0) / frames)
+        beholder.close()
+        off, on = statistics.median(per[False]), statistics.median(per[True])
+        print(f"cpu {model:12s} ({len(arrays)} sections, {values / 1e6:.1f} M values): CPU per frame "
+              f"off {off * 1e3:.2f} ms, on {on * 1e3:.2f} ms, ratio {on / off:.3f} (target <= 1.05)")
+
+
+def bottleneck(nn, inp: int, width: int, stride: int):
+    """A ResNet bottleneck block (1x1, 3x3, 1x1 convolutions, batch norms, a projection when needed)."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            out = width * 4
+            self.body = nn.Sequential(
+                nn.Conv2d(inp, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out))
+            self.skip = (nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+                         if stride != 1 or inp != out else nn.Identity())
+
+        def forward(self, x):
+            return (self.body(x) + self.skip(x)).relu()
+
+    return Block()
+
+
+def resnet50(torch):
+    """A ResNet-50 (25.6 M parameters) built from torch.nn alone."""
+    nn = torch.nn
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+              nn.MaxPool2d(3, 2, 1)]
+    inp = 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for k in range(blocks):
+            layers.append(bottleneck(nn, inp, width, stride if k == 0 else 1))
+            inp = width * 4
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inp, 1000)]
+    return nn.Sequential(*layers)
+
+
+def part_gpu(args) -> None:
+    """ResNet-50 steps: none / timeline off / on, and the per-step check's own cost."""
+    try:
+        import torch
+    except ImportError:
+        print("gpu: PyTorch is not installed: skipped")
+        return
+    if not torch.cuda.is_available():
+        print("gpu: no CUDA GPU here: skipped (run it on a machine with one)")
+        return
+    model = resnet50(torch).cuda().to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(64, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (64,), device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    run = tempfile.mkdtemp(prefix="timeline-bench-gpu-")
+    set_config(run, values="trainable_variables", FPS=10)
+    beholder = Beholder(run)
+    handle = beholder.watch(model, activations=False, gradients=False)
+    for _ in range(20):  # warm up, and the first frames build the per-step checks
+        step()
+        beholder.update()
+    beholder.flush()
+    times = {"none": [], "off": [], "on": []}
+    for _ in range(args.rounds):
+        for condition in ("none", "off", "on"):
+            timeline_on(beholder, condition == "on")
+            if condition == "on":  # a frame builds the checks again
+                beholder._last_frame_time = float("-inf")
+                step()
+                beholder.update()
+                beholder.flush()
+            start = time.perf_counter()
+            while time.perf_counter() - start < args.seconds:
+                t0 = time.perf_counter()
+                step()
+                if condition != "none":
+                    beholder.update()
+                times[condition].append(time.perf_counter() - t0)
+    beholder.flush()
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    print(f"gpu {torch.cuda.get_device_name()}: ResNet-50 step (batch 64, bf16), median: "
+          + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in medians.items())
+          + f"; on/off {medians['on'] / medians['off']:.4f}, on/none {medians['on'] / medians['none']:.4f}")
+    timeline = beholder._timeline
+    checks = timeline._checks
+    print(f"gpu per-step check: {sum(len(c.tensors) for c in checks)} tensors on "
+          f"{len(checks)} device(s), hot={timeline.hot}")
+    issue, gpu = [], []
+    for k in range(200):
+        torch.cuda.synchronize()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        t0 = time.perf_counter()
+        timeline.on_step(10**6 + k)
+        issue.append(time.perf_counter() - t0)
+        end.record()
+        end.synchronize()
+        gpu.append(begin.elapsed_time(end) / 1e3)
+    none = medians["none"]
+    print(f"gpu per-step check alone: host issue {statistics.median(issue) * 1e6:.0f} us "
+          f"({statistics.median(issue) / none * 100:.3f} % of the step), GPU time "
+          f"{statistics.median(gpu) * 1e6:.0f} us ({statistics.median(gpu) / none * 100:.3f} % of the step); "
+          "target <= 1 %")
+    handle.remove()
+    beholder.close()
+
+
+def part_read(args) -> None:
+    """A thinned 7-day, 300-section timeline: its bytes, and the /timeline answer's time and size."""
+    from beholder_plugin.protocol import timeline as tl
+    from beholder_plugin.protocol.files import files_for
+    from beholder_plugin.server.timeline import timeline_answer
+
+    run = tempfile.mkdtemp(prefix="timeline-bench-read-")
+    names = [f"block{i // 4}/layer{i % 4}/kernel" for i in range(300)]
+    n = tl.MAX_PER_SECTION
+    week = 7 * 24 * 3600
+    rng = np.random.default_rng(0)
+    by_section = {}
+    for name in names:
+        records = tl.make_records(n)
+        records["step"] = np.sort(rng.choice(week * 10, n, replace=False))
+        records["time"] = 1.7e9 + records["step"] / 10
+        for column in ("min", "max", "mean", "std", "norm"):
+            records[column] = rng.standard_normal(n)
+        by_section[name] = records
+    files = files_for(run)
+    directory = tl.timeline_dir(run)
+    os.makedirs(directory)
+    files.write_atomic(os.path.join(directory, tl.BASE_FILE), tl.base_bytes(by_section, -1))
+    size = os.path.getsize(os.path.join(directory, tl.BASE_FILE))
+    took = []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        answer = timeline_answer("run", run, 640)
+        body = json.dumps(answer)
+        took.append(time.perf_counter() - t0)
+    print(f"read: 300 sections x {n} records = {size / 2**20:.1f} MB on disk; /timeline answer "
+          f"(points=640) built and encoded in {statistics.median(took) * 1e3:.0f} ms, "
+          f"{len(body) / 2**20:.1f} MB of JSON")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
