@@ -132,3 +132,8 @@ class HistoryRing:
     def pin(self, name: str) -> None:
         """timeline: keep this frame whatever the budgets (its file stays in the ring's directory)."""
         self.pins.add(name)
+
+    def unpin(self, name: str) -> bool:
+        """timeline: let a pinned frame go; True when the ring is already past it (delete its file)."""
+        self.pins.discard(name)
+        return self.kept.pop(name, None) is not None

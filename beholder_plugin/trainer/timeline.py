@@ -40,6 +40,8 @@ import numpy as np
 
 from beholder_plugin.protocol import timeline as tl
 from beholder_plugin.protocol.history import HistoryRing
+from beholder_plugin.protocol.names import history_dir
+from beholder_plugin.trainer.keyframes import Keyframes
 
 logger = logging.getLogger("beholder")
 
@@ -317,6 +319,7 @@ class Timeline:
             raise ValueError(f"norm_jump must be a number above 1, not {norm_jump!r}")
         self.enabled = enabled
         self.writer = TimelineWriter(run_dir, files, clock=clock)
+        self.keyframes = Keyframes(run_dir, files, history_dir(run_dir))
         self.on_anomaly = on_anomaly
         self.norm_jump = float(norm_jump)
         self.hot = False  # update() calls on_step(): a per-step check runs, or an anomaly waits for delivery
@@ -527,10 +530,20 @@ class Timeline:
             flags[j] |= tl.ANOMALY
         records["flags"] = flags
         self.writer.append(kept, records)
+        self._keyframe(ring, job.step)
         found.sort(key=lambda r: r["step"] if "step" in r else r["steps"][0])  # the earliest is the first
         for record in found:
             self._report(record, ring)
         self._last_step = job.step
+
+    def _keyframe(self, ring: HistoryRing | None, step: int) -> None:
+        """Maybe make this frame a keyframe; delete the files of keyframes dropped for the budget."""
+        if ring is None:
+            return
+        files = self.writer.files
+        join = posixpath.join if self.writer.remote else os.path.join
+        for name in self.keyframes.consider(ring, step):
+            files.remove(join(self.keyframes.history_dir, name))
 
     def _norm_jumps(self, kept: list[str], norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Which norms newly jumped past norm_jump times their section's recent median, and the medians.
@@ -626,6 +639,7 @@ class Timeline:
             entries = list(ring.entries)[-2:]
             for entry in entries:
                 ring.pin(entry.name)
+                self.keyframes.protected.add(entry.name)
                 names.append(entry.name)
                 self.writer.protected.add(entry.step)
         self.writer.protected.add(step)
@@ -635,6 +649,7 @@ class Timeline:
 
     def adopt(self, ring: HistoryRing) -> None:
         """Pin again the frames an earlier writer pinned (its anomaly records name them)."""
+        self.keyframes.adopt(ring)
         try:
             records = tl.read_anomalies(self.writer.run_dir, self.writer.files)
         except (OSError, ValueError):
@@ -644,6 +659,7 @@ class Timeline:
             for name in record.get("frames", []):
                 if isinstance(name, str) and name in kept:
                     ring.pin(name)
+                    self.keyframes.protected.add(name)
             for key in ("frame_step", "step"):
                 if isinstance(record.get(key), int):
                     self.writer.protected.add(record[key])
