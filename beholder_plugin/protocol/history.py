@@ -122,9 +122,11 @@ class HistoryRing:
                 self.kept[entry.name] = entry
                 continue
             out.append(entry.name)
-        if not self.enabled:
-            out.extend(e.name for e in self.entries if e.name not in self.pins)  # timeline: pins stay
-            self.kept.update((e.name, e) for e in self.entries if e.name in self.pins)
+        if not self.enabled:  # history off: nothing is kept, pinned frames included
+            out.extend(e.name for e in self.entries)
+            out.extend(self.kept)  # timeline:
+            self.kept.clear()  # timeline:
+            self.pins.clear()  # timeline:
             self.entries.clear()
             self.bytes = 0
         return out

@@ -65,6 +65,9 @@ class Keyframes:
 
     def consider(self, ring: HistoryRing, step: int) -> list[str]:
         """Make the frame just written (the ring's newest) a keyframe if due; returns files to delete."""
+        if not ring.enabled:  # history off: its frames and pins are gone
+            self.entries, self.bytes = [], 0
+            return []
         if not ring.entries or ring.entries[-1].step != step:
             return []
         entry = ring.entries[-1]
