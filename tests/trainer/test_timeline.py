@@ -144,3 +144,16 @@ def test_bad_on_anomaly_is_refused(run_dir):
     """on_anomaly must be None, "raise" or a function."""
     with pytest.raises(ValueError, match="on_anomaly"):
         Beholder(run_dir, on_anomaly="explode")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_the_nan_is_named_at_its_exact_step(run_dir):
+    """On CUDA the per-step check (kept on the device, read with the next frame) names the exact step."""
+    beholder = train(run_dir, device="cuda")
+    beholder.close()
+    record = next(a for a in read_anomalies(run_dir) if a["section"] == "2.weight")
+    assert record["step"] == NAN_STEP and record["checked"] == "step" and record["first"]
+    assert read_anomalies(run_dir)[0] == record
+    weight = read_timeline(run_dir)["2.weight"]
+    assert (weight["flags"] & tl.STEP_CHECKED).all() and (weight["flags"] & tl.EXACT_NORM).all()
