@@ -146,7 +146,7 @@ class Beholder:
         for a new run. E.g. ``Beholder(logdir, values="arrays")`` when
         passing ``update(arrays=...)``.
       on_anomaly: what to do at an anomaly of the run's timeline (the first
-        NaN or infinite value of a section, or a norm jump; docs/timeline.md)
+        NaN or infinite value of a section, or a norm jump; docs/integration.md)
         besides logging it: None (the default) only logs, ``"raise"`` raises
         ``AnomalyError`` from the next ``update()`` (at the first anomaly),
         a function is called with each anomaly record from ``update()``.
