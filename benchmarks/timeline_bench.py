@@ -1,6 +1,6 @@
 """What the timeline and its anomaly checks cost: per frame on the CPU, per step on a GPU, against them off.
 
-    python benchmarks/timeline_bench.py [--seconds 2] [--rounds 5] [--parts cpu,gpu,read]
+    python benchmarks/timeline_bench.py [--seconds 2] [--rounds 5] [--parts cpu,gpu,read,browser]
 
 Parts:
 
@@ -22,6 +22,9 @@ Parts:
   leaves it (MAX_PER_SECTION records each), written with a fake clock; then
   the /timeline answer built from it (points=640) and its size: the load
   half of the dashboard's "loads and draws in 1 s".
+- ``browser``: the same timeline served by a real TensorBoard, the Timeline
+  view opened in Debian's Chromium: from the request to the 300 rows drawn
+  (the view's own clock), and the drawing alone, over --rounds reloads.
 
 Medians; nothing here is asserted (tests assert behaviour, this prints numbers).
 """
@@ -43,7 +46,7 @@ import numpy as np  # noqa: E402
 
 from beholder_plugin import DEFAULT_CONFIG, Beholder, write_config  # noqa: E402
 
-PARTS = ("cpu", "gpu", "read")
+PARTS = ("cpu", "gpu", "read", "browser")
 
 
 def main() -> int:
@@ -210,13 +213,11 @@ def part_gpu(args) -> None:
     beholder.close()
 
 
-def part_read(args) -> None:
-    """A thinned 7-day, 300-section timeline: its bytes, and the /timeline answer's time and size."""
+def week_run(run: str) -> str:
+    """Write a thinned 7-day timeline of 300 sections into run (MAX_PER_SECTION records each)."""
     from beholder_plugin.protocol import timeline as tl
     from beholder_plugin.protocol.files import files_for
-    from beholder_plugin.server.timeline import timeline_answer
 
-    run = tempfile.mkdtemp(prefix="timeline-bench-read-")
     names = [f"block{i // 4}/layer{i % 4}/kernel" for i in range(300)]
     n = tl.MAX_PER_SECTION
     week = 7 * 24 * 3600
@@ -233,7 +234,17 @@ def part_read(args) -> None:
     directory = tl.timeline_dir(run)
     os.makedirs(directory)
     files.write_atomic(os.path.join(directory, tl.BASE_FILE), tl.base_bytes(by_section, -1))
-    size = os.path.getsize(os.path.join(directory, tl.BASE_FILE))
+    return os.path.join(directory, tl.BASE_FILE)
+
+
+def part_read(args) -> None:
+    """A thinned 7-day, 300-section timeline: its bytes, and the /timeline answer's time and size."""
+    from beholder_plugin.protocol import timeline as tl
+    from beholder_plugin.server.timeline import timeline_answer
+
+    run = tempfile.mkdtemp(prefix="timeline-bench-read-")
+    size = os.path.getsize(week_run(run))
+    n = tl.MAX_PER_SECTION
     took = []
     for _ in range(args.rounds):
         t0 = time.perf_counter()
@@ -243,6 +254,43 @@ def part_read(args) -> None:
     print(f"read: 300 sections x {n} records = {size / 2**20:.1f} MB on disk; /timeline answer "
           f"(points=640) built and encoded in {statistics.median(took) * 1e3:.0f} ms, "
           f"{len(body) / 2**20:.1f} MB of JSON")
+
+
+def part_browser(args) -> None:
+    """The Timeline view of a 7-day, 300-section run in Chromium: load and draw, then draw alone."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    from server_support import CHROMIUM, TensorBoard, beholder_frame, chromium_page, wait_for
+
+    if not os.path.exists(CHROMIUM):
+        print("browser: no Debian chromium here: skipped")
+        return
+    logdir = tempfile.mkdtemp(prefix="timeline-bench-browser-")
+    run = os.path.join(logdir, "week")
+    os.makedirs(os.path.join(run, "plugins", "beholder"))
+    set_config(run, values="arrays", FPS=10)
+    week_run(run)
+    tb = TensorBoard(logdir, os.path.join(logdir, "tensorboard.log"))
+    loads, draws = [], []
+    try:
+        tb.start()
+        with chromium_page() as page:
+            page.goto(tb.url + "/#beholder")
+            frame = beholder_frame(page)
+            wait_for(lambda: frame.evaluate("window.beholder.run") == "week", message="the run")
+            frame.click("#view-timeline")
+            for _ in range(args.rounds):
+                frame.evaluate("() => { window.beholderDebug.timeline().ms = null; }")
+                frame.evaluate("() => window.dispatchEvent(new Event('beholder-timeline-reload'))")
+                ms = wait_for(lambda: frame.evaluate("window.beholderDebug.timeline().ms"), timeout=60,
+                              message="the timeline drawn")
+                debug = frame.evaluate("window.beholderDebug.timeline()")
+                assert debug["drawn"] == 300, debug["drawn"]
+                loads.append(ms)
+                draws.append(debug["drawMs"])
+    finally:
+        tb.stop()
+    print(f"browser: 7-day timeline, 300 sections: request to drawn {statistics.median(loads):.0f} ms "
+          f"(max {max(loads):.0f}), drawing alone {statistics.median(draws):.0f} ms; target <= 1000 ms")
 
 
 if __name__ == "__main__":

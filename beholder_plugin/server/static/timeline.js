@@ -7,6 +7,8 @@ import { rounded } from "./format.js";
 
 const ROW_H = 34;
 const WIDTH = 640;
+const POINTS = WIDTH / 2; // points asked per section: one every 2 px
+const EAGER_ROWS = 40; // rows painted at once; the others when they scroll into view
 const REFRESH_MS = 5000;
 
 /** A base64 column of the answer as a typed array (float64 for step and time, uint32 flags, else float32). */
@@ -105,6 +107,7 @@ export class TimelineView {
     style.href = new URL("./timeline.css", import.meta.url).href;
     document.head.appendChild(style);
     this.addChoice();
+    window.addEventListener("beholder-timeline-reload", () => this.load()); // for the benchmark
   }
 
   /** Add "Timeline" to the toolbar's View choice. */
@@ -145,8 +148,8 @@ export class TimelineView {
     const started = performance.now();
     try {
       const [answer, second] = await Promise.all([
-        getJSON("timeline", { run, points: WIDTH }),
-        other ? getJSON("timeline", { run: other, points: WIDTH }) : Promise.resolve(null),
+        getJSON("timeline", { run, points: POINTS }),
+        other ? getJSON("timeline", { run: other, points: POINTS }) : Promise.resolve(null),
       ]);
       if (load !== this.loads) return;
       this.answer = { ...answer, decoded: decodeTimeline(answer) };
@@ -190,7 +193,21 @@ export class TimelineView {
     const others = new Map((this.other?.decoded || []).map((s) => [s.name, s]));
     const anomalies = this.answer.anomalies || [];
     this.jump.disabled = anomalies.length === 0;
-    const rows = sections.map((section) => this.row(section, others.get(section.name), anomalies));
+    if (this.observer) this.observer.disconnect();
+    this.observer = new IntersectionObserver((seen) => {
+      for (const entry of seen) {
+        if (!entry.isIntersecting || !entry.target.paint) continue;
+        entry.target.paint();
+        entry.target.paint = null;
+        this.observer.unobserve(entry.target);
+      }
+    }, { root: this.list });
+    const rows = sections.map((section, i) => {
+      const row = this.row(section, others.get(section.name), anomalies);
+      if (i < EAGER_ROWS) row.paint();
+      else this.observer.observe(row);
+      return row;
+    });
     this.list.replaceChildren(...rows);
     this.drawAxis(anomalies);
     const [first, last] = this.span();
@@ -220,6 +237,17 @@ export class TimelineView {
   /** One section's row: its name and a canvas of sparklines (and the compared run's norm, dashed). */
   row(section, other, anomalies) {
     const canvas = h("canvas", { class: "tl-spark", width: WIDTH, height: ROW_H, "data-section": section.name });
+    canvas.addEventListener("mousemove", (event) => this.hover(section, canvas, event));
+    canvas.addEventListener("click", (event) => this.open(this.stepAt(event.offsetX)));
+    const element = h("div", { class: "tl-row", "data-section": section.name },
+      h("span", { class: "tl-name", title: `${section.name}: ${section.records} records kept` }, section.name), canvas);
+    element.paint = () => this.paint(canvas, section, other, anomalies);
+    return element;
+  }
+
+  /** Draw one row's sparklines. */
+  paint(canvas, section, other, anomalies) {
+    this.debug.painted = (this.debug.painted || 0) + 1;
     const ctx = canvas.getContext("2d");
     const n = section.step.length;
     const values = extent([section.min, section.max], false);
@@ -281,11 +309,6 @@ export class TimelineView {
       const b = Number.isFinite(record.step) ? a : this.x(record.steps[1]);
       ctx.fillRect(a - 1, 0, Math.max(2, b - a + 2), ROW_H);
     }
-    canvas.addEventListener("mousemove", (event) => this.hover(section, canvas, event));
-    canvas.addEventListener("click", (event) => this.open(this.stepAt(event.offsetX)));
-    const element = h("div", { class: "tl-row", "data-section": section.name },
-      h("span", { class: "tl-name", title: `${section.name}: ${section.records} records kept` }, section.name), canvas);
-    return element;
   }
 
   /** Show the numbers of the point nearest the mouse. */
