@@ -155,7 +155,7 @@ def _named_records(names: dict[int, str], arrays: list[np.ndarray]) -> dict[str,
 
 
 def read_records(run_dir: str | os.PathLike, files: Any = None, attempts: int = 4) -> dict[str, np.ndarray]:
-    """Every kept record by section name, sorted by step (base.bht, then the parts it does not hold).
+    """Every kept record by section name, in time order (base.bht, then the parts it does not hold).
 
     A part deleted while it is read (base.bht was just rewritten to hold it)
     makes the read start again, so the answer is one consistent state.
@@ -196,8 +196,8 @@ def _read_once(directory: str, files: Any, tolerate_missing: bool = False) -> di
     out = {}
     for name, arrays_ in parts.items():
         records = np.concatenate(arrays_) if len(arrays_) > 1 else arrays_[0]
-        if len(records) > 1 and (np.diff(records["step"]) < 0).any():
-            records = records[np.argsort(records["step"], kind="stable")]
+        if len(records) > 1 and (np.diff(records["time"]) < 0).any():  # in time order (a restarted
+            records = records[np.argsort(records["time"], kind="stable")]  # trainer counts steps afresh)
         if len(records) > 1:  # a record found twice (an earlier writer's part, say) is kept once
             keep = np.ones(len(records), bool)
             steps, times = records["step"], records["time"]
@@ -265,7 +265,7 @@ def anomaly_line(record: dict[str, Any]) -> bytes:
 
 def thin(records: np.ndarray, now: float, keep_first: int = KEEP_FIRST, keep_recent: int = KEEP_RECENT,
          cap: int = MAX_PER_SECTION) -> np.ndarray:
-    """One section's records (sorted by step) cut to at most cap, keeping the history's shape.
+    """One section's records (in time order) cut to at most cap, keeping the history's shape.
 
     Kept: the first ``keep_first`` records, the last ``keep_recent``, every
     record flagged ANOMALY or PINNED (the newest ones first if they alone

@@ -324,6 +324,7 @@ class Timeline:
         self.norm_jump = float(norm_jump)
         self.hot = False  # update() calls on_step(): a per-step check runs, or an anomaly waits for delivery
         self._checks: list[_StepCheck] = []
+        self._step_failed = False  # the per-step check failed once: off for the run
         self._check_key: tuple = ()
         self._credit = HOST_EXACT_VALUES
         self._delivery: collections.deque = collections.deque()
@@ -343,8 +344,14 @@ class Timeline:
 
     def on_step(self, step: int) -> None:
         """Every update() while hot: queue the per-step device check, hand over anomalies found since."""
-        for check in self._checks:
-            check.check(step)
+        try:
+            for check in self._checks:
+                check.check(step)
+        except Exception:  # never into the training loop: the checks stop for good, frames still check
+            self._checks, self._check_key, self._step_failed = [], (), True
+            self.hot = bool(self._delivery) or self._raise is not None
+            logger.warning("Beholder: the per-step anomaly check failed and is off; frames are still "
+                           "checked", exc_info=True)
         if self._delivery or self._raise is not None:
             self._deliver()
 
@@ -447,8 +454,8 @@ class Timeline:
 
     def _set_checks(self, torch: Any, devices: dict) -> None:
         """(Re)build the per-step checks for the frame's device tensors."""
-        self._checks = [_StepCheck(torch, [i for i, _, _ in e], [t for _, t, _ in e])
-                        for e in devices.values()]
+        self._checks = [] if self._step_failed else [
+            _StepCheck(torch, [i for i, _, _ in e], [t for _, t, _ in e]) for e in devices.values()]
         if not self._checks:
             self._check_key = ()
         self.hot = bool(self._checks) or bool(self._delivery) or self._raise is not None

@@ -157,3 +157,21 @@ def test_on_a_gpu_the_nan_is_named_at_its_exact_step(run_dir):
     assert read_anomalies(run_dir)[0] == record
     weight = read_timeline(run_dir)["2.weight"]
     assert (weight["flags"] & tl.STEP_CHECKED).all() and (weight["flags"] & tl.EXACT_NORM).all()
+
+
+def test_a_failing_per_step_check_never_reaches_the_training_loop(run_dir, monkeypatch, caplog):
+    """A failing per-step check (a freed tensor, a device error) goes off, warned once; training goes on."""
+    from beholder_plugin.trainer import timeline as trainer_timeline
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+
+    def broken(self, step):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(trainer_timeline._StepCheck, "check", broken)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        beholder = train(run_dir, steps=12)
+    assert not beholder._timeline.hot and not beholder._timeline._checks
+    beholder.close()
+    assert sum("per-step anomaly check failed" in r.getMessage() for r in caplog.records) == 1
+    assert read_timeline(run_dir)["2.weight"]["step"].tolist() == [1, 10]
