@@ -74,3 +74,16 @@ def test_timeline_hover_click_through_and_jump(page_on_timeline):
     assert frame.get_attribute('.tl-row[data-section="w"]', "class").split().count("tl-current") == 1
     frame.select_option("#timeline-scale", "log")  # the log scale draws too
     wait_for(lambda: debug(frame)["drawn"] == 2, message="rows on a log scale")
+
+
+def test_the_section_filter_applies_to_the_timeline(page_on_timeline):
+    """The Sections box (the run's filter) chooses the timeline's rows too."""
+    page, frame = page_on_timeline
+    frame.fill("#section-filter", "b")
+    wait_for(lambda: frame.evaluate("window.beholderDebug.timeline().drawn") == 1, timeout=30,
+             message="one row once the filter reaches the config")  # redrawn at the next refresh
+    assert frame.query_selector('.tl-row[data-section="b"]')
+    assert not frame.query_selector('.tl-row[data-section="w"]')
+    frame.fill("#section-filter", "")
+    wait_for(lambda: frame.evaluate("window.beholderDebug.timeline().drawn") == 2, timeout=30,
+             message="both rows again")

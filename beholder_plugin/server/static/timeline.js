@@ -4,6 +4,7 @@
 import { getJSON } from "./api.js";
 import { h } from "./dom.js";
 import { rounded } from "./format.js";
+import { filterMatcher } from "./sections.js";
 
 const ROW_H = 34;
 const WIDTH = 640;
@@ -166,6 +167,14 @@ export class TimelineView {
     this.draw();
   }
 
+  /** The dashboard's section choice (the Sections box and tree: the run's filter) as name -> shown? */
+  chosen() {
+    const filter = this.dashboard.config?.filter || "";
+    if (!filter) return null;
+    const shown = (this.dashboard.sections || []).map((record) => record.name);
+    return filterMatcher(filter, shown.length ? new Set(shown) : null);
+  }
+
   /** The steps the x axis spans: both runs' first to last. */
   span() {
     const answers = [this.answer, this.other].filter(Boolean);
@@ -189,7 +198,9 @@ export class TimelineView {
     if (!this.answer) return;
     const started = performance.now();
     const words = this.filter.value.trim().toLowerCase();
-    const sections = this.answer.decoded.filter((s) => !words || s.name.toLowerCase().includes(words));
+    const chosen = this.chosen();
+    const sections = this.answer.decoded.filter(
+      (s) => (!chosen || chosen(s.name)) && (!words || s.name.toLowerCase().includes(words)));
     const others = new Map((this.other?.decoded || []).map((s) => [s.name, s]));
     const anomalies = this.answer.anomalies || [];
     this.jump.disabled = anomalies.length === 0;
