@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from beholder_plugin import read_anomalies, read_timeline
 from beholder_plugin.protocol import timeline as tl
 from beholder_plugin.protocol.files import files_for
+from beholder_plugin.server.timeline import timeline_answer
 from beholder_plugin.trainer.timeline import TimelineWriter
 
 section_names = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=5, unique=True)
@@ -68,9 +70,13 @@ def test_written_records_read_back(tmp_path_factory, names, frames, values, budg
     expected = expected_columns(written)
     assert_same(tl.read_records(run), expected)
     columns = read_timeline(run)
+    answer = {s["name"]: s for s in timeline_answer("run", run, 4096)["sections"]}  # the server's reader
     for name, recs in expected.items():
         np.testing.assert_array_equal(columns[name]["step"], recs["step"])
         np.testing.assert_array_equal(columns[name]["norm"], recs["norm"])
+        for column, dtype in (("step", "<f8"), ("norm", "<f4"), ("mean", "<f4"), ("nonfinite", "<f4")):
+            got = np.frombuffer(base64.b64decode(answer[name][column]), dtype)
+            np.testing.assert_array_equal(got, recs[column].astype(dtype), err_msg=f"{name} {column}")
 
 
 def test_a_partly_written_tail_is_left_out(run_dir):
