@@ -245,8 +245,11 @@ def part_read(args) -> None:
     run = tempfile.mkdtemp(prefix="timeline-bench-read-")
     size = os.path.getsize(week_run(run))
     n = tl.MAX_PER_SECTION
+    from beholder_plugin.server import timeline as server_timeline
+
     took = []
     for _ in range(args.rounds):
+        server_timeline._cache.clear()  # built from the files each time
         t0 = time.perf_counter()
         answer = timeline_answer("run", run, 640)
         body = json.dumps(answer)
@@ -287,10 +290,14 @@ def part_browser(args) -> None:
                 assert debug["drawn"] == 300, debug["drawn"]
                 loads.append(ms)
                 draws.append(debug["drawMs"])
+                print(f"  browser round: {ms:.0f} ms = fetch and parse {debug['fetchMs']:.0f} + decode "
+                      f"{debug['decodeMs']:.0f} + draw {debug['drawMs']:.0f}")
     finally:
         tb.stop()
-    print(f"browser: 7-day timeline, 300 sections: request to drawn {statistics.median(loads):.0f} ms "
-          f"(max {max(loads):.0f}), drawing alone {statistics.median(draws):.0f} ms; target <= 1000 ms")
+    again = statistics.median(loads[1:]) if len(loads) > 1 else float("nan")
+    print(f"browser: 7-day timeline, 300 sections: request to drawn {loads[0]:.0f} ms the first time, "
+          f"{again:.0f} ms when the server has it built (the view refreshes every 5 s), drawing alone "
+          f"{statistics.median(draws):.0f} ms; target <= 1000 ms")
 
 
 if __name__ == "__main__":

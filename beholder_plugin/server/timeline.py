@@ -11,16 +11,22 @@ Columns travel as base64 of little-endian float64 (step, time) or float32
 from __future__ import annotations
 
 import base64
+import os
+import posixpath
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from beholder_plugin.protocol import timeline as tl
+from beholder_plugin.protocol.files import files_for
 from beholder_plugin.protocol.history import list_history
 
 DEFAULT_POINTS = 512
 MAX_POINTS = 4096
 MAX_SECTIONS = 4096
+CACHED_ANSWERS = 8  # (run, points) whose sections are kept while the timeline's files stay the same
 WIDE = ("step", "time")
 NARROW = ("norm", "mean", "std", "min", "max", "nonfinite")
 
@@ -68,8 +74,51 @@ def _b64(values: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(values, dtype).tobytes()).decode("ascii")
 
 
+_cache: OrderedDict[tuple[str, int], tuple[tuple, dict[str, Any]]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _signature(run_path: str, files: Any) -> tuple:
+    """What the timeline's files are now (names and identities: size, inode or ETag, modification time)."""
+    directory = tl.timeline_dir(run_path)
+    files = files or files_for(directory)
+    join = posixpath.join if getattr(files, "remote", False) else os.path.join
+    return tuple(sorted((name, files.identity(join(directory, name))) for name in files.listdir(directory)
+                        if name != tl.ANOMALIES_FILE))
+
+
 def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None) -> dict[str, Any]:
-    """The JSON answer of /timeline for one run (see docs/http-api.md)."""
+    """The JSON answer of /timeline for one run (see docs/http-api.md).
+
+    The bucketed sections are kept (CACHED_ANSWERS runs) and built again
+    only when a timeline file changed, so a dashboard refreshing a finished
+    or slow run reads nothing but the directory.
+    """
+    key = (run_path, points)
+    signature = _signature(run_path, files)
+    with _cache_lock:
+        found = _cache.get(key)
+    if found is not None and found[0] == signature:
+        body = found[1]
+    else:
+        body = _sections_answer(run_path, points, files)
+        with _cache_lock:
+            _cache[key] = (signature, body)
+            _cache.move_to_end(key)
+            while len(_cache) > CACHED_ANSWERS:
+                _cache.popitem(last=False)
+    kept = [{"name": e.name, "step": e.step, "time": e.time} for e in list_history(run_path, files)]
+    return {
+        "run": run_name,
+        **body,
+        "points": points,
+        "anomalies": tl.read_anomalies(run_path, files)[:1000],
+        "kept": kept,
+    }
+
+
+def _sections_answer(run_path: str, points: int, files: Any) -> dict[str, Any]:
+    """The sections part of the answer: every section bucketed, and the steps the buckets span."""
     by_section = tl.read_records(run_path, files)
     names = list(by_section)[:MAX_SECTIONS]
     steps = [recs["step"] for recs in by_section.values() if len(recs)]
@@ -86,13 +135,4 @@ def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None
             entry[column] = _b64(columns[column], "<f4")
         entry["flags"] = _b64(columns["flags"], "<u4")
         sections.append(entry)
-    kept = [{"name": e.name, "step": e.step, "time": e.time} for e in list_history(run_path, files)]
-    return {
-        "run": run_name,
-        "first_step": first,
-        "last_step": last,
-        "points": points,
-        "sections": sections,
-        "anomalies": tl.read_anomalies(run_path, files)[:1000],
-        "kept": kept,
-    }
+    return {"first_step": first, "last_step": last, "sections": sections}

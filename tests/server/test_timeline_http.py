@@ -106,3 +106,25 @@ def test_a_hostile_timeline_file_is_refused_or_read_as_far_as_valid(tmp_path):
         f.truncate(tl.MAX_FILE_BYTES + 1)
     status, answer = get(client, "/timeline?run=run1")
     assert status == 500 and "bytes" in answer["error"]
+
+
+def test_a_cached_answer_follows_new_records(tmp_path):
+    """The answer kept between requests is built again as soon as a timeline file changes."""
+    run = str(tmp_path / "run1")
+    writer = TimelineWriter(run, files_for(run))
+
+    def frame(step: int) -> None:
+        records = tl.make_records(1)
+        records["step"] = step
+        records["norm"] = step
+        writer.append(["a"], records)
+
+    frame(1)
+    _, client = plugin_client(tmp_path)
+    assert column(get(client, "/timeline?run=run1")[1]["sections"][0], "step").tolist() == [1]
+    assert column(get(client, "/timeline?run=run1")[1]["sections"][0], "step").tolist() == [1]
+    frame(2)
+    assert column(get(client, "/timeline?run=run1")[1]["sections"][0], "step").tolist() == [1, 2]
+    writer.compact()  # base.bht rewritten, the parts gone
+    frame(3)
+    assert column(get(client, "/timeline?run=run1")[1]["sections"][0], "norm").tolist() == [1, 2, 3]

@@ -153,8 +153,11 @@ export class TimelineView {
         other ? getJSON("timeline", { run: other, points: POINTS }) : Promise.resolve(null),
       ]);
       if (load !== this.loads) return;
+      const fetched = performance.now();
       this.answer = { ...answer, decoded: decodeTimeline(answer) };
       this.other = second ? { ...second, decoded: decodeTimeline(second) } : null;
+      this.debug.fetchMs = fetched - started;
+      this.debug.decodeMs = performance.now() - fetched;
       this.draw();
       this.debug.ms = performance.now() - started;
     } catch (error) {
