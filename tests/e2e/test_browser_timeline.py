@@ -17,6 +17,13 @@ NAN_STEP = 9
 def page_on_timeline(tmp_path_factory):
     """A finished run (frames at steps 1-12, section w NaN from step 9), TensorBoard, the tab open."""
     logdir = tmp_path_factory.mktemp("logs")
+    other = logdir / "other"  # written first, so that nanrun is the run the tab opens on
+    other.mkdir()
+    set_config(other, values="arrays", FPS=30)
+    with Beholder(str(other), background=False) as beholder:
+        for step in range(1, 4):
+            beholder._last_frame_time = float("-inf")
+            beholder.update(arrays={"w": np.full((16, 16), float(step), np.float32)})
     run = logdir / "nanrun"
     run.mkdir()
     set_config(run, values="arrays", FPS=30)
@@ -87,3 +94,16 @@ def test_the_section_filter_applies_to_the_timeline(page_on_timeline):
     frame.fill("#section-filter", "")
     wait_for(lambda: frame.evaluate("window.beholderDebug.timeline().drawn") == 2, timeout=30,
              message="both rows again")
+
+
+def test_compare_with_overlays_the_other_runs_norms(page_on_timeline):
+    """With "Compare with" set, the timeline loads the other run too and draws its norms on the same rows."""
+    page, frame = page_on_timeline
+    frame.click("#view-timeline")
+    frame.select_option("#compare-select", "other")
+    wait_for(lambda: "compared with other" in frame.inner_text("#timeline-status"), timeout=30,
+             message="the other run overlaid")
+    assert debug(frame)["drawn"] == 2
+    frame.select_option("#compare-select", "")
+    wait_for(lambda: "compared with" not in frame.inner_text("#timeline-status"), timeout=30,
+             message="the overlay gone")
