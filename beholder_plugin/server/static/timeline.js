@@ -353,8 +353,7 @@ export class TimelineView {
     const radio = dashboard.toolbar.element.querySelector('#view-choice input[value="frame"]');
     if (radio) radio.checked = true;
     dashboard.setView("frame");
-    if (!dashboard.history.paused) await dashboard.history.pause();
-    else await dashboard.history.pause(); // list the kept frames again: newer ones may be there
+    await dashboard.history.pause(); // lists the kept frames (again: newer ones may be there)
     const index = dashboard.history.entries.findIndex((e) => e.name === entry.name);
     if (index >= 0) await dashboard.history.show(index);
     this.debug.opened = { name: entry.name, step: entry.step, index };
