@@ -106,6 +106,8 @@ def bottleneck(nn, inp: int, width: int, stride: int):
     """A ResNet bottleneck block (1x1, 3x3, 1x1 convolutions, batch norms, a projection when needed)."""
 
     class Block(nn.Module):
+        """Body plus shortcut, then ReLU."""
+
         def __init__(self) -> None:
             super().__init__()
             out = width * 4
@@ -118,6 +120,7 @@ def bottleneck(nn, inp: int, width: int, stride: int):
                          if stride != 1 or inp != out else nn.Identity())
 
         def forward(self, x):
+            """The block's output."""
             return (self.body(x) + self.skip(x)).relu()
 
     return Block()
@@ -153,6 +156,7 @@ def part_gpu(args) -> None:
     y = torch.randint(0, 1000, (64,), device="cuda")
 
     def step() -> None:
+        """One training step, with the loss read on the host as most loops do."""
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)

@@ -102,6 +102,7 @@ class TimelineWriter:
         self.anomalies: list[bytes] = []  # remote: the lines of anomalies.jsonl
 
     def _join(self, name: str) -> str:
+        """The path of a file of the timeline's directory."""
         return (posixpath.join if self.remote else os.path.join)(self.directory, name)
 
     def _start(self) -> None:
@@ -379,6 +380,7 @@ class Timeline:
                                exc_info=True)
 
     def _gather(self, job: Any, named: list) -> None:
+        """gather() itself: sort the sections into host arrays and device tensors, run both passes."""
         exact = _Exact(len(named))
         job.timeline = exact
         host, devices = [], {}
@@ -474,6 +476,7 @@ class Timeline:
                 logger.warning("Beholder: could not append to the timeline", exc_info=True)
 
     def _written(self, job: Any, sections: list[dict], ring: HistoryRing | None, names: list[str]) -> None:
+        """written() itself: the records column by column, the anomalies, the keyframe, the appends."""
         exact = getattr(job, "timeline", None)
         if exact is not None:
             exact.resolve()

@@ -165,6 +165,7 @@ export class TimelineView {
     }
   }
 
+  /** Norms on a linear or a log scale. */
   setScale(scale) {
     this.scale = scale;
     this.draw();
@@ -186,11 +187,13 @@ export class TimelineView {
     return [first, Math.max(last, first + 1)];
   }
 
+  /** The x pixel of a step. */
   x(step) {
     const [first, last] = this.span();
     return ((step - first) / (last - first)) * (WIDTH - 1);
   }
 
+  /** The step at an x pixel. */
   stepAt(px) {
     const [first, last] = this.span();
     return first + (px / (WIDTH - 1)) * (last - first);
@@ -232,6 +235,7 @@ export class TimelineView {
     this.debug.drawMs = performance.now() - started;
   }
 
+  /** The step axis and a red marker at each anomaly. */
   drawAxis(anomalies) {
     const ctx = this.axis.getContext("2d");
     ctx.clearRect(0, 0, WIDTH, 18);
@@ -332,6 +336,7 @@ export class TimelineView {
     this.showPoint(section, i);
   }
 
+  /** The numbers of a section's point i, in the read-out line. */
   showPoint(section, i) {
     const point = Object.fromEntries(COLUMNS.map((c) => [c, section[c][i]]));
     this.debug.hover = { section: section.name, ...point };
