@@ -55,6 +55,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per condition per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--gpu-part-on-cpu", action="store_true",
+                        help="the gpu part's code on the CPU, tiny: a smoke test, no figures")
     args = parser.parse_args()
     for part in args.parts.split(","):
         globals()[f"part_{part}"](args)
@@ -147,17 +149,23 @@ def part_gpu(args) -> None:
     except ImportError:
         print("gpu: PyTorch is not installed: skipped")
         return
-    if not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.gpu_part_on_cpu:
         print("gpu: no CUDA GPU here: skipped (run it on a machine with one)")
         return
-    model = resnet50(torch).cuda().to(memory_format=torch.channels_last)
+    device, batch, side = ("cuda", 64, 224) if cuda else ("cpu", 2, 64)
+    if not cuda:  # the device path on CPU tensors, as the tests run it
+        from beholder_plugin.trainer.sources import torch_batch
+
+        torch_batch.BATCH_CPU_TENSORS = True
+    model = resnet50(torch).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(64, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (64,), device="cuda")
+    x = torch.randn(batch, 3, side, side, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=device)
 
     def step() -> None:
         """One training step, with the loss read on the host as most loops do."""
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -168,7 +176,7 @@ def part_gpu(args) -> None:
     set_config(run, values="trainable_variables", FPS=10)
     beholder = Beholder(run)
     handle = beholder.watch(model, activations=False, gradients=False)
-    for _ in range(20):  # warm up, and the first frames build the per-step checks
+    for _ in range(20 if cuda else 3):  # warm up, and the first frames build the per-step checks
         step()
         beholder.update()
     beholder.flush()
@@ -190,7 +198,8 @@ def part_gpu(args) -> None:
                 times[condition].append(time.perf_counter() - t0)
     beholder.flush()
     medians = {k: statistics.median(v) for k, v in times.items()}
-    print(f"gpu {torch.cuda.get_device_name()}: ResNet-50 step (batch 64, bf16), median: "
+    name = torch.cuda.get_device_name() if cuda else "CPU (smoke run)"
+    print(f"gpu {name}: ResNet-50 step (batch {batch}, bf16), median: "
           + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in medians.items())
           + f"; on/off {medians['on'] / medians['off']:.4f}, on/none {medians['on'] / medians['none']:.4f}")
     timeline = beholder._timeline
@@ -198,7 +207,13 @@ def part_gpu(args) -> None:
     print(f"gpu per-step check: {sum(len(c.tensors) for c in checks)} tensors on "
           f"{len(checks)} device(s), hot={timeline.hot}")
     issue, gpu = [], []
-    for k in range(200):
+    for k in range(200 if cuda else 5):
+        if not cuda:
+            t0 = time.perf_counter()
+            timeline.on_step(10**6 + k)
+            issue.append(time.perf_counter() - t0)
+            gpu.append(issue[-1])
+            continue
         torch.cuda.synchronize()
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
