@@ -698,7 +698,7 @@ class Beholder:
             if not named:
                 why = f"the section filter {pattern.pattern!r} matches none of the {count} sections"
                 named = [("(filter)", Captured((), None, error=why), None)]
-        self._timeline.gather(job, named)  # timeline: the exact pass (norms, non-finite values)
+        self._timeline.gather(job, named, self._watch)  # timeline: the exact pass (norms, non-finite values)
         memo = self._memo
         if memo is not None and memo.fits(named, job.config) and self._gather_again(job, memo, named):
             return

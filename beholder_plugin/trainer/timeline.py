@@ -42,6 +42,7 @@ from beholder_plugin.protocol import timeline as tl
 from beholder_plugin.protocol.history import HistoryRing
 from beholder_plugin.protocol.names import history_dir
 from beholder_plugin.trainer.keyframes import Keyframes
+from beholder_plugin.trainer.sources.captured import Captured
 
 logger = logging.getLogger("beholder")
 
@@ -252,18 +253,31 @@ class _Exact:
 class _StepCheck:
     """The per-step check of one device's tensors: the first non-finite step per section, kept there."""
 
-    def __init__(self, torch: Any, sections: list[int], tensors: list[Any]) -> None:
+    def __init__(self, torch: Any, sections: list[int], tensors: list[Any], params: list[Any]) -> None:
         device = tensors[0].device
+        self.device = device
         self.sections = sections
-        self.tensors = tensors
+        # gradients: the parameter whose .grad is read at each check (a step may replace it), else None;
+        # no gradient is held here between steps (a step's gradients are freed as usual)
+        self.params = params if any(p is not None for p in params) else None
+        self.tensors = [t if p is None else None for t, p in zip(tensors, params)]
+        self.zero = torch.zeros((), device=device)  # stands for a gradient a step did not make
         self.first = torch.full((len(tensors),), -1, dtype=torch.int64, device=device)
         self.value = torch.zeros(len(tensors), dtype=torch.float32, device=device)
         self.torch = torch
 
+    def current(self) -> list[Any]:
+        """The tensors as they are now (the gradients' current .grad)."""
+        if self.params is None:
+            return self.tensors
+        zero = self.zero
+        return [t if p is None else (p.grad if p.grad is not None else zero)
+                for t, p in zip(self.tensors, self.params)]
+
     def check(self, step: int) -> None:
         """Queue the check of this step (no host sync)."""
         torch = self.torch
-        norms = _norms(torch, self.tensors)
+        norms = _norms(torch, self.current())
         new = (~torch.isfinite(norms)) & (self.first < 0)
         self.first.masked_fill_(new, step)
         self.value = torch.where(new, norms, self.value)
@@ -367,30 +381,40 @@ class Timeline:
         if error is not None:
             raise error
 
-    def gather(self, job: Any, named: list) -> None:
-        """The exact pass over a frame's sections (torch on a device: queued; host arrays: within budget)."""
+    def gather(self, job: Any, named: list, watch: Any = None) -> None:
+        """The exact pass over a frame's sections (torch on a device: queued; host arrays: within budget).
+
+        With a torch model's ``watch`` showing gradients (captured by hooks,
+        only the shown part), the parameters' whole ``.grad`` are read instead.
+        """
         if not self.enabled:
             return
         try:
-            self._gather(job, named)
+            self._gather(job, named, watch)
         except Exception:  # the timeline never costs the frame
             if not self._failed:
                 self._failed = True
                 logger.warning("Beholder: the timeline's exact pass failed; records carry sampled figures",
                                exc_info=True)
 
-    def _gather(self, job: Any, named: list) -> None:
+    def _gather(self, job: Any, named: list, watch: Any) -> None:
         """gather() itself: sort the sections into host arrays and device tensors, run both passes."""
         exact = _Exact(len(named))
         job.timeline = exact
         host, devices = [], {}
         from_torch = None
+        params = {}
+        if job.values == "gradients" and watch is not None and getattr(watch, "framework", None) == "torch":
+            params = {name: param for name, param, _ in watch.variables()}
         for i, entry in enumerate(named):
             obj = entry[1]
             if type(obj) is np.ndarray:
                 if obj.size and obj.dtype.kind in "biufc":
                     host.append((i, obj))
                 continue
+            param = params.get(entry[0]) if params and type(obj) is Captured else None
+            if param is not None:
+                obj = param.grad  # the whole gradient, where the hook kept only the shown part
             torch = _torch_kind(obj)
             if torch is None:
                 continue
@@ -399,7 +423,7 @@ class Timeline:
             if tensor.device.type == "cpu" and not _batch_cpu():
                 host.append((i, tensor))
             else:
-                devices.setdefault(tensor.device, []).append((i, tensor, obj))
+                devices.setdefault(tensor.device, []).append((i, tensor, obj, param))
         self._host_pass(exact, host)
         if from_torch is not None:
             self._device_pass(from_torch, exact, devices)
@@ -433,15 +457,17 @@ class Timeline:
 
     def _device_pass(self, torch: Any, exact: _Exact, devices: dict) -> None:
         """Queue the norms on each device, copy them (and the per-step check's flags) back asynchronously."""
-        # the same tensors (a model's parameters, updated in place) keep their checks and flags
-        key = tuple((i, id(obj), t.data_ptr()) for entries in devices.values() for i, t, obj in entries)
+        # the same tensors (a model's parameters, updated in place; gradients: the same parameters) keep
+        # their checks and the flags they hold
+        key = tuple((i, id(obj), t.data_ptr()) if param is None else (i, id(param), -1)
+                    for entries in devices.values() for i, t, obj, param in entries)
         if key != self._check_key:
             self._set_checks(torch, devices)
             self._check_key = key
-        by_device = {check.tensors[0].device: check for check in self._checks}
+        by_device = {check.device: check for check in self._checks}
         for device, entries in devices.items():
-            sections = [i for i, _, _ in entries]
-            norms = _norms(torch, [t for _, t, _ in entries])
+            sections = [entry[0] for entry in entries]
+            norms = _norms(torch, [entry[1] for entry in entries])
             check = by_device.get(device)
             values = [norms] if check is None else [norms, check.first, check.value]
             if device.type == "cuda":
@@ -457,7 +483,8 @@ class Timeline:
     def _set_checks(self, torch: Any, devices: dict) -> None:
         """(Re)build the per-step checks for the frame's device tensors."""
         self._checks = [] if self._step_failed else [
-            _StepCheck(torch, [i for i, _, _ in e], [t for _, t, _ in e]) for e in devices.values()]
+            _StepCheck(torch, [x[0] for x in e], [x[1] for x in e], [x[3] for x in e])
+            for e in devices.values()]
         if not self._checks:
             self._check_key = ()
         self.hot = bool(self._checks) or bool(self._delivery) or self._raise is not None

@@ -175,3 +175,36 @@ def test_a_failing_per_step_check_never_reaches_the_training_loop(run_dir, monke
     beholder.close()
     assert sum("per-step anomaly check failed" in r.getMessage() for r in caplog.records) == 1
     assert read_timeline(run_dir)["2.weight"]["step"].tolist() == [1, 10]
+
+
+def test_gradients_turning_nan_are_caught_at_their_step(run_dir, monkeypatch):
+    """Showing gradients (captured by hooks), the per-step check reads each parameter's whole .grad."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay finite
+    set_config(run_dir, FPS=1, values="gradients")
+    beholder = Beholder(run_dir)
+    beholder.watch(model, activations=False)
+    x = torch.randn(32, 8)
+    for step in range(1, 31):
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        if step == NAN_STEP:
+            out = out * float("nan")
+        out.square().mean().backward()
+        optimizer.step()
+        if step in FRAME_STEPS:
+            beholder._last_frame_time = float("-inf")
+        beholder.update()
+        if step in FRAME_STEPS:
+            beholder.flush()
+    beholder.close()
+    anomalies = read_anomalies(run_dir)
+    assert anomalies and all(a["values"] == "gradients" for a in anomalies)
+    first = next(a for a in anomalies if a.get("first"))
+    assert first["step"] == NAN_STEP and first["checked"] == "step"
+    assert {a["section"] for a in anomalies} >= {"2.weight", "0.weight"}
+    assert all(a["step"] == NAN_STEP for a in anomalies)
+    columns = read_timeline(run_dir)["0.weight"]
+    assert (columns["flags"][1:] & tl.EXACT_NORM).all()  # the whole gradient's norm, not the sample's
