@@ -295,7 +295,10 @@ def _norms(torch: Any, tensors: list[Any]) -> Any:
 def _torch_kind(obj: Any) -> Any:
     """torch, when obj is a floating torch tensor the exact pass can read (else None)."""
     torch = sys.modules.get("torch")
-    if torch is None or not isinstance(obj, torch.Tensor) or obj.layout is not torch.strided:
+    # plain tensors only: a DTensor's norm (FSDP2) would be a collective, on the one rank that writes
+    if torch is None or type(obj) not in (torch.Tensor, torch.nn.Parameter):
+        return None
+    if obj.layout is not torch.strided:
         return None
     if not (obj.is_floating_point() or obj.is_complex()) or obj.numel() == 0:
         return None
