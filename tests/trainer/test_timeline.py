@@ -208,3 +208,18 @@ def test_gradients_turning_nan_are_caught_at_their_step(run_dir, monkeypatch):
     assert all(a["step"] == NAN_STEP for a in anomalies)
     columns = read_timeline(run_dir)["0.weight"]
     assert (columns["flags"][1:] & tl.EXACT_NORM).all()  # the whole gradient's norm, not the sample's
+
+
+def test_tensor_subclasses_get_no_exact_pass(run_dir):
+    """Only plain tensors get the norm pass: a subclass (DTensor under FSDP2) could run a collective."""
+
+    class Wrapped(torch.Tensor):
+        pass
+
+    set_config(run_dir, FPS=30, values="arrays")
+    with Beholder(run_dir, background=False) as beholder:
+        beholder.update(arrays={"plain": torch.ones(8, 8), "wrapped": torch.ones(8, 8).as_subclass(Wrapped)})
+    columns = read_timeline(run_dir)
+    assert columns["plain"]["flags"][0] & tl.EXACT_NORM
+    assert not columns["wrapped"]["flags"][0] & tl.EXACT_NORM
+    assert columns["wrapped"]["norm"][0] == pytest.approx(8.0)  # the sample's figure, still there
