@@ -690,7 +690,8 @@ class Timeline:
     def adopt(self, ring: HistoryRing) -> None:
         """Pin again the frames an earlier writer pinned (its anomaly records name them)."""
         self.keyframes.adopt(ring)
-        try:
+        try:  # a trainer killed while it rewrote base.bht may have left the temporary file
+            self.writer.files.remove_stale_temp_files(self.writer.directory)
             records = tl.read_anomalies(self.writer.run_dir, self.writer.files)
         except (OSError, ValueError):
             return

@@ -223,3 +223,17 @@ def test_tensor_subclasses_get_no_exact_pass(run_dir):
     assert columns["plain"]["flags"][0] & tl.EXACT_NORM
     assert not columns["wrapped"]["flags"][0] & tl.EXACT_NORM
     assert columns["wrapped"]["norm"][0] == pytest.approx(8.0)  # the sample's figure, still there
+
+
+def test_a_new_beholder_clears_a_stale_temporary_timeline_file(run_dir):
+    """A base.bht rewrite cut short by a killed trainer leaves a temp file; the next Beholder clears it."""
+    from beholder_plugin.protocol.files import temp_name
+
+    directory = tl.timeline_dir(run_dir)
+    os.makedirs(directory)
+    stale = os.path.join(directory, temp_name(tl.BASE_FILE))
+    with open(stale, "wb") as f:
+        f.write(b"x" * 100)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    Beholder(run_dir).close()
+    assert not os.path.exists(stale)
