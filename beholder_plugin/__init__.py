@@ -12,7 +12,9 @@ from typing import Any
 
 from beholder_plugin.protocol.runfiles import read_config, read_frame, read_section_info, write_config
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError
+from beholder_plugin.protocol.timeline import read_anomalies, read_timeline
 from beholder_plugin.trainer.beholder import Beholder
+from beholder_plugin.trainer.timeline import AnomalyError
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "AnomalyError",
     "Beholder",
     "BeholderCallback",
     "BeholderHFCallback",
@@ -46,8 +49,10 @@ __all__ = [
     "gradient_helper",
     "gradient_step",
     "named_gradients",
+    "read_anomalies",
     "read_config",
     "read_frame",
     "read_section_info",
+    "read_timeline",
     "write_config",
 ]

@@ -85,6 +85,9 @@ class HistoryRing:
         self.max_seconds = max_seconds
         self.entries: deque[HistoryEntry] = deque()
         self.bytes = 0
+        # timeline: pinned frames (an anomaly's, trainer/timeline.py) outlive the budgets; past them, in kept
+        self.pins: set[str] = set()
+        self.kept: dict[str, HistoryEntry] = {}
 
     @property
     def enabled(self) -> bool:
@@ -115,9 +118,24 @@ class HistoryRing:
         ):
             entry = self.entries.popleft()
             self.bytes -= entry.size
+            if entry.name in self.pins:  # timeline: a pinned frame is set aside, not dropped
+                self.kept[entry.name] = entry
+                continue
             out.append(entry.name)
-        if not self.enabled:
+        if not self.enabled:  # history off: nothing is kept, pinned frames included
             out.extend(e.name for e in self.entries)
+            out.extend(self.kept)  # timeline:
+            self.kept.clear()  # timeline:
+            self.pins.clear()  # timeline:
             self.entries.clear()
             self.bytes = 0
         return out
+
+    def pin(self, name: str) -> None:
+        """timeline: keep this frame whatever the budgets (its file stays in the ring's directory)."""
+        self.pins.add(name)
+
+    def unpin(self, name: str) -> bool:
+        """timeline: let a pinned frame go; True when the ring is already past it (delete its file)."""
+        self.pins.discard(name)
+        return self.kept.pop(name, None) is not None

@@ -41,6 +41,7 @@ from beholder_plugin.server.diff import DiffCache, DiffError
 from beholder_plugin.server.frames import EncodedFrame, FrameData, FrameGone, FrameHub
 from beholder_plugin.server.origin import listed_names, trusted_names, write_refusal
 from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
+from beholder_plugin.server.timeline import TimelineRequestError, parse_points, timeline_answer  # timeline:
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
     EXPORTS_DIR,
@@ -260,6 +261,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
             "/video": self._serve_video,
             "/export": self._serve_export,
             "/diff": self._serve_diff,
+            "/timeline": self._serve_timeline,  # timeline:
         }
 
     def is_active(self) -> bool:
@@ -464,6 +466,17 @@ class BeholderPlugin(base_plugin.TBPlugin):
             [{"name": e.name, "time": e.time, "step": e.step, "frame_id": e.frame_id, "writer": e.writer}
              for e in entries],
         )
+
+    @wrappers.Request.application
+    @_with_run
+    def _serve_timeline(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """timeline: the run's timeline, ?points= per section at most, its anomalies and kept frames."""
+        try:
+            points = parse_points(request.args.get("points"))
+        except TimelineRequestError as exc:
+            raise RunError(str(exc), 400) from exc
+        self._index.file_path(run, "timeline")  # RunError if it leads out of the logdir
+        return _json(request, timeline_answer(run.name, run.path, points, run.files))
 
     @wrappers.Request.application
     @_with_run

@@ -31,6 +31,7 @@ from beholder_plugin.trainer.ranks import process_rank, run_for_rank
 from beholder_plugin.trainer.run_settings import RunSettings, positive, reader_for
 from beholder_plugin.trainer.run_status import RunStatus
 from beholder_plugin.trainer.run_store import store_for
+from beholder_plugin.trainer.timeline import NORM_JUMP, Timeline
 from beholder_plugin.trainer.views.render import Renderer
 from beholder_plugin.trainer.watch import Watch, WatchHandle
 from beholder_plugin.trainer.worker import Worker
@@ -88,7 +89,10 @@ class Beholder:
         None (the default) keeps the run's setting, ``"trainable_variables"``
         for a new run. E.g. ``Beholder(logdir, values="arrays")`` when
         passing ``update(arrays=...)``.
-
+      on_anomaly: at the timeline's anomalies (a section's first NaN or Inf,
+        a norm jump; docs/integration.md), besides a log line: ``"raise"``
+        (AnomalyError from update()) or a function called with each record.
+      norm_jump: a norm this many times its recent median is an anomaly.
       clock: monotonic seconds, for when frames fall due (a test's own clock;
         ``frame_due_now()`` makes the next update() take a frame without one).
 
@@ -110,6 +114,8 @@ class Beholder:
         ranks: str = "zero",
         values: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_anomaly: Any = None,
+        norm_jump: float = NORM_JUMP,
     ):
         self.rank = process_rank()
         run = run_for_rank(os.fspath(logdir), ranks, self.rank)
@@ -131,17 +137,19 @@ class Beholder:
         settings = RunSettings.starting(values)  # what config.json gets now (a new one, or the one there)
         self._reader = reader_for(self.logdir, files, settings, self._settings_changed, self.status.warn_once,
                                   self.store.writable, self.store.write_failed, poll_seconds, max_fps)
-        self.gatherer = Gatherer(strict, self.status.warn_once)  # copies what a frame shows (gather.py)
-        self.jobs = FrameJobs(Renderer(), self.store, self.status)  # the worker's part (job.py)
+        self.timeline = Timeline(self.logdir, files, on_anomaly, norm_jump)  # the whole run (timeline.py)
+        self.gatherer = Gatherer(strict, self.status.warn_once, exact_pass=self.timeline.gather)  # gather.py
+        self.jobs = FrameJobs(Renderer(), self.store, self.status, self.timeline)  # the worker (job.py)
         self._settings_checked = float("-inf")  # when update() last looked at config.json
         self._last_frame_time = float("-inf")
         self._frame_interval = settings.interval  # 1 / FPS of the settings in force
         self._watch: Watch | None = None
         self._failure_shown_at = float("-inf")  # when a frame last said that update() failed
-        self.worker = Worker(self._run_job) if background and self.active else None  # None: in update()
+        self.worker = Worker(self.jobs.run) if background and self.active else None  # None: in update()
         if not self.active:
             return
         self.store.open()
+        self.timeline.adopt(self.store.history)  # the pins of an earlier writer's anomaly
         self._reader.start()  # creates the directory and config.json, or reads the one there
         if self.remote:
             _register_exit_hook()
@@ -226,6 +234,8 @@ class Beholder:
         if not self.active:
             return False
         self.step += 1
+        if self.timeline.hot:  # the per-step device check; anomalies handed to on_anomaly (may raise)
+            self.timeline.on_step(self.step)
         now = self._clock()
         if (  # the common case, answered here: nothing due, no config to look at, no error to report
             now - self._last_frame_time < self._frame_interval
@@ -315,6 +325,7 @@ class Beholder:
             self._report_worker_error()
         finally:
             self._reader.close()
+            self.timeline.close()
             self.store.close(timeout, worker_idle=self.worker is None or not self.worker.busy)
             _LIVE.discard(self)
 
@@ -341,7 +352,7 @@ class Beholder:
         job = Job(kind=JobKind.PLACEHOLDER, settings=settings, shown=FAILED, step=self.step, time=time.time())
         try:
             if self.worker is None:
-                self._run_job(job)
+                self.jobs.run(job)
             else:
                 self.worker.submit(job)
         except Exception:  # the failure is already counted and logged
@@ -386,9 +397,7 @@ class Beholder:
             or now - self._settings_checked >= CONFIG_CHECK_SECONDS
             or (settings.fps > 0 and now - self._last_frame_time >= 1.0 / settings.fps)
         ):
-            # config.json is looked at when a frame may be due, and at least every
-            # CONFIG_CHECK_SECONDS: a stat() in every call was half of what a call with no
-            # frame due cost a training loop (its path is cold after a training step).
+            # (not a stat() at every call: that was half of what a call with no frame due cost)
             settings = self.check_settings(now)
         fps, shown, watch = settings.fps, settings.shown, self._watch
         if watch is not None and watch.hooked and (fps == 0 or not watch.needs_capture(shown)):
@@ -414,14 +423,10 @@ class Beholder:
             return False
         job = self.gatherer.gather(settings, inputs)
         if self.worker is None:
-            self._run_job(job)
+            self.jobs.run(job)
         else:
             self.worker.submit(job)
         return True
-
-    def _run_job(self, job: Job) -> None:
-        """The worker's part of one frame (job.py)."""
-        self.jobs.run(job)
 
 
 _EXIT_HOOK: list[bool] = []

@@ -75,11 +75,16 @@ class Gatherer:
     Args:
       strict: raise a section's error instead of showing it as an empty section.
       warn_once: ``warn_once(key, message, *args)``, the run's one-time warnings.
+      exact_pass: ``exact_pass(job, sections, watch)``, called with each frame's
+        sections once filtered (the timeline's whole-array norms, timeline.py).
     """
 
-    def __init__(self, strict: bool, warn_once: Callable[..., None]) -> None:
+    def __init__(self, strict: bool, warn_once: Callable[..., None],
+                 exact_pass: Callable[[Job, list, Any], None] | None = None) -> None:
         self.strict = strict
         self._warn_once = warn_once
+        self._exact_pass = exact_pass
+        self._watch: Any = None  # the watch of the update() being gathered (for the exact pass)
         self._plans = PlanCache()
         self._frame_plans: dict[tuple, FramePlan] = {}
         self._buffers: dict[int, tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]] = {}
@@ -111,6 +116,7 @@ class Gatherer:
     def gather(self, settings: RunSettings, inputs: Inputs) -> Job:
         """Copy what the frame shows (only that) off the caller's arrays, for the worker."""
         shown, watch = settings.shown, inputs.watch
+        self._watch = watch
         job = Job(JobKind.PLACEHOLDER, settings, shown, inputs.step, time.time())
         if shown == "frames":
             if inputs.frame is not None:
@@ -197,6 +203,8 @@ class Gatherer:
             if not named:
                 why = f"the section filter {pattern.pattern!r} matches none of the {count} sections"
                 named = [("(filter)", Captured((), None, error=why), None)]
+        if self._exact_pass is not None:
+            self._exact_pass(job, named, self._watch)
         memo = self._memo
         if memo is not None and memo.fits(named, settings) and self._gather_again(job, memo, named):
             return

@@ -50,15 +50,17 @@ class Job:
     pending: list | None = None  # device batches still being copied to the host (sources.torch_batch)
     variance_done: bool = False  # the buffer holds the variance window's values, computed on the device
     offered: tuple[str, ...] = ()  # a placeholder's: the inputs update() was given instead (its header says)
+    exact: Any = None  # the timeline's whole-array figures, still on their way from a device (timeline.py)
 
 
 class FrameJobs:
     """The worker's part: render a job, have the store write it, and record it when recording."""
 
-    def __init__(self, renderer: Renderer, store: Any, status: RunStatus) -> None:
+    def __init__(self, renderer: Renderer, store: Any, status: RunStatus, timeline: Any = None) -> None:
         self.renderer = renderer
         self.store = store
         self.status = status
+        self.timeline = timeline  # told of each written frame's sections (timeline.py)
 
     def run(self, job: Job) -> None:
         """Render, encode, write and record one frame (on the worker thread)."""
@@ -91,6 +93,8 @@ class FrameJobs:
         colormap = settings.colormap if palette is not None else None
         written = self.store.write_frame(header, job.time, job.step, settings, colormap,
                                          rows=pixels, palette=palette, values=floats, height=height)
+        if written and rendered is not None and self.timeline is not None:
+            self.timeline.written(job, rendered.sections, self.store.history, job.plan.names)
         if not written or not settings.is_recording:
             return
         if rendered is not None:

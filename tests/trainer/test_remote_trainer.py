@@ -230,3 +230,29 @@ def test_expired_credentials_get_a_clear_message_and_frames_resume(url, monkeypa
     (warning,) = fault_then_recovery(beholder, expired, caplog, errors=2)
     assert "the store refused the credentials" in warning and "ExpiredToken" in warning
     assert "refresh or fix them" in warning
+
+
+def test_a_remote_timeline_is_uploaded_in_chunks_and_reads_back(url, monkeypatch):
+    """timeline: on a remote logdir the records go up as part objects (one per interval), read back whole."""
+    from beholder_plugin import read_anomalies, read_timeline
+    from beholder_plugin.protocol import timeline as tl
+    from beholder_plugin.trainer import timeline as trainer_timeline
+
+    set_config(url, values="arrays", FPS=30)
+    with Beholder(url, background=False) as beholder:
+        writer = beholder._timeline.writer
+        for step in range(1, 7):
+            if step == 4:
+                monkeypatch.setattr(writer, "remote_chunk_seconds", 0.0)  # from now on, a part a frame
+            w = np.full((4, 4), float(step), np.float32)
+            if step == 6:
+                w[0, 0] = np.nan
+            beholder.frame_due_now()
+            beholder._config_checked = float("-inf")
+            beholder.update(arrays={"w": w})
+        parts = [n for n in files_for(url).listdir(tl.timeline_dir(url)) if tl.part_seq(n) is not None]
+        assert len(parts) == 3  # frames 1-4 in one part, then 5 and 6 one each
+    assert trainer_timeline.REMOTE_CHUNK_SECONDS > 0
+    assert read_timeline(url)["w"]["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert [(a["section"], a["kind"], a["step"]) for a in read_anomalies(url)] == [("w", "nan", 6)]
+    assert not os.listdir(".")  # nothing written locally

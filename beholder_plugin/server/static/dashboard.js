@@ -10,6 +10,7 @@ import { CompareView } from "./compare.js";
 import { DistributionsView, StatsStore, percent } from "./distributions.js";
 import { SectionChooser, nonFiniteFlag } from "./sections.js";
 import { paintFrameData, paletteFromHex, paletteWords } from "./framedata.js";
+import { TimelineView } from "./timeline.js"; // timeline:
 
 const SEPARATOR_PX = 5; // rows between sections (docs/protocol.md)
 const RUNS_EVERY_MS = 3000;
@@ -125,6 +126,7 @@ export class Dashboard {
     this.store = new StatsStore();
     this.distributions = new DistributionsView(this.store);
     this.compare = new CompareView(() => this.run);
+    this.timeline = new TimelineView(this); // timeline: the whole run's view, a third View choice
     this.status = h("div", { class: "status", id: "status", role: "status" }, "Connecting…");
     this.health = h("div", { class: "health", id: "trainer-health", role: "status", hidden: true });
     this.offer = h("div", { class: "offer", id: "values-offer", role: "status", hidden: true });
@@ -168,7 +170,7 @@ export class Dashboard {
         { id: "beholder-root", class: "beholder" },
         this.toolbar.element,
         h("main", { class: "main" }, this.header, this.welcome, this.stage, this.distributions.element,
-          this.compare.element),
+          this.compare.element, this.timeline.element), // timeline: its element
       ),
     );
     this.feed = new LiveFeed(
@@ -798,6 +800,7 @@ export class Dashboard {
     if (wasHidden && !this.stage.hidden) this.renderInfo(); // laid out while hidden, the panel had no size
     this.distributions.element.hidden = this.view !== "distributions";
     this.compare.setActive(comparing);
+    this.timeline.sync(this.view === "timeline"); // timeline:
   }
 
   setZoom(zoom) {

@@ -17,6 +17,7 @@ export async function render() {
     compare: () => dashboard.compare.debug,
     seenNames: () => [...(dashboard.chooser.seen.get(dashboard.run) || [])],
     hoverAt: () => dashboard.inspector.hoverAt,
+    timeline: () => dashboard.timeline.debug, // timeline:
   };
   await dashboard.start();
 }

@@ -1,0 +1,325 @@
+"""The run's timeline: every section's figures for every frame written, kept for the whole run, bounded.
+
+Files live in ``<run>/plugins/beholder/timeline/``:
+
+- ``part-<seq, 10 digits>.bht``: the recent records, appended frame by frame
+  (locally one ``write()`` of whole chunks to a file opened for appending;
+  on a remote logdir each part is one object, uploaded every few seconds);
+- ``base.bht``: the older records, thinned (see ``thin``), rewritten whole and
+  atomically when the parts grow past their budget; its metadata chunk says
+  which parts it holds (``through``), and those parts are then deleted;
+- ``anomalies.jsonl``: one JSON object a line (see docs/protocol.md).
+
+A ``.bht`` file is a sequence of chunks, each a 16-byte header (``b"BHTL"``,
+a kind byte, 3 zero bytes, the payload's length and CRC-32 as little-endian
+uint32) and its payload. Kind ``N``: JSON ``{"sections": {"<id>": "<name>"}}``
+naming the section ids that follow in this file; ``M``: JSON metadata
+(``{"through": seq}`` in base.bht); ``R``: records, ``RECORD`` items back to
+back. A reader stops at the first chunk that is incomplete or fails its CRC
+(a tail being written), so a file is readable while it grows.
+
+Example::
+
+    columns = read_timeline("logs/run1")      # {"conv1/kernel": {"step": array, "norm": array, ...}}
+    anomalies = read_anomalies("logs/run1")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.protocol.files import _open_regular, files_for
+from beholder_plugin.protocol.names import plugin_dir
+
+TIMELINE_DIR = "timeline"
+BASE_FILE = "base.bht"
+ANOMALIES_FILE = "anomalies.jsonl"
+CHUNK_MAGIC = b"BHTL"
+_HEADER = struct.Struct("<4sB3xII")
+HEADER_BYTES = _HEADER.size
+
+# One record: a section's figures at one frame (72 bytes, little-endian).
+RECORD = np.dtype([
+    ("step", "<i8"), ("time", "<f8"), ("section", "<u4"), ("flags", "<u4"),
+    ("min", "<f4"), ("max", "<f4"), ("mean", "<f4"), ("std", "<f4"), ("norm", "<f4"),
+    ("zero", "<f4"), ("nan", "<f4"), ("inf", "<f4"), ("nonfinite", "<f8"), ("count", "<f8"),
+])
+COLUMNS = tuple(name for name in RECORD.names if name != "section")
+
+# Record flags.
+EXACT_NORM = 1  # norm is over every value (else scaled up from the statistics' sample)
+EXACT_NONFINITE = 2  # nonfinite is a count over every value (else estimated from the sample)
+ANOMALY = 4  # the frame where an anomaly was found (thinning keeps it)
+PINNED = 8  # the frame before an anomaly (thinning keeps it)
+STEP_CHECKED = 16  # the per-step device check covered the steps up to this record
+
+# Thinning, per section: the first KEEP_FIRST records, the last KEEP_RECENT, anomalies, and log-spaced
+# records in between, MAX_PER_SECTION in all. 300 sections then take at most 300 * 2048 * 72 B = 44 MB
+# in base.bht, plus at most PARTS_BUDGET of parts before they are thinned into it.
+KEEP_FIRST = 16
+KEEP_RECENT = 1024
+MAX_PER_SECTION = 2048
+PARTS_BUDGET = 12 << 20
+# Readers refuse files above this size (a hostile or broken file cannot exhaust memory).
+MAX_FILE_BYTES = 256 << 20
+MAX_ANOMALY_BYTES = 4 << 20
+
+
+def timeline_dir(run_dir: str | os.PathLike) -> str:
+    """The directory holding a run's timeline."""
+    return os.path.join(plugin_dir(run_dir), TIMELINE_DIR)
+
+
+def part_name(seq: int) -> str:
+    """The file name of part number seq."""
+    return f"part-{seq:010d}.bht"
+
+
+def part_seq(name: str) -> int | None:
+    """The number of a part file's name, None for any other name."""
+    if name.startswith("part-") and name.endswith(".bht") and len(name) == 19 and name[5:15].isdigit():
+        return int(name[5:15])
+    return None
+
+
+def chunk(kind: bytes, payload: bytes | memoryview) -> bytes:
+    """One chunk: header and payload."""
+    data = bytes(payload)
+    return _HEADER.pack(CHUNK_MAGIC, kind[0], len(data), zlib.crc32(data)) + data
+
+
+def names_chunk(ids: dict[str, int]) -> bytes:
+    """An N chunk naming section ids."""
+    return chunk(b"N", json.dumps({"sections": {str(i): n for n, i in ids.items()}}).encode())
+
+
+def records_chunk(records: np.ndarray) -> bytes:
+    """An R chunk of records."""
+    return chunk(b"R", np.ascontiguousarray(records, RECORD).tobytes())
+
+
+def parse(data: bytes) -> tuple[dict[int, str], list[np.ndarray], dict[str, Any]]:
+    """A .bht file's section names, record arrays and metadata, up to its first incomplete or bad chunk."""
+    names: dict[int, str] = {}
+    arrays: list[np.ndarray] = []
+    meta: dict[str, Any] = {}
+    view = memoryview(data)
+    pos = 0
+    while pos + HEADER_BYTES <= len(data):
+        magic, kind, length, crc = _HEADER.unpack_from(view, pos)
+        end = pos + HEADER_BYTES + length
+        if magic != CHUNK_MAGIC or end > len(data):
+            break
+        payload = view[pos + HEADER_BYTES : end]
+        if zlib.crc32(payload) != crc:
+            break
+        pos = end
+        try:
+            if kind == ord("R"):
+                if length % RECORD.itemsize:
+                    break
+                arrays.append(np.frombuffer(payload, RECORD).copy())
+            elif kind == ord("N"):
+                for key, name in json.loads(bytes(payload))["sections"].items():
+                    names[int(key)] = str(name)
+            elif kind == ord("M"):
+                meta.update(json.loads(bytes(payload)))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            break
+    return names, arrays, meta
+
+
+def _named_records(names: dict[int, str], arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Records by section name (ids resolved with the file's names; unnamed ids dropped), in file order."""
+    if not arrays:
+        return {}
+    records = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    sections = records["section"]
+    grouped = len(records) < 2 or bool((sections[1:] >= sections[:-1]).all())  # base.bht is written so
+    ordered = records if grouped else records[np.argsort(sections, kind="stable")]
+    ids, starts = np.unique(ordered["section"], return_index=True)
+    out: dict[str, np.ndarray] = {}
+    for sid, part in zip(ids.tolist(), np.split(ordered, starts[1:])):
+        name = names.get(sid)
+        if name is not None:
+            out[name] = part
+    return out
+
+
+def read_records(run_dir: str | os.PathLike, files: Any = None, attempts: int = 4) -> dict[str, np.ndarray]:
+    """Every kept record by section name, in time order (base.bht, then the parts it does not hold).
+
+    A part deleted while it is read (base.bht was just rewritten to hold it)
+    makes the read start again, so the answer is one consistent state.
+    """
+    directory = timeline_dir(run_dir)
+    files = files or files_for(directory)
+    for _ in range(attempts):
+        found = _read_once(directory, files)
+        if found is not None:
+            return found
+    return _read_once(directory, files, tolerate_missing=True) or {}
+
+
+def _read_once(directory: str, files: Any, tolerate_missing: bool = False) -> dict[str, np.ndarray] | None:
+    """One pass of read_records; None when a part vanished while being read."""
+    listing = files.listdir(directory)
+    join = posixpath.join if getattr(files, "remote", False) else os.path.join
+    parts: dict[str, list[np.ndarray]] = {}
+    through = -1
+    if BASE_FILE in listing:
+        data = _read(files, join(directory, BASE_FILE))
+        if data is None and not tolerate_missing:
+            return None
+        names, arrays, meta = parse(data or b"")
+        through = int(meta.get("through", -1))
+        for name, recs in _named_records(names, arrays).items():
+            parts.setdefault(name, []).append(recs)
+    seqs = sorted(s for s in map(part_seq, listing) if s is not None and s > through)
+    for seq in seqs:
+        data = _read(files, join(directory, part_name(seq)))
+        if data is None:
+            if tolerate_missing:
+                continue
+            return None
+        names, arrays, _ = parse(data)
+        for name, recs in _named_records(names, arrays).items():
+            parts.setdefault(name, []).append(recs)
+    out = {}
+    for name, arrays_ in parts.items():
+        records = np.concatenate(arrays_) if len(arrays_) > 1 else arrays_[0]
+        if len(records) > 1 and (np.diff(records["time"]) < 0).any():  # in time order (a restarted
+            records = records[np.argsort(records["time"], kind="stable")]  # trainer counts steps afresh)
+        if len(records) > 1:  # a record found twice (an earlier writer's part, say) is kept once
+            keep = np.ones(len(records), bool)
+            steps, times = records["step"], records["time"]
+            keep[1:] = (steps[1:] != steps[:-1]) | (times[1:] != times[:-1])
+            records = records[keep]
+        out[name] = records
+    return out
+
+
+def _read(files: Any, path: str, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """A whole file as it is now (a local one may be growing: up to its size when opened), None when gone.
+
+    Local files are opened as the server's other files are (inside the logdir,
+    regular, at most ``limit`` bytes: FileRefused otherwise).
+    """
+    if getattr(files, "remote", False):
+        return files.read(path, limit)
+    try:
+        fd, st = _open_regular(path, limit)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read(st.st_size)
+
+
+def columns_of(records: np.ndarray) -> dict[str, np.ndarray]:
+    """One section's records as a dict of NumPy columns (step, time, norm, mean, std, min, max, ...)."""
+    return {name: np.ascontiguousarray(records[name]) for name in COLUMNS}
+
+
+def read_timeline(run_dir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+    """The run's timeline: section name -> columns (``step``, ``time``, ``norm``, ``mean``, ``std``, ...).
+
+    ``nonfinite`` counts the NaN and infinite values; ``flags`` says per
+    record which figures are exact (``EXACT_NORM``, ``EXACT_NONFINITE``).
+    """
+    return {name: columns_of(recs) for name, recs in read_records(run_dir).items()}
+
+
+def read_anomalies(run_dir: str | os.PathLike, files: Any = None) -> list[dict[str, Any]]:
+    """The run's anomaly records, oldest first (a partly written last line is left out)."""
+    directory = timeline_dir(run_dir)
+    files = files or files_for(directory)
+    join = posixpath.join if getattr(files, "remote", False) else os.path.join
+    return parse_anomalies(_read(files, join(directory, ANOMALIES_FILE), MAX_ANOMALY_BYTES) or b"")
+
+
+def parse_anomalies(data: bytes) -> list[dict[str, Any]]:
+    """The complete JSON lines of anomalies.jsonl (a line without its newline is still being written)."""
+    out = []
+    for line in data.split(b"\n")[:-1]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("section"), str):
+            out.append(record)
+    return out
+
+
+def anomaly_line(record: dict[str, Any]) -> bytes:
+    """One anomalies.jsonl line."""
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def thin(records: np.ndarray, now: float, keep_first: int = KEEP_FIRST, keep_recent: int = KEEP_RECENT,
+         cap: int = MAX_PER_SECTION) -> np.ndarray:
+    """One section's records (in time order) cut to at most cap, keeping the history's shape.
+
+    Kept: the first ``keep_first`` records, the last ``keep_recent``, every
+    record flagged ANOMALY or PINNED (the newest ones first if they alone
+    exceed the cap), and in between records at log-spaced ages (age measured
+    back from ``now``): dense near the present, sparse far back.
+    """
+    n = len(records)
+    if n <= cap:
+        return records
+    keep = np.zeros(n, bool)
+    keep[: min(keep_first, cap)] = True
+    special = np.flatnonzero(records["flags"] & (ANOMALY | PINNED))
+    room = cap - int(keep.sum())
+    keep[special[-room:] if room > 0 else []] = True
+    room = cap - int(keep.sum())
+    keep[np.flatnonzero(~keep)[::-1][: min(keep_recent, max(room, 0))]] = True
+    room = cap - int(keep.sum())
+    middle = np.flatnonzero(~keep)
+    if room > 0 and len(middle):
+        ages = np.maximum(now - records["time"][middle], 1e-3)
+        targets = np.geomspace(ages.min(), ages.max(), room)
+        # ages decrease along `middle`: search on the reversed (increasing) ages
+        rev = ages[::-1]
+        idx = np.clip(np.searchsorted(rev, targets), 0, len(rev) - 1)
+        keep[middle[::-1][np.unique(idx)]] = True
+    return records[keep]
+
+
+def thin_all(by_section: dict[str, np.ndarray], now: float,
+             cap: int = MAX_PER_SECTION) -> dict[str, np.ndarray]:
+    """thin() for every section."""
+    return {name: thin(recs, now, cap=cap) for name, recs in by_section.items()}
+
+
+def base_bytes(by_section: dict[str, np.ndarray], through: int) -> list[bytes]:
+    """The chunks of a base.bht holding these records and saying which parts it holds."""
+    ids = {name: i for i, name in enumerate(by_section)}
+    out = [chunk(b"M", json.dumps({"through": through}).encode()), names_chunk(ids)]
+    arrays = []
+    for name, recs in by_section.items():
+        recs = recs.copy()
+        recs["section"] = ids[name]
+        arrays.append(recs)
+    if arrays:
+        out.append(records_chunk(np.concatenate(arrays)))
+    return out
+
+
+def make_records(count: int) -> np.ndarray:
+    """An array of count empty records."""
+    return np.zeros(count, RECORD)
+
+
+def stack(records: Iterable[np.ndarray]) -> np.ndarray:
+    """Record arrays joined into one."""
+    arrays: Sequence[np.ndarray] = list(records)
+    return np.concatenate(arrays) if arrays else make_records(0)

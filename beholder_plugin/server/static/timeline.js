@@ -1,0 +1,392 @@
+// The whole run's timeline (the /timeline route): one row of sparklines per section, aligned by step:
+// the min-max band, mean ± std, the norm line, a red tick where values were not finite; anomaly markers
+// on the step axis. Hover shows a point's numbers; a click opens the nearest kept frame in the frame view.
+import { getJSON } from "./api.js";
+import { h } from "./dom.js";
+import { rounded } from "./format.js";
+import { filterMatcher } from "./sections.js";
+
+const ROW_H = 34;
+const WIDTH = 640;
+const POINTS = WIDTH / 2; // points asked per section: one every 2 px
+const EAGER_ROWS = 40; // rows painted at once; the others when they scroll into view
+const REFRESH_MS = 5000;
+
+/** A base64 column of the answer as a typed array (float64 for step and time, uint32 flags, else float32). */
+export function decodeColumn(text, name) {
+  const raw = atob(text || "");
+  const bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  if (name === "step" || name === "time") return new Float64Array(bytes.buffer);
+  if (name === "flags") return new Uint32Array(bytes.buffer);
+  return new Float32Array(bytes.buffer);
+}
+
+const COLUMNS = ["step", "time", "norm", "mean", "std", "min", "max", "nonfinite", "flags"];
+
+/** The answer's sections with their columns decoded: [{name, step: Float64Array, norm: ..., ...}]. */
+export function decodeTimeline(answer) {
+  return answer.sections.map((section) => {
+    const out = { name: section.name, records: section.records };
+    for (const column of COLUMNS) out[column] = decodeColumn(section[column], column);
+    return out;
+  });
+}
+
+/** The index of the point whose step is nearest to step (steps ascending; -1 when empty). */
+export function nearestIndex(steps, step) {
+  if (steps.length === 0) return -1;
+  let lo = 0;
+  let hi = steps.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (steps[mid] < step) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo > 0 && Math.abs(steps[lo - 1] - step) <= Math.abs(steps[lo] - step)) return lo - 1;
+  return lo;
+}
+
+/** [lo, hi] of the finite values of some arrays (log: positive values only); null when none. */
+function extent(arrays, log) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const values of arrays) {
+    for (const v of values) {
+      if (!Number.isFinite(v) || (log && v <= 0)) continue;
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+  }
+  if (lo > hi) return null;
+  if (lo === hi) return log ? [lo / 2, hi * 2] : [lo - 0.5, hi + 0.5];
+  return [lo, hi];
+}
+
+/** The anomaly's step (its exact step, else the first of its interval). */
+export function anomalyStep(record) {
+  return Number.isFinite(record.step) ? record.step : record.steps[0];
+}
+
+/** The timeline view: mounted by the dashboard (a "Timeline" choice beside Frame and Distributions). */
+export class TimelineView {
+  constructor(dashboard) {
+    this.dashboard = dashboard;
+    this.scale = "linear";
+    this.answer = null;
+    this.other = null; // the "Compare with" run's answer
+    this.rows = new Map(); // name -> {element, canvas, data}
+    this.timer = null;
+    this.loads = 0;
+    this.debug = { drawn: 0, ms: null, hover: null, opened: null };
+    this.status = h("span", { class: "note", id: "timeline-status", role: "status" });
+    this.scaleSelect = h(
+      "select",
+      { id: "timeline-scale", "aria-label": "Norm scale", onchange: () => this.setScale(this.scaleSelect.value) },
+      h("option", { value: "linear" }, "Linear"),
+      h("option", { value: "log" }, "Log"),
+    );
+    this.jump = h("button", { type: "button", id: "timeline-jump", disabled: true, onclick: () => this.jumpToAnomaly() },
+      "Jump to first anomaly");
+    this.filter = h("input", { type: "search", id: "timeline-filter", placeholder: "Filter sections",
+      "aria-label": "Filter the timeline's sections", oninput: () => this.draw() });
+    this.axis = h("canvas", { id: "timeline-axis", class: "tl-axis", width: WIDTH, height: 18 });
+    this.axis.addEventListener("click", (event) => this.clickAxis(event));
+    this.readout = h("div", { class: "tl-readout", id: "timeline-readout", role: "status" });
+    this.list = h("div", { class: "tl-rows", id: "timeline-rows" });
+    this.element = h(
+      "section",
+      { class: "timeline", id: "timeline", hidden: true },
+      h("div", { class: "tl-controls" },
+        h("label", {}, "Norm scale ", this.scaleSelect), this.jump, this.filter, this.status),
+      h("div", { class: "tl-axis-row" }, h("span", { class: "tl-name" }, "step"), this.axis),
+      this.readout,
+      this.list,
+    );
+    const style = document.createElement("link");
+    style.rel = "stylesheet";
+    style.href = new URL("./timeline.css", import.meta.url).href;
+    document.head.appendChild(style);
+    this.addChoice();
+    window.addEventListener("beholder-timeline-reload", () => this.load()); // for the benchmark
+  }
+
+  /** Add "Timeline" to the toolbar's View choice. */
+  addChoice() {
+    const group = this.dashboard.toolbar.element.querySelector("#view-choice");
+    if (!group) return;
+    const input = h("input", { type: "radio", name: "view", value: "timeline", id: "view-timeline",
+      onchange: () => this.dashboard.setView("timeline") });
+    group.append(h("label", { class: "choice" }, input, "Timeline"));
+  }
+
+  /** Show or hide the view; load again when the run or the "Compare with" run changed. */
+  sync(active) {
+    const { run } = this.dashboard;
+    const other = this.dashboard.compare.other;
+    if (active === !this.element.hidden && run === this.shownRun && other === this.shownOther) return;
+    this.shownRun = run;
+    this.shownOther = other;
+    this.setActive(active);
+  }
+
+  /** Show or hide the view (loads the timeline and keeps it fresh while shown). */
+  setActive(active) {
+    this.element.hidden = !active;
+    clearInterval(this.timer);
+    this.timer = null;
+    if (!active) return;
+    this.load();
+    this.timer = setInterval(() => this.load(), REFRESH_MS);
+  }
+
+  /** Fetch the run's timeline (and the compared run's), then draw. */
+  async load() {
+    const run = this.dashboard.run;
+    if (run === null) return;
+    const load = ++this.loads;
+    const other = this.dashboard.compare.other;
+    const started = performance.now();
+    try {
+      const [answer, second] = await Promise.all([
+        getJSON("timeline", { run, points: POINTS }),
+        other ? getJSON("timeline", { run: other, points: POINTS }) : Promise.resolve(null),
+      ]);
+      if (load !== this.loads) return;
+      const fetched = performance.now();
+      this.answer = { ...answer, decoded: decodeTimeline(answer) };
+      this.other = second ? { ...second, decoded: decodeTimeline(second) } : null;
+      this.debug.fetchMs = fetched - started;
+      this.debug.decodeMs = performance.now() - fetched;
+      this.draw();
+      this.debug.ms = performance.now() - started;
+    } catch (error) {
+      if (load === this.loads) this.status.textContent = `Cannot load the timeline: ${error.message}`;
+    }
+  }
+
+  /** Norms on a linear or a log scale. */
+  setScale(scale) {
+    this.scale = scale;
+    this.draw();
+  }
+
+  /** The dashboard's section choice (the Sections box and tree: the run's filter) as name -> shown? */
+  chosen() {
+    const filter = this.dashboard.config?.filter || "";
+    if (!filter) return null;
+    const shown = (this.dashboard.sections || []).map((record) => record.name);
+    return filterMatcher(filter, shown.length ? new Set(shown) : null);
+  }
+
+  /** The steps the x axis spans: both runs' first to last. */
+  span() {
+    const answers = [this.answer, this.other].filter(Boolean);
+    const first = Math.min(...answers.map((a) => a.first_step));
+    const last = Math.max(...answers.map((a) => a.last_step));
+    return [first, Math.max(last, first + 1)];
+  }
+
+  /** The x pixel of a step. */
+  x(step) {
+    const [first, last] = this.span();
+    return ((step - first) / (last - first)) * (WIDTH - 1);
+  }
+
+  /** The step at an x pixel. */
+  stepAt(px) {
+    const [first, last] = this.span();
+    return first + (px / (WIDTH - 1)) * (last - first);
+  }
+
+  /** Draw the axis, the anomaly markers and one row per section that passes the filter. */
+  draw() {
+    if (!this.answer) return;
+    const started = performance.now();
+    const words = this.filter.value.trim().toLowerCase();
+    const chosen = this.chosen();
+    const sections = this.answer.decoded.filter(
+      (s) => (!chosen || chosen(s.name)) && (!words || s.name.toLowerCase().includes(words)));
+    const others = new Map((this.other?.decoded || []).map((s) => [s.name, s]));
+    const anomalies = this.answer.anomalies || [];
+    this.jump.disabled = anomalies.length === 0;
+    if (this.observer) this.observer.disconnect();
+    this.observer = new IntersectionObserver((seen) => {
+      for (const entry of seen) {
+        if (!entry.isIntersecting || !entry.target.paint) continue;
+        entry.target.paint();
+        entry.target.paint = null;
+        this.observer.unobserve(entry.target);
+      }
+    }, { root: this.list });
+    const rows = sections.map((section, i) => {
+      const row = this.row(section, others.get(section.name), anomalies);
+      if (i < EAGER_ROWS) row.paint();
+      else this.observer.observe(row);
+      return row;
+    });
+    this.list.replaceChildren(...rows);
+    this.drawAxis(anomalies);
+    const [first, last] = this.span();
+    const compared = this.other ? ` · compared with ${this.other.run} (dashed)` : "";
+    this.status.textContent = `${sections.length} sections · steps ${first}–${last} · ` +
+      `${anomalies.length} anomal${anomalies.length === 1 ? "y" : "ies"}${compared}`;
+    this.debug.drawn = rows.length;
+    this.debug.drawMs = performance.now() - started;
+  }
+
+  /** The step axis and a red marker at each anomaly. */
+  drawAxis(anomalies) {
+    const ctx = this.axis.getContext("2d");
+    ctx.clearRect(0, 0, WIDTH, 18);
+    ctx.fillStyle = "#666";
+    ctx.fillRect(0, 9, WIDTH, 1);
+    ctx.fillStyle = "#d32f2f";
+    for (const record of anomalies) {
+      const x = this.x(anomalyStep(record));
+      ctx.beginPath();
+      ctx.moveTo(x, 2);
+      ctx.lineTo(x - 4, 16);
+      ctx.lineTo(x + 4, 16);
+      ctx.fill();
+    }
+  }
+
+  /** One section's row: its name and a canvas of sparklines (and the compared run's norm, dashed). */
+  row(section, other, anomalies) {
+    const canvas = h("canvas", { class: "tl-spark", width: WIDTH, height: ROW_H, "data-section": section.name });
+    canvas.addEventListener("mousemove", (event) => this.hover(section, canvas, event));
+    canvas.addEventListener("click", (event) => this.open(this.stepAt(event.offsetX)));
+    const element = h("div", { class: "tl-row", "data-section": section.name },
+      h("span", { class: "tl-name", title: `${section.name}: ${section.records} records kept` }, section.name), canvas);
+    element.paint = () => this.paint(canvas, section, other, anomalies);
+    return element;
+  }
+
+  /** Draw one row's sparklines. */
+  paint(canvas, section, other, anomalies) {
+    this.debug.painted = (this.debug.painted || 0) + 1;
+    const ctx = canvas.getContext("2d");
+    const n = section.step.length;
+    const values = extent([section.min, section.max], false);
+    const norms = extent(other ? [section.norm, other.norm] : [section.norm], this.scale === "log");
+    const y = (v, range, log) => {
+      if (!range) return ROW_H / 2;
+      const [lo, hi] = log ? [Math.log(range[0]), Math.log(range[1])] : range;
+      const t = ((log ? Math.log(v) : v) - lo) / (hi - lo);
+      return ROW_H - 2 - t * (ROW_H - 4);
+    };
+    if (values) {
+      ctx.fillStyle = "rgba(120, 144, 156, 0.25)"; // min-max band
+      for (let i = 0; i < n; i++) {
+        if (!Number.isFinite(section.min[i]) || !Number.isFinite(section.max[i])) continue;
+        const top = y(section.max[i], values, false);
+        ctx.fillRect(this.x(section.step[i]) - 1, top, 2, Math.max(1, y(section.min[i], values, false) - top));
+      }
+      ctx.fillStyle = "rgba(25, 118, 210, 0.35)"; // mean ± std
+      for (let i = 0; i < n; i++) {
+        const mean = section.mean[i];
+        const std = section.std[i];
+        if (!Number.isFinite(mean) || !Number.isFinite(std)) continue;
+        const top = y(mean + std, values, false);
+        ctx.fillRect(this.x(section.step[i]) - 1, top, 2, Math.max(1, y(mean - std, values, false) - top));
+      }
+    }
+    const line = (data, colour, dashed) => {
+      ctx.strokeStyle = colour;
+      ctx.setLineDash(dashed ? [4, 3] : []);
+      ctx.beginPath();
+      let down = false;
+      for (let i = 0; i < data.step.length; i++) {
+        const v = data.norm[i];
+        if (!Number.isFinite(v) || (this.scale === "log" && v <= 0)) {
+          down = false;
+          continue;
+        }
+        const px = this.x(data.step[i]);
+        const py = y(v, norms, this.scale === "log");
+        if (down) ctx.lineTo(px, py);
+        else ctx.moveTo(px, py);
+        down = true;
+      }
+      ctx.stroke();
+      ctx.setLineDash([]);
+    };
+    line(section, "#e65100", false);
+    if (other) line(other, "#6a1b9a", true);
+    ctx.fillStyle = "#d32f2f"; // not finite: a red tick at the bottom
+    for (let i = 0; i < n; i++) {
+      if (section.nonfinite[i] > 0 || !Number.isFinite(section.norm[i])) {
+        ctx.fillRect(this.x(section.step[i]) - 1, ROW_H - 6, 3, 6);
+      }
+    }
+    for (const record of anomalies) {
+      if (record.section !== section.name) continue;
+      ctx.fillStyle = "rgba(211, 47, 47, 0.25)";
+      const a = this.x(anomalyStep(record));
+      const b = Number.isFinite(record.step) ? a : this.x(record.steps[1]);
+      ctx.fillRect(a - 1, 0, Math.max(2, b - a + 2), ROW_H);
+    }
+  }
+
+  /** Show the numbers of the point nearest the mouse. */
+  hover(section, canvas, event) {
+    const i = nearestIndex(section.step, this.stepAt(event.offsetX));
+    if (i < 0) return;
+    this.showPoint(section, i);
+  }
+
+  /** The numbers of a section's point i, in the read-out line. */
+  showPoint(section, i) {
+    const point = Object.fromEntries(COLUMNS.map((c) => [c, section[c][i]]));
+    this.debug.hover = { section: section.name, ...point };
+    this.readout.textContent = `${section.name} · step ${point.step} · norm ${rounded(point.norm)} · ` +
+      `mean ${rounded(point.mean)} ± ${rounded(point.std)} · min ${rounded(point.min)} · ` +
+      `max ${rounded(point.max)} · non-finite ${rounded(point.nonfinite)}`;
+  }
+
+  /** Open the kept frame (ring, pin) nearest to a step in the frame view. */
+  async open(step) {
+    const kept = this.answer?.kept || [];
+    if (kept.length === 0) {
+      this.status.textContent = "No kept frame to open (the history ring is empty)";
+      return;
+    }
+    const steps = kept.map((k) => k.step);
+    const entry = kept[nearestIndex(steps, step)];
+    const dashboard = this.dashboard;
+    const radio = dashboard.toolbar.element.querySelector('#view-choice input[value="frame"]');
+    if (radio) radio.checked = true;
+    dashboard.setView("frame");
+    await dashboard.history.pause(); // lists the kept frames (again: newer ones may be there)
+    const index = dashboard.history.entries.findIndex((e) => e.name === entry.name);
+    if (index >= 0) await dashboard.history.show(index);
+    this.debug.opened = { name: entry.name, step: entry.step, index };
+  }
+
+  /** Scroll to the first anomaly's row, show its numbers there; a click on its marker opens its frame. */
+  jumpToAnomaly() {
+    const record = (this.answer?.anomalies || []).find((a) => a.first) || this.answer?.anomalies?.[0];
+    if (!record) return;
+    this.filter.value = "";
+    this.draw();
+    const step = anomalyStep(record);
+    const section = this.answer.decoded.find((s) => s.name === record.section);
+    const row = [...this.list.children].find((r) => r.dataset.section === record.section);
+    for (const r of this.list.children) r.classList.toggle("tl-current", r === row);
+    if (row) row.scrollIntoView({ block: "center" });
+    if (section) this.showPoint(section, nearestIndex(section.step, Number.isFinite(record.step) ? step : record.steps[1]));
+    const when = Number.isFinite(record.step) ? `step ${record.step}` : `steps ${record.steps[0]}–${record.steps[1]}`;
+    this.readout.textContent = `First anomaly: ${record.kind} in ${record.section} at ${when} · ${this.readout.textContent}`;
+    this.debug.jumped = record;
+  }
+
+  /** A click on the axis: the anomaly marker nearest to it opens its frame. */
+  clickAxis(event) {
+    const anomalies = this.answer?.anomalies || [];
+    if (anomalies.length === 0) return;
+    const step = this.stepAt(event.offsetX);
+    const best = anomalies.reduce((a, b) => (Math.abs(anomalyStep(a) - step) <= Math.abs(anomalyStep(b) - step) ? a : b));
+    this.open(best.frame_step ?? anomalyStep(best));
+  }
+}

@@ -1,0 +1,144 @@
+"""The /timeline route's answer: a run's timeline cut to at most `points` per section, and its anomalies.
+
+Every section's records are put in the same `points` buckets of steps (the
+whole run's first to last step), so rows line up by step. Per bucket: the
+last record's step, time, norm, mean and std; the smallest min and largest
+max; the largest non-finite count; the flags of all its records (OR).
+Columns travel as base64 of little-endian float64 (step, time) or float32
+(the rest), which the dashboard reads as typed arrays.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import posixpath
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.protocol import timeline as tl
+from beholder_plugin.protocol.files import files_for
+from beholder_plugin.protocol.history import list_history
+
+DEFAULT_POINTS = 512
+MAX_POINTS = 4096
+MAX_SECTIONS = 4096
+CACHED_ANSWERS = 8  # (run, points) whose sections are kept while the timeline's files stay the same
+WIDE = ("step", "time")
+NARROW = ("norm", "mean", "std", "min", "max", "nonfinite")
+
+
+class TimelineRequestError(ValueError):
+    """A bad query parameter (the route answers 400)."""
+
+
+def parse_points(raw: str | None) -> int:
+    """The ?points= parameter: a whole number from 2 to MAX_POINTS (default DEFAULT_POINTS)."""
+    if raw is None or raw == "":
+        return DEFAULT_POINTS
+    if not raw.isdigit() or len(raw) > 6 or not 2 <= int(raw) <= MAX_POINTS:
+        raise TimelineRequestError(f"points must be a whole number from 2 to {MAX_POINTS}, not {raw[:20]!r}")
+    return int(raw)
+
+
+def bucketed(records: np.ndarray, first: int, last: int, points: int) -> dict[str, np.ndarray]:
+    """One section's records (sorted by step) reduced to at most `points` buckets of the run's steps."""
+    if len(records) == 0:
+        return {name: np.zeros(0) for name in WIDE + NARROW + ("flags",)}
+    span = max(1, last - first + 1)
+    index = ((records["step"] - first) * points // span).clip(0, points - 1)
+    starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+    ends = np.r_[starts[1:], len(records)] - 1
+    with np.errstate(invalid="ignore"):
+        lows = np.fmin.reduceat(records["min"], starts)
+        highs = np.fmax.reduceat(records["max"], starts)
+    out = {
+        "step": records["step"][ends].astype(np.float64),
+        "time": records["time"][ends],
+        "norm": records["norm"][ends],
+        "mean": records["mean"][ends],
+        "std": records["std"][ends],
+        "min": lows,
+        "max": highs,
+        "nonfinite": np.maximum.reduceat(records["nonfinite"], starts),
+        "flags": np.bitwise_or.reduceat(records["flags"], starts),
+    }
+    return out
+
+
+def _b64(values: np.ndarray, dtype: str) -> str:
+    """A column as base64 of little-endian values of dtype."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype).tobytes()).decode("ascii")
+
+
+_cache: OrderedDict[tuple[str, int], tuple[tuple, dict[str, Any]]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def forget() -> None:
+    """Drop every built answer (the next request builds its answer from the files again)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _signature(run_path: str, files: Any) -> tuple:
+    """What the timeline's files are now (names and identities: size, inode or ETag, modification time)."""
+    directory = tl.timeline_dir(run_path)
+    files = files or files_for(directory)
+    join = posixpath.join if getattr(files, "remote", False) else os.path.join
+    return tuple(sorted((name, files.identity(join(directory, name))) for name in files.listdir(directory)
+                        if name != tl.ANOMALIES_FILE))
+
+
+def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None) -> dict[str, Any]:
+    """The JSON answer of /timeline for one run (see docs/http-api.md).
+
+    The bucketed sections are kept (CACHED_ANSWERS runs) and built again
+    only when a timeline file changed, so a dashboard refreshing a finished
+    or slow run reads nothing but the directory.
+    """
+    key = (run_path, points)
+    signature = _signature(run_path, files)
+    with _cache_lock:
+        found = _cache.get(key)
+    if found is not None and found[0] == signature:
+        body = found[1]
+    else:
+        body = _sections_answer(run_path, points, files)
+        with _cache_lock:
+            _cache[key] = (signature, body)
+            _cache.move_to_end(key)
+            while len(_cache) > CACHED_ANSWERS:
+                _cache.popitem(last=False)
+    kept = [{"name": e.name, "step": e.step, "time": e.time} for e in list_history(run_path, files)]
+    return {
+        "run": run_name,
+        **body,
+        "points": points,
+        "anomalies": tl.read_anomalies(run_path, files)[:1000],
+        "kept": kept,
+    }
+
+
+def _sections_answer(run_path: str, points: int, files: Any) -> dict[str, Any]:
+    """The sections part of the answer: every section bucketed, and the steps the buckets span."""
+    by_section = tl.read_records(run_path, files)
+    names = list(by_section)[:MAX_SECTIONS]
+    steps = [recs["step"] for recs in by_section.values() if len(recs)]
+    first = int(min(s[0] for s in steps)) if steps else 0
+    last = int(max(s[-1] for s in steps)) if steps else 0
+    sections = []
+    for name in names:
+        columns = bucketed(by_section[name], first, last, points)
+        entry: dict[str, Any] = {"name": name, "points": int(len(columns["step"])),
+                                 "records": int(len(by_section[name]))}
+        for column in WIDE:
+            entry[column] = _b64(columns[column], "<f8")
+        for column in NARROW:
+            entry[column] = _b64(columns[column], "<f4")
+        entry["flags"] = _b64(columns["flags"], "<u4")
+        sections.append(entry)
+    return {"first_step": first, "last_step": last, "sections": sections}

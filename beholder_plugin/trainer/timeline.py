@@ -1,0 +1,734 @@
+"""The trainer's timeline: each frame's section figures appended for the whole run, and anomalies caught.
+
+``Beholder`` owns one ``Timeline``. Its three hooks, each one call site in
+trainer/beholder.py:
+
+- ``on_step(step)``, in every ``update()`` while ``hot``: the per-step check
+  of device tensors (torch: one ``torch._foreach_norm`` pass and a few
+  element-wise ops, all queued on the device, no host sync; the first
+  non-finite step per section stays on the device and is copied back with the
+  next frame), and hands anomalies found since to ``on_anomaly``;
+- ``gather(job, named)``, when a frame is gathered (training thread): the
+  exact pass. Torch tensors on an accelerator: every frame, one fused norm
+  pass queued on the device and copied back asynchronously, read by the
+  worker. NumPy arrays and CPU tensors: at most ``HOST_EXACT_VALUES`` values
+  per frame on average (a model of 4M values gets an exact pass every 4th
+  frame; the records in between carry the sample's figures, and say so);
+- ``written(job, sections, ring)``, on the worker once the frame is written:
+  the records are appended to the timeline, anomalies are looked for and, at
+  the first, the frame before and the anomaly's frame are pinned in the ring.
+
+Exact vs sampled: ``norm`` and ``nonfinite`` are exact where the exact pass
+ran (record flags say so); ``min``, ``max``, ``mean``, ``std`` and the
+``zero``/``nan``/``inf`` fractions come from the statistics' sample
+(views/stats.py). A non-finite norm tells NaN (a NaN anywhere makes it NaN)
+from infinity exactly; the device pass counts non-finite values only as
+"none" (a finite norm) and otherwise estimates the count from the sample.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import posixpath
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from beholder_plugin.protocol import timeline as tl
+from beholder_plugin.protocol.history import HistoryRing
+from beholder_plugin.protocol.names import history_dir
+from beholder_plugin.trainer.keyframes import Keyframes
+from beholder_plugin.trainer.sources.captured import Captured
+
+logger = logging.getLogger("beholder")
+
+# On the host (NumPy, CPU tensors) the exact pass reads at most this many values per frame on average.
+HOST_EXACT_VALUES = 1 << 20
+# A norm above NORM_JUMP times the median of its section's last RECENT_NORMS frames is an anomaly.
+NORM_JUMP = 10.0
+RECENT_NORMS = 16
+MIN_NORMS = 4
+# On a remote logdir the records are uploaded as one part object at most this often.
+REMOTE_CHUNK_SECONDS = 10.0
+# anomalies.jsonl holds at most this many records (later ones are only logged).
+MAX_ANOMALIES = 1000
+KINDS = ("nan", "inf", "norm_jump")
+
+
+class AnomalyError(RuntimeError):
+    """Raised from update() after an anomaly, with ``Beholder(..., on_anomaly="raise")``."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(describe(record))
+        self.record = record
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line naming an anomaly's section, kind and step (or steps)."""
+    what = {"nan": "a NaN", "inf": "an infinite value", "norm_jump": "a norm jump"}.get(record["kind"],
+                                                                                      record["kind"])
+    if "step" in record:
+        when = f"at step {record['step']}"
+    else:
+        first, last = record["steps"]
+        when = f"between steps {first} and {last}"
+    return f"Beholder: first anomaly: {what} in {record['values']} section {record['section']} {when}"
+
+
+class TimelineWriter:
+    """Appends records to a run's timeline files and thins them into base.bht (protocol/timeline.py)."""
+
+    def __init__(self, run_dir: str, files: Any, clock: Callable[[], float] = time.time,
+                 parts_budget: int = tl.PARTS_BUDGET, cap: int = tl.MAX_PER_SECTION,
+                 remote_chunk_seconds: float = REMOTE_CHUNK_SECONDS) -> None:
+        self.run_dir = run_dir
+        self.files = files
+        self.remote = bool(getattr(files, "remote", False))
+        self.directory = tl.timeline_dir(run_dir)
+        self.clock = clock
+        self.parts_budget = parts_budget
+        self.cap = cap
+        self.remote_chunk_seconds = remote_chunk_seconds
+        self.seq: int | None = None
+        self.ids: dict[str, int] = {}
+        self.part_open = False  # the current part has records (local)
+        self.parts_bytes = 0
+        self.pending: list[bytes] = []  # remote: chunks not uploaded yet
+        self.uploaded_at = clock()
+        self.protected: set[int] = set()  # steps whose records thinning keeps (an anomaly's frames)
+        self.anomalies: list[bytes] = []  # remote: the lines of anomalies.jsonl
+
+    def _join(self, name: str) -> str:
+        """The path of a file of the timeline's directory."""
+        return (posixpath.join if self.remote else os.path.join)(self.directory, name)
+
+    def _start(self) -> None:
+        """Find the next part number (after every part and base.bht already there) and the parts' size."""
+        sizes = self.files.list_sizes(self.directory)
+        seqs = [s for s in map(tl.part_seq, sizes) if s is not None]
+        self.seq = max(seqs, default=-1) + 1
+        self.parts_bytes = sum(size for name, size in sizes.items() if tl.part_seq(name) is not None)
+        if self.remote:
+            found = self.files.read(self._join(tl.ANOMALIES_FILE), tl.MAX_ANOMALY_BYTES)
+            self.anomalies = [tl.anomaly_line(r) for r in tl.parse_anomalies(found or b"")]
+        else:
+            self.files.makedirs(self.directory)
+
+    def append(self, names: list[str], records: np.ndarray) -> None:
+        """Append one frame's records (``records["section"]`` indexes ``names``)."""
+        if self.seq is None:
+            self._start()
+        chunks = []
+        new = {name: len(self.ids) + k for k, name in enumerate(n for n in dict.fromkeys(names)
+                                                                 if n not in self.ids)}
+        if new:
+            self.ids.update(new)
+            chunks.append(tl.names_chunk(new))
+        ids = np.array([self.ids[n] for n in names], np.uint32)
+        records = records.copy()
+        records["section"] = ids[records["section"]]
+        chunks.append(tl.records_chunk(records))
+        data = b"".join(chunks)
+        if self.remote:
+            self.pending.append(data)
+            if self.clock() - self.uploaded_at >= self.remote_chunk_seconds:
+                self.upload()
+        else:
+            self._append_local(data)
+        self.parts_bytes += len(data)
+        if self.parts_bytes >= self.parts_budget:
+            self.compact()
+
+    def _append_local(self, data: bytes) -> None:
+        """One write() of whole chunks to the current part (opened for appending, closed again: no file
+        stays open between frames)."""
+        path = self._join(tl.part_name(self.seq))
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileNotFoundError:  # the directory was deleted: make it again
+            os.makedirs(self.directory, exist_ok=True)
+            fd = os.open(path, flags, 0o666)
+        self.part_open = True
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def upload(self) -> None:
+        """Remote: write the pending chunks as the next part object."""
+        self.uploaded_at = self.clock()
+        if not self.pending:
+            return
+        data, self.pending = self.pending, []
+        self.files.write_atomic(self._join(tl.part_name(self.seq)), data)
+        self.seq += 1
+        self.ids = {}
+
+    def close_part(self) -> None:
+        """End the current part; the next record starts a new one."""
+        if self.remote:
+            self.upload()
+            return
+        if self.part_open:
+            self.part_open = False
+            self.seq += 1
+            self.ids = {}
+
+    def compact(self) -> None:
+        """Thin base.bht and every closed part into a new base.bht, then delete those parts."""
+        if self.seq is None:
+            return
+        self.close_part()
+        through = self.seq - 1
+        by_section = tl.read_records(self.run_dir, self.files)
+        if self.protected:
+            steps = np.fromiter(self.protected, np.int64)
+            for recs in by_section.values():
+                recs["flags"][np.isin(recs["step"], steps)] |= tl.PINNED
+        thinned = tl.thin_all(by_section, self.clock(), cap=self.cap)
+        self.files.write_atomic(self._join(tl.BASE_FILE), tl.base_bytes(thinned, through))
+        for name in self.files.listdir(self.directory):
+            seq = tl.part_seq(name)
+            if seq is not None and seq <= through:
+                self.files.remove(self._join(name))
+        self.parts_bytes = 0
+
+    def add_anomaly(self, record: dict[str, Any]) -> None:
+        """Append one anomaly record (remote: anomalies.jsonl is written whole, it is small)."""
+        if self.seq is None:
+            self._start()
+        line = tl.anomaly_line(record)
+        path = self._join(tl.ANOMALIES_FILE)
+        if self.remote:
+            self.anomalies.append(line)
+            self.files.write_atomic(path, self.anomalies)
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Upload or close what is open."""
+        self.close_part()
+
+
+class _Exact:
+    """What the exact pass found for one frame: per section norm and non-finite count, maybe on the device."""
+
+    def __init__(self, count: int) -> None:
+        self.norm = np.full(count, np.nan)
+        self.nonfinite = np.full(count, np.nan)
+        self.exact = np.zeros(count, bool)
+        self.step_first = np.full(count, -1, np.int64)  # the per-step check's first non-finite step
+        self.step_value = np.full(count, np.nan)  # the norm it found then (NaN or inf)
+        self.step_checked = np.zeros(count, bool)
+        self.device: list[tuple] = []  # (sections, host tensors, event or None, per-step?) to read back
+
+    def resolve(self) -> None:
+        """Wait for the device's copies (the worker) and put them in place."""
+        for sections, host, event, stepped in self.device:
+            if event is not None:
+                event.synchronize()
+            norms = host[0].numpy().astype(np.float64)
+            self.norm[sections] = norms
+            self.exact[sections] = True
+            finite = np.isfinite(norms)
+            self.nonfinite[sections] = np.where(finite, 0.0, np.nan)
+            if stepped:
+                self.step_first[sections] = host[1].numpy()
+                self.step_value[sections] = host[2].numpy()
+                self.step_checked[sections] = True
+        self.device = []
+
+
+class StepCheck:
+    """The per-step check of one device's tensors: the first non-finite step per section, kept there."""
+
+    def __init__(self, torch: Any, sections: list[int], tensors: list[Any], params: list[Any]) -> None:
+        device = tensors[0].device
+        self.device = device
+        self.sections = sections
+        # gradients: the parameter whose .grad is read at each check (a step may replace it), else None;
+        # no gradient is held here between steps (a step's gradients are freed as usual)
+        self.params = params if any(p is not None for p in params) else None
+        self.tensors = [t if p is None else None for t, p in zip(tensors, params)]
+        self.zero = torch.zeros((), device=device)  # stands for a gradient a step did not make
+        self.first = torch.full((len(tensors),), -1, dtype=torch.int64, device=device)
+        self.value = torch.zeros(len(tensors), dtype=torch.float32, device=device)
+        self.torch = torch
+
+    def current(self) -> list[Any]:
+        """The tensors as they are now (the gradients' current .grad)."""
+        if self.params is None:
+            return self.tensors
+        zero = self.zero
+        return [t if p is None else (p.grad if p.grad is not None else zero)
+                for t, p in zip(self.tensors, self.params)]
+
+    def check(self, step: int) -> None:
+        """Queue the check of this step (no host sync)."""
+        torch = self.torch
+        norms = _norms(torch, self.current())
+        new = (~torch.isfinite(norms)) & (self.first < 0)
+        self.first.masked_fill_(new, step)
+        self.value = torch.where(new, norms, self.value)
+
+
+def _norms(torch: Any, tensors: list[Any]) -> Any:
+    """The L2 norms of tensors as one float32 vector on their device (one fused pass)."""
+    try:
+        parts = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    except (TypeError, RuntimeError):
+        parts = torch._foreach_norm(tensors)
+    return torch.stack([p.float() for p in parts]) if parts[0].dtype != torch.float32 else torch.stack(parts)
+
+
+def _torch_kind(obj: Any) -> Any:
+    """torch, when obj is a floating torch tensor the exact pass can read (else None)."""
+    torch = sys.modules.get("torch")
+    # plain tensors only: a DTensor's norm (FSDP2) would be a collective, on the one rank that writes
+    if torch is None or type(obj) not in (torch.Tensor, torch.nn.Parameter):
+        return None
+    if obj.layout is not torch.strided:
+        return None
+    if not (obj.is_floating_point() or obj.is_complex()) or obj.numel() == 0:
+        return None
+    return torch
+
+
+def _host_exact(x: np.ndarray) -> tuple[float, float]:
+    """(norm, non-finite count) of a NumPy array, exactly: one pass, a second only when not finite."""
+    flat = x.reshape(-1)
+    kind = flat.dtype.kind
+    if kind == "f" and flat.dtype.itemsize >= 4:
+        total = float(np.dot(flat, flat))
+    elif kind == "c":
+        total = float(np.vdot(flat, flat).real)
+    else:
+        flat = flat.astype(np.float64)
+        total = float(np.dot(flat, flat))
+    if np.isfinite(total):
+        return float(np.sqrt(total)), 0.0
+    bad = int(np.count_nonzero(~np.isfinite(flat))) if kind in "fc" else 0
+    if bad == 0:  # finite values whose squares overflowed: again in float64
+        return float(np.linalg.norm(flat.astype(np.complex128 if kind == "c" else np.float64))), 0.0
+    if np.isnan(flat).any():
+        return float("nan"), float(bad)
+    return float("inf"), float(bad)
+
+
+class Timeline:
+    """One run's timeline and anomaly checks (see the module's docstring)."""
+
+    def __init__(self, run_dir: str, files: Any, on_anomaly: Any = None, norm_jump: float = NORM_JUMP,
+                 clock: Callable[[], float] = time.time, enabled: bool = True) -> None:
+        if on_anomaly not in (None, "raise") and not callable(on_anomaly):
+            raise ValueError(f'on_anomaly must be None, "raise" or a function, not {on_anomaly!r}')
+        if not norm_jump > 1:
+            raise ValueError(f"norm_jump must be a number above 1, not {norm_jump!r}")
+        self.enabled = enabled
+        self.writer = TimelineWriter(run_dir, files, clock=clock)
+        self.keyframes = Keyframes(run_dir, files, history_dir(run_dir))
+        self.on_anomaly = on_anomaly
+        self.norm_jump = float(norm_jump)
+        self.hot = False  # update() calls on_step(): a per-step check runs, or an anomaly waits for delivery
+        self._checks: list[StepCheck] = []
+        self._step_failed = False  # the per-step check failed once: off for the run
+        self._check_key: tuple = ()
+        self._credit = HOST_EXACT_VALUES
+        self._delivery: collections.deque = collections.deque()
+        self._raise: AnomalyError | None = None
+        self._slots: dict[str, int] = {}  # section name -> row of _ring (its recent norms)
+        self._slot_cache: dict[tuple, np.ndarray] = {}
+        self._ring = np.full((0, RECENT_NORMS), np.nan)
+        self._seen = np.zeros(0, np.int64)
+        self._jumping = np.zeros(0, bool)
+        self._reported: set[tuple[str, str]] = set()
+        self._last_step: int | None = None
+        self.anomalies = 0
+        self.first_anomaly: dict[str, Any] | None = None
+        self._failed = False
+
+    @property
+    def per_step(self) -> list[StepCheck]:
+        """The per-step device checks running now, one per device (empty: none runs)."""
+        return list(self._checks)
+
+    def stop_checks(self) -> None:
+        """Stop the per-step checks (the next frame of device tensors starts them again)."""
+        self._checks, self._check_key = [], ()
+        self.hot = bool(self._delivery) or self._raise is not None
+
+    # ------------------------------------------------------------ the training thread
+
+    def on_step(self, step: int) -> None:
+        """Every update() while hot: queue the per-step device check, hand over anomalies found since."""
+        try:
+            for check in self._checks:
+                check.check(step)
+        except Exception:  # never into the training loop: the checks stop for good, frames still check
+            self._checks, self._check_key, self._step_failed = [], (), True
+            self.hot = bool(self._delivery) or self._raise is not None
+            logger.warning("Beholder: the per-step anomaly check failed and is off; frames are still "
+                           "checked", exc_info=True)
+        if self._delivery or self._raise is not None:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Call on_anomaly with each new record, or raise AnomalyError (once) for "raise"."""
+        while self._delivery:
+            record = self._delivery.popleft()
+            if callable(self.on_anomaly):
+                self.on_anomaly(record)
+        self.hot = bool(self._checks)
+        error, self._raise = self._raise, None
+        if error is not None:
+            raise error
+
+    def gather(self, job: Any, named: list, watch: Any = None) -> None:
+        """The exact pass over a frame's sections (torch on a device: queued; host arrays: within budget).
+
+        With a torch model's ``watch`` showing gradients (captured by hooks,
+        only the shown part), the parameters' whole ``.grad`` are read instead.
+        """
+        if not self.enabled:
+            return
+        try:
+            self._gather(job, named, watch)
+        except Exception:  # the timeline never costs the frame
+            if not self._failed:
+                self._failed = True
+                logger.warning("Beholder: the timeline's exact pass failed; records carry sampled figures",
+                               exc_info=True)
+
+    def _gather(self, job: Any, named: list, watch: Any) -> None:
+        """gather() itself: sort the sections into host arrays and device tensors, run both passes."""
+        exact = _Exact(len(named))
+        job.exact = exact
+        host, devices = [], {}
+        from_torch = None
+        params = {}
+        if job.shown == "gradients" and watch is not None and getattr(watch, "framework", None) == "torch":
+            params = {name: param for name, param, _ in watch.variables()}
+        for i, entry in enumerate(named):
+            obj = entry[1]
+            if type(obj) is np.ndarray:
+                if obj.size and obj.dtype.kind in "biufc":
+                    host.append((i, obj))
+                continue
+            param = params.get(entry[0]) if params and type(obj) is Captured else None
+            if param is not None:
+                obj = param.grad  # the whole gradient, where the hook kept only the shown part
+            torch = _torch_kind(obj)
+            if torch is None:
+                continue
+            from_torch = torch
+            tensor = obj.detach()
+            if tensor.device.type == "cpu" and not _batch_cpu():
+                host.append((i, tensor))
+            else:
+                devices.setdefault(tensor.device, []).append((i, tensor, obj, param))
+        self._host_pass(exact, host)
+        if from_torch is not None:
+            self._device_pass(from_torch, exact, devices)
+        elif self._checks:
+            self._set_checks(None, {})
+
+    def _host_pass(self, exact: _Exact, host: list) -> None:
+        """Exact figures of host arrays, when the budget allows (else the sample's stand)."""
+        if not host:
+            return
+        total = sum(int(x.size if type(x) is np.ndarray else x.numel()) for _, x in host)
+        self._credit = min(self._credit + HOST_EXACT_VALUES, max(total, HOST_EXACT_VALUES))
+        if total > self._credit:
+            return
+        self._credit -= total
+        tensors = [(i, x) for i, x in host if type(x) is not np.ndarray]
+        for i, x in host:
+            if type(x) is np.ndarray:
+                exact.norm[i], exact.nonfinite[i] = _host_exact(x)
+                exact.exact[i] = True
+        if tensors:
+            torch = sys.modules["torch"]
+            norms = _norms(torch, [t for _, t in tensors]).numpy().astype(np.float64)
+            for (i, t), norm in zip(tensors, norms):
+                if np.isfinite(norm):
+                    exact.norm[i], exact.nonfinite[i] = norm, 0.0
+                else:
+                    exact.norm[i], exact.nonfinite[i] = _host_exact(t.numpy() if not t.is_complex()
+                                                                    else t.resolve_conj().numpy())
+                exact.exact[i] = True
+
+    def _device_pass(self, torch: Any, exact: _Exact, devices: dict) -> None:
+        """Queue the norms on each device, copy them (and the per-step check's flags) back asynchronously."""
+        # the same tensors (a model's parameters, updated in place; gradients: the same parameters) keep
+        # their checks and the flags they hold
+        key = tuple((i, id(obj), t.data_ptr()) if param is None else (i, id(param), -1)
+                    for entries in devices.values() for i, t, obj, param in entries)
+        if key != self._check_key:
+            self._set_checks(torch, devices)
+            self._check_key = key
+        by_device = {check.device: check for check in self._checks}
+        for device, entries in devices.items():
+            sections = [entry[0] for entry in entries]
+            norms = _norms(torch, [entry[1] for entry in entries])
+            check = by_device.get(device)
+            values = [norms] if check is None else [norms, check.first, check.value]
+            if device.type == "cuda":
+                host = [torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for v in values]
+                for h, v in zip(host, values):
+                    h.copy_(v, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+            else:
+                host, event = [v.detach().clone().cpu() for v in values], None
+            exact.device.append((sections, host, event, check is not None))
+
+    def _set_checks(self, torch: Any, devices: dict) -> None:
+        """(Re)build the per-step checks for the frame's device tensors."""
+        self._checks = [] if self._step_failed else [
+            StepCheck(torch, [x[0] for x in e], [x[1] for x in e], [x[3] for x in e])
+            for e in devices.values()]
+        if not self._checks:
+            self._check_key = ()
+        self.hot = bool(self._checks) or bool(self._delivery) or self._raise is not None
+
+    # ------------------------------------------------------------ the worker
+
+    def written(self, job: Any, sections: list[dict], ring: HistoryRing | None, names: list[str]) -> None:
+        """Append a written frame's records and look for anomalies (never raises into the worker)."""
+        if not self.enabled:
+            return
+        try:
+            self._written(job, sections, ring, names)
+        except Exception:
+            if not self._failed:
+                self._failed = True
+                logger.warning("Beholder: could not append to the timeline", exc_info=True)
+
+    def _written(self, job: Any, sections: list[dict], ring: HistoryRing | None, names: list[str]) -> None:
+        """written() itself: the records column by column, the anomalies, the keyframe, the appends."""
+        exact = job.exact
+        if exact is not None:
+            exact.resolve()
+        rows = [i for i, record in enumerate(sections) if record.get("stats") is not None and i < len(names)]
+        if not rows:
+            self._last_step = job.step
+            return
+        kept = [names[i] for i in rows]
+        stats = [sections[i]["stats"] for i in rows]
+        hists = [s.get("hist") or {} for s in stats]
+        records = tl.make_records(len(rows))
+        records["step"] = job.step
+        records["time"] = job.time
+        records["section"] = np.arange(len(rows))
+        records["min"] = _floats([h.get("lo") for h in hists])
+        records["max"] = _floats([h.get("hi") for h in hists])
+        for column in ("mean", "std", "zero"):
+            records[column] = _floats([s.get(column) for s in stats])
+        nan_frac = _floats([s.get("nan") for s in stats])
+        inf_frac = _floats([s.get("inf") for s in stats])
+        records["nan"], records["inf"] = nan_frac, inf_frac
+        count = _floats([s.get("count") for s in stats])
+        records["count"] = count
+        norm = _floats([s.get("norm") for s in stats])
+        nonfinite = (np.nan_to_num(nan_frac) + np.nan_to_num(inf_frac)) * count
+        is_nan, is_inf = nan_frac > 0, (inf_frac > 0) & ~(nan_frac > 0)
+        flags = np.zeros(len(rows), np.uint32)
+        step_first = np.full(len(rows), -1, np.int64)
+        if exact is not None:
+            idx = np.asarray(rows)
+            inside = idx < len(exact.norm)
+            idx = np.where(inside, idx, 0)
+            known = exact.exact[idx] & inside
+            norm = np.where(known, exact.norm[idx], norm)
+            counted = known & ~np.isnan(exact.nonfinite[idx])
+            nonfinite = np.where(counted, exact.nonfinite[idx], nonfinite)
+            is_nan = np.where(known, np.isnan(exact.norm[idx]), is_nan)
+            is_inf = np.where(known, np.isinf(exact.norm[idx]), is_inf)
+            checked = exact.step_checked[idx] & inside
+            flagged = checked & (exact.step_first[idx] >= 0)
+            step_first = np.where(flagged, exact.step_first[idx], -1)
+            is_nan |= flagged & np.isnan(exact.step_value[idx])
+            is_inf |= flagged & np.isinf(exact.step_value[idx])
+            flags |= np.where(known, tl.EXACT_NORM, 0).astype(np.uint32)
+            flags |= np.where(counted, tl.EXACT_NONFINITE, 0).astype(np.uint32)
+            flags |= np.where(checked, tl.STEP_CHECKED, 0).astype(np.uint32)
+        records["norm"] = norm
+        records["nonfinite"] = nonfinite
+        jumps, medians = self._norm_jumps(kept, norm)
+        found = []
+        for j in np.flatnonzero(is_nan | is_inf | jumps).tolist():
+            name = kept[j]
+            kind = "nan" if is_nan[j] else "inf" if is_inf[j] else None
+            if kind is not None and (name, kind) not in self._reported:
+                first = int(step_first[j]) if step_first[j] >= 0 else None
+                found.append(self._anomaly(job, name, kind, first, float(norm[j]), float(nonfinite[j]),
+                                           bool(flags[j] & tl.EXACT_NONFINITE)))
+            if jumps[j]:
+                found.append(self._anomaly(job, name, "norm_jump", None, float(norm[j]), 0.0, True,
+                                           median=float(medians[j])))
+            flags[j] |= tl.ANOMALY
+        records["flags"] = flags
+        self.writer.append(kept, records)
+        self._keyframe(ring, job.step)
+        found.sort(key=lambda r: r["step"] if "step" in r else r["steps"][0])  # the earliest is the first
+        for record in found:
+            self._report(record, ring)
+        self._last_step = job.step
+
+    def _keyframe(self, ring: HistoryRing | None, step: int) -> None:
+        """Maybe make this frame a keyframe; delete the files of keyframes dropped for the budget."""
+        if ring is None:
+            return
+        files = self.writer.files
+        join = posixpath.join if self.writer.remote else os.path.join
+        for name in self.keyframes.consider(ring, step):
+            files.remove(join(self.keyframes.history_dir, name))
+
+    def _norm_jumps(self, kept: list[str], norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which norms newly jumped past norm_jump times their section's recent median, and the medians.
+
+        Each section keeps its last RECENT_NORMS finite norms (a jumped norm
+        does not join them, so it does not become the new normal at once).
+        """
+        key = tuple(kept)
+        slots = self._slot_cache.get(key)
+        if slots is None:
+            for name in kept:
+                if name not in self._slots:
+                    self._slots[name] = len(self._slots)
+            if len(self._slots) > len(self._ring):
+                grow = max(len(self._slots), 2 * len(self._ring))
+                self._ring = np.vstack([self._ring, np.full((grow - len(self._ring), RECENT_NORMS), np.nan)])
+                self._seen = np.concatenate([self._seen, np.zeros(grow - len(self._seen), np.int64)])
+                self._jumping = np.concatenate([self._jumping, np.zeros(grow - len(self._jumping), bool)])
+            if len(self._slot_cache) >= 16:
+                self._slot_cache.clear()
+            slots = self._slot_cache[key] = np.array([self._slots[n] for n in kept], np.intp)
+        seen = self._seen[slots]
+        enough = seen >= MIN_NORMS
+        medians = np.full(len(slots), np.nan)
+        if enough.any():
+            window = self._ring[slots[enough]]
+            full = seen[enough] >= RECENT_NORMS
+            medians[np.flatnonzero(enough)[full]] = np.median(window[full], axis=1)
+            for k in np.flatnonzero(~full).tolist():  # not yet RECENT_NORMS norms: the median of those seen
+                medians[np.flatnonzero(enough)[k]] = np.median(window[k, : seen[enough][k]])
+        finite = np.isfinite(norm)
+        with np.errstate(invalid="ignore"):
+            over = finite & enough & (medians > 0) & (norm > self.norm_jump * medians)
+        jumps = over & ~self._jumping[slots]
+        self._jumping[slots] = np.where(finite, over, self._jumping[slots])
+        add = finite & ~over
+        if add.any():
+            targets = slots[add]
+            self._ring[targets, self._seen[targets] % RECENT_NORMS] = norm[add]
+            self._seen[targets] += 1
+        return jumps, medians
+
+    def _anomaly(self, job: Any, name: str, kind: str, step_first: int | None, norm: float,
+                 nonfinite: float, exact_count: bool, median: float | None = None) -> dict[str, Any]:
+        """An anomaly record: the exact step (per-step check), else the steps since the last frame."""
+        self._reported.add((name, kind))
+        record: dict[str, Any] = {"section": name, "values": job.shown, "kind": kind}
+        first = 1 if self._last_step is None else self._last_step + 1
+        if step_first is not None:
+            record["step"] = step_first
+            record["checked"] = "step"
+        elif first >= job.step:
+            record["step"] = job.step
+            record["checked"] = "frame"
+        else:
+            record["steps"] = [first, job.step]
+            record["checked"] = "frame"
+        record["time"] = job.time
+        record["frame_step"] = job.step
+        found: dict[str, Any] = {"norm": norm if np.isfinite(norm) else str(norm)}
+        if kind != "norm_jump":
+            found["nonfinite"] = nonfinite
+            found["nonfinite_exact"] = exact_count
+        if median is not None:
+            found["median"] = median
+            found["threshold"] = self.norm_jump
+        record["found"] = found
+        return record
+
+    def _report(self, record: dict[str, Any], ring: HistoryRing | None) -> None:
+        """Pin (first anomaly), append, log, and queue the record for on_anomaly."""
+        self.anomalies += 1
+        if self.first_anomaly is None:
+            record["first"] = True
+            frames = self._pin(ring, record["frame_step"])
+            if frames:
+                record["frames"] = frames
+            self.first_anomaly = record
+            logger.warning("%s", describe(record))
+            if self.on_anomaly == "raise":
+                self._raise = AnomalyError(record)
+                self.hot = True
+        if self.anomalies <= MAX_ANOMALIES:
+            self.writer.add_anomaly(record)
+        if callable(self.on_anomaly):
+            self._delivery.append(record)
+            self.hot = True
+
+    def _pin(self, ring: HistoryRing | None, step: int) -> list[str]:
+        """Pin the anomaly's frame and the one before in the history ring; their steps in the thinning."""
+        names = []
+        if ring is not None and ring.entries and ring.entries[-1].step == step:
+            entries = list(ring.entries)[-2:]
+            for entry in entries:
+                ring.pin(entry.name)
+                self.keyframes.protected.add(entry.name)
+                names.append(entry.name)
+                self.writer.protected.add(entry.step)
+        self.writer.protected.add(step)
+        if self._last_step is not None:
+            self.writer.protected.add(self._last_step)
+        return names
+
+    def adopt(self, ring: HistoryRing) -> None:
+        """Pin again the frames an earlier writer pinned (its anomaly records name them)."""
+        self.keyframes.adopt(ring)
+        try:  # a trainer killed while it rewrote base.bht may have left the temporary file
+            self.writer.files.remove_stale_temp_files(self.writer.directory)
+            records = tl.read_anomalies(self.writer.run_dir, self.writer.files)
+        except (OSError, ValueError):
+            return
+        kept = {e.name for e in ring.entries}
+        for record in records:
+            for name in record.get("frames", []):
+                if isinstance(name, str) and name in kept:
+                    ring.pin(name)
+                    self.keyframes.protected.add(name)
+            for key in ("frame_step", "step"):
+                if isinstance(record.get(key), int):
+                    self.writer.protected.add(record[key])
+
+    def close(self) -> None:
+        """Finish the part in progress (remote: upload it)."""
+        try:
+            self.writer.close()
+        except OSError as exc:
+            logger.warning("Beholder: could not finish the timeline (%s)", exc)
+
+
+def _floats(values: list) -> np.ndarray:
+    """Numbers (None: NaN) as a float64 array."""
+    return np.array([np.nan if v is None else v for v in values], np.float64)
+
+
+def _batch_cpu() -> bool:
+    """Whether CPU tensors take the device path (BEHOLDER_BATCH_CPU_TENSORS=1; tests and CI)."""
+    module = sys.modules.get("beholder_plugin.trainer.sources.torch_batch")
+    return bool(getattr(module, "BATCH_CPU_TENSORS", False))

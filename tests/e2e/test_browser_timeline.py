@@ -1,0 +1,109 @@
+"""End to end: the Timeline view in Chromium, on a real TensorBoard serving a run whose layer went NaN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from server_support import BROWSER_MARKS, TensorBoard, beholder_frame, chromium_page, set_config, wait_for
+
+from beholder_plugin import Beholder, read_anomalies
+
+pytestmark = BROWSER_MARKS
+
+NAN_STEP = 9
+
+
+@pytest.fixture(scope="module")
+def page_on_timeline(tmp_path_factory):
+    """A finished run (frames at steps 1-12, section w NaN from step 9), TensorBoard, the tab open."""
+    logdir = tmp_path_factory.mktemp("logs")
+    other = logdir / "other"  # written first, so that nanrun is the run the tab opens on
+    other.mkdir()
+    set_config(other, values="arrays", FPS=30)
+    with Beholder(str(other), background=False) as beholder:
+        for step in range(1, 4):
+            beholder.frame_due_now()
+            beholder.update(arrays={"w": np.full((16, 16), float(step), np.float32)})
+    run = logdir / "nanrun"
+    run.mkdir()
+    set_config(run, values="arrays", FPS=30)
+    rng = np.random.default_rng(0)
+    with Beholder(str(run), background=False) as beholder:
+        for step in range(1, 13):
+            w = rng.normal(size=(16, 16)).astype(np.float32) * step
+            if step >= NAN_STEP:
+                w[2, 3] = np.nan
+            beholder.frame_due_now()  # a frame at every step
+            beholder.update(arrays={"w": w, "b": np.linspace(0, 1, 8)})
+    assert read_anomalies(str(run))[0]["step"] == NAN_STEP
+    tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
+    try:
+        tb.start()
+        with chromium_page() as page:
+            page.goto(tb.url + "/#beholder")
+            frame = beholder_frame(page)
+            wait_for(lambda: frame.evaluate("window.beholder.run") == "nanrun", message="the run selected")
+            yield page, frame
+    finally:
+        tb.stop()
+
+
+def debug(frame) -> dict:
+    """The timeline view's debug record (what it drew, hovered, opened)."""
+    return frame.evaluate("window.beholderDebug.timeline()")
+
+
+def test_timeline_hover_click_through_and_jump(page_on_timeline):
+    """Open the timeline; hover a point (its numbers); click through to its frame; jump to the anomaly."""
+    page, frame = page_on_timeline
+    frame.click("#view-timeline")
+    wait_for(lambda: debug(frame)["drawn"] == 2, message="two timeline rows")
+    assert not frame.is_hidden("#timeline") and frame.is_hidden("#stage")
+    canvas = frame.query_selector('canvas.tl-spark[data-section="w"]')
+    box = canvas.bounding_box()
+    # x of step 5 on a 640 px axis from step 1 to 12
+    x = box["x"] + (5 - 1) / (12 - 1) * 639
+    page.mouse.move(x, box["y"] + box["height"] / 2)
+    hover = wait_for(lambda: debug(frame)["hover"], message="a hovered point")
+    assert hover["section"] == "w" and hover["step"] == 5
+    assert "step 5" in frame.inner_text("#timeline-readout")
+    page.mouse.click(x, box["y"] + box["height"] / 2)
+    opened = wait_for(lambda: debug(frame)["opened"], message="a kept frame opened")
+    assert opened["step"] == 5
+    wait_for(lambda: frame.evaluate("window.beholder.kept") == opened["name"], message="the kept frame shown")
+    assert frame.is_hidden("#timeline") and not frame.is_hidden("#stage")
+    frame.click("#view-timeline")
+    wait_for(lambda: not frame.is_hidden("#timeline"), message="the timeline again")
+    frame.click("#timeline-jump")
+    jumped = wait_for(lambda: debug(frame).get("jumped"), message="the jump to the first anomaly")
+    assert jumped["section"] == "w" and jumped["step"] == NAN_STEP
+    assert "First anomaly: nan in w at step 9" in frame.inner_text("#timeline-readout")
+    assert frame.get_attribute('.tl-row[data-section="w"]', "class").split().count("tl-current") == 1
+    frame.select_option("#timeline-scale", "log")  # the log scale draws too
+    wait_for(lambda: debug(frame)["drawn"] == 2, message="rows on a log scale")
+
+
+def test_the_section_filter_applies_to_the_timeline(page_on_timeline):
+    """The Sections box (the run's filter) chooses the timeline's rows too."""
+    page, frame = page_on_timeline
+    frame.fill("#section-filter", "b")
+    wait_for(lambda: frame.evaluate("window.beholderDebug.timeline().drawn") == 1, timeout=30,
+             message="one row once the filter reaches the config")  # redrawn at the next refresh
+    assert frame.query_selector('.tl-row[data-section="b"]')
+    assert not frame.query_selector('.tl-row[data-section="w"]')
+    frame.fill("#section-filter", "")
+    wait_for(lambda: frame.evaluate("window.beholderDebug.timeline().drawn") == 2, timeout=30,
+             message="both rows again")
+
+
+def test_compare_with_overlays_the_other_runs_norms(page_on_timeline):
+    """With "Compare with" set, the timeline loads the other run too and draws its norms on the same rows."""
+    page, frame = page_on_timeline
+    frame.click("#view-timeline")
+    frame.select_option("#compare-select", "other")
+    wait_for(lambda: "compared with other" in frame.inner_text("#timeline-status"), timeout=30,
+             message="the other run overlaid")
+    assert debug(frame)["drawn"] == 2
+    frame.select_option("#compare-select", "")
+    wait_for(lambda: "compared with" not in frame.inner_text("#timeline-status"), timeout=30,
+             message="the overlay gone")

@@ -1,0 +1,167 @@
+"""The timeline's files (protocol/timeline.py): written by the trainer's writer, read back by every reader."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from beholder_plugin import read_anomalies, read_timeline
+from beholder_plugin.protocol import timeline as tl
+from beholder_plugin.protocol.files import files_for
+from beholder_plugin.server.timeline import timeline_answer
+from beholder_plugin.trainer.timeline import TimelineWriter
+
+section_names = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=5, unique=True)
+floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
+
+
+def frame_records(names: list[str], step: int, when: float, values: list[float]) -> np.ndarray:
+    """One frame's records for these sections, their figures from values."""
+    records = tl.make_records(len(names))
+    records["step"] = step
+    records["time"] = when
+    records["section"] = np.arange(len(names))
+    for column in ("min", "max", "mean", "std", "norm", "zero", "nan", "inf"):
+        records[column] = values[: len(names)] if len(values) >= len(names) else 0.0
+    records["nonfinite"] = step % 3
+    records["count"] = 100
+    records["flags"] = step % 32
+    return records
+
+
+def expected_columns(frames: list[tuple[list[str], np.ndarray]]) -> dict[str, np.ndarray]:
+    """The records by section name, as the writer was handed them."""
+    out: dict[str, list] = {}
+    for names, records in frames:
+        for j, name in enumerate(names):
+            out.setdefault(name, []).append(records[j : j + 1])
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def assert_same(found: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    """The same sections and the same records (section ids aside), bit for bit."""
+    assert sorted(found) == sorted(expected)
+    for name, recs in expected.items():
+        got = found[name]
+        assert len(got) == len(recs), name
+        for column in tl.COLUMNS:
+            np.testing.assert_array_equal(got[column], recs[column], err_msg=f"{name} {column}")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=section_names, frames=st.integers(1, 12), values=st.lists(floats, min_size=5, max_size=5),
+       budget=st.sampled_from([200, 2000, 10**9]), subsets=st.data())
+def test_written_records_read_back(tmp_path_factory, names, frames, values, budget, subsets):
+    """Whatever the sections, figures (NaN, inf included) and compactions, every reader reads them back."""
+    run = str(tmp_path_factory.mktemp("run"))
+    writer = TimelineWriter(run, files_for(run), parts_budget=budget, cap=10**6)
+    written = []
+    for step in range(1, frames + 1):
+        # sections come and go between frames
+        shown = subsets.draw(st.lists(st.sampled_from(names), min_size=1, unique=True))
+        records = frame_records(shown, step, 1000.0 + step, values)
+        writer.append(shown, records)
+        written.append((shown, records))
+    writer.close()
+    expected = expected_columns(written)
+    assert_same(tl.read_records(run), expected)
+    columns = read_timeline(run)
+    answer = {s["name"]: s for s in timeline_answer("run", run, 4096)["sections"]}  # the server's reader
+    for name, recs in expected.items():
+        np.testing.assert_array_equal(columns[name]["step"], recs["step"])
+        np.testing.assert_array_equal(columns[name]["norm"], recs["norm"])
+        for column, dtype in (("step", "<f8"), ("norm", "<f4"), ("mean", "<f4"), ("nonfinite", "<f4")):
+            got = np.frombuffer(base64.b64decode(answer[name][column]), dtype)
+            np.testing.assert_array_equal(got, recs[column].astype(dtype), err_msg=f"{name} {column}")
+
+
+def test_a_partly_written_tail_is_left_out(run_dir):
+    """A part cut anywhere inside its last chunk reads as the frames before it (a file being appended)."""
+    writer = TimelineWriter(run_dir, files_for(run_dir))
+    for step in range(1, 4):
+        writer.append(["a", "b"], frame_records(["a", "b"], step, float(step), [1.0, 2.0]))
+    writer.close()
+    part = os.path.join(tl.timeline_dir(run_dir), tl.part_name(0))
+    data = open(part, "rb").read()
+    last = len(tl.records_chunk(frame_records(["a", "b"], 3, 3.0, [1.0, 2.0])))
+    for cut in (len(data) - 1, len(data) - last + 1, len(data) - last + tl.HEADER_BYTES):
+        with open(part, "wb") as f:
+            f.write(data[:cut])
+        found = tl.read_records(run_dir)
+        assert found["a"]["step"].tolist() == [1, 2]
+    with open(part, "wb") as f:  # a flipped byte in the last chunk: its CRC refuses it
+        f.write(data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
+    assert tl.read_records(run_dir)["b"]["step"].tolist() == [1, 2]
+
+
+def test_anomalies_read_back_without_a_partial_line(run_dir):
+    """anomalies.jsonl: complete lines only."""
+    writer = TimelineWriter(run_dir, files_for(run_dir))
+    writer.add_anomaly({"section": "w", "values": "arrays", "kind": "nan", "step": 7, "time": 1.0})
+    path = os.path.join(tl.timeline_dir(run_dir), tl.ANOMALIES_FILE)
+    with open(path, "ab") as f:
+        f.write(b'{"section": "x", "kind"')
+    assert read_anomalies(run_dir) == [{"section": "w", "values": "arrays", "kind": "nan", "step": 7,
+                                        "time": 1.0}]
+
+
+def test_thinning_keeps_first_recent_anomalies_and_log_spacing():
+    """thin(): the first and the recent records, every anomaly, log-spaced ages between, cap in all."""
+    n = 10000
+    records = tl.make_records(n)
+    records["step"] = np.arange(n)
+    records["time"] = np.arange(n, dtype=float)
+    records["flags"][[500, 5000]] = tl.ANOMALY
+    kept = tl.thin(records, now=float(n), keep_first=10, keep_recent=100, cap=300)
+    steps = kept["step"]
+    assert len(kept) <= 300
+    assert steps[:10].tolist() == list(range(10))
+    assert steps[-100:].tolist() == list(range(n - 100, n))
+    assert {500, 5000} <= set(steps.tolist())
+    middle = steps[(steps >= 10) & (steps < n - 100)]
+    ages = n - middle
+    assert len(middle) > 150
+    # log spacing: the older half of the ages holds far fewer records than the newer
+    assert np.sum(ages > n / 2) < np.sum(ages < n / 8)
+
+
+def test_a_week_at_ten_frames_a_second_of_300_sections_stays_under_64_mb(run_dir):
+    """A 7-day run compressed in time (a fake clock): under its budget, first frames and the anomaly kept.
+
+    Enough frames to thin several times over: each section then holds its
+    cap, and the bound (300 * MAX_PER_SECTION * 72 B + PARTS_BUDGET) holds
+    whatever the length of the run.
+    """
+    sections = [f"layer{i}/weight" for i in range(300)]
+    now = [1.7e9]
+    writer = TimelineWriter(run_dir, files_for(run_dir), clock=lambda: now[0])
+    frames = 3000
+    spacing = 7 * 24 * 3600 / frames
+    biggest = 0
+    for k in range(frames):
+        now[0] += spacing
+        records = frame_records(sections, k + 1, now[0], [float(k)] * 300)
+        records["flags"] = tl.ANOMALY if k == 700 else 0
+        writer.append(sections, records)
+        if k % 97 == 0:
+            biggest = max(biggest, _bytes(tl.timeline_dir(run_dir)))
+    writer.close()
+    biggest = max(biggest, _bytes(tl.timeline_dir(run_dir)))
+    assert biggest < 64 * 2**20
+    assert 300 * tl.MAX_PER_SECTION * tl.RECORD.itemsize + tl.PARTS_BUDGET < 64 * 2**20
+    found = tl.read_records(run_dir)
+    assert len(found) == 300
+    steps = found["layer7/weight"]["step"]
+    assert len(steps) <= tl.MAX_PER_SECTION + tl.PARTS_BUDGET // (300 * tl.RECORD.itemsize) + 1
+    assert steps[: tl.KEEP_FIRST].tolist() == list(range(1, tl.KEEP_FIRST + 1))
+    assert 701 in steps.tolist()
+    assert steps[-1] == frames
+
+
+def _bytes(directory: str) -> int:
+    """The bytes of the files in a directory."""
+    return sum(os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory))

@@ -1,0 +1,130 @@
+"""The /timeline route: a timeline bucketed by step, its anomalies and kept frames; bad input refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import numpy as np
+from server_support import BASE, plugin_client, set_config
+
+from beholder_plugin import Beholder, read_timeline
+from beholder_plugin.protocol import timeline as tl
+from beholder_plugin.protocol.files import files_for
+from beholder_plugin.trainer.timeline import TimelineWriter
+
+
+def column(entry: dict, name: str) -> np.ndarray:
+    """A base64 column of the answer as an array."""
+    dtype = "<f8" if name in ("step", "time") else "<u4" if name == "flags" else "<f4"
+    return np.frombuffer(base64.b64decode(entry[name]), dtype)
+
+
+def get(client, path: str):
+    """A GET answered by the plugin: (status, JSON)."""
+    response = client.get(BASE + path)
+    return response.status_code, json.loads(response.get_data())
+
+
+def test_timeline_of_a_trained_run(tmp_path):
+    """A run's records come back by section, with the anomaly and the kept frames to click through to."""
+    run = str(tmp_path / "run1")
+    os.makedirs(run)
+    set_config(run, values="arrays", FPS=30)
+    with Beholder(run, background=False) as beholder:
+        for step in range(1, 13):
+            w = np.full((4, 4), float(step), np.float32)
+            if step >= 9:
+                w[0, 0] = np.inf
+            beholder.frame_due_now()
+            beholder.update(arrays={"w": w, "b": np.ones(3)})
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1&points=64")
+    assert status == 200
+    assert answer["first_step"] == 1 and answer["last_step"] == 12
+    by_name = {s["name"]: s for s in answer["sections"]}
+    assert set(by_name) == {"w", "b"}
+    w = by_name["w"]
+    np.testing.assert_array_equal(column(w, "step"), np.arange(1, 13))
+    expected = read_timeline(run)["w"]
+    np.testing.assert_array_equal(column(w, "norm"), expected["norm"])
+    assert np.isinf(column(w, "norm")[8]) and column(w, "nonfinite")[8] == 1
+    assert [(a["section"], a["kind"], a["step"]) for a in answer["anomalies"]] == [("w", "inf", 9)]
+    assert [k["step"] for k in answer["kept"]] == list(range(1, 13))
+
+
+def test_buckets_keep_the_band_and_line_up_by_step(tmp_path):
+    """Fewer points than records: each bucket's smallest min and largest max, rows aligned on steps."""
+    run = str(tmp_path / "run1")
+    writer = TimelineWriter(run, files_for(run))
+    for step in range(1, 101):
+        records = tl.make_records(2)
+        records["step"] = step
+        records["section"] = [0, 1]
+        records["min"] = -step if step % 10 else -1000  # the band's low is one record of each ten
+        records["max"] = step
+        records["norm"] = step
+        writer.append(["a", "b"], records)
+    writer.close()
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1&points=10")
+    assert status == 200
+    a = next(s for s in answer["sections"] if s["name"] == "a")
+    np.testing.assert_array_equal(column(a, "step"), np.arange(10, 101, 10))
+    np.testing.assert_array_equal(column(a, "min"), np.full(10, -1000))
+    np.testing.assert_array_equal(column(a, "norm"), np.arange(10, 101, 10))
+    np.testing.assert_array_equal(column(a, "max"), np.arange(10, 101, 10))
+
+
+def test_bad_requests_get_clear_errors(tmp_path):
+    """A missing or unknown run, a run name leading out, or bad points: 4xx with a message, never a 500."""
+    os.makedirs(tmp_path / "run1" / "plugins" / "beholder")
+    _, client = plugin_client(tmp_path)
+    assert get(client, "/timeline?run=run1")[0] == 200
+    for query, code in (("", 400), ("?run=nope", 404), ("?run=../etc", 403), ("?run=run1&points=1", 400),
+                        ("?run=run1&points=abc", 400), ("?run=run1&points=99999999999", 400)):
+        status, answer = get(client, "/timeline" + query)
+        assert status == code, (query, answer)
+        assert answer["error"]
+
+
+def test_a_hostile_timeline_file_is_refused_or_read_as_far_as_valid(tmp_path):
+    """Garbage, a chunk claiming 4 GB, a huge file: read up to the bad chunk, or refused with a message."""
+    run = tmp_path / "run1"
+    directory = run / "plugins" / "beholder" / "timeline"
+    directory.mkdir(parents=True)
+    good = tl.names_chunk({"x": 0}) + tl.records_chunk(tl.make_records(1))
+    (directory / tl.part_name(0)).write_bytes(good + b"BHTLR\0\0\0\xff\xff\xff\xff\0\0\0\0" + b"junk")
+    (directory / tl.ANOMALIES_FILE).write_bytes(b'not json\n["list"]\n{"section": "x", "kind": "nan"}\n')
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1")
+    assert status == 200
+    assert [s["name"] for s in answer["sections"]] == ["x"]
+    assert answer["anomalies"] == [{"section": "x", "kind": "nan"}]
+    with open(directory / tl.part_name(1), "wb") as f:
+        f.truncate(tl.MAX_FILE_BYTES + 1)
+    status, answer = get(client, "/timeline?run=run1")
+    assert status == 500 and "bytes" in answer["error"]
+
+
+def test_a_cached_answer_follows_new_records(tmp_path):
+    """The answer kept between requests is built again as soon as a timeline file changes."""
+    run = str(tmp_path / "run1")
+    writer = TimelineWriter(run, files_for(run))
+
+    def frame(step: int) -> None:
+        records = tl.make_records(1)
+        records["step"] = step
+        records["norm"] = step
+        writer.append(["a"], records)
+
+    frame(1)
+    _, client = plugin_client(tmp_path)
+    assert column(get(client, "/timeline?run=run1")[1]["sections"][0], "step").tolist() == [1]
+    assert column(get(client, "/timeline?run=run1")[1]["sections"][0], "step").tolist() == [1]
+    frame(2)
+    assert column(get(client, "/timeline?run=run1")[1]["sections"][0], "step").tolist() == [1, 2]
+    writer.compact()  # base.bht rewritten, the parts gone
+    frame(3)
+    assert column(get(client, "/timeline?run=run1")[1]["sections"][0], "norm").tolist() == [1, 2, 3]

@@ -1,0 +1,239 @@
+"""The trainer's timeline (trainer/timeline.py): records per frame, anomalies at the step, pinned frames."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import pytest
+from support import set_config
+
+from beholder_plugin import AnomalyError, Beholder, read_anomalies, read_timeline
+from beholder_plugin.protocol import timeline as tl
+from beholder_plugin.protocol.history import list_history
+
+torch = pytest.importorskip("torch")
+from beholder_plugin.trainer.sources import torch_batch  # noqa: E402
+
+NAN_STEP = 17
+FRAME_STEPS = (1, 10, 20, 30)
+
+
+def train(run: str, device: str = "cpu", steps: int = 30, frame_steps=FRAME_STEPS, **kwargs) -> Beholder:
+    """A small torch model trained; layer 2's weight NaN from NAN_STEP on; frames at frame_steps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    set_config(run, FPS=1, values="trainable_variables")
+    beholder = Beholder(run, **kwargs)
+    beholder.watch(model, activations=False, gradients=False)
+    x = torch.randn(32, 8, device=device)
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+        if step == NAN_STEP:
+            with torch.no_grad():
+                model[2].weight[1, 3] = float("nan")
+        if step in frame_steps:
+            beholder.frame_due_now()  # a frame is due at this step
+        beholder.update()
+        if step in frame_steps:
+            beholder.flush()
+    return beholder
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_layer_turning_nan_is_caught_at_its_step_or_between_frames(run_dir, monkeypatch, batched, caplog):
+    """The per-step check (device path: CPU tensors batched as on a GPU) names the exact step; the host
+    path names the steps between the frame before and the frame that found it."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        beholder = train(run_dir)
+        beholder.close()
+    anomalies = read_anomalies(run_dir)
+    assert {a["kind"] for a in anomalies} == {"nan"}  # the NaN spreads to every layer at the next step
+    record = next(a for a in anomalies if a["section"] == "2.weight")
+    assert record["values"] == "trainable_variables"
+    assert sum(1 for a in anomalies if a.get("first")) == 1
+    if batched:
+        assert record["step"] == NAN_STEP and record["checked"] == "step"
+        assert record["first"]
+        assert all(a["step"] == NAN_STEP + 1 for a in anomalies if a is not record)
+    else:
+        assert record["steps"] == [11, 20] and record["checked"] == "frame"
+    lines = [r.getMessage() for r in caplog.records if "first anomaly" in r.getMessage()]
+    assert len(lines) == 1
+    if batched:
+        assert "2.weight" in lines[0] and f"at step {NAN_STEP}" in lines[0]
+    else:
+        assert "between steps 11 and 20" in lines[0]
+    columns = read_timeline(run_dir)
+    weight = columns["2.weight"]
+    assert weight["step"].tolist() == list(FRAME_STEPS)
+    assert np.isfinite(weight["norm"][:2]).all() and np.isnan(weight["norm"][2:]).all()
+    assert (weight["flags"] & tl.EXACT_NORM).all()
+    assert weight["nonfinite"][0] == 0 and weight["nonfinite"][2] >= 1
+    assert (weight["flags"][2] & tl.ANOMALY) and not (weight["flags"][1] & tl.ANOMALY)
+    assert np.isfinite(columns["0.weight"]["norm"][:2]).all()
+
+
+def test_exact_norm_is_the_whole_arrays(run_dir):
+    """The timeline's norm of a large array is its exact L2 norm, not the sample's estimate."""
+    set_config(run_dir, FPS=30, values="arrays")
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal(100_000).astype(np.float32)
+    big[:50_000] *= 10  # a sample of 8 runs does not see this in proportion
+    with Beholder(run_dir, background=False) as beholder:
+        assert beholder.update(arrays={"big": big})
+    columns = read_timeline(run_dir)["big"]
+    assert columns["norm"][0] == pytest.approx(float(np.linalg.norm(big.astype(np.float64))), rel=1e-5)
+    assert columns["flags"][0] & tl.EXACT_NORM
+    assert columns["count"][0] == big.size
+
+
+def test_pinned_frames_survive_the_rings_turnover(run_dir, monkeypatch):
+    """The frame before the anomaly and the anomaly's frame stay in history/ after the ring has moved on."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    beholder = train(run_dir)
+    record = read_anomalies(run_dir)[0]
+    pinned = record["frames"]
+    assert [int(n.rsplit("-", 1)[1].split(".")[0]) for n in pinned] == [10, 20]
+    set_config(run_dir, FPS=1, values="trainable_variables", history_seconds=1)
+    time.sleep(1.2)
+    for _ in range(3):  # later frames: the ring's age budget expires everything older
+        beholder.frame_due_now()
+        beholder.update()
+        beholder.flush()
+    beholder.close()
+    kept = [e.name for e in list_history(run_dir)]
+    assert set(pinned) <= set(kept)
+    assert not any(e.step == 30 for e in list_history(run_dir))  # an unpinned frame (not a keyframe) is gone
+    for name in pinned:
+        assert os.path.exists(os.path.join(run_dir, "plugins", "beholder", "history", name))
+
+
+def test_on_anomaly_raise_and_callable(run_dir, monkeypatch):
+    """on_anomaly="raise" raises AnomalyError from an update() after the anomaly; a function gets it."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    with pytest.raises(AnomalyError, match="2.weight") as caught:
+        train(run_dir, on_anomaly="raise").close()
+    assert caught.value.record["step"] == NAN_STEP
+    got = []
+    other = os.path.join(run_dir, "other")
+    train(other, on_anomaly=got.append).close()
+    assert got[0]["section"] == "2.weight" and got[0]["step"] == NAN_STEP
+
+
+def test_norm_jump(run_dir):
+    """A norm 10x its recent median is a norm_jump anomaly, with the steps since the frame before."""
+    set_config(run_dir, FPS=30, values="arrays")
+    with Beholder(run_dir, background=False, norm_jump=10.0) as beholder:
+        for step in range(1, 9):
+            scale = 100.0 if step == 7 else 1.0
+            beholder.frame_due_now()
+            beholder.update(arrays={"w": np.full(64, scale, np.float32)})
+    anomalies = read_anomalies(run_dir)
+    assert [(a["kind"], a["section"], a["step"]) for a in anomalies] == [("norm_jump", "w", 7)]
+    assert anomalies[0]["found"]["median"] == pytest.approx(8.0)
+
+
+def test_bad_on_anomaly_is_refused(run_dir):
+    """on_anomaly must be None, "raise" or a function."""
+    with pytest.raises(ValueError, match="on_anomaly"):
+        Beholder(run_dir, on_anomaly="explode")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_the_nan_is_named_at_its_exact_step(run_dir):
+    """On CUDA the per-step check (kept on the device, read with the next frame) names the exact step."""
+    beholder = train(run_dir, device="cuda")
+    beholder.close()
+    record = next(a for a in read_anomalies(run_dir) if a["section"] == "2.weight")
+    assert record["step"] == NAN_STEP and record["checked"] == "step" and record["first"]
+    assert read_anomalies(run_dir)[0] == record
+    weight = read_timeline(run_dir)["2.weight"]
+    assert (weight["flags"] & tl.STEP_CHECKED).all() and (weight["flags"] & tl.EXACT_NORM).all()
+
+
+def test_a_failing_per_step_check_never_reaches_the_training_loop(run_dir, monkeypatch, caplog):
+    """A failing per-step check (a freed tensor, a device error) goes off, warned once; training goes on."""
+    from beholder_plugin.trainer import timeline as trainer_timeline
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+
+    def broken(self, step):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(trainer_timeline.StepCheck, "check", broken)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        beholder = train(run_dir, steps=12)
+    assert not beholder.timeline.hot and not beholder.timeline.per_step
+    beholder.close()
+    assert sum("per-step anomaly check failed" in r.getMessage() for r in caplog.records) == 1
+    assert read_timeline(run_dir)["2.weight"]["step"].tolist() == [1, 10]
+
+
+def test_gradients_turning_nan_are_caught_at_their_step(run_dir, monkeypatch):
+    """Showing gradients (captured by hooks), the per-step check reads each parameter's whole .grad."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay finite
+    set_config(run_dir, FPS=1, values="gradients")
+    beholder = Beholder(run_dir)
+    beholder.watch(model, activations=False)
+    x = torch.randn(32, 8)
+    for step in range(1, 31):
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        if step == NAN_STEP:
+            out = out * float("nan")
+        out.square().mean().backward()
+        optimizer.step()
+        if step in FRAME_STEPS:
+            beholder.frame_due_now()
+        beholder.update()
+        if step in FRAME_STEPS:
+            beholder.flush()
+    beholder.close()
+    anomalies = read_anomalies(run_dir)
+    assert anomalies and all(a["values"] == "gradients" for a in anomalies)
+    first = next(a for a in anomalies if a.get("first"))
+    assert first["step"] == NAN_STEP and first["checked"] == "step"
+    assert {a["section"] for a in anomalies} >= {"2.weight", "0.weight"}
+    assert all(a["step"] == NAN_STEP for a in anomalies)
+    columns = read_timeline(run_dir)["0.weight"]
+    assert (columns["flags"][1:] & tl.EXACT_NORM).all()  # the whole gradient's norm, not the sample's
+
+
+def test_tensor_subclasses_get_no_exact_pass(run_dir):
+    """Only plain tensors get the norm pass: a subclass (DTensor under FSDP2) could run a collective."""
+
+    class Wrapped(torch.Tensor):
+        pass
+
+    set_config(run_dir, FPS=30, values="arrays")
+    with Beholder(run_dir, background=False) as beholder:
+        beholder.update(arrays={"plain": torch.ones(8, 8), "wrapped": torch.ones(8, 8).as_subclass(Wrapped)})
+    columns = read_timeline(run_dir)
+    assert columns["plain"]["flags"][0] & tl.EXACT_NORM
+    assert not columns["wrapped"]["flags"][0] & tl.EXACT_NORM
+    assert columns["wrapped"]["norm"][0] == pytest.approx(8.0)  # the sample's figure, still there
+
+
+def test_a_new_beholder_clears_a_stale_temporary_timeline_file(run_dir):
+    """A base.bht rewrite cut short by a killed trainer leaves a temp file; the next Beholder clears it."""
+    from beholder_plugin.protocol.files import temp_name
+
+    directory = tl.timeline_dir(run_dir)
+    os.makedirs(directory)
+    stale = os.path.join(directory, temp_name(tl.BASE_FILE))
+    with open(stale, "wb") as f:
+        f.write(b"x" * 100)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    Beholder(run_dir).close()
+    assert not os.path.exists(stale)
