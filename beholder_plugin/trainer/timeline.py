@@ -43,6 +43,7 @@ from beholder_plugin.protocol.history import HistoryRing
 from beholder_plugin.protocol.names import history_dir
 from beholder_plugin.trainer.keyframes import Keyframes
 from beholder_plugin.trainer.sources.captured import Captured
+from beholder_plugin.trainer.timeline_writer import REMOTE_CHUNK_SECONDS, TimelineWriter
 
 logger = logging.getLogger("beholder")
 
@@ -52,11 +53,10 @@ HOST_EXACT_VALUES = 1 << 20
 NORM_JUMP = 10.0
 RECENT_NORMS = 16
 MIN_NORMS = 4
-# On a remote logdir the records are uploaded as one part object at most this often.
-REMOTE_CHUNK_SECONDS = 10.0
 # anomalies.jsonl holds at most this many records (later ones are only logged).
 MAX_ANOMALIES = 1000
 KINDS = ("nan", "inf", "norm_jump")
+__all__ = ["AnomalyError", "NORM_JUMP", "REMOTE_CHUNK_SECONDS", "Timeline", "TimelineWriter", "describe"]
 
 
 class AnomalyError(RuntimeError):
@@ -77,148 +77,6 @@ def describe(record: dict[str, Any]) -> str:
         first, last = record["steps"]
         when = f"between steps {first} and {last}"
     return f"Beholder: first anomaly: {what} in {record['values']} section {record['section']} {when}"
-
-
-class TimelineWriter:
-    """Appends records to a run's timeline files and thins them into base.bht (protocol/timeline.py)."""
-
-    def __init__(self, run_dir: str, files: Any, clock: Callable[[], float] = time.time,
-                 parts_budget: int = tl.PARTS_BUDGET, cap: int = tl.MAX_PER_SECTION,
-                 remote_chunk_seconds: float = REMOTE_CHUNK_SECONDS) -> None:
-        self.run_dir = run_dir
-        self.files = files
-        self.remote = bool(getattr(files, "remote", False))
-        self.directory = tl.timeline_dir(run_dir)
-        self.clock = clock
-        self.parts_budget = parts_budget
-        self.cap = cap
-        self.remote_chunk_seconds = remote_chunk_seconds
-        self.seq: int | None = None
-        self.ids: dict[str, int] = {}
-        self.part_open = False  # the current part has records (local)
-        self.parts_bytes = 0
-        self.pending: list[bytes] = []  # remote: chunks not uploaded yet
-        self.uploaded_at = clock()
-        self.protected: set[int] = set()  # steps whose records thinning keeps (an anomaly's frames)
-        self.anomalies: list[bytes] = []  # remote: the lines of anomalies.jsonl
-
-    def _join(self, name: str) -> str:
-        """The path of a file of the timeline's directory."""
-        return (posixpath.join if self.remote else os.path.join)(self.directory, name)
-
-    def _start(self) -> None:
-        """Find the next part number (after every part and base.bht already there) and the parts' size."""
-        sizes = self.files.list_sizes(self.directory)
-        seqs = [s for s in map(tl.part_seq, sizes) if s is not None]
-        self.seq = max(seqs, default=-1) + 1
-        self.parts_bytes = sum(size for name, size in sizes.items() if tl.part_seq(name) is not None)
-        if self.remote:
-            found = self.files.read(self._join(tl.ANOMALIES_FILE), tl.MAX_ANOMALY_BYTES)
-            self.anomalies = [tl.anomaly_line(r) for r in tl.parse_anomalies(found or b"")]
-        else:
-            self.files.makedirs(self.directory)
-
-    def append(self, names: list[str], records: np.ndarray) -> None:
-        """Append one frame's records (``records["section"]`` indexes ``names``)."""
-        if self.seq is None:
-            self._start()
-        chunks = []
-        new = {name: len(self.ids) + k for k, name in enumerate(n for n in dict.fromkeys(names)
-                                                                 if n not in self.ids)}
-        if new:
-            self.ids.update(new)
-            chunks.append(tl.names_chunk(new))
-        ids = np.array([self.ids[n] for n in names], np.uint32)
-        records = records.copy()
-        records["section"] = ids[records["section"]]
-        chunks.append(tl.records_chunk(records))
-        data = b"".join(chunks)
-        if self.remote:
-            self.pending.append(data)
-            if self.clock() - self.uploaded_at >= self.remote_chunk_seconds:
-                self.upload()
-        else:
-            self._append_local(data)
-        self.parts_bytes += len(data)
-        if self.parts_bytes >= self.parts_budget:
-            self.compact()
-
-    def _append_local(self, data: bytes) -> None:
-        """One write() of whole chunks to the current part (opened for appending, closed again: no file
-        stays open between frames)."""
-        path = self._join(tl.part_name(self.seq))
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-        try:
-            fd = os.open(path, flags, 0o666)
-        except FileNotFoundError:  # the directory was deleted: make it again
-            os.makedirs(self.directory, exist_ok=True)
-            fd = os.open(path, flags, 0o666)
-        self.part_open = True
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-
-    def upload(self) -> None:
-        """Remote: write the pending chunks as the next part object."""
-        self.uploaded_at = self.clock()
-        if not self.pending:
-            return
-        data, self.pending = self.pending, []
-        self.files.write_atomic(self._join(tl.part_name(self.seq)), data)
-        self.seq += 1
-        self.ids = {}
-
-    def close_part(self) -> None:
-        """End the current part; the next record starts a new one."""
-        if self.remote:
-            self.upload()
-            return
-        if self.part_open:
-            self.part_open = False
-            self.seq += 1
-            self.ids = {}
-
-    def compact(self) -> None:
-        """Thin base.bht and every closed part into a new base.bht, then delete those parts."""
-        if self.seq is None:
-            return
-        self.close_part()
-        through = self.seq - 1
-        by_section = tl.read_records(self.run_dir, self.files)
-        if self.protected:
-            steps = np.fromiter(self.protected, np.int64)
-            for recs in by_section.values():
-                recs["flags"][np.isin(recs["step"], steps)] |= tl.PINNED
-        thinned = tl.thin_all(by_section, self.clock(), cap=self.cap)
-        self.files.write_atomic(self._join(tl.BASE_FILE), tl.base_bytes(thinned, through))
-        for name in self.files.listdir(self.directory):
-            seq = tl.part_seq(name)
-            if seq is not None and seq <= through:
-                self.files.remove(self._join(name))
-        self.parts_bytes = 0
-
-    def add_anomaly(self, record: dict[str, Any]) -> None:
-        """Append one anomaly record (remote: anomalies.jsonl is written whole, it is small)."""
-        if self.seq is None:
-            self._start()
-        line = tl.anomaly_line(record)
-        path = self._join(tl.ANOMALIES_FILE)
-        if self.remote:
-            self.anomalies.append(line)
-            self.files.write_atomic(path, self.anomalies)
-            return
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-
-    def close(self) -> None:
-        """Upload or close what is open."""
-        self.close_part()
 
 
 class _Exact:
