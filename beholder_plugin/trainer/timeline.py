@@ -32,7 +32,6 @@ import collections
 import logging
 import os
 import posixpath
-import sys
 import time
 from typing import Any, Callable
 
@@ -41,14 +40,12 @@ import numpy as np
 from beholder_plugin.protocol import timeline as tl
 from beholder_plugin.protocol.history import HistoryRing
 from beholder_plugin.protocol.names import history_dir
+from beholder_plugin.trainer.exact_pass import HOST_EXACT_VALUES, ExactPass, StepCheck
 from beholder_plugin.trainer.keyframes import Keyframes
-from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.timeline_writer import REMOTE_CHUNK_SECONDS, TimelineWriter
 
 logger = logging.getLogger("beholder")
 
-# On the host (NumPy, CPU tensors) the exact pass reads at most this many values per frame on average.
-HOST_EXACT_VALUES = 1 << 20
 # A norm above NORM_JUMP times the median of its section's last RECENT_NORMS frames is an anomaly.
 NORM_JUMP = 10.0
 RECENT_NORMS = 16
@@ -56,7 +53,8 @@ MIN_NORMS = 4
 # anomalies.jsonl holds at most this many records (later ones are only logged).
 MAX_ANOMALIES = 1000
 KINDS = ("nan", "inf", "norm_jump")
-__all__ = ["AnomalyError", "NORM_JUMP", "REMOTE_CHUNK_SECONDS", "Timeline", "TimelineWriter", "describe"]
+__all__ = ["AnomalyError", "HOST_EXACT_VALUES", "NORM_JUMP", "REMOTE_CHUNK_SECONDS", "StepCheck", "Timeline",
+           "TimelineWriter", "describe"]
 
 
 class AnomalyError(RuntimeError):
@@ -79,111 +77,6 @@ def describe(record: dict[str, Any]) -> str:
     return f"Beholder: first anomaly: {what} in {record['values']} section {record['section']} {when}"
 
 
-class _Exact:
-    """What the exact pass found for one frame: per section norm and non-finite count, maybe on the device."""
-
-    def __init__(self, count: int) -> None:
-        self.norm = np.full(count, np.nan)
-        self.nonfinite = np.full(count, np.nan)
-        self.exact = np.zeros(count, bool)
-        self.step_first = np.full(count, -1, np.int64)  # the per-step check's first non-finite step
-        self.step_value = np.full(count, np.nan)  # the norm it found then (NaN or inf)
-        self.step_checked = np.zeros(count, bool)
-        self.device: list[tuple] = []  # (sections, host tensors, event or None, per-step?) to read back
-
-    def resolve(self) -> None:
-        """Wait for the device's copies (the worker) and put them in place."""
-        for sections, host, event, stepped in self.device:
-            if event is not None:
-                event.synchronize()
-            norms = host[0].numpy().astype(np.float64)
-            self.norm[sections] = norms
-            self.exact[sections] = True
-            finite = np.isfinite(norms)
-            self.nonfinite[sections] = np.where(finite, 0.0, np.nan)
-            if stepped:
-                self.step_first[sections] = host[1].numpy()
-                self.step_value[sections] = host[2].numpy()
-                self.step_checked[sections] = True
-        self.device = []
-
-
-class StepCheck:
-    """The per-step check of one device's tensors: the first non-finite step per section, kept there."""
-
-    def __init__(self, torch: Any, sections: list[int], tensors: list[Any], params: list[Any]) -> None:
-        device = tensors[0].device
-        self.device = device
-        self.sections = sections
-        # gradients: the parameter whose .grad is read at each check (a step may replace it), else None;
-        # no gradient is held here between steps (a step's gradients are freed as usual)
-        self.params = params if any(p is not None for p in params) else None
-        self.tensors = [t if p is None else None for t, p in zip(tensors, params)]
-        self.zero = torch.zeros((), device=device)  # stands for a gradient a step did not make
-        self.first = torch.full((len(tensors),), -1, dtype=torch.int64, device=device)
-        self.value = torch.zeros(len(tensors), dtype=torch.float32, device=device)
-        self.torch = torch
-
-    def current(self) -> list[Any]:
-        """The tensors as they are now (the gradients' current .grad)."""
-        if self.params is None:
-            return self.tensors
-        zero = self.zero
-        return [t if p is None else (p.grad if p.grad is not None else zero)
-                for t, p in zip(self.tensors, self.params)]
-
-    def check(self, step: int) -> None:
-        """Queue the check of this step (no host sync)."""
-        torch = self.torch
-        norms = _norms(torch, self.current())
-        new = (~torch.isfinite(norms)) & (self.first < 0)
-        self.first.masked_fill_(new, step)
-        self.value = torch.where(new, norms, self.value)
-
-
-def _norms(torch: Any, tensors: list[Any]) -> Any:
-    """The L2 norms of tensors as one float32 vector on their device (one fused pass)."""
-    try:
-        parts = torch._foreach_norm(tensors, 2, dtype=torch.float32)
-    except (TypeError, RuntimeError):
-        parts = torch._foreach_norm(tensors)
-    return torch.stack([p.float() for p in parts]) if parts[0].dtype != torch.float32 else torch.stack(parts)
-
-
-def _torch_kind(obj: Any) -> Any:
-    """torch, when obj is a floating torch tensor the exact pass can read (else None)."""
-    torch = sys.modules.get("torch")
-    # plain tensors only: a DTensor's norm (FSDP2) would be a collective, on the one rank that writes
-    if torch is None or type(obj) not in (torch.Tensor, torch.nn.Parameter):
-        return None
-    if obj.layout is not torch.strided:
-        return None
-    if not (obj.is_floating_point() or obj.is_complex()) or obj.numel() == 0:
-        return None
-    return torch
-
-
-def _host_exact(x: np.ndarray) -> tuple[float, float]:
-    """(norm, non-finite count) of a NumPy array, exactly: one pass, a second only when not finite."""
-    flat = x.reshape(-1)
-    kind = flat.dtype.kind
-    if kind == "f" and flat.dtype.itemsize >= 4:
-        total = float(np.dot(flat, flat))
-    elif kind == "c":
-        total = float(np.vdot(flat, flat).real)
-    else:
-        flat = flat.astype(np.float64)
-        total = float(np.dot(flat, flat))
-    if np.isfinite(total):
-        return float(np.sqrt(total)), 0.0
-    bad = int(np.count_nonzero(~np.isfinite(flat))) if kind in "fc" else 0
-    if bad == 0:  # finite values whose squares overflowed: again in float64
-        return float(np.linalg.norm(flat.astype(np.complex128 if kind == "c" else np.float64))), 0.0
-    if np.isnan(flat).any():
-        return float("nan"), float(bad)
-    return float("inf"), float(bad)
-
-
 class Timeline:
     """One run's timeline and anomaly checks (see the module's docstring)."""
 
@@ -199,10 +92,7 @@ class Timeline:
         self.on_anomaly = on_anomaly
         self.norm_jump = float(norm_jump)
         self.hot = False  # update() calls on_step(): a per-step check runs, or an anomaly waits for delivery
-        self._checks: list[StepCheck] = []
-        self._step_failed = False  # the per-step check failed once: off for the run
-        self._check_key: tuple = ()
-        self._credit = HOST_EXACT_VALUES
+        self.exact_pass = ExactPass()
         self._delivery: collections.deque = collections.deque()
         self._raise: AnomalyError | None = None
         self._slots: dict[str, int] = {}  # section name -> row of _ring (its recent norms)
@@ -219,11 +109,11 @@ class Timeline:
     @property
     def per_step(self) -> list[StepCheck]:
         """The per-step device checks running now, one per device (empty: none runs)."""
-        return list(self._checks)
+        return list(self.exact_pass.checks)
 
     def stop_checks(self) -> None:
         """Stop the per-step checks (the next frame of device tensors starts them again)."""
-        self._checks, self._check_key = [], ()
+        self.exact_pass.stop()
         self.hot = bool(self._delivery) or self._raise is not None
 
     # ------------------------------------------------------------ the training thread
@@ -231,10 +121,10 @@ class Timeline:
     def on_step(self, step: int) -> None:
         """Every update() while hot: queue the per-step device check, hand over anomalies found since."""
         try:
-            for check in self._checks:
+            for check in self.exact_pass.checks:
                 check.check(step)
         except Exception:  # never into the training loop: the checks stop for good, frames still check
-            self._checks, self._check_key, self._step_failed = [], (), True
+            self.exact_pass.fail()
             self.hot = bool(self._delivery) or self._raise is not None
             logger.warning("Beholder: the per-step anomaly check failed and is off; frames are still "
                            "checked", exc_info=True)
@@ -247,7 +137,7 @@ class Timeline:
             record = self._delivery.popleft()
             if callable(self.on_anomaly):
                 self.on_anomaly(record)
-        self.hot = bool(self._checks)
+        self.hot = bool(self.exact_pass.checks)
         error, self._raise = self._raise, None
         if error is not None:
             raise error
@@ -269,96 +159,9 @@ class Timeline:
                                exc_info=True)
 
     def _gather(self, job: Any, named: list, watch: Any) -> None:
-        """gather() itself: sort the sections into host arrays and device tensors, run both passes."""
-        exact = _Exact(len(named))
-        job.exact = exact
-        host, devices = [], {}
-        from_torch = None
-        params = {}
-        if job.shown == "gradients" and watch is not None and getattr(watch, "framework", None) == "torch":
-            params = {name: param for name, param, _ in watch.variables()}
-        for i, entry in enumerate(named):
-            obj = entry[1]
-            if type(obj) is np.ndarray:
-                if obj.size and obj.dtype.kind in "biufc":
-                    host.append((i, obj))
-                continue
-            param = params.get(entry[0]) if params and type(obj) is Captured else None
-            if param is not None:
-                obj = param.grad  # the whole gradient, where the hook kept only the shown part
-            torch = _torch_kind(obj)
-            if torch is None:
-                continue
-            from_torch = torch
-            tensor = obj.detach()
-            if tensor.device.type == "cpu" and not _batch_cpu():
-                host.append((i, tensor))
-            else:
-                devices.setdefault(tensor.device, []).append((i, tensor, obj, param))
-        self._host_pass(exact, host)
-        if from_torch is not None:
-            self._device_pass(from_torch, exact, devices)
-        elif self._checks:
-            self._set_checks(None, {})
-
-    def _host_pass(self, exact: _Exact, host: list) -> None:
-        """Exact figures of host arrays, when the budget allows (else the sample's stand)."""
-        if not host:
-            return
-        total = sum(int(x.size if type(x) is np.ndarray else x.numel()) for _, x in host)
-        self._credit = min(self._credit + HOST_EXACT_VALUES, max(total, HOST_EXACT_VALUES))
-        if total > self._credit:
-            return
-        self._credit -= total
-        tensors = [(i, x) for i, x in host if type(x) is not np.ndarray]
-        for i, x in host:
-            if type(x) is np.ndarray:
-                exact.norm[i], exact.nonfinite[i] = _host_exact(x)
-                exact.exact[i] = True
-        if tensors:
-            torch = sys.modules["torch"]
-            norms = _norms(torch, [t for _, t in tensors]).numpy().astype(np.float64)
-            for (i, t), norm in zip(tensors, norms):
-                if np.isfinite(norm):
-                    exact.norm[i], exact.nonfinite[i] = norm, 0.0
-                else:
-                    exact.norm[i], exact.nonfinite[i] = _host_exact(t.numpy() if not t.is_complex()
-                                                                    else t.resolve_conj().numpy())
-                exact.exact[i] = True
-
-    def _device_pass(self, torch: Any, exact: _Exact, devices: dict) -> None:
-        """Queue the norms on each device, copy them (and the per-step check's flags) back asynchronously."""
-        # the same tensors (a model's parameters, updated in place; gradients: the same parameters) keep
-        # their checks and the flags they hold
-        key = tuple((i, id(obj), t.data_ptr()) if param is None else (i, id(param), -1)
-                    for entries in devices.values() for i, t, obj, param in entries)
-        if key != self._check_key:
-            self._set_checks(torch, devices)
-            self._check_key = key
-        by_device = {check.device: check for check in self._checks}
-        for device, entries in devices.items():
-            sections = [entry[0] for entry in entries]
-            norms = _norms(torch, [entry[1] for entry in entries])
-            check = by_device.get(device)
-            values = [norms] if check is None else [norms, check.first, check.value]
-            if device.type == "cuda":
-                host = [torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for v in values]
-                for h, v in zip(host, values):
-                    h.copy_(v, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-            else:
-                host, event = [v.detach().clone().cpu() for v in values], None
-            exact.device.append((sections, host, event, check is not None))
-
-    def _set_checks(self, torch: Any, devices: dict) -> None:
-        """(Re)build the per-step checks for the frame's device tensors."""
-        self._checks = [] if self._step_failed else [
-            StepCheck(torch, [x[0] for x in e], [x[1] for x in e], [x[3] for x in e])
-            for e in devices.values()]
-        if not self._checks:
-            self._check_key = ()
-        self.hot = bool(self._checks) or bool(self._delivery) or self._raise is not None
+        """gather() itself: the exact pass, then whether update() must call on_step()."""
+        self.exact_pass.gather(job, named, watch)
+        self.hot = bool(self.exact_pass.checks) or bool(self._delivery) or self._raise is not None
 
     # ------------------------------------------------------------ the worker
 
@@ -584,9 +387,3 @@ class Timeline:
 def _floats(values: list) -> np.ndarray:
     """Numbers (None: NaN) as a float64 array."""
     return np.array([np.nan if v is None else v for v in values], np.float64)
-
-
-def _batch_cpu() -> bool:
-    """Whether CPU tensors take the device path (BEHOLDER_BATCH_CPU_TENSORS=1; tests and CI)."""
-    module = sys.modules.get("beholder_plugin.trainer.sources.torch_batch")
-    return bool(getattr(module, "BATCH_CPU_TENSORS", False))

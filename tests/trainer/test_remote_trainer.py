@@ -240,7 +240,7 @@ def test_a_remote_timeline_is_uploaded_in_chunks_and_reads_back(url, monkeypatch
 
     set_config(url, values="arrays", FPS=30)
     with Beholder(url, background=False) as beholder:
-        writer = beholder._timeline.writer
+        writer = beholder.timeline.writer
         for step in range(1, 7):
             if step == 4:
                 monkeypatch.setattr(writer, "remote_chunk_seconds", 0.0)  # from now on, a part a frame

@@ -161,14 +161,14 @@ def test_on_a_gpu_the_nan_is_named_at_its_exact_step(run_dir):
 
 def test_a_failing_per_step_check_never_reaches_the_training_loop(run_dir, monkeypatch, caplog):
     """A failing per-step check (a freed tensor, a device error) goes off, warned once; training goes on."""
-    from beholder_plugin.trainer import timeline as trainer_timeline
+    from beholder_plugin.trainer import exact_pass
 
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
 
     def broken(self, step):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(trainer_timeline.StepCheck, "check", broken)
+    monkeypatch.setattr(exact_pass.StepCheck, "check", broken)
     with caplog.at_level(logging.WARNING, logger="beholder"):
         beholder = train(run_dir, steps=12)
     assert not beholder.timeline.hot and not beholder.timeline.per_step

@@ -1,0 +1,233 @@
+"""The timeline's exact figures: whole-array norms and non-finite counts, and the per-step device check."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from beholder_plugin.trainer.sources.captured import Captured
+
+# On the host (NumPy, CPU tensors) the exact pass reads at most this many values per frame on average.
+HOST_EXACT_VALUES = 1 << 20
+
+
+class _Exact:
+    """What the exact pass found for one frame: per section norm and non-finite count, maybe on the device."""
+
+    def __init__(self, count: int) -> None:
+        self.norm = np.full(count, np.nan)
+        self.nonfinite = np.full(count, np.nan)
+        self.exact = np.zeros(count, bool)
+        self.step_first = np.full(count, -1, np.int64)  # the per-step check's first non-finite step
+        self.step_value = np.full(count, np.nan)  # the norm it found then (NaN or inf)
+        self.step_checked = np.zeros(count, bool)
+        self.device: list[tuple] = []  # (sections, host tensors, event or None, per-step?) to read back
+
+    def resolve(self) -> None:
+        """Wait for the device's copies (the worker) and put them in place."""
+        for sections, host, event, stepped in self.device:
+            if event is not None:
+                event.synchronize()
+            norms = host[0].numpy().astype(np.float64)
+            self.norm[sections] = norms
+            self.exact[sections] = True
+            finite = np.isfinite(norms)
+            self.nonfinite[sections] = np.where(finite, 0.0, np.nan)
+            if stepped:
+                self.step_first[sections] = host[1].numpy()
+                self.step_value[sections] = host[2].numpy()
+                self.step_checked[sections] = True
+        self.device = []
+
+
+class StepCheck:
+    """The per-step check of one device's tensors: the first non-finite step per section, kept there."""
+
+    def __init__(self, torch: Any, sections: list[int], tensors: list[Any], params: list[Any]) -> None:
+        device = tensors[0].device
+        self.device = device
+        self.sections = sections
+        # gradients: the parameter whose .grad is read at each check (a step may replace it), else None;
+        # no gradient is held here between steps (a step's gradients are freed as usual)
+        self.params = params if any(p is not None for p in params) else None
+        self.tensors = [t if p is None else None for t, p in zip(tensors, params)]
+        self.zero = torch.zeros((), device=device)  # stands for a gradient a step did not make
+        self.first = torch.full((len(tensors),), -1, dtype=torch.int64, device=device)
+        self.value = torch.zeros(len(tensors), dtype=torch.float32, device=device)
+        self.torch = torch
+
+    def current(self) -> list[Any]:
+        """The tensors as they are now (the gradients' current .grad)."""
+        if self.params is None:
+            return self.tensors
+        zero = self.zero
+        return [t if p is None else (p.grad if p.grad is not None else zero)
+                for t, p in zip(self.tensors, self.params)]
+
+    def check(self, step: int) -> None:
+        """Queue the check of this step (no host sync)."""
+        torch = self.torch
+        norms = _norms(torch, self.current())
+        new = (~torch.isfinite(norms)) & (self.first < 0)
+        self.first.masked_fill_(new, step)
+        self.value = torch.where(new, norms, self.value)
+
+
+def _norms(torch: Any, tensors: list[Any]) -> Any:
+    """The L2 norms of tensors as one float32 vector on their device (one fused pass)."""
+    try:
+        parts = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    except (TypeError, RuntimeError):
+        parts = torch._foreach_norm(tensors)
+    return torch.stack([p.float() for p in parts]) if parts[0].dtype != torch.float32 else torch.stack(parts)
+
+
+def _torch_kind(obj: Any) -> Any:
+    """torch, when obj is a floating torch tensor the exact pass can read (else None)."""
+    torch = sys.modules.get("torch")
+    # plain tensors only: a DTensor's norm (FSDP2) would be a collective, on the one rank that writes
+    if torch is None or type(obj) not in (torch.Tensor, torch.nn.Parameter):
+        return None
+    if obj.layout is not torch.strided:
+        return None
+    if not (obj.is_floating_point() or obj.is_complex()) or obj.numel() == 0:
+        return None
+    return torch
+
+
+def _host_exact(x: np.ndarray) -> tuple[float, float]:
+    """(norm, non-finite count) of a NumPy array, exactly: one pass, a second only when not finite."""
+    flat = x.reshape(-1)
+    kind = flat.dtype.kind
+    if kind == "f" and flat.dtype.itemsize >= 4:
+        total = float(np.dot(flat, flat))
+    elif kind == "c":
+        total = float(np.vdot(flat, flat).real)
+    else:
+        flat = flat.astype(np.float64)
+        total = float(np.dot(flat, flat))
+    if np.isfinite(total):
+        return float(np.sqrt(total)), 0.0
+    bad = int(np.count_nonzero(~np.isfinite(flat))) if kind in "fc" else 0
+    if bad == 0:  # finite values whose squares overflowed: again in float64
+        return float(np.linalg.norm(flat.astype(np.complex128 if kind == "c" else np.float64))), 0.0
+    if np.isnan(flat).any():
+        return float("nan"), float(bad)
+    return float("inf"), float(bad)
+
+
+class ExactPass:
+    """The exact pass of each gathered frame and the per-step device checks it starts."""
+
+    def __init__(self) -> None:
+        self.checks: list[StepCheck] = []  # the per-step checks running now, one per device
+        self._step_failed = False  # the per-step check failed once: off for the run
+        self._check_key: tuple = ()
+        self._credit = HOST_EXACT_VALUES
+
+    def stop(self) -> None:
+        """Stop the per-step checks (the next frame of device tensors starts them again)."""
+        self.checks, self._check_key = [], ()
+
+    def fail(self) -> None:
+        """The per-step check failed: stop it for the run."""
+        self.checks, self._check_key, self._step_failed = [], (), True
+
+    def gather(self, job: Any, named: list, watch: Any) -> None:
+        """Sort a frame's sections into host arrays and device tensors, run both passes (job.exact)."""
+        exact = _Exact(len(named))
+        job.exact = exact
+        host, devices = [], {}
+        from_torch = None
+        params = {}
+        if job.shown == "gradients" and watch is not None and getattr(watch, "framework", None) == "torch":
+            params = {name: param for name, param, _ in watch.variables()}
+        for i, entry in enumerate(named):
+            obj = entry[1]
+            if type(obj) is np.ndarray:
+                if obj.size and obj.dtype.kind in "biufc":
+                    host.append((i, obj))
+                continue
+            param = params.get(entry[0]) if params and type(obj) is Captured else None
+            if param is not None:
+                obj = param.grad  # the whole gradient, where the hook kept only the shown part
+            torch = _torch_kind(obj)
+            if torch is None:
+                continue
+            from_torch = torch
+            tensor = obj.detach()
+            if tensor.device.type == "cpu" and not _batch_cpu():
+                host.append((i, tensor))
+            else:
+                devices.setdefault(tensor.device, []).append((i, tensor, obj, param))
+        self._host_pass(exact, host)
+        if from_torch is not None:
+            self._device_pass(from_torch, exact, devices)
+        elif self.checks:
+            self._set_checks(None, {})
+
+    def _host_pass(self, exact: _Exact, host: list) -> None:
+        """Exact figures of host arrays, when the budget allows (else the sample's stand)."""
+        if not host:
+            return
+        total = sum(int(x.size if type(x) is np.ndarray else x.numel()) for _, x in host)
+        self._credit = min(self._credit + HOST_EXACT_VALUES, max(total, HOST_EXACT_VALUES))
+        if total > self._credit:
+            return
+        self._credit -= total
+        tensors = [(i, x) for i, x in host if type(x) is not np.ndarray]
+        for i, x in host:
+            if type(x) is np.ndarray:
+                exact.norm[i], exact.nonfinite[i] = _host_exact(x)
+                exact.exact[i] = True
+        if tensors:
+            torch = sys.modules["torch"]
+            norms = _norms(torch, [t for _, t in tensors]).numpy().astype(np.float64)
+            for (i, t), norm in zip(tensors, norms):
+                if np.isfinite(norm):
+                    exact.norm[i], exact.nonfinite[i] = norm, 0.0
+                else:
+                    exact.norm[i], exact.nonfinite[i] = _host_exact(t.numpy() if not t.is_complex()
+                                                                    else t.resolve_conj().numpy())
+                exact.exact[i] = True
+
+    def _device_pass(self, torch: Any, exact: _Exact, devices: dict) -> None:
+        """Queue the norms on each device, copy them (and the per-step check's flags) back asynchronously."""
+        # the same tensors (a model's parameters, updated in place; gradients: the same parameters) keep
+        # their checks and the flags they hold
+        key = tuple((i, id(obj), t.data_ptr()) if param is None else (i, id(param), -1)
+                    for entries in devices.values() for i, t, obj, param in entries)
+        if key != self._check_key:
+            self._set_checks(torch, devices)
+            self._check_key = key
+        by_device = {check.device: check for check in self.checks}
+        for device, entries in devices.items():
+            sections = [entry[0] for entry in entries]
+            norms = _norms(torch, [entry[1] for entry in entries])
+            check = by_device.get(device)
+            values = [norms] if check is None else [norms, check.first, check.value]
+            if device.type == "cuda":
+                host = [torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for v in values]
+                for h, v in zip(host, values):
+                    h.copy_(v, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+            else:
+                host, event = [v.detach().clone().cpu() for v in values], None
+            exact.device.append((sections, host, event, check is not None))
+
+    def _set_checks(self, torch: Any, devices: dict) -> None:
+        """(Re)build the per-step checks for the frame's device tensors."""
+        self.checks = [] if self._step_failed else [
+            StepCheck(torch, [x[0] for x in e], [x[1] for x in e], [x[3] for x in e])
+            for e in devices.values()]
+        if not self.checks:
+            self._check_key = ()
+
+
+def _batch_cpu() -> bool:
+    """Whether CPU tensors take the device path (BEHOLDER_BATCH_CPU_TENSORS=1; tests and CI)."""
+    module = sys.modules.get("beholder_plugin.trainer.sources.torch_batch")
+    return bool(getattr(module, "BATCH_CPU_TENSORS", False))
