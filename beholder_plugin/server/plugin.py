@@ -23,6 +23,7 @@ from tensorboard.backend import http_util, json_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers, wsgi
 
+from beholder_plugin.protocol.colormaps import palettes_hex
 from beholder_plugin.protocol.files import FileRefused, confine
 from beholder_plugin.protocol.frame_format import FrameFormatError
 from beholder_plugin.protocol.history import history_frame_path, list_history, parse_history_name
@@ -38,7 +39,9 @@ from beholder_plugin.protocol.runfiles import (
 )
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError, validate_changes
 from beholder_plugin.server.diff import DiffCache, DiffError
-from beholder_plugin.server.frames import EncodedFrame, FrameData, FrameGone, FrameHub
+from beholder_plugin.server.frame_data import FrameData, FrameGone
+from beholder_plugin.server.frame_encoding import EncodedFrame
+from beholder_plugin.server.frame_hub import FrameHub
 from beholder_plugin.server.origin import listed_names, trusted_names, write_refusal
 from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
 from beholder_plugin.server.videos import (
@@ -50,7 +53,6 @@ from beholder_plugin.server.videos import (
     list_videos,
     open_video,
 )
-from beholder_plugin.trainer.colormaps import palette_for
 
 logger = logging.getLogger("beholder")
 
@@ -237,6 +239,16 @@ class BeholderPlugin(base_plugin.TBPlugin):
         logdir = getattr(context, "logdir", None)
         if logdir and not is_remote(logdir):
             confine(normalize_location(logdir))  # every file opened under it is checked once open (files.py)
+
+    @property
+    def hub(self) -> FrameHub:
+        """The frame hub serving this plugin's frames (its counters and timings are for tests and stats)."""
+        return self._hub
+
+    @property
+    def run_index(self) -> RunIndex:
+        """The runs of the logdir, as the routes find them."""
+        return self._index
 
     # ------------------------------------------------------------ TBPlugin API
 
@@ -572,9 +584,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def _serve_colormaps(self, request: wrappers.Request) -> wrappers.Response:
-        """Every colormap's 256 colours as one hex string ("rrggbb" x 256), for colour bars."""
-        names = ("magma", "inferno", "plasma", "viridis", "grayscale")
-        return _json(request, {name: palette_for(name).astype("uint8").tobytes().hex() for name in names})
+        """Every colormap, in the order offered, with its 256 colours as one hex string ("rrggbb" x 256)."""
+        return _json(request, palettes_hex())
 
     @wrappers.Request.application
     @_with_run

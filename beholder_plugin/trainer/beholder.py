@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol import names
+from beholder_plugin.protocol.colormaps import palette_for
 from beholder_plugin.protocol.files import files_for
 from beholder_plugin.protocol.filters import SectionFilter, compile_filter
 from beholder_plugin.protocol.frame_format import encode_frame, with_header
@@ -47,7 +48,6 @@ from beholder_plugin.protocol.remote_files import identity_of_info, normalize_lo
 from beholder_plugin.protocol.runfiles import load_config, write_config
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, VALUES, ConfigError
 from beholder_plugin.trainer import sources
-from beholder_plugin.trainer.colormaps import palette_for
 from beholder_plugin.trainer.device_batches import BatchMemo, batch_key, make_gather, receive
 from beholder_plugin.trainer.ranks import process_rank, run_for_rank
 from beholder_plugin.trainer.recording import Recorder

@@ -21,7 +21,7 @@ from beholder_plugin.protocol.files import LocalFiles
 from beholder_plugin.protocol.history import history_frame_path, list_history, read_history_frame
 from beholder_plugin.protocol.names import history_dir
 from beholder_plugin.protocol.runfiles import config_path, frame_path
-from beholder_plugin.server import frames as frames_module
+from beholder_plugin.server import frame_hub as frame_hub_module
 
 ARRAYS = {
     "scalar": np.float32(7.5),
@@ -167,7 +167,7 @@ def test_value_look_ups_read_the_header_once_then_four_bytes(tmp_path, counted_r
     size = os.path.getsize(frame_path(run))
     assert size > 390_000  # 98,304 float32 values
     plugin, client = plugin_client(tmp_path)
-    hub = plugin._hub
+    hub = plugin.hub
     counted_reads.clear()  # the trainer's own reads (config.json)
 
     # The first look-up on a frame reads its header only (and two bytes at its end).
@@ -330,14 +330,14 @@ def test_cached_pngs_stay_within_their_byte_budget(tmp_path, monkeypatch):
     write_frames(run, [{"w": rng.normal(size=(64, 64))} for _ in range(6)])
     plugin, client = plugin_client(tmp_path)
     one = len(client.get(f"{BASE}/frame", query_string={"run": "run"}).get_data())
-    monkeypatch.setattr(frames_module, "MAX_CACHED_PNG_BYTES", int(2.5 * one))
+    monkeypatch.setattr(frame_hub_module, "MAX_CACHED_PNG_BYTES", int(2.5 * one))
     for entry in list_history(run):
         resp = client.get(f"{BASE}/history/frame", query_string={"run": "run", "name": entry.name})
         png = np.asarray(Image.open(io.BytesIO(resp.get_data())).convert("RGB"))
         np.testing.assert_array_equal(png, read_history_frame(run, entry.name).rgb())
-        cached = [s.encoded for s in plugin._hub._slots.values() if s.encoded is not None]
+        cached = plugin.hub.cached_pngs()
         assert sum(len(e.png) for e in cached) <= 2.5 * one * 1.2  # PNG sizes differ a little
-    assert plugin._hub.encodings == 7
+    assert plugin.hub.encodings == 7
 
 
 KEPT_NAME = "f-0000000000000001-ab-1-1.bin"

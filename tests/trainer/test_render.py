@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from reference_render import reference_frame
 
+from beholder_plugin.protocol.colormaps import PALETTES
 from beholder_plugin.protocol.layout import (
     PlanCache,
     RenderError,
@@ -15,7 +16,6 @@ from beholder_plugin.protocol.layout import (
     section_height,
 )
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG
-from beholder_plugin.trainer.colormaps import PALETTES
 from beholder_plugin.trainer.views.render import FramePlan, Renderer, scale_frame
 
 
