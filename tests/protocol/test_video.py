@@ -45,8 +45,8 @@ def test_a_live_file_is_fragmented_and_a_finished_one_has_its_index_first(tmp_pa
 def test_a_key_frame_every_second(tmp_path):
     path = tmp_path / "out.mp4"
     _write(path, live=False, frames=20, fps=5)
-    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path), "-vf", "showinfo", "-f", "null", "-"],
-                         capture_output=True, text=True)
+    command = [ffmpeg_exe(), "-hide_banner", "-i", str(path), "-vf", "showinfo", "-f", "null", "-"]
+    out = subprocess.run(command, capture_output=True, text=True)
     key = [int(line.split(" n:")[1].split()[0]) for line in out.stderr.splitlines() if "iskey:1" in line]
     assert key[0] == 0 and len(key) >= 4  # 20 frames at 5 fps: a key frame at least every second
     assert all(b - a <= 5 for a, b in zip(key, key[1:] + [20]))
