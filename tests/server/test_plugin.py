@@ -60,23 +60,6 @@ def test_frontend_metadata_loads_an_es_module_in_a_tab_named_beholder(tmp_path):
     assert meta.element_name is None
 
 
-def test_is_active_only_once_a_run_exists(tmp_path):
-    plugin, _ = plugin_client(tmp_path)
-    assert plugin.is_active() is False
-    plugin.run_index.max_age = 0  # the scan is cached for a few seconds; skip the wait
-    make_frames(tmp_path / "run1")
-    assert plugin.is_active() is True
-
-
-def test_is_active_scan_is_cached(tmp_path):
-    plugin, _ = plugin_client(tmp_path)
-    assert plugin.is_active() is False
-    make_frames(tmp_path / "run1")
-    assert plugin.is_active() is False  # still the cached scan
-    plugin.run_index.expire()
-    assert plugin.is_active() is True
-
-
 def test_plugins_listing_shows_the_iframe_module(client):
     resp = client.get("/data/plugins_listing")
     entry = json.loads(resp.get_data())["beholder"]
