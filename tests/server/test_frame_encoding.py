@@ -35,7 +35,8 @@ def test_the_etag_names_writer_and_frame_id_else_the_file_identity():
 
 def test_frame_headers_carry_the_header_fields_and_only_well_formed_extras():
     head = {
-        "frame_id": 5, "time": 1.5, "writer": "w1", "values": "gradients", "step": 9, "width": 30, "height": 20,
+        "frame_id": 5, "time": 1.5, "writer": "w1", "values": "gradients", "step": 9,
+        "width": 30, "height": 20,
         "colormap": "magma", "mode": "current", "failures": 2, "skipped": True, "last_error": "é" * 600,
         "storage": "s3", "max_fps": 2, "offered": ["arrays", "nonsense", 3],
     }

@@ -1,4 +1,4 @@
-"""server/frame_hub.py through the routes it answers: values (header read once, then four bytes), kept frames, the PNG cache budget, bounded reads."""
+"""server/frame_hub.py through the routes it answers: values, kept frames, the PNG cache, bounded reads."""
 
 from __future__ import annotations
 
