@@ -17,7 +17,7 @@ from beholder_plugin import Beholder
 from beholder_plugin.protocol.files import LocalFiles
 from beholder_plugin.protocol.history import list_history
 from beholder_plugin.server.frame_data import FrameGone
-from beholder_plugin.server.plugin import section_table, section_table_json
+from beholder_plugin.server.http_answers import section_table, section_table_json
 
 
 def write_frame(run: Path, show_all: bool = False, frame: np.ndarray | None = None) -> None:
