@@ -62,18 +62,18 @@ def show(logdir: str | os.PathLike, run: str | None = None, height: int = DEFAUL
     port. Outside a notebook, prints the URL to open instead.
     """
     port_used = start(logdir, run=run, port=port)
-    if not _in_notebook():
+    if not in_notebook():
         print(f"Beholder: open {local_url(port_used)} in a web browser.")
         return
     import IPython.display
 
-    IPython.display.display(_html(port_used, height))
+    IPython.display.display(tab_markup(port_used, height))
 
 
 def embed(logdir: str | os.PathLike, run: str | None = None, height: int = DEFAULT_HEIGHT,
           port: int | None = None) -> Any:
     """What show() displays, as an IPython.display.HTML, without displaying it."""
-    return _html(start(logdir, run=run, port=port), height)
+    return tab_markup(start(logdir, run=run, port=port), height)
 
 
 def start(logdir: str | os.PathLike, run: str | None = None, port: int | None = None,
@@ -87,18 +87,18 @@ def start(logdir: str | os.PathLike, run: str | None = None, port: int | None = 
 
     from tensorboard import manager
 
-    arguments = ["--logdir", _target(logdir, run)]
+    arguments = ["--logdir", logdir_for(logdir, run)]
     if port is not None:
         arguments += ["--port", str(int(port))]
     for _attempt in range(2):
-        with _ENV_LOCK, _BinaryOfThisPython():
+        with _ENV_LOCK, BinaryOfThisPython():
             result = manager.start(arguments, timeout=datetime.timedelta(seconds=timeout))
         if isinstance(result, manager.StartReused) and not _alive(result.info.pid):
             _forget(result.info.pid)  # left behind by a TensorBoard that was killed: start a new one
             continue
         break
     port_used = _port_of(result)
-    _check_plugin(port_used)
+    check_plugin(port_used)
     return port_used
 
 
@@ -107,7 +107,7 @@ def local_url(port: int) -> str:
     return f"http://localhost:{port}/#{TAB_HASH}"
 
 
-def _target(logdir: str | os.PathLike, run: str | None) -> str:
+def logdir_for(logdir: str | os.PathLike, run: str | None) -> str:
     """The --logdir to serve: logdir, or its run ``run``, absolute (URLs are kept as they are)."""
     base = os.fspath(logdir)
     if "://" in base:
@@ -131,7 +131,7 @@ def _port_of(result: Any) -> int:
     raise RuntimeError(f"unexpected answer from tensorboard.manager.start: {result!r}")
 
 
-class _BinaryOfThisPython:
+class BinaryOfThisPython:
     """Within this block, TENSORBOARD_BINARY names the tensorboard next to this Python (if unset)."""
 
     def __enter__(self) -> None:
@@ -171,7 +171,7 @@ def _forget(pid: int) -> None:
         pass
 
 
-def _check_plugin(port: int) -> None:
+def check_plugin(port: int) -> None:
     """RuntimeError unless the TensorBoard on port serves the Beholder plugin's routes."""
     url = f"http://localhost:{port}/data/plugin/beholder/ping"
     try:
@@ -189,7 +189,7 @@ def _check_plugin(port: int) -> None:
     )
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
     """Whether this runs in an IPython kernel (Jupyter, Colab), where HTML can be displayed."""
     ipython_module = sys.modules.get("IPython")
     if ipython_module is None:
@@ -208,7 +208,7 @@ def _in_colab() -> bool:
         return False
 
 
-def _html(port: int, height: int) -> Any:
+def tab_markup(port: int, height: int) -> Any:
     """The cell output: an iframe of TensorBoard's Beholder tab, height pixels high."""
     import IPython.display
 

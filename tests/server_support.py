@@ -27,7 +27,7 @@ from support import set_config
 
 from beholder_plugin.protocol.layout import compact_map
 from beholder_plugin.protocol.runfiles import read_frame_file
-from beholder_plugin.server.frames import DATA_MAGIC
+from beholder_plugin.server.frame_data import DATA_MAGIC
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where TensorBoard mounts the plugin's routes.

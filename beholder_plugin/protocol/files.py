@@ -114,6 +114,27 @@ def check_opened(fd: int, path: str) -> None:
         raise FileRefused(f"{os.path.basename(path)} leads outside the logdir")
 
 
+_REALPATHS: dict[str, tuple[float, str]] = {}
+REALPATH_TTL = 1.0  # seconds a remembered real path is used
+
+
+def recent_realpath(path: str) -> str:
+    """os.path.realpath(path) as found in the last REALPATH_TTL s: one lstat per path component saved.
+
+    For the logdir itself and for the server's cache keys, never for the check that a
+    run or file lies inside the logdir (that one looks every time).
+    """
+    now = time.monotonic()
+    found = _REALPATHS.get(path)
+    if found is not None and now - found[0] < REALPATH_TTL:
+        return found[1]
+    if len(_REALPATHS) > 4096:
+        _REALPATHS.clear()
+    real = os.path.realpath(path)
+    _REALPATHS[path] = (now, real)
+    return real
+
+
 def check_resolved(real: str, path: str) -> None:
     """FileRefused when path lies under a confined directory but its resolved real path does not.
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from beholder_plugin.protocol.colormaps import COLORMAPS
 from beholder_plugin.protocol.filters import MAX_FILTER_CHARS, FilterError, compile_filter
 from beholder_plugin.protocol.names import CONFIG_VERSION
 
 VALUES = ("trainable_variables", "gradients", "activations", "arrays", "frames")
 MODES = ("current", "variance")
 SCALINGS = ("layer", "network")
-COLORMAPS = ("magma", "inferno", "plasma", "viridis", "grayscale")
 SECTION_SIZES = ("fixed", "proportional")
 
 DEFAULT_CONFIG: dict[str, Any] = {

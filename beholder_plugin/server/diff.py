@@ -26,7 +26,8 @@ import numpy as np
 from beholder_plugin.protocol.files import FileRefused, files_for
 from beholder_plugin.protocol.frame_format import MAX_FRAME_BYTES, FrameFormatError
 from beholder_plugin.protocol.layout import MISSING, expand_sections
-from beholder_plugin.server.frames import FrameHub, encode_palette_png, file_identity, file_key
+from beholder_plugin.server.frame_encoding import encode_palette_png
+from beholder_plugin.server.frame_hub import FrameHub, file_identity, file_key
 
 # The ends and the middle of the diverging palette (ColorBrewer's RdBu ends, white at 0).
 NEGATIVE_RGB = (33, 102, 172)

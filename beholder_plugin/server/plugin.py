@@ -11,18 +11,17 @@ import gzip
 import importlib.resources
 import json
 import logging
-import math
 import os
 import re
 import threading
 import time
-import urllib.parse
-from typing import Any, Callable
+from typing import Callable
 
-from tensorboard.backend import http_util, json_util
+from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers, wsgi
 
+from beholder_plugin.protocol.colormaps import palettes_hex
 from beholder_plugin.protocol.files import FileRefused, confine
 from beholder_plugin.protocol.frame_format import FrameFormatError
 from beholder_plugin.protocol.history import history_frame_path, list_history, parse_history_name
@@ -38,10 +37,26 @@ from beholder_plugin.protocol.runfiles import (
 )
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG, ConfigError, validate_changes
 from beholder_plugin.server.diff import DiffCache, DiffError
-from beholder_plugin.server.frames import EncodedFrame, FrameData, FrameGone, FrameHub
+from beholder_plugin.server.frame_data import FrameData, FrameGone
+from beholder_plugin.server.frame_encoding import EncodedFrame
+from beholder_plugin.server.frame_hub import FrameHub
+from beholder_plugin.server.http_answers import (
+    diff_headers,
+    error_response,
+    json_response,
+    live_timeout,
+    method_not_allowed,
+    no_frame_message,
+    pixel_coordinate,
+    read_json_body,
+    row_range,
+    section_table,
+    section_table_json,
+    with_run,
+)
 from beholder_plugin.server.origin import listed_names, trusted_names, write_refusal
 from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
-from beholder_plugin.server.timeline import TimelineRequestError, parse_points, timeline_answer  # timeline:
+from beholder_plugin.server.timeline import TimelineRequestError, parse_points, timeline_answer
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
     EXPORTS_DIR,
@@ -51,7 +66,6 @@ from beholder_plugin.server.videos import (
     list_videos,
     open_video,
 )
-from beholder_plugin.trainer.colormaps import palette_for
 
 logger = logging.getLogger("beholder")
 
@@ -59,11 +73,8 @@ PLUGIN_NAME = "beholder"
 FRONTEND_PACKAGE = "beholder_plugin.server.static"
 MAX_CONFIG_BODY = 4096  # bytes: a full config is about 200
 MAX_EXPORT_BODY = 4096  # bytes: two kept frame names and a frame rate
-# The diff description travels in a header up to this size (else only through ?format=json).
-MAX_DIFF_HEADER = 64 << 10
 DEFAULT_LIVE_TIMEOUT = 10.0
 _DATA_ATTEMPTS = 3  # loads of a frame-data answer whose file keeps being replaced under the reads
-MAX_LIVE_TIMEOUT = 30.0
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(js|css|svg|html)$")
 _STATIC_TYPES = {
     "js": "text/javascript",
@@ -73,153 +84,6 @@ _STATIC_TYPES = {
 }
 
 Handler = Callable[[wrappers.Request], wrappers.Response]
-
-
-def _error(request: wrappers.Request, message: str, code: int) -> wrappers.Response:
-    """A JSON error response {"error": message}."""
-    return http_util.Respond(request, {"error": message}, "application/json", code=code)
-
-
-def _json(request: wrappers.Request, content: Any, code: int = 200) -> wrappers.Response:
-    """A JSON response that is never cached."""
-    return http_util.Respond(request, content, "application/json", code=code)
-
-
-def _json_bytes(content: Any) -> bytes:
-    """content as JSON the way http_util.Respond writes it (NaN and infinities as strings), but fast.
-
-    Cleanse walks every value in Python; it is only needed for a non-finite
-    number, which json.dumps(allow_nan=False) finds in C.
-    """
-    try:
-        return json.dumps(content, allow_nan=False).encode("utf-8")
-    except ValueError:
-        return json.dumps(json_util.Cleanse(content)).encode("utf-8")
-
-
-def _pixel_coordinate(raw: str | None, name: str) -> int:
-    """A pixel coordinate from the query (RunError 400 unless ASCII digits, a number below 2**31).
-
-    ASCII only: str.isdigit() also accepts "²" (which int() refuses) and "٣" (which it reads as 3).
-    """
-    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or int(raw) >= 1 << 31:
-        raise RunError(f"query parameter {name!r} must be a pixel coordinate (a whole number >= 0)", 400)
-    return int(raw)
-
-
-def _live_timeout(raw: str) -> float:
-    """?timeout= of a long poll in seconds (RunError 400 unless a number from 0 to MAX_LIVE_TIMEOUT)."""
-    try:
-        timeout = float(raw)
-    except ValueError:
-        timeout = float("nan")
-    if not math.isfinite(timeout) or not 0 <= timeout <= MAX_LIVE_TIMEOUT:
-        raise RunError(f"'timeout' must be a number of seconds from 0 to {MAX_LIVE_TIMEOUT:g}", 400)
-    return timeout
-
-
-def _row_range(raw: str | None) -> tuple[int, int] | None:
-    """?rows=A-B (first and last row, inclusive) as a pair, None when absent (RunError 400 if malformed)."""
-    if raw is None:
-        return None
-    first, sep, last = raw.partition("-")
-    if not sep:
-        raise RunError("query parameter 'rows' must be FIRST-LAST (whole numbers, FIRST <= LAST)", 400)
-    a, b = _pixel_coordinate(first, "rows"), _pixel_coordinate(last, "rows")
-    if a > b:
-        raise RunError("query parameter 'rows' must be FIRST-LAST (whole numbers, FIRST <= LAST)", 400)
-    return a, b
-
-
-def section_table(frame: EncodedFrame | FrameData | None) -> dict[str, Any]:
-    """The /section-info document for a frame (or for no frame yet)."""
-    if frame is None:
-        return {"version": 2, "frame_id": None, "writer": None, "step": None, "sections": []}
-    head = frame.header
-    return {
-        "version": 2,
-        "frame_id": head.get("frame_id"),
-        "writer": head.get("writer"),
-        "step": head.get("step"),
-        "sections": head.get("sections", []),
-    }
-
-
-_SECTIONS_KEY = b'"sections":['
-
-
-def section_table_json(frame: EncodedFrame | FrameData) -> bytes:
-    """section_table(frame) as JSON bytes, quoting the header's stored sections when that is safe.
-
-    Writing 200 section records again costs milliseconds of float
-    formatting per frame. A header written by this package has "sections"
-    last and no NaN or infinity, so its sections array is the stored text
-    from the one '"sections":[' to the closing brace; any other header is
-    written out again.
-    """
-    text = getattr(frame, "header_text", b"").rstrip()
-    quotable = (
-        text.endswith(b"}") and next(reversed(frame.header), None) == "sections"
-        and text.count(_SECTIONS_KEY) == 1 and b"NaN" not in text and b"Infinity" not in text
-    )
-    if not quotable:
-        return _json_bytes(section_table(frame))
-    table = section_table(frame)
-    del table["sections"]
-    start = text.index(_SECTIONS_KEY) + len(_SECTIONS_KEY) - 1
-    return _json_bytes(table)[:-1] + b', "sections": ' + text[start:-1] + b"}"
-
-
-def diff_headers(info: dict[str, Any]) -> list[tuple[str, str]]:
-    """Headers of a diff PNG: size, both frame ids, and the description as percent-encoded JSON."""
-    out = [("X-Beholder-Size", f"{info['width']}x{info['height']}")]
-    for key, name in (("frame_id", "X-Beholder-Frame-Id"), ("other_frame_id", "X-Beholder-Other-Frame-Id")):
-        if isinstance(info.get(key), int):
-            out.append((name, str(info[key])))
-    described = urllib.parse.quote(json.dumps(info, separators=(",", ":")), safe="")
-    if len(described) <= MAX_DIFF_HEADER:
-        out.append(("X-Beholder-Diff", described))
-    return out
-
-
-def _no_frame(run: Run, name: str | None) -> str:
-    """The 404 message for a run without a frame yet, or a kept frame the ring has dropped."""
-    if name is None:
-        return f"run {run.name!r} has no frame yet"
-    return f"frame {name} of run {run.name!r} is no longer kept (the history ring dropped it)"
-
-
-def _with_run(handler: Callable) -> Callable:
-    """Decorate a route method: it gets the resolved ?run=, and its errors become JSON answers.
-
-    RunError keeps its status; a frame file that cannot be used (corrupt,
-    an old version, not a regular file, a header past the caps) and a file
-    the system refuses to read (permissions, a symlink loop) are a 500
-    naming the problem; running out of memory is a 503, and any other
-    failure a 500, all as JSON.
-    """
-
-    def wrapped(self: BeholderPlugin, request: wrappers.Request) -> wrappers.Response:
-        try:
-            return handler(self, request, self._index.resolve(request.args.get("run")))
-        except RunError as exc:
-            return _error(request, str(exc), exc.status)
-        except (FrameFormatError, FileRefused) as exc:
-            return _error(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
-        except OSError as exc:
-            name = os.path.basename(exc.filename) if isinstance(exc.filename, str) else "a file"
-            return _error(request, f"cannot read {name} of the run: {exc.strerror or exc}", 500)
-        except MemoryError:
-            logger.warning("Beholder: out of memory answering %s", request.path)
-            return _error(request, "the server ran out of memory answering this request; try again", 503)
-        except Exception as exc:  # noqa: BLE001 - whatever failed, the answer is JSON, never an HTML page
-            logger.exception("Beholder: %s failed", request.path)
-            return _error(request, f"the server failed answering this request: {type(exc).__name__}: {exc}",
-                          500)
-
-    wrapped.__doc__ = handler.__doc__
-    wrapped.__name__ = handler.__name__
-    return wrapped
 
 
 class BeholderPlugin(base_plugin.TBPlugin):
@@ -239,8 +103,17 @@ class BeholderPlugin(base_plugin.TBPlugin):
         if logdir and not is_remote(logdir):
             confine(normalize_location(logdir))  # every file opened under it is checked once open (files.py)
 
-    # ------------------------------------------------------------ TBPlugin API
+    @property
+    def hub(self) -> FrameHub:
+        """The frame hub serving this plugin's frames (its counters and timings are for tests and stats)."""
+        return self._hub
 
+    @property
+    def run_index(self) -> RunIndex:
+        """The runs of the logdir, as the routes find them."""
+        return self._index
+
+    # ------------------------------------------------------------ TBPlugin API
     def get_plugin_apps(self) -> dict[str, Handler]:
         """The plugin's routes, relative to /data/plugin/beholder."""
         return {
@@ -261,7 +134,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
             "/video": self._serve_video,
             "/export": self._serve_export,
             "/diff": self._serve_diff,
-            "/timeline": self._serve_timeline,  # timeline:
+            "/timeline": self._serve_timeline,
         }
 
     def is_active(self) -> bool:
@@ -277,26 +150,25 @@ class BeholderPlugin(base_plugin.TBPlugin):
         )
 
     # ------------------------------------------------------------ routes
-
     @wrappers.Request.application
     def _serve_static(self, request: wrappers.Request) -> wrappers.Response:
         """A file of the dashboard, from the installed beholder_plugin.server.static package."""
         # Everything after /static/, so that "static//index.js" or "static/a/index.js" is no file name.
         name = request.path.split("/static/", 1)[-1]
         if not _STATIC_NAME.match(name):
-            return _error(request, f"no such dashboard file: {name!r}", 404)
+            return error_response(request, f"no such dashboard file: {name!r}", 404)
         resource = importlib.resources.files(FRONTEND_PACKAGE) / name
         try:
             content = resource.read_bytes()
         except (FileNotFoundError, IsADirectoryError):
-            return _error(request, f"no such dashboard file: {name!r}", 404)
+            return error_response(request, f"no such dashboard file: {name!r}", 404)
         content_type = _STATIC_TYPES[name.rsplit(".", 1)[1]]
         return http_util.Respond(request, content, content_type)
 
     @wrappers.Request.application
     def _serve_ping(self, request: wrappers.Request) -> wrappers.Response:
         """A liveness check the dashboard uses to tell "TensorBoard is down" from "no frames"."""
-        return _json(request, {"ok": True, "time": time.time()})
+        return json_response(request, {"ok": True, "time": time.time()})
 
     @wrappers.Request.application
     def _serve_runs(self, request: wrappers.Request) -> wrappers.Response:
@@ -307,7 +179,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
             mtime = run.frame_mtime()
             age = None if mtime is None else max(0.0, now - mtime)
             out.append({"run": run.name, "age": age, "storage": self._index.storage})
-        return _json(request, out)
+        return json_response(request, out)
 
     def _frame_response(self, request: wrappers.Request, frame: EncodedFrame) -> wrappers.Response:
         """A PNG response for an encoded frame, or 304 when the client already has it."""
@@ -321,19 +193,19 @@ class BeholderPlugin(base_plugin.TBPlugin):
         return self._index.file_path(run, FRAME_FILE)
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_frame(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The run's latest frame as PNG, with an ETag (304 on a matching If-None-Match)."""
         frame = self._hub.latest(self._frame_path(run))
         if frame is None:
-            return _error(request, f"run {run.name!r} has no frame yet", 404)
+            return error_response(request, f"run {run.name!r} has no frame yet", 404)
         return self._frame_response(request, frame)
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_live(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """Long polling: the first frame whose ETag is not ?after=, or 204 after ?timeout= s."""
-        timeout = _live_timeout(request.args.get("timeout", str(DEFAULT_LIVE_TIMEOUT)))
+        timeout = live_timeout(request.args.get("timeout", str(DEFAULT_LIVE_TIMEOUT)))
         frame = self._hub.wait_newer(self._frame_path(run), request.args.get("after"), timeout)
         if frame is None:
             return http_util.Respond(request, b"", "image/png", code=204)
@@ -365,24 +237,24 @@ class BeholderPlugin(base_plugin.TBPlugin):
             except FrameGone:
                 continue
             return http_util.Respond(request, body, "application/octet-stream", headers=headers)
-        return _error(request, "the frame kept changing while it was read; try again", 503)
+        return error_response(request, "the frame kept changing while it was read; try again", 503)
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_frame_data(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The latest frame (or ?frame=, a kept one) as palette indices per section; PNG for other frames."""
-        rows = _row_range(request.args.get("rows"))
+        rows = row_range(request.args.get("rows"))
         name = request.args.get("frame")
         path, expect = self._kept_frame(run, name)
         return self._data_response(request, lambda: self._hub.frame_data(path, expect), rows,
-                                   lambda: _error(request, _no_frame(run, name), 404))
+                                   lambda: error_response(request, no_frame_message(run, name), 404))
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_live_data(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """Long polling as /live, answering as frame-data (?rows= too)."""
-        rows = _row_range(request.args.get("rows"))
-        timeout = _live_timeout(request.args.get("timeout", str(DEFAULT_LIVE_TIMEOUT)))
+        rows = row_range(request.args.get("rows"))
+        timeout = live_timeout(request.args.get("timeout", str(DEFAULT_LIVE_TIMEOUT)))
         path, after = self._frame_path(run), request.args.get("after")
         deadline = time.monotonic() + timeout
         return self._data_response(
@@ -394,21 +266,21 @@ class BeholderPlugin(base_plugin.TBPlugin):
         )
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_section_info(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The section table of the run's latest frame (or of ?frame=, a kept one), from its own header."""
         name = request.args.get("frame")
         frame = self._hub.frame_data(*self._kept_frame(run, name))  # no PNG encoding for a table
         if frame is None and name is not None:
-            return _error(request, _no_frame(run, name), 404)
+            return error_response(request, no_frame_message(run, name), 404)
         if frame is None:
-            return _json(request, section_table(None))
+            return json_response(request, section_table(None))
         if frame.table_json is None:  # once per frame, shared by every viewer (Respond unzips if need be)
             frame.table_json = gzip.compress(section_table_json(frame), compresslevel=1, mtime=0)
         return http_util.Respond(request, frame.table_json, "application/json", content_encoding="gzip")
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_value(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """What pixel (?x=, ?y=) of the latest frame (or of ?frame=, a kept one) shows, and its value.
 
@@ -421,20 +293,20 @@ class BeholderPlugin(base_plugin.TBPlugin):
         if request.args.get("section") is not None:
             found_at = self._element_pixel(path, request.args["section"], request.args.get("index"))
             if found_at is None:
-                return _error(request, f"section {request.args['section']!r} shows no element "
+                return error_response(request, f"section {request.args['section']!r} shows no element "
                               f"{request.args.get('index')} in this frame", 404)
             x, y = found_at
         else:
-            x, y = (_pixel_coordinate(request.args.get(k), k) for k in ("x", "y"))
+            x, y = (pixel_coordinate(request.args.get(k), k) for k in ("x", "y"))
         try:
             found = self._hub.value_at(path, x, y, expect)
         except FileNotFoundError:
-            return _error(request, _no_frame(run, name), 404)
+            return error_response(request, no_frame_message(run, name), 404)
         if found is None:
-            return _error(request, f"pixel ({x}, {y}) shows no array value in this frame", 404)
+            return error_response(request, f"pixel ({x}, {y}) shows no array value in this frame", 404)
         if request.args.get("section") is not None:  # looked up by element: say where it is
             found = {**found, "x": x, "y": y}
-        return _json(request, found)
+        return json_response(request, found)
 
     def _element_pixel(self, path: str, section: str, raw_index: str | None) -> tuple[int, int] | None:
         """The pixel of the frame at path showing element raw_index (JSON) of section; RunError 400 if bad."""
@@ -456,19 +328,19 @@ class BeholderPlugin(base_plugin.TBPlugin):
         return pixel_of(head.get("sections") or [], int(head.get("width") or 0), section, index)
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_history(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The run's kept frames, oldest first: name, time, step, frame id and writer."""
         self._index.file_path(run, HISTORY_DIR)  # RunError if it leads out of the logdir
         entries = list_history(run.path)
-        return _json(
+        return json_response(
             request,
             [{"name": e.name, "time": e.time, "step": e.step, "frame_id": e.frame_id, "writer": e.writer}
              for e in entries],
         )
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_timeline(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """timeline: the run's timeline, ?points= per section at most, its anomalies and kept frames."""
         try:
@@ -476,20 +348,20 @@ class BeholderPlugin(base_plugin.TBPlugin):
         except TimelineRequestError as exc:
             raise RunError(str(exc), 400) from exc
         self._index.file_path(run, "timeline")  # RunError if it leads out of the logdir
-        return _json(request, timeline_answer(run.name, run.path, points, run.files))
+        return json_response(request, timeline_answer(run.name, run.path, points, run.files))
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_history_frame(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """One kept frame (?name=) as PNG, with an ETag; 404 once the ring has dropped it."""
         name = request.args.get("name", "")
         frame = self._hub.latest(*self._kept_frame(run, name))
         if frame is None:
-            return _error(request, _no_frame(run, name), 404)
+            return error_response(request, no_frame_message(run, name), 404)
         return self._frame_response(request, frame)
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_diff(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """?run= minus ?other= (latest frames, sections matched by name) as PNG; ?format=json describes it."""
         if not request.args.get("other"):
@@ -498,12 +370,12 @@ class BeholderPlugin(base_plugin.TBPlugin):
         try:
             found = self._diffs.diff(self._frame_path(run), self._frame_path(other))
         except DiffError as exc:
-            return _error(request, str(exc), exc.status)
+            return error_response(request, str(exc), exc.status)
         if found is None:
-            return _error(request, f"run {run.name!r} or run {other.name!r} has no frame yet", 404)
+            return error_response(request, f"run {run.name!r} or run {other.name!r} has no frame yet", 404)
         info = {"run": run.name, "other": other.name, **found.info}
         if request.args.get("format") == "json":
-            return _json(request, info)
+            return json_response(request, info)
         return http_util.Respond(request, found.png, "image/png", headers=diff_headers(info))
 
     def _kept_frame(self, run: Run, name: str | None) -> tuple[str, tuple[str, int] | None]:
@@ -523,38 +395,20 @@ class BeholderPlugin(base_plugin.TBPlugin):
         return self._index.file_path(run, f"{HISTORY_DIR}/{name}"), expect
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_config(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """GET: the run's settings; POST: change some (JSON body, validated, all or nothing)."""
         self._index.file_path(run, CONFIG_FILE)  # RunError if it leads out of the logdir
         if request.method == "GET":
             return self._config_reply(request, run)
         if request.method != "POST":
-            return http_util.Respond(
-                request,
-                {"error": "use GET or POST"},
-                "application/json",
-                code=405,
-                headers=[("Allow", "GET, POST")],
-            )
+            return method_not_allowed(request, "GET, POST")
         self._check_write(request)
-        if request.mimetype != "application/json":
-            message = "the body must be JSON sent as Content-Type: application/json"
-            return _error(request, message, 415)
-        if request.content_length is not None and request.content_length > MAX_CONFIG_BODY:
-            return _error(request, f"the body is larger than {MAX_CONFIG_BODY} bytes", 413)
-        body = request.stream.read(MAX_CONFIG_BODY + 1)
-        if len(body) > MAX_CONFIG_BODY:
-            return _error(request, f"the body is larger than {MAX_CONFIG_BODY} bytes", 413)
-        try:
-            changes = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            # RecursionError: "[[[[..." nested deeper than the decoder allows, well within 4 KB.
-            return _error(request, f"the body is not valid JSON: {exc}", 400)
+        changes = read_json_body(request, MAX_CONFIG_BODY)
         try:
             accepted = validate_changes(changes)
         except ConfigError as exc:
-            return _error(request, str(exc), 400)
+            return error_response(request, str(exc), 400)
         with self._config_lock:
             try:
                 config = read_config(run.path)
@@ -566,7 +420,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
             try:
                 write_config(run.path, config)
             except (OSError, FileRefused) as exc:
-                return _error(request, f"cannot write the config of run {run.name!r}: {exc}", 403)
+                return error_response(request, f"cannot write the config of run {run.name!r}: {exc}", 403)
         return self._config_reply(request, run)
 
     def _config_reply(self, request: wrappers.Request, run: Run) -> wrappers.Response:
@@ -576,35 +430,33 @@ class BeholderPlugin(base_plugin.TBPlugin):
             config = read_config(run.path)
         except ConfigError as exc:
             config, problem = dict(DEFAULT_CONFIG), str(exc)
-        return _json(
+        return json_response(
             request,
             {"config": config, "writable": is_writable(run.beholder_dir), "problem": problem},
         )
 
     # ------------------------------------------------------------ videos
-
     @wrappers.Request.application
     def _serve_colormaps(self, request: wrappers.Request) -> wrappers.Response:
-        """Every colormap's 256 colours as one hex string ("rrggbb" x 256), for colour bars."""
-        names = ("magma", "inferno", "plasma", "viridis", "grayscale")
-        return _json(request, {name: palette_for(name).astype("uint8").tobytes().hex() for name in names})
+        """Every colormap, in the order offered, with its 256 colours as one hex string ("rrggbb" x 256)."""
+        return json_response(request, palettes_hex())
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_videos(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The run's recordings and exports (mp4), newest first: name, kind, size and time."""
         self._index.file_path(run, EXPORTS_DIR)  # RunError if it leads out of the logdir
-        return _json(request, list_videos(run.beholder_dir))
+        return json_response(request, list_videos(run.beholder_dir))
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_video(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """One recording or export (?name= as `videos` lists it) as an mp4 download."""
         try:
             name = check_video_name(request.args.get("name"))
             handle, size = open_video(self._index.file_path(run, name), name)
         except VideoError as exc:
-            return _error(request, str(exc), exc.status)
+            return error_response(request, str(exc), exc.status)
         response = wrappers.Response(
             wsgi.wrap_file(request.environ, handle), mimetype="video/mp4", direct_passthrough=True
         )
@@ -615,29 +467,28 @@ class BeholderPlugin(base_plugin.TBPlugin):
         return response
 
     @wrappers.Request.application
-    @_with_run
+    @with_run
     def _serve_export(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """POST {"from": NAME, "to": NAME[, "fps": N]}: encode those kept frames to exports/*.mp4."""
         if request.method != "POST":
-            return http_util.Respond(
-                request, {"error": "use POST"}, "application/json", code=405, headers=[("Allow", "POST")]
-            )
+            return method_not_allowed(request, "POST")
         self._check_write(request)
-        body = self._json_body(request, MAX_EXPORT_BODY)
+        body = read_json_body(request, MAX_EXPORT_BODY)
         if not isinstance(body, dict):
-            return _error(request, 'the body must be a JSON object {"from": NAME, "to": NAME}', 400)
+            return error_response(request, 'the body must be a JSON object {"from": NAME, "to": NAME}', 400)
         self._index.file_path(run, HISTORY_DIR)  # RunError if either folder leads out of the logdir
         exports = self._index.file_path(run, EXPORTS_DIR)
         if not self._export_lock.acquire(blocking=False):
-            return _error(request, "another export is being encoded; try again when it has finished", 409)
+            return error_response(request, "another export is being encoded; try again when it has finished",
+                                  409)
         try:
             fps = body.get("fps", DEFAULT_EXPORT_FPS)
             result = export_range(run.path, exports, body.get("from"), body.get("to"), fps)
         except VideoError as exc:
-            return _error(request, str(exc), exc.status)
+            return error_response(request, str(exc), exc.status)
         finally:
             self._export_lock.release()
-        return _json(request, dataclasses.asdict(result))
+        return json_response(request, dataclasses.asdict(result))
 
     def _check_write(self, request: wrappers.Request) -> None:
         """RunError 403 unless the request comes from a page of this TensorBoard (server/origin.py)."""
@@ -646,15 +497,3 @@ class BeholderPlugin(base_plugin.TBPlugin):
         if why is not None:
             logger.warning("Beholder: refused a write to %s: %s", request.path, why)
             raise RunError(why, 403)
-
-    def _json_body(self, request: wrappers.Request, limit: int) -> Any:
-        """The request's JSON body; RunError 415 (not JSON), 413 (over limit bytes) or 400 (unparsable)."""
-        if request.mimetype != "application/json":
-            raise RunError("the body must be JSON sent as Content-Type: application/json", 415)
-        body = request.stream.read(limit + 1)
-        if len(body) > limit or (request.content_length or 0) > limit:
-            raise RunError(f"the body is larger than {limit} bytes", 413)
-        try:
-            return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise RunError(f"the body is not valid JSON: {exc}", 400) from None

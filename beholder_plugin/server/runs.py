@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from beholder_plugin.protocol.files import files_for
+from beholder_plugin.protocol.files import files_for, recent_realpath
 from beholder_plugin.protocol.remote_files import BackendMissing, is_remote, normalize_location
 from beholder_plugin.protocol.runfiles import FRAME_FILE, plugin_dir
 
@@ -203,6 +203,11 @@ class RunIndex:
                 self._scanned_at = now
             return list(self._runs)
 
+    def expire(self) -> None:
+        """Make the next runs() scan the logdir again, however recent the last scan."""
+        with self._lock:
+            self._scanned_at = float("-inf")
+
     def resolve(self, name: str | None) -> Run:
         """The run called `name`; RunError if it is missing, not a run, or outside the logdir."""
         if self.logdir is None:
@@ -269,27 +274,6 @@ class RunIndex:
         if not _is_inside(os.path.realpath(path), recent_realpath(self.logdir)):
             raise RunError(f"{name} of run {run.name!r} leads outside the logdir", 403)
         return path
-
-
-_REALPATHS: dict[str, tuple[float, str]] = {}
-REALPATH_TTL = 1.0  # seconds a remembered real path is used
-
-
-def recent_realpath(path: str) -> str:
-    """os.path.realpath(path) as found in the last REALPATH_TTL s: one lstat per path component saved.
-
-    For the logdir itself and for cache keys, never for the check that a
-    run or file lies inside the logdir (that one looks every time).
-    """
-    now = time.monotonic()
-    found = _REALPATHS.get(path)
-    if found is not None and now - found[0] < REALPATH_TTL:
-        return found[1]
-    if len(_REALPATHS) > 4096:
-        _REALPATHS.clear()
-    real = os.path.realpath(path)
-    _REALPATHS[path] = (now, real)
-    return real
 
 
 def is_writable(directory: str) -> bool:

@@ -28,7 +28,7 @@ from beholder_plugin.protocol.history import (
     read_history_frame,
 )
 from beholder_plugin.protocol.names import history_dir
-from beholder_plugin.trainer.recording import VIDEO_FPS, pad_even, timestamp
+from beholder_plugin.protocol.video import VIDEO_FPS, open_mp4_writer, pad_even, timestamp
 
 EXPORTS_DIR = "exports"
 # At most this many kept frames go into one export (30 s of video at 15 fps... times a little more).
@@ -39,7 +39,6 @@ MAX_LISTED_VIDEOS = 1000
 DEFAULT_EXPORT_FPS = VIDEO_FPS
 _VIDEO_NAME = re.compile(r"^(exports/)?[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\.mp4$")
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-_FFMPEG_PARAMS = ["-preset", "veryfast", "-crf", "18", "-movflags", "+faststart"]
 
 
 class VideoError(ValueError):
@@ -139,7 +138,7 @@ def export_range(run_dir: str, exports_dir: str, first: Any, last: Any, fps: Any
     final = os.path.join(exports_dir, name)
     partial = os.path.join(exports_dir, f".{name}.{os.getpid()}-{threading.get_ident()}.partial.mp4")
     try:
-        written = _encode(run_dir, chosen, partial, width, height, fps)
+        written = encode_export(run_dir, chosen, partial, width, height, fps)
         if written == 0:
             raise VideoError("every frame of the range was dropped by the history ring meanwhile", 404)
         os.close(open_checked(partial, os.O_RDONLY))  # written inside the logdir: no folder swapped meanwhile
@@ -241,16 +240,10 @@ def export_comment(chosen: list[HistoryEntry], fps: int) -> str:
     return f"Beholder export: plays at {fps} frames/s; its frames were taken at {taken}"
 
 
-def _encode(run_dir: str, chosen: list[HistoryEntry], path: str, width: int, height: int, fps: int) -> int:
-    """Write the frames to an H.264 mp4 at path with imageio-ffmpeg; how many frames were written."""
-    import imageio_ffmpeg
-
-    params = [*_FFMPEG_PARAMS, "-metadata", f"comment={export_comment(chosen, fps)}"]
-    writer = imageio_ffmpeg.write_frames(
-        path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        quality=None, macro_block_size=2, ffmpeg_log_level="error", output_params=params,
-    )
-    writer.send(None)
+def encode_export(run_dir: str, chosen: list[HistoryEntry], path: str, width: int, height: int,
+                  fps: int) -> int:
+    """Write the kept frames still on disk to an H.264 mp4 at path; how many frames were written."""
+    writer = open_mp4_writer(path, width, height, fps, export_comment(chosen, fps), live=False)
     written = 0
     try:
         for rgb in _frames_rgb(run_dir, chosen, width, height):

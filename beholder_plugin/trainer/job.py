@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from beholder_plugin.trainer.colormaps import palette_for
+from beholder_plugin.protocol.colormaps import palette_for
 from beholder_plugin.trainer.device_batches import receive
 from beholder_plugin.trainer.run_settings import RunSettings
 from beholder_plugin.trainer.run_status import RunStatus

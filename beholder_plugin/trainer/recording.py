@@ -1,4 +1,4 @@
-"""Recording frames to a fragmented MP4 through imageio-ffmpeg's bundled ffmpeg, or to PNGs.
+"""Recording frames to a fragmented MP4 (protocol/video.py's writer), or to PNGs.
 
 A recording runs in a background thread with a bounded queue so that a slow
 encoder drops frames (and says so) instead of stalling the training loop.
@@ -24,23 +24,19 @@ from typing import Any, Callable
 
 import numpy as np
 
+from beholder_plugin.protocol.video import (
+    MAX_VIDEO_FPS,
+    VIDEO_FPS,
+    ffmpeg_exe,
+    open_mp4_writer,
+    pad_even,
+    timestamp,
+)
+
 logger = logging.getLogger("beholder")
 
-VIDEO_FPS = 15  # exports' default rate (server/videos.py)
-MAX_VIDEO_FPS = 60
 MAX_HOLD_SECONDS = 5.0
 _QUEUE_BYTES = 256 << 20
-
-
-def _ffmpeg_output(fps: int) -> list[str]:
-    """ffmpeg's output options: fast x264, a key frame a second, fragments, the rate in the metadata."""
-    return [
-        "-preset", "ultrafast",
-        "-crf", "18",
-        "-g", str(fps),
-        "-metadata", f"comment={rate_comment(fps)}",
-        "-movflags", "frag_keyframe+empty_moov+default_base_moof",
-    ]  # fmt: skip
 
 
 def rate_comment(fps: float) -> str:
@@ -57,50 +53,18 @@ def video_rate(fps: Any) -> int:
         return VIDEO_FPS
 
 
-def timestamp() -> str:
-    """A file-name timestamp with milliseconds, e.g. 20261121-214501-123."""
-    now = time.time()
-    return time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-{int(now * 1000) % 1000:03d}"
-
-
-def pad_even(rgb: np.ndarray) -> np.ndarray:
-    """Pad an RGB frame with black to even width and height (yuv420p needs both even)."""
-    h, w = rgb.shape[:2]
-    if h % 2 == 0 and w % 2 == 0:
-        return rgb
-    out = np.zeros((h + h % 2, w + w % 2, 3), dtype=np.uint8)
-    out[:h, :w] = rgb
-    return out
-
-
 def _ffmpeg_exe() -> str:
-    """The ffmpeg binary shipped with imageio-ffmpeg."""
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    """The ffmpeg binary a recording would use (raises when there is none; tests replace it)."""
+    return ffmpeg_exe()
 
 
 class _Mp4Sink:
     """One MP4 file being written by an ffmpeg subprocess, fed from a worker thread."""
 
     def __init__(self, path: str, width: int, height: int, fps: int = VIDEO_FPS) -> None:
-        import imageio_ffmpeg
-
         self.path = path
         _ffmpeg_exe()  # raises when there is no usable ffmpeg
-        self._gen = imageio_ffmpeg.write_frames(
-            path,
-            (width, height),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            quality=None,
-            macro_block_size=2,
-            ffmpeg_log_level="error",
-            output_params=_ffmpeg_output(fps),
-        )
-        self._gen.send(None)  # starts ffmpeg; raises if it cannot
+        self._gen = open_mp4_writer(path, width, height, fps, rate_comment(fps), live=True)
         frame_bytes = width * height * 3
         self._queue: queue.Queue = queue.Queue(maxsize=max(2, min(64, _QUEUE_BYTES // frame_bytes)))
         self.written = 0

@@ -26,9 +26,9 @@ from server_support import (
 from server_support import dashboard_stats as stats
 
 from beholder_plugin import Beholder
+from beholder_plugin.protocol.colormaps import palette_for
 from beholder_plugin.protocol.layout import LAYOUTS, compact_map, resize_indices
 from beholder_plugin.protocol.runfiles import read_frame_file
-from beholder_plugin.trainer.colormaps import palette_for
 
 pytestmark = BROWSER_MARKS
 

@@ -16,8 +16,8 @@ from tensorboard.backend import json_util
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.files import LocalFiles
 from beholder_plugin.protocol.history import list_history
-from beholder_plugin.server.frames import FrameGone
-from beholder_plugin.server.plugin import section_table, section_table_json
+from beholder_plugin.server.frame_data import FrameGone
+from beholder_plugin.server.http_answers import section_table, section_table_json
 
 
 def write_frame(run: Path, show_all: bool = False, frame: np.ndarray | None = None) -> None:
@@ -49,8 +49,8 @@ def test_frame_data_draws_exactly_the_png_without_encoding_one(tmp_path, show_al
     assert all(a.status_code == 200 for a in answers)
     assert answers[0].headers["Content-Type"] == "application/octet-stream"
     assert len({a.get_data() for a in answers}) == 1
-    assert plugin._hub.encodings == 0  # no image was encoded
-    assert plugin._hub.index_computations == 1  # once per frame version, shared
+    assert plugin.hub.encodings == 0  # no image was encoded
+    assert plugin.hub.index_computations == 1  # once per frame version, shared
     doc, palette, indices = parse_payload(answers[0].get_data())
     assert [rec["index"] for rec in doc["sections"]] == [0, 1, 2, 3]
     assert doc["bytes"] == indices.size
@@ -112,7 +112,7 @@ def test_user_frames_still_come_as_png(tmp_path):
     pixels = png_pixels(answer.get_data())
     assert pixels.shape == (20, 30, 3) and tuple(pixels[0, 0]) == (255, 0, 0)
     assert client.get(f"{BASE}/frame?run=.").get_data() == answer.get_data()
-    assert plugin._hub.encodings == 1  # shared with /frame
+    assert plugin.hub.encodings == 1  # shared with /frame
 
 
 def test_kept_frames_and_live_data(tmp_path):
@@ -161,7 +161,7 @@ def test_a_viewport_reads_and_scales_only_the_sections_in_view(tmp_path, monkeyp
     part = client.get(f"{BASE}/frame-data?run=.&rows=0-0")
     doc, _, indices = parse_payload(part.get_data())
     assert [rec["index"] for rec in doc["sections"]] == [0]
-    start = plugin._hub.frame_data(path).data_offset
+    start = plugin.hub.frame_data(path).data_offset
     values_read = [(offset - start, length) for offset, length in read if start <= offset < start + 40 * 1024]
     assert values_read == [(0, 256 * 4)]  # section 0's values, not the frame's
     # the same request again is answered from the frame's cache: nothing more is read
@@ -172,25 +172,25 @@ def test_a_viewport_reads_and_scales_only_the_sections_in_view(tmp_path, monkeyp
     whole, _, all_indices = parse_payload(client.get(f"{BASE}/frame-data?run=.").get_data())
     rows = slice(0, doc["sections"][0]["height"])
     np.testing.assert_array_equal(expand(whole, all_indices)[rows], expand(doc, indices)[rows])
-    assert plugin._hub.index_computations == 1 and path.endswith("frame.bin")
+    assert plugin.hub.index_computations == 1 and path.endswith("frame.bin")
 
 
 def test_a_frame_replaced_between_its_header_and_its_values_is_answered_by_the_new_one(tmp_path, monkeypatch):
     path = many_sections_frame(tmp_path, step=0)
     plugin, client = plugin_client(tmp_path)
-    stale = plugin._hub.frame_data(path)
+    stale = plugin.hub.frame_data(path)
     assert stale.header["frame_id"] == 1
     many_sections_frame(tmp_path, step=1)  # the trainer's next frame replaces the file
     with pytest.raises(FrameGone):
         stale.payload((0, 0))  # its values went with the old file
     served = []
-    real = plugin._hub.frame_data
+    real = plugin.hub.frame_data
 
     def first_stale(p, expect=None):
         served.append(p)
         return stale if len(served) == 1 else real(p, expect)
 
-    monkeypatch.setattr(plugin._hub, "frame_data", first_stale)
+    monkeypatch.setattr(plugin.hub, "frame_data", first_stale)
     answer = client.get(f"{BASE}/frame-data?run=.&rows=0-0")
     assert answer.status_code == 200 and len(served) == 2
     assert answer.headers["X-Beholder-Frame-Id"] == "2"
@@ -201,9 +201,9 @@ def test_a_frame_replaced_between_its_header_and_its_values_is_answered_by_the_n
 def test_a_file_that_keeps_changing_under_the_reads_is_a_503_not_a_wrong_frame(tmp_path, monkeypatch):
     path = many_sections_frame(tmp_path)
     plugin, client = plugin_client(tmp_path)
-    stale = plugin._hub.frame_data(path)
+    stale = plugin.hub.frame_data(path)
     many_sections_frame(tmp_path, step=1)
-    monkeypatch.setattr(plugin._hub, "frame_data", lambda p, expect=None: stale)
+    monkeypatch.setattr(plugin.hub, "frame_data", lambda p, expect=None: stale)
     answer = client.get(f"{BASE}/frame-data?run=.")
     assert answer.status_code == 503
     assert "kept changing" in answer.get_json()["error"]
@@ -212,7 +212,7 @@ def test_a_file_that_keeps_changing_under_the_reads_is_a_503_not_a_wrong_frame(t
 def test_section_info_quotes_the_stored_table_and_writes_out_any_other(tmp_path):
     path = many_sections_frame(tmp_path, count=3)
     plugin, _ = plugin_client(tmp_path)
-    frame = plugin._hub.frame_data(path)
+    frame = plugin.hub.frame_data(path)
     expected = section_table(frame)
     quoted = section_table_json(frame)
     assert json.loads(quoted) == expected

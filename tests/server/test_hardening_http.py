@@ -151,7 +151,7 @@ def world(tmp_path_factory):
         shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.unlink(target)
         os.symlink(os.path.join(plugin_dir(outside), name), target)
     plugin, client = plugin_client(logs)
-    plugin._hub.idle_exit = 0.5
+    plugin.hub.idle_exit = 0.5
     return {"root": root, "logs": logs, "client": client, "plugin": plugin}
 
 

@@ -20,9 +20,9 @@ from server_support import BASE, plugin_client
 from support import set_config
 
 from beholder_plugin import Beholder
+from beholder_plugin.protocol.files import REALPATH_TTL
 from beholder_plugin.protocol.history import list_history
 from beholder_plugin.protocol.names import config_path, frame_path, history_dir, plugin_dir
-from beholder_plugin.server.runs import REALPATH_TTL
 
 SECRET = "SECRETNAME"
 REQUESTS = 1500

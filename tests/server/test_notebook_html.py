@@ -21,21 +21,21 @@ pytest.importorskip("IPython")
 
 
 def test_the_tensorboard_logdir_is_the_logdir_or_its_run(tmp_path):
-    assert notebook._target(tmp_path, None) == str(tmp_path)
-    assert notebook._target(tmp_path / "logs", "run1") == str(tmp_path / "logs" / "run1")
-    assert notebook._target("s3://bucket/logs/", "run1") == "s3://bucket/logs/run1"
-    assert notebook._target("gs://bucket/logs", None) == "gs://bucket/logs"
+    assert notebook.logdir_for(tmp_path, None) == str(tmp_path)
+    assert notebook.logdir_for(tmp_path / "logs", "run1") == str(tmp_path / "logs" / "run1")
+    assert notebook.logdir_for("s3://bucket/logs/", "run1") == "s3://bucket/logs/run1"
+    assert notebook.logdir_for("gs://bucket/logs", None) == "gs://bucket/logs"
 
 
 def test_a_relative_logdir_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert notebook._target("logs", "a") == os.path.join(str(tmp_path), "logs", "a")
+    assert notebook.logdir_for("logs", "a") == os.path.join(str(tmp_path), "logs", "a")
 
 
 def test_jupyter_gets_an_iframe_of_the_beholder_tab(monkeypatch):
     monkeypatch.delenv("TENSORBOARD_PROXY_URL", raising=False)
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    markup = notebook._html(6123, 450).data
+    markup = notebook.tab_markup(6123, 450).data
     assert re.search(r'<iframe[^>]*\ssrc="http://localhost:6123/#beholder"', markup)
     assert 'height="450"' in markup
     assert "if (6123) url.port = 6123;" in markup
@@ -45,7 +45,7 @@ def test_jupyter_gets_an_iframe_of_the_beholder_tab(monkeypatch):
 def test_a_tensorboard_proxy_url_is_followed(monkeypatch):
     monkeypatch.setenv("TENSORBOARD_PROXY_URL", "/user/me/proxy/%PORT%/")
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    markup = notebook._html(6123, 800).data
+    markup = notebook.tab_markup(6123, 800).data
     assert re.search(r'<iframe[^>]*\ssrc="/user/me/proxy/6123/#beholder"', markup)
     assert 'new URL("/user/me/proxy/6123/", window.location)' in markup
     assert "if (0)" in markup  # the proxy's URL keeps the notebook page's port
@@ -53,7 +53,7 @@ def test_a_tensorboard_proxy_url_is_followed(monkeypatch):
 
 def test_colab_reaches_the_port_through_its_proxy(monkeypatch):
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    markup = notebook._html(6123, 700).data
+    markup = notebook.tab_markup(6123, 700).data
     assert "google.colab.kernel.proxyPort(6123" in markup
     assert 'url.hash = "beholder";' in markup
     assert '"height", "700"' in markup
@@ -62,7 +62,7 @@ def test_colab_reaches_the_port_through_its_proxy(monkeypatch):
 
 def test_outside_a_notebook_show_prints_the_url(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(notebook, "start", lambda logdir, run=None, port=None: 6123)
-    monkeypatch.setattr(notebook, "_in_notebook", lambda: False)
+    monkeypatch.setattr(notebook, "in_notebook", lambda: False)
     assert notebook.show(tmp_path) is None
     assert "http://localhost:6123/#beholder" in capsys.readouterr().out
 
@@ -72,11 +72,11 @@ def test_the_tensorboard_of_this_python_is_used_unless_one_is_named(monkeypatch)
     here = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     if not os.path.exists(here):
         pytest.skip("no tensorboard script next to this Python")
-    with notebook._BinaryOfThisPython():
+    with notebook.BinaryOfThisPython():
         assert os.environ["TENSORBOARD_BINARY"] == here
     assert "TENSORBOARD_BINARY" not in os.environ
     monkeypatch.setenv("TENSORBOARD_BINARY", "/opt/tb/bin/tensorboard")
-    with notebook._BinaryOfThisPython():
+    with notebook.BinaryOfThisPython():
         assert os.environ["TENSORBOARD_BINARY"] == "/opt/tb/bin/tensorboard"
     assert os.environ["TENSORBOARD_BINARY"] == "/opt/tb/bin/tensorboard"
 
@@ -115,10 +115,10 @@ def answering():
 
 def test_a_tensorboard_without_the_plugin_is_refused(answering):
     port = answering.server_address[1]
-    notebook._check_plugin(port)  # 200 from /data/plugin/beholder/ping: fine
+    notebook.check_plugin(port)  # 200 from /data/plugin/beholder/ping: fine
     answering.status = 404
     with pytest.raises(RuntimeError, match="no Beholder plugin"):
-        notebook._check_plugin(port)
+        notebook.check_plugin(port)
 
 
 def test_the_record_of_a_killed_tensorboard_is_not_reused(monkeypatch, tmp_path):

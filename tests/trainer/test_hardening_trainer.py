@@ -332,7 +332,7 @@ SOAK = textwrap.dedent(
                 dict(history_mb=1), dict(history_mb=0, history_seconds=0)]
     history = os.path.join(run, "plugins", "beholder", "history")
     on_disk = lambda: sum(e.stat().st_size for e in os.scandir(history)  # the ring's (keyframes: their own)
-                          if e.name.startswith("f-") and e.name not in b._history.pins)
+                          if e.name.startswith("f-") and e.name not in b.store.history.pins)
     over_budget = 0
     b = Beholder(run, strict=True, clock=Clock.monotonic)
     fds = lambda: len(os.listdir("/proc/self/fd"))

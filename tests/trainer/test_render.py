@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from reference_render import reference_frame
 
+from beholder_plugin.protocol.colormaps import PALETTES
 from beholder_plugin.protocol.layout import RenderError, frame_width, resize_indices, section_height
 from beholder_plugin.protocol.plans import PlanCache, make_plan
 from beholder_plugin.protocol.settings import DEFAULT_CONFIG
-from beholder_plugin.trainer.colormaps import PALETTES
 from beholder_plugin.trainer.views.render import FramePlan, Renderer, scale_frame
 
 

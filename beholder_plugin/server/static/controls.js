@@ -2,8 +2,6 @@
 // plus the run selector, zoom and download. Every change goes to onChange(changes).
 import { h } from "./dom.js";
 
-const COLORMAPS = ["magma", "inferno", "plasma", "viridis", "grayscale"];
-
 function radioGroup(name, title, options, onChange) {
   const inputs = options.map(([value, label, tooltip]) =>
     h(
@@ -42,21 +40,53 @@ function slider(id, key, label, min, max, onChange) {
   return h("div", { class: "slider" }, h("label", { for: id }, `${label}: `, value), input);
 }
 
-/** Build the toolbar; returns {element, apply(config), setEnabled(bool), ...handles}. */
-export function buildToolbar({ onChange, onRun, onZoom, onDownload, onView, onCompare }) {
+/** The Run and Compare-with selectors. */
+function runGroups({ onRun, onCompare }) {
   const runSelect = h("select", { id: "run-select", "aria-label": "Run", onchange: () => onRun(runSelect.value) });
   const compareSelect = h("select", {
     id: "compare-select",
     "aria-label": "Compare with",
     onchange: () => onCompare(compareSelect.value || null),
   });
-  const viewChoice = h(
+  const elements = [
+    h("div", { class: "group" }, h("label", { class: "legend", for: "run-select" }, "Run"), runSelect),
+    h("div", { class: "group" }, h("label", { class: "legend", for: "compare-select" }, "Compare with"), compareSelect),
+  ];
+  return { elements, runSelect, compareSelect };
+}
+
+// The views the View choice offers: [value, label]. A new view adds a row here and an element in the dashboard.
+const VIEWS = [["frame", "Frame"], ["distributions", "Distributions"]];
+
+/** The View choice: the frame or another view. */
+function viewGroup({ onView }) {
+  const choice = h(
     "div",
     { class: "view-choice", id: "view-choice", role: "radiogroup", "aria-label": "View" },
-    [["frame", "Frame"], ["distributions", "Distributions"]].map(([value, label]) =>
+    VIEWS.map(([value, label]) =>
       h("label", { class: "choice" },
         h("input", { type: "radio", name: "view", value, checked: value === "frame", onchange: () => onView(value) }),
         label)),
+  );
+  return h("fieldset", { class: "group", id: "view-group" }, h("legend", {}, "View"), choice);
+}
+
+/** Values: which values are shown, and "Show all data". */
+function valuesGroups({ onChange }) {
+  const values = radioGroup(
+    "values",
+    "Values",
+    [
+      ["trainable_variables", "Trainable variables (model weights)",
+        "The original's tf.trainable_variables(): the variables (or model) given to Beholder() or update()"],
+      ["gradients", "Gradients", "The gradients of the trainable variables, as the training step computes them"],
+      ["activations", "Activations", "The layers' outputs (activations) of the latest batch"],
+      ["arrays", h("span", {}, "Arrays passed to ", h("code", {}, "update(arrays=...)")),
+        "The original's b.update(arrays=[2D_ARRAYS]): any arrays you pass"],
+      ["frames", h("span", {}, "Image passed to ", h("code", {}, "update(frame=...)")),
+        "The original's b.update(frame=2D_ARRAY): a 2-D array or an RGB image you pass"],
+    ],
+    onChange,
   );
   const showAll = h("input", {
     type: "checkbox",
@@ -64,16 +94,63 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload, onView, onCo
     "data-key": "show_all",
     onchange: () => onChange({ show_all: showAll.checked }),
   });
-  const colormap = h(
-    "select",
-    {
-      id: "colormap",
-      "data-key": "colormap",
-      "aria-label": "Colormap",
-      onchange: () => onChange({ colormap: colormap.value }),
-    },
-    COLORMAPS.map((name) => h("option", { value: name }, name)),
+  const showAllChoice = h(
+    "label",
+    { class: "choice show-all" },
+    showAll,
+    "Show all data ",
+    h("em", {}, "(can be resource intensive)"),
   );
+  return { elements: [values, showAllChoice], showAll };
+}
+
+/** Mode (current values or variance) and the variance window. */
+function modeGroups({ onChange }) {
+  const mode = radioGroup(
+    "mode",
+    "Mode",
+    [
+      ["current", "current values"],
+      ["variance", h("span", {}, "variance over the last ", h("span", { id: "variance-frames" }, "15"), " frames rendered"),
+        "The original's \"variance over train steps\": the window covers the frames Beholder rendered, not every train step"],
+    ],
+    onChange,
+  );
+  return [mode, slider("window-size", "window_size", "Variance window (frames rendered)", 2, 20, onChange)];
+}
+
+/** How values become colours and pixels: scaling, colormap (filled from the colormaps route) and section height. */
+function lookGroups({ onChange }) {
+  const scaling = radioGroup(
+    "scaling",
+    "Image scaling",
+    [
+      ["layer", "per section", "Scale each section on its own: its smallest value is the darkest colour, its largest the brightest."],
+      ["network", "all sections", "Scale all sections together: the smallest value of any section is the darkest colour, the largest the brightest."],
+    ],
+    onChange,
+  );
+  const colormap = h("select", {
+    id: "colormap",
+    "data-key": "colormap",
+    "aria-label": "Colormap",
+    onchange: () => onChange({ colormap: colormap.value }),
+  });
+  const sectionSize = radioGroup(
+    "section_size",
+    "Section height",
+    [
+      ["fixed", "fixed 128 px (the original)", "Every section is 128 pixels tall, as in the original Beholder"],
+      ["proportional", "proportional", "Taller sections for larger arrays"],
+    ],
+    onChange,
+  );
+  const colormapGroup = h("div", { class: "group" }, h("label", { class: "legend", for: "colormap" }, "Colormap"), colormap);
+  return { elements: [scaling, colormapGroup, sectionSize], colormap };
+}
+
+/** Updates per second and the record button. */
+function rateGroups({ onChange }) {
   const record = h("button", {
     id: "record",
     class: "record",
@@ -81,6 +158,11 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload, onView, onCo
     "data-key": "is_recording",
     onclick: () => onChange({ is_recording: record.dataset.recording !== "true" }),
   });
+  return { elements: [slider("fps", "FPS", "Updates per second", 0, 30, onChange), h("div", { class: "group" }, record)], record };
+}
+
+/** Zoom and the frame download. */
+function zoomGroup({ onZoom, onDownload }) {
   const zoom = h(
     "select",
     { id: "zoom", "aria-label": "Zoom", onchange: () => onZoom(zoom.value) },
@@ -93,88 +175,47 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload, onView, onCo
     { id: "download", type: "button", class: "plain", onclick: () => onDownload() },
     "Download frame (PNG)",
   );
-  const noRunsNote = h(
-    "p",
-    { class: "note", id: "no-runs-note", hidden: true },
-    "No runs yet: these settings belong to a run, so they can be changed once a training script " +
-      "has created one with Beholder(\"<logdir>/run1\").",
-  );
-  const readOnlyNote = h(
-    "p",
-    { class: "note", id: "read-only-note", hidden: true },
-    "TensorBoard cannot write to this run's directory, so these settings are shown but cannot be changed here.",
-  );
-  const errorNote = h("p", { class: "error", id: "config-error", role: "alert", hidden: true });
-  const problemNote = h("p", { class: "note", id: "config-problem", hidden: true });
+  return { element: h("div", { class: "group view" }, h("label", { class: "legend", for: "zoom" }, "Zoom"), zoom, download), zoom };
+}
 
+/** The notes under the controls: no runs, read-only, the refused change, the broken config.json. */
+function notes() {
+  return {
+    noRunsNote: h(
+      "p",
+      { class: "note", id: "no-runs-note", hidden: true },
+      "No runs yet: these settings belong to a run, so they can be changed once a training script " +
+        "has created one with Beholder(\"<logdir>/run1\").",
+    ),
+    readOnlyNote: h(
+      "p",
+      { class: "note", id: "read-only-note", hidden: true },
+      "TensorBoard cannot write to this run's directory, so these settings are shown but cannot be changed here.",
+    ),
+    problemNote: h("p", { class: "note", id: "config-problem", hidden: true }),
+    errorNote: h("p", { class: "error", id: "config-error", role: "alert", hidden: true }),
+  };
+}
+
+/** Build the toolbar; returns {element, apply(config), setEnabled(bool), ...handles}. */
+export function buildToolbar(handlers) {
+  const { onCompare } = handlers;
+  const { elements: runElements, runSelect, compareSelect } = runGroups(handlers);
+  const { elements: valuesElements, showAll } = valuesGroups(handlers);
+  const { elements: lookElements, colormap } = lookGroups(handlers);
+  const { elements: rateElements, record } = rateGroups(handlers);
+  const { element: zoomElement, zoom } = zoomGroup(handlers);
+  const { noRunsNote, readOnlyNote, problemNote, errorNote } = notes();
   const element = h(
     "aside",
     { class: "toolbar" },
-    h("div", { class: "group" }, h("label", { class: "legend", for: "run-select" }, "Run"), runSelect),
-    h("div", { class: "group" },
-      h("label", { class: "legend", for: "compare-select" }, "Compare with"), compareSelect),
-    h("fieldset", { class: "group", id: "view-group" }, h("legend", {}, "View"), viewChoice),
-    radioGroup(
-      "values",
-      "Values",
-      [
-        ["trainable_variables", "Trainable variables (model weights)",
-          "The original's tf.trainable_variables(): the variables (or model) given to Beholder() or update()"],
-        ["gradients", "Gradients", "The gradients of the trainable variables, as the training step computes them"],
-        ["activations", "Activations", "The layers' outputs (activations) of the latest batch"],
-        ["arrays", h("span", {}, "Arrays passed to ", h("code", {}, "update(arrays=...)")),
-          "The original's b.update(arrays=[2D_ARRAYS]): any arrays you pass"],
-        ["frames", h("span", {}, "Image passed to ", h("code", {}, "update(frame=...)")),
-          "The original's b.update(frame=2D_ARRAY): a 2-D array or an RGB image you pass"],
-      ],
-      onChange,
-    ),
-    h(
-      "label",
-      { class: "choice show-all" },
-      showAll,
-      "Show all data ",
-      h("em", {}, "(can be resource intensive)"),
-    ),
-    radioGroup(
-      "mode",
-      "Mode",
-      [
-        ["current", "current values"],
-        ["variance", h("span", {}, "variance over the last ", h("span", { id: "variance-frames" }, "15"), " frames rendered"),
-          "The original's \"variance over train steps\": the window covers the frames Beholder rendered, not every train step"],
-      ],
-      onChange,
-    ),
-    slider("window-size", "window_size", "Variance window (frames rendered)", 2, 20, onChange),
-    radioGroup(
-      "scaling",
-      "Image scaling",
-      [
-        ["layer", "per section", "Scale each section on its own: its smallest value is the darkest colour, its largest the brightest."],
-        ["network", "all sections", "Scale all sections together: the smallest value of any section is the darkest colour, the largest the brightest."],
-      ],
-      onChange,
-    ),
-    h("div", { class: "group" }, h("label", { class: "legend", for: "colormap" }, "Colormap"), colormap),
-    radioGroup(
-      "section_size",
-      "Section height",
-      [
-        ["fixed", "fixed 128 px (the original)", "Every section is 128 pixels tall, as in the original Beholder"],
-        ["proportional", "proportional", "Taller sections for larger arrays"],
-      ],
-      onChange,
-    ),
-    slider("fps", "FPS", "Updates per second", 0, 30, onChange),
-    h("div", { class: "group" }, record),
-    h(
-      "div",
-      { class: "group view" },
-      h("label", { class: "legend", for: "zoom" }, "Zoom"),
-      zoom,
-      download,
-    ),
+    ...runElements,
+    viewGroup(handlers),
+    ...valuesElements,
+    ...modeGroups(handlers),
+    ...lookElements,
+    ...rateElements,
+    zoomElement,
     noRunsNote,
     readOnlyNote,
     problemNote,
@@ -239,13 +280,19 @@ export function buildToolbar({ onChange, onRun, onZoom, onDownload, onView, onCo
     }
   }
 
+  /** Offer these colormaps (the colormaps route's names, in order) and show config's (null: none yet). */
+  function setColormaps(names, config) {
+    colormap.replaceChildren(...names.map((name) => h("option", { value: name }, name)));
+    if (config?.colormap) colormap.value = config.colormap;
+  }
+
   /** Put a group right after the Values choices. */
   function addAfterValues(group) {
     element.querySelector("#values-group").after(group);
   }
 
   return {
-    element, apply, setEnabled, showError, showProblem, setRuns, zoom, compareSelect,
+    element, apply, setEnabled, showError, showProblem, setRuns, setColormaps, zoom, compareSelect,
     addGroup: (group) => element.append(group), addAfterValues,
   };
 }

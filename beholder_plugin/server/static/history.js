@@ -41,14 +41,16 @@ export function fileSize(bytes) {
   return `${(bytes / 1e6).toFixed(1)} MB`;
 }
 
-/** The Pause/Live control and, while paused, the slider, playback and export controls. */
+/**
+ * The Pause/Live control and, while paused, the slider, playback and export controls. It reads
+ * state.run and state.paused (the dashboard's state); onPause() and onLive() change them.
+ */
 export class HistoryBar {
-  constructor({ getRun, onPause, onLive, showKept, onExported }) {
-    Object.assign(this, { getRun, onPause, onLive, showKept, onExported });
+  constructor({ state, onPause, onLive, showKept, onExported }) {
+    Object.assign(this, { state, onPause, onLive, showKept, onExported });
     this.entries = [];
     this.starts = [0]; // where each writer's (process's) kept frames begin in entries
     this.index = -1;
-    this.paused = false;
     this.playing = false;
     this.range = [0, 0];
     this.toggle = h("button", { id: "live-toggle", type: "button", class: "live-toggle", onclick: () => this.flip() });
@@ -93,23 +95,22 @@ export class HistoryBar {
 
   /** Pause (and load the kept frames) or go back to live. */
   flip() {
-    if (this.paused) this.live();
+    if (this.state.paused) this.live();
     else this.pause();
   }
 
   /** Pause: list the kept frames and show the newest. */
   async pause() {
-    this.paused = true;
     this.onPause();
     this.render();
-    const run = this.getRun();
+    const run = this.state.run;
     let listed = [];
     try {
       listed = await getJSON("history", { run });
     } catch (error) {
       this.exportStatus.textContent = `Cannot list the kept frames: ${error.message}`;
     }
-    if (!this.paused || run !== this.getRun()) return;
+    if (!this.state.paused || run !== this.state.run) return;
     ({ entries: this.entries, starts: this.starts } = byWriter(listed));
     if (this.starts.length === 0) this.starts = [0];
     this.boundaries.replaceChildren(...this.starts.slice(1).map((i) => h("option", { value: String(i) })));
@@ -123,16 +124,15 @@ export class HistoryBar {
 
   /** Back to streaming the latest frames. */
   live() {
-    this.paused = false;
     this.playing = false;
     this.index = -1;
-    this.render();
     this.onLive();
+    this.render();
   }
 
   /** Show kept frame i (clamped). */
   async show(i) {
-    if (!this.paused || this.entries.length === 0) return;
+    if (!this.state.paused || this.entries.length === 0) return;
     this.index = Math.min(this.entries.length - 1, Math.max(0, i));
     this.slider.value = String(this.index);
     this.render();
@@ -147,7 +147,7 @@ export class HistoryBar {
 
   /** Arrow keys step one kept frame while paused (unless another control owns them). */
   key(event) {
-    if (!this.paused || (event.key !== "ArrowLeft" && event.key !== "ArrowRight")) return;
+    if (!this.state.paused || (event.key !== "ArrowLeft" && event.key !== "ArrowRight")) return;
     const target = event.target;
     const typing = target instanceof HTMLElement && target.matches("input, select, textarea");
     if (typing && target !== this.slider) return; // arrows belong to that control
@@ -165,7 +165,7 @@ export class HistoryBar {
     this.playing = true;
     if (this.index >= this.entries.length - 1) await this.show(0);
     this.render();
-    while (this.playing && this.paused && this.index < this.entries.length - 1) {
+    while (this.playing && this.state.paused && this.index < this.entries.length - 1) {
       await sleep(1000 / Number(this.speed.value));
       if (!this.playing) break;
       await this.show(this.index + 1);
@@ -201,7 +201,7 @@ export class HistoryBar {
     this.exportStatus.textContent = "Encoding…";
     try {
       const fps = Number(this.speed.value);
-      const done = await postJSON("export", { run: this.getRun() }, { from: from.name, to: to.name, fps });
+      const done = await postJSON("export", { run: this.state.run }, { from: from.name, to: to.name, fps });
       this.exportStatus.textContent = `Exported ${done.frames} frames to ${done.name}`;
       this.onExported(done);
     } catch (error) {
@@ -213,13 +213,13 @@ export class HistoryBar {
 
   /** Bring the buttons and labels up to date with the state. */
   render() {
-    this.toggle.textContent = this.paused ? "Live" : "Pause";
-    this.toggle.title = this.paused ? "Return to the live frames" : "Stop on the current frame and scrub through the kept ones";
-    this.toggle.dataset.paused = String(this.paused);
-    this.controls.hidden = !this.paused;
+    this.toggle.textContent = this.state.paused ? "Live" : "Pause";
+    this.toggle.title = this.state.paused ? "Return to the live frames" : "Stop on the current frame and scrub through the kept ones";
+    this.toggle.dataset.paused = String(this.state.paused);
+    this.controls.hidden = !this.state.paused;
     this.play.textContent = this.playing ? "Stop" : "Play";
     const entry = this.entries[this.index];
-    if (this.paused && this.entries.length === 0) {
+    if (this.state.paused && this.entries.length === 0) {
       this.label.textContent = "No kept frames (the history ring is off or empty).";
     } else if (entry) {
       const process = this.starts.length > 1
@@ -231,7 +231,7 @@ export class HistoryBar {
     } else {
       this.label.textContent = "Loading the kept frames…";
     }
-    this.writersNote.hidden = !(this.paused && this.starts.length > 1);
+    this.writersNote.hidden = !(this.state.paused && this.starts.length > 1);
     this.writersNote.textContent = this.starts.length > 1
       ? `${this.starts.length} processes wrote these frames (the trainer was restarted): the slider's marks ` +
         "show where each began, and an export stays within one"

@@ -142,7 +142,7 @@ export class TimelineView {
 
   /** Fetch the run's timeline (and the compared run's), then draw. */
   async load() {
-    const run = this.dashboard.run;
+    const run = this.dashboard.state.run;
     if (run === null) return;
     const load = ++this.loads;
     const other = this.dashboard.compare.other;
@@ -173,9 +173,9 @@ export class TimelineView {
 
   /** The dashboard's section choice (the Sections box and tree: the run's filter) as name -> shown? */
   chosen() {
-    const filter = this.dashboard.config?.filter || "";
+    const filter = this.dashboard.state.config?.filter || "";
     if (!filter) return null;
-    const shown = (this.dashboard.sections || []).map((record) => record.name);
+    const shown = (this.dashboard.infoPanel.sections || []).map((record) => record.name);
     return filterMatcher(filter, shown.length ? new Set(shown) : null);
   }
 

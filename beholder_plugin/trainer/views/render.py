@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from beholder_plugin.protocol.colormaps import palette_for
 from beholder_plugin.protocol.layout import (
     MISSING,
     SEPARATOR_HEIGHT,
@@ -34,7 +35,6 @@ from beholder_plugin.protocol.layout import (
 )
 from beholder_plugin.protocol.plans import SectionPlan
 from beholder_plugin.protocol.scaling import palette_indices, scale_factor
-from beholder_plugin.trainer.colormaps import palette_for
 from beholder_plugin.trainer.views.stats import (
     StatsLayout,
     json_floats,

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from beholder_plugin.protocol.colormaps import palette_for
 from beholder_plugin.protocol.layout import RenderError
 from beholder_plugin.trainer import sources
-from beholder_plugin.trainer.colormaps import palette_for
 from beholder_plugin.trainer.views.render import scale_frame
 
 # A user frame larger than this on a side is shown downsampled by a whole stride.

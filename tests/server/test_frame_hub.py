@@ -1,4 +1,4 @@
-"""The routes that frame format v2 enables, over HTTP to a real plugin: values, history, bounded reads."""
+"""server/frame_hub.py through the routes it answers: values, kept frames, the PNG cache, bounded reads."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from beholder_plugin.protocol.files import LocalFiles
 from beholder_plugin.protocol.history import history_frame_path, list_history, read_history_frame
 from beholder_plugin.protocol.names import history_dir
 from beholder_plugin.protocol.runfiles import config_path, frame_path
-from beholder_plugin.server import frames as frames_module
+from beholder_plugin.server import frame_hub as frame_hub_module
 
 ARRAYS = {
     "scalar": np.float32(7.5),
@@ -167,7 +167,7 @@ def test_value_look_ups_read_the_header_once_then_four_bytes(tmp_path, counted_r
     size = os.path.getsize(frame_path(run))
     assert size > 390_000  # 98,304 float32 values
     plugin, client = plugin_client(tmp_path)
-    hub = plugin._hub
+    hub = plugin.hub
     counted_reads.clear()  # the trainer's own reads (config.json)
 
     # The first look-up on a frame reads its header only (and two bytes at its end).
@@ -330,14 +330,14 @@ def test_cached_pngs_stay_within_their_byte_budget(tmp_path, monkeypatch):
     write_frames(run, [{"w": rng.normal(size=(64, 64))} for _ in range(6)])
     plugin, client = plugin_client(tmp_path)
     one = len(client.get(f"{BASE}/frame", query_string={"run": "run"}).get_data())
-    monkeypatch.setattr(frames_module, "MAX_CACHED_PNG_BYTES", int(2.5 * one))
+    monkeypatch.setattr(frame_hub_module, "MAX_CACHED_PNG_BYTES", int(2.5 * one))
     for entry in list_history(run):
         resp = client.get(f"{BASE}/history/frame", query_string={"run": "run", "name": entry.name})
         png = np.asarray(Image.open(io.BytesIO(resp.get_data())).convert("RGB"))
         np.testing.assert_array_equal(png, read_history_frame(run, entry.name).rgb())
-        cached = [s.encoded for s in plugin._hub._slots.values() if s.encoded is not None]
+        cached = plugin.hub.cached_pngs()
         assert sum(len(e.png) for e in cached) <= 2.5 * one * 1.2  # PNG sizes differ a little
-    assert plugin._hub.encodings == 7
+    assert plugin.hub.encodings == 7
 
 
 KEPT_NAME = "f-0000000000000001-ab-1-1.bin"
@@ -414,51 +414,6 @@ def test_a_file_the_system_will_not_open_is_a_clear_error(tmp_path, monkeypatch)
         resp = client.get(f"{BASE}/{route}", query_string={"run": "run", "x": 0, "y": 0, "timeout": "0"})
         assert resp.status_code == 500, route
         assert "Permission denied" in json.loads(resp.get_data())["error"], route
-
-
-def test_a_run_is_listed_and_configurable_before_its_first_frame(tmp_path):
-    """Beholder's constructor writes the run's directory and settings, as the original did."""
-    beholder = Beholder(tmp_path / "early")
-    _, client = plugin_client(tmp_path)
-    runs = json.loads(client.get(f"{BASE}/runs").get_data())
-    assert runs == [{"run": "early", "age": None, "storage": "local"}]
-    resp = client.post(f"{BASE}/config?run=early", data=b'{"FPS": 3}', content_type="application/json")
-    assert resp.status_code == 200
-    assert json.loads(client.get(f"{BASE}/section-info?run=early").get_data())["frame_id"] is None
-    beholder.check_settings()
-    assert beholder.config["FPS"] == 3  # the trainer picks up what the dashboard set
-    beholder.close()
-
-
-def test_the_run_scan_is_bounded_against_deep_trees_loops_and_odd_names(tmp_path):
-    """A tree 1,000 levels deep, a symlink loop and a name that is not UTF-8: /runs still answers."""
-    from beholder_plugin.server import runs as runs_module
-
-    Beholder(tmp_path / "top").close()
-    deep = tmp_path / "deep"
-    path = str(deep)
-    os.mkdir(path)
-    levels = []
-    for _ in range(1000):
-        path = os.path.join(path, "d")
-        os.mkdir(path)
-        levels.append(path)
-    try:
-        Beholder(os.path.join(str(deep), *["d"] * 3)).close()  # within reach
-        Beholder(path).close()  # 1,001 levels down: beyond MAX_SCAN_DEPTH
-        os.symlink(tmp_path, tmp_path / "loop")  # a symlink loop
-        os.makedirs(os.fsencode(tmp_path) + b"/bad-\xff/plugins/beholder")
-        _, client = plugin_client(tmp_path)
-        resp = client.get(f"{BASE}/runs", query_string={"fresh": "1"})
-        assert resp.status_code == 200
-        names = sorted(r["run"] for r in json.loads(resp.get_data()))
-        assert names == ["deep/d/d/d", "top"]
-        assert runs_module.MAX_SCAN_DEPTH < 1000
-    finally:
-        # Remove the deep tree bottom-up: pytest's own clean-up recurses and would overflow on it.
-        for level in reversed(levels):
-            shutil.rmtree(os.path.join(level, "plugins"), ignore_errors=True)
-            os.rmdir(level)
 
 
 @pytest.mark.parametrize("sizing", ["fixed", "proportional"])

@@ -60,23 +60,6 @@ def test_frontend_metadata_loads_an_es_module_in_a_tab_named_beholder(tmp_path):
     assert meta.element_name is None
 
 
-def test_is_active_only_once_a_run_exists(tmp_path):
-    plugin, _ = plugin_client(tmp_path)
-    assert plugin.is_active() is False
-    plugin._index.max_age = 0  # the scan is cached for a few seconds; skip the wait
-    make_frames(tmp_path / "run1")
-    assert plugin.is_active() is True
-
-
-def test_is_active_scan_is_cached(tmp_path):
-    plugin, _ = plugin_client(tmp_path)
-    assert plugin.is_active() is False
-    make_frames(tmp_path / "run1")
-    assert plugin.is_active() is False  # still the cached scan
-    plugin._index._scanned_at = float("-inf")
-    assert plugin.is_active() is True
-
-
 def test_plugins_listing_shows_the_iframe_module(client):
     resp = client.get("/data/plugins_listing")
     entry = json.loads(resp.get_data())["beholder"]
@@ -262,10 +245,10 @@ def test_frame_is_encoded_once_for_many_requests(logdir):
     plugin, client = plugin_client(logdir)
     bodies = {client.get(f"{BASE}/frame?run=.").get_data() for _ in range(5)}
     assert len(bodies) == 1
-    assert plugin._hub.encodings == 1
+    assert plugin.hub.encodings == 1
     make_frames(logdir)
     client.get(f"{BASE}/frame?run=.")
-    assert plugin._hub.encodings == 2
+    assert plugin.hub.encodings == 2
 
 
 def test_frame_404_before_the_first_frame(tmp_path):
@@ -311,9 +294,9 @@ def test_live_refuses_a_bad_timeout(client, timeout):
 
 def test_live_wakes_every_waiter_with_one_encoding(logdir):
     plugin, client = plugin_client(logdir)
-    plugin._hub.idle_exit = 0.3
+    plugin.hub.idle_exit = 0.3
     etag = client.get(f"{BASE}/frame?run=.").headers["ETag"]
-    encodings = plugin._hub.encodings
+    encodings = plugin.hub.encodings
     results: list = []
 
     def viewer() -> None:
@@ -324,7 +307,7 @@ def test_live_wakes_every_waiter_with_one_encoding(logdir):
     threads = [threading.Thread(target=viewer) for _ in range(4)]
     for t in threads:
         t.start()
-    wait_for(lambda: plugin._hub.watcher_count() == 1, message="the watcher thread")
+    wait_for(lambda: plugin.hub.watcher_count() == 1, message="the watcher thread")
     time.sleep(0.2)
     make_frames(logdir)
     for t in threads:
@@ -334,9 +317,9 @@ def test_live_wakes_every_waiter_with_one_encoding(logdir):
     assert len({tag for _, tag, _ in results}) == 1
     assert results[0][1] != etag
     assert len({body for _, _, body in results}) == 1
-    assert plugin._hub.encodings == encodings + 1
+    assert plugin.hub.encodings == encodings + 1
     # Nobody waits any more: the watcher thread goes away.
-    wait_for(lambda: plugin._hub.watcher_count() == 0, timeout=10, message="the watcher to exit")
+    wait_for(lambda: plugin.hub.watcher_count() == 0, timeout=10, message="the watcher to exit")
 
 
 def test_live_waits_for_the_first_frame_of_a_new_run(tmp_path):
@@ -596,3 +579,27 @@ def test_directories_in_place_of_the_files_get_clear_answers(tmp_path):
     assert "frame.bin is not a regular file" in json.loads(resp.get_data())["error"]
     resp = post_config(client, ".", {"FPS": 5})
     assert resp.status_code == 403 and os.path.isdir(os.path.join(plugin_dir(tmp_path), "config.json"))
+
+
+def test_the_server_imports_nothing_from_the_trainer():
+    """No module of beholder_plugin/server imports beholder_plugin.trainer (the floors of the package)."""
+    import ast
+    import pathlib
+
+    import beholder_plugin.server
+
+    found = []
+    for path in pathlib.Path(beholder_plugin.server.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = ["." * node.level + (node.module or "")]
+            found += [(path.name, n) for n in names if n.startswith(("beholder_plugin.trainer", "..trainer"))]
+    assert found == []
+
+
+def test_the_colormaps_route_lists_the_settings_colormaps_in_order(client):
+    from beholder_plugin.protocol.settings import COLORMAPS
+
+    maps = client.get(f"{BASE}/colormaps").get_json()
+    assert list(maps) == list(COLORMAPS)

@@ -1,4 +1,5 @@
-"""256-entry colormap palettes: magma, inferno, plasma and viridis, plus grayscale.
+"""The colormaps: their names (the one list; settings, the server and the dashboard read it here) and
+their 256-entry palettes: magma, inferno, plasma and viridis, plus grayscale.
 
 The four perceptual colormaps are by Nathaniel J. Smith, Stefan van der Walt
 and (viridis) Eric Firing, released under CC0 as part of matplotlib. Each
@@ -10,8 +11,6 @@ matplotlib is not needed at run time.
 from __future__ import annotations
 
 import numpy as np
-
-from beholder_plugin.protocol.settings import COLORMAPS
 
 _HEX = {
     "magma": (
@@ -112,9 +111,15 @@ def _build() -> dict[str, np.ndarray]:
 
 
 PALETTES: dict[str, np.ndarray] = _build()
-assert set(PALETTES) == set(COLORMAPS)
+# The colormap names, in the order the dashboard offers them; "colormap" in config.json is one of these.
+COLORMAPS: tuple[str, ...] = tuple(PALETTES)
 
 
 def palette_for(name: str) -> np.ndarray:
     """The read-only 256 x 3 uint8 palette of a colormap name."""
     return PALETTES[name]
+
+
+def palettes_hex() -> dict[str, str]:
+    """Every colormap's 256 colours as one hex string ("rrggbb" x 256), in COLORMAPS order."""
+    return {name: PALETTES[name].tobytes().hex() for name in COLORMAPS}

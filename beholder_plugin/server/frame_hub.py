@@ -1,12 +1,11 @@
-"""Serving frames: PNGs or palette indices computed once for all viewers, and waiting without spinning.
+"""The frame hub: frames read and encoded once for all viewers, and waiting for the next without spinning.
 
 One `FrameHub` belongs to the plugin. For each frame file it keeps the last
-encoded PNG keyed by the file's identity (inode, size, mtime) of exactly the
-bytes that were read, so a frame is read and encoded once however many
-viewers ask for it. For the frame-data route it likewise keeps, per file
-identity, the palette index of every value of a "sections" frame
-(`FrameData`), which browsers widen and colour themselves: no image is
-encoded for them. Encodings and indices of files nobody has asked for
+encoded PNG (server/frame_encoding.py) keyed by the file's identity (inode,
+size, mtime) of exactly the bytes that were read, so a frame is read and
+encoded once however many viewers ask for it. For the frame-data route it
+likewise keeps, per file identity, the frame's palette indices
+(server/frame_data.py). Encodings and indices of files nobody has asked for
 lately are dropped once together they pass `MAX_CACHED_PNG_BYTES`.
 
 Value look-ups use the frame's parsed header, cached per (file, identity):
@@ -26,39 +25,16 @@ REMOTE_SLOW_POLL s instead.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
 import threading
 import time
-import urllib.parse
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from PIL import Image
+from beholder_plugin.protocol.files import FileRefused, check_resolved, files_for, recent_realpath
+from beholder_plugin.protocol.frame_format import MAX_FRAME_BYTES, FrameFormatError, value_at
+from beholder_plugin.server.frame_data import FrameData, frame_data_of, read_header_of
+from beholder_plugin.server.frame_encoding import EncodedFrame, encode_frame_file, frame_stamp
 
-from beholder_plugin.protocol.files import FileRefused, check_resolved, files_for
-from beholder_plugin.protocol.frame_format import (
-    MAX_FRAME_BYTES,
-    PALETTE_BYTES,
-    PREFIX_BYTES,
-    Frame,
-    FrameFormatError,
-    data_size,
-    decode_frame,
-    header_span,
-    parse_header,
-    value_at,
-)
-from beholder_plugin.protocol.scaling import palette_indices
-from beholder_plugin.server.runs import recent_realpath
-
-# zlib level 1: about three times faster than the default for a ~1000 x 768 frame,
-# and palette frames compress well anyway.
-PNG_COMPRESS_LEVEL = 1
 # Frame files with a cache slot at most (the latest frames of runs, and kept frames looked at).
 MAX_SLOTS = 256
 # Encoded PNGs kept in all (a show_all frame of a large network is a few MB of PNG):
@@ -66,8 +42,6 @@ MAX_SLOTS = 256
 MAX_CACHED_PNG_BYTES = 128 << 20
 # Parsed frame headers kept for value look-ups, one per (file, identity).
 MAX_HEADERS = 64
-# The trainer's last error is sent in a header cut to this many characters.
-MAX_ERROR_CHARS = 500
 # A file replaced while it is being read is read again this many times at most.
 _ATTEMPTS = 3
 
@@ -95,273 +69,6 @@ def file_key(path: str) -> str:
     return real
 
 
-def encode_png(frame: Frame) -> bytes:
-    """The frame as PNG bytes: palette frames as mode "P" with their palette, others as RGB."""
-    if frame.palette is not None:
-        return encode_palette_png(frame.pixels, frame.palette)
-    return _png_bytes(Image.fromarray(frame.pixels, "RGB"))
-
-
-def encode_palette_png(pixels: np.ndarray, palette: np.ndarray) -> bytes:
-    """H x W palette indices and a (256, 3) palette as a palette ("P") PNG."""
-    height, width = pixels.shape
-    data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
-    image = Image.frombuffer("P", (width, height), data, "raw", "P", 0, 1)
-    image.putpalette(np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
-    return _png_bytes(image)
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    """An image as PNG bytes, at the zlib level the server uses everywhere."""
-    out = io.BytesIO()
-    image.save(out, "PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return out.getvalue()
-
-
-@dataclass
-class EncodedFrame:
-    """A frame file's latest contents, encoded once and shared by all requests."""
-
-    identity: tuple
-    etag: str
-    png: bytes
-    header: dict[str, Any]
-    data_offset: int = 0  # where the frame file's values block starts (for value look-ups)
-    encoded_at: float = field(default_factory=time.time)
-    table_json: bytes | None = None  # the /section-info answer, made on first request
-
-    def matches(self, expect: tuple[str, int] | None) -> bool:
-        """Whether this frame is the one a kept frame's name promises (any frame for None)."""
-        return expect is None or _stamp(self.header) == expect
-
-    def headers(self) -> list[tuple[str, str]]:
-        """HTTP headers describing this frame (ETag plus the frame header's main fields)."""
-        return frame_headers(self.etag, self.header)
-
-
-def frame_headers(etag: str, head: dict[str, Any]) -> list[tuple[str, str]]:
-    """HTTP headers describing a frame: its ETag plus the frame header's main fields."""
-    out = [("ETag", etag)]
-    for key, name in (
-        ("frame_id", "X-Beholder-Frame-Id"),
-        ("time", "X-Beholder-Frame-Time"),
-        ("writer", "X-Beholder-Writer"),
-        ("values", "X-Beholder-Values"),
-        ("step", "X-Beholder-Step"),
-    ):
-        if key in head and isinstance(head[key], (str, int, float)):
-            out.append((name, str(head[key])))
-    out.append(("X-Beholder-Size", f"{head.get('width')}x{head.get('height')}"))
-    out.extend(trainer_health_headers(head))
-    out.extend(storage_headers(head))
-    out.extend(offered_headers(head))
-    return out
-
-
-_VALUES_CHOICES = frozenset(("trainable_variables", "gradients", "activations", "arrays", "frames"))
-
-
-def offered_headers(head: dict[str, Any]) -> list[tuple[str, str]]:
-    """X-Beholder-Offered: a placeholder's Values choices that update() was given something for."""
-    offered = head.get("offered")
-    if not isinstance(offered, list):
-        return []
-    kept = [name for name in offered[:8] if isinstance(name, str) and name in _VALUES_CHOICES]
-    return [("X-Beholder-Offered", ",".join(kept))] if kept else []
-
-
-def storage_headers(head: dict[str, Any]) -> list[tuple[str, str]]:
-    """X-Beholder-Storage ("local", "s3", "gs", ...) and X-Beholder-Max-Fps (remote runs' frame-rate cap)."""
-    out = []
-    storage = head.get("storage")
-    if isinstance(storage, str) and storage.isascii() and storage.isalnum():
-        out.append(("X-Beholder-Storage", storage))
-    cap = head.get("max_fps")
-    if isinstance(cap, (int, float)) and not isinstance(cap, bool) and 0 < cap < 1e6:
-        out.append(("X-Beholder-Max-Fps", f"{cap:g}"))
-    return out
-
-
-def trainer_health_headers(head: dict[str, Any]) -> list[tuple[str, str]]:
-    """X-Beholder-Colormap, -Mode, -Failures, -Skipped and -Last-Error (percent-encoded UTF-8) of a header."""
-    out = []
-    for key, name in (("colormap", "X-Beholder-Colormap"), ("mode", "X-Beholder-Mode")):
-        if isinstance(head.get(key), str) and head[key].isascii() and head[key].isprintable():
-            out.append((name, head[key]))
-    for key, name in (("failures", "X-Beholder-Failures"), ("skipped", "X-Beholder-Skipped")):
-        value = head.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            out.append((name, str(value)))
-    error = head.get("last_error")
-    if isinstance(error, str) and error:
-        out.append(("X-Beholder-Last-Error", urllib.parse.quote(error[:MAX_ERROR_CHARS], safe="")))
-    return out
-
-
-def encode_frame_file(data: bytes, identity: tuple) -> EncodedFrame:
-    """Decode a frame file's bytes and encode it as PNG (FrameFormatError for a bad file)."""
-    frame = decode_frame(data)
-    return EncodedFrame(
-        identity=identity,
-        etag=_etag_for(frame.header, identity),
-        png=encode_png(frame),
-        header=frame.header,
-        data_offset=_data_offset(data),
-    )
-
-
-# The frame-data payload (docs/http-api.md): magic, JSON length, JSON, palette, then the indices.
-DATA_MAGIC = b"BHDATA1\0"
-MAX_ANSWERS = 8  # frame-data answers kept per frame: one per request shape (viewport) in use
-
-
-class FrameGone(Exception):
-    """A frame's file was replaced or removed after its header was read: its values are gone with it."""
-
-
-class FrameData:
-    """A "sections" frame as the browser draws it, from its header; palette indices are made on demand.
-
-    A section's indices are computed the first time an answer needs them
-    (reading only that section's values from the file) and kept, and each
-    answer (the whole frame, or the sections overlapping a row range) is
-    built once per request shape and shared by every viewer asking the
-    same. A viewport of a 30-screen frame so reads and scales a thirtieth
-    of its values. payload() raises FrameGone if the file changed since the
-    header was read.
-    """
-
-    def __init__(self, path: str, identity: tuple, header: dict[str, Any], data_offset: int, palette: bytes,
-                 header_text: bytes = b""):
-        self.path = path
-        self.header_text = header_text  # the header's JSON as stored (section-info quotes its sections)
-        self.identity = identity
-        self.etag = _etag_for(header, identity)
-        self.header = header
-        self.data_offset = data_offset
-        self.palette = palette
-        self.table_json: bytes | None = None  # the /section-info answer (gzip), made on first request
-        self._parts: dict[int, bytes] = {}  # section index -> its palette indices
-        self._answers: OrderedDict[tuple[int, int] | None, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-        self._headers: list[tuple[str, str]] | None = None
-
-    def headers(self) -> list[tuple[str, str]]:
-        """The same HTTP headers as the frame's PNG answer (made once; each answer gets a copy)."""
-        if self._headers is None:
-            self._headers = frame_headers(self.etag, self.header)
-        return list(self._headers)
-
-    def overlapping(self, first: int, last: int) -> list[int]:
-        """Indices of the sections that share a row with rows first..last (inclusive)."""
-        return [i for i, rec in enumerate(self.header["sections"])
-                if rec["top"] <= last and rec["top"] + rec["height"] > first]
-
-    def payload(self, rows: tuple[int, int] | None = None) -> bytes:
-        """The binary answer: all sections, or those overlapping rows (first, last) inclusive."""
-        with self._lock:
-            found = self._answers.get(rows)
-            if found is not None:
-                self._answers.move_to_end(rows)
-                return found
-            chosen = range(len(self.header["sections"])) if rows is None else self.overlapping(*rows)
-            self._compute([i for i in chosen if i not in self._parts])
-            answer = _data_answer(self.header, chosen, rows, self.palette, [self._parts[i] for i in chosen])
-            self._answers[rows] = answer
-            while len(self._answers) > MAX_ANSWERS:
-                self._answers.popitem(last=False)
-            return answer
-
-    def cached_bytes(self) -> int:
-        """Bytes this frame's indices and answers hold."""
-        return sum(map(len, self._parts.values())) + sum(map(len, self._answers.values()))
-
-    def _compute(self, wanted: list[int]) -> None:
-        """Palette indices of these sections, one file read per run of sections whose values are adjacent."""
-        sections = self.header["sections"]
-        runs: list[list[int]] = []
-        for i in wanted:
-            if runs and runs[-1][-1] == i - 1 and int(sections[i]["values"]) == _values_end(sections[i - 1]):
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        for run in runs:
-            start, end = int(sections[run[0]]["values"]), _values_end(sections[run[-1]])
-            raw = self._read(self.data_offset + 4 * start, 4 * (end - start))
-            values = np.frombuffer(raw, "<f4")
-            records = [dict(sections[i], values=int(sections[i]["values"]) - start) for i in run]
-            indices = palette_indices(values, records)
-            for i, rec in zip(run, records):
-                self._parts[i] = indices[rec["values"] : rec["values"] + _compact_size(rec)].tobytes()
-
-    def _read(self, offset: int, length: int) -> bytes:
-        """length bytes at offset of this frame's file, as long as it is still this frame (else FrameGone)."""
-        try:
-            raw = files_for(self.path).read_range(self.path, offset, length, MAX_FRAME_BYTES, self.identity)
-        except FileRefused as exc:
-            raise FrameGone(str(exc)) from None
-        if raw is None or len(raw) != length:
-            raise FrameGone(f"{os.path.basename(self.path)} is gone or shorter than its header implies")
-        return raw
-
-
-def _values_end(rec: dict[str, Any]) -> int:
-    """Where a section's compact values end in the values block."""
-    return int(rec["values"]) + _compact_size(rec)
-
-
-def _compact_size(rec: dict[str, Any]) -> int:
-    """How many compact values (and palette indices) a section record has."""
-    return int(rec["compact"][0]) * int(rec["compact"][1])
-
-
-def _data_answer(head: dict[str, Any], chosen: Any, rows: tuple[int, int] | None, palette: Any,
-                 parts: list[Any]) -> bytes:
-    """A frame-data answer: magic, description length, description, palette, then the sections' indices."""
-    records, offset = [], 0
-    for i, part in zip(chosen, parts):
-        rec = head["sections"][i]
-        records.append({"index": i, "top": rec["top"], "height": rec["height"], "source": rec["source"],
-                        "compact": rec["compact"], "offset": offset})
-        offset += len(part)
-    doc = {"width": head["width"], "height": head["height"], "colormap": head.get("colormap"),
-           "sections": records, "rows": None if rows is None else list(rows), "bytes": offset}
-    text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
-    return b"".join([DATA_MAGIC, len(text).to_bytes(4, "little"), text, palette, *parts])
-
-
-def frame_data_of(path: str, identity: tuple) -> FrameData | EncodedFrame | None:
-    """The frame file at path (which must still be `identity`) as FrameData, or PNG for any other frame.
-
-    For a "sections" frame only the header and the palette are read here;
-    None when the file is gone. FileRefused when it is no longer
-    `identity`, FrameFormatError when it is not a valid frame.
-    """
-    parsed = _read_header(path, identity)
-    if parsed is None:
-        return None
-    header, offset, text = parsed
-    if header["encoding"] != "sections":
-        found = files_for(path).read_with_identity(path, MAX_FRAME_BYTES)
-        if found is None:
-            return None
-        if found[1] != identity:
-            raise FileRefused(f"{os.path.basename(path)} was replaced")
-        return encode_frame_file(*found)
-    at = offset + 4 * header["value_count"]
-    palette = files_for(path).read_range(path, at, PALETTE_BYTES, MAX_FRAME_BYTES, identity)
-    if palette is None:
-        return None
-    if len(palette) != PALETTE_BYTES:
-        raise FrameFormatError("frame file is shorter than its header implies")
-    return FrameData(path, identity, header, offset, palette, text)
-
-
-def _data_offset(data: bytes) -> int:
-    """Where the values block of a (valid) frame file starts."""
-    head_len = int.from_bytes(data[8:12], "little")
-    return (12 + head_len + 7) & ~7
-
 
 def _axes(record: dict[str, Any], rank: int) -> list[str] | None:
     """A section record's axis names when they are a list of `rank` strings, else None."""
@@ -370,55 +77,6 @@ def _axes(record: dict[str, Any], rank: int) -> list[str] | None:
         return axes
     return None
 
-
-def _stamp(header: dict[str, Any]) -> tuple[Any, Any]:
-    """(writer, frame id) of a frame header."""
-    return (header.get("writer"), header.get("frame_id"))
-
-
-def read_header_of(path: str, identity: tuple) -> tuple[dict[str, Any], int] | None:
-    """The header and data offset of the frame file at path, which must still be `identity`.
-
-    Reads the magic and length, then the header, then two bytes at the end
-    the header implies (so a torn or foreign file is refused as decode_frame
-    would refuse it); never the values or pixels. None when the file is
-    gone; FileRefused when it is not a regular file, or is no longer
-    `identity`; FrameFormatError when it is not a valid frame file.
-    """
-    found = _read_header(path, identity)
-    return None if found is None else found[:2]
-
-
-def _read_header(path: str, identity: tuple) -> tuple[dict[str, Any], int, bytes] | None:
-    """read_header_of(), plus the header's JSON text as stored."""
-    files = files_for(path)
-    first = files.read_range(path, 0, PREFIX_BYTES, MAX_FRAME_BYTES, identity)
-    if first is None:
-        return None
-    span = header_span(first)
-    prefix = files.read_range(path, 0, span, MAX_FRAME_BYTES, identity)
-    if prefix is None:
-        return None
-    if len(prefix) < span:
-        raise FrameFormatError("frame file is shorter than its header")
-    header, offset = parse_header(prefix)
-    end = offset + data_size(header)
-    tail = files.read_range(path, end - 1, 2, MAX_FRAME_BYTES, identity)
-    if tail is None:
-        return None
-    if len(tail) != 1:
-        raise FrameFormatError(
-            f"frame file is not the {end} bytes its header implies (a torn or foreign file)"
-        )
-    return header, offset, bytes(prefix[PREFIX_BYTES:span])
-
-
-def _etag_for(header: dict[str, Any], identity: tuple) -> str:
-    """A strong ETag: writer id and frame id when present, else a digest of the file identity."""
-    writer, frame_id = header.get("writer"), header.get("frame_id")
-    if isinstance(writer, str) and writer.isalnum() and isinstance(frame_id, int):
-        return f'"{writer}-{frame_id}"'
-    return '"' + hashlib.sha1(repr(identity).encode()).hexdigest()[:16] + '"'
 
 
 def _cached_bytes(slot: _Slot) -> int:
@@ -521,7 +179,7 @@ class FrameHub:
                 if cached is not None and cached.identity == identity and (
                     isinstance(cached, FrameData) or cached.header.get("encoding") != "sections"
                 ):
-                    return cached if _stamp(cached.header) == expect or expect is None else None
+                    return cached if frame_stamp(cached.header) == expect or expect is None else None
             made = None
             for attempt in range(_ATTEMPTS):
                 try:
@@ -544,7 +202,7 @@ class FrameHub:
                 self.encodings += 1
                 slot.encoded = made
             self._trim_encodings(keep=slot)
-            return made if expect is None or _stamp(made.header) == expect else None
+            return made if expect is None or frame_stamp(made.header) == expect else None
 
     def _trim_encodings(self, keep: _Slot) -> None:
         """Drop the least recently used encodings while cached PNGs and indices pass MAX_CACHED_PNG_BYTES."""
@@ -627,7 +285,7 @@ class FrameHub:
                 if found is None:
                     break
                 (head, offset), identity = found
-                if expect is not None and _stamp(head) != expect:
+                if expect is not None and frame_stamp(head) != expect:
                     break
                 where = value_at(key, x, y, header=(head, offset), files=files_for(key), identity=identity)
             except FileRefused as exc:
@@ -693,6 +351,16 @@ class FrameHub:
             finally:
                 slot.waiters -= 1
                 slot.last_wait = time.monotonic()
+
+    def cached_pngs(self) -> list[EncodedFrame]:
+        """The encoded frames the hub holds now (for tests: they stay within MAX_CACHED_PNG_BYTES)."""
+        with self._lock:
+            slots = list(self._slots.values())
+        return [s.encoded for s in slots if s.encoded is not None]
+
+    def changes_seen(self, path: str) -> int:
+        """How many times a watcher has seen the file at path change (for tests: who woke a waiter)."""
+        return self._slot(path).version
 
     def watcher_count(self) -> int:
         """How many watcher threads are running (for tests: they must end when viewers leave)."""

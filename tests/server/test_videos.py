@@ -215,14 +215,14 @@ def test_one_export_at_a_time(world, monkeypatch):
     _, run, client = world
     kept = list_history(run)
     started, release = threading.Event(), threading.Event()
-    real = videos_module._encode
+    real = videos_module.encode_export
 
     def slow_encode(*args):
         started.set()
         release.wait(30)
         return real(*args)
 
-    monkeypatch.setattr(videos_module, "_encode", slow_encode)
+    monkeypatch.setattr(videos_module, "encode_export", slow_encode)
     body = {"from": kept[0].name, "to": kept[1].name}
     results = []
     first = threading.Thread(target=lambda: results.append(post_export(client, body).status_code))

@@ -1,0 +1,126 @@
+// The info panel beside the frame: one entry per section (name, shape, range, mean, NaN/Inf flags),
+// at the section's height on screen, from the frame's section table.
+import { getJSON } from "./api.js";
+import { h } from "./dom.js";
+import { sci, shape } from "./format.js";
+import { percent } from "./distributions.js";
+import { nonFiniteFlag } from "./sections.js";
+
+const SEPARATOR_PX = 5; // rows between sections (docs/protocol.md)
+const INFO_EVERY_MS = 250; // section statistics refresh at most this often
+
+export class InfoPanel {
+  /**
+   * state: the dashboard's state (run, kept); canvas: the frame's canvas; onSections(doc, sections,
+   * kept) gets each new section table of the run shown.
+   */
+  constructor(state, canvas, onSections) {
+    Object.assign(this, { state, canvas, onSections });
+    this.element = h("div", { class: "info", id: "info" });
+    this.flagLayer = h("div", { class: "flag-layer", id: "flag-layer" });
+    this.sections = [];
+    this.key = null; // "writer-frameId" of the frame whose table is shown
+    this.timer = null;
+    this.fetchedAt = 0;
+  }
+
+  /** Forget the sections (another run is shown). */
+  clear() {
+    this.sections = [];
+    this.key = null;
+    this.element.replaceChildren();
+    this.flagLayer.replaceChildren();
+  }
+
+  /** Fetch the section statistics for new frames, at most every INFO_EVERY_MS. */
+  schedule(meta, urgent, lastWriter) {
+    if (meta.values === "frames" || meta.values === "placeholder") {
+      this.sections = [];
+      this.key = null;
+      this.render();
+      return;
+    }
+    const key = `${meta.writer}-${meta.frameId}`;
+    if (key === this.key || this.timer !== null) return;
+    const wait = urgent ? 0 : Math.max(0, this.fetchedAt + INFO_EVERY_MS - performance.now());
+    this.timer = setTimeout(() => this.fetch(meta.kept, lastWriter), wait);
+  }
+
+  async fetch(kept, lastWriter) {
+    const run = this.state.run;
+    this.fetchedAt = performance.now();
+    try {
+      const doc = await getJSON("section-info", { run, frame: kept || undefined });
+      if (run !== this.state.run || (kept || null) !== (this.state.kept || null)) return;
+      this.sections = (doc.sections || []).map(decodeHistogram);
+      this.onSections(doc, this.sections, kept);
+      // The table comes from the latest frame's own header: keyed by that frame's writer and id, so
+      // it is fetched again only when another frame is shown (schedule compares the keys).
+      this.key = `${doc.writer ?? lastWriter()}-${doc.frame_id}`;
+      this.render();
+    } catch (_) {
+      // the next frame schedules another try
+    } finally {
+      this.timer = null;
+    }
+  }
+
+  /** Lay out one info entry beside each section, at the section's height on screen. */
+  render() {
+    const canvas = this.canvas;
+    const scale = canvas.height > 1 ? canvas.getBoundingClientRect().height / canvas.height : 1;
+    let top = 0;
+    const entries = [];
+    const outlines = [];
+    for (const section of this.sections) {
+      const height = Number(section.height) || 0;
+      const style = `top:${top * scale}px;height:${height * scale}px`;
+      if (section.missing) {
+        // A section with nothing to show this frame: a black band, and why, on it and beside it.
+        outlines.push(h("div", { class: "missing-label", dataset: { name: section.name }, style },
+          `${section.name}: ${section.missing}`));
+        entries.push(h("div", { class: "section-info missing", style, dataset: { name: section.name } },
+          h("div", { class: "name", title: section.name }, section.name),
+          h("div", { class: "missing-note" }, `no values: ${section.missing}`)));
+      } else {
+        const flag = nonFiniteFlag(section.stats);
+        if (flag) outlines.push(h("div", { class: "flag-outline", dataset: { name: section.name }, style }));
+        entries.push(sectionEntry(section, flag, style));
+      }
+      top += height + SEPARATOR_PX;
+    }
+    this.element.style.height = `${canvas.height * scale}px`;
+    this.element.replaceChildren(...entries);
+    this.flagLayer.replaceChildren(...outlines);
+  }
+}
+
+/** One section's entry: its name, a NaN/Inf flag, and the statistics of the values drawn. */
+function sectionEntry(section, flag, style) {
+  return h(
+    "div",
+    { class: `section-info${flag ? " nonfinite" : ""}`, style, dataset: { name: section.name } },
+    h("div", { class: "name", title: section.name }, section.name),
+    flag ? h("div", { class: "flag", title: `over ${section.stats.over}` },
+      `⚠ NaN ${percent(section.stats.nan)} · Inf ${percent(section.stats.inf)} of the array`) : null,
+    h(
+      "div",
+      { class: "sample-note", title: "Statistics of the values drawn: the section after truncation and resizing, not the whole array" },
+      "over the shown sample",
+    ),
+    h("div", {}, `shape ${shape(section.shape)}`),
+    h("div", {}, `range ${sci(section.range)}`),
+    h("div", {}, `mean ${sci(section.mean)}`),
+    h("div", {}, `min ${sci(section.min)} max ${sci(section.max)}`),
+  );
+}
+
+/** A section record whose stats histogram counts (base64 of 32 little-endian uint16) are decoded to numbers. */
+export function decodeHistogram(section) {
+  const hist = section?.stats?.hist;
+  if (!hist || typeof hist.counts !== "string") return section;
+  const bytes = Uint8Array.from(atob(hist.counts), (c) => c.charCodeAt(0));
+  const view = new DataView(bytes.buffer);
+  const counts = Array.from({ length: bytes.length / 2 }, (_, i) => view.getUint16(2 * i, true));
+  return { ...section, stats: { ...section.stats, hist: { ...hist, counts } } };
+}
