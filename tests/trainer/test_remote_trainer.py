@@ -248,7 +248,6 @@ def test_a_remote_timeline_is_uploaded_in_chunks_and_reads_back(url, monkeypatch
             if step == 6:
                 w[0, 0] = np.nan
             beholder.frame_due_now()
-            beholder._config_checked = float("-inf")
             beholder.update(arrays={"w": w})
         parts = [n for n in files_for(url).listdir(tl.timeline_dir(url)) if tl.part_seq(n) is not None]
         assert len(parts) == 3  # frames 1-4 in one part, then 5 and 6 one each
