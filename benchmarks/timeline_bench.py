@@ -20,11 +20,14 @@ Parts:
   step (target: at most 1 %).
 - ``read``: a 7-day timeline of 300 sections at 10 frames/s, as thinning
   leaves it (MAX_PER_SECTION records each), written with a fake clock; then
-  the /timeline answer built from it (points=640) and its size: the load
-  half of the dashboard's "loads and draws in 1 s".
+  the /timeline answer built from it (points=320, as the view asks) and its
+  size: the load half of the dashboard's "loads and draws in 1 s".
 - ``browser``: the same timeline served by a real TensorBoard, the Timeline
   view opened in Debian's Chromium: from the request to the 300 rows drawn
-  (the view's own clock), and the drawing alone, over --rounds reloads.
+  (the view's own clock), and the drawing alone. Measured when the user
+  clicks "Timeline" (the server builds its answer from the files), then
+  over --rounds reloads, alternately with the answer kept by the server and
+  with the base file touched (so it is built again).
 
 Medians; nothing here is asserted (tests assert behaviour, this prints numbers).
 """
@@ -47,6 +50,7 @@ import numpy as np  # noqa: E402
 from beholder_plugin import DEFAULT_CONFIG, Beholder, write_config  # noqa: E402
 
 PARTS = ("cpu", "gpu", "read", "browser")
+POINTS = 320  # what the Timeline view asks per section (static/timeline.js)
 
 
 def main() -> int:
@@ -268,11 +272,11 @@ def part_read(args) -> None:
     for _ in range(args.rounds):
         server_timeline.forget()  # built from the files each time
         t0 = time.perf_counter()
-        answer = timeline_answer("run", run, 640)
+        answer = timeline_answer("run", run, POINTS)
         body = json.dumps(answer)
         took.append(time.perf_counter() - t0)
     print(f"read: 300 sections x {n} records = {size / 2**20:.1f} MB on disk; /timeline answer "
-          f"(points=640) built and encoded in {statistics.median(took) * 1e3:.0f} ms, "
+          f"(points={POINTS}) built and encoded in {statistics.median(took) * 1e3:.0f} ms, "
           f"{len(body) / 2**20:.1f} MB of JSON")
 
 
@@ -288,33 +292,41 @@ def part_browser(args) -> None:
     run = os.path.join(logdir, "week")
     os.makedirs(os.path.join(run, "plugins", "beholder"))
     set_config(run, values="arrays", FPS=10)
-    week_run(run)
+    base = week_run(run)
     tb = TensorBoard(logdir, os.path.join(logdir, "tensorboard.log"))
-    loads, draws = [], []
+    cold, warm, draws = [], [], []
     try:
         tb.start()
         with chromium_page() as page:
             page.goto(tb.url + "/#beholder")
             frame = beholder_frame(page)
             wait_for(lambda: frame.evaluate("window.beholder.run") == "week", message="the run")
-            frame.click("#view-timeline")
-            for _ in range(args.rounds):
+
+            def drawn(action: str) -> float:
                 frame.evaluate("() => { window.beholderDebug.timeline().ms = null; }")
-                frame.evaluate("() => window.dispatchEvent(new Event('beholder-timeline-reload'))")
+                frame.evaluate(action)
                 ms = wait_for(lambda: frame.evaluate("window.beholderDebug.timeline().ms"), timeout=60,
                               message="the timeline drawn")
                 debug = frame.evaluate("window.beholderDebug.timeline()")
                 assert debug["drawn"] == 300, debug["drawn"]
-                loads.append(ms)
                 draws.append(debug["drawMs"])
-                print(f"  browser round: {ms:.0f} ms = fetch and parse {debug['fetchMs']:.0f} + decode "
+                print(f"  {action[:40]:40s} {ms:5.0f} ms = fetch and parse {debug['fetchMs']:.0f} + decode "
                       f"{debug['decodeMs']:.0f} + draw {debug['drawMs']:.0f}")
+                return ms
+
+            # the user's click: the server builds the answer from the files
+            cold.append(drawn("() => document.querySelector('#view-timeline').click()"))
+            reload = "() => window.dispatchEvent(new Event('beholder-timeline-reload'))"
+            for _ in range(args.rounds):
+                warm.append(drawn(reload))  # the server keeps the answer it built
+                os.utime(base)  # a changed file: built from the files again
+                cold.append(drawn(reload))
     finally:
         tb.stop()
-    again = statistics.median(loads[1:]) if len(loads) > 1 else float("nan")
-    print(f"browser: 7-day timeline, 300 sections: request to drawn {loads[0]:.0f} ms the first time, "
-          f"{again:.0f} ms when the server has it built (the view refreshes every 5 s), drawing alone "
-          f"{statistics.median(draws):.0f} ms; target <= 1000 ms")
+    print(f"browser: 7-day timeline, 300 sections: request to drawn {statistics.median(cold):.0f} ms "
+          f"(median of {len(cold)}, the first {cold[0]:.0f} ms) when the server builds its answer, "
+          f"{statistics.median(warm):.0f} ms when it has it built (the view refreshes every 5 s), "
+          f"drawing alone {statistics.median(draws):.0f} ms; target <= 1000 ms")
 
 
 if __name__ == "__main__":
