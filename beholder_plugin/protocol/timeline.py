@@ -154,34 +154,56 @@ def _named_records(names: dict[int, str], arrays: list[np.ndarray]) -> dict[str,
     return out
 
 
-def read_records(run_dir: str | os.PathLike, files: Any = None, attempts: int = 4) -> dict[str, np.ndarray]:
+def read_records(run_dir: str | os.PathLike, files: Any = None, attempts: int = 4,
+                 base_cache: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Every kept record by section name, in time order (base.bht, then the parts it does not hold).
 
     A part deleted while it is read (base.bht was just rewritten to hold it)
     makes the read start again, so the answer is one consistent state.
+    ``base_cache`` (a dict the caller keeps per run) holds base.bht parsed,
+    by the file's identity: a live run's base changes every few minutes,
+    its parts every frame, so a reader refreshing it parses only the parts.
+    The records it returns are then shared with the cache: read them only.
     """
     directory = timeline_dir(run_dir)
     files = files or files_for(directory)
     for _ in range(attempts):
-        found = _read_once(directory, files)
+        found = _read_once(directory, files, base_cache=base_cache)
         if found is not None:
             return found
     return _read_once(directory, files, tolerate_missing=True) or {}
 
 
-def _read_once(directory: str, files: Any, tolerate_missing: bool = False) -> dict[str, np.ndarray] | None:
+def _read_base(files: Any, path: str, base_cache: dict[str, Any] | None,
+               tolerate_missing: bool) -> tuple[dict[str, np.ndarray], int] | None:
+    """base.bht's records by section name and the last part it holds; None when it vanished."""
+    identity = files.identity(path) if base_cache is not None else None
+    kept = base_cache.get("base") if identity is not None else None
+    if kept is not None and kept[0] == identity:
+        return kept[1], kept[2]
+    data = _read(files, path)
+    if data is None and not tolerate_missing:
+        return None
+    names, arrays, meta = parse(data or b"")
+    records, through = _named_records(names, arrays), int(meta.get("through", -1))
+    if identity is not None and data is not None:  # the identity was taken before the read: at worst
+        base_cache["base"] = (identity, records, through)  # a file replaced in between is read again
+    return records, through
+
+
+def _read_once(directory: str, files: Any, tolerate_missing: bool = False,
+               base_cache: dict[str, Any] | None = None) -> dict[str, np.ndarray] | None:
     """One pass of read_records; None when a part vanished while being read."""
     listing = files.listdir(directory)
     join = posixpath.join if getattr(files, "remote", False) else os.path.join
     parts: dict[str, list[np.ndarray]] = {}
     through = -1
     if BASE_FILE in listing:
-        data = _read(files, join(directory, BASE_FILE))
-        if data is None and not tolerate_missing:
+        found = _read_base(files, join(directory, BASE_FILE), base_cache, tolerate_missing)
+        if found is None:
             return None
-        names, arrays, meta = parse(data or b"")
-        through = int(meta.get("through", -1))
-        for name, recs in _named_records(names, arrays).items():
+        base, through = found
+        for name, recs in base.items():
             parts.setdefault(name, []).append(recs)
     seqs = sorted(s for s in map(part_seq, listing) if s is not None and s > through)
     for seq in seqs:
@@ -202,7 +224,8 @@ def _read_once(directory: str, files: Any, tolerate_missing: bool = False) -> di
             keep = np.ones(len(records), bool)
             steps, times = records["step"], records["time"]
             keep[1:] = (steps[1:] != steps[:-1]) | (times[1:] != times[:-1])
-            records = records[keep]
+            if not keep.all():
+                records = records[keep]
         out[name] = records
     return out
 

@@ -27,6 +27,7 @@ DEFAULT_POINTS = 512
 MAX_POINTS = 4096
 MAX_SECTIONS = 4096
 CACHED_ANSWERS = 8  # (run, points) whose sections are kept while the timeline's files stay the same
+CACHED_BASES = 2  # runs whose base.bht is kept parsed (the dashboard's run and the one compared with)
 WIDE = ("step", "time")
 NARROW = ("norm", "mean", "std", "min", "max", "nonfinite")
 
@@ -78,10 +79,24 @@ _cache: OrderedDict[tuple[str, int], tuple[tuple, dict[str, Any]]] = OrderedDict
 _cache_lock = threading.Lock()
 
 
+_bases: OrderedDict[str, dict[str, Any]] = OrderedDict()  # run path -> read_records' base_cache
+
+
 def forget() -> None:
-    """Drop every built answer (the next request builds its answer from the files again)."""
+    """Drop every built answer and parsed base (the next request reads the files again)."""
     with _cache_lock:
         _cache.clear()
+        _bases.clear()
+
+
+def _base_cache(run_path: str) -> dict[str, Any]:
+    """The run's parsed base.bht, kept for the CACHED_BASES runs asked for most recently."""
+    with _cache_lock:
+        found = _bases.setdefault(run_path, {})
+        _bases.move_to_end(run_path)
+        while len(_bases) > CACHED_BASES:
+            _bases.popitem(last=False)
+    return found
 
 
 def _signature(run_path: str, files: Any) -> tuple:
@@ -98,7 +113,8 @@ def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None
 
     The bucketed sections are kept (CACHED_ANSWERS runs) and built again
     only when a timeline file changed, so a dashboard refreshing a finished
-    or slow run reads nothing but the directory.
+    or slow run reads nothing but the directory; a live run's base.bht is
+    kept parsed (CACHED_BASES runs), so its refreshes parse only the parts.
     """
     key = (run_path, points)
     signature = _signature(run_path, files)
@@ -125,7 +141,7 @@ def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None
 
 def _sections_answer(run_path: str, points: int, files: Any) -> dict[str, Any]:
     """The sections part of the answer: every section bucketed, and the steps the buckets span."""
-    by_section = tl.read_records(run_path, files)
+    by_section = tl.read_records(run_path, files, base_cache=_base_cache(run_path))
     names = list(by_section)[:MAX_SECTIONS]
     steps = [recs["step"] for recs in by_section.values() if len(recs)]
     first = int(min(s[0] for s in steps)) if steps else 0

@@ -60,12 +60,14 @@ def test_written_records_read_back(tmp_path_factory, names, frames, values, budg
     run = str(tmp_path_factory.mktemp("run"))
     writer = TimelineWriter(run, files_for(run), parts_budget=budget, cap=10**6)
     written = []
+    base_cache: dict = {}  # a live reader's parsed base.bht, across the writer's compactions
     for step in range(1, frames + 1):
         # sections come and go between frames
         shown = subsets.draw(st.lists(st.sampled_from(names), min_size=1, unique=True))
         records = frame_records(shown, step, 1000.0 + step, values)
         writer.append(shown, records)
         written.append((shown, records))
+        assert_same(tl.read_records(run, base_cache=base_cache), expected_columns(written))
     writer.close()
     expected = expected_columns(written)
     assert_same(tl.read_records(run), expected)
@@ -96,6 +98,29 @@ def test_a_partly_written_tail_is_left_out(run_dir):
     with open(part, "wb") as f:  # a flipped byte in the last chunk: its CRC refuses it
         f.write(data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
     assert tl.read_records(run_dir)["b"]["step"].tolist() == [1, 2]
+
+
+def test_a_kept_base_is_parsed_again_only_when_it_is_replaced(run_dir, monkeypatch):
+    """A live reader's base_cache: new parts are read, the unchanged base.bht is not parsed again."""
+    writer = TimelineWriter(run_dir, files_for(run_dir), parts_budget=10**9, cap=10**6)
+    for step in range(1, 4):
+        writer.append(["a"], frame_records(["a"], step, float(step), [1.0]))
+    writer.compact()  # steps 1-3 in base.bht
+    writer.append(["a"], frame_records(["a"], 4, 4.0, [1.0]))
+    parsed = []
+    real_parse = tl.parse
+    monkeypatch.setattr(tl, "parse", lambda data: parsed.append(len(data)) or real_parse(data))
+    cache: dict = {}
+    assert tl.read_records(run_dir, base_cache=cache)["a"]["step"].tolist() == [1, 2, 3, 4]
+    assert len(parsed) == 2  # base.bht and the part
+    writer.append(["a"], frame_records(["a"], 5, 5.0, [1.0]))
+    parsed.clear()
+    assert tl.read_records(run_dir, base_cache=cache)["a"]["step"].tolist() == [1, 2, 3, 4, 5]
+    assert len(parsed) == 1  # the part only
+    writer.compact()  # base.bht replaced: steps 1-5, no part left
+    parsed.clear()
+    assert tl.read_records(run_dir, base_cache=cache)["a"]["step"].tolist() == [1, 2, 3, 4, 5]
+    assert len(parsed) == 1  # the new base.bht
 
 
 def test_anomalies_read_back_without_a_partial_line(run_dir):
