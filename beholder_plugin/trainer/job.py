@@ -94,7 +94,8 @@ class FrameJobs:
         written = self.store.write_frame(header, job.time, job.step, settings, colormap,
                                          rows=pixels, palette=palette, values=floats, height=height)
         if written and rendered is not None and self.timeline is not None:
-            self.timeline.written(job, rendered.sections, self.store.history, job.plan.names)
+            self.timeline.written(job, rendered.sections, self.store.history, job.plan.names,
+                                 rendered.stats_columns)
         if not written or not settings.is_recording:
             return
         if rendered is not None:

@@ -12,7 +12,7 @@ trainer/beholder.py:
   exact pass. Torch tensors on an accelerator: every frame, one fused norm
   pass queued on the device and copied back asynchronously, read by the
   worker. NumPy arrays and CPU tensors: at most ``HOST_EXACT_VALUES`` values
-  per frame on average (a model of 4M values gets an exact pass every 4th
+  per frame on average (a model of 1M values gets an exact pass every 4th
   frame; the records in between carry the sample's figures, and say so);
 - ``written(job, sections, ring)``, on the worker once the frame is written:
   the records are appended to the timeline, anomalies are looked for and, at
@@ -49,6 +49,7 @@ logger = logging.getLogger("beholder")
 # A norm above NORM_JUMP times the median of its section's last RECENT_NORMS frames is an anomaly.
 NORM_JUMP = 10.0
 RECENT_NORMS = 16
+_MIDDLE = (RECENT_NORMS // 2 - 1, RECENT_NORMS // 2)  # a full window's median: the mean of these two
 MIN_NORMS = 4
 # anomalies.jsonl holds at most this many records (later ones are only logged).
 MAX_ANOMALIES = 1000
@@ -165,44 +166,49 @@ class Timeline:
 
     # ------------------------------------------------------------ the worker
 
-    def written(self, job: Any, sections: list[dict], ring: HistoryRing | None, names: list[str]) -> None:
-        """Append a written frame's records and look for anomalies (never raises into the worker)."""
+    def written(self, job: Any, sections: list[dict], ring: HistoryRing | None, names: list[str],
+                columns: dict[str, np.ndarray] | None = None) -> None:
+        """Append a written frame's records and look for anomalies (never raises into the worker).
+
+        ``columns`` are the sections' statistics as arrays (views.stats.COLUMNS),
+        as the renderer made them (Rendered.stats_columns).
+        """
         if not self.enabled:
             return
         try:
-            self._written(job, sections, ring, names)
+            self._written(job, sections, ring, names, columns)
         except Exception:
             if not self._failed:
                 self._failed = True
                 logger.warning("Beholder: could not append to the timeline", exc_info=True)
 
-    def _written(self, job: Any, sections: list[dict], ring: HistoryRing | None, names: list[str]) -> None:
+    def _written(self, job: Any, sections: list[dict], ring: HistoryRing | None, names: list[str],
+                 columns: dict[str, np.ndarray] | None) -> None:
         """written() itself: the records column by column, the anomalies, the keyframe, the appends."""
         exact = job.exact
         if exact is not None:
             exact.resolve()
-        rows = [i for i, record in enumerate(sections) if record.get("stats") is not None and i < len(names)]
-        if not rows:
+        count_names = len(names)
+        rows = [i for i, record in enumerate(sections) if i < count_names and record.get("stats") is not None]
+        if not rows or columns is None:  # (no statistics samples: no record has "stats" either)
             self._last_step = job.step
             return
         kept = [names[i] for i in rows]
-        stats = [sections[i]["stats"] for i in rows]
-        hists = [s.get("hist") or {} for s in stats]
+        if len(rows) == len(sections):  # every section (the usual case): the columns as they are
+            figures = columns
+        else:
+            figures = {name: column[rows] for name, column in columns.items()}
         records = tl.make_records(len(rows))
         records["step"] = job.step
         records["time"] = job.time
         records["section"] = np.arange(len(rows))
-        records["min"] = _floats([h.get("lo") for h in hists])
-        records["max"] = _floats([h.get("hi") for h in hists])
-        for column in ("mean", "std", "zero"):
-            records[column] = _floats([s.get(column) for s in stats])
-        nan_frac = _floats([s.get("nan") for s in stats])
-        inf_frac = _floats([s.get("inf") for s in stats])
+        for column in ("min", "max", "mean", "std", "zero"):
+            records[column] = figures[column]
+        nan_frac, inf_frac, count = figures["nan"], figures["inf"], figures["count"]
         records["nan"], records["inf"] = nan_frac, inf_frac
-        count = _floats([s.get("count") for s in stats])
         records["count"] = count
-        norm = _floats([s.get("norm") for s in stats])
-        nonfinite = (np.nan_to_num(nan_frac) + np.nan_to_num(inf_frac)) * count
+        norm = figures["norm"]
+        nonfinite = (np.fmax(nan_frac, 0.0) + np.fmax(inf_frac, 0.0)) * count  # (NaN: none known)
         is_nan, is_inf = nan_frac > 0, (inf_frac > 0) & ~(nan_frac > 0)
         flags = np.zeros(len(rows), np.uint32)
         step_first = np.full(len(rows), -1, np.int64)
@@ -279,7 +285,10 @@ class Timeline:
         seen = self._seen[slots]
         enough = seen >= MIN_NORMS
         medians = np.full(len(slots), np.nan)
-        if enough.any():
+        if enough.all() and seen.min() >= RECENT_NORMS:  # the usual case: every window full
+            middle = np.partition(self._ring[slots], _MIDDLE, axis=1)  # (finite norms only)
+            medians = 0.5 * (middle[:, _MIDDLE[0]] + middle[:, _MIDDLE[1]])
+        elif enough.any():
             window = self._ring[slots[enough]]
             full = seen[enough] >= RECENT_NORMS
             medians[np.flatnonzero(enough)[full]] = np.median(window[full], axis=1)
@@ -382,8 +391,3 @@ class Timeline:
             self.writer.close()
         except OSError as exc:
             logger.warning("Beholder: could not finish the timeline (%s)", exc)
-
-
-def _floats(values: list) -> np.ndarray:
-    """Numbers (None: NaN) as a float64 array."""
-    return np.array([np.nan if v is None else v for v in values], np.float64)

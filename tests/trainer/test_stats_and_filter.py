@@ -14,7 +14,14 @@ from beholder_plugin import Beholder, ConfigError
 from beholder_plugin.protocol.layout import section_height
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.protocol.settings import validate_changes
-from beholder_plugin.trainer.views.stats import RUNS, SAMPLE_CAP, hist_counts, sample_runs
+from beholder_plugin.trainer.views.stats import (
+    COLUMNS,
+    RUNS,
+    SAMPLE_CAP,
+    hist_counts,
+    sample_runs,
+    section_stats,
+)
 
 
 def _expected(array: np.ndarray) -> dict:
@@ -77,6 +84,33 @@ def test_each_section_describes_its_whole_array_or_its_documented_sample(tmp_pat
                 assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
         assert got["hist"]["lo"] == want["lo"] and got["hist"]["hi"] == want["hi"]
         assert hist_counts(got) == want["hist"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=6), data=st.data())
+def test_stats_columns_hold_the_records_figures(sizes, data):
+    """The arrays section_stats hands the timeline are its records' figures (infinities kept as such)."""
+    values = data.draw(st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True),
+                                min_size=sum(sizes), max_size=sum(sizes)))
+    samples = np.asarray(values, np.float32)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    counts = [size * 7 for size in sizes]
+    columns: dict = {}
+    records = section_stats(samples, offsets, counts, columns=columns)
+    assert sorted(columns) == sorted(COLUMNS)
+    for i, record in enumerate(records):
+        if record is None:  # an empty section: NaN throughout
+            assert sizes[i] == 0 and all(math.isnan(columns[name][i]) for name in COLUMNS)
+            continue
+        pairs = {"norm": record["norm"], "mean": record["mean"], "std": record["std"],
+                 "min": record["hist"]["lo"], "max": record["hist"]["hi"], "nan": record["nan"],
+                 "inf": record["inf"], "zero": record["zero"], "count": record["count"]}
+        for name, figure in pairs.items():
+            column = columns[name][i]
+            if figure is None:  # JSON null: the column holds what was not finite
+                assert not math.isfinite(column), (name, column)
+            else:
+                assert column == figure, (name, column, figure)
 
 
 def test_large_arrays_are_described_from_evenly_spaced_runs(run_dir):

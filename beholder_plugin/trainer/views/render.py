@@ -263,6 +263,7 @@ class Rendered:
     sections: list[dict[str, Any]]
     width: int
     height: int
+    stats_columns: dict[str, np.ndarray] | None = None  # views.stats.COLUMNS over all sections, if sampled
 
     @property
     def compact(self) -> np.ndarray:
@@ -346,9 +347,10 @@ class Renderer:
         else:
             lo_b, hi_b = lows, highs
         missing = missing or {}
-        stats = None
+        stats = columns = None
         if samples is not None:
-            stats = section_stats(samples, plan.sample_offsets, plan.counts, plan.stats_layout)
+            columns = {}
+            stats = section_stats(samples, plan.sample_offsets, plan.counts, plan.stats_layout, columns)
         # Plain Python numbers for all sections at once (JSON null where not finite).
         low, high, mean = json_floats(lows), json_floats(highs), json_floats(means)
         spread = json_floats(highs - lows)
@@ -376,6 +378,7 @@ class Renderer:
             sections=records,
             width=plan.width,
             height=plan.height,
+            stats_columns=columns,
         )
 
 

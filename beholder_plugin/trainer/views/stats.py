@@ -82,14 +82,24 @@ class StatsLayout:
         self.bin_base = (self.section_of * BINS).astype(np.int32)
 
 
+# The figures section_stats also hands over as arrays (one value per section, NaN for an empty one).
+COLUMNS = ("norm", "mean", "std", "min", "max", "nan", "inf", "zero", "count")
+
+
 def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[int],
-                  layout: StatsLayout | None = None) -> list[dict | None]:
+                  layout: StatsLayout | None = None,
+                  columns: dict[str, np.ndarray] | None = None) -> list[dict | None]:
     """The statistics of each section's sample (samples[offsets[i]:offsets[i + 1]]); None for an empty one.
 
     ``layout`` is ``StatsLayout(offsets, counts)``, made once per frame plan.
+    ``columns``, when given, is filled with the same figures as float64
+    arrays over all sections (COLUMNS; NaN for an empty section; infinities
+    kept), which the timeline reads without walking the records.
     """
     layout = layout or StatsLayout(offsets, counts)
     out: list[dict[str, Any] | None] = [None] * layout.sections
+    if columns is not None:
+        columns.update({name: np.full(layout.sections, np.nan) for name in COLUMNS})
     if not len(layout.active):
         return out
     starts, sizes = layout.starts, layout.sizes
@@ -118,16 +128,21 @@ def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[
         means = s1 / n_finite
         stds = np.sqrt(np.maximum(s2 / n_finite - means * means, 0.0))
         norms = np.sqrt(s2 * layout.totals / n_finite)  # a sample's sum of squares, scaled to the whole array
+    fraction_arrays = np.stack([nans, infs, zeros]) / sizes
+    if columns is not None:
+        active = layout.active
+        for name, array in zip(COLUMNS, (norms, means, stds, lows, highs, *fraction_arrays, layout.totals)):
+            columns[name][active] = array
     # Plain Python numbers, converted once for all sections (JSON null where not finite).
-    columns = [json_floats(a) for a in (norms, means, stds, lows, highs)]
-    fractions = (np.stack([nans, infs, zeros]) / sizes).tolist()
+    figures = [json_floats(a) for a in (norms, means, stds, lows, highs)]
+    fractions = fraction_arrays.tolist()
     # The counts (at most SAMPLE_CAP each) as base64 of little-endian uint16: one JSON string per
     # section instead of 32 numbers, which halved the cost of encoding a ResNet-50 frame's header.
     raw = hists.astype("<u2").tobytes()
     row = 2 * BINS
     hist_rows = [base64.b64encode(raw[k : k + row]).decode("ascii") for k in range(0, len(raw), row)]
     for j, i in enumerate(layout.active_list):
-        norm, mean, std, lo, hi = (column[j] for column in columns)
+        norm, mean, std, lo, hi = (column[j] for column in figures)
         out[i] = {
             "over": layout.over[j],
             "count": layout.counts[j],
