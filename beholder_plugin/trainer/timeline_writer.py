@@ -30,7 +30,8 @@ class TimelineWriter:
         self.cap = cap
         self.remote_chunk_seconds = remote_chunk_seconds
         self.seq: int | None = None
-        self.ids: dict[str, int] = {}
+        self.ids: dict[str, int] = {}  # the current part's section ids
+        self._ids_of: dict[tuple, np.ndarray] = {}  # a frame's names -> their ids (the current part's)
         self.part_open = False  # the current part has records (local)
         self.parts_bytes = 0
         self.pending: list[bytes] = []  # remote: chunks not uploaded yet
@@ -59,12 +60,17 @@ class TimelineWriter:
         if self.seq is None:
             self._start()
         chunks = []
-        new = {name: len(self.ids) + k for k, name in enumerate(n for n in dict.fromkeys(names)
-                                                                 if n not in self.ids)}
-        if new:
-            self.ids.update(new)
-            chunks.append(tl.names_chunk(new))
-        ids = np.array([self.ids[n] for n in names], np.uint32)
+        key = tuple(names)
+        ids = self._ids_of.get(key)
+        if ids is None:  # names not seen in this part yet (else the same frame's sections again)
+            new = {name: len(self.ids) + k for k, name in enumerate(n for n in dict.fromkeys(names)
+                                                                     if n not in self.ids)}
+            if new:
+                self.ids.update(new)
+                chunks.append(tl.names_chunk(new))
+            if len(self._ids_of) >= 16:
+                self._ids_of.clear()
+            ids = self._ids_of[key] = np.array([self.ids[n] for n in names], np.uint32)
         records = records.copy()
         records["section"] = ids[records["section"]]
         chunks.append(tl.records_chunk(records))
@@ -105,7 +111,7 @@ class TimelineWriter:
         data, self.pending = self.pending, []
         self.files.write_atomic(self._join(tl.part_name(self.seq)), data)
         self.seq += 1
-        self.ids = {}
+        self.ids, self._ids_of = {}, {}
 
     def close_part(self) -> None:
         """End the current part; the next record starts a new one."""
@@ -115,7 +121,7 @@ class TimelineWriter:
         if self.part_open:
             self.part_open = False
             self.seq += 1
-            self.ids = {}
+            self.ids, self._ids_of = {}, {}
 
     def compact(self) -> None:
         """Thin base.bht and every closed part into a new base.bht, then delete those parts."""
