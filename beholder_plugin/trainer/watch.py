@@ -196,8 +196,7 @@ class Watch:
                     if pattern is None or pattern.search(name)]
         if shown == "gradients":
             named = []
-            for name, param, _layout in sources.named_variables(self.model):
-                name = compiled.layer_name(name)
+            for name, param, _layout in self.variables():
                 if pattern is not None and not pattern.search(name):
                     continue
                 got = captured.get(name)
@@ -237,17 +236,16 @@ class Watch:
     # ------------------------------------------------------------ torch hooks
 
     def _rehook(self, shown: str) -> None:
-        """Install the hooks the shown values need, for the model as it is now (removing older ones)."""
-        from beholder_plugin.trainer.sources import torch_modules
+        """Install the hooks the shown values need (removing older ones), on the model variables() walked."""
 
         for handle in self._handles:
             handle.remove()
         self._handles = []
         activations, gradients = self._hook_choice
         if shown == "gradients" and gradients:
-            for name, param, layout in torch_modules.trainable_parameters(self.model):
+            for name, param, layout in self.variables():  # (walked at most every VARIABLES_REFRESH_SECONDS)
                 if hasattr(param, "register_post_accumulate_grad_hook"):
-                    hook = self._grad_hook(compiled.layer_name(name), layout)
+                    hook = self._grad_hook(name, layout)
                     self._handles.append(param.register_post_accumulate_grad_hook(hook))
         if shown == "trainable_variables":
             for path, module in self.model.named_modules():
