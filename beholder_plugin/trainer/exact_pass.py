@@ -145,6 +145,7 @@ class ExactPass:
         params = {}
         if job.shown == "gradients" and watch is not None and getattr(watch, "framework", None) == "torch":
             params = {name: param for name, param, _ in watch.variables()}
+        batch_cpu = _batch_cpu()
         for i, entry in enumerate(named):
             obj = entry[1]
             if type(obj) is np.ndarray:
@@ -159,7 +160,7 @@ class ExactPass:
                 continue
             from_torch = torch
             tensor = obj.detach()
-            if tensor.device.type == "cpu" and not _batch_cpu():
+            if tensor.device.type == "cpu" and not batch_cpu:
                 host.append((i, tensor))
             else:
                 devices.setdefault(tensor.device, []).append((i, tensor, obj, param))
