@@ -32,7 +32,7 @@ from beholder_plugin.protocol.filters import SectionFilter
 from beholder_plugin.protocol.layout import FRAME_WIDTH, resolve_layout
 from beholder_plugin.protocol.plans import make_plan
 from beholder_plugin.trainer import compiled, sources
-from beholder_plugin.trainer.sources import torch_batch
+from beholder_plugin.trainer.sources import torch_batch, torch_modules
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.stats import sample_runs, sample_size
 from beholder_plugin.trainer.watch_keras import KerasWatch, nnx_sections
@@ -96,13 +96,14 @@ class Watch:
             # Hooks are installed by arm() for the step after a frame fell due and removed when the
             # frame takes what they captured: every other step runs with no hook at all.
             self._hook_choice = (activations, gradients)
-            self.sharded = any(_sharded(param) for param in model.parameters())
+            self.sharded = any(torch_modules.sharded(param) for param in model.parameters())
             # A compiled model's activation hooks stay installed (compiled.py says why), from watch()
             # on when it is compiled already, or from the moment dynamo starts compiling anything.
             self.compiled = compiled.is_compiled(model)
             self._kept: dict[str, Any] = {}  # a compiled graph's layer outputs on the armed step
             self._kept_handles: list[Any] = []
             self._versions = 0  # the parameters' version counters when armed: did a step run since?
+            self._version_params: list[Any] = []  # the parameters they were read from
             self._ran = False  # whether a hook ran since armed (the uncompiled model's hooks)
             self._recompiled = False
             self._stop_listening: Callable[[], None] | None = None
@@ -135,10 +136,15 @@ class Watch:
         if self.framework == "torch":
             if self.compiled:  # a compiled submodule's parameters: no "_orig_mod."
                 named = [(compiled.layer_name(name), var, layout) for name, var, layout in named]
-            if any(_sharded(param) for _, param, _ in named):
+            if any(torch_modules.sharded(param) for _, param, _ in named):
                 self.sharded = True  # sharded after watch(): from the next frame on, weights come from hooks
             self._variables, self._variables_at = named, now
         return named
+
+    def _walk_variables(self) -> list[sources.Named]:
+        """variables() walked afresh now (arming hooks: layers may have been added or replaced)."""
+        self._variables = None
+        return self.variables()
 
     def needs_capture(self, shown: str) -> bool:
         """Whether the shown values (a Values choice) come from hooks during the next step.
@@ -162,7 +168,8 @@ class Watch:
             self._rehook(shown)  # the model as it is now (layers may have been added or replaced)
             self._kept.clear()
             if shown == "activations":
-                self._versions, self._ran = _versions(self.model), False
+                self._version_params = [param for _, param, _ in self.variables()]
+                self._versions, self._ran = torch_modules.version_sum(self._version_params), False
                 self._listen()  # (torch.compile may have been called since watch())
         self.armed = shown
 
@@ -236,14 +243,14 @@ class Watch:
     # ------------------------------------------------------------ torch hooks
 
     def _rehook(self, shown: str) -> None:
-        """Install the hooks the shown values need (removing older ones), on the model variables() walked."""
+        """Install the hooks the shown values need, for the model as it is now (removing older ones)."""
 
         for handle in self._handles:
             handle.remove()
         self._handles = []
         activations, gradients = self._hook_choice
         if shown == "gradients" and gradients:
-            for name, param, layout in self.variables():  # (walked at most every VARIABLES_REFRESH_SECONDS)
+            for name, param, layout in self._walk_variables():  # the model as it is now; take() reuses it
                 if hasattr(param, "register_post_accumulate_grad_hook"):
                     hook = self._grad_hook(name, layout)
                     self._handles.append(param.register_post_accumulate_grad_hook(hook))
@@ -268,8 +275,6 @@ class Watch:
         again after it: a hook that runs then reads the whole parameter with
         no collective of its own, on the one rank that writes.
         """
-        from beholder_plugin.trainer.sources import torch_modules
-
         def hook(module: Any, args: Any) -> None:
             if self.armed != "trainable_variables":
                 return
@@ -279,7 +284,7 @@ class Watch:
                     continue
                 layout = torch_modules.parameter_layout(module, name, param)
                 # Still sharded here (not an FSDP2 module): this rank's part, never a collective.
-                self._capture(full, param.to_local() if _sharded(param) else param, layout)
+                self._capture(full, param.to_local() if torch_modules.sharded(param) else param, layout)
 
         return hook
 
@@ -287,7 +292,7 @@ class Watch:
         def hook(param: Any) -> None:
             if self.armed != "gradients":
                 return
-            queue = _end_of_backward_queue()
+            queue = torch_modules.end_of_backward_queue()
             if queue is None:  # no autograd callbacks: take the gradient as it is now
                 self._capture(name, param.grad, layout)
                 return
@@ -310,13 +315,11 @@ class Watch:
             self._capture(name, param.grad, layout)
 
     def _activation_hook(self, name: str, module: Any) -> Callable:
-        from beholder_plugin.trainer.sources import torch_modules
-
         def hook(mod: Any, inputs: Any, output: Any) -> None:
             if self.armed != "activations":
                 return
             self._ran = True
-            tensor = _first_tensor(output)
+            tensor = torch_modules.first_tensor(output)
             if tensor is None:
                 return
             self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
@@ -351,8 +354,6 @@ class Watch:
         it at once, as an uncompiled model's does, in code dynamo is told
         not to trace.
         """
-        from beholder_plugin.trainer.sources import torch_modules
-
         @compiled.untraced
         def capture(tensor: Any) -> None:
             self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
@@ -360,7 +361,7 @@ class Watch:
         def hook(mod: Any, inputs: Any, output: Any) -> None:
             if self.armed != "activations":
                 return
-            tensor = _first_tensor(output)
+            tensor = torch_modules.first_tensor(output)
             if tensor is None:
                 return
             if compiled.compiling():
@@ -379,8 +380,6 @@ class Watch:
         model runs a compiled graph traced before the hooks were installed:
         from then on they stay installed, and dynamo recompiles it once.
         """
-        from beholder_plugin.trainer.sources import torch_modules
-
         kept = dict(self._kept)
         if kept:
             modules = {compiled.layer_name(path): module for path, module in self.model.named_modules()}
@@ -390,7 +389,8 @@ class Watch:
             captured = {name: self.captured[name] for name in kept if name in self.captured}
         else:
             captured = self.captured
-        bypassed = not (kept or self._ran) and _versions(self.model) != self._versions
+        bypassed = not (kept or self._ran) and (
+            torch_modules.version_sum(self._version_params) != self._versions)
         self.remove()
         if captured:
             return [(name, got, None) for name, got in captured.items()]
@@ -459,33 +459,3 @@ class Watch:
                 raise
             self.captured[name] = Captured((), None, error=f"{type(exc).__name__}: {exc}")
 
-
-def _sharded(param: Any) -> bool:
-    """Whether a torch parameter is a DTensor (sharded, as FSDP2 keeps it between forwards)."""
-    return type(param).__name__ == "DTensor"
-
-
-def _versions(model: Any) -> int:
-    """The sum of a torch model's parameters' version counters (an optimizer step changes it)."""
-    return sum(param._version for param in model.parameters())
-
-
-def _end_of_backward_queue() -> Callable | None:
-    """Autograd's queue of callbacks run when the current backward pass ends (None if unavailable)."""
-    import torch
-
-    engine = getattr(torch.autograd.Variable, "_execution_engine", None)
-    return getattr(engine, "queue_callback", None)
-
-
-def _first_tensor(output: Any) -> Any:
-    """The tensor a module returned, or the first tensor of a tuple or list it returned (else None)."""
-    import torch
-
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            if isinstance(item, torch.Tensor):
-                return item
-    return None

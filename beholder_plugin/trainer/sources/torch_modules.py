@@ -1,10 +1,13 @@
-"""PyTorch modules: each parameter's layout from the module that owns it, and activation layouts.
+"""PyTorch modules: each parameter's layout from the module that owns it, activation layouts, and what
+watch()'s hooks need to know of parameters, outputs and autograd.
 
-Imported only when a torch module reaches Beholder, so torch is loaded by then.
+Nothing here imports torch at module level; the functions that need it run
+only once a torch module reached Beholder, so torch is loaded by then.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from beholder_plugin.trainer import compiled
@@ -66,4 +69,35 @@ def activation_layout(module: Any, rank: int) -> str | None:
         return "activation_nchw"
     if rank == 3 and any(n.endswith("1d") for n in _class_names(module)):
         return "activation_nchw"  # (n, c, length) from Conv1d, BatchNorm1d, MaxPool1d...
+    return None
+
+
+def sharded(param: Any) -> bool:
+    """Whether a torch parameter is a DTensor (sharded, as FSDP2 keeps it between forwards)."""
+    return type(param).__name__ == "DTensor"
+
+
+def version_sum(params: list[Any]) -> int:
+    """The sum of torch parameters' version counters (an optimizer step changes it)."""
+    return sum(param._version for param in params)
+
+
+def end_of_backward_queue() -> Callable | None:
+    """Autograd's queue of callbacks run when the current backward pass ends (None if unavailable)."""
+    import torch
+
+    engine = getattr(torch.autograd.Variable, "_execution_engine", None)
+    return getattr(engine, "queue_callback", None)
+
+
+def first_tensor(output: Any) -> Any:
+    """The tensor a module returned, or the first tensor of a tuple or list it returned (else None)."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
     return None
