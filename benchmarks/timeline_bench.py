@@ -116,8 +116,8 @@ def compaction_per_frame(sections: int) -> float:
     """CPU seconds a frame of this many sections pays, amortized, for thinning the parts into a full base.bht.
 
     A long run's base holds MAX_PER_SECTION records a section; every
-    PARTS_BUDGET bytes of parts, the writer reads both, thins them and writes
-    base.bht again (on the worker). Median of 3 compactions, divided by the
+    parts_budget(sections) bytes of parts, the writer reads both, thins them
+    and writes base.bht again (on the worker). Median of 3 compactions, divided by the
     frames that fill the parts budget.
     """
     from beholder_plugin.protocol import timeline as tl
@@ -127,19 +127,28 @@ def compaction_per_frame(sections: int) -> float:
     run = tempfile.mkdtemp(prefix="timeline-bench-compact-")
     writer = TimelineWriter(run, files_for(run), parts_budget=1 << 62)
     names = [f"section{i}" for i in range(sections)]
-    records = tl.make_records(sections)
-    records["section"] = np.arange(sections)
-    frames = tl.PARTS_BUDGET // (sections * tl.RECORD.itemsize)
+    frames = tl.parts_budget(sections) // (sections * tl.RECORD.itemsize)
     step, took = 0, []
-    for _ in range(2 + 3):  # two compactions to fill base.bht, then three timed
-        for _ in range(frames):
-            step += 1
-            records["step"], records["time"] = step, 1.7e9 + step / 10
+
+    def append(count: int) -> None:  # count frames, appended 500 at a time (as many chunks)
+        nonlocal step
+        for start in range(0, count, 500):
+            n = min(500, count - start)
+            records = tl.make_records(n * sections)
+            records["section"] = np.tile(np.arange(sections), n)
+            records["step"] = np.repeat(np.arange(step + 1, step + n + 1), sections)
+            records["time"] = 1.7e9 + records["step"] / 10
             writer.append(names, records)
+            step += n
+
+    append(tl.MAX_PER_SECTION)
+    writer.compact()  # base.bht at its cap
+    for _ in range(3):
+        append(frames)
         cpu0 = time.process_time()
         writer.compact()
         took.append(time.process_time() - cpu0)
-    return statistics.median(took[2:]) / frames
+    return statistics.median(took) / frames
 
 
 def bottleneck(nn, inp: int, width: int, stride: int):

@@ -68,9 +68,17 @@ KEEP_FIRST = 16
 KEEP_RECENT = 1024
 MAX_PER_SECTION = 2048
 PARTS_BUDGET = 12 << 20
+# With fewer sections the parts may grow until base.bht at its cap and the parts reach this together:
+# thinning (which reads and rewrites base.bht whole) then runs less often.
+TOTAL_BUDGET = 56 << 20
 # Readers refuse files above this size (a hostile or broken file cannot exhaust memory).
 MAX_FILE_BYTES = 256 << 20
 MAX_ANOMALY_BYTES = 4 << 20
+
+
+def parts_budget(sections: int) -> int:
+    """The bytes of parts a run of this many sections lets grow before they are thinned into base.bht."""
+    return max(PARTS_BUDGET, TOTAL_BUDGET - sections * MAX_PER_SECTION * RECORD.itemsize)
 
 
 def timeline_dir(run_dir: str | os.PathLike) -> str:

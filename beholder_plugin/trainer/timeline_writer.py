@@ -19,14 +19,15 @@ class TimelineWriter:
     """Appends records to a run's timeline files and thins them into base.bht (protocol/timeline.py)."""
 
     def __init__(self, run_dir: str, files: Any, clock: Callable[[], float] = time.time,
-                 parts_budget: int = tl.PARTS_BUDGET, cap: int = tl.MAX_PER_SECTION,
+                 parts_budget: int | None = None, cap: int = tl.MAX_PER_SECTION,
                  remote_chunk_seconds: float = REMOTE_CHUNK_SECONDS) -> None:
         self.run_dir = run_dir
         self.files = files
         self.remote = bool(getattr(files, "remote", False))
         self.directory = tl.timeline_dir(run_dir)
         self.clock = clock
-        self.parts_budget = parts_budget
+        self.parts_budget = parts_budget  # None: tl.parts_budget(sections seen)
+        self.sections: set[str] = set()  # every section name appended by this writer
         self.cap = cap
         self.remote_chunk_seconds = remote_chunk_seconds
         self.seq: int | None = None
@@ -67,6 +68,7 @@ class TimelineWriter:
                                                                      if n not in self.ids)}
             if new:
                 self.ids.update(new)
+                self.sections.update(new)
                 chunks.append(tl.names_chunk(new))
             if len(self._ids_of) >= 16:
                 self._ids_of.clear()
@@ -82,7 +84,7 @@ class TimelineWriter:
         else:
             self._append_local(data)
         self.parts_bytes += len(data)
-        if self.parts_bytes >= self.parts_budget:
+        if self.parts_bytes >= (self.parts_budget or tl.parts_budget(len(self.sections))):
             self.compact()
 
     def _append_local(self, data: bytes) -> None:

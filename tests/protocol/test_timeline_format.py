@@ -158,8 +158,8 @@ def test_a_week_at_ten_frames_a_second_of_300_sections_stays_under_64_mb(run_dir
     """A 7-day run compressed in time (a fake clock): under its budget, first frames and the anomaly kept.
 
     Enough frames to thin several times over: each section then holds its
-    cap, and the bound (300 * MAX_PER_SECTION * 72 B + PARTS_BUDGET) holds
-    whatever the length of the run.
+    cap, and the bound (300 * MAX_PER_SECTION * 72 B + parts_budget(300), that
+    is TOTAL_BUDGET) holds whatever the length of the run.
     """
     sections = [f"layer{i}/weight" for i in range(300)]
     now = [1.7e9]
@@ -177,14 +177,41 @@ def test_a_week_at_ten_frames_a_second_of_300_sections_stays_under_64_mb(run_dir
     writer.close()
     biggest = max(biggest, _bytes(tl.timeline_dir(run_dir)))
     assert biggest < 64 * 2**20
-    assert 300 * tl.MAX_PER_SECTION * tl.RECORD.itemsize + tl.PARTS_BUDGET < 64 * 2**20
+    assert 300 * tl.MAX_PER_SECTION * tl.RECORD.itemsize + tl.parts_budget(300) < 64 * 2**20
     found = tl.read_records(run_dir)
     assert len(found) == 300
     steps = found["layer7/weight"]["step"]
-    assert len(steps) <= tl.MAX_PER_SECTION + tl.PARTS_BUDGET // (300 * tl.RECORD.itemsize) + 1
+    assert len(steps) <= tl.MAX_PER_SECTION + tl.parts_budget(300) // (300 * tl.RECORD.itemsize) + 1
     assert steps[: tl.KEEP_FIRST].tolist() == list(range(1, tl.KEEP_FIRST + 1))
     assert 701 in steps.tolist()
     assert steps[-1] == frames
+
+
+def test_fewer_sections_thin_less_often_within_the_same_bound(run_dir):
+    """A run of 40 sections lets its parts grow to TOTAL_BUDGET less a full base.bht (thinning rewrites
+    base.bht whole, so the fewer times the better), and still stays under 64 MB."""
+    sections = [f"layer{i}/weight" for i in range(40)]
+    budget = tl.parts_budget(len(sections))
+    assert budget == tl.TOTAL_BUDGET - 40 * tl.MAX_PER_SECTION * tl.RECORD.itemsize > 4 * tl.PARTS_BUDGET
+    assert tl.parts_budget(400) == tl.PARTS_BUDGET  # many sections: at least PARTS_BUDGET
+    now = [1.7e9]
+    writer = TimelineWriter(run_dir, files_for(run_dir), clock=lambda: now[0])
+    compactions = []
+    real = writer.compact
+    writer.compact = lambda: compactions.append((writer.parts_bytes, k)) or real()
+    frame_bytes = None
+    biggest = 0
+    frames = budget // (40 * tl.RECORD.itemsize) + 400
+    for k in range(frames):
+        now[0] += 1.0
+        writer.append(sections, frame_records(sections, k + 1, now[0], [float(k)] * 40))
+        frame_bytes = frame_bytes or writer.parts_bytes
+        if k % 500 == 0:
+            biggest = max(biggest, _bytes(tl.timeline_dir(run_dir)))
+    assert len(compactions) == 1 and budget <= compactions[0][0] < budget + frame_bytes
+    assert biggest < 64 * 2**20
+    after = frames - 1 - compactions[0][1]  # frames appended since
+    assert len(tl.read_records(run_dir)["layer3/weight"]) == tl.MAX_PER_SECTION + after
 
 
 def _bytes(directory: str) -> int:
