@@ -17,3 +17,15 @@ def set_config(run: str, **changes) -> dict:
 def due(beholder) -> None:
     """Wait until a frame is due again at the beholder's FPS (no timing is asserted)."""
     time.sleep(1.0 / max(1, beholder.config["FPS"]) + 0.005)
+
+
+def update_compiled(beholder, **inputs) -> bool:
+    """update() with a frame due; when that frame started compiling a device gather (JAX, TensorFlow)
+    and was skipped, wait for the compile and take the frame again. Whether a frame was taken."""
+    beholder.frame_due_now()
+    if beholder.update(**inputs):
+        return True
+    assert beholder.gatherer.wait_compiled(120), "the device gather did not compile in 2 minutes"
+    beholder.frame_due_now()
+    return beholder.update(**inputs)
+

@@ -183,8 +183,7 @@ class Beholder:
     def frame_due_now(self) -> None:
         """Make the next update() read the settings and take a frame (unless paused), whatever the FPS.
 
-        For tests and integrations that need a frame at a given step; the
-        frame rate then goes on from that frame.
+        For tests and integrations that need a frame at a given step (the rate goes on from it).
         """
         self._last_frame_time = float("-inf")
         self._settings_checked = float("-inf")
@@ -363,11 +362,10 @@ class Beholder:
         if self.worker is None or self.worker.error is None:
             return
         error = self.worker.take_error()
-        if error is None:
-            return
-        if self.strict:
+        if error is not None and self.strict:
             raise error
-        self.status.failed(error)
+        if error is not None:
+            self.status.failed(error)
 
     # ------------------------------------------------------------ settings
 
@@ -422,6 +420,8 @@ class Beholder:
                 watch.remove()  # the frame is skipped: no hook waits for it
             return False
         job = self.gatherer.gather(settings, inputs)
+        if job.waiting is not None:  # nothing to hand over this time (a device gather compiling)
+            return self.status.note_once("waiting", "Beholder: %s", job.waiting)
         if self.worker is None:
             self.jobs.run(job)
         else:

@@ -32,6 +32,7 @@ from beholder_plugin.trainer.device_batches import BatchMemo, batch_key, make_ga
 from beholder_plugin.trainer.job import Job, JobKind
 from beholder_plugin.trainer.run_settings import RunSettings
 from beholder_plugin.trainer.sources.captured import Captured
+from beholder_plugin.trainer.sources.traced_batch import GatherCompiling
 from beholder_plugin.trainer.views import user_frame
 from beholder_plugin.trainer.views.render import FramePlan
 
@@ -170,6 +171,7 @@ class Gatherer:
                     problems[i] = section_reason(label, exc)
             plan = self._frame_plans[key] = FramePlan(labels, plans)
             plan.problems = problems
+            plan.key = key  # what made it (the same key makes the same plan: traced_batch's cache)
         return plan
 
     def _buffer(self, plan: FramePlan) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
@@ -276,6 +278,10 @@ class Gatherer:
                 if len(entries) == len(plan.plans) and not missing:  # the whole frame: variance there too
                     job.variance_done = _device_variance(gather, settings)
                 job.pending.append(gather.launch(entries))
+            except GatherCompiling as exc:  # the frame waits for it (skipped), with nothing half-launched
+                job.waiting, job.pending = str(exc), []
+                self._memo = None
+                return
             except Exception as exc:
                 if self.strict:
                     raise
@@ -306,11 +312,28 @@ class Gatherer:
                 return False
         try:
             job.pending = [gather.launch_sections(list(memo.sections), tensors)]
+        except GatherCompiling as exc:
+            job.waiting, job.pending = str(exc), []
         except Exception as exc:
             if self.strict:
                 raise
             self._memo, job.pending = None, []
             self._batch_failed(job, memo.sections, views, sample_views, exc)
+        return True
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Wait until no device gather is compiling in the background (True), or for timeout seconds (False).
+
+        A frame that meets a new set of array shapes on an accelerator (JAX,
+        TensorFlow) starts compiling its gather and is skipped; tests and
+        scripts that need the next frame written can wait here first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for gather in list(self._device_gathers.values()):
+            wait = getattr(gather, "wait_compiled", None)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if wait is not None and not wait(left):
+                return False
         return True
 
     def _batch_failed(self, job: Job, sections: Any, views: list, sample_views: list,

@@ -51,6 +51,7 @@ class Job:
     variance_done: bool = False  # the buffer holds the variance window's values, computed on the device
     offered: tuple[str, ...] = ()  # a placeholder's: the inputs update() was given instead (its header says)
     exact: Any = None  # the timeline's whole-array figures, still on their way from a device (timeline.py)
+    waiting: str | None = None  # why this frame is not taken after all (a device gather still compiling)
 
 
 class FrameJobs:

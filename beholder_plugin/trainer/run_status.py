@@ -29,6 +29,13 @@ class RunStatus:
             self._warned.add(key)
             logger.warning(message, *args)
 
+    def note_once(self, key: str, message: str, *args: Any) -> bool:
+        """Log an information line the first time its key comes up; False (update() took no frame)."""
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.info(message, *args)
+        return False
+
     def failed(self, exc: BaseException) -> None:
         """Count a failure of update() or the worker; log the first one with its traceback."""
         self.failures += 1

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import set_config
+from support import set_config, update_compiled
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import read_frame_file
-from beholder_plugin.trainer.sources import jax_batch
+from beholder_plugin.trainer.sources import jax_batch, traced_batch
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -39,8 +39,7 @@ def test_jax_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
         set_config(run, values="arrays", FPS=30, mode=mode, window_size=2)
         beholder = Beholder(run, strict=True)
         for k in range(3):
-            beholder.frame_due_now()
-            assert beholder.update(arrays=arrays_for(k))
+            assert update_compiled(beholder, arrays=arrays_for(k))
             beholder.flush()
         beholder.close()
         frames[batched] = read_frame_file(run)
@@ -68,17 +67,16 @@ def test_one_jitted_function_per_plan(tmp_path, monkeypatch):
         return real(self, sections, bounds)
 
     monkeypatch.setattr(jax_batch.JaxGather, "trace", counting)
+    traced_batch.forget_compiled()  # (another test's Beholder may have compiled these shapes' gather)
     with Beholder(run, strict=True) as beholder:
         for k in range(4):
-            beholder.frame_due_now()
             arrays = {name: x for name, x in arrays_for(k).items() if name != "plain"}
-            assert beholder.update(arrays=arrays)
+            assert update_compiled(beholder, arrays=arrays)
             beholder.flush()
             # one batch of new arrays of the same shapes: the next frame reuses this one's checks
             assert beholder.gatherer.memo is not None and beholder.gatherer.memo.kind == "arrays"
         changed = dict(arrays, kernel=jnp.zeros((5, 5)))
-        beholder.frame_due_now()
-        assert beholder.update(arrays=changed)  # another shape: checked in full, a new plan
+        assert update_compiled(beholder, arrays=changed)  # another shape: checked in full, a new plan
         beholder.flush()
     assert len(traced) == 2
     assert read_frame_file(run).sections[0]["shape"] == [5, 5]
@@ -99,8 +97,7 @@ def test_donated_arrays_keep_working(tmp_path, monkeypatch):
     params = make(1)
     with Beholder(run) as beholder:
         for _ in range(3):
-            beholder.frame_due_now()
-            assert beholder.update(arrays=params)
+            assert update_compiled(beholder, arrays=params)
             expected = np.asarray(params["b"]).copy()
             old, params = params, step(params)  # donates what the frame was gathered from
             beholder.flush()
@@ -116,3 +113,82 @@ def test_donated_arrays_keep_working(tmp_path, monkeypatch):
     records = read_frame_file(run).sections
     assert all("deleted" in rec.get("missing", "").lower() or "donat" in rec.get("missing", "").lower()
                for rec in records), records
+
+
+def test_the_first_frame_compiles_in_the_background_and_training_goes_on(tmp_path, monkeypatch, caplog):
+    """A new set of shapes: update() returns at once with no frame while the gather compiles on
+    another thread; once it is compiled, frames are written (the next frame-due update())."""
+    import threading
+
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    release, threads = threading.Event(), []
+    real = jax_batch.JaxGather.warm
+
+    def held(self, function, abstract, positions):
+        threads.append(threading.get_ident())
+        assert release.wait(60)
+        return real(self, function, abstract, positions)
+
+    monkeypatch.setattr(jax_batch.JaxGather, "warm", held)
+    traced_batch.forget_compiled()
+    arrays = {name: x for name, x in arrays_for(0).items() if name != "plain"}
+    with caplog.at_level("INFO", logger="beholder"), Beholder(run, strict=True, background=False) as beholder:
+        for _ in range(3):  # held: every frame-due update() returns without a frame, none starts another
+            beholder.frame_due_now()
+            assert beholder.update(arrays=arrays) is False
+        assert beholder.frames_written == 0 and beholder.skipped == 0 and beholder.failures == 0
+        assert not beholder.gatherer.wait_compiled(0.05)
+        release.set()
+        assert beholder.gatherer.wait_compiled(60)
+        beholder.frame_due_now()
+        assert beholder.update(arrays=arrays)
+        assert beholder.frames_written == 1
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    notes = [r.getMessage() for r in caplog.records if "compiling in the background" in r.getMessage()]
+    assert len(notes) == 1, notes  # said once
+
+
+def test_a_gather_that_fails_to_compile_shows_why_and_is_not_compiled_again(tmp_path, monkeypatch):
+    """The compile's error on every frame of those shapes, as the sections' reason; never retried."""
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    calls = []
+
+    def broken(self, function, abstract, positions):
+        calls.append(1)
+        raise RuntimeError("XLA ran out of registers")
+
+    monkeypatch.setattr(jax_batch.JaxGather, "warm", broken)
+    traced_batch.forget_compiled()
+    arrays = {name: x for name, x in arrays_for(0).items() if name != "plain"}
+    with Beholder(run, background=False) as beholder:
+        assert update_compiled(beholder, arrays=arrays)
+        for _ in range(2):
+            beholder.frame_due_now()
+            assert beholder.update(arrays=arrays)
+        assert beholder.failures == 0
+    assert calls == [1]
+    records = read_frame_file(run).sections
+    assert all("XLA ran out of registers" in rec.get("missing", "") for rec in records), records
+
+
+def test_a_beholder_made_again_finds_its_gather_compiled(tmp_path, monkeypatch):
+    """The same model's arrays in a new Beholder (a notebook cell run again): the first frame is taken
+    at once, from the gather the first Beholder compiled; other shapes compile anew."""
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    traced_batch.forget_compiled()
+    arrays = {name: x for name, x in arrays_for(0).items() if name != "plain"}
+    for k in range(2):
+        run = str(tmp_path / f"run{k}")
+        set_config(run, values="arrays", FPS=30, mode="current")
+        with Beholder(run, strict=True, background=False) as beholder:
+            beholder.frame_due_now()
+            assert beholder.update(arrays=arrays) is (k == 1)  # the first Beholder compiles it
+            assert update_compiled(beholder, arrays=arrays)
+            beholder.frame_due_now()
+            assert beholder.update(arrays=dict(arrays, kernel=jnp.zeros((2, 3)))) is False  # new shapes
+    frame = read_frame_file(run)
+    assert frame.sections[0]["name"] == "kernel" and frame.sections[0]["shape"] == [3, 3, 16, 40]

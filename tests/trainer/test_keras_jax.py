@@ -42,7 +42,8 @@ names = [s["name"] for s in read_frame_file(run).sections]
 print(keras.backend.backend(), sorted(threads), callback.beholder.frames_written, callback.beholder.failures,
       names == [v.path for v in model.trainable_variables])
 
-# one more step, alone: its frame (the first update() is always due) shows the weights after it
+# one more step, alone: its frame (the first update() is always due; batched, its gather is the one
+# compiled during the fit above) shows the weights after it
 one = BeholderCallback(one_step_run, strict=True)
 model.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0, callbacks=[one])
 frame = read_frame_file(one_step_run)
@@ -71,7 +72,8 @@ def test_the_callback_works_on_the_jax_backend(tmp_path, batched):
     first, second = out.stdout.strip().splitlines()[-2:]
     backend, on_main, frames, failures, named = first.split(" ", 4)
     assert backend == "jax" and on_main == "[False]"  # the hooks ran on a Keras worker thread
-    assert int(frames) >= 2 and failures == "0" and named == "True"
+    # (batched: the frames before the jitted gather has compiled in the background are skipped)
+    assert int(frames) >= (1 if batched == "1" else 2) and failures == "0" and named == "True"
     frames, failures, hits, wrong = second.split()
     assert frames == "1" and failures == "0"
     assert int(hits) > 50 and wrong == "0"  # every sampled pixel shows the trained weight it names

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import set_config
+from support import set_config, update_compiled
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import read_frame_file
-from beholder_plugin.trainer.sources import tf_batch
+from beholder_plugin.trainer.sources import tf_batch, traced_batch
 
 tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.tf
@@ -42,6 +42,7 @@ def test_tf_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
         return real(self, sections, bounds)
 
     monkeypatch.setattr(tf_batch.TfGather, "trace", counting)
+    traced_batch.forget_compiled()  # (the other mode's run compiled this plan's gather)
     for batched in (False, True):
         monkeypatch.setattr(tf_batch, "BATCH_CPU_TENSORS", batched)
         variables = {"kernel": tf.Variable(tf.zeros((3, 3, 16, 40))), "bias": tf.Variable(tf.zeros(40)),
@@ -50,8 +51,7 @@ def test_tf_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
         set_config(run, values="arrays", FPS=30, mode=mode, window_size=2)
         beholder = Beholder(run, strict=True)
         for k in range(3):
-            beholder.frame_due_now()
-            assert beholder.update(arrays=arrays_for(variables, k))
+            assert update_compiled(beholder, arrays=arrays_for(variables, k))
             beholder.flush()
         beholder.close()
         frames[batched] = read_frame_file(run)

@@ -67,6 +67,18 @@ class JaxGather(TracedGather):
 
         return jax.jit(gather)  # runs where its inputs are: on the arrays' device
 
+    def abstract(self, arrays: list[Any]) -> Any:
+        """Each array's shape, dtype and (when committed to it) sharding: jit's own call then finds the
+        executable warm() compiled (a donated array is gone by the time warm() runs)."""
+        import jax
+
+        return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding if x.committed else None)
+                     for x in arrays)
+
+    def warm(self, function: Any, abstract: Any, positions: Any) -> None:
+        """Lower and compile the jitted gather; its first call then finds the compiled executable."""
+        function.lower(abstract, positions).compile()
+
     def _call(self, function: Any, arrays: list[Any], positions: Any, sections: list[int]) -> TracedPending:
         """Dispatch the function and start the copy to the host."""
         result = function(tuple(arrays), positions)

@@ -61,6 +61,17 @@ class TfGather(TracedGather):
 
         return tf.function(gather, reduce_retracing=True)
 
+    def abstract(self, arrays: list[Any]) -> Any:
+        """The tensors themselves (a tf.Variable traces differently from a tensor of its shape)."""
+        return list(arrays)
+
+    def warm(self, function: Any, abstract: Any, positions: Any) -> None:
+        """Trace the tf.function for these tensors (its graph is then built once, here)."""
+        import tensorflow as tf
+
+        with tf.device(self.device):
+            function.get_concrete_function(abstract, positions)
+
     def _call(self, function: Any, tensors: list[Any], positions: Any, sections: list[int]) -> TracedPending:
         """Dispatch the function on the device (the worker reads the result)."""
         import tensorflow as tf

@@ -53,6 +53,7 @@ class FramePlan:
         self.names = [str(n) for n in names]
         self.plans = list(plans)
         self.problems: dict[int, str] = {}  # sections that could not be laid out, and why
+        self.key: tuple | None = None  # what the gatherer made it from, when it did (gather.frame_plan)
         self.width = plans[0].width
         sizes = [p.compact_shape[0] * p.compact_shape[1] for p in plans]
         self.sizes = np.asarray(sizes, dtype=np.intp)
