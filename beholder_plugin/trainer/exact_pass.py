@@ -140,7 +140,7 @@ class ExactPass:
         """Sort a frame's sections into host arrays and device tensors, run both passes (job.exact)."""
         exact = _Exact(len(named))
         job.exact = exact
-        host, devices = [], {}
+        host, devices, kept = [], {}, {}
         from_torch = None
         params = {}
         if job.shown == "gradients" and watch is not None and getattr(watch, "framework", None) == "torch":
@@ -155,6 +155,10 @@ class ExactPass:
             param = params.get(entry[0]) if params and type(obj) is Captured else None
             if param is not None:
                 obj = param.grad  # the whole gradient, where the hook kept only the shown part
+            elif type(obj) is Captured:
+                if obj.norm is not None:  # an activation's, taken by its hook over the whole output
+                    kept.setdefault(obj.norm.device, []).append((i, obj.norm))
+                continue
             torch = _torch_kind(obj)
             if torch is None:
                 continue
@@ -165,6 +169,8 @@ class ExactPass:
             else:
                 devices.setdefault(tensor.device, []).append((i, tensor, obj, param))
         self._host_pass(exact, host)
+        if kept:
+            self._kept_norms(exact, kept)
         if from_torch is not None:
             self._device_pass(from_torch, exact, devices)
         elif self.checks:
@@ -219,6 +225,21 @@ class ExactPass:
             else:
                 host, event = [v.detach().clone().cpu() for v in values], None
             exact.device.append((sections, host, event, check is not None))
+
+    @staticmethod
+    def _kept_norms(exact: _Exact, kept: dict) -> None:
+        """Norms the hooks took (activations), read back with the frame: one stack and copy per device."""
+        torch = sys.modules["torch"]
+        for device, entries in kept.items():
+            norms = torch.stack([norm for _, norm in entries])
+            if device.type == "cuda":
+                host = torch.empty(norms.shape, dtype=norms.dtype, pin_memory=True)
+                host.copy_(norms, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+            else:
+                host, event = norms.clone(), None
+            exact.device.append(([i for i, _ in entries], [host], event, False))
 
     def _set_checks(self, torch: Any, devices: dict) -> None:
         """(Re)build the per-step checks for the frame's device tensors."""

@@ -32,6 +32,7 @@ from beholder_plugin.protocol.filters import SectionFilter
 from beholder_plugin.protocol.layout import FRAME_WIDTH, resolve_layout
 from beholder_plugin.protocol.plans import make_plan
 from beholder_plugin.trainer import compiled, sources
+from beholder_plugin.trainer.exact_pass import HOST_EXACT_VALUES
 from beholder_plugin.trainer.sources import torch_batch, torch_modules
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.stats import sample_runs, sample_size
@@ -43,6 +44,9 @@ logger = logging.getLogger("beholder")
 VARIABLES_REFRESH_SECONDS = 2.0
 
 CAPTURED_VALUES = ("gradients", "activations")
+NO_LAYER_RAN = ("no layer ran with its hook in the step after the frame fell due: was the model called? "
+                "(A torch.compile'd model whose compile watch() did not see, and which no optimizer step "
+                "changes, keeps running a graph without the hooks: call watch() before torch.compile.)")
 
 class WatchHandle:
     """Removes a watch's hooks: ``handle.remove()``, or use it as a context manager."""
@@ -104,6 +108,7 @@ class Watch:
             self._kept_handles: list[Any] = []
             self._versions = 0  # the parameters' version counters when armed: did a step run since?
             self._version_params: list[Any] = []  # the parameters they were read from
+            self._norm_credit = 0  # values of CPU activations whose whole norm may still be taken
             self._ran = False  # whether a hook ran since armed (the uncompiled model's hooks)
             self._recompiled = False
             self._stop_listening: Callable[[], None] | None = None
@@ -168,6 +173,7 @@ class Watch:
             self._rehook(shown)  # the model as it is now (layers may have been added or replaced)
             self._kept.clear()
             if shown == "activations":
+                self._norm_credit = min(self._norm_credit + HOST_EXACT_VALUES, 64 * HOST_EXACT_VALUES)
                 self._version_params = [param for _, param, _ in self.variables()]
                 self._versions, self._ran = torch_modules.version_sum(self._version_params), False
                 self._listen()  # (torch.compile may have been called since watch())
@@ -322,7 +328,7 @@ class Watch:
             tensor = torch_modules.first_tensor(output)
             if tensor is None:
                 return
-            self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
+            self._capture_activation(name, tensor, module)
 
         return hook
 
@@ -356,7 +362,7 @@ class Watch:
         """
         @compiled.untraced
         def capture(tensor: Any) -> None:
-            self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
+            self._capture_activation(name, tensor, module)
 
         def hook(mod: Any, inputs: Any, output: Any) -> None:
             if self.armed != "activations":
@@ -385,7 +391,7 @@ class Watch:
             modules = {compiled.layer_name(path): module for path, module in self.model.named_modules()}
             for name, tensor in kept.items():
                 if tensor is not None:  # (None: cut already, by a hook that ran eagerly)
-                    self._capture(name, tensor, torch_modules.activation_layout(modules[name], tensor.dim()))
+                    self._capture_activation(name, tensor, modules[name])
             captured = {name: self.captured[name] for name in kept if name in self.captured}
         else:
             captured = self.captured
@@ -399,7 +405,7 @@ class Watch:
             self._keep_hooks()
             compiled.recompile()
             return [("activations", Captured((), None, error=compiled.RECOMPILED), None)]
-        return []
+        return [("activations", Captured((), None, error=NO_LAYER_RAN), None)]  # a section that says why
 
     def _listen(self) -> None:
         """Once dynamo is loaded, have it say when it compiles, and guard on hooks (see compiled.listen)."""
@@ -416,6 +422,13 @@ class Watch:
                 handle.remove()
             self._handles = []
         self._keep_hooks()
+
+    def _capture_activation(self, name: str, tensor: Any, module: Any) -> None:
+        """Capture a layer's output, and its whole L2 norm for the timeline (exact_pass.py reads it)."""
+        self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
+        got = self.captured.get(name)
+        if got is not None and got.error is None:
+            got.norm, self._norm_credit = torch_modules.whole_norm(tensor, self._norm_credit)
 
     def _capture(self, name: str, tensor: Any, layout: str | None) -> None:
         """Copy the shown slice of a tensor (never raises into forward or backward unless strict)."""

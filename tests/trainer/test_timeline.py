@@ -237,3 +237,50 @@ def test_a_new_beholder_clears_a_stale_temporary_timeline_file(run_dir):
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
     Beholder(run_dir).close()
     assert not os.path.exists(stale)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_activations_carry_the_whole_outputs_norm(run_dir, monkeypatch, batched):
+    """Activations shown: each record's norm is the layer output's over every value (the hook takes
+    it; on a device it is read back with the frame), flagged exact; a NaN output is an anomaly."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    truth: dict[int, dict[str, float]] = {}
+    step = 0
+
+    def record(name):
+        def hook(module, inputs, output):
+            truth.setdefault(step, {})[name] = float(torch.linalg.vector_norm(output.detach().double()))
+        return hook
+
+    for name, module in model.named_children():
+        module.register_forward_hook(record(name))
+    set_config(run_dir, FPS=1, values="activations", mode="current")
+    beholder = Beholder(run_dir)
+    beholder.watch(model, gradients=False)
+    x = torch.randn(300, 8) * 3  # 19,200 values a hidden output: more than the statistics' sample
+    for step in range(1, 32):
+        optimizer.zero_grad()
+        out = model(x if step != 21 else x * float("nan"))  # step 21's forward is a captured one
+        out.square().mean().backward()
+        if step != 21:
+            optimizer.step()
+        if step in FRAME_STEPS:
+            beholder.frame_due_now()  # hooks armed for the next step, whose update() takes the frame
+        beholder.update()
+        beholder.flush()
+    beholder.close()
+    columns = read_timeline(run_dir)
+    hidden = columns["0"]
+    assert hidden["step"].tolist() == [2, 11, 21, 31]
+    for name in ("0", "1", "2"):
+        found = columns[name]
+        for k, at in enumerate(found["step"].tolist()[:2]):
+            assert found["norm"][k] == pytest.approx(truth[at][name], rel=1e-5), (name, at)
+        assert (found["flags"][:2] & tl.EXACT_NORM).all() and (found["flags"][:2] & tl.EXACT_NONFINITE).all()
+        assert np.isnan(found["norm"][2])
+    anomalies = read_anomalies(run_dir)
+    record = next(a for a in anomalies if a["section"] == "0")
+    assert record["values"] == "activations" and record["kind"] == "nan" and record["steps"] == [12, 21]

@@ -130,3 +130,18 @@ def test_unwatch_while_armed_or_inside_backward_is_safe(run_dir):
         beholder.frame_due_now()
         assert beholder.update()  # no watch any more: the placeholder that says what to do
     assert read_frame_file(run_dir).header["values"] == "placeholder"
+
+
+def test_activations_when_no_layer_ran_show_why_instead_of_failing(run_dir):
+    """Armed, but the model was not called before the next update(): the frame says so (no failure)."""
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
+    with Beholder(run_dir, background=False) as beholder:
+        beholder.watch(model)
+        beholder.frame_due_now()
+        assert beholder.update() is False  # arms the hooks for the coming step
+        assert beholder.update()  # ... which never called the model
+        assert beholder.failures == 0
+    sections = read_frame_file(run_dir).sections
+    assert [s["name"] for s in sections] == ["activations"]
+    assert "no layer ran" in sections[0]["missing"] and "torch.compile" in sections[0]["missing"]

@@ -31,6 +31,7 @@ class Captured:
     # device and in the tensor's dtype; gathered into the frame's device buffer with the other sections.
     part: Any = None
     compact_shape: tuple[int, int] | None = None
+    norm: Any = None  # an activation's L2 norm over all its values (0-d float32 tensor), for the timeline
 
 
 def prepare(obj: Captured, label: str) -> Captured:

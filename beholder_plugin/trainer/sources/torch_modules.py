@@ -101,3 +101,23 @@ def first_tensor(output: Any) -> Any:
             if isinstance(item, torch.Tensor):
                 return item
     return None
+
+
+def whole_norm(tensor: Any, credit: int) -> tuple[Any, int]:
+    """A layer output's L2 norm over every value, as a float32 0-d tensor left on its device (no host
+    sync), and the credit left; on the host only within ``credit`` values (else None: the sample's)."""
+    import torch
+
+    from beholder_plugin.trainer.sources import torch_batch
+
+    try:
+        if tensor.device.type == "cpu" and not torch_batch.BATCH_CPU_TENSORS:
+            count = tensor.numel()
+            if count > credit:
+                return None, credit
+            credit -= count
+        with torch.no_grad():
+            return torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32), credit
+    except Exception:  # (an integer or complex output, say): the record keeps the sample's norm
+        return None, credit
+
