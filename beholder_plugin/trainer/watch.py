@@ -45,8 +45,8 @@ VARIABLES_REFRESH_SECONDS = 2.0
 
 CAPTURED_VALUES = ("gradients", "activations")
 NO_LAYER_RAN = ("no layer ran with its hook in the step after the frame fell due: was the model called? "
-                "(A torch.compile'd model whose compile watch() did not see, and which no optimizer step "
-                "changes, keeps running a graph without the hooks: call watch() before torch.compile.)")
+                "(A torch.compile'd model traced before the hooks were armed runs without them until a "
+                "training step changes its parameters; it is then compiled again, once.)")
 
 class WatchHandle:
     """Removes a watch's hooks: ``handle.remove()``, or use it as a context manager."""
