@@ -192,3 +192,43 @@ def test_a_beholder_made_again_finds_its_gather_compiled(tmp_path, monkeypatch):
             assert beholder.update(arrays=dict(arrays, kernel=jnp.zeros((2, 3)))) is False  # new shapes
     frame = read_frame_file(run)
     assert frame.sections[0]["name"] == "kernel" and frame.sections[0]["shape"] == [3, 3, 16, 40]
+
+
+def test_a_changed_shape_compiles_once_however_many_frames_wait(tmp_path, monkeypatch):
+    """A shape that changes after frames are written: one new compile, started by the first frame of
+    the new shapes; the frames due while it is held are skipped without starting another, and the
+    frame after it shows the new shape."""
+    import threading
+
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    release, shapes = threading.Event(), []
+    release.set()
+    real = jax_batch.JaxGather.warm
+
+    def held(self, function, abstract, positions):
+        shapes.append(tuple(tuple(a.shape) for a in abstract))
+        assert release.wait(60)
+        return real(self, function, abstract, positions)
+
+    monkeypatch.setattr(jax_batch.JaxGather, "warm", held)
+    traced_batch.forget_compiled()
+    arrays = {name: x for name, x in arrays_for(0).items() if name != "plain"}
+    with Beholder(run, strict=True, background=False) as beholder:
+        assert update_compiled(beholder, arrays=arrays)
+        assert len(shapes) == 1
+        release.clear()
+        changed = dict(arrays, kernel=jnp.ones((6, 4)))
+        for _ in range(4):  # held: every one skipped, and only the first starts a compile
+            beholder.frame_due_now()
+            assert beholder.update(arrays=changed) is False
+        assert len(shapes) == 2 and (6, 4) in shapes[1] and (6, 4) not in shapes[0]
+        written = beholder.frames_written
+        release.set()
+        assert beholder.gatherer.wait_compiled(60)
+        beholder.frame_due_now()
+        assert beholder.update(arrays=changed)
+        assert beholder.frames_written == written + 1 and beholder.failures == 0
+    assert len(shapes) == 2
+    assert read_frame_file(run).sections[0]["shape"] == [6, 4]
