@@ -65,3 +65,40 @@ def test_tf_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
         np.testing.assert_array_equal(a.section_values(i), b.section_values(i))
         top, height = ra["top"], ra["height"]
         np.testing.assert_array_equal(a.pixels[top : top + height], b.pixels[top : top + height])
+
+
+def test_the_tf_gather_is_traced_in_the_background(tmp_path, monkeypatch):
+    """The first frame-due update() returns without a frame while the tf.function is traced on
+    another thread; once it is traced, the next frame is written and shows the variables' values."""
+    import threading
+
+    monkeypatch.setattr(tf_batch, "BATCH_CPU_TENSORS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    release, threads = threading.Event(), []
+    real = tf_batch.TfGather.warm
+
+    def held(self, function, abstract, positions):
+        threads.append(threading.get_ident())
+        assert release.wait(60)
+        return real(self, function, abstract, positions)
+
+    monkeypatch.setattr(tf_batch.TfGather, "warm", held)
+    traced_batch.forget_compiled()
+    variables = {"kernel": tf.Variable(tf.zeros((3, 3, 16, 40))), "bias": tf.Variable(tf.zeros(40))}
+    with Beholder(run, strict=True, background=False) as beholder:
+        for k in range(2):
+            beholder.frame_due_now()
+            assert beholder.update(arrays=arrays_for(variables, k)) is False
+        assert beholder.frames_written == 0 and beholder.failures == 0
+        release.set()
+        assert beholder.gatherer.wait_compiled(60)
+        beholder.frame_due_now()
+        assert beholder.update(arrays=arrays_for(variables, 2))
+        assert beholder.frames_written == 1
+    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    records = {rec["name"]: rec for rec in read_frame_file(run).sections}
+    assert "missing" not in records["kernel"] and "missing" not in records["bias"]
+    bias = variables["bias"].numpy()
+    assert records["bias"]["shape"] == [40]
+    assert np.isclose(records["bias"]["max"], bias.max()) and np.isclose(records["bias"]["min"], bias.min())
