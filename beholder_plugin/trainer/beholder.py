@@ -299,8 +299,7 @@ class Beholder:
         self.unwatch()
         if not self.active:
             return WatchHandle(lambda: None)
-        watch = Watch(model, activations=activations, gradients=gradients, probe=probe, strict=self.strict)
-        self._watch = watch
+        watch = self._watch = Watch(model, activations, gradients, probe, self.strict)
 
         def remove() -> None:
             watch.close()
@@ -316,13 +315,14 @@ class Beholder:
             self._watch = None
 
     def close(self, timeout: float | None = None) -> None:
-        """Write the frame in progress, stop the worker and finish any recording."""
+        """Write the frame in progress, stop the worker, finish any recording, let a gather's compile end."""
         self.unwatch()
         try:
             if self.worker is not None:
                 self.worker.stop(timeout)
             self._report_worker_error()
         finally:
+            self.gatherer.wait_compiled(60.0 if timeout is None else timeout)  # (in XLA at exit: abort)
             self._reader.close()
             self.timeline.close()
             self.store.close(timeout, worker_idle=self.worker is None or not self.worker.busy)

@@ -189,7 +189,7 @@ def test_a_beholder_made_again_finds_its_gather_compiled(tmp_path, monkeypatch):
             assert beholder.update(arrays=arrays) is (k == 1)  # the first Beholder compiles it
             assert update_compiled(beholder, arrays=arrays)
             beholder.frame_due_now()
-            assert beholder.update(arrays=dict(arrays, kernel=jnp.zeros((2, 3)))) is False  # new shapes
+            assert beholder.update(arrays=dict(arrays, kernel=jnp.zeros((2, 3 + k)))) is False  # new shapes
     frame = read_frame_file(run)
     assert frame.sections[0]["name"] == "kernel" and frame.sections[0]["shape"] == [3, 3, 16, 40]
 
@@ -203,12 +203,13 @@ def test_a_changed_shape_compiles_once_however_many_frames_wait(tmp_path, monkey
     monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30, mode="current")
-    release, shapes = threading.Event(), []
+    release, shapes, started = threading.Event(), [], threading.Semaphore(0)
     release.set()
     real = jax_batch.JaxGather.warm
 
     def held(self, function, abstract, positions):
         shapes.append(tuple(tuple(a.shape) for a in abstract))
+        started.release()
         assert release.wait(60)
         return real(self, function, abstract, positions)
 
@@ -223,6 +224,7 @@ def test_a_changed_shape_compiles_once_however_many_frames_wait(tmp_path, monkey
         for _ in range(4):  # held: every one skipped, and only the first starts a compile
             beholder.frame_due_now()
             assert beholder.update(arrays=changed) is False
+        assert started.acquire(timeout=60) and started.acquire(timeout=60)  # both compiles got to warm()
         assert len(shapes) == 2 and (6, 4) in shapes[1] and (6, 4) not in shapes[0]
         written = beholder.frames_written
         release.set()
@@ -232,3 +234,28 @@ def test_a_changed_shape_compiles_once_however_many_frames_wait(tmp_path, monkey
         assert beholder.frames_written == written + 1 and beholder.failures == 0
     assert len(shapes) == 2
     assert read_frame_file(run).sections[0]["shape"] == [6, 4]
+
+
+def test_close_waits_for_a_compile_in_flight(tmp_path, monkeypatch):
+    """close() lets a gather's compile end (a thread still inside XLA at interpreter exit can abort it)."""
+    import threading
+
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    release, finished = threading.Event(), []
+    real = jax_batch.JaxGather.warm
+
+    def held(self, function, abstract, positions):
+        assert release.wait(60)
+        real(self, function, abstract, positions)
+        finished.append(True)
+
+    monkeypatch.setattr(jax_batch.JaxGather, "warm", held)
+    traced_batch.forget_compiled()
+    beholder = Beholder(run, background=False)
+    beholder.frame_due_now()
+    assert beholder.update(arrays={"w": jnp.ones((7, 9))}) is False
+    threading.Timer(0.2, release.set).start()
+    beholder.close()
+    assert finished == [True]

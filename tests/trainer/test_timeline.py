@@ -258,7 +258,7 @@ def test_activations_carry_the_whole_outputs_norm(run_dir, monkeypatch, batched)
     for name, module in model.named_children():
         module.register_forward_hook(record(name))
     set_config(run_dir, FPS=1, values="activations", mode="current")
-    beholder = Beholder(run_dir)
+    beholder = Beholder(run_dir, clock=lambda: 0.0)  # frames fall due only when the test says so
     beholder.watch(model, gradients=False)
     x = torch.randn(300, 8) * 3  # 19,200 values a hidden output: more than the statistics' sample
     for step in range(1, 32):
