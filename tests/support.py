@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from beholder_plugin import DEFAULT_CONFIG, write_config
@@ -28,4 +29,29 @@ def update_compiled(beholder, **inputs) -> bool:
     assert beholder.gatherer.wait_compiled(120), "the device gather did not compile in 2 minutes"
     beholder.frame_due_now()
     return beholder.update(**inputs)
+
+
+class HeldCompile:
+    """A traced batch class's warm() (its background compile) held until ``release.set()``; records each
+    call's thread and array shapes, and which calls finished."""
+
+    def __init__(self, monkeypatch, gather_class, released: bool = False) -> None:
+        self.release = threading.Event()
+        if released:
+            self.release.set()
+        self.started = threading.Semaphore(0)  # released once per call that reached warm()
+        self.threads: list[int] = []
+        self.shapes: list[tuple] = []
+        self.finished: list[bool] = []
+        real = gather_class.warm
+
+        def held(gather, function, abstract, positions):
+            self.threads.append(threading.get_ident())
+            self.shapes.append(tuple(tuple(a.shape) for a in abstract))
+            self.started.release()
+            assert self.release.wait(60)
+            real(gather, function, abstract, positions)
+            self.finished.append(True)
+
+        monkeypatch.setattr(gather_class, "warm", held)
 

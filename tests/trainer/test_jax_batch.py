@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import set_config, update_compiled
+from support import HeldCompile, set_config, update_compiled
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import read_frame_file
@@ -123,15 +123,7 @@ def test_the_first_frame_compiles_in_the_background_and_training_goes_on(tmp_pat
     monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30, mode="current")
-    release, threads = threading.Event(), []
-    real = jax_batch.JaxGather.warm
-
-    def held(self, function, abstract, positions):
-        threads.append(threading.get_ident())
-        assert release.wait(60)
-        return real(self, function, abstract, positions)
-
-    monkeypatch.setattr(jax_batch.JaxGather, "warm", held)
+    held = HeldCompile(monkeypatch, jax_batch.JaxGather)
     traced_batch.forget_compiled()
     arrays = {name: x for name, x in arrays_for(0).items() if name != "plain"}
     with caplog.at_level("INFO", logger="beholder"), Beholder(run, strict=True, background=False) as beholder:
@@ -140,12 +132,12 @@ def test_the_first_frame_compiles_in_the_background_and_training_goes_on(tmp_pat
             assert beholder.update(arrays=arrays) is False
         assert beholder.frames_written == 0 and beholder.skipped == 0 and beholder.failures == 0
         assert not beholder.gatherer.wait_compiled(0.05)
-        release.set()
+        held.release.set()
         assert beholder.gatherer.wait_compiled(60)
         beholder.frame_due_now()
         assert beholder.update(arrays=arrays)
         assert beholder.frames_written == 1
-    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    assert len(held.threads) == 1 and held.threads[0] != threading.get_ident()
     notes = [r.getMessage() for r in caplog.records if "compiling in the background" in r.getMessage()]
     assert len(notes) == 1, notes  # said once
 
@@ -198,41 +190,29 @@ def test_a_changed_shape_compiles_once_however_many_frames_wait(tmp_path, monkey
     """A shape that changes after frames are written: one new compile, started by the first frame of
     the new shapes; the frames due while it is held are skipped without starting another, and the
     frame after it shows the new shape."""
-    import threading
-
     monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30, mode="current")
-    release, shapes, started = threading.Event(), [], threading.Semaphore(0)
-    release.set()
-    real = jax_batch.JaxGather.warm
-
-    def held(self, function, abstract, positions):
-        shapes.append(tuple(tuple(a.shape) for a in abstract))
-        started.release()
-        assert release.wait(60)
-        return real(self, function, abstract, positions)
-
-    monkeypatch.setattr(jax_batch.JaxGather, "warm", held)
+    held = HeldCompile(monkeypatch, jax_batch.JaxGather, released=True)
     traced_batch.forget_compiled()
     arrays = {name: x for name, x in arrays_for(0).items() if name != "plain"}
     with Beholder(run, strict=True, background=False) as beholder:
         assert update_compiled(beholder, arrays=arrays)
-        assert len(shapes) == 1
-        release.clear()
+        assert len(held.shapes) == 1
+        held.release.clear()
         changed = dict(arrays, kernel=jnp.ones((6, 4)))
         for _ in range(4):  # held: every one skipped, and only the first starts a compile
             beholder.frame_due_now()
             assert beholder.update(arrays=changed) is False
-        assert started.acquire(timeout=60) and started.acquire(timeout=60)  # both compiles got to warm()
-        assert len(shapes) == 2 and (6, 4) in shapes[1] and (6, 4) not in shapes[0]
+        assert held.started.acquire(timeout=60) and held.started.acquire(timeout=60)  # both reached warm()
+        assert len(held.shapes) == 2 and (6, 4) in held.shapes[1] and (6, 4) not in held.shapes[0]
         written = beholder.frames_written
-        release.set()
+        held.release.set()
         assert beholder.gatherer.wait_compiled(60)
         beholder.frame_due_now()
         assert beholder.update(arrays=changed)
         assert beholder.frames_written == written + 1 and beholder.failures == 0
-    assert len(shapes) == 2
+    assert len(held.shapes) == 2
     assert read_frame_file(run).sections[0]["shape"] == [6, 4]
 
 
@@ -243,19 +223,11 @@ def test_close_waits_for_a_compile_in_flight(tmp_path, monkeypatch):
     monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30, mode="current")
-    release, finished = threading.Event(), []
-    real = jax_batch.JaxGather.warm
-
-    def held(self, function, abstract, positions):
-        assert release.wait(60)
-        real(self, function, abstract, positions)
-        finished.append(True)
-
-    monkeypatch.setattr(jax_batch.JaxGather, "warm", held)
+    held = HeldCompile(monkeypatch, jax_batch.JaxGather)
     traced_batch.forget_compiled()
     beholder = Beholder(run, background=False)
     beholder.frame_due_now()
     assert beholder.update(arrays={"w": jnp.ones((7, 9))}) is False
-    threading.Timer(0.2, release.set).start()
+    threading.Timer(0.2, held.release.set).start()
     beholder.close()
-    assert finished == [True]
+    assert held.finished == [True]

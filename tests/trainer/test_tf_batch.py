@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import set_config, update_compiled
+from support import HeldCompile, set_config, update_compiled
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import read_frame_file
@@ -75,15 +75,7 @@ def test_the_tf_gather_is_traced_in_the_background(tmp_path, monkeypatch):
     monkeypatch.setattr(tf_batch, "BATCH_CPU_TENSORS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30, mode="current")
-    release, threads = threading.Event(), []
-    real = tf_batch.TfGather.warm
-
-    def held(self, function, abstract, positions):
-        threads.append(threading.get_ident())
-        assert release.wait(60)
-        return real(self, function, abstract, positions)
-
-    monkeypatch.setattr(tf_batch.TfGather, "warm", held)
+    held = HeldCompile(monkeypatch, tf_batch.TfGather)
     traced_batch.forget_compiled()
     variables = {"kernel": tf.Variable(tf.zeros((3, 3, 16, 40))), "bias": tf.Variable(tf.zeros(40))}
     with Beholder(run, strict=True, background=False) as beholder:
@@ -91,12 +83,12 @@ def test_the_tf_gather_is_traced_in_the_background(tmp_path, monkeypatch):
             beholder.frame_due_now()
             assert beholder.update(arrays=arrays_for(variables, k)) is False
         assert beholder.frames_written == 0 and beholder.failures == 0
-        release.set()
+        held.release.set()
         assert beholder.gatherer.wait_compiled(60)
         beholder.frame_due_now()
         assert beholder.update(arrays=arrays_for(variables, 2))
         assert beholder.frames_written == 1
-    assert len(threads) == 1 and threads[0] != threading.get_ident()
+    assert len(held.threads) == 1 and held.threads[0] != threading.get_ident()
     records = {rec["name"]: rec for rec in read_frame_file(run).sections}
     assert "missing" not in records["kernel"] and "missing" not in records["bias"]
     bias = variables["bias"].numpy()
