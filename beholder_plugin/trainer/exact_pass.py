@@ -216,15 +216,7 @@ class ExactPass:
             norms = _norms(torch, [entry[1] for entry in entries])
             check = by_device.get(device)
             values = [norms] if check is None else [norms, check.first, check.value]
-            if device.type == "cuda":
-                host = [torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for v in values]
-                for h, v in zip(host, values):
-                    h.copy_(v, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-            else:
-                host, event = [v.detach().clone().cpu() for v in values], None
-            exact.device.append((sections, host, event, check is not None))
+            exact.device.append((sections, *_copied_back(torch, device, values), check is not None))
 
     @staticmethod
     def _kept_norms(exact: _Exact, kept: dict) -> None:
@@ -232,14 +224,7 @@ class ExactPass:
         torch = sys.modules["torch"]
         for device, entries in kept.items():
             norms = torch.stack([norm for _, norm in entries])
-            if device.type == "cuda":
-                host = torch.empty(norms.shape, dtype=norms.dtype, pin_memory=True)
-                host.copy_(norms, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-            else:
-                host, event = norms.clone(), None
-            exact.device.append(([i for i, _ in entries], [host], event, False))
+            exact.device.append(([i for i, _ in entries], *_copied_back(torch, device, [norms]), False))
 
     def _set_checks(self, torch: Any, devices: dict) -> None:
         """(Re)build the per-step checks for the frame's device tensors."""
@@ -248,6 +233,18 @@ class ExactPass:
             for e in devices.values()]
         if not self.checks:
             self._check_key = ()
+
+
+def _copied_back(torch: Any, device: Any, values: list[Any]) -> tuple[list[Any], Any]:
+    """Host copies of device tensors and the event after them (CUDA: pinned, non-blocking; else at once)."""
+    if device.type != "cuda":
+        return [v.detach().clone().cpu() for v in values], None
+    host = [torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for v in values]
+    for h, v in zip(host, values):
+        h.copy_(v, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
 
 
 def _batch_cpu() -> bool:

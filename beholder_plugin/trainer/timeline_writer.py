@@ -84,7 +84,8 @@ class TimelineWriter:
         else:
             self._append_local(data)
         self.parts_bytes += len(data)
-        if self.parts_bytes >= (self.parts_budget or tl.parts_budget(len(self.sections))):
+        budget = tl.parts_budget(len(self.sections)) if self.parts_budget is None else self.parts_budget
+        if self.parts_bytes >= budget:
             self.compact()
 
     def _append_local(self, data: bytes) -> None:

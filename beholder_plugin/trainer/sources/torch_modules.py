@@ -111,7 +111,7 @@ def whole_norm(tensor: Any, credit: int) -> tuple[Any, int]:
     from beholder_plugin.trainer.sources import torch_batch
 
     try:
-        if tensor.device.type == "cpu" and not torch_batch.BATCH_CPU_TENSORS:
+        if torch_batch.batch_device(tensor) is None:  # read on the host (the CPU path)
             count = tensor.numel()
             if count > credit:
                 return None, credit
@@ -120,4 +120,3 @@ def whole_norm(tensor: Any, credit: int) -> tuple[Any, int]:
             return torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32), credit
     except Exception:  # (an integer or complex output, say): the record keeps the sample's norm
         return None, credit
-
