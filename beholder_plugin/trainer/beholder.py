@@ -288,10 +288,10 @@ class Beholder:
         """Show a model's weights, gradients or activations, whichever the dashboard picks, at each update().
 
         ``model`` is a torch ``nn.Module`` or a Keras model. For torch,
-        forward hooks on the leaf modules (or on the module paths listed in
-        ``activations``) and gradient hooks on the trainable parameters copy
-        the shown values on the step after a frame falls due, so
-        ``update()`` shows gradients and activations of the step it follows.
+        gradients are read from ``.grad`` when a frame falls due; forward
+        hooks on the leaf modules (or on the module paths listed in
+        ``activations``), and gradient hooks when ``.grad`` was already
+        cleared, copy the shown values on the step after a frame falls due.
         For Keras, activations come from running the model on ``probe`` (a
         fixed batch) when a frame is due. Returns a handle whose
         ``remove()`` (or ``with``) removes the hooks; so does ``unwatch()``.
@@ -406,7 +406,8 @@ class Beholder:
         if now - self._last_frame_time < interval or not self.store.writable(now):
             return False
         busy = self.worker is not None and self.worker.busy
-        if not busy and watch is not None and watch.needs_capture(shown) and watch.armed != shown:
+        if (not busy and watch is not None and watch.needs_capture(shown) and watch.armed != shown
+                and not watch.reads_now(shown)):
             # the coming step's hooks copy what is shown
             watch.arm(shown, settings.show_all, settings.section_size, section_filter(settings.filter))
             return False

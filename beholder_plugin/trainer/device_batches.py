@@ -89,14 +89,16 @@ class BatchMemo:
     """What the last frame's sections resolved to, when all of them were one device batch.
 
     ``kind`` says what the next frame must hand over to reuse it:
-    ``"tensors"``, the same torch tensors (by identity); ``"captured"``,
+    ``"tensors"``, the same parameters (by identity) and, in place of
+    other torch tensors (a step's new gradients), tensors of the same
+    shapes on the same device, which the memo does not keep alive; ``"captured"``,
     hook parts of the same names, shapes, layouts and frame width;
     ``"arrays"``, JAX or TensorFlow arrays of the same names, types and
     shapes (a training step returns new arrays every time).
     """
 
     kind: str
-    objects: list[Any]
+    objects: list[Any]  # "tensors": parameters by identity, None for other tensors (never held)
     names: list[str]
     layouts: list[Any]  # the layouts asked for (None: the framework's default); a hook part's own
     settings: tuple  # the settings the plan depends on
@@ -124,7 +126,11 @@ class BatchMemo:
         else:
             return None
         layouts = [e[1].layout if kind == "captured" else e[2] for e in named]
-        return BatchMemo(kind, [e[1] for e in named], [e[0] for e in named], layouts,
+        objects = [e[1] for e in named]
+        if kind == "tensors":  # a gradient or an activation is not kept alive until the next frame
+            parameter = sys.modules["torch"].nn.Parameter
+            objects = [x if type(x) is parameter else None for x in objects]
+        return BatchMemo(kind, objects, [e[0] for e in named], layouts,
                          (settings.show_all, settings.section_size), [tuple(s) for s in shapes], plan,
                          device, tuple(range(len(named))))
 
@@ -132,9 +138,14 @@ class BatchMemo:
         """Whether these sections can reuse the memo (see the class)."""
         if len(named) != len(self.objects) or (settings.show_all, settings.section_size) != self.settings:
             return False
-        if self.kind == "tensors":
-            return all(entry[1] is obj and entry[0] == name and entry[2] == layout
-                       for entry, obj, name, layout in zip(named, self.objects, self.names, self.layouts))
+        if self.kind == "tensors":  # the same parameters; other tensors (gradients): alike, on the device
+            device = self.device
+            return all(
+                entry[0] == name and entry[2] == layout and (entry[1] is obj or (
+                    obj is None and _plain_tensor(entry[1]) and entry[1].shape == shape
+                    and entry[1].device == device))
+                for entry, obj, name, layout, shape
+                in zip(named, self.objects, self.names, self.layouts, self.shapes))
         if self.kind == "captured":
             width = self.plan.width
             return all(
@@ -149,6 +160,11 @@ class BatchMemo:
             for (entry_name, x, entry_layout), name, shape, layout
             in zip(named, self.names, self.shapes, self.layouts)
         )
+
+
+def _plain_tensor(x: Any) -> bool:
+    """Whether x is a plain strided torch tensor (what a tensor memo entry may be replaced by)."""
+    return type(x) in _plain_tensor_types() and x.layout is sys.modules["torch"].strided
 
 
 def _plain_tensor_types() -> tuple:

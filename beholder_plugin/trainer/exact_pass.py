@@ -152,9 +152,11 @@ class ExactPass:
                 if obj.size and obj.dtype.kind in "biufc":
                     host.append((i, obj))
                 continue
-            param = params.get(entry[0]) if params and type(obj) is Captured else None
+            param = params.get(entry[0]) if params else None
             if param is not None:
-                obj = param.grad  # the whole gradient, where the hook kept only the shown part
+                # the whole gradient (a hook keeps only the shown part), read through its parameter: the
+                # per-step check then reads each step's .grad and never holds one
+                obj = param.grad
             elif type(obj) is Captured:
                 if obj.norm is not None:  # an activation's, taken by its hook over the whole output
                     kept.setdefault(obj.norm.device, []).append((i, obj.norm))

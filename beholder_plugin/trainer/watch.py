@@ -1,11 +1,14 @@
 """Beholder.watch(model): a model's weights, gradients and activations, without passing them each step.
 
-For a torch module, hooks capture what the dashboard's Values setting asks
-for, and only on the step after a frame became due ("armed"): arm() installs
-forward hooks on leaf modules, which copy the shown slice of each output, or
-post-accumulate-grad hooks, which note which gradients arrived so that the
-shown slices are copied when the backward pass ends (DDP's averaged
-gradients, not local ones), or, for a model sharded with FSDP2, forward
+For a torch module, gradients that the last backward pass left in ``.grad``
+are read when a frame falls due, like the weights, with no hook at all.
+Otherwise hooks capture what the dashboard's Values setting asks for, and
+only on the step after a frame became due ("armed"): arm() installs
+forward hooks on leaf modules, which copy the shown slice of each output,
+or (gradients cleared before update(), or sharded) post-accumulate-grad
+hooks, which note which gradients arrived so that the shown slices are
+copied when the backward pass ends (DDP's averaged gradients, not local
+ones), or, for a model sharded with FSDP2, forward
 pre-hooks that copy the shown slice of each module's weights while FSDP2 has
 gathered them whole for that forward (no collective of Beholder's own; only
 the rank that writes arms them). Taking the frame removes them: every other step
@@ -80,6 +83,9 @@ class Watch:
         self.strict = strict
         self.probe = probe
         self.armed: str | None = None  # the Values choice the hooks capture now ("gradients", ...)
+        # torch gradients at hand in .grad are read at once (False: always caught by the hooks, as the
+        # backward pass leaves them; the Hugging Face callback, whose update() comes after clipping)
+        self.read_gradients = True
         self.show_all = False
         self.sizing = "fixed"
         self.pattern: SectionFilter | None = None
@@ -91,6 +97,7 @@ class Watch:
         self._plans: dict[tuple, tuple] = {}
         self._variables: list[sources.Named] | None = None  # a torch module's, walked at self._variables_at
         self._variables_at = float("-inf")
+        self._structure = -1  # torch_modules.structure_version() when they were walked
         if sources.is_keras_layer(model):  # first: on Keras's torch backend a model is a torch module too
             self.framework = "keras"
             layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
@@ -128,14 +135,17 @@ class Watch:
     def variables(self) -> list[sources.Named]:
         """The model's trainable variables, named by path, with their layouts.
 
-        A torch module's list is walked again at most every
+        A torch module's list is walked again when a module anywhere got a
+        layer or parameter (added or replaced), else at most every
         VARIABLES_REFRESH_SECONDS (ResNet-50's 161 parameters take 1-3 ms to
-        walk): layers added, replaced or frozen show within that time.
+        walk): layers frozen or unfrozen show within that time.
         """
         if self.framework == "keras":
             return self._keras.variables()
         now = time.monotonic()
-        if self._variables is not None and now - self._variables_at < VARIABLES_REFRESH_SECONDS:
+        structure = torch_modules.structure_version() if self.framework == "torch" else 0
+        if (self._variables is not None and now - self._variables_at < VARIABLES_REFRESH_SECONDS
+                and structure == self._structure):
             return self._variables
         named = sources.named_variables(self.model)
         if self.framework == "torch":
@@ -143,7 +153,7 @@ class Watch:
                 named = [(compiled.layer_name(name), var, layout) for name, var, layout in named]
             if any(torch_modules.sharded(param) for _, param, _ in named):
                 self.sharded = True  # sharded after watch(): from the next frame on, weights come from hooks
-            self._variables, self._variables_at = named, now
+            self._variables, self._variables_at, self._structure = named, now, structure
         return named
 
     def _walk_variables(self) -> list[sources.Named]:
@@ -160,6 +170,19 @@ class Watch:
         if self.framework != "torch":
             return False
         return shown in CAPTURED_VALUES or (shown == "trainable_variables" and self.sharded)
+
+    def reads_now(self, shown: str) -> bool:
+        """Whether the shown values can be read as they are now, so that no hook runs on the coming step.
+
+        A torch model's gradients, when the last backward pass left them in
+        ``.grad`` (update() called before ``zero_grad``): the frame reads them
+        at once, like the weights. Otherwise (gradients set to None before
+        update(), as Hugging Face's Trainer does; sharded FSDP2 gradients) the
+        hooks catch them during the next backward pass.
+        """
+        if self.framework != "torch" or shown != "gradients" or self.sharded or not self.read_gradients:
+            return False
+        return any(param.grad is not None for _, param, _ in self.variables())
 
     def arm(
         self, shown: str, show_all: bool, sizing: str = "fixed", pattern: SectionFilter | None = None
@@ -201,7 +224,7 @@ class Watch:
             return nnx_sections(shown, self.variables())
         if shown == "activations":
             return self._take_activations()
-        captured = self.captured
+        captured, at_hand = self.captured, self.armed != shown and not self.sharded and self.read_gradients
         self.remove()  # the hooks did their step's work: training runs without them until the next frame
         if shown == "trainable_variables":  # sharded weights, copied whole inside forward
             return [(name, captured[name], None) if name in captured else (name, param, layout)
@@ -209,10 +232,13 @@ class Watch:
                     if pattern is None or pattern.search(name)]
         if shown == "gradients":
             named = []
-            for name, param, _layout in self.variables():
+            for name, param, layout in self.variables():
                 if pattern is not None and not pattern.search(name):
                     continue
-                got = captured.get(name)
+                got = param.grad if at_hand else captured.get(name)  # not armed: .grad as it is now
+                if at_hand and got is not None:
+                    named.append((name, got, layout))
+                    continue
                 if got is None:
                     why = "no gradient this step (the parameter was not used in the loss, or is frozen)"
                     got = Captured(tuple(param.shape), None, error=why)

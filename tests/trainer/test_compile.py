@@ -132,8 +132,10 @@ def train_watched(
 ):
     """Train `trained` (the model itself or its compiled wrapper) with `model` watched; the Beholder's counts.
 
-    Every update() finds a frame due, so the updates alternate: one arms the
-    hooks, the next takes the frame of the step in between.
+    Every update() finds a frame due. Weights, and gradients (the step leaves
+    them in ``.grad``), are read at each; for activations the updates
+    alternate: one arms the hooks, the next takes the frame of the step in
+    between.
     """
     set_config(run, values=values, mode="current", FPS=30)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -164,7 +166,7 @@ def test_a_compiled_models_frame_equals_the_uncompiled_models(tmp_path, backend,
     plain = make(kind)
     model = copy.deepcopy(plain)
     plain_run, compiled_run = str(tmp_path / "plain"), str(tmp_path / "compiled")
-    frames = 6 if values == "trainable_variables" else 3  # weights are read at each update, nothing to arm
+    frames = 3 if values == "activations" else 6  # weights and gradients are read at each update()
     assert train_watched(plain_run, plain, plain, kind, values) == (frames, 0)
     compiled_model = torch.compile(model, backend=backend)
     assert train_watched(compiled_run, model, compiled_model, kind, values) == (frames, 0)
@@ -281,7 +283,7 @@ def test_a_compiled_submodule_is_named_without_the_wrapper(tmp_path):
     model = copy.deepcopy(plain)
     model.layers[0]["mlp"] = torch.compile(model.layers[0]["mlp"], backend="aot_eager")
     for values in ("activations", "gradients", "trainable_variables"):
-        frames = 6 if values == "trainable_variables" else 3
+        frames = 3 if values == "activations" else 6
         plain_run, run = str(tmp_path / f"plain-{values}"), str(tmp_path / values)
         assert train_watched(plain_run, plain, plain, "transformer", values) == (frames, 0)
         assert train_watched(run, model, model, "transformer", values) == (frames, 0)

@@ -86,7 +86,9 @@ DDP = textwrap.dedent(
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-        b.frame_due_now()  # every step is due: arm, then write
+        if sys.argv[3] == "hooked":  # the gradients gone before update(): hooks catch the next backward's
+            opt.zero_grad(set_to_none=True)
+        b.frame_due_now()  # every step is due: read from .grad; or, hooked, arm then write
         b.update()
     b.close()
     print(f"<rank {dist.get_rank()} {b.active} {b.frames_written}>", flush=True)
@@ -113,8 +115,8 @@ def _two_ranks(tmp_path, source: str, *args: str) -> str:
     return out.stdout
 
 
-def _torchrun(tmp_path, logdir: str, ranks: str) -> dict[int, tuple[bool, int]]:
-    stdout = _two_ranks(tmp_path, DDP, logdir, ranks)
+def _torchrun(tmp_path, logdir: str, ranks: str, how: str) -> dict[int, tuple[bool, int]]:
+    stdout = _two_ranks(tmp_path, DDP, logdir, ranks, how)
     found = {}
     for rank, active, frames in re.findall(r"<rank (\d) (True|False) (\d+)>", stdout):
         found[int(rank)] = (active == "True", int(frames))
@@ -124,7 +126,7 @@ def _torchrun(tmp_path, logdir: str, ranks: str) -> dict[int, tuple[bool, int]]:
 def test_ddp_with_two_processes_only_rank_zero_writes(tmp_path):
     pytest.importorskip("torch")
     logdir = str(tmp_path / "logs")
-    found = _torchrun(tmp_path, logdir, "zero")
+    found = _torchrun(tmp_path, logdir, "zero", "hooked")
     assert found[0] == (True, 3) and found[1] == (False, 0)  # six steps: armed, written, armed, ...
     assert sorted(os.listdir(logdir)) == ["plugins"]
     frame = read_frame_file(logdir)
@@ -132,11 +134,13 @@ def test_ddp_with_two_processes_only_rank_zero_writes(tmp_path):
     assert frame.sections[0]["layout"] == "kernel_oihw" and "missing" not in frame.sections[0]
 
 
-def test_ddp_with_ranks_all_writes_a_run_per_rank_with_the_same_gradients(tmp_path):
+@pytest.mark.parametrize("how", ["read", "hooked"])
+def test_ddp_with_ranks_all_writes_a_run_per_rank_with_the_same_gradients(tmp_path, how):
     pytest.importorskip("torch")
     logdir = str(tmp_path / "logs")
-    found = _torchrun(tmp_path, logdir, "all")
-    assert found == {0: (True, 3), 1: (True, 3)}
+    found = _torchrun(tmp_path, logdir, "all", how)
+    frames = 6 if how == "read" else 3  # read from .grad at every update(); hooked: armed, then written
+    assert found == {0: (True, frames), 1: (True, frames)}
     assert sorted(os.listdir(logdir)) == ["rank-0", "rank-1"]
     frames = [read_frame_file(os.path.join(logdir, f"rank-{r}")) for r in (0, 1)]
     # DDP averages the gradients across ranks: both replicas show the same values at the same step

@@ -162,7 +162,11 @@ def test_a_filtered_watch_copies_only_the_matching_gradients(run_dir):
     with Beholder(run_dir, strict=True, background=False) as beholder:
         beholder.watch(model)
         model(torch.ones(1, 4)).sum().backward()
-        beholder.update()  # armed
+        assert beholder.update()  # read from .grad: only the matching ones
+        assert [rec["name"] for rec in read_frame_file(run_dir).sections] == ["0.weight", "0.bias"]
+        model.zero_grad()  # gone before update(): the hooks catch the next backward pass
+        beholder.frame_due_now()
+        assert not beholder.update()  # armed
         model(torch.ones(1, 4)).sum().backward()
         assert set(beholder.watched.captured) == {"0.weight", "0.bias"}  # the others were not copied
         assert beholder.update()

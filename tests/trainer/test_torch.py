@@ -88,29 +88,55 @@ def test_the_same_weights_give_the_same_pixels_from_torch_and_keras(tmp_path):
     assert [r["layout"] for r in frames["keras"].sections] == ["kernel_hwio", "vector", "matrix", "vector"]
 
 
-def test_watch_shows_the_gradients_of_the_step_it_follows(run_dir):
+def _hooked(model) -> bool:
+    """Whether any gradient hook is installed on the model's parameters."""
+    return any(getattr(p, "_post_accumulate_grad_hooks", None) for p in model.parameters())
+
+
+def test_watch_reads_the_gradients_a_step_left_without_any_hook(run_dir):
     set_config(run_dir, values="gradients", mode="current", FPS=30)
     model = small_cnn(frozen=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     beholder = Beholder(run_dir, strict=True, background=False)
     handle = beholder.watch(model)
-    train_step(model, opt, 0)
-    assert beholder.update() is False  # a frame is due: the hooks are armed for the next step
-    train_step(model, opt, 1)
+    train_step(model, opt, 0)  # zero_grad, backward, step: the gradients stay in .grad
     grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
-    assert beholder.update() is True
+    assert beholder.update() is True  # taken at once, read from .grad
+    assert not _hooked(model)  # no hook was installed for it, on any step
     frame = read_frame_file(run_dir)
     names = [rec["name"] for rec in frame.sections]
     assert names == ["0.weight", "0.bias", "4.weight", "4.bias", "5.bias"]  # trainable ones, in order
     assert check_sampled_pixels(frame, grads, samples=40, seed=1) > 10
     assert frame.sections[0]["layout"] == "kernel_oihw"
     handle.remove()
-    assert not any(p._post_accumulate_grad_hooks for p in model.parameters() if hasattr(
-        p, "_post_accumulate_grad_hooks") and p._post_accumulate_grad_hooks)
     beholder.close()
 
 
-def test_a_parameter_without_a_gradient_is_an_empty_section_that_says_why(run_dir):
+def test_gradients_set_to_none_before_update_are_caught_by_the_next_backward(run_dir):
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    model = small_cnn(frozen=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    beholder = Beholder(run_dir, strict=True, background=False)
+    handle = beholder.watch(model)
+    train_step(model, opt, 0)
+    opt.zero_grad(set_to_none=True)  # as Hugging Face's Trainer does before its callbacks
+    assert beholder.update() is False  # a frame is due: the hooks are armed for the next step
+    assert _hooked(model)
+    x, y = train_step(model, opt, 1)
+    grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+    opt.zero_grad(set_to_none=True)
+    assert beholder.update() is True
+    frame = read_frame_file(run_dir)
+    names = [rec["name"] for rec in frame.sections]
+    assert names == ["0.weight", "0.bias", "4.weight", "4.bias", "5.bias"]
+    assert check_sampled_pixels(frame, grads, samples=40, seed=1) > 10
+    handle.remove()
+    assert not _hooked(model)
+    beholder.close()
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["read-from-grad", "hooked"])
+def test_a_parameter_without_a_gradient_is_an_empty_section_that_says_why(run_dir, hooked):
     set_config(run_dir, values="gradients", mode="current", FPS=30)
     class Net(nn.Module):
         def __init__(self):
@@ -126,8 +152,10 @@ def test_a_parameter_without_a_gradient_is_an_empty_section_that_says_why(run_di
     with Beholder(run_dir, strict=True, background=False) as beholder:
         beholder.watch(model)
         train_step(model, opt)
-        beholder.update()
-        train_step(model, opt)
+        if hooked:  # the gradients gone before update(): hooks catch the next backward's
+            opt.zero_grad(set_to_none=True)
+            assert not beholder.update()
+            train_step(model, opt)
         assert beholder.update()
         assert beholder.failures == 0
     frame = read_frame_file(run_dir)
@@ -214,9 +242,8 @@ def test_no_hook_runs_while_weights_are_shown_or_at_fps_zero(run_dir):
         assert hooked() == 0  # FPS 0: nothing is computed, and nothing hooked
         set_config(run_dir, values="gradients", mode="current", FPS=30)
         beholder.frame_due_now()  # a frame is due
-        beholder.update()  # armed again
-        train_step(model, opt)
-        assert beholder.update()
+        assert beholder.update()  # the last step's gradients, read from .grad: no hook at all
+        assert hooked() == 0 and not _hooked(model)
         assert [r["name"] for r in read_frame_file(run_dir).sections][:2] == ["0.weight", "0.bias"]
 
 
@@ -261,3 +288,34 @@ def test_image_tensors_in_common_forms_are_shown(run_dir, flushed_updates, shape
     assert frame.height, frame.width == hwc.shape[:2]
     if hwc.shape[2] >= 3:
         np.testing.assert_array_equal(frame.rgb(), np.rint(hwc[:, :, :3] * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "device-path"])
+def test_a_gradients_frame_keeps_no_gradient_alive(run_dir, monkeypatch, batched):
+    """Read from .grad, the frame (its memo, the timeline's per-step check) holds no gradient tensor."""
+    from beholder_plugin.trainer.sources import torch_batch
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model)
+        for seed in range(3):  # the later frames go through the memo of the first
+            train_step(model, opt, seed)
+            beholder.frame_due_now()
+            assert beholder.update()
+            beholder.flush()
+        if batched:
+            assert beholder.gatherer.memo is not None and beholder.gatherer.memo.kind == "tensors"
+            assert beholder.timeline.per_step  # the per-step check runs (it reads .grad at each update)
+        # weak references to the gradients' memory (a detached alias would keep it, not the tensor object)
+        grads = [p.grad.untyped_storage()._weak_ref() for p in model.parameters()]
+        opt.zero_grad(set_to_none=True)
+        gc.collect()
+        freed = [torch.UntypedStorage._expired(ref) for ref in grads]
+        for ref in grads:
+            torch.UntypedStorage._free_weak_ref(ref)
+        assert freed == [True] * len(grads)
+        beholder.update()  # the per-step check reads .grad afresh (None now), never an old one
+        assert beholder.failures == 0

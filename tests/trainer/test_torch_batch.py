@@ -138,7 +138,7 @@ def test_watch_frames_equal_host_frames(tmp_path, monkeypatch, values):
         frames[batched] = read_frame_file(run)
         assert beholder.failures == 0
         if batched:  # the frames after the first reuse its checks and plan
-            expected = "tensors" if values == "trainable_variables" else "captured"
+            expected = "captured" if values == "activations" else "tensors"  # (gradients: from .grad)
             assert beholder.gatherer.memo is not None and beholder.gatherer.memo.kind == expected
     assert_same_frames(frames[False], frames[True])
     assert frames[True].sections[0]["name"] in ("0.weight", "0")

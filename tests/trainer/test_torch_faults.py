@@ -41,12 +41,29 @@ def test_layers_added_and_replaced_after_watch_are_shown(run_dir):
         model[0] = nn.Linear(4, 3)  # a replaced one
         assert [r["name"] for r in frame_after_two_steps(beholder, model)] == ["0", "1", "2"]
         set_config(run_dir, values="gradients", mode="current", FPS=30)
+        model.zero_grad()  # no gradient at hand: the hooks, armed on the model as it is now, catch them
         sections = frame_after_two_steps(beholder, model)
         assert [r["name"] for r in sections] == ["0.weight", "0.bias", "2.weight", "2.bias"]
         assert all("missing" not in r for r in sections)  # the replaced layer's new parameters are hooked
         # the frame taken, no hook is left anywhere: not on the model, not on the layer it dropped
         assert [len(m._forward_hooks) for m in (*model, old)] == [0, 0, 0, 0]
         assert not any(p._post_accumulate_grad_hooks for p in model.parameters())
+
+
+def test_a_layer_added_is_read_from_grad_at_the_next_frame(run_dir):
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    model = nn.Sequential(nn.Linear(4, 3))
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)
+        step(model)
+        beholder.frame_due_now()
+        assert beholder.update()  # the parameter list walked (and kept for a while)
+        model.append(nn.Linear(3, 2))
+        step(model)
+        beholder.frame_due_now()
+        assert beholder.update()  # not a stale list: the new layer's module registration is noticed
+    names = [r["name"] for r in read_frame_file(run_dir).sections]
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias"]
 
 
 def test_a_model_cast_to_another_dtype_is_still_shown(run_dir):

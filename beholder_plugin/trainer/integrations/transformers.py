@@ -5,11 +5,12 @@ loads it only when ``BeholderHFCallback`` is first asked for.
 
 ``update()`` is called once per optimizer step, in ``on_pre_optimizer_step``
 (after the backward passes of the step, gradients accumulated and, on
-several processes, averaged). A gradients frame takes two steps, as with
-every ``watch()``: the update of one step arms the hooks, the next step's
-backward pass copies the shown slices, and that step's update writes the
-frame. The hooks copy the gradients when the backward pass ends, so the
-frame shows them before the Trainer clips them (``max_grad_norm``). A
+several processes, averaged). The Trainer has clipped the gradients in
+place by then (``max_grad_norm``, 1.0 by default), so they are not read
+from ``.grad`` there: a gradients frame takes two steps, the update of one
+step arms the hooks, the next step's backward pass copies the shown slices
+when it ends, and that step's update writes the frame. So the frame shows
+them before clipping, with their true size (a norm jump is not hidden). A
 ``transformers`` without ``on_pre_optimizer_step`` calls ``on_step_end``
 only; the callback then updates there.
 """
@@ -70,7 +71,8 @@ class BeholderHFCallback(TrainerCallback):
         **beholder_kwargs: Any,
     ) -> None:
         super().__init__()
-        self._session = WatchSession(logdir, frame, activations, gradients, strict, beholder_kwargs)
+        self._session = WatchSession(logdir, frame, activations, gradients, strict, beholder_kwargs,
+                                     gradients_from_backward=True)  # before the Trainer clips them
         self._pre_step_seen = False  # this transformers calls on_pre_optimizer_step
 
     @property

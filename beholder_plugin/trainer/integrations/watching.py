@@ -27,6 +27,7 @@ class WatchSession:
         gradients: bool,
         strict: bool,
         beholder_kwargs: dict[str, Any],
+        gradients_from_backward: bool = False,
     ) -> None:
         if frame is not None and not callable(frame):
             raise TypeError(f"frame must be a zero-argument callable, not {type(frame).__name__}")
@@ -37,6 +38,8 @@ class WatchSession:
         self.frame = frame
         self.activations = activations
         self.gradients = gradients
+        # gradients caught by hooks as the backward pass ends, not read from .grad at update()
+        self.gradients_from_backward = gradients_from_backward
         self.strict = strict
         self.beholder_kwargs = dict(beholder_kwargs)
         self.beholder: Beholder | None = None
@@ -59,6 +62,8 @@ class WatchSession:
         self.running = True
         if model is not None:
             self.beholder.watch(model, activations=self.activations, gradients=self.gradients)
+            if self.gradients_from_backward and self.beholder.watched is not None:
+                self.beholder.watched.read_gradients = False
 
     def update(self) -> bool:
         """Beholder.update() for this step (never raises unless strict); True when a frame was handed over."""

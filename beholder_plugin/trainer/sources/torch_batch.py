@@ -336,12 +336,11 @@ class DeviceGather:
 
 
 def _storage_key(obj: Any) -> tuple:
-    """What a CUDA graph of a section's gather depends on: where its first value is, its shape and strides.
-
-    (A tensor converted to another dtype lives elsewhere.)
+    """What a CUDA graph of a section's gather depends on: where its first value is, its shape, strides
+    and dtype (a step's new gradients may land where the last ones were, in another dtype).
     """
     t = obj.part if type(obj) is Captured else obj
-    return (t.data_ptr(), t.shape, t.stride())
+    return (t.data_ptr(), t.shape, t.stride(), t.dtype)
 
 
 class TorchOps:

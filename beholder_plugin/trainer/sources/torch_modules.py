@@ -44,6 +44,30 @@ def parameter_layout(module: Any, name: str, param: Any) -> str | None:
     return None
 
 
+_STRUCTURE = [0]  # bumped whenever any torch module registers a submodule or a parameter
+_LISTENING: list[bool] = []
+
+
+def structure_version() -> int:
+    """A counter that moves whenever any torch module gets a submodule or parameter (added or replaced).
+
+    torch's global registration hooks bump it, so a walked parameter list is
+    known to be stale without walking the model again.
+    """
+    if not _LISTENING:
+        from torch.nn.modules import module
+
+        module.register_module_module_registration_hook(_restructured)
+        module.register_module_parameter_registration_hook(_restructured)
+        _LISTENING.append(True)
+    return _STRUCTURE[0]
+
+
+def _restructured(*args: Any) -> None:
+    """torch's registration hook: some module's structure changed (nothing is replaced)."""
+    _STRUCTURE[0] += 1
+
+
 def named_parameters(model: Any, trainable_only: bool = True) -> list[tuple[str, Any, str | None]]:
     """(path, parameter, layout) for a module's parameters, in named_parameters() order, shared ones once."""
     seen: set[int] = set()
