@@ -37,21 +37,21 @@ def main() -> None:
     credit = [0]
     mode = ["no_norm"]
 
-    def timed(tensor, values):
+    def timed(tensor, values, **kwargs):
         start = time.perf_counter()
-        norm, left = real(tensor, values)
+        norm, left = real(tensor, values, **kwargs)
         spent[mode[0]] += time.perf_counter() - start
         taken[mode[0]] += norm is not None
         return norm, left
 
-    def budget(tensor, values):
-        norm, credit[0] = timed(tensor, credit[0])
+    def budget(tensor, values, **kwargs):
+        norm, credit[0] = timed(tensor, credit[0], **kwargs)
         return norm, values
 
     modes = {
-        "no_norm": lambda tensor, values: (None, values),
+        "no_norm": lambda tensor, values, **kwargs: (None, values),
         "budget": budget,
-        "always": lambda tensor, values: (timed(tensor, 1 << 40)[0], values),
+        "always": lambda tensor, values, **kwargs: (timed(tensor, 1 << 40, **kwargs)[0], values),
     }
     torch.manual_seed(0)
     model = torch.nn.Sequential(

@@ -24,21 +24,15 @@ is shown of them.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from beholder_plugin.protocol.filters import SectionFilter
-from beholder_plugin.protocol.layout import FRAME_WIDTH, resolve_layout
-from beholder_plugin.protocol.plans import make_plan
 from beholder_plugin.trainer import compiled, sources
 from beholder_plugin.trainer.exact_pass import HOST_EXACT_VALUES
-from beholder_plugin.trainer.sources import torch_batch, torch_modules
+from beholder_plugin.trainer.sources import torch_capture, torch_modules
 from beholder_plugin.trainer.sources.captured import Captured
-from beholder_plugin.trainer.views.stats import sample_runs, sample_size
 from beholder_plugin.trainer.watch_keras import KerasWatch, nnx_sections
 
 logger = logging.getLogger("beholder")
@@ -98,6 +92,7 @@ class Watch:
         self._variables: list[sources.Named] | None = None  # a torch module's, walked at self._variables_at
         self._variables_at = float("-inf")
         self._structure = -1  # torch_modules.structure_version() when they were walked
+        self._layers: tuple[int, list[tuple[str, Any]]] | None = None  # (structure, the hooked layers)
         if sources.is_keras_layer(model):  # first: on Keras's torch backend a model is a torch module too
             self.framework = "keras"
             layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
@@ -293,11 +288,20 @@ class Watch:
         if shown == "activations" and activations and self.compiled:
             self._keep_hooks()  # installed for good (once): a compiled graph calls those it was traced with
         elif shown == "activations" and activations:
+            for path, module in self._layers_hooked(activations):
+                self._handles.append(module.register_forward_hook(self._activation_hook(path, module)))
+
+    def _layers_hooked(self, activations: bool | list[str]) -> list[tuple[str, Any]]:
+        """(path, module) of the layers whose outputs are shown: the leaves, or the paths asked for;
+        walked again only when a module got a layer or parameter since."""
+        structure = torch_modules.structure_version()
+        if self._layers is None or self._layers[0] != structure:
             chosen = set(activations) if isinstance(activations, (list, tuple, set)) else None
-            for path, module in self.model.named_modules():
-                leaf = not any(True for _ in module.children())
-                if (chosen is None and leaf and path) or (chosen is not None and path in chosen):
-                    self._handles.append(module.register_forward_hook(self._activation_hook(path, module)))
+            self._layers = (structure, [
+                (path, module) for path, module in self.model.named_modules()
+                if (chosen is None and path and not any(True for _ in module.children()))
+                or (chosen is not None and path in chosen)])
+        return self._layers[1]
 
     def _weights_hook(self, path: str) -> Callable:
         """A forward pre-hook copying the shown slice of a module's own parameters.
@@ -451,50 +455,21 @@ class Watch:
 
     def _capture_activation(self, name: str, tensor: Any, module: Any) -> None:
         """Capture a layer's output, and its whole L2 norm for the timeline (exact_pass.py reads it)."""
-        self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
-        got = self.captured.get(name)
+        got = self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
         if got is not None and got.error is None:
-            got.norm, self._norm_credit = torch_modules.whole_norm(tensor, self._norm_credit)
+            got.norm, self._norm_credit = torch_modules.whole_norm(tensor, self._norm_credit,
+                                                                   on_device=got.part is not None)
 
-    def _capture(self, name: str, tensor: Any, layout: str | None) -> None:
-        """Copy the shown slice of a tensor (never raises into forward or backward unless strict)."""
+    def _capture(self, name: str, tensor: Any, layout: str | None) -> Captured | None:
+        """Copy the shown slice of a tensor (never raises into forward or backward unless strict); what
+        was captured (None: filtered out)."""
         if self.pattern is not None and not self.pattern.search(name):
-            return  # filtered out in the dashboard: nothing is copied
+            return None  # filtered out in the dashboard: nothing is copied
         try:
-            if tensor is None:
-                self.captured[name] = Captured((), None, error="no gradient (None)")
-                return
-            shape = tuple(tensor.shape)
-            if layout is None:
-                layout = sources.adapter("torch").default_layout(tensor, shape)
-            tensor = tensor.detach()
-            if self.show_all:  # the frame's width depends on every section: keep a copy to slice later
-                layout = resolve_layout(layout, shape, name)
-                self.captured[name] = Captured(shape, layout, tensor=tensor.clone())
-                return
-            key = (shape, layout, self.sizing)
-            found = self._plans.get(key)
-            if found is None:  # once per shape and layout: the layout's checks and the plan
-                if len(self._plans) >= 4096:
-                    self._plans.clear()
-                layout = resolve_layout(layout, shape, name)
-                plan = make_plan(shape, FRAME_WIDTH, False, name, layout, self.sizing)
-                count = math.prod(shape)
-                found = self._plans[key] = (layout, plan, sample_runs(count), sample_size(count))
-            layout, plan, runs, sampled = found
-            if torch_batch.batch_device(tensor) is not None:  # on an accelerator: one launch, no wait
-                part = torch_batch.section_part(tensor, plan, runs, sampled)
-                self.captured[name] = Captured(shape, layout, width=FRAME_WIDTH, part=part,
-                                               compact_shape=plan.compact_shape)
-                return
-            source, prepared = sources.in_place(tensor)  # a CPU tensor is read where it lies, once
-            compact = np.empty(plan.compact_shape, np.float32)
-            sources.gather_into(source, prepared, plan, compact, name)
-            sample = np.empty(sampled, np.float32)
-            sources.gather_sample(source, prepared, runs, sample)
-            self.captured[name] = Captured(shape, layout, compact=compact, width=FRAME_WIDTH, sample=sample)
+            got = torch_capture.copy_shown(name, tensor, layout, self.show_all, self.sizing, self._plans)
         except Exception as exc:
             if self.strict:
                 raise
-            self.captured[name] = Captured((), None, error=f"{type(exc).__name__}: {exc}")
-
+            got = Captured((), None, error=f"{type(exc).__name__}: {exc}")
+        self.captured[name] = got
+        return got

@@ -102,12 +102,13 @@ class IndexCache:
         self._keep: list[Any] = []  # pinned sources of uploads still in flight (freed on the next miss)
 
     def get(self, device: Any, plan: SectionPlan, shape: tuple, strides: tuple,
-            runs: tuple[int, int, int], sample_n: int) -> Any:
-        """The index of a section's shown values and sample on this device (made on the first frame)."""
+            runs: tuple[int, int, int], sample_n: int) -> tuple[Any, int]:
+        """The index of a section's shown values and sample on this device (made on the first frame), and
+        how many storage elements the tensor spans (span_of)."""
         key = (device, shape, strides, id(plan), sample_n)
         found = self._found.get(key)
         if found is not None and found[0] is plan:
-            return found[1]
+            return found[1], found[2]
         import torch
 
         if len(self._found) >= INDEX_CACHE_SIZE:
@@ -117,8 +118,9 @@ class IndexCache:
             host = host.pin_memory()  # so the one upload per plan is asynchronous too
             self._keep = self._keep[-64:] + [host]
         index = host.to(device, non_blocking=True)
-        self._found[key] = (plan, index)
-        return index
+        span = span_of(shape, strides)
+        self._found[key] = (plan, index, span)
+        return index, span
 
 
 INDEXES = IndexCache()
@@ -128,17 +130,14 @@ def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n
     """One launch: a tensor's shown values and sample, side by side, in its own dtype, on its device."""
     import torch
 
-    if t.is_conj():
+    complex_values = t.is_complex()
+    if complex_values and t.is_conj():
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
-    shape, strides = tuple(t.shape), t.stride()
-    index = INDEXES.get(t.device, plan, shape, strides, runs, sample_n)
-    base = t.as_strided((span_of(shape, strides),), (1,), t.storage_offset())
-    part = torch.index_select(base, 0, index)
-    if part.is_complex():
-        part = part.abs()
-    return part
+    index, span = INDEXES.get(t.device, plan, t.shape, t.stride(), runs, sample_n)
+    part = torch.index_select(t.as_strided((span,), (1,), t.storage_offset()), 0, index)
+    return part.abs() if complex_values else part
 
 
 @dataclass

@@ -127,20 +127,25 @@ def first_tensor(output: Any) -> Any:
     return None
 
 
-def whole_norm(tensor: Any, credit: int) -> tuple[Any, int]:
+def whole_norm(tensor: Any, credit: int, on_device: bool | None = None) -> tuple[Any, int]:
     """A layer output's L2 norm over every value, as a float32 0-d tensor left on its device (no host
-    sync), and the credit left; on the host only within ``credit`` values (else None: the sample's)."""
+    sync), and the credit left; on the host only within ``credit`` values (else None: the sample's).
+
+    ``on_device``: whether the tensor is gathered in a device batch, when the caller knows already.
+    """
     import torch
 
     from beholder_plugin.trainer.sources import torch_batch
 
     try:
-        if torch_batch.batch_device(tensor) is None:  # read on the host (the CPU path)
+        if on_device is None:
+            on_device = torch_batch.batch_device(tensor) is not None
+        if not on_device:  # read on the host (the CPU path)
             count = tensor.numel()
             if count > credit:
                 return None, credit
             credit -= count
-        with torch.no_grad():
-            return torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32), credit
+        # (detached: autograd records nothing, without the cost of a no_grad block)
+        return torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32), credit
     except Exception:  # (an integer or complex output, say): the record keeps the sample's norm
         return None, credit
