@@ -5,8 +5,10 @@ the others still run):
 
 - ``resnet``: torchvision ResNet-50 (``weights=None``), batch 64, bf16
   autocast, channels_last, SGD, ``loss.item()`` every step; ``watch(model)``
-  at FPS 10 in variance mode showing weights, gradients or activations, and
-  the same loop without Beholder, interleaved in rounds. Per condition: the
+  at FPS 10 in variance mode showing weights, gradients (read from ``.grad``),
+  gradients caught by hooks (the loop zeroes them after its step, as Hugging
+  Face's Trainer does) or activations, and the same loop without Beholder,
+  interleaved in rounds. Per condition: the
   median step, its ratio to ``none``, frames written per second, and how
   long ``update()`` blocked when it took a frame (median / max).
 - ``syncs``: a profile of one frame-due ``update()`` (weights) and of one
@@ -113,6 +115,9 @@ class Loop:
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         self.x = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
         self.y = torch.randint(0, 1000, (batch,), device="cuda")
+        # zero_grad() after the optimizer step (as Hugging Face's Trainer does): update() then finds no
+        # .grad, and a gradients frame comes from hooks on the next backward pass
+        self.clear_after_step = False
 
     def step(self) -> float:
         """One training step; returns the loss (a host read, as most loops do)."""
@@ -122,6 +127,8 @@ class Loop:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        if self.clear_after_step:
+            self.opt.zero_grad(set_to_none=True)
         return loss.item()
 
     def run(self, seconds: float, beholder=None) -> dict:
@@ -174,17 +181,18 @@ def part_resnet(args) -> dict:
     loop = Loop(torch, model)
     for _ in range(15):
         loop.step()
-    conditions = ["none", "trainable_variables", "gradients", "activations"]
+    conditions = ["none", "trainable_variables", "gradients", "gradients_hooked", "activations"]
     got: dict[str, list[dict]] = {c: [] for c in conditions}
     root = tempfile.mkdtemp(prefix="gpu-bench-")
     for r in range(args.rounds):
         order = conditions[r % len(conditions):] + conditions[: r % len(conditions)]
         for cond in order:
+            loop.clear_after_step = cond == "gradients_hooked"
             if cond == "none":
                 got[cond].append(loop.run(args.seconds))
                 continue
             run = os.path.join(root, f"{cond}-{r}")
-            set_config(run, values=cond, FPS=10, mode="variance")
+            set_config(run, values=cond.replace("_hooked", ""), FPS=10, mode="variance")
             with Beholder(run) as beholder:
                 beholder.watch(model)
                 loop.run(0.5, beholder)  # the plan's first frames: indices uploaded, graph captured
@@ -204,7 +212,7 @@ def part_resnet(args) -> dict:
         blocking = [b for g in got[cond] for b in g["blocking"]]
         fps = sum(g["frames"] for g in got[cond]) / sum(g["seconds"] for g in got[cond])
         med = statistics.median(steps)
-        label = {"trainable_variables": "weights"}.get(cond, cond)
+        label = {"trainable_variables": "weights", "gradients_hooked": "gradients (hooked)"}.get(cond, cond)
         table[label] = {"step_ms": med * 1e3, "ratio": med / base, "fps": fps,
                         "blocking_median_ms": statistics.median(blocking) * 1e3 if blocking else None,
                         "blocking_max_ms": max(blocking) * 1e3 if blocking else None,
