@@ -58,6 +58,8 @@ class StepCheck:
         self.first = torch.full((len(tensors),), -1, dtype=torch.int64, device=device)
         self.value = torch.zeros(len(tensors), dtype=torch.float32, device=device)
         self.torch = torch
+        self.norms: Any = None  # the last check's norms, and its step: a frame at that step reuses them
+        self.norms_step: int | None = None
 
     def current(self) -> list[Any]:
         """The tensors as they are now (the gradients' current .grad)."""
@@ -71,6 +73,7 @@ class StepCheck:
         """Queue the check of this step (no host sync)."""
         torch = self.torch
         norms = _norms(torch, self.current())
+        self.norms, self.norms_step = norms, step
         new = (~torch.isfinite(norms)) & (self.first < 0)
         self.first.masked_fill_(new, step)
         self.value = torch.where(new, norms, self.value)
@@ -174,7 +177,7 @@ class ExactPass:
         if kept:
             self._kept_norms(exact, kept)
         if from_torch is not None:
-            self._device_pass(from_torch, exact, devices)
+            self._device_pass(from_torch, exact, devices, job.step)
         elif self.checks:
             self._set_checks(None, {})
 
@@ -203,8 +206,12 @@ class ExactPass:
                                                                     else t.resolve_conj().numpy())
                 exact.exact[i] = True
 
-    def _device_pass(self, torch: Any, exact: _Exact, devices: dict) -> None:
-        """Queue the norms on each device, copy them (and the per-step check's flags) back asynchronously."""
+    def _device_pass(self, torch: Any, exact: _Exact, devices: dict, step: int | None = None) -> None:
+        """Queue the norms on each device, copy them (and the per-step check's flags) back asynchronously.
+
+        When the per-step check already took these tensors' norms at this
+        step (update() runs it before the frame's gather), they are reused.
+        """
         # the same tensors (a model's parameters, updated in place; gradients: the same parameters) keep
         # their checks and the flags they hold
         key = tuple((i, id(obj), t.data_ptr()) if param is None else (i, id(param), -1)
@@ -215,8 +222,11 @@ class ExactPass:
         by_device = {check.device: check for check in self.checks}
         for device, entries in devices.items():
             sections = [entry[0] for entry in entries]
-            norms = _norms(torch, [entry[1] for entry in entries])
             check = by_device.get(device)
+            if check is not None and step is not None and check.norms_step == step:
+                norms = check.norms  # the same tensors, the same step: the same figures
+            else:
+                norms = _norms(torch, [entry[1] for entry in entries])
             values = [norms] if check is None else [norms, check.first, check.value]
             exact.device.append((sections, *_copied_back(torch, device, values), check is not None))
 

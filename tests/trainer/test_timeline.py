@@ -284,3 +284,44 @@ def test_activations_carry_the_whole_outputs_norm(run_dir, monkeypatch, batched)
     anomalies = read_anomalies(run_dir)
     record = next(a for a in anomalies if a["section"] == "0")
     assert record["values"] == "activations" and record["kind"] == "nan" and record["steps"] == [12, 21]
+
+
+@pytest.mark.parametrize("values", ["trainable_variables", "gradients"])
+def test_a_frame_reuses_the_norms_the_per_step_check_took_at_its_step(run_dir, monkeypatch, values):
+    """update() runs the per-step check before the frame's exact pass: one fused norm pass serves both,
+    and the records hold the tensors' exact norms all the same."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+
+    class Norms(torch.utils._python_dispatch.TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += func.overloadpacket.__name__ == "_foreach_norm"
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    set_config(run_dir, FPS=30, values=values, mode="current")
+    counted, expected = [], []
+    with Beholder(run_dir) as beholder:
+        beholder.watch(model)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(4, 8)).square().mean().backward()
+            optimizer.step()
+            tensors = [p.grad if values == "gradients" else p for p in model.parameters()]
+            expected.append([float(torch.linalg.vector_norm(t.detach())) for t in tensors])
+            beholder.frame_due_now()
+            with Norms() as norms:
+                assert beholder.update()
+            counted.append(norms.calls)
+            beholder.flush()
+        assert beholder.timeline.per_step
+    assert counted[1:] == [1, 1]  # the first frame starts the check; then the check's pass serves the frame
+    timeline = read_timeline(run_dir)
+    names = [n for n, _ in model.named_parameters()]
+    for i, name in enumerate(names):
+        np.testing.assert_allclose(timeline[name]["norm"], [row[i] for row in expected], rtol=1e-5)
