@@ -130,19 +130,22 @@ class ExactPass:
         self._step_failed = False  # the per-step check failed once: off for the run
         self._check_key: tuple = ()
         self._credit = HOST_EXACT_VALUES
+        self._again: _Again | None = None  # what lets the next frame of the same tensors skip the sorting
 
     def stop(self) -> None:
         """Stop the per-step checks (the next frame of device tensors starts them again)."""
-        self.checks, self._check_key = [], ()
+        self.checks, self._check_key, self._again = [], (), None
 
     def fail(self) -> None:
         """The per-step check failed: stop it for the run."""
-        self.checks, self._check_key, self._step_failed = [], (), True
+        self.checks, self._check_key, self._step_failed, self._again = [], (), True, None
 
     def gather(self, job: Any, named: list, watch: Any) -> None:
         """Sort a frame's sections into host arrays and device tensors, run both passes (job.exact)."""
         exact = _Exact(len(named))
         job.exact = exact
+        if self._again is not None and self._gather_again(job, exact, named, watch):
+            return
         host, devices, kept = [], {}, {}
         from_torch = None
         params = {}
@@ -180,6 +183,17 @@ class ExactPass:
             self._device_pass(from_torch, exact, devices, job.step)
         elif self.checks:
             self._set_checks(None, {})
+        self._again = _Again.of(job.shown, named, watch, params, host, kept, devices, self.checks)
+
+    def _gather_again(self, job: Any, exact: _Exact, named: list, watch: Any) -> bool:
+        """The frame of the same parameters (weights) or of their gradients as the last one, checked at
+        this step: the per-step check's norms copied back, no section sorted again (False: sort them)."""
+        again, check = self._again, self.checks[0] if len(self.checks) == 1 else None
+        if check is None or check.norms_step != job.step or not again.fits(job.shown, named, watch):
+            return False
+        exact.device.append((again.sections, *_copied_back(again.torch, check.device,
+                                                          [check.norms, check.first, check.value]), True))
+        return True
 
     def _host_pass(self, exact: _Exact, host: list) -> None:
         """Exact figures of host arrays, when the budget allows (else the sample's stand)."""
@@ -245,6 +259,61 @@ class ExactPass:
             for e in devices.values()]
         if not self.checks:
             self._check_key = ()
+
+
+class _Again:
+    """A frame's sections that were all torch parameters (weights), or all gradients read through their
+    parameters, on one device under one per-step check: the next frame of the same ones reuses the check.
+
+    It holds the parameters (alive anyway), never a gradient.
+    """
+
+    def __init__(self, torch: Any, shown: str, source: list, names: list[str], params: list[Any],
+                 gradients: bool, device: Any) -> None:
+        self.torch = torch
+        self.shown = shown
+        self.source = source  # the list the sections came from: update()'s, or the watch's variables
+        self.names = names
+        self.params = params
+        self.gradients = gradients
+        self.device = device
+        self.sections = list(range(len(names)))
+        self.pointers = None if gradients else [p.data_ptr() for p in params]
+
+    @staticmethod
+    def of(shown: str, named: list, watch: Any, params: dict, host: list, kept: dict, devices: dict,
+           checks: list) -> _Again | None:
+        """The memo of a frame whose sections were all one device's parameters or gradients, else None."""
+        if host or kept or len(devices) != 1 or len(checks) != 1:
+            return None
+        (device, entries), = devices.items()
+        if len(entries) != len(named):
+            return None
+        torch = sys.modules["torch"]
+        names = [entry[0] for entry in named]
+        if params:  # gradients: each section read through its parameter
+            if any(param is None for *_, param in entries):
+                return None
+            return _Again(torch, shown, watch.variables(), names, [e[3] for e in entries], True, device)
+        if not all(type(obj) is torch.nn.Parameter for _, _, obj, _ in entries):
+            return None  # (other tensors are not kept alive for this)
+        return _Again(torch, shown, named, names, [e[2] for e in entries], False, device)
+
+    def fits(self, shown: str, named: list, watch: Any) -> bool:
+        """Whether these sections are the same ones, each where it was (gradients: each one there)."""
+        if shown != self.shown or len(named) != len(self.names):
+            return False
+        if self.gradients:
+            if watch is None or watch.variables() is not self.source:
+                return False
+            strided, device = self.torch.strided, self.device
+            for param in self.params:
+                grad = param.grad
+                if grad is None or grad.layout is not strided or grad.device != device:
+                    return False
+        elif named is not self.source or [p.data_ptr() for p in self.params] != self.pointers:
+            return False
+        return all(entry[0] == name for entry, name in zip(named, self.names))
 
 
 def _copied_back(torch: Any, device: Any, values: list[Any]) -> tuple[list[Any], Any]:

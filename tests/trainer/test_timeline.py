@@ -301,6 +301,15 @@ def test_a_frame_reuses_the_norms_the_per_step_check_took_at_its_step(run_dir, m
             self.calls += func.overloadpacket.__name__ == "_foreach_norm"
             return func(*args, **(kwargs or {}))
 
+    from beholder_plugin.trainer.exact_pass import ExactPass
+
+    real, again = ExactPass._gather_again, []
+
+    def spy(self, *args):
+        again.append(real(self, *args))
+        return again[-1]
+
+    monkeypatch.setattr(ExactPass, "_gather_again", spy)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -308,20 +317,33 @@ def test_a_frame_reuses_the_norms_the_per_step_check_took_at_its_step(run_dir, m
     counted, expected = [], []
     with Beholder(run_dir) as beholder:
         beholder.watch(model)
-        for _ in range(3):
+        for frame in range(5):
             optimizer.zero_grad()
-            model(torch.randn(4, 8)).square().mean().backward()
+            if frame == 3:  # the parameters move to new memory (another dtype): sorted afresh
+                model.double()
+            if frame == 4 and values == "gradients":  # a gradient missing: sorted afresh
+                model[2].bias.requires_grad_(False)
+                model[2].bias.grad = None
+            model(torch.randn(4, 8, dtype=next(model.parameters()).dtype)).square().mean().backward()
             optimizer.step()
             tensors = [p.grad if values == "gradients" else p for p in model.parameters()]
-            expected.append([float(torch.linalg.vector_norm(t.detach())) for t in tensors])
+            expected.append([float(torch.linalg.vector_norm(t.detach())) if t is not None else np.nan
+                             for t in tensors])
             beholder.frame_due_now()
             with Norms() as norms:
                 assert beholder.update()
             counted.append(norms.calls)
             beholder.flush()
         assert beholder.timeline.per_step
-    assert counted[1:] == [1, 1]  # the first frame starts the check; then the check's pass serves the frame
+    # the first frame starts the check, the next ones reuse its norms (in float64, from frame 3 on, torch
+    # refuses a float32 norm and is asked again: more dispatches, the same reuse)
+    assert counted[1:3] == [1, 1]
+    # frames of the same tensors skip the sorting; weights that moved (frame 3) or a gradient gone
+    # (frame 4) are sorted afresh (gradients are read through their parameters at each step: the
+    # new dtype changes nothing there)
+    assert again == ([True, True, True, False] if values == "gradients" else [True, True, False, True])
     timeline = read_timeline(run_dir)
     names = [n for n, _ in model.named_parameters()]
     for i, name in enumerate(names):
-        np.testing.assert_allclose(timeline[name]["norm"], [row[i] for row in expected], rtol=1e-5)
+        norms = timeline[name]["norm"]  # (a section without a gradient has no record at its frame)
+        np.testing.assert_allclose(norms, [row[i] for row in expected][:len(norms)], rtol=1e-5)
