@@ -22,7 +22,13 @@ says):
 - ``gradients``: read from ``.grad`` the same way (the step left them);
 - ``gradients (hooked)``: ``zero_grad(set_to_none=True)`` before update(), so
   post-accumulate-grad hooks catch the next backward pass;
-- ``activations``: forward hooks on the 162 layers for one step.
+- ``activations``: forward hooks on the 162 layers for one step;
+- ``weights, replayed`` and ``gradients, replayed``: as above, with the
+  gathers captured and replayed as on CUDA (``torch_batch.CPU_GRAPHS``) and
+  the replay's kernels left out, which on a GPU are one graph launch: what
+  is left is the Python of a frame-due update() on CUDA, the figure the
+  0.3 ms target of ``update()`` blocking is about. Its frames are not right
+  (nothing was gathered); it is timing only.
 
 Per frame it prints the median of: the update() that falls due (arms, or
 takes the frame), the hooked step minus the plain step after it, the update()
@@ -45,9 +51,11 @@ import time
 os.environ["BEHOLDER_BATCH_CPU_TENSORS"] = "1"  # before beholder_plugin reads it
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CONDITIONS = ("weights", "gradients", "gradients (hooked)", "activations")
+CONDITIONS = ("weights", "gradients", "gradients (hooked)", "activations", "weights, replayed",
+              "gradients, replayed")
 VALUES = {"weights": "trainable_variables", "gradients": "gradients", "gradients (hooked)": "gradients",
-          "activations": "activations"}
+          "activations": "activations", "weights, replayed": "trainable_variables",
+          "gradients, replayed": "gradients"}
 
 
 class Clock:
@@ -72,6 +80,20 @@ def resnet50_tree(torch):
 
 def measure(condition: str, frames: int) -> dict[str, float]:
     """Median milliseconds per frame of each part, for one condition."""
+    from beholder_plugin.trainer.sources import torch_batch
+
+    if not condition.endswith("replayed"):
+        return measure_as_is(condition, frames)
+    real_replay = torch_batch.AddressReplay.replay
+    torch_batch.CPU_GRAPHS, torch_batch.AddressReplay.replay = True, lambda graph: None
+    try:
+        return measure_as_is(condition, frames)
+    finally:
+        torch_batch.CPU_GRAPHS, torch_batch.AddressReplay.replay = False, real_replay
+
+
+def measure_as_is(condition: str, frames: int) -> dict[str, float]:
+    """measure() with the gathers as they are set up."""
     import torch
 
     from beholder_plugin import DEFAULT_CONFIG, Beholder, write_config
@@ -140,12 +162,12 @@ def main() -> None:
     torch.set_num_threads(1)  # the worker thread renders beside it, as on a GPU machine's host
     print(f"launch_bench: torch {torch.__version__}, {args.frames} frames x {args.rounds} rounds, "
           "CPU tensors through the device path")
-    print(f"{'condition':<20}{'round':>6}{'due update':>12}{'hooked-plain':>14}{'take update':>13}"
+    print(f"{'condition':<22}{'round':>6}{'due update':>12}{'hooked-plain':>14}{'take update':>13}"
           f"{'per frame':>11}{'not due':>9}  (ms)")
     for r in range(args.rounds):
         for condition in CONDITIONS:
             got = measure(condition, args.frames)
-            print(f"{condition:<20}{r:>6}{got['due']:>12.3f}{got['hooked-plain']:>14.3f}{got['take']:>13.3f}"
+            print(f"{condition:<22}{r:>6}{got['due']:>12.3f}{got['hooked-plain']:>14.3f}{got['take']:>13.3f}"
                   f"{got['frame']:>11.3f}{got['not due']:>9.3f}"
                   + (f"  ({got['failures']} failures)" if got["failures"] else ""), flush=True)
 

@@ -327,3 +327,148 @@ def test_the_variance_window_kept_on_the_device_is_the_hosts(tmp_path, monkeypat
     assert gather.window is not None and gather.window.size == 3 and len(gather.window.samples) == 3
     for beholder in beholders.values():
         beholder.close()
+
+
+@pytest.fixture
+def cpu_graphs(monkeypatch) -> list:
+    """Graph capture and replay on CPU tensors (torch_batch.AddressReplay); the replays, as they run."""
+    monkeypatch.setattr(torch_batch, "CPU_GRAPHS", True)
+    replays: list = []
+    real = torch_batch.AddressReplay.replay
+
+    def counted(graph) -> None:
+        replays.append(graph)
+        real(graph)
+
+    monkeypatch.setattr(torch_batch.AddressReplay, "replay", counted)
+    return replays
+
+
+def square_head_net() -> nn.Module:
+    """A small convnet whose last layer is square (its weight can be transposed where it lies)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 8), nn.ReLU(), nn.Linear(8, 8))
+
+
+def replayed_and_host_frames(tmp_path, monkeypatch, values: str, steps: int, before_step) -> list:
+    """Train steps of one model watched by two Beholders, one replaying its gathers (CPU_GRAPHS), one on
+    the host path; the pairs of frames (replayed, host) of every step."""
+    model = square_head_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    beholders = {}
+    for batched in (True, False):
+        run = str(tmp_path / f"run-{batched}")
+        set_config(run, values=values, FPS=30, mode="current")
+        beholders[batched] = Beholder(run, strict=True)
+        beholders[batched].watch(model)
+    gen = torch.Generator().manual_seed(2)
+    pairs = []
+    for step in range(steps):
+        before_step(step, model, opt)
+        dtype = next(model.parameters()).dtype
+        x = torch.randn(4, 3, 8, 8, generator=gen).to(dtype)
+        nn.functional.cross_entropy(model(x), torch.arange(4)).backward()
+        opt.step()
+        frames = []
+        for batched, beholder in beholders.items():
+            monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+            beholder.frame_due_now()
+            assert beholder.update()
+            beholder.flush()
+            frames.append(read_frame_file(beholder.logdir))
+        pairs.append(frames)
+    for beholder in beholders.values():
+        beholder.close()
+        assert beholder.failures == 0
+    return pairs
+
+
+def test_replayed_weights_frames_follow_parameters_that_move(tmp_path, monkeypatch, cpu_graphs):
+    """Weights frames replayed from the captured addresses (as a CUDA graph replays) equal the host
+    path's at every step: updated in place, transposed where they lie (same address, other strides),
+    given new storage, made channels-last, made float64."""
+    def before_step(step, model, opt):
+        opt.zero_grad()
+        with torch.no_grad():
+            if step == 3:
+                model[6].weight.data = model[6].weight.data.t()
+            elif step == 5:
+                model[4].weight.data = model[4].weight.data.clone()
+            elif step == 7:
+                model.to(memory_format=torch.channels_last)
+            elif step == 9:
+                model.double()
+
+    pairs = replayed_and_host_frames(tmp_path, monkeypatch, "trainable_variables", 12, before_step)
+    for step, (replayed, host) in enumerate(pairs):
+        assert replayed.header["values"] == "trainable_variables"
+        try:
+            assert_same_frames(replayed, host)
+        except AssertionError as exc:
+            raise AssertionError(f"step {step}: {exc}") from exc
+    assert len(cpu_graphs) >= 5  # frames between the changes replayed (each change re-captures)
+
+
+@pytest.mark.parametrize("clearing", ["zeroed", "new views", "set to None"])
+def test_replayed_gradients_frames_show_each_steps_gradients(tmp_path, monkeypatch, cpu_graphs, clearing):
+    """Gradients read from .grad and replayed, every frame equal to the host path's of the same step:
+    zeroed in place (the same tensors, replayed); new tensor objects over the same memory (replayed,
+    as when a caching allocator gives a new gradient the last one's block); set to None (made anew
+    each step, where the last ones were or, on odd steps where those are kept alive, elsewhere)."""
+    kept, memory = [], {}
+
+    def before_step(step, model, opt):
+        if clearing == "set to None" and step % 2:
+            kept[:] = [p.grad for p in model.parameters()]  # the next gradients cannot land there
+        opt.zero_grad(set_to_none=clearing == "set to None")
+        if clearing == "new views":
+            for p in model.parameters():
+                block = memory.setdefault(p, torch.zeros_like(p))
+                p.grad = block.view_as(block).zero_()
+
+    pairs = replayed_and_host_frames(tmp_path, monkeypatch, "gradients", 10, before_step)
+    for step, (replayed, host) in enumerate(pairs):
+        assert replayed.header["values"] == "gradients"
+        assert host.section_values(0).any()  # a real gradient, not the zeros of a cleared one
+        try:
+            assert_same_frames(replayed, host)
+        except AssertionError as exc:
+            raise AssertionError(f"step {step}: {exc}") from exc
+    if clearing != "set to None":
+        assert len(cpu_graphs) >= 7
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    specs=st.lists(st.tuples(shapes, st.sampled_from(sorted(DTYPES)),
+                             st.sampled_from(["plain", "channels_last", "transposed", "sliced"])),
+                   min_size=1, max_size=4),
+    mode=st.sampled_from(["current", "variance"]),
+    seed=st.integers(0, 2**16),
+)
+def test_replayed_frames_of_tensors_changed_in_place_equal_host_frames(
+        tmp_path_factory, monkeypatch, cpu_graphs, specs, mode, seed):
+    """The same tensors, new values written into them before each frame: the frames replayed from the
+    captured addresses equal the host path's, over dtypes and layouts (bf16, complex, channels-last,
+    transposed, strided slices)."""
+    tensors = {f"s{i}": make_tensor(shape, dtype, form, seed + i) for i, (shape, dtype, form) in enumerate(specs)}
+    runs = {b: str(tmp_path_factory.mktemp(f"graphs-{b}")) for b in (True, False)}
+    beholders = {}
+    for batched, run in runs.items():
+        set_config(run, values="arrays", FPS=30, colormap="grayscale", mode=mode, window_size=2)
+        beholders[batched] = Beholder(run, strict=True)
+    replays = len(cpu_graphs)
+    for k in range(4):
+        for i, (name, t) in enumerate(tensors.items()):
+            shape, dtype, form = specs[i]
+            t.copy_(make_tensor(shape, dtype, "plain", seed + 7 * k + i))
+        for batched, beholder in beholders.items():
+            monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+            beholder.frame_due_now()
+            assert beholder.update(arrays=tensors)
+            beholder.flush()
+        assert_same_frames(read_frame_file(runs[True]), read_frame_file(runs[False]))
+    for beholder in beholders.values():
+        beholder.close()
+    assert len(cpu_graphs) - replays == 3  # frames 2-4 (the second captures the first's gathers)

@@ -15,7 +15,10 @@ frame whatever the number of sections.
 
 The same code runs on CPU tensors (``BATCH_CPU_TENSORS``), which is how it
 is tested without a GPU; by default CPU tensors are read where they lie
-(``torch_tensors.host_view``), which is faster there.
+(``torch_tensors.host_view``), which is faster there. With ``CPU_GRAPHS``
+too, the graph's part runs on the CPU as well: ``AddressReplay`` keeps the
+addresses a capture read and replays the gathers from them, as a CUDA graph
+does, so that when to capture and when to replay is tested without a GPU.
 
 Example::
 
@@ -43,6 +46,8 @@ from beholder_plugin.trainer.views.render import FlatWindow
 # Gather CPU tensors through the batched path too (tests set this, as does BEHOLDER_BATCH_CPU_TENSORS=1
 # in the environment: CI has no GPU, and this is how the device path is checked there).
 BATCH_CPU_TENSORS = os.environ.get("BEHOLDER_BATCH_CPU_TENSORS") == "1"
+# Capture and replay CPU tensors' gathers as CUDA tensors' are (AddressReplay; tests set this).
+CPU_GRAPHS = False
 # How many (shape, strides, plan) -> device index entries are kept per device.
 INDEX_CACHE_SIZE = 4096
 
@@ -179,6 +184,7 @@ class DeviceGather:
         self._graph_key: tuple | None = None
         self._last_key: tuple | None = None
         self._graph_failed = False
+        self.graphs = self.cuda or CPU_GRAPHS  # whether frames of unmoved storage are captured and replayed
         if self.cuda:
             self.stream = torch.cuda.Stream(device)
             self.gathered = torch.cuda.Event()
@@ -225,7 +231,7 @@ class DeviceGather:
         key = (tuple(sections), tuple(map(_storage_key, sources)))
         if self._graph is not None and key == self._graph_key:
             self._graph.replay()
-        elif self.cuda and tensors_only and not self._graph_failed and key == self._last_key:
+        elif self.graphs and tensors_only and not self._graph_failed and key == self._last_key:
             self._capture(sections, sources, key)
             if self._graph is not None:
                 self._graph.replay()
@@ -316,6 +322,9 @@ class DeviceGather:
             plan = self.plan
             INDEXES.get(obj.device, plan.plans[i], tuple(obj.shape), obj.stride(),
                         plan.sample_steps[i], int(plan.sample_offsets[i + 1] - plan.sample_offsets[i]))
+        if not self.cuda:  # CPU_GRAPHS
+            self._graph, self._graph_key = AddressReplay(self, sections, sources), key
+            return
         graph = torch.cuda.CUDAGraph()
         side = self.stream
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -332,6 +341,32 @@ class DeviceGather:
             return
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._graph, self._graph_key = graph, key
+
+
+class AddressReplay:
+    """A CUDA graph's behaviour on CPU tensors (``CPU_GRAPHS``, for tests): ``replay()`` gathers again
+    from the memory the captured tensors occupied, read with their shape, strides and dtype, whatever
+    tensor lies there now; like a graph, it holds none of them."""
+
+    def __init__(self, gather: DeviceGather, sections: list[int], sources: list[Any]) -> None:
+        self._owner, self._sections = gather, list(sections)
+        self._views = [(t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.is_conj(), t.is_neg())
+                       for t in sources]
+
+    def replay(self) -> None:
+        """The captured gathers again, from the captured addresses."""
+        import ctypes
+
+        import torch
+
+        tensors = []
+        for address, shape, strides, dtype, conj, neg in self._views:
+            count = span_of(shape, strides)
+            memory = (ctypes.c_char * (count * dtype.itemsize)).from_address(address)
+            t = torch.frombuffer(memory, dtype=dtype, count=count).as_strided(shape, strides)
+            t = t.conj() if conj else t
+            tensors.append(torch._neg_view(t) if neg else t)
+        self._owner._gather(self._sections, tensors)
 
 
 def _storage_key(obj: Any) -> tuple:
