@@ -452,7 +452,7 @@ def test_replayed_frames_of_tensors_changed_in_place_equal_host_frames(
     """The same tensors, new values written into them before each frame: the frames replayed from the
     captured addresses equal the host path's, over dtypes and layouts (bf16, complex, channels-last,
     transposed, strided slices)."""
-    tensors = {f"s{i}": make_tensor(shape, dtype, form, seed + i) for i, (shape, dtype, form) in enumerate(specs)}
+    tensors = [make_tensor(shape, dtype, form, seed + i) for i, (shape, dtype, form) in enumerate(specs)]
     runs = {b: str(tmp_path_factory.mktemp(f"graphs-{b}")) for b in (True, False)}
     beholders = {}
     for batched, run in runs.items():
@@ -460,13 +460,12 @@ def test_replayed_frames_of_tensors_changed_in_place_equal_host_frames(
         beholders[batched] = Beholder(run, strict=True)
     replays = len(cpu_graphs)
     for k in range(4):
-        for i, (name, t) in enumerate(tensors.items()):
-            shape, dtype, form = specs[i]
+        for i, (t, (shape, dtype, _)) in enumerate(zip(tensors, specs)):
             t.copy_(make_tensor(shape, dtype, "plain", seed + 7 * k + i))
         for batched, beholder in beholders.items():
             monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
             beholder.frame_due_now()
-            assert beholder.update(arrays=tensors)
+            assert beholder.update(arrays={f"s{i}": t for i, t in enumerate(tensors)})
             beholder.flush()
         assert_same_frames(read_frame_file(runs[True]), read_frame_file(runs[False]))
     for beholder in beholders.values():
