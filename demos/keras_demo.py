@@ -13,13 +13,13 @@ Without --steps it trains until Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import demo_steps
 import numpy as np  # noqa: E402
 from synthetic_shapes import CLASSES, SIZE, make_batch  # noqa: E402
 
@@ -87,11 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return np.kron(image[0, :, :, 0], np.ones((8, 8), np.float32))
 
     print(f"Beholder Keras demo writing to {os.path.abspath(args.logdir)}", flush=True)
-    steps = range(args.steps) if args.steps is not None else itertools.count()
     started = time.monotonic()
     with Beholder(args.logdir, variables=model) as beholder:
         try:
-            for step in steps:
+            for step in demo_steps.steps(args.steps):
                 image, labels = make_batch(rng, args.batch_size)
                 loss, gradients, activations = train_step(image, labels)
                 arrays = {f"gradients/{path}": g for path, g in gradients.items()}

@@ -14,13 +14,13 @@ Without --steps it trains until Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import demo_steps
 import numpy as np  # noqa: E402
 from synthetic_shapes import CLASSES, SIZE, make_batch  # noqa: E402
 
@@ -84,12 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         return np.kron(batch[0, :, :, 0], np.ones((8, 8), np.float32))
 
     print(f"Beholder TF1 demo writing to {os.path.abspath(args.logdir)}", flush=True)
-    steps = range(args.steps) if args.steps is not None else itertools.count()
     started = time.monotonic()
     with tf.compat.v1.Session() as sess, Beholder(args.logdir) as beholder:
         sess.run(tf.compat.v1.global_variables_initializer())
         try:
-            for step in steps:
+            for step in demo_steps.steps(args.steps):
                 batch, batch_labels = make_batch(rng, args.batch_size)
                 _, loss_value, grads = sess.run(
                     [train_op, loss, gradients], {images: batch, labels: batch_labels}

@@ -15,11 +15,11 @@ Without --steps it trains until Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 import time
 
+import demo_steps
 import numpy as np
 from synthetic_shapes import CLASSES, make_batch
 
@@ -62,12 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         return np.kron(images[0, 0].numpy(), np.ones((8, 8), np.float32))
 
     print(f"Beholder PyTorch demo writing to {os.path.abspath(args.logdir)}", flush=True)
-    steps = range(args.steps) if args.steps is not None else itertools.count()
     started = time.monotonic()
     with Beholder(args.logdir) as beholder:
         beholder.watch(model)  # weights, gradients and activations, as the dashboard picks
         try:
-            for step in steps:
+            for step in demo_steps.steps(args.steps):
                 batch, labels = make_batch(rng, args.batch_size)
                 images = torch.from_numpy(batch).permute(0, 3, 1, 2)  # NHWC -> NCHW
                 optimizer.zero_grad()
