@@ -28,7 +28,9 @@ says):
   the replay's kernels left out, which on a GPU are one graph launch: what
   is left is the Python of a frame-due update() on CUDA, the figure the
   0.3 ms target of ``update()`` blocking is about. Its frames are not right
-  (nothing was gathered); it is timing only.
+  (nothing was gathered); it is timing only. Its gradients are zeroed in
+  place, so that each step's lie where the last step's did (as a GPU's
+  caching allocator mostly places them) and the frame can be replayed.
 
 Per frame it prints the median of: the update() that falls due (arms, or
 takes the frame), the hooked step minus the plain step after it, the update()
@@ -106,7 +108,9 @@ def measure_as_is(condition: str, frames: int) -> dict[str, float]:
 
     def step() -> None:
         loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
+        # (replayed: zeroed where they lie, so that each step's gradients are where the last ones were,
+        # as a GPU's caching allocator mostly places them; CPU memory would move them every step)
+        opt.zero_grad(set_to_none=condition != "gradients, replayed")
         loss.backward()
         opt.step()
         if hooked_grads:
