@@ -20,7 +20,8 @@ NO_KERAS_GRADIENTS = (
     "Keras's fit() keeps gradients inside the step on TensorFlow and JAX; compute them with "
     "beholder_plugin.gradient_step() and pass them as arrays= (docs/integration.md)"
 )
-NO_PROBE = "pass probe=<a batch of inputs> to watch() to see a Keras model's activations"
+NO_PROBE = ("pass probe=<a batch of inputs> to BeholderCallback(...) or watch() to see a Keras model's "
+            "activations")
 NO_NNX_VALUES = (
     "a Flax NNX module keeps no {values}; pass them to update(arrays=...) (e.g. the State "
     "that nnx.grad returns, named by path) and pick \"arrays\" in the dashboard"

@@ -317,11 +317,29 @@ def test_a_section_with_nothing_to_show_says_why_on_its_band(session):
     canvas = frame.query_selector("#frame").bounding_box()
     band = 32 * canvas["height"] / (32 + 5 + 128)  # the band's share of the frame's height on screen
     assert abs(box["y"] - canvas["y"]) < 1 and box["height"] == pytest.approx(band)
-    note = frame.query_selector(".section-info.missing .missing-note").inner_text()
-    assert note.startswith("no values: no array (None)")
+    note = frame.query_selector(".section-info.missing .missing-note")
+    assert note.inner_text().startswith("no values: no array (None)")
+    reason = note.get_attribute("title")
+    assert reason.startswith("no array (None)")  # the whole reason on hover
+    assert frame.query_selector("#missing-all").is_hidden()  # one section has values
+    # No section has values, for one reason (Keras's fit() and gradients, say): said in full, once.
+    nothing = session["logdir"] / "nothing"
+    set_config(nothing, values="arrays", mode="current", FPS=30)
+    with Beholder(nothing, strict=True, background=False) as beholder:
+        assert beholder.update(arrays={"a/grad": None, "b/grad": None, "c/grad": None})
+    runs = 'os => os.map(o => o.value)'
+    wait_for(lambda: "nothing" in frame.eval_on_selector_all("#run-select option", runs),
+             timeout=30, message="the run with nothing to show in the selector")
+    frame.select_option("#run-select", "nothing")
+    notice = wait_for(lambda: (e := frame.query_selector("#missing-all")) and e.is_visible() and e,
+                      message="the notice that no section has values")
+    text = notice.inner_text()
+    assert text.startswith("None of the 3 sections has values to show: no array (None)"), text
+    assert text.endswith(reason)
     frame.select_option("#run-select", "live")
     wait_for(lambda: (s := stats(frame))["run"] == "live" and s["height"] == LIVE_HEIGHT,
              message="the live run again")
+    wait_for(lambda: frame.query_selector("#missing-all").is_hidden(), message="the notice gone with its run")
 
 
 def test_screenshot_artifact(session):

@@ -294,6 +294,19 @@ def test_the_callback_shows_chosen_layers_activations_for_a_probe_batch(run_dir)
     assert check_sampled_pixels(frame, {"conv": conv, "out": out}) > 100
 
 
+
+def test_activations_without_a_probe_say_where_to_pass_one(run_dir):
+    """The callback given no probe batch: the empty section says how to give one, to the callback too."""
+    configure(run_dir, values="activations")
+    model = tiny_convnet()
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    x, y = tiny_data()
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    (rec,) = read_frame_file(run_dir).sections
+    assert rec["name"] == "activations"
+    assert "probe=<a batch of inputs> to BeholderCallback(...) or watch()" in rec["missing"]
+
 TORCH_BACKEND_FIT = """
 import sys, warnings
 import numpy as np

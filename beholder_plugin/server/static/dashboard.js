@@ -119,6 +119,7 @@ export class Dashboard {
       status,
       health,
       offer,
+      this.infoPanel.missingAll,
       this.history.element,
       h("div", { class: "inspect", id: "inspect" }, hoverBox, pinsBox),
     );

@@ -18,6 +18,9 @@ export class InfoPanel {
     Object.assign(this, { state, canvas, onSections });
     this.element = h("div", { class: "info", id: "info" });
     this.flagLayer = h("div", { class: "flag-layer", id: "flag-layer" });
+    // When no section has values, for one reason: that reason in full, once, above the frame (the
+    // bands and their notes are only as tall as a section, and cut it short).
+    this.missingAll = h("div", { class: "offer missing-all", id: "missing-all", role: "status", hidden: true });
     this.sections = [];
     this.key = null; // "writer-frameId" of the frame whose table is shown
     this.timer = null;
@@ -30,6 +33,7 @@ export class InfoPanel {
     this.key = null;
     this.element.replaceChildren();
     this.flagLayer.replaceChildren();
+    this.missingAll.hidden = true;
   }
 
   /** Fetch the section statistics for new frames, at most every INFO_EVERY_MS. */
@@ -65,8 +69,20 @@ export class InfoPanel {
     }
   }
 
+  /** Say in full, once, why no section has values, when they all have none for the same reason. */
+  renderMissingAll() {
+    const reasons = new Set(this.sections.map((section) => section.missing));
+    const [reason] = reasons;
+    const all = this.sections.length > 0 && reasons.size === 1 && Boolean(reason);
+    this.missingAll.hidden = !all;
+    const count = this.sections.length;
+    const which = count === 1 ? "The one section has no values" : `None of the ${count} sections has values`;
+    this.missingAll.textContent = all ? `${which} to show: ${reason}` : "";
+  }
+
   /** Lay out one info entry beside each section, at the section's height on screen. */
   render() {
+    this.renderMissingAll();
     const canvas = this.canvas;
     const scale = canvas.height > 1 ? canvas.getBoundingClientRect().height / canvas.height : 1;
     let top = 0;
@@ -81,7 +97,7 @@ export class InfoPanel {
           `${section.name}: ${section.missing}`));
         entries.push(h("div", { class: "section-info missing", style, dataset: { name: section.name } },
           h("div", { class: "name", title: section.name }, section.name),
-          h("div", { class: "missing-note" }, `no values: ${section.missing}`)));
+          h("div", { class: "missing-note", title: section.missing }, `no values: ${section.missing}`)));
       } else {
         const flag = nonFiniteFlag(section.stats);
         if (flag) outlines.push(h("div", { class: "flag-outline", dataset: { name: section.name }, style }));
