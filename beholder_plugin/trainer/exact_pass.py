@@ -25,6 +25,24 @@ class _Exact:
         self.step_value = np.full(count, np.nan)  # the norm it found then (NaN or inf)
         self.step_checked = np.zeros(count, bool)
         self.device: list[tuple] = []  # (sections, host tensors, event or None, per-step?) to read back
+        # (device, sections, device tensors, per-step?) not copied yet: the frame's own copy takes them
+        # (torch_batch.DeviceGather.extra), the rest are copied on their own (copy_back_rest)
+        self.queued: list[tuple] = []
+
+    def take(self, device: Any) -> list[tuple]:
+        """The queued figures of one device, taken off the queue (to ride with the frame's copy)."""
+        taken = [entry for entry in self.queued if entry[0] == device]
+        if taken:
+            self.queued = [entry for entry in self.queued if entry[0] != device]
+        return taken
+
+    def copy_back_rest(self) -> None:
+        """Copy back the queued figures no frame copy took (each device's in a copy of its own)."""
+        if self.queued:
+            torch = sys.modules["torch"]
+            for device, sections, values, stepped in self.queued:
+                self.device.append((sections, *_copied_back(torch, device, values), stepped))
+            self.queued = []
 
     def resolve(self) -> None:
         """Wait for the device's copies (the worker) and put them in place."""
@@ -191,8 +209,7 @@ class ExactPass:
         again, check = self._again, self.checks[0] if len(self.checks) == 1 else None
         if check is None or check.norms_step != job.step or not again.fits(job.shown, named, watch):
             return False
-        exact.device.append((again.sections, *_copied_back(again.torch, check.device,
-                                                          [check.norms, check.first, check.value]), True))
+        exact.queued.append((check.device, again.sections, [check.norms, check.first, check.value], True))
         return True
 
     def _host_pass(self, exact: _Exact, host: list) -> None:
@@ -221,7 +238,8 @@ class ExactPass:
                 exact.exact[i] = True
 
     def _device_pass(self, torch: Any, exact: _Exact, devices: dict, step: int | None = None) -> None:
-        """Queue the norms on each device, copy them (and the per-step check's flags) back asynchronously.
+        """Queue the norms on each device, to be copied back (with the per-step check's flags) by the
+        frame's own copy of that device's values, or on their own (_Exact.queued).
 
         When the per-step check already took these tensors' norms at this
         step (update() runs it before the frame's gather), they are reused.
@@ -242,15 +260,15 @@ class ExactPass:
             else:
                 norms = _norms(torch, [entry[1] for entry in entries])
             values = [norms] if check is None else [norms, check.first, check.value]
-            exact.device.append((sections, *_copied_back(torch, device, values), check is not None))
+            exact.queued.append((device, sections, values, check is not None))
 
     @staticmethod
     def _kept_norms(exact: _Exact, kept: dict) -> None:
-        """Norms the hooks took (activations), read back with the frame: one stack and copy per device."""
+        """Norms the hooks took (activations), read back with the frame: one stack per device."""
         torch = sys.modules["torch"]
         for device, entries in kept.items():
             norms = torch.stack([norm for _, norm in entries])
-            exact.device.append(([i for i, _ in entries], *_copied_back(torch, device, [norms]), False))
+            exact.queued.append((device, [i for i, _ in entries], [norms], False))
 
     def _set_checks(self, torch: Any, devices: dict) -> None:
         """(Re)build the per-step checks for the frame's device tensors."""

@@ -207,8 +207,26 @@ class Gatherer:
                 named = [("(filter)", Captured((), None, error=why), None)]
         if self._exact_pass is not None:
             self._exact_pass(job, named, self._watch)
+        riding: list[Any] = []  # device gathers handed the timeline's figures to copy with the frame
+        try:
+            self._gather_sections(job, named, riding)
+        finally:
+            if job.exact is not None:
+                for gather in riding:  # a launch that did not happen leaves its figures behind
+                    if gather.extra is not None:
+                        gather.extra[0].queued.extend(gather.extra[1])
+                        gather.extra = None
+                try:
+                    job.exact.copy_back_rest()  # the figures no frame copy took: copied on their own
+                except Exception:  # the timeline never costs the frame: its records keep sampled figures
+                    job.exact.queued = []
+
+    def _gather_sections(self, job: Job, named: list[sources.Named], riding: list[Any]) -> None:
+        """_gather_named after the exact pass: the memo's reuse, or each section sorted and gathered."""
+        settings = job.settings
         memo = self._memo
-        if memo is not None and memo.fits(named, settings) and self._gather_again(job, memo, named):
+        if (memo is not None and memo.fits(named, settings)
+                and self._gather_again(job, memo, named, riding)):
             return
         labels, adapters, prepared, shapes, layouts = [], [], [], [], []
         missing: dict[int, str] = {}
@@ -277,6 +295,7 @@ class Gatherer:
                 gather = self._device_gather(plan, device)
                 if len(entries) == len(plan.plans) and not missing:  # the whole frame: variance there too
                     job.variance_done = _device_variance(gather, settings)
+                _ride_along(job, gather, device, riding)
                 job.pending.append(gather.launch(entries))
             except GatherCompiling as exc:  # the frame waits for it (skipped), with nothing half-launched
                 job.waiting, job.pending = str(exc), []
@@ -287,7 +306,7 @@ class Gatherer:
                     raise
                 self._batch_failed(job, [i for i, _ in entries], views, sample_views, exc)
 
-    def _gather_again(self, job: Job, memo: BatchMemo, named: list[sources.Named]) -> bool:
+    def _gather_again(self, job: Job, memo: BatchMemo, named: list[sources.Named], riding: list[Any]) -> bool:
         """The frame of the same tensors as the last one, all on one device: checks and plan reused.
 
         Each tensor is still detached afresh (a parameter's ``.data`` may have
@@ -299,6 +318,7 @@ class Gatherer:
         job.kind, job.plan, job.buffer, job.missing, job.samples = JobKind.SECTIONS, plan, buffer, {}, samples
         gather = self._device_gather(plan, memo.device)
         job.variance_done = _device_variance(gather, job.settings)
+        _ride_along(job, gather, memo.device, riding)
         if memo.kind != "tensors":  # hook parts or arrays, already checked against the plan by fits()
             tensors = [entry[1] for entry in named]
         else:
@@ -393,6 +413,20 @@ def section_reason(name: str, exc: Exception) -> str:
     if text.startswith(prefix):
         return text[len(prefix):]
     return text if isinstance(exc, RenderError) else f"{type(exc).__name__}: {text}"
+
+
+def _ride_along(job: Job, gather: Any, device: Any, riding: list[Any]) -> None:
+    """Hand a torch device gather the timeline's figures queued for its device, to be copied back in
+    the frame's one copy (sources.torch_batch.DeviceGather.extra)."""
+    exact = job.exact
+    if exact is None or not exact.queued or not hasattr(gather, "extra"):
+        return
+    taken = exact.take(device)
+    if taken:
+        if gather.extra is not None:  # (not launched since: back on its queue first)
+            gather.extra[0].queued.extend(gather.extra[1])
+        gather.extra = (exact, taken)
+        riding.append(gather)
 
 
 def _device_variance(gather: Any, settings: RunSettings) -> bool:

@@ -10,8 +10,9 @@ trainer/beholder.py:
   next frame), and hands anomalies found since to ``on_anomaly``;
 - ``gather(job, named)``, when a frame is gathered (training thread): the
   exact pass. Torch tensors on an accelerator: every frame, one fused norm
-  pass queued on the device and copied back asynchronously, read by the
-  worker. NumPy arrays and CPU tensors: at most ``HOST_EXACT_VALUES`` values
+  pass queued on the device (the per-step check's, at the same step) and
+  copied back in the frame's own copy (torch_batch.DeviceGather.extra), read
+  by the worker. NumPy arrays and CPU tensors: at most ``HOST_EXACT_VALUES`` values
   per frame on average (a model of 1M values gets an exact pass every 4th
   frame; the records in between carry the sample's figures, and say so);
 - ``written(job, sections, ring)``, on the worker once the frame is written:

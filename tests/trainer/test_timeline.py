@@ -45,11 +45,13 @@ def train(run: str, device: str = "cpu", steps: int = 30, frame_steps=FRAME_STEP
     return beholder
 
 
-@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("batched", [True, False, "replayed"])
 def test_a_layer_turning_nan_is_caught_at_its_step_or_between_frames(run_dir, monkeypatch, batched, caplog):
-    """The per-step check (device path: CPU tensors batched as on a GPU) names the exact step; the host
+    """The per-step check (device path: CPU tensors batched as on a GPU; "replayed": frames replayed as
+    a CUDA graph is) names the exact step, its figures brought back in the frame's one copy; the host
     path names the steps between the frame before and the frame that found it."""
-    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", bool(batched))
+    monkeypatch.setattr(torch_batch, "CPU_GRAPHS", batched == "replayed")
     with caplog.at_level(logging.WARNING, logger="beholder"):
         beholder = train(run_dir)
         beholder.close()

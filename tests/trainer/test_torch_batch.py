@@ -157,9 +157,10 @@ class OpLog(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch):
-    """update() on a due frame: one index_select per section, one cat, one copy into the host buffer,
-    and nothing that reads a value back to Python (item(), tolist(), a synchronizing copy). In
-    variance mode (the default) the window's sums are updated on the device too."""
+    """update() on a due frame: one index_select per section, one cat, one copy into the host buffer
+    (the timeline's norms and flags ride in it), and nothing that reads a value back to Python
+    (item(), tolist(), a synchronizing copy). In variance mode (the default) the window's sums are
+    updated on the device too."""
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30)
@@ -178,9 +179,11 @@ def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch
     for log in logs:
         names = [name for name, _ in log.calls]
         assert names.count("index_select") == len(arrays) + 1  # a part per section, one permutation
-        assert names.count("cat") == 1
-        to_host = [args for name, args in log.calls if name == "copy_" and args[0] is gather.host_tensor]
+        assert names.count("cat") == 2  # the parts; the timeline's figures, after them in the same buffer
+        to_host = [args for name, args in log.calls
+                   if name == "copy_" and args[0].data_ptr() == gather.host_tensor.data_ptr()]
         assert len(to_host) == 1  # the variance window's copies stay on the device
+        assert "clone" not in names  # nor does the timeline copy its figures back on its own
         assert not {"_local_scalar_dense", "item", "_to_copy", "to", "nonzero"} & set(names)
     assert beholder.failures == 0
 

@@ -8,7 +8,9 @@ buffer, and one more ``index_select`` puts them in the frame's order (shown
 values of every section, then every sample). A side stream, ordered after
 the current stream by an event, copies that buffer into reused pinned host
 memory and records a second event; the worker waits on it (``Pending``),
-then renders from the host buffer. On CUDA, when a frame gathers from the
+then renders from the host buffer. The timeline's figures of the frame's
+sections (norms, per-step flags) are laid after its values in that buffer
+(``extra``), so that the same copy brings them. On CUDA, when a frame gathers from the
 same storage as the frame before (parameters, updated in place), the
 gathers are captured once as a CUDA graph and replayed: a few launches per
 frame whatever the number of sections.
@@ -172,9 +174,15 @@ class DeviceGather:
         self.total = total
         self.cuda = device.type == "cuda"
         self.packed = torch.empty(total, dtype=torch.float32, device=device)
-        self.ordered = torch.empty(total, dtype=torch.float32, device=device)
-        self.host_tensor = torch.empty(total, dtype=torch.float32, pin_memory=self.cuda)
+        # the frame's values, then room for the timeline's figures of its sections (extra), so that one
+        # copy brings both: per section a norm and a flag value (float32) and a step (int64), aligned
+        tail = 4 * len(plan.plans) + 2
+        self.out = torch.empty(total + tail, dtype=torch.float32, device=device)
+        self.ordered = self.out[:total]
+        self.host_tensor = torch.empty(total + tail, dtype=torch.float32, pin_memory=self.cuda)
         self.host = self.host_tensor.numpy()
+        # (exact_pass._Exact, its queued entries for this device): copied back with the next launch
+        self.extra: tuple | None = None
         self.window: FlatWindow | None = None  # the variance window, when it is kept on the device
         self.variance = False  # whether the next launch applies it (use_variance, per frame)
         self._perm_key: tuple | None = None
@@ -254,16 +262,69 @@ class DeviceGather:
             values = self.ordered[: self.plan.value_count]
             self.window.push(values, values)
 
+        extra, self.extra = self.extra, None
+        count, placed = self._pack(extra) if extra is not None else (self.total, [])
+        frame = self.host[: self.total]
         if not self.cuda:
-            self.host_tensor.copy_(self.ordered)
-            return Pending(self.host, sections)
+            self.host_tensor[:count].copy_(self.out[:count])
+            self._hand_back(extra, placed, None)
+            return Pending(frame, sections)
         current = torch.cuda.current_stream(self.device)
         self.gathered.record(current)
         self.stream.wait_event(self.gathered)
         with torch.cuda.stream(self.stream):
-            self.host_tensor.copy_(self.ordered, non_blocking=True)
+            self.host_tensor[:count].copy_(self.out[:count], non_blocking=True)
             self.copied.record(self.stream)
-        return Pending(self.host, sections, self.copied)
+        self._hand_back(extra, placed, self.copied)
+        return Pending(frame, sections, self.copied)
+
+    def _pack(self, extra: tuple) -> tuple[int, list]:
+        """Lay the queued figures after the frame's values on the device (one cat): how many values the
+        copy then takes, and where each figure lies ((start, count, dtype) per tensor, per entry).
+
+        int64 tensors (steps) go first, as pairs of float32 words from an even position, so that the
+        host reads them back as int64 from its copy; nothing is converted. Figures of another dtype, or
+        more than the room left, stay queued (they are copied on their own).
+        """
+        import torch
+
+        _, entries = extra
+        allowed = (torch.float32, torch.int64)
+        fits = [e for e in entries if all(v.dtype in allowed and v.dim() == 1 and v.is_contiguous()
+                                          for v in e[2])]
+        start = self.total + self.total % 2
+        words = sum(v.numel() * (2 if v.dtype == torch.int64 else 1) for e in fits for v in e[2])
+        if not fits or start + words > self.out.numel():
+            return self.total, []
+        at, parts, wide, narrow = start, [], [], []
+        for e in fits:
+            for v in e[2]:
+                (wide if v.dtype == torch.int64 else narrow).append(v)
+        where: dict[int, tuple[int, int, Any]] = {}
+        for v in wide + narrow:
+            n = v.numel() * (2 if v.dtype == torch.int64 else 1)
+            where[id(v)] = (at, n, v.dtype)
+            parts.append(v.view(torch.float32) if v.dtype == torch.int64 else v)
+            at += n
+        torch.cat(parts, out=self.out[start:at])
+        placed = [(e, [where[id(v)] for v in e[2]]) for e in fits]
+        return at, placed
+
+    def _hand_back(self, extra: tuple | None, placed: list, event: Any) -> None:
+        """Tell the exact pass where its figures arrive (host views of this copy, and its event); what
+        was not packed goes back on its queue."""
+        if extra is None:
+            return
+        exact, entries = extra
+        import torch
+
+        host = self.host_tensor
+        for entry, spots in placed:
+            views = [host[a : a + n].view(torch.int64) if dtype == torch.int64 else host[a : a + n]
+                     for a, n, dtype in spots]
+            exact.device.append((entry[1], views, event, entry[3]))
+        done = {id(entry) for entry, _ in placed}
+        exact.queued.extend(e for e in entries if id(e) not in done)
 
     def _gather(self, sections: list[int], sources: list[Any]) -> None:
         """The launches: a part per section, one cat (to float32), one permutation into the frame's order."""
