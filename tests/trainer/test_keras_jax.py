@@ -32,6 +32,9 @@ threads = set()
 class Spy(BeholderCallback):
     def on_train_batch_end(self, batch, logs=None):
         threads.add(threading.current_thread() is threading.main_thread())
+        if batch % 16 == 0:  # a frame falls due here, whatever the machine's speed (a fast one fits
+            self.beholder.flush()  # all 128 steps in 30 ms, within one frame interval at FPS 30)
+            self.beholder.frame_due_now()
         super().on_train_batch_end(batch, logs)
 
 x = np.random.default_rng(0).normal(size=(512, 8, 8, 1)).astype("float32")
