@@ -24,9 +24,13 @@ the others still run):
 - ``compiled``: ``torch.compile``d (inductor) ResNet-18 rows, none, weights,
   gradients, activations (benchmarks/compile_bench.py's compiled_rows).
 
-Without a GPU it says so and exits 0.
+Without a GPU it says so and exits 0. ``--smoke`` runs every part on the CPU
+instead, with tiny models and short runs (CPU tensors through the device
+path, the gathers captured and replayed as on CUDA): a check that the script
+still runs against the code as it is now (the test suite runs it), whose
+figures mean nothing.
 
-    python benchmarks/gpu_bench.py [--rounds 3] [--seconds 3] [--parts resnet,syncs,...]
+    python benchmarks/gpu_bench.py [--rounds 3] [--seconds 3] [--parts resnet,syncs,...] [--json F]
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 PARTS = ("resnet", "syncs", "floor", "transformer", "jax", "compiled")
+SMOKE = False  # --smoke: the parts on the CPU, tiny and short (see the docstring)
 
 
 def main() -> int:
@@ -56,16 +61,22 @@ def main() -> int:
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--compiled-steps", type=int, default=30, help="steps per condition per round")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run every part on the CPU, tiny and short: checks the script, not the figures")
     args = parser.parse_args()
     try:
         import torch
     except ImportError:
         print("gpu_bench: PyTorch is not installed: nothing to measure")
         return 0
-    if not torch.cuda.is_available():
+    if args.smoke:
+        start_smoke(args)
+        print(f"gpu_bench --smoke: the CPU, torch {torch.__version__} (figures mean nothing)")
+    elif not torch.cuda.is_available():
         print("gpu_bench: no CUDA GPU here: nothing to measure (run it on a machine with one)")
         return 0
-    print(f"gpu_bench: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    else:
+        print(f"gpu_bench: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     results = {}
     for part in args.parts.split(","):
         started = time.perf_counter()
@@ -84,6 +95,28 @@ def main() -> int:
 # ------------------------------------------------------------------ helpers
 
 
+def start_smoke(args) -> None:
+    """--smoke: CPU tensors and arrays through the device path, gathers replayed as on CUDA, short runs."""
+    global SMOKE
+    from beholder_plugin.trainer.sources import jax_batch, torch_batch
+
+    SMOKE = True
+    torch_batch.BATCH_CPU_TENSORS = torch_batch.CPU_GRAPHS = True
+    jax_batch.BATCH_CPU_ARRAYS = True
+    args.rounds, args.seconds, args.compiled_steps = 1, min(args.seconds, 0.5), 2
+
+
+def device() -> str:
+    """Where the parts run: the GPU (the CPU with --smoke)."""
+    return "cpu" if SMOKE else "cuda"
+
+
+def synchronize(torch) -> None:
+    """Wait for the GPU (nothing to wait for with --smoke)."""
+    if not SMOKE:
+        torch.cuda.synchronize()
+
+
 def set_config(run: str, **changes) -> None:
     """Write the run's config.json: the defaults with these changes."""
     from beholder_plugin import DEFAULT_CONFIG, write_config
@@ -99,10 +132,16 @@ def ms(values: list[float]) -> str:
 
 
 def resnet50(torch, channels_last: bool = True):
-    """torchvision's ResNet-50 with random weights on the GPU (channels_last)."""
-    import torchvision
+    """torchvision's ResNet-50 with random weights on the GPU (channels_last); with --smoke,
+    launch_bench's ResNet-50-shaped tree of tiny tensors on the CPU."""
+    if SMOKE:
+        from launch_bench import resnet50_tree
 
-    model = torchvision.models.resnet50(weights=None).cuda()
+        model = resnet50_tree(torch)
+    else:
+        import torchvision
+
+        model = torchvision.models.resnet50(weights=None).cuda()
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -113,8 +152,9 @@ class Loop:
         self.torch = torch
         self.model = model
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        self.x = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
-        self.y = torch.randint(0, 1000, (batch,), device="cuda")
+        batch, size, classes = (2, 4, 10) if SMOKE else (batch, 224, 1000)
+        self.x = torch.randn(batch, 3, size, size, device=device()).to(memory_format=torch.channels_last)
+        self.y = torch.randint(0, classes, (batch,), device=device())
         # zero_grad() after the optimizer step (as Hugging Face's Trainer does): update() then finds no
         # .grad, and a gradients frame comes from hooks on the next backward pass
         self.clear_after_step = False
@@ -122,7 +162,7 @@ class Loop:
     def step(self) -> float:
         """One training step; returns the loss (a host read, as most loops do)."""
         torch = self.torch
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device(), dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -164,7 +204,11 @@ def time_worker(beholder) -> list[float]:
         real(job)
         spent.append(time.perf_counter() - t0)
 
-    beholder.jobs.run = run_job  # what the worker (or update(), without one) calls for each frame
+    # what the worker calls for each frame (it was handed jobs.run when the Beholder was made), and
+    # update() when there is no worker
+    beholder.jobs.run = run_job
+    if beholder.worker is not None:
+        beholder.worker._run = run_job
     return spent
 
 
@@ -216,7 +260,9 @@ def part_resnet(args) -> dict:
         table[label] = {"step_ms": med * 1e3, "ratio": med / base, "fps": fps,
                         "blocking_median_ms": statistics.median(blocking) * 1e3 if blocking else None,
                         "blocking_max_ms": max(blocking) * 1e3 if blocking else None,
-                        "per_round_ratio": [statistics.median(g["steps"]) / base for g in got[cond]]}
+                        "per_round_ratio": [statistics.median(g["steps"]) / base for g in got[cond]],
+                        "skipped": sum(g["skipped"] for g in got[cond]),
+                        "failures": sum(g["failures"] for g in got[cond])}
         print(f"{label:<20}{med * 1e3:>9.2f}{(med / base - 1) * 100:>+8.1f}%"
               f"{fps if cond != 'none' else 0:>10.1f}{ms(blocking):>24}"
               f"{sum(g['skipped'] for g in got[cond]):>9}{sum(g['failures'] for g in got[cond]):>9}"
@@ -275,6 +321,7 @@ def part_syncs(args) -> dict:
 
     model = resnet50(torch)
     loop = Loop(torch, model)
+    activities = [ProfilerActivity.CPU] + ([] if SMOKE else [ProfilerActivity.CUDA])
     out = {}
     for values in ("trainable_variables", "gradients", "activations"):
         run = tempfile.mkdtemp(prefix=f"gpu-syncs-{values}-")
@@ -282,13 +329,13 @@ def part_syncs(args) -> dict:
         with Beholder(run) as beholder:
             beholder.watch(model)
             loop.run(1.0, beholder)
-            loop.torch.cuda.synchronize()
+            synchronize(torch)
             # wait for a frame to fall due, then profile what Beholder adds to one step
             while True:
                 beholder.flush()
                 time.sleep(0.11)
-                with HeldWorker(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                with HeldWorker(), profile(activities=activities) as prof:
+                    with torch.autocast(device(), dtype=torch.bfloat16):
                         loss = torch.nn.functional.cross_entropy(loop.model(loop.x), loop.y)
                     loop.opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -296,8 +343,8 @@ def part_syncs(args) -> dict:
                     took = beholder.update()
                 if took:
                     break
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as plain:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+            with profile(activities=activities) as plain:
+                with torch.autocast(device(), dtype=torch.bfloat16):
                     loss = torch.nn.functional.cross_entropy(loop.model(loop.x), loop.y)
                 loop.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -343,12 +390,13 @@ def part_floor(args) -> dict:
     for i, p in enumerate(params):
         n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
         offsets = storage_offsets(plan.plans[i], tuple(p.shape), p.stride(), plan.sample_steps[i], n)
-        indices.append(torch.from_numpy(offsets).cuda())
+        indices.append(torch.from_numpy(offsets).to(device()))
     total = sum(int(i.numel()) for i in indices)
-    buffer = torch.empty(total, device="cuda")
-    host = torch.empty(total, pin_memory=True)
-    stream = torch.cuda.Stream()
-    done = torch.cuda.Event()
+    buffer = torch.empty(total, device=device())
+    host = torch.empty(total, pin_memory=not SMOKE)
+    cuda = not SMOKE
+    stream = torch.cuda.Stream() if cuda else None
+    done = torch.cuda.Event() if cuda else None
 
     def gather() -> None:
         at = 0
@@ -363,37 +411,50 @@ def part_floor(args) -> dict:
             use_graph.replay()
         else:
             gather()
+        if not cuda:  # --smoke: the copy at once
+            host.copy_(buffer)
+            return
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             host.copy_(buffer, non_blocking=True)
             done.record(stream)
 
-    graph = torch.cuda.CUDAGraph()
+    graph = torch.cuda.CUDAGraph() if cuda else None
     for _ in range(3):
         gather()
-    torch.cuda.synchronize()
-    with torch.cuda.graph(graph):
-        gather()
+    synchronize(torch)
+    if cuda:
+        with torch.cuda.graph(graph):
+            gather()
     out = {"values": total, "sections": len(params)}
     for label, g in (("eager", None), ("graph", graph)):
+        if label == "graph" and not cuda:
+            continue
         blocking, gpu = [], []
         for _ in range(50):
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            t0 = time.perf_counter()
-            start.record()
-            issue(g)
-            blocking.append(time.perf_counter() - t0)
-            end.record(stream)
-            end.synchronize()
-            gpu.append(start.elapsed_time(end) / 1e3)
+            synchronize(torch)
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                t0 = time.perf_counter()
+                start.record()
+                issue(g)
+                blocking.append(time.perf_counter() - t0)
+                end.record(stream)
+                end.synchronize()
+                gpu.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                issue(g)
+                blocking.append(time.perf_counter() - t0)
         out[label] = {"blocking_ms": statistics.median(blocking) * 1e3,
-                      "gpu_ms": statistics.median(gpu) * 1e3}
+                      "gpu_ms": statistics.median(gpu) * 1e3 if gpu else None}
     print(f"\nFloor: {total} values of {len(params)} ResNet-50 parameters, one index_select each into one "
           "buffer, one non-blocking copy to pinned memory")
     for label in ("eager", "graph"):
-        row = out[label]
-        print(f"  {label:<6} blocking {row['blocking_ms']:.3f} ms, GPU time {row['gpu_ms']:.3f} ms")
+        if label in out:
+            row = out[label]
+            gpu_ms = f"{row['gpu_ms']:.3f} ms" if row["gpu_ms"] is not None else "-"
+            print(f"  {label:<6} blocking {row['blocking_ms']:.3f} ms, GPU time {gpu_ms}")
     return out
 
 
@@ -403,14 +464,15 @@ def part_transformer(args) -> dict:
 
     from beholder_plugin import Beholder
 
-    layer = torch.nn.TransformerEncoderLayer(1024, 16, 4096, batch_first=True)
-    model = torch.nn.TransformerEncoder(layer, 24, enable_nested_tensor=False).cuda()
+    width, heads, layers, batch, tokens = (32, 4, 2, 2, 8) if SMOKE else (1024, 16, 24, 16, 256)
+    layer = torch.nn.TransformerEncoderLayer(width, heads, 4 * width, batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).to(device())
     count = sum(p.numel() for p in model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    x = torch.randn(16, 256, 1024, device="cuda")
+    x = torch.randn(batch, tokens, width, device=device())
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device(), dtype=torch.bfloat16):
             loss = model(x).float().pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -427,7 +489,7 @@ def part_transformer(args) -> dict:
         worker = time_worker(beholder) if beholder is not None else []
         steps, blocking, calls = [], [], 0
         start = time.perf_counter()
-        while time.perf_counter() - start < max(args.seconds, 4.0):
+        while time.perf_counter() - start < (args.seconds if SMOKE else max(args.seconds, 4.0)):
             t0 = time.perf_counter()
             step()
             if beholder is not None:
@@ -457,7 +519,7 @@ def part_transformer(args) -> dict:
                "blocking_median_ms": statistics.median(w["blocking"]) * 1e3 if w["blocking"] else None,
                "blocking_max_ms": max(w["blocking"]) * 1e3 if w["blocking"] else None,
                "calls": w["calls"], "frames": w["frames"], "skipped": w["skipped"], "failures": w["failures"]}
-    print(f"\nTransformer encoder, 24 layers, d_model 1024 ({count / 1e6:.0f} M parameters), "
+    print(f"\nTransformer encoder, {layers} layers, d_model {width} ({count / 1e6:.0f} M parameters), "
           "update(arrays=dict(model.named_parameters())), FPS 10")
     print(f"  step {base * 1e3:.1f} ms without, {med * 1e3:.1f} ms with ({(med / base - 1) * 100:+.1f} %); "
           f"{summary['fps']:.1f} frames/s; update() blocking {ms(w['blocking'])} ms; "
@@ -474,15 +536,18 @@ def part_jax(args) -> dict:
 
     from beholder_plugin import Beholder
 
-    gpu = [d for d in jax.devices() if d.platform == "gpu"]
+    gpu = jax.devices("cpu") if SMOKE else [d for d in jax.devices() if d.platform == "gpu"]
     if not gpu:
         print("\nJAX: no GPU device visible to JAX")
         return {"error": "no JAX GPU"}
     with open(os.path.join(HERE, "model_shapes.json")) as f:
         shapes = json.load(f)["resnet50"]
     rng = np.random.default_rng(0)
+    items = _shape_items(shapes)
+    if SMOKE:  # a few arrays, each at most 4 wide per axis
+        items = [(name, [min(d, 4) for d in shape]) for name, shape in items[:12]]
     arrays = {name: jax.device_put(rng.normal(size=shape).astype(np.float32), gpu[0])
-              for name, shape in _shape_items(shapes)}
+              for name, shape in items}
 
     @jax.jit
     def train_step(tree):
@@ -494,7 +559,7 @@ def part_jax(args) -> dict:
     began = start
     with Beholder(run) as beholder:
         frames0 = 0
-        while first is None or time.perf_counter() - start < max(args.seconds, 5.0):
+        while first is None or time.perf_counter() - start < (1.0 if SMOKE else max(args.seconds, 5.0)):
             arrays = train_step(arrays)
             u0 = time.perf_counter()
             taken = beholder.update(arrays=arrays)
@@ -539,8 +604,12 @@ def part_compiled(args) -> dict:
     except ImportError:
         print("\ncompiled: benchmarks/compile_bench.py is not there")
         return {}
-    rows = compile_bench.compiled_rows(device="cuda", steps=args.compiled_steps, rounds=args.rounds)
-    print("\ntorch.compile (inductor)")
+    if SMOKE:  # dynamo's eager backend on a tiny batch: the loop and its Beholder, not inductor
+        rows = compile_bench.compiled_rows(device="cpu", steps=args.compiled_steps, rounds=1, backend="eager",
+                                           batch=2, size=16)
+    else:
+        rows = compile_bench.compiled_rows(device="cuda", steps=args.compiled_steps, rounds=args.rounds)
+    print(f"\ntorch.compile ({'eager backend, --smoke' if SMOKE else 'inductor'})")
     for row in rows:
         cells = (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         print("  " + ", ".join(cells))
