@@ -9,8 +9,9 @@ the others still run):
   gradients caught by hooks (the loop zeroes them after its step, as Hugging
   Face's Trainer does) or activations, and the same loop without Beholder,
   interleaved in rounds. Per condition: the
-  median step, its ratio to ``none``, frames written per second, and how
-  long ``update()`` blocked when it took a frame (median / max).
+  median step, its ratio to ``none``, frames written per second, how
+  long ``update()`` blocked when it took a frame (median / max), and the
+  median ``update()`` that took none (the timeline's per-step check).
 - ``syncs``: a profile of one frame-due ``update()`` (weights) and of one
   hooked step (gradients, activations) against a plain one: synchronizing
   CUDA calls and device-to-host copies.
@@ -173,7 +174,7 @@ class Loop:
 
     def run(self, seconds: float, beholder=None) -> dict:
         """Steps for this long; step times, update() times of calls that took a frame, frames written."""
-        steps, blocking = [], []
+        steps, blocking, between = [], [], []
         start = time.perf_counter()
         written0 = beholder.frames_written if beholder is not None else 0
         while time.perf_counter() - start < seconds:
@@ -182,14 +183,14 @@ class Loop:
             if beholder is not None:
                 u0 = time.perf_counter()
                 took = beholder.update()
-                if took:
-                    blocking.append(time.perf_counter() - u0)
+                (blocking if took else between).append(time.perf_counter() - u0)
             steps.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - start
         if beholder is not None:
             beholder.flush()
         written = (beholder.frames_written - written0) if beholder is not None else 0
-        return {"steps": steps, "blocking": blocking, "frames": written, "seconds": elapsed,
+        return {"steps": steps, "blocking": blocking, "between": between, "frames": written,
+                "seconds": elapsed,
                 "skipped": beholder.skipped if beholder is not None else 0,
                 "failures": beholder.failures if beholder is not None else 0}
 
@@ -249,22 +250,25 @@ def part_resnet(args) -> dict:
     base = statistics.median(s for g in got["none"] for s in g["steps"])
     print("\nResNet-50, batch 64, bf16 autocast, channels_last, SGD; watch(model), FPS 10, variance")
     print(f"{'values shown':<20}{'step ms':>9}{'vs none':>9}{'frames/s':>10}{'update() blocking ms':>24}"
-          f"{'skipped':>9}{'failures':>9}{'worker ms/frame':>17}{'values/frame':>14}")
+          f"{'no frame ms':>13}{'skipped':>9}{'failures':>9}{'worker ms/frame':>17}{'values/frame':>14}")
     table = {}
     for cond in conditions:
         steps = [s for g in got[cond] for s in g["steps"]]
         blocking = [b for g in got[cond] for b in g["blocking"]]
+        between = [b for g in got[cond] for b in g.get("between", [])]  # the per-step check's update()
         fps = sum(g["frames"] for g in got[cond]) / sum(g["seconds"] for g in got[cond])
         med = statistics.median(steps)
         label = {"trainable_variables": "weights", "gradients_hooked": "gradients (hooked)"}.get(cond, cond)
         table[label] = {"step_ms": med * 1e3, "ratio": med / base, "fps": fps,
                         "blocking_median_ms": statistics.median(blocking) * 1e3 if blocking else None,
                         "blocking_max_ms": max(blocking) * 1e3 if blocking else None,
+                        "no_frame_median_ms": statistics.median(between) * 1e3 if between else None,
                         "per_round_ratio": [statistics.median(g["steps"]) / base for g in got[cond]],
                         "skipped": sum(g["skipped"] for g in got[cond]),
                         "failures": sum(g["failures"] for g in got[cond])}
         print(f"{label:<20}{med * 1e3:>9.2f}{(med / base - 1) * 100:>+8.1f}%"
               f"{fps if cond != 'none' else 0:>10.1f}{ms(blocking):>24}"
+              f"{statistics.median(between) * 1e3 if between else 0:>13.3f}"
               f"{sum(g['skipped'] for g in got[cond]):>9}{sum(g['failures'] for g in got[cond]):>9}"
               f"{ms([w for g in got[cond] for w in g.get('worker', [])]):>17}"
               f"{max([g.get('values', 0) for g in got[cond]]):>14}")

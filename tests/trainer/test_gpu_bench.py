@@ -53,6 +53,7 @@ def test_the_resnet_rows_took_frames_and_timed_the_worker(smoke):
         row = table[label]
         assert row["fps"] > 0 and row["blocking_median_ms"] > 0 and row["failures"] == 0, (label, row)
         assert row["worker_ms"] and min(row["worker_ms"]) > 0, label  # the worker's own clock ran
+        assert row["no_frame_median_ms"] > 0, label
     assert table["none"]["ratio"] == 1.0
 
 
