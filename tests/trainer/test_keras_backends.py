@@ -1,4 +1,10 @@
-"""BeholderCallback on Keras's JAX backend, in a subprocess (the backend is chosen at import)."""
+"""BeholderCallback on Keras's JAX and torch backends, in a subprocess (the backend is chosen at import).
+
+With ``BEHOLDER_BATCH_CPU_TENSORS=1`` the variables' values go through the
+device batch of their framework (sources.jax_batch, sources.torch_batch), as
+they do on a GPU: the accelerator issue's "Keras on the torch and JAX
+backends go through the batched paths", checked on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,8 @@ import pytest
 from tf_support_helpers import PYTHON_ENV
 
 pytest.importorskip("keras")
-pytest.importorskip("jax", reason="needs jax (the test extra)")
 
-JAX_FIT = """
+FIT = """
 import sys, threading
 import numpy as np
 import keras
@@ -48,8 +53,10 @@ if len(sys.argv) > 3:  # batched: compile the jitted gather first (in the backgr
 callback = Spy(run, strict=True)
 model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
 names = [s["name"] for s in read_frame_file(run).sections]
+# which device batches gathered the frames (none: the host path)
+batches = sorted({type(g).__module__.rsplit(".", 1)[-1] for g in callback.beholder.gatherer.device_gathers})
 print(keras.backend.backend(), sorted(threads), callback.beholder.frames_written, callback.beholder.failures,
-      names == [v.path for v in model.trainable_variables])
+      names == [v.path for v in model.trainable_variables], ",".join(batches) or "-")
 
 # one more step, alone: its frame (the first update() is always due; batched, its gather is the one
 # compiled before the fit above) shows the weights after it
@@ -70,18 +77,21 @@ print(one.beholder.frames_written, one.beholder.failures, hits, wrong)
 
 
 @pytest.mark.parametrize("batched", ["0", "1"])
-def test_the_callback_works_on_the_jax_backend(tmp_path, batched):
-    """Keras dispatches the async_safe hook to a pool on JAX too; frames arrive, whole and correct.
-    With ``batched`` the variables go through the jitted device batch (sources.jax_batch), as on a GPU."""
-    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND="jax", BEHOLDER_BATCH_CPU_TENSORS=batched)
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_callback_works_on_the_jax_and_torch_backends(tmp_path, backend, batched):
+    """Keras dispatches the async_safe hook to a pool on both; frames arrive, whole and correct. With
+    ``batched`` the variables go through their framework's device batch, as on a GPU."""
+    pytest.importorskip(backend)
+    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND=backend, BEHOLDER_BATCH_CPU_TENSORS=batched)
     runs = [str(tmp_path / name) for name in ("run", "one-step", "warm")[: 3 if batched == "1" else 2]]
-    out = subprocess.run([sys.executable, "-c", JAX_FIT, *runs], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", FIT, *runs], env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     first, second = out.stdout.strip().splitlines()[-2:]
-    backend, on_main, frames, failures, named = first.split(" ", 4)
-    assert backend == "jax" and on_main == "[False]"  # the hooks ran on a Keras worker thread
+    shown_backend, on_main, frames, failures, named, batches = first.split(" ", 5)
+    assert shown_backend == backend and on_main == "[False]"  # the hooks ran on a Keras worker thread
     assert int(frames) >= 2 and failures == "0" and named == "True"
+    assert batches == ({"jax": "jax_batch", "torch": "torch_batch"}[backend] if batched == "1" else "-")
     frames, failures, hits, wrong = second.split()
     assert frames == "1" and failures == "0"
     assert int(hits) > 50 and wrong == "0"  # every sampled pixel shows the trained weight it names
