@@ -19,6 +19,10 @@ the others still run):
   per parameter into one device buffer and one non-blocking copy into
   pinned memory with an event (issued eagerly, and as one CUDA graph): how
   long issuing it blocks, and its GPU time.
+- ``check``: the timeline's per-step check alone (``update()`` with no frame
+  due) over ResNet-50's parameters, all float32, and mixed (every fourth in
+  bf16, one strided view) in norm groups or as one list (which sends
+  ``_foreach_norm`` down its per-tensor path): host time and kernel launches.
 - ``transformer``: a 24-layer encoder (d_model 1024, 302 M parameters),
   ``update(arrays=dict(model.named_parameters()))`` at FPS 10.
 - ``jax``: ResNet-50-shaped arrays (214) on the GPU, ``update(arrays=...)``.
@@ -50,7 +54,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-PARTS = ("resnet", "syncs", "floor", "transformer", "jax", "compiled")
+PARTS = ("resnet", "syncs", "floor", "check", "transformer", "jax", "compiled")
 SMOKE = False  # --smoke: the parts on the CPU, tiny and short (see the docstring)
 
 
@@ -459,6 +463,57 @@ def part_floor(args) -> dict:
             row = out[label]
             gpu_ms = f"{row['gpu_ms']:.3f} ms" if row["gpu_ms"] is not None else "-"
             print(f"  {label:<6} blocking {row['blocking_ms']:.3f} ms, GPU time {gpu_ms}")
+    return out
+
+
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")  # a profile's kernel launches
+
+
+def part_check(args) -> dict:
+    """The per-step check alone: update() with no frame due, over float32 or mixed parameters."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from beholder_plugin import Beholder
+    from beholder_plugin.trainer import exact_pass
+
+    params = {name: p.detach() for name, p in resnet50(torch).named_parameters()}
+    mixed = {name: p.to(torch.bfloat16) if i % 4 == 0 else p for i, (name, p) in enumerate(params.items())}
+    mixed["strided"] = next(iter(params.values()))[:, ::2]  # conv1's weight, every other input channel
+    real = exact_pass.norm_groups
+    cases = (("float32", params, True), ("mixed, grouped", mixed, True), ("mixed, one list", mixed, False))
+    times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+    launches: dict[str, int] = {}
+    activities = [ProfilerActivity.CPU] + ([] if SMOKE else [ProfilerActivity.CUDA])
+    try:
+        for _ in range(args.rounds):
+            for label, arrays, grouped in cases:
+                exact_pass.norm_groups = real if grouped else (lambda tensors: None)
+                run = tempfile.mkdtemp(prefix="gpu-check-")
+                set_config(run, values="arrays", FPS=1, mode="current")
+                with Beholder(run) as beholder:
+                    beholder.update(arrays=arrays)  # the first frame starts the per-step check
+                    beholder.flush()
+                    for i in range(200):
+                        t0 = time.perf_counter()
+                        took = beholder.update(arrays=arrays)
+                        if not took:
+                            times[label].append(time.perf_counter() - t0)
+                        if i % 20 == 19:
+                            synchronize(torch)
+                    with profile(activities=activities) as prof:
+                        beholder.update(arrays=arrays)
+                    launches[label] = sum(e.name in LAUNCHES for e in prof.events())
+    finally:
+        exact_pass.norm_groups = real
+    print(f"\nThe per-step check alone: update() with no frame due, {len(params)} ResNet-50 parameters "
+          "(mixed: every fourth in bf16, one strided view)")
+    out = {}
+    for label, _, _ in cases:
+        out[label] = {"median_ms": statistics.median(times[label]) * 1e3 if times[label] else None,
+                      "launches": launches.get(label)}
+        median = f"{out[label]['median_ms']:.3f}" if times[label] else "-"
+        print(f"  {label:<18} {median} ms, {launches.get(label)} kernel launches")
     return out
 
 

@@ -72,7 +72,12 @@ class StepCheck:
         # no gradient is held here between steps (a step's gradients are freed as usual)
         self.params = params if any(p is not None for p in params) else None
         self.tensors = [t if p is None else None for t, p in zip(tensors, params)]
-        self.zero = torch.zeros((), device=device)  # stands for a gradient a step did not make
+        # what stands for a gradient a step did not make: a zero of its parameter's dtype (so that it
+        # stays in its parameter's norm group)
+        zeros = {t.dtype: torch.zeros((), dtype=t.dtype, device=device) for t in tensors}
+        self.zeros = [zeros[t.dtype] for t in tensors]
+        # gradients have their parameters' dtype and layout (torch's gradient layout contract)
+        self.groups = norm_groups(tensors)
         self.first = torch.full((len(tensors),), -1, dtype=torch.int64, device=device)
         self.value = torch.zeros(len(tensors), dtype=torch.float32, device=device)
         self.torch = torch
@@ -83,27 +88,63 @@ class StepCheck:
         """The tensors as they are now (the gradients' current .grad)."""
         if self.params is None:
             return self.tensors
-        zero = self.zero
         return [t if p is None else (p.grad if p.grad is not None else zero)
-                for t, p in zip(self.tensors, self.params)]
+                for t, p, zero in zip(self.tensors, self.params, self.zeros)]
 
     def check(self, step: int) -> None:
         """Queue the check of this step (no host sync)."""
         torch = self.torch
-        norms = _norms(torch, self.current())
+        norms = _norms(torch, self.current(), self.groups)
         self.norms, self.norms_step = norms, step
         new = (~torch.isfinite(norms)) & (self.first < 0)
         self.first.masked_fill_(new, step)
         self.value = torch.where(new, norms, self.value)
 
 
-def _norms(torch: Any, tensors: list[Any]) -> Any:
-    """The L2 norms of tensors as one float32 vector on their device (one fused pass)."""
+def norm_groups(tensors: list[Any]) -> list[list[int]] | None:
+    """The tensors' positions split into the lists one fused norm pass takes on a GPU (None: all in one).
+
+    torch's ``_foreach_norm`` runs its fused kernels only on a list of one
+    dtype whose tensors are each non-overlapping and dense; one other tensor
+    (a bf16 weight among float32 ones, a strided view) sends the whole list
+    down its slow path, a norm and a launch or more per tensor, at every step.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.dtype, dense(t)), []).append(i)
+    return list(groups.values()) if len(groups) > 1 else None
+
+
+def dense(t: Any) -> bool:
+    """Whether a tensor's values fill its memory span exactly once, in some order of its axes (torch's
+    "non-overlapping and dense": contiguous, channels-last and transposed tensors are)."""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _norms(torch: Any, tensors: list[Any], groups: list[list[int]] | None = None) -> Any:
+    """The L2 norms of tensors as one float32 vector on their device: one fused pass per norm group
+    (``norm_groups``: None is one group), put back in the tensors' order by one stack."""
+    if groups is None:
+        return torch.stack(_fused_norms(torch, tensors))
+    parts: list[Any] = [None] * len(tensors)
+    for group in groups:
+        for i, part in zip(group, _fused_norms(torch, [tensors[i] for i in group])):
+            parts[i] = part
+    return torch.stack(parts)
+
+
+def _fused_norms(torch: Any, tensors: list[Any]) -> list[Any]:
+    """One _foreach_norm over tensors: their L2 norms as float32 scalars on their device."""
     try:
-        parts = torch._foreach_norm(tensors, 2, dtype=torch.float32)
-    except (TypeError, RuntimeError):
+        return torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    except (TypeError, RuntimeError):  # (float64 tensors take no float32 output)
         parts = torch._foreach_norm(tensors)
-    return torch.stack([p.float() for p in parts]) if parts[0].dtype != torch.float32 else torch.stack(parts)
+    return [p.float() for p in parts] if parts[0].dtype != torch.float32 else parts
 
 
 def _torch_kind(obj: Any) -> Any:
@@ -228,7 +269,7 @@ class ExactPass:
                 exact.exact[i] = True
         if tensors:
             torch = sys.modules["torch"]
-            norms = _norms(torch, [t for _, t in tensors]).numpy().astype(np.float64)
+            norms = _norms(torch, [t for _, t in tensors]).numpy().astype(np.float64)  # (CPU: not fused)
             for (i, t), norm in zip(tensors, norms):
                 if np.isfinite(norm):
                     exact.norm[i], exact.nonfinite[i] = norm, 0.0
@@ -258,7 +299,8 @@ class ExactPass:
             if check is not None and step is not None and check.norms_step == step:
                 norms = check.norms  # the same tensors, the same step: the same figures
             else:
-                norms = _norms(torch, [entry[1] for entry in entries])
+                tensors = [entry[1] for entry in entries]
+                norms = _norms(torch, tensors, check.groups if check is not None else norm_groups(tensors))
             values = [norms] if check is None else [norms, check.first, check.value]
             exact.queued.append((device, sections, values, check is not None))
 

@@ -39,7 +39,7 @@ def smoke(tmp_path_factory) -> tuple[dict, str]:
 def test_every_part_runs(smoke):
     """No part failed: each printed its table and wrote its figures."""
     figures, output = smoke
-    assert set(figures) == {"resnet", "syncs", "floor", "transformer", "jax", "compiled"}
+    assert set(figures) == {"resnet", "syncs", "floor", "check", "transformer", "jax", "compiled"}
     failed = {part: got["error"] for part, got in figures.items() if isinstance(got, dict) and "error" in got}
     assert not failed, failed
     assert "figures mean nothing" in output
@@ -65,6 +65,8 @@ def test_the_other_parts_measured(smoke):
         assert set(row["with_frame"]) == {"synchronize", "memcpy_calls", "dtoh", "htod", "graph_launch"}
     assert figures["floor"]["values"] > 0 and figures["floor"]["sections"] == 214
     assert figures["floor"]["eager"]["blocking_ms"] > 0
+    assert set(figures["check"]) == {"float32", "mixed, grouped", "mixed, one list"}
+    assert all(row["median_ms"] > 0 for row in figures["check"].values())
     transformer = figures["transformer"]
     assert transformer["frames"] > 0 and transformer["failures"] == 0 and transformer["worker_ms"]
     jax = figures["jax"]

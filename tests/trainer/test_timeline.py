@@ -349,3 +349,106 @@ def test_a_frame_reuses_the_norms_the_per_step_check_took_at_its_step(run_dir, m
     for i, name in enumerate(names):
         norms = timeline[name]["norm"]  # (a section without a gradient has no record at its frame)
         np.testing.assert_allclose(norms, [row[i] for row in expected][:len(norms)], rtol=1e-5)
+
+
+def test_norm_groups_are_what_torchs_fused_norm_takes(run_dir, monkeypatch):
+    """Tensors of several dtypes and layouts: each _foreach_norm of the per-step check and of the frames
+    gets one dtype, each tensor non-overlapping and dense or each not (torch's own test), so that on a GPU
+    one odd tensor does not send the whole list down the per-tensor path; the records keep every tensor's
+    exact norm in its own place."""
+    is_non_overlapping_and_dense = torch_dense()
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 8, 3, 3, generator=gen)
+    arrays = {
+        "float32": torch.randn(16, 4, generator=gen),
+        "bfloat16": torch.randn(12, 5, generator=gen).to(torch.bfloat16),
+        "channels_last": base.to(memory_format=torch.channels_last),
+        "float64": torch.randn(7, 3, generator=gen, dtype=torch.float64),
+        "transposed": torch.randn(5, 9, generator=gen).t(),
+        "strided": torch.randn(10, 12, generator=gen)[:, ::3],
+        "float16": torch.randn(20, generator=gen).to(torch.float16),
+        "expanded": torch.randn(4, 1, generator=gen).expand(4, 6),
+        "float32 again": torch.randn(3, 3, 2, generator=gen),
+    }
+    calls = []
+
+    class Norms(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ == "_foreach_norm":
+                calls.append({(t.dtype, is_non_overlapping_and_dense(t)) for t in args[0]})
+            return func(*args, **(kwargs or {}))
+
+    set_config(run_dir, FPS=30, values="arrays", mode="current")
+    with Beholder(run_dir, strict=True) as beholder:
+        for _ in range(3):
+            beholder.frame_due_now()
+            with Norms():
+                assert beholder.update(arrays=arrays)
+                beholder.update(arrays=arrays)  # no frame due: the per-step check alone
+            beholder.flush()
+        assert beholder.timeline.per_step  # (the per-step check ran)
+    assert calls and all(len(kinds) == 1 for kinds in calls), calls
+    columns = read_timeline(run_dir)
+    for name, t in arrays.items():
+        expected = float(torch.linalg.vector_norm(t.double()))
+        assert columns[name]["norm"][-1] == pytest.approx(expected, rel=1e-2), name  # (bf16/fp16 sums)
+        assert columns[name]["flags"][-1] & tl.EXACT_NORM, name
+
+
+def torch_dense():
+    """torch's own test of non-overlapping and dense tensors (its name moved between versions)."""
+    import torch._prims_common as prims
+
+    return getattr(prims, "is_non_overlapping_and_dense_or_false", None) or prims.is_non_overlapping_and_dense
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.zeros(4, 5), lambda: torch.zeros(4, 5).t(), lambda: torch.zeros(2, 3, 4, 5)[:, :, ::2],
+    lambda: torch.zeros(2, 3, 4, 5).to(memory_format=torch.channels_last),
+    lambda: torch.zeros(3, 1).expand(3, 4),
+    lambda: torch.zeros(()), lambda: torch.zeros(1, 7, 1), lambda: torch.zeros(6, 6)[1:3, 1:5],
+    lambda: torch.zeros(6, 6)[:, 0], lambda: torch.zeros(2, 3, 4).permute(2, 0, 1),
+    lambda: torch.zeros(8).as_strided((3, 2), (2, 1)), lambda: torch.zeros(8).as_strided((2, 3), (1, 2)),
+])
+def test_dense_agrees_with_torch(make):
+    """exact_pass.dense() tells non-overlapping and dense tensors as torch does."""
+    from beholder_plugin.trainer.exact_pass import dense
+
+    t = make()
+    assert dense(t) == torch_dense()(t)
+
+
+def test_a_missing_gradient_stays_in_its_norm_group(run_dir, monkeypatch):
+    """Between frames the per-step check stands a zero for a gradient a step did not make: a zero of its
+    parameter's dtype, so that a bf16 layer's group stays one dtype (torch's fused path on a GPU)."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    dense = torch_dense()
+    calls = []
+
+    class Norms(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ == "_foreach_norm":
+                calls.append({(t.dtype, dense(t)) for t in args[0]})
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    first, second = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4).to(torch.bfloat16)
+    model = torch.nn.ModuleList([first, second])
+    set_config(run_dir, FPS=30, values="gradients", mode="current")
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model)
+        for step in range(6):
+            model.zero_grad(set_to_none=True)
+            second(first(torch.randn(4, 8)).to(torch.bfloat16)).float().square().mean().backward()
+            if step in (2, 3):
+                second.bias.grad = None  # a step that made no gradient for it
+            if step in (0, 5):
+                beholder.frame_due_now()
+            with Norms():
+                beholder.update()
+            beholder.flush()
+        checks = beholder.timeline.per_step
+        assert checks
+    assert len(calls) >= 6 and all(len(kinds) == 1 for kinds in calls), calls
+    assert {next(iter(kinds))[0] for kinds in calls} == {torch.float32, torch.bfloat16}
