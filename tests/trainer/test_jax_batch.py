@@ -30,6 +30,11 @@ def arrays_for(seed: int) -> dict:
     }
 
 
+def section(frame, name: str) -> dict:
+    """A frame's record of the section of this name (a dict of JAX arrays is shown in sorted key order)."""
+    return next(s for s in frame.sections if s["name"] == name)
+
+
 @pytest.mark.parametrize("mode", ["current", "variance"])
 def test_jax_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
     frames = {}
@@ -79,7 +84,7 @@ def test_one_jitted_function_per_plan(tmp_path, monkeypatch):
         assert update_compiled(beholder, arrays=changed)  # another shape: checked in full, a new plan
         beholder.flush()
     assert len(traced) == 2
-    assert read_frame_file(run).sections[0]["shape"] == [5, 5]
+    assert section(read_frame_file(run), "kernel")["shape"] == [5, 5]
 
 
 def test_donated_arrays_keep_working(tmp_path, monkeypatch):
@@ -183,7 +188,7 @@ def test_a_beholder_made_again_finds_its_gather_compiled(tmp_path, monkeypatch):
             beholder.frame_due_now()
             assert beholder.update(arrays=dict(arrays, kernel=jnp.zeros((2, 3 + k)))) is False  # new shapes
     frame = read_frame_file(run)
-    assert frame.sections[0]["name"] == "kernel" and frame.sections[0]["shape"] == [3, 3, 16, 40]
+    assert section(frame, "kernel")["shape"] == [3, 3, 16, 40]
 
 
 def test_a_changed_shape_compiles_once_however_many_frames_wait(tmp_path, monkeypatch):
@@ -213,7 +218,7 @@ def test_a_changed_shape_compiles_once_however_many_frames_wait(tmp_path, monkey
         assert beholder.update(arrays=changed)
         assert beholder.frames_written == written + 1 and beholder.failures == 0
     assert len(held.shapes) == 2
-    assert read_frame_file(run).sections[0]["shape"] == [6, 4]
+    assert section(read_frame_file(run), "kernel")["shape"] == [6, 4]
 
 
 def test_close_waits_for_a_compile_in_flight(tmp_path, monkeypatch):
@@ -231,3 +236,36 @@ def test_close_waits_for_a_compile_in_flight(tmp_path, monkeypatch):
     threading.Timer(0.2, held.release.set).start()
     beholder.close()
     assert held.finished == [True]
+
+
+def test_the_dict_made_before_training_shares_the_steps_gather(tmp_path, monkeypatch):
+    """A jitted step returns a dict in sorted key order, whatever order it was given: the dict made
+    before training is shown in that order too, so its frame and the steps' frames have the same
+    sections in the same places and one compiled gather (else a second compile, frames skipped while
+    it runs, and the sections reordered after the first frame)."""
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    traced = []
+    real = jax_batch.JaxGather.trace
+
+    def counting(self, sections, bounds):
+        traced.append(tuple(sections))
+        return real(self, sections, bounds)
+
+    monkeypatch.setattr(jax_batch.JaxGather, "trace", counting)
+    traced_batch.forget_compiled()
+    made = {name: x for name, x in reversed(arrays_for(5).items()) if name != "plain"}
+    step = jax.jit(lambda tree: jax.tree_util.tree_map(lambda x: x * 2, tree))
+    names, kernels = [], []
+    with Beholder(run, strict=True) as beholder:
+        for arrays in (made, step(made), step(step(made))):
+            assert update_compiled(beholder, arrays=arrays)
+            beholder.flush()
+            frame = read_frame_file(run)
+            names.append([s["name"] for s in frame.sections])
+            kernels.append(frame.section_values(names[-1].index("kernel")))
+    assert names == [sorted(made)] * 3 and list(step(made)) == sorted(made)
+    assert len(traced) == 1
+    np.testing.assert_array_equal(kernels[1], 2 * kernels[0])  # each frame the step's own values
+    np.testing.assert_array_equal(kernels[2], 4 * kernels[0])

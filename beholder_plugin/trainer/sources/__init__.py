@@ -185,7 +185,8 @@ Named = tuple[str, Any, "str | None"]
 def named_arrays(arrays: Any, layout: Any = None) -> list[Named]:
     """(name, array, layout) triples from update(arrays=..., layout=...).
 
-    A dict names sections by key, a list or tuple by index; a nested pytree
+    A dict names sections by key (a dict of JAX arrays in sorted key order,
+    as JAX orders it), a list or tuple by index; a nested pytree
     of JAX arrays (Flax parameters) by key path, ``params/Dense_0/kernel``. ``layout`` is one
     layout for every array, or a dict of layouts by section name (sections
     not in it get their framework's default).
@@ -194,7 +195,7 @@ def named_arrays(arrays: Any, layout: Any = None) -> list[Named]:
     if tree is not None:  # a nested pytree of JAX arrays: named by key path
         pairs = tree
     elif isinstance(arrays, Mapping):
-        pairs = [(str(k), v) for k, v in arrays.items()]
+        pairs = [(str(k), v) for k, v in _in_pytree_order(arrays)]
     elif isinstance(arrays, (list, tuple)) and not _is_numeric_list(arrays):
         pairs = [(str(i), v) for i, v in enumerate(arrays)]
     else:
@@ -221,6 +222,20 @@ def _tree_pairs(arrays: Any) -> list[tuple[str, Any]] | None:
     from beholder_plugin.trainer.sources import pytrees
 
     return pytrees.flatten(arrays)
+
+
+def _in_pytree_order(arrays: Mapping) -> list[tuple[Any, Any]]:
+    """A dict's items; a dict of JAX arrays in JAX's own pytree order (sorted keys), the order every
+    jitted function returns it in, so that the dict made before training and the ones a step returns
+    show the same sections in the same order (and share one compiled device gather)."""
+    items = list(arrays.items())
+    jax = sys.modules.get("jax")
+    if jax is None or not items or not isinstance(items[0][1], jax.Array):
+        return items
+    try:
+        return sorted(items, key=lambda item: item[0])
+    except TypeError:  # keys that do not sort (JAX itself refuses such a dict)
+        return items
 
 
 def _is_numeric_list(value: Sequence) -> bool:
