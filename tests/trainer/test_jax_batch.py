@@ -30,6 +30,23 @@ def arrays_for(seed: int) -> dict:
     }
 
 
+@pytest.fixture
+def traced(monkeypatch) -> list:
+    """The batched path on CPU arrays, no gather compiled yet; each gather traced (its sections) is
+    appended to the list."""
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    calls: list = []
+    real = jax_batch.JaxGather.trace
+
+    def counting(self, sections, bounds):
+        calls.append(tuple(sections))
+        return real(self, sections, bounds)
+
+    monkeypatch.setattr(jax_batch.JaxGather, "trace", counting)
+    traced_batch.forget_compiled()  # (another test's Beholder may have compiled these shapes' gather)
+    return calls
+
+
 def section(frame, name: str) -> dict:
     """A frame's record of the section of this name (a dict of JAX arrays is shown in sorted key order)."""
     return next(s for s in frame.sections if s["name"] == name)
@@ -59,20 +76,10 @@ def test_jax_batch_frames_equal_per_section_frames(tmp_path, monkeypatch, mode):
         np.testing.assert_array_equal(a.section_values(i), b.section_values(i))
 
 
-def test_one_jitted_function_per_plan(tmp_path, monkeypatch):
+def test_one_jitted_function_per_plan(tmp_path, traced):
     """Frames of the same shapes reuse one compiled gather: nothing is traced again after the first."""
-    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30)
-    traced = []
-    real = jax_batch.JaxGather.trace
-
-    def counting(self, sections, bounds):
-        traced.append(tuple(sections))
-        return real(self, sections, bounds)
-
-    monkeypatch.setattr(jax_batch.JaxGather, "trace", counting)
-    traced_batch.forget_compiled()  # (another test's Beholder may have compiled these shapes' gather)
     with Beholder(run, strict=True) as beholder:
         for k in range(4):
             arrays = {name: x for name, x in arrays_for(k).items() if name != "plain"}
@@ -238,23 +245,13 @@ def test_close_waits_for_a_compile_in_flight(tmp_path, monkeypatch):
     assert held.finished == [True]
 
 
-def test_the_dict_made_before_training_shares_the_steps_gather(tmp_path, monkeypatch):
+def test_the_dict_made_before_training_shares_the_steps_gather(tmp_path, traced):
     """A jitted step returns a dict in sorted key order, whatever order it was given: the dict made
     before training is shown in that order too, so its frame and the steps' frames have the same
     sections in the same places and one compiled gather (else a second compile, frames skipped while
     it runs, and the sections reordered after the first frame)."""
-    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30, mode="current")
-    traced = []
-    real = jax_batch.JaxGather.trace
-
-    def counting(self, sections, bounds):
-        traced.append(tuple(sections))
-        return real(self, sections, bounds)
-
-    monkeypatch.setattr(jax_batch.JaxGather, "trace", counting)
-    traced_batch.forget_compiled()
     made = {name: x for name, x in reversed(arrays_for(5).items()) if name != "plain"}
     step = jax.jit(lambda tree: jax.tree_util.tree_map(lambda x: x * 2, tree))
     names, kernels = [], []

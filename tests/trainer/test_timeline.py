@@ -356,7 +356,6 @@ def test_norm_groups_are_what_torchs_fused_norm_takes(run_dir, monkeypatch):
     gets one dtype, each tensor non-overlapping and dense or each not (torch's own test), so that on a GPU
     one odd tensor does not send the whole list down the per-tensor path; the records keep every tensor's
     exact norm in its own place."""
-    is_non_overlapping_and_dense = torch_dense()
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(6, 8, 3, 3, generator=gen)
@@ -371,29 +370,37 @@ def test_norm_groups_are_what_torchs_fused_norm_takes(run_dir, monkeypatch):
         "expanded": torch.randn(4, 1, generator=gen).expand(4, 6),
         "float32 again": torch.randn(3, 3, 2, generator=gen),
     }
-    calls = []
-
-    class Norms(torch.utils._python_dispatch.TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ == "_foreach_norm":
-                calls.append({(t.dtype, is_non_overlapping_and_dense(t)) for t in args[0]})
-            return func(*args, **(kwargs or {}))
-
+    norms = NormKinds()
     set_config(run_dir, FPS=30, values="arrays", mode="current")
     with Beholder(run_dir, strict=True) as beholder:
         for _ in range(3):
             beholder.frame_due_now()
-            with Norms():
+            with norms:
                 assert beholder.update(arrays=arrays)
                 beholder.update(arrays=arrays)  # no frame due: the per-step check alone
             beholder.flush()
         assert beholder.timeline.per_step  # (the per-step check ran)
-    assert calls and all(len(kinds) == 1 for kinds in calls), calls
+    assert norms.calls and all(len(kinds) == 1 for kinds in norms.calls), norms.calls
     columns = read_timeline(run_dir)
     for name, t in arrays.items():
         expected = float(torch.linalg.vector_norm(t.double()))
         assert columns[name]["norm"][-1] == pytest.approx(expected, rel=1e-2), name  # (bf16/fp16 sums)
         assert columns[name]["flags"][-1] & tl.EXACT_NORM, name
+
+
+class NormKinds(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records, for each _foreach_norm called inside it, the set of (dtype, non-overlapping and dense by
+    torch's own test) of the tensors it got."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[set] = []
+        self.dense = torch_dense()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "_foreach_norm":
+            self.calls.append({(t.dtype, self.dense(t)) for t in args[0]})
+        return func(*args, **(kwargs or {}))
 
 
 def torch_dense():
@@ -423,15 +430,7 @@ def test_a_missing_gradient_stays_in_its_norm_group(run_dir, monkeypatch):
     """Between frames the per-step check stands a zero for a gradient a step did not make: a zero of its
     parameter's dtype, so that a bf16 layer's group stays one dtype (torch's fused path on a GPU)."""
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
-    dense = torch_dense()
-    calls = []
-
-    class Norms(torch.utils._python_dispatch.TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ == "_foreach_norm":
-                calls.append({(t.dtype, dense(t)) for t in args[0]})
-            return func(*args, **(kwargs or {}))
-
+    norms = NormKinds()
     torch.manual_seed(0)
     first, second = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4).to(torch.bfloat16)
     model = torch.nn.ModuleList([first, second])
@@ -445,10 +444,10 @@ def test_a_missing_gradient_stays_in_its_norm_group(run_dir, monkeypatch):
                 second.bias.grad = None  # a step that made no gradient for it
             if step in (0, 5):
                 beholder.frame_due_now()
-            with Norms():
+            with norms:
                 beholder.update()
             beholder.flush()
         checks = beholder.timeline.per_step
         assert checks
-    assert len(calls) >= 6 and all(len(kinds) == 1 for kinds in calls), calls
-    assert {next(iter(kinds))[0] for kinds in calls} == {torch.float32, torch.bfloat16}
+    assert len(norms.calls) >= 6 and all(len(kinds) == 1 for kinds in norms.calls), norms.calls
+    assert {next(iter(kinds))[0] for kinds in norms.calls} == {torch.float32, torch.bfloat16}
