@@ -272,8 +272,8 @@ def part_resnet(args) -> dict:
                         "failures": sum(g["failures"] for g in got[cond])}
         print(f"{label:<20}{med * 1e3:>9.2f}{(med / base - 1) * 100:>+8.1f}%"
               f"{fps if cond != 'none' else 0:>10.1f}{ms(blocking):>24}"
-              f"{statistics.median(between) * 1e3 if between else 0:>13.3f}"
-              f"{sum(g['skipped'] for g in got[cond]):>9}{sum(g['failures'] for g in got[cond]):>9}"
+              f"{table[label]['no_frame_median_ms'] or 0:>13.3f}"
+              f"{table[label]['skipped']:>9}{table[label]['failures']:>9}"
               f"{ms([w for g in got[cond] for w in g.get('worker', [])]):>17}"
               f"{max([g.get('values', 0) for g in got[cond]]):>14}")
         table[label]["worker_ms"] = [w * 1e3 for g in got[cond] for w in g.get("worker", [])]
@@ -441,19 +441,16 @@ def part_floor(args) -> dict:
         blocking, gpu = [], []
         for _ in range(50):
             synchronize(torch)
+            t0 = time.perf_counter()
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                t0 = time.perf_counter()
                 start.record()
-                issue(g)
-                blocking.append(time.perf_counter() - t0)
+            issue(g)
+            blocking.append(time.perf_counter() - t0)
+            if cuda:
                 end.record(stream)
                 end.synchronize()
                 gpu.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                issue(g)
-                blocking.append(time.perf_counter() - t0)
         out[label] = {"blocking_ms": statistics.median(blocking) * 1e3,
                       "gpu_ms": statistics.median(gpu) * 1e3 if gpu else None}
     print(f"\nFloor: {total} values of {len(params)} ResNet-50 parameters, one index_select each into one "
