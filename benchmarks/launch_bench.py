@@ -25,8 +25,10 @@ says):
 - ``activations``: forward hooks on the 162 layers for one step;
 - ``weights, replayed`` and ``gradients, replayed``: as above, with the
   gathers captured and replayed as on CUDA (``torch_batch.CPU_GRAPHS``) and
-  the replay's kernels left out, which on a GPU are one graph launch: what
-  is left is the Python of a frame-due update() on CUDA, the figure the
+  the replay's kernels left out, which on a GPU are one graph launch, and
+  the per-step check's fused norm pass left out too (``launched_norms``: its
+  result laid out as CUDA's kernel returns it, views of one new vector):
+  what is left is the Python of a frame-due update() on CUDA, the figure the
   0.3 ms target of ``update()`` blocking is about. Its frames are not right
   (nothing was gathered); it is timing only. Its gradients are zeroed in
   place, so that each step's lie where the last step's did (as a GPU's
@@ -86,12 +88,24 @@ def measure(condition: str, frames: int) -> dict[str, float]:
 
     if not condition.endswith("replayed"):
         return measure_as_is(condition, frames)
-    real_replay = torch_batch.AddressReplay.replay
+    import torch
+
+    real_replay, real_norms = torch_batch.AddressReplay.replay, torch._foreach_norm
     torch_batch.CPU_GRAPHS, torch_batch.AddressReplay.replay = True, lambda graph: None
+    torch._foreach_norm = launched_norms
     try:
         return measure_as_is(condition, frames)
     finally:
         torch_batch.CPU_GRAPHS, torch_batch.AddressReplay.replay = False, real_replay
+        torch._foreach_norm = real_norms
+
+
+def launched_norms(tensors: list, *args, **kwargs) -> list:
+    """torch._foreach_norm as a GPU's training thread meets it: a new vector whose elements are returned as
+    views, one per tensor (as CUDA's fused kernel lays them out), its kernel left out (zeros)."""
+    import torch
+
+    return list(torch.zeros(len(tensors), dtype=kwargs.get("dtype") or tensors[0].dtype).unbind())
 
 
 def measure_as_is(condition: str, frames: int) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -78,6 +79,7 @@ class StepCheck:
         self.zeros = [zeros[t.dtype] for t in tensors]
         # gradients have their parameters' dtype and layout (torch's gradient layout contract)
         self.groups = norm_groups(tensors)
+        self.order = group_order(torch, self.groups, device)
         self.first = torch.full((len(tensors),), -1, dtype=torch.int64, device=device)
         self.value = torch.zeros(len(tensors), dtype=torch.float32, device=device)
         self.torch = torch
@@ -94,9 +96,11 @@ class StepCheck:
     def check(self, step: int) -> None:
         """Queue the check of this step (no host sync)."""
         torch = self.torch
-        norms = _norms(torch, self.current(), self.groups)
+        norms = _norms(torch, self.current(), self.groups, self.order)
         self.norms, self.norms_step = norms, step
-        new = (~torch.isfinite(norms)) & (self.first < 0)
+        # a section's first non-finite norm: not yet flagged (True) and not finite (False); a norm is
+        # finite exactly when it is below inf (NaN compares False). Three launches, not isfinite's six
+        new = torch.gt(self.first < 0, norms < math.inf)
         self.first.masked_fill_(new, step)
         self.value = torch.where(new, norms, self.value)
 
@@ -126,15 +130,42 @@ def dense(t: Any) -> bool:
     return True
 
 
-def _norms(torch: Any, tensors: list[Any], groups: list[list[int]] | None = None) -> Any:
-    """The L2 norms of tensors as one float32 vector on their device: one fused pass per norm group
-    (``norm_groups``: None is one group), put back in the tensors' order by one stack."""
+def group_order(torch: Any, groups: list[list[int]] | None, device: Any) -> Any:
+    """Where each tensor's norm lies in the norm groups' vectors laid end to end (an index on the
+    device, made once per check), or None for one group."""
     if groups is None:
-        return torch.stack(_fused_norms(torch, tensors))
+        return None
+    order = np.empty(sum(map(len, groups)), np.int64)
+    order[[i for group in groups for i in group]] = np.arange(order.size)
+    return torch.from_numpy(order).to(device)
+
+
+def _norms(torch: Any, tensors: list[Any], groups: list[list[int]] | None = None, order: Any = None) -> Any:
+    """The L2 norms of tensors as one float32 vector on their device: one fused pass per norm group
+    (``norm_groups``: None is one group), put back in the tensors' order (by ``group_order`` when
+    given, else one stack)."""
+    if groups is None:
+        return _vector(torch, _fused_norms(torch, tensors))
+    if order is not None:
+        vectors = [_vector(torch, _fused_norms(torch, [tensors[i] for i in group])) for group in groups]
+        return torch.cat(vectors).index_select(0, order)
     parts: list[Any] = [None] * len(tensors)
     for group in groups:
         for i, part in zip(group, _fused_norms(torch, [tensors[i] for i in group])):
             parts[i] = part
+    return torch.stack(parts)
+
+
+def _vector(torch: Any, parts: list[Any]) -> Any:
+    """One fused pass's norms as one vector: the pass's own, when its scalars are the elements of one
+    vector in order (CUDA's fused kernel returns them so), else a stack of them (one launch, and
+    Python per tensor)."""
+    first, last, n = parts[0], parts[-1], len(parts)
+    storage = first.untyped_storage()
+    if (first.storage_offset() == 0 and last.storage_offset() == n - 1 and first.dim() == 0
+            and storage.nbytes() == n * first.element_size()
+            and last.untyped_storage().data_ptr() == storage.data_ptr()):
+        return first.as_strided((n,), (1,), 0)
     return torch.stack(parts)
 
 
@@ -300,7 +331,8 @@ class ExactPass:
                 norms = check.norms  # the same tensors, the same step: the same figures
             else:
                 tensors = [entry[1] for entry in entries]
-                norms = _norms(torch, tensors, check.groups if check is not None else norm_groups(tensors))
+                norms = (_norms(torch, tensors, check.groups, check.order) if check is not None
+                         else _norms(torch, tensors, norm_groups(tensors)))
             values = [norms] if check is None else [norms, check.first, check.value]
             exact.queued.append((device, sections, values, check is not None))
 

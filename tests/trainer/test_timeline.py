@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -451,3 +452,108 @@ def test_a_missing_gradient_stays_in_its_norm_group(run_dir, monkeypatch):
         assert checks
     assert len(norms.calls) >= 6 and all(len(kinds) == 1 for kinds in norms.calls), norms.calls
     assert {next(iter(kinds))[0] for kinds in norms.calls} == {torch.float32, torch.bfloat16}
+
+
+class CudaNorms(torch.utils._python_dispatch.TorchDispatchMode):
+    """torch's fused norm as its CUDA kernel lays it out (each tensor's norm an element of one new vector,
+    returned as views of it), on CPU tensors; counts the stacks, cats and index_selects called inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        out = func(*args, **(kwargs or {}))
+        if name == "_foreach_norm":
+            vector = torch.stack(out)
+            return [vector[i] for i in range(len(out))]
+        if name in ("stack", "cat", "index_select"):
+            self.ops.append(name)
+        return out
+
+
+@pytest.mark.parametrize("fused", ["cuda", "cpu"])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_the_per_step_check_takes_the_fused_norms_vector_as_it_comes(run_dir, monkeypatch, fused, mixed):
+    """On CUDA the fused norm pass returns its norms as the elements of one vector: the per-step check
+    uses that vector (no stack of 214 scalars, each a Python object, at every step), and with several
+    norm groups one cat and one index_select put the norms in place. The first infinite and the first
+    NaN step of each section are caught either way, with each record's norm the tensor's own."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    if mixed:  # two norm groups: float32 and bfloat16
+        model[2].to(torch.bfloat16)
+    names = [n for n, _ in model.named_parameters()]
+    set_config(run_dir, FPS=1, values="trainable_variables", mode="current")
+    mode = CudaNorms() if fused == "cuda" else contextlib.nullcontext()
+    per_update, expected = [], []
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model, activations=False, gradients=False)
+        for step in range(1, 13):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.01)
+                if step == 5:
+                    model[0].bias[2] = float("inf")
+                if step == 9:
+                    model[2].weight[1, 1] = float("nan")
+            if step in (1, 12):
+                beholder.frame_due_now()
+            before = len(mode.ops) if fused == "cuda" else 0
+            with mode:
+                beholder.update()
+            if fused == "cuda":
+                per_update.append(mode.ops[before:])
+            beholder.flush()
+            norms = [float(torch.linalg.vector_norm(p.detach().double())) for p in model.parameters()]
+            expected.append(norms)
+        assert beholder.timeline.per_step
+    if fused == "cuda":  # the updates with no frame due: the check alone
+        checks = [ops for step, ops in enumerate(per_update, 1) if step not in (1, 12)]
+        assert all(ops == (["cat", "index_select"] if mixed else []) for ops in checks), per_update
+    anomalies = {a["section"]: a for a in read_anomalies(run_dir)}
+    assert anomalies["0.bias"]["kind"] == "inf" and anomalies["0.bias"]["step"] == 5
+    assert anomalies["2.weight"]["kind"] == "nan" and anomalies["2.weight"]["step"] == 9
+    assert anomalies["0.bias"]["checked"] == anomalies["2.weight"]["checked"] == "step"
+    columns = read_timeline(run_dir)
+    for i, name in enumerate(names):
+        assert columns[name]["step"].tolist() == [1, 12]
+        for k, step in enumerate((1, 12)):
+            want = expected[step - 1][i]
+            got = columns[name]["norm"][k]
+            assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want, rel=1e-2), (name, step)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_the_fused_norms_come_as_one_vector():
+    """What CudaNorms stands in for on the CPU holds on CUDA: the per-step check's norms of one group
+    are the fused kernel's own vector, with no stack; two groups take one cat and one index_select."""
+    from beholder_plugin.trainer.exact_pass import _norms, group_order, norm_groups
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    tensors = [torch.randn(n, 7, device="cuda", generator=gen) for n in range(1, 40)]
+    mixed = tensors[:20] + [t.to(torch.bfloat16) for t in tensors[20:]]
+    for ts in (tensors, mixed):
+        groups = norm_groups(ts)
+        log = OpNames()
+        with log:
+            norms = _norms(torch, ts, groups, group_order(torch, groups, ts[0].device))
+        assert log.names.count("stack") == 0
+        assert log.names.count("cat") == (0 if groups is None else 1)
+        want = torch.stack([torch.linalg.vector_norm(t.float()) for t in ts])
+        torch.testing.assert_close(norms, want, rtol=1e-3, atol=0)
+
+
+class OpNames(torch.utils._python_dispatch.TorchDispatchMode):
+    """The names of the ops called inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))

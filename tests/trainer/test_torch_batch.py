@@ -178,8 +178,11 @@ def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch
     gather = beholder.gatherer.device_gathers[0]
     for log in logs:
         names = [name for name, _ in log.calls]
-        assert names.count("index_select") == len(arrays) + 1  # a part per section, one permutation
-        assert names.count("cat") == 2  # the parts; the timeline's figures, after them in the same buffer
+        # a part per section, one permutation; the per-step check's norms of its two norm groups (float32
+        # and bf16) put in the sections' order by one more
+        assert names.count("index_select") == len(arrays) + 2
+        # the parts; the two groups' norms; the timeline's figures, after the values in the same buffer
+        assert names.count("cat") == 3
         to_host = [args for name, args in log.calls
                    if name == "copy_" and args[0].data_ptr() == gather.host_tensor.data_ptr()]
         assert len(to_host) == 1  # the variance window's copies stay on the device
