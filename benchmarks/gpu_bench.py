@@ -348,7 +348,8 @@ def part_syncs(args) -> dict:
                     loop.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     loop.opt.step()
-                    took = beholder.update()
+                    with torch.profiler.record_function(UPDATE_RANGE):
+                        took = beholder.update()
                 if took:
                     break
             with profile(activities=activities) as plain:
@@ -359,7 +360,8 @@ def part_syncs(args) -> dict:
                 loop.opt.step()
             loss.item()
         label = {"trainable_variables": "weights"}.get(values, values)
-        out[label] = {"with_frame": count_syncs(prof), "plain_step": count_syncs(plain)}
+        out[label] = {"with_frame": count_syncs(prof), "plain_step": count_syncs(plain),
+                      "update": update_calls(prof)}
     print("\nSynchronizing calls and copies: a step whose update() took a frame (after a hooked step for"
           " gradients/activations) vs a plain step (no loss.item() in either)")
     print(f"{'values':<14}{'sync with':>10}{'sync plain':>11}{'memcpy calls':>14}{'DtoH':>6}{'HtoD':>6}"
@@ -369,7 +371,34 @@ def part_syncs(args) -> dict:
         print(f"{label:<14}{w['synchronize']:>10}{p['synchronize']:>11}"
               f"{w['memcpy_calls'] - p['memcpy_calls']:>14}{w['dtoh'] - p['dtoh']:>6}"
               f"{w['htod'] - p['htod']:>6}{w['graph_launch']:>16}")
+    print("\nWhat the frame-due update() of those steps called (profiled, so slower than unprofiled):")
+    for label, row in out.items():
+        u = row["update"]
+        top = ", ".join(f"{name} {n}" for name, n in u["top_ops"])
+        print(f"  {label:<13} {u['ms']:.2f} ms, {u['ops']} torch ops from Python, {u['launches']} kernel"
+              f" launches, {u['graph_launches']} graph launches; most called: {top}")
     return out
+
+
+UPDATE_RANGE = "beholder.update"
+
+
+def update_calls(prof) -> dict:
+    """What one profiled update() (inside the UPDATE_RANGE record_function) called: its time, the torch ops
+    it called from Python (their count, the most called), and the kernel and graph launches."""
+    import collections
+
+    events = prof.events()
+    window = next(e for e in events if e.name == UPDATE_RANGE)
+    start, end = window.time_range.start, window.time_range.end
+    inside = [e for e in events
+              if e is not window and start <= e.time_range.start and e.time_range.end <= end]
+    # the ops called from Python: those not called by another op
+    ops = collections.Counter(e.name for e in inside if e.name.startswith("aten::")
+                              and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::")))
+    return {"ms": (end - start) / 1e3, "ops": sum(ops.values()), "top_ops": ops.most_common(8),
+            "launches": sum(e.name in LAUNCHES for e in inside),
+            "graph_launches": sum("GraphLaunch" in e.name for e in inside)}
 
 
 def part_floor(args) -> dict:

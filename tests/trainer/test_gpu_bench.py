@@ -63,6 +63,8 @@ def test_the_other_parts_measured(smoke):
     assert set(figures["syncs"]) == {"weights", "gradients", "activations"}
     for row in figures["syncs"].values():
         assert set(row["with_frame"]) == {"synchronize", "memcpy_calls", "dtoh", "htod", "graph_launch"}
+        # what the frame-due update() called (the smoke run's CPU tensors: torch ops, no kernel launches)
+        assert row["update"]["ms"] > 0 and row["update"]["ops"] > 0 and row["update"]["top_ops"]
     assert figures["floor"]["values"] > 0 and figures["floor"]["sections"] == 214
     assert figures["floor"]["eager"]["blocking_ms"] > 0
     assert set(figures["check"]) == {"float32", "mixed, grouped", "mixed, one list"}
