@@ -49,13 +49,13 @@ def copy_shown(name: str, tensor: Any, layout: str | None, show_all: bool, sizin
         layout = resolve_layout(layout, shape, name)
         plan = make_plan(shape, FRAME_WIDTH, False, name, layout, sizing)
         count = math.prod(shape)
-        found = plans[key] = (layout, plan, sample_runs(count), sample_size(count))
-    layout, plan, runs, sampled = found
+        found = plans[key] = (layout, plan, sample_runs(count), sample_size(count), plan.compact_shape)
+    layout, plan, runs, sampled, compact_shape = found
     if torch_batch.batch_device(tensor) is not None:  # on an accelerator: one launch, no wait
         part = torch_batch.section_part(tensor, plan, runs, sampled)
-        return Captured(shape, layout, width=FRAME_WIDTH, part=part, compact_shape=plan.compact_shape)
+        return Captured(shape, layout, width=FRAME_WIDTH, part=part, compact_shape=compact_shape)
     source, prepared = sources.in_place(tensor)  # a CPU tensor is read where it lies, once
-    compact = np.empty(plan.compact_shape, np.float32)
+    compact = np.empty(compact_shape, np.float32)
     sources.gather_into(source, prepared, plan, compact, name)
     sample = np.empty(sampled, np.float32)
     sources.gather_sample(source, prepared, runs, sample)

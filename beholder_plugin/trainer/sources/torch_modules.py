@@ -135,10 +135,10 @@ def whole_norm(tensor: Any, credit: int, on_device: bool | None = None) -> tuple
     """
     import torch
 
-    from beholder_plugin.trainer.sources import torch_batch
-
     try:
-        if on_device is None:
+        if on_device is None:  # (imported only then: a hook calls this for every layer)
+            from beholder_plugin.trainer.sources import torch_batch
+
             on_device = torch_batch.batch_device(tensor) is not None
         if not on_device:  # read on the host (the CPU path)
             count = tensor.numel()
