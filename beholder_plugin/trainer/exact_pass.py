@@ -82,9 +82,18 @@ class StepCheck:
         self.order = group_order(torch, self.groups, device)
         self.first = torch.full((len(tensors),), -1, dtype=torch.int64, device=device)
         self.value = torch.zeros(len(tensors), dtype=torch.float32, device=device)
+        self.step_now = torch.zeros((), dtype=torch.int64, device=device)  # the step being checked
         self.torch = torch
         self.norms: Any = None  # the last check's norms, and its step: a frame at that step reuses them
         self.norms_step: int | None = None
+        # the check captured as a CUDA graph (on CPU tensors with torch_batch.CPU_GRAPHS, for tests), and
+        # where the tensors it reads lay; replayed while they lie there
+        batch = _torch_batch()
+        self._replays = device.type == "cuda" or batch.CPU_GRAPHS
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._graph: Any = None
+        self._graph_key: tuple | None = None
+        self._last_key: tuple | None = None
 
     def current(self) -> list[Any]:
         """The tensors as they are now (the gradients' current .grad)."""
@@ -94,15 +103,52 @@ class StepCheck:
                 for t, p, zero in zip(self.tensors, self.params, self.zeros)]
 
     def check(self, step: int) -> None:
-        """Queue the check of this step (no host sync)."""
+        """Queue the check of this step (no host sync): the captured graph replayed when the tensors lie
+        where it reads them, else its operations one by one (captured when they lay there twice running).
+
+        Replayed, the check costs two launches (and, for gradients, a look at
+        where each lies), where its operations cost the fused norm pass's
+        Python object per tensor, and a launch each, at every step.
+        """
+        tensors = self.current()
+        self.step_now.fill_(step)  # (a launch: the step is the kernel's argument, nothing is copied)
+        self.norms_step = step
+        if self._replays:
+            batch = _torch_batch()
+            # (the tensors the check holds, detached when it was made, never move; gradients are each
+            # step's .grad, which may lie elsewhere)
+            key = () if self.params is None else tuple(map(batch.storage_key, tensors))
+            if self._graph is not None and key == self._graph_key:
+                self._graph.replay()
+                if self._stream is None:  # (CPU_GRAPHS: each run returns new norms)
+                    self.norms = self._graph.result
+                return
+            if key == self._last_key:
+                self._graph = None
+                try:
+                    self._graph, self.norms = batch.capture(self._run, tensors, self._stream, "check")
+                except Exception:  # capture refused: the operations one by one from now on
+                    self._replays = False
+                else:
+                    self._graph_key = key
+                    if self._stream is not None:
+                        self._graph.replay()  # (the capture recorded the kernels without running them)
+                    else:
+                        self.norms = self._graph.result
+                    return
+            self._last_key = key
+        self.norms = self._run(tensors)
+
+    def _run(self, tensors: list[Any]) -> Any:
+        """The check's operations on these tensors, at the step in ``step_now``: their norms."""
         torch = self.torch
-        norms = _norms(torch, self.current(), self.groups, self.order)
-        self.norms, self.norms_step = norms, step
+        norms = _norms(torch, tensors, self.groups, self.order)
         # a section's first non-finite norm: not yet flagged (True) and not finite (False); a norm is
-        # finite exactly when it is below inf (NaN compares False). Three launches, not isfinite's six
+        # finite exactly when it is below inf (NaN compares False): three launches (isfinite alone is four)
         new = torch.gt(self.first < 0, norms < math.inf)
-        self.first.masked_fill_(new, step)
-        self.value = torch.where(new, norms, self.value)
+        torch.where(new, self.step_now, self.first, out=self.first)
+        torch.where(new, norms, self.value, out=self.value)
+        return norms
 
 
 def norm_groups(tensors: list[Any]) -> list[list[int]] | None:
@@ -418,6 +464,13 @@ def _copied_back(torch: Any, device: Any, values: list[Any]) -> tuple[list[Any],
     event = torch.cuda.Event()
     event.record()
     return host, event
+
+
+def _torch_batch() -> Any:
+    """The torch device batches' module (storage keys, graph capture), imported on first use."""
+    from beholder_plugin.trainer.sources import torch_batch
+
+    return torch_batch
 
 
 def _batch_cpu() -> bool:

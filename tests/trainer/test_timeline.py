@@ -557,3 +557,62 @@ class OpNames(torch.utils._python_dispatch.TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names.append(func.overloadpacket.__name__)
         return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("values", ["trainable_variables", "gradients"])
+def test_the_per_step_check_is_replayed_while_its_tensors_stay(run_dir, monkeypatch, values):
+    """With graphs (CUDA's, replayed here from the captured addresses) the per-step check is captured
+    once its tensors lay in the same place two steps running, replayed while they stay, and captured
+    again when they move (a gradient made afresh): each section's first non-finite step is named
+    exactly (a gradient poisoned for one step only), and the records keep each tensor's own norm."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    monkeypatch.setattr(torch_batch, "CPU_GRAPHS", True)
+    replays: list = []
+    real = torch_batch.AddressReplay.replay
+
+    def counted(graph) -> None:
+        if graph.name == "check":
+            replays.append((graph, step))
+        real(graph)
+
+    monkeypatch.setattr(torch_batch.AddressReplay, "replay", counted)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    set_config(run_dir, FPS=1, values=values, mode="current")
+    x = torch.randn(32, 8)
+    frames, expected = (1, 12, 24, 30), {}
+    gradients = values == "gradients"
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model, activations=False, gradients=gradients)
+        for step in range(1, 31):
+            model.zero_grad(set_to_none=False)  # the gradients stay where they are (no optimizer: the
+            if step == 8 and gradients:          # weights change only where written)
+                model[0].weight.grad = None  # made afresh by the next backward pass, elsewhere
+            model(x).square().mean().backward()
+            poisoned = model[2].bias.grad if gradients else model[2].bias
+            with torch.no_grad():
+                if step == 5:
+                    poisoned[0] = float("inf")
+                if step == 17:
+                    (model[0].weight.grad if gradients else model[0].weight)[3, 3] = float("nan")
+            if step in frames:
+                beholder.frame_due_now()
+                tensors = [p.grad if gradients else p for p in model.parameters()]
+                expected[step] = [float(torch.linalg.vector_norm(t.detach().double())) for t in tensors]
+            beholder.update()
+            beholder.flush()
+    graphs = {id(graph) for graph, _ in replays}
+    assert len(graphs) == (2 if gradients else 1), replays  # captured again after the move
+    replayed = {at for _, at in replays}
+    assert {5, 17} <= replayed and len(replayed) >= 20, sorted(replayed)
+    anomalies = {a["section"]: a for a in read_anomalies(run_dir)}
+    assert anomalies["2.bias"]["step"] == 5 and anomalies["2.bias"]["kind"] == "inf"
+    assert anomalies["2.bias"]["first"]
+    assert anomalies["0.weight"]["step"] == 17 and anomalies["0.weight"]["kind"] == "nan"
+    assert {a["checked"] for a in anomalies.values()} == {"step"}
+    columns = read_timeline(run_dir)
+    for i, (name, _) in enumerate(model.named_parameters()):
+        assert columns[name]["step"].tolist() == list(frames)
+        for k, at in enumerate(frames):
+            want, got = expected[at][i], columns[name]["norm"][k]
+            assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want, rel=1e-5), (name, at)

@@ -224,7 +224,7 @@ class DeviceGather:
         Nothing runs on the tensors themselves (their storage is read by the
         graph's kernels), so parameters need no detach here.
         """
-        if self._graph is None or (sections, tuple(map(_storage_key, tensors))) != self._graph_key:
+        if self._graph is None or (sections, tuple(map(storage_key, tensors))) != self._graph_key:
             return None
         self._graph.replay()
         return self._copy(list(sections))
@@ -236,7 +236,7 @@ class DeviceGather:
             self._last_key = None
             return self._copy(sections)
         tensors_only = not any(type(obj) is Captured for obj in sources)
-        key = (tuple(sections), tuple(map(_storage_key, sources)))
+        key = (tuple(sections), tuple(map(storage_key, sources)))
         if self._graph is not None and key == self._graph_key:
             self._graph.replay()
         elif self.graphs and tensors_only and not self._graph_failed and key == self._last_key:
@@ -376,46 +376,59 @@ class DeviceGather:
 
     def _capture(self, sections: list[int], sources: list[Any], key: tuple) -> None:
         """Capture this frame's gathers as a CUDA graph (its storage did not move since the last frame)."""
-        import torch
-
         self._permutation(sections)  # made (and uploaded) before the capture
         for i, obj in zip(sections, sources):  # indices too
             plan = self.plan
             INDEXES.get(obj.device, plan.plans[i], tuple(obj.shape), obj.stride(),
                         plan.sample_steps[i], int(plan.sample_offsets[i + 1] - plan.sample_offsets[i]))
-        if not self.cuda:  # CPU_GRAPHS
-            self._graph, self._graph_key = AddressReplay(self, sections, sources), key
-            return
-        graph = torch.cuda.CUDAGraph()
-        side = self.stream
-        side.wait_stream(torch.cuda.current_stream(self.device))
         try:
-            with torch.cuda.stream(side):
-                graph.capture_begin(capture_error_mode="thread_local")
-                try:
-                    self._gather(sections, sources)
-                finally:
-                    graph.capture_end()
+            self._graph, _ = capture(lambda tensors: self._gather(sections, tensors), sources,
+                                     self.stream if self.cuda else None, "frame")
         except Exception:  # capture refused (an unusual tensor, another capture running): launch eagerly
             self._graph_failed = True
             self._graph = None
             return
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        self._graph, self._graph_key = graph, key
+        self._graph_key = key
+
+
+def capture(run: Any, tensors: list[Any], stream: Any, name: str) -> tuple[Any, Any]:
+    """``run(tensors)`` captured once, to be replayed on the memory those tensors occupy: a CUDA graph
+    captured on ``stream`` (a side stream of their device), or on CPU tensors (``CPU_GRAPHS``) an
+    AddressReplay named ``name``; and what ``run`` returned (a graph's own output tensors, which each
+    replay overwrites). Raises when CUDA refuses the capture."""
+    if stream is None:
+        replay = AddressReplay(run, tensors, name)
+        return replay, replay.result
+    import torch
+
+    graph = torch.cuda.CUDAGraph()
+    current = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            result = run(tensors)
+        finally:
+            graph.capture_end()
+    current.wait_stream(stream)
+    return graph, result
 
 
 class AddressReplay:
-    """A CUDA graph's behaviour on CPU tensors (``CPU_GRAPHS``, for tests): ``replay()`` gathers again
-    from the memory the captured tensors occupied, read with their shape, strides and dtype, whatever
-    tensor lies there now; like a graph, it holds none of them."""
+    """A CUDA graph's behaviour on CPU tensors (``CPU_GRAPHS``, for tests): ``replay()`` runs the captured
+    function again on the memory the captured tensors occupied, read with their shape, strides and
+    dtype, whatever tensor lies there now; like a graph, it holds none of them. ``result`` is what the
+    last run returned (the capture runs it once); ``name`` says what it runs (tests count replays)."""
 
-    def __init__(self, gather: DeviceGather, sections: list[int], sources: list[Any]) -> None:
-        self._owner, self._sections = gather, list(sections)
+    def __init__(self, run: Any, tensors: list[Any], name: str) -> None:
+        self.name = name
+        self._run = run
         self._views = [(t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.is_conj(), t.is_neg())
-                       for t in sources]
+                       for t in tensors]
+        self.result = run(tensors)
 
     def replay(self) -> None:
-        """The captured gathers again, from the captured addresses."""
+        """The captured function again, on the captured addresses."""
         import ctypes
 
         import torch
@@ -427,10 +440,10 @@ class AddressReplay:
             t = torch.frombuffer(memory, dtype=dtype, count=count).as_strided(shape, strides)
             t = t.conj() if conj else t
             tensors.append(torch._neg_view(t) if neg else t)
-        self._owner._gather(self._sections, tensors)
+        self.result = self._run(tensors)
 
 
-def _storage_key(obj: Any) -> tuple:
+def storage_key(obj: Any) -> tuple:
     """What a CUDA graph of a section's gather depends on: where its first value is, its shape, strides
     and dtype (a step's new gradients may land where the last ones were, in another dtype).
     """
