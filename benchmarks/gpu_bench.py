@@ -362,8 +362,9 @@ def part_syncs(args) -> dict:
         label = {"trainable_variables": "weights"}.get(values, values)
         out[label] = {"with_frame": count_syncs(prof), "plain_step": count_syncs(plain),
                       "update": update_calls(prof)}
-    print("\nSynchronizing calls and copies: a step whose update() took a frame (after a hooked step for"
-          " gradients/activations) vs a plain step (no loss.item() in either)")
+    print("\nSynchronizing calls and copies on the training thread: a step whose update() took a frame"
+          " (after a hooked step for gradients/activations) vs a plain step (no loss.item() in either);"
+          " the frame's one copy to the host is the worker's, held until the profile is over")
     print(f"{'values':<14}{'sync with':>10}{'sync plain':>11}{'memcpy calls':>14}{'DtoH':>6}{'HtoD':>6}"
           f"{'graph launches':>16}")
     for label, row in out.items():

@@ -157,18 +157,26 @@ class OpLog(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch):
-    """update() on a due frame: one index_select per section, one cat, one copy into the host buffer
-    (the timeline's norms and flags ride in it), and nothing that reads a value back to Python
-    (item(), tolist(), a synchronizing copy). In variance mode (the default) the window's sums are
-    updated on the device too."""
+    """update() on a due frame: one index_select per section, one cat, the timeline's figures laid after
+    the values, and nothing that reads a value back to Python (item(), tolist(), a synchronizing copy);
+    then the worker, and only it, copies the buffer to the host once. In variance mode (the default)
+    the worker updates the window's sums on the device before that copy."""
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30)
     arrays = {f"w{i}": torch.randn(16, 8, 3, 3) for i in range(6)}
     arrays["b"] = torch.randn(32, dtype=torch.bfloat16)
+    worker_logs, real = [], torch_batch.DeviceGather._to_host
+
+    def logged(gather, *args):
+        with OpLog() as log:
+            worker_logs.append((threading.get_ident(), log))
+            return real(gather, *args)
+
+    monkeypatch.setattr(torch_batch.DeviceGather, "_to_host", logged)
     beholder = Beholder(run, strict=True)
     logs = []
-    for _ in range(2):
+    for _ in range(3):
         beholder.frame_due_now()
         with OpLog() as log:
             assert beholder.update(arrays=arrays)
@@ -176,6 +184,12 @@ def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch
         beholder.flush()
     beholder.close()
     gather = beholder.gatherer.device_gathers[0]
+
+    def to_host(log):
+        return [args for name, args in log.calls
+                if name == "copy_" and args[0].data_ptr() == gather.host_tensor.data_ptr()]
+
+    window = {"sub", "sub_", "add", "add_", "mul", "mul_", "clamp_min", "clamp_min_"}
     for log in logs:
         names = [name for name, _ in log.calls]
         # a part per section, one permutation; the per-step check's norms of its two norm groups (float32
@@ -183,11 +197,14 @@ def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch
         assert names.count("index_select") == len(arrays) + 2
         # the parts; the two groups' norms; the timeline's figures, after the values in the same buffer
         assert names.count("cat") == 3
-        to_host = [args for name, args in log.calls
-                   if name == "copy_" and args[0].data_ptr() == gather.host_tensor.data_ptr()]
-        assert len(to_host) == 1  # the variance window's copies stay on the device
+        assert not to_host(log) and not window & set(names)  # the copy and the window: the worker's
         assert "clone" not in names  # nor does the timeline copy its figures back on its own
         assert not {"_local_scalar_dense", "item", "_to_copy", "to", "nonzero"} & set(names)
+    assert len(worker_logs) == len(logs)
+    for thread, log in worker_logs:
+        assert thread != threading.get_ident()
+        assert len(to_host(log)) == 1
+    assert {"sub", "add_", "mul", "clamp_min_"} <= {name for name, _ in worker_logs[-1][1].calls}
     assert beholder.failures == 0
 
 
@@ -248,34 +265,39 @@ def test_cuda_frames_equal_cpu_frames(tmp_path, monkeypatch, values):
 @needs_cuda
 @pytest.mark.gpu
 def test_cuda_update_never_synchronizes_and_copies_once(tmp_path, monkeypatch):
-    """A frame-due update() on CUDA tensors: no synchronizing call, one device-to-host copy."""
+    """A frame-due update() on CUDA tensors: no synchronizing call, no copy between host and device;
+    then the worker copies the frame to the host once."""
     from torch.profiler import ProfilerActivity, profile
 
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30)
     arrays = {f"w{i}": torch.randn(64, 32, 3, 3, device="cuda") for i in range(20)}
     beholder = Beholder(run, strict=True)
-    for _ in range(3):  # the plan's first frames upload indices and capture the graph
+    for _ in range(3):  # the plan's first frames upload indices and capture the graphs
         beholder.frame_due_now()
         beholder.update(arrays=arrays)
         beholder.flush()
     beholder.frame_due_now()
     go, real = threading.Event(), torch_batch.Pending.wait
-    # the worker waits for the copy only after the profile: what it shows is the training thread's
+    # the worker waits until the first profile is over: what it shows is the training thread's
     monkeypatch.setattr(torch_batch.Pending, "wait", lambda pending: go.wait(60) and real(pending))
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    with profile(activities=activities) as prof:
         assert beholder.update(arrays=arrays)
-    go.set()
-    beholder.flush()
+    with profile(activities=activities) as worker:
+        go.set()
+        beholder.flush()
     beholder.close()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as empty:
+    with profile(activities=activities) as empty:
         pass  # what the profiler's own start and stop call (a device synchronize)
     names = [e.name for e in prof.events()]
     syncs = [n for n in names if "Synchronize" in n]
     assert len(syncs) == sum("Synchronize" in e.name for e in empty.events()), syncs
-    # one copy to the host; the variance window's copies (the default mode) stay on the device
-    assert sum("Memcpy DtoH" in n for n in names) == 1, [n for n in names if "Memcpy" in n]
-    assert not [n for n in names if "Memcpy HtoD" in n]
+    assert not [n for n in names if "Memcpy DtoH" in n or "Memcpy HtoD" in n]
+    # one copy to the host, by the worker; the variance window's copies (the default mode) stay on the
+    # device
+    copies = [e.name for e in worker.events() if "Memcpy" in e.name]
+    assert sum("Memcpy DtoH" in n for n in copies) == 1 and not [n for n in copies if "HtoD" in n], copies
 
 
 def test_a_replaced_parameter_is_seen_by_the_next_frame(tmp_path, monkeypatch):

@@ -5,15 +5,17 @@ On the training thread nothing waits for the device. Per section one
 storage offsets are worked out once per shape, strides and plan, and kept on
 the device); one ``cat`` converts them all to float32 in a reused device
 buffer, and one more ``index_select`` puts them in the frame's order (shown
-values of every section, then every sample). A side stream, ordered after
-the current stream by an event, copies that buffer into reused pinned host
-memory and records a second event; the worker waits on it (``Pending``),
-then renders from the host buffer. The timeline's figures of the frame's
-sections (norms, per-step flags) are laid after its values in that buffer
-(``extra``), so that the same copy brings them. On CUDA, when a frame gathers from the
-same storage as the frame before (parameters, updated in place), the
-gathers are captured once as a CUDA graph and replayed: a few launches per
-frame whatever the number of sections.
+values of every section, then every sample), and an event is recorded
+after them. The timeline's figures of the frame's sections (norms, per-step
+flags) are laid after its values in that buffer (``extra``), so that the
+same copy brings them. On CUDA, when a frame gathers from the same storage
+as the frame before (parameters, updated in place), the gathers are
+captured once as a CUDA graph and replayed: a few launches per frame
+whatever the number of sections. The rest is the worker's
+(``Pending.wait``): on a side stream that waits on that event, the variance
+window's step (kept on the device) and one copy of the buffer into reused
+pinned host memory, then it waits for the copy and renders from the host
+buffer.
 
 The same code runs on CPU tensors (``BATCH_CPU_TENSORS``), which is how it
 is tested without a GPU; by default CPU tensors are read where they lie
@@ -34,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -147,13 +150,33 @@ def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n
     return part.abs() if complex_values else part
 
 
+class SideCopy:
+    """A frame's copy to the host, issued by the first ``synchronize()`` (on the worker), which then
+    waits for it: the batch's ``Pending`` and the timeline's figures riding in the copy share one."""
+
+    def __init__(self, issue: Any) -> None:
+        self._issue = issue  # issues the copy; returns the event after it, or None when it is done
+        self._lock = threading.Lock()
+        self._issued = False
+        self._event: Any = None
+
+    def synchronize(self) -> None:
+        """Issue the copy (once), then block until it is done."""
+        with self._lock:
+            if not self._issued:
+                self._issued = True
+                self._event = self._issue()
+        if self._event is not None:
+            self._event.synchronize()
+
+
 @dataclass
 class Pending:
     """A batch's copy to the host, in flight: ``wait()`` (on the worker) returns the host buffer."""
 
     host: np.ndarray  # float32: the frame's shown values (value_count), then its samples
     sections: list[int]  # which sections of the frame this batch holds
-    event: Any = None  # recorded after the copy (CUDA); None when the copy was synchronous
+    event: Any = None  # what wait() synchronizes: a SideCopy, or an event recorded after the copy
 
     def wait(self) -> np.ndarray:
         """Block until the copy is done, then the host buffer."""
@@ -251,32 +274,45 @@ class DeviceGather:
         return self._copy(sections)
 
     def _copy(self, sections: list[int]) -> Pending:
-        """Copy the ordered device buffer to pinned host memory after the current stream's work.
-
-        With the variance window on the device, the shown values are first
-        replaced by their variance over the window.
+        """The frame's copy to pinned host memory, ordered after the current stream's work: on the
+        training thread only the timeline's figures are laid after the values (``_pack``) and an event
+        recorded; the rest is issued by the worker when it waits (``_to_host``).
         """
         import torch
 
-        if self.variance:
-            values = self.ordered[: self.plan.value_count]
-            self.window.push(values, values)
-
         extra, self.extra = self.extra, None
         count, placed = self._pack(extra) if extra is not None else (self.total, [])
-        frame = self.host[: self.total]
+        window = self.window if self.variance else None
+        if self.cuda:
+            self.gathered.record(torch.cuda.current_stream(self.device))
+        copy = SideCopy(lambda: self._to_host(count, window))
+        self._hand_back(extra, placed, copy)
+        return Pending(self.host[: self.total], sections, copy)
+
+    def _to_host(self, count: int, window: FlatWindow | None) -> Any:
+        """On the worker: the variance window's step (in variance mode: the shown values become their
+        variance over the window) and the copy of ``count`` values to the host, on the side stream after
+        the frame's gather; the event after them (None: done, on the CPU).
+
+        Issued here, they cost the training thread nothing: update() issues
+        no next frame before the worker is done with this one, so nothing
+        of the device buffers or the window is touched meanwhile.
+        """
+        values = self.ordered[: self.plan.value_count]
         if not self.cuda:
+            if window is not None:
+                window.push(values, values)
             self.host_tensor[:count].copy_(self.out[:count])
-            self._hand_back(extra, placed, None)
-            return Pending(frame, sections)
-        current = torch.cuda.current_stream(self.device)
-        self.gathered.record(current)
-        self.stream.wait_event(self.gathered)
-        with torch.cuda.stream(self.stream):
+            return None
+        import torch
+
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            self.stream.wait_event(self.gathered)
+            if window is not None:
+                window.push(values, values)
             self.host_tensor[:count].copy_(self.out[:count], non_blocking=True)
             self.copied.record(self.stream)
-        self._hand_back(extra, placed, self.copied)
-        return Pending(frame, sections, self.copied)
+        return self.copied
 
     def _pack(self, extra: tuple) -> tuple[int, list]:
         """Lay the queued figures after the frame's values on the device (one cat): how many values the
