@@ -106,6 +106,9 @@ class BatchMemo:
     plan: FramePlan
     device: Any
     sections: tuple[int, ...]
+    # "tensors" of parameters only: the list they came in (a watch's, which it never changes: it makes a
+    # new one when it walks the model again), so that the same list fits without a look at each entry
+    source: list | None = None
 
     @staticmethod
     def of(named: list, settings: Any, plan: FramePlan, batches: dict, missing: dict,
@@ -130,15 +133,18 @@ class BatchMemo:
         if kind == "tensors":  # a gradient or an activation is not kept alive until the next frame
             parameter = sys.modules["torch"].nn.Parameter
             objects = [x if type(x) is parameter else None for x in objects]
+        source = named if kind == "tensors" and all(x is not None for x in objects) else None
         return BatchMemo(kind, objects, [e[0] for e in named], layouts,
                          (settings.show_all, settings.section_size), [tuple(s) for s in shapes], plan,
-                         device, tuple(range(len(named))))
+                         device, tuple(range(len(named))), source)
 
     def fits(self, named: list, settings: Any) -> bool:
         """Whether these sections can reuse the memo (see the class)."""
         if len(named) != len(self.objects) or (settings.show_all, settings.section_size) != self.settings:
             return False
         if self.kind == "tensors":  # the same parameters; other tensors (gradients): alike, on the device
+            if named is self.source:
+                return True
             device = self.device
             return all(
                 entry[0] == name and entry[2] == layout and (entry[1] is obj or (

@@ -449,8 +449,9 @@ class _Again:
                 grad = param.grad
                 if grad is None or grad.layout is not strided or grad.device != device:
                     return False
-        elif named is not self.source or [p.data_ptr() for p in self.params] != self.pointers:
-            return False
+        else:  # the same list (the watch's, which it never changes: a walk makes a new one), so the same
+            # names; each parameter where it was
+            return named is self.source and [p.data_ptr() for p in self.params] == self.pointers
         return all(entry[0] == name for entry, name in zip(named, self.names))
 
 
