@@ -449,9 +449,13 @@ class _Again:
                 grad = param.grad
                 if grad is None or grad.layout is not strided or grad.device != device:
                     return False
-        else:  # the same list (the watch's, which it never changes: a walk makes a new one), so the same
-            # names; each parameter where it was
-            return named is self.source and [p.data_ptr() for p in self.params] == self.pointers
+        else:  # the same parameters under the same names (at once when it is the same list: the watch's,
+            # which it never changes, a walk makes a new one), each where it was
+            if named is not self.source and not all(
+                    entry[1] is param and entry[0] == name
+                    for entry, param, name in zip(named, self.params, self.names)):
+                return False
+            return [p.data_ptr() for p in self.params] == self.pointers
         return all(entry[0] == name for entry, name in zip(named, self.names))
 
 

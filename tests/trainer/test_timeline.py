@@ -616,3 +616,44 @@ def test_the_per_step_check_is_replayed_while_its_tensors_stay(run_dir, monkeypa
         for k, at in enumerate(frames):
             want, got = expected[at][i], columns[name]["norm"][k]
             assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want, rel=1e-5), (name, at)
+
+
+def test_update_arrays_of_the_same_parameters_reuse_the_per_step_checks_norms(run_dir, monkeypatch):
+    """update(arrays=dict(model.named_parameters())) makes a new dict every step: its frames still skip
+    the exact pass's sorting while they hold the same parameters under the same names, each where it
+    was; a parameter given new storage, or another tensor under a name, is sorted afresh, and the records
+    keep each tensor's exact norm."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    from beholder_plugin.trainer.exact_pass import ExactPass
+
+    real, again = ExactPass._gather_again, []
+
+    def spy(self, *args):
+        again.append(real(self, *args))
+        return again[-1]
+
+    monkeypatch.setattr(ExactPass, "_gather_again", spy)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    set_config(run_dir, FPS=1, values="arrays", mode="current")
+    expected = []
+    with Beholder(run_dir, strict=True) as beholder:
+        for frame in range(6):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.5)
+            arrays = dict(model.named_parameters())
+            if frame == 3:  # new storage
+                model[0].weight.data = model[0].weight.data.clone()
+            if frame == 5:  # another tensor under a name
+                arrays["2.bias"] = torch.randn(4)
+            beholder.frame_due_now()
+            assert beholder.update(arrays=arrays)
+            beholder.flush()
+            expected.append({name: float(torch.linalg.vector_norm(t.detach().double()))
+                             for name, t in arrays.items()})
+    assert again == [True, True, False, True, False]
+    columns = read_timeline(run_dir)
+    for name in expected[0]:
+        np.testing.assert_allclose(columns[name]["norm"], [row[name] for row in expected], rtol=1e-5)
+        assert (columns[name]["flags"] & tl.EXACT_NORM).all()
