@@ -66,6 +66,34 @@ def test_a_layer_added_is_read_from_grad_at_the_next_frame(run_dir):
     assert names == ["0.weight", "0.bias", "1.weight", "1.bias"]
 
 
+def test_layers_frozen_or_unfrozen_after_watch_are_hooked_as_they_are(run_dir, monkeypatch):
+    """Gradients caught by hooks: a layer frozen since the parameter list was walked gets no hook (torch
+    refuses one on a tensor that takes no gradient) and its section says why; one unfrozen shows
+    once the list is walked again (VARIABLES_REFRESH_SECONDS)."""
+    from beholder_plugin.trainer import watch as watch_module
+
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    model[2].bias.requires_grad_(False)
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)
+        assert [r["name"] for r in frame_after_two_steps(beholder, model)] == ["0.weight", "0.bias",
+                                                                             "2.weight"]
+        model[0].bias.requires_grad_(False)  # frozen: the list walked before still names it
+        model[2].bias.requires_grad_(True)  # unfrozen: not in that list yet
+        model.zero_grad()  # no gradient at hand: the hooks catch them
+        sections = {r["name"]: r for r in frame_after_two_steps(beholder, model)}
+        assert list(sections) == ["0.weight", "0.bias", "2.weight"]
+        assert "frozen" in sections["0.bias"]["missing"]
+        assert "missing" not in sections["0.weight"] and "missing" not in sections["2.weight"]
+        monkeypatch.setattr(watch_module, "VARIABLES_REFRESH_SECONDS", 0.0)
+        model.zero_grad()
+        sections = {r["name"]: r for r in frame_after_two_steps(beholder, model)}
+        assert list(sections) == ["0.weight", "2.weight", "2.bias"]
+        assert not any("missing" in r for r in sections.values())
+    assert not any(p._post_accumulate_grad_hooks for p in model.parameters())
+
+
 def test_a_model_cast_to_another_dtype_is_still_shown(run_dir):
     set_config(run_dir, values="gradients", mode="current", FPS=30)
     model = nn.Sequential(nn.Linear(4, 3))
