@@ -24,12 +24,13 @@ says):
   post-accumulate-grad hooks catch the next backward pass;
 - ``activations``: forward hooks on the 162 layers for one step;
 - ``weights, replayed`` and ``gradients, replayed``: as above, with the
-  gathers captured and replayed as on CUDA (``torch_batch.CPU_GRAPHS``) and
-  the replay's kernels left out, which on a GPU are one graph launch, and
-  the per-step check's fused norm pass left out too (``launched_norms``: its
-  result laid out as CUDA's kernel returns it, views of one new vector):
-  what is left is the Python of a frame-due update() on CUDA, the figure the
-  0.3 ms target of ``update()`` blocking is about. Its frames are not right
+  frame's gathers and the per-step check captured and replayed as on CUDA
+  (``torch_batch.CPU_GRAPHS``) and the replays' kernels left out, which on a
+  GPU are one graph launch each, and the fused norm pass of a check not
+  replayed left out too (``launched_norms``: its result laid out as CUDA's
+  kernel returns it, views of one new vector): what is left is the Python
+  of update() on CUDA, the figure the 0.3 ms target of ``update()``
+  blocking is about. Its frames are not right
   (nothing was gathered); it is timing only. Its gradients are zeroed in
   place, so that each step's lie where the last step's did (as a GPU's
   caching allocator mostly places them) and the frame can be replayed.
