@@ -289,8 +289,23 @@ def test_activations_carry_the_whole_outputs_norm(run_dir, monkeypatch, batched)
     assert record["values"] == "activations" and record["kind"] == "nan" and record["steps"] == [12, 21]
 
 
+@pytest.fixture
+def again(monkeypatch) -> list:
+    """What each frame's exact pass answered when asked to reuse the last frame's sorting (True: reused)."""
+    from beholder_plugin.trainer.exact_pass import ExactPass
+
+    real, answers = ExactPass._gather_again, []
+
+    def spy(self, *args):
+        answers.append(real(self, *args))
+        return answers[-1]
+
+    monkeypatch.setattr(ExactPass, "_gather_again", spy)
+    return answers
+
+
 @pytest.mark.parametrize("values", ["trainable_variables", "gradients"])
-def test_a_frame_reuses_the_norms_the_per_step_check_took_at_its_step(run_dir, monkeypatch, values):
+def test_a_frame_reuses_the_norms_the_per_step_check_took_at_its_step(run_dir, monkeypatch, values, again):
     """update() runs the per-step check before the frame's exact pass: one fused norm pass serves both,
     and the records hold the tensors' exact norms all the same."""
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
@@ -304,15 +319,6 @@ def test_a_frame_reuses_the_norms_the_per_step_check_took_at_its_step(run_dir, m
             self.calls += func.overloadpacket.__name__ == "_foreach_norm"
             return func(*args, **(kwargs or {}))
 
-    from beholder_plugin.trainer.exact_pass import ExactPass
-
-    real, again = ExactPass._gather_again, []
-
-    def spy(self, *args):
-        again.append(real(self, *args))
-        return again[-1]
-
-    monkeypatch.setattr(ExactPass, "_gather_again", spy)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -618,21 +624,12 @@ def test_the_per_step_check_is_replayed_while_its_tensors_stay(run_dir, monkeypa
             assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want, rel=1e-5), (name, at)
 
 
-def test_update_arrays_of_the_same_parameters_reuse_the_per_step_checks_norms(run_dir, monkeypatch):
+def test_update_arrays_of_the_same_parameters_reuse_the_per_step_checks_norms(run_dir, monkeypatch, again):
     """update(arrays=dict(model.named_parameters())) makes a new dict every step: its frames still skip
     the exact pass's sorting while they hold the same parameters under the same names, each where it
     was; a parameter given new storage, or another tensor under a name, is sorted afresh, and the records
     keep each tensor's exact norm."""
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
-    from beholder_plugin.trainer.exact_pass import ExactPass
-
-    real, again = ExactPass._gather_again, []
-
-    def spy(self, *args):
-        again.append(real(self, *args))
-        return again[-1]
-
-    monkeypatch.setattr(ExactPass, "_gather_again", spy)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     set_config(run_dir, FPS=1, values="arrays", mode="current")
