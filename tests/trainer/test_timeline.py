@@ -162,6 +162,47 @@ def test_on_a_gpu_the_nan_is_named_at_its_exact_step(run_dir):
     assert (weight["flags"] & tl.STEP_CHECKED).all() and (weight["flags"] & tl.EXACT_NORM).all()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("values", ["trainable_variables", "gradients"])
+def test_on_a_gpu_a_step_with_no_frame_is_one_graph_launch(run_dir, values):
+    """On CUDA an update() with no frame due replays the captured per-step check: one fill of the step
+    number, one graph launch, no copy and no synchronizing call (gradients left in place by
+    zero_grad(set_to_none=False), so that they lie where the capture read them)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).cuda()
+    x = torch.randn(32, 8, device="cuda")
+    set_config(run_dir, FPS=1, values=values, mode="current")
+
+    def step():
+        model.zero_grad(set_to_none=False)
+        model(x).square().mean().backward()
+
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model, activations=False)
+        step()
+        beholder.frame_due_now()
+        assert beholder.update()  # the frame that starts the check
+        beholder.flush()
+        for _ in range(3):  # eager, then captured, then replayed
+            step()
+            assert not beholder.update()
+        step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            assert not beholder.update()
+        assert beholder.timeline.per_step
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as empty:
+        pass  # the profiler's own synchronize
+    names = [e.name for e in prof.events()]
+    assert sum("GraphLaunch" in n for n in names) == 1, names
+    assert sum(n in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC") for n in names) == 1, names
+    assert not [n for n in names if "Memcpy" in n]
+    assert sum("Synchronize" in n for n in names) == sum("Synchronize" in e.name for e in empty.events())
+
+
 def test_a_failing_per_step_check_never_reaches_the_training_loop(run_dir, monkeypatch, caplog):
     """A failing per-step check (a freed tensor, a device error) goes off, warned once; training goes on."""
     from beholder_plugin.trainer import exact_pass
