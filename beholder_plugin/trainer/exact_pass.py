@@ -79,7 +79,7 @@ class StepCheck:
         self.zeros = [zeros[t.dtype] for t in tensors]
         # gradients have their parameters' dtype and layout (torch's gradient layout contract)
         self.groups = norm_groups(tensors)
-        self.order = group_order(torch, self.groups, device)
+        self.order, self._order_source = group_order(torch, self.groups, device)
         self.first = torch.full((len(tensors),), -1, dtype=torch.int64, device=device)
         self.value = torch.zeros(len(tensors), dtype=torch.float32, device=device)
         self.step_now = torch.zeros((), dtype=torch.int64, device=device)  # the step being checked
@@ -176,14 +176,22 @@ def dense(t: Any) -> bool:
     return True
 
 
-def group_order(torch: Any, groups: list[list[int]] | None, device: Any) -> Any:
+def group_order(torch: Any, groups: list[list[int]] | None, device: Any) -> tuple[Any, Any]:
     """Where each tensor's norm lies in the norm groups' vectors laid end to end (an index on the
-    device, made once per check), or None for one group."""
+    device, made once per check; None for one group), and the host tensor it is copied from.
+
+    On CUDA that copy is from pinned memory, without blocking (from pageable
+    memory it would synchronize the training thread's stream): the caller
+    keeps the source as long as the index.
+    """
     if groups is None:
-        return None
+        return None, None
     order = np.empty(sum(map(len, groups)), np.int64)
     order[[i for group in groups for i in group]] = np.arange(order.size)
-    return torch.from_numpy(order).to(device)
+    host = torch.from_numpy(order)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True), host
 
 
 def _norms(torch: Any, tensors: list[Any], groups: list[list[int]] | None = None, order: Any = None) -> Any:
