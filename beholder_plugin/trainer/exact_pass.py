@@ -65,10 +65,12 @@ class _Exact:
 class StepCheck:
     """The per-step check of one device's tensors: the first non-finite step per section, kept there."""
 
-    def __init__(self, torch: Any, sections: list[int], tensors: list[Any], params: list[Any]) -> None:
+    def __init__(self, torch: Any, sections: list[int], tensors: list[Any], params: list[Any],
+                 names: list[str] | None = None) -> None:
         device = tensors[0].device
         self.device = device
         self.sections = sections
+        self.names = names  # the sections' names (what carry() matches)
         # gradients: the parameter whose .grad is read at each check (a step may replace it), else None;
         # no gradient is held here between steps (a step's gradients are freed as usual)
         self.params = params if any(p is not None for p in params) else None
@@ -94,6 +96,25 @@ class StepCheck:
         self._graph: Any = None
         self._graph_key: tuple | None = None
         self._last_key: tuple | None = None
+
+    def carry(self, old: StepCheck) -> None:
+        """Take over what an older check of this device found for the sections both hold (by name): a
+        check is rebuilt when a tensor moved (``.data`` replaced, ``model.to()``), and the steps it
+        had flagged since the last frame would otherwise be reported only to the frame's precision."""
+        if self.names is None or old.names is None:
+            return
+        where = {name: k for k, name in enumerate(old.names)}
+        pairs = [(k, where[name]) for k, name in enumerate(self.names) if name in where]
+        if not pairs:
+            return
+        torch = self.torch
+        host = torch.from_numpy(np.array(pairs, np.int64).T.copy())
+        if self.device.type == "cuda":
+            host = host.pin_memory()  # (uploaded without blocking, as the gather indices are)
+        self._carry_source = host
+        new, was = host.to(self.device, non_blocking=True)
+        self.first.index_copy_(0, new, old.first.index_select(0, was))
+        self.value.index_copy_(0, new, old.value.index_select(0, was))
 
     def current(self) -> list[Any]:
         """The tensors as they are now (the gradients' current .grad)."""
@@ -324,7 +345,7 @@ class ExactPass:
         if kept:
             self._kept_norms(exact, kept)
         if from_torch is not None:
-            self._device_pass(from_torch, exact, devices, job.step)
+            self._device_pass(from_torch, exact, devices, job.step, [entry[0] for entry in named])
         elif self.checks:
             self._set_checks(None, {})
         self._again = _Again.of(job.shown, named, watch, params, host, kept, devices, self.checks)
@@ -363,7 +384,8 @@ class ExactPass:
                                                                     else t.resolve_conj().numpy())
                 exact.exact[i] = True
 
-    def _device_pass(self, torch: Any, exact: _Exact, devices: dict, step: int | None = None) -> None:
+    def _device_pass(self, torch: Any, exact: _Exact, devices: dict, step: int | None = None,
+                     names: list[str] | None = None) -> None:
         """Queue the norms on each device, to be copied back (with the per-step check's flags) by the
         frame's own copy of that device's values, or on their own (_Exact.queued).
 
@@ -375,7 +397,7 @@ class ExactPass:
         key = tuple((i, id(obj), t.data_ptr()) if param is None else (i, id(param), -1)
                     for entries in devices.values() for i, t, obj, param in entries)
         if key != self._check_key:
-            self._set_checks(torch, devices)
+            self._set_checks(torch, devices, names)
             self._check_key = key
         by_device = {check.device: check for check in self.checks}
         for device, entries in devices.items():
@@ -398,11 +420,18 @@ class ExactPass:
             norms = torch.stack([norm for _, norm in entries])
             exact.queued.append((device, [i for i, _ in entries], [norms], False))
 
-    def _set_checks(self, torch: Any, devices: dict) -> None:
-        """(Re)build the per-step checks for the frame's device tensors."""
+    def _set_checks(self, torch: Any, devices: dict, names: list[str] | None = None) -> None:
+        """(Re)build the per-step checks for the frame's device tensors; a section a check of the same
+        device held before (by name) keeps the first non-finite step found so far."""
+        before = {check.device: check for check in self.checks}
         self.checks = [] if self._step_failed else [
-            StepCheck(torch, [x[0] for x in e], [x[1] for x in e], [x[3] for x in e])
+            StepCheck(torch, [x[0] for x in e], [x[1] for x in e], [x[3] for x in e],
+                      None if names is None else [names[x[0]] for x in e])
             for e in devices.values()]
+        for check in self.checks:
+            old = before.get(check.device)
+            if old is not None:
+                check.carry(old)
         if not self.checks:
             self._check_key = ()
 

@@ -695,3 +695,32 @@ def test_update_arrays_of_the_same_parameters_reuse_the_per_step_checks_norms(ru
     for name in expected[0]:
         np.testing.assert_allclose(columns[name]["norm"], [row[name] for row in expected], rtol=1e-5)
         assert (columns[name]["flags"] & tl.EXACT_NORM).all()
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_a_rebuilt_check_keeps_the_steps_it_had_flagged(run_dir, monkeypatch, graphs):
+    """A parameter given new storage rebuilds the per-step check at the next frame: what the check had
+    flagged since the frame before (a NaN at step 20) is still reported at its exact step, not
+    between the two frames."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    monkeypatch.setattr(torch_batch, "CPU_GRAPHS", graphs)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    set_config(run_dir, FPS=1, values="trainable_variables", mode="current")
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model, activations=False, gradients=False)
+        checks = []
+        for step in range(1, 31):
+            with torch.no_grad():
+                if step == 14:
+                    model[2].weight.data = model[2].weight.data.clone()  # the check is rebuilt at 24
+                if step == 20:
+                    model[0].weight[1, 1] = float("nan")
+            if step in (1, 12, 24, 30):
+                beholder.frame_due_now()
+            beholder.update()
+            checks.append(beholder.timeline.per_step[0])
+            beholder.flush()
+    assert checks[22] is not checks[23]  # rebuilt at the frame of step 24
+    record = next(a for a in read_anomalies(run_dir) if a["section"] == "0.weight")
+    assert record["step"] == 20 and record["checked"] == "step" and record["frame_step"] == 24
