@@ -287,15 +287,16 @@ def test_run_selector_switches_runs(session):
     frame.select_option("#run-select", "old")
     wait_for(lambda: (s := stats(frame))["run"] == "old" and s["height"] == OLD_HEIGHT,
              message="the old run's frame")
-    # The old run's settings are shown, not the live one's.
-    assert frame.eval_on_selector("#colormap", "el => el.value") == "magma"
-    assert frame.eval_on_selector("#colormap", "el => el.value") == read_config_file(
-        session["logdir"] / "old"
-    )["colormap"]
+    # The old run's settings are shown, not the live one's (the frame and the run's settings are fetched
+    # side by side: the toolbar follows when the settings arrive).
+    assert read_config_file(session["logdir"] / "old")["colormap"] == "magma"
+    wait_for(lambda: frame.eval_on_selector("#colormap", "el => el.value") == "magma",
+             timeout=10, message="the old run's colormap in the toolbar")
     frame.select_option("#run-select", "live")
     wait_for(lambda: (s := stats(frame))["run"] == "live" and s["height"] == LIVE_HEIGHT,
              message="the live run again")
-    assert frame.eval_on_selector("#colormap", "el => el.value") == "grayscale"
+    wait_for(lambda: frame.eval_on_selector("#colormap", "el => el.value") == "grayscale",
+             timeout=10, message="the live run's colormap in the toolbar")
 
 
 def test_a_section_with_nothing_to_show_says_why_on_its_band(session):
