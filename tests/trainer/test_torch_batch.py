@@ -208,6 +208,41 @@ def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch
     assert beholder.failures == 0
 
 
+def test_a_copy_that_could_not_be_issued_fails_every_reader(tmp_path, monkeypatch):
+    """The worker issues a frame's copy when the batch or the timeline first waits for it: when issuing
+    fails, both are told (never handed the host buffer as if copied), it is not issued twice, the
+    frame counts as failed, and the next frame is written."""
+    calls = []
+
+    def refuse():
+        calls.append(1)
+        raise RuntimeError("device lost")
+
+    copy = torch_batch.SideCopy(refuse)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="device lost"):
+            copy.synchronize()
+    assert len(calls) == 1
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    real = torch_batch.DeviceGather._to_host
+    monkeypatch.setattr(torch_batch.DeviceGather, "_to_host", lambda *args: refuse())
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    arrays = {"w": torch.randn(4, 4)}
+    with Beholder(run) as beholder:
+        beholder.frame_due_now()
+        assert beholder.update(arrays=arrays)
+        beholder.flush()
+        assert beholder.failures == 1 and beholder.frames_written == 0
+        monkeypatch.setattr(torch_batch.DeviceGather, "_to_host", real)
+        beholder.frame_due_now()
+        assert beholder.update(arrays=arrays)
+        beholder.flush()
+        assert beholder.failures == 1 and beholder.frames_written == 1
+    np.testing.assert_array_equal(read_frame_file(run).section_values(0).reshape(4, 4), arrays["w"].numpy())
+
+
 def test_a_failed_batch_shows_its_sections_empty_and_training_goes_on(tmp_path, monkeypatch):
     """A batch whose launch fails (an odd tensor, a device error) leaves those sections empty, says why."""
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)

@@ -159,13 +159,20 @@ class SideCopy:
         self._lock = threading.Lock()
         self._issued = False
         self._event: Any = None
+        self._error: BaseException | None = None
 
     def synchronize(self) -> None:
-        """Issue the copy (once), then block until it is done."""
+        """Issue the copy (once), then block until it is done; raises, to every caller, what issuing it
+        raised (the host buffer then holds no such copy, and nobody may read it as one)."""
         with self._lock:
             if not self._issued:
                 self._issued = True
-                self._event = self._issue()
+                try:
+                    self._event = self._issue()
+                except BaseException as exc:
+                    self._error = exc
+        if self._error is not None:
+            raise self._error
         if self._event is not None:
             self._event.synchronize()
 
