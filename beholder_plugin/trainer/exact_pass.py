@@ -81,7 +81,7 @@ class StepCheck:
         self.zeros = [zeros[t.dtype] for t in tensors]
         # gradients have their parameters' dtype and layout (torch's gradient layout contract)
         self.groups = norm_groups(tensors)
-        self.order, self._order_source = group_order(torch, self.groups, device)
+        self.order, self._order_source = group_order(self.groups, device)
         self.first = torch.full((len(tensors),), -1, dtype=torch.int64, device=device)
         self.value = torch.zeros(len(tensors), dtype=torch.float32, device=device)
         self.step_now = torch.zeros((), dtype=torch.int64, device=device)  # the step being checked
@@ -107,12 +107,8 @@ class StepCheck:
         pairs = [(k, where[name]) for k, name in enumerate(self.names) if name in where]
         if not pairs:
             return
-        torch = self.torch
-        host = torch.from_numpy(np.array(pairs, np.int64).T.copy())
-        if self.device.type == "cuda":
-            host = host.pin_memory()  # (uploaded without blocking, as the gather indices are)
-        self._carry_source = host
-        new, was = host.to(self.device, non_blocking=True)
+        (new, was), self._carry_source = _torch_batch().upload(np.array(pairs, np.int64).T.copy(),
+                                                               self.device)
         self.first.index_copy_(0, new, old.first.index_select(0, was))
         self.value.index_copy_(0, new, old.value.index_select(0, was))
 
@@ -197,22 +193,18 @@ def dense(t: Any) -> bool:
     return True
 
 
-def group_order(torch: Any, groups: list[list[int]] | None, device: Any) -> tuple[Any, Any]:
+def group_order(groups: list[list[int]] | None, device: Any) -> tuple[Any, Any]:
     """Where each tensor's norm lies in the norm groups' vectors laid end to end (an index on the
     device, made once per check; None for one group), and the host tensor it is copied from.
 
-    On CUDA that copy is from pinned memory, without blocking (from pageable
-    memory it would synchronize the training thread's stream): the caller
-    keeps the source as long as the index.
+    The copy does not block (``torch_batch.upload``): the caller keeps the
+    source as long as the index.
     """
     if groups is None:
         return None, None
     order = np.empty(sum(map(len, groups)), np.int64)
     order[[i for group in groups for i in group]] = np.arange(order.size)
-    host = torch.from_numpy(order)
-    if device.type == "cuda":
-        host = host.pin_memory()
-    return host.to(device, non_blocking=True), host
+    return _torch_batch().upload(order, device)
 
 
 def _norms(torch: Any, tensors: list[Any], groups: list[list[int]] | None = None, order: Any = None) -> Any:

@@ -587,7 +587,7 @@ def test_on_a_gpu_the_fused_norms_come_as_one_vector():
         groups = norm_groups(ts)
         log = OpNames()
         with log:
-            norms = _norms(torch, ts, groups, group_order(torch, groups, ts[0].device)[0])
+            norms = _norms(torch, ts, groups, group_order(groups, ts[0].device)[0])
         assert log.names.count("stack") == 0
         assert log.names.count("cat") == (0 if groups is None else 1)
         want = torch.stack([torch.linalg.vector_norm(t.float()) for t in ts])

@@ -119,21 +119,29 @@ class IndexCache:
         found = self._found.get(key)
         if found is not None and found[0] is plan:
             return found[1], found[2]
-        import torch
-
         if len(self._found) >= INDEX_CACHE_SIZE:
             self._found.clear()
-        host = torch.from_numpy(storage_offsets(plan, shape, strides, runs, sample_n))
+        index, host = upload(storage_offsets(plan, shape, strides, runs, sample_n), device)
         if device.type == "cuda":
-            host = host.pin_memory()  # so the one upload per plan is asynchronous too
             self._keep = self._keep[-64:] + [host]
-        index = host.to(device, non_blocking=True)
         span = span_of(shape, strides)
         self._found[key] = (plan, index, span)
         return index, span
 
 
 INDEXES = IndexCache()
+
+
+def upload(values: np.ndarray, device: Any) -> tuple[Any, Any]:
+    """An array (indices) on a device, copied without blocking: from pinned memory on CUDA, since from
+    pageable memory the copy would synchronize the current stream; and the host tensor it is copied
+    from, which the caller keeps as long as the copy may be in flight."""
+    import torch
+
+    host = torch.from_numpy(values)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True), host
 
 
 def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n: int) -> Any:
@@ -395,8 +403,6 @@ class DeviceGather:
         """
         key = tuple(sections)
         if key != self._perm_key:
-            import torch
-
             plan = self.plan
             perm = np.zeros(self.total, np.int64)
             at = 0
@@ -409,11 +415,7 @@ class DeviceGather:
                 perm[base : base + s1 - s0] = np.arange(at, at + s1 - s0)
                 at += s1 - s0
             self._packed_view = self.packed[:at]
-            host = torch.from_numpy(perm)
-            if self.cuda:
-                host = host.pin_memory()
-            self._perm_host = host
-            self._perm = host.to(self.device, non_blocking=True)
+            self._perm, self._perm_host = upload(perm, self.device)
             self._perm_key = key
         return self._perm, self._packed_view
 
