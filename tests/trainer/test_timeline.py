@@ -16,6 +16,8 @@ from beholder_plugin.protocol import timeline as tl
 from beholder_plugin.protocol.history import list_history
 
 torch = pytest.importorskip("torch")
+from torch_ops import OpLog  # noqa: E402
+
 from beholder_plugin.trainer.sources import torch_batch  # noqa: E402
 
 NAN_STEP = 17
@@ -585,25 +587,13 @@ def test_on_a_gpu_the_fused_norms_come_as_one_vector():
     mixed = tensors[:20] + [t.to(torch.bfloat16) for t in tensors[20:]]
     for ts in (tensors, mixed):
         groups = norm_groups(ts)
-        log = OpNames()
-        with log:
+        with OpLog() as log:
             norms = _norms(torch, ts, groups, group_order(groups, ts[0].device)[0])
-        assert log.names.count("stack") == 0
-        assert log.names.count("cat") == (0 if groups is None else 1)
+        names = [name for name, _ in log.calls]
+        assert names.count("stack") == 0
+        assert names.count("cat") == (0 if groups is None else 1)
         want = torch.stack([torch.linalg.vector_norm(t.float()) for t in ts])
         torch.testing.assert_close(norms, want, rtol=1e-3, atol=0)
-
-
-class OpNames(torch.utils._python_dispatch.TorchDispatchMode):
-    """The names of the ops called inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("values", ["trainable_variables", "gradients"])

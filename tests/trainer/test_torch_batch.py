@@ -20,6 +20,8 @@ from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.trainer.sources import torch_batch
 
 torch = pytest.importorskip("torch")
+from torch_ops import OpLog  # noqa: E402
+
 nn = torch.nn
 
 DTYPES = {
@@ -142,18 +144,6 @@ def test_watch_frames_equal_host_frames(tmp_path, monkeypatch, values):
             assert beholder.gatherer.memo is not None and beholder.gatherer.memo.kind == expected
     assert_same_frames(frames[False], frames[True])
     assert frames[True].sections[0]["name"] in ("0.weight", "0")
-
-
-class OpLog(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records every aten op dispatched while it is active, with its arguments."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[str, tuple]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls.append((str(func.overloadpacket.__name__), args))
-        return func(*args, **(kwargs or {}))
 
 
 def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch):
