@@ -20,6 +20,7 @@ from beholder_plugin.trainer.run_status import RunStatus
 from beholder_plugin.trainer.views import user_frame
 from beholder_plugin.trainer.views.placeholder import placeholder_frame
 from beholder_plugin.trainer.views.render import FramePlan, Renderer
+from beholder_plugin.trainer.worker import let_training_run
 
 # A placeholder frame's ``shown`` when update() failed (views/placeholder.py says so, with the error).
 FAILED = "failed"
@@ -71,6 +72,7 @@ class FrameJobs:
         if job.kind is JobKind.SECTIONS:
             if job.pending:
                 receive(job)
+                let_training_run()
             done = {"variance_done": True} if job.variance_done else {}
             rendered = self.renderer.render(job.plan, job.buffer, settings.config, job.missing, job.samples,
                                             **done)
@@ -92,9 +94,11 @@ class FrameJobs:
             header["values"] = "placeholder"
             header["offered"] = list(job.offered)
         colormap = settings.colormap if palette is not None else None
+        let_training_run()
         written = self.store.write_frame(header, job.time, job.step, settings, colormap,
                                          rows=pixels, palette=palette, values=floats, height=height)
         if written and rendered is not None and self.timeline is not None:
+            let_training_run()
             self.timeline.written(job, rendered.sections, self.store.history, job.plan.names,
                                  rendered.stats_columns)
         if not written or not settings.is_recording:

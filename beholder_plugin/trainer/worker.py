@@ -17,10 +17,32 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from typing import Any, Callable
 
 _WORKERS: weakref.WeakSet = weakref.WeakSet()
+
+# How long a worker runs Python before it lets a waiting thread have the GIL (let_training_run). A
+# training thread back from waiting on its device otherwise waits for the interpreter's switch interval
+# (5 ms) whenever the worker is in the middle of its Python (benchmarks/gil_bench.py).
+GIL_SLICE_SECONDS = 0.0002
+
+_THIS_THREAD = threading.local()  # on a worker's thread: when it last let others run
+
+
+def let_training_run() -> None:
+    """On a worker's thread, give the GIL away for a moment when it has run GIL_SLICE_SECONDS since the
+    last time; anywhere else (a frame rendered inside update()), nothing.
+
+    ``time.sleep(0)`` releases the GIL long enough (about 50 us) for a
+    thread waiting on it to take it; a release that returns at once (a
+    zero-timeout ``select``) is taken back before the other thread wakes.
+    """
+    last = getattr(_THIS_THREAD, "last", None)
+    if last is not None and time.perf_counter() - last >= GIL_SLICE_SECONDS:
+        time.sleep(0)
+        _THIS_THREAD.last = time.perf_counter()
 
 
 class Worker:
@@ -96,6 +118,7 @@ class Worker:
                     self._thread = None
                     return
                 job, self._job = self._job, None
+            _THIS_THREAD.last = time.perf_counter()
             try:
                 self._run(job)
             except BaseException as exc:  # kept for the trainer: log or raise under strict

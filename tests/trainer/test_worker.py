@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from support import due, set_config
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import read_frame_file
+from beholder_plugin.trainer import worker as worker_module
 from beholder_plugin.trainer.views import render as render_module
 
 
@@ -141,3 +143,61 @@ def test_a_forked_child_does_not_inherit_a_busy_worker(run_dir):
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     beholder.close()
+
+
+def _recorded_sleeps(monkeypatch) -> list[tuple[int, float, float]]:
+    """Every time.sleep() the worker module makes, as (thread ident, seconds, when), the sleep still done."""
+    calls: list[tuple[int, float, float]] = []
+    real = time.sleep
+
+    def sleep(seconds):
+        calls.append((threading.get_ident(), seconds, time.perf_counter()))
+        real(seconds)
+
+    monkeypatch.setattr(worker_module.time, "sleep", sleep)
+    return calls
+
+
+def test_a_worker_gives_the_gil_away_once_per_slice_and_the_caller_never(monkeypatch):
+    sleeps = _recorded_sleeps(monkeypatch)
+    start = time.perf_counter()
+    while time.perf_counter() - start < 3 * worker_module.GIL_SLICE_SECONDS + 0.002:
+        worker_module.let_training_run()  # not a worker's thread: a frame rendered inside update()
+    assert sleeps == []
+    ran_on = []
+
+    def job(_):
+        ran_on.append(threading.get_ident())
+        began = time.perf_counter()
+        while sum(ident == ran_on[0] for ident, *_ in sleeps) < 3 and time.perf_counter() - began < 10:
+            worker_module.let_training_run()
+
+    worker = worker_module.Worker(job)
+    worker.submit("a job")
+    assert worker.drain(timeout=20)
+    worker.stop(timeout=5)
+    assert len(sleeps) == 3 and all(ident == ran_on[0] and seconds == 0 for ident, seconds, _ in sleeps)
+    gaps = [b[2] - a[2] for a, b in zip(sleeps, sleeps[1:])]
+    assert min(gaps) >= worker_module.GIL_SLICE_SECONDS  # not at every call: once per slice
+
+
+def test_a_frame_rendered_by_the_worker_pauses_for_training_between_sections(tmp_path, monkeypatch):
+    # with a slice of zero, each pause point gives the GIL away: at least one per section record, and
+    # one per section's statistics
+    monkeypatch.setattr(worker_module, "GIL_SLICE_SECONDS", 0.0)
+    sleeps = _recorded_sleeps(monkeypatch)
+    arrays = {f"layer{i}/kernel": np.full((4, 3), float(i), np.float32) for i in range(40)}
+    written = {}
+    for background in (False, True):
+        run = str(tmp_path / str(background))
+        set_config(run, values="arrays", mode="current", FPS=30)
+        beholder = Beholder(run, strict=True, background=background)
+        assert beholder.update(arrays=arrays)
+        beholder.close()
+        written[background] = read_frame_file(run)
+        if not background:
+            assert sleeps == []  # rendered inside update(): the training thread itself, no pause
+    assert {ident for ident, *_ in sleeps} != {threading.get_ident()}
+    assert len(sleeps) >= 2 * len(arrays)
+    np.testing.assert_array_equal(written[False].pixels, written[True].pixels)
+    assert written[False].sections == written[True].sections

@@ -42,6 +42,7 @@ from beholder_plugin.trainer.views.stats import (
     sample_size,
     section_stats,
 )
+from beholder_plugin.trainer.worker import let_training_run
 
 
 class FramePlan:
@@ -359,6 +360,7 @@ class Renderer:
         unclean_list = unclean.tolist()
         records = []
         for i, base in enumerate(plan.record_bases):
+            let_training_run()
             record = dict(base)
             record.update(
                 bounds=[low_bound[i], high_bound[i]],

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from beholder_plugin.trainer.worker import let_training_run
+
 # Arrays with more values than this are described from RUNS runs of RUN_LENGTH consecutive values.
 SAMPLE_CAP = 512
 RUNS = 8
@@ -142,6 +144,7 @@ def section_stats(samples: np.ndarray, offsets: Sequence[int], counts: Sequence[
     row = 2 * BINS
     hist_rows = [base64.b64encode(raw[k : k + row]).decode("ascii") for k in range(0, len(raw), row)]
     for j, i in enumerate(layout.active_list):
+        let_training_run()
         norm, mean, std, lo, hi = (column[j] for column in figures)
         out[i] = {
             "over": layout.over[j],
