@@ -133,7 +133,9 @@ class Watch:
         A torch module's list is walked again when a module anywhere got a
         layer or parameter (added or replaced), else at most every
         VARIABLES_REFRESH_SECONDS (ResNet-50's 161 parameters take 1-3 ms to
-        walk): layers frozen or unfrozen show within that time.
+        walk): layers frozen or unfrozen show within that time. A walk that
+        finds what the last one found hands back the same list (the frame's
+        memos know it by identity).
         """
         if self.framework == "keras":
             return self._keras.variables()
@@ -148,6 +150,10 @@ class Watch:
                 named = [(compiled.layer_name(name), var, layout) for name, var, layout in named]
             if any(torch_modules.sharded(param) for _, param, _ in named):
                 self.sharded = True  # sharded after watch(): from the next frame on, weights come from hooks
+            old = self._variables
+            if old is not None and len(old) == len(named) and all(
+                    a[1] is b[1] and a[0] == b[0] and a[2] == b[2] for a, b in zip(old, named)):
+                named = old  # the same list when nothing changed: a frame knows it at once by identity
             self._variables, self._variables_at, self._structure = named, now, structure
         return named
 

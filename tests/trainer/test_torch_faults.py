@@ -94,6 +94,27 @@ def test_layers_frozen_or_unfrozen_after_watch_are_hooked_as_they_are(run_dir, m
     assert not any(p._post_accumulate_grad_hooks for p in model.parameters())
 
 
+def test_a_walk_that_finds_the_same_parameters_hands_back_the_same_list(run_dir, monkeypatch):
+    """A frame's memos know the watch's list by identity (no look at each entry): walking again must not
+    make a new list unless something changed, and must when something did."""
+    from beholder_plugin.trainer import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "VARIABLES_REFRESH_SECONDS", 0.0)  # every call walks
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    with Beholder(run_dir, background=False) as beholder:
+        beholder.watch(model)
+        watch = beholder.watched
+        first = watch.variables()
+        assert watch.variables() is first
+        model[2].bias.requires_grad_(False)  # frozen: no longer a trainable variable
+        frozen = watch.variables()
+        assert frozen is not first and [name for name, *_ in frozen] == ["0.weight", "0.bias", "2.weight"]
+        assert watch.variables() is frozen
+        model[0].weight = nn.Parameter(torch.zeros(3, 4))  # replaced: same name, another parameter
+        replaced = watch.variables()
+        assert replaced is not frozen and replaced[0][1] is model[0].weight
+
+
 def test_a_model_cast_to_another_dtype_is_still_shown(run_dir):
     set_config(run_dir, values="gradients", mode="current", FPS=30)
     model = nn.Sequential(nn.Linear(4, 3))
