@@ -134,7 +134,7 @@ class StepCheck:
             batch = _torch_batch()
             # (the tensors the check holds, detached when it was made, never move; gradients are each
             # step's .grad, which may lie elsewhere)
-            key = () if self.params is None else tuple(map(batch.storage_key, tensors))
+            key = () if self.params is None else batch.storage_keys(tensors)
             if self._graph is not None and key == self._graph_key:
                 self._graph.replay()
                 if self._stream is None:  # (CPU_GRAPHS: each run returns new norms)
