@@ -526,3 +526,47 @@ def test_replayed_frames_of_tensors_changed_in_place_equal_host_frames(
     for beholder in beholders.values():
         beholder.close()
     assert len(cpu_graphs) - replays == 3  # frames 2-4 (the second captures the first's gathers)
+
+
+def test_a_memo_of_tensors_fits_alike_tensors_and_nothing_else(tmp_path, monkeypatch):
+    """The frame memo of parameters and other tensors (gradients) fits the same parameters and, for the
+    others, any plain strided tensors of the same shapes on the device; not another parameter, a
+    renamed or re-laid section, another shape, a sparse tensor or a tensor of another kind."""
+    from beholder_plugin.trainer import device_batches
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    kept = nn.Parameter(torch.randn(4, 3))
+    arrays = {"w": kept, "g": torch.randn(5, 2), "b": torch.randn(7)}
+    handed: list = []
+    real = device_batches.BatchMemo.fits
+
+    def recorded(memo, named, settings):
+        handed.append((memo, list(named), settings))
+        return real(memo, named, settings)
+
+    monkeypatch.setattr(device_batches.BatchMemo, "fits", recorded)
+    with Beholder(run, strict=True, background=False) as beholder:
+        for _ in range(2):
+            beholder.frame_due_now()
+            assert beholder.update(arrays=arrays)
+    memo, named, settings = handed[-1]
+    assert memo.kind == "tensors" and real(memo, named, settings)
+
+    def fits_with(position, entry):
+        changed = list(named)
+        changed[position] = entry
+        return real(memo, changed, settings)
+
+    w, g, b = (next(i for i, e in enumerate(named) if e[0] == name) for name in ("w", "g", "b"))
+    assert fits_with(g, (named[g][0], torch.zeros(5, 2), named[g][2]))  # a new gradient, alike
+    assert fits_with(b, (named[b][0], torch.zeros(14)[::2], named[b][2]))  # strided views are plain
+    assert not fits_with(w, (named[w][0], nn.Parameter(torch.randn(4, 3)), named[w][2]))
+    assert not fits_with(w, (named[w][0], torch.randn(4, 3), named[w][2]))  # not the parameter kept
+    assert not fits_with(g, (named[g][0], torch.zeros(2, 5), named[g][2]))
+    assert not fits_with(g, (named[g][0], torch.zeros(5, 2).to_sparse(), named[g][2]))
+    assert not fits_with(g, ("h", torch.zeros(5, 2), named[g][2]))
+    assert not fits_with(g, (named[g][0], torch.zeros(5, 2), "a layout asked for"))
+    assert not fits_with(b, (named[b][0], np.zeros(7, np.float32), named[b][2]))
+    assert not real(memo, named[:2], settings)
