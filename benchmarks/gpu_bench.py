@@ -8,8 +8,10 @@ the others still run):
   at FPS 10 in variance mode showing weights, gradients (read from ``.grad``),
   gradients caught by hooks (the loop zeroes them after its step, as Hugging
   Face's Trainer does) or activations, and the same loop without Beholder,
-  interleaved in rounds. Per condition: the
-  median step, its ratio to ``none``, frames written per second, how
+  interleaved in rounds; and weights gathered and copied but neither
+  rendered nor written (what the rendering worker costs is the difference).
+  Per condition: the median step and the mean (frames included: what an
+  epoch takes), their ratios to ``none``, frames written per second, how
   long ``update()`` blocked when it took a frame (median / max), and the
   median ``update()`` that took none (the timeline's per-step check).
 - ``syncs``: a profile of one frame-due ``update()`` (weights) and of one
@@ -217,6 +219,20 @@ def time_worker(beholder) -> list[float]:
     return spent
 
 
+def copy_only(beholder) -> None:
+    """From now on the worker only waits for each frame's copy to the host: nothing rendered or written
+    (the frames/s column of such a row stays 0)."""
+    from beholder_plugin.trainer.device_batches import receive
+
+    def run_job(job) -> None:
+        if job.pending:
+            receive(job)
+
+    beholder.jobs.run = run_job
+    if beholder.worker is not None:
+        beholder.worker._run = run_job
+
+
 # ------------------------------------------------------------------ parts
 
 
@@ -230,7 +246,8 @@ def part_resnet(args) -> dict:
     loop = Loop(torch, model)
     for _ in range(15):
         loop.step()
-    conditions = ["none", "trainable_variables", "gradients", "gradients_hooked", "activations"]
+    conditions = ["none", "trainable_variables", "gradients", "gradients_hooked", "activations",
+                  "trainable_variables_unrendered"]
     got: dict[str, list[dict]] = {c: [] for c in conditions}
     root = tempfile.mkdtemp(prefix="gpu-bench-")
     for r in range(args.rounds):
@@ -241,10 +258,13 @@ def part_resnet(args) -> dict:
                 got[cond].append(loop.run(args.seconds))
                 continue
             run = os.path.join(root, f"{cond}-{r}")
-            set_config(run, values=cond.replace("_hooked", ""), FPS=10, mode="variance")
+            shown = cond.replace("_hooked", "").replace("_unrendered", "")
+            set_config(run, values=shown, FPS=10, mode="variance")
             with Beholder(run) as beholder:
                 beholder.watch(model)
                 loop.run(0.5, beholder)  # the plan's first frames: indices uploaded, graph captured
+                if cond.endswith("_unrendered"):
+                    copy_only(beholder)
                 worker = time_worker(beholder)
                 row = loop.run(args.seconds, beholder)
                 row["worker"] = list(worker)
@@ -252,25 +272,34 @@ def part_resnet(args) -> dict:
                 row["values"] = plan.value_count if plan else 0
                 got[cond].append(row)
     base = statistics.median(s for g in got["none"] for s in g["steps"])
+    base_mean = statistics.mean(s for g in got["none"] for s in g["steps"])
     print("\nResNet-50, batch 64, bf16 autocast, channels_last, SGD; watch(model), FPS 10, variance")
-    print(f"{'values shown':<20}{'step ms':>9}{'vs none':>9}{'frames/s':>10}{'update() blocking ms':>24}"
-          f"{'no frame ms':>13}{'skipped':>9}{'failures':>9}{'worker ms/frame':>17}{'values/frame':>14}")
+    print("(step: the median step, a step with no frame mostly; mean: the whole run's time per step, frames "
+          "included, what an epoch takes; 'weights, not rendered': frames gathered and copied to the host, "
+          "then neither rendered nor written: weights minus it is what the rendering worker costs the loop)")
+    print(f"{'values shown':<24}{'step ms':>9}{'vs none':>9}{'mean ms':>9}{'vs none':>9}{'frames/s':>10}"
+          f"{'update() blocking ms':>24}{'no frame ms':>13}{'skipped':>9}{'failures':>9}"
+          f"{'worker ms/frame':>17}{'values/frame':>14}")
     table = {}
     for cond in conditions:
         steps = [s for g in got[cond] for s in g["steps"]]
         blocking = [b for g in got[cond] for b in g["blocking"]]
         between = [b for g in got[cond] for b in g.get("between", [])]  # the per-step check's update()
         fps = sum(g["frames"] for g in got[cond]) / sum(g["seconds"] for g in got[cond])
-        med = statistics.median(steps)
-        label = {"trainable_variables": "weights", "gradients_hooked": "gradients (hooked)"}.get(cond, cond)
+        med, mean = statistics.median(steps), statistics.mean(steps)
+        label = {"trainable_variables": "weights", "gradients_hooked": "gradients (hooked)",
+                 "trainable_variables_unrendered": "weights, not rendered"}.get(cond, cond)
         table[label] = {"step_ms": med * 1e3, "ratio": med / base, "fps": fps,
+                        "mean_step_ms": mean * 1e3, "mean_ratio": mean / base_mean,
+                        "per_round_mean_ratio": [statistics.mean(g["steps"]) / base_mean for g in got[cond]],
                         "blocking_median_ms": statistics.median(blocking) * 1e3 if blocking else None,
                         "blocking_max_ms": max(blocking) * 1e3 if blocking else None,
                         "no_frame_median_ms": statistics.median(between) * 1e3 if between else None,
                         "per_round_ratio": [statistics.median(g["steps"]) / base for g in got[cond]],
                         "skipped": sum(g["skipped"] for g in got[cond]),
                         "failures": sum(g["failures"] for g in got[cond])}
-        print(f"{label:<20}{med * 1e3:>9.2f}{(med / base - 1) * 100:>+8.1f}%"
+        print(f"{label:<24}{med * 1e3:>9.2f}{(med / base - 1) * 100:>+8.1f}%"
+              f"{mean * 1e3:>9.2f}{(mean / base_mean - 1) * 100:>+8.1f}%"
               f"{fps if cond != 'none' else 0:>10.1f}{ms(blocking):>24}"
               f"{table[label]['no_frame_median_ms'] or 0:>13.3f}"
               f"{table[label]['skipped']:>9}{table[label]['failures']:>9}"
