@@ -20,7 +20,10 @@ the others still run):
 - ``floor``: the same number of values gathered with one ``index_select``
   per parameter into one device buffer and one non-blocking copy into
   pinned memory with an event (issued eagerly, and as one CUDA graph): how
-  long issuing it blocks, and its GPU time.
+  long issuing it blocks, and its GPU time. And the floor of an activations
+  frame: a step with a forward hook on every leaf layer that does nothing,
+  or launches only what a frame's hook must (one slice, one norm), against
+  the same step without hooks.
 - ``check``: the timeline's per-step check alone (``update()`` with no frame
   due) over ResNet-50's parameters, all float32, and mixed (every fourth in
   bf16, one strided view) in norm groups or as one list (which sends
@@ -519,6 +522,54 @@ def part_floor(args) -> dict:
             row = out[label]
             gpu_ms = f"{row['gpu_ms']:.3f} ms" if row["gpu_ms"] is not None else "-"
             print(f"  {label:<6} blocking {row['blocking_ms']:.3f} ms, GPU time {gpu_ms}")
+    out["activation_hooks"] = activation_floor(torch, model, args)
+    return out
+
+
+def activation_floor(torch, model, args) -> dict:
+    """The least an activations frame costs a step: forward hooks on every leaf layer that do nothing,
+    and hooks that launch only what a frame's hook must (one index_select of the shown values, one
+    whole-output norm) with none of Beholder's Python; steps timed against the same loop without."""
+    loop = Loop(torch, model)
+    leaves = [m for m in model.modules() if not list(m.children())]
+    indexes: dict[tuple, object] = {}
+
+    def noop(module, inputs, output) -> None:
+        return None
+
+    def launches(module, inputs, output) -> None:
+        if not isinstance(output, torch.Tensor):
+            return
+        index = indexes.get((output.numel(), output.device))
+        if index is None:  # (made on the warm-up steps: nothing is uploaded while timed)
+            index = indexes[(output.numel(), output.device)] = torch.arange(
+                0, output.numel(), max(1, output.numel() // 2048), device=output.device)
+        flat = output.detach().as_strided((output.numel(),), (1,), output.storage_offset())
+        torch.index_select(flat, 0, index)
+        torch.linalg.vector_norm(output.detach(), dtype=torch.float32)
+
+    steps = 3 if SMOKE else 20
+    times: dict[str, list[float]] = {"none": [], "no-op hooks": [], "two launches per hook": []}
+    hooks = {"none": None, "no-op hooks": noop, "two launches per hook": launches}
+    for r in range(args.rounds + 1):  # (round 0 warms up: indexes made, caches filled)
+        for label, hook in hooks.items():
+            handles = [m.register_forward_hook(hook) for m in leaves] if hook is not None else []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                loop.step()
+                if r:
+                    times[label].append(time.perf_counter() - t0)
+            for handle in handles:
+                handle.remove()
+    base = statistics.median(times["none"])
+    out = {"layers": len(leaves)}
+    print(f"\nFloor of an activations frame: forward hooks on the {len(leaves)} leaf layers, a step each")
+    for label, got in times.items():
+        med = statistics.median(got)
+        out[label] = {"step_ms": med * 1e3, "extra_ms": (med - base) * 1e3}
+        # (at 10 frames/s, ten hooked steps a second: their extra time, as a share of that second)
+        print(f"  {label:<22} step {med * 1e3:.2f} ms ({(med - base) * 1e3:+.2f} ms a hooked step; at 10 "
+              f"frames/s {(med - base) * 10 * 100:+.1f} % of the training's time)")
     return out
 
 

@@ -71,6 +71,9 @@ def test_the_other_parts_measured(smoke):
         assert row["update"]["ms"] > 0 and row["update"]["ops"] > 0 and row["update"]["top_ops"]
     assert figures["floor"]["values"] > 0 and figures["floor"]["sections"] == 214
     assert figures["floor"]["eager"]["blocking_ms"] > 0
+    hooks = figures["floor"]["activation_hooks"]
+    assert hooks["layers"] == 162 and hooks["none"]["extra_ms"] == 0
+    assert all(hooks[label]["step_ms"] > 0 for label in ("no-op hooks", "two launches per hook"))
     assert set(figures["check"]) == {"float32", "mixed, grouped", "mixed, one list"}
     assert all(row["median_ms"] > 0 for row in figures["check"].values())
     transformer = figures["transformer"]
