@@ -21,7 +21,8 @@ says):
   the eager path);
 - ``gradients``: read from ``.grad`` the same way (the step left them);
 - ``gradients (hooked)``: ``zero_grad(set_to_none=True)`` before update(), so
-  post-accumulate-grad hooks catch the next backward pass;
+  post-accumulate-grad hooks catch the next backward pass (and copy the
+  gradients into one buffer when it ends);
 - ``activations``: forward hooks on the 162 layers for one step;
 - ``weights, replayed`` and ``gradients, replayed``: as above, with the
   frame's gathers and the per-step check captured and replayed as on CUDA
@@ -33,7 +34,9 @@ says):
   blocking is about. Its frames are not right
   (nothing was gathered); it is timing only. Its gradients are zeroed in
   place, so that each step's lie where the last step's did (as a GPU's
-  caching allocator mostly places them) and the frame can be replayed.
+  caching allocator mostly places them) and the frame can be replayed;
+- ``gradients (hooked), replayed``: the hooked gradients the same way (their
+  one buffer stays where it is, so the frame's gathers from it replay).
 
 Per frame it prints the median of: the update() that falls due (arms, or
 takes the frame), the hooked step minus the plain step after it, the update()
@@ -57,10 +60,10 @@ os.environ["BEHOLDER_BATCH_CPU_TENSORS"] = "1"  # before beholder_plugin reads i
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CONDITIONS = ("weights", "gradients", "gradients (hooked)", "activations", "weights, replayed",
-              "gradients, replayed")
+              "gradients, replayed", "gradients (hooked), replayed")
 VALUES = {"weights": "trainable_variables", "gradients": "gradients", "gradients (hooked)": "gradients",
           "activations": "activations", "weights, replayed": "trainable_variables",
-          "gradients, replayed": "gradients"}
+          "gradients, replayed": "gradients", "gradients (hooked), replayed": "gradients"}
 
 
 class Clock:
@@ -119,7 +122,7 @@ def measure_as_is(condition: str, frames: int) -> dict[str, float]:
     model = resnet50_tree(torch)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(2, 3, 4, 4), torch.randint(0, 10, (2,))
-    hooked_grads = condition == "gradients (hooked)"
+    hooked_grads = condition.startswith("gradients (hooked)")
 
     def step() -> None:
         loss = torch.nn.functional.cross_entropy(model(x), y)

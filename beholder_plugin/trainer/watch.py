@@ -26,12 +26,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from beholder_plugin.protocol.filters import SectionFilter
 from beholder_plugin.trainer import compiled, sources
 from beholder_plugin.trainer.exact_pass import HOST_EXACT_VALUES
-from beholder_plugin.trainer.sources import torch_capture, torch_modules
+from beholder_plugin.trainer.sources import torch_batch, torch_capture, torch_modules
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.watch_keras import KerasWatch, nnx_sections
 
@@ -41,9 +41,22 @@ logger = logging.getLogger("beholder")
 VARIABLES_REFRESH_SECONDS = 2.0
 
 CAPTURED_VALUES = ("gradients", "activations")
+
+# Gradients caught by hooks (the step's .grad gone by update(), as Hugging Face's Trainer clears them) are
+# copied whole into one buffer at the end of the backward pass (one launch) and gathered from it by the
+# frame as one batch (a CUDA graph: the buffer stays where it is), when together they take at most this
+# many bytes on one device; larger ones are each sliced as before, so that no setting keeps gigabytes.
+HELD_GRADIENT_BYTES = 256 * 2**20
 NO_LAYER_RAN = ("no layer ran with its hook in the step after the frame fell due: was the model called? "
                 "(A torch.compile'd model traced before the hooks were armed runs without them until a "
                 "training step changes its parameters; it is then compiled again, once.)")
+
+class Held(NamedTuple):
+    """A gradient kept whole by its hook until the frame takes it (HELD_GRADIENT_BYTES), and its layout."""
+
+    tensor: Any
+    layout: str | None
+
 
 class WatchHandle:
     """Removes a watch's hooks: ``handle.remove()``, or use it as a context manager."""
@@ -107,6 +120,7 @@ class Watch:
             # on when it is compiled already, or from the moment dynamo starts compiling anything.
             self.compiled = compiled.is_compiled(model)
             self._kept: dict[str, Any] = {}  # a compiled graph's layer outputs on the armed step
+            self._flat: dict[str, Any] = {}  # the buffer hooked gradients are copied into (_hold)
             self._kept_handles: list[Any] = []
             self._versions = 0  # the parameters' version counters when armed: did a step run since?
             self._version_params: list[Any] = []  # the parameters they were read from
@@ -191,6 +205,8 @@ class Watch:
         if self.framework == "torch":
             self._rehook(shown)
             self._kept.clear()
+            if shown != "gradients":
+                self._flat.clear()  # (the hooked gradients' buffer, up to HELD_GRADIENT_BYTES, is let go)
             if shown == "activations":
                 self._norm_credit = min(self._norm_credit + HOST_EXACT_VALUES, 64 * HOST_EXACT_VALUES)
                 self._version_params = [param for _, param, _ in self.variables()]
@@ -235,6 +251,9 @@ class Watch:
                 if at_hand and got is not None:
                     named.append((name, got, layout))
                     continue
+                if type(got) is Held:  # kept whole at the end of the backward pass: gathered as one batch
+                    named.append((name, got.tensor, got.layout))
+                    continue
                 if got is None:
                     why = "no gradient this step (the parameter was not used in the loss, or is frozen)"
                     got = Captured(tuple(param.shape), None, error=why)
@@ -264,6 +283,7 @@ class Watch:
         for handle in self._kept_handles:
             handle.remove()
         self._kept_handles = []
+        self._flat.clear()
         if self._stop_listening is not None:
             self._stop_listening()
             self._stop_listening = None
@@ -350,8 +370,26 @@ class Watch:
         them here shows what the optimizer will use.
         """
         arrived, self._arrived, self._queued = self._arrived, {}, False
+        if self._hold(arrived):
+            return
         for name, (param, layout) in arrived.items():
             self._capture(name, param.grad, layout)
+
+    def _hold(self, arrived: dict[str, tuple[Any, str | None]]) -> bool:
+        """Copy the arrived gradients whole into one buffer for take() with one launch (not a slice
+        launched per gradient), when they are plain dense tensors of one dtype on one batch device
+        within HELD_GRADIENT_BYTES; False: slice each now. Copied now, as slices are: what the
+        frame shows is the gradient as the backward pass left it (before clipping in place)."""
+        grads = [(name, param.grad, layout) for name, (param, layout) in arrived.items()
+                 if self.pattern is None or self.pattern.search(name)]
+        if not grads or self.show_all:
+            return False
+        copies = torch_batch.flat_copies([grad for _, grad, _ in grads], HELD_GRADIENT_BYTES, self._flat)
+        if copies is None:
+            return False
+        for (name, _, layout), copy in zip(grads, copies):
+            self.captured[name] = Held(copy, layout)
+        return True
 
     def _activation_hook(self, name: str, module: Any) -> Callable:
         def hook(mod: Any, inputs: Any, output: Any) -> None:

@@ -570,3 +570,78 @@ def test_a_memo_of_tensors_fits_alike_tensors_and_nothing_else(tmp_path, monkeyp
     assert not fits_with(g, (named[g][0], torch.zeros(5, 2), "a layout asked for"))
     assert not fits_with(b, (named[b][0], np.zeros(7, np.float32), named[b][2]))
     assert not real(memo, named[:2], settings)
+
+
+@pytest.mark.parametrize("mode", ["current", "variance"])
+def test_hooked_gradients_are_copied_into_one_buffer_and_gathered_as_one_batch(tmp_path, monkeypatch, mode):
+    """.grad cleared after the step (Hugging Face's Trainer): at the end of the backward pass the hooks
+    copy the gradients whole into one buffer (within HELD_GRADIENT_BYTES), and the frame gathers them
+    from it as one batch: no slice per gradient, the same frames as slicing each one (the gradients as
+    the backward pass left them, though the loop clips them in place before update()), no gradient
+    kept. Over the budget, each is sliced as before."""
+    import weakref
+
+    from beholder_plugin.trainer import watch as watch_module
+    from beholder_plugin.trainer.sources import torch_capture
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    sliced: list[str] = []
+    real_copy = torch_capture.copy_shown
+
+    def counted(name, *args, **kwargs):
+        sliced.append(name)
+        return real_copy(name, *args, **kwargs)
+
+    monkeypatch.setattr(torch_capture, "copy_shown", counted)
+    frames, slices, left = {}, {}, {}
+    held = watch_module.HELD_GRADIENT_BYTES
+    for budget in (held, 0):
+        monkeypatch.setattr(watch_module, "HELD_GRADIENT_BYTES", budget)
+        sliced.clear()
+        run = str(tmp_path / f"run-{budget}")
+        set_config(run, values="gradients", FPS=30, mode=mode)
+        torch.manual_seed(0)
+        model = convnet().to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1)), torch.arange(4)
+        beholder = Beholder(run, strict=True, background=False)
+        beholder.watch(model)
+        kept = []
+        for _ in range(8):
+            nn.functional.cross_entropy(model(x), y).backward()
+            kept += [weakref.ref(p.grad) for p in model.parameters()]
+            nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # in place, after the hooks' copies
+            opt.step()
+            opt.zero_grad(set_to_none=True)  # gone before update(): the next frame comes from hooks
+            beholder.frame_due_now()
+            beholder.update()
+        assert beholder.frames_written >= 3 and beholder.failures == 0
+        frames[budget], slices[budget] = read_frame_file(run), len(sliced)
+        left[budget] = sum(ref() is not None for ref in kept)  # taken frames keep no gradient
+        beholder.close()
+    assert slices[held] == 0 and slices[0] >= 3 * len(list(convnet().parameters()))
+    assert left == {held: 0, 0: 0}
+    assert_same_frames(frames[held], frames[0])
+
+
+def test_flat_copies_are_one_buffer_of_dense_tensors_of_one_dtype_and_the_same_views_again(monkeypatch):
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)  # (else CPU tensors are read on the host)
+    cl = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    tensors = [torch.randn(4, 3), cl, torch.randn(7)]
+    kept: dict = {}
+    views = torch_batch.flat_copies(tensors, 1 << 20, kept)
+    assert [v.shape for v in views] == [t.shape for t in tensors]
+    assert [v.stride() for v in views] == [t.stride() for t in tensors]
+    assert all(torch.equal(v, t) for v, t in zip(views, tensors))
+    assert len({v.untyped_storage().data_ptr() for v in views}) == 1  # one buffer
+    for t in tensors:
+        t.mul_(2)  # the copies keep what they were given
+    assert not any(torch.equal(v, t) for v, t in zip(views, tensors))
+    again = torch_batch.flat_copies(tensors, 1 << 20, kept)
+    assert all(a is v for a, v in zip(again, views))
+    assert all(torch.equal(v, t) for v, t in zip(again, tensors))
+    assert torch_batch.flat_copies([torch.randn(3), torch.randn(3, dtype=torch.float64)], 1 << 20, {}) is None
+    assert torch_batch.flat_copies([torch.randn(3), torch.randn(8)[::2]], 1 << 20, {}) is None  # not dense
+    assert torch_batch.flat_copies([torch.randn(4, 3)], 47, {}) is None  # over the budget: 48 bytes
+    assert torch_batch.flat_copies([torch.randn(4, 3)], 48, {}) is not None
+    assert torch_batch.flat_copies([torch.randn(4, 3).to_sparse()], 1 << 20, {}) is None

@@ -69,6 +69,45 @@ def batch_device(t: Any) -> Any:
     return device
 
 
+def flat_copies(tensors: list[Any], budget: int, kept: dict) -> list[Any] | None:
+    """Copies of these tensors laid end to end in one buffer by one launch (a cat), as views of their
+    shapes and strides; None unless they are plain, dense tensors of one dtype on one batch device
+    taking at most ``budget`` bytes together.
+
+    ``kept`` holds the buffer and its views between calls: while the tensors'
+    shapes and strides stay, the same views come back, in the same memory
+    (a frame's CUDA graph then reads them where it read the last ones).
+    """
+    import torch
+
+    if not tensors:
+        return None
+    first = tensors[0]
+    dtype, device, plain = first.dtype, batch_device(first), (torch.Tensor, torch.nn.Parameter)
+    if device is None:
+        return None
+    for t in tensors:
+        if type(t) not in plain or t.layout is not torch.strided or t.dtype != dtype or t.device != device:
+            return None
+        if not (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))):
+            return None  # (its values do not fill one span of memory)
+    counts = [t.numel() for t in tensors]
+    if sum(counts) * first.element_size() > budget:
+        return None
+    key = (device, dtype, [t.shape for t in tensors], [t.stride() for t in tensors])
+    if kept.get("key") != key:
+        kept.clear()
+        flat = torch.empty(sum(counts), dtype=dtype, device=device)
+        views, at = [], 0
+        for t, n in zip(tensors, counts):
+            views.append(flat.as_strided(t.shape, t.stride(), at))
+            at += n
+        kept.update(key=key, flat=flat, views=views)
+    spans = [t.as_strided((n,), (1,), t.storage_offset()) for t, n in zip(tensors, counts)]
+    torch.cat(spans, out=kept["flat"])
+    return kept["views"]
+
+
 def storage_offsets(plan: SectionPlan, shape: Sequence[int], strides: Sequence[int],
                     runs: tuple[int, int, int], sample_n: int) -> np.ndarray:
     """Storage offsets (from the tensor's own offset) of a section's shown values, then of its sample.
