@@ -579,12 +579,26 @@ def test_hooked_gradients_are_copied_into_one_buffer_and_gathered_as_one_batch(t
     from it as one batch: no slice per gradient, the same frames as slicing each one (the gradients as
     the backward pass left them, though the loop clips them in place before update()), no gradient
     kept. Over the budget, each is sliced as before."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    check_hooked_gradients_in_one_buffer(tmp_path, monkeypatch, mode, "cpu")
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_on_a_gpu_hooked_gradients_are_copied_into_one_buffer(tmp_path, monkeypatch):
+    """The same on CUDA: one buffer, no slice per gradient, the same frames as slicing each one."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # the two runs' gradients bit for bit
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    check_hooked_gradients_in_one_buffer(tmp_path, monkeypatch, "variance", "cuda")
+
+
+def check_hooked_gradients_in_one_buffer(tmp_path, monkeypatch, mode: str, device: str) -> None:
+    """Frames of hooked gradients through one buffer and through a slice each (HELD_GRADIENT_BYTES 0)."""
     import weakref
 
     from beholder_plugin.trainer import watch as watch_module
     from beholder_plugin.trainer.sources import torch_capture
 
-    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
     sliced: list[str] = []
     real_copy = torch_capture.copy_shown
 
@@ -601,9 +615,10 @@ def test_hooked_gradients_are_copied_into_one_buffer_and_gathered_as_one_batch(t
         run = str(tmp_path / f"run-{budget}")
         set_config(run, values="gradients", FPS=30, mode=mode)
         torch.manual_seed(0)
-        model = convnet().to(memory_format=torch.channels_last)
+        model = convnet().to(device=device, memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        x, y = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1)), torch.arange(4)
+        x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1)).to(device)
+        y = torch.arange(4, device=device)
         beholder = Beholder(run, strict=True, background=False)
         beholder.watch(model)
         kept = []
