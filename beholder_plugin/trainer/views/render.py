@@ -359,17 +359,11 @@ class Renderer:
         low_bound, high_bound = (low, high) if lo_b is lows else (json_floats(lo_b), json_floats(hi_b))
         unclean_list = unclean.tolist()
         records = []
-        for i, base in enumerate(plan.record_bases):
-            let_training_run()
-            record = dict(base)
-            record.update(
-                bounds=[low_bound[i], high_bound[i]],
-                min=low[i],
-                mean=mean[i],
-                max=high[i],
-                range=spread[i],
-                finite=not unclean_list[i] or i in missing,
-            )
+        per_section = zip(plan.record_bases, low_bound, high_bound, low, mean, high, spread, unclean_list)
+        for i, (base, bound_lo, bound_hi, lo, average, hi, span, unclean_i) in enumerate(per_section):
+            let_training_run()  # (the worker builds these holding the GIL: one zip, no indexing)
+            record = {**base, "bounds": [bound_lo, bound_hi], "min": lo, "mean": average, "max": hi,
+                      "range": span, "finite": not unclean_i or i in missing}
             if i in missing:
                 record["missing"] = missing[i]
             elif stats is not None and stats[i] is not None:
