@@ -6,16 +6,17 @@ Otherwise hooks capture what the dashboard's Values setting asks for, and
 only on the step after a frame became due ("armed"): arm() installs
 forward hooks on leaf modules, which copy the shown slice of each output,
 or (gradients cleared before update(), or sharded) post-accumulate-grad
-hooks, which note which gradients arrived so that the shown slices are
-copied when the backward pass ends (DDP's averaged gradients, not local
-ones), or, for a model sharded with FSDP2, forward
+hooks, which note which gradients arrived so that they are copied when
+the backward pass ends (DDP's averaged gradients, not local ones): whole,
+into one buffer with one launch, up to HELD_GRADIENT_BYTES, else the shown
+slice of each; or, for a model sharded with FSDP2, forward
 pre-hooks that copy the shown slice of each module's weights while FSDP2 has
 gathered them whole for that forward (no collective of Beholder's own; only
 the rank that writes arms them). Taking the frame removes them: every other step
 runs with no hook at all (a hooked module call takes PyTorch's slower path,
 several percent of a small model's step). Hooks never keep a tensor alive:
-they copy the compact section (or, with show_all, the whole tensor) and drop
-the reference.
+they copy the compact section (or, with show_all, the whole tensor; or the
+gradients into their one buffer) and drop the reference.
 
 A Keras model or a Flax NNX module needs no hooks: watch_keras.py says what
 is shown of them.
