@@ -8,7 +8,7 @@ forward hooks on leaf modules, which copy the shown slice of each output,
 or (gradients cleared before update(), or sharded) post-accumulate-grad
 hooks, which note which gradients arrived so that they are copied when
 the backward pass ends (DDP's averaged gradients, not local ones): whole,
-into one buffer with one launch, up to HELD_GRADIENT_BYTES, else the shown
+into one buffer with one launch, up to GRADIENT_BUFFER_BYTES, else the shown
 slice of each; or, for a model sharded with FSDP2, forward
 pre-hooks that copy the shown slice of each module's weights while FSDP2 has
 gathered them whole for that forward (no collective of Beholder's own; only
@@ -47,13 +47,14 @@ CAPTURED_VALUES = ("gradients", "activations")
 # copied whole into one buffer at the end of the backward pass (one launch) and gathered from it by the
 # frame as one batch (a CUDA graph: the buffer stays where it is), when together they take at most this
 # many bytes on one device; larger ones are each sliced as before, so that no setting keeps gigabytes.
-HELD_GRADIENT_BYTES = 256 * 2**20
+GRADIENT_BUFFER_BYTES = 256 * 2**20
 NO_LAYER_RAN = ("no layer ran with its hook in the step after the frame fell due: was the model called? "
                 "(A torch.compile'd model traced before the hooks were armed runs without them until a "
                 "training step changes its parameters; it is then compiled again, once.)")
 
-class Held(NamedTuple):
-    """A gradient kept whole by its hook until the frame takes it (HELD_GRADIENT_BYTES), and its layout."""
+
+class BufferedGradient(NamedTuple):
+    """A gradient's copy in the hooked gradients' one buffer (GRADIENT_BUFFER_BYTES), and its layout."""
 
     tensor: Any
     layout: str | None
@@ -121,7 +122,7 @@ class Watch:
             # on when it is compiled already, or from the moment dynamo starts compiling anything.
             self.compiled = compiled.is_compiled(model)
             self._kept: dict[str, Any] = {}  # a compiled graph's layer outputs on the armed step
-            self._flat: dict[str, Any] = {}  # the buffer hooked gradients are copied into (_hold)
+            self._gradient_buffer = torch_batch.FlatCopies()  # hooked gradients' copies (_copy_to_buffer)
             self._kept_handles: list[Any] = []
             self._versions = 0  # the parameters' version counters when armed: did a step run since?
             self._version_params: list[Any] = []  # the parameters they were read from
@@ -207,7 +208,7 @@ class Watch:
             self._rehook(shown)
             self._kept.clear()
             if shown != "gradients":
-                self._flat.clear()  # (the hooked gradients' buffer, up to HELD_GRADIENT_BYTES, is let go)
+                self._gradient_buffer.clear()  # (up to GRADIENT_BUFFER_BYTES, let go)
             if shown == "activations":
                 self._norm_credit = min(self._norm_credit + HOST_EXACT_VALUES, 64 * HOST_EXACT_VALUES)
                 self._version_params = [param for _, param, _ in self.variables()]
@@ -252,7 +253,7 @@ class Watch:
                 if at_hand and got is not None:
                     named.append((name, got, layout))
                     continue
-                if type(got) is Held:  # kept whole at the end of the backward pass: gathered as one batch
+                if type(got) is BufferedGradient:  # copied whole when the backward pass ended: one batch
                     named.append((name, got.tensor, got.layout))
                     continue
                 if got is None:
@@ -284,7 +285,7 @@ class Watch:
         for handle in self._kept_handles:
             handle.remove()
         self._kept_handles = []
-        self._flat.clear()
+        self._gradient_buffer.clear()
         if self._stop_listening is not None:
             self._stop_listening()
             self._stop_listening = None
@@ -371,25 +372,25 @@ class Watch:
         them here shows what the optimizer will use.
         """
         arrived, self._arrived, self._queued = self._arrived, {}, False
-        if self._hold(arrived):
+        if self._copy_to_buffer(arrived):
             return
         for name, (param, layout) in arrived.items():
             self._capture(name, param.grad, layout)
 
-    def _hold(self, arrived: dict[str, tuple[Any, str | None]]) -> bool:
+    def _copy_to_buffer(self, arrived: dict[str, tuple[Any, str | None]]) -> bool:
         """Copy the arrived gradients whole into one buffer for take() with one launch (not a slice
         launched per gradient), when they are plain dense tensors of one dtype on one batch device
-        within HELD_GRADIENT_BYTES; False: slice each now. Copied now, as slices are: what the
+        within GRADIENT_BUFFER_BYTES; False: slice each now. Copied now, as slices are: what the
         frame shows is the gradient as the backward pass left it (before clipping in place)."""
         grads = [(name, param.grad, layout) for name, (param, layout) in arrived.items()
                  if self.pattern is None or self.pattern.search(name)]
         if not grads or self.show_all:
             return False
-        copies = torch_batch.flat_copies([grad for _, grad, _ in grads], HELD_GRADIENT_BYTES, self._flat)
+        copies = self._gradient_buffer.copy([grad for _, grad, _ in grads], GRADIENT_BUFFER_BYTES)
         if copies is None:
             return False
         for (name, _, layout), copy in zip(grads, copies):
-            self.captured[name] = Held(copy, layout)
+            self.captured[name] = BufferedGradient(copy, layout)
         return True
 
     def _activation_hook(self, name: str, module: Any) -> Callable:

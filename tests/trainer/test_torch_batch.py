@@ -575,7 +575,7 @@ def test_a_memo_of_tensors_fits_alike_tensors_and_nothing_else(tmp_path, monkeyp
 @pytest.mark.parametrize("mode", ["current", "variance"])
 def test_hooked_gradients_are_copied_into_one_buffer_and_gathered_as_one_batch(tmp_path, monkeypatch, mode):
     """.grad cleared after the step (Hugging Face's Trainer): at the end of the backward pass the hooks
-    copy the gradients whole into one buffer (within HELD_GRADIENT_BYTES), and the frame gathers them
+    copy the gradients whole into one buffer (within GRADIENT_BUFFER_BYTES), and the frame gathers them
     from it as one batch: no slice per gradient, the same frames as slicing each one (the gradients as
     the backward pass left them, though the loop clips them in place before update()), no gradient
     kept. Over the budget, each is sliced as before."""
@@ -593,7 +593,7 @@ def test_on_a_gpu_hooked_gradients_are_copied_into_one_buffer(tmp_path, monkeypa
 
 
 def check_hooked_gradients_in_one_buffer(tmp_path, monkeypatch, mode: str, device: str) -> None:
-    """Frames of hooked gradients through one buffer and through a slice each (HELD_GRADIENT_BYTES 0)."""
+    """Frames of hooked gradients through one buffer and through a slice each (GRADIENT_BUFFER_BYTES 0)."""
     import weakref
 
     from beholder_plugin.trainer import watch as watch_module
@@ -608,9 +608,9 @@ def check_hooked_gradients_in_one_buffer(tmp_path, monkeypatch, mode: str, devic
 
     monkeypatch.setattr(torch_capture, "copy_shown", counted)
     frames, slices, left = {}, {}, {}
-    held = watch_module.HELD_GRADIENT_BYTES
-    for budget in (held, 0):
-        monkeypatch.setattr(watch_module, "HELD_GRADIENT_BYTES", budget)
+    buffered = watch_module.GRADIENT_BUFFER_BYTES
+    for budget in (buffered, 0):
+        monkeypatch.setattr(watch_module, "GRADIENT_BUFFER_BYTES", budget)
         sliced.clear()
         run = str(tmp_path / f"run-{budget}")
         set_config(run, values="gradients", FPS=30, mode=mode)
@@ -634,17 +634,17 @@ def check_hooked_gradients_in_one_buffer(tmp_path, monkeypatch, mode: str, devic
         frames[budget], slices[budget] = read_frame_file(run), len(sliced)
         left[budget] = sum(ref() is not None for ref in kept)  # taken frames keep no gradient
         beholder.close()
-    assert slices[held] == 0 and slices[0] >= 3 * len(list(convnet().parameters()))
-    assert left == {held: 0, 0: 0}
-    assert_same_frames(frames[held], frames[0])
+    assert slices[buffered] == 0 and slices[0] >= 3 * len(list(convnet().parameters()))
+    assert left == {buffered: 0, 0: 0}
+    assert_same_frames(frames[buffered], frames[0])
 
 
 def test_flat_copies_are_one_buffer_of_dense_tensors_of_one_dtype_and_the_same_views_again(monkeypatch):
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)  # (else CPU tensors are read on the host)
     cl = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
-    tensors = [torch.randn(4, 3), cl, torch.randn(7)]
-    kept: dict = {}
-    views = torch_batch.flat_copies(tensors, 1 << 20, kept)
+    tensors = [torch.randn(4, 3), cl, torch.randn(7), torch.randn(5, 6).t()]  # (a transpose is dense too)
+    copies = torch_batch.FlatCopies()
+    views = copies.copy(tensors, 1 << 20)
     assert [v.shape for v in views] == [t.shape for t in tensors]
     assert [v.stride() for v in views] == [t.stride() for t in tensors]
     assert all(torch.equal(v, t) for v, t in zip(views, tensors))
@@ -652,11 +652,12 @@ def test_flat_copies_are_one_buffer_of_dense_tensors_of_one_dtype_and_the_same_v
     for t in tensors:
         t.mul_(2)  # the copies keep what they were given
     assert not any(torch.equal(v, t) for v, t in zip(views, tensors))
-    again = torch_batch.flat_copies(tensors, 1 << 20, kept)
+    again = copies.copy(tensors, 1 << 20)
     assert all(a is v for a, v in zip(again, views))
     assert all(torch.equal(v, t) for v, t in zip(again, tensors))
-    assert torch_batch.flat_copies([torch.randn(3), torch.randn(3, dtype=torch.float64)], 1 << 20, {}) is None
-    assert torch_batch.flat_copies([torch.randn(3), torch.randn(8)[::2]], 1 << 20, {}) is None  # not dense
-    assert torch_batch.flat_copies([torch.randn(4, 3)], 47, {}) is None  # over the budget: 48 bytes
-    assert torch_batch.flat_copies([torch.randn(4, 3)], 48, {}) is not None
-    assert torch_batch.flat_copies([torch.randn(4, 3).to_sparse()], 1 << 20, {}) is None
+    copy = torch_batch.FlatCopies().copy
+    assert copy([torch.randn(3), torch.randn(3, dtype=torch.float64)], 1 << 20) is None
+    assert copy([torch.randn(3), torch.randn(8)[::2]], 1 << 20) is None  # not dense
+    assert copy([torch.randn(4, 3)], 47) is None  # over the budget: 48 bytes
+    assert copy([torch.randn(4, 3)], 48) is not None
+    assert copy([torch.randn(4, 3).to_sparse()], 1 << 20) is None

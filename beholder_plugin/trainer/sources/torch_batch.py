@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.plans import SectionPlan
+from beholder_plugin.trainer.exact_pass import dense
 from beholder_plugin.trainer.sources import run_positions
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.render import FlatWindow
@@ -69,43 +70,53 @@ def batch_device(t: Any) -> Any:
     return device
 
 
-def flat_copies(tensors: list[Any], budget: int, kept: dict) -> list[Any] | None:
-    """Copies of these tensors laid end to end in one buffer by one launch (a cat), as views of their
-    shapes and strides; None unless they are plain, dense tensors of one dtype on one batch device
-    taking at most ``budget`` bytes together.
+class FlatCopies:
+    """Copies of tensors laid end to end in one buffer by one launch (a cat), as views of their shapes and
+    strides, kept between calls: while the tensors' shapes and strides stay, the same views come back,
+    in the same memory (a frame's CUDA graph then reads them where it read the last ones)."""
 
-    ``kept`` holds the buffer and its views between calls: while the tensors'
-    shapes and strides stay, the same views come back, in the same memory
-    (a frame's CUDA graph then reads them where it read the last ones).
-    """
-    import torch
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._flat: Any = None
+        self._views: list[Any] = []
 
-    if not tensors:
-        return None
-    first = tensors[0]
-    dtype, device, plain = first.dtype, batch_device(first), (torch.Tensor, torch.nn.Parameter)
-    if device is None:
-        return None
-    for t in tensors:
-        if type(t) not in plain or t.layout is not torch.strided or t.dtype != dtype or t.device != device:
+    def copy(self, tensors: list[Any], budget: int) -> list[Any] | None:
+        """The copies of these tensors, or None unless they are plain tensors whose values fill their
+        memory span (``exact_pass.dense``), of one dtype on one batch device, at most ``budget`` bytes
+        together."""
+        import torch
+
+        if not tensors:
             return None
-        if not (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))):
-            return None  # (its values do not fill one span of memory)
-    counts = [t.numel() for t in tensors]
-    if sum(counts) * first.element_size() > budget:
-        return None
-    key = (device, dtype, [t.shape for t in tensors], [t.stride() for t in tensors])
-    if kept.get("key") != key:
-        kept.clear()
-        flat = torch.empty(sum(counts), dtype=dtype, device=device)
-        views, at = [], 0
-        for t, n in zip(tensors, counts):
-            views.append(flat.as_strided(t.shape, t.stride(), at))
-            at += n
-        kept.update(key=key, flat=flat, views=views)
-    spans = [t.as_strided((n,), (1,), t.storage_offset()) for t, n in zip(tensors, counts)]
-    torch.cat(spans, out=kept["flat"])
-    return kept["views"]
+        first = tensors[0]
+        dtype, device, plain = first.dtype, batch_device(first), (torch.Tensor, torch.nn.Parameter)
+        if device is None:
+            return None
+        for t in tensors:
+            if type(t) not in plain or t.layout is not torch.strided or t.dtype != dtype:
+                return None
+            if t.device != device or not dense(t):  # (dense: its values fill one span of memory)
+                return None
+        counts = [t.numel() for t in tensors]
+        total = sum(counts)
+        if total * first.element_size() > budget:
+            return None
+        key = (device, dtype, [t.shape for t in tensors], [t.stride() for t in tensors])
+        if key != self._key:
+            self.clear()
+            self._flat = torch.empty(total, dtype=dtype, device=device)
+            at = 0
+            for t, n in zip(tensors, counts):
+                self._views.append(self._flat.as_strided(t.shape, t.stride(), at))
+                at += n
+            self._key = key
+        spans = [t.as_strided((n,), (1,), t.storage_offset()) for t, n in zip(tensors, counts)]
+        torch.cat(spans, out=self._flat)
+        return self._views
+
+    def clear(self) -> None:
+        """Let the buffer go."""
+        self._key, self._flat, self._views = None, None, []
 
 
 def storage_offsets(plan: SectionPlan, shape: Sequence[int], strides: Sequence[int],
