@@ -111,11 +111,10 @@ class BatchMemo:
     source: list | None = None
 
     def __post_init__(self) -> None:
-        # "tensors": where the kept parameters are, where the other tensors are, and those ones' shapes
-        tensors = self.kind == "tensors"
-        self.kept = [i for i, obj in enumerate(self.objects) if obj is not None] if tensors else []
-        self.others = [i for i, obj in enumerate(self.objects) if obj is None] if self.kept else None
-        self.other_shapes = self.shapes if self.others is None else [self.shapes[i] for i in self.others]
+        # "tensors": where the kept parameters are, where the other tensors (gradients) are, their shapes
+        self.kept = [i for i, obj in enumerate(self.objects) if obj is not None]
+        self.others = [i for i, obj in enumerate(self.objects) if obj is None]
+        self.other_shapes = [self.shapes[i] for i in self.others]
 
     @staticmethod
     def of(named: list, settings: Any, plan: FramePlan, batches: dict, missing: dict,
@@ -168,8 +167,6 @@ class BatchMemo:
             in zip(named, self.names, self.shapes, self.layouts)
         )
 
-
-
     def _tensors_fit(self, named: list) -> bool:
         """fits() for "tensors": the same names and layouts; each kept parameter the same object, and in
         place of each other tensor a plain strided torch tensor of the same shape on the memo's device.
@@ -180,9 +177,9 @@ class BatchMemo:
         if [entry[0] for entry in named] != self.names or [entry[2] for entry in named] != self.layouts:
             return False
         got = [entry[1] for entry in named]
-        if self.kept and not all(got[i] is self.objects[i] for i in self.kept):
+        if not all(got[i] is self.objects[i] for i in self.kept):
             return False
-        others = got if not self.kept else [got[i] for i in self.others]
+        others = [got[i] for i in self.others] if self.kept else got
         if not others:
             return True
         torch = sys.modules["torch"]
