@@ -214,11 +214,7 @@ def time_worker(beholder) -> list[float]:
         real(job)
         spent.append(time.perf_counter() - t0)
 
-    # what the worker calls for each frame (it was handed jobs.run when the Beholder was made), and
-    # update() when there is no worker
-    beholder.jobs.run = run_job
-    if beholder.worker is not None:
-        beholder.worker._run = run_job
+    run_jobs_with(beholder, run_job)
     return spent
 
 
@@ -231,6 +227,12 @@ def copy_only(beholder) -> None:
         if job.pending:
             receive(job)
 
+    run_jobs_with(beholder, run_job)
+
+
+def run_jobs_with(beholder, run_job) -> None:
+    """Have each frame's job run by run_job: what the worker calls (it was handed jobs.run when the
+    Beholder was made), and update() when there is no worker."""
     beholder.jobs.run = run_job
     if beholder.worker is not None:
         beholder.worker._run = run_job
