@@ -14,6 +14,11 @@ from beholder_plugin.trainer.sources.captured import Captured
 # (about 0.1 ms a frame; at 1 << 20 it alone cost MobileNetV2's frames 4-5 % more CPU, timeline_bench.py).
 HOST_EXACT_VALUES = 1 << 18
 
+# What an entry of the figures to read back holds besides norms (its last field): nothing more; the per-step
+# check's flags too; or norms taken by hooks, which stand over any other norm of the same sections (a
+# gradient copied as the backward pass left it, read again at update() after the loop clipped it in place).
+NORMS, CHECKED, HOOKED = 0, 1, 2
+
 
 class _Exact:
     """What the exact pass found for one frame: per section norm and non-finite count, maybe on the device."""
@@ -25,9 +30,9 @@ class _Exact:
         self.step_first = np.full(count, -1, np.int64)  # the per-step check's first non-finite step
         self.step_value = np.full(count, np.nan)  # the norm it found then (NaN or inf)
         self.step_checked = np.zeros(count, bool)
-        self.device: list[tuple] = []  # (sections, host tensors, event or None, per-step?) to read back
-        # (device, sections, device tensors, per-step?) not copied yet: the frame's own copy takes them
-        # (torch_batch.DeviceGather.extra), the rest are copied on their own (copy_back_rest)
+        self.device: list[tuple] = []  # (sections, host tensors, event or None, NORMS/CHECKED/HOOKED)
+        # (device, sections, device tensors, NORMS/CHECKED/HOOKED) not copied yet: the frame's own copy
+        # takes them (torch_batch.DeviceGather.extra), the rest are copied on their own (copy_back_rest)
         self.queued: list[tuple] = []
 
     def take(self, device: Any) -> list[tuple]:
@@ -41,13 +46,13 @@ class _Exact:
         """Copy back the queued figures no frame copy took (each device's in a copy of its own)."""
         if self.queued:
             torch = sys.modules["torch"]
-            for device, sections, values, stepped in self.queued:
-                self.device.append((sections, *_copied_back(torch, device, values), stepped))
+            for device, sections, values, kind in self.queued:
+                self.device.append((sections, *_copied_back(torch, device, values), kind))
             self.queued = []
 
     def resolve(self) -> None:
-        """Wait for the device's copies (the worker) and put them in place."""
-        for sections, host, event, stepped in self.device:
+        """Wait for the device's copies (the worker) and put them in place (the hooks' norms last)."""
+        for sections, host, event, kind in sorted(self.device, key=lambda entry: entry[3] == HOOKED):
             if event is not None:
                 event.synchronize()
             norms = host[0].numpy().astype(np.float64)
@@ -55,7 +60,7 @@ class _Exact:
             self.exact[sections] = True
             finite = np.isfinite(norms)
             self.nonfinite[sections] = np.where(finite, 0.0, np.nan)
-            if stepped:
+            if kind == CHECKED:
                 self.step_first[sections] = host[1].numpy()
                 self.step_value[sections] = host[2].numpy()
                 self.step_checked[sections] = True
@@ -223,6 +228,18 @@ def _norms(torch: Any, tensors: list[Any], groups: list[list[int]] | None = None
     return torch.stack(parts)
 
 
+def whole_norms(tensors: list[Any]) -> Any:
+    """The L2 norms of torch tensors of one device (each readable()) as one float32 vector there: one
+    fused pass per norm group, no host sync."""
+    tensors = [t.detach() for t in tensors]
+    return _norms(sys.modules["torch"], tensors, norm_groups(tensors))
+
+
+def readable(obj: Any) -> bool:
+    """Whether obj is a torch tensor whose exact figures the exact pass can take."""
+    return _torch_kind(obj) is not None
+
+
 def _vector(torch: Any, parts: list[Any]) -> Any:
     """One fused pass's norms as one vector: the pass's own, when its scalars are the elements of one
     vector in order (CUDA's fused kernel returns them so), else a stack of them (one launch, and
@@ -301,11 +318,11 @@ class ExactPass:
         """Sort a frame's sections into host arrays and device tensors, run both passes (job.exact)."""
         exact = _Exact(len(named))
         job.exact = exact
-        if self._again is not None and self._gather_again(job, exact, named, watch):
+        params, (from_hooks, hooked_norms) = {}, _hooked_norms(job.shown, named, watch)
+        if self._again is not None and not from_hooks and self._gather_again(job, exact, named, watch):
             return
         host, devices, kept = [], {}, {}
         from_torch = None
-        params = {}
         if job.shown == "gradients" and watch is not None and getattr(watch, "framework", None) == "torch":
             params = {name: param for name, param, _ in watch.variables()}
         batch_cpu = _batch_cpu()
@@ -318,8 +335,12 @@ class ExactPass:
             param = params.get(entry[0]) if params else None
             if param is not None:
                 # the whole gradient (a hook keeps only the shown part), read through its parameter: the
-                # per-step check then reads each step's .grad and never holds one
+                # per-step check then reads each step's .grad and never holds one. When the hooks caught
+                # the gradients, only the check reads .grad (it may have been clipped since): the norms
+                # are the hooks' (else the sample's)
                 obj = param.grad
+                if from_hooks and (obj is None or (obj.device.type == "cpu" and not batch_cpu)):
+                    continue
             elif type(obj) is Captured:
                 if obj.norm is not None:  # an activation's, taken by its hook over the whole output
                     kept.setdefault(obj.norm.device, []).append((i, obj.norm))
@@ -340,7 +361,10 @@ class ExactPass:
             self._device_pass(from_torch, exact, devices, job.step, [entry[0] for entry in named])
         elif self.checks:
             self._set_checks(None, {})
-        self._again = _Again.of(job.shown, named, watch, params, host, kept, devices, self.checks)
+        for device, sections, norms in hooked_norms:
+            exact.queued.append((device, sections, [norms], HOOKED))
+        self._again = None if from_hooks else _Again.of(job.shown, named, watch, params, host, kept, devices,
+                                                     self.checks)
 
     def _gather_again(self, job: Any, exact: _Exact, named: list, watch: Any) -> bool:
         """The frame of the same parameters (weights) or of their gradients as the last one, checked at
@@ -348,7 +372,7 @@ class ExactPass:
         again, check = self._again, self.checks[0] if len(self.checks) == 1 else None
         if check is None or check.norms_step != job.step or not again.fits(job.shown, named, watch):
             return False
-        exact.queued.append((check.device, again.sections, [check.norms, check.first, check.value], True))
+        exact.queued.append((check.device, again.sections, [check.norms, check.first, check.value], CHECKED))
         return True
 
     def _host_pass(self, exact: _Exact, host: list) -> None:
@@ -402,7 +426,7 @@ class ExactPass:
                 norms = (_norms(torch, tensors, check.groups, check.order) if check is not None
                          else _norms(torch, tensors, norm_groups(tensors)))
             values = [norms] if check is None else [norms, check.first, check.value]
-            exact.queued.append((device, sections, values, check is not None))
+            exact.queued.append((device, sections, values, NORMS if check is None else CHECKED))
 
     @staticmethod
     def _kept_norms(exact: _Exact, kept: dict) -> None:
@@ -410,7 +434,7 @@ class ExactPass:
         torch = sys.modules["torch"]
         for device, entries in kept.items():
             norms = torch.stack([norm for _, norm in entries])
-            exact.queued.append((device, [i for i, _ in entries], [norms], False))
+            exact.queued.append((device, [i for i, _ in entries], [norms], HOOKED))
 
     def _set_checks(self, torch: Any, devices: dict, names: list[str] | None = None) -> None:
         """(Re)build the per-step checks for the frame's device tensors; a section a check of the same
@@ -486,6 +510,22 @@ class _Again:
                 return False
             return [p.data_ptr() for p in self.params] == self.pointers
         return all(entry[0] == name for entry, name in zip(named, self.names))
+
+
+def _hooked_norms(shown: str, named: list, watch: Any) -> tuple[bool, list[tuple]]:
+    """Whether watch()'s hooks caught the gradients a frame shows, and the whole norms they took as the
+    backward pass left them: (device, sections, norms vector) per device."""
+    taken = getattr(watch, "gradient_norms", None) if shown == "gradients" else None
+    if taken is None:
+        return False, []
+    where = {entry[0]: i for i, entry in enumerate(named)}
+    vectors = []
+    for names, norms in taken:
+        sections = [where.get(name) for name in names]
+        if None in sections:  # (the hooks copy what the frame shows: never, unless the filter changed)
+            continue
+        vectors.append((norms.device, sections, norms))
+    return True, vectors
 
 
 def _copied_back(torch: Any, device: Any, values: list[Any]) -> tuple[list[Any], Any]:

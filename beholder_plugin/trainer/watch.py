@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from beholder_plugin.protocol.filters import SectionFilter
-from beholder_plugin.trainer import compiled, sources
+from beholder_plugin.trainer import compiled, exact_pass, sources
 from beholder_plugin.trainer.exact_pass import HOST_EXACT_VALUES
 from beholder_plugin.trainer.sources import torch_batch, torch_capture, torch_modules
 from beholder_plugin.trainer.sources.captured import Captured
@@ -102,6 +102,12 @@ class Watch:
         self._handles: list[Any] = []
         self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
         self._queued = False
+        # the whole norms of the gradients the hooks caught, taken when the backward pass ended (before
+        # the loop could clip them): (names, float32 vector) per device; gradient_norms: those of the
+        # gradients the last take() handed out, for the timeline's exact pass (None: read from .grad)
+        self._arrived_norms: list[tuple[list[str], Any]] = []
+        self.gradient_norms: list[tuple[list[str], Any]] | None = None
+        self._gradient_credit = 0  # values of CPU gradients whose whole norms may be taken
         # (shape, layout, sizing) -> the checked layout, the plan, the statistics' runs and sample size
         self._plans: dict[tuple, tuple] = {}
         self._variables: list[sources.Named] | None = None  # a torch module's, walked at self._variables_at
@@ -239,7 +245,9 @@ class Watch:
         if shown == "activations":
             return self._take_activations()
         captured, at_hand = self.captured, self.armed != shown and not self.sharded and self.read_gradients
+        norms = self._arrived_norms
         self.remove()  # the hooks did their step's work: training runs without them until the next frame
+        self.gradient_norms = norms if shown == "gradients" and not at_hand else None
         if shown == "trainable_variables":  # sharded weights, copied whole inside forward
             return [(name, captured[name], None) if name in captured else (name, param, layout)
                     for name, param, layout in self.variables()
@@ -273,6 +281,7 @@ class Watch:
         self._handles = []
         self.captured = {}
         self._arrived = {}
+        self._arrived_norms = []
         self.armed = None
         if self.framework == "torch":
             self._kept.clear()
@@ -372,10 +381,36 @@ class Watch:
         them here shows what the optimizer will use.
         """
         arrived, self._arrived, self._queued = self._arrived, {}, False
+        self._take_gradient_norms(arrived)
         if self._copy_to_buffer(arrived):
             return
         for name, (param, layout) in arrived.items():
             self._capture(name, param.grad, layout)
+
+    def _take_gradient_norms(self, arrived: dict[str, tuple[Any, str | None]]) -> None:
+        """Take the arrived gradients' whole L2 norms for the timeline now, before the loop can clip them
+        in place: one fused pass per device, left there; on the host within a credit of HOST_EXACT_VALUES
+        a frame (the exact pass's budget: a big model's every few frames)."""
+        try:
+            by_device: dict[Any, tuple[list[str], list[Any]]] = {}
+            for name, (param, _) in arrived.items():
+                grad = param.grad
+                if (self.pattern is None or self.pattern.search(name)) and exact_pass.readable(grad):
+                    names, grads = by_device.setdefault(grad.device, ([], []))
+                    names.append(name)
+                    grads.append(grad)
+            for names, grads in by_device.values():
+                if torch_batch.batch_device(grads[0]) is None:  # read on the host
+                    count = sum(grad.numel() for grad in grads)
+                    credit = min(self._gradient_credit + HOST_EXACT_VALUES, max(count, HOST_EXACT_VALUES))
+                    self._gradient_credit = credit if count > credit else credit - count
+                    if count > credit:
+                        continue  # the records keep the sample's norms
+                self._arrived_norms.append((names, exact_pass.whole_norms(grads)))
+        except Exception:
+            if self.strict:
+                raise
+            self._arrived_norms = []  # (the frame's records keep the sample's or .grad's norms)
 
     def _copy_to_buffer(self, arrived: dict[str, tuple[Any, str | None]]) -> bool:
         """Copy the arrived gradients whole into one buffer for take() with one launch (not a slice

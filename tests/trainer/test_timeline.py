@@ -256,6 +256,97 @@ def test_gradients_turning_nan_are_caught_at_their_step(run_dir, monkeypatch):
     assert (columns["flags"][1:] & tl.EXACT_NORM).all()  # the whole gradient's norm, not the sample's
 
 
+@pytest.mark.parametrize("batched", [False, True, "replayed"])
+def test_hooked_gradients_are_recorded_as_the_backward_pass_left_them(run_dir, monkeypatch, batched):
+    """Gradients caught by the hooks (BeholderHFCallback's way: update() comes after the loop clipped
+    them in place): each record's norm is the whole gradient's before clipping, exact, as the frame's
+    values are (not the clipped .grad that update() could read); the per-step check still reads .grad
+    and names the step a gradient turned NaN."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", bool(batched))
+    monkeypatch.setattr(torch_batch, "CPU_GRAPHS", batched == "replayed")
+    check_hooked_gradient_norms(run_dir, "cpu", at_step=bool(batched))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_hooked_gradients_are_recorded_as_the_backward_pass_left_them(run_dir):
+    """The same on CUDA: the hooks' norms ride with the frame's copy, the check names the NaN's step."""
+    check_hooked_gradient_norms(run_dir, "cuda", at_step=True)
+
+
+def check_hooked_gradient_norms(run_dir: str, device: str, at_step: bool) -> None:
+    """Train with clipping in place before update(), hooks catching the gradients; check the records."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    set_config(run_dir, FPS=1, values="gradients", mode="current")
+    beholder = Beholder(run_dir)
+    beholder.watch(model, activations=False)
+    beholder.watched.read_gradients = False  # (as BeholderHFCallback has it)
+    x = torch.randn(32, 8, device=device)
+    unclipped = {}
+    for step in range(1, 32):
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        if step == NAN_STEP:
+            out = out * float("nan")
+        out.square().mean().backward()
+        unclipped[step] = [float(torch.linalg.vector_norm(p.grad)) for p in model.parameters()]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+        optimizer.step()
+        if step in FRAME_STEPS:
+            beholder.frame_due_now()  # this update() arms the hooks, the next one writes the frame
+        beholder.update()
+        beholder.flush()
+    beholder.close()
+    timeline = read_timeline(run_dir)
+    names = [n for n, _ in model.named_parameters()]
+    steps = [s + 1 for s in FRAME_STEPS]
+    for i, name in enumerate(names):
+        columns = timeline[name]
+        assert columns["step"].tolist() == steps
+        assert (columns["flags"] & tl.EXACT_NORM).all()
+        np.testing.assert_allclose(columns["norm"], [unclipped[s][i] for s in steps], rtol=1e-5)
+    assert max(max(unclipped[s]) for s in steps) > 100 * 1e-3  # clipping did change them
+    first = next(a for a in read_anomalies(run_dir) if a.get("first"))
+    if at_step:
+        assert first["step"] == NAN_STEP and first["checked"] == "step"
+    else:
+        assert first["steps"] == [12, 21] and first["checked"] == "frame"
+
+
+def test_hooked_gradients_on_the_host_get_their_norms_within_the_budget(run_dir):
+    """On the host the hooks take the gradients' whole norms within the exact pass's budget
+    (HOST_EXACT_VALUES a frame on average): 360,600 values get them every second frame; in between the
+    records keep the sample's estimate of the gradient before clipping, never the clipped .grad."""
+    from beholder_plugin.trainer.timeline import HOST_EXACT_VALUES
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(600, 600)
+    assert HOST_EXACT_VALUES < 360_600 < 2 * HOST_EXACT_VALUES
+    set_config(run_dir, FPS=1, values="gradients", mode="current")
+    beholder = Beholder(run_dir, background=False)
+    beholder.watch(model, activations=False)
+    beholder.watched.read_gradients = False
+    unclipped = {}
+    for step in range(1, 9):
+        model.zero_grad(set_to_none=True)
+        model(torch.randn(16, 600)).square().mean().backward()
+        unclipped[step] = float(torch.linalg.vector_norm(model.weight.grad))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-4)
+        if step % 2:
+            beholder.frame_due_now()
+        beholder.update()
+    beholder.close()
+    columns = read_timeline(run_dir)["weight"]
+    assert columns["step"].tolist() == [2, 4, 6, 8]
+    assert [bool(f & tl.EXACT_NORM) for f in columns["flags"]] == [False, True, False, True]
+    expected = [unclipped[s] for s in (2, 4, 6, 8)]
+    np.testing.assert_allclose(columns["norm"][1::2], expected[1::2], rtol=1e-5)
+    np.testing.assert_allclose(columns["norm"][::2], expected[::2], rtol=0.2)  # the sample's estimate
+    assert min(expected) > 100 * 1e-4
+
+
 def test_tensor_subclasses_get_no_exact_pass(run_dir):
     """Only plain tensors get the norm pass: a subclass (DTensor under FSDP2) could run a collective."""
 

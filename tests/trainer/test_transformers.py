@@ -9,8 +9,10 @@ import pytest
 from pixel_checks import check_sampled_pixels
 from support import set_config
 
+from beholder_plugin import read_timeline
 from beholder_plugin.protocol.layout import locate
 from beholder_plugin.protocol.runfiles import read_frame_file
+from beholder_plugin.protocol.timeline import EXACT_NORM
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers", reason="needs transformers (the test extra)")
@@ -117,6 +119,13 @@ def test_gradients_are_shown_as_the_backward_pass_left_them_before_clipping(run_
     # one factor for every value: the unclipped gradient is the clipped one scaled back up
     np.testing.assert_allclose(ratios, ratios[0], rtol=1e-3)
     assert ratios[0] > 10
+    # and the timeline's exact norms are the unclipped gradients' too (a norm jump is not hidden there)
+    timeline = read_timeline(run_dir)
+    for name in ("transformer.wte.weight", "transformer.h.1.mlp.c_fc.weight"):
+        columns = timeline[name]
+        at = columns["step"].tolist().index(frame.header["step"])
+        assert columns["flags"][at] & EXACT_NORM
+        assert columns["norm"][at] == pytest.approx(ratios[0] * np.linalg.norm(clipped[name]), rel=1e-3)
 
 
 def test_weights_frame_and_close_at_the_end(run_dir, tmp_path):
