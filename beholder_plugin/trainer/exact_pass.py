@@ -228,11 +228,11 @@ def _norms(torch: Any, tensors: list[Any], groups: list[list[int]] | None = None
     return torch.stack(parts)
 
 
-def whole_norms(tensors: list[Any]) -> Any:
-    """The L2 norms of torch tensors of one device (each readable()) as one float32 vector there: one
-    fused pass per norm group, no host sync."""
-    tensors = [t.detach() for t in tensors]
-    return _norms(sys.modules["torch"], tensors, norm_groups(tensors))
+def whole_norms(tensors: list[Any], one_group: bool = False) -> Any:
+    """The L2 norms of torch tensors of one device (each readable(), none requiring grad: gradients) as
+    one float32 vector there: one fused pass per norm group, no host sync (``one_group``: the caller
+    knows them dense and of one dtype)."""
+    return _norms(sys.modules["torch"], tensors, None if one_group else norm_groups(tensors))
 
 
 def readable(obj: Any) -> bool:

@@ -147,8 +147,9 @@ class Timeline:
     def gather(self, job: Any, named: list, watch: Any = None) -> None:
         """The exact pass over a frame's sections (torch on a device: queued; host arrays: within budget).
 
-        With a torch model's ``watch`` showing gradients (captured by hooks,
-        only the shown part), the parameters' whole ``.grad`` are read instead.
+        With a torch model's ``watch`` showing gradients, the parameters' whole
+        ``.grad`` are read instead of the shown part; when hooks caught them,
+        the norms the hooks took as the backward pass ended (before clipping).
         """
         if not self.enabled:
             return

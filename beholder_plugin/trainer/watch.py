@@ -381,11 +381,11 @@ class Watch:
         them here shows what the optimizer will use.
         """
         arrived, self._arrived, self._queued = self._arrived, {}, False
-        self._take_gradient_norms(arrived)
         if self._copy_to_buffer(arrived):
             return
         for name, (param, layout) in arrived.items():
             self._capture(name, param.grad, layout)
+        self._take_gradient_norms(arrived)
 
     def _take_gradient_norms(self, arrived: dict[str, tuple[Any, str | None]]) -> None:
         """Take the arrived gradients' whole L2 norms for the timeline now, before the loop can clip them
@@ -414,9 +414,10 @@ class Watch:
 
     def _copy_to_buffer(self, arrived: dict[str, tuple[Any, str | None]]) -> bool:
         """Copy the arrived gradients whole into one buffer for take() with one launch (not a slice
-        launched per gradient), when they are plain dense tensors of one dtype on one batch device
-        within GRADIENT_BUFFER_BYTES; False: slice each now. Copied now, as slices are: what the
-        frame shows is the gradient as the backward pass left it (before clipping in place)."""
+        launched per gradient), and take their norms, when they are plain dense tensors of one dtype on
+        one batch device within GRADIENT_BUFFER_BYTES; False: slice each now. Copied now, as slices
+        are: what the frame shows is the gradient as the backward pass left it (before clipping in
+        place)."""
         grads = [(name, param.grad, layout) for name, (param, layout) in arrived.items()
                  if self.pattern is None or self.pattern.search(name)]
         if not grads or self.show_all:
@@ -426,6 +427,11 @@ class Watch:
             return False
         for (name, _, layout), copy in zip(grads, copies):
             self.captured[name] = BufferedGradient(copy, layout)
+        try:  # their norms for the timeline, from the copies (dense, one dtype: one fused pass)
+            self._arrived_norms = [([name for name, _, _ in grads], exact_pass.whole_norms(copies, True))]
+        except Exception:
+            if self.strict:
+                raise
         return True
 
     def _activation_hook(self, name: str, module: Any) -> Callable:

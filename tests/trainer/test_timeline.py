@@ -256,14 +256,19 @@ def test_gradients_turning_nan_are_caught_at_their_step(run_dir, monkeypatch):
     assert (columns["flags"][1:] & tl.EXACT_NORM).all()  # the whole gradient's norm, not the sample's
 
 
-@pytest.mark.parametrize("batched", [False, True, "replayed"])
+@pytest.mark.parametrize("batched", [False, True, "replayed", "sliced"])
 def test_hooked_gradients_are_recorded_as_the_backward_pass_left_them(run_dir, monkeypatch, batched):
     """Gradients caught by the hooks (BeholderHFCallback's way: update() comes after the loop clipped
     them in place): each record's norm is the whole gradient's before clipping, exact, as the frame's
     values are (not the clipped .grad that update() could read); the per-step check still reads .grad
-    and names the step a gradient turned NaN."""
+    and names the step a gradient turned NaN. Batched, the norms come from the hooks' one buffer, or
+    ("sliced", over its budget) from the gradients themselves."""
+    from beholder_plugin.trainer import watch
+
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", bool(batched))
     monkeypatch.setattr(torch_batch, "CPU_GRAPHS", batched == "replayed")
+    if batched == "sliced":
+        monkeypatch.setattr(watch, "GRADIENT_BUFFER_BYTES", 0)
     check_hooked_gradient_norms(run_dir, "cpu", at_step=bool(batched))
 
 
