@@ -284,6 +284,7 @@ class Beholder:
         activations: bool | list[str] = True,
         gradients: bool = True,
         probe: Any = None,
+        grad_scaler: Any = None,
     ) -> WatchHandle:
         """Show a model's weights, gradients or activations, whichever the dashboard picks, at each update().
 
@@ -295,11 +296,18 @@ class Beholder:
         For Keras, activations come from running the model on ``probe`` (a
         fixed batch) when a frame is due. Returns a handle whose
         ``remove()`` (or ``with``) removes the hooks; so does ``unwatch()``.
+
+        ``grad_scaler``: the ``torch.amp.GradScaler`` of an fp16 AMP loop.
+        Gradients caught by hooks are unscaled as its ``unscale_()`` does,
+        and non-finite gradients (its overflows, steps it skips) are
+        recorded in the timeline but not reported as anomalies. The Hugging
+        Face and Lightning callbacks pass theirs.
         """
         self.unwatch()
         if not self.active:
             return WatchHandle(lambda: None)
         watch = self._watch = Watch(model, activations, gradients, probe, self.strict)
+        watch.grad_scaler = grad_scaler
 
         def remove() -> None:
             watch.close()

@@ -127,6 +127,7 @@ class Gatherer:
                 self._gather_named(job, sources.named_arrays(inputs.arrays, inputs.layout))
         elif shown in ("gradients", "activations"):
             if watch is not None:
+                job.loss_scaled = shown == "gradients" and watch.loss_scaled()
                 self._gather_named(job, watch.take(shown, section_filter(settings.filter)))
         elif inputs.session is not None:
             self._gather_session(job, inputs.session)

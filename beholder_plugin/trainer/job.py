@@ -53,6 +53,9 @@ class Job:
     offered: tuple[str, ...] = ()  # a placeholder's: the inputs update() was given instead (its header says)
     exact: Any = None  # the timeline's whole-array figures, still on their way from a device (timeline.py)
     waiting: str | None = None  # why this frame is not taken after all (a device gather still compiling)
+    # gradients under a loss scaler (fp16 AMP): a non-finite one is an overflow the scaler skips, recorded
+    # in the timeline but not reported as an anomaly
+    loss_scaled: bool = False
 
 
 class FrameJobs:

@@ -236,6 +236,8 @@ class Timeline:
         records["nonfinite"] = nonfinite
         jumps, medians = self._norm_jumps(kept, norm)
         found = []
+        if job.loss_scaled:  # gradients under a loss scaler: a non-finite one is an overflow it skips
+            is_nan = is_inf = np.zeros(len(rows), bool)
         for j in np.flatnonzero(is_nan | is_inf | jumps).tolist():
             name = kept[j]
             kind = "nan" if is_nan[j] else "inf" if is_inf[j] else None

@@ -33,7 +33,7 @@ from beholder_plugin.protocol.filters import SectionFilter
 from beholder_plugin.trainer import compiled, exact_pass, sources
 from beholder_plugin.trainer.exact_pass import HOST_EXACT_VALUES
 from beholder_plugin.trainer.sources import torch_batch, torch_capture, torch_modules
-from beholder_plugin.trainer.sources.captured import Captured
+from beholder_plugin.trainer.sources.captured import Captured, scale_values
 from beholder_plugin.trainer.watch_keras import KerasWatch, nnx_sections
 
 logger = logging.getLogger("beholder")
@@ -95,6 +95,9 @@ class Watch:
         # torch gradients at hand in .grad are read at once (False: always caught by the hooks, as the
         # backward pass leaves them; the Hugging Face callback, whose update() comes after clipping)
         self.read_gradients = True
+        # a torch GradScaler whose scaled gradients the hooks catch (the Hugging Face callback's, under
+        # fp16 AMP): what they copy is unscaled as the loop's unscale_() will do it
+        self.grad_scaler: Any = None
         self.show_all = False
         self.sizing = "fixed"
         self.pattern: SectionFilter | None = None
@@ -178,6 +181,10 @@ class Watch:
                 named = old  # the same list when nothing changed: a frame knows it at once by identity
             self._variables, self._variables_at, self._structure = named, now, structure
         return named
+
+    def loss_scaled(self) -> bool:
+        """Whether a loss scaler at work scales the gradients (their non-finite values are its overflows)."""
+        return self.grad_scaler is not None and bool(self.grad_scaler.is_enabled())
 
     def needs_capture(self, shown: str) -> bool:
         """Whether the shown values (a Values choice) come from hooks during the next step.
@@ -364,7 +371,7 @@ class Watch:
                 return
             queue = torch_modules.end_of_backward_queue()
             if queue is None:  # no autograd callbacks: take the gradient as it is now
-                self._capture(name, param.grad, layout)
+                self._capture_gradient(name, param.grad, layout, self._inverse_scale())
                 return
             self._arrived[name] = (param, layout)
             if not self._queued:
@@ -381,16 +388,43 @@ class Watch:
         them here shows what the optimizer will use.
         """
         arrived, self._arrived, self._queued = self._arrived, {}, False
-        if self._copy_to_buffer(arrived):
+        inverse = self._inverse_scale()
+        if self._copy_to_buffer(arrived, inverse):
             return
         for name, (param, layout) in arrived.items():
-            self._capture(name, param.grad, layout)
-        self._take_gradient_norms(arrived)
+            self._capture_gradient(name, param.grad, layout, inverse)
+        self._take_gradient_norms(arrived, inverse)
 
-    def _take_gradient_norms(self, arrived: dict[str, tuple[Any, str | None]]) -> None:
+    def _inverse_scale(self) -> Any:
+        """The loss scaler's inverse scale as its unscale_() computes it (a float32 tensor on its device,
+        no host sync), or None with no scaler at work."""
+        scaler = self.grad_scaler
+        scale = getattr(scaler, "_scale", None) if scaler is not None and scaler.is_enabled() else None
+        if scale is None:
+            return None
+        try:
+            return scale.double().reciprocal().float()
+        except Exception:
+            if self.strict:
+                raise
+            return None
+
+    def _capture_gradient(self, name: str, grad: Any, layout: str | None, inverse: Any) -> None:
+        """Copy a gradient's shown slice, unscaled by ``inverse`` when a loss scaler scaled it."""
+        got = self._capture(name, grad, layout)
+        if got is not None and got.error is None and inverse is not None:
+            try:
+                scale_values(got, inverse)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                self.captured[name] = Captured((), None, error=f"{type(exc).__name__}: {exc}")
+
+    def _take_gradient_norms(self, arrived: dict[str, tuple[Any, str | None]], inverse: Any = None) -> None:
         """Take the arrived gradients' whole L2 norms for the timeline now, before the loop can clip them
         in place: one fused pass per device, left there; on the host within a credit of HOST_EXACT_VALUES
-        a frame (the exact pass's budget: a big model's every few frames)."""
+        a frame (the exact pass's budget: a big model's every few frames). Times ``inverse``, the loss
+        scaler's inverse scale, when there is one."""
         try:
             by_device: dict[Any, tuple[list[str], list[Any]]] = {}
             for name, (param, _) in arrived.items():
@@ -406,23 +440,24 @@ class Watch:
                     self._gradient_credit = credit if count > credit else credit - count
                     if count > credit:
                         continue  # the records keep the sample's norms
-                self._arrived_norms.append((names, exact_pass.whole_norms(grads)))
+                norms = exact_pass.whole_norms(grads)
+                self._arrived_norms.append((names, norms if inverse is None else norms * inverse))
         except Exception:
             if self.strict:
                 raise
             self._arrived_norms = []  # (the frame's records keep the sample's or .grad's norms)
 
-    def _copy_to_buffer(self, arrived: dict[str, tuple[Any, str | None]]) -> bool:
+    def _copy_to_buffer(self, arrived: dict[str, tuple[Any, str | None]], inverse: Any = None) -> bool:
         """Copy the arrived gradients whole into one buffer for take() with one launch (not a slice
         launched per gradient), and take their norms, when they are plain dense tensors of one dtype on
         one batch device within GRADIENT_BUFFER_BYTES; False: slice each now. Copied now, as slices
         are: what the frame shows is the gradient as the backward pass left it (before clipping in
-        place)."""
+        place), unscaled by ``inverse`` (the loss scaler's inverse scale) when given."""
         grads = [(name, param.grad, layout) for name, (param, layout) in arrived.items()
                  if self.pattern is None or self.pattern.search(name)]
         if not grads or self.show_all:
             return False
-        copies = self._gradient_buffer.copy([grad for _, grad, _ in grads], GRADIENT_BUFFER_BYTES)
+        copies = self._gradient_buffer.copy([grad for _, grad, _ in grads], GRADIENT_BUFFER_BYTES, inverse)
         if copies is None:
             return False
         for (name, _, layout), copy in zip(grads, copies):

@@ -59,16 +59,51 @@ class WeightSpy(L.Callback):
         self.steps.append({n: p.detach().numpy().copy() for n, p in pl_module.named_parameters()})
 
 
-def _fit(model, callbacks, steps: int, accumulate: int = 1) -> None:
+def _fit(model, callbacks, steps: int, accumulate: int = 1, **arguments) -> None:
     """Train for `steps` optimizer steps on a fixed random data set, batches of 4, on the CPU."""
     gen = torch.Generator().manual_seed(1)
     data = torch.utils.data.TensorDataset(torch.randn(64, 1, 8, 8, generator=gen), torch.arange(64) % 3)
     trainer = L.Trainer(
         max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, accumulate_grad_batches=accumulate,
-        callbacks=callbacks,
+        callbacks=callbacks, **arguments,
     )
     trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
+
+
+class Overflowing(TinyModule):
+    """TinyModule whose loss at batch 2 is so big that the scaled gradients overflow."""
+
+    def training_step(self, batch, batch_idx):
+        """Cross-entropy of one batch (times 1e38 at batch 2)."""
+        return super().training_step(batch, batch_idx) * (1e38 if batch_idx == 2 else 1.0)
+
+
+def test_under_16_mixed_the_scalers_overflow_is_no_anomaly(run_dir):
+    """precision="16-mixed" (its GradScaler given here on the CPU): the callback hands the precision
+    plugin's scaler to the watch; the step that overflowed (skipped by the scaler) is in the timeline,
+    not in the anomalies; the frames show the unscaled gradients the optimizer used."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from beholder_plugin import read_anomalies, read_timeline
+
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    spy = GradientSpy()
+    callback = BeholderLightningCallback(run_dir, strict=True, background=False)
+
+    class EveryStep(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            callback.beholder.frame_due_now()  # (before the Beholder's own callback: a frame each step)
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    precision = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    _fit(Overflowing(), [EveryStep(), callback, spy], steps=5, plugins=[precision])
+    assert callback.beholder.frames_written == 5 and scaler.get_scale() == 2.0**13
+    norms = read_timeline(run_dir)["net.0.weight"]["norm"]
+    assert not np.isfinite(norms[2]) and np.isfinite(np.delete(norms, 2)).all()
+    assert read_anomalies(run_dir) == []
+    frame = read_frame_file(run_dir)
+    assert check_sampled_pixels(frame, spy.steps[frame.header["step"] - 1]) > 100
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])

@@ -320,6 +320,98 @@ def check_hooked_gradient_norms(run_dir: str, device: str, at_step: bool) -> Non
         assert first["steps"] == [12, 21] and first["checked"] == "frame"
 
 
+@pytest.mark.parametrize("path", ["host", "buffer", "sliced"])
+def test_hooked_gradients_scaled_by_a_loss_scaler_are_shown_unscaled(run_dir, monkeypatch, path):
+    """fp16 AMP (a GradScaler; BeholderHFCallback finds accelerate's): the hooks catch gradients times
+    the loss scale; the frame's values are what the loop's unscale_() makes of them, bit for bit, and
+    the records' norms are theirs too (from the hooks' buffer, or sliced, or on the host)."""
+    from beholder_plugin.trainer import watch
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", path != "host")
+    if path == "sliced":
+        monkeypatch.setattr(watch, "GRADIENT_BUFFER_BYTES", 0)
+    check_unscaled_hooked_gradients(run_dir, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_hooked_gradients_scaled_by_a_loss_scaler_are_shown_unscaled(run_dir):
+    """The same on CUDA, the scale a device tensor (no host sync to read it)."""
+    check_unscaled_hooked_gradients(run_dir, "cuda")
+
+
+def check_unscaled_hooked_gradients(run_dir: str, device: str) -> None:
+    """A loop under a GradScaler, hooks catching the gradients; the frame and records against unscale_()."""
+    from pixel_checks import check_sampled_pixels
+
+    from beholder_plugin.protocol.runfiles import read_frame_file
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**14)
+    set_config(run_dir, FPS=1, values="gradients", mode="current")
+    beholder = Beholder(run_dir, strict=True, background=False)
+    beholder.watch(model, activations=False)
+    beholder.watched.read_gradients = False
+    beholder.watched.grad_scaler = scaler
+    unscaled = {}
+    for step in range(1, 5):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(model(torch.randn(32, 8, device=device)).square().mean()).backward()
+        scaler.unscale_(optimizer)
+        unscaled[step] = {n: p.grad.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
+        if step == 1:
+            beholder.frame_due_now()
+        beholder.update()
+        scaler.step(optimizer)
+        scaler.update()
+    beholder.close()
+    frame = read_frame_file(run_dir)
+    assert frame.header["step"] == 2
+    assert check_sampled_pixels(frame, unscaled[2]) > 100
+    columns = read_timeline(run_dir)
+    for name, grad in unscaled[2].items():
+        assert columns[name]["flags"][0] & tl.EXACT_NORM
+        assert columns[name]["norm"][0] == pytest.approx(np.linalg.norm(grad), rel=1e-5)
+    assert max(np.abs(g).max() for g in unscaled[2].values()) < 10  # (scaled, they were 16384 times more)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("scaled", [True, False])
+def test_a_loss_scalers_overflow_is_recorded_but_not_an_anomaly(run_dir, monkeypatch, batched, scaled):
+    """With watch(grad_scaler=...) (fp16 AMP), a step whose gradients overflow, which the scaler skips,
+    is in the timeline (an infinite or NaN norm) but not reported as an anomaly; without it, it is."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    set_config(run_dir, FPS=30, values="gradients", mode="current")
+    beholder = Beholder(run_dir, strict=True, background=False)
+    beholder.watch(model, activations=False, grad_scaler=scaler if scaled else None)
+    for step in range(1, 7):
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(torch.randn(32, 8)).square().mean()
+        scaler.scale(loss * (1e38 if step == 3 else 1.0)).backward()  # step 3 overflows
+        scaler.unscale_(optimizer)
+        beholder.frame_due_now()
+        beholder.update()
+        scaler.step(optimizer)
+        scaler.update()
+    beholder.close()
+    assert scaler.get_scale() == 2.0**13  # the scaler saw the overflow and skipped step 3
+    columns = read_timeline(run_dir)["0.weight"]
+    assert columns["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert not np.isfinite(columns["norm"][2]) and np.isfinite(np.delete(columns["norm"], 2)).all()
+    anomalies = read_anomalies(run_dir)
+    assert bool(columns["flags"][2] & tl.ANOMALY) is not scaled
+    if scaled:
+        assert anomalies == [] and beholder.timeline.first_anomaly is None
+    else:
+        assert {a["step"] for a in anomalies} == {3} and any(a.get("first") for a in anomalies)
+
+
 def test_hooked_gradients_on_the_host_get_their_norms_within_the_budget(run_dir):
     """On the host the hooks take the gradients' whole norms within the exact pass's budget
     (HOST_EXACT_VALUES a frame on average): 360,600 values get them every second frame; in between the

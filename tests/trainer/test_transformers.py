@@ -128,6 +128,26 @@ def test_gradients_are_shown_as_the_backward_pass_left_them_before_clipping(run_
         assert columns["norm"][at] == pytest.approx(ratios[0] * np.linalg.norm(clipped[name]), rel=1e-3)
 
 
+def test_gradients_scaled_by_accelerates_loss_scaler_are_shown_unscaled(run_dir, tmp_path):
+    """fp16 AMP: accelerate's optimizer holds a GradScaler (given here on the CPU); the hooks catch the
+    gradients times its scale, the frame shows them divided by it, bit for bit."""
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    spy = GradientSpy()  # (no unscale_ before the optimizer step here: it sees them scaled)
+    callback = BeholderHFCallback(run_dir, strict=True, background=False)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
+        max_grad_norm=0.0, report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
+        disable_tqdm=True, seed=0, dataloader_num_workers=0,
+    )
+    trainer = transformers.Trainer(model=tiny_gpt2(), args=args, train_dataset=Tokens(),
+                                   callbacks=[callback, spy])
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000)
+    trainer.train()
+    frame = read_frame_file(run_dir)
+    scaled = spy.steps[frame.header["step"] - 1]
+    assert check_sampled_pixels(frame, {n: g * np.float32(2.0**-10) for n, g in scaled.items()}) > 100
+
+
 def test_weights_frame_and_close_at_the_end(run_dir, tmp_path):
     set_config(run_dir, values="trainable_variables", mode="current", FPS=30, is_recording=True)
     model = tiny_gpt2()

@@ -88,6 +88,8 @@ class BeholderLightningCallback(Callback):
         """Create the Beholder and watch the module (global rank 0 only, unless ranks="all")."""
         self._stepped = False
         self._session.start(pl_module, main_process=bool(trainer.is_global_zero))
+        # precision="16-mixed": the precision plugin's loss scaler (its overflows are not anomalies)
+        self._session.grad_scaler(getattr(getattr(trainer, "precision_plugin", None), "scaler", None))
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         """Note that this batch ends an optimizer step: its gradients are complete."""

@@ -10,8 +10,10 @@ place by then (``max_grad_norm``, 1.0 by default), so they are not read
 from ``.grad`` there: a gradients frame takes two steps, the update of one
 step arms the hooks, the next step's backward pass copies the shown slices
 when it ends, and that step's update writes the frame. So the frame shows
-them before clipping, with their true size (a norm jump is not hidden). A
-``transformers`` without ``on_pre_optimizer_step`` calls ``on_step_end``
+them before clipping, with their true size (a norm jump is not hidden).
+Under fp16 AMP the copies are unscaled by the loss scaler's inverse scale
+(accelerate's optimizer holds the scaler), as the Trainer's own unscaling
+does. A ``transformers`` without ``on_pre_optimizer_step`` calls ``on_step_end``
 only; the callback then updates there.
 """
 
@@ -84,6 +86,8 @@ class BeholderHFCallback(TrainerCallback):
         """Create the Beholder and watch the model (main process only, unless ranks="all")."""
         self._pre_step_seen = False
         self._session.start(model, main_process=bool(state.is_world_process_zero))
+        # fp16 AMP: accelerate's optimizer holds the loss scaler, whose scaled gradients the hooks catch
+        self._session.grad_scaler(getattr(kwargs.get("optimizer"), "scaler", None))
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Offer a frame: the step's gradients are complete and the weights not yet changed."""

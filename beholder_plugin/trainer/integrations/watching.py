@@ -65,6 +65,11 @@ class WatchSession:
             if self.gradients_from_backward and self.beholder.watched is not None:
                 self.beholder.watched.read_gradients = False
 
+    def grad_scaler(self, scaler: Any) -> None:
+        """Tell the watch which loss scaler (torch GradScaler, or None) scales the model's gradients."""
+        if self.beholder is not None and self.beholder.watched is not None:
+            self.beholder.watched.grad_scaler = scaler
+
     def update(self) -> bool:
         """Beholder.update() for this step (never raises unless strict); True when a frame was handed over."""
         if not self.running or self.beholder is None:

@@ -34,6 +34,20 @@ class Captured:
     norm: Any = None  # an activation's L2 norm over all its values (0-d float32 tensor), for the timeline
 
 
+def scale_values(obj: Captured, factor: Any) -> None:
+    """Multiply a capture's values by ``factor`` (a scalar tensor on their device), in place: a capture
+    holds copies, never the tensor it was taken from."""
+    for name in ("part", "tensor"):
+        values = getattr(obj, name)
+        if values is not None:
+            values.mul_(factor)
+    if obj.compact is not None:  # (on the host: the factor is a CPU tensor, read without a device sync)
+        number = float(factor)
+        obj.compact = obj.compact * np.float32(number)
+        if obj.sample is not None:
+            obj.sample = obj.sample * np.float32(number)
+
+
 def prepare(obj: Captured, label: str) -> Captured:
     """The capture itself; refused (naming the section) when its hook could not capture."""
     if obj.error is not None:

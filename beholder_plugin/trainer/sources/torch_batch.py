@@ -80,10 +80,10 @@ class FlatCopies:
         self._flat: Any = None
         self._views: list[Any] = []
 
-    def copy(self, tensors: list[Any], budget: int) -> list[Any] | None:
-        """The copies of these tensors, or None unless they are plain tensors whose values fill their
-        memory span (``exact_pass.dense``), of one dtype on one batch device, at most ``budget`` bytes
-        together."""
+    def copy(self, tensors: list[Any], budget: int, factor: Any = None) -> list[Any] | None:
+        """The copies of these tensors (times ``factor``, a scalar tensor, when given), or None unless they
+        are plain tensors whose values fill their memory span (``exact_pass.dense``), of one dtype on one
+        batch device, at most ``budget`` bytes together."""
         import torch
 
         if not tensors:
@@ -112,6 +112,8 @@ class FlatCopies:
             self._key = key
         spans = [t.as_strided((n,), (1,), t.storage_offset()) for t, n in zip(tensors, counts)]
         torch.cat(spans, out=self._flat)
+        if factor is not None:
+            self._flat.mul_(factor)
         return self._views
 
     def clear(self) -> None:
