@@ -95,8 +95,8 @@ class Watch:
         # torch gradients at hand in .grad are read at once (False: always caught by the hooks, as the
         # backward pass leaves them; the Hugging Face callback, whose update() comes after clipping)
         self.read_gradients = True
-        # a torch GradScaler whose scaled gradients the hooks catch (the Hugging Face callback's, under
-        # fp16 AMP): what they copy is unscaled as the loop's unscale_() will do it
+        # the loop's torch GradScaler (fp16 AMP; watch(grad_scaler=...), the callbacks pass theirs): the
+        # gradients the hooks catch are unscaled as its unscale_() does, its overflows are no anomalies
         self.grad_scaler: Any = None
         self.show_all = False
         self.sizing = "fixed"

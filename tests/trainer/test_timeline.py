@@ -48,6 +48,11 @@ def train(run: str, device: str = "cpu", steps: int = 30, frame_steps=FRAME_STEP
     return beholder
 
 
+def nan_at_nan_step(out, step: int):
+    """A model's output, NaN at NAN_STEP (so that every gradient is NaN then)."""
+    return out * float("nan") if step == NAN_STEP else out
+
+
 @pytest.mark.parametrize("batched", [True, False, "replayed"])
 def test_a_layer_turning_nan_is_caught_at_its_step_or_between_frames(run_dir, monkeypatch, batched, caplog):
     """The per-step check (device path: CPU tensors batched as on a GPU; "replayed": frames replayed as
@@ -235,10 +240,7 @@ def test_gradients_turning_nan_are_caught_at_their_step(run_dir, monkeypatch):
     x = torch.randn(32, 8)
     for step in range(1, 31):
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        if step == NAN_STEP:
-            out = out * float("nan")
-        out.square().mean().backward()
+        nan_at_nan_step(model(x), step).square().mean().backward()
         optimizer.step()
         if step in FRAME_STEPS:
             beholder.frame_due_now()
@@ -292,10 +294,7 @@ def check_hooked_gradient_norms(run_dir: str, device: str, at_step: bool) -> Non
     unclipped = {}
     for step in range(1, 32):
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        if step == NAN_STEP:
-            out = out * float("nan")
-        out.square().mean().backward()
+        nan_at_nan_step(model(x), step).square().mean().backward()
         unclipped[step] = [float(torch.linalg.vector_norm(p.grad)) for p in model.parameters()]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
         optimizer.step()
