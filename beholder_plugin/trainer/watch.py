@@ -105,9 +105,10 @@ class Watch:
         self._handles: list[Any] = []
         self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
         self._queued = False
-        # the whole norms of the gradients the hooks caught, taken when the backward pass ended (before
-        # the loop could clip them): (names, float32 vector) per device; gradient_norms: those of the
-        # gradients the last take() handed out, for the timeline's exact pass (None: read from .grad)
+        # the whole norms of the gradients the hooks caught, taken when the last backward pass ended
+        # (before the loop could clip them; accumulating, its gradients are the step's): (names, float32
+        # vector) per device; gradient_norms: those of the gradients the last take() handed out, for the
+        # timeline's exact pass (None: read from .grad)
         self._arrived_norms: list[tuple[list[str], Any]] = []
         self.gradient_norms: list[tuple[list[str], Any]] | None = None
         self._gradient_credit = 0  # values of CPU gradients whose whole norms may be taken
@@ -388,6 +389,7 @@ class Watch:
         them here shows what the optimizer will use.
         """
         arrived, self._arrived, self._queued = self._arrived, {}, False
+        self._arrived_norms = []  # (an earlier pass's, accumulating: partial sums)
         inverse = self._inverse_scale()
         if self._copy_to_buffer(arrived, inverse):
             return
@@ -463,7 +465,7 @@ class Watch:
         for (name, _, layout), copy in zip(grads, copies):
             self.captured[name] = BufferedGradient(copy, layout)
         try:  # their norms for the timeline, from the copies (dense, one dtype: one fused pass)
-            self._arrived_norms = [([name for name, _, _ in grads], exact_pass.whole_norms(copies, True))]
+            self._arrived_norms.append(([name for name, _, _ in grads], exact_pass.whole_norms(copies, True)))
         except Exception:
             if self.strict:
                 raise

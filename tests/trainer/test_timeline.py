@@ -282,7 +282,8 @@ def test_on_a_gpu_hooked_gradients_are_recorded_as_the_backward_pass_left_them(r
 
 
 def check_hooked_gradient_norms(run_dir: str, device: str, at_step: bool) -> None:
-    """Train with clipping in place before update(), hooks catching the gradients; check the records."""
+    """Train with two accumulated passes a step and clipping in place before update(), hooks catching the
+    gradients; check the records."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -294,7 +295,8 @@ def check_hooked_gradient_norms(run_dir: str, device: str, at_step: bool) -> Non
     unclipped = {}
     for step in range(1, 32):
         optimizer.zero_grad(set_to_none=True)
-        nan_at_nan_step(model(x), step).square().mean().backward()
+        model(x[:16]).square().mean().backward()  # two passes accumulate: the step's are the sums
+        nan_at_nan_step(model(x[16:]), step).square().mean().backward()
         unclipped[step] = [float(torch.linalg.vector_norm(p.grad)) for p in model.parameters()]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
         optimizer.step()
