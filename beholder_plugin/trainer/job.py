@@ -79,6 +79,10 @@ class FrameJobs:
             done = {"variance_done": True} if job.variance_done else {}
             rendered = self.renderer.render(job.plan, job.buffer, settings.config, job.missing, job.samples,
                                             **done)
+            if job.variance_done and rendered.unclean:  # (the host window is told by render())
+                for batch in job.pending or ():
+                    if getattr(batch, "window", None) is not None:
+                        batch.window.mark_newest_unclean()
             pixels, palette, floats = None, rendered.palette, rendered.values
             height = rendered.height
             header.update(

@@ -180,6 +180,27 @@ def test_variance_over_the_window_matches_np_var():
     assert sections[1]["mean"] == pytest.approx(mean, rel=1e-4)
 
 
+@pytest.mark.parametrize("phase", range(5))
+def test_a_nan_sample_leaves_the_variance_when_it_leaves_the_window(phase):
+    """A sample marked unclean (it held a NaN) makes the variance NaN exactly while it is in the window,
+    as the original's variance over the stored frames did, whatever the phase of the sums' rebuilds."""
+    from beholder_plugin.trainer.views.render import FlatWindow
+
+    rng = np.random.default_rng(phase)
+    window, history = FlatWindow(4, 3), []
+    for step in range(phase + 12):
+        x = rng.normal(size=3).astype(np.float32)
+        if step == phase:
+            x[1] = np.nan
+        history.append(x)
+        got = window.push(x)
+        if step == phase:
+            window.mark_newest_unclean()
+        expected = np.var(np.stack(history[-4:]).astype(np.float64), axis=0)
+        assert np.array_equal(np.isnan(got), np.isnan(expected)), step
+        np.testing.assert_allclose(got[[0, 2]], expected[[0, 2]], rtol=1e-4, atol=1e-6)
+
+
 def test_variance_with_one_sample_is_black():
     pixels, sections = render([np.array([1.0, 5.0, 9.0])], mode="variance")
     assert (pixels == 0).all() and sections[0]["max"] == 0.0

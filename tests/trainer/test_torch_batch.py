@@ -661,3 +661,25 @@ def test_flat_copies_are_one_buffer_of_dense_tensors_of_one_dtype_and_the_same_v
     assert copy([torch.randn(4, 3)], 47) is None  # over the budget: 48 bytes
     assert copy([torch.randn(4, 3)], 48) is not None
     assert copy([torch.randn(4, 3).to_sparse()], 1 << 20) is None
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_frame_of_nans_leaves_the_variance_when_it_leaves_the_window(run_dir, monkeypatch, batched):
+    """Variance mode, window 4: a frame of NaN (a loss scaler's overflow, say) shows NaN variance in
+    exactly the 4 frames whose window holds it, in the host window and in the one kept on the device
+    (told by the worker, which sees the frame's statistics sample)."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    set_config(run_dir, values="arrays", mode="variance", window_size=4, FPS=30)
+    gen = torch.Generator().manual_seed(0)
+    clean = []
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        for step in range(14):
+            w = torch.randn(6, 5, generator=gen)
+            if step == 3:
+                w = torch.full((6, 5), float("nan"))
+            beholder.frame_due_now()
+            assert beholder.update(arrays={"w": w})
+            clean.append(read_frame_file(run_dir).sections[0]["finite"])
+        device_window = any(g.window is not None for g in beholder.gatherer.device_gathers)
+    assert device_window is batched
+    assert clean == [True] * 3 + [False] * 4 + [True] * 7

@@ -244,6 +244,7 @@ class Pending:
     host: np.ndarray  # float32: the frame's shown values (value_count), then its samples
     sections: list[int]  # which sections of the frame this batch holds
     event: Any = None  # what wait() synchronizes: a SideCopy, or an event recorded after the copy
+    window: Any = None  # the variance window kept on the device that this batch's values went into
 
     def wait(self) -> np.ndarray:
         """Block until the copy is done, then the host buffer."""
@@ -355,7 +356,7 @@ class DeviceGather:
             self.gathered.record(torch.cuda.current_stream(self.device))
         copy = SideCopy(lambda: self._to_host(count, window))
         self._hand_back(extra, placed, copy)
-        return Pending(self.host[: self.total], sections, copy)
+        return Pending(self.host[: self.total], sections, copy, window)
 
     def _to_host(self, count: int, window: FlatWindow | None) -> Any:
         """On the worker: the variance window's step (in variance mode: the shown values become their

@@ -163,7 +163,10 @@ class FlatWindow:
     squares. Replacing the oldest sample ``o`` by a new one ``n`` changes them
     by ``n - o`` and ``(n - o) * (n + o - 2 ref)``: six whole-buffer passes.
     The sums are rebuilt from the stored samples every ``size`` pushes, so
-    rounding does not build up. ``ops`` holds the buffers where they are
+    rounding does not build up, and at once when a sample marked unclean
+    (``mark_newest_unclean``: it held NaN or inf) leaves, so that the
+    variance is NaN exactly while such a sample is in the window, as the
+    original's variance over the stored frames was. ``ops`` holds the buffers where they are
     (HostOps: NumPy; sources.torch_batch.TorchOps: on the training device),
     with the same float32 operations in the same order either way.
     """
@@ -173,6 +176,7 @@ class FlatWindow:
         self.count = count
         self.ops = ops
         self.samples: list[Any] = []  # oldest first
+        self.unclean: list[bool] = []  # per sample: it held NaN or inf (the sums are NaN while it stays)
         self.pushes = 0
         self.ref = ops.zeros(count)
         self.ref2 = ops.zeros(count)  # twice the reference sample
@@ -189,6 +193,7 @@ class FlatWindow:
             self.size = size
             while len(self.samples) > size:
                 self._spare.append(self.samples.pop(0))
+                self.unclean.pop(0)
             self._rebuild()
 
     def _rebuild(self) -> None:
@@ -215,12 +220,15 @@ class FlatWindow:
         sample = self._spare.pop() if self._spare else ops.zeros(self.count)
         ops.copy(sample, values)
         self.samples.append(sample)
+        self.unclean.append(False)
         if len(self.samples) == 1:
             self._rebuild()
             return self.variance(out)
+        left_unclean = False
         with ops.quiet():
             if len(self.samples) > self.size:
                 oldest = self.samples.pop(0)
+                left_unclean = self.unclean.pop(0)
                 diff = ops.subtract(sample, oldest, out=self._a)
                 self.s1 += diff
                 both = ops.add(sample, oldest, out=self._b)
@@ -231,9 +239,14 @@ class FlatWindow:
             else:
                 self._add(sample)
         self.pushes += 1
-        if self.pushes >= self.size:
+        if self.pushes >= self.size or left_unclean:
             self._rebuild()
         return self.variance(out)
+
+    def mark_newest_unclean(self) -> None:
+        """Note that the newest sample held NaN or inf: the sums are rebuilt when it leaves."""
+        if self.unclean:
+            self.unclean[-1] = True
 
     def _add(self, sample: Any) -> None:
         """Add one sample's deviation from the reference to the sums (while the window fills)."""
@@ -266,6 +279,12 @@ class Rendered:
     width: int
     height: int
     stats_columns: dict[str, np.ndarray] | None = None  # views.stats.COLUMNS over all sections, if sampled
+
+    @property
+    def unclean(self) -> bool:
+        """Whether the frame's statistics sample held NaN or inf (what a variance window is told)."""
+        columns = self.stats_columns
+        return columns is not None and bool((columns["nan"] > 0).any() or (columns["inf"] > 0).any())
 
     @property
     def compact(self) -> np.ndarray:
@@ -322,6 +341,7 @@ class Renderer:
         if values.shape != (plan.value_count,) or values.dtype != np.float32:
             got = f"{values.dtype} {values.shape}"
             raise RenderError(f"expected {plan.value_count} float32 values, got {got}")
+        pushed = None  # the host window this frame went into
         if variance_done:
             self.clear_history()  # the window is the device's now; the host's would start afresh
             shown = values
@@ -332,6 +352,7 @@ class Renderer:
                 self._window_key = key
             self._window.resize(config["window_size"])
             shown = self._window.push(values)
+            pushed = self._window
         else:
             self.clear_history()
             shown = values
@@ -369,7 +390,7 @@ class Renderer:
             elif stats is not None and stats[i] is not None:
                 record["stats"] = stats[i]
             records.append(record)
-        return Rendered(
+        rendered = Rendered(
             values=shown,
             palette=palette_for(config["colormap"]),
             sections=records,
@@ -377,6 +398,9 @@ class Renderer:
             height=plan.height,
             stats_columns=columns,
         )
+        if pushed is not None and rendered.unclean:
+            pushed.mark_newest_unclean()
+        return rendered
 
 
 def _segment_bounds(plan: FramePlan, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
