@@ -61,6 +61,9 @@ sys.path.insert(0, HERE)
 
 PARTS = ("resnet", "syncs", "floor", "check", "transformer", "jax", "compiled")
 SMOKE = False  # --smoke: the parts on the CPU, tiny and short (see the docstring)
+# --smoke: the ResNet loop's least steps per run, a frame falling due at every third (so that update()
+# is timed taking a frame and taking none whatever the host's speed)
+SMOKE_STEPS = 9
 
 
 def main() -> int:
@@ -186,10 +189,12 @@ class Loop:
         steps, blocking, between = [], [], []
         start = time.perf_counter()
         written0 = beholder.frames_written if beholder is not None else 0
-        while time.perf_counter() - start < seconds:
+        while time.perf_counter() - start < seconds or (SMOKE and len(steps) < SMOKE_STEPS):
             t0 = time.perf_counter()
             self.step()
             if beholder is not None:
+                if SMOKE and len(steps) % 3 == 0:
+                    beholder.frame_due_now()  # (at FPS 1: every third step, however slow the host)
                 u0 = time.perf_counter()
                 took = beholder.update()
                 (blocking if took else between).append(time.perf_counter() - u0)
@@ -264,7 +269,7 @@ def part_resnet(args) -> dict:
                 continue
             run = os.path.join(root, f"{cond}-{r}")
             shown = cond.replace("_hooked", "").replace("_unrendered", "")
-            set_config(run, values=shown, FPS=10, mode="variance")
+            set_config(run, values=shown, FPS=1 if SMOKE else 10, mode="variance")
             with Beholder(run) as beholder:
                 beholder.watch(model)
                 loop.run(0.5, beholder)  # the plan's first frames: indices uploaded, graph captured
