@@ -228,6 +228,13 @@ def _norms(torch: Any, tensors: list[Any], groups: list[list[int]] | None = None
     return torch.stack(parts)
 
 
+def spend_host_budget(credit: int, count: int) -> tuple[bool, int]:
+    """One frame's share of the host budget: ``credit`` grows by HOST_EXACT_VALUES (up to what a frame of
+    ``count`` values needs) and pays for the frame when it covers it; (whether it did, the credit left)."""
+    credit = min(credit + HOST_EXACT_VALUES, max(count, HOST_EXACT_VALUES))
+    return (True, credit - count) if count <= credit else (False, credit)
+
+
 def whole_norms(tensors: list[Any], one_group: bool = False) -> Any:
     """The L2 norms of torch tensors of one device (each readable(), none requiring grad: gradients) as
     one float32 vector there: one fused pass per norm group, no host sync (``one_group``: the caller
@@ -380,10 +387,9 @@ class ExactPass:
         if not host:
             return
         total = sum(int(x.size if type(x) is np.ndarray else x.numel()) for _, x in host)
-        self._credit = min(self._credit + HOST_EXACT_VALUES, max(total, HOST_EXACT_VALUES))
-        if total > self._credit:
+        covered, self._credit = spend_host_budget(self._credit, total)
+        if not covered:
             return
-        self._credit -= total
         tensors = [(i, x) for i, x in host if type(x) is not np.ndarray]
         for i, x in host:
             if type(x) is np.ndarray:

@@ -438,9 +438,9 @@ class Watch:
             for names, grads in by_device.values():
                 if torch_batch.batch_device(grads[0]) is None:  # read on the host
                     count = sum(grad.numel() for grad in grads)
-                    credit = min(self._gradient_credit + HOST_EXACT_VALUES, max(count, HOST_EXACT_VALUES))
-                    self._gradient_credit = credit if count > credit else credit - count
-                    if count > credit:
+                    covered, credit = exact_pass.spend_host_budget(self._gradient_credit, count)
+                    self._gradient_credit = credit
+                    if not covered:
                         continue  # the records keep the sample's norms
                 norms = exact_pass.whole_norms(grads)
                 self._arrived_norms.append((names, norms if inverse is None else norms * inverse))
