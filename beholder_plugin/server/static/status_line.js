@@ -136,7 +136,9 @@ export class StatusLine {
    */
   renderOffer(meta) {
     const values = this.state.config?.values;
-    const offered = meta.values === "placeholder" && !meta.kept ? meta.offered || [] : [];
+    // (not before the run's settings are known: a frame can come first; showSettings() renders it then)
+    const known = this.state.config !== null;
+    const offered = known && meta.values === "placeholder" && !meta.kept ? meta.offered || [] : [];
     const choice = offered.find((name) => name !== values);
     this.offer.hidden = !choice;
     if (!choice) {
