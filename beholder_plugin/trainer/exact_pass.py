@@ -99,6 +99,7 @@ class StepCheck:
         self._replays = device.type == "cuda" or batch.CPU_GRAPHS
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._graph: Any = None
+        self._graph_norms: Any = None  # the graph's own output, which each replay overwrites
         self._graph_key: tuple | None = None
         self._last_key: tuple | None = None
 
@@ -141,22 +142,20 @@ class StepCheck:
             # step's .grad, which may lie elsewhere)
             key = () if self.params is None else batch.storage_keys(tensors)
             if self._graph is not None and key == self._graph_key:
-                self._graph.replay()
-                if self._stream is None:  # (CPU_GRAPHS: each run returns new norms)
-                    self.norms = self._graph.result
+                self._graph.replay()  # (its own outputs overwritten in place: the norms of this step)
+                self.norms = self._graph_norms  # (not the last eager run's, when the tensors lay elsewhere)
                 return
             if key == self._last_key:
                 self._graph = None
                 try:
-                    self._graph, self.norms = batch.capture(self._run, tensors, self._stream, "check")
+                    self._graph, self._graph_norms = batch.capture(self._run, tensors, self._stream, "check")
                 except Exception:  # capture refused: the operations one by one from now on
                     self._replays = False
                 else:
                     self._graph_key = key
+                    self.norms = self._graph_norms
                     if self._stream is not None:
                         self._graph.replay()  # (the capture recorded the kernels without running them)
-                    else:
-                        self.norms = self._graph.result
                     return
             self._last_key = key
         self.norms = self._run(tensors)

@@ -844,6 +844,32 @@ def test_the_per_step_check_is_replayed_while_its_tensors_stay(run_dir, monkeypa
             assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want, rel=1e-5), (name, at)
 
 
+def test_a_replayed_check_gives_its_own_norms_after_an_eager_step(monkeypatch):
+    """A gradient that comes back to where the check's graph reads it, after one step elsewhere: the
+    graph is replayed, and the check's norms are that replay's (its own outputs, overwritten in place as
+    a CUDA graph's are), not the norms of the step that ran eagerly in between."""
+    from beholder_plugin.trainer import exact_pass
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    monkeypatch.setattr(torch_batch, "CPU_GRAPHS", True)
+    params = [torch.nn.Parameter(torch.zeros(6, 5)), torch.nn.Parameter(torch.zeros(5))]
+    home = torch.empty(6, 5)  # where the first gradient lies, but for one step
+    elsewhere, bias = torch.empty(6, 5), torch.empty(5)
+    check = None
+    for step, (where, scale) in enumerate([(home, 1.0), (home, 2.0), (home, 3.0), (elsewhere, 4.0),
+                                           (home, 5.0), (home, 6.0)], start=1):
+        where.fill_(scale)
+        params[0].grad, params[1].grad = where, bias.fill_(-scale)
+        if check is None:
+            check = exact_pass.StepCheck(torch, [0, 1], [p.grad for p in params], params, ["w", "b"])
+        check.check(step)
+        want = torch.stack([torch.linalg.vector_norm(p.grad) for p in params])
+        torch.testing.assert_close(check.norms, want, rtol=1e-6, atol=0, msg=f"step {step}")
+        if step == 2:
+            graph = check._graph
+    assert graph is not None and check._graph is graph  # captured at step 2, replayed at 3, 5 and 6
+
+
 def test_update_arrays_of_the_same_parameters_reuse_the_per_step_checks_norms(run_dir, monkeypatch, again):
     """update(arrays=dict(model.named_parameters())) makes a new dict every step: its frames still skip
     the exact pass's sorting while they hold the same parameters under the same names, each where it

@@ -517,7 +517,9 @@ class AddressReplay:
     """A CUDA graph's behaviour on CPU tensors (``CPU_GRAPHS``, for tests): ``replay()`` runs the captured
     function again on the memory the captured tensors occupied, read with their shape, strides and
     dtype, whatever tensor lies there now; like a graph, it holds none of them. ``result`` is what the
-    last run returned (the capture runs it once); ``name`` says what it runs (tests count replays)."""
+    capture's run returned (a tensor, or a list or tuple of them), overwritten in place by each replay
+    as a graph's outputs are, so that a caller still holding an earlier replay's figures reads the new
+    ones, as it would on CUDA; ``name`` says what it runs (tests count replays)."""
 
     def __init__(self, run: Any, tensors: list[Any], name: str) -> None:
         self.name = name
@@ -539,7 +541,16 @@ class AddressReplay:
             t = torch.frombuffer(memory, dtype=dtype, count=count).as_strided(shape, strides)
             t = t.conj() if conj else t
             tensors.append(torch._neg_view(t) if neg else t)
-        self.result = self._run(tensors)
+        _overwrite(self.result, self._run(tensors))
+
+
+def _overwrite(kept: Any, new: Any) -> None:
+    """Copy a replay's outputs into the capture's (a tensor, or a list or tuple of them), in place."""
+    if isinstance(kept, (list, tuple)):
+        for k, n in zip(kept, new):
+            _overwrite(k, n)
+    elif kept is not None:
+        kept.copy_(new)
 
 
 def storage_keys(tensors: list[Any]) -> tuple[list, ...]:
