@@ -541,7 +541,7 @@ def _copied_back(torch: Any, device: Any, values: list[Any]) -> tuple[list[Any],
     for h, v in zip(host, values):
         h.copy_(v, non_blocking=True)
     event = torch.cuda.Event()
-    event.record()
+    event.record(torch.cuda.current_stream(device))  # (the copies' stream; the current device may be another)
     return host, event
 
 
