@@ -465,6 +465,70 @@ def test_replayed_weights_frames_follow_parameters_that_move(tmp_path, monkeypat
     assert len(cpu_graphs) >= 5  # frames between the changes replayed (each change re-captures)
 
 
+def test_cpu_captures_behave_as_cuda_graphs():
+    """AddressReplay, the tests' stand-in for a CUDA graph: a replay overwrites the capture's outputs in
+    place and reads the captured addresses; it refuses a capture that reads a value back on the host,
+    and a replay that would read a tensor freed since the capture."""
+    given, weights = torch.arange(6.0), [torch.tensor([1.0, 10.0, 100.0])]
+    graph, out = torch_batch.capture(lambda ts: ts[0][:3] * weights[0], [given], None, "t")
+    torch.testing.assert_close(out, torch.tensor([0.0, 10.0, 200.0]))
+    given[:3] = torch.tensor([3.0, 4.0, 5.0])  # the same memory, new values
+    graph.replay()
+    torch.testing.assert_close(out, torch.tensor([3.0, 40.0, 500.0]))  # the same output tensor
+    weights.clear()  # the only reference: its memory is freed
+    with pytest.raises(RuntimeError, match="freed since its capture"):
+        graph.replay()
+    with pytest.raises(RuntimeError, match="cannot be captured"):
+        torch_batch.capture(lambda ts: ts[0] * ts[0].sum().item(), [given], None, "t")
+
+
+def test_a_replayed_frame_keeps_alive_what_its_graph_reads(tmp_path, monkeypatch, cpu_graphs):
+    """A graph reads its index tensors and permutation where they lay at capture, holding none of them,
+    and the index cache lets them go (at INDEX_CACHE_SIZE entries; here at every new one): the gatherer
+    itself holds every storage its graph reads besides the frame's tensors. (The CPU stand-in's replay
+    function holds them too, so on CPU a freed read cannot show in the frames: the test checks the
+    holding, and that the replayed frames still equal the host path's.)"""
+    monkeypatch.setattr(torch_batch, "INDEX_CACHE_SIZE", 1)
+    gatherers = []
+    real_capture = torch_batch.DeviceGather._capture
+
+    def noted(gather, *args) -> None:
+        gatherers.append(gather)
+        real_capture(gather, *args)
+
+    monkeypatch.setattr(torch_batch.DeviceGather, "_capture", noted)
+
+    def before_step(step, model, opt):
+        opt.zero_grad()
+
+    pairs = replayed_and_host_frames(tmp_path, monkeypatch, "trainable_variables", 6, before_step)
+    for step, (replayed, host) in enumerate(pairs):
+        try:
+            assert_same_frames(replayed, host)
+        except AssertionError as exc:
+            raise AssertionError(f"step {step}: {exc}") from exc
+    assert len(cpu_graphs) >= 4
+    captured = [g for g in gatherers if g._graph is not None]
+    assert captured
+    for gather in captured:
+        reads = set(gather._graph.reads)
+        assert len(reads) > 2  # the permutation, the sections' indices, the gatherer's own buffers
+        held = {t.untyped_storage().data_ptr() for t in tensors_held_by(gather, skip="_graph")}
+        assert reads <= held, f"{len(reads - held)} storages read by the graph are held by nothing"
+
+
+def tensors_held_by(obj, skip: str) -> list:
+    """The tensors an object's attributes hold (directly, or in lists and tuples), but for ``skip``."""
+    found, todo = [], [v for k, v in vars(obj).items() if k != skip]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+    return found
+
+
 @pytest.mark.parametrize("clearing", ["zeroed", "new views", "set to None"])
 def test_replayed_gradients_frames_show_each_steps_gradients(tmp_path, monkeypatch, cpu_graphs, clearing):
     """Gradients read from .grad and replayed, every frame equal to the host path's of the same step:

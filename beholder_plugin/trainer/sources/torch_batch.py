@@ -196,8 +196,10 @@ def upload(values: np.ndarray, device: Any) -> tuple[Any, Any]:
     return host.to(device, non_blocking=True), host
 
 
-def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n: int) -> Any:
-    """One launch: a tensor's shown values and sample, side by side, in its own dtype, on its device."""
+def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n: int,
+                 found: tuple[Any, int] | None = None) -> Any:
+    """One launch: a tensor's shown values and sample, side by side, in its own dtype, on its device
+    (``found``: its index and span, when the caller has them from INDEXES already)."""
     import torch
 
     complex_values = t.is_complex()
@@ -205,7 +207,7 @@ def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
-    index, span = INDEXES.get(t.device, plan, t.shape, t.stride(), runs, sample_n)
+    index, span = found or INDEXES.get(t.device, plan, t.shape, t.stride(), runs, sample_n)
     part = torch.index_select(t.as_strided((span,), (1,), t.storage_offset()), 0, index)
     return part.abs() if complex_values else part
 
@@ -280,6 +282,7 @@ class DeviceGather:
         self._perm: Any = None
         self._packed_view: Any = None
         self._graph: Any = None
+        self._graph_holds: list | None = None  # what the graph reads besides the frame's tensors (_capture)
         self._graph_key: tuple | None = None
         self._last_key: tuple | None = None
         self._graph_failed = False
@@ -431,20 +434,23 @@ class DeviceGather:
         done = {id(entry) for entry, _ in placed}
         exact.queued.extend(e for e in entries if id(e) not in done)
 
-    def _gather(self, sections: list[int], sources: list[Any]) -> None:
-        """The launches: a part per section, one cat (to float32), one permutation into the frame's order."""
+    def _gather(self, sections: list[int], sources: list[Any], found: list | None = None,
+                order: tuple | None = None) -> None:
+        """The launches: a part per section, one cat (to float32), one permutation into the frame's order
+        (a capture's own, looked up before it: ``found``, the tensors' indices and spans; ``order``, the
+        permutation and the packed buffer's part)."""
         import torch
 
         plan = self.plan
         parts = []
-        for i, obj in zip(sections, sources):
+        for k, (i, obj) in enumerate(zip(sections, sources)):
             if type(obj) is Captured:
                 parts.append(obj.part)
             else:
                 runs = plan.sample_steps[i]
                 n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
-                parts.append(section_part(obj, plan.plans[i], runs, n))
-        perm, packed = self._permutation(sections)
+                parts.append(section_part(obj, plan.plans[i], runs, n, found and found[k]))
+        perm, packed = order or self._permutation(sections)
         torch.cat(parts, out=packed)
         torch.index_select(packed, 0, perm, out=self.ordered)
 
@@ -474,20 +480,28 @@ class DeviceGather:
         return self._perm, self._packed_view
 
     def _capture(self, sections: list[int], sources: list[Any], key: tuple) -> None:
-        """Capture this frame's gathers as a CUDA graph (its storage did not move since the last frame)."""
-        self._permutation(sections)  # made (and uploaded) before the capture
-        for i, obj in zip(sections, sources):  # indices too
-            plan = self.plan
-            INDEXES.get(obj.device, plan.plans[i], tuple(obj.shape), obj.stride(),
-                        plan.sample_steps[i], int(plan.sample_offsets[i + 1] - plan.sample_offsets[i]))
+        """Capture this frame's gathers as a CUDA graph (its storage did not move since the last frame).
+
+        The graph reads the permutation and the sections' index tensors where
+        they lie now, and holds none of them: the gatherer holds them as long
+        as the graph (the index cache may let them go, and another set of
+        sections replaces the permutation).
+        """
+        plan = self.plan
+        order = self._permutation(sections)  # made (and uploaded) before the capture, indices too
+        found = [INDEXES.get(obj.device, plan.plans[i], tuple(obj.shape), obj.stride(), plan.sample_steps[i],
+                             int(plan.sample_offsets[i + 1] - plan.sample_offsets[i]))
+                 for i, obj in zip(sections, sources)]
+        held = [order[0]] + [index for index, _ in found]
+        self._graph = self._graph_holds = None
         try:
-            self._graph, _ = capture(lambda tensors: self._gather(sections, tensors), sources,
+            self._graph, _ = capture(lambda tensors: self._gather(sections, tensors, found, order), sources,
                                      self.stream if self.cuda else None, "frame")
         except Exception:  # capture refused (an unusual tensor, another capture running): launch eagerly
             self._graph_failed = True
             self._graph = None
             return
-        self._graph_key = key
+        self._graph_key, self._graph_holds = key, held
 
 
 def capture(run: Any, tensors: list[Any], stream: Any, name: str) -> tuple[Any, Any]:
@@ -519,20 +533,34 @@ class AddressReplay:
     dtype, whatever tensor lies there now; like a graph, it holds none of them. ``result`` is what the
     capture's run returned (a tensor, or a list or tuple of them), overwritten in place by each replay
     as a graph's outputs are, so that a caller still holding an earlier replay's figures reads the new
-    ones, as it would on CUDA; ``name`` says what it runs (tests count replays)."""
+    ones, as it would on CUDA; ``name`` says what it runs (tests count replays).
+
+    A graph also reads the other tensors its kernels were given at capture
+    (index tensors, buffers), from where they lay then, holding none of
+    them: a replay after one was freed reads memory that is no longer its
+    own (garbage, or an out-of-range index that kills the CUDA context).
+    Here each replay raises instead (``_reads``).
+    """
 
     def __init__(self, run: Any, tensors: list[Any], name: str) -> None:
         self.name = name
         self._run = run
         self._views = [(t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.is_conj(), t.is_neg())
                        for t in tensors]
-        self.result = run(tensors)
+        reads = _reads(tensors)
+        with reads:
+            self.result = run(tensors)
+        self.reads = dict(reads.outside)  # address -> weak reference: each storage read but ``tensors``
 
     def replay(self) -> None:
-        """The captured function again, on the captured addresses."""
+        """The captured function again, on the captured addresses; raises when a tensor it read at capture
+        (other than those it replays on) has been freed since."""
         import ctypes
 
         import torch
+
+        if any(ref.expired() for ref in self.reads.values()):
+            raise RuntimeError(f"the captured {self.name} reads a tensor freed since its capture")
 
         tensors = []
         for address, shape, strides, dtype, conj, neg in self._views:
@@ -542,6 +570,57 @@ class AddressReplay:
             t = t.conj() if conj else t
             tensors.append(torch._neg_view(t) if neg else t)
         _overwrite(self.result, self._run(tensors))
+
+
+def _reads(given: list[Any]) -> Any:
+    """A dispatch mode noting what a capture's run reads besides ``given`` (``outside``): AddressReplay's."""
+    if not _READS:
+        _READS.append(_reads_class())
+    return _READS[0](given)
+
+
+_READS: list[type] = []  # the class, made when first used (it subclasses a torch class)
+
+
+def _reads_class() -> type:
+    """The dispatch mode _reads() makes (defined once torch is loaded)."""
+    import torch
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    # what a CUDA graph cannot capture: a value read back on the host, an output sized by the values
+    unsupported = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+                   torch.ops.aten.masked_select.default, torch.ops.aten._unique2.default}
+
+    class Reads(TorchDispatchMode):
+        """Notes, while a capture runs, the storage of every tensor its operations read that it did not make
+        and was not given to replay on (``outside``: weak references, by address); raises, as CUDA's
+        capture does, at an operation a graph cannot hold."""
+
+        def __init__(self, given: list[Any]) -> None:
+            super().__init__()
+            self.given = {t.untyped_storage().data_ptr() for t in given}
+            self.made: set[int] = set()
+            self.outside: dict[int, Any] = {}
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func in unsupported:
+                raise RuntimeError(f"{func} cannot be captured in a CUDA graph")
+            kwargs = kwargs or {}
+            for t in tree_leaves((args, kwargs)):
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    at = storage.data_ptr()
+                    if at and at not in self.given and at not in self.made and at not in self.outside:
+                        self.outside[at] = StorageWeakRef(storage)
+            out = func(*args, **kwargs)
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.made.add(t.untyped_storage().data_ptr())
+            return out
+
+    return Reads
 
 
 def _overwrite(kept: Any, new: Any) -> None:
