@@ -16,7 +16,7 @@ from beholder_plugin.protocol import timeline as tl
 from beholder_plugin.protocol.history import list_history
 
 torch = pytest.importorskip("torch")
-from torch_ops import OpLog  # noqa: E402
+from torch_ops import OpLog, storages_held_by  # noqa: E402
 
 from beholder_plugin.trainer.sources import torch_batch  # noqa: E402
 
@@ -868,6 +868,10 @@ def test_a_replayed_check_gives_its_own_norms_after_an_eager_step(monkeypatch):
         if step == 2:
             graph = check._graph
     assert graph is not None and check._graph is graph  # captured at step 2, replayed at 3, 5 and 6
+    # what the graph reads besides the gradients (its flags, the step, the norm groups' order) lives as
+    # long as the check: a CUDA graph holds none of it
+    assert len(graph.reads) >= 3
+    assert set(graph.reads) <= storages_held_by(check, skip="_graph")
 
 
 def test_update_arrays_of_the_same_parameters_reuse_the_per_step_checks_norms(run_dir, monkeypatch, again):

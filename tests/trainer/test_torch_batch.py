@@ -20,7 +20,7 @@ from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.trainer.sources import torch_batch
 
 torch = pytest.importorskip("torch")
-from torch_ops import OpLog  # noqa: E402
+from torch_ops import OpLog, storages_held_by  # noqa: E402
 
 nn = torch.nn
 
@@ -513,20 +513,8 @@ def test_a_replayed_frame_keeps_alive_what_its_graph_reads(tmp_path, monkeypatch
     for gather in captured:
         reads = set(gather._graph.reads)
         assert len(reads) > 2  # the permutation, the sections' indices, the gatherer's own buffers
-        held = {t.untyped_storage().data_ptr() for t in tensors_held_by(gather, skip="_graph")}
-        assert reads <= held, f"{len(reads - held)} storages read by the graph are held by nothing"
-
-
-def tensors_held_by(obj, skip: str) -> list:
-    """The tensors an object's attributes hold (directly, or in lists and tuples), but for ``skip``."""
-    found, todo = [], [v for k, v in vars(obj).items() if k != skip]
-    while todo:
-        value = todo.pop()
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            todo.extend(value)
-    return found
+        unheld = reads - storages_held_by(gather, skip="_graph")
+        assert not unheld, f"{len(unheld)} storages read by the graph are held by nothing"
 
 
 @pytest.mark.parametrize("clearing", ["zeroed", "new views", "set to None"])
