@@ -128,7 +128,8 @@ class Gatherer:
         elif shown in ("gradients", "activations"):
             if watch is not None:
                 job.loss_scaled = shown == "gradients" and watch.loss_scaled()
-                self._gather_named(job, watch.take(shown, section_filter(settings.filter)))
+                self._gather_named(job, watch.take(shown, section_filter(settings.filter), settings.show_all,
+                                                   settings.section_size))
         elif inputs.session is not None:
             self._gather_session(job, inputs.session)
         elif inputs.variables is not None:

@@ -185,6 +185,8 @@ class Watch:
 
     def loss_scaled(self) -> bool:
         """Whether a loss scaler at work scales the gradients (their non-finite values are its overflows)."""
+        if self.framework == "keras":
+            return self._keras.loss_scaled()
         return self.grad_scaler is not None and bool(self.grad_scaler.is_enabled())
 
     def needs_capture(self, shown: str) -> bool:
@@ -244,10 +246,17 @@ class Watch:
         """Whether the hooks captured the shown values since they were armed."""
         return self.armed == shown and bool(self.captured)
 
-    def take(self, shown: str, pattern: SectionFilter | None = None) -> list[sources.Named]:
-        """The sections of a frame whose values the hooks captured (then they rest until armed again)."""
+    def take(self, shown: str, pattern: SectionFilter | None = None, show_all: bool = False,
+             sizing: str = "fixed") -> list[sources.Named]:
+        """The sections of a frame whose values the hooks captured (then they rest until armed again);
+        a Keras model's (``show_all`` and ``sizing``: the frame's, for gradients a loss scaler scaled)."""
         if self.framework == "keras":
-            return self._keras.sections(shown)
+            named = self._keras.sections(shown)
+            self.gradient_norms = None
+            if shown == "gradients":
+                self.show_all, self.sizing, self.pattern = show_all, sizing, pattern
+                named = self._unscaled_keras_gradients(named)
+            return named
         if self.framework == "nnx":
             return nnx_sections(shown, self.variables())
         if shown == "activations":
@@ -278,6 +287,38 @@ class Watch:
                 named.append((name, got, None))
             return named
         return [(name, got, None) for name, got in captured.items()]
+
+    def _unscaled_keras_gradients(self, named: list[sources.Named]) -> list[sources.Named]:
+        """A Keras model's gradients as its LossScaleOptimizer unscales them, when it has one (torch
+        backend): the shown slices copied and divided by the step's loss scale, their whole norms taken
+        for the timeline likewise; the sections themselves without one. No host sync."""
+        tensors = [t for _, t, _ in named if type(t) is not Captured]
+        try:
+            scale = self._keras.loss_scale(tensors)
+            if scale is None:
+                return named
+            inverse = scale.double().reciprocal().float()
+        except Exception:
+            if self.strict:
+                raise
+            return named
+        out: list[sources.Named] = []
+        for name, t, layout in named:
+            if type(t) is Captured or (self.pattern is not None and not self.pattern.search(name)):
+                out.append((name, t, layout))
+                continue
+            self._capture_gradient(name, t, layout, inverse)
+            out.append((name, self.captured.pop(name), None))
+        try:
+            kept = [(name, t) for name, t, _ in named if type(t) is not Captured
+                    and (self.pattern is None or self.pattern.search(name))]
+            if kept:
+                norms = exact_pass.whole_norms([t for _, t in kept]) * inverse
+                self.gradient_norms = [([name for name, _ in kept], norms)]
+        except Exception:
+            if self.strict:
+                raise
+        return out
 
     def remove(self) -> None:
         """Remove the step's hooks and drop what was captured (arm() installs what the next frame needs).

@@ -3,10 +3,12 @@
 A Keras model's weights are its trainable variables with the layouts of
 their layers; activations come from running the model on a fixed probe batch
 when a frame is due (``watch(model, probe=x)``). Gradients are the ones
-Keras's torch backend leaves in each variable's ``.grad`` after a step;
-TensorFlow's and JAX's ``fit()`` keep none, so their gradient sections say
-so. A Flax NNX module keeps no gradients or activations: those sections say
-to pass them as ``update(arrays=...)``.
+Keras's torch backend leaves in each variable's ``.grad`` after a step
+(times the loss scale under a ``LossScaleOptimizer``, as ``mixed_float16``
+compiles one: ``loss_scale`` finds the scale the step used); TensorFlow's
+and JAX's ``fit()`` keep none, so their gradient sections say so. A Flax
+NNX module keeps no gradients or activations: those sections say to pass
+them as ``update(arrays=...)``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from beholder_plugin.trainer import sources
+from beholder_plugin.trainer.sources import torch_modules
 from beholder_plugin.trainer.sources.captured import Captured
 
 NO_KERAS_GRADIENTS = (
@@ -40,6 +43,19 @@ class KerasWatch:
     def variables(self) -> list[sources.Named]:
         """The model's trainable variables, named by path, with their layouts."""
         return keras_variables(self.model)
+
+    def loss_scaled(self) -> bool:
+        """Whether the model's optimizer is a built LossScaleOptimizer (it scales the gradients)."""
+        return _loss_scale_variables(self.model) is not None
+
+    def loss_scale(self, grads: list[Any]) -> Any:
+        """The loss scale these gradients (the last step's, torch backend) were computed with, a 0-d
+        float32 tensor on their device found without a host sync (torch_modules.loss_scale_used says
+        how); None without a loss scaler."""
+        found = _loss_scale_variables(self.model)
+        if found is None or not grads:
+            return None
+        return torch_modules.loss_scale_used(*found, grads)
 
     def sections(self, shown: str) -> list[sources.Named]:
         """A Keras model's gradient or activation sections, or sections saying why there are none."""
@@ -89,6 +105,21 @@ def keras_variables(model: Any) -> list[sources.Named]:
     layouts = keras_variables.layouts_by_variable(model)
     return [(sources.variable_name(v, i), v, layouts.get(id(v)))
             for i, v in enumerate(model.trainable_variables)]
+
+
+def _loss_scale_variables(model: Any) -> tuple[Any, Any] | None:
+    """A Keras model's LossScaleOptimizer's scale and step counter (torch tensors), when it has a built
+    one on the torch backend; else None."""
+    import keras
+
+    optimizer = getattr(model, "optimizer", None)
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or not optimizer.built:
+        return None
+    scale = getattr(getattr(optimizer, "dynamic_scale", None), "value", None)
+    counter = getattr(getattr(optimizer, "step_counter", None), "value", None)
+    if not all(type(v).__module__.startswith("torch") for v in (scale, counter)):
+        return None
+    return scale, counter
 
 
 def keras_gradients(variables: list[sources.Named]) -> list[sources.Named]:

@@ -362,3 +362,66 @@ def test_on_the_torch_backend_a_probe_shows_activations_and_gradients_are_named_
     assert lines[0] == "structure warnings 0"  # the probe is called in the structure the model takes
     assert lines[1] == "activations True 0 ['conv1', 'flatten', 'dense'] True"
     assert lines[2] == "gradients 1 True ['sequential/conv1/kernel', 'sequential/conv1/bias'] True"
+
+
+LOSS_SCALED_FIT = """
+import sys
+import numpy as np
+import keras
+from beholder_plugin import Beholder, read_anomalies, read_timeline, write_config, DEFAULT_CONFIG
+from beholder_plugin.protocol.runfiles import read_frame_file
+from pixel_checks import check_sampled_pixels
+
+root = sys.argv[1]
+x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
+cases = {"counted": {}, "grown": {"dynamic_growth_steps": 1}, "overflowed": {"initial_scale": 1e38},
+         "unscaled": None}
+for case, options in cases.items():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+                              keras.layers.Flatten(), keras.layers.Dense(3, name="dense")], name="net")
+    optimizer = keras.optimizers.SGD(0.01)
+    if options is not None:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, **options)
+    model.compile(optimizer=optimizer, loss="mse")
+    y = np.full((16, 3), 1e3 if case == "overflowed" else 0.5, "float32")
+    model.train_on_batch(x, y)
+    run = f"{root}/{case}"
+    write_config(run, {**DEFAULT_CONFIG, "FPS": 1, "mode": "current", "values": "gradients"})
+    with Beholder(run, strict=True) as beholder:
+        beholder.watch(model)
+        beholder.frame_due_now()
+        assert beholder.update()
+    used = 1.0 if options is None else float(options.get("initial_scale", 2.0 ** 15))
+    grads = {v.path: keras.ops.convert_to_numpy(v.value.grad) for v in model.trainable_variables}
+    unscaled = {name: g * np.float32(1 / used) for name, g in grads.items()}
+    frame = read_frame_file(run)
+    if case == "overflowed":
+        print(case, "non-finite", not np.isfinite(frame.values).all(), "anomalies", len(read_anomalies(run)))
+        continue
+    columns = read_timeline(run)
+    norms_right = all(np.isclose(columns[n]["norm"][0], np.linalg.norm(g), rtol=1e-5)
+                      for n, g in unscaled.items())
+    print(case, "pixels", check_sampled_pixels(frame, unscaled) > 50, "norms", norms_right,
+          "largest", float(np.abs(frame.values[np.isfinite(frame.values)]).max()) < 100)
+"""
+
+
+@pytest.mark.parametrize("batched", ["0", "1"])
+def test_on_the_torch_backend_gradients_a_loss_scaler_scaled_are_shown_unscaled(tmp_path, batched):
+    """mixed_float16 compiles a LossScaleOptimizer: Keras's torch backend leaves each gradient in .grad
+    times the loss scale, and its step has already doubled or halved the scale when the frame reads
+    them. The frame shows them divided by the scale the step used (bit for bit), the timeline's norms
+    too, after a counted step, one that grew the scale and one that overflowed; an overflow is not an
+    anomaly (the optimizer skips the step). Without a loss scaler nothing is divided."""
+    pytest.importorskip("torch")
+    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND="torch", BEHOLDER_BATCH_CPU_TENSORS=batched,
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                           os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", LOSS_SCALED_FIT, str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = {line.split(" ")[0]: line for line in out.stdout.splitlines()}
+    for case in ("counted", "grown", "unscaled"):
+        assert lines[case] == f"{case} pixels True norms True largest True"
+    assert lines["overflowed"] == "overflowed non-finite True anomalies 0"

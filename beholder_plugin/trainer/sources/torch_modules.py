@@ -7,6 +7,7 @@ only once a torch module reached Beholder, so torch is loaded by then.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -149,3 +150,22 @@ def whole_norm(tensor: Any, credit: int, on_device: bool | None = None) -> tuple
         return torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32), credit
     except Exception:  # (an integer or complex output, say): the record keeps the sample's norm
         return None, credit
+
+
+def loss_scale_used(scale: Any, counter: Any, grads: list[Any]) -> Any:
+    """The loss scale a dynamic loss scaler's last step computed these gradients with, from its scale and
+    step counter as that step left them (Keras's LossScaleOptimizer): a 0-d float32 tensor on the
+    gradients' device, found there (no host sync).
+
+    The step doubles the scale after its run of finite steps and halves it
+    after an overflow (a non-finite gradient: the step is skipped), and
+    resets the counter to 0 either way; else the counter counts one more
+    step. So the step's scale is the scale now when the counter is not 0,
+    half of it when the gradients are all finite, twice it when they are not.
+    """
+    import torch
+
+    peaks = torch._foreach_norm(grads, math.inf)  # (NaN where a gradient holds one)
+    finite = torch.isfinite(torch.stack([peak.float() for peak in peaks])).all()
+    scale = scale.to(grads[0].device, torch.float32)
+    return torch.where(counter.to(scale.device) != 0, scale, torch.where(finite, scale * 0.5, scale * 2.0))
