@@ -79,6 +79,15 @@ def describe(record: dict[str, Any]) -> str:
     return f"Beholder: first anomaly: {what} in {record['values']} section {record['section']} {when}"
 
 
+def scaler_hint(record: dict[str, Any]) -> str:
+    """What the first-anomaly log line adds when gradients turned non-finite (no loss scaler was given):
+    fp16 AMP's first overflows look exactly so, and passing the scaler makes them no anomaly."""
+    if record["values"] != "gradients" or record["kind"] not in ("nan", "inf"):
+        return ""
+    return ("; if the loop scales its loss (fp16 AMP), this may be a loss scaler's overflow: pass its "
+            "GradScaler, watch(model, grad_scaler=scaler), and overflows are not anomalies")
+
+
 class Timeline:
     """One run's timeline and anomaly checks (see the module's docstring)."""
 
@@ -346,7 +355,7 @@ class Timeline:
             if frames:
                 record["frames"] = frames
             self.first_anomaly = record
-            logger.warning("%s", describe(record))
+            logger.warning("%s%s", describe(record), scaler_hint(record))
             if self.on_anomaly == "raise":
                 self._raise = AnomalyError(record)
                 self.hot = True

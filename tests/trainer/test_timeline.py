@@ -75,7 +75,7 @@ def test_a_layer_turning_nan_is_caught_at_its_step_or_between_frames(run_dir, mo
     else:
         assert record["steps"] == [11, 20] and record["checked"] == "frame"
     lines = [r.getMessage() for r in caplog.records if "first anomaly" in r.getMessage()]
-    assert len(lines) == 1
+    assert len(lines) == 1 and "GradScaler" not in lines[0]  # (weights: no loss scaler involved)
     if batched:
         assert "2.weight" in lines[0] and f"at step {NAN_STEP}" in lines[0]
     else:
@@ -228,8 +228,9 @@ def test_a_failing_per_step_check_never_reaches_the_training_loop(run_dir, monke
     assert read_timeline(run_dir)["2.weight"]["step"].tolist() == [1, 10]
 
 
-def test_gradients_turning_nan_are_caught_at_their_step(run_dir, monkeypatch):
-    """Showing gradients (captured by hooks), the per-step check reads each parameter's whole .grad."""
+def test_gradients_turning_nan_are_caught_at_their_step(run_dir, monkeypatch, caplog):
+    """Showing gradients (captured by hooks), the per-step check reads each parameter's whole .grad; the
+    log line says how an fp16 loop's loss scaler overflows stop being anomalies."""
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
@@ -238,16 +239,19 @@ def test_gradients_turning_nan_are_caught_at_their_step(run_dir, monkeypatch):
     beholder = Beholder(run_dir)
     beholder.watch(model, activations=False)
     x = torch.randn(32, 8)
-    for step in range(1, 31):
-        optimizer.zero_grad(set_to_none=True)
-        nan_at_nan_step(model(x), step).square().mean().backward()
-        optimizer.step()
-        if step in FRAME_STEPS:
-            beholder.frame_due_now()
-        beholder.update()
-        if step in FRAME_STEPS:
-            beholder.flush()
-    beholder.close()
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        for step in range(1, 31):
+            optimizer.zero_grad(set_to_none=True)
+            nan_at_nan_step(model(x), step).square().mean().backward()
+            optimizer.step()
+            if step in FRAME_STEPS:
+                beholder.frame_due_now()
+            beholder.update()
+            if step in FRAME_STEPS:
+                beholder.flush()
+        beholder.close()
+    (line,) = [r.getMessage() for r in caplog.records if "first anomaly" in r.getMessage()]
+    assert line.endswith("GradScaler, watch(model, grad_scaler=scaler), and overflows are not anomalies")
     anomalies = read_anomalies(run_dir)
     assert anomalies and all(a["values"] == "gradients" for a in anomalies)
     first = next(a for a in anomalies if a.get("first"))
