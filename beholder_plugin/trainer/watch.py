@@ -53,6 +53,11 @@ NO_LAYER_RAN = ("no layer ran with its hook in the step after the frame fell due
                 "training step changes its parameters; it is then compiled again, once.)")
 
 
+# a gradient that arrived in the backward pass and was freed before it ended
+FREED_IN_BACKWARD = ("the gradient was freed during the backward pass (an optimizer stepped in a "
+                     "post-accumulate-grad hook?): none to show")
+
+
 class BufferedGradient(NamedTuple):
     """A gradient's copy in the hooked gradients' one buffer (GRADIENT_BUFFER_BYTES), and its layout."""
 
@@ -435,6 +440,10 @@ class Watch:
         if self._copy_to_buffer(arrived, inverse):
             return
         for name, (param, layout) in arrived.items():
+            if param.grad is None:  # it arrived, and is gone already
+                if self.pattern is None or self.pattern.search(name):
+                    self.captured[name] = Captured(tuple(param.shape), None, error=FREED_IN_BACKWARD)
+                continue
             self._capture_gradient(name, param.grad, layout, inverse)
         self._take_gradient_norms(arrived, inverse)
 
@@ -500,7 +509,14 @@ class Watch:
                  if self.pattern is None or self.pattern.search(name)]
         if not grads or self.show_all:
             return False
-        copies = self._gradient_buffer.copy([grad for _, grad, _ in grads], GRADIENT_BUFFER_BYTES, inverse)
+        try:  # (at the end of the user's backward(): nothing may escape into it)
+            copies = self._gradient_buffer.copy([grad for _, grad, _ in grads], GRADIENT_BUFFER_BYTES,
+                                                inverse)
+        except Exception:  # (out of memory for the buffer, say): each is sliced on its own instead
+            if self.strict:
+                raise
+            self._gradient_buffer.clear()
+            return False
         if copies is None:
             return False
         for (name, _, layout), copy in zip(grads, copies):

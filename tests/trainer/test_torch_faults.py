@@ -211,3 +211,36 @@ def test_activations_when_no_layer_ran_show_why_instead_of_failing(run_dir):
     sections = read_frame_file(run_dir).sections
     assert [s["name"] for s in sections] == ["activations"]
     assert "no layer ran" in sections[0]["missing"] and "torch.compile" in sections[0]["missing"]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_gradients_freed_by_an_optimizer_in_backward_never_reach_the_backward_pass(run_dir, monkeypatch,
+                                                                                  batched):
+    """The optimizer run inside backward (a post-accumulate-grad hook that steps a parameter and frees its
+    .grad, as PyTorch's tutorial shows): the gradients are gone when the backward pass ends, where the
+    hooked gradients are copied. backward() never sees an error from it; the frame's sections say the
+    gradients were freed during it, and the next frames too."""
+    from beholder_plugin.trainer.sources import torch_batch
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    optimizers = {p: torch.optim.SGD([p], lr=0.1) for p in model.parameters()}
+
+    def step_and_free(param) -> None:
+        optimizers[param].step()
+        param.grad = None
+
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(step_and_free)
+    with Beholder(run_dir, background=False) as beholder:
+        beholder.watch(model, activations=False)
+        for _ in range(3):
+            beholder.frame_due_now()
+            assert not beholder.update()  # no .grad at hand: armed for the next backward pass
+            model(torch.ones(2, 4)).sum().backward()
+            assert beholder.update()
+            sections = read_frame_file(run_dir).sections
+            assert [s["name"] for s in sections] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+            assert all("freed during the backward pass" in s["missing"] for s in sections), sections
+        assert beholder.failures == 0

@@ -86,10 +86,11 @@ class FlatCopies:
         batch device, at most ``budget`` bytes together."""
         import torch
 
-        if not tensors:
+        plain = (torch.Tensor, torch.nn.Parameter)
+        if not tensors or type(tensors[0]) not in plain:  # (None: a hook freed it, say)
             return None
         first = tensors[0]
-        dtype, device, plain = first.dtype, batch_device(first), (torch.Tensor, torch.nn.Parameter)
+        dtype, device = first.dtype, batch_device(first)
         if device is None:
             return None
         for t in tensors:
