@@ -58,6 +58,23 @@ FREED_IN_BACKWARD = ("the gradient was freed during the backward pass (an optimi
                      "post-accumulate-grad hook?): none to show")
 
 
+class OnDevices:
+    """A scalar tensor (a loss scaler's inverse scale) and its copies on other devices, each made once,
+    device to device without a host sync: a model split over GPUs has gradients on each, and a kernel
+    takes a 0-d tensor of another GPU for no operand."""
+
+    def __init__(self, value: Any) -> None:
+        self._copies = {value.device: value}
+        self._value = value
+
+    def on(self, device: Any) -> Any:
+        """The value on this device."""
+        found = self._copies.get(device)
+        if found is None:
+            found = self._copies[device] = self._value.to(device, non_blocking=True)
+        return found
+
+
 class BufferedGradient(NamedTuple):
     """A gradient's copy in the hooked gradients' one buffer (GRADIENT_BUFFER_BYTES), and its layout."""
 
@@ -302,7 +319,7 @@ class Watch:
             scale = self._keras.loss_scale(tensors)
             if scale is None:
                 return named
-            inverse = scale.double().reciprocal().float()
+            inverse = OnDevices(scale.double().reciprocal().float())
         except Exception:
             if self.strict:
                 raise
@@ -318,7 +335,8 @@ class Watch:
             kept = [(name, t) for name, t, _ in named if type(t) is not Captured
                     and (self.pattern is None or self.pattern.search(name))]
             if kept:
-                norms = exact_pass.whole_norms([t for _, t in kept]) * inverse
+                norms = exact_pass.whole_norms([t for _, t in kept])
+                norms = norms * inverse.on(norms.device)
                 self.gradient_norms = [([name for name, _ in kept], norms)]
         except Exception:
             if self.strict:
@@ -447,32 +465,33 @@ class Watch:
             self._capture_gradient(name, param.grad, layout, inverse)
         self._take_gradient_norms(arrived, inverse)
 
-    def _inverse_scale(self) -> Any:
+    def _inverse_scale(self) -> OnDevices | None:
         """The loss scaler's inverse scale as its unscale_() computes it (a float32 tensor on its device,
-        no host sync), or None with no scaler at work."""
+        and copies on the gradients' other devices; no host sync), or None with no scaler at work."""
         scaler = self.grad_scaler
         scale = getattr(scaler, "_scale", None) if scaler is not None and scaler.is_enabled() else None
         if scale is None:
             return None
         try:
-            return scale.double().reciprocal().float()
+            return OnDevices(scale.double().reciprocal().float())
         except Exception:
             if self.strict:
                 raise
             return None
 
-    def _capture_gradient(self, name: str, grad: Any, layout: str | None, inverse: Any) -> None:
+    def _capture_gradient(self, name: str, grad: Any, layout: str | None, inverse: OnDevices | None) -> None:
         """Copy a gradient's shown slice, unscaled by ``inverse`` when a loss scaler scaled it."""
         got = self._capture(name, grad, layout)
         if got is not None and got.error is None and inverse is not None:
             try:
-                scale_values(got, inverse)
+                scale_values(got, inverse.on(grad.device))
             except Exception as exc:
                 if self.strict:
                     raise
                 self.captured[name] = Captured((), None, error=f"{type(exc).__name__}: {exc}")
 
-    def _take_gradient_norms(self, arrived: dict[str, tuple[Any, str | None]], inverse: Any = None) -> None:
+    def _take_gradient_norms(self, arrived: dict[str, tuple[Any, str | None]],
+                             inverse: OnDevices | None = None) -> None:
         """Take the arrived gradients' whole L2 norms for the timeline now, before the loop can clip them
         in place: one fused pass per device, left there; on the host within a credit of HOST_EXACT_VALUES
         a frame (the exact pass's budget: a big model's every few frames). Times ``inverse``, the loss
@@ -493,13 +512,16 @@ class Watch:
                     if not covered:
                         continue  # the records keep the sample's norms
                 norms = exact_pass.whole_norms(grads)
-                self._arrived_norms.append((names, norms if inverse is None else norms * inverse))
+                if inverse is not None:
+                    norms = norms * inverse.on(norms.device)
+                self._arrived_norms.append((names, norms))
         except Exception:
             if self.strict:
                 raise
             self._arrived_norms = []  # (the frame's records keep the sample's or .grad's norms)
 
-    def _copy_to_buffer(self, arrived: dict[str, tuple[Any, str | None]], inverse: Any = None) -> bool:
+    def _copy_to_buffer(self, arrived: dict[str, tuple[Any, str | None]],
+                        inverse: OnDevices | None = None) -> bool:
         """Copy the arrived gradients whole into one buffer for take() with one launch (not a slice
         launched per gradient), and take their norms, when they are plain dense tensors of one dtype on
         one batch device within GRADIENT_BUFFER_BYTES; False: slice each now. Copied now, as slices
@@ -511,7 +533,7 @@ class Watch:
             return False
         try:  # (at the end of the user's backward(): nothing may escape into it)
             copies = self._gradient_buffer.copy([grad for _, grad, _ in grads], GRADIENT_BUFFER_BYTES,
-                                                inverse)
+                                                inverse and inverse.on(grads[0][1].device))
         except Exception:  # (out of memory for the buffer, say): each is sliced on its own instead
             if self.strict:
                 raise

@@ -937,3 +937,44 @@ def test_a_rebuilt_check_keeps_the_steps_it_had_flagged(run_dir, monkeypatch, gr
     assert checks[22] is not checks[23]  # rebuilt at the frame of step 24
     record = next(a for a in read_anomalies(run_dir) if a["section"] == "0.weight")
     assert record["step"] == 20 and record["checked"] == "step" and record["frame_step"] == 24
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_on_two_gpus_hooked_gradients_are_unscaled_on_each(run_dir):
+    """A model split over two GPUs under a GradScaler (its scale on the first): the gradients on the
+    second are unscaled too, with the inverse scale copied there (a kernel takes no 0-d tensor of
+    another GPU), by the one-buffer copy and by slices alike."""
+    from pixel_checks import check_sampled_pixels
+
+    from beholder_plugin.protocol.runfiles import read_frame_file
+
+    torch.manual_seed(0)
+    first = torch.nn.Linear(8, 16).to("cuda:0")
+    second = torch.nn.Linear(16, 4).to("cuda:1")
+    params = list(first.parameters()) + list(second.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.01)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**14)
+    model = torch.nn.ModuleDict({"first": first, "second": second})
+    set_config(run_dir, FPS=1, values="gradients", mode="current")
+    beholder = Beholder(run_dir, strict=True, background=False)
+    beholder.watch(model, activations=False)
+    beholder.watched.read_gradients = False
+    beholder.watched.grad_scaler = scaler
+    unscaled = {}
+    for step in range(1, 4):
+        optimizer.zero_grad(set_to_none=True)
+        out = second(first(torch.randn(32, 8, device="cuda:0")).relu().to("cuda:1"))
+        scaler.scale(out.square().mean()).backward()
+        scaler.unscale_(optimizer)
+        unscaled[step] = {n: p.grad.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
+        if step == 1:
+            beholder.frame_due_now()
+        beholder.update()
+        scaler.step(optimizer)
+        scaler.update()
+    beholder.close()
+    assert beholder.failures == 0
+    frame = read_frame_file(run_dir)
+    assert frame.header["step"] == 2 and all(not s.get("missing") for s in frame.sections)
+    assert check_sampled_pixels(frame, unscaled[2]) > 100
