@@ -97,7 +97,7 @@ class StepCheck:
         # where the tensors it reads lay; replayed while they lie there
         batch = _torch_batch()
         self._replays = device.type == "cuda" or batch.CPU_GRAPHS
-        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._stream = batch.side_streams(device)[1] if device.type == "cuda" else None
         self._graph: Any = None
         self._graph_norms: Any = None  # the graph's own output, which each replay overwrites
         self._graph_key: tuple | None = None
@@ -540,7 +540,7 @@ def _copied_back(torch: Any, device: Any, values: list[Any]) -> tuple[list[Any],
     host = [torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for v in values]
     for h, v in zip(host, values):
         h.copy_(v, non_blocking=True)
-    event = torch.cuda.Event()
+    event = torch.cuda.Event(blocking=True)  # (the worker sleeps on it, not spinning a core)
     event.record(torch.cuda.current_stream(device))  # (the copies' stream; the current device may be another)
     return host, event
 

@@ -325,6 +325,55 @@ def test_cuda_update_never_synchronizes_and_copies_once(tmp_path, monkeypatch):
     assert sum("Memcpy DtoH" in n for n in copies) == 1 and not [n for n in copies if "HtoD" in n], copies
 
 
+def test_side_streams_are_taken_once_per_device_from_the_high_priority_pool(monkeypatch):
+    """torch.cuda.Stream() hands out a pool's streams in turn (here a pool that gives the same one
+    twice running): Beholder's two side streams of a device are taken once, from the high-priority pool,
+    and differ; the same pair and the same lock come back for that device afterwards."""
+    given = []
+
+    class PoolStream:
+        def __init__(self, device, priority=0):
+            given.append(priority)
+            self.device = device
+            self.cuda_stream = 7 if len(given) < 3 else len(given)  # the first two draws: one stream
+
+    monkeypatch.setattr(torch.cuda, "Stream", PoolStream)
+    monkeypatch.setattr(torch_batch, "_SIDE_STREAMS", {})
+    monkeypatch.setattr(torch_batch, "_SIDE_LOCKS", {})
+    frames, check = torch_batch.side_streams("cuda:3")
+    assert frames.cuda_stream != check.cuda_stream and len(given) == 3
+    assert set(given) == {-1}
+    assert torch_batch.side_streams(torch.device("cuda", 3)) == (frames, check) and len(given) == 3
+    assert torch_batch.side_streams("cuda:4")[0] is not frames
+    lock = torch_batch.side_lock("cuda:3")
+    assert torch_batch.side_lock(torch.device("cuda:3")) is lock
+    assert torch_batch.side_lock("cuda:4") is not lock
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_side_streams_are_shared_high_priority_and_distinct(tmp_path):
+    """On CUDA every gatherer and per-step check of a device uses the device's two side streams:
+    high-priority (apart from the default-priority pool torch.compile's graphs capture on), distinct."""
+    from beholder_plugin.trainer import exact_pass
+
+    frames, check = torch_batch.side_streams(torch.device("cuda", torch.cuda.current_device()))
+    assert frames.cuda_stream != check.cuda_stream and frames.priority < 0 and check.priority < 0
+    runs = [str(tmp_path / name) for name in ("a", "b")]
+    for run in runs:
+        set_config(run, values="arrays", FPS=30)
+    arrays = {f"w{i}": torch.randn(16, 8, device="cuda") for i in range(3)}
+    with Beholder(runs[0], strict=True) as first, Beholder(runs[1], strict=True) as second:
+        for beholder in (first, second):
+            beholder.frame_due_now()
+            assert beholder.update(arrays=arrays)
+            beholder.flush()
+        gathers = first.gatherer.device_gathers + second.gatherer.device_gathers
+    assert len(gathers) == 2 and all(g.stream is frames for g in gathers)
+    step_check = exact_pass.StepCheck(torch, [0], [arrays["w0"]], None, ["w0"])
+    assert step_check._stream is check
+
+
 def test_a_replaced_parameter_is_seen_by_the_next_frame(tmp_path, monkeypatch):
     """The frames of the same tensors reuse their checks and plan, but still read each tensor afresh:
     values changed in place show, and a tensor given new storage of another shape gets a new plan."""

@@ -58,6 +58,47 @@ CPU_GRAPHS = False
 INDEX_CACHE_SIZE = 4096
 
 
+def side_streams(device: Any) -> tuple[Any, Any]:
+    """Beholder's two side streams on a CUDA device, made once: the frames' (their gathers' capture, and
+    the worker's copies to the host) and the per-step check's capture.
+
+    ``torch.cuda.Stream()`` makes no stream: it hands out the streams of a
+    pool, 32 per device and priority, in turn. A capture on a stream that
+    another thread issues work on fails, or takes that work in; two streams
+    of ours could be one, one of ours the one ``torch.compile``'s CUDA
+    graphs capture on. So both are taken once, from the high-priority pool
+    (most code draws default-priority streams), and checked to differ;
+    every Beholder of the process shares them, and ``side_lock`` keeps a
+    capture on them from running while a worker issues work there.
+    """
+    import torch
+
+    device = torch.device(device)
+    found = _SIDE_STREAMS.get(device)
+    if found is None:
+        frames = torch.cuda.Stream(device, priority=-1)
+        check = torch.cuda.Stream(device, priority=-1)
+        for _ in range(64):  # (another thread drew from the pool in between, 31 times)
+            if check.cuda_stream != frames.cuda_stream:
+                break
+            check = torch.cuda.Stream(device, priority=-1)
+        found = _SIDE_STREAMS[device] = (frames, check)
+        _SIDE_LOCKS.setdefault(device, threading.RLock())
+    return found
+
+
+def side_lock(device: Any) -> Any:
+    """The lock held, for a device's side streams, by a capture on them and by a worker issuing its copy
+    there (each Beholder has its worker; they share the streams)."""
+    import torch
+
+    return _SIDE_LOCKS.setdefault(torch.device(device), threading.RLock())
+
+
+_SIDE_STREAMS: dict[Any, tuple[Any, Any]] = {}
+_SIDE_LOCKS: dict[Any, Any] = {}  # device -> threading.RLock
+
+
 def batch_device(t: Any) -> Any:
     """The device a prepared tensor is gathered on in a batch, or None (read where it lies: the host path)."""
     import torch
@@ -289,9 +330,9 @@ class DeviceGather:
         self._graph_failed = False
         self.graphs = self.cuda or CPU_GRAPHS  # whether frames of unmoved storage are captured and replayed
         if self.cuda:
-            self.stream = torch.cuda.Stream(device)
+            self.stream = side_streams(device)[0]
             self.gathered = torch.cuda.Event()
-            self.copied = torch.cuda.Event()
+            self.copied = torch.cuda.Event(blocking=True)  # (the worker sleeps on it, not spinning a core)
 
     def launch(self, entries: list[tuple[int, Any]]) -> Pending:
         """Issue the gather of these (section, tensor or captured part) entries and the copy; never waits."""
@@ -379,7 +420,7 @@ class DeviceGather:
             return None
         import torch
 
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+        with side_lock(self.device), torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             self.stream.wait_event(self.gathered)
             if window is not None:
                 window.push(values, values)
@@ -517,14 +558,15 @@ def capture(run: Any, tensors: list[Any], stream: Any, name: str) -> tuple[Any, 
 
     graph = torch.cuda.CUDAGraph()
     current = torch.cuda.current_stream(stream.device)
-    stream.wait_stream(current)
-    with torch.cuda.stream(stream):
-        graph.capture_begin(capture_error_mode="thread_local")
-        try:
-            result = run(tensors)
-        finally:
-            graph.capture_end()
-    current.wait_stream(stream)
+    with side_lock(stream.device):  # (no worker issues on the side streams meanwhile)
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                result = run(tensors)
+            finally:
+                graph.capture_end()
+        current.wait_stream(stream)
     return graph, result
 
 
