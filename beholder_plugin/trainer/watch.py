@@ -453,6 +453,8 @@ class Watch:
         them here shows what the optimizer will use.
         """
         arrived, self._arrived, self._queued = self._arrived, {}, False
+        if not arrived:  # (queued twice: hooks on two GPUs' autograd threads both saw none queued)
+            return
         self._arrived_norms = []  # (an earlier pass's, accumulating: partial sums)
         inverse = self._inverse_scale()
         if self._copy_to_buffer(arrived, inverse):

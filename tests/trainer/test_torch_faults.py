@@ -244,3 +244,21 @@ def test_gradients_freed_by_an_optimizer_in_backward_never_reach_the_backward_pa
             assert [s["name"] for s in sections] == ["0.weight", "0.bias", "2.weight", "2.bias"]
             assert all("freed during the backward pass" in s["missing"] for s in sections), sections
         assert beholder.failures == 0
+
+
+def test_the_end_of_backward_copy_run_twice_keeps_what_the_first_took(monkeypatch):
+    """Hooks on two GPUs' autograd threads can both find no end-of-backward copy queued and queue it
+    twice: the second run finds nothing arrived and leaves the first's copies and norms alone."""
+    from beholder_plugin.trainer.sources import torch_batch
+    from beholder_plugin.trainer.watch import Watch
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    watch = Watch(model)
+    watch.arm("gradients", False)
+    model(torch.ones(5, 4)).sum().backward()
+    captured, norms = dict(watch.captured), list(watch._arrived_norms)
+    assert set(captured) == {"0.weight", "0.bias", "1.weight", "1.bias"} and norms
+    watch._after_backward()  # the second, queued by another thread
+    assert watch.captured == captured and watch._arrived_norms == norms
+    watch.close()
