@@ -203,7 +203,7 @@ class IndexCache:
 
     def __init__(self) -> None:
         self._found: dict[tuple, Any] = {}
-        self._keep: list[Any] = []  # pinned sources of uploads still in flight (freed on the next miss)
+        self._keep: list[Any] = []  # the sources of the last uploads, which may still be in flight
 
     def get(self, device: Any, plan: SectionPlan, shape: tuple, strides: tuple,
             runs: tuple[int, int, int], sample_n: int) -> tuple[Any, int]:
@@ -216,7 +216,7 @@ class IndexCache:
         if len(self._found) >= INDEX_CACHE_SIZE:
             self._found.clear()
         index, host = upload(storage_offsets(plan, shape, strides, runs, sample_n), device)
-        if device.type == "cuda":
+        if device.type != "cpu":  # (MPS and XPU may read pageable memory after the call returns too)
             self._keep = self._keep[-64:] + [host]
         span = span_of(shape, strides)
         self._found[key] = (plan, index, span)
