@@ -98,7 +98,8 @@ class BatchMemo:
     """
 
     kind: str
-    objects: list[Any]  # "tensors": parameters by identity, None for other tensors (never held)
+    objects: list[Any]  # "tensors": parameters by identity, None for other tensors (never held); "arrays":
+    # None each
     names: list[str]
     layouts: list[Any]  # the layouts asked for (None: the framework's default); a hook part's own
     settings: tuple  # the settings the plan depends on
@@ -109,6 +110,7 @@ class BatchMemo:
     # "tensors" of parameters only: the list they came in (a watch's, which it never changes: it makes a
     # new one when it walks the model again), so that the same list fits without a look at each entry
     source: list | None = None
+    array_type: Any = None  # "arrays": the type of the arrays (the arrays themselves are not kept)
 
     def __post_init__(self) -> None:
         # "tensors": where the kept parameters are, where the other tensors (gradients) are, their shapes
@@ -136,13 +138,16 @@ class BatchMemo:
             return None
         layouts = [e[1].layout if kind == "captured" else e[2] for e in named]
         objects = [e[1] for e in named]
+        array_type = type(objects[0])
+        if kind == "arrays":  # (not kept: each holds its device memory until the next frame otherwise)
+            objects = [None] * len(objects)
         if kind == "tensors":  # a gradient or an activation is not kept alive until the next frame
             parameter = sys.modules["torch"].nn.Parameter
             objects = [x if type(x) is parameter else None for x in objects]
         source = named if kind == "tensors" and all(x is not None for x in objects) else None
         return BatchMemo(kind, objects, [e[0] for e in named], layouts,
                          (settings.show_all, settings.section_size), [tuple(s) for s in shapes], plan,
-                         device, tuple(range(len(named))), source)
+                         device, tuple(range(len(named))), source, array_type)
 
     def fits(self, named: list, settings: Any) -> bool:
         """Whether these sections can reuse the memo (see the class)."""
@@ -160,7 +165,7 @@ class BatchMemo:
                 for (entry_name, c, entry_layout), name, shape, layout
                 in zip(named, self.names, self.shapes, self.layouts)
             )
-        kind = type(self.objects[0])
+        kind = self.array_type
         return all(
             type(x) is kind and tuple(x.shape) == shape and name == entry_name and entry_layout == layout
             for (entry_name, x, entry_layout), name, shape, layout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pixel_checks import check_sampled_pixels
 from support import HeldCompile, set_config, update_compiled
 
 from beholder_plugin import Beholder
@@ -266,3 +267,60 @@ def test_the_dict_made_before_training_shares_the_steps_gather(tmp_path, traced)
     assert len(traced) == 1
     np.testing.assert_array_equal(kernels[1], 2 * kernels[0])  # each frame the step's own values
     np.testing.assert_array_equal(kernels[2], 4 * kernels[0])
+
+
+def test_an_array_the_gather_cannot_take_leaves_only_its_own_section_empty(tmp_path, monkeypatch):
+    """A typed PRNG key, a deleted (donated) array and one in host memory beside plain arrays: the one
+    jitted gather would fail for all of them; each keeps the per-section path instead, which shows the
+    plain arrays batched and equal to the host path's, and says why for a section it cannot show."""
+    from jax.sharding import SingleDeviceSharding
+
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(5,)), jnp.float32)
+    gone = jnp.ones((3, 3))
+    gone.delete()
+    host_memory = SingleDeviceSharding(jax.devices()[0], memory_kind="pinned_host")
+    odd = {"key": jax.random.key(0), "gone": gone,
+           "offloaded": jax.device_put(np.arange(12.0, dtype=np.float32).reshape(3, 4), host_memory)}
+    for name, array in odd.items():
+        assert jax_batch.batch_device(array) is None, name
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    assert jax_batch.batch_device(w) is not None
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", mode="current", FPS=30)
+    with Beholder(run, background=False) as beholder:
+        assert update_compiled(beholder, arrays={"w": w, "b": b, **odd})
+        frame = read_frame_file(run)
+        assert any(g.__class__.__name__ == "JaxGather" for g in beholder.gatherer.device_gathers)
+    for name in ("w", "b", "offloaded"):  # (read on the host, where it lies)
+        assert not section(frame, name).get("missing"), name
+    shown = {name: np.asarray(a) for name, a in (("w", w), ("b", b), ("offloaded", odd["offloaded"]))}
+    assert check_sampled_pixels(frame, shown) > 50
+    assert "deleted" in section(frame, "gone")["missing"]
+    assert section(frame, "key").get("missing")
+
+
+def test_the_last_frame_keeps_no_array_alive(tmp_path, monkeypatch):
+    """Arrays a frame was gathered from are not kept after it (the memo that lets the next frame of
+    the same shapes skip its checks keeps only their type): on an accelerator each would hold its device
+    memory until the next frame, for good when frames stop."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", mode="current", FPS=30)
+    refs = []
+    with Beholder(run, background=False) as beholder:
+        for step in range(3):
+            arrays = {"w": jnp.full((8, 6), float(step)), "b": jnp.full((6,), float(step))}
+            assert update_compiled(beholder, arrays=arrays)
+            refs += [weakref.ref(a) for a in arrays.values()]
+        assert beholder.gatherer.memo is not None and beholder.gatherer.memo.kind == "arrays"
+        del arrays
+        gc.collect()
+        assert [r() for r in refs] == [None] * 6
+        beholder.frame_due_now()  # the memo still fits arrays of those shapes
+        assert beholder.update(arrays={"w": jnp.zeros((8, 6)), "b": jnp.ones((6,))})
+    assert read_frame_file(run).section_values(0).max() == 1.0

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -28,13 +29,30 @@ BATCH_CPU_ARRAYS = os.environ.get("BEHOLDER_BATCH_CPU_TENSORS") == "1"
 
 
 def batch_device(x: Any) -> Any:
-    """The one device an array is gathered on in a batch, or None (sharded, on the CPU, or not an array)."""
+    """The one device an array is gathered on in a batch, or None (sharded, on the CPU, or not an array;
+    or one the frame's one jitted gather could not take: then it alone would fail, not every section).
+
+    Those are a deleted (donated) array, one of an extended dtype (a typed
+    PRNG key), one in host memory (``memory_kind`` "pinned_host": a jitted
+    function takes inputs of one memory space), and one of 2**31 values or
+    more without 64-bit JAX (its positions would be truncated to int32).
+    """
     try:
-        devices = x.sharding.device_set
+        if x.is_deleted():
+            return None
+        jax = sys.modules["jax"]
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended):
+            return None
+        sharding = x.sharding
+        if getattr(sharding, "memory_kind", None) not in (None, "device"):
+            return None
+        devices = sharding.device_set
         if len(devices) != 1 or not x.is_fully_addressable:
             return None
+        if x.size >= 2**31 and not jax.config.jax_enable_x64:
+            return None
         device = next(iter(devices))
-    except Exception:  # a deleted (donated) buffer or an unusual array: the per-section path says why
+    except Exception:  # not a JAX array, or an unusual one: the per-section path says why
         return None
     if device.platform == "cpu" and not BATCH_CPU_ARRAYS:
         return None
