@@ -270,8 +270,9 @@ class Gatherer:
         batches: dict[Any, list[tuple[int, Any]]] = {}  # device -> sections gathered there in one batch
         sections = zip(adapters, prepared, plan.plans, views, labels, sample_views, plan.sample_steps)
         for i, (adapter, obj, section, out, label, sample, step) in enumerate(sections):
-            if i in missing:
+            if i in missing:  # (its sample too: else the statistics read the buffer's last contents)
                 out.fill(np.nan)
+                sample.fill(np.nan)
                 continue
             device = batch_key(adapter, obj, section, plan.width)
             if device is not None:  # on an accelerator: issued now, copied to the host once per device
@@ -287,6 +288,7 @@ class Gatherer:
                 if self.strict:
                     raise
                 out.fill(np.nan)
+                sample.fill(np.nan)
                 missing[i] = self._section_problem(label, exc)
         job.kind, job.plan, job.buffer, job.missing = JobKind.SECTIONS, plan, buffer, missing
         job.samples = samples

@@ -139,3 +139,22 @@ def test_a_placeholder_says_which_values_update_was_given_instead(run_dir):
     with Beholder(run_dir, strict=True) as beholder:
         assert beholder.update()  # nothing passed at all: nothing to offer, the usual advice
     assert read_frame_file(run_dir).header["offered"] == []
+
+
+def test_a_section_shown_empty_leaves_no_stale_sample_behind():
+    """A section whose array cannot be read (a deleted JAX array, a PRNG key) has NaN for values and for
+    its statistics sample: the reused buffers held the last frame's figures, which the statistics (and a
+    histogram of leftover memory) were taken from."""
+    jax = pytest.importorskip("jax")
+    gatherer = Gatherer(strict=False, warn_once=lambda *args: None)
+    settings = RunSettings.starting("arrays")
+    key = jax.random.key(0)
+    first = gatherer.gather(settings, Inputs(1, arrays={"g": jax.numpy.full((6, 6), 3.0), "key": key}))
+    gone = jax.numpy.full((6, 6), 5.0)
+    gone.delete()
+    second = gatherer.gather(settings, Inputs(2, arrays={"g": gone, "key": key}))
+    plan = second.plan
+    assert second.samples is first.samples and set(second.missing) == {0, 1}  # (sorted: g, key)
+    for i in (0, 1):
+        assert np.isnan(second.samples[plan.sample_offsets[i] : plan.sample_offsets[i + 1]]).all()
+        assert np.isnan(second.buffer[plan.offsets[i] : plan.offsets[i + 1]]).all()
