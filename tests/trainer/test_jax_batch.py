@@ -324,3 +324,47 @@ def test_the_last_frame_keeps_no_array_alive(tmp_path, monkeypatch):
         beholder.frame_due_now()  # the memo still fits arrays of those shapes
         assert beholder.update(arrays={"w": jnp.zeros((8, 6)), "b": jnp.ones((6,))})
     assert read_frame_file(run).section_values(0).max() == 1.0
+
+
+@pytest.mark.parametrize("case", ["weak-typed arrays", "a context on the training thread"])
+def test_the_frames_after_the_background_compile_compile_nothing(tmp_path, monkeypatch, case):
+    """The gather compiled in the background is the executable the frames run: jit's own cache would
+    miss it for weak-typed arrays (made from Python scalars) and under what the training thread has set
+    (here jax.default_matmul_precision), and compile again on the training thread, for seconds on a GPU."""
+    import contextlib
+
+    from jax import monitoring
+
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    traced_batch.forget_compiled()
+    weak = case == "weak-typed arrays"
+    context = contextlib.nullcontext() if weak else jax.default_matmul_precision("float32")
+
+    def arrays(step: int) -> dict:
+        strong = jnp.full((6, 5), step, jnp.float32)
+        w = jnp.broadcast_to(jnp.asarray(float(step)), (6, 5)) if weak else strong
+        return {"w": w, "b": jnp.arange(5, dtype=jnp.float32) + step}
+
+    assert arrays(0)["w"].weak_type is weak
+    compiles: list[str] = []
+
+    def listen(name: str, *args, **kwargs) -> None:
+        if "backend_compile" in name:
+            compiles.append(name)
+
+    monitoring.register_event_duration_secs_listener(listen)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", mode="current", FPS=30)
+    try:
+        with context, Beholder(run, background=False) as beholder:
+            beholder.frame_due_now()
+            assert not beholder.update(arrays=arrays(0))  # starts the compile, skipped
+            assert beholder.gatherer.wait_compiled(120)
+            compiles.clear()
+            for step in range(1, 4):
+                beholder.frame_due_now()
+                assert beholder.update(arrays=arrays(step))
+            assert compiles == []
+            assert read_frame_file(run).section_values(1).max() == 3.0  # (sorted: b, w)
+    finally:
+        monitoring.unregister_event_duration_listener(listen)

@@ -86,16 +86,33 @@ class JaxGather(TracedGather):
         return jax.jit(gather)  # runs where its inputs are: on the arrays' device
 
     def abstract(self, arrays: list[Any]) -> Any:
-        """Each array's shape, dtype and (when committed to it) sharding: jit's own call then finds the
-        executable warm() compiled (a donated array is gone by the time warm() runs)."""
+        """Each array's shape, dtype, weak type and (when committed to it) sharding: what warm()
+        compiles for (a donated array is gone by the time warm() runs)."""
         import jax
 
-        return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding if x.committed else None)
+        return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding if x.committed else None,
+                                          weak_type=x.weak_type)
                      for x in arrays)
 
-    def warm(self, function: Any, abstract: Any, positions: Any) -> None:
-        """Lower and compile the jitted gather; its first call then finds the compiled executable."""
-        function.lower(abstract, positions).compile()
+    def warm(self, function: Any, abstract: Any, positions: Any) -> Any:
+        """Lower and compile the jitted gather; the frames call that executable itself.
+
+        jit's own cache would not always find it: its key holds what the
+        calling thread has set (``jax.default_device``, a mesh, x64,
+        matmul precision: the training thread's, not this one's) and the
+        arrays' committed-ness, which may change between frames. Arrays the
+        executable was not compiled for (it raises TypeError or ValueError
+        before running) go to the jitted function, which compiles for them.
+        """
+        compiled = function.lower(abstract, positions).compile()
+
+        def call(arrays: tuple, positions: Any) -> Any:
+            try:
+                return compiled(arrays, positions)
+            except (TypeError, ValueError):
+                return function(arrays, positions)
+
+        return call
 
     def _call(self, function: Any, arrays: list[Any], positions: Any, sections: list[int]) -> TracedPending:
         """Dispatch the function and start the copy to the host."""

@@ -154,7 +154,7 @@ class TracedGather:
                 bounds = np.cumsum([0] + [flat.size for flat in flats]).tolist()
                 function = self.trace(sections, bounds)
                 positions = self._upload(np.concatenate(flats))
-                self.warm(function, abstract, positions)
+                function = self.warm(function, abstract, positions) or function
                 entry.function, entry.positions = function, positions
                 if what is not None:
                     with _COMPILED_LOCK:
@@ -197,8 +197,9 @@ class TracedGather:
         """What warm() compiles for, taken from the arrays on the calling thread."""
         raise NotImplementedError
 
-    def warm(self, function: Any, abstract: Any, positions: Any) -> None:
-        """Trace and compile the function for these arrays, so that its first call only runs it."""
+    def warm(self, function: Any, abstract: Any, positions: Any) -> Any:
+        """Trace and compile the function for these arrays, so that its first call only runs it; what the
+        frames then call instead of ``function``, if anything (None: the function)."""
         raise NotImplementedError
 
     def _call(self, function: Any, arrays: list[Any], positions: Any, sections: list[int]) -> Any:
