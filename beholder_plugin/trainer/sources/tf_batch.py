@@ -66,11 +66,13 @@ class TfGather(TracedGather):
         return list(arrays)
 
     def warm(self, function: Any, abstract: Any, positions: Any) -> None:
-        """Trace the tf.function for these tensors (its graph is then built once, here)."""
+        """Trace the tf.function for these tensors and run it once, here: tracing builds its graph, and
+        TF optimizes, places and partitions that graph and makes its kernels at its first run, which
+        took 0.85 s for 214 variables (on the CPU) in the training thread's first frame."""
         import tensorflow as tf
 
         with tf.device(self.device):
-            function.get_concrete_function(abstract, positions)
+            function(abstract, positions)  # (the values read are dropped)
 
     def _call(self, function: Any, tensors: list[Any], positions: Any, sections: list[int]) -> TracedPending:
         """Dispatch the function on the device (the worker reads the result)."""
