@@ -156,7 +156,8 @@ def test_the_first_frame_compiles_in_the_background_and_training_goes_on(tmp_pat
 
 
 def test_a_gather_that_fails_to_compile_shows_why_and_is_not_compiled_again(tmp_path, monkeypatch):
-    """The compile's error on every frame of those shapes, as the sections' reason; never retried."""
+    """The compile's error on every frame of those shapes, as the sections' reason; not retried before
+    RETRY_FAILED_S (a minute)."""
     monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
     run = str(tmp_path / "run")
     set_config(run, values="arrays", FPS=30, mode="current")
@@ -178,6 +179,35 @@ def test_a_gather_that_fails_to_compile_shows_why_and_is_not_compiled_again(tmp_
     assert calls == [1]
     records = read_frame_file(run).sections
     assert all("XLA ran out of registers" in rec.get("missing", "") for rec in records), records
+
+
+def test_a_failed_compile_is_tried_again_later_and_its_frames_come_back(tmp_path, monkeypatch):
+    """A compile that failed for a passing reason (the device's memory full at that moment) is tried
+    again once RETRY_FAILED_S has passed; when it succeeds the sections show values."""
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    calls = []
+    real = jax_batch.JaxGather.warm
+
+    def fails_once(self, function, abstract, positions):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while compiling")
+        return real(self, function, abstract, positions)
+
+    monkeypatch.setattr(jax_batch.JaxGather, "warm", fails_once)
+    traced_batch.forget_compiled()
+    arrays = {name: x for name, x in arrays_for(0).items() if name != "plain"}
+    with Beholder(run, background=False) as beholder:
+        assert update_compiled(beholder, arrays=arrays)  # the failed compile's frame
+        assert all("RESOURCE_EXHAUSTED" in rec.get("missing", "") for rec in read_frame_file(run).sections)
+        monkeypatch.setattr(traced_batch, "RETRY_FAILED_S", 0.0)  # (as if the time had passed)
+        assert update_compiled(beholder, arrays=arrays)  # compiled again, this time for good
+        assert beholder.failures == 0
+    assert calls == [1, 1]
+    assert check_sampled_pixels(read_frame_file(run), {k: np.abs(np.asarray(v)) if k == "wave"
+                                                       else np.asarray(v) for k, v in arrays.items()}) > 50
 
 
 def test_a_beholder_made_again_finds_its_gather_compiled(tmp_path, monkeypatch):

@@ -69,6 +69,9 @@ class TracedPending:
 _COMPILED: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
 _COMPILED_LOCK = threading.Lock()
 COMPILED_KEPT = 16
+# A gather whose compile failed is compiled again after this many seconds, twice as many after each
+# failure: a failure may pass (the device's memory was full at that moment).
+RETRY_FAILED_S = 60.0
 
 
 def forget_compiled() -> None:
@@ -90,6 +93,8 @@ class Compiling:
     function: Any = None
     positions: Any = None
     error: BaseException | None = None
+    failed_at: float = 0.0  # (time.monotonic())
+    failures: int = 0  # of the compiles of these shapes so far
 
 
 class TracedGather:
@@ -109,11 +114,15 @@ class TracedGather:
 
         Raises GatherCompiling while this set of shapes' gather is compiling
         (the first frame of each starts it), and the compile's own error, on
-        every frame of those shapes, when it failed.
+        the frames of those shapes, when it failed: until it is tried again,
+        RETRY_FAILED_S later (twice that after a second failure, and so on).
         """
         key = (tuple(sections), tuple((tuple(x.shape), x.dtype) for x in arrays))
         found = self._functions.get(key)
-        if found is None:
+        if found is not None and found.error is not None and (
+                time.monotonic() - found.failed_at > RETRY_FAILED_S * 2 ** (found.failures - 1)):
+            found = self._compile(key, list(sections), arrays, found.failures)
+        elif found is None:
             found = self._compile(key, list(sections), arrays)
         if not found.done.is_set():
             raise GatherCompiling(f"the device gather of {found.arrays} arrays is compiling in the "
@@ -131,13 +140,14 @@ class TracedGather:
                 return False
         return True
 
-    def _compile(self, key: tuple, sections: list[int], arrays: list[Any]) -> Compiling:
-        """Start tracing and compiling the gather of these shapes on a background thread (one at a time)."""
+    def _compile(self, key: tuple, sections: list[int], arrays: list[Any], failures: int = 0) -> Compiling:
+        """Start tracing and compiling the gather of these shapes on a background thread (one at a time;
+        ``failures``: how many compiles of them failed before)."""
         if any(not entry.done.is_set() for entry in self._functions.values()):
             raise GatherCompiling("another device gather is compiling in the background")
         if len(self._functions) >= 8:
             self._functions.clear()
-        entry = self._functions[key] = Compiling(len(arrays))
+        entry = self._functions[key] = Compiling(len(arrays), failures=failures)
         what = None if self.plan.key is None else (type(self), self.device, key, self.plan.key)
         with _COMPILED_LOCK:
             kept = _COMPILED.get(what)
@@ -162,7 +172,7 @@ class TracedGather:
                         while len(_COMPILED) > COMPILED_KEPT:
                             _COMPILED.popitem(last=False)
             except Exception as exc:  # raised to the frames of these shapes: their sections say why
-                entry.error = exc
+                entry.error, entry.failed_at, entry.failures = exc, time.monotonic(), failures + 1
             finally:
                 entry.done.set()
 
