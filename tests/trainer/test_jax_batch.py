@@ -5,6 +5,10 @@ Run on CPU arrays (``jax_batch.BATCH_CPU_ARRAYS``): CI has no accelerator.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from pixel_checks import check_sampled_pixels
@@ -398,3 +402,49 @@ def test_the_frames_after_the_background_compile_compile_nothing(tmp_path, monke
             assert read_frame_file(run).section_values(1).max() == 3.0  # (sorted: b, w)
     finally:
         monitoring.unregister_event_duration_listener(listen)
+
+
+REPLICATED = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["BEHOLDER_BATCH_CPU_TENSORS"] = "1"
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
+from beholder_plugin.protocol.runfiles import read_frame_file
+from pixel_checks import check_sampled_pixels
+
+run = sys.argv[1]
+write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, "mode": "current"})
+mesh = jax.make_mesh((2,), ("data",))
+rng = np.random.default_rng(0)
+values = {"kernel": rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
+          "bias": rng.normal(size=8).astype(np.float32)}
+replicated = {k: jax.device_put(v, NamedSharding(mesh, P())) for k, v in values.items()}
+split = jax.device_put(rng.normal(size=(4, 6)).astype(np.float32), NamedSharding(mesh, P("data")))
+with Beholder(run, strict=True) as beholder:
+    for _ in range(2):  # the first frame starts the compile and is skipped
+        beholder.frame_due_now()
+        if beholder.update(arrays={**replicated, "split": split}):
+            break
+        assert beholder.gatherer.wait_compiled(120)
+    beholder.flush()
+    batched = sorted(str(g.device) for g in beholder.gatherer.device_gathers)
+frame = read_frame_file(run)
+shown = {**values, "split": np.asarray(split)}
+print(batched, frame.header["step"] >= 0, check_sampled_pixels(frame, shown) > 50,
+      [s.get("missing") for s in frame.sections])
+"""
+
+
+def test_arrays_replicated_over_devices_are_batched_from_one_copy(tmp_path):
+    """Data parallel: parameters replicated over every device (NamedSharding, PartitionSpec()) go
+    through the one jitted gather, read from the first device's copy, and show their values; an array
+    split over the devices keeps the per-section path. Two CPU devices stand in for two GPUs."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")])}
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, "-c", REPLICATED, str(tmp_path / "run")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "['cpu:0'] True True [None, None, None]"

@@ -5,7 +5,8 @@ every section's shown values and statistics sample (flat positions uploaded
 once per plan, kept on the device), converts them to float32 and lays them
 out in the frame's order. ``update()`` only dispatches it and starts
 ``copy_to_host_async()``; the worker reads the result. Arrays held whole by
-one device are batched; sharded arrays keep the per-section path.
+one device, or replicated over several (data parallel: read from the
+first), are batched; sharded arrays keep the per-section path.
 
 Example::
 
@@ -29,8 +30,9 @@ BATCH_CPU_ARRAYS = os.environ.get("BEHOLDER_BATCH_CPU_TENSORS") == "1"
 
 
 def batch_device(x: Any) -> Any:
-    """The one device an array is gathered on in a batch, or None (sharded, on the CPU, or not an array;
-    or one the frame's one jitted gather could not take: then it alone would fail, not every section).
+    """The one device an array is gathered on in a batch (a replicated array's first), or None (sharded,
+    on the CPU, or not an array; or one the frame's one jitted gather could not take: then it alone
+    would fail, not every section).
 
     Those are a deleted (donated) array, one of an extended dtype (a typed
     PRNG key), one in host memory (``memory_kind`` "pinned_host": a jitted
@@ -46,17 +48,25 @@ def batch_device(x: Any) -> Any:
         sharding = x.sharding
         if getattr(sharding, "memory_kind", None) not in (None, "device"):
             return None
+        if not x.is_fully_addressable or (x.size >= 2**31 and not jax.config.jax_enable_x64):
+            return None
         devices = sharding.device_set
-        if len(devices) != 1 or not x.is_fully_addressable:
+        if len(devices) == 1:
+            device = next(iter(devices))
+        elif x.is_fully_replicated:  # (data parallel: each device holds all of it; read the first's)
+            device = x.addressable_shards[0].device
+        else:
             return None
-        if x.size >= 2**31 and not jax.config.jax_enable_x64:
-            return None
-        device = next(iter(devices))
     except Exception:  # not a JAX array, or an unusual one: the per-section path says why
         return None
     if device.platform == "cpu" and not BATCH_CPU_ARRAYS:
         return None
     return device
+
+
+def one_copy(x: Any) -> Any:
+    """An array held by one device as it is; a replicated one as its copy on batch_device()'s device."""
+    return x if len(x.sharding.device_set) == 1 else x.addressable_data(0)
 
 
 class JaxGather(TracedGather):
@@ -92,7 +102,7 @@ class JaxGather(TracedGather):
 
         return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding if x.committed else None,
                                           weak_type=x.weak_type)
-                     for x in arrays)
+                     for x in map(one_copy, arrays))
 
     def warm(self, function: Any, abstract: Any, positions: Any) -> Any:
         """Lower and compile the jitted gather; the frames call that executable itself.
@@ -116,6 +126,6 @@ class JaxGather(TracedGather):
 
     def _call(self, function: Any, arrays: list[Any], positions: Any, sections: list[int]) -> TracedPending:
         """Dispatch the function and start the copy to the host."""
-        result = function(tuple(arrays), positions)
+        result = function(tuple(map(one_copy, arrays)), positions)
         result.copy_to_host_async()
         return TracedPending(result, sections)
