@@ -345,16 +345,20 @@ def test_on_a_gpu_hooked_gradients_scaled_by_a_loss_scaler_are_shown_unscaled(ru
     check_unscaled_hooked_gradients(run_dir, "cuda")
 
 
-def check_unscaled_hooked_gradients(run_dir: str, device: str) -> None:
-    """A loop under a GradScaler, hooks catching the gradients; the frame and records against unscale_()."""
+def check_unscaled_hooked_gradients(run_dir: str, device: str, model=None, forward=None) -> None:
+    """A loop under a GradScaler, hooks catching the gradients; the frame and records against unscale_()
+    (``model`` and ``forward(x)``: a model of the test's own, its inputs made on ``device``)."""
     from pixel_checks import check_sampled_pixels
 
     from beholder_plugin.protocol.runfiles import read_frame_file
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).to(device)
+    if model is None:
+        layers = torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+        model = torch.nn.Sequential(*layers).to(device)
+    forward = forward or model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    scaler = torch.amp.GradScaler(device, init_scale=2.0**14)
+    scaler = torch.amp.GradScaler(device.split(":")[0], init_scale=2.0**14)
     set_config(run_dir, FPS=1, values="gradients", mode="current")
     beholder = Beholder(run_dir, strict=True, background=False)
     beholder.watch(model, activations=False)
@@ -363,7 +367,7 @@ def check_unscaled_hooked_gradients(run_dir: str, device: str) -> None:
     unscaled = {}
     for step in range(1, 5):
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(model(torch.randn(32, 8, device=device)).square().mean()).backward()
+        scaler.scale(forward(torch.randn(32, 8, device=device)).square().mean()).backward()
         scaler.unscale_(optimizer)
         unscaled[step] = {n: p.grad.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
         if step == 1:
@@ -944,37 +948,8 @@ def test_a_rebuilt_check_keeps_the_steps_it_had_flagged(run_dir, monkeypatch, gr
 def test_on_two_gpus_hooked_gradients_are_unscaled_on_each(run_dir):
     """A model split over two GPUs under a GradScaler (its scale on the first): the gradients on the
     second are unscaled too, with the inverse scale copied there (a kernel takes no 0-d tensor of
-    another GPU), by the one-buffer copy and by slices alike."""
-    from pixel_checks import check_sampled_pixels
-
-    from beholder_plugin.protocol.runfiles import read_frame_file
-
+    another GPU)."""
     torch.manual_seed(0)
-    first = torch.nn.Linear(8, 16).to("cuda:0")
-    second = torch.nn.Linear(16, 4).to("cuda:1")
-    params = list(first.parameters()) + list(second.parameters())
-    optimizer = torch.optim.SGD(params, lr=0.01)
-    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**14)
+    first, second = torch.nn.Linear(8, 16).to("cuda:0"), torch.nn.Linear(16, 4).to("cuda:1")
     model = torch.nn.ModuleDict({"first": first, "second": second})
-    set_config(run_dir, FPS=1, values="gradients", mode="current")
-    beholder = Beholder(run_dir, strict=True, background=False)
-    beholder.watch(model, activations=False)
-    beholder.watched.read_gradients = False
-    beholder.watched.grad_scaler = scaler
-    unscaled = {}
-    for step in range(1, 4):
-        optimizer.zero_grad(set_to_none=True)
-        out = second(first(torch.randn(32, 8, device="cuda:0")).relu().to("cuda:1"))
-        scaler.scale(out.square().mean()).backward()
-        scaler.unscale_(optimizer)
-        unscaled[step] = {n: p.grad.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
-        if step == 1:
-            beholder.frame_due_now()
-        beholder.update()
-        scaler.step(optimizer)
-        scaler.update()
-    beholder.close()
-    assert beholder.failures == 0
-    frame = read_frame_file(run_dir)
-    assert frame.header["step"] == 2 and all(not s.get("missing") for s in frame.sections)
-    assert check_sampled_pixels(frame, unscaled[2]) > 100
+    check_unscaled_hooked_gradients(run_dir, "cuda:0", model, lambda x: second(first(x).relu().to("cuda:1")))
