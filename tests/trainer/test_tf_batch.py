@@ -94,3 +94,41 @@ def test_the_tf_gather_is_traced_in_the_background(tmp_path, monkeypatch):
     bias = variables["bias"].numpy()
     assert records["bias"]["shape"] == [40]
     assert np.isclose(records["bias"]["max"], bias.max()) and np.isclose(records["bias"]["min"], bias.min())
+
+
+def test_tensors_after_variables_of_the_same_shapes_are_traced_in_the_background(tmp_path, monkeypatch):
+    """A loop showing its variables, then tensors of the same names and shapes (its gradients): a
+    tf.function traces a variable apart from a tensor, so the tensors get their own gather, traced and
+    run on the compile thread like the first, never on the training thread."""
+    import threading
+
+    monkeypatch.setattr(tf_batch, "BATCH_CPU_TENSORS", True)
+    traced_batch.forget_compiled()
+    threads = []
+    real = tf_batch.TfGather.trace
+
+    def spying(self, sections, bounds):
+        inner = real(self, sections, bounds).python_function
+
+        def gather(*args):
+            threads.append(threading.current_thread().name)
+            return inner(*args)
+
+        return tf.function(gather, reduce_retracing=True)
+
+    monkeypatch.setattr(tf_batch.TfGather, "trace", spying)
+    rng = np.random.default_rng(0)
+    values = {"kernel": rng.normal(size=(3, 3, 4, 8)), "bias": rng.normal(size=8)}
+    variables = {k: tf.Variable(v, dtype=tf.float32) for k, v in values.items()}
+    tensors = {k: tf.constant(v * 2, tf.float32) for k, v in values.items()}
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    with Beholder(run, strict=True, background=False) as beholder:
+        assert update_compiled(beholder, arrays=variables)
+        assert update_compiled(beholder, arrays=tensors)
+        frame = read_frame_file(run)
+        beholder.frame_due_now()
+        assert beholder.update(arrays=tensors)
+    assert threads and set(threads) == {"beholder-compile"}, threads
+    bias = [s["name"] for s in frame.sections].index("bias")
+    assert frame.section_values(bias).max() == np.float32(2 * values["bias"].max())  # the tensors' values

@@ -117,7 +117,9 @@ class TracedGather:
         the frames of those shapes, when it failed: until it is tried again,
         RETRY_FAILED_S later (twice that after a second failure, and so on).
         """
-        key = (tuple(sections), tuple((tuple(x.shape), x.dtype) for x in arrays))
+        # (by type too: a tf.function traces a tf.Variable apart from a tensor of its shape, and would
+        # trace again on this thread when a loop's gradients follow its variables under the same names)
+        key = (tuple(sections), tuple((tuple(x.shape), x.dtype, type(x)) for x in arrays))
         found = self._functions.get(key)
         if found is not None and found.error is not None and (
                 time.monotonic() - found.failed_at > RETRY_FAILED_S * 2 ** (found.failures - 1)):
@@ -156,7 +158,7 @@ class TracedGather:
             entry.done.set()
             return entry
         abstract = self.abstract(arrays)  # on this thread: the arrays may be donated after this step
-        shapes = [shape for shape, _dtype in key[1]]
+        shapes = [shape for shape, _dtype, _type in key[1]]
 
         def work() -> None:
             try:
