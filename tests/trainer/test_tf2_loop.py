@@ -226,3 +226,32 @@ def test_symbolic_frame_is_refused(run_dir):
 
     with pytest.raises(tf_support.SymbolicTensorError, match="tf.function"):
         step(tf.ones((8, 8)))
+
+
+@pytest.mark.parametrize("in_function", [False, True])
+def test_gradient_step_with_a_loss_scale_optimizer_returns_unscaled_gradients(in_function):
+    """Mixed precision's LossScaleOptimizer: the loss is scaled under the tape (optimizer.scale_loss),
+    the optimizer divides the gradients by the scale before its step; gradient_step hands back what it
+    applied, not the gradients 32768 times too big; over three steps (the first builds the optimizer)."""
+    model = tiny_convnet()
+    x, y = tiny_data(8)
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), dynamic_growth_steps=2)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x))
+            scaled = optimizer.scale_loss(loss)
+        return gradient_step(tape, scaled, model, optimizer)
+
+    run = tf.function(step) if in_function else step
+    for _ in range(3):
+        with tf.GradientTape() as tape:  # the true gradients, at the weights before the step
+            loss = loss_fn(y, model(x))
+        want = dict(zip([v.path for v in model.trainable_variables],
+                        tape.gradient(loss, model.trainable_variables)))
+        got = run(x, y)
+        assert list(got) == list(want)
+        for name, grad in got.items():
+            np.testing.assert_allclose(grad.numpy(), want[name].numpy(), rtol=1e-4, atol=1e-7, err_msg=name)
+    assert float(optimizer.dynamic_scale.numpy()) == 2.0**16  # (it doubled along the way)

@@ -7,6 +7,7 @@ TensorFlow is imported only when a helper is called.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,6 +54,9 @@ def gradient_step(tape: Any, loss: Any, variables: Any, optimizer: Any) -> dict[
       variables: a Keras model or ``tf.Module`` (its ``trainable_variables``
         are used) or a list of variables.
       optimizer: a Keras 3 optimizer (or anything with ``apply_gradients``).
+        A ``keras.optimizers.LossScaleOptimizer`` (mixed precision) takes the
+        scaled loss, ``optimizer.scale_loss(loss)`` under the tape, as Keras
+        asks; the gradients come back divided by the scale, as it applies them.
 
     Returns:
       ``{variable path: gradient}`` for ``Beholder.update(arrays=...)``
@@ -77,9 +81,33 @@ def gradient_step(tape: Any, loss: Any, variables: Any, optimizer: Any) -> dict[
         variables = variables.trainable_variables
     variables = list(variables)
     gradients = tape.gradient(loss, variables)
+    scale = _loss_scale(optimizer)  # (read before the step, which may double or halve it)
     pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
     optimizer.apply_gradients(pairs)
+    if scale is not None:
+        gradients = [_divided(g, scale) for g in gradients]
     return named_gradients(variables, gradients)
+
+
+def _loss_scale(optimizer: Any) -> Any:
+    """A Keras LossScaleOptimizer's scale now (a float32 tensor, a snapshot of its variable), else None."""
+    if not (hasattr(optimizer, "inner_optimizer") and hasattr(optimizer, "scale_loss")):
+        return None
+    tf = sys.modules["tensorflow"]  # (loaded: the tape is TensorFlow's)
+    if not getattr(optimizer, "built", False):  # (scale_loss used the initial scale: no variable yet)
+        return tf.constant(float(optimizer.initial_scale), tf.float32)
+    return tf.identity(tf.convert_to_tensor(optimizer.dynamic_scale.value, tf.float32))
+
+
+def _divided(gradient: Any, scale: Any) -> Any:
+    """A gradient (a tensor, or IndexedSlices of an embedding) divided by a loss scale, in its dtype."""
+    tf = sys.modules["tensorflow"]
+    if gradient is None:
+        return None
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(gradient.values / tf.cast(scale, gradient.values.dtype), gradient.indices,
+                                gradient.dense_shape)
+    return gradient / tf.cast(scale, gradient.dtype)
 
 
 def gradient_helper(optimizer: Any, loss: Any, var_list: list | None = None) -> tuple[Any, dict[str, Any]]:
