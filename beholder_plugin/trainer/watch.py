@@ -67,6 +67,11 @@ class OnDevices:
         self._copies = {value.device: value}
         self._value = value
 
+    @classmethod
+    def inverse_of(cls, scale: Any) -> OnDevices:
+        """A loss scale's inverse as torch's GradScaler.unscale_() computes it (in float64, then float32)."""
+        return cls(scale.double().reciprocal().float())
+
     def on(self, device: Any) -> Any:
         """The value on this device."""
         found = self._copies.get(device)
@@ -319,21 +324,23 @@ class Watch:
             scale = self._keras.loss_scale(tensors)
             if scale is None:
                 return named
-            inverse = OnDevices(scale.double().reciprocal().float())
+            inverse = OnDevices.inverse_of(scale)
         except Exception:
             if self.strict:
                 raise
             return named
         out: list[sources.Named] = []
+        kept: list[tuple[str, Any]] = []  # the gradients copied (the filter's), for their norms
         for name, t, layout in named:
-            if type(t) is Captured or (self.pattern is not None and not self.pattern.search(name)):
-                out.append((name, t, layout))
-                continue
-            self._capture_gradient(name, t, layout, inverse)
-            out.append((name, self.captured.pop(name), None))
+            if type(t) is not Captured:
+                self._capture_gradient(name, t, layout, inverse)
+                got = self.captured.pop(name, None)  # (None: filtered out, left as it is)
+                if got is not None:
+                    kept.append((name, t))
+                    out.append((name, got, None))
+                    continue
+            out.append((name, t, layout))
         try:
-            kept = [(name, t) for name, t, _ in named if type(t) is not Captured
-                    and (self.pattern is None or self.pattern.search(name))]
             if kept:
                 norms = exact_pass.whole_norms([t for _, t in kept])
                 norms = norms * inverse.on(norms.device)
@@ -475,7 +482,7 @@ class Watch:
         if scale is None:
             return None
         try:
-            return OnDevices(scale.double().reciprocal().float())
+            return OnDevices.inverse_of(scale)
         except Exception:
             if self.strict:
                 raise

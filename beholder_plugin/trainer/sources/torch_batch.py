@@ -83,7 +83,6 @@ def side_streams(device: Any) -> tuple[Any, Any]:
                 break
             check = torch.cuda.Stream(device, priority=-1)
         found = _SIDE_STREAMS[device] = (frames, check)
-        _SIDE_LOCKS.setdefault(device, threading.RLock())
     return found
 
 
