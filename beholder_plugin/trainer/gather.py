@@ -315,10 +315,10 @@ class Gatherer:
 
         Each tensor is still detached afresh (a parameter's ``.data`` may have
         been replaced) and its shape compared with the plan's; False (the
-        full path) when one changed.
+        full path) when one changed, or when the launch failed.
         """
         plan = memo.plan
-        buffer, views, samples, sample_views = self._buffer(plan)
+        buffer, _views, samples, _sample_views = self._buffer(plan)
         job.kind, job.plan, job.buffer, job.missing, job.samples = JobKind.SECTIONS, plan, buffer, {}, samples
         gather = self._device_gather(plan, memo.device)
         job.variance_done = _device_variance(gather, job.settings)
@@ -338,11 +338,10 @@ class Gatherer:
             job.pending = [gather.launch_sections(list(memo.sections), tensors)]
         except GatherCompiling as exc:
             job.waiting, job.pending = str(exc), []
-        except Exception as exc:
-            if self.strict:
-                raise
-            self._memo, job.pending = None, []
-            self._batch_failed(job, memo.sections, views, sample_views, exc)
+        except Exception:  # one array the memo's checks let by (donated, moved to another device): the
+            # full path checks each again, batches the rest and says why for that one alone, this frame
+            self._memo, job.pending, job.variance_done = None, [], False
+            return False
         return True
 
     def wait_compiled(self, timeout: float | None = None) -> bool:

@@ -335,6 +335,34 @@ def test_an_array_the_gather_cannot_take_leaves_only_its_own_section_empty(tmp_p
     assert section(frame, "key").get("missing")
 
 
+def test_an_array_donated_after_the_memo_fits_leaves_only_its_own_section_empty(tmp_path, monkeypatch,
+                                                                                 caplog):
+    """Frames of the same shapes skip the per-array checks (the memo); when one array of such a frame was
+    donated (deleted), the one jitted gather fails: the frame takes the full path, which batches the
+    others, and only that array's section says why. Before, every section of the frame was shown empty
+    with the deleted array's error."""
+    monkeypatch.setattr(jax_batch, "BATCH_CPU_ARRAYS", True)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", mode="current", FPS=30)
+
+    def arrays(step: int) -> dict:
+        return {"w": jnp.full((8, 6), float(step)), "b": jnp.arange(6, dtype=jnp.float32) + step}
+
+    with Beholder(run, background=False) as beholder:
+        for step in range(2):
+            assert update_compiled(beholder, arrays=arrays(step))
+        assert beholder.gatherer.memo is not None and beholder.gatherer.memo.kind == "arrays"
+        donated = arrays(5)
+        donated["w"].delete()
+        caplog.clear()
+        assert update_compiled(beholder, arrays=donated)
+        frame = read_frame_file(run)
+    assert "deleted" in section(frame, "w")["missing"]
+    assert not section(frame, "b").get("missing")
+    np.testing.assert_array_equal(frame.section_values(0).reshape(-1)[:6], np.arange(6) + 5.0)
+    assert not any("section b" in record.getMessage() for record in caplog.records)
+
+
 def test_the_last_frame_keeps_no_array_alive(tmp_path, monkeypatch):
     """Arrays a frame was gathered from are not kept after it (the memo that lets the next frame of
     the same shapes skip its checks keeps only their type): on an accelerator each would hold its device
@@ -448,3 +476,54 @@ def test_arrays_replicated_over_devices_are_batched_from_one_copy(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "['cpu:0'] True True [None, None, None]"
+
+
+MOVED = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["BEHOLDER_BATCH_CPU_TENSORS"] = "1"
+import jax, jax.numpy as jnp, numpy as np
+from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
+from beholder_plugin.protocol.runfiles import read_frame_file
+from support import update_compiled
+
+run = sys.argv[1]
+write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, "mode": "current"})
+first, second = jax.devices()
+
+def arrays(step, device):
+    return {"w": jax.device_put(jnp.full((8, 6), float(step)), device),
+            "b": jax.device_put(jnp.arange(6, dtype=jnp.float32) + step, device)}
+
+with Beholder(run, background=False) as beholder:
+    for step in range(2):
+        assert update_compiled(beholder, arrays=arrays(step, first))
+    fits = beholder.gatherer.memo.fits(
+        [(name, x, None) for name, x in sorted(arrays(7, second).items())], beholder.settings)
+    taken = []
+    for step in range(7, 10):  # the frames after the arrays moved (the first starts a compile there)
+        beholder.frame_due_now()
+        taken.append(beholder.update(arrays=arrays(step, second)))
+        if not taken[-1]:
+            assert beholder.gatherer.wait_compiled(120)
+            continue
+        frame = read_frame_file(run)
+        print(step, [s.get("missing") for s in frame.sections], float(frame.section_values(1).max()))
+    devices = sorted(str(g.device) for g in beholder.gatherer.device_gathers)
+print(fits, taken, devices)
+"""
+
+
+def test_arrays_moved_to_another_device_lose_no_frame(tmp_path):
+    """Arrays of the same names and shapes on another device fit the memo of the last frame (it does not
+    look at devices, to stay cheap); their gather fails there and the frame takes the full path, which
+    gathers them on their new device (after compiling for it: that frame is skipped). Before, that frame
+    was written with every section empty. Two CPU devices stand in for two GPUs."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")])}
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, "-c", MOVED, str(tmp_path / "run")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-3:] == [
+        "8 [None, None] 8.0", "9 [None, None] 9.0", "True [False, True, True] ['cpu:0', 'cpu:1']"]
