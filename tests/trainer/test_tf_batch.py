@@ -132,3 +132,51 @@ def test_tensors_after_variables_of_the_same_shapes_are_traced_in_the_background
     assert threads and set(threads) == {"beholder-compile"}, threads
     bias = [s["name"] for s in frame.sections].index("bias")
     assert frame.section_values(bias).max() == np.float32(2 * values["bias"].max())  # the tensors' values
+
+
+# TensorFlow's GPU GatherV2 kernels (tensorflow/core/kernels/gather_op.cc registers int32, int64 and
+# TF_CALL_GPU_ALL_TYPES): a gather of any other dtype is placed on the CPU, which blocks the step.
+GPU_GATHER = {tf.int32, tf.int64, tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.complex64,
+              tf.complex128, tf.bool}
+
+
+def test_integer_tensors_are_gathered_with_a_kernel_the_gpu_has(tmp_path, monkeypatch):
+    """Tensors of every integer dtype (and bool) are shown with the values the per-section path shows,
+    and each gather in the traced function reads a dtype TensorFlow has a GPU kernel for: int8, uint8,
+    int16, uint16, uint32 and uint64 are cast to float32 on the device first."""
+    dtypes = [tf.int8, tf.uint8, tf.int16, tf.uint16, tf.int32, tf.uint32, tf.int64, tf.uint64, tf.bool]
+    rng = np.random.default_rng(0)
+    big = {tf.uint32: 2**32 - 1, tf.int64: 2**40, tf.uint64: 2**63}
+    arrays = {}
+    for dtype in dtypes:
+        high = 2 if dtype == tf.bool else big.get(dtype, min(dtype.max, 2**15))
+        values = rng.integers(0, high, size=(6, 7), dtype=np.uint64)
+        arrays[dtype.name] = tf.constant(values.astype(dtype.as_numpy_dtype))
+    functions = []
+    real = tf_batch.TfGather.trace
+
+    def keeping(self, sections, bounds):
+        functions.append(real(self, sections, bounds))
+        return functions[-1]
+
+    monkeypatch.setattr(tf_batch.TfGather, "trace", keeping)
+    frames = {}
+    for batched in (False, True):
+        monkeypatch.setattr(tf_batch, "BATCH_CPU_TENSORS", batched)
+        traced_batch.forget_compiled()
+        run = str(tmp_path / f"run-{batched}")
+        set_config(run, values="arrays", FPS=30, mode="current")
+        with Beholder(run, strict=True, background=False) as beholder:
+            assert update_compiled(beholder, arrays=arrays)
+            gather, = beholder.gatherer.device_gathers if batched else [None]
+        frames[batched] = read_frame_file(run)
+    a, b = frames[False], frames[True]
+    for i, (ra, rb) in enumerate(zip(a.sections, b.sections)):
+        assert ra == rb
+        np.testing.assert_array_equal(a.section_values(i), b.section_values(i))
+    entry, = gather._functions.values()
+    tensors = [arrays[name] for name in sorted(arrays)]
+    graph = functions[0].get_concrete_function(tensors, entry.positions).graph
+    read = {op.inputs[0].dtype for op in graph.get_operations() if op.type == "GatherV2"}
+    assert len([op for op in graph.get_operations() if op.type == "GatherV2"]) == len(dtypes)
+    assert read <= GPU_GATHER, read - GPU_GATHER

@@ -24,6 +24,11 @@ from beholder_plugin.trainer.sources.traced_batch import TracedGather, TracedPen
 
 # Gather CPU tensors through the batched path too (tests; BEHOLDER_BATCH_CPU_TENSORS=1 in the environment).
 BATCH_CPU_TENSORS = os.environ.get("BEHOLDER_BATCH_CPU_TENSORS") == "1"
+# The dtypes TensorFlow has a GPU GatherV2 kernel for (gather_op.cc: int32, int64 and the GPU types). A
+# tensor of another (int8, uint8, int16, uint16, uint32, uint64) is cast to float32 on the device first:
+# its gather would otherwise be placed on the CPU, and copy the whole tensor there and back, blocking.
+GPU_GATHER_DTYPES = frozenset(
+    ["int32", "int64", "float16", "bfloat16", "float32", "float64", "complex64", "complex128", "bool"])
 
 
 def batch_device(x: Any) -> str | None:
@@ -53,6 +58,8 @@ class TfGather(TracedGather):
         def gather(tensors: list, positions: Any) -> Any:
             parts = []
             for k, x in enumerate(tensors):
+                if x.dtype.name not in GPU_GATHER_DTYPES:  # (cast then gathered: the same float32 values)
+                    x = tf.cast(x, tf.float32)
                 part = tf.gather(tf.reshape(x, [-1]), positions[bounds[k] : bounds[k + 1]])
                 if part.dtype.is_complex:
                     part = tf.abs(part)
