@@ -182,3 +182,18 @@ def test_proportional_sections_grow_with_the_array(run_dir):
     heights = [rec["height"] for rec in read_frame_file(run_dir).sections]
     assert heights == [32, 64, 256, 352]  # 16 px per doubling of the size, from 32 to 512
     assert section_height((10,), False) == 128 and section_height((5, 5), True, sizing="proportional") == 128
+
+
+@pytest.mark.parametrize("value", [2.5, -7.0, 1e19, -3e38, float(np.finfo(np.float32).max)])
+def test_a_constant_section_counts_its_values_in_the_middle_bin(value):
+    """A section of one value: np.histogram's widened range [x - 0.5, x + 0.5] puts it in bin 16; past
+    2**53 (a uint64 tensor, say) that range is empty, yet the count lands in the same bin, with no
+    division by zero."""
+    import warnings
+
+    samples = np.full(12, value, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record, = section_stats(samples, np.array([0, 12]), [12])
+    assert record["hist"]["lo"] == record["hist"]["hi"] == float(np.float32(value))
+    assert hist_counts(record) == [12 if b == 16 else 0 for b in range(32)]

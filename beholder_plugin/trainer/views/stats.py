@@ -172,18 +172,20 @@ def _histograms(values: np.ndarray, finite: np.ndarray | None, layout: StatsLayo
     Bins are ``floor((v - lo) * BINS / (hi - lo))``, first in float32; where
     that lands within rounding of a bin edge, np.histogram's float64 edge
     comparisons decide, so the counts are exactly
-    ``np.histogram(v, BINS, (lo, hi))``'s.
+    ``np.histogram(v, BINS, (lo, hi))``'s (where NumPy can make them: one
+    value past 2**53 is counted in the middle bin, as a smaller one is).
     """
     lo = np.where(np.isfinite(lows), lows, 0.0)
     hi = np.where(np.isfinite(highs), highs, 0.0)
     flat = lo == hi
     lo = np.where(flat, lo - 0.5, lo)  # np.histogram widens an empty range to [x - 0.5, x + 0.5]
     hi = np.where(flat, hi + 0.5, hi)
+    empty = hi == lo  # still empty past 2**53 (NumPy refuses it): the values go to the middle bin alike
     section_of = layout.section_of
     lo_v = lo.astype(np.float32)[section_of]
     v = values.astype(np.float32) if finite is None else np.where(finite, values, lo_v).astype(np.float32)
     scaled = np.subtract(v, lo_v, out=lo_v)
-    scaled *= (BINS / (hi - lo)).astype(np.float32)[section_of]
+    scaled *= (BINS / np.where(empty, 1.0, hi - lo)).astype(np.float32)[section_of]
     index = scaled.astype(np.int32)
     scaled -= index
     near = np.flatnonzero((scaled < 1e-4) | (scaled > 1 - 1e-4))  # within rounding of an edge
@@ -191,6 +193,8 @@ def _histograms(values: np.ndarray, finite: np.ndarray | None, layout: StatsLayo
         section = section_of[near]
         index[near] = _numpy_bins(values[near].astype(np.float64), index[near], lo[section], hi[section])
     np.clip(index, 0, BINS - 1, out=index)
+    if empty.any():
+        index[empty[section_of]] = BINS // 2
     index += layout.bin_base
     if finite is not None:
         index = index[finite]
