@@ -8,6 +8,7 @@ checks on CUDA when it is present.
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -28,6 +29,9 @@ DTYPES = {
     "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
     "float16": torch.float16, "int64": torch.int64, "uint8": torch.uint8, "bool": torch.bool,
     "complex64": torch.complex64,
+    # (index_select has no kernel for these; torch.cat cannot promote the unsigned ones to float32)
+    "uint16": torch.uint16, "uint32": torch.uint32, "uint64": torch.uint64,
+    "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2, "complex32": torch.complex32,
 }
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -39,10 +43,16 @@ def make_tensor(shape: tuple[int, ...], dtype: str, form: str, seed: int, device
     values = torch.randn(big, generator=gen, dtype=torch.float64) * 3
     if dtype == "bool":
         t = values > 0
-    elif dtype in ("int64", "uint8"):
+    elif dtype in ("int64", "uint8", "uint16"):
         t = (values.abs() * 40).to(DTYPES[dtype])
-    elif dtype == "complex64":
+    elif dtype in ("uint32", "uint64"):  # (past 2**31 and 2**63: the sign bit of the width set)
+        t = (values.abs() * 2**29).to(torch.int64).to(DTYPES[dtype])
+        t = t * 8 if dtype == "uint32" else t * 2**33
+    elif dtype in ("complex64", "complex32"):
         t = torch.complex(values, values.flip(0) if values.dim() else values).to(torch.complex64)
+        with warnings.catch_warnings():  # ("ComplexHalf support is experimental")
+            warnings.simplefilter("ignore", UserWarning)
+            t = t.to(DTYPES[dtype])
     else:
         t = values.to(DTYPES[dtype])
     if form == "sliced" and shape:

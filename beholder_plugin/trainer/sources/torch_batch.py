@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -237,9 +238,33 @@ def upload(values: np.ndarray, device: Any) -> tuple[Any, Any]:
     return host.to(device, non_blocking=True), host
 
 
+@functools.cache
+def _selectable_dtypes() -> frozenset:
+    """The dtypes index_select has a kernel for on every device (made on first use: torch loads late)."""
+    import torch
+
+    return frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
+                      torch.complex128, torch.bool, torch.int8, torch.uint8, torch.int16, torch.int32,
+                      torch.int64})
+
+
+def index_select(t: Any, dim: int, index: Any) -> Any:
+    """torch.index_select for a tensor of any dtype, in that dtype: one it has no kernel for (uint16,
+    uint32, uint64 anywhere; the float8 types and complex32 on some devices) is read as the signed
+    integers of its width (a view: nothing is copied or converted), then viewed back."""
+    import torch
+
+    dtype = t.dtype
+    if dtype in _selectable_dtypes():
+        return torch.index_select(t, dim, index)
+    signed = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+    return torch.index_select(t.view(signed), dim, index).view(dtype)
+
+
 def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n: int,
                  found: tuple[Any, int] | None = None) -> Any:
-    """One launch: a tensor's shown values and sample, side by side, in its own dtype, on its device
+    """One launch: a tensor's shown values and sample, side by side, on its device, in its own dtype (or,
+    for a dtype torch.cat cannot promote to float32 (uint16, uint32, uint64), in float32: one launch more)
     (``found``: its index and span, when the caller has them from INDEXES already)."""
     import torch
 
@@ -249,8 +274,10 @@ def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n
     if t.is_neg():
         t = t.resolve_neg()
     index, span = found or INDEXES.get(t.device, plan, t.shape, t.stride(), runs, sample_n)
-    part = torch.index_select(t.as_strided((span,), (1,), t.storage_offset()), 0, index)
-    return part.abs() if complex_values else part
+    part = index_select(t.as_strided((span,), (1,), t.storage_offset()), 0, index)
+    if complex_values:
+        part = part.abs()
+    return part if part.dtype in _selectable_dtypes() else part.to(torch.float32)
 
 
 class SideCopy:

@@ -25,12 +25,14 @@ def prepare(obj: Any, label: str) -> Any:
 
 
 def _host(t: Any) -> np.ndarray:
+    """A tensor's values in NumPy (floats NumPy lacks, bf16 and the float8 types, as float32; complex
+    values as their magnitudes)."""
     import torch
 
-    if t.dtype in (torch.bfloat16, torch.float16):
-        t = t.float()
     if t.is_complex():
         t = t.abs()
+    if t.dtype.is_floating_point and t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
     return t.cpu().numpy()
 
 
@@ -65,7 +67,7 @@ def compact(t: Any, plan: SectionPlan, label: str) -> np.ndarray:
 
     for axis, idx in enumerate(plan.axes):
         if idx is not None:
-            t = t.index_select(axis, torch.as_tensor(idx, device=t.device))
+            t = torch_batch.index_select(t, axis, torch.as_tensor(idx, device=t.device))
     return finish(_host(t), plan)
 
 
