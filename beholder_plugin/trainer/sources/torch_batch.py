@@ -274,10 +274,12 @@ def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n
     if t.is_neg():
         t = t.resolve_neg()
     index, span = found or INDEXES.get(t.device, plan, t.shape, t.stride(), runs, sample_n)
-    part = index_select(t.as_strided((span,), (1,), t.storage_offset()), 0, index)
-    if complex_values:
-        part = part.abs()
-    return part if part.dtype in _selectable_dtypes() else part.to(torch.float32)
+    flat = t.as_strided((span,), (1,), t.storage_offset())
+    if t.dtype in _selectable_dtypes():  # (the usual case: one look-up, one launch)
+        part = torch.index_select(flat, 0, index)
+        return part.abs() if complex_values else part
+    part = index_select(flat, 0, index)
+    return part.abs() if complex_values else part.to(torch.float32)
 
 
 class SideCopy:
