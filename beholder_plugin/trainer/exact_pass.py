@@ -278,6 +278,9 @@ def _torch_kind(obj: Any) -> Any:
         return None
     if not (obj.is_floating_point() or obj.is_complex()) or obj.numel() == 0:
         return None
+    # torch has no norm for the float8 types nor complex32 (a float32 copy to take one could be gigabytes)
+    if obj.dtype is torch.complex32 or (obj.element_size() == 1 and obj.is_floating_point()):
+        return None
     return torch
 
 

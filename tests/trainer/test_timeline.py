@@ -468,6 +468,25 @@ def test_tensor_subclasses_get_no_exact_pass(run_dir):
     assert columns["wrapped"]["norm"][0] == pytest.approx(8.0)  # the sample's figure, still there
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("batched", [True, False])
+def test_tensors_torch_takes_no_norm_of_leave_the_others_exact(run_dir, monkeypatch, batched):
+    """float8 and complex32 tensors (torch has no norm kernel for them) keep their sample's figures,
+    and the tensors beside them their exact norms: before, the exact pass failed for the whole frame."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    set_config(run_dir, FPS=30, values="arrays")
+    plain = torch.full((8, 8), 2.0)
+    arrays = {"plain": plain, "f8": torch.full((4, 4), 0.5).to(torch.float8_e4m3fn),
+              "c32": torch.full((4,), 3.0, dtype=torch.complex64).to(torch.complex32)}
+    with Beholder(run_dir, background=False, strict=True) as beholder:
+        assert beholder.update(arrays=arrays)
+    columns = read_timeline(run_dir)
+    assert columns["plain"]["flags"][0] & tl.EXACT_NORM and columns["plain"]["norm"][0] == 16.0
+    for name, norm in (("f8", 2.0), ("c32", 6.0)):
+        assert not columns[name]["flags"][0] & tl.EXACT_NORM
+        assert columns[name]["norm"][0] == pytest.approx(norm)  # the sample's figure (here every value)
+
+
 def test_a_new_beholder_clears_a_stale_temporary_timeline_file(run_dir):
     """A base.bht rewrite cut short by a killed trainer leaves a temp file; the next Beholder clears it."""
     from beholder_plugin.protocol.files import temp_name
