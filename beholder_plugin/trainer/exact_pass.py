@@ -158,6 +158,10 @@ class StepCheck:
                         self._graph.replay()  # (the capture recorded the kernels without running them)
                     return
             self._last_key = key
+        if self.params is None and any(t.untyped_storage().nbytes() == 0 for t in tensors):
+            # (read, torch would crash the process: on_step turns the check off and says so)
+            raise RuntimeError("a tensor the per-step check reads has had its memory freed (its storage "
+                               "resized to nothing, as FSDP does to a gathered parameter after forward)")
         self.norms = self._run(tensors)
 
     def _run(self, tensors: list[Any]) -> Any:
@@ -280,6 +284,8 @@ def _torch_kind(obj: Any) -> Any:
         return None
     # torch has no norm for the float8 types nor complex32 (a float32 copy to take one could be gigabytes)
     if obj.dtype is torch.complex32 or (obj.element_size() == 1 and obj.is_floating_point()):
+        return None
+    if obj.untyped_storage().nbytes() == 0:  # freed (FSDP resizes a gathered parameter's storage to nothing)
         return None
     return torch
 

@@ -262,3 +262,53 @@ def test_the_end_of_backward_copy_run_twice_keeps_what_the_first_took(monkeypatc
     watch._after_backward()  # the second, queued by another thread
     assert watch.captured == captured and watch._arrived_norms == norms
     watch.close()
+
+
+FREED = """
+import os, sys
+os.environ["BEHOLDER_BATCH_CPU_TENSORS"] = sys.argv[2]
+import torch
+from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG, read_timeline
+from beholder_plugin.protocol.runfiles import read_frame_file
+
+run = sys.argv[1]
+write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, "mode": "current"})
+p = torch.nn.Parameter(torch.randn(6, 7))
+q = torch.nn.Parameter(torch.full((7,), 2.0))
+view = torch.randn(8, 7)[2:]  # a view at an offset: its data_ptr() is not 0 once freed
+with Beholder(run, background=False) as beholder:
+    for _ in range(3):  # the same tensors each frame: the memo and the per-step check keep them
+        beholder.frame_due_now()
+        assert beholder.update(arrays={"p": p, "q": q})
+    p.untyped_storage().resize_(0)  # freed in place, as FSDP frees a gathered parameter
+    view.untyped_storage().resize_(0)
+    beholder.update(arrays={"p": p, "q": q})  # a step: the per-step check
+    beholder.frame_due_now()
+    assert beholder.update(arrays={"p": p, "q": q})
+    first = read_frame_file(run)
+    beholder.frame_due_now()
+    assert beholder.update(arrays={"view": view, "q": q})  # a new frame plan: the full path
+    second = read_frame_file(run)
+for frame in (first, second):
+    print([(s["name"], "freed" in (s.get("missing") or "")) for s in frame.sections])
+print(float(first.section_values(1).max()), round(float(read_timeline(run)["q"]["norm"][-1]) ** 2, 3))
+"""
+
+
+@pytest.mark.parametrize("batched", ["1", "0"])
+def test_a_tensor_whose_memory_was_freed_is_refused_without_crashing(run_dir, batched):
+    """Tensors whose storage was resized to nothing (FSDP frees a gathered parameter so after forward)
+    while Beholder keeps them (the memo, the per-step check) or when first passed: their sections say
+    so, the others are shown, with their exact norms. Before, torch's norm read the freed memory and
+    the process died of a segmentation fault (in a subprocess here for that reason)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", FREED, run_dir, batched], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
+    assert out.stdout.splitlines() == ["[('p', True), ('q', False)]", "[('view', True), ('q', False)]",
+                                       "2.0 28.0"]

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from beholder_plugin.protocol.layout import RenderError
 from beholder_plugin.protocol.plans import SectionPlan
 from beholder_plugin.trainer.sources import finish, run_positions, torch_batch
 
@@ -21,7 +22,19 @@ def prepare(obj: Any, label: str) -> Any:
     to_local = getattr(obj, "to_local", None)
     if to_local is not None and type(obj).__name__ == "DTensor":
         obj = to_local()
+    if freed(obj):
+        raise RenderError(f"section {label}: the tensor's memory has been freed (its storage resized to "
+                          "nothing, as FSDP does to a gathered parameter after its forward): pass it while "
+                          "its values are there")
     return obj.detach()
+
+
+def freed(t: Any) -> bool:
+    """Whether a torch tensor has values but no memory holding them (reading it would crash the process)."""
+    try:
+        return t.untyped_storage().nbytes() == 0 and t.numel() > 0
+    except (RuntimeError, NotImplementedError, TypeError):  # no storage of its own (sparse, a subclass)
+        return False
 
 
 def _host(t: Any) -> np.ndarray:
