@@ -44,7 +44,8 @@ def palette_indices(values: np.ndarray, sections: Sequence[dict[str, Any]]) -> n
     contiguous = starts == list(np.cumsum([0, *sizes[:-1]])) and sum(sizes) == values.size
     if contiguous:  # a frame as the trainer writes it: one pass over all values
         lo = np.repeat(np.asarray(lows, np.float32), sizes)
-        k = np.repeat(np.asarray(factors, np.float32), sizes)
+        with np.errstate(over="ignore"):  # (a range of denormals: float32(255 / span) is inf, as specified)
+            k = np.repeat(np.asarray(factors, np.float32), sizes)
         _scale_into(values, lo, k, out)
     else:  # any other layout of the values block: section by section
         for start, size, lo_s, k_s in zip(starts, sizes, lows, factors):

@@ -197,3 +197,19 @@ def test_a_constant_section_counts_its_values_in_the_middle_bin(value):
         record, = section_stats(samples, np.array([0, 12]), [12])
     assert record["hist"]["lo"] == record["hist"]["hi"] == float(np.float32(value))
     assert hist_counts(record) == [12 if b == 16 else 0 for b in range(32)]
+
+
+def test_a_section_of_denormal_values_gets_numpys_histogram():
+    """Values spread over denormals (a layer decayed to nothing): 32 / (hi - lo) is past float32's
+    range, yet the counts are np.histogram's, with no overflow warning; before, they all fell in the
+    first two bins."""
+    import warnings
+
+    tiny = np.float32(np.finfo(np.float32).smallest_subnormal)
+    samples = (np.arange(64, dtype=np.float32) % 40) * tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record, = section_stats(samples, np.array([0, 64]), [64])
+    want = np.histogram(samples.astype(np.float64), 32, (float(samples.min()), float(samples.max())))[0]
+    assert hist_counts(record) == want.tolist()
+    assert len([c for c in want if c]) > 20

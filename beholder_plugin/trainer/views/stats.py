@@ -165,6 +165,9 @@ def json_floats(values: np.ndarray) -> list[float | None]:
     return [v if v == v and v not in (math.inf, -math.inf) else None for v in values.tolist()]
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _histograms(values: np.ndarray, finite: np.ndarray | None, layout: StatsLayout, lows: np.ndarray,
                 highs: np.ndarray) -> np.ndarray:
     """(sections, BINS) counts of the finite values between each section's lo and hi, as np.histogram bins.
@@ -185,13 +188,20 @@ def _histograms(values: np.ndarray, finite: np.ndarray | None, layout: StatsLayo
     lo_v = lo.astype(np.float32)[section_of]
     v = values.astype(np.float32) if finite is None else np.where(finite, values, lo_v).astype(np.float32)
     scaled = np.subtract(v, lo_v, out=lo_v)
-    scaled *= (BINS / np.where(empty, 1.0, hi - lo)).astype(np.float32)[section_of]
+    factor = BINS / np.where(empty, 1.0, hi - lo)
+    tiny = factor > FLOAT32_MAX  # a range of denormals: the factor is past float32 (binned in float64 below)
+    scaled *= np.minimum(factor, FLOAT32_MAX).astype(np.float32)[section_of]
     index = scaled.astype(np.int32)
     scaled -= index
     near = np.flatnonzero((scaled < 1e-4) | (scaled > 1 - 1e-4))  # within rounding of an edge
     if len(near):
         section = section_of[near]
         index[near] = _numpy_bins(values[near].astype(np.float64), index[near], lo[section], hi[section])
+    if tiny.any():
+        at = np.flatnonzero(tiny[section_of])
+        section, wide = section_of[at], v[at].astype(np.float64)
+        guess = np.floor((wide - lo[section]) * factor[section]).astype(np.int32)
+        index[at] = _numpy_bins(wide, guess, lo[section], hi[section])
     np.clip(index, 0, BINS - 1, out=index)
     if empty.any():
         index[empty[section_of]] = BINS // 2
