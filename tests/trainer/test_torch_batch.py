@@ -794,3 +794,33 @@ def test_a_frame_of_nans_leaves_the_variance_when_it_leaves_the_window(run_dir, 
         device_window = any(g.window is not None for g in beholder.gatherer.device_gathers)
     assert device_window is batched
     assert clean == [True] * 3 + [False] * 4 + [True] * 7
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_a_tensor_of_every_torch_dtype_beside_another_leaves_that_one_shown(tmp_path, monkeypatch):
+    """A tensor of each of torch's dtypes (its bytes random), beside a float tensor: the batched path
+    and the host path show the same frame; the float tensor is shown whatever the other's dtype, which
+    is shown too or says why. Before, one bit, sub-byte, packed or quantized dtype failed the device
+    batch and emptied every section of it."""
+    dtypes = sorted({v for v in vars(torch).values() if isinstance(v, torch.dtype)}, key=str)
+    raw = torch.randint(0, 60, (96,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    shown, refused = [], []
+    for dtype in dtypes:
+        x = raw.view(dtype).reshape(2, -1)
+        arrays = {"x": x, "plain": torch.arange(9.0).reshape(3, 3)}
+        frames = []
+        for batched in (False, True):
+            monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+            run = str(tmp_path / f"{dtype}-{batched}")
+            set_config(run, values="arrays", FPS=30, mode="current")
+            with Beholder(run, background=False) as beholder:  # (not strict: a section may say why)
+                assert beholder.update(arrays=arrays)
+            frames.append(read_frame_file(run))
+        assert_same_frames(*frames)
+        x_record, plain = frames[1].sections
+        assert not plain.get("missing") and frames[1].section_values(1).max() == 8.0
+        (refused if x_record.get("missing") else shown).append(str(dtype))
+        if x_record.get("missing"):
+            assert f"a tensor of {dtype} cannot be shown" in x_record["missing"], x_record["missing"]
+    assert {"torch.uint16", "torch.uint64", "torch.float8_e4m3fn", "torch.complex32"} <= set(shown)
+    assert {"torch.qint8", "torch.int4", "torch.bits8", "torch.float4_e2m1fn_x2"} <= set(refused)

@@ -103,7 +103,7 @@ def batch_device(t: Any) -> Any:
     """The device a prepared tensor is gathered on in a batch, or None (read where it lies: the host path)."""
     import torch
 
-    if not isinstance(t, torch.Tensor) or t.layout is not torch.strided:
+    if not isinstance(t, torch.Tensor) or t.layout is not torch.strided or t.dtype not in shown_dtypes():
         return None
     device = t.device
     if (device.type == "cpu" and not BATCH_CPU_TENSORS) or device.type == "meta" or t.is_quantized:
@@ -246,6 +246,18 @@ def _selectable_dtypes() -> frozenset:
     return frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
                       torch.complex128, torch.bool, torch.int8, torch.uint8, torch.int16, torch.int32,
                       torch.int64})
+
+
+@functools.cache
+def shown_dtypes() -> frozenset:
+    """The dtypes a frame shows, gathered (a batch) and converted to float32: a tensor of another (the
+    quantized and bit types, sub-byte integers, float4) would fail the whole batch; its section says why."""
+    import torch
+
+    more = [torch.uint16, torch.uint32, torch.uint64, torch.complex32]
+    more += [getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                                               "float8_e5m2fnuz", "float8_e8m0fnu") if hasattr(torch, name)]
+    return _selectable_dtypes() | frozenset(more)
 
 
 def index_select(t: Any, dim: int, index: Any) -> Any:

@@ -22,17 +22,30 @@ def prepare(obj: Any, label: str) -> Any:
     to_local = getattr(obj, "to_local", None)
     if to_local is not None and type(obj).__name__ == "DTensor":
         obj = to_local()
-    if freed(obj):
-        raise RenderError(f"section {label}: the tensor's memory has been freed (its storage resized to "
-                          "nothing, as FSDP does to a gathered parameter after its forward): pass it while "
-                          "its values are there")
+    if obj.dtype not in torch_batch.shown_dtypes() or obj.is_nested or freed(obj):
+        raise RenderError(f"section {label}: {_unreadable(obj)}")
     return obj.detach()
+
+
+def _unreadable(t: Any) -> str:
+    """Why a tensor prepare() turns away is not shown, and what to pass instead."""
+    if t.is_nested:
+        return "a nested tensor (components of different shapes) is not shown: pass its components " \
+               "(t.unbind()) or t.to_padded_tensor(0)"
+    if t.is_quantized:
+        return f"a quantized tensor ({t.dtype}) is not shown: pass its .dequantize() (a float copy of " \
+               "the whole tensor, so Beholder does not make one)"
+    if t.dtype not in torch_batch.shown_dtypes():
+        return f"a tensor of {t.dtype} cannot be shown (its values have no conversion to numbers: " \
+               "bit, sub-byte and packed types)"
+    return "the tensor's memory has been freed (its storage resized to nothing, as FSDP does to a " \
+           "gathered parameter after its forward): pass it while its values are there"
 
 
 def freed(t: Any) -> bool:
     """Whether a torch tensor has values but no memory holding them (reading it would crash the process)."""
     try:
-        return t.untyped_storage().nbytes() == 0 and t.numel() > 0
+        return not t.untyped_storage().nbytes() and t.numel() > 0
     except (RuntimeError, NotImplementedError, TypeError):  # no storage of its own (sparse, a subclass)
         return False
 
