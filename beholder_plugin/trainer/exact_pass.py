@@ -294,13 +294,14 @@ def _host_exact(x: np.ndarray) -> tuple[float, float]:
     """(norm, non-finite count) of a NumPy array, exactly: one pass, a second only when not finite."""
     flat = x.reshape(-1)
     kind = flat.dtype.kind
-    if kind == "f" and flat.dtype.itemsize >= 4:
-        total = float(np.dot(flat, flat))
-    elif kind == "c":
-        total = float(np.vdot(flat, flat).real)
-    else:
-        flat = flat.astype(np.float64)
-        total = float(np.dot(flat, flat))
+    with np.errstate(over="ignore", invalid="ignore"):  # (an overflow is seen below, and taken again)
+        if kind == "f" and flat.dtype.itemsize >= 4:
+            total = float(np.dot(flat, flat))
+        elif kind == "c":
+            total = float(np.vdot(flat, flat).real)
+        else:
+            flat = flat.astype(np.float64)
+            total = float(np.dot(flat, flat))
     if np.isfinite(total):
         return float(np.sqrt(total)), 0.0
     bad = int(np.count_nonzero(~np.isfinite(flat))) if kind in "fc" else 0

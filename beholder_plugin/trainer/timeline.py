@@ -241,7 +241,8 @@ class Timeline:
             flags |= np.where(known, tl.EXACT_NORM, 0).astype(np.uint32)
             flags |= np.where(counted, tl.EXACT_NONFINITE, 0).astype(np.uint32)
             flags |= np.where(checked, tl.STEP_CHECKED, 0).astype(np.uint32)
-        records["norm"] = norm
+        with np.errstate(over="ignore"):  # (a finite norm past float32's range is stored as inf)
+            records["norm"] = norm
         records["nonfinite"] = nonfinite
         jumps, medians = self._norm_jumps(kept, norm)
         found = []

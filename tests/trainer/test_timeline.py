@@ -972,3 +972,30 @@ def test_on_two_gpus_hooked_gradients_are_unscaled_on_each(run_dir):
     first, second = torch.nn.Linear(8, 16).to("cuda:0"), torch.nn.Linear(16, 4).to("cuda:1")
     model = torch.nn.ModuleDict({"first": first, "second": second})
     check_unscaled_hooked_gradients(run_dir, "cuda:0", model, lambda x: second(first(x).relu().to("cuda:1")))
+
+
+@pytest.mark.parametrize("mode", ["current", "variance"])
+def test_extreme_finite_values_write_their_frames_and_records_without_numpy_warnings(run_dir, mode, caplog):
+    """Values whose squares overflow float32 (1e20 up), and a section whose range is denormal: the frames
+    and timeline records are written with no RuntimeWarning in the training log (each was one: the
+    exact norm's float32 dot, the norm column's cast, the histogram's scale); the exact norm of the
+    large values is the float64 one, and a norm past float32 (stored as inf) is no anomaly."""
+    import warnings
+
+    tiny = np.float32(np.finfo(np.float32).smallest_subnormal)
+    set_config(run_dir, FPS=30, values="arrays", mode=mode)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Beholder(run_dir, background=False, strict=True) as beholder:
+            for k in range(3):
+                beholder.frame_due_now()
+                assert beholder.update(arrays={
+                    "denormal": (np.arange(600, dtype=np.float32).reshape(6, 100) % (40 + k)) * tiny,
+                    "big": np.full((2, 2), 1e20 * (k + 1), np.float32),
+                    "huge": np.full((2, 2), 3e38, np.float32)})
+    assert [str(w.message) for w in caught] == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    columns = read_timeline(run_dir)
+    assert columns["big"]["flags"][-1] & tl.EXACT_NORM and columns["big"]["norm"][-1] == np.float32(6e20)
+    assert columns["huge"]["norm"][-1] == np.inf  # (6e38: past the float32 column, every value finite)
+    assert read_anomalies(run_dir) == []

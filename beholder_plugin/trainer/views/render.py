@@ -202,11 +202,11 @@ class FlatWindow:
             return
         ops, ref = self.ops, self.ref
         ops.copy(ref, self.samples[-1])
-        ops.add(ref, ref, out=self.ref2)
         ops.zero(self.s1)
         ops.zero(self.s2)
         d = self._a
-        with ops.quiet():  # non-finite input: NaN variance, shown low
+        with ops.quiet():  # non-finite input (or values past 1.7e38): NaN variance, shown low
+            ops.add(ref, ref, out=self.ref2)
             for sample in self.samples:
                 ops.subtract(sample, ref, out=d)
                 self.s1 += d
