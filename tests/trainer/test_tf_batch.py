@@ -180,3 +180,22 @@ def test_integer_tensors_are_gathered_with_a_kernel_the_gpu_has(tmp_path, monkey
     read = {op.inputs[0].dtype for op in graph.get_operations() if op.type == "GatherV2"}
     assert len([op for op in graph.get_operations() if op.type == "GatherV2"]) == len(dtypes)
     assert read <= GPU_GATHER, read - GPU_GATHER
+
+
+def test_a_string_tensor_beside_variables_leaves_them_batched_and_shown(tmp_path, monkeypatch):
+    """A tf.string tensor (no cast to numbers) is kept out of the device batch: its section says why, the
+    variables beside it are gathered in the batch and shown. Before, the batch's one cast failed and
+    every section of the frame was empty with a graph execution error."""
+    monkeypatch.setattr(tf_batch, "BATCH_CPU_TENSORS", True)
+    traced_batch.forget_compiled()
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    kernel = tf.Variable(tf.reshape(tf.range(12.0), (3, 4)))
+    with Beholder(run, background=False) as beholder:
+        assert update_compiled(beholder, arrays={"kernel": kernel, "names": tf.constant([["a", "b"]])})
+        assert [g.__class__.__name__ for g in beholder.gatherer.device_gathers] == ["TfGather"]
+    frame = read_frame_file(run)
+    records = {s["name"]: s for s in frame.sections}
+    assert "strings or Python objects" in records["names"]["missing"]
+    assert not records["kernel"].get("missing")
+    assert frame.section_values([s["name"] for s in frame.sections].index("kernel")).max() == 11.0

@@ -118,7 +118,9 @@ def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.nd
         try:  # ml_dtypes' bfloat16 and friends
             values = values.astype(np.float32)
         except (TypeError, ValueError):
-            raise RenderError(f"section {label}: values of dtype {values.dtype} cannot be shown") from None
+            what = " (strings or Python objects, not numbers)" if kind in "OSUV" else ""
+            raise RenderError(
+                f"section {label}: values of dtype {values.dtype}{what} cannot be shown") from None
     if values.shape != out.shape:
         values = np.broadcast_to(values, out.shape)
     with np.errstate(over="ignore", invalid="ignore"):

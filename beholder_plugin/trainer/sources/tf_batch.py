@@ -32,9 +32,15 @@ GPU_GATHER_DTYPES = frozenset(
 
 
 def batch_device(x: Any) -> str | None:
-    """The device a prepared tensor or variable is gathered on in a batch, or None (on the CPU)."""
+    """The device a prepared tensor or variable is gathered on in a batch, or None (on the CPU; or not of
+    numbers, a tf.string say, whose cast would fail the whole batch: the host path says why)."""
     device = getattr(x, "device", None)
     if not isinstance(device, str) or not device:
+        return None
+    dtype = getattr(x, "dtype", None)
+    if not (getattr(dtype, "is_floating", False) or getattr(dtype, "is_integer", False)
+            or getattr(dtype, "is_complex", False) or getattr(dtype, "is_bool", False)
+            or getattr(dtype, "is_quantized", False)):
         return None
     if "GPU" not in device.upper() and not BATCH_CPU_TENSORS:
         return None
