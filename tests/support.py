@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +16,17 @@ def set_config(run: str, **changes) -> dict:
     config = {**DEFAULT_CONFIG, **changes}
     write_config(run, config)
     return config
+
+
+def run_script(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run a Python script in a fresh process that imports these helpers (tests/ on its path), with these
+    environment variables set and XLA_FLAGS left out (a script sets its own); its output, as text."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])
+    environment = {**os.environ, **env, "PYTHONPATH": path}
+    environment.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, "-c", script, *args], env=environment, capture_output=True,
+                          text=True, timeout=300)
 
 
 def due(beholder) -> None:

@@ -5,14 +5,10 @@ Run on CPU arrays (``jax_batch.BATCH_CPU_ARRAYS``): CI has no accelerator.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from pixel_checks import check_sampled_pixels
-from support import HeldCompile, set_config, update_compiled
+from support import HeldCompile, run_script, set_config, update_compiled
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import read_frame_file
@@ -469,11 +465,7 @@ def test_arrays_replicated_over_devices_are_batched_from_one_copy(tmp_path):
     """Data parallel: parameters replicated over every device (NamedSharding, PartitionSpec()) go
     through the one jitted gather, read from the first device's copy, and show their values; an array
     split over the devices keeps the per-section path. Two CPU devices stand in for two GPUs."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")])}
-    env.pop("XLA_FLAGS", None)
-    out = subprocess.run([sys.executable, "-c", REPLICATED, str(tmp_path / "run")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = run_script(REPLICATED, str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "['cpu:0'] True True [None, None, None]"
 
@@ -519,11 +511,7 @@ def test_arrays_moved_to_another_device_lose_no_frame(tmp_path):
     look at devices, to stay cheap); their gather fails there and the frame takes the full path, which
     gathers them on their new device (after compiling for it: that frame is skipped). Before, that frame
     was written with every section empty. Two CPU devices stand in for two GPUs."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")])}
-    env.pop("XLA_FLAGS", None)
-    out = subprocess.run([sys.executable, "-c", MOVED, str(tmp_path / "run")], env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = run_script(MOVED, str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-3:] == [
         "8 [None, None] 8.0", "9 [None, None] 9.0", "True [False, True, True] ['cpu:0', 'cpu:1']"]

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from pixel_checks import check_sampled_pixels
+from support import run_script
 from tf_support_helpers import PYTHON_ENV, configure, tiny_convnet, tiny_data
 
 import beholder_plugin
@@ -350,12 +351,8 @@ print("gradients", second.beholder.frames_written, names == [v.path for v in mod
 def test_on_the_torch_backend_a_probe_shows_activations_and_gradients_are_named_by_variable_path(tmp_path):
     """Keras's torch model is a torch module too: it is still watched as Keras (probe, variable paths)."""
     pytest.importorskip("torch")
-    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND="torch",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                           os.environ.get("PYTHONPATH", "")]))
     runs = [str(tmp_path / "activations"), str(tmp_path / "gradients")]
-    out = subprocess.run([sys.executable, "-c", TORCH_BACKEND_FIT, *runs], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = run_script(TORCH_BACKEND_FIT, *runs, **PYTHON_ENV, KERAS_BACKEND="torch")
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.split(" ")[0] in
              ("structure", "activations", "gradients")]
@@ -415,11 +412,8 @@ def test_on_the_torch_backend_gradients_a_loss_scaler_scaled_are_shown_unscaled(
     too, after a counted step, one that grew the scale and one that overflowed; an overflow is not an
     anomaly (the optimizer skips the step). Without a loss scaler nothing is divided."""
     pytest.importorskip("torch")
-    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND="torch", BEHOLDER_BATCH_CPU_TENSORS=batched,
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                           os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", LOSS_SCALED_FIT, str(tmp_path)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = run_script(LOSS_SCALED_FIT, str(tmp_path), **PYTHON_ENV, KERAS_BACKEND="torch",
+                     BEHOLDER_BATCH_CPU_TENSORS=batched)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = {line.split(" ")[0]: line for line in out.stdout.splitlines()}
     for case in ("counted", "grown", "unscaled"):

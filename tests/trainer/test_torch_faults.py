@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import set_config
+from support import run_script, set_config
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import read_frame_file
@@ -301,14 +301,7 @@ def test_a_tensor_whose_memory_was_freed_is_refused_without_crashing(run_dir, ba
     while Beholder keeps them (the memo, the per-step check) or when first passed: their sections say
     so, the others are shown, with their exact norms. Before, torch's norm read the freed memory and
     the process died of a segmentation fault (in a subprocess here for that reason)."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", FREED, run_dir, batched], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = run_script(FREED, run_dir, batched)
     assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
     assert out.stdout.splitlines() == ["[('p', True), ('q', False)]", "[('view', True), ('q', False)]",
                                        "2.0 28.0"]
