@@ -28,6 +28,10 @@ def arrays_for(seed: int) -> dict:
         "wave": jnp.asarray(rng.normal(size=(4, 6)) + 1j * rng.normal(size=(4, 6)), jnp.complex64),
         "scalar": jnp.asarray(2.5, jnp.float32),
         "plain": rng.normal(size=(5, 5)).astype(np.float32),  # NumPy beside them: the host path
+        # (dtypes NumPy knows only through ml_dtypes, and unsigned ones past the signed range)
+        "fp8": jnp.asarray(rng.normal(size=(3, 8)), jnp.float8_e4m3fn),
+        "nibbles": jnp.asarray(rng.integers(-8, 8, size=(4, 4)), jnp.int4),
+        "wide": jnp.asarray(rng.integers(2**31, 2**32, size=(6,)), jnp.uint32),
     }
 
 
