@@ -824,3 +824,27 @@ def test_a_tensor_of_every_torch_dtype_beside_another_leaves_that_one_shown(tmp_
             assert f"a tensor of {dtype} cannot be shown" in x_record["missing"], x_record["missing"]
     assert {"torch.uint16", "torch.uint64", "torch.float8_e4m3fn", "torch.complex32"} <= set(shown)
     assert {"torch.qint8", "torch.int4", "torch.bits8", "torch.float4_e2m1fn_x2"} <= set(refused)
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_cuda_frames_of_every_dtype_equal_host_frames(tmp_path, monkeypatch):
+    """Each dtype of DTYPES (uint16-64, float8, complex32 included: gathered as signed integers of
+    their width), in each storage form, on CUDA: the same frame as the CPU tensor's host path, bit for
+    bit; and a dtype no frame shows (int4) leaves the tensors beside it shown."""
+    specs = [((3, 4, 5, 5), dtype, form) for dtype in sorted(DTYPES)
+             for form in ("plain", "channels_last", "transposed", "sliced")]
+    cpu = [{f"s{i}": make_tensor(shape, dtype, form, 7 * k + i)
+            for i, (shape, dtype, form) in enumerate(specs)} for k in range(2)]
+    cuda = [{name: t.to("cuda") for name, t in frame.items()} for frame in cpu]
+    host = frames_of(str(tmp_path / "host"), cpu, False, monkeypatch, mode="current")
+    batched = frames_of(str(tmp_path / "cuda"), cuda, False, monkeypatch, mode="current")
+    assert_same_frames(host, batched)
+    run = str(tmp_path / "int4")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    with Beholder(run, background=False) as beholder:
+        nibbles = torch.zeros(8, dtype=torch.uint8, device="cuda").view(torch.int4)
+        assert beholder.update(arrays={"nibbles": nibbles, "w": torch.full((3, 3), 2.0, device="cuda")})
+    frame = read_frame_file(run)
+    assert "cannot be shown" in frame.sections[0]["missing"] and frame.section_values(1).max() == 2.0
