@@ -37,6 +37,7 @@ import contextlib
 import functools
 import math
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,12 +102,13 @@ _SIDE_LOCKS: dict[Any, Any] = {}  # device -> threading.RLock
 
 def batch_device(t: Any) -> Any:
     """The device a prepared tensor is gathered on in a batch, or None (read where it lies: the host path)."""
-    import torch
-
-    if not isinstance(t, torch.Tensor) or t.layout is not torch.strided or t.dtype not in shown_dtypes():
+    torch = sys.modules["torch"]  # (a hook asks this for every layer it copies: no import statement)
+    if (not isinstance(t, torch.Tensor) or t.dtype not in shown_dtypes() or t.layout is not torch.strided
+            or t.is_quantized):
         return None
     device = t.device
-    if (device.type == "cpu" and not BATCH_CPU_TENSORS) or device.type == "meta" or t.is_quantized:
+    kind = device.type  # (each .device is a new object: read once)
+    if (kind == "cpu" and not BATCH_CPU_TENSORS) or kind == "meta":
         return None
     return device
 
