@@ -80,6 +80,8 @@ class StepCheck:
         # no gradient is held here between steps (a step's gradients are freed as usual)
         self.params = params if any(p is not None for p in params) else None
         self.tensors = [t if p is None else None for t, p in zip(tensors, params)]
+        # the held tensors' storages, kept: a look at each one's size before an eager run costs half
+        self._storages = [t.untyped_storage() for t in tensors] if self.params is None else []
         # what stands for a gradient a step did not make: a zero of its parameter's dtype (so that it
         # stays in its parameter's norm group)
         zeros = {t.dtype: torch.zeros((), dtype=t.dtype, device=device) for t in tensors}
@@ -158,7 +160,7 @@ class StepCheck:
                         self._graph.replay()  # (the capture recorded the kernels without running them)
                     return
             self._last_key = key
-        if self.params is None and any(t.untyped_storage().nbytes() == 0 for t in tensors):
+        if not all(storage.nbytes() for storage in self._storages):
             # (read, torch would crash the process: on_step turns the check off and says so)
             raise RuntimeError("a tensor the per-step check reads has had its memory freed (its storage "
                                "resized to nothing, as FSDP does to a gathered parameter after forward)")
