@@ -293,7 +293,9 @@ def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n
         part = torch.index_select(flat, 0, index)
         return part.abs() if complex_values else part
     part = index_select(flat, 0, index)
-    return part.abs() if complex_values else part.to(torch.float32)
+    if complex_values:  # complex32: its magnitude taken in complex64 (abs of ComplexHalf is not everywhere)
+        return part.to(torch.complex64).abs()
+    return part.to(torch.float32)
 
 
 class SideCopy:

@@ -56,7 +56,7 @@ def _host(t: Any) -> np.ndarray:
     import torch
 
     if t.is_complex():
-        t = t.abs()
+        t = (t.to(torch.complex64) if t.dtype is torch.complex32 else t).abs()
     if t.dtype.is_floating_point and t.dtype not in (torch.float32, torch.float64):
         t = t.float()
     return t.cpu().numpy()
