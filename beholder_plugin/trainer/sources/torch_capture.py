@@ -36,21 +36,23 @@ def copy_shown(name: str, tensor: Any, layout: str | None, show_all: bool, sizin
     if tensor is None:
         return Captured((), None, error="no gradient (None)")
     shape = tuple(tensor.shape)
-    if layout is None:
-        layout = sources.adapter("torch").default_layout(tensor, shape)
-    tensor = tensor.detach()
     if show_all:  # the frame's width depends on every section: keep a copy to slice later
-        return Captured(shape, resolve_layout(layout, shape, name), tensor=tensor.clone())
-    key = (shape, layout, sizing)
+        if layout is None:
+            layout = sources.adapter("torch").default_layout(tensor, shape)
+        return Captured(shape, resolve_layout(layout, shape, name), tensor=tensor.detach().clone())
+    key = (shape, layout, sizing, type(tensor))  # (the default layout depends on the shape and type only)
     found = plans.get(key)
     if found is None:  # once per shape and layout: the layout's checks and the plan
         if len(plans) >= MAX_PLANS:
             plans.clear()
+        if layout is None:
+            layout = sources.adapter("torch").default_layout(tensor, shape)
         layout = resolve_layout(layout, shape, name)
         plan = make_plan(shape, FRAME_WIDTH, False, name, layout, sizing)
         count = math.prod(shape)
         found = plans[key] = (layout, plan, sample_runs(count), sample_size(count), plan.compact_shape)
     layout, plan, runs, sampled, compact_shape = found
+    tensor = tensor.detach()
     if torch_batch.batch_device(tensor) is not None:  # on an accelerator: one launch, no wait
         part = torch_batch.section_part(tensor, plan, runs, sampled)
         return Captured(shape, layout, width=FRAME_WIDTH, part=part, compact_shape=compact_shape)
