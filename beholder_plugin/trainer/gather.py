@@ -38,6 +38,10 @@ from beholder_plugin.trainer.views.render import FramePlan
 
 # At most this many frame plans (and section-filter matches) are kept; more start the cache afresh.
 MAX_PLANS = 16
+# Device gathers kept per device, the least recently used dropped first: each holds its plan's buffers
+# on the device and in pinned host memory (three of the frame's size), and activations whose shapes
+# change from frame to frame (text of varying lengths) would keep one for each of MAX_PLANS plans.
+DEVICE_GATHERS_KEPT = 4
 
 
 @functools.lru_cache(maxsize=64)
@@ -298,7 +302,7 @@ class Gatherer:
             try:
                 gather = self._device_gather(plan, device)
                 if len(entries) == len(plan.plans) and not missing:  # the whole frame: variance there too
-                    job.variance_done = _device_variance(gather, settings)
+                    job.variance_done = self._device_variance(gather, settings)
                 _ride_along(job, gather, device, riding)
                 job.pending.append(gather.launch(entries))
             except GatherCompiling as exc:  # the frame waits for it (skipped), with nothing half-launched
@@ -321,7 +325,7 @@ class Gatherer:
         buffer, _views, samples, _sample_views = self._buffer(plan)
         job.kind, job.plan, job.buffer, job.missing, job.samples = JobKind.SECTIONS, plan, buffer, {}, samples
         gather = self._device_gather(plan, memo.device)
-        job.variance_done = _device_variance(gather, job.settings)
+        job.variance_done = self._device_variance(gather, job.settings)
         _ride_along(job, gather, memo.device, riding)
         if memo.kind != "tensors":  # hook parts or arrays, already checked against the plan by fits()
             tensors = [entry[1] for entry in named]
@@ -368,13 +372,33 @@ class Gatherer:
             sample_views[i].fill(np.nan)
             job.missing[i] = self._section_problem(job.plan.names[i], exc)
 
+    def _device_variance(self, gather: Any, settings: RunSettings) -> bool:
+        """Whether a device batch holding a whole frame computes its variance window there too.
+
+        One window per device, as the host keeps one: a frame of another
+        plan (activations of another length, say) drops the last plan's and
+        starts its own, where each plan kept one (up to 1 % of the device's
+        memory each, for as many plans as were kept) and took up its old
+        samples again when its plan came back, unlike the host's.
+        """
+        use = getattr(gather, "use_variance", None)
+        if use is None:
+            return False
+        for other in self._device_gathers.values():
+            if other is not gather and other.device == gather.device and getattr(other, "window", None):
+                other.window = None
+        return use(settings)
+
     def _device_gather(self, plan: FramePlan, device: Any) -> Any:
         """The reused device buffers (and CUDA graph) that gather a plan's sections on one device."""
         key = (id(plan), device)
-        found = self._device_gathers.get(key)
+        found = self._device_gathers.pop(key, None)  # (put back last: the least recently used go first)
         if found is None or found.plan is not plan:
+            mine = [k for k in self._device_gathers if k[1] == device]
+            for old in mine[: max(0, len(mine) - DEVICE_GATHERS_KEPT + 1)]:
+                del self._device_gathers[old]  # (its buffers go once no frame in flight holds them)
             found = make_gather(plan, device)
-            self._device_gathers[key] = found
+        self._device_gathers[key] = found
         return found
 
     def _matching(self, pattern: SectionFilter, named: list[sources.Named]) -> list[int]:
@@ -432,7 +456,3 @@ def _ride_along(job: Job, gather: Any, device: Any, riding: list[Any]) -> None:
         riding.append(gather)
 
 
-def _device_variance(gather: Any, settings: RunSettings) -> bool:
-    """Whether a device batch holding a whole frame computes its variance window there too."""
-    use = getattr(gather, "use_variance", None)
-    return use is not None and use(settings)

@@ -848,3 +848,34 @@ def test_cuda_frames_of_every_dtype_equal_host_frames(tmp_path, monkeypatch):
         assert beholder.update(arrays={"nibbles": nibbles, "w": torch.full((3, 3), 2.0, device="cuda")})
     frame = read_frame_file(run)
     assert "cannot be shown" in frame.sections[0]["missing"] and frame.section_values(1).max() == 2.0
+
+
+def test_frames_of_changing_plans_keep_one_device_window_and_a_few_gathers(tmp_path, monkeypatch):
+    """Tensors whose shapes change between frames (activations of text of varying lengths) in variance
+    mode: the device path shows the host path's frames, whose window starts afresh when the plan
+    changes; one variance window is kept on the device, not one per plan (each up to 1 % of the
+    device's memory), and at most DEVICE_GATHERS_KEPT gathers (each three buffers of the frame's
+    size). Before, a plan's window took up its old samples again when the plan came back."""
+    from beholder_plugin.trainer import gather as gather_module
+
+    shapes = [(4, 7), (6, 5), (6, 5), (4, 7), (3, 9), (5, 5), (2, 11), (8, 3), (4, 7), (4, 7)]
+    gen = torch.Generator().manual_seed(0)
+    frames = [{"w": torch.randn(shape, generator=gen)} for shape in shapes]
+    shown: dict = {}
+    for batched in (False, True):
+        monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+        run = str(tmp_path / f"run-{batched}")
+        set_config(run, values="arrays", FPS=30, mode="variance", window_size=3)
+        shown[batched], windows, kept = [], [], []
+        with Beholder(run, strict=True, background=False) as beholder:
+            for arrays in frames:
+                beholder.frame_due_now()
+                assert beholder.update(arrays=arrays)
+                shown[batched].append(read_frame_file(run).section_values(0).copy())
+                gathers = beholder.gatherer.device_gathers
+                windows.append(sum(getattr(g, "window", None) is not None for g in gathers))
+                kept.append(len(gathers))
+    for host, device in zip(shown[False], shown[True]):
+        np.testing.assert_array_equal(host, device)
+    assert max(windows) == 1 and max(kept) == gather_module.DEVICE_GATHERS_KEPT
+    assert shown[True][-1].max() > 0  # the last two frames of one plan: a variance, not a fresh window
