@@ -879,3 +879,28 @@ def test_frames_of_changing_plans_keep_one_device_window_and_a_few_gathers(tmp_p
         np.testing.assert_array_equal(host, device)
     assert max(windows) == 1 and max(kept) == gather_module.DEVICE_GATHERS_KEPT
     assert shown[True][-1].max() > 0  # the last two frames of one plan: a variance, not a fresh window
+
+
+def test_the_device_indices_kept_stay_within_their_byte_budget(tmp_path, monkeypatch):
+    """Tensors of a new shape every frame: the index cache (int32 positions where they fit) never
+    holds more than INDEX_CACHE_BYTES (one entry may exceed it alone), and the frames stay the host
+    path's. Before, it was bounded by a count of 4096 entries only: gigabytes for large sections."""
+    monkeypatch.setattr(torch_batch, "INDEX_CACHE_BYTES", 20_000)
+    monkeypatch.setattr(torch_batch, "INDEXES", torch_batch.IndexCache())
+    gen = torch.Generator().manual_seed(0)
+    frames = [{"a": torch.randn(40 + k, 50, generator=gen), "b": torch.randn(3, 30 + k, generator=gen)}
+              for k in range(12)]
+    host = frames_of(str(tmp_path / "host"), frames, False, monkeypatch, mode="current")
+    kept = []
+    real = torch_batch.IndexCache.get
+
+    def watching(self, *args):
+        found = real(self, *args)
+        kept.append((self._bytes, found[0].dtype))
+        return found
+
+    monkeypatch.setattr(torch_batch.IndexCache, "get", watching)
+    batched = frames_of(str(tmp_path / "batched"), frames, True, monkeypatch, mode="current")
+    assert_same_frames(host, batched)
+    assert max(size for size, _ in kept) <= 20_000 and {dtype for _, dtype in kept} == {torch.int32}
+    assert len(kept) == 2 * len(frames)

@@ -58,6 +58,9 @@ BATCH_CPU_TENSORS = os.environ.get("BEHOLDER_BATCH_CPU_TENSORS") == "1"
 CPU_GRAPHS = False
 # How many (shape, strides, plan) -> device index entries are kept per device.
 INDEX_CACHE_SIZE = 4096
+# ... and at most this many bytes of them: about four frames of ResNet-50's activations at batch 64 (7.4 M
+# values); activations whose shapes change (text of varying lengths) would otherwise keep gigabytes.
+INDEX_CACHE_BYTES = 128 * 2**20
 
 
 def side_streams(device: Any) -> tuple[Any, Any]:
@@ -205,6 +208,7 @@ class IndexCache:
 
     def __init__(self) -> None:
         self._found: dict[tuple, Any] = {}
+        self._bytes = 0  # the device memory the kept indices take
         self._keep: list[Any] = []  # the sources of the last uploads, which may still be in flight
 
     def get(self, device: Any, plan: SectionPlan, shape: tuple, strides: tuple,
@@ -215,13 +219,18 @@ class IndexCache:
         found = self._found.get(key)
         if found is not None and found[0] is plan:
             return found[1], found[2]
-        if len(self._found) >= INDEX_CACHE_SIZE:
+        span = span_of(shape, strides)
+        offsets = storage_offsets(plan, shape, strides, runs, sample_n)
+        if span <= 2**31:  # (index_select takes int32 positions: half the device memory)
+            offsets = offsets.astype(np.int32)
+        if len(self._found) >= INDEX_CACHE_SIZE or self._bytes + offsets.nbytes > INDEX_CACHE_BYTES:
             self._found.clear()
-        index, host = upload(storage_offsets(plan, shape, strides, runs, sample_n), device)
+            self._bytes = 0
+        index, host = upload(offsets, device)
         if device.type != "cpu":  # (MPS and XPU may read pageable memory after the call returns too)
             self._keep = self._keep[-64:] + [host]
-        span = span_of(shape, strides)
         self._found[key] = (plan, index, span)
+        self._bytes += offsets.nbytes
         return index, span
 
 
@@ -550,7 +559,7 @@ class DeviceGather:
         key = tuple(sections)
         if key != self._perm_key:
             plan = self.plan
-            perm = np.zeros(self.total, np.int64)
+            perm = np.zeros(self.total, np.int32)  # (index_select takes int32 positions)
             at = 0
             for i in sections:
                 shown, start = int(plan.sizes[i]), int(plan.offsets[i])
