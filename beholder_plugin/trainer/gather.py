@@ -38,9 +38,10 @@ from beholder_plugin.trainer.views.render import FramePlan
 
 # At most this many frame plans (and section-filter matches) are kept; more start the cache afresh.
 MAX_PLANS = 16
-# Device gathers kept per device, the least recently used dropped first: each holds its plan's buffers
-# on the device and in pinned host memory (three of the frame's size), and activations whose shapes
-# change from frame to frame (text of varying lengths) would keep one for each of MAX_PLANS plans.
+# Device gathers kept per device, and host buffers kept, the least recently used dropped first: a device
+# gather holds its plan's buffers on the device and in pinned host memory (three of the frame's size),
+# the host two (values and samples), and activations whose shapes change from frame to frame (text of
+# varying lengths) would keep them for each of MAX_PLANS plans.
 DEVICE_GATHERS_KEPT = 4
 
 
@@ -185,13 +186,14 @@ class Gatherer:
 
         The worker is idle when they are filled.
         """
-        found = self._buffers.get(id(plan))
+        found = self._buffers.pop(id(plan), None)  # (put back last: the least recently used go first)
         if found is None or found[0].shape[0] != plan.value_count:
+            while len(self._buffers) >= DEVICE_GATHERS_KEPT:  # (a job in flight keeps its own alive)
+                del self._buffers[next(iter(self._buffers))]
             buffer = np.empty(plan.value_count, np.float32)
             samples = np.empty(plan.sample_count, np.float32)
-            found = self._buffers[id(plan)] = (
-                buffer, plan.section_views(buffer), samples, plan.sample_views(samples)
-            )
+            found = (buffer, plan.section_views(buffer), samples, plan.sample_views(samples))
+        self._buffers[id(plan)] = found
         return found
 
     def _gather_named(self, job: Job, named: list[sources.Named]) -> None:
