@@ -70,6 +70,17 @@ def test_a_none_leaf_is_an_empty_section_and_layouts_use_the_path_names(run_dir)
     assert by_name["grads/used"]["layout"] == "grid"
 
 
+def test_the_float0_gradient_of_an_integer_leaf_says_what_it_is(run_dir):
+    """jax.grad(..., allow_int=True) gives an integer leaf (a step counter) a float0 gradient, which
+    holds no numbers: its section says so, and the float gradient beside it is shown."""
+    params = {"w": jnp.ones((4, 5)), "count": jnp.asarray(3)}
+    grads = jax.grad(lambda p: (p["w"] ** 2).sum(), allow_int=True)(params)
+    frame = _show(run_dir, strict=False, arrays=grads)
+    by_name = {s["name"]: s for s in frame.sections}
+    assert "a float0 array (JAX's gradient of an integer value" in by_name["count"]["missing"]
+    assert not by_name["w"].get("missing")
+
+
 def test_update_inside_jit_shows_why_the_tracers_have_no_values(run_dir):
     set_config(run_dir, values="arrays", mode="current", FPS=30)
     beholder = Beholder(run_dir, background=False)

@@ -118,9 +118,7 @@ def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.nd
         try:  # ml_dtypes' bfloat16 and friends
             values = values.astype(np.float32)
         except (TypeError, ValueError):
-            what = " (strings or Python objects, not numbers)" if kind in "OSUV" else ""
-            raise RenderError(
-                f"section {label}: values of dtype {values.dtype}{what} cannot be shown") from None
+            raise RenderError(f"section {label}: {_not_numbers(values.dtype)} cannot be shown") from None
     if values.shape != out.shape:
         values = np.broadcast_to(values, out.shape)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -326,6 +324,14 @@ def prepare_section(obj: Any, label: str) -> tuple[ModuleType, Any]:
         )
     source = adapter_for(obj)
     return source, source.prepare(obj, label)
+
+
+def _not_numbers(dtype: np.dtype) -> str:
+    """What values of a dtype with no conversion to float32 are, in words."""
+    if dtype.names == ("float0",):
+        return "a float0 array (JAX's gradient of an integer value: it holds no numbers)"
+    what = {"O": "Python objects", "S": "bytes strings", "U": "strings", "V": "structured or raw bytes"}
+    return f"values of dtype {dtype} ({what.get(dtype.kind, 'not numbers')})"
 
 
 def refuse_inside_tf_function() -> None:
