@@ -310,6 +310,10 @@ class Gatherer:
             except GatherCompiling as exc:  # the frame waits for it (skipped), with nothing half-launched
                 job.waiting, job.pending = str(exc), []
                 self._memo = None
+                for other, entries_there in batches.items():  # (other devices' gathers compile beside it)
+                    start = getattr(self._device_gather(plan, other), "start_compile", None)
+                    if other != device and start is not None:
+                        start(entries_there)
                 return
             except Exception as exc:
                 if self.strict:

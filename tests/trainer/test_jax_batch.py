@@ -519,3 +519,38 @@ def test_arrays_moved_to_another_device_lose_no_frame(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-3:] == [
         "8 [None, None] 8.0", "9 [None, None] 9.0", "True [False, True, True] ['cpu:0', 'cpu:1']"]
+
+
+SPLIT = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["BEHOLDER_BATCH_CPU_TENSORS"] = "1"
+import jax, jax.numpy as jnp
+from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
+from beholder_plugin.protocol.runfiles import read_frame_file
+
+run = sys.argv[1]
+write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, "mode": "current"})
+first, second = jax.devices()
+arrays = {"a": jax.device_put(jnp.full((8, 6), 1.0), first), "b": jax.device_put(jnp.full((7,), 2.0), second)}
+skipped = 0
+with Beholder(run, background=False) as beholder:
+    while True:
+        beholder.frame_due_now()
+        if beholder.update(arrays=arrays):
+            break
+        skipped += 1
+        assert beholder.gatherer.wait_compiled(120) and skipped < 5
+    devices = sorted(str(g.device) for g in beholder.gatherer.device_gathers)
+frame = read_frame_file(run)
+print(skipped, devices, [s.get("missing") for s in frame.sections], float(frame.section_values(1).max()))
+"""
+
+
+def test_a_frame_over_two_devices_compiles_both_gathers_at_once(tmp_path):
+    """Arrays on two devices (a model split over two GPUs): the first frame starts both devices' gathers
+    compiling, so one frame waits, not one per device (each compile takes seconds on a GPU). Two CPU
+    devices stand in for two GPUs."""
+    out = run_script(SPLIT, str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "1 ['cpu:0', 'cpu:1'] [None, None] 2.0"

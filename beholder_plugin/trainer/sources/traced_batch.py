@@ -80,6 +80,13 @@ def forget_compiled() -> None:
         _COMPILED.clear()
 
 
+def _key(sections: list[int], arrays: list[Any]) -> tuple:
+    """What a traced gather is compiled for: its sections and each array's shape, dtype and type (a
+    tf.function traces a tf.Variable apart from a tensor of its shape, and would trace again on the
+    training thread when a loop's gradients follow its variables under the same names)."""
+    return tuple(sections), tuple((tuple(x.shape), x.dtype, type(x)) for x in arrays)
+
+
 class GatherCompiling(Exception):
     """A frame's traced gather is still being compiled on a background thread: the frame waits (skipped)."""
 
@@ -117,9 +124,7 @@ class TracedGather:
         the frames of those shapes, when it failed: until it is tried again,
         RETRY_FAILED_S later (twice that after a second failure, and so on).
         """
-        # (by type too: a tf.function traces a tf.Variable apart from a tensor of its shape, and would
-        # trace again on this thread when a loop's gradients follow its variables under the same names)
-        key = (tuple(sections), tuple((tuple(x.shape), x.dtype, type(x)) for x in arrays))
+        key = _key(sections, arrays)
         found = self._functions.get(key)
         if found is not None and found.error is not None and (
                 time.monotonic() - found.failed_at > RETRY_FAILED_S * 2 ** (found.failures - 1)):
@@ -132,6 +137,17 @@ class TracedGather:
         if found.error is not None:
             raise found.error
         return self._call(found.function, list(arrays), found.positions, list(sections))
+
+    def start_compile(self, entries: list[tuple[int, Any]]) -> None:
+        """Start compiling the gather of these (section, array) entries in the background unless it is
+        compiled or compiling (a frame waiting for another device's gather starts this one's beside it)."""
+        sections, arrays = [i for i, _ in entries], [x for _, x in entries]
+        key = _key(sections, arrays)
+        if key not in self._functions:
+            try:
+                self._compile(key, sections, arrays)
+            except GatherCompiling:  # (this device's gather of other shapes is compiling: later)
+                pass
 
     def wait_compiled(self, timeout: float | None = None) -> bool:
         """Wait until no gather is compiling (True), or timeout seconds have passed (False)."""
