@@ -220,17 +220,23 @@ def group_order(groups: list[list[int]] | None, device: Any) -> tuple[Any, Any]:
 def _norms(torch: Any, tensors: list[Any], groups: list[list[int]] | None = None, order: Any = None) -> Any:
     """The L2 norms of tensors as one float32 vector on their device: one fused pass per norm group
     (``norm_groups``: None is one group), put back in the tensors' order (by ``group_order`` when
-    given, else one stack)."""
+    given, else one stack), then one conversion from float64 (_fused_norms)."""
     if groups is None:
-        return _vector(torch, _fused_norms(torch, tensors))
-    if order is not None:
+        vector = _vector(torch, _fused_norms(torch, tensors))
+    elif order is not None:
         vectors = [_vector(torch, _fused_norms(torch, [tensors[i] for i in group])) for group in groups]
-        return torch.cat(vectors).index_select(0, order)
-    parts: list[Any] = [None] * len(tensors)
-    for group in groups:
-        for i, part in zip(group, _fused_norms(torch, [tensors[i] for i in group])):
-            parts[i] = part
-    return torch.stack(parts)
+        vector = torch.cat(vectors).index_select(0, order)
+    else:
+        parts: list[Any] = [None] * len(tensors)
+        for group in groups:
+            for i, part in zip(group, _fused_norms(torch, [tensors[i] for i in group])):
+                parts[i] = part
+        vector = torch.stack(parts)
+    if vector.dtype == torch.float32:
+        return vector
+    # (copied into a new float32 vector beside it rather than .float(), whose op, _to_copy, is also
+    # what a copy to the host goes through: the tests, on CPU tensors, tell them apart by the op)
+    return torch.empty(vector.shape, dtype=torch.float32, device=vector.device).copy_(vector)
 
 
 def spend_host_budget(credit: int, count: int) -> tuple[bool, int]:
@@ -266,12 +272,16 @@ def _vector(torch: Any, parts: list[Any]) -> Any:
 
 
 def _fused_norms(torch: Any, tensors: list[Any]) -> list[Any]:
-    """One _foreach_norm over tensors: their L2 norms as float32 scalars on their device."""
-    try:
-        return torch._foreach_norm(tensors, 2, dtype=torch.float32)
-    except (TypeError, RuntimeError):  # (float64 tensors take no float32 output)
-        parts = torch._foreach_norm(tensors)
-    return [p.float() for p in parts] if parts[0].dtype != torch.float32 else parts
+    """One _foreach_norm over tensors: their L2 norms as scalars on their device, the squares summed in
+    float64 where torch takes that (summed in float32, finite values past about 1e19 give an infinite
+    norm, which the per-step check would report as an infinite value), else in float32 or the
+    tensors' own precision."""
+    for dtype in (torch.float64, torch.float32):
+        try:
+            return torch._foreach_norm(tensors, 2, dtype=dtype)
+        except (TypeError, RuntimeError):  # (complex tensors take neither; MPS has no float64)
+            pass
+    return torch._foreach_norm(tensors)
 
 
 def _torch_kind(obj: Any) -> Any:

@@ -999,3 +999,23 @@ def test_extreme_finite_values_write_their_frames_and_records_without_numpy_warn
     assert columns["big"]["flags"][-1] & tl.EXACT_NORM and columns["big"]["norm"][-1] == np.float32(6e20)
     assert columns["huge"]["norm"][-1] == np.inf  # (6e38: past the float32 column, every value finite)
     assert read_anomalies(run_dir) == []
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_torch_values_whose_squares_overflow_float32_are_no_infinite_value(run_dir, monkeypatch, batched):
+    """Finite torch values past 1e19 (a diverging run): the norm's squares are summed in float64, on
+    the device path (the per-step check at every update(), the frames' exact pass) as on the host
+    path, so the norm is finite and exact and no "infinite value" is reported. Before, the device
+    path's float32 sum overflowed: a first anomaly "an infinite value" with no infinite value."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    set_config(run_dir, FPS=30, values="arrays", mode="current")
+    big = torch.full((2, 2), 1e20)
+    with Beholder(run_dir, background=False, strict=True) as beholder:
+        for _ in range(3):
+            big.mul_(2)
+            beholder.update(arrays={"big": big, "w": torch.ones(3, 3)})  # a step (the per-step check)
+            beholder.frame_due_now()
+            assert beholder.update(arrays={"big": big, "w": torch.ones(3, 3)})
+    norms = read_timeline(run_dir)["big"]["norm"]
+    assert read_anomalies(run_dir) == []
+    np.testing.assert_allclose(norms, [4e20, 4e20, 8e20, 16e20], rtol=1e-6)  # (the first step is due)
