@@ -272,16 +272,26 @@ def _vector(torch: Any, parts: list[Any]) -> Any:
 
 
 def _fused_norms(torch: Any, tensors: list[Any]) -> list[Any]:
-    """One _foreach_norm over tensors: their L2 norms as scalars on their device, the squares summed in
-    float64 where torch takes that (summed in float32, finite values past about 1e19 give an infinite
-    norm, which the per-step check would report as an infinite value), else in float32 or the
-    tensors' own precision."""
-    for dtype in (torch.float64, torch.float32):
+    """One _foreach_norm over tensors (a norm group: dense ones of one dtype, or one other): their L2
+    norms as scalars on their device.
+
+    A dense group on CUDA has its squares summed in float64 by the fused
+    kernel, with no copy: summed in float32, finite values past about 1e19
+    give an infinite norm, which the per-step check would report as an
+    infinite value. Elsewhere torch would first copy each tensor to float64
+    (twice its size; 40 times slower on the CPU), so the sum stays float32
+    there, and the host pass takes an infinite norm of finite values again.
+    """
+    first = tensors[0]
+    if (first.device.type == "cuda" or _batch_cpu()) and dense(first):
         try:
-            return torch._foreach_norm(tensors, 2, dtype=dtype)
-        except (TypeError, RuntimeError):  # (complex tensors take neither; MPS has no float64)
+            return torch._foreach_norm(tensors, 2, dtype=torch.float64)
+        except (TypeError, RuntimeError):  # (complex tensors: their own precision, below)
             pass
-    return torch._foreach_norm(tensors)
+    try:
+        return torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    except (TypeError, RuntimeError):  # (float64 and complex tensors take no float32 output)
+        return torch._foreach_norm(tensors)
 
 
 def _torch_kind(obj: Any) -> Any:
