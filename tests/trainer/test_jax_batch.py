@@ -432,18 +432,25 @@ def test_the_frames_after_the_background_compile_compile_nothing(tmp_path, monke
         monitoring.unregister_event_duration_listener(listen)
 
 
-REPLICATED = """
+# How the scripts below start: two CPU devices stand in for two GPUs, CPU arrays take the batched path,
+# and the run directory (argv[1]) shows arrays' current values.
+TWO_DEVICES = """
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["BEHOLDER_BATCH_CPU_TENSORS"] = "1"
 import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
 from beholder_plugin.protocol.runfiles import read_frame_file
 from pixel_checks import check_sampled_pixels
+from support import update_compiled
 
 run = sys.argv[1]
 write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, "mode": "current"})
+first, second = jax.devices()
+"""
+
+REPLICATED = TWO_DEVICES + """
+from jax.sharding import NamedSharding, PartitionSpec as P
 mesh = jax.make_mesh((2,), ("data",))
 rng = np.random.default_rng(0)
 values = {"kernel": rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
@@ -474,19 +481,7 @@ def test_arrays_replicated_over_devices_are_batched_from_one_copy(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "['cpu:0'] True True [None, None, None]"
 
 
-MOVED = """
-import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["BEHOLDER_BATCH_CPU_TENSORS"] = "1"
-import jax, jax.numpy as jnp, numpy as np
-from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
-from beholder_plugin.protocol.runfiles import read_frame_file
-from support import update_compiled
-
-run = sys.argv[1]
-write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, "mode": "current"})
-first, second = jax.devices()
-
+MOVED = TWO_DEVICES + """
 def arrays(step, device):
     return {"w": jax.device_put(jnp.full((8, 6), float(step)), device),
             "b": jax.device_put(jnp.arange(6, dtype=jnp.float32) + step, device)}
@@ -521,17 +516,7 @@ def test_arrays_moved_to_another_device_lose_no_frame(tmp_path):
         "8 [None, None] 8.0", "9 [None, None] 9.0", "True [False, True, True] ['cpu:0', 'cpu:1']"]
 
 
-SPLIT = """
-import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["BEHOLDER_BATCH_CPU_TENSORS"] = "1"
-import jax, jax.numpy as jnp
-from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
-from beholder_plugin.protocol.runfiles import read_frame_file
-
-run = sys.argv[1]
-write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, "mode": "current"})
-first, second = jax.devices()
+SPLIT = TWO_DEVICES + """
 arrays = {"a": jax.device_put(jnp.full((8, 6), 1.0), first), "b": jax.device_put(jnp.full((7,), 2.0), second)}
 skipped = 0
 with Beholder(run, background=False) as beholder:
