@@ -203,6 +203,15 @@ def dense(t: Any) -> bool:
     return True
 
 
+def freed(t: Any) -> bool:
+    """Whether a torch tensor has values but no memory holding them (its storage resized to nothing, as
+    FSDP does to a gathered parameter after forward): reading it would crash the process."""
+    try:
+        return not t.untyped_storage().nbytes() and t.numel() > 0
+    except (RuntimeError, NotImplementedError, TypeError):  # no storage of its own (sparse, a subclass)
+        return False
+
+
 def group_order(groups: list[list[int]] | None, device: Any) -> tuple[Any, Any]:
     """Where each tensor's norm lies in the norm groups' vectors laid end to end (an index on the
     device, made once per check; None for one group), and the host tensor it is copied from.
@@ -307,7 +316,7 @@ def _torch_kind(obj: Any) -> Any:
     # torch has no norm for the float8 types nor complex32 (a float32 copy to take one could be gigabytes)
     if obj.dtype is torch.complex32 or (obj.element_size() == 1 and obj.is_floating_point()):
         return None
-    if obj.untyped_storage().nbytes() == 0:  # freed (FSDP resizes a gathered parameter's storage to nothing)
+    if freed(obj):
         return None
     return torch
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from beholder_plugin.protocol.layout import RenderError
 from beholder_plugin.protocol.plans import SectionPlan
+from beholder_plugin.trainer.exact_pass import freed
 from beholder_plugin.trainer.sources import finish, run_positions, torch_batch
 
 
@@ -40,14 +41,6 @@ def _unreadable(t: Any) -> str:
                "bit, sub-byte and packed types)"
     return "the tensor's memory has been freed (its storage resized to nothing, as FSDP does to a " \
            "gathered parameter after its forward): pass it while its values are there"
-
-
-def freed(t: Any) -> bool:
-    """Whether a torch tensor has values but no memory holding them (reading it would crash the process)."""
-    try:
-        return not t.untyped_storage().nbytes() and t.numel() > 0
-    except (RuntimeError, NotImplementedError, TypeError):  # no storage of its own (sparse, a subclass)
-        return False
 
 
 def _host(t: Any) -> np.ndarray:
