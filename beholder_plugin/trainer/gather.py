@@ -311,9 +311,10 @@ class Gatherer:
                 job.waiting, job.pending = str(exc), []
                 self._memo = None
                 for other, entries_there in batches.items():  # (other devices' gathers compile beside it)
-                    start = getattr(self._device_gather(plan, other), "start_compile", None)
-                    if other != device and start is not None:
-                        start(entries_there)
+                    if other != device:
+                        start = getattr(self._device_gather(plan, other), "start_compile", None)
+                        if start is not None:
+                            start(entries_there)
                 return
             except Exception as exc:
                 if self.strict:
