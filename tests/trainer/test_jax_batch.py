@@ -539,3 +539,29 @@ def test_a_frame_over_two_devices_compiles_both_gathers_at_once(tmp_path):
     out = run_script(SPLIT, str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "1 ['cpu:0', 'cpu:1'] [None, None] 2.0"
+
+
+@pytest.mark.parametrize("mode", ["current", "variance"])
+def test_frames_after_a_plans_first_copy_nothing_to_the_device(tmp_path, traced, mode):
+    """Once a plan's gather is compiled and its positions are on the device, a frame-due update() moves
+    nothing from the host to the device (no index, no Python scalar of the variance window): JAX's
+    transfer guard, which raises on any such copy made on this thread, lets every frame through."""
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode=mode)
+    arrays = {name: x for name, x in arrays_for(0).items() if name != "plain"}
+    with Beholder(run, strict=True) as beholder:
+        for _ in range(2):
+            assert update_compiled(beholder, arrays=arrays)
+            beholder.flush()
+        for _ in range(3):
+            arrays = dict(arrays, kernel=arrays["kernel"] + 1.0, half=-arrays["half"])  # (new arrays)
+            beholder.frame_due_now()
+            with jax.transfer_guard_host_to_device("disallow"):
+                assert beholder.update(arrays=arrays)
+            beholder.flush()
+        assert beholder.frames_written == 5 and beholder.failures == 0
+    assert len(traced) == 1
+    if mode == "current":  # (the last frame shows the last arrays)
+        frame = read_frame_file(run)
+        shown = frame.section_values(frame.sections.index(section(frame, "half")))
+        np.testing.assert_array_equal(shown.reshape(7, 5), np.asarray(arrays["half"], np.float32))
