@@ -5,6 +5,8 @@ Run on CPU tensors (``tf_batch.BATCH_CPU_TENSORS``): CI has no GPU.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from support import HeldCompile, set_config, update_compiled
@@ -200,3 +202,44 @@ def test_a_string_tensor_beside_variables_leaves_them_batched_and_shown(tmp_path
     assert "(Python objects) cannot be shown" in records["names"]["missing"]
     assert not records["kernel"].get("missing")
     assert frame.section_values([s["name"] for s in frame.sections].index("kernel")).max() == 11.0
+
+
+@pytest.mark.parametrize("mode", ["current", "variance"])
+def test_a_frame_due_reads_no_tensor_back_on_the_training_thread(tmp_path, monkeypatch, mode):
+    """Once a plan's tf.function is traced, a frame-due update() reads no tensor's values on the training
+    thread (numpy(), which on a GPU copies and waits): the worker reads the gather's one result."""
+    from tensorflow.python.framework import ops
+
+    monkeypatch.setattr(tf_batch, "BATCH_CPU_TENSORS", True)
+    thread, reading, reads = threading.get_ident(), [False], []
+
+    def recorded(name, real):
+        def read(self, *args, **kwargs):
+            if reading[0] and threading.get_ident() == thread:
+                reads.append(name)
+            return real(self, *args, **kwargs)
+        return read
+
+    for name in ("numpy", "__array__"):
+        monkeypatch.setattr(ops._EagerTensorBase, name, recorded(name, getattr(ops._EagerTensorBase, name)))
+    variables = {"kernel": tf.Variable(tf.zeros((3, 3, 16, 40))),
+                 "h16": tf.Variable(tf.zeros((6, 6), tf.float16))}
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode=mode)
+    with Beholder(run, strict=True) as beholder:
+        for k in range(5):
+            arrays = {name: x for name, x in arrays_for(variables, k).items() if name != "plain"}
+            if k < 2:  # (the plan's first frames: traced in the background)
+                assert update_compiled(beholder, arrays=arrays)
+            else:
+                beholder.frame_due_now()
+                reading[0] = True
+                assert beholder.update(arrays=arrays)
+                reading[0] = False
+            beholder.flush()
+        assert beholder.frames_written == 5 and beholder.failures == 0
+    assert reads == []
+    if mode == "current":
+        frame = read_frame_file(run)
+        i = [record["name"] for record in frame.sections].index("counts")
+        np.testing.assert_array_equal(frame.section_values(i).ravel(), arrays["counts"].numpy())
