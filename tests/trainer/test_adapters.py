@@ -119,3 +119,22 @@ def test_a_large_torch_tensor_is_never_copied_whole(monkeypatch, dtype):
     # Reading it left the storage as it was: FSDP frees a gathered parameter by resizing its storage
     # (Tensor.numpy() would have made it unresizable, and the next forward would fail).
     big.untyped_storage().resize_(0)
+
+
+@pytest.mark.parametrize("values, what", [
+    (np.array(["a", "bc"], dtype=object), "(strings)"),  # (what a tf.string tensor's numpy() gives)
+    (np.array([b"a", b"bc"], dtype=object), "(strings)"),
+    (np.array([{"a": 1}, None], dtype=object), "(Python objects)"),
+    (np.zeros(2, dtype=[("x", "f4"), ("y", "i2")]), "(structured or raw bytes)"),
+])
+def test_values_with_no_conversion_to_numbers_are_named(values, what):
+    """gather_into's refusal says what the values are: strings (TF's, as bytes objects), other Python
+    objects, structured records."""
+    from beholder_plugin.protocol.layout import RenderError
+    from beholder_plugin.trainer import sources
+    from beholder_plugin.trainer.sources import numpy_arrays
+
+    plan = make_plan(values.shape, 64, False)
+    out = np.empty(plan.compact_shape, np.float32)
+    with pytest.raises(RenderError, match=rf"section s: values of dtype .* \{what[:-1]}\) cannot be shown"):
+        sources.gather_into(numpy_arrays, values, plan, out, "s")

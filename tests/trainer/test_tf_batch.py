@@ -187,8 +187,8 @@ def test_integer_tensors_are_gathered_with_a_kernel_the_gpu_has(tmp_path, monkey
 def test_a_string_tensor_beside_variables_leaves_them_batched_and_shown(tmp_path, monkeypatch):
     """A tf.string tensor (no cast to numbers) is kept out of the device batch: its section says why, the
     variables beside it are gathered in the batch and shown. Before, the batch's one cast failed and
-    every section of the frame was empty with a graph execution error (TF hands its strings to NumPy
-    as Python objects)."""
+    every section of the frame was empty with a graph execution error. TF hands its strings to NumPy
+    as bytes objects: the section says strings, not Python objects."""
     monkeypatch.setattr(tf_batch, "BATCH_CPU_TENSORS", True)
     traced_batch.forget_compiled()
     run = str(tmp_path / "run")
@@ -199,7 +199,7 @@ def test_a_string_tensor_beside_variables_leaves_them_batched_and_shown(tmp_path
         assert [g.__class__.__name__ for g in beholder.gatherer.device_gathers] == ["TfGather"]
     frame = read_frame_file(run)
     records = {s["name"]: s for s in frame.sections}
-    assert "(Python objects) cannot be shown" in records["names"]["missing"]
+    assert "(strings) cannot be shown" in records["names"]["missing"]
     assert not records["kernel"].get("missing")
     assert frame.section_values([s["name"] for s in frame.sections].index("kernel")).max() == 11.0
 

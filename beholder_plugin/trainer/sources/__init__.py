@@ -118,7 +118,7 @@ def gather_into(source: ModuleType, prepared: Any, plan: SectionPlan, out: np.nd
         try:  # ml_dtypes' bfloat16 and friends
             values = values.astype(np.float32)
         except (TypeError, ValueError):
-            raise RenderError(f"section {label}: {_not_numbers(values.dtype)} cannot be shown") from None
+            raise RenderError(f"section {label}: {_not_numbers(values)} cannot be shown") from None
     if values.shape != out.shape:
         values = np.broadcast_to(values, out.shape)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -326,11 +326,14 @@ def prepare_section(obj: Any, label: str) -> tuple[ModuleType, Any]:
     return source, source.prepare(obj, label)
 
 
-def _not_numbers(dtype: np.dtype) -> str:
-    """What values of a dtype with no conversion to float32 are, in words."""
+def _not_numbers(values: np.ndarray) -> str:
+    """What the values of an array whose dtype has no conversion to float32 are, in words."""
+    dtype = values.dtype
     if dtype.names == ("float0",):
         return "a float0 array (JAX's gradient of an integer value: it holds no numbers)"
     what = {"O": "Python objects", "S": "bytes strings", "U": "strings", "V": "structured or raw bytes"}
+    if dtype.kind == "O" and values.size and isinstance(values.flat[0], (bytes, str)):
+        what["O"] = "strings"  # (a tf.string tensor's values, which TF hands NumPy as bytes objects)
     return f"values of dtype {dtype} ({what.get(dtype.kind, 'not numbers')})"
 
 
