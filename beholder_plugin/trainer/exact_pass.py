@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import operator
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -80,8 +82,10 @@ class StepCheck:
         # no gradient is held here between steps (a step's gradients are freed as usual)
         self.params = params if any(p is not None for p in params) else None
         self.tensors = [t if p is None else None for t, p in zip(tensors, params)]
-        # the held tensors' storages, kept: a look at each one's size before an eager run costs half
-        self._storages = [t.untyped_storage() for t in tensors] if self.params is None else []
+        # the held tensors' storages, kept with the size each needs: a look at each one's size before an
+        # eager run costs half
+        held = tensors if self.params is None else []
+        self._storages = [(t.untyped_storage(), needed_bytes(t)) for t in held]
         # what stands for a gradient a step did not make: a zero of its parameter's dtype (so that it
         # stays in its parameter's norm group)
         zeros = {t.dtype: torch.zeros((), dtype=t.dtype, device=device) for t in tensors}
@@ -160,10 +164,11 @@ class StepCheck:
                         self._graph.replay()  # (the capture recorded the kernels without running them)
                     return
             self._last_key = key
-        if not all(storage.nbytes() for storage in self._storages):
+        if not all(storage.nbytes() >= needed for storage, needed in self._storages):
             # (read, torch would crash the process: on_step turns the check off and says so)
             raise RuntimeError("a tensor the per-step check reads has had its memory freed (its storage "
-                               "resized to nothing, as FSDP does to a gathered parameter after forward)")
+                               "resized to nothing, as FSDP does to a gathered parameter after forward, "
+                               "or shrunk below the tensor)")
         self.norms = self._run(tensors)
 
     def _run(self, tensors: list[Any]) -> Any:
@@ -204,12 +209,26 @@ def dense(t: Any) -> bool:
 
 
 def freed(t: Any) -> bool:
-    """Whether a torch tensor has values but no memory holding them (its storage resized to nothing, as
-    FSDP does to a gathered parameter after forward): reading it would crash the process."""
+    """Whether a torch tensor has values its memory no longer holds (its storage resized to nothing, as
+    FSDP does to a gathered parameter after forward, or shrunk below its span): reading it would crash
+    the process, or read memory that is no longer its own."""
     try:
-        return not t.untyped_storage().nbytes() and t.numel() > 0
+        have = t.untyped_storage().nbytes()
     except (RuntimeError, NotImplementedError, TypeError):  # no storage of its own (sparse, a subclass)
         return False
+    return t.numel() > 0 and have < needed_bytes(t)
+
+
+def needed_bytes(t: Any) -> int:
+    """How many bytes of its storage a strided torch tensor (with values) reaches: up to its last one."""
+    reach = t.numel() if t.is_contiguous() else span_of(t.shape, t.stride())
+    return (t.storage_offset() + reach) * t.element_size()
+
+
+def span_of(shape: Sequence[int], strides: Sequence[int]) -> int:
+    """How many storage elements a tensor of this shape and strides reaches from its first one:
+    one more than the sum of (size - 1) * stride."""
+    return 1 + sum(map(operator.mul, shape, strides)) - sum(strides)
 
 
 def group_order(groups: list[list[int]] | None, device: Any) -> tuple[Any, Any]:

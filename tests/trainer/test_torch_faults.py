@@ -275,16 +275,18 @@ run = sys.argv[1]
 write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 30, "mode": "current"})
 p = torch.nn.Parameter(torch.randn(6, 7))
 q = torch.nn.Parameter(torch.full((7,), 2.0))
+r = torch.nn.Parameter(torch.randn(300, 40))
 view = torch.randn(8, 7)[2:]  # a view at an offset: its data_ptr() is not 0 once freed
 with Beholder(run, background=False) as beholder:
     for _ in range(3):  # the same tensors each frame: the memo and the per-step check keep them
         beholder.frame_due_now()
-        assert beholder.update(arrays={"p": p, "q": q})
+        assert beholder.update(arrays={"p": p, "q": q, "r": r})
     p.untyped_storage().resize_(0)  # freed in place, as FSDP frees a gathered parameter
+    r.untyped_storage().resize_(40)  # shrunk to its first ten values
     view.untyped_storage().resize_(0)
-    beholder.update(arrays={"p": p, "q": q})  # a step: the per-step check
+    beholder.update(arrays={"p": p, "q": q, "r": r})  # a step: the per-step check
     beholder.frame_due_now()
-    assert beholder.update(arrays={"p": p, "q": q})
+    assert beholder.update(arrays={"p": p, "q": q, "r": r})
     first = read_frame_file(run)
     beholder.frame_due_now()
     assert beholder.update(arrays={"view": view, "q": q})  # a new frame plan: the full path
@@ -297,11 +299,11 @@ print(float(first.section_values(1).max()), round(float(read_timeline(run)["q"][
 
 @pytest.mark.parametrize("batched", ["1", "0"])
 def test_a_tensor_whose_memory_was_freed_is_refused_without_crashing(run_dir, batched):
-    """Tensors whose storage was resized to nothing (FSDP frees a gathered parameter so after forward)
-    while Beholder keeps them (the memo, the per-step check) or when first passed: their sections say
+    """Tensors whose storage was resized to nothing (FSDP frees a gathered parameter so after forward),
+    or shrunk below the tensor, while Beholder keeps them (the memo, the per-step check) or when first passed: their sections say
     so, the others are shown, with their exact norms. Before, torch's norm read the freed memory and
     the process died of a segmentation fault (in a subprocess here for that reason)."""
     out = run_script(FREED, run_dir, batched)
     assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
-    assert out.stdout.splitlines() == ["[('p', True), ('q', False)]", "[('view', True), ('q', False)]",
-                                       "2.0 28.0"]
+    assert out.stdout.splitlines() == ["[('p', True), ('q', False), ('r', True)]",
+                                       "[('view', True), ('q', False)]", "2.0 28.0"]

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.plans import SectionPlan
-from beholder_plugin.trainer.exact_pass import dense
+from beholder_plugin.trainer.exact_pass import dense, span_of
 from beholder_plugin.trainer.sources import run_positions
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.render import FlatWindow
@@ -196,11 +196,6 @@ def storage_offsets(plan: SectionPlan, shape: Sequence[int], strides: Sequence[i
         for ix, stride in zip(np.unravel_index(flat, tuple(shape)), strides_a):
             sample += ix.astype(np.int64) * stride
     return np.concatenate([shown, sample])
-
-
-def span_of(shape: Sequence[int], strides: Sequence[int]) -> int:
-    """How many storage elements a tensor of this shape and strides reaches from its first one."""
-    return 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
 
 
 class IndexCache:

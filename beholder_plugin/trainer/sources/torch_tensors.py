@@ -40,7 +40,8 @@ def _unreadable(t: Any) -> str:
         return f"a tensor of {t.dtype} cannot be shown (its values have no conversion to numbers: " \
                "bit, sub-byte and packed types)"
     return "the tensor's memory has been freed (its storage resized to nothing, as FSDP does to a " \
-           "gathered parameter after its forward): pass it while its values are there"
+           "gathered parameter after its forward, or shrunk below the tensor): pass it while its values " \
+           "are there"
 
 
 def _host(t: Any) -> np.ndarray:
