@@ -461,8 +461,7 @@ class ExactPass:
                 if np.isfinite(norm):
                     exact.norm[i], exact.nonfinite[i] = norm, 0.0
                 else:
-                    exact.norm[i], exact.nonfinite[i] = _host_exact(t.numpy() if not t.is_complex()
-                                                                    else t.resolve_conj().numpy())
+                    exact.norm[i], exact.nonfinite[i] = _host_exact(t.resolve_conj().resolve_neg().numpy())
                 exact.exact[i] = True
 
     def _device_pass(self, torch: Any, exact: _Exact, devices: dict, step: int | None = None,

@@ -7,6 +7,7 @@ checks on CUDA when it is present.
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import set_config
 
-from beholder_plugin import Beholder
+from beholder_plugin import Beholder, read_timeline
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.trainer.sources import torch_batch
 
@@ -904,3 +905,25 @@ def test_the_device_indices_kept_stay_within_their_byte_budget(tmp_path, monkeyp
     assert_same_frames(host, batched)
     assert max(size for size, _ in kept) <= 20_000 and {dtype for _, dtype in kept} == {torch.int32}
     assert len(kept) == 2 * len(frames)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "device-path"])
+def test_negative_views_are_shown_with_their_sign(tmp_path, monkeypatch, batched):
+    """A negative view (``c.conj().imag``; torch keeps the sign as a bit, not in memory) is shown with its
+    sign on both paths. The host path read such a tensor's memory through DLPack, which drops the bit:
+    every value was shown negated."""
+    c = torch.complex(torch.arange(6.0).reshape(2, 3), torch.arange(1.0, 7.0).reshape(2, 3))
+    arrays = {"conj imag": c.conj().imag,
+              "neg float64": torch._neg_view(torch.arange(1.0, 5.0, dtype=torch.float64)),
+              "neg int64": torch._neg_view(torch.arange(1, 6)),
+              "neg with inf": torch._neg_view(torch.tensor([1.0, math.inf, 3.0]))}
+    assert all(t.is_neg() for t in arrays.values())
+    run = str(tmp_path / "run")
+    frame = frames_of(run, [arrays], batched, monkeypatch, mode="current")
+    for i, t in enumerate(arrays.values()):
+        want = t.resolve_neg().numpy().astype(np.float32).ravel()
+        assert want.max() < 0
+        np.testing.assert_array_equal(frame.section_values(i).ravel(), want)
+        assert frame.sections[i]["max"] == float(want.max())
+    # the exact pass takes the infinite one's norm again from its values (it failed on the view)
+    assert read_timeline(run)["neg with inf"]["norm"][-1] == math.inf

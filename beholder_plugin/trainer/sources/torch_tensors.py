@@ -53,7 +53,7 @@ def _host(t: Any) -> np.ndarray:
         t = (t.to(torch.complex64) if t.dtype is torch.complex32 else t).abs()
     if t.dtype.is_floating_point and t.dtype not in (torch.float32, torch.float64):
         t = t.float()
-    return t.cpu().numpy()
+    return t.cpu().resolve_neg().numpy()  # (a negative view's values: numpy() refuses the view itself)
 
 
 def host_view(t: Any) -> np.ndarray | None:
@@ -65,9 +65,11 @@ def host_view(t: Any) -> np.ndarray | None:
     """
     if t.device.type != "cpu" or t.dtype not in _viewable_dtypes() or torch_batch.BATCH_CPU_TENSORS:
         return None
+    if t.is_neg():  # (a negative view, such as c.conj().imag: DLPack hands over its memory unnegated)
+        return None
     try:
         return np.from_dlpack(t.detach())
-    except (BufferError, RuntimeError, TypeError, ValueError):  # conjugate or negative views and the like
+    except (BufferError, RuntimeError, TypeError, ValueError):  # views NumPy cannot take as they are
         return None
 
 
