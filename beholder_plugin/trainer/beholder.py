@@ -14,6 +14,7 @@ run_settings.py's readers, which report changes to ``_settings_changed``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -54,6 +55,16 @@ def _counted(name: str, doc: str) -> property:
     """A Beholder attribute that reads (and sets) the run status's count of that name."""
     return property(lambda self: getattr(self.status, name), lambda self, v: setattr(self.status, name, v),
                     doc=doc)
+
+
+def _normal_tensors() -> Any:
+    """Where the tensors Beholder keeps (buffers, the per-step check's state) are made: outside
+    torch.inference_mode() even when update() is called inside it, where they would be inference
+    tensors, which no later step nor the worker thread may write."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.is_inference_mode_enabled():
+        return contextlib.nullcontext()
+    return torch.inference_mode(False)
 
 
 class Beholder:
@@ -234,7 +245,8 @@ class Beholder:
             return False
         self.step += 1
         if self.timeline.hot:  # the per-step device check; anomalies handed to on_anomaly (may raise)
-            self.timeline.on_step(self.step)
+            with _normal_tensors():
+                self.timeline.on_step(self.step)
         now = self._clock()
         if (  # the common case, answered here: nothing due, no config to look at, no error to report
             now - self._last_frame_time < self._frame_interval
@@ -428,7 +440,8 @@ class Beholder:
             if watch is not None:
                 watch.remove()  # the frame is skipped: no hook waits for it
             return False
-        job = self.gatherer.gather(settings, inputs)
+        with _normal_tensors():
+            job = self.gatherer.gather(settings, inputs)
         if job.waiting is not None:  # nothing to hand over this time (a device gather compiling)
             return self.status.note_once("waiting", "Beholder: %s", job.waiting)
         if self.worker is None:

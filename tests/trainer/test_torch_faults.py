@@ -300,10 +300,53 @@ print(float(first.section_values(1).max()), round(float(read_timeline(run)["q"][
 @pytest.mark.parametrize("batched", ["1", "0"])
 def test_a_tensor_whose_memory_was_freed_is_refused_without_crashing(run_dir, batched):
     """Tensors whose storage was resized to nothing (FSDP frees a gathered parameter so after forward),
-    or shrunk below the tensor, while Beholder keeps them (the memo, the per-step check) or when first passed: their sections say
-    so, the others are shown, with their exact norms. Before, torch's norm read the freed memory and
-    the process died of a segmentation fault (in a subprocess here for that reason)."""
+    or shrunk below the tensor, while Beholder keeps them (the memo, the per-step check) or when first
+    passed: their sections say so, the others are shown, with their exact norms. Before, torch's norm
+    read the freed memory and the process died of a segmentation fault (in a subprocess here for that
+    reason); a shrunk tensor's frame showed what lay past its memory."""
     out = run_script(FREED, run_dir, batched)
     assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
     assert out.stdout.splitlines() == ["[('p', True), ('q', False), ('r', True)]",
                                        "[('view', True), ('q', False)]", "2.0 28.0"]
+
+
+@pytest.mark.parametrize("values", ["trainable_variables", "activations"])
+@pytest.mark.parametrize("path", ["host", "device", "graphs"])
+def test_frames_taken_inside_inference_mode_keep_training_frames_whole(run_dir, monkeypatch, values, path):
+    """update() called inside torch.inference_mode() (an evaluation loop), with the background worker:
+    the buffers and per-step check state Beholder makes then are normal tensors, so the worker and
+    the training steps after it can write them. Before, on the device path every frame failed on
+    the worker ("Inplace update to inference tensor outside InferenceMode"), the per-step check
+    turned off for the run, and the training frames after it were empty."""
+    from beholder_plugin.trainer.sources import torch_batch
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", path != "host")
+    monkeypatch.setattr(torch_batch, "CPU_GRAPHS", path == "graphs")
+    set_config(run_dir, values=values, mode="current", FPS=1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
+    x = torch.randn(2, 4)
+    with Beholder(run_dir) as beholder:
+        beholder.watch(model)
+        for phase in ("evaluation", "training"):
+            for _ in range(4):
+                if phase == "evaluation":
+                    with torch.inference_mode():
+                        model(x)
+                        beholder.frame_due_now()
+                        beholder.update()
+                else:
+                    step(model, x)
+                    beholder.frame_due_now()
+                    beholder.update()
+                beholder.flush()
+            if phase == "evaluation":
+                assert beholder.frames_written >= 2
+        assert beholder.failures == 0 and beholder.frames_written >= 4  # (activations: every other step)
+        if values == "trainable_variables" and path != "host":
+            assert beholder.timeline.per_step  # (the per-step check is still on)
+    frame = read_frame_file(run_dir)
+    assert all("missing" not in record for record in frame.sections)
+    want = model[0].weight if values == "trainable_variables" else model[0](x)
+    shown, want = np.sort(frame.section_values(0).ravel()), np.sort(want.detach().numpy().ravel())
+    np.testing.assert_array_equal(shown, want)
