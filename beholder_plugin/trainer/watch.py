@@ -462,7 +462,10 @@ class Watch:
         arrived, self._arrived, self._queued = self._arrived, {}, False
         if not arrived:  # (queued twice: hooks on two GPUs' autograd threads both saw none queued)
             return
-        self._arrived_norms = []  # (an earlier pass's, accumulating: partial sums)
+        # an earlier pass's norms of these gradients are partial sums (accumulating): dropped; those of
+        # other gradients (an ensemble's other members) stay
+        self._arrived_norms = [(names, norms) for names, norms in self._arrived_norms
+                               if arrived.keys().isdisjoint(names)]
         inverse = self._inverse_scale()
         if self._copy_to_buffer(arrived, inverse):
             return
@@ -540,13 +543,20 @@ class Watch:
                  if self.pattern is None or self.pattern.search(name)]
         if not grads or self.show_all:
             return False
+        buffer = self._gradient_buffer
+        names = {name for name, _, _ in grads}
+        if any(type(got) is BufferedGradient and name not in names and buffer.holds(got.tensor)
+               for name, got in self.captured.items()):
+            # an earlier backward pass of this step copied other gradients there (an ensemble's members,
+            # a GAN's two halves: alike shapes): this pass gets a buffer of its own, theirs stays theirs
+            buffer.clear()
         try:  # (at the end of the user's backward(): nothing may escape into it)
-            copies = self._gradient_buffer.copy([grad for _, grad, _ in grads], GRADIENT_BUFFER_BYTES,
+            copies = buffer.copy([grad for _, grad, _ in grads], GRADIENT_BUFFER_BYTES,
                                                 inverse and inverse.on(grads[0][1].device))
         except Exception:  # (out of memory for the buffer, say): each is sliced on its own instead
             if self.strict:
                 raise
-            self._gradient_buffer.clear()
+            buffer.clear()
             return False
         if copies is None:
             return False

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from support import set_config
 
 from beholder_plugin import Beholder, read_timeline
+from beholder_plugin.protocol import timeline as tl_format
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.trainer.sources import torch_batch
 
@@ -693,6 +694,44 @@ def test_hooked_gradients_are_copied_into_one_buffer_and_gathered_as_one_batch(t
     kept. Over the budget, each is sliced as before."""
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
     check_hooked_gradients_in_one_buffer(tmp_path, monkeypatch, mode, "cpu")
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "device-path"])
+def test_hooked_gradients_of_several_backward_passes_in_a_step_are_each_their_own(tmp_path, monkeypatch,
+                                                                                   batched):
+    """An ensemble of alike members, one backward pass each per step, .grad cleared after the step: each
+    member's section shows its own gradient and its exact norm. Before, each pass copied its gradients
+    into the one buffer the last pass had used (the same shapes), so every member was shown with the
+    last member's gradients; and each pass dropped the earlier passes' norms."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    run = str(tmp_path / "run")
+    set_config(run, values="gradients", FPS=1, mode="current")
+    torch.manual_seed(0)
+    ensemble = nn.ModuleList([nn.Linear(4, 2) for _ in range(3)])
+    opt = torch.optim.SGD(ensemble.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    with Beholder(run, strict=True) as beholder:
+        beholder.watch(ensemble)
+        for _ in range(4):  # (a due update() arms the hooks, the next takes the frame)
+            x, y = torch.randn(8, 4, generator=gen), torch.randn(8, 2, generator=gen)
+            for k, member in enumerate(ensemble):
+                ((member(x) - y * (k + 1)) ** 2).mean().backward()
+            truth = {name: p.grad.clone() for name, p in ensemble.named_parameters()}
+            opt.step()
+            opt.zero_grad(set_to_none=True)  # (gone before update(): the hooks caught them)
+            beholder.frame_due_now()
+            if beholder.update():
+                beholder.flush()
+                frame = read_frame_file(run)
+                for i, record in enumerate(frame.sections):
+                    want = truth[record["name"]].numpy()
+                    np.testing.assert_array_equal(np.sort(frame.section_values(i).ravel()),
+                                                  np.sort(want.ravel()), err_msg=record["name"])
+        assert beholder.frames_written == 2 and beholder.failures == 0
+    timeline = read_timeline(run)
+    for name, grad in truth.items():
+        np.testing.assert_allclose(timeline[name]["norm"][-1], float(grad.norm()), rtol=1e-6)
+    assert all(int(tl["flags"][-1]) & tl_format.EXACT_NORM for tl in timeline.values())  # (the hooks')
 
 
 @needs_cuda

@@ -163,8 +163,13 @@ class FlatCopies:
             self._flat.mul_(factor)
         return self._views
 
+    def holds(self, t: Any) -> bool:
+        """Whether a tensor is one of the copies in the buffer now (the next copy() may overwrite it)."""
+        flat = self._flat
+        return flat is not None and t.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+
     def clear(self) -> None:
-        """Let the buffer go."""
+        """Let the buffer go (the copies handed out keep their memory)."""
         self._key, self._flat, self._views = None, None, []
 
 
