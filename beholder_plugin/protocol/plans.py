@@ -3,13 +3,18 @@
 ``make_plan`` turns a shape, a layout and the frame's width into a
 ``SectionPlan``: the compact section's indices into the array, the sub-array
 a framework adapter gathers on its device, and the maps that expand the
-compact section to pixels. ``PlanCache`` keeps the plans a run needs.
+compact section to pixels. ``PlanCache`` keeps the plans a run needs, and
+``KeptPlans`` keeps whatever is made from plans within a count and a byte
+budget (a plan's index arrays can be a megabyte, and activations whose shapes
+change every step, such as text of varying lengths, make new ones each frame).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +60,12 @@ class SectionPlan:
     col_weight: np.ndarray
     kind: str = "index"  # which fast path take() uses: vector, matrix, blocks, flat, scalar
     parts: tuple = ()  # that path's 1-D index arrays
+
+    @functools.cached_property
+    def nbytes(self) -> int:
+        """The memory its arrays take."""
+        return arrays_bytes([self.index, self.axes, self.local, self.parts, self.row_map, self.col_map,
+                             self.row_weight, self.col_weight])
 
     @property
     def compact_shape(self) -> tuple[int, int]:
@@ -203,12 +214,74 @@ def make_plan(
     )
 
 
-class PlanCache:
-    """Plans by (shape, width, show_all, layout); a training run has few distinct shapes."""
+# The memory the plans one cache keeps may take at most (a frame of a 24-layer transformer's
+# activations, about 200 sections of 1 MB each, fits).
+PLANS_KEPT_BYTES = 256 * 2**20
 
-    def __init__(self, limit: int = 1024) -> None:
-        self._plans: dict[tuple, SectionPlan] = {}
-        self._limit = limit
+
+def arrays_bytes(values: Iterable[Any]) -> int:
+    """The memory the NumPy arrays among values take (in tuples and lists too), each counted once."""
+    seen: set[int] = set()
+    total = 0
+    todo = list(values)
+    while todo:
+        value = todo.pop()
+        if isinstance(value, np.ndarray):
+            base = value if value.base is None or not isinstance(value.base, np.ndarray) else value.base
+            if id(base) not in seen:
+                seen.add(id(base))
+                total += base.nbytes
+        elif isinstance(value, (tuple, list)):
+            todo.extend(value)
+    return total
+
+
+class KeptPlans:
+    """What was made from plans (a plan, a frame plan, a tuple holding one), by key: at most ``limit``
+    entries and ``max_bytes`` of their arrays, the oldest dropped first."""
+
+    def __init__(self, limit: int, max_bytes: int | None = None) -> None:
+        self.limit = limit
+        self.max_bytes = PLANS_KEPT_BYTES if max_bytes is None else max_bytes
+        self.bytes = 0
+        self._entries: dict[Any, Any] = {}
+        self._sizes: dict[Any, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Any) -> Any:
+        """The entry kept for key, or None."""
+        return self._entries.get(key)
+
+    def values(self) -> list[Any]:
+        """The entries kept, oldest first."""
+        return list(self._entries.values())
+
+    def put(self, key: Any, entry: Any, nbytes: int) -> list[Any]:
+        """Keep an entry whose arrays take nbytes; the entries dropped to make room for it."""
+        dropped = []
+        while self._entries and (len(self._entries) >= self.limit or self.bytes + nbytes > self.max_bytes):
+            oldest = next(iter(self._entries))
+            dropped.append(self._entries.pop(oldest))
+            self.bytes -= self._sizes.pop(oldest)
+        self._entries[key] = entry
+        self._sizes[key] = nbytes
+        self.bytes += nbytes
+        return dropped
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
+        self._sizes.clear()
+        self.bytes = 0
+
+
+class PlanCache:
+    """Plans by (shape, width, show_all, layout); a training run has few distinct shapes (KeptPlans)."""
+
+    def __init__(self, limit: int = 1024, max_bytes: int | None = None) -> None:
+        self._plans = KeptPlans(limit, max_bytes)
 
     def plan(
         self,
@@ -223,9 +296,8 @@ class PlanCache:
         key = (tuple(shape), width, show_all, layout, sizing)
         plan = self._plans.get(key)
         if plan is None:
-            if len(self._plans) >= self._limit:
-                self._plans.clear()
-            plan = self._plans[key] = make_plan(shape, width, show_all, label, layout, sizing)
+            plan = make_plan(shape, width, show_all, label, layout, sizing)
+            self._plans.put(key, plan, plan.nbytes)
         return plan
 
     def plans(

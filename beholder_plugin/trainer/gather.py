@@ -26,7 +26,7 @@ from beholder_plugin.protocol.layout import (
     layout_for,
     resolve_layout,
 )
-from beholder_plugin.protocol.plans import PlanCache
+from beholder_plugin.protocol.plans import KeptPlans, PlanCache, arrays_bytes
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.device_batches import BatchMemo, batch_key, make_gather
 from beholder_plugin.trainer.job import Job, JobKind
@@ -36,7 +36,8 @@ from beholder_plugin.trainer.sources.traced_batch import GatherCompiling
 from beholder_plugin.trainer.views import user_frame
 from beholder_plugin.trainer.views.render import FramePlan
 
-# At most this many frame plans (and section-filter matches) are kept; more start the cache afresh.
+# At most this many frame plans (and PLANS_KEPT_BYTES of them) are kept, the oldest dropped first; and
+# this many section-filter matches (more start that cache afresh).
 MAX_PLANS = 16
 # Device gathers kept per device, and host buffers kept, the least recently used dropped first: a device
 # gather holds its plan's buffers on the device and in pinned host memory (three of the frame's size),
@@ -92,7 +93,7 @@ class Gatherer:
         self._exact_pass = exact_pass
         self._watch: Any = None  # the watch of the update() being gathered (for the exact pass)
         self._plans = PlanCache()
-        self._frame_plans: dict[tuple, FramePlan] = {}
+        self._frame_plans = KeptPlans(MAX_PLANS)
         self._buffers: dict[int, tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]] = {}
         # (plan, device) -> the reused buffers of a device batch (sources.torch_batch, sources.jax_batch)
         self._device_gathers: dict[tuple, Any] = {}
@@ -164,10 +165,6 @@ class Gatherer:
         key = (tuple(labels), tuple(shapes), tuple(layouts), show_all, sizing)
         plan = self._frame_plans.get(key)
         if plan is None:
-            if len(self._frame_plans) >= MAX_PLANS:
-                self._frame_plans.clear()
-                self._buffers.clear()
-                self._device_gathers.clear()
             width = frame_width(shapes, show_all, layouts)
             plans, problems = [], {}
             for i, (label, shape, layout) in enumerate(zip(labels, shapes, layouts)):
@@ -176,9 +173,15 @@ class Gatherer:
                 except RenderError as exc:
                     plans.append(self._plans.plan((), width, show_all, label, MISSING))
                     problems[i] = section_reason(label, exc)
-            plan = self._frame_plans[key] = FramePlan(labels, plans)
+            plan = FramePlan(labels, plans)
             plan.problems = problems
             plan.key = key  # what made it (the same key makes the same plan: traced_batch's cache)
+            # (its own arrays and its sections' plans, which the plan cache may have dropped already)
+            nbytes = arrays_bytes(vars(plan).values()) + sum({id(p): p.nbytes for p in plans}.values())
+            for dropped in self._frame_plans.put(key, plan, nbytes):
+                self._buffers.pop(id(dropped), None)  # (a later plan may get its id)
+                for old in [k for k in self._device_gathers if k[0] == id(dropped)]:
+                    del self._device_gathers[old]
         return plan
 
     def _buffer(self, plan: FramePlan) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:

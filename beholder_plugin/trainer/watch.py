@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from beholder_plugin.protocol.filters import SectionFilter
+from beholder_plugin.protocol.plans import KeptPlans
 from beholder_plugin.trainer import compiled, exact_pass, sources
 from beholder_plugin.trainer.exact_pass import HOST_EXACT_VALUES
 from beholder_plugin.trainer.sources import torch_batch, torch_capture, torch_modules
@@ -140,7 +141,7 @@ class Watch:
         self.gradient_norms: list[tuple[list[str], Any]] | None = None
         self._gradient_credit = 0  # values of CPU gradients whose whole norms may be taken
         # (shape, layout, sizing) -> the checked layout, the plan, the statistics' runs and sample size
-        self._plans: dict[tuple, tuple] = {}
+        self._plans = KeptPlans(torch_capture.MAX_PLANS)
         self._variables: list[sources.Named] | None = None  # a torch module's, walked at self._variables_at
         self._variables_at = float("-inf")
         self._structure = -1  # torch_modules.structure_version() when they were walked

@@ -28,7 +28,7 @@ from beholder_plugin.protocol.layout import (
     locate,
     resolve_layout,
 )
-from beholder_plugin.protocol.plans import make_plan
+from beholder_plugin.protocol.plans import KeptPlans, arrays_bytes, make_plan
 from beholder_plugin.protocol.runfiles import read_frame_file
 
 
@@ -170,3 +170,21 @@ def test_every_fast_take_path_reads_what_the_plain_index_names(case, show_all, s
     np.testing.assert_array_equal(plan.take(x), expected)
     out = np.full(plan.compact_shape, np.nan, np.float32)
     np.testing.assert_array_equal(np.broadcast_to(plan.take(x, out=out), plan.compact_shape), expected)
+
+
+def test_kept_plans_stay_within_their_count_and_bytes_the_oldest_dropped_first():
+    """KeptPlans drops its oldest entries to keep at most ``limit`` of them and ``max_bytes`` of their
+    arrays; it says which it dropped. A plan's bytes count each of its arrays once."""
+    plan = make_plan((8, 40, 64), 768, False, layout="grid")  # (index arrays of the compact shape)
+    assert plan.nbytes == arrays_bytes([plan.index, plan.axes, plan.local, plan.parts, plan.row_map,
+                                        plan.col_map, plan.row_weight, plan.col_weight])
+    assert plan.nbytes > sum(a.nbytes for a in plan.index) > 100_000
+    kept = KeptPlans(limit=3, max_bytes=250)
+    assert kept.put("a", "A", 100) == [] and kept.put("b", "B", 100) == []
+    assert kept.put("c", "C", 100) == ["A"]  # (bytes: 300 > 250)
+    assert kept.put("d", "D", 10) == [] and len(kept) == 3 and kept.bytes == 210
+    assert kept.put("e", "E", 10) == ["B"]  # (count: 3)
+    assert kept.values() == ["C", "D", "E"] and kept.get("b") is None and kept.get("d") == "D"
+    assert kept.put("f", "F", 1000) == ["C", "D", "E"] and kept.values() == ["F"]  # (alone, even over)
+    view = np.arange(10, dtype=np.int64)
+    assert arrays_bytes([view, view[2:], (view[::2], [view.reshape(2, 5)])]) == 80

@@ -20,7 +20,7 @@ from support import set_config
 from beholder_plugin import Beholder, read_timeline
 from beholder_plugin.protocol import timeline as tl_format
 from beholder_plugin.protocol.runfiles import read_frame_file
-from beholder_plugin.trainer.sources import torch_batch
+from beholder_plugin.trainer.sources import torch_batch, torch_capture
 
 torch = pytest.importorskip("torch")
 from torch_ops import OpLog, storages_held_by  # noqa: E402
@@ -944,6 +944,58 @@ def test_the_device_indices_kept_stay_within_their_byte_budget(tmp_path, monkeyp
     assert_same_frames(host, batched)
     assert max(size for size, _ in kept) <= 20_000 and {dtype for _, dtype in kept} == {torch.int32}
     assert len(kept) == 2 * len(frames)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "device-path"])
+def test_plans_of_activations_whose_shapes_change_stay_within_their_budget(tmp_path, monkeypatch, batched):
+    """Activations of a new shape every frame (text of varying lengths; a 3-D output drawn as a grid has
+    a plan of about a megabyte): the hooks' plans, the frame's section plans and its frame plans are
+    each kept within PLANS_KEPT_BYTES, the oldest dropped, and nothing else keeps a dropped one alive.
+    Before, the caches were bounded by counts only (4096 and 1024 plans) and the device index cache
+    held every plan it had indexed: gigabytes, growing with every new length."""
+    import gc
+    import weakref
+
+    from beholder_plugin.protocol import plans as plans_module
+
+    monkeypatch.setattr(plans_module, "PLANS_KEPT_BYTES", 3 * 2**20)
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    monkeypatch.setattr(torch_batch, "INDEXES", torch_batch.IndexCache())
+    made, real = [], plans_module.make_plan
+
+    def recorded(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        made.append((weakref.ref(plan), plan.nbytes))
+        return plan
+
+    monkeypatch.setattr(torch_capture, "make_plan", recorded)
+    run = str(tmp_path / "run")
+    set_config(run, values="activations", FPS=1, mode="current")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 64), nn.ReLU())
+    gen = torch.Generator().manual_seed(0)
+    with Beholder(run, strict=True) as beholder:
+        beholder.watch(model)
+        watch = beholder._watch
+        for length in range(20, 60):
+            tokens = torch.randint(0, 50, (8, length), generator=gen)
+            model(tokens)
+            beholder.frame_due_now()
+            if beholder.update():
+                beholder.flush()
+                caches = (watch._plans, beholder.gatherer._plans._plans, beholder.gatherer._frame_plans)
+                assert max(cache.bytes for cache in caches) <= 3 * 2**20
+        assert beholder.frames_written == 20 and beholder.failures == 0
+        # (two shapes a length, three layers: 20 frames, each armed on the step before; many times the
+        # budget in all)
+        assert len(made) == 2 * 20 and sum(nbytes for _, nbytes in made) > 3 * 3 * 2**20
+        gc.collect()
+        alive = sum(nbytes for ref, nbytes in made if ref() is not None)
+        assert alive <= 3 * 2**20, alive
+    frame = read_frame_file(run)
+    assert frame.sections[1]["shape"] == [8, length, 64]
+    output = model[1](model[0](tokens)).detach().numpy()
+    assert frame.section_values(1).max() == output.max()
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["host", "device-path"])

@@ -39,6 +39,7 @@ import math
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -217,7 +218,7 @@ class IndexCache:
         how many storage elements the tensor spans (span_of)."""
         key = (device, shape, strides, id(plan), sample_n)
         found = self._found.get(key)
-        if found is not None and found[0] is plan:
+        if found is not None and found[0]() is plan:
             return found[1], found[2]
         span = span_of(shape, strides)
         offsets = storage_offsets(plan, shape, strides, runs, sample_n)
@@ -229,7 +230,9 @@ class IndexCache:
         index, host = upload(offsets, device)
         if device.type != "cpu":  # (MPS and XPU may read pageable memory after the call returns too)
             self._keep = self._keep[-64:] + [host]
-        self._found[key] = (plan, index, span)
+        # (the plan by weak reference: its own arrays can be a megabyte, and plans come and go with the
+        # shapes of activations; its cache keeps it while it is in use)
+        self._found[key] = (weakref.ref(plan), index, span)
         self._bytes += offsets.nbytes
         return index, span
 

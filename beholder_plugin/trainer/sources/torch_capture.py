@@ -19,18 +19,19 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.layout import FRAME_WIDTH, resolve_layout
-from beholder_plugin.protocol.plans import make_plan
+from beholder_plugin.protocol.plans import KeptPlans, make_plan
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.sources import torch_batch
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.stats import sample_runs, sample_size
 
-# At most this many (shape, layout, sizing) plans are kept in a cache; more start it afresh.
+# At most this many (shape, layout, sizing) plans are kept in a hook's cache (and PLANS_KEPT_BYTES of
+# them); the oldest go first.
 MAX_PLANS = 4096
 
 
 def copy_shown(name: str, tensor: Any, layout: str | None, show_all: bool, sizing: str,
-               plans: dict[tuple, tuple]) -> Captured:
+               plans: KeptPlans) -> Captured:
     """The shown slice of a tensor (or its private copy, with show_all), as a Captured; raises when the
     tensor cannot be read (the hook decides what becomes of the error)."""
     if tensor is None:
@@ -43,14 +44,13 @@ def copy_shown(name: str, tensor: Any, layout: str | None, show_all: bool, sizin
     key = (shape, layout, sizing, type(tensor))  # (the default layout depends on the shape and type only)
     found = plans.get(key)
     if found is None:  # once per shape and layout: the layout's checks and the plan
-        if len(plans) >= MAX_PLANS:
-            plans.clear()
         if layout is None:
             layout = sources.adapter("torch").default_layout(tensor, shape)
         layout = resolve_layout(layout, shape, name)
         plan = make_plan(shape, FRAME_WIDTH, False, name, layout, sizing)
         count = math.prod(shape)
-        found = plans[key] = (layout, plan, sample_runs(count), sample_size(count), plan.compact_shape)
+        found = (layout, plan, sample_runs(count), sample_size(count), plan.compact_shape)
+        plans.put(key, found, plan.nbytes)
     layout, plan, runs, sampled, compact_shape = found
     tensor = tensor.detach()
     if torch_batch.batch_device(tensor) is not None:  # on an accelerator: one launch, no wait
