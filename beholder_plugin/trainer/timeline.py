@@ -47,7 +47,8 @@ from beholder_plugin.trainer.timeline_writer import REMOTE_CHUNK_SECONDS, Timeli
 
 logger = logging.getLogger("beholder")
 
-# A norm above NORM_JUMP times the median of its section's last RECENT_NORMS frames is an anomaly.
+# A norm above NORM_JUMP times the median of its section's last RECENT_NORMS frames (per value: over the
+# square root of the section's count) is an anomaly.
 NORM_JUMP = 10.0
 RECENT_NORMS = 16
 _MIDDLE = (RECENT_NORMS // 2 - 1, RECENT_NORMS // 2)  # a full window's median: the mean of these two
@@ -244,7 +245,7 @@ class Timeline:
         with np.errstate(over="ignore"):  # (a finite norm past float32's range is stored as inf)
             records["norm"] = norm
         records["nonfinite"] = nonfinite
-        jumps, medians = self._norm_jumps(kept, norm)
+        jumps, medians = self._norm_jumps(kept, norm, count)
         found = []
         if job.loss_scaled:  # gradients under a loss scaler: a non-finite one is an overflow it skips
             is_nan = is_inf = np.zeros(len(rows), bool)
@@ -276,12 +277,21 @@ class Timeline:
         for name in self.keyframes.consider(ring, step):
             files.remove(join(self.keyframes.history_dir, name))
 
-    def _norm_jumps(self, kept: list[str], norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _norm_jumps(self, kept: list[str], norm: np.ndarray,
+                    count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Which norms newly jumped past norm_jump times their section's recent median, and the medians.
 
         Each section keeps its last RECENT_NORMS finite norms (a jumped norm
-        does not join them, so it does not become the new normal at once).
+        does not join them, so it does not become the new normal at once),
+        per value: divided by the square root of the section's count, since
+        a norm grows with the size of what it is taken over, and a section's
+        shape may change (activations of text of another length, a larger
+        batch) with no change in its values. The medians returned are at
+        each section's present count.
         """
+        with np.errstate(invalid="ignore"):
+            size = np.sqrt(np.fmax(count, 1.0))
+        norm = norm / size
         key = tuple(kept)
         slots = self._slot_cache.get(key)
         if slots is None:
@@ -318,7 +328,7 @@ class Timeline:
             targets = slots[add]
             self._ring[targets, self._seen[targets] % RECENT_NORMS] = norm[add]
             self._seen[targets] += 1
-        return jumps, medians
+        return jumps, medians * size
 
     def _anomaly(self, job: Any, name: str, kind: str, step_first: int | None, norm: float,
                  nonfinite: float, exact_count: bool, median: float | None = None) -> dict[str, Any]:

@@ -150,6 +150,27 @@ def test_norm_jump(run_dir):
     assert anomalies[0]["found"]["median"] == pytest.approx(8.0)
 
 
+def test_a_section_that_grows_is_no_norm_jump_and_its_values_still_are(run_dir):
+    """A section whose shape grows (activations of longer text, a larger batch) with values of the same
+    size: its norm grows with the square root of its count, which is no anomaly; norms are compared per
+    value, and the median reported is at the section's present size. Values ten times larger at the
+    new size still are. Before, a sequence length going from 2 to 400 reported a norm jump."""
+    set_config(run_dir, FPS=30, values="arrays")
+    with Beholder(run_dir, background=False, norm_jump=10.0) as beholder:
+        for step in range(1, 15):
+            length = 2 if step <= 6 else 400  # (the norm grows by sqrt(200), about 14)
+            scale = 20.0 if step == 12 else 1.0
+            beholder.frame_due_now()
+            beholder.update(arrays={"act": np.full((8, length, 4), scale, np.float32)})
+    anomalies = read_anomalies(run_dir)
+    assert [(a["kind"], a["section"], a["step"]) for a in anomalies] == [("norm_jump", "act", 12)]
+    found = anomalies[0]["found"]
+    assert found["norm"] == pytest.approx(20.0 * np.sqrt(8 * 400 * 4))
+    assert found["median"] == pytest.approx(np.sqrt(8 * 400 * 4))  # (the median's values, at this size)
+    norms = read_timeline(run_dir)["act"]["norm"]
+    assert norms[6] / norms[5] == pytest.approx(np.sqrt(200))
+
+
 def test_bad_on_anomaly_is_refused(run_dir):
     """on_anomaly must be None, "raise" or a function."""
     with pytest.raises(ValueError, match="on_anomaly"):
