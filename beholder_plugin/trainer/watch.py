@@ -179,6 +179,12 @@ class Watch:
                 f"{type(model).__name__}; for other arrays pass update(arrays=...)"
             )
 
+    def read_through(self, get_model: Callable[[], Any]) -> None:
+        """For a Keras model: call get_model() before each read of it (BeholderCallback passes its
+        Callback.model, which on JAX writes fit()'s state back into the model's variables)."""
+        if self.framework == "keras":
+            self._keras.sync = get_model
+
     # ------------------------------------------------------------ the training thread
 
     def variables(self) -> list[sources.Named]:

@@ -13,6 +13,7 @@ them as ``update(arrays=...)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from beholder_plugin.trainer import sources
@@ -38,21 +39,31 @@ class KerasWatch:
         self.model = model
         self.probe = probe
         self.layers = layers  # the layers whose activations are shown, by name (None: all)
+        # what brings the trainer's state into the model before it is read (None: nothing does):
+        # BeholderCallback's Callback.model, which on JAX writes fit()'s state back into the variables
+        # (jax_state_sync); in between, the JAX trainer leaves them empty
+        self.sync: Callable[[], Any] | None = None
         self._probe_built: Any = None
+
+    def _synced(self) -> Any:
+        """The model, its variables holding the trainer's present state."""
+        if self.sync is not None:
+            self.sync()
+        return self.model
 
     def variables(self) -> list[sources.Named]:
         """The model's trainable variables, named by path, with their layouts."""
-        return keras_variables(self.model)
+        return keras_variables(self._synced())
 
     def loss_scaled(self) -> bool:
         """Whether the model's optimizer is a built LossScaleOptimizer (it scales the gradients)."""
-        return _loss_scale_variables(self.model) is not None
+        return _loss_scale_variables(self._synced()) is not None
 
     def loss_scale(self, grads: list[Any]) -> Any:
         """The loss scale these gradients (the last step's, torch backend) were computed with, a 0-d
         float32 tensor on their device found without a host sync (torch_modules.loss_scale_used says
         how); None without a loss scaler."""
-        found = _loss_scale_variables(self.model)
+        found = _loss_scale_variables(self._synced())
         if found is None or not grads:
             return None
         return torch_modules.loss_scale_used(*found, grads)
@@ -63,6 +74,7 @@ class KerasWatch:
             return keras_gradients(self.variables())
         if self.probe is None:
             return [("activations", Captured((), None, error=NO_PROBE), None)]
+        self._synced()
         model, names = self._probe_model()
         outputs = model(self.probe, training=False)
         if isinstance(outputs, dict):

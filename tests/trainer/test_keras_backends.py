@@ -95,3 +95,58 @@ def test_the_callback_works_on_the_jax_and_torch_backends(tmp_path, backend, bat
     frames, failures, hits, wrong = second.split()
     assert frames == "1" and failures == "0"
     assert int(hits) > 50 and wrong == "0"  # every sampled pixel shows the trained weight it names
+
+
+VIEWS = """
+import sys
+import numpy as np
+import keras
+from beholder_plugin import BeholderCallback, write_config, DEFAULT_CONFIG
+from beholder_plugin.protocol.runfiles import read_frame_file
+
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="d1"),
+                          keras.layers.Dense(3, name="d2")])
+model.compile(optimizer="sgd", loss="mse")
+x = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+y = x[:, :3]
+for values, run in zip(("activations", "gradients"), sys.argv[1:]):
+    write_config(run, {**DEFAULT_CONFIG, "FPS": 30, "mode": "current", "values": values})
+
+    class Due(BeholderCallback):
+        def on_train_batch_begin(self, batch, logs=None):  # (the training thread, between steps)
+            super().on_train_batch_begin(batch, logs)
+            self.beholder.flush()
+            self.beholder.frame_due_now()
+
+    callback = Due(run, strict=True, probe=x[:2])
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    frame = read_frame_file(run)
+    records = [(s["name"], s.get("missing", "")[:40]) for s in frame.sections]
+    print(values, callback.beholder.frames_written, callback.beholder.failures, records)
+    if values == "activations":  # the last frame: the probe's layer outputs with the weights after fit
+        hidden = keras.ops.convert_to_numpy(model.get_layer("d1")(x[:2]))
+        print(np.allclose(np.sort(frame.section_values(0).ravel()), np.sort(hidden.ravel()), rtol=1e-5))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_callbacks_activations_and_gradients_views_work_during_fit(tmp_path, backend):
+    """Activations (of a probe) and gradients picked in the dashboard during fit(): on JAX the trainer
+    leaves the model's variables empty between syncs, so the watch reads the model through the
+    callback's Callback.model, which syncs them. Before, every frame failed on JAX ("'NoneType'
+    object is not callable") and strict=True raised it into fit()."""
+    pytest.importorskip(backend)
+    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND=backend)
+    runs = [str(tmp_path / "activations"), str(tmp_path / "gradients")]
+    out = subprocess.run([sys.executable, "-c", VIEWS, *runs], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    activations, close, gradients = out.stdout.strip().splitlines()[-3:]
+    assert activations.startswith("activations ") and " 0 [('d1', ''), ('d2', '')]" in activations
+    assert int(activations.split()[1]) >= 1 and close == "True"
+    assert gradients.startswith("gradients ") and int(gradients.split()[1]) >= 1
+    if backend == "jax":  # (its fit() computes the gradients inside its jitted step: the sections say so)
+        assert """ 0 [('sequential/d1/kernel', "Keras's fit() keeps gradients inside the")""" in gradients
+    else:  # (torch: read from the variables' .grad)
+        assert " 0 [('sequential/d1/kernel', ''), ('sequential/d1/bias', '')," in gradients

@@ -180,6 +180,9 @@ class BeholderCallback(keras.callbacks.Callback):
         watched = self.beholder.watched
         if self.model is not None and (watched is None or watched.model is not self.model):
             self.beholder.watch(self.model, probe=self._probe, activations=self._layers or True)
+            watched = self.beholder.watched
+        if watched is not None and watched.model is self.model:  # (on JAX, fit() empties the variables)
+            watched.read_through(lambda: self.model)
         with self._gate:
             self._gate.wait_for(lambda: not self._reading)
             self._training_thread = threading.get_ident()
