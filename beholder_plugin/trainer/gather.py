@@ -10,6 +10,7 @@ an accelerator in one go (device_batches.py, sources/*_batch.py).
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -371,7 +372,10 @@ class Gatherer:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if wait is not None and not wait(left):
                 return False
-        return True
+        # (and a compile of a gather dropped since: its thread would still be in XLA at exit)
+        traced = sys.modules.get("beholder_plugin.trainer.sources.traced_batch")
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return traced is None or traced.wait_in_flight(left)
 
     def _batch_failed(self, job: Job, sections: Any, views: list, sample_views: list,
                       exc: Exception) -> None:

@@ -565,3 +565,50 @@ def test_frames_after_a_plans_first_copy_nothing_to_the_device(tmp_path, traced,
         frame = read_frame_file(run)
         shown = frame.section_values(frame.sections.index(section(frame, "half")))
         np.testing.assert_array_equal(shown.reshape(7, 5), np.asarray(arrays["half"], np.float32))
+
+
+def test_shapes_that_change_every_frame_compile_one_gather_at_a_time(tmp_path, traced):
+    """Arrays whose shapes change at every frame (a sequence length): a frame that meets new shapes while
+    another gather compiles waits for it rather than starting a compile of its own, so at most one
+    compile thread runs; close() waits for it, also when its gather was dropped since. Before, each
+    frame started one (40 frames, 40 threads in XLA at once, update() slowed to tens of ms by them,
+    and the interpreter's exit aborted inside XLA while they ran)."""
+    import threading
+
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    weights = {f"w{i}": jnp.ones((16, 16)) for i in range(8)}
+    peak = 0
+    with Beholder(run, strict=True) as beholder:
+        for k in range(30):
+            beholder.frame_due_now()
+            beholder.update(arrays=dict(weights, act=jnp.ones((4 + k, 8))))
+            peak = max(peak, sum(t.name == "beholder-compile" for t in threading.enumerate()))
+    assert peak == 1 and 1 <= len(traced) < 30
+    assert not [t for t in threading.enumerate() if t.name == "beholder-compile"]
+    assert beholder.failures == 0
+
+
+def test_a_gather_whose_compile_cannot_start_frees_its_device_for_the_next(tmp_path, traced, monkeypatch):
+    """A compile that fails before its thread starts (taking the arrays' shapes failed) marks its gather
+    failed, and the next shapes' compile can start. Before, that gather was left compiling forever."""
+    real, calls = jax_batch.JaxGather.abstract, []
+
+    def refuse_once(self, arrays):
+        calls.append(len(arrays))
+        if len(calls) == 1:
+            raise RuntimeError("no shapes today")
+        return real(self, arrays)
+
+    monkeypatch.setattr(jax_batch.JaxGather, "abstract", refuse_once)
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    with Beholder(run) as beholder:
+        beholder.frame_due_now()
+        beholder.update(arrays={"a": jnp.ones((3, 4))})
+        assert beholder.failures == 0  # (the frame's section says why)
+        assert beholder.gatherer.wait_compiled(5)  # (nothing is left compiling)
+        assert update_compiled(beholder, arrays={"b": jnp.full((5, 2), 2.0)})
+        beholder.flush()
+    frame = read_frame_file(run)
+    assert len(calls) == 2 and frame.sections[0]["name"] == "b" and frame.section_values(0).max() == 2.0

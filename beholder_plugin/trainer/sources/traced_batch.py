@@ -26,6 +26,8 @@ Example::
 
 from __future__ import annotations
 
+import atexit
+import functools
 import sys
 import threading
 import time
@@ -72,6 +74,30 @@ COMPILED_KEPT = 16
 # A gather whose compile failed is compiled again after this many seconds, twice as many after each
 # failure: a failure may pass (the device's memory was full at that moment).
 RETRY_FAILED_S = 60.0
+
+
+# The compile running on each device, for the process: one at a time per device, so that frames whose
+# shapes change at every step start one compile, not a thread each, all compiling at once.
+_IN_FLIGHT: dict[Any, Compiling] = {}
+_EXIT_WAIT_S = 60.0  # how long the interpreter's exit waits for a compile in flight (in XLA: an abort)
+
+
+def wait_in_flight(timeout: float | None = None) -> bool:
+    """Wait until no traced gather of the process is compiling (True), or timeout seconds (False)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with _COMPILED_LOCK:
+        entries = list(_IN_FLIGHT.values())
+    for entry in entries:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not entry.done.wait(left):
+            return False
+    return True
+
+
+@functools.cache
+def _wait_at_exit() -> None:
+    """Have the interpreter's exit wait for a compile in flight (registered once, at the first)."""
+    atexit.register(wait_in_flight, _EXIT_WAIT_S)
 
 
 def forget_compiled() -> None:
@@ -159,21 +185,31 @@ class TracedGather:
         return True
 
     def _compile(self, key: tuple, sections: list[int], arrays: list[Any], failures: int = 0) -> Compiling:
-        """Start tracing and compiling the gather of these shapes on a background thread (one at a time;
-        ``failures``: how many compiles of them failed before)."""
-        if any(not entry.done.is_set() for entry in self._functions.values()):
-            raise GatherCompiling("another device gather is compiling in the background")
-        if len(self._functions) >= 8:
-            self._functions.clear()
-        entry = self._functions[key] = Compiling(len(arrays), failures=failures)
+        """Start tracing and compiling the gather of these shapes on a background thread (one at a time on
+        each device, for the process; ``failures``: how many compiles of them failed before)."""
+        entry = Compiling(len(arrays), failures=failures)
         what = None if self.plan.key is None else (type(self), self.device, key, self.plan.key)
         with _COMPILED_LOCK:
             kept = _COMPILED.get(what)
+            running = _IN_FLIGHT.get(self.device)
+            if kept is None and running is not None and not running.done.is_set():
+                raise GatherCompiling("another device gather is compiling in the background")
+            if kept is None:
+                _IN_FLIGHT[self.device] = entry
+        if len(self._functions) >= 8:
+            self._functions.clear()
+        self._functions[key] = entry
         if kept is not None:  # compiled for an earlier Beholder: ready now
             entry.function, entry.positions = kept
             entry.done.set()
             return entry
-        abstract = self.abstract(arrays)  # on this thread: the arrays may be donated after this step
+        _wait_at_exit()
+        try:
+            abstract = self.abstract(arrays)  # on this thread: the arrays may be donated after this step
+        except Exception as exc:  # (the compile slot is free again; the frames say why until a retry)
+            entry.error, entry.failed_at, entry.failures = exc, time.monotonic(), failures + 1
+            entry.done.set()
+            return entry
         shapes = [shape for shape, _dtype, _type in key[1]]
 
         def work() -> None:
@@ -194,7 +230,11 @@ class TracedGather:
             finally:
                 entry.done.set()
 
-        threading.Thread(target=work, name="beholder-compile", daemon=True).start()
+        try:
+            threading.Thread(target=work, name="beholder-compile", daemon=True).start()
+        except RuntimeError as exc:  # (no thread to be had)
+            entry.error, entry.failed_at, entry.failures = exc, time.monotonic(), failures + 1
+            entry.done.set()
         return entry
 
     def _positions(self, i: int, shape: tuple[int, ...]) -> np.ndarray:
