@@ -255,3 +255,24 @@ def test_gradient_step_with_a_loss_scale_optimizer_returns_unscaled_gradients(in
         for name, grad in got.items():
             np.testing.assert_allclose(grad.numpy(), want[name].numpy(), rtol=1e-4, atol=1e-7, err_msg=name)
     assert float(optimizer.dynamic_scale.numpy()) == 2.0**16  # (it doubled along the way)
+
+
+def test_gradient_step_unscales_float16_gradients_at_a_loss_scale_float16_cannot_hold():
+    """A float16 model under a LossScaleOptimizer whose scale is 2**16 (Keras's dynamic scale doubles to
+    it after 2000 finite steps from its 2**15): the scale is infinite in float16, so the gradients are
+    divided in float32. Before, every gradient gradient_step returned was zero."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d", dtype="float16")])
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.01), initial_scale=2.0**16)
+    x = np.full((8, 4), 0.05, "float16")
+    for _ in range(2):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.cast(model(x), tf.float32) ** 2)
+        want = tape.gradient(loss, model.trainable_variables)
+        with tf.GradientTape() as tape:
+            scaled = optimizer.scale_loss(tf.reduce_mean(tf.cast(model(x), tf.float32) ** 2))
+        got = gradient_step(tape, scaled, model, optimizer)
+        assert float(optimizer.dynamic_scale.numpy()) == 2.0**16
+        for grad, true in zip(got.values(), want):
+            assert grad.dtype == np.float16 and np.abs(true.numpy()).max() > 1e-3
+            np.testing.assert_allclose(grad.numpy(), true.numpy(), rtol=1e-2, atol=1e-6)

@@ -100,14 +100,21 @@ def _loss_scale(optimizer: Any) -> Any:
 
 
 def _divided(gradient: Any, scale: Any) -> Any:
-    """A gradient (a tensor, or IndexedSlices of an embedding) divided by a loss scale, in its dtype."""
+    """A gradient (a tensor, or IndexedSlices of an embedding) divided by a loss scale, returned in its
+    dtype: a float16 or bfloat16 one divided in float32 (a scale of 2**16, which Keras's dynamic scale
+    reaches after 2000 finite steps from its 2**15, is infinite in float16)."""
     tf = sys.modules["tensorflow"]
     if gradient is None:
         return None
+
+    def divide(values: Any) -> Any:
+        if values.dtype in (tf.float16, tf.bfloat16):
+            return tf.cast(tf.cast(values, tf.float32) / tf.cast(scale, tf.float32), values.dtype)
+        return values / tf.cast(scale, values.dtype)
+
     if isinstance(gradient, tf.IndexedSlices):
-        return tf.IndexedSlices(gradient.values / tf.cast(scale, gradient.values.dtype), gradient.indices,
-                                gradient.dense_shape)
-    return gradient / tf.cast(scale, gradient.dtype)
+        return tf.IndexedSlices(divide(gradient.values), gradient.indices, gradient.dense_shape)
+    return divide(gradient)
 
 
 def gradient_helper(optimizer: Any, loss: Any, var_list: list | None = None) -> tuple[Any, dict[str, Any]]:
