@@ -45,6 +45,10 @@ MAX_PLANS = 16
 # the host two (values and samples), and activations whose shapes change from frame to frame (text of
 # varying lengths) would keep them for each of MAX_PLANS plans.
 DEVICE_GATHERS_KEPT = 4
+# What a frame with no sections at all says: arrays passed, or a model's (or variables') trainable ones.
+EMPTY_ARRAYS = "there are no arrays to show (an empty list or dict was passed)"
+EMPTY_VARIABLES = ("the model has no trainable variables (yet: a Keras model gets them when it is built, "
+                   "by its first call or an Input in it; frames start once it has them)")
 
 
 @functools.lru_cache(maxsize=64)
@@ -140,11 +144,11 @@ class Gatherer:
         elif inputs.session is not None:
             self._gather_session(job, inputs.session)
         elif inputs.variables is not None:
-            self._gather_named(job, sources.named_variables(inputs.variables))
+            self._gather_named(job, sources.named_variables(inputs.variables), EMPTY_VARIABLES)
         elif watch is not None and watch.needs_capture(shown):  # sharded: copied inside forward
-            self._gather_named(job, watch.take(shown, section_filter(settings.filter)))
+            self._gather_named(job, watch.take(shown, section_filter(settings.filter)), EMPTY_VARIABLES)
         elif watch is not None:
-            self._gather_named(job, watch.variables())
+            self._gather_named(job, watch.variables(), EMPTY_VARIABLES)
         if job.kind is JobKind.PLACEHOLDER:  # say what update() was given instead, so the dashboard offers it
             job.offered = inputs.offered()
         return job
@@ -200,15 +204,16 @@ class Gatherer:
         self._buffers[id(plan)] = found
         return found
 
-    def _gather_named(self, job: Job, named: list[sources.Named]) -> None:
+    def _gather_named(self, job: Job, named: list[sources.Named], empty: str = EMPTY_ARRAYS) -> None:
         """Copy the shown values of (name, array, layout) sections into the flat buffer.
 
         A section whose array cannot be read (None, empty, not an array, a
         failed gather) becomes an empty section whose record says why; the
         others still render. With ``strict`` anything but None raises.
+        ``empty``: what the error says when there are no sections at all.
         """
         if not named:
-            raise RenderError("there are no arrays to show (an empty list or dict was passed)")
+            raise RenderError(empty)
         settings = job.settings
         pattern = section_filter(settings.filter)
         if pattern is not None:

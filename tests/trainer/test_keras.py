@@ -419,3 +419,22 @@ def test_on_the_torch_backend_gradients_a_loss_scaler_scaled_are_shown_unscaled(
     for case in ("counted", "grown", "unscaled"):
         assert lines[case] == f"{case} pixels True norms True largest True"
     assert lines["overflowed"] == "overflowed non-finite True anomalies 0"
+
+
+def test_a_model_not_built_yet_says_so_then_its_frames_come(run_dir):
+    """A Keras model with no Input, not called yet, has no variables: the frame says the model is not
+    built yet (it said "an empty list or dict was passed", which the user never did), and once the
+    model has been called the frames show its variables."""
+    configure(run_dir, values="trainable_variables")
+    model = keras.Sequential([keras.layers.Dense(3, name="d")])
+    with Beholder(run_dir, variables=model) as beholder:
+        beholder.frame_due_now()
+        assert not beholder.update()
+        assert "no trainable variables (yet: a Keras model gets them when it is built" in str(
+            beholder.last_error)
+        model(np.ones((2, 4), "float32"))
+        beholder.frame_due_now()
+        assert beholder.update()
+        beholder.flush()
+    names = [s["name"] for s in read_frame_file(run_dir).sections]
+    assert names == [v.path for v in model.trainable_variables]
