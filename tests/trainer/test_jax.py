@@ -81,6 +81,17 @@ def test_the_float0_gradient_of_an_integer_leaf_says_what_it_is(run_dir):
     assert not by_name["w"].get("missing")
 
 
+def test_a_shape_dtype_struct_says_it_holds_no_values(run_dir):
+    """jax.eval_shape's output (a ShapeDtypeStruct) passed for an array: its section says what it is and
+    what to pass; before, it said "IndexError: too many indices for array"."""
+    shapes = jax.eval_shape(lambda x: {"y": x * 2}, jnp.ones((3, 4)))
+    frame = _show(run_dir, strict=False, arrays={"y": shapes["y"], "w": jnp.full(3, 2.0)})
+    by_name = {s["name"]: s for s in frame.sections}
+    said = "a jax.ShapeDtypeStruct (float32[3, 4]) holds a shape and a dtype, no values"
+    assert said in by_name["y"]["missing"]
+    assert "missing" not in by_name["w"] and frame.section_values(1).max() == 2.0
+
+
 def test_update_inside_jit_shows_why_the_tracers_have_no_values(run_dir):
     set_config(run_dir, values="arrays", mode="current", FPS=30)
     beholder = Beholder(run_dir, background=False)

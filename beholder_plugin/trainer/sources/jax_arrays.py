@@ -22,6 +22,11 @@ def prepare(obj: Any, label: str) -> Any:
             "vmap, where Python runs only while tracing): call update() outside, on the arrays the "
             "function returns"
         )
+    if isinstance(obj, jax.ShapeDtypeStruct):
+        raise RenderError(
+            f"section {label}: a jax.ShapeDtypeStruct ({obj.dtype}{list(obj.shape)}) holds a shape and a "
+            "dtype, no values (what jax.eval_shape returns): pass the arrays themselves"
+        )
     return obj
 
 
