@@ -36,6 +36,8 @@ def copy_shown(name: str, tensor: Any, layout: str | None, show_all: bool, sizin
     tensor cannot be read (the hook decides what becomes of the error)."""
     if tensor is None:
         return Captured((), None, error="no gradient (None)")
+    if type(tensor).__name__ == "DTensor":  # (FSDP2's sharded gradient: this rank's shard, as prepare()
+        tensor = tensor.to_local()  # shows a DTensor; the whole would be a collective)
     shape = tuple(tensor.shape)
     if show_all:  # the frame's width depends on every section: keep a copy to slice later
         if layout is None:

@@ -65,12 +65,22 @@ def host_view(t: Any) -> np.ndarray | None:
     """
     if t.device.type != "cpu" or t.dtype not in _viewable_dtypes() or torch_batch.BATCH_CPU_TENSORS:
         return None
+    if type(t) not in _plain_types():  # (a subclass, a DTensor say, hands DLPack memory not its own)
+        return None
     if t.is_neg():  # (a negative view, such as c.conj().imag: DLPack hands over its memory unnegated)
         return None
     try:
         return np.from_dlpack(t.detach())
     except (BufferError, RuntimeError, TypeError, ValueError):  # views NumPy cannot take as they are
         return None
+
+
+@functools.cache
+def _plain_types() -> tuple:
+    """torch's own tensor types, whose memory DLPack hands over as it is (made on first use)."""
+    import torch
+
+    return (torch.Tensor, torch.nn.Parameter)
 
 
 @functools.cache
