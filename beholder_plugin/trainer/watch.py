@@ -132,7 +132,7 @@ class Watch:
         self.captured: dict[str, Captured] = {}
         self._handles: list[Any] = []
         self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
-        self._queued = False
+        self._queued: int | None = None  # the backward pass (its id) whose end copies what arrived
         # the whole norms of the gradients the hooks caught, taken when the last backward pass ended
         # (before the loop could clip them; accumulating, its gradients are the step's): (names, float32
         # vector) per device; gradient_norms: those of the gradients the last take() handed out, for the
@@ -367,6 +367,7 @@ class Watch:
         self._handles = []
         self.captured = {}
         self._arrived = {}
+        self._queued = None  # (a pass that raised never reached its end)
         self._arrived_norms = []
         self.armed = None
         if self.framework == "torch":
@@ -452,10 +453,13 @@ class Watch:
             if queue is None:  # no autograd callbacks: take the gradient as it is now
                 self._capture_gradient(name, param.grad, layout, self._inverse_scale())
                 return
-            self._arrived[name] = (param, layout)
-            if not self._queued:
-                self._queued = True
+            task = torch_modules.backward_pass_id()
+            if self._queued is None or self._queued != task:  # (the first hook of this backward pass)
+                if self._queued is not None:  # a pass that failed before its end: what arrived is stale
+                    self._arrived = {}
+                self._queued = task
                 queue(lambda: queue(self._after_backward))  # twice: after DDP's own end-of-backward work
+            self._arrived[name] = (param, layout)
 
         return hook
 
@@ -466,7 +470,7 @@ class Watch:
         end of the backward pass, after the per-parameter hooks ran; reading
         them here shows what the optimizer will use.
         """
-        arrived, self._arrived, self._queued = self._arrived, {}, False
+        arrived, self._arrived, self._queued = self._arrived, {}, None
         if not arrived:  # (queued twice: hooks on two GPUs' autograd threads both saw none queued)
             return
         # an earlier pass's norms of these gradients are partial sums (accumulating): dropped; those of

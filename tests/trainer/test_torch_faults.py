@@ -350,3 +350,54 @@ def test_frames_taken_inside_inference_mode_keep_training_frames_whole(run_dir, 
     want = model[0].weight if values == "trainable_variables" else model[0](x)
     shown, want = np.sort(frame.section_values(0).ravel()), np.sort(want.detach().numpy().ravel())
     np.testing.assert_array_equal(shown, want)
+
+
+class _FailingBackward(torch.autograd.Function):
+    """Identity whose backward raises while ``fail`` is set (an out-of-memory batch, a collective error)."""
+
+    fail = False
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if _FailingBackward.fail:
+            raise RuntimeError("out of memory (simulated)")
+        return grad
+
+
+def test_a_backward_pass_that_raises_leaves_the_gradient_hooks_working(run_dir):
+    """Hooked gradients (cleared after each step): a backward pass that raises after some hooks ran (the
+    loop catches it and retries the batch) never reaches its end; the retry's gradients are caught, and
+    so are every later step's. Before, the first pass's unfinished end left the hooks waiting for it
+    for the rest of the run: every gradient frame said "no gradient this step"."""
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model)
+        for step in range(8):
+            x = torch.randn(4, 6, generator=gen)
+            _FailingBackward.fail = step in (3, 5)
+            try:
+                model(_FailingBackward.apply(x.requires_grad_())).sum().backward()
+            except RuntimeError:  # (2.weight's hook ran before the failure)
+                _FailingBackward.fail = False
+                opt.zero_grad(set_to_none=True)
+                model(_FailingBackward.apply(x)).sum().backward()  # the batch again
+            truth = {name: p.grad.clone() for name, p in model.named_parameters()}
+            opt.step()
+            opt.zero_grad(set_to_none=True)  # (gone before update(): the hooks catch them)
+            beholder.frame_due_now()
+            if beholder.update():
+                beholder.flush()
+                frame = read_frame_file(run_dir)
+                for i, record in enumerate(frame.sections):
+                    assert "missing" not in record, (step, record)
+                    np.testing.assert_array_equal(np.sort(frame.section_values(i).ravel()),
+                                                  np.sort(truth[record["name"]].numpy().ravel()))
+        assert beholder.frames_written == 4 and beholder.failures == 0

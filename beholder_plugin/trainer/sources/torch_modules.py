@@ -115,6 +115,15 @@ def end_of_backward_queue() -> Callable | None:
     return getattr(engine, "queue_callback", None)
 
 
+def backward_pass_id() -> int:
+    """Which backward pass autograd is running (a hook calls this): its graph task's id, or 0 where torch
+    does not say (then a pass that raised before its end is not told from the next)."""
+    import torch
+
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return 0 if current is None else current()
+
+
 def first_tensor(output: Any) -> Any:
     """The tensor a module returned, or the first tensor of a tuple or list it returned (else None)."""
     import torch
