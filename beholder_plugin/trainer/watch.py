@@ -133,6 +133,7 @@ class Watch:
         self._handles: list[Any] = []
         self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
         self._queued: int | None = None  # the backward pass (its id) whose end copies what arrived
+        self._hooked_grads: dict[str, tuple[Any, str | None]] = {}  # the parameters the hooks watch
         # the whole norms of the gradients the hooks caught, taken when the last backward pass ended
         # (before the loop could clip them; accumulating, its gradients are the step's): (names, float32
         # vector) per device; gradient_norms: those of the gradients the last take() handed out, for the
@@ -394,6 +395,7 @@ class Watch:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._hooked_grads = {}
         activations, gradients = self._hook_choice
         if shown == "gradients" and gradients:
             # the list take() reads too; walked again when a module got a layer or parameter (a frozen or
@@ -402,6 +404,7 @@ class Watch:
                 if param.requires_grad and hasattr(param, "register_post_accumulate_grad_hook"):
                     hook = self._grad_hook(name, layout)
                     self._handles.append(param.register_post_accumulate_grad_hook(hook))
+                    self._hooked_grads[name] = (param, layout)
         if shown == "trainable_variables":
             for path, module in self.model.named_modules():
                 if any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -473,6 +476,11 @@ class Watch:
         arrived, self._arrived, self._queued = self._arrived, {}, None
         if not arrived:  # (queued twice: hooks on two GPUs' autograd threads both saw none queued)
             return
+        for name, (param, layout) in self._hooked_grads.items():
+            # DDP (find_unused_parameters) writes the averaged gradient of a parameter this rank did not
+            # use, and no hook runs for it: it was cleared before this step, so a gradient is this step's
+            if name not in arrived and param.grad is not None:
+                arrived[name] = (param, layout)
         # an earlier pass's norms of these gradients are partial sums (accumulating): dropped; those of
         # other gradients (an ensemble's other members) stay
         self._arrived_norms = [(names, norms) for names, norms in self._arrived_norms

@@ -346,3 +346,60 @@ def test_fsdp2_gradients_under_watch_are_each_ranks_own_shard(tmp_path, batched,
     found = sorted(re.findall(r"<rank (\d) (\d+) (\d+) (\d+) (True|False)>", stdout))
     # (sharded gradients are always caught by the hooks: a due update() arms, the next takes the frame)
     assert found == [("0", "2", "0", "4", "True"), ("1", "2", "0", "4", "True")], stdout[-2000:]
+
+
+DDP_UNUSED_HERE = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["BEHOLDER_BATCH_CPU_TENSORS"] = sys.argv[2]
+    import numpy as np
+    import torch, torch.distributed as dist
+    from torch import nn
+    from beholder_plugin import Beholder, DEFAULT_CONFIG, write_config
+    from beholder_plugin.protocol.runfiles import read_frame_file
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.extra = nn.Linear(6, 3), nn.Linear(3, 2)
+
+        def forward(self, x):  # "extra" is used on rank 1 only
+            y = self.body(x)
+            return y + self.extra(y).sum() if rank == 1 else y
+
+    model = nn.parallel.DistributedDataParallel(Net(), find_unused_parameters=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    b = Beholder(sys.argv[1], ranks="all", strict=True, background=False)
+    write_config(b.logdir, {**DEFAULT_CONFIG, "values": "gradients", "mode": "current", "FPS": 30})
+    b.watch(model)
+    gen = torch.Generator().manual_seed(rank)
+    same = []
+    for step in range(4):
+        model(torch.randn(4, 6, generator=gen)).pow(2).mean().backward()
+        truth = {name: p.grad.clone().numpy() for name, p in model.named_parameters()}
+        opt.step()
+        opt.zero_grad(set_to_none=True)  # (gone before update(): the hooks catch the next backward's)
+        b.frame_due_now()
+        if b.update():
+            frame = read_frame_file(b.logdir)
+            same += [r["name"] for i, r in enumerate(frame.sections) if "missing" not in r and np.array_equal(
+                np.sort(frame.section_values(i).ravel()), np.sort(truth[r["name"]].ravel()))]
+    print(f"<rank {rank} {b.frames_written} {sorted(set(same))} {len(same)}>", flush=True)
+    dist.barrier()
+    os._exit(0)
+    """
+)
+
+
+@pytest.mark.parametrize("batched", ["0", "1"], ids=["host", "device-path"])
+def test_ddp_gradients_of_parameters_unused_on_one_rank_are_shown_averaged_there_too(tmp_path, batched):
+    """DDP(find_unused_parameters=True) with a layer only rank 1 uses: rank 0 gets its averaged gradient
+    from DDP, with no hook run for it; the hooks' frames show it on both ranks, as .grad holds it.
+    Before, rank 0 said "no gradient this step" for it while its optimizer stepped with it."""
+    stdout = _two_ranks(tmp_path, DDP_UNUSED_HERE, str(tmp_path / "logs"), batched)
+    found = sorted(re.findall(r"<rank (\d) (\d+) (\[.*?\]) (\d+)>", stdout))
+    names = "['module.body.bias', 'module.body.weight', 'module.extra.bias', 'module.extra.weight']"
+    assert found == [("0", "2", names, "8"), ("1", "2", names, "8")], stdout[-2000:]
