@@ -278,7 +278,24 @@ def whole_norms(tensors: list[Any], one_group: bool = False) -> Any:
     """The L2 norms of torch tensors of one device (each readable(), none requiring grad: gradients) as
     one float32 vector there: one fused pass per norm group, no host sync (``one_group``: the caller
     knows them dense and of one dtype)."""
-    return _norms(sys.modules["torch"], tensors, None if one_group else norm_groups(tensors))
+    torch = sys.modules["torch"]
+    norms = _norms(torch, tensors, None if one_group else norm_groups(tensors))
+    if norms.device.type == "cpu" and not _batch_cpu():
+        norms = host_norms_again(torch, tensors, norms)
+    return norms
+
+
+def host_norms_again(torch: Any, tensors: list[Any], norms: Any) -> Any:
+    """CPU tensors' float32 norms, those that came out infinite taken again in float64 (a float64 vector
+    then): finite values past about 1e19 have squares past float32's range. On the host, so the look
+    costs no wait."""
+    found = norms.numpy()
+    if np.isfinite(found).all():
+        return norms
+    again = norms.double()
+    for i in np.flatnonzero(np.isposinf(found)).tolist():
+        again[i] = torch.linalg.vector_norm(tensors[i], dtype=torch.float64)
+    return again
 
 
 def readable(obj: Any) -> bool:

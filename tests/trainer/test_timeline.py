@@ -1022,6 +1022,41 @@ def test_extreme_finite_values_write_their_frames_and_records_without_numpy_warn
     assert read_anomalies(run_dir) == []
 
 
+@pytest.mark.parametrize("values, batched", [("activations", False), ("gradients", False),
+                                             ("gradients", True)])
+def test_hooked_values_whose_squares_overflow_float32_are_no_infinite_value(run_dir, monkeypatch, batched,
+                                                                            values):
+    """Layer outputs and hooked gradients (cleared after the step) past 1e19, finite: the norms the hooks
+    take are finite and exact (the host path takes an infinite float32 one again in float64; the device
+    path sums a gradient buffer's in float64), so no "infinite value" is reported. Before, on the host
+    path both were summed in float32 only: a first anomaly "an infinite value" with no infinite value.
+    (Layer outputs on an accelerator still sum in float32: docs/integration.md says why.)"""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    set_config(run_dir, FPS=30, values=values, mode="current")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(1e21)
+    x = torch.randn(4, 6)
+    with Beholder(run_dir, background=False, strict=True) as beholder:
+        beholder.watch(model)
+        for _ in range(4):
+            out = model(x)
+            out.sum().backward()
+            truth = {"0": model[0](x), "1": out, "1.weight": model[1].weight.grad}
+            model.zero_grad(set_to_none=True)  # (gone before update(): the hooks catch the gradients)
+            beholder.frame_due_now()
+            beholder.update()
+        assert beholder.frames_written == 2
+    assert read_anomalies(run_dir) == []
+    columns = read_timeline(run_dir)
+    for name in ("0", "1") if values == "activations" else ("1.weight",):  # (its inputs: layer 0's output)
+        want = float(torch.linalg.vector_norm(truth[name].detach(), dtype=torch.float64))
+        assert want > 1e20 and np.isfinite(want)
+        assert columns[name]["flags"][-1] & tl.EXACT_NORM
+        np.testing.assert_allclose(columns[name]["norm"][-1], want, rtol=1e-5)
+
+
 @pytest.mark.parametrize("batched", [True, False])
 def test_torch_values_whose_squares_overflow_float32_are_no_infinite_value(run_dir, monkeypatch, batched):
     """Finite torch values past 1e19 (a diverging run): the norm's squares are summed in float64, on

@@ -156,7 +156,10 @@ def whole_norm(tensor: Any, credit: int, on_device: bool | None = None) -> tuple
                 return None, credit
             credit -= count
         # (detached: autograd records nothing, without the cost of a no_grad block)
-        return torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32), credit
+        norm = torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32)
+        if not on_device and math.isinf(norm):  # (on the host: finite values past about 1e19 whose
+            norm = torch.linalg.vector_norm(tensor.detach(), dtype=torch.float64)  # squares overflowed)
+        return norm, credit
     except Exception:  # (an integer or complex output, say): the record keeps the sample's norm
         return None, credit
 
