@@ -426,7 +426,7 @@ def test_a_model_not_built_yet_says_so_then_its_frames_come(run_dir):
     built yet (it said "an empty list or dict was passed", which the user never did), and once the
     model has been called the frames show its variables."""
     configure(run_dir, values="trainable_variables")
-    model = keras.Sequential([keras.layers.Dense(3, name="d")])
+    model = keras.Sequential([keras.layers.Dense(3, name="d")], name="not_built")
     with Beholder(run_dir, variables=model) as beholder:
         beholder.frame_due_now()
         assert not beholder.update()

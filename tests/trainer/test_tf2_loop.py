@@ -262,7 +262,8 @@ def test_gradient_step_unscales_float16_gradients_at_a_loss_scale_float16_cannot
     it after 2000 finite steps from its 2**15): the scale is infinite in float16, so the gradients are
     divided in float32. Before, every gradient gradient_step returned was zero."""
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d", dtype="float16")])
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d", dtype="float16")],
+                             name="fp16")
     optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.01), initial_scale=2.0**16)
     x = np.full((8, 4), 0.05, "float16")
     for _ in range(2):
