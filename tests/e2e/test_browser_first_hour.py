@@ -93,6 +93,11 @@ def session(tmp_path_factory):
     try:
         tb.start()
         wait_for(lambda: read_frame_file(runs["failing"]), timeout=60, message="the failing run's frame")
+        # the grid trainer past its one failed update (whose frame has no sections): a test that pins an
+        # element of its layout must not see that frame come in between (a loaded machine starts the
+        # trainer late)
+        wait_for(lambda: (f := read_frame_file(runs["grid"])) and f.header.get("failures", 0) >= 1
+                 and len(f.sections) == 2, timeout=60, message="the grid run's frames after its failure")
         with chromium_page() as page:
             page.goto(tb.url + "/#beholder")
             yield {"runs": runs, "page": page, "frame": beholder_frame(page)}
