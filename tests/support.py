@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 
+import numpy as np
+
 from beholder_plugin import DEFAULT_CONFIG, write_config
 
 
@@ -69,3 +71,12 @@ class HeldCompile:
 
         monkeypatch.setattr(gather_class, "warm", held)
 
+
+def assert_sections_hold(frame, truth: dict) -> None:
+    """Each section of a frame (current values) holds its named array's values, compared sorted (so in
+    any layout); none is missing."""
+    for i, record in enumerate(frame.sections):
+        assert "missing" not in record, record
+        want = np.asarray(truth[record["name"]]).ravel()
+        np.testing.assert_array_equal(np.sort(frame.section_values(i).ravel()), np.sort(want),
+                                      err_msg=record["name"])
