@@ -21,7 +21,7 @@ import numpy as np
 from beholder_plugin.protocol.layout import FRAME_WIDTH, resolve_layout
 from beholder_plugin.protocol.plans import KeptPlans, make_plan
 from beholder_plugin.trainer import sources
-from beholder_plugin.trainer.sources import torch_batch
+from beholder_plugin.trainer.sources import torch_batch, torch_modules
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.stats import sample_runs, sample_size
 
@@ -36,8 +36,8 @@ def copy_shown(name: str, tensor: Any, layout: str | None, show_all: bool, sizin
     tensor cannot be read (the hook decides what becomes of the error)."""
     if tensor is None:
         return Captured((), None, error="no gradient (None)")
-    if type(tensor).__name__ == "DTensor":  # (FSDP2's sharded gradient: this rank's shard, as prepare()
-        tensor = tensor.to_local()  # shows a DTensor; the whole would be a collective)
+    if torch_modules.sharded(tensor):  # (FSDP2's sharded gradient: this rank's shard, as prepare() shows
+        tensor = tensor.to_local()  # a DTensor; the whole would be a collective)
     shape = tuple(tensor.shape)
     if show_all:  # the frame's width depends on every section: keep a copy to slice later
         if layout is None:
