@@ -129,6 +129,11 @@ class Compiling:
     failed_at: float = 0.0  # (time.monotonic())
     failures: int = 0  # of the compiles of these shapes so far
 
+    def fail(self, exc: BaseException, before: int) -> None:
+        """The compile failed (after ``before`` failed ones): its frames say why until a retry."""
+        self.error, self.failed_at, self.failures = exc, time.monotonic(), before + 1
+        self.done.set()
+
 
 class TracedGather:
     """The traced gathers and uploaded positions of one frame plan's sections on one device."""
@@ -206,9 +211,8 @@ class TracedGather:
         _wait_at_exit()
         try:
             abstract = self.abstract(arrays)  # on this thread: the arrays may be donated after this step
-        except Exception as exc:  # (the compile slot is free again; the frames say why until a retry)
-            entry.error, entry.failed_at, entry.failures = exc, time.monotonic(), failures + 1
-            entry.done.set()
+        except Exception as exc:  # (the compile slot is free again)
+            entry.fail(exc, failures)
             return entry
         shapes = [shape for shape, _dtype, _type in key[1]]
 
@@ -226,15 +230,14 @@ class TracedGather:
                         while len(_COMPILED) > COMPILED_KEPT:
                             _COMPILED.popitem(last=False)
             except Exception as exc:  # raised to the frames of these shapes: their sections say why
-                entry.error, entry.failed_at, entry.failures = exc, time.monotonic(), failures + 1
+                entry.fail(exc, failures)
             finally:
                 entry.done.set()
 
         try:
             threading.Thread(target=work, name="beholder-compile", daemon=True).start()
         except RuntimeError as exc:  # (no thread to be had)
-            entry.error, entry.failed_at, entry.failures = exc, time.monotonic(), failures + 1
-            entry.done.set()
+            entry.fail(exc, failures)
         return entry
 
     def _positions(self, i: int, shape: tuple[int, ...]) -> np.ndarray:
