@@ -157,8 +157,10 @@ def whole_norm(tensor: Any, credit: int, on_device: bool | None = None) -> tuple
             credit -= count
         # (detached: autograd records nothing, without the cost of a no_grad block)
         norm = torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32)
-        if not on_device and math.isinf(norm):  # (on the host: finite values past about 1e19 whose
-            norm = torch.linalg.vector_norm(tensor.detach(), dtype=torch.float64)  # squares overflowed)
+        if not on_device:  # (on the host: an infinite one taken again in float64, as the exact pass does)
+            from beholder_plugin.trainer import exact_pass
+
+            norm = exact_pass.host_norms_again(torch, [tensor.detach()], norm.reshape(1))[0]
         return norm, credit
     except Exception:  # (an integer or complex output, say): the record keeps the sample's norm
         return None, credit
