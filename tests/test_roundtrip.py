@@ -79,6 +79,9 @@ def test_every_written_frame_reads_back_everywhere(
 
     frame = read_frame_file(run)
     expected, stats = reference_frame(history[-window:], mode, scaling, show_all)
+    # variance frames say what they are over (the shapes never change here)
+    assert frame.header.get("window") == ({"frames": min(frames, window), "size": window}
+                                          if mode == "variance" else None)
     if mode == "current":
         np.testing.assert_array_equal(frame.pixels, expected)
     else:  # float32 running sums vs np.var: a value on a quantisation boundary may land one level off
@@ -134,7 +137,7 @@ def test_every_written_frame_reads_back_everywhere(
         rows = slice(rec["top"], rec["top"] + rec["height"])
         np.testing.assert_array_equal(drawn[rows], frame.pixels[rows])
     table = {"version": 2, "frame_id": frame.header["frame_id"], "writer": frame.header["writer"],
-             "step": frame.header["step"], "sections": frame.sections}
+             "step": frame.header["step"], "window": frame.header.get("window"), "sections": frame.sections}
     for encoding in ("gzip", "identity"):
         info = client.get(f"{BASE}/section-info", query_string={"run": name},
                           headers={"Accept-Encoding": encoding})

@@ -96,8 +96,28 @@ def section_table(frame: EncodedFrame | FrameData | None) -> dict[str, Any]:
         "frame_id": head.get("frame_id"),
         "writer": head.get("writer"),
         "step": head.get("step"),
+        "window": variance_window(head.get("window")),
         "sections": head.get("sections", []),
     }
+
+
+def variance_window(window: Any) -> dict[str, Any] | None:
+    """A header's "window" (frames the variance is over, and the shape change that restarted it), kept
+    only when well-formed: the dashboard puts its figures in a sentence."""
+    if not isinstance(window, dict):
+        return None
+    frames, size = window.get("frames"), window.get("size")
+    if not all(type(v) is int and 0 <= v <= 1000 for v in (frames, size)):
+        return None
+    out: dict[str, Any] = {"frames": frames, "size": size}
+    changed = window.get("changed")
+    if isinstance(changed, dict):
+        name, was, now, count = (changed.get(k) for k in ("name", "was", "now", "sections"))
+        dims = all(isinstance(s, list) and len(s) <= 32 and all(type(d) is int for d in s)
+                   for s in (was, now))
+        if isinstance(name, str) and len(name) <= 1000 and dims and type(count) is int and count >= 1:
+            out["changed"] = {"name": name, "was": was, "now": now, "sections": count}
+    return out
 
 
 _SECTIONS_KEY = b'"sections":['

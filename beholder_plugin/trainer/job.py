@@ -66,6 +66,7 @@ class FrameJobs:
         self.store = store
         self.status = status
         self.timeline = timeline  # told of each written frame's sections (timeline.py)
+        self._shapes: dict[str, tuple] | None = None  # the last variance frame's section shapes
 
     def run(self, job: Job) -> None:
         """Render, encode, write and record one frame (on the worker thread)."""
@@ -93,6 +94,9 @@ class FrameJobs:
                 show_all=settings.show_all,
                 window_size=settings.window_size,
             )
+            window = self._window(job)
+            if window is not None:
+                header["window"] = window
         elif job.kind is JobKind.IMAGE:
             pixels, palette = user_frame.pixels(job.image)
         else:  # the selected input was not passed (or update() failed): say what to do
@@ -100,6 +104,8 @@ class FrameJobs:
             pixels, palette = placeholder_frame(job.shown, job.offered, detail), palette_for("grayscale")
             header["values"] = "placeholder"
             header["offered"] = list(job.offered)
+        if "window" not in header:
+            self._shapes = None
         colormap = settings.colormap if palette is not None else None
         let_training_run()
         written = self.store.write_frame(header, job.time, job.step, settings, colormap,
@@ -118,3 +124,25 @@ class FrameJobs:
             coloured = palette[pixels]
             rgb = coloured if row_index is None else np.take(coloured, row_index, axis=0)
         self.store.record(rgb, job.time, settings.fps)  # plays at the rate frames were taken
+
+    def _window(self, job: Job) -> dict[str, Any] | None:
+        """In variance mode, the header's "window": how many frames the variance is over and, when the
+        window started again because sections changed shape, the first of them (docs/protocol.md)."""
+        if job.settings.mode != "variance":
+            return None
+        if job.variance_done:
+            windows = [getattr(batch, "window", None) for batch in job.pending or ()]
+            frames = min((len(window.samples) for window in windows if window is not None), default=0)
+        else:
+            frames = self.renderer.window_frames
+        plan = job.plan
+        shapes = {name: tuple(p.shape) for name, p in zip(plan.names, plan.plans)}
+        last, self._shapes = self._shapes, shapes
+        window: dict[str, Any] = {"frames": frames, "size": job.settings.window_size}
+        if frames == 1 and last is not None:
+            changed = [name for name, shape in shapes.items() if name in last and last[name] != shape]
+            if changed:
+                first = changed[0]
+                window["changed"] = {"name": first, "was": list(last[first]), "now": list(shapes[first]),
+                                     "sections": len(changed)}
+        return window

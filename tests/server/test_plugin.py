@@ -373,6 +373,51 @@ def test_section_info_changes_with_the_frame_it_belongs_to(tmp_path):
             assert str(doc["frame_id"]) == frame.headers["X-Beholder-Frame-Id"] == str(step + 1)
 
 
+def test_section_info_says_what_a_variance_frame_is_over(tmp_path):
+    """Variance mode: the table carries the frame's window (frames, size, the shape change that restarted
+    it), for the dashboard's note; a current-values frame has none."""
+    from beholder_plugin import Beholder
+
+    set_config(tmp_path, values="arrays", mode="variance", FPS=30, window_size=4)
+    _, client = plugin_client(tmp_path)
+    windows = []
+    with Beholder(tmp_path, strict=True) as beholder:
+        for length in (3, 3, 7):
+            beholder.frame_due_now()
+            assert beholder.update(arrays={"tokens": np.arange(length * 2.0).reshape(1, length, 2)})
+            beholder.flush()
+            doc = json.loads(client.get(f"{BASE}/section-info?run=.").get_data())
+            assert doc["window"] == read_frame_file(tmp_path).header["window"]
+            windows.append(doc["window"])
+        assert windows == [
+            {"frames": 1, "size": 4}, {"frames": 2, "size": 4},
+            {"frames": 1, "size": 4, "changed": {"name": "tokens", "was": [1, 3, 2], "now": [1, 7, 2],
+                                                 "sections": 1}},
+        ]
+        set_config(tmp_path, values="arrays", mode="current", FPS=30)
+        beholder.frame_due_now()
+        assert beholder.update(arrays={"tokens": np.ones((1, 7, 2))})
+        beholder.flush()
+        assert json.loads(client.get(f"{BASE}/section-info?run=.").get_data())["window"] is None
+
+
+@pytest.mark.parametrize("window, kept", [
+    ("15", None),
+    ({"frames": -1, "size": 15}, None),
+    ({"frames": True, "size": 15}, None),
+    ({"frames": 1, "size": 15, "changed": {"name": 3, "was": [1], "now": [2], "sections": 1}},
+     {"frames": 1, "size": 15}),
+    ({"frames": 1, "size": 15, "changed": {"name": "x", "was": [1], "now": ["2"], "sections": 1}},
+     {"frames": 1, "size": 15}),
+    ({"frames": 1, "size": 15, "changed": {"name": "x", "was": [1], "now": [2], "sections": 1, "y": 0}},
+     {"frames": 1, "size": 15, "changed": {"name": "x", "was": [1], "now": [2], "sections": 1}}),
+])
+def test_a_malformed_window_is_left_out_of_the_section_table(window, kept):
+    from beholder_plugin.server.http_answers import variance_window
+
+    assert variance_window(window) == kept
+
+
 def test_section_info_before_any_frame(tmp_path):
     os.makedirs(plugin_dir(tmp_path / "fresh"))
     _, client = plugin_client(tmp_path)

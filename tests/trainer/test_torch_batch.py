@@ -443,6 +443,45 @@ def test_the_variance_window_kept_on_the_device_is_the_hosts(tmp_path, monkeypat
         beholder.close()
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_variance_frame_says_how_many_frames_it_is_over_and_which_shape_change_restarted_it(
+        tmp_path, monkeypatch, batched):
+    """Activations of text of changing length: each new length starts the window again, so the variance
+    is of one frame (0 everywhere); the frame's header says so and names the section that changed,
+    on the host path and with the window kept on the device alike."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    run = str(tmp_path)
+    set_config(run, values="arrays", FPS=30, mode="variance", window_size=3)
+    beholder = Beholder(run, strict=True)
+    gen = torch.Generator().manual_seed(0)
+    windows = []
+    for length in (5, 5, 5, 5, 9, 2, 2, 2):
+        arrays = {"embed": torch.randn(1, length, 8, generator=gen), "bias": torch.randn(8, generator=gen),
+                  "out": torch.randn(1, length, 4, generator=gen)}
+        beholder.frame_due_now()
+        assert beholder.update(arrays=arrays)
+        beholder.flush()
+        frame = read_frame_file(run)
+        windows.append(frame.header["window"])
+        if windows[-1]["frames"] == 1:
+            assert all(rec["range"] == 0.0 for rec in frame.sections)
+    assert [w["frames"] for w in windows] == [1, 2, 3, 3, 1, 1, 2, 3]
+    assert all(w["size"] == 3 for w in windows)
+    assert [w.get("changed") for w in windows if w["frames"] == 1] == [
+        None,  # the first frame: nothing to compare with
+        {"name": "embed", "was": [1, 5, 8], "now": [1, 9, 8], "sections": 2},
+        {"name": "embed", "was": [1, 9, 8], "now": [1, 2, 8], "sections": 2},
+    ]
+    kept = [g.window for g in beholder.gatherer.device_gathers if g.window is not None]
+    assert len(kept) == batched  # (the window of the last length, on the device when batched)
+    set_config(run, values="arrays", FPS=30, mode="current", window_size=3)
+    beholder.frame_due_now()
+    assert beholder.update(arrays=arrays)
+    beholder.flush()
+    assert "window" not in read_frame_file(run).header  # (current values: no window)
+    beholder.close()
+
+
 @pytest.fixture
 def cpu_graphs(monkeypatch) -> list:
     """Graph capture and replay on CPU tensors (torch_batch.AddressReplay); the frames' replays, as they

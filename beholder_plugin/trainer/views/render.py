@@ -321,6 +321,11 @@ class Renderer:
         self._window = None
         self._window_key = None
 
+    @property
+    def window_frames(self) -> int:
+        """How many frames the host's variance window holds (0: none kept)."""
+        return 0 if self._window is None else len(self._window.samples)
+
     def render(
         self,
         plan: FramePlan,
