@@ -82,6 +82,16 @@ def session(tmp_path_factory):
                 beholder.frame_due_now()  # every update is a frame
                 assert beholder.update(arrays={"w": np.arange(24.0).reshape(4, 6)})
                 beholder.flush()
+    # variance mode (the default): a first frame, and text whose length changed between two frames
+    for name, lengths in (("fresh", (4,)), ("text", (4, 9))):
+        runs[name] = logdir / name
+        set_config(runs[name], values="arrays", mode="variance", FPS=30)
+        with Beholder(runs[name], strict=True) as beholder:
+            for length in lengths:
+                beholder.frame_due_now()
+                assert beholder.update(arrays={"tokens": np.arange(length * 2.0).reshape(1, length, 2),
+                                               "scores": np.ones((1, length, 3))})
+                beholder.flush()
     set_config(runs["failing"], values="arrays", mode="current", FPS=30)
     trainer = subprocess.Popen([sys.executable, "-c", FAILING, str(runs["failing"])])
     for name in ("grid", "mnist", "tall"):  # tests/inspect_trainer.py: every value known from the step
@@ -159,6 +169,30 @@ def test_a_placeholder_offers_the_values_that_were_passed(session):
     wait_for(lambda: read_config_file(offer)["values"] == "arrays", message="Values set to arrays")
     wait_for(lambda: frame.is_checked("input[name=values][value=arrays]"), message="the control follows")
     wait_for(lambda: not frame.is_visible("#values-offer"), message="the offer gone")
+
+
+def test_a_black_variance_frame_says_why(session):
+    """Variance over one frame is 0: the page says so, and why, where a user would read dead sections."""
+    frame, text_run = session["frame"], session["runs"]["text"]
+    show_run(frame, "fresh")
+    note = wait_for(lambda: frame.is_visible("#window-note") and frame.inner_text("#window-note-text"),
+                    message="the note on the first variance frame")
+    assert note.startswith("Variance over 1 frame: every value reads 0") and "up to 15" in note
+    assert not frame.is_visible("#window-note-current")  # the next frames fill the window by themselves
+    show_run(frame, "text")
+    note = wait_for(lambda: "changed shape" in (t := frame.inner_text("#window-note-text")) and t,
+                    message="the note naming the shape change")
+    assert '"tokens" changed shape, [1, 4, 2] → [1, 9, 2] (and 1 other section)' in note, note
+    ARTIFACTS.mkdir(exist_ok=True)
+    session["page"].screenshot(path=str(ARTIFACTS / "variance-window-note.png"))
+    frame.click("#window-note-current")
+    wait_for(lambda: read_config_file(text_run)["mode"] == "current", message="Mode set to current")
+    wait_for(lambda: frame.is_checked("input[name=mode][value=current]"), message="the control follows")
+    with Beholder(text_run, strict=True) as beholder:  # (it reads the mode the button chose)
+        assert beholder.update(arrays={"tokens": np.ones((1, 5, 2)), "scores": np.ones((1, 5, 3))})
+    wait_for(lambda: not frame.is_visible("#window-note"), message="the note gone with current values")
+    show_run(frame, "calm")
+    assert not frame.is_visible("#window-note")
 
 
 def compare(frame, run: str, other: str) -> list[str]:

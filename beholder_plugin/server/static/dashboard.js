@@ -15,6 +15,7 @@ import { SettingsSync } from "./settings_sync.js";
 import { FrameCanvas } from "./frame_canvas.js";
 import { StatusLine } from "./status_line.js";
 import { InfoPanel } from "./info_panel.js";
+import { WindowNote } from "./window_note.js";
 
 const RUNS_EVERY_MS = 3000;
 const FPS_WINDOW_MS = 2000;
@@ -89,6 +90,7 @@ export class Dashboard {
     this.frame = new FrameCanvas(state);
     this.canvas = this.frame.canvas;
     this.infoPanel = new InfoPanel(state, this.canvas, (doc, sections, kept) => this.noteSections(doc, sections, kept));
+    this.windowNote = new WindowNote(() => this.changeConfig({ mode: "current" }));
     this.overlay = h("div", { class: "overlay", id: "overlay" }, this.infoPanel.flagLayer);
     this.frameWrap = h("div", { class: "frame-wrap zoom-1", id: "frame-wrap" }, this.canvas, this.overlay);
     this.stage = h("div", { class: "stage", id: "stage", hidden: true }, this.frameWrap, this.infoPanel.element);
@@ -120,6 +122,7 @@ export class Dashboard {
       health,
       offer,
       this.infoPanel.missingAll,
+      this.windowNote.element,
       this.history.element,
       h("div", { class: "inspect", id: "inspect" }, hoverBox, pinsBox),
     );
@@ -207,6 +210,7 @@ export class Dashboard {
     this.arrivals = [];
     this.stage.hidden = true;
     this.infoPanel.clear();
+    this.windowNote.show(null);
     this.inspector.clear();
     this.chooser.setRun(run);
     this.toolbar.setRuns(state.runs, run);
@@ -306,6 +310,7 @@ export class Dashboard {
       if (state.drawn.length > 500) state.drawn.splice(0, 100);
     });
     if (resized) this.setZoom(state.zoom);
+    if (meta.values === "frames" || meta.values === "placeholder") this.windowNote.show(null);
     this.infoPanel.schedule(meta, resized || Boolean(meta.kept), () => this.lastMeta?.writer);
     this.inspector.refresh();
   }
@@ -314,6 +319,7 @@ export class Dashboard {
   noteSections(doc, sections, kept) {
     const run = this.state.run;
     this.chooser.noteSections(sections);
+    this.windowNote.show(doc.window);
     if (!kept) this.store.add(run, `${doc.writer}-${doc.frame_id}`, doc.step, sections);
     if (this.state.view === "distributions") this.distributions.render(run, sections.map((rec) => rec.name));
   }
