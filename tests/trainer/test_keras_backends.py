@@ -97,6 +97,45 @@ def test_the_callback_works_on_the_jax_and_torch_backends(tmp_path, backend, bat
     assert int(hits) > 50 and wrong == "0"  # every sampled pixel shows the trained weight it names
 
 
+VARIABLES = """
+import sys
+import numpy as np
+import keras
+from beholder_plugin import Beholder, write_config, DEFAULT_CONFIG
+from beholder_plugin.protocol.runfiles import read_frame_file
+
+model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(5, (3, 2), name="conv"),
+                          keras.layers.Flatten(), keras.layers.Dense(4, name="dense")])
+for how, run in zip(("variables", "watch"), sys.argv[1:]):
+    write_config(run, {**DEFAULT_CONFIG, "FPS": 30, "mode": "current", "values": "trainable_variables"})
+    beholder = Beholder(run, strict=True, variables=model if how == "variables" else None)
+    if how == "watch":
+        beholder.watch(model)
+    assert beholder.update()
+    beholder.close()
+    frame = read_frame_file(run)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("conv").kernel.value)
+    print(how, [(s["name"], s["layout"]) for s in frame.sections],
+          np.array_equal(np.sort(frame.section_values(0).ravel()), np.sort(kernel.ravel())))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_keras_model_as_variables_is_named_and_laid_out_as_keras_on_any_backend(tmp_path, backend):
+    """On Keras's torch backend a model is a torch module too: ``Beholder(variables=model)`` must still
+    name its variables by their Keras paths and lay the conv kernel out as HWIO, as watch() does."""
+    pytest.importorskip(backend)
+    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND=backend)
+    runs = [str(tmp_path / name) for name in ("variables", "watch")]
+    out = subprocess.run([sys.executable, "-c", VARIABLES, *runs], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines()[-2:])
+    expected = ("[('sequential/conv/kernel', 'kernel_hwio'), ('sequential/conv/bias', 'vector'), "
+                "('sequential/dense/kernel', 'matrix'), ('sequential/dense/bias', 'vector')] True")
+    assert lines == {"variables": expected, "watch": expected}
+
+
 VIEWS = """
 import sys
 import numpy as np

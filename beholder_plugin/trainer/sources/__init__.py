@@ -250,7 +250,9 @@ def named_variables(variables: Any) -> list[Named]:
     model's convolution kernels are HWIO whatever the backend, a torch
     module's are OIHW, a torch ``Linear`` weight is (out, in).
     """
-    if is_torch_module(variables):
+    # (a Keras model first: on Keras's torch backend it is a torch module too, whose parameters would be
+    # named after its private tracker and laid out as torch's OIHW)
+    if is_torch_module(variables) and not is_keras_layer(variables):
         from beholder_plugin.trainer.sources import torch_modules
 
         return torch_modules.trainable_parameters(variables)
