@@ -276,6 +276,19 @@ def test_non_finite_values_do_not_break_the_frame():
     assert pixels[0, 2 * 768 // 5 + 1] == 255  # +inf shows as the high end
 
 
+@pytest.mark.parametrize("value", [4e35, 5e35, 1e37, 3.4e38])
+def test_the_mean_of_huge_finite_values_is_finite_and_between_min_and_max(value):
+    """The means' row sums are float32: past about 4e35 they overflowed (mean null, read as "not finite"),
+    and a constant section's mean came out below its min."""
+    constant = np.full(20, value, np.float32)
+    mixed = np.array([value, -value, value, value / 2] * 40, np.float32).reshape(8, 20)
+    _, sections = render([constant, mixed, np.arange(4.0)])
+    assert sections[0]["mean"] == sections[0]["min"] == sections[0]["max"] == float(np.float32(value))
+    truth = float(mixed.astype(np.float64).mean())  # (the mean is over pixels: columns 38 or 39 wide)
+    assert sections[1]["finite"] and sections[1]["mean"] == pytest.approx(truth, rel=1e-6)
+    assert sections[2]["mean"] == 1.5
+
+
 def test_user_frame_scaling():
     frame = np.array([[1.0, 2.0], [3.0, 5.0]])
     np.testing.assert_array_equal(scale_frame(frame), [[0, 63], [127, 255]])

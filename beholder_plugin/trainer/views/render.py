@@ -366,6 +366,7 @@ class Renderer:
             weighted = np.multiply(shown, plan.col_weights, out=self._scratch(plan.value_count))
             row_sums = np.add.reduceat(weighted, plan.row_starts).astype(np.float64)
             means = np.add.reduceat(row_sums * plan.row_weights, plan.row_offsets) / plan.pixel_counts
+        _means_again(plan, shown, means, lows, highs, unclean)
         if config["scaling"] == "network":
             finite = np.isfinite(lows)
             g_lo = float(lows[finite].min()) if finite.any() else 0.0
@@ -418,6 +419,21 @@ def _segment_bounds(plan: FramePlan, values: np.ndarray) -> tuple[np.ndarray, np
         finite = seg[np.isfinite(seg)]
         lows[i], highs[i] = (finite.min(), finite.max()) if finite.size else (math.nan, math.nan)
     return lows, highs, unclean
+
+
+def _means_again(plan: FramePlan, values: np.ndarray, means: np.ndarray, lows: np.ndarray, highs: np.ndarray,
+                 unclean: np.ndarray) -> None:
+    """Fix the means of finite sections that the float32 row sums got wrong: taken again in float64
+    where they overflowed (values past about 4e35), and held within the section's min and max (float32
+    rounding of a near-constant section)."""
+    for i in np.flatnonzero(~np.isfinite(means) & ~unclean):  # rare: values near float32's largest
+        a, b = plan.offsets[i], plan.offsets[i + 1]
+        r0 = plan.row_offsets[i]
+        r1 = r0 + plan.plans[i].compact_shape[0]
+        rows = (values[a:b].astype(np.float64) * plan.col_weights[a:b]).reshape(r1 - r0, -1).sum(axis=1)
+        means[i] = float(rows @ plan.row_weights[r0:r1]) / plan.pixel_counts[i]
+    clean = ~unclean
+    means[clean] = np.clip(means[clean], lows[clean], highs[clean])
 
 
 def scale_frame(frame: np.ndarray) -> np.ndarray:
