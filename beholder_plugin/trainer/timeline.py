@@ -107,7 +107,7 @@ class Timeline:
         self.exact_pass = ExactPass()
         self._delivery: collections.deque = collections.deque()
         self._raise: AnomalyError | None = None
-        self._slots: dict[str, int] = {}  # section name -> row of _ring (its recent norms)
+        self._slots: dict[str, int] = {}  # section name -> n (rows 2n, 2n + 1 of _ring: its recent norms)
         self._slot_cache: dict[tuple, np.ndarray] = {}
         self._ring = np.full((0, RECENT_NORMS), np.nan)
         self._seen = np.zeros(0, np.int64)
@@ -245,7 +245,7 @@ class Timeline:
         with np.errstate(over="ignore"):  # (a finite norm past float32's range is stored as inf)
             records["norm"] = norm
         records["nonfinite"] = nonfinite
-        jumps, medians = self._norm_jumps(kept, norm, count)
+        jumps, medians = self._norm_jumps(kept, norm, count, (flags & tl.EXACT_NORM) > 0)
         found = []
         if job.loss_scaled:  # gradients under a loss scaler: a non-finite one is an overflow it skips
             is_nan = is_inf = np.zeros(len(rows), bool)
@@ -277,8 +277,8 @@ class Timeline:
         for name in self.keyframes.consider(ring, step):
             files.remove(join(self.keyframes.history_dir, name))
 
-    def _norm_jumps(self, kept: list[str], norm: np.ndarray,
-                    count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _norm_jumps(self, kept: list[str], norm: np.ndarray, count: np.ndarray,
+                    exact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Which norms newly jumped past norm_jump times their section's recent median, and the medians.
 
         Each section keeps its last RECENT_NORMS finite norms (a jumped norm
@@ -286,26 +286,32 @@ class Timeline:
         per value: divided by the square root of the section's count, since
         a norm grows with the size of what it is taken over, and a section's
         shape may change (activations of text of another length, a larger
-        batch) with no change in its values. The medians returned are at
-        each section's present count.
+        batch) with no change in its values. Exact norms and norms scaled up
+        from the statistics' sample are kept and judged apart (``exact``):
+        a big section gets an exact norm only every few frames, and a spike
+        outside the sample would make each of those look like a jump over
+        the sampled ones. The medians returned are at each section's present
+        count.
         """
         with np.errstate(invalid="ignore"):
             size = np.sqrt(np.fmax(count, 1.0))
         norm = norm / size
         key = tuple(kept)
-        slots = self._slot_cache.get(key)
-        if slots is None:
+        sections = self._slot_cache.get(key)
+        if sections is None:
             for name in kept:
                 if name not in self._slots:
                     self._slots[name] = len(self._slots)
-            if len(self._slots) > len(self._ring):
-                grow = max(len(self._slots), 2 * len(self._ring))
-                self._ring = np.vstack([self._ring, np.full((grow - len(self._ring), RECENT_NORMS), np.nan)])
-                self._seen = np.concatenate([self._seen, np.zeros(grow - len(self._seen), np.int64)])
+            if len(self._slots) > len(self._jumping):
+                grow = max(len(self._slots), 2 * len(self._jumping))
+                rows = 2 * grow - len(self._ring)  # (two rows a section: sampled norms, exact norms)
+                self._ring = np.vstack([self._ring, np.full((rows, RECENT_NORMS), np.nan)])
+                self._seen = np.concatenate([self._seen, np.zeros(rows, np.int64)])
                 self._jumping = np.concatenate([self._jumping, np.zeros(grow - len(self._jumping), bool)])
             if len(self._slot_cache) >= 16:
                 self._slot_cache.clear()
-            slots = self._slot_cache[key] = np.array([self._slots[n] for n in kept], np.intp)
+            sections = self._slot_cache[key] = np.array([self._slots[n] for n in kept], np.intp)
+        slots = 2 * sections + exact
         seen = self._seen[slots]
         enough = seen >= MIN_NORMS
         medians = np.full(len(slots), np.nan)
@@ -321,8 +327,8 @@ class Timeline:
         finite = np.isfinite(norm)
         with np.errstate(invalid="ignore"):
             over = finite & enough & (medians > 0) & (norm > self.norm_jump * medians)
-        jumps = over & ~self._jumping[slots]
-        self._jumping[slots] = np.where(finite, over, self._jumping[slots])
+        jumps = over & ~self._jumping[sections]
+        self._jumping[sections] = np.where(finite, over, self._jumping[sections])
         add = finite & ~over
         if add.any():
             targets = slots[add]

@@ -150,6 +150,27 @@ def test_norm_jump(run_dir):
     assert anomalies[0]["found"]["median"] == pytest.approx(8.0)
 
 
+def test_exact_norms_every_few_frames_are_no_jump_over_the_sampled_ones(run_dir):
+    """A big array gets an exact norm only every few frames, the others scaled up from the statistics'
+    sample. A spike outside the sample makes the exact norm 100x the sampled one: an unchanged array
+    reported a norm jump at each exact frame. Exact and sampled norms are judged apart; a real jump is
+    still found."""
+    weights = np.full(1_000_000, 1e-3, np.float32)
+    weights[100] = 100.0  # (outside the sample's runs: 0-63, 125000-125063, ...)
+    set_config(run_dir, FPS=30, values="arrays")
+    with Beholder(run_dir, background=False, norm_jump=10.0) as beholder:
+        for step in range(1, 41):
+            beholder.frame_due_now()
+            beholder.update(arrays={"w": weights * (1000.0 if step == 40 else 1.0)})
+    columns = read_timeline(run_dir)["w"]
+    exact = (columns["flags"] & tl.EXACT_NORM) > 0
+    assert 5 <= exact[:-1].sum() <= 30 and not exact[:-1].all()  # both kinds, often enough to judge
+    truth = float(np.linalg.norm(weights.astype(np.float64)))
+    assert columns["norm"][:-1][exact[:-1]] == pytest.approx(truth, rel=1e-5)
+    assert columns["norm"][:-1][~exact[:-1]] == pytest.approx(1e-3 * np.sqrt(1e6), rel=1e-5)
+    assert [(a["kind"], a["step"]) for a in read_anomalies(run_dir)] == [("norm_jump", 40)]
+
+
 def test_a_section_that_grows_is_no_norm_jump_and_its_values_still_are(run_dir):
     """A section whose shape grows (activations of longer text, a larger batch) with values of the same
     size: its norm grows with the square root of its count, which is no anomaly; norms are compared per
