@@ -70,13 +70,20 @@ def make_gather(plan: FramePlan, key: Any) -> Any:
 def receive(job: Any) -> None:
     """Wait for a job's device batches to reach the host and put their sections in the job's buffers."""
     plan, pending = job.plan, job.pending
+    total = plan.value_count + plan.sample_count
+    exact = getattr(job, "exact", None)
+    if exact is not None:  # a traced batch's whole-array figures (JAX, TF) go to the frame's exact pass
+        for batch in pending:
+            put = getattr(batch, "put_exact", None)
+            if put is not None:
+                put(exact, total)
     if len(pending) == 1 and len(pending[0].sections) == len(plan.plans):  # the usual case: adopt it
         host = pending[0].wait()
-        job.buffer, job.samples = host[: plan.value_count], host[plan.value_count :]
+        job.buffer, job.samples = host[: plan.value_count], host[plan.value_count : total]
         return
     for batch in pending:
         host = batch.wait()
-        samples = host[plan.value_count :]
+        samples = host[plan.value_count : total]
         for i in batch.sections:
             a, b = plan.offsets[i], plan.offsets[i + 1]
             job.buffer[a:b] = host[a:b]

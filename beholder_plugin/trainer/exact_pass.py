@@ -366,17 +366,70 @@ def _host_exact(x: np.ndarray) -> tuple[float, float]:
             total = float(np.dot(flat, flat))
         elif kind == "c":
             total = float(np.vdot(flat, flat).real)
-        else:
-            flat = flat.astype(np.float64)
+        else:  # (half floats, ml_dtypes' bfloat16, integers, booleans)
+            flat, kind = flat.astype(np.float64), "f"
             total = float(np.dot(flat, flat))
     if np.isfinite(total):
         return float(np.sqrt(total)), 0.0
     bad = int(np.count_nonzero(~np.isfinite(flat))) if kind in "fc" else 0
-    if bad == 0:  # finite values whose squares overflowed: again in float64
-        return float(np.linalg.norm(flat.astype(np.complex128 if kind == "c" else np.float64))), 0.0
+    if bad == 0:  # finite values whose squares overflowed: again in float64, scaled by the largest
+        wide = np.abs(flat.astype(np.complex128 if kind == "c" else np.float64))
+        largest = float(wide.max())
+        return largest * float(np.linalg.norm(wide / largest)), 0.0
     if np.isnan(flat).any():
         return float("nan"), float(bad)
     return float("inf"), float(bad)
+
+
+class _Later:
+    """A CPU TensorFlow tensor or variable, copied to NumPy only once the host budget covers it."""
+
+    __slots__ = ("obj", "size")
+
+    def __init__(self, obj: Any, size: int) -> None:
+        self.obj, self.size = obj, size
+
+    def read(self) -> np.ndarray:
+        """The values as NumPy (half floats as float32)."""
+        from beholder_plugin.trainer.sources import tf_tensors
+
+        return tf_tensors.whole(self.obj, "exact pass")
+
+
+def _other_host(obj: Any) -> Any:
+    """What the host pass reads of a JAX or TensorFlow array held by the CPU (a Keras variable: of its
+    backend's): a NumPy view (JAX), a _Later (TensorFlow), a torch tensor (Keras on torch: the torch
+    path takes it), or None (on an accelerator, or in a batch that stands in for one; not numbers)."""
+    root = type(obj).__module__.split(".", 1)[0]
+    if root == "keras":
+        value = getattr(obj, "value", None)
+        try:
+            obj = value() if callable(value) else value
+        except Exception:  # (an unbuilt variable: the frame says why)
+            return None
+        root = type(obj).__module__.split(".", 1)[0]
+    if root == "torch":
+        return obj
+    if root in ("jax", "jaxlib"):
+        from beholder_plugin.trainer.sources import jax_arrays
+
+        view = jax_arrays.host_view(obj)
+        if view is None or not view.size or view.dtype.kind not in "biufcV":
+            return None
+        return view
+    if root == "tensorflow":
+        from beholder_plugin.trainer.sources import tf_batch
+
+        dtype = getattr(obj, "dtype", None)
+        flags = ("is_floating", "is_integer", "is_complex", "is_bool")
+        numbers = any(getattr(dtype, flag, False) for flag in flags)
+        device = getattr(obj, "device", None)
+        on_cpu = isinstance(device, str) and "CPU" in device.upper() and not tf_batch.BATCH_CPU_TENSORS
+        if not numbers or not on_cpu:
+            return None
+        size = math.prod(int(d) for d in obj.shape) if obj.shape.is_fully_defined() else 0
+        return _Later(obj, size) if size else None
+    return None
 
 
 class ExactPass:
@@ -429,6 +482,13 @@ class ExactPass:
                     kept.setdefault(obj.norm.device, []).append((i, obj.norm))
                 continue
             torch = _torch_kind(obj)
+            if torch is None and param is None:
+                other = _other_host(obj)
+                if type(other) is np.ndarray or type(other) is _Later:
+                    host.append((i, other))
+                    continue
+                obj = other
+                torch = _torch_kind(obj)
             if torch is None:
                 continue
             from_torch = torch
@@ -462,12 +522,17 @@ class ExactPass:
         """Exact figures of host arrays, when the budget allows (else the sample's stand)."""
         if not host:
             return
-        total = sum(int(x.size if type(x) is np.ndarray else x.numel()) for _, x in host)
+        total = sum(int(x.numel() if hasattr(x, "numel") else x.size) for _, x in host)
         covered, self._credit = spend_host_budget(self._credit, total)
         if not covered:
             return
-        tensors = [(i, x) for i, x in host if type(x) is not np.ndarray]
+        tensors = [(i, x) for i, x in host if type(x) is not np.ndarray and type(x) is not _Later]
         for i, x in host:
+            if type(x) is _Later:
+                try:
+                    x = x.read()
+                except Exception:  # (what the frame could not read, it says; the sample's figures stand)
+                    continue
             if type(x) is np.ndarray:
                 exact.norm[i], exact.nonfinite[i] = _host_exact(x)
                 exact.exact[i] = True

@@ -84,6 +84,24 @@ class JaxGather(TracedGather):
         import jax
         import jax.numpy as jnp
 
+        def figures(x: Any) -> Any:
+            """The array's FIGURES (traced_batch): one pass over its magnitudes."""
+            a = x.reshape(-1)
+            if jnp.iscomplexobj(a):
+                a = jnp.abs(a)
+            elif not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype.itemsize < 4:
+                a = a.astype(jnp.float32)  # (first: narrow integers have no abs)
+            a = jnp.abs(a)
+            finite = jnp.isfinite(a)
+            clean = jnp.where(finite, a, 0)
+            largest = jnp.max(clean)
+            exponent = jnp.where(largest > 0, jnp.floor(jnp.log2(largest)), 0)
+            half = jnp.floor(exponent / 2)  # (2**-exponent in two factors: it may not fit the dtype)
+            scaled = clean * jnp.exp2(-half) * jnp.exp2(half - exponent)
+            norm = jnp.sqrt(jnp.sum(scaled * scaled))
+            counts = jnp.stack([jnp.sum(~finite), jnp.sum(jnp.isnan(a))]).astype(jnp.float32)
+            return jnp.concatenate([jnp.stack([exponent, norm]).astype(jnp.float32), counts])
+
         def gather(arrays: tuple, positions: Any) -> Any:
             parts = []
             for k, x in enumerate(arrays):
@@ -91,7 +109,9 @@ class JaxGather(TracedGather):
                 if jnp.iscomplexobj(part):
                     part = jnp.abs(part)
                 parts.append(part.astype(jnp.float32))
-            return jnp.concatenate(self.arrange(sections, parts, lambda n: jnp.zeros(n, jnp.float32)))
+            whole = [figures(x) for x in arrays]
+            pieces = self.arrange(sections, parts, lambda n: jnp.zeros(n, jnp.float32), whole)
+            return jnp.concatenate(pieces)
 
         return jax.jit(gather)  # runs where its inputs are: on the arrays' device
 

@@ -61,16 +61,39 @@ class TfGather(TracedGather):
         """A tf.function: tensors and positions -> the frame's float32 values then samples."""
         import tensorflow as tf
 
+        def figures(x: Any) -> Any:
+            """The tensor's FIGURES (traced_batch): one pass over its magnitudes."""
+            a = tf.reshape(x, [-1])
+            if a.dtype.is_complex:
+                a = tf.abs(a)
+            if a.dtype not in (tf.float32, tf.float64):
+                a = tf.cast(a, tf.float32)
+            a = tf.abs(a)
+            finite = tf.math.is_finite(a)
+            clean = tf.where(finite, a, tf.zeros_like(a))
+            largest = tf.reduce_max(clean) if a.shape[0] else tf.zeros([], a.dtype)
+            two = tf.constant(2, a.dtype)
+            exponent = tf.where(largest > 0, tf.floor(tf.math.log(largest) / tf.math.log(two)),
+                                tf.zeros_like(largest))
+            half = tf.floor(exponent / 2)  # (2**-exponent in two factors: it may not fit the dtype)
+            scaled = clean * tf.pow(two, -half) * tf.pow(two, half - exponent)
+            norm = tf.sqrt(tf.reduce_sum(scaled * scaled))
+            counts = [tf.reduce_sum(tf.cast(~finite, tf.float32)),
+                      tf.reduce_sum(tf.cast(tf.math.is_nan(a), tf.float32))]
+            return tf.concat([tf.cast(tf.stack([exponent, norm]), tf.float32), tf.stack(counts)], axis=0)
+
         def gather(tensors: list, positions: Any) -> Any:
-            parts = []
+            parts, whole = [], []
             for k, x in enumerate(tensors):
                 if x.dtype.name not in GPU_GATHER_DTYPES:  # (cast then gathered: the same float32 values)
                     x = tf.cast(x, tf.float32)
+                whole.append(figures(x))
                 part = tf.gather(tf.reshape(x, [-1]), positions[bounds[k] : bounds[k + 1]])
                 if part.dtype.is_complex:
                     part = tf.abs(part)
                 parts.append(tf.cast(part, tf.float32))
-            return tf.concat(self.arrange(sections, parts, lambda n: tf.zeros([n], tf.float32)), axis=0)
+            pieces = self.arrange(sections, parts, lambda n: tf.zeros([n], tf.float32), whole)
+            return tf.concat(pieces, axis=0)
 
         return tf.function(gather, reduce_retracing=True)
 

@@ -49,20 +49,49 @@ def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+# Each array's whole-array figures, laid after the frame's values and samples (the timeline's exact
+# pass): the exponent e of its largest finite magnitude, the norm of its finite values divided by 2**e
+# (so that neither overflows float32, whatever the array's range), its non-finite and its NaN count.
+FIGURES = 4
+
+
+def exact_figures(figures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(norms, non-finite counts) in float64 from (arrays, FIGURES) float32 figures: NaN where an array
+    held a NaN, inf where it held an infinity (as a norm over every value is)."""
+    exponent, scaled, bad, nans = (figures[:, k].astype(np.float64) for k in range(FIGURES))
+    with np.errstate(over="ignore"):
+        norms = np.ldexp(scaled, exponent.astype(np.int64))
+    norms = np.where(nans > 0, np.nan, np.where(bad > 0, np.inf, norms))
+    return norms, bad
+
+
 @dataclass
 class TracedPending:
     """A traced batch's result on the device: ``wait()`` (on the worker) brings it to the host."""
 
     result: Any  # a jax.Array (its copy to the host already started) or a tf.Tensor
     sections: list[int]
+    host: np.ndarray | None = None
 
     def wait(self) -> np.ndarray:
-        """Block until the values are on the host, then a writable float32 NumPy array."""
+        """Block until the values are on the host, then a writable float32 NumPy array: the frame's values,
+        its samples, then FIGURES per section of this batch."""
+        if self.host is not None:
+            return self.host
         result = self.result
         if type(result).__module__.startswith("jax"):  # (an explicit transfer: jax_transfer_guard allows it)
             result = sys.modules["jax"].device_get(result)
         host = np.asarray(result)
-        return host if host.flags.writeable else host.copy()
+        self.host = host if host.flags.writeable else host.copy()
+        return self.host
+
+    def put_exact(self, exact: Any, total: int) -> None:
+        """Put this batch's whole-array figures (after the first ``total`` values) in a frame's exact pass."""
+        figures = self.wait()[total:].reshape(len(self.sections), FIGURES)
+        norms, bad = exact_figures(figures)
+        exact.norm[self.sections] = norms
+        exact.nonfinite[self.sections] = bad
+        exact.exact[self.sections] = True
 
 
 # Compiled gathers kept for the process, by device, sections, shapes, dtypes and the key of the frame
@@ -246,9 +275,11 @@ class TracedGather:
         n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
         return storage_offsets(plan.plans[i], shape, c_strides(shape), plan.sample_steps[i], n)
 
-    def arrange(self, sections: list[int], parts: list[Any], zeros: Callable[[int], Any]) -> list[Any]:
-        """The pieces of the frame's order: every section's shown values, then every sample; the parts
-        (shown values then sample, per section of ``sections``) where they are, zeros elsewhere."""
+    def arrange(self, sections: list[int], parts: list[Any], zeros: Callable[[int], Any],
+                figures: list[Any]) -> list[Any]:
+        """The pieces of the frame's order: every section's shown values, then every sample, then the
+        ``figures`` (FIGURES values per section of ``sections``); the parts (shown values then sample,
+        per section of ``sections``) where they are, zeros elsewhere."""
         plan = self.plan
         ours = {i: k for k, i in enumerate(sections)}
         count = len(plan.plans)
@@ -256,7 +287,7 @@ class TracedGather:
         sampled = [int(plan.sample_offsets[i + 1] - plan.sample_offsets[i]) for i in range(count)]
         values = [parts[ours[i]][: shown[i]] if i in ours else zeros(shown[i]) for i in range(count)]
         samples = [parts[ours[i]][shown[i]:] if i in ours else zeros(sampled[i]) for i in range(count)]
-        return values + samples
+        return values + samples + figures
 
     def _upload(self, flat: np.ndarray) -> Any:
         raise NotImplementedError
