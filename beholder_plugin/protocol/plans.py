@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from beholder_plugin.protocol.frame_checks import MAX_FRAME_PIXELS
 from beholder_plugin.protocol.layout import (
     BLOCK_PERMS,
     MISSING,
+    SEPARATOR_HEIGHT,
+    RenderError,
     frame_width,
     resize_indices,
     resolve_layout,
@@ -174,11 +177,15 @@ def make_plan(
     label: str = "?",
     layout: str | None = None,
     sizing: str = "fixed",
+    max_height: int | None = None,
 ) -> SectionPlan:
-    """The plan for one array of this shape in a frame of this width (layout: the original's rule)."""
+    """The plan for one array of this shape in a frame of this width (layout: the original's rule;
+    ``max_height``: at most so many pixels tall, fit_heights's cap for a frame of very many sections)."""
     shape = tuple(int(s) for s in shape)
     layout = resolve_layout(layout, shape, label) if layout != MISSING else MISSING
     height = section_height(shape, show_all, layout, sizing)
+    if max_height is not None:
+        height = min(height, max_height)
     src_h, src_w = source_shape(layout, shape, height, width, show_all, label)
     rows, row_map, row_weight = unique_sorted(resize_indices(src_h, height))
     cols, col_map, col_weight = unique_sorted(resize_indices(src_w, width))
@@ -212,6 +219,35 @@ def make_plan(
         row_weight=row_weight,
         col_weight=col_weight,
     )
+
+
+# A frame of more sections than fit a reader's pixel cap at their own heights (a mixture of experts:
+# 3,000 parameters at 128 px) has them all cut to one height that fits; this is the least it may be.
+MIN_FITTED_HEIGHT = 4
+
+
+def fit_heights(heights: Sequence[int], width: int) -> int | None:
+    """The largest section height that fits sections of these heights (5 px apart) into a frame a
+    reader takes at this width (None: they fit as they are); RenderError when not even
+    MIN_FITTED_HEIGHT does."""
+    rows = MAX_FRAME_PIXELS // width - SEPARATOR_HEIGHT * (len(heights) - 1)
+    if sum(heights) <= rows:
+        return None
+    ordered = np.sort(np.asarray(heights, np.int64))
+    low, high = MIN_FITTED_HEIGHT, int(ordered[-1])  # (the sum grows with the cap: bisect it)
+    if np.minimum(ordered, low).sum() > rows:
+        most = MAX_FRAME_PIXELS // (width * (MIN_FITTED_HEIGHT + SEPARATOR_HEIGHT))
+        raise RenderError(
+            f"{len(heights)} sections do not fit in one frame ({most} at most, each {MIN_FITTED_HEIGHT} px "
+            f"tall at width {width}): show fewer, with the dashboard's Sections filter (a name, or a "
+            "/regex/) or by passing fewer arrays")
+    while low < high:
+        mid = (low + high + 1) // 2
+        if np.minimum(ordered, mid).sum() <= rows:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 # The memory the plans one cache keeps may take at most (a frame of a 24-layer transformer's
@@ -291,12 +327,13 @@ class PlanCache:
         label: str = "?",
         layout: str | None = None,
         sizing: str = "fixed",
+        max_height: int | None = None,
     ) -> SectionPlan:
         """The plan for one array in a frame of this width (cached)."""
-        key = (tuple(shape), width, show_all, layout, sizing)
+        key = (tuple(shape), width, show_all, layout, sizing, max_height)
         plan = self._plans.get(key)
         if plan is None:
-            plan = make_plan(shape, width, show_all, label, layout, sizing)
+            plan = make_plan(shape, width, show_all, label, layout, sizing, max_height)
             self._plans.put(key, plan, plan.nbytes)
         return plan
 

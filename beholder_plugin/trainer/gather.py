@@ -27,7 +27,7 @@ from beholder_plugin.protocol.layout import (
     layout_for,
     resolve_layout,
 )
-from beholder_plugin.protocol.plans import KeptPlans, PlanCache, arrays_bytes
+from beholder_plugin.protocol.plans import KeptPlans, PlanCache, arrays_bytes, fit_heights
 from beholder_plugin.trainer import sources
 from beholder_plugin.trainer.device_batches import BatchMemo, batch_key, make_gather
 from beholder_plugin.trainer.job import Job, JobKind
@@ -171,13 +171,13 @@ class Gatherer:
         plan = self._frame_plans.get(key)
         if plan is None:
             width = frame_width(shapes, show_all, layouts)
-            plans, problems = [], {}
-            for i, (label, shape, layout) in enumerate(zip(labels, shapes, layouts)):
-                try:
-                    plans.append(self._plans.plan(shape, width, show_all, label, layout, sizing))
-                except RenderError as exc:
-                    plans.append(self._plans.plan((), width, show_all, label, MISSING))
-                    problems[i] = section_reason(label, exc)
+            plans, problems = self._section_plans(labels, shapes, layouts, width, show_all, sizing)
+            cap = fit_heights([p.height for p in plans], width)
+            if cap is not None:  # (very many sections: all cut to one height that fits a frame)
+                self._warn_once(f"fitted:{len(plans)}", "Beholder: %d sections are too many for one frame at "
+                                "their heights: each is shown at most %d px tall (the Sections filter shows "
+                                "fewer, taller)", len(plans), cap)
+                plans, problems = self._section_plans(labels, shapes, layouts, width, show_all, sizing, cap)
             plan = FramePlan(labels, plans)
             plan.problems = problems
             plan.key = key  # what made it (the same key makes the same plan: traced_batch's cache)
@@ -188,6 +188,19 @@ class Gatherer:
                 for old in [k for k in self._device_gathers if k[0] == id(dropped)]:
                     del self._device_gathers[old]
         return plan
+
+    def _section_plans(self, labels: list[str], shapes: list[tuple[int, ...]], layouts: list[str], width: int,
+                       show_all: bool, sizing: str, cap: int | None = None) -> tuple[list, dict[int, str]]:
+        """The sections' plans (at most ``cap`` px tall), an empty one for each that cannot be laid out,
+        and why."""
+        plans, problems = [], {}
+        for i, (label, shape, layout) in enumerate(zip(labels, shapes, layouts)):
+            try:
+                plans.append(self._plans.plan(shape, width, show_all, label, layout, sizing, cap))
+            except RenderError as exc:
+                plans.append(self._plans.plan((), width, show_all, label, MISSING, max_height=cap))
+                problems[i] = section_reason(label, exc)
+        return plans, problems
 
     def _buffer(self, plan: FramePlan) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
         """The reused flat buffers for a plan (shown values, statistics samples) and their section views.

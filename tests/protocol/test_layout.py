@@ -188,3 +188,20 @@ def test_kept_plans_stay_within_their_count_and_bytes_the_oldest_dropped_first()
     assert kept.put("f", "F", 1000) == ["C", "D", "E"] and kept.values() == ["F"]  # (alone, even over)
     view = np.arange(10, dtype=np.int64)
     assert arrays_bytes([view, view[2:], (view[::2], [view.reshape(2, 5)])]) == 80
+
+
+def test_fit_heights_cuts_every_section_to_the_one_height_that_fits_a_frame():
+    from beholder_plugin.protocol.frame_checks import MAX_FRAME_PIXELS
+    from beholder_plugin.protocol.plans import MIN_FITTED_HEIGHT, fit_heights
+
+    rows = MAX_FRAME_PIXELS // 768  # 349,525 rows at the usual width
+    assert fit_heights([128] * 2600, 768) is None  # (2600 x 133 - 5 rows fit as they are)
+    heights = [128] * 3000 + [32] * 136  # a mixture of experts' weights, and some biases
+    cap = fit_heights(heights, 768)
+    used = sum(min(h, cap) for h in heights) + 5 * (len(heights) - 1)
+    assert used <= rows < sum(min(h, cap + 1) for h in heights) + 5 * (len(heights) - 1)  # the largest
+    assert cap == 109  # 3000 x 109 + 136 x 32 + 3135 x 5 = 347,027 rows; at 110, 350,027
+    most = rows // (MIN_FITTED_HEIGHT + 5)
+    assert fit_heights([128] * most, 768) == MIN_FITTED_HEIGHT
+    with pytest.raises(RenderError, match=rf"{most + 1} sections do not fit in one frame \({most} at most"):
+        fit_heights([128] * (most + 1), 768)

@@ -211,3 +211,33 @@ def test_the_constructor_creates_the_run_and_keeps_an_existing_config(tmp_path):
     set_config(kept, FPS=3, colormap="viridis")
     Beholder(kept).close()
     assert read_config(kept)["FPS"] == 3 and read_config(kept)["colormap"] == "viridis"
+
+
+def test_a_frame_of_too_many_sections_for_their_heights_shows_them_all_shorter(run_dir, caplog):
+    """3,000 sections at 128 px pass the pixels a reader takes (2**28): no frame was ever written, and
+    the dashboard waited for one. Each is now cut to the one height that fits, and readers read it."""
+    from server_support import BASE, plugin_client
+
+    from beholder_plugin.protocol.frame_checks import MAX_FRAME_PIXELS
+    from beholder_plugin.protocol.layout import locate
+
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    rng = np.random.default_rng(3)
+    arrays = {f"layer{i // 3}/expert{i % 3}": rng.normal(size=(8, 4)).astype(np.float32) for i in range(3000)}
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        with Beholder(run_dir, strict=True) as beholder:
+            assert beholder.update(arrays=arrays)
+    assert "3000 sections are too many for one frame" in caplog.text
+    frame = read_frame_file(run_dir)
+    assert len(frame.sections) == 3000 and frame.width * frame.height <= MAX_FRAME_PIXELS
+    # 3000 x 111 + 2999 x 5 = 347,995 rows of the 349,525 a reader takes at 768 wide
+    assert {rec["height"] for rec in frame.sections} == {111}
+    _, client = plugin_client(os.path.dirname(run_dir))
+    run = os.path.basename(run_dir)
+    for i in (0, 1777, 2999):
+        rec = frame.sections[i]
+        y = rec["top"] + rec["height"] - 1
+        where = locate(frame.sections, frame.width, frame.width - 1, y)
+        assert where["name"] == rec["name"]
+        got = client.get(f"{BASE}/value", query_string={"run": run, "x": frame.width - 1, "y": y}).get_json()
+        assert got["value"] == float(arrays[rec["name"]][tuple(where["index"])])

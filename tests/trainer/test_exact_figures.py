@@ -44,7 +44,8 @@ FRAMEWORKS = {
 
 @pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("framework", list(FRAMEWORKS))
-def test_a_nan_outside_the_sample_is_an_anomaly_and_norms_are_exact(tmp_path, monkeypatch, framework, batched):
+def test_a_nan_outside_the_sample_is_an_anomaly_and_norms_are_exact(tmp_path, monkeypatch, framework,
+                                                                    batched):
     convert, module, flag = FRAMEWORKS[framework]
     monkeypatch.setattr(module, flag, batched)
     run = str(tmp_path)
@@ -76,7 +77,8 @@ def test_float64_values_past_float32s_range_are_no_infinite_value(tmp_path, monk
     wide = np.array([1.0, 1e39, 2.0, 0.5, 1e-320])
     with Beholder(run, strict=True, on_anomaly="raise") as beholder:
         for _ in range(2):
-            assert update_compiled(beholder, arrays={"wide": tf.constant(wide), "var": tf.Variable(wide * 1e260)})
+            arrays = {"wide": tf.constant(wide), "var": tf.Variable(wide * 1e260)}
+            assert update_compiled(beholder, arrays=arrays)
             beholder.flush()
     assert read_anomalies(run) == []
     for name in ("wide", "var"):
