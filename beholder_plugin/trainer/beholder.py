@@ -340,7 +340,7 @@ class Beholder:
         try:
             if self.worker is not None:
                 self.worker.stop(timeout)
-            self._report_worker_error()
+            self._report_worker_error(show=False)  # (no worker left to write it)
         finally:
             self.gatherer.wait_compiled(60.0 if timeout is None else timeout)  # (in XLA at exit: abort)
             self._reader.close()
@@ -377,8 +377,10 @@ class Beholder:
         except Exception:  # the failure is already counted and logged
             logger.debug("Beholder: could not write the failure frame", exc_info=True)
 
-    def _report_worker_error(self) -> None:
-        """Raise (strict) or log and count an error the worker met since the last call."""
+    def _report_worker_error(self, show: bool = True) -> None:
+        """Raise (strict) or log and count an error the worker met since the last call, and (``show``)
+        write the frame saying so: a run whose every frame fails in the worker (a frame too big to
+        write, say) would otherwise never have one, and its dashboard would wait for it."""
         if self.worker is None or self.worker.error is None:
             return
         error = self.worker.take_error()
@@ -386,6 +388,8 @@ class Beholder:
             raise error
         if error is not None:
             self.status.failed(error)
+            if show:
+                self._show_failure()
 
     # ------------------------------------------------------------ settings
 

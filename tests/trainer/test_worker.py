@@ -108,6 +108,25 @@ def test_a_worker_error_is_raised_by_the_next_update_under_strict(run_dir, monke
     strict.close()
 
 
+def test_a_worker_error_writes_the_frame_that_says_so(run_dir, monkeypatch):
+    """A frame that fails in the worker, every time, left the run with no frame at all, and the dashboard
+    waiting for its first: the failure placeholder (update()'s own failures' frame) says why now."""
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+
+    def broken(self, *args):
+        raise RuntimeError("renderer broke")
+
+    monkeypatch.setattr(render_module.Renderer, "render", broken)
+    beholder = Beholder(run_dir)
+    assert beholder.update(arrays=[np.arange(4.0)])  # handed over; the worker fails later
+    beholder.flush()  # (the error is reported, and its frame handed over)
+    beholder.flush()
+    frame = read_frame_file(run_dir)
+    assert frame is not None and frame.header["values"] == "placeholder"
+    assert frame.header["failures"] == 1 and "renderer broke" in frame.header["last_error"]
+    beholder.close()
+
+
 def test_interpreter_exit_writes_the_frame_in_progress(run_dir):
     script = textwrap.dedent(
         """
