@@ -88,6 +88,15 @@ class BufferedGradient(NamedTuple):
     layout: str | None
 
 
+def _check_chosen(chosen: list[Any], names: list[str], kind: str) -> None:
+    """Refuse layer names in watch(activations=[...]) that the model does not have, saying which it has."""
+    unknown = [name for name in chosen if name not in set(names)]
+    if unknown:
+        shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+        raise ValueError(f"watch(activations=...): the model has no {kind} named "
+                         f"{', '.join(map(repr, unknown))}; its {kind}s are: {shown or 'none'}")
+
+
 class WatchHandle:
     """Removes a watch's hooks: ``handle.remove()``, or use it as a context manager."""
 
@@ -116,6 +125,10 @@ class Watch:
         probe: Any = None,
         strict: bool = False,
     ) -> None:
+        if not isinstance(activations, (bool, list, tuple, set)):
+            one = f" (one name: [{activations!r}])" if isinstance(activations, str) else ""
+            raise TypeError(f"watch(activations=...) takes True, False or a list of layer names; got "
+                            f"{activations!r}{one}")
         self.model = compiled.unwrap(model) if sources.is_torch_module(model) else model
         self.strict = strict
         self.probe = probe
@@ -150,12 +163,17 @@ class Watch:
         if sources.is_keras_layer(model):  # first: on Keras's torch backend a model is a torch module too
             self.framework = "keras"
             layers = list(activations) if isinstance(activations, (list, tuple, set)) else None
+            if layers is not None:
+                _check_chosen(layers, [layer.name for layer in getattr(model, "layers", [])], "layer")
             self._keras = KerasWatch(model, probe, layers)
         elif sources.is_torch_module(model):
             self.framework = "torch"
             # Hooks are installed by arm() for the step after a frame fell due and removed when the
             # frame takes what they captured: every other step runs with no hook at all.
             self._hook_choice = (activations, gradients)
+            if isinstance(activations, (list, tuple, set)):
+                _check_chosen(list(activations), [path for path, _ in self.model.named_modules() if path],
+                              "module")
             self.sharded = any(torch_modules.sharded(param) for param in model.parameters())
             # A compiled model's activation hooks stay installed (compiled.py says why), from watch()
             # on when it is compiled already, or from the moment dynamo starts compiling anything.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from beholder_plugin import Beholder
@@ -35,3 +36,42 @@ def test_a_missing_logdir_is_still_created(tmp_path):
     with Beholder(tmp_path / "a" / "b", strict=True, background=False) as beholder:
         assert beholder.update(arrays={"w": [1.0, 2.0]})
     assert (tmp_path / "a" / "b" / "plugins" / "beholder" / "frame.bin").is_file()
+
+
+def test_watch_shows_the_layers_named_and_refuses_names_the_model_lacks(tmp_path):
+    """activations=[...] picks layers by module path. A misspelt one used to be hooked never: every frame
+    said the model most likely ran a stale compiled graph, and reset every compiled function in the
+    process. A string (one name, unlisted) was taken as 'all layers'."""
+    torch = pytest.importorskip("torch")
+    from support import set_config
+
+    from beholder_plugin.protocol.runfiles import read_frame_file
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    run = str(tmp_path)
+    set_config(run, values="activations", mode="current", FPS=30)
+    with Beholder(run, strict=True) as beholder:
+        with pytest.raises(ValueError, match=r"no module named 'lin1', 'relu'; its modules are: 0, 1, 2$"):
+            beholder.watch(model, activations=["0", "lin1", "relu"])
+        with pytest.raises(TypeError, match=r"got '0' \(one name: \['0'\]\)"):
+            beholder.watch(model, activations="0")
+        beholder.watch(model, activations=["0", "2"])
+        x = torch.randn(3, 4)
+        for _ in range(3):  # (the frame due arms the hooks; the next step's forward fills them)
+            beholder.frame_due_now()
+            model(x)
+            beholder.update()
+        beholder.flush()
+    frame = read_frame_file(run)
+    assert [rec["name"] for rec in frame.sections] == ["0", "2"]
+    assert frame.section_values(1).shape == (3, 2)  # (batch, outputs): the last layer's output, whole
+    np.testing.assert_array_equal(frame.section_values(1), model(x).detach().numpy())
+
+
+def test_watch_refuses_keras_layer_names_the_model_lacks(tmp_path):
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden"),
+                              keras.layers.Dense(2, name="out")])
+    with Beholder(str(tmp_path)) as beholder:
+        with pytest.raises(ValueError, match=r"no layer named 'hiden'; its layers are: hidden, out$"):
+            beholder.watch(model, probe=np.ones((2, 4), np.float32), activations=["hiden"])
