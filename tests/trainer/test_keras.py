@@ -296,6 +296,29 @@ def test_the_callback_shows_chosen_layers_activations_for_a_probe_batch(run_dir)
 
 
 
+def test_the_callback_takes_beholders_arguments_or_a_beholder(run_dir, tmp_path):
+    """values=, ranks=, on_anomaly=... raised TypeError, and a Beholder could not be passed, where the
+    Lightning and Hugging Face callbacks take both."""
+    model = tiny_convnet()
+    probe, _ = tiny_data(n=5, seed=7)
+    callback = beholder_plugin.BeholderCallback(run_dir, probe=probe, values="activations", norm_jump=4.0)
+    _fit(model, [callback], epochs=1)
+    assert beholder_plugin.read_config(run_dir)["values"] == "activations"  # (the run's first settings)
+    assert callback.beholder.timeline.norm_jump == 4.0
+    assert read_frame_file(run_dir).header["values"] == "activations"
+    own = Beholder(str(tmp_path / "own"), strict=True)
+    given = beholder_plugin.BeholderCallback(own)
+    assert given.beholder is own
+    _fit(model, [given], epochs=1)
+    written = own.frames_written
+    assert written >= 1 and own.watched is None  # (unwatched at the end, not closed:)
+    own.frame_due_now()
+    assert own.update(variables=model) and own.flush() and own.frames_written == written + 1
+    with pytest.raises(TypeError, match="go to Beholder"):
+        beholder_plugin.BeholderCallback(own, ranks="all")
+    own.close()
+
+
 def test_activations_without_a_probe_say_where_to_pass_one(run_dir):
     """The callback given no probe batch: the empty section says how to give one, to the callback too."""
     configure(run_dir, values="activations")

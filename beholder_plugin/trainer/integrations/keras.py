@@ -126,6 +126,11 @@ class BeholderCallback(keras.callbacks.Callback):
             choice shows a section saying to pass one.
         layers: the names of the layers whose activations are shown (default:
             every layer).
+        **beholder_kwargs: ``Beholder``'s own arguments (``values=``,
+            ``ranks=``, ``on_anomaly=``, ``norm_jump=``...), as the Lightning
+            and Hugging Face callbacks take them. ``logdir`` may also be a
+            ``Beholder`` (then these go to it instead); it is flushed, not
+            closed, when training ends.
 
     Attributes:
         beholder: the ``Beholder`` writing the frames (``frames_written``,
@@ -153,17 +158,21 @@ class BeholderCallback(keras.callbacks.Callback):
 
     def __init__(
         self,
-        logdir: str | os.PathLike,
+        logdir: str | os.PathLike | Beholder,
         frame: Callable[[], Any] | None = None,
         strict: bool = False,
         probe: Any = None,
         layers: list[str] | None = None,
+        **beholder_kwargs: Any,
     ) -> None:
         super().__init__()
         self._probe, self._layers = probe, layers
         if frame is not None and not callable(frame):
             raise TypeError(f"frame must be a zero-argument callable, not {type(frame).__name__}")
-        self.beholder = Beholder(logdir, strict=strict)
+        self._given = isinstance(logdir, Beholder)  # (the caller's: flushed at the end, not closed)
+        if self._given and (beholder_kwargs or strict):
+            raise TypeError("strict= and Beholder's arguments go to Beholder(...) when a Beholder is passed")
+        self.beholder = logdir if self._given else Beholder(logdir, strict=strict, **beholder_kwargs)
         self._frame = frame
         self._variables = _ModelVariables(self)
         self._gate = threading.Condition()
@@ -222,7 +231,11 @@ class BeholderCallback(keras.callbacks.Callback):
         try:
             self._catch_up()
         finally:
-            self.beholder.close()
+            if self._given:
+                self.beholder.unwatch()
+                self.beholder.flush()
+            else:
+                self.beholder.close()
 
     def _catch_up(self) -> None:
         with self._gate:
