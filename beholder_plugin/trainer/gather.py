@@ -135,7 +135,7 @@ class Gatherer:
                 job.kind, job.image = JobKind.IMAGE, user_frame.capture(inputs.frame, self._warn_once)
         elif shown == "arrays":
             if inputs.arrays is not None:
-                self._gather_named(job, sources.named_arrays(inputs.arrays, inputs.layout))
+                self._gather_named(job, sources.named_arrays(inputs.arrays, inputs.layout, self._warn_once))
         elif shown in ("gradients", "activations"):
             if watch is not None:
                 job.loss_scaled = shown == "gradients" and watch.loss_scaled()

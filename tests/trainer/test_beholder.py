@@ -241,3 +241,19 @@ def test_a_frame_of_too_many_sections_for_their_heights_shows_them_all_shorter(r
         assert where["name"] == rec["name"]
         got = client.get(f"{BASE}/value", query_string={"run": run, "x": frame.width - 1, "y": y}).get_json()
         assert got["value"] == float(arrays[rec["name"]][tuple(where["index"])])
+
+
+def test_a_layout_for_a_section_not_passed_is_told_once_and_the_frame_still_comes(run_dir, caplog):
+    """One dict of layouts for arrays some steps pass and others do not: a name not passed failed the
+    whole frame; it is told once (a typo shows there) and the frame shows what was passed."""
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    layouts = {"conv": "kernel_hwio", "head": "matrix"}
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        with Beholder(run_dir, strict=True) as beholder:
+            for _ in range(2):
+                beholder.frame_due_now()
+                assert beholder.update(arrays={"conv": np.ones((3, 3, 2, 4))}, layout=layouts)
+                beholder.flush()
+    assert caplog.text.count("layout= names sections that were not passed, ignored: head") == 1
+    frame = read_frame_file(run_dir)
+    assert [(rec["name"], rec["layout"]) for rec in frame.sections] == [("conv", "kernel_hwio")]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -182,14 +182,16 @@ def finish(sub: np.ndarray, plan: SectionPlan) -> np.ndarray:
 Named = tuple[str, Any, "str | None"]
 
 
-def named_arrays(arrays: Any, layout: Any = None) -> list[Named]:
+def named_arrays(arrays: Any, layout: Any = None, warn: Callable[..., None] | None = None) -> list[Named]:
     """(name, array, layout) triples from update(arrays=..., layout=...).
 
     A dict names sections by key (a dict of JAX arrays in sorted key order,
     as JAX orders it), a list or tuple by index; a nested pytree
     of JAX arrays (Flax parameters) by key path, ``params/Dense_0/kernel``. ``layout`` is one
     layout for every array, or a dict of layouts by section name (sections
-    not in it get their framework's default).
+    not in it get their framework's default); names in it that were not
+    passed are refused, or, given ``warn`` (``warn_once(key, message,
+    *args)``), told once and ignored.
     """
     tree = _tree_pairs(arrays)
     if tree is not None:  # a nested pytree of JAX arrays: named by key path
@@ -203,8 +205,11 @@ def named_arrays(arrays: Any, layout: Any = None) -> list[Named]:
     if isinstance(layout, Mapping):
         chosen = {str(k): v for k, v in layout.items()}
         unknown = sorted(set(chosen) - {name for name, _ in pairs})
-        if unknown:
+        if unknown and warn is None:
             raise RenderError(f"layout names sections that were not passed: {', '.join(unknown)}")
+        if unknown:  # (a dict of layouts for arrays passed at some steps only: the others are shown)
+            warn(f"layout:{','.join(unknown)}", "Beholder: layout= names sections that were not passed, "
+                 "ignored: %s", ", ".join(unknown))
         return [(name, obj, chosen.get(name)) for name, obj in pairs]
     if layout is not None and not isinstance(layout, str):
         raise TypeError(f"layout must be a layout name or a dict of them, not {type(layout).__name__}")
