@@ -315,6 +315,11 @@ class Beholder:
         recorded in the timeline but not reported as anomalies. The Hugging
         Face and Lightning callbacks pass theirs.
         """
+        old = self._watch
+        if old is not None and old.model is not model and old.model is not getattr(model, "_orig_mod", None):
+            logger.warning("Beholder: watch() replaces the model watched so far: one model is watched at a "
+                           "time. To show two (a GAN's generator and discriminator), watch one module "
+                           "holding both, e.g. torch.nn.ModuleDict({'G': G, 'D': D})")
         self.unwatch()
         if not self.active:
             return WatchHandle(lambda: None)

@@ -335,7 +335,7 @@ class Watch:
                     named.append((name, got.tensor, got.layout))
                     continue
                 if got is None:
-                    why = "no gradient this step (the parameter was not used in the loss, or is frozen)"
+                    why = "no gradient this step (the parameter was not used in the loss)"
                     got = Captured(tuple(param.shape), None, error=why)
                 named.append((name, got, None))
             return named

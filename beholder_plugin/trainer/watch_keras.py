@@ -149,7 +149,7 @@ def keras_gradients(variables: list[sources.Named]) -> list[sources.Named]:
         if grad is not None:
             named.append((name, grad, layout))
         elif value is not None and type(value).__module__.startswith("torch"):
-            why = "no gradient this step (the variable was not used in the loss, or is frozen)"
+            why = "no gradient this step (the variable was not used in the loss)"
             named.append((name, Captured(tuple(variable.shape), None, error=why), None))
         else:
             named.append((name, Captured((), None, error=NO_KERAS_GRADIENTS), None))

@@ -75,3 +75,19 @@ def test_watch_refuses_keras_layer_names_the_model_lacks(tmp_path):
     with Beholder(str(tmp_path)) as beholder:
         with pytest.raises(ValueError, match=r"no layer named 'hiden'; its layers are: hidden, out$"):
             beholder.watch(model, probe=np.ones((2, 4), np.float32), activations=["hiden"])
+
+
+def test_watching_a_second_model_says_it_replaces_the_first(tmp_path, caplog):
+    """A GAN's watch(G) then watch(D) showed D alone, with names that did not tell which it was."""
+    import logging
+
+    torch = pytest.importorskip("torch")
+    generator, discriminator = torch.nn.Linear(2, 3), torch.nn.Linear(3, 1)
+    with Beholder(str(tmp_path)) as beholder, caplog.at_level(logging.WARNING, logger="beholder"):
+        beholder.watch(generator)
+        beholder.watch(generator)  # (the same model again: nothing to say)
+        assert "replaces" not in caplog.text
+        beholder.watch(discriminator)
+        assert beholder.watched.model is discriminator
+    assert caplog.text.count("watch() replaces the model watched so far") == 1
+    assert "torch.nn.ModuleDict({'G': G, 'D': D})" in caplog.text
