@@ -335,7 +335,9 @@ class Watch:
                     named.append((name, got.tensor, got.layout))
                     continue
                 if got is None:
-                    why = "no gradient this step (the parameter was not used in the loss)"
+                    why = ("no gradient this step (the parameter is frozen: requires_grad=False)"
+                           if not param.requires_grad else
+                           "no gradient this step (the parameter was not used in the loss)")
                     got = Captured(tuple(param.shape), None, error=why)
                 named.append((name, got, None))
             return named

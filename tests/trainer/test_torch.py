@@ -319,3 +319,44 @@ def test_a_gradients_frame_keeps_no_gradient_alive(run_dir, monkeypatch, batched
         assert freed == [True] * len(grads)
         beholder.update()  # the per-step check reads .grad afresh (None now), never an old one
         assert beholder.failures == 0
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_a_sparse_embedding_gradient_is_shown_dense(run_dir, hooked):
+    """nn.Embedding(sparse=True) leaves a sparse COO gradient: its section said 'can't convert Sparse
+    layout tensor to numpy. Use Tensor.to_dense() first', which a user of watch() cannot do. Read from
+    .grad, and caught by the hooks (.grad cleared before update())."""
+    set_config(run_dir, values="gradients", mode="current", FPS=30)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(30, 6, sparse=True), torch.nn.Flatten(),
+                                torch.nn.Linear(18, 2))
+    tokens = torch.randint(0, 30, (4, 3))
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)
+        if hooked:  # a frame falls due with no gradient at hand: the hooks catch the next backward's
+            model.zero_grad(set_to_none=True)
+            beholder.frame_due_now()
+            assert not beholder.update()
+        model(tokens).pow(2).mean().backward()
+        grads = {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).numpy().copy()
+                 for n, p in model.named_parameters()}
+        assert model[0].weight.grad.is_sparse
+        if hooked:
+            model.zero_grad(set_to_none=True)
+        beholder.frame_due_now()
+        assert beholder.update()
+    frame = read_frame_file(run_dir)
+    assert [rec["name"] for rec in frame.sections] == ["0.weight", "2.weight", "2.bias"]
+    assert "missing" not in frame.sections[0]
+    np.testing.assert_array_equal(frame.section_values(0), grads["0.weight"])  # (30 x 6: all shown)
+
+
+def test_a_sparse_or_meta_array_says_what_it_is(run_dir):
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    sparse = torch.sparse_coo_tensor([[0, 2], [1, 3]], [5.0, 7.0], (3, 4))
+    with Beholder(run_dir, background=False) as beholder:
+        assert beholder.update(arrays={"sparse": sparse, "meta": torch.empty(3, 4, device="meta")})
+    frame = read_frame_file(run_dir)
+    np.testing.assert_array_equal(frame.section_values(0), sparse.to_dense().numpy())
+    assert frame.sections[1]["missing"] == ("a meta tensor (device='meta') holds a shape and a dtype, "
+                                            "no values")

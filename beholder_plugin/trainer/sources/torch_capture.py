@@ -21,7 +21,7 @@ import numpy as np
 from beholder_plugin.protocol.layout import FRAME_WIDTH, resolve_layout
 from beholder_plugin.protocol.plans import KeptPlans, make_plan
 from beholder_plugin.trainer import sources
-from beholder_plugin.trainer.sources import torch_batch, torch_modules
+from beholder_plugin.trainer.sources import torch_batch, torch_modules, torch_tensors
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.stats import sample_runs, sample_size
 
@@ -38,6 +38,7 @@ def copy_shown(name: str, tensor: Any, layout: str | None, show_all: bool, sizin
         return Captured((), None, error="no gradient (None)")
     if torch_modules.sharded(tensor):  # (FSDP2's sharded gradient: this rank's shard, as prepare() shows
         tensor = tensor.to_local()  # a DTensor; the whole would be a collective)
+    tensor = torch_tensors.dense(tensor, name)  # (a sparse embedding gradient)
     shape = tuple(tensor.shape)
     if show_all:  # the frame's width depends on every section: keep a copy to slice later
         if layout is None:

@@ -12,6 +12,10 @@ from beholder_plugin.protocol.plans import SectionPlan
 from beholder_plugin.trainer.exact_pass import freed
 from beholder_plugin.trainer.sources import finish, run_positions, torch_batch
 
+# A sparse tensor (an embedding's sparse gradient) is shown from a dense copy made for the frame, up to
+# so many values (64 M: 256 MB of float32); a bigger one says to pass its rows.
+MAX_DENSE_VALUES = 1 << 26
+
 
 def prepare(obj: Any, label: str) -> Any:
     """The tensor, detached from autograd (nothing is copied); a DTensor (FSDP2) as this rank's shard.
@@ -23,9 +27,24 @@ def prepare(obj: Any, label: str) -> Any:
     to_local = getattr(obj, "to_local", None)
     if to_local is not None and type(obj).__name__ == "DTensor":
         obj = to_local()
+    obj = dense(obj, label)
     if obj.dtype not in torch_batch.shown_dtypes() or obj.is_nested or freed(obj):
         raise RenderError(f"section {label}: {_unreadable(obj)}")
     return obj.detach()
+
+
+def dense(obj: Any, label: str) -> Any:
+    """A sparse tensor (nn.Embedding(sparse=True)'s gradient) as a dense copy made for the frame; others as
+    they are. A meta tensor, which has no values, is refused saying so."""
+    if obj.is_meta:
+        raise RenderError(f"section {label}: a meta tensor (device='meta') holds a shape and a dtype, no "
+                          "values")
+    if str(obj.layout) == "torch.strided" or obj.is_mkldnn:
+        return obj
+    if obj.numel() > MAX_DENSE_VALUES:
+        raise RenderError(f"section {label}: a sparse tensor of {obj.numel()} values is not shown (its "
+                          f"dense copy would pass {MAX_DENSE_VALUES}): pass the rows that matter, dense")
+    return obj.detach().to_dense()
 
 
 def _unreadable(t: Any) -> str:
