@@ -76,6 +76,17 @@ MAX_FILE_BYTES = 256 << 20
 MAX_ANOMALY_BYTES = 4 << 20
 
 
+# base.bht holds at most this much: past MAX_PER_SECTION x 72 B x 455 sections, each section keeps
+# fewer records (a mixture of experts' 3,000: 310 each), down to KEEP_FIRST; past that the sections
+# whose newest record is oldest (names that changed, never to come back) are dropped.
+BASE_BUDGET = 64 << 20
+
+
+def section_cap(sections: int, cap: int = MAX_PER_SECTION) -> int:
+    """How many records each of this many sections keeps in base.bht (within BASE_BUDGET)."""
+    return max(KEEP_FIRST, min(cap, BASE_BUDGET // (max(sections, 1) * RECORD.itemsize)))
+
+
 def parts_budget(sections: int) -> int:
     """The bytes of parts a run of this many sections lets grow before they are thinned into base.bht."""
     return max(PARTS_BUDGET, TOTAL_BUDGET - sections * MAX_PER_SECTION * RECORD.itemsize)
@@ -335,8 +346,16 @@ def thin(records: np.ndarray, now: float, keep_first: int = KEEP_FIRST, keep_rec
 
 def thin_all(by_section: dict[str, np.ndarray], now: float,
              cap: int = MAX_PER_SECTION) -> dict[str, np.ndarray]:
-    """thin() for every section."""
-    return {name: thin(recs, now, cap=cap) for name, recs in by_section.items()}
+    """thin() for every section, each to section_cap(its number): BASE_BUDGET in all. When even
+    KEEP_FIRST records each would pass it, the sections whose newest record is oldest are left out."""
+    each = section_cap(len(by_section), cap)
+    kept = by_section
+    most = BASE_BUDGET // (each * RECORD.itemsize)
+    if len(by_section) > most:
+        newest = set(sorted(by_section, key=lambda name: -float(by_section[name]["time"][-1]))[:most])
+        kept = {name: recs for name, recs in by_section.items() if name in newest}
+    recent = min(KEEP_RECENT, each)
+    return {name: thin(recs, now, keep_recent=recent, cap=each) for name, recs in kept.items()}
 
 
 def base_bytes(by_section: dict[str, np.ndarray], through: int) -> list[bytes]:

@@ -39,6 +39,7 @@ class TimelineWriter:
         self.uploaded_at = clock()
         self.protected: set[int] = set()  # steps whose records thinning keeps (an anomaly's frames)
         self.anomalies: list[bytes] = []  # remote: the lines of anomalies.jsonl
+        self._retry_at = 0  # after a failed compaction: the parts' size at which to try again
 
     def _join(self, name: str) -> str:
         """The path of a file of the timeline's directory."""
@@ -85,8 +86,10 @@ class TimelineWriter:
             self._append_local(data)
         self.parts_bytes += len(data)
         budget = tl.parts_budget(len(self.sections)) if self.parts_budget is None else self.parts_budget
-        if self.parts_bytes >= budget:
-            self.compact()
+        if self.parts_bytes >= max(budget, self._retry_at):
+            self._retry_at = self.parts_bytes + budget  # (a compaction that fails is tried again later,
+            self.compact()  # not at every frame, each leaving a part behind)
+            self._retry_at = 0
 
     def _append_local(self, data: bytes) -> None:
         """One write() of whole chunks to the current part (opened for appending, closed again: no file

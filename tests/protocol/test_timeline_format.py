@@ -217,3 +217,56 @@ def test_fewer_sections_thin_less_often_within_the_same_bound(run_dir):
 def _bytes(directory: str) -> int:
     """The bytes of the files in a directory."""
     return sum(os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory))
+
+
+def test_base_bht_stays_within_its_budget_however_many_sections(run_dir, monkeypatch):
+    """Each section kept 2048 records whatever their number: 2,000 sections wrote a 279 MB base.bht,
+    which readers (capped at 256 MiB) then refused, and every frame after tried to thin again, each
+    leaving a part behind. Each section now keeps section_cap(n) records, BASE_BUDGET in all; names
+    that never come back (the oldest newest records) go first when even the fewest would not fit.
+    Scaled down here: a 200 KB budget."""
+    monkeypatch.setattr(tl, "BASE_BUDGET", 200 << 10)
+    sections = [f"expert{i}/w" for i in range(40)]
+    cap = tl.section_cap(len(sections))
+    assert cap == (200 << 10) // (40 * tl.RECORD.itemsize) == 71
+    now = [1.7e9]
+    writer = TimelineWriter(run_dir, files_for(run_dir), clock=lambda: now[0], parts_budget=64 << 10)
+    for k in range(300):
+        now[0] += 1.0
+        writer.append(sections, frame_records(sections, k + 1, now[0], [float(k)] * 40))
+    writer.compact()
+    directory = tl.timeline_dir(run_dir)
+    assert os.path.getsize(os.path.join(directory, tl.BASE_FILE)) <= (200 << 10) + (4 << 10)  # (+ names)
+    found = tl.read_records(run_dir)
+    assert {len(recs) for recs in found.values()} == {cap}
+    assert found["expert7/w"]["step"][-1] == 300 and found["expert7/w"]["step"][0] == 1  # newest and first
+    # names that change at every frame: only the newest fit, however long the run
+    for k in range(300, 4000):
+        now[0] += 1.0
+        writer.append([f"token{k}"], frame_records([f"token{k}"], k + 1, now[0], [1.0]))
+    writer.compact()
+    assert os.path.getsize(os.path.join(directory, tl.BASE_FILE)) <= (200 << 10) + (4 << 10)  # (+ names)
+    found = tl.read_records(run_dir)
+    assert len(found) == (200 << 10) // (tl.KEEP_FIRST * tl.RECORD.itemsize) and "token3999" in found
+
+
+def test_a_compaction_that_fails_is_not_tried_again_at_every_frame(run_dir, monkeypatch):
+    now = [1.7e9]
+    writer = TimelineWriter(run_dir, files_for(run_dir), clock=lambda: now[0], parts_budget=8 << 10)
+    tries = []
+
+    def broken(*args, **kwargs):
+        tries.append(writer.seq)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tl, "base_bytes", broken)
+    sections = ["w"]
+    for k in range(2000):  # 72 B a frame: 8 KB every 114 frames
+        now[0] += 1.0
+        try:
+            writer.append(sections, frame_records(sections, k + 1, now[0], [1.0]))
+        except OSError:
+            pass
+    assert 10 <= len(tries) <= 25  # once per budget's worth of new records, not once a frame
+    parts = [n for n in os.listdir(tl.timeline_dir(run_dir)) if tl.part_seq(n) is not None]
+    assert len(parts) == len(tries) + 1
