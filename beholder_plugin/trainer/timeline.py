@@ -377,7 +377,7 @@ class Timeline:
                 self._raise = AnomalyError(record)
                 self.hot = True
         if self.anomalies <= MAX_ANOMALIES:
-            self.writer.add_anomaly(record)
+            self.writer.add_anomaly(record, MAX_ANOMALIES)
         if callable(self.on_anomaly):
             self._delivery.append(record)
             self.hot = True
@@ -411,6 +411,8 @@ class Timeline:
                 if isinstance(name, str) and name in kept:
                     ring.pin(name)
                     self.keyframes.protected.add(name)
+            if record.get("first") is not True:  # (as _pin does: each writer's first anomaly's frames;
+                continue  # steps start again at each restart, so every record's would pin everywhere)
             for key in ("frame_step", "step"):
                 if isinstance(record.get(key), int):
                     self.writer.protected.add(record[key])

@@ -40,6 +40,7 @@ class TimelineWriter:
         self.protected: set[int] = set()  # steps whose records thinning keeps (an anomaly's frames)
         self.anomalies: list[bytes] = []  # remote: the lines of anomalies.jsonl
         self._retry_at = 0  # after a failed compaction: the parts' size at which to try again
+        self.anomaly_lines: int | None = 0  # in anomalies.jsonl, as _start() found it (None: unreadable)
 
     def _join(self, name: str) -> str:
         """The path of a file of the timeline's directory."""
@@ -51,8 +52,12 @@ class TimelineWriter:
         seqs = [s for s in map(tl.part_seq, sizes) if s is not None]
         self.seq = max(seqs, default=-1) + 1
         self.parts_bytes = sum(size for name, size in sizes.items() if tl.part_seq(name) is not None)
+        try:  # (earlier writers' records count towards the file's cap)
+            found = self.files.read(self._join(tl.ANOMALIES_FILE), tl.MAX_ANOMALY_BYTES) or b""
+        except (OSError, ValueError):  # (unreadable, or past the cap already: no more are added)
+            found = None
+        self.anomaly_lines = found.count(b"\n") if found is not None else None
         if self.remote:
-            found = self.files.read(self._join(tl.ANOMALIES_FILE), tl.MAX_ANOMALY_BYTES)
             self.anomalies = [tl.anomaly_line(r) for r in tl.parse_anomalies(found or b"")]
         else:
             self.files.makedirs(self.directory)
@@ -148,10 +153,14 @@ class TimelineWriter:
                 self.files.remove(self._join(name))
         self.parts_bytes = 0
 
-    def add_anomaly(self, record: dict[str, Any]) -> None:
-        """Append one anomaly record (remote: anomalies.jsonl is written whole, it is small)."""
+    def add_anomaly(self, record: dict[str, Any], most: int | None = None) -> None:
+        """Append one anomaly record unless the file holds ``most`` already, earlier writers' included
+        (remote: anomalies.jsonl is written whole, it is small)."""
         if self.seq is None:
             self._start()
+        if self.anomaly_lines is None or (most is not None and self.anomaly_lines >= most):
+            return
+        self.anomaly_lines += 1
         line = tl.anomaly_line(record)
         path = self._join(tl.ANOMALIES_FILE)
         if self.remote:

@@ -1096,3 +1096,27 @@ def test_torch_values_whose_squares_overflow_float32_are_no_infinite_value(run_d
     norms = read_timeline(run_dir)["big"]["norm"]
     assert read_anomalies(run_dir) == []
     np.testing.assert_allclose(norms, [4e20, 4e20, 8e20, 16e20], rtol=1e-6)  # (the first step is due)
+
+
+def test_restarted_trainers_keep_anomalies_jsonl_within_its_cap_and_pin_only_first_anomalies(
+        run_dir, monkeypatch):
+    """Each process counted its own anomaly records only: after 19 restarts anomalies.jsonl passed its
+    4 MiB read cap and the timeline route answered 500. And a restart pinned the step of every earlier
+    record in every section, so thinning kept 2,001 pinned records of a section that never had one."""
+    from beholder_plugin.trainer import timeline as timeline_module
+
+    monkeypatch.setattr(timeline_module, "MAX_ANOMALIES", 5)
+    set_config(run_dir, FPS=30, values="arrays")
+    names = [f"layer{i}" for i in range(8)]
+    for _ in range(3):  # three trainers, each finding 8 norm jumps: layer i's at step 8 + i
+        with Beholder(run_dir, background=False, norm_jump=10.0) as beholder:
+            for step in range(1, 17):
+                beholder.frame_due_now()
+                beholder.update(arrays={n: np.full(4, 100.0 if step == 8 + i else 1.0, np.float32)
+                                        for i, n in enumerate(names)})
+            protected = set(beholder.timeline.writer.protected)
+    records = read_anomalies(run_dir)
+    assert [(r["section"], r["step"], r.get("first")) for r in records] == [
+        ("layer0", 8, True), ("layer1", 9, None), ("layer2", 10, None), ("layer3", 11, None),
+        ("layer4", 12, None)]
+    assert protected == {7, 8}  # (the last trainer's first anomaly's frames, and the adopted first one's)
