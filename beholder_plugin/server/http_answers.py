@@ -179,8 +179,10 @@ def with_run(handler: Callable) -> Callable:
             return handler(self, request, self.run_index.resolve(request.args.get("run")))
         except RunError as exc:
             return error_response(request, str(exc), exc.status)
-        except (FrameFormatError, FileRefused) as exc:
+        except FrameFormatError as exc:
             return error_response(request, f"the frame file is not a valid Beholder frame: {exc}", 500)
+        except FileRefused as exc:  # (names its file: a frame, a timeline file, anomalies.jsonl...)
+            return error_response(request, f"a file of the run cannot be read: {exc}", 500)
         except OSError as exc:
             name = os.path.basename(exc.filename) if isinstance(exc.filename, str) else "a file"
             return error_response(request, f"cannot read {name} of the run: {exc.strerror or exc}", 500)

@@ -128,3 +128,18 @@ def test_a_cached_answer_follows_new_records(tmp_path):
     writer.compact()  # base.bht rewritten, the parts gone
     frame(3)
     assert column(get(client, "/timeline?run=run1")[1]["sections"][0], "norm").tolist() == [1, 2, 3]
+
+
+def test_an_anomalies_file_past_its_cap_is_named_in_the_error(tmp_path):
+    """It was answered as 'the frame file is not a valid Beholder frame: anomalies.jsonl is ...'."""
+    run = str(tmp_path / "run1")
+    set_config(run, values="arrays", FPS=30)
+    with Beholder(run, background=False) as beholder:
+        beholder.update(arrays={"w": np.ones(3)})
+    path = os.path.join(tl.timeline_dir(run), tl.ANOMALIES_FILE)
+    with open(path, "wb") as out:
+        out.write(b"{}\n" * (tl.MAX_ANOMALY_BYTES // 3 + 1))
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1")
+    assert status == 500
+    assert answer["error"].startswith("a file of the run cannot be read: anomalies.jsonl is ")
