@@ -32,7 +32,7 @@ from typing import Any
 
 from beholder_plugin.protocol.files import FileRefused, check_resolved, files_for, recent_realpath
 from beholder_plugin.protocol.frame_format import MAX_FRAME_BYTES, FrameFormatError, value_at
-from beholder_plugin.server.frame_data import FrameData, frame_data_of, read_header_of
+from beholder_plugin.server.frame_data import HEADER_COST, FrameData, frame_data_of, read_header_of
 from beholder_plugin.server.frame_encoding import EncodedFrame, encode_frame_file, frame_stamp
 
 # Frame files with a cache slot at most (the latest frames of runs, and kept frames looked at).
@@ -40,8 +40,9 @@ MAX_SLOTS = 256
 # Encoded PNGs kept in all (a show_all frame of a large network is a few MB of PNG):
 # past this, the encodings asked for least recently are dropped (and re-encoded if asked again).
 MAX_CACHED_PNG_BYTES = 128 << 20
-# Parsed frame headers kept for value look-ups, one per (file, identity).
+# Parsed frame headers kept for value look-ups, one per (file, identity), and at most so many bytes.
 MAX_HEADERS = 64
+MAX_HEADER_BYTES = 64 << 20
 # A file replaced while it is being read is read again this many times at most.
 _ATTEMPTS = 3
 
@@ -80,9 +81,12 @@ def _axes(record: dict[str, Any], rank: int) -> list[str] | None:
 
 
 def _cached_bytes(slot: _Slot) -> int:
-    """Bytes a slot's cached PNG and palette indices hold."""
-    png = len(slot.encoded.png) if slot.encoded is not None else 0
-    return png + (slot.data.cached_bytes() if slot.data is not None else 0)
+    """Bytes a slot's cached PNG, palette indices, answers and parsed headers hold."""
+    total = 0
+    encoded = slot.encoded
+    if encoded is not None:
+        total += len(encoded.png) + HEADER_COST * encoded.data_offset + len(encoded.table_json or b"")
+    return total + (slot.data.cached_bytes() if slot.data is not None else 0)
 
 
 class _Slot:
@@ -114,6 +118,7 @@ class FrameHub:
         self.header_reads = 0  # how many times a header was read for value look-ups (likewise)
         self._slots: dict[str, _Slot] = {}
         self._headers: OrderedDict[tuple, tuple[dict[str, Any], int]] = OrderedDict()
+        self._header_bytes = 0  # what the parsed headers kept take, by HEADER_COST
         self._lock = threading.Lock()
         self._headers_lock = threading.Lock()
 
@@ -205,7 +210,8 @@ class FrameHub:
             return made if expect is None or frame_stamp(made.header) == expect else None
 
     def _trim_encodings(self, keep: _Slot) -> None:
-        """Drop the least recently used encodings while cached PNGs and indices pass MAX_CACHED_PNG_BYTES."""
+        """Drop the least recently used encodings while what they hold (PNGs, indices, headers) passes
+        MAX_CACHED_PNG_BYTES."""
         with self._lock:
             slots = [s for s in self._slots.values() if s.encoded is not None or s.data is not None]
         total = sum(_cached_bytes(s) for s in slots)
@@ -245,8 +251,11 @@ class FrameHub:
             self.header_reads += 1
             with self._headers_lock:
                 self._headers[(key, identity)] = parsed
-                while len(self._headers) > MAX_HEADERS:
-                    self._headers.popitem(last=False)
+                self._header_bytes += HEADER_COST * parsed[1]
+                while len(self._headers) > 1 and (len(self._headers) > MAX_HEADERS
+                                                  or self._header_bytes > MAX_HEADER_BYTES):
+                    _, (_, offset) = self._headers.popitem(last=False)
+                    self._header_bytes -= HEADER_COST * offset
             return parsed, identity
         return None
 

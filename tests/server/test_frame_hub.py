@@ -340,6 +340,28 @@ def test_cached_pngs_stay_within_their_byte_budget(tmp_path, monkeypatch):
     assert plugin.hub.encodings == 7
 
 
+@pytest.mark.parametrize("route", ["frame-data", "section-info", "value"])
+def test_kept_frames_headers_count_toward_the_cache_budget(tmp_path, monkeypatch, route):
+    """Each cached frame also holds its parsed header, ten times its small PNG for a frame of many small
+    sections; uncounted, asking for 256 kept frames (the dashboard's slider) held 915 MB for a run of
+    1,000 sections. Headers count now, and value look-ups' own header cache has a byte budget too."""
+    run = tmp_path / "run"
+    rng = np.random.default_rng(4)
+    write_frames(run, [{f"block{i}/w": rng.normal(size=(3, 3)) for i in range(300)} for _ in range(12)])
+    plugin, client = plugin_client(tmp_path)
+    names = [entry.name for entry in list_history(run)]
+    offset = plugin.hub.header(str(history_frame_path(run, names[0])))[0][1]
+    budget = 3 * frame_hub_module.HEADER_COST * offset
+    monkeypatch.setattr(frame_hub_module, "MAX_CACHED_PNG_BYTES", budget)
+    monkeypatch.setattr(frame_hub_module, "MAX_HEADER_BYTES", budget)
+    for name in names:
+        query = {"run": "run", "frame": name, "x": 0, "y": 0}
+        assert client.get(f"{BASE}/{route}", query_string=query).status_code == 200
+    holding = [s for s in plugin.hub._slots.values() if s.encoded is not None or s.data is not None]
+    assert len(holding) <= 4 and sum(frame_hub_module._cached_bytes(s) for s in holding) <= 1.5 * budget
+    assert len(plugin.hub._headers) <= 4
+
+
 KEPT_NAME = "f-0000000000000001-ab-1-1.bin"
 
 
