@@ -27,6 +27,10 @@ DEFAULT_POINTS = 512
 MAX_POINTS = 4096
 MAX_SECTIONS = 4096
 CACHED_ANSWERS = 8  # (run, points) whose sections are kept while the timeline's files stay the same
+CACHED_BYTES = 64 << 20  # ... and at most so many bytes of them
+# An answer holds at most this many points over all its sections (44 bytes each, 59 as base64: 31 MB):
+# a run of many sections gets fewer points a section than it asked for (its "points" says how many).
+MAX_CELLS = 1 << 19
 CACHED_BASES = 2  # runs whose base.bht is kept parsed (the dashboard's run and the one compared with)
 WIDE = ("step", "time")
 NARROW = ("norm", "mean", "std", "min", "max", "nonfinite")
@@ -50,7 +54,11 @@ def bucketed(records: np.ndarray, first: int, last: int, points: int) -> dict[st
     if len(records) == 0:
         return {name: np.zeros(0) for name in WIDE + NARROW + ("flags",)}
     span = max(1, last - first + 1)
-    index = ((records["step"] - first) * points // span).clip(0, points - 1)
+    steps = records["step"]
+    if len(steps) > 1 and (np.diff(steps) < 0).any():  # a restarted trainer counted its steps afresh: the
+        index = np.arange(len(steps)) * points // len(steps)  # records in time order, cut into `points`
+    else:
+        index = ((steps - first) * points // span).clip(0, points - 1)
     starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
     ends = np.r_[starts[1:], len(records)] - 1
     with np.errstate(invalid="ignore"):
@@ -75,7 +83,7 @@ def _b64(values: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(values, dtype).tobytes()).decode("ascii")
 
 
-_cache: OrderedDict[tuple[str, int], tuple[tuple, dict[str, Any]]] = OrderedDict()
+_cache: OrderedDict[tuple[str, int], tuple[tuple, dict[str, Any], int]] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -124,16 +132,17 @@ def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None
         body = found[1]
     else:
         body = _sections_answer(run_path, points, files)
+        size = sum(len(v) for entry in body["sections"] for v in entry.values() if isinstance(v, str))
         with _cache_lock:
-            _cache[key] = (signature, body)
+            _cache[key] = (signature, body, size)
             _cache.move_to_end(key)
-            while len(_cache) > CACHED_ANSWERS:
+            while len(_cache) > 1 and (len(_cache) > CACHED_ANSWERS
+                                       or sum(entry[2] for entry in _cache.values()) > CACHED_BYTES):
                 _cache.popitem(last=False)
     kept = [{"name": e.name, "step": e.step, "time": e.time} for e in list_history(run_path, files)]
     return {
         "run": run_name,
-        **body,
-        "points": points,
+        **body,  # (its "points": at most those asked for, fewer for a run of very many sections)
         "anomalies": tl.read_anomalies(run_path, files)[:1000],
         "kept": kept,
     }
@@ -143,6 +152,7 @@ def _sections_answer(run_path: str, points: int, files: Any) -> dict[str, Any]:
     """The sections part of the answer: every section bucketed, and the steps the buckets span."""
     by_section = tl.read_records(run_path, files, base_cache=_base_cache(run_path))
     names = list(by_section)[:MAX_SECTIONS]
+    points = max(2, min(points, MAX_CELLS // max(len(names), 1)))
     steps = [recs["step"] for recs in by_section.values() if len(recs)]
     first = int(min(s[0] for s in steps)) if steps else 0
     last = int(max(s[-1] for s in steps)) if steps else 0
@@ -157,4 +167,4 @@ def _sections_answer(run_path: str, points: int, files: Any) -> dict[str, Any]:
             entry[column] = _b64(columns[column], "<f4")
         entry["flags"] = _b64(columns["flags"], "<u4")
         sections.append(entry)
-    return {"first_step": first, "last_step": last, "sections": sections}
+    return {"first_step": first, "last_step": last, "points": points, "sections": sections}

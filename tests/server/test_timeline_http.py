@@ -143,3 +143,52 @@ def test_an_anomalies_file_past_its_cap_is_named_in_the_error(tmp_path):
     status, answer = get(client, "/timeline?run=run1")
     assert status == 500
     assert answer["error"].startswith("a file of the run cannot be read: anomalies.jsonl is ")
+
+
+def _records(names: list[str], step: int, when: float) -> np.ndarray:
+    """One frame's records of these sections."""
+    records = tl.make_records(len(names))
+    records["step"], records["time"], records["section"] = step, when, np.arange(len(names))
+    records["norm"] = 1.0
+    return records
+
+
+def test_an_answer_of_many_sections_has_fewer_points_each_and_the_cache_a_byte_budget(tmp_path, monkeypatch):
+    """4,096 points of 1,500 sections were a 165 MB answer, and 8 of them were cached: the server held
+    2 GB. An answer now holds at most MAX_CELLS points, and the cache CACHED_BYTES."""
+    from beholder_plugin.server import timeline as server_timeline
+
+    server_timeline.forget()
+    run = str(tmp_path / "run1")
+    names = [f"expert{i}/w" for i in range(3000)]
+    writer = TimelineWriter(run, files_for(run), parts_budget=10**9)
+    for step in range(1, 41):
+        writer.append(names, _records(names, step, 1.7e9 + step))
+    writer.close()
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1&points=4096")
+    each = server_timeline.MAX_CELLS // 3000
+    assert status == 200 and answer["points"] == each == 174
+    assert {entry["points"] for entry in answer["sections"]} == {40}  # (40 records: 40 buckets of 174)
+    monkeypatch.setattr(server_timeline, "CACHED_BYTES", 1)  # the newest answer only
+    for points in (100, 200, 300):
+        assert get(client, f"/timeline?run=run1&points={points}")[0] == 200
+    assert list(server_timeline._cache) == [(run, 300)]
+
+
+def test_a_restarted_trainers_records_get_at_most_the_points_asked_for(tmp_path):
+    """Steps count afresh at each restart: the buckets by step repeated, K restarts giving K x N points."""
+    run = str(tmp_path / "run1")
+    when = 1.7e9
+    for _ in range(4):  # four trainers, steps 1 to 100 each
+        writer = TimelineWriter(run, files_for(run), parts_budget=10**9)
+        for step in range(1, 101):
+            when += 1.0
+            writer.append(["w"], _records(["w"], step, when))
+        writer.close()
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1&points=64")
+    entry = answer["sections"][0]
+    assert status == 200 and entry["records"] == 400 and entry["points"] == 64
+    times = column(entry, "time")
+    assert (np.diff(times) > 0).all() and times[-1] == when  # in time order, the last record last
