@@ -48,10 +48,13 @@ def _load_json(path: str, error: type[ValueError], limit: int) -> Any:
     if raw is None:
         return None
     try:
-        return json.loads(raw.decode("utf-8"))
+        doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise error(f"{name} is not valid JSON: {detail}") from None
+    if doc is None:  # (not "no file": that would mean the defaults, and a paused run resuming)
+        raise error(f"{name} holds JSON null, not an object")
+    return doc
 
 
 def load_config(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:

@@ -45,6 +45,21 @@ def test_a_local_reader_reports_a_changed_config_through_its_callback(run_dir):
     assert len(changes) == 1
 
 
+def test_a_config_of_json_null_keeps_the_last_good_one_not_the_defaults(run_dir, caplog):
+    """null read as 'no file': the defaults, so a paused run (FPS 0) resumed at 10 frames a second."""
+    set_config(run_dir, values="arrays", mode="current", FPS=0)
+    beholder = Beholder(run_dir)
+    assert not beholder.update(arrays=[np.ones(3)])
+    with open(config_path(run_dir), "w") as f:
+        f.write("null")
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        beholder._settings_checked = float("-inf")  # (look at the file now)
+        assert not beholder.update(arrays=[np.ones(3)])
+    assert beholder.config["FPS"] == 0 and beholder.frames_written == 0
+    assert "config.json holds JSON null, not an object" in caplog.text
+    beholder.close()
+
+
 @pytest.mark.usefixtures("flushed_updates")
 def test_a_missing_config_is_created_with_the_defaults(run_dir):
     beholder = Beholder(run_dir)
