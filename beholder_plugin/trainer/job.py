@@ -130,15 +130,16 @@ class FrameJobs:
         window started again because sections changed shape, the first of them (docs/protocol.md)."""
         if job.settings.mode != "variance":
             return None
+        size = job.settings.window_size
         if job.variance_done:
             windows = [getattr(batch, "window", None) for batch in job.pending or ()]
             frames = min((len(window.samples) for window in windows if window is not None), default=0)
         else:
-            frames = self.renderer.window_frames
+            frames, size = self.renderer.window_frames, self.renderer.window_size or size
         plan = job.plan
         shapes = {name: tuple(p.shape) for name, p in zip(plan.names, plan.plans)}
         last, self._shapes = self._shapes, shapes
-        window: dict[str, Any] = {"frames": frames, "size": job.settings.window_size}
+        window: dict[str, Any] = {"frames": frames, "size": size}
         if frames == 1 and last is not None:
             changed = [name for name, shape in shapes.items() if name in last and last[name] != shape]
             if changed:

@@ -257,3 +257,28 @@ def test_a_layout_for_a_section_not_passed_is_told_once_and_the_frame_still_come
     assert caplog.text.count("layout= names sections that were not passed, ignored: head") == 1
     frame = read_frame_file(run_dir)
     assert [(rec["name"], rec["layout"]) for rec in frame.sections] == [("conv", "kernel_hwio")]
+
+
+def test_the_host_variance_window_is_cut_to_its_byte_budget(run_dir, monkeypatch):
+    """show_all of four 4096 x 4096 arrays in variance mode took 4 GB: window_size samples and 7 work
+    buffers of the frame's values, with no bound. The window is cut to what HOST_WINDOW_BYTES holds (the
+    header says its length), and a frame whose two samples would not fit says so. Scaled down here."""
+    from beholder_plugin.trainer.views import render
+
+    values = np.arange(4096.0).reshape(64, 64)  # (4096 values shown: 64 x 64 fits the frame whole)
+    monkeypatch.setattr(render, "HOST_WINDOW_BYTES", (3 + 7) * 4 * 4096)
+    set_config(run_dir, values="arrays", mode="variance", FPS=30, window_size=15)
+    with Beholder(run_dir, strict=True) as beholder:
+        windows = []
+        for step in range(5):
+            beholder.frame_due_now()
+            assert beholder.update(arrays={"w": values * step})
+            beholder.flush()
+            windows.append(read_frame_file(run_dir).header["window"])
+        assert windows == [{"frames": n, "size": 3} for n in (1, 2, 3, 3, 3)]
+        truth = np.var([values * s for s in (2, 3, 4)], axis=0)  # (the last three frames')
+        np.testing.assert_allclose(read_frame_file(run_dir).section_values(0), truth, rtol=1e-5)
+        monkeypatch.setattr(render, "HOST_WINDOW_BYTES", (2 + 7) * 4 * 4096 - 1)
+        beholder.frame_due_now()
+        with pytest.raises(RenderError, match=r"variance over 4096 values would need 0 MB, more than"):
+            beholder.update(arrays={"w": values})

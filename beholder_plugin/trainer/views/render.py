@@ -156,6 +156,24 @@ class HostOps:
         return np.errstate(invalid="ignore", over="ignore")
 
 
+# The host's variance window keeps its samples and 7 work buffers of a frame's values: at most this
+# many bytes in all. Past it (show_all of arrays of tens of millions of values) the window is cut to
+# the frames that fit, and a frame whose two would not fit says so instead of costing gigabytes.
+HOST_WINDOW_BYTES = 512 << 20
+
+
+def host_window_size(asked: int, count: int) -> int:
+    """The variance window's length for frames of ``count`` values: ``asked``, or fewer within
+    HOST_WINDOW_BYTES (RenderError when not even 2 fit)."""
+    fits = HOST_WINDOW_BYTES // (4 * max(count, 1)) - 7
+    if fits < 2:
+        need = 9 * 4 * count / 2**20
+        raise RenderError(f"variance over {count} values would need {need:.0f} MB, more than the "
+                          f"{HOST_WINDOW_BYTES >> 20} MB it may take: choose current values, or turn "
+                          "Show all data off")
+    return min(asked, fits)
+
+
 class FlatWindow:
     """The last few flat buffers, with running float32 sums for their per-value variance.
 
@@ -326,6 +344,12 @@ class Renderer:
         """How many frames the host's variance window holds (0: none kept)."""
         return 0 if self._window is None else len(self._window.samples)
 
+    @property
+    def window_size(self) -> int | None:
+        """The host's variance window's length (None: none kept): the setting's, or fewer
+        (host_window_size)."""
+        return None if self._window is None else self._window.size
+
     def render(
         self,
         plan: FramePlan,
@@ -352,10 +376,12 @@ class Renderer:
             shown = values
         elif config["mode"] == "variance":
             key = tuple((p.shape, p.width, p.height, p.layout) for p in plan.plans)
+            size = host_window_size(config["window_size"], plan.value_count)
             if key != self._window_key or self._window is None:
-                self._window = FlatWindow(config["window_size"], plan.value_count)
+                self._window = None  # (the old one's memory goes before the new one's comes)
+                self._window = FlatWindow(size, plan.value_count)
                 self._window_key = key
-            self._window.resize(config["window_size"])
+            self._window.resize(size)
             shown = self._window.push(values)
             pushed = self._window
         else:
