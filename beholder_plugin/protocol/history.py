@@ -77,6 +77,12 @@ def read_history_frame(run_dir: str | os.PathLike, name: str, files: LocalFiles 
     return frame
 
 
+# The ring holds at most this many frames whatever its budgets (small frames at 30 a second for a
+# week would be 18 million files, and the trainer's account of them gigabytes): under the number of
+# names a directory listing returns (files.MAX_LIST_ENTRIES), so that a new writer adopts them all.
+MAX_RING_FRAMES = 50_000
+
+
 class HistoryRing:
     """The trainer's account of the ring: which files it holds and which to delete next."""
 
@@ -115,6 +121,7 @@ class HistoryRing:
         out = []
         while len(self.entries) > 1 and (
             self.bytes > self.max_bytes or now - self.entries[0].time > self.max_seconds
+            or len(self.entries) > MAX_RING_FRAMES
         ):
             entry = self.entries.popleft()
             self.bytes -= entry.size

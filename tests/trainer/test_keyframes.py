@@ -67,3 +67,19 @@ def test_keyframes_stay_in_history_after_the_ring_moves_on(run_dir, monkeypatch)
     assert set(again.timeline.keyframes.names()) <= set(again.store.history.pins)
     assert again.timeline.keyframes.names()
     again.close()
+
+
+def test_the_ring_holds_at_most_max_ring_frames_whatever_its_budgets(monkeypatch):
+    """A week's ring of small frames at 30 a second is 18 M files: a new writer's listing (100,000 names
+    at most) adopted only some and left the rest on disk for good, and the trainer's account of them
+    took gigabytes. The ring keeps MAX_RING_FRAMES at most (scaled down here)."""
+    from beholder_plugin.protocol import history
+
+    monkeypatch.setattr(history, "MAX_RING_FRAMES", 100)
+    ring = HistoryRing(1 << 40, 604800)
+    dropped = []
+    for k in range(250):
+        ring.add(HistoryEntry(f"f{k}", 1.7e9 + k / 30, "w", k + 1, k + 1, 1000))
+        dropped += ring.expired(1.7e9 + k / 30)
+    assert len(ring.entries) == 100 and dropped == [f"f{k}" for k in range(150)]
+    assert ring.entries[0].name == "f150" and ring.bytes == 100 * 1000
