@@ -87,6 +87,10 @@ def section_cap(sections: int, cap: int = MAX_PER_SECTION) -> int:
     return max(KEEP_FIRST, min(cap, BASE_BUDGET // (max(sections, 1) * RECORD.itemsize)))
 
 
+# parts_budget() is the same for any number of sections past 330: a writer counts at most so many.
+MAX_COUNTED_SECTIONS = 4096
+
+
 def parts_budget(sections: int) -> int:
     """The bytes of parts a run of this many sections lets grow before they are thinned into base.bht."""
     return max(PARTS_BUDGET, TOTAL_BUDGET - sections * MAX_PER_SECTION * RECORD.itemsize)

@@ -51,6 +51,8 @@ logger = logging.getLogger("beholder")
 # square root of the section's count) is an anomaly.
 NORM_JUMP = 10.0
 RECENT_NORMS = 16
+# Sections whose recent norms are kept at most (272 bytes each): past this, they all start again.
+MAX_JUDGED_SECTIONS = 1 << 16
 _MIDDLE = (RECENT_NORMS // 2 - 1, RECENT_NORMS // 2)  # a full window's median: the mean of these two
 MIN_NORMS = 4
 # anomalies.jsonl holds at most this many records (later ones are only logged).
@@ -299,6 +301,10 @@ class Timeline:
         key = tuple(kept)
         sections = self._slot_cache.get(key)
         if sections is None:
+            if len(self._slots) + len(kept) > MAX_JUDGED_SECTIONS:  # (names that change every frame:
+                self._slots, self._slot_cache = {}, {}  # their recent norms start again, not grow for ever)
+                self._ring, self._seen = np.full((0, RECENT_NORMS), np.nan), np.zeros(0, np.int64)
+                self._jumping = np.zeros(0, bool)
             for name in kept:
                 if name not in self._slots:
                     self._slots[name] = len(self._slots)

@@ -74,7 +74,8 @@ class TimelineWriter:
                                                                      if n not in self.ids)}
             if new:
                 self.ids.update(new)
-                self.sections.update(new)
+                if len(self.sections) < tl.MAX_COUNTED_SECTIONS:  # (what parts_budget() needs to know)
+                    self.sections.update(new)
                 chunks.append(tl.names_chunk(new))
             if len(self._ids_of) >= 16:
                 self._ids_of.clear()

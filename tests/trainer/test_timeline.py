@@ -1120,3 +1120,24 @@ def test_restarted_trainers_keep_anomalies_jsonl_within_its_cap_and_pin_only_fir
         ("layer0", 8, True), ("layer1", 9, None), ("layer2", 10, None), ("layer3", 11, None),
         ("layer4", 12, None)]
     assert protected == {7, 8}  # (the last trainer's first anomaly's frames, and the adopted first one's)
+
+
+def test_section_names_that_change_every_frame_do_not_grow_the_trainers_memory(run_dir, monkeypatch):
+    """Each new name kept its recent norms (and the writer its name) for the whole run: about 0.5 KB a
+    frame for a name per frame. Past MAX_JUDGED_SECTIONS they start again (scaled down here)."""
+    from beholder_plugin.trainer import timeline as timeline_module
+
+    monkeypatch.setattr(timeline_module, "MAX_JUDGED_SECTIONS", 50)
+    monkeypatch.setattr(tl, "MAX_COUNTED_SECTIONS", 40)
+    set_config(run_dir, FPS=30, values="arrays")
+    with Beholder(run_dir, background=False, norm_jump=10.0) as beholder:
+        for step in range(1, 201):
+            beholder.frame_due_now()
+            beholder.update(arrays={f"token{step}": np.ones(4, np.float32), "w": np.ones(4, np.float32)})
+            assert len(beholder.timeline._slots) <= 50 and len(beholder.timeline._ring) <= 2 * 64
+        assert len(beholder.timeline.writer.sections) <= 41
+        for step in range(201, 221):  # a steady section's jump is still found after the restarts
+            beholder.frame_due_now()
+            beholder.update(arrays={"w": np.full(4, 100.0 if step == 220 else 1.0, np.float32)})
+    found = [(a["kind"], a["section"], a["step"]) for a in read_anomalies(run_dir)]
+    assert found == [("norm_jump", "w", 220)]
