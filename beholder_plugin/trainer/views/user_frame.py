@@ -35,7 +35,8 @@ def capture(frame: Any, warn: Any = None) -> np.ndarray:
         if warn is not None:
             warn(
                 "huge-frame",
-                "Beholder: a %s frame is larger than %d px on a side; showing every %dth pixel",
+                "Beholder: a %s frame is larger than %d px on a side; showing one pixel in %d along each "
+                "side",
                 "x".join(map(str, image.shape)),
                 MAX_FRAME_SIDE,
                 stride,
