@@ -129,7 +129,10 @@ class Beholder:
         norm_jump: float = NORM_JUMP,
     ):
         self.rank = process_rank()
-        run = run_for_rank(os.fspath(logdir), ranks, self.rank)
+        logdir = os.fsdecode(logdir)  # (bytes too; "~/runs/x" is the user's home, as TensorBoard reads it)
+        if logdir.startswith("~"):
+            logdir = os.path.expanduser(logdir)
+        run = run_for_rank(logdir, ranks, self.rank)
         self.active = run is not None  # False on ranks other than 0 (ranks="zero"): update() does nothing
         self.logdir = normalize_location(run if run is not None else logdir)
         files = files_for(self.logdir)  # ImportError naming the package for a missing backend

@@ -91,3 +91,15 @@ def test_watching_a_second_model_says_it_replaces_the_first(tmp_path, caplog):
         assert beholder.watched.model is discriminator
     assert caplog.text.count("watch() replaces the model watched so far") == 1
     assert "torch.nn.ModuleDict({'G': G, 'D': D})" in caplog.text
+
+
+def test_a_logdir_under_home_or_given_as_bytes_is_where_it_says(tmp_path, monkeypatch):
+    """'~/runs/x' made a directory named '~' in the working directory; b'logs/x' failed with 'a bytes-like
+    object is required, not str'."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    with Beholder("~/runs/x") as beholder:
+        assert beholder.logdir == str(tmp_path / "home" / "runs" / "x")
+    assert not os.path.exists(tmp_path / "~")
+    with Beholder(b"logs/y") as beholder:
+        assert os.path.abspath(beholder.logdir) == str(tmp_path / "logs" / "y")
