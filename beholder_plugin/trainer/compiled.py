@@ -152,9 +152,18 @@ def keep(tensor: Any) -> Any:
     return _KEEP[0](tensor.detach())
 
 
-def recompile() -> None:
+# What the log says when some layers' hooks ran and others' did not (a graph break).
+RECOMPILED_PART = (
+    "a training step ran some layers without their activation hooks: part of the model most likely "
+    "runs a graph compiled before the hooks were installed (a graph break splits it). They stay "
+    "installed from now on and Beholder had dynamo recompile once (torch.compiler.reset()); the next "
+    "frame shows every layer's activations"
+)
+
+
+def recompile(partial: bool = False) -> None:
     """Drop dynamo's compiled code, so that the next call traces the model again, with its hooks."""
-    logger.info("Beholder: %s", RECOMPILED)
+    logger.info("Beholder: %s", RECOMPILED_PART if partial else RECOMPILED)
     if dynamo_loaded():  # else nothing was compiled: the hooks that stay installed are enough
         import torch
 

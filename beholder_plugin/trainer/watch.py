@@ -185,6 +185,8 @@ class Watch:
             self._version_params: list[Any] = []  # the parameters they were read from
             self._norm_credit = 0  # values of CPU activations whose whole norm may still be taken
             self._ran = False  # whether a hook ran since armed (the uncompiled model's hooks)
+            # the hooked layers that have parameters: their version counters' sums when armed
+            self._layer_versions: dict[str, tuple[Any, int]] = {}
             self._recompiled = False
             self._stop_listening: Callable[[], None] | None = None
             self._listen()
@@ -282,6 +284,7 @@ class Watch:
                 self._norm_credit = min(self._norm_credit + HOST_EXACT_VALUES, 64 * HOST_EXACT_VALUES)
                 self._version_params = [param for _, param, _ in self.variables()]
                 self._versions, self._ran = torch_modules.version_sum(self._version_params), False
+                self._layer_versions = self._hooked_layer_versions()
                 self._listen()  # (torch.compile may have been called since watch())
         self.armed = shown
 
@@ -685,15 +688,36 @@ class Watch:
             captured = self.captured
         bypassed = not (kept or self._ran) and (
             torch_modules.version_sum(self._version_params) != self._versions)
+        # some layers' hooks ran and others' not, though their parameters were stepped: a graph break
+        # left part of the model in a graph compiled before the hooks
+        partial = (bool(captured) and not bypassed and compiled.dynamo_loaded()
+                   and bool(self._stale_layers(captured)))
         self.remove()
-        if captured:
-            return [(name, got, None) for name, got in captured.items()]
-        if bypassed and self._hook_choice[0] and not self._recompiled:
+        if (bypassed or partial) and self._hook_choice[0] and not self._recompiled:
             self._recompiled = self.compiled = True
             self._keep_hooks()
-            compiled.recompile()
-            return [("activations", Captured((), None, error=compiled.RECOMPILED), None)]
+            compiled.recompile(partial)
+            if not captured:
+                return [("activations", Captured((), None, error=compiled.RECOMPILED), None)]
+        if captured:
+            return [(name, got, None) for name, got in captured.items()]
         return [("activations", Captured((), None, error=NO_LAYER_RAN), None)]  # a section that says why
+
+    def _hooked_layer_versions(self) -> dict[str, tuple[Any, int]]:
+        """Each hooked layer that has parameters of its own: (them, their version counters' sum)."""
+        found = {}
+        for path, module in self._layers_hooked(self._hook_choice[0]):
+            params = list(module.parameters(recurse=False))
+            if params:
+                found[path] = (params, torch_modules.version_sum(params))
+        return found
+
+    def _stale_layers(self, captured: dict[str, Any]) -> list[str]:
+        """The hooked layers whose parameters a step changed since the hooks were armed but whose hook
+        did not run: the layer ran in a compiled graph traced without it."""
+        return [path for path, (params, versions) in self._layer_versions.items()
+                if path not in captured and compiled.layer_name(path) not in captured
+                and torch_modules.version_sum(params) != versions]
 
     def _listen(self) -> None:
         """Once dynamo is loaded, have it say when it compiles, and guard on hooks (see compiled.listen)."""

@@ -253,6 +253,54 @@ def test_a_model_compiled_and_run_before_watch_is_recompiled_once(run_dir):
     assert not any("missing" in s for s in sections[2])  # ...and from then on every frame has them
 
 
+class _Broken(nn.Module):
+    """A model whose forward has a graph break (.item() in a branch): dynamo compiles it in two parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act, self.flat = nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten()
+        self.fc1, self.act2, self.fc2 = nn.Linear(4 * 6 * 6, 16), nn.Tanh(), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.flat(self.act(self.conv(x)))
+        if h.sum().item() > -1e9:  # (a graph break)
+            h = self.act2(self.fc1(h))
+        return self.fc2(h)
+
+
+def test_a_graph_break_that_left_some_layers_in_an_old_graph_is_recompiled_once(run_dir, caplog):
+    """Compiled and run before watch(), a model with a graph break ran its first part in a graph traced
+    without hooks while the part after the break ran them: conv, act and flat were missing from every
+    frame with no word, as the 'no hook ran at all' check never fired."""
+    import logging
+
+    torch.manual_seed(0)
+    model = _Broken()
+    compiled_model = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def train() -> None:
+        opt.zero_grad()
+        compiled_model(torch.randn(2, 1, 8, 8)).pow(2).mean().backward()
+        opt.step()
+
+    train()  # traced with no hook
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    names = []
+    with caplog.at_level(logging.INFO, logger="beholder"), Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(compiled_model)
+        for _ in range(4):
+            beholder.frame_due_now()
+            train()
+            if beholder.update():
+                beholder.flush()
+                names.append([rec["name"] for rec in read_frame_file(run_dir).sections])
+            train()
+    assert names[0] == ["fc1", "act2", "fc2"]  # (the part past the break; the rest was traced again:)
+    assert names[-1] == ["conv", "act", "flat", "fc1", "act2", "fc2"]
+    assert caplog.text.count("ran some layers without their activation hooks") == 1
+
+
 def test_unwatch_removes_a_compiled_models_hooks_and_keeps_nothing(run_dir):
     model = convnet()
     compiled_model = torch.compile(model, backend="eager")
