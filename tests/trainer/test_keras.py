@@ -277,6 +277,43 @@ def test_a_worker_hook_that_comes_after_the_next_step_began_leaves_the_read_to_t
     callback.beholder.close()
 
 
+def test_each_frame_is_stamped_with_the_batches_whose_weights_it_shows(run_dir):
+    """Where late worker-thread hooks leave their update to the next batch, update() calls are fewer than
+    batches (73 for 128 on Keras's JAX backend), and the step was their count: a frame stamped step 2
+    showed the weights after batch 8. The step is now the number of batches the weights have seen."""
+    import threading
+
+    configure(run_dir)
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    stamped = []
+
+    def update(**kwargs):
+        callback.beholder.step += 1  # (as update() does)
+        stamped.append(callback.beholder.step)
+
+    callback.beholder.update = update
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    for batch in range(3):  # in time, on the training thread: after batch b, b + 1 batches
+        callback.on_train_batch_begin(batch)
+        callback.on_train_batch_end(batch)
+    callback.on_train_batch_begin(3)
+    callback.on_train_batch_begin(4)  # batch 3's hook comes after batch 4 began: left to batch 5's begin
+    worker = threading.Thread(target=callback.on_train_batch_end, args=(3,))
+    worker.start()
+    worker.join(10)
+    callback.on_train_batch_begin(5)  # the weights after batches 0-4
+    worker = threading.Thread(target=callback.on_train_batch_end, args=(5,))  # in time: after 0-5
+    worker.start()
+    worker.join(10)
+    callback.on_epoch_end(0)
+    callback.on_epoch_begin(1)
+    callback.on_train_batch_begin(0)
+    callback.on_train_batch_end(0)  # the second epoch's first batch: 7 in all
+    assert stamped == [1, 2, 3, 5, 6, 7]
+    callback.beholder.close()
+
+
 def test_the_callback_shows_chosen_layers_activations_for_a_probe_batch(run_dir):
     configure(run_dir, values="activations")
     model = tiny_convnet()

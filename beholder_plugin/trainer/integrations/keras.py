@@ -181,6 +181,10 @@ class BeholderCallback(keras.callbacks.Callback):
         self._closed = False  # evaluation runs: the weights may be in use, no reading until the next batch
         self._reading = False  # an update is in progress (on whichever thread)
         self._late = False  # a worker-thread hook found the next step started: the training thread updates
+        # training batches begun, for the step each frame is stamped with: the batches whose weights it
+        # shows (update() calls are fewer where late worker-thread hooks leave theirs to the next batch)
+        self._begins = 0
+        self._base: int | None = None  # beholder.step at the first fit (a Beholder passed in may count on)
 
     # ------------------------------------------------------------ the training thread
 
@@ -196,6 +200,8 @@ class BeholderCallback(keras.callbacks.Callback):
             self._gate.wait_for(lambda: not self._reading)
             self._training_thread = threading.get_ident()
             self._begun, self._closed, self._late = -1, False, False
+            if self._base is None:
+                self._base = self.beholder.step
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Batch numbers start again from 0 (Keras has waited for the last epoch's hooks)."""
@@ -210,11 +216,12 @@ class BeholderCallback(keras.callbacks.Callback):
         """
         with self._gate:
             self._begun, self._closed = batch, False
+            self._begins += 1
             if self._reading:
                 self._gate.wait_for(lambda: not self._reading)
             late, self._late = self._late, False
         if late:
-            self._update_between_steps()
+            self._update_between_steps(self._begins - 1)  # (this batch has not run yet)
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         """Validation inside fit() (JAX donates the weights to it): no reading until the next batch."""
@@ -242,7 +249,7 @@ class BeholderCallback(keras.callbacks.Callback):
             self._gate.wait_for(lambda: not self._reading)
             late, self._late = self._late, False
         if late:
-            self._update_between_steps()
+            self._update_between_steps(self._begins)
 
     # ------------------------------------------------------------ any thread
 
@@ -263,19 +270,24 @@ class BeholderCallback(keras.callbacks.Callback):
                 self._late = True  # the next step has begun: the training thread updates instead
                 return
             self._reading = True
-        self._update_and_release()
+            done = self._begins  # (this batch's weights: the next has not begun)
+        self._update_and_release(done)
 
-    def _update_between_steps(self) -> None:
-        """An update made on the training thread (unless a stray hook is still reading)."""
+    def _update_between_steps(self, done: int) -> None:
+        """An update made on the training thread (unless a stray hook is still reading), of the weights
+        after ``done`` batches."""
         with self._gate:
             if self._reading:
                 return
             self._reading = True
-        self._update_and_release()
+        self._update_and_release(done)
 
-    def _update_and_release(self) -> None:
-        """Beholder.update() with the gate marked reading; never leaves it marked."""
+    def _update_and_release(self, done: int) -> None:
+        """Beholder.update() of the weights after ``done`` batches, stamped with that step, with the gate
+        marked reading; never leaves it marked."""
         try:
+            if self._base is not None:  # (update() counts one more: the frame's step is base + done)
+                self.beholder.step = self._base + done - 1
             self.beholder.update(variables=self._variables, frame=self._frame)
         finally:
             with self._gate:
