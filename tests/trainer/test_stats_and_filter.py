@@ -213,3 +213,15 @@ def test_a_section_of_denormal_values_gets_numpys_histogram():
     want = np.histogram(samples.astype(np.float64), 32, (float(samples.min()), float(samples.max())))[0]
     assert hist_counts(record) == want.tolist()
     assert len([c for c in want if c]) > 20
+
+
+def test_a_section_spanning_more_than_float32s_range_gets_numpys_histogram():
+    """-3e38 to 3e38: v - lo overflowed float32, and every value past the first fell in bin 1."""
+    import warnings
+
+    samples = np.array([-3e38, 1e38, 2e38, 3e38, -1e38, 0.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record, = section_stats(samples, np.array([0, 6]), [6])
+    want = np.histogram(samples.astype(np.float64), 32, (float(samples.min()), float(samples.max())))[0]
+    assert hist_counts(record) == want.tolist() and want[0] == 1 and want[-1] == 1

@@ -187,12 +187,16 @@ def _histograms(values: np.ndarray, finite: np.ndarray | None, layout: StatsLayo
     section_of = layout.section_of
     lo_v = lo.astype(np.float32)[section_of]
     v = values.astype(np.float32) if finite is None else np.where(finite, values, lo_v).astype(np.float32)
-    scaled = np.subtract(v, lo_v, out=lo_v)
+    with np.errstate(over="ignore", invalid="ignore"):  # (a range wider than float32's: binned again below)
+        scaled = np.subtract(v, lo_v, out=lo_v)
     factor = BINS / np.where(empty, 1.0, hi - lo)
-    tiny = factor > FLOAT32_MAX  # a range of denormals: the factor is past float32 (binned in float64 below)
-    scaled *= np.minimum(factor, FLOAT32_MAX).astype(np.float32)[section_of]
-    index = scaled.astype(np.int32)
-    scaled -= index
+    # a range of denormals (the factor is past float32), or one wider than float32 reaches (v - lo
+    # overflows): binned in float64 below
+    tiny = (factor > FLOAT32_MAX) | (hi - lo >= FLOAT32_MAX)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled *= np.minimum(factor, FLOAT32_MAX).astype(np.float32)[section_of]
+        index = scaled.astype(np.int32)  # (garbage where v - lo overflowed: binned again below)
+        scaled -= index
     near = np.flatnonzero((scaled < 1e-4) | (scaled > 1 - 1e-4))  # within rounding of an edge
     if len(near):
         section = section_of[near]
