@@ -348,7 +348,7 @@ class Beholder:
         try:
             if self.worker is not None:
                 self.worker.stop(timeout)
-            self._report_worker_error(show=False)  # (no worker left to write it)
+            self._report_worker_error()
         finally:
             self.gatherer.wait_compiled(60.0 if timeout is None else timeout)  # (in XLA at exit: abort)
             self._reader.close()
@@ -385,10 +385,8 @@ class Beholder:
         except Exception:  # the failure is already counted and logged
             logger.debug("Beholder: could not write the failure frame", exc_info=True)
 
-    def _report_worker_error(self, show: bool = True) -> None:
-        """Raise (strict) or log and count an error the worker met since the last call, and (``show``)
-        write the frame saying so: a run whose every frame fails in the worker (a frame too big to
-        write, say) would otherwise never have one, and its dashboard would wait for it."""
+    def _report_worker_error(self) -> None:
+        """Raise (strict) or log and count an error the worker met since the last call."""
         if self.worker is None or self.worker.error is None:
             return
         error = self.worker.take_error()
@@ -396,8 +394,6 @@ class Beholder:
             raise error
         if error is not None:
             self.status.failed(error)
-            if show:
-                self._show_failure()
 
     # ------------------------------------------------------------ settings
 
@@ -416,10 +412,21 @@ class Beholder:
     # ------------------------------------------------------------ the training thread's part
 
     def _update(self, inputs: Inputs) -> bool:
-        """Take a frame if one is due: read the settings, arm the watch's hooks, gather, hand over."""
+        """Report what the worker met since the last call, and take a frame if one is due."""
         sources.refuse_inside_tf_function()
-        if self.worker is not None and self.worker.error is not None:
+        failed = self.worker is not None and self.worker.error is not None
+        if failed:
             self._report_worker_error()
+        handed = self._take_frame(inputs)
+        # the frame saying so: a run whose every frame fails in the worker (one too big to write, say)
+        # would otherwise never have one, and its dashboard would wait for it (a frame handed over
+        # carries the failure in its header)
+        if failed and not handed:
+            self._show_failure()
+        return handed
+
+    def _take_frame(self, inputs: Inputs) -> bool:
+        """Take a frame if one is due: read the settings, arm the watch's hooks, gather, hand over."""
         now = self._clock()
         settings = self._reader.settings
         if (

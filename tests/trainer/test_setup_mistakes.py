@@ -71,7 +71,7 @@ def test_watch_shows_the_layers_named_and_refuses_names_the_model_lacks(tmp_path
 def test_watch_refuses_keras_layer_names_the_model_lacks(tmp_path):
     keras = pytest.importorskip("keras")
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="hidden"),
-                              keras.layers.Dense(2, name="out")])
+                              keras.layers.Dense(2, name="out")], name="misnamed")  # (named: doctests)
     with Beholder(str(tmp_path)) as beholder:
         with pytest.raises(ValueError, match=r"no layer named 'hiden'; its layers are: hidden, out$"):
             beholder.watch(model, probe=np.ones((2, 4), np.float32), activations=["hiden"])

@@ -119,7 +119,8 @@ def test_a_worker_error_writes_the_frame_that_says_so(run_dir, monkeypatch):
     monkeypatch.setattr(render_module.Renderer, "render", broken)
     beholder = Beholder(run_dir)
     assert beholder.update(arrays=[np.arange(4.0)])  # handed over; the worker fails later
-    beholder.flush()  # (the error is reported, and its frame handed over)
+    beholder.worker.drain()
+    assert not beholder.update(arrays=[np.arange(4.0)])  # no frame due: the error's frame is written
     beholder.flush()
     frame = read_frame_file(run_dir)
     assert frame is not None and frame.header["values"] == "placeholder"
