@@ -339,6 +339,12 @@ def _fused_norms(torch: Any, tensors: list[Any]) -> list[Any]:
         return torch._foreach_norm(tensors)
 
 
+def device_norm(t: Any) -> Any:
+    """A tensor's L2 norm on its device as a 0-d tensor, in one launch (float64 where its squares are
+    summed in float64, _fused_norms': dense ones, so that finite values past 1e19 keep a finite norm)."""
+    return _fused_norms(sys.modules["torch"], [t])[0]
+
+
 def _torch_kind(obj: Any) -> Any:
     """torch, when obj is a floating torch tensor the exact pass can read (else None)."""
     torch = sys.modules.get("torch")
@@ -580,6 +586,8 @@ class ExactPass:
         torch = sys.modules["torch"]
         for device, entries in kept.items():
             norms = torch.stack([norm for _, norm in entries])
+            if norms.dtype != torch.float32:  # (device_norm's are float64: cast once here, not per layer)
+                norms = norms.float()
             exact.queued.append((device, [i for i, _ in entries], [norms], HOOKED))
 
     def _set_checks(self, torch: Any, devices: dict, names: list[str] | None = None) -> None:

@@ -1043,15 +1043,15 @@ def test_extreme_finite_values_write_their_frames_and_records_without_numpy_warn
     assert read_anomalies(run_dir) == []
 
 
-@pytest.mark.parametrize("values, batched", [("activations", False), ("gradients", False),
-                                             ("gradients", True)])
+@pytest.mark.parametrize("values, batched", [("activations", False), ("activations", True),
+                                             ("gradients", False), ("gradients", True)])
 def test_hooked_values_whose_squares_overflow_float32_are_no_infinite_value(run_dir, monkeypatch, batched,
                                                                             values):
     """Layer outputs and hooked gradients (cleared after the step) past 1e19, finite: the norms the hooks
     take are finite and exact (the host path takes an infinite float32 one again in float64; the device
-    path sums a gradient buffer's in float64), so no "infinite value" is reported. Before, on the host
-    path both were summed in float32 only: a first anomaly "an infinite value" with no infinite value.
-    (Layer outputs on an accelerator still sum in float32: docs/integration.md says why.)"""
+    path sums a gradient buffer's, and a layer output's, in float64), so no "infinite value" is
+    reported. Before, both were summed in float32 only (layer outputs on a device until this round): a
+    first anomaly "an infinite value" with no infinite value."""
     monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
     set_config(run_dir, FPS=30, values=values, mode="current")
     torch.manual_seed(0)

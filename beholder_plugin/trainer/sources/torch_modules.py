@@ -138,8 +138,9 @@ def first_tensor(output: Any) -> Any:
 
 
 def whole_norm(tensor: Any, credit: int, on_device: bool | None = None) -> tuple[Any, int]:
-    """A layer output's L2 norm over every value, as a float32 0-d tensor left on its device (no host
-    sync), and the credit left; on the host only within ``credit`` values (else None: the sample's).
+    """A layer output's L2 norm over every value, as a 0-d tensor left on its device (no host sync;
+    float64 on a device, exact_pass.device_norm), and the credit left; on the host only within
+    ``credit`` values (else None: the sample's).
 
     ``on_device``: whether the tensor is gathered in a device batch, when the caller knows already.
     """
@@ -155,12 +156,13 @@ def whole_norm(tensor: Any, credit: int, on_device: bool | None = None) -> tuple
             if count > credit:
                 return None, credit
             credit -= count
-        # (detached: autograd records nothing, without the cost of a no_grad block)
-        norm = torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32)
-        if not on_device:  # (on the host: an infinite one taken again in float64, as the exact pass does)
-            from beholder_plugin.trainer import exact_pass
+        from beholder_plugin.trainer import exact_pass
 
-            norm = exact_pass.host_norms_again(torch, [tensor.detach()], norm.reshape(1))[0]
+        if on_device:  # one fused pass, squares summed in float64: values past 1e19 keep a finite norm
+            return exact_pass.device_norm(tensor.detach()), credit  # (detached: autograd records nothing)
+        norm = torch.linalg.vector_norm(tensor.detach(), dtype=torch.float32)
+        # (on the host: an infinite one taken again in float64, as the exact pass does)
+        norm = exact_pass.host_norms_again(torch, [tensor.detach()], norm.reshape(1))[0]
         return norm, credit
     except Exception:  # (an integer or complex output, say): the record keeps the sample's norm
         return None, credit
