@@ -64,6 +64,8 @@ def session(tmp_path_factory):
         assert beholder.update(arrays={"w": np.ones((3, 4))})
     _frame_with_counts(runs["calm"], skipped=1, written=2999)  # 1 in 3,000: a plain count
     _frame_with_counts(runs["busy"], skipped=400, written=599)  # 40 %: a problem
+    runs["short"] = logdir / "short"
+    _frame_with_counts(runs["short"], skipped=1, written=2)  # 1 of a short run's 4 frames: a count
     for name, values in (("diff-a", 1.1193619966506958), ("diff-b", 0.0)):
         runs[name] = logdir / name
         set_config(runs[name], values="arrays", mode="current", FPS=30)
@@ -155,6 +157,10 @@ def test_a_few_skips_are_a_plain_count_and_many_are_red(session):
     red = frame.evaluate("getComputedStyle(document.querySelector('.beholder')).getPropertyValue('--record')")
     alarm = frame.eval_on_selector("#health-skips", "el => getComputedStyle(el).color")
     assert alarm != plain and red.strip()  # the calm count is not in the alarm colour
+    show_run(frame, "short")  # 25 %, but one skip: a new user's short first run is not alarmed
+    wait_for(lambda: frame.inner_text("#health-skips") == "1 frame skipped while its worker was busy",
+             message="the short run's skip count")
+    assert frame.get_attribute("#health-skips", "class") == "plain"
 
 
 def test_a_placeholder_offers_the_values_that_were_passed(session):

@@ -8,6 +8,8 @@ import { keptLabel } from "./history.js";
 const STALE_AFTER_S = 5;
 // Skipped frames read as a problem (in red) above this share of the frames due in the last minute.
 const SKIP_ALARM = 0.05;
+// ... and when there are at least this many of them: 1 skip in a short run's 3 frames is no problem.
+const SKIP_ALARM_MIN = 3;
 const SKIP_WINDOW_S = 60;
 // What update() is given for each Values choice.
 const GIVEN = { trainable_variables: "variables", arrays: "arrays", frames: "a frame" };
@@ -93,8 +95,8 @@ export class StatusLine {
 
   /**
    * The trainer's failure count, last error and skipped frames, from the frame header, when any.
-   * Failures are in red; skips only when they are a real share of the frames (over SKIP_ALARM of
-   * those due in the last SKIP_WINDOW_S), else a plain count.
+   * Failures are in red; skips only when they are a real share of the frames (at least SKIP_ALARM_MIN,
+   * and over SKIP_ALARM of those due in the last SKIP_WINDOW_S), else a plain count.
    */
   renderHealth(meta) {
     const parts = [];
@@ -102,9 +104,9 @@ export class StatusLine {
     if (meta.failures > 0) failures.push(`The trainer reports ${meta.failures} failed update() call${meta.failures === 1 ? "" : "s"}`);
     if (meta.lastError) failures.push(`last error: ${meta.lastError}`);
     if (failures.length) parts.push(h("span", { class: "alarm", id: "health-failures" }, failures.join("; ")));
-    const share = this.skipShare(meta);
+    const { share, skipped } = this.skipShare(meta);
     if (meta.skipped > 0) {
-      const alarm = share > SKIP_ALARM;
+      const alarm = share > SKIP_ALARM && skipped >= SKIP_ALARM_MIN;
       const text = `${meta.skipped} frame${meta.skipped === 1 ? "" : "s"} skipped while its worker was busy` +
         (alarm ? ` (${Math.round(share * 100)} % of the last minute's frames)` : "");
       if (parts.length) parts.push("; ");
@@ -115,9 +117,10 @@ export class StatusLine {
     this.health.dataset.failures = String(meta.failures || 0);
   }
 
-  /** The share of frames skipped in the last minute of this writer's frames (their headers' counts). */
+  /** {share, skipped}: the share of frames skipped in the last minute of this writer's frames (their
+   * headers' counts), and how many. */
   skipShare(meta) {
-    if (meta.kept) return 0;
+    if (meta.kept) return { share: 0, skipped: 0 };
     const now = performance.now();
     const seen = this.skipSamples.filter((s) => s.writer === meta.writer && s.at >= now - SKIP_WINDOW_S * 1000);
     seen.push({ writer: meta.writer, at: now, skipped: meta.skipped || 0, frames: meta.frameId || 0 });
@@ -127,7 +130,7 @@ export class StatusLine {
     // With one sample only (a run just opened), the whole run's counts stand for the last minute.
     const skipped = seen.length > 1 ? last.skipped - first.skipped : last.skipped;
     const frames = seen.length > 1 ? last.frames - first.frames : last.frames;
-    return skipped > 0 ? skipped / (skipped + Math.max(0, frames)) : 0;
+    return { share: skipped > 0 ? skipped / (skipped + Math.max(0, frames)) : 0, skipped };
   }
 
   /**
