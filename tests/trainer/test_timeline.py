@@ -1141,3 +1141,21 @@ def test_section_names_that_change_every_frame_do_not_grow_the_trainers_memory(r
             beholder.update(arrays={"w": np.full(4, 100.0 if step == 220 else 1.0, np.float32)})
     found = [(a["kind"], a["section"], a["step"]) for a in read_anomalies(run_dir)]
     assert found == [("norm_jump", "w", 220)]
+
+
+def test_a_nan_the_sample_missed_is_counted_at_least_once_where_the_count_is_estimated(run_dir, monkeypatch):
+    """On the device path a tensor's norm is exact but its non-finite count is the sample's estimate: a
+    NaN outside the sample read 'nan, nonfinite 0', which contradicts itself. It reads at least 1."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    set_config(run_dir, FPS=30, values="arrays", mode="current")
+    weights = torch.randn(100, 100)
+    weights[1, 0] = float("nan")  # (flat position 100: outside the sample's runs)
+    with Beholder(run_dir, strict=True) as beholder:
+        for _ in range(2):
+            beholder.frame_due_now()
+            assert beholder.update(arrays={"w": weights})
+            beholder.flush()
+    anomaly, = read_anomalies(run_dir)
+    assert anomaly["kind"] == "nan" and anomaly["found"]["nonfinite"] == 1.0
+    assert not anomaly["found"]["nonfinite_exact"]
+    assert (read_timeline(run_dir)["w"]["nonfinite"] == 1.0).all()
