@@ -392,7 +392,7 @@ class Beholder:
         error = self.worker.take_error()
         if error is not None and self.strict:
             raise error
-        if error is not None:
+        if error is not None and not getattr(error, "beholder_counted", False):
             self.status.failed(error)
 
     # ------------------------------------------------------------ settings
@@ -414,16 +414,9 @@ class Beholder:
     def _update(self, inputs: Inputs) -> bool:
         """Report what the worker met since the last call, and take a frame if one is due."""
         sources.refuse_inside_tf_function()
-        failed = self.worker is not None and self.worker.error is not None
-        if failed:
-            self._report_worker_error()
-        handed = self._take_frame(inputs)
-        # the frame saying so: a run whose every frame fails in the worker (one too big to write, say)
-        # would otherwise never have one, and its dashboard would wait for it (a frame handed over
-        # carries the failure in its header)
-        if failed and not handed:
-            self._show_failure()
-        return handed
+        if self.worker is not None and self.worker.error is not None:
+            self._report_worker_error()  # (the worker wrote the frame saying so: FrameJobs.run)
+        return self._take_frame(inputs)
 
     def _take_frame(self, inputs: Inputs) -> bool:
         """Take a frame if one is due: read the settings, arm the watch's hooks, gather, hand over."""

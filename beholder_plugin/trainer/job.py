@@ -8,6 +8,7 @@ encode and write it, and hands its pixels to the recording.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,9 +68,32 @@ class FrameJobs:
         self.status = status
         self.timeline = timeline  # told of each written frame's sections (timeline.py)
         self._shapes: dict[str, tuple] | None = None  # the last variance frame's section shapes
+        self._failure_at = float("-inf")  # when run() last wrote a failure frame (time.monotonic())
 
     def run(self, job: Job) -> None:
-        """Render, encode, write and record one frame (on the worker thread)."""
+        """Render, encode, write and record one frame (on the worker thread); when that fails, write the
+        frame that says so (at most one a second) and raise the error for the trainer to count.
+
+        A run whose every frame fails here (one too big to write, say) would otherwise never have a
+        frame, and its dashboard would wait for the first one for the whole run.
+        """
+        try:
+            self._run(job)
+        except Exception as exc:
+            self.status.failed(exc)  # (counted here, so that the frame below says so)
+            exc.beholder_counted = True  # (the trainer's report of it does not count it again)
+            if job.kind is not JobKind.PLACEHOLDER and time.monotonic() - self._failure_at >= 1.0:
+                self._failure_at = time.monotonic()
+                failure = Job(JobKind.PLACEHOLDER, job.settings.replace(is_recording=False), FAILED, job.step,
+                              job.time)
+                try:
+                    self._run(failure)
+                except Exception:  # (the error raised is the frame's)
+                    pass
+            raise
+
+    def _run(self, job: Job) -> None:
+        """run() itself."""
         settings = job.settings
         header: dict[str, Any] = {"values": job.shown, "sections": []}
         floats = rendered = height = row_index = None

@@ -213,7 +213,7 @@ def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch
 def test_a_copy_that_could_not_be_issued_fails_every_reader(tmp_path, monkeypatch):
     """The worker issues a frame's copy when the batch or the timeline first waits for it: when issuing
     fails, both are told (never handed the host buffer as if copied), it is not issued twice, the
-    frame counts as failed, and the next frame is written."""
+    frame counts as failed (the frame written says so), and the next frame is written."""
     calls = []
 
     def refuse():
@@ -236,12 +236,14 @@ def test_a_copy_that_could_not_be_issued_fails_every_reader(tmp_path, monkeypatc
         beholder.frame_due_now()
         assert beholder.update(arrays=arrays)
         beholder.flush()
-        assert beholder.failures == 1 and beholder.frames_written == 0
+        assert beholder.failures == 1 and beholder.frames_written == 1
+        failure = read_frame_file(run)
+        assert failure.header["values"] == "placeholder" and "device lost" in failure.header["last_error"]
         monkeypatch.setattr(torch_batch.DeviceGather, "_to_host", real)
         beholder.frame_due_now()
         assert beholder.update(arrays=arrays)
         beholder.flush()
-        assert beholder.failures == 1 and beholder.frames_written == 1
+        assert beholder.failures == 1 and beholder.frames_written == 2
     np.testing.assert_array_equal(read_frame_file(run).section_values(0).reshape(4, 4), arrays["w"].numpy())
 
 

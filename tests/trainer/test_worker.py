@@ -118,13 +118,16 @@ def test_a_worker_error_writes_the_frame_that_says_so(run_dir, monkeypatch):
 
     monkeypatch.setattr(render_module.Renderer, "render", broken)
     beholder = Beholder(run_dir)
-    assert beholder.update(arrays=[np.arange(4.0)])  # handed over; the worker fails later
-    beholder.worker.drain()
-    assert not beholder.update(arrays=[np.arange(4.0)])  # no frame due: the error's frame is written
+    assert beholder.update(arrays=[np.arange(4.0)])  # handed over; the worker fails, writes why
     beholder.flush()
     frame = read_frame_file(run_dir)
     assert frame is not None and frame.header["values"] == "placeholder"
     assert frame.header["failures"] == 1 and "renderer broke" in frame.header["last_error"]
+    assert beholder.failures == 1  # (counted once: by the worker, not again when reported)
+    beholder.frame_due_now()
+    assert beholder.update(arrays=[np.arange(4.0)])  # a frame due each step: one handed over each time
+    beholder.flush()
+    assert beholder.failures == 2 and read_frame_file(run_dir).header["values"] == "placeholder"
     beholder.close()
 
 
