@@ -160,18 +160,21 @@ class Gatherer:
         show_all: bool,
         layouts: list[str] | None = None,
         sizing: str = "fixed",
+        max_height: int | None = None,
     ) -> FramePlan:
         """The cached FramePlan for these sections (a training run has few distinct ones).
 
         A section that cannot be laid out (too few values for its layout) gets
-        an empty placeholder; ``plan.problems`` says why.
+        an empty placeholder; ``plan.problems`` says why. ``max_height``: the
+        sections' height cap a watch's hooks cut theirs for (Watch.height_cap).
         """
         layouts = layouts or [layout_for(shape) for shape in shapes]
-        key = (tuple(labels), tuple(shapes), tuple(layouts), show_all, sizing)
+        key = (tuple(labels), tuple(shapes), tuple(layouts), show_all, sizing, max_height)
         plan = self._frame_plans.get(key)
         if plan is None:
             width = frame_width(shapes, show_all, layouts)
-            plans, problems = self._section_plans(labels, shapes, layouts, width, show_all, sizing)
+            plans, problems = self._section_plans(labels, shapes, layouts, width, show_all, sizing,
+                                                  max_height)
             cap = fit_heights([p.height for p in plans], width)
             if cap is not None:  # (very many sections: all cut to one height that fits a frame)
                 self._warn_once(f"fitted:{len(plans)}", "Beholder: %d sections are too many for one frame at "
@@ -290,7 +293,9 @@ class Gatherer:
             prepared.append(prep)
             shapes.append(shape)
             layouts.append(layout)
-        plan = self.frame_plan(labels, shapes, settings.show_all, layouts, settings.section_size)
+        watch = self._watch  # (a watch's hooks cut their sections for a height cap: the frame keeps it)
+        cap = getattr(watch, "height_cap", None) if job.shown in ("gradients", "activations") else None
+        plan = self.frame_plan(labels, shapes, settings.show_all, layouts, settings.section_size, cap)
         for i, reason in plan.problems.items():
             missing[i] = reason
         buffer, views, samples, sample_views = self._buffer(plan)

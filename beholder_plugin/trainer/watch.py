@@ -30,7 +30,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from beholder_plugin.protocol.filters import SectionFilter
-from beholder_plugin.protocol.plans import KeptPlans
+from beholder_plugin.protocol.layout import FRAME_WIDTH, MAX_PROPORTIONAL_HEIGHT, SECTION_HEIGHT, RenderError
+from beholder_plugin.protocol.plans import KeptPlans, fit_heights
 from beholder_plugin.trainer import compiled, exact_pass, sources
 from beholder_plugin.trainer.exact_pass import HOST_EXACT_VALUES
 from beholder_plugin.trainer.sources import torch_batch, torch_capture, torch_modules
@@ -142,6 +143,7 @@ class Watch:
         self.show_all = False
         self.sizing = "fixed"
         self.pattern: SectionFilter | None = None
+        self.height_cap: int | None = None  # the sections' height cap the hooks cut for (_height_cap)
         self.captured: dict[str, Captured] = {}
         self._handles: list[Any] = []
         self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
@@ -277,6 +279,7 @@ class Watch:
         self.pattern = pattern
         if self.framework == "torch":
             self._rehook(shown)
+            self.height_cap = self._height_cap(shown)
             self._kept.clear()
             if shown != "gradients":
                 self._gradient_buffer.clear()  # (up to GRADIENT_BUFFER_BYTES, let go)
@@ -703,6 +706,20 @@ class Watch:
             return [(name, got, None) for name, got in captured.items()]
         return [("activations", Captured((), None, error=NO_LAYER_RAN), None)]  # a section that says why
 
+    def _height_cap(self, shown: str) -> int | None:
+        """The height the hooks cut their sections to when so many could not all be 128 px tall in one
+        frame (gather.fit_heights, from the most there can be: hooked layers, or trainable parameters;
+        none with show_all, whose sections are cut later); the frame keeps the same cap."""
+        if self.show_all:
+            return None
+        count = len(self._layers_hooked(self._hook_choice[0])) if shown == "activations" \
+            else len(self.variables())
+        tallest = MAX_PROPORTIONAL_HEIGHT if self.sizing == "proportional" else SECTION_HEIGHT
+        try:
+            return fit_heights([tallest] * count, FRAME_WIDTH)
+        except RenderError:  # (too many for one frame at all: the frame says so)
+            return None
+
     def _hooked_layer_versions(self) -> dict[str, tuple[Any, int]]:
         """Each hooked layer that has parameters of its own: (them, their version counters' sum)."""
         found = {}
@@ -748,7 +765,8 @@ class Watch:
         if self.pattern is not None and not self.pattern.search(name):
             return None  # filtered out in the dashboard: nothing is copied
         try:
-            got = torch_capture.copy_shown(name, tensor, layout, self.show_all, self.sizing, self._plans)
+            got = torch_capture.copy_shown(name, tensor, layout, self.show_all, self.sizing, self._plans,
+                                           self.height_cap)
         except Exception as exc:
             if self.strict:
                 raise

@@ -360,3 +360,35 @@ def test_a_sparse_or_meta_array_says_what_it_is(run_dir):
     np.testing.assert_array_equal(frame.section_values(0), sparse.to_dense().numpy())
     assert frame.sections[1]["missing"] == ("a meta tensor (device='meta') holds a shape and a dtype, "
                                             "no values")
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_hooked_sections_of_a_model_too_tall_for_a_frame_are_cut_to_the_frames_height(run_dir, monkeypatch,
+                                                                                      batched):
+    """A frame of too many sections cuts them all to one height; the hooks cut each output for 128 px,
+    so every section that had more rows said 'captured for another frame layout' at every frame. The
+    hooks now cut for the same height (Watch.height_cap). Scaled down: a frame of 1,500 rows."""
+    from beholder_plugin.protocol import plans
+    from beholder_plugin.trainer.sources import torch_batch
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    monkeypatch.setattr(plans, "MAX_FRAME_PIXELS", 768 * 1500)
+    set_config(run_dir, values="activations", mode="current", FPS=30)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(20)])
+    x = torch.randn(200, 8)
+    with Beholder(run_dir, strict=True, background=False) as beholder:
+        beholder.watch(model)
+        for _ in range(2):  # (the frame due arms the hooks; the next step's forward fills them)
+            beholder.frame_due_now()
+            model(x)
+            beholder.update()
+        truth = {}  # (no training step: the outputs are the same again)
+        h = x
+        for i, layer in enumerate(model):
+            h = layer(h)
+            truth[str(i)] = h.detach().numpy()
+    frame = read_frame_file(run_dir)
+    assert len(frame.sections) == 20 and not any("missing" in rec for rec in frame.sections)
+    assert {rec["height"] for rec in frame.sections} == {(1500 - 5 * 19) // 20}  # 70 px, of 128
+    assert check_sampled_pixels(frame, truth, samples=200, seed=3) > 100

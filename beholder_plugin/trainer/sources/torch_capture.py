@@ -31,9 +31,10 @@ MAX_PLANS = 4096
 
 
 def copy_shown(name: str, tensor: Any, layout: str | None, show_all: bool, sizing: str,
-               plans: KeptPlans) -> Captured:
+               plans: KeptPlans, max_height: int | None = None) -> Captured:
     """The shown slice of a tensor (or its private copy, with show_all), as a Captured; raises when the
-    tensor cannot be read (the hook decides what becomes of the error)."""
+    tensor cannot be read (the hook decides what becomes of the error). ``max_height``: the section's
+    height cap (Watch.height_cap), which the frame keeps too."""
     if tensor is None:
         return Captured((), None, error="no gradient (None)")
     if torch_modules.sharded(tensor):  # (FSDP2's sharded gradient: this rank's shard, as prepare() shows
@@ -44,13 +45,13 @@ def copy_shown(name: str, tensor: Any, layout: str | None, show_all: bool, sizin
         if layout is None:
             layout = sources.adapter("torch").default_layout(tensor, shape)
         return Captured(shape, resolve_layout(layout, shape, name), tensor=tensor.detach().clone())
-    key = (shape, layout, sizing, type(tensor))  # (the default layout depends on the shape and type only)
+    key = (shape, layout, sizing, type(tensor), max_height)  # (a default layout: from shape and type only)
     found = plans.get(key)
     if found is None:  # once per shape and layout: the layout's checks and the plan
         if layout is None:
             layout = sources.adapter("torch").default_layout(tensor, shape)
         layout = resolve_layout(layout, shape, name)
-        plan = make_plan(shape, FRAME_WIDTH, False, name, layout, sizing)
+        plan = make_plan(shape, FRAME_WIDTH, False, name, layout, sizing, max_height)
         count = math.prod(shape)
         found = (layout, plan, sample_runs(count), sample_size(count), plan.compact_shape)
         plans.put(key, found, plan.nbytes)
