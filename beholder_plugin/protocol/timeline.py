@@ -358,7 +358,7 @@ def thin_all(by_section: dict[str, np.ndarray], now: float,
     if len(by_section) > most:
         newest = set(sorted(by_section, key=lambda name: -float(by_section[name]["time"][-1]))[:most])
         kept = {name: recs for name, recs in by_section.items() if name in newest}
-    recent = min(KEEP_RECENT, each)
+    recent = min(KEEP_RECENT, each // 2)  # (a smaller cap keeps half of it for the run before)
     return {name: thin(recs, now, keep_recent=recent, cap=each) for name, recs in kept.items()}
 
 

@@ -250,8 +250,9 @@ class FrameHub:
                 return None
             self.header_reads += 1
             with self._headers_lock:
+                if (key, identity) not in self._headers:  # (two requests may have read it at once)
+                    self._header_bytes += HEADER_COST * parsed[1]
                 self._headers[(key, identity)] = parsed
-                self._header_bytes += HEADER_COST * parsed[1]
                 while len(self._headers) > 1 and (len(self._headers) > MAX_HEADERS
                                                   or self._header_bytes > MAX_HEADER_BYTES):
                     _, (_, offset) = self._headers.popitem(last=False)

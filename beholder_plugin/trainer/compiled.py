@@ -75,6 +75,18 @@ def dynamo_loaded() -> bool:
     return "torch._dynamo" in sys.modules
 
 
+def graphs_compiled() -> bool:
+    """Whether dynamo has compiled a graph in this process (it is imported by other code too: an AdamW
+    step imports it with nothing compiled)."""
+    if not dynamo_loaded():
+        return False
+    counters = getattr(sys.modules.get("torch._dynamo.utils"), "counters", None)
+    try:
+        return bool(counters is not None and counters["stats"]["unique_graphs"])
+    except (KeyError, TypeError):
+        return False
+
+
 def listen(callback: Callable[[], None]) -> Callable[[], None]:
     """Have dynamo call ``callback`` before it compiles anything, and guard on hooks; returns a stop.
 

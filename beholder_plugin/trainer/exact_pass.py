@@ -381,6 +381,8 @@ def _host_exact(x: np.ndarray) -> tuple[float, float]:
     if bad == 0:  # finite values whose squares overflowed: again in float64, scaled by the largest
         wide = np.abs(flat.astype(np.complex128 if kind == "c" else np.float64))
         largest = float(wide.max())
+        if not np.isfinite(largest):  # (a complex modulus past float64's range: no finite norm)
+            return float("inf"), 0.0
         return largest * float(np.linalg.norm(wide / largest)), 0.0
     if np.isnan(flat).any():
         return float("nan"), float(bad)
@@ -388,7 +390,8 @@ def _host_exact(x: np.ndarray) -> tuple[float, float]:
 
 
 class _Later:
-    """A CPU TensorFlow tensor or variable, copied to NumPy only once the host budget covers it."""
+    """A CPU array copied to NumPy only once the host budget covers it: a TensorFlow tensor or variable,
+    a JAX array sharded over CPU devices."""
 
     __slots__ = ("obj", "size")
 
@@ -396,10 +399,12 @@ class _Later:
         self.obj, self.size = obj, size
 
     def read(self) -> np.ndarray:
-        """The values as NumPy (half floats as float32)."""
-        from beholder_plugin.trainer.sources import tf_tensors
+        """The values as NumPy (TF's half floats as float32)."""
+        if type(self.obj).__module__.startswith("tensorflow"):
+            from beholder_plugin.trainer.sources import tf_tensors
 
-        return tf_tensors.whole(self.obj, "exact pass")
+            return np.asarray(tf_tensors.whole(self.obj, "exact pass"))  # (a 0-d tensor's: a NumPy scalar)
+        return np.asarray(self.obj)  # (the shards gathered into one host array)
 
 
 def _other_host(obj: Any) -> Any:
@@ -420,7 +425,9 @@ def _other_host(obj: Any) -> Any:
         from beholder_plugin.trainer.sources import jax_arrays
 
         view = jax_arrays.host_view(obj)
-        if view is None or not view.size or view.dtype.kind not in "biufcV":
+        if view is None:  # (sharded over CPU devices: gathered to the host, within the budget)
+            return _Later(obj, int(obj.size)) if _on_cpus(obj) else None
+        if not view.size or view.dtype.kind not in "biufcV":
             return None
         return view
     if root == "tensorflow":
@@ -436,6 +443,19 @@ def _other_host(obj: Any) -> Any:
         size = math.prod(int(d) for d in obj.shape) if obj.shape.is_fully_defined() else 0
         return _Later(obj, size) if size else None
     return None
+
+
+def _on_cpus(x: Any) -> bool:
+    """Whether a JAX array of numbers is held, all of it, by this process's CPU devices (and no batch
+    stands in for a device)."""
+    from beholder_plugin.trainer.sources import jax_batch
+
+    try:
+        return (not jax_batch.BATCH_CPU_ARRAYS and x.size > 0 and x.is_fully_addressable
+                and not x.is_deleted() and x.dtype.kind in "biufcV"
+                and all(device.platform == "cpu" for device in x.sharding.device_set))
+    except Exception:  # (an unusual array: the sample's figures stand)
+        return False
 
 
 class ExactPass:

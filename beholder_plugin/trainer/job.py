@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.protocol.colormaps import palette_for
+from beholder_plugin.protocol.layout import MISSING
 from beholder_plugin.trainer.device_batches import receive
 from beholder_plugin.trainer.run_settings import RunSettings
 from beholder_plugin.trainer.run_status import RunStatus
@@ -161,7 +162,8 @@ class FrameJobs:
         else:
             frames, size = self.renderer.window_frames, self.renderer.window_size or size
         plan = job.plan
-        shapes = {name: tuple(p.shape) for name, p in zip(plan.names, plan.plans)}
+        shapes = {name: tuple(p.shape) for name, p in zip(plan.names, plan.plans)
+                  if p.layout != MISSING}  # (a section missing this frame changed no shape)
         last, self._shapes = self._shapes, shapes
         window: dict[str, Any] = {"frames": frames, "size": size}
         if frames == 1 and last is not None:

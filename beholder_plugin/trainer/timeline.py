@@ -247,7 +247,8 @@ class Timeline:
         with np.errstate(over="ignore"):  # (a finite norm past float32's range is stored as inf)
             records["norm"] = norm
         # an exact non-finite norm with a count estimated from a sample that missed it: at least one
-        nonfinite = np.where((is_nan | is_inf) & ~(nonfinite >= 1), 1.0, nonfinite)
+        nonfinite = np.where((is_nan | is_inf) & ~(nonfinite >= 1) & ~(flags & tl.EXACT_NONFINITE > 0), 1.0,
+                             nonfinite)
         records["nonfinite"] = nonfinite
         jumps, medians = self._norm_jumps(kept, norm, count, (flags & tl.EXACT_NORM) > 0)
         found = []

@@ -91,8 +91,10 @@ class BufferedGradient(NamedTuple):
 
 def _check_chosen(chosen: list[Any], names: list[str], kind: str) -> None:
     """Refuse layer names in watch(activations=[...]) that the model does not have, saying which it has."""
-    unknown = [name for name in chosen if name not in set(names)]
+    known = set(names)
+    unknown = [name for name in chosen if name not in known]
     if unknown:
+        names = list(dict.fromkeys(names))
         shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
         raise ValueError(f"watch(activations=...): the model has no {kind} named "
                          f"{', '.join(map(repr, unknown))}; its {kind}s are: {shown or 'none'}")
@@ -173,9 +175,10 @@ class Watch:
             # Hooks are installed by arm() for the step after a frame fell due and removed when the
             # frame takes what they captured: every other step runs with no hook at all.
             self._hook_choice = (activations, gradients)
-            if isinstance(activations, (list, tuple, set)):
-                _check_chosen(list(activations), [path for path, _ in self.model.named_modules() if path],
-                              "module")
+            if isinstance(activations, (list, tuple, set)):  # (a compiled submodule's: either name)
+                paths = [path for path, _ in self.model.named_modules() if path]
+                names = paths + [compiled.layer_name(path) for path in paths]
+                _check_chosen(list(activations), names, "module")
             self.sharded = any(torch_modules.sharded(param) for param in model.parameters())
             # A compiled model's activation hooks stay installed (compiled.py says why), from watch()
             # on when it is compiled already, or from the moment dynamo starts compiling anything.
@@ -693,7 +696,7 @@ class Watch:
             torch_modules.version_sum(self._version_params) != self._versions)
         # some layers' hooks ran and others' not, though their parameters were stepped: a graph break
         # left part of the model in a graph compiled before the hooks
-        partial = (bool(captured) and not bypassed and compiled.dynamo_loaded()
+        partial = (bool(captured) and not bypassed and compiled.graphs_compiled()
                    and bool(self._stale_layers(captured)))
         self.remove()
         if (bypassed or partial) and self._hook_choice[0] and not self._recompiled:
@@ -724,8 +727,10 @@ class Watch:
         """Each hooked layer that has parameters of its own: (them, their version counters' sum)."""
         found = {}
         for path, module in self._layers_hooked(self._hook_choice[0]):
-            params = list(module.parameters(recurse=False))
-            if params:
+            if self.pattern is not None and not self.pattern.search(path):
+                continue  # (hidden by the dashboard's filter: never captured)
+            params = [p for p in module.parameters(recurse=False) if p.requires_grad]  # (frozen ones
+            if params:  # may be inference tensors, which keep no version counter)
                 found[path] = (params, torch_modules.version_sum(params))
         return found
 

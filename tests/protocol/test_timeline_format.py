@@ -239,7 +239,8 @@ def test_base_bht_stays_within_its_budget_however_many_sections(run_dir, monkeyp
     assert os.path.getsize(os.path.join(directory, tl.BASE_FILE)) <= (200 << 10) + (4 << 10)  # (+ names)
     found = tl.read_records(run_dir)
     assert {len(recs) for recs in found.values()} == {cap}
-    assert found["expert7/w"]["step"][-1] == 300 and found["expert7/w"]["step"][0] == 1  # newest and first
+    steps = found["expert7/w"]["step"]
+    assert steps[-1] == 300 and steps[0] == 1  # newest and first
     # names that change at every frame: only the newest fit, however long the run
     for k in range(300, 4000):
         now[0] += 1.0
@@ -270,3 +271,17 @@ def test_a_compaction_that_fails_is_not_tried_again_at_every_frame(run_dir, monk
     assert 10 <= len(tries) <= 25  # once per budget's worth of new records, not once a frame
     parts = [n for n in os.listdir(tl.timeline_dir(run_dir)) if tl.part_seq(n) is not None]
     assert len(parts) == len(tries) + 1
+
+
+def test_a_smaller_cap_keeps_half_of_it_for_the_run_before_the_last_records(monkeypatch):
+    """With 1,000 sections each kept 932 records: the first 16 and the newest 916, none of the run in
+    between (the last 1.5 minutes of a 33-minute run). Half a small cap goes to the recent records now,
+    the rest log-spaced over the run."""
+    monkeypatch.setattr(tl, "BASE_BUDGET", 200 << 10)
+    records = tl.make_records(300)
+    records["step"], records["time"] = np.arange(1, 301), 1.7e9 + np.arange(300.0)
+    steps = tl.thin_all({f"s{i}": records for i in range(40)}, 1.7e9 + 300)["s7"]["step"]
+    cap = tl.section_cap(40)
+    assert len(steps) == cap == 71 and steps[0] == 1 and steps[-1] == 300
+    assert (steps >= 300 - cap // 2 + 1).sum() >= cap // 2  # the newest 35, whole
+    assert ((steps > 16) & (steps < 200)).sum() >= 8  # and the run between

@@ -400,3 +400,44 @@ def test_variables_of_a_compiled_wrapper_are_named_as_the_models_own(run_dir):
     names = [s["name"] for s in read_frame_file(run_dir).sections]
     assert names == [name for name, p in model.named_parameters()]
     assert names[0] == "0.weight"
+
+
+def test_layers_the_filter_hides_or_that_are_frozen_are_no_sign_of_a_stale_graph(run_dir, caplog):
+    """An eager model once dynamo compiled anything in the process: layers the Sections filter hides are
+    never captured but are trained, and a frozen backbone built under inference_mode keeps no version
+    counter. The graph-break check took the first for a stale graph (resetting every compiled function
+    in the process) and failed every frame on the second."""
+    import logging
+
+    torch.compile(nn.Linear(2, 2), backend="eager")(torch.randn(1, 2))  # (dynamo has compiled a graph)
+    with torch.inference_mode():
+        backbone = nn.Linear(4, 4)
+    backbone.requires_grad_(False)
+    model = nn.Sequential(backbone, nn.Linear(4, 3), nn.Linear(3, 2))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    set_config(run_dir, values="activations", mode="current", FPS=30, filter="/^(0|1)$/")
+    with caplog.at_level(logging.INFO, logger="beholder"), Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model)
+        for _ in range(4):
+            beholder.frame_due_now()
+            opt.zero_grad()
+            model(torch.randn(5, 4)).sum().backward()
+            opt.step()
+            beholder.update()
+            beholder.flush()
+        assert not beholder.watched.compiled and beholder.failures == 0
+    assert "recompile" not in caplog.text
+    assert [rec["name"] for rec in read_frame_file(run_dir).sections] == ["0", "1"]
+
+
+def test_a_compiled_submodules_layers_are_chosen_by_the_names_the_frame_shows(tmp_path):
+    """watch(activations=["encoder.0"]) of a model whose encoder is compiled: the path is
+    encoder._orig_mod.0, the section's name encoder.0; both are accepted."""
+    model = nn.Sequential()
+    model.add_module("encoder", torch.compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), backend="eager"))
+    model.add_module("head", nn.Linear(4, 2))
+    with Beholder(str(tmp_path)) as beholder:
+        beholder.watch(model, activations=["encoder.0", "head"])
+        beholder.watch(model, activations=["encoder._orig_mod.0"])
+        with pytest.raises(ValueError, match="no module named 'encoder.1.0'"):
+            beholder.watch(model, activations=["encoder.1.0"])

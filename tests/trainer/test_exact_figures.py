@@ -77,11 +77,12 @@ def test_float64_values_past_float32s_range_are_no_infinite_value(tmp_path, monk
     wide = np.array([1.0, 1e39, 2.0, 0.5, 1e-320])
     with Beholder(run, strict=True, on_anomaly="raise") as beholder:
         for _ in range(2):
-            arrays = {"wide": tf.constant(wide), "var": tf.Variable(wide * 1e260)}
+            arrays = {"wide": tf.constant(wide), "var": tf.Variable(wide * 1e260),
+                      "scalar": tf.constant(np.float64(1e300))}  # (a 0-d tensor reads as a NumPy scalar)
             assert update_compiled(beholder, arrays=arrays)
             beholder.flush()
     assert read_anomalies(run) == []
-    for name in ("wide", "var"):
+    for name in ("wide", "var", "scalar"):
         columns = read_timeline(run)[name]
         assert (columns["flags"] & tl.EXACT_NORM).all() and (columns["nonfinite"] == 0).all()
 
@@ -117,3 +118,36 @@ def test_jax_float64_values_past_float32s_range_are_no_infinite_value(tmp_path, 
     gathered, found = out.stdout.strip().splitlines()[-2:]
     assert gathered == str(batched == "1")
     assert found == f"[] [0.0, 0.0] {[float(np.float32(np.sqrt(5 * 9.0)))] * 2}"
+
+
+SHARDED = """
+import os
+import sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from support import set_config, update_compiled
+from beholder_plugin import Beholder, read_anomalies, read_timeline
+from beholder_plugin.protocol import timeline as tl
+
+jax.config.update("jax_enable_x64", True)
+mesh = jax.make_mesh((4,), ("x",))
+values = np.arange(64.0).reshape(16, 4)
+values[3, 1] = 1e300
+array = jax.device_put(values, NamedSharding(mesh, PartitionSpec("x")))
+run = sys.argv[1]
+set_config(run, values="arrays", FPS=30, mode="current")
+with Beholder(run, strict=True, on_anomaly="raise") as beholder:
+    assert update_compiled(beholder, arrays={"w": array})
+columns = read_timeline(run)["w"]
+print(len(array.sharding.device_set), bool(columns["flags"][-1] & tl.EXACT_NORM), read_anomalies(run))
+"""
+
+
+def test_a_jax_array_sharded_over_cpu_devices_gets_exact_figures(tmp_path):
+    """Sharded arrays have no single host view: they got the sample's figures only, so 1e300 read as an
+    infinite value. On CPU devices they are gathered to the host within the exact pass's budget."""
+    out = run_script(SHARDED, str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "4 True []"

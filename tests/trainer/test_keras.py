@@ -311,6 +311,12 @@ def test_each_frame_is_stamped_with_the_batches_whose_weights_it_shows(run_dir):
     callback.on_train_batch_begin(0)
     callback.on_train_batch_end(0)  # the second epoch's first batch: 7 in all
     assert stamped == [1, 2, 3, 5, 6, 7]
+    update()  # the user's own update() between two fits (a Beholder passed in): step 8
+    callback.on_train_begin()  # a second fit goes on from there, never backwards
+    callback.on_epoch_begin(0)
+    callback.on_train_batch_begin(0)
+    callback.on_train_batch_end(0)
+    assert stamped == [1, 2, 3, 5, 6, 7, 8, 9]
     callback.beholder.close()
 
 

@@ -392,3 +392,12 @@ def test_hooked_sections_of_a_model_too_tall_for_a_frame_are_cut_to_the_frames_h
     assert len(frame.sections) == 20 and not any("missing" in rec for rec in frame.sections)
     assert {rec["height"] for rec in frame.sections} == {(1500 - 5 * 19) // 20}  # 70 px, of 128
     assert check_sampled_pixels(frame, truth, samples=200, seed=3) > 100
+
+
+def test_a_nested_tensor_still_says_what_to_pass(run_dir):
+    """The sparse-tensor densifying ran first and said 'to_dense does not support layout Jagged'."""
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    nested = torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(4, 3)], layout=torch.jagged)
+    with Beholder(run_dir, background=False) as beholder:
+        assert beholder.update(arrays={"nested": nested, "w": torch.ones(3)})
+    assert read_frame_file(run_dir).sections[0]["missing"].startswith("a nested tensor (components of")

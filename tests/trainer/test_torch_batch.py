@@ -481,6 +481,13 @@ def test_a_variance_frame_says_how_many_frames_it_is_over_and_which_shape_change
     assert beholder.update(arrays=arrays)
     beholder.flush()
     assert "window" not in read_frame_file(run).header  # (current values: no window)
+    set_config(run, values="arrays", FPS=30, mode="variance", window_size=3)
+    for bias in (None, torch.ones(8)):  # a section missing for a frame changed no shape
+        beholder.frame_due_now()
+        assert beholder.update(arrays={**arrays, "bias": bias})
+        beholder.flush()
+        window = read_frame_file(run).header["window"]
+        assert window["frames"] == 1 and "changed" not in window
     beholder.close()
 
 

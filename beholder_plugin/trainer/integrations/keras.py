@@ -184,7 +184,7 @@ class BeholderCallback(keras.callbacks.Callback):
         # training batches begun, for the step each frame is stamped with: the batches whose weights it
         # shows (update() calls are fewer where late worker-thread hooks leave theirs to the next batch)
         self._begins = 0
-        self._base: int | None = None  # beholder.step at the first fit (a Beholder passed in may count on)
+        self._base: int | None = None  # beholder.step less the batches begun, at the last fit's start
 
     # ------------------------------------------------------------ the training thread
 
@@ -200,8 +200,9 @@ class BeholderCallback(keras.callbacks.Callback):
             self._gate.wait_for(lambda: not self._reading)
             self._training_thread = threading.get_ident()
             self._begun, self._closed, self._late = -1, False, False
-            if self._base is None:
-                self._base = self.beholder.step
+            # (the steps go on from the Beholder's, which a Beholder passed in may have counted on
+            # between two fits: never backwards)
+            self._base = self.beholder.step - self._begins
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Batch numbers start again from 0 (Keras has waited for the last epoch's hooks)."""

@@ -27,8 +27,10 @@ def prepare(obj: Any, label: str) -> Any:
     to_local = getattr(obj, "to_local", None)
     if to_local is not None and type(obj).__name__ == "DTensor":
         obj = to_local()
+    if obj.is_nested:
+        raise RenderError(f"section {label}: {_unreadable(obj)}")
     obj = dense(obj, label)
-    if obj.dtype not in torch_batch.shown_dtypes() or obj.is_nested or freed(obj):
+    if obj.dtype not in torch_batch.shown_dtypes() or freed(obj):
         raise RenderError(f"section {label}: {_unreadable(obj)}")
     return obj.detach()
 
