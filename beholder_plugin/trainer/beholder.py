@@ -264,8 +264,8 @@ class Beholder:
         except Exception as exc:
             if self.strict:
                 raise
-            self.status.failed(exc)
-            self._show_failure()
+            if self.status.failed(exc):  # (a frame's failure in FrameJobs.run, without a worker, is
+                self._show_failure()  # counted and shown there already)
             return False
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -392,8 +392,8 @@ class Beholder:
         error = self.worker.take_error()
         if error is not None and self.strict:
             raise error
-        if error is not None and not getattr(error, "beholder_counted", False):
-            self.status.failed(error)
+        if error is not None:
+            self.status.failed(error)  # (no-op: FrameJobs.run counted it)
 
     # ------------------------------------------------------------ settings
 
@@ -412,14 +412,10 @@ class Beholder:
     # ------------------------------------------------------------ the training thread's part
 
     def _update(self, inputs: Inputs) -> bool:
-        """Report what the worker met since the last call, and take a frame if one is due."""
+        """Take a frame if one is due: read the settings, arm the watch's hooks, gather, hand over."""
         sources.refuse_inside_tf_function()
         if self.worker is not None and self.worker.error is not None:
             self._report_worker_error()  # (the worker wrote the frame saying so: FrameJobs.run)
-        return self._take_frame(inputs)
-
-    def _take_frame(self, inputs: Inputs) -> bool:
-        """Take a frame if one is due: read the settings, arm the watch's hooks, gather, hand over."""
         now = self._clock()
         settings = self._reader.settings
         if (

@@ -81,8 +81,7 @@ class FrameJobs:
         try:
             self._run(job)
         except Exception as exc:
-            self.status.failed(exc)  # (counted here, so that the frame below says so)
-            exc.beholder_counted = True  # (the trainer's report of it does not count it again)
+            self.status.failed(exc)  # (counted here, so that the frame below says so; once: run_status)
             if job.kind is not JobKind.PLACEHOLDER and time.monotonic() - self._failure_at >= 1.0:
                 self._failure_at = time.monotonic()
                 failure = Job(JobKind.PLACEHOLDER, job.settings.replace(is_recording=False), FAILED, job.step,

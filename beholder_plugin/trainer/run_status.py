@@ -36,8 +36,16 @@ class RunStatus:
             logger.info(message, *args)
         return False
 
-    def failed(self, exc: BaseException) -> None:
-        """Count a failure of update() or the worker; log the first one with its traceback."""
+    def failed(self, exc: BaseException) -> bool:
+        """Count a failure of update() or the worker, once per exception (the worker's FrameJobs.run
+        counts a frame's, and update() or the report of the worker's error may meet it again); log the
+        first one with its traceback. False when this exception was counted already."""
+        if getattr(exc, "beholder_counted", False):
+            return False
+        try:
+            exc.beholder_counted = True
+        except AttributeError:  # (an exception type that takes no attributes: counted each time)
+            pass
         self.failures += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
         if self.failures == 1:
@@ -46,6 +54,7 @@ class RunStatus:
                 "counted (see Beholder.failures). Pass strict=True to raise instead.",
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
+        return True
 
     def header(self) -> dict[str, Any]:
         """The counts a frame header carries."""

@@ -131,6 +131,22 @@ def test_a_worker_error_writes_the_frame_that_says_so(run_dir, monkeypatch):
     beholder.close()
 
 
+def test_a_failed_frame_without_a_worker_is_counted_and_shown_once(run_dir, monkeypatch):
+    """background=False: FrameJobs.run counts the failure and writes the frame saying so, and update()'s
+    own failure handling met the same exception again: 2 failures and 2 placeholders for one frame."""
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+
+    def broken(self, *args):
+        raise RuntimeError("renderer broke")
+
+    monkeypatch.setattr(render_module.Renderer, "render", broken)
+    beholder = Beholder(run_dir, background=False)
+    assert not beholder.update(arrays=[np.arange(4.0)])
+    assert beholder.failures == 1 and beholder.frames_written == 1
+    assert "renderer broke" in read_frame_file(run_dir).header["last_error"]
+    beholder.close()
+
+
 def test_interpreter_exit_writes_the_frame_in_progress(run_dir):
     script = textwrap.dedent(
         """
