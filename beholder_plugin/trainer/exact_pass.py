@@ -413,10 +413,11 @@ def _other_host(obj: Any) -> Any:
     path takes it), or None (on an accelerator, or in a batch that stands in for one; not numbers)."""
     root = type(obj).__module__.split(".", 1)[0]
     if root == "keras":
-        value = getattr(obj, "value", None)
+        from beholder_plugin.trainer.sources import keras_variables
+
         try:
-            obj = value() if callable(value) else value
-        except Exception:  # (an unbuilt variable: the frame says why)
+            obj = keras_variables.prepare(obj, "exact pass")  # (its backend's tensor, as the frame reads it)
+        except Exception:  # (an unbuilt or symbolic one: the frame says why)
             return None
         root = type(obj).__module__.split(".", 1)[0]
     if root == "torch":
