@@ -320,6 +320,35 @@ def test_each_frame_is_stamped_with_the_batches_whose_weights_it_shows(run_dir):
     callback.beholder.close()
 
 
+def test_with_steps_per_execution_a_frame_is_stamped_with_the_batches_run(run_dir):
+    """With compile(steps_per_execution=4), Keras calls the batch hooks once per 4 batches (their first
+    and last batch numbers), and a frame was stamped with the number of hooks: step 3 held the weights
+    after 10 batches. The step now counts the batches, and the epoch's short last execution counts the
+    batches it ran."""
+    configure(run_dir)
+    model = tiny_convnet()
+    x, y = tiny_data(n=40)  # 10 batches of 4: executions of 4, 4 and 2 batches
+    model.compile(optimizer=keras.optimizers.SGD(0.05), steps_per_execution=4,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    stamped = []
+
+    class Stamps(beholder_plugin.BeholderCallback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.beholder.frame_due_now()  # (every hook's frame is due, however fast the machine)
+            super().on_train_batch_end(batch, logs)
+            stamped.append((self.beholder.step, [v.numpy().copy() for v in model.trainable_variables]))
+
+    callback = Stamps(run_dir, strict=True)
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
+    assert [step for step, _ in stamped] == [4, 8, 10, 14, 18, 20]
+    # the frame stamped 20 holds the weights after all 20 batches
+    frame = read_frame_file(run_dir)
+    assert frame.header["step"] == 20
+    final = [v.numpy() for v in model.trainable_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(stamped[-1][1], final))
+    assert np.array_equal(np.sort(frame.section_values(0).ravel()), np.sort(final[0].ravel()))  # (laid out)
+
+
 def test_the_callback_shows_chosen_layers_activations_for_a_probe_batch(run_dir):
     configure(run_dir, values="activations")
     model = tiny_convnet()

@@ -181,10 +181,12 @@ class BeholderCallback(keras.callbacks.Callback):
         self._closed = False  # evaluation runs: the weights may be in use, no reading until the next batch
         self._reading = False  # an update is in progress (on whichever thread)
         self._late = False  # a worker-thread hook found the next step started: the training thread updates
-        # training batches begun, for the step each frame is stamped with: the batches whose weights it
-        # shows (update() calls are fewer where late worker-thread hooks leave theirs to the next batch)
-        self._begins = 0
-        self._base: int | None = None  # beholder.step less the batches begun, at the last fit's start
+        # training batches run, for the step each frame is stamped with: the batches whose weights it
+        # shows (update() calls are fewer where late worker-thread hooks leave theirs to the next batch,
+        # and with steps_per_execution one hook follows several batches)
+        self._epoch_start = 0  # batches run before this epoch (this callback's fits, all together)
+        self._seen = 0  # batches run so far, as far as the hooks have said
+        self._base: int | None = None  # beholder.step less the batches run, at the last fit's start
 
     # ------------------------------------------------------------ the training thread
 
@@ -202,12 +204,13 @@ class BeholderCallback(keras.callbacks.Callback):
             self._begun, self._closed, self._late = -1, False, False
             # (the steps go on from the Beholder's, which a Beholder passed in may have counted on
             # between two fits: never backwards)
-            self._base = self.beholder.step - self._begins
+            self._base = self.beholder.step - self._seen
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Batch numbers start again from 0 (Keras has waited for the last epoch's hooks)."""
         with self._gate:
             self._begun, self._closed = -1, False
+            self._epoch_start = self._seen
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         """Close the gate before this step changes the weights: wait for a read in progress.
@@ -217,12 +220,13 @@ class BeholderCallback(keras.callbacks.Callback):
         """
         with self._gate:
             self._begun, self._closed = batch, False
-            self._begins += 1
+            before = self._epoch_start + batch  # (batch: the first of those this execution runs)
+            self._seen = max(self._seen, before)
             if self._reading:
                 self._gate.wait_for(lambda: not self._reading)
             late, self._late = self._late, False
         if late:
-            self._update_between_steps(self._begins - 1)  # (this batch has not run yet)
+            self._update_between_steps(before)  # (this batch has not run yet)
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         """Validation inside fit() (JAX donates the weights to it): no reading until the next batch."""
@@ -250,7 +254,7 @@ class BeholderCallback(keras.callbacks.Callback):
             self._gate.wait_for(lambda: not self._reading)
             late, self._late = self._late, False
         if late:
-            self._update_between_steps(self._begins)
+            self._update_between_steps(self._seen)
 
     # ------------------------------------------------------------ any thread
 
@@ -262,7 +266,12 @@ class BeholderCallback(keras.callbacks.Callback):
         training thread has not begun the next batch (which then waits).
         """
         training = self._training_thread
+        steps = (self.params or {}).get("steps")  # (an epoch's batches, where the data's length is known)
+        # batch: the last of those one execution ran (steps_per_execution of them; an epoch's last
+        # execution may run fewer)
+        done = self._epoch_start + (batch + 1 if not steps else min(batch + 1, steps))
         with self._gate:
+            self._seen = max(self._seen, done)
             if self._reading:
                 return  # another update is in progress: this batch's frame is skipped
             if training is not None and threading.get_ident() != training and (
@@ -270,8 +279,7 @@ class BeholderCallback(keras.callbacks.Callback):
             ):
                 self._late = True  # the next step has begun: the training thread updates instead
                 return
-            self._reading = True
-            done = self._begins  # (this batch's weights: the next has not begun)
+            self._reading = True  # (this batch's weights: the next has not begun)
         self._update_and_release(done)
 
     def _update_between_steps(self, done: int) -> None:
