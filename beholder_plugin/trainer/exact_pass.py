@@ -363,6 +363,15 @@ def _torch_kind(obj: Any) -> Any:
     return torch
 
 
+def _numpy(torch: Any, t: Any) -> np.ndarray:
+    """A CPU tensor's values as NumPy; those of a dtype NumPy lacks (bfloat16, the float8 types,
+    complex32) as float32 or complex64, which hold each of them exactly."""
+    t = t.resolve_conj().resolve_neg()
+    if t.dtype in (torch.float32, torch.float64, torch.float16, torch.complex64, torch.complex128):
+        return t.numpy()
+    return t.to(torch.complex64 if t.is_complex() else torch.float32).numpy()
+
+
 def _host_exact(x: np.ndarray) -> tuple[float, float]:
     """(norm, non-finite count) of a NumPy array, exactly: one pass, a second only when not finite."""
     flat = x.reshape(-1)
@@ -570,7 +579,7 @@ class ExactPass:
                 if np.isfinite(norm):
                     exact.norm[i], exact.nonfinite[i] = norm, 0.0
                 else:
-                    exact.norm[i], exact.nonfinite[i] = _host_exact(t.resolve_conj().resolve_neg().numpy())
+                    exact.norm[i], exact.nonfinite[i] = _host_exact(_numpy(torch, t))
                 exact.exact[i] = True
 
     def _device_pass(self, torch: Any, exact: _Exact, devices: dict, step: int | None = None,

@@ -121,9 +121,12 @@ class Gatherer:
         return list(self._frame_plans.values())
 
     def restart_windows(self) -> None:
-        """Start the variance windows kept on a device afresh (the shown values changed)."""
+        """Start the variance windows kept on a device afresh (the shown values changed, or a frame's
+        variance is taken on the host: one window at a time, as the host's is dropped by a frame whose
+        variance the device takes)."""
         for gather in self._device_gathers.values():
             gather.window = None
+            gather.variance = False  # (set again by use_variance() for a whole frame's batch)
 
     def gather(self, settings: RunSettings, inputs: Inputs) -> Job:
         """Copy what the frame shows (only that) off the caller's arrays, for the worker."""
@@ -327,10 +330,13 @@ class Gatherer:
         job.samples = samples
         self._memo = BatchMemo.of(named, settings, plan, batches, missing, shapes)
         job.pending = []
+        whole = not missing and any(len(entries) == len(plan.plans) for entries in batches.values())
+        if not whole:  # the host takes this frame's variance: a window on a device would go stale
+            self.restart_windows()
         for device, entries in batches.items():
             try:
                 gather = self._device_gather(plan, device)
-                if len(entries) == len(plan.plans) and not missing:  # the whole frame: variance there too
+                if whole:  # the whole frame in one batch: its variance there too
                     job.variance_done = self._device_variance(gather, settings)
                 _ride_along(job, gather, device, riding)
                 job.pending.append(gather.launch(entries))
@@ -404,6 +410,7 @@ class Gatherer:
                       exc: Exception) -> None:
         """Show a device batch whose launch failed as empty sections that say why (the others render)."""
         job.variance_done = False
+        self.restart_windows()  # (the host takes this frame's variance)
         for i in sections:
             views[i].fill(np.nan)
             sample_views[i].fill(np.nan)

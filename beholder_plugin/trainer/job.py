@@ -156,8 +156,9 @@ class FrameJobs:
             return None
         size = job.settings.window_size
         if job.variance_done:
-            windows = [getattr(batch, "window", None) for batch in job.pending or ()]
-            frames = min((len(window.samples) for window in windows if window is not None), default=0)
+            windows = [window for batch in job.pending or () if (window := getattr(batch, "window", None))]
+            frames = min((len(window.samples) for window in windows), default=0)
+            size = min((window.size for window in windows), default=size)
         else:
             frames, size = self.renderer.window_frames, self.renderer.window_size or size
         plan = job.plan

@@ -1159,3 +1159,22 @@ def test_a_nan_the_sample_missed_is_counted_at_least_once_where_the_count_is_est
     assert anomaly["kind"] == "nan" and anomaly["found"]["nonfinite"] == 1.0
     assert not anomaly["found"]["nonfinite_exact"]
     assert (read_timeline(run_dir)["w"]["nonfinite"] == 1.0).all()
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_an_infinite_bfloat16_value_gets_exact_figures(run_dir, monkeypatch, caplog, batched):
+    """The host's exact pass read a CPU tensor through NumPy, which has no bfloat16: an array holding
+    inf failed it (a logged traceback), and its norm was the sample's estimate, 8 where it is inf."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    set_config(run_dir, values="arrays", FPS=30, mode="current")
+    w = torch.ones(4, 4, dtype=torch.bfloat16)
+    w[1, 1] = float("inf")
+    with caplog.at_level(logging.WARNING), Beholder(run_dir, strict=True) as beholder:
+        assert beholder.update(arrays={"w": w})
+    column = read_timeline(run_dir)["w"]
+    assert np.isposinf(column["norm"]).all() and (column["nonfinite"] == 1).all()
+    assert (column["flags"] & tl.EXACT_NORM).all()
+    # (a count on the device is the sample's estimate, at least 1 where the norm is not finite)
+    assert bool((column["flags"] & tl.EXACT_NONFINITE).all()) is not batched
+    assert [a["found"]["norm"] for a in read_anomalies(run_dir)] == ["inf"]
+    assert "Traceback" not in caplog.text and "unsupported" not in caplog.text

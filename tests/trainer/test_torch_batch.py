@@ -1062,3 +1062,114 @@ def test_negative_views_are_shown_with_their_sign(tmp_path, monkeypatch, batched
         assert frame.sections[i]["max"] == float(want.max())
     # the exact pass takes the infinite one's norm again from its values (it failed on the view)
     assert read_timeline(run)["neg with inf"]["norm"][-1] == math.inf
+
+
+def lockstep_frames(tmp_path, monkeypatch, steps: list, config: dict) -> list:
+    """Each step's arrays (and config changes) given to a host-path and a batched Beholder in turn; the
+    pairs of frames (host, batched) of every step."""
+    runs = {b: str(tmp_path / f"run-{b}") for b in (False, True)}
+    beholders = {}
+    for batched, run in runs.items():
+        set_config(run, values="arrays", FPS=30, **config)
+        beholders[batched] = Beholder(run, strict=True, background=False)
+    pairs = []
+    for arrays, changes in steps:
+        frames = []
+        for batched, beholder in beholders.items():
+            monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+            if changes:
+                set_config(runs[batched], values="arrays", FPS=30, **{**config, **changes})
+            beholder.frame_due_now()
+            assert beholder.update(arrays=arrays)
+            frames.append(read_frame_file(runs[batched]))
+        pairs.append(frames)
+    for beholder in beholders.values():
+        beholder.close()
+    return pairs
+
+
+def test_a_section_missing_for_a_frame_starts_the_device_window_again_as_the_host_path_does(
+        tmp_path, monkeypatch):
+    """Variance mode: an unused layer's gradient (None) for a frame changes the frame's shapes, so the
+    host window starts again there and again when it comes back. The device window was neither dropped
+    nor restarted by such a frame: afterwards it took up its samples from before the gap, and every
+    section showed another variance than the host path's."""
+    gen = torch.Generator().manual_seed(0)
+    a = [torch.randn(6, 5, generator=gen) for _ in range(7)]
+    b = [torch.randn(7, generator=gen) for _ in range(7)]
+    steps = [({"a": a[k], "b": None if k == 2 else b[k]}, None) for k in range(7)]
+    pairs = lockstep_frames(tmp_path, monkeypatch, steps, dict(mode="variance", window_size=5))
+    for host, batched in pairs:
+        assert_same_frames(host, batched)
+        assert host.header["window"] == batched.header["window"]
+    assert [p[1].header["window"]["frames"] for p in pairs] == [1, 2, 1, 1, 2, 3, 4]
+
+
+def test_a_frame_partly_off_the_device_takes_its_variance_on_the_host_from_a_new_window(
+        tmp_path, monkeypatch):
+    """Variance mode: one array given as NumPy for two frames (the rest on the device, the same plan).
+    Those frames' variance is the host's; it pushed the device window's variances into the host window
+    again (a variance of variances), and the device window went on with a wrong value in that array's
+    place. Now the device window is dropped there and the host's starts afresh, and back on the device
+    a new window starts: each frame is the variance of the frames since then, as a host-path run of
+    just those frames shows."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    gen = torch.Generator().manual_seed(1)
+    a = [torch.randn(6, 5, generator=gen) for _ in range(7)]
+    b = [torch.randn(7, generator=gen) for _ in range(7)]
+    arrays = [{"a": a[k], "b": b[k].numpy() if k in (2, 3) else b[k]} for k in range(7)]
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="variance", window_size=5)
+    frames = []
+    with Beholder(run, strict=True, background=False) as beholder:
+        for given in arrays:
+            beholder.frame_due_now()
+            assert beholder.update(arrays=given)
+            frames.append(read_frame_file(run))
+    assert [f.header["window"]["frames"] for f in frames] == [1, 2, 1, 2, 1, 2, 3]
+    for start, end in ((2, 3), (4, 6)):  # the windows' frames, again on the host path alone
+        alone = lockstep_frames(tmp_path / f"alone-{start}", monkeypatch,
+                                [(given, None) for given in arrays[start:end + 1]],
+                                dict(mode="variance", window_size=5))
+        assert_same_frames(alone[-1][0], frames[end])
+
+
+def test_other_sections_of_the_same_shapes_start_the_variance_window_again(tmp_path, monkeypatch):
+    """The Sections filter turned from one layer to another of the same shape: the host window went on
+    (its key was the shapes alone), mixing both layers' values in one variance, while the device window
+    started again; both start again now."""
+    gen = torch.Generator().manual_seed(2)
+    steps = [({"a": torch.randn(6, 5, generator=gen), "b": torch.randn(6, 5, generator=gen)},
+              {"filter": "b"} if k >= 3 else {"filter": "a"}) for k in range(6)]
+    pairs = lockstep_frames(tmp_path, monkeypatch, steps, dict(mode="variance", window_size=4))
+    for host, batched in pairs:
+        assert_same_frames(host, batched)
+    assert [p[0].header["window"]["frames"] for p in pairs] == [1, 2, 3, 1, 2, 3]
+    assert [p[0].sections[0]["name"] for p in pairs] == ["a"] * 3 + ["b"] * 3
+
+
+def test_the_device_window_is_cut_to_the_host_windows_length(tmp_path, monkeypatch):
+    """A frame too big for the host window's byte budget gets a shorter window on the host; the device
+    window kept the asked length, so the two paths' variances differed from the shorter length on."""
+    from beholder_plugin.trainer.views import render
+
+    monkeypatch.setattr(render, "HOST_WINDOW_BYTES", 4 * 64 * 64 * (3 + 7))  # (3 frames of 64 x 64)
+    gen = torch.Generator().manual_seed(3)
+    steps = [({"w": torch.randn(64, 64, generator=gen)}, None) for _ in range(6)]
+    pairs = lockstep_frames(tmp_path, monkeypatch, steps, dict(mode="variance", window_size=6))
+    for host, batched in pairs:
+        assert_same_frames(host, batched)
+        assert host.header["window"] == batched.header["window"]
+    assert pairs[-1][1].header["window"] == {"frames": 3, "size": 3}
+
+
+def test_a_negative_view_of_the_same_memory_is_not_replayed_from_the_graph(tmp_path, monkeypatch, cpu_graphs):
+    """``z.conj().imag`` is ``z.imag``'s memory, shape, strides and dtype, read negated: the graph
+    captured for one was replayed for the other, showing +1..12 where the values are -12..-1."""
+    z = torch.complex(torch.arange(12.0).reshape(3, 4), torch.arange(12.0).reshape(3, 4) + 1)
+    steps = [({"im": z.imag if k < 3 else z.conj().imag}, None) for k in range(5)]
+    pairs = lockstep_frames(tmp_path, monkeypatch, steps, dict(mode="current"))
+    for host, batched in pairs:
+        assert_same_frames(host, batched)
+    assert cpu_graphs  # (the graph was replayed for the plain views)
+    assert pairs[-1][1].sections[0]["max"] == -1.0

@@ -50,7 +50,7 @@ from beholder_plugin.protocol.plans import SectionPlan
 from beholder_plugin.trainer.exact_pass import dense, span_of
 from beholder_plugin.trainer.sources import run_positions
 from beholder_plugin.trainer.sources.captured import Captured
-from beholder_plugin.trainer.views.render import FlatWindow
+from beholder_plugin.trainer.views.render import FlatWindow, host_window_size
 
 # Gather CPU tensors through the batched path too (tests set this, as does BEHOLDER_BATCH_CPU_TENSORS=1
 # in the environment: CI has no GPU, and this is how the device path is checked there).
@@ -401,7 +401,7 @@ class DeviceGather:
         if settings.mode != "variance":
             self.window = None
             return False
-        size = settings.window_size
+        size = host_window_size(settings.window_size, self.plan.value_count)  # (the host's: the same frames)
         if self.window is None:
             if not window_fits(self.device, size, self.plan.value_count):
                 return False
@@ -733,14 +733,15 @@ def _overwrite(kept: Any, new: Any) -> None:
 
 def storage_keys(tensors: list[Any]) -> tuple[list, ...]:
     """What a CUDA graph reading these tensors depends on: where each one's first value is, its shape,
-    strides and dtype (a step's new gradients may land where the last ones were, in another dtype).
+    strides and dtype (a step's new gradients may land where the last ones were, in another dtype), and
+    its negative bit (``z.conj().imag`` is ``z.imag``'s memory, read negated by the captured kernels).
 
-    Four lists rather than a tuple per tensor: a fifth less time for the
+    Lists rather than a tuple per tensor: a fifth less time for the
     214 of a ResNet-50, looked at by every frame and by every step's check
     of gradients.
     """
     return ([t.data_ptr() for t in tensors], [t.shape for t in tensors], [t.stride() for t in tensors],
-            [t.dtype for t in tensors])
+            [t.dtype for t in tensors], [t.is_neg() for t in tensors])
 
 
 class TorchOps:

@@ -370,7 +370,8 @@ class Renderer:
             self.clear_history()  # the window is the device's now; the host's would start afresh
             shown = values
         elif config["mode"] == "variance":
-            key = tuple((p.shape, p.width, p.height, p.layout) for p in plan.plans)
+            # (names too: the filter showing other sections of the same shapes starts the window again)
+            key = (tuple((p.shape, p.width, p.height, p.layout) for p in plan.plans), tuple(plan.names))
             size = host_window_size(config["window_size"], plan.value_count)
             if key != self._window_key or self._window is None:
                 self._window = None  # (the old one's memory goes before the new one's comes)
