@@ -60,6 +60,42 @@ EXACT_NONFINITE = 2  # nonfinite is a count over every value (else estimated fro
 ANOMALY = 4  # the frame where an anomaly was found (thinning keeps it)
 PINNED = 8  # the frame before an anomaly (thinning keeps it)
 STEP_CHECKED = 16  # the per-step device check covered the steps up to this record
+# Bits 8-11: which values the record is of (the dashboard's Values choice when the frame was taken), so
+# that the weights and the gradients of one name, both shown in one run, are two series; 0: not said
+# (records written before this).
+VALUES_SHIFT = 8
+VALUES_MASK = 0xF << VALUES_SHIFT
+VALUES_CODES = {"trainable_variables": 1, "gradients": 2, "activations": 3, "arrays": 4}
+_VALUES_NAMES = {code: name for name, code in VALUES_CODES.items()}
+
+
+def values_flag(values: str) -> int:
+    """The flag bits saying a record is of these values (0 for values the table does not know)."""
+    return VALUES_CODES.get(values, 0) << VALUES_SHIFT
+
+
+def values_of(flags: np.ndarray) -> np.ndarray:
+    """Each record's values as its code (0: not said)."""
+    return (np.asarray(flags, np.uint32) & VALUES_MASK) >> VALUES_SHIFT
+
+
+def values_named(code: int) -> str | None:
+    """The values a code stands for (None: not said)."""
+    return _VALUES_NAMES.get(int(code))
+
+
+def of_values(by_section: dict[str, np.ndarray], values: str) -> dict[str, np.ndarray]:
+    """The records of these values (and those that do not say), by section; sections left empty go."""
+    code = VALUES_CODES.get(values, -1)
+    out = {}
+    for name, records in by_section.items():
+        codes = values_of(records["flags"])
+        keep = (codes == code) | (codes == 0)
+        if keep.all():
+            out[name] = records
+        elif keep.any():
+            out[name] = records[keep]
+    return out
 
 # Thinning, per section: the first KEEP_FIRST records, the last KEEP_RECENT, anomalies, and log-spaced
 # records in between, MAX_PER_SECTION in all. 300 sections then take at most 300 * 2048 * 72 B = 44 MB
@@ -282,13 +318,19 @@ def columns_of(records: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(records[name]) for name in COLUMNS}
 
 
-def read_timeline(run_dir: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+def read_timeline(run_dir: str | os.PathLike, values: str | None = None) -> dict[str, dict[str, np.ndarray]]:
     """The run's timeline: section name -> columns (``step``, ``time``, ``norm``, ``mean``, ``std``, ...).
 
     ``nonfinite`` counts the NaN and infinite values; ``flags`` says per
-    record which figures are exact (``EXACT_NORM``, ``EXACT_NONFINITE``).
+    record which figures are exact (``EXACT_NORM``, ``EXACT_NONFINITE``) and
+    which values it is of (``values_of``). ``values`` (``"gradients"``...):
+    only the records of those values, for a run whose Values choice changed
+    (a section's weights and gradients share its name).
     """
-    return {name: columns_of(recs) for name, recs in read_records(run_dir).items()}
+    by_section = read_records(run_dir)
+    if values is not None:
+        by_section = of_values(by_section, values)
+    return {name: columns_of(recs) for name, recs in by_section.items()}
 
 
 def read_anomalies(run_dir: str | os.PathLike, files: Any = None) -> list[dict[str, Any]]:

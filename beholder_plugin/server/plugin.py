@@ -56,7 +56,7 @@ from beholder_plugin.server.http_answers import (
 )
 from beholder_plugin.server.origin import listed_names, trusted_names, write_refusal
 from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
-from beholder_plugin.server.timeline import TimelineRequestError, parse_points, timeline_answer
+from beholder_plugin.server.timeline import TimelineRequestError, parse_points, parse_values, timeline_answer
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
     EXPORTS_DIR,
@@ -345,10 +345,11 @@ class BeholderPlugin(base_plugin.TBPlugin):
         """timeline: the run's timeline, ?points= per section at most, its anomalies and kept frames."""
         try:
             points = parse_points(request.args.get("points"))
+            values = parse_values(request.args.get("values"))
         except TimelineRequestError as exc:
             raise RunError(str(exc), 400) from exc
         self._index.file_path(run, "timeline")  # RunError if it leads out of the logdir
-        return json_response(request, timeline_answer(run.name, run.path, points, run.files))
+        return json_response(request, timeline_answer(run.name, run.path, points, run.files, values))
 
     @wrappers.Request.application
     @with_run

@@ -49,6 +49,32 @@ def parse_points(raw: str | None) -> int:
     return int(raw)
 
 
+def parse_values(raw: str | None) -> str | None:
+    """The ?values= parameter: which values' records to answer (None: those the trainer showed last)."""
+    if raw is None or raw == "":
+        return None
+    if raw not in tl.VALUES_CODES:
+        raise TimelineRequestError(f"values must be one of {', '.join(tl.VALUES_CODES)}, not {raw[:40]!r}")
+    return raw
+
+
+def newest_values(by_section: dict[str, np.ndarray]) -> tuple[str | None, list[str]]:
+    """(The values of the run's newest record, every values its records are of), by the records' flags
+    (None and [] for records that do not say: older writers)."""
+    codes: set[int] = set()
+    newest, newest_time = 0, -np.inf
+    for records in by_section.values():
+        if not len(records):
+            continue
+        found = tl.values_of(records["flags"])
+        codes.update(np.unique(found).tolist())
+        last = int(np.argmax(records["time"]))
+        if records["time"][last] > newest_time:
+            newest, newest_time = int(found[last]), float(records["time"][last])
+    kinds = [name for name, code in tl.VALUES_CODES.items() if code in codes]
+    return tl.values_named(newest), kinds
+
+
 def bucketed(records: np.ndarray, first: int, last: int, points: int) -> dict[str, np.ndarray]:
     """One section's records (sorted by step) reduced to at most `points` buckets of the run's steps."""
     if len(records) == 0:
@@ -116,22 +142,24 @@ def _signature(run_path: str, files: Any) -> tuple:
                         if name != tl.ANOMALIES_FILE))
 
 
-def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None) -> dict[str, Any]:
-    """The JSON answer of /timeline for one run (see docs/http-api.md).
+def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None,
+                    values: str | None = None) -> dict[str, Any]:
+    """The JSON answer of /timeline for one run (see docs/http-api.md): the records of ``values`` (None:
+    of the values the trainer showed last).
 
     The bucketed sections are kept (CACHED_ANSWERS runs) and built again
     only when a timeline file changed, so a dashboard refreshing a finished
     or slow run reads nothing but the directory; a live run's base.bht is
     kept parsed (CACHED_BASES runs), so its refreshes parse only the parts.
     """
-    key = (run_path, points)
+    key = (run_path, points, values)
     signature = _signature(run_path, files)
     with _cache_lock:
         found = _cache.get(key)
     if found is not None and found[0] == signature:
         body = found[1]
     else:
-        body = _sections_answer(run_path, points, files)
+        body = _sections_answer(run_path, points, files, values)
         size = sum(len(v) for entry in body["sections"] for v in entry.values() if isinstance(v, str))
         with _cache_lock:
             _cache[key] = (signature, body, size)
@@ -140,17 +168,25 @@ def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None
                                        or sum(entry[2] for entry in _cache.values()) > CACHED_BYTES):
                 _cache.popitem(last=False)
     kept = [{"name": e.name, "step": e.step, "time": e.time} for e in list_history(run_path, files)]
+    shown = body["values"]
+    anomalies = [a for a in tl.read_anomalies(run_path, files)
+                 if shown is None or a.get("values", shown) == shown]  # (those of the values answered)
     return {
         "run": run_name,
         **body,  # (its "points": at most those asked for, fewer for a run of very many sections)
-        "anomalies": tl.read_anomalies(run_path, files)[:1000],
+        "anomalies": anomalies[:1000],
         "kept": kept,
     }
 
 
-def _sections_answer(run_path: str, points: int, files: Any) -> dict[str, Any]:
-    """The sections part of the answer: every section bucketed, and the steps the buckets span."""
+def _sections_answer(run_path: str, points: int, files: Any, values: str | None) -> dict[str, Any]:
+    """The sections part of the answer: every section bucketed, and the steps the buckets span; the
+    records of ``values`` only (None: of the newest record's), and which values there are."""
     by_section = tl.read_records(run_path, files, base_cache=_base_cache(run_path))
+    newest, kinds = newest_values(by_section)
+    values = values or newest
+    if values is not None:
+        by_section = tl.of_values(by_section, values)
     names = list(by_section)[:MAX_SECTIONS]
     points = max(2, min(points, MAX_CELLS // max(len(names), 1)))
     steps = [recs["step"] for recs in by_section.values() if len(recs)]
@@ -167,4 +203,5 @@ def _sections_answer(run_path: str, points: int, files: Any) -> dict[str, Any]:
             entry[column] = _b64(columns[column], "<f4")
         entry["flags"] = _b64(columns["flags"], "<u4")
         sections.append(entry)
-    return {"first_step": first, "last_step": last, "points": points, "sections": sections}
+    return {"first_step": first, "last_step": last, "points": points, "values": values, "kinds": kinds,
+            "sections": sections}

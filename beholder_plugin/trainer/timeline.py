@@ -109,12 +109,14 @@ class Timeline:
         self.exact_pass = ExactPass()
         self._delivery: collections.deque = collections.deque()
         self._raise: AnomalyError | None = None
-        self._slots: dict[str, int] = {}  # section name -> n (rows 2n, 2n + 1 of _ring: its recent norms)
+        # (values, section name) -> n (rows 2n, 2n + 1 of _ring: its recent norms): a section's weights and
+        # gradients (the dashboard's Values changed) have norms of other sizes, judged apart
+        self._slots: dict[tuple[str, str], int] = {}
         self._slot_cache: dict[tuple, np.ndarray] = {}
         self._ring = np.full((0, RECENT_NORMS), np.nan)
         self._seen = np.zeros(0, np.int64)
         self._jumping = np.zeros(0, bool)
-        self._reported: set[tuple[str, str]] = set()
+        self._reported: set[tuple[str, str, str]] = set()  # (values, name, kind) reported once
         self._last_step: int | None = None
         self.anomalies = 0
         self.first_anomaly: dict[str, Any] | None = None
@@ -224,7 +226,7 @@ class Timeline:
         norm = figures["norm"]
         nonfinite = (np.fmax(nan_frac, 0.0) + np.fmax(inf_frac, 0.0)) * count  # (NaN: none known)
         is_nan, is_inf = nan_frac > 0, (inf_frac > 0) & ~(nan_frac > 0)
-        flags = np.zeros(len(rows), np.uint32)
+        flags = np.full(len(rows), tl.values_flag(job.shown), np.uint32)
         step_first = np.full(len(rows), -1, np.int64)
         if exact is not None:
             idx = np.asarray(rows)
@@ -250,14 +252,14 @@ class Timeline:
         nonfinite = np.where((is_nan | is_inf) & ~(nonfinite >= 1) & ~(flags & tl.EXACT_NONFINITE > 0), 1.0,
                              nonfinite)
         records["nonfinite"] = nonfinite
-        jumps, medians = self._norm_jumps(kept, norm, count, (flags & tl.EXACT_NORM) > 0)
+        jumps, medians = self._norm_jumps(job.shown, kept, norm, count, (flags & tl.EXACT_NORM) > 0)
         found = []
         if job.loss_scaled:  # gradients under a loss scaler: a non-finite one is an overflow it skips
             is_nan = is_inf = np.zeros(len(rows), bool)
         for j in np.flatnonzero(is_nan | is_inf | jumps).tolist():
             name = kept[j]
             kind = "nan" if is_nan[j] else "inf" if is_inf[j] else None
-            if kind is not None and (name, kind) not in self._reported:
+            if kind is not None and (job.shown, name, kind) not in self._reported:
                 first = int(step_first[j]) if step_first[j] >= 0 else None
                 found.append(self._anomaly(job, name, kind, first, float(norm[j]), float(nonfinite[j]),
                                            bool(flags[j] & tl.EXACT_NONFINITE)))
@@ -282,7 +284,7 @@ class Timeline:
         for name in self.keyframes.consider(ring, step):
             files.remove(join(self.keyframes.history_dir, name))
 
-    def _norm_jumps(self, kept: list[str], norm: np.ndarray, count: np.ndarray,
+    def _norm_jumps(self, values: str, kept: list[str], norm: np.ndarray, count: np.ndarray,
                     exact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Which norms newly jumped past norm_jump times their section's recent median, and the medians.
 
@@ -301,7 +303,7 @@ class Timeline:
         with np.errstate(invalid="ignore"):
             size = np.sqrt(np.fmax(count, 1.0))
         norm = norm / size
-        key = tuple(kept)
+        key = (values, tuple(kept))
         sections = self._slot_cache.get(key)
         if sections is None:
             if len(self._slots) + len(kept) > MAX_JUDGED_SECTIONS:  # (names that change every frame:
@@ -309,8 +311,8 @@ class Timeline:
                 self._ring, self._seen = np.full((0, RECENT_NORMS), np.nan), np.zeros(0, np.int64)
                 self._jumping = np.zeros(0, bool)
             for name in kept:
-                if name not in self._slots:
-                    self._slots[name] = len(self._slots)
+                if (values, name) not in self._slots:
+                    self._slots[values, name] = len(self._slots)
             if len(self._slots) > len(self._jumping):
                 grow = max(len(self._slots), 2 * len(self._jumping))
                 rows = 2 * grow - len(self._ring)  # (two rows a section: sampled norms, exact norms)
@@ -319,7 +321,7 @@ class Timeline:
                 self._jumping = np.concatenate([self._jumping, np.zeros(grow - len(self._jumping), bool)])
             if len(self._slot_cache) >= 16:
                 self._slot_cache.clear()
-            sections = self._slot_cache[key] = np.array([self._slots[n] for n in kept], np.intp)
+            sections = self._slot_cache[key] = np.array([self._slots[values, n] for n in kept], np.intp)
         slots = 2 * sections + exact
         seen = self._seen[slots]
         enough = seen >= MIN_NORMS
@@ -348,7 +350,7 @@ class Timeline:
     def _anomaly(self, job: Any, name: str, kind: str, step_first: int | None, norm: float,
                  nonfinite: float, exact_count: bool, median: float | None = None) -> dict[str, Any]:
         """An anomaly record: the exact step (per-step check), else the steps since the last frame."""
-        self._reported.add((name, kind))
+        self._reported.add((job.shown, name, kind))
         record: dict[str, Any] = {"section": name, "values": job.shown, "kind": kind}
         first = 1 if self._last_step is None else self._last_step + 1
         if step_first is not None:

@@ -24,6 +24,14 @@ def page_on_timeline(tmp_path_factory):
         for step in range(1, 4):
             beholder.frame_due_now()
             beholder.update(arrays={"w": np.full((16, 16), float(step), np.float32)})
+    switched = logdir / "switched"  # the Values choice changed: arrays, then variables, of one name
+    switched.mkdir()
+    with Beholder(str(switched), background=False) as beholder:
+        for step in range(1, 9):
+            set_config(switched, values="arrays" if step <= 4 else "trainable_variables", FPS=30)
+            beholder.frame_due_now()
+            beholder.update(arrays={"w": np.full((4, 4), 1.0, np.float32)},
+                            variables={"w": np.full((4, 4), 100.0, np.float32)})
     run = logdir / "nanrun"
     run.mkdir()
     set_config(run, values="arrays", FPS=30)
@@ -107,3 +115,24 @@ def test_compare_with_overlays_the_other_runs_norms(page_on_timeline):
     frame.select_option("#compare-select", "")
     wait_for(lambda: "compared with" not in frame.inner_text("#timeline-status"), timeout=30,
              message="the overlay gone")
+
+
+def test_a_run_whose_values_changed_shows_one_values_timeline_with_a_choice(page_on_timeline):
+    """Arrays for 4 frames, then variables of the same name: the timeline shows the values shown last
+    (steps 5-8), and its Values choice turns to the other series (steps 1-4), not both in one line."""
+    page, frame = page_on_timeline
+    frame.select_option("#run-select", "switched")
+    frame.click("#view-timeline")
+    wait_for(lambda: "steps 5–8" in frame.inner_text("#timeline-status"), timeout=30,
+             message="the variables' timeline")
+    assert frame.is_visible("#timeline-values")
+    assert frame.eval_on_selector_all("#timeline-values option", "os => os.map(o => o.value)") == [
+        "trainable_variables", "arrays"]
+    assert frame.eval_on_selector("#timeline-values", "el => el.value") == "trainable_variables"
+    frame.select_option("#timeline-values", "arrays")
+    wait_for(lambda: "steps 1–4" in frame.inner_text("#timeline-status"), timeout=30,
+             message="the arrays' timeline")
+    frame.select_option("#run-select", "nanrun")
+    wait_for(lambda: "steps 1–12" in frame.inner_text("#timeline-status"), timeout=30,
+             message="back on the run of one values")
+    assert not frame.is_visible("#timeline-values")

@@ -173,7 +173,7 @@ def test_an_answer_of_many_sections_has_fewer_points_each_and_the_cache_a_byte_b
     monkeypatch.setattr(server_timeline, "CACHED_BYTES", 1)  # the newest answer only
     for points in (100, 200, 300):
         assert get(client, f"/timeline?run=run1&points={points}")[0] == 200
-    assert list(server_timeline._cache) == [(run, 300)]
+    assert list(server_timeline._cache) == [(run, 300, None)]
 
 
 def test_a_restarted_trainers_records_get_at_most_the_points_asked_for(tmp_path):
@@ -192,3 +192,32 @@ def test_a_restarted_trainers_records_get_at_most_the_points_asked_for(tmp_path)
     assert status == 200 and entry["records"] == 400 and entry["points"] == 64
     times = column(entry, "time")
     assert (np.diff(times) > 0).all() and times[-1] == when  # in time order, the last record last
+
+
+def test_a_run_whose_values_changed_answers_one_values_series_at_a_time(tmp_path):
+    """Weights then gradients under the same names: the answer holds the values the trainer showed last
+    (or those asked for), says which there are, and keeps the anomalies of those values only."""
+    run = str(tmp_path / "run1")
+    writer = TimelineWriter(run, files_for(run))
+    for step in range(1, 9):
+        shown = "trainable_variables" if step <= 4 else "gradients"
+        records = tl.make_records(1)
+        records["step"], records["time"], records["section"] = step, 1000.0 + step, 0
+        records["norm"] = 1.0 if shown == "trainable_variables" else 0.01
+        records["flags"] = tl.values_flag(shown)
+        writer.append(["w"], records)
+    writer.add_anomaly({"section": "w", "values": "trainable_variables", "kind": "nan", "step": 3}, 100)
+    writer.close()
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1")
+    assert status == 200
+    assert answer["values"] == "gradients" and answer["kinds"] == ["trainable_variables", "gradients"]
+    (entry,) = answer["sections"]
+    np.testing.assert_array_equal(column(entry, "step"), [5, 6, 7, 8])
+    assert answer["anomalies"] == []
+    status, answer = get(client, "/timeline?run=run1&values=trainable_variables")
+    (entry,) = answer["sections"]
+    np.testing.assert_array_equal(column(entry, "norm"), [1.0] * 4)
+    assert [a["step"] for a in answer["anomalies"]] == [3]
+    status, answer = get(client, "/timeline?run=run1&values=frames")
+    assert status == 400 and "values must be one of" in answer["error"]

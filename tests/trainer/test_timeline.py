@@ -1178,3 +1178,32 @@ def test_an_infinite_bfloat16_value_gets_exact_figures(run_dir, monkeypatch, cap
     assert bool((column["flags"] & tl.EXACT_NONFINITE).all()) is not batched
     assert [a["found"]["norm"] for a in read_anomalies(run_dir)] == ["inf"]
     assert "Traceback" not in caplog.text and "unsupported" not in caplog.text
+
+
+def test_switching_values_between_gradients_and_weights_is_no_norm_jump(run_dir):
+    """A section's weights and gradients share its name. Values turned from gradients back to weights
+    in the dashboard: the weights' norm (about 2) was judged against the gradients' median (about 0.003),
+    a "norm jump" in every section, the run's first anomaly, which on_anomaly="raise" raised into
+    training. Each values' norms are judged apart now, and the timeline keeps each as its own series."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(32, 16), torch.randint(0, 4, (32,))
+    with Beholder(run_dir, strict=True, background=False, on_anomaly="raise") as beholder:
+        beholder.watch(model)
+        for step in range(36):
+            values = "gradients" if 12 <= step < 24 else "trainable_variables"
+            set_config(run_dir, values=values, FPS=30, mode="current")
+            opt.zero_grad()
+            (torch.nn.functional.cross_entropy(model(x), y) * 0.01).backward()  # (gradients ~1e-3)
+            opt.step()
+            beholder.frame_due_now()
+            assert beholder.update()  # (raised AnomalyError at step 25 before)
+    assert read_anomalies(run_dir) == []
+    weights = read_timeline(run_dir, values="trainable_variables")["0.weight"]
+    grads = read_timeline(run_dir, values="gradients")["0.weight"]
+    assert list(weights["step"]) == list(range(1, 13)) + list(range(25, 37))
+    assert list(grads["step"]) == list(range(13, 25))
+    assert grads["norm"].max() < 0.01 * weights["norm"].min()  # (why one series would have "jumped")
+    assert set(tl.values_of(grads["flags"]).tolist()) == {tl.VALUES_CODES["gradients"]}
+    assert len(read_timeline(run_dir)["0.weight"]["step"]) == 36  # (values=None: every record)

@@ -3,7 +3,7 @@
 // on the step axis. Hover shows a point's numbers; a click opens the nearest kept frame in the frame view.
 import { getJSON } from "./api.js";
 import { h } from "./dom.js";
-import { rounded } from "./format.js";
+import { rounded, VALUES_NAMES } from "./format.js";
 import { filterMatcher } from "./sections.js";
 
 const ROW_H = 34;
@@ -88,6 +88,12 @@ export class TimelineView {
     );
     this.jump = h("button", { type: "button", id: "timeline-jump", disabled: true, onclick: () => this.jumpToAnomaly() },
       "Jump to first anomaly");
+    // Which values' records: a run whose Values choice changed has a series of each under one name
+    // (weights and gradients); shown only then. null: those the trainer showed last.
+    this.values = null;
+    this.valuesSelect = h("select", { id: "timeline-values", "aria-label": "Timeline of which values",
+      onchange: () => { this.values = this.valuesSelect.value; this.load(); } });
+    this.valuesLabel = h("label", { hidden: true }, "Values ", this.valuesSelect);
     this.filter = h("input", { type: "search", id: "timeline-filter", placeholder: "Filter sections",
       "aria-label": "Filter the timeline's sections", oninput: () => this.draw() });
     this.axis = h("canvas", { id: "timeline-axis", class: "tl-axis", width: WIDTH, height: 18 });
@@ -98,7 +104,7 @@ export class TimelineView {
       "section",
       { class: "timeline", id: "timeline", hidden: true },
       h("div", { class: "tl-controls" },
-        h("label", {}, "Norm scale ", this.scaleSelect), this.jump, this.filter, this.status),
+        h("label", {}, "Norm scale ", this.scaleSelect), this.valuesLabel, this.jump, this.filter, this.status),
       h("div", { class: "tl-axis-row" }, h("span", { class: "tl-name" }, "step"), this.axis),
       this.readout,
       this.list,
@@ -125,6 +131,7 @@ export class TimelineView {
     const { run } = this.dashboard;
     const other = this.dashboard.compare.other;
     if (active === !this.element.hidden && run === this.shownRun && other === this.shownOther) return;
+    if (run !== this.shownRun) this.values = null;
     this.shownRun = run;
     this.shownOther = other;
     this.setActive(active);
@@ -148,13 +155,15 @@ export class TimelineView {
     const other = this.dashboard.compare.other;
     const started = performance.now();
     try {
+      const values = this.values; // (null: not sent)
       const [answer, second] = await Promise.all([
-        getJSON("timeline", { run, points: POINTS }),
-        other ? getJSON("timeline", { run: other, points: POINTS }) : Promise.resolve(null),
+        getJSON("timeline", { run, points: POINTS, values }),
+        other ? getJSON("timeline", { run: other, points: POINTS, values }) : Promise.resolve(null),
       ]);
       if (load !== this.loads) return;
       const fetched = performance.now();
       this.answer = { ...answer, decoded: decodeTimeline(answer) };
+      this.showValues(answer);
       this.other = second ? { ...second, decoded: decodeTimeline(second) } : null;
       this.debug.fetchMs = fetched - started;
       this.debug.decodeMs = performance.now() - fetched;
@@ -163,6 +172,15 @@ export class TimelineView {
     } catch (error) {
       if (load === this.loads) this.status.textContent = `Cannot load the timeline: ${error.message}`;
     }
+  }
+
+  /** The Values choice, when the run's timeline holds more than one kind of values. */
+  showValues(answer) {
+    const kinds = answer.kinds || [];
+    this.valuesLabel.hidden = kinds.length < 2;
+    const options = kinds.map((kind) => h("option", { value: kind }, VALUES_NAMES[kind] || kind));
+    this.valuesSelect.replaceChildren(...options);
+    if (answer.values) this.valuesSelect.value = answer.values;
   }
 
   /** Norms on a linear or a log scale. */
