@@ -154,6 +154,25 @@ def test_hover_reads_back_exact_values(session):
     shoot(page, "inspect-hover.png")
 
 
+def test_the_frame_stays_put_when_the_pointer_enters_it(session):
+    """The one-line hint above the frame became the taller read-out (with its colour bar) at the first
+    hover, pushing the frame 25 px down under a still pointer: the read-out then named another pixel
+    than the one pointed at, until the mouse moved again."""
+    frame = session["frame"]
+    frame.select_option("#run-select", "tall")  # (another run and back: the hint again, no read-out)
+    wait_for(lambda: stats(frame)["run"] == "tall", message="the tall run")
+    frame.select_option("#run-select", "grid")
+    wait_for(lambda: stats(frame)["run"] == "grid" and stats(frame)["height"] == 261, message="the grid run")
+    frame.hover("#run-select")
+    assert "Point at the frame" in frame.inner_text("#readout")
+    before = frame.eval_on_selector("#frame", "c => c.getBoundingClientRect().top")
+    found = hover(frame, 5, 5)
+    assert found["index"] == "[1,0]"
+    assert frame.eval_on_selector("#frame", "c => c.getBoundingClientRect().top") == before
+    frame.hover("#run-select")
+    assert frame.eval_on_selector("#frame", "c => c.getBoundingClientRect().top") == before
+
+
 def test_pins_follow_new_frames_and_go_away(session):
     frame, page = session["frame"], session["frame"].page
     for i, (x, y) in enumerate(HOVER_PIXELS[:4]):
