@@ -8,7 +8,7 @@ import { HistoryBar, VideoList, keptLabel } from "./history.js";
 import { Inspector } from "./inspector.js";
 import { CompareView } from "./compare.js";
 import { DistributionsView, StatsStore } from "./distributions.js";
-import { SectionChooser } from "./sections.js";
+import { SectionChooser, urlParams, writeUrlRun } from "./sections.js";
 import { TimelineView } from "./timeline.js";
 import { DashboardState } from "./state.js";
 import { SettingsSync } from "./settings_sync.js";
@@ -56,6 +56,7 @@ function welcomePage() {
 export class Dashboard {
   constructor(root) {
     const state = (this.state = new DashboardState());
+    state.chosenRun = urlParams().get("run"); // (a shared link, or a reload: the run it showed)
     this.lastMeta = null; // the meta of the frame on screen (api.js frameMeta), null before the first
     this.live = { connected: false, error: null };
     this.arrivals = [];
@@ -71,7 +72,11 @@ export class Dashboard {
     });
     this.toolbar = buildToolbar({
       onChange: (changes) => this.changeConfig(changes),
-      onRun: (run) => this.selectRun(run),
+      onRun: (run) => {
+        this.state.chosenRun = run;
+        writeUrlRun(run);
+        this.selectRun(run);
+      },
       onZoom: (zoom) => this.setZoom(zoom),
       onDownload: () => this.download(),
       onView: (view) => this.setView(view),
@@ -177,6 +182,9 @@ export class Dashboard {
     state.runs = runs;
     this.welcome.hidden = runs.length > 0;
     this.history.toggle.disabled = runs.length === 0;
+    if (state.run !== null && !runs.some((r) => r.run === state.run)) {
+      state.chosenRun ??= state.run; // the run on screen went: shown again when it is back
+    }
     if (runs.length === 0) {
       state.run = null;
       this.feed.stop();
@@ -188,7 +196,7 @@ export class Dashboard {
       return;
     }
     const names = runs.map((r) => r.run);
-    let wanted = state.run;
+    let wanted = names.includes(state.chosenRun) ? state.chosenRun : state.run;
     if (wanted === null || !names.includes(wanted)) {
       // Default: the most recently updated run (runs without frames last).
       const ranked = [...runs].sort((a, b) => (a.age ?? Infinity) - (b.age ?? Infinity));
@@ -204,6 +212,7 @@ export class Dashboard {
   selectRun(run) {
     const state = this.state;
     state.run = run;
+    this.statusLine.clearHealth(); // (the last run's trainer health until this run's first frame)
     this.frame.clear();
     state.config = null; // another run's colormap must not colour this run's frames
     this.lastMeta = null;

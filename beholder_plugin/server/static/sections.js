@@ -353,15 +353,30 @@ export function urlParams() {
 
 /** Keep the filter box and hidden scopes in the top page's URL, so that the view can be shared. */
 function writeUrl(text, hidden) {
+  editUrl((params) => {
+    params.delete("filter");
+    params.delete("hide");
+    if (text) params.set("filter", text);
+    for (const scope of [...hidden].sort()) params.append("hide", scope);
+  });
+}
+
+/** Keep the run shown in the top page's URL (#beholder&run=...), so that a reload or a link opens it. */
+export function writeUrlRun(run) {
+  editUrl((params) => {
+    if (run) params.set("run", run);
+    else params.delete("run");
+  });
+}
+
+/** Change the parameters after the tab name in the top page's URL (edit(params) changes them). */
+function editUrl(edit) {
   const win = topWindow();
   const hash = win.location.hash.replace(/^#/, "");
   const at = hash.indexOf("&");
   const tab = at < 0 ? hash : hash.slice(0, at);
   const params = new URLSearchParams(at < 0 ? "" : hash.slice(at + 1));
-  params.delete("filter");
-  params.delete("hide");
-  if (text) params.set("filter", text);
-  for (const scope of [...hidden].sort()) params.append("hide", scope);
+  edit(params);
   const rest = params.toString();
   const url = new URL(win.location.href);
   url.hash = `${tab || "beholder"}${rest ? `&${rest}` : ""}`;

@@ -49,6 +49,10 @@ export class StatusLine {
         ? `Paused on a kept frame: ${keptLabel({ step: meta.step, time: meta.time })} (frame ${meta.frameId}). Press Live to stream again.`
         : "Paused. Press Live to stream again.";
       mood = "idle";
+    } else if (!live.connected && live.error && live.error.status) {
+      // (TensorBoard answered: the run's files are the trouble, not the connection)
+      text = `Connected, but this run's frame cannot be read: ${live.error.message}; retrying…`;
+      mood = "failing";
     } else if (!live.connected && live.error) {
       text = `Not connected: ${live.error.message}; retrying…`;
     } else if (meta === null) {
@@ -57,8 +61,19 @@ export class StatusLine {
     } else {
       ({ text, state: mood } = this.streaming(meta, fps));
     }
+    const chosen = state.chosenRun;
+    if (chosen && state.run !== null && chosen !== state.run && !state.runs.some((r) => r.run === chosen)) {
+      text = `Run "${chosen}" is not in the logdir now (deleted?); showing "${state.run}" until it is back · ${text}`;
+    }
     this.status.textContent = text;
     this.status.dataset.state = mood;
+  }
+
+  /** Hide the trainer's health (another run is shown: its own comes with its first frame). */
+  clearHealth() {
+    this.health.hidden = true;
+    this.health.replaceChildren();
+    this.skipSamples = [];
   }
 
   /** The status while streaming: receiving, paused by FPS 0, or no frame for a while (trainer stopped?). */

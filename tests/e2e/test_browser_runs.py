@@ -1,0 +1,107 @@
+"""End to end: the run the user chose, through deletions, reloads and broken files, in Chromium."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from server_support import (
+    BROWSER_MARKS,
+    TensorBoard,
+    beholder_frame,
+    chromium_page,
+    make_frames,
+    set_config,
+    wait_for,
+)
+from server_support import (
+    dashboard_stats as stats,
+)
+
+from beholder_plugin import Beholder
+from beholder_plugin.protocol.names import frame_path
+
+pytestmark = BROWSER_MARKS
+
+
+def failing_run(run_dir) -> None:
+    """A run whose trainer's update() failed: its frame says so, with the failure count."""
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    with Beholder(str(run_dir), background=False) as beholder:
+        assert not beholder.update(arrays={"w": np.ones((3, 3))}, layout=5)  # (a TypeError, counted)
+
+
+@pytest.fixture(scope="module")
+def page_on_runs(tmp_path_factory):
+    """Runs "victim" and "other" with frames, "failing" whose update() failed; TensorBoard; the tab."""
+    logdir = tmp_path_factory.mktemp("logs")
+    failing_run(logdir / "failing")
+    make_frames(logdir / "victim")
+    make_frames(logdir / "other")
+    tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
+    try:
+        tb.start()
+        with chromium_page() as page:
+            page.goto(tb.url + "/#beholder")
+            frame = beholder_frame(page)
+            wait_for(lambda: stats(frame)["run"] == "other", message="the newest run shown")
+            yield {"logdir": logdir, "page": page, "frame": frame, "url": tb.url}
+    finally:
+        tb.stop()
+
+
+def status(frame) -> str:
+    """The status line's text."""
+    return frame.inner_text("#status")
+
+
+def test_a_deleted_run_stays_chosen_and_comes_back(page_on_runs):
+    """The usual "delete the run's directory and train again": the dashboard switched to another run for
+    good, without a word, and a reload opened the newest run instead of the one chosen."""
+    frame, logdir, page = page_on_runs["frame"], page_on_runs["logdir"], page_on_runs["page"]
+    frame.select_option("#run-select", "victim")
+    wait_for(lambda: stats(frame)["run"] == "victim", message="the victim run")
+    assert "run=victim" in page.url  # (a reload or a shared link opens it)
+    shutil.rmtree(logdir / "victim")
+    wait_for(lambda: 'Run "victim" is not in the logdir now' in status(frame), timeout=30,
+             message="the status saying the chosen run went")
+    assert stats(frame)["run"] != "victim"
+    make_frames(logdir / "victim")
+    wait_for(lambda: stats(frame)["run"] == "victim" and stats(frame)["framesReceived"] > 0, timeout=30,
+             message="the chosen run shown again once it is back")
+    assert "not in the logdir" not in status(frame)
+    page.reload()
+    frame = page_on_runs["frame"] = beholder_frame(page)
+    wait_for(lambda: stats(frame)["run"] == "victim", message="the chosen run after a reload")
+
+
+def test_another_runs_trainer_health_is_not_shown(page_on_runs):
+    """The failing run's "1 failed update() call" stayed on screen beside a run waiting for its first
+    frame, as if that run's trainer had failed."""
+    frame = page_on_runs["frame"]
+    set_config(page_on_runs["logdir"] / "empty", values="arrays", FPS=30)  # (a run with no frame yet)
+    options = "os => os.map(o => o.value)"
+    wait_for(lambda: "empty" in frame.eval_on_selector_all("#run-select option", options),
+             timeout=30, message="the empty run in the selector")
+    frame.select_option("#run-select", "failing")
+    wait_for(lambda: frame.is_visible("#trainer-health")
+             and "failed update()" in frame.inner_text("#trainer-health"), message="the failing run's health")
+    frame.select_option("#run-select", "empty")
+    wait_for(lambda: "waiting for the first frame" in status(frame), message="the empty run")
+    assert not frame.is_visible("#trainer-health")
+
+
+def test_a_corrupt_frame_file_is_no_lost_connection(page_on_runs):
+    """A run whose frame.bin is garbage read "Not connected: ...": TensorBoard answers; the file is bad."""
+    frame, logdir = page_on_runs["frame"], page_on_runs["logdir"]
+    make_frames(logdir / "broken")
+    with open(frame_path(logdir / "broken"), "r+b") as f:
+        f.write(b"garbage!" * 8)
+    options = "os => os.map(o => o.value)"
+    wait_for(lambda: "broken" in frame.eval_on_selector_all("#run-select option", options),
+             timeout=30, message="the broken run in the selector")
+    frame.select_option("#run-select", "broken")
+    wait_for(lambda: "Connected, but this run's frame cannot be read" in status(frame), timeout=30,
+             message="the status naming the unreadable frame")
+    assert "Not connected" not in status(frame)
