@@ -23,7 +23,6 @@ from werkzeug import wrappers, wsgi
 
 from beholder_plugin.protocol.colormaps import palettes_hex
 from beholder_plugin.protocol.files import FileRefused, confine
-from beholder_plugin.protocol.frame_format import FrameFormatError
 from beholder_plugin.protocol.history import history_frame_path, list_history, parse_history_name
 from beholder_plugin.protocol.layout import pixel_of
 from beholder_plugin.protocol.names import HISTORY_DIR
@@ -310,17 +309,18 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     def _element_pixel(self, path: str, section: str, raw_index: str | None) -> tuple[int, int] | None:
         """The pixel of the frame at path showing element raw_index (JSON) of section; RunError 400 if bad."""
-        try:
-            index = json.loads(raw_index or "")
-        except ValueError:
+        try:  # (8 whole numbers below 2**31 take at most 96 characters: longer is no index, and a deep
+            # nesting of brackets would exhaust json's recursion)
+            index = json.loads(raw_index or "") if len(raw_index or "") <= 256 else None
+        except (ValueError, RecursionError):
             index = None
         if not (isinstance(index, list) and len(index) <= 8
                 and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31 for i in index)):
             raise RunError("query parameter 'index' must be a JSON list of whole numbers >= 0, e.g. [3, 1]",
                            400)
         try:
-            found = self._hub.header(path)
-        except (FrameFormatError, OSError):
+            found = self._hub.header(path)  # (a corrupt frame: a 500 naming it, as looked up by pixel)
+        except FileNotFoundError:
             return None
         if found is None:
             return None

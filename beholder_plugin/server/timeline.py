@@ -44,7 +44,7 @@ def parse_points(raw: str | None) -> int:
     """The ?points= parameter: a whole number from 2 to MAX_POINTS (default DEFAULT_POINTS)."""
     if raw is None or raw == "":
         return DEFAULT_POINTS
-    if not raw.isdigit() or len(raw) > 6 or not 2 <= int(raw) <= MAX_POINTS:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not 2 <= int(raw) <= MAX_POINTS:
         raise TimelineRequestError(f"points must be a whole number from 2 to {MAX_POINTS}, not {raw[:20]!r}")
     return int(raw)
 

@@ -382,3 +382,18 @@ def test_deeply_nested_json_within_the_size_limit_is_a_400(world, body, message)
     assert resp.status_code == 400
     assert message in json.loads(resp.get_data())["error"]
     assert snapshot(world["root"]) == before
+
+
+@pytest.mark.parametrize("index", ["[" * 5000, "[" * 5000 + "]" * 5000, "[" + "1," * 200 + "1]", "[１]"])
+def test_a_hostile_element_index_is_a_400(world, index):
+    """value?section=&index= of 5,000 brackets answered 500 (json's RecursionError); any index that is not
+    a short list of whole numbers is a 400 saying what it must be."""
+    resp = world["client"].get(f"{BASE}/value", query_string={"run": ".", "section": "w", "index": index})
+    assert resp.status_code == 400
+    assert "must be a JSON list of whole numbers" in json.loads(resp.get_data())["error"]
+
+
+def test_points_in_other_scripts_digits_are_a_400(world):
+    """int() reads full-width digits as numbers; a query parameter is ASCII."""
+    resp = world["client"].get(f"{BASE}/timeline", query_string={"run": ".", "points": "１２"})
+    assert resp.status_code == 400 and "points must be" in json.loads(resp.get_data())["error"]

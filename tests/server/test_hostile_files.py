@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_support import PYTHON, ROOT, make_frames, plugin_client
+from server_support import BASE, PYTHON, ROOT, make_frames, plugin_client
 
 from beholder_plugin.protocol.frame_format import PALETTE_BYTES, FrameFormatError, _prefix, parse_header
 from beholder_plugin.protocol.layout import compact_map
@@ -134,3 +134,16 @@ def test_an_accepted_header_claims_no_more_picture_than_its_values_fill(header):
 def test_the_fuzzed_headers_included_accepted_ones():
     """(Runs after the fuzz above: the bounds were checked on headers the reader took, not only refusals.)"""
     assert len(ACCEPTED) >= 5, len(ACCEPTED)
+
+
+def test_an_element_lookup_on_a_corrupt_frame_names_the_frame(tmp_path):
+    """value?section=&index= on a corrupt frame.bin answered 404 "shows no element", as if the frame were
+    fine; a look-up by pixel answers 500 naming the file, and so does this one now."""
+    make_frames(tmp_path / "run")
+    with open(frame_path(tmp_path / "run"), "r+b") as f:
+        f.write(b"garbage!" * 8)
+    _, client = plugin_client(tmp_path)
+    for query in ({"x": "0", "y": "0"}, {"section": "w", "index": "[0, 0]"}):
+        resp = client.get(f"{BASE}/value", query_string={"run": "run", **query})
+        assert resp.status_code == 500
+        assert "frame" in json.loads(resp.get_data())["error"]
