@@ -247,8 +247,12 @@ export class TimelineView {
     this.drawAxis(anomalies);
     const [first, last] = this.span();
     const compared = this.other ? ` · compared with ${this.other.run} (dashed)` : "";
-    this.status.textContent = `${sections.length} sections · steps ${first}–${last} · ` +
-      `${anomalies.length} anomal${anomalies.length === 1 ? "y" : "ies"}${compared}`;
+    if (this.answer.decoded.length === 0) {
+      this.status.textContent = "No timeline yet: each frame of sections the trainer writes adds to it.";
+    } else {
+      this.status.textContent = `${sections.length} sections · steps ${first}–${last} · ` +
+        `${anomalies.length} anomal${anomalies.length === 1 ? "y" : "ies"}${compared}`;
+    }
     this.debug.drawn = rows.length;
     this.debug.drawMs = performance.now() - started;
   }
