@@ -105,3 +105,12 @@ def test_a_corrupt_frame_file_is_no_lost_connection(page_on_runs):
     wait_for(lambda: "Connected, but this run's frame cannot be read" in status(frame), timeout=30,
              message="the status naming the unreadable frame")
     assert "Not connected" not in status(frame)
+
+
+def test_a_run_without_a_timeline_says_so(page_on_runs):
+    """The Timeline view of a run with no frame yet read "0 sections · steps 0–1"."""
+    frame = page_on_runs["frame"]
+    frame.select_option("#run-select", "empty")
+    frame.click("#view-timeline")
+    wait_for(lambda: "No timeline yet" in frame.inner_text("#timeline-status"), message="the empty timeline")
+    frame.check("input[name=view][value=frame]")
