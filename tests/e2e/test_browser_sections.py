@@ -204,7 +204,7 @@ def test_hiding_a_scope_writes_one_expression(session):
              and not frame.query_selector('.scope.filtered-out[data-scope="head.weight"]'),
              message="the tree greyed by what the trainer's RE2 kept")
     hash_params = urllib.parse.parse_qs(page.url.split("#", 1)[1].split("&", 1)[1])
-    assert hash_params == {"filter": ["/kernel|weight/"], "hide": ["sequential/conv1"]}
+    assert hash_params == {"run": ["net"], "filter": ["/kernel|weight/"], "hide": ["sequential/conv1"]}
     shoot(page, "sections-tree.png")
     type_filter(frame, "")
     frame.check('input[data-scope="sequential/conv1"]')
@@ -329,6 +329,9 @@ def test_two_runs_side_by_side_and_their_difference(session):
     assert rows == ["w", "b", "only_left", "only_right"]
     assert frame.is_disabled('input.cmp-diff[data-name="b"]')  # shapes [6] and [5]
     assert frame.is_disabled('input.cmp-diff[data-name="only_left"]')
+    # a section holding NaN is flagged in red, as in the single frame (it drew plain black, unmarked)
+    assert frame.inner_text('.cmp-row[data-name="only_right"] .cmp-nonfinite') == "⚠ B NaN"
+    assert frame.query_selector('.cmp-row[data-name="w"] .cmp-nonfinite') is None
     frame.check('input.cmp-diff[data-name="w"]')
     selector = '.cmp-row[data-diff="true"][data-name="w"] canvas.cmp-diff-image'
     image = wait_for(lambda: frame.query_selector(selector), message="the difference of w")

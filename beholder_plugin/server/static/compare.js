@@ -4,6 +4,7 @@
 import { HttpError, frameMeta, getJSON, routeUrl } from "./api.js";
 import { h } from "./dom.js";
 import { VALUES_NAMES, rounded, shape } from "./format.js";
+import { nonFiniteFlag } from "./sections.js";
 
 const REFRESH_MS = 1000; // while the view is shown, both frames are fetched again this often
 
@@ -182,13 +183,17 @@ export class CompareView {
       cellB = recB ? crop(bitmapB, recB.top, recB.height) : h("div", { class: "cmp-absent" }, this.absent.b);
     }
     const why = matching ? "difference A − B" : recA && recB ? "difference: shapes differ" : "difference: in one run only";
+    // (NaN and infinities draw in the darkest colour: said in red, as the single frame's panel says it)
+    const flags = [["A", recA], ["B", recB]].map(([side, rec]) => [side, nonFiniteFlag(rec?.stats)])
+      .filter(([, flag]) => flag).map(([side, flag]) => `${side} ${flag}`);
     return h(
       "div",
       { class: "cmp-row", dataset: { name, diff: String(Boolean(matching && this.showDiff.has(name) && diffRec)) } },
       h("div", { class: "cmp-head" },
         h("span", { class: "name" }, name),
         h("span", { class: "note" }, ` A ${recA ? shape(recA.shape) : "–"} · B ${recB ? shape(recB.shape) : "–"} `),
-        h("label", { class: "choice", title: why }, box, why)),
+        h("label", { class: "choice", title: why }, box, why),
+        flags.length ? h("span", { class: "alarm cmp-nonfinite" }, `⚠ ${flags.join(" · ")}`) : null),
       h("div", { class: "cmp-cells" }, h("div", { class: "cmp-cell" }, cellA), h("div", { class: "cmp-cell" }, cellB)),
     );
   }
