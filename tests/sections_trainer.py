@@ -28,7 +28,8 @@ SIGNS = np.array([[1], [-1], [1], [0], [1], [-1], [1], [1]], np.float32)
 DIFF = np.array([[-2, -1, 0, 1, 2, 0]] * 8, np.float32) * SIGNS
 RIGHT_W = np.arange(48, dtype=np.float32).reshape(8, 6) / np.float32(8)
 LEFT = {"w": RIGHT_W + DIFF, "b": np.arange(6, dtype=np.float32), "only_left": np.ones((4, 4), np.float32)}
-RIGHT = {"w": RIGHT_W, "b": np.arange(5, dtype=np.float32), "only_right": np.array([0, np.nan, 0], np.float32)}
+RIGHT = {"w": RIGHT_W, "b": np.arange(5, dtype=np.float32),
+         "only_right": np.array([0, np.nan, 0], np.float32)}  # (a NaN: flagged in the compare view)
 
 
 def net_arrays(nan: bool) -> dict[str, np.ndarray]:

@@ -149,6 +149,8 @@ class Gatherer:
         elif inputs.variables is not None:
             self._gather_named(job, sources.named_variables(inputs.variables), EMPTY_VARIABLES)
         elif watch is not None and watch.needs_capture(shown):  # sharded: copied inside forward
+            # (the forward after the update() that armed the hooks: the weights of the step before this)
+            job.step -= 1
             self._gather_named(job, watch.take(shown, section_filter(settings.filter)), EMPTY_VARIABLES)
         elif watch is not None:
             self._gather_named(job, watch.variables(), EMPTY_VARIABLES)

@@ -275,7 +275,7 @@ FSDP_WATCH = textwrap.dedent(
                 for i, w in zip((0, 2), whole)]
         hooks = pre_hooks() - fsdp_hooks
         print(f"<watch {frames} {[r['name'] for r in recs]} {recs[0]['shape']} {recs[0]['layout']} "
-              f"{same} {hooks}>", flush=True)
+              f"{same} {hooks} {frame.header['step']}>", flush=True)
     dist.barrier()
     os._exit(0)
     """
@@ -285,12 +285,13 @@ FSDP_WATCH = textwrap.dedent(
 def test_fsdp2_weights_under_watch_are_shown_whole_without_a_collective_of_our_own(tmp_path):
     pytest.importorskip("torch.distributed.fsdp")
     stdout = _two_ranks(tmp_path, FSDP_WATCH, str(tmp_path / "logs"))
-    found = re.findall(r"<watch (\d+) (\[.*?\]) (\[.*?\]) (\S+) (\[.*?\]) (\d+)>", stdout)
+    found = re.findall(r"<watch (\d+) (\[.*?\]) (\[.*?\]) (\S+) (\[.*?\]) (\d+) (\d+)>", stdout)
     # Only rank 0 writes. Its frame (armed at step 0, taken at step 1) shows every parameter at its full
     # shape, the first weight's 8 x 16 values as the Linear (out, in) it is: gathered by FSDP2's own
-    # forward, not one rank's 4 x 16 shard. The hooks are gone once the frame is taken.
+    # forward, not one rank's 4 x 16 shard. The hooks are gone once the frame is taken. It is stamped
+    # step 1, the optimizer steps its weights have seen (it said 2, the update() that wrote it).
     assert found == [("1", "['0.weight', '0.bias', '2.weight', '2.bias']", "[8, 16]", "matrix_out_in",
-                      "[True, True]", "0")], stdout[-2000:]
+                      "[True, True]", "0", "1")], stdout[-2000:]
 
 
 
