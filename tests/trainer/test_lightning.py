@@ -9,7 +9,7 @@ import pytest
 from pixel_checks import check_sampled_pixels
 from support import due, set_config
 
-from beholder_plugin import Beholder
+from beholder_plugin import Beholder, read_timeline
 from beholder_plugin.protocol.runfiles import read_frame_file
 
 torch = pytest.importorskip("torch")
@@ -215,3 +215,42 @@ def test_a_module_passed_through_torch_compile_shows_what_the_uncompiled_one_doe
     assert not any("missing" in s for s in frames[True].sections)
     np.testing.assert_allclose(frames[True].values, frames[False].values, rtol=1e-4, atol=1e-5,
                                equal_nan=True)
+
+
+def test_a_fit_resumed_from_a_checkpoint_goes_on_from_its_step(run_dir, tmp_path):
+    """Frames are stamped with the trainer's global_step: a fit resumed with ckpt_path went back to step 1
+    (its timeline read 1..6, 1..6), out of line with the logged scalars."""
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+    gen = torch.Generator().manual_seed(1)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 8, 8, generator=gen), torch.arange(64) % 3)
+    seen: dict[int, np.ndarray] = {}
+
+    class Due(L.Callback):
+        def __init__(self, callback):
+            self.callback = callback
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.callback.beholder.frame_due_now()  # (a frame at every step, however fast)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # (after Beholder's)
+            seen[trainer.global_step] = pl_module.net[3].bias.detach().numpy().copy()
+            frame = read_frame_file(run_dir)
+            assert frame.header["step"] == trainer.global_step
+            shown = frame.section_values([s["name"] for s in frame.sections].index("net.3.bias")).ravel()
+            assert np.array_equal(shown, seen[trainer.global_step])
+
+    def fit(steps: int, ckpt: str | None = None) -> L.Trainer:
+        callback = BeholderLightningCallback(run_dir, strict=True, background=False)
+        trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
+                            default_root_dir=str(tmp_path), enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[callback, Due(callback)])
+        trainer.fit(TinyModule(), torch.utils.data.DataLoader(data, batch_size=4), ckpt_path=ckpt)
+        return trainer
+
+    first = fit(3)
+    checkpoint = first.checkpoint_callback.best_model_path
+    assert checkpoint
+    fit(5, checkpoint)
+    steps = read_timeline(run_dir)["net.3.bias"]["step"]
+    assert list(steps) == [1, 2, 3, 4, 5]
+    assert sorted(seen) == [1, 2, 3, 4, 5]

@@ -220,3 +220,48 @@ def test_torch_compile_in_the_training_arguments_shows_what_the_uncompiled_model
     assert not any("missing" in s for s in frames[True].sections)
     np.testing.assert_allclose(frames[True].values, frames[False].values, rtol=1e-4, atol=1e-5,
                                equal_nan=True)
+
+
+def test_weights_frames_are_stamped_with_the_trainers_step_and_a_resumed_run_goes_on(run_dir, tmp_path):
+    """The callback offers frames before each optimizer step: a weights frame stamped N showed the weights
+    after N - 1 steps, the final weights were never shown, and a run resumed from a checkpoint counted its
+    steps from 1 again. Frames now carry the Trainer's global_step: the weights after that many steps."""
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30, filter="ln_f")
+    seen: dict[int, np.ndarray] = {}  # global_step -> the final layer norm's weights after it
+    stamped: dict[int, np.ndarray] = {}  # a frame's step -> the weights it shows
+
+    class Spy(transformers.TrainerCallback):
+        def __init__(self, callback):
+            self.callback = callback
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen[state.global_step] = model.transformer.ln_f.weight.detach().numpy().copy()
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            self.callback.beholder.frame_due_now()  # (a frame at every step, however fast)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen[state.global_step] = model.transformer.ln_f.weight.detach().numpy().copy()
+            frame = read_frame_file(run_dir)
+            stamped[frame.header["step"]] = frame.section_values(0).ravel().copy()
+
+    def train(steps: int, resume: str | None = None) -> BeholderHFCallback:
+        callback = BeholderHFCallback(run_dir, strict=True, background=False)
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=4,
+            learning_rate=5e-2, report_to=[], save_strategy="steps", save_steps=3, logging_strategy="no",
+            use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+        transformers.Trainer(model=tiny_gpt2(), args=args, train_dataset=Tokens(),
+                             callbacks=[Spy(callback), callback]).train(resume_from_checkpoint=resume)
+        stamped[read_frame_file(run_dir).header["step"]] = read_frame_file(run_dir).section_values(0).ravel()
+        return callback
+
+    train(3)
+    assert sorted(stamped) == [0, 1, 2, 3]  # (3: the final weights, at the end of training)
+    train(5, resume=str(tmp_path / "out" / "checkpoint-3"))
+    assert sorted(stamped) == [0, 1, 2, 3, 4, 5]  # the resumed run goes on from the checkpoint's step
+    for step, shown in stamped.items():
+        assert np.array_equal(shown, seen[step]), step
+    assert not np.array_equal(seen[1], seen[2])  # (each step changed the weights shown)
+    steps = read_timeline(run_dir)["transformer.ln_f.weight"]["step"]
+    assert list(steps) == [0, 1, 2, 3, 3, 4, 5]  # (the resumed run starts at the checkpoint's weights)

@@ -101,7 +101,9 @@ class BeholderLightningCallback(Callback):
         """Offer a frame once per optimizer step (every batch with manual optimization)."""
         stepped, self._stepped = self._stepped, False
         if stepped or not getattr(pl_module, "automatic_optimization", True):
-            self._session.update()
+            # (after the optimizer step: the weights after global_step steps, the gradients and
+            # activations of the last one, which a resumed fit's count goes on from)
+            self._session.update(int(trainer.global_step))
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         """Remove the hooks and finish the last frame and any recording."""

@@ -90,15 +90,31 @@ class BeholderHFCallback(TrainerCallback):
         self._session.grad_scaler(getattr(kwargs.get("optimizer"), "scaler", None))
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Offer a frame: the step's gradients are complete and the weights not yet changed."""
+        """Offer a frame: the step's gradients are complete and the weights not yet changed.
+
+        Stamped with the Trainer's step (a resumed run's goes on from its checkpoint): the weights are
+        those after ``global_step`` optimizer steps, the gradients and activations those of the step
+        about to be taken, ``global_step + 1``.
+        """
         self._pre_step_seen = True
-        self._session.update()
+        ahead = self._session.shown() != "trainable_variables"
+        self._session.update(_step(state, ahead))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Offer a frame here only on a transformers without on_pre_optimizer_step."""
+        """Offer a frame here only on a transformers without on_pre_optimizer_step (after the step:
+        global_step counts it)."""
         if not self._pre_step_seen:
-            self._session.update()
+            self._session.update(_step(state))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Remove the hooks and finish the last frame and any recording."""
+        """Show the final weights, remove the hooks and finish the last frame and any recording."""
+        step = _step(state)
+        if self._pre_step_seen and step is not None:
+            self._session.last_weights(step)
         self._session.close()
+
+
+def _step(state: Any, ahead: int = 0) -> int | None:
+    """The Trainer's step (``global_step``, optimizer steps taken), plus ``ahead``; None if it has none."""
+    step = getattr(state, "global_step", None)
+    return None if step is None else int(step) + ahead

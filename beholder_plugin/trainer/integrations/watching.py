@@ -70,11 +70,28 @@ class WatchSession:
         if self.beholder is not None and self.beholder.watched is not None:
             self.beholder.watched.grad_scaler = scaler
 
-    def update(self) -> bool:
-        """Beholder.update() for this step (never raises unless strict); True when a frame was handed over."""
+    def update(self, step: int | None = None) -> bool:
+        """Beholder.update() for this step (never raises unless strict); True when a frame was handed over.
+
+        ``step``: the training step the frame is stamped with (the trainer's own count, which a resumed
+        run takes up from its checkpoint, and which its logged scalars carry); None: update() counts.
+        """
         if not self.running or self.beholder is None:
             return False
+        if step is not None:
+            self.beholder.step = step - 1  # (update() counts one more)
         return self.beholder.update(frame=self.frame)
+
+    def last_weights(self, step: int) -> None:
+        """A frame of the weights after the last step (stamped ``step``), when the dashboard shows weights:
+        for callbacks that offer frames before each optimizer step, which never see the last one's."""
+        if self.shown() == "trainable_variables":
+            self.beholder.frame_due_now()
+            self.update(step)
+
+    def shown(self) -> str | None:
+        """The values the dashboard shows (None before start() or on a process that does not write)."""
+        return self.beholder.settings.shown if self.running and self.beholder is not None else None
 
     def close(self) -> None:
         """Remove the hooks, finish the frame in progress and any recording (again: nothing happens)."""
