@@ -78,6 +78,7 @@ class RunStore:
         self.write_retry_at = float("-inf")
         self._unwritten_since: float | None = None  # when frames stopped being written (a failing disk)
         self._unwritten = 0  # frames not written since then
+        self._unwritten_reason = ""  # why (the last failed write's cause)
         self.recorder = self._make_recorder()
 
     # ------------------------------------------------------------ opening and closing
@@ -125,6 +126,9 @@ class RunStore:
         frame_id = self.status.frames_written + 1
         header.update(frame_id=frame_id, writer=self.writer_id, time=time_s, step=step, colormap=colormap,
                       **self.status.header(), **self.header())
+        recovered = self._recovered_text()  # (what this frame says if it is written after failed ones)
+        if recovered is not None:
+            header["last_error"] = recovered
         buffers = encode_frame(header, **image)
         try:
             self._write(buffers, time_s, step, frame_id, settings)
@@ -134,7 +138,19 @@ class RunStore:
         # The frame is written: header["sections"] holds each section's statistics (the place to note them).
         self.status.frames_written = frame_id
         self.write_retry_at = float("-inf")
+        if recovered is not None:
+            self.status.last_error = recovered
+            self._unwritten_since, self._unwritten = None, 0
         return True
+
+    def _recovered_text(self) -> str | None:
+        """After failed writes, what the next written frame says of them: their cause, from when to when
+        and how many (None when the last write did not fail)."""
+        if self._unwritten_since is None:
+            return None
+        count, since = self._unwritten, clock_text(self._unwritten_since)
+        return (f"{self._unwritten_reason} from {since} to {clock_text(time.time())}: "
+                f"{count} frame{'s' if count != 1 else ''} not written")
 
     def record(self, rgb: Any, time_s: float, fps: float) -> None:
         """Append a written frame's pixels to the recording."""
@@ -158,6 +174,7 @@ class RunStore:
         self._unwritten += 1
         full = getattr(exc, "errno", None) in DISK_FULL
         reason = "disk full" if full else f"cannot write ({getattr(exc, 'strerror', None) or exc})"
+        self._unwritten_reason = reason
         status.last_error = f"{reason}: frames not written since {clock_text(self._unwritten_since)}"
         if full:
             self._disk_full()
@@ -214,12 +231,6 @@ class LocalRunStore(RunStore):
                 needed = sum(memoryview(b).nbytes for b in buffers)
                 if exc.errno not in DISK_FULL or not self._make_room(needed):
                     raise
-        if self._unwritten_since is not None:  # the disk had room again
-            count = self._unwritten
-            self.status.last_error = (
-                f"disk full from {clock_text(self._unwritten_since)} to {clock_text(time.time())}: "
-                f"{count} frame{'s' if count != 1 else ''} not written")
-            self._unwritten_since, self._unwritten = None, 0
 
     def _make_room(self, needed: int) -> bool:
         """Delete the spare files and the oldest kept frames (at least needed bytes); False if none are left.

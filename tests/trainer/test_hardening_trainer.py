@@ -242,6 +242,7 @@ def test_a_full_disk_keeps_the_previous_frame_readable(tmpfs, caplog, monkeypatc
     assert beholder.update(frame=np.ones((900, 900)))  # space again: frames resume
     assert read_frame_file(run).height == 900
     assert beholder.last_error.startswith("disk full from ") and "1 frame not written" in beholder.last_error
+    assert read_frame_file(run).header["last_error"] == beholder.last_error  # (the frame says so too)
 
 
 def test_a_full_disk_shrinks_the_history_ring_says_so_and_recovers(tmpfs, monkeypatch):

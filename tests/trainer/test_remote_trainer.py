@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -197,7 +198,13 @@ def test_an_unreachable_store_skips_frames_warns_once_and_frames_resume(url, mon
     down = store_fault(monkeypatch, files_for(url).fs, refused, ("pipe_file", "info"))
     warnings = fault_then_recovery(beholder, down, caplog, errors=3)
     assert len(warnings) == 1 and "Could not connect" in warnings[0]
-    assert read_frame_file(url).header["frame_id"] == beholder.frames_written
+    frame = read_frame_file(url)
+    assert frame.header["frame_id"] == beholder.frames_written
+    # the frames written since say the outage is over (they said "frames not written since ..." for good)
+    assert frame.header["last_error"] == beholder.last_error
+    assert beholder.last_error.startswith("cannot write (") and "Could not connect" in beholder.last_error
+    outage = r"\) from \d\d:\d\d:\d\d to \d\d:\d\d:\d\d: \d+ frames not written$"
+    assert re.search(outage, beholder.last_error)
 
 
 def test_a_recording_is_made_locally_and_uploaded_when_it_ends(url):
