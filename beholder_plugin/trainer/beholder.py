@@ -26,6 +26,12 @@ from typing import Any
 from beholder_plugin.protocol.files import files_for
 from beholder_plugin.protocol.remote_files import normalize_location
 from beholder_plugin.trainer import sources
+from beholder_plugin.trainer.deadlines import (
+    REMOTE_CLOSE_SECONDS,
+    REMOTE_OPEN_SECONDS,
+    Background,
+    run_within,
+)
 from beholder_plugin.trainer.gather import Gatherer, Inputs, section_filter
 from beholder_plugin.trainer.job import FAILED, FrameJobs, Job, JobKind
 from beholder_plugin.trainer.ranks import process_rank, run_for_rank
@@ -160,16 +166,29 @@ class Beholder:
         self._watch: Watch | None = None
         self._failure_shown_at = float("-inf")  # when a frame last said that update() failed
         self.worker = Worker(self.jobs.run) if background and self.active else None  # None: in update()
+        self._opening: Background | None = None  # a remote run still opening (update() takes no frame)
         if not self.active:
             return
+        if self.remote:
+            _register_exit_hook()
+            opening = Background(lambda: self._open(values), "beholder-open")
+            if not opening.wait(REMOTE_OPEN_SECONDS):  # (a store that hangs: training goes on meanwhile)
+                self._opening = opening
+                logger.warning("Beholder: %s did not answer within %g s; training goes on, and frames "
+                               "start once it does", self.logdir, REMOTE_OPEN_SECONDS)
+            elif opening.error is not None:
+                raise opening.error
+        else:
+            self._open(values)
+        _LIVE.add(self)
+
+    def _open(self, values: str | None) -> None:
+        """Open the run: adopt the kept frames and pins of an earlier writer, create or read config.json."""
         self.store.open()
         self.timeline.adopt(self.store.history)  # the pins of an earlier writer's anomaly
         self._reader.start()  # creates the directory and config.json, or reads the one there
-        if self.remote:
-            _register_exit_hook()
         if values is not None and self._reader.settings.shown != values:
             self._reader.choose(values)
-        _LIVE.add(self)
 
     # ------------------------------------------------------------ public
 
@@ -269,7 +288,10 @@ class Beholder:
             return False
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the frame handed to the worker is written; False if timeout s passed first."""
+        """Wait until the frame handed to the worker is written; False if timeout s passed first (None: no
+        limit; on a remote logdir, REMOTE_CLOSE_SECONDS, as a store that stopped answering never writes)."""
+        if timeout is None and self.remote:
+            timeout = REMOTE_CLOSE_SECONDS
         done = True if self.worker is None else self.worker.drain(timeout)
         self._report_worker_error()
         return done
@@ -343,16 +365,30 @@ class Beholder:
             self._watch = None
 
     def close(self, timeout: float | None = None) -> None:
-        """Write the frame in progress, stop the worker, finish any recording, let a gather's compile end."""
+        """Write the frame in progress, stop the worker, finish any recording, let a gather's compile end.
+
+        On a remote logdir the frame's and the timeline's last writes are waited for at most ``timeout``
+        s (None: REMOTE_CLOSE_SECONDS), so that a store that stopped answering cannot hold the end of
+        training; a recording's upload, at most UPLOAD_EXIT_SECONDS longer (run_store.py).
+        """
         self.unwatch()
+        if timeout is None and self.remote:
+            timeout = REMOTE_CLOSE_SECONDS
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            if self.worker is not None:
-                self.worker.stop(timeout)
+            if self.worker is not None and not self.worker.stop(_left(deadline)) and self.remote:
+                logger.warning("Beholder: the last frame was not written to %s within %g s",
+                               self.logdir, timeout)
             self._report_worker_error()
         finally:
             self.gatherer.wait_compiled(60.0 if timeout is None else timeout)  # (in XLA at exit: abort)
             self._reader.close()
-            self.timeline.close()
+            if not self.remote:
+                self.timeline.close()
+            elif self._opening is None and not run_within(_left(deadline), self.timeline.close,
+                                                          "beholder-close"):
+                logger.warning("Beholder: %s did not answer within %g s; the timeline's last records may be "
+                               "missing", self.logdir, timeout)
             self.store.close(timeout, worker_idle=self.worker is None or not self.worker.busy)
             _LIVE.discard(self)
 
@@ -385,6 +421,17 @@ class Beholder:
         except Exception:  # the failure is already counted and logged
             logger.debug("Beholder: could not write the failure frame", exc_info=True)
 
+    def _opened(self) -> bool:
+        """Whether the remote run that was still opening when the constructor returned has opened (what
+        its opening raised, update() raises or counts)."""
+        opening = self._opening
+        if opening is None or not opening.wait(0):
+            return opening is None
+        self._opening = None
+        if opening.error is not None:
+            raise opening.error
+        return True
+
     def _report_worker_error(self) -> None:
         """Raise (strict) or log and count an error the worker met since the last call."""
         if self.worker is None or self.worker.error is None:
@@ -414,6 +461,8 @@ class Beholder:
     def _update(self, inputs: Inputs) -> bool:
         """Take a frame if one is due: read the settings, arm the watch's hooks, gather, hand over."""
         sources.refuse_inside_tf_function()
+        if self._opening is not None and not self._opened():
+            return False
         if self.worker is not None and self.worker.error is not None:
             self._report_worker_error()  # (the worker wrote the frame saying so: FrameJobs.run)
         now = self._clock()
@@ -457,6 +506,11 @@ class Beholder:
         else:
             self.worker.submit(job)
         return True
+
+
+def _left(deadline: float | None) -> float | None:
+    """The seconds left until a time.monotonic() deadline (None: no deadline)."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 _EXIT_HOOK: list[bool] = []

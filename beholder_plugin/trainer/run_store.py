@@ -384,7 +384,8 @@ class RemoteRunStore(RunStore):
         for thread in self._uploads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                logger.warning("Beholder: a recording is still uploading to %s", self.directory)
+                logger.warning("Beholder: a recording is still uploading to %s (its local copy stays in %s)",
+                               self.directory, self.recorder.directory)
         try:
             os.rmdir(self.recorder.directory)  # the staging folder, when everything was uploaded
         except OSError:

@@ -262,3 +262,52 @@ def test_a_remote_timeline_is_uploaded_in_chunks_and_reads_back(url, monkeypatch
     assert read_timeline(url)["w"]["step"].tolist() == [1, 2, 3, 4, 5, 6]
     assert [(a["section"], a["kind"], a["step"]) for a in read_anomalies(url)] == [("w", "nan", 6)]
     assert not os.listdir(".")  # nothing written locally
+
+
+def store_hang(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """(hang, answer): while hang is set, every call to the store waits for answer, as calls to a bucket
+    that stopped answering wait out the client's timeouts and retries."""
+    hang, answer = threading.Event(), threading.Event()
+    real = remote_files.RemoteFiles._call
+
+    def call(self, path, fn, *args, **kwargs):
+        if hang.is_set():
+            answer.wait(60)
+        return real(self, path, fn, *args, **kwargs)
+
+    monkeypatch.setattr(remote_files.RemoteFiles, "_call", call)
+    return hang, answer
+
+
+def test_a_bucket_that_hangs_holds_neither_the_constructor_nor_close(url, monkeypatch, caplog):
+    """A bucket that hangs (not refuses): Beholder(...) waited in the run's opening, and close() (which
+    every callback calls when training ends) in the timeline's last upload, 15 minutes and more. Both
+    are bounded now; frames start once the run has opened."""
+    from beholder_plugin.trainer import beholder as beholder_module
+
+    monkeypatch.setattr(beholder_module, "REMOTE_OPEN_SECONDS", 0.5)
+    monkeypatch.setattr(beholder_module, "REMOTE_CLOSE_SECONDS", 0.5)
+    set_config(url, values="frames", FPS=30)
+    hang, answer = store_hang(monkeypatch)
+    hang.set()
+    try:
+        with caplog.at_level(logging.WARNING, logger="beholder"):
+            started = time.monotonic()
+            beholder = Beholder(url, max_remote_fps=30, config_poll_seconds=0.05)
+            assert time.monotonic() - started < 10
+            assert "did not answer within 0.5 s; training goes on" in caplog.text
+            assert not beholder.update(frame=IMAGE)  # (not opened: no frame, no wait)
+            hang.clear()
+            answer.set()  # the bucket answers again: the run opens, frames start
+            frames_until(beholder, lambda: beholder.frames_written >= 1)
+            answer.clear()
+            hang.set()  # and hangs again, with a frame on its way and timeline records to upload
+            beholder.frame_due_now()
+            beholder.update(frame=IMAGE)
+            started = time.monotonic()
+            beholder.close()
+            assert time.monotonic() - started < 10
+        assert "the last frame was not written" in caplog.text or "timeline's last records" in caplog.text
+    finally:
+        hang.clear()
+        answer.set()
