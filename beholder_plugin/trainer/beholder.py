@@ -349,6 +349,9 @@ class Beholder:
         if not self.active:
             return WatchHandle(lambda: None)
         watch = self._watch = Watch(model, activations, gradients, probe, self.strict)
+        _unhook_other(watch.model, self.logdir)
+        with contextlib.suppress(TypeError):  # (a model that takes no weak reference is not tracked)
+            _WATCHING[watch.model] = (watch, self.logdir, weakref.ref(self))
         watch.grad_scaler = grad_scaler
 
         def remove() -> None:
@@ -506,6 +509,30 @@ class Beholder:
         else:
             self.worker.submit(job)
         return True
+
+
+# model -> (its Watch, the logdir and a weak reference of the Beholder that made it): a model is watched by
+# one Beholder at a time
+_WATCHING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _unhook_other(model: Any, logdir: str) -> None:
+    """Remove the hooks another Beholder's watch() left on this model, with a warning: a notebook cell
+    run again makes a new Beholder, and the last one (dropped, or still open) kept capturing."""
+    try:
+        found = _WATCHING.pop(model, None)
+    except TypeError:
+        return
+    if found is None or found[0].closed:
+        return
+    owner = found[2]()
+    if owner is not None and owner._watch is found[0]:
+        owner.unwatch()  # (still open: it shows no model now)
+    else:
+        found[0].close()
+    logger.warning("Beholder: %s was watched by another Beholder (on %s), whose hooks are removed: a model "
+                   "is watched by one Beholder at a time. Close a Beholder (beholder.close()) before a "
+                   "cell that makes a new one runs again", type(model).__name__, found[1])
 
 
 def _left(deadline: float | None) -> float | None:

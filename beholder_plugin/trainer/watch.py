@@ -135,6 +135,7 @@ class Watch:
         self.model = compiled.unwrap(model) if sources.is_torch_module(model) else model
         self.strict = strict
         self.probe = probe
+        self.closed = False  # close() removed its hooks
         self.armed: str | None = None  # the Values choice the hooks capture now ("gradients", ...)
         # torch gradients at hand in .grad are read at once (False: always caught by the hooks, as the
         # backward pass leaves them; the Hugging Face callback, whose update() comes after clipping)
@@ -405,6 +406,7 @@ class Watch:
 
     def close(self) -> None:
         """Remove every hook, a compiled model's too, and stop listening for compilations."""
+        self.closed = True
         self.remove()
         if self.framework != "torch":
             return

@@ -93,6 +93,40 @@ def test_watching_a_second_model_says_it_replaces_the_first(tmp_path, caplog):
     assert "torch.nn.ModuleDict({'G': G, 'D': D})" in caplog.text
 
 
+@pytest.mark.parametrize("dropped", [True, False])
+def test_a_notebook_cell_run_again_leaves_one_beholder_hooking_the_model(tmp_path, caplog, dropped):
+    """A cell making a Beholder and watching the model, run twice: the first Beholder's hooks stayed on the
+    model (dropped and collected, or still open), capturing every forward beside the new one's."""
+    import gc
+    import logging
+
+    from support import set_config
+
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    hooks = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())  # noqa: E731
+    set_config(tmp_path, values="activations", FPS=30, mode="current")
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        first = Beholder(str(tmp_path), background=False)
+        first.watch(model)
+        first.update()  # (a frame due: the activation hooks are armed)
+        one = hooks()
+        assert one > 0
+        if dropped:
+            first = None
+            gc.collect()
+        second = Beholder(str(tmp_path), background=False)
+        second.watch(model)
+        second.update()
+        assert hooks() == one  # (the first one's hooks are gone)
+    assert "was watched by another Beholder" in caplog.text
+    if not dropped:
+        assert first.watched is None  # (it shows no model now)
+        first.close()
+    second.close()
+    assert hooks() == 0
+
+
 def test_a_logdir_under_home_or_given_as_bytes_is_where_it_says(tmp_path, monkeypatch):
     """'~/runs/x' made a directory named '~' in the working directory; b'logs/x' failed with 'a bytes-like
     object is required, not str'."""
