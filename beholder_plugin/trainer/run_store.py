@@ -46,6 +46,8 @@ DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 MAX_SPARES = 2
 # At interpreter exit, wait at most this long for recordings still being uploaded.
 UPLOAD_EXIT_SECONDS = 300.0
+# A frame of another writer this recent when a run opens: another trainer may be writing to the same run.
+OTHER_WRITER_SECONDS = 10.0
 
 
 class RunStore:
@@ -91,8 +93,23 @@ class RunStore:
             if self.strict:
                 raise
             self.status.warn_once("adopt", "Beholder: cannot list %s (%s)", self.history_dir, exc)
+        self._another_writer()
         self.files.remove_stale_temp_files(self.directory)
         self.files.remove_stale_temp_files(self.history_dir)
+
+    def _another_writer(self) -> None:
+        """Warn when the run's newest kept frame is another writer's and seconds old: two trainers on one
+        run take turns in frame.bin and share one timeline, with no error anywhere."""
+        entries = self.history.entries
+        newest = entries[-1] if entries else None
+        if newest is None or newest.writer == self.writer_id:
+            return
+        age = time.time() - newest.time
+        if age < OTHER_WRITER_SECONDS:
+            logger.warning("Beholder: another trainer (writer %s) wrote a frame to %s %.0f s ago. If it "
+                           "still runs, the two take turns in its frame and share one timeline: give each "
+                           "trainer its own run directory (a trainer restarted at once can ignore this)",
+                           newest.writer, self.directory, max(age, 0.0))
 
     def close(self, timeout: float | None, worker_idle: bool) -> None:
         """Finish the recording (and, remotely, its upload); drop spare files once the worker is idle."""

@@ -137,3 +137,26 @@ def test_a_logdir_under_home_or_given_as_bytes_is_where_it_says(tmp_path, monkey
     assert not os.path.exists(tmp_path / "~")
     with Beholder(b"logs/y") as beholder:
         assert os.path.abspath(beholder.logdir) == str(tmp_path / "logs" / "y")
+
+
+def test_a_second_trainer_on_a_run_another_one_writes_to_is_warned(tmp_path, caplog, monkeypatch):
+    """Two trainers on one run directory take turns in frame.bin and merge their timelines, with no error
+    anywhere; the second one's Beholder now says so when it opens the run (not when the other's last frame
+    is older: a restarted trainer)."""
+    import logging
+
+    from support import set_config
+
+    from beholder_plugin.trainer import run_store
+
+    set_config(tmp_path, values="arrays", FPS=30, mode="current")
+    with Beholder(str(tmp_path), background=False) as first:
+        assert first.update(arrays={"w": np.ones((3, 3))})
+        with caplog.at_level(logging.WARNING, logger="beholder"):
+            Beholder(str(tmp_path), background=False).close()
+        assert "another trainer (writer " in caplog.text and "its own run directory" in caplog.text
+        caplog.clear()
+        monkeypatch.setattr(run_store, "OTHER_WRITER_SECONDS", 0.0)  # (the other's frame: long ago)
+        with caplog.at_level(logging.WARNING, logger="beholder"):
+            Beholder(str(tmp_path), background=False).close()
+        assert "another trainer" not in caplog.text
