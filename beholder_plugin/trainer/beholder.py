@@ -167,6 +167,7 @@ class Beholder:
         self._failure_shown_at = float("-inf")  # when a frame last said that update() failed
         self.worker = Worker(self.jobs.run) if background and self.active else None  # None: in update()
         self._opening: Background | None = None  # a remote run still opening (update() takes no frame)
+        self._closed = False
         if not self.active:
             return
         if self.remote:
@@ -183,10 +184,16 @@ class Beholder:
         _LIVE.add(self)
 
     def _open(self, values: str | None) -> None:
-        """Open the run: adopt the kept frames and pins of an earlier writer, create or read config.json."""
+        """Open the run: adopt the kept frames and pins of an earlier writer, create or read config.json
+        (a remote run still opening when close() came: no further)."""
         self.store.open()
         self.timeline.adopt(self.store.history)  # the pins of an earlier writer's anomaly
+        if self._closed:
+            return
         self._reader.start()  # creates the directory and config.json, or reads the one there
+        if self._closed:  # (close() came meanwhile: its poller stops too)
+            self._reader.close()
+            return
         if values is not None and self._reader.settings.shown != values:
             self._reader.choose(values)
 
@@ -351,7 +358,7 @@ class Beholder:
         watch = self._watch = Watch(model, activations, gradients, probe, self.strict)
         _unhook_other(watch.model, self.logdir)
         with contextlib.suppress(TypeError):  # (a model that takes no weak reference is not tracked)
-            _WATCHING[watch.model] = (watch, self.logdir, weakref.ref(self))
+            _WATCHING[watch.model] = (weakref.ref(watch), self.logdir, weakref.ref(self))
         watch.grad_scaler = grad_scaler
 
         def remove() -> None:
@@ -375,6 +382,7 @@ class Beholder:
         training; a recording's upload, at most UPLOAD_EXIT_SECONDS longer (run_store.py).
         """
         self.unwatch()
+        self._closed = True
         if timeout is None and self.remote:
             timeout = REMOTE_CLOSE_SECONDS
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -511,8 +519,8 @@ class Beholder:
         return True
 
 
-# model -> (its Watch, the logdir and a weak reference of the Beholder that made it): a model is watched by
-# one Beholder at a time
+# model -> (weak references of its Watch, the logdir and the Beholder that made it): a model is watched by
+# one Beholder at a time (weak: a strong Watch would hold its model, the key, for good)
 _WATCHING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -523,13 +531,14 @@ def _unhook_other(model: Any, logdir: str) -> None:
         found = _WATCHING.pop(model, None)
     except TypeError:
         return
-    if found is None or found[0].closed:
+    watch = None if found is None else found[0]()
+    if watch is None or watch.closed:
         return
     owner = found[2]()
-    if owner is not None and owner._watch is found[0]:
+    if owner is not None and owner._watch is watch:
         owner.unwatch()  # (still open: it shows no model now)
     else:
-        found[0].close()
+        watch.close()
     logger.warning("Beholder: %s was watched by another Beholder (on %s), whose hooks are removed: a model "
                    "is watched by one Beholder at a time. Close a Beholder (beholder.close()) before a "
                    "cell that makes a new one runs again", type(model).__name__, found[1])

@@ -153,6 +153,9 @@ class Gatherer:
             job.step -= 1
             self._gather_named(job, watch.take(shown, section_filter(settings.filter)), EMPTY_VARIABLES)
         elif watch is not None:
+            # (update() called before the optimizer step, as the Hugging Face callback does: the weights
+            # of the step before the one whose gradients it shows)
+            job.step -= watch.update_before_step
             self._gather_named(job, watch.variables(), EMPTY_VARIABLES)
         if job.kind is JobKind.PLACEHOLDER:  # say what update() was given instead, so the dashboard offers it
             job.offered = inputs.offered()

@@ -140,6 +140,9 @@ class Watch:
         # torch gradients at hand in .grad are read at once (False: always caught by the hooks, as the
         # backward pass leaves them; the Hugging Face callback, whose update() comes after clipping)
         self.read_gradients = True
+        # update() comes before the optimizer step (the Hugging Face callback): a frame of the weights read
+        # then shows those of the step before the update's, and is stamped so
+        self.update_before_step = False
         # the loop's torch GradScaler (fp16 AMP; watch(grad_scaler=...), the callbacks pass theirs): the
         # gradients the hooks catch are unscaled as its unscale_() does, its overflows are no anomalies
         self.grad_scaler: Any = None

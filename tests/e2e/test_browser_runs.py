@@ -114,3 +114,14 @@ def test_a_run_without_a_timeline_says_so(page_on_runs):
     frame.click("#view-timeline")
     wait_for(lambda: "No timeline yet" in frame.inner_text("#timeline-status"), message="the empty timeline")
     frame.check("input[name=view][value=frame]")
+
+
+def test_a_link_to_a_run_that_is_not_there_says_so(page_on_runs):
+    """#beholder&run=<a run this logdir never had> read "not in the logdir now (deleted?)" for good."""
+    page = page_on_runs["page"]
+    page.goto("about:blank")  # (a new hash alone would not load the page again)
+    page.goto(page_on_runs["url"] + "/#beholder&run=typo-run")
+    frame = page_on_runs["frame"] = beholder_frame(page)
+    wait_for(lambda: 'Run "typo-run" (from the link) is not in this logdir' in status(frame), timeout=30,
+             message="the status naming the link's run")
+    assert "deleted?" not in status(frame)

@@ -160,3 +160,19 @@ def test_a_second_trainer_on_a_run_another_one_writes_to_is_warned(tmp_path, cap
         with caplog.at_level(logging.WARNING, logger="beholder"):
             Beholder(str(tmp_path), background=False).close()
         assert "another trainer" not in caplog.text
+
+
+def test_a_closed_beholder_lets_its_model_go(tmp_path):
+    """The one-Beholder-a-model table held each watched model (through its Watch) for good: a notebook
+    cell run five times kept five models, on a GPU their memory too."""
+    import gc
+    import weakref
+
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    alive = weakref.ref(model)
+    with Beholder(str(tmp_path), background=False) as beholder:
+        beholder.watch(model)
+    del model
+    gc.collect()
+    assert alive() is None

@@ -180,6 +180,7 @@ export class Dashboard {
     const cameBack = state.serverUp === false;
     state.serverUp = true;
     state.runs = runs;
+    for (const r of runs) state.seenRuns.add(r.run);
     this.welcome.hidden = runs.length > 0;
     this.history.toggle.disabled = runs.length === 0;
     if (state.run !== null && !runs.some((r) => r.run === state.run)) {

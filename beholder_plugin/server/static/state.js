@@ -9,6 +9,7 @@ export class DashboardState {
     // The run the user chose (the Run box, or the URL's run=): shown whenever it exists; while it does
     // not (its directory deleted to start it afresh), another is shown and the status says so.
     this.chosenRun = null;
+    this.seenRuns = new Set(); // every run the plugin has listed since the page opened
     this.runs = []; // the runs the plugin lists: [{run, age, storage}]
     this.paused = false; // the history bar is on: live frames are not fetched
     this.kept = null; // the kept frame on screen (its history name), null while live

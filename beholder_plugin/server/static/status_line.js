@@ -63,7 +63,10 @@ export class StatusLine {
     }
     const chosen = state.chosenRun;
     if (chosen && state.run !== null && chosen !== state.run && !state.runs.some((r) => r.run === chosen)) {
-      text = `Run "${chosen}" is not in the logdir now (deleted?); showing "${state.run}" until it is back · ${text}`;
+      const gone = state.seenRuns.has(chosen)
+        ? `Run "${chosen}" is not in the logdir now (deleted?); showing "${state.run}" until it is back`
+        : `Run "${chosen}" (from the link) is not in this logdir; showing "${state.run}"`;
+      text = `${gone} · ${text}`;
     }
     this.status.textContent = text;
     this.status.dataset.state = mood;

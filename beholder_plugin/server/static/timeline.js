@@ -155,11 +155,10 @@ export class TimelineView {
     const other = this.dashboard.compare.other;
     const started = performance.now();
     try {
-      const values = this.values; // (null: not sent)
-      const [answer, second] = await Promise.all([
-        getJSON("timeline", { run, points: POINTS, values }),
-        other ? getJSON("timeline", { run: other, points: POINTS, values }) : Promise.resolve(null),
-      ]);
+      const answer = await getJSON("timeline", { run, points: POINTS, values: this.values }); // (null: not sent)
+      // (the compared run's records of the same values: its newest may be of others, under the same names)
+      const second = other ? await getJSON("timeline", { run: other, points: POINTS, values: answer.values })
+        : null;
       if (load !== this.loads) return;
       const fetched = performance.now();
       this.answer = { ...answer, decoded: decodeTimeline(answer) };

@@ -92,23 +92,23 @@ class BeholderHFCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Offer a frame: the step's gradients are complete and the weights not yet changed.
 
-        Stamped with the Trainer's step (a resumed run's goes on from its checkpoint): the weights are
-        those after ``global_step`` optimizer steps, the gradients and activations those of the step
-        about to be taken, ``global_step + 1``.
+        Stamped with the Trainer's step (a resumed run's goes on from its checkpoint): the gradients and
+        activations are those of the step about to be taken, ``global_step + 1``; the weights, read
+        before it, those after ``global_step`` steps, and stamped so (the watch's update_before_step).
         """
         self._pre_step_seen = True
-        ahead = self._session.shown() != "trainable_variables"
-        self._session.update(_step(state, ahead))
+        self._session.update(_step(state, 1))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Offer a frame here only on a transformers without on_pre_optimizer_step (after the step:
         global_step counts it)."""
         if not self._pre_step_seen:
+            self._session.updates_after_step()
             self._session.update(_step(state))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Show the final weights, remove the hooks and finish the last frame and any recording."""
-        step = _step(state)
+        step = _step(state, 1)  # (its weights frame is stamped one lower: global_step, the last step's)
         if self._pre_step_seen and step is not None:
             self._session.last_weights(step)
         self._session.close()

@@ -64,6 +64,7 @@ class WatchSession:
             self.beholder.watch(model, activations=self.activations, gradients=self.gradients)
             if self.gradients_from_backward and self.beholder.watched is not None:
                 self.beholder.watched.read_gradients = False
+                self.beholder.watched.update_before_step = True
 
     def grad_scaler(self, scaler: Any) -> None:
         """Tell the watch which loss scaler (torch GradScaler, or None) scales the model's gradients."""
@@ -74,24 +75,30 @@ class WatchSession:
         """Beholder.update() for this step (never raises unless strict); True when a frame was handed over.
 
         ``step``: the training step the frame is stamped with (the trainer's own count, which a resumed
-        run takes up from its checkpoint, and which its logged scalars carry); None: update() counts.
+        run takes up from its checkpoint, and which its logged scalars carry); None, or a step not past
+        the last one (a Beholder passed in, used by a second fit; an update with no optimizer step in
+        between): update() counts on, so that steps never repeat or go back.
         """
         if not self.running or self.beholder is None:
             return False
-        if step is not None:
+        if step is not None and step > self.beholder.step:
             self.beholder.step = step - 1  # (update() counts one more)
         return self.beholder.update(frame=self.frame)
 
     def last_weights(self, step: int) -> None:
-        """A frame of the weights after the last step (stamped ``step``), when the dashboard shows weights:
-        for callbacks that offer frames before each optimizer step, which never see the last one's."""
-        if self.shown() == "trainable_variables":
-            self.beholder.frame_due_now()
+        """A frame of the weights after the last optimizer step, when the dashboard shows weights, stamped
+        as update(step) stamps them: for callbacks that offer frames before each optimizer step, which
+        never see the last one's."""
+        beholder = self.beholder if self.running else None
+        if beholder is not None and beholder.settings.shown == "trainable_variables":
+            beholder.frame_due_now()
             self.update(step)
 
-    def shown(self) -> str | None:
-        """The values the dashboard shows (None before start() or on a process that does not write)."""
-        return self.beholder.settings.shown if self.running and self.beholder is not None else None
+    def updates_after_step(self) -> None:
+        """update() comes after the optimizer step after all (a transformers without on_pre_optimizer_step):
+        the weights it reads are those of its own step."""
+        if self.beholder is not None and self.beholder.watched is not None:
+            self.beholder.watched.update_before_step = False
 
     def close(self) -> None:
         """Remove the hooks, finish the frame in progress and any recording (again: nothing happens)."""
