@@ -358,7 +358,7 @@ class Beholder:
         watch = self._watch = Watch(model, activations, gradients, probe, self.strict)
         _unhook_other(watch.model, self.logdir)
         with contextlib.suppress(TypeError):  # (a model that takes no weak reference is not tracked)
-            _WATCHING[watch.model] = (weakref.ref(watch), self.logdir, weakref.ref(self))
+            _WATCHING.setdefault(watch.model, []).append((weakref.ref(watch), self.logdir, weakref.ref(self)))
         watch.grad_scaler = grad_scaler
 
         def remove() -> None:
@@ -519,29 +519,36 @@ class Beholder:
         return True
 
 
-# model -> (weak references of its Watch, the logdir and the Beholder that made it): a model is watched by
-# one Beholder at a time (weak: a strong Watch would hold its model, the key, for good)
+# model -> [(weak references of a Watch of it, the logdir, the Beholder that made it)]: a model is watched
+# by one Beholder per run at a time (weak: a strong Watch would hold its model, the key, for good)
 _WATCHING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _unhook_other(model: Any, logdir: str) -> None:
-    """Remove the hooks another Beholder's watch() left on this model, with a warning: a notebook cell
-    run again makes a new Beholder, and the last one (dropped, or still open) kept capturing."""
+    """Remove the hooks another Beholder's watch() left on this model, with a warning, where that one was
+    dropped or writes this same run: a notebook cell run again makes a new Beholder, and the last one kept
+    capturing. An open Beholder of another run keeps its watch (two runs may show one model)."""
     try:
-        found = _WATCHING.pop(model, None)
+        found = _WATCHING.get(model, [])
     except TypeError:
         return
-    watch = None if found is None else found[0]()
-    if watch is None or watch.closed:
-        return
-    owner = found[2]()
-    if owner is not None and owner._watch is watch:
-        owner.unwatch()  # (still open: it shows no model now)
-    else:
-        watch.close()
-    logger.warning("Beholder: %s was watched by another Beholder (on %s), whose hooks are removed: a model "
-                   "is watched by one Beholder at a time. Close a Beholder (beholder.close()) before a "
-                   "cell that makes a new one runs again", type(model).__name__, found[1])
+    kept = []
+    for entry in found:
+        watch, owner = entry[0](), entry[2]()
+        if watch is None or watch.closed:
+            continue
+        if owner is not None and not owner._closed and entry[1] != logdir:
+            kept.append(entry)
+            continue
+        if owner is not None and owner._watch is watch:
+            owner.unwatch()  # (still open: it shows no model now)
+        else:
+            watch.close()
+        logger.warning("Beholder: %s was watched by another Beholder (on %s), whose hooks are removed: a "
+                       "model is watched by one Beholder per run at a time. Close a Beholder "
+                       "(beholder.close()) before a cell that makes a new one runs again",
+                       type(model).__name__, entry[1])
+    found[:] = kept
 
 
 def _left(deadline: float | None) -> float | None:

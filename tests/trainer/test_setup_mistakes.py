@@ -127,6 +127,42 @@ def test_a_notebook_cell_run_again_leaves_one_beholder_hooking_the_model(tmp_pat
     assert hooks() == 0
 
 
+def test_two_open_beholders_of_two_runs_both_watch_one_model(tmp_path, caplog):
+    """One model shown in two runs (its weights in one, its activations in another): both Beholders keep
+    their hooks and their frames; a third on the first run's logdir replaces only the first."""
+    import logging
+
+    from support import set_config
+
+    from beholder_plugin.protocol.runfiles import read_frame_file
+
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    runs = [str(tmp_path / "weights"), str(tmp_path / "acts")]
+    set_config(runs[0], values="trainable_variables", FPS=30, mode="current")
+    set_config(runs[1], values="activations", FPS=30, mode="current")
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        beholders = [Beholder(run, background=False) for run in runs]
+        for beholder in beholders:
+            beholder.watch(model)
+        for beholder in beholders:
+            beholder.update()  # (the activation hooks are armed for the next forward)
+            beholder.frame_due_now()
+        model(torch.ones(2, 4))
+        for beholder in beholders:
+            assert beholder.update()
+        assert "was watched by another Beholder" not in caplog.text
+        assert [b.watched is not None for b in beholders] == [True, True]
+        shown = [read_frame_file(run).header["values"] for run in runs]
+        assert shown == ["trainable_variables", "activations"]
+        third = Beholder(runs[0], background=False)
+        third.watch(model)
+        assert caplog.text.count("was watched by another Beholder") == 1
+        assert [b.watched is not None for b in beholders] == [False, True]
+    for beholder in [*beholders, third]:
+        beholder.close()
+
+
 def test_a_logdir_under_home_or_given_as_bytes_is_where_it_says(tmp_path, monkeypatch):
     """'~/runs/x' made a directory named '~' in the working directory; b'logs/x' failed with 'a bytes-like
     object is required, not str'."""
