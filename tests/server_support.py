@@ -227,6 +227,19 @@ def chromium_page(viewport: tuple[int, int] = (1400, 1000)) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
+def beholder_tab(logdir: Path) -> Iterator[tuple[TensorBoard, Any, Any]]:
+    """TensorBoard on logdir and its Beholder tab in Chromium: (tb, page, frame), frame being the iframe."""
+    tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
+    try:
+        tb.start()
+        with chromium_page() as page:
+            page.goto(tb.url + "/#beholder")
+            yield tb, page, beholder_frame(page)
+    finally:
+        tb.stop()
+
+
+@contextlib.contextmanager
 def live_dashboard(logdir: Path) -> Iterator[dict[str, Any]]:
     """A trainer writing the run <logdir>/live (magma, FPS 30), TensorBoard on logdir, and its Beholder tab.
 

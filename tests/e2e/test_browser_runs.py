@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from server_support import (
     BROWSER_MARKS,
-    TensorBoard,
     beholder_frame,
-    chromium_page,
+    beholder_tab,
     make_frames,
     set_config,
     wait_for,
@@ -39,16 +38,9 @@ def page_on_runs(tmp_path_factory):
     failing_run(logdir / "failing")
     make_frames(logdir / "victim")
     make_frames(logdir / "other")
-    tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
-    try:
-        tb.start()
-        with chromium_page() as page:
-            page.goto(tb.url + "/#beholder")
-            frame = beholder_frame(page)
-            wait_for(lambda: stats(frame)["run"] == "other", message="the newest run shown")
-            yield {"logdir": logdir, "page": page, "frame": frame, "url": tb.url}
-    finally:
-        tb.stop()
+    with beholder_tab(logdir) as (tb, page, frame):
+        wait_for(lambda: stats(frame)["run"] == "other", message="the newest run shown")
+        yield {"logdir": logdir, "page": page, "frame": frame, "url": tb.url}
 
 
 def status(frame) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from server_support import BROWSER_MARKS, TensorBoard, beholder_frame, chromium_page, set_config, wait_for
+from server_support import BROWSER_MARKS, beholder_tab, set_config, wait_for
 
 from beholder_plugin import Beholder, read_anomalies
 
@@ -44,16 +44,9 @@ def page_on_timeline(tmp_path_factory):
             beholder.frame_due_now()  # a frame at every step
             beholder.update(arrays={"w": w, "b": np.linspace(0, 1, 8)})
     assert read_anomalies(str(run))[0]["step"] == NAN_STEP
-    tb = TensorBoard(logdir, logdir.parent / "tensorboard.log")
-    try:
-        tb.start()
-        with chromium_page() as page:
-            page.goto(tb.url + "/#beholder")
-            frame = beholder_frame(page)
-            wait_for(lambda: frame.evaluate("window.beholder.run") == "nanrun", message="the run selected")
-            yield page, frame
-    finally:
-        tb.stop()
+    with beholder_tab(logdir) as (_, page, frame):
+        wait_for(lambda: frame.evaluate("window.beholder.run") == "nanrun", message="the run selected")
+        yield page, frame
 
 
 def debug(frame) -> dict:
