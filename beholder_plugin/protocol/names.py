@@ -13,6 +13,7 @@ import os
 PLUGIN_NAME = "beholder"
 CONFIG_FILE = "config.json"
 FRAME_FILE = "frame.bin"
+ENDED_FILE = "ended.json"  # left by a trainer's close(): its last frame, and when
 HISTORY_DIR = "history"
 
 FRAME_MAGIC = b"BHFRAME\x00"
@@ -36,6 +37,11 @@ def config_path(run_dir: str | os.PathLike) -> str:
 def frame_path(run_dir: str | os.PathLike) -> str:
     """Where the run's latest frame lives."""
     return os.path.join(plugin_dir(run_dir), FRAME_FILE)
+
+
+def ended_path(run_dir: str | os.PathLike) -> str:
+    """Where a trainer that closed its Beholder says which frame was its last, and when."""
+    return os.path.join(plugin_dir(run_dir), ENDED_FILE)
 
 
 def history_dir(run_dir: str | os.PathLike) -> str:

@@ -19,7 +19,14 @@ import numpy as np
 from beholder_plugin.protocol.files import FileRefused, files_for
 from beholder_plugin.protocol.frame_format import Frame, FrameFormatError
 from beholder_plugin.protocol.frame_format import read_frame_file as _read_path
-from beholder_plugin.protocol.names import CONFIG_FILE, FRAME_FILE, config_path, frame_path, plugin_dir
+from beholder_plugin.protocol.names import (
+    CONFIG_FILE,
+    FRAME_FILE,
+    config_path,
+    ended_path,
+    frame_path,
+    plugin_dir,
+)
 from beholder_plugin.protocol.settings import (
     DEFAULT_CONFIG,
     ConfigError,
@@ -29,6 +36,8 @@ from beholder_plugin.protocol.settings import (
 
 # config.json is about 300 bytes; anything far larger is not a config.
 MAX_CONFIG_BYTES = 64 << 10
+# ended.json is about 70 bytes.
+MAX_ENDED_BYTES = 4 << 10
 
 
 def _load_json(path: str, error: type[ValueError], limit: int) -> Any:
@@ -79,6 +88,33 @@ def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
     text = json.dumps(config_document(config), indent=1, allow_nan=False)
     path = config_path(run_dir)
     files_for(path).write_atomic(path, [text.encode("utf-8") + b"\n"])
+
+
+def write_ended(run_dir: str | os.PathLike, writer: str, frame_id: int, when: float) -> None:
+    """Say that the trainer ``writer`` closed its Beholder at ``when`` (Unix time), frame ``frame_id``
+    being the last it wrote, so that viewers tell a finished run from a stopped trainer."""
+    text = json.dumps({"writer": writer, "frame_id": frame_id, "time": when}, allow_nan=False)
+    path = ended_path(run_dir)
+    files_for(path).write_atomic(path, [text.encode("utf-8") + b"\n"])
+
+
+def read_ended(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """What a closing trainer left in ended.json ({writer, frame_id, time}), or None: no such file, or
+    one that is unreadable or not of that form (it only ever changes what the status line says)."""
+    try:
+        doc = _load_json(ended_path(run_dir), ValueError, MAX_ENDED_BYTES)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    writer, frame_id, when = doc.get("writer"), doc.get("frame_id"), doc.get("time")
+    if not (isinstance(writer, str) and 0 < len(writer) <= 64 and writer.isascii() and writer.isalnum()):
+        return None
+    if not (isinstance(frame_id, int) and not isinstance(frame_id, bool) and 0 < frame_id < 2**53):
+        return None
+    if not (isinstance(when, (int, float)) and not isinstance(when, bool) and 0 < when < 1e11):  # (NaN: no)
+        return None
+    return {"writer": writer, "frame_id": frame_id, "time": float(when)}
 
 
 def read_frame_file(run_dir: str | os.PathLike) -> Frame | None:

@@ -54,7 +54,7 @@ from beholder_plugin.server.http_answers import (
     with_run,
 )
 from beholder_plugin.server.origin import listed_names, trusted_names, write_refusal
-from beholder_plugin.server.runs import Run, RunError, RunIndex, is_writable
+from beholder_plugin.server.runs import EndedMarks, Run, RunError, RunIndex, is_writable
 from beholder_plugin.server.timeline import TimelineRequestError, parse_points, parse_values, timeline_answer
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
@@ -94,6 +94,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
         self._index = RunIndex(getattr(context, "logdir", None))
         self._hub = FrameHub()
         self._diffs = DiffCache(self._hub)
+        self._ended = EndedMarks()
         self._config_lock = threading.Lock()
         self._export_lock = threading.Lock()
         self._trusted_hosts = trusted_names(getattr(context, "flags", None))
@@ -171,13 +172,18 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def _serve_runs(self, request: wrappers.Request) -> wrappers.Response:
-        """The runs, each with the age in seconds of its latest frame (null if it has none)."""
+        """The runs, each with the age in seconds of its latest frame (null if it has none) and, once its
+        trainer closed its Beholder, "ended": which frame was its last, and when."""
         now = time.time()
         out = []
         for run in self._index.runs(fresh=request.args.get("fresh") == "1"):
             mtime = run.frame_mtime()
             age = None if mtime is None else max(0.0, now - mtime)
-            out.append({"run": run.name, "age": age, "storage": self._index.storage})
+            entry = {"run": run.name, "age": age, "storage": self._index.storage}
+            ended = self._ended.of(run, mtime, age)
+            if ended is not None:
+                entry["ended"] = ended
+            out.append(entry)
         return json_response(request, out)
 
     def _frame_response(self, request: wrappers.Request, frame: EncodedFrame) -> wrappers.Response:

@@ -19,7 +19,7 @@ from typing import Any
 
 from beholder_plugin.protocol.files import files_for, recent_realpath
 from beholder_plugin.protocol.remote_files import BackendMissing, is_remote, normalize_location
-from beholder_plugin.protocol.runfiles import FRAME_FILE, plugin_dir
+from beholder_plugin.protocol.runfiles import FRAME_FILE, plugin_dir, read_ended
 
 logger = logging.getLogger("beholder")
 
@@ -28,6 +28,12 @@ _SKIP_DIRS = ("plugins",)
 # Bounds of a logdir scan: levels below the logdir, and directory entries read in all.
 MAX_SCAN_DEPTH = 32
 MAX_SCAN_ENTRIES = 100_000
+# A frame fresher than this is a running trainer's: its run's ended.json is not looked at.
+ENDED_CHECK_AGE = 2.0
+# How long an unchanged frame's run is believed not to have ended before ended.json is read again.
+ENDED_RECHECK_SECONDS = 10.0
+# Runs whose ended.json answer is remembered (past that, all are forgotten and read again when asked).
+MAX_ENDED_KEPT = 4096
 
 
 class RunError(ValueError):
@@ -290,3 +296,35 @@ def is_writable(directory: str) -> bool:
     except OSError:
         pass
     return True
+
+
+class EndedMarks:
+    """Which runs' trainers closed their Beholder (ended.json, runfiles.read_ended): read only for runs
+    whose latest frame is not fresh, and remembered per frame version, so that listing runs costs
+    no more reads while they train."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, dict[str, Any] | None, float]] = {}  # path: (mtime, mark, read at)
+
+    def of(self, run: Run, frame_mtime: float | None, age: float | None) -> dict[str, Any] | None:
+        """The run's ended mark ({writer, frame_id, time}) when its frame is not fresh, else None."""
+        if frame_mtime is None or age is None or age < ENDED_CHECK_AGE:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(run.path)
+        if seen is not None and seen[0] == frame_mtime and (seen[1] is not None
+                                                            or now - seen[2] < ENDED_RECHECK_SECONDS):
+            return seen[1]
+        try:
+            mark = read_ended(run.path)
+        except Exception as exc:  # (a store error: the status line asks "trainer stopped?" as before)
+            logger.debug("Beholder: cannot read %s's ended mark: %s", run.name, exc)
+            mark = None
+        with self._lock:
+            if len(self._seen) >= MAX_ENDED_KEPT:
+                self._seen.clear()
+            self._seen[run.path] = (frame_mtime, mark, now)
+        return mark
+

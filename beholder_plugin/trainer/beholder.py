@@ -386,12 +386,19 @@ class Beholder:
         if timeout is None and self.remote:
             timeout = REMOTE_CLOSE_SECONDS
         deadline = None if timeout is None else time.monotonic() + timeout
+        stopped = False
         try:
-            if self.worker is not None and not self.worker.stop(_left(deadline)) and self.remote:
+            stopped = self.worker is None or self.worker.stop(_left(deadline))
+            if not stopped and self.remote:
                 logger.warning("Beholder: the last frame was not written to %s within %g s",
                                self.logdir, timeout)
             self._report_worker_error()
         finally:
+            if stopped and self._opening is None:  # (its last frame is written: say the training ended)
+                if not self.remote:
+                    self.store.mark_ended()
+                else:
+                    run_within(_left(deadline), self.store.mark_ended, "beholder-close")
             self.gatherer.wait_compiled(60.0 if timeout is None else timeout)  # (in XLA at exit: abort)
             self._reader.close()
             if not self.remote:

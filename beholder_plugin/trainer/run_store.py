@@ -27,6 +27,7 @@ from beholder_plugin.protocol import names
 from beholder_plugin.protocol.frame_format import encode_frame, with_header
 from beholder_plugin.protocol.history import HistoryEntry, HistoryRing, history_name
 from beholder_plugin.protocol.remote_files import url_scheme
+from beholder_plugin.protocol.runfiles import write_ended
 from beholder_plugin.trainer.recording import Recorder
 from beholder_plugin.trainer.run_settings import RunSettings
 from beholder_plugin.trainer.run_status import RunStatus
@@ -114,6 +115,16 @@ class RunStore:
     def close(self, timeout: float | None, worker_idle: bool) -> None:
         """Finish the recording (and, remotely, its upload); drop spare files once the worker is idle."""
         self.recorder.close()
+
+    def mark_ended(self) -> None:
+        """Leave ended.json naming this writer's last frame (after the worker wrote it): the dashboard
+        then says the training ended instead of asking whether the trainer stopped."""
+        if self.status.frames_written == 0:
+            return
+        try:
+            write_ended(self.logdir, self.writer_id, self.status.frames_written, time.time())
+        except Exception as exc:  # (it only changes what the status line says: never fail a close for it)
+            logger.debug("Beholder: could not write %s (%s)", names.ended_path(self.logdir), exc)
 
     def close_recording(self) -> None:
         """Finish the recording in progress (recording was turned off)."""

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from server_support import (
+    ARTIFACTS,
     BROWSER_MARKS,
     beholder_frame,
     beholder_tab,
@@ -117,3 +118,18 @@ def test_a_link_to_a_run_that_is_not_there_says_so(page_on_runs):
     wait_for(lambda: 'Run "typo-run" (from the link) is not in this logdir' in status(frame), timeout=30,
              message="the status naming the link's run")
     assert "deleted?" not in status(frame)
+
+
+def test_a_finished_run_says_its_training_ended(page_on_runs):
+    """A run whose trainer closed its Beholder read "No frame for 20 s: trainer stopped?" in red, as a
+    killed trainer's does (test_browser_inspect.py): it now says the training ended, with no alarm."""
+    page = page_on_runs["page"]
+    page.goto("about:blank")
+    page.goto(page_on_runs["url"] + "/#beholder&run=other")
+    frame = page_on_runs["frame"] = beholder_frame(page)
+    wait_for(lambda: status(frame).startswith("Training ended"), timeout=30, message="the ended status")
+    assert "ago (its Beholder was closed) · showing its last frame 1 (768×" in status(frame)
+    assert status(frame).endswith(", step 1")
+    assert "stopped?" not in status(frame) and frame.get_attribute("#status", "data-state") == "ended"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "status-training-ended.png"))

@@ -115,6 +115,55 @@ def test_runs_age_is_null_without_a_frame(tmp_path):
     assert runs == [{"run": "empty", "age": None, "storage": "local"}]
 
 
+def test_runs_say_which_trainers_closed_after_their_latest_frame(tmp_path, monkeypatch):
+    """A finished run read "trainer stopped?" like a killed one: /runs now carries the ended mark of a
+    run whose trainer closed (not of one still training, nor of a killed one), read once per frame."""
+    from beholder_plugin import Beholder
+    from beholder_plugin.protocol import runfiles
+    from beholder_plugin.server import runs as runs_module
+
+    monkeypatch.setattr(runs_module, "ENDED_CHECK_AGE", 0.0)  # (frames of any age are looked at)
+    reads = []
+    real = runfiles.read_ended
+    monkeypatch.setattr(runs_module, "read_ended", lambda path: reads.append(path) or real(path))
+    beholders = {}
+    for name in ("closed", "running", "killed"):
+        set_config(tmp_path / name, values="arrays", mode="current", FPS=30)
+        beholders[name] = Beholder(str(tmp_path / name), strict=True)
+        assert beholders[name].update(arrays={"w": np.eye(3)})
+        beholders[name].flush()
+    beholders["closed"].close()
+    _, client = plugin_client(tmp_path)
+    listed = {r["run"]: r for r in json.loads(client.get(f"{BASE}/runs").get_data())}
+    ended = listed["closed"]["ended"]
+    assert (ended["writer"], ended["frame_id"]) == (beholders["closed"].store.writer_id, 1)
+    assert ended["time"] <= time.time()
+    assert "ended" not in listed["running"] and "ended" not in listed["killed"]
+    assert len(reads) == 3
+    client.get(f"{BASE}/runs")
+    assert len(reads) == 3  # (an unchanged frame's answer holds ENDED_RECHECK_SECONDS)
+    monkeypatch.setattr(runs_module, "ENDED_RECHECK_SECONDS", 0.0)
+    client.get(f"{BASE}/runs")
+    assert len(reads) == 5  # (then "not ended" is asked again; "ended" holds while its frame stays)
+    beholders["running"].close()
+    os.utime(frame_path(tmp_path / "running"), (time.time() + 1, time.time() + 1))  # (as a new frame does)
+    listed = {r["run"]: r for r in json.loads(client.get(f"{BASE}/runs").get_data())}
+    assert listed["running"]["ended"]["writer"] == beholders["running"].store.writer_id
+    beholders["killed"].close()
+
+
+def test_runs_look_at_no_mark_while_frames_are_fresh(tmp_path, monkeypatch):
+    """Listing the runs of a training job reads nothing more than before: a frame under ENDED_CHECK_AGE
+    seconds old is a running trainer's."""
+    from beholder_plugin.server import runs as runs_module
+
+    make_frames(tmp_path)
+    monkeypatch.setattr(runs_module, "read_ended", lambda path: pytest.fail("ended.json read"))
+    monkeypatch.setattr(runs_module, "ENDED_CHECK_AGE", 3600.0)
+    _, client = plugin_client(tmp_path)
+    assert "ended" not in json.loads(client.get(f"{BASE}/runs").get_data())[0]
+
+
 def test_runs_skip_hidden_directories(tmp_path):
     os.makedirs(plugin_dir(tmp_path / ".hidden"))
     os.makedirs(plugin_dir(tmp_path / "shown"))

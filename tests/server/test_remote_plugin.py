@@ -85,6 +85,19 @@ def test_frames_arrive_through_frame_and_live(logdir, trainer):
     assert age["a"] is not None and age["nested/b"] is None
 
 
+def test_a_closed_remote_trainer_is_listed_as_ended(logdir, trainer, monkeypatch):
+    from beholder_plugin.server import runs as runs_module
+
+    monkeypatch.setattr(runs_module, "ENDED_CHECK_AGE", 0.0)
+    _, client = plugin_client(logdir)
+    last = trainer()
+    assert "ended" not in client.get(f"{BASE}/runs?fresh=1").get_json()[0]
+    trainer.beholder.close()
+    monkeypatch.setattr(runs_module, "ENDED_RECHECK_SECONDS", 0.0)
+    listed = {r["run"]: r for r in client.get(f"{BASE}/runs").get_json()}
+    assert listed["a"]["ended"]["frame_id"] == last and "ended" not in listed["nested/b"]
+
+
 def test_history_and_kept_frames_are_served(logdir, trainer):
     _, client = plugin_client(logdir)
     trainer()

@@ -19,7 +19,7 @@ from beholder_plugin.protocol import remote_files
 from beholder_plugin.protocol.files import files_for
 from beholder_plugin.protocol.history import list_history
 from beholder_plugin.protocol.names import plugin_dir
-from beholder_plugin.protocol.runfiles import read_config, read_frame_file, write_config
+from beholder_plugin.protocol.runfiles import read_config, read_ended, read_frame_file, write_config
 from beholder_plugin.trainer import run_settings, run_store
 
 IMAGE = np.arange(48, dtype=np.float32).reshape(6, 8)
@@ -56,6 +56,7 @@ def test_a_remote_run_writes_its_files_to_the_store_and_nothing_locally(url):
         frames_until(beholder, lambda: beholder.frames_written >= 3)
     frame = read_frame_file(url)
     assert frame.header["values"] == "frames" and frame.header["frame_id"] == beholder.frames_written
+    assert read_ended(url)["frame_id"] == beholder.frames_written  # (close() said the training ended)
     assert frame.header["storage"] == "memory" and frame.header["max_fps"] == 20
     kept = list_history(url)
     assert kept and kept[-1].frame_id == frame.header["frame_id"]

@@ -14,7 +14,7 @@ from beholder_plugin import Beholder
 from beholder_plugin.protocol.files import LOCAL, LocalFiles
 from beholder_plugin.protocol.history import list_history, read_history_frame
 from beholder_plugin.protocol.names import frame_path, plugin_dir
-from beholder_plugin.protocol.runfiles import read_frame_file
+from beholder_plugin.protocol.runfiles import read_ended, read_frame_file
 from beholder_plugin.trainer.run_settings import RunSettings
 from beholder_plugin.trainer.run_status import RunStatus
 from beholder_plugin.trainer.run_store import WRITE_RETRY_SECONDS, LocalRunStore
@@ -102,3 +102,26 @@ def test_history_stays_within_its_byte_budget_and_zero_turns_it_off(run_dir):
     beholder.update(arrays=big)
     beholder.close()
     assert list_history(run_dir) == [] and read_frame_file(run_dir).header["frame_id"] == 7
+
+
+def test_close_leaves_a_mark_naming_the_writers_last_frame(run_dir):
+    """A finished run read "No frame for 20 s: trainer stopped?", as a killed trainer's does: close()
+    now leaves ended.json naming its last frame (none for a Beholder that wrote no frame), and frame.bin
+    stays the newest kept frame."""
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    idle = Beholder(run_dir, strict=True)
+    idle.close()
+    assert read_ended(run_dir) is None
+    beholder = Beholder(run_dir, strict=True)
+    for step in range(3):
+        beholder.frame_due_now()
+        assert beholder.update(arrays={"w": np.full((3, 4), float(step))})
+        beholder.flush()
+    assert read_ended(run_dir) is None  # (not while it trains)
+    t0 = time.time()
+    beholder.close()
+    mark, frame = read_ended(run_dir), read_frame_file(run_dir)
+    assert (mark["writer"], mark["frame_id"]) == (frame.header["writer"], frame.header["frame_id"]) == \
+        (beholder.store.writer_id, beholder.frames_written) and beholder.frames_written == 3
+    assert t0 <= mark["time"] <= time.time()
+    assert list_history(run_dir)[-1].frame_id == frame.header["frame_id"]

@@ -10,7 +10,7 @@ export class DashboardState {
     // not (its directory deleted to start it afresh), another is shown and the status says so.
     this.chosenRun = null;
     this.seenRuns = new Set(); // every run the plugin has listed since the page opened
-    this.runs = []; // the runs the plugin lists: [{run, age, storage}]
+    this.runs = []; // the runs the plugin lists: [{run, age, storage, ended?}]
     this.paused = false; // the history bar is on: live frames are not fetched
     this.kept = null; // the kept frame on screen (its history name), null while live
     this.config = null; // the run's settings as the toolbar shows them (changes not yet answered included)

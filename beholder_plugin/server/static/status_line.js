@@ -79,11 +79,19 @@ export class StatusLine {
     this.skipSamples = [];
   }
 
-  /** The status while streaming: receiving, paused by FPS 0, or no frame for a while (trainer stopped?). */
+  /** The status while streaming: receiving, paused by FPS 0, ended, or no frame for a while (trainer stopped?). */
   streaming(meta, fps) {
     const frameAge = Date.now() / 1000 - meta.time;
     const configured = Number(this.state.config?.FPS);
     const frame = `frame ${meta.frameId} (${meta.width}×${meta.height})`;
+    const ended = this.state.runs.find((r) => r.run === this.state.run)?.ended;
+    if (ended && ended.writer === meta.writer && ended.frame_id === meta.frameId) {
+      // The trainer closed its Beholder after this frame (close(), the end of fit, the process exiting).
+      return {
+        text: `Training ended ${age(Date.now() / 1000 - ended.time)} ago (its Beholder was closed) · showing its last ${frame}, step ${meta.step}`,
+        state: "ended",
+      };
+    }
     if (configured === 0) {
       return {
         text: `Trainer paused (Updates per second is 0): no frames are computed · showing ${frame}, ${age(frameAge)} old`,
