@@ -14,6 +14,7 @@ from tf_support_helpers import PYTHON_ENV, configure, tiny_convnet, tiny_data
 
 import beholder_plugin
 from beholder_plugin import Beholder, read_frame, read_section_info
+from beholder_plugin.protocol.history import list_history
 from beholder_plugin.protocol.runfiles import plugin_dir, read_frame_file
 
 pytestmark = pytest.mark.tf
@@ -114,6 +115,33 @@ def test_frame_callable_is_used_only_for_frames(run_dir):
 def test_frame_must_be_callable(run_dir):
     with pytest.raises(TypeError, match="callable"):
         beholder_plugin.BeholderCallback(run_dir, frame=np.zeros((4, 4)))
+
+
+def test_a_fit_faster_than_the_frame_rate_ends_on_a_frame_of_the_trained_model(run_dir):
+    """A fit of 16 batches at 1 frame/s wrote its first frame and no other: the run's last frame showed
+    the weights after 1 batch, and the dashboard said "showing its last frame, step 1" when it ended."""
+    configure(run_dir, FPS=1)
+    model = tiny_convnet()
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    weights = _fit(model, [callback])
+    frame = read_frame_file(run_dir)
+    assert frame.header["step"] == 16  # (2 epochs of 8 batches)
+    names = [s["name"] for s in frame.sections]
+    for variable, value in zip(model.weights, weights, strict=True):
+        if value.ndim == 1:  # (the biases: shown whole, in order)
+            np.testing.assert_array_equal(frame.section_values(names.index(variable.path)).ravel(),
+                                          value.astype(np.float32))
+    written = callback.beholder.frames_written
+    configure(run_dir, FPS=30)  # (a frame due at every batch: none is added at the end, whose step it has)
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+
+    class EveryBatch(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            callback.beholder.frame_due_now()
+
+    _fit(model, [EveryBatch(), callback], epochs=1)
+    steps = [e.step for e in list_history(run_dir)[written:]]
+    assert steps == sorted(set(steps)) and steps[-1] == 8, steps  # (one a busy worker skipped may lack)
 
 
 def test_recording_is_finished_when_training_ends(run_dir):
@@ -527,6 +555,7 @@ def test_a_model_not_built_yet_says_so_then_its_frames_come(run_dir):
         assert not beholder.update()
         assert "no trainable variables (yet: a Keras model gets them when it is built" in str(
             beholder.last_error)
+        beholder.flush()  # (the worker writes the frame saying so: the next frame is not skipped for it)
         model(np.ones((2, 4), "float32"))
         beholder.frame_due_now()
         assert beholder.update()

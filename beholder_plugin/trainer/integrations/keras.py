@@ -187,6 +187,7 @@ class BeholderCallback(keras.callbacks.Callback):
         self._epoch_start = 0  # batches run before this epoch (this callback's fits, all together)
         self._seen = 0  # batches run so far, as far as the hooks have said
         self._base: int | None = None  # beholder.step less the batches run, at the last fit's start
+        self._framed_at: int | None = None  # the step of the last frame this callback's updates took
 
     # ------------------------------------------------------------ the training thread
 
@@ -239,15 +240,29 @@ class BeholderCallback(keras.callbacks.Callback):
         self._catch_up()
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        """Wait for an update in progress, make a late one, then finish the frame and the recording."""
+        """Wait for an update in progress, make a late one and one of the trained model (unless the last
+        frame shows it already), then finish the frame and the recording."""
         try:
             self._catch_up()
+            self._last_frame()
         finally:
             if self._given:
                 self.beholder.unwatch()
                 self.beholder.flush()
             else:
                 self.beholder.close()
+
+    def _last_frame(self) -> None:
+        """A frame of the model as fit() left it, where the last one is older: a fit faster than the
+        frame rate otherwise ends on a frame of an early step ("showing its last frame, step 64" of 192)."""
+        shown = self.beholder.settings.shown
+        final = None if self._base is None else self._base + self._seen
+        if final is None or self._framed_at == final or not (
+                shown == "trainable_variables" or (shown == "activations" and self._probe is not None)
+                or (shown == "frames" and self._frame is not None)):
+            return
+        self.beholder.frame_due_now()
+        self._update_between_steps(self._seen)
 
     def _catch_up(self) -> None:
         with self._gate:
@@ -297,7 +312,8 @@ class BeholderCallback(keras.callbacks.Callback):
         try:
             if self._base is not None:  # (update() counts one more: the frame's step is base + done)
                 self.beholder.step = self._base + done - 1
-            self.beholder.update(variables=self._variables, frame=self._frame)
+            if self.beholder.update(variables=self._variables, frame=self._frame):
+                self._framed_at = self.beholder.step
         finally:
             with self._gate:
                 self._reading = False
