@@ -10,6 +10,7 @@ from pixel_checks import check_sampled_pixels
 from support import due, set_config
 
 from beholder_plugin import Beholder, read_timeline
+from beholder_plugin.protocol.history import list_history
 from beholder_plugin.protocol.runfiles import read_frame_file
 
 torch = pytest.importorskip("torch")
@@ -161,6 +162,26 @@ def test_a_beholder_passed_in_is_used_and_left_open(run_dir):
     beholder.close()
     with pytest.raises(TypeError, match="Beholder"):
         BeholderLightningCallback(beholder, strict=True)
+
+
+def test_a_fit_faster_than_the_frame_rate_ends_on_a_frame_of_the_trained_weights(run_dir):
+    """A fit of 6 steps at 1 frame/s wrote its first frame only: the run's last frame showed the weights
+    after 1 step, and the dashboard said "showing its last frame, step 1" when it ended."""
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=1)
+    model = TinyModule()
+    callback = BeholderLightningCallback(run_dir, strict=True)
+    _fit(model, [callback], steps=6)
+    frame = read_frame_file(run_dir)
+    assert frame.header["step"] == 6
+    names = [s["name"] for s in frame.sections]
+    np.testing.assert_array_equal(frame.section_values(names.index("net.3.bias")).ravel(),
+                                  model.net[3].bias.detach().numpy())
+    written = len(list_history(run_dir))
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+    callback = BeholderLightningCallback(run_dir, strict=True)
+    _fit(model, [EveryUpdateDue(callback), callback], steps=4)
+    steps = [e.step for e in list_history(run_dir)[written:]]
+    assert steps == sorted(set(steps)) and steps[-1] == 4, steps  # (no second frame of the last step)
 
 
 def test_only_the_global_rank_zero_process_writes(tmp_path):

@@ -261,6 +261,7 @@ class BeholderCallback(keras.callbacks.Callback):
                 shown == "trainable_variables" or (shown == "activations" and self._probe is not None)
                 or (shown == "frames" and self._frame is not None)):
             return
+        self.beholder.flush()  # (training is over: the frame in progress must not make this one skipped)
         self.beholder.frame_due_now()
         self._update_between_steps(self._seen)
 

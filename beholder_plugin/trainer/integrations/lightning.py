@@ -106,8 +106,14 @@ class BeholderLightningCallback(Callback):
             self._session.update(int(trainer.global_step))
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        """Remove the hooks and finish the last frame and any recording."""
-        self._session.close()
+        """Show the weights fit() ends with (unless the last frame does), remove the hooks and finish the
+        last frame and any recording."""
+        try:
+            step = getattr(trainer, "global_step", None)
+            if step is not None:
+                self._session.final_weights(int(step))
+        finally:
+            self._session.close()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """fit() is ending with an exception: close the Beholder all the same."""

@@ -44,6 +44,7 @@ class WatchSession:
         self.beholder_kwargs = dict(beholder_kwargs)
         self.beholder: Beholder | None = None
         self.running = False
+        self.framed_at: int | None = None  # the step of the last frame update() handed over
 
     @property
     def every_rank(self) -> bool:
@@ -53,6 +54,7 @@ class WatchSession:
     def start(self, model: Any, main_process: bool) -> None:
         """Create the Beholder (on the main process, or on every one with ranks="all") and watch the model."""
         self.close()
+        self.framed_at = None
         if self.given is not None:  # its own ranks setting decides whether this process writes
             self.beholder = self.given
         elif main_process or self.every_rank:
@@ -83,7 +85,25 @@ class WatchSession:
             return False
         if step is not None and step > self.beholder.step:
             self.beholder.step = step - 1  # (update() counts one more)
-        return self.beholder.update(frame=self.frame)
+        taken = self.beholder.update(frame=self.frame)
+        if taken:
+            self.framed_at = self.beholder.step
+        return taken
+
+    def final_weights(self, step: int) -> None:
+        """A frame of the weights fit() ends with, stamped ``step`` (the optimizer steps taken), when the
+        dashboard shows weights and the last frame is of an earlier step: a fit faster than the frame
+        rate otherwise ends on a frame of an early step, which the dashboard calls the training's last."""
+        beholder = self.beholder if self.running else None
+        if beholder is None or beholder.settings.shown != "trainable_variables":
+            return
+        if (self.framed_at is not None and self.framed_at >= step) or step < beholder.step:
+            return  # (shown already; or a Beholder passed in counts on past this fit's steps)
+        beholder.flush()  # (training is over: the frame in progress must not make this one skipped)
+        beholder.frame_due_now()
+        beholder.step = step - 1  # (update() counts one more; no frame has this step yet)
+        if beholder.update(frame=self.frame):
+            self.framed_at = step
 
     def last_weights(self, step: int) -> None:
         """A frame of the weights after the last optimizer step, when the dashboard shows weights, stamped
