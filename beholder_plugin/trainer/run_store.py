@@ -122,6 +122,10 @@ class RunStore:
         if self.status.frames_written == 0:
             return
         try:
+            there = self.files.mtime(self.frame_path) is not None if self.remote else \
+                os.path.exists(self.frame_path)
+            if not there:  # (the run was deleted: no run of one ended.json comes back in its place)
+                return
             write_ended(self.logdir, self.writer_id, self.status.frames_written, time.time())
         except Exception as exc:  # (it only changes what the status line says: never fail a close for it)
             logger.debug("Beholder: could not write %s (%s)", names.ended_path(self.logdir), exc)
@@ -464,3 +468,4 @@ def _remove_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+

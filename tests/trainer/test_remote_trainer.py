@@ -312,3 +312,14 @@ def test_a_bucket_that_hangs_holds_neither_the_constructor_nor_close(url, monkey
     finally:
         hang.clear()
         answer.set()
+
+
+def test_a_remote_run_deleted_before_close_gets_no_mark(url):
+    """The store's run was deleted while its trainer ran on: close() leaves no ended.json behind."""
+    set_config(url, values="frames", FPS=30)
+    beholder = Beholder(url, strict=True, max_remote_fps=30, config_poll_seconds=0.05)
+    frames_until(beholder, lambda: beholder.frames_written >= 1)
+    files_for(url).fs.rm(url, recursive=True)
+    beholder.close()
+    assert read_ended(url) is None and read_frame_file(url) is None
+

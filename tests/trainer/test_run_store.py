@@ -125,3 +125,19 @@ def test_close_leaves_a_mark_naming_the_writers_last_frame(run_dir):
         (beholder.store.writer_id, beholder.frames_written) and beholder.frames_written == 3
     assert t0 <= mark["time"] <= time.time()
     assert list_history(run_dir)[-1].frame_id == frame.header["frame_id"]
+
+
+def test_a_run_deleted_before_close_does_not_come_back_as_a_mark(tmp_path):
+    """"Delete the run and train again": the old trainer's close() made plugins/beholder/ended.json, a
+    run of one file that TensorBoard then listed."""
+    import shutil
+
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", mode="current", FPS=30)
+    beholder = Beholder(run, strict=True)
+    beholder.frame_due_now()
+    assert beholder.update(arrays={"w": np.ones((2, 2))})
+    beholder.flush()
+    shutil.rmtree(run)
+    beholder.close()
+    assert not os.path.exists(run)
