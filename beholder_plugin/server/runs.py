@@ -327,4 +327,3 @@ class EndedMarks:
                 self._seen.clear()
             self._seen[run.path] = (frame_mtime, mark, now)
         return mark
-

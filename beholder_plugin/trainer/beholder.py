@@ -395,20 +395,22 @@ class Beholder:
             self._report_worker_error()
         finally:
             if stopped and self._opening is None:  # (its last frame is written: say the training ended)
-                if not self.remote:
-                    self.store.mark_ended()
-                else:
-                    run_within(_left(deadline), self.store.mark_ended, "beholder-close")
+                self._closing_write(self.store.mark_ended, deadline)
             self.gatherer.wait_compiled(60.0 if timeout is None else timeout)  # (in XLA at exit: abort)
             self._reader.close()
-            if not self.remote:
-                self.timeline.close()
-            elif self._opening is None and not run_within(_left(deadline), self.timeline.close,
-                                                          "beholder-close"):
+            if self._opening is None and not self._closing_write(self.timeline.close, deadline):
                 logger.warning("Beholder: %s did not answer within %g s; the timeline's last records may be "
                                "missing", self.logdir, timeout)
             self.store.close(timeout, worker_idle=self.worker is None or not self.worker.busy)
             _LIVE.discard(self)
+
+    def _closing_write(self, call: Any, deadline: float | None) -> bool:
+        """Run one of close()'s writes: at once on a local logdir; on a remote one until the deadline at
+        most (False: it had not ended then, and goes on on its own thread)."""
+        if not self.remote:
+            call()
+            return True
+        return run_within(_left(deadline), call, "beholder-close")
 
     def __enter__(self) -> Beholder:
         return self

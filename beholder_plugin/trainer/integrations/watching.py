@@ -102,8 +102,7 @@ class WatchSession:
         beholder.flush()  # (training is over: the frame in progress must not make this one skipped)
         beholder.frame_due_now()
         beholder.step = step - 1  # (update() counts one more; no frame has this step yet)
-        if beholder.update(frame=self.frame):
-            self.framed_at = step
+        self.update()
 
     def last_weights(self, step: int) -> None:
         """A frame of the weights after the last optimizer step, when the dashboard shows weights, stamped
