@@ -124,7 +124,9 @@ def test_a_link_swapped_in_after_the_check_is_never_followed_out(tree, route):
     statuses, leaks = race(client, flipper, url)
     assert flipper.flips > 10, flipper.flips
     assert leaks == 0, (leaks, statuses)
-    assert set(statuses) <= {200, 403, 404, 500}, statuses
+    # (503: frame-data's "the frame kept changing while it was read; try again", its answer when the file
+    # is replaced under every retry, which is what the flipper does; CI met it once in ~1,500 requests)
+    assert set(statuses) <= {200, 403, 404, 500} | ({503} if route == "frame" else set()), statuses
     # The inside file itself is still served: checked after the race, because how many requests land
     # between swaps depends on the scheduler (none at all, once, in a full run on two busy cores). A
     # real path resolved while the link was in place is remembered (and refused) for REALPATH_TTL.
