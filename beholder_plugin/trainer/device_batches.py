@@ -181,7 +181,8 @@ class BatchMemo:
 
     def _tensors_fit(self, named: list) -> bool:
         """fits() for "tensors": the same names and layouts; each kept parameter the same object, and in
-        place of each other tensor a plain strided torch tensor of the same shape on the memo's device.
+        place of each other tensor a plain strided torch tensor (not a Parameter: that one's default layout
+        is a kernel's) of the same shape on the memo's device.
 
         Looked at a column at a time (a frame of gradients hands over 214 new
         tensors): half the time of a look at each entry in turn.
@@ -195,7 +196,7 @@ class BatchMemo:
         if not others:
             return True
         torch = sys.modules["torch"]
-        return ({type(t) for t in others} <= set(_plain_tensor_types())
+        return ({type(t) for t in others} == {torch.Tensor}
                 and {t.layout for t in others} == {torch.strided}
                 and {t.device for t in others} == {self.device}
                 and [t.shape for t in others] == self.other_shapes)

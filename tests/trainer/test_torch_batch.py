@@ -727,10 +727,31 @@ def test_a_memo_of_tensors_fits_alike_tensors_and_nothing_else(tmp_path, monkeyp
     assert not fits_with(w, (named[w][0], torch.randn(4, 3), named[w][2]))  # not the parameter kept
     assert not fits_with(g, (named[g][0], torch.zeros(2, 5), named[g][2]))
     assert not fits_with(g, (named[g][0], torch.zeros(5, 2).to_sparse(), named[g][2]))
+    # a parameter where a plain tensor was: its default layout is another (a kernel's), so another plan
+    assert not fits_with(g, (named[g][0], nn.Parameter(torch.zeros(5, 2)), named[g][2]))
     assert not fits_with(g, ("h", torch.zeros(5, 2), named[g][2]))
     assert not fits_with(g, (named[g][0], torch.zeros(5, 2), "a layout asked for"))
     assert not fits_with(b, (named[b][0], np.zeros(7, np.float32), named[b][2]))
     assert not real(memo, named[:2], settings)
+
+
+def test_a_parameter_after_a_plain_tensor_of_its_shape_is_drawn_as_a_kernel(tmp_path, monkeypatch):
+    """update(arrays=...) given a plain 4-d tensor, then a parameter of the same shape under the same
+    name: the host path draws the parameter as a kernel (OIHW), and so does the device-batch path (it
+    reused the first frame's feature-map plan)."""
+    w = torch.randn(6, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    runs = {batched: str(tmp_path / f"run{int(batched)}") for batched in (False, True)}
+    for batched, run in runs.items():
+        monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+        set_config(run, values="arrays", FPS=30, mode="current")
+        layouts = []
+        with Beholder(run, strict=True, background=False) as beholder:
+            for value in (w.clone(), nn.Parameter(w.clone()), nn.Parameter(w.clone())):
+                beholder.frame_due_now()
+                assert beholder.update(arrays={"w": value})
+                layouts.append(read_frame_file(run).sections[0]["layout"])
+        assert layouts == ["activation_nchw", "kernel_oihw", "kernel_oihw"], (batched, layouts)
+    assert_same_frames(read_frame_file(runs[True]), read_frame_file(runs[False]))
 
 
 @pytest.mark.parametrize("mode", ["current", "variance"])
