@@ -36,7 +36,9 @@ def batch_key(adapter: Any, obj: Any, section: Any, width: int) -> Any:
         return None
     if type(obj) is Captured:
         part = obj.part
-        if part is None or obj.width != width or obj.compact_shape != section.compact_shape:
+        if part is None:  # a hook's whole copy (show_all): gathered from it as a tensor, when on a device
+            return None if obj.tensor is None else batch_key(adapter, obj.tensor, section, width)
+        if obj.width != width or obj.compact_shape != section.compact_shape:
             return None
         return part.device
     framework = sources.framework_of(obj)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import operator
 import sys
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -477,6 +478,9 @@ class ExactPass:
         self._check_key: tuple = ()
         self._credit = HOST_EXACT_VALUES
         self._again: _Again | None = None  # what lets the next frame of the same tensors skip the sorting
+        # the last frame's tensors that were neither parameters nor read through one (by section, weakly):
+        # a per-step check holds such tensors, so it starts only once a frame hands over the same ones again
+        self._plain_before: dict[int, Any] = {}
 
     def stop(self) -> None:
         """Stop the per-step checks (the next frame of device tensors starts them again)."""
@@ -592,10 +596,11 @@ class ExactPass:
         """
         # the same tensors (a model's parameters, updated in place; gradients: the same parameters) keep
         # their checks and the flags they hold
+        checked = self._checkable(torch, devices)
         key = tuple((i, id(obj), t.data_ptr()) if param is None else (i, id(param), -1)
-                    for entries in devices.values() for i, t, obj, param in entries)
+                    for entries in checked.values() for i, t, obj, param in entries)
         if key != self._check_key:
-            self._set_checks(torch, devices, names)
+            self._set_checks(torch, checked, names)
             self._check_key = key
         by_device = {check.device: check for check in self.checks}
         for device, entries in devices.items():
@@ -609,6 +614,32 @@ class ExactPass:
                          else _norms(torch, tensors, norm_groups(tensors)))
             values = [norms] if check is None else [norms, check.first, check.value]
             exact.queued.append((device, sections, values, NORMS if check is None else CHECKED))
+
+    def _checkable(self, torch: Any, devices: dict) -> dict:
+        """The devices whose tensors a per-step check may hold: each a parameter, a gradient read through
+        its parameter, or the very tensor the last frame handed over for that section.
+
+        New tensors at each frame (``update(arrays={n: p.grad})`` after
+        ``zero_grad(set_to_none=True)``, activations) get no check: it would
+        look at the last frame's tensors at every step, keep them alive (a
+        second set of gradients through the next backward pass) and be made
+        again, with its uploads, at every frame.
+        """
+        parameter, before, now, checkable = torch.nn.Parameter, self._plain_before, {}, {}
+        for device, entries in devices.items():
+            same = True
+            for i, _, obj, param in entries:
+                if param is None and type(obj) is not parameter:
+                    held = before.get(i)
+                    same = same and held is not None and held() is obj
+                    try:
+                        now[i] = weakref.ref(obj)
+                    except TypeError:  # (a tensor that takes no weak reference is never "the same")
+                        same = False
+            if same:
+                checkable[device] = entries
+        self._plain_before = now
+        return checkable
 
     @staticmethod
     def _kept_norms(exact: _Exact, kept: dict) -> None:

@@ -317,6 +317,8 @@ class Gatherer:
                 continue
             device = batch_key(adapter, obj, section, plan.width)
             if device is not None:  # on an accelerator: issued now, copied to the host once per device
+                if type(obj) is Captured and obj.part is None:
+                    obj = obj.tensor  # (a hook's whole copy, show_all: sliced like any tensor)
                 batches.setdefault(device, []).append((i, obj))
                 continue
             try:

@@ -766,8 +766,9 @@ class Watch:
         """Capture a layer's output, and its whole L2 norm for the timeline (exact_pass.py reads it)."""
         got = self._capture(name, tensor, torch_modules.activation_layout(module, tensor.dim()))
         if got is not None and got.error is None:
+            # (a whole copy, show_all, may be on a device too: whole_norm then asks where it lies)
             got.norm, self._norm_credit = torch_modules.whole_norm(tensor, self._norm_credit,
-                                                                   on_device=got.part is not None)
+                                                                   on_device=got.part is not None or None)
 
     def _capture(self, name: str, tensor: Any, layout: str | None) -> Captured | None:
         """Copy the shown slice of a tensor (never raises into forward or backward unless strict); what

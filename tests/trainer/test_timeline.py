@@ -975,6 +975,61 @@ def test_update_arrays_of_the_same_parameters_reuse_the_per_step_checks_norms(ru
         assert (columns[name]["flags"] & tl.EXACT_NORM).all()
 
 
+def test_new_tensors_at_each_frame_get_no_per_step_check_and_are_not_held(run_dir, monkeypatch):
+    """update(arrays={n: p.grad}) after zero_grad(set_to_none=True): new tensors at every frame. No
+    per-step check is made for them (it would look at the last frame's gradients at every step, keep
+    them alive through the next backward pass, and be made again, with its uploads, at every frame):
+    no upload after the first frame, and a dropped gradient is freed. Handed over the same tensors
+    again, the check starts, and names a NaN's exact step between two frames."""
+    import gc
+    import weakref
+
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    uploads, real_upload = [], torch_batch.upload
+
+    def counted(values, device):
+        uploads.append(values.shape)
+        return real_upload(values, device)
+
+    monkeypatch.setattr(torch_batch, "upload", counted)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    model[2].to(torch.bfloat16)  # two norm groups (their order was uploaded at every check made)
+    set_config(run_dir, FPS=1, values="arrays", mode="current")
+    x = torch.randn(32, 8)
+    with Beholder(run_dir, strict=True) as beholder:
+        dropped = []
+        for step in range(1, 7):
+            model.zero_grad(set_to_none=True)
+            model[2](model[1](model[0](x)).bfloat16()).float().square().mean().backward()
+            grads = {name: p.grad for name, p in model.named_parameters()}
+            dropped.append([weakref.ref(g) for g in grads.values()])
+            before = len(uploads)
+            beholder.frame_due_now()
+            assert beholder.update(arrays=grads)
+            beholder.flush()
+            if step > 1:
+                assert len(uploads) == before, uploads[before:]
+            assert beholder.timeline.per_step == []
+            del grads
+            model.zero_grad(set_to_none=True)
+            gc.collect()
+            assert all(ref() is None for refs in dropped for ref in refs)
+
+        kept = {"w." + name: p.detach().clone() for name, p in model.named_parameters()}
+        for step in range(7, 20):
+            if step == 15:
+                kept["w.0.weight"][2, 2] = float("nan")
+            if step in (7, 10, 19):
+                beholder.frame_due_now()
+            beholder.update(arrays=kept)
+            beholder.flush()
+            if step >= 10:
+                assert len(beholder.timeline.per_step) == 1  # the same tensors again: checked
+    record = next(a for a in read_anomalies(run_dir) if a["section"] == "w.0.weight")
+    assert record["step"] == 15 and record["checked"] == "step" and record["frame_step"] == 19
+
+
 @pytest.mark.parametrize("graphs", [False, True])
 def test_a_rebuilt_check_keeps_the_steps_it_had_flagged(run_dir, monkeypatch, graphs):
     """A parameter given new storage rebuilds the per-step check at the next frame: what the check had

@@ -158,6 +158,56 @@ def test_watch_frames_equal_host_frames(tmp_path, monkeypatch, values):
     assert frames[True].sections[0]["name"] in ("0.weight", "0")
 
 
+@pytest.mark.parametrize("values", ["gradients", "activations"])
+def test_show_all_hook_copies_are_gathered_on_the_device_as_the_host_path_shows_them(
+        tmp_path, monkeypatch, values):
+    """show_all with watch()'s hooks (activations; gradients caught by hooks, .grad cleared after the
+    step): each hook keeps a whole copy, which the frame slices. On the device path it is sliced in the
+    frame's one batch, as the host path shows it; before, it went through the host adapter on the
+    training thread (a .cpu() per section and frame, an index upload per cut axis) and the activations
+    lost their exact norms."""
+    from beholder_plugin.trainer.sources import torch_tensors
+
+    host_reads, real_host = [], torch_tensors._host
+    main = threading.get_ident()
+
+    def spied(t):
+        if threading.get_ident() == main:
+            host_reads.append(tuple(t.shape))
+        return real_host(t)
+
+    monkeypatch.setattr(torch_tensors, "_host", spied)
+    frames = {}
+    for batched in (False, True):
+        monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+        run = str(tmp_path / f"run-{batched}")
+        set_config(run, values=values, FPS=30, mode="current", show_all=True)
+        model = convnet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+        with Beholder(run, strict=True) as beholder:
+            beholder.watch(model)
+            del host_reads[:]
+            written = 0
+            for _ in range(4):  # (the first update() arms the hooks for the next step)
+                nn.functional.cross_entropy(model(x), torch.arange(4)).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)  # (gradients: only the hooks have them)
+                beholder.frame_due_now()
+                written += beholder.update()
+                beholder.flush()
+        assert beholder.failures == 0 and written >= 2
+        if batched:  # (on the host path a CPU tensor is read where it lies, not through _host)
+            assert host_reads == []
+        frames[batched] = read_frame_file(run)
+        if values == "activations":
+            assert (read_timeline(run)["0"]["flags"] & tl_format.EXACT_NORM).all()
+    assert_same_frames(frames[False], frames[True])
+    expected = list("012345") if values == "activations" else [
+        f"{layer}.{kind}" for layer in (0, 1, 5) for kind in ("weight", "bias")]
+    assert [section["name"] for section in frames[True].sections] == expected
+
+
 def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch):
     """update() on a due frame: one index_select per section, one cat, the timeline's figures laid after
     the values, and nothing that reads a value back to Python (item(), tolist(), a synchronizing copy);
@@ -192,13 +242,14 @@ def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch
                 if name == "copy_" and args[0].data_ptr() == gather.host_tensor.data_ptr()]
 
     window = {"sub", "sub_", "add", "add_", "mul", "mul_", "clamp_min", "clamp_min_"}
-    for log in logs:
+    for k, log in enumerate(logs):
         names = [name for name, _ in log.calls]
-        # a part per section, one permutation; the per-step check's norms of its two norm groups (float32
-        # and bf16) put in the sections' order by one more
-        assert names.count("index_select") == len(arrays) + 2
+        # a part per section, one permutation; from the second frame of the same tensors on, the per-step
+        # check's norms of its two norm groups (float32 and bf16) put in the sections' order by one more
+        # (the first frame's, without a check, are stacked)
+        assert names.count("index_select") == len(arrays) + (1 if k == 0 else 2)
         # the parts; the two groups' norms; the timeline's figures, after the values in the same buffer
-        assert names.count("cat") == 3
+        assert names.count("cat") == (2 if k == 0 else 3)
         assert not to_host(log) and not window & set(names)  # the copy and the window: the worker's
         assert "clone" not in names  # nor does the timeline copy its figures back on its own
         assert not {"_local_scalar_dense", "item", "_to_copy", "to", "nonzero"} & set(names)
