@@ -151,11 +151,17 @@ class Recorder:
         self._held: tuple[np.ndarray, float] | None = None  # the last frame and its time, not yet written
         self._slot = 0  # video frames written to the open file
         self._elapsed = 0.0  # seconds from its first frame to the held one (each pause capped)
+        self._finishing: list[threading.Thread] = []  # files being finished in the background
 
     @property
     def active(self) -> bool:
         """True while a file is open."""
         return self._sink is not None
+
+    @property
+    def finishing(self) -> bool:
+        """True while a file closed with ``wait=False`` is still being written out."""
+        return any(thread.is_alive() for thread in self._finishing)
 
     def append(self, rgb: np.ndarray, taken: float | None = None, fps: Any = VIDEO_FPS) -> None:
         """Record one H x W x 3 uint8 frame, taken at time `taken` (seconds; now if None).
@@ -199,13 +205,29 @@ class Recorder:
                     pass
         return _PngSink(os.path.join(self.directory, f"video-frames-{stamp}"))
 
-    def close(self) -> None:
-        """Finish the current file, if any."""
+    def close(self, wait: bool = True) -> None:
+        """Finish the current file, if any; ``wait=False`` finishes it on a thread of its own (recording
+        turned off while training: the encoder may have seconds of queued frames), and a later close()
+        waits for it."""
         sink, self._sink, self._shape = self._sink, None, None
         held, self._held = self._held, None
         if sink is not None:
             if held is not None:  # the last frame: one video frame (its time on screen is unknown)
                 sink.write(held[0])
-            sink.close()
-            if self.on_finished is not None:
-                self.on_finished(sink.path)
+            if wait:
+                self._finish(sink)
+            else:
+                thread = threading.Thread(target=self._finish, args=(sink,), name="beholder-recording-end",
+                                          daemon=True)
+                self._finishing = [t for t in self._finishing if t.is_alive()] + [thread]
+                thread.start()
+        if wait:
+            finishing, self._finishing = self._finishing, []
+            for thread in finishing:
+                thread.join()
+
+    def _finish(self, sink: Any) -> None:
+        """Let a sink write out its queue and end its file; hand the file over (on_finished)."""
+        sink.close()
+        if self.on_finished is not None:
+            self.on_finished(sink.path)

@@ -131,8 +131,9 @@ class RunStore:
             logger.debug("Beholder: could not write %s (%s)", names.ended_path(self.logdir), exc)
 
     def close_recording(self) -> None:
-        """Finish the recording in progress (recording was turned off)."""
-        self.recorder.close()
+        """Finish the recording in progress (recording was turned off), in the background: the training
+        thread does not wait for the encoder's queue."""
+        self.recorder.close(wait=False)
 
     def _make_recorder(self) -> Recorder:
         """The recorder, into the run's folder."""

@@ -70,9 +70,46 @@ def test_switching_recording_off_finishes_the_file(run_dir):
         beholder.update(arrays=[np.arange(4.0)])
         due(beholder)
     set_config(run_dir, values="arrays", FPS=30, is_recording=False)
-    beholder.update(arrays=[np.arange(4.0)])  # notices the change and closes the file
+    beholder.update(arrays=[np.arange(4.0)])  # notices the change and closes the file (in the background)
+    deadline = time.monotonic() + 60
+    while beholder.store.recorder.finishing and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not beholder.store.recorder.finishing  # finished while the Beholder is still open
     (video,) = glob.glob(os.path.join(plugin_dir(run_dir), "video-*.mp4"))
     assert len(decode(video)[1]) >= 4  # 4 frames, each held until the next was taken
+    beholder.close()
+
+
+def test_switching_recording_off_never_waits_for_the_encoder_on_the_training_thread(run_dir, monkeypatch):
+    """Recording switched off while the encoder still has its queue to work through (seconds of big
+    frames, each held for many video frames): update() returns at once and the file is finished in the
+    background; close() waits for it. Before, update() waited for the whole queue (9 s for 8-Mpx
+    frames at FPS 30 on a slow step)."""
+    import threading
+
+    release, real_close = threading.Event(), recording_module._Mp4Sink.close
+
+    def slow_close(sink):
+        release.wait(60)  # an encoder with a long queue
+        real_close(sink)
+
+    monkeypatch.setattr(recording_module._Mp4Sink, "close", slow_close)
+    set_config(run_dir, values="arrays", FPS=30, is_recording=True)
+    beholder = Beholder(run_dir, strict=True)
+    for _ in range(4):
+        beholder.update(arrays=[np.arange(4.0)])
+        due(beholder)
+    set_config(run_dir, values="arrays", FPS=30, is_recording=False)
+    returned = threading.Event()
+    training = threading.Thread(target=lambda: (beholder.update(arrays=[np.arange(4.0)]), returned.set()))
+    training.start()
+    assert returned.wait(30)  # (it waited for release before: 60 s)
+    assert not release.is_set() and beholder.store.recorder.finishing
+    release.set()
+    beholder.close()  # waits for the file
+    assert not beholder.store.recorder.finishing
+    (video,) = glob.glob(os.path.join(plugin_dir(run_dir), "video-*.mp4"))
+    assert len(decode(video)[1]) >= 4
 
 
 KILLED = textwrap.dedent(
