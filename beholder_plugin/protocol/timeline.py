@@ -2,7 +2,7 @@
 
 Files live in ``<run>/plugins/beholder/timeline/``:
 
-- ``part-<seq, 10 digits>.bht``: the recent records, appended frame by frame
+- ``part-<seq, 10 digits or more>.bht``: the recent records, appended frame by frame
   (locally one ``write()`` of whole chunks to a file opened for appending;
   on a remote logdir each part is one object, uploaded every few seconds);
 - ``base.bht``: the older records, thinned (see ``thin``), rewritten whole and
@@ -143,9 +143,12 @@ def part_name(seq: int) -> str:
 
 
 def part_seq(name: str) -> int | None:
-    """The number of a part file's name, None for any other name."""
-    if name.startswith("part-") and name.endswith(".bht") and len(name) == 19 and name[5:15].isdigit():
-        return int(name[5:15])
+    """The number of a part file's name (10 digits or more: a part after part-9999999999.bht has 11),
+    None for any other name."""
+    digits = name[5:-4]
+    if (name.startswith("part-") and name.endswith(".bht") and 10 <= len(digits) <= 18
+            and digits.isascii() and digits.isdigit()):
+        return int(digits)
     return None
 
 

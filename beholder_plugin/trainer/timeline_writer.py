@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import time
@@ -11,8 +12,13 @@ import numpy as np
 
 from beholder_plugin.protocol import timeline as tl
 
+logger = logging.getLogger("beholder")
+
 # On a remote logdir the records are uploaded as one part object at most this often.
 REMOTE_CHUNK_SECONDS = 10.0
+# When compaction keeps failing (base.bht cannot be read or replaced), records stop being appended once
+# the parts reach twice their budget, and compaction is tried again this often (seconds).
+STOPPED_RETRY_SECONDS = 300.0
 
 
 class TimelineWriter:
@@ -40,6 +46,8 @@ class TimelineWriter:
         self.protected: set[int] = set()  # steps whose records thinning keeps (an anomaly's frames)
         self.anomalies: list[bytes] = []  # remote: the lines of anomalies.jsonl
         self._retry_at = 0  # after a failed compaction: the parts' size at which to try again
+        self.stopped: str | None = None  # why records are not appended now (compaction keeps failing)
+        self._stopped_retry = 0.0  # when compaction is tried again, while stopped
         self.anomaly_lines: int | None = 0  # in anomalies.jsonl, as _start() found it (None: unreadable)
 
     def _join(self, name: str) -> str:
@@ -64,6 +72,8 @@ class TimelineWriter:
 
     def append(self, names: list[str], records: np.ndarray) -> None:
         """Append one frame's records (``records["section"]`` indexes ``names``)."""
+        if self.stopped is not None and not self._resumed():
+            return
         if self.seq is None:
             self._start()
         chunks = []
@@ -94,8 +104,37 @@ class TimelineWriter:
         budget = tl.parts_budget(len(self.sections)) if self.parts_budget is None else self.parts_budget
         if self.parts_bytes >= max(budget, self._retry_at):
             self._retry_at = self.parts_bytes + budget  # (a compaction that fails is tried again later,
-            self.compact()  # not at every frame, each leaving a part behind)
+            try:  # not at every frame, each leaving a part behind)
+                self.compact()
+            except Exception as exc:
+                if self.parts_bytes >= 2 * budget:
+                    self._stop(exc)
+                raise
             self._retry_at = 0
+
+    def _stop(self, exc: Exception) -> None:
+        """Compaction failed with the parts at twice their budget (base.bht cannot be read or replaced):
+        stop appending, so that they stay there instead of growing for the rest of the run."""
+        self.stopped = f"{type(exc).__name__}: {exc}"
+        self._stopped_retry = self.clock() + STOPPED_RETRY_SECONDS
+        logger.warning("Beholder: the timeline in %s takes no records for now: it cannot be compacted (%s). "
+                       "Frames go on; it is tried again every %.0f s (move %s aside if it stands in the "
+                       "way)", self.directory, self.stopped, STOPPED_RETRY_SECONDS, self._join(tl.BASE_FILE))
+
+    def _resumed(self) -> bool:
+        """While stopped: whether compaction, tried again when its time has come, now works."""
+        now = self.clock()
+        if now < self._stopped_retry:
+            return False
+        self._stopped_retry = now + STOPPED_RETRY_SECONDS
+        try:
+            self.compact()
+        except Exception:  # (said when it stopped: not again every few minutes)
+            return False
+        self.stopped, self._retry_at = None, 0
+        logger.warning("Beholder: the timeline in %s takes records again (a gap since it stopped)",
+                       self.directory)
+        return True
 
     def _append_local(self, data: bytes) -> None:
         """One write() of whole chunks to the current part (opened for appending, closed again: no file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 
 import numpy as np
@@ -251,26 +252,71 @@ def test_base_bht_stays_within_its_budget_however_many_sections(run_dir, monkeyp
     assert len(found) == (200 << 10) // (tl.KEEP_FIRST * tl.RECORD.itemsize) and "token3999" in found
 
 
-def test_a_compaction_that_fails_is_not_tried_again_at_every_frame(run_dir, monkeypatch):
+def test_a_compaction_that_fails_is_not_tried_again_at_every_frame(run_dir, monkeypatch, caplog):
+    """Compaction failing (a full disk): tried again once per budget's worth of new records, not at
+    every frame; once the parts reach twice their budget, records stop (the parts stay there) and it is
+    tried every STOPPED_RETRY_SECONDS; when it works again, records go on after a gap."""
+    from beholder_plugin.trainer import timeline_writer
+
     now = [1.7e9]
-    writer = TimelineWriter(run_dir, files_for(run_dir), clock=lambda: now[0], parts_budget=8 << 10)
-    tries = []
+    budget = 8 << 10
+    writer = TimelineWriter(run_dir, files_for(run_dir), clock=lambda: now[0], parts_budget=budget)
+    tries, real = [], tl.base_bytes
+    broken = [True]
 
-    def broken(*args, **kwargs):
-        tries.append(writer.seq)
-        raise OSError("disk full")
+    def base_bytes(*args, **kwargs):
+        if broken[0]:
+            tries.append(writer.seq)
+            raise OSError("disk full")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(tl, "base_bytes", broken)
+    monkeypatch.setattr(tl, "base_bytes", base_bytes)
     sections = ["w"]
-    for k in range(2000):  # 72 B a frame: 8 KB every 114 frames
+    largest = 0
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        for k in range(3000):  # 72 B a frame: 8 KB every 114 frames; one frame a second
+            now[0] += 1.0
+            if k == 2000:
+                broken[0] = False
+            try:
+                writer.append(sections, frame_records(sections, k + 1, now[0], [1.0]))
+            except OSError:
+                pass
+            parts = [n for n in os.listdir(tl.timeline_dir(run_dir)) if tl.part_seq(n) is not None]
+            largest = max(largest, sum(os.path.getsize(os.path.join(tl.timeline_dir(run_dir), n))
+                                       for n in parts))
+    retries = 2000 // int(timeline_writer.STOPPED_RETRY_SECONDS)
+    assert 2 <= len(tries) <= 2 + retries + 1  # failing tries: not once a frame
+    assert largest <= 2 * budget + 200  # (a frame's records past twice the budget, at most)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("takes no records for now" in m for m in messages) == 1
+    assert sum("takes records again" in m for m in messages) == 1
+    steps = read_timeline(run_dir)["w"]["step"]
+    assert steps[-1] == 3000 and (steps > 2100).sum() >= 100  # records again, after a gap
+    assert np.diff(steps).max() > 100
+
+
+def test_a_stray_part_numbered_9999999999_is_followed_by_parts_that_are_read_and_compacted(run_dir):
+    """A part file named part-9999999999.bht (copied in, or a very long run): the next parts have 11
+    digits. They are read back and compacted like any other: before, no reader knew their names, so the
+    timeline read back empty and its parts were never deleted."""
+    directory = tl.timeline_dir(run_dir)
+    os.makedirs(directory)
+    with open(os.path.join(directory, "part-9999999999.bht"), "wb") as f:
+        f.write(tl.names_chunk({"w": 0}) + tl.records_chunk(frame_records(["w"], 0, 1.7e9, [1.0])))
+    now = [1.7e9]
+    writer = TimelineWriter(run_dir, files_for(run_dir), clock=lambda: now[0], parts_budget=4 << 10)
+    for k in range(1, 400):
         now[0] += 1.0
-        try:
-            writer.append(sections, frame_records(sections, k + 1, now[0], [1.0]))
-        except OSError:
-            pass
-    assert 10 <= len(tries) <= 25  # once per budget's worth of new records, not once a frame
-    parts = [n for n in os.listdir(tl.timeline_dir(run_dir)) if tl.part_seq(n) is not None]
-    assert len(parts) == len(tries) + 1
+        writer.append(["w"], frame_records(["w"], k, now[0], [1.0]))
+        if k % 10 == 0:
+            writer.close_part()
+    writer.close()
+    names = os.listdir(directory)
+    assert tl.part_seq("part-10000000000.bht") == 10**10 and tl.part_seq("part-123.bht") is None
+    assert len([n for n in names if tl.part_seq(n) is not None]) <= 10  # compacted, not piling up
+    steps = read_timeline(run_dir)["w"]["step"]
+    assert steps[0] == 0 and steps[-1] == 399 and steps.size == 400
 
 
 def test_a_smaller_cap_keeps_half_of_it_for_the_run_before_the_last_records(monkeypatch):
