@@ -20,14 +20,15 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from beholder_plugin.protocol import names
-from beholder_plugin.protocol.frame_format import encode_frame, with_header
+from beholder_plugin.protocol.frame_format import encode_frame, read_header, with_header
 from beholder_plugin.protocol.history import HistoryEntry, HistoryRing, history_name
 from beholder_plugin.protocol.remote_files import url_scheme
-from beholder_plugin.protocol.runfiles import write_ended
+from beholder_plugin.protocol.runfiles import read_ended, write_ended
 from beholder_plugin.trainer.recording import Recorder
 from beholder_plugin.trainer.run_settings import RunSettings
 from beholder_plugin.trainer.run_status import RunStatus
@@ -49,6 +50,11 @@ MAX_SPARES = 2
 UPLOAD_EXIT_SECONDS = 300.0
 # A frame of another writer this recent when a run opens: another trainer may be writing to the same run.
 OTHER_WRITER_SECONDS = 10.0
+
+# The writers this process made, and those of them still open (a cell of a notebook run again makes a
+# second Beholder of the same run: that is not "another trainer")
+_MADE_HERE: set[str] = set()
+_OPEN_HERE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 class RunStore:
@@ -77,6 +83,8 @@ class RunStore:
         self.frame_path = names.frame_path(logdir)
         self.history_dir = names.history_dir(logdir)
         self.writer_id = secrets.token_hex(6)
+        _MADE_HERE.add(self.writer_id)
+        _OPEN_HERE[self.writer_id] = self
         self.history = HistoryRing(0, 0)
         self.write_retry_at = float("-inf")
         self._unwritten_since: float | None = None  # when frames stopped being written (a failing disk)
@@ -106,14 +114,29 @@ class RunStore:
         if newest is None or newest.writer == self.writer_id:
             return
         age = time.time() - newest.time
-        if age < OTHER_WRITER_SECONDS:
-            logger.warning("Beholder: another trainer (writer %s) wrote a frame to %s %.0f s ago. If it "
-                           "still runs, the two take turns in its frame and share one timeline: give each "
-                           "trainer its own run directory (a trainer restarted at once can ignore this)",
-                           newest.writer, self.directory, max(age, 0.0))
+        if age >= OTHER_WRITER_SECONDS:
+            return
+        if newest.writer in _MADE_HERE:  # a Beholder of this process: said only while it is open
+            if newest.writer in _OPEN_HERE:
+                logger.warning("Beholder: another Beholder of this process (writer %s) wrote a frame to %s "
+                               "%.0f s ago and is still open: close() it (a notebook cell run again?); "
+                               "else the two take turns in the run's frame", newest.writer, self.directory,
+                               max(age, 0.0))
+            return
+        try:
+            ended = read_ended(self.logdir)
+        except Exception:  # (it only decides whether to warn)
+            ended = None
+        if ended is not None and ended["writer"] == newest.writer:
+            return  # it closed its Beholder: the run is this trainer's now
+        logger.warning("Beholder: another trainer (writer %s) wrote a frame to %s %.0f s ago. If it "
+                       "still runs, the two take turns in its frame and share one timeline: give each "
+                       "trainer its own run directory (a trainer restarted at once can ignore this)",
+                       newest.writer, self.directory, max(age, 0.0))
 
     def close(self, timeout: float | None, worker_idle: bool) -> None:
         """Finish the recording (and, remotely, its upload); drop spare files once the worker is idle."""
+        _OPEN_HERE.pop(self.writer_id, None)
         self.recorder.close()
 
     def mark_ended(self) -> None:
@@ -122,9 +145,10 @@ class RunStore:
         if self.status.frames_written == 0:
             return
         try:
-            there = self.files.mtime(self.frame_path) is not None if self.remote else \
-                os.path.exists(self.frame_path)
-            if not there:  # (the run was deleted: no run of one ended.json comes back in its place)
+            found = read_header(self.frame_path, self.files)
+            # none (the run was deleted: no run of one ended.json comes back in its place), or the frame
+            # of another writer (a Beholder of the same run made after this one: its run now)
+            if found is None or found[0].get("writer") != self.writer_id:
                 return
             write_ended(self.logdir, self.writer_id, self.status.frames_written, time.time())
         except Exception as exc:  # (it only changes what the status line says: never fail a close for it)

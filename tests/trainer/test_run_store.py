@@ -141,3 +141,22 @@ def test_a_run_deleted_before_close_does_not_come_back_as_a_mark(tmp_path):
     shutil.rmtree(run)
     beholder.close()
     assert not os.path.exists(run)
+
+
+def test_a_beholder_whose_frame_another_replaced_leaves_no_mark(run_dir):
+    """A notebook cell run again: a second Beholder of the run writes frames, then the first one is
+    closed (at exit, say). Its mark named its own last frame, not the one on screen, so the run read
+    "trainer stopped?" for good; now only the writer of the frame in frame.bin leaves one."""
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    first = Beholder(run_dir, strict=True)
+    first.frame_due_now()
+    assert first.update(arrays={"w": np.ones((2, 2))})
+    first.flush()
+    second = Beholder(run_dir, strict=True)
+    second.frame_due_now()
+    assert second.update(arrays={"w": np.zeros((2, 2))})
+    second.close()
+    first.close()
+    mark = read_ended(run_dir)
+    assert mark is not None and mark["writer"] == second.store.writer_id
+    assert read_frame_file(run_dir).header["writer"] == second.store.writer_id

@@ -175,27 +175,63 @@ def test_a_logdir_under_home_or_given_as_bytes_is_where_it_says(tmp_path, monkey
         assert os.path.abspath(beholder.logdir) == str(tmp_path / "logs" / "y")
 
 
+OTHER_TRAINER = """
+import sys, time
+import numpy as np
+from beholder_plugin import Beholder
+b = Beholder(sys.argv[1], background=False)
+b.update(arrays={"w": np.ones((3, 3))})
+print("wrote", flush=True)
+if sys.argv[2] == "stays":
+    time.sleep(120)
+"""
+
+
 def test_a_second_trainer_on_a_run_another_one_writes_to_is_warned(tmp_path, caplog, monkeypatch):
     """Two trainers on one run directory take turns in frame.bin and merge their timelines, with no error
-    anywhere; the second one's Beholder now says so when it opens the run (not when the other's last frame
-    is older: a restarted trainer)."""
+    anywhere; the second one's Beholder says so when it opens the run. Not when the other's last frame
+    is older (a restarted trainer), nor when the other closed its Beholder (it exited: ended.json names
+    it), nor for a closed Beholder of this process; an open one of this process (a notebook cell run
+    again) is named as such."""
     import logging
+    import subprocess
+    import sys
 
     from support import set_config
 
     from beholder_plugin.trainer import run_store
 
-    set_config(tmp_path, values="arrays", FPS=30, mode="current")
-    with Beholder(str(tmp_path), background=False) as first:
-        assert first.update(arrays={"w": np.ones((3, 3))})
-        with caplog.at_level(logging.WARNING, logger="beholder"):
-            Beholder(str(tmp_path), background=False).close()
-        assert "another trainer (writer " in caplog.text and "its own run directory" in caplog.text
+    run = str(tmp_path)
+    set_config(run, values="arrays", FPS=30, mode="current")
+
+    def opened() -> str:
         caplog.clear()
-        monkeypatch.setattr(run_store, "OTHER_WRITER_SECONDS", 0.0)  # (the other's frame: long ago)
         with caplog.at_level(logging.WARNING, logger="beholder"):
-            Beholder(str(tmp_path), background=False).close()
-        assert "another trainer" not in caplog.text
+            Beholder(run, background=False).close()
+        return caplog.text
+
+    other = subprocess.Popen([sys.executable, "-c", OTHER_TRAINER, run, "stays"], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert other.stdout.readline().strip() == "wrote"
+        text = opened()
+        assert "another trainer (writer " in text and "its own run directory" in text
+    finally:
+        other.kill()
+        other.wait()
+    finished = subprocess.run([sys.executable, "-c", OTHER_TRAINER, run, "exits"], capture_output=True,
+                              text=True, timeout=120)
+    assert finished.stdout.strip() == "wrote"
+    assert "another" not in opened()  # it closed its Beholder at exit
+    with Beholder(run, background=False) as first:
+        assert first.update(arrays={"w": np.ones((3, 3))})
+        text = opened()
+        assert "another Beholder of this process (writer " in text and "close() it" in text
+        assert "another trainer" not in text
+        monkeypatch.setattr(run_store, "OTHER_WRITER_SECONDS", 0.0)  # (the other's frame: long ago)
+        assert "another" not in opened()
+        monkeypatch.undo()
+    assert "another" not in opened()  # a closed Beholder of this process
 
 
 def test_a_closed_beholder_lets_its_model_go(tmp_path):
