@@ -86,6 +86,7 @@ class RunStore:
         _MADE_HERE.add(self.writer_id)
         _OPEN_HERE[self.writer_id] = self
         self.history = HistoryRing(0, 0)
+        self._other_warned = False  # another writer of the run was named (at open or at the first frame)
         self.write_retry_at = float("-inf")
         self._unwritten_since: float | None = None  # when frames stopped being written (a failing disk)
         self._unwritten = 0  # frames not written since then
@@ -111,28 +112,34 @@ class RunStore:
         run take turns in frame.bin and share one timeline, with no error anywhere."""
         entries = self.history.entries
         newest = entries[-1] if entries else None
-        if newest is None or newest.writer == self.writer_id:
+        if newest is not None:
+            self._warn_another(newest.writer, newest.time)
+
+    def _warn_another(self, writer: Any, when: Any) -> None:
+        """_another_writer() for the writer of the run's newest frame and its time."""
+        if writer == self.writer_id or self._other_warned or not isinstance(when, (int, float)):
             return
-        age = time.time() - newest.time
+        age = time.time() - when
         if age >= OTHER_WRITER_SECONDS:
             return
-        if newest.writer in _MADE_HERE:  # a Beholder of this process: said only while it is open
-            if newest.writer in _OPEN_HERE:
+        self._other_warned = True
+        if writer in _MADE_HERE:  # a Beholder of this process: said only while it is open
+            if writer in _OPEN_HERE:
                 logger.warning("Beholder: another Beholder of this process (writer %s) wrote a frame to %s "
                                "%.0f s ago and is still open: close() it (a notebook cell run again?); "
-                               "else the two take turns in the run's frame", newest.writer, self.directory,
+                               "else the two take turns in the run's frame", writer, self.directory,
                                max(age, 0.0))
             return
         try:
             ended = read_ended(self.logdir)
         except Exception:  # (it only decides whether to warn)
             ended = None
-        if ended is not None and ended["writer"] == newest.writer:
+        if ended is not None and ended["writer"] == writer:
             return  # it closed its Beholder: the run is this trainer's now
         logger.warning("Beholder: another trainer (writer %s) wrote a frame to %s %.0f s ago. If it "
                        "still runs, the two take turns in its frame and share one timeline: give each "
                        "trainer its own run directory (a trainer restarted at once can ignore this)",
-                       newest.writer, self.directory, max(age, 0.0))
+                       writer, self.directory, max(age, 0.0))
 
     def close(self, timeout: float | None, worker_idle: bool) -> None:
         """Finish the recording (and, remotely, its upload); drop spare files once the worker is idle."""
@@ -169,6 +176,16 @@ class RunStore:
         """False while writes back off after a failed one (WRITE_RETRY_SECONDS); now: the clock's time."""
         return (self.clock() if now is None else now) >= self.write_retry_at
 
+    def _first_write(self) -> None:
+        """Before this writer's first frame: another trainer that started with this one (neither had a frame
+        when the other opened the run) has written one by now: say so (one header read, locally)."""
+        try:
+            found = read_header(self.frame_path, self.files)
+        except Exception:  # (a frame that cannot be read: only the warning is at stake)
+            return
+        if found is not None:
+            self._warn_another(found[0].get("writer"), found[0].get("time"))
+
     def header(self) -> dict[str, Any]:
         """Frame header fields for the dashboard: where frames go and the remote frame-rate cap."""
         return {"storage": self.storage, "max_fps": self.max_fps}
@@ -187,6 +204,8 @@ class RunStore:
         if recovered is not None:
             header["last_error"] = recovered
         buffers = encode_frame(header, **image)
+        if frame_id == 1 and not self.remote:
+            self._first_write()
         try:
             self._write(buffers, time_s, step, frame_id, settings)
         except OSError as exc:

@@ -192,7 +192,8 @@ def test_a_second_trainer_on_a_run_another_one_writes_to_is_warned(tmp_path, cap
     anywhere; the second one's Beholder says so when it opens the run. Not when the other's last frame
     is older (a restarted trainer), nor when the other closed its Beholder (it exited: ended.json names
     it), nor for a closed Beholder of this process; an open one of this process (a notebook cell run
-    again) is named as such."""
+    again) is named as such. Two trainers started together: the second to write its first frame says
+    so."""
     import logging
     import subprocess
     import sys
@@ -219,6 +220,24 @@ def test_a_second_trainer_on_a_run_another_one_writes_to_is_warned(tmp_path, cap
     finally:
         other.kill()
         other.wait()
+    # two trainers started together: neither had a frame when the other opened the run; the second to
+    # write its first frame says so
+    together = str(tmp_path / "together")
+    set_config(together, values="arrays", FPS=30, mode="current")
+    with Beholder(together, background=False) as mine:
+        other = subprocess.Popen([sys.executable, "-c", OTHER_TRAINER, together, "stays"],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert other.stdout.readline().strip() == "wrote"
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="beholder"):
+                for _ in range(2):  # (said once)
+                    mine.frame_due_now()
+                    assert mine.update(arrays={"w": np.ones((3, 3))})
+            assert caplog.text.count("another trainer (writer ") == 1
+        finally:
+            other.kill()
+            other.wait()
     finished = subprocess.run([sys.executable, "-c", OTHER_TRAINER, run, "exits"], capture_output=True,
                               text=True, timeout=120)
     assert finished.stdout.strip() == "wrote"
