@@ -35,6 +35,7 @@ from beholder_plugin.trainer.run_settings import RunSettings
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.sources.traced_batch import GatherCompiling
 from beholder_plugin.trainer.views import user_frame
+from beholder_plugin.trainer.views.placeholder import UNBUILT
 from beholder_plugin.trainer.views.render import FramePlan
 
 # At most this many frame plans (and PLANS_KEPT_BYTES of them) are kept, the oldest dropped first; and
@@ -47,8 +48,9 @@ MAX_PLANS = 16
 DEVICE_GATHERS_KEPT = 4
 # What a frame with no sections at all says: arrays passed, or a model's (or variables') trainable ones.
 EMPTY_ARRAYS = "there are no arrays to show (an empty list or dict was passed)"
-EMPTY_VARIABLES = ("the model has no trainable variables (yet: a Keras model gets them when it is built, "
-                   "by its first call or an Input in it; frames start once it has them)")
+EMPTY_VARIABLES = ("the model has no trainable variables yet (a Keras model gets them when it is built, "
+                   "by its first call or an Input in it; a torch Lazy layer at its first forward): the "
+                   "frame says so, and frames of them start once it has them")
 
 
 @functools.lru_cache(maxsize=64)
@@ -237,7 +239,11 @@ class Gatherer:
         ``empty``: what the error says when there are no sections at all.
         """
         if not named:
-            raise RenderError(empty)
+            if empty is not EMPTY_VARIABLES:
+                raise RenderError(empty)
+            job.shown = UNBUILT  # a model not built yet: a frame saying so, no failure (not even strict)
+            self._warn_once("unbuilt", "Beholder: %s", EMPTY_VARIABLES)
+            return
         settings = job.settings
         pattern = section_filter(settings.filter)
         if pattern is not None:

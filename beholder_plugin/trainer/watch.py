@@ -25,6 +25,7 @@ is shown of them.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -244,7 +245,9 @@ class Watch:
             if old is not None and len(old) == len(named) and all(
                     a[1] is b[1] and a[0] == b[0] and a[2] == b[2] for a, b in zip(old, named)):
                 named = old  # the same list when nothing changed: a frame knows it at once by identity
-            self._variables, self._variables_at, self._structure = named, now, structure
+            # (none yet, a model of Lazy layers before its first forward: walked again at the next frame)
+            self._variables, self._structure = named, structure
+            self._variables_at = now if named else -math.inf
         return named
 
     def loss_scaled(self) -> bool:

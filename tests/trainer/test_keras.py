@@ -546,16 +546,21 @@ def test_on_the_torch_backend_gradients_a_loss_scaler_scaled_are_shown_unscaled(
 
 def test_a_model_not_built_yet_says_so_then_its_frames_come(run_dir):
     """A Keras model with no Input, not called yet, has no variables: the frame says the model is not
-    built yet (it said "an empty list or dict was passed", which the user never did), and once the
-    model has been called the frames show its variables."""
+    built yet (it said "an empty list or dict was passed", which the user never did), which is no
+    failure (it was counted as one, with a traceback, and the dashboard showed it in red for the rest of
+    the run), and once the model has been called the frames show its variables."""
+    from beholder_plugin.trainer.views.placeholder import UNBUILT, placeholder_frame
+
     configure(run_dir, values="trainable_variables")
     model = keras.Sequential([keras.layers.Dense(3, name="d")], name="not_built")
-    with Beholder(run_dir, variables=model) as beholder:
+    with Beholder(run_dir, variables=model, strict=True) as beholder:
         beholder.frame_due_now()
-        assert not beholder.update()
-        assert "no trainable variables (yet: a Keras model gets them when it is built" in str(
-            beholder.last_error)
-        beholder.flush()  # (the worker writes the frame saying so: the next frame is not skipped for it)
+        assert beholder.update()
+        beholder.flush()
+        assert beholder.failures == 0 and beholder.last_error is None
+        frame = read_frame_file(run_dir)
+        assert frame.header["values"] == "placeholder"
+        np.testing.assert_array_equal(frame.pixels, placeholder_frame(UNBUILT))
         model(np.ones((2, 4), "float32"))
         beholder.frame_due_now()
         assert beholder.update()

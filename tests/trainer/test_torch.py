@@ -401,3 +401,29 @@ def test_a_nested_tensor_still_says_what_to_pass(run_dir):
     with Beholder(run_dir, background=False) as beholder:
         assert beholder.update(arrays={"nested": nested, "w": torch.ones(3)})
     assert read_frame_file(run_dir).sections[0]["missing"].startswith("a nested tensor (components of")
+
+
+def test_a_model_of_lazy_layers_says_it_is_not_built_until_its_first_forward(run_dir):
+    """watch() of a model of torch Lazy layers before its first forward: reading its parameters raised
+    (an uninitialized parameter), counted as a failed update() shown in red for the rest of the run.
+    Now the frame says the model has no trainable variables yet, with no failure, and the next frame
+    after the first forward shows them."""
+    from beholder_plugin.trainer.views.placeholder import UNBUILT, placeholder_frame
+
+    set_config(run_dir, values="trainable_variables", FPS=30, mode="current")
+    model = torch.nn.Sequential(torch.nn.LazyLinear(6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    model[2].requires_grad_(False)  # (only the lazy layer is trainable: none before its forward)
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model)
+        beholder.frame_due_now()
+        assert beholder.update()
+        beholder.flush()
+        frame = read_frame_file(run_dir)
+        assert frame.header["values"] == "placeholder" and beholder.failures == 0
+        np.testing.assert_array_equal(frame.pixels, placeholder_frame(UNBUILT))
+        model(torch.randn(3, 4))
+        beholder.frame_due_now()
+        assert beholder.update()
+        beholder.flush()
+    frame = read_frame_file(run_dir)
+    assert [s["name"] for s in frame.sections] == ["0.weight", "0.bias"] and beholder.failures == 0

@@ -70,12 +70,16 @@ def _restructured(*args: Any) -> None:
 
 
 def named_parameters(model: Any, trainable_only: bool = True) -> list[tuple[str, Any, str | None]]:
-    """(path, parameter, layout) for a module's parameters, in named_parameters() order, shared ones once."""
+    """(path, parameter, layout) for a module's parameters, in named_parameters() order, shared ones once;
+    a lazy module's parameters only once its first forward has made them."""
+    import torch
+
+    lazy = torch.nn.parameter.UninitializedParameter
     seen: set[int] = set()
     out = []
     for prefix, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
-            if id(param) in seen or (trainable_only and not param.requires_grad):
+            if id(param) in seen or (trainable_only and not param.requires_grad) or isinstance(param, lazy):
                 continue
             seen.add(id(param))
             path = compiled.layer_name(f"{prefix}.{name}" if prefix else name)  # no "_orig_mod."

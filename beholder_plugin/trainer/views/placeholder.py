@@ -36,6 +36,14 @@ MESSAGES = {
 }
 
 
+# A placeholder's ``values`` while the model has no trainable variables yet (not built: no failure).
+UNBUILT = "unbuilt"
+MESSAGES[UNBUILT] = (
+    "The model has no trainable variables yet: a Keras model gets them when it is built\n"
+    "(by its first call, or an Input in it); a torch Lazy layer at its first forward.\n"
+    "Frames start once it has them: nothing to do."
+)
+
 # The Values choices as the dashboard labels them.
 LABELS = {
     "trainable_variables": "Trainable variables",
@@ -56,7 +64,7 @@ def message(values: str, offered: tuple[str, ...] = (), detail: str | None = Non
                 f"    {why}\n"
                 "Training goes on; the first failure's traceback is in the trainer's log.")
     others = [name for name in offered if name != values and name in LABELS]
-    if not others:
+    if not others or values == UNBUILT:
         return MESSAGES[values]
     first = others[0]
     given = " and ".join(GIVEN.get(name, name) for name in others)
