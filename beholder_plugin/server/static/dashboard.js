@@ -108,7 +108,7 @@ export class Dashboard {
       showKept: (entry) => this.showKept(entry),
       onExported: () => this.videos.refresh(),
     });
-    this.videos = new VideoList(() => state.run);
+    this.videos = new VideoList(() => state.run, () => Boolean(state.config?.is_recording));
     this.toolbar.addGroup(this.videos.element);
     const hoverBox = h("div", { class: "hover-box", id: "hover-box" });
     const pinsBox = h("div", { class: "pins", id: "pins" });
@@ -119,13 +119,14 @@ export class Dashboard {
       pinsBox,
       getSource: () => ({ run: state.run, frame: state.paused ? state.kept : null }),
     });
-    const { status, health, offer } = this.statusLine;
+    const { status, health, offer, endedNote } = this.statusLine;
     this.header = h(
       "div",
       { class: "main-header", id: "main-header" },
       status,
       health,
       offer,
+      endedNote,
       this.infoPanel.missingAll,
       this.windowNote.element,
       this.history.element,
@@ -248,6 +249,8 @@ export class Dashboard {
     this.settings.change(changes);
     if ("colormap" in changes && this.frame.lastData) this.frame.paint(); // before the trainer's next frame
     if ("values" in changes && this.lastMeta) this.statusLine.renderOffer(this.lastMeta);
+    if ("values" in changes || "mode" in changes) this.renderStatus(); // (the ended run's note at once)
+    if ("is_recording" in changes) this.videos.refresh(); // ("recording now" or "recorded" at once)
   }
 
   liveStatus(live) {

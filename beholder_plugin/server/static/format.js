@@ -32,6 +32,22 @@ export function rounded(value, digits = 4) {
   return String(Number(number.toPrecision(digits)));
 }
 
+/**
+ * Numbers shown side by side (a colour bar's bounds) in one compact format, 4 significant digits:
+ * all plain (-0.25, 1.5) or, when any needs it, all as powers of ten (5.673e-10, 1.178e-6).
+ */
+export function compactNumbers(values, digits = 4) {
+  const numbers = values.map(Number);
+  const tiny = (v) => v !== 0 && Math.abs(v) < 1e-3;
+  const scientific = numbers.some((v) => Number.isFinite(v) && (tiny(v) || Math.abs(v) >= 1e6));
+  return numbers.map((v) => {
+    if (!Number.isFinite(v)) return String(v);
+    if (v === 0) return "0";
+    if (!scientific) return String(Number(v.toPrecision(digits)));
+    return v.toExponential(digits - 1).replace(/\.?0+e/, "e").replace("e+", "e");
+  });
+}
+
 /** What a frame shows, as the Values control names it ("a placeholder" when nothing was passed). */
 export const VALUES_NAMES = {
   trainable_variables: "Trainable variables",

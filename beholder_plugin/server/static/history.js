@@ -242,10 +242,23 @@ export class HistoryBar {
   }
 }
 
+// A recording whose file changed this recently, while recording is on, is the one being written.
+const WRITING_S = 20;
+
+/** What a listed video is, in words: "exported", "recorded", or "recording now" (newest: the one being written). */
+export function videoKind(video, newestRecording, recording) {
+  if (video.kind === "export") return "exported";
+  if (video.kind !== "recording") return video.kind;
+  const fresh = Date.now() / 1000 - video.time < WRITING_S;
+  return video === newestRecording && recording && fresh ? "recording now" : "recorded";
+}
+
 /** The run's recordings and exports, newest first, each a download link. */
 export class VideoList {
-  constructor(getRun) {
+  /** getRun(): the run shown; isRecording(): whether its recording setting is on. */
+  constructor(getRun, isRecording = () => false) {
     this.getRun = getRun;
+    this.isRecording = isRecording;
     this.list = h("ul", { id: "videos", class: "videos" });
     this.element = h(
       "div",
@@ -274,13 +287,16 @@ export class VideoList {
       this.list.replaceChildren(h("li", { class: "note" }, "None yet: record, or pause and export a range."));
       return;
     }
+    const newest = videos.find((video) => video.kind === "recording");
+    const recording = this.isRecording();
     this.list.replaceChildren(
       ...videos.map((video) =>
         h(
           "li",
           { dataset: { kind: video.kind } },
           h("a", { href: routeUrl("video", { run, name: video.name }), download: video.name.split("/").pop() }, video.name),
-          h("span", { class: "note" }, ` ${video.kind} · ${fileSize(video.size)}`),
+          " ",
+          h("span", { class: "note video-meta" }, `${videoKind(video, newest, recording)}, ${fileSize(video.size)}`),
         ),
       ),
     );

@@ -2,6 +2,7 @@
 // value and its place on a colour bar; up to MAX_PINS pinned read-outs that follow new frames.
 import { getJSON } from "./api.js";
 import { h } from "./dom.js";
+import { compactNumbers } from "./format.js";
 
 export const MAX_PINS = 4;
 const BAR_WIDTH = 160;
@@ -90,9 +91,10 @@ class Readout {
     this.marker.hidden = place === null;
     if (place !== null) this.marker.style.left = `${place * BAR_WIDTH}px`;
     const [lo, hi] = answer.bounds || [null, null];
+    const [loText, hiText] = compactNumbers([lo, hi].map((v) => (v === null ? NaN : Math.fround(v))));
     this.bounds.replaceChildren(
-      h("span", {}, lo === null ? "" : float32Text(Math.fround(lo))),
-      h("span", {}, hi === null ? "" : float32Text(Math.fround(hi))),
+      h("span", { class: "bound-lo" }, lo === null ? "" : loText),
+      h("span", { class: "bound-hi" }, hi === null ? "" : hiText),
     );
   }
 

@@ -13,6 +13,28 @@ const SKIP_ALARM_MIN = 3;
 const SKIP_WINDOW_S = 60;
 // What update() is given for each Values choice.
 const GIVEN = { trainable_variables: "variables", arrays: "arrays", frames: "a frame" };
+// The Mode choices as a note names them.
+const MODE_NAMES = { current: "current values", variance: "variance" };
+
+/** What a frame shows, in words: "Gradients (variance)", "Image" (an image has no mode). */
+function shownText(values, mode) {
+  const name = VALUES_NAMES[values] || values;
+  return values === "frames" || !mode ? name : `${name} (${MODE_NAMES[mode] || mode})`;
+}
+
+/**
+ * The note for a run whose training ended while Values or Mode is on another choice than its last
+ * frame shows (no trainer is left to draw the new choice), or "" when none is due.
+ */
+export function endedNoteText(meta, config) {
+  if (!meta || !config || meta.values === "placeholder") return "";
+  const otherValues = Boolean(meta.values) && meta.values !== config.values;
+  const otherMode = meta.values !== "frames" && Boolean(meta.mode) && meta.mode !== config.mode;
+  if (!otherValues && !otherMode) return "";
+  return `Training ended: this frame shows ${shownText(meta.values, meta.mode)}, ` +
+    `not ${shownText(config.values, config.mode)}. ` +
+    "A new Values or Mode choice applies only when a trainer runs again.";
+}
 
 export class StatusLine {
   /** state: the dashboard's state; onShowValues(choice) switches Values to what the trainer was given. */
@@ -22,6 +44,7 @@ export class StatusLine {
     this.status = h("div", { class: "status", id: "status", role: "status" }, "Connecting…");
     this.health = h("div", { class: "health", id: "trainer-health", role: "status", hidden: true });
     this.offer = h("div", { class: "offer", id: "values-offer", role: "status", hidden: true });
+    this.endedNote = h("div", { class: "offer ended-note", id: "ended-note", role: "status", hidden: true });
     this.skipSamples = [];
   }
 
@@ -70,6 +93,14 @@ export class StatusLine {
     }
     this.status.textContent = text;
     this.status.dataset.state = mood;
+    this.renderEndedNote(mood === "ended" ? meta : null);
+  }
+
+  /** The ended run's note (endedNoteText) for the frame on screen's meta; null hides it. */
+  renderEndedNote(meta) {
+    const text = endedNoteText(meta, this.state.config);
+    this.endedNote.hidden = !text;
+    if (this.endedNote.textContent !== text) this.endedNote.textContent = text;
   }
 
   /** Hide the trainer's health (another run is shown: its own comes with its first frame). */

@@ -1,6 +1,8 @@
 // The whole run's timeline (the /timeline route): one row of sparklines per section, aligned by step:
 // the min-max band, mean ± std, the norm line, a red tick where values were not finite; anomaly markers
-// on the step axis. Hover shows a point's numbers; a click opens the nearest kept frame in the frame view.
+// on the step axis, which is labelled at round steps; a legend names the marks. A norm line breaks where
+// the steps go back (a trainer restarted into the run; earlier processes faint) and over steps with no
+// records. Hover shows a point's numbers; a click opens the nearest kept frame in the frame view.
 import { getJSON } from "./api.js";
 import { h } from "./dom.js";
 import { rounded, VALUES_NAMES } from "./format.js";
@@ -11,6 +13,22 @@ const WIDTH = 640;
 const POINTS = WIDTH / 2; // points asked per section: one every 2 px
 const EAGER_ROWS = 40; // rows painted at once; the others when they scroll into view
 const REFRESH_MS = 5000;
+const AXIS_H = 18;
+const TICKS = 6; // about this many step labels under the axis
+// A norm line is broken where the next point is this many times the row's usual step spacing away
+// (no records in between: a trainer that stopped and resumed later).
+const GAP_FACTOR = 10;
+// The colours of a row, named once: the drawing and the legend use the same.
+const COLOURS = {
+  band: "rgba(120, 144, 156, 0.25)",
+  std: "rgba(25, 118, 210, 0.35)",
+  norm: "#e65100",
+  other: "#6a1b9a",
+  bad: "#d32f2f",
+  anomaly: "rgba(211, 47, 47, 0.25)",
+};
+// Lines of a trainer's earlier process (before the steps went back: a restart) are drawn this faint.
+const EARLIER_ALPHA = 0.4;
 
 /** A base64 column of the answer as a typed array (float64 for step and time, uint32 flags, else float32). */
 export function decodeColumn(text, name) {
@@ -33,9 +51,11 @@ export function decodeTimeline(answer) {
   });
 }
 
-/** The index of the point whose step is nearest to step (steps ascending; -1 when empty). */
+/** The index of the point whose step is nearest to step (-1 when empty; the first such when steps
+ * are not ascending, as after a restart that counts steps afresh). */
 export function nearestIndex(steps, step) {
   if (steps.length === 0) return -1;
+  if (!ascending(steps)) return nearestByScan(steps, step);
   let lo = 0;
   let hi = steps.length - 1;
   while (lo < hi) {
@@ -45,6 +65,120 @@ export function nearestIndex(steps, step) {
   }
   if (lo > 0 && Math.abs(steps[lo - 1] - step) <= Math.abs(steps[lo] - step)) return lo - 1;
   return lo;
+}
+
+/** Whether steps never go down. */
+function ascending(steps) {
+  for (let i = 1; i < steps.length; i++) if (steps[i] < steps[i - 1]) return false;
+  return true;
+}
+
+/** nearestIndex for steps in any order: look at every one. */
+function nearestByScan(steps, step) {
+  let best = 0;
+  for (let i = 1; i < steps.length; i++) if (Math.abs(steps[i] - step) < Math.abs(steps[best] - step)) best = i;
+  return best;
+}
+
+/** The median of the positive differences between successive steps (0 when there are none). */
+function usualSpacing(steps) {
+  const gaps = [];
+  for (let i = 1; i < steps.length; i++) if (steps[i] > steps[i - 1]) gaps.push(steps[i] - steps[i - 1]);
+  gaps.sort((a, b) => a - b);
+  return gaps.length ? gaps[gaps.length >> 1] : 0;
+}
+
+/**
+ * The pieces a norm line is drawn in: [{from, to, restart}] index ranges (inclusive) of drawable
+ * points (ok(i)), broken where a point is not drawable, where the step goes back (a trainer restarted
+ * into the run; restart: the piece starts one) and across a gap of GAP_FACTOR usual spacings.
+ */
+export function lineSegments(steps, ok) {
+  const spacing = usualSpacing(steps);
+  const pieces = [];
+  let piece = null;
+  let restart = false;
+  for (let i = 0; i < steps.length; i++) {
+    if (i > 0 && steps[i] < steps[i - 1]) restart = true;
+    const gap = spacing > 0 && i > 0 && steps[i] - steps[i - 1] > GAP_FACTOR * spacing;
+    if (!ok(i) || restart || gap) piece = null;
+    if (!ok(i)) continue;
+    if (piece === null) {
+      piece = { from: i, to: i, restart };
+      pieces.push(piece);
+      restart = false;
+    }
+    piece.to = i;
+  }
+  return pieces;
+}
+
+/** How many times the steps go back (each a trainer restarted into the run, counting afresh). */
+export function restartCount(steps) {
+  let count = 0;
+  for (let i = 1; i < steps.length; i++) if (steps[i] < steps[i - 1]) count++;
+  return count;
+}
+
+/** Round step values for about `count` axis labels between first and last: 1, 2 or 5 times a power of 10. */
+export function stepTicks(first, last, count = TICKS) {
+  const span = last - first;
+  if (!(span > 0)) return [first];
+  const power = 10 ** Math.floor(Math.log10(span / count));
+  // (the finest round unit that gives at most count + 2 labels)
+  const unit = [1, 2, 5, 10, 20].map((m) => m * power).find((u) => span / u <= count + 2);
+  const size = Math.max(1, unit);
+  const ticks = [];
+  for (let t = Math.ceil(first / size) * size; t <= last; t += size) ticks.push(t);
+  return ticks;
+}
+
+/** A step for an axis label, short: 950, 12k, 1.5M. */
+export function stepLabel(step) {
+  const magnitude = Math.abs(step);
+  if (magnitude >= 1e6) return `${Number((step / 1e6).toPrecision(3))}M`;
+  if (magnitude >= 1e4) return `${Number((step / 1e3).toPrecision(3))}k`;
+  return String(Math.round(step));
+}
+
+/**
+ * A decoded answer with `lowest` and `highest`, the steps its points span: its first and last step,
+ * widened to every point's step (after a restart the first process may have counted higher than the last).
+ */
+function withSteps(answer) {
+  let lowest = answer.first_step;
+  let highest = answer.last_step;
+  for (const section of answer.decoded) {
+    for (const step of section.step) {
+      if (step < lowest) lowest = step;
+      if (step > highest) highest = step;
+    }
+  }
+  return { ...answer, lowest, highest };
+}
+
+/** The legend of a row's marks (shown under the controls); compared: with the dashed line. */
+function legend(compared) {
+  const item = (swatch, text) => h("span", { class: "tl-key" }, swatch, text);
+  const box = (colour) => {
+    const el = h("span", { class: "tl-swatch" });
+    el.style.background = colour;
+    return el;
+  };
+  const stroke = (colour, dashed) => {
+    const el = h("span", { class: `tl-stroke${dashed ? " tl-dashed" : ""}` });
+    el.style.borderTopColor = colour;
+    return el;
+  };
+  const items = [
+    item(stroke(COLOURS.norm, false), "norm (L2)"),
+    item(box(COLOURS.std), "mean ± std"),
+    item(box(COLOURS.band), "min–max"),
+    item(box(COLOURS.bad), "not finite"),
+    item(box(COLOURS.anomaly), "anomaly"),
+  ];
+  if (compared) items.push(item(stroke(COLOURS.other, true), "compared run's norm"));
+  return [...items, h("span", { class: "tl-key-note" }, "each row on its own scale")];
 }
 
 /** [lo, hi] of the finite values of some arrays (log: positive values only); null when none. */
@@ -96,7 +230,9 @@ export class TimelineView {
     this.valuesLabel = h("label", { hidden: true }, "Values ", this.valuesSelect);
     this.filter = h("input", { type: "search", id: "timeline-filter", placeholder: "Filter sections",
       "aria-label": "Filter the timeline's sections", oninput: () => this.draw() });
-    this.axis = h("canvas", { id: "timeline-axis", class: "tl-axis", width: WIDTH, height: 18 });
+    this.axis = h("canvas", { id: "timeline-axis", class: "tl-axis", width: WIDTH, height: AXIS_H });
+    this.ticks = h("div", { class: "tl-ticks", id: "timeline-ticks" });
+    this.legend = h("div", { class: "tl-legend", id: "timeline-legend" }, legend(false));
     this.axis.addEventListener("click", (event) => this.clickAxis(event));
     this.readout = h("div", { class: "tl-readout", id: "timeline-readout", role: "status" });
     this.list = h("div", { class: "tl-rows", id: "timeline-rows" });
@@ -105,7 +241,9 @@ export class TimelineView {
       { class: "timeline", id: "timeline", hidden: true },
       h("div", { class: "tl-controls" },
         h("label", {}, "Norm scale ", this.scaleSelect), this.valuesLabel, this.jump, this.filter, this.status),
-      h("div", { class: "tl-axis-row" }, h("span", { class: "tl-name" }, "step"), this.axis),
+      this.legend,
+      h("div", { class: "tl-axis-row" }, h("span", { class: "tl-name" }, "step"),
+        h("div", { class: "tl-axis-box" }, this.axis, this.ticks)),
       this.readout,
       this.list,
     );
@@ -161,9 +299,9 @@ export class TimelineView {
         : null;
       if (load !== this.loads) return;
       const fetched = performance.now();
-      this.answer = { ...answer, decoded: decodeTimeline(answer) };
+      this.answer = withSteps({ ...answer, decoded: decodeTimeline(answer) });
       this.showValues(answer);
-      this.other = second ? { ...second, decoded: decodeTimeline(second) } : null;
+      this.other = second ? withSteps({ ...second, decoded: decodeTimeline(second) }) : null;
       this.debug.fetchMs = fetched - started;
       this.debug.decodeMs = performance.now() - fetched;
       this.draw();
@@ -196,11 +334,11 @@ export class TimelineView {
     return filterMatcher(filter, shown.length ? new Set(shown) : null);
   }
 
-  /** The steps the x axis spans: both runs' first to last. */
+  /** The steps the x axis spans: both runs' lowest to highest step. */
   span() {
     const answers = [this.answer, this.other].filter(Boolean);
-    const first = Math.min(...answers.map((a) => a.first_step));
-    const last = Math.max(...answers.map((a) => a.last_step));
+    const first = Math.min(...answers.map((a) => a.lowest));
+    const last = Math.max(...answers.map((a) => a.highest));
     return [first, Math.max(last, first + 1)];
   }
 
@@ -227,6 +365,8 @@ export class TimelineView {
     const others = new Map((this.other?.decoded || []).map((s) => [s.name, s]));
     const anomalies = this.answer.anomalies || [];
     this.jump.disabled = anomalies.length === 0;
+    this.debug.segments = {};
+    this.legend.replaceChildren(...legend(Boolean(this.other)));
     if (this.observer) this.observer.disconnect();
     this.observer = new IntersectionObserver((seen) => {
       for (const entry of seen) {
@@ -246,23 +386,30 @@ export class TimelineView {
     this.drawAxis(anomalies);
     const [first, last] = this.span();
     const compared = this.other ? ` · compared with ${this.other.run} (dashed)` : "";
+    const restarts = Math.max(0, ...this.answer.decoded.map((s) => restartCount(s.step)));
+    const restarted = restarts ? ` · the trainer restarted ${restarts === 1 ? "once" : `${restarts} times`} ` +
+      "(steps counted afresh; earlier lines faint)" : "";
     if (this.answer.decoded.length === 0) {
       this.status.textContent = "No timeline yet: each frame of sections the trainer writes adds to it.";
     } else {
       this.status.textContent = `${sections.length} sections · steps ${first}–${last} · ` +
-        `${anomalies.length} anomal${anomalies.length === 1 ? "y" : "ies"}${compared}`;
+        `${anomalies.length} anomal${anomalies.length === 1 ? "y" : "ies"}${restarted}${compared}`;
     }
     this.debug.drawn = rows.length;
     this.debug.drawMs = performance.now() - started;
   }
 
-  /** The step axis and a red marker at each anomaly. */
+  /** The step axis: its line, a tick and a label at round steps, and a red marker at each anomaly. */
   drawAxis(anomalies) {
     const ctx = this.axis.getContext("2d");
-    ctx.clearRect(0, 0, WIDTH, 18);
+    ctx.clearRect(0, 0, WIDTH, AXIS_H);
     ctx.fillStyle = "#666";
     ctx.fillRect(0, 9, WIDTH, 1);
-    ctx.fillStyle = "#d32f2f";
+    const [first, last] = this.span();
+    const ticks = stepTicks(first, last);
+    for (const step of ticks) ctx.fillRect(Math.round(this.x(step)), 9, 1, AXIS_H - 9);
+    this.drawTickLabels(ticks);
+    ctx.fillStyle = COLOURS.bad;
     for (const record of anomalies) {
       const x = this.x(anomalyStep(record));
       ctx.beginPath();
@@ -271,6 +418,20 @@ export class TimelineView {
       ctx.lineTo(x + 4, 16);
       ctx.fill();
     }
+  }
+
+  /** The tick labels under the axis, as text (left-aligned at the start, right-aligned at the end). */
+  drawTickLabels(ticks) {
+    const labels = ticks.map((step) => {
+      const x = this.x(step);
+      const label = h("span", { class: "tl-tick", "data-step": step }, stepLabel(step));
+      label.style.left = `${x}px`;
+      if (x < 16) label.style.transform = "none";
+      else if (x > WIDTH - 16) label.style.transform = "translateX(-100%)";
+      return label;
+    });
+    this.ticks.replaceChildren(...labels);
+    this.debug.ticks = ticks.map(stepLabel);
   }
 
   /** One section's row: its name and a canvas of sparklines (and the compared run's norm, dashed). */
@@ -298,13 +459,13 @@ export class TimelineView {
       return ROW_H - 2 - t * (ROW_H - 4);
     };
     if (values) {
-      ctx.fillStyle = "rgba(120, 144, 156, 0.25)"; // min-max band
+      ctx.fillStyle = COLOURS.band; // min-max band
       for (let i = 0; i < n; i++) {
         if (!Number.isFinite(section.min[i]) || !Number.isFinite(section.max[i])) continue;
         const top = y(section.max[i], values, false);
         ctx.fillRect(this.x(section.step[i]) - 1, top, 2, Math.max(1, y(section.min[i], values, false) - top));
       }
-      ctx.fillStyle = "rgba(25, 118, 210, 0.35)"; // mean ± std
+      ctx.fillStyle = COLOURS.std; // mean ± std
       for (let i = 0; i < n; i++) {
         const mean = section.mean[i];
         const std = section.std[i];
@@ -313,29 +474,32 @@ export class TimelineView {
         ctx.fillRect(this.x(section.step[i]) - 1, top, 2, Math.max(1, y(mean - std, values, false) - top));
       }
     }
+    // The norm line in pieces (lineSegments); those before the last restart faint. Returns the count.
     const line = (data, colour, dashed) => {
+      const log = this.scale === "log";
+      const pieces = lineSegments(data.step, (i) => Number.isFinite(data.norm[i]) && !(log && data.norm[i] <= 0));
+      const latest = pieces.findLastIndex((p) => p.restart);
       ctx.strokeStyle = colour;
       ctx.setLineDash(dashed ? [4, 3] : []);
-      ctx.beginPath();
-      let down = false;
-      for (let i = 0; i < data.step.length; i++) {
-        const v = data.norm[i];
-        if (!Number.isFinite(v) || (this.scale === "log" && v <= 0)) {
-          down = false;
-          continue;
+      pieces.forEach((piece, k) => {
+        ctx.globalAlpha = k < latest ? EARLIER_ALPHA : 1;
+        ctx.beginPath();
+        for (let i = piece.from; i <= piece.to; i++) {
+          const px = this.x(data.step[i]);
+          const py = y(data.norm[i], norms, log);
+          if (i === piece.from) ctx.moveTo(px, py);
+          else ctx.lineTo(px, py);
         }
-        const px = this.x(data.step[i]);
-        const py = y(v, norms, this.scale === "log");
-        if (down) ctx.lineTo(px, py);
-        else ctx.moveTo(px, py);
-        down = true;
-      }
-      ctx.stroke();
+        if (piece.from === piece.to) ctx.lineTo(this.x(data.step[piece.from]) + 1, y(data.norm[piece.from], norms, log));
+        ctx.stroke();
+      });
+      ctx.globalAlpha = 1;
       ctx.setLineDash([]);
+      return pieces.length;
     };
-    line(section, "#e65100", false);
-    if (other) line(other, "#6a1b9a", true);
-    ctx.fillStyle = "#d32f2f"; // not finite: a red tick at the bottom
+    this.debug.segments[section.name] = line(section, COLOURS.norm, false);
+    if (other) line(other, COLOURS.other, true);
+    ctx.fillStyle = COLOURS.bad; // not finite: a red tick at the bottom
     for (let i = 0; i < n; i++) {
       if (section.nonfinite[i] > 0 || !Number.isFinite(section.norm[i])) {
         ctx.fillRect(this.x(section.step[i]) - 1, ROW_H - 6, 3, 6);
@@ -343,7 +507,7 @@ export class TimelineView {
     }
     for (const record of anomalies) {
       if (record.section !== section.name) continue;
-      ctx.fillStyle = "rgba(211, 47, 47, 0.25)";
+      ctx.fillStyle = COLOURS.anomaly;
       const a = this.x(anomalyStep(record));
       const b = Number.isFinite(record.step) ? a : this.x(record.steps[1]);
       ctx.fillRect(a - 1, 0, Math.max(2, b - a + 2), ROW_H);
