@@ -23,7 +23,7 @@ from werkzeug import wrappers, wsgi
 
 from beholder_plugin.protocol.colormaps import palettes_hex
 from beholder_plugin.protocol.files import FileRefused, confine
-from beholder_plugin.protocol.history import history_frame_path, list_history, parse_history_name
+from beholder_plugin.protocol.history import history_frame_path, parse_history_name
 from beholder_plugin.protocol.layout import pixel_of
 from beholder_plugin.protocol.names import HISTORY_DIR
 from beholder_plugin.protocol.remote_files import is_remote, normalize_location
@@ -53,9 +53,10 @@ from beholder_plugin.server.http_answers import (
     section_table_json,
     with_run,
 )
+from beholder_plugin.server.kept_frames import kept_listing
 from beholder_plugin.server.origin import listed_names, trusted_names, write_refusal
 from beholder_plugin.server.runs import EndedMarks, Run, RunError, RunIndex, is_writable
-from beholder_plugin.server.timeline import TimelineRequestError, parse_points, parse_values, timeline_answer
+from beholder_plugin.server.timeline import TimelineRequestError, parse_points, parse_values, timeline_json
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
     EXPORTS_DIR,
@@ -338,12 +339,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
     def _serve_history(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The run's kept frames, oldest first: name, time, step, frame id and writer."""
         self._index.file_path(run, HISTORY_DIR)  # RunError if it leads out of the logdir
-        entries = list_history(run.path)
-        return json_response(
-            request,
-            [{"name": e.name, "time": e.time, "step": e.step, "frame_id": e.frame_id, "writer": e.writer}
-             for e in entries],
-        )
+        return http_util.Respond(request, kept_listing(run.path).history_json(), "application/json")
 
     @wrappers.Request.application
     @with_run
@@ -355,7 +351,8 @@ class BeholderPlugin(base_plugin.TBPlugin):
         except TimelineRequestError as exc:
             raise RunError(str(exc), 400) from exc
         self._index.file_path(run, "timeline")  # RunError if it leads out of the logdir
-        return json_response(request, timeline_answer(run.name, run.path, points, run.files, values))
+        answer = timeline_json(run.name, run.path, points, run.files, values)  # (as json_response writes it)
+        return http_util.Respond(request, answer, "application/json")
 
     @wrappers.Request.application
     @with_run

@@ -15,13 +15,16 @@ import os
 import posixpath
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from beholder_plugin.protocol import timeline as tl
 from beholder_plugin.protocol.files import files_for
-from beholder_plugin.protocol.history import list_history
+from beholder_plugin.server import kept_frames
+from beholder_plugin.server.flights import Flights, Slots
+from beholder_plugin.server.http_answers import json_bytes
 
 DEFAULT_POINTS = 512
 MAX_POINTS = 4096
@@ -31,7 +34,8 @@ CACHED_BYTES = 64 << 20  # ... and at most so many bytes of them
 # An answer holds at most this many points over all its sections (44 bytes each, 59 as base64: 31 MB):
 # a run of many sections gets fewer points a section than it asked for (its "points" says how many).
 MAX_CELLS = 1 << 19
-CACHED_BASES = 2  # runs whose base.bht is kept parsed (the dashboard's run and the one compared with)
+CACHED_BASES = 2  # runs whose base.bht and records are kept parsed (the dashboard's run and its comparison)
+READ_SLOTS = 2  # answers built at once (each may hold a whole run's records: about 60 MB at the caps)
 WIDE = ("step", "time")
 NARROW = ("norm", "mean", "std", "min", "max", "nonfinite")
 
@@ -109,22 +113,45 @@ def _b64(values: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(values, dtype).tobytes()).decode("ascii")
 
 
-_cache: OrderedDict[tuple[str, int], tuple[tuple, dict[str, Any], int]] = OrderedDict()
+class _Answer:
+    """A kept answer of (run, points, values): its sections part, and the whole JSON last made of it."""
+
+    __slots__ = ("signature", "body", "size", "whole", "made_of")
+
+    def __init__(self, signature: tuple, body: dict[str, Any]) -> None:
+        self.signature = signature
+        self.body = body
+        self.size = sum(len(v) for entry in body["sections"] for v in entry.values() if isinstance(v, str))
+        self.whole: bytes | None = None  # timeline_json's answer, made of (run name, kept names, anomalies):
+        self.made_of: tuple = ()  # identical requests share these bytes until a listing or anomaly changes
+
+    def held(self) -> int:
+        """About how many bytes this answer holds."""
+        return self.size + len(self.whole or b"")
+
+
+_cache: OrderedDict[tuple[str, int, str | None], _Answer] = OrderedDict()  # by (run, points, values)
 _cache_lock = threading.Lock()
+_flights = Flights()  # one build of an answer, of a run's records, of its anomalies at a time
+_reads = Slots(READ_SLOTS, "timeline")
+_NO_ANOMALIES: tuple[dict[str, Any], ...] = ()  # (a run without anomalies.jsonl: the same object each time)
 
 
-_bases: OrderedDict[str, dict[str, Any]] = OrderedDict()  # run path -> read_records' base_cache
+_bases: OrderedDict[str, dict[str, Any]] = OrderedDict()  # run path -> read_records' base_cache, "records"
+# (signature, records by section) and "anomalies" (identity, records)
 
 
 def forget() -> None:
-    """Drop every built answer and parsed base (the next request reads the files again)."""
+    """Drop every built answer, parsed base, records and listing (the next request reads the files again)."""
     with _cache_lock:
         _cache.clear()
         _bases.clear()
+    kept_frames.forget()
 
 
 def _base_cache(run_path: str) -> dict[str, Any]:
-    """The run's parsed base.bht, kept for the CACHED_BASES runs asked for most recently."""
+    """The run's parsed base.bht, records and anomalies, kept for the CACHED_BASES runs asked for most
+    recently."""
     with _cache_lock:
         found = _bases.setdefault(run_path, {})
         _bases.move_to_end(run_path)
@@ -149,40 +176,123 @@ def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None
 
     The bucketed sections are kept (CACHED_ANSWERS runs) and built again
     only when a timeline file changed, so a dashboard refreshing a finished
-    or slow run reads nothing but the directory; a live run's base.bht is
-    kept parsed (CACHED_BASES runs), so its refreshes parse only the parts.
+    or slow run reads nothing but the directory; a live run's base.bht and
+    its records are kept parsed (CACHED_BASES runs), so its refreshes parse
+    only the parts, and other ``points`` or ``values`` parse nothing.
+    Requests arriving while an answer is built wait for it and share it;
+    at most READ_SLOTS builds run at once.
     """
-    key = (run_path, points, values)
-    signature = _signature(run_path, files)
-    with _cache_lock:
-        found = _cache.get(key)
-    if found is not None and found[0] == signature:
-        body = found[1]
-    else:
-        body = _sections_answer(run_path, points, files, values)
-        size = sum(len(v) for entry in body["sections"] for v in entry.values() if isinstance(v, str))
-        with _cache_lock:
-            _cache[key] = (signature, body, size)
-            _cache.move_to_end(key)
-            while len(_cache) > 1 and (len(_cache) > CACHED_ANSWERS
-                                       or sum(entry[2] for entry in _cache.values()) > CACHED_BYTES):
-                _cache.popitem(last=False)
-    kept = [{"name": e.name, "step": e.step, "time": e.time} for e in list_history(run_path, files)]
-    shown = body["values"]
-    anomalies = [a for a in tl.read_anomalies(run_path, files)
-                 if shown is None or a.get("values", shown) == shown]  # (those of the values answered)
+    answer, _, anomalies, listing = _parts(run_path, points, files, values)
     return {
         "run": run_name,
-        **body,  # (its "points": at most those asked for, fewer for a run of very many sections)
-        "anomalies": anomalies[:1000],
-        "kept": kept,
+        **answer.body,  # (its "points": at most those asked for, fewer for a run of very many sections)
+        "anomalies": anomalies,
+        "kept": listing.kept(),
     }
 
 
-def _sections_answer(run_path: str, points: int, files: Any, values: str | None) -> dict[str, Any]:
+def timeline_json(run_name: str, run_path: str, points: int, files: Any = None,
+                  values: str | None = None) -> bytes:
+    """timeline_answer as json_bytes writes it; requests for the same answer while nothing changed share
+    one bytes object (made once, its "kept" from the listing's own JSON)."""
+    answer, source, anomalies, listing = _parts(run_path, points, files, values)
+    made_of = (run_name, listing.names, source)  # (a live ring is listed at each request: its names)
+    with _cache_lock:
+        if (answer.whole is not None and answer.made_of[2] is source and answer.made_of[0] == run_name
+                and answer.made_of[1] == listing.names):
+            return answer.whole
+
+    def made() -> bytes:
+        """The whole answer as JSON, kept with what it was made of."""
+        head = json_bytes({"run": run_name, **answer.body, "anomalies": anomalies})
+        whole = b"".join((head[:-1], b', "kept": ', listing.kept_json(), b"}"))
+        with _cache_lock:
+            answer.whole, answer.made_of = whole, made_of
+            _evict()
+        return whole
+
+    return _flights.run(("json", id(answer), id(source), run_name, listing.names), made)  # (both alive)
+
+
+def _parts(run_path: str, points: int, files: Any, values: str | None
+           ) -> tuple[_Answer, Sequence[dict[str, Any]], list[dict[str, Any]], kept_frames.Listing]:
+    """The kept answer (its sections part), the run's anomalies (as kept) and those the answer holds,
+    and the listing of kept frames."""
+    key = (run_path, points, values)
+    signature = _signature(run_path, files)
+    with _cache_lock:
+        answer = _cache.get(key)
+    if answer is None or answer.signature != signature:
+        answer = _flights.run(("answer", key, signature), lambda: _built(key, signature, files))
+    listing = kept_frames.kept_listing(run_path, files)
+    shown = answer.body["values"]
+    source = _anomalies(run_path, files)
+    anomalies = [a for a in source if shown is None or a.get("values", shown) == shown]  # (of these values)
+    return answer, source, anomalies[:1000], listing
+
+
+def _built(key: tuple[str, int, str | None], signature: tuple, files: Any) -> _Answer:
+    """The sections part of the answer for key, built from the run's records, and kept."""
+    run_path, points, values = key
+    by_section = _records(run_path, signature, files)
+    with _reads:
+        answer = _Answer(signature, _sections_answer(by_section, points, values))
+    with _cache_lock:
+        _cache[key] = answer
+        _cache.move_to_end(key)
+        _evict()
+    return answer
+
+
+def _evict() -> None:
+    """Drop the oldest answers past CACHED_ANSWERS or CACHED_BYTES (the newest stays); under _cache_lock."""
+    while len(_cache) > 1 and (len(_cache) > CACHED_ANSWERS
+                               or sum(answer.held() for answer in _cache.values()) > CACHED_BYTES):
+        _cache.popitem(last=False)
+
+
+def _records(run_path: str, signature: tuple, files: Any) -> dict[str, np.ndarray]:
+    """Every record of the run by section (shared: read them only), read once per signature."""
+    kept = _base_cache(run_path)
+    found = kept.get("records")
+    if found is not None and found[0] == signature:
+        return found[1]
+
+    def read() -> dict[str, np.ndarray]:
+        """Read the records (within a slot) and keep them with the signature they were read under."""
+        with _reads:
+            by_section = tl.read_records(run_path, files, base_cache=kept)
+        kept["records"] = (signature, by_section)  # (read after the signature: at worst read again)
+        return by_section
+
+    return _flights.run(("records", run_path, signature), read)
+
+
+def _anomalies(run_path: str, files: Any) -> Sequence[dict[str, Any]]:
+    """The run's anomaly records (shared: read them only), read again when anomalies.jsonl changed."""
+    directory = tl.timeline_dir(run_path)
+    files = files or files_for(directory)
+    join = posixpath.join if getattr(files, "remote", False) else os.path.join
+    identity = files.identity(join(directory, tl.ANOMALIES_FILE))
+    if identity is None:
+        return _NO_ANOMALIES
+    kept = _base_cache(run_path)
+    found = kept.get("anomalies")
+    if found is not None and found[0] == identity:
+        return found[1]
+
+    def read() -> list[dict[str, Any]]:
+        """Read anomalies.jsonl and keep its records with the identity it was read under."""
+        records = tl.read_anomalies(run_path, files)
+        kept["anomalies"] = (identity, records)
+        return records
+
+    return _flights.run(("anomalies", run_path, identity), read)
+
+
+def _sections_answer(by_section: dict[str, np.ndarray], points: int, values: str | None) -> dict[str, Any]:
     """The sections part of the answer: every section bucketed, and the steps the buckets span; the
     records of ``values`` only (None: of the newest record's), and which values there are."""
-    by_section = tl.read_records(run_path, files, base_cache=_base_cache(run_path))
     newest, kinds = newest_values(by_section)
     values = values or newest
     if values is not None:
@@ -190,8 +300,8 @@ def _sections_answer(run_path: str, points: int, files: Any, values: str | None)
     names = list(by_section)[:MAX_SECTIONS]
     points = max(2, min(points, MAX_CELLS // max(len(names), 1)))
     steps = [recs["step"] for recs in by_section.values() if len(recs)]
-    first = int(min(s[0] for s in steps)) if steps else 0
-    last = int(max(s[-1] for s in steps)) if steps else 0
+    first = int(min(s.min() for s in steps)) if steps else 0  # (not the first and last records': a
+    last = int(max(s.max() for s in steps)) if steps else 0  # restarted trainer counts from 1 again)
     sections = []
     for name in names:
         columns = bucketed(by_section[name], first, last, points)

@@ -194,6 +194,22 @@ def test_a_restarted_trainers_records_get_at_most_the_points_asked_for(tmp_path)
     assert (np.diff(times) > 0).all() and times[-1] == when  # in time order, the last record last
 
 
+def test_a_restarted_trainers_span_is_its_lowest_and_highest_step(tmp_path):
+    """Steps 1-12, then a restart counting 1-5: first_step and last_step span every record (last_step
+    was the last record's step, 5, and the dashboard drew the first trainer off its axis)."""
+    run = str(tmp_path / "run1")
+    when = 1.7e9
+    for steps in (range(3, 13), range(1, 6)):
+        writer = TimelineWriter(run, files_for(run), parts_budget=10**9)
+        for step in steps:
+            when += 1.0
+            writer.append(["w"], _records(["w"], step, when))
+        writer.close()
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1")
+    assert status == 200 and (answer["first_step"], answer["last_step"]) == (1, 12)
+
+
 def test_a_run_whose_values_changed_answers_one_values_series_at_a_time(tmp_path):
     """Weights then gradients under the same names: the answer holds the values the trainer showed last
     (or those asked for), says which there are, and keeps the anomalies of those values only."""
