@@ -63,13 +63,19 @@ def test_a_new_file_starts_when_the_frame_size_changes_and_odd_sizes_are_padded(
     assert sizes_counts[0][1] >= 2 and sizes_counts[1][1] >= 3
 
 
-def test_switching_recording_off_finishes_the_file(run_dir):
+def four_frames_recorded(run_dir) -> Beholder:
+    """A Beholder that recorded four frames; recording is then switched off in config.json."""
     set_config(run_dir, values="arrays", FPS=30, is_recording=True)
     beholder = Beholder(run_dir, strict=True)
     for _ in range(4):
         beholder.update(arrays=[np.arange(4.0)])
         due(beholder)
     set_config(run_dir, values="arrays", FPS=30, is_recording=False)
+    return beholder
+
+
+def test_switching_recording_off_finishes_the_file(run_dir):
+    beholder = four_frames_recorded(run_dir)
     beholder.update(arrays=[np.arange(4.0)])  # notices the change and closes the file (in the background)
     deadline = time.monotonic() + 60
     while beholder.store.recorder.finishing and time.monotonic() < deadline:
@@ -94,12 +100,7 @@ def test_switching_recording_off_never_waits_for_the_encoder_on_the_training_thr
         real_close(sink)
 
     monkeypatch.setattr(recording_module._Mp4Sink, "close", slow_close)
-    set_config(run_dir, values="arrays", FPS=30, is_recording=True)
-    beholder = Beholder(run_dir, strict=True)
-    for _ in range(4):
-        beholder.update(arrays=[np.arange(4.0)])
-        due(beholder)
-    set_config(run_dir, values="arrays", FPS=30, is_recording=False)
+    beholder = four_frames_recorded(run_dir)
     returned = threading.Event()
     training = threading.Thread(target=lambda: (beholder.update(arrays=[np.arange(4.0)]), returned.set()))
     training.start()
