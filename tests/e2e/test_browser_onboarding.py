@@ -40,7 +40,7 @@ def test_welcome_page_then_a_read_only_run(tmp_path):
             code = frame.inner_text("#welcome-code")
             assert "from beholder_plugin import Beholder" in code
             assert "Beholder(" in code and "beholder.update(" in code
-            assert len(code.strip().splitlines()) == 3
+            assert len(code.strip().splitlines()) == 4  # the README's quick start: watch(model)
             assert not frame.is_visible("#stage")
             # No run yet: say so and how to start one, not that the run's directory is read-only.
             wait_for(lambda: frame.inner_text("#status").startswith("No runs yet"), message="the status")

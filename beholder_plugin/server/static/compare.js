@@ -4,6 +4,7 @@
 import { HttpError, frameMeta, getJSON, routeUrl } from "./api.js";
 import { h } from "./dom.js";
 import { VALUES_NAMES, rounded, shape } from "./format.js";
+import { compareModesText, frameKindText } from "./frame_caption.js";
 import { nonFiniteFlag } from "./sections.js";
 
 const REFRESH_MS = 1000; // while the view is shown, both frames are fetched again this often
@@ -30,7 +31,9 @@ async function frameWithSections(run) {
     const { bitmap, response } = await getImage("frame", { run });
     const meta = frameMeta(response);
     const table = await getJSON("section-info", { run });
-    if (table.frame_id === meta.frameId && table.writer === meta.writer) return { bitmap, meta, sections: table.sections };
+    if (table.frame_id === meta.frameId && table.writer === meta.writer) {
+      return { bitmap, meta, sections: table.sections, window: table.window ?? null };
+    }
     bitmap.close();
   }
   throw new Error(`run ${run} kept writing new frames while its section table was read`);
@@ -61,6 +64,7 @@ export class CompareView {
     this.title = h("div", { class: "cmp-title", id: "compare-title" });
     this.status = h("p", { class: "note", id: "compare-status", role: "status" });
     this.kinds = h("p", { class: "note", id: "compare-kinds", hidden: true });
+    this.modes = h("p", { class: "note cmp-modes", id: "compare-modes", hidden: true });
     this.allDiff = h("input", { type: "checkbox", id: "compare-all-diff", onchange: () => this.toggleAll() });
     this.rows = h("div", { class: "cmp-rows", id: "compare-rows" });
     this.element = h(
@@ -70,9 +74,10 @@ export class CompareView {
       h("label", { class: "choice cmp-all" }, this.allDiff, "difference A − B for every section of equal shape"),
       this.status,
       this.kinds,
+      this.modes,
       this.rows,
     );
-    this.debug = { rows: [], diff: null, kinds: "" }; // what is drawn (for tests)
+    this.debug = { rows: [], diff: null, kinds: "", modes: "" }; // what is drawn (for tests)
     this.absent = { a: "", b: "" }; // what a cell says when its run lacks the section
   }
 
@@ -133,9 +138,13 @@ export class CompareView {
 
   /** One row per section name in either run, A's order first. */
   draw(run, other, a, b, diff) {
+    // Each side says what its numbers are, from its frame's header (runs have their own settings).
+    const kind = (side) => frameKindText(side.meta.values, side.meta.mode, side.window);
     this.title.replaceChildren(
-      h("span", { class: "cmp-run" }, `A: ${run} (frame ${a.meta.frameId}, step ${a.meta.step})`),
-      h("span", { class: "cmp-run" }, `B: ${other} (frame ${b.meta.frameId}, step ${b.meta.step})`),
+      h("span", { class: "cmp-run", id: "compare-a" }, `A: ${run} (frame ${a.meta.frameId}, step ${a.meta.step})`,
+        h("span", { class: "cmp-kind" }, kind(a))),
+      h("span", { class: "cmp-run", id: "compare-b" }, `B: ${other} (frame ${b.meta.frameId}, step ${b.meta.step})`,
+        h("span", { class: "cmp-kind" }, kind(b))),
     );
     const inA = new Map(a.sections.map((rec) => [rec.name, rec]));
     const inB = new Map(b.sections.map((rec) => [rec.name, rec]));
@@ -152,7 +161,10 @@ export class CompareView {
       : "";
     this.kinds.textContent = kinds;
     this.kinds.hidden = !kinds;
-    this.debug = { rows: names, diff: diff ? diff.info : null, kinds };
+    const modes = compareModesText(a, b);
+    this.modes.textContent = modes;
+    this.modes.hidden = !modes;
+    this.debug = { rows: names, diff: diff ? diff.info : null, kinds, modes };
     this.rows.replaceChildren(
       ...names.map((name) => this.row(name, inA.get(name), inB.get(name), a.bitmap, b.bitmap, diff, diffs.get(name))),
     );

@@ -16,10 +16,12 @@ import { FrameCanvas } from "./frame_canvas.js";
 import { StatusLine } from "./status_line.js";
 import { InfoPanel } from "./info_panel.js";
 import { WindowNote } from "./window_note.js";
+import { FrameCaption, readoutPrefix } from "./frame_caption.js";
 
 const RUNS_EVERY_MS = 3000;
 const FPS_WINDOW_MS = 2000;
 const VIDEOS_EVERY_MS = 10000;
+const METAS_KEPT = 16; // metas of the last frames drawn, to tell what a read-out's frame shows
 
 function welcomePage() {
   return h(
@@ -29,23 +31,31 @@ function welcomePage() {
     h(
       "p",
       {},
-      "Add these three lines to your training script, and start TensorBoard with ",
-      h("code", {}, "--logdir"),
-      " pointing at the directory you give to Beholder (or one above it):",
+      "PyTorch: add these lines to your training script, then run ",
+      h("code", {}, "tensorboard --logdir logs"),
+      ":",
     ),
     h(
       "pre",
       { id: "welcome-code" },
       "from beholder_plugin import Beholder\n" +
-        'beholder = Beholder("logs/run1", variables=model)  # once, before training\n' +
-        "beholder.update()                                   # in the loop, e.g. once per step",
+        'beholder = Beholder("logs/run1")\n' +
+        "beholder.watch(model)   # once: weights, gradients and activations\n" +
+        "beholder.update()       # in the loop, after optimizer.step()",
+    ),
+    h("p", {}, "Keras 3: pass the callback to fit:"),
+    h(
+      "pre",
+      { id: "welcome-keras" },
+      "from beholder_plugin import BeholderCallback\n" +
+        'model.fit(x, y, callbacks=[BeholderCallback("logs/run1")])',
     ),
     h(
       "p",
       {},
-      "Not training a Keras or PyTorch model? Pass NumPy arrays instead: ",
+      "Anything else: pass NumPy arrays, ",
       h("code", {}, "beholder.update(arrays=[w1, w2])"),
-      ", or any 2-D image: ",
+      ", or any 2-D image, ",
       h("code", {}, "beholder.update(frame=image)"),
       ". This page switches to the live view as soon as the first frame is written.",
     ),
@@ -96,9 +106,12 @@ export class Dashboard {
     this.canvas = this.frame.canvas;
     this.infoPanel = new InfoPanel(state, this.canvas, (doc, sections, kept) => this.noteSections(doc, sections, kept));
     this.windowNote = new WindowNote(() => this.changeConfig({ mode: "current" }));
+    this.caption = new FrameCaption(); // what the frame's numbers are (its header's values and mode)
+    this.recentMetas = [];
     this.overlay = h("div", { class: "overlay", id: "overlay" }, this.infoPanel.flagLayer);
     this.frameWrap = h("div", { class: "frame-wrap zoom-1", id: "frame-wrap" }, this.canvas, this.overlay);
-    this.stage = h("div", { class: "stage", id: "stage", hidden: true }, this.frameWrap, this.infoPanel.element);
+    this.stage = h("div", { class: "stage", id: "stage", hidden: true }, this.caption.element,
+      h("div", { class: "stage-row" }, this.frameWrap, this.infoPanel.element));
     this.frame.hidden = () => this.stage.hidden;
     this.welcome = welcomePage();
     this.history = new HistoryBar({
@@ -118,6 +131,7 @@ export class Dashboard {
       hoverBox,
       pinsBox,
       getSource: () => ({ run: state.run, frame: state.paused ? state.kept : null }),
+      describe: (answer) => this.readoutPrefix(answer),
     });
     const { status, health, offer, endedNote } = this.statusLine;
     this.header = h(
@@ -221,6 +235,8 @@ export class Dashboard {
     this.arrivals = [];
     this.stage.hidden = true;
     this.infoPanel.clear();
+    this.caption.clear();
+    this.recentMetas = [];
     this.windowNote.show(null);
     this.inspector.clear();
     this.chooser.setRun(run);
@@ -241,6 +257,7 @@ export class Dashboard {
     this.toolbar.setEnabled(Boolean(reply.writable));
     this.toolbar.showProblem(reply.problem);
     if (this.lastMeta) this.statusLine.renderOffer(this.lastMeta);
+    this.caption.render(this.state.config);
   }
 
   /** A change of settings from the toolbar: shown at once, sent in order (SettingsSync). */
@@ -249,7 +266,10 @@ export class Dashboard {
     this.settings.change(changes);
     if ("colormap" in changes && this.frame.lastData) this.frame.paint(); // before the trainer's next frame
     if ("values" in changes && this.lastMeta) this.statusLine.renderOffer(this.lastMeta);
-    if ("values" in changes || "mode" in changes) this.renderStatus(); // (the ended run's note at once)
+    if ("values" in changes || "mode" in changes) {
+      this.renderStatus(); // (the ended run's note at once)
+      this.caption.render(this.state.config); // (and a kept frame's)
+    }
     if ("is_recording" in changes) this.videos.refresh(); // ("recording now" or "recorded" at once)
   }
 
@@ -301,6 +321,9 @@ export class Dashboard {
     const resized = this.frame.draw(content, bitmap);
     this.welcome.hidden = true;
     this.lastMeta = meta;
+    this.recentMetas.push(meta);
+    if (this.recentMetas.length > METAS_KEPT) this.recentMetas.shift();
+    this.caption.show(meta, state.config);
     this.followSettings(meta);
     this.renderView();
     const now = performance.now();
@@ -333,8 +356,19 @@ export class Dashboard {
     const run = this.state.run;
     this.chooser.noteSections(sections);
     this.windowNote.show(doc.window);
+    this.caption.noteTable(doc, this.state.config);
     if (!kept) this.store.add(run, `${doc.writer}-${doc.frame_id}`, doc.step, sections);
     if (this.state.view === "distributions") this.distributions.render(run, sections.map((rec) => rec.name));
+  }
+
+  /**
+   * The read-out's words for what a /value answer's number is ("variance of"), from the header of the
+   * frame it was read from (a frame drawn lately with that id; else the frame on screen).
+   */
+  readoutPrefix(answer) {
+    const metas = this.state.paused ? [this.lastMeta] : this.recentMetas;
+    const meta = metas.findLast((m) => m && m.frameId === answer.frame_id) || this.lastMeta;
+    return meta ? readoutPrefix(meta.values, meta.mode) : "";
   }
 
   renderStatus() {

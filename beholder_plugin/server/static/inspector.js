@@ -56,12 +56,15 @@ class Readout {
     this.element = h("div", { class: className }, this.label, this.barWrap, this.bounds);
   }
 
-  /** Show a /value answer (or a message for a pixel that shows no value). */
-  show(answer, x, y, message = null) {
+  /**
+   * Show a /value answer (or a message for a pixel that shows no value); kind says what its number
+   * is ("variance of", "gradient of": from the header of the frame it was read from).
+   */
+  show(answer, x, y, message = null, kind = "") {
     const el = this.element;
     Object.assign(el.dataset, { x: String(x), y: String(y) });
     if (!answer) {
-      for (const key of ["section", "name", "index", "axes", "value", "step"]) delete el.dataset[key];
+      for (const key of ["section", "name", "index", "axes", "value", "step", "kind"]) delete el.dataset[key];
       this.label.textContent = message || `(${x}, ${y}): no array value here`;
       this.barWrap.hidden = true;
       this.bounds.textContent = "";
@@ -75,8 +78,10 @@ class Readout {
       axes: JSON.stringify(answer.axes ?? null),
       value: String(answer.value),
       step: String(answer.step),
+      kind,
     });
     this.label.replaceChildren(
+      kind ? h("span", { class: "readout-kind" }, `${kind} `) : "",
       h("span", { class: "readout-name" }, answer.name),
       " ",
       h("span", { class: "readout-index" }, index),
@@ -100,7 +105,7 @@ class Readout {
 
   /** Forget the value shown and show a hint instead. */
   reset(text) {
-    for (const key of ["x", "y", "section", "name", "index", "axes", "value", "step"]) delete this.element.dataset[key];
+    for (const key of ["x", "y", "section", "name", "index", "axes", "value", "step", "kind"]) delete this.element.dataset[key];
     this.label.textContent = text;
     this.barWrap.hidden = true;
     this.bounds.textContent = "";
@@ -158,13 +163,15 @@ class Probe {
 
 /**
  * Hover read-out, crosshair and pins over the frame canvas. getSource() says what is shown:
- * {run, frame} (frame: a kept frame's name, or null for the latest).
+ * {run, frame} (frame: a kept frame's name, or null for the latest); describe(answer) what a /value
+ * answer's number is ("variance of"; "" when unknown).
  */
 export class Inspector {
-  constructor({ canvas, overlay, hoverBox, pinsBox, getSource }) {
+  constructor({ canvas, overlay, hoverBox, pinsBox, getSource, describe = () => "" }) {
     this.canvas = canvas;
     this.overlay = overlay;
     this.getSource = getSource;
+    this.describe = describe;
     this.palettes = null;
     this.hover = new Readout("readout hover-readout", null);
     this.hover.element.id = "readout";
@@ -219,7 +226,7 @@ export class Inspector {
   /** Show a hover answer, unless it belongs to a run no longer shown. */
   hoverAnswer(answer, job, error) {
     if (job.source.run !== this.getSource().run) return; // asked before another run was chosen
-    this.hover.show(answer, job.x, job.y, error);
+    this.hover.show(answer, job.x, job.y, error, answer ? this.describe(answer) : "");
   }
 
   /** Put the crosshair through the centre of the hovered pixel and the pin markers on theirs. */
@@ -273,7 +280,7 @@ export class Inspector {
     if (!answer && job.target && !error) {
       error = `${job.target.name} ${indexText(job.target.index)}: not shown in this frame's layout`;
     }
-    pin.readout.show(answer, pin.x, pin.y, error);
+    pin.readout.show(answer, pin.x, pin.y, error, answer ? this.describe(answer) : "");
     pin.marker.hidden = !answer && Boolean(job.target);
   }
 

@@ -1,6 +1,7 @@
 // What the header says about the run: the status line (connected, paused, stale...), the trainer's
 // health (failures, skipped frames) and the offer to show the values update() was given.
 import { h } from "./dom.js";
+import { modeText } from "./frame_caption.js";
 import { VALUES_NAMES, age } from "./format.js";
 import { keptLabel } from "./history.js";
 
@@ -13,13 +14,11 @@ const SKIP_ALARM_MIN = 3;
 const SKIP_WINDOW_S = 60;
 // What update() is given for each Values choice.
 const GIVEN = { trainable_variables: "variables", arrays: "arrays", frames: "a frame" };
-// The Mode choices as a note names them.
-const MODE_NAMES = { current: "current values", variance: "variance" };
 
 /** What a frame shows, in words: "Gradients (variance)", "Image" (an image has no mode). */
 function shownText(values, mode) {
   const name = VALUES_NAMES[values] || values;
-  return values === "frames" || !mode ? name : `${name} (${MODE_NAMES[mode] || mode})`;
+  return values === "frames" || !mode ? name : `${name} (${modeText(mode)})`;
 }
 
 /**
