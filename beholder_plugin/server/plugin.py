@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
@@ -139,8 +139,9 @@ class BeholderPlugin(base_plugin.TBPlugin):
         }
 
     def is_active(self) -> bool:
-        """Whether any run has Beholder files (a directory scan cached for a few seconds)."""
-        return bool(self._index.runs())
+        """Whether any run has Beholder files (a directory scan cached for a few seconds), or the logdir is
+        inside a run (the tab then says what to do, instead of hiding under "inactive")."""
+        return bool(self._index.runs()) or self._index.setup_hint() is not None
 
     def frontend_metadata(self) -> base_plugin.FrontendMetadata:
         """Load the dashboard as an ES module in TensorBoard's plugin iframe."""
@@ -168,8 +169,13 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def _serve_ping(self, request: wrappers.Request) -> wrappers.Response:
-        """A liveness check the dashboard uses to tell "TensorBoard is down" from "no frames"."""
-        return json_response(request, {"ok": True, "time": time.time()})
+        """A liveness check the dashboard uses to tell "TensorBoard is down" from "no frames", and, when the
+        logdir is inside a run, what to do (the welcome page says it)."""
+        answer: dict[str, Any] = {"ok": True, "time": time.time()}
+        hint = self._index.setup_hint()
+        if hint is not None:
+            answer["hint"] = hint
+        return json_response(request, answer)
 
     @wrappers.Request.application
     def _serve_runs(self, request: wrappers.Request) -> wrappers.Response:

@@ -190,6 +190,21 @@ class RunIndex:
         self._scanned_at = float("-inf")
         self._found: dict[str, float] = {}  # remote run paths resolved lately, and when
 
+    def setup_hint(self) -> str | None:
+        """What to do when TensorBoard's --logdir is inside a run (its plugins/ or plugins/beholder/ folder,
+        where no run can be found), else None."""
+        if self.logdir is None or self.files is not None or self.error is not None:
+            return None
+        parent, name = os.path.split(self.logdir)
+        if name == "beholder" and os.path.basename(parent) == "plugins":
+            run = os.path.dirname(parent)
+        elif name == "plugins" and os.path.isdir(os.path.join(self.logdir, "beholder")):
+            run = parent
+        else:
+            return None
+        return (f"--logdir {self.logdir} is inside the run {run}: start TensorBoard with "
+                f"--logdir {os.path.dirname(run) or run} (the folder that holds the run folders)")
+
     @property
     def storage(self) -> str:
         """Where the logdir is: "local", or the scheme of a remote URL ("s3", "gs", ...)."""

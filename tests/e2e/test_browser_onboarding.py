@@ -70,3 +70,23 @@ def test_welcome_page_then_a_read_only_run(tmp_path):
                     chattr(plugin_dir(logdir / "run1"), "-i")
     finally:
         tb.stop()
+
+
+def test_a_logdir_inside_a_run_shows_the_tab_with_the_logdir_to_use(tmp_path):
+    """TensorBoard started on a run's plugins/beholder/ folder: the Beholder tab is there (not under
+    "inactive") and its welcome page says which --logdir to use instead."""
+    logs = tmp_path / "logs"
+    make_frames(logs / "run1")
+    tb = TensorBoard(plugin_dir(logs / "run1"), tmp_path / "tensorboard.log")
+    tb.start()
+    try:
+        with chromium_page() as page:
+            page.goto(tb.url + "/#beholder")
+            frame = beholder_frame(page)
+            wait_for(lambda: frame.is_visible("#welcome-hint"), message="the hint")
+            text = frame.inner_text("#welcome-hint")
+            assert f"start TensorBoard with --logdir {logs} " in text and "inside the run" in text
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "logdir-inside-a-run.png"))
+    finally:
+        tb.stop()

@@ -697,3 +697,22 @@ def test_the_colormaps_route_lists_the_settings_colormaps_in_order(client):
 
     maps = client.get(f"{BASE}/colormaps").get_json()
     assert list(maps) == list(COLORMAPS)
+
+
+def test_a_logdir_inside_a_run_gets_the_tab_and_a_hint_naming_the_right_logdir(tmp_path):
+    """--logdir pointed at a run's plugins/beholder/ (or plugins/) folder found no run: the tab hid under
+    "inactive" and said "No runs yet". The tab is now active there, and GET ping carries the hint the
+    welcome page shows: the folder that holds the run folders."""
+    logs = tmp_path / "logs"
+    make_frames(logs / "run1")
+    for inside in (plugin_dir(logs / "run1"), os.path.dirname(plugin_dir(logs / "run1"))):
+        plugin, client = plugin_client(inside)
+        answer = json.loads(client.get(BASE + "/ping").get_data())
+        assert plugin.is_active() and answer["ok"] is True
+        assert f"start TensorBoard with --logdir {logs} " in answer["hint"]
+        assert json.loads(client.get(BASE + "/runs").get_data()) == []
+    for logdir in (logs, logs / "run1", tmp_path / "elsewhere"):
+        os.makedirs(logdir, exist_ok=True)
+        plugin, client = plugin_client(logdir)
+        assert "hint" not in json.loads(client.get(BASE + "/ping").get_data())
+        assert plugin.is_active() == (logdir != tmp_path / "elsewhere")

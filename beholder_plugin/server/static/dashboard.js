@@ -28,6 +28,7 @@ function welcomePage() {
     "section",
     { class: "welcome", id: "welcome", hidden: true },
     h("h2", {}, "No Beholder data yet"),
+    h("p", { class: "welcome-hint", id: "welcome-hint", hidden: true }),
     h(
       "p",
       {},
@@ -182,6 +183,18 @@ export class Dashboard {
     setInterval(() => this.videos.refresh(), VIDEOS_EVERY_MS);
   }
 
+  /** The server's advice for a logdir where no run can be found (one inside a run), on the welcome page. */
+  async showSetupHint() {
+    const hint = this.welcome.querySelector("#welcome-hint");
+    try {
+      const text = (await getJSON("ping")).hint || "";
+      hint.textContent = text;
+      hint.hidden = !text;
+    } catch (error) {
+      hint.hidden = true;
+    }
+  }
+
   async refreshRuns() {
     const state = this.state;
     let runs;
@@ -197,6 +210,7 @@ export class Dashboard {
     state.runs = runs;
     for (const r of runs) state.seenRuns.add(r.run);
     this.welcome.hidden = runs.length > 0;
+    if (runs.length === 0) this.showSetupHint();
     this.history.toggle.disabled = runs.length === 0;
     if (state.run !== null && !runs.some((r) => r.run === state.run)) {
       state.chosenRun ??= state.run; // the run on screen went: shown again when it is back
