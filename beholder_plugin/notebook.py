@@ -59,11 +59,13 @@ def show(logdir: str | os.PathLike, run: str | None = None, height: int = DEFAUL
 
     Starts TensorBoard, or reuses the one already serving the same logdir
     (and port). ``port=None`` lets TensorBoard take 6006 or the next free
-    port. Outside a notebook, prints the URL to open instead.
+    port. Outside a notebook, prints the URL to open instead (that TensorBoard
+    keeps running after the script ends, as one started by %tensorboard does).
     """
     port_used = start(logdir, run=run, port=port)
     if not in_notebook():
-        print(f"Beholder: open {local_url(port_used)} in a web browser.")
+        print(f"Beholder: open {local_url(port_used)} in a web browser (TensorBoard keeps running after "
+              "this script; tensorboard.notebook.list() names its pid, to stop it).")
         return
     import IPython.display
 
