@@ -74,11 +74,11 @@ class StepCheck:
     """The per-step check of one device's tensors: the first non-finite step per section, kept there."""
 
     def __init__(self, torch: Any, sections: list[int], tensors: list[Any], params: list[Any],
-                 names: list[str] | None = None) -> None:
+                 names: list[Any] | None = None) -> None:
         device = tensors[0].device
         self.device = device
         self.sections = sections
-        self.names = names  # the sections' names (what carry() matches)
+        self.names = names  # the sections' (values, name) (what carry() matches)
         # gradients: the parameter whose .grad is read at each check (a step may replace it), else None;
         # no gradient is held here between steps (a step's gradients are freed as usual)
         self.params = params if any(p is not None for p in params) else None
@@ -111,7 +111,8 @@ class StepCheck:
         self._last_key: tuple | None = None
 
     def carry(self, old: StepCheck) -> None:
-        """Take over what an older check of this device found for the sections both hold (by name): a
+        """Take over what an older check of this device found for the sections both hold (by values and
+        name: a weights check takes nothing from a gradients check of the same sections): a
         check is rebuilt when a tensor moved (``.data`` replaced, ``model.to()``), and the steps it
         had flagged since the last frame would otherwise be reported only to the frame's precision."""
         if self.names is None or old.names is None:
@@ -541,7 +542,10 @@ class ExactPass:
         if kept:
             self._kept_norms(exact, kept)
         if from_torch is not None:
-            self._device_pass(from_torch, exact, devices, job.step, [entry[0] for entry in named])
+            # (a check's sections by values and name: weights and gradients share names, and what one's
+            # check found is not the other's)
+            names = [(job.shown, entry[0]) for entry in named]
+            self._device_pass(from_torch, exact, devices, job.step, names)
         elif self.checks:
             self._set_checks(None, {})
         for device, sections, norms in hooked_norms:
@@ -587,7 +591,7 @@ class ExactPass:
                 exact.exact[i] = True
 
     def _device_pass(self, torch: Any, exact: _Exact, devices: dict, step: int | None = None,
-                     names: list[str] | None = None) -> None:
+                     names: list[Any] | None = None) -> None:
         """Queue the norms on each device, to be copied back (with the per-step check's flags) by the
         frame's own copy of that device's values, or on their own (_Exact.queued).
 
@@ -651,7 +655,7 @@ class ExactPass:
                 norms = norms.float()
             exact.queued.append((device, [i for i, _ in entries], [norms], HOOKED))
 
-    def _set_checks(self, torch: Any, devices: dict, names: list[str] | None = None) -> None:
+    def _set_checks(self, torch: Any, devices: dict, names: list[Any] | None = None) -> None:
         """(Re)build the per-step checks for the frame's device tensors; a section a check of the same
         device held before (by name) keeps the first non-finite step found so far."""
         before = {check.device: check for check in self.checks}

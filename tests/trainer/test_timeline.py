@@ -1262,3 +1262,32 @@ def test_switching_values_between_gradients_and_weights_is_no_norm_jump(run_dir)
     assert grads["norm"].max() < 0.01 * weights["norm"].min()  # (why one series would have "jumped")
     assert set(tl.values_of(grads["flags"]).tolist()) == {tl.VALUES_CODES["gradients"]}
     assert len(read_timeline(run_dir)["0.weight"]["step"]) == 36  # (values=None: every record)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_gradients_overflow_is_no_weights_anomaly_after_values_switch(run_dir, monkeypatch, batched):
+    """A loss scaler's overflow at step 3 while gradients are shown (no anomaly: the scaler skips the
+    step), then Values switched to weights at step 6: the rebuilt per-step check took over the gradients'
+    first non-finite step by section name (weights and gradients share names), and finite weights were
+    reported as 'a NaN ... at step 3' (with on_anomaly="raise", a stopped training run)."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", batched)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    with Beholder(run_dir, strict=True, background=False, on_anomaly="raise") as beholder:
+        beholder.watch(model, activations=False, grad_scaler=scaler)
+        for step in range(1, 11):
+            shown = "gradients" if step <= 5 else "trainable_variables"
+            set_config(run_dir, FPS=30, mode="current", values=shown)
+            opt.zero_grad(set_to_none=True)
+            loss = model(torch.randn(32, 8)).square().mean()
+            scaler.scale(loss * (1e38 if step == 3 else 1.0)).backward()  # step 3 overflows
+            scaler.unscale_(opt)
+            beholder.frame_due_now()
+            beholder.update()
+            scaler.step(opt)
+            scaler.update()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert read_anomalies(run_dir) == []
+    assert read_timeline(run_dir, values="trainable_variables")["0.weight"]["step"].size >= 4
