@@ -48,9 +48,9 @@ MAX_PLANS = 16
 DEVICE_GATHERS_KEPT = 4
 # What a frame with no sections at all says: arrays passed, or a model's (or variables') trainable ones.
 EMPTY_ARRAYS = "there are no arrays to show (an empty list or dict was passed)"
-EMPTY_VARIABLES = ("the model has no trainable variables yet (a Keras model gets them when it is built, "
-                   "by its first call or an Input in it; a torch Lazy layer at its first forward): the "
-                   "frame says so, and frames of them start once it has them")
+EMPTY_VARIABLES = ("the model has no trainable variables (every parameter frozen, requires_grad=False or "
+                   "trainable=False? or a list of them taken before a Keras model was built: pass the model "
+                   "itself)")
 
 
 @functools.lru_cache(maxsize=64)
@@ -99,6 +99,7 @@ class Gatherer:
         self._warn_once = warn_once
         self._exact_pass = exact_pass
         self._watch: Any = None  # the watch of the update() being gathered (for the exact pass)
+        self._variables_of: Any = None  # its model, or update()'s variables (gather() says)
         self._plans = PlanCache()
         self._frame_plans = KeptPlans(MAX_PLANS)
         self._buffers: dict[int, tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]] = {}
@@ -134,6 +135,8 @@ class Gatherer:
         """Copy what the frame shows (only that) off the caller's arrays, for the worker."""
         shown, watch = settings.shown, inputs.watch
         self._watch = watch
+        # whose trainable variables a frame of them shows (when there are none: built yet?)
+        self._variables_of = getattr(watch, "model", None) if inputs.variables is None else inputs.variables
         job = Job(JobKind.PLACEHOLDER, settings, shown, inputs.step, time.time())
         if shown == "frames":
             if inputs.frame is not None:
@@ -239,10 +242,11 @@ class Gatherer:
         ``empty``: what the error says when there are no sections at all.
         """
         if not named:
-            if empty is not EMPTY_VARIABLES:
-                raise RenderError(empty)
+            if empty is not EMPTY_VARIABLES or not sources.not_built(self._variables_of):
+                raise RenderError(empty)  # (all frozen, an empty list: a setup mistake, said as a failure)
             job.shown = UNBUILT  # a model not built yet: a frame saying so, no failure (not even strict)
-            self._warn_once("unbuilt", "Beholder: %s", EMPTY_VARIABLES)
+            self._warn_once("unbuilt", "Beholder: the model is not built yet, so it has no trainable "
+                            "variables; frames of them start once it has them")
             return
         settings = job.settings
         pattern = section_filter(settings.filter)

@@ -427,3 +427,22 @@ def test_a_model_of_lazy_layers_says_it_is_not_built_until_its_first_forward(run
         beholder.flush()
     frame = read_frame_file(run_dir)
     assert [s["name"] for s in frame.sections] == ["0.weight", "0.bias"] and beholder.failures == 0
+
+
+def test_a_frozen_model_is_a_setup_mistake_not_a_model_still_to_be_built(run_dir):
+    """Every parameter frozen (requires_grad=False), or variables=[]: no trainable variables ever, so not
+    the "not built yet, nothing to do" frame a model of Lazy layers gets: a failure naming the likely
+    causes (strict: raised)."""
+    from beholder_plugin.protocol.layout import RenderError
+
+    set_config(run_dir, values="trainable_variables", FPS=30, mode="current")
+    model = torch.nn.Linear(4, 3).requires_grad_(False)
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model)
+        beholder.frame_due_now()
+        with pytest.raises(RenderError, match="every parameter frozen"):
+            beholder.update()
+    with Beholder(run_dir, variables=[]) as beholder:
+        beholder.frame_due_now()
+        assert not beholder.update()
+        assert beholder.failures == 1 and "every parameter frozen" in beholder.last_error

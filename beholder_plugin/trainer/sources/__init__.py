@@ -297,6 +297,17 @@ def is_nnx_module(obj: Any) -> bool:
     return module is not None and isinstance(obj, module)
 
 
+def not_built(model: Any) -> bool:
+    """Whether a model has no variables yet only because it is not built: a Keras model before its first
+    call (no Input), a torch module whose Lazy layers have not run forward."""
+    if is_keras_layer(model):
+        return not getattr(model, "built", True)
+    if is_torch_module(model):
+        lazy = sys.modules["torch"].nn.parameter.UninitializedParameter
+        return any(isinstance(p, lazy) for p in model.parameters())
+    return False
+
+
 def is_keras_layer(obj: Any) -> bool:
     """True for a Keras 3 layer or model (user subclasses included); never imports Keras."""
     keras = sys.modules.get("keras")
