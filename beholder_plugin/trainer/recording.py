@@ -174,7 +174,7 @@ class Recorder:
         rgb = pad_even(rgb)
         taken = time.time() if taken is None else float(taken)
         if rgb.shape != self._shape:
-            self.close()
+            self.close(wait=False)  # (a file ending, or still being finished: never waited for here)
             self._fps = video_rate(fps)
             self._sink = self._open(rgb.shape[1], rgb.shape[0])
             self._shape = rgb.shape

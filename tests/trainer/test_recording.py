@@ -106,11 +106,18 @@ def test_switching_recording_off_never_waits_for_the_encoder_on_the_training_thr
     training.start()
     assert returned.wait(30)  # (it waited for release before: 60 s)
     assert not release.is_set() and beholder.store.recorder.finishing
+    # recording on again at once: the new file opens without waiting for the old one either
+    set_config(run_dir, values="arrays", FPS=30, is_recording=True)
+    due(beholder)
+    returned.clear()
+    training = threading.Thread(target=lambda: (beholder.update(arrays=[np.arange(4.0)]), returned.set()))
+    training.start()
+    assert returned.wait(30) and not release.is_set()
     release.set()
-    beholder.close()  # waits for the file
+    beholder.close()  # waits for both files
     assert not beholder.store.recorder.finishing
-    (video,) = glob.glob(os.path.join(plugin_dir(run_dir), "video-*.mp4"))
-    assert len(decode(video)[1]) >= 4
+    videos = sorted(glob.glob(os.path.join(plugin_dir(run_dir), "video-*.mp4")))
+    assert len(videos) == 2 and len(decode(videos[0])[1]) >= 4 and len(decode(videos[1])[1]) >= 1
 
 
 KILLED = textwrap.dedent(
