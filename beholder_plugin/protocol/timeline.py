@@ -261,6 +261,18 @@ def _read_base(files: Any, path: str, base_cache: dict[str, Any] | None,
     return records, through
 
 
+def base_through(directory: str, files: Any) -> int:
+    """The last part number base.bht holds (-1: none, or no readable base.bht), from its first chunk
+    only (base_bytes writes the metadata first): a new writer numbers its parts after it."""
+    join = posixpath.join if getattr(files, "remote", False) else os.path.join
+    try:
+        head = files.read_range(join(directory, BASE_FILE), 0, 4096, MAX_FILE_BYTES)
+    except (OSError, ValueError):
+        return -1
+    through = parse(head or b"")[2].get("through", -1)
+    return through if type(through) is int else -1
+
+
 def _read_once(directory: str, files: Any, tolerate_missing: bool = False,
                base_cache: dict[str, Any] | None = None) -> dict[str, np.ndarray] | None:
     """One pass of read_records; None when a part vanished while being read."""

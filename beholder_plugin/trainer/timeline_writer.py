@@ -58,7 +58,10 @@ class TimelineWriter:
         """Find the next part number (after every part and base.bht already there) and the parts' size."""
         sizes = self.files.list_sizes(self.directory)
         seqs = [s for s in map(tl.part_seq, sizes) if s is not None]
-        self.seq = max(seqs, default=-1) + 1
+        # (after base.bht's parts too: an earlier writer whose last frame compacted left no part, and
+        # parts numbered from 0 again would be taken as held by base.bht, never read, then deleted)
+        through = tl.base_through(self.directory, self.files) if tl.BASE_FILE in sizes else -1
+        self.seq = max(max(seqs, default=-1), through) + 1
         self.parts_bytes = sum(size for name, size in sizes.items() if tl.part_seq(name) is not None)
         try:  # (earlier writers' records count towards the file's cap)
             found = self.files.read(self._join(tl.ANOMALIES_FILE), tl.MAX_ANOMALY_BYTES) or b""

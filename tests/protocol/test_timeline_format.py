@@ -331,3 +331,28 @@ def test_a_smaller_cap_keeps_half_of_it_for_the_run_before_the_last_records(monk
     assert len(steps) == cap == 71 and steps[0] == 1 and steps[-1] == 300
     assert (steps >= 300 - cap // 2 + 1).sum() >= cap // 2  # the newest 35, whole
     assert ((steps > 16) & (steps < 200)).sum() >= 8  # and the run between
+
+
+def test_a_trainer_restarted_after_a_compaction_numbers_its_parts_after_base_bht(run_dir):
+    """A trainer whose last frame compacted leaves only base.bht (holding parts up to N); the next trainer
+    into the run numbered its parts from 0 again, which readers took as held by base.bht: its records
+    were never read, then deleted at its first compaction."""
+    now = [1.7e9]
+    first = TimelineWriter(run_dir, files_for(run_dir), clock=lambda: now[0], parts_budget=500)
+    for step in range(1, 13):  # 72 B a frame: compacted every 7 frames
+        now[0] += 1.0
+        first.append(["w"], frame_records(["w"], step, now[0], [1.0]))
+    first.compact()  # (its last frame compacted: base.bht alone)
+    first.close()
+    directory = tl.timeline_dir(run_dir)
+    assert [n for n in os.listdir(directory) if tl.part_seq(n) is not None] == []
+    assert tl.base_through(directory, files_for(run_dir)) >= 0
+    second = TimelineWriter(run_dir, files_for(run_dir), clock=lambda: now[0], parts_budget=500)
+    for step in range(1, 12):
+        now[0] += 1.0
+        second.append(["w"], frame_records(["w"], step, now[0], [1.0]))
+        if step == 3:
+            second.close_part()
+            assert read_timeline(run_dir)["w"]["step"].tolist() == list(range(1, 13)) + [1, 2, 3]
+    second.close()
+    assert read_timeline(run_dir)["w"]["step"].tolist() == list(range(1, 13)) + list(range(1, 12))
