@@ -379,8 +379,8 @@ def thin(records: np.ndarray, now: float, keep_first: int = KEEP_FIRST, keep_rec
     """One section's records (in time order) cut to at most cap, keeping the history's shape.
 
     Kept: the first ``keep_first`` records, the last ``keep_recent``, every
-    record flagged ANOMALY or PINNED (the newest ones first if they alone
-    exceed the cap), and in between records at log-spaced ages (age measured
+    record flagged ANOMALY or PINNED (the oldest ones first if they alone
+    exceed the cap: the first anomaly above all), and in between records at log-spaced ages (age measured
     back from ``now``): dense near the present, sparse far back.
     """
     n = len(records)
@@ -390,7 +390,7 @@ def thin(records: np.ndarray, now: float, keep_first: int = KEEP_FIRST, keep_rec
     keep[: min(keep_first, cap)] = True
     special = np.flatnonzero(records["flags"] & (ANOMALY | PINNED))
     room = cap - int(keep.sum())
-    keep[special[-room:] if room > 0 else []] = True
+    keep[special[:room] if room > 0 else []] = True
     room = cap - int(keep.sum())
     keep[np.flatnonzero(~keep)[::-1][: min(keep_recent, max(room, 0))]] = True
     room = cap - int(keep.sum())

@@ -259,14 +259,18 @@ class Timeline:
         for j in np.flatnonzero(is_nan | is_inf | jumps).tolist():
             name = kept[j]
             kind = "nan" if is_nan[j] else "inf" if is_inf[j] else None
+            new = False
             if kind is not None and (job.shown, name, kind) not in self._reported:
                 first = int(step_first[j]) if step_first[j] >= 0 else None
                 found.append(self._anomaly(job, name, kind, first, float(norm[j]), float(nonfinite[j]),
                                            bool(flags[j] & tl.EXACT_NONFINITE)))
+                new = True
             if jumps[j]:
                 found.append(self._anomaly(job, name, "norm_jump", None, float(norm[j]), 0.0, True,
                                            median=float(medians[j])))
-            flags[j] |= tl.ANOMALY
+                new = True
+            if new:  # (a section that stays NaN: only where it was found, not every record after it,
+                flags[j] |= tl.ANOMALY  # which thinning would keep in place of the run before it)
         records["flags"] = flags
         self.writer.append(kept, records)
         self._keyframe(ring, job.step)

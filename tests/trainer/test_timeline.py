@@ -1291,3 +1291,39 @@ def test_a_gradients_overflow_is_no_weights_anomaly_after_values_switch(run_dir,
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert read_anomalies(run_dir) == []
     assert read_timeline(run_dir, values="trainable_variables")["0.weight"]["step"].size >= 4
+
+
+def test_a_section_that_stays_nan_keeps_its_first_anomaly_and_the_run_before_it(run_dir):
+    """Training goes on with a NaN in a section: every later record was flagged ANOMALY, and thinning,
+    which keeps flagged records first, then dropped the first anomaly's record, the pinned frame before
+    it and most of the run before. Only the record where an anomaly was found is flagged now; of
+    flagged records past the cap, the oldest are kept."""
+    set_config(run_dir, FPS=30, values="arrays", mode="current")
+    with Beholder(run_dir, background=False) as beholder:
+        beholder.timeline.writer.cap = 64  # (MAX_PER_SECTION scaled down: the same past 2048 frames)
+        beholder.timeline.writer.parts_budget = 4000
+        for step in range(1, 201):
+            w = np.full(16, 1.0 + step, np.float32)
+            if step >= 50:
+                w[3] = np.nan
+            beholder.frame_due_now()
+            beholder.update(arrays={"w": w})
+    (first,) = read_anomalies(run_dir)
+    assert first["kind"] == "nan" and first["step"] == 50
+    columns = read_timeline(run_dir)["w"]
+    steps = columns["step"].tolist()
+    assert len(steps) <= 64 + 64 and 49 in steps and 50 in steps  # (parts past the last compaction)
+    assert int(((columns["flags"] & tl.ANOMALY) > 0).sum()) == 1
+    assert np.isfinite(columns["norm"]).sum() >= 18  # the first 16 and log-spaced ones before the NaN
+
+
+def test_thinning_keeps_the_oldest_flagged_records_when_they_alone_exceed_the_cap():
+    """More ANOMALY/PINNED records than the cap holds: the first anomalies are the ones kept."""
+    n = 1000
+    records = tl.make_records(n)
+    records["step"] = np.arange(n)
+    records["time"] = np.arange(n, dtype=float)
+    records["flags"][100::2] = tl.ANOMALY
+    kept = tl.thin(records, now=float(n), keep_first=10, keep_recent=10, cap=100)
+    flagged = kept["step"][(kept["flags"] & tl.ANOMALY) > 0]
+    assert len(kept) <= 100 and flagged[0] == 100 and flagged.tolist() == list(range(100, 100 + 2 * 90, 2))
