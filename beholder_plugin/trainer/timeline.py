@@ -114,6 +114,7 @@ class Timeline:
         self._slots: dict[tuple[str, str], int] = {}
         self._slot_cache: dict[tuple, np.ndarray] = {}
         self._ring = np.full((0, RECENT_NORMS), np.nan)
+        self._ring_steps = np.full((0, RECENT_NORMS), np.nan)  # the step of each of those norms
         self._seen = np.zeros(0, np.int64)
         self._jumping = np.zeros(0, bool)
         self._reported: set[tuple[str, str, str]] = set()  # (values, name, kind) reported once
@@ -252,7 +253,8 @@ class Timeline:
         nonfinite = np.where((is_nan | is_inf) & ~(nonfinite >= 1) & ~(flags & tl.EXACT_NONFINITE > 0), 1.0,
                              nonfinite)
         records["nonfinite"] = nonfinite
-        jumps, medians = self._norm_jumps(job.shown, kept, norm, count, (flags & tl.EXACT_NORM) > 0)
+        jumps, medians = self._norm_jumps(job.shown, kept, norm, count, (flags & tl.EXACT_NORM) > 0,
+                                          job.step)
         found = []
         if job.loss_scaled:  # gradients under a loss scaler: a non-finite one is an overflow it skips
             is_nan = is_inf = np.zeros(len(rows), bool)
@@ -289,7 +291,7 @@ class Timeline:
             files.remove(join(self.keyframes.history_dir, name))
 
     def _norm_jumps(self, values: str, kept: list[str], norm: np.ndarray, count: np.ndarray,
-                    exact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    exact: np.ndarray, step: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Which norms newly jumped past norm_jump times their section's recent median, and the medians.
 
         Each section keeps its last RECENT_NORMS finite norms (a jumped norm
@@ -303,6 +305,11 @@ class Timeline:
         outside the sample would make each of those look like a jump over
         the sampled ones. The medians returned are at each section's present
         count.
+
+        A section whose recent norms grow steadily with the step (a bias that
+        starts at zero) is judged against its median moved on to this step at
+        their median growth per step: frames taken at steps 1-4, then at step
+        50 (slow first steps, then fast ones under a frame rate), are no jump.
         """
         with np.errstate(invalid="ignore"):
             size = np.sqrt(np.fmax(count, 1.0))
@@ -313,6 +320,7 @@ class Timeline:
             if len(self._slots) + len(kept) > MAX_JUDGED_SECTIONS:  # (names that change every frame:
                 self._slots, self._slot_cache = {}, {}  # their recent norms start again, not grow for ever)
                 self._ring, self._seen = np.full((0, RECENT_NORMS), np.nan), np.zeros(0, np.int64)
+                self._ring_steps = np.full((0, RECENT_NORMS), np.nan)
                 self._jumping = np.zeros(0, bool)
             for name in kept:
                 if (values, name) not in self._slots:
@@ -321,6 +329,7 @@ class Timeline:
                 grow = max(len(self._slots), 2 * len(self._jumping))
                 rows = 2 * grow - len(self._ring)  # (two rows a section: sampled norms, exact norms)
                 self._ring = np.vstack([self._ring, np.full((rows, RECENT_NORMS), np.nan)])
+                self._ring_steps = np.vstack([self._ring_steps, np.full((rows, RECENT_NORMS), np.nan)])
                 self._seen = np.concatenate([self._seen, np.zeros(rows, np.int64)])
                 self._jumping = np.concatenate([self._jumping, np.zeros(grow - len(self._jumping), bool)])
             if len(self._slot_cache) >= 16:
@@ -342,14 +351,35 @@ class Timeline:
         finite = np.isfinite(norm)
         with np.errstate(invalid="ignore"):
             over = finite & enough & (medians > 0) & (norm > self.norm_jump * medians)
+        if over.any():  # (rare: only those are looked at again, for a steady growth with the step)
+            over[over] = norm[over] > self.norm_jump * self._moved_on(slots[over], medians[over], step)
         jumps = over & ~self._jumping[sections]
         self._jumping[sections] = np.where(finite, over, self._jumping[sections])
         add = finite & ~over
         if add.any():
             targets = slots[add]
             self._ring[targets, self._seen[targets] % RECENT_NORMS] = norm[add]
+            self._ring_steps[targets, self._seen[targets] % RECENT_NORMS] = step
             self._seen[targets] += 1
         return jumps, medians * size
+
+    def _moved_on(self, slots: np.ndarray, medians: np.ndarray, step: int) -> np.ndarray:
+        """The medians moved on from their norms' median step to ``step`` at the median growth per step
+        between their consecutive norms (none when they do not grow, or the steps went back)."""
+        steps, norms = self._ring_steps[slots], self._ring[slots]
+        order = np.argsort(steps, axis=1)  # (in step order; the empty places, NaN, last)
+        steps, norms = np.take_along_axis(steps, order, 1), np.take_along_axis(norms, order, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gaps = np.diff(steps, axis=1)
+            rates = np.where(gaps > 0, np.diff(norms, axis=1) / gaps, np.nan)
+            known = np.isfinite(rates).any(axis=1)
+            rate = np.zeros(len(slots))
+            middle = np.zeros(len(slots))
+            if known.any():
+                rate[known] = np.nanmedian(rates[known], axis=1)
+                middle[known] = np.nanmedian(steps[known], axis=1)
+            ahead = np.where(known, np.fmax(step - middle, 0.0), 0.0)
+            return medians + np.fmax(np.nan_to_num(rate), 0.0) * ahead
 
     def _anomaly(self, job: Any, name: str, kind: str, step_first: int | None, norm: float,
                  nonfinite: float, exact_count: bool, median: float | None = None) -> dict[str, Any]:

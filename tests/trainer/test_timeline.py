@@ -1327,3 +1327,25 @@ def test_thinning_keeps_the_oldest_flagged_records_when_they_alone_exceed_the_ca
     kept = tl.thin(records, now=float(n), keep_first=10, keep_recent=10, cap=100)
     flagged = kept["step"][(kept["flags"] & tl.ANOMALY) > 0]
     assert len(kept) <= 100 and flagged[0] == 100 and flagged.tolist() == list(range(100, 100 + 2 * 90, 2))
+
+
+def test_a_norm_growing_with_the_step_is_no_jump_when_frames_come_unevenly(run_dir):
+    """A bias that starts at zero grows steadily with the step; frames at steps 1-4 (slow first steps),
+    then every 50 steps (fast ones, under a frame rate): its norm at step 50 is 10 times the median of
+    steps 1-4, which was reported as a norm jump. The median is now moved on to the frame's step at the
+    norms' median growth per step. A real jump is still one, and so is a divergence that grows by 3
+    times a frame from a steady norm."""
+    set_config(run_dir, FPS=30, values="arrays", mode="current")
+    steps = [1, 2, 3, 4] + list(range(50, 1001, 50))
+    with Beholder(run_dir, background=False) as beholder:
+        for step in steps:
+            beholder.step = step - 1  # (update() counts this step)
+            beholder.frame_due_now()
+            bias = np.full(64, 0.001 * step, np.float32)  # steady growth with the step
+            steady = np.full(64, 1.0 if step < 800 else 3.0 ** ((step - 750) // 50), np.float32)
+            jumpy = np.full(64, 1.0 if step != 600 else 100.0, np.float32)
+            beholder.update(arrays={"bias": bias, "steady": steady, "jumpy": jumpy})
+    jumps = {a["section"]: a for a in read_anomalies(run_dir) if a["kind"] == "norm_jump"}
+    assert "bias" not in jumps
+    assert jumps["jumpy"]["frame_step"] == 600
+    assert jumps["steady"]["frame_step"] == 900  # 27 times its steady norm (3 and 9 were not 10)
