@@ -119,6 +119,10 @@ class Timeline:
         self._jumping = np.zeros(0, bool)
         self._reported: set[tuple[str, str, str]] = set()  # (values, name, kind) reported once
         self._last_step: int | None = None
+        # (values, section name) -> the last step it had a record, and the last one it was known free of
+        # NaN and infinity (an exact count of none): where an anomaly's range of steps starts
+        self._framed_at: dict[tuple[str, str], int] = {}
+        self._clean_at: dict[tuple[str, str], int] = {}
         self.anomalies = 0
         self.first_anomaly: dict[str, Any] | None = None
         self._failed = False
@@ -280,6 +284,18 @@ class Timeline:
         for record in found:
             self._report(record, ring)
         self._last_step = job.step
+        self._note_steps(job, kept, (flags & tl.EXACT_NONFINITE > 0) & (nonfinite == 0))
+
+    def _note_steps(self, job: Any, kept: list[str], clean: np.ndarray) -> None:
+        """Note the frame's step for its sections (and, for those with an exact count of no NaN or infinity,
+        as known clean): the next anomaly's range starts after it."""
+        if len(self._framed_at) > 2 * MAX_JUDGED_SECTIONS:  # (names that change every frame)
+            self._framed_at, self._clean_at = {}, {}
+        step, shown = job.step, job.shown
+        for name, known in zip(kept, clean.tolist()):
+            self._framed_at[shown, name] = step
+            if known:
+                self._clean_at[shown, name] = step
 
     def _keyframe(self, ring: HistoryRing | None, step: int) -> None:
         """Maybe make this frame a keyframe; delete the files of keyframes dropped for the budget."""
@@ -383,10 +399,12 @@ class Timeline:
 
     def _anomaly(self, job: Any, name: str, kind: str, step_first: int | None, norm: float,
                  nonfinite: float, exact_count: bool, median: float | None = None) -> dict[str, Any]:
-        """An anomaly record: the exact step (per-step check), else the steps since the last frame."""
+        """An anomaly record: the exact step (per-step check), else the steps since the section's last frame
+        of these values (a NaN or infinity: since it was last known to have none)."""
         self._reported.add((job.shown, name, kind))
         record: dict[str, Any] = {"section": name, "values": job.shown, "kind": kind}
-        first = 1 if self._last_step is None else self._last_step + 1
+        since = (self._framed_at if kind == "norm_jump" else self._clean_at).get((job.shown, name))
+        first = 1 if since is None or since >= job.step else since + 1  # (a restart counts from 1 again)
         if step_first is not None:
             record["step"] = step_first
             record["checked"] = "step"

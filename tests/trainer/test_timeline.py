@@ -1349,3 +1349,30 @@ def test_a_norm_growing_with_the_step_is_no_jump_when_frames_come_unevenly(run_d
     assert "bias" not in jumps
     assert jumps["jumpy"]["frame_step"] == 600
     assert jumps["steady"]["frame_step"] == 900  # 27 times its steady norm (3 and 9 were not 10)
+
+
+def test_an_anomalys_steps_start_after_the_section_was_last_known_clean(run_dir):
+    """On the host path an anomaly found by a frame is given the steps since the frame before: of any
+    Values, checked or not. The weights clean at step 10, a weight NaN at step 15, gradients shown at
+    20 and 30, weights again at 40: it said 'between steps 31 and 40'. Now the range starts after the
+    last frame of these values that counted no NaN exactly."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(8, 4), "b": torch.nn.Linear(8, 4)})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(32, 8)
+    with Beholder(run_dir, background=False) as beholder:
+        beholder.watch(model, activations=False)
+        for step in range(1, 41):
+            if step in (10, 20, 30, 40):
+                shown = "gradients" if step in (20, 30) else "trainable_variables"
+                set_config(run_dir, FPS=30, mode="current", values=shown)
+                beholder.frame_due_now()
+            opt.zero_grad()
+            model["a"](x).square().mean().backward()  # (b is off the loss path: its gradient stays finite)
+            opt.step()
+            if step == 15:
+                with torch.no_grad():
+                    model["b"].weight[0, 0] = float("nan")
+            beholder.update()
+    (record,) = [a for a in read_anomalies(run_dir) if a["section"] == "b.weight"]
+    assert record["kind"] == "nan" and record["steps"] == [11, 40] and record["checked"] == "frame"
