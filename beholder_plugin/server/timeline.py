@@ -5,7 +5,9 @@ whole run's first to last step), so rows line up by step. Per bucket: the
 last record's step, time, norm, mean and std; the smallest min and largest
 max; the largest non-finite count; the flags of all its records (OR).
 Columns travel as base64 of little-endian float64 (step, time) or float32
-(the rest), which the dashboard reads as typed arrays.
+(the rest), which the dashboard reads as typed arrays. A run of more than
+MAX_SECTIONS sections answers MAX_SECTIONS of them, those with anomalies
+among them, and says how many it left out.
 """
 
 from __future__ import annotations
@@ -116,10 +118,11 @@ def _b64(values: np.ndarray, dtype: str) -> str:
 class _Answer:
     """A kept answer of (run, points, values): its sections part, and the whole JSON last made of it."""
 
-    __slots__ = ("signature", "body", "size", "whole", "made_of")
+    __slots__ = ("signature", "anomalous", "body", "size", "whole", "made_of")
 
-    def __init__(self, signature: tuple, body: dict[str, Any]) -> None:
+    def __init__(self, signature: tuple, anomalous: tuple[str, ...], body: dict[str, Any]) -> None:
         self.signature = signature
+        self.anomalous = anomalous  # (the sections anomalies.jsonl named: kept first past MAX_SECTIONS)
         self.body = body
         self.size = sum(len(v) for entry in body["sections"] for v in entry.values() if isinstance(v, str))
         self.whole: bytes | None = None  # timeline_json's answer, made of (run name, kept names, anomalies):
@@ -220,23 +223,26 @@ def _parts(run_path: str, points: int, files: Any, values: str | None
     and the listing of kept frames."""
     key = (run_path, points, values)
     signature = _signature(run_path, files)
+    source = _anomalies(run_path, files)
+    anomalous = tuple(dict.fromkeys(a["section"] for a in source if isinstance(a.get("section"), str)))
     with _cache_lock:
         answer = _cache.get(key)
-    if answer is None or answer.signature != signature:
-        answer = _flights.run(("answer", key, signature), lambda: _built(key, signature, files))
+    if answer is None or answer.signature != signature or answer.anomalous != anomalous:
+        answer = _flights.run(("answer", key, signature, anomalous),
+                              lambda: _built(key, signature, anomalous, files))
     listing = kept_frames.kept_listing(run_path, files)
     shown = answer.body["values"]
-    source = _anomalies(run_path, files)
     anomalies = [a for a in source if shown is None or a.get("values", shown) == shown]  # (of these values)
     return answer, source, anomalies[:1000], listing
 
 
-def _built(key: tuple[str, int, str | None], signature: tuple, files: Any) -> _Answer:
+def _built(key: tuple[str, int, str | None], signature: tuple, anomalous: tuple[str, ...],
+           files: Any) -> _Answer:
     """The sections part of the answer for key, built from the run's records, and kept."""
     run_path, points, values = key
     by_section = _records(run_path, signature, files)
     with _reads:
-        answer = _Answer(signature, _sections_answer(by_section, points, values))
+        answer = _Answer(signature, anomalous, _sections_answer(by_section, points, values, anomalous))
     with _cache_lock:
         _cache[key] = answer
         _cache.move_to_end(key)
@@ -290,14 +296,30 @@ def _anomalies(run_path: str, files: Any) -> Sequence[dict[str, Any]]:
     return _flights.run(("anomalies", run_path, identity), read)
 
 
-def _sections_answer(by_section: dict[str, np.ndarray], points: int, values: str | None) -> dict[str, Any]:
-    """The sections part of the answer: every section bucketed, and the steps the buckets span; the
-    records of ``values`` only (None: of the newest record's), and which values there are."""
+def answered_sections(by_section: dict[str, np.ndarray], anomalous: Sequence[str] = ()) -> list[str]:
+    """The names of the sections an answer holds, in the run's order: every one, or of a run of more than
+    MAX_SECTIONS, first those with anomalies (those ``anomalous`` names, then those whose records are
+    flagged ANOMALY), then the others in the run's order, MAX_SECTIONS in all."""
+    names = list(by_section)
+    if len(names) <= MAX_SECTIONS:
+        return names
+    flagged = [name for name, records in by_section.items()
+               if len(records) and (records["flags"] & tl.ANOMALY).any()]
+    first = [name for name in anomalous if name in by_section] + flagged
+    kept = set(list(dict.fromkeys(first + names))[:MAX_SECTIONS])
+    return [name for name in names if name in kept]
+
+
+def _sections_answer(by_section: dict[str, np.ndarray], points: int, values: str | None,
+                     anomalous: Sequence[str] = ()) -> dict[str, Any]:
+    """The sections part of the answer: every section bucketed (at most MAX_SECTIONS: answered_sections),
+    and the steps the buckets span; the records of ``values`` only (None: of the newest record's), and
+    which values there are."""
     newest, kinds = newest_values(by_section)
     values = values or newest
     if values is not None:
         by_section = tl.of_values(by_section, values)
-    names = list(by_section)[:MAX_SECTIONS]
+    names = answered_sections(by_section, anomalous)
     points = max(2, min(points, MAX_CELLS // max(len(names), 1)))
     steps = [recs["step"] for recs in by_section.values() if len(recs)]
     first = int(min(s.min() for s in steps)) if steps else 0  # (not the first and last records': a
@@ -314,4 +336,5 @@ def _sections_answer(by_section: dict[str, np.ndarray], points: int, values: str
         entry["flags"] = _b64(columns["flags"], "<u4")
         sections.append(entry)
     return {"first_step": first, "last_step": last, "points": points, "values": values, "kinds": kinds,
+            "sections_total": len(by_section), "sections_left_out": len(by_section) - len(names),
             "sections": sections}

@@ -2,7 +2,9 @@
 
 A finished run whose Values/Mode choice changes after its training ended (a note says the frame
 stays), a run whose trainer restarted (the timeline's norm line breaks there; the step axis has
-labels; a legend names the colours), tiny values (the colour bar's bounds in one format, on one
+labels; a legend names the colours; its anomaly opens the restarted process's point and frame, not
+the earlier process's of the same step), a run of more sections than the timeline holds (it says how
+many it shows, and keeps the anomaly's), tiny values (the colour bar's bounds in one format, on one
 line) and a recording listed as "recorded", not "recording", once stopped.
 """
 
@@ -15,13 +17,17 @@ import numpy as np
 import pytest
 from server_support import ARTIFACTS, BROWSER_MARKS, beholder_frame, beholder_tab, set_config, wait_for
 
-from beholder_plugin import Beholder
+from beholder_plugin import Beholder, read_anomalies
+from beholder_plugin.protocol import timeline as tl
+from beholder_plugin.protocol.files import files_for
 from beholder_plugin.protocol.names import plugin_dir
+from beholder_plugin.trainer.timeline import TimelineWriter
 
 pytestmark = BROWSER_MARKS
 
 VIDEO = "video-20261207-143058-669.mp4"
 TINY_LO, TINY_HI = 5.6733096e-10, 1.1776583e-6
+WIDE = [f"expert{i:04d}.w" for i in range(5000)]  # more sections than a timeline answer holds (4096)
 
 
 def write_frames(run, steps: int, scale: float) -> None:
@@ -49,8 +55,38 @@ def page_on_runs(tmp_path_factory):
         beholder.update(arrays={"w": np.linspace(TINY_LO, TINY_HI, 64, dtype=np.float32).reshape(8, 8)})
     with open(os.path.join(plugin_dir(tiny), VIDEO), "wb") as f:
         f.write(b"\0" * 289_000)
+    restartnan = logdir / "restartnan"  # steps 1-30 healthy, then a second process's 1-30, NaN from 25
+    set_config(restartnan, values="arrays", mode="current", FPS=30)
+    for process in (1, 2):
+        with Beholder(str(restartnan), background=False) as beholder:
+            for step in range(1, 31):
+                w = np.full((4, 4), float(step * process), np.float32)
+                if process == 2 and step >= 25:
+                    w[0, 0] = np.nan
+                beholder.frame_due_now()
+                beholder.update(arrays={"w": w})
+    write_wide(logdir / "wide")
     with beholder_tab(logdir) as (tb, page, frame):
         yield {"logdir": logdir, "page": page, "frame": frame, "url": tb.url}
+
+
+def write_wide(run) -> None:
+    """A run of 5,000 sections (records of steps 1-3; one small frame) whose first anomaly is in the
+    4,501st: past the 4,096 the timeline holds in the run's order."""
+    set_config(run, values="arrays", mode="current", FPS=30)
+    with Beholder(str(run), background=False) as beholder:
+        beholder.frame_due_now()
+        beholder.update(arrays={WIDE[0]: np.ones((4, 4), np.float32)})
+    writer = TimelineWriter(str(run), files_for(str(run)), parts_budget=10**9)
+    for step in range(1, 4):
+        records = tl.make_records(len(WIDE))
+        records["step"], records["time"], records["section"] = step, time.time(), np.arange(len(WIDE))
+        records["norm"] = np.where(np.arange(len(WIDE)) == 4500, np.nan if step == 3 else 1.0, 1.0)
+        writer.append(WIDE, records)
+    writer.close()
+    with open(os.path.join(tl.timeline_dir(str(run)), tl.ANOMALIES_FILE), "ab") as out:
+        out.write(tl.anomaly_line({"section": WIDE[4500], "values": "arrays", "kind": "nan", "step": 3,
+                                   "time": time.time(), "frame_step": 3, "first": True}))
 
 
 def shoot(locator, name: str) -> None:
@@ -151,3 +187,43 @@ def test_changing_values_after_training_ended_says_the_frame_stays(page_on_runs)
     wait_for(lambda: not frame.is_visible("#ended-note"), message="no note once Mode matches the frame")
     time.sleep(0.6)  # (a status render later: still none)
     assert not frame.is_visible("#ended-note")
+
+
+def test_after_a_restart_the_anomaly_shows_and_opens_the_restarted_process_point_and_frame(page_on_runs):
+    """Two processes counted steps 1-30; the second's w went NaN at step 25. Jump showed the first
+    process's healthy step-25 point (non-finite 0) and the marker opened its frame, by step alone."""
+    frame = open_run(page_on_runs, "restartnan")
+    anomaly = read_anomalies(str(page_on_runs["logdir"] / "restartnan"))[0]
+    assert anomaly["first"] and anomaly["step"] == 25
+    frame.click("#view-timeline")
+    wait_for(lambda: "restarted once" in frame.inner_text("#timeline-status"), message="the restart said")
+    frame.click("#timeline-jump")
+    hover = wait_for(lambda: debug(frame).get("jumped") and debug(frame)["hover"], message="the jump")
+    assert (hover["section"], hover["step"], hover["time"]) == ("w", 25, anomaly["time"])
+    assert hover["nonfinite"] == 1 and np.isnan(hover["norm"])
+    assert "non-finite 1" in frame.inner_text("#timeline-readout")
+    shoot(frame.locator("#timeline"), "timeline-restart-anomaly.png")
+    box = frame.locator("#timeline-axis").bounding_box()
+    frame.page.mouse.click(box["x"] + (25 - 1) / (30 - 1) * 639, box["y"] + box["height"] / 2)
+    opened = wait_for(lambda: debug(frame)["opened"], message="the anomaly's frame opened")
+    assert opened["name"] == anomaly["frames"][1] and opened["index"] >= 0
+    wait_for(lambda: frame.evaluate("window.beholder.kept") == opened["name"], message="its frame shown")
+    shoot(frame.page, "timeline-restart-anomaly-opened.png")
+    frame.check("input[name=view][value=frame]")
+
+
+def test_a_run_of_more_sections_than_the_timeline_holds_says_so_and_keeps_the_anomalys(page_on_runs):
+    """5,000 sections: the status read "4096 sections" and the first anomaly's section was not there."""
+    frame = open_run(page_on_runs, "wide")
+    frame.click("#view-timeline")
+    status = wait_for(lambda: "steps 1–3" in (text := frame.inner_text("#timeline-status")) and text,
+                      timeout=60, message="the wide timeline")
+    assert status.startswith("showing 4096 of 5000 sections (at most 4096 fit, those with anomalies kept")
+    assert debug(frame)["drawn"] == 4096
+    frame.click("#timeline-jump")
+    jumped = wait_for(lambda: debug(frame).get("jumped"), message="the jump")
+    assert jumped["section"] == WIDE[4500]
+    row = f'.tl-row[data-section="{WIDE[4500]}"]'
+    assert "tl-current" in frame.get_attribute(row, "class").split()
+    shoot(frame.locator("#timeline .tl-controls"), "timeline-sections-left-out.png")
+    frame.check("input[name=view][value=frame]")

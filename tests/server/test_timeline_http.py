@@ -237,3 +237,51 @@ def test_a_run_whose_values_changed_answers_one_values_series_at_a_time(tmp_path
     assert [a["step"] for a in answer["anomalies"]] == [3]
     status, answer = get(client, "/timeline?run=run1&values=frames")
     assert status == 400 and "values must be one of" in answer["error"]
+
+
+def test_a_run_of_more_sections_than_an_answer_holds_keeps_those_with_anomalies(tmp_path):
+    """5,000 sections: the answer held the first 4,096 (dict order) and said nothing, so the first
+    anomaly's section (expert4500) was silently not in it. Now those named by anomalies.jsonl and those
+    whose records are flagged ANOMALY are kept, in the run's order, and the answer says how many it left
+    out; an anomaly found later (the records unchanged) is in the next answer too."""
+    from beholder_plugin.server import timeline as server_timeline
+
+    server_timeline.forget()
+    run = str(tmp_path / "run1")
+    names = [f"expert{i:04d}.w" for i in range(5000)]
+    writer = TimelineWriter(run, files_for(run), parts_budget=10**9)
+    for step in range(1, 4):
+        records = _records(names, step, 1.7e9 + step)
+        if step == 3:
+            records["flags"][4700] |= tl.ANOMALY  # flagged in its records only
+        writer.append(names, records)
+    writer.close()
+    path = os.path.join(tl.timeline_dir(run), tl.ANOMALIES_FILE)
+    with open(path, "wb") as out:
+        out.write(tl.anomaly_line({"section": "expert4500.w", "kind": "nan", "step": 3, "first": True}))
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1&points=8")
+    shown = [s["name"] for s in answer["sections"]]
+    assert status == 200 and len(shown) == server_timeline.MAX_SECTIONS == 4096
+    assert (answer["sections_total"], answer["sections_left_out"]) == (5000, 5000 - 4096)
+    assert "expert4500.w" in shown and "expert4700.w" in shown
+    assert shown == sorted(shown)  # the run's order
+    assert shown[:4094] == names[:4094] and "expert4094.w" not in shown  # then the others, in order
+    with open(path, "ab") as out:  # a later anomaly: anomalies.jsonl changed, the records did not
+        out.write(tl.anomaly_line({"section": "expert4900.w", "kind": "inf", "step": 3}))
+    status, answer = get(client, "/timeline?run=run1&points=8")
+    shown = [s["name"] for s in answer["sections"]]
+    assert status == 200 and {"expert4500.w", "expert4700.w", "expert4900.w"} <= set(shown)
+    assert len(shown) == 4096 and answer["sections_left_out"] == 904
+
+
+def test_a_run_of_few_sections_says_none_were_left_out(tmp_path):
+    """Below the cap every section is answered, in the run's order, sections_left_out 0."""
+    run = str(tmp_path / "run1")
+    writer = TimelineWriter(run, files_for(run))
+    writer.append(["b", "a"], _records(["b", "a"], 1, 1.7e9))
+    writer.close()
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1")
+    assert status == 200 and [s["name"] for s in answer["sections"]] == ["b", "a"]
+    assert (answer["sections_total"], answer["sections_left_out"]) == (2, 0)

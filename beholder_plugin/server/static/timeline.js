@@ -2,7 +2,9 @@
 // the min-max band, mean ± std, the norm line, a red tick where values were not finite; anomaly markers
 // on the step axis, which is labelled at round steps; a legend names the marks. A norm line breaks where
 // the steps go back (a trainer restarted into the run; earlier processes faint) and over steps with no
-// records. Hover shows a point's numbers; a click opens the nearest kept frame in the frame view.
+// records. Hover shows a point's numbers; a click opens the nearest kept frame in the frame view. After a
+// restart two processes' points share steps: a step picks the latest process's, and an anomaly its own
+// point and frame by the time it was found (each point and kept frame carries its time).
 import { getJSON } from "./api.js";
 import { h } from "./dom.js";
 import { rounded, VALUES_NAMES } from "./format.js";
@@ -51,8 +53,8 @@ export function decodeTimeline(answer) {
   });
 }
 
-/** The index of the point whose step is nearest to step (-1 when empty; the first such when steps
- * are not ascending, as after a restart that counts steps afresh). */
+/** The index of the point whose step is nearest to step (-1 when empty; when steps are not ascending,
+ * as after a restart that counts steps afresh, the last such: the latest process's, the line drawn bright). */
 export function nearestIndex(steps, step) {
   if (steps.length === 0) return -1;
   if (!ascending(steps)) return nearestByScan(steps, step);
@@ -73,11 +75,49 @@ function ascending(steps) {
   return true;
 }
 
-/** nearestIndex for steps in any order: look at every one. */
+/** nearestIndex for steps in any order: look at every one (the last of equally near ones). */
 function nearestByScan(steps, step) {
   let best = 0;
-  for (let i = 1; i < steps.length; i++) if (Math.abs(steps[i] - step) < Math.abs(steps[best] - step)) best = i;
+  for (let i = 1; i < steps.length; i++) if (Math.abs(steps[i] - step) <= Math.abs(steps[best] - step)) best = i;
   return best;
+}
+
+/** The index of the point of the earliest time at or after `time`: the bucket holding a record of that
+ * time (a point is its bucket's last record); the latest point when all are earlier; -1 when empty. */
+export function indexAtTime(times, time) {
+  let found = -1;
+  let latest = -1;
+  for (let i = 0; i < times.length; i++) {
+    if (times[i] >= time && (found < 0 || times[i] < times[found])) found = i;
+    if (latest < 0 || times[i] >= times[latest]) latest = i;
+  }
+  return found >= 0 ? found : latest;
+}
+
+/** The index of a section's point holding an anomaly: by the anomaly's time (the frame that found it),
+ * which tells two processes' equal steps apart; by its step for a record without a time. */
+export function anomalyIndex(section, record) {
+  if (Number.isFinite(record.time) && section.time.length) return indexAtTime(section.time, record.time);
+  return nearestIndex(section.step, Number.isFinite(record.step) ? record.step : record.steps[1]);
+}
+
+/**
+ * The kept frame to open for a target {names, time, step}: the last of `names` kept (an anomaly's own
+ * frames: the frame before it, the one that found it), else the frame nearest in time (a point's or an
+ * anomaly's: of the right process after a restart), else the frame nearest in step. null when none.
+ */
+export function keptFor(kept, { names = null, time = null, step = null }) {
+  if (kept.length === 0) return null;
+  for (const name of [...(names || [])].reverse()) {
+    const entry = kept.find((k) => k.name === name);
+    if (entry) return entry;
+  }
+  if (Number.isFinite(time)) {
+    let best = 0;
+    for (let i = 1; i < kept.length; i++) if (Math.abs(kept[i].time - time) < Math.abs(kept[best].time - time)) best = i;
+    return kept[best];
+  }
+  return kept[nearestIndex(kept.map((k) => k.step), step)];
 }
 
 /** The median of the positive differences between successive steps (0 when there are none). */
@@ -392,7 +432,12 @@ export class TimelineView {
     if (this.answer.decoded.length === 0) {
       this.status.textContent = "No timeline yet: each frame of sections the trainer writes adds to it.";
     } else {
-      this.status.textContent = `${sections.length} sections · steps ${first}–${last} · ` +
+      // (a run of more sections than an answer holds: those with anomalies are in it, the others left out)
+      const left = this.answer.sections_left_out || 0;
+      const count = left > 0 ? `showing ${sections.length} of ${this.answer.sections_total} sections ` +
+        `(at most ${this.answer.decoded.length} fit, those with anomalies kept; the filter searches only these)`
+        : `${sections.length} sections`;
+      this.status.textContent = `${count} · steps ${first}–${last} · ` +
         `${anomalies.length} anomal${anomalies.length === 1 ? "y" : "ies"}${restarted}${compared}`;
     }
     this.debug.drawn = rows.length;
@@ -438,7 +483,10 @@ export class TimelineView {
   row(section, other, anomalies) {
     const canvas = h("canvas", { class: "tl-spark", width: WIDTH, height: ROW_H, "data-section": section.name });
     canvas.addEventListener("mousemove", (event) => this.hover(section, canvas, event));
-    canvas.addEventListener("click", (event) => this.open(this.stepAt(event.offsetX)));
+    canvas.addEventListener("click", (event) => {
+      const i = nearestIndex(section.step, this.stepAt(event.offsetX));
+      this.open(i < 0 ? { step: this.stepAt(event.offsetX) } : { step: section.step[i], time: section.time[i] });
+    });
     const element = h("div", { class: "tl-row", "data-section": section.name },
       h("span", { class: "tl-name", title: `${section.name}: ${section.records} records kept` }, section.name), canvas);
     element.paint = () => this.paint(canvas, section, other, anomalies);
@@ -530,15 +578,13 @@ export class TimelineView {
       `max ${rounded(point.max)} · non-finite ${rounded(point.nonfinite)}`;
   }
 
-  /** Open the kept frame (ring, pin) nearest to a step in the frame view. */
-  async open(step) {
-    const kept = this.answer?.kept || [];
-    if (kept.length === 0) {
+  /** Open the kept frame (ring, pin) of a target {names, time, step} (keptFor) in the frame view. */
+  async open(target) {
+    const entry = keptFor(this.answer?.kept || [], target);
+    if (entry === null) {
       this.status.textContent = "No kept frame to open (the history ring is empty)";
       return;
     }
-    const steps = kept.map((k) => k.step);
-    const entry = kept[nearestIndex(steps, step)];
     const dashboard = this.dashboard;
     const radio = dashboard.toolbar.element.querySelector('#view-choice input[value="frame"]');
     if (radio) radio.checked = true;
@@ -555,23 +601,24 @@ export class TimelineView {
     if (!record) return;
     this.filter.value = "";
     this.draw();
-    const step = anomalyStep(record);
     const section = this.answer.decoded.find((s) => s.name === record.section);
     const row = [...this.list.children].find((r) => r.dataset.section === record.section);
     for (const r of this.list.children) r.classList.toggle("tl-current", r === row);
     if (row) row.scrollIntoView({ block: "center" });
-    if (section) this.showPoint(section, nearestIndex(section.step, Number.isFinite(record.step) ? step : record.steps[1]));
+    if (section && section.step.length) this.showPoint(section, anomalyIndex(section, record));
     const when = Number.isFinite(record.step) ? `step ${record.step}` : `steps ${record.steps[0]}–${record.steps[1]}`;
     this.readout.textContent = `First anomaly: ${record.kind} in ${record.section} at ${when} · ${this.readout.textContent}`;
     this.debug.jumped = record;
   }
 
-  /** A click on the axis: the anomaly marker nearest to it opens its frame. */
+  /** A click on the axis: the anomaly marker nearest to it opens its own frame (anomalies.jsonl names
+   * the first one's), else the kept frame nearest to the time it was found. */
   clickAxis(event) {
     const anomalies = this.answer?.anomalies || [];
     if (anomalies.length === 0) return;
     const step = this.stepAt(event.offsetX);
-    const best = anomalies.reduce((a, b) => (Math.abs(anomalyStep(a) - step) <= Math.abs(anomalyStep(b) - step) ? a : b));
-    this.open(best.frame_step ?? anomalyStep(best));
+    // (the latest of equally near ones: after a restart, the latest process's)
+    const best = anomalies.reduce((a, b) => (Math.abs(anomalyStep(a) - step) < Math.abs(anomalyStep(b) - step) ? a : b));
+    this.open({ names: best.frames, time: best.time, step: best.frame_step ?? anomalyStep(best) });
   }
 }
