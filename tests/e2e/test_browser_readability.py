@@ -131,6 +131,22 @@ def test_a_restart_breaks_the_timeline_and_the_axis_has_step_labels_and_a_legend
     frame.check("input[name=view][value=frame]")
 
 
+def test_step_labels_tell_ticks_apart_far_from_step_zero(page_on_runs):
+    """A run resumed at step 100,000 (300 steps shown): every tick read "100k"; the labels take as many
+    decimals as the ticks' spacing needs. (The dashboard's own module, run in its page.)"""
+    frame = open_run(page_on_runs, "restarted")
+    labels = frame.evaluate("""async () => {
+        const m = await import("./static/timeline.js");
+        const spans = [[100000, 100300], [1000000, 1010000], [0, 25000], [1, 12]];
+        return spans.map(([a, b]) => m.tickLabels(m.stepTicks(a, b)));
+    }""")
+    assert labels[0] == ["100k", "100.05k", "100.1k", "100.15k", "100.2k", "100.25k", "100.3k"]
+    assert labels[1] == ["1M", "1.002M", "1.004M", "1.006M", "1.008M", "1.01M"]
+    assert labels[2] == ["0", "5000", "10k", "15k", "20k", "25k"]
+    assert labels[3] == ["2", "4", "6", "8", "10", "12"]
+    assert all(len(set(row)) == len(row) for row in labels)
+
+
 def test_colour_bar_bounds_share_one_compact_format_on_one_line(page_on_runs):
     """Bounds of 5.7e-10 and 1.2e-6 read "5.6733096e-" / "10" against "0.0000011776583"."""
     frame = open_run(page_on_runs, "tiny")

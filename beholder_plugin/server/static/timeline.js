@@ -173,12 +173,26 @@ export function stepTicks(first, last, count = TICKS) {
   return ticks;
 }
 
-/** A step for an axis label, short: 950, 12k, 1.5M. */
-export function stepLabel(step) {
+/**
+ * A step for an axis label, short: 950, 12k, 1.5M; with the ticks' unit, as many decimals as tell two
+ * ticks apart (100.05k and 100.1k, not 100k twice, for a run resumed at step 100,000).
+ */
+export function stepLabel(step, unit = 0) {
   const magnitude = Math.abs(step);
-  if (magnitude >= 1e6) return `${Number((step / 1e6).toPrecision(3))}M`;
-  if (magnitude >= 1e4) return `${Number((step / 1e3).toPrecision(3))}k`;
+  const scaled = (scale, suffix) => {
+    const decimals = unit > 0 ? Math.max(0, Math.ceil(-Math.log10(unit / scale) - 1e-9)) : 0;
+    const text = unit > 0 ? (step / scale).toFixed(Math.min(decimals, 6)) : (step / scale).toPrecision(3);
+    return `${Number(text)}${suffix}`;
+  };
+  if (magnitude >= 1e6) return scaled(1e6, "M");
+  if (magnitude >= 1e4) return scaled(1e3, "k");
   return String(Math.round(step));
+}
+
+/** The labels of a run of ticks (stepTicks'), each told apart from the next. */
+export function tickLabels(ticks) {
+  const unit = ticks.length > 1 ? ticks[1] - ticks[0] : 0;
+  return ticks.map((step) => stepLabel(step, unit));
 }
 
 /**
@@ -467,16 +481,17 @@ export class TimelineView {
 
   /** The tick labels under the axis, as text (left-aligned at the start, right-aligned at the end). */
   drawTickLabels(ticks) {
-    const labels = ticks.map((step) => {
+    const texts = tickLabels(ticks);
+    const labels = ticks.map((step, k) => {
       const x = this.x(step);
-      const label = h("span", { class: "tl-tick", "data-step": step }, stepLabel(step));
+      const label = h("span", { class: "tl-tick", "data-step": step }, texts[k]);
       label.style.left = `${x}px`;
       if (x < 16) label.style.transform = "none";
       else if (x > WIDTH - 16) label.style.transform = "translateX(-100%)";
       return label;
     });
     this.ticks.replaceChildren(...labels);
-    this.debug.ticks = ticks.map(stepLabel);
+    this.debug.ticks = texts;
   }
 
   /** One section's row: its name and a canvas of sparklines (and the compared run's norm, dashed). */
