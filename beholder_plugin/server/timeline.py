@@ -227,6 +227,8 @@ def _parts(run_path: str, points: int, files: Any, values: str | None
     anomalous = tuple(dict.fromkeys(a["section"] for a in source if isinstance(a.get("section"), str)))
     with _cache_lock:
         answer = _cache.get(key)
+        if answer is not None:
+            _cache.move_to_end(key)  # (the least recently asked for go first)
     if answer is None or answer.signature != signature or answer.anomalous != anomalous:
         answer = _flights.run(("answer", key, signature, anomalous),
                               lambda: _built(key, signature, anomalous, files))

@@ -285,3 +285,21 @@ def test_a_run_of_few_sections_says_none_were_left_out(tmp_path):
     status, answer = get(client, "/timeline?run=run1")
     assert status == 200 and [s["name"] for s in answer["sections"]] == ["b", "a"]
     assert (answer["sections_total"], answer["sections_left_out"]) == (2, 0)
+
+
+def test_the_answer_asked_for_again_is_the_last_one_dropped(tmp_path, monkeypatch):
+    """The kept answers are dropped least recently asked for first (a hit did not count: the dashboard's
+    own answer, asked for every 5 s, went before one asked for once since)."""
+    from beholder_plugin.server import timeline as server_timeline
+
+    server_timeline.forget()
+    run = str(tmp_path / "run1")
+    writer = TimelineWriter(run, files_for(run), parts_budget=10**9)
+    for step in range(1, 6):
+        writer.append(["w"], _records(["w"], step, 1.7e9 + step))
+    writer.close()
+    _, client = plugin_client(tmp_path)
+    monkeypatch.setattr(server_timeline, "CACHED_ANSWERS", 2)
+    for points in (100, 200, 100, 300):
+        assert get(client, f"/timeline?run=run1&points={points}")[0] == 200
+    assert list(server_timeline._cache) == [(run, 100, None), (run, 300, None)]
