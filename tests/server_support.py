@@ -272,6 +272,24 @@ def frames_after(frame: Any, count: int = 3, timeout: float = 30) -> dict:
                     timeout=timeout, message=f"{count} new frames")
 
 
+def shoot(locator: Any, name: str) -> None:
+    """Save a screenshot of one element under test-artifacts/."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    locator.screenshot(path=str(ARTIFACTS / name))
+
+
+def open_run(session: dict[str, Any], run: str) -> Any:
+    """Open the tab of a module's TensorBoard ({"page", "url"}) on a run through the URL, as a shared link
+    does; the dashboard's iframe (also kept as session["frame"])."""
+    page = session["page"]
+    page.goto("about:blank")
+    page.goto(session["url"] + f"/#beholder&run={run}")
+    frame = session["frame"] = beholder_frame(page)
+    wait_for(lambda: frame.evaluate("window.beholder.run") == run
+             and frame.evaluate("window.beholder.framesReceived"), message=f"the run {run} shown")
+    return frame
+
+
 def beholder_frame(page: Any, timeout: float = 60.0) -> Any:
     """The Beholder dashboard's iframe inside TensorBoard's page, once its module has rendered."""
     def find() -> Any:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from server_support import (
-    ARTIFACTS,
     BROWSER_MARKS,
     TensorBoard,
     beholder_frame,
     beholder_tab,
+    open_run,
     set_config,
+    shoot,
     wait_for,
 )
 
@@ -80,21 +81,6 @@ def session(tmp_path_factory):
         yield {"page": page, "frame": frame, "url": tb.url, "torch": torch}
 
 
-def shoot(locator, name: str) -> None:
-    """Save a screenshot under test-artifacts/."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    locator.screenshot(path=str(ARTIFACTS / name))
-
-
-def open_run(session, run: str):
-    """Open the tab on a run (through the URL, as a shared link does); the dashboard's iframe."""
-    page = session["page"]
-    page.goto("about:blank")
-    page.goto(session["url"] + f"/#beholder&run={run}")
-    frame = session["frame"] = beholder_frame(page)
-    wait_for(lambda: frame.evaluate("window.beholder.run") == run
-             and frame.evaluate("window.beholder.framesReceived"), message=f"the run {run} shown")
-    return frame
 
 
 def caption(frame, want: str) -> str:

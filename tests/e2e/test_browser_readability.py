@@ -15,7 +15,14 @@ import time
 
 import numpy as np
 import pytest
-from server_support import ARTIFACTS, BROWSER_MARKS, beholder_frame, beholder_tab, set_config, wait_for
+from server_support import (
+    BROWSER_MARKS,
+    beholder_tab,
+    open_run,
+    set_config,
+    shoot,
+    wait_for,
+)
 
 from beholder_plugin import Beholder, read_anomalies
 from beholder_plugin.protocol import timeline as tl
@@ -89,21 +96,6 @@ def write_wide(run) -> None:
                                    "time": time.time(), "frame_step": 3, "first": True}))
 
 
-def shoot(locator, name: str) -> None:
-    """Save a screenshot of one element under test-artifacts/."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    locator.screenshot(path=str(ARTIFACTS / name))
-
-
-def open_run(session, run: str):
-    """Open the tab on a run (through the URL, as a shared link does); the dashboard's iframe."""
-    page = session["page"]
-    page.goto("about:blank")
-    page.goto(session["url"] + f"/#beholder&run={run}")
-    frame = session["frame"] = beholder_frame(page)
-    wait_for(lambda: frame.evaluate("window.beholder.run") == run
-             and frame.evaluate("window.beholder.framesReceived"), message=f"the run {run} shown")
-    return frame
 
 
 def debug(frame) -> dict:
