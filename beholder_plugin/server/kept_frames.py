@@ -19,7 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -30,6 +29,7 @@ from beholder_plugin.protocol import history
 from beholder_plugin.protocol.files import files_for
 from beholder_plugin.protocol.names import history_dir
 from beholder_plugin.server.flights import Flights, Slots
+from beholder_plugin.server.http_answers import json_bytes
 
 FRESH_S = 2.0  # a directory changed less than this before its listing is listed again at the next request
 CACHED_LISTINGS = 4  # run directories whose listing is kept (about 30 MB each at the ring's cap)
@@ -51,17 +51,17 @@ class Listing:
         """GET history's answer: every kept frame's name, time, step, frame id and writer, as JSON bytes."""
         with self._lock:
             if self._history_json is None:
-                self._history_json = json.dumps(
+                self._history_json = json_bytes(
                     [{"name": e.name, "time": e.time, "step": e.step, "frame_id": e.frame_id,
-                      "writer": e.writer} for e in self.entries]).encode("utf-8")
+                      "writer": e.writer} for e in self.entries])
             return self._history_json
 
     def kept_json(self) -> bytes:
-        """GET timeline's "kept" as JSON bytes (what json.dumps writes of kept())."""
+        """GET timeline's "kept" as JSON bytes (kept(), as a JSON answer writes it)."""
+        kept = self.kept()
         with self._lock:
             if self._kept_json is None:
-                self._kept_json = json.dumps(
-                    [{"name": e.name, "step": e.step, "time": e.time} for e in self.entries]).encode("utf-8")
+                self._kept_json = json_bytes(kept)
             return self._kept_json
 
     def kept(self) -> list[dict[str, Any]]:
