@@ -151,12 +151,12 @@ class RunStore:
         then says the training ended instead of asking whether the trainer stopped."""
         if self.status.frames_written == 0:
             return
+        newest = self._newest_header()
+        # none (the run was deleted: no run of one ended.json comes back in its place), or the frame of
+        # another writer (a Beholder of the same run made after this one: its run now)
+        if newest is None or newest.get("writer") != self.writer_id:
+            return
         try:
-            found = read_header(self.frame_path, self.files)
-            # none (the run was deleted: no run of one ended.json comes back in its place), or the frame
-            # of another writer (a Beholder of the same run made after this one: its run now)
-            if found is None or found[0].get("writer") != self.writer_id:
-                return
             write_ended(self.logdir, self.writer_id, self.status.frames_written, time.time())
         except Exception as exc:  # (it only changes what the status line says: never fail a close for it)
             logger.debug("Beholder: could not write %s (%s)", names.ended_path(self.logdir), exc)
@@ -176,15 +176,20 @@ class RunStore:
         """False while writes back off after a failed one (WRITE_RETRY_SECONDS); now: the clock's time."""
         return (self.clock() if now is None else now) >= self.write_retry_at
 
+    def _newest_header(self) -> dict[str, Any] | None:
+        """frame.bin's header (only its bytes are read), or None: no frame, or one that cannot be read."""
+        try:
+            found = read_header(self.frame_path, self.files)
+        except Exception:  # (its readers only decide what to say: a warning, the ended mark)
+            return None
+        return None if found is None else found[0]
+
     def _first_write(self) -> None:
         """Before this writer's first frame: another trainer that started with this one (neither had a frame
         when the other opened the run) has written one by now: say so (one header read, locally)."""
-        try:
-            found = read_header(self.frame_path, self.files)
-        except Exception:  # (a frame that cannot be read: only the warning is at stake)
-            return
-        if found is not None:
-            self._warn_another(found[0].get("writer"), found[0].get("time"))
+        newest = self._newest_header()
+        if newest is not None:
+            self._warn_another(newest.get("writer"), newest.get("time"))
 
     def header(self) -> dict[str, Any]:
         """Frame header fields for the dashboard: where frames go and the remote frame-rate cap."""
