@@ -6,12 +6,14 @@ Runs TensorBoard with --load_fast=false (the other test module uses the default 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from server_support import (
     ARTIFACTS,
     BROWSER_MARKS,
     TensorBoard,
     beholder_frame,
+    beholder_tab,
     chromium_page,
     make_frames,
     wait_for,
@@ -77,16 +79,9 @@ def test_a_logdir_inside_a_run_shows_the_tab_with_the_logdir_to_use(tmp_path):
     "inactive") and its welcome page says which --logdir to use instead."""
     logs = tmp_path / "logs"
     make_frames(logs / "run1")
-    tb = TensorBoard(plugin_dir(logs / "run1"), tmp_path / "tensorboard.log")
-    tb.start()
-    try:
-        with chromium_page() as page:
-            page.goto(tb.url + "/#beholder")
-            frame = beholder_frame(page)
-            wait_for(lambda: frame.is_visible("#welcome-hint"), message="the hint")
-            text = frame.inner_text("#welcome-hint")
-            assert f"start TensorBoard with --logdir {logs} " in text and "inside the run" in text
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "logdir-inside-a-run.png"))
-    finally:
-        tb.stop()
+    with beholder_tab(Path(plugin_dir(logs / "run1"))) as (_, page, frame):
+        wait_for(lambda: frame.is_visible("#welcome-hint"), message="the hint")
+        text = frame.inner_text("#welcome-hint")
+        assert f"start TensorBoard with --logdir {logs} " in text and "inside the run" in text
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "logdir-inside-a-run.png"))

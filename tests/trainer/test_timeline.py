@@ -428,6 +428,22 @@ def check_unscaled_hooked_gradients(run_dir: str, device: str, model=None, forwa
     assert max(np.abs(g).max() for g in unscaled[2].values()) < 10  # (scaled, they were 16384 times more)
 
 
+def scaled_steps(beholder, model, optimizer, scaler, steps: int, before=None) -> None:
+    """Steps 1 to `steps` of an fp16-style loop under a loss scaler, the gradients of step 3 overflowing
+    (the scaler skips it), a frame at each; before(step), if given, runs first (a settings change)."""
+    for step in range(1, steps + 1):
+        if before is not None:
+            before(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(torch.randn(32, 8)).square().mean()
+        scaler.scale(loss * (1e38 if step == 3 else 1.0)).backward()  # step 3 overflows
+        scaler.unscale_(optimizer)
+        beholder.frame_due_now()
+        beholder.update()
+        scaler.step(optimizer)
+        scaler.update()
+
+
 @pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("scaled", [True, False])
 def test_a_loss_scalers_overflow_is_recorded_but_not_an_anomaly(run_dir, monkeypatch, batched, scaled):
@@ -441,15 +457,7 @@ def test_a_loss_scalers_overflow_is_recorded_but_not_an_anomaly(run_dir, monkeyp
     set_config(run_dir, FPS=30, values="gradients", mode="current")
     beholder = Beholder(run_dir, strict=True, background=False)
     beholder.watch(model, activations=False, grad_scaler=scaler if scaled else None)
-    for step in range(1, 7):
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(torch.randn(32, 8)).square().mean()
-        scaler.scale(loss * (1e38 if step == 3 else 1.0)).backward()  # step 3 overflows
-        scaler.unscale_(optimizer)
-        beholder.frame_due_now()
-        beholder.update()
-        scaler.step(optimizer)
-        scaler.update()
+    scaled_steps(beholder, model, optimizer, scaler, 6)
     beholder.close()
     assert scaler.get_scale() == 2.0**13  # the scaler saw the overflow and skipped step 3
     columns = read_timeline(run_dir)["0.weight"]
@@ -1277,17 +1285,12 @@ def test_a_gradients_overflow_is_no_weights_anomaly_after_values_switch(run_dir,
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
     with Beholder(run_dir, strict=True, background=False, on_anomaly="raise") as beholder:
         beholder.watch(model, activations=False, grad_scaler=scaler)
-        for step in range(1, 11):
+
+        def values_at(step: int) -> None:
             shown = "gradients" if step <= 5 else "trainable_variables"
             set_config(run_dir, FPS=30, mode="current", values=shown)
-            opt.zero_grad(set_to_none=True)
-            loss = model(torch.randn(32, 8)).square().mean()
-            scaler.scale(loss * (1e38 if step == 3 else 1.0)).backward()  # step 3 overflows
-            scaler.unscale_(opt)
-            beholder.frame_due_now()
-            beholder.update()
-            scaler.step(opt)
-            scaler.update()
+
+        scaled_steps(beholder, model, opt, scaler, 10, before=values_at)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert read_anomalies(run_dir) == []
     assert read_timeline(run_dir, values="trainable_variables")["0.weight"]["step"].size >= 4
