@@ -5,6 +5,8 @@ import { h } from "./dom.js";
 import { compactNumbers } from "./format.js";
 
 export const MAX_PINS = 4;
+// What a read-out's dataset says of the value it shows (cleared when it shows none).
+const VALUE_KEYS = ["section", "name", "index", "axes", "value", "step", "kind"];
 const BAR_WIDTH = 160;
 const BAR_HEIGHT = 10;
 const HINT = "Point at the frame to read a value; click to pin it (up to 4).";
@@ -64,7 +66,7 @@ class Readout {
     const el = this.element;
     Object.assign(el.dataset, { x: String(x), y: String(y) });
     if (!answer) {
-      for (const key of ["section", "name", "index", "axes", "value", "step", "kind"]) delete el.dataset[key];
+      for (const key of VALUE_KEYS) delete el.dataset[key];
       this.label.textContent = message || `(${x}, ${y}): no array value here`;
       this.barWrap.hidden = true;
       this.bounds.textContent = "";
@@ -105,7 +107,7 @@ class Readout {
 
   /** Forget the value shown and show a hint instead. */
   reset(text) {
-    for (const key of ["x", "y", "section", "name", "index", "axes", "value", "step", "kind"]) delete this.element.dataset[key];
+    for (const key of ["x", "y", ...VALUE_KEYS]) delete this.element.dataset[key];
     this.label.textContent = text;
     this.barWrap.hidden = true;
     this.bounds.textContent = "";
