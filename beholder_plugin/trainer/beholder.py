@@ -165,6 +165,7 @@ class Beholder:
         self._frame_interval = settings.interval  # 1 / FPS of the settings in force
         self._watch: Watch | None = None
         self._failure_shown_at = float("-inf")  # when a frame last said that update() failed
+        self._framed_step = -1  # the step of the last frame handed over (close() adds the final weights')
         self.worker = Worker(self.jobs.run) if background and self.active else None  # None: in update()
         self._opening: Background | None = None  # a remote run still opening (update() takes no frame)
         self._closed = False
@@ -380,12 +381,18 @@ class Beholder:
         On a remote logdir the frame's and the timeline's last writes are waited for at most ``timeout``
         s (None: REMOTE_CLOSE_SECONDS), so that a store that stopped answering cannot hold the end of
         training; a recording's upload, at most UPLOAD_EXIT_SECONDS longer (run_store.py).
+
+        After ``watch(model)``, when the dashboard shows weights and the last frame is of an earlier
+        step, one more frame shows the weights training ended with, stamped with the last step.
         """
-        self.unwatch()
-        self._closed = True
         if timeout is None and self.remote:
             timeout = REMOTE_CLOSE_SECONDS
         deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._final_weights(deadline)
+        finally:
+            self.unwatch()
+        self._closed = True
         stopped = False
         try:
             stopped = self.worker is None or self.worker.stop(_left(deadline))
@@ -403,6 +410,25 @@ class Beholder:
                                "missing", self.logdir, timeout)
             self.store.close(timeout, worker_idle=self.worker is None or not self.worker.busy)
             _LIVE.discard(self)
+
+    def _final_weights(self, deadline: float | None) -> None:
+        """Hand over a frame of the watched model's weights at the last step, when the dashboard shows
+        weights and the last frame is older: a loop faster than the frame rate otherwise ends on a frame
+        of an earlier step, which the dashboard calls the training's last (never raises: counted, logged)."""
+        if (self._watch is None or self._closed or not self.active or self._opening is not None
+                or self.step <= max(self._framed_step, 0)):
+            return
+        try:
+            settings = self.check_settings()
+            if settings.shown != "trainable_variables" or settings.fps == 0:
+                return
+            if self.worker is not None and not self.worker.drain(_left(deadline)):
+                return  # (the frame in progress is still being written: it must not be skipped for this one)
+            self.frame_due_now()
+            self._update(Inputs(self.step, None, None, self.variables, None, None, self._watch))
+        except Exception as exc:
+            if self.status.failed(exc):
+                self._show_failure()
 
     def _closing_write(self, call: Any, deadline: float | None) -> bool:
         """Run one of close()'s writes: at once on a local logdir; on a remote one until the deadline at
@@ -517,6 +543,7 @@ class Beholder:
             if watch is not None:
                 watch.remove()  # the frame is skipped: no hook waits for it
             return False
+        self._framed_step = inputs.step  # (a failed frame too: close() takes no second one of its step)
         with _normal_tensors():
             job = self.gatherer.gather(settings, inputs)
         if job.waiting is not None:  # nothing to hand over this time (a device gather compiling)

@@ -8,7 +8,7 @@ import weakref
 import numpy as np
 import pytest
 from pixel_checks import check_sampled_pixels
-from support import due, set_config
+from support import due, run_script, set_config
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.frame_format import value_at
@@ -446,3 +446,68 @@ def test_a_frozen_model_is_a_setup_mistake_not_a_model_still_to_be_built(run_dir
         beholder.frame_due_now()
         assert not beholder.update()
         assert beholder.failures == 1 and "every parameter frozen" in beholder.last_error
+
+
+@pytest.mark.parametrize("shown, fps, final", [
+    ("trainable_variables", 1, True),  # the weights training ended with, at the last step
+    ("gradients", 1, False),  # (no backward pass is coming: nothing to show)
+    ("trainable_variables", 0, False),  # paused
+])
+def test_close_after_a_watch_loop_shows_the_weights_training_ended_with(run_dir, shown, fps, final):
+    set_config(run_dir, values=shown, mode="current", FPS=fps)
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    now = [0.0]
+    beholder = Beholder(run_dir, strict=True, clock=lambda: now[0])
+    beholder.watch(model)
+    taken = []
+    for step in range(1, 6):  # one frame at step 1; the four steps after it fall within the FPS's second
+        train_step(model, opt, seed=step)
+        taken.append(beholder.update())
+    assert taken == [fps > 0, False, False, False, False]
+    beholder.close()
+    frame = read_frame_file(run_dir)
+    if not final:
+        assert frame is None or frame.header["step"] == 1
+        return
+    assert frame.header["step"] == 5 and beholder.frames_written == 2
+    conv = next(i for i, rec in enumerate(frame.sections) if rec["name"] == "0.weight")
+    weights = model[0].weight.detach().numpy()  # (8, 1, 3, 3): out side by side, a kernel each
+    np.testing.assert_array_equal(frame.section_values(conv), weights[:, 0].transpose(1, 0, 2).reshape(3, 24))
+
+
+def test_close_takes_no_extra_frame_when_the_last_one_is_of_the_last_step(run_dir):
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=30)
+    model = small_cnn()
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model)
+        assert beholder.update()
+    assert beholder.frames_written == 1 and read_frame_file(run_dir).header["step"] == 1
+
+
+EXIT_WITHOUT_CLOSE = """
+import sys, torch
+from support import set_config
+from beholder_plugin import Beholder
+set_config(sys.argv[1], values="trainable_variables", mode="current", FPS=1)
+model = torch.nn.Linear(4, 3)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+beholder = Beholder(sys.argv[1])
+beholder.watch(model)
+for step in range(7):  # far faster than one frame a second: only step 1's frame falls due
+    opt.zero_grad()
+    model(torch.ones(2, 4)).square().sum().backward()
+    opt.step()
+    beholder.update()
+torch.save(model.state_dict(), sys.argv[1] + "/final.pt")
+"""
+
+
+def test_a_script_that_never_closes_ends_on_the_weights_of_its_last_step(run_dir):
+    out = run_script(EXIT_WITHOUT_CLOSE, run_dir)
+    assert out.returncode == 0, out.stderr
+    frame = read_frame_file(run_dir)
+    assert frame.header["step"] == 7
+    weight = torch.load(run_dir + "/final.pt")["weight"].numpy()
+    section = next(i for i, rec in enumerate(frame.sections) if rec["name"] == "weight")
+    np.testing.assert_array_equal(frame.section_values(section), weight.T)  # (out_in: drawn in x out)
