@@ -12,6 +12,7 @@ from server_support import (
     beholder_frame,
     beholder_tab,
     make_frames,
+    read_config_file,
     set_config,
     wait_for,
 )
@@ -133,3 +134,28 @@ def test_a_finished_run_says_its_training_ended(page_on_runs):
     assert "stopped?" not in status(frame) and frame.get_attribute("#status", "data-state") == "ended"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "status-training-ended.png"))
+
+
+def test_a_new_hash_in_the_open_tab_is_followed(page_on_runs):
+    """A link pasted into the open tab (#beholder&run=victim: no reload, a new hash) and the back button
+    changed nothing: the dashboard read the URL at page load only. It now follows the hash, in the same
+    page, without adding history entries of its own."""
+    page, url = page_on_runs["page"], page_on_runs["url"]
+    page.goto("about:blank")
+    page.goto(url + "/#beholder&run=other")
+    frame = page_on_runs["frame"] = beholder_frame(page)
+    wait_for(lambda: stats(frame)["run"] == "other" and stats(frame)["framesReceived"],
+             message="the run other")
+    frame.evaluate("window.loadedOnce = true")  # (gone if the dashboard were loaded again)
+    entries = page.evaluate("history.length")
+    page.goto(url + "/#beholder&run=victim&filter=b")  # pasted into the address bar: the same document
+    wait_for(lambda: stats(frame)["run"] == "victim", message="the pasted link's run")
+    wait_for(lambda: frame.input_value("#section-filter") == "b", message="the pasted link's filter")
+    wait_for(lambda: read_config_file(page_on_runs["logdir"] / "victim").get("filter") == "b", timeout=30,
+             message="the link's filter sent to the run")
+    assert frame.evaluate("window.loadedOnce") and "run=victim" in page.url
+    assert page.evaluate("history.length") == entries + 1  # (the link's; none of the dashboard's own)
+    page.go_back()
+    wait_for(lambda: stats(frame)["run"] == "other", message="the run before, after the back button")
+    assert frame.evaluate("window.loadedOnce") and "run=other" in page.url
+    assert page.evaluate("history.length") == entries + 1

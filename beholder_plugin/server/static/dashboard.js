@@ -8,7 +8,7 @@ import { HistoryBar, VideoList, keptLabel } from "./history.js";
 import { Inspector } from "./inspector.js";
 import { CompareView } from "./compare.js";
 import { DistributionsView, StatsStore } from "./distributions.js";
-import { SectionChooser, urlParams, writeUrlRun } from "./sections.js";
+import { SectionChooser, onUrlChange, urlParams, writeUrlRun } from "./sections.js";
 import { TimelineView } from "./timeline.js";
 import { DashboardState } from "./state.js";
 import { SettingsSync } from "./settings_sync.js";
@@ -172,6 +172,21 @@ export class Dashboard {
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden && state.run !== null) this.settings.load();
     });
+    onUrlChange(() => this.followUrl());
+  }
+
+  /**
+   * The top page's hash changed without a reload (a link pasted into the open tab, the back button):
+   * show the run and the sections it names. What it leaves out stays as it is.
+   */
+  followUrl() {
+    const state = this.state;
+    const run = urlParams().get("run");
+    const other = Boolean(run) && run !== state.run;
+    if (run) state.chosenRun = run;
+    this.chooser.followUrl(other);
+    if (other && state.runs.some((r) => r.run === run)) this.selectRun(run);
+    this.renderStatus(); // (a run not in the logdir: the status says so, and it is shown once it is)
   }
 
   /** Load the runs and keep them, the status line and the frames up to date. */

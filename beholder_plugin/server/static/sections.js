@@ -148,6 +148,31 @@ export class SectionChooser {
     for (const scope of params.getAll("hide")) this.hidden.add(scope);
   }
 
+  /**
+   * The URL's hash changed in the open page (a pasted link, the back button): take the filter and hidden
+   * scopes it names, if any and other than the box's; sent now, or, when another run is about to be shown
+   * (later), once that run's config is in (as at page load).
+   */
+  followUrl(later) {
+    const params = urlParams();
+    if (!params.has("filter") && !params.has("hide")) return;
+    const text = params.get("filter") || "";
+    const hidden = new Set(params.getAll("hide"));
+    const same = text === this.input.value && hidden.size === this.hidden.size
+      && [...hidden].every((scope) => this.hidden.has(scope));
+    if (same && !later) return;
+    this.input.value = text;
+    this.hidden = hidden;
+    this.keepBox = false;
+    this.urlWanted = later;
+    if (!later) {
+      this.send();
+      return;
+    }
+    this.showProblem();
+    this.renderTree();
+  }
+
   /** The expression for the box and the tree as they are now (null while the box is invalid). */
   current() {
     const text = this.input.value;
@@ -349,6 +374,20 @@ export function urlParams() {
   const hash = topWindow().location.hash.replace(/^#/, "");
   const at = hash.indexOf("&");
   return new URLSearchParams(at < 0 ? "" : hash.slice(at + 1));
+}
+
+/**
+ * Call changed() when the top page's hash changes while it shows this tab (a link pasted into the open
+ * page, the back button); until this frame's page goes. The URL writes here (replaceState) fire none.
+ */
+export function onUrlChange(changed) {
+  const win = topWindow();
+  const listener = () => {
+    const tab = win.location.hash.replace(/^#/, "").split("&")[0];
+    if (tab === "" || tab === "beholder") changed();
+  };
+  win.addEventListener("hashchange", listener);
+  if (win !== window) window.addEventListener("pagehide", () => win.removeEventListener("hashchange", listener));
 }
 
 /** Keep the filter box and hidden scopes in the top page's URL, so that the view can be shared. */
