@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
-from server_support import BROWSER_MARKS, beholder_tab, set_config, wait_for
+from server_support import BROWSER_MARKS, beholder_tab, set_config, shoot, wait_for
 
 from beholder_plugin import Beholder, read_anomalies
 
@@ -15,7 +17,8 @@ NAN_STEP = 9
 
 @pytest.fixture(scope="module")
 def page_on_timeline(tmp_path_factory):
-    """A finished run (frames at steps 1-12, section w NaN from step 9), TensorBoard, the tab open."""
+    """A finished run (frames at steps 1-12, section w NaN from step 9), TensorBoard, the tab open; runs
+    "other", "switched" (its Values changed) and "restarted" (two trainer processes) beside it."""
     logdir = tmp_path_factory.mktemp("logs")
     other = logdir / "other"  # written first, so that nanrun is the run the tab opens on
     other.mkdir()
@@ -32,6 +35,13 @@ def page_on_timeline(tmp_path_factory):
             beholder.frame_due_now()
             beholder.update(arrays={"w": np.full((4, 4), 1.0, np.float32)},
                             variables={"w": np.full((4, 4), 100.0, np.float32)})
+    restarted = logdir / "restarted"  # a trainer that ran steps 1-12, then one started again: steps 1-6
+    set_config(restarted, values="arrays", FPS=30)
+    for steps in (12, 6):
+        with Beholder(str(restarted), background=False) as beholder:
+            for step in range(1, steps + 1):
+                beholder.frame_due_now()
+                beholder.update(arrays={"w": np.full((4, 4), float(step), np.float32)})
     run = logdir / "nanrun"
     run.mkdir()
     set_config(run, values="arrays", FPS=30)
@@ -129,3 +139,41 @@ def test_a_run_whose_values_changed_shows_one_values_timeline_with_a_choice(page
     wait_for(lambda: "steps 1–12" in frame.inner_text("#timeline-status"), timeout=30,
              message="back on the run of one values")
     assert not frame.is_visible("#timeline-values")
+
+
+def test_the_hover_says_which_trainer_process_a_point_is_of(page_on_timeline):
+    """After a restart two processes' points share steps; the hover's "w · step 3" did not say which
+    process (the faint line or the bright one) it was. It names it, and only when there are two or more."""
+    page, frame = page_on_timeline
+    frame.select_option("#run-select", "restarted")
+    frame.click("#view-timeline")
+    wait_for(lambda: "restarted once" in frame.inner_text("#timeline-status"), timeout=30,
+             message="the restarted run's timeline")
+
+    def hover(step: int) -> str:
+        """Hover row w at a step (the axis spans steps 1-12); the read-out once it shows that step."""
+        box = frame.query_selector('canvas.tl-spark[data-section="w"]').bounding_box()
+        page.mouse.move(box["x"] + (step - 1) / (12 - 1) * 639, box["y"] + box["height"] / 2)
+        wait_for(lambda: (debug(frame)["hover"] or {}).get("step") == step,
+                 message=f"the hover at step {step}")
+        return frame.inner_text("#timeline-readout")
+
+    earlier = hover(10)  # only the first process reached step 10
+    assert re.search(r"w · step 10 · trainer process 1 of 2 \(before the restart at \d\d:\d\d\) · ", earlier)
+    later = hover(3)  # both processes wrote a step 3: the latest's, the bright line
+    assert re.search(r"w · step 3 · trainer process 2 of 2 \(restarted at \d\d:\d\d\) · norm ", later)
+    assert debug(frame)["hover"]["process"] == 2
+    shoot(frame.locator("#timeline"), "timeline-restart-hover.png")
+    frame.select_option("#run-select", "nanrun")  # one process: no word of processes
+    wait_for(lambda: "steps 1–12" in frame.inner_text("#timeline-status") and "restarted" not in
+             frame.inner_text("#timeline-status"), timeout=30, message="the run of one process")
+    assert "trainer process" not in hover(5)
+    # A section missing from the first of three processes (its own steps go back once) is numbered by the
+    # run's processes, by the time each of its own began. (The dashboard's own module, run in its page.)
+    found = frame.evaluate("""async () => {
+        const m = await import("./static/timeline.js");
+        const starts = [100, 200, 300];  // the run's three processes began at these times
+        const section = {step: [1, 2, 1, 2], time: [201, 202, 301, 302]};
+        return [0, 1, 2, 3].map((i) => m.processOf(section, i, starts) + 1);
+    }""")
+    assert found == [2, 2, 3, 3]

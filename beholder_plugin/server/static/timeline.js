@@ -160,6 +160,56 @@ export function restartCount(steps) {
   return count;
 }
 
+/** The index ranges [{from, to}] (inclusive) of a section's points of each trainer process, in order: a
+ * new one where the steps go back (a restart). */
+export function processRanges(steps) {
+  const ranges = [];
+  for (let i = 0; i < steps.length; i++) {
+    if (i === 0 || steps[i] < steps[i - 1]) ranges.push({ from: i, to: i });
+    else ranges[ranges.length - 1].to = i;
+  }
+  return ranges;
+}
+
+/** The run's trainer processes: the time each began (its first point's), from the section that saw the
+ * most restarts (a section may be missing from some processes); one entry or none: never restarted. */
+export function processStarts(sections) {
+  let best = [];
+  for (const section of sections) {
+    const ranges = processRanges(section.step);
+    if (ranges.length > best.length) best = ranges.map((r) => section.time[r.from]);
+  }
+  return best;
+}
+
+/** Which process (0-based) a section's point i is of, given the run's process starts: its own count when
+ * the section saw every restart, else by the time its own process began. */
+export function processOf(section, i, starts) {
+  const ranges = processRanges(section.step);
+  const k = ranges.findIndex((r) => i >= r.from && i <= r.to);
+  if (ranges.length === starts.length) return k;
+  const began = section.time[ranges[k].from];
+  return Math.max(0, starts.findLastIndex((start) => start <= began));
+}
+
+/** A time (seconds since the epoch) as a clock, 14:02; with its day when that is not today: 3 Mar 14:02. */
+export function clockTime(seconds) {
+  const when = new Date(seconds * 1000);
+  const pad = (n) => String(n).padStart(2, "0");
+  const clock = `${pad(when.getHours())}:${pad(when.getMinutes())}`;
+  if (when.toDateString() === new Date().toDateString()) return clock;
+  return `${when.toLocaleDateString([], { day: "numeric", month: "short" })} ${clock}`;
+}
+
+/** The hover's words for process k (0-based) of a run restarted into: "trainer process 2 of 3 (restarted
+ * at 14:02)"; "" for a run of one process. */
+export function processWords(k, starts) {
+  if (starts.length < 2) return "";
+  const restart = starts.length === 2 ? "the restart" : "the first restart";
+  const when = k === 0 ? `before ${restart} at ${clockTime(starts[1])}` : `restarted at ${clockTime(starts[k])}`;
+  return `trainer process ${k + 1} of ${starts.length} (${when})`;
+}
+
 /** Round step values for about `count` axis labels between first and last: 1, 2 or 5 times a power of 10. */
 export function stepTicks(first, last, count = TICKS) {
   const span = last - first;
@@ -354,6 +404,7 @@ export class TimelineView {
       if (load !== this.loads) return;
       const fetched = performance.now();
       this.answer = withSteps({ ...answer, decoded: decodeTimeline(answer) });
+      this.answer.starts = processStarts(this.answer.decoded);
       this.showValues(answer);
       this.other = second ? withSteps({ ...second, decoded: decodeTimeline(second) }) : null;
       this.debug.fetchMs = fetched - started;
@@ -587,10 +638,13 @@ export class TimelineView {
   /** The numbers of a section's point i, in the read-out line. */
   showPoint(section, i) {
     const point = Object.fromEntries(COLUMNS.map((c) => [c, section[c][i]]));
-    this.debug.hover = { section: section.name, ...point };
-    this.readout.textContent = `${section.name} · step ${point.step} · norm ${rounded(point.norm)} · ` +
-      `mean ${rounded(point.mean)} ± ${rounded(point.std)} · min ${rounded(point.min)} · ` +
-      `max ${rounded(point.max)} · non-finite ${rounded(point.nonfinite)}`;
+    const starts = this.answer?.starts || [];
+    const k = starts.length > 1 ? processOf(section, i, starts) : 0;
+    this.debug.hover = { section: section.name, ...point, process: k + 1 };
+    const process = processWords(k, starts); // (after a restart: which process, the faint line or the bright)
+    this.readout.textContent = `${section.name} · step ${point.step}${process ? ` · ${process}` : ""} · ` +
+      `norm ${rounded(point.norm)} · mean ${rounded(point.mean)} ± ${rounded(point.std)} · ` +
+      `min ${rounded(point.min)} · max ${rounded(point.max)} · non-finite ${rounded(point.nonfinite)}`;
   }
 
   /** Open the kept frame (ring, pin) of a target {names, time, step} (keptFor) in the frame view. */
