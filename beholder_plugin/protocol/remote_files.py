@@ -169,6 +169,12 @@ def _timestamp(value: Any) -> float | None:
     return None
 
 
+def modified_time(info: dict[str, Any]) -> float | None:
+    """An object's modification time (Unix seconds) from its listing or info entry, or None."""
+    times = (_timestamp(info.get(key)) for key in _MTIME_KEYS)
+    return next((t for t in times if t is not None), None)
+
+
 def identity_of_info(info: dict[str, Any]) -> tuple:
     """A key that changes whenever the object is replaced: its size and every version-like field."""
     out: list[Any] = [int(info.get("size") or 0)]
@@ -311,13 +317,7 @@ class RemoteFiles:
             info = self.info(path)
         except OSError:
             return None
-        if info is None:
-            return None
-        for key in _MTIME_KEYS:
-            found = _timestamp(info.get(key))
-            if found is not None:
-                return found
-        return None
+        return None if info is None else modified_time(info)
 
     # ------------------------------------------------------------ writing
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
-from werkzeug import wrappers, wsgi
+from werkzeug import wrappers
 
 from beholder_plugin.protocol.colormaps import palettes_hex
 from beholder_plugin.protocol.files import FileRefused, confine
@@ -456,7 +456,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
     def _serve_videos(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """The run's recordings and exports (mp4), newest first: name, kind, size and time."""
         self._index.file_path(run, EXPORTS_DIR)  # RunError if it leads out of the logdir
-        return json_response(request, list_videos(run.beholder_dir))
+        return json_response(request, list_videos(run.beholder_dir, run.files))
 
     @wrappers.Request.application
     @with_run
@@ -464,12 +464,11 @@ class BeholderPlugin(base_plugin.TBPlugin):
         """One recording or export (?name= as `videos` lists it) as an mp4 download."""
         try:
             name = check_video_name(request.args.get("name"))
-            handle, size = open_video(self._index.file_path(run, name), name)
+            chunks, size = open_video(self._index.file_path(run, name), name, run.files)
         except VideoError as exc:
             return error_response(request, str(exc), exc.status)
-        response = wrappers.Response(
-            wsgi.wrap_file(request.environ, handle), mimetype="video/mp4", direct_passthrough=True
-        )
+        # exactly `size` bytes, as Content-Length says, even from a recording that grows meanwhile
+        response = wrappers.Response(chunks, mimetype="video/mp4", direct_passthrough=True)
         response.content_length = size
         response.headers["Content-Disposition"] = f'attachment; filename="{os.path.basename(name)}"'
         response.headers["Cache-Control"] = "no-cache"

@@ -4,18 +4,27 @@ Recordings are the trainer's `video-*.mp4` files in `<run>/plugins/beholder/`;
 exports are written here, from the history ring's frame files, into
 `<run>/plugins/beholder/exports/`. Both are named relative to the plugin
 directory (`video-....mp4`, `exports/export-....mp4`), and only names of
-that shape are ever opened.
+that shape are ever opened. On a remote logdir both are read through the
+run's fsspec files (recordings are uploaded there when they finish); exports
+are written only into local runs.
+
+An export is bounded three ways: its frames (MAX_EXPORT_FRAMES), the pixels
+it encodes in all (MAX_EXPORT_TOTAL_PIXELS: its time, memory and file size),
+and the room it may take (a run's exports/ holds at most MAX_EXPORTS_BYTES
+in MAX_EXPORTS_FILES files, and the disk keeps MIN_FREE_BYTES free).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
+import shutil
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +37,7 @@ from beholder_plugin.protocol.history import (
     read_history_frame,
 )
 from beholder_plugin.protocol.names import history_dir
+from beholder_plugin.protocol.remote_files import identity_of_info, is_remote, modified_time
 from beholder_plugin.protocol.video import VIDEO_FPS, open_mp4_writer, pad_even, timestamp
 
 EXPORTS_DIR = "exports"
@@ -35,9 +45,22 @@ EXPORTS_DIR = "exports"
 MAX_EXPORT_FRAMES = 600
 # A frame of an export is at most this many pixels (a show_all ResNet-50 frame is ~22 million).
 MAX_EXPORT_PIXELS = 32 << 20
+# At most this many pixels are encoded by one export, all its frames together: 600 frames of up to
+# 1.7 Mi pixels, or 32 of the largest. x264 takes about 0.1 us a pixel on 2 cores, so an export of noisy
+# frames takes at most about 2.5 minutes there and writes at most about 460 MB.
+MAX_EXPORT_TOTAL_PIXELS = 1 << 30
+# A run's exports/ folder: at most this many bytes and files; an export that would pass either is refused.
+MAX_EXPORTS_BYTES = 2 << 30
+MAX_EXPORTS_FILES = 500
+# An export never leaves less than this free on the file system that holds exports/.
+MIN_FREE_BYTES = 1 << 30
 MAX_LISTED_VIDEOS = 1000
 DEFAULT_EXPORT_FPS = VIDEO_FPS
-_VIDEO_NAME = re.compile(r"^(exports/)?[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\.mp4$")
+_VIDEO_NAME = re.compile(r"(exports/)?[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\.mp4")  # used with fullmatch
+_CHUNK = 1 << 20  # bytes read at a time for a download
+# A recording the trainer finished ends with this box (the fragmented mp4's index); one being written,
+# or cut short by a killed trainer, does not.
+_FINISHED_TAIL = (16).to_bytes(4, "big") + b"mfro"
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -64,7 +87,7 @@ class ExportResult:
 
 def check_video_name(name: Any) -> str:
     """The name if it names a recording or an export (`x.mp4`, `exports/x.mp4`), else VideoError 400."""
-    if not isinstance(name, str) or not _VIDEO_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _VIDEO_NAME.fullmatch(name) or ".." in name:
         raise VideoError(
             f"{name!r} is not a video name: expected 'NAME.mp4' or 'exports/NAME.mp4' "
             "(letters, digits, '_', '-', '.')"
@@ -72,12 +95,20 @@ def check_video_name(name: Any) -> str:
     return name
 
 
-def list_videos(beholder_dir: str) -> list[dict[str, Any]]:
-    """The run's mp4 files, newest first: recordings in plugins/beholder/, exports in exports/."""
+def list_videos(beholder_dir: str, files: Any = None) -> list[dict[str, Any]]:
+    """The run's mp4 files, newest first: recordings in plugins/beholder/, exports in exports/.
+
+    A recording's ``finished`` says whether the trainer finished it (false
+    while it is being written, and for one cut short by a killed trainer); a
+    remote run's recordings are uploaded once finished. ``files`` is a
+    remote run's RemoteFiles.
+    """
     found: list[dict[str, Any]] = []
     for folder, kind, prefix in ((beholder_dir, "recording", ""),
-                                 (os.path.join(beholder_dir, EXPORTS_DIR), "export", EXPORTS_DIR + "/")):
-        found.extend(_videos_in(folder, kind, prefix))
+                                 (posixpath.join(beholder_dir, EXPORTS_DIR) if files is not None
+                                  else os.path.join(beholder_dir, EXPORTS_DIR), "export", EXPORTS_DIR + "/")):
+        found.extend(_videos_in(folder, kind, prefix) if files is None
+                     else _remote_videos_in(files, folder, kind, prefix))
     found.sort(key=lambda v: (-v["time"], v["name"]))
     return found[:MAX_LISTED_VIDEOS]
 
@@ -90,7 +121,7 @@ def _videos_in(folder: str, kind: str, prefix: str) -> Iterator[dict[str, Any]]:
                 if count >= MAX_LISTED_VIDEOS * 4:
                     return
                 name = prefix + entry.name
-                if not _VIDEO_NAME.match(name) or ".." in name:
+                if not _VIDEO_NAME.fullmatch(name) or ".." in name:
                     continue
                 try:
                     if not entry.is_file(follow_symlinks=False):
@@ -98,13 +129,55 @@ def _videos_in(folder: str, kind: str, prefix: str) -> Iterator[dict[str, Any]]:
                     st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                yield {"name": name, "kind": kind, "size": st.st_size, "time": st.st_mtime}
+                video = {"name": name, "kind": kind, "size": st.st_size, "time": st.st_mtime}
+                if kind == "recording":
+                    video["finished"] = _finished(entry.path)
+                yield video
     except (FileNotFoundError, NotADirectoryError):
         return
 
 
-def open_video(path: str, name: str) -> tuple[IO[bytes], int]:
-    """An open regular file and its size; VideoError 404 when it is missing or not a regular file."""
+def _remote_videos_in(files: Any, folder: str, kind: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """*.mp4 objects directly in a remote folder, as list entries (one listing, no request per object)."""
+    for count, info in enumerate(files.entries(folder)):
+        if count >= MAX_LISTED_VIDEOS * 4:
+            return
+        name = prefix + posixpath.basename(str(info.get("name", "")).rstrip("/"))
+        if info.get("type") != "file" or not _VIDEO_NAME.fullmatch(name) or ".." in name:
+            continue
+        video = {"name": name, "kind": kind, "size": int(info.get("size") or 0),
+                 "time": modified_time(info) or 0.0}
+        if kind == "recording":
+            video["finished"] = True  # uploaded only once the trainer finished it
+        yield video
+
+
+def _finished(path: str) -> bool:
+    """Whether a recording ends with the box the trainer's encoder writes when it finishes the file."""
+    try:
+        fd = open_checked(path, _OPEN_FLAGS)
+    except (OSError, FileRefused):
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        return size >= 16 and os.pread(fd, 8, size - 16) == _FINISHED_TAIL
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def open_video(path: str, name: str, files: Any = None) -> tuple[Iterator[bytes], int]:
+    """A video's bytes (as large as when opened: a recording that grows meanwhile is sent as it was) and size.
+
+    VideoError 404 when it is missing or not a regular file; ``files`` is a remote run's RemoteFiles.
+    """
+    if files is not None:
+        info = files.info(path)
+        if info is None or info.get("type") != "file":
+            raise VideoError(f"there is no video {name!r} in this run", 404)
+        size = int(info.get("size") or 0)
+        return _remote_chunks(files, path, size, identity_of_info(info)), size
     try:
         fd = open_checked(path, _OPEN_FLAGS)  # what was opened must lie in the logdir (a link swapped in)
     except (FileNotFoundError, NotADirectoryError):
@@ -115,30 +188,73 @@ def open_video(path: str, name: str) -> tuple[IO[bytes], int]:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise VideoError(f"video {name!r} is not a regular file", 404)
-    return os.fdopen(fd, "rb"), st.st_size
+    return _local_chunks(fd, st.st_size), st.st_size
+
+
+def _local_chunks(fd: int, size: int) -> Iterator[bytes]:
+    """The first size bytes of an open file (fewer if it shrank), a chunk at a time; closes it."""
+    try:
+        sent = 0
+        while sent < size:
+            chunk = os.pread(fd, min(_CHUNK, size - sent), sent)
+            if not chunk:
+                return
+            sent += len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+def _remote_chunks(files: Any, path: str, size: int, identity: tuple) -> Iterator[bytes]:
+    """The bytes of a remote object, a chunk at a time; stops short if the object is replaced meanwhile."""
+    sent = 0
+    while sent < size:
+        try:
+            chunk = files.read_range(path, sent, min(_CHUNK, size - sent), size, identity)
+        except (OSError, FileRefused):
+            return  # replaced or unreachable: the download ends short of its Content-Length
+        if not chunk:
+            return
+        sent += len(chunk)
+        yield chunk
 
 
 def export_range(run_dir: str, exports_dir: str, first: Any, last: Any, fps: Any = VIDEO_FPS) -> ExportResult:
     """Encode the kept frames from `first` to `last` (history names, inclusive) into exports_dir as mp4.
 
-    VideoError 400 for bad names, a reversed or too long range, a range spanning
-    two writers (a restarted trainer) and a bad fps;
-    404 when a named frame is no longer kept. Frames of other sizes are
-    padded with black to the largest; frames the ring drops meanwhile are
-    left out (and counted in `dropped`).
+    VideoError 400 for bad names, a reversed or too long range (frames, or
+    pixels in all), a range spanning two writers (a restarted trainer) and a
+    bad fps; 404 when a named frame is no longer kept; 501 on a remote
+    logdir; 507 when the run's exports/ or the disk has no room for it.
+    Frames of other sizes are padded with black to the largest; frames the
+    ring drops meanwhile are left out (and counted in `dropped`).
     """
+    if is_remote(exports_dir):
+        raise VideoError("exports are made only for runs on a local logdir: on a remote one, export from a "
+                         "TensorBoard started on a local copy of the run, or record instead", 501)
     fps = _check_fps(fps)
     chosen = _frames_between(list_history(run_dir), first, last)
     width, height = _export_size(run_dir, chosen)
+    _check_total_pixels(len(chosen), width, height)
     try:
         os.makedirs(exports_dir, exist_ok=True)
     except OSError as exc:
         raise VideoError(f"cannot create this run's exports folder: {exc.strerror or exc}", 403) from None
+    used = _check_room(exports_dir)
     name = _unused_name(exports_dir, chosen[0].step, chosen[-1].step)
     final = os.path.join(exports_dir, name)
     partial = os.path.join(exports_dir, f".{name}.{os.getpid()}-{threading.get_ident()}.partial.mp4")
+
+    def room_left() -> None:
+        """VideoError 507 once the file being written would take the folder or the disk past its bound."""
+        try:
+            written_so_far = os.stat(partial).st_size
+        except OSError:
+            written_so_far = 0
+        _check_room(exports_dir, used + written_so_far)
+
     try:
-        written = encode_export(run_dir, chosen, partial, width, height, fps)
+        written = encode_export(run_dir, chosen, partial, width, height, fps, room_left)
         if written == 0:
             raise VideoError("every frame of the range was dropped by the history ring meanwhile", 404)
         os.close(open_checked(partial, os.O_RDONLY))  # written inside the logdir: no folder swapped meanwhile
@@ -151,6 +267,53 @@ def export_range(run_dir: str, exports_dir: str, first: Any, last: Any, fps: Any
         if os.path.exists(partial):
             os.unlink(partial)
     return ExportResult(f"{EXPORTS_DIR}/{name}", written, len(chosen) - written, width, height, fps)
+
+
+def _check_total_pixels(frames: int, width: int, height: int) -> None:
+    """VideoError 400 when frames of width x height pass the pixels one export may encode."""
+    if frames * width * height > MAX_EXPORT_TOTAL_PIXELS:
+        most = max(1, MAX_EXPORT_TOTAL_PIXELS // (width * height))
+        raise VideoError(
+            f"the range holds {frames} frames of {width}x{height} pixels; at most {most} frames of that size "
+            f"can be exported at once (an export encodes at most {MAX_EXPORT_TOTAL_PIXELS >> 20} Mi pixels "
+            "in all): choose a shorter range"
+        )
+
+
+def exports_usage(exports_dir: str) -> tuple[int, int]:
+    """The files in a run's exports folder (partial ones included) and their bytes, counted up to a bound."""
+    count = size = 0
+    try:
+        with os.scandir(exports_dir) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        count += 1
+                        size += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+                if count > MAX_EXPORTS_FILES:
+                    break
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return count, size
+
+
+def _check_room(exports_dir: str, used: int | None = None) -> int:
+    """The bytes the exports folder holds; VideoError 507 when it (``used``, if given) or the disk is full."""
+    where = f"delete some of this run's exports ({exports_dir}) to make room"
+    if used is None:
+        count, used = exports_usage(exports_dir)
+        if count >= MAX_EXPORTS_FILES:
+            raise VideoError(f"this run already has {count} exports, the most kept: {where}", 507)
+    if used > MAX_EXPORTS_BYTES:
+        raise VideoError(f"this run's exports would take more than {MAX_EXPORTS_BYTES >> 20} MB, the most "
+                         f"kept: {where}", 507)
+    free = shutil.disk_usage(exports_dir).free
+    if free < MIN_FREE_BYTES:
+        raise VideoError(f"the disk holding this run has {free >> 20} MB free; exports keep at least "
+                         f"{MIN_FREE_BYTES >> 20} MB free: free some space, or {where}", 507)
+    return used
 
 
 def _check_fps(fps: Any) -> int:
@@ -241,12 +404,17 @@ def export_comment(chosen: list[HistoryEntry], fps: int) -> str:
 
 
 def encode_export(run_dir: str, chosen: list[HistoryEntry], path: str, width: int, height: int,
-                  fps: int) -> int:
-    """Write the kept frames still on disk to an H.264 mp4 at path; how many frames were written."""
+                  fps: int, before_frame: Callable[[], None] | None = None) -> int:
+    """Write the kept frames still on disk to an H.264 mp4 at path; how many frames were written.
+
+    ``before_frame`` is called before each frame is sent (to stop the export by raising).
+    """
     writer = open_mp4_writer(path, width, height, fps, export_comment(chosen, fps), live=False)
     written = 0
     try:
         for rgb in _frames_rgb(run_dir, chosen, width, height):
+            if before_frame is not None:
+                before_frame()
             writer.send(np.ascontiguousarray(rgb).tobytes())
             written += 1
     finally:

@@ -104,7 +104,7 @@ def test_recordings_are_listed_beside_exports_and_nothing_else(world):
     "name",
     ["../config.json", "exports/../../../x.mp4", "/etc/passwd.mp4", "config.json", "a/b.mp4",
      "exports/.hidden.mp4", ".x.mp4", "video.mp4\x00", "x..mp4", "", "history/f.mp4", "exports/sub/x.mp4",
-     "video\n.mp4", "vidéo.mp4"],
+     "video\n.mp4", "vidéo.mp4", "video.mp4\n"],
 )
 def test_bad_video_names_are_refused_with_400(world, name):
     _, _, client = world
@@ -312,3 +312,131 @@ def test_an_export_says_its_rate_and_the_rate_its_frames_were_taken_in_its_metad
     taken = 4 / (kept[4].time - kept[0].time)
     said = f"Beholder export: plays at 12 frames/s; its frames were taken at {taken:.3g} frames/s"
     assert said in probe.stderr
+
+
+def test_a_file_named_with_a_trailing_newline_is_not_listed(world):
+    _, run, client = world
+    with open(os.path.join(plugin_dir(run), "video-a.mp4\n"), "wb") as f:
+        f.write(b"x")
+    assert client.get(f"{BASE}/videos", query_string={"run": "r"}).get_json() == []
+
+
+def test_a_recording_that_grows_while_downloaded_is_sent_as_long_as_it_said(world):
+    """The recorder appends while the download runs: the body is exactly Content-Length bytes."""
+    _, run, client = world
+    path = os.path.join(plugin_dir(run), "video-growing.mp4")
+    with open(path, "wb") as f:
+        f.write(b"a" * 100_000)
+    got = client.get(f"{BASE}/video", query_string={"run": "r", "name": "video-growing.mp4"}, buffered=False)
+    with open(path, "ab") as f:
+        f.write(b"b" * 3_000_000)
+    body = b"".join(got.response)
+    got.close()
+    assert got.headers["Content-Length"] == "100000"
+    assert body == b"a" * 100_000
+
+
+def test_recordings_say_whether_the_trainer_finished_them(world):
+    """A finished recording ends with the fragmented mp4's index; one being written or cut short does not."""
+    from beholder_plugin.protocol.video import open_mp4_writer
+
+    _, run, client = world
+    pdir = plugin_dir(run)
+    frame = np.full((16, 16, 3), 128, np.uint8).tobytes()
+    done = open_mp4_writer(os.path.join(pdir, "video-done.mp4"), 16, 16, 15, "c", live=True)
+    writing = open_mp4_writer(os.path.join(pdir, "video-writing.mp4"), 16, 16, 15, "c", live=True)
+    try:
+        for _ in range(40):
+            done.send(frame)
+            writing.send(frame)
+        done.close()
+        with open(os.path.join(pdir, "video-done.mp4"), "rb") as f:
+            whole = f.read()
+        with open(os.path.join(pdir, "video-cut.mp4"), "wb") as f:  # a killed trainer's file
+            f.write(whole[:-100])
+        listed = client.get(f"{BASE}/videos", query_string={"run": "r"}).get_json()
+        assert {v["name"]: v["finished"] for v in listed} == {
+            "video-done.mp4": True, "video-writing.mp4": False, "video-cut.mp4": False}
+    finally:
+        writing.close()
+    listed = client.get(f"{BASE}/videos", query_string={"run": "r"}).get_json()
+    assert {v["name"]: v["finished"] for v in listed}["video-writing.mp4"] is True
+
+
+def frame_pixels(run) -> int:
+    """The pixels of one (even-padded) kept frame of the run."""
+    first = read_history_frame(str(run), list_history(run)[0].name)
+    return (first.width + first.width % 2) * (first.height + first.height % 2)
+
+
+def test_an_export_of_too_many_pixels_in_all_is_refused_naming_how_many_frames_fit(world, monkeypatch):
+    _, run, client = world
+    monkeypatch.setattr(videos_module, "MAX_EXPORT_TOTAL_PIXELS", 3 * frame_pixels(run))
+    kept = list_history(run)
+    resp = post_export(client, {"from": kept[0].name, "to": kept[3].name})
+    assert resp.status_code == 400
+    assert "holds 4 frames of" in resp.get_json()["error"]
+    assert "at most 3 frames of that size" in resp.get_json()["error"]
+    assert exports_of(run) == []
+    assert post_export(client, {"from": kept[1].name, "to": kept[3].name}).status_code == 200
+
+
+def test_a_full_exports_folder_refuses_more_exports_with_507(world, monkeypatch):
+    _, run, client = world
+    kept = list_history(run)
+    body = {"from": kept[0].name, "to": kept[1].name}
+    first = post_export(client, body)
+    assert first.status_code == 200
+    size = os.path.getsize(os.path.join(plugin_dir(run), first.get_json()["name"]))
+    monkeypatch.setattr(videos_module, "MAX_EXPORTS_BYTES", size - 1)
+    resp = post_export(client, body)
+    assert resp.status_code == 507
+    assert "exports would take more than" in resp.get_json()["error"]
+    assert "delete some of this run's exports" in resp.get_json()["error"]
+    assert exports_of(run) == [os.path.basename(first.get_json()["name"])]
+    monkeypatch.setattr(videos_module, "MAX_EXPORTS_BYTES", 1 << 30)
+    monkeypatch.setattr(videos_module, "MAX_EXPORTS_FILES", 1)
+    resp = post_export(client, body)
+    assert resp.status_code == 507 and "already has 1 exports" in resp.get_json()["error"]
+    assert len(exports_of(run)) == 1
+
+
+def test_an_export_stops_when_the_disk_runs_low_while_it_encodes(world, monkeypatch):
+    """The free space is checked before each frame: past the floor the export ends, leaving no file."""
+    import shutil
+    from collections import namedtuple
+
+    _, run, client = world
+    usage = namedtuple("usage", "total used free")
+    calls = []
+
+    def disk_usage(path):
+        calls.append(path)
+        free = 1 << 40 if len(calls) <= 2 else 1 << 20  # plenty at first, then 1 MB
+        return usage(1 << 41, (1 << 41) - free, free)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    kept = list_history(run)
+    resp = post_export(client, {"from": kept[0].name, "to": kept[4].name})
+    assert resp.status_code == 507
+    assert "1 MB free" in resp.get_json()["error"]
+    assert exports_of(run) == []
+    assert len(calls) == 3  # before the export, before its first frame, and before its second
+
+
+def test_an_export_of_a_remote_run_is_refused_with_501(tmp_path, monkeypatch):
+    """An export of a remote run is refused at once with 501 (nothing is written locally)."""
+    import uuid
+
+    from server_support import set_config
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    url = f"memory://logs-{uuid.uuid4().hex[:12]}"
+    set_config(f"{url}/a", values="frames", FPS=30)
+    _, client = plugin_client(url)
+    name = "f-1795360000123456-5f0c9e21d7aa-41-410.bin"
+    resp = client.post(f"{BASE}/export", query_string={"run": "a"}, json={"from": name, "to": name})
+    assert resp.status_code == 501 and "local logdir" in resp.get_json()["error"]
+    assert os.listdir(cwd) == []
