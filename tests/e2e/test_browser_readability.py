@@ -33,6 +33,8 @@ from beholder_plugin.trainer.timeline import TimelineWriter
 pytestmark = BROWSER_MARKS
 
 VIDEO = "video-20261207-143058-669.mp4"
+# The box the encoder ends a finished recording with (the fragmented mp4's index: size 16, "mfro", 8 bytes).
+FINISHED_TAIL = (16).to_bytes(4, "big") + b"mfro" + bytes(8)
 TINY_LO, TINY_HI = 5.6733096e-10, 1.1776583e-6
 WIDE = [f"expert{i:04d}.w" for i in range(5000)]  # more sections than a timeline answer holds (4096)
 
@@ -61,7 +63,7 @@ def page_on_runs(tmp_path_factory):
         beholder.frame_due_now()
         beholder.update(arrays={"w": np.linspace(TINY_LO, TINY_HI, 64, dtype=np.float32).reshape(8, 8)})
     with open(os.path.join(plugin_dir(tiny), VIDEO), "wb") as f:
-        f.write(b"\0" * 289_000)
+        f.write(b"\0" * (289_000 - len(FINISHED_TAIL)) + FINISHED_TAIL)
     restartnan = logdir / "restartnan"  # steps 1-30 healthy, then a second process's 1-30, NaN from 25
     set_config(restartnan, values="arrays", mode="current", FPS=30)
     for process in (1, 2):
@@ -166,12 +168,23 @@ def test_a_stopped_recording_is_listed_as_recorded_on_one_line(page_on_runs):
     boxes = frame.eval_on_selector(f"{item} .video-meta", "el => el.getClientRects().length")
     assert boxes == 1  # one box: not split over two lines
     shoot(frame.locator("#videos"), "videos-recorded.png")
-    os.utime(os.path.join(plugin_dir(page_on_runs["logdir"] / "tiny"), VIDEO))  # (being written now)
+    path = os.path.join(plugin_dir(page_on_runs["logdir"] / "tiny"), VIDEO)
+    with open(path, "r+b") as f:  # being written now: no index at its end yet
+        f.seek(-len(FINISHED_TAIL), os.SEEK_END)
+        f.write(bytes(len(FINISHED_TAIL)))
     frame.click("#record")
     wait_for(lambda: frame.inner_text(f"{item} .video-meta") == "recording now, 289 kB",
              message="the file being recorded")
+    frame.click("#record")  # recording off, and the file not finished (a trainer killed meanwhile)
+    wait_for(lambda: frame.inner_text(f"{item} .video-meta") == "unfinished, 289 kB", message="unfinished")
+    assert "plays up to where it stopped" in frame.get_attribute(f"{item} .video-meta", "title")
+    with open(path, "r+b") as f:  # the trainer finished it
+        f.seek(-len(FINISHED_TAIL), os.SEEK_END)
+        f.write(FINISHED_TAIL)
     frame.click("#record")
-    wait_for(lambda: frame.inner_text(f"{item} .video-meta") == "recorded, 289 kB", message="recorded again")
+    wait_for(lambda: frame.inner_text(f"{item} .video-meta") == "recorded, 289 kB",
+             message="a finished file, though recording is on")
+    frame.click("#record")
 
 
 def test_changing_values_after_training_ended_says_the_frame_stays(page_on_runs):

@@ -245,12 +245,25 @@ export class HistoryBar {
 // A recording whose file changed this recently, while recording is on, is the one being written.
 const WRITING_S = 20;
 
-/** What a listed video is, in words: "exported", "recorded", or "recording now" (newest: the one being written). */
+/**
+ * What a listed video is, in words: "exported", "recorded" (the trainer finished the file), "recording now"
+ * (not finished, the newest, changed lately, recording on) or "unfinished" (a trainer killed while recording).
+ */
 export function videoKind(video, newestRecording, recording) {
   if (video.kind === "export") return "exported";
   if (video.kind !== "recording") return video.kind;
+  if (video.finished !== false) return "recorded";
   const fresh = Date.now() / 1000 - video.time < WRITING_S;
-  return video === newestRecording && recording && fresh ? "recording now" : "recorded";
+  return video === newestRecording && recording && fresh ? "recording now" : "unfinished";
+}
+
+const UNFINISHED_TIP = "The trainer stopped before it finished this file (killed, or still stalled): it plays " +
+  "up to where it stopped.";
+
+/** The note after a video's link: its kind and size (an unfinished one says why on hover). */
+function videoMeta(kind, size) {
+  const title = kind === "unfinished" ? UNFINISHED_TIP : null;
+  return h("span", { class: "note video-meta", title }, `${kind}, ${fileSize(size)}`);
 }
 
 /** The run's recordings and exports, newest first, each a download link. */
@@ -296,7 +309,7 @@ export class VideoList {
           { dataset: { kind: video.kind } },
           h("a", { href: routeUrl("video", { run, name: video.name }), download: video.name.split("/").pop() }, video.name),
           " ",
-          h("span", { class: "note video-meta" }, `${videoKind(video, newest, recording)}, ${fileSize(video.size)}`),
+          videoMeta(videoKind(video, newest, recording), video.size),
         ),
       ),
     );
