@@ -295,8 +295,9 @@ def test_a_worker_hook_that_comes_after_the_next_step_began_leaves_the_read_to_t
     worker.start()
     worker.join(10)
     assert len(reads) == 2 and reads[1] != threading.get_ident()
+    callback.on_train_batch_begin(3)  # (the epoch's last batch)
     callback.on_test_begin()  # validation: no reading until the next batch begins
-    worker = threading.Thread(target=callback.on_train_batch_end, args=(2,))
+    worker = threading.Thread(target=callback.on_train_batch_end, args=(3,))  # batch 3's hook, after it
     worker.start()
     worker.join(10)
     assert len(reads) == 2
@@ -375,6 +376,131 @@ def test_with_steps_per_execution_a_frame_is_stamped_with_the_batches_run(run_di
     final = [v.numpy() for v in model.trainable_variables]
     assert all(np.array_equal(a, b) for a, b in zip(stamped[-1][1], final))
     assert np.array_equal(np.sort(frame.section_values(0).ravel()), np.sort(final[0].ravel()))  # (laid out)
+
+
+def _framed_steps(callback) -> list[int]:
+    """Make each update() of the callback's Beholder take a frame (the last one written first); the
+    steps of those frames, as they are taken."""
+    beholder, real, steps = callback.beholder, callback.beholder.update, []
+
+    def update(**kwargs):
+        beholder.flush()
+        beholder.frame_due_now()
+        handed = real(**kwargs)
+        if handed:
+            steps.append(beholder.step)
+        return handed
+
+    beholder.update = update
+    return steps
+
+
+def _timeline_last_step(run: str) -> int:
+    from beholder_plugin.protocol.timeline import read_timeline
+
+    return max(int(columns["step"].max()) for columns in read_timeline(run).values())
+
+
+def _compiled(model, **compile_args):
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **compile_args)
+    return model
+
+
+def test_a_new_callback_on_a_resumed_fit_goes_on_from_the_optimizers_steps(run_dir):
+    """A fit resumed with initial_epoch (or any second fit) given a new callback stamped its frames from 1
+    again, while optimizer.iterations (TensorBoard's evaluation_*_vs_iterations) went on from 10: the
+    frame of step 20 showed the weights after 30 batches. The steps now go on from the optimizer's."""
+    configure(run_dir)
+    model = _compiled(tiny_convnet())
+    x, y = tiny_data(n=40)  # 10 batches of 4
+    first = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    first_steps = _framed_steps(first)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[first])
+    assert first_steps == list(range(1, 11))
+    resumed = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    steps = _framed_steps(resumed)
+    model.fit(x, y, batch_size=4, epochs=3, initial_epoch=1, shuffle=False, verbose=0, callbacks=[resumed])
+    assert int(model.optimizer.iterations.numpy()) == 30
+    assert steps == list(range(11, 31))
+    frame = read_frame_file(run_dir)
+    assert frame.header["step"] == 30 and _timeline_last_step(run_dir) == 30
+    weights = {v.path: v.numpy() for v in model.trainable_variables}
+    assert check_sampled_pixels(frame, weights) > 50  # (the trained weights)
+
+
+def test_a_new_compile_between_two_fits_never_takes_the_steps_back(run_dir):
+    """A second compile() starts a fresh optimizer counting from 0: the frames go on from the last one's step
+    (steps going back read as a restarted trainer in the timeline)."""
+    configure(run_dir)
+    model = _compiled(tiny_convnet())
+    x, y = tiny_data(n=40)  # 10 batches of 4
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    steps = _framed_steps(callback)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
+    model = _compiled(model)  # (a new optimizer: iterations 0)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
+    assert int(model.optimizer.iterations.numpy()) == 10
+    assert steps == list(range(1, 21))
+    assert read_frame_file(run_dir).header["step"] == 20 and _timeline_last_step(run_dir) == 20
+
+
+def test_with_steps_per_execution_on_data_of_unknown_length_the_short_execution_counts_the_batches_run(
+        run_dir):
+    """With data of unknown length (a filtered tf.data.Dataset, a generator) and steps_per_execution=4,
+    Keras reports an epoch's last execution as 4 batches when it ran 2, and calls on_train_batch_begin
+    once more before finding no data: the frames were stamped 4, 8, 12, 16, 20, 24 for 20 batches. The
+    short execution now counts the batches the optimizer ran."""
+    import tensorflow as tf
+
+    configure(run_dir)
+    model = _compiled(tiny_convnet(), steps_per_execution=4)
+    x, y = tiny_data(n=40)  # 10 batches of 4: executions of 4, 4 and 2 batches
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).filter(lambda a, b: True)
+    assert data.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    steps = _framed_steps(callback)
+    model.fit(data, epochs=2, verbose=0, callbacks=[callback])
+    assert int(model.optimizer.iterations.numpy()) == 20
+    assert steps == [4, 8, 10, 14, 18, 20]
+    frame = read_frame_file(run_dir)
+    assert frame.header["step"] == 20 and _timeline_last_step(run_dir) == 20
+    assert check_sampled_pixels(frame, {v.path: v.numpy() for v in model.trainable_variables}) > 50
+
+
+def test_a_late_hook_that_a_later_hook_overtook_adds_no_second_frame_of_the_same_step(run_dir):
+    """On the JAX and torch backends a hook left late by the next batch's begin asked the training thread
+    for an update even when the next batch's own hook had read in time since: a second update of the
+    same weights, stamped the same step (frames 10, 10 at an epoch's end, 5, 5 within one)."""
+    import threading
+
+    configure(run_dir)
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    stamped = []
+
+    def update(**kwargs):
+        callback.beholder.step += 1  # (as update() does)
+        stamped.append(callback.beholder.step)
+
+    callback.beholder.update = update
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    callback.on_train_batch_begin(0)
+    callback.on_train_batch_begin(1)
+    for batch in (0, 1):  # batch 0's hook is late; batch 1's, in time, reads the weights after 2 batches
+        worker = threading.Thread(target=callback.on_train_batch_end, args=(batch,))
+        worker.start()
+        worker.join(10)
+    assert stamped == [2]
+    callback.on_train_batch_begin(2)  # (no weights changed since batch 1's read: nothing to update)
+    callback.on_train_batch_begin(3)
+    for batch in (2, 3):
+        worker = threading.Thread(target=callback.on_train_batch_end, args=(batch,))
+        worker.start()
+        worker.join(10)
+    callback.on_epoch_end(0)
+    assert stamped == [2, 4]
+    callback.beholder.close()
 
 
 def test_the_callback_shows_chosen_layers_activations_for_a_probe_batch(run_dir):

@@ -8,6 +8,7 @@ backends go through the batched paths", checked on the CPU.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -189,3 +190,105 @@ def test_the_callbacks_activations_and_gradients_views_work_during_fit(tmp_path,
         assert """ 0 [('sequential/d1/kernel', "Keras's fit() keeps gradients inside the")""" in gradients
     else:  # (torch: read from the variables' .grad)
         assert " 0 [('sequential/d1/kernel', ''), ('sequential/d1/bias', '')," in gradients
+
+
+STEPS = """
+import json, sys
+import numpy as np
+import keras
+from beholder_plugin import BeholderCallback, write_config, DEFAULT_CONFIG
+from beholder_plugin.protocol.layout import locate
+from beholder_plugin.protocol.runfiles import read_frame_file
+from beholder_plugin.protocol.timeline import read_timeline
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(40, 6)).astype("float32")  # 10 batches of 4
+y = x[:, :3] * 2
+
+
+def model(steps_per_execution=1):
+    keras.utils.set_random_seed(0)
+    built = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="d1"),
+                              keras.layers.Dense(3, name="d2")])
+    built.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", steps_per_execution=steps_per_execution)
+    return built
+
+
+def callback(run):
+    write_config(run, {**DEFAULT_CONFIG, "FPS": 30, "mode": "current"})
+    made = BeholderCallback(run, strict=True)
+    beholder, real, steps = made.beholder, made.beholder.update, []
+
+    def update(**kwargs):  # (every update takes a frame; the hooks Keras's workers run late make none)
+        beholder.flush()
+        beholder.frame_due_now()
+        handed = real(**kwargs)
+        if handed:
+            steps.append(beholder.step)
+        return handed
+
+    beholder.update = update
+    return made, steps
+
+
+def report(case, run, trained, steps):
+    frame = read_frame_file(run)
+    weights = {v.path: keras.ops.convert_to_numpy(v.value) for v in trained.trainable_variables}
+    located = [w for w in (locate(frame.sections, frame.width, px, py)
+                           for px in range(0, frame.width, 3) for py in range(0, frame.height, 3))
+               if w is not None]
+    shown = len(located) > 10 and all(frame.values[w["offset"]] == weights[w["name"]][tuple(w["index"])]
+                                      for w in located)
+    last = max(int(c["step"].max()) for c in read_timeline(run).values())
+    print(json.dumps({"case": case, "steps": steps, "frame": frame.header["step"], "timeline": last,
+                      "iterations": int(keras.ops.convert_to_numpy(trained.optimizer.iterations)),
+                      "shown": shown}))
+
+
+runs = iter(sys.argv[1:])
+trained = model()
+first, _ = callback(next(runs))
+trained.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[first])
+run = next(runs)
+resumed, steps = callback(run)
+trained.fit(x, y, batch_size=4, epochs=3, initial_epoch=1, shuffle=False, verbose=0, callbacks=[resumed])
+report("resumed", run, trained, steps)
+if keras.backend.backend() != "torch":  # (torch's fit() takes steps_per_execution=1 only)
+    for case, data in (("known", (x, y)), ("generator", None)):
+        trained, run = model(steps_per_execution=4), next(runs)
+        made, steps = callback(run)
+        if data is None:  # a generator: Keras knows no length, and runs 4, 4 and 2 batches
+            batches = ((x[i:i + 4], y[i:i + 4]) for i in range(0, 40, 4))
+            trained.fit(batches, epochs=1, verbose=0, callbacks=[made])
+        else:
+            trained.fit(*data, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[made])
+        report(case, run, trained, steps)
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_frame_steps_follow_the_optimizers_iterations_on_every_backend(tmp_path, backend):
+    """A resumed fit given a new callback stamped its frames from 1 while optimizer.iterations went on
+    from 10; with steps_per_execution=4 on a generator the short last execution counted 4 batches
+    (frames up to 12 for 10 batches). Late hooks on a Keras worker thread (JAX, torch) leave some
+    batches without a frame, but every frame's step is one the optimizer counted, in order."""
+    pytest.importorskip(backend)
+    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND=backend)
+    runs = [str(tmp_path / name) for name in ("first", "resumed", "known", "generator")]
+    out = subprocess.run([sys.executable, "-c", STEPS, *runs], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cases = {r["case"]: r for r in map(json.loads, out.stdout.strip().splitlines()[-3:]) if "case" in r}
+    expected = {"resumed": (range(11, 31), 30), "known": ([4, 8, 10, 14, 18, 20], 20),
+                "generator": ([4, 8, 10], 10)}
+    assert set(cases) == ({"resumed"} if backend == "torch" else set(expected))
+    wrong = {}
+    for case, got in cases.items():
+        possible, final = expected[case]
+        steps = got["steps"]
+        if not (steps == sorted(set(steps)) and set(steps) <= set(possible)  # (in order, each one counted)
+                and (backend != "tensorflow" or steps == list(possible))  # (TF: a frame at every hook)
+                and steps[-1] == got["frame"] == got["timeline"] == got["iterations"] == final
+                and got["shown"]):  # (the last frame shows the trained weights)
+            wrong[case] = got
+    assert wrong == {}

@@ -186,13 +186,28 @@ class BeholderCallback(keras.callbacks.Callback):
         # and with steps_per_execution one hook follows several batches)
         self._epoch_start = 0  # batches run before this epoch (this callback's fits, all together)
         self._seen = 0  # batches run so far, as far as the hooks have said
-        self._base: int | None = None  # beholder.step less the batches run, at the last fit's start
+        # the step before this fit's first batch less the batches run before it: optimizer.iterations
+        # at the fit's start where it counts the batches, else the Beholder's step
+        self._base: int | None = None
         self._framed_at: int | None = None  # the step of the last frame this callback's updates took
+        self._offered = -1  # the batches run when update() was last called (a late update after it is stale)
+        self._per_execution = 1  # the model's steps_per_execution, in this fit
+        self._counted = False  # this fit's steps come from optimizer.iterations (checked at epoch ends)
+        # Data of unknown length with steps_per_execution > 1: Keras says an epoch's last, shorter
+        # execution ran a whole one, and then calls on_train_batch_begin once more before it finds no
+        # data left. On TensorFlow the hook (on the training thread, after an execution fit() has waited
+        # for) asks the optimizer how many batches ran; elsewhere it leaves its update to the training
+        # thread, which asks it at the next batch begin or the epoch's end.
+        self._ask_optimizer = False
+        self._defer = False
+        self._counted_at = self._fit_seen = 0  # optimizer.iterations and batches seen at this fit's start
 
     # ------------------------------------------------------------ the training thread
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        """Note the training thread, start with an open gate, and watch the model for activations."""
+        """Note the training thread, open the gate, watch the model, and go on from optimizer.iterations."""
+        counted = _optimizer_steps(self.model)
+        per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
         watched = self.beholder.watched
         if self.model is not None and (watched is None or watched.model is not self.model):
             self.beholder.watch(self.model, probe=self._probe, activations=self._layers or True)
@@ -203,9 +218,19 @@ class BeholderCallback(keras.callbacks.Callback):
             self._gate.wait_for(lambda: not self._reading)
             self._training_thread = threading.get_ident()
             self._begun, self._closed, self._late = -1, False, False
-            # (the steps go on from the Beholder's, which a Beholder passed in may have counted on
-            # between two fits: never backwards)
-            self._base = self.beholder.step - self._seen
+            # (the frames line up with Keras's own count: a resumed fit or a new callback goes on from
+            # the optimizer's steps; without one, from the Beholder's, which a Beholder passed in may
+            # have counted on between two fits: never backwards)
+            # (a new compile() restarts the optimizer's count: the steps still never go back, which the
+            # timeline would read as a restarted trainer)
+            self._base = max(counted or 0, self.beholder.step) - self._seen
+            self._per_execution, self._counted = per_execution, counted is not None
+            self._counted_at, self._fit_seen = counted or 0, self._seen
+            unknown = per_execution > 1 and not (self.params or {}).get("steps")
+            # (TensorFlow's fit() calls on_train_batch_begin before it knows whether data is left:
+            # there a batch begin may follow a short execution)
+            self._ask_optimizer = unknown and self._counted and keras.backend.backend() == "tensorflow"
+            self._defer = unknown and not self._ask_optimizer
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Batch numbers start again from 0 (Keras has waited for the last epoch's hooks)."""
@@ -226,7 +251,9 @@ class BeholderCallback(keras.callbacks.Callback):
             if self._reading:
                 self._gate.wait_for(lambda: not self._reading)
             late, self._late = self._late, False
-        if late:
+        if late and self._defer:
+            before = self._ran(before)  # (this may be the begin that finds no data left)
+        if late and self._offered < before:  # (unless a later hook has offered these weights already)
             self._update_between_steps(before)  # (this batch has not run yet)
 
     def on_test_begin(self, logs: dict | None = None) -> None:
@@ -237,7 +264,20 @@ class BeholderCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Make the update a late hook left, now that Keras has waited for every batch hook."""
+        if self._per_execution > 1:  # (an epoch's last execution may have run fewer than the hooks said)
+            ran = self._ran(self._seen)  # (once an epoch; on JAX, Keras has just synced the state)
+            with self._gate:
+                self._seen = ran
+                self._offered = min(self._offered, ran)
         self._catch_up()
+
+    def _ran(self, said: int) -> int:
+        """``said`` batches run, or fewer where the optimizer counted fewer (training thread only)."""
+        # (fewer: the epoch's last execution ran short; never below the epoch's start)
+        counted = _optimizer_steps(self.model) if self._counted else None
+        if counted is None or self._base is None:
+            return said
+        return max(self._epoch_start, min(said, self._fit_seen + counted - self._counted_at))
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """Wait for an update in progress, make a late one and one of the trained model (unless the last
@@ -269,7 +309,7 @@ class BeholderCallback(keras.callbacks.Callback):
         with self._gate:
             self._gate.wait_for(lambda: not self._reading)
             late, self._late = self._late, False
-        if late:
+        if late and self._offered < self._seen:  # (a hook that read after the late one left nothing to do)
             self._update_between_steps(self._seen)
 
     # ------------------------------------------------------------ any thread
@@ -286,8 +326,13 @@ class BeholderCallback(keras.callbacks.Callback):
         # batch: the last of those one execution ran (steps_per_execution of them; an epoch's last
         # execution may run fewer)
         done = self._epoch_start + (batch + 1 if not steps else min(batch + 1, steps))
+        if self._ask_optimizer and threading.get_ident() == training:
+            done = self._ran(done)
         with self._gate:
             self._seen = max(self._seen, done)
+            if self._defer:  # (done may count batches that did not run: the training thread updates)
+                self._late = True
+                return
             if self._reading:
                 return  # another update is in progress: this batch's frame is skipped
             if training is not None and threading.get_ident() != training and (
@@ -318,4 +363,21 @@ class BeholderCallback(keras.callbacks.Callback):
         finally:
             with self._gate:
                 self._reading = False
+                self._offered = max(self._offered, done)
                 self._gate.notify_all()
+
+
+def _optimizer_steps(model: Any) -> int | None:
+    """The batches the model's optimizer has counted (``optimizer.iterations``), or None."""
+    # (None: no optimizer, one that accumulates gradients (it counts updates, not batches), or a counter
+    # that cannot be read; TensorBoard's evaluation_*_vs_iterations scalars use the same count)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    for each in (optimizer, getattr(optimizer, "inner_optimizer", None)):  # (a LossScaleOptimizer's)
+        if getattr(each, "gradient_accumulation_steps", None):
+            return None
+    try:
+        return int(keras.ops.convert_to_numpy(optimizer.iterations))
+    except Exception:  # (not built, or a backend's state not in the variables)
+        return None
