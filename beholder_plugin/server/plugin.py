@@ -56,7 +56,13 @@ from beholder_plugin.server.http_answers import (
 from beholder_plugin.server.kept_frames import kept_listing
 from beholder_plugin.server.origin import listed_names, trusted_names, write_refusal
 from beholder_plugin.server.runs import EndedMarks, Run, RunError, RunIndex, is_writable
-from beholder_plugin.server.timeline import TimelineRequestError, parse_points, parse_values, timeline_json
+from beholder_plugin.server.timeline import (
+    TimelineRequestError,
+    parse_points,
+    parse_sections,
+    parse_values,
+    timeline_json,
+)
 from beholder_plugin.server.videos import (
     DEFAULT_EXPORT_FPS,
     EXPORTS_DIR,
@@ -350,14 +356,16 @@ class BeholderPlugin(base_plugin.TBPlugin):
     @wrappers.Request.application
     @with_run
     def _serve_timeline(self, request: wrappers.Request, run: Run) -> wrappers.Response:
-        """timeline: the run's timeline, ?points= per section at most, its anomalies and kept frames."""
+        """timeline: the run's timeline, ?points= per section at most, of the sections whose names contain
+        ?sections= (every one without it), its anomalies and kept frames."""
         try:
             points = parse_points(request.args.get("points"))
             values = parse_values(request.args.get("values"))
+            sections = parse_sections(request.args.get("sections"))
         except TimelineRequestError as exc:
             raise RunError(str(exc), 400) from exc
         self._index.file_path(run, "timeline")  # RunError if it leads out of the logdir
-        answer = timeline_json(run.name, run.path, points, run.files, values)  # (as json_response writes it)
+        answer = timeline_json(run.name, run.path, points, run.files, values, sections)  # (as json_bytes)
         return http_util.Respond(request, answer, "application/json")
 
     @wrappers.Request.application

@@ -7,7 +7,9 @@ max; the largest non-finite count; the flags of all its records (OR).
 Columns travel as base64 of little-endian float64 (step, time) or float32
 (the rest), which the dashboard reads as typed arrays. A run of more than
 MAX_SECTIONS sections answers MAX_SECTIONS of them, those with anomalies
-among them, and says how many it left out.
+among them, and says how many it left out; ``sections=`` (a filter, as the
+dashboard's "Filter sections" box matches) answers only the sections whose
+names contain it, so that a left-out section can still be found.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from beholder_plugin.server.http_answers import json_bytes
 DEFAULT_POINTS = 512
 MAX_POINTS = 4096
 MAX_SECTIONS = 4096
-CACHED_ANSWERS = 8  # (run, points) whose sections are kept while the timeline's files stay the same
+CACHED_ANSWERS = 8  # (run, points, values, filter) whose sections are kept while the files stay the same
 CACHED_BYTES = 64 << 20  # ... and at most so many bytes of them
+CACHED_FILTERED = 4  # ... of them with a ?sections= filter at most (the oldest go first: typing makes many)
+MAX_FILTER_CHARS = 256  # the longest ?sections= filter (a section's name is rarely a quarter of it)
 # An answer holds at most this many points over all its sections (44 bytes each, 59 as base64: 31 MB):
 # a run of many sections gets fewer points a section than it asked for (its "points" says how many).
 MAX_CELLS = 1 << 19
@@ -62,6 +66,24 @@ def parse_values(raw: str | None) -> str | None:
     if raw not in tl.VALUES_CODES:
         raise TimelineRequestError(f"values must be one of {', '.join(tl.VALUES_CODES)}, not {raw[:40]!r}")
     return raw
+
+
+def parse_sections(raw: str | None) -> str | None:
+    """The ?sections= filter as matched: trimmed and lower-cased, as the dashboard's box does (None: every
+    section); longer than MAX_FILTER_CHARS is refused."""
+    if raw is None:
+        return None
+    if len(raw) > MAX_FILTER_CHARS:
+        raise TimelineRequestError(f"sections must be a filter of at most {MAX_FILTER_CHARS} characters, "
+                                   f"not {len(raw)}")
+    words = raw.strip().lower()
+    return words or None
+
+
+def matches(name: str, words: str | None) -> bool:
+    """Whether a section's name passes a filter (parse_sections'): contains it, ignoring case, as the
+    dashboard's "Filter sections" box matches."""
+    return words is None or words in name.lower()
 
 
 def newest_values(by_section: dict[str, np.ndarray]) -> tuple[str | None, list[str]]:
@@ -116,7 +138,7 @@ def _b64(values: np.ndarray, dtype: str) -> str:
 
 
 class _Answer:
-    """A kept answer of (run, points, values): its sections part, and the whole JSON last made of it."""
+    """A kept answer of (run, points, values, filter): its sections part, and the whole JSON last made."""
 
     __slots__ = ("signature", "anomalous", "body", "size", "whole", "made_of")
 
@@ -133,7 +155,8 @@ class _Answer:
         return self.size + len(self.whole or b"")
 
 
-_cache: OrderedDict[tuple[str, int, str | None], _Answer] = OrderedDict()  # by (run, points, values)
+_Key = tuple[str, int, "str | None", "str | None"]  # (run path, points, values, ?sections= filter)
+_cache: OrderedDict[_Key, _Answer] = OrderedDict()  # by _Key, least recently asked for first
 _cache_lock = threading.Lock()
 _flights = Flights()  # one build of an answer, of a run's records, of its anomalies at a time
 _reads = Slots(READ_SLOTS, "timeline")
@@ -173,9 +196,10 @@ def _signature(run_path: str, files: Any) -> tuple:
 
 
 def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None,
-                    values: str | None = None) -> dict[str, Any]:
+                    values: str | None = None, sections: str | None = None) -> dict[str, Any]:
     """The JSON answer of /timeline for one run (see docs/http-api.md): the records of ``values`` (None:
-    of the values the trainer showed last).
+    of the values the trainer showed last), of the sections whose names contain ``sections`` (a filter as
+    parse_sections makes it; None: every section).
 
     The bucketed sections are kept (CACHED_ANSWERS runs) and built again
     only when a timeline file changed, so a dashboard refreshing a finished
@@ -185,7 +209,7 @@ def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None
     Requests arriving while an answer is built wait for it and share it;
     at most READ_SLOTS builds run at once.
     """
-    answer, _, anomalies, listing = _parts(run_path, points, files, values)
+    answer, _, anomalies, listing = _parts(run_path, points, files, values, sections)
     return {
         "run": run_name,
         **answer.body,  # (its "points": at most those asked for, fewer for a run of very many sections)
@@ -195,10 +219,10 @@ def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None
 
 
 def timeline_json(run_name: str, run_path: str, points: int, files: Any = None,
-                  values: str | None = None) -> bytes:
+                  values: str | None = None, sections: str | None = None) -> bytes:
     """timeline_answer as json_bytes writes it; requests for the same answer while nothing changed share
     one bytes object (made once, its "kept" from the listing's own JSON)."""
-    answer, source, anomalies, listing = _parts(run_path, points, files, values)
+    answer, source, anomalies, listing = _parts(run_path, points, files, values, sections)
     made_of = (run_name, listing.names, source)  # (a live ring is listed at each request: its names)
     with _cache_lock:
         if (answer.whole is not None and answer.made_of[2] is source and answer.made_of[0] == run_name
@@ -217,11 +241,11 @@ def timeline_json(run_name: str, run_path: str, points: int, files: Any = None,
     return _flights.run(("json", id(answer), id(source), run_name, listing.names), made)  # (both alive)
 
 
-def _parts(run_path: str, points: int, files: Any, values: str | None
+def _parts(run_path: str, points: int, files: Any, values: str | None, sections: str | None = None
            ) -> tuple[_Answer, Sequence[dict[str, Any]], list[dict[str, Any]], kept_frames.Listing]:
     """The kept answer (its sections part), the run's anomalies (as kept) and those the answer holds,
     and the listing of kept frames."""
-    key = (run_path, points, values)
+    key: _Key = (run_path, points, values, sections)
     signature = _signature(run_path, files)
     source = _anomalies(run_path, files)
     anomalous = tuple(dict.fromkeys(a["section"] for a in source if isinstance(a.get("section"), str)))
@@ -238,13 +262,13 @@ def _parts(run_path: str, points: int, files: Any, values: str | None
     return answer, source, anomalies[:1000], listing
 
 
-def _built(key: tuple[str, int, str | None], signature: tuple, anomalous: tuple[str, ...],
-           files: Any) -> _Answer:
+def _built(key: _Key, signature: tuple, anomalous: tuple[str, ...], files: Any) -> _Answer:
     """The sections part of the answer for key, built from the run's records, and kept."""
-    run_path, points, values = key
+    run_path, points, values, sections = key
     by_section = _records(run_path, signature, files)
     with _reads:
-        answer = _Answer(signature, anomalous, _sections_answer(by_section, points, values, anomalous))
+        body = _sections_answer(by_section, points, values, anomalous, sections)
+        answer = _Answer(signature, anomalous, body)
     with _cache_lock:
         _cache[key] = answer
         _cache.move_to_end(key)
@@ -253,7 +277,11 @@ def _built(key: tuple[str, int, str | None], signature: tuple, anomalous: tuple[
 
 
 def _evict() -> None:
-    """Drop the oldest answers past CACHED_ANSWERS or CACHED_BYTES (the newest stays); under _cache_lock."""
+    """Drop the oldest filtered answers past CACHED_FILTERED, then the oldest answers past CACHED_ANSWERS or
+    CACHED_BYTES (the newest stays); under _cache_lock."""
+    filtered = [key for key in _cache if key[3] is not None]  # (least recently asked for first)
+    for key in filtered[:-CACHED_FILTERED]:
+        del _cache[key]
     while len(_cache) > 1 and (len(_cache) > CACHED_ANSWERS
                                or sum(answer.held() for answer in _cache.values()) > CACHED_BYTES):
         _cache.popitem(last=False)
@@ -313,20 +341,22 @@ def answered_sections(by_section: dict[str, np.ndarray], anomalous: Sequence[str
 
 
 def _sections_answer(by_section: dict[str, np.ndarray], points: int, values: str | None,
-                     anomalous: Sequence[str] = ()) -> dict[str, Any]:
-    """The sections part of the answer: every section bucketed (at most MAX_SECTIONS: answered_sections),
-    and the steps the buckets span; the records of ``values`` only (None: of the newest record's), and
-    which values there are."""
+                     anomalous: Sequence[str] = (), sections: str | None = None) -> dict[str, Any]:
+    """The sections part of the answer: every section whose name passes the filter ``sections`` bucketed
+    (at most MAX_SECTIONS: answered_sections), and the steps the buckets span (the whole run's, filtered
+    or not); the records of ``values`` only (None: of the newest record's), and which values there are."""
     newest, kinds = newest_values(by_section)
     values = values or newest
     if values is not None:
         by_section = tl.of_values(by_section, values)
-    names = answered_sections(by_section, anomalous)
+    matching = by_section if sections is None else {
+        name: records for name, records in by_section.items() if matches(name, sections)}
+    names = answered_sections(matching, anomalous)
     points = max(2, min(points, MAX_CELLS // max(len(names), 1)))
     steps = [recs["step"] for recs in by_section.values() if len(recs)]
     first = int(min(s.min() for s in steps)) if steps else 0  # (not the first and last records': a
     last = int(max(s.max() for s in steps)) if steps else 0  # restarted trainer counts from 1 again)
-    sections = []
+    entries = []
     for name in names:
         columns = bucketed(by_section[name], first, last, points)
         entry: dict[str, Any] = {"name": name, "points": int(len(columns["step"])),
@@ -336,7 +366,7 @@ def _sections_answer(by_section: dict[str, np.ndarray], points: int, values: str
         for column in NARROW:
             entry[column] = _b64(columns[column], "<f4")
         entry["flags"] = _b64(columns["flags"], "<u4")
-        sections.append(entry)
+        entries.append(entry)
     return {"first_step": first, "last_step": last, "points": points, "values": values, "kinds": kinds,
             "sections_total": len(by_section), "sections_left_out": len(by_section) - len(names),
-            "sections": sections}
+            "sections_filter": sections, "sections_matched": len(matching), "sections": entries}

@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pytest
 from server_support import BROWSER_MARKS, beholder_tab, set_config, shoot, wait_for
 
 from beholder_plugin import Beholder, read_anomalies
+from beholder_plugin.protocol import timeline as tl
+from beholder_plugin.protocol.files import files_for
+from beholder_plugin.trainer.timeline import TimelineWriter
 
 pytestmark = BROWSER_MARKS
 
 NAN_STEP = 9
+MANY = [f"block{i:04d}/w" for i in range(4200)]  # the sections of run "many"
 
 
 @pytest.fixture(scope="module")
 def page_on_timeline(tmp_path_factory):
     """A finished run (frames at steps 1-12, section w NaN from step 9), TensorBoard, the tab open; runs
-    "other", "switched" (its Values changed) and "restarted" (two trainer processes) beside it."""
+    "other", "switched" (its Values changed), "restarted" (two trainer processes) and "many" (more
+    sections than an answer holds) beside it."""
     logdir = tmp_path_factory.mktemp("logs")
+    many = str(logdir / "many")  # 4,200 sections at steps 1-2: the answer holds 4,096
+    writer = TimelineWriter(many, files_for(many), parts_budget=10**9)
+    for step in (1, 2):
+        records = tl.make_records(len(MANY))
+        records["step"], records["time"], records["section"] = step, 1.7e9 + step, np.arange(len(MANY))
+        records["norm"] = 1.0
+        writer.append(MANY, records)
+    writer.close()
     other = logdir / "other"  # written first, so that nanrun is the run the tab opens on
     other.mkdir()
     set_config(other, values="arrays", FPS=30)
@@ -177,3 +191,37 @@ def test_the_hover_says_which_trainer_process_a_point_is_of(page_on_timeline):
         return [0, 1, 2, 3].map((i) => m.processOf(section, i, starts) + 1);
     }""")
     assert found == [2, 2, 3, 3]
+
+
+def test_the_filter_finds_a_section_the_answer_left_out(page_on_timeline):
+    """4,200 sections: the answer holds 4,096, and the filter box searched only those, so block4150/w
+    could not be found. Typed into the box it is: the server searches every section (?sections=, asked
+    once the typing pauses); an emptied box shows the plain answer again. A run that left nothing out is
+    filtered in the page, without a request."""
+    page, frame = page_on_timeline
+    frame.select_option("#run-select", "nanrun")
+    frame.click("#view-timeline")
+    wait_for(lambda: "steps 1–12" in frame.inner_text("#timeline-status"), timeout=30,
+             message="nanrun's timeline")
+    searches = debug(frame).get("searches", 0)
+    frame.fill("#timeline-filter", "B")
+    wait_for(lambda: debug(frame)["drawn"] == 1, message="nanrun's row b")
+    time.sleep(0.6)  # (past the typing pause)
+    assert debug(frame).get("searches", 0) == searches
+    frame.fill("#timeline-filter", "")
+    frame.select_option("#run-select", "many")
+    wait_for(lambda: "showing 4096 of 4200 sections" in frame.inner_text("#timeline-status"), timeout=30,
+             message="run many's answer, sections left out")
+    assert not frame.query_selector('.tl-row[data-section="block4150/w"]')
+    frame.type("#timeline-filter", " Block4150", delay=40)  # (trimmed, any case: as the box filters)
+    wait_for(lambda: frame.query_selector('.tl-row[data-section="block4150/w"]'), timeout=30,
+             message="the left-out section's row")
+    assert debug(frame)["drawn"] == 1 and debug(frame)["searched"] == "block4150"
+    assert debug(frame).get("searches", 0) - searches <= 2  # one once the typing paused (a refresh, maybe)
+    status = frame.inner_text("#timeline-status")
+    assert 'showing 1 of 1 sections matching "block4150" (of all 4200)' in status and "steps 1–2" in status
+    frame.fill("#timeline-filter", "")
+    wait_for(lambda: "showing 4096 of 4200 sections" in frame.inner_text("#timeline-status"), timeout=30,
+             message="the plain answer again")
+    assert not frame.query_selector('.tl-row[data-section="block4150/w"]')
+    frame.select_option("#run-select", "nanrun")

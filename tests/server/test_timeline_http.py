@@ -173,7 +173,7 @@ def test_an_answer_of_many_sections_has_fewer_points_each_and_the_cache_a_byte_b
     monkeypatch.setattr(server_timeline, "CACHED_BYTES", 1)  # the newest answer only
     for points in (100, 200, 300):
         assert get(client, f"/timeline?run=run1&points={points}")[0] == 200
-    assert list(server_timeline._cache) == [(run, 300, None)]
+    assert list(server_timeline._cache) == [(run, 300, None, None)]
 
 
 def test_a_restarted_trainers_records_get_at_most_the_points_asked_for(tmp_path):
@@ -302,4 +302,87 @@ def test_the_answer_asked_for_again_is_the_last_one_dropped(tmp_path, monkeypatc
     monkeypatch.setattr(server_timeline, "CACHED_ANSWERS", 2)
     for points in (100, 200, 100, 300):
         assert get(client, f"/timeline?run=run1&points={points}")[0] == 200
-    assert list(server_timeline._cache) == [(run, 100, None), (run, 300, None)]
+    assert list(server_timeline._cache) == [(run, 100, None, None), (run, 300, None, None)]
+
+
+def test_a_filter_finds_the_sections_an_answer_left_out(tmp_path, monkeypatch):
+    """5,000 sections: the answer holds 4,096, and the dashboard's filter searched only those, so a
+    left-out section (block0700/mlp.w) could not be found. ?sections= answers the sections whose names
+    contain it, ignoring case, at most MAX_SECTIONS, those with anomalies first (and only if they match);
+    sections_total stays the run's. Kept answers key on the filter: many filters keep CACHED_FILTERED."""
+    from beholder_plugin.server import timeline as server_timeline
+
+    server_timeline.forget()
+    run = str(tmp_path / "run1")
+    names = [f"block{i:04d}/attn.w" for i in range(4200)] + [f"block{i:04d}/mlp.w" for i in range(800)]
+    writer = TimelineWriter(run, files_for(run), parts_budget=10**9)
+    for step in (1, 2):
+        records = _records(names, step, 1.7e9 + step)
+        records["norm"] = np.arange(len(names))
+        if step == 2:
+            records["flags"][names.index("block4150/attn.w")] |= tl.ANOMALY  # flagged in its records only
+        writer.append(names, records)
+    writer.add_anomaly({"section": "block4120/attn.w", "kind": "nan", "step": 2, "first": True}, 100)
+    writer.add_anomaly({"section": "block0600/mlp.w", "kind": "inf", "step": 2}, 100)
+    writer.close()
+    _, client = plugin_client(tmp_path)
+    status, plain = get(client, "/timeline?run=run1&points=8")
+    assert status == 200 and plain["sections_left_out"] == 5000 - 4096
+    assert plain.get("sections_filter") is None
+    assert "block0700/mlp.w" not in {s["name"] for s in plain["sections"]}
+
+    status, found = get(client, "/timeline?run=run1&points=8&sections=%20MLP.W%20")  # (trimmed, any case)
+    shown = [s["name"] for s in found["sections"]]
+    assert status == 200 and "block0700/mlp.w" in shown  # the left-out section, found
+    assert shown == names[4200:] and found["sections_filter"] == "mlp.w"
+    assert (found["sections_total"], found["sections_matched"]) == (5000, 800)
+    assert found["sections_left_out"] == 5000 - 800 and found["points"] == 8
+    entry = found["sections"][700]
+    assert entry["name"] == "block0700/mlp.w" and column(entry, "norm").tolist() == [4900, 4900]
+    assert (found["first_step"], found["last_step"]) == (plain["first_step"], plain["last_step"])
+
+    status, found = get(client, "/timeline?run=run1&points=8&sections=attn")  # 4,200 match: the cap holds
+    shown = [s["name"] for s in found["sections"]]
+    assert status == 200 and len(shown) == server_timeline.MAX_SECTIONS
+    assert (found["sections_total"], found["sections_matched"]) == (5000, 4200)
+    assert {"block4120/attn.w", "block4150/attn.w"} <= set(shown)  # anomalies first ...
+    assert "block0600/mlp.w" not in shown  # ... of those that match only
+    assert shown == sorted(shown) and shown[:4094] == names[:4094] and "block4199/attn.w" not in shown
+
+    status, found = get(client, "/timeline?run=run1&points=8&sections=.*")  # text, not a pattern
+    assert status == 200 and found["sections"] == [] and found["sections_matched"] == 0
+    status, found = get(client, "/timeline?run=run1&points=8&sections=%20%20")  # blank: every section
+    assert status == 200 and found["sections_filter"] is None and len(found["sections"]) == 4096
+
+    server_timeline.forget()
+    monkeypatch.setattr(server_timeline, "CACHED_FILTERED", 2)
+    assert get(client, "/timeline?run=run1&points=8")[0] == 200
+    for i in range(6):  # someone typing: one answer per filter, the oldest dropped first
+        status, found = get(client, f"/timeline?run=run1&points=8&sections=block000{i}/")
+        assert status == 200 and [s["name"] for s in found["sections"]] == [
+            f"block000{i}/attn.w", f"block000{i}/mlp.w"]
+    assert list(server_timeline._cache) == [(run, 8, None, None), (run, 8, None, "block0004/"),
+                                            (run, 8, None, "block0005/")]
+
+
+def test_a_filter_past_its_bound_is_refused(tmp_path):
+    """?sections= is matched against every section's name and keys a kept answer: past MAX_FILTER_CHARS it
+    is a 400 naming the bound (it was ignored), never a scan of a 100 kB filter nor an answer kept for it."""
+    from beholder_plugin.server import timeline as server_timeline
+
+    server_timeline.forget()
+    run = str(tmp_path / "run1")
+    writer = TimelineWriter(run, files_for(run))
+    writer.append(["a/w", "b/w"], _records(["a/w", "b/w"], 1, 1.7e9))
+    writer.close()
+    _, client = plugin_client(tmp_path)
+    longest = "w" * 256  # (MAX_FILTER_CHARS)
+    status, answer = get(client, f"/timeline?run=run1&sections={longest}")
+    assert status == 200 and answer["sections"] == []
+    for hostile in (longest + "w", "%00" * 300, "x" * 100_000):
+        status, answer = get(client, f"/timeline?run=run1&sections={hostile}")
+        assert status == 400, hostile[:10]
+        assert answer["error"].startswith("sections must be a filter of at most 256 characters, not ")
+    status, answer = get(client, "/timeline?run=run1&sections=%00A/")  # (any text under the bound: as text)
+    assert status == 200 and answer["sections"] == []
+    assert [key[3] for key in server_timeline._cache] == [longest, "\x00a/"]

@@ -15,6 +15,9 @@ const WIDTH = 640;
 const POINTS = WIDTH / 2; // points asked per section: one every 2 px
 const EAGER_ROWS = 40; // rows painted at once; the others when they scroll into view
 const REFRESH_MS = 5000;
+// A run of more sections than an answer holds: the filter box asks the server for every matching section
+// (?sections=) this long after the last key.
+const SEARCH_MS = 300;
 const AXIS_H = 18;
 const TICKS = 6; // about this many step labels under the axis
 // A norm line is broken where the next point is this many times the row's usual step spacing away
@@ -316,7 +319,11 @@ export class TimelineView {
     this.rows = new Map(); // name -> {element, canvas, data}
     this.timer = null;
     this.loads = 0;
-    this.debug = { drawn: 0, ms: null, hover: null, opened: null };
+    this.debug = { drawn: 0, ms: null, hover: null, opened: null, searches: 0, searched: null };
+    // Whether the run's answer of every section left some out ({run, values, left}): the filter box then
+    // asks the server (?sections=), which searches them all; else it filters the answer here.
+    this.plainLeftOut = null;
+    this.searchTimer = null;
     this.status = h("span", { class: "note", id: "timeline-status", role: "status" });
     this.scaleSelect = h(
       "select",
@@ -333,7 +340,7 @@ export class TimelineView {
       onchange: () => { this.values = this.valuesSelect.value; this.load(); } });
     this.valuesLabel = h("label", { hidden: true }, "Values ", this.valuesSelect);
     this.filter = h("input", { type: "search", id: "timeline-filter", placeholder: "Filter sections",
-      "aria-label": "Filter the timeline's sections", oninput: () => this.draw() });
+      "aria-label": "Filter the timeline's sections", oninput: () => this.filterChanged() });
     this.axis = h("canvas", { id: "timeline-axis", class: "tl-axis", width: WIDTH, height: AXIS_H });
     this.ticks = h("div", { class: "tl-ticks", id: "timeline-ticks" });
     this.legend = h("div", { class: "tl-legend", id: "timeline-legend" }, legend(false));
@@ -389,19 +396,60 @@ export class TimelineView {
     this.timer = setInterval(() => this.load(), REFRESH_MS);
   }
 
-  /** Fetch the run's timeline (and the compared run's), then draw. */
+  /** The filter box's words as matched: trimmed and lower-cased (the server's ?sections= matches alike). */
+  words() {
+    return this.filter.value.trim().toLowerCase();
+  }
+
+  /** The filter to ask the server for: the box's words when the run's answer of every section left some
+   * out (filtering that answer here could not find them); null: the plain answer, filtered here. */
+  remoteWords() {
+    const words = this.words();
+    const plain = this.plainLeftOut;
+    const same = plain && plain.run === this.dashboard.state.run && plain.values === this.values;
+    return words && same && plain.left > 0 ? words : null;
+  }
+
+  /** The filter box changed: filter the drawn rows at once; when the server is to search (remoteWords),
+   * ask it SEARCH_MS after the last key, and for the plain answer at once when the box is emptied. */
+  filterChanged() {
+    this.draw();
+    clearTimeout(this.searchTimer);
+    this.searchTimer = null;
+    const wanted = this.remoteWords();
+    if (wanted === (this.answer?.sections_filter ?? null)) return; // (drawn already; a stale answer is dropped)
+    if (wanted === null) {
+      this.load();
+      return;
+    }
+    this.searchTimer = setTimeout(() => {
+      this.searchTimer = null;
+      this.load();
+    }, SEARCH_MS);
+  }
+
+  /** Fetch the run's timeline (and the compared run's), of the sections matching the filter when the
+   * server is to search (remoteWords), then draw. */
   async load() {
     const run = this.dashboard.state.run;
     if (run === null) return;
     const load = ++this.loads;
     const other = this.dashboard.compare.other;
+    const words = this.remoteWords();
     const started = performance.now();
     try {
-      const answer = await getJSON("timeline", { run, points: POINTS, values: this.values }); // (null: not sent)
+      if (words !== null) this.debug.searches++;
+      const params = { run, points: POINTS, values: this.values, sections: words }; // (null: not sent)
+      const answer = await getJSON("timeline", params);
       // (the compared run's records of the same values: its newest may be of others, under the same names)
-      const second = other ? await getJSON("timeline", { run: other, points: POINTS, values: answer.values })
-        : null;
-      if (load !== this.loads) return;
+      const second = other ? await getJSON("timeline",
+        { run: other, points: POINTS, values: answer.values, sections: words }) : null;
+      if (load !== this.loads) return; // (a later load is under way)
+      if (words === null) this.plainLeftOut = { run, values: this.values, left: answer.sections_left_out || 0 };
+      if (words !== null && words !== this.remoteWords()) { // the box changed since: not what it asks for
+        if (this.searchTimer === null) this.load();
+        return;
+      }
       const fetched = performance.now();
       this.answer = withSteps({ ...answer, decoded: decodeTimeline(answer) });
       this.answer.starts = processStarts(this.answer.decoded);
@@ -411,6 +459,8 @@ export class TimelineView {
       this.debug.decodeMs = performance.now() - fetched;
       this.draw();
       this.debug.ms = performance.now() - started;
+      this.debug.searched = answer.sections_filter ?? null;
+      if (words === null && this.remoteWords() !== null) this.load(); // (sections were left out: search them)
     } catch (error) {
       if (load === this.loads) this.status.textContent = `Cannot load the timeline: ${error.message}`;
     }
@@ -497,10 +547,16 @@ export class TimelineView {
     if (this.answer.decoded.length === 0) {
       this.status.textContent = "No timeline yet: each frame of sections the trainer writes adds to it.";
     } else {
-      // (a run of more sections than an answer holds: those with anomalies are in it, the others left out)
+      // (a run of more sections than an answer holds: those with anomalies are in it, the others left out;
+      // the filter box then asks the server, which searches them all)
+      const { sections_total: total, sections_filter: found, sections_matched: matched } = this.answer;
       const left = this.answer.sections_left_out || 0;
-      const count = left > 0 ? `showing ${sections.length} of ${this.answer.sections_total} sections ` +
-        `(at most ${this.answer.decoded.length} fit, those with anomalies kept; the filter searches only these)`
+      const fit = this.answer.decoded.length;
+      const searching = this.remoteWords() !== (found ?? null) ? " · searching every section…" : "";
+      const count = found ? `showing ${sections.length} of ${matched} sections matching "${found}" ` +
+        `(of all ${total}${matched > fit ? `; at most ${fit} fit, those with anomalies kept` : ""})${searching}`
+        : left > 0 ? `showing ${sections.length} of ${total} sections ` +
+        `(at most ${fit} fit, those with anomalies kept; the filter searches them all)${searching}`
         : `${sections.length} sections`;
       this.status.textContent = `${count} · steps ${first}–${last} · ` +
         `${anomalies.length} anomal${anomalies.length === 1 ? "y" : "ies"}${restarted}${compared}`;
@@ -665,10 +721,13 @@ export class TimelineView {
   }
 
   /** Scroll to the first anomaly's row, show its numbers there; a click on its marker opens its frame. */
-  jumpToAnomaly() {
+  async jumpToAnomaly() {
     const record = (this.answer?.anomalies || []).find((a) => a.first) || this.answer?.anomalies?.[0];
     if (!record) return;
     this.filter.value = "";
+    clearTimeout(this.searchTimer);
+    this.searchTimer = null;
+    if (this.answer.sections_filter) await this.load(); // (the plain answer: it holds every anomaly's section)
     this.draw();
     const section = this.answer.decoded.find((s) => s.name === record.section);
     const row = [...this.list.children].find((r) => r.dataset.section === record.section);
