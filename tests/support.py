@@ -31,6 +31,23 @@ def run_script(script: str, *args: str, **env: str) -> subprocess.CompletedProce
                           text=True, timeout=300)
 
 
+def framed_steps(beholder) -> list[int]:
+    """Make each update() of this Beholder take a frame (the last one written first); the steps of the
+    frames taken, as they are taken."""
+    real, steps = beholder.update, []
+
+    def update(**kwargs):
+        beholder.flush()
+        beholder.frame_due_now()
+        handed = real(**kwargs)
+        if handed:
+            steps.append(beholder.step)
+        return handed
+
+    beholder.update = update
+    return steps
+
+
 def due(beholder) -> None:
     """Wait until a frame is due again at the beholder's FPS (no timing is asserted)."""
     time.sleep(1.0 / max(1, beholder.config["FPS"]) + 0.005)

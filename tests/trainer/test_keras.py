@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from pixel_checks import check_sampled_pixels
-from support import run_script
+from support import framed_steps, run_script
 from tf_support_helpers import PYTHON_ENV, configure, tiny_convnet, tiny_data
 
 import beholder_plugin
@@ -306,6 +306,18 @@ def test_a_worker_hook_that_comes_after_the_next_step_began_leaves_the_read_to_t
     callback.beholder.close()
 
 
+def _stamping_callback(run_dir):
+    """A callback whose Beholder's update() only counts the step and notes it: (callback, steps noted)."""
+    callback, stamped = beholder_plugin.BeholderCallback(run_dir, strict=True), []
+
+    def update(**kwargs):
+        callback.beholder.step += 1  # (as update() does)
+        stamped.append(callback.beholder.step)
+
+    callback.beholder.update = update
+    return callback, stamped
+
+
 def test_each_frame_is_stamped_with_the_batches_whose_weights_it_shows(run_dir):
     """Where late worker-thread hooks leave their update to the next batch, update() calls are fewer than
     batches (73 for 128 on Keras's JAX backend), and the step was their count: a frame stamped step 2
@@ -313,14 +325,7 @@ def test_each_frame_is_stamped_with_the_batches_whose_weights_it_shows(run_dir):
     import threading
 
     configure(run_dir)
-    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
-    stamped = []
-
-    def update(**kwargs):
-        callback.beholder.step += 1  # (as update() does)
-        stamped.append(callback.beholder.step)
-
-    callback.beholder.update = update
+    callback, stamped = _stamping_callback(run_dir)
     callback.on_train_begin()
     callback.on_epoch_begin(0)
     for batch in range(3):  # in time, on the training thread: after batch b, b + 1 batches
@@ -340,7 +345,7 @@ def test_each_frame_is_stamped_with_the_batches_whose_weights_it_shows(run_dir):
     callback.on_train_batch_begin(0)
     callback.on_train_batch_end(0)  # the second epoch's first batch: 7 in all
     assert stamped == [1, 2, 3, 5, 6, 7]
-    update()  # the user's own update() between two fits (a Beholder passed in): step 8
+    callback.beholder.update()  # the user's own update() between two fits (a Beholder passed in): step 8
     callback.on_train_begin()  # a second fit goes on from there, never backwards
     callback.on_epoch_begin(0)
     callback.on_train_batch_begin(0)
@@ -379,20 +384,8 @@ def test_with_steps_per_execution_a_frame_is_stamped_with_the_batches_run(run_di
 
 
 def _framed_steps(callback) -> list[int]:
-    """Make each update() of the callback's Beholder take a frame (the last one written first); the
-    steps of those frames, as they are taken."""
-    beholder, real, steps = callback.beholder, callback.beholder.update, []
-
-    def update(**kwargs):
-        beholder.flush()
-        beholder.frame_due_now()
-        handed = real(**kwargs)
-        if handed:
-            steps.append(beholder.step)
-        return handed
-
-    beholder.update = update
-    return steps
+    """Make each update() of the callback's Beholder take a frame; the steps of those frames, as taken."""
+    return framed_steps(callback.beholder)
 
 
 def _timeline_last_step(run: str) -> int:
@@ -475,14 +468,7 @@ def test_a_late_hook_that_a_later_hook_overtook_adds_no_second_frame_of_the_same
     import threading
 
     configure(run_dir)
-    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
-    stamped = []
-
-    def update(**kwargs):
-        callback.beholder.step += 1  # (as update() does)
-        stamped.append(callback.beholder.step)
-
-    callback.beholder.update = update
+    callback, stamped = _stamping_callback(run_dir)
     callback.on_train_begin()
     callback.on_epoch_begin(0)
     callback.on_train_batch_begin(0)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from support import run_script
 from tf_support_helpers import PYTHON_ENV
 
 pytest.importorskip("keras")
@@ -200,6 +201,7 @@ from beholder_plugin import BeholderCallback, write_config, DEFAULT_CONFIG
 from beholder_plugin.protocol.layout import locate
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.protocol.timeline import read_timeline
+from support import framed_steps
 
 rng = np.random.default_rng(0)
 x = rng.normal(size=(40, 6)).astype("float32")  # 10 batches of 4
@@ -217,18 +219,7 @@ def model(steps_per_execution=1):
 def callback(run):
     write_config(run, {**DEFAULT_CONFIG, "FPS": 30, "mode": "current"})
     made = BeholderCallback(run, strict=True)
-    beholder, real, steps = made.beholder, made.beholder.update, []
-
-    def update(**kwargs):  # (every update takes a frame; the hooks Keras's workers run late make none)
-        beholder.flush()
-        beholder.frame_due_now()
-        handed = real(**kwargs)
-        if handed:
-            steps.append(beholder.step)
-        return handed
-
-    beholder.update = update
-    return made, steps
+    return made, framed_steps(made.beholder)  # (the hooks Keras's workers run late make no frame)
 
 
 def report(case, run, trained, steps):
@@ -273,10 +264,8 @@ def test_frame_steps_follow_the_optimizers_iterations_on_every_backend(tmp_path,
     (frames up to 12 for 10 batches). Late hooks on a Keras worker thread (JAX, torch) leave some
     batches without a frame, but every frame's step is one the optimizer counted, in order."""
     pytest.importorskip(backend)
-    env = dict(os.environ, **PYTHON_ENV, KERAS_BACKEND=backend)
     runs = [str(tmp_path / name) for name in ("first", "resumed", "known", "generator")]
-    out = subprocess.run([sys.executable, "-c", STEPS, *runs], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = run_script(STEPS, *runs, **PYTHON_ENV, KERAS_BACKEND=backend)
     assert out.returncode == 0, out.stderr[-3000:]
     cases = {r["case"]: r for r in map(json.loads, out.stdout.strip().splitlines()[-3:]) if "case" in r}
     expected = {"resumed": (range(11, 31), 30), "known": ([4, 8, 10, 14, 18, 20], 20),
