@@ -161,6 +161,26 @@ def test_a_kept_frame_drawn_in_another_mode_says_so(session):
     frame.click("#live-toggle")
 
 
+def test_a_kept_frames_caption_keeps_its_own_window_when_a_live_table_comes(session):
+    """A live trainer's newer section table, coming while a kept frame was on screen, gave the kept frame's
+    caption the live window ("variance over 15 frames" on a frame drawn over 2)."""
+    frame = open_run(session, "cur")
+    texts = frame.evaluate("""async () => {
+        const m = await import("./static/frame_caption.js");
+        const caption = new m.FrameCaption();
+        const kind = () => caption.text.textContent;
+        caption.show({values: "arrays", mode: "variance", kept: true, frameId: 2, writer: "a"}, null);
+        caption.noteTable({frame_id: 2, writer: "a", window: {frames: 2, size: 15}}, null);
+        const own = kind();
+        caption.noteTable({frame_id: 40, writer: "a", window: {frames: 15, size: 15}}, null);  // live
+        const kept = kind();
+        caption.show({values: "arrays", mode: "variance", kept: false, frameId: 41, writer: "a"}, null);
+        caption.noteTable({frame_id: 42, writer: "a", window: {frames: 15, size: 15}}, null);  // newer
+        return [own, kept, kind()];
+    }""")
+    assert texts == ["Arrays · variance over 2 frames (of 15)"] * 2 + ["Arrays · variance over 15 frames"]
+
+
 def test_a_timeline_click_opens_a_kept_frame_with_the_note(session):
     """A Timeline click opened a variance frame while Mode said "current values"."""
     frame = open_run(session, "switched")

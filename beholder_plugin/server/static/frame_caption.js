@@ -95,12 +95,13 @@ export class FrameCaption {
 
   /**
    * A section table came (section-info): its window is the frame on screen's when it names that
-   * frame; one of a newer frame stands in until then (the window changes only as it fills).
+   * frame; for a live frame, one of a newer frame stands in until then (the window changes only as it
+   * fills). A kept frame keeps its own: the live frame's window is not the one it was drawn with.
    */
   noteTable(doc, config) {
     const meta = this.meta;
     const same = meta && doc.frame_id === meta.frameId && (doc.writer ?? meta.writer) === meta.writer;
-    if (same || doc.window) this.window = doc.window ?? null;
+    if (same || (doc.window && !meta?.kept)) this.window = doc.window ?? null;
     this.render(config);
   }
 
