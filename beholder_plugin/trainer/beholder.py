@@ -414,7 +414,10 @@ class Beholder:
     def _final_weights(self, deadline: float | None) -> None:
         """Hand over a frame of the watched model's weights at the last step, when the dashboard shows
         weights and the last frame is older: a loop faster than the frame rate otherwise ends on a frame
-        of an earlier step, which the dashboard calls the training's last (never raises: counted, logged)."""
+        of an earlier step, which the dashboard calls the training's last (never raises: counted, logged).
+
+        With a deadline (interpreter exit, a remote logdir) only when the worker is idle now: the frame in
+        progress, the end mark and the timeline's last records come first within it."""
         if (self._watch is None or self._closed or not self.active or self._opening is not None
                 or self.step <= max(self._framed_step, 0)):
             return
@@ -422,8 +425,10 @@ class Beholder:
             settings = self.check_settings()
             if settings.shown != "trainable_variables" or settings.fps == 0:
                 return
-            if self.worker is not None and not self.worker.drain(_left(deadline)):
+            if self.worker is not None and not self.worker.drain(None if deadline is None else 0.0):
                 return  # (the frame in progress is still being written: it must not be skipped for this one)
+            if self.worker is not None and self.worker.error is not None:
+                return  # (close() reports it, raising under strict)
             self.frame_due_now()
             self._update(Inputs(self.step, None, None, self.variables, None, None, self._watch))
         except Exception as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
 import weakref
 
 import numpy as np
@@ -13,6 +15,7 @@ from support import due, run_script, set_config
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.frame_format import value_at
 from beholder_plugin.protocol.layout import locate
+from beholder_plugin.protocol.names import plugin_dir
 from beholder_plugin.protocol.runfiles import frame_path, read_frame_file
 
 torch = pytest.importorskip("torch")
@@ -499,7 +502,28 @@ for step in range(7):  # far faster than one frame a second: only step 1's frame
     model(torch.ones(2, 4)).square().sum().backward()
     opt.step()
     beholder.update()
+beholder.flush()  # (at exit the final frame is taken only with the worker idle)
 torch.save(model.state_dict(), sys.argv[1] + "/final.pt")
+"""
+
+EXIT_WHILE_A_FRAME_RENDERS = """
+import sys, time, torch
+from support import set_config
+from beholder_plugin import Beholder
+from beholder_plugin.trainer.views import render
+set_config(sys.argv[1], values="trainable_variables", mode="current", FPS=1)
+real = render.Renderer.render
+
+def slow(self, *args, **kwargs):
+    time.sleep(3.0)  # a big model's frame, or a slow disk: still rendering when training ends
+    return real(self, *args, **kwargs)
+
+render.Renderer.render = slow
+model = torch.nn.Linear(8, 4)
+beholder = Beholder(sys.argv[1])
+beholder.watch(model)
+for step in range(10):
+    beholder.update()
 """
 
 
@@ -511,3 +535,35 @@ def test_a_script_that_never_closes_ends_on_the_weights_of_its_last_step(run_dir
     weight = torch.load(run_dir + "/final.pt")["weight"].numpy()
     section = next(i for i, rec in enumerate(frame.sections) if rec["name"] == "weight")
     np.testing.assert_array_equal(frame.section_values(section), weight.T)  # (out_in: drawn in x out)
+
+
+def test_at_exit_a_frame_still_rendering_comes_before_the_final_weights_and_the_end_mark(run_dir):
+    """Exit waits 5 s in all: waiting there for a 3 s frame, then taking the final weights' frame, left the
+    end mark unwritten ("trainer stopped?" for a run that ended)."""
+    out = run_script(EXIT_WHILE_A_FRAME_RENDERS, run_dir)
+    assert out.returncode == 0, out.stderr
+    frame = read_frame_file(run_dir)
+    assert frame.header["step"] == 1  # the frame in progress, not the final weights'
+    ended = json.loads(open(os.path.join(plugin_dir(run_dir), "ended.json")).read())
+    assert ended["frame_id"] == frame.header["frame_id"]
+
+
+def test_strict_close_still_raises_the_last_frames_error(run_dir, monkeypatch):
+    """With strict=True, close() raised the worker's error; the final weights' frame took it first and only
+    counted it."""
+    from beholder_plugin.trainer.views import render
+
+    set_config(run_dir, values="trainable_variables", mode="current", FPS=1)
+    now = [0.0]
+    beholder = Beholder(run_dir, strict=True, clock=lambda: now[0])
+    beholder.watch(torch.nn.Linear(8, 4))
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("renderer broke")
+
+    monkeypatch.setattr(render.Renderer, "render", broken)
+    assert beholder.update()  # the frame fails on the worker
+    for _ in range(5):
+        assert not beholder.update()  # no frame due: the error is not looked at yet
+    with pytest.raises(RuntimeError, match="renderer broke"):
+        beholder.close()
