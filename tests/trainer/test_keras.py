@@ -438,6 +438,36 @@ def test_a_new_compile_between_two_fits_never_takes_the_steps_back(run_dir):
     assert read_frame_file(run_dir).header["step"] == 20 and _timeline_last_step(run_dir) == 20
 
 
+@pytest.mark.parametrize("scaler", [True, False])
+def test_an_optimizer_that_counts_fewer_steps_than_batches_never_takes_the_frames_back(run_dir, scaler):
+    """A loss scaler leaves the steps it skips out of optimizer.iterations, and a train_step with optimizers
+    of its own leaves compile()'s at 0: with steps_per_execution=2, each epoch's end took the steps back to
+    the optimizer's count (frames 2..10, 9, 11, ..., the timeline read as restarts)."""
+    configure(run_dir)
+    model = tiny_convnet()
+    optimizer = keras.optimizers.SGD(0.05)
+    if scaler:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0 ** 15)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=2)
+    x, y = tiny_data(n=40)  # 10 batches of 4
+    x[:12] = np.inf  # the first 3 batches: non-finite gradients, steps the scaler skips
+    callback = beholder_plugin.BeholderCallback(run_dir, strict=True)
+    steps = _framed_steps(callback)
+    if not scaler:  # (the optimizer's count stays behind: as if a train_step used optimizers of its own)
+        model.optimizer.iterations.assign(0)
+        real = model.optimizer.apply
+
+        def apply(*args, **kwargs):
+            real(*args, **kwargs)
+            model.optimizer.iterations.assign(0)
+
+        model.optimizer.apply = apply
+    model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[callback])
+    assert steps == list(range(2, 31, 2))
+    assert _timeline_last_step(run_dir) == 30
+
+
 def test_with_steps_per_execution_on_data_of_unknown_length_the_short_execution_counts_the_batches_run(
         run_dir):
     """With data of unknown length (a filtered tf.data.Dataset, a generator) and steps_per_execution=4,

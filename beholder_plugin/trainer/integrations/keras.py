@@ -277,7 +277,13 @@ class BeholderCallback(keras.callbacks.Callback):
         counted = _optimizer_steps(self.model) if self._counted else None
         if counted is None or self._base is None:
             return said
-        return max(self._epoch_start, min(said, self._fit_seen + counted - self._counted_at))
+        by_optimizer = self._fit_seen + counted - self._counted_at
+        if by_optimizer < said - (self._per_execution - 1):
+            # (behind by more than one short execution: it does not count this fit's batches (a train_step
+            # with optimizers of its own): the hooks' count stands, and the optimizer is not asked again)
+            self._counted = self._ask_optimizer = False
+            return said
+        return max(self._epoch_start, min(said, by_optimizer))
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """Wait for an update in progress, make a late one and one of the trained model (unless the last
@@ -369,11 +375,11 @@ class BeholderCallback(keras.callbacks.Callback):
 
 def _optimizer_steps(model: Any) -> int | None:
     """The batches the model's optimizer has counted (``optimizer.iterations``), or None."""
-    # (None: no optimizer, one that accumulates gradients (it counts updates, not batches), or a counter
-    # that cannot be read; TensorBoard's evaluation_*_vs_iterations scalars use the same count)
+    # (None: no optimizer, a loss scaler or one that accumulates gradients (they count updates, not
+    # batches), or a counter that cannot be read; TensorBoard's evaluation_*_vs_iterations use this count)
     optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        return None
+    if optimizer is None or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return None  # (a loss scaler's iterations leave out the steps it skipped)
     for each in (optimizer, getattr(optimizer, "inner_optimizer", None)):  # (a LossScaleOptimizer's)
         if getattr(each, "gradient_accumulation_steps", None):
             return None
