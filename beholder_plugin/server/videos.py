@@ -103,12 +103,11 @@ def list_videos(beholder_dir: str, files: Any = None) -> list[dict[str, Any]]:
     remote run's recordings are uploaded once finished. ``files`` is a
     remote run's RemoteFiles.
     """
-    found: list[dict[str, Any]] = []
-    for folder, kind, prefix in ((beholder_dir, "recording", ""),
-                                 (posixpath.join(beholder_dir, EXPORTS_DIR) if files is not None
-                                  else os.path.join(beholder_dir, EXPORTS_DIR), "export", EXPORTS_DIR + "/")):
-        found.extend(_videos_in(folder, kind, prefix) if files is None
-                     else _remote_videos_in(files, folder, kind, prefix))
+    if files is not None:  # (exports are made only for local runs: one listing, of the recordings)
+        found = list(_remote_videos_in(files, beholder_dir, "recording", ""))
+    else:
+        found = [*_videos_in(beholder_dir, "recording", ""),
+                 *_videos_in(os.path.join(beholder_dir, EXPORTS_DIR), "export", EXPORTS_DIR + "/")]
     found.sort(key=lambda v: (-v["time"], v["name"]))
     return found[:MAX_LISTED_VIDEOS]
 

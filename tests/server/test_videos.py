@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from server_support import BASE, plugin_client, set_config
+from server_support import BASE, plugin_client, set_config, wait_for
 
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.history import list_history, read_history_frame
@@ -354,6 +354,9 @@ def test_recordings_say_whether_the_trainer_finished_them(world):
             whole = f.read()
         with open(os.path.join(pdir, "video-cut.mp4"), "wb") as f:  # a killed trainer's file
             f.write(whole[:-100])
+        writing_path = os.path.join(pdir, "video-writing.mp4")  # (ffmpeg may not have written it yet)
+        wait_for(lambda: os.path.exists(writing_path) and os.path.getsize(writing_path) > 0,
+                 message="the first bytes of the recording being written")
         listed = client.get(f"{BASE}/videos", query_string={"run": "r"}).get_json()
         assert {v["name"]: v["finished"] for v in listed} == {
             "video-done.mp4": True, "video-writing.mp4": False, "video-cut.mp4": False}
