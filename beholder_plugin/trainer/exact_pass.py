@@ -142,6 +142,12 @@ class StepCheck:
         Python object per tensor, and a launch each, at every step.
         """
         tensors = self.current()
+        if not all(storage.nbytes() >= needed for storage, needed in self._storages):
+            # (read, eagerly or by a replayed graph, torch would crash the process or read freed memory:
+            # on_step turns the check off and says so)
+            raise RuntimeError("a tensor the per-step check reads has had its memory freed (its storage "
+                               "resized to nothing, as FSDP does to a gathered parameter after forward, "
+                               "or shrunk below the tensor)")
         self.step_now.fill_(step)  # (a launch: the step is the kernel's argument, nothing is copied)
         self.norms_step = step
         if self._replays:
@@ -166,11 +172,6 @@ class StepCheck:
                         self._graph.replay()  # (the capture recorded the kernels without running them)
                     return
             self._last_key = key
-        if not all(storage.nbytes() >= needed for storage, needed in self._storages):
-            # (read, torch would crash the process: on_step turns the check off and says so)
-            raise RuntimeError("a tensor the per-step check reads has had its memory freed (its storage "
-                               "resized to nothing, as FSDP does to a gathered parameter after forward, "
-                               "or shrunk below the tensor)")
         self.norms = self._run(tensors)
 
     def _run(self, tensors: list[Any]) -> Any:

@@ -435,7 +435,7 @@ def test_cuda_side_streams_are_shared_high_priority_and_distinct(tmp_path):
             beholder.flush()
         gathers = first.gatherer.device_gathers + second.gatherer.device_gathers
     assert len(gathers) == 2 and all(g.stream is frames for g in gathers)
-    step_check = exact_pass.StepCheck(torch, [0], [arrays["w0"]], None, ["w0"])
+    step_check = exact_pass.StepCheck(torch, [0], [arrays["w0"]], [None], ["w0"])
     assert step_check._stream is check
 
 
@@ -640,6 +640,23 @@ def test_cpu_captures_behave_as_cuda_graphs():
         graph.replay()
     with pytest.raises(RuntimeError, match="cannot be captured"):
         torch_batch.capture(lambda ts: ts[0] * ts[0].sum().item(), [given], None, "t")
+
+
+def test_a_replayed_per_step_check_refuses_a_held_tensor_whose_memory_was_freed(monkeypatch):
+    """The per-step check's captured graph replayed over weights whose storage FSDP had resized to nothing:
+    on a GPU a read of freed memory (garbage norms, a false first NaN, or an illegal address); only its
+    eager run looked. Replayed, it refuses too, as eagerly."""
+    from beholder_plugin.trainer import exact_pass
+
+    monkeypatch.setattr(torch_batch, "CPU_GRAPHS", True)
+    weights = torch.randn(64, 64)
+    check = exact_pass.StepCheck(torch, [0], [weights.detach()], [None], ["w"])
+    for step in (1, 2, 3):  # eager, captured, replayed
+        check.check(step)
+    assert check._graph is not None
+    weights.untyped_storage().resize_(0)  # as FSDP frees a gathered parameter after forward
+    with pytest.raises(RuntimeError, match="memory freed"):
+        check.check(4)
 
 
 def test_a_replayed_frame_keeps_alive_what_its_graph_reads(tmp_path, monkeypatch, cpu_graphs):
