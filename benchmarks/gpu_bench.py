@@ -373,6 +373,9 @@ def part_syncs(args) -> dict:
     for values in ("trainable_variables", "gradients", "activations"):
         run = tempfile.mkdtemp(prefix=f"gpu-syncs-{values}-")
         set_config(run, values=values, FPS=10, mode="variance")
+        # gradients cleared after each step: update() finds no .grad, and the frame comes from the hooks
+        # its last call armed (the "after a hooked step" of the table; a .grad read is "weights"-like)
+        loop.clear_after_step = values == "gradients"
         with Beholder(run) as beholder:
             beholder.watch(model)
             loop.run(1.0, beholder)
@@ -387,6 +390,8 @@ def part_syncs(args) -> dict:
                     loop.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     loop.opt.step()
+                    if loop.clear_after_step:
+                        loop.opt.zero_grad(set_to_none=True)
                     with torch.profiler.record_function(UPDATE_RANGE):
                         took = beholder.update()
                 if took:
@@ -663,7 +668,8 @@ def part_transformer(args) -> dict:
         worker = time_worker(beholder) if beholder is not None else []
         steps, blocking, calls = [], [], 0
         start = time.perf_counter()
-        while time.perf_counter() - start < (args.seconds if SMOKE else max(args.seconds, 4.0)):
+        seconds = args.seconds if SMOKE else max(args.seconds, 4.0)
+        while time.perf_counter() - start < seconds or (SMOKE and len(steps) < SMOKE_STEPS):
             t0 = time.perf_counter()
             step()
             if beholder is not None:

@@ -18,6 +18,9 @@ def run_dir(tmp_path):
 
 # Test modules in the subfolders import the shared helpers (support, server_support, reference_render).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# On a machine with a GPU and a CUDA build of JAX, JAX would take 75 % of the GPU's memory at its first use,
+# before the torch tests marked gpu run in the same process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 @pytest.fixture
