@@ -8,6 +8,10 @@ import { nonFiniteFlag } from "./sections.js";
 
 const SEPARATOR_PX = 5; // rows between sections (docs/protocol.md)
 const INFO_EVERY_MS = 250; // section statistics refresh at most this often
+// Which lines of an entry a short section keeps, first to last: its name always, then these; the
+// lines that do not fit its rows are left out (all of them show on hover).
+const LINE_RANK = ["name", "flag", "missing-note", "shape", "minmax", "mean", "range", "sample-note"];
+const MIN_NAME_PX = 8; // a name shrinks no smaller than this to fit a section shorter than its line
 
 export class InfoPanel {
   /**
@@ -108,7 +112,39 @@ export class InfoPanel {
     this.element.style.height = `${canvas.height * scale}px`;
     this.element.replaceChildren(...entries);
     this.flagLayer.replaceChildren(...outlines);
+    fitEntries(entries);
   }
+}
+
+/** Keep each entry within its section's rows: a taller one ("cut") keeps its name and what fits, the rest "spare". */
+function fitEntries(entries) {
+  // All reads, then all writes, twice: two layouts however many sections.
+  const over = entries.filter((entry) => entry.scrollHeight > entry.clientHeight + 0.5);
+  for (const entry of over) entry.classList.add("cut"); // one-line flag and reason: measured below
+  const plans = over.map((entry) => {
+    let room = entry.getBoundingClientRect().height;
+    const lines = [...entry.children].sort((a, b) => rank(a) - rank(b));
+    const heights = lines.map((line) => line.getBoundingClientRect().height);
+    const nameSize = heights[0] > room ? Math.max(MIN_NAME_PX, (12 * room) / heights[0]) : null;
+    room -= heights[0];
+    const spare = [];
+    for (let i = 1; i < lines.length; i += 1) {
+      if (heights[i] <= room + 0.5) room -= heights[i];
+      else spare.push(lines[i]);
+    }
+    return { entry, name: lines[0], nameSize, spare };
+  });
+  for (const { entry, name, nameSize, spare } of plans) {
+    if (nameSize) name.style.fontSize = `${nameSize}px`;
+    for (const line of spare) line.classList.add("spare");
+    entry.dataset.spare = String(spare.length);
+  }
+}
+
+/** Where a line of an entry comes in LINE_RANK (by its class; unknown lines last). */
+function rank(line) {
+  const i = LINE_RANK.findIndex((name) => line.classList.contains(name));
+  return i < 0 ? LINE_RANK.length : i;
 }
 
 /** One section's entry: its name, a NaN/Inf flag, and the statistics of the values drawn. */
@@ -124,10 +160,10 @@ function sectionEntry(section, flag, style) {
       { class: "sample-note", title: "Statistics of the values drawn: the section after truncation and resizing, not the whole array" },
       "over the shown sample",
     ),
-    h("div", {}, `shape ${shape(section.shape)}`),
-    h("div", {}, `range ${sci(section.range)}`),
-    h("div", {}, `mean ${sci(section.mean)}`),
-    h("div", {}, `min ${sci(section.min)} max ${sci(section.max)}`),
+    h("div", { class: "shape" }, `shape ${shape(section.shape)}`),
+    h("div", { class: "range" }, `range ${sci(section.range)}`),
+    h("div", { class: "mean" }, `mean ${sci(section.mean)}`),
+    h("div", { class: "minmax" }, `min ${sci(section.min)} max ${sci(section.max)}`),
   );
 }
 
