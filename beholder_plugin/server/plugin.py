@@ -302,14 +302,17 @@ class BeholderPlugin(base_plugin.TBPlugin):
     def _serve_value(self, request: wrappers.Request, run: Run) -> wrappers.Response:
         """What pixel (?x=, ?y=) of the latest frame (or of ?frame=, a kept one) shows, and its value.
 
-        Or, with ?section=NAME&index=[i, j, ...] instead of x and y, the first
-        pixel showing that element of that section (a pin that follows its
-        element when the layout changes); the answer then says its x and y.
+        Or, with ?section=NAME&index=[i, j, ...], the pixel showing that element
+        of that section (a pin that follows its element when the layout
+        changes): ?x=&y= when given and still showing it, else its first
+        pixel; the answer then says its x and y.
         """
         name = request.args.get("frame")
         path, expect = self._kept_frame(run, name)
         if request.args.get("section") is not None:
             found_at = self._element_pixel(path, request.args["section"], request.args.get("index"))
+            if found_at is not None and None not in (request.args.get("x"), request.args.get("y")):
+                found_at = self._still_shown(path, expect, request.args, found_at)
             if found_at is None:
                 return error_response(request, f"section {request.args['section']!r} shows no element "
                               f"{request.args.get('index')} in this frame", 404)
@@ -325,6 +328,18 @@ class BeholderPlugin(base_plugin.TBPlugin):
         if request.args.get("section") is not None:  # looked up by element: say where it is
             found = {**found, "x": x, "y": y}
         return json_response(request, found)
+
+    def _still_shown(self, path: str, expect: Any, args: Any, first: tuple[int, int]) -> tuple[int, int]:
+        """Pixel (?x=, ?y=) when it shows the same element as ``first`` (its first pixel), else ``first``:
+        a pin stays where it was put while the layout keeps its element there."""
+        x, y = (pixel_coordinate(args.get(k), k) for k in ("x", "y"))
+        try:
+            here, there = (self._hub.value_at(path, *at, expect) for at in ((x, y), first))
+        except FileNotFoundError:
+            return first
+        same = here is not None and there is not None and all(
+            here.get(k) == there.get(k) for k in ("section", "name", "index"))
+        return (x, y) if same else first
 
     def _element_pixel(self, path: str, section: str, raw_index: str | None) -> tuple[int, int] | None:
         """The pixel of the frame at path showing element raw_index (JSON) of section; RunError 400 if bad."""

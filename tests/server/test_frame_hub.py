@@ -460,6 +460,23 @@ def test_value_finds_the_pixel_of_an_element_wherever_the_layout_puts_it(tmp_pat
         assert (again["name"], again["index"]) == (want["name"], want["index"])
         checked += 1
     assert checked > 20
+    # With the pin's own pixel too (?x=&y=): kept while it shows that element, else the element's pixel.
+    kept = moved = 0
+    for _ in range(60):
+        x, y = int(rng.integers(768)), int(rng.integers(400))
+        found = _value(client, "run", x, y)
+        if found.status_code != 200:
+            continue
+        want = found.get_json()
+        target = {"run": "run", "section": want["name"], "index": json.dumps(want["index"])}
+        first = client.get(f"{BASE}/value", query_string=target).get_json()
+        here = client.get(f"{BASE}/value", query_string={**target, "x": x, "y": y}).get_json()
+        assert (here["x"], here["y"], here["value"]) == (x, y, want["value"])
+        kept += (x, y) != (first["x"], first["y"])  # (a pixel of the element other than its first)
+        elsewhere = client.get(f"{BASE}/value", query_string={**target, "x": 0, "y": 399}).get_json()
+        assert (elsewhere["name"], elsewhere["index"]) == (want["name"], want["index"])
+        moved += (elsewhere["x"], elsewhere["y"]) == (first["x"], first["y"])
+    assert kept > 5 and moved > 5
     missing = client.get(f"{BASE}/value",
                          query_string={"run": "run", "section": "matrix", "index": "[99, 0]"})
     assert missing.status_code == 404 and "shows no element" in missing.get_json()["error"]

@@ -150,7 +150,8 @@ class Probe {
     if (job === null) return;
     this.busy = true;
     const { source, x, y, target } = job;
-    const where = target ? { section: target.name, index: JSON.stringify(target.index) } : { x, y };
+    // (with a target, x and y too: the server keeps them while they still show that element)
+    const where = target ? { section: target.name, index: JSON.stringify(target.index), x, y } : { x, y };
     try {
       const answer = await getJSON("value", { run: source.run, ...where, frame: source.frame ?? undefined });
       this.onAnswer(answer, job, null);
