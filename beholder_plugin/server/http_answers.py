@@ -62,6 +62,19 @@ def pixel_coordinate(raw: str | None, name: str) -> int:
     return int(raw)
 
 
+def element_index(raw: str | None) -> list[int]:
+    """?index= of a value look-up by element: a JSON list of whole numbers from 0; RunError 400 if not."""
+    try:  # (8 whole numbers below 2**31 take at most 96 characters: longer is no index, and a deep
+        # nesting of brackets would exhaust json's recursion)
+        index = json.loads(raw or "") if len(raw or "") <= 256 else None
+    except (ValueError, RecursionError):
+        index = None
+    if not (isinstance(index, list) and len(index) <= 8
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31 for i in index)):
+        raise RunError("query parameter 'index' must be a JSON list of whole numbers >= 0, e.g. [3, 1]", 400)
+    return index
+
+
 def live_timeout(raw: str) -> float:
     """?timeout= of a long poll in seconds (RunError 400 unless a number from 0 to MAX_LIVE_TIMEOUT)."""
     try:

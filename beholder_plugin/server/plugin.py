@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib.resources
-import json
 import logging
 import os
 import re
@@ -41,6 +40,7 @@ from beholder_plugin.server.frame_encoding import EncodedFrame
 from beholder_plugin.server.frame_hub import FrameHub
 from beholder_plugin.server.http_answers import (
     diff_headers,
+    element_index,
     error_response,
     json_response,
     live_timeout,
@@ -310,9 +310,10 @@ class BeholderPlugin(base_plugin.TBPlugin):
         name = request.args.get("frame")
         path, expect = self._kept_frame(run, name)
         if request.args.get("section") is not None:
-            found_at = self._element_pixel(path, request.args["section"], request.args.get("index"))
+            section, index = request.args["section"], element_index(request.args.get("index"))
+            found_at = self._element_pixel(path, section, index)
             if found_at is not None and None not in (request.args.get("x"), request.args.get("y")):
-                found_at = self._still_shown(path, expect, request.args, found_at)
+                found_at = self._still_shown(path, expect, request.args, section, index, found_at)
             if found_at is None:
                 return error_response(request, f"section {request.args['section']!r} shows no element "
                               f"{request.args.get('index')} in this frame", 404)
@@ -329,29 +330,20 @@ class BeholderPlugin(base_plugin.TBPlugin):
             found = {**found, "x": x, "y": y}
         return json_response(request, found)
 
-    def _still_shown(self, path: str, expect: Any, args: Any, first: tuple[int, int]) -> tuple[int, int]:
-        """Pixel (?x=, ?y=) when it shows the same element as ``first`` (its first pixel), else ``first``:
-        a pin stays where it was put while the layout keeps its element there."""
+    def _still_shown(self, path: str, expect: Any, args: Any, section: str, index: list[int],
+                     first: tuple[int, int]) -> tuple[int, int]:
+        """Pixel (?x=, ?y=) when it still shows element ``index`` of ``section``, else ``first`` (its first
+        pixel): a pin stays where it was put while the layout keeps its element there."""
         x, y = (pixel_coordinate(args.get(k), k) for k in ("x", "y"))
         try:
-            here, there = (self._hub.value_at(path, *at, expect) for at in ((x, y), first))
+            here = self._hub.value_at(path, x, y, expect)
         except FileNotFoundError:
             return first
-        same = here is not None and there is not None and all(
-            here.get(k) == there.get(k) for k in ("section", "name", "index"))
+        same = here is not None and here.get("name") == section and here.get("index") == index
         return (x, y) if same else first
 
-    def _element_pixel(self, path: str, section: str, raw_index: str | None) -> tuple[int, int] | None:
-        """The pixel of the frame at path showing element raw_index (JSON) of section; RunError 400 if bad."""
-        try:  # (8 whole numbers below 2**31 take at most 96 characters: longer is no index, and a deep
-            # nesting of brackets would exhaust json's recursion)
-            index = json.loads(raw_index or "") if len(raw_index or "") <= 256 else None
-        except (ValueError, RecursionError):
-            index = None
-        if not (isinstance(index, list) and len(index) <= 8
-                and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31 for i in index)):
-            raise RunError("query parameter 'index' must be a JSON list of whole numbers >= 0, e.g. [3, 1]",
-                           400)
+    def _element_pixel(self, path: str, section: str, index: list[int]) -> tuple[int, int] | None:
+        """The pixel of the frame at path showing element ``index`` of section (None: none shows it)."""
         try:
             found = self._hub.header(path)  # (a corrupt frame: a 500 naming it, as looked up by pixel)
         except FileNotFoundError:
