@@ -111,6 +111,31 @@ def test_short_proportional_sections_keep_their_side_text_apart(page_on_cnn):
         "el => [...el.children].filter((c) => c.getClientRects().length > 0).length")
     assert shown == ALL_LINES
     shoot(frame.locator(".stage-row"), "side-text-proportional-hover.png")
+    frame.page.mouse.move(0, 0)
+
+
+def test_cut_side_text_opens_on_keyboard_focus_too(page_on_cnn):
+    """Only entries with left-out lines take Tab stops; Tab from one to the next shows all the next's
+    lines, and a screen reader gets them all in its label."""
+    entries, records, _, _ = side_text(page_on_cnn, "proportional")
+    frame = page_on_cnn["frame"]
+    frame.page.mouse.move(0, 0)
+    cut = [e["name"] for e in entries if len(e["lines"]) < e["count"]]
+    focusable = frame.eval_on_selector_all(
+        ".section-info[tabindex='0']", "els => els.map((e) => e.dataset.name)")
+    assert len(cut) >= 2 and focusable == cut  # in section order; the tall ones are no Tab stop
+    frame.focus(f'.section-info[data-name="{cut[0]}"]')
+    frame.page.keyboard.press("Tab")
+    active = frame.evaluate("() => document.activeElement.dataset.name")
+    assert active == cut[1]
+    shown = frame.eval_on_selector(
+        f'.section-info[data-name="{cut[1]}"]',
+        "el => [...el.children].filter((c) => c.getClientRects().length > 0).length")
+    count = next(e["count"] for e in entries if e["name"] == cut[1])
+    assert shown == count
+    shoot(frame.locator(".stage-row"), "side-text-proportional-focus.png")
+    label = frame.get_attribute(f'.section-info[data-name="{cut[1]}"]', "aria-label")
+    assert label.startswith(cut[1]) and "min " in label and "mean " in label
 
 
 def test_fixed_sections_show_every_line_as_before(page_on_cnn):

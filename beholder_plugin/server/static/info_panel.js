@@ -138,6 +138,11 @@ function fitEntries(entries) {
     if (nameSize) name.style.fontSize = `${nameSize}px`;
     for (const line of spare) line.classList.add("spare");
     entry.dataset.spare = String(spare.length);
+    if (spare.length) {
+      // Reachable by Tab too: focus shows the left-out lines as hover does.
+      entry.tabIndex = 0;
+      entry.setAttribute("aria-label", [...entry.children].map((line) => line.textContent).join(", "));
+    }
   }
 }
 
