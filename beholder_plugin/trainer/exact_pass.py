@@ -135,12 +135,18 @@ class StepCheck:
 
     def check(self, step: int) -> None:
         """Queue the check of this step (no host sync): the captured graph replayed when the tensors lie
-        where it reads them, else its operations one by one (captured when they lay there twice running).
+        where it reads them, else its operations one by one (captured when they lay there twice running);
+        none while a CUDA graph of the caller's is being captured (the step goes unchecked).
 
         Replayed, the check costs two launches (and, for gradients, a look at
         where each lies), where its operations cost the fused norm pass's
         Python object per tensor, and a launch each, at every step.
         """
+        batch = _torch_batch()
+        if batch.capturing(self.step_now):
+            # update() inside the caller's CUDA graph capture: a check issued there would break the
+            # capture, or be replayed with the graph at this step's number
+            return
         tensors = self.current()
         if not all(storage.nbytes() >= needed for storage, needed in self._storages):
             # (read, eagerly or by a replayed graph, torch would crash the process or read freed memory:
@@ -151,7 +157,6 @@ class StepCheck:
         self.step_now.fill_(step)  # (a launch: the step is the kernel's argument, nothing is copied)
         self.norms_step = step
         if self._replays:
-            batch = _torch_batch()
             # (the tensors the check holds, detached when it was made, never move; gradients are each
             # step's .grad, which may lie elsewhere)
             key = () if self.params is None else batch.storage_keys(tensors)

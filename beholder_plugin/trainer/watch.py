@@ -16,7 +16,11 @@ the rank that writes arms them). Taking the frame removes them: every other step
 runs with no hook at all (a hooked module call takes PyTorch's slower path,
 several percent of a small model's step). Hooks never keep a tensor alive:
 they copy the compact section (or, with show_all, the whole tensor; or the
-gradients into their one buffer) and drop the reference.
+gradients into their one buffer) and drop the reference. A hook that runs
+while a CUDA graph is captured (the user's ``torch.cuda.graph`` around the
+training step) issues nothing at all: the step's values are not shown, the
+frame says why, and the hooks catch them again at the next step that runs
+eagerly (a graph's replays run no hook).
 
 A Keras model or a Flax NNX module needs no hooks: watch_keras.py says what
 is shown of them.
@@ -55,6 +59,12 @@ NO_LAYER_RAN = ("no layer ran with its hook in the step after the frame fell due
                 "(A torch.compile'd model traced before the hooks were armed runs without them until a "
                 "training step changes its parameters; it is then compiled again, once.)")
 
+
+# the hooks ran only inside a CUDA graph's capture, or not at all (the graph replayed)
+IN_CUDA_GRAPH = ("the step after the frame fell due ran in a CUDA graph (the training step captured with "
+                 "torch.cuda.graph or make_graphed_callables): its capture and its replays run no Python "
+                 "hook, so {values} are shown only from steps that run eagerly{more}")
+IN_CUDA_GRAPH_GRADIENTS = " (or from .grad, when update() comes before the gradients are cleared)"
 
 # a gradient that arrived in the backward pass and was freed before it ended
 FREED_IN_BACKWARD = ("the gradient was freed during the backward pass (an optimizer stepped in a "
@@ -152,6 +162,10 @@ class Watch:
         self.pattern: SectionFilter | None = None
         self.height_cap: int | None = None  # the sections' height cap the hooks cut for (_height_cap)
         self.captured: dict[str, Captured] = {}
+        # a hook ran inside a CUDA graph's capture (and did nothing): from then on, a step whose hooks
+        # caught nothing is taken for the graph's replay; said once (in the log, and in each such frame)
+        self.graph_seen = False
+        self._graph_noted = False
         self._handles: list[Any] = []
         self._arrived: dict[str, tuple[Any, str | None]] = {}  # this backward pass's, not final yet
         self._queued: int | None = None  # the backward pass (its id) whose end copies what arrived
@@ -351,13 +365,25 @@ class Watch:
                     named.append((name, got.tensor, got.layout))
                     continue
                 if got is None:
-                    why = ("no gradient this step (the parameter is frozen: requires_grad=False)"
-                           if not param.requires_grad else
-                           "no gradient this step (the parameter was not used in the loss)")
+                    if not param.requires_grad:
+                        why = "no gradient this step (the parameter is frozen: requires_grad=False)"
+                    elif self.graph_seen and not captured and not at_hand:  # (in a CUDA graph: no hook ran)
+                        why = self._graph_notice("gradients")
+                    else:
+                        why = "no gradient this step (the parameter was not used in the loss)"
                     got = Captured(tuple(param.shape), None, error=why)
                 named.append((name, got, None))
             return named
         return [(name, got, None) for name, got in captured.items()]
+
+    def _graph_notice(self, values: str) -> str:
+        """Why a frame shows none of these values: the step ran in a CUDA graph (logged once)."""
+        more = IN_CUDA_GRAPH_GRADIENTS if values == "gradients" else ""
+        why = IN_CUDA_GRAPH.format(values=values, more=more)
+        if not self._graph_noted:
+            self._graph_noted = True
+            logger.warning("Beholder: %s", why)
+        return why
 
     def _unscaled_keras_gradients(self, named: list[sources.Named]) -> list[sources.Named]:
         """A Keras model's gradients as its LossScaleOptimizer unscales them, when it has one (torch
@@ -488,6 +514,9 @@ class Watch:
     def _grad_hook(self, name: str, layout: str | None) -> Callable:
         def hook(param: Any) -> None:
             if self.armed != "gradients":
+                return
+            if torch_batch.capturing(param):  # a CUDA graph's capture: nothing noted, nothing queued
+                self.graph_seen = True
                 return
             queue = torch_modules.end_of_backward_queue()
             if queue is None:  # no autograd callbacks: take the gradient as it is now
@@ -700,7 +729,8 @@ class Watch:
             captured = {name: self.captured[name] for name in kept if name in self.captured}
         else:
             captured = self.captured
-        bypassed = not (kept or self._ran) and (
+        # (a step in a CUDA graph runs no hook either, and no compiled graph is to blame)
+        bypassed = not (kept or self._ran or self.graph_seen) and (
             torch_modules.version_sum(self._version_params) != self._versions)
         # some layers' hooks ran and others' not, though their parameters were stepped: a graph break
         # left part of the model in a graph compiled before the hooks
@@ -715,6 +745,8 @@ class Watch:
                 return [("activations", Captured((), None, error=compiled.RECOMPILED), None)]
         if captured:
             return [(name, got, None) for name, got in captured.items()]
+        if self.graph_seen:  # the hooks ran in a CUDA graph's capture, or the graph replayed
+            return [("activations", Captured((), None, error=self._graph_notice("activations")), None)]
         return [("activations", Captured((), None, error=NO_LAYER_RAN), None)]  # a section that says why
 
     def _height_cap(self, shown: str) -> int | None:
@@ -775,9 +807,12 @@ class Watch:
 
     def _capture(self, name: str, tensor: Any, layout: str | None) -> Captured | None:
         """Copy the shown slice of a tensor (never raises into forward or backward unless strict); what
-        was captured (None: filtered out)."""
+        was captured (None: filtered out, or handed over inside a CUDA graph's capture)."""
         if self.pattern is not None and not self.pattern.search(name):
             return None  # filtered out in the dashboard: nothing is copied
+        if torch_batch.capturing(tensor):  # a CUDA graph's capture: nothing issued (no upload, no copy)
+            self.graph_seen = True
+            return None
         try:
             got = torch_capture.copy_shown(name, tensor, layout, self.show_all, self.sizing, self._plans,
                                            self.height_cap)

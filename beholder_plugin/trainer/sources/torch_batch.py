@@ -117,6 +117,15 @@ def batch_device(t: Any) -> Any:
     return device
 
 
+def capturing(t: Any) -> bool:
+    """Whether a CUDA graph is being captured on the current stream while a hook or check is handed this
+    tensor (the user's own ``torch.cuda.graph`` around a training step, say): a hook then issues nothing,
+    as no upload, allocation of pinned memory, sync or read back may run in a capture, and what it
+    launched would be replayed with the graph. Asked of the CUDA runtime only for a CUDA tensor (a CPU
+    build of torch has no such query; a CPU tensor is never captured)."""
+    return getattr(t, "is_cuda", False) and sys.modules["torch"].cuda.is_current_stream_capturing()
+
+
 class FlatCopies:
     """Copies of tensors laid end to end in one buffer by one launch (a cat), as views of their shapes and
     strides, kept between calls: while the tensors' shapes and strides stay, the same views come back,
