@@ -261,6 +261,85 @@ def test_a_frame_is_one_batch_one_copy_and_reads_no_scalar(tmp_path, monkeypatch
     assert beholder.failures == 0
 
 
+class Launches(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the kernels the aten ops dispatched on this thread launch: one per op, but one per input for
+    a ``cat`` whose inputs are not all of its output's dtype (torch's CPU and CUDA cat kernels convert
+    each such input with a copy of its own); ``mixed``: those cats' dtypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.mixed: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = args[0] if func.overloadpacket is torch.ops.aten.cat else None
+        if inputs is not None and any(t.dtype != out.dtype for t in inputs):
+            self.count += len(inputs)
+            self.mixed.append((out.dtype, sorted({str(t.dtype) for t in inputs})))
+        else:
+            self.count += 1
+        return out
+
+
+def watched_frames(run: str, model: nn.Module, values: str) -> tuple[list[Launches], object]:
+    """Three frames of a watched model (eager: no captured graph); what each frame-due update() launched on
+    the training thread, and the last frame."""
+    set_config(run, values=values, FPS=30, mode="current")
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    counted = []
+    with Beholder(run, strict=True) as beholder:
+        beholder.watch(model)
+        while len(counted) < 3:
+            if values == "activations":
+                model(x.to(next(model.parameters()).dtype))
+            beholder.frame_due_now()
+            with Launches() as launches:
+                taken = beholder.update()
+            if taken:
+                counted.append(launches)
+                beholder.flush()
+        assert beholder.failures == 0
+    return counted, read_frame_file(run)
+
+
+def linear_stack(layers: int, dtypes: list) -> nn.Module:
+    """Linear layers 6 -> 6, their values rounded to bfloat16, the k-th kept in dtypes[k % len(dtypes)]."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(6, 6) for _ in range(layers)]).to(torch.bfloat16)
+    for k, layer in enumerate(model):
+        layer.to(dtypes[k % len(dtypes)])
+    return model
+
+
+@pytest.mark.parametrize("values, dtypes", [
+    ("trainable_variables", ["bfloat16"]), ("trainable_variables", ["float16"]),
+    ("trainable_variables", ["bfloat16", "float16", "float32"]), ("activations", ["bfloat16"]),
+    ("activations", ["float16"])])
+def test_half_precision_sections_are_converted_once_per_frame_not_once_each(tmp_path, monkeypatch, values,
+                                                                           dtypes):
+    """A bf16 or fp16 model's eager frame gather, as a float32 model's: its launches on the training thread
+    do not grow with the sections beyond the float32 model's (a part per section), no cat converts its
+    inputs, and the frames are the float32 model's of the same values, bit for bit. Before, one cat
+    converted the parts into the float32 buffer: torch ran it as one conversion kernel per section."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    dtypes = [DTYPES[name] for name in dtypes]
+    extra = {}
+    for layers in (3, 10):  # (6 and 20 parameters, each dtype among them)
+        half = linear_stack(layers, dtypes)
+        wide = linear_stack(layers, [torch.float32])
+        half_counts, half_frame = watched_frames(str(tmp_path / f"half-{layers}"), half, values)
+        wide_counts, wide_frame = watched_frames(str(tmp_path / f"wide-{layers}"), wide, values)
+        assert all(not launches.mixed for launches in half_counts), [c.mixed for c in half_counts]
+        extra[layers] = [h.count - w.count for h, w in zip(half_counts, wide_counts)]
+        if values == "trainable_variables":
+            assert_same_frames(half_frame, wide_frame)
+        assert len(half_frame.sections) == (2 * layers if values == "trainable_variables" else layers)
+    # (per dtype: its conversion, its norm group in the timeline's exact pass; on the first frame its buffer)
+    assert extra[3] == extra[10]
+
+
 def test_a_copy_that_could_not_be_issued_fails_every_reader(tmp_path, monkeypatch):
     """The worker issues a frame's copy when the batch or the timeline first waits for it: when issuing
     fails, both are told (never handed the host buffer as if copied), it is not issued twice, the
@@ -1262,3 +1341,16 @@ def test_a_negative_view_of_the_same_memory_is_not_replayed_from_the_graph(tmp_p
         assert_same_frames(host, batched)
     assert cpu_graphs  # (the graph was replayed for the plain views)
     assert pairs[-1][1].sections[0]["max"] == -1.0
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_replayed_frames_of_every_dtype_lay_each_dtypes_parts_as_captured(tmp_path, monkeypatch, cpu_graphs):
+    """Two tensors of each dtype of DTYPES, the same ones frame after frame: the capture lays out each
+    dtype's parts before it runs (part_dtype, the dtype section_part gives a part), so the frames are
+    replayed (a layout foreseen wrong would fail the capture: eager frames) and equal the host path's."""
+    arrays = {f"{name}-{k}": make_tensor((3, 4, 5, 5), name, "sliced" if k else "plain", 7 * k + j)
+              for j, name in enumerate(sorted(DTYPES)) for k in range(2)}
+    pairs = lockstep_frames(tmp_path, monkeypatch, [(arrays, None)] * 4, dict(mode="current"))
+    for host, batched in pairs:
+        assert_same_frames(host, batched)
+    assert len(cpu_graphs) == 3  # (the first frame eager, the second captured; each replayed)

@@ -3,12 +3,15 @@
 On the training thread nothing waits for the device. Per section one
 ``index_select`` reads the shown values and the statistics sample (their
 storage offsets are worked out once per shape, strides and plan, and kept on
-the device); one ``cat`` converts them all to float32 in a reused device
-buffer, and one more ``index_select`` puts them in the frame's order (shown
-values of every section, then every sample), and an event is recorded
-after them. The timeline's figures of the frame's sections (norms, per-step
-flags) are laid after its values in that buffer (``extra``), so that the
-same copy brings them. On CUDA, when a frame gathers from the same storage
+the device); one ``cat`` lays them end to end in a reused float32 device
+buffer (parts of another dtype, bf16 or fp16, are laid in a buffer of their
+own dtype by one ``cat`` and converted by one copy: torch's ``cat`` into an
+output of another dtype converts each input with a kernel of its own), and
+one more ``index_select`` puts them in the frame's order (shown values of
+every section, then every sample), and an event is recorded after them.
+The timeline's figures of the frame's sections (norms, per-step flags) are
+laid after its values in that buffer (``extra``), so that the same copy
+brings them. On CUDA, when a frame gathers from the same storage
 as the frame before (parameters, updated in place), the gathers are
 captured once as a CUDA graph and replayed: a few launches per frame
 whatever the number of sections. The rest is the worker's
@@ -296,6 +299,18 @@ def index_select(t: Any, dim: int, index: Any) -> Any:
     return torch.index_select(t.view(signed), dim, index).view(dtype)
 
 
+def part_dtype(t: Any) -> Any:
+    """The dtype of a tensor's part as section_part gathers it: its own; for a complex tensor, its
+    magnitude's; float32 for a dtype index_select has no kernel for."""
+    torch = sys.modules["torch"]
+    dtype = t.dtype
+    if dtype not in _selectable_dtypes():
+        return torch.float32
+    if dtype.is_complex:
+        return torch.float64 if dtype == torch.complex128 else torch.float32
+    return dtype
+
+
 def section_part(t: Any, plan: SectionPlan, runs: tuple[int, int, int], sample_n: int,
                  found: tuple[Any, int] | None = None) -> Any:
     """One launch: a tensor's shown values and sample, side by side, on its device, in its own dtype (or,
@@ -362,6 +377,18 @@ class Pending:
         return self.host
 
 
+@dataclass
+class PackedLayout:
+    """Where a set of sections' parts lie in a DeviceGather's packed buffer (DeviceGather._permutation)."""
+
+    key: tuple  # (the sections, the parts' dtypes) it was made for
+    dtypes: tuple  # the parts' dtypes, in the sections' order
+    perm: Any  # device index: for each position of the frame's order, its position in ``packed``
+    packed: Any  # the packed buffer's part the parts fill
+    groups: list  # per dtype: (the parts' positions, their part of ``packed``, a buffer of the dtype or None)
+    host: Any  # the host array ``perm`` was copied from (kept as long as the copy may be in flight)
+
+
 class DeviceGather:
     """The reused buffers, streams and CUDA graph that gather one frame plan's sections on one device."""
 
@@ -385,9 +412,7 @@ class DeviceGather:
         self.extra: tuple | None = None
         self.window: FlatWindow | None = None  # the variance window, when it is kept on the device
         self.variance = False  # whether the next launch applies it (use_variance, per frame)
-        self._perm_key: tuple | None = None
-        self._perm: Any = None
-        self._packed_view: Any = None
+        self._layout: PackedLayout | None = None  # where the last set of sections' parts lie (_permutation)
         self._graph: Any = None
         self._graph_holds: list | None = None  # what the graph reads besides the frame's tensors (_capture)
         self._graph_key: tuple | None = None
@@ -542,10 +567,11 @@ class DeviceGather:
         exact.queued.extend(e for e in entries if id(e) not in done)
 
     def _gather(self, sections: list[int], sources: list[Any], found: list | None = None,
-                order: tuple | None = None) -> None:
-        """The launches: a part per section, one cat (to float32), one permutation into the frame's order
-        (a capture's own, looked up before it: ``found``, the tensors' indices and spans; ``order``, the
-        permutation and the packed buffer's part)."""
+                order: PackedLayout | None = None) -> None:
+        """The launches: a part per section, one cat per dtype of the parts (into the float32 buffer, or
+        into one of their dtype, then one conversion), one permutation into the frame's order (a
+        capture's own, looked up before it: ``found``, the tensors' indices and spans; ``order``, the
+        packed layout)."""
         import torch
 
         plan = self.plan
@@ -557,49 +583,83 @@ class DeviceGather:
                 runs = plan.sample_steps[i]
                 n = int(plan.sample_offsets[i + 1] - plan.sample_offsets[i])
                 parts.append(section_part(obj, plan.plans[i], runs, n, found and found[k]))
-        perm, packed = order or self._permutation(sections)
-        torch.cat(parts, out=packed)
-        torch.index_select(packed, 0, perm, out=self.ordered)
+        dtypes = tuple(part.dtype for part in parts)
+        layout = order or self._permutation(sections, dtypes)
+        if layout.dtypes != dtypes:  # (part_dtype foresaw another: the capture fails, frames run eagerly)
+            raise RuntimeError("the frame's parts are not of the dtypes its capture was laid out for")
+        for positions, into, staging in layout.groups:
+            chosen = [parts[k] for k in positions]
+            if staging is not None:  # parts of another dtype than float32: one cat in it, one conversion
+                torch.cat(chosen, out=staging)
+                into.copy_(staging)
+            elif len(chosen) == 1:
+                into.copy_(chosen[0])
+            else:  # float32 parts
+                torch.cat(chosen, out=into)
+        torch.index_select(layout.packed, 0, layout.perm, out=self.ordered)
 
-    def _permutation(self, sections: list[int]) -> tuple[Any, Any]:
-        """Where each value of the frame's order sits in the packed parts, and the packed buffer's part
-        they fill (made once per set of sections).
+    def _permutation(self, sections: list[int], dtypes: tuple) -> PackedLayout:
+        """Where the parts of these sections (of these dtypes) lie in the packed buffer, one dtype after
+        another, and where each value of the frame's order sits there (made once per set of sections).
 
-        Positions of sections not in this batch read position 0: the host
-        side takes only its own sections' values from the buffer.
+        ``torch.cat`` into an output of another dtype converts each input
+        with a kernel of its own (on CUDA as on the CPU): the parts of a
+        dtype other than float32 are laid end to end in a buffer of their
+        dtype (one cat) and converted into the packed buffer by one copy,
+        which rounds each value as the cat's own conversion does. Positions
+        of sections not in this batch read position 0: the host side takes
+        only its own sections' values from the buffer.
         """
-        key = tuple(sections)
-        if key != self._perm_key:
-            plan = self.plan
-            perm = np.zeros(self.total, np.int32)  # (index_select takes int32 positions)
-            at = 0
-            for i in sections:
-                shown, start = int(plan.sizes[i]), int(plan.offsets[i])
-                s0, s1 = int(plan.sample_offsets[i]), int(plan.sample_offsets[i + 1])
-                perm[start : start + shown] = np.arange(at, at + shown)
-                at += shown
-                base = plan.value_count + s0
-                perm[base : base + s1 - s0] = np.arange(at, at + s1 - s0)
-                at += s1 - s0
-            self._packed_view = self.packed[:at]
-            self._perm, self._perm_host = upload(perm, self.device)
-            self._perm_key = key
-        return self._perm, self._packed_view
+        import torch
+
+        key = (tuple(sections), dtypes)
+        layout = self._layout
+        if layout is not None and layout.key == key:
+            return layout
+        plan = self.plan
+        by_dtype: dict[Any, list[int]] = {}
+        for k, dtype in enumerate(dtypes):
+            by_dtype.setdefault(dtype, []).append(k)
+        counts = [int(plan.sizes[i] + plan.sample_offsets[i + 1] - plan.sample_offsets[i]) for i in sections]
+        where = [0] * len(sections)
+        groups, at = [], 0
+        for dtype, positions in by_dtype.items():
+            start = at
+            for k in positions:
+                where[k] = at
+                at += counts[k]
+            staging = None
+            if dtype != torch.float32 and len(positions) > 1:
+                staging = torch.empty(at - start, dtype=dtype, device=self.device)
+            groups.append((positions, self.packed[start:at], staging))
+        perm = np.zeros(self.total, np.int32)  # (index_select takes int32 positions)
+        for k, i in enumerate(sections):
+            shown, start, base = int(plan.sizes[i]), int(plan.offsets[i]), where[k]
+            s0, s1 = int(plan.sample_offsets[i]), int(plan.sample_offsets[i + 1])
+            perm[start : start + shown] = np.arange(base, base + shown)
+            sample = plan.value_count + s0
+            perm[sample : sample + s1 - s0] = np.arange(base + shown, base + shown + s1 - s0)
+        index, host = upload(perm, self.device)
+        self._layout = PackedLayout(key, dtypes, index, self.packed[:at], groups, host)
+        return self._layout
 
     def _capture(self, sections: list[int], sources: list[Any], key: tuple) -> None:
         """Capture this frame's gathers as a CUDA graph (its storage did not move since the last frame).
 
-        The graph reads the permutation and the sections' index tensors where
-        they lie now, and holds none of them: the gatherer holds them as long
-        as the graph (the index cache may let them go, and another set of
-        sections replaces the permutation).
+        The graph reads the permutation, the buffers its parts of dtypes other
+        than float32 are laid in, and the sections' index tensors where they
+        lie now, and holds none of them: the gatherer holds them as long as
+        the graph (the index cache may let them go, and another set of
+        sections replaces the layout).
         """
         plan = self.plan
-        order = self._permutation(sections)  # made (and uploaded) before the capture, indices too
+        # made (and uploaded) before the capture, indices too
+        order = self._permutation(sections, tuple(part_dtype(obj) for obj in sources))
         found = [INDEXES.get(obj.device, plan.plans[i], tuple(obj.shape), obj.stride(), plan.sample_steps[i],
                              int(plan.sample_offsets[i + 1] - plan.sample_offsets[i]))
                  for i, obj in zip(sections, sources)]
-        held = [order[0]] + [index for index, _ in found]
+        held = [order.perm] + [staging for _, _, staging in order.groups if staging is not None]
+        held += [index for index, _ in found]
         self._graph = self._graph_holds = None
         try:
             self._graph, _ = capture(lambda tensors: self._gather(sections, tensors, found, order), sources,
