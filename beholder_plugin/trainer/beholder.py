@@ -514,6 +514,13 @@ class Beholder:
         sources.refuse_inside_tf_function()
         if self._opening is not None and not self._opened():
             return False
+        if _cuda_graph_capturing():
+            # (update() inside the caller's torch.cuda.graph: a gather there would upload, sync or be
+            # baked into the graph, and a replay runs no Python to take a frame anyway)
+            self.status.warn_once("capture", "Beholder: update() was called while a CUDA graph was being "
+                                  "captured; no frame is taken inside a capture: call update() outside "
+                                  "the captured region (after graph.replay()) to see the model")
+            return False
         if self.worker is not None and self.worker.error is not None:
             self._report_worker_error()  # (the worker wrote the frame saying so: FrameJobs.run)
         now = self._clock()
@@ -590,6 +597,13 @@ def _unhook_other(model: Any, logdir: str) -> None:
                        "(beholder.close()) before a cell that makes a new one runs again",
                        type(model).__name__, entry[1])
     found[:] = kept
+
+
+def _cuda_graph_capturing() -> bool:
+    """Whether torch is capturing a CUDA graph on the current stream (False without torch or CUDA)."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    return bool(cuda is not None and cuda.is_initialized() and cuda.is_current_stream_capturing())
 
 
 def _left(deadline: float | None) -> float | None:

@@ -254,3 +254,31 @@ def test_a_training_step_captured_as_a_cuda_graph_with_the_hooks_armed(tmp_path,
             assert_sections_hold(read_frame_file(run), truth)
         assert beholder.failures == 0
     assert len([r for r in caplog.records if "ran in a CUDA graph" in r.getMessage()]) == 1
+
+
+def test_update_called_inside_a_cuda_graph_capture_takes_no_frame(tmp_path, monkeypatch, caplog):
+    """update() inside the caller's capture (a frame due): nothing is gathered, armed or uploaded, a
+    warning says to call it outside the captured region (once), and the first update() after the
+    capture takes the frame."""
+    monkeypatch.setattr(torch_batch, "BATCH_CPU_TENSORS", True)
+    capture = FakeCapture(monkeypatch)
+    capturing = [False]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    run = str(tmp_path / "run")
+    set_config(run, values="arrays", FPS=30, mode="current")
+    weights = {"w": torch.randn(6, 5), "b": torch.randn(5)}
+    with caplog.at_level(logging.WARNING, logger="beholder"), Beholder(run, strict=True) as beholder:
+        capturing[0] = True
+        for _ in range(3):
+            beholder.frame_due_now()
+            with OpLog() as log:
+                assert not beholder.update(arrays=weights)
+            assert log.calls == [] and capture.uploads == 0
+        capturing[0] = False
+        assert beholder.update(arrays=weights)
+        beholder.flush()
+        assert_sections_hold(read_frame_file(run), weights)
+        assert beholder.failures == 0
+    said = [r.getMessage() for r in caplog.records if "CUDA graph was being captured" in r.getMessage()]
+    assert len(said) == 1
