@@ -138,7 +138,7 @@ export class StatusLine {
     }
     if (frameAge > staleAfter && fps === 0) {
       return {
-        text: `No frame for ${age(frameAge)}: trainer stopped? (Updates per second is ${configured}) · showing ${frame}`,
+        text: `No frame for ${age(frameAge)}: trainer stopped, or no longer calling update()? (Updates per second is ${configured}) · showing ${frame}`,
         state: "stale",
       };
     }
