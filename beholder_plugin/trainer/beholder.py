@@ -82,8 +82,9 @@ class Beholder:
         exists) right away, so the run shows in TensorBoard before its first frame.
       variables: what "trainable variables" means for this run: a Keras model
         or ``tf.Module`` (anything with ``trainable_variables``), a torch module
-        (``named_parameters()``), or a list or dict of arrays. Can also be
-        given per call to ``update()``.
+        (``named_parameters()``), a Flax NNX module, or a list, dict or pytree
+        of arrays (JAX: the parameters). Can also be given per call to
+        ``update()``. Anything else raises TypeError here.
       strict: re-raise errors from ``update()`` (and, at the next call, from
         the background worker) instead of logging the first one and carrying on.
       background: render and write on a background thread (the default).
@@ -134,6 +135,9 @@ class Beholder:
         on_anomaly: Any = None,
         norm_jump: float = NORM_JUMP,
     ):
+        problem = sources.variables_problem(variables)
+        if problem is not None:  # (a mistake of the script's: said before training starts)
+            raise TypeError(problem)
         self.rank = process_rank()
         logdir = os.fsdecode(logdir)  # (bytes too; "~/runs/x" is the user's home, as TensorBoard reads it)
         if logdir.startswith("~"):

@@ -267,3 +267,24 @@ def test_a_closed_beholder_lets_its_model_go(tmp_path):
     del model
     gc.collect()
     assert alive() is None
+
+
+def test_variables_of_a_kind_beholder_cannot_read_raise_at_construction(tmp_path):
+    """variables= that no frame could read (a Flax linen module, which holds no arrays; a lone array; a
+    number) raise TypeError when the Beholder is made, saying what to pass, before anything is written;
+    they were accepted and every frame then failed."""
+    nn = pytest.importorskip("flax.linen")
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x)
+
+    with pytest.raises(TypeError, match=r"Flax linen module \(MLP\).*model\.init\(\)"):
+        Beholder(str(tmp_path / "linen"), variables=MLP())
+    for wrong in (np.ones(3), 42):
+        with pytest.raises(TypeError, match="variables must be .*pytree of arrays"):
+            Beholder(str(tmp_path / "other"), variables=wrong)
+    assert not os.path.exists(tmp_path / "linen") and not os.path.exists(tmp_path / "other")
+    with Beholder(str(tmp_path / "params"), variables={"dense": {"kernel": np.ones((2, 3))}}) as beholder:
+        assert beholder.variables is not None  # a pytree of arrays is taken

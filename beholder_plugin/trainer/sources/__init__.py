@@ -278,10 +278,24 @@ def named_variables(variables: Any) -> list[Named]:
         return [(name, p, None) for name, p in variables.named_parameters() if p.requires_grad]
     if isinstance(variables, (Mapping, list, tuple)):
         return named_arrays(variables)
-    raise TypeError(
-        "variables must be a Keras model or tf.Module (with trainable_variables), a torch "
-        f"module (with named_parameters()), or a list or dict of arrays; got {type(variables).__name__}"
-    )
+    raise TypeError(variables_problem(variables))
+
+
+def variables_problem(variables: Any) -> str | None:
+    """Why ``variables`` cannot be a run's trainable variables (None when it can), said to the user."""
+    if (variables is None or is_torch_module(variables) or is_nnx_module(variables)
+            or hasattr(variables, "trainable_variables") or hasattr(variables, "named_parameters")
+            or isinstance(variables, (Mapping, list, tuple))):
+        return None
+    kind = type(variables)
+    linen = getattr(sys.modules.get("flax.linen"), "Module", None)
+    if linen is not None and isinstance(variables, linen):
+        return (f"variables got a Flax linen module ({kind.__name__}), which holds no arrays: pass its "
+                "parameters, the pytree model.init() returns (params = model.init(key, x)), and, as a "
+                "JAX step returns new arrays, hand the current ones to each update(variables=params)")
+    return ("variables must be a Keras model or tf.Module (with trainable_variables), a torch module "
+            "(with named_parameters()), a Flax NNX module, or a list, dict or pytree of arrays (JAX: the "
+            f"parameters, e.g. what model.init() returns); got {kind.__name__}")
 
 
 def is_torch_module(obj: Any) -> bool:
