@@ -72,8 +72,8 @@ def gradient_step(tape: Any, loss: Any, variables: Any, optimizer: Any) -> dict[
     >>> with tf.GradientTape() as tape:
     ...     loss = tf.reduce_mean((model(x) - y) ** 2)
     >>> grads = gradient_step(tape, loss, model, optimizer)
-    >>> sorted(grads)
-    ['sequential/out/bias', 'sequential/out/kernel']
+    >>> sorted(grads)  # (the model's name is sequential_N after other Sequential models)
+    ['sequential.../out/bias', 'sequential.../out/kernel']
     >>> int(optimizer.iterations)
     1
     """
