@@ -109,6 +109,8 @@ export class Dashboard {
     this.windowNote = new WindowNote(() => this.changeConfig({ mode: "current" }));
     this.caption = new FrameCaption(); // what the frame's numbers are (its header's values and mode)
     this.recentMetas = [];
+    this.pendingTable = null; // a section table of a frame not received yet ({run, doc, sections, kept})
+    this.sectionsKind = null; // the values of the frame whose section table was taken last
     this.overlay = h("div", { class: "overlay", id: "overlay" }, this.infoPanel.flagLayer);
     this.frameWrap = h("div", { class: "frame-wrap zoom-1", id: "frame-wrap" }, this.canvas, this.overlay);
     this.stage = h("div", { class: "stage", id: "stage", hidden: true }, this.caption.element,
@@ -266,6 +268,8 @@ export class Dashboard {
     this.infoPanel.clear();
     this.caption.clear();
     this.recentMetas = [];
+    this.pendingTable = null;
+    this.sectionsKind = null; // the values of the frame whose section table was taken last
     this.windowNote.show(null);
     this.inspector.clear();
     this.chooser.setRun(run);
@@ -352,6 +356,7 @@ export class Dashboard {
     this.lastMeta = meta;
     this.recentMetas.push(meta);
     if (this.recentMetas.length > METAS_KEPT) this.recentMetas.shift();
+    this.takePendingTable(meta);
     this.caption.show(meta, state.config);
     this.followSettings(meta);
     this.renderView();
@@ -380,14 +385,45 @@ export class Dashboard {
     this.inspector.refresh();
   }
 
-  /** A new section table of the run shown: to the section chooser, the statistics store and the distributions. */
+  /**
+   * A new section table of the run shown: to the section chooser, the statistics store and the
+   * distributions, as the kind of values its frame shows. The table does not say that kind: the
+   * frame's X-Beholder-Values does, so a table is taken once a frame with its writer and id has been
+   * received (it may be of a frame newer than the one on screen: then it waits for that frame).
+   */
   noteSections(doc, sections, kept) {
-    const run = this.state.run;
-    this.chooser.noteSections(sections);
     this.windowNote.show(doc.window);
     this.caption.noteTable(doc, this.state.config);
-    if (!kept) this.store.add(run, `${doc.writer}-${doc.frame_id}`, doc.step, sections);
-    if (this.state.view === "distributions") this.distributions.render(run, sections.map((rec) => rec.name));
+    const table = { run: this.state.run, doc, sections, kept };
+    const meta = doc.frame_id === null || doc.frame_id === undefined ? this.lastMeta : this.metaOf(doc);
+    if (meta) this.takeTable(table, meta.values);
+    else this.pendingTable = table;
+  }
+
+  /** The header of a frame received lately with a table's writer and frame id (undefined if none). */
+  metaOf(doc) {
+    return this.recentMetas.findLast((m) => m && m.frameId === doc.frame_id && m.writer === doc.writer);
+  }
+
+  /** A section table whose frame's values are known: to the chooser, the statistics and the distributions. */
+  takeTable({ run, doc, sections, kept }, values) {
+    if (run !== this.state.run) return;
+    this.pendingTable = null;
+    this.sectionsKind = values;
+    this.chooser.noteSections(sections, values);
+    if (!kept) this.store.add(run, values, `${doc.writer}-${doc.frame_id}`, doc.step, sections);
+    if (this.state.view === "distributions") this.distributions.render(run, sections.map((rec) => rec.name), values);
+  }
+
+  /** A frame received: take the table waiting for it (or drop it once a newer frame of its writer came). */
+  takePendingTable(meta) {
+    const table = this.pendingTable;
+    if (!table || meta.kept) return;
+    if (table.run !== this.state.run || (meta.writer === table.doc.writer && meta.frameId > table.doc.frame_id)) {
+      this.pendingTable = null;
+    } else if (meta.writer === table.doc.writer && meta.frameId === table.doc.frame_id) {
+      this.takeTable(table, meta.values);
+    }
   }
 
   /**
@@ -427,7 +463,8 @@ export class Dashboard {
   setView(view) {
     this.state.view = view;
     if (view === "distributions") {
-      this.distributions.render(this.state.run, this.infoPanel.sections.map((rec) => rec.name));
+      const order = this.infoPanel.sections.map((rec) => rec.name);
+      this.distributions.render(this.state.run, order, this.sectionsKind ?? null);
     }
     this.renderView();
   }

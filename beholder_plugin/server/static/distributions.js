@@ -1,8 +1,11 @@
 // Live distributions and health: per section, the trainer's "stats" of each frame seen (docs/protocol.md)
 // as a histogram over time (frames on x, values on y, count as colour), sparklines of norm, mean and
-// std, and the NaN / Inf / zero fractions.
+// std, and the NaN / Inf / zero fractions. A section's history belongs to one kind of values (the
+// frame's "values": weights, gradients, activations, arrays): under watch(model) "0.weight" names both
+// a weight and its gradient, and their figures differ by orders of magnitude, so each kind keeps its own
+// history (as TensorBoard keeps one chart per tag), and the view shows those of the kind on screen.
 import { h } from "./dom.js";
-import { sci } from "./format.js";
+import { VALUES_NAMES, sci } from "./format.js";
 import { nonFiniteFlag } from "./sections.js";
 
 export const KEEP_FRAMES = 300; // stats kept per section, newest last
@@ -12,16 +15,23 @@ const SPARK_H = 28;
 const ROW_PX = 3; // screen pixels per histogram row
 const COL_PX = 2; // screen pixels per frame
 
-/** Stats of the frames seen, per run and section name, at most KEEP_FRAMES each. */
+/** Stats of the frames seen, per run, kind of values and section name, at most KEEP_FRAMES each. */
 export class StatsStore {
   constructor() {
-    this.runs = new Map(); // run -> Map name -> [{key, step, stats}]
+    this.runs = new Map(); // run -> Map values kind -> Map name -> [{key, step, stats}]
   }
 
-  /** Record the stats of a frame's sections (once per frame: key is writer-frameId). */
-  add(run, key, step, sections) {
+  /** The Map name -> entries of a run's kind of values (made when missing). */
+  byName(run, kind) {
     if (!this.runs.has(run)) this.runs.set(run, new Map());
-    const byName = this.runs.get(run);
+    const kinds = this.runs.get(run);
+    if (!kinds.has(kind)) kinds.set(kind, new Map());
+    return kinds.get(kind);
+  }
+
+  /** Record the stats of a frame's sections (once per frame: key is writer-frameId), kind: its values. */
+  add(run, kind, key, step, sections) {
+    const byName = this.byName(run, kind);
     for (const rec of sections) {
       if (!validStats(rec.stats)) continue;
       if (!byName.has(rec.name)) byName.set(rec.name, []);
@@ -32,13 +42,18 @@ export class StatsStore {
     }
   }
 
-  /** The entries of one section of a run, oldest first ([] when none). */
-  series(run, name) {
-    return this.runs.get(run)?.get(name) || [];
+  /** The entries of one section of a run's kind of values, oldest first ([] when none). */
+  series(run, kind, name) {
+    return this.runs.get(run)?.get(kind)?.get(name) || [];
   }
 
-  /** The section names of a run with stats, in the order first seen. */
-  names(run) {
+  /** The section names of a run's kind of values with stats, in the order first seen. */
+  names(run, kind) {
+    return [...(this.runs.get(run)?.get(kind)?.keys() || [])];
+  }
+
+  /** The kinds of values of a run with stats, in the order first seen. */
+  kinds(run) {
     return [...(this.runs.get(run)?.keys() || [])];
   }
 }
@@ -181,30 +196,52 @@ export function percent(fraction) {
 export class DistributionsView {
   constructor(store) {
     this.store = store;
-    this.panels = new Map(); // name -> {element, histogram, sparks, numbers}
+    this.panels = new Map(); // "kind\nname" -> {element, histogram, sparks, numbers}
     this.list = h("div", { class: "dist-list", id: "dist-list" });
     this.empty = h(
       "p",
       { class: "note", id: "dist-empty" },
       "No statistics yet: frames of arrays carry them (trainable variables, gradients, activations or arrays).",
     );
-    this.element = h("section", { class: "distributions", id: "distributions", hidden: true }, this.empty, this.list);
-    this.data = new Map(); // name -> what the histogram draws (for tests: window.beholderDistributions)
+    // Which kind of values the panels show, and that other kinds keep their own histories.
+    this.heading = h("p", { class: "dist-kind", id: "dist-kind", hidden: true });
+    this.element = h("section", { class: "distributions", id: "distributions", hidden: true },
+      this.heading, this.empty, this.list);
+    this.data = new Map(); // name -> what the histogram draws (for tests: window.beholderDebug.distributions)
+    this.kind = null; // the kind of values drawn (the frame's "values")
   }
 
-  /** Draw the run's sections (those of the latest frame first, then others seen). */
-  render(run, order) {
-    const names = [...new Set([...order, ...this.store.names(run)])].filter((n) => this.store.series(run, n).length);
+  /**
+   * Draw the run's sections of one kind of values, kind (those of the latest frame first, then others
+   * seen of that kind); null: the kind of the latest frame with stats.
+   */
+  render(run, order, kind = null) {
+    const kinds = this.store.kinds(run);
+    kind ??= kinds[kinds.length - 1] ?? null;
+    this.kind = kind;
+    const names = [...new Set([...order, ...this.store.names(run, kind)])]
+      .filter((n) => this.store.series(run, kind, n).length);
     this.empty.hidden = names.length > 0;
-    const panels = names.map((name) => this.panel(name));
+    this.empty.textContent = kind !== null && kinds.length
+      ? `No statistics of ${kindName(kind).toLowerCase()} yet: they start with the first frame of them.`
+      : "No statistics yet: frames of arrays carry them (trainable variables, gradients, activations or arrays).";
+    const others = kinds.filter((k) => k !== kind);
+    this.heading.hidden = kind === null;
+    this.heading.dataset.values = kind ?? "";
+    this.heading.replaceChildren(
+      "Showing ", h("b", {}, kindName(kind)),
+      others.length ? ` · each kind of values keeps its own history (also kept: ${others.map(kindName).join(", ")})` : "",
+    );
+    const panels = names.map((name) => this.panel(kind, name));
     this.list.replaceChildren(...panels.map((p) => p.element));
     this.data.clear();
-    names.forEach((name, i) => this.fill(panels[i], name, this.store.series(run, name)));
+    names.forEach((name, i) => this.fill(panels[i], name, this.store.series(run, kind, name)));
   }
 
-  /** The panel of a section (made once, reused). */
-  panel(name) {
-    if (this.panels.has(name)) return this.panels.get(name);
+  /** The panel of a section of one kind of values (made once, reused). */
+  panel(kind, name) {
+    const id = `${kind}\n${name}`;
+    if (this.panels.has(id)) return this.panels.get(id);
     const histogram = h("canvas", { class: "dist-hist", "aria-label": `Histogram over time of ${name}` });
     const sparks = Object.fromEntries(
       ["norm", "mean", "std"].map((key) => [key, {
@@ -218,8 +255,10 @@ export class DistributionsView {
     const flag = h("span", { class: "flag" });
     const element = h(
       "div",
-      { class: "dist-panel", dataset: { name } },
-      h("div", { class: "dist-title" }, h("span", { class: "name" }, name), flag),
+      { class: "dist-panel", dataset: { name, values: kind ?? "" } },
+      h("div", { class: "dist-title" }, h("span", { class: "name" }, name),
+        h("span", { class: "dist-values", title: "The kind of values this history is of" }, ` · ${kindName(kind)}`),
+        flag),
       over,
       h("div", { class: "dist-body" },
         h("div", { class: "dist-hist-wrap" }, range, histogram,
@@ -230,7 +269,7 @@ export class DistributionsView {
         numbers),
     );
     const panel = { element, histogram, sparks, numbers, over, range, flag };
-    this.panels.set(name, panel);
+    this.panels.set(id, panel);
     return panel;
   }
 
@@ -240,7 +279,7 @@ export class DistributionsView {
     this.data.set(name, data);
     drawHistogram(panel.histogram, data);
     const latest = entries[entries.length - 1].stats;
-    panel.over.textContent = `over ${latest.over}; the last ${entries.length} frames seen`;
+    panel.over.textContent = `over ${latest.over}; the last ${entries.length} frames of ${kindName(panel.element.dataset.values).toLowerCase()} seen`;
     panel.range.textContent = data.range ? `values ${sci(data.range.lo)} … ${sci(data.range.hi)}` : "no finite values";
     for (const [key, spark] of Object.entries(panel.sparks)) {
       drawSparkline(spark.canvas, entries.map((e) => (e.stats[key] === null ? NaN : Number(e.stats[key]))));
@@ -255,4 +294,9 @@ export class DistributionsView {
     panel.element.classList.toggle("nonfinite", Boolean(flag));
     panel.flag.textContent = flag ? ` ⚠ ${flag}` : "";
   }
+}
+
+/** A kind of values in words, as the Values control names it ("Gradients"). */
+function kindName(kind) {
+  return VALUES_NAMES[kind] || kind || "values";
 }

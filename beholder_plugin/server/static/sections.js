@@ -98,7 +98,12 @@ function nodesOf(root, text) {
 export class SectionChooser {
   constructor({ onFilter }) {
     this.onFilter = onFilter;
-    this.seen = new Map(); // run -> Set of every section name seen in this page session
+    // The names the tree lists: those of the kind of values shown now (the frame's "values"), seen in
+    // this page session; names of one kind are no sections of another ("0.weight" of gradients is no
+    // weight, activations are named after modules), so each kind keeps its own set.
+    this.seen = new Map(); // run -> Set of the section names seen of the kind shown now
+    this.seenByKind = new Map(); // run -> Map values kind -> Set of the section names seen of it
+    this.kind = null; // the kind of values of the latest table
     this.flags = new Map(); // section name -> "NaN" | "Inf" text while its latest stats are non-finite
     this.hidden = new Set(); // scope prefixes unticked in the tree
     this.shown = new Set(); // the section names of the latest frame (what the trainer's filter kept)
@@ -216,6 +221,8 @@ export class SectionChooser {
   setRun(run) {
     this.run = run;
     this.treeKey = "";
+    this.kind = null;
+    this.flags.clear();
     if (!this.seen.has(run)) this.seen.set(run, new Set());
     this.renderTree();
   }
@@ -256,9 +263,18 @@ export class SectionChooser {
     this.renderTree();
   }
 
-  /** Remember the names of a frame's sections and which show NaN or Inf; redraw the tree if that changed. */
-  noteSections(sections) {
-    const names = this.seen.get(this.run) || new Set();
+  /**
+   * Remember the names of a frame's sections (of the kind of values `kind`) and which show NaN or Inf;
+   * redraw the tree if that changed. Another kind than the last table's: the tree lists that kind's
+   * names (seen before, or from now on) instead; hidden scopes stay hidden (they are the filter's).
+   */
+  noteSections(sections, kind = null) {
+    if (!this.seenByKind.has(this.run)) this.seenByKind.set(this.run, new Map());
+    const kinds = this.seenByKind.get(this.run);
+    if (!kinds.has(kind)) kinds.set(kind, new Set());
+    const names = kinds.get(kind);
+    if (kind !== this.kind || this.seen.get(this.run) !== names) this.flags.clear(); // another kind's flags
+    this.kind = kind;
     this.seen.set(this.run, names);
     this.shown = new Set(sections.map((rec) => rec.name));
     for (const rec of sections) {
