@@ -71,13 +71,15 @@ class Inputs:
     layout: Any = None
     watch: Any = None
 
-    def offered(self) -> tuple[str, ...]:
-        """The Values choices that update() was given something for (a placeholder offers them)."""
+    def offered(self, shown: str = "") -> tuple[str, ...]:
+        """The Values choices that update() was given something for (a placeholder offers them, the first
+        on its button): arrays first when gradients or activations are asked for, as those passed by hand
+        come as arrays (a JAX loop's update(variables=params, arrays=grads))."""
         offered = []
         if self.variables is not None or self.session is not None or self.watch is not None:
             offered.append("trainable_variables")
         if self.arrays is not None:
-            offered.append("arrays")
+            offered.insert(0 if shown in ("gradients", "activations") else len(offered), "arrays")
         if self.frame is not None:
             offered.append("frames")
         return tuple(offered)
@@ -163,7 +165,7 @@ class Gatherer:
             job.step -= watch.update_before_step
             self._gather_named(job, watch.variables(), EMPTY_VARIABLES)
         if job.kind is JobKind.PLACEHOLDER:  # say what update() was given instead, so the dashboard offers it
-            job.offered = inputs.offered()
+            job.offered = inputs.offered(job.shown)
         return job
 
     def frame_plan(

@@ -158,3 +158,15 @@ def test_a_section_shown_empty_leaves_no_stale_sample_behind():
     for i in (0, 1):
         assert np.isnan(second.samples[plan.sample_offsets[i] : plan.sample_offsets[i + 1]]).all()
         assert np.isnan(second.buffer[plan.offsets[i] : plan.offsets[i + 1]]).all()
+
+
+def test_a_placeholder_for_gradients_or_activations_offers_the_arrays_passed_first():
+    """A JAX loop passes update(variables=params, arrays=grads): with Gradients (or Activations) picked
+    and no model watched, the placeholder's button offered "Trainable variables", the wrong fix; the
+    arrays come first there, and after them for the other choices."""
+    inputs = Inputs(1, arrays={"w_grad": np.zeros(3)}, variables={"w": np.ones(3)})
+    for shown in ("gradients", "activations"):
+        job = _gatherer().gather(RunSettings.starting(shown), inputs)
+        assert job.kind is JobKind.PLACEHOLDER and job.offered == ("arrays", "trainable_variables")
+    job = _gatherer().gather(RunSettings.starting("frames"), inputs)  # (the order given otherwise)
+    assert job.kind is JobKind.PLACEHOLDER and job.offered == ("trainable_variables", "arrays")
