@@ -18,6 +18,8 @@ pytestmark = BROWSER_MARKS
 
 NAN_STEP = 9
 MANY = [f"block{i:04d}/w" for i in range(4200)]  # the sections of run "many"
+LONG_NAMES = [f"bert.encoder.layer.{i}.attention.self.{part}.weight"
+              for i in (0, 1) for part in ("query", "key")]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,12 @@ def page_on_timeline(tmp_path_factory):
         for step in range(1, 4):
             beholder.frame_due_now()
             beholder.update(arrays={"w": np.full((16, 16), float(step), np.float32)})
+    longnames = logdir / "longnames"  # names alike but for their middles and ends, longer than a row's label
+    set_config(longnames, values="arrays", FPS=30)
+    with Beholder(str(longnames), background=False) as beholder:
+        for step in range(1, 3):
+            beholder.frame_due_now()
+            beholder.update(arrays={name: np.full(3, float(step), np.float32) for name in LONG_NAMES})
     switched = logdir / "switched"  # the Values choice changed: arrays, then variables, of one name
     switched.mkdir()
     with Beholder(str(switched), background=False) as beholder:
@@ -225,3 +233,27 @@ def test_the_filter_finds_a_section_the_answer_left_out(page_on_timeline):
              message="the plain answer again")
     assert not frame.query_selector('.tl-row[data-section="block4150/w"]')
     frame.select_option("#run-select", "nanrun")
+
+
+def test_long_section_names_keep_their_ends_in_the_rows(page_on_timeline):
+    """A tiny BERT's rows all read "bert.encoder.layer.0.attentio…" (cut at the end, where names differ):
+    a long name's leading parts are now shortened to a letter (numbers kept), so each row's label keeps
+    its layer and its end, is told from the others and fits its box; the whole name is on hover."""
+    page, frame = page_on_timeline
+    frame.select_option("#run-select", "longnames")
+    frame.click("#view-timeline")
+    wait_for(lambda: frame.evaluate("window.beholderDebug.timeline().drawn") == len(LONG_NAMES), timeout=30,
+             message="the long names' rows")
+    rows = frame.eval_on_selector_all(".tl-row", """rows => rows.map((r) => {
+        const label = r.querySelector('.tl-name');
+        return {name: r.dataset.section, text: label.textContent, title: label.title,
+                fits: label.scrollWidth <= label.clientWidth + 1};
+    })""")
+    assert sorted(row["name"] for row in rows) == sorted(LONG_NAMES)
+    for row in rows:
+        layer, part = row["name"].split(".")[3], row["name"].split(".")[-2]
+        assert row["fits"] and len(row["text"]) < len(row["name"]), row
+        assert row["text"].endswith(f".{part}.weight") and f".{layer}." in row["text"], row
+        assert row["title"].startswith(row["name"] + ":")
+    assert len({row["text"] for row in rows}) == len(rows)
+    shoot(frame.locator(".timeline"), "timeline-long-names.png")

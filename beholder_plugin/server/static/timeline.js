@@ -20,6 +20,7 @@ const REFRESH_MS = 5000;
 const SEARCH_MS = 300;
 const AXIS_H = 18;
 const TICKS = 6; // about this many step labels under the axis
+const NAME_CHARS = 28; // characters of a section's name in its row's 220 px (12 px monospace: about 7.2 px each)
 // A norm line is broken where the next point is this many times the row's usual step spacing away
 // (no records in between: a trainer that stopped and resumed later).
 const GAP_FACTOR = 10;
@@ -211,6 +212,23 @@ export function processWords(k, starts) {
   const restart = starts.length === 2 ? "the restart" : "the first restart";
   const when = k === 0 ? `before ${restart} at ${clockTime(starts[1])}` : `restarted at ${clockTime(starts[k])}`;
   return `trainer process ${k + 1} of ${starts.length} (${when})`;
+}
+
+/**
+ * A section name in at most `fit` characters, told from its neighbours: its leading parts shortened to
+ * their first letter, one at a time from the left, numbers kept whole ("b.e.l.0.a.self.query.weight", not
+ * "bert.encoder.layer.0.attentio…", where the names differ); still too long, its end after a "…".
+ */
+export function nameFit(name, fit) {
+  if (name.length <= fit) return name;
+  const parts = name.split(/([./:])/); // names and the separators between them
+  for (let i = 0; i < parts.length - 1; i += 2) {
+    if (!/^\d+$/.test(parts[i])) parts[i] = parts[i].slice(0, 1);
+    const short = parts.join("");
+    if (short.length <= fit) return short;
+  }
+  const short = parts.join("");
+  return `…${short.slice(short.length - (fit - 1))}`;
 }
 
 /** Round step values for about `count` axis labels between first and last: 1, 2 or 5 times a power of 10. */
@@ -610,7 +628,8 @@ export class TimelineView {
       this.open(i < 0 ? { step: this.stepAt(event.offsetX) } : { step: section.step[i], time: section.time[i] });
     });
     const element = h("div", { class: "tl-row", "data-section": section.name },
-      h("span", { class: "tl-name", title: `${section.name}: ${section.records} records kept` }, section.name), canvas);
+      h("span", { class: "tl-name", title: `${section.name}: ${section.records} records kept` },
+        nameFit(section.name, NAME_CHARS)), canvas);
     element.paint = () => this.paint(canvas, section, other, anomalies);
     return element;
   }
