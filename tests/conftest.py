@@ -21,6 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # On a machine with a GPU and a CUDA build of JAX, JAX would take 75 % of the GPU's memory at its first use,
 # before the torch tests marked gpu run in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# One intra-op thread for torch (its OpenMP pool reads this when torch is imported, after this file) and
+# for the trainers the tests start as subprocesses. The tests' tensors are tiny: with two threads each op
+# waits at an OpenMP barrier for a second core that Beholder's worker thread, a server or another
+# process holds: a small CPU training step took 10-40x longer on a 2-core machine with the other core
+# busy (test_compile.py's 200-step tests: 6-39 s each, by the load, against 2 s). Nothing here measures
+# intra-op parallelism.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
