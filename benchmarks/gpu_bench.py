@@ -111,12 +111,19 @@ def main() -> int:
 def start_smoke(args) -> None:
     """--smoke: CPU tensors and arrays through the device path, gathers replayed as on CUDA, short runs."""
     global SMOKE
+    import torch
+
     from beholder_plugin.trainer.sources import jax_batch, torch_batch
 
     SMOKE = True
+    # one intra-op thread: the tiny ops of a smoke step are dominated by thread hand-offs otherwise (and by
+    # waits for a core the worker thread or the host's other work holds: steps 10x slower on 2 cores)
+    torch.set_num_threads(1)
     torch_batch.BATCH_CPU_TENSORS = torch_batch.CPU_GRAPHS = True
     jax_batch.BATCH_CPU_ARRAYS = True
-    args.rounds, args.seconds, args.compiled_steps = 1, min(args.seconds, 0.5), 2
+    # seconds 0: each timed run is its SMOKE_STEPS steps, frames made due every third; the compiled loop's
+    # tiny steps (a millisecond or two) run for about a frame interval, so that its rows take frames
+    args.rounds, args.seconds, args.compiled_steps = 1, 0.0, 100
 
 
 def device() -> str:
@@ -254,7 +261,7 @@ def part_resnet(args) -> dict:
 
     model = resnet50(torch)
     loop = Loop(torch, model)
-    for _ in range(15):
+    for _ in range(3 if SMOKE else 15):
         loop.step()
     conditions = ["none", "trainable_variables", "gradients", "gradients_hooked", "activations",
                   "trainable_variables_unrendered"]
@@ -272,7 +279,8 @@ def part_resnet(args) -> dict:
             set_config(run, values=shown, FPS=1 if SMOKE else 10, mode="variance")
             with Beholder(run) as beholder:
                 beholder.watch(model)
-                loop.run(0.5, beholder)  # the plan's first frames: indices uploaded, graph captured
+                # the plan's first frames: indices uploaded, graph captured (--smoke: its SMOKE_STEPS steps)
+                loop.run(0 if SMOKE else 0.5, beholder)
                 if cond.endswith("_unrendered"):
                     copy_only(beholder)
                 worker = time_worker(beholder)
@@ -378,7 +386,7 @@ def part_syncs(args) -> dict:
         loop.clear_after_step = values == "gradients"
         with Beholder(run) as beholder:
             beholder.watch(model)
-            loop.run(1.0, beholder)
+            loop.run(0 if SMOKE else 1.0, beholder)  # (--smoke: its SMOKE_STEPS steps, three frames)
             synchronize(torch)
             # wait for a frame to fall due, then profile what Beholder adds to one step
             while True:
@@ -673,6 +681,8 @@ def part_transformer(args) -> dict:
             t0 = time.perf_counter()
             step()
             if beholder is not None:
+                if SMOKE and len(steps) % 3 == 0:
+                    beholder.frame_due_now()  # (every third step, however slow the host)
                 u0 = time.perf_counter()
                 calls += 1
                 if beholder.update(arrays=dict(model.named_parameters())):
@@ -739,7 +749,9 @@ def part_jax(args) -> dict:
     began = start
     with Beholder(run) as beholder:
         frames0 = 0
-        while first is None or time.perf_counter() - start < (1.0 if SMOKE else max(args.seconds, 5.0)):
+        # (--smoke: 0.2 s, and at least two frames past the first whatever the host's speed)
+        while (first is None or time.perf_counter() - start < (0.2 if SMOKE else max(args.seconds, 5.0))
+               or (SMOKE and len(blocking) < 2)):
             arrays = train_step(arrays)
             u0 = time.perf_counter()
             taken = beholder.update(arrays=arrays)
@@ -784,9 +796,14 @@ def part_compiled(args) -> dict:
     except ImportError:
         print("\ncompiled: benchmarks/compile_bench.py is not there")
         return {}
-    if SMOKE:  # dynamo's eager backend on a tiny batch: the loop and its Beholder, not inductor
-        rows = compile_bench.compiled_rows(device="cpu", steps=args.compiled_steps, rounds=1, backend="eager",
-                                           batch=2, size=16)
+    if SMOKE:  # dynamo's eager backend, a tiny ResNet, a tiny batch: the loop and its Beholder, not inductor
+        real = compile_bench.resnet
+        compile_bench.resnet = lambda classes=1000: tiny_resnet(classes)  # (dynamo traces it in a blink)
+        try:
+            rows = compile_bench.compiled_rows(device="cpu", steps=args.compiled_steps, rounds=1,
+                                               backend="eager", batch=2, size=16)
+        finally:
+            compile_bench.resnet = real
     else:
         rows = compile_bench.compiled_rows(device="cuda", steps=args.compiled_steps, rounds=args.rounds)
     print(f"\ntorch.compile ({'eager backend, --smoke' if SMOKE else 'inductor'})")
@@ -794,6 +811,30 @@ def part_compiled(args) -> dict:
         cells = (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         print("  " + ", ".join(cells))
     return {"rows": rows}
+
+
+def tiny_resnet(classes: int):
+    """--smoke's stand-in for compile_bench's ResNet-18 (whose tracing took most of the smoke run): a stem and
+    one residual block as ResNet has them (BatchNorm, the residual added in place, in-place ReLUs), pooled
+    into a linear head."""
+    import torch
+
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(channels)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            out = self.bn(self.conv(x))
+            out += x
+            return self.relu(out)
+
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                         Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
 
 
 if __name__ == "__main__":

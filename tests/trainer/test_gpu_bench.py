@@ -82,6 +82,6 @@ def test_the_other_parts_measured(smoke):
     assert jax["failures"] == 0 and jax["blocking_median_ms"] > 0 and jax["fps"] > 0
     rows = {row["condition"]: row for row in figures["compiled"]["rows"]}
     assert set(rows) == {"none", "weights", "gradients", "activations"}
-    # (its two steps per condition may fall inside one frame interval: frames are not counted on)
+    # (its steps per condition may fall inside one frame interval on a fast host: frames are not counted on)
     assert all(row["failures"] == 0 and row["median_step_ms"] > 0 for row in rows.values())
     assert rows["none"]["compiled_frames"] > 0
