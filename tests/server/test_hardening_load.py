@@ -1,4 +1,10 @@
-"""Load: 20 viewers long-polling a real TensorBoard for 30 s while a trainer writes at 30 FPS."""
+"""Load: 20 viewers long-polling a real TensorBoard for 10 s while a trainer writes at 30 FPS.
+
+Ten seconds (it was 30) are some 300 frames and 5,000 answers, served to the 20 viewers concurrently. A
+viewer left to its 2 s long-poll timeouts (the watcher thread that wakes them dead or stalled) gets 1 or 2
+frames in the last third of the run, under MIN_FRAMES_PER_WINDOW (the 10 s thirds of the 30 s run gave
+it enough to pass).
+"""
 
 from __future__ import annotations
 
@@ -18,9 +24,9 @@ from beholder_plugin.protocol.runfiles import read_frame_file
 pytestmark = pytest.mark.slow
 
 VIEWERS = 20
-SECONDS = 30.0
+SECONDS = 10.0
 WINDOWS = 3  # the run is cut in this many equal parts; every viewer must get frames in each
-MIN_FRAMES_PER_WINDOW = 3  # 10 s at 30 FPS offers ~300: this only fails if a viewer starves
+MIN_FRAMES_PER_WINDOW = 3  # 3.3 s at 30 FPS offers ~100: this only fails if a viewer starves
 
 
 def thread_count(pid: int) -> int:
@@ -91,7 +97,7 @@ class Viewer:
             etag = new_etag
 
 
-def test_twenty_viewers_for_thirty_seconds_while_a_trainer_writes_at_30_fps(tmp_path):
+def test_twenty_viewers_for_ten_seconds_while_a_trainer_writes_at_30_fps(tmp_path):
     logdir = tmp_path / "logs"
     live = logdir / "live"
     set_config(live, values="arrays", mode="current", FPS=30)
