@@ -300,12 +300,18 @@ def test_a_restarted_trainer_is_followed_and_drawn_exactly(session, tmp_path):
     set_config(run, values="arrays", mode="current", FPS=30, colormap="magma")
     before = Trainer(run, log_path=str(tmp_path / "before.log")).start()
     try:
-        first = show_run(frame, "restart", 4 * 128 + 3 * 5)
-        wait_for(lambda: stats(frame)["frameId"] >= first["frameId"] + 20,
-                 message="frames of the first trainer")
+        show_run(frame, "restart", 4 * 128 + 3 * 5)
+        # (show_run can return on the live run's last frame, of the same height, still in the counters:
+        # counting 20 frames from its id waited until this run's ids passed it, seconds more)
+        old_writer = wait_for(lambda: read_frame_file(run).header["writer"],
+                              message="the first trainer's frame")
+        first = wait_for(lambda: (s := stats(frame))["writer"] == old_writer and s,
+                         message="a frame of the first trainer drawn")
+        wait_for(lambda: (s := stats(frame))["writer"] == old_writer
+                 and s["frameId"] >= first["frameId"] + 20, message="frames of the first trainer")
     finally:
         before.stop()
-    old_writer = read_frame_file(run).header["writer"]
+    assert read_frame_file(run).header["writer"] == old_writer
     after = Trainer(run, log_path=str(tmp_path / "after.log")).start()
     try:
         wait_for(lambda: (s := stats(frame))["writer"] != old_writer and s["frameId"] >= 3,
