@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 CONDITIONS = {
@@ -46,14 +47,20 @@ CONDITIONS = {
 
 def resnet(classes: int = 1000) -> Any:
     """torchvision's ResNet-18 if it is installed, else a ResNet-like network of the same layout."""
-    import torch
-
     try:
         from torchvision.models import resnet18
 
         return resnet18(num_classes=classes)
     except ImportError:
-        pass
+        return resnet_like(classes)
+
+
+def resnet_like(classes: int = 1000, stages: tuple = ((64, 1), (128, 2), (256, 2), (512, 2)),
+                blocks: int = 2) -> Any:
+    """A ResNet-18-like network built here: a 7 x 7 stem, then per stage (channels, stride) ``blocks``
+    basic blocks (BatchNorm, the residual added in place, in-place ReLUs), pooled into a linear head."""
+    import torch
+
     nn = torch.nn
 
     class Basic(nn.Module):
@@ -78,15 +85,15 @@ def resnet(classes: int = 1000) -> Any:
             out += x if self.downsample is None else self.downsample(x)
             return self.relu(out)
 
+    cin = stages[0][0]
     layers: list[nn.Module] = [
-        nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+        nn.Conv2d(3, cin, 7, 2, 3, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
         nn.MaxPool2d(3, 2, 1),
     ]
-    cin = 64
-    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        layers += [Basic(cin, cout, stride), Basic(cout, cout, 1)]
+    for cout, stride in stages:
+        layers += [Basic(cin, cout, stride)] + [Basic(cout, cout, 1) for _ in range(blocks - 1)]
         cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
     return nn.Sequential(*layers)
 
 
@@ -98,6 +105,7 @@ def compiled_rows(
     mode: str | None = None,
     batch: int | None = None,
     size: int | None = None,
+    model: Callable[[], Any] | None = None,
 ) -> list[dict]:
     """Time the compiled loop under each condition, interleaved; one dict per condition.
 
@@ -105,7 +113,8 @@ def compiled_rows(
     frames, failures, compiled_frames (dynamo's count for the whole
     benchmark, the same in every row). ``mode`` is torch.compile's
     (``None``, ``"reduce-overhead"``, ...). Batch and image size default to
-    128 x 224 on a GPU and 8 x 64 on the CPU.
+    128 x 224 on a GPU and 8 x 64 on the CPU. ``model`` builds the network
+    (default: ``resnet()``).
     """
     import torch
     import torch._dynamo
@@ -121,7 +130,8 @@ def compiled_rows(
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
-    base = resnet().to(device).to(memory_format=torch.channels_last) if cuda else resnet()
+    build = model or resnet
+    base = build().to(device).to(memory_format=torch.channels_last) if cuda else build()
     gen = torch.Generator().manual_seed(1)
     batches = [
         (torch.randn(batch, 3, size, size, generator=gen).to(device), torch.randint(0, 1000, (batch,),

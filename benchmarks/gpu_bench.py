@@ -797,13 +797,12 @@ def part_compiled(args) -> dict:
         print("\ncompiled: benchmarks/compile_bench.py is not there")
         return {}
     if SMOKE:  # dynamo's eager backend, a tiny ResNet, a tiny batch: the loop and its Beholder, not inductor
-        real = compile_bench.resnet
-        compile_bench.resnet = lambda classes=1000: tiny_resnet(classes)  # (dynamo traces it in a blink)
-        try:
-            rows = compile_bench.compiled_rows(device="cpu", steps=args.compiled_steps, rounds=1,
-                                               backend="eager", batch=2, size=16)
-        finally:
-            compile_bench.resnet = real
+        # (one 8-channel basic block, which dynamo traces in a blink: ResNet-18's took most of the smoke run)
+        def tiny():
+            return compile_bench.resnet_like(stages=((8, 1),), blocks=1)
+
+        rows = compile_bench.compiled_rows(device="cpu", steps=args.compiled_steps, rounds=1, backend="eager",
+                                           batch=2, size=16, model=tiny)
     else:
         rows = compile_bench.compiled_rows(device="cuda", steps=args.compiled_steps, rounds=args.rounds)
     print(f"\ntorch.compile ({'eager backend, --smoke' if SMOKE else 'inductor'})")
@@ -811,30 +810,6 @@ def part_compiled(args) -> dict:
         cells = (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         print("  " + ", ".join(cells))
     return {"rows": rows}
-
-
-def tiny_resnet(classes: int):
-    """--smoke's stand-in for compile_bench's ResNet-18 (whose tracing took most of the smoke run): a stem and
-    one residual block as ResNet has them (BatchNorm, the residual added in place, in-place ReLUs), pooled
-    into a linear head."""
-    import torch
-
-    nn = torch.nn
-
-    class Block(nn.Module):
-        def __init__(self, channels: int) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-            self.bn = nn.BatchNorm2d(channels)
-            self.relu = nn.ReLU(inplace=True)
-
-        def forward(self, x):
-            out = self.bn(self.conv(x))
-            out += x
-            return self.relu(out)
-
-    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-                         Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, classes))
 
 
 if __name__ == "__main__":
