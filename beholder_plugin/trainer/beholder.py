@@ -135,7 +135,7 @@ class Beholder:
         on_anomaly: Any = None,
         norm_jump: float = NORM_JUMP,
     ):
-        problem = sources.variables_problem(variables)
+        problem = None if variables is None else sources.variables_problem(variables)
         if problem is not None:  # (a mistake of the script's: said before training starts)
             raise TypeError(problem)
         self.rank = process_rank()

@@ -255,6 +255,9 @@ def named_variables(variables: Any) -> list[Named]:
     model's convolution kernels are HWIO whatever the backend, a torch
     module's are OIHW, a torch ``Linear`` weight is (out, in).
     """
+    problem = variables_problem(variables)  # (what is accepted is said there, once)
+    if problem is not None:
+        raise TypeError(problem)
     # (a Keras model first: on Keras's torch backend it is a torch module too, whose parameters would be
     # named after its private tracker and laid out as torch's OIHW)
     if is_torch_module(variables) and not is_keras_layer(variables):
@@ -276,14 +279,12 @@ def named_variables(variables: Any) -> list[Named]:
         return [(variable_name(v, i), v, layouts.get(id(v))) for i, v in enumerate(found)]
     if hasattr(variables, "named_parameters"):
         return [(name, p, None) for name, p in variables.named_parameters() if p.requires_grad]
-    if isinstance(variables, (Mapping, list, tuple)):
-        return named_arrays(variables)
-    raise TypeError(variables_problem(variables))
+    return named_arrays(variables)  # (a list, dict or pytree of arrays)
 
 
 def variables_problem(variables: Any) -> str | None:
     """Why ``variables`` cannot be a run's trainable variables (None when it can), said to the user."""
-    if (variables is None or is_torch_module(variables) or is_nnx_module(variables)
+    if (is_torch_module(variables) or is_nnx_module(variables)
             or hasattr(variables, "trainable_variables") or hasattr(variables, "named_parameters")
             or isinstance(variables, (Mapping, list, tuple))):
         return None
