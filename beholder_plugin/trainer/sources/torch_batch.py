@@ -382,7 +382,6 @@ class PackedLayout:
     """Where a set of sections' parts lie in a DeviceGather's packed buffer (DeviceGather._permutation)."""
 
     key: tuple  # (the sections, the parts' dtypes) it was made for
-    dtypes: tuple  # the parts' dtypes, in the sections' order
     perm: Any  # device index: for each position of the frame's order, its position in ``packed``
     packed: Any  # the packed buffer's part the parts fill
     groups: list  # per dtype: (the parts' positions, their part of ``packed``, a buffer of the dtype or None)
@@ -585,7 +584,7 @@ class DeviceGather:
                 parts.append(section_part(obj, plan.plans[i], runs, n, found and found[k]))
         dtypes = tuple(part.dtype for part in parts)
         layout = order or self._permutation(sections, dtypes)
-        if layout.dtypes != dtypes:  # (part_dtype foresaw another: the capture fails, frames run eagerly)
+        if layout.key[1] != dtypes:  # (part_dtype foresaw another: the capture fails, frames run eagerly)
             raise RuntimeError("the frame's parts are not of the dtypes its capture was laid out for")
         for positions, into, staging in layout.groups:
             chosen = [parts[k] for k in positions]
@@ -640,7 +639,7 @@ class DeviceGather:
             sample = plan.value_count + s0
             perm[sample : sample + s1 - s0] = np.arange(base + shown, base + shown + s1 - s0)
         index, host = upload(perm, self.device)
-        self._layout = PackedLayout(key, dtypes, index, self.packed[:at], groups, host)
+        self._layout = PackedLayout(key, index, self.packed[:at], groups, host)
         return self._layout
 
     def _capture(self, sections: list[int], sources: list[Any], key: tuple) -> None:
