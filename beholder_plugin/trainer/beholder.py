@@ -110,7 +110,8 @@ class Beholder:
       on_anomaly: at the timeline's anomalies (a section's first NaN or Inf,
         a norm jump; docs/integration.md), besides a log line: ``"raise"``
         (AnomalyError from update()) or a function called with each record.
-      norm_jump: a norm this many times its recent median is an anomaly.
+      norm_jump: a norm this many times its recent median is an anomaly (more for norms that spread
+        widely; see docs/integration.md).
       clock: monotonic seconds, for when frames fall due (a test's own clock;
         ``frame_due_now()`` makes the next update() take a frame without one).
 

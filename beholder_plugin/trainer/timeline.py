@@ -55,6 +55,9 @@ RECENT_NORMS = 16
 MAX_JUDGED_SECTIONS = 1 << 16
 _MIDDLE = (RECENT_NORMS // 2 - 1, RECENT_NORMS // 2)  # a full window's median: the mean of these two
 MIN_NORMS = 4
+# Recent norms that spread widely (gradients of a model that fits most batches, and a few badly) are
+# judged against their spread: their upper quartile over the lower, to this power, times the median.
+SPREAD_POWER = 3
 # anomalies.jsonl holds at most this many records (later ones are only logged).
 MAX_ANOMALIES = 1000
 KINDS = ("nan", "inf", "norm_jump")
@@ -117,6 +120,7 @@ class Timeline:
         self._ring_steps = np.full((0, RECENT_NORMS), np.nan)  # the step of each of those norms
         self._seen = np.zeros(0, np.int64)
         self._jumping = np.zeros(0, bool)
+        self._highest = np.zeros(0)  # per row of _ring: the highest norm (per value) reported as a jump
         self._reported: set[tuple[str, str, str]] = set()  # (values, name, kind) reported once
         self._last_step: int | None = None
         # (values, section name) -> the last step it had a record, and the last one it was known free of
@@ -257,7 +261,7 @@ class Timeline:
         nonfinite = np.where((is_nan | is_inf) & ~(nonfinite >= 1) & ~(flags & tl.EXACT_NONFINITE > 0), 1.0,
                              nonfinite)
         records["nonfinite"] = nonfinite
-        jumps, medians = self._norm_jumps(job.shown, kept, norm, count, (flags & tl.EXACT_NORM) > 0,
+        jumps, medians, factors = self._norm_jumps(job.shown, kept, norm, count, (flags & tl.EXACT_NORM) > 0,
                                           job.step)
         found = []
         if job.loss_scaled:  # gradients under a loss scaler: a non-finite one is an overflow it skips
@@ -273,7 +277,7 @@ class Timeline:
                 new = True
             if jumps[j]:
                 found.append(self._anomaly(job, name, "norm_jump", None, float(norm[j]), 0.0, True,
-                                           median=float(medians[j])))
+                                           median=float(medians[j]), factor=float(factors[j])))
                 new = True
             if new:  # (a section that stays NaN: only where it was found, not every record after it,
                 flags[j] |= tl.ANOMALY  # which thinning would keep in place of the run before it)
@@ -307,8 +311,9 @@ class Timeline:
             files.remove(join(self.keyframes.history_dir, name))
 
     def _norm_jumps(self, values: str, kept: list[str], norm: np.ndarray, count: np.ndarray,
-                    exact: np.ndarray, step: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Which norms newly jumped past norm_jump times their section's recent median, and the medians.
+                    exact: np.ndarray, step: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which norms newly jumped past norm_jump times their section's recent median, the medians, and
+        the factors they were judged by.
 
         Each section keeps its last RECENT_NORMS finite norms (a jumped norm
         does not join them, so it does not become the new normal at once),
@@ -326,6 +331,15 @@ class Timeline:
         starts at zero) is judged against its median moved on to this step at
         their median growth per step: frames taken at steps 1-4, then at step
         50 (slow first steps, then fast ones under a frame rate), are no jump.
+
+        A section jumps again only once its norm came back under the bar and
+        then passed the highest norm it was reported at: a section whose
+        norms spike now and then reports a new extreme, not every spike.
+
+        A section whose recent norms spread widely is judged against that
+        spread (``_factors``): the gradients of a model that fits most of its
+        batches swing by 30x from batch to batch, and each swing was reported
+        (88 jumps late in the demo's run, none of them a problem).
         """
         with np.errstate(invalid="ignore"):
             size = np.sqrt(np.fmax(count, 1.0))
@@ -337,7 +351,7 @@ class Timeline:
                 self._slots, self._slot_cache = {}, {}  # their recent norms start again, not grow for ever)
                 self._ring, self._seen = np.full((0, RECENT_NORMS), np.nan), np.zeros(0, np.int64)
                 self._ring_steps = np.full((0, RECENT_NORMS), np.nan)
-                self._jumping = np.zeros(0, bool)
+                self._jumping, self._highest = np.zeros(0, bool), np.zeros(0)
             for name in kept:
                 if (values, name) not in self._slots:
                     self._slots[values, name] = len(self._slots)
@@ -347,6 +361,7 @@ class Timeline:
                 self._ring = np.vstack([self._ring, np.full((rows, RECENT_NORMS), np.nan)])
                 self._ring_steps = np.vstack([self._ring_steps, np.full((rows, RECENT_NORMS), np.nan)])
                 self._seen = np.concatenate([self._seen, np.zeros(rows, np.int64)])
+                self._highest = np.concatenate([self._highest, np.zeros(rows)])
                 self._jumping = np.concatenate([self._jumping, np.zeros(grow - len(self._jumping), bool)])
             if len(self._slot_cache) >= 16:
                 self._slot_cache.clear()
@@ -367,9 +382,12 @@ class Timeline:
         finite = np.isfinite(norm)
         with np.errstate(invalid="ignore"):
             over = finite & enough & (medians > 0) & (norm > self.norm_jump * medians)
-        if over.any():  # (rare: only those are looked at again, for a steady growth with the step)
-            over[over] = norm[over] > self.norm_jump * self._moved_on(slots[over], medians[over], step)
-        jumps = over & ~self._jumping[sections]
+        factors = np.full(len(slots), self.norm_jump)
+        if over.any():  # (rare: only those are looked at again, for a steady growth and a wide spread)
+            factors[over] = self._factors(slots[over])
+            over[over] = norm[over] > factors[over] * self._moved_on(slots[over], medians[over], step)
+        jumps = over & ~self._jumping[sections] & (norm > self._highest[slots])
+        self._highest[slots[jumps]] = norm[jumps]
         self._jumping[sections] = np.where(finite, over, self._jumping[sections])
         add = finite & ~over
         if add.any():
@@ -377,7 +395,15 @@ class Timeline:
             self._ring[targets, self._seen[targets] % RECENT_NORMS] = norm[add]
             self._ring_steps[targets, self._seen[targets] % RECENT_NORMS] = step
             self._seen[targets] += 1
-        return jumps, medians * size
+        return jumps, medians * size, factors
+
+    def _factors(self, slots: np.ndarray) -> np.ndarray:
+        """How many times its median a norm must pass to be a jump: norm_jump, or for recent norms that
+        spread widely (upper quartile r times the lower) r cubed, up to norm_jump cubed."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lower, upper = np.nanquantile(self._ring[slots], [0.25, 0.75], axis=1)
+            spread = np.where(lower > 0, upper / lower, np.inf) ** SPREAD_POWER
+        return np.clip(spread, self.norm_jump, self.norm_jump ** SPREAD_POWER)
 
     def _moved_on(self, slots: np.ndarray, medians: np.ndarray, step: int) -> np.ndarray:
         """The medians moved on from their norms' median step to ``step`` at the median growth per step
@@ -398,7 +424,8 @@ class Timeline:
             return medians + np.fmax(np.nan_to_num(rate), 0.0) * ahead
 
     def _anomaly(self, job: Any, name: str, kind: str, step_first: int | None, norm: float,
-                 nonfinite: float, exact_count: bool, median: float | None = None) -> dict[str, Any]:
+                 nonfinite: float, exact_count: bool, median: float | None = None,
+                 factor: float | None = None) -> dict[str, Any]:
         """An anomaly record: the exact step (per-step check), else the steps since the section's last frame
         of these values (a NaN or infinity: since it was last known to have none)."""
         self._reported.add((job.shown, name, kind))
@@ -422,7 +449,7 @@ class Timeline:
             found["nonfinite_exact"] = exact_count
         if median is not None:
             found["median"] = median
-            found["threshold"] = self.norm_jump
+            found["threshold"] = factor
         record["found"] = found
         return record
 

@@ -150,6 +150,34 @@ def test_norm_jump(run_dir):
     assert anomalies[0]["found"]["median"] == pytest.approx(8.0)
 
 
+def jumps_of(run_dir: str, scales) -> list[tuple[int, float]]:
+    """The norm jumps (step, threshold) of a section whose values are ``scales[step - 1]`` at each step."""
+    set_config(run_dir, FPS=30, values="arrays")
+    with Beholder(run_dir, background=False, norm_jump=10.0) as beholder:
+        for scale in scales:
+            beholder.frame_due_now()
+            beholder.update(arrays={"g": np.full(64, scale, np.float32)})
+    return [(a["step"], a["found"]["threshold"]) for a in read_anomalies(run_dir) if a["kind"] == "norm_jump"]
+
+
+def test_norms_that_spread_widely_are_judged_by_their_spread(run_dir):
+    """The gradients of a model that fits most of its batches swing by 30x and more from batch to batch
+    (the demo's, late in its run: 2.5 decades between their 5th and 95th percentiles). Each swing past
+    10x the median was a norm jump: 88 of them in the demo, none a problem. Norms that spread so widely
+    must pass their spread cubed (quartiles' ratio), up to norm_jump cubed: an explosion still is one."""
+    rng = np.random.default_rng(0)
+    swings = 10.0 ** rng.permutation(np.linspace(-3.5, -1.0, 150))
+    assert jumps_of(run_dir, [*swings, 1e3]) == [(151, 1000.0)]  # (1e3 is 1e5 times the median)
+
+
+def test_a_section_that_spikes_now_and_then_reports_only_new_heights(run_dir):
+    """Norms steady but for a 30x spike every 10th step: the first spike is a jump, the same spike again
+    is none, a higher one is; narrow norms keep the bar at norm_jump times the median."""
+    scales = [30.0 if step % 10 == 0 else 1.0 for step in range(1, 61)]
+    scales[44] = 100.0  # (step 45)
+    assert jumps_of(run_dir, scales) == [(10, 10.0), (45, 10.0)]
+
+
 def test_exact_norms_every_few_frames_are_no_jump_over_the_sampled_ones(run_dir):
     """A big array gets an exact norm only every few frames, the others scaled up from the statistics'
     sample. A spike outside the sample makes the exact norm 100x the sampled one: an unchanged array
