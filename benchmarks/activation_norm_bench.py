@@ -14,6 +14,7 @@ median step time per condition and the time spent inside the norm per step.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -84,6 +85,7 @@ def main() -> None:
     finally:
         torch_modules.whole_norm = real
         beholder.close()
+        shutil.rmtree(run, ignore_errors=True)
     for name in names:
         print(f"{name:8s} median hooked step {statistics.median(times[name]) * 1e3:7.2f} ms, "
               f"{spent[name] / (steps + 2) * 1e3:.2f} ms a step inside the norm "

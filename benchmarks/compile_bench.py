@@ -30,6 +30,7 @@ import argparse
 import copy
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -140,70 +141,74 @@ def compiled_rows(
     ]
     root = tempfile.mkdtemp(prefix="compile-bench-")
     loops = {}
-    for name, values in CONDITIONS.items():
-        model = copy.deepcopy(base)
-        compiled = torch.compile(model, backend=backend, mode=mode)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        beholder = None
-        if values is not None:
-            run = os.path.join(root, name)
-            write_config(run, {**DEFAULT_CONFIG, "values": values, "FPS": 10, "mode": "current"})
-            beholder = Beholder(run)
-            beholder.watch(compiled)
-        loops[name] = (compiled, optimizer, beholder)
+    try:
+        for name, values in CONDITIONS.items():
+            model = copy.deepcopy(base)
+            compiled = torch.compile(model, backend=backend, mode=mode)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            beholder = None
+            if values is not None:
+                run = os.path.join(root, name)
+                write_config(run, {**DEFAULT_CONFIG, "values": values, "FPS": 10, "mode": "current"})
+                beholder = Beholder(run)
+                beholder.watch(compiled)
+            loops[name] = (compiled, optimizer, beholder)
 
-    def train(name: str, count: int) -> list[float]:
-        compiled, optimizer, beholder = loops[name]
-        times = []
-        for step in range(count):
-            x, y = batches[step % len(batches)]
-            start = time.perf_counter()
-            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
-                loss = torch.nn.functional.cross_entropy(compiled(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if beholder is not None:
-                beholder.update()
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return times
+        def train(name: str, count: int) -> list[float]:
+            compiled, optimizer, beholder = loops[name]
+            times = []
+            for step in range(count):
+                x, y = batches[step % len(batches)]
+                start = time.perf_counter()
+                with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
+                    loss = torch.nn.functional.cross_entropy(compiled(x), y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if beholder is not None:
+                    beholder.update()
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            return times
 
-    for name, (_compiled, _optimizer, beholder) in loops.items():  # compile each state of each condition
-        for _ in range(3):
+        for name, (_compiled, _optimizer, beholder) in loops.items():  # compile each state of each condition
+            for _ in range(3):
+                if beholder is not None:
+                    beholder.frame_due_now()  # due: the next update arms, the one after takes
+                train(name, 2)
             if beholder is not None:
-                beholder.frame_due_now()  # due: the next update arms, the one after takes
-            train(name, 2)
-        if beholder is not None:
-            beholder.flush()
-            beholder.frames_written = beholder.failures = 0
-    step_times: dict[str, list[float]] = {name: [] for name in CONDITIONS}
-    order = list(CONDITIONS)
-    for _ in range(rounds):
-        random.shuffle(order)
-        for name in order:
-            step_times[name] += train(name, steps)
-    for _compiled, _optimizer, beholder in loops.values():
-        if beholder is not None:
-            beholder.flush()
-    base_ms = statistics.median(step_times["none"]) * 1000
-    rows = []
-    for name, (_compiled, _optimizer, beholder) in loops.items():
-        median_ms = statistics.median(step_times[name]) * 1000
-        frames = beholder.frames_written if beholder is not None else 0
-        rows.append({
-            "condition": name,
-            "median_step_ms": round(median_ms, 3),
-            "vs_none": round(median_ms / base_ms - 1, 4),
-            "frames_per_s": round(frames / sum(step_times[name]), 2),
-            "frames": frames,
-            "failures": beholder.failures if beholder is not None else 0,
-            "compiled_frames": counters["frames"]["total"],
-        })
-        if beholder is not None:
-            beholder.close()
-    return rows
+                beholder.flush()
+                beholder.frames_written = beholder.failures = 0
+        step_times: dict[str, list[float]] = {name: [] for name in CONDITIONS}
+        order = list(CONDITIONS)
+        for _ in range(rounds):
+            random.shuffle(order)
+            for name in order:
+                step_times[name] += train(name, steps)
+        for _compiled, _optimizer, beholder in loops.values():
+            if beholder is not None:
+                beholder.flush()
+        base_ms = statistics.median(step_times["none"]) * 1000
+        rows = []
+        for name, (_compiled, _optimizer, beholder) in loops.items():
+            median_ms = statistics.median(step_times[name]) * 1000
+            frames = beholder.frames_written if beholder is not None else 0
+            rows.append({
+                "condition": name,
+                "median_step_ms": round(median_ms, 3),
+                "vs_none": round(median_ms / base_ms - 1, 4),
+                "frames_per_s": round(frames / sum(step_times[name]), 2),
+                "frames": frames,
+                "failures": beholder.failures if beholder is not None else 0,
+                "compiled_frames": counters["frames"]["total"],
+            })
+        return rows
+    finally:  # the Beholders first (their workers write until closed), then their runs
+        for _compiled, _optimizer, beholder in loops.values():
+            if beholder is not None:
+                beholder.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def table(rows: list[dict]) -> str:

@@ -18,9 +18,11 @@ run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -64,6 +66,7 @@ def measure(framework: str, frames: int) -> dict[str, float]:
 
         context = jax.default_matmul_precision("float32")
     run = tempfile.mkdtemp(prefix="first-frame-bench-")
+    atexit.register(shutil.rmtree, run, True)  # (removed when the benchmark exits)
     write_config(run, {**DEFAULT_CONFIG, "values": "arrays", "FPS": 10, "mode": "current"})
     arrays = arrays_for(framework, 0)
     out: dict[str, float] = {}

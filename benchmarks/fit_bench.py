@@ -20,7 +20,9 @@ It is the direct cost, less sensitive to a noisy machine than the medians.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -72,6 +74,7 @@ def main() -> int:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     logdir = tempfile.mkdtemp(prefix="fit-bench-")
+    atexit.register(shutil.rmtree, logdir, True)  # (removed when the benchmark exits)
     write_config(logdir, {**DEFAULT_CONFIG, "FPS": args.fps, "mode": args.mode})
 
     callback = BeholderCallback(logdir)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -151,6 +152,7 @@ def run_condition(condition: str, seconds: float, per_ms: int, launch_ms: float,
     frames = beholder.frames_written - frames0
     failures = beholder.failures
     beholder.close()
+    shutil.rmtree(run, ignore_errors=True)
     return {"step": statistics.mean(steps), "frames": frames, "seconds": elapsed,
             "worker_cpu": sum(worker_cpu), "update": sum(updates), "late": late, "failures": failures,
             "steps": len(steps)}
@@ -192,6 +194,7 @@ def wakeups(condition: str, frames: int, module) -> float:
     stop.set()
     thread.join()
     beholder.close()
+    shutil.rmtree(run, ignore_errors=True)
     return sum(max(0.0, late - quiet) for late in lateness) / frames * 1e3
 
 

@@ -46,8 +46,10 @@ figures mean nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -142,6 +144,18 @@ def set_config(run: str, **changes) -> None:
     from beholder_plugin import DEFAULT_CONFIG, write_config
 
     write_config(run, {**DEFAULT_CONFIG, **changes})
+
+
+@contextlib.contextmanager
+def run_dir(prefix: str, **changes):
+    """A fresh directory (with this config when given), removed on leaving: close its Beholders inside."""
+    run = tempfile.mkdtemp(prefix=prefix)
+    try:
+        if changes:
+            set_config(run, **changes)
+        yield run
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def ms(values: list[float]) -> str:
@@ -266,29 +280,29 @@ def part_resnet(args) -> dict:
     conditions = ["none", "trainable_variables", "gradients", "gradients_hooked", "activations",
                   "trainable_variables_unrendered"]
     got: dict[str, list[dict]] = {c: [] for c in conditions}
-    root = tempfile.mkdtemp(prefix="gpu-bench-")
-    for r in range(args.rounds):
-        order = conditions[r % len(conditions):] + conditions[: r % len(conditions)]
-        for cond in order:
-            loop.clear_after_step = cond == "gradients_hooked"
-            if cond == "none":
-                got[cond].append(loop.run(args.seconds))
-                continue
-            run = os.path.join(root, f"{cond}-{r}")
-            shown = cond.replace("_hooked", "").replace("_unrendered", "")
-            set_config(run, values=shown, FPS=1 if SMOKE else 10, mode="variance")
-            with Beholder(run) as beholder:
-                beholder.watch(model)
-                # the plan's first frames: indices uploaded, graph captured (--smoke: its SMOKE_STEPS steps)
-                loop.run(0 if SMOKE else 0.5, beholder)
-                if cond.endswith("_unrendered"):
-                    copy_only(beholder)
-                worker = time_worker(beholder)
-                row = loop.run(args.seconds, beholder)
-                row["worker"] = list(worker)
-                plan = beholder.gatherer.frame_plans and beholder.gatherer.frame_plans[-1]
-                row["values"] = plan.value_count if plan else 0
-                got[cond].append(row)
+    with run_dir("gpu-bench-") as root:
+        for r in range(args.rounds):
+            order = conditions[r % len(conditions):] + conditions[: r % len(conditions)]
+            for cond in order:
+                loop.clear_after_step = cond == "gradients_hooked"
+                if cond == "none":
+                    got[cond].append(loop.run(args.seconds))
+                    continue
+                run = os.path.join(root, f"{cond}-{r}")
+                shown = cond.replace("_hooked", "").replace("_unrendered", "")
+                set_config(run, values=shown, FPS=1 if SMOKE else 10, mode="variance")
+                with Beholder(run) as beholder:
+                    beholder.watch(model)
+                    # the plan's first frames: indices uploaded, graph captured (--smoke: SMOKE_STEPS steps)
+                    loop.run(0 if SMOKE else 0.5, beholder)
+                    if cond.endswith("_unrendered"):
+                        copy_only(beholder)
+                    worker = time_worker(beholder)
+                    row = loop.run(args.seconds, beholder)
+                    row["worker"] = list(worker)
+                    plan = beholder.gatherer.frame_plans and beholder.gatherer.frame_plans[-1]
+                    row["values"] = plan.value_count if plan else 0
+                    got[cond].append(row)
     base = statistics.median(s for g in got["none"] for s in g["steps"])
     base_mean = statistics.mean(s for g in got["none"] for s in g["steps"])
     print("\nResNet-50, batch 64, bf16 autocast, channels_last, SGD; watch(model), FPS 10, variance")
@@ -379,12 +393,11 @@ def part_syncs(args) -> dict:
     activities = [ProfilerActivity.CPU] + ([] if SMOKE else [ProfilerActivity.CUDA])
     out = {}
     for values in ("trainable_variables", "gradients", "activations"):
-        run = tempfile.mkdtemp(prefix=f"gpu-syncs-{values}-")
-        set_config(run, values=values, FPS=10, mode="variance")
         # gradients cleared after each step: update() finds no .grad, and the frame comes from the hooks
         # its last call armed (the "after a hooked step" of the table; a .grad read is "weights"-like)
         loop.clear_after_step = values == "gradients"
-        with Beholder(run) as beholder:
+        config = {"values": values, "FPS": 10, "mode": "variance"}
+        with run_dir(f"gpu-syncs-{values}-", **config) as run, Beholder(run) as beholder:
             beholder.watch(model)
             loop.run(0 if SMOKE else 1.0, beholder)  # (--smoke: its SMOKE_STEPS steps, three frames)
             synchronize(torch)
@@ -471,10 +484,9 @@ def part_floor(args) -> dict:
         if layout is None:
             layout = sources.adapter("torch").default_layout(p, tuple(p.shape))
         layouts.append(resolve_layout(layout, tuple(p.shape), name))
-    beholder = Beholder(tempfile.mkdtemp(prefix="gpu-floor-"))
-    shapes = [tuple(p.shape) for _, p, _ in named]
-    plan = beholder.gatherer.frame_plan([n for n, _, _ in named], shapes, False, layouts)
-    beholder.close()
+    with run_dir("gpu-floor-") as run, Beholder(run) as beholder:
+        shapes = [tuple(p.shape) for _, p, _ in named]
+        plan = beholder.gatherer.frame_plan([n for n, _, _ in named], shapes, False, layouts)
     params = [p.detach() for _, p, _ in named]
     indices = []
     for i, p in enumerate(params):
@@ -616,9 +628,8 @@ def part_check(args) -> dict:
         for _ in range(args.rounds):
             for label, arrays, grouped in cases:
                 exact_pass.norm_groups = real if grouped else (lambda tensors: None)
-                run = tempfile.mkdtemp(prefix="gpu-check-")
-                set_config(run, values="arrays", FPS=1, mode="current")
-                with Beholder(run) as beholder:
+                config = {"values": "arrays", "FPS": 1, "mode": "current"}
+                with run_dir("gpu-check-", **config) as run, Beholder(run) as beholder:
                     beholder.update(arrays=arrays)  # the first frame starts the per-step check
                     beholder.flush()
                     for i in range(200):
@@ -670,25 +681,28 @@ def part_transformer(args) -> dict:
         step()
     out = {}
     for label in ("none", "weights", "none", "weights"):
-        run = tempfile.mkdtemp(prefix="gpu-tf-")
-        set_config(run, values="arrays", FPS=10, mode="variance")
-        beholder = Beholder(run) if label == "weights" else None
-        worker = time_worker(beholder) if beholder is not None else []
-        steps, blocking, calls = [], [], 0
-        start = time.perf_counter()
-        seconds = args.seconds if SMOKE else max(args.seconds, 4.0)
-        while time.perf_counter() - start < seconds or (SMOKE and len(steps) < SMOKE_STEPS):
-            t0 = time.perf_counter()
-            step()
-            if beholder is not None:
-                if SMOKE and len(steps) % 3 == 0:
-                    beholder.frame_due_now()  # (every third step, however slow the host)
-                u0 = time.perf_counter()
-                calls += 1
-                if beholder.update(arrays=dict(model.named_parameters())):
-                    blocking.append(time.perf_counter() - u0)
-            steps.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
+        with run_dir("gpu-tf-", values="arrays", FPS=10, mode="variance") as run:
+            beholder = Beholder(run) if label == "weights" else None
+            try:
+                worker = time_worker(beholder) if beholder is not None else []
+                steps, blocking, calls = [], [], 0
+                start = time.perf_counter()
+                seconds = args.seconds if SMOKE else max(args.seconds, 4.0)
+                while time.perf_counter() - start < seconds or (SMOKE and len(steps) < SMOKE_STEPS):
+                    t0 = time.perf_counter()
+                    step()
+                    if beholder is not None:
+                        if SMOKE and len(steps) % 3 == 0:
+                            beholder.frame_due_now()  # (every third step, however slow the host)
+                        u0 = time.perf_counter()
+                        calls += 1
+                        if beholder.update(arrays=dict(model.named_parameters())):
+                            blocking.append(time.perf_counter() - u0)
+                    steps.append(time.perf_counter() - t0)
+                elapsed = time.perf_counter() - start
+            finally:
+                if beholder is not None:
+                    beholder.close()
         row = out.setdefault(label, {"steps": [], "blocking": [], "frames": 0, "seconds": 0.0, "skipped": 0,
                                      "calls": 0, "failures": 0})
         row["steps"] += steps[2:]
@@ -697,7 +711,6 @@ def part_transformer(args) -> dict:
         row["seconds"] += elapsed
         row["calls"] += calls
         if beholder is not None:
-            beholder.close()
             row["frames"] += beholder.frames_written
             row["skipped"] += beholder.skipped
             row["failures"] += beholder.failures
@@ -743,31 +756,30 @@ def part_jax(args) -> dict:
     def train_step(tree):
         return jax.tree_util.tree_map(lambda a: a * 0.999 + 0.001, tree)
 
-    run = tempfile.mkdtemp(prefix="gpu-jax-")
-    set_config(run, values="arrays", FPS=10, mode="variance")
-    blocking, before, first, start = [], [], None, time.perf_counter()
-    began = start
-    with Beholder(run) as beholder:
-        frames0 = 0
-        # (--smoke: 0.2 s, and at least two frames past the first whatever the host's speed)
-        while (first is None or time.perf_counter() - start < (0.2 if SMOKE else max(args.seconds, 5.0))
-               or (SMOKE and len(blocking) < 2)):
-            arrays = train_step(arrays)
-            u0 = time.perf_counter()
-            taken = beholder.update(arrays=arrays)
-            took = time.perf_counter() - u0
-            if first is None and not taken:  # the gather compiling in the background: frames skipped
-                before.append(took)
-            elif first is None:  # the first frame taken
-                first, compiled_s = took, time.perf_counter() - began
-                beholder.flush()
-                frames0, start = beholder.frames_written, time.perf_counter()
-            elif taken:
-                blocking.append(took)
-            time.sleep(0.005)
-        elapsed = time.perf_counter() - start
-        beholder.flush()
-        frames, failures = beholder.frames_written - frames0, beholder.failures
+    with run_dir("gpu-jax-", values="arrays", FPS=10, mode="variance") as run:
+        blocking, before, first, start = [], [], None, time.perf_counter()
+        began = start
+        with Beholder(run) as beholder:
+            frames0 = 0
+            # (--smoke: 0.2 s, and at least two frames past the first whatever the host's speed)
+            while (first is None or time.perf_counter() - start < (0.2 if SMOKE else max(args.seconds, 5.0))
+                   or (SMOKE and len(blocking) < 2)):
+                arrays = train_step(arrays)
+                u0 = time.perf_counter()
+                taken = beholder.update(arrays=arrays)
+                took = time.perf_counter() - u0
+                if first is None and not taken:  # the gather compiling in the background: frames skipped
+                    before.append(took)
+                elif first is None:  # the first frame taken
+                    first, compiled_s = took, time.perf_counter() - began
+                    beholder.flush()
+                    frames0, start = beholder.frames_written, time.perf_counter()
+                elif taken:
+                    blocking.append(took)
+                time.sleep(0.005)
+            elapsed = time.perf_counter() - start
+            beholder.flush()
+            frames, failures = beholder.frames_written - frames0, beholder.failures
     out = {"arrays": len(arrays), "first_ms": (first or 0) * 1e3, "compiled_s": compiled_s,
            "before_first_max_ms": max(before) * 1e3 if before else None,
            "blocking_median_ms": statistics.median(blocking) * 1e3 if blocking else None,

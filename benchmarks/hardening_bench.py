@@ -13,8 +13,10 @@ Run: .venv/bin/python benchmarks/hardening_bench.py
 
 from __future__ import annotations
 
+import atexit
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -46,6 +48,7 @@ def filters() -> None:
     }
     for label, (pattern, names) in cases.items():
         run = tempfile.mkdtemp()
+        atexit.register(shutil.rmtree, run, True)  # (removed when the benchmark exits)
         set_config(run, values="arrays", mode="current", FPS=30, filter=pattern)
         beholder = Beholder(run, background=False)
         arrays = {name: np.ones(4) for name in names}
@@ -56,6 +59,7 @@ def filters() -> None:
             beholder.update(arrays=arrays)
             times.append(time.perf_counter() - start)
         beholder.close()
+        shutil.rmtree(run, ignore_errors=True)
         found = compile_filter(pattern)
         start = time.perf_counter()
         for name in names:
@@ -68,6 +72,7 @@ def filters() -> None:
 def show_all() -> None:
     """Time and memory of show_all on 200 M values."""
     run = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, run, True)  # (removed when the benchmark exits)
     set_config(run, values="arrays", FPS=30, show_all=True)
     big = np.random.default_rng(0).standard_normal((20000, 10000), dtype=np.float32)
     before = peak_mb()
@@ -83,6 +88,7 @@ def show_all() -> None:
     size = os.path.getsize(frame_path(run)) / (1 << 20)
     print(f"show_all (20000, 10000): update() {', '.join(f'{t:.2f}' for t in times)} s; peak RSS "
           f"+{peak_mb() - before:.0f} MB; frame.bin {size:.0f} MB; failures {beholder.failures}")
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def hostile_frame() -> None:
@@ -91,6 +97,7 @@ def hostile_frame() -> None:
     from test_hostile_files import HOSTILE_ROUTES, small_frame
 
     logdir = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, logdir, True)  # (removed when the benchmark exits)
     make_frames(os.path.join(logdir, "run"))
     with open(frame_path(os.path.join(logdir, "run")), "wb") as f:
         f.write(small_frame())

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -166,6 +167,7 @@ def measure_as_is(condition: str, frames: int) -> dict[str, float]:
             parts["not due"].append(not_due)
     written, failures = beholder.frames_written, beholder.failures
     beholder.close()
+    shutil.rmtree(run, ignore_errors=True)
     out = {name: statistics.median(values) * 1e3 for name, values in parts.items()}
     out["frame"] = out["due"] + out["hooked-plain"] + out["take"]
     out["frames"] = written

@@ -35,8 +35,10 @@ Medians; nothing here is asserted (tests assert behaviour, this prints numbers).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -88,6 +90,7 @@ def part_cpu(args) -> None:
         arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes[model]}
         values = sum(a.size for a in arrays.values())
         run = tempfile.mkdtemp(prefix="timeline-bench-")
+        atexit.register(shutil.rmtree, run, True)  # (removed when the benchmark exits)
         set_config(run, values="arrays", FPS=30)
         beholder = Beholder(run, background=False)
         per = {True: [], False: []}
@@ -125,6 +128,7 @@ def compaction_per_frame(sections: int) -> float:
     from beholder_plugin.trainer.timeline_writer import TimelineWriter
 
     run = tempfile.mkdtemp(prefix="timeline-bench-compact-")
+    atexit.register(shutil.rmtree, run, True)  # (removed when the benchmark exits)
     writer = TimelineWriter(run, files_for(run), parts_budget=1 << 62)
     names = [f"section{i}" for i in range(sections)]
     frames = tl.parts_budget(sections) // (sections * tl.RECORD.itemsize)
@@ -220,6 +224,7 @@ def part_gpu(args) -> None:
         loss.item()
 
     run = tempfile.mkdtemp(prefix="timeline-bench-gpu-")
+    atexit.register(shutil.rmtree, run, True)  # (removed when the benchmark exits)
     set_config(run, values="trainable_variables", FPS=10)
     beholder = Beholder(run)
     handle = beholder.watch(model, activations=False, gradients=False)
@@ -309,6 +314,7 @@ def part_read(args) -> None:
     from beholder_plugin.server.timeline import timeline_answer
 
     run = tempfile.mkdtemp(prefix="timeline-bench-read-")
+    atexit.register(shutil.rmtree, run, True)  # (removed when the benchmark exits)
     size = os.path.getsize(week_run(run))
     n = tl.MAX_PER_SECTION
     from beholder_plugin.server import timeline as server_timeline
@@ -348,6 +354,7 @@ def part_browser(args) -> None:
         print("browser: no Debian chromium here: skipped")
         return
     logdir = tempfile.mkdtemp(prefix="timeline-bench-browser-")
+    atexit.register(shutil.rmtree, logdir, True)  # (removed when the benchmark exits)
     run = os.path.join(logdir, "week")
     os.makedirs(os.path.join(run, "plugins", "beholder"))
     set_config(run, values="arrays", FPS=10)

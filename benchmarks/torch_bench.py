@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -149,6 +150,7 @@ def main() -> int:
         print(_accounting(name, steps[name]))
     for beholder in beholders.values():
         beholder.close()
+    shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

@@ -24,10 +24,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> tuple[dict, str]:
+def smoke_tmpdir(tmp_path_factory):
+    """The smoke run's TMPDIR: empty before it (what it leaves there, it left behind)."""
+    return tmp_path_factory.mktemp("gpu-bench-tmpdir")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, smoke_tmpdir) -> tuple[dict, str]:
     """(figures, output) of one `gpu_bench.py --smoke` run."""
     out = tmp_path_factory.mktemp("gpu-bench") / "figures.json"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TMPDIR": str(smoke_tmpdir)}
     env.pop("BEHOLDER_BATCH_CPU_TENSORS", None)  # the script sets what it needs
     script = os.path.join(ROOT, "benchmarks", "gpu_bench.py")
     done = subprocess.run([sys.executable, script, "--smoke", "--json", str(out)], capture_output=True,
@@ -43,6 +49,15 @@ def test_every_part_runs(smoke):
     failed = {part: got["error"] for part, got in figures.items() if isinstance(got, dict) and "error" in got}
     assert not failed, failed
     assert "figures mean nothing" in output
+
+
+def test_the_smoke_run_removes_its_run_directories(smoke, smoke_tmpdir):
+    """Every part's run directories are gone afterwards: repeated test runs do not fill the disk.
+
+    (torchinductor_<user> is torch's own compile cache, kept and reused from run to run.)
+    """
+    left = sorted(p.name for p in smoke_tmpdir.iterdir() if not p.name.startswith("torchinductor_"))
+    assert not left, left
 
 
 def test_the_resnet_rows_took_frames_and_timed_the_worker(smoke):
