@@ -54,6 +54,8 @@ LABELS = {
 }
 GIVEN = {"trainable_variables": "variables", "arrays": "arrays", "frames": "a frame"}
 MAX_DETAIL_CHARS = 90
+# Where the text starts (px from the left and top; the right margin is the left one), and px between lines.
+TEXT_LEFT, TEXT_TOP, TEXT_SPACING = 14, 20, 8
 
 
 def message(values: str, offered: tuple[str, ...] = (), detail: str | None = None) -> str:
@@ -73,19 +75,43 @@ def message(values: str, offered: tuple[str, ...] = (), detail: str | None = Non
             f"or start the run with Beholder(logdir, values=\"{first}\"), or pass what is selected.")
 
 
+def wrap_lines(text: str, fits) -> list[str]:
+    """The text's lines, broken at spaces where fits(line) is false; words stay whole, indents stay."""
+    lines = []
+    for line in text.split("\n"):
+        indent = line[: len(line) - len(line.lstrip())]
+        words = line.split()
+        current = indent + (words[0] if words else "")
+        for word in words[1:]:
+            if fits(f"{current} {word}"):
+                current = f"{current} {word}"
+            else:
+                lines.append(current)
+                current = indent + word
+        lines.append(current)
+    return lines
+
+
 @functools.lru_cache(maxsize=64)
 def placeholder_frame(values: str, offered: tuple[str, ...] = (), detail: str | None = None,
                       width: int = 768, height: int = 128) -> np.ndarray:
-    """A grayscale image (white text on black) explaining what to pass for this values choice."""
+    """A grayscale image (white text on black) explaining what to pass for this values choice.
+
+    Lines too wide for ``width`` wrap at word boundaries, and the image grows taller when they need it.
+    """
     from PIL import Image, ImageDraw, ImageFont
 
-    image = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(image)
     try:
         font = ImageFont.load_default(size=15)
     except TypeError:  # Pillow without FreeType sizes
         font = ImageFont.load_default()
-    draw.multiline_text((14, 20), message(values, offered, detail), fill=255, font=font, spacing=8)
+    room = width - 2 * TEXT_LEFT
+    text = "\n".join(wrap_lines(message(values, offered, detail), lambda line: font.getlength(line) <= room))
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    bottom = measure.multiline_textbbox((TEXT_LEFT, TEXT_TOP), text, font=font, spacing=TEXT_SPACING)[3]
+    image = Image.new("L", (width, max(height, int(bottom) + TEXT_TOP)), 0)
+    draw = ImageDraw.Draw(image)
+    draw.multiline_text((TEXT_LEFT, TEXT_TOP), text, fill=255, font=font, spacing=TEXT_SPACING)
     pixels = np.asarray(image, dtype=np.uint8)
     pixels.setflags(write=False)
     return pixels
