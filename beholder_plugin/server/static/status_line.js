@@ -35,6 +35,15 @@ export function endedNoteText(meta, config) {
     "A new Values or Mode choice applies only when a trainer runs again.";
 }
 
+/**
+ * The frame on screen, in words: "step 4,120 · frame 412 (768×793)". The step (update() calls) leads,
+ * so that the frame count is not read as the step; a frame without a step says "frame 412 (768×793)".
+ */
+export function frameText(meta) {
+  const step = Number.isFinite(meta.step) ? `step ${meta.step.toLocaleString("en-US")} · ` : "";
+  return `${step}frame ${meta.frameId} (${meta.width}×${meta.height})`;
+}
+
 export class StatusLine {
   /** state: the dashboard's state; onShowValues(choice) switches Values to what the trainer was given. */
   constructor(state, onShowValues) {
@@ -113,12 +122,12 @@ export class StatusLine {
   streaming(meta, fps) {
     const frameAge = Date.now() / 1000 - meta.time;
     const configured = Number(this.state.config?.FPS);
-    const frame = `frame ${meta.frameId} (${meta.width}×${meta.height})`;
+    const frame = frameText(meta);
     const ended = this.state.runs.find((r) => r.run === this.state.run)?.ended;
     if (ended && ended.writer === meta.writer && ended.frame_id === meta.frameId) {
       // The trainer closed its Beholder after this frame (close(), the end of fit, the process exiting).
       return {
-        text: `Training ended ${age(Date.now() / 1000 - ended.time)} ago (its Beholder was closed) · showing its last ${frame}, step ${meta.step}`,
+        text: `Training ended ${age(Date.now() / 1000 - ended.time)} ago (its Beholder was closed) · showing its last frame: ${frame}`,
         state: "ended",
       };
     }
@@ -146,7 +155,7 @@ export class StatusLine {
     const remote = meta.storage && meta.storage !== "local"
       ? ` · remote logdir (${meta.storage}://)${meta.maxFps ? `: up to ${meta.maxFps} frames/s` : ""}`
       : "";
-    return { text: `Connected · frame ${age(frameAge)} old · ${fps.toFixed(1)} frames/s · ${frame}${remote}`, state: "up" };
+    return { text: `Connected · ${frame}, ${age(frameAge)} old · ${fps.toFixed(1)} frames/s${remote}`, state: "up" };
   }
 
   /**
