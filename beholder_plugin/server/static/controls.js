@@ -166,7 +166,7 @@ function zoomGroup({ onZoom, onDownload }) {
   const zoom = h(
     "select",
     { id: "zoom", "aria-label": "Zoom", onchange: () => onZoom(zoom.value) },
-    h("option", { value: "1" }, "1:1"),
+    h("option", { value: "1", title: "frames under 768 px shown larger by a whole factor" }, "1:1 (small ones larger)"),
     h("option", { value: "2" }, "2:1"),
     h("option", { value: "fit" }, "fit width"),
   );

@@ -6,6 +6,16 @@ import { paintFrameData, paletteFromHex, paletteWords } from "./framedata.js";
 
 // Live frames taller than this are fetched around the rows on screen only (plus a screen each side).
 const VIEWPORT_MIN_ROWS = 4000;
+// At 1:1 zoom, frames smaller than this (an MNIST digit) are shown enlarged by a whole factor, crisp,
+// up to this many CSS pixels wide and tall (a section frame's width) and to the room beside the info.
+const SMALL_FRAME_PX = 768;
+
+/** The whole factor a width × height frame is shown enlarged by at 1:1 zoom, in room CSS px (0: unknown). */
+export function upscaleFactor(width, height, room) {
+  let factor = Math.floor(SMALL_FRAME_PX / Math.max(1, width, height));
+  if (room > 0) factor = Math.min(factor, Math.floor(room / Math.max(1, width)));
+  return Math.max(1, factor);
+}
 
 export class FrameCanvas {
   /** state: the dashboard's state (run, paused, kept, config, and the drawing counters it updates). */
@@ -22,6 +32,30 @@ export class FrameCanvas {
     this.viewportBusy = false; // a viewport fetch is in flight
     this.viewportAgain = false; // the page scrolled meanwhile
     this.hidden = () => false; // whether the canvas is off screen (set by the dashboard)
+    this.roomWatch = null; // a ResizeObserver on the row the frame shares with the info panel
+  }
+
+  /** The CSS pixels the frame has beside the info panel (0 while that row is not laid out). */
+  room() {
+    const wrap = this.canvas.parentElement;
+    const row = wrap?.parentElement;
+    if (!row || !row.clientWidth) return 0;
+    const gap = parseFloat(getComputedStyle(row).columnGap) || 0;
+    const others = [...row.children].filter((el) => el !== wrap);
+    return row.clientWidth - others.reduce((sum, el) => sum + el.offsetWidth + gap, 0);
+  }
+
+  /** Set the size a small frame is shown at (1:1 zoom: style.css), and again whenever the row's room changes. */
+  fitSmall() {
+    const row = this.canvas.parentElement?.parentElement;
+    if (row && !this.roomWatch) {
+      // (a frame later: resizing inside the observer's own callback would be a loop)
+      this.roomWatch = new ResizeObserver(() => requestAnimationFrame(() => this.fitSmall()));
+      this.roomWatch.observe(row);
+    }
+    const factor = upscaleFactor(this.canvas.width, this.canvas.height, this.room());
+    this.canvas.style.setProperty("--shown-width", `${this.canvas.width * factor}px`);
+    this.canvas.dataset.upscale = String(factor);
   }
 
   /** Fetch every colormap's palette once (retrying), then call onNames(names in their order). */
@@ -58,6 +92,7 @@ export class FrameCanvas {
     this.lastBlob = isPng ? content : null;
     this.lastData = isPng ? null : content;
     this.state.transport = isPng ? "png" : "data";
+    if (resized || !this.roomWatch) this.fitSmall();
     if (isPng) {
       canvas.getContext("2d").drawImage(bitmap, 0, 0);
       bitmap.close();
