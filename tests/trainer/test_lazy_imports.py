@@ -15,11 +15,11 @@ import sys, tempfile
 import numpy as np
 import beholder_plugin
 from beholder_plugin import Beholder, DEFAULT_CONFIG, write_config
-run = tempfile.mkdtemp()
-write_config(run, {{**DEFAULT_CONFIG, "values": "arrays", "FPS": 30}})
-arrays = {{"a": np.ones((3, 3)), "b": [[1.0, 2.0]], "c": {{"d": np.ones(2)}}}}  # "c" is shown empty
-with Beholder(run, background=False) as beholder:
-    assert beholder.update(arrays=arrays) is True
+with tempfile.TemporaryDirectory() as run:
+    write_config(run, {{**DEFAULT_CONFIG, "values": "arrays", "FPS": 30}})
+    arrays = {{"a": np.ones((3, 3)), "b": [[1.0, 2.0]], "c": {{"d": np.ones(2)}}}}  # "c" is shown empty
+    with Beholder(run, background=False) as beholder:
+        assert beholder.update(arrays=arrays) is True
 print(sorted(name for name in {FRAMEWORKS!r} if name in sys.modules))
 """
 
