@@ -45,6 +45,64 @@ def let_training_run() -> None:
         _THIS_THREAD.last = time.perf_counter()
 
 
+# cudaStreamCaptureModeRelaxed, of the CUDA runtime's enum cudaStreamCaptureMode (global 0, thread-local 1)
+CAPTURE_MODE_RELAXED = 2
+
+
+def relax_cuda_capture_checks(find: Callable[[], Any] | None = None) -> bool:
+    """On a worker's thread about to issue or wait on CUDA copies: make the thread's stream-capture mode
+    relaxed (once per thread); whether it is. Elsewhere (a frame taken inside update()), nothing.
+
+    A CUDA graph captured in the default "global" mode (``torch.cuda.graph``,
+    ``make_graphed_callables``) forbids every other thread the calls that
+    might touch it, an event query or sync among them: a worker waiting on
+    its frame's copy while the training thread captured would fail, and end
+    the user's capture with it. A relaxed thread may make them; the worker's
+    events are recorded on its own stream, never inside the capture. Asked
+    only where CUDA is already in use, so that it never starts a context.
+    """
+    if getattr(_THIS_THREAD, "last", None) is None:
+        return False
+    done = getattr(_THIS_THREAD, "relaxed", None)
+    if done is None:
+        done = _THIS_THREAD.relaxed = _exchange_capture_mode((find or _runtime_function)())
+    return done
+
+
+def _runtime_function() -> Any:
+    """The CUDA runtime's cudaThreadExchangeStreamCaptureMode as torch loaded it (None: not found)."""
+    import ctypes
+
+    for library in [None, *_loaded_cudart_paths()]:
+        try:
+            return ctypes.CDLL(library).cudaThreadExchangeStreamCaptureMode
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _loaded_cudart_paths() -> list[str]:
+    """The files of libcudart this process has mapped (Linux; [] elsewhere)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return sorted({line.split()[-1] for line in maps if "libcudart" in line and "/" in line})
+    except OSError:
+        return []
+
+
+def _exchange_capture_mode(function: Any) -> bool:
+    """Set this thread's stream-capture mode to relaxed through the runtime's function; whether it took."""
+    if function is None:
+        return False
+    import ctypes
+
+    mode = ctypes.c_int(CAPTURE_MODE_RELAXED)
+    try:
+        return function(ctypes.byref(mode)) == 0  # (cudaSuccess; mode now holds the one it replaced)
+    except Exception:  # noqa: BLE001  (a foreign library's call: the frame goes on without it)
+        return False
+
+
 class Worker:
     """Runs submitted jobs one at a time on a daemon thread started on first use."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 
 import pytest
 from support import assert_sections_hold, set_config
@@ -19,7 +20,9 @@ from support import assert_sections_hold, set_config
 from beholder_plugin import Beholder
 from beholder_plugin.protocol.runfiles import read_frame_file
 from beholder_plugin.trainer import exact_pass
+from beholder_plugin.trainer import worker as worker_module
 from beholder_plugin.trainer.sources import torch_batch
+from beholder_plugin.trainer.worker import Worker
 
 torch = pytest.importorskip("torch")
 from torch_ops import OpLog  # noqa: E402
@@ -282,3 +285,92 @@ def test_update_called_inside_a_cuda_graph_capture_takes_no_frame(tmp_path, monk
         assert beholder.failures == 0
     said = [r.getMessage() for r in caplog.records if "CUDA graph was being captured" in r.getMessage()]
     assert len(said) == 1
+
+
+class FakeRuntime:
+    """Stands for the CUDA runtime's cudaThreadExchangeStreamCaptureMode: the modes it was asked to set."""
+
+    def __init__(self, status: int = 0) -> None:
+        self.modes: list[int] = []
+        self.status = status
+
+    def __call__(self, mode) -> int:
+        self.modes.append(mode._obj.value)
+        mode._obj.value = 0  # (the runtime hands back the mode it replaced: global)
+        return self.status
+
+
+def on_a_worker(task):
+    """What task() returns, run as a job on a Beholder worker's own thread."""
+    got = []
+    worker = Worker(lambda job: got.append(job()), name="test-worker")
+    worker.submit(task)
+    assert worker.drain(timeout=10)
+    return got[0]
+
+
+def test_a_worker_thread_relaxes_its_capture_checks_once_and_no_other_thread_does():
+    """The worker's thread asks the runtime once to make its stream-capture mode relaxed (2), whatever
+    the number of frames; the training thread (a frame taken inside update()) never asks; a runtime
+    that refuses, or none found, leaves it as it was, and says so."""
+    runtime = FakeRuntime()
+    assert not worker_module.relax_cuda_capture_checks(lambda: runtime) and runtime.modes == []
+    twice = on_a_worker(lambda: [worker_module.relax_cuda_capture_checks(lambda: runtime) for _ in range(2)])
+    assert twice == [True, True] and runtime.modes == [worker_module.CAPTURE_MODE_RELAXED]
+    refused = FakeRuntime(status=900)
+    assert on_a_worker(lambda: worker_module.relax_cuda_capture_checks(lambda: refused)) is False
+    assert on_a_worker(lambda: worker_module.relax_cuda_capture_checks(lambda: None)) is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_capture_in_global_mode_while_the_worker_issues_and_waits_for_a_frames_copy(tmp_path, monkeypatch):
+    """The training thread captures a step (torch.cuda.graph's default, global mode, which forbids other
+    threads event syncs) while the worker issues its frame's copy and waits on it: the capture succeeds,
+    its replay trains as an unwatched twin's, and the frame is written."""
+    run = str(tmp_path / "run")
+    set_config(run, values="trainable_variables", FPS=30, mode="current")
+    model, x, y = mlp().cuda(), torch.randn(4, 6).cuda(), torch.randn(4, 3).cuda()
+    twin = copy.deepcopy(model)
+    capture_began, worker_done = threading.Event(), threading.Event()
+    real_synchronize = torch_batch.SideCopy.synchronize
+
+    def held_synchronize(self):
+        """The worker's copy, issued and waited on only once the capture is under way."""
+        assert capture_began.wait(30)
+        try:
+            real_synchronize(self)
+        finally:
+            worker_done.set()
+
+    monkeypatch.setattr(torch_batch.SideCopy, "synchronize", held_synchronize)
+    graphs = []
+    with Beholder(run) as beholder:
+        beholder.watch(model)
+        for net in (twin, model):
+            opt = torch.optim.SGD(net.parameters(), lr=0.1)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                nn.functional.mse_loss(net(x), y).backward()
+                opt.step()
+            torch.cuda.current_stream().wait_stream(side)
+            opt.zero_grad(set_to_none=True)
+            if net is model:
+                beholder.frame_due_now()
+                assert beholder.update()  # the frame's job handed to the worker, which holds it
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                if net is model:
+                    capture_began.set()
+                    assert worker_done.wait(30)  # (the worker's copy and its wait, inside the capture)
+                nn.functional.mse_loss(net(x), y).backward()
+                opt.step()
+            graphs.append(graph)
+        for graph in graphs:
+            graph.replay()
+        torch.cuda.synchronize()
+        for p, q in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(p, q)
+        beholder.flush()
+        assert beholder.frames_written == 1 and beholder.failures == 0
