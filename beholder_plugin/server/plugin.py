@@ -54,6 +54,7 @@ from beholder_plugin.server.http_answers import (
     with_run,
 )
 from beholder_plugin.server.kept_frames import kept_listing
+from beholder_plugin.server.kept_stats import StatsRequestError, parse_kind, stats_json
 from beholder_plugin.server.origin import listed_names, trusted_names, write_refusal
 from beholder_plugin.server.runs import EndedMarks, Run, RunError, RunIndex, is_writable
 from beholder_plugin.server.timeline import (
@@ -134,6 +135,7 @@ class BeholderPlugin(base_plugin.TBPlugin):
             "/value": self._serve_value,
             "/history": self._serve_history,
             "/history/frame": self._serve_history_frame,
+            "/history/stats": self._serve_history_stats,
             "/config": self._serve_config,
             "/ping": self._serve_ping,
             "/colormaps": self._serve_colormaps,
@@ -359,6 +361,17 @@ class BeholderPlugin(base_plugin.TBPlugin):
         """The run's kept frames, oldest first: name, time, step, frame id and writer."""
         self._index.file_path(run, HISTORY_DIR)  # RunError if it leads out of the logdir
         return http_util.Respond(request, kept_listing(run.path).history_json(), "application/json")
+
+    @wrappers.Request.application
+    @with_run
+    def _serve_history_stats(self, request: wrappers.Request, run: Run) -> wrappers.Response:
+        """The sections' stats of the run's kept frames of ?values= (at most 300, spread), from headers."""
+        try:
+            kind = parse_kind(request.args.get("values"))
+        except StatsRequestError as exc:
+            raise RunError(str(exc), 400) from exc
+        self._index.file_path(run, HISTORY_DIR)  # RunError if it leads out of the logdir
+        return http_util.Respond(request, stats_json(run.path, kind), "application/json")
 
     @wrappers.Request.application
     @with_run

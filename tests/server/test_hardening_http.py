@@ -45,6 +45,7 @@ ALLOWED = {
     "value": {200} | RUN_ERRORS,  # 404 also for a separator or a pixel outside the frame
     "history": {200} | RUN_ERRORS,
     "history/frame": {200, 304} | RUN_ERRORS,
+    "history/stats": {200} | RUN_ERRORS,  # 400 also for a missing or unknown ?values=
     "diff": {200} | RUN_ERRORS,  # 409 only for a frame of an image; every fuzzed frame shows arrays
     "post": {200, 405, 413, 415} | RUN_ERRORS,
 }
@@ -190,11 +191,12 @@ def check(world, response, route: str, before: dict[str, tuple], run_dir: str | 
 
 
 @FUZZ
-@given(run=RUN_NAMES, route=st.sampled_from(["frame", "section-info", "config"]), etag=HEADER_TEXT)
+@given(run=RUN_NAMES, route=st.sampled_from(["frame", "section-info", "config", "history/stats"]),
+       etag=HEADER_TEXT)
 def test_fuzzed_run_names_on_every_get_route(world, run, route, etag):
     before = snapshot(world["root"])
-    resp = world["client"].get(f"{BASE}/{route}", query_string={"run": run},
-                               headers={"If-None-Match": etag})
+    query = {"run": run, **({"values": "arrays"} if route == "history/stats" else {})}
+    resp = world["client"].get(f"{BASE}/{route}", query_string=query, headers={"If-None-Match": etag})
     check(world, resp, route, before, run=run)
 
 
@@ -287,7 +289,7 @@ def test_fuzzed_live_parameters(world, run, after, timeout):
 @FUZZ
 @given(query=st.text(max_size=80), route=st.sampled_from(["frame", "live", "section-info", "config",
                                                            "value", "history", "history/frame",
-                                                           "runs", "ping"]))
+                                                           "history/stats", "runs", "ping"]))
 def test_fuzzed_raw_query_strings(world, query, route):
     """Arbitrary (and arbitrarily percent-encoded) query strings, parsed by werkzeug itself."""
     before = snapshot(world["root"])

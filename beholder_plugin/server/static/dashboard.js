@@ -14,13 +14,14 @@ import { DashboardState } from "./state.js";
 import { SettingsSync } from "./settings_sync.js";
 import { FrameCanvas } from "./frame_canvas.js";
 import { StatusLine } from "./status_line.js";
-import { InfoPanel } from "./info_panel.js";
+import { InfoPanel, decodeHistogram } from "./info_panel.js";
 import { WindowNote } from "./window_note.js";
 import { FrameCaption, readoutPrefix } from "./frame_caption.js";
 
 const RUNS_EVERY_MS = 3000;
 const FPS_WINDOW_MS = 2000;
 const VIDEOS_EVERY_MS = 10000;
+const STATS_KINDS = ["trainable_variables", "gradients", "activations", "arrays"]; // values whose frames carry stats
 const METAS_KEPT = 16; // metas of the last frames drawn, to tell what a read-out's frame shows
 
 function welcomePage() {
@@ -111,6 +112,8 @@ export class Dashboard {
     this.recentMetas = [];
     this.pendingTable = null; // a section table of a frame not received yet ({run, doc, sections, kept})
     this.sectionsKind = null; // the values of the frame whose section table was taken last
+    this.reached = new Set(); // "run\nvalues\nwriter" whose kept frames' stats were asked for (GET history/stats)
+    this.reachAgain = new Set(); // ... of those, the ones failed or cut short: asked again when the view is opened
     this.overlay = h("div", { class: "overlay", id: "overlay" }, this.infoPanel.flagLayer);
     this.frameWrap = h("div", { class: "frame-wrap zoom-1", id: "frame-wrap" }, this.canvas, this.overlay);
     this.stage = h("div", { class: "stage", id: "stage", hidden: true }, this.caption.element,
@@ -396,7 +399,7 @@ export class Dashboard {
     this.caption.noteTable(doc, this.state.config);
     const table = { run: this.state.run, doc, sections, kept };
     const meta = doc.frame_id === null || doc.frame_id === undefined ? this.lastMeta : this.metaOf(doc);
-    if (meta) this.takeTable(table, meta.values);
+    if (meta) this.takeTable(table, meta.values, meta.time);
     else this.pendingTable = table;
   }
 
@@ -406,13 +409,41 @@ export class Dashboard {
   }
 
   /** A section table whose frame's values are known: to the chooser, the statistics and the distributions. */
-  takeTable({ run, doc, sections, kept }, values) {
+  takeTable({ run, doc, sections, kept }, values, time = NaN) {
     if (run !== this.state.run) return;
     this.pendingTable = null;
     this.sectionsKind = values;
     this.chooser.noteSections(sections, values);
-    if (!kept) this.store.add(run, values, `${doc.writer}-${doc.frame_id}`, doc.step, sections);
-    if (this.state.view === "distributions") this.distributions.render(run, sections.map((rec) => rec.name), values);
+    if (!kept) this.store.add(run, values, `${doc.writer}-${doc.frame_id}`, doc.step, sections, time);
+    if (this.state.view === "distributions") {
+      this.distributions.render(run, sections.map((rec) => rec.name), values);
+      this.reachBack(run, values);
+    }
+  }
+
+  /**
+   * Distributions shown for a run and kind of values: once per page (and again after the run's trainer
+   * restarted), the stats of its kept frames (GET history/stats), merged before the frames seen here.
+   */
+  async reachBack(run, kind) {
+    if (run === null || !STATS_KINDS.includes(kind)) return;
+    const id = `${run}\n${kind}\n${this.lastMeta?.writer ?? ""}`;
+    if (this.reached.has(id)) return;
+    this.reached.add(id);
+    let answer;
+    try {
+      answer = await getJSON("history/stats", { run, values: kind });
+    } catch (_) {
+      this.reachAgain.add(id);
+      return;
+    }
+    if (answer.partial) this.reachAgain.add(id); // cut short: the next opening reads on
+    const frames = (answer.frames || []).map((f) => ({ ...f, sections: (f.sections || []).map(decodeHistogram) }));
+    this.store.merge(run, kind, frames);
+    this.distributions.noteReach(run, kind, frames);
+    if (this.state.view === "distributions" && this.state.run === run) {
+      this.distributions.render(run, this.infoPanel.sections.map((rec) => rec.name), this.sectionsKind ?? null);
+    }
   }
 
   /** A frame received: take the table waiting for it (or drop it once a newer frame of its writer came). */
@@ -422,7 +453,7 @@ export class Dashboard {
     if (table.run !== this.state.run || (meta.writer === table.doc.writer && meta.frameId > table.doc.frame_id)) {
       this.pendingTable = null;
     } else if (meta.writer === table.doc.writer && meta.frameId === table.doc.frame_id) {
-      this.takeTable(table, meta.values);
+      this.takeTable(table, meta.values, meta.time);
     }
   }
 
@@ -465,6 +496,9 @@ export class Dashboard {
     if (view === "distributions") {
       const order = this.infoPanel.sections.map((rec) => rec.name);
       this.distributions.render(this.state.run, order, this.sectionsKind ?? null);
+      for (const id of this.reachAgain) this.reached.delete(id);
+      this.reachAgain.clear();
+      this.reachBack(this.state.run, this.sectionsKind);
     }
     this.renderView();
   }

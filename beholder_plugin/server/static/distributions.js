@@ -30,16 +30,48 @@ export class StatsStore {
   }
 
   /** Record the stats of a frame's sections (once per frame: key is writer-frameId), kind: its values. */
-  add(run, kind, key, step, sections) {
+  add(run, kind, key, step, sections, time = NaN) {
     const byName = this.byName(run, kind);
     for (const rec of sections) {
       if (!validStats(rec.stats)) continue;
       if (!byName.has(rec.name)) byName.set(rec.name, []);
       const list = byName.get(rec.name);
       if (list.length && list[list.length - 1].key === key) continue;
-      list.push({ key, step, stats: rec.stats });
+      list.push({ key, step, time, stats: rec.stats });
       if (list.length > KEEP_FRAMES) list.splice(0, list.length - KEEP_FRAMES);
     }
+  }
+
+  /**
+   * Merge kept frames (GET history/stats's "frames", oldest first) into a run's kind of values: each
+   * section's entries in time order (frames seen live without a time stay last), none twice, the newest
+   * KEEP_FRAMES kept. Returns how many entries were added.
+   */
+  merge(run, kind, frames) {
+    const byName = this.byName(run, kind);
+    const earlier = new Map(); // name -> entries of kept frames
+    for (const frame of frames) {
+      const key = `${frame.writer}-${frame.frame_id}`;
+      for (const rec of frame.sections || []) {
+        if (!validStats(rec.stats)) continue;
+        if (!earlier.has(rec.name)) earlier.set(rec.name, []);
+        earlier.get(rec.name).push({ key, step: frame.step, time: Number(frame.time), stats: rec.stats });
+      }
+    }
+    let added = 0;
+    for (const [name, kept] of earlier) {
+      const list = byName.get(name) || [];
+      const seen = new Set(list.map((e) => e.key));
+      const fresh = kept.filter((e) => !seen.has(e.key));
+      if (!fresh.length) continue;
+      const at = (e) => (Number.isFinite(e.time) ? e.time : Infinity);
+      const merged = [...fresh, ...list].map((e, i) => [e, i]);
+      merged.sort(([a, i], [b, j]) => at(a) - at(b) || i - j);
+      const entries = merged.map(([e]) => e);
+      added += fresh.length;
+      byName.set(name, entries.slice(Math.max(0, entries.length - KEEP_FRAMES)));
+    }
+    return added;
   }
 
   /** The entries of one section of a run's kind of values, oldest first ([] when none). */
@@ -209,6 +241,12 @@ export class DistributionsView {
       this.heading, this.empty, this.list);
     this.data = new Map(); // name -> what the histogram draws (for tests: window.beholderDebug.distributions)
     this.kind = null; // the kind of values drawn (the frame's "values")
+    this.reach = new Map(); // "run\nkind" -> {frames, step}: the kept frames merged in, and the oldest one's step
+  }
+
+  /** Note the kept frames (GET history/stats's "frames") merged into a run's kind of values, for the heading. */
+  noteReach(run, kind, frames) {
+    if (frames.length) this.reach.set(`${run}\n${kind}`, { frames: frames.length, step: frames[0].step });
   }
 
   /**
@@ -232,6 +270,9 @@ export class DistributionsView {
       "Showing ", h("b", {}, kindName(kind)),
       others.length ? ` · each kind of values keeps its own history (also kept: ${others.map(kindName).join(", ")})` : "",
     );
+    const reach = this.reach.get(`${run}\n${kind}`);
+    this.heading.dataset.reach = reach ? String(reach.frames) : "";
+    if (reach) this.heading.append(` · reaching back to step ${reach.step} over ${reach.frames} kept frames of the run`);
     const panels = names.map((name) => this.panel(kind, name));
     this.list.replaceChildren(...panels.map((p) => p.element));
     this.data.clear();
@@ -262,7 +303,7 @@ export class DistributionsView {
       over,
       h("div", { class: "dist-body" },
         h("div", { class: "dist-hist-wrap" }, range, histogram,
-          h("div", { class: "note" }, "frames seen, oldest left · colour: share of values in the bin")),
+          h("div", { class: "note" }, "frames, oldest left (kept ones spread over the run, then those seen live) · colour: share of values in the bin")),
         h("div", { class: "dist-sparks" },
           ...Object.entries(sparks).map(([key, s]) => h("div", { class: "spark-row" },
             h("span", { class: "spark-label" }, key), s.canvas, s.value))),
@@ -279,7 +320,7 @@ export class DistributionsView {
     this.data.set(name, data);
     drawHistogram(panel.histogram, data);
     const latest = entries[entries.length - 1].stats;
-    panel.over.textContent = `over ${latest.over}; the last ${entries.length} frames of ${kindName(panel.element.dataset.values).toLowerCase()} seen`;
+    panel.over.textContent = `over ${latest.over}; ${entries.length} frames of ${kindName(panel.element.dataset.values).toLowerCase()}, from step ${entries[0].step}`;
     panel.range.textContent = data.range ? `values ${sci(data.range.lo)} … ${sci(data.range.hi)}` : "no finite values";
     for (const [key, spark] of Object.entries(panel.sparks)) {
       drawSparkline(spark.canvas, entries.map((e) => (e.stats[key] === null ? NaN : Number(e.stats[key]))));
