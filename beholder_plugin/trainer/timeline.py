@@ -58,6 +58,8 @@ MIN_NORMS = 4
 # Recent norms that spread widely (gradients of a model that fits most batches, and a few badly) are
 # judged against their spread: their upper quartile over the lower, to this power, times the median.
 SPREAD_POWER = 3
+# A section's highest jump bars its next ones (see _norm_jumps) for this many of its norms.
+QUIET_NORMS = 1000
 # anomalies.jsonl holds at most this many records (later ones are only logged).
 MAX_ANOMALIES = 1000
 KINDS = ("nan", "inf", "norm_jump")
@@ -121,6 +123,7 @@ class Timeline:
         self._seen = np.zeros(0, np.int64)
         self._jumping = np.zeros(0, bool)
         self._highest = np.zeros(0)  # per row of _ring: the highest norm (per value) reported as a jump
+        self._highest_at = np.zeros(0, np.int64)  # ... and that row's count of norms (_seen) then
         self._reported: set[tuple[str, str, str]] = set()  # (values, name, kind) reported once
         self._last_step: int | None = None
         # (values, section name) -> the last step it had a record, and the last one it was known free of
@@ -333,8 +336,10 @@ class Timeline:
         50 (slow first steps, then fast ones under a frame rate), are no jump.
 
         A section jumps again only once its norm came back under the bar and
-        then passed the highest norm it was reported at: a section whose
-        norms spike now and then reports a new extreme, not every spike.
+        then passed the highest norm it was reported at, or QUIET_NORMS
+        norms after that report: a section whose norms spike now and then
+        reports a new extreme, not every spike, and one that spiked early in
+        the run is judged afresh later.
 
         A section whose recent norms spread widely is judged against that
         spread (``_factors``): the gradients of a model that fits most of its
@@ -352,6 +357,7 @@ class Timeline:
                 self._ring, self._seen = np.full((0, RECENT_NORMS), np.nan), np.zeros(0, np.int64)
                 self._ring_steps = np.full((0, RECENT_NORMS), np.nan)
                 self._jumping, self._highest = np.zeros(0, bool), np.zeros(0)
+                self._highest_at = np.zeros(0, np.int64)
             for name in kept:
                 if (values, name) not in self._slots:
                     self._slots[values, name] = len(self._slots)
@@ -362,6 +368,7 @@ class Timeline:
                 self._ring_steps = np.vstack([self._ring_steps, np.full((rows, RECENT_NORMS), np.nan)])
                 self._seen = np.concatenate([self._seen, np.zeros(rows, np.int64)])
                 self._highest = np.concatenate([self._highest, np.zeros(rows)])
+                self._highest_at = np.concatenate([self._highest_at, np.zeros(rows, np.int64)])
                 self._jumping = np.concatenate([self._jumping, np.zeros(grow - len(self._jumping), bool)])
             if len(self._slot_cache) >= 16:
                 self._slot_cache.clear()
@@ -386,8 +393,9 @@ class Timeline:
         if over.any():  # (rare: only those are looked at again, for a steady growth and a wide spread)
             factors[over] = self._factors(slots[over])
             over[over] = norm[over] > factors[over] * self._moved_on(slots[over], medians[over], step)
-        jumps = over & ~self._jumping[sections] & (norm > self._highest[slots])
-        self._highest[slots[jumps]] = norm[jumps]
+        higher = (norm > self._highest[slots]) | (seen - self._highest_at[slots] >= QUIET_NORMS)
+        jumps = over & ~self._jumping[sections] & higher
+        self._highest[slots[jumps]], self._highest_at[slots[jumps]] = norm[jumps], seen[jumps]
         self._jumping[sections] = np.where(finite, over, self._jumping[sections])
         add = finite & ~over
         if add.any():

@@ -14,6 +14,7 @@ from support import set_config
 from beholder_plugin import AnomalyError, Beholder, read_anomalies, read_timeline
 from beholder_plugin.protocol import timeline as tl
 from beholder_plugin.protocol.history import list_history
+from beholder_plugin.trainer import timeline as timeline_module
 
 torch = pytest.importorskip("torch")
 from torch_ops import OpLog, storages_held_by  # noqa: E402
@@ -170,12 +171,16 @@ def test_norms_that_spread_widely_are_judged_by_their_spread(run_dir):
     assert jumps_of(run_dir, [*swings, 1e3]) == [(151, 1000.0)]  # (1e3 is 1e5 times the median)
 
 
-def test_a_section_that_spikes_now_and_then_reports_only_new_heights(run_dir):
+def test_a_section_that_spikes_now_and_then_reports_only_new_heights(run_dir, monkeypatch):
     """Norms steady but for a 30x spike every 10th step: the first spike is a jump, the same spike again
-    is none, a higher one is; narrow norms keep the bar at norm_jump times the median."""
-    scales = [30.0 if step % 10 == 0 else 1.0 for step in range(1, 61)]
-    scales[44] = 100.0  # (step 45)
-    assert jumps_of(run_dir, scales) == [(10, 10.0), (45, 10.0)]
+    is none, a higher one is, and the same again once QUIET_NORMS norms passed since the last report;
+    narrow norms keep the bar at norm_jump times the median."""
+    monkeypatch.setattr(timeline_module, "QUIET_NORMS", 32)
+    scales = [1.0] * 90
+    for step in (10, 20, 30, 40, 50, 80):
+        scales[step - 1] = 30.0
+    scales[44] = 100.0  # (step 45; step 40 is 27 norms after step 10, 50 and 80 are 4 and 33 after 45)
+    assert jumps_of(run_dir, scales) == [(10, 10.0), (45, 10.0), (80, 10.0)]
 
 
 def test_exact_norms_every_few_frames_are_no_jump_over_the_sampled_ones(run_dir):
