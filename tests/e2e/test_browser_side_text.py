@@ -31,6 +31,11 @@ CNN = {
     "head/temperature": np.array([0.5, 2.0]),
     "head/scale": np.array([1.5]),
 }
+SHAPES = {"weight": (24, 24), "bias": 3}
+# A tiny BERT's long names, told apart only at their ends; the biases get short (cut) sections.
+BERT = {f"bert.encoder.layer.{layer}.attention.self.{part}.{kind}": RNG.normal(size=SHAPES[kind])
+        for layer in (0, 11) for part in ("query", "key", "value") for kind in ("weight", "bias")}
+BERT["cls/bias"] = RNG.normal(size=3)  # short: shown as it is
 ALL_LINES = 6  # name, "over the shown sample", shape, range, mean, min/max (and the NaN flag where flagged)
 
 # Each side-text entry: its box, its name's box, and the boxes of the lines drawn (not display:none or
@@ -46,20 +51,21 @@ GEOMETRY = """() => [...document.querySelectorAll('.section-info')].map((el) => 
 })"""
 
 
-def write_cnn(run, section_size: str) -> None:
-    """One frame of the CNN's arrays, with this section size."""
+def write_cnn(run, section_size: str, arrays: dict = CNN) -> None:
+    """One frame of the CNN's arrays (or these), with this section size."""
     set_config(run, values="arrays", mode="current", FPS=30, section_size=section_size)
     with Beholder(str(run), background=False) as beholder:
         beholder.frame_due_now()
-        beholder.update(arrays={name: value.astype(np.float32) for name, value in CNN.items()})
+        beholder.update(arrays={name: value.astype(np.float32) for name, value in arrays.items()})
 
 
 @pytest.fixture(scope="module")
 def page_on_cnn(tmp_path_factory):
-    """Runs "proportional" and "fixed" of the same CNN arrays; TensorBoard; the tab."""
+    """Runs "proportional" and "fixed" of the same CNN arrays, "bert" of long names; TensorBoard; the tab."""
     logdir = tmp_path_factory.mktemp("logs")
     for size in ("proportional", "fixed"):
         write_cnn(logdir / size, size)
+    write_cnn(logdir / "bert", "proportional", BERT)
     with beholder_tab(logdir) as (tb, page, frame):
         page.set_viewport_size({"width": 1400, "height": 1700})  # the whole frame in view, for the shots
         yield {"logdir": logdir, "page": page, "frame": frame, "url": tb.url}
@@ -148,3 +154,29 @@ def test_fixed_sections_show_every_line_as_before(page_on_cnn):
         assert entry["box"]["top"] == pytest.approx(top + record["top"] * scale, abs=0.5)
         height = entry["box"]["bottom"] - entry["box"]["top"]
         assert height == pytest.approx(record["height"] * scale, abs=0.5)
+
+
+def test_long_names_keep_their_ends_in_the_side_text(page_on_cnn):
+    """A tiny BERT's names all read "bert.encoder.layer.0.attention.sel…" (cut at the end, where they
+    differ): a long name's leading parts are now shortened to a letter (numbers kept), measured in the
+    name's own font, so each keeps its layer and its end and fits its line; the whole name is its title."""
+    side_text(page_on_cnn, "bert")
+    frame = page_on_cnn["frame"]
+    names = """() => [...document.querySelectorAll('.section-info .name')].map((el) => ({
+        name: el.parentElement.dataset.name, text: el.textContent, title: el.title,
+        label: el.parentElement.getAttribute('aria-label'), fits: el.scrollWidth <= el.clientWidth}))"""
+    shown = frame.evaluate(names)
+    shoot(frame.locator(".stage-row"), "side-text-long-names.png")
+    assert sorted(n["name"] for n in shown) == sorted(BERT)
+    for entry in shown:
+        assert entry["fits"] and entry["title"] == entry["name"], entry
+        assert entry["label"] is None or entry["label"].startswith(entry["name"] + ", "), entry
+        if entry["name"] == "cls/bias":
+            assert entry["text"] == "cls/bias"
+            continue
+        layer, end = entry["name"].split(".")[3], ".".join(entry["name"].split(".")[-2:])
+        assert len(entry["text"]) < len(entry["name"]) and entry["text"].endswith(f".{end}"), entry
+        assert f".{layer}." in entry["text"], entry
+    assert len({n["text"] for n in shown}) == len(shown)
+    frame.evaluate("() => window.dispatchEvent(new Event('resize'))")  # drawn again: shown the same
+    assert frame.evaluate(names) == shown

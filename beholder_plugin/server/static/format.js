@@ -57,3 +57,26 @@ export const VALUES_NAMES = {
   frames: "Image",
   placeholder: "a placeholder",
 };
+
+/**
+ * A section name that fits (fits(text) is true), told from its neighbours: its leading parts shortened to
+ * their first letter, one at a time from the left, numbers kept whole ("b.e.l.0.a.self.query.weight", not
+ * "bert.encoder.layer.0.attentio…", where the names differ); still too long, "…" and as much of its end as fits.
+ */
+export function shortName(name, fits) {
+  if (fits(name)) return name;
+  const parts = name.split(/([./:])/); // names and the separators between them
+  for (let i = 0; i < parts.length - 1; i += 2) {
+    if (!/^\d+$/.test(parts[i])) parts[i] = parts[i].slice(0, 1);
+    const short = parts.join("");
+    if (fits(short)) return short;
+  }
+  const short = parts.join("");
+  let [low, high] = [0, short.length - 1]; // the most end characters kept after "…": low fit, high + 1 do not
+  while (low < high) {
+    const mid = Math.ceil((low + high) / 2);
+    if (fits(`…${short.slice(short.length - mid)}`)) low = mid;
+    else high = mid - 1;
+  }
+  return `…${short.slice(short.length - low)}`;
+}

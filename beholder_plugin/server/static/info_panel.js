@@ -2,7 +2,7 @@
 // at the section's height on screen, from the frame's section table.
 import { getJSON } from "./api.js";
 import { h } from "./dom.js";
-import { sci, shape } from "./format.js";
+import { sci, shape, shortName } from "./format.js";
 import { percent } from "./distributions.js";
 import { nonFiniteFlag } from "./sections.js";
 
@@ -12,6 +12,10 @@ const INFO_EVERY_MS = 250; // section statistics refresh at most this often
 // lines that do not fit its rows are left out (all of them show on hover).
 const LINE_RANK = ["name", "flag", "missing-note", "shape", "minmax", "mean", "range", "sample-note"];
 const MIN_NAME_PX = 8; // a name shrinks no smaller than this to fit a section shorter than its line
+// Names too wide for their line as shown ("font|width|name" to text), and the canvas that measured them:
+// the side text is drawn again each frame, a name is measured once per font and width.
+const SHOWN_NAMES = new Map();
+let measurer = null;
 
 export class InfoPanel {
   /**
@@ -113,6 +117,7 @@ export class InfoPanel {
     this.element.replaceChildren(...entries);
     this.flagLayer.replaceChildren(...outlines);
     fitEntries(entries);
+    fitNames(entries);
   }
 }
 
@@ -141,9 +146,43 @@ function fitEntries(entries) {
     if (spare.length) {
       // Reachable by Tab too: focus shows the left-out lines as hover does.
       entry.tabIndex = 0;
-      entry.setAttribute("aria-label", [...entry.children].map((line) => line.textContent).join(", "));
+      entry.setAttribute("aria-label", [...entry.children].map(fullText).join(", "));
     }
   }
+}
+
+/** A line's whole text: a name's in full (its title), whatever it shows. */
+function fullText(line) {
+  return line.classList.contains("name") ? line.title : line.textContent;
+}
+
+/**
+ * Make each name wider than its line fit it and keep its end, where names differ
+ * ("b.e.l.0.a.self.query.weight", not "bert.encoder.layer.0.attention.sel…"); the whole name stays in its title.
+ */
+function fitNames(entries) {
+  // All reads, then all writes: one layout however many names.
+  const names = entries.map((entry) => entry.querySelector(".name"));
+  const wide = names.filter((name) => name.scrollWidth > name.clientWidth);
+  const plans = wide.map((name) => {
+    const style = getComputedStyle(name);
+    const width = name.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    const font = `${style.fontStyle} ${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    return { name, text: shownName(name.title, font, width) };
+  });
+  for (const { name, text } of plans) name.textContent = text;
+}
+
+/** A name as shown in `width` px of `font` (shortName, measured on a canvas), once per name, font and width. */
+function shownName(name, font, width) {
+  const key = `${font}|${width}|${name}`;
+  if (!SHOWN_NAMES.has(key)) {
+    measurer ??= document.createElement("canvas").getContext("2d");
+    measurer.font = font;
+    if (SHOWN_NAMES.size > 10000) SHOWN_NAMES.clear();
+    SHOWN_NAMES.set(key, shortName(name, (text) => measurer.measureText(text).width <= width - 1));
+  }
+  return SHOWN_NAMES.get(key);
 }
 
 /** Where a line of an entry comes in LINE_RANK (by its class; unknown lines last). */

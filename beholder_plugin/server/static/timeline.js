@@ -7,7 +7,7 @@
 // point and frame by the time it was found (each point and kept frame carries its time).
 import { getJSON } from "./api.js";
 import { h } from "./dom.js";
-import { rounded, VALUES_NAMES } from "./format.js";
+import { rounded, shortName, VALUES_NAMES } from "./format.js";
 import { filterMatcher } from "./sections.js";
 
 const ROW_H = 34;
@@ -212,23 +212,6 @@ export function processWords(k, starts) {
   const restart = starts.length === 2 ? "the restart" : "the first restart";
   const when = k === 0 ? `before ${restart} at ${clockTime(starts[1])}` : `restarted at ${clockTime(starts[k])}`;
   return `trainer process ${k + 1} of ${starts.length} (${when})`;
-}
-
-/**
- * A section name in at most `fit` characters, told from its neighbours: its leading parts shortened to
- * their first letter, one at a time from the left, numbers kept whole ("b.e.l.0.a.self.query.weight", not
- * "bert.encoder.layer.0.attentio…", where the names differ); still too long, its end after a "…".
- */
-export function nameFit(name, fit) {
-  if (name.length <= fit) return name;
-  const parts = name.split(/([./:])/); // names and the separators between them
-  for (let i = 0; i < parts.length - 1; i += 2) {
-    if (!/^\d+$/.test(parts[i])) parts[i] = parts[i].slice(0, 1);
-    const short = parts.join("");
-    if (short.length <= fit) return short;
-  }
-  const short = parts.join("");
-  return `…${short.slice(short.length - (fit - 1))}`;
 }
 
 /** Round step values for about `count` axis labels between first and last: 1, 2 or 5 times a power of 10. */
@@ -629,7 +612,7 @@ export class TimelineView {
     });
     const element = h("div", { class: "tl-row", "data-section": section.name },
       h("span", { class: "tl-name", title: `${section.name}: ${section.records} records kept` },
-        nameFit(section.name, NAME_CHARS)), canvas);
+        shortName(section.name, (text) => text.length <= NAME_CHARS)), canvas);
     element.paint = () => this.paint(canvas, section, other, anomalies);
     return element;
   }
