@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
+import stat
 import time
 from typing import Any, Callable
 
@@ -19,6 +21,23 @@ REMOTE_CHUNK_SECONDS = 10.0
 # When compaction keeps failing (base.bht cannot be read or replaced), records stop being appended once
 # the parts reach twice their budget, and compaction is tried again this often (seconds).
 STOPPED_RETRY_SECONDS = 300.0
+# Appends never wait: a FIFO put where a part or anomalies.jsonl belongs would block open() for good.
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0)
+
+
+def open_for_append(path: str) -> int:
+    """Open a timeline file to append to, without waiting; OSError naming it unless it is a regular file."""
+    try:
+        fd = os.open(path, _APPEND_FLAGS, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # (ENXIO: a FIFO that no one reads)
+            raise
+        fd = None
+    if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd is not None:
+            os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd
 
 
 class TimelineWriter:
@@ -143,12 +162,11 @@ class TimelineWriter:
         """One write() of whole chunks to the current part (opened for appending, closed again: no file
         stays open between frames)."""
         path = self._join(tl.part_name(self.seq))
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         try:
-            fd = os.open(path, flags, 0o666)
+            fd = open_for_append(path)
         except FileNotFoundError:  # the directory was deleted: make it again
             os.makedirs(self.directory, exist_ok=True)
-            fd = os.open(path, flags, 0o666)
+            fd = open_for_append(path)
         self.part_open = True
         try:
             view = memoryview(data)
@@ -210,7 +228,7 @@ class TimelineWriter:
             self.anomalies.append(line)
             self.files.write_atomic(path, self.anomalies)
             return
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = open_for_append(path)
         try:
             os.write(fd, line)
         finally:

@@ -431,3 +431,48 @@ def _updates(beholder) -> int:
         due(beholder)
         handed += beholder.update(arrays=[np.arange(4.0)])
     return handed
+
+
+@pytest.mark.parametrize("name", ["part", "anomalies"])
+def test_a_fifo_in_the_timeline_never_blocks_frames_or_close(run_dir, name, caplog):
+    """A FIFO put where the current timeline part or anomalies.jsonl belongs once blocked the worker in
+    open() for good: every later frame skipped, no warning, and close() never returned."""
+    from beholder_plugin.protocol import timeline as tl
+
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    beholder = Beholder(run_dir, background=False)
+    assert beholder.update(arrays={"w": np.arange(4.0)})
+    directory = tl.timeline_dir(run_dir)
+    path = os.path.join(directory, tl.part_name(0) if name == "part" else tl.ANOMALIES_FILE)
+    if os.path.exists(path):
+        os.unlink(path)
+    os.mkfifo(path)
+    result = {}
+
+    def train():
+        """Three more frames, the last with a NaN (an anomaly to write), then close()."""
+        for value in (1.0, 2.0, np.nan):
+            due(beholder)
+            result["handed"] = result.get("handed", 0) + beholder.update(arrays={"w": np.full(4, value)})
+        beholder.close()
+        result["closed"] = True
+
+    caller = threading.Thread(target=train, daemon=True)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        caller.start()
+        caller.join(20)
+    assert not caller.is_alive(), f"a FIFO named {os.path.basename(path)} blocked training"
+    assert result == {"handed": 3, "closed": True} and beholder.failures == 0
+    assert "not a regular file" in caplog.text and os.path.basename(path) in caplog.text
+
+
+def test_a_long_bad_layout_is_quoted_short_in_every_section(run_dir):
+    """A 100,000-character layout= was quoted whole in each section's record: 50 small arrays made a
+    5 MB frame.bin at every frame."""
+    set_config(run_dir, values="arrays", mode="current", FPS=30)
+    beholder = Beholder(run_dir)
+    assert beholder.update(arrays={f"a{i}": np.ones((4, 4)) for i in range(50)}, layout="x" * 100_000)
+    records = read_section_info(run_dir)
+    assert len(records) == 50 and all("unknown layout 'xxx" in r["missing"] for r in records)
+    assert max(len(r["missing"]) for r in records) < 500
+    assert os.path.getsize(frame_path(run_dir)) < 100_000
