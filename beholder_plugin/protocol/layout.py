@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from beholder_plugin.protocol.settings import shown
+
 SECTION_HEIGHT = 128
 FRAME_WIDTH = 768
 SEPARATOR_HEIGHT = 5
@@ -198,7 +200,7 @@ def resolve_layout(layout: str | None, shape: tuple[int, ...], label: str = "?")
     name = LAYOUT_ALIASES.get(layout, layout) if isinstance(layout, str) else layout
     if name not in LAYOUTS or name == MISSING:
         known = ", ".join(sorted({*LAYOUTS, *LAYOUT_ALIASES} - {MISSING}))
-        raise RenderError(f"section {label}: unknown layout {layout!r} (known: auto, {known})")
+        raise RenderError(f"section {label}: unknown layout {shown(layout)} (known: auto, {known})")
     if name in BLOCK_PERMS:
         ranks: tuple[int, ...] = (3, 4, 5)
     else:

@@ -53,17 +53,27 @@ class ConfigError(ValueError):
     """A config document or a change to it that breaks the rules; the message names the key."""
 
 
+SHOWN_CHARS = 60  # a value or key quoted in a message is cut to this (config.json may hold 64 KB of one)
+SHOWN_KEYS = 5  # unknown keys named in the one message about them
+
+
+def shown(value: Any) -> str:
+    """repr(value) cut to SHOWN_CHARS, for messages that are logged once per change of config.json."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
 def _check_value(key: str, value: Any) -> None:
     """Raise ConfigError unless value is allowed for key."""
     rule = _RULES[key]
     if rule[0] == "choice":
         if not isinstance(value, str) or value not in rule[1]:
             allowed = ", ".join(repr(v) for v in rule[1])
-            raise ConfigError(f"{key!r} must be one of {allowed}, not {value!r}")
+            raise ConfigError(f"{shown(key)} must be one of {allowed}, not {shown(value)}")
     elif rule[0] == "int":
         lo, hi = rule[1], rule[2]
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ConfigError(f"{key!r} must be a whole number from {lo} to {hi}, not {value!r}")
+            raise ConfigError(f"{shown(key)} must be a whole number from {lo} to {hi}, not {shown(value)}")
     elif rule[0] == "filter":
         if not isinstance(value, str) or len(value) > MAX_FILTER_CHARS:
             raise ConfigError(f"{key!r} must be text of at most {MAX_FILTER_CHARS} characters")
@@ -72,7 +82,7 @@ def _check_value(key: str, value: Any) -> None:
         except FilterError as exc:
             raise ConfigError(f"{key!r}: {exc}") from None
     elif not isinstance(value, bool):
-        raise ConfigError(f"{key!r} must be true or false, not {value!r}")
+        raise ConfigError(f"{shown(key)} must be true or false, not {shown(value)}")
 
 
 def validate_changes(changes: Any) -> dict[str, Any]:
@@ -87,11 +97,11 @@ def validate_changes(changes: Any) -> dict[str, Any]:
     for key, value in changes.items():
         if key == "version":
             if value != CONFIG_VERSION:
-                raise ConfigError(f"'version' must be {CONFIG_VERSION}, not {value!r}")
+                raise ConfigError(f"'version' must be {CONFIG_VERSION}, not {shown(value)}")
             continue
         if key not in _RULES:
             known = ", ".join(sorted(_RULES))
-            raise ConfigError(f"unknown key {key!r} (known keys: {known})")
+            raise ConfigError(f"unknown key {shown(key)} (known keys: {known})")
         _check_value(key, value)
         accepted[key] = value
     return accepted
@@ -110,16 +120,21 @@ def parse_config_document(doc: Any) -> tuple[dict[str, Any], list[str]]:
     problems = []
     version = doc.get("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
-        problems.append(f"config version {version!r} is not {CONFIG_VERSION}; reading known keys")
+        problems.append(f"config version {shown(version)} is not {CONFIG_VERSION}; reading known keys")
     config = dict(DEFAULT_CONFIG)
+    unknown = []
     for key, value in doc.items():
         if key == "version":
             continue
         if key not in _RULES:
-            problems.append(f"unknown key {key!r} ignored")
+            unknown.append(key)
             continue
         _check_value(key, value)
         config[key] = value
+    if unknown:  # one problem however many (each is logged once per change of the file)
+        named = ", ".join(shown(key) for key in unknown[:SHOWN_KEYS])
+        more = f" and {len(unknown) - SHOWN_KEYS} more" if len(unknown) > SHOWN_KEYS else ""
+        problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {named}{more} ignored")
     return config, problems
 
 
