@@ -99,12 +99,30 @@ def _keep(key: tuple[str, str], found: tuple[str | None, bytes]) -> None:
             _cache_bytes -= len(body) + 200
 
 
+class NoStats(FrameFormatError):
+    """A kept file that is no frame (torn, foreign, refused), and the bytes read to find that out."""
+
+    def __init__(self, reason: str, read: int) -> None:
+        super().__init__(reason)
+        self.read = read
+
+
 def read_stats_header(path: str, files: Any) -> tuple[dict[str, Any], int] | None:
     """A kept file's header and its size in bytes, reading only the header (None: the file is gone).
 
-    FrameFormatError for a file that is no frame, or whose header is longer than MAX_HEADER (nothing
-    past its first 12 bytes is read then); FileRefused when it is no regular file or kept changing.
+    NoStats for a file that is no frame, or whose header is longer than MAX_HEADER (nothing past its
+    first 12 bytes is read then); FileRefused when it is no regular file or kept changing.
     """
+    try:
+        return _header(path, files)
+    except NoStats:
+        raise
+    except (FrameFormatError, json.JSONDecodeError) as exc:
+        raise NoStats(str(exc), PREFIX_BYTES) from exc
+
+
+def _header(path: str, files: Any) -> tuple[dict[str, Any], int] | None:
+    """read_stats_header's reads: the first 12 bytes, then the header they announce."""
     identity = files.identity(path)
     if identity is None:
         return None
@@ -118,8 +136,11 @@ def read_stats_header(path: str, files: Any) -> tuple[dict[str, Any], int] | Non
     if prefix is None:
         return None
     if len(prefix) < span:
-        raise FrameFormatError("frame file is shorter than its header")
-    return parse_header(prefix)[0], span
+        raise NoStats("frame file is shorter than its header", len(prefix))
+    try:
+        return parse_header(prefix)[0], span
+    except (FrameFormatError, json.JSONDecodeError) as exc:  # (read whole, then refused: it counts)
+        raise NoStats(str(exc), span) from exc
 
 
 def frame_stats(header: dict[str, Any], name: str) -> bytes:
@@ -169,8 +190,8 @@ def _read(path: str, name: str, files: Any) -> tuple[tuple[str | None, bytes], i
     a torn or foreign file is skipped for good, one gone or changing only this time."""
     try:
         found = read_stats_header(path, files)
-    except (FrameFormatError, json.JSONDecodeError):
-        return (None, _SKIPPED), PREFIX_BYTES, True
+    except NoStats as exc:
+        return (None, _SKIPPED), max(PREFIX_BYTES, exc.read), True
     except (FileRefused, OSError):
         return (None, _SKIPPED), PREFIX_BYTES, False
     if found is None:
