@@ -9,6 +9,9 @@ the last one. Over the budget (``KEYFRAME_MB``, or ``MAX_KEYFRAMES``
 frames), the keyframe whose neighbours are closest in log age goes (never
 the first, never the newest), so that what stays is spaced evenly in log
 age: dense near the present, sparse far back, the run's first frame always.
+A frame larger than half the budget is never a keyframe: the first and the
+newest always stay, and two of them must fit (134 MB "show all" frames kept
+268 MB of keyframes under a 128 MB budget; at the 1 GiB frame cap, 2 GiB).
 A dropped keyframe's file is deleted once the ring is past it. The names
 are kept in ``timeline/keyframes.json``, so a restarted trainer keeps them.
 """
@@ -72,6 +75,8 @@ class Keyframes:
             return []
         entry = ring.entries[-1]
         if self.entries and entry.time - self.entries[-1].time < self.min_gap:
+            return []
+        if 2 * entry.size > self.budget:  # (the first and the newest always stay: two must fit)
             return []
         ring.pin(entry.name)
         self.entries.append(entry)

@@ -83,3 +83,17 @@ def test_the_ring_holds_at_most_max_ring_frames_whatever_its_budgets(monkeypatch
         dropped += ring.expired(1.7e9 + k / 30)
     assert len(ring.entries) == 100 and dropped == [f"f{k}" for k in range(150)]
     assert ring.entries[0].name == "f150" and ring.bytes == 100 * 1000
+
+
+def test_frames_larger_than_half_the_budget_are_never_keyframes(run_dir):
+    """The first and the newest keyframes always stay, so two must fit: a frame over half the budget is
+    never one (134 MB frames kept 268 MB under 128 MB), and smaller frames later still become keyframes."""
+    ring = HistoryRing(1 << 40, 10 ** 9)
+    keys = kf.Keyframes(run_dir, files_for(run_dir), "unused", budget_bytes=1000, min_gap=1.0)
+    sizes = [600, 600, 600, 400, 400, 400]
+    for k, size in enumerate(sizes):
+        name = history_name(1.7e9 + 60 * k, "abc", k + 1, k + 1)
+        ring.add(HistoryEntry(name, 1.7e9 + 60 * k, "abc", k + 1, k + 1, size))
+        keys.consider(ring, k + 1)
+        assert keys.bytes <= 1000
+    assert [e.step for e in keys.entries] == [4, 6]  # (5 dropped for the budget: never the first or newest)
