@@ -267,6 +267,10 @@ class LocalFiles:
                     in_place = True
                 except OSError:
                     fd = None
+            if in_place and not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device where the spare
+                os.close(fd)  # was: nothing to rewrite (its writes failed, "Illegal seek"); it goes, and
+                fd, in_place = None, False  # a failure to remove it raises before any open of that name,
+                os.unlink(tmp)  # which would wait on a FIFO for good
             if fd is None:
                 try:
                     fd = os.open(tmp, _CREATE_FLAGS, 0o666)

@@ -217,3 +217,20 @@ def test_writes_the_kernel_cuts_short_are_finished(tmp_path_factory, chunks, cap
     with open(path, "rb") as f:
         assert f.read() == b"".join(chunks)
     assert size == sum(len(c) for c in chunks)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_in_place_of_the_spare_file_is_replaced_by_a_fresh_file(tmp_path):
+    """The ring recycles a dropped frame's file as the next frame's spare. A FIFO put there made every
+    rewrite fail ("Illegal seek") and stopped frames for seconds; now it is dropped and the frame is
+    written to a fresh file, and a plain file spare is still rewritten in place."""
+    path, spare = str(tmp_path / "frame.bin"), str(tmp_path / "spare")
+    os.mkfifo(spare)
+    assert LOCAL.write_atomic(path, [b"new frame"], reuse=spare) == 9
+    assert open(path, "rb").read() == b"new frame" and not os.path.lexists(spare)
+    assert sorted(os.listdir(tmp_path)) == ["frame.bin"]  # (no temporary file, no FIFO left)
+    with open(spare, "wb") as f:
+        f.write(b"x" * 100)
+    inode = os.stat(spare).st_ino
+    LOCAL.write_atomic(path, [b"next"], reuse=spare)
+    assert os.stat(path).st_ino == inode and open(path, "rb").read() == b"next"  # rewritten in place
