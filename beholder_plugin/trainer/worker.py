@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import weakref
@@ -61,12 +62,18 @@ def relax_cuda_capture_checks(find: Callable[[], Any] | None = None) -> bool:
     events are recorded on its own stream, never inside the capture. Asked
     only where CUDA is already in use, so that it never starts a context.
     """
-    if getattr(_THIS_THREAD, "last", None) is None:
+    if getattr(_THIS_THREAD, "last", None) is None or not _cuda_in_use():
         return False
     done = getattr(_THIS_THREAD, "relaxed", None)
     if done is None:
         done = _THIS_THREAD.relaxed = _exchange_capture_mode((find or _runtime_function)())
     return done
+
+
+def _cuda_in_use() -> bool:
+    """Whether torch has started CUDA in this process (asking starts nothing)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.cuda.is_initialized())
 
 
 def _runtime_function() -> Any:

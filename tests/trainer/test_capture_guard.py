@@ -309,11 +309,14 @@ def on_a_worker(task):
     return got[0]
 
 
-def test_a_worker_thread_relaxes_its_capture_checks_once_and_no_other_thread_does():
-    """The worker's thread asks the runtime once to make its stream-capture mode relaxed (2), whatever
-    the number of frames; the training thread (a frame taken inside update()) never asks; a runtime
-    that refuses, or none found, leaves it as it was, and says so."""
+def test_a_worker_thread_relaxes_its_capture_checks_once_and_no_other_thread_does(monkeypatch):
+    """Where CUDA is in use, the worker's thread asks the runtime once to make its stream-capture mode
+    relaxed (2), whatever the number of frames; the training thread (a frame taken inside update())
+    never asks, nor does a process without CUDA; a runtime that refuses, or none found, leaves it as it
+    was, and says so."""
     runtime = FakeRuntime()
+    assert not on_a_worker(lambda: worker_module.relax_cuda_capture_checks(lambda: runtime))  # (no CUDA)
+    monkeypatch.setattr(worker_module, "_cuda_in_use", lambda: True)
     assert not worker_module.relax_cuda_capture_checks(lambda: runtime) and runtime.modes == []
     twice = on_a_worker(lambda: [worker_module.relax_cuda_capture_checks(lambda: runtime) for _ in range(2)])
     assert twice == [True, True] and runtime.modes == [worker_module.CAPTURE_MODE_RELAXED]
