@@ -49,6 +49,19 @@ def headers(run: str) -> list[dict]:
     return [read_header(os.path.join(history_dir(run), e.name))[0] for e in list_history(run)]
 
 
+def count_reads(monkeypatch) -> list[int]:
+    """The lengths of every local range read from now on (the list fills as they are made)."""
+    asked: list[int] = []
+    read_range = LocalFiles.read_range
+
+    def counting(self, path, offset, length, limit, identity=None):
+        asked.append(length)
+        return read_range(self, path, offset, length, limit, identity)
+
+    monkeypatch.setattr(LocalFiles, "read_range", counting)
+    return asked
+
+
 def test_stats_of_kept_frames_equal_their_headers(tmp_path):
     run = str(tmp_path / "run1")
     write_run(run, 8)
@@ -98,14 +111,7 @@ def test_corrupt_and_hostile_files_are_skipped_without_reading_them(tmp_path, mo
         f.write(b"not a frame at all" * 10)
     with open(os.path.join(directory, names[3]), "wb") as f:  # claims a 15 MB header, then junk
         f.write(FRAME_MAGIC + struct.pack("<I", 15 << 20) + b"\x00" * (16 << 20))
-    asked: list[int] = []
-    read_range = LocalFiles.read_range
-
-    def counting(self, path, offset, length, limit, identity=None):
-        asked.append(length)
-        return read_range(self, path, offset, length, limit, identity)
-
-    monkeypatch.setattr(LocalFiles, "read_range", counting)
+    asked = count_reads(monkeypatch)
     _, client = plugin_client(tmp_path)
     status, answer = get(client, "/history/stats?run=run1&values=arrays")
     assert status == 200
@@ -144,14 +150,7 @@ def test_headers_read_whole_and_then_refused_count_against_the_read_budget(tmp_p
         with open(os.path.join(directory, name), "wb") as f:
             f.write(FRAME_MAGIC + struct.pack("<I", len(header)) + header)
     monkeypatch.setattr(kept_stats, "READ_BYTES", 50_000)  # (about two of those headers)
-    asked: list[int] = []
-    read_range = LocalFiles.read_range
-
-    def counting(self, path, offset, length, limit, identity=None):
-        asked.append(length)
-        return read_range(self, path, offset, length, limit, identity)
-
-    monkeypatch.setattr(LocalFiles, "read_range", counting)
+    asked = count_reads(monkeypatch)
     _, client = plugin_client(tmp_path)
     status, answer = get(client, "/history/stats?run=run1&values=arrays")
     assert status == 200 and answer["partial"] is True
