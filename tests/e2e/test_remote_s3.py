@@ -202,6 +202,8 @@ def test_the_s3_server_going_away_and_coming_back_mid_run(tmp_path):
     server, env, fs = start_s3(port)
     stop_file = tmp_path / "stop"
     run_url = f"s3://{BUCKET}/outage-{tmp_path.name}"  # a run of its own, whatever the bucket holds
+    # (botocore's own retries and backoff, 10 s of this test, are not what it checks: one attempt each)
+    env = {**env, "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
     trainer = start([PYTHON, str(ROOT / "tests" / "remote_trainer.py"), run_url, str(stop_file)],
                     env, tmp_path / "cwd", tmp_path / "trainer.log")
     frame_key = f"{run_url[len('s3://'):]}/plugins/beholder/frame.bin"
