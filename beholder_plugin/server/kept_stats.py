@@ -99,50 +99,6 @@ def _keep(key: tuple[str, str], found: tuple[str | None, bytes]) -> None:
             _cache_bytes -= len(body) + 200
 
 
-class NoStats(FrameFormatError):
-    """A kept file that is no frame (torn, foreign, refused), and the bytes read to find that out."""
-
-    def __init__(self, reason: str, read: int) -> None:
-        super().__init__(reason)
-        self.read = read
-
-
-def read_stats_header(path: str, files: Any) -> tuple[dict[str, Any], int] | None:
-    """A kept file's header and its size in bytes, reading only the header (None: the file is gone).
-
-    NoStats for a file that is no frame, or whose header is longer than MAX_HEADER (nothing past its
-    first 12 bytes is read then); FileRefused when it is no regular file or kept changing.
-    """
-    try:
-        return _header(path, files)
-    except NoStats:
-        raise
-    except (FrameFormatError, json.JSONDecodeError) as exc:
-        raise NoStats(str(exc), PREFIX_BYTES) from exc
-
-
-def _header(path: str, files: Any) -> tuple[dict[str, Any], int] | None:
-    """read_stats_header's reads: the first 12 bytes, then the header they announce."""
-    identity = files.identity(path)
-    if identity is None:
-        return None
-    first = files.read_range(path, 0, PREFIX_BYTES, MAX_FRAME_BYTES, identity)
-    if first is None:
-        return None
-    span = header_span(first)
-    if span > MAX_HEADER:
-        raise FrameFormatError(f"frame header of {span} bytes is longer than the {MAX_HEADER} read here")
-    prefix = files.read_range(path, 0, span, MAX_FRAME_BYTES, identity)
-    if prefix is None:
-        return None
-    if len(prefix) < span:
-        raise NoStats("frame file is shorter than its header", len(prefix))
-    try:
-        return parse_header(prefix)[0], span
-    except (FrameFormatError, json.JSONDecodeError) as exc:  # (read whole, then refused: it counts)
-        raise NoStats(str(exc), span) from exc
-
-
 def frame_stats(header: dict[str, Any], name: str) -> bytes:
     """One answer entry as JSON bytes: the frame's name, time, step, writer, frame id and its sections'
     names and stats (sections without stats left out; b"" when none has them)."""
@@ -186,17 +142,31 @@ def stats_json(run_dir: str, kind: str) -> bytes:
 
 
 def _read(path: str, name: str, files: Any) -> tuple[tuple[str | None, bytes], int, bool]:
-    """(values, entry JSON) of one kept file, the bytes read, and whether that is final (to be kept):
-    a torn or foreign file is skipped for good, one gone or changing only this time."""
+    """(values, entry JSON) of one kept file, the bytes read (at least the first 12, charged whatever
+    came of them), and whether that is final (to be kept): a file that is no frame (torn, foreign, or
+    a header past MAX_HEADER, refused after its first 12 bytes) is skipped for good, one gone or
+    changing only this time. Only the header is read: its first 12 bytes, then what they announce."""
+    read = PREFIX_BYTES
     try:
-        found = read_stats_header(path, files)
-    except NoStats as exc:
-        return (None, _SKIPPED), max(PREFIX_BYTES, exc.read), True
+        identity = files.identity(path)
+        first = None if identity is None else files.read_range(path, 0, PREFIX_BYTES, MAX_FRAME_BYTES,
+                                                                identity)
+        if first is None:
+            return (None, _SKIPPED), read, False
+        span = header_span(first)
+        if span > MAX_HEADER:
+            raise FrameFormatError(f"frame header of {span} bytes is longer than the {MAX_HEADER} read here")
+        prefix = files.read_range(path, 0, span, MAX_FRAME_BYTES, identity)
+        if prefix is None:
+            return (None, _SKIPPED), read, False
+        read += len(prefix)
+        if len(prefix) < span:
+            raise FrameFormatError("frame file is shorter than its header")
+        header = parse_header(prefix)[0]
+    except (FrameFormatError, json.JSONDecodeError):
+        return (None, _SKIPPED), read, True
     except (FileRefused, OSError):
-        return (None, _SKIPPED), PREFIX_BYTES, False
-    if found is None:
-        return (None, _SKIPPED), PREFIX_BYTES, False
-    header, span = found
+        return (None, _SKIPPED), read, False
     values = header.get("values") if isinstance(header.get("values"), str) else None
     body = frame_stats(header, name) if values in VALUES_CODES else _SKIPPED
-    return (values, body), PREFIX_BYTES + span, True
+    return (values, body), read, True
