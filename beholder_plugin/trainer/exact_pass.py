@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from beholder_plugin.trainer.sources.captured import Captured
-from beholder_plugin.trainer.worker import relax_cuda_capture_checks
 
 # On the host (NumPy, CPU tensors) the exact pass reads at most this many values per frame on average
 # (about 0.1 ms a frame; at 1 << 20 it alone cost MobileNetV2's frames 4-5 % more CPU, timeline_bench.py).
@@ -58,7 +57,6 @@ class _Exact:
         """Wait for the device's copies (the worker) and put them in place (the hooks' norms last)."""
         for sections, host, event, kind in sorted(self.device, key=lambda entry: entry[3] == HOOKED):
             if event is not None:
-                relax_cuda_capture_checks()  # (see worker.py: a capture on the training thread)
                 event.synchronize()
             norms = host[0].numpy().astype(np.float64)
             self.norm[sections] = norms

@@ -50,9 +50,10 @@ def let_training_run() -> None:
 CAPTURE_MODE_RELAXED = 2
 
 
-def relax_cuda_capture_checks(find: Callable[[], Any] | None = None) -> bool:
-    """On a worker's thread about to issue or wait on CUDA copies: make the thread's stream-capture mode
-    relaxed (once per thread); whether it is. Elsewhere (a frame taken inside update()), nothing.
+def relax_cuda_capture_checks() -> bool:
+    """On a worker's thread (before each job: its CUDA copies, waits and frees): make the thread's
+    stream-capture mode relaxed (once per thread); whether it is. Elsewhere (a frame taken inside
+    update()), nothing.
 
     A CUDA graph captured in the default "global" mode (``torch.cuda.graph``,
     ``make_graphed_callables``) forbids every other thread the calls that
@@ -62,11 +63,11 @@ def relax_cuda_capture_checks(find: Callable[[], Any] | None = None) -> bool:
     events are recorded on its own stream, never inside the capture. Asked
     only where CUDA is already in use, so that it never starts a context.
     """
-    if getattr(_THIS_THREAD, "last", None) is None or not _cuda_in_use():
-        return False
     done = getattr(_THIS_THREAD, "relaxed", None)
     if done is None:
-        done = _THIS_THREAD.relaxed = _exchange_capture_mode((find or _runtime_function)())
+        if getattr(_THIS_THREAD, "last", None) is None or not _cuda_in_use():
+            return False
+        done = _THIS_THREAD.relaxed = _exchange_capture_mode(_runtime_function())
     return done
 
 
@@ -185,6 +186,7 @@ class Worker:
                 job, self._job = self._job, None
             _THIS_THREAD.last = time.perf_counter()
             try:
+                relax_cuda_capture_checks()  # (the user may capture a CUDA graph on the training thread)
                 self._run(job)
             except BaseException as exc:  # kept for the trainer: log or raise under strict
                 with self._cond:

@@ -314,15 +314,18 @@ def test_a_worker_thread_relaxes_its_capture_checks_once_and_no_other_thread_doe
     relaxed (2), whatever the number of frames; the training thread (a frame taken inside update())
     never asks, nor does a process without CUDA; a runtime that refuses, or none found, leaves it as it
     was, and says so."""
+    relax = worker_module.relax_cuda_capture_checks
     runtime = FakeRuntime()
-    assert not on_a_worker(lambda: worker_module.relax_cuda_capture_checks(lambda: runtime))  # (no CUDA)
+    monkeypatch.setattr(worker_module, "_runtime_function", lambda: runtime)
+    assert not on_a_worker(relax) and runtime.modes == []  # (no CUDA)
     monkeypatch.setattr(worker_module, "_cuda_in_use", lambda: True)
-    assert not worker_module.relax_cuda_capture_checks(lambda: runtime) and runtime.modes == []
-    twice = on_a_worker(lambda: [worker_module.relax_cuda_capture_checks(lambda: runtime) for _ in range(2)])
+    assert not relax() and runtime.modes == []
+    twice = on_a_worker(lambda: [relax() for _ in range(2)])  # (and the worker's own, before the job)
     assert twice == [True, True] and runtime.modes == [worker_module.CAPTURE_MODE_RELAXED]
-    refused = FakeRuntime(status=900)
-    assert on_a_worker(lambda: worker_module.relax_cuda_capture_checks(lambda: refused)) is False
-    assert on_a_worker(lambda: worker_module.relax_cuda_capture_checks(lambda: None)) is False
+    monkeypatch.setattr(worker_module, "_runtime_function", lambda: FakeRuntime(status=900))
+    assert on_a_worker(relax) is False
+    monkeypatch.setattr(worker_module, "_runtime_function", lambda: None)
+    assert on_a_worker(relax) is False
 
 
 @pytest.mark.gpu

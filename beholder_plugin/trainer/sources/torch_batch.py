@@ -54,7 +54,6 @@ from beholder_plugin.trainer.exact_pass import dense, span_of
 from beholder_plugin.trainer.sources import run_positions
 from beholder_plugin.trainer.sources.captured import Captured
 from beholder_plugin.trainer.views.render import FlatWindow, host_window_size
-from beholder_plugin.trainer.worker import relax_cuda_capture_checks
 
 # Gather CPU tensors through the batched path too (tests set this, as does BEHOLDER_BATCH_CPU_TENSORS=1
 # in the environment: CI has no GPU, and this is how the device path is checked there).
@@ -510,7 +509,6 @@ class DeviceGather:
             return None
         import torch
 
-        relax_cuda_capture_checks()  # (the user may be capturing a CUDA graph on the training thread)
         with side_lock(self.device), torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             self.stream.wait_event(self.gathered)
             if window is not None:
