@@ -254,7 +254,11 @@ class RunStore:
             self._unwritten_since = time.time()
         self._unwritten += 1
         full = getattr(exc, "errno", None) in DISK_FULL
-        reason = "disk full" if full else f"cannot write ({getattr(exc, 'strerror', None) or exc})"
+        where = getattr(exc, "filename", None)
+        cause = getattr(exc, "strerror", None) or exc
+        if where and getattr(exc, "strerror", None):  # the folder: a file's name there may be a temp name
+            cause = f"{cause}: {posixpath.dirname(str(where).replace(os.sep, '/')) or where}"
+        reason = "disk full" if full else f"cannot write ({cause})"
         self._unwritten_reason = reason
         status.last_error = f"{reason}: frames not written since {clock_text(self._unwritten_since)}"
         if full:

@@ -58,6 +58,21 @@ def test_a_failed_write_is_counted_and_writes_back_off_on_the_store_s_clock(run_
     assert store.writable()
 
 
+def test_a_failed_write_names_the_folder_it_could_not_write_in(run_dir):
+    class Blocked(LocalFiles):
+        def write_atomic(self, path, buffers, reuse=None):
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path + ".1234-5.tmp")
+
+    store = _store(run_dir, Blocked())
+    pixels, palette = user_frame.pixels(np.zeros((2, 2), np.float32))
+    header = {"values": "frames", "sections": []}
+    assert not store.write_frame(header, 1.0, 1, RunSettings.starting(), "grayscale", rows=pixels,
+                                 palette=palette)
+    folder = os.path.dirname(plugin_dir(run_dir) + "/x").replace(os.sep, "/")
+    assert store.status.last_error.startswith(f"cannot write (Not a directory: {folder}")
+    assert ".tmp" not in store.status.last_error
+
+
 @pytest.mark.usefixtures("flushed_updates")
 def test_a_new_beholder_clears_temp_files_left_by_a_killed_one(run_dir):
     os.makedirs(plugin_dir(run_dir))
