@@ -41,6 +41,7 @@ ODD_ARRAYS = {
     "non-contiguous": (np.arange(64.0).reshape(8, 8).T[::2], 62.0),
     "zero-stride": (np.broadcast_to(np.arange(3.0), (50, 3)), 2.0),
     "nested list": ([[1, 2, 3], [4, 5, 6]], 6.0),
+    "masked, none masked": (np.ma.masked_array([1.0, 4.0], mask=False), 4.0),
 }
 REFUSED = {
     "empty": np.zeros((0,)),
@@ -49,6 +50,7 @@ REFUSED = {
     "not an array": object(),
     "ragged": [[1, 2], [3]],
     "none": None,
+    "masked": np.ma.masked_array([1.0, 9.0, 3.0], mask=[0, 1, 0]),  # its data is not what to show
 }
 
 
@@ -80,6 +82,7 @@ def test_odd_arrays_render_alongside_each_other(run_dir):
 REASONS = {
     "empty": "empty", "empty matrix": "empty", "strings": "not a numeric array",
     "not an array": "not a numeric array", "ragged": "cannot be read as an array", "none": "None",
+    "masked": "1 of 3 elements masked",
 }
 
 

@@ -16,6 +16,8 @@ def prepare(obj: Any, label: str) -> np.ndarray:
     if type(obj) is np.ndarray:
         array = obj
     else:
+        if isinstance(obj, np.ma.MaskedArray):
+            obj = _unmasked(obj, label)
         try:
             array = np.asarray(obj)
         except Exception as exc:  # ragged lists and the like
@@ -25,6 +27,17 @@ def prepare(obj: Any, label: str) -> np.ndarray:
             f"section {label}: {type(obj).__name__} is not a numeric array (dtype {array.dtype})"
         )
     return array
+
+
+def _unmasked(array: np.ma.MaskedArray, label: str) -> np.ndarray:
+    """A masked array's data when nothing is masked; else RenderError (every element is shown)."""
+    masked = int(np.ma.count_masked(array))
+    if masked:
+        raise RenderError(
+            f"section {label}: a masked array ({masked} of {array.size} elements masked); every "
+            "element is shown, so pass array.filled(value) to choose what the masked ones show"
+        )
+    return array.data
 
 
 def compact(array: np.ndarray, plan: SectionPlan, label: str, out: np.ndarray | None = None) -> np.ndarray:
