@@ -118,6 +118,7 @@ class SettingsReader:
         self._may_write = may_write
         self._write_failed = write_failed
         self._stat: tuple | None = None  # the identity of the config.json last read
+        self._said: tuple[str, ...] = ()  # what the last read of config.json logged
 
     def poll(self) -> RunSettings:
         """The settings update() uses, after taking any change (never waits on a remote store)."""
@@ -173,13 +174,19 @@ class SettingsReader:
         try:
             config, problems = load_config(self.logdir)
         except ConfigError as exc:
-            logger.warning(
-                "Beholder: %s is unreadable or invalid (%s); keeping the last good settings", self.path, exc
-            )
+            self._say([f"{self.path} is unreadable or invalid ({exc}); keeping the last good settings"])
             return None
-        for problem in problems:
-            logger.warning("Beholder: %s: %s", self.path, problem)
+        self._say([f"{self.path}: {problem}" for problem in problems])
         return RunSettings.from_config(config)
+
+    def _say(self, lines: list[str]) -> None:
+        """Log what a read of config.json found, unless the last read found the same (a file rewritten
+        over and over with one mistake logs it once)."""
+        said = tuple(lines)
+        if said != self._said:
+            for line in lines:
+                logger.warning("Beholder: %s", line)
+        self._said = said
 
 
 class LocalSettings(SettingsReader):

@@ -187,3 +187,30 @@ def test_a_config_of_many_or_long_keys_or_values_logs_one_short_line(run_dir, ex
     lines = [r.getMessage() for r in caplog.records if config_path(run_dir) in r.getMessage()]
     assert len(lines) == 1 and len(lines[0]) < 500, (len(lines), len(lines[0]))
     assert beholder.config["mode"] == "current" and beholder.failures == 0
+
+
+
+def test_a_config_rewritten_over_and_over_with_one_mistake_logs_it_once(run_dir, caplog):
+    """A tool rewriting an invalid config.json ten times a second logged ten lines a second."""
+    reader = LocalSettings(run_dir, LOCAL, RunSettings.starting(), lambda *change: None,
+                           lambda *args: None, lambda: True, lambda exc: None)
+    reader.start()
+    good = read_config(run_dir)
+
+    def rewrite(doc, stamp):
+        with open(config_path(run_dir), "w") as f:
+            f.write(doc if isinstance(doc, str) else json.dumps(doc))
+        os.utime(config_path(run_dir), ns=(stamp, stamp))  # a new stat: read again
+        reader.poll()
+
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        for i in range(5):
+            rewrite(dict(good, colour=1, FPS=3), 10**9 * (i + 1))
+        for i in range(5):
+            rewrite('{"values": ', 10**9 * (i + 10))
+        rewrite(good, 10**9 * 20)
+        rewrite(dict(good, colour=1), 10**9 * 21)
+    lines = [r.getMessage() for r in caplog.records if config_path(run_dir) in r.getMessage()]
+    assert len(lines) == 3, lines  # the unknown key, the cut-short file, the unknown key once more
+    assert "colour" in lines[0] and "keeping the last good" in lines[1] and "colour" in lines[2]
+    assert reader.settings.fps == DEFAULT_CONFIG["FPS"]  # each good read was taken
