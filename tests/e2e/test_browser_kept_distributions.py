@@ -38,5 +38,7 @@ def test_distributions_of_a_finished_run_hold_its_kept_frames(tmp_path):
         assert [f["step"] for f in drawn["frames"]] == list(range(1, FRAMES + 1))
         histogram = '.dist-panel[data-name="w"] canvas.dist-hist'
         assert frame.get_attribute(histogram, "data-frames") == str(FRAMES)
+        assert frame.get_attribute(histogram, "data-axis") == "step"  # kept frames placed by their step
+        assert f"by step, 1 (left) to {FRAMES} (right)" in frame.inner_text('.dist-panel[data-name="w"]')
         assert frame.get_attribute("#dist-kind", "data-reach") == str(FRAMES)
         assert "reaching back to step 1" in frame.inner_text("#dist-kind")

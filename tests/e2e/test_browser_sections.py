@@ -255,13 +255,19 @@ def test_distribution_counts_match_numpy(session):
             const wide = {lo: 0, hi: 2};
             return [Array.from(m.rebin({lo: 0, hi: 1, counts}, wide)),
                     Array.from(m.rebin({lo: 1, hi: 2, counts}, wide)),
-                    m.commonRange([{stats: {hist: {lo: 0, hi: 1}}}, {stats: {hist: {lo: -3, hi: 0.5}}}])];
+                    m.commonRange([{stats: {hist: {lo: 0, hi: 1}}}, {stats: {hist: {lo: -3, hi: 0.5}}}]),
+                    m.columnSpans([0, 10, 1000, 1000], 300), m.columnSpans([5, 9, 2], 300),
+                    m.columnSpans([7, 7], 300)];
         }""",
         counts,
     )
     pairs = [counts[i] + counts[i + 1] for i in range(0, 32, 2)]
     assert np.allclose(rebinned[0], pairs + [0] * 16) and np.allclose(rebinned[1], [0] * 16 + pairs)
     assert rebinned[2] == {"lo": -3, "hi": 1}
+    # Frames placed by step (kept frames are spread unevenly), each until the next; a newer one at the same
+    # step gets a slot over the older's. Steps that go back (a restart) or stand still: one slot per frame.
+    assert rebinned[3] == [[0, 3], [3, 299], [299, 300], [299, 300]]
+    assert rebinned[4] == [[0, 1], [1, 2], [2, 3]] and rebinned[5] == [[0, 1], [1, 2]]
     assert frame.get_attribute(f"{panel} .fraction.zero", "data-value") == "0"
     shoot(page, "distributions.png")
 

@@ -111,7 +111,8 @@ def test_distributions_keep_one_history_per_kind_of_values(session):
     hists = [next(r["stats"]["hist"] for r in f.sections if r["name"] == "0.weight") for f in gradients]
     want = {"lo": min(h["lo"] for h in hists), "hi": max(h["hi"] for h in hists)}
     assert data(frame)["0.weight"]["range"] == pytest.approx(want)
-    assert f"3 frames of gradients, from step {gradients[0].header['step']}" in frame.inner_text(panel)
+    steps = f"steps {gradients[0].header['step']} to {gradients[-1].header['step']}"
+    assert f"3 frames of gradients, {steps}" in frame.inner_text(panel)
     shoot(page, "values-kinds-distributions-gradients.png")
 
     # Back to the weights: their history again, continued.

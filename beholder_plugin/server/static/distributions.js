@@ -170,7 +170,25 @@ function shade(share) {
   return stops[i].map((c, j) => Math.round(c + (stops[i + 1][j] - c) * f));
 }
 
-/** Draw a histogram over time: one column per frame (oldest left, room for KEEP_FRAMES), low values at the bottom. */
+/** Whether a history's steps only go up from first to last (one writer's frames): then it is drawn by step. */
+export function risingSteps(steps) {
+  const n = steps.length;
+  return n > 1 && steps.every((s, i) => Number.isFinite(s) && (i === 0 || s >= steps[i - 1])) && steps[n - 1] > steps[0];
+}
+
+/**
+ * Each frame's slots [start, end) across width: by step when the steps rise (kept frames are spread
+ * unevenly over the run, dense near the present), each frame until the next one; else one slot per frame
+ * from the left. A newer frame drawn over an older one in the same slot wins.
+ */
+export function columnSpans(steps, width) {
+  if (!risingSteps(steps)) return steps.map((_, i) => [i, i + 1]);
+  const first = steps[0];
+  const at = (s) => Math.round(((s - first) / (steps[steps.length - 1] - first)) * (width - 1));
+  return steps.map((s, i) => [at(s), i + 1 < steps.length ? Math.max(at(s) + 1, at(steps[i + 1])) : width]);
+}
+
+/** Draw a histogram over time: frames placed by step (or one column each), oldest left, low values at the bottom. */
 export function drawHistogram(canvas, data) {
   canvas.width = KEEP_FRAMES;
   canvas.height = BINS;
@@ -180,18 +198,20 @@ export function drawHistogram(canvas, data) {
   const ctx = canvas.getContext("2d");
   const image = ctx.createImageData(KEEP_FRAMES, BINS);
   for (let i = 0; i < image.data.length; i += 4) image.data.set([245, 245, 245, 255], i); // no frame yet
-  data.frames.forEach((frame, x) => {
+  const spans = columnSpans(data.frames.map((f) => f.step), KEEP_FRAMES);
+  canvas.dataset.axis = risingSteps(data.frames.map((f) => f.step)) ? "step" : "frame";
+  data.frames.forEach((frame, i) => {
     const total = frame.column.reduce((a, b) => a + b, 0) || 1;
     frame.column.forEach((count, bin) => {
       const [r, g, b] = shade(count / total);
-      image.data.set([r, g, b, 255], ((BINS - 1 - bin) * KEEP_FRAMES + x) * 4);
+      for (let x = spans[i][0]; x < spans[i][1]; x++) image.data.set([r, g, b, 255], ((BINS - 1 - bin) * KEEP_FRAMES + x) * 4);
     });
   });
   ctx.putImageData(image, 0, 0);
 }
 
-/** Draw a sparkline of some numbers (nulls skipped), scaled to their own range. */
-export function drawSparkline(canvas, values) {
+/** Draw a sparkline of some numbers (nulls skipped), scaled to their own range, placed by step when the steps rise. */
+export function drawSparkline(canvas, values, steps = []) {
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   const finite = values.filter((v) => Number.isFinite(v));
@@ -199,7 +219,9 @@ export function drawSparkline(canvas, values) {
   const lo = Math.min(...finite);
   const hi = Math.max(...finite);
   const y = (v) => (hi > lo ? canvas.height - 2 - ((v - lo) / (hi - lo)) * (canvas.height - 4) : canvas.height / 2);
-  const x = (i) => (values.length > 1 ? (i / (values.length - 1)) * (canvas.width - 1) : canvas.width / 2);
+  const byStep = risingSteps(steps) && steps.length === values.length;
+  const span = byStep ? steps[steps.length - 1] - steps[0] : values.length - 1;
+  const x = (i) => (span > 0 ? ((byStep ? steps[i] - steps[0] : i) / span) * (canvas.width - 1) : canvas.width / 2);
   ctx.strokeStyle = "#1565c0";
   ctx.lineWidth = 1.25;
   ctx.beginPath();
@@ -294,6 +316,7 @@ export class DistributionsView {
     const over = h("div", { class: "dist-over note" });
     const range = h("div", { class: "dist-range" });
     const flag = h("span", { class: "flag" });
+    const axis = h("div", { class: "note dist-axis" });
     const element = h(
       "div",
       { class: "dist-panel", dataset: { name, values: kind ?? "" } },
@@ -303,13 +326,13 @@ export class DistributionsView {
       over,
       h("div", { class: "dist-body" },
         h("div", { class: "dist-hist-wrap" }, range, histogram,
-          h("div", { class: "note" }, "frames, oldest left (kept ones spread over the run, then those seen live) · colour: share of values in the bin")),
+          axis),
         h("div", { class: "dist-sparks" },
           ...Object.entries(sparks).map(([key, s]) => h("div", { class: "spark-row" },
             h("span", { class: "spark-label" }, key), s.canvas, s.value))),
         numbers),
     );
-    const panel = { element, histogram, sparks, numbers, over, range, flag };
+    const panel = { element, histogram, sparks, numbers, over, range, flag, axis };
     this.panels.set(id, panel);
     return panel;
   }
@@ -320,10 +343,15 @@ export class DistributionsView {
     this.data.set(name, data);
     drawHistogram(panel.histogram, data);
     const latest = entries[entries.length - 1].stats;
-    panel.over.textContent = `over ${latest.over}; ${entries.length} frames of ${kindName(panel.element.dataset.values).toLowerCase()}, from step ${entries[0].step}`;
+    const steps = entries.map((e) => e.step);
+    const last = entries[entries.length - 1].step;
+    panel.over.textContent = `over ${latest.over}; ${entries.length} frames of ${kindName(panel.element.dataset.values).toLowerCase()}, steps ${entries[0].step} to ${last}`;
+    panel.axis.textContent = risingSteps(steps)
+      ? `by step, ${entries[0].step} (left) to ${last} (right) · colour: share of values in the bin`
+      : "frames, oldest left (steps do not rise: several processes or a restart) · colour: share of values in the bin";
     panel.range.textContent = data.range ? `values ${sci(data.range.lo)} … ${sci(data.range.hi)}` : "no finite values";
     for (const [key, spark] of Object.entries(panel.sparks)) {
-      drawSparkline(spark.canvas, entries.map((e) => (e.stats[key] === null ? NaN : Number(e.stats[key]))));
+      drawSparkline(spark.canvas, entries.map((e) => (e.stats[key] === null ? NaN : Number(e.stats[key]))), steps);
       spark.value.textContent = sci(latest[key]);
     }
     panel.numbers.replaceChildren(
