@@ -114,7 +114,8 @@ def storage_headers(head: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def trainer_health_headers(head: dict[str, Any]) -> list[tuple[str, str]]:
-    """X-Beholder-Colormap, -Mode, -Failures, -Skipped and -Last-Error (percent-encoded UTF-8) of a header."""
+    """X-Beholder-Colormap, -Mode, -Failures, -Skipped, -Ending and -Last-Error (percent-encoded UTF-8) of a
+    header."""
     out = []
     for key, name in (("colormap", "X-Beholder-Colormap"), ("mode", "X-Beholder-Mode")):
         if isinstance(head.get(key), str) and head[key].isascii() and head[key].isprintable():
@@ -123,6 +124,8 @@ def trainer_health_headers(head: dict[str, Any]) -> list[tuple[str, str]]:
         value = head.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             out.append((name, str(value)))
+    if head.get("ending") is True:
+        out.append(("X-Beholder-Ending", "1"))
     error = head.get("last_error")
     if isinstance(error, str) and error:
         out.append(("X-Beholder-Last-Error", urllib.parse.quote(error[:MAX_ERROR_CHARS], safe="")))

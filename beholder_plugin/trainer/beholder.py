@@ -388,7 +388,9 @@ class Beholder:
         training; a recording's upload, at most UPLOAD_EXIT_SECONDS longer (run_store.py).
 
         After ``watch(model)``, when the dashboard shows weights and the last frame is of an earlier
-        step, one more frame shows the weights training ended with, stamped with the last step.
+        step, one more frame shows the weights training ended with, stamped with the last step. In
+        variance mode that frame is taken even at the last frame's step, drawn as current values (its
+        header says ``"ending": true``): the variance of a finished run's last frames is near black.
         """
         if timeout is None and self.remote:
             timeout = REMOTE_CLOSE_SECONDS
@@ -424,18 +426,21 @@ class Beholder:
         With a deadline (interpreter exit, a remote logdir) only when the worker is idle now: the frame in
         progress, the end mark and the timeline's last records come first within it."""
         if (self._watch is None or self._closed or not self.active or self._opening is not None
-                or self.step <= max(self._framed_step, 0)):
+                or self.step < 1):
             return
         try:
             settings = self.check_settings()
             if settings.shown != "trainable_variables" or settings.fps == 0:
+                return
+            ending = settings.mode == "variance"
+            if not ending and self.step <= self._framed_step:
                 return
             if self.worker is not None and not self.worker.drain(None if deadline is None else 0.0):
                 return  # (the frame in progress is still being written: it must not be skipped for this one)
             if self.worker is not None and self.worker.error is not None:
                 return  # (close() reports it, raising under strict)
             self.frame_due_now()
-            self._update(Inputs(self.step, None, None, self.variables, None, None, self._watch))
+            self._update(Inputs(self.step, None, None, self.variables, None, None, self._watch), ending)
         except Exception as exc:
             if self.status.failed(exc):
                 self._show_failure()
@@ -514,8 +519,11 @@ class Beholder:
 
     # ------------------------------------------------------------ the training thread's part
 
-    def _update(self, inputs: Inputs) -> bool:
-        """Take a frame if one is due: read the settings, arm the watch's hooks, gather, hand over."""
+    def _update(self, inputs: Inputs, ending: bool = False) -> bool:
+        """Take a frame if one is due: read the settings, arm the watch's hooks, gather, hand over.
+
+        ``ending``: close()'s frame of the weights training ended with, drawn as current values and
+        never recorded."""
         sources.refuse_inside_tf_function()
         if self._opening is not None and not self._opened():
             return False
@@ -560,9 +568,13 @@ class Beholder:
             if watch is not None:
                 watch.remove()  # the frame is skipped: no hook waits for it
             return False
+        again = ending and inputs.step <= self._framed_step
         self._framed_step = inputs.step  # (a failed frame too: close() takes no second one of its step)
+        if ending:
+            settings = settings.replace(mode="current", is_recording=False)
         with _normal_tensors():
             job = self.gatherer.gather(settings, inputs)
+        job.ending, job.again = ending, again
         if job.waiting is not None:  # nothing to hand over this time (a device gather compiling)
             return self.status.note_once("waiting", "Beholder: %s", job.waiting)
         if self.worker is None:

@@ -58,6 +58,8 @@ class Job:
     # gradients under a loss scaler (fp16 AMP): a non-finite one is an overflow the scaler skips, recorded
     # in the timeline but not reported as an anomaly
     loss_scaled: bool = False
+    ending: bool = False  # close()'s frame of the weights training ended with (its header says so)
+    again: bool = False  # a second frame of its step (close()'s ending one): not in the timeline twice
 
 
 class FrameJobs:
@@ -121,6 +123,8 @@ class FrameJobs:
             window = self._window(job)
             if window is not None:
                 header["window"] = window
+            if job.ending:
+                header["ending"] = True
         elif job.kind is JobKind.IMAGE:
             pixels, palette = user_frame.pixels(job.image)
         else:  # the selected input was not passed (or update() failed): say what to do
@@ -134,7 +138,7 @@ class FrameJobs:
         let_training_run()
         written = self.store.write_frame(header, job.time, job.step, settings, colormap,
                                          rows=pixels, palette=palette, values=floats, height=height)
-        if written and rendered is not None and self.timeline is not None:
+        if written and rendered is not None and self.timeline is not None and not job.again:
             let_training_run()
             self.timeline.written(job, rendered.sections, self.store.history, job.plan.names,
                                  rendered.stats_columns)

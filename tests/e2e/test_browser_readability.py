@@ -208,6 +208,18 @@ def test_changing_values_after_training_ended_says_the_frame_stays(page_on_runs)
     wait_for(lambda: not frame.is_visible("#ended-note"), message="no note once Mode matches the frame")
     time.sleep(0.6)  # (a status render later: still none)
     assert not frame.is_visible("#ended-note")
+    # close()'s last frame of a variance run is the weights as current values (X-Beholder-Ending): said so
+    notes = frame.evaluate(
+        """async () => {
+            const m = await import('/data/plugin/beholder/static/status_line.js');
+            const meta = {values: 'trainable_variables', mode: 'current', ending: true};
+            return [m.endedNoteText(meta, {values: 'trainable_variables', mode: 'variance'}),
+                    m.endedNoteText(meta, {values: 'trainable_variables', mode: 'current'}),
+                    m.endedNoteText(meta, {values: 'gradients', mode: 'variance'})];
+        }""")
+    assert notes[0].startswith("Training ended: this last frame shows the weights it ended with, as current "
+                               "values, not variance") and notes[1] == ""
+    assert "this frame shows Trainable variables (current values), not Gradients (variance)" in notes[2]
 
 
 def test_after_a_restart_the_anomaly_shows_and_opens_the_restarted_process_point_and_frame(page_on_runs):

@@ -38,7 +38,7 @@ def test_frame_headers_carry_the_header_fields_and_only_well_formed_extras():
         "frame_id": 5, "time": 1.5, "writer": "w1", "values": "gradients", "step": 9,
         "width": 30, "height": 20,
         "colormap": "magma", "mode": "current", "failures": 2, "skipped": True, "last_error": "é" * 600,
-        "storage": "s3", "max_fps": 2, "offered": ["arrays", "nonsense", 3],
+        "storage": "s3", "max_fps": 2, "offered": ["arrays", "nonsense", 3], "ending": True,
     }
     headers = dict(frame_headers('"w1-5"', head))
     assert headers["ETag"] == '"w1-5"' and headers["X-Beholder-Frame-Id"] == "5"
@@ -48,5 +48,7 @@ def test_frame_headers_carry_the_header_fields_and_only_well_formed_extras():
     assert urllib.parse.unquote(headers["X-Beholder-Last-Error"]) == "é" * MAX_ERROR_CHARS
     assert headers["X-Beholder-Storage"] == "s3" and headers["X-Beholder-Max-Fps"] == "2"
     assert headers["X-Beholder-Offered"] == "arrays"
-    bad = dict(frame_headers('"x"', {"storage": "s3://x", "max_fps": True, "colormap": "a\nb"}))
-    assert not {"X-Beholder-Storage", "X-Beholder-Max-Fps", "X-Beholder-Colormap"} & set(bad)
+    assert headers["X-Beholder-Ending"] == "1"
+    bad = dict(frame_headers('"x"', {"storage": "s3://x", "max_fps": True, "colormap": "a\nb", "ending": 1}))
+    refused = {"X-Beholder-Storage", "X-Beholder-Max-Fps", "X-Beholder-Colormap", "X-Beholder-Ending"}
+    assert not refused & set(bad)

@@ -12,11 +12,11 @@ import pytest
 from pixel_checks import check_sampled_pixels
 from support import due, run_script, set_config
 
-from beholder_plugin import Beholder
+from beholder_plugin import Beholder, read_timeline
 from beholder_plugin.protocol.frame_format import value_at
 from beholder_plugin.protocol.layout import locate
 from beholder_plugin.protocol.names import plugin_dir
-from beholder_plugin.protocol.runfiles import frame_path, read_frame_file
+from beholder_plugin.protocol.runfiles import frame_path, read_config, read_frame_file
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -477,6 +477,34 @@ def test_close_after_a_watch_loop_shows_the_weights_training_ended_with(run_dir,
     conv = next(i for i, rec in enumerate(frame.sections) if rec["name"] == "0.weight")
     weights = model[0].weight.detach().numpy()  # (8, 1, 3, 3): out side by side, a kernel each
     np.testing.assert_array_equal(frame.section_values(conv), weights[:, 0].transpose(1, 0, 2).reshape(3, 24))
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_close_in_variance_mode_shows_the_weights_training_ended_with_as_current_values(run_dir, steps):
+    """A short run in variance mode (the default) ended on a near-black frame: the variance of weights that
+    hardly moved, and nothing else to see once the trainer was gone. Its last frame is now the weights,
+    even when the last frame was of the last step (steps=1: one frame, a variance of 0)."""
+    set_config(run_dir, values="trainable_variables", mode="variance", FPS=30)
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(model)
+        for step in range(1, steps + 1):
+            train_step(model, opt, seed=step)
+            beholder.flush()  # (the worker is idle: no frame skipped)
+            beholder.frame_due_now()
+            assert beholder.update()
+        beholder.flush()
+        assert read_frame_file(run_dir).header["mode"] == "variance"
+    frame = read_frame_file(run_dir)
+    assert frame.header["step"] == steps and beholder.frames_written == steps + 1
+    assert frame.header["mode"] == "current" and frame.header["ending"] is True
+    assert "window" not in frame.header
+    conv = next(i for i, rec in enumerate(frame.sections) if rec["name"] == "0.weight")
+    weights = model[0].weight.detach().numpy()
+    np.testing.assert_array_equal(frame.section_values(conv), weights[:, 0].transpose(1, 0, 2).reshape(3, 24))
+    assert read_config(run_dir)["mode"] == "variance"  # the run's setting is the user's, unchanged
+    assert read_timeline(run_dir)["0.weight"]["step"].tolist() == list(range(1, steps + 1))  # once each
 
 
 def test_close_takes_no_extra_frame_when_the_last_one_is_of_the_last_step(run_dir):

@@ -75,6 +75,7 @@ export function frameMeta(response) {
     step: Number(header("X-Beholder-Step")),
     colormap: header("X-Beholder-Colormap"),
     mode: header("X-Beholder-Mode"),
+    ending: header("X-Beholder-Ending") === "1", // close()'s frame of the weights training ended with
     failures: Number(header("X-Beholder-Failures") || 0),
     skipped: Number(header("X-Beholder-Skipped") || 0),
     lastError: lastError ? decodeURIComponent(lastError) : null,

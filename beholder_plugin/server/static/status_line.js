@@ -30,6 +30,10 @@ export function endedNoteText(meta, config) {
   const otherValues = Boolean(meta.values) && meta.values !== config.values;
   const otherMode = meta.values !== "frames" && Boolean(meta.mode) && meta.mode !== config.mode;
   if (!otherValues && !otherMode) return "";
+  if (meta.ending && !otherValues) {
+    return `Training ended: this last frame shows the weights it ended with, as current values, ` +
+      `not ${modeText(config.mode)}; Pause to scrub back through the frames before it.`;
+  }
   return `Training ended: this frame shows ${shownText(meta.values, meta.mode)}, ` +
     `not ${shownText(config.values, config.mode)}. ` +
     "A new Values or Mode choice applies only when a trainer runs again.";
