@@ -7,6 +7,7 @@ and run in file order.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,7 @@ from server_support import (
 )
 
 from beholder_plugin import Beholder
+from beholder_plugin.protocol.names import ended_path
 from beholder_plugin.protocol.runfiles import read_frame_file
 
 pytestmark = BROWSER_MARKS
@@ -84,8 +86,9 @@ def session(tmp_path_factory):
                 beholder.frame_due_now()  # every update is a frame
                 assert beholder.update(arrays={"w": np.arange(24.0).reshape(4, 6)})
                 beholder.flush()
-    # variance mode (the default): a first frame, and text whose length changed between two frames
-    for name, lengths in (("fresh", (4,)), ("text", (4, 9))):
+    # variance mode (the default): a first frame (of a trainer still running, and of one that ended
+    # there), and text whose length changed between two frames
+    for name, lengths in (("fresh", (4,)), ("fresh-ended", (4,)), ("text", (4, 9))):
         runs[name] = logdir / name
         set_config(runs[name], values="arrays", mode="variance", FPS=30)
         with Beholder(runs[name], strict=True) as beholder:
@@ -94,6 +97,7 @@ def session(tmp_path_factory):
                 assert beholder.update(arrays={"tokens": np.arange(length * 2.0).reshape(1, length, 2),
                                                "scores": np.ones((1, length, 3))})
                 beholder.flush()
+    os.unlink(ended_path(runs["fresh"]))  # (as if its trainer were still running)
     set_config(runs["failing"], values="arrays", mode="current", FPS=30)
     trainer = subprocess.Popen([sys.executable, "-c", FAILING, str(runs["failing"])])
     for name in ("grid", "mnist", "tall"):  # tests/inspect_trainer.py: every value known from the step
@@ -185,6 +189,11 @@ def test_a_black_variance_frame_says_why(session):
                     message="the note on the first variance frame")
     assert note.startswith("Variance over 1 frame: every value reads 0") and "up to 15" in note
     assert not frame.is_visible("#window-note-current")  # the next frames fill the window by themselves
+    show_run(frame, "fresh-ended")  # no frame will follow: no promise of one, and a way out for next time
+    note = wait_for(lambda: "Training ended" in (t := frame.inner_text("#window-note-text")) and t,
+                    message="the note on an ended run's only frame")
+    assert "no variance follows" in note and "next frame" not in note
+    assert frame.is_visible("#window-note-current")
     show_run(frame, "text")
     note = wait_for(lambda: "changed shape" in (t := frame.inner_text("#window-note-text")) and t,
                     message="the note naming the shape change")

@@ -471,6 +471,7 @@ export class Dashboard {
     const now = performance.now();
     const recent = this.arrivals.filter((t) => t >= now - FPS_WINDOW_MS);
     this.statusLine.render(this.live, this.lastMeta, recent.length / (FPS_WINDOW_MS / 1000));
+    this.windowNote.setEnded(this.statusLine.status.dataset.state === "ended");
   }
 
   /**
