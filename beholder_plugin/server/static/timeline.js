@@ -286,7 +286,8 @@ function legend(compared) {
     item(box(COLOURS.anomaly), "anomaly"),
   ];
   if (compared) items.push(item(stroke(COLOURS.other, true), "compared run's norm"));
-  return [...items, h("span", { class: "tl-key-note" }, "each row on its own scale")];
+  return [...items, h("span", { class: "tl-key-note", id: "timeline-key-note" },
+    "each row on its own scale; blank where no frame of these values was written (another Values choice was shown, or no trainer ran)")];
 }
 
 /** [lo, hi] of the finite values of some arrays (log: positive values only); null when none. */
