@@ -177,9 +177,9 @@ class BeholderPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def _serve_ping(self, request: wrappers.Request) -> wrappers.Response:
-        """A liveness check the dashboard uses to tell "TensorBoard is down" from "no frames", and, when the
-        logdir is inside a run, what to do (the welcome page says it)."""
-        answer: dict[str, Any] = {"ok": True, "time": time.time()}
+        """A liveness check the dashboard uses to tell "TensorBoard is down" from "no frames"; the logdir,
+        and, when it is missing or inside a run, what to do (the welcome page says both)."""
+        answer: dict[str, Any] = {"ok": True, "time": time.time(), "logdir": self._index.logdir}
         hint = self._index.setup_hint()
         if hint is not None:
             answer["hint"] = hint

@@ -191,10 +191,14 @@ class RunIndex:
         self._found: dict[str, float] = {}  # remote run paths resolved lately, and when
 
     def setup_hint(self) -> str | None:
-        """What to do when TensorBoard's --logdir is inside a run (its plugins/ or plugins/beholder/ folder,
-        where no run can be found), else None."""
+        """What to do when TensorBoard's --logdir does not exist or is inside a run (its plugins/ or
+        plugins/beholder/ folder, where no run can be found), else None."""
         if self.logdir is None or self.files is not None or self.error is not None:
             return None
+        if not os.path.isdir(self.logdir):
+            return (f"--logdir {self.logdir} does not exist (yet): a trainer writing under it creates it, "
+                    f"e.g. Beholder(\"{os.path.join(self.logdir, 'run1')}\"). A typo? Start TensorBoard "
+                    "with --logdir set to the folder your script's Beholder(...) writes its runs under")
         parent, name = os.path.split(self.logdir)
         if name == "beholder" and os.path.basename(parent) == "plugins":
             run = os.path.dirname(parent)

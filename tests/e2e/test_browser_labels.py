@@ -235,6 +235,9 @@ def test_the_empty_tab_shows_the_readme_quick_start(session, tmp_path):
         assert "variables=model" not in code
         assert "beholder.update()" in code
         assert 'callbacks=[BeholderCallback("logs/run1")]' in frame.inner_text("#welcome-keras")
+        where = wait_for(lambda: frame.is_visible("#welcome-logdir") and frame.inner_text("#welcome-logdir"),
+                         message="the logdir named")
+        assert where.startswith(f"TensorBoard watches {logdir}:")  # (the snippets' "logs" is an example)
         shoot(frame.locator("#welcome"), "labels-welcome.png")
     finally:
         tb.stop()

@@ -714,5 +714,18 @@ def test_a_logdir_inside_a_run_gets_the_tab_and_a_hint_naming_the_right_logdir(t
     for logdir in (logs, logs / "run1", tmp_path / "elsewhere"):
         os.makedirs(logdir, exist_ok=True)
         plugin, client = plugin_client(logdir)
-        assert "hint" not in json.loads(client.get(BASE + "/ping").get_data())
+        answer = json.loads(client.get(BASE + "/ping").get_data())
+        assert "hint" not in answer and answer["logdir"] == str(logdir)
         assert plugin.is_active() == (logdir != tmp_path / "elsewhere")
+
+
+def test_a_logdir_that_does_not_exist_gets_the_tab_and_a_hint_naming_it(tmp_path):
+    """A mistyped --logdir said "No runs yet: start a training script", to a user whose script was
+    running, and hid the tab under "inactive"."""
+    missing = tmp_path / "logz"
+    plugin, client = plugin_client(missing)
+    answer = json.loads(client.get(BASE + "/ping").get_data())
+    assert plugin.is_active() and answer["logdir"] == str(missing)
+    assert answer["hint"].startswith(f"--logdir {missing} does not exist (yet)") and "typo" in answer["hint"]
+    missing.mkdir()  # (a trainer made it: no hint from then on)
+    assert "hint" not in json.loads(client.get(BASE + "/ping").get_data())

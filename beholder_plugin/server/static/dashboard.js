@@ -30,6 +30,7 @@ function welcomePage() {
     { class: "welcome", id: "welcome", hidden: true },
     h("h2", {}, "No Beholder data yet"),
     h("p", { class: "welcome-hint", id: "welcome-hint", hidden: true }),
+    h("p", { id: "welcome-logdir", hidden: true }),
     h(
       "p",
       {},
@@ -203,15 +204,21 @@ export class Dashboard {
     setInterval(() => this.videos.refresh(), VIDEOS_EVERY_MS);
   }
 
-  /** The server's advice for a logdir where no run can be found (one inside a run), on the welcome page. */
+  /** The logdir TensorBoard watches and the server's advice where no run can be found (a logdir missing or
+   * inside a run), on the welcome page. */
   async showSetupHint() {
     const hint = this.welcome.querySelector("#welcome-hint");
+    const where = this.welcome.querySelector("#welcome-logdir");
     try {
-      const text = (await getJSON("ping")).hint || "";
-      hint.textContent = text;
-      hint.hidden = !text;
+      const answer = await getJSON("ping");
+      hint.textContent = answer.hint || "";
+      hint.hidden = !answer.hint;
+      where.replaceChildren("TensorBoard watches ", h("code", {}, String(answer.logdir ?? "")),
+        ": each run is a folder under it (the path given to Beholder(...)).");
+      where.hidden = !answer.logdir || Boolean(answer.hint);
     } catch (error) {
       hint.hidden = true;
+      where.hidden = true;
     }
   }
 
