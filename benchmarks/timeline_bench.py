@@ -22,6 +22,10 @@ Parts:
   leaves it (MAX_PER_SECTION records each), written with a fake clock; then
   the /timeline answer built from it (points=320, as the view asks) and its
   size: the load half of the dashboard's "loads and draws in 1 s".
+- ``grow``: a live run's one part grown to 100,000 frames of 4 sections
+  (a part closes only when the parts are merged, at about 190,000): the
+  records read again after each new frame by a reader that keeps what it
+  parsed (the server's) and by a fresh one, interleaved.
 - ``browser``: the same timeline served by a real TensorBoard, the Timeline
   view opened in Debian's Chromium: from the request to the 300 rows drawn
   (the view's own clock), and the drawing alone. Measured when the user
@@ -51,7 +55,7 @@ import numpy as np  # noqa: E402
 
 from beholder_plugin import DEFAULT_CONFIG, Beholder, write_config  # noqa: E402
 
-PARTS = ("cpu", "gpu", "read", "browser")
+PARTS = ("cpu", "gpu", "read", "grow", "browser")
 POINTS = 320  # what the Timeline view asks per section (static/timeline.js)
 
 
@@ -343,6 +347,41 @@ def part_read(args) -> None:
           f"(points={POINTS}) built and encoded in {statistics.median(took) * 1e3:.0f} ms, "
           f"{len(body) / 2**20:.1f} MB of JSON; a live run's refresh (a part changed, base.bht kept "
           f"parsed) {statistics.median(live) * 1e3:.0f} ms")
+
+
+def part_grow(args) -> None:
+    """A live run's growing part read again after each frame: kept parse against a whole parse."""
+    from beholder_plugin.protocol import timeline as tl
+    from beholder_plugin.protocol.files import files_for
+    from beholder_plugin.trainer.timeline import TimelineWriter
+
+    run = tempfile.mkdtemp(prefix="timeline-bench-grow-")
+    atexit.register(shutil.rmtree, run, True)
+    names = ["a", "b", "c", "d"]
+    writer = TimelineWriter(run, files_for(run), parts_budget=1 << 40, cap=1 << 30)
+
+    def frame(step: int) -> np.ndarray:
+        records = tl.make_records(len(names))
+        records["section"], records["step"], records["time"] = np.arange(len(names)), step, 1.7e9 + step
+        return records
+
+    for step in range(1, 100_001):
+        writer.append(names, frame(step))
+    kept: dict = {}
+    tl.read_records(run, base_cache=kept)
+    whole, new = [], []
+    for round_ in range(max(args.rounds, 5)):
+        writer.append(names, frame(100_001 + round_))
+        t0 = time.perf_counter()
+        tl.read_records(run)
+        whole.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        tl.read_records(run, base_cache=kept)
+        new.append(time.perf_counter() - t0)
+    writer.close()
+    slow, fast = statistics.median(whole), statistics.median(new)
+    print(f"grow: a part of 100,000 frames x 4 sections, one frame more per read: whole parse "
+          f"{slow * 1e3:.0f} ms, new chunks only (the server's) {fast * 1e3:.0f} ms, ratio {slow / fast:.1f}")
 
 
 def part_browser(args) -> None:

@@ -82,6 +82,28 @@ def test_written_records_read_back(tmp_path_factory, names, frames, values, budg
             np.testing.assert_array_equal(got, recs[column].astype(dtype), err_msg=f"{name} {column}")
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=section_names, frames=st.integers(2, 8), cuts=st.lists(st.floats(0, 1), min_size=1, max_size=6))
+def test_a_growing_part_read_again_and_again_reads_as_a_fresh_read(tmp_path_factory, names, frames, cuts):
+    """A live reader parses only what was appended to a part since it last looked: whatever bytes the part
+    had at each look (a chunk cut anywhere), it reads what a reader parsing the whole part reads."""
+    source = str(tmp_path_factory.mktemp("source"))
+    writer = TimelineWriter(source, files_for(source), cap=10**6)
+    for step in range(1, frames + 1):
+        shown = names[: 1 + step % len(names)]
+        writer.append(shown, frame_records(shown, step, float(step), [float(step)] * 5))
+    writer.close()
+    whole = open(os.path.join(tl.timeline_dir(source), tl.part_name(0)), "rb").read()
+    run = str(tmp_path_factory.mktemp("run"))
+    part = os.path.join(tl.timeline_dir(run), tl.part_name(0))
+    os.makedirs(os.path.dirname(part))
+    live: dict = {}
+    for size in sorted(round(cut * len(whole)) for cut in cuts) + [len(whole)]:
+        with open(part, "ab") as f:  # (grows in place, as the trainer appends)
+            f.write(whole[f.tell():size])
+        assert_same(tl.read_records(run, base_cache=live), tl.read_records(run))
+
+
 def test_a_partly_written_tail_is_left_out(run_dir):
     """A part cut anywhere inside its last chunk reads as the frames before it (a file being appended)."""
     writer = TimelineWriter(run_dir, files_for(run_dir))
@@ -109,15 +131,16 @@ def test_a_kept_base_is_parsed_again_only_when_it_is_replaced(run_dir, monkeypat
     writer.compact()  # steps 1-3 in base.bht
     writer.append(["a"], frame_records(["a"], 4, 4.0, [1.0]))
     parsed = []
-    real_parse = tl.parse
-    monkeypatch.setattr(tl, "parse", lambda data: parsed.append(len(data)) or real_parse(data))
+    real_parse = tl.parse_from  # (parse() goes through it too)
+    monkeypatch.setattr(tl, "parse_from", lambda data, pos=0, names=None: parsed.append(len(data) - pos)
+                        or real_parse(data, pos, names))
     cache: dict = {}
     assert tl.read_records(run_dir, base_cache=cache)["a"]["step"].tolist() == [1, 2, 3, 4]
     assert len(parsed) == 2  # base.bht and the part
     writer.append(["a"], frame_records(["a"], 5, 5.0, [1.0]))
     parsed.clear()
     assert tl.read_records(run_dir, base_cache=cache)["a"]["step"].tolist() == [1, 2, 3, 4, 5]
-    assert len(parsed) == 1  # the part only
+    assert parsed == [len(tl.records_chunk(frame_records(["a"], 5, 5.0, [1.0])))]  # the part's new chunk only
     writer.compact()  # base.bht replaced: steps 1-5, no part left
     parsed.clear()
     assert tl.read_records(run_dir, base_cache=cache)["a"]["step"].tolist() == [1, 2, 3, 4, 5]
