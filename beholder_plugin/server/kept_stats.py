@@ -6,9 +6,10 @@ pinned frames and keyframes). Only each file's header is read (its first
 12 bytes, then the header they announce, never the values), and what a file
 says is kept per file (kept files are immutable under their names), within
 CACHED_BYTES. A request looks at MAX_SCAN files spread over the kept ones
-(the newest always among them), reads at most READ_BYTES of headers not yet
-kept, and answers at most MAX_FRAMES of those of the kind asked for, spread
-the same way.
+(the newest always among them; fewer when so many of their entries would not
+fit in half the cache), reads at most READ_BYTES of headers not yet kept,
+and answers at most MAX_FRAMES of those of the kind asked for, spread the
+same way, in at most ANSWER_BYTES.
 
 Example::
 
@@ -38,6 +39,7 @@ MAX_SCAN = 1200  # kept files looked at per request, spread over the ring (the n
 MAX_HEADER = 4 << 20  # bytes: a longer header is refused unread (a 300-section header is about 150 KB)
 READ_BYTES = 32 << 20  # header bytes read per request (files already kept cost nothing)
 CACHED_BYTES = 32 << 20  # what the kept files said, as JSON, over all runs
+ANSWER_BYTES = 8 << 20  # an answer's frames, at most (300 frames of a 300-section run made 35 MB)
 READ_SLOTS = 2  # answers built at once
 _SKIPPED = b""  # a file that is no frame of stats (torn, foreign, refused): kept too, it stays so
 
@@ -119,26 +121,41 @@ def stats_json(run_dir: str, kind: str) -> bytes:
     entries = kept_listing(run_dir, files).entries
     join = posixpath.join if getattr(files, "remote", False) else os.path.join
     budget, partial, looked = READ_BYTES, False, []
+
+    def said(name: str) -> tuple[str | None, bytes] | None:
+        """What a kept file says, as kept or read now; None once the read budget is spent."""
+        nonlocal budget
+        key = (directory, name)
+        found = _kept(key)
+        if found is None and budget > 0:
+            found, cost, final = _read(join(directory, name), name, files)
+            budget -= cost
+            if final:
+                _keep(key, found)
+        return found
+
     with _slots:
-        for index in reversed(spread(len(entries), MAX_SCAN)):  # newest first: a cut-short answer has them
-            name = entries[index].name
-            key = (directory, name)
-            found = _kept(key)
+        newest = said(entries[-1].name) if entries else None  # (scanned first below: no second read)
+        scan = spread(len(entries), _scan_size(len(newest[1]) if newest else 0))
+        for index in reversed(scan):  # newest first: a cut-short answer has them
+            found = said(entries[index].name)
             if found is None:
-                if budget <= 0:
-                    partial = True
-                    continue
-                found, cost, final = _read(join(directory, name), name, files)
-                budget -= cost
-                if final:
-                    _keep(key, found)
-            if found[0] == kind and found[1]:
+                partial = True
+            elif found[0] == kind and found[1]:
                 looked.append(found[1])
     looked.reverse()  # oldest first
-    chosen = [looked[i] for i in spread(len(looked), MAX_FRAMES)]
-    head = {"values": kind, "kept": len(entries), "scanned": min(len(entries), MAX_SCAN),
-            "matched": len(looked), "partial": partial}
+    largest = max((len(entry) for entry in looked), default=1)
+    chosen = [looked[i] for i in spread(len(looked), max(1, min(MAX_FRAMES, ANSWER_BYTES // largest)))]
+    head = {"values": kind, "kept": len(entries), "scanned": len(scan), "matched": len(looked),
+            "partial": partial}
     return json_bytes(head)[:-1] + b', "frames": [' + b", ".join(chosen) + b"]}"
+
+
+def _scan_size(entry_bytes: int) -> int:
+    """How many kept files a request looks at: MAX_SCAN, or as many entries of this size as half the cache
+    holds (the other half: other runs and kinds). Past that, each request would drop from the cache what
+    the last one read, read it again and still be cut short (a 300-section frame's entry is 116 KB)."""
+    return MAX_SCAN if entry_bytes == 0 else max(2, min(MAX_SCAN, CACHED_BYTES // (2 * entry_bytes)))
 
 
 def _read(path: str, name: str, files: Any) -> tuple[tuple[str | None, bytes], int, bool]:

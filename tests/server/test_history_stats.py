@@ -156,3 +156,27 @@ def test_headers_read_whole_and_then_refused_count_against_the_read_budget(tmp_p
     assert status == 200 and answer["partial"] is True
     assert [f["name"] for f in answer["frames"]] == [names[-1]]
     assert sum(asked) < 50_000 + 2 * (len(header) + 12)  # (the budget, and the one header past it)
+
+
+def test_a_run_of_large_headers_is_scanned_as_far_as_the_cache_holds_and_answered_within_a_budget(
+        tmp_path, monkeypatch):
+    """A 300-section run's entries are 116 KB: 1,200 files scanned overflowed the 32 MB cache, so every
+    request dropped what the last one read, read 32 MB again, stayed partial and answered 20-35 MB."""
+    run = str(tmp_path / "run1")
+    os.makedirs(run)
+    set_config(run, values="arrays", FPS=30)
+    with Beholder(run, background=False) as beholder:
+        for step in range(1, 21):
+            beholder.frame_due_now()
+            beholder.update(arrays={f"s{i}": np.full((3, 3), float(step + i), np.float32) for i in range(30)})
+    entry = len(kept_stats.frame_stats(headers(run)[-1], list_history(run)[-1].name))
+    monkeypatch.setattr(kept_stats, "CACHED_BYTES", 5 * 2 * entry)  # half of it holds 5 entries
+    monkeypatch.setattr(kept_stats, "ANSWER_BYTES", 3 * entry + 100)  # 3 frames
+    asked = count_reads(monkeypatch)
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/history/stats?run=run1&values=arrays")
+    assert status == 200 and answer["partial"] is False and answer["scanned"] == 5 and answer["kept"] == 20
+    steps = [f["step"] for f in answer["frames"]]
+    assert len(steps) == 3 and steps[0] == 1 and steps[-1] == 20 and steps == sorted(steps)  # spread
+    asked.clear()  # all five stayed in the cache: asked again, nothing is read
+    assert get(client, "/history/stats?run=run1&values=arrays")[1] == answer and asked == []
