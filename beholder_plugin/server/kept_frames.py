@@ -32,6 +32,8 @@ from beholder_plugin.server.flights import Flights, Slots
 from beholder_plugin.server.http_answers import json_bytes
 
 FRESH_S = 2.0  # a directory changed less than this before its listing is listed again at the next request
+MAX_KEPT = 4096  # GET timeline's "kept" at most (besides the frames anomalies name): 18,600 kept frames
+# made 1.97 MB of a 4-section run's 2.06 MB answer, sent again at every 5 s refresh of a live run
 CACHED_LISTINGS = 4  # run directories whose listing is kept (about 30 MB each at the ring's cap)
 LIST_SLOTS = 2  # listings at once
 
@@ -46,6 +48,7 @@ class Listing:
         self._history_json: bytes | None = None
         self._kept: list[dict[str, Any]] | None = None
         self._kept_json: bytes | None = None
+        self._kept_for: frozenset[str] = frozenset()  # the names kept() had to keep
 
     def history_json(self) -> bytes:
         """GET history's answer: every kept frame's name, time, step, frame id and writer, as JSON bytes."""
@@ -56,20 +59,46 @@ class Listing:
                       "writer": e.writer} for e in self.entries])
             return self._history_json
 
-    def kept_json(self) -> bytes:
-        """GET timeline's "kept" as JSON bytes (kept(), as a JSON answer writes it)."""
-        kept = self.kept()
+    def kept_json(self, keep: frozenset[str] = frozenset()) -> bytes:
+        """GET timeline's "kept" as JSON bytes (kept(keep), as a JSON answer writes it)."""
+        kept = self.kept(keep)
         with self._lock:
-            if self._kept_json is None:
+            if self._kept_json is None or self._kept_for != keep:
                 self._kept_json = json_bytes(kept)
             return self._kept_json
 
-    def kept(self) -> list[dict[str, Any]]:
-        """GET timeline's "kept": every kept frame's name, step and time (shared: read it only)."""
+    def kept(self, keep: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+        """GET timeline's "kept": the kept frames' names, steps and times (shared: read it only), at most
+        MAX_KEPT of them besides those named in ``keep`` (an anomaly's frames): half spread evenly over the
+        listing (the ring's recent frames), half over the run's time (the keyframes far back), the first
+        and the newest always; enough for a click on a timeline of at most 4096 points."""
         with self._lock:
-            if self._kept is None:
-                self._kept = [{"name": e.name, "step": e.step, "time": e.time} for e in self.entries]
+            if self._kept is None or self._kept_for != keep:
+                self._kept = [{"name": e.name, "step": e.step, "time": e.time}
+                              for e in thinned(self.entries, keep)]
+                self._kept_json, self._kept_for = None, keep
             return self._kept
+
+
+def thinned(entries: list[history.HistoryEntry], keep: frozenset[str] = frozenset(),
+            most: int | None = None) -> list[history.HistoryEntry]:
+    """At most `most` (MAX_KEPT) entries, oldest first, besides those named in `keep` (see Listing.kept)."""
+    most = MAX_KEPT if most is None else most
+    count = len(entries)
+    if count <= most:
+        return entries
+    half = most // 2
+    chosen = {round(i * (count - 1) / max(half - 1, 1)) for i in range(half)}  # spread by index
+    first, last = entries[0].time, entries[-1].time
+    span = max(last - first, 1e-9)
+    seen: set[int] = set()
+    for i, entry in enumerate(entries):  # the first entry of each of `half` spans of time
+        bucket = min(half - 1, int((entry.time - first) / span * half))
+        if bucket not in seen:
+            seen.add(bucket)
+            chosen.add(i)
+    chosen.update(i for i, entry in enumerate(entries) if entry.name in keep)
+    return [entries[i] for i in sorted(chosen)]
 
 
 _cache: OrderedDict[str, tuple[tuple, Listing]] = OrderedDict()  # directory -> (identity, listing)

@@ -209,12 +209,12 @@ def timeline_answer(run_name: str, run_path: str, points: int, files: Any = None
     Requests arriving while an answer is built wait for it and share it;
     at most READ_SLOTS builds run at once.
     """
-    answer, _, anomalies, listing = _parts(run_path, points, files, values, sections)
+    answer, source, anomalies, listing = _parts(run_path, points, files, values, sections)
     return {
         "run": run_name,
         **answer.body,  # (its "points": at most those asked for, fewer for a run of very many sections)
         "anomalies": anomalies,
-        "kept": listing.kept(),
+        "kept": listing.kept(_named_frames(source)),
     }
 
 
@@ -232,13 +232,20 @@ def timeline_json(run_name: str, run_path: str, points: int, files: Any = None,
     def made() -> bytes:
         """The whole answer as JSON, kept with what it was made of."""
         head = json_bytes({"run": run_name, **answer.body, "anomalies": anomalies})
-        whole = b"".join((head[:-1], b', "kept": ', listing.kept_json(), b"}"))
+        whole = b"".join((head[:-1], b', "kept": ', listing.kept_json(_named_frames(source)), b"}"))
         with _cache_lock:
             answer.whole, answer.made_of = whole, made_of
             _evict()
         return whole
 
     return _flights.run(("json", id(answer), id(source), run_name, listing.names), made)  # (both alive)
+
+
+def _named_frames(anomalies: Sequence[dict[str, Any]]) -> frozenset[str]:
+    """The kept frames the anomaly records name (the dashboard opens them by name: never thinned out)."""
+    return frozenset(name for record in anomalies if isinstance(record.get("frames"), list)
+                     for name in record["frames"]
+                     if isinstance(name, str))
 
 
 def _parts(run_path: str, points: int, files: Any, values: str | None, sections: str | None = None

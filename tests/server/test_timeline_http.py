@@ -386,3 +386,29 @@ def test_a_filter_past_its_bound_is_refused(tmp_path):
     status, answer = get(client, "/timeline?run=run1&sections=%00A/")  # (any text under the bound: as text)
     assert status == 200 and answer["sections"] == []
     assert [key[3] for key in server_timeline._cache] == [longest, "\x00a/"]
+
+
+def test_a_long_ring_is_listed_thinned_but_with_every_frame_an_anomaly_names(tmp_path, monkeypatch):
+    """The answer listed every kept frame: 18,600 of a live run's were 1.97 MB of its 2.06 MB, sent at
+    every 5 s refresh. At most MAX_KEPT now, spread, the first and newest, and each anomaly's frames."""
+    from beholder_plugin.server import kept_frames
+
+    run = str(tmp_path / "run1")
+    os.makedirs(run)
+    set_config(run, values="arrays", FPS=30)
+    with Beholder(run, background=False) as beholder:
+        for step in range(1, 41):
+            w = np.full((4, 4), float(step), np.float32)
+            if step == 23:
+                w[0, 0] = np.nan
+            beholder.frame_due_now()
+            beholder.update(arrays={"w": w})
+    monkeypatch.setattr(kept_frames, "MAX_KEPT", 8)
+    _, client = plugin_client(tmp_path)
+    status, answer = get(client, "/timeline?run=run1&points=64")
+    assert status == 200
+    named = {name for record in answer["anomalies"] for name in record.get("frames", [])}
+    steps = [k["step"] for k in answer["kept"]]
+    assert named and named <= {k["name"] for k in answer["kept"]}  # the anomaly's frames, by name
+    assert steps[0] == 1 and steps[-1] == 40 and steps == sorted(steps) and len(steps) <= 8 + len(named)
+    assert 23 in steps and len(steps) >= 8
