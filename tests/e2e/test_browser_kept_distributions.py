@@ -31,6 +31,8 @@ def test_distributions_of_a_finished_run_hold_its_kept_frames(tmp_path):
     with beholder_tab(logdir) as (_tb, _page, frame):
         wait_for(lambda: frame.evaluate("window.beholder.run") == "done"
                  and frame.evaluate("window.beholder.frameId"), message="the run shown")
+        assert frame.is_disabled("#compare-select")  # the only run: nothing to compare it with, as it says
+        assert frame.inner_text("#compare-select").strip() == "(no other run)"
         frame.check("input[name=view][value=distributions]")
         drawn = wait_for(lambda: (d := frame.evaluate("window.beholderDebug.distributions()").get("w"))
                          and len(d["frames"]) == FRAMES and d, message=f"{FRAMES} frames of w drawn")

@@ -270,11 +270,13 @@ export function buildToolbar(handlers) {
     const wanted = compareSelect.value;
     const others = names.filter((name) => name !== selected);
     const shown = Array.from(compareSelect.options).map((o) => o.value);
-    if (["", ...others].join("\n") !== shown.join("\n")) {
+    // (compared as JSON: joined with newlines, an empty select and one of "" alone read the same)
+    if (JSON.stringify(["", ...others]) !== JSON.stringify(shown)) {
       compareSelect.replaceChildren(
-        h("option", { value: "" }, "(nothing)"),
+        h("option", { value: "" }, others.length ? "(nothing)" : "(no other run)"),
         ...others.map((name) => h("option", { value: name }, name)),
       );
+      compareSelect.disabled = others.length === 0;
       compareSelect.value = others.includes(wanted) ? wanted : "";
       if (compareSelect.value !== wanted) onCompare(compareSelect.value || null);
     }
