@@ -107,6 +107,9 @@ class Beholder:
         None (the default) keeps the run's setting, ``"trainable_variables"``
         for a new run. E.g. ``Beholder(logdir, values="arrays")`` when
         passing ``update(arrays=...)``.
+      mode: the Mode the run starts on, ``"current"`` (the values
+        themselves) or ``"variance"`` (over the last frames: the original's
+        default), written as ``values`` is; None keeps the run's setting.
       on_anomaly: at the timeline's anomalies (a section's first NaN or Inf,
         a norm jump; docs/integration.md), besides a log line: ``"raise"``
         (AnomalyError from update()) or a function called with each record.
@@ -132,6 +135,7 @@ class Beholder:
         config_poll_seconds: float = REMOTE_CONFIG_POLL_SECONDS,
         ranks: str = "zero",
         values: str | None = None,
+        mode: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_anomaly: Any = None,
         norm_jump: float = NORM_JUMP,
@@ -159,7 +163,8 @@ class Beholder:
         self.directory = self.store.directory
         self.storage = self.store.storage  # "local", or the remote store's URL scheme
         self.max_fps = self.store.max_fps  # a remote logdir's frame-rate cap (None for a local one)
-        settings = RunSettings.starting(values)  # what config.json gets now (a new one, or the one there)
+        settings = RunSettings.starting(values, mode)  # config.json's now (new, or over the one there)
+        chosen = {key: value for key, value in (("shown", values), ("mode", mode)) if value is not None}
         self._reader = reader_for(self.logdir, files, settings, self._settings_changed, self.status.warn_once,
                                   self.store.writable, self.store.write_failed, poll_seconds, max_fps)
         self.timeline = Timeline(self.logdir, files, on_anomaly, norm_jump)  # the whole run (timeline.py)
@@ -178,7 +183,7 @@ class Beholder:
             return
         if self.remote:
             _register_exit_hook()
-            opening = Background(lambda: self._open(values), "beholder-open")
+            opening = Background(lambda: self._open(chosen), "beholder-open")
             if not opening.wait(REMOTE_OPEN_SECONDS):  # (a store that hangs: training goes on meanwhile)
                 self._opening = opening
                 logger.warning("Beholder: %s did not answer within %g s; training goes on, and frames "
@@ -186,10 +191,10 @@ class Beholder:
             elif opening.error is not None:
                 raise opening.error
         else:
-            self._open(values)
+            self._open(chosen)
         _LIVE.add(self)
 
-    def _open(self, values: str | None) -> None:
+    def _open(self, chosen: dict[str, str]) -> None:
         """Open the run: adopt the kept frames and pins of an earlier writer, create or read config.json
         (a remote run still opening when close() came: no further)."""
         self.store.open()
@@ -200,8 +205,10 @@ class Beholder:
         if self._closed:  # (close() came meanwhile: its poller stops too)
             self._reader.close()
             return
-        if values is not None and self._reader.settings.shown != values:
-            self._reader.choose(values)
+        in_force = self._reader.settings
+        changes = {key: value for key, value in chosen.items() if getattr(in_force, key) != value}
+        if changes:
+            self._reader.choose(**changes)
 
     # ------------------------------------------------------------ public
 

@@ -23,7 +23,7 @@ from typing import Any
 from beholder_plugin.protocol import names
 from beholder_plugin.protocol.remote_files import identity_of_info
 from beholder_plugin.protocol.runfiles import load_config, write_config
-from beholder_plugin.protocol.settings import DEFAULT_CONFIG, VALUES, ConfigError
+from beholder_plugin.protocol.settings import DEFAULT_CONFIG, MODES, VALUES, ConfigError
 
 logger = logging.getLogger("beholder")
 
@@ -61,12 +61,15 @@ class RunSettings:
         )
 
     @classmethod
-    def starting(cls, shown: str | None = None) -> RunSettings:
-        """The defaults, with this Values choice (None: the default); ValueError for an unknown one."""
+    def starting(cls, shown: str | None = None, mode: str | None = None) -> RunSettings:
+        """The defaults, with this Values choice and Mode (None: the default's); ValueError for an unknown
+        one."""
         if shown is not None and shown not in VALUES:
             raise ValueError(f"values must be one of {', '.join(VALUES)}, not {shown!r}")
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         settings = cls.from_config(DEFAULT_CONFIG)
-        return settings if shown is None else settings.replace(shown=shown)
+        return settings.replace(**{k: v for k, v in (("shown", shown), ("mode", mode)) if v is not None})
 
     @functools.cached_property
     def config(self) -> dict[str, Any]:
@@ -131,14 +134,15 @@ class SettingsReader:
     def close(self) -> None:
         """Stop looking at config.json."""
 
-    def choose(self, shown: str) -> None:
-        """Write this Values choice into config.json over the one there (a warning if it cannot)."""
-        chosen = self.settings.replace(shown=shown)
+    def choose(self, **changes: str) -> None:
+        """Write these choices (``shown=``, ``mode=``) into config.json over the ones there (a warning if it
+        cannot)."""
+        chosen = self.settings.replace(**changes)
         try:
             write_config(self.logdir, chosen.config)
         except OSError as exc:
-            self._warn_once("values", "Beholder: cannot write %s (%s); Values stays %r",
-                            self.path, exc, self.settings.shown)
+            self._warn_once("values", "Beholder: cannot write %s (%s); the settings stay %s", self.path, exc,
+                            ", ".join(f"{key} {getattr(self.settings, key)!r}" for key in changes))
             return
         self._stat = None  # read back at the next look, as written
         self._chosen(chosen)

@@ -10,7 +10,7 @@ from PIL import Image
 from support import due, set_config
 
 from beholder_plugin import Beholder, read_frame
-from beholder_plugin.protocol.runfiles import read_frame_file
+from beholder_plugin.protocol.runfiles import read_config, read_frame_file
 
 
 @pytest.fixture
@@ -84,3 +84,20 @@ def test_the_notebook_example_snapshot_shows_the_arrays_it_passed(tmp_path):
     assert Beholder(run).config["values"] == "frames"  # without values=, the run's setting stands
     with pytest.raises(ValueError, match="values must be one of"):
         Beholder(str(tmp_path / "other"), values="weights")
+
+
+def test_mode_starts_a_run_on_current_values_as_values_starts_it_on_a_choice(tmp_path):
+    """Variance (the original's default) made a short script's frames near black, and only the dashboard
+    could change it: mode= sets it from the script, written to config.json as values= is."""
+    run = str(tmp_path / "run1")
+    with Beholder(run, values="arrays", mode="current", strict=True) as beholder:
+        assert beholder.update(arrays={"w": np.arange(6.0).reshape(2, 3)})
+        beholder.flush()
+        assert read_frame_file(run).header["mode"] == "current"
+        assert beholder.config["mode"] == "current" and beholder.config["values"] == "arrays"
+    assert read_config(run)["mode"] == "current"
+    assert Beholder(run).config["mode"] == "current"  # without mode=, the run's setting stands
+    assert Beholder(run, mode="variance").config["mode"] == "variance"  # with it, over the setting there
+    assert read_config(run)["mode"] == "variance" and read_config(run)["values"] == "arrays"
+    with pytest.raises(ValueError, match="mode must be one of current, variance, not 'mean'"):
+        Beholder(str(tmp_path / "other"), mode="mean")
