@@ -264,9 +264,10 @@ def test_distribution_counts_match_numpy(session):
     pairs = [counts[i] + counts[i + 1] for i in range(0, 32, 2)]
     assert np.allclose(rebinned[0], pairs + [0] * 16) and np.allclose(rebinned[1], [0] * 16 + pairs)
     assert rebinned[2] == {"lo": -3, "hi": 1}
-    # Frames placed by step (kept frames are spread unevenly), each until the next; a newer one at the same
-    # step gets a slot over the older's. Steps that go back (a restart) or stand still: one slot per frame.
-    assert rebinned[3] == [[0, 3], [3, 299], [299, 300], [299, 300]]
+    # Frames placed by step (kept frames are spread unevenly), each from halfway to the one before to
+    # halfway to the next; a newer one at the same step gets a slot over the older's. Steps that go back
+    # (a restart) or stand still: one slot per frame.
+    assert rebinned[3] == [[0, 1], [1, 151], [151, 299], [299, 300]]
     assert rebinned[4] == [[0, 1], [1, 2], [2, 3]] and rebinned[5] == [[0, 1], [1, 2]]
     assert frame.get_attribute(f"{panel} .fraction.zero", "data-value") == "0"
     shoot(page, "distributions.png")

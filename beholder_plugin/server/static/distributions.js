@@ -178,14 +178,16 @@ export function risingSteps(steps) {
 
 /**
  * Each frame's slots [start, end) across width: by step when the steps rise (kept frames are spread
- * unevenly over the run, dense near the present), each frame until the next one; else one slot per frame
- * from the left. A newer frame drawn over an older one in the same slot wins.
+ * unevenly over the run, dense near the present), each frame from halfway to the one before it to
+ * halfway to the next (the first and the newest reach the edges), at least one slot; else one slot per
+ * frame from the left. A newer frame drawn over an older one in the same slot wins.
  */
 export function columnSpans(steps, width) {
   if (!risingSteps(steps)) return steps.map((_, i) => [i, i + 1]);
   const first = steps[0];
-  const at = (s) => Math.round(((s - first) / (steps[steps.length - 1] - first)) * (width - 1));
-  return steps.map((s, i) => [at(s), i + 1 < steps.length ? Math.max(at(s) + 1, at(steps[i + 1])) : width]);
+  const at = steps.map((s) => ((s - first) / (steps[steps.length - 1] - first)) * (width - 1));
+  const edges = [0, ...at.slice(1).map((x, i) => Math.round((at[i] + x) / 2)), width];
+  return steps.map((_, i) => [Math.min(edges[i], width - 1), Math.max(edges[i] + 1, edges[i + 1])]);
 }
 
 /** Draw a histogram over time: frames placed by step (or one column each), oldest left, low values at the bottom. */
