@@ -310,9 +310,10 @@ def _read_once(directory: str, files: Any, tolerate_missing: bool = False,
             return None
         for name, recs in named.items():
             parts.setdefault(name, []).append(recs)
-    if kept_parts is not None:  # (parts base.bht now holds, or deleted: forgotten)
-        for path in [p for p in kept_parts if part_seq(os.path.basename(p)) not in seqs]:
-            del kept_parts[path]
+    if kept_parts is not None:  # (parts base.bht now holds, or deleted: forgotten; list() is atomic, and
+        for path in list(kept_parts):  # another request may be reading the same run's parts meanwhile)
+            if part_seq(os.path.basename(path)) not in seqs:
+                kept_parts.pop(path, None)
     out = {}
     for name, arrays_ in parts.items():
         records = stack(arrays_) if len(arrays_) > 1 else arrays_[0]
@@ -332,6 +333,10 @@ def _read_part_kept(files: Any, path: str, kept: dict[str, Any]) -> dict[str, np
     """A local part's records by section, parsing only the chunks appended since it was last read (a part
     only grows under its name: the trainer appends whole chunks and never rewrites one); None when gone.
 
+    What was parsed is taken up again only when the file still starts, and still reads up to where the
+    parse stopped, with the same bytes: a run deleted and written again under its name may get the same
+    inode back (and a new process's part the same name).
+
     A live run's one part grows to the parts' budget (56 MB less base.bht's cap: about 190,000 frames of a
     4-section run), and parsing it whole at each refresh took 1.8-2.3 s of a 5 s refresh."""
     identity = files.identity(path)  # (inode, size, mtime): taken first, the file may grow meanwhile
@@ -341,8 +346,8 @@ def _read_part_kept(files: Any, path: str, kept: dict[str, Any]) -> dict[str, np
         return None
     inode = identity[0]
     old = kept.get(path)
-    if old is not None and old[0] == inode and old[1] <= len(data):
-        _, pos, names, named = old
+    if old is not None and old[0] == inode and old[1] <= len(data) and old[4] == _landmarks(data, old[1]):
+        _, pos, names, named, _ = old
         if pos == len(data):
             return named
     else:
@@ -352,8 +357,14 @@ def _read_part_kept(files: Any, path: str, kept: dict[str, Any]) -> dict[str, np
         named = dict(named)
         for name, recs in _named_records(names, arrays).items():
             named[name] = stack([named[name], recs]) if name in named else recs
-    kept[path] = (inode, end, names, named)
+    kept[path] = (inode, end, names, named, _landmarks(data, end))
     return named
+
+
+def _landmarks(data: bytes, pos: int) -> bytes:
+    """The bytes a part starts with and those just before pos (records carry their wall time): what tells
+    the part parsed up to pos from another file under its name."""
+    return bytes(data[:64]) + bytes(data[max(0, pos - 256):pos])
 
 
 def _read(files: Any, path: str, limit: int = MAX_FILE_BYTES) -> bytes | None:

@@ -104,6 +104,76 @@ def test_a_growing_part_read_again_and_again_reads_as_a_fresh_read(tmp_path_fact
         assert_same(tl.read_records(run, base_cache=live), tl.read_records(run))
 
 
+def test_a_part_rewritten_under_its_name_and_inode_is_parsed_afresh(run_dir):
+    """A run deleted and written again under its name got its part's inode back, and a live reader went on
+    parsing the new file from where the old one had stopped: the old run's sections and steps."""
+    writer = TimelineWriter(run_dir, files_for(run_dir))
+    for step in range(1, 21):
+        writer.append(["old"], frame_records(["old"], step, float(step), [1.0]))
+    writer.close()
+    live: dict = {}
+    assert list(tl.read_records(run_dir, base_cache=live)) == ["old"]
+    part = os.path.join(tl.timeline_dir(run_dir), tl.part_name(0))
+    other = str(os.path.join(run_dir, "other"))
+    writer = TimelineWriter(other, files_for(other))
+    for step in range(1000, 1040):
+        writer.append(["new"], frame_records(["new"], step, 5000.0 + step, [2.0]))
+    writer.close()
+    with open(os.path.join(tl.timeline_dir(other), tl.part_name(0)), "rb") as f:
+        new = f.read()
+    inode = os.stat(part).st_ino
+    with open(part, "r+b") as f:  # (the same inode, longer, other bytes from the start)
+        f.write(new)
+    assert os.stat(part).st_ino == inode
+    found = tl.read_records(run_dir, base_cache=live)
+    assert list(found) == ["new"] and found["new"]["step"].tolist() == list(range(1000, 1040))
+
+
+def test_two_live_reads_of_one_run_at_once_share_its_kept_parts(run_dir):
+    """Two refreshes of a live run read at once with the run's one cache: forgetting the parts base.bht
+    had taken in raised KeyError (or 'dictionary changed size') in one of them."""
+    import sys
+    import threading
+
+    directory = tl.timeline_dir(run_dir)
+    os.makedirs(directory)
+
+    def part(seq):
+        with open(os.path.join(directory, tl.part_name(seq)), "wb") as f:
+            f.write(tl.names_chunk({"s": 0}) + tl.records_chunk(frame_records(["s"], seq, float(seq), [1.0])))
+
+    errors: list = []
+
+    def read(cache):
+        try:
+            tl.read_records(run_dir, base_cache=cache)
+        except Exception as exc:  # (what a request would answer 500 with)
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(300):
+            cache: dict = {}
+            for seq in range(20):
+                part(seq)
+            tl.read_records(run_dir, base_cache=cache)
+            for seq in range(20):  # (as if base.bht had taken them in)
+                os.remove(os.path.join(directory, tl.part_name(seq)))
+            part(20)
+            threads = [threading.Thread(target=read, args=(cache,)) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            os.remove(os.path.join(directory, tl.part_name(20)))
+            if errors:
+                break
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
 def test_a_partly_written_tail_is_left_out(run_dir):
     """A part cut anywhere inside its last chunk reads as the frames before it (a file being appended)."""
     writer = TimelineWriter(run_dir, files_for(run_dir))
