@@ -440,8 +440,8 @@ class Beholder:
             if settings.shown != "trainable_variables" or settings.fps == 0:
                 return
             ending = settings.mode == "variance"
-            if not ending and self.step <= self._framed_step:
-                return
+            if self.step <= self._framed_step and (not ending or deadline is not None):
+                return  # (a second frame of the last step: not worth the end mark's time at exit)
             if self.worker is not None and not self.worker.drain(None if deadline is None else 0.0):
                 return  # (the frame in progress is still being written: it must not be skipped for this one)
             if self.worker is not None and self.worker.error is not None:
@@ -449,7 +449,10 @@ class Beholder:
             self.frame_due_now()
             self._update(Inputs(self.step, None, None, self.variables, None, None, self._watch), ending)
         except Exception as exc:
-            if self.status.failed(exc):
+            if ending:  # (an extra, drawn as current values: the last frame written stays)
+                logger.warning("Beholder: no frame of the weights training ended with (%s: %s); the last "
+                               "frame stays", type(exc).__name__, exc)
+            elif self.status.failed(exc):
                 self._show_failure()
 
     def _closing_write(self, call: Any, deadline: float | None) -> bool:
@@ -582,6 +585,8 @@ class Beholder:
         with _normal_tensors():
             job = self.gatherer.gather(settings, inputs)
         job.ending, job.again = ending, again
+        if ending and (job.kind is not JobKind.SECTIONS or job.missing):
+            return False  # (the weights could not all be read, freed by a teardown say: the last frame stays)
         if job.waiting is not None:  # nothing to hand over this time (a device gather compiling)
             return self.status.note_once("waiting", "Beholder: %s", job.waiting)
         if self.worker is None:

@@ -8,6 +8,7 @@ encode and write it, and hands its pixels to the recording.
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from beholder_plugin.trainer.views import user_frame
 from beholder_plugin.trainer.views.placeholder import placeholder_frame
 from beholder_plugin.trainer.views.render import FramePlan, Renderer
 from beholder_plugin.trainer.worker import let_training_run
+
+logger = logging.getLogger("beholder")
 
 # A placeholder frame's ``shown`` when update() failed (views/placeholder.py says so, with the error).
 FAILED = "failed"
@@ -83,6 +86,10 @@ class FrameJobs:
         try:
             self._run(job)
         except Exception as exc:
+            if job.ending:  # (an extra: the last frame written stays, and close() goes on)
+                logger.warning("Beholder: no frame of the weights training ended with (%s: %s); the last "
+                               "frame stays", type(exc).__name__, exc)
+                return
             self.status.failed(exc)  # (counted here, so that the frame below says so; once: run_status)
             if job.kind is not JobKind.PLACEHOLDER and time.monotonic() - self._failure_at >= 1.0:
                 self._failure_at = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import weakref
 
@@ -16,7 +17,7 @@ from beholder_plugin import Beholder, read_timeline
 from beholder_plugin.protocol.frame_format import value_at
 from beholder_plugin.protocol.layout import locate
 from beholder_plugin.protocol.names import plugin_dir
-from beholder_plugin.protocol.runfiles import frame_path, read_config, read_frame_file
+from beholder_plugin.protocol.runfiles import frame_path, read_config, read_ended, read_frame_file
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -505,6 +506,52 @@ def test_close_in_variance_mode_shows_the_weights_training_ended_with_as_current
     np.testing.assert_array_equal(frame.section_values(conv), weights[:, 0].transpose(1, 0, 2).reshape(3, 24))
     assert read_config(run_dir)["mode"] == "variance"  # the run's setting is the user's, unchanged
     assert read_timeline(run_dir)["0.weight"]["step"].tolist() == list(range(1, steps + 1))  # once each
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_the_ending_frame_is_best_effort_and_yields_to_the_end_mark_at_exit(run_dir, strict, caplog):
+    """Weights freed before close() (a teardown) made the ending frame a failure frame over the last good
+    one, counted, raised under strict; at exit its time came out of the 5 s the end mark has."""
+    set_config(run_dir, values="trainable_variables", mode="variance", FPS=30)
+    model = small_cnn()
+    beholder = Beholder(run_dir, strict=strict)
+    beholder.watch(model)
+    assert beholder.update()
+    beholder.flush()
+    for p in model.parameters():
+        p.data = torch.empty(0)
+    with caplog.at_level(logging.WARNING, logger="beholder"):
+        beholder.close()
+    frame = read_frame_file(run_dir)
+    assert frame.header["mode"] == "variance" and "ending" not in frame.header and len(frame.sections) == 4
+    assert beholder.failures == 0 and beholder.frames_written == 1
+    with Beholder(run_dir, strict=strict) as again:  # at exit (a deadline): no second frame of the step
+        again.watch(small_cnn())
+        again.frame_due_now()
+        assert again.update()
+        again.close(timeout=5.0)
+    assert read_frame_file(run_dir).header["mode"] == "variance" and again.frames_written == 1
+    assert read_ended(run_dir)["frame_id"] == read_frame_file(run_dir).header["frame_id"]
+
+
+def test_an_ending_frame_that_fails_on_the_worker_leaves_the_last_frame_and_no_failure(run_dir, monkeypatch):
+    from beholder_plugin.trainer.job import FrameJobs
+
+    run = FrameJobs._run
+
+    def failing(self, job):
+        if job.ending:
+            raise MemoryError("no room for one more frame")
+        return run(self, job)
+
+    monkeypatch.setattr(FrameJobs, "_run", failing)
+    set_config(run_dir, values="trainable_variables", mode="variance", FPS=30)
+    with Beholder(run_dir, strict=True) as beholder:
+        beholder.watch(small_cnn())
+        assert beholder.update()
+    header = read_frame_file(run_dir).header
+    assert header["mode"] == "variance" and "ending" not in header
+    assert beholder.failures == 0 and read_ended(run_dir) is not None
 
 
 def test_close_takes_no_extra_frame_when_the_last_one_is_of_the_last_step(run_dir):
