@@ -40,6 +40,7 @@ MAX_HEADER = 4 << 20  # bytes: a longer header is refused unread (a 300-section 
 READ_BYTES = 32 << 20  # header bytes read per request (files already kept cost nothing)
 CACHED_BYTES = 32 << 20  # what the kept files said, as JSON, over all runs
 ANSWER_BYTES = 8 << 20  # an answer's frames, at most (300 frames of a 300-section run made 35 MB)
+SIZE_FROM = 8  # kept files looked back at, newest first, for an entry that sizes the scan
 READ_SLOTS = 2  # answers built at once
 _SKIPPED = b""  # a file that is no frame of stats (torn, foreign, refused): kept too, it stays so
 
@@ -135,8 +136,15 @@ def stats_json(run_dir: str, kind: str) -> bytes:
         return found
 
     with _slots:
-        newest = said(entries[-1].name) if entries else None  # (scanned first below: no second read)
-        scan = spread(len(entries), _scan_size(len(newest[1]) if newest else 0))
+        # the scan is sized by the newest entry (a placeholder, an image or a torn file has none and says
+        # nothing of the frames' size: the one before it, SIZE_FROM back at most); kept, not read twice
+        size = 0
+        for entry in reversed(entries[-SIZE_FROM:]):
+            found = said(entry.name)
+            size = len(found[1]) if found is not None else 0
+            if size:
+                break
+        scan = spread(len(entries), _scan_size(size))
         for index in reversed(scan):  # newest first: a cut-short answer has them
             found = said(entries[index].name)
             if found is None:
