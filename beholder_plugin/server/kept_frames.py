@@ -61,10 +61,10 @@ class Listing:
 
     def kept_json(self, keep: frozenset[str] = frozenset()) -> bytes:
         """GET timeline's "kept" as JSON bytes (kept(keep), as a JSON answer writes it)."""
-        kept = self.kept(keep)
-        with self._lock:
-            if self._kept_json is None or self._kept_for != keep:
-                self._kept_json = json_bytes(kept)
+        with self._lock:  # (one hold: the list and its JSON are of the same keep)
+            self._fill(keep)
+            if self._kept_json is None:
+                self._kept_json = json_bytes(self._kept)
             return self._kept_json
 
     def kept(self, keep: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
@@ -73,11 +73,15 @@ class Listing:
         listing (the ring's recent frames), half over the run's time (the keyframes far back), the first
         and the newest always; enough for a click on a timeline of at most 4096 points."""
         with self._lock:
-            if self._kept is None or self._kept_for != keep:
-                self._kept = [{"name": e.name, "step": e.step, "time": e.time}
-                              for e in thinned(self.entries, keep)]
-                self._kept_json, self._kept_for = None, keep
+            self._fill(keep)
             return self._kept
+
+    def _fill(self, keep: frozenset[str]) -> None:
+        """Make the kept list for keep, unless it is the one made last (under the lock)."""
+        if self._kept is None or self._kept_for != keep:
+            self._kept = [{"name": e.name, "step": e.step, "time": e.time}
+                          for e in thinned(self.entries, keep)]
+            self._kept_json, self._kept_for = None, keep
 
 
 def thinned(entries: list[history.HistoryEntry], keep: frozenset[str] = frozenset(),

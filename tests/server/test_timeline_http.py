@@ -412,3 +412,37 @@ def test_a_long_ring_is_listed_thinned_but_with_every_frame_an_anomaly_names(tmp
     assert named and named <= {k["name"] for k in answer["kept"]}  # the anomaly's frames, by name
     assert steps[0] == 1 and steps[-1] == 40 and steps == sorted(steps) and len(steps) <= 8 + len(named)
     assert 23 in steps and len(steps) >= 8
+
+
+def test_kept_lists_of_two_anomaly_sets_asked_at_once_each_get_their_own():
+    """kept() and its JSON were made under two holds of the lock: a request whose anomalies named a frame
+    could cache the list of one that named none, and the frame went missing from later answers."""
+    import sys
+    import threading
+
+    from beholder_plugin.protocol.history import HistoryEntry
+    from beholder_plugin.server import kept_frames
+
+    entries = [HistoryEntry(f"f{i:06d}", float(i), "w", i, i) for i in range(3 * kept_frames.MAX_KEPT)]
+    listing = kept_frames.Listing(entries)
+    named = frozenset({"f000001"})  # (a frame thinning leaves out)
+    assert "f000001" not in {k["name"] for k in listing.kept()}
+    wrong: list = []
+
+    def ask(keep):
+        for _ in range(50):
+            found = {k["name"] for k in json.loads(listing.kept_json(keep))}
+            if ("f000001" in found) != bool(keep):
+                wrong.append(keep)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=ask, args=(keep,)) for keep in (frozenset(), named)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
