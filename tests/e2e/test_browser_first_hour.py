@@ -194,6 +194,7 @@ def test_a_black_variance_frame_says_why(session):
                     message="the note on an ended run's only frame")
     assert "no variance follows" in note and "next frame" not in note
     assert frame.is_visible("#window-note-current")
+    assert not frame.is_visible("#ended-note")  # (the ended note's variance hint would say it twice)
     show_run(frame, "text")
     note = wait_for(lambda: "changed shape" in (t := frame.inner_text("#window-note-text")) and t,
                     message="the note naming the shape change")

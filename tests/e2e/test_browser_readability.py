@@ -213,13 +213,20 @@ def test_changing_values_after_training_ended_says_the_frame_stays(page_on_runs)
         """async () => {
             const m = await import('/data/plugin/beholder/static/status_line.js');
             const meta = {values: 'trainable_variables', mode: 'current', ending: true};
+            const variance = {values: 'arrays', mode: 'variance'};
+            const image = {values: 'frames', mode: 'variance'};
             return [m.endedNoteText(meta, {values: 'trainable_variables', mode: 'variance'}),
                     m.endedNoteText(meta, {values: 'trainable_variables', mode: 'current'}),
-                    m.endedNoteText(meta, {values: 'gradients', mode: 'variance'})];
+                    m.endedNoteText(meta, {values: 'gradients', mode: 'variance'}),
+                    m.endedNoteText(variance, variance),
+                    m.endedNoteText(image, image)];
         }""")
     assert notes[0].startswith("Training ended: this last frame shows the weights it ended with, as current "
                                "values, not variance") and notes[1] == ""
     assert "this frame shows Trainable variables (current values), not Gradients (variance)" in notes[2]
+    # a run that ended on a variance frame (arrays, or closed at exit): what it is, and how to end on values
+    assert notes[3].startswith("Training ended on a variance frame") and 'mode="current"' in notes[3]
+    assert notes[4] == ""  # (an image has no mode)
 
 
 def test_after_a_restart_the_anomaly_shows_and_opens_the_restarted_process_point_and_frame(page_on_runs):

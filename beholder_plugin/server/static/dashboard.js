@@ -478,7 +478,10 @@ export class Dashboard {
     const now = performance.now();
     const recent = this.arrivals.filter((t) => t >= now - FPS_WINDOW_MS);
     this.statusLine.render(this.live, this.lastMeta, recent.length / (FPS_WINDOW_MS / 1000));
-    this.windowNote.setEnded(this.statusLine.status.dataset.state === "ended");
+    const ended = this.statusLine.status.dataset.state === "ended";
+    this.windowNote.setEnded(ended);
+    this.state.windowNoted = !this.windowNote.element.hidden; // (then the ended note does not say it again)
+    this.statusLine.renderEndedNote(ended ? this.lastMeta : null);
   }
 
   /**

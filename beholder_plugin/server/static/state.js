@@ -13,6 +13,7 @@ export class DashboardState {
     this.runs = []; // the runs the plugin lists: [{run, age, storage, ended?}]
     this.paused = false; // the history bar is on: live frames are not fetched
     this.kept = null; // the kept frame on screen (its history name), null while live
+    this.windowNoted = false; // the variance window's note is up (an ended run's variance is said there)
     this.config = null; // the run's settings as the toolbar shows them (changes not yet answered included)
     this.view = "frame"; // "frame" or "distributions" (the two-run comparison is on "frame" with another run)
     this.zoom = "1";

@@ -23,13 +23,20 @@ function shownText(values, mode) {
 
 /**
  * The note for a run whose training ended while Values or Mode is on another choice than its last
- * frame shows (no trainer is left to draw the new choice), or "" when none is due.
+ * frame shows (no trainer is left to draw the new choice), or on a variance frame (near black when the
+ * values hardly moved at the end), or "" when none is due.
  */
 export function endedNoteText(meta, config) {
   if (!meta || !config || meta.values === "placeholder") return "";
   const otherValues = Boolean(meta.values) && meta.values !== config.values;
   const otherMode = meta.values !== "frames" && Boolean(meta.mode) && meta.mode !== config.mode;
-  if (!otherValues && !otherMode) return "";
+  if (!otherValues && !otherMode) {
+    return meta.values !== "frames" && meta.mode === "variance"
+      ? "Training ended on a variance frame: how much each value moved over the last frames, not the " +
+        'values. To end on the values themselves, pass mode="current" to Beholder(...) or choose current ' +
+        "values before the trainer runs again."
+      : "";
+  }
   if (meta.ending && !otherValues) {
     return `Training ended: this last frame shows the weights it ended with, as current values, ` +
       `not ${modeText(config.mode)}; Pause to scrub back through the frames before it.`;
@@ -110,7 +117,8 @@ export class StatusLine {
 
   /** The ended run's note (endedNoteText) for the frame on screen's meta; null hides it. */
   renderEndedNote(meta) {
-    const text = endedNoteText(meta, this.state.config);
+    let text = endedNoteText(meta, this.state.config);
+    if (this.state.windowNoted && text.startsWith("Training ended on a variance frame")) text = ""; // (said there)
     this.endedNote.hidden = !text;
     if (this.endedNote.textContent !== text) this.endedNote.textContent = text;
   }
