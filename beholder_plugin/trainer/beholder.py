@@ -33,7 +33,7 @@ from beholder_plugin.trainer.deadlines import (
     run_within,
 )
 from beholder_plugin.trainer.gather import Gatherer, Inputs, section_filter
-from beholder_plugin.trainer.job import FAILED, FrameJobs, Job, JobKind
+from beholder_plugin.trainer.job import FAILED, FrameJobs, Job, JobKind, ending_failed
 from beholder_plugin.trainer.ranks import process_rank, run_for_rank
 from beholder_plugin.trainer.run_settings import RunSettings, positive, reader_for
 from beholder_plugin.trainer.run_status import RunStatus
@@ -449,9 +449,8 @@ class Beholder:
             self.frame_due_now()
             self._update(Inputs(self.step, None, None, self.variables, None, None, self._watch), ending)
         except Exception as exc:
-            if ending:  # (an extra, drawn as current values: the last frame written stays)
-                logger.warning("Beholder: no frame of the weights training ended with (%s: %s); the last "
-                               "frame stays", type(exc).__name__, exc)
+            if ending:
+                ending_failed(exc)
             elif self.status.failed(exc):
                 self._show_failure()
 

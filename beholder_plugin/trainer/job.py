@@ -39,6 +39,13 @@ class JobKind(enum.Enum):
     PLACEHOLDER = "placeholder"  # the shown input was not given (or update() failed): says what to do
 
 
+def ending_failed(exc: BaseException) -> None:
+    """Say that close()'s frame of the weights training ended with was not drawn: it is an extra, so the
+    last frame written stays, and nothing is counted or raised."""
+    logger.warning("Beholder: no frame of the weights training ended with (%s: %s); the last frame stays",
+                   type(exc).__name__, exc)
+
+
 @dataclass
 class Job:
     """One frame for the worker: what to draw, the settings, and when it was asked for."""
@@ -86,9 +93,8 @@ class FrameJobs:
         try:
             self._run(job)
         except Exception as exc:
-            if job.ending:  # (an extra: the last frame written stays, and close() goes on)
-                logger.warning("Beholder: no frame of the weights training ended with (%s: %s); the last "
-                               "frame stays", type(exc).__name__, exc)
+            if job.ending:  # (close() goes on)
+                ending_failed(exc)
                 return
             self.status.failed(exc)  # (counted here, so that the frame below says so; once: run_status)
             if job.kind is not JobKind.PLACEHOLDER and time.monotonic() - self._failure_at >= 1.0:
