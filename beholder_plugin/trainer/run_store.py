@@ -254,11 +254,10 @@ class RunStore:
             self._unwritten_since = time.time()
         self._unwritten += 1
         full = getattr(exc, "errno", None) in DISK_FULL
-        where = getattr(exc, "filename", None)
-        cause = getattr(exc, "strerror", None) or exc
-        if where and getattr(exc, "strerror", None):  # the folder: a file's name there may be a temp name
+        where, cause = getattr(exc, "filename", None), getattr(exc, "strerror", None)
+        if where and cause:  # the folder: a file's name there may be a temp name
             cause = f"{cause}: {posixpath.dirname(str(where).replace(os.sep, '/')) or where}"
-        reason = "disk full" if full else f"cannot write ({cause})"
+        reason = "disk full" if full else f"cannot write ({cause or exc})"
         self._unwritten_reason = reason
         status.last_error = f"{reason}: frames not written since {clock_text(self._unwritten_since)}"
         if full:
