@@ -219,7 +219,8 @@ def test_changing_values_after_training_ended_says_the_frame_stays(page_on_runs)
                     m.endedNoteText(meta, {values: 'trainable_variables', mode: 'current'}),
                     m.endedNoteText(meta, {values: 'gradients', mode: 'variance'}),
                     m.endedNoteText(variance, variance),
-                    m.endedNoteText(image, image)];
+                    m.endedNoteText(image, image),
+                    m.endedNoteText(variance, variance, true)];
         }""")
     assert notes[0].startswith("Training ended: this last frame shows the weights it ended with, as current "
                                "values, not variance") and notes[1] == ""
@@ -227,6 +228,7 @@ def test_changing_values_after_training_ended_says_the_frame_stays(page_on_runs)
     # a run that ended on a variance frame (arrays, or closed at exit): what it is, and how to end on values
     assert notes[3].startswith("Training ended on a variance frame") and 'mode="current"' in notes[3]
     assert notes[4] == ""  # (an image has no mode)
+    assert notes[5] == ""  # (the variance window's note is up and says it)
 
 
 def test_after_a_restart_the_anomaly_shows_and_opens_the_restarted_process_point_and_frame(page_on_runs):

@@ -13,7 +13,7 @@ import { TimelineView } from "./timeline.js";
 import { DashboardState } from "./state.js";
 import { SettingsSync } from "./settings_sync.js";
 import { FrameCanvas } from "./frame_canvas.js";
-import { StatusLine } from "./status_line.js";
+import { StatusLine, endedOn } from "./status_line.js";
 import { InfoPanel, decodeHistogram } from "./info_panel.js";
 import { WindowNote } from "./window_note.js";
 import { FrameCaption, readoutPrefix } from "./frame_caption.js";
@@ -403,6 +403,7 @@ export class Dashboard {
    */
   noteSections(doc, sections, kept) {
     this.windowNote.show(doc.window);
+    this.renderStatus(); // (the ended note, which must not repeat a window note that just came up)
     this.caption.noteTable(doc, this.state.config);
     const table = { run: this.state.run, doc, sections, kept };
     const meta = doc.frame_id === null || doc.frame_id === undefined ? this.lastMeta : this.metaOf(doc);
@@ -477,11 +478,9 @@ export class Dashboard {
   renderStatus() {
     const now = performance.now();
     const recent = this.arrivals.filter((t) => t >= now - FPS_WINDOW_MS);
-    this.statusLine.render(this.live, this.lastMeta, recent.length / (FPS_WINDOW_MS / 1000));
-    const ended = this.statusLine.status.dataset.state === "ended";
-    this.windowNote.setEnded(ended);
+    this.windowNote.setEnded(Boolean(endedOn(this.state, this.lastMeta)));
     this.state.windowNoted = !this.windowNote.element.hidden; // (then the ended note does not say it again)
-    this.statusLine.renderEndedNote(ended ? this.lastMeta : null);
+    this.statusLine.render(this.live, this.lastMeta, recent.length / (FPS_WINDOW_MS / 1000));
   }
 
   /**

@@ -21,17 +21,24 @@ function shownText(values, mode) {
   return values === "frames" || !mode ? name : `${name} (${modeText(mode)})`;
 }
 
+/** The shown run's "ended" record when the frame of this meta is the last its trainer wrote, else null. */
+export function endedOn(state, meta) {
+  const ended = meta ? state.runs.find((r) => r.run === state.run)?.ended : null;
+  return ended && ended.writer === meta.writer && ended.frame_id === meta.frameId ? ended : null;
+}
+
 /**
  * The note for a run whose training ended while Values or Mode is on another choice than its last
  * frame shows (no trainer is left to draw the new choice), or on a variance frame (near black when the
- * values hardly moved at the end), or "" when none is due.
+ * values hardly moved at the end; unless windowNoted: the variance window's note says it), or "" when
+ * none is due.
  */
-export function endedNoteText(meta, config) {
+export function endedNoteText(meta, config, windowNoted = false) {
   if (!meta || !config || meta.values === "placeholder") return "";
   const otherValues = Boolean(meta.values) && meta.values !== config.values;
   const otherMode = meta.values !== "frames" && Boolean(meta.mode) && meta.mode !== config.mode;
   if (!otherValues && !otherMode) {
-    return meta.values !== "frames" && meta.mode === "variance"
+    return meta.values !== "frames" && meta.mode === "variance" && !windowNoted
       ? "Training ended on a variance frame: how much each value moved over the last frames, not the " +
         'values. To end on the values themselves, pass mode="current" to Beholder(...) or choose current ' +
         "values before the trainer runs again."
@@ -117,8 +124,7 @@ export class StatusLine {
 
   /** The ended run's note (endedNoteText) for the frame on screen's meta; null hides it. */
   renderEndedNote(meta) {
-    let text = endedNoteText(meta, this.state.config);
-    if (this.state.windowNoted && text.startsWith("Training ended on a variance frame")) text = ""; // (said there)
+    const text = endedNoteText(meta, this.state.config, this.state.windowNoted);
     this.endedNote.hidden = !text;
     if (this.endedNote.textContent !== text) this.endedNote.textContent = text;
   }
@@ -135,8 +141,8 @@ export class StatusLine {
     const frameAge = Date.now() / 1000 - meta.time;
     const configured = Number(this.state.config?.FPS);
     const frame = frameText(meta);
-    const ended = this.state.runs.find((r) => r.run === this.state.run)?.ended;
-    if (ended && ended.writer === meta.writer && ended.frame_id === meta.frameId) {
+    const ended = endedOn(this.state, meta);
+    if (ended) {
       // The trainer closed its Beholder after this frame (close(), the end of fit, the process exiting).
       return {
         text: `Training ended ${age(Date.now() / 1000 - ended.time)} ago (its Beholder was closed) · showing its last frame: ${frame}`,
